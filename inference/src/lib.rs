@@ -1,0 +1,28 @@
+//! Local model inference for agentfleet workers. Knows nothing about clusters.
+//!
+//! - [`model`]: the [`Model`] trait every model implements (generate a stream of text deltas
+//!   then a usage record; dropping the stream cancels) and its request/response types.
+//! - [`builtin`]: models that need no weights, such as `builtin:echo`, used to test and
+//!   benchmark the cluster machinery.
+//! - [`error`]: the crate's error type.
+//!
+//! The candle engine with continuous batching plugs in behind the same trait.
+
+pub mod builtin;
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};
+pub use model::{ChatMessage, GenerateRequest, Generation, GenerationEvent, Model, Role, Usage};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Loads a model by id. Today only built-in ids (`builtin:...`) are known; local files and
+/// folders come with the candle engine.
+pub fn load(id: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn Model>> {
+    match id.strip_prefix(builtin::PREFIX) {
+        Some(name) => builtin::load(name, options),
+        None => Err(Error::UnknownModel { id: id.to_owned(), known: builtin::ids().join(", ") }),
+    }
+}

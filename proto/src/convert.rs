@@ -1,0 +1,344 @@
+//! Conversions between the generated wire types ([`crate::pb`]) and the domain types
+//! ([`crate::types`]). Wire → domain is fallible: a message missing a required part is a
+//! [`WireError`] that the receiving edge turns into its protocol's error.
+
+use std::sync::Arc;
+
+use crate::pb;
+use crate::types::*;
+
+/// A wire message that does not form a valid domain value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+}
+
+type Result<T> = std::result::Result<T, WireError>;
+
+impl From<pb::Resources> for Resources {
+    fn from(r: pb::Resources) -> Self {
+        Self { cpus: r.cpus, memory_bytes: r.memory_bytes, gpus: r.gpus }
+    }
+}
+
+impl From<Resources> for pb::Resources {
+    fn from(r: Resources) -> Self {
+        Self { cpus: r.cpus, memory_bytes: r.memory_bytes, gpus: r.gpus }
+    }
+}
+
+impl From<pb::Sampling> for Sampling {
+    fn from(s: pb::Sampling) -> Self {
+        Self { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, seed: s.seed }
+    }
+}
+
+impl From<Sampling> for pb::Sampling {
+    fn from(s: Sampling) -> Self {
+        Self { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, seed: s.seed }
+    }
+}
+
+impl From<pb::AgentSpec> for AgentSpec {
+    fn from(s: pb::AgentSpec) -> Self {
+        Self {
+            name: s.name,
+            model: s.model,
+            instructions: s.instructions,
+            description: s.description,
+            tools: s.tools,
+            sampling: s.sampling.map(Into::into).unwrap_or_default(),
+            resources: s.resources.map(Into::into).unwrap_or_default(),
+            max_retries: s.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            labels: s.labels.into_iter().collect(),
+            model_options: s.model_options.into_iter().collect(),
+            max_concurrency: s.max_concurrency,
+        }
+    }
+}
+
+impl From<&AgentSpec> for pb::AgentSpec {
+    fn from(s: &AgentSpec) -> Self {
+        Self {
+            name: s.name.clone(),
+            model: s.model.clone(),
+            instructions: s.instructions.clone(),
+            description: s.description.clone(),
+            tools: s.tools.clone(),
+            sampling: Some(s.sampling.clone().into()),
+            resources: Some(s.resources.into()),
+            max_retries: Some(s.max_retries),
+            labels: s.labels.clone().into_iter().collect(),
+            model_options: s.model_options.clone().into_iter().collect(),
+            max_concurrency: s.max_concurrency,
+        }
+    }
+}
+
+impl From<pb::Usage> for Usage {
+    fn from(u: pb::Usage) -> Self {
+        Self { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+    }
+}
+
+impl From<Usage> for pb::Usage {
+    fn from(u: Usage) -> Self {
+        Self { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+    }
+}
+
+impl From<TaskState> for pb::TaskState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Queued => Self::Queued,
+            TaskState::Scheduled => Self::Scheduled,
+            TaskState::Working => Self::Working,
+            TaskState::Completed => Self::Completed,
+            TaskState::Failed => Self::Failed,
+            TaskState::Canceled => Self::Canceled,
+            TaskState::InputRequired => Self::InputRequired,
+        }
+    }
+}
+
+impl TryFrom<pb::TaskState> for TaskState {
+    type Error = WireError;
+
+    fn try_from(s: pb::TaskState) -> Result<Self> {
+        Ok(match s {
+            pb::TaskState::Unspecified => return Err(WireError::Missing("task state")),
+            pb::TaskState::Queued => Self::Queued,
+            pb::TaskState::Scheduled => Self::Scheduled,
+            pb::TaskState::Working => Self::Working,
+            pb::TaskState::Completed => Self::Completed,
+            pb::TaskState::Failed => Self::Failed,
+            pb::TaskState::Canceled => Self::Canceled,
+            pb::TaskState::InputRequired => Self::InputRequired,
+        })
+    }
+}
+
+impl From<&EventKind> for pb::task_event::Kind {
+    fn from(kind: &EventKind) -> Self {
+        use pb::task_event::Kind as K;
+        match kind.clone() {
+            EventKind::Submitted { agent } => K::Submitted(pb::Submitted { agent }),
+            EventKind::Scheduled { worker_id } => K::Scheduled(pb::Scheduled { worker_id }),
+            EventKind::Working => K::Working(pb::Working {}),
+            EventKind::TextDelta { text } => K::TextDelta(pb::TextDelta { text }),
+            EventKind::ToolCall { call_id, name, arguments } => {
+                K::ToolCall(pb::ToolCall { call_id, name, arguments })
+            }
+            EventKind::ToolResult { call_id, output, is_error } => {
+                K::ToolResult(pb::ToolResult { call_id, output, is_error })
+            }
+            EventKind::Completed { usage } => {
+                K::Completed(pb::Completed { usage: Some(usage.into()) })
+            }
+            EventKind::Failed { error, worker_id } => K::Failed(pb::Failed { error, worker_id }),
+            EventKind::Canceled { reason } => K::Canceled(pb::Canceled { reason }),
+            EventKind::InputRequired { prompt } => K::InputRequired(pb::InputRequired { prompt }),
+            EventKind::Retrying { reason, failed_attempt } => {
+                K::Retrying(pb::Retrying { reason, failed_attempt })
+            }
+        }
+    }
+}
+
+impl From<pb::task_event::Kind> for EventKind {
+    fn from(kind: pb::task_event::Kind) -> Self {
+        use pb::task_event::Kind as K;
+        match kind {
+            K::Submitted(e) => Self::Submitted { agent: e.agent },
+            K::Scheduled(e) => Self::Scheduled { worker_id: e.worker_id },
+            K::Working(_) => Self::Working,
+            K::TextDelta(e) => Self::TextDelta { text: e.text },
+            K::ToolCall(e) => {
+                Self::ToolCall { call_id: e.call_id, name: e.name, arguments: e.arguments }
+            }
+            K::ToolResult(e) => {
+                Self::ToolResult { call_id: e.call_id, output: e.output, is_error: e.is_error }
+            }
+            K::Completed(e) => Self::Completed { usage: e.usage.map(Into::into).unwrap_or_default() },
+            K::Failed(e) => Self::Failed { error: e.error, worker_id: e.worker_id },
+            K::Canceled(e) => Self::Canceled { reason: e.reason },
+            K::InputRequired(e) => Self::InputRequired { prompt: e.prompt },
+            K::Retrying(e) => Self::Retrying { reason: e.reason, failed_attempt: e.failed_attempt },
+        }
+    }
+}
+
+impl From<&TaskEvent> for pb::TaskEvent {
+    fn from(e: &TaskEvent) -> Self {
+        Self {
+            task_id: e.task_id.as_str().to_owned(),
+            seq: e.seq,
+            attempt: e.attempt,
+            timestamp_us: e.timestamp_us,
+            kind: Some((&e.kind).into()),
+        }
+    }
+}
+
+impl TryFrom<pb::TaskEvent> for TaskEvent {
+    type Error = WireError;
+
+    fn try_from(e: pb::TaskEvent) -> Result<Self> {
+        if e.task_id.is_empty() {
+            return Err(WireError::Missing("task event task_id"));
+        }
+        Ok(Self {
+            task_id: TaskId::new(e.task_id),
+            seq: e.seq,
+            attempt: e.attempt,
+            timestamp_us: e.timestamp_us,
+            kind: e.kind.ok_or(WireError::Missing("task event kind"))?.into(),
+        })
+    }
+}
+
+impl From<pb::ModelOnDisk> for ModelOnDisk {
+    fn from(m: pb::ModelOnDisk) -> Self {
+        Self { id: m.id, path: m.path, size_bytes: m.size_bytes, format: m.format }
+    }
+}
+
+impl From<ModelOnDisk> for pb::ModelOnDisk {
+    fn from(m: ModelOnDisk) -> Self {
+        Self { id: m.id, path: m.path, size_bytes: m.size_bytes, format: m.format }
+    }
+}
+
+impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
+    type Error = WireError;
+
+    fn try_from(m: pb::WorkerMessage) -> Result<Self> {
+        use pb::worker_message::Kind;
+        Ok(match m.kind.ok_or(WireError::Missing("worker message kind"))? {
+            Kind::Register(r) => Self::Register(Registration {
+                worker_id: r.worker_id,
+                hostname: r.hostname,
+                resources: r.resources.map(Into::into).unwrap_or_default(),
+                labels: r.labels.into_iter().collect(),
+                models: r.models.into_iter().map(Into::into).collect(),
+                slots: r.slots,
+                version: r.version,
+            }),
+            Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
+                running_tasks: h.running_tasks,
+                actors: h.actors,
+                models_loaded: h.models_loaded,
+            }),
+            Kind::Events(batch) => Self::Events(
+                batch.events.into_iter().map(TaskEvent::try_from).collect::<Result<_>>()?,
+            ),
+        })
+    }
+}
+
+impl From<WorkerUpdate> for pb::WorkerMessage {
+    fn from(u: WorkerUpdate) -> Self {
+        use pb::worker_message::Kind;
+        let kind = match u {
+            WorkerUpdate::Register(r) => Kind::Register(pb::Register {
+                worker_id: r.worker_id,
+                hostname: r.hostname,
+                resources: Some(r.resources.into()),
+                labels: r.labels.into_iter().collect(),
+                models: r.models.into_iter().map(Into::into).collect(),
+                slots: r.slots,
+                version: r.version,
+            }),
+            WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
+                running_tasks: h.running_tasks,
+                actors: h.actors,
+                models_loaded: h.models_loaded,
+            }),
+            WorkerUpdate::Events(events) => Kind::Events(pb::WorkerEvents {
+                events: events.iter().map(Into::into).collect(),
+            }),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+impl From<&Command> for pb::Command {
+    fn from(c: &Command) -> Self {
+        use pb::command::Kind;
+        let kind = match c {
+            Command::PlaceActor { spec, version } => Kind::PlaceActor(pb::PlaceActor {
+                spec: Some(spec.as_ref().into()),
+                spec_version: *version,
+            }),
+            Command::RunTask(t) => Kind::RunTask(pb::RunTask {
+                task_id: t.task_id.as_str().to_owned(),
+                agent: t.agent.clone(),
+                attempt: t.attempt,
+                input: t.input.clone(),
+                context_id: t.context_id.clone(),
+            }),
+            Command::CancelTask { task_id, reason } => Kind::CancelTask(pb::CancelTask {
+                task_id: task_id.as_str().to_owned(),
+                reason: reason.clone(),
+            }),
+            Command::StopActor { agent } => Kind::StopActor(pb::StopActor { agent: agent.clone() }),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::Command> for Command {
+    type Error = WireError;
+
+    fn try_from(c: pb::Command) -> Result<Self> {
+        use pb::command::Kind;
+        Ok(match c.kind.ok_or(WireError::Missing("command kind"))? {
+            Kind::PlaceActor(p) => Command::PlaceActor {
+                spec: Arc::new(p.spec.ok_or(WireError::Missing("place_actor spec"))?.into()),
+                version: p.spec_version,
+            },
+            Kind::RunTask(t) => Command::RunTask(TaskAssignment {
+                task_id: TaskId::new(t.task_id),
+                agent: t.agent,
+                attempt: t.attempt,
+                input: t.input,
+                context_id: t.context_id,
+            }),
+            Kind::CancelTask(c) => {
+                Command::CancelTask { task_id: TaskId::new(c.task_id), reason: c.reason }
+            }
+            Kind::StopActor(s) => Command::StopActor { agent: s.agent },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_the_wire() {
+        let event = TaskEvent {
+            task_id: TaskId::new("t-1"),
+            seq: 7,
+            attempt: 2,
+            timestamp_us: 42,
+            kind: EventKind::Completed { usage: Usage { prompt_tokens: 3, completion_tokens: 4 } },
+        };
+        let wire = pb::TaskEvent::from(&event);
+        assert_eq!(TaskEvent::try_from(wire), Ok(event));
+    }
+
+    #[test]
+    fn an_event_without_a_kind_is_rejected() {
+        let wire = pb::TaskEvent { task_id: "t".into(), ..Default::default() };
+        assert_eq!(TaskEvent::try_from(wire), Err(WireError::Missing("task event kind")));
+    }
+
+    #[test]
+    fn agent_spec_defaults_max_retries() {
+        let spec = AgentSpec::from(pb::AgentSpec { name: "a".into(), ..Default::default() });
+        assert_eq!(spec.max_retries, DEFAULT_MAX_RETRIES);
+    }
+}

@@ -1,0 +1,29 @@
+//! The agentfleet wire format and the domain types the rest of the workspace works with.
+//!
+//! - [`pb`]: tonic/prost code generated from `proto/fleet/v1/*.proto` by `build.rs` (protox,
+//!   no system `protoc`).
+//! - [`types`]: domain types (agents, tasks, events, worker reports) used by the head, the
+//!   worker and the client.
+//! - [`convert`]: the one place where wire types become domain types and back.
+//!
+//! Only this crate knows the wire format; the other crates convert at their edges.
+
+pub mod convert;
+pub mod types;
+
+/// Generated protobuf and gRPC code (package `fleet.v1`).
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod pb {
+    tonic::include_proto!("fleet.v1");
+}
+
+pub use convert::WireError;
+pub use types::*;
+
+/// The metadata key carrying the cluster token on every request.
+pub const TOKEN_METADATA_KEY: &str = "authorization";
+
+/// Formats a token the way [`TOKEN_METADATA_KEY`] carries it.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}

@@ -1,0 +1,242 @@
+//! Domain types shared by the head, the workers and the client.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Retries after a worker failure when an agent does not say.
+pub const DEFAULT_MAX_RETRIES: u32 = 1;
+
+/// A task's id: cheap to clone, shared by the task table, the logs and the events.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(Arc<str>);
+
+impl TaskId {
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Resources a worker has or a task of an agent needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+impl Resources {
+    /// Whether `need` fits into `self`.
+    pub fn fits(&self, need: &Resources) -> bool {
+        // A small tolerance so that fractional cpus add up exactly.
+        need.cpus <= self.cpus + 1e-9
+            && need.memory_bytes <= self.memory_bytes
+            && need.gpus <= self.gpus
+    }
+
+    pub fn add(&mut self, other: &Resources) {
+        self.cpus += other.cpus;
+        self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
+        self.gpus = self.gpus.saturating_add(other.gpus);
+    }
+
+    pub fn sub(&mut self, other: &Resources) {
+        self.cpus = (self.cpus - other.cpus).max(0.0);
+        self.memory_bytes = self.memory_bytes.saturating_sub(other.memory_bytes);
+        self.gpus = self.gpus.saturating_sub(other.gpus);
+    }
+}
+
+/// Sampling defaults of an agent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+/// What an agent is. Validated by the head before it is accepted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentSpec {
+    pub name: String,
+    pub model: String,
+    pub instructions: String,
+    pub description: String,
+    pub tools: Vec<String>,
+    pub sampling: Sampling,
+    /// Reserved on a worker for each running task of this agent.
+    pub resources: Resources,
+    pub max_retries: u32,
+    /// Worker labels this agent must run on.
+    pub labels: BTreeMap<String, String>,
+    /// Model-specific settings, e.g. `token_delay_ms` for `builtin:echo`.
+    pub model_options: BTreeMap<String, String>,
+    /// Most tasks of this agent running at once on the cluster; 0 = unlimited.
+    pub max_concurrency: u32,
+}
+
+/// Token counts of one task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Queued,
+    Scheduled,
+    Working,
+    Completed,
+    Failed,
+    Canceled,
+    InputRequired,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Scheduled => "scheduled",
+            Self::Working => "working",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::InputRequired => "input-required",
+        }
+    }
+}
+
+/// What happened to a task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventKind {
+    Submitted { agent: String },
+    Scheduled { worker_id: String },
+    Working,
+    TextDelta { text: String },
+    ToolCall { call_id: String, name: String, arguments: String },
+    ToolResult { call_id: String, output: String, is_error: bool },
+    Completed { usage: Usage },
+    Failed { error: String, worker_id: String },
+    Canceled { reason: String },
+    InputRequired { prompt: String },
+    Retrying { reason: String, failed_attempt: u32 },
+}
+
+impl EventKind {
+    /// The state a task is in after this event.
+    pub fn state_after(&self) -> Option<TaskState> {
+        match self {
+            Self::Submitted { .. } | Self::Retrying { .. } => Some(TaskState::Queued),
+            Self::Scheduled { .. } => Some(TaskState::Scheduled),
+            Self::Working => Some(TaskState::Working),
+            Self::Completed { .. } => Some(TaskState::Completed),
+            Self::Failed { .. } => Some(TaskState::Failed),
+            Self::Canceled { .. } => Some(TaskState::Canceled),
+            Self::InputRequired { .. } => Some(TaskState::InputRequired),
+            Self::TextDelta { .. } | Self::ToolCall { .. } | Self::ToolResult { .. } => None,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.state_after().is_some_and(TaskState::is_terminal)
+    }
+}
+
+/// One entry of a task's event log. `seq` is assigned by the head: 1, 2, 3, ... with no gaps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskEvent {
+    pub task_id: TaskId,
+    pub seq: u64,
+    pub attempt: u32,
+    pub timestamp_us: u64,
+    pub kind: EventKind,
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A model file or folder a worker has on disk.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelOnDisk {
+    pub id: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub format: String,
+}
+
+/// What a worker says about itself when it joins.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Registration {
+    pub worker_id: String,
+    pub hostname: String,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub models: Vec<ModelOnDisk>,
+    pub slots: u32,
+    pub version: String,
+}
+
+/// A worker's periodic liveness and load report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Heartbeat {
+    pub running_tasks: u32,
+    pub actors: u32,
+    pub models_loaded: Vec<String>,
+}
+
+/// Everything a worker sends up its `Join` stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkerUpdate {
+    Register(Registration),
+    Heartbeat(Heartbeat),
+    /// Task events; `seq` is left 0, the head assigns it.
+    Events(Vec<TaskEvent>),
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskAssignment {
+    pub task_id: TaskId,
+    pub agent: String,
+    pub attempt: u32,
+    pub input: String,
+    pub context_id: String,
+}
+
+/// What the head tells a worker to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    PlaceActor { spec: Arc<AgentSpec>, version: u64 },
+    RunTask(TaskAssignment),
+    CancelTask { task_id: TaskId, reason: String },
+    StopActor { agent: String },
+}
