@@ -1,1 +1,31 @@
-//! placeholder
+//! The agentfleet head node: the cluster's control plane and front door.
+//!
+//! A request's path through the crate:
+//! - [`server`] binds one listener for gRPC and HTTP and runs the failure detector;
+//! - [`auth`] checks the cluster token on every gRPC call;
+//! - [`api`] is the gRPC edge: the client API (`FleetService`) and the workers' `Join`
+//!   stream, converting wire types to domain types;
+//! - [`cluster`] is the state machine behind one lock: it owns the [`agents`] registry, the
+//!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
+//!   and asks the [`scheduler`] where each task goes;
+//! - [`http`] serves `/healthz` (and later A2A and the OpenAI-compatible API);
+//! - [`config`] reads flags and the TOML file (`[[agent]]` tables).
+//!
+//! The head never runs models: it does not link candle.
+
+pub mod agents;
+pub mod api;
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod scheduler;
+pub mod server;
+pub mod tasks;
+pub mod workers;
+
+pub use cluster::Cluster;
+pub use config::HeadConfig;
+pub use error::{Error, Result};
+pub use server::{HeadHandle, serve, spawn};

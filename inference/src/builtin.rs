@@ -99,12 +99,10 @@ impl Model for Echo {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Generation> {
-        let last_user = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .ok_or_else(|| Error::InvalidRequest("the conversation has no user message".into()))?;
+        let last_user =
+            request.messages.iter().rev().find(|m| m.role == Role::User).ok_or_else(|| {
+                Error::InvalidRequest("the conversation has no user message".into())
+            })?;
         let prompt_tokens: usize =
             request.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
         let mut words = split_words(&last_user.content);
@@ -147,7 +145,8 @@ mod tests {
 
     #[test]
     fn words_join_back_to_the_input() {
-        for text in ["hello world", "  lead and trail  ", "", "one", "a\n b\tc", "ünï cödé ✓"] {
+        for text in ["hello world", "  lead and trail  ", "", "one", "a\n b\tc", "ünï cödé ✓"]
+        {
             assert_eq!(split_words(text).concat(), text);
         }
         assert_eq!(split_words("hello big world"), ["hello", " big", " world"]);
@@ -155,7 +154,8 @@ mod tests {
 
     #[tokio::test]
     async fn echo_streams_words_then_usage() -> Result<()> {
-        let events: Vec<_> = Echo::default().generate(request("hello big world"))?.try_collect().await?;
+        let events: Vec<_> =
+            Echo::default().generate(request("hello big world"))?.try_collect().await?;
         assert_eq!(
             events,
             [
@@ -191,7 +191,8 @@ mod tests {
     fn max_tokens_truncates() -> Result<()> {
         let mut req = request("a b c d");
         req.max_tokens = Some(2);
-        let events = futures::executor::block_on(Echo::default().generate(req)?.try_collect::<Vec<_>>())?;
+        let events =
+            futures::executor::block_on(Echo::default().generate(req)?.try_collect::<Vec<_>>())?;
         assert_eq!(events.len(), 3);
         Ok(())
     }
@@ -199,6 +200,9 @@ mod tests {
     #[test]
     fn unknown_builtin_is_a_clear_error() {
         let err = crate::load("builtin:nope", &BTreeMap::new()).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("unknown model \"builtin:nope\": known models are builtin:echo"));
+        assert_eq!(
+            err.as_deref(),
+            Some("unknown model \"builtin:nope\": known models are builtin:echo")
+        );
     }
 }

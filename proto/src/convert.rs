@@ -160,7 +160,9 @@ impl From<pb::task_event::Kind> for EventKind {
             K::ToolResult(e) => {
                 Self::ToolResult { call_id: e.call_id, output: e.output, is_error: e.is_error }
             }
-            K::Completed(e) => Self::Completed { usage: e.usage.map(Into::into).unwrap_or_default() },
+            K::Completed(e) => {
+                Self::Completed { usage: e.usage.map(Into::into).unwrap_or_default() }
+            }
             K::Failed(e) => Self::Failed { error: e.error, worker_id: e.worker_id },
             K::Canceled(e) => Self::Canceled { reason: e.reason },
             K::InputRequired(e) => Self::InputRequired { prompt: e.prompt },
@@ -255,9 +257,9 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                 actors: h.actors,
                 models_loaded: h.models_loaded,
             }),
-            WorkerUpdate::Events(events) => Kind::Events(pb::WorkerEvents {
-                events: events.iter().map(Into::into).collect(),
-            }),
+            WorkerUpdate::Events(events) => {
+                Kind::Events(pb::WorkerEvents { events: events.iter().map(Into::into).collect() })
+            }
         };
         Self { kind: Some(kind) }
     }

@@ -1,1 +1,257 @@
-//! placeholder
+//! A `ClusterSandbox` for tests and benchmarks: a real `fleet-head` and N real
+//! `fleet-worker` processes on 127.0.0.1 with ephemeral ports, started and waited for until
+//! ready, and shut down explicitly (or when dropped).
+//!
+//! The binaries are looked up next to the running test or bench executable (cargo builds
+//! them for `cargo test --workspace` and `cargo build --bins`), or at `FLEET_HEAD_BIN` and
+//! `FLEET_WORKER_BIN`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleet_client::{Client, ConnectOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where a binary of this workspace was built.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(path) = std::env::var(&var) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find the {name} binary near {}: build it first (`cargo build --release --bins`, which \
+         `cargo test --workspace` also does) or set {var}",
+        exe.display()
+    )
+}
+
+/// Settings of a sandbox cluster.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxBuilder {
+    workers: usize,
+    token: Option<String>,
+    head_args: Vec<String>,
+    worker_args: Vec<String>,
+    config_toml: Option<String>,
+    log: Option<String>,
+}
+
+impl SandboxBuilder {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub fn head_arg(mut self, arg: impl Into<String>) -> Self {
+        self.head_args.push(arg.into());
+        self
+    }
+
+    pub fn worker_arg(mut self, arg: impl Into<String>) -> Self {
+        self.worker_args.push(arg.into());
+        self
+    }
+
+    /// A `fleet.toml` for the head.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config_toml = Some(toml.to_owned());
+        self
+    }
+
+    /// `RUST_LOG` for the processes [default: warn].
+    pub fn log(mut self, filter: &str) -> Self {
+        self.log = Some(filter.to_owned());
+        self
+    }
+
+    /// Starts the head and the workers and waits until every worker has joined.
+    pub async fn start(self) -> anyhow::Result<ClusterSandbox> {
+        let dir =
+            std::env::temp_dir().join(format!("fleet-sandbox-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)?;
+        let mut head = Command::new(binary("fleet-head")?);
+        head.args(["--listen", "127.0.0.1:0", "--print-address"]).args(&self.head_args);
+        if let Some(toml) = &self.config_toml {
+            let path = dir.join("fleet.toml");
+            std::fs::write(&path, toml)?;
+            head.arg("--config").arg(path);
+        }
+        let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
+        head.env("RUST_LOG", &log)
+            .env_remove("FLEET_TOKEN")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(token) = &self.token {
+            head.arg("--token").arg(token);
+        }
+        let started = Instant::now();
+        let mut head = head.spawn().context("cannot start fleet-head")?;
+        let stdout = head.stdout.take().context("fleet-head has no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("fleet-head did not print its address within 10 s")??
+            .context("fleet-head exited before printing its address")?;
+        let address = line
+            .strip_prefix("listening on ")
+            .context("unexpected first line from fleet-head")?
+            .to_owned();
+        let mut sandbox = ClusterSandbox {
+            url: format!("http://{address}"),
+            head,
+            workers: Vec::new(),
+            token: self.token.clone(),
+            worker_args: self.worker_args.clone(),
+            log,
+            next_worker: 0,
+            started,
+            dir,
+        };
+        for _ in 0..self.workers {
+            sandbox.add_worker()?;
+        }
+        sandbox.wait_for_workers(self.workers, Duration::from_secs(15)).await?;
+        Ok(sandbox)
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A running head plus workers, each a separate process.
+#[derive(Debug)]
+pub struct ClusterSandbox {
+    /// The head's URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    head: Child,
+    workers: Vec<(String, Child)>,
+    token: Option<String>,
+    worker_args: Vec<String>,
+    log: String,
+    next_worker: usize,
+    started: Instant,
+    dir: PathBuf,
+}
+
+impl ClusterSandbox {
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// How long from the start of `start()` until all workers had joined.
+    pub fn startup_time(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A client with the sandbox's token.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let options = ConnectOptions { token: self.token.clone(), ..Default::default() };
+        Ok(Client::connect_with(&self.url, options).await?)
+    }
+
+    /// Starts one more worker named `worker-N`; returns its name.
+    pub fn add_worker(&mut self) -> anyhow::Result<String> {
+        let name = format!("worker-{}", self.next_worker);
+        self.next_worker += 1;
+        let mut worker = Command::new(binary("fleet-worker")?);
+        worker
+            .args(["--head", &self.url, "--name", &name])
+            .args(&self.worker_args)
+            .env("RUST_LOG", &self.log)
+            .env_remove("FLEET_TOKEN")
+            .kill_on_drop(true);
+        if let Some(token) = &self.token {
+            worker.arg("--token").arg(token);
+        }
+        self.workers.push((name.clone(), worker.spawn().context("cannot start fleet-worker")?));
+        Ok(name)
+    }
+
+    /// Starts a worker process with extra arguments and returns it unsupervised (e.g. one
+    /// with a wrong token).
+    pub fn spawn_worker_process(&self, args: &[&str]) -> anyhow::Result<Child> {
+        let mut worker = Command::new(binary("fleet-worker")?);
+        worker
+            .args(["--head", &self.url])
+            .args(args)
+            .env("RUST_LOG", &self.log)
+            .env_remove("FLEET_TOKEN");
+        Ok(worker.kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?)
+    }
+
+    /// Waits until at least `n` workers have joined.
+    pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut client = None;
+        loop {
+            if client.is_none() {
+                client = self.client().await.ok();
+            }
+            if let Some(c) = &client
+                && let Ok(status) = c.status().await
+                && status.workers.len() >= n
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("fewer than {n} workers joined within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Kills a worker with SIGKILL (no goodbye to the head).
+    pub async fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.workers.iter().position(|(n, _)| n == name).context("no such worker")?;
+        let (_, mut child) = self.workers.remove(index);
+        child.kill().await?;
+        Ok(())
+    }
+
+    pub fn worker_names(&self) -> Vec<String> {
+        self.workers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The head process's resident memory in bytes (Linux).
+    pub fn head_rss_bytes(&self) -> Option<u64> {
+        let pid = self.head.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Stops every process.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        for (_, worker) in &mut self.workers {
+            let _ = worker.kill().await;
+        }
+        let _ = self.head.kill().await;
+        Ok(())
+    }
+}
+
+impl Drop for ClusterSandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

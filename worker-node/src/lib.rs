@@ -1,1 +1,27 @@
-//! placeholder
+//! The agentfleet worker node: joins a head and runs agent actors' tasks on local models.
+//!
+//! - [`connection`] keeps the `Join` stream to the head: registration, heartbeats, task
+//!   events up, commands down, reconnection with backoff;
+//! - [`host`] carries out the commands: it places supervised kameo [`actor::AgentActor`]s,
+//!   hands them tasks, cancels and stops them;
+//! - [`actor`] is the agent actor (spec, shared model, [`memory`] of conversations);
+//! - [`runner`] drives one task's generation into task events;
+//! - [`models`] lists the models on disk and shares loaded ones; [`resources`] detects
+//!   what the machine has; [`config`] holds the settings.
+//!
+//! Model forward passes never run on the async runtime: the inference engine runs them on
+//! its own threads behind the [`fleet_inference::Model`] trait.
+
+pub mod actor;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod host;
+pub mod memory;
+pub mod models;
+pub mod resources;
+pub mod runner;
+
+pub use config::WorkerConfig;
+pub use connection::run;
+pub use error::{Error, Result};

@@ -1,1 +1,100 @@
-fn main() {}
+//! `fleet-worker`: joins an agentfleet head and runs agent tasks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use fleet_worker::{Error, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// A worker node of an agentfleet cluster.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-worker", version)]
+struct Args {
+    /// The head's URL, e.g. http://10.0.0.1:7070.
+    #[arg(long, env = "FLEET_HEAD")]
+    head: String,
+    /// The cluster token (if the head requires one).
+    #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A stable worker id [default: <hostname>-<random>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Cpus to offer [default: all of this machine's].
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory to offer in MiB [default: all of this machine's].
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// GPUs to offer [default: 0].
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// A label KEY=VALUE that agents can require (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Most tasks run at once.
+    #[arg(long, default_value_t = 256)]
+    slots: u32,
+    /// A folder of models (GGUF files, Hugging Face folders) to offer.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("label {s:?} must look like KEY=VALUE")),
+    }
+}
+
+fn config(args: Args) -> Result<WorkerConfig, Error> {
+    let mut config = WorkerConfig::new(args.head);
+    config.token = args.token.filter(|t| !t.is_empty());
+    if let Some(name) = args.name {
+        config.worker_id = name;
+    }
+    if let Some(cpus) = args.cpus {
+        if !(cpus.is_finite() && cpus >= 0.0) {
+            return Err(Error::InvalidConfig(format!(
+                "--cpus must be a non-negative number, got {cpus}"
+            )));
+        }
+        config.resources.cpus = cpus;
+    }
+    if let Some(mb) = args.memory_mb {
+        config.resources.memory_bytes = mb.saturating_mul(1 << 20);
+    }
+    config.resources.gpus = args.gpus;
+    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    if args.slots == 0 {
+        return Err(Error::InvalidConfig("--slots must be at least 1".into()));
+    }
+    config.slots = args.slots;
+    config.models_dir = args.models_dir;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        signal.cancel();
+    });
+    let result = match config(Args::parse()) {
+        Ok(config) => fleet_worker::run(config, shutdown).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!("fleet-worker: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,169 @@
+//! The agent registry: agents declared in the config file or registered at run time,
+//! validated once here so that the rest of the head can trust them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleet_proto::AgentSpec;
+
+use crate::{Error, Result};
+
+/// Model ids every worker can run without weights.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// A registered agent.
+#[derive(Debug)]
+pub struct AgentEntry {
+    pub spec: Arc<AgentSpec>,
+    /// Grows each time the spec changes; workers re-place actors of an older version.
+    pub version: u64,
+    pub tasks_submitted: u64,
+    /// Tasks of this agent placed on a worker and not yet finished.
+    pub running: u32,
+}
+
+/// All agents by name.
+#[derive(Debug, Default)]
+pub struct AgentRegistry {
+    agents: HashMap<String, AgentEntry>,
+    next_version: u64,
+}
+
+/// What a registration did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registered {
+    New,
+    Unchanged,
+    /// The spec changed: actors of the old version must be stopped.
+    Replaced,
+}
+
+impl AgentRegistry {
+    /// Registers or updates an agent after validating it.
+    pub fn register(&mut self, spec: AgentSpec) -> Result<(Registered, &AgentEntry)> {
+        validate(&spec)?;
+        self.next_version += 1;
+        let version = self.next_version;
+        let name = spec.name.clone();
+        let outcome = match self.agents.get_mut(&name) {
+            Some(entry) if *entry.spec == spec => Registered::Unchanged,
+            Some(entry) => {
+                entry.spec = Arc::new(spec);
+                entry.version = version;
+                Registered::Replaced
+            }
+            None => {
+                let entry =
+                    AgentEntry { spec: Arc::new(spec), version, tasks_submitted: 0, running: 0 };
+                self.agents.insert(name.clone(), entry);
+                Registered::New
+            }
+        };
+        let entry = self.agents.get(&name).ok_or_else(|| Error::UnknownAgent(name.clone()))?;
+        Ok((outcome, entry))
+    }
+
+    pub fn get(&self, name: &str) -> Result<&AgentEntry> {
+        self.agents.get(name).ok_or_else(|| Error::UnknownAgent(name.to_owned()))
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Result<&mut AgentEntry> {
+        self.agents.get_mut(name).ok_or_else(|| Error::UnknownAgent(name.to_owned()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AgentEntry> {
+        self.agents.values()
+    }
+}
+
+/// Checks an agent spec; the error says which field is wrong and how.
+pub fn validate(spec: &AgentSpec) -> Result<()> {
+    let bad = |msg: String| Err(Error::InvalidAgent(msg));
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 64
+        && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return bad(format!(
+            "name {:?} must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            spec.name
+        ));
+    }
+    if spec.model.trim().is_empty() {
+        return bad(format!(
+            "agent {:?} has no model: set model, e.g. \"builtin:echo\"",
+            spec.name
+        ));
+    }
+    if let Some(builtin) = spec.model.strip_prefix(BUILTIN_PREFIX)
+        && builtin != "echo"
+    {
+        return bad(format!(
+            "unknown built-in model {:?}: the built-in models are builtin:echo",
+            spec.model
+        ));
+    }
+    let r = &spec.resources;
+    if !r.cpus.is_finite() || r.cpus < 0.0 {
+        return bad(format!("resources.cpus must be a non-negative number, got {}", r.cpus));
+    }
+    if let Some(t) = spec.sampling.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return bad(format!("sampling.temperature must be between 0 and 2, got {t}"));
+    }
+    if let Some(p) = spec.sampling.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return bad(format!("sampling.top_p must be in (0, 1], got {p}"));
+    }
+    if spec.max_retries > 100 {
+        return bad(format!("max_retries must be at most 100, got {}", spec.max_retries));
+    }
+    if spec.instructions.len() > 1 << 20 {
+        return bad("instructions must be at most 1 MiB".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(name: &str) -> AgentSpec {
+        AgentSpec { name: name.into(), model: "builtin:echo".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn registering_twice_is_idempotent_and_changes_bump_the_version() -> Result<()> {
+        let mut agents = AgentRegistry::default();
+        let v1 = agents.register(echo("a"))?.1.version;
+        assert_eq!(agents.register(echo("a"))?.0, Registered::Unchanged);
+        let changed = AgentSpec { instructions: "new".into(), ..echo("a") };
+        let (outcome, entry) = agents.register(changed)?;
+        assert_eq!(outcome, Registered::Replaced);
+        assert!(entry.version > v1);
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_specs_say_what_is_wrong() {
+        let cases = [
+            (echo(""), "name"),
+            (echo("has space"), "name"),
+            (AgentSpec { model: String::new(), ..echo("a") }, "no model"),
+            (AgentSpec { model: "builtin:nope".into(), ..echo("a") }, "built-in"),
+        ];
+        for (spec, needle) in cases {
+            let err = validate(&spec).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}

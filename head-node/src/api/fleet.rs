@@ -1,0 +1,229 @@
+//! The client API (`fleet.v1.FleetService`): agents, task submission and following,
+//! cancellation, task queries and the cluster status.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fleet_proto::{AgentSpec, pb};
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info_span};
+
+use super::streams::{self, EventStream};
+use super::wire::state_filter;
+use crate::cluster::{Cluster, NewTask, TaskFilter};
+use crate::tasks::Delivery;
+
+/// How many deliveries one SubmitMany response message carries at most.
+const BATCH: usize = 1024;
+
+/// Implements `FleetService` over the shared [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct FleetApi {
+    cluster: Arc<Cluster>,
+    shutdown: CancellationToken,
+}
+
+impl FleetApi {
+    pub fn new(cluster: Arc<Cluster>, shutdown: CancellationToken) -> Self {
+        Self { cluster, shutdown }
+    }
+}
+
+fn new_task(r: pb::SubmitRequest) -> NewTask {
+    NewTask { agent: r.agent, input: r.input, context_id: r.context_id }
+}
+
+type ManyStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitManyResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::fleet_service_server::FleetService for FleetApi {
+    async fn register_agent(
+        &self,
+        request: Request<pb::RegisterAgentRequest>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is missing: send the agent's spec"))?;
+        let info = self.cluster.register_agent(AgentSpec::from(spec))?;
+        Ok(Response::new(info.into()))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.cluster.agents().into_iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    type SubmitStream = EventStream;
+
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<Self::SubmitStream>, Status> {
+        let (sub, subscription) = self.cluster.subscriber();
+        let task_id = self.cluster.submit(new_task(request.into_inner()), Some((sub, None)))?;
+        debug!(task_id = %task_id, "submit stream opened");
+        Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
+    }
+
+    type SubmitManyStream = ManyStream;
+
+    async fn submit_many(
+        &self,
+        request: Request<Streaming<pb::SubmitManyRequest>>,
+    ) -> Result<Response<Self::SubmitManyStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (sub, subscription) = self.cluster.subscriber();
+        let cluster = self.cluster.clone();
+        let shutdown = self.shutdown.clone();
+        // Reads submissions until the client half-closes. The subscriber clone it holds keeps
+        // the response stream open; once it and every task's clone are dropped (all tasks
+        // ended), the response stream ends.
+        let reader = async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    () = shutdown.cancelled() => return,
+                };
+                let items = match message {
+                    Ok(Some(m)) => m.items,
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(%status, "submit_many inbound ended with an error");
+                        return;
+                    }
+                };
+                for item in items {
+                    if !sub.wait_for_room(64).await {
+                        return;
+                    }
+                    let Some(request) = item.request else {
+                        let error = crate::Error::InvalidArgument("item has no request".into());
+                        sub.deliver(Delivery::Rejected {
+                            client_ref: item.client_ref,
+                            error: Arc::new(error),
+                        });
+                        continue;
+                    };
+                    if let Err(error) = cluster
+                        .submit(new_task(request), Some((sub.clone(), Some(item.client_ref))))
+                    {
+                        sub.deliver(Delivery::Rejected {
+                            client_ref: item.client_ref,
+                            error: Arc::new(error),
+                        });
+                    }
+                }
+            }
+        };
+        tokio::spawn(reader.instrument(info_span!("submit_many")));
+
+        let shutdown = self.shutdown.clone();
+        let stream = futures::stream::unfold(Some(subscription), move |state| {
+            let shutdown = shutdown.clone();
+            async move {
+                let mut subscription = state?;
+                let first = tokio::select! {
+                    d = streams::next(&mut subscription) => d,
+                    () = shutdown.cancelled() => {
+                        return Some((Err(Status::unavailable("the head is shutting down")), None));
+                    }
+                };
+                let Some(first) = first else {
+                    return subscription.was_cut().then(|| (Err(streams::cut_off()), None));
+                };
+                let mut response = pb::SubmitManyResponse::default();
+                add_delivery(&mut response, first);
+                for _ in 1..BATCH {
+                    match subscription.rx.try_recv() {
+                        Ok(d) => add_delivery(&mut response, d),
+                        Err(_) => break,
+                    }
+                }
+                Some((Ok(response), Some(subscription)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchTaskStream = EventStream;
+
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let r = request.into_inner();
+        let subscription = self.cluster.watch(&r.task_id, r.from_seq)?;
+        Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        Ok(Response::new(self.cluster.cancel(&request.into_inner().task_id)?.into()))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        Ok(Response::new(self.cluster.task(&request.into_inner().task_id)?.into()))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = request.into_inner();
+        let after = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| {
+                Status::invalid_argument(
+                    "page_token is not one this head issued: pass next_page_token back unchanged",
+                )
+            })?
+        };
+        let filter = TaskFilter {
+            agent: (!r.agent.is_empty()).then_some(r.agent),
+            state: state_filter(r.state)?,
+            page_size: if r.page_size == 0 { 100 } else { r.page_size as usize },
+            after,
+        };
+        let (tasks, next) = self.cluster.list_tasks(&filter);
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.cluster.status().into()))
+    }
+}
+
+fn add_delivery(response: &mut pb::SubmitManyResponse, delivery: Delivery) {
+    match delivery {
+        Delivery::Accepted { client_ref, task_id } => response.acks.push(pb::SubmitAck {
+            client_ref,
+            task_id: task_id.to_string(),
+            ..Default::default()
+        }),
+        Delivery::Rejected { client_ref, error } => response.acks.push(pb::SubmitAck {
+            client_ref,
+            error_code: error.code() as i32,
+            error_message: error.to_string(),
+            ..Default::default()
+        }),
+        Delivery::Event(e) => response.events.push(pb::TaskEvent::from(&*e)),
+    }
+}

@@ -1,0 +1,151 @@
+//! The workers' side of the control plane (`fleet.v1.WorkerService/Join`): registration,
+//! heartbeats and task events up; batched commands down.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::{Command, Registration, WorkerUpdate, pb};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::cluster::Cluster;
+
+/// How long a worker has to send its registration after opening the stream.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands per message down the stream at most.
+const BATCH: usize = 512;
+
+/// Implements `WorkerService` over the shared [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct WorkerApi {
+    cluster: Arc<Cluster>,
+    heartbeat_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+impl WorkerApi {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        heartbeat_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { cluster, heartbeat_interval, shutdown }
+    }
+}
+
+fn validate(r: &Registration) -> Result<(), Status> {
+    let id_ok = !r.worker_id.is_empty()
+        && r.worker_id.len() <= 128
+        && r.worker_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !id_ok {
+        return Err(Status::invalid_argument(
+            "worker_id must be 1 to 128 characters of letters, digits, '-', '_', '.' or ':'",
+        ));
+    }
+    if r.slots == 0 {
+        return Err(Status::invalid_argument("slots must be at least 1"));
+    }
+    if !r.resources.cpus.is_finite() || r.resources.cpus < 0.0 {
+        return Err(Status::invalid_argument("resources.cpus must be a non-negative number"));
+    }
+    Ok(())
+}
+
+type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::HeadMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkerApi {
+    type JoinStream = CommandStream;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let address = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no registration within 10 s of joining"))??
+            .ok_or_else(|| Status::invalid_argument("the stream ended before the registration"))?;
+        let registration = match WorkerUpdate::try_from(first) {
+            Ok(WorkerUpdate::Register(r)) => r,
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on Join must be a registration",
+                ));
+            }
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        };
+        validate(&registration)?;
+        let worker_id = registration.worker_id.clone();
+        let (connection, commands) = self.cluster.worker_joined(registration, address);
+
+        let span = info_span!("worker", worker_id = %worker_id, connection);
+        let cluster = self.cluster.clone();
+        let shutdown = self.shutdown.clone();
+        let reader = async move {
+            let reason = loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    () = shutdown.cancelled() => break "the head is shutting down".to_owned(),
+                };
+                let update = match message {
+                    Ok(Some(m)) => WorkerUpdate::try_from(m),
+                    Ok(None) => break "the worker closed its stream".to_owned(),
+                    Err(status) => break format!("the stream broke: {}", status.message()),
+                };
+                match update {
+                    Ok(WorkerUpdate::Heartbeat(beat)) => {
+                        cluster.heartbeat(&worker_id, connection, beat)
+                    }
+                    Ok(WorkerUpdate::Events(events)) => {
+                        cluster.worker_events(&worker_id, connection, events)
+                    }
+                    Ok(WorkerUpdate::Register(_)) => {
+                        warn!("second registration on one stream ignored")
+                    }
+                    Err(e) => warn!(error = %e, "malformed message from worker dropped"),
+                }
+            };
+            debug!(reason, "worker stream ended");
+            cluster.worker_lost(&worker_id, connection, &reason);
+        };
+        tokio::spawn(reader.instrument(span));
+
+        let welcome = pb::HeadMessage {
+            kind: Some(pb::head_message::Kind::Welcome(pb::Welcome {
+                worker_id: String::new(),
+                heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+            })),
+        };
+        let stream = futures::stream::once(async move { Ok(welcome) })
+            .chain(command_batches(commands))
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Batches whatever commands are waiting into one message, so a burst of tasks costs a
+/// few frames rather than one each. Ends when the head drops the worker.
+fn command_batches(
+    commands: mpsc::UnboundedReceiver<Command>,
+) -> impl Stream<Item = Result<pb::HeadMessage, Status>> + Send {
+    futures::stream::unfold((commands, Vec::with_capacity(BATCH)), |(mut rx, mut buf)| async move {
+        buf.clear();
+        if rx.recv_many(&mut buf, BATCH).await == 0 {
+            return None;
+        }
+        let message = pb::HeadMessage {
+            kind: Some(pb::head_message::Kind::Commands(pb::Commands {
+                commands: buf.iter().map(pb::Command::from).collect(),
+            })),
+        };
+        Some((Ok(message), (rx, buf)))
+    })
+}

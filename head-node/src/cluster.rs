@@ -1,0 +1,646 @@
+//! The head's state machine: agents, workers, tasks and the queue behind one lock, and every
+//! transition between them (submit, dispatch, worker events, worker loss, cancel, retry).
+//!
+//! One `parking_lot` mutex guards it all: each operation is short and non-blocking (channel
+//! sends never wait), so a single lock is both fast and easy to reason about.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::{
+    AgentSpec, Command, EventKind, Heartbeat, Registration, TaskAssignment, TaskEvent, TaskId,
+    TaskState, now_us,
+};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::agents::{AgentRegistry, Registered};
+use crate::config::HeadConfig;
+use crate::scheduler::{self, Placement};
+use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
+use crate::workers::{WorkerEntry, WorkerRegistry};
+use crate::{Error, Result};
+
+/// How many queued tasks one drain looks at past tasks that must keep waiting.
+const QUEUE_SCAN_LIMIT: usize = 256;
+/// Conversations remembered for placing a context's next turn on the same worker.
+const MAX_CONTEXT_AFFINITY: usize = 100_000;
+
+/// A task to submit.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub agent: String,
+    pub input: String,
+    pub context_id: String,
+}
+
+/// A snapshot of one task for GetTask/ListTasks.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    pub task_id: TaskId,
+    pub agent: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub context_id: String,
+    pub output: String,
+    pub error: String,
+    pub events: u64,
+    pub submitted_at_us: u64,
+    pub finished_at_us: u64,
+    pub usage: fleet_proto::Usage,
+}
+
+impl From<&TaskEntry> for TaskInfo {
+    fn from(t: &TaskEntry) -> Self {
+        Self {
+            task_id: t.id.clone(),
+            agent: t.agent.clone(),
+            state: t.state,
+            attempt: t.attempt,
+            worker_id: t.worker.clone().unwrap_or_default(),
+            context_id: t.context_id.clone(),
+            output: t.output.clone(),
+            error: t.error.clone(),
+            events: t.events.len() as u64,
+            submitted_at_us: t.submitted_at_us,
+            finished_at_us: t.finished_at_us,
+            usage: t.usage,
+        }
+    }
+}
+
+/// A registered agent, for listing.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub spec: Arc<AgentSpec>,
+    pub version: u64,
+    pub tasks_submitted: u64,
+}
+
+/// One worker, for the cluster status.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub registration: Registration,
+    pub address: String,
+    pub free: fleet_proto::Resources,
+    pub running_tasks: u32,
+    pub tasks_assigned: u64,
+    pub models_loaded: Vec<String>,
+    pub last_heartbeat_ago: Duration,
+}
+
+/// The whole cluster at a glance.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub workers: Vec<WorkerInfo>,
+    pub agents: usize,
+    pub queued_tasks: usize,
+    pub running_tasks: usize,
+    pub retained_tasks: usize,
+    pub counters: crate::tasks::TaskCounters,
+}
+
+/// Filters and paging for ListTasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub agent: Option<String>,
+    pub state: Option<TaskState>,
+    pub page_size: usize,
+    /// The task number to continue after.
+    pub after: u64,
+}
+
+/// The limits the state machine enforces.
+#[derive(Debug, Clone)]
+struct Limits {
+    max_queued_tasks: usize,
+    max_input_bytes: usize,
+    subscriber_buffer: usize,
+}
+
+struct State {
+    agents: AgentRegistry,
+    workers: WorkerRegistry,
+    tasks: TaskTable,
+    queue: VecDeque<TaskId>,
+    /// (agent, context id) -> the worker that ran its last turn.
+    context_workers: HashMap<(String, String), String>,
+}
+
+/// The head's cluster state, shared by every API handler.
+pub struct Cluster {
+    state: Mutex<State>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A cluster with the config's limits and agents.
+    pub fn new(config: &HeadConfig) -> Result<Self> {
+        let mut agents = AgentRegistry::default();
+        for spec in &config.agents {
+            agents.register(spec.clone())?;
+        }
+        Ok(Self {
+            state: Mutex::new(State {
+                agents,
+                workers: WorkerRegistry::default(),
+                tasks: TaskTable::new(config.max_retained_tasks),
+                queue: VecDeque::new(),
+                context_workers: HashMap::new(),
+            }),
+            limits: Limits {
+                max_queued_tasks: config.max_queued_tasks,
+                max_input_bytes: config.max_input_bytes,
+                subscriber_buffer: config.subscriber_buffer,
+            },
+        })
+    }
+
+    /// A new subscriber with the configured buffer.
+    pub fn subscriber(&self) -> (Subscriber, Subscription) {
+        subscriber(self.limits.subscriber_buffer)
+    }
+
+    // ---- agents ----
+
+    pub fn register_agent(&self, spec: AgentSpec) -> Result<AgentInfo> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let (outcome, entry) = state.agents.register(spec)?;
+        let info = AgentInfo {
+            spec: entry.spec.clone(),
+            version: entry.version,
+            tasks_submitted: entry.tasks_submitted,
+        };
+        if outcome == Registered::Replaced {
+            // Actors of the old spec hold state built for it (conversations, model).
+            for w in state.workers.iter_mut() {
+                if w.placed.remove(&info.spec.name).is_some() {
+                    let _ = w.commands.send(Command::StopActor { agent: info.spec.name.clone() });
+                }
+            }
+        }
+        info!(agent = %info.spec.name, model = %info.spec.model, version = info.version, ?outcome, "agent registered");
+        Ok(info)
+    }
+
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let state = self.state.lock();
+        let mut agents: Vec<_> = state
+            .agents
+            .iter()
+            .map(|e| AgentInfo {
+                spec: e.spec.clone(),
+                version: e.version,
+                tasks_submitted: e.tasks_submitted,
+            })
+            .collect();
+        agents.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        agents
+    }
+
+    // ---- tasks ----
+
+    /// Validates and accepts a task; `subscriber` (if any) is attached before its first
+    /// event, and told `Accepted { client_ref }` first when a ref is given.
+    pub fn submit(
+        &self,
+        task: NewTask,
+        subscriber: Option<(Subscriber, Option<u64>)>,
+    ) -> Result<TaskId> {
+        self.validate(&task)?;
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let spec = state.agents.get(&task.agent)?.spec.clone();
+        let context_worker = context_worker(state, &task.agent, &task.context_id);
+        let placement = match scheduler::place(&spec, &state.workers, context_worker.as_deref()) {
+            Placement::Never(reason) => {
+                return Err(Error::Unschedulable { agent: task.agent, reason });
+            }
+            Placement::Worker(w) => Some(w.to_owned()),
+            Placement::Wait => None,
+        };
+        let at_capacity = spec.max_concurrency > 0
+            && state.agents.get(&task.agent)?.running >= spec.max_concurrency;
+        let placement = placement.filter(|_| !at_capacity);
+        if placement.is_none() && state.queue.len() >= self.limits.max_queued_tasks {
+            return Err(Error::QueueFull { limit: self.limits.max_queued_tasks });
+        }
+        state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
+
+        let id = TaskId::new(uuid::Uuid::new_v4().to_string());
+        let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
+        if let Some((sub, client_ref)) = subscriber {
+            let accepted = match client_ref {
+                Some(client_ref) => {
+                    sub.deliver(Delivery::Accepted { client_ref, task_id: id.clone() })
+                }
+                None => true,
+            };
+            if accepted {
+                entry.subscribers.push(sub);
+            }
+        }
+        entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
+        debug!(task_id = %id, agent = %entry.agent, "task submitted");
+        match placement {
+            Some(worker) => dispatch(state, &id, &worker),
+            None => state.queue.push_back(id.clone()),
+        }
+        Ok(id)
+    }
+
+    fn validate(&self, task: &NewTask) -> Result<()> {
+        if task.agent.is_empty() {
+            return Err(Error::InvalidArgument("agent is empty: name the agent to run".into()));
+        }
+        if task.input.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "input is empty: give the agent something to do".into(),
+            ));
+        }
+        if task.input.len() > self.limits.max_input_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "input is {} bytes, over the limit of {} bytes",
+                task.input.len(),
+                self.limits.max_input_bytes
+            )));
+        }
+        if task.context_id.len() > 256 {
+            return Err(Error::InvalidArgument("context_id must be at most 256 bytes".into()));
+        }
+        Ok(())
+    }
+
+    /// Follows a task from `from_seq`: the events logged so far, then live ones.
+    pub fn watch(&self, task_id: &str, from_seq: u64) -> Result<Subscription> {
+        let mut state = self.state.lock();
+        let task =
+            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let backlog = task.events_from(from_seq);
+        let (sub, subscription) = subscriber(backlog.len() + self.limits.subscriber_buffer);
+        for event in backlog {
+            sub.deliver(Delivery::Event(event.clone()));
+        }
+        if !task.state.is_terminal() {
+            task.subscribers.push(sub);
+        }
+        Ok(subscription)
+    }
+
+    /// Cancels a task: a queued one at once, a running one through its worker.
+    pub fn cancel(&self, task_id: &str) -> Result<TaskInfo> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let task =
+            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        if task.state.is_terminal() || task.cancel_requested {
+            return Ok(TaskInfo::from(&*task));
+        }
+        task.cancel_requested = true;
+        let id = task.id.clone();
+        match task.worker.clone() {
+            Some(worker) => {
+                if let Some(w) = state.workers.get(&worker) {
+                    let _ = w.commands.send(Command::CancelTask {
+                        task_id: id.clone(),
+                        reason: "canceled by the client".into(),
+                    });
+                }
+            }
+            None => {
+                state.queue.retain(|q| *q != id);
+                finish(state, &id, EventKind::Canceled { reason: "canceled by the client".into() });
+            }
+        }
+        info!(task_id = %id, "task cancel requested");
+        let task =
+            state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        Ok(TaskInfo::from(task))
+    }
+
+    pub fn task(&self, task_id: &str) -> Result<TaskInfo> {
+        let state = self.state.lock();
+        state
+            .tasks
+            .get(task_id)
+            .map(TaskInfo::from)
+            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+    }
+
+    /// Tasks in submission order; returns the page and the number to continue after.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> (Vec<TaskInfo>, Option<u64>) {
+        let state = self.state.lock();
+        let size = filter.page_size.clamp(1, 1000);
+        let mut page = Vec::with_capacity(size.min(64));
+        let mut last = None;
+        for t in state.tasks.iter_from(filter.after) {
+            if filter.agent.as_ref().is_some_and(|a| *a != t.agent)
+                || filter.state.is_some_and(|s| s != t.state)
+            {
+                continue;
+            }
+            if page.len() == size {
+                return (page, last);
+            }
+            last = Some(t.number);
+            page.push(TaskInfo::from(t));
+        }
+        (page, None)
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let state = self.state.lock();
+        let now = Instant::now();
+        let mut workers: Vec<_> = state
+            .workers
+            .iter()
+            .map(|w| WorkerInfo {
+                registration: w.registration.clone(),
+                address: w.address.clone(),
+                free: w.free,
+                running_tasks: w.running.len() as u32,
+                tasks_assigned: w.tasks_assigned,
+                models_loaded: w.heartbeat.models_loaded.clone(),
+                last_heartbeat_ago: now.saturating_duration_since(w.last_heartbeat),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.registration.worker_id.cmp(&b.registration.worker_id));
+        ClusterStatus {
+            running_tasks: workers.iter().map(|w| w.running_tasks as usize).sum(),
+            workers,
+            agents: state.agents.len(),
+            queued_tasks: state.queue.len(),
+            retained_tasks: state.tasks.len(),
+            counters: state.tasks.counters,
+        }
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.state.lock().workers.len()
+    }
+
+    // ---- workers ----
+
+    /// Adds a worker that joined; returns its connection number and its command stream.
+    pub fn worker_joined(
+        &self,
+        registration: Registration,
+        address: String,
+    ) -> (u64, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let connection = state.workers.next_connection();
+        let id = registration.worker_id.clone();
+        let entry = WorkerEntry::new(registration, connection, address, tx, Instant::now());
+        if let Some(old) = state.workers.insert(entry) {
+            // The same worker joined again before its old stream was noticed gone.
+            fail_over(state, old, "the worker reconnected");
+        }
+        info!(worker_id = %id, connection, workers = state.workers.len(), "worker joined");
+        drain_queue(state);
+        (connection, rx)
+    }
+
+    pub fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {
+        self.state.lock().workers.heartbeat(worker_id, connection, beat, Instant::now());
+    }
+
+    /// Applies a batch of events a worker sent about its tasks.
+    pub fn worker_events(&self, worker_id: &str, connection: u64, events: Vec<TaskEvent>) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.workers.touch(worker_id, connection, Instant::now());
+        let mut freed = false;
+        for event in events {
+            let Some(task) = state.tasks.get_mut(event.task_id.as_str()) else {
+                debug!(task_id = %event.task_id, worker_id, "event for an unknown task dropped");
+                continue;
+            };
+            let current =
+                task.worker.as_deref() == Some(worker_id) && task.attempt == event.attempt;
+            if !current || task.state.is_terminal() {
+                debug!(task_id = %event.task_id, worker_id, attempt = event.attempt, "stale event dropped");
+                continue;
+            }
+            match &event.kind {
+                EventKind::Submitted { .. }
+                | EventKind::Scheduled { .. }
+                | EventKind::Retrying { .. } => {
+                    warn!(task_id = %event.task_id, worker_id, "worker sent a head-only event; dropped");
+                }
+                kind if kind.is_terminal() => {
+                    finish(state, &event.task_id, event.kind);
+                    freed = true;
+                }
+                _ => {
+                    task.push(event.kind, event.timestamp_us);
+                }
+            }
+        }
+        if freed {
+            drain_queue(state);
+        }
+    }
+
+    /// A worker is gone (its stream ended or it stopped heartbeating): retry or fail its
+    /// tasks. Ignored if `connection` is no longer the worker's current one.
+    pub fn worker_lost(&self, worker_id: &str, connection: u64, reason: &str) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if let Some(entry) = state.workers.remove(worker_id, connection) {
+            warn!(worker_id, reason, tasks = entry.running.len(), "worker lost");
+            fail_over(state, entry, reason);
+            drain_queue(state);
+        }
+    }
+
+    /// Declares dead every worker silent for longer than `timeout`.
+    pub fn sweep_silent_workers(&self, timeout: Duration) {
+        let expired = self.state.lock().workers.expired(Instant::now(), timeout);
+        for (id, connection) in expired {
+            let reason = format!("no heartbeat for {} ms", timeout.as_millis());
+            self.worker_lost(&id, connection, &reason);
+        }
+    }
+}
+
+fn context_worker(state: &State, agent: &str, context_id: &str) -> Option<String> {
+    if context_id.is_empty() {
+        return None;
+    }
+    state.context_workers.get(&(agent.to_owned(), context_id.to_owned())).cloned()
+}
+
+/// Puts a task on a worker: reserves its share, logs `Scheduled`, sends the commands.
+fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
+    let (Some(task), Some(worker)) =
+        (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
+    else {
+        return;
+    };
+    let Ok(agent) = state.agents.get_mut(&task.agent) else {
+        return;
+    };
+    let spec = agent.spec.clone();
+    if worker.placed.get(&spec.name) != Some(&agent.version) {
+        worker.placed.insert(spec.name.clone(), agent.version);
+        let _ = worker
+            .commands
+            .send(Command::PlaceActor { spec: spec.clone(), version: agent.version });
+    }
+    agent.running += 1;
+    worker.running.insert(id.clone());
+    *worker.running_per_agent.entry(spec.name.clone()).or_default() += 1;
+    worker.free.sub(&spec.resources);
+    worker.tasks_assigned += 1;
+    task.reserved = spec.resources;
+    task.worker = Some(worker_id.to_owned());
+    let _ = worker.commands.send(Command::RunTask(TaskAssignment {
+        task_id: id.clone(),
+        agent: task.agent.clone(),
+        attempt: task.attempt,
+        input: task.input.to_string(),
+        context_id: task.context_id.clone(),
+    }));
+    task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
+    if !task.context_id.is_empty() {
+        if state.context_workers.len() >= MAX_CONTEXT_AFFINITY {
+            state.context_workers.clear();
+        }
+        state
+            .context_workers
+            .insert((task.agent.clone(), task.context_id.clone()), worker_id.to_owned());
+    }
+    debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
+}
+
+/// Frees what the running attempt of a task holds on its worker.
+fn release(state: &mut State, id: &TaskId) {
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
+    let Some(worker_id) = task.worker.take() else { return };
+    if let Ok(agent) = state.agents.get_mut(&task.agent) {
+        agent.running = agent.running.saturating_sub(1);
+    }
+    if let Some(worker) = state.workers.get_mut(&worker_id)
+        && worker.running.remove(id)
+    {
+        worker.free.add(&task.reserved);
+        if let Some(n) = worker.running_per_agent.get_mut(&task.agent) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    // Keep the worker id for GetTask: the task ran there.
+    task.worker = Some(worker_id);
+}
+
+/// Ends a task with a terminal event.
+fn finish(state: &mut State, id: &TaskId, kind: EventKind) {
+    release(state, id);
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
+    task.push(kind, now_us());
+    let final_state = task.state;
+    debug!(task_id = %id, state = final_state.as_str(), "task finished");
+    state.tasks.finished(id, final_state);
+}
+
+/// Retries or fails the tasks that were running on a lost worker.
+fn fail_over(state: &mut State, worker: WorkerEntry, reason: &str) {
+    let mut retry = Vec::new();
+    for id in worker.running {
+        let Some(task) = state.tasks.get_mut(id.as_str()) else { continue };
+        if let Ok(agent) = state.agents.get_mut(&task.agent) {
+            agent.running = agent.running.saturating_sub(1);
+        }
+        let max_retries = state.agents.get(&task.agent).map(|a| a.spec.max_retries).unwrap_or(0);
+        let failed_attempt = task.attempt;
+        if task.cancel_requested {
+            task.push(
+                EventKind::Canceled {
+                    reason: format!("canceled; worker {} lost: {reason}", worker.id),
+                },
+                now_us(),
+            );
+        } else if failed_attempt <= max_retries {
+            task.push(
+                EventKind::Retrying {
+                    reason: format!("worker {} lost: {reason}", worker.id),
+                    failed_attempt,
+                },
+                now_us(),
+            );
+            task.attempt += 1;
+            task.worker = None;
+            retry.push(id);
+            continue;
+        } else {
+            let error = format!(
+                "worker {} lost while running the task ({reason}); attempt {failed_attempt} of {}",
+                worker.id,
+                max_retries + 1
+            );
+            task.push(EventKind::Failed { error, worker_id: worker.id.clone() }, now_us());
+        }
+        let final_state = task.state;
+        state.tasks.finished(&id, final_state);
+    }
+    // Retries go first: they were accepted before anything still queued.
+    for id in retry.into_iter().rev() {
+        state.queue.push_front(id);
+    }
+    state.context_workers.retain(|_, w| *w != worker.id);
+}
+
+/// Places queued tasks on free capacity, oldest first.
+fn drain_queue(state: &mut State) {
+    let mut index = 0;
+    let mut waited = 0;
+    while index < state.queue.len() && waited < QUEUE_SCAN_LIMIT {
+        if !state.workers.iter().any(WorkerEntry::has_free_slot) {
+            return;
+        }
+        let id = state.queue[index].clone();
+        let Some(task) = state.tasks.get(id.as_str()) else {
+            state.queue.remove(index);
+            continue;
+        };
+        let Ok(agent) = state.agents.get(&task.agent) else {
+            state.queue.remove(index);
+            continue;
+        };
+        let spec = agent.spec.clone();
+        if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
+            index += 1;
+            waited += 1;
+            continue;
+        }
+        let context = context_worker(state, &task.agent, &task.context_id);
+        match scheduler::place(&spec, &state.workers, context.as_deref()) {
+            Placement::Worker(w) => {
+                let w = w.to_owned();
+                state.queue.remove(index);
+                dispatch(state, &id, &w);
+            }
+            Placement::Wait => {
+                index += 1;
+                waited += 1;
+            }
+            Placement::Never(reason) => {
+                state.queue.remove(index);
+                let error = format!("no worker can run agent {:?}: {reason}", spec.name);
+                finish(state, &id, EventKind::Failed { error, worker_id: String::new() });
+            }
+        }
+    }
+}

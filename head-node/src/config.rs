@@ -1,0 +1,272 @@
+//! Head settings: command-line flags, an optional TOML file (`--config fleet.toml`) and the
+//! agents it declares. Flags win over the file; the file wins over the defaults.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_proto::{AgentSpec, DEFAULT_MAX_RETRIES, Resources, Sampling};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The address the head listens on when neither `--listen` nor the file says.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
+
+/// Everything the head needs to run.
+#[derive(Clone, Debug)]
+pub struct HeadConfig {
+    /// Where the gRPC and HTTP APIs listen (one address for all).
+    pub listen: SocketAddr,
+    /// The cluster token workers and clients must present; `None` accepts everyone.
+    pub token: Option<String>,
+    /// How often workers send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is declared dead.
+    pub worker_timeout: Duration,
+    /// Tasks waiting for capacity; beyond this a submit is answered `resource exhausted`.
+    pub max_queued_tasks: usize,
+    /// Finished tasks (with their event logs) kept for GetTask/WatchTask; oldest go first.
+    pub max_retained_tasks: usize,
+    /// The largest task input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// Events buffered for one subscriber stream before it is cut off (it may resume).
+    pub subscriber_buffer: usize,
+    /// Agents declared in the config file.
+    pub agents: Vec<AgentSpec>,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7070))),
+            token: None,
+            heartbeat_interval: Duration::from_millis(500),
+            worker_timeout: Duration::from_secs(3),
+            max_queued_tasks: 100_000,
+            max_retained_tasks: 100_000,
+            max_input_bytes: 1 << 20,
+            subscriber_buffer: 65_536,
+            agents: Vec::new(),
+        }
+    }
+}
+
+/// The TOML file: head settings at the top level plus `[[agent]]` tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<SocketAddr>,
+    pub token: Option<String>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub worker_timeout_ms: Option<u64>,
+    pub max_queued_tasks: Option<usize>,
+    pub max_retained_tasks: Option<usize>,
+    pub max_input_bytes: Option<usize>,
+    pub subscriber_buffer: Option<usize>,
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<AgentTable>,
+}
+
+/// One `[[agent]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTable {
+    pub name: String,
+    pub model: String,
+    #[serde(default)]
+    pub instructions: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub resources: ResourcesTable,
+    #[serde(default)]
+    pub sampling: SamplingTable,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub model_options: std::collections::BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesTable {
+    #[serde(default)]
+    pub cpus: f64,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingTable {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+impl From<AgentTable> for AgentSpec {
+    fn from(t: AgentTable) -> Self {
+        let model_options = t
+            .model_options
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect();
+        AgentSpec {
+            name: t.name,
+            model: t.model,
+            instructions: t.instructions,
+            description: t.description,
+            tools: t.tools,
+            sampling: Sampling {
+                temperature: t.sampling.temperature,
+                top_p: t.sampling.top_p,
+                max_tokens: t.sampling.max_tokens,
+                seed: t.sampling.seed,
+            },
+            resources: Resources {
+                cpus: t.resources.cpus,
+                memory_bytes: t.resources.memory_mb.saturating_mul(1 << 20),
+                gpus: t.resources.gpus,
+            },
+            max_retries: t.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            labels: t.labels,
+            model_options,
+            max_concurrency: t.max_concurrency,
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Parses a config file's text; errors name the file and the line.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            Error::Config {
+                path: path.to_owned(),
+                line,
+                message: e.message().trim_end_matches('.').to_owned(),
+            }
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Applies the file over `config`.
+    pub fn apply(self, config: &mut HeadConfig) {
+        let ms = Duration::from_millis;
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if self.token.is_some() {
+            config.token = self.token;
+        }
+        if let Some(v) = self.heartbeat_interval_ms {
+            config.heartbeat_interval = ms(v);
+        }
+        if let Some(v) = self.worker_timeout_ms {
+            config.worker_timeout = ms(v);
+        }
+        if let Some(v) = self.max_queued_tasks {
+            config.max_queued_tasks = v;
+        }
+        if let Some(v) = self.max_retained_tasks {
+            config.max_retained_tasks = v;
+        }
+        if let Some(v) = self.max_input_bytes {
+            config.max_input_bytes = v;
+        }
+        if let Some(v) = self.subscriber_buffer {
+            config.subscriber_buffer = v;
+        }
+        config.agents.extend(self.agents.into_iter().map(AgentSpec::from));
+    }
+}
+
+/// Checks settings that would make the head misbehave.
+pub fn validate(config: &HeadConfig) -> Result<()> {
+    let bad = |message: &str| Err(Error::InvalidConfig(message.to_owned()));
+    if config.heartbeat_interval.is_zero() {
+        return bad("heartbeat interval must be above zero");
+    }
+    if config.worker_timeout <= config.heartbeat_interval {
+        return bad("worker timeout must be longer than the heartbeat interval");
+    }
+    if config.max_input_bytes == 0 || config.subscriber_buffer == 0 {
+        return bad("max input bytes and subscriber buffer must be above zero");
+    }
+    if config.token.as_deref().is_some_and(str::is_empty) {
+        return bad("the cluster token must not be empty");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_and_settings_are_read() -> Result<()> {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            worker_timeout_ms = 4000
+
+            [[agent]]
+            name = "echo"
+            model = "builtin:echo"
+            instructions = "repeat"
+            max_retries = 2
+            resources = { cpus = 0.5, memory_mb = 10 }
+            model_options = { token_delay_ms = 5 }
+        "#;
+        let mut config = HeadConfig::default();
+        ConfigFile::parse(text, Path::new("fleet.toml"))?.apply(&mut config);
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.worker_timeout, Duration::from_secs(4));
+        let agent = &config.agents[0];
+        assert_eq!((agent.name.as_str(), agent.max_retries), ("echo", 2));
+        assert_eq!(agent.resources.memory_bytes, 10 << 20);
+        assert_eq!(agent.model_options["token_delay_ms"], "5");
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_file_names_the_line() {
+        let text = "listen = \"127.0.0.1:1\"\n\n[[agent]]\nname = \"a\"\nmodel = 3\n";
+        let err = ConfigFile::parse(text, Path::new("fleet.toml")).err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.starts_with("fleet.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err =
+            ConfigFile::parse("[[agent]]\nname='a'\nmodel='m'\nmodle='x'\n", Path::new("f.toml"));
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Running a head: one listener serves the gRPC APIs and the HTTP routes; a background loop
+//! declares silent workers dead. Stops when the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fleet_proto::pb::fleet_service_server::FleetServiceServer;
+use fleet_proto::pb::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+use tracing::{info, warn};
+
+use crate::api::fleet::FleetApi;
+use crate::api::worker::WorkerApi;
+use crate::auth::TokenCheck;
+use crate::cluster::Cluster;
+use crate::config::{self, HeadConfig};
+use crate::{Result, http};
+
+/// The largest gRPC message accepted (inputs are limited separately and more tightly).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// A head running in the background (used by embedded clusters and tests).
+#[derive(Debug)]
+pub struct HeadHandle {
+    pub address: SocketAddr,
+    pub cluster: Arc<Cluster>,
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// Starts a head on `listener` in the background.
+pub fn spawn(
+    config: HeadConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<HeadHandle> {
+    config::validate(&config)?;
+    let address = listener.local_addr()?;
+    let cluster = Arc::new(Cluster::new(&config)?);
+    let task = tokio::spawn(serve(config, cluster.clone(), listener, shutdown));
+    Ok(HeadHandle { address, cluster, task })
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    config: HeadConfig,
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let address = listener.local_addr()?;
+    if config.token.is_none() && !address.ip().is_loopback() {
+        warn!(%address, "no cluster token set: anyone who can reach this address can join or submit");
+    }
+    let check = TokenCheck::new(config.token.as_deref());
+    let fleet = FleetServiceServer::new(FleetApi::new(cluster.clone(), shutdown.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkerServiceServer::new(WorkerApi::new(
+        cluster.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let fleet = InterceptedService::new(fleet, check.clone());
+    let workers = InterceptedService::new(workers, check);
+    let routes =
+        Routes::from(http::router(cluster.clone())).add_service(fleet).add_service(workers);
+
+    let detector =
+        tokio::spawn(detect_silent_workers(cluster, config.worker_timeout, shutdown.clone()));
+    info!(%address, "head listening (gRPC and HTTP)");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .initial_connection_window_size(8 << 20)
+        .initial_stream_window_size(4 << 20)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = detector.await;
+    served.map_err(|e| crate::Error::Io(std::io::Error::other(e)))?;
+    info!("head stopped");
+    Ok(())
+}
+
+/// Declares workers dead once they are silent for `timeout`; checks four times per timeout.
+async fn detect_silent_workers(
+    cluster: Arc<Cluster>,
+    timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval((timeout / 4).max(std::time::Duration::from_millis(20)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => cluster.sweep_silent_workers(timeout),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

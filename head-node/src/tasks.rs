@@ -1,0 +1,316 @@
+//! The task table: every task's state and its ordered event log, the subscribers following
+//! it, and the bounded retention of finished tasks.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fleet_proto::{EventKind, Resources, TaskEvent, TaskId, TaskState, Usage};
+use tokio::sync::mpsc;
+
+/// What a subscriber stream receives.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A task submitted on a multiplexed stream was accepted under this id; sent before any
+    /// of its events.
+    Accepted {
+        client_ref: u64,
+        task_id: TaskId,
+    },
+    Event(Arc<TaskEvent>),
+    /// A task submitted on a multiplexed stream was refused.
+    Rejected {
+        client_ref: u64,
+        error: Arc<crate::Error>,
+    },
+}
+
+/// One subscriber stream, possibly following many tasks. Bounded: a subscriber that falls
+/// `capacity` deliveries behind is cut off (it gets nothing more and its stream ends with an
+/// error telling it to resume from its last seq), so one slow reader never stalls the head
+/// and never sees a gap.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    tx: mpsc::Sender<Delivery>,
+    cut: Arc<AtomicBool>,
+}
+
+/// The receiving end of a [`Subscriber`].
+#[derive(Debug)]
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Delivery>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// Whether the head cut this subscription off for falling behind.
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+}
+
+/// A new subscriber and its subscription.
+pub fn subscriber(capacity: usize) -> (Subscriber, Subscription) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let cut = Arc::new(AtomicBool::new(false));
+    (Subscriber { tx, cut: cut.clone() }, Subscription { rx, cut })
+}
+
+impl Subscriber {
+    /// Delivers without waiting; false once the subscriber is gone or cut off.
+    pub fn deliver(&self, delivery: Delivery) -> bool {
+        if self.cut.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.tx.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.cut.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Waits until the buffer has room for `n` more deliveries, so that a submitter that
+    /// does not read its stream is slowed down instead of cut off. False if it is gone.
+    pub async fn wait_for_room(&self, n: usize) -> bool {
+        let n = n.min(self.tx.max_capacity());
+        self.tx.reserve_many(n).await.is_ok() && !self.cut.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed() || self.cut.load(Ordering::Acquire)
+    }
+}
+
+/// One task.
+#[derive(Debug)]
+pub struct TaskEntry {
+    pub id: TaskId,
+    /// Submission order, for listing and paging.
+    pub number: u64,
+    pub agent: String,
+    pub input: Arc<str>,
+    pub context_id: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    /// What the running attempt holds on its worker.
+    pub reserved: Resources,
+    pub events: Vec<Arc<TaskEvent>>,
+    pub output: String,
+    pub error: String,
+    pub usage: Usage,
+    pub submitted_at_us: u64,
+    pub finished_at_us: u64,
+    pub cancel_requested: bool,
+    pub subscribers: Vec<Subscriber>,
+}
+
+impl TaskEntry {
+    /// Appends an event: assigns its seq, updates the state, tells the subscribers.
+    pub fn push(&mut self, kind: EventKind, timestamp_us: u64) -> Arc<TaskEvent> {
+        if let Some(state) = kind.state_after() {
+            self.state = state;
+        }
+        match &kind {
+            EventKind::TextDelta { text } => self.output.push_str(text),
+            EventKind::Completed { usage } => self.usage = *usage,
+            EventKind::Failed { error, .. } => self.error.clone_from(error),
+            EventKind::Retrying { .. } => self.output.clear(),
+            _ => {}
+        }
+        if kind.is_terminal() {
+            self.finished_at_us = timestamp_us;
+        }
+        let event = Arc::new(TaskEvent {
+            task_id: self.id.clone(),
+            seq: self.events.len() as u64 + 1,
+            attempt: self.attempt,
+            timestamp_us,
+            kind,
+        });
+        self.events.push(event.clone());
+        self.subscribers.retain(|s| s.deliver(Delivery::Event(event.clone())));
+        if self.state.is_terminal() {
+            self.subscribers.clear();
+        }
+        event
+    }
+
+    /// Events from `from_seq` on (seq starts at 1).
+    pub fn events_from(&self, from_seq: u64) -> &[Arc<TaskEvent>] {
+        let start = (from_seq.max(1) - 1) as usize;
+        self.events.get(start..).unwrap_or(&[])
+    }
+}
+
+/// Totals since the head started.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TaskCounters {
+    pub completed: u64,
+    pub failed: u64,
+    pub canceled: u64,
+}
+
+/// All known tasks: the unfinished ones and the most recent finished ones.
+#[derive(Debug)]
+pub struct TaskTable {
+    tasks: HashMap<TaskId, TaskEntry>,
+    by_number: BTreeMap<u64, TaskId>,
+    finished: VecDeque<TaskId>,
+    next_number: u64,
+    max_retained: usize,
+    pub counters: TaskCounters,
+}
+
+impl TaskTable {
+    pub fn new(max_retained: usize) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            by_number: BTreeMap::new(),
+            finished: VecDeque::new(),
+            next_number: 0,
+            max_retained,
+            counters: TaskCounters::default(),
+        }
+    }
+
+    /// Creates a queued task.
+    pub fn insert(
+        &mut self,
+        id: TaskId,
+        agent: String,
+        input: Arc<str>,
+        context_id: String,
+    ) -> &mut TaskEntry {
+        self.next_number += 1;
+        let number = self.next_number;
+        self.by_number.insert(number, id.clone());
+        let entry = TaskEntry {
+            id: id.clone(),
+            number,
+            agent,
+            input,
+            context_id,
+            state: TaskState::Queued,
+            attempt: 1,
+            worker: None,
+            reserved: Resources::default(),
+            events: Vec::new(),
+            output: String::new(),
+            error: String::new(),
+            usage: Usage::default(),
+            submitted_at_us: fleet_proto::now_us(),
+            finished_at_us: 0,
+            cancel_requested: false,
+            subscribers: Vec::new(),
+        };
+        self.tasks.entry(id).insert_entry(entry).into_mut()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&TaskEntry> {
+        self.tasks.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut TaskEntry> {
+        self.tasks.get_mut(id)
+    }
+
+    /// Records that a task reached a terminal state and evicts the oldest finished tasks
+    /// beyond the retention limit.
+    pub fn finished(&mut self, id: &TaskId, state: TaskState) {
+        match state {
+            TaskState::Completed => self.counters.completed += 1,
+            TaskState::Failed => self.counters.failed += 1,
+            TaskState::Canceled => self.counters.canceled += 1,
+            _ => return,
+        }
+        self.finished.push_back(id.clone());
+        while self.finished.len() > self.max_retained {
+            if let Some(old) = self.finished.pop_front()
+                && let Some(entry) = self.tasks.remove(&old)
+            {
+                self.by_number.remove(&entry.number);
+            }
+        }
+    }
+
+    /// Tasks in submission order, starting after `after` (a task number).
+    pub fn iter_from(&self, after: u64) -> impl Iterator<Item = &TaskEntry> {
+        self.by_number.range(after + 1..).filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn unfinished(&self) -> usize {
+        self.tasks.len() - self.finished.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with_task(max_retained: usize) -> (TaskTable, TaskId) {
+        let mut table = TaskTable::new(max_retained);
+        let id = TaskId::new("t1");
+        table.insert(id.clone(), "a".into(), "hi".into(), String::new());
+        (table, id)
+    }
+
+    #[test]
+    fn events_get_gapless_seqs_and_drive_the_state() {
+        let (mut table, id) = table_with_task(10);
+        let task = table.get_mut("t1").expect("task");
+        task.push(EventKind::Submitted { agent: "a".into() }, 1);
+        task.push(EventKind::Working, 2);
+        task.push(EventKind::TextDelta { text: "hi".into() }, 3);
+        let last = task.push(EventKind::Completed { usage: Usage::default() }, 4);
+        assert_eq!(last.seq, 4);
+        assert_eq!(task.state, TaskState::Completed);
+        assert_eq!(task.output, "hi");
+        assert_eq!(task.events_from(3).len(), 2);
+        assert!(task.events_from(9).is_empty());
+        assert_eq!(id.as_str(), "t1");
+    }
+
+    #[test]
+    fn a_slow_subscriber_is_cut_off_without_gaps() {
+        let (mut table, _) = table_with_task(10);
+        let (sub, mut subscription) = subscriber(2);
+        let task = table.get_mut("t1").expect("task");
+        task.subscribers.push(sub);
+        for _ in 0..4 {
+            task.push(EventKind::TextDelta { text: "x".into() }, 0);
+        }
+        assert!(task.subscribers.is_empty());
+        assert!(subscription.was_cut());
+        let mut seqs = Vec::new();
+        while let Ok(Delivery::Event(e)) = subscription.rx.try_recv() {
+            seqs.push(e.seq);
+        }
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    #[test]
+    fn retention_evicts_the_oldest_finished_tasks() {
+        let mut table = TaskTable::new(2);
+        for i in 0..5 {
+            let id = TaskId::new(format!("t{i}"));
+            table.insert(id.clone(), "a".into(), "x".into(), String::new());
+            table.finished(&id, TaskState::Completed);
+        }
+        assert_eq!(table.len(), 2);
+        assert!(table.get("t0").is_none() && table.get("t4").is_some());
+        assert_eq!(table.iter_from(0).count(), 2);
+        assert_eq!(table.counters.completed, 5);
+    }
+}

@@ -1,0 +1,202 @@
+//! The worker registry: who is in the cluster, what each worker has and runs, and when each
+//! was last heard from (failure detection).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use fleet_proto::{Command, Heartbeat, Registration, Resources, TaskId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The head's side of one worker's `Join` stream. Unbounded because the scheduler bounds
+/// what goes in: at most `slots` run commands plus one cancel each and one place per agent.
+pub type CommandSender = mpsc::UnboundedSender<Command>;
+
+/// One live worker.
+#[derive(Debug)]
+pub struct WorkerEntry {
+    pub id: String,
+    /// Tells this connection apart from an earlier or later one of the same worker id.
+    pub connection: u64,
+    pub registration: Registration,
+    pub address: String,
+    pub commands: CommandSender,
+    pub last_heartbeat: Instant,
+    pub heartbeat: Heartbeat,
+    /// Resources not reserved by running tasks.
+    pub free: Resources,
+    pub running: HashSet<TaskId>,
+    /// Agents with an actor on this worker, by spec version.
+    pub placed: HashMap<String, u64>,
+    /// Running tasks per agent, for spreading an agent's tasks.
+    pub running_per_agent: HashMap<String, u32>,
+    pub tasks_assigned: u64,
+}
+
+impl WorkerEntry {
+    pub fn new(
+        registration: Registration,
+        connection: u64,
+        address: String,
+        commands: CommandSender,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id: registration.worker_id.clone(),
+            connection,
+            free: registration.resources,
+            registration,
+            address,
+            commands,
+            last_heartbeat: now,
+            heartbeat: Heartbeat::default(),
+            running: HashSet::new(),
+            placed: HashMap::new(),
+            running_per_agent: HashMap::new(),
+            tasks_assigned: 0,
+        }
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        (self.running.len() as u32) < self.registration.slots
+    }
+
+    /// Whether the worker has `model` on disk (built-in models are everywhere).
+    pub fn has_model(&self, model: &str) -> bool {
+        model.starts_with(crate::agents::BUILTIN_PREFIX)
+            || self.registration.models.iter().any(|m| m.id == model)
+    }
+
+    pub fn has_model_loaded(&self, model: &str) -> bool {
+        self.heartbeat.models_loaded.iter().any(|m| m == model)
+    }
+}
+
+/// All live workers by id.
+#[derive(Debug, Default)]
+pub struct WorkerRegistry {
+    workers: HashMap<String, WorkerEntry>,
+    next_connection: u64,
+}
+
+impl WorkerRegistry {
+    /// A fresh connection number for a joining worker.
+    pub fn next_connection(&mut self) -> u64 {
+        self.next_connection += 1;
+        self.next_connection
+    }
+
+    /// Adds a worker; returns the entry it replaced (an older connection of the same id).
+    pub fn insert(&mut self, entry: WorkerEntry) -> Option<WorkerEntry> {
+        self.workers.insert(entry.id.clone(), entry)
+    }
+
+    /// Removes a worker if `connection` is still its current one.
+    pub fn remove(&mut self, id: &str, connection: u64) -> Option<WorkerEntry> {
+        match self.workers.get(id) {
+            Some(w) if w.connection == connection => self.workers.remove(id),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&WorkerEntry> {
+        self.workers.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut WorkerEntry> {
+        self.workers.get_mut(id)
+    }
+
+    /// Records a heartbeat from the current connection of a worker.
+    pub fn heartbeat(&mut self, id: &str, connection: u64, beat: Heartbeat, now: Instant) {
+        if let Some(w) = self.workers.get_mut(id)
+            && w.connection == connection
+        {
+            w.last_heartbeat = now;
+            w.heartbeat = beat;
+        }
+    }
+
+    /// Marks a worker as heard from (any message counts).
+    pub fn touch(&mut self, id: &str, connection: u64, now: Instant) {
+        if let Some(w) = self.workers.get_mut(id)
+            && w.connection == connection
+        {
+            w.last_heartbeat = now;
+        }
+    }
+
+    /// Workers not heard from within `timeout`, as (id, connection).
+    pub fn expired(&self, now: Instant, timeout: Duration) -> Vec<(String, u64)> {
+        self.workers
+            .values()
+            .filter(|w| now.saturating_duration_since(w.last_heartbeat) > timeout)
+            .map(|w| (w.id.clone(), w.connection))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.workers.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut WorkerEntry> {
+        self.workers.values_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(registry: &mut WorkerRegistry, id: &str, now: Instant) -> WorkerEntry {
+        let registration = Registration { worker_id: id.into(), slots: 4, ..Default::default() };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        WorkerEntry::new(registration, registry.next_connection(), "peer".into(), tx, now)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_workers_expire_and_heartbeats_keep_them() {
+        let mut registry = WorkerRegistry::default();
+        let timeout = Duration::from_secs(3);
+        let a = entry(&mut registry, "a", Instant::now());
+        let b = entry(&mut registry, "b", Instant::now());
+        let (a_conn, b_conn) = (a.connection, b.connection);
+        registry.insert(a);
+        registry.insert(b);
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        registry.heartbeat("a", a_conn, Heartbeat::default(), Instant::now());
+        assert!(registry.expired(Instant::now(), timeout).is_empty());
+
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(registry.expired(Instant::now(), timeout), [("b".to_owned(), b_conn)]);
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(registry.expired(Instant::now(), timeout).len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_connection_cannot_remove_or_refresh_its_successor() {
+        let mut registry = WorkerRegistry::default();
+        let old = entry(&mut registry, "a", Instant::now());
+        let old_conn = old.connection;
+        registry.insert(old);
+        let new = entry(&mut registry, "a", Instant::now());
+        let new_conn = new.connection;
+        assert!(registry.insert(new).is_some());
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        registry.touch("a", old_conn, Instant::now());
+        assert_eq!(registry.expired(Instant::now(), Duration::from_secs(3)).len(), 1);
+        assert!(registry.remove("a", old_conn).is_none());
+        assert!(registry.remove("a", new_conn).is_some());
+    }
+}

@@ -1,0 +1,56 @@
+//! Worker settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use fleet_proto::Resources;
+
+/// Everything a worker needs to join a head.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The head's URL, e.g. `http://10.0.0.1:7070`.
+    pub head: String,
+    pub token: Option<String>,
+    /// A stable id; kept across reconnects.
+    pub worker_id: String,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    /// Most tasks run at once.
+    pub slots: u32,
+    pub models_dir: Option<PathBuf>,
+}
+
+impl WorkerConfig {
+    /// A worker with this machine's resources and a fresh id.
+    pub fn new(head: impl Into<String>) -> Self {
+        Self {
+            head: head.into(),
+            token: None,
+            worker_id: default_worker_id(),
+            resources: crate::resources::detect(),
+            labels: BTreeMap::new(),
+            slots: 256,
+            models_dir: None,
+        }
+    }
+}
+
+/// `<hostname>-<6 hex digits>`: readable and unique among workers of one host.
+pub fn default_worker_id() -> String {
+    let host = crate::resources::hostname();
+    let suffix = uuid_suffix();
+    format!("{host}-{suffix}")
+}
+
+fn uuid_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}

@@ -1,0 +1,191 @@
+//! The worker's link to the head: open the `Join` stream, register, send heartbeats and
+//! task events up, carry out commands coming down, and reconnect with backoff when the
+//! stream breaks (e.g. the head restarted).
+
+use std::time::Duration;
+
+use fleet_proto::pb::worker_service_client::WorkerServiceClient;
+use fleet_proto::{
+    Command, Heartbeat, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate, pb,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+
+use crate::config::WorkerConfig;
+use crate::host::ActorHost;
+use crate::{Error, Result};
+
+/// Task events buffered on the way up before task runners wait.
+const EVENT_BUFFER: usize = 65_536;
+/// Events per message up the stream at most.
+const BATCH: usize = 1024;
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the worker until `shutdown`; returns an error only for problems retrying cannot fix
+/// (a rejected token, a malformed head URL).
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
+    let endpoint = Endpoint::from_shared(config.head.clone())
+        .map_err(|_| Error::InvalidHeadUrl(config.head.clone()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .initial_connection_window_size(8 << 20)
+        .initial_stream_window_size(4 << 20);
+    let registration = registration(&config)?;
+    let mut host = ActorHost::new();
+    let mut backoff = BACKOFF_START;
+    loop {
+        let outcome = tokio::select! {
+            r = session(&endpoint, &config, &registration, &mut host) => r,
+            () = shutdown.cancelled() => {
+                host.cancel_all();
+                info!("worker stopped");
+                return Ok(());
+            }
+        };
+        host.cancel_all();
+        match outcome {
+            Err(Error::Rejected(message)) => return Err(Error::Rejected(message)),
+            Ok(()) => {
+                backoff = BACKOFF_START;
+                warn!("the head closed the stream; reconnecting");
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "not connected to the head")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn registration(config: &WorkerConfig) -> Result<Registration> {
+    let models = match &config.models_dir {
+        Some(dir) => crate::models::scan(dir)?,
+        None => Vec::new(),
+    };
+    Ok(Registration {
+        worker_id: config.worker_id.clone(),
+        hostname: crate::resources::hostname(),
+        resources: config.resources,
+        labels: config.labels.clone(),
+        models,
+        slots: config.slots,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// One connection: returns Ok when the head ended the stream, Err when it failed.
+async fn session(
+    endpoint: &Endpoint,
+    config: &WorkerConfig,
+    registration: &Registration,
+    host: &mut ActorHost,
+) -> Result<()> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Error::Unreachable(format!("{}: {e}", config.head)))?;
+    let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20);
+
+    let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);
+    let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
+    let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
+    let outbound =
+        futures::stream::once(async move { first }).chain(upward(heartbeat_rx, event_rx));
+
+    let mut request = tonic::Request::new(outbound);
+    if let Some(token) = &config.token {
+        let value = fleet_proto::bearer(token)
+            .parse()
+            .map_err(|_| Error::InvalidConfig("the token must be printable ASCII".into()))?;
+        request.metadata_mut().insert(TOKEN_METADATA_KEY, value);
+    }
+    let mut inbound = match client.join(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status)
+            if status.code() == tonic::Code::Unauthenticated
+                || status.code() == tonic::Code::InvalidArgument =>
+        {
+            return Err(Error::Rejected(status.message().to_owned()));
+        }
+        Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
+    };
+    let heartbeat_interval = match inbound.message().await {
+        Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Welcome(w)) })) => {
+            Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(10)))
+        }
+        Ok(_) => {
+            return Err(Error::Protocol(
+                "the head did not answer the registration with a welcome".into(),
+            ));
+        }
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            return Err(Error::Rejected(status.message().to_owned()));
+        }
+        Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
+    };
+    info!(head = %config.head, worker_id = %registration.worker_id, "joined the head");
+
+    let mut ticker = tokio::time::interval(heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Commands(batch)) })) => {
+                    for command in batch.commands {
+                        match Command::try_from(command) {
+                            Ok(command) => host.handle(command, &event_tx).await,
+                            Err(e) => warn!(error = %e, "malformed command dropped"),
+                        }
+                    }
+                }
+                Ok(Some(_)) => debug!("unexpected message from the head ignored"),
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(Error::Unreachable(status.message().to_owned())),
+            },
+            _ = ticker.tick() => {
+                let beat = Heartbeat {
+                    running_tasks: host.running_tasks() as u32,
+                    actors: host.actors() as u32,
+                    models_loaded: host.models_loaded(),
+                };
+                if heartbeat_tx.try_send(beat).is_err() {
+                    debug!("heartbeat skipped: the previous one is still waiting to be sent");
+                }
+            }
+        }
+    };
+    result
+}
+
+/// The stream up: heartbeats as they come, and all waiting task events packed into one
+/// message, so a burst of events costs a few frames rather than one each.
+fn upward(
+    heartbeats: mpsc::Receiver<Heartbeat>,
+    events: mpsc::Receiver<TaskEvent>,
+) -> impl futures::Stream<Item = pb::WorkerMessage> + Send {
+    let state = (heartbeats, events, Vec::with_capacity(BATCH));
+    futures::stream::unfold(state, |(mut heartbeats, mut events, mut buf)| async move {
+        buf.clear();
+        let message = tokio::select! {
+            biased;
+            Some(beat) = heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
+            n = events.recv_many(&mut buf, BATCH) => {
+                if n == 0 {
+                    return None;
+                }
+                WorkerUpdate::Events(std::mem::take(&mut buf))
+            }
+        };
+        Some((pb::WorkerMessage::from(message), (heartbeats, events, buf)))
+    })
+}

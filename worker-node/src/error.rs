@@ -1,0 +1,22 @@
+//! The worker's one error type.
+
+/// Why the worker cannot run, or cannot run a task.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid head address {0:?}: expected e.g. http://10.0.0.1:7070")]
+    InvalidHeadUrl(String),
+    #[error("the head rejected this worker: {0}")]
+    Rejected(String),
+    #[error("cannot reach the head: {0}")]
+    Unreachable(String),
+    #[error("the head broke the protocol: {0}")]
+    Protocol(String),
+    #[error("invalid worker setting: {0}")]
+    InvalidConfig(String),
+    #[error("cannot read the models dir {path}: {source}")]
+    ModelsDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Model(#[from] fleet_inference::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,182 @@
+//! The actor host: carries out the head's commands. It places (spawns) a supervised
+//! `AgentActor` per agent, hands tasks to them, cancels and stops them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::{AgentSpec, Command, EventKind, TaskAssignment, TaskId};
+use kameo::actor::{Actor, ActorRef, Spawn};
+use kameo::error::Infallible;
+use kameo::supervision::{RestartPolicy, SupervisionStrategy};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::actor::{AgentActor, AgentArgs, Run};
+use crate::models::ModelStore;
+use crate::runner::{self, EventSink};
+
+/// Cancellation handles of the tasks running on this worker.
+pub type RunningTasks = Arc<Mutex<HashMap<TaskId, CancellationToken>>>;
+
+/// The root of the worker's supervision tree; restarts agent actors that panic.
+pub struct Supervisor;
+
+impl Actor for Supervisor {
+    type Args = ();
+    type Error = Infallible;
+
+    fn supervision_strategy() -> SupervisionStrategy {
+        SupervisionStrategy::OneForOne
+    }
+
+    async fn on_start(_: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        Ok(Self)
+    }
+}
+
+enum Placed {
+    Ready {
+        version: u64,
+        actor: ActorRef<AgentActor>,
+    },
+    /// The agent could not be placed (e.g. its model failed to load); its tasks fail with this.
+    Broken {
+        version: u64,
+        error: String,
+    },
+}
+
+/// Everything the worker hosts.
+pub struct ActorHost {
+    supervisor: ActorRef<Supervisor>,
+    agents: HashMap<String, Placed>,
+    models: ModelStore,
+    running: RunningTasks,
+}
+
+impl std::fmt::Debug for ActorHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorHost").field("agents", &self.agents.len()).finish_non_exhaustive()
+    }
+}
+
+impl ActorHost {
+    pub fn new() -> Self {
+        Self {
+            supervisor: Supervisor::spawn(()),
+            agents: HashMap::new(),
+            models: ModelStore::default(),
+            running: RunningTasks::default(),
+        }
+    }
+
+    pub fn running_tasks(&self) -> usize {
+        self.running.lock().len()
+    }
+
+    pub fn actors(&self) -> usize {
+        self.agents.values().filter(|p| matches!(p, Placed::Ready { .. })).count()
+    }
+
+    pub fn models_loaded(&self) -> Vec<String> {
+        self.models.loaded_ids()
+    }
+
+    /// Cancels every running task (the connection to the head is gone: the head retries them).
+    pub fn cancel_all(&self) {
+        for (_, token) in self.running.lock().drain() {
+            token.cancel();
+        }
+    }
+
+    /// Carries out one command from the head.
+    pub async fn handle(&mut self, command: Command, sink: &EventSink) {
+        match command {
+            Command::PlaceActor { spec, version } => self.place(spec, version).await,
+            Command::RunTask(task) => self.run(task, sink).await,
+            Command::CancelTask { task_id, reason } => {
+                if let Some(token) = self.running.lock().get(&task_id) {
+                    info!(task_id = %task_id, reason, "cancelling task");
+                    token.cancel();
+                }
+            }
+            Command::StopActor { agent } => {
+                if let Some(Placed::Ready { actor, .. }) = self.agents.remove(&agent) {
+                    info!(agent, "stopping actor");
+                    actor.kill();
+                }
+            }
+        }
+    }
+
+    async fn place(&mut self, spec: Arc<AgentSpec>, version: u64) {
+        let current = match self.agents.get(&spec.name) {
+            Some(Placed::Ready { version: v, .. } | Placed::Broken { version: v, .. }) => Some(*v),
+            None => None,
+        };
+        if current == Some(version) {
+            return;
+        }
+        if let Some(Placed::Ready { actor, .. }) = self.agents.remove(&spec.name) {
+            actor.kill();
+        }
+        let placed = match self.models.get(&spec.model, &spec.model_options) {
+            Ok(model) => {
+                let args = AgentArgs { spec: spec.clone(), model, running: self.running.clone() };
+                let actor = AgentActor::supervise(&self.supervisor, args)
+                    .restart_policy(RestartPolicy::Permanent)
+                    .restart_limit(10, Duration::from_secs(10))
+                    .spawn()
+                    .await;
+                info!(agent = %spec.name, model = %spec.model, version, "actor placed");
+                Placed::Ready { version, actor }
+            }
+            Err(e) => {
+                warn!(agent = %spec.name, model = %spec.model, error = %e, "cannot place actor");
+                Placed::Broken {
+                    version,
+                    error: format!(
+                        "cannot load model {:?} for agent {:?}: {e}",
+                        spec.model, spec.name
+                    ),
+                }
+            }
+        };
+        self.agents.insert(spec.name.clone(), placed);
+    }
+
+    async fn run(&mut self, task: TaskAssignment, sink: &EventSink) {
+        let actor = match self.agents.get(&task.agent) {
+            Some(Placed::Ready { actor, .. }) => actor.clone(),
+            Some(Placed::Broken { error, .. }) => {
+                let error = error.clone();
+                runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() })
+                    .await;
+                return;
+            }
+            None => {
+                let error = format!("agent {:?} is not placed on this worker", task.agent);
+                runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() })
+                    .await;
+                return;
+            }
+        };
+        let cancel = CancellationToken::new();
+        self.running.lock().insert(task.task_id.clone(), cancel.clone());
+        let run = Run { task: task.clone(), sink: sink.clone(), cancel };
+        if let Err(e) = actor.ask(run).await {
+            self.running.lock().remove(&task.task_id);
+            let error =
+                format!("the actor of agent {:?} failed ({e}); it is being restarted", task.agent);
+            runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() }).await;
+        }
+    }
+}
+
+impl Default for ActorHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
