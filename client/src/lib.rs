@@ -21,8 +21,8 @@ pub mod outcome;
 use std::pin::Pin;
 use std::time::Duration;
 
+use fleet_proto::TOKEN_METADATA_KEY;
 use fleet_proto::pb::fleet_service_client::FleetServiceClient;
-use fleet_proto::{TOKEN_METADATA_KEY, pb};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,11 +30,13 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
     AgentSpec, EventKind, Resources, Sampling, TaskEvent, TaskId, TaskState, Usage,
 };
 pub use outcome::TaskOutcome;
+pub use tonic::Code;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]

@@ -223,7 +223,7 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
     if config.token.as_deref().is_some_and(str::is_empty) {
         return bad("the cluster token must not be empty");
     }
-    Ok(())
+    config.agents.iter().try_for_each(crate::agents::validate)
 }
 
 #[cfg(test)]

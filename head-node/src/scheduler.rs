@@ -134,8 +134,9 @@ mod tests {
 
         fn run(&mut self, worker: &str, agent: &str, tasks: usize) {
             let w = self.registry.get_mut(worker).expect("worker exists");
-            for i in 0..tasks {
-                w.running.insert(TaskId::new(format!("{worker}-{agent}-{i}")));
+            for _ in 0..tasks {
+                let n = w.running.len();
+                w.running.insert(TaskId::new(format!("{worker}-{agent}-{n}")));
             }
             *w.running_per_agent.entry(agent.into()).or_default() += tasks as u32;
         }

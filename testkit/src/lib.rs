@@ -84,36 +84,24 @@ impl SandboxBuilder {
         let dir =
             std::env::temp_dir().join(format!("fleet-sandbox-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
-        let mut head = Command::new(binary("fleet-head")?);
-        head.args(["--listen", "127.0.0.1:0", "--print-address"]).args(&self.head_args);
+        let mut head_args = self.head_args.clone();
         if let Some(toml) = &self.config_toml {
             let path = dir.join("fleet.toml");
             std::fs::write(&path, toml)?;
-            head.arg("--config").arg(path);
+            head_args.push("--config".into());
+            head_args.push(path.display().to_string());
+        }
+        if let Some(token) = &self.token {
+            head_args.push("--token".into());
+            head_args.push(token.clone());
         }
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
-        head.env("RUST_LOG", &log)
-            .env_remove("FLEET_TOKEN")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(token) = &self.token {
-            head.arg("--token").arg(token);
-        }
         let started = Instant::now();
-        let mut head = head.spawn().context("cannot start fleet-head")?;
-        let stdout = head.stdout.take().context("fleet-head has no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .context("fleet-head did not print its address within 10 s")??
-            .context("fleet-head exited before printing its address")?;
-        let address = line
-            .strip_prefix("listening on ")
-            .context("unexpected first line from fleet-head")?
-            .to_owned();
+        let (head, address) = start_head("127.0.0.1:0", &head_args, &log).await?;
         let mut sandbox = ClusterSandbox {
             url: format!("http://{address}"),
             head,
+            head_args,
             workers: Vec::new(),
             token: self.token.clone(),
             worker_args: self.worker_args.clone(),
@@ -130,6 +118,29 @@ impl SandboxBuilder {
     }
 }
 
+/// Starts `fleet-head` on `listen` and returns it with the address it bound.
+async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<(Child, String)> {
+    let mut head = Command::new(binary("fleet-head")?);
+    head.args(["--listen", listen, "--print-address"])
+        .args(args)
+        .env("RUST_LOG", log)
+        .env_remove("FLEET_TOKEN")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut head = head.spawn().context("cannot start fleet-head")?;
+    let stdout = head.stdout.take().context("fleet-head has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .context("fleet-head did not print its address within 10 s")??
+        .context("fleet-head exited before printing its address")?;
+    let address = line
+        .strip_prefix("listening on ")
+        .context("unexpected first line from fleet-head")?
+        .to_owned();
+    Ok((head, address))
+}
+
 fn unique() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -143,6 +154,7 @@ pub struct ClusterSandbox {
     /// The head's URL, e.g. `http://127.0.0.1:41234`.
     pub url: String,
     head: Child,
+    head_args: Vec<String>,
     workers: Vec<(String, Child)>,
     token: Option<String>,
     worker_args: Vec<String>,
@@ -225,6 +237,21 @@ impl ClusterSandbox {
         let (_, mut child) = self.workers.remove(index);
         child.kill().await?;
         Ok(())
+    }
+
+    /// Kills the head (SIGKILL) and starts a new one on the same address; workers must
+    /// find it again by themselves.
+    pub async fn restart_head(&mut self) -> anyhow::Result<()> {
+        self.head.kill().await?;
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        let (head, _) = start_head(&listen, &self.head_args, &self.log).await?;
+        self.head = head;
+        Ok(())
+    }
+
+    /// The process id of a worker.
+    pub fn worker_pid(&self, name: &str) -> Option<u32> {
+        self.workers.iter().find(|(n, _)| n == name).and_then(|(_, c)| c.id())
     }
 
     pub fn worker_names(&self) -> Vec<String> {
