@@ -1,1 +1,191 @@
-fn main() {}
+//! Cluster benchmarks: echo tasks through the Rust client against a real head and two real
+//! worker processes on 127.0.0.1. Prints medians over repeated runs as Markdown rows.
+//!
+//! `cargo build --release --bins && cargo bench -p fleet-benches --bench cluster`
+//! (`-- --quick` for fewer repeats).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use fleet_client::{AgentSpec, Client, EventKind, Submission, TaskState};
+use fleet_testkit::ClusterSandbox;
+use futures::StreamExt;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn echo() -> AgentSpec {
+    AgentSpec { name: "echo".into(), model: "builtin:echo".into(), ..Default::default() }
+}
+
+async fn cluster() -> Result<(ClusterSandbox, Client)> {
+    let cluster = ClusterSandbox::builder()
+        .workers(2)
+        .head_arg("--max-queued-tasks")
+        .head_arg("1000000")
+        .start()
+        .await?;
+    let client = cluster.client().await?;
+    client.register_agent(echo()).await?;
+    Ok((cluster, client))
+}
+
+/// Batch-submitted one-word echo tasks over one multiplexed stream.
+async fn batch_throughput(client: &Client, tasks: usize) -> Result<f64> {
+    let inputs = vec!["ping".to_owned(); tasks];
+    let started = Instant::now();
+    let outcomes = client.run_many("echo", inputs).await?;
+    let elapsed = started.elapsed();
+    ensure!(outcomes.iter().all(|o| o.state == TaskState::Completed && o.output == "ping"));
+    Ok(tasks as f64 / elapsed.as_secs_f64())
+}
+
+/// Sequential single-task round trips: submit, stream to completion, next.
+async fn round_trips(client: &Client, n: usize) -> Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let outcome = client.run("echo", "ping").await?;
+        times.push(started.elapsed());
+        ensure!(outcome.state == TaskState::Completed);
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// One task streaming `words` text deltas: time to the first event, to the first delta,
+/// and deltas per second over the whole stream.
+async fn streaming(
+    client: &Client,
+    input: &str,
+    words: usize,
+) -> Result<(Duration, Duration, f64)> {
+    let started = Instant::now();
+    let mut stream = client.submit(Submission::new("echo", input)).await?;
+    let (mut first_event, mut first_delta, mut deltas) = (None, None, 0);
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        first_event.get_or_insert_with(|| started.elapsed());
+        if matches!(event.kind, EventKind::TextDelta { .. }) {
+            first_delta.get_or_insert_with(|| started.elapsed());
+            deltas += 1;
+        }
+    }
+    let total = started.elapsed();
+    ensure!(deltas == words, "{deltas} deltas of {words}");
+    Ok((
+        first_event.context("no event")?,
+        first_delta.context("no delta")?,
+        deltas as f64 / total.as_secs_f64(),
+    ))
+}
+
+fn main() -> Result<()> {
+    // A single-threaded client: on this 2-cpu machine it has the lowest latency.
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(bench_main())
+}
+
+async fn bench_main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let repeats = if quick { 3 } else { 5 };
+    println!("| measurement | median | runs | target |");
+    println!("|---|---|---|---|");
+
+    // Ready time: processes started until both workers have joined.
+    let mut ready = Vec::new();
+    for _ in 0..repeats {
+        let sandbox = ClusterSandbox::builder().workers(2).start().await?;
+        ready.push(sandbox.startup_time().as_secs_f64() * 1000.0);
+        sandbox.shutdown().await?;
+    }
+    println!(
+        "| head + 2 workers ready | {:.1} ms | {ready:.1?} | ≤ 500 ms (ray.init 6.0 s) |",
+        median(ready.clone())
+    );
+
+    let (sandbox, client) = cluster().await?;
+    batch_throughput(&client, 5_000).await?; // warm-up
+    let tasks = if quick { 20_000 } else { 50_000 };
+    let mut rates = Vec::new();
+    for _ in 0..repeats {
+        rates.push(batch_throughput(&client, tasks).await?);
+    }
+    println!(
+        "| batch-submitted echo tasks ({tasks} per run) | {:.0} tasks/s | {:.0?} | ≥ 20,000/s (Ray 1,790/s) |",
+        median(rates.clone()),
+        rates
+    );
+
+    round_trips(&client, 500).await?; // warm-up
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..repeats {
+        let times = round_trips(&client, if quick { 2_000 } else { 5_000 }).await?;
+        p50s.push(percentile(&times, 0.5).as_secs_f64() * 1e6);
+        p99s.push(percentile(&times, 0.99).as_secs_f64() * 1e6);
+    }
+    println!(
+        "| sequential round trip p50 | {:.0} µs | {p50s:.0?} | ≤ 150 µs (Ray actor call 764 µs) |",
+        median(p50s.clone())
+    );
+    println!("| sequential round trip p99 | {:.0} µs | {p99s:.0?} | – |", median(p99s.clone()));
+
+    let words = 1000;
+    let input = (0..words).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    streaming(&client, &input, words).await?; // warm-up
+    let (mut firsts, mut first_deltas, mut rates) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeats * 2 {
+        let (first, first_delta, rate) = streaming(&client, &input, words).await?;
+        firsts.push(first.as_secs_f64() * 1e6);
+        first_deltas.push(first_delta.as_secs_f64() * 1e6);
+        rates.push(rate);
+    }
+    println!(
+        "| stream of 1,000 events: first event | {:.0} µs | {firsts:.0?} | ≤ 1 ms (Ray first item 5.4 ms) |",
+        median(firsts.clone())
+    );
+    println!(
+        "| stream of 1,000 events: first text delta | {:.0} µs | {first_deltas:.0?} | ≤ 1 ms |",
+        median(first_deltas.clone())
+    );
+    println!(
+        "| stream of 1,000 events: rate | {:.0} events/s | {rates:.0?} | ≥ 100,000/s (Ray 6,381/s) |",
+        median(rates.clone())
+    );
+    sandbox.shutdown().await?;
+
+    // Head memory with 100,000 finished tasks retained (the default retention limit).
+    let (sandbox, client) = cluster().await?;
+    let before = sandbox.head_rss_bytes().unwrap_or(0);
+    for _ in 0..10 {
+        batch_throughput(&client, 10_000).await?;
+    }
+    let status = client.status().await?;
+    let after = sandbox.head_rss_bytes().unwrap_or(0);
+    println!(
+        "| head RSS with {} finished tasks retained | {:.1} MiB (idle: {:.1} MiB) | 1 | report; bounded by --max-retained-tasks |",
+        status.retained_tasks,
+        after as f64 / 1048576.0,
+        before as f64 / 1048576.0
+    );
+    // Past the retention limit the oldest finished tasks are evicted: memory must level off.
+    let mut levels = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..5 {
+            batch_throughput(&client, 10_000).await?;
+        }
+        levels.push(sandbox.head_rss_bytes().unwrap_or(0) as f64 / 1048576.0);
+    }
+    let status = client.status().await?;
+    println!(
+        "| head RSS after 50k, 100k, 150k, 200k more tasks | {levels:.1?} MiB, {} retained | 1 | levels off |",
+        status.retained_tasks
+    );
+    sandbox.shutdown().await
+}

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::api::fleet::FleetApi;
@@ -72,10 +73,13 @@ pub async fn serve(
     let detector =
         tokio::spawn(detect_silent_workers(cluster, config.worker_timeout, shutdown.clone()));
     info!(%address, "head listening (gRPC and HTTP)");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // With our own listener tonic applies no socket options: set them here. Without
+    // TCP_NODELAY every small response waits for the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(30)));
     let served = tonic::transport::Server::builder()
         .accept_http1(true)
-        .tcp_nodelay(true)
         .initial_connection_window_size(8 << 20)
         .initial_stream_window_size(4 << 20)
         .add_routes(routes)

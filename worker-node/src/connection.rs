@@ -137,7 +137,7 @@ async fn session(
 
     let mut ticker = tokio::time::interval(heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
+    loop {
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Commands(batch)) })) => {
@@ -149,8 +149,8 @@ async fn session(
                     }
                 }
                 Ok(Some(_)) => debug!("unexpected message from the head ignored"),
-                Ok(None) => break Ok(()),
-                Err(status) => break Err(Error::Unreachable(status.message().to_owned())),
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
             },
             _ = ticker.tick() => {
                 let beat = Heartbeat {
@@ -163,8 +163,7 @@ async fn session(
                 }
             }
         }
-    };
-    result
+    }
 }
 
 /// The stream up: heartbeats as they come, and all waiting task events packed into one

@@ -12,6 +12,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "fleet-worker", version)]
 struct Args {
+    /// Async runtime threads; 0 = one on machines with 2 cpus or fewer, else one per cpu.
+    /// Model forward passes run on their own threads either way.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// The head's URL, e.g. http://10.0.0.1:7070.
     #[arg(long, env = "FLEET_HEAD")]
     head: String,
@@ -75,8 +79,39 @@ fn config(args: Args) -> Result<WorkerConfig, Error> {
     Ok(config)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let threads = std::env::args()
+        .skip_while(|a| a != "--threads")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    match runtime(threads) {
+        Ok(runtime) => runtime.block_on(real_main()),
+        Err(e) => {
+            eprintln!("fleet-worker: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One runtime thread on machines with two cpus or fewer: there, waking a second thread
+/// costs more than it gives (measured in BENCHMARKS.md).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if threads == 0 && cpus <= 2 {
+        1
+    } else if threads == 0 {
+        cpus
+    } else {
+        threads
+    };
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+}
+
+async fn real_main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
