@@ -36,6 +36,45 @@ async fn cluster() -> Result<(ClusterSandbox, Client)> {
     Ok((cluster, client))
 }
 
+/// The floor under any cross-process round trip on this machine: a 1-byte TCP ping-pong
+/// with another process over 127.0.0.1 (this binary re-run as an echo server).
+fn tcp_echo_server() -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", listener.local_addr()?);
+    let (mut stream, _) = listener.accept()?;
+    stream.set_nodelay(true)?;
+    let mut byte = [0u8; 1];
+    while stream.read_exact(&mut byte).is_ok() {
+        stream.write_all(&byte)?;
+    }
+    Ok(())
+}
+
+fn tcp_ping_pong(n: usize) -> Result<Vec<Duration>> {
+    use std::io::{BufRead, Read, Write};
+    let mut server = std::process::Command::new(std::env::current_exe()?)
+        .arg("--tcp-echo-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut address = String::new();
+    std::io::BufReader::new(server.stdout.take().context("no stdout")?).read_line(&mut address)?;
+    let mut stream = std::net::TcpStream::connect(address.trim())?;
+    stream.set_nodelay(true)?;
+    let mut times = Vec::with_capacity(n);
+    let mut byte = [0u8; 1];
+    for _ in 0..n {
+        let started = Instant::now();
+        stream.write_all(&byte)?;
+        stream.read_exact(&mut byte)?;
+        times.push(started.elapsed());
+    }
+    drop(stream);
+    server.wait()?;
+    times.sort();
+    Ok(times)
+}
+
 /// Batch-submitted one-word echo tasks over one multiplexed stream.
 async fn batch_throughput(client: &Client, tasks: usize) -> Result<f64> {
     let inputs = vec!["ping".to_owned(); tasks];
@@ -87,6 +126,9 @@ async fn streaming(
 }
 
 fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--tcp-echo-server") {
+        return tcp_echo_server();
+    }
     // A single-threaded client: on this 2-cpu machine it has the lowest latency.
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(bench_main())
 }
@@ -135,6 +177,14 @@ async fn bench_main() -> Result<()> {
         median(p50s.clone())
     );
     println!("| sequential round trip p99 | {:.0} µs | {p99s:.0?} | – |", median(p99s.clone()));
+    let mut floors = Vec::new();
+    for _ in 0..repeats {
+        floors.push(percentile(&tcp_ping_pong(5_000)?, 0.5).as_secs_f64() * 1e6);
+    }
+    println!(
+        "| floor: TCP ping-pong with another process, p50 (a task round trip needs two) | {:.0} µs | {floors:.0?} | – |",
+        median(floors.clone())
+    );
 
     let words = 1000;
     let input = (0..words).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
