@@ -9,13 +9,15 @@
 //!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
 //!   and asks the [`scheduler`] where each task goes;
 //! - [`http`] serves `/healthz` (and later A2A and the OpenAI-compatible API);
-//! - [`config`] reads flags and the TOML file (`[[agent]]` tables).
+//! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
+//!   command line (also run by `python -m agentfleet head`).
 //!
 //! The head never runs models: it does not link candle.
 
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -7,12 +7,14 @@
 //! - [`actor`] is the agent actor (spec, shared model, [`memory`] of conversations);
 //! - [`runner`] drives one task's generation into task events;
 //! - [`models`] lists the models on disk and shares loaded ones; [`resources`] detects
-//!   what the machine has; [`config`] holds the settings.
+//!   what the machine has; [`config`] holds the settings; [`cli`] is the `fleet-worker`
+//!   command line (also run by `python -m agentfleet worker`).
 //!
 //! Model forward passes never run on the async runtime: the inference engine runs them on
 //! its own threads behind the [`fleet_inference::Model`] trait.
 
 pub mod actor;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -1,0 +1,156 @@
+//! The `fleet-head` command line, shared by the binary and `python -m agentfleet head`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigFile, DEFAULT_LISTEN, HeadConfig};
+
+/// The head node of an agentfleet cluster: schedules agent tasks onto workers.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-head", version)]
+pub struct Args {
+    /// Async runtime threads; 0 = one on machines with 2 cpus or fewer, else one per cpu.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// A TOML file with head settings and `[[agent]]` tables.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address for the gRPC and HTTP APIs [default: 0.0.0.0:7070].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Cluster token workers and clients must present.
+    #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// How often workers send heartbeats, in milliseconds [default: 500].
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// A worker silent this long is declared dead, in milliseconds [default: 3000].
+    #[arg(long)]
+    worker_timeout_ms: Option<u64>,
+    /// Tasks that may wait for capacity before submits are refused [default: 100000].
+    #[arg(long)]
+    max_queued_tasks: Option<usize>,
+    /// Finished tasks kept for queries and replay [default: 100000].
+    #[arg(long)]
+    max_retained_tasks: Option<usize>,
+    /// Largest task input in bytes [default: 1048576].
+    #[arg(long)]
+    max_input_bytes: Option<usize>,
+    /// Print the address actually bound as `listening on ADDR` (useful with port 0).
+    #[arg(long)]
+    print_address: bool,
+}
+
+fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
+    let mut config = HeadConfig::default();
+    if let Some(path) = &args.config {
+        ConfigFile::load(path)?.apply(&mut config);
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = &args.token {
+        config.token = Some(v.clone());
+    }
+    if let Some(v) = args.heartbeat_interval_ms {
+        config.heartbeat_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = args.worker_timeout_ms {
+        config.worker_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = args.max_queued_tasks {
+        config.max_queued_tasks = v;
+    }
+    if let Some(v) = args.max_retained_tasks {
+        config.max_retained_tasks = v;
+    }
+    if let Some(v) = args.max_input_bytes {
+        config.max_input_bytes = v;
+    }
+    crate::config::validate(&config)?;
+    Ok(config)
+}
+
+/// Runs `fleet-head` with `args` (the first is the program name); returns the exit code:
+/// 0 after a clean shutdown (Ctrl-C), 2 for bad settings, 1 for other failures.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_tracing();
+    let config = match build_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fleet-head: {e:#}");
+            return 2;
+        }
+    };
+    let result = runtime(args.threads)
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(config, args.print_address)));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fleet-head: {e:#}");
+            1
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); a no-op if already set up.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// One runtime thread on machines with two cpus or fewer: there, waking a second thread
+/// costs more than it gives (measured in BENCHMARKS.md).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match if threads == 0 && cpus <= 2 {
+        1
+    } else if threads == 0 {
+        cpus
+    } else {
+        threads
+    } {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+}
+
+async fn run(config: HeadConfig, print_address: bool) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (default {DEFAULT_LISTEN}; change it with --listen)",
+            config.listen
+        )
+    })?;
+    if print_address {
+        println!("listening on {}", listener.local_addr()?);
+    }
+    let shutdown = CancellationToken::new();
+    let head = crate::spawn(config, listener, shutdown.clone())?;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        signal.cancel();
+    });
+    head.task.await??;
+    Ok(())
+}

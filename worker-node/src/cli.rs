@@ -1,0 +1,143 @@
+//! The `fleet-worker` command line, shared by the binary and `python -m agentfleet worker`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, WorkerConfig};
+
+/// A worker node of an agentfleet cluster.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-worker", version)]
+pub struct Args {
+    /// Async runtime threads; 0 = one on machines with 2 cpus or fewer, else one per cpu.
+    /// Model forward passes run on their own threads either way.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// The head's URL, e.g. http://10.0.0.1:7070.
+    #[arg(long, env = "FLEET_HEAD")]
+    head: String,
+    /// The cluster token (if the head requires one).
+    #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A stable worker id [default: <hostname>-<random>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Cpus to offer [default: all of this machine's].
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory to offer in MiB [default: all of this machine's].
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// GPUs to offer [default: 0].
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// A label KEY=VALUE that agents can require (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Most tasks run at once.
+    #[arg(long, default_value_t = 256)]
+    slots: u32,
+    /// A folder of models (GGUF files, Hugging Face folders) to offer.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("label {s:?} must look like KEY=VALUE")),
+    }
+}
+
+pub fn config(args: Args) -> Result<WorkerConfig, Error> {
+    let mut config = WorkerConfig::new(args.head);
+    config.token = args.token.filter(|t| !t.is_empty());
+    if let Some(name) = args.name {
+        config.worker_id = name;
+    }
+    if let Some(cpus) = args.cpus {
+        if !(cpus.is_finite() && cpus >= 0.0) {
+            return Err(Error::InvalidConfig(format!(
+                "--cpus must be a non-negative number, got {cpus}"
+            )));
+        }
+        config.resources.cpus = cpus;
+    }
+    if let Some(mb) = args.memory_mb {
+        config.resources.memory_bytes = mb.saturating_mul(1 << 20);
+    }
+    config.resources.gpus = args.gpus;
+    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    if args.slots == 0 {
+        return Err(Error::InvalidConfig("--slots must be at least 1".into()));
+    }
+    config.slots = args.slots;
+    config.models_dir = args.models_dir;
+    Ok(config)
+}
+
+/// Runs `fleet-worker` with `args` (the first is the program name); returns the exit code:
+/// 0 after a clean shutdown (Ctrl-C), 2 when the settings or the head's answer rule out
+/// retrying (bad flags, a rejected token).
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_tracing();
+    let threads = args.threads;
+    let result = config(args).and_then(|config| {
+        let runtime = runtime(threads)
+            .map_err(|e| Error::InvalidConfig(format!("cannot start the async runtime: {e}")))?;
+        runtime.block_on(async {
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                signal.cancel();
+            });
+            crate::run(config, shutdown).await
+        })
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fleet-worker: {e}");
+            2
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); a no-op if already set up.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// One runtime thread on machines with two cpus or fewer (see `fleet_head::cli::runtime`).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match if threads == 0 && cpus <= 2 {
+        1
+    } else if threads == 0 {
+        cpus
+    } else {
+        threads
+    } {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+}
