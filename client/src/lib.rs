@@ -33,10 +33,11 @@ use tonic::transport::{Channel, Endpoint};
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
-    AgentSpec, EventKind, Resources, Sampling, TaskEvent, TaskId, TaskState, Usage,
+    AgentSpec, DEFAULT_MAX_RETRIES, EventKind, Resources, Sampling, TaskEvent, TaskId, TaskState,
+    Usage,
 };
 pub use outcome::TaskOutcome;
-pub use tonic::Code;
+pub use tonic::{Code, Status};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,18 @@
+//! `python -m agentfleet head|worker`: the same command lines as `fleet-head` and
+//! `fleet-worker`, so a pip install is enough to run a cluster node.
+
+use pyo3::prelude::*;
+
+/// Runs `fleet-head` with `argv` (without the program name); returns its exit code.
+#[pyfunction]
+pub fn run_head(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let args = std::iter::once("fleet-head".to_owned()).chain(argv);
+    py.detach(|| fleet_head::cli::main(args))
+}
+
+/// Runs `fleet-worker` with `argv` (without the program name); returns its exit code.
+#[pyfunction]
+pub fn run_worker(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let args = std::iter::once("fleet-worker".to_owned()).chain(argv);
+    py.detach(|| fleet_worker::cli::main(args))
+}

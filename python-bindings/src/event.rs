@@ -1,0 +1,109 @@
+//! The `Event` class: one entry of a task's event log, as Python sees it.
+
+use fleet_client::{EventKind, TaskEvent};
+use pyo3::prelude::*;
+
+/// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
+/// tool_call, tool_result, completed, failed, canceled, input_required, retrying.
+#[pyclass(module = "agentfleet", frozen, get_all)]
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub task_id: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub kind: &'static str,
+    /// The text of a text_delta; the output of a tool_result; the prompt of input_required.
+    pub text: String,
+    /// The worker of a scheduled or failed event.
+    pub worker_id: String,
+    /// Why a task failed, was canceled or retried.
+    pub error: String,
+    /// The tool of a tool_call, with its arguments in `text`.
+    pub tool: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub timestamp_us: u64,
+}
+
+#[pymethods]
+impl Event {
+    fn __repr__(&self) -> String {
+        let detail = match self.kind {
+            "text_delta" | "tool_result" | "input_required" => format!(", text={:?}", self.text),
+            "scheduled" => format!(", worker_id={:?}", self.worker_id),
+            "failed" | "canceled" | "retrying" => format!(", error={:?}", self.error),
+            "tool_call" => format!(", tool={:?}, text={:?}", self.tool, self.text),
+            "completed" => format!(", completion_tokens={}", self.completion_tokens),
+            _ => String::new(),
+        };
+        format!("Event(kind={:?}, seq={}, attempt={}{detail})", self.kind, self.seq, self.attempt)
+    }
+
+    /// Whether this event ends its task.
+    #[getter]
+    pub fn is_final(&self) -> bool {
+        matches!(self.kind, "completed" | "failed" | "canceled")
+    }
+}
+
+impl From<&TaskEvent> for Event {
+    fn from(e: &TaskEvent) -> Self {
+        let mut event = Event {
+            task_id: e.task_id.to_string(),
+            seq: e.seq,
+            attempt: e.attempt,
+            kind: "",
+            text: String::new(),
+            worker_id: String::new(),
+            error: String::new(),
+            tool: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            timestamp_us: e.timestamp_us,
+        };
+        event.kind = match &e.kind {
+            EventKind::Submitted { .. } => "submitted",
+            EventKind::Scheduled { worker_id } => {
+                event.worker_id.clone_from(worker_id);
+                "scheduled"
+            }
+            EventKind::Working => "working",
+            EventKind::TextDelta { text } => {
+                event.text.clone_from(text);
+                "text_delta"
+            }
+            EventKind::ToolCall { name, arguments, .. } => {
+                event.tool.clone_from(name);
+                event.text.clone_from(arguments);
+                "tool_call"
+            }
+            EventKind::ToolResult { output, .. } => {
+                event.text.clone_from(output);
+                "tool_result"
+            }
+            EventKind::Completed { usage } => {
+                event.prompt_tokens = usage.prompt_tokens;
+                event.completion_tokens = usage.completion_tokens;
+                "completed"
+            }
+            EventKind::Failed { error, worker_id } => {
+                event.error.clone_from(error);
+                event.worker_id.clone_from(worker_id);
+                "failed"
+            }
+            EventKind::Canceled { reason } => {
+                event.error.clone_from(reason);
+                "canceled"
+            }
+            EventKind::InputRequired { prompt } => {
+                event.text.clone_from(prompt);
+                "input_required"
+            }
+            EventKind::Retrying { reason, .. } => {
+                event.error.clone_from(reason);
+                "retrying"
+            }
+        };
+        event
+    }
+}

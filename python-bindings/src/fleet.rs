@@ -1,0 +1,260 @@
+//! `init()` and the `Fleet` handle: an embedded cluster (a head and local workers inside
+//! this process) or a connection to a running one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fleet_client::{AgentSpec, Client, ConnectOptions, Resources, Sampling};
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::errors;
+use crate::runtime;
+
+/// How long `init()` waits for the embedded workers to join.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The head and workers of an embedded cluster; they stop when the token is cancelled.
+struct Embedded {
+    shutdown: CancellationToken,
+    head: tokio::task::JoinHandle<fleet_head::Result<()>>,
+}
+
+/// A connection to a cluster, and the cluster itself when it is embedded.
+#[pyclass(module = "agentfleet", frozen)]
+pub struct Fleet {
+    #[pyo3(get)]
+    address: String,
+    client: Client,
+    embedded: Mutex<Option<Embedded>>,
+}
+
+async fn start_embedded(
+    workers: usize,
+    models_dir: Option<PathBuf>,
+    token: Option<String>,
+) -> Result<(String, Embedded), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen: {e}"))?;
+    let config = fleet_head::HeadConfig { token: token.clone(), ..Default::default() };
+    let shutdown = CancellationToken::new();
+    let head = fleet_head::spawn(config, listener, shutdown.clone()).map_err(|e| e.to_string())?;
+    let url = format!("http://{}", head.address);
+    for i in 0..workers {
+        let mut config = fleet_worker::WorkerConfig::new(url.clone());
+        config.worker_id = format!("{}-local-{i}", config.worker_id);
+        config.token = token.clone();
+        config.models_dir = models_dir.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fleet_worker::run(config, shutdown).await {
+                eprintln!("agentfleet: embedded worker stopped: {e}");
+            }
+        });
+    }
+    let started = Instant::now();
+    while head.cluster.worker_count() < workers {
+        if started.elapsed() > READY_TIMEOUT {
+            shutdown.cancel();
+            return Err(format!("the embedded workers did not join within {READY_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok((url, Embedded { shutdown, head: head.task }))
+}
+
+/// Starts an embedded cluster (no `address`) or connects to a running one.
+#[pyfunction]
+#[pyo3(signature = (address=None, *, workers=2, models_dir=None, token=None))]
+pub fn init(
+    py: Python<'_>,
+    address: Option<String>,
+    workers: usize,
+    models_dir: Option<PathBuf>,
+    token: Option<String>,
+) -> PyResult<Fleet> {
+    let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
+    if address.is_none() && workers == 0 {
+        return Err(PyValueError::new_err("an embedded cluster needs at least one worker"));
+    }
+    if let Some(dir) = &models_dir
+        && !dir.is_dir()
+    {
+        return Err(PyValueError::new_err(format!(
+            "models_dir {} is not a directory",
+            dir.display()
+        )));
+    }
+    let fleet = runtime::block_on(py, async move {
+        let (url, embedded) = match address {
+            Some(url) => (url, None),
+            None => {
+                let (url, embedded) = start_embedded(workers, models_dir, token.clone())
+                    .await
+                    .map_err(errors::Unavailable::new_err)?;
+                (url, Some(embedded))
+            }
+        };
+        let options = ConnectOptions { token, ..Default::default() };
+        let client = Client::connect_with(&url, options).await.map_err(errors::to_py)?;
+        // Fail now, not on the first submit, when the token is wrong or the head is not one.
+        client.status().await.map_err(errors::to_py)?;
+        Ok(Fleet { address: url, client, embedded: Mutex::new(embedded) })
+    })?;
+    Ok(fleet)
+}
+
+fn status_dict<'py>(
+    py: Python<'py>,
+    s: fleet_client::ClusterStatus,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let workers = PyList::empty(py);
+    for w in s.workers {
+        let wd = PyDict::new(py);
+        wd.set_item("id", w.worker_id)?;
+        wd.set_item("hostname", w.hostname)?;
+        wd.set_item("address", w.address)?;
+        let r = w.resources.unwrap_or_default();
+        wd.set_item("resources", resources_dict(py, &r)?)?;
+        wd.set_item("free", resources_dict(py, &w.free.unwrap_or_default())?)?;
+        wd.set_item("labels", w.labels.into_iter().collect::<BTreeMap<_, _>>())?;
+        wd.set_item("models", w.models)?;
+        wd.set_item("models_loaded", w.models_loaded)?;
+        wd.set_item("slots", w.slots)?;
+        wd.set_item("running_tasks", w.running_tasks)?;
+        wd.set_item("tasks_assigned", w.tasks_assigned)?;
+        wd.set_item("last_heartbeat_ms_ago", w.last_heartbeat_ms_ago)?;
+        workers.append(wd)?;
+    }
+    d.set_item("workers", workers)?;
+    d.set_item("agents", s.agents)?;
+    d.set_item("queued_tasks", s.queued_tasks)?;
+    d.set_item("running_tasks", s.running_tasks)?;
+    d.set_item("retained_tasks", s.retained_tasks)?;
+    d.set_item("tasks_completed", s.tasks_completed)?;
+    d.set_item("tasks_failed", s.tasks_failed)?;
+    d.set_item("tasks_canceled", s.tasks_canceled)?;
+    Ok(d)
+}
+
+fn resources_dict<'py>(
+    py: Python<'py>,
+    r: &fleet_client::pb::Resources,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("cpus", r.cpus)?;
+    d.set_item("memory_bytes", r.memory_bytes)?;
+    d.set_item("gpus", r.gpus)?;
+    Ok(d)
+}
+
+#[pymethods]
+impl Fleet {
+    /// Registers (or updates) an agent when `model` is given; otherwise gets the agent that
+    /// is already registered under `name` (NotFound if there is none).
+    #[pyo3(signature = (
+        name, model=None, *, instructions=String::new(), tools=Vec::new(), description=String::new(),
+        max_retries=None, max_concurrency=0, labels=None, model_options=None,
+        cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn agent(
+        &self,
+        py: Python<'_>,
+        name: String,
+        model: Option<String>,
+        instructions: String,
+        tools: Vec<String>,
+        description: String,
+        max_retries: Option<u32>,
+        max_concurrency: u32,
+        labels: Option<BTreeMap<String, String>>,
+        model_options: Option<BTreeMap<String, String>>,
+        cpus: f64,
+        memory_mb: u64,
+        gpus: u32,
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+        max_tokens: Option<u32>,
+        seed: Option<u64>,
+    ) -> PyResult<Agent> {
+        let client = self.client.clone();
+        let Some(model) = model else {
+            let lookup = name.clone();
+            runtime::block_on(py, async move {
+                let agents = client.list_agents().await.map_err(errors::to_py)?;
+                if agents.iter().any(|a| a.spec.as_ref().is_some_and(|s| s.name == lookup)) {
+                    Ok(())
+                } else {
+                    Err(errors::NotFound::new_err(format!(
+                        "unknown agent {lookup:?}: pass model=... to register it"
+                    )))
+                }
+            })?;
+            return Ok(Agent::new(name, self.client.clone()));
+        };
+        let spec = AgentSpec {
+            name: name.clone(),
+            model,
+            instructions,
+            description,
+            tools,
+            sampling: Sampling { temperature, top_p, max_tokens, seed },
+            resources: Resources { cpus, memory_bytes: memory_mb.saturating_mul(1 << 20), gpus },
+            max_retries: max_retries.unwrap_or(fleet_client::DEFAULT_MAX_RETRIES),
+            labels: labels.unwrap_or_default(),
+            model_options: model_options.unwrap_or_default(),
+            max_concurrency,
+        };
+        runtime::block_on(py, async move {
+            client.register_agent(spec).await.map(drop).map_err(errors::to_py)
+        })?;
+        Ok(Agent::new(name, self.client.clone()))
+    }
+
+    /// Workers, resources, models and load, as plain Python objects.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let client = self.client.clone();
+        let status =
+            runtime::block_on(py, async move { client.status().await.map_err(errors::to_py) })?;
+        status_dict(py, status)
+    }
+
+    /// Whether this handle runs the cluster itself (started by `init()` without an address).
+    #[getter]
+    fn embedded(&self) -> bool {
+        self.embedded.lock().is_some()
+    }
+
+    /// Stops the embedded cluster (a no-op for a connection to a running cluster).
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(embedded) = self.embedded.lock().take() else { return Ok(()) };
+        embedded.shutdown.cancel();
+        runtime::block_on(py, async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), embedded.head).await;
+            Ok(())
+        })
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.shutdown(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let kind = if self.embedded() { "embedded" } else { "connected" };
+        format!("Fleet(address={:?}, {kind})", self.address)
+    }
+}

@@ -1,0 +1,39 @@
+//! `agentfleet._native`: the PyO3 core of the `agentfleet` Python package.
+//!
+//! - [`fleet`]: `init()` (an embedded head + local workers, or a connection to a running
+//!   cluster) and the `Fleet` handle (agents, status, shutdown);
+//! - [`agent`]: `Agent` with `submit`, `map`, `stream`, `asubmit` and `astream`;
+//! - [`task`]: `Task` (result, cancel, events) and the event iterators, sync and async;
+//! - [`event`]: the `Event` class handed to Python;
+//! - [`errors`]: the exception hierarchy and the mapping from the client's errors;
+//! - [`runtime`]: the one tokio runtime and the blocking-wait helper that releases the GIL
+//!   and still notices Ctrl-C;
+//! - [`cli`]: `python -m agentfleet head|worker`.
+//!
+//! Only this crate knows PyO3.
+
+mod agent;
+mod cli;
+mod errors;
+mod event;
+mod fleet;
+mod runtime;
+mod task;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(fleet::init, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::run_head, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::run_worker, m)?)?;
+    m.add_class::<fleet::Fleet>()?;
+    m.add_class::<agent::Agent>()?;
+    m.add_class::<task::Task>()?;
+    m.add_class::<task::EventIterator>()?;
+    m.add_class::<task::AsyncEventIterator>()?;
+    m.add_class::<event::Event>()?;
+    errors::register(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

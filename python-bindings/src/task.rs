@@ -1,0 +1,316 @@
+//! `Task`: a submitted task whose events a background reader collects, so that `result()`,
+//! `events()`, `cancel()` and async iteration all work from the same log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_client::{Client, TaskStream};
+use futures::StreamExt;
+use parking_lot::{Condvar, Mutex};
+use pyo3::exceptions::PyStopAsyncIteration;
+use pyo3::prelude::*;
+use tokio::sync::Notify;
+
+use crate::errors::{self, Cancelled, TaskFailed};
+use crate::event::Event;
+use crate::runtime::{self, Interrupted};
+
+/// The events of one task so far, shared by its reader and every waiter.
+#[derive(Default)]
+pub struct TaskLog {
+    state: Mutex<LogState>,
+    changed: Condvar,
+    changed_async: Notify,
+}
+
+#[derive(Default)]
+struct LogState {
+    events: Vec<Event>,
+    /// Set once the stream ended: `None` for a clean end.
+    ended: Option<Option<String>>,
+}
+
+impl TaskLog {
+    fn push(&self, event: Event) {
+        self.state.lock().events.push(event);
+        self.changed.notify_all();
+        self.changed_async.notify_waiters();
+    }
+
+    fn end(&self, error: Option<String>) {
+        self.state.lock().ended = Some(error);
+        self.changed.notify_all();
+        self.changed_async.notify_waiters();
+    }
+
+    /// The event at `index`, waiting up to `slice` for it; `Err` once no more will come.
+    fn get_blocking(&self, index: usize, slice: Duration) -> Result<Option<Event>, Option<String>> {
+        let mut state = self.state.lock();
+        if let Some(e) = state.events.get(index) {
+            return Ok(Some(e.clone()));
+        }
+        if let Some(end) = &state.ended {
+            return Err(end.clone());
+        }
+        self.changed.wait_for(&mut state, slice);
+        match (state.events.get(index), &state.ended) {
+            (Some(e), _) => Ok(Some(e.clone())),
+            (None, Some(end)) => Err(end.clone()),
+            (None, None) => Ok(None),
+        }
+    }
+
+    async fn get_async(&self, index: usize) -> Result<Event, Option<String>> {
+        loop {
+            let notified = self.changed_async.notified();
+            {
+                let state = self.state.lock();
+                if let Some(e) = state.events.get(index) {
+                    return Ok(e.clone());
+                }
+                if let Some(end) = &state.ended {
+                    return Err(end.clone());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn last(&self) -> Option<Event> {
+        self.state.lock().events.last().cloned()
+    }
+}
+
+/// Reads `stream` into a new log in the background; returns once the first event (which
+/// carries the task id) has arrived.
+pub async fn start(client: Client, mut stream: TaskStream) -> Result<Task, fleet_client::Error> {
+    let first = stream.next().await.ok_or(fleet_client::Error::StreamEnded)??;
+    let log = Arc::new(TaskLog::default());
+    let task = Task { id: first.task_id.to_string(), log: log.clone(), client };
+    log.push(Event::from(&first));
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => log.push(Event::from(&event)),
+                Err(e) => return log.end(Some(e.to_string())),
+            }
+        }
+        log.end(None);
+    });
+    Ok(task)
+}
+
+/// Turns the last event of a finished task into its result.
+fn outcome(log: &TaskLog, stream_error: Option<String>) -> PyResult<String> {
+    let Some(last) = log.last() else {
+        return Err(errors::FleetError::new_err("the task produced no events"));
+    };
+    match last.kind {
+        "completed" => {
+            let state = log.state.lock();
+            Ok(state
+                .events
+                .iter()
+                .filter(|e| e.kind == "text_delta" && e.attempt == last.attempt)
+                .map(|e| e.text.as_str())
+                .collect())
+        }
+        "failed" => {
+            Err(TaskFailed::new_err(format!("task {} failed: {}", last.task_id, last.error)))
+        }
+        "canceled" => {
+            Err(Cancelled::new_err(format!("task {} was canceled: {}", last.task_id, last.error)))
+        }
+        _ => Err(errors::Unavailable::new_err(format!(
+            "the stream of task {} ended before the task did: {}",
+            last.task_id,
+            stream_error.unwrap_or_else(|| "no reason given".into())
+        ))),
+    }
+}
+
+/// A task submitted to the cluster.
+#[pyclass(module = "agentfleet", frozen)]
+pub struct Task {
+    #[pyo3(get)]
+    id: String,
+    log: Arc<TaskLog>,
+    client: Client,
+}
+
+impl Task {
+    /// Waits (GIL released, Ctrl-C noticed) until the task ends.
+    fn wait_end(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<String>> {
+        let log = self.log.clone();
+        let ended = async move {
+            loop {
+                let notified = log.changed_async.notified();
+                if let Some(end) = log.state.lock().ended.clone() {
+                    return end;
+                }
+                notified.await;
+            }
+        };
+        match runtime::wait(py, ended, timeout)? {
+            Ok(end) => Ok(end),
+            Err(Interrupted::Signal(e)) => {
+                self.cancel(py)?;
+                Err(e)
+            }
+            Err(timeout) => Err(timeout.into()),
+        }
+    }
+}
+
+#[pymethods]
+impl Task {
+    /// Waits for the task and returns its text; raises TaskFailed or Cancelled, or
+    /// TimeoutError after `timeout` seconds (the task keeps running).
+    #[pyo3(signature = (timeout=None))]
+    fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<String> {
+        let timeout = timeout.map(Duration::from_secs_f64);
+        let end = self.wait_end(py, timeout)?;
+        outcome(&self.log, end)
+    }
+
+    /// Asks the cluster to cancel the task (a finished task stays as it is).
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        let client = self.client.clone();
+        let id = self.id.clone();
+        runtime::block_on(
+            py,
+            async move { client.cancel(&id).await.map(drop).map_err(errors::to_py) },
+        )
+    }
+
+    /// Whether the task has ended.
+    fn done(&self) -> bool {
+        self.log.last().is_some_and(|e| e.is_final())
+    }
+
+    /// Iterates over the task's events from the first, waiting for new ones.
+    pub fn events(&self) -> EventIterator {
+        EventIterator {
+            log: self.log.clone(),
+            next: Mutex::new(0),
+            task: self.id.clone(),
+            client: self.client.clone(),
+        }
+    }
+
+    /// An async iterator over the task's events from the first.
+    fn aevents(&self) -> AsyncEventIterator {
+        let log = LazyLog::new(tokio::sync::OnceCell::new_with(Some(self.log.clone())));
+        AsyncEventIterator { log, submit: None, next: Arc::default() }
+    }
+
+    /// Awaits the task's text (raises like `result()`).
+    fn aresult<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let log = self.log.clone();
+        runtime::get()?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut index = 0;
+            let end = loop {
+                match log.get_async(index).await {
+                    Ok(_) => index += 1,
+                    Err(end) => break end,
+                }
+            };
+            outcome(&log, end)
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let state = self.log.last().map_or("submitted", |e| e.kind);
+        format!("Task(id={:?}, last_event={state:?})", self.id)
+    }
+}
+
+/// Events of one task as they arrive; Ctrl-C while waiting cancels the task.
+#[pyclass(module = "agentfleet")]
+pub struct EventIterator {
+    log: Arc<TaskLog>,
+    next: Mutex<usize>,
+    task: String,
+    client: Client,
+}
+
+#[pymethods]
+impl EventIterator {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Event>> {
+        let index = *self.next.lock();
+        loop {
+            let log = self.log.clone();
+            match py.detach(|| log.get_blocking(index, Duration::from_millis(50))) {
+                Ok(Some(event)) => {
+                    *self.next.lock() = index + 1;
+                    return Ok(Some(event));
+                }
+                Ok(None) => {}
+                Err(None) => return Ok(None),
+                Err(Some(error)) => return Err(errors::Unavailable::new_err(error)),
+            }
+            if let Err(interrupt) = py.check_signals() {
+                let (client, id) = (self.client.clone(), self.task.clone());
+                let _ = runtime::block_on(py, async move {
+                    client.cancel(&id).await.map(drop).map_err(errors::to_py)
+                });
+                return Err(interrupt);
+            }
+        }
+    }
+}
+
+/// Where an async iterator's events come from: a task already submitted, or one submitted
+/// on the first `__anext__` (so that `agent.astream(...)` needs no `await` itself).
+type LazyLog = Arc<tokio::sync::OnceCell<Arc<TaskLog>>>;
+
+/// Events of one task for `async for`.
+#[pyclass(module = "agentfleet")]
+pub struct AsyncEventIterator {
+    log: LazyLog,
+    submit: Option<(Client, fleet_client::Submission)>,
+    next: Arc<Mutex<usize>>,
+}
+
+impl AsyncEventIterator {
+    /// An iterator that submits `submission` when first polled.
+    pub fn lazy(client: Client, submission: fleet_client::Submission) -> Self {
+        Self { log: LazyLog::default(), submit: Some((client, submission)), next: Arc::default() }
+    }
+}
+
+#[pymethods]
+impl AsyncEventIterator {
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (log, next, submit) = (self.log.clone(), self.next.clone(), self.submit.clone());
+        runtime::get()?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let log = log
+                .get_or_try_init(|| async move {
+                    let (client, submission) = submit.ok_or(fleet_client::Error::StreamEnded)?;
+                    let stream = client.submit(submission).await?;
+                    Ok::<_, fleet_client::Error>(start(client, stream).await?.log)
+                })
+                .await
+                .map_err(errors::to_py)?;
+            let index = *next.lock();
+            match log.get_async(index).await {
+                Ok(event) => {
+                    *next.lock() = index + 1;
+                    Ok(event)
+                }
+                Err(None) => Err(PyStopAsyncIteration::new_err(())),
+                Err(Some(error)) => Err(errors::Unavailable::new_err(error)),
+            }
+        })
+    }
+}

@@ -1,0 +1,62 @@
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import agentfleet as af
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[af.Fleet]:
+    """An embedded cluster: a head and two workers in this process."""
+    fleet = af.init(workers=2)
+    yield fleet
+    fleet.shutdown()
+
+
+@pytest.fixture
+def echo(fleet: af.Fleet) -> af.Agent:
+    return fleet.agent("echo", model="builtin:echo")
+
+
+@pytest.fixture
+def slow(fleet: af.Fleet) -> af.Agent:
+    return fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "20"})
+
+
+class Node:
+    """A cluster node started with `python -m agentfleet` as a separate process."""
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ, RUST_LOG="warn")
+        env.pop("FLEET_TOKEN", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentfleet", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture(scope="module")
+def remote_cluster() -> Iterator[str]:
+    """A head and a worker as real processes, with the token "s3cret"; yields the address."""
+    head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret")
+    assert head.proc.stdout is not None
+    line = head.proc.stdout.readline()
+    assert line.startswith("listening on "), line
+    address = "http://" + line.removeprefix("listening on ").strip()
+    worker = Node("worker", "--head", address, "--token", "s3cret")
+    yield address
+    worker.stop()
+    head.stop()

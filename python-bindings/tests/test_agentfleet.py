@@ -1,0 +1,155 @@
+import _thread
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import agentfleet as af
+
+
+def test_embedded_init_starts_two_workers(fleet: af.Fleet) -> None:
+    assert fleet.embedded
+    status = fleet.status()
+    workers = status["workers"]
+    assert isinstance(workers, list) and len(workers) == 2
+    assert all(w["slots"] > 0 and w["resources"]["cpus"] > 0 for w in workers)
+
+
+def test_map_of_a_thousand_prompts_returns_ordered_results(fleet: af.Fleet, echo: af.Agent) -> None:
+    prompts = [f"prompt {i} says hi" for i in range(1000)]
+    assert echo.map(prompts, progress=False) == prompts
+    unordered = echo.map(prompts[:100], ordered=False, progress=False)
+    assert sorted(unordered) == sorted(prompts[:100])
+    per_worker = [w["tasks_assigned"] for w in fleet.status()["workers"]]  # type: ignore[index, union-attr]
+    assert all(n > 0 for n in per_worker), per_worker
+    assert echo.map([], progress=False) == []
+
+
+def test_stream_yields_deltas_in_order(echo: af.Agent) -> None:
+    events = list(echo.stream("one two three four"))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[0].kind == "submitted" and events[-1].kind == "completed"
+    assert events[-1].is_final
+    assert "".join(e.text for e in events if e.kind == "text_delta") == "one two three four"
+
+
+def test_submit_then_result_and_events(echo: af.Agent) -> None:
+    task = echo.submit("hello there")
+    assert task.result(timeout=10) == "hello there"
+    assert task.done()
+    kinds = [e.kind for e in task.events()]
+    assert kinds[:3] == ["submitted", "scheduled", "working"] and kinds[-1] == "completed"
+
+
+@pytest.mark.asyncio
+async def test_asyncio_submit_and_stream(echo: af.Agent) -> None:
+    results = await asyncio.gather(*(echo.asubmit(f"async {i}") for i in range(50)))
+    assert results == [f"async {i}" for i in range(50)]
+    texts = [e.text async for e in echo.astream("a b c") if e.kind == "text_delta"]
+    assert texts == ["a", " b", " c"]
+    task = echo.submit("awaited")
+    assert await task.aresult() == "awaited"
+    kinds = [e.kind async for e in task.aevents()]
+    assert kinds[-1] == "completed"
+
+
+def test_cancel_stops_a_running_task(slow: af.Agent) -> None:
+    task = slow.submit(" ".join(f"w{i}" for i in range(500)))
+    for event in task.events():
+        if event.kind == "text_delta":
+            break
+    task.cancel()
+    with pytest.raises(af.Cancelled):
+        task.result(timeout=10)
+    deltas = [e for e in task.events() if e.kind == "text_delta"]
+    assert len(deltas) < 50
+
+
+def test_result_times_out_but_the_task_keeps_running(slow: af.Agent) -> None:
+    task = slow.submit("a b c d e f g h")
+    with pytest.raises(TimeoutError):
+        task.result(timeout=0.05)
+    assert task.result(timeout=10) == "a b c d e f g h"
+
+
+def test_unknown_agent_is_not_found(fleet: af.Fleet) -> None:
+    with pytest.raises(af.NotFound, match="nobody"):
+        fleet.agent("nobody")
+    ghost = fleet.agent("ghost", model="builtin:echo")
+    assert fleet.agent("ghost").name == ghost.name
+
+
+def test_bad_input_raises_with_the_servers_message(fleet: af.Fleet, echo: af.Agent) -> None:
+    with pytest.raises(af.InvalidArgument, match="input is empty"):
+        echo.submit("   ")
+    with pytest.raises(af.InvalidArgument, match="invalid agent spec"):
+        fleet.agent("bad name", model="builtin:echo")
+    broken = fleet.agent("broken", model="builtin:echo", model_options={"token_delay_ms": "-1"})
+    with pytest.raises(af.TaskFailed, match="token_delay_ms"):
+        broken.submit("x").result(timeout=10)
+    with pytest.raises(af.TaskFailed, match="3 of 3 tasks"):
+        broken.map(["a", "b", "c"], progress=False)
+    assert echo.submit("still serving").result(timeout=10) == "still serving"
+
+
+def test_keyboard_interrupt_during_map_cancels_the_tasks(fleet: af.Fleet, slow: af.Agent) -> None:
+    before = fleet.status()["tasks_canceled"]
+    prompts = [" ".join(f"w{i}" for i in range(100)) for _ in range(20)]
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        slow.map(prompts, progress=False)
+    assert time.monotonic() - started < 1.5, "map did not stop promptly"
+    deadline = time.monotonic() + 10
+    while True:
+        status = fleet.status()
+        if status["running_tasks"] == 0:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.02)
+    assert status["tasks_canceled"] - before == 20  # type: ignore[operator]
+
+
+def test_connect_by_address_to_separate_processes(remote_cluster: str) -> None:
+    fleet = af.init(remote_cluster, token="s3cret")
+    assert not fleet.embedded
+    deadline = time.monotonic() + 15
+    while len(fleet.status()["workers"]) < 1:  # type: ignore[arg-type]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    echo = fleet.agent("echo", model="builtin:echo")
+    assert echo.map(["across", "processes"], progress=False) == ["across", "processes"]
+    fleet.shutdown()  # a no-op for a connection
+
+
+def test_wrong_token_is_unauthenticated(remote_cluster: str) -> None:
+    with pytest.raises(af.Unauthenticated, match="cluster token"):
+        af.init(remote_cluster, token="wrong")
+
+
+def test_unreachable_cluster_is_unavailable() -> None:
+    with pytest.raises(af.Unavailable):
+        af.init("http://127.0.0.1:1")
+
+
+def test_python_m_agentfleet_explains_its_usage() -> None:
+    done = subprocess.run([sys.executable, "-m", "agentfleet"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "python -m agentfleet head" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "agentfleet", "worker", "--head", "not a url"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2 and "invalid head address" in done.stderr
+
+
+def test_stubs_match_the_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "agentfleet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
