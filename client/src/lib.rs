@@ -30,6 +30,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
@@ -172,16 +173,24 @@ impl Client {
     }
 
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|_| Error::InvalidUrl(url.to_owned()))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .initial_connection_window_size(8 << 20)
-            .initial_stream_window_size(4 << 20);
-        let channel = endpoint
+        let channel = endpoint(url, &options)?
             .connect()
             .await
             .map_err(|source| Error::Connect { url: url.to_owned(), source })?;
+        Self::over(channel, options)
+    }
+
+    /// Connects to a head running in this process, over in-memory pipes.
+    pub async fn connect_local(local: LocalConnector, options: ConnectOptions) -> Result<Self> {
+        let url = "http://in-process.invalid";
+        let channel = endpoint(url, &options)?
+            .connect_with_connector(local)
+            .await
+            .map_err(|source| Error::Connect { url: url.to_owned(), source })?;
+        Self::over(channel, options)
+    }
+
+    fn over(channel: Channel, options: ConnectOptions) -> Result<Self> {
         let token = match options.token {
             Some(t) => Some(fleet_proto::bearer(&t).parse().map_err(|_| Error::InvalidToken)?),
             None => None,
@@ -300,6 +309,15 @@ impl Client {
         let _ = feeder.await;
         outcomes.finish()
     }
+}
+
+fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|_| Error::InvalidUrl(url.to_owned()))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .initial_connection_window_size(8 << 20)
+        .initial_stream_window_size(4 << 20))
 }
 
 fn event_stream(stream: tonic::Streaming<pb::TaskEvent>) -> TaskStream {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use fleet_proto::local::{LocalConnector, LocalIncoming, local_pair};
 use fleet_proto::pb::fleet_service_server::FleetServiceServer;
 use fleet_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
@@ -28,6 +29,8 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 #[derive(Debug)]
 pub struct HeadHandle {
     pub address: SocketAddr,
+    /// Opens in-process connections to this head (for clients and workers in this process).
+    pub local: LocalConnector,
     pub cluster: Arc<Cluster>,
     pub task: JoinHandle<Result<()>>,
 }
@@ -41,15 +44,17 @@ pub fn spawn(
     config::validate(&config)?;
     let address = listener.local_addr()?;
     let cluster = Arc::new(Cluster::new(&config)?);
-    let task = tokio::spawn(serve(config, cluster.clone(), listener, shutdown));
-    Ok(HeadHandle { address, cluster, task })
+    let (local, incoming) = local_pair();
+    let task = tokio::spawn(serve(config, cluster.clone(), listener, Some(incoming), shutdown));
+    Ok(HeadHandle { address, local, cluster, task })
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves `listener` (and in-process connections from `local`) until `shutdown` is cancelled.
 pub async fn serve(
     config: HeadConfig,
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    local: Option<LocalIncoming>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let address = listener.local_addr()?;
@@ -78,14 +83,22 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(30)));
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
         .initial_connection_window_size(8 << 20)
-        .initial_stream_window_size(4 << 20)
+        .initial_stream_window_size(4 << 20);
+    let in_process = local.map(|local| {
+        let server = server.clone().add_routes(routes.clone());
+        tokio::spawn(server.serve_with_incoming_shutdown(local, shutdown.clone().cancelled_owned()))
+    });
+    let served = server
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
+    if let Some(in_process) = in_process {
+        let _ = in_process.await;
+    }
     let _ = detector.await;
     served.map_err(|e| crate::Error::Io(std::io::Error::other(e)))?;
     info!("head stopped");

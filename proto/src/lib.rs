@@ -5,10 +5,12 @@
 //! - [`types`]: domain types (agents, tasks, events, worker reports) used by the head, the
 //!   worker and the client.
 //! - [`convert`]: the one place where wire types become domain types and back.
+//! - [`local`]: the same protocol over in-memory pipes for clusters embedded in one process.
 //!
 //! Only this crate knows the wire format; the other crates convert at their edges.
 
 pub mod convert;
+pub mod local;
 pub mod types;
 
 /// Generated protobuf and gRPC code (package `fleet.v1`).

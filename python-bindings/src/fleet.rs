@@ -23,6 +23,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 struct Embedded {
     shutdown: CancellationToken,
     head: tokio::task::JoinHandle<fleet_head::Result<()>>,
+    local: fleet_client::LocalConnector,
 }
 
 /// A connection to a cluster, and the cluster itself when it is embedded.
@@ -51,6 +52,7 @@ async fn start_embedded(
         config.worker_id = format!("{}-local-{i}", config.worker_id);
         config.token = token.clone();
         config.models_dir = models_dir.clone();
+        config.local = Some(head.local.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = fleet_worker::run(config, shutdown).await {
@@ -66,7 +68,7 @@ async fn start_embedded(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok((url, Embedded { shutdown, head: head.task }))
+    Ok((url, Embedded { shutdown, head: head.task, local: head.local }))
 }
 
 /// Starts an embedded cluster (no `address`) or connects to a running one.
@@ -92,17 +94,20 @@ pub fn init(
         )));
     }
     let fleet = runtime::block_on(py, async move {
-        let (url, embedded) = match address {
-            Some(url) => (url, None),
+        let options = ConnectOptions { token: token.clone(), ..Default::default() };
+        let (url, client, embedded) = match address {
+            Some(url) => (url.clone(), Client::connect_with(&url, options).await, None),
             None => {
-                let (url, embedded) = start_embedded(workers, models_dir, token.clone())
+                // The embedded head also listens on 127.0.0.1 for other processes; this
+                // process's client and workers reach it in memory.
+                let (url, embedded) = start_embedded(workers, models_dir, token)
                     .await
                     .map_err(errors::Unavailable::new_err)?;
-                (url, Some(embedded))
+                let client = Client::connect_local(embedded.local.clone(), options).await;
+                (url, client, Some(embedded))
             }
         };
-        let options = ConnectOptions { token, ..Default::default() };
-        let client = Client::connect_with(&url, options).await.map_err(errors::to_py)?;
+        let client = client.map_err(errors::to_py)?;
         // Fail now, not on the first submit, when the token is wrong or the head is not one.
         client.status().await.map_err(errors::to_py)?;
         Ok(Fleet { address: url, client, embedded: Mutex::new(embedded) })

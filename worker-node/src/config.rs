@@ -18,6 +18,9 @@ pub struct WorkerConfig {
     /// Most tasks run at once.
     pub slots: u32,
     pub models_dir: Option<PathBuf>,
+    /// Join a head in this process over in-memory pipes instead of TCP (`head` is then
+    /// only a label).
+    pub local: Option<fleet_proto::local::LocalConnector>,
 }
 
 impl WorkerConfig {
@@ -31,6 +34,7 @@ impl WorkerConfig {
             labels: BTreeMap::new(),
             slots: 256,
             models_dir: None,
+            local: None,
         }
     }
 }
