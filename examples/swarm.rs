@@ -20,18 +20,20 @@ async fn main() -> anyhow::Result<()> {
         .context("--jobs takes a number")?
         .unwrap_or(1000);
 
-    // An embedded cluster: the head and two workers share this process and talk gRPC over
-    // 127.0.0.1, exactly as separate machines would.
+    // An embedded cluster: the head and two workers share this process. The head also
+    // listens on 127.0.0.1 (other processes could join); the workers here join it directly
+    // and the client talks to it over in-memory pipes.
     let started = Instant::now();
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let head = fleet_head::spawn(fleet_head::HeadConfig::default(), listener, shutdown.clone())?;
     let url = format!("http://{}", head.address);
     for _ in 0..2 {
-        let worker = fleet_worker::WorkerConfig::new(url.clone());
+        let mut worker = fleet_worker::WorkerConfig::new(url.clone());
+        worker.local = Some(head.cluster.clone());
         tokio::spawn(fleet_worker::run(worker, shutdown.clone()));
     }
-    let client = Client::connect(&url).await?;
+    let client = Client::connect_local(head.local.clone(), Default::default()).await?;
     while client.status().await?.workers.len() < 2 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_proto::local::LocalHead;
 use fleet_proto::{
     AgentSpec, Command, EventKind, Heartbeat, Registration, TaskAssignment, TaskEvent, TaskId,
     TaskState, now_us,
@@ -117,6 +118,7 @@ pub struct TaskFilter {
 /// The limits the state machine enforces.
 #[derive(Debug, Clone)]
 struct Limits {
+    heartbeat_interval: Duration,
     max_queued_tasks: usize,
     max_input_bytes: usize,
     subscriber_buffer: usize,
@@ -159,6 +161,7 @@ impl Cluster {
                 context_workers: HashMap::new(),
             }),
             limits: Limits {
+                heartbeat_interval: config.heartbeat_interval,
                 max_queued_tasks: config.max_queued_tasks,
                 max_input_bytes: config.max_input_bytes,
                 subscriber_buffer: config.subscriber_buffer,
@@ -280,6 +283,28 @@ impl Cluster {
             return Err(Error::InvalidArgument("context_id must be at most 256 bytes".into()));
         }
         Ok(())
+    }
+
+    /// Submits tasks for a multiplexed subscriber: each is acknowledged (`Accepted` before
+    /// its events) or refused (`Rejected`) on `sub`. Waits while the subscriber's buffer is
+    /// nearly full, so a submitter that does not read is slowed, not cut off. False once the
+    /// subscriber is gone.
+    pub async fn submit_for(
+        &self,
+        sub: &Subscriber,
+        items: impl IntoIterator<Item = (u64, Result<NewTask>)>,
+    ) -> bool {
+        for (client_ref, task) in items {
+            if !sub.wait_for_room(64).await {
+                return false;
+            }
+            let outcome =
+                task.and_then(|task| self.submit(task, Some((sub.clone(), Some(client_ref)))));
+            if let Err(error) = outcome {
+                sub.deliver(Delivery::Rejected { client_ref, error: Arc::new(error) });
+            }
+        }
+        true
     }
 
     /// Follows a task from `from_seq`: the events logged so far, then live ones.
@@ -642,5 +667,28 @@ fn drain_queue(state: &mut State) {
                 finish(state, &id, EventKind::Failed { error, worker_id: String::new() });
             }
         }
+    }
+}
+
+/// In-process workers join the cluster directly (see `fleet_proto::local`).
+impl LocalHead for Cluster {
+    fn join(
+        &self,
+        registration: Registration,
+    ) -> (u64, Duration, mpsc::UnboundedReceiver<Command>) {
+        let (connection, commands) = self.worker_joined(registration, "in-process".to_owned());
+        (connection, self.limits.heartbeat_interval, commands)
+    }
+
+    fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {
+        Cluster::heartbeat(self, worker_id, connection, beat);
+    }
+
+    fn events(&self, worker_id: &str, connection: u64, events: Vec<TaskEvent>) {
+        self.worker_events(worker_id, connection, events);
+    }
+
+    fn leave(&self, worker_id: &str, connection: u64, reason: &str) {
+        self.worker_lost(worker_id, connection, reason);
     }
 }

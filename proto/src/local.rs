@@ -59,3 +59,22 @@ impl tower_service::Service<http::Uri> for LocalConnector {
         futures::future::ready(sent.map(|()| TokioIo::new(ours)))
     }
 }
+
+/// A head in this process, as its in-process workers see it: the calls the `Join` stream
+/// would carry, made directly with domain types (no encoding, no pipe). The head implements
+/// it; a worker given one joins through it instead of over gRPC.
+pub trait LocalHead: Send + Sync + 'static {
+    /// Adds a worker; returns its connection number, the heartbeat interval and its commands.
+    fn join(
+        &self,
+        registration: crate::Registration,
+    ) -> (u64, std::time::Duration, mpsc::UnboundedReceiver<crate::Command>);
+
+    fn heartbeat(&self, worker_id: &str, connection: u64, beat: crate::Heartbeat);
+
+    /// Task events of the worker's tasks (`seq` 0: the head assigns it).
+    fn events(&self, worker_id: &str, connection: u64, events: Vec<crate::TaskEvent>);
+
+    /// The worker is leaving (or stopped); its running tasks are retried elsewhere.
+    fn leave(&self, worker_id: &str, connection: u64, reason: &str);
+}

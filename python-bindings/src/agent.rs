@@ -5,29 +5,27 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_client::{Client, EventKind, ManyUpdate, Submission, TaskId, TaskState};
+use fleet_client::{EventKind, ManyUpdate, Submission, TaskId, TaskState};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
 use crate::errors::{self, TaskFailed};
 use crate::runtime::{self, Interrupted};
 use crate::task::{self, AsyncEventIterator, EventIterator, Task};
-
-/// Submissions per message on the multiplexed stream.
-const CHUNK: usize = 256;
 
 /// An agent registered on the cluster.
 #[pyclass(module = "agentfleet", frozen)]
 pub struct Agent {
     #[pyo3(get)]
     name: String,
-    client: Client,
+    client: Backend,
 }
 
 impl Agent {
-    pub fn new(name: String, client: Client) -> Self {
+    pub fn new(name: String, client: Backend) -> Self {
         Self { name, client }
     }
 
@@ -49,23 +47,14 @@ enum Ended {
 /// Runs every prompt as a task over one multiplexed stream; returns (index, outcome) in
 /// completion order. Accepted, unfinished task ids stay in `open` for cancellation.
 async fn map_tasks(
-    client: Client,
+    client: Backend,
     submissions: Vec<Submission>,
     open: Arc<Mutex<HashSet<TaskId>>>,
     progress: Option<Progress>,
     stop: CancellationToken,
 ) -> PyResult<Vec<(usize, Ended)>> {
     let total = submissions.len();
-    let (sender, mut updates) = client.submit_many().await.map_err(errors::to_py)?;
-    let feeder = tokio::spawn(async move {
-        let mut items = submissions.into_iter().enumerate().peekable();
-        while items.peek().is_some() {
-            let chunk: Vec<_> = items.by_ref().take(CHUNK).map(|(i, s)| (i as u64, s)).collect();
-            if sender.send(chunk).await.is_err() {
-                return;
-            }
-        }
-    });
+    let mut updates = client.submit_many(submissions).await.map_err(errors::to_py)?;
     let mut index_of = std::collections::HashMap::with_capacity(total);
     let mut text: Vec<String> = vec![String::new(); total];
     let mut attempt = vec![1u32; total];
@@ -77,7 +66,6 @@ async fn map_tasks(
             () = stop.cancelled() => break,
         };
         let Some(batch) = batch else {
-            feeder.abort();
             return Err(errors::Unavailable::new_err(format!(
                 "the cluster closed the stream after {} of {total} tasks",
                 ended.len()
@@ -90,7 +78,6 @@ async fn map_tasks(
                     index_of.insert(task_id, client_ref as usize);
                 }
                 ManyUpdate::Rejected { code, message, .. } => {
-                    feeder.abort();
                     return Err(errors::from_code(code, message));
                 }
                 ManyUpdate::Event(e) => {
@@ -125,7 +112,6 @@ async fn map_tasks(
     if let Some(p) = progress.as_mut() {
         p.finish(ended.len(), total);
     }
-    let _ = feeder.await;
     Ok(ended)
 }
 

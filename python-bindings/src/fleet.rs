@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_client::{AgentSpec, Client, ConnectOptions, Resources, Sampling};
+use fleet_head::Cluster;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -13,6 +15,7 @@ use pyo3::types::{PyDict, PyList};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::backend::Backend;
 use crate::errors;
 use crate::runtime;
 
@@ -23,7 +26,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 struct Embedded {
     shutdown: CancellationToken,
     head: tokio::task::JoinHandle<fleet_head::Result<()>>,
-    local: fleet_client::LocalConnector,
+    cluster: Arc<Cluster>,
 }
 
 /// A connection to a cluster, and the cluster itself when it is embedded.
@@ -31,7 +34,7 @@ struct Embedded {
 pub struct Fleet {
     #[pyo3(get)]
     address: String,
-    client: Client,
+    client: Backend,
     embedded: Mutex<Option<Embedded>>,
 }
 
@@ -52,7 +55,7 @@ async fn start_embedded(
         config.worker_id = format!("{}-local-{i}", config.worker_id);
         config.token = token.clone();
         config.models_dir = models_dir.clone();
-        config.local = Some(head.local.clone());
+        config.local = Some(head.cluster.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = fleet_worker::run(config, shutdown).await {
@@ -68,7 +71,7 @@ async fn start_embedded(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok((url, Embedded { shutdown, head: head.task, local: head.local }))
+    Ok((url, Embedded { shutdown, head: head.task, cluster: head.cluster }))
 }
 
 /// Starts an embedded cluster (no `address`) or connects to a running one.
@@ -96,18 +99,19 @@ pub fn init(
     let fleet = runtime::block_on(py, async move {
         let options = ConnectOptions { token: token.clone(), ..Default::default() };
         let (url, client, embedded) = match address {
-            Some(url) => (url.clone(), Client::connect_with(&url, options).await, None),
+            Some(url) => {
+                let client = Client::connect_with(&url, options).await.map_err(errors::to_py)?;
+                (url, Backend::Remote(client), None)
+            }
             None => {
                 // The embedded head also listens on 127.0.0.1 for other processes; this
-                // process's client and workers reach it in memory.
+                // process's workers and calls reach it directly.
                 let (url, embedded) = start_embedded(workers, models_dir, token)
                     .await
                     .map_err(errors::Unavailable::new_err)?;
-                let client = Client::connect_local(embedded.local.clone(), options).await;
-                (url, client, Some(embedded))
+                (url, Backend::Local(embedded.cluster.clone()), Some(embedded))
             }
         };
-        let client = client.map_err(errors::to_py)?;
         // Fail now, not on the first submit, when the token is wrong or the head is not one.
         client.status().await.map_err(errors::to_py)?;
         Ok(Fleet { address: url, client, embedded: Mutex::new(embedded) })
@@ -194,8 +198,7 @@ impl Fleet {
         let Some(model) = model else {
             let lookup = name.clone();
             runtime::block_on(py, async move {
-                let agents = client.list_agents().await.map_err(errors::to_py)?;
-                if agents.iter().any(|a| a.spec.as_ref().is_some_and(|s| s.name == lookup)) {
+                if client.has_agent(&lookup).await.map_err(errors::to_py)? {
                     Ok(())
                 } else {
                     Err(errors::NotFound::new_err(format!(
@@ -218,9 +221,10 @@ impl Fleet {
             model_options: model_options.unwrap_or_default(),
             max_concurrency,
         };
-        runtime::block_on(py, async move {
-            client.register_agent(spec).await.map(drop).map_err(errors::to_py)
-        })?;
+        runtime::block_on(
+            py,
+            async move { client.register_agent(spec).await.map_err(errors::to_py) },
+        )?;
         Ok(Agent::new(name, self.client.clone()))
     }
 

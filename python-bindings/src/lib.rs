@@ -6,6 +6,7 @@
 //! - [`task`]: `Task` (result, cancel, events) and the event iterators, sync and async;
 //! - [`event`]: the `Event` class handed to Python;
 //! - [`errors`]: the exception hierarchy and the mapping from the client's errors;
+//! - [`backend`]: what the classes talk to: gRPC, or an embedded head directly;
 //! - [`runtime`]: the one tokio runtime and the blocking-wait helper that releases the GIL
 //!   and still notices Ctrl-C;
 //! - [`cli`]: `python -m agentfleet head|worker`.
@@ -13,6 +14,7 @@
 //! Only this crate knows PyO3.
 
 mod agent;
+mod backend;
 mod cli;
 mod errors;
 mod event;

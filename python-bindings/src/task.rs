@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_client::{Client, TaskStream};
+use fleet_client::TaskStream;
 use futures::StreamExt;
 use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use tokio::sync::Notify;
 
+use crate::backend::Backend;
 use crate::errors::{self, Cancelled, TaskFailed};
 use crate::event::Event;
 use crate::runtime::{self, Interrupted};
@@ -83,7 +84,7 @@ impl TaskLog {
 
 /// Reads `stream` into a new log in the background; returns once the first event (which
 /// carries the task id) has arrived.
-pub async fn start(client: Client, mut stream: TaskStream) -> Result<Task, fleet_client::Error> {
+pub async fn start(client: Backend, mut stream: TaskStream) -> Result<Task, fleet_client::Error> {
     let first = stream.next().await.ok_or(fleet_client::Error::StreamEnded)??;
     let log = Arc::new(TaskLog::default());
     let task = Task { id: first.task_id.to_string(), log: log.clone(), client };
@@ -135,7 +136,7 @@ pub struct Task {
     #[pyo3(get)]
     id: String,
     log: Arc<TaskLog>,
-    client: Client,
+    client: Backend,
 }
 
 impl Task {
@@ -177,10 +178,7 @@ impl Task {
     fn cancel(&self, py: Python<'_>) -> PyResult<()> {
         let client = self.client.clone();
         let id = self.id.clone();
-        runtime::block_on(
-            py,
-            async move { client.cancel(&id).await.map(drop).map_err(errors::to_py) },
-        )
+        runtime::block_on(py, async move { client.cancel(&id).await.map_err(errors::to_py) })
     }
 
     /// Whether the task has ended.
@@ -232,7 +230,7 @@ pub struct EventIterator {
     log: Arc<TaskLog>,
     next: Mutex<usize>,
     task: String,
-    client: Client,
+    client: Backend,
 }
 
 #[pymethods]
@@ -257,7 +255,7 @@ impl EventIterator {
             if let Err(interrupt) = py.check_signals() {
                 let (client, id) = (self.client.clone(), self.task.clone());
                 let _ = runtime::block_on(py, async move {
-                    client.cancel(&id).await.map(drop).map_err(errors::to_py)
+                    client.cancel(&id).await.map_err(errors::to_py)
                 });
                 return Err(interrupt);
             }
@@ -273,13 +271,13 @@ type LazyLog = Arc<tokio::sync::OnceCell<Arc<TaskLog>>>;
 #[pyclass(module = "agentfleet")]
 pub struct AsyncEventIterator {
     log: LazyLog,
-    submit: Option<(Client, fleet_client::Submission)>,
+    submit: Option<(Backend, fleet_client::Submission)>,
     next: Arc<Mutex<usize>>,
 }
 
 impl AsyncEventIterator {
     /// An iterator that submits `submission` when first polled.
-    pub fn lazy(client: Client, submission: fleet_client::Submission) -> Self {
+    pub fn lazy(client: Backend, submission: fleet_client::Submission) -> Self {
         Self { log: LazyLog::default(), submit: Some((client, submission)), next: Arc::default() }
     }
 }

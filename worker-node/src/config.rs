@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use fleet_proto::Resources;
 
 /// Everything a worker needs to join a head.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// The head's URL, e.g. `http://10.0.0.1:7070`.
     pub head: String,
@@ -18,9 +18,23 @@ pub struct WorkerConfig {
     /// Most tasks run at once.
     pub slots: u32,
     pub models_dir: Option<PathBuf>,
-    /// Join a head in this process over in-memory pipes instead of TCP (`head` is then
-    /// only a label).
-    pub local: Option<fleet_proto::local::LocalConnector>,
+    /// Join a head in this process directly instead of over gRPC (`head` is then only a
+    /// label).
+    pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("head", &self.head)
+            .field("worker_id", &self.worker_id)
+            .field("resources", &self.resources)
+            .field("labels", &self.labels)
+            .field("slots", &self.slots)
+            .field("models_dir", &self.models_dir)
+            .field("in_process", &self.local.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerConfig {

@@ -2,8 +2,10 @@
 //! task events up, carry out commands coming down, and reconnect with backoff when the
 //! stream breaks (e.g. the head restarted).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_proto::local::LocalHead;
 use fleet_proto::pb::worker_service_client::WorkerServiceClient;
 use fleet_proto::{
     Command, Heartbeat, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate, pb,
@@ -28,6 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Runs the worker until `shutdown`; returns an error only for problems retrying cannot fix
 /// (a rejected token, a malformed head URL).
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
+    if let Some(head) = config.local.clone() {
+        return run_in_process(head, registration(&config)?, shutdown).await;
+    }
     let endpoint = Endpoint::from_shared(config.head.clone())
         .map_err(|_| Error::InvalidHeadUrl(config.head.clone()))?
         .connect_timeout(Duration::from_secs(5))
@@ -64,6 +69,58 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             () = shutdown.cancelled() => return Ok(()),
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// A worker joined to a head in the same process: commands and events go through direct
+/// calls (see `fleet_proto::local::LocalHead`). Rejoins if the head drops it.
+async fn run_in_process(
+    head: Arc<dyn LocalHead>,
+    registration: Registration,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut host = ActorHost::new();
+    let worker_id = registration.worker_id.clone();
+    loop {
+        let (connection, heartbeat_interval, mut commands) = head.join(registration.clone());
+        let (event_tx, mut event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
+        let mut ticker = tokio::time::interval(heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(BATCH);
+        let dropped = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break false,
+                _ = event_rx.recv_many(&mut events, BATCH) => {
+                    head.events(&worker_id, connection, std::mem::replace(&mut events, Vec::with_capacity(BATCH)));
+                }
+                n = commands.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break true;
+                    }
+                    for command in batch.drain(..) {
+                        host.handle(command, &event_tx).await;
+                    }
+                }
+                _ = ticker.tick() => head.heartbeat(&worker_id, connection, heartbeat(&host)),
+            }
+        };
+        host.cancel_all();
+        if !dropped {
+            head.leave(&worker_id, connection, "the worker stopped");
+            info!("worker stopped");
+            return Ok(());
+        }
+        warn!("the head dropped this worker; rejoining");
+    }
+}
+
+fn heartbeat(host: &ActorHost) -> Heartbeat {
+    Heartbeat {
+        running_tasks: host.running_tasks() as u32,
+        actors: host.actors() as u32,
+        models_loaded: host.models_loaded(),
     }
 }
 
@@ -153,12 +210,7 @@ async fn session(
                 Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
             },
             _ = ticker.tick() => {
-                let beat = Heartbeat {
-                    running_tasks: host.running_tasks() as u32,
-                    actors: host.actors() as u32,
-                    models_loaded: host.models_loaded(),
-                };
-                if heartbeat_tx.try_send(beat).is_err() {
+                if heartbeat_tx.try_send(heartbeat(host)).is_err() {
                     debug!("heartbeat skipped: the previous one is still waiting to be sent");
                 }
             }

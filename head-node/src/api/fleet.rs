@@ -98,26 +98,14 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                         return;
                     }
                 };
-                for item in items {
-                    if !sub.wait_for_room(64).await {
-                        return;
-                    }
-                    let Some(request) = item.request else {
-                        let error = crate::Error::InvalidArgument("item has no request".into());
-                        sub.deliver(Delivery::Rejected {
-                            client_ref: item.client_ref,
-                            error: Arc::new(error),
-                        });
-                        continue;
-                    };
-                    if let Err(error) = cluster
-                        .submit(new_task(request), Some((sub.clone(), Some(item.client_ref))))
-                    {
-                        sub.deliver(Delivery::Rejected {
-                            client_ref: item.client_ref,
-                            error: Arc::new(error),
-                        });
-                    }
+                let items = items.into_iter().map(|item| {
+                    let task = item.request.map(new_task).ok_or_else(|| {
+                        crate::Error::InvalidArgument("item has no request: set request".into())
+                    });
+                    (item.client_ref, task)
+                });
+                if !cluster.submit_for(&sub, items).await {
+                    return;
                 }
             }
         };

@@ -1,0 +1,157 @@
+//! What the Python classes talk to: a cluster over gRPC (`Remote`) or, for an embedded
+//! cluster, the head's state in this process directly (`Local`: no encoding, no network, a
+//! round trip is a handful of task hand-offs). Both give the same domain types and errors.
+
+use std::sync::Arc;
+
+use fleet_client::{
+    AgentSpec, Client, ClusterStatus, ManyUpdate, Submission, TaskEvent, TaskStream,
+};
+use fleet_head::Cluster;
+use fleet_head::cluster::NewTask;
+use fleet_head::tasks::{Delivery, Subscription};
+use futures::Stream;
+
+/// Submissions per message on a remote multiplexed stream.
+const CHUNK: usize = 256;
+
+pub type Result<T> = std::result::Result<T, fleet_client::Error>;
+
+/// Batches of updates of a `map`: acks, rejections and events of all its tasks.
+pub type ManyUpdates = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<ManyUpdate>>> + Send>>;
+
+#[derive(Clone)]
+pub enum Backend {
+    Remote(Client),
+    Local(Arc<Cluster>),
+}
+
+fn local_error(e: fleet_head::Error) -> fleet_client::Error {
+    fleet_client::Error::Status(e.into())
+}
+
+fn new_task(s: Submission) -> NewTask {
+    NewTask { agent: s.agent, input: s.input, context_id: s.context_id }
+}
+
+/// The next delivery of a local subscription, or the error that cut it off.
+async fn next_delivery(sub: &mut Subscription) -> Option<Result<Delivery>> {
+    match fleet_head::api::streams::next(sub).await {
+        Some(d) => Some(Ok(d)),
+        None if sub.was_cut() => {
+            Some(Err(fleet_client::Error::Status(fleet_head::api::streams::cut_off())))
+        }
+        None => None,
+    }
+}
+
+impl Backend {
+    /// Submits one task; the stream yields its events and ends after the terminal one.
+    pub async fn submit(&self, submission: Submission) -> Result<TaskStream> {
+        let cluster = match self {
+            Self::Remote(client) => return client.submit(submission).await,
+            Self::Local(cluster) => cluster,
+        };
+        let (sub, subscription) = cluster.subscriber();
+        cluster.submit(new_task(submission), Some((sub, None))).map_err(local_error)?;
+        let events = futures::stream::unfold(Some(subscription), |state| async move {
+            let mut sub = state?;
+            loop {
+                match next_delivery(&mut sub).await? {
+                    Ok(Delivery::Event(e)) => {
+                        let end = e.kind.is_terminal();
+                        return Some((Ok(TaskEvent::clone(&e)), (!end).then_some(sub)));
+                    }
+                    Ok(_) => continue,
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+        });
+        Ok(Box::pin(events))
+    }
+
+    /// Submits every task (client refs are their indexes) and streams the updates of all.
+    pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<ManyUpdates> {
+        let cluster = match self {
+            Self::Remote(client) => {
+                let (sender, updates) = client.submit_many().await?;
+                tokio::spawn(async move {
+                    let mut items = submissions.into_iter().enumerate().peekable();
+                    while items.peek().is_some() {
+                        let chunk: Vec<_> =
+                            items.by_ref().take(CHUNK).map(|(i, s)| (i as u64, s)).collect();
+                        if sender.send(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                return Ok(updates);
+            }
+            Self::Local(cluster) => cluster.clone(),
+        };
+        let (sub, subscription) = cluster.subscriber();
+        tokio::spawn(async move {
+            let items =
+                submissions.into_iter().enumerate().map(|(i, s)| (i as u64, Ok(new_task(s))));
+            cluster.submit_for(&sub, items).await;
+        });
+        let updates = futures::stream::unfold(subscription, |mut sub| async move {
+            let first = next_delivery(&mut sub).await?;
+            let mut batch = Vec::new();
+            let mut push = |d: Delivery| {
+                batch.push(match d {
+                    Delivery::Accepted { client_ref, task_id } => {
+                        ManyUpdate::Accepted { client_ref, task_id }
+                    }
+                    Delivery::Rejected { client_ref, error } => ManyUpdate::Rejected {
+                        client_ref,
+                        code: error.code(),
+                        message: error.to_string(),
+                    },
+                    Delivery::Event(e) => ManyUpdate::Event(TaskEvent::clone(&e)),
+                })
+            };
+            match first {
+                Ok(d) => push(d),
+                Err(e) => return Some((Err(e), sub)),
+            }
+            while let Ok(d) = sub.rx.try_recv() {
+                push(d);
+            }
+            Some((Ok(batch), sub))
+        });
+        Ok(Box::pin(updates))
+    }
+
+    pub async fn cancel(&self, task_id: &str) -> Result<()> {
+        match self {
+            Self::Remote(client) => client.cancel(task_id).await.map(drop),
+            Self::Local(cluster) => cluster.cancel(task_id).map(drop).map_err(local_error),
+        }
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        match self {
+            Self::Remote(client) => client.status().await,
+            Self::Local(cluster) => Ok(cluster.status().into()),
+        }
+    }
+
+    pub async fn register_agent(&self, spec: AgentSpec) -> Result<()> {
+        match self {
+            Self::Remote(client) => client.register_agent(spec).await.map(drop),
+            Self::Local(cluster) => cluster.register_agent(spec).map(drop).map_err(local_error),
+        }
+    }
+
+    pub async fn has_agent(&self, name: &str) -> Result<bool> {
+        Ok(match self {
+            Self::Remote(client) => client
+                .list_agents()
+                .await?
+                .iter()
+                .any(|a| a.spec.as_ref().is_some_and(|s| s.name == name)),
+            Self::Local(cluster) => cluster.agents().iter().any(|a| a.spec.name == name),
+        })
+    }
+}
