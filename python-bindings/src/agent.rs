@@ -224,7 +224,8 @@ impl Agent {
         Ok(results.into_iter().map(Option::unwrap_or_default).collect())
     }
 
-    /// Submits one task and iterates over its events as they arrive.
+    /// Submits one task and iterates over its events as they arrive. Leaving the loop early
+    /// (break, an exception, Ctrl-C) cancels the task.
     #[pyo3(signature = (prompt, context_id=None))]
     fn stream(
         &self,
@@ -232,7 +233,7 @@ impl Agent {
         prompt: String,
         context_id: Option<String>,
     ) -> PyResult<EventIterator> {
-        Ok(self.submit(py, prompt, context_id)?.events())
+        Ok(EventIterator::owning(&self.submit(py, prompt, context_id)?))
     }
 
     /// Submits one task and awaits its text.

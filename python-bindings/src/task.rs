@@ -140,6 +140,16 @@ pub struct Task {
 }
 
 impl Task {
+    fn iterator(&self, owns_task: bool) -> EventIterator {
+        EventIterator {
+            log: self.log.clone(),
+            next: Mutex::new(0),
+            task: self.id.clone(),
+            client: self.client.clone(),
+            owns_task,
+        }
+    }
+
     /// Waits (GIL released, Ctrl-C noticed) until the task ends.
     fn wait_end(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<String>> {
         let log = self.log.clone();
@@ -188,12 +198,7 @@ impl Task {
 
     /// Iterates over the task's events from the first, waiting for new ones.
     pub fn events(&self) -> EventIterator {
-        EventIterator {
-            log: self.log.clone(),
-            next: Mutex::new(0),
-            task: self.id.clone(),
-            client: self.client.clone(),
-        }
+        self.iterator(false)
     }
 
     /// An async iterator over the task's events from the first.
@@ -231,6 +236,29 @@ pub struct EventIterator {
     next: Mutex<usize>,
     task: String,
     client: Backend,
+    /// Set for `agent.stream(...)`: nobody else holds the task, so abandoning the iterator
+    /// (a `break`, or Ctrl-C landing between two events) cancels it.
+    owns_task: bool,
+}
+
+impl EventIterator {
+    /// The iterator of `agent.stream(...)`, which cancels its task when dropped early.
+    pub fn owning(task: &Task) -> Self {
+        task.iterator(true)
+    }
+}
+
+impl Drop for EventIterator {
+    fn drop(&mut self) {
+        let finished = self.log.last().is_some_and(|e| e.is_final());
+        if self.owns_task
+            && !finished
+            && let Ok(rt) = runtime::get()
+        {
+            let (client, id) = (self.client.clone(), self.task.clone());
+            rt.spawn(async move { client.cancel(&id).await });
+        }
+    }
 }
 
 #[pymethods]

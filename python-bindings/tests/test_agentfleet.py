@@ -153,3 +153,19 @@ def test_stubs_match_the_module() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_keyboard_interrupt_during_stream_cancels_the_task(fleet: af.Fleet, slow: af.Agent) -> None:
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for event in slow.stream(" ".join(f"w{i}" for i in range(500))):
+            seen.append(event)
+    task_id = seen[0].task_id
+    deadline = time.monotonic() + 10
+    while fleet.status()["running_tasks"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert len([e for e in seen if e.kind == "text_delta"]) < 100, "the stream ran on"
+    assert all(e.task_id == task_id for e in seen)
