@@ -72,6 +72,11 @@ impl ActorHost {
         }
     }
 
+    /// The models this host shares among its actors.
+    pub fn models_mut(&mut self) -> &mut ModelStore {
+        &mut self.models
+    }
+
     pub fn running_tasks(&self) -> usize {
         self.running.lock().len()
     }
@@ -178,5 +183,97 @@ impl ActorHost {
 impl Default for ActorHost {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use fleet_inference::builtin::Echo;
+    use fleet_inference::{GenerateRequest, Generation, Model};
+    use fleet_proto::TaskEvent;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Panics on its first generation, echoes afterwards.
+    struct PanicsOnce(AtomicU32);
+
+    impl Model for PanicsOnce {
+        fn id(&self) -> &str {
+            "test:panics-once"
+        }
+
+        fn generate(&self, request: GenerateRequest) -> fleet_inference::Result<Generation> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("the model blew up");
+            }
+            Echo::default().generate(request)
+        }
+    }
+
+    fn task(id: &str) -> TaskAssignment {
+        TaskAssignment {
+            task_id: TaskId::new(id),
+            agent: "a".into(),
+            attempt: 1,
+            input: "still here".into(),
+            context_id: String::new(),
+        }
+    }
+
+    async fn events_of(rx: &mut mpsc::Receiver<TaskEvent>, id: &str) -> Vec<EventKind> {
+        let mut kinds = Vec::new();
+        while let Some(e) =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten()
+        {
+            if e.task_id.as_str() == id {
+                let end = e.kind.is_terminal();
+                kinds.push(e.kind);
+                if end {
+                    break;
+                }
+            }
+        }
+        kinds
+    }
+
+    #[tokio::test]
+    async fn a_panicking_actor_fails_its_task_and_is_restarted_for_the_next() {
+        let mut host = ActorHost::new();
+        host.models_mut().insert(
+            "test:panics-once",
+            &BTreeMap::new(),
+            Arc::new(PanicsOnce(AtomicU32::new(0))),
+        );
+        let spec = Arc::new(AgentSpec {
+            name: "a".into(),
+            model: "test:panics-once".into(),
+            ..Default::default()
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        host.handle(Command::PlaceActor { spec, version: 1 }, &tx).await;
+
+        host.handle(Command::RunTask(task("t1")), &tx).await;
+        let first = events_of(&mut rx, "t1").await;
+        assert!(
+            matches!(first.as_slice(), [EventKind::Failed { error, .. }] if error.contains("restarted")),
+            "{first:?}"
+        );
+        assert_eq!(host.running_tasks(), 0);
+
+        host.handle(Command::RunTask(task("t2")), &tx).await;
+        let second = events_of(&mut rx, "t2").await;
+        assert!(matches!(second.last(), Some(EventKind::Completed { .. })), "{second:?}");
+        let text: String = second
+            .iter()
+            .filter_map(|k| match k {
+                EventKind::TextDelta { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "still here");
     }
 }

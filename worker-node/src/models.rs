@@ -74,6 +74,11 @@ impl ModelStore {
         Ok(model)
     }
 
+    /// Adds an already loaded model under `id` and `options` (preloading, tests).
+    pub fn insert(&mut self, id: &str, options: &BTreeMap<String, String>, model: Arc<dyn Model>) {
+        self.loaded.insert((id.to_owned(), options.clone()), model);
+    }
+
     /// Ids of the loaded models, for heartbeats.
     pub fn loaded_ids(&self) -> Vec<String> {
         let mut ids: Vec<_> = self.loaded.keys().map(|(id, _)| id.clone()).collect();
