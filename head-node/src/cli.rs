@@ -26,6 +26,9 @@ pub struct Args {
     /// Cluster token workers and clients must present.
     #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// API key HTTP clients (A2A) must present as `Authorization: Bearer KEY`.
+    #[arg(long, env = "FLEET_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// How often workers send heartbeats, in milliseconds [default: 500].
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
@@ -56,6 +59,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = &args.token {
         config.token = Some(v.clone());
+    }
+    if let Some(v) = &args.api_key {
+        config.api_key = Some(v.clone());
     }
     if let Some(v) = args.heartbeat_interval_ms {
         config.heartbeat_interval = Duration::from_millis(v);

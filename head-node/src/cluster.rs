@@ -42,7 +42,10 @@ pub struct NewTask {
 #[derive(Debug, Clone)]
 pub struct TaskInfo {
     pub task_id: TaskId,
+    /// Submission order on this head.
+    pub number: u64,
     pub agent: String,
+    pub input: Arc<str>,
     pub state: TaskState,
     pub attempt: u32,
     pub worker_id: String,
@@ -59,7 +62,9 @@ impl From<&TaskEntry> for TaskInfo {
     fn from(t: &TaskEntry) -> Self {
         Self {
             task_id: t.id.clone(),
+            number: t.number,
             agent: t.agent.clone(),
+            input: t.input.clone(),
             state: t.state,
             attempt: t.attempt,
             worker_id: t.worker.clone().unwrap_or_default(),
@@ -72,6 +77,16 @@ impl From<&TaskEntry> for TaskInfo {
             usage: t.usage,
         }
     }
+}
+
+/// One page of ListTasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskInfo>,
+    /// The task number to continue after, when there are more.
+    pub next_after: Option<u64>,
+    /// Tasks matching the filter, on every page.
+    pub total: usize,
 }
 
 /// A registered agent, for listing.
@@ -109,6 +124,7 @@ pub struct ClusterStatus {
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub agent: Option<String>,
+    pub context_id: Option<String>,
     pub state: Option<TaskState>,
     pub page_size: usize,
     /// The task number to continue after.
@@ -323,6 +339,19 @@ impl Cluster {
         Ok(subscription)
     }
 
+    /// The task as it is now and its events from here on, taken together so that nothing
+    /// falls between them (A2A streams start with the task, then its updates).
+    pub fn snapshot_and_watch(&self, task_id: &str) -> Result<(TaskInfo, Subscription)> {
+        let mut state = self.state.lock();
+        let task =
+            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let (sub, subscription) = subscriber(self.limits.subscriber_buffer);
+        if !task.state.is_terminal() {
+            task.subscribers.push(sub);
+        }
+        Ok((TaskInfo::from(&*task), subscription))
+    }
+
     /// Cancels a task: a queued one at once, a running one through its worker.
     pub fn cancel(&self, task_id: &str) -> Result<TaskInfo> {
         let mut guard = self.state.lock();
@@ -363,25 +392,30 @@ impl Cluster {
             .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
     }
 
-    /// Tasks in submission order; returns the page and the number to continue after.
-    pub fn list_tasks(&self, filter: &TaskFilter) -> (Vec<TaskInfo>, Option<u64>) {
+    /// Tasks in submission order matching `filter`, one page of them.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> TaskPage {
         let state = self.state.lock();
         let size = filter.page_size.clamp(1, 1000);
-        let mut page = Vec::with_capacity(size.min(64));
-        let mut last = None;
-        for t in state.tasks.iter_from(filter.after) {
-            if filter.agent.as_ref().is_some_and(|a| *a != t.agent)
-                || filter.state.is_some_and(|s| s != t.state)
-            {
+        let mut page =
+            TaskPage { tasks: Vec::with_capacity(size.min(64)), next_after: None, total: 0 };
+        for t in state.tasks.iter_from(0) {
+            let matches = filter.agent.as_ref().is_none_or(|a| *a == t.agent)
+                && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
+                && filter.state.is_none_or(|s| s == t.state);
+            if !matches {
                 continue;
             }
-            if page.len() == size {
-                return (page, last);
+            page.total += 1;
+            if t.number <= filter.after {
+                continue;
             }
-            last = Some(t.number);
-            page.push(TaskInfo::from(t));
+            if page.tasks.len() < size {
+                page.tasks.push(TaskInfo::from(t));
+            } else if page.next_after.is_none() {
+                page.next_after = page.tasks.last().map(|t| t.number);
+            }
         }
-        (page, None)
+        page
     }
 
     pub fn status(&self) -> ClusterStatus {

@@ -20,6 +20,8 @@ pub struct HeadConfig {
     pub listen: SocketAddr,
     /// The cluster token workers and clients must present; `None` accepts everyone.
     pub token: Option<String>,
+    /// The key HTTP API clients (A2A) must present; `None` accepts everyone.
+    pub api_key: Option<String>,
     /// How often workers send heartbeats.
     pub heartbeat_interval: Duration,
     /// A worker silent for this long is declared dead.
@@ -43,6 +45,7 @@ impl Default for HeadConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7070))),
             token: None,
+            api_key: None,
             heartbeat_interval: Duration::from_millis(500),
             worker_timeout: Duration::from_secs(3),
             max_queued_tasks: 100_000,
@@ -60,6 +63,7 @@ impl Default for HeadConfig {
 pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
+    pub api_key: Option<String>,
     pub heartbeat_interval_ms: Option<u64>,
     pub worker_timeout_ms: Option<u64>,
     pub max_queued_tasks: Option<usize>,
@@ -186,6 +190,9 @@ impl ConfigFile {
         if self.token.is_some() {
             config.token = self.token;
         }
+        if self.api_key.is_some() {
+            config.api_key = self.api_key;
+        }
         if let Some(v) = self.heartbeat_interval_ms {
             config.heartbeat_interval = ms(v);
         }
@@ -222,6 +229,9 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
     }
     if config.token.as_deref().is_some_and(str::is_empty) {
         return bad("the cluster token must not be empty");
+    }
+    if config.api_key.as_deref().is_some_and(str::is_empty) {
+        return bad("the API key must not be empty");
     }
     config.agents.iter().try_for_each(crate::agents::validate)
 }

@@ -1,5 +1,5 @@
-//! The head's HTTP routes, served on the same address as gRPC: `/healthz` today; the A2A and
-//! OpenAI-compatible APIs join here.
+//! The head's HTTP routes, served on the same address as gRPC: `/healthz` and the A2A front
+//! door; the OpenAI-compatible API joins here.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::cluster::Cluster;
+use crate::config::HeadConfig;
 
 #[derive(Debug, Deserialize)]
 struct HealthQuery {
@@ -33,6 +34,12 @@ async fn healthz(
     (status, Json(body))
 }
 
-pub fn router(cluster: Arc<Cluster>) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(cluster)
+/// `/healthz` and the A2A routes.
+pub fn router(cluster: Arc<Cluster>, config: &HeadConfig) -> Router {
+    let a2a = crate::a2a::A2a {
+        cluster: cluster.clone(),
+        api_key: config.api_key.as_deref().map(Arc::from),
+        max_body_bytes: config.max_input_bytes + (64 << 10),
+    };
+    Router::new().route("/healthz", get(healthz)).with_state(cluster).merge(crate::a2a::router(a2a))
 }

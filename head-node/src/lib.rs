@@ -8,12 +8,14 @@
 //! - [`cluster`] is the state machine behind one lock: it owns the [`agents`] registry, the
 //!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
 //!   and asks the [`scheduler`] where each task goes;
-//! - [`http`] serves `/healthz` (and later A2A and the OpenAI-compatible API);
+//! - [`http`] serves `/healthz` and mounts [`a2a`], the A2A front door (JSON-RPC and
+//!   HTTP+JSON bindings, agent cards, SSE streams);
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
 //!   command line (also run by `python -m agentfleet head`).
 //!
 //! The head never runs models: it does not link candle.
 
+pub mod a2a;
 pub mod agents;
 pub mod api;
 pub mod auth;

@@ -72,8 +72,9 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let fleet = InterceptedService::new(fleet, check.clone());
     let workers = InterceptedService::new(workers, check);
-    let routes =
-        Routes::from(http::router(cluster.clone())).add_service(fleet).add_service(workers);
+    let routes = Routes::from(http::router(cluster.clone(), &config))
+        .add_service(fleet)
+        .add_service(workers);
 
     let detector =
         tokio::spawn(detect_silent_workers(cluster, config.worker_timeout, shutdown.clone()));

@@ -180,14 +180,15 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         };
         let filter = TaskFilter {
             agent: (!r.agent.is_empty()).then_some(r.agent),
+            context_id: None,
             state: state_filter(r.state)?,
             page_size: if r.page_size == 0 { 100 } else { r.page_size as usize },
             after,
         };
-        let (tasks, next) = self.cluster.list_tasks(&filter);
+        let page = self.cluster.list_tasks(&filter);
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.into_iter().map(Into::into).collect(),
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            tasks: page.tasks.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_after.map(|n| n.to_string()).unwrap_or_default(),
         }))
     }
 

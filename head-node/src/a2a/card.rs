@@ -1,0 +1,124 @@
+//! Agent cards: the cluster's at `/.well-known/agent-card.json` (its agents as skills) and
+//! each agent's at `/a2a/{agent}/.well-known/agent-card.json`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::A2a;
+use crate::cluster::AgentInfo;
+
+/// `http://host:port` as the client reached us (cards carry absolute URLs).
+pub fn base_url(headers: &HeaderMap) -> String {
+    let host =
+        headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+fn skill(agent: &AgentInfo) -> Value {
+    let spec = &agent.spec;
+    let description = if spec.description.is_empty() {
+        format!("agent {} on model {}", spec.name, spec.model)
+    } else {
+        spec.description.clone()
+    };
+    json!({
+        "id": spec.name,
+        "name": spec.name,
+        "description": description,
+        "tags": [spec.model],
+        "examples": [],
+    })
+}
+
+fn security(a2a: &A2a, card: &mut Value) {
+    if a2a.api_key.is_some() {
+        card["securitySchemes"] = json!({"apiKey": {"httpAuthSecurityScheme": {"scheme": "Bearer", "description": "the head's API key"}}});
+        card["securityRequirements"] = json!([{"schemes": {"apiKey": {"list": []}}}]);
+        // 0.3 readers.
+        card["security"] = json!([{"apiKey": []}]);
+    }
+}
+
+/// The card of one agent, reachable under `url`.
+pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
+    let spec = &agent.spec;
+    let description = if spec.description.is_empty() {
+        format!("agentfleet agent {} ({})", spec.name, spec.model)
+    } else {
+        spec.description.clone()
+    };
+    let mut card = json!({
+        "name": spec.name,
+        "description": description,
+        "version": env!("CARGO_PKG_VERSION"),
+        "supportedInterfaces": [
+            {"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
+            {"url": url, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
+        ],
+        "provider": {"organization": "agentfleet", "url": "https://github.com/agentfleet"},
+        "capabilities": {"streaming": true, "pushNotifications": false, "extendedAgentCard": false},
+        "defaultInputModes": ["text/plain", "application/json"],
+        "defaultOutputModes": ["text/plain"],
+        "skills": [skill(agent)],
+        // A2A 0.3 fields, for older clients.
+        "url": url,
+        "preferredTransport": "JSONRPC",
+        "protocolVersion": "0.3.0",
+    });
+    security(a2a, &mut card);
+    card
+}
+
+pub async fn agent_card(
+    State(a2a): State<A2a>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(info) = a2a.cluster.agents().into_iter().find(|a| a.spec.name == agent) else {
+        let error = super::errors::A2aError::new(
+            -32001,
+            format!("no agent named {agent:?} on this cluster"),
+        );
+        let mut body = error.to_status_json();
+        body["error"]["code"] = json!(404);
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    };
+    let url = format!("{}/a2a/{agent}", base_url(&headers));
+    Json(agent_card_json(&a2a, &info, &url)).into_response()
+}
+
+/// The cluster's card: one skill per agent, each agent's own card URL in its skill tags.
+pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Json<Value> {
+    let base = base_url(&headers);
+    let agents = a2a.cluster.agents();
+    let skills: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            let mut s = skill(a);
+            s["tags"].as_array_mut().map(|t| t.push(json!(format!("{base}/a2a/{}", a.spec.name))));
+            s
+        })
+        .collect();
+    let url = agents
+        .first()
+        .map(|a| format!("{base}/a2a/{}", a.spec.name))
+        .unwrap_or_else(|| format!("{base}/a2a"));
+    let mut card = json!({
+        "name": "agentfleet",
+        "description": "an agentfleet cluster: each skill is an agent, reachable at /a2a/{agent}",
+        "version": env!("CARGO_PKG_VERSION"),
+        "supportedInterfaces": [{"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
+        "capabilities": {"streaming": true, "pushNotifications": false, "extendedAgentCard": false},
+        "defaultInputModes": ["text/plain", "application/json"],
+        "defaultOutputModes": ["text/plain"],
+        "skills": skills,
+        "url": url,
+        "preferredTransport": "JSONRPC",
+        "protocolVersion": "0.3.0",
+    });
+    security(&a2a, &mut card);
+    Json(card)
+}

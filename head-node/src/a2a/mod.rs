@@ -1,0 +1,99 @@
+//! The A2A front door: every agent registered on the cluster is an A2A agent.
+//!
+//! - [`card`]: agent cards (the cluster's and each agent's), advertising A2A 1.0 (JSON-RPC
+//!   and HTTP+JSON) and the 0.3 fields older clients read;
+//! - [`jsonrpc`]: the JSON-RPC binding at `/a2a/{agent}`, 1.0 methods and their 0.3
+//!   counterparts on the same endpoint (no `A2A-Version` header means 0.3);
+//! - [`rest`]: the HTTP+JSON binding under `/a2a/{agent}/...`;
+//! - [`render`]: cluster tasks and events as A2A JSON, in either version's dialect;
+//! - [`message`]: reading the client's messages;
+//! - [`errors`]: A2A error codes and their JSON-RPC and google.rpc.Status forms;
+//! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe).
+
+pub mod card;
+pub mod errors;
+pub mod jsonrpc;
+pub mod message;
+pub mod ops;
+pub mod render;
+pub mod rest;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+
+use crate::cluster::Cluster;
+
+/// Shared by the A2A handlers.
+#[derive(Clone, Debug)]
+pub struct A2a {
+    pub cluster: Arc<Cluster>,
+    /// Required as `Authorization: Bearer KEY` or `X-API-Key: KEY` when set.
+    pub api_key: Option<Arc<str>>,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Which dialect a request speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V03,
+    V1,
+}
+
+/// The A2A routes. Agent cards are public; everything else needs the API key when one is set.
+pub fn router(a2a: A2a) -> Router {
+    let protected = Router::new()
+        .route("/a2a/{agent}", post(jsonrpc::handle))
+        .route("/a2a/{agent}/message:send", post(rest::send))
+        .route("/a2a/{agent}/message:stream", post(rest::stream))
+        .route("/a2a/{agent}/tasks", get(rest::list))
+        .route("/a2a/{agent}/tasks/{task}", get(rest::get_or_subscribe).post(rest::post_action))
+        .route("/a2a/{agent}/extendedAgentCard", get(rest::extended_card))
+        .route_layer(middleware::from_fn_with_state(a2a.clone(), require_api_key));
+    Router::new()
+        .route("/.well-known/agent-card.json", get(card::cluster_card))
+        .route("/a2a/{agent}/.well-known/agent-card.json", get(card::agent_card))
+        .merge(protected)
+        .with_state(a2a)
+}
+
+/// Whether the headers carry the API key.
+fn authorized(a2a: &A2a, headers: &HeaderMap) -> bool {
+    let Some(key) = &a2a.api_key else { return true };
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    [bearer, x_api_key]
+        .into_iter()
+        .flatten()
+        .any(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
+}
+
+async fn require_api_key(State(a2a): State<A2a>, request: Request, next: Next) -> Response {
+    if authorized(&a2a, request.headers()) {
+        return next.run(request).await;
+    }
+    tracing::warn!(path = %request.uri().path(), "rejected an A2A request without the API key");
+    let body = serde_json::json!({
+        "error": {
+            "code": 401,
+            "status": "UNAUTHENTICATED",
+            "message": "missing or wrong API key: send Authorization: Bearer <key> (or X-API-Key)",
+        }
+    });
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}

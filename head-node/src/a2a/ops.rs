@@ -1,0 +1,324 @@
+//! The A2A operations both bindings share: send (blocking or not), stream, get, list,
+//! cancel and subscribe, on top of the cluster's tasks and event logs.
+
+use std::time::Duration;
+
+use fleet_proto::EventKind;
+use futures::Stream;
+use serde_json::{Value, json};
+
+use super::errors::A2aError;
+use super::message::incoming;
+use super::{A2a, Version, render};
+use crate::cluster::{NewTask, TaskFilter, TaskInfo};
+use crate::tasks::{Delivery, Subscription};
+
+/// How long CancelTask waits for the worker to confirm before answering.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// The task `id` if it belongs to `agent`.
+fn task_of(a2a: &A2a, agent: &str, id: &str) -> Result<TaskInfo, A2aError> {
+    match a2a.cluster.task(id) {
+        Ok(info) if info.agent == agent => Ok(info),
+        _ => Err(A2aError::task_not_found(id)),
+    }
+}
+
+/// Fails unless `agent` is registered.
+pub fn check_agent(a2a: &A2a, agent: &str) -> Result<(), A2aError> {
+    if a2a.cluster.agents().iter().any(|a| a.spec.name == agent) {
+        Ok(())
+    } else {
+        Err(A2aError::invalid_request(format!(
+            "no agent named {agent:?} on this cluster: see /.well-known/agent-card.json"
+        )))
+    }
+}
+
+/// The earlier turns of `info`'s conversation (same agent and context), oldest first.
+fn earlier_turns(a2a: &A2a, info: &TaskInfo, v: Version) -> Vec<Value> {
+    if info.context_id.is_empty() {
+        return Vec::new();
+    }
+    let filter = TaskFilter {
+        agent: Some(info.agent.clone()),
+        context_id: Some(info.context_id.clone()),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let page = a2a.cluster.list_tasks(&filter);
+    page.tasks.iter().filter(|t| t.number < info.number).flat_map(|t| render::turn(t, v)).collect()
+}
+
+/// Renders a task with its conversation.
+pub fn render_task(a2a: &A2a, info: &TaskInfo, history_length: Option<usize>, v: Version) -> Value {
+    render::task(info, earlier_turns(a2a, info, v), history_length, v)
+}
+
+fn history_length(config: Option<&Value>) -> Result<Option<usize>, A2aError> {
+    match config.and_then(|c| c.get("historyLength")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => n.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            A2aError::invalid_params("historyLength must be a non-negative integer")
+        }),
+    }
+}
+
+/// Submits the message of `params` as a task of `agent`; returns its id.
+fn submit(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
+    check_agent(a2a, agent)?;
+    let message = incoming(params)?;
+    if let Some(task_id) = message.task_id {
+        let info = task_of(a2a, agent, &task_id)?;
+        return Err(A2aError::unsupported(format!(
+            "task {task_id:?} is {}: continuing a task is not supported; send a new message with its contextId",
+            render::state(info.state, Version::V03)
+        )));
+    }
+    let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let task = NewTask { agent: agent.to_owned(), input: message.text, context_id };
+    Ok(a2a.cluster.submit(task, None)?.to_string())
+}
+
+/// Reads deliveries until the task reaches a state that ends an A2A exchange.
+async fn wait_for_end(mut sub: Subscription, deadline: Option<Duration>) {
+    let wait = async {
+        while let Some(delivery) = crate::api::streams::next(&mut sub).await {
+            if let Delivery::Event(e) = delivery
+                && e.kind.state_after().is_some_and(render::ends_stream)
+            {
+                return;
+            }
+        }
+    };
+    match deadline {
+        Some(d) => drop(tokio::time::timeout(d, wait).await),
+        None => wait.await,
+    }
+}
+
+/// SendMessage / message/send: waits for the end of the task unless asked to return at once.
+pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let config = params.get("configuration");
+    let history_length = history_length(config)?;
+    let return_immediately = match v {
+        Version::V1 => config
+            .and_then(|c| c.get("returnImmediately"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        Version::V03 => {
+            !config.and_then(|c| c.get("blocking")).and_then(Value::as_bool).unwrap_or(true)
+        }
+    };
+    let id = submit(a2a, agent, params)?;
+    if !return_immediately {
+        let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
+        if !render::ends_stream(info.state) {
+            wait_for_end(sub, None).await;
+        }
+    }
+    let info = task_of(a2a, agent, &id)?;
+    let task = render_task(a2a, &info, history_length, v);
+    Ok(match v {
+        Version::V1 => json!({"task": task}),
+        Version::V03 => task,
+    })
+}
+
+/// SendStreamingMessage / message/stream: the task, then its updates until it ends.
+pub fn stream(
+    a2a: &A2a,
+    agent: &str,
+    params: &Value,
+    v: Version,
+) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
+    let id = submit(a2a, agent, params)?;
+    let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
+    Ok(updates(a2a, info, sub, v))
+}
+
+/// SubscribeToTask / tasks/resubscribe: the task as it is now, then its remaining updates.
+pub fn subscribe(
+    a2a: &A2a,
+    agent: &str,
+    id: &str,
+    v: Version,
+) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
+    task_of(a2a, agent, id)?;
+    let (info, sub) = a2a.cluster.snapshot_and_watch(id)?;
+    if render::ends_stream(info.state) {
+        return Err(A2aError::unsupported(format!(
+            "task {id:?} is already {}: get it with GetTask",
+            render::state(info.state, Version::V03)
+        )));
+    }
+    Ok(updates(a2a, info, sub, v))
+}
+
+/// The stream of an A2A exchange: the task first, then status updates and artifact chunks,
+/// ending with the task's terminal or interrupted state.
+fn updates(
+    a2a: &A2a,
+    info: TaskInfo,
+    sub: Subscription,
+    v: Version,
+) -> impl Stream<Item = Value> + use<> {
+    let first = render::stream_task(render_task(a2a, &info, None, v), v);
+    let ended = render::ends_stream(info.state);
+    let chunked = !info.output.is_empty();
+    let state = (info, sub, chunked);
+    let rest = futures::stream::unfold(Some(state), move |state| async move {
+        let (mut info, mut sub, mut chunked) = state?;
+        loop {
+            let Some(delivery) = crate::api::streams::next(&mut sub).await else {
+                // Cut off for falling behind, or the head stopped: end; the client may resubscribe.
+                return None;
+            };
+            let Delivery::Event(event) = delivery else { continue };
+            info.attempt = event.attempt;
+            if let Some(s) = event.kind.state_after() {
+                info.state = s;
+            }
+            let item = match &event.kind {
+                EventKind::TextDelta { text } => {
+                    info.output.push_str(text);
+                    let append = std::mem::replace(&mut chunked, true);
+                    render::artifact_update(
+                        info.task_id.as_str(),
+                        &info.context_id,
+                        text,
+                        append,
+                        false,
+                        v,
+                    )
+                }
+                EventKind::Working | EventKind::Retrying { .. } => {
+                    if matches!(event.kind, EventKind::Retrying { .. }) {
+                        info.output.clear();
+                        chunked = false;
+                    }
+                    render::status_update(&info, v)
+                }
+                EventKind::Completed { usage } => {
+                    info.usage = *usage;
+                    info.finished_at_us = event.timestamp_us;
+                    if chunked {
+                        let last = render::artifact_update(
+                            info.task_id.as_str(),
+                            &info.context_id,
+                            "",
+                            true,
+                            true,
+                            v,
+                        );
+                        let status = render::status_update(&info, v);
+                        return Some((futures::stream::iter(vec![last, status]), None));
+                    }
+                    render::status_update(&info, v)
+                }
+                EventKind::Failed { error, .. } | EventKind::Canceled { reason: error } => {
+                    info.error.clone_from(error);
+                    info.finished_at_us = event.timestamp_us;
+                    render::status_update(&info, v)
+                }
+                EventKind::InputRequired { .. } => render::status_update(&info, v),
+                EventKind::Submitted { .. }
+                | EventKind::Scheduled { .. }
+                | EventKind::ToolCall { .. }
+                | EventKind::ToolResult { .. } => continue,
+            };
+            let next = (!render::ends_stream(info.state)).then_some((info, sub, chunked));
+            return Some((futures::stream::iter(vec![item]), next));
+        }
+    });
+    let rest = futures::StreamExt::flatten(rest);
+    let rest: std::pin::Pin<Box<dyn Stream<Item = Value> + Send>> =
+        if ended { Box::pin(futures::stream::empty()) } else { Box::pin(rest) };
+    futures::StreamExt::chain(futures::stream::once(async move { first }), rest)
+}
+
+/// GetTask / tasks/get.
+pub fn get(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let id = params
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| A2aError::invalid_params("params.id (the task id) is missing"))?;
+    let info = task_of(a2a, agent, id)?;
+    Ok(render_task(a2a, &info, history_length(Some(params))?, v))
+}
+
+/// CancelTask / tasks/cancel: asks the worker to stop, waits briefly for it to confirm.
+pub async fn cancel(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let id = params
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| A2aError::invalid_params("params.id (the task id) is missing"))?;
+    let info = task_of(a2a, agent, id)?;
+    if info.state.is_terminal() {
+        return Err(A2aError::not_cancelable(id, render::state(info.state, Version::V03)));
+    }
+    let (_, sub) = a2a.cluster.snapshot_and_watch(id)?;
+    a2a.cluster.cancel(id)?;
+    wait_for_end(sub, Some(CANCEL_WAIT)).await;
+    let info = task_of(a2a, agent, id)?;
+    Ok(render_task(a2a, &info, None, v))
+}
+
+/// ListTasks: filters by contextId and status, pages with pageSize and pageToken.
+pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    check_agent(a2a, agent)?;
+    let page_size = match params.get("pageSize") {
+        None | Some(Value::Null) => 50,
+        Some(n) => match n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())) {
+            Some(n @ 1..=100) => n as usize,
+            _ => return Err(A2aError::invalid_params("pageSize must be between 1 and 100")),
+        },
+    };
+    let after = match params.get("pageToken").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(token) => token.parse().map_err(|_| {
+            A2aError::invalid_params(
+                "pageToken is not one this server issued: pass nextPageToken back",
+            )
+        })?,
+    };
+    let state = match params.get("status").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        None | Some("TASK_STATE_UNSPECIFIED") => None,
+        Some(s) => Some(
+            render::parse_state(s)
+                .ok_or_else(|| A2aError::invalid_params(format!("unknown status {s:?}")))?,
+        ),
+    };
+    let history_length = history_length(Some(params))?;
+    let include_artifacts =
+        params.get("includeArtifacts").and_then(Value::as_bool).unwrap_or(false);
+    let filter = TaskFilter {
+        agent: Some(agent.to_owned()),
+        context_id: params
+            .get("contextId")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned),
+        state,
+        page_size,
+        after,
+    };
+    let page = a2a.cluster.list_tasks(&filter);
+    let tasks: Vec<Value> = page
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut task = render::task(t, Vec::new(), history_length, v);
+            if !include_artifacts && let Some(obj) = task.as_object_mut() {
+                obj.remove("artifacts");
+            }
+            task
+        })
+        .collect();
+    Ok(json!({
+        "tasks": tasks,
+        "nextPageToken": page.next_after.map(|n| n.to_string()).unwrap_or_default(),
+        "pageSize": page_size,
+        "totalSize": page.total,
+    }))
+}

@@ -1,0 +1,133 @@
+//! The HTTP+JSON binding (A2A 1.0) under `/a2a/{agent}`: `/message:send`, `/message:stream`,
+//! `/tasks`, `/tasks/{id}`, `/tasks/{id}:cancel`, `/tasks/{id}:subscribe` (GET or POST),
+//! `/extendedAgentCard`. Errors are google.rpc.Status JSON.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use super::errors::A2aError;
+use super::{A2a, Version, ops};
+
+fn error(e: A2aError) -> Response {
+    (e.http_status(), Json(e.to_status_json())).into_response()
+}
+
+fn answer(outcome: Result<Value, A2aError>) -> Response {
+    match outcome {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+fn sse(items: impl Stream<Item = Value> + Send + 'static) -> Response {
+    let events = items.map(|item| Ok::<_, Infallible>(Event::default().data(item.to_string())));
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn json_body(a2a: &A2a, body: Body) -> Result<Value, A2aError> {
+    let bytes = super::jsonrpc::read_body(a2a, body).await.map_err(|(e, _)| e)?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| A2aError::parse(format!("the body is not JSON: {e}")))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(A2aError::invalid_params("the body must be a JSON object"))
+    }
+}
+
+pub async fn send(State(a2a): State<A2a>, Path(agent): Path<String>, body: Body) -> Response {
+    let outcome = async {
+        let params = json_body(&a2a, body).await?;
+        ops::send(&a2a, &agent, &params, Version::V1).await
+    };
+    answer(outcome.await)
+}
+
+pub async fn stream(State(a2a): State<A2a>, Path(agent): Path<String>, body: Body) -> Response {
+    let params = match json_body(&a2a, body).await {
+        Ok(p) => p,
+        Err(e) => return error(e),
+    };
+    match ops::stream(&a2a, &agent, &params, Version::V1) {
+        Ok(items) => sse(items),
+        Err(e) => error(e),
+    }
+}
+
+/// Query parameters as JSON values (numbers and booleans parsed), for the shared operations.
+fn query_params(query: HashMap<String, String>) -> Value {
+    let map = query
+        .into_iter()
+        .map(|(k, v)| {
+            let value = v
+                .parse::<u64>()
+                .map(Value::from)
+                .or_else(|_| v.parse::<bool>().map(Value::from))
+                .unwrap_or(Value::from(v));
+            (k, value)
+        })
+        .collect();
+    Value::Object(map)
+}
+
+pub async fn list(
+    State(a2a): State<A2a>,
+    Path(agent): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    answer(ops::list(&a2a, &agent, &query_params(query), Version::V1))
+}
+
+/// `GET /tasks/{id}` and `GET /tasks/{id}:subscribe`.
+pub async fn get_or_subscribe(
+    State(a2a): State<A2a>,
+    Path((agent, task)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    match task.split_once(':') {
+        None => {
+            let mut params = query_params(query);
+            params["id"] = json!(task);
+            answer(ops::get(&a2a, &agent, &params, Version::V1))
+        }
+        Some((id, "subscribe")) => subscribe(&a2a, &agent, id),
+        Some((_, action)) => error(A2aError::method_not_found(format!(
+            "unknown task action {action:?}: use GET :subscribe"
+        ))),
+    }
+}
+
+fn subscribe(a2a: &A2a, agent: &str, id: &str) -> Response {
+    match ops::subscribe(a2a, agent, id, Version::V1) {
+        Ok(items) => sse(items),
+        Err(e) => error(e),
+    }
+}
+
+/// `POST /tasks/{id}:cancel` and `POST /tasks/{id}:subscribe`.
+pub async fn post_action(
+    State(a2a): State<A2a>,
+    Path((agent, task)): Path<(String, String)>,
+) -> Response {
+    match task.split_once(':') {
+        Some((id, "cancel")) => {
+            answer(ops::cancel(&a2a, &agent, &json!({"id": id}), Version::V1).await)
+        }
+        Some((id, "subscribe")) => subscribe(&a2a, &agent, id),
+        _ => error(A2aError::method_not_found(format!(
+            "unknown task action in {task:?}: use :cancel or :subscribe"
+        ))),
+    }
+}
+
+pub async fn extended_card() -> Response {
+    error(A2aError::extended_card_not_configured())
+}
