@@ -72,22 +72,46 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
     card
 }
 
+fn find(a2a: &A2a, agent: &str) -> Result<AgentInfo, Box<Response>> {
+    a2a.cluster.agents().into_iter().find(|a| a.spec.name == agent).ok_or_else(|| {
+        let message = format!("no agent named {agent:?} on this cluster");
+        let body = json!({"error": {"code": 404, "status": "NOT_FOUND", "message": message}});
+        Box::new((StatusCode::NOT_FOUND, Json(body)).into_response())
+    })
+}
+
 pub async fn agent_card(
     State(a2a): State<A2a>,
     Path(agent): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(info) = a2a.cluster.agents().into_iter().find(|a| a.spec.name == agent) else {
-        let error = super::errors::A2aError::new(
-            -32001,
-            format!("no agent named {agent:?} on this cluster"),
-        );
-        let mut body = error.to_status_json();
-        body["error"]["code"] = json!(404);
-        return (StatusCode::NOT_FOUND, Json(body)).into_response();
-    };
-    let url = format!("{}/a2a/{agent}", base_url(&headers));
-    Json(agent_card_json(&a2a, &info, &url)).into_response()
+    match find(&a2a, &agent) {
+        Ok(info) => {
+            let url = format!("{}/a2a/{agent}", base_url(&headers));
+            Json(agent_card_json(&a2a, &info, &url)).into_response()
+        }
+        Err(response) => *response,
+    }
+}
+
+/// The same agent's card in A2A 0.3 form only (no `supportedInterfaces`), for clients that
+/// should speak 0.3 to the same JSON-RPC endpoint.
+pub async fn agent_card_v03(
+    State(a2a): State<A2a>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match find(&a2a, &agent) {
+        Ok(info) => {
+            let url = format!("{}/a2a/{agent}", base_url(&headers));
+            let mut card = agent_card_json(&a2a, &info, &url);
+            if let Some(obj) = card.as_object_mut() {
+                obj.remove("supportedInterfaces");
+            }
+            Json(card).into_response()
+        }
+        Err(response) => *response,
+    }
 }
 
 /// The cluster's card: one skill per agent, each agent's own card URL in its skill tags.
@@ -98,7 +122,9 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Json<Va
         .iter()
         .map(|a| {
             let mut s = skill(a);
-            s["tags"].as_array_mut().map(|t| t.push(json!(format!("{base}/a2a/{}", a.spec.name))));
+            if let Some(tags) = s["tags"].as_array_mut() {
+                tags.push(json!(format!("{base}/a2a/{}", a.spec.name)));
+            }
             s
         })
         .collect();

@@ -16,6 +16,11 @@ use serde_json::{Value, json};
 use super::errors::A2aError;
 use super::{A2a, Version, ops};
 
+/// Comment pings on quiet streams, well inside clients' read timeouts (a2a-sdk: 5 s).
+pub fn keep_alive() -> KeepAlive {
+    KeepAlive::new().interval(std::time::Duration::from_secs(2))
+}
+
 /// The protocol version a request asks for: `A2A-Version: 1.0` (or 1.0.x), or none for 0.3.
 pub fn version(headers: &HeaderMap) -> Result<Version, A2aError> {
     let Some(raw) = headers.get("a2a-version") else { return Ok(Version::V03) };
@@ -30,12 +35,13 @@ pub fn version(headers: &HeaderMap) -> Result<Version, A2aError> {
 fn reply(id: &Value, outcome: Result<Value, A2aError>) -> Response {
     match outcome {
         Ok(result) => Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response(),
-        Err(e) => error_reply(id, &e, StatusCode::OK),
+        Err(e) => error_reply(id, &e),
     }
 }
 
-fn error_reply(id: &Value, e: &A2aError, status: StatusCode) -> Response {
-    (status, Json(json!({"jsonrpc": "2.0", "id": id, "error": e.to_jsonrpc()}))).into_response()
+/// JSON-RPC errors go with HTTP 200: clients read the body only then (a2a-sdk does).
+fn error_reply(id: &Value, e: &A2aError) -> Response {
+    Json(json!({"jsonrpc": "2.0", "id": id, "error": e.to_jsonrpc()})).into_response()
 }
 
 fn sse(id: Value, items: impl Stream<Item = Value> + Send + 'static) -> Response {
@@ -43,7 +49,7 @@ fn sse(id: Value, items: impl Stream<Item = Value> + Send + 'static) -> Response
         let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
         Ok::<_, Infallible>(Event::default().data(body.to_string()))
     });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(events).keep_alive(keep_alive()).into_response()
 }
 
 /// Reads the body with the configured limit; an oversized body is a JSON-RPC error (413).
@@ -66,16 +72,12 @@ pub async fn handle(
     let null = Value::Null;
     let body = match read_body(&a2a, body).await {
         Ok(b) => b,
-        Err((e, status)) => return error_reply(&null, &e, status),
+        Err((e, _)) => return error_reply(&null, &e),
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return error_reply(
-                &null,
-                &A2aError::parse(format!("the body is not JSON: {e}")),
-                StatusCode::OK,
-            );
+            return error_reply(&null, &A2aError::parse(format!("the body is not JSON: {e}")));
         }
     };
     let id = request.get("id").cloned().unwrap_or(Value::Null);
@@ -83,30 +85,21 @@ pub async fn handle(
         return error_reply(
             &Value::Null,
             &A2aError::invalid_request("id must be a string, a number or null"),
-            StatusCode::OK,
         );
     }
     if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return error_reply(
-            &id,
-            &A2aError::invalid_request("jsonrpc must be \"2.0\""),
-            StatusCode::OK,
-        );
+        return error_reply(&id, &A2aError::invalid_request("jsonrpc must be \"2.0\""));
     }
     let Some(method) = request.get("method").and_then(Value::as_str) else {
-        return error_reply(&id, &A2aError::invalid_request("method is missing"), StatusCode::OK);
+        return error_reply(&id, &A2aError::invalid_request("method is missing"));
     };
     let params = request.get("params").cloned().unwrap_or_else(|| json!({}));
     if !params.is_object() {
-        return error_reply(
-            &id,
-            &A2aError::invalid_params("params must be an object"),
-            StatusCode::OK,
-        );
+        return error_reply(&id, &A2aError::invalid_params("params must be an object"));
     }
     let v = match version(&headers) {
         Ok(v) => v,
-        Err(e) => return error_reply(&id, &e, StatusCode::OK),
+        Err(e) => return error_reply(&id, &e),
     };
     tracing::debug!(agent, method, version = ?v, "a2a json-rpc request");
     let op = match (v, method) {
@@ -144,13 +137,12 @@ pub async fn handle(
             return error_reply(
                 &id,
                 &A2aError::method_not_found(format!("unknown method {method:?}: {hint}")),
-                StatusCode::OK,
             );
         }
     };
     let streaming = matches!(op, Op::Stream | Op::Subscribe);
     if !streaming && let Err(e) = ops::check_agent(&a2a, &agent) {
-        return error_reply(&id, &e, StatusCode::NOT_FOUND);
+        return error_reply(&id, &e);
     }
     match op {
         Op::Send => reply(&id, ops::send(&a2a, &agent, &params, v).await),

@@ -60,6 +60,7 @@ pub fn router(a2a: A2a) -> Router {
     Router::new()
         .route("/.well-known/agent-card.json", get(card::cluster_card))
         .route("/a2a/{agent}/.well-known/agent-card.json", get(card::agent_card))
+        .route("/a2a/{agent}/v0.3/.well-known/agent-card.json", get(card::agent_card_v03))
         .merge(protected)
         .with_state(a2a)
 }

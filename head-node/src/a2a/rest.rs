@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
@@ -29,7 +29,7 @@ fn answer(outcome: Result<Value, A2aError>) -> Response {
 
 fn sse(items: impl Stream<Item = Value> + Send + 'static) -> Response {
     let events = items.map(|item| Ok::<_, Infallible>(Event::default().data(item.to_string())));
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(events).keep_alive(super::jsonrpc::keep_alive()).into_response()
 }
 
 async fn json_body(a2a: &A2a, body: Body) -> Result<Value, A2aError> {

@@ -1,0 +1,99 @@
+"""HTTP-level tests: the HTTP+JSON binding and every A2A error code, and the server keeps serving."""
+
+import httpx
+import pytest
+from conftest import Cluster
+
+V1 = {"A2A-Version": "1.0"}
+
+
+def rpc(cluster: Cluster, method: str, params: object, headers: dict[str, str] = V1, agent: str = "echo") -> dict:
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
+    response = httpx.post(f"{cluster.url}/a2a/{agent}", json=body, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def message(text: str = "hi") -> dict:
+    return {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": text}]}}
+
+
+def error_code(reply: dict) -> int:
+    assert "error" in reply, reply
+    assert reply["error"]["data"][0]["domain"] == "a2a-protocol.org"
+    return reply["error"]["code"]
+
+
+def test_http_json_binding(cluster: Cluster) -> None:
+    base = f"{cluster.url}/a2a/echo"
+    sent = httpx.post(base + "/message:send", json=message("over rest"), timeout=10).json()
+    task = sent["task"]
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert task["artifacts"][0]["parts"][0]["text"] == "over rest"
+    got = httpx.get(f"{base}/tasks/{task['id']}?historyLength=1").json()
+    assert got["id"] == task["id"] and len(got["history"]) == 1
+    listed = httpx.get(f"{base}/tasks?pageSize=1&status=TASK_STATE_COMPLETED").json()
+    assert len(listed["tasks"]) == 1 and listed["totalSize"] >= 1 and listed["pageSize"] == 1
+    with httpx.stream("POST", base + "/message:stream", json=message("a b"), timeout=10) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert '"task"' in lines[0] and "TASK_STATE_COMPLETED" in lines[-1]
+    missing = httpx.get(f"{base}/tasks/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
+    done = httpx.post(f"{base}/tasks/{task['id']}:cancel")
+    assert done.status_code == 400 and done.json()["error"]["details"][0]["reason"] == "TASK_NOT_CANCELABLE"
+    for method in ("GET", "POST"):
+        sub = httpx.request(method, f"{base}/tasks/{task['id']}:subscribe")
+        assert sub.status_code == 400 and sub.json()["error"]["details"][0]["reason"] == "UNSUPPORTED_OPERATION"
+
+
+def test_every_error_code_and_the_server_keeps_serving(cluster: Cluster) -> None:
+    url = f"{cluster.url}/a2a/echo"
+    garbage = httpx.post(url, content=b"{not json", headers=V1).json()
+    assert error_code(garbage) == -32700 and garbage["id"] is None
+    wrong_version = httpx.post(url, json={"jsonrpc": "1.0", "id": 1, "method": "GetTask"}, headers=V1).json()
+    assert error_code(wrong_version) == -32600
+    assert error_code(rpc(cluster, "NoSuchMethod", {})) == -32601
+    assert error_code(rpc(cluster, "message/send", message(), headers=V1)) == -32601  # a 0.3 name in 1.0
+    assert error_code(rpc(cluster, "SendMessage", {"message": {"parts": "x"}})) == -32602
+    assert error_code(rpc(cluster, "GetTask", {})) == -32602
+    assert error_code(rpc(cluster, "GetTask", {"id": "nope"})) == -32001
+    assert error_code(rpc(cluster, "tasks/get", {"id": "nope"}, headers={})) == -32001  # 0.3: no header
+    done = rpc(cluster, "SendMessage", message())["result"]["task"]
+    assert error_code(rpc(cluster, "CancelTask", {"id": done["id"]})) == -32002
+    assert error_code(rpc(cluster, "CreateTaskPushNotificationConfig", {"taskId": done["id"], "url": "http://x"})) == -32003
+    assert error_code(rpc(cluster, "SubscribeToTask", {"id": done["id"]})) == -32004
+    file_part = {"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"raw": "AAAA", "mediaType": "image/png"}]}}
+    assert error_code(rpc(cluster, "SendMessage", file_part)) == -32005
+    assert error_code(rpc(cluster, "GetExtendedAgentCard", {})) == -32007
+    assert error_code(rpc(cluster, "GetTask", {"id": "x"}, headers={"A2A-Version": "9.9"})) == -32009
+    oversized = httpx.post(url, content=b"x" * (2 << 20), headers=V1, timeout=10)
+    assert oversized.status_code == 200 and error_code(oversized.json()) == -32600
+    assert error_code(rpc(cluster, "GetTask", {"id": "x"}, agent="nobody")) == -32600
+    # Still serving.
+    assert rpc(cluster, "SendMessage", message("still here"))["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+
+
+def test_an_api_key_is_required_when_configured(keyed_cluster: Cluster) -> None:
+    url = f"{keyed_cluster.url}/a2a/echo"
+    card = httpx.get(url + "/.well-known/agent-card.json").json()
+    assert "apiKey" in card["securitySchemes"]
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": message()}
+    assert httpx.post(url, json=body, headers=V1).status_code == 401
+    assert httpx.post(url, json=body, headers={**V1, "Authorization": "Bearer wrong"}).status_code == 401
+    ok = httpx.post(url, json=body, headers={**V1, "Authorization": "Bearer k3y"}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert httpx.post(url, json=body, headers={**V1, "X-API-Key": "k3y"}, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("agent", ["echo", "slow"])
+def test_list_tasks_pages_through_everything_once(cluster: Cluster, agent: str) -> None:
+    for i in range(3):
+        rpc(cluster, "SendMessage", {**message(f"list {i}"), "configuration": {"returnImmediately": agent == "slow"}}, agent=agent)
+    seen, token = [], ""
+    while True:
+        page = rpc(cluster, "ListTasks", {"pageSize": 2, "pageToken": token}, agent=agent)["result"]
+        seen += [t["id"] for t in page["tasks"]]
+        token = page["nextPageToken"]
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == page["totalSize"] >= 3

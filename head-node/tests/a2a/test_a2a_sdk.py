@@ -1,0 +1,159 @@
+"""The official A2A Python SDK (a2a-sdk 1.3.0) as the client, in 1.0 and 0.3 mode."""
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from a2a.client import ClientConfig, ClientFactory
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    SubscribeToTaskRequest,
+    TaskState,
+)
+from conftest import Cluster
+
+MODES = ["1.0", "0.3"]
+
+
+def card_url(cluster: Cluster, agent: str, mode: str) -> str:
+    suffix = "" if mode == "1.0" else "/v0.3"
+    return f"{cluster.url}/a2a/{agent}{suffix}"
+
+
+async def client(cluster: Cluster, agent: str, mode: str, streaming: bool = True):  # type: ignore[no-untyped-def]
+    factory = ClientFactory(ClientConfig(streaming=streaming, supported_protocol_bindings=["JSONRPC"]))
+    return await factory.create_from_url(card_url(cluster, agent, mode))
+
+
+def request(text: str, context_id: str = "") -> SendMessageRequest:
+    message = Message(role=Role.ROLE_USER, message_id=str(uuid.uuid4()), parts=[Part(text=text)])
+    if context_id:
+        message.context_id = context_id
+    return SendMessageRequest(message=message)
+
+
+def payload(event):  # type: ignore[no-untyped-def]
+    """The StreamResponse of a client event (the SDK yields StreamResponse or (response, task) pairs)."""
+    return event[0] if isinstance(event, tuple) else event
+
+
+def artifact_text(chunk) -> str:  # type: ignore[no-untyped-def]
+    return "".join(p.text for p in chunk.artifact.parts)
+
+
+def test_cards_describe_every_agent(cluster: Cluster) -> None:
+    card = httpx.get(cluster.url + "/.well-known/agent-card.json").json()
+    assert {s["id"] for s in card["skills"]} == {"echo", "slow"}
+    agent = httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json").json()
+    bindings = {i["protocolBinding"] for i in agent["supportedInterfaces"]}
+    assert bindings == {"JSONRPC", "HTTP+JSON"} and agent["capabilities"]["streaming"] is True
+    assert agent["skills"][0]["description"] == "repeats what you say"
+    assert agent["url"].endswith("/a2a/echo") and agent["protocolVersion"].startswith("0.3")
+    assert httpx.get(cluster.url + "/a2a/nobody/.well-known/agent-card.json").status_code == 404
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_streaming_message_yields_task_chunks_and_completion(cluster: Cluster, mode: str) -> None:
+    text = "stream these words back to me please"
+    c = await client(cluster, "echo", mode)
+    async with c:
+        kinds, chunks, states = [], [], []
+        async for event in c.send_message(request(text)):
+            response = payload(event)
+            kind = response.WhichOneof("payload")
+            kinds.append(kind)
+            if kind == "artifact_update":
+                chunks.append(artifact_text(response.artifact_update))
+            elif kind == "status_update":
+                states.append(response.status_update.status.state)
+    assert kinds[0] == "task"
+    assert "".join(chunks) == text
+    assert states[-1] == TaskState.TASK_STATE_COMPLETED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_non_streaming_send_then_get_task(cluster: Cluster, mode: str) -> None:
+    c = await client(cluster, "echo", mode, streaming=False)
+    async with c:
+        events = [payload(e) async for e in c.send_message(request("not streamed"))]
+        task = events[-1].task
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert "".join(p.text for p in task.artifacts[0].parts) == "not streamed"
+        fetched = await c.get_task(GetTaskRequest(id=task.id, history_length=1))
+        assert fetched.id == task.id and fetched.status.state == TaskState.TASK_STATE_COMPLETED
+        assert len(fetched.history) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_cancel_of_a_slow_task(cluster: Cluster, mode: str) -> None:
+    c = await client(cluster, "slow", mode)
+    async with c:
+        stream = c.send_message(request(" ".join(f"w{i}" for i in range(200))))
+        task_id = ""
+        async for event in stream:
+            response = payload(event)
+            if response.WhichOneof("payload") == "task":
+                task_id = response.task.id
+            if response.WhichOneof("payload") == "artifact_update":
+                break
+        await stream.aclose()
+        canceled = await c.cancel_task(CancelTaskRequest(id=task_id))
+        assert canceled.status.state == TaskState.TASK_STATE_CANCELED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_resubscribe_after_a_disconnect_loses_and_repeats_nothing(cluster: Cluster, mode: str) -> None:
+    text = " ".join(f"w{i}" for i in range(40))
+    c = await client(cluster, "slow", mode)
+    async with c:
+        stream = c.send_message(request(text))
+        task_id, received = "", ""
+        async for event in stream:
+            response = payload(event)
+            kind = response.WhichOneof("payload")
+            if kind == "task":
+                task_id = response.task.id
+            elif kind == "artifact_update":
+                received += artifact_text(response.artifact_update)
+                if len(received) > 10:
+                    break
+        await stream.aclose()
+        await asyncio.sleep(0.2)
+        rest, snapshot = "", ""
+        async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
+            response = payload(event)
+            kind = response.WhichOneof("payload")
+            if kind == "task":
+                snapshot = "".join(p.text for a in response.task.artifacts for p in a.parts)
+            elif kind == "artifact_update":
+                rest += artifact_text(response.artifact_update)
+    # The snapshot holds everything produced so far (including what arrived before the
+    # disconnect); the updates after it hold the rest, with nothing repeated.
+    assert snapshot.startswith(received)
+    assert snapshot + rest == text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_second_turn_on_the_same_context_sees_the_first(cluster: Cluster, mode: str) -> None:
+    context = str(uuid.uuid4())
+    c = await client(cluster, "echo", mode, streaming=False)
+    async with c:
+        first = [payload(e) async for e in c.send_message(request("first turn", context))][-1].task
+        second = [payload(e) async for e in c.send_message(request("second turn", context))][-1].task
+    assert first.context_id == second.context_id == context
+    history = [p.text for m in second.history for p in m.parts]
+    assert history == ["first turn", "first turn", "second turn", "second turn"]
+    # The agent's own memory of the context reached the model: a longer prompt.
+    usage = lambda t: t.metadata["usage"]["promptTokens"]  # noqa: E731
+    assert usage(second) > usage(first)
