@@ -40,6 +40,7 @@ pub fn router(cluster: Arc<Cluster>, config: &HeadConfig) -> Router {
         cluster: cluster.clone(),
         api_key: config.api_key.as_deref().map(Arc::from),
         max_body_bytes: config.max_input_bytes + (64 << 10),
+        webhooks: Default::default(),
     };
     Router::new().route("/healthz", get(healthz)).with_state(cluster).merge(crate::a2a::router(a2a))
 }

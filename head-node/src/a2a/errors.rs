@@ -36,9 +36,6 @@ impl A2aError {
     pub fn not_cancelable(id: &str, state: &str) -> Self {
         Self::new(-32002, format!("task {id:?} is {state} and can no longer be canceled"))
     }
-    pub fn push_not_supported() -> Self {
-        Self::new(-32003, "push notifications are not supported by this agent yet")
-    }
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(-32004, message)
     }

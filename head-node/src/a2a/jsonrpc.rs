@@ -111,20 +111,14 @@ pub async fn handle(
         (Version::V1, "SubscribeToTask") | (Version::V03, "tasks/resubscribe") => Op::Subscribe,
         (Version::V1, "GetExtendedAgentCard")
         | (Version::V03, "agent/getAuthenticatedExtendedCard") => Op::ExtendedCard,
-        (
-            Version::V1,
-            "CreateTaskPushNotificationConfig"
-            | "GetTaskPushNotificationConfig"
-            | "ListTaskPushNotificationConfigs"
-            | "DeleteTaskPushNotificationConfig",
-        )
-        | (
-            Version::V03,
-            "tasks/pushNotificationConfig/set"
-            | "tasks/pushNotificationConfig/get"
-            | "tasks/pushNotificationConfig/list"
-            | "tasks/pushNotificationConfig/delete",
-        ) => Op::Push,
+        (Version::V1, "CreateTaskPushNotificationConfig")
+        | (Version::V03, "tasks/pushNotificationConfig/set") => Op::PushCreate,
+        (Version::V1, "GetTaskPushNotificationConfig")
+        | (Version::V03, "tasks/pushNotificationConfig/get") => Op::PushGet,
+        (Version::V1, "ListTaskPushNotificationConfigs")
+        | (Version::V03, "tasks/pushNotificationConfig/list") => Op::PushList,
+        (Version::V1, "DeleteTaskPushNotificationConfig")
+        | (Version::V03, "tasks/pushNotificationConfig/delete") => Op::PushDelete,
         _ => {
             let hint = match v {
                 Version::V1 => {
@@ -161,7 +155,10 @@ pub async fn handle(
             }
         }
         Op::ExtendedCard => reply(&id, Err(A2aError::extended_card_not_configured())),
-        Op::Push => reply(&id, Err(A2aError::push_not_supported())),
+        Op::PushCreate => reply(&id, ops::push_create(&a2a, &agent, &params, v)),
+        Op::PushGet => reply(&id, ops::push_get(&a2a, &agent, &params, v)),
+        Op::PushList => reply(&id, ops::push_list(&a2a, &agent, &params, v)),
+        Op::PushDelete => reply(&id, ops::push_delete(&a2a, &agent, &params, v)),
     }
 }
 
@@ -173,5 +170,8 @@ enum Op {
     Cancel,
     Subscribe,
     ExtendedCard,
-    Push,
+    PushCreate,
+    PushGet,
+    PushList,
+    PushDelete,
 }

@@ -8,13 +8,16 @@
 //! - [`render`]: cluster tasks and events as A2A JSON, in either version's dialect;
 //! - [`message`]: reading the client's messages;
 //! - [`errors`]: A2A error codes and their JSON-RPC and google.rpc.Status forms;
-//! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe).
+//! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe, push
+//!   configs);
+//! - [`push`]: push-notification configs and their delivery to webhooks, with retries.
 
 pub mod card;
 pub mod errors;
 pub mod jsonrpc;
 pub mod message;
 pub mod ops;
+pub mod push;
 pub mod render;
 pub mod rest;
 
@@ -38,6 +41,7 @@ pub struct A2a {
     pub api_key: Option<Arc<str>>,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    pub webhooks: push::Webhooks,
 }
 
 /// Which dialect a request speaks.
@@ -55,6 +59,14 @@ pub fn router(a2a: A2a) -> Router {
         .route("/a2a/{agent}/message:stream", post(rest::stream))
         .route("/a2a/{agent}/tasks", get(rest::list))
         .route("/a2a/{agent}/tasks/{task}", get(rest::get_or_subscribe).post(rest::post_action))
+        .route(
+            "/a2a/{agent}/tasks/{task}/pushNotificationConfigs",
+            post(rest::push_create).get(rest::push_list),
+        )
+        .route(
+            "/a2a/{agent}/tasks/{task}/pushNotificationConfigs/{config}",
+            get(rest::push_get).delete(rest::push_delete),
+        )
         .route("/a2a/{agent}/extendedAgentCard", get(rest::extended_card))
         .route_layer(middleware::from_fn_with_state(a2a.clone(), require_api_key));
     Router::new()

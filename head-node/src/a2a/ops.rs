@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::errors::A2aError;
 use super::message::incoming;
+use super::push::PushConfig;
 use super::{A2a, Version, render};
 use crate::cluster::{NewTask, TaskFilter, TaskInfo};
 use crate::tasks::{Delivery, Subscription};
@@ -64,8 +65,27 @@ fn history_length(config: Option<&Value>) -> Result<Option<usize>, A2aError> {
     }
 }
 
-/// Submits the message of `params` as a task of `agent`; returns its id.
+/// Submits the message of `params` as a task of `agent`; returns its id. A push config in
+/// the request's configuration is registered for the new task.
 fn submit(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
+    let config = params.get("configuration");
+    let push = config
+        .and_then(|c| {
+            c.get("taskPushNotificationConfig").or_else(|| c.get("pushNotificationConfig"))
+        })
+        .filter(|p| p.is_object());
+    // Validate before submitting, so that a bad config does not leave a task behind.
+    if let Some(raw) = push {
+        PushConfig::from_json("", raw)?;
+    }
+    let id = submit_message(a2a, agent, params)?;
+    if let Some(raw) = push {
+        a2a.webhooks.set(a2a, PushConfig::from_json(&id, raw)?)?;
+    }
+    Ok(id)
+}
+
+fn submit_message(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
     if let Some(task_id) = message.task_id {
@@ -321,4 +341,68 @@ pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value,
         "pageSize": page_size,
         "totalSize": page.total,
     }))
+}
+
+fn str_param<'a>(params: &'a Value, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| params.get(*n).and_then(Value::as_str)).filter(|s| !s.is_empty())
+}
+
+/// The task a push config request is about (1.0: `taskId`; 0.3: `taskId` or `id`).
+fn push_task(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<String, A2aError> {
+    let names: &[&str] = match v {
+        Version::V1 => &["taskId"],
+        Version::V03 => &["taskId", "id"],
+    };
+    let id = str_param(params, names)
+        .ok_or_else(|| A2aError::invalid_params("the task id (taskId) is missing"))?;
+    Ok(task_of(a2a, agent, id)?.task_id.to_string())
+}
+
+/// Create/SetTaskPushNotificationConfig.
+pub fn push_create(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let task = push_task(a2a, agent, params, v)?;
+    let raw = match v {
+        Version::V1 => params,
+        Version::V03 => params
+            .get("pushNotificationConfig")
+            .ok_or_else(|| A2aError::invalid_params("pushNotificationConfig is missing"))?,
+    };
+    Ok(a2a.webhooks.set(a2a, PushConfig::from_json(&task, raw)?)?.to_json(v))
+}
+
+/// GetTaskPushNotificationConfig (0.3: the config id is optional: the first one).
+pub fn push_get(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let task = push_task(a2a, agent, params, v)?;
+    let id = match v {
+        Version::V1 => str_param(params, &["id"])
+            .ok_or_else(|| A2aError::invalid_params("the config id (id) is missing"))?,
+        Version::V03 => str_param(params, &["pushNotificationConfigId"]).unwrap_or_default(),
+    };
+    Ok(a2a.webhooks.get(&task, id)?.to_json(v))
+}
+
+/// ListTaskPushNotificationConfigs.
+pub fn push_list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let task = push_task(a2a, agent, params, v)?;
+    let configs: Vec<Value> = a2a.webhooks.list(&task).iter().map(|c| c.to_json(v)).collect();
+    Ok(match v {
+        Version::V1 => json!({"configs": configs, "nextPageToken": ""}),
+        Version::V03 => Value::Array(configs),
+    })
+}
+
+/// DeleteTaskPushNotificationConfig.
+pub fn push_delete(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    let task = push_task(a2a, agent, params, v)?;
+    let names: &[&str] = match v {
+        Version::V1 => &["id"],
+        Version::V03 => &["pushNotificationConfigId"],
+    };
+    let id = str_param(params, names)
+        .ok_or_else(|| A2aError::invalid_params("the config id is missing"))?;
+    a2a.webhooks.delete(&task, id)?;
+    Ok(match v {
+        Version::V1 => json!({}),
+        Version::V03 => Value::Null,
+    })
 }

@@ -131,3 +131,37 @@ pub async fn post_action(
 pub async fn extended_card() -> Response {
     error(A2aError::extended_card_not_configured())
 }
+
+pub async fn push_create(
+    State(a2a): State<A2a>,
+    Path((agent, task)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let outcome = async {
+        let mut params = json_body(&a2a, body).await?;
+        params["taskId"] = json!(task);
+        ops::push_create(&a2a, &agent, &params, Version::V1)
+    };
+    answer(outcome.await)
+}
+
+pub async fn push_list(
+    State(a2a): State<A2a>,
+    Path((agent, task)): Path<(String, String)>,
+) -> Response {
+    answer(ops::push_list(&a2a, &agent, &json!({"taskId": task}), Version::V1))
+}
+
+pub async fn push_get(
+    State(a2a): State<A2a>,
+    Path((agent, task, config)): Path<(String, String, String)>,
+) -> Response {
+    answer(ops::push_get(&a2a, &agent, &json!({"taskId": task, "id": config}), Version::V1))
+}
+
+pub async fn push_delete(
+    State(a2a): State<A2a>,
+    Path((agent, task, config)): Path<(String, String, String)>,
+) -> Response {
+    answer(ops::push_delete(&a2a, &agent, &json!({"taskId": task, "id": config}), Version::V1))
+}

@@ -1,5 +1,10 @@
 """HTTP-level tests: the HTTP+JSON binding and every A2A error code, and the server keeps serving."""
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import httpx
 import pytest
 from conftest import Cluster
@@ -60,7 +65,8 @@ def test_every_error_code_and_the_server_keeps_serving(cluster: Cluster) -> None
     assert error_code(rpc(cluster, "tasks/get", {"id": "nope"}, headers={})) == -32001  # 0.3: no header
     done = rpc(cluster, "SendMessage", message())["result"]["task"]
     assert error_code(rpc(cluster, "CancelTask", {"id": done["id"]})) == -32002
-    assert error_code(rpc(cluster, "CreateTaskPushNotificationConfig", {"taskId": done["id"], "url": "http://x"})) == -32003
+    bad_hook = {"taskId": done["id"], "url": "ftp://nowhere"}
+    assert error_code(rpc(cluster, "CreateTaskPushNotificationConfig", bad_hook)) == -32602
     assert error_code(rpc(cluster, "SubscribeToTask", {"id": done["id"]})) == -32004
     file_part = {"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"raw": "AAAA", "mediaType": "image/png"}]}}
     assert error_code(rpc(cluster, "SendMessage", file_part)) == -32005
@@ -97,3 +103,85 @@ def test_list_tasks_pages_through_everything_once(cluster: Cluster, agent: str) 
         if not token:
             break
     assert len(seen) == len(set(seen)) == page["totalSize"] >= 3
+
+
+class Webhook:
+    """A local HTTP server that records POSTs; the first `failures` answer 503."""
+
+    def __init__(self, failures: int) -> None:
+        self.received: list[tuple[dict[str, str], dict]] = []
+        self.failed = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if hook.failed < failures:
+                    hook.failed += 1
+                    self.send_response(503)
+                else:
+                    hook.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_push_notifications_reach_the_webhook_with_retries(cluster: Cluster) -> None:
+    hook = Webhook(failures=2)
+    try:
+        push = {"url": hook.url, "token": "tok", "authentication": {"scheme": "Bearer", "credentials": "cred"}}
+        params = {**message("a b c d e"), "configuration": {"returnImmediately": True, "taskPushNotificationConfig": push}}
+        task = rpc(cluster, "SendMessage", params, agent="slow")["result"]["task"]
+        deadline = time.monotonic() + 15
+        while not any("task" in body for _, body in hook.received):
+            assert time.monotonic() < deadline, hook.received
+            time.sleep(0.05)
+        assert hook.failed == 2, "the failed deliveries were not retried"
+        for headers, _ in hook.received:
+            assert headers["x-a2a-notification-token"] == "tok" and headers["authorization"] == "Bearer cred"
+        bodies = [body for _, body in hook.received]
+        states = [b["statusUpdate"]["status"]["state"] for b in bodies if "statusUpdate" in b]
+        assert "TASK_STATE_WORKING" in states
+        final = bodies[-1]["task"]
+        assert final["id"] == task["id"] and final["status"]["state"] == "TASK_STATE_COMPLETED"
+        assert final["artifacts"][0]["parts"][0]["text"] == "a b c d e"
+    finally:
+        hook.close()
+
+
+def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) -> None:
+    task = rpc(cluster, "SendMessage", message("configs"))["result"]["task"]["id"]
+    hook = "http://127.0.0.1:9/hook"
+    created = rpc(cluster, "CreateTaskPushNotificationConfig", {"taskId": task, "id": "c1", "url": hook})["result"]
+    assert created == {"id": "c1", "taskId": task, "url": hook, "token": ""}
+    assert rpc(cluster, "GetTaskPushNotificationConfig", {"taskId": task, "id": "c1"})["result"]["url"] == hook
+    old = {"taskId": task, "pushNotificationConfig": {"id": "c2", "url": hook, "token": "t"}}
+    assert rpc(cluster, "tasks/pushNotificationConfig/set", old, headers={})["result"]["pushNotificationConfig"]["id"] == "c2"
+    listed = rpc(cluster, "ListTaskPushNotificationConfigs", {"taskId": task})["result"]["configs"]
+    assert [c["id"] for c in listed] == ["c1", "c2"]
+    got = rpc(cluster, "tasks/pushNotificationConfig/get", {"id": task, "pushNotificationConfigId": "c2"}, headers={})
+    assert got["result"]["pushNotificationConfig"]["token"] == "t"
+    assert len(rpc(cluster, "tasks/pushNotificationConfig/list", {"id": task}, headers={})["result"]) == 2
+    rpc(cluster, "DeleteTaskPushNotificationConfig", {"taskId": task, "id": "c1"})
+    rpc(cluster, "tasks/pushNotificationConfig/delete", {"id": task, "pushNotificationConfigId": "c2"}, headers={})
+    assert rpc(cluster, "ListTaskPushNotificationConfigs", {"taskId": task})["result"]["configs"] == []
+    assert error_code(rpc(cluster, "GetTaskPushNotificationConfig", {"taskId": task, "id": "c1"})) == -32602
+    assert error_code(rpc(cluster, "CreateTaskPushNotificationConfig", {"taskId": "nope", "url": hook})) == -32001
+
+    base = f"{cluster.url}/a2a/echo/tasks/{task}/pushNotificationConfigs"
+    assert httpx.post(base, json={"id": "r1", "url": hook}).json()["id"] == "r1"
+    assert [c["id"] for c in httpx.get(base).json()["configs"]] == ["r1"]
+    assert httpx.get(base + "/r1").json()["url"] == hook
+    assert httpx.delete(base + "/r1").status_code == 200
+    assert httpx.get(base + "/r1").status_code == 400

@@ -1,0 +1,270 @@
+//! A2A push notifications: webhook configs per task (create, get, list, delete) and their
+//! delivery. Each status change of a task with configs is POSTed to every webhook as a 1.0
+//! StreamResponse JSON (`{"statusUpdate": ...}`, then `{"task": ...}` once it ends), with the
+//! config's token in `X-A2A-Notification-Token` and its credentials in `Authorization`;
+//! failed deliveries are retried with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http;
+use fleet_proto::EventKind;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use super::errors::A2aError;
+use super::{A2a, Version, ops, render};
+use crate::tasks::Delivery;
+
+/// Configs per task, and tasks with configs, at most.
+const MAX_CONFIGS_PER_TASK: usize = 16;
+const MAX_TASKS: usize = 100_000;
+/// Delivery attempts per notification, and the wait before the first retry (then x4).
+const ATTEMPTS: u32 = 4;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One webhook of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushConfig {
+    pub id: String,
+    pub task_id: String,
+    pub url: String,
+    pub token: String,
+    pub scheme: String,
+    pub credentials: String,
+}
+
+impl PushConfig {
+    /// The config in either dialect: 1.0 TaskPushNotificationConfig, 0.3 PushNotificationConfig.
+    pub fn to_json(&self, v: Version) -> Value {
+        let auth = (!self.scheme.is_empty()).then(|| match v {
+            Version::V1 => json!({"scheme": self.scheme, "credentials": self.credentials}),
+            Version::V03 => json!({"schemes": [self.scheme], "credentials": self.credentials}),
+        });
+        let mut config = json!({"id": self.id, "url": self.url, "token": self.token});
+        if let Some(auth) = auth {
+            config["authentication"] = auth;
+        }
+        match v {
+            Version::V1 => {
+                config["taskId"] = json!(self.task_id);
+                config
+            }
+            Version::V03 => json!({"taskId": self.task_id, "pushNotificationConfig": config}),
+        }
+    }
+
+    /// Reads a config from `raw` (the object holding url, token, authentication).
+    pub fn from_json(task_id: &str, raw: &Value) -> Result<Self, A2aError> {
+        let field =
+            |name: &str| raw.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let url = field("url");
+        let valid = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+        if !valid {
+            return Err(A2aError::invalid_params(format!(
+                "push notification url {url:?} must be an absolute http:// URL"
+            )));
+        }
+        let auth = raw.get("authentication");
+        let scheme = auth
+            .and_then(|a| {
+                a.get("scheme")
+                    .and_then(Value::as_str)
+                    .or_else(|| a.get("schemes")?.get(0)?.as_str())
+            })
+            .unwrap_or_default()
+            .to_owned();
+        let credentials = auth
+            .and_then(|a| a.get("credentials"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let id = Some(field("id"))
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Ok(Self {
+            id,
+            task_id: task_id.to_owned(),
+            url,
+            token: field("token"),
+            scheme,
+            credentials,
+        })
+    }
+}
+
+/// The webhooks of every task, and the HTTP client that calls them.
+#[derive(Clone)]
+pub struct Webhooks {
+    configs: Arc<Mutex<HashMap<String, Vec<PushConfig>>>>,
+    client: Client<HttpConnector, Full<axum::body::Bytes>>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").field("tasks", &self.configs.lock().len()).finish()
+    }
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Self { configs: Arc::default(), client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+}
+
+impl Webhooks {
+    /// Adds (or replaces, by id) a config; starts delivering for the task if it was not yet.
+    pub fn set(&self, a2a: &A2a, config: PushConfig) -> Result<PushConfig, A2aError> {
+        let first = {
+            let mut configs = self.configs.lock();
+            if configs.len() >= MAX_TASKS && !configs.contains_key(&config.task_id) {
+                return Err(A2aError::invalid_request(
+                    "too many tasks with push notifications: delete some configs",
+                ));
+            }
+            let list = configs.entry(config.task_id.clone()).or_default();
+            let first = list.is_empty();
+            list.retain(|c| c.id != config.id);
+            if list.len() >= MAX_CONFIGS_PER_TASK {
+                return Err(A2aError::invalid_request(format!(
+                    "a task has at most {MAX_CONFIGS_PER_TASK} push configs"
+                )));
+            }
+            list.push(config.clone());
+            first
+        };
+        if first {
+            self.deliver(a2a, &config.task_id)?;
+        }
+        Ok(config)
+    }
+
+    pub fn get(&self, task_id: &str, id: &str) -> Result<PushConfig, A2aError> {
+        let configs = self.configs.lock();
+        let list = configs.get(task_id).map(Vec::as_slice).unwrap_or_default();
+        let found = if id.is_empty() { list.first() } else { list.iter().find(|c| c.id == id) };
+        found.cloned().ok_or_else(|| {
+            A2aError::invalid_params(format!("task {task_id:?} has no push config {id:?}"))
+        })
+    }
+
+    pub fn list(&self, task_id: &str) -> Vec<PushConfig> {
+        self.configs.lock().get(task_id).cloned().unwrap_or_default()
+    }
+
+    pub fn delete(&self, task_id: &str, id: &str) -> Result<(), A2aError> {
+        let mut configs = self.configs.lock();
+        let list = configs.get_mut(task_id).ok_or_else(|| {
+            A2aError::invalid_params(format!("task {task_id:?} has no push configs"))
+        })?;
+        let before = list.len();
+        list.retain(|c| c.id != id);
+        if list.len() == before {
+            return Err(A2aError::invalid_params(format!(
+                "task {task_id:?} has no push config {id:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Follows the task and notifies its webhooks of every status change, then of the end.
+    fn deliver(&self, a2a: &A2a, task_id: &str) -> Result<(), A2aError> {
+        let (info, mut sub) = a2a.cluster.snapshot_and_watch(task_id)?;
+        let (hooks, a2a) = (self.clone(), a2a.clone());
+        tokio::spawn(async move {
+            let mut info = info;
+            if !render::ends_stream(info.state) {
+                while let Some(delivery) = crate::api::streams::next(&mut sub).await {
+                    let Delivery::Event(event) = delivery else { continue };
+                    let Some(state) = event.kind.state_after() else { continue };
+                    if matches!(event.kind, EventKind::Scheduled { .. }) {
+                        continue;
+                    }
+                    info.state = state;
+                    if let EventKind::Failed { error, .. } | EventKind::Canceled { reason: error } =
+                        &event.kind
+                    {
+                        info.error.clone_from(error);
+                    }
+                    if render::ends_stream(state) {
+                        break;
+                    }
+                    hooks
+                        .notify(
+                            &info.task_id.to_string(),
+                            render::status_update(&info, Version::V1),
+                        )
+                        .await;
+                }
+            }
+            if let Ok(done) = a2a.cluster.task(info.task_id.as_str()) {
+                let task = ops::render_task(&a2a, &done, None, Version::V1);
+                hooks.notify(done.task_id.as_str(), render::stream_task(task, Version::V1)).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Posts `body` to every webhook of the task, each with retries.
+    async fn notify(&self, task_id: &str, body: Value) {
+        let body = axum::body::Bytes::from(body.to_string());
+        let sends = self
+            .list(task_id)
+            .into_iter()
+            .map(|config| self.post_with_retries(config, body.clone()));
+        futures::future::join_all(sends).await;
+    }
+
+    async fn post_with_retries(&self, config: PushConfig, body: axum::body::Bytes) {
+        let mut wait = FIRST_RETRY;
+        for attempt in 1..=ATTEMPTS {
+            match self.post(&config, body.clone()).await {
+                Ok(()) => {
+                    debug!(task_id = %config.task_id, url = %config.url, attempt, "push notification delivered");
+                    return;
+                }
+                Err(error) if attempt < ATTEMPTS => {
+                    debug!(task_id = %config.task_id, url = %config.url, attempt, error, "push notification failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+                Err(error) => {
+                    warn!(task_id = %config.task_id, url = %config.url, error, "push notification not delivered")
+                }
+            }
+        }
+    }
+
+    async fn post(&self, config: &PushConfig, body: axum::body::Bytes) -> Result<(), String> {
+        let mut request =
+            http::Request::post(&config.url).header(http::header::CONTENT_TYPE, "application/json");
+        if !config.token.is_empty() {
+            request = request.header("X-A2A-Notification-Token", &config.token);
+        }
+        if !config.scheme.is_empty() {
+            request = request.header(
+                http::header::AUTHORIZATION,
+                format!("{} {}", config.scheme, config.credentials),
+            );
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(POST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", response.status()))
+        }
+    }
+}
