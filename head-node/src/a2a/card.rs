@@ -59,10 +59,11 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
             {"url": url, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
         ],
         "provider": {"organization": "agentfleet", "url": "https://github.com/agentfleet"},
-        "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": false},
+        "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": a2a.api_key.is_some()},
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain"],
         "skills": [skill(agent)],
+        "supportsAuthenticatedExtendedCard": a2a.api_key.is_some(),
         // A2A 0.3 fields, for older clients.
         "url": url,
         "preferredTransport": "JSONRPC",
@@ -147,4 +148,30 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Json<Va
     });
     security(&a2a, &mut card);
     Json(card)
+}
+
+/// The extended card, for clients that presented the API key: the public card plus what the
+/// agent is built from (model, instructions, retry policy). Without an API key configured
+/// there is no authenticated audience, so there is no extended card either.
+pub fn extended_card_json(
+    a2a: &A2a,
+    agent: &str,
+    headers: &HeaderMap,
+) -> Result<Value, super::errors::A2aError> {
+    if a2a.api_key.is_none() {
+        return Err(super::errors::A2aError::extended_card_not_configured());
+    }
+    let info = find(a2a, agent).map_err(|_| {
+        super::errors::A2aError::invalid_request(format!("no agent named {agent:?}"))
+    })?;
+    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(headers)));
+    let spec = &info.spec;
+    card["skills"][0]["description"] = json!(format!(
+        "{}; model {}; max_retries {}; instructions: {}",
+        card["skills"][0]["description"].as_str().unwrap_or_default(),
+        spec.model,
+        spec.max_retries,
+        spec.instructions.chars().take(500).collect::<String>()
+    ));
+    Ok(card)
 }

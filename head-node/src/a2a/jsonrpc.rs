@@ -154,7 +154,7 @@ pub async fn handle(
                 Err(e) => reply(&id, Err(e)),
             }
         }
-        Op::ExtendedCard => reply(&id, Err(A2aError::extended_card_not_configured())),
+        Op::ExtendedCard => reply(&id, super::card::extended_card_json(&a2a, &agent, &headers)),
         Op::PushCreate => reply(&id, ops::push_create(&a2a, &agent, &params, v)),
         Op::PushGet => reply(&id, ops::push_get(&a2a, &agent, &params, v)),
         Op::PushList => reply(&id, ops::push_list(&a2a, &agent, &params, v)),

@@ -128,8 +128,12 @@ pub async fn post_action(
     }
 }
 
-pub async fn extended_card() -> Response {
-    error(A2aError::extended_card_not_configured())
+pub async fn extended_card(
+    State(a2a): State<A2a>,
+    Path(agent): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    answer(super::card::extended_card_json(&a2a, &agent, &headers))
 }
 
 pub async fn push_create(

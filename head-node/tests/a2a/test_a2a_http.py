@@ -89,6 +89,11 @@ def test_an_api_key_is_required_when_configured(keyed_cluster: Cluster) -> None:
     ok = httpx.post(url, json=body, headers={**V1, "Authorization": "Bearer k3y"}, timeout=10)
     assert ok.status_code == 200 and ok.json()["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
     assert httpx.post(url, json=body, headers={**V1, "X-API-Key": "k3y"}, timeout=10).status_code == 200
+    assert card["capabilities"]["extendedAgentCard"] is True
+    extended = {"jsonrpc": "2.0", "id": 2, "method": "GetExtendedAgentCard", "params": {}}
+    reply = httpx.post(url, json=extended, headers={**V1, "Authorization": "Bearer k3y"}).json()
+    assert "model builtin:echo" in reply["result"]["skills"][0]["description"]
+    assert httpx.get(url + "/extendedAgentCard").status_code == 401
 
 
 @pytest.mark.parametrize("agent", ["echo", "slow"])
