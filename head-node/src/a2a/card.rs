@@ -81,18 +81,25 @@ fn find(a2a: &A2a, agent: &str) -> Result<AgentInfo, Box<Response>> {
     })
 }
 
+/// An agent's card as served: with `only_v03`, without the 1.0 interfaces.
+fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Response {
+    let info = match find(a2a, agent) {
+        Ok(info) => info,
+        Err(response) => return *response,
+    };
+    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(headers)));
+    if only_v03 && let Some(obj) = card.as_object_mut() {
+        obj.remove("supportedInterfaces");
+    }
+    Json(card).into_response()
+}
+
 pub async fn agent_card(
     State(a2a): State<A2a>,
     Path(agent): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match find(&a2a, &agent) {
-        Ok(info) => {
-            let url = format!("{}/a2a/{agent}", base_url(&headers));
-            Json(agent_card_json(&a2a, &info, &url)).into_response()
-        }
-        Err(response) => *response,
-    }
+    serve_card(&a2a, &agent, &headers, false)
 }
 
 /// The same agent's card in A2A 0.3 form only (no `supportedInterfaces`), for clients that
@@ -102,17 +109,7 @@ pub async fn agent_card_v03(
     Path(agent): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match find(&a2a, &agent) {
-        Ok(info) => {
-            let url = format!("{}/a2a/{agent}", base_url(&headers));
-            let mut card = agent_card_json(&a2a, &info, &url);
-            if let Some(obj) = card.as_object_mut() {
-                obj.remove("supportedInterfaces");
-            }
-            Json(card).into_response()
-        }
-        Err(response) => *response,
-    }
+    serve_card(&a2a, &agent, &headers, true)
 }
 
 /// The cluster's card: one skill per agent, each agent's own card URL in its skill tags.
