@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_client::{EventKind, ManyUpdate, Submission, TaskId, TaskState};
 use futures::StreamExt;
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -44,17 +44,25 @@ enum Ended {
     Failed(String),
 }
 
+/// How long an interrupted `map` waits for the acknowledgements of what it already submitted.
+const ACK_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs every prompt as a task over one multiplexed stream; returns (index, outcome) in
-/// completion order. Accepted, unfinished task ids stay in `open` for cancellation.
+/// completion order. When `stop` is cancelled (Ctrl-C) it stops submitting, collects the ids
+/// of everything already accepted, cancels the tasks still running, then signals `cleaned`.
 async fn map_tasks(
     client: Backend,
     submissions: Vec<Submission>,
-    open: Arc<Mutex<HashSet<TaskId>>>,
     progress: Option<Progress>,
     stop: CancellationToken,
+    cleaned: tokio::sync::oneshot::Sender<()>,
 ) -> PyResult<Vec<(usize, Ended)>> {
     let total = submissions.len();
-    let mut updates = client.submit_many(submissions).await.map_err(errors::to_py)?;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut open: HashSet<TaskId> = HashSet::new();
+    let mut acked = 0;
+    let mut updates =
+        client.submit_many(submissions, stop.clone(), sent.clone()).await.map_err(errors::to_py)?;
     let mut index_of = std::collections::HashMap::with_capacity(total);
     let mut text: Vec<String> = vec![String::new(); total];
     let mut attempt = vec![1u32; total];
@@ -63,7 +71,30 @@ async fn map_tasks(
     while ended.len() < total {
         let batch = tokio::select! {
             b = updates.next() => b,
-            () = stop.cancelled() => break,
+            () = stop.cancelled() => {
+                // Collect the acks still due, so that every accepted task can be canceled.
+                let deadline = tokio::time::Instant::now() + ACK_GRACE;
+                while acked < sent.load(Ordering::SeqCst) {
+                    let Ok(Some(Ok(batch))) = tokio::time::timeout_at(deadline, updates.next()).await else { break };
+                    for update in batch {
+                        match update {
+                            ManyUpdate::Accepted { task_id, .. } => {
+                                acked += 1;
+                                open.insert(task_id);
+                            }
+                            ManyUpdate::Rejected { .. } => acked += 1,
+                            ManyUpdate::Event(e) if e.kind.is_terminal() => {
+                                open.remove(&e.task_id);
+                            }
+                            ManyUpdate::Event(_) => {}
+                        }
+                    }
+                }
+                let cancels = open.iter().map(|id| client.cancel(id.as_str()));
+                futures::future::join_all(cancels).await;
+                let _ = cleaned.send(());
+                return Ok(Vec::new());
+            }
         };
         let Some(batch) = batch else {
             return Err(errors::Unavailable::new_err(format!(
@@ -74,7 +105,8 @@ async fn map_tasks(
         for update in batch.map_err(errors::to_py)? {
             match update {
                 ManyUpdate::Accepted { client_ref, task_id } => {
-                    open.lock().insert(task_id.clone());
+                    acked += 1;
+                    open.insert(task_id.clone());
                     index_of.insert(task_id, client_ref as usize);
                 }
                 ManyUpdate::Rejected { code, message, .. } => {
@@ -100,7 +132,7 @@ async fn map_tasks(
                         }
                         _ => continue,
                     };
-                    open.lock().remove(&e.task_id);
+                    open.remove(&e.task_id);
                     ended.push((i, outcome));
                 }
             }
@@ -182,20 +214,16 @@ impl Agent {
         let progress = progress
             .unwrap_or_else(|| std::io::stderr().is_terminal())
             .then(|| Progress { last: None, started: Instant::now() });
-        let open = Arc::new(Mutex::new(HashSet::new()));
         let stop = CancellationToken::new();
-        let run = map_tasks(self.client.clone(), submissions, open.clone(), progress, stop.clone());
+        let (cleaned, cleaned_rx) = tokio::sync::oneshot::channel();
+        let run = map_tasks(self.client.clone(), submissions, progress, stop.clone(), cleaned);
         let ended = match runtime::wait(py, run, None)? {
             Ok(result) => result?,
             Err(interrupted) => {
                 stop.cancel();
-                let ids: Vec<TaskId> = open.lock().drain().collect();
-                let client = self.client.clone();
-                let _ = runtime::block_on(py, async move {
-                    let cancels = ids.iter().map(|id| client.cancel(id.as_str()));
-                    futures::future::join_all(cancels).await;
-                    Ok(())
-                });
+                // The map cancels what it started; wait for it (bounded) before raising.
+                let cleanup = async move { tokio::time::timeout(ACK_GRACE * 3, cleaned_rx).await };
+                let _ = runtime::wait(py, cleanup, None);
                 return Err(match interrupted {
                     Interrupted::Signal(e) => e,
                     other => other.into(),

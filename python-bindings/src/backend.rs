@@ -3,6 +3,7 @@
 //! round trip is a handful of task hand-offs). Both give the same domain types and errors.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleet_client::{
     AgentSpec, Client, ClusterStatus, ManyUpdate, Submission, TaskEvent, TaskStream,
@@ -11,6 +12,7 @@ use fleet_head::Cluster;
 use fleet_head::cluster::NewTask;
 use fleet_head::tasks::{Delivery, Subscription};
 use futures::Stream;
+use tokio_util::sync::CancellationToken;
 
 /// Submissions per message on a remote multiplexed stream.
 const CHUNK: usize = 256;
@@ -71,18 +73,27 @@ impl Backend {
     }
 
     /// Submits every task (client refs are their indexes) and streams the updates of all.
-    pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<ManyUpdates> {
+    /// Submitting stops once `stop` is cancelled; `sent` counts the submissions handed over,
+    /// so the caller knows how many acknowledgements are still due.
+    pub async fn submit_many(
+        &self,
+        submissions: Vec<Submission>,
+        stop: CancellationToken,
+        sent: Arc<AtomicUsize>,
+    ) -> Result<ManyUpdates> {
         let cluster = match self {
             Self::Remote(client) => {
                 let (sender, updates) = client.submit_many().await?;
                 tokio::spawn(async move {
                     let mut items = submissions.into_iter().enumerate().peekable();
-                    while items.peek().is_some() {
+                    while items.peek().is_some() && !stop.is_cancelled() {
                         let chunk: Vec<_> =
                             items.by_ref().take(CHUNK).map(|(i, s)| (i as u64, s)).collect();
+                        let n = chunk.len();
                         if sender.send(chunk).await.is_err() {
                             return;
                         }
+                        sent.fetch_add(n, Ordering::SeqCst);
                     }
                 });
                 return Ok(updates);
@@ -91,8 +102,14 @@ impl Backend {
         };
         let (sub, subscription) = cluster.subscriber();
         tokio::spawn(async move {
-            let items =
-                submissions.into_iter().enumerate().map(|(i, s)| (i as u64, Ok(new_task(s))));
+            let items = submissions
+                .into_iter()
+                .enumerate()
+                .take_while(|_| !stop.is_cancelled())
+                .inspect(|_| {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                })
+                .map(|(i, s)| (i as u64, Ok(new_task(s))));
             cluster.submit_for(&sub, items).await;
         });
         let updates = futures::stream::unfold(subscription, |mut sub| async move {
