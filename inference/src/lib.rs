@@ -4,13 +4,18 @@
 //!   then a usage record; dropping the stream cancels) and its request/response types.
 //! - [`builtin`]: models that need no weights, such as `builtin:echo`, used to test and
 //!   benchmark the cluster machinery.
-//! - [`error`]: the crate's error type.
+//! - [`error`]: the crate's error type;
+//! - [`engine`]: the continuous-batching engine thread over a batched model;
+//! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
+//!   sequences of different lengths (each with its own KV cache), and tiny random fixtures.
 //!
-//! The candle engine with continuous batching plugs in behind the same trait.
+//! The engine thread with continuous batching plugs these in behind the same trait.
 
 pub mod builtin;
+pub mod engine;
 pub mod error;
 pub mod model;
+pub mod transformer;
 
 pub use error::{Error, Result};
 pub use model::{ChatMessage, GenerateRequest, Generation, GenerationEvent, Model, Role, Usage};

@@ -1,0 +1,160 @@
+//! The continuous-batching engine: requests arriving at different times, batched together,
+//! produce exactly what each produces alone; cancelling frees KV memory; limits hold.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use fleet_inference::engine::{Engine, EngineOptions, Finish, TokenEvent, TokenRequest};
+use fleet_inference::transformer::qwen2::{Qwen2, Qwen2Config, greedy};
+use fleet_inference::transformer::{StepInput, fixture};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn model(name: &str) -> Result<Qwen2> {
+    let dir = std::env::temp_dir().join(format!("fleet-engine-{name}-{}", std::process::id()));
+    let cfg: Qwen2Config = fixture::tiny_qwen2_config(true);
+    fixture::write_qwen2(&dir, &cfg)?;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
+    let model = Qwen2::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(model)
+}
+
+fn alone(model: &Qwen2, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let mut cache = model.new_cache();
+    let mut out = Vec::new();
+    let mut next = greedy(&model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?)?[0];
+    while out.len() < n {
+        out.push(next);
+        next = greedy(&model.step(&mut [StepInput { tokens: &[next], cache: &mut cache }])?)?[0];
+    }
+    Ok(out)
+}
+
+async fn collect(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>,
+) -> (Vec<u32>, Option<TokenEvent>) {
+    let mut tokens = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            TokenEvent::Token(t) => tokens.push(t),
+            other => return (tokens, Some(other)),
+        }
+    }
+    (tokens, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_requests_produce_their_solo_tokens() -> Result<()> {
+    let reference = model("solo")?;
+    let prompts: Vec<Vec<u32>> =
+        (0..8u32).map(|i| (0..3 + 5 * i).map(|j| (i * 13 + j * 11 + 1) % 256).collect()).collect();
+    let expected: Vec<Vec<u32>> =
+        prompts.iter().map(|p| alone(&reference, p, 16)).collect::<Result<_>>()?;
+    // The same weights again, now inside an engine with a small prefill chunk.
+    let engine = Engine::start(
+        model_with_same_weights(&reference)?,
+        EngineOptions { prefill_chunk: 8, ..Default::default() },
+    )?;
+    let mut runs = Vec::new();
+    for prompt in &prompts {
+        let events = engine.generate(TokenRequest {
+            prompt: prompt.clone(),
+            max_tokens: 16,
+            stop_tokens: vec![],
+        });
+        runs.push(tokio::spawn(collect(events)));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for (i, run) in runs.into_iter().enumerate() {
+        let (tokens, end) = run.await?;
+        assert_eq!(tokens, expected[i], "request {i}");
+        assert_eq!(
+            end,
+            Some(TokenEvent::Done {
+                prompt_tokens: prompts[i].len(),
+                completion_tokens: 16,
+                finish: Finish::Length
+            })
+        );
+    }
+    assert!(engine.stats().steps.load(Ordering::Relaxed) < 8 * 16, "requests were not batched");
+    Ok(())
+}
+
+/// The reference model's weights, re-loaded: the engine takes ownership of its model.
+fn model_with_same_weights(reference: &Qwen2) -> Result<Qwen2> {
+    let dir = std::env::temp_dir().join(format!("fleet-engine-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    reference.save(&dir.join("model.safetensors"))?;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
+    let copy = Qwen2::new(
+        reference.config(),
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(copy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_tokens_end_a_generation() -> Result<()> {
+    let m = model("stop")?;
+    let prompt = vec![5, 6, 7];
+    let solo = alone(&m, &prompt, 8)?;
+    let engine = Engine::start(m, EngineOptions::default())?;
+    let stop = solo[3];
+    let (tokens, end) =
+        collect(engine.generate(TokenRequest { prompt, max_tokens: 8, stop_tokens: vec![stop] }))
+            .await;
+    let cut = solo.iter().position(|&t| t == stop).map_or(8, |p| p + 1);
+    assert_eq!(tokens, solo[..cut]);
+    assert!(matches!(end, Some(TokenEvent::Done { finish: Finish::Stop, .. })));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
+    let engine = Engine::start(model("cancel")?, EngineOptions::default())?;
+    let mut events = engine.generate(TokenRequest {
+        prompt: vec![1, 2, 3],
+        max_tokens: 400,
+        stop_tokens: vec![],
+    });
+    assert!(matches!(events.recv().await, Some(TokenEvent::Token(_))));
+    assert!(engine.stats().kv_bytes.load(Ordering::Relaxed) > 0);
+    drop(events);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.stats().kv_bytes.load(Ordering::Relaxed) != 0 {
+        assert!(Instant::now() < deadline, "the cancelled sequence kept its KV memory");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.stats().active.load(Ordering::Relaxed), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<()> {
+    let m = model("admit")?;
+    let per_token = 2 * 2 * 2 * 16 * 4; // layers * (k, v) * kv heads * head dim * f32
+    let options = EngineOptions { max_kv_bytes: 40 * per_token, ..Default::default() };
+    let engine = Engine::start(m, options)?;
+    let (tokens, end) = collect(engine.generate(TokenRequest {
+        prompt: vec![1; 30],
+        max_tokens: 20,
+        stop_tokens: vec![],
+    }))
+    .await;
+    assert!(
+        tokens.is_empty() && matches!(end, Some(TokenEvent::Error(e)) if e.contains("KV memory"))
+    );
+    // Two requests of 30 positions each cannot run together within 40: the second waits.
+    let a =
+        engine.generate(TokenRequest { prompt: vec![1; 10], max_tokens: 20, stop_tokens: vec![] });
+    let b =
+        engine.generate(TokenRequest { prompt: vec![2; 10], max_tokens: 20, stop_tokens: vec![] });
+    let (ra, rb) = tokio::join!(collect(a), collect(b));
+    assert_eq!((ra.0.len(), rb.0.len()), (20, 20));
+    Ok(())
+}
