@@ -11,6 +11,7 @@ use std::sync::mpsc as std_mpsc;
 use candle_core::Tensor;
 use tokio::sync::mpsc;
 
+use crate::sampling::{Sampler, SamplingParams};
 use crate::transformer::{SequenceCache, StepInput};
 
 /// A model the engine can batch: one forward step over many sequences.
@@ -62,6 +63,7 @@ pub struct TokenRequest {
     pub max_tokens: usize,
     /// Generation stops after any of these (it is still emitted).
     pub stop_tokens: Vec<u32>,
+    pub sampling: SamplingParams,
 }
 
 /// Why a generation ended.
@@ -133,9 +135,11 @@ struct Active {
     request: TokenRequest,
     events: mpsc::UnboundedSender<TokenEvent>,
     cache: SequenceCache,
+    sampler: Sampler,
     fed: usize,
+    /// The prompt, then every generated token (for penalties).
+    seen: Vec<u32>,
     generated: usize,
-    last: u32,
     reserved: usize,
 }
 
@@ -185,14 +189,19 @@ fn run(
                 let _ = s.events.send(TokenEvent::Error("the prompt is empty".into()));
                 continue;
             }
+            if let Err(e) = s.request.sampling.validate() {
+                let _ = s.events.send(TokenEvent::Error(e));
+                continue;
+            }
             reserved += need;
             active.push(Active {
                 cache: model.new_cache(),
+                sampler: Sampler::new(s.request.sampling.clone()),
+                seen: s.request.prompt.clone(),
                 request: s.request,
                 events: s.events,
                 fed: 0,
                 generated: 0,
-                last: 0,
                 reserved: need,
             });
         }
@@ -223,7 +232,7 @@ fn run(
                 budget -= n;
                 feeds.push((i, a.request.prompt[a.fed..a.fed + n].to_vec()));
             } else {
-                feeds.push((i, vec![a.last]));
+                feeds.push((i, vec![*a.seen.last().unwrap_or(&0)]));
             }
         }
         let logits = {
@@ -235,10 +244,11 @@ fn run(
                     inputs.push(StepInput { tokens, cache });
                 }
             }
-            model.step(&mut inputs).and_then(|l| crate::transformer::qwen2::greedy(&l))
+            model.step(&mut inputs)
         };
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        let next = match logits {
+        let next = logits.and_then(|logits| choose(&logits, &feeds, &mut active));
+        let next = match next {
             Ok(next) => next,
             Err(e) => {
                 for a in active.drain(..) {
@@ -250,16 +260,11 @@ fn run(
             }
         };
         let mut finished = Vec::new();
-        for ((i, tokens), token) in feeds.iter().zip(next) {
+        for ((i, _), token) in feeds.iter().zip(next) {
+            let Some(token) = token else { continue };
             let a = &mut active[*i];
-            if a.fed < a.request.prompt.len() {
-                a.fed += tokens.len();
-                if a.fed < a.request.prompt.len() {
-                    continue;
-                }
-            }
             a.generated += 1;
-            a.last = token;
+            a.seen.push(token);
             let _ = a.events.send(TokenEvent::Token(token));
             let finish = if a.request.stop_tokens.contains(&token) {
                 Some(Finish::Stop)
@@ -281,4 +286,37 @@ fn run(
             reserved -= active.swap_remove(i).reserved;
         }
     }
+}
+
+/// The next token of every fed sequence that has now seen its whole prompt (`None` for
+/// those still prefilling). Advances `fed`. Only sequences that produce a token draw from
+/// their sampler, so batching never changes what a seeded sequence samples.
+fn choose(
+    logits: &Tensor,
+    feeds: &[(usize, Vec<u32>)],
+    active: &mut [Active],
+) -> candle_core::Result<Vec<Option<u32>>> {
+    let greedy = feeds.iter().all(|(i, _)| active[*i].request.sampling.is_greedy());
+    let rows: Option<Vec<Vec<f32>>> = if greedy { None } else { Some(logits.to_vec2::<f32>()?) };
+    let argmax = if greedy { crate::transformer::qwen2::greedy(logits)? } else { Vec::new() };
+    let mut next = Vec::with_capacity(feeds.len());
+    for (row, (i, tokens)) in feeds.iter().enumerate() {
+        let a = &mut active[*i];
+        if a.fed < a.request.prompt.len() {
+            a.fed += tokens.len();
+            if a.fed < a.request.prompt.len() {
+                next.push(None);
+                continue;
+            }
+        }
+        let token = match &rows {
+            None => argmax[row],
+            Some(rows) => {
+                let generated = &a.seen[a.request.prompt.len()..];
+                a.sampler.sample(&rows[row], &a.seen, generated)
+            }
+        };
+        next.push(Some(token));
+    }
+    Ok(next)
 }

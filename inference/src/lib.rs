@@ -5,6 +5,7 @@
 //! - [`builtin`]: models that need no weights, such as `builtin:echo`, used to test and
 //!   benchmark the cluster machinery.
 //! - [`error`]: the crate's error type;
+//! - [`sampling`]: greedy, temperature, top-k/p, min-p, penalties, seeds;
 //! - [`engine`]: the continuous-batching engine thread over a batched model;
 //! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
 //!   sequences of different lengths (each with its own KV cache), and tiny random fixtures.
@@ -15,6 +16,7 @@ pub mod builtin;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod sampling;
 pub mod transformer;
 
 pub use error::{Error, Result};

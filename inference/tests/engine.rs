@@ -64,6 +64,7 @@ async fn staggered_requests_produce_their_solo_tokens() -> Result<()> {
             prompt: prompt.clone(),
             max_tokens: 16,
             stop_tokens: vec![],
+            sampling: Default::default(),
         });
         runs.push(tokio::spawn(collect(events)));
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -105,9 +106,13 @@ async fn stop_tokens_end_a_generation() -> Result<()> {
     let solo = alone(&m, &prompt, 8)?;
     let engine = Engine::start(m, EngineOptions::default())?;
     let stop = solo[3];
-    let (tokens, end) =
-        collect(engine.generate(TokenRequest { prompt, max_tokens: 8, stop_tokens: vec![stop] }))
-            .await;
+    let (tokens, end) = collect(engine.generate(TokenRequest {
+        prompt,
+        max_tokens: 8,
+        stop_tokens: vec![stop],
+        sampling: Default::default(),
+    }))
+    .await;
     let cut = solo.iter().position(|&t| t == stop).map_or(8, |p| p + 1);
     assert_eq!(tokens, solo[..cut]);
     assert!(matches!(end, Some(TokenEvent::Done { finish: Finish::Stop, .. })));
@@ -121,6 +126,7 @@ async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
         prompt: vec![1, 2, 3],
         max_tokens: 400,
         stop_tokens: vec![],
+        sampling: Default::default(),
     });
     assert!(matches!(events.recv().await, Some(TokenEvent::Token(_))));
     assert!(engine.stats().kv_bytes.load(Ordering::Relaxed) > 0);
@@ -144,17 +150,82 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         prompt: vec![1; 30],
         max_tokens: 20,
         stop_tokens: vec![],
+        sampling: Default::default(),
     }))
     .await;
     assert!(
         tokens.is_empty() && matches!(end, Some(TokenEvent::Error(e)) if e.contains("KV memory"))
     );
     // Two requests of 30 positions each cannot run together within 40: the second waits.
-    let a =
-        engine.generate(TokenRequest { prompt: vec![1; 10], max_tokens: 20, stop_tokens: vec![] });
-    let b =
-        engine.generate(TokenRequest { prompt: vec![2; 10], max_tokens: 20, stop_tokens: vec![] });
+    let a = engine.generate(TokenRequest {
+        prompt: vec![1; 10],
+        max_tokens: 20,
+        stop_tokens: vec![],
+        sampling: Default::default(),
+    });
+    let b = engine.generate(TokenRequest {
+        prompt: vec![2; 10],
+        max_tokens: 20,
+        stop_tokens: vec![],
+        sampling: Default::default(),
+    });
     let (ra, rb) = tokio::join!(collect(a), collect(b));
     assert_eq!((ra.0.len(), rb.0.len()), (20, 20));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
+    use fleet_inference::sampling::{Sampler, SamplingParams};
+    let reference = model("sampled")?;
+    let sampling = |seed| SamplingParams {
+        temperature: 1.0,
+        top_p: Some(0.9),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..4u32).map(|i| vec![i + 1, i + 2, i + 3, 9]).collect();
+    let mut expected = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let mut sampler = Sampler::new(sampling(i as u64));
+        let mut cache = reference.new_cache();
+        let mut seen = prompt.clone();
+        let mut feed = prompt.clone();
+        for _ in 0..10 {
+            let logits = reference
+                .step(&mut [StepInput { tokens: &feed, cache: &mut cache }])?
+                .to_vec2::<f32>()?;
+            let token = sampler.sample(&logits[0], &seen, &seen[prompt.len()..]);
+            seen.push(token);
+            feed = vec![token];
+        }
+        expected.push(seen[prompt.len()..].to_vec());
+    }
+    let engine = Engine::start(model_with_same_weights(&reference)?, EngineOptions::default())?;
+    let runs: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let request = TokenRequest {
+                prompt: p.clone(),
+                max_tokens: 10,
+                stop_tokens: vec![],
+                sampling: sampling(i as u64),
+            };
+            tokio::spawn(collect(engine.generate(request)))
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        assert_eq!(run.await?.0, expected[i], "request {i}");
+    }
+    let bad = TokenRequest {
+        prompt: vec![1],
+        max_tokens: 1,
+        stop_tokens: vec![],
+        sampling: SamplingParams { temperature: 9.0, ..Default::default() },
+    };
+    assert!(
+        matches!(collect(engine.generate(bad)).await.1, Some(TokenEvent::Error(e)) if e.contains("temperature"))
+    );
     Ok(())
 }
