@@ -43,13 +43,15 @@ fn random_model(cfg: &Qwen2Config) -> Result<Qwen2> {
         let p = format!("model.layers.{i}");
         t.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, DType::F32, d)?);
         t.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, DType::F32, d)?);
-        for (n, o, i_) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)] {
+        for (n, o, i_) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)]
+        {
             t.insert(format!("{p}.self_attn.{n}.weight"), r(&[o, i_])?);
             if n != "o_proj" {
                 t.insert(format!("{p}.self_attn.{n}.bias"), r(&[o])?);
             }
         }
-        for (n, o, i_) in [("gate_proj", inter, h), ("up_proj", inter, h), ("down_proj", h, inter)] {
+        for (n, o, i_) in [("gate_proj", inter, h), ("up_proj", inter, h), ("down_proj", h, inter)]
+        {
             t.insert(format!("{p}.mlp.{n}.weight"), r(&[o, i_])?);
         }
     }
@@ -72,8 +74,11 @@ fn decode(model: &Qwen2, batch: usize, steps: usize) -> Result<f64> {
     let started = Instant::now();
     for _ in 0..steps {
         let feeds: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
-        let mut inputs: Vec<StepInput<'_>> =
-            caches.iter_mut().zip(&feeds).map(|(cache, tokens)| StepInput { tokens, cache }).collect();
+        let mut inputs: Vec<StepInput<'_>> = caches
+            .iter_mut()
+            .zip(&feeds)
+            .map(|(cache, tokens)| StepInput { tokens, cache })
+            .collect();
         last = greedy(&model.step(&mut inputs)?)?;
     }
     Ok((batch * steps) as f64 / started.elapsed().as_secs_f64())
@@ -95,8 +100,12 @@ fn main() -> Result<()> {
     println!("| measurement (Qwen2.5-0.5B shapes, f32, 2 threads) | median tokens/s | runs |");
     println!("|---|---|---|");
     for (batch, steps) in [(1, 16), (8, 8), (32, 4)] {
-        let runs: Vec<f64> = (0..repeats).map(|_| decode(&model, batch, steps)).collect::<Result<_>>()?;
-        println!("| decode, {batch} sequences (aggregate) | {:.1} | {runs:.1?} |", median(runs.clone()));
+        let runs: Vec<f64> =
+            (0..repeats).map(|_| decode(&model, batch, steps)).collect::<Result<_>>()?;
+        println!(
+            "| decode, {batch} sequences (aggregate) | {:.1} | {runs:.1?} |",
+            median(runs.clone())
+        );
     }
     let runs: Vec<f64> = (0..repeats).map(|_| prefill(&model, 512)).collect::<Result<_>>()?;
     println!("| prefill, 512-token prompt | {:.1} | {runs:.1?} |", median(runs.clone()));
