@@ -398,7 +398,12 @@ impl Cluster {
         let size = filter.page_size.clamp(1, 1000);
         let mut page =
             TaskPage { tasks: Vec::with_capacity(size.min(64)), next_after: None, total: 0 };
-        for t in state.tasks.iter_from(0) {
+        // A context's tasks come from its index: conversations stay cheap with many tasks.
+        let tasks: Box<dyn Iterator<Item = &TaskEntry>> = match &filter.context_id {
+            Some(context) => Box::new(state.tasks.iter_context(context)),
+            None => Box::new(state.tasks.iter_from(0)),
+        };
+        for t in tasks {
             let matches = filter.agent.as_ref().is_none_or(|a| *a == t.agent)
                 && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
                 && filter.state.is_none_or(|s| s == t.state);

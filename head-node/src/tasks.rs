@@ -159,6 +159,8 @@ pub struct TaskCounters {
 pub struct TaskTable {
     tasks: HashMap<TaskId, TaskEntry>,
     by_number: BTreeMap<u64, TaskId>,
+    /// Task numbers per context id, oldest first (for conversations and their listing).
+    by_context: HashMap<String, Vec<u64>>,
     finished: VecDeque<TaskId>,
     next_number: u64,
     max_retained: usize,
@@ -170,6 +172,7 @@ impl TaskTable {
         Self {
             tasks: HashMap::new(),
             by_number: BTreeMap::new(),
+            by_context: HashMap::new(),
             finished: VecDeque::new(),
             next_number: 0,
             max_retained,
@@ -188,6 +191,9 @@ impl TaskTable {
         self.next_number += 1;
         let number = self.next_number;
         self.by_number.insert(number, id.clone());
+        if !context_id.is_empty() {
+            self.by_context.entry(context_id.clone()).or_default().push(number);
+        }
         let entry = TaskEntry {
             id: id.clone(),
             number,
@@ -233,6 +239,12 @@ impl TaskTable {
                 && let Some(entry) = self.tasks.remove(&old)
             {
                 self.by_number.remove(&entry.number);
+                if let Some(numbers) = self.by_context.get_mut(&entry.context_id) {
+                    numbers.retain(|&n| n != entry.number);
+                    if numbers.is_empty() {
+                        self.by_context.remove(&entry.context_id);
+                    }
+                }
             }
         }
     }
@@ -240,6 +252,15 @@ impl TaskTable {
     /// Tasks in submission order, starting after `after` (a task number).
     pub fn iter_from(&self, after: u64) -> impl Iterator<Item = &TaskEntry> {
         self.by_number.range(after + 1..).filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    /// The tasks of one context in submission order.
+    pub fn iter_context<'a>(
+        &'a self,
+        context_id: &str,
+    ) -> impl Iterator<Item = &'a TaskEntry> + 'a {
+        let numbers = self.by_context.get(context_id).map(Vec::as_slice).unwrap_or_default();
+        numbers.iter().filter_map(|n| self.by_number.get(n)).filter_map(|id| self.tasks.get(id))
     }
 
     pub fn len(&self) -> usize {
@@ -305,12 +326,19 @@ mod tests {
         let mut table = TaskTable::new(2);
         for i in 0..5 {
             let id = TaskId::new(format!("t{i}"));
-            table.insert(id.clone(), "a".into(), "x".into(), String::new());
+            table.insert(
+                id.clone(),
+                "a".into(),
+                "x".into(),
+                if i < 3 { "c".into() } else { String::new() },
+            );
             table.finished(&id, TaskState::Completed);
         }
         assert_eq!(table.len(), 2);
         assert!(table.get("t0").is_none() && table.get("t4").is_some());
         assert_eq!(table.iter_from(0).count(), 2);
+        assert!(table.by_context.is_empty(), "evicted tasks left the context index");
+        assert_eq!(table.iter_context("c").count(), 0);
         assert_eq!(table.counters.completed, 5);
     }
 }
