@@ -79,6 +79,12 @@ impl From<&TaskEntry> for TaskInfo {
     }
 }
 
+impl From<&crate::agents::AgentEntry> for AgentInfo {
+    fn from(e: &crate::agents::AgentEntry) -> Self {
+        Self { spec: e.spec.clone(), version: e.version, tasks_submitted: e.tasks_submitted }
+    }
+}
+
 /// One page of ListTasks.
 #[derive(Debug, Clone, Default)]
 pub struct TaskPage {
@@ -196,11 +202,7 @@ impl Cluster {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let (outcome, entry) = state.agents.register(spec)?;
-        let info = AgentInfo {
-            spec: entry.spec.clone(),
-            version: entry.version,
-            tasks_submitted: entry.tasks_submitted,
-        };
+        let info = AgentInfo::from(entry);
         if outcome == Registered::Replaced {
             // Actors of the old spec hold state built for it (conversations, model).
             for w in state.workers.iter_mut() {
@@ -215,17 +217,14 @@ impl Cluster {
 
     pub fn agents(&self) -> Vec<AgentInfo> {
         let state = self.state.lock();
-        let mut agents: Vec<_> = state
-            .agents
-            .iter()
-            .map(|e| AgentInfo {
-                spec: e.spec.clone(),
-                version: e.version,
-                tasks_submitted: e.tasks_submitted,
-            })
-            .collect();
+        let mut agents: Vec<_> = state.agents.iter().map(AgentInfo::from).collect();
         agents.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         agents
+    }
+
+    /// One agent, if it is registered.
+    pub fn agent(&self, name: &str) -> Option<AgentInfo> {
+        self.state.lock().agents.get(name).ok().map(AgentInfo::from)
     }
 
     // ---- tasks ----

@@ -270,10 +270,6 @@ impl TaskTable {
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
-
-    pub fn unfinished(&self) -> usize {
-        self.tasks.len() - self.finished.len()
-    }
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ impl Backend {
                 .await?
                 .iter()
                 .any(|a| a.spec.as_ref().is_some_and(|s| s.name == name)),
-            Self::Local(cluster) => cluster.agents().iter().any(|a| a.spec.name == name),
+            Self::Local(cluster) => cluster.agent(name).is_some(),
         })
     }
 }

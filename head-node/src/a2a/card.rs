@@ -74,7 +74,7 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
 }
 
 fn find(a2a: &A2a, agent: &str) -> Result<AgentInfo, Box<Response>> {
-    a2a.cluster.agents().into_iter().find(|a| a.spec.name == agent).ok_or_else(|| {
+    a2a.cluster.agent(agent).ok_or_else(|| {
         let message = format!("no agent named {agent:?} on this cluster");
         let body = json!({"error": {"code": 404, "status": "NOT_FOUND", "message": message}});
         Box::new((StatusCode::NOT_FOUND, Json(body)).into_response())

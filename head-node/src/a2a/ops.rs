@@ -27,7 +27,7 @@ fn task_of(a2a: &A2a, agent: &str, id: &str) -> Result<TaskInfo, A2aError> {
 
 /// Fails unless `agent` is registered.
 pub fn check_agent(a2a: &A2a, agent: &str) -> Result<(), A2aError> {
-    if a2a.cluster.agents().iter().any(|a| a.spec.name == agent) {
+    if a2a.cluster.agent(agent).is_some() {
         Ok(())
     } else {
         Err(A2aError::invalid_request(format!(
@@ -74,13 +74,11 @@ fn submit(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
             c.get("taskPushNotificationConfig").or_else(|| c.get("pushNotificationConfig"))
         })
         .filter(|p| p.is_object());
-    // Validate before submitting, so that a bad config does not leave a task behind.
-    if let Some(raw) = push {
-        PushConfig::from_json("", raw)?;
-    }
+    // Read before submitting, so that a bad config does not leave a task behind.
+    let push = push.map(|raw| PushConfig::from_json("", raw)).transpose()?;
     let id = submit_message(a2a, agent, params)?;
-    if let Some(raw) = push {
-        a2a.webhooks.set(a2a, PushConfig::from_json(&id, raw)?)?;
+    if let Some(config) = push {
+        a2a.webhooks.set(a2a, PushConfig { task_id: id.clone(), ..config })?;
     }
     Ok(id)
 }

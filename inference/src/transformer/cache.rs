@@ -42,13 +42,4 @@ impl SequenceCache {
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
-
-    /// Bytes held by the cache.
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
-    }
 }
