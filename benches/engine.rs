@@ -1,61 +1,26 @@
-//! The inference engine on a Qwen2.5-0.5B-shaped model with random f32 weights (built in
-//! memory; same shapes as ../shared/tools/llm-anchor's model): single-stream decode,
-//! aggregate decode with 8 and 32 sequences batched, and prefill of a 512-token prompt.
+//! The inference engine on the Qwen2.5-0.5B-shaped random-weight files that
+//! ../shared/tools/llm-anchor writes (the same files llama.cpp is measured on):
+//! single-stream decode, aggregate decode with 8 and 32 sequences batched, and prefill of a
+//! 512-token prompt, per model file.
 //!
-//! `cargo bench -p fleet-benches --bench engine [-- --quick]`
-//!
-//! F32 only for now: the quantized (Q8_0, Q4_K_M) weights the targets name come with
-//! the GGUF loader, so these figures are a baseline of the batching, not the peer comparison.
+//! `cargo bench -p fleet-benches --bench engine -- [--quick] MODEL...` where each MODEL is a
+//! GGUF file or a Hugging Face folder; `scripts/bench-engine.sh` makes the files and runs
+//! this side by side with llama.cpp.
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use fleet_inference::transformer::qwen2::{Qwen2, Qwen2Config, greedy};
-use fleet_inference::transformer::{SequenceCache, StepInput};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use fleet_inference::transformer::load::{load_gguf, load_hf_dir};
+use fleet_inference::transformer::{Decoder, SequenceCache, StepInput, greedy};
 
-fn qwen25_05b() -> Qwen2Config {
-    Qwen2Config {
-        vocab_size: 151_936,
-        hidden_size: 896,
-        intermediate_size: 4864,
-        num_hidden_layers: 24,
-        num_attention_heads: 14,
-        num_key_value_heads: 2,
-        max_position_embeddings: 4096,
-        rope_theta: 1_000_000.0,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: true,
+fn load(path: &Path) -> Result<Decoder> {
+    if path.is_dir() {
+        Ok(load_hf_dir(path, &Device::Cpu, None)?)
+    } else {
+        Ok(load_gguf(path, &Device::Cpu)?.0)
     }
-}
-
-fn random_model(cfg: &Qwen2Config) -> Result<Qwen2> {
-    let d = &Device::Cpu;
-    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim(), cfg.intermediate_size);
-    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-    let r = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, d);
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    t.insert("model.embed_tokens.weight".into(), r(&[cfg.vocab_size, h])?);
-    t.insert("model.norm.weight".into(), Tensor::ones(h, DType::F32, d)?);
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        t.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, DType::F32, d)?);
-        t.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, DType::F32, d)?);
-        for (n, o, i_) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)]
-        {
-            t.insert(format!("{p}.self_attn.{n}.weight"), r(&[o, i_])?);
-            if n != "o_proj" {
-                t.insert(format!("{p}.self_attn.{n}.bias"), r(&[o])?);
-            }
-        }
-        for (n, o, i_) in [("gate_proj", inter, h), ("up_proj", inter, h), ("down_proj", h, inter)]
-        {
-            t.insert(format!("{p}.mlp.{n}.weight"), r(&[o, i_])?);
-        }
-    }
-    Ok(Qwen2::new(cfg, VarBuilder::from_tensors(t, DType::F32, d))?)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -64,8 +29,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Aggregate decode tokens/s of `batch` sequences (each after a 16-token prompt).
-fn decode(model: &Qwen2, batch: usize, steps: usize) -> Result<f64> {
-    let mut caches: Vec<SequenceCache> = (0..batch).map(|_| model.new_cache()).collect();
+fn decode(model: &Decoder, batch: usize, steps: usize) -> Result<f64> {
+    let mut caches: Vec<SequenceCache> = (0..batch).map(|_| model.new_cache(16 + steps)).collect();
     let prompt: Vec<u32> = (0..16).collect();
     let mut last = Vec::with_capacity(batch);
     for cache in &mut caches {
@@ -84,30 +49,43 @@ fn decode(model: &Qwen2, batch: usize, steps: usize) -> Result<f64> {
     Ok((batch * steps) as f64 / started.elapsed().as_secs_f64())
 }
 
-fn prefill(model: &Qwen2, tokens: usize) -> Result<f64> {
+fn prefill(model: &Decoder, tokens: usize) -> Result<f64> {
     let prompt: Vec<u32> = (0..tokens as u32).map(|t| t % 1000).collect();
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache(tokens);
     let started = Instant::now();
     model.step(&mut [StepInput { tokens: &prompt, cache: &mut cache }])?;
     Ok(tokens as f64 / started.elapsed().as_secs_f64())
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let models: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    anyhow::ensure!(
+        !models.is_empty(),
+        "name model files: cargo bench --bench engine -- MODEL... (scripts/bench-engine.sh makes them)"
+    );
     let repeats = if quick { 1 } else { 3 };
-    let model = random_model(&qwen25_05b())?;
-    decode(&model, 1, 2)?; // warm-up
-    println!("| measurement (Qwen2.5-0.5B shapes, f32, 2 threads) | median tokens/s | runs |");
-    println!("|---|---|---|");
-    for (batch, steps) in [(1, 16), (8, 8), (32, 4)] {
-        let runs: Vec<f64> =
-            (0..repeats).map(|_| decode(&model, batch, steps)).collect::<Result<_>>()?;
+    println!("| model | measurement (2 threads) | median tokens/s | runs |");
+    println!("|---|---|---|---|");
+    for path in models {
+        let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_else(|| path.clone());
+        let model = load(Path::new(path)).with_context(|| format!("loading {path}"))?;
+        decode(&model, 1, 2)?; // warm-up
+        for (batch, steps) in [(1, 64), (8, 16), (32, 8)] {
+            let runs: Vec<f64> =
+                (0..repeats).map(|_| decode(&model, batch, steps)).collect::<Result<_>>()?;
+            println!(
+                "| {name} | decode, {batch} sequences (aggregate) | {:.1} | {runs:.1?} |",
+                median(runs.clone())
+            );
+        }
+        let runs: Vec<f64> = (0..repeats).map(|_| prefill(&model, 512)).collect::<Result<_>>()?;
         println!(
-            "| decode, {batch} sequences (aggregate) | {:.1} | {runs:.1?} |",
+            "| {name} | prefill, 512-token prompt | {:.1} | {runs:.1?} |",
             median(runs.clone())
         );
     }
-    let runs: Vec<f64> = (0..repeats).map(|_| prefill(&model, 512)).collect::<Result<_>>()?;
-    println!("| prefill, 512-token prompt | {:.1} | {runs:.1?} |", median(runs.clone()));
     Ok(())
 }

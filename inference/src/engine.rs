@@ -16,25 +16,25 @@ use crate::transformer::{SequenceCache, StepInput};
 
 /// A model the engine can batch: one forward step over many sequences.
 pub trait BatchedModel: Send + 'static {
-    fn new_cache(&self) -> SequenceCache;
+    /// An empty cache with room for `capacity` positions.
+    fn new_cache(&self, capacity: usize) -> SequenceCache;
     /// Logits `[B, vocab]` of each input's last token; extends every cache.
     fn step(&self, inputs: &mut [StepInput<'_>]) -> candle_core::Result<Tensor>;
     /// KV bytes one position of one sequence takes.
     fn kv_bytes_per_token(&self) -> usize;
 }
 
-impl BatchedModel for crate::transformer::qwen2::Qwen2 {
-    fn new_cache(&self) -> SequenceCache {
-        crate::transformer::qwen2::Qwen2::new_cache(self)
+impl BatchedModel for crate::transformer::Decoder {
+    fn new_cache(&self, capacity: usize) -> SequenceCache {
+        crate::transformer::Decoder::new_cache(self, capacity)
     }
 
     fn step(&self, inputs: &mut [StepInput<'_>]) -> candle_core::Result<Tensor> {
-        crate::transformer::qwen2::Qwen2::step(self, inputs)
+        crate::transformer::Decoder::step(self, inputs)
     }
 
     fn kv_bytes_per_token(&self) -> usize {
-        let c = self.config();
-        c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim() * std::mem::size_of::<f32>()
+        crate::transformer::Decoder::kv_bytes_per_token(self)
     }
 }
 
@@ -195,7 +195,7 @@ fn run(
             }
             reserved += need;
             active.push(Active {
-                cache: model.new_cache(),
+                cache: model.new_cache(s.request.prompt.len() + s.request.max_tokens),
                 sampler: Sampler::new(s.request.sampling.clone()),
                 seen: s.request.prompt.clone(),
                 request: s.request,
@@ -298,7 +298,7 @@ fn choose(
 ) -> candle_core::Result<Vec<Option<u32>>> {
     let greedy = feeds.iter().all(|(i, _)| active[*i].request.sampling.is_greedy());
     let rows: Option<Vec<Vec<f32>>> = if greedy { None } else { Some(logits.to_vec2::<f32>()?) };
-    let argmax = if greedy { crate::transformer::qwen2::greedy(logits)? } else { Vec::new() };
+    let argmax = if greedy { crate::transformer::greedy(logits)? } else { Vec::new() };
     let mut next = Vec::with_capacity(feeds.len());
     for (row, (i, tokens)) in feeds.iter().enumerate() {
         let a = &mut active[*i];

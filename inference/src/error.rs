@@ -9,6 +9,11 @@ pub enum Error {
     InvalidOption { key: String, value: String, expected: &'static str },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    // models
+    #[error("cannot load the model at {path}: {reason}")]
+    Model { path: std::path::PathBuf, reason: String },
+    #[error("the engine failed: {0}")]
+    Engine(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

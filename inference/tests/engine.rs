@@ -4,26 +4,30 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use fleet_inference::engine::{Engine, EngineOptions, Finish, TokenEvent, TokenRequest};
-use fleet_inference::transformer::qwen2::{Qwen2, Qwen2Config, greedy};
-use fleet_inference::transformer::{StepInput, fixture};
+use fleet_inference::transformer::load::load_hf_dir;
+use fleet_inference::transformer::{Decoder, Family, StepInput, fixture, greedy};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn model(name: &str) -> Result<Qwen2> {
+/// Two copies of one random model (the engine takes ownership of its model; the other
+/// copy computes what each sequence produces alone).
+fn models(name: &str) -> Result<(Decoder, Decoder)> {
     let dir = std::env::temp_dir().join(format!("fleet-engine-{name}-{}", std::process::id()));
-    let cfg: Qwen2Config = fixture::tiny_qwen2_config(true);
-    fixture::write_qwen2(&dir, &cfg)?;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
-    let model = Qwen2::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))?;
+    let cfg = fixture::tiny_config(Family::Qwen2, true);
+    fixture::write_hf(&dir, &cfg, &fixture::random_weights(&cfg)?)?;
+    let pair = (load_hf_dir(&dir, &Device::Cpu, None)?, load_hf_dir(&dir, &Device::Cpu, None)?);
     std::fs::remove_dir_all(&dir)?;
-    Ok(model)
+    Ok(pair)
 }
 
-fn alone(model: &Qwen2, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-    let mut cache = model.new_cache();
+fn model(name: &str) -> Result<Decoder> {
+    Ok(models(name)?.0)
+}
+
+fn alone(model: &Decoder, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let mut cache = model.new_cache(prompt.len() + n);
     let mut out = Vec::new();
     let mut next = greedy(&model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?)?[0];
     while out.len() < n {
@@ -48,16 +52,14 @@ async fn collect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staggered_requests_produce_their_solo_tokens() -> Result<()> {
-    let reference = model("solo")?;
+    let (reference, engine_model) = models("solo")?;
     let prompts: Vec<Vec<u32>> =
         (0..8u32).map(|i| (0..3 + 5 * i).map(|j| (i * 13 + j * 11 + 1) % 256).collect()).collect();
     let expected: Vec<Vec<u32>> =
         prompts.iter().map(|p| alone(&reference, p, 16)).collect::<Result<_>>()?;
     // The same weights again, now inside an engine with a small prefill chunk.
-    let engine = Engine::start(
-        model_with_same_weights(&reference)?,
-        EngineOptions { prefill_chunk: 8, ..Default::default() },
-    )?;
+    let engine =
+        Engine::start(engine_model, EngineOptions { prefill_chunk: 8, ..Default::default() })?;
     let mut runs = Vec::new();
     for prompt in &prompts {
         let events = engine.generate(TokenRequest {
@@ -83,20 +85,6 @@ async fn staggered_requests_produce_their_solo_tokens() -> Result<()> {
     }
     assert!(engine.stats().steps.load(Ordering::Relaxed) < 8 * 16, "requests were not batched");
     Ok(())
-}
-
-/// The reference model's weights, re-loaded: the engine takes ownership of its model.
-fn model_with_same_weights(reference: &Qwen2) -> Result<Qwen2> {
-    let dir = std::env::temp_dir().join(format!("fleet-engine-copy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    reference.save(&dir.join("model.safetensors"))?;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
-    let copy = Qwen2::new(
-        reference.config(),
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-    )?;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(copy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +165,7 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
     use fleet_inference::sampling::{Sampler, SamplingParams};
-    let reference = model("sampled")?;
+    let (reference, engine_model) = models("sampled")?;
     let sampling = |seed| SamplingParams {
         temperature: 1.0,
         top_p: Some(0.9),
@@ -188,7 +176,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
     let mut expected = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let mut sampler = Sampler::new(sampling(i as u64));
-        let mut cache = reference.new_cache();
+        let mut cache = reference.new_cache(prompt.len() + 10);
         let mut seen = prompt.clone();
         let mut feed = prompt.clone();
         for _ in 0..10 {
@@ -201,7 +189,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
         }
         expected.push(seen[prompt.len()..].to_vec());
     }
-    let engine = Engine::start(model_with_same_weights(&reference)?, EngineOptions::default())?;
+    let engine = Engine::start(engine_model, EngineOptions::default())?;
     let runs: Vec<_> = prompts
         .iter()
         .enumerate()

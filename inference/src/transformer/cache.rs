@@ -1,17 +1,20 @@
-//! The KV cache of one sequence: per layer, its keys and values so far.
+//! The KV cache of one sequence: per layer, its keys and values so far, in buffers sized for
+//! the whole sequence up front so a decode step appends in place instead of copying.
 
 use candle_core::{Result, Tensor};
 
-/// Keys and values `[kv_heads, len, head_dim]` per layer, and the number of positions held.
+/// Keys and values `[kv_heads, capacity, head_dim]` per layer, and the positions held.
 #[derive(Debug, Clone)]
 pub struct SequenceCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    capacity: usize,
 }
 
 impl SequenceCache {
-    pub fn new(layers: usize) -> Self {
-        Self { layers: vec![None; layers], len: 0 }
+    /// An empty cache with room for `capacity` positions (it grows if that is exceeded).
+    pub fn new(layers: usize, capacity: usize) -> Self {
+        Self { layers: vec![None; layers], len: 0, capacity: capacity.max(1) }
     }
 
     /// Positions cached (the next token's position).
@@ -23,19 +26,38 @@ impl SequenceCache {
         self.len == 0
     }
 
-    /// Appends this step's keys and values of `layer`; returns all of them.
+    /// Writes this step's keys and values `[kv_heads, n, head_dim]` of `layer` after the
+    /// cached positions; returns views of all of them.
     pub(crate) fn append(
         &mut self,
         layer: usize,
-        k: Tensor,
-        v: Tensor,
+        k: &Tensor,
+        v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+        let (heads, n, hd) = k.dims3()?;
+        let needed = self.len + n;
+        let slot = &mut self.layers[layer];
+        let grow = match slot {
+            None => true,
+            Some((keys, _)) => keys.dim(1)? < needed,
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        if grow {
+            let capacity = needed.max(self.capacity).max(2 * self.len);
+            self.capacity = capacity;
+            let keys = Tensor::zeros((heads, capacity, hd), k.dtype(), k.device())?;
+            let values = Tensor::zeros((heads, capacity, hd), v.dtype(), v.device())?;
+            if let Some((old_k, old_v)) = slot.take() {
+                keys.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                values.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+            }
+            *slot = Some((keys, values));
+        }
+        let Some((keys, values)) = slot.as_ref() else {
+            candle_core::bail!("kv cache layer {layer} missing")
+        };
+        keys.slice_set(k, 1, self.len)?;
+        values.slice_set(v, 1, self.len)?;
+        Ok((keys.narrow(1, 0, needed)?, values.narrow(1, 0, needed)?))
     }
 
     /// Records that a step added `n` positions (after every layer appended).

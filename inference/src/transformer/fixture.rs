@@ -1,96 +1,276 @@
-//! Tiny random-weight models written to disk in the Hugging Face layout, so that tests and
-//! benchmarks run real model code without downloading anything.
+//! Tiny random-weight models of every family, written to disk as a Hugging Face folder and as
+//! GGUF files (F32, Q8_0, Q4_K) holding the same weights, so tests and benchmarks run real
+//! model code without downloading anything.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::qwen2::Qwen2Config;
+use super::config::{DecoderConfig, Family, RopeConfig, RopeScaling};
+use super::weights::Part;
 
-/// A small Qwen2 shape: 2 layers, 4 heads over 2 KV heads, hidden 64, vocab 256.
-pub fn tiny_qwen2_config(tie_word_embeddings: bool) -> Qwen2Config {
-    Qwen2Config {
-        vocab_size: 256,
+/// A small model: 2 layers, 4 heads over 2 KV heads, hidden 64, vocab 384. Qwen3 gets an
+/// explicit head_dim that is not hidden / heads, as real Qwen3 models do.
+pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
+    let head_dim = if family == Family::Qwen3 { 32 } else { 16 };
+    DecoderConfig {
+        family,
+        vocab_size: 384,
         hidden_size: 64,
         intermediate_size: 160,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        max_position_embeddings: 512,
-        rope_theta: 10_000.0,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim,
+        max_positions: 512,
         rms_norm_eps: 1e-6,
+        rope: RopeConfig {
+            theta: 10_000.0,
+            dims: head_dim,
+            interleaved: false,
+            scaling: RopeScaling::None,
+        },
         tie_word_embeddings,
+        qkv_bias: family == Family::Qwen2,
     }
 }
 
-fn random(shape: &[usize], scale: f32, device: &Device) -> Result<Tensor> {
-    Tensor::randn(0f32, scale, shape, device)
+/// A small model whose every matrix can be stored in K-quants (inputs a multiple of 256).
+pub fn quantizable_config(family: Family) -> DecoderConfig {
+    DecoderConfig {
+        hidden_size: 256,
+        intermediate_size: 512,
+        head_dim: 64,
+        rope: RopeConfig { dims: 64, ..tiny_config(family, false).rope },
+        ..tiny_config(family, false)
+    }
 }
 
-/// Writes `config.json` and `model.safetensors` with random weights for `cfg` into `dir`.
-pub fn write_qwen2(dir: &Path, cfg: &Qwen2Config) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let config = serde_json::json!({
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+/// Every weight of `cfg` with its shape: (part, is a bias, shape).
+fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
+    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let mut s = vec![(Part::Embed, false, vec![cfg.vocab_size, h])];
+    for i in 0..cfg.num_layers {
+        s.push((Part::AttnNorm(i), false, vec![h]));
+        if cfg.family == Family::Phi3 {
+            s.push((Part::Qkv(i), false, vec![q + 2 * kv, h]));
+        } else {
+            for (part, out) in [(Part::Q(i), q), (Part::K(i), kv), (Part::V(i), kv)] {
+                s.push((part, false, vec![out, h]));
+                if cfg.qkv_bias {
+                    s.push((part, true, vec![out]));
+                }
+            }
+        }
+        if cfg.qk_norm() {
+            s.push((Part::QNorm(i), false, vec![hd]));
+            s.push((Part::KNorm(i), false, vec![hd]));
+        }
+        s.push((Part::O(i), false, vec![h, q]));
+        s.push((Part::MlpNorm(i), false, vec![h]));
+        if cfg.family == Family::Phi3 {
+            s.push((Part::GateUp(i), false, vec![2 * inter, h]));
+        } else {
+            s.push((Part::Gate(i), false, vec![inter, h]));
+            s.push((Part::Up(i), false, vec![inter, h]));
+        }
+        s.push((Part::Down(i), false, vec![h, inter]));
+    }
+    s.push((Part::Norm, false, vec![h]));
+    if !cfg.tie_word_embeddings {
+        s.push((Part::LmHead, false, vec![cfg.vocab_size, h]));
+    }
+    s
+}
+
+fn is_norm(part: Part) -> bool {
+    matches!(
+        part,
+        Part::AttnNorm(_) | Part::MlpNorm(_) | Part::Norm | Part::QNorm(_) | Part::KNorm(_)
+    )
+}
+
+/// Weights by part: (part, is a bias, tensor).
+pub type Weights = Vec<(Part, bool, Tensor)>;
+
+/// Random weights for `cfg`, by part (scaled so activations stay in a sane range).
+pub fn random_weights(cfg: &DecoderConfig) -> Result<Weights> {
+    let d = &Device::Cpu;
+    shapes(cfg)
+        .into_iter()
+        .map(|(part, bias, shape)| {
+            let t = if is_norm(part) {
+                (Tensor::ones(shape.as_slice(), DType::F32, d)?
+                    + Tensor::randn(0f32, 0.1, shape.as_slice(), d)?)?
+            } else if bias {
+                Tensor::randn(0f32, 0.1, shape.as_slice(), d)?
+            } else if part == Part::Embed {
+                Tensor::randn(0f32, 1.0, shape.as_slice(), d)?
+            } else {
+                let fan_in = shape[1] as f32;
+                Tensor::randn(0f32, 1.0 / fan_in.sqrt(), shape.as_slice(), d)?
+            };
+            Ok((part, bias, t))
+        })
+        .collect()
+}
+
+fn name(part: Part, bias: bool, gguf: bool) -> String {
+    let base = if gguf { part.gguf_name() } else { part.hf_name() };
+    format!("{base}.{}", if bias { "bias" } else { "weight" })
+}
+
+/// The `config.json` Hugging Face (and candle-transformers) read for `cfg`.
+pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
+    let (model_type, architecture) = match cfg.family {
+        Family::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+        Family::Llama => ("llama", "LlamaForCausalLM"),
+        Family::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+        Family::Phi3 => ("phi3", "Phi3ForCausalLM"),
+    };
+    let rope_scaling = match &cfg.rope.scaling {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_positions,
+        } => {
+            serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_positions,
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
+    serde_json::json!({
+        "architectures": [architecture],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "max_window_layers": cfg.num_hidden_layers,
-        "sliding_window": cfg.max_position_embeddings,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_positions,
+        "max_window_layers": cfg.num_layers,
+        "sliding_window": cfg.max_positions,
         "use_sliding_window": false,
-        "rope_theta": cfg.rope_theta,
+        "attention_bias": cfg.qkv_bias,
+        "rope_theta": cfg.rope.theta,
+        "rope_scaling": rope_scaling,
         "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "hidden_act": "silu",
         "torch_dtype": "float32",
-    });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    let tensors = qwen2_weights(cfg).map_err(std::io::Error::other)?;
+    })
+}
+
+/// Writes `config.json` and `model.safetensors` for `cfg` and `weights` into `dir`.
+pub fn write_hf(
+    dir: &Path,
+    cfg: &DecoderConfig,
+    weights: &[(Part, bool, Tensor)],
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let config = serde_json::to_string_pretty(&hf_config_json(cfg))?;
+    std::fs::write(dir.join("config.json"), config)?;
+    let tensors: HashMap<String, Tensor> =
+        weights.iter().map(|(p, b, t)| (name(*p, *b, false), t.clone())).collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))
         .map_err(std::io::Error::other)
 }
 
-fn qwen2_weights(cfg: &Qwen2Config) -> Result<HashMap<String, Tensor>> {
-    let d = &Device::Cpu;
-    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim(), cfg.intermediate_size);
-    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-    let mut t = HashMap::new();
-    let scale = 1.0 / (h as f32).sqrt();
-    t.insert("model.embed_tokens.weight".to_owned(), random(&[cfg.vocab_size, h], 1.0, d)?);
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let norm = || Tensor::ones(h, DType::F32, d)? + random(&[h], 0.1, d)?;
-        t.insert(format!("{p}.input_layernorm.weight"), norm()?);
-        t.insert(format!("{p}.post_attention_layernorm.weight"), norm()?);
-        for (name, out, inp) in
-            [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)]
-        {
-            t.insert(format!("{p}.self_attn.{name}.weight"), random(&[out, inp], scale, d)?);
-            if name != "o_proj" {
-                t.insert(format!("{p}.self_attn.{name}.bias"), random(&[out], 0.1, d)?);
+/// llama.cpp's converter reorders Llama's Q and K rows so that rotating interleaved pairs
+/// equals Hugging Face's rotate-half; GGUF fixtures must do the same.
+fn permute_for_interleaved_rope(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let out = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    t.reshape((heads, 2, out / heads / 2, rest))?.transpose(1, 2)?.reshape(dims)
+}
+
+/// Writes `cfg` and `weights` as a GGUF file: matrices in `dtype` (norms and biases stay F32),
+/// llama.cpp's names and metadata keys, plus `extra` metadata (e.g. a tokenizer).
+pub fn write_gguf(
+    path: &Path,
+    cfg: &DecoderConfig,
+    weights: &[(Part, bool, Tensor)],
+    dtype: GgmlDType,
+    extra: &[(String, Value)],
+) -> std::io::Result<()> {
+    write_gguf_tensors(path, cfg, weights, dtype, extra).map_err(std::io::Error::other)
+}
+
+fn write_gguf_tensors(
+    path: &Path,
+    cfg: &DecoderConfig,
+    weights: &[(Part, bool, Tensor)],
+    dtype: GgmlDType,
+    extra: &[(String, Value)],
+) -> Result<()> {
+    let arch = match cfg.family {
+        Family::Qwen2 => "qwen2",
+        Family::Llama => "llama",
+        Family::Qwen3 => "qwen3",
+        Family::Phi3 => "phi3",
+    };
+    let u = |v: usize| Value::U32(v as u32);
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(format!("tiny random {arch}"))),
+        (format!("{arch}.context_length"), u(cfg.max_positions)),
+        (format!("{arch}.embedding_length"), u(cfg.hidden_size)),
+        (format!("{arch}.block_count"), u(cfg.num_layers)),
+        (format!("{arch}.feed_forward_length"), u(cfg.intermediate_size)),
+        (format!("{arch}.attention.head_count"), u(cfg.num_heads)),
+        (format!("{arch}.attention.head_count_kv"), u(cfg.num_kv_heads)),
+        (format!("{arch}.attention.key_length"), u(cfg.head_dim)),
+        (format!("{arch}.attention.value_length"), u(cfg.head_dim)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
+        (format!("{arch}.rope.freq_base"), Value::F32(cfg.rope.theta as f32)),
+        (format!("{arch}.rope.dimension_count"), u(cfg.rope.dims)),
+    ];
+    metadata.extend(extra.iter().cloned());
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(weights.len());
+    for (part, bias, t) in weights {
+        let mut t = t.clone();
+        if cfg.family == Family::Llama {
+            match part {
+                Part::Q(_) => t = permute_for_interleaved_rope(&t, cfg.num_heads)?,
+                Part::K(_) => t = permute_for_interleaved_rope(&t, cfg.num_kv_heads)?,
+                _ => {}
             }
         }
-        for (name, out, inp) in
-            [("gate_proj", inter, h), ("up_proj", inter, h), ("down_proj", h, inter)]
-        {
-            t.insert(
-                format!("{p}.mlp.{name}.weight"),
-                random(&[out, inp], 1.0 / (inp as f32).sqrt(), d)?,
-            );
-        }
+        let q = if t.rank() == 2 && t.dim(1)?.is_multiple_of(dtype.block_size()) {
+            QTensor::quantize(&t, dtype)?
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32)?
+        };
+        tensors.push((name(*part, *bias, true), q));
     }
-    t.insert(
-        "model.norm.weight".to_owned(),
-        (Tensor::ones(h, DType::F32, d)? + random(&[h], 0.1, d)?)?,
-    );
-    if !cfg.tie_word_embeddings {
-        t.insert("lm_head.weight".to_owned(), random(&[cfg.vocab_size, h], scale, d)?);
+    if let RopeScaling::Llama3 { .. } = cfg.rope.scaling {
+        tensors.push(("rope_freqs.weight".into(), llama3_factors(cfg)?));
     }
-    Ok(t)
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path)?;
+    gguf_file::write(&mut file, &md, &ts)
+}
+
+/// llama.cpp's form of Llama 3 rope scaling: per-frequency divisors.
+fn llama3_factors(cfg: &DecoderConfig) -> Result<QTensor> {
+    let plain = RopeConfig { scaling: RopeScaling::None, ..cfg.rope.clone() };
+    let base = super::rope::frequencies(&plain)?;
+    let scaled = super::rope::frequencies(&cfg.rope)?;
+    let factors: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| (b / s) as f32).collect();
+    let n = factors.len();
+    QTensor::quantize(&Tensor::from_vec(factors, n, &Device::Cpu)?, GgmlDType::F32)
 }

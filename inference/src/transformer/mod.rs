@@ -2,15 +2,28 @@
 //! lengths: each sequence keeps its own KV cache and position, while the weight-heavy
 //! matmuls (QKV, output, MLP, lm head) run once for all of them as `[tokens, hidden] x W`.
 //!
+//! - [`config`]: families (Qwen2, Llama/Mistral, Qwen3, Phi-3) and shapes, from
+//!   `config.json` or GGUF metadata;
+//! - [`weights`]: safetensors and GGUF weight sources behind one naming of parts;
+//! - [`linear`]: dense or quantized projections;
+//! - [`rope`]: rotary embeddings (NeoX or interleaved pairs, Llama 3 scaling);
 //! - [`cache`]: a sequence's KV cache;
-//! - [`qwen2`]: the Qwen2/Qwen2.5 family;
-//! - [`fixture`]: tiny random-weight models written to disk, for tests and benchmarks.
+//! - [`decoder`]: the forward pass;
+//! - [`load`]: a model from a Hugging Face folder or a GGUF file, with clear errors;
+//! - [`fixture`]: tiny random-weight models of every family written to disk in both formats.
 
 pub mod cache;
+pub mod config;
+pub mod decoder;
 pub mod fixture;
-pub mod qwen2;
+pub mod linear;
+pub mod load;
+pub mod rope;
+pub mod weights;
 
 pub use cache::SequenceCache;
+pub use config::{DecoderConfig, Family};
+pub use decoder::{Decoder, greedy};
 
 /// One sequence's share of a forward step: the tokens it feeds (one when decoding, a chunk
 /// of its prompt when prefilling) and its cache, which the step extends.

@@ -1,0 +1,274 @@
+//! What a decoder-only model looks like: its family and shapes, read from a Hugging Face
+//! `config.json` or from GGUF metadata (llama.cpp's keys).
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use serde::Deserialize;
+
+/// The model families the engine runs. They differ in a few switches of one forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Qwen2 / Qwen2.5: biased QKV.
+    Qwen2,
+    /// Llama 2/3 and Mistral-style models.
+    Llama,
+    /// Qwen3: RMSNorm on each head's queries and keys, explicit head_dim.
+    Qwen3,
+    /// Phi-3: fused QKV and gate/up projections.
+    Phi3,
+}
+
+impl Family {
+    /// The family of a Hugging Face `model_type` or a GGUF `general.architecture`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "qwen2" => Some(Self::Qwen2),
+            "llama" | "mistral" => Some(Self::Llama),
+            "qwen3" => Some(Self::Qwen3),
+            "phi3" => Some(Self::Phi3),
+            _ => None,
+        }
+    }
+
+    pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3";
+}
+
+/// How positions are rotated into queries and keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    /// Dimensions of each head that are rotated (all of them unless partial).
+    pub dims: usize,
+    /// Pairs (2i, 2i+1) instead of (i, i + dims/2): how llama.cpp stores Llama's Q and K.
+    pub interleaved: bool,
+    pub scaling: RopeScaling,
+}
+
+/// Frequency scaling for long contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Llama 3.1+ ("rope_type": "llama3").
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_positions: usize,
+    },
+    /// Per-frequency divisors, as llama.cpp stores Llama 3 scaling (`rope_freqs.weight`).
+    Factors(Vec<f32>),
+}
+
+/// The shapes and switches of one decoder model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_positions: usize,
+    pub rms_norm_eps: f64,
+    pub rope: RopeConfig,
+    pub tie_word_embeddings: bool,
+    pub qkv_bias: bool,
+}
+
+impl DecoderConfig {
+    pub fn qk_norm(&self) -> bool {
+        self.family == Family::Qwen3
+    }
+
+    /// Checks the shapes fit together; the error says which do not.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_positions),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be above 0"));
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.rope.dims > self.head_dim || !self.rope.dims.is_multiple_of(2) {
+            return Err(format!(
+                "rotary dimensions ({}) must be even and at most head_dim ({})",
+                self.rope.dims, self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<Self, String> {
+        let raw: HfConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let kind =
+            raw.model_type.clone().ok_or_else(|| "config.json has no model_type".to_owned())?;
+        let family = Family::from_name(&kind).ok_or_else(|| {
+            format!("model_type {kind:?} is not supported (supported: {})", Family::NAMES)
+        })?;
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1));
+        let dims = match raw.partial_rotary_factor {
+            Some(f) => (f * head_dim as f64) as usize,
+            None => head_dim,
+        };
+        let cfg = Self {
+            family,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            num_kv_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
+            head_dim,
+            max_positions: raw.max_position_embeddings,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope: RopeConfig {
+                theta: raw.rope_theta.unwrap_or(10_000.0),
+                dims,
+                interleaved: false,
+                scaling: hf_rope_scaling(raw.rope_scaling.as_ref())?,
+            },
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: raw.attention_bias.unwrap_or(family == Family::Qwen2),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads llama.cpp's metadata keys. `has_tensor` tells which optional tensors the file
+    /// holds (biases, an untied output matrix, rope frequency factors).
+    pub fn from_gguf(content: &Content) -> Result<Self, String> {
+        let md = &content.metadata;
+        let arch = match md.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err("the metadata has no general.architecture".into()),
+        };
+        let family = Family::from_name(&arch).ok_or_else(|| {
+            format!("architecture {arch:?} is not supported (supported: {})", Family::NAMES)
+        })?;
+        let get = |key: &str| int(md, &format!("{arch}.{key}"));
+        let hidden_size = get("embedding_length")?;
+        let num_heads = get("attention.head_count")?;
+        let head_dim = get("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
+        let vocab_size = match content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims().first().copied().unwrap_or(0),
+            None => return Err("the file has no token_embd.weight tensor".into()),
+        };
+        let has = |name: &str| content.tensor_infos.contains_key(name);
+        let scaling = if has("rope_freqs.weight") {
+            // Filled in by the loader, which reads the tensor.
+            RopeScaling::Factors(Vec::new())
+        } else {
+            RopeScaling::None
+        };
+        let cfg = Self {
+            family,
+            vocab_size,
+            hidden_size,
+            intermediate_size: get("feed_forward_length")?,
+            num_layers: get("block_count")?,
+            num_heads,
+            num_kv_heads: get("attention.head_count_kv").unwrap_or(num_heads),
+            head_dim,
+            max_positions: get("context_length")?,
+            rms_norm_eps: float(md, &format!("{arch}.attention.layer_norm_rms_epsilon"))?,
+            rope: RopeConfig {
+                theta: float(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
+                dims: get("rope.dimension_count").unwrap_or(head_dim),
+                interleaved: family == Family::Llama,
+                scaling,
+            },
+            tie_word_embeddings: !has("output.weight"),
+            qkv_bias: has("blk.0.attn_q.bias"),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Any integer-typed metadata value (writers differ in which width they use).
+fn int(md: &HashMap<String, Value>, key: &str) -> Result<usize, String> {
+    let value = md.get(key).ok_or_else(|| format!("the metadata has no {key}"))?;
+    let n: i128 = match value {
+        Value::U8(v) => (*v).into(),
+        Value::I8(v) => (*v).into(),
+        Value::U16(v) => (*v).into(),
+        Value::I16(v) => (*v).into(),
+        Value::U32(v) => (*v).into(),
+        Value::I32(v) => (*v).into(),
+        Value::U64(v) => (*v).into(),
+        Value::I64(v) => (*v).into(),
+        _ => return Err(format!("{key} is not an integer")),
+    };
+    usize::try_from(n).map_err(|_| format!("{key} is out of range: {n}"))
+}
+
+fn float(md: &HashMap<String, Value>, key: &str) -> Result<f64, String> {
+    match md.get(key) {
+        Some(Value::F32(v)) => Ok((*v).into()),
+        Some(Value::F64(v)) => Ok(*v),
+        Some(_) => Err(format!("{key} is not a float")),
+        None => Err(format!("the metadata has no {key}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    max_position_embeddings: usize,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    partial_rotary_factor: Option<f64>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+}
+
+fn hf_rope_scaling(value: Option<&serde_json::Value>) -> Result<RopeScaling, String> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
+    let kind = value
+        .get("rope_type")
+        .or_else(|| value.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let number = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| format!("rope_scaling.{key} is missing"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_positions: number("original_max_position_embeddings")? as usize,
+        }),
+        other => Err(format!(
+            "rope_scaling type {other:?} is not supported (supported: default, llama3)"
+        )),
+    }
+}

@@ -1,0 +1,289 @@
+//! One batched forward pass for every supported family: RMSNorm, grouped-query attention
+//! with rotary embeddings (optional QKV bias, per-head QK norm, fused QKV), SwiGLU MLP
+//! (optionally fused gate/up), optionally tied embeddings.
+
+use candle_core::{D, Device, IndexOp, Result, Tensor};
+
+use super::StepInput;
+use super::cache::SequenceCache;
+use super::config::{DecoderConfig, Family};
+use super::linear::Linear;
+use super::rope::Rope;
+use super::weights::{Part, WeightSource};
+
+#[derive(Debug)]
+enum Attention {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+#[derive(Debug)]
+enum Mlp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    attention: Attention,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: Linear,
+    mlp_norm: Tensor,
+    mlp: Mlp,
+    down: Linear,
+}
+
+/// A loaded decoder-only model.
+#[derive(Debug)]
+pub struct Decoder {
+    cfg: DecoderConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Decoder {
+    /// Builds the model from `source`, whose tensors must have the shapes `cfg` names.
+    pub fn load(
+        cfg: DecoderConfig,
+        source: &mut impl WeightSource,
+        device: &Device,
+    ) -> Result<Self> {
+        let embed = source.dense(Part::Embed, false)?;
+        expect_dims(&embed, &[cfg.vocab_size, cfg.hidden_size], "the embedding table")?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            layers.push(load_layer(&cfg, source, i)?);
+        }
+        let norm = source.dense(Part::Norm, false)?;
+        let lm_head = if cfg.tie_word_embeddings || !source.has(Part::LmHead, false) {
+            source.linear(Part::Embed, false)?
+        } else {
+            source.linear(Part::LmHead, false)?
+        };
+        let rope = Rope::new(&cfg.rope, device)?;
+        Ok(Self { cfg, embed, layers, norm, lm_head, rope })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// A new, empty cache for one sequence, with room for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> SequenceCache {
+        SequenceCache::new(self.cfg.num_layers, capacity)
+    }
+
+    /// KV bytes one position of one sequence takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.cfg;
+        c.num_layers * 2 * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Bytes of weights read per forward step (the memory-bandwidth bound of decoding).
+    pub fn weight_bytes(&self) -> usize {
+        let linears = self.layers.iter().map(|l| {
+            let attention = match &l.attention {
+                Attention::Separate { q, k, v } => {
+                    q.weight_bytes() + k.weight_bytes() + v.weight_bytes()
+                }
+                Attention::Fused(qkv) => qkv.weight_bytes(),
+            };
+            let mlp = match &l.mlp {
+                Mlp::Separate { gate, up } => gate.weight_bytes() + up.weight_bytes(),
+                Mlp::Fused(gate_up) => gate_up.weight_bytes(),
+            };
+            attention + mlp + l.o.weight_bytes() + l.down.weight_bytes()
+        });
+        linears.sum::<usize>() + self.lm_head.weight_bytes()
+    }
+
+    /// One forward step over several sequences at once. Returns the logits `[B, vocab]` of
+    /// each sequence's last fed token, and extends every sequence's cache.
+    pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Tensor> {
+        let device = self.embed.device();
+        let total: usize = inputs.iter().map(|s| s.tokens.len()).sum();
+        let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<u32> = inputs
+            .iter()
+            .flat_map(|s| (0..s.tokens.len()).map(|j| (s.cache.len() + j) as u32))
+            .collect();
+        if let Some(p) = positions.iter().find(|p| **p as usize >= self.cfg.max_positions) {
+            candle_core::bail!(
+                "position {p} is past the model's context of {} tokens",
+                self.cfg.max_positions
+            );
+        }
+        let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
+        let mut x = self.embed.index_select(&Tensor::from_vec(ids, total, device)?, 0)?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        let (nh, kvh, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let (q, k, v) = match &layer.attention {
+                Attention::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+                Attention::Fused(qkv) => {
+                    let qkv = qkv.forward(&h)?;
+                    (
+                        qkv.narrow(1, 0, nh * hd)?,
+                        qkv.narrow(1, nh * hd, kvh * hd)?,
+                        qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
+                    )
+                }
+            };
+            let q = self.heads(&q, nh, layer.q_norm.as_ref(), &cos, &sin)?;
+            let k = self.heads(&k, kvh, layer.k_norm.as_ref(), &cos, &sin)?;
+            let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
+            let mut outputs = Vec::with_capacity(inputs.len());
+            let mut offset = 0;
+            for input in inputs.iter_mut() {
+                let n = input.tokens.len();
+                let pos = input.cache.len();
+                let qi = q.narrow(1, offset, n)?;
+                let ki = k.narrow(1, offset, n)?.contiguous()?;
+                let vi = v.narrow(1, offset, n)?.contiguous()?;
+                let (keys, values) = input.cache.append(index, &ki, &vi)?;
+                outputs.push(attention(&qi, &keys, &values, pos)?);
+                offset += n;
+            }
+            let attn = Tensor::cat(&outputs, 0)?;
+            x = (x + layer.o.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
+            let hidden = match &layer.mlp {
+                Mlp::Separate { gate, up } => {
+                    (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?
+                }
+                Mlp::Fused(gate_up) => {
+                    let gu = gate_up.forward(&h)?;
+                    let inter = self.cfg.intermediate_size;
+                    (candle_nn::ops::silu(&gu.narrow(1, 0, inter)?)?
+                        * gu.narrow(1, inter, inter)?)?
+                }
+            };
+            x = (x + layer.down.forward(&hidden)?)?;
+        }
+        let mut last = Vec::with_capacity(inputs.len());
+        let mut offset = 0;
+        for input in inputs.iter_mut() {
+            offset += input.tokens.len();
+            last.push(offset as u32 - 1);
+            input.cache.advance(input.tokens.len());
+        }
+        let last = x.index_select(&Tensor::new(last.as_slice(), device)?, 0)?;
+        self.lm_head.forward(&candle_nn::ops::rms_norm(&last, &self.norm, eps)?)
+    }
+
+    /// `[T, heads * head_dim]` → `[heads, T, head_dim]`, per-head norm'd (Qwen3) and rotated
+    /// by each token's own position.
+    fn heads(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        norm: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let (t, hd) = (x.dim(0)?, self.cfg.head_dim);
+        let mut x = x.contiguous()?.reshape((t, heads, hd))?;
+        if let Some(w) = norm {
+            x = candle_nn::ops::rms_norm(&x, w, self.cfg.rms_norm_eps as f32)?;
+        }
+        let x = x.unsqueeze(0)?.transpose(1, 2)?.contiguous()?;
+        self.rope.apply(&x, cos, sin)?.i(0)
+    }
+}
+
+fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Result<Layer> {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let bias = cfg.qkv_bias;
+    let attention = if cfg.family == Family::Phi3 {
+        let qkv = src.linear(Part::Qkv(i), bias)?;
+        expect_out(&qkv, q_out + 2 * kv_out, "the fused QKV projection")?;
+        Attention::Fused(qkv)
+    } else {
+        let (q, k, v) = (
+            src.linear(Part::Q(i), bias)?,
+            src.linear(Part::K(i), bias)?,
+            src.linear(Part::V(i), bias)?,
+        );
+        expect_out(&q, q_out, "the Q projection")?;
+        expect_out(&k, kv_out, "the K projection")?;
+        expect_out(&v, kv_out, "the V projection")?;
+        Attention::Separate { q, k, v }
+    };
+    let (q_norm, k_norm) = if cfg.qk_norm() {
+        (Some(src.dense(Part::QNorm(i), false)?), Some(src.dense(Part::KNorm(i), false)?))
+    } else {
+        (None, None)
+    };
+    let mlp = if cfg.family == Family::Phi3 {
+        let gate_up = src.linear(Part::GateUp(i), false)?;
+        expect_out(&gate_up, 2 * cfg.intermediate_size, "the fused gate/up projection")?;
+        Mlp::Fused(gate_up)
+    } else {
+        let (gate, up) = (src.linear(Part::Gate(i), false)?, src.linear(Part::Up(i), false)?);
+        expect_out(&gate, cfg.intermediate_size, "the gate projection")?;
+        Mlp::Separate { gate, up }
+    };
+    let attn_norm = src.dense(Part::AttnNorm(i), false)?;
+    expect_dims(&attn_norm, &[h], "a norm")?;
+    Ok(Layer {
+        attn_norm,
+        attention,
+        q_norm,
+        k_norm,
+        o: src.linear(Part::O(i), false)?,
+        mlp_norm: src.dense(Part::MlpNorm(i), false)?,
+        mlp,
+        down: src.linear(Part::Down(i), false)?,
+    })
+}
+
+fn expect_dims(t: &Tensor, dims: &[usize], what: &str) -> Result<()> {
+    if t.dims() != dims {
+        candle_core::bail!("{what} has shape {:?}, expected {dims:?}", t.dims());
+    }
+    Ok(())
+}
+
+fn expect_out(l: &Linear, out: usize, what: &str) -> Result<()> {
+    if l.out_features() != out {
+        candle_core::bail!("{what} has {} outputs, expected {out}", l.out_features());
+    }
+    Ok(())
+}
+
+/// Attention of `q` `[heads, n, hd]` (positions `pos..pos + n`) over `keys`/`values`
+/// `[kv_heads, len, hd]`; returns `[n, heads * hd]`. Query heads are grouped by the KV head
+/// they share, so keys and values are never copied per query head.
+fn attention(q: &Tensor, keys: &Tensor, values: &Tensor, pos: usize) -> Result<Tensor> {
+    let (nh, n, hd) = q.dims3()?;
+    let (kvh, len, _) = keys.dims3()?;
+    let groups = nh / kvh;
+    let q = q.contiguous()?.reshape((kvh, groups * n, hd))?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+    if n > 1 {
+        // Row (g, i) is query i (at position pos + i): it sees keys up to pos + i.
+        let mask: Vec<f32> = (0..groups * n)
+            .flat_map(|r| {
+                let i = r % n;
+                (0..len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (groups * n, len), q.device())?;
+        scores = scores.broadcast_add(&mask)?;
+    }
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    weights.matmul(values)?.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
+}
+
+/// The index of the largest logit of each row.
+pub fn greedy(logits: &Tensor) -> Result<Vec<u32>> {
+    logits.argmax(D::Minus1)?.to_vec1::<u32>()
+}

@@ -1,0 +1,65 @@
+//! A projection `x W^T + b` whose weight is dense f32 or quantized in GGUF blocks.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Module, Result, Tensor};
+
+/// How a weight matrix `[out, in]` is held.
+#[derive(Debug)]
+pub enum Weight {
+    Dense(Tensor),
+    /// GGUF blocks multiplied by candle's quantized matmul.
+    Quantized(QMatMul),
+}
+
+#[derive(Debug)]
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+    out_features: usize,
+}
+
+impl Linear {
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let out_features = weight.dim(0)?;
+        Ok(Self { weight: Weight::Dense(weight), bias, out_features })
+    }
+
+    /// Quantized blocks stay quantized; F32/F16 tensors become dense f32.
+    pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        let out_features = weight.shape().dims().first().copied().unwrap_or(0);
+        let weight = match QMatMul::from_qtensor(weight)? {
+            QMatMul::QTensor(q) => Weight::Quantized(QMatMul::QTensor(q)),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                Weight::Dense(t.to_dtype(candle_core::DType::F32)?)
+            }
+        };
+        Ok(Self { weight, bias, out_features })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Bytes the weight takes in memory.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        }
+    }
+
+    /// `x` `[tokens, in]` → `[tokens, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense(w) => x.matmul(&w.t()?)?,
+            Weight::Quantized(q) => q.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}

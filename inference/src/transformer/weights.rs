@@ -1,0 +1,189 @@
+//! Where a decoder's weights come from: safetensors with Hugging Face names, or a GGUF file
+//! with llama.cpp's names. The forward pass asks for [`Part`]s and never sees either naming.
+
+use std::collections::HashMap;
+use std::fs::File;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::linear::Linear;
+
+/// One weight of a decoder, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Embed,
+    AttnNorm(usize),
+    Q(usize),
+    K(usize),
+    V(usize),
+    /// Phi-3's fused Q, K and V.
+    Qkv(usize),
+    QNorm(usize),
+    KNorm(usize),
+    O(usize),
+    MlpNorm(usize),
+    Gate(usize),
+    Up(usize),
+    /// Phi-3's fused gate and up projections (gate first).
+    GateUp(usize),
+    Down(usize),
+    Norm,
+    LmHead,
+}
+
+impl Part {
+    /// The Hugging Face name, without `.weight` / `.bias`.
+    pub fn hf_name(self) -> String {
+        let layer = |i: usize, rest: &str| format!("model.layers.{i}.{rest}");
+        match self {
+            Part::Embed => "model.embed_tokens".into(),
+            Part::AttnNorm(i) => layer(i, "input_layernorm"),
+            Part::Q(i) => layer(i, "self_attn.q_proj"),
+            Part::K(i) => layer(i, "self_attn.k_proj"),
+            Part::V(i) => layer(i, "self_attn.v_proj"),
+            Part::Qkv(i) => layer(i, "self_attn.qkv_proj"),
+            Part::QNorm(i) => layer(i, "self_attn.q_norm"),
+            Part::KNorm(i) => layer(i, "self_attn.k_norm"),
+            Part::O(i) => layer(i, "self_attn.o_proj"),
+            Part::MlpNorm(i) => layer(i, "post_attention_layernorm"),
+            Part::Gate(i) => layer(i, "mlp.gate_proj"),
+            Part::Up(i) => layer(i, "mlp.up_proj"),
+            Part::GateUp(i) => layer(i, "mlp.gate_up_proj"),
+            Part::Down(i) => layer(i, "mlp.down_proj"),
+            Part::Norm => "model.norm".into(),
+            Part::LmHead => "lm_head".into(),
+        }
+    }
+
+    /// llama.cpp's GGUF name, without `.weight` / `.bias`.
+    pub fn gguf_name(self) -> String {
+        let layer = |i: usize, rest: &str| format!("blk.{i}.{rest}");
+        match self {
+            Part::Embed => "token_embd".into(),
+            Part::AttnNorm(i) => layer(i, "attn_norm"),
+            Part::Q(i) => layer(i, "attn_q"),
+            Part::K(i) => layer(i, "attn_k"),
+            Part::V(i) => layer(i, "attn_v"),
+            Part::Qkv(i) => layer(i, "attn_qkv"),
+            Part::QNorm(i) => layer(i, "attn_q_norm"),
+            Part::KNorm(i) => layer(i, "attn_k_norm"),
+            Part::O(i) => layer(i, "attn_output"),
+            Part::MlpNorm(i) => layer(i, "ffn_norm"),
+            Part::Gate(i) => layer(i, "ffn_gate"),
+            Part::Up(i) | Part::GateUp(i) => layer(i, "ffn_up"),
+            Part::Down(i) => layer(i, "ffn_down"),
+            Part::Norm => "output_norm".into(),
+            Part::LmHead => "output".into(),
+        }
+    }
+}
+
+/// A store of weights the decoder loads from.
+pub trait WeightSource {
+    /// Whether the part's weight (or bias) is present.
+    fn has(&self, part: Part, bias: bool) -> bool;
+    /// A dense f32 tensor: norms, biases, the embedding table.
+    fn dense(&mut self, part: Part, bias: bool) -> Result<Tensor>;
+    /// A projection, with its bias when `bias`.
+    fn linear(&mut self, part: Part, bias: bool) -> Result<Linear>;
+}
+
+fn suffix(bias: bool) -> &'static str {
+    if bias { "bias" } else { "weight" }
+}
+
+/// Tensors read from safetensors files, converted to f32 and optionally quantized.
+#[derive(Debug)]
+pub struct SafetensorsWeights {
+    tensors: HashMap<String, Tensor>,
+    quantize: Option<GgmlDType>,
+}
+
+impl SafetensorsWeights {
+    pub fn new(tensors: HashMap<String, Tensor>, quantize: Option<GgmlDType>) -> Self {
+        Self { tensors, quantize }
+    }
+
+    fn get(&mut self, part: Part, bias: bool) -> Result<Tensor> {
+        let name = format!("{}.{}", part.hf_name(), suffix(bias));
+        // Removed so the f32 copy is the only one kept.
+        match self.tensors.remove(&name) {
+            Some(t) => t.to_dtype(DType::F32),
+            None => candle_core::bail!("the weights have no tensor {name}"),
+        }
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn has(&self, part: Part, bias: bool) -> bool {
+        self.tensors.contains_key(&format!("{}.{}", part.hf_name(), suffix(bias)))
+    }
+
+    fn dense(&mut self, part: Part, bias: bool) -> Result<Tensor> {
+        // The embedding may also serve as the tied lm head, so it is not removed.
+        if part == Part::Embed {
+            let name = format!("{}.weight", part.hf_name());
+            return match self.tensors.get(&name) {
+                Some(t) => t.to_dtype(DType::F32),
+                None => candle_core::bail!("the weights have no tensor {name}"),
+            };
+        }
+        self.get(part, bias)
+    }
+
+    fn linear(&mut self, part: Part, bias: bool) -> Result<Linear> {
+        let w = if part == Part::Embed { self.dense(part, false)? } else { self.get(part, false)? };
+        let b = if bias { Some(self.get(part, true)?) } else { None };
+        match self.quantize {
+            Some(dtype) if w.dim(1)?.is_multiple_of(dtype.block_size()) => {
+                Linear::quantized(QTensor::quantize(&w, dtype)?, b)
+            }
+            _ => Linear::dense(w, b),
+        }
+    }
+}
+
+/// Tensors read one by one from a GGUF file; quantized ones stay quantized.
+#[derive(Debug)]
+pub struct GgufWeights {
+    content: Content,
+    file: File,
+    device: Device,
+}
+
+impl GgufWeights {
+    pub fn new(content: Content, file: File, device: Device) -> Self {
+        Self { content, file, device }
+    }
+
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
+    pub fn read(&mut self, name: &str) -> Result<QTensor> {
+        self.content.tensor(&mut self.file, name, &self.device)
+    }
+
+    fn name(part: Part, bias: bool) -> String {
+        format!("{}.{}", part.gguf_name(), suffix(bias))
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn has(&self, part: Part, bias: bool) -> bool {
+        self.content.tensor_infos.contains_key(&Self::name(part, bias))
+    }
+
+    fn dense(&mut self, part: Part, bias: bool) -> Result<Tensor> {
+        let name = Self::name(part, bias);
+        self.read(&name)?.dequantize(&self.device)
+    }
+
+    fn linear(&mut self, part: Part, bias: bool) -> Result<Linear> {
+        let w = self.read(&Self::name(part, false))?;
+        let b = if bias { Some(self.dense(part, true)?) } else { None };
+        Linear::quantized(w, b)
+    }
+}

@@ -1,0 +1,318 @@
+//! The engine's forward pass against candle-transformers' models on the same weights, for
+//! every family and both file formats: equal logits for one sequence, and identical greedy
+//! tokens for sequences batched together at different steps (with chunked prefill) as when
+//! each runs alone.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models as reference;
+use fleet_inference::transformer::config::RopeScaling;
+use fleet_inference::transformer::load::{load_gguf, load_hf_dir};
+use fleet_inference::transformer::{
+    Decoder, DecoderConfig, Family, SequenceCache, StepInput, fixture, greedy,
+};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const FAMILIES: [Family; 4] = [Family::Qwen2, Family::Llama, Family::Qwen3, Family::Phi3];
+
+fn temp_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fleet-parity-{name}-{}", std::process::id()))
+}
+
+/// candle-transformers' models behind one call: logits `[1, vocab]` of the last token.
+enum Reference {
+    Qwen2(reference::qwen2::ModelForCausalLM),
+    Llama(reference::llama::Llama, reference::llama::Cache),
+    Qwen3(reference::qwen3::ModelForCausalLM),
+    Phi3(reference::phi3::Model),
+    QQwen2(reference::quantized_qwen2::ModelWeights),
+    QLlama(reference::quantized_llama::ModelWeights),
+    QQwen3(reference::quantized_qwen3::ModelWeights),
+    QPhi3(reference::quantized_phi3::ModelWeights),
+}
+
+impl Reference {
+    fn hf(dir: &Path, family: Family) -> Result<Self> {
+        let d = &Device::Cpu;
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), d)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, d);
+        let text = std::fs::read_to_string(dir.join("config.json"))?;
+        Ok(match family {
+            Family::Qwen2 => Self::Qwen2(reference::qwen2::ModelForCausalLM::new(
+                &serde_json::from_str(&text)?,
+                vb,
+            )?),
+            Family::Llama => {
+                let cfg: reference::llama::LlamaConfig = serde_json::from_str(&text)?;
+                let cfg = cfg.into_config(false);
+                let cache = reference::llama::Cache::new(true, DType::F32, &cfg, d)?;
+                Self::Llama(reference::llama::Llama::load(vb, &cfg)?, cache)
+            }
+            Family::Qwen3 => Self::Qwen3(reference::qwen3::ModelForCausalLM::new(
+                &serde_json::from_str(&text)?,
+                vb,
+            )?),
+            Family::Phi3 => {
+                Self::Phi3(reference::phi3::Model::new(&serde_json::from_str(&text)?, vb)?)
+            }
+        })
+    }
+
+    fn gguf(path: &Path, family: Family) -> Result<Self> {
+        let d = &Device::Cpu;
+        let mut file = std::fs::File::open(path)?;
+        let ct = Content::read(&mut file)?;
+        Ok(match family {
+            Family::Qwen2 => {
+                Self::QQwen2(reference::quantized_qwen2::ModelWeights::from_gguf(ct, &mut file, d)?)
+            }
+            Family::Llama => {
+                Self::QLlama(reference::quantized_llama::ModelWeights::from_gguf(ct, &mut file, d)?)
+            }
+            Family::Qwen3 => {
+                Self::QQwen3(reference::quantized_qwen3::ModelWeights::from_gguf(ct, &mut file, d)?)
+            }
+            Family::Phi3 => Self::QPhi3(reference::quantized_phi3::ModelWeights::from_gguf(
+                false, ct, &mut file, d,
+            )?),
+        })
+    }
+
+    fn forward(&mut self, tokens: &[u32], position: usize) -> Result<Tensor> {
+        let x = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        let logits = match self {
+            Self::Qwen2(m) => m.forward(&x, position)?,
+            Self::Llama(m, cache) => m.forward(&x, position, cache)?,
+            Self::Qwen3(m) => m.forward(&x, position)?,
+            Self::Phi3(m) => m.forward(&x, position)?,
+            Self::QQwen2(m) => m.forward(&x, position)?,
+            Self::QLlama(m) => m.forward(&x, position)?,
+            Self::QQwen3(m) => m.forward(&x, position)?,
+            Self::QPhi3(m) => m.forward(&x, position)?,
+        };
+        let vocab = logits.dims().last().copied().unwrap_or(0);
+        Ok(logits.flatten_all()?.reshape((1, vocab))?)
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+fn step_one(model: &Decoder, tokens: &[u32], cache: &mut SequenceCache) -> Result<Tensor> {
+    Ok(model.step(&mut [StepInput { tokens, cache }])?)
+}
+
+const PROMPT: [u32; 7] = [3, 17, 42, 99, 7, 250, 1];
+
+/// Feeds PROMPT then 6 greedy tokens to both models; returns the largest logit difference.
+fn compare(ours: &Decoder, theirs: &mut Reference) -> Result<f32> {
+    let mut cache = ours.new_cache(16);
+    let mut logits = step_one(ours, &PROMPT, &mut cache)?;
+    let mut expected = theirs.forward(&PROMPT, 0)?;
+    let mut worst = 0f32;
+    for _ in 0..6 {
+        worst = worst.max(max_abs_diff(&logits, &expected)?);
+        let next = greedy(&logits)?[0];
+        let position = cache.len();
+        logits = step_one(ours, &[next], &mut cache)?;
+        expected = theirs.forward(&[next], position)?;
+    }
+    Ok(worst.max(max_abs_diff(&logits, &expected)?))
+}
+
+fn write_hf(name: &str, cfg: &DecoderConfig) -> Result<(PathBuf, fixture::Weights)> {
+    let dir = temp_dir(name);
+    let weights = fixture::random_weights(cfg)?;
+    fixture::write_hf(&dir, cfg, &weights)?;
+    Ok((dir, weights))
+}
+
+#[test]
+fn every_family_matches_the_reference_logits() -> Result<()> {
+    let mut configs: Vec<(String, DecoderConfig)> = Vec::new();
+    for family in FAMILIES {
+        configs.push((format!("{family:?}"), fixture::tiny_config(family, false)));
+    }
+    configs.push(("Qwen2-tied".into(), fixture::tiny_config(Family::Qwen2, true)));
+    let mut llama3 = fixture::tiny_config(Family::Llama, false);
+    llama3.rope.scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_positions: 64,
+    };
+    configs.push(("Llama3-scaled".into(), llama3));
+    for (name, cfg) in configs {
+        let (dir, _) = write_hf(&format!("hf-{name}"), &cfg)?;
+        let ours = load_hf_dir(&dir, &Device::Cpu, None)?;
+        assert_eq!(ours.config(), &cfg, "{name}: config.json read back differently");
+        let mut theirs = Reference::hf(&dir, cfg.family)?;
+        let diff = compare(&ours, &mut theirs)?;
+        assert!(diff <= 1e-4, "{name}: max abs logit diff {diff}");
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+/// An F32 GGUF holds the same weights as the safetensors folder under llama.cpp's names (and
+/// Llama's Q/K rows permuted for interleaved rotary): both load to the same logits.
+#[test]
+fn f32_gguf_equals_the_hugging_face_folder() -> Result<()> {
+    for family in FAMILIES {
+        let cfg = fixture::tiny_config(family, family == Family::Qwen2);
+        let (dir, weights) = write_hf(&format!("f32-{family:?}"), &cfg)?;
+        let path = dir.join("model-f32.gguf");
+        fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &[])?;
+        let from_hf = load_hf_dir(&dir, &Device::Cpu, None)?;
+        let (from_gguf, _) = load_gguf(&path, &Device::Cpu)?;
+        let mut expected_cfg = cfg.clone();
+        expected_cfg.rope.interleaved = family == Family::Llama;
+        expected_cfg.rms_norm_eps = f64::from(cfg.rms_norm_eps as f32);
+        assert_eq!(from_gguf.config(), &expected_cfg, "{family:?}: metadata read back differently");
+        let mut a = from_hf.new_cache(16);
+        let mut b = from_gguf.new_cache(16);
+        let mut tokens = PROMPT.to_vec();
+        for _ in 0..4 {
+            let (la, lb) =
+                (step_one(&from_hf, &tokens, &mut a)?, step_one(&from_gguf, &tokens, &mut b)?);
+            let diff = max_abs_diff(&la, &lb)?;
+            assert!(diff <= 1e-4, "{family:?}: max abs logit diff {diff}");
+            tokens = greedy(&la)?;
+        }
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+/// Quantized GGUFs against candle-transformers' quantized models on the same file. Both
+/// multiply through candle's QMatMul, which quantizes the activations to 8-bit blocks the same
+/// way, so the only differences are float summation order in attention and norms: the bound
+/// is 1e-3 on logits of magnitude ~1-10 (f32 has ~1e-6 relative precision; a few hundred
+/// reordered sums stay well inside it). The error against the f32 weights is much larger
+/// (quantization itself) and is not what this checks.
+#[test]
+fn quantized_gguf_matches_the_quantized_reference() -> Result<()> {
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+        for family in FAMILIES {
+            let cfg = fixture::quantizable_config(family);
+            let dir = temp_dir(&format!("q-{family:?}-{dtype:?}"));
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("model.gguf");
+            // candle's quantized Qwen3 computes rotary tables in f16 unless told otherwise.
+            let f32_tables = [("general.dtype".to_owned(), Value::U32(0))];
+            fixture::write_gguf(&path, &cfg, &fixture::random_weights(&cfg)?, dtype, &f32_tables)?;
+            let (ours, _) = load_gguf(&path, &Device::Cpu)?;
+            let mut theirs = Reference::gguf(&path, family)?;
+            let diff = compare(&ours, &mut theirs)?;
+            println!("{family:?} {dtype:?}: max abs logit diff {diff}");
+            assert!(diff <= 1e-3, "{family:?} {dtype:?}: max abs logit diff {diff}");
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Greedy tokens of one sequence generated alone.
+fn alone(model: &Decoder, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let mut cache = model.new_cache(prompt.len() + n);
+    let mut out = Vec::with_capacity(n);
+    let mut next = greedy(&step_one(model, prompt, &mut cache)?)?[0];
+    while out.len() < n {
+        out.push(next);
+        next = greedy(&step_one(model, &[next], &mut cache)?)?[0];
+    }
+    Ok(out)
+}
+
+struct Running {
+    prompt: Vec<u32>,
+    fed: usize,
+    cache: SequenceCache,
+    out: Vec<u32>,
+}
+
+/// Continuous batching: sequence s joins at step s; prompts are fed in chunks of 3 while
+/// the others decode; finished sequences leave. Each must produce its solo tokens.
+fn batched_equals_solo(model: &Decoder, name: &str) -> Result<()> {
+    const NEW: usize = 12;
+    const CHUNK: usize = 3;
+    let vocab = model.config().vocab_size as u32;
+    let prompts: Vec<Vec<u32>> =
+        (0..8u32).map(|i| (0..2 + 2 * i).map(|j| (i * 31 + j * 7 + 5) % vocab).collect()).collect();
+    let solo: Vec<Vec<u32>> =
+        prompts.iter().map(|p| alone(model, p, NEW)).collect::<Result<_>>()?;
+    let mut waiting: Vec<(usize, Vec<u32>)> = prompts.iter().cloned().enumerate().rev().collect();
+    let mut running: Vec<(usize, Running)> = Vec::new();
+    let mut done: Vec<Option<Vec<u32>>> = vec![None; prompts.len()];
+    let mut step = 0;
+    while !waiting.is_empty() || !running.is_empty() {
+        if let Some((index, prompt)) = waiting.pop() {
+            // A small capacity, so the cache also has to grow while batched.
+            let cache = model.new_cache(4);
+            running.push((index, Running { prompt, fed: 0, cache, out: Vec::new() }));
+        }
+        let feeds: Vec<Vec<u32>> = running
+            .iter()
+            .map(|(_, r)| {
+                if r.fed < r.prompt.len() {
+                    r.prompt[r.fed..(r.fed + CHUNK).min(r.prompt.len())].to_vec()
+                } else {
+                    vec![*r.out.last().unwrap_or(&0)]
+                }
+            })
+            .collect();
+        let mut inputs: Vec<StepInput<'_>> = running
+            .iter_mut()
+            .zip(&feeds)
+            .map(|((_, r), tokens)| StepInput { tokens, cache: &mut r.cache })
+            .collect();
+        let next = greedy(&model.step(&mut inputs)?)?;
+        for ((_, r), (tokens, token)) in running.iter_mut().zip(feeds.iter().zip(next)) {
+            if r.fed < r.prompt.len() {
+                r.fed += tokens.len();
+            }
+            // A token counts once the whole prompt has been seen.
+            if r.fed == r.prompt.len() {
+                r.out.push(token);
+            }
+        }
+        running.retain_mut(|(index, r)| {
+            if r.out.len() == NEW {
+                done[*index] = Some(std::mem::take(&mut r.out));
+                false
+            } else {
+                true
+            }
+        });
+        step += 1;
+        assert!(step < 200, "{name}: the batch never finished");
+    }
+    for (i, (batched, alone)) in done.iter().zip(&solo).enumerate() {
+        assert_eq!(batched.as_ref(), Some(alone), "{name}: sequence {i} differs when batched");
+    }
+    Ok(())
+}
+
+#[test]
+fn sequences_batched_at_different_steps_produce_their_solo_tokens() -> Result<()> {
+    for family in FAMILIES {
+        let cfg = fixture::tiny_config(family, true);
+        let (dir, _) = write_hf(&format!("batch-{family:?}"), &cfg)?;
+        batched_equals_solo(&load_hf_dir(&dir, &Device::Cpu, None)?, &format!("{family:?}"))?;
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let cfg = fixture::quantizable_config(Family::Qwen2);
+    let dir = temp_dir("batch-q8");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("model.gguf");
+    fixture::write_gguf(&path, &cfg, &fixture::random_weights(&cfg)?, GgmlDType::Q8_0, &[])?;
+    batched_equals_solo(&load_gguf(&path, &Device::Cpu)?.0, "Qwen2 Q8_0")?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
