@@ -8,7 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream;
 
-use crate::model::{GenerateRequest, Generation, GenerationEvent, Model, Role, Usage};
+use crate::model::{
+    FinishReason, GenerateRequest, Generation, GenerationEvent, Model, Role, Usage,
+};
 use crate::{Error, Result};
 
 /// The prefix of built-in model ids.
@@ -106,12 +108,17 @@ impl Model for Echo {
         let prompt_tokens: usize =
             request.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
         let mut words = split_words(&last_user.content);
-        if let Some(max) = request.max_tokens {
+        let mut finish_reason = FinishReason::Stop;
+        if let Some(max) = request.max_tokens
+            && words.len() > max as usize
+        {
             words.truncate(max as usize);
+            finish_reason = FinishReason::Length;
         }
         let usage = Usage {
             prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
             completion_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
+            finish_reason,
         };
         let done = stream::once(async move { Ok(GenerationEvent::Done(usage)) });
         let delay = self.token_delay;
@@ -162,7 +169,11 @@ mod tests {
                 GenerationEvent::Delta("hello".into()),
                 GenerationEvent::Delta(" big".into()),
                 GenerationEvent::Delta(" world".into()),
-                GenerationEvent::Done(Usage { prompt_tokens: 5, completion_tokens: 3 }),
+                GenerationEvent::Done(Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 3,
+                    ..Default::default()
+                }),
             ]
         );
         Ok(())

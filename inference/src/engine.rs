@@ -64,6 +64,17 @@ pub struct TokenRequest {
     /// Generation stops after any of these (it is still emitted).
     pub stop_tokens: Vec<u32>,
     pub sampling: SamplingParams,
+    /// Report each chosen token's log-probability and this many most likely alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// Log-probabilities (under the model's raw distribution) of a chosen token and of the most
+/// likely tokens at that step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Why a generation ended.
@@ -77,6 +88,8 @@ pub enum Finish {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
     Token(u32),
+    /// Sent just before its `Token` when the request asked for logprobs.
+    Logprobs(TokenLogprobs),
     Done { prompt_tokens: usize, completion_tokens: usize, finish: Finish },
     Error(String),
 }
@@ -260,9 +273,12 @@ fn run(
             }
         };
         let mut finished = Vec::new();
-        for ((i, _), token) in feeds.iter().zip(next) {
-            let Some(token) = token else { continue };
+        for ((i, _), chosen) in feeds.iter().zip(next) {
+            let Some((token, logprobs)) = chosen else { continue };
             let a = &mut active[*i];
+            if let Some(logprobs) = logprobs {
+                let _ = a.events.send(TokenEvent::Logprobs(logprobs));
+            }
             a.generated += 1;
             a.seen.push(token);
             let _ = a.events.send(TokenEvent::Token(token));
@@ -288,6 +304,9 @@ fn run(
     }
 }
 
+/// A chosen token and, when asked for, its logprobs.
+type Chosen = Option<(u32, Option<TokenLogprobs>)>;
+
 /// The next token of every fed sequence that has now seen its whole prompt (`None` for
 /// those still prefilling). Advances `fed`. Only sequences that produce a token draw from
 /// their sampler, so batching never changes what a seeded sequence samples.
@@ -295,7 +314,7 @@ fn choose(
     logits: &Tensor,
     feeds: &[(usize, Vec<u32>)],
     active: &mut [Active],
-) -> candle_core::Result<Vec<Option<u32>>> {
+) -> candle_core::Result<Vec<Chosen>> {
     let greedy = feeds.iter().all(|(i, _)| active[*i].request.sampling.is_greedy());
     let rows: Option<Vec<Vec<f32>>> = if greedy { None } else { Some(logits.to_vec2::<f32>()?) };
     let argmax = if greedy { crate::transformer::greedy(logits)? } else { Vec::new() };
@@ -316,7 +335,21 @@ fn choose(
                 a.sampler.sample(&rows[row], &a.seen, generated)
             }
         };
-        next.push(Some(token));
+        let logprobs = match a.request.logprobs {
+            None => None,
+            Some(top) => {
+                let owned;
+                let values = match &rows {
+                    Some(rows) => &rows[row],
+                    None => {
+                        owned = logits.get(row)?.to_vec1::<f32>()?;
+                        &owned
+                    }
+                };
+                Some(crate::sampling::logprobs(values, token, top))
+            }
+        };
+        next.push(Some((token, logprobs)));
     }
     Ok(next)
 }

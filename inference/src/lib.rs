@@ -8,26 +8,32 @@
 //! - [`sampling`]: greedy, temperature, top-k/p, min-p, penalties, seeds;
 //! - [`engine`]: the continuous-batching engine thread over a batched model;
 //! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
-//!   sequences of different lengths (each with its own KV cache), and tiny random fixtures.
-//!
-//! The engine thread with continuous batching plugs these in behind the same trait.
+//!   sequences of different lengths (each with its own KV cache), loaded from Hugging Face
+//!   folders or GGUF files, and tiny random fixtures;
+//! - [`local`]: [`load`] a model from a local path: a decoder on its engine thread with its
+//!   tokenizer, chat template, detokenizer and stop strings behind the [`Model`] trait, or an
+//!   embedder.
 
 pub mod builtin;
 pub mod engine;
 pub mod error;
+pub mod local;
 pub mod model;
 pub mod sampling;
 pub mod transformer;
 
 pub use error::{Error, Result};
-pub use model::{ChatMessage, GenerateRequest, Generation, GenerationEvent, Model, Role, Usage};
+pub use local::{LoadOptions, LocalModel, device, load};
+pub use model::{
+    ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, Role,
+    TokenLogprob, Usage,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Loads a model by id. Today only built-in ids (`builtin:...`) are known; local files and
-/// folders come with the candle engine.
-pub fn load(id: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn Model>> {
+/// Loads a built-in model by id (`builtin:...`). Local files and folders load with [`load`].
+pub fn load_builtin(id: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn Model>> {
     match id.strip_prefix(builtin::PREFIX) {
         Some(name) => builtin::load(name, options),
         None => Err(Error::UnknownModel { id: id.to_owned(), known: builtin::ids().join(", ") }),

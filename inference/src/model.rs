@@ -25,27 +25,57 @@ impl ChatMessage {
     }
 }
 
-/// What to generate from: the conversation so far plus sampling settings.
+/// What to generate from: the conversation so far plus sampling settings. Unset settings
+/// take the model's defaults (greedy, no penalties, up to the context's end).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerateRequest {
     pub messages: Vec<ChatMessage>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
     pub seed: Option<u64>,
+    /// Generation ends before any of these strings (which are not emitted).
+    pub stop: Vec<String>,
+    /// Report each token's log-probability and this many alternatives.
+    pub logprobs: Option<u32>,
 }
 
-/// Token counts of one generation.
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    #[default]
+    Stop,
+    /// max_tokens or the end of the context.
+    Length,
+}
+
+/// Token counts of one generation, and why it ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    pub finish_reason: FinishReason,
 }
 
-/// One item of a generation stream: text deltas, then exactly one `Done`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A generated token's log-probability and the most likely alternatives, as text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+/// One item of a generation stream: text deltas (each token's logprobs just before the
+/// delta that holds its text, when asked for), then exactly one `Done`.
+#[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     Delta(String),
+    Logprobs(TokenLogprob),
     Done(Usage),
 }
 

@@ -67,6 +67,7 @@ async fn staggered_requests_produce_their_solo_tokens() -> Result<()> {
             max_tokens: 16,
             stop_tokens: vec![],
             sampling: Default::default(),
+            logprobs: None,
         });
         runs.push(tokio::spawn(collect(events)));
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -99,6 +100,7 @@ async fn stop_tokens_end_a_generation() -> Result<()> {
         max_tokens: 8,
         stop_tokens: vec![stop],
         sampling: Default::default(),
+        logprobs: None,
     }))
     .await;
     let cut = solo.iter().position(|&t| t == stop).map_or(8, |p| p + 1);
@@ -115,6 +117,7 @@ async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
         max_tokens: 400,
         stop_tokens: vec![],
         sampling: Default::default(),
+        logprobs: None,
     });
     assert!(matches!(events.recv().await, Some(TokenEvent::Token(_))));
     assert!(engine.stats().kv_bytes.load(Ordering::Relaxed) > 0);
@@ -139,6 +142,7 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         max_tokens: 20,
         stop_tokens: vec![],
         sampling: Default::default(),
+        logprobs: None,
     }))
     .await;
     assert!(
@@ -150,12 +154,14 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         max_tokens: 20,
         stop_tokens: vec![],
         sampling: Default::default(),
+        logprobs: None,
     });
     let b = engine.generate(TokenRequest {
         prompt: vec![2; 10],
         max_tokens: 20,
         stop_tokens: vec![],
         sampling: Default::default(),
+        logprobs: None,
     });
     let (ra, rb) = tokio::join!(collect(a), collect(b));
     assert_eq!((ra.0.len(), rb.0.len()), (20, 20));
@@ -199,6 +205,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
                 max_tokens: 10,
                 stop_tokens: vec![],
                 sampling: sampling(i as u64),
+                logprobs: None,
             };
             tokio::spawn(collect(engine.generate(request)))
         })
@@ -211,6 +218,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
         max_tokens: 1,
         stop_tokens: vec![],
         sampling: SamplingParams { temperature: 9.0, ..Default::default() },
+        logprobs: None,
     };
     assert!(
         matches!(collect(engine.generate(bad)).await.1, Some(TokenEvent::Error(e)) if e.contains("temperature"))

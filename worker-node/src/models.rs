@@ -69,7 +69,7 @@ impl ModelStore {
         if let Some(model) = self.loaded.get(&key) {
             return Ok(model.clone());
         }
-        let model = fleet_inference::load(id, options)?;
+        let model = fleet_inference::load_builtin(id, options)?;
         self.loaded.insert(key, model.clone());
         Ok(model)
     }

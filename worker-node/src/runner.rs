@@ -78,6 +78,8 @@ async fn drive(
                 output.push_str(&text);
                 emit(sink, task, EventKind::TextDelta { text }).await;
             }
+            // Logprobs have no event of their own in the cluster yet.
+            Some(Ok(GenerationEvent::Logprobs(_))) => {}
             Some(Ok(GenerationEvent::Done(usage))) => {
                 let usage = Usage {
                     prompt_tokens: usage.prompt_tokens,

@@ -1,0 +1,373 @@
+//! Models on local disk behind the [`Model`] trait: a decoder on its engine thread with its
+//! tokenizer and chat template, or a sentence embedder. Nothing is ever downloaded: a path
+//! that does not hold a model is an error naming it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::embedding::Embedder;
+use crate::engine::{Engine, EngineOptions, EngineStats, Finish, TokenEvent, TokenRequest};
+use crate::model::{
+    FinishReason, GenerateRequest, Generation, GenerationEvent, Model, TokenLogprob, Usage,
+};
+use crate::sampling::SamplingParams;
+use crate::text::{ChatTemplate, Detokenizer, StopMatcher, Tokenizer};
+use crate::transformer::load::{load_gguf, load_hf_dir};
+use crate::{Error, Result};
+
+/// How to load a local model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub engine: EngineOptions,
+    /// Quantize a Hugging Face folder's projections on load (GGUF files keep their own).
+    pub quantize: Option<GgmlDType>,
+    /// max_tokens of a request that sets none (always capped by the context).
+    pub default_max_tokens: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { engine: EngineOptions::default(), quantize: None, default_max_tokens: 1024 }
+    }
+}
+
+/// The device named `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`. GPUs need the crate's
+/// `cuda` / `metal` feature; without it candle says so.
+pub fn device(name: &str) -> Result<Device> {
+    let (kind, ordinal) = match name.split_once(':') {
+        Some((kind, n)) => {
+            let n = n.parse::<usize>().map_err(|_| {
+                Error::InvalidRequest(format!("device {name:?}: {n:?} is not a device number"))
+            })?;
+            (kind, n)
+        }
+        None => (name, 0),
+    };
+    let device = match kind {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(ordinal),
+        "metal" => Device::new_metal(ordinal),
+        _ => {
+            return Err(Error::InvalidRequest(format!(
+                "device {name:?} is unknown: use cpu, cuda[:N] or metal[:N]"
+            )));
+        }
+    };
+    device.map_err(|e| Error::InvalidRequest(format!("device {name:?} is unavailable: {e}")))
+}
+
+/// A model folder in the Hugging Face cache layout (`models--org--name`) resolves to the
+/// snapshot `refs/main` names, or to its only snapshot.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let snapshots = path.join("snapshots");
+    if !snapshots.is_dir() {
+        return Ok(path.to_owned());
+    }
+    if let Ok(rev) = std::fs::read_to_string(path.join("refs").join("main")) {
+        let snapshot = snapshots.join(rev.trim());
+        if snapshot.is_dir() {
+            return Ok(snapshot);
+        }
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .map_err(|e| model_error(&snapshots, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    match entries.as_slice() {
+        [only] => Ok(only.clone()),
+        _ => Err(model_error(
+            path,
+            format!("expected refs/main or exactly one snapshot, found {}", entries.len()),
+        )),
+    }
+}
+
+fn model_error(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Model { path: path.to_owned(), reason: reason.to_string() }
+}
+
+/// Loads the model at `path`: a GGUF file, a Hugging Face folder of a decoder (config.json,
+/// tokenizer.json, safetensors) or of a BERT-family embedder, or a Hugging Face cache folder.
+pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<LocalModel> {
+    let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !path.exists() {
+        return Err(model_error(path, "no such file or folder"));
+    }
+    let path = resolve(path)?;
+    if path.is_file() {
+        let (decoder, metadata) = load_gguf(&path, device)?;
+        let tokenizer = Tokenizer::from_gguf(&metadata)?;
+        return generator(id, decoder, tokenizer, options);
+    }
+    let config = path.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| model_error(&config, format!("expected a config.json: {e}")))?;
+    let model_type: Option<String> = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("model_type")?.as_str().map(str::to_owned));
+    if Embedder::supports(model_type.as_deref()) {
+        let embedder = Embedder::load(&path, device)?;
+        return Ok(LocalModel { id, inner: Inner::Embedder(Box::new(embedder)) });
+    }
+    // The tokenizer first: it is the cheaper file to find missing.
+    let tokenizer = Tokenizer::from_hf_dir(&path)?;
+    let decoder = load_hf_dir(&path, device, options.quantize)?;
+    generator(id, decoder, tokenizer, options)
+}
+
+fn generator(
+    id: String,
+    decoder: crate::transformer::Decoder,
+    tokenizer: Tokenizer,
+    options: &LoadOptions,
+) -> Result<LocalModel> {
+    let context = decoder.config().max_positions;
+    if tokenizer.vocab_size() > decoder.config().vocab_size {
+        return Err(Error::InvalidRequest(format!(
+            "model {id}: the tokenizer has {} tokens, more than the model's {}",
+            tokenizer.vocab_size(),
+            decoder.config().vocab_size
+        )));
+    }
+    let template = tokenizer.chat_template().cloned().unwrap_or_else(ChatTemplate::chatml);
+    let engine = Engine::start(decoder, options.engine.clone())
+        .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
+    Ok(LocalModel {
+        id,
+        inner: Inner::Generator(Generator {
+            engine,
+            tokenizer: Arc::new(tokenizer),
+            template,
+            context,
+            default_max_tokens: options.default_max_tokens,
+        }),
+    })
+}
+
+/// A loaded local model. Cheap to share behind an `Arc`; generations run on its engine
+/// thread.
+#[derive(Debug)]
+pub struct LocalModel {
+    id: String,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Generator(Generator),
+    Embedder(Box<Embedder>),
+}
+
+#[derive(Debug)]
+struct Generator {
+    engine: Engine,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    context: usize,
+    default_max_tokens: usize,
+}
+
+impl LocalModel {
+    /// Whether this model embeds texts rather than generating.
+    pub fn is_embedder(&self) -> bool {
+        matches!(self.inner, Inner::Embedder(_))
+    }
+
+    /// Live figures of the engine of a generating model.
+    pub fn engine_stats(&self) -> Option<&EngineStats> {
+        match &self.inner {
+            Inner::Generator(g) => Some(g.engine.stats()),
+            Inner::Embedder(_) => None,
+        }
+    }
+
+    /// The tokenizer of a generating model.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        match &self.inner {
+            Inner::Generator(g) => Some(&g.tokenizer),
+            Inner::Embedder(_) => None,
+        }
+    }
+
+    /// The prompt `messages` render to, in token ids.
+    pub fn prompt_tokens(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
+        let g = self.generator()?;
+        let text = g.template.render(&request.messages, &[], true)?;
+        g.tokenizer.encode(&text)
+    }
+
+    /// L2-normalised sentence embeddings, one per text. Blocking: call it off the async
+    /// runtime (e.g. in `spawn_blocking`).
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        match &self.inner {
+            Inner::Embedder(e) => e.embed(texts),
+            Inner::Generator(_) => Err(Error::InvalidRequest(format!(
+                "model {} generates text; it does not embed",
+                self.id
+            ))),
+        }
+    }
+
+    fn generator(&self) -> Result<&Generator> {
+        match &self.inner {
+            Inner::Generator(g) => Ok(g),
+            Inner::Embedder(_) => Err(Error::InvalidRequest(format!(
+                "model {} is an embedding model; it does not generate",
+                self.id
+            ))),
+        }
+    }
+}
+
+fn sampling(request: &GenerateRequest) -> Result<SamplingParams> {
+    let params = SamplingParams {
+        temperature: request.temperature.unwrap_or(0.0),
+        top_k: request.top_k.map(|k| k as usize),
+        top_p: request.top_p,
+        min_p: request.min_p,
+        repetition_penalty: request.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: request.presence_penalty.unwrap_or(0.0),
+        seed: request.seed,
+    };
+    params.validate().map_err(Error::InvalidRequest)?;
+    Ok(params)
+}
+
+impl Model for LocalModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<Generation> {
+        let g = self.generator()?;
+        let prompt = self.prompt_tokens(&request)?;
+        if prompt.len() >= g.context {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt is {} tokens; model {} holds {} tokens of context, prompt and output together",
+                prompt.len(),
+                self.id,
+                g.context
+            )));
+        }
+        if request.max_tokens == Some(0) {
+            return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
+        }
+        let room = g.context - prompt.len();
+        let max_tokens =
+            request.max_tokens.map_or(g.default_max_tokens, |m| m as usize).min(room);
+        let prompt_tokens = prompt.len();
+        let events = g.engine.generate(TokenRequest {
+            prompt,
+            max_tokens,
+            stop_tokens: g.tokenizer.eos_ids().to_vec(),
+            sampling: sampling(&request)?,
+            logprobs: request.logprobs.map(|n| n as usize),
+        });
+        let state = Stream {
+            events: Some(events),
+            tokenizer: g.tokenizer.clone(),
+            detokenizer: Detokenizer::new(),
+            stop: StopMatcher::new(request.stop),
+            queue: VecDeque::new(),
+            prompt_tokens,
+            completion_tokens: 0,
+        };
+        Ok(futures::stream::unfold(state, |mut s| async move {
+            let next = s.next().await?;
+            Some((next, s))
+        })
+        .boxed())
+    }
+}
+
+/// A generation in flight: engine tokens in, text deltas out.
+struct Stream {
+    /// Dropped (which cancels the sequence in the engine) once the generation ends.
+    events: Option<mpsc::UnboundedReceiver<TokenEvent>>,
+    tokenizer: Arc<Tokenizer>,
+    detokenizer: Detokenizer,
+    stop: StopMatcher,
+    queue: VecDeque<Result<GenerationEvent>>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+impl Stream {
+    async fn next(&mut self) -> Option<Result<GenerationEvent>> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            let events = self.events.as_mut()?;
+            let event = events.recv().await;
+            if let Err(e) = self.handle(event) {
+                self.queue.push_back(Err(e));
+                self.events = None;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Option<TokenEvent>) -> Result<()> {
+        match event {
+            Some(TokenEvent::Token(token)) => {
+                self.completion_tokens += 1;
+                if self.tokenizer.eos_ids().contains(&token) {
+                    return Ok(()); // the engine's Done follows
+                }
+                let text = self.detokenizer.push(&self.tokenizer, token)?;
+                let (text, stopped) = self.stop.push(&text);
+                self.delta(text);
+                if stopped {
+                    self.finish(FinishReason::Stop);
+                }
+            }
+            Some(TokenEvent::Logprobs(l)) => {
+                let text = |t: u32| self.tokenizer.decode(&[t]);
+                let top = l.top.iter().map(|(t, p)| Ok((text(*t)?, *p))).collect::<Result<_>>()?;
+                let logprob = TokenLogprob { token: text(l.token)?, logprob: l.logprob, top };
+                self.queue.push_back(Ok(GenerationEvent::Logprobs(logprob)));
+            }
+            Some(TokenEvent::Done { finish, .. }) => {
+                let rest = self.detokenizer.finish(&self.tokenizer)?;
+                let (text, stopped) = self.stop.push(&rest);
+                self.delta(text);
+                if !stopped {
+                    let held = self.stop.finish();
+                    self.delta(held);
+                }
+                let reason = match finish {
+                    Finish::Stop => FinishReason::Stop,
+                    Finish::Length if stopped => FinishReason::Stop,
+                    Finish::Length => FinishReason::Length,
+                };
+                self.finish(reason);
+            }
+            Some(TokenEvent::Error(message)) => return Err(Error::Engine(message)),
+            None => return Err(Error::Engine("the engine stopped mid-generation".into())),
+        }
+        Ok(())
+    }
+
+    fn delta(&mut self, text: String) {
+        if !text.is_empty() {
+            self.queue.push_back(Ok(GenerationEvent::Delta(text)));
+        }
+    }
+
+    fn finish(&mut self, finish_reason: FinishReason) {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.queue.push_back(Ok(GenerationEvent::Done(Usage {
+            prompt_tokens: count(self.prompt_tokens),
+            completion_tokens: count(self.completion_tokens),
+            finish_reason,
+        })));
+        self.events = None;
+    }
+}
