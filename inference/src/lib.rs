@@ -9,6 +9,8 @@
 //! - [`engine`]: the continuous-batching engine thread over a batched model;
 //! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
 //!   sequences of different lengths (each with its own KV cache), and tiny random fixtures.
+//! - [`text`]: text in and out of a model: tokenizers (Hugging Face folder or GGUF), chat
+//!   templates, streaming detokenization, stop strings, and tiny tokenizer fixtures.
 //!
 //! The engine thread with continuous batching plugs these in behind the same trait.
 
@@ -17,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod sampling;
+pub mod text;
 pub mod transformer;
 
 pub use error::{Error, Result};
