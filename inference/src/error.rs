@@ -1,5 +1,7 @@
 //! The inference crate's one error type.
 
+use std::path::PathBuf;
+
 /// Why a model could not be loaded or could not generate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,6 +16,20 @@ pub enum Error {
     Model { path: std::path::PathBuf, reason: String },
     #[error("the engine failed: {0}")]
     Engine(String),
+
+    // text
+    #[error("cannot read {expected} {}: {reason}", path.display())]
+    ReadFile { path: PathBuf, expected: &'static str, reason: String },
+    #[error("{} is not a valid {expected}: {reason}", path.display())]
+    InvalidFile { path: PathBuf, expected: &'static str, reason: String },
+    #[error("gguf tokenizer metadata key {key} is invalid: {reason}")]
+    GgufTokenizer { key: String, reason: String },
+    #[error("chat template does not parse: {0}")]
+    TemplateSyntax(String),
+    #[error("chat template failed to render: {0}")]
+    TemplateRender(String),
+    #[error("tokenizer failed: {0}")]
+    Tokenize(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

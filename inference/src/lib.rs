@@ -12,7 +12,9 @@
 //!   folders or GGUF files, and tiny random fixtures;
 //! - [`local`]: [`load`] a model from a local path: a decoder on its engine thread with its
 //!   tokenizer, chat template, detokenizer and stop strings behind the [`Model`] trait, or an
-//!   embedder.
+//!   embedder;
+//! - [`text`]: text in and out of a model: tokenizers (Hugging Face folder or GGUF), chat
+//!   templates, streaming detokenization, stop strings, and tiny tokenizer fixtures.
 
 pub mod builtin;
 pub mod engine;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod local;
 pub mod model;
 pub mod sampling;
+pub mod text;
 pub mod transformer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,55 @@
+//! [`Detokenizer`]: token ids to text deltas while a generation streams.
+//!
+//! Byte-level BPE tokens can end in the middle of a UTF-8 character, so decoding each token on
+//! its own would yield U+FFFD. This follows TGI's `prefix_offset`/`read_offset` scheme: decode
+//! a short window that starts a few tokens back (so decoders that treat the first token
+//! specially, like SentencePiece's leading space, see context), emit only the text past what
+//! was already emitted, and hold back while the window's text ends in U+FFFD.
+
+use super::Tokenizer;
+use crate::Result;
+
+/// Incremental decoder state for one sequence.
+#[derive(Debug, Default, Clone)]
+pub struct Detokenizer {
+    /// The tokens from `prefix_offset` on; older ones are dropped as the window moves.
+    window: Vec<u32>,
+    /// Tokens of `window` already emitted: the context decoded before the new ones.
+    read: usize,
+}
+
+impl Detokenizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one token and returns the text it completes (possibly empty, never a partial
+    /// character unless the model produced invalid UTF-8, which is held until [`finish`]).
+    ///
+    /// [`finish`]: Detokenizer::finish
+    pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<String> {
+        self.window.push(token);
+        let prefix = tokenizer.decode(&self.window[..self.read])?;
+        let text = tokenizer.decode(&self.window)?;
+        if text.len() <= prefix.len() || text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        // Decoders are not required to be prefix-stable; if this window's text does not
+        // extend the emitted prefix at a character boundary, wait for more context.
+        let Some(delta) = text.strip_prefix(prefix.as_str()) else { return Ok(String::new()) };
+        let delta = delta.to_owned();
+        // The old context is no longer needed: the emitted tokens become the next prefix.
+        self.window.drain(..self.read);
+        self.read = self.window.len();
+        Ok(delta)
+    }
+
+    /// Returns whatever text is still held back and resets for a new sequence.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let prefix = tokenizer.decode(&self.window[..self.read])?;
+        let text = tokenizer.decode(&self.window)?;
+        *self = Self::default();
+        let rest = text.strip_prefix(prefix.as_str()).or_else(|| text.get(prefix.len()..));
+        Ok(rest.unwrap_or_default().to_owned())
+    }
+}

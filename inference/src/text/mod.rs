@@ -1,0 +1,19 @@
+//! Text in and out of a model.
+//!
+//! - [`tokenizer`]: [`Tokenizer`], loaded from a Hugging Face folder or GGUF metadata, with the
+//!   ids that end a generation and the model's chat template;
+//! - [`chat_template`]: [`ChatTemplate`], Hugging Face Jinja chat templates on minijinja;
+//! - [`detokenize`]: [`Detokenizer`], token ids to text deltas that never split a character;
+//! - [`stop`]: [`StopMatcher`], stop strings that may span deltas;
+//! - [`fixture`]: a tiny byte-level BPE tokenizer written to disk for tests and benchmarks.
+
+pub mod chat_template;
+pub mod detokenize;
+pub mod fixture;
+pub mod stop;
+pub mod tokenizer;
+
+pub use chat_template::ChatTemplate;
+pub use detokenize::Detokenizer;
+pub use stop::StopMatcher;
+pub use tokenizer::Tokenizer;

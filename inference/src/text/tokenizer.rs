@@ -1,0 +1,270 @@
+//! [`Tokenizer`]: a `tokenizers` tokenizer plus what generation needs around it (the ids that
+//! end a generation, the special token strings, the chat template), loaded from a Hugging
+//! Face model folder or from GGUF metadata.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use serde_json::Value as Json;
+
+use super::ChatTemplate;
+use crate::{Error, Result};
+
+/// Added tokens that end a turn in common chat formats (ChatML, Llama 3, Phi 3, Gemma).
+const END_OF_TURN: [&str; 7] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+    "<|end_of_text|>",
+];
+
+/// A tokenizer with its generation metadata.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eos_ids: Vec<u32>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    chat_template: Option<ChatTemplate>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("eos_ids", &self.eos_ids)
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .field("chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` (required), `tokenizer_config.json` (special tokens and the chat
+    /// template; `chat_template.jinja` when the config has none) and `generation_config.json`
+    /// (extra end-of-generation ids) from a Hugging Face model folder.
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
+        let expected = "Hugging Face tokenizer.json";
+        let bytes = read(&path, expected)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| invalid(&path, expected, e.to_string()))?;
+
+        let config = read_json_if_exists(&dir.join("tokenizer_config.json"), "JSON object")?;
+        let config = config.as_ref();
+        let bos_token = config.and_then(|c| token_string(c.get("bos_token")));
+        let eos_token = config.and_then(|c| token_string(c.get("eos_token")));
+        let mut source = config.and_then(|c| template_source(c.get("chat_template")));
+        if source.is_none() {
+            let jinja = dir.join("chat_template.jinja");
+            if jinja.exists() {
+                let bytes = read(&jinja, "Jinja chat template")?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|e| invalid(&jinja, "UTF-8 Jinja chat template", e.to_string()))?;
+                source = Some(text);
+            }
+        }
+        let chat_template = source
+            .map(|s| ChatTemplate::new(&s, bos_token.as_deref(), eos_token.as_deref()))
+            .transpose()?;
+
+        let mut eos_ids: Vec<u32> = Vec::new();
+        let generation = read_json_if_exists(&dir.join("generation_config.json"), "JSON object")?;
+        match generation.as_ref().and_then(|g| g.get("eos_token_id")) {
+            Some(Json::Array(ids)) => eos_ids.extend(ids.iter().filter_map(json_id)),
+            Some(id) => eos_ids.extend(json_id(id)),
+            None => {}
+        }
+        Ok(Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template))
+    }
+
+    /// Builds the tokenizer from GGUF metadata (llama.cpp's `tokenizer.ggml.*` keys, BPE
+    /// `gpt2` models) with candle's [`TokenizerFromGguf`], plus `tokenizer.chat_template` and
+    /// the bos/eos/eot/eom ids. Integer values of any width are accepted.
+    pub fn from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenizer> {
+        // candle wants a whole `Content`; hand it only the tokenizer keys.
+        let content = gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata: metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("tokenizer.ggml."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        };
+        let inner =
+            tokenizers::Tokenizer::from_gguf(&content).map_err(|e| Error::GgufTokenizer {
+                key: "tokenizer.ggml.*".into(),
+                // candle appends a backtrace when RUST_BACKTRACE is set: keep the message line.
+                reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
+            })?;
+
+        let id_of = |key: &str| gguf_id(metadata, key);
+        let bos_id = id_of("tokenizer.ggml.bos_token_id")?;
+        let eos_id = id_of("tokenizer.ggml.eos_token_id")?;
+        let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
+        eos_ids.extend(id_of("tokenizer.ggml.eot_token_id")?);
+        eos_ids.extend(id_of("tokenizer.ggml.eom_token_id")?);
+        let token = |id: Option<u32>| id.and_then(|id| inner.id_to_token(id));
+        let (bos_token, eos_token) = (token(bos_id), token(eos_id));
+
+        let key = "tokenizer.chat_template";
+        let chat_template = match metadata.get(key) {
+            None => None,
+            Some(Value::String(source)) => {
+                Some(ChatTemplate::new(source, bos_token.as_deref(), eos_token.as_deref())?)
+            }
+            Some(other) => {
+                let reason = format!("expected a string, found {:?}", other.value_type());
+                return Err(Error::GgufTokenizer { key: key.into(), reason });
+            }
+        };
+        Ok(Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template))
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        mut eos_ids: Vec<u32>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        chat_template: Option<ChatTemplate>,
+    ) -> Tokenizer {
+        eos_ids.extend(eos_token.as_deref().and_then(|t| inner.token_to_id(t)));
+        let added = inner.get_added_tokens_decoder();
+        for (id, token) in &added {
+            if token.special && END_OF_TURN.contains(&token.content.as_str()) {
+                eos_ids.push(*id);
+            }
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Tokenizer { inner, eos_ids, bos_token, eos_token, chat_template }
+    }
+
+    /// Token ids of `text`, adding no special tokens (chat templates write those).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding =
+            self.inner.encode_fast(text, false).map_err(|e| Error::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenize(e.to_string()))
+    }
+
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of one token (as it appears in the vocabulary, e.g. `<|im_end|>`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Every id that ends a generation, sorted and without duplicates.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+fn invalid(path: &Path, expected: &'static str, reason: String) -> Error {
+    Error::InvalidFile { path: path.to_owned(), expected, reason }
+}
+
+pub(crate) fn read(path: &Path, expected: &'static str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::ReadFile {
+        path: PathBuf::from(path),
+        expected,
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn read_json(path: &Path, expected: &'static str) -> Result<Json> {
+    let bytes = read(path, expected)?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(path, expected, e.to_string()))
+}
+
+/// Optional files: absent is fine, present but unreadable or corrupt is an error.
+fn read_json_if_exists(path: &Path, expected: &'static str) -> Result<Option<Json>> {
+    if path.exists() { read_json(path, expected).map(Some) } else { Ok(None) }
+}
+
+/// `"<s>"` or an AddedToken object `{"content": "<s>", ...}`; `null` means none.
+pub(crate) fn token_string(value: Option<&Json>) -> Option<String> {
+    match value? {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// A template string, or the list form `[{"name": "default", "template": ...}, ...]`, where
+/// the `default` entry is the chat template (the first entry when none is named so).
+fn template_source(value: Option<&Json>) -> Option<String> {
+    match value? {
+        Json::String(s) => Some(s.clone()),
+        Json::Array(list) => {
+            let named = |n: &Json| n.get("name").and_then(Json::as_str) == Some("default");
+            let entry = list.iter().find(|e| named(e)).or_else(|| list.first())?;
+            entry.get("template")?.as_str().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+fn json_id(value: &Json) -> Option<u32> {
+    value.as_u64().and_then(|id| u32::try_from(id).ok())
+}
+
+/// A token id stored under `key` as any integer type; absent is `None`.
+fn gguf_id(metadata: &HashMap<String, Value>, key: &str) -> Result<Option<u32>> {
+    let Some(value) = metadata.get(key) else { return Ok(None) };
+    let id = match *value {
+        Value::U8(v) => Some(u64::from(v)),
+        Value::U16(v) => Some(u64::from(v)),
+        Value::U32(v) => Some(u64::from(v)),
+        Value::U64(v) => Some(v),
+        Value::I8(v) => u64::try_from(v).ok(),
+        Value::I16(v) => u64::try_from(v).ok(),
+        Value::I32(v) => u64::try_from(v).ok(),
+        Value::I64(v) => u64::try_from(v).ok(),
+        _ => None,
+    };
+    match id.and_then(|id| u32::try_from(id).ok()) {
+        Some(id) => Ok(Some(id)),
+        None => Err(Error::GgufTokenizer {
+            key: key.to_owned(),
+            reason: match value {
+                Value::Array(_) | Value::String(_) => {
+                    format!("expected a token id, found {:?}", value.value_type())
+                }
+                scalar => format!("expected a token id (a non-negative integer), found {scalar:?}"),
+            },
+        }),
+    }
+}
