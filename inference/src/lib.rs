@@ -8,11 +8,13 @@
 //! - [`sampling`]: greedy, temperature, top-k/p, min-p, penalties, seeds;
 //! - [`engine`]: the continuous-batching engine thread over a batched model;
 //! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
-//!   sequences of different lengths (each with its own KV cache), and tiny random fixtures.
+//!   sequences of different lengths (each with its own KV cache), and tiny random fixtures;
+//! - [`embedding`]: batched sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2).
 //!
 //! The engine thread with continuous batching plugs these in behind the same trait.
 
 pub mod builtin;
+pub mod embedding;
 pub mod engine;
 pub mod error;
 pub mod model;
