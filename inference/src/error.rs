@@ -24,6 +24,8 @@ pub enum Error {
     InvalidFile { path: PathBuf, expected: &'static str, reason: String },
     #[error("gguf tokenizer metadata key {key} is invalid: {reason}")]
     GgufTokenizer { key: String, reason: String },
+    #[error("cannot build a tokenizer from gguf metadata: {0}")]
+    GgufTokenizerBuild(String),
     #[error("chat template does not parse: {0}")]
     TemplateSyntax(String),
     #[error("chat template failed to render: {0}")]

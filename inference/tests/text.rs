@@ -56,6 +56,15 @@ fn conversation() -> Vec<ChatMessage> {
     ]
 }
 
+#[test]
+fn text_types_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Tokenizer>();
+    shared::<ChatTemplate>();
+    shared::<Detokenizer>();
+    shared::<StopMatcher>();
+}
+
 fn stream(tokenizer: &Tokenizer, ids: &[u32]) -> fleet_inference::Result<Vec<String>> {
     let mut detok = Detokenizer::new();
     let mut deltas = Vec::new();
@@ -133,6 +142,10 @@ fn eos_ids_and_special_tokens_come_from_the_config_files() -> TestResult {
     std::fs::remove_file(dir.0.join("generation_config.json"))?;
     let tok = Tokenizer::from_hf_dir(&dir.0)?;
     assert!(tok.chat_template().is_none());
+    std::fs::write(dir.0.join("chat_template.jinja"), "{{ messages[0].content }}!")?;
+    let tok = Tokenizer::from_hf_dir(&dir.0)?;
+    let template = tok.chat_template().ok_or("chat_template.jinja was not read")?;
+    assert_eq!(template.render(&[ChatMessage::new(Role::User, "x")], &[], true)?, "x!");
     assert_eq!(tok.eos_token(), None);
     let mut expected = vec![im_end, endoftext];
     expected.sort_unstable();
@@ -317,11 +330,15 @@ fn detokenizer_streams_multibyte_text_without_splitting_characters() -> TestResu
     let prompt = ChatTemplate::chatml().render(&conversation(), &[], true)?;
     assert_eq!(stream(&tok, &tok.encode(&prompt)?)?.concat(), prompt);
 
-    // Invalid UTF-8 from the model (a lone 0xFF byte token) is held and then flushed as-is.
+    // Invalid UTF-8 from the model (a lone 0xFF byte token) comes out as U+FFFD with the
+    // next complete character, exactly as a full decode shows it.
     let ids = [tok.encode("ok ")?, vec![255], tok.encode("é")?].concat();
     let deltas = stream(&tok, &ids)?;
     assert_eq!(deltas.concat(), tok.decode(&ids)?);
     assert_eq!(deltas.concat(), "ok \u{FFFD}é");
+    let ids = [tok.encode("ok ")?, vec![255]].concat();
+    let deltas = stream(&tok, &ids)?;
+    assert_eq!(deltas[deltas.len() - 2..], ["", "\u{FFFD}"], "held until finish");
     Ok(())
 }
 
@@ -430,11 +447,12 @@ fn gguf_metadata_builds_the_same_tokenizer_as_the_hf_folder() -> TestResult {
     assert!(tok.eos_ids().contains(&5) && tok.eos_ids().contains(&7), "{:?}", tok.eos_ids());
     metadata.insert("tokenizer.ggml.eos_token_id".into(), Value::I32(-1));
     let err = Tokenizer::from_gguf(&metadata).err().ok_or("negative id accepted")?;
+    assert!(matches!(err, Error::GgufTokenizer { .. }), "{err:?}");
     assert!(err.to_string().contains("tokenizer.ggml.eos_token_id"), "{err}");
 
     metadata.remove("tokenizer.ggml.tokens");
     let err = Tokenizer::from_gguf(&metadata).err().ok_or("no tokens accepted")?;
-    assert!(matches!(err, Error::GgufTokenizer { .. }), "{err:?}");
+    assert!(matches!(err, Error::GgufTokenizerBuild(_)), "{err:?}");
     assert!(err.to_string().contains("tokenizer.ggml.tokens"), "{err}");
     Ok(())
 }

@@ -23,8 +23,9 @@ impl Detokenizer {
         Self::default()
     }
 
-    /// Adds one token and returns the text it completes (possibly empty, never a partial
-    /// character unless the model produced invalid UTF-8, which is held until [`finish`]).
+    /// Adds one token and returns the text it completes: possibly empty, never part of a
+    /// character. Bytes that are not valid UTF-8 come out as U+FFFD once a complete character
+    /// follows them, or from [`finish`].
     ///
     /// [`finish`]: Detokenizer::finish
     pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<String> {

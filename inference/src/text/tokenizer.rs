@@ -98,12 +98,10 @@ impl Tokenizer {
             tensor_infos: HashMap::new(),
             tensor_data_offset: 0,
         };
-        let inner =
-            tokenizers::Tokenizer::from_gguf(&content).map_err(|e| Error::GgufTokenizer {
-                key: "tokenizer.ggml.*".into(),
-                // candle appends a backtrace when RUST_BACKTRACE is set: keep the message line.
-                reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
-            })?;
+        let inner = tokenizers::Tokenizer::from_gguf(&content).map_err(|e| {
+            // candle appends a backtrace when RUST_BACKTRACE is set: keep the message line.
+            Error::GgufTokenizerBuild(e.to_string().lines().next().unwrap_or_default().to_owned())
+        })?;
 
         let id_of = |key: &str| gguf_id(metadata, key);
         let bos_id = id_of("tokenizer.ggml.bos_token_id")?;
