@@ -90,7 +90,11 @@ pub enum TokenEvent {
     Token(u32),
     /// Sent just before its `Token` when the request asked for logprobs.
     Logprobs(TokenLogprobs),
-    Done { prompt_tokens: usize, completion_tokens: usize, finish: Finish },
+    Done {
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        finish: Finish,
+    },
     Error(String),
 }
 

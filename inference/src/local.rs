@@ -136,7 +136,8 @@ fn generator(
             decoder.config().vocab_size
         )));
     }
-    let template = tokenizer.chat_template().cloned().unwrap_or_else(ChatTemplate::chatml);
+    // Models that ship no template get ChatML.
+    let fallback = tokenizer.chat_template().is_none().then(ChatTemplate::chatml);
     let engine = Engine::start(decoder, options.engine.clone())
         .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
     Ok(LocalModel {
@@ -144,7 +145,7 @@ fn generator(
         inner: Inner::Generator(Generator {
             engine,
             tokenizer: Arc::new(tokenizer),
-            template,
+            fallback,
             context,
             default_max_tokens: options.default_max_tokens,
         }),
@@ -169,7 +170,7 @@ enum Inner {
 struct Generator {
     engine: Engine,
     tokenizer: Arc<Tokenizer>,
-    template: ChatTemplate,
+    fallback: Option<ChatTemplate>,
     context: usize,
     default_max_tokens: usize,
 }
@@ -199,7 +200,11 @@ impl LocalModel {
     /// The prompt `messages` render to, in token ids.
     pub fn prompt_tokens(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
         let g = self.generator()?;
-        let text = g.template.render(&request.messages, &[], true)?;
+        let template = g.tokenizer.chat_template().or(g.fallback.as_ref());
+        let Some(template) = template else {
+            return Err(Error::InvalidRequest(format!("model {} has no chat template", self.id)));
+        };
+        let text = template.render(&request.messages, &[], true)?;
         g.tokenizer.encode(&text)
     }
 
@@ -260,8 +265,7 @@ impl Model for LocalModel {
             return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
         }
         let room = g.context - prompt.len();
-        let max_tokens =
-            request.max_tokens.map_or(g.default_max_tokens, |m| m as usize).min(room);
+        let max_tokens = request.max_tokens.map_or(g.default_max_tokens, |m| m as usize).min(room);
         let prompt_tokens = prompt.len();
         let events = g.engine.generate(TokenRequest {
             prompt,

@@ -115,12 +115,17 @@ impl DecoderConfig {
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self, String> {
-        let raw: HfConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let kind =
-            raw.model_type.clone().ok_or_else(|| "config.json has no model_type".to_owned())?;
-        let family = Family::from_name(&kind).ok_or_else(|| {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        // The family first, so an unsupported model says so rather than what it lacks.
+        let kind = value
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| "config.json has no model_type".to_owned())?;
+        let family = Family::from_name(kind).ok_or_else(|| {
             format!("model_type {kind:?} is not supported (supported: {})", Family::NAMES)
         })?;
+        let raw: HfConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1));
         let dims = match raw.partial_rotary_factor {
             Some(f) => (f * head_dim as f64) as usize,
@@ -150,8 +155,8 @@ impl DecoderConfig {
         Ok(cfg)
     }
 
-    /// Reads llama.cpp's metadata keys. `has_tensor` tells which optional tensors the file
-    /// holds (biases, an untied output matrix, rope frequency factors).
+    /// Reads llama.cpp's metadata keys; which optional tensors the file holds (biases, an
+    /// untied output matrix, rope frequency factors) switches the matching features on.
     pub fn from_gguf(content: &Content) -> Result<Self, String> {
         let md = &content.metadata;
         let arch = match md.get("general.architecture") {
@@ -229,7 +234,6 @@ fn float(md: &HashMap<String, Value>, key: &str) -> Result<f64, String> {
 
 #[derive(Deserialize)]
 struct HfConfig {
-    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
