@@ -133,6 +133,7 @@ fn assert_load_error(dir: &Path, file: &str, what: &str) -> Result<()> {
         Err(err) => err,
     };
     let msg = err.to_string();
+    println!("{msg}");
     let path = if file.is_empty() { dir.to_owned() } else { dir.join(file) };
     assert!(msg.contains(&path.display().to_string()), "{msg:?} does not name {}", path.display());
     assert!(msg.contains(what), "{msg:?} does not say {what:?}");
@@ -168,5 +169,23 @@ fn broken_model_folders_are_clear_errors() -> Result<()> {
         std::fs::write(d.join("config.json"), text.replace("30522", "30600"))
     })?;
     assert_load_error(&dir, "model.safetensors", "has shape [30522, 384], expected [30600, 384]")?;
+    Ok(())
+}
+
+#[test]
+fn bert_prefixed_weights_load_the_same() -> Result<()> {
+    // Checkpoints of BertFor* task models store the encoder under "bert.".
+    let dir = broken_copy("prefixed", |d| {
+        let path = d.join("model.safetensors");
+        let tensors =
+            candle_core::safetensors::load(&path, &Device::Cpu).map_err(std::io::Error::other)?;
+        let renamed: std::collections::HashMap<String, Tensor> =
+            tensors.into_iter().map(|(k, v)| (format!("bert.{k}"), v)).collect();
+        candle_core::safetensors::save(&renamed, &path).map_err(std::io::Error::other)
+    })?;
+    let text = ["The cat sits outside"];
+    let prefixed = Embedder::load(&dir, &Device::Cpu)?.embed(&text)?;
+    assert_eq!(prefixed, load()?.embed(&text)?);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -152,15 +152,13 @@ impl Bert {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let parts = ["query", "key", "value"]
-                .map(|n| linear(w, &format!("{p}.attention.self.{n}"), h, h));
-            let [q, k, v] = parts;
-            let (q, k, v) = (q?, k?, v?);
-            let fuse = |f: fn(&Linear) -> Option<&Tensor>| -> Result<Tensor> {
-                let ts: Vec<&Tensor> = [&q, &k, &v].into_iter().filter_map(f).collect();
-                Tensor::cat(&ts, 0).map_err(|e| model_file(w.path(), first_line(&e)))
+            let fused = |kind: &str, shape: &[usize]| -> Result<Tensor> {
+                let parts = ["query", "key", "value"]
+                    .map(|n| w.get(&format!("{p}.attention.self.{n}.{kind}"), shape));
+                let [q, k, v] = parts;
+                Tensor::cat(&[q?, k?, v?], 0).map_err(|e| model_file(w.path(), first_line(&e)))
             };
-            let qkv = Linear::new(fuse(|l| Some(l.weight()))?, Some(fuse(Linear::bias)?));
+            let qkv = Linear::new(fused("weight", &[h, h])?, Some(fused("bias", &[h])?));
             layers.push(Layer {
                 qkv,
                 attn_out: linear(w, &format!("{p}.attention.output.dense"), h, h)?,
