@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn unknown_builtin_is_a_clear_error() {
-        let err = crate::load("builtin:nope", &BTreeMap::new()).err().map(|e| e.to_string());
+        let err =
+            crate::load_builtin("builtin:nope", &BTreeMap::new()).err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
             Some("unknown model \"builtin:nope\": known models are builtin:echo")

@@ -114,7 +114,7 @@ pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<Local
         .and_then(|v| v.get("model_type")?.as_str().map(str::to_owned));
     if model_type.as_deref() == Some("bert") {
         let embedder = Embedder::load(&path, device)?;
-        return Ok(LocalModel { id, inner: Inner::Embedder(Box::new(embedder)) });
+        return Ok(LocalModel { id, inner: Inner::Embedder(embedder) });
     }
     // The tokenizer first: it is the cheaper file to find missing.
     let tokenizer = Tokenizer::from_hf_dir(&path)?;
@@ -160,10 +160,12 @@ pub struct LocalModel {
     inner: Inner,
 }
 
+// One per loaded model: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Inner {
     Generator(Generator),
-    Embedder(Box<Embedder>),
+    Embedder(Embedder),
 }
 
 #[derive(Debug)]

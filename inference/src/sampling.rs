@@ -164,6 +164,22 @@ fn argmax(logits: &[f32]) -> u32 {
     logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
 }
 
+/// Log-softmax of `logits` at `token`, plus the `top` most likely tokens with theirs.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> crate::engine::TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let at = |t: u32| logits.get(t as usize).map_or(f32::NEG_INFINITY, |l| l - log_sum);
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(order.len());
+    if top > 0 {
+        order.select_nth_unstable_by(top - 1, |a, b| at(*b).total_cmp(&at(*a)));
+    }
+    order.truncate(top);
+    order.sort_by(|a, b| at(*b).total_cmp(&at(*a)));
+    let top = order.into_iter().map(|t| (t, at(t))).collect();
+    crate::engine::TokenLogprobs { token, logprob: at(token), top }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,20 +278,4 @@ mod tests {
         assert!(params(|p| p.top_k = Some(0)).validate().is_err_and(|e| e.contains("top_k")));
         assert!(SamplingParams::default().validate().is_ok());
     }
-}
-
-/// Log-softmax of `logits` at `token`, plus the `top` most likely tokens with theirs.
-pub fn logprobs(logits: &[f32], token: u32, top: usize) -> crate::engine::TokenLogprobs {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
-    let at = |t: u32| logits.get(t as usize).map_or(f32::NEG_INFINITY, |l| l - log_sum);
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    let top = top.min(order.len());
-    if top > 0 {
-        order.select_nth_unstable_by(top - 1, |a, b| at(*b).total_cmp(&at(*a)));
-    }
-    order.truncate(top);
-    order.sort_by(|a, b| at(*b).total_cmp(&at(*a)));
-    let top = order.into_iter().map(|t| (t, at(t))).collect();
-    crate::engine::TokenLogprobs { token, logprob: at(token), top }
 }

@@ -264,3 +264,17 @@ fn the_hugging_face_cache_layout_resolves() -> Result<()> {
     std::fs::remove_file(&gguf)?;
     Ok(())
 }
+
+/// A BERT folder loads as an embedder (real all-MiniLM-L6-v2 weights from the pip package).
+#[test]
+fn a_bert_folder_loads_as_an_embedder() -> Result<()> {
+    let dir = fleet_inference::embedding::fixture::minilm_dir()?;
+    let model = load(&dir, &Device::Cpu, &LoadOptions::default())?;
+    assert!(model.is_embedder());
+    let v = model.embed(&["The cat sits outside", "The dog plays in the garden"])?;
+    let cosine: f32 = v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum();
+    assert!((cosine - 0.2838).abs() <= 0.001, "cosine {cosine}");
+    let e = model.generate(request("hi", 4)).err().ok_or("an embedder generated")?;
+    assert!(e.to_string().contains("does not generate"), "{e}");
+    Ok(())
+}

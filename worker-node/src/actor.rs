@@ -73,6 +73,7 @@ impl AgentActor {
             temperature: s.temperature,
             top_p: s.top_p,
             seed: s.seed,
+            ..Default::default()
         }
     }
 }
