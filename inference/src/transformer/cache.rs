@@ -60,6 +60,11 @@ impl SequenceCache {
         Ok((keys.narrow(1, 0, needed)?, values.narrow(1, 0, needed)?))
     }
 
+    /// The buffers `[kv_heads, capacity, head_dim]` of `layer`, once written.
+    pub(crate) fn buffers(&self, layer: usize) -> Option<&(Tensor, Tensor)> {
+        self.layers.get(layer)?.as_ref()
+    }
+
     /// Records that a step added `n` positions (after every layer appended).
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;

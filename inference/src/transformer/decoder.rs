@@ -5,6 +5,7 @@
 use candle_core::{D, Device, IndexOp, Result, Tensor};
 
 use super::StepInput;
+use super::attention::{DecodeJob, attention, decode_cpu};
 use super::cache::SequenceCache;
 use super::config::{DecoderConfig, Family};
 use super::linear::Linear;
@@ -138,19 +139,7 @@ impl Decoder {
             let q = self.heads(&q, nh, layer.q_norm.as_ref(), &cos, &sin)?;
             let k = self.heads(&k, kvh, layer.k_norm.as_ref(), &cos, &sin)?;
             let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
-            let mut outputs = Vec::with_capacity(inputs.len());
-            let mut offset = 0;
-            for input in inputs.iter_mut() {
-                let n = input.tokens.len();
-                let pos = input.cache.len();
-                let qi = q.narrow(1, offset, n)?;
-                let ki = k.narrow(1, offset, n)?.contiguous()?;
-                let vi = v.narrow(1, offset, n)?.contiguous()?;
-                let (keys, values) = input.cache.append(index, &ki, &vi)?;
-                outputs.push(attention(&qi, &keys, &values, pos)?);
-                offset += n;
-            }
-            let attn = Tensor::cat(&outputs, 0)?;
+            let attn = attend(&q, &k, &v, inputs, index, kvh)?;
             x = (x + layer.o.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
             let hidden = match &layer.mlp {
@@ -258,29 +247,63 @@ fn expect_out(l: &Linear, out: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Attention of `q` `[heads, n, hd]` (positions `pos..pos + n`) over `keys`/`values`
-/// `[kv_heads, len, hd]`; returns `[n, heads * hd]`. Query heads are grouped by the KV head
-/// they share, so keys and values are never copied per query head.
-fn attention(q: &Tensor, keys: &Tensor, values: &Tensor, pos: usize) -> Result<Tensor> {
-    let (nh, n, hd) = q.dims3()?;
-    let (kvh, len, _) = keys.dims3()?;
-    let groups = nh / kvh;
-    let q = q.contiguous()?.reshape((kvh, groups * n, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-    if n > 1 {
-        // Row (g, i) is query i (at position pos + i): it sees keys up to pos + i.
-        let mask: Vec<f32> = (0..groups * n)
-            .flat_map(|r| {
-                let i = r % n;
-                (0..len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (groups * n, len), q.device())?;
-        scores = scores.broadcast_add(&mask)?;
+/// Appends this step's keys and values `[kv_heads, T, hd]` to each sequence's cache, then
+/// attends: single-token sequences together on the CPU fast path, prompt chunks with
+/// matmuls. Returns `[T, heads * hd]`.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    inputs: &mut [StepInput<'_>],
+    layer: usize,
+    kv_heads: usize,
+) -> Result<Tensor> {
+    let mut outputs: Vec<Option<Tensor>> = Vec::with_capacity(inputs.len());
+    let mut jobs = Vec::new();
+    let mut offset = 0;
+    for input in inputs.iter_mut() {
+        let n = input.tokens.len();
+        let pos = input.cache.len();
+        let ki = k.narrow(1, offset, n)?.contiguous()?;
+        let vi = v.narrow(1, offset, n)?.contiguous()?;
+        let (keys, values) = input.cache.append(layer, &ki, &vi)?;
+        if n == 1
+            && let Some((kb, vb)) = input.cache.buffers(layer)
+        {
+            jobs.push(DecodeJob {
+                token: offset,
+                keys: kb.clone(),
+                values: vb.clone(),
+                len: pos + 1,
+            });
+            outputs.push(None);
+        } else {
+            outputs.push(Some(attention(&q.narrow(1, offset, n)?, &keys, &values, pos)?));
+        }
+        offset += n;
     }
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-    weights.matmul(values)?.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
+    if !jobs.is_empty() {
+        let rows = decode_cpu(q, &jobs, kv_heads)?;
+        let width = q.dim(0)? * q.dim(2)?;
+        let mut rows = rows.map(|r| r.into_iter());
+        let mut jobs = jobs.iter();
+        for out in outputs.iter_mut().filter(|o| o.is_none()) {
+            let Some(job) = jobs.next() else { break };
+            *out = Some(match rows.as_mut() {
+                Some(rows) => {
+                    Tensor::from_iter(rows.by_ref().take(width), q.device())?.reshape((1, width))?
+                }
+                // Not on the CPU: the matmul path over the cache's views.
+                None => {
+                    let keys = job.keys.narrow(1, 0, job.len)?;
+                    let values = job.values.narrow(1, 0, job.len)?;
+                    attention(&q.narrow(1, job.token, 1)?, &keys, &values, job.len - 1)?
+                }
+            });
+        }
+    }
+    let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
+    Tensor::cat(&outputs, 0)
 }
 
 /// The index of the largest logit of each row.

@@ -8,10 +8,12 @@
 //! - [`linear`]: dense or quantized projections;
 //! - [`rope`]: rotary embeddings (NeoX or interleaved pairs, Llama 3 scaling);
 //! - [`cache`]: a sequence's KV cache;
+//! - [`attention`]: attention over a cache (a CPU fast path for single-token decode);
 //! - [`decoder`]: the forward pass;
 //! - [`load`]: a model from a Hugging Face folder or a GGUF file, with clear errors;
 //! - [`fixture`]: tiny random-weight models of every family written to disk in both formats.
 
+pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod decoder;
