@@ -9,6 +9,9 @@ pub enum Error {
     InvalidOption { key: String, value: String, expected: &'static str },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    // kernels
+    #[error("no fast kernel for these weights ({0}); use candle's QMatMul")]
+    UnsupportedWeights(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,12 +9,15 @@
 //! - [`engine`]: the continuous-batching engine thread over a batched model;
 //! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
 //!   sequences of different lengths (each with its own KV cache), and tiny random fixtures.
+//! - [`kernels`]: fast CPU matmul of f32 activations by GGUF-quantized weights (Q8_0), with
+//!   runtime SIMD dispatch and the output rows split across threads.
 //!
 //! The engine thread with continuous batching plugs these in behind the same trait.
 
 pub mod builtin;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod sampling;
 pub mod transformer;

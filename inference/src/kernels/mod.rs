@@ -1,0 +1,181 @@
+//! Fast CPU matmul of f32 activations by GGUF-quantized weights, for decode steps where
+//! candle's `QMatMul` is far from memory bandwidth.
+//!
+//! [`QuantMatrix`] repacks a candle [`QTensor`] (HF layout `[n, k]`, i.e. `[out, in]`) into
+//! separate int8 and f16-scale arrays: the same bytes as the GGUF file, no f32 copy. A matmul
+//! quantizes the activation rows once ([`act`]), then splits the `n` output rows across
+//! rayon's threads; each thread walks tiles of weight rows × activation rows ([`q8`]) so the
+//! weights are read once per call however many sequences are batched.
+//!
+//! Supported: Q8_0. Other dtypes are an [`Error::UnsupportedWeights`] so the caller keeps
+//! candle's `QMatMul`.
+
+mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod q8;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+use act::{QK, QuantActs};
+use q8::{Block, Q8Rows};
+
+/// A quantized weight matrix `[n, k]` ready for [`QuantMatrix::matmul`].
+#[derive(Debug)]
+pub struct QuantMatrix {
+    n: usize,
+    k: usize,
+    /// Q8_0: `n × k/32` blocks of int8 values, row-major.
+    qs: Vec<Block>,
+    /// Q8_0: the blocks' f16 scales (raw bits), row-major.
+    d: Vec<u16>,
+}
+
+/// Bytes of one GGUF Q8_0 block: an f16 scale then 32 int8 values.
+const Q8_0_BYTES: usize = 2 + QK;
+
+/// Below this many multiply-adds a call stays on the calling thread (rayon costs a few µs).
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+impl QuantMatrix {
+    /// Repacks a 2-D CPU `QTensor` `[n, k]`. Unsupported dtypes, shapes or devices are an
+    /// [`Error::UnsupportedWeights`]: keep candle's `QMatMul` for those.
+    pub fn from_qtensor(qt: &QTensor) -> Result<Self> {
+        let unsupported = |why: String| Error::UnsupportedWeights(why);
+        let &[n, k] = qt.shape().dims() else {
+            return Err(unsupported(format!("shape {:?} is not 2-D", qt.shape().dims())));
+        };
+        if !qt.device().is_cpu() {
+            return Err(unsupported("weights are not on the CPU".into()));
+        }
+        if qt.dtype() != GgmlDType::Q8_0 {
+            return Err(unsupported(format!("dtype {:?}", qt.dtype())));
+        }
+        if k == 0 || !k.is_multiple_of(QK) {
+            return Err(unsupported(format!("k = {k} is not a positive multiple of {QK}")));
+        }
+        let data = qt.data().map_err(|e| unsupported(format!("reading blocks: {e}")))?;
+        let blocks = n * (k / QK);
+        if data.len() != blocks * Q8_0_BYTES {
+            return Err(unsupported(format!("{} bytes for {blocks} Q8_0 blocks", data.len())));
+        }
+        let mut qs = Vec::with_capacity(blocks);
+        let mut d = Vec::with_capacity(blocks);
+        for b in data.chunks_exact(Q8_0_BYTES) {
+            d.push(u16::from_le_bytes([b[0], b[1]]));
+            qs.push(std::array::from_fn(|i| b[2 + i] as i8));
+        }
+        Ok(Self { n, k, qs, d })
+    }
+
+    /// Output features (`n`, the weight's rows).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (`k`, the weight's columns).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// The GGUF dtype these weights came from.
+    pub fn dtype(&self) -> GgmlDType {
+        GgmlDType::Q8_0
+    }
+
+    /// Memory held by the weights: the GGUF size of the tensor.
+    pub fn bytes(&self) -> usize {
+        self.qs.len() * QK + self.d.len() * 2
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU): shape `[.., n]`.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        if dims.last() != Some(&self.k) || x.dtype() != DType::F32 || !x.device().is_cpu() {
+            candle_core::bail!(
+                "kernels: x must be f32 [.., {}] on the CPU, got {:?} {:?}",
+                self.k,
+                x.dtype(),
+                dims
+            );
+        }
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("kernels: x is not on the CPU")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("kernels: x is not contiguous")
+        };
+        let xs = &cpu.as_slice::<f32>()?[start..end];
+        let mut out = vec![0f32; xs.len() / self.k * self.n];
+        self.matmul_slice(xs, &mut out)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.n;
+        }
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    }
+
+    /// `out = x · Wᵀ` for row-major `x` `[m, k]` and `out` `[m, n]`, with `m = x.len() / k`.
+    pub fn matmul_slice(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
+        let (n, k) = (self.n, self.k);
+        if !x.len().is_multiple_of(k) || out.len() != x.len() / k * n {
+            candle_core::bail!(
+                "kernels: x has {} values and out {} for a [{n}, {k}] weight",
+                x.len(),
+                out.len()
+            );
+        }
+        let m = x.len() / k;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let acts = QuantActs::new(x, k);
+        let threads = rayon::current_num_threads();
+        if m * n * k < PARALLEL_MIN_WORK || threads == 1 {
+            let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+            self.run_rows(0..n, &acts, &mut rows);
+            return Ok(());
+        }
+        // A few chunks per thread so a thread slowed by other work is helped by the rest.
+        let chunk = n.div_ceil(threads * 4).next_multiple_of(4);
+        let mut parts: Vec<Vec<&mut [f32]>> =
+            (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(m)).collect();
+        for row in out.chunks_exact_mut(n) {
+            for (part, piece) in parts.iter_mut().zip(row.chunks_mut(chunk)) {
+                part.push(piece);
+            }
+        }
+        parts.into_par_iter().enumerate().for_each(|(c, mut rows)| {
+            let start = c * chunk;
+            self.run_rows(start..(start + chunk).min(n), &acts, &mut rows);
+        });
+        Ok(())
+    }
+
+    /// Weight rows `range` against all activations, into `out` (one slice per activation
+    /// row, of `range.len()` values each), with the best kernel this CPU has.
+    fn run_rows(&self, range: std::ops::Range<usize>, acts: &QuantActs, out: &mut [&mut [f32]]) {
+        let kb = self.k / QK;
+        let w = Q8Rows {
+            qs: &self.qs[range.start * kb..range.end * kb],
+            d: &self.d[range.start * kb..range.end * kb],
+            kb,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            return simd.vectorize(
+                #[inline(always)]
+                || q8::matmul_rows(avx2::Avx2(simd), w, acts, out),
+            );
+        }
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || q8::matmul_rows(q8::Portable, w, acts, out),
+        )
+    }
+}
