@@ -48,11 +48,25 @@ impl QuantActs {
 }
 
 fn quantize_blocks(xs: &[[f32; QK]], qs: &mut [[i8; QK]], ds: &mut [f32]) {
-    pulp::Arch::new().dispatch(|| {
-        for ((x, q), d) in xs.iter().zip(qs.iter_mut()).zip(ds.iter_mut()) {
+    pulp::Arch::new().dispatch(Quantize { xs, qs, ds });
+}
+
+/// A struct, not a closure, so it is inlined into pulp's `#[target_feature]` function.
+struct Quantize<'a> {
+    xs: &'a [[f32; QK]],
+    qs: &'a mut [[i8; QK]],
+    ds: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        for ((x, q), d) in self.xs.iter().zip(self.qs.iter_mut()).zip(self.ds.iter_mut()) {
             quantize_block(x, q, d);
         }
-    });
+    }
 }
 
 #[inline(always)]

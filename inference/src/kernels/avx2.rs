@@ -15,32 +15,34 @@ impl Q8Kernel for Avx2 {
     #[inline(always)]
     fn tile<const R: usize, const MA: usize>(
         self,
-        w: [&[Block]; R],
-        sw: [&[f32]; R],
+        w: &[[Block; R]],
+        sw: &[[f32; R]],
         x: [&[Block]; MA],
         sx: [&[f32]; MA],
     ) -> [[f32; MA]; R] {
         let s = self.0;
-        let kb = sw[0].len();
+        let kb = w.len();
         // Equal lengths up front so the loop below has no bounds checks.
-        let w = w.map(|w| &w[..kb]);
-        let sw = sw.map(|sw| &sw[..kb]);
+        let sw = &sw[..kb];
         let x = x.map(|x| &x[..kb]);
         let sx = sx.map(|sx| &sx[..kb]);
         let ones = s.avx._mm256_set1_epi16(1);
         let mut acc: [[__m256; MA]; R] = [[s.avx._mm256_setzero_ps(); MA]; R];
         for b in 0..kb {
-            let xv: [__m256i; MA] = std::array::from_fn(|j| pulp::cast(x[j][b]));
+            let mut xv = [ones; MA];
+            for j in 0..MA {
+                xv[j] = pulp::cast(x[j][b]);
+            }
             for i in 0..R {
-                let wv: __m256i = pulp::cast(w[i][b]);
+                let wv: __m256i = pulp::cast(w[b][i]);
                 let aw = s.avx2._mm256_sign_epi8(wv, wv);
                 for j in 0..MA {
                     let sxw = s.avx2._mm256_sign_epi8(xv[j], wv);
                     let p16 = s.avx2._mm256_maddubs_epi16(aw, sxw);
                     let p32 = s.avx2._mm256_madd_epi16(p16, ones);
-                    let scale = s.avx._mm256_set1_ps(sw[i][b] * sx[j][b]);
-                    acc[i][j] =
-                        s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), scale, acc[i][j]);
+                    let scale = s.avx._mm256_set1_ps(sw[b][i] * sx[j][b]);
+                    let p = s.avx._mm256_cvtepi32_ps(p32);
+                    acc[i][j] = s.fma._mm256_fmadd_ps(p, scale, acc[i][j]);
                 }
             }
         }

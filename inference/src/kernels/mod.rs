@@ -21,16 +21,16 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 use act::{QK, QuantActs};
-use q8::{Block, Q8Rows};
+use q8::{Block, Q8Rows, TILE};
 
 /// A quantized weight matrix `[n, k]` ready for [`QuantMatrix::matmul`].
 #[derive(Debug)]
 pub struct QuantMatrix {
     n: usize,
     k: usize,
-    /// Q8_0: `n × k/32` blocks of int8 values, row-major.
+    /// Q8_0: `n × k/32` blocks of int8 values, in tiles of rows (see [`q8::Q8Rows`]).
     qs: Vec<Block>,
-    /// Q8_0: the blocks' f16 scales (raw bits), row-major.
+    /// Q8_0: the blocks' f16 scales (raw bits), in the same order.
     d: Vec<u16>,
 }
 
@@ -62,9 +62,18 @@ impl QuantMatrix {
         if data.len() != blocks * Q8_0_BYTES {
             return Err(unsupported(format!("{} bytes for {blocks} Q8_0 blocks", data.len())));
         }
-        let mut qs = Vec::with_capacity(blocks);
-        let mut d = Vec::with_capacity(blocks);
-        for b in data.chunks_exact(Q8_0_BYTES) {
+        // Row-major GGUF blocks into tiles of TILE rows interleaved by block; the last
+        // n % TILE rows stay row-major (see q8::Q8Rows).
+        let kb = k / QK;
+        let (mut qs, mut d) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        let full = n / TILE * TILE;
+        let order = (0..full / TILE)
+            .flat_map(|t| {
+                (0..kb).flat_map(move |b| (0..TILE).map(move |i| (t * TILE + i) * kb + b))
+            })
+            .chain(full * kb..n * kb);
+        for src in order {
+            let b = &data[src * Q8_0_BYTES..(src + 1) * Q8_0_BYTES];
             d.push(u16::from_le_bytes([b[0], b[1]]));
             qs.push(std::array::from_fn(|i| b[2 + i] as i8));
         }
@@ -142,7 +151,7 @@ impl QuantMatrix {
             return Ok(());
         }
         // A few chunks per thread so a thread slowed by other work is helped by the rest.
-        let chunk = n.div_ceil(threads * 4).next_multiple_of(4);
+        let chunk = n.div_ceil(threads * 4).next_multiple_of(TILE);
         let mut parts: Vec<Vec<&mut [f32]>> =
             (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(m)).collect();
         for row in out.chunks_exact_mut(n) {
@@ -168,14 +177,28 @@ impl QuantMatrix {
         };
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
-            return simd.vectorize(
-                #[inline(always)]
-                || q8::matmul_rows(avx2::Avx2(simd), w, acts, out),
-            );
+            return simd.vectorize(Rows { kern: avx2::Avx2(simd), w, acts, out });
         }
-        pulp::Arch::new().dispatch(
-            #[inline(always)]
-            || q8::matmul_rows(q8::Portable, w, acts, out),
-        )
+        pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out })
+    }
+}
+
+/// One thread's share of a matmul as a `pulp` operation. A struct with an `#[inline(always)]`
+/// `call`, not a closure: a closure's `FnOnce` shim is not inlined into pulp's
+/// `#[target_feature]` function, and then no intrinsic is inlined either (measured: each
+/// became a call).
+struct Rows<'a, 'o, 's, K> {
+    kern: K,
+    w: Q8Rows<'a>,
+    acts: &'a QuantActs,
+    out: &'o mut [&'s mut [f32]],
+}
+
+impl<K: q8::Q8Kernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        q8::matmul_rows(self.kern, self.w, self.acts, self.out)
     }
 }
