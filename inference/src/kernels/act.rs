@@ -9,10 +9,13 @@ use rayon::prelude::*;
 /// Values per block, shared by Q8_0 and Q5_0 weights.
 pub(crate) const QK: usize = 32;
 
-/// `m` rows of `k` activations as int8 blocks and one f32 scale per block.
+/// `m` rows of `k` activations as int8 blocks, their absolute values (the unsigned operand
+/// of the AVX2 dot, computed once here instead of once per weight row) and one f32 scale
+/// per block.
 pub(crate) struct QuantActs {
     pub k: usize,
     pub qs: Vec<[i8; QK]>,
+    pub abs: Vec<[i8; QK]>,
     pub d: Vec<f32>,
 }
 
@@ -22,6 +25,7 @@ impl QuantActs {
         let blocks = x.len() / QK;
         let mut qs = vec![[0i8; QK]; blocks];
         let mut d = vec![0f32; blocks];
+        let mut abs = vec![[0i8; QK]; blocks];
         let (xs, _) = x.as_chunks::<QK>();
         // Large prefills: quantizing 512 × 4864 values is worth a second thread.
         const PAR_BLOCKS: usize = 4096;
@@ -33,17 +37,20 @@ impl QuantActs {
         } else {
             quantize_blocks(xs, &mut qs, &mut d);
         }
-        Self { k, qs, d }
+        for (a, q) in abs.iter_mut().zip(&qs) {
+            *a = q.map(i8::unsigned_abs).map(|v| v as i8);
+        }
+        Self { k, qs, abs, d }
     }
 
     pub fn rows(&self) -> usize {
         self.d.len() / (self.k / QK).max(1)
     }
 
-    /// Row `a`'s blocks and scales.
-    pub fn row(&self, a: usize) -> (&[[i8; QK]], &[f32]) {
-        let kb = self.k / QK;
-        (&self.qs[a * kb..(a + 1) * kb], &self.d[a * kb..(a + 1) * kb])
+    /// Row `a`'s blocks, absolute values and scales.
+    pub fn row(&self, a: usize) -> (&[[i8; QK]], &[[i8; QK]], &[f32]) {
+        let r = a * self.k / QK..(a + 1) * self.k / QK;
+        (&self.qs[r.clone()], &self.abs[r.clone()], &self.d[r])
     }
 }
 

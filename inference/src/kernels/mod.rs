@@ -75,7 +75,9 @@ impl QuantMatrix {
         for src in order {
             let b = &data[src * Q8_0_BYTES..(src + 1) * Q8_0_BYTES];
             d.push(u16::from_le_bytes([b[0], b[1]]));
-            qs.push(std::array::from_fn(|i| b[2 + i] as i8));
+            // -128 never comes out of llama.cpp's or candle's Q8_0 quantizer (|w/d| ≤ 127);
+            // clamping it keeps `sign(w, x)` in the AVX2 dot from overflowing.
+            qs.push(std::array::from_fn(|i| (b[2 + i] as i8).max(-127)));
         }
         Ok(Self { n, k, qs, d })
     }

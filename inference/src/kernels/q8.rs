@@ -16,16 +16,17 @@ pub(crate) type Block = [i8; QK];
 /// 3× slower from DRAM than from L3).
 pub(crate) const TILE: usize = 4;
 
-/// A tile's dot products: `R` weight rows (interleaved blocks and their f32 scales, `kb`
-/// entries each) by `MA` activation rows (blocks and scales).
+/// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
+/// activation row (blocks `x`, their absolute values `ax`), with `sc[b][i]` the product of
+/// the two scales of block `b` for weight row `i`.
 pub(crate) trait Q8Kernel: Copy {
-    fn tile<const R: usize, const MA: usize>(
+    fn tile<const R: usize>(
         self,
         w: &[[Block; R]],
-        sw: &[[f32; R]],
-        x: [&[Block]; MA],
-        sx: [&[f32]; MA],
-    ) -> [[f32; MA]; R];
+        sc: &[[f32; R]],
+        x: &[Block],
+        ax: &[Block],
+    ) -> [f32; R];
 }
 
 /// Rows of Q8_0 weights, starting at a multiple of [`TILE`]: full tiles of `TILE` rows
@@ -38,11 +39,16 @@ pub(crate) struct Q8Rows<'a> {
 }
 
 /// Activation rows per pass over the weights: enough to reuse each weight block many times,
-/// few enough that the quantized rows (m × k bytes) stay in L2 while the weights stream by.
-const ACT_BYTES_PER_PASS: usize = 192 * 1024;
+/// few enough that the quantized rows (2 × m × k bytes) stay in L2 while the weights stream.
+const ACT_BYTES_PER_PASS: usize = 256 * 1024;
 
 /// `out[a][r] = Σ_b sw[r][b]·sx[a][b]·(w[r][b] · x[a][b])` for the rows in `w`; `out` holds
 /// one slice (of `w`'s row count) per activation row.
+///
+/// A tile's weights (4 rows: 3.5 KB at k = 896, 19 KB at k = 4864) stay in L1 while every
+/// activation row of the pass goes by, so they come from memory once per pass. (Tiles of
+/// 4 weight × 2 activation rows ran no faster: the bottleneck is the vector ALUs, and the
+/// extra accumulators spilled.)
 #[inline(always)]
 pub(crate) fn matmul_rows<K: Q8Kernel>(
     kern: K,
@@ -53,9 +59,9 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     let kb = w.kb;
     let rows = w.d.len() / kb;
     let m = acts.rows();
-    let per_pass = (ACT_BYTES_PER_PASS / acts.k).max(4) / 4 * 4;
-    let mut sw = vec![[0f32; TILE]; kb];
-    let mut sw1 = vec![[0f32; 1]; kb];
+    let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
+    let (mut sw, mut sc) = (vec![[0f32; TILE]; kb], vec![[0f32; TILE]; kb]);
+    let (mut sw1, mut sc1) = (vec![[0f32; 1]; kb], vec![[0f32; 1]; kb]);
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
         let mut r = 0;
@@ -66,60 +72,40 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
                     *s = d.map(f16_to_f32);
                 }
                 let (qs, _) = w.qs[r * kb..(r + TILE) * kb].as_chunks::<TILE>();
-                acts_pass::<K, TILE, 2>(kern, qs, &sw, acts, a0..a1, r, out);
+                tile_rows::<K, TILE>(kern, qs, &sw, &mut sc, acts, a0..a1, r, out);
                 r += TILE;
             } else {
                 for (s, &d) in sw1.iter_mut().zip(&w.d[r * kb..(r + 1) * kb]) {
                     *s = [f16_to_f32(d)];
                 }
                 let (qs, _) = w.qs[r * kb..(r + 1) * kb].as_chunks::<1>();
-                acts_pass::<K, 1, 4>(kern, qs, &sw1, acts, a0..a1, r, out);
+                tile_rows::<K, 1>(kern, qs, &sw1, &mut sc1, acts, a0..a1, r, out);
                 r += 1;
             }
         }
     }
 }
 
-/// One tile of `R` weight rows against activation rows `acts_range`, in groups of up to `MA`.
+/// One tile of `R` weight rows (starting at row `r`) against activation rows `acts_range`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn acts_pass<K: Q8Kernel, const R: usize, const MA: usize>(
+fn tile_rows<K: Q8Kernel, const R: usize>(
     kern: K,
     w: &[[Block; R]],
     sw: &[[f32; R]],
+    sc: &mut [[f32; R]],
     acts: &QuantActs,
     acts_range: std::ops::Range<usize>,
     r: usize,
     out: &mut [&mut [f32]],
 ) {
-    let mut a = acts_range.start;
-    while a < acts_range.end {
-        let take = (acts_range.end - a).min(MA);
-        match take {
-            4 => group::<K, R, 4>(kern, w, sw, acts, a, r, out),
-            3 => group::<K, R, 3>(kern, w, sw, acts, a, r, out),
-            2 => group::<K, R, 2>(kern, w, sw, acts, a, r, out),
-            _ => group::<K, R, 1>(kern, w, sw, acts, a, r, out),
+    for a in acts_range {
+        let (x, ax, sx) = acts.row(a);
+        for ((c, w), &x) in sc.iter_mut().zip(sw).zip(sx) {
+            *c = w.map(|w| w * x);
         }
-        a += take;
-    }
-}
-
-#[inline(always)]
-fn group<K: Q8Kernel, const R: usize, const MA: usize>(
-    kern: K,
-    w: &[[Block; R]],
-    sw: &[[f32; R]],
-    acts: &QuantActs,
-    a: usize,
-    r: usize,
-    out: &mut [&mut [f32]],
-) {
-    let x: [(&[Block], &[f32]); MA] = std::array::from_fn(|j| acts.row(a + j));
-    let res = kern.tile::<R, MA>(w, &sw[..w.len()], x.map(|x| x.0), x.map(|x| x.1));
-    for (j, o) in out[a..a + MA].iter_mut().enumerate() {
-        for (i, v) in res.iter().enumerate() {
-            o[r + i] = v[j];
-        }
+        let res = kern.tile::<R>(w, sc, x, ax);
+        out[a][r..r + R].copy_from_slice(&res);
     }
 }
 
@@ -129,24 +115,19 @@ pub(crate) struct Portable;
 
 impl Q8Kernel for Portable {
     #[inline(always)]
-    fn tile<const R: usize, const MA: usize>(
+    fn tile<const R: usize>(
         self,
         w: &[[Block; R]],
-        sw: &[[f32; R]],
-        x: [&[Block]; MA],
-        sx: [&[f32]; MA],
-    ) -> [[f32; MA]; R] {
-        let mut acc = [[0f32; MA]; R];
-        for (b, (wb, ws)) in w.iter().zip(sw).enumerate() {
+        sc: &[[f32; R]],
+        x: &[Block],
+        _ax: &[Block],
+    ) -> [f32; R] {
+        let mut acc = [0f32; R];
+        for ((wb, sc), xb) in w.iter().zip(sc).zip(x) {
             for i in 0..R {
-                for j in 0..MA {
-                    let dot: i32 = wb[i]
-                        .iter()
-                        .zip(&x[j][b])
-                        .map(|(&p, &q)| i32::from(p) * i32::from(q))
-                        .sum();
-                    acc[i][j] += dot as f32 * (ws[i] * sx[j][b]);
-                }
+                let dot: i32 =
+                    wb[i].iter().zip(xb).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
+                acc[i] += dot as f32 * sc[i];
             }
         }
         acc
