@@ -109,3 +109,29 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
     };
     f32::from_bits(sign | bits)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_to_f32_is_exact_for_every_half() {
+        for h in 0..=u16::MAX {
+            let (ours, want) = (super::f16_to_f32(h), half::f16::from_bits(h).to_f32());
+            assert!(ours.to_bits() == want.to_bits() || ours.is_nan() && want.is_nan(), "{h:#x}");
+        }
+    }
+
+    #[test]
+    fn quantized_values_match_candle_rounding() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
+        let q = super::QuantActs::new(&x, 64);
+        let (qs, abs, d) = q.row(0);
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_eq!(d[b], amax / 127.0);
+            for (i, v) in block.iter().enumerate() {
+                assert_eq!(qs[b][i], (v * (1.0 / d[b])).round() as i8); // candle: round(x * (1/d))
+                assert_eq!(abs[b][i], qs[b][i].abs());
+            }
+        }
+    }
+}

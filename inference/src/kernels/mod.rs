@@ -204,3 +204,47 @@ impl<K: q8::Q8Kernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
         q8::matmul_rows(self.kern, self.w, self.acts, self.out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable kernel (used without AVX2) agrees with the one this CPU dispatches to.
+    #[test]
+    fn portable_kernel_matches_dispatched() -> candle_core::Result<()> {
+        let (n, k, m) = (4 * 9 + 3, 96, 5);
+        let w = Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu)?;
+        let qm = QuantMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0)?)
+            .map_err(candle_core::Error::wrap)?;
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)?.to_vec1()?;
+        let mut fast = vec![0f32; m * n];
+        qm.matmul_slice(&x, &mut fast)?;
+        let mut slow = vec![0f32; m * n];
+        let acts = QuantActs::new(&x, k);
+        let w = Q8Rows { qs: &qm.qs, d: &qm.d, kb: k / QK };
+        let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
+        pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts: &acts, out: &mut out });
+        for (a, b) in fast.iter().zip(&slow) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn q8_minus_128_is_clamped() -> candle_core::Result<()> {
+        let w = Tensor::ones((1, 32), DType::F32, &Device::Cpu)?;
+        let qt = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+        let mut raw = qt.data()?.into_owned();
+        raw[2..].fill(0x80); // every weight -128
+        let qt = QTensor::new(
+            candle_core::quantized::QStorage::from_data(raw.into(), &Device::Cpu, GgmlDType::Q8_0)?,
+            (1, 32),
+        )?;
+        let qm = QuantMatrix::from_qtensor(&qt).map_err(candle_core::Error::wrap)?;
+        let mut out = [0f32; 1];
+        qm.matmul_slice(&[-1f32; 32], &mut out)?;
+        // d = 1/127 from quantizing ones; 32 × (-127 · d) × (-1) = 32.
+        assert!((out[0] - 32.0).abs() < 1e-2, "{}", out[0]);
+        Ok(())
+    }
+}
