@@ -60,26 +60,25 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     let rows = w.d.len() / kb;
     let m = acts.rows();
     let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
-    let (mut sw, mut sc) = (vec![[0f32; TILE]; kb], vec![[0f32; TILE]; kb]);
-    let (mut sw1, mut sc1) = (vec![[0f32; 1]; kb], vec![[0f32; 1]; kb]);
+    // All of the chunk's scales as f32 first (4 bytes per 34-byte block, so it stays in L2):
+    // reading them tile by tile between the int8 blocks halved the rate from DRAM at large k.
+    let sw: Vec<f32> = w.d.iter().map(|&h| f16_to_f32(h)).collect();
+    let (mut sc, mut sc1) = (vec![[0f32; TILE]; kb], vec![[0f32; 1]; kb]);
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
         let mut r = 0;
         while r < rows {
+            let blocks = r * kb..(r + TILE).min(rows) * kb;
             if rows - r >= TILE {
-                let (d, _) = w.d[r * kb..(r + TILE) * kb].as_chunks::<TILE>();
-                for (s, d) in sw.iter_mut().zip(d) {
-                    *s = d.map(f16_to_f32);
-                }
-                let (qs, _) = w.qs[r * kb..(r + TILE) * kb].as_chunks::<TILE>();
-                tile_rows::<K, TILE>(kern, qs, &sw, &mut sc, acts, a0..a1, r, out);
+                let (sw, _) = sw[blocks.clone()].as_chunks::<TILE>();
+                let (qs, _) = w.qs[blocks].as_chunks::<TILE>();
+                tile_rows::<K, TILE>(kern, qs, sw, &mut sc, acts, a0..a1, r, out);
                 r += TILE;
             } else {
-                for (s, &d) in sw1.iter_mut().zip(&w.d[r * kb..(r + 1) * kb]) {
-                    *s = [f16_to_f32(d)];
-                }
-                let (qs, _) = w.qs[r * kb..(r + 1) * kb].as_chunks::<1>();
-                tile_rows::<K, 1>(kern, qs, &sw1, &mut sc1, acts, a0..a1, r, out);
+                let blocks = r * kb..(r + 1) * kb;
+                let (sw, _) = sw[blocks.clone()].as_chunks::<1>();
+                let (qs, _) = w.qs[blocks].as_chunks::<1>();
+                tile_rows::<K, 1>(kern, qs, sw, &mut sc1, acts, a0..a1, r, out);
                 r += 1;
             }
         }
