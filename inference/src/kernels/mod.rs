@@ -2,10 +2,11 @@
 //! candle's `QMatMul` is far from memory bandwidth.
 //!
 //! [`QuantMatrix`] repacks a candle [`QTensor`] (HF layout `[n, k]`, i.e. `[out, in]`) into
-//! separate int8 and f16-scale arrays: the same bytes as the GGUF file, no f32 copy. A matmul
-//! quantizes the activation rows once ([`act`]), then splits the `n` output rows across
-//! rayon's threads; each thread walks tiles of weight rows × activation rows ([`q8`]) so the
-//! weights are read once per call however many sequences are batched.
+//! separate int8 and f16-scale arrays, four rows interleaved by block: the same bytes as the
+//! GGUF file, no f32 copy. A matmul quantizes the activation rows once ([`act`]), then splits
+//! the `n` output rows across rayon's threads; each thread keeps a 4-row weight tile in L1
+//! while the activation rows go by ([`q8`]), so the weights are read from memory once per
+//! call however many sequences are batched (up to ~256 KB of activations per pass).
 //!
 //! Supported: Q8_0. Other dtypes are an [`Error::UnsupportedWeights`] so the caller keeps
 //! candle's `QMatMul`.
