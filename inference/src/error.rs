@@ -40,6 +40,9 @@ pub enum Error {
     /// Tokenizing or the forward pass failed on input that loaded fine.
     #[error("embedding failed: {0}")]
     Embedding(String),
+    // kernels
+    #[error("no fast kernel for these weights ({0}); use candle's QMatMul")]
+    UnsupportedWeights(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -15,12 +15,15 @@
 //!   embedder;
 //! - [`text`]: text in and out of a model: tokenizers (Hugging Face folder or GGUF), chat
 //!   templates, streaming detokenization, stop strings, and tiny tokenizer fixtures;
-//! - [`embedding`]: batched sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2).
+//! - [`embedding`]: batched sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2);
+//! - [`kernels`]: fast CPU matmul of f32 activations by GGUF-quantized weights (Q8_0), with
+//!   runtime SIMD dispatch and the output rows split across threads.
 
 pub mod builtin;
 pub mod embedding;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod local;
 pub mod model;
 pub mod sampling;

@@ -3,11 +3,15 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 
+use crate::kernels::QuantMatrix;
+
 /// How a weight matrix `[out, in]` is held.
 #[derive(Debug)]
 pub enum Weight {
     Dense(Tensor),
-    /// GGUF blocks multiplied by candle's quantized matmul.
+    /// GGUF blocks our kernels multiply (Q8_0 on the CPU).
+    Packed(QuantMatrix),
+    /// Other GGUF blocks, multiplied by candle's quantized matmul.
     Quantized(QMatMul),
 }
 
@@ -24,9 +28,13 @@ impl Linear {
         Ok(Self { weight: Weight::Dense(weight), bias, out_features })
     }
 
-    /// Quantized blocks stay quantized; F32/F16 tensors become dense f32.
+    /// Quantized blocks stay quantized (in our kernels' layout where they apply); F32/F16
+    /// tensors become dense f32.
     pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.shape().dims().first().copied().unwrap_or(0);
+        if let Ok(packed) = QuantMatrix::from_qtensor(&weight) {
+            return Ok(Self { weight: Weight::Packed(packed), bias, out_features });
+        }
         let weight = match QMatMul::from_qtensor(weight)? {
             QMatMul::QTensor(q) => Weight::Quantized(QMatMul::QTensor(q)),
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
@@ -44,6 +52,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Packed(m) => m.bytes(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.elem_count() * t.dtype().size_in_bytes()
@@ -55,6 +64,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dense(w) => x.matmul(&w.t()?)?,
+            Weight::Packed(m) => m.matmul(x)?,
             Weight::Quantized(q) => q.forward(x)?,
         };
         match &self.bias {

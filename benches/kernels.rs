@@ -1,0 +1,92 @@
+//! Quantized matmul kernels: `fleet_inference::kernels::QuantMatrix` against candle's
+//! `QMatMul` and candle's f32 matmul, on Qwen2.5-0.5B shapes with Q8_0 weights, for 1, 8, 32
+//! and 512 activation rows; median time per call and the implied weight streaming rate.
+//!
+//! `cargo bench -p fleet-benches --bench kernels [-- --quick]`
+//!
+//! Each call uses the next of several copies of the weights (≥ 96 MB of them, more than the
+//! L3 cache), so weights come from DRAM as in a real decode step over 24 layers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use fleet_inference::kernels::QuantMatrix;
+
+/// Weight bytes (of each kind) to rotate through so the caches cannot hold them.
+const ROTATE_BYTES: usize = 96 << 20;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Median seconds of `f(i)` over at least 5 calls and about `budget` of time.
+fn time<T>(budget: Duration, mut f: impl FnMut(usize) -> candle_core::Result<T>) -> Result<f64> {
+    f(0)?;
+    let (started, mut samples) = (Instant::now(), Vec::new());
+    while samples.len() < 5 || (started.elapsed() < budget && samples.len() < 1000) {
+        let t = Instant::now();
+        f(samples.len() + 1)?;
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(samples))
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = Duration::from_millis(if quick { 300 } else { 1500 });
+    let d = &Device::Cpu;
+    println!("threads: {} (RAYON_NUM_THREADS to change)", rayon_threads());
+    println!(
+        "| weight [n×k] | m | ours ms | candle QMatMul ms | candle f32 ms | ours GB/s | vs QMatMul | vs f32 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (n, k) in [(4864, 896), (896, 4864), (151_936, 896)] {
+        let q8_bytes = n * k / 32 * 34;
+        let copies = ROTATE_BYTES.div_ceil(q8_bytes).max(1);
+        let f32_copies = ROTATE_BYTES.div_ceil(n * k * 4).max(1);
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        let mut f32s = Vec::new();
+        for c in 0..copies.max(f32_copies) {
+            let w = Tensor::randn(0f32, 0.02, (n, k), d)?;
+            if c < copies {
+                let qt = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+                ours.push(QuantMatrix::from_qtensor(&qt)?);
+                theirs.push(QMatMul::from_qtensor(qt)?);
+            }
+            if c < f32_copies {
+                f32s.push(w.t()?);
+            }
+        }
+        for m in [1, 8, 32, 512] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), d)?;
+            let t_ours = time(budget, |i| ours[i % copies].matmul(&x))?;
+            // candle's quantized path needs minutes for the vocab projection of a long prefill.
+            let slow = m * n >= 512 * 100_000;
+            let t_theirs =
+                if slow { f64::NAN } else { time(budget, |i| theirs[i % copies].forward(&x))? };
+            let t_f32 =
+                if slow { f64::NAN } else { time(budget, |i| x.matmul(&f32s[i % f32_copies]))? };
+            println!(
+                "| {n}×{k} | {m} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1}× | {:.1}× |",
+                t_ours * 1e3,
+                t_theirs * 1e3,
+                t_f32 * 1e3,
+                q8_bytes as f64 / t_ours / 1e9,
+                t_theirs / t_ours,
+                t_f32 / t_ours,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -1,0 +1,137 @@
+//! Activations quantized once per matmul into 8-bit blocks of 32 (like llama.cpp's Q8_0
+//! activations), so every weight row is an integer dot product with per-block scales.
+//!
+//! The int8 values are exactly candle's (`round(x / d)` with `d = max|x| / 127`); the scale
+//! stays f32 instead of candle's f16, which only removes a rounding step.
+
+use rayon::prelude::*;
+
+/// Values per block, shared by Q8_0 and Q5_0 weights.
+pub(crate) const QK: usize = 32;
+
+/// `m` rows of `k` activations as int8 blocks, their absolute values (the unsigned operand
+/// of the AVX2 dot, computed once here instead of once per weight row) and one f32 scale
+/// per block.
+pub(crate) struct QuantActs {
+    pub k: usize,
+    pub qs: Vec<[i8; QK]>,
+    pub abs: Vec<[i8; QK]>,
+    pub d: Vec<f32>,
+}
+
+impl QuantActs {
+    /// Quantizes `x` ([m, k] row-major, `k` a multiple of [`QK`]).
+    pub fn new(x: &[f32], k: usize) -> Self {
+        let blocks = x.len() / QK;
+        let mut qs = vec![[0i8; QK]; blocks];
+        let mut d = vec![0f32; blocks];
+        let mut abs = vec![[0i8; QK]; blocks];
+        let (xs, _) = x.as_chunks::<QK>();
+        // Large prefills: quantizing 512 × 4864 values is worth a second thread.
+        const PAR_BLOCKS: usize = 4096;
+        if blocks >= 2 * PAR_BLOCKS {
+            qs.par_chunks_mut(PAR_BLOCKS)
+                .zip(d.par_chunks_mut(PAR_BLOCKS))
+                .zip(xs.par_chunks(PAR_BLOCKS))
+                .for_each(|((q, d), x)| quantize_blocks(x, q, d));
+        } else {
+            quantize_blocks(xs, &mut qs, &mut d);
+        }
+        for (a, q) in abs.iter_mut().zip(&qs) {
+            *a = q.map(i8::unsigned_abs).map(|v| v as i8);
+        }
+        Self { k, qs, abs, d }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.d.len() / (self.k / QK).max(1)
+    }
+
+    /// Row `a`'s blocks, absolute values and scales.
+    pub fn row(&self, a: usize) -> (&[[i8; QK]], &[[i8; QK]], &[f32]) {
+        let r = a * self.k / QK..(a + 1) * self.k / QK;
+        (&self.qs[r.clone()], &self.abs[r.clone()], &self.d[r])
+    }
+}
+
+fn quantize_blocks(xs: &[[f32; QK]], qs: &mut [[i8; QK]], ds: &mut [f32]) {
+    pulp::Arch::new().dispatch(Quantize { xs, qs, ds });
+}
+
+/// A struct, not a closure, so it is inlined into pulp's `#[target_feature]` function.
+struct Quantize<'a> {
+    xs: &'a [[f32; QK]],
+    qs: &'a mut [[i8; QK]],
+    ds: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        for ((x, q), d) in self.xs.iter().zip(self.qs.iter_mut()).zip(self.ds.iter_mut()) {
+            quantize_block(x, q, d);
+        }
+    }
+}
+
+#[inline(always)]
+fn quantize_block(x: &[f32; QK], q: &mut [i8; QK], d: &mut f32) {
+    // Lane-wise max over 8 lanes so it vectorizes (a plain f32 max fold does not).
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |a, &l| a.max(l));
+    *d = amax / 127.0;
+    let id = if *d != 0.0 { 1.0 / *d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+}
+
+/// IEEE half bits to f32 (GGUF block scales), without a table or the F16C extension.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let bits = if em >= 0x7c00 {
+        // Inf / NaN: max exponent, mantissa kept.
+        0x7f80_0000 | ((em & 0x03ff) << 13)
+    } else {
+        // Shifting puts the half's exponent and mantissa in place with a bias of 15 instead
+        // of 127; multiplying by 2^112 rebiases and also normalizes subnormals exactly.
+        (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits()
+    };
+    f32::from_bits(sign | bits)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_to_f32_is_exact_for_every_half() {
+        for h in 0..=u16::MAX {
+            let (ours, want) = (super::f16_to_f32(h), half::f16::from_bits(h).to_f32());
+            assert!(ours.to_bits() == want.to_bits() || ours.is_nan() && want.is_nan(), "{h:#x}");
+        }
+    }
+
+    #[test]
+    fn quantized_values_match_candle_rounding() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
+        let q = super::QuantActs::new(&x, 64);
+        let (qs, abs, d) = q.row(0);
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_eq!(d[b], amax / 127.0);
+            for (i, v) in block.iter().enumerate() {
+                assert_eq!(qs[b][i], (v * (1.0 / d[b])).round() as i8); // candle: round(x * (1/d))
+                assert_eq!(abs[b][i], qs[b][i].abs());
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `kernels::QuantMatrix` against candle's `QMatMul` on the same `QTensor`.
+//!
+//! Tolerance: both sides quantize each activation block to the same int8 values
+//! (`round(x / d)`, `d = max|x| / 127`), so the integer dot products are identical. What
+//! differs is that candle stores the activation scale `d` as f16 (relative rounding ≤ 2⁻¹¹
+//! ≈ 4.9e-4 per block) where we keep f32, plus f32 summation order (~1e-6 relative). So
+//! each output may differ by at most about 4.9e-4 · Σⱼ|Wᵢⱼ|·|xⱼ|; we allow 1e-3 of that sum.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use fleet_inference::Error;
+use fleet_inference::kernels::QuantMatrix;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Deterministic pseudo-random values in [-scale, scale) (xorshift), with a few outliers.
+fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            if i % 97 == 0 { u * scale * 8.0 } else { u * scale }
+        })
+        .collect()
+}
+
+fn q8_weights(n: usize, k: usize, seed: u64) -> Result<QTensor> {
+    let w = Tensor::from_vec(values(n * k, seed, 0.05), (n, k), &Device::Cpu)?;
+    Ok(QTensor::quantize(&w, GgmlDType::Q8_0)?)
+}
+
+/// Checks ours against candle for `m` rows; returns the largest error relative to the bound.
+fn check(qt: &Arc<QTensor>, m: usize, seed: u64) -> Result<f32> {
+    let (n, k) = qt.shape().dims2()?;
+    let x = Tensor::from_vec(values(m * k, seed, 1.0), (m, k), &Device::Cpu)?;
+    let ours = QuantMatrix::from_qtensor(qt)?.matmul(&x)?;
+    assert_eq!(ours.dims(), &[m, n]);
+    let theirs = QMatMul::from_arc(qt.clone())?.forward(&x)?;
+    let bound = x.abs()?.matmul(&qt.dequantize(&Device::Cpu)?.abs()?.t()?)?;
+    let (ours, theirs, bound) =
+        (ours.to_vec2::<f32>()?, theirs.to_vec2::<f32>()?, bound.to_vec2::<f32>()?);
+    let mut worst = 0f32;
+    for a in 0..m {
+        for i in 0..n {
+            let allowed = 1e-3 * bound[a][i] + 1e-6;
+            let diff = (ours[a][i] - theirs[a][i]).abs();
+            assert!(
+                diff <= allowed,
+                "m={m} n={n} k={k} [{a},{i}]: {} vs {}",
+                ours[a][i],
+                theirs[a][i]
+            );
+            worst = worst.max(diff / allowed);
+        }
+    }
+    Ok(worst)
+}
+
+#[test]
+fn q8_0_matches_candle_qmatmul() -> Result<()> {
+    for (n, k) in [(67, 896), (133, 4864), (1001, 896)] {
+        let qt = Arc::new(q8_weights(n, k, n as u64)?);
+        for m in [1, 3, 8, 32, 100] {
+            let worst = check(&qt, m, (m * 31 + k) as u64)?;
+            eprintln!("n={n} k={k} m={m}: worst error {:.3} of the allowed", worst);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn batched_rows_equal_single_rows() -> Result<()> {
+    // Each output row must not depend on which other rows share the call (tiles, threads).
+    let qt = q8_weights(203, 896, 7)?;
+    let qm = QuantMatrix::from_qtensor(&qt)?;
+    let x = values(37 * 896, 11, 1.0);
+    let mut all = vec![0f32; 37 * 203];
+    qm.matmul_slice(&x, &mut all)?;
+    for (a, row) in x.chunks_exact(896).enumerate() {
+        let mut one = vec![0f32; 203];
+        qm.matmul_slice(row, &mut one)?;
+        for (i, (p, q)) in one.iter().zip(&all[a * 203..(a + 1) * 203]).enumerate() {
+            assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "row {a} col {i}: {p} vs {q}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn leading_dims_and_bytes() -> Result<()> {
+    let qt = q8_weights(40, 64, 3)?;
+    let qm = QuantMatrix::from_qtensor(&qt)?;
+    assert_eq!((qm.rows(), qm.cols(), qm.dtype()), (40, 64, GgmlDType::Q8_0));
+    assert_eq!(qm.bytes(), qt.storage_size_in_bytes());
+    let x = Tensor::from_vec(values(2 * 3 * 64, 5, 1.0), (2, 3, 64), &Device::Cpu)?;
+    let y = qm.matmul(&x)?;
+    assert_eq!(y.dims(), &[2, 3, 40]);
+    let flat = qm.matmul(&x.reshape((6, 64))?)?;
+    assert_eq!(y.reshape((6, 40))?.to_vec2::<f32>()?, flat.to_vec2::<f32>()?);
+    // A zero row gives zeros (no division by a zero scale).
+    let z = qm.matmul(&Tensor::zeros((1, 64), candle_core::DType::F32, &Device::Cpu)?)?;
+    assert!(z.flatten_all()?.to_vec1::<f32>()?.iter().all(|&v| v == 0.0));
+    Ok(())
+}
+
+#[test]
+fn unsupported_weights_are_an_error() -> Result<()> {
+    let w = Tensor::from_vec(values(8 * 256, 1, 0.1), (8, 256), &Device::Cpu)?;
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::F32, GgmlDType::F16] {
+        let qt = QTensor::quantize(&w, dtype)?;
+        let err = QuantMatrix::from_qtensor(&qt).expect_err("not supported yet");
+        assert!(matches!(err, Error::UnsupportedWeights(_)), "{err}");
+    }
+    let qt = QTensor::quantize(&w.reshape((2, 4, 256))?, GgmlDType::Q8_0)?;
+    assert!(matches!(QuantMatrix::from_qtensor(&qt), Err(Error::UnsupportedWeights(_))));
+    Ok(())
+}
+
+#[test]
+fn shape_mismatch_is_an_error() -> Result<()> {
+    let qm = QuantMatrix::from_qtensor(&q8_weights(16, 64, 2)?)?;
+    assert!(qm.matmul(&Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu)?).is_err());
+    assert!(qm.matmul(&Tensor::zeros((2, 64), candle_core::DType::F64, &Device::Cpu)?).is_err());
+    let x = vec![0f32; 2 * 64];
+    assert!(qm.matmul_slice(&x, &mut [0f32; 31]).is_err());
+    assert!(qm.matmul_slice(&x[..70], &mut [0f32; 32]).is_err());
+    assert!(qm.matmul_slice(&x, &mut [0f32; 32]).is_ok());
+    Ok(())
+}
