@@ -132,3 +132,21 @@ fn shape_mismatch_is_an_error() -> Result<()> {
     assert!(qm.matmul_slice(&x, &mut [0f32; 32]).is_ok());
     Ok(())
 }
+
+/// Q4_0 and Q5_0 blocks become Q8_0 blocks holding exactly the same values.
+#[test]
+fn q4_0_and_q5_0_repack_exactly_into_q8_0() -> Result<()> {
+    use fleet_inference::kernels::repack::to_q8_0;
+    let w = Tensor::randn(0f32, 1.0, (48, 256), &Device::Cpu)?;
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q5_0] {
+        let qt = QTensor::quantize(&w, dtype)?;
+        let repacked = to_q8_0(&qt)?;
+        assert_eq!(repacked.dtype(), GgmlDType::Q8_0);
+        let (a, b) = (qt.dequantize(&Device::Cpu)?, repacked.dequantize(&Device::Cpu)?);
+        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "{dtype:?} changed values when repacked");
+    }
+    let q6 = QTensor::quantize(&w, GgmlDType::Q6K)?;
+    assert!(matches!(to_q8_0(&q6), Err(Error::UnsupportedWeights(_))));
+    Ok(())
+}
