@@ -1,8 +1,9 @@
 //! The Q8_0 tile on AVX2 (llama.cpp's int8 dot, operands swapped): `maddubs(|x|, sign(w, x))`
 //! gives 16 i16 pair sums of one block, `madd` with ones widens them to 8 i32, which are
 //! converted and scaled per block into f32 accumulators. `|x|` comes precomputed with the
-//! activations, which saves a vector op per block pair on the ALUs that bound this loop. `pulp::x86::V3` proves the CPU has AVX2+FMA, so
-//! the intrinsics are safe to call; everything is inlined into its `#[target_feature]` body.
+//! activations, which saves a vector op per block pair on the ALUs that bound this loop.
+//! `pulp::x86::V3` proves the CPU has AVX2+FMA, so the intrinsics are safe to call; everything
+//! is inlined into its `#[target_feature]` body.
 
 use core::arch::x86_64::{__m256, __m256i};
 use pulp::x86::V3;

@@ -8,8 +8,8 @@
 //! while the activation rows go by ([`q8`]), so the weights are read from memory once per
 //! call however many sequences are batched (up to ~256 KB of activations per pass).
 //!
-//! Supported: Q8_0, and Q4_0/Q5_0 through [`repack`] into Q8_0. Other dtypes are an [`Error::UnsupportedWeights`] so the caller keeps
-//! candle's `QMatMul`.
+//! Supported: Q8_0, and Q4_0/Q5_0 through [`repack`] into Q8_0. Other dtypes are an
+//! [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
 
 mod act;
 #[cfg(target_arch = "x86_64")]
