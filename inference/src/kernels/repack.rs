@@ -49,3 +49,36 @@ pub fn to_q8_0(qt: &QTensor) -> Result<QTensor> {
     ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &out, qt.shape().dims().to_vec(), &qt.device())
         .map_err(|e| unsupported(format!("building the Q8_0 tensor: {e}")))
 }
+
+/// Several Q8_0 (or repackable Q4_0/Q5_0) matrices of the same input size stacked into one
+/// (rows in order), so projections of one input run as one matmul. `None` when any of them
+/// cannot be (another dtype, another input size, not on the CPU).
+pub fn stack_q8_0(tensors: &[QTensor]) -> Result<Option<QTensor>> {
+    let Some(first) = tensors.first() else { return Ok(None) };
+    let device = first.device();
+    let Some(&[_, k]) = Some(first.shape().dims()) else { return Ok(None) };
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for t in tensors {
+        let &[n, tk] = t.shape().dims() else { return Ok(None) };
+        if tk != k || !t.device().is_cpu() {
+            return Ok(None);
+        }
+        let repacked;
+        let t = match t.dtype() {
+            GgmlDType::Q8_0 => t,
+            GgmlDType::Q4_0 | GgmlDType::Q5_0 => {
+                repacked = to_q8_0(t)?;
+                &repacked
+            }
+            _ => return Ok(None),
+        };
+        let data =
+            t.data().map_err(|e| Error::UnsupportedWeights(format!("reading blocks: {e}")))?;
+        bytes.extend_from_slice(&data);
+        rows += n;
+    }
+    ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &bytes, vec![rows, k], &device)
+        .map(Some)
+        .map_err(|e| Error::UnsupportedWeights(format!("stacking Q8_0 matrices: {e}")))
+}

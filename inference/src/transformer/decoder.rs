@@ -10,7 +10,7 @@ use super::cache::SequenceCache;
 use super::config::{DecoderConfig, Family};
 use super::linear::Linear;
 use super::rope::Rope;
-use super::weights::{Part, WeightSource};
+use super::weights::{Part, Projections, WeightSource};
 
 #[derive(Debug)]
 enum Attention {
@@ -195,15 +195,21 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         expect_out(&qkv, q_out + 2 * kv_out, "the fused QKV projection")?;
         Attention::Fused(qkv)
     } else {
-        let (q, k, v) = (
-            src.linear(Part::Q(i), bias)?,
-            src.linear(Part::K(i), bias)?,
-            src.linear(Part::V(i), bias)?,
-        );
-        expect_out(&q, q_out, "the Q projection")?;
-        expect_out(&k, kv_out, "the K projection")?;
-        expect_out(&v, kv_out, "the V projection")?;
-        Attention::Separate { q, k, v }
+        match src.projections(&[Part::Q(i), Part::K(i), Part::V(i)], bias)? {
+            Projections::Fused(qkv) => {
+                expect_out(&qkv, q_out + 2 * kv_out, "the Q, K and V projections")?;
+                Attention::Fused(qkv)
+            }
+            Projections::Separate(linears) => {
+                let Ok([q, k, v]) = <[Linear; 3]>::try_from(linears) else {
+                    candle_core::bail!("expected the Q, K and V projections")
+                };
+                expect_out(&q, q_out, "the Q projection")?;
+                expect_out(&k, kv_out, "the K projection")?;
+                expect_out(&v, kv_out, "the V projection")?;
+                Attention::Separate { q, k, v }
+            }
+        }
     };
     let (q_norm, k_norm) = if cfg.qk_norm() {
         (Some(src.dense(Part::QNorm(i), false)?), Some(src.dense(Part::KNorm(i), false)?))
@@ -215,9 +221,20 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         expect_out(&gate_up, 2 * cfg.intermediate_size, "the fused gate/up projection")?;
         Mlp::Fused(gate_up)
     } else {
-        let (gate, up) = (src.linear(Part::Gate(i), false)?, src.linear(Part::Up(i), false)?);
-        expect_out(&gate, cfg.intermediate_size, "the gate projection")?;
-        Mlp::Separate { gate, up }
+        match src.projections(&[Part::Gate(i), Part::Up(i)], false)? {
+            Projections::Fused(gate_up) => {
+                expect_out(&gate_up, 2 * cfg.intermediate_size, "the gate and up projections")?;
+                Mlp::Fused(gate_up)
+            }
+            Projections::Separate(linears) => {
+                let Ok([gate, up]) = <[Linear; 2]>::try_from(linears) else {
+                    candle_core::bail!("expected the gate and up projections")
+                };
+                expect_out(&gate, cfg.intermediate_size, "the gate projection")?;
+                expect_out(&up, cfg.intermediate_size, "the up projection")?;
+                Mlp::Separate { gate, up }
+            }
+        }
     };
     let attn_norm = src.dense(Part::AttnNorm(i), false)?;
     expect_dims(&attn_norm, &[h], "a norm")?;

@@ -80,6 +80,14 @@ impl Part {
     }
 }
 
+/// Projections of one input: one matrix (outputs concatenated in order) where the source
+/// can stack them, else one each.
+#[derive(Debug)]
+pub enum Projections {
+    Fused(Linear),
+    Separate(Vec<Linear>),
+}
+
 /// A store of weights the decoder loads from.
 pub trait WeightSource {
     /// Whether the part's weight (or bias) is present.
@@ -88,6 +96,11 @@ pub trait WeightSource {
     fn dense(&mut self, part: Part, bias: bool) -> Result<Tensor>;
     /// A projection, with its bias when `bias`.
     fn linear(&mut self, part: Part, bias: bool) -> Result<Linear>;
+    /// Projections of the same input (Q, K, V; gate, up), stacked into one where possible.
+    fn projections(&mut self, parts: &[Part], bias: bool) -> Result<Projections> {
+        let linears = parts.iter().map(|p| self.linear(*p, bias)).collect::<Result<_>>()?;
+        Ok(Projections::Separate(linears))
+    }
 }
 
 fn suffix(bias: bool) -> &'static str {
@@ -185,5 +198,31 @@ impl WeightSource for GgufWeights {
         let w = self.read(&Self::name(part, false))?;
         let b = if bias { Some(self.dense(part, true)?) } else { None };
         Linear::quantized(w, b)
+    }
+
+    /// Q8_0 (and Q4_0/Q5_0) matrices are stacked: one matmul quantizes the input once and
+    /// streams all of them in one pass.
+    fn projections(&mut self, parts: &[Part], bias: bool) -> Result<Projections> {
+        let weights: Vec<QTensor> =
+            parts.iter().map(|p| self.read(&Self::name(*p, false))).collect::<Result<_>>()?;
+        let biases: Vec<Option<Tensor>> = parts
+            .iter()
+            .map(|p| if bias { self.dense(*p, true).map(Some) } else { Ok(None) })
+            .collect::<Result<_>>()?;
+        let stacked = crate::kernels::repack::stack_q8_0(&weights).ok().flatten();
+        if let Some(stacked) = stacked {
+            let bias = if bias {
+                Some(Tensor::cat(&biases.into_iter().flatten().collect::<Vec<_>>(), 0)?)
+            } else {
+                None
+            };
+            return Ok(Projections::Fused(Linear::quantized(stacked, bias)?));
+        }
+        let linears = weights
+            .into_iter()
+            .zip(biases)
+            .map(|(w, b)| Linear::quantized(w, b))
+            .collect::<Result<_>>()?;
+        Ok(Projections::Separate(linears))
     }
 }
