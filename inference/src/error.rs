@@ -45,4 +45,17 @@ pub enum Error {
     UnsupportedWeights(String),
 }
 
+impl Error {
+    /// A model file or folder at `path` is missing, unreadable or not what was expected.
+    pub(crate) fn model(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        Self::Model { path: path.into(), reason: first_line(&reason) }
+    }
+}
+
+/// The first line of an error's message: candle appends a backtrace when `RUST_BACKTRACE`
+/// is set.
+pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -76,21 +76,17 @@ fn resolve(path: &Path) -> Result<PathBuf> {
         }
     }
     let entries: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-        .map_err(|e| model_error(&snapshots, e))?
+        .map_err(|e| Error::model(&snapshots, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
     match entries.as_slice() {
         [only] => Ok(only.clone()),
-        _ => Err(model_error(
+        _ => Err(Error::model(
             path,
             format!("expected refs/main or exactly one snapshot, found {}", entries.len()),
         )),
     }
-}
-
-fn model_error(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::Model { path: path.to_owned(), reason: reason.to_string() }
 }
 
 /// Loads the model at `path`: a GGUF file, a Hugging Face folder of a decoder (config.json,
@@ -98,7 +94,7 @@ fn model_error(path: &Path, reason: impl std::fmt::Display) -> Error {
 pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<LocalModel> {
     let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if !path.exists() {
-        return Err(model_error(path, "no such file or folder"));
+        return Err(Error::model(path, "no such file or folder"));
     }
     let path = resolve(path)?;
     if path.is_file() {
@@ -108,7 +104,7 @@ pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<Local
     }
     let config = path.join("config.json");
     let text = std::fs::read_to_string(&config)
-        .map_err(|e| model_error(&config, format!("expected a config.json: {e}")))?;
+        .map_err(|e| Error::model(&config, format!("expected a config.json: {e}")))?;
     let model_type: Option<String> = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("model_type")?.as_str().map(str::to_owned));

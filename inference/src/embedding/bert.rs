@@ -9,7 +9,7 @@ use candle_nn::{LayerNorm, Linear};
 use serde::Deserialize;
 
 use super::weights::Weights;
-use super::{first_line, model_file};
+
 use crate::{Error, Result};
 
 /// The fields of a BERT `config.json` the forward pass needs.
@@ -63,9 +63,9 @@ impl BertConfig {
     /// Reads and checks `config.json`.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| model_file(path, format!("cannot read: {e}")))?;
+            .map_err(|e| Error::model(path, format!("cannot read: {e}")))?;
         let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| model_file(path, format!("not a BERT config: {e}")))?;
+            .map_err(|e| Error::model(path, format!("not a BERT config: {e}")))?;
         if cfg.model_type != "bert" {
             return Err(Error::UnsupportedModel {
                 path: path.to_owned(),
@@ -73,13 +73,13 @@ impl BertConfig {
                 expected: "\"bert\"",
             });
         }
-        cfg.activation().map_err(|reason| model_file(path, reason))?;
+        cfg.activation().map_err(|reason| Error::model(path, reason))?;
         if cfg.position_embedding_type != "absolute" {
             let reason = format!(
                 "position_embedding_type {:?} is not supported, expected \"absolute\"",
                 cfg.position_embedding_type
             );
-            return Err(model_file(path, reason));
+            return Err(Error::model(path, reason));
         }
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
         {
@@ -87,7 +87,7 @@ impl BertConfig {
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
             );
-            return Err(model_file(path, reason));
+            return Err(Error::model(path, reason));
         }
         Ok(cfg)
     }
@@ -148,7 +148,7 @@ impl Bert {
     /// Builds the encoder from a checkpoint's weights (Hugging Face names).
     pub(crate) fn new(cfg: &BertConfig, w: &Weights) -> Result<Self> {
         let (h, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
-        let activation = cfg.activation().map_err(|reason| model_file(w.path(), reason))?;
+        let activation = cfg.activation().map_err(|reason| Error::model(w.path(), reason))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
@@ -156,7 +156,7 @@ impl Bert {
                 let parts = ["query", "key", "value"]
                     .map(|n| w.get(&format!("{p}.attention.self.{n}.{kind}"), shape));
                 let [q, k, v] = parts;
-                Tensor::cat(&[q?, k?, v?], 0).map_err(|e| model_file(w.path(), first_line(&e)))
+                Tensor::cat(&[q?, k?, v?], 0).map_err(|e| Error::model(w.path(), e))
             };
             let qkv = Linear::new(fused("weight", &[h, h])?, Some(fused("bias", &[h])?));
             layers.push(Layer {

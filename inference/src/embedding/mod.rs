@@ -13,7 +13,7 @@ pub mod pooling;
 mod weights;
 
 use std::cmp::Reverse;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -56,7 +56,7 @@ impl Embedder {
     /// downloaded.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(model_file(dir, "no such model directory".into()));
+            return Err(Error::model(dir, "no such model directory"));
         }
         let cfg = BertConfig::read(&dir.join("config.json"))?;
         let max_seq_length = read_max_seq_length(&dir.join("sentence_bert_config.json"))?
@@ -99,7 +99,9 @@ impl Embedder {
         let mut out = vec![Vec::new(); ids.len()];
         for chunk in order.chunks(BATCH_SIZE) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            let rows = self.embed_tokens(&batch).map_err(|e| Error::Embedding(first_line(&e)))?;
+            let rows = self
+                .embed_tokens(&batch)
+                .map_err(|e| Error::Embedding(crate::error::first_line(&e)))?;
             for (&i, row) in chunk.iter().zip(rows) {
                 out[i] = row;
             }
@@ -131,38 +133,27 @@ fn read_max_seq_length(path: &Path) -> Result<Option<usize>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(model_file(path, format!("cannot read: {e}"))),
+        Err(e) => return Err(Error::model(path, format!("cannot read: {e}"))),
     };
-    let cfg: SentenceBertConfig =
-        serde_json::from_str(&text).map_err(|e| model_file(path, format!("invalid json: {e}")))?;
+    let cfg: SentenceBertConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::model(path, format!("invalid json: {e}")))?;
     Ok(cfg.max_seq_length)
 }
 
 fn read_tokenizer(path: &Path, max_length: usize, cfg: &BertConfig) -> Result<Tokenizer> {
-    let bytes = std::fs::read(path).map_err(|e| model_file(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::model(path, format!("cannot read: {e}")))?;
     let mut tokenizer = Tokenizer::from_bytes(bytes)
-        .map_err(|e| model_file(path, format!("not a valid tokenizer: {e}")))?;
+        .map_err(|e| Error::model(path, format!("not a valid tokenizer: {e}")))?;
     // The file may carry its own padding and truncation (all-MiniLM-L6-v2's pads every text
     // to 128); batches are padded here instead, and truncation follows max_seq_length.
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
-        .map_err(|e| model_file(path, format!("cannot truncate to {max_length} tokens: {e}")))?;
+        .map_err(|e| Error::model(path, format!("cannot truncate to {max_length} tokens: {e}")))?;
     let size = tokenizer.get_vocab_size(true);
     if size > cfg.vocab_size {
         let reason = format!("has {size} tokens but the model's vocab_size is {}", cfg.vocab_size);
-        return Err(model_file(path, reason));
+        return Err(Error::model(path, reason));
     }
     Ok(tokenizer)
-}
-
-/// An error about the model file (or folder) at `path`.
-fn model_file(path: &Path, reason: String) -> Error {
-    Error::Model { path: PathBuf::from(path), reason }
-}
-
-/// The first line of an error's message: candle appends a backtrace when `RUST_BACKTRACE`
-/// is set.
-fn first_line(e: &impl std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_owned()
 }

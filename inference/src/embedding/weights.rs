@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{first_line, model_file};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The tensors of one checkpoint, all names relative to the encoder (`embeddings.…`,
 /// `encoder.…`) whatever prefix the file stores them under.
@@ -26,15 +25,16 @@ impl Weights {
     pub(crate) fn read(path: &Path, device: &Device) -> Result<Self> {
         // Read, not mmap: the workspace forbids unsafe code, and these models are small.
         let bytes =
-            std::fs::read(path).map_err(|e| model_file(path, format!("cannot read: {e}")))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-            model_file(path, format!("not a valid safetensors file: {}", first_line(&e)))
-        })?;
+            std::fs::read(path).map_err(|e| Error::model(path, format!("cannot read: {e}")))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| Error::model(path, format!("not a valid safetensors file: {e}")))?;
         let prefix = tensors
             .keys()
             .filter_map(|k| k.strip_suffix(ANCHOR))
             .min_by_key(|p| p.len())
-            .ok_or_else(|| model_file(path, format!("no tensor named {ANCHOR} or bert.{ANCHOR}")))?
+            .ok_or_else(|| {
+                Error::model(path, format!("no tensor named {ANCHOR} or bert.{ANCHOR}"))
+            })?
             .to_owned();
         Ok(Self { path: path.to_owned(), prefix, tensors })
     }
@@ -47,17 +47,14 @@ impl Weights {
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
         let tensor = self.tensors.get(&full).ok_or_else(|| {
-            model_file(&self.path, format!("missing tensor {full} (expected shape {shape:?})"))
+            Error::model(&self.path, format!("missing tensor {full} (expected shape {shape:?})"))
         })?;
         if tensor.dims() != shape {
             let reason = format!("tensor {full} has shape {:?}, expected {shape:?}", tensor.dims());
-            return Err(model_file(&self.path, reason));
+            return Err(Error::model(&self.path, reason));
         }
         tensor.to_dtype(DType::F32).map_err(|e| {
-            model_file(
-                &self.path,
-                format!("tensor {full} is not a float tensor: {}", first_line(&e)),
-            )
+            Error::model(&self.path, format!("tensor {full} is not a float tensor: {e}"))
         })
     }
 }

@@ -32,11 +32,14 @@ impl Linear {
     /// tensors become dense f32.
     pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.shape().dims().first().copied().unwrap_or(0);
-        let packed = QuantMatrix::from_qtensor(&weight).or_else(|_| {
-            crate::kernels::repack::to_q8_0(&weight).and_then(|q| QuantMatrix::from_qtensor(&q))
-        });
-        if let Ok(packed) = packed {
-            return Ok(Self { weight: Weight::Packed(packed), bias, out_features });
+        // Our kernels are CPU-only; elsewhere candle's QMatMul runs the blocks.
+        if weight.device().is_cpu() {
+            let packed = QuantMatrix::from_qtensor(&weight).or_else(|_| {
+                crate::kernels::repack::to_q8_0(&weight).and_then(|q| QuantMatrix::from_qtensor(&q))
+            });
+            if let Ok(packed) = packed {
+                return Ok(Self { weight: Weight::Packed(packed), bias, out_features });
+            }
         }
         let weight = match QMatMul::from_qtensor(weight)? {
             QMatMul::QTensor(q) => Weight::Quantized(QMatMul::QTensor(q)),

@@ -13,39 +13,32 @@ use super::decoder::Decoder;
 use super::weights::{GgufWeights, SafetensorsWeights};
 use crate::{Error, Result};
 
-fn model_error(path: &Path, reason: impl std::fmt::Display) -> Error {
-    // candle errors may carry a backtrace after the first line.
-    let reason = reason.to_string();
-    let reason = reason.lines().next().unwrap_or_default().to_owned();
-    Error::Model { path: path.to_owned(), reason }
-}
-
 /// Loads a Hugging Face folder. `quantize` turns the projections into GGUF blocks on load
 /// (those whose input size is a multiple of the block size).
 pub fn load_hf_dir(dir: &Path, device: &Device, quantize: Option<GgmlDType>) -> Result<Decoder> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| model_error(&config_path, format!("expected a config.json: {e}")))?;
-    let cfg = DecoderConfig::from_hf_json(&text).map_err(|e| model_error(&config_path, e))?;
+        .map_err(|e| Error::model(&config_path, format!("expected a config.json: {e}")))?;
+    let cfg = DecoderConfig::from_hf_json(&text).map_err(|e| Error::model(&config_path, e))?;
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
         let part = candle_core::safetensors::load(&file, device)
-            .map_err(|e| model_error(&file, format!("not a readable safetensors file: {e}")))?;
+            .map_err(|e| Error::model(&file, format!("not a readable safetensors file: {e}")))?;
         tensors.extend(part);
     }
     let mut source = SafetensorsWeights::new(tensors, quantize);
-    Decoder::load(cfg, &mut source, device).map_err(|e| model_error(dir, e))
+    Decoder::load(cfg, &mut source, device).map_err(|e| Error::model(dir, e))
 }
 
 /// The safetensors files of a folder: the index's shards, or `model.safetensors`.
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| model_error(&index, e))?;
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::model(&index, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| model_error(&index, format!("not valid JSON: {e}")))?;
+            .map_err(|e| Error::model(&index, format!("not valid JSON: {e}")))?;
         let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
-            return Err(model_error(&index, "expected a weight_map object"));
+            return Err(Error::model(&index, "expected a weight_map object"));
         };
         let mut files: Vec<PathBuf> =
             map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
@@ -57,23 +50,23 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    Err(model_error(dir, "expected model.safetensors or model.safetensors.index.json"))
+    Err(Error::model(dir, "expected model.safetensors or model.safetensors.index.json"))
 }
 
 /// Loads a GGUF file; also returns its metadata (tokenizer, chat template).
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, HashMap<String, Value>)> {
-    let mut file = std::fs::File::open(path).map_err(|e| model_error(path, e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::model(path, e))?;
     let content = Content::read(&mut file)
-        .map_err(|e| model_error(path, format!("not a readable GGUF file: {e}")))?;
-    let mut cfg = DecoderConfig::from_gguf(&content).map_err(|e| model_error(path, e))?;
+        .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
+    let mut cfg = DecoderConfig::from_gguf(&content).map_err(|e| Error::model(path, e))?;
     let metadata = content.metadata.clone();
     let mut source = GgufWeights::new(content, file, device.clone());
     if let RopeScaling::Factors(factors) = &mut cfg.rope.scaling {
         let t = source.read("rope_freqs.weight").and_then(|q| q.dequantize(device));
         *factors = t
             .and_then(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
-            .map_err(|e| model_error(path, e))?;
+            .map_err(|e| Error::model(path, e))?;
     }
-    let decoder = Decoder::load(cfg, &mut source, device).map_err(|e| model_error(path, e))?;
+    let decoder = Decoder::load(cfg, &mut source, device).map_err(|e| Error::model(path, e))?;
     Ok((decoder, metadata))
 }

@@ -135,13 +135,16 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn dense(&mut self, part: Part, bias: bool) -> Result<Tensor> {
-        // The embedding may also serve as the tied lm head, so it is not removed.
+        // The embedding may also serve as the tied lm head: its f32 form is kept, so both
+        // uses share one copy.
         if part == Part::Embed {
             let name = format!("{}.weight", part.hf_name());
-            return match self.tensors.get(&name) {
-                Some(t) => t.to_dtype(DType::F32),
-                None => candle_core::bail!("the weights have no tensor {name}"),
+            let Some(t) = self.tensors.get(&name) else {
+                candle_core::bail!("the weights have no tensor {name}")
             };
+            let t = t.to_dtype(DType::F32)?;
+            self.tensors.insert(name, t.clone());
+            return Ok(t);
         }
         self.get(part, bias)
     }
