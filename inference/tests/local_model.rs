@@ -88,39 +88,51 @@ async fn a_folder_and_its_gguf_generate_the_same_text() -> Result<()> {
     Ok(())
 }
 
-/// A stop string is cut out of a greedy generation's text, across a token boundary: the same
-/// generation with that stop string ends right before it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_strings_that_span_tokens_stop() -> Result<()> {
-    let (dir, gguf) = write_model("stop")?;
-    let model = load(&dir, &Device::Cpu, &LoadOptions::default())?;
-    let req = request("Write a long answer.", 40);
-    let (deltas, _) = run(&model, req.clone()).await?;
-    // Pick a delta boundary in the middle and take two characters either side of it.
+/// A stop string of two characters either side of a delta boundary in the middle of `deltas`,
+/// and where its first occurrence starts.
+fn stop_across_a_boundary(deltas: &[String]) -> Option<(String, usize)> {
+    let full = deltas.concat();
     let mut boundary = 0;
-    let mut chosen = None;
     for d in &deltas[..deltas.len().saturating_sub(1)] {
         boundary += d.len();
-        let full = deltas.concat();
         let before: String = full[..boundary].chars().rev().take(2).collect();
         let after: String = full[boundary..].chars().take(2).collect();
         if before.chars().count() == 2 && after.chars().count() == 2 && boundary > 4 {
             let stop: String = before.chars().rev().chain(after.chars()).collect();
-            let first = full.find(&stop).unwrap_or(usize::MAX);
+            let first = full.find(&stop)?;
             if first + stop.len() > boundary - before.len() {
-                chosen = Some((stop, first));
-                break;
+                return Some((stop, first));
             }
         }
     }
-    let Some((stop, at)) = chosen else { return Err("no delta boundary to test".into()) };
-    let full = deltas.concat();
-    let (stopped, usage) = run(&model, GenerateRequest { stop: vec![stop.clone()], ..req }).await?;
-    assert_eq!(stopped.concat(), full[..at], "stop string {stop:?}");
-    assert_eq!(usage.finish_reason, FinishReason::Stop);
-    std::fs::remove_dir_all(&dir)?;
-    std::fs::remove_file(&gguf)?;
-    Ok(())
+    None
+}
+
+/// A stop string is cut out of a greedy generation's text, across a token boundary: the same
+/// generation with that stop string ends right before it. Random weights may end a
+/// generation at once, so a few models and prompts are tried until one says enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_that_span_tokens_stop() -> Result<()> {
+    for attempt in 0..8 {
+        let (dir, gguf) = write_model(&format!("stop-{attempt}"))?;
+        let model = load(&dir, &Device::Cpu, &LoadOptions::default())?;
+        for prompt in ["Write a long answer.", "Tell me a story about actors."] {
+            let req = request(prompt, 40);
+            let (deltas, _) = run(&model, req.clone()).await?;
+            let Some((stop, at)) = stop_across_a_boundary(&deltas) else { continue };
+            let full = deltas.concat();
+            let (stopped, usage) =
+                run(&model, GenerateRequest { stop: vec![stop.clone()], ..req }).await?;
+            assert_eq!(stopped.concat(), full[..at], "stop string {stop:?}");
+            assert_eq!(usage.finish_reason, FinishReason::Stop);
+            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_file(&gguf)?;
+            return Ok(());
+        }
+        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_file(&gguf)?;
+    }
+    Err("no generation had a delta boundary to test".into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,22 +165,29 @@ async fn logprobs_come_with_every_token() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_generation_frees_its_kv_memory() -> Result<()> {
-    let (dir, gguf) = write_model("cancel")?;
-    let model = load(&dir, &Device::Cpu, &LoadOptions::default())?;
-    let stats = model.engine_stats().ok_or("no engine")?;
-    let mut stream = model.generate(request("Go on forever.", 400))?;
-    stream.next().await.ok_or("no first event")??;
-    assert!(stats.kv_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0);
-    drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.kv_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-        assert!(Instant::now() < deadline, "KV memory was not freed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // Random weights may pick an end token first; such a model is replaced.
+    for attempt in 0..8 {
+        let (dir, gguf) = write_model(&format!("cancel-{attempt}"))?;
+        let model = load(&dir, &Device::Cpu, &LoadOptions::default())?;
+        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_file(&gguf)?;
+        let stats = model.engine_stats().ok_or("no engine")?;
+        let mut stream = model.generate(request("Go on forever.", 400))?;
+        let first = stream.next().await.ok_or("no first event")??;
+        if matches!(first, GenerationEvent::Done(_)) {
+            continue;
+        }
+        assert!(stats.kv_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        drop(stream);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.kv_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            assert!(Instant::now() < deadline, "KV memory was not freed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
+        return Ok(());
     }
-    assert_eq!(stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
-    std::fs::remove_dir_all(&dir)?;
-    std::fs::remove_file(&gguf)?;
-    Ok(())
+    Err("every model ended its generation at once".into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,8 +205,8 @@ async fn bad_requests_are_errors_and_the_model_keeps_serving() -> Result<()> {
     let e = model.embed(&["x"]).err().ok_or("a decoder embedded")?;
     assert!(e.to_string().contains("does not embed"), "{e}");
     // Still serving.
-    let (deltas, _) = run(&model, request("hi", 4)).await?;
-    assert!(!deltas.is_empty());
+    let (_, usage) = run(&model, request("hi", 4)).await?;
+    assert!(usage.completion_tokens >= 1);
     std::fs::remove_dir_all(&dir)?;
     std::fs::remove_file(&gguf)?;
     Ok(())
