@@ -1,5 +1,6 @@
-//! Models that need no weights. `builtin:echo` streams the last user message back word by
-//! word, optionally with a delay per word (model option `token_delay_ms`).
+//! Models that need no weights. `builtin:echo` streams the last user message (or tool
+//! result) back word by word, optionally with a delay per word (model option
+//! `token_delay_ms`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -101,10 +102,14 @@ impl Model for Echo {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Generation> {
-        let last_user =
-            request.messages.iter().rev().find(|m| m.role == Role::User).ok_or_else(|| {
-                Error::InvalidRequest("the conversation has no user message".into())
-            })?;
+        // The latest user message or tool result: after a tool call, echo answers with
+        // what the tool returned.
+        let last_user = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| matches!(m.role, Role::User | Role::Tool))
+            .ok_or_else(|| Error::InvalidRequest("the conversation has no user message".into()))?;
         let prompt_tokens: usize =
             request.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
         let mut words = split_words(&last_user.content);

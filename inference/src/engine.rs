@@ -118,6 +118,8 @@ pub struct EngineStats {
     pub active: AtomicUsize,
     pub waiting: AtomicUsize,
     pub steps: AtomicUsize,
+    /// Tokens sampled since the engine started.
+    pub generated_tokens: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -284,6 +286,7 @@ fn run(
                 let _ = a.events.send(TokenEvent::Logprobs(logprobs));
             }
             a.generated += 1;
+            stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             a.seen.push(token);
             let _ = a.events.send(TokenEvent::Token(token));
             let finish = if a.request.stop_tokens.contains(&token) {

@@ -33,8 +33,8 @@ pub mod transformer;
 pub use error::{Error, Result};
 pub use local::{LoadOptions, LocalModel, device, load};
 pub use model::{
-    ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, Role,
-    TokenLogprob, Usage,
+    ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats,
+    Role, TokenLogprob, ToolCall, Usage,
 };
 
 use std::collections::BTreeMap;

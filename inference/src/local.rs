@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
@@ -14,7 +15,8 @@ use tokio::sync::mpsc;
 use crate::embedding::Embedder;
 use crate::engine::{Engine, EngineOptions, EngineStats, Finish, TokenEvent, TokenRequest};
 use crate::model::{
-    FinishReason, GenerateRequest, Generation, GenerationEvent, Model, TokenLogprob, Usage,
+    FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats, TokenLogprob,
+    Usage,
 };
 use crate::sampling::SamplingParams;
 use crate::text::{ChatTemplate, Detokenizer, StopMatcher, Tokenizer};
@@ -202,7 +204,7 @@ impl LocalModel {
         let Some(template) = template else {
             return Err(Error::InvalidRequest(format!("model {} has no chat template", self.id)));
         };
-        let text = template.render(&request.messages, &[], true)?;
+        let text = template.render(&request.messages, &request.tools, true)?;
         g.tokenizer.encode(&text)
     }
 
@@ -246,6 +248,27 @@ fn sampling(request: &GenerateRequest) -> Result<SamplingParams> {
 impl Model for LocalModel {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn is_embedder(&self) -> bool {
+        LocalModel::is_embedder(self)
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        LocalModel::embed(self, texts)
+    }
+
+    fn stats(&self) -> ModelStats {
+        let Some(stats) = self.engine_stats() else { return ModelStats::default() };
+        let count = |n: &std::sync::atomic::AtomicUsize| {
+            u32::try_from(n.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
+        };
+        ModelStats {
+            kv_bytes: stats.kv_bytes.load(Ordering::Relaxed) as u64,
+            active: count(&stats.active),
+            waiting: count(&stats.waiting),
+            generated_tokens: stats.generated_tokens.load(Ordering::Relaxed),
+        }
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Generation> {

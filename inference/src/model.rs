@@ -10,6 +10,17 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// The result of a tool call, answering the assistant message that made it.
+    Tool,
+}
+
+/// A call of a tool (a function the model may use), as the model made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
 }
 
 /// One message of a conversation.
@@ -17,11 +28,20 @@ pub enum Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// The tool calls an assistant message made.
+    pub tool_calls: Vec<ToolCall>,
+    /// Which call a `Tool` message answers.
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// The result of the tool call `call_id`.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { tool_call_id: Some(call_id.into()), ..Self::new(Role::Tool, content) }
     }
 }
 
@@ -42,6 +62,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Report each token's log-probability and this many alternatives.
     pub logprobs: Option<u32>,
+    /// Tools the model may call, in OpenAI's shape
+    /// (`{"type": "function", "function": {"name", "description", "parameters"}}`).
+    pub tools: Vec<serde_json::Value>,
 }
 
 /// Why a generation ended.
@@ -76,6 +99,9 @@ pub struct TokenLogprob {
 pub enum GenerationEvent {
     Delta(String),
     Logprobs(TokenLogprob),
+    /// A tool call the model made in a structured form (remote OpenAI-compatible models);
+    /// local models write tool calls as text in their family's format.
+    ToolCall(ToolCall),
     Done(Usage),
 }
 
@@ -90,4 +116,32 @@ pub trait Model: Send + Sync + 'static {
     /// Starts generating. Cheap: the work happens as the stream is polled (or on the
     /// engine's own thread), never blocking the caller's async runtime.
     fn generate(&self, request: GenerateRequest) -> Result<Generation>;
+
+    /// Whether this model embeds texts rather than generating.
+    fn is_embedder(&self) -> bool {
+        false
+    }
+
+    /// L2-normalised embeddings, one per text. Blocking: call it off the async runtime.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let _ = texts;
+        Err(crate::Error::InvalidRequest(format!("model {} does not embed texts", self.id())))
+    }
+
+    /// Live figures of the model's engine, when it has one.
+    fn stats(&self) -> ModelStats {
+        ModelStats::default()
+    }
+}
+
+/// Live figures of a model's engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// KV-cache bytes held by admitted sequences.
+    pub kv_bytes: u64,
+    /// Sequences generating now and waiting for room.
+    pub active: u32,
+    pub waiting: u32,
+    /// Tokens generated since the model was loaded (prompt tokens not counted).
+    pub generated_tokens: u64,
 }

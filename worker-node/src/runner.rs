@@ -79,7 +79,7 @@ async fn drive(
                 emit(sink, task, EventKind::TextDelta { text }).await;
             }
             // Logprobs have no event of their own in the cluster yet.
-            Some(Ok(GenerationEvent::Logprobs(_))) => {}
+            Some(Ok(GenerationEvent::Logprobs(_) | GenerationEvent::ToolCall(_))) => {}
             Some(Ok(GenerationEvent::Done(usage))) => {
                 let usage = Usage {
                     prompt_tokens: usage.prompt_tokens,

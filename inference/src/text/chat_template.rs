@@ -79,7 +79,19 @@ impl ChatTemplate {
     ) -> Result<String> {
         let messages: Vec<Value> = messages
             .iter()
-            .map(|m| minijinja::context! { role => role_name(m.role), content => m.content })
+            .map(|m| {
+                let mut message = BTreeMap::from([
+                    ("role", Value::from(role_name(m.role))),
+                    ("content", Value::from(m.content.as_str())),
+                ]);
+                if !m.tool_calls.is_empty() {
+                    message.insert("tool_calls", tool_calls(&m.tool_calls));
+                }
+                if let Some(id) = &m.tool_call_id {
+                    message.insert("tool_call_id", Value::from(id.as_str()));
+                }
+                Value::from(message)
+            })
             .collect();
         let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
         ctx.insert("messages", Value::from(messages));
@@ -105,7 +117,26 @@ fn role_name(role: Role) -> &'static str {
         Role::System => "system",
         Role::User => "user",
         Role::Assistant => "assistant",
+        Role::Tool => "tool",
     }
+}
+
+/// Tool calls as `transformers` passes them to templates: OpenAI's shape with the
+/// arguments parsed (templates `tojson` them), or as text when they are not JSON.
+fn tool_calls(calls: &[crate::ToolCall]) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                .map_or_else(|_| Value::from(c.arguments.as_str()), |v| Value::from_serialize(&v));
+            minijinja::context! {
+                id => c.id,
+                type => "function",
+                function => minijinja::context! { name => c.name, arguments => arguments },
+            }
+        })
+        .collect();
+    Value::from(calls)
 }
 
 fn raise_exception(message: String) -> Result<String, minijinja::Error> {
