@@ -53,7 +53,7 @@ async fn run(model: &LocalModel, request: GenerateRequest) -> Result<(Vec<String
     while let Some(event) = stream.next().await {
         match event? {
             GenerationEvent::Delta(text) => deltas.push(text),
-            GenerationEvent::Logprobs(_) => {}
+            GenerationEvent::Logprobs(_) | GenerationEvent::ToolCall(_) => {}
             GenerationEvent::Done(usage) => {
                 assert!(stream.next().await.is_none(), "events after Done");
                 return Ok((deltas, usage));
@@ -146,7 +146,7 @@ async fn logprobs_come_with_every_token() -> Result<()> {
         match event? {
             GenerationEvent::Logprobs(l) => logprobs.push(l),
             GenerationEvent::Done(u) => usage = Some(u),
-            GenerationEvent::Delta(_) => {}
+            GenerationEvent::Delta(_) | GenerationEvent::ToolCall(_) => {}
         }
     }
     let usage = usage.ok_or("no usage")?;
