@@ -10,6 +10,17 @@ use crate::{Error, Result};
 
 /// Model ids every worker can run without weights.
 pub const BUILTIN_PREFIX: &str = "builtin:";
+/// Model ids of remote OpenAI-compatible endpoints, which every worker can call.
+pub const OPENAI_PREFIX: &str = "openai:";
+/// The names of the agents the head makes to serve a model directly (OpenAI API requests
+/// that name a model rather than an agent): `model:<id>`. Users cannot register names with
+/// a colon, so these never collide with theirs.
+pub const MODEL_AGENT_PREFIX: &str = "model:";
+
+/// Whether every worker can run `model` (built-ins and remote endpoints).
+pub fn runs_everywhere(model: &str) -> bool {
+    model.starts_with(BUILTIN_PREFIX) || model.starts_with(OPENAI_PREFIX)
+}
 
 /// A registered agent.
 #[derive(Debug)]
@@ -63,6 +74,29 @@ impl AgentRegistry {
         Ok((outcome, entry))
     }
 
+    /// The agent that serves `model` directly, registered on first use.
+    pub fn model_agent(&mut self, model: &str) -> &AgentEntry {
+        let name = format!("{MODEL_AGENT_PREFIX}{model}");
+        if !self.agents.contains_key(&name) {
+            self.next_version += 1;
+            let spec = AgentSpec {
+                name: name.clone(),
+                model: model.to_owned(),
+                description: format!("the model {model} served directly"),
+                max_retries: fleet_proto::DEFAULT_MAX_RETRIES,
+                ..Default::default()
+            };
+            let entry = AgentEntry {
+                spec: Arc::new(spec),
+                version: self.next_version,
+                tasks_submitted: 0,
+                running: 0,
+            };
+            self.agents.insert(name.clone(), entry);
+        }
+        &self.agents[&name]
+    }
+
     pub fn get(&self, name: &str) -> Result<&AgentEntry> {
         self.agents.get(name).ok_or_else(|| Error::UnknownAgent(name.to_owned()))
     }
@@ -84,13 +118,19 @@ impl AgentRegistry {
     }
 }
 
+/// Tools (other agents) one agent may call.
+const MAX_TOOLS: usize = 32;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Checks an agent spec; the error says which field is wrong and how.
 pub fn validate(spec: &AgentSpec) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidAgent(msg));
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 64
-        && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !name_ok {
+    if !valid_name(&spec.name) {
         return bad(format!(
             "name {:?} must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
             spec.name
@@ -108,6 +148,20 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
         return bad(format!(
             "unknown built-in model {:?}: the built-in models are builtin:echo",
             spec.model
+        ));
+    }
+    if spec.model.strip_prefix(OPENAI_PREFIX).is_some_and(|m| m.trim().is_empty()) {
+        return bad(format!(
+            "model {:?} names no remote model: write openai:MODEL, e.g. \"openai:gpt-4o-mini\"",
+            spec.model
+        ));
+    }
+    if spec.tools.len() > MAX_TOOLS {
+        return bad(format!("at most {MAX_TOOLS} tools per agent, got {}", spec.tools.len()));
+    }
+    if let Some(tool) = spec.tools.iter().find(|t| !valid_name(t)) {
+        return bad(format!(
+            "tool {tool:?} is not an agent name: tools are the names of other agents"
         ));
     }
     let r = &spec.resources;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fleet_proto::local::LocalHead;
 use fleet_proto::{
-    AgentSpec, Command, EventKind, Heartbeat, Registration, TaskAssignment, TaskEvent, TaskId,
-    TaskState, now_us,
+    AgentSpec, Command, EventKind, Heartbeat, LoadedModel, Registration, TaskAssignment, TaskEvent,
+    TaskId, TaskOptions, TaskState, now_us,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -30,12 +30,31 @@ const QUEUE_SCAN_LIMIT: usize = 256;
 /// Conversations remembered for placing a context's next turn on the same worker.
 const MAX_CONTEXT_AFFINITY: usize = 100_000;
 
+/// Tool calls deep a chain of agents calling agents may go (a loop of agents ends here).
+const MAX_TOOL_DEPTH: u32 = 4;
+/// Texts one embedding task may carry (OpenAI's own limit).
+const MAX_EMBED_TEXTS: usize = 2048;
+
 /// A task to submit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewTask {
     pub agent: String,
     pub input: String,
     pub context_id: String,
+    /// History, sampling overrides or texts to embed (the OpenAI API sets these).
+    pub options: Option<Arc<TaskOptions>>,
+}
+
+/// A model the cluster serves, for `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    /// `gguf`, `hf` or `builtin`.
+    pub format: String,
+    pub size_bytes: u64,
+    /// Workers with it on disk, and those with it loaded.
+    pub workers: u32,
+    pub loaded_on: u32,
 }
 
 /// A snapshot of one task for GetTask/ListTasks.
@@ -112,6 +131,8 @@ pub struct WorkerInfo {
     pub running_tasks: u32,
     pub tasks_assigned: u64,
     pub models_loaded: Vec<String>,
+    /// Loaded models with their engines' figures.
+    pub loaded: Vec<LoadedModel>,
     pub last_heartbeat_ago: Duration,
 }
 
@@ -238,54 +259,135 @@ impl Cluster {
     ) -> Result<TaskId> {
         self.validate(&task)?;
         let mut guard = self.state.lock();
-        let state = &mut *guard;
-        let spec = state.agents.get(&task.agent)?.spec.clone();
-        let context_worker = context_worker(state, &task.agent, &task.context_id);
-        let placement = match scheduler::place(&spec, &state.workers, context_worker.as_deref()) {
-            Placement::Never(reason) => {
-                return Err(Error::Unschedulable { agent: task.agent, reason });
-            }
-            Placement::Worker(w) => Some(w.to_owned()),
-            Placement::Wait => None,
-        };
-        let at_capacity = spec.max_concurrency > 0
-            && state.agents.get(&task.agent)?.running >= spec.max_concurrency;
-        let placement = placement.filter(|_| !at_capacity);
-        if placement.is_none() && state.queue.len() >= self.limits.max_queued_tasks {
-            return Err(Error::QueueFull { limit: self.limits.max_queued_tasks });
-        }
-        state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
-
-        let id = TaskId::new(uuid::Uuid::new_v4().to_string());
-        let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
-        if let Some((sub, client_ref)) = subscriber {
-            let accepted = match client_ref {
-                Some(client_ref) => {
-                    sub.deliver(Delivery::Accepted { client_ref, task_id: id.clone() })
-                }
-                None => true,
-            };
-            if accepted {
-                entry.subscribers.push(sub);
-            }
-        }
-        entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
-        debug!(task_id = %id, agent = %entry.agent, "task submitted");
-        match placement {
-            Some(worker) => dispatch(state, &id, &worker),
-            None => state.queue.push_back(id.clone()),
-        }
-        Ok(id)
+        submit_in(&mut guard, &self.limits, task, subscriber, None)
     }
 
+    /// The name of the agent that serves `model` directly (`model:<id>`), registered on
+    /// first use; an error when no live worker has the model.
+    pub fn model_agent(&self, model: &str) -> Result<String> {
+        let mut state = self.state.lock();
+        if !state.workers.iter().any(|w| w.has_model(model)) {
+            return Err(Error::UnknownModel(model.to_owned()));
+        }
+        Ok(state.agents.model_agent(model).spec.name.clone())
+    }
+
+    /// The models live workers have on disk, plus the built-in ones.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let state = self.state.lock();
+        let mut models: std::collections::BTreeMap<String, ModelInfo> = Default::default();
+        let builtin = format!("{}echo", crate::agents::BUILTIN_PREFIX);
+        models.insert(
+            builtin.clone(),
+            ModelInfo {
+                id: builtin,
+                format: "builtin".into(),
+                size_bytes: 0,
+                workers: 0,
+                loaded_on: 0,
+            },
+        );
+        for w in state.workers.iter() {
+            for m in &w.registration.models {
+                let entry = models.entry(m.id.clone()).or_insert_with(|| ModelInfo {
+                    id: m.id.clone(),
+                    format: m.format.clone(),
+                    size_bytes: m.size_bytes,
+                    workers: 0,
+                    loaded_on: 0,
+                });
+                entry.workers += 1;
+            }
+            for (id, entry) in &mut models {
+                if entry.format == "builtin" {
+                    entry.workers += 1;
+                }
+                if w.has_model_loaded(id) {
+                    entry.loaded_on += 1;
+                }
+            }
+        }
+        models.into_values().collect()
+    }
+}
+
+/// Accepts a task (see [`Cluster::submit`]); `parent` is the task that called it as a tool.
+fn submit_in(
+    state: &mut State,
+    limits: &Limits,
+    task: NewTask,
+    subscriber: Option<(Subscriber, Option<u64>)>,
+    parent: Option<(TaskId, String, u32)>,
+) -> Result<TaskId> {
+    let spec = state.agents.get(&task.agent)?.spec.clone();
+    let context_worker = context_worker(state, &task.agent, &task.context_id);
+    let placement = match scheduler::place(&spec, &state.workers, context_worker.as_deref()) {
+        Placement::Never(reason) => {
+            return Err(Error::Unschedulable { agent: task.agent, reason });
+        }
+        Placement::Worker(w) => Some(w.to_owned()),
+        Placement::Wait => None,
+    };
+    let at_capacity =
+        spec.max_concurrency > 0 && state.agents.get(&task.agent)?.running >= spec.max_concurrency;
+    let placement = placement.filter(|_| !at_capacity);
+    if placement.is_none() && state.queue.len() >= limits.max_queued_tasks {
+        return Err(Error::QueueFull { limit: limits.max_queued_tasks });
+    }
+    state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
+
+    let id = TaskId::new(uuid::Uuid::new_v4().to_string());
+    let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
+    entry.options = task.options;
+    if let Some((parent, call_id, depth)) = parent {
+        entry.parent = Some((parent, call_id));
+        entry.depth = depth;
+    }
+    if let Some((sub, client_ref)) = subscriber {
+        let accepted = match client_ref {
+            Some(client_ref) => sub.deliver(Delivery::Accepted { client_ref, task_id: id.clone() }),
+            None => true,
+        };
+        if accepted {
+            entry.subscribers.push(sub);
+        }
+    }
+    entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
+    debug!(task_id = %id, agent = %entry.agent, "task submitted");
+    match placement {
+        Some(worker) => dispatch(state, &id, &worker),
+        None => state.queue.push_back(id.clone()),
+    }
+    Ok(id)
+}
+
+impl Cluster {
     fn validate(&self, task: &NewTask) -> Result<()> {
         if task.agent.is_empty() {
             return Err(Error::InvalidArgument("agent is empty: name the agent to run".into()));
         }
-        if task.input.trim().is_empty() {
+        let embed = task.options.as_ref().map_or(&[][..], |o| &o.embed[..]);
+        if task.input.trim().is_empty() && embed.is_empty() {
             return Err(Error::InvalidArgument(
                 "input is empty: give the agent something to do".into(),
             ));
+        }
+        if embed.len() > MAX_EMBED_TEXTS {
+            return Err(Error::InvalidArgument(format!(
+                "{} texts to embed; at most {MAX_EMBED_TEXTS} per request",
+                embed.len()
+            )));
+        }
+        let extra: usize = task.options.as_ref().map_or(0, |o| {
+            o.embed.iter().map(String::len).sum::<usize>()
+                + o.history.iter().map(|t| t.content.len()).sum::<usize>()
+        });
+        if task.input.len() + extra > self.limits.max_input_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the input is {} bytes with its history or texts, over the limit of {} bytes",
+                task.input.len() + extra,
+                self.limits.max_input_bytes
+            )));
         }
         if task.input.len() > self.limits.max_input_bytes {
             return Err(Error::InvalidArgument(format!(
@@ -435,6 +537,7 @@ impl Cluster {
                 running_tasks: w.running.len() as u32,
                 tasks_assigned: w.tasks_assigned,
                 models_loaded: w.heartbeat.models_loaded.clone(),
+                loaded: w.heartbeat.models.clone(),
                 last_heartbeat_ago: now.saturating_duration_since(w.last_heartbeat),
             })
             .collect();
@@ -486,6 +589,7 @@ impl Cluster {
         let state = &mut *guard;
         state.workers.touch(worker_id, connection, Instant::now());
         let mut freed = false;
+        let mut calls = Vec::new();
         for event in events {
             let Some(task) = state.tasks.get_mut(event.task_id.as_str()) else {
                 debug!(task_id = %event.task_id, worker_id, "event for an unknown task dropped");
@@ -507,10 +611,22 @@ impl Cluster {
                     finish(state, &event.task_id, event.kind);
                     freed = true;
                 }
+                EventKind::ToolCall { call_id, name, arguments } => {
+                    calls.push((
+                        event.task_id.clone(),
+                        call_id.clone(),
+                        name.clone(),
+                        arguments.clone(),
+                    ));
+                    task.push(event.kind, event.timestamp_us);
+                }
                 _ => {
                     task.push(event.kind, event.timestamp_us);
                 }
             }
+        }
+        for (task_id, call_id, name, arguments) in calls {
+            call_agent(state, &self.limits, &task_id, call_id, &name, &arguments);
         }
         if freed {
             drain_queue(state);
@@ -576,6 +692,8 @@ fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         attempt: task.attempt,
         input: task.input.to_string(),
         context_id: task.context_id.clone(),
+        options: task.options.clone(),
+        depth: task.depth,
     }));
     task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
     if !task.context_id.is_empty() {
@@ -615,7 +733,87 @@ fn finish(state: &mut State, id: &TaskId, kind: EventKind) {
     task.push(kind, now_us());
     let final_state = task.state;
     debug!(task_id = %id, state = final_state.as_str(), "task finished");
+    ended(state, id, final_state);
+}
+
+/// Retires a task that reached `final_state`; a task some agent called as a tool answers it.
+fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
+    let Some(task) = state.tasks.get(id.as_str()) else { return };
+    if let Some((parent, call_id)) = task.parent.clone() {
+        let (output, is_error) = match final_state {
+            TaskState::Completed => (task.output.clone(), false),
+            TaskState::Canceled => (format!("agent {} was canceled", task.agent), true),
+            _ => (format!("agent {} failed: {}", task.agent, task.error), true),
+        };
+        reply_to_call(state, &parent, call_id, output, is_error);
+    }
     state.tasks.finished(id, final_state);
+}
+
+/// Sends the result of a tool call to the worker running the calling task (if it still is).
+fn reply_to_call(state: &State, task_id: &TaskId, call_id: String, output: String, is_error: bool) {
+    let Some(task) = state.tasks.get(task_id.as_str()) else { return };
+    if task.state.is_terminal() {
+        return;
+    }
+    let Some(worker) = task.worker.as_deref().and_then(|w| state.workers.get(w)) else {
+        return;
+    };
+    let _ = worker.commands.send(Command::ToolReply {
+        task_id: task_id.clone(),
+        call_id,
+        output,
+        is_error,
+    });
+}
+
+/// Runs the agent a task called as a tool as a sub-task of it; its result goes back to the
+/// caller's worker when it ends. Calls of names that are not among the caller's tools are
+/// the worker's to answer.
+fn call_agent(
+    state: &mut State,
+    limits: &Limits,
+    caller: &TaskId,
+    call_id: String,
+    name: &str,
+    arguments: &str,
+) {
+    let Some(task) = state.tasks.get(caller.as_str()) else { return };
+    let Ok(agent) = state.agents.get(&task.agent) else { return };
+    if !agent.spec.tools.iter().any(|t| t == name) {
+        return;
+    }
+    let depth = task.depth + 1;
+    let refused = if depth > MAX_TOOL_DEPTH {
+        Some(format!(
+            "agent {name} not called: agents called agents {MAX_TOOL_DEPTH} deep, the most allowed"
+        ))
+    } else {
+        let sub =
+            NewTask { agent: name.to_owned(), input: tool_input(arguments), ..Default::default() };
+        match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
+            Ok(id) => {
+                debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
+                None
+            }
+            Err(e) => Some(format!("agent {name} not called: {e}")),
+        }
+    };
+    if let Some(error) = refused {
+        reply_to_call(state, caller, call_id, error, true);
+    }
+}
+
+/// What a called agent is asked: the `input` argument, or the arguments as given.
+fn tool_input(arguments: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(arguments) {
+        Ok(serde_json::Value::Object(map)) => match map.get("input") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            _ => arguments.to_owned(),
+        },
+        Ok(serde_json::Value::String(s)) => s,
+        _ => arguments.to_owned(),
+    }
 }
 
 /// Retries or fails the tasks that were running on a lost worker.
@@ -656,7 +854,7 @@ fn fail_over(state: &mut State, worker: WorkerEntry, reason: &str) {
             task.push(EventKind::Failed { error, worker_id: worker.id.clone() }, now_us());
         }
         let final_state = task.state;
-        state.tasks.finished(&id, final_state);
+        ended(state, &id, final_state);
     }
     // Retries go first: they were accepted before anything still queued.
     for id in retry.into_iter().rev() {

@@ -118,6 +118,8 @@ pub struct SamplingTable {
     pub top_p: Option<f32>,
     pub max_tokens: Option<u32>,
     pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
 }
 
 impl From<AgentTable> for AgentSpec {
@@ -144,6 +146,7 @@ impl From<AgentTable> for AgentSpec {
                 top_p: t.sampling.top_p,
                 max_tokens: t.sampling.max_tokens,
                 seed: t.sampling.seed,
+                stop: t.sampling.stop,
             },
             resources: Resources {
                 cpus: t.resources.cpus,

@@ -13,6 +13,8 @@ pub enum Error {
     InvalidAgent(String),
     #[error("unknown agent {0:?}: register it first or check the name")]
     UnknownAgent(String),
+    #[error("unknown model {0:?}: no worker has it; GET /v1/models lists the models served")]
+    UnknownModel(String),
     #[error("unknown task {0:?}")]
     UnknownTask(String),
     #[error("invalid request: {0}")]
@@ -43,7 +45,7 @@ impl Error {
                 Code::InvalidArgument
             }
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::UnknownAgent(_) | Self::UnknownTask(_) => Code::NotFound,
+            Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
             Self::QueueFull { .. } => Code::ResourceExhausted,
             Self::Unschedulable { .. } => Code::FailedPrecondition,
             Self::Io(_) => Code::Internal,

@@ -106,6 +106,12 @@ pub struct TaskEntry {
     pub finished_at_us: u64,
     pub cancel_requested: bool,
     pub subscribers: Vec<Subscriber>,
+    /// Per-task settings (OpenAI requests), handed to the worker with the task.
+    pub options: Option<Arc<fleet_proto::TaskOptions>>,
+    /// The task that called this one as a tool, and the call's id.
+    pub parent: Option<(TaskId, String)>,
+    /// Tool calls between this task and the one a client submitted.
+    pub depth: u32,
 }
 
 impl TaskEntry {
@@ -212,6 +218,9 @@ impl TaskTable {
             finished_at_us: 0,
             cancel_requested: false,
             subscribers: Vec::new(),
+            options: None,
+            parent: None,
+            depth: 0,
         };
         self.tasks.entry(id).insert_entry(entry).into_mut()
     }

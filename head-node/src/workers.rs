@@ -61,9 +61,9 @@ impl WorkerEntry {
         (self.running.len() as u32) < self.registration.slots
     }
 
-    /// Whether the worker has `model` on disk (built-in models are everywhere).
+    /// Whether the worker has `model` on disk (built-in and remote models are everywhere).
     pub fn has_model(&self, model: &str) -> bool {
-        model.starts_with(crate::agents::BUILTIN_PREFIX)
+        crate::agents::runs_everywhere(model)
             || self.registration.models.iter().any(|m| m.id == model)
     }
 

@@ -30,13 +30,79 @@ impl From<Resources> for pb::Resources {
 
 impl From<pb::Sampling> for Sampling {
     fn from(s: pb::Sampling) -> Self {
-        Self { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, seed: s.seed }
+        Self {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_tokens: s.max_tokens,
+            seed: s.seed,
+            stop: s.stop,
+        }
     }
 }
 
 impl From<Sampling> for pb::Sampling {
     fn from(s: Sampling) -> Self {
-        Self { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, seed: s.seed }
+        Self {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_tokens: s.max_tokens,
+            seed: s.seed,
+            stop: s.stop,
+        }
+    }
+}
+
+impl From<pb::TaskOptions> for TaskOptions {
+    fn from(o: pb::TaskOptions) -> Self {
+        Self {
+            history: o
+                .history
+                .into_iter()
+                .map(|t| Turn { role: t.role, content: t.content })
+                .collect(),
+            sampling: o.sampling.map(Into::into).unwrap_or_default(),
+            embed: o.embed,
+        }
+    }
+}
+
+impl From<&TaskOptions> for pb::TaskOptions {
+    fn from(o: &TaskOptions) -> Self {
+        Self {
+            history: o
+                .history
+                .iter()
+                .map(|t| pb::Turn { role: t.role.clone(), content: t.content.clone() })
+                .collect(),
+            sampling: Some(o.sampling.clone().into()),
+            embed: o.embed.clone(),
+        }
+    }
+}
+
+impl From<pb::LoadedModel> for LoadedModel {
+    fn from(m: pb::LoadedModel) -> Self {
+        Self {
+            id: m.id,
+            kv_bytes: m.kv_bytes,
+            active_sequences: m.active_sequences,
+            waiting_sequences: m.waiting_sequences,
+            tokens_per_s: m.tokens_per_s,
+            generated_tokens: m.generated_tokens,
+        }
+    }
+}
+
+impl From<LoadedModel> for pb::LoadedModel {
+    fn from(m: LoadedModel) -> Self {
+        Self {
+            id: m.id,
+            kv_bytes: m.kv_bytes,
+            active_sequences: m.active_sequences,
+            waiting_sequences: m.waiting_sequences,
+            tokens_per_s: m.tokens_per_s,
+            generated_tokens: m.generated_tokens,
+        }
     }
 }
 
@@ -142,6 +208,9 @@ impl From<&EventKind> for pb::task_event::Kind {
             EventKind::Retrying { reason, failed_attempt } => {
                 K::Retrying(pb::Retrying { reason, failed_attempt })
             }
+            EventKind::Embeddings { vectors } => K::Embeddings(pb::Embeddings {
+                vectors: vectors.into_iter().map(|values| pb::Vector { values }).collect(),
+            }),
         }
     }
 }
@@ -167,6 +236,9 @@ impl From<pb::task_event::Kind> for EventKind {
             K::Canceled(e) => Self::Canceled { reason: e.reason },
             K::InputRequired(e) => Self::InputRequired { prompt: e.prompt },
             K::Retrying(e) => Self::Retrying { reason: e.reason, failed_attempt: e.failed_attempt },
+            K::Embeddings(e) => {
+                Self::Embeddings { vectors: e.vectors.into_iter().map(|v| v.values).collect() }
+            }
         }
     }
 }
@@ -231,6 +303,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                 running_tasks: h.running_tasks,
                 actors: h.actors,
                 models_loaded: h.models_loaded,
+                models: h.models.into_iter().map(Into::into).collect(),
             }),
             Kind::Events(batch) => Self::Events(
                 batch.events.into_iter().map(TaskEvent::try_from).collect::<Result<_>>()?,
@@ -256,6 +329,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                 running_tasks: h.running_tasks,
                 actors: h.actors,
                 models_loaded: h.models_loaded,
+                models: h.models.into_iter().map(Into::into).collect(),
             }),
             WorkerUpdate::Events(events) => {
                 Kind::Events(pb::WorkerEvents { events: events.iter().map(Into::into).collect() })
@@ -279,12 +353,22 @@ impl From<&Command> for pb::Command {
                 attempt: t.attempt,
                 input: t.input.clone(),
                 context_id: t.context_id.clone(),
+                options: t.options.as_deref().map(Into::into),
+                depth: t.depth,
             }),
             Command::CancelTask { task_id, reason } => Kind::CancelTask(pb::CancelTask {
                 task_id: task_id.as_str().to_owned(),
                 reason: reason.clone(),
             }),
             Command::StopActor { agent } => Kind::StopActor(pb::StopActor { agent: agent.clone() }),
+            Command::ToolReply { task_id, call_id, output, is_error } => {
+                Kind::ToolReply(pb::ToolReply {
+                    task_id: task_id.as_str().to_owned(),
+                    call_id: call_id.clone(),
+                    output: output.clone(),
+                    is_error: *is_error,
+                })
+            }
         };
         Self { kind: Some(kind) }
     }
@@ -306,11 +390,19 @@ impl TryFrom<pb::Command> for Command {
                 attempt: t.attempt,
                 input: t.input,
                 context_id: t.context_id,
+                options: t.options.map(|o| Arc::new(o.into())),
+                depth: t.depth,
             }),
             Kind::CancelTask(c) => {
                 Command::CancelTask { task_id: TaskId::new(c.task_id), reason: c.reason }
             }
             Kind::StopActor(s) => Command::StopActor { agent: s.agent },
+            Kind::ToolReply(r) => Command::ToolReply {
+                task_id: TaskId::new(r.task_id),
+                call_id: r.call_id,
+                output: r.output,
+                is_error: r.is_error,
+            },
         })
     }
 }

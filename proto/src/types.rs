@@ -77,6 +77,44 @@ pub struct Sampling {
     pub top_p: Option<f32>,
     pub max_tokens: Option<u32>,
     pub seed: Option<u64>,
+    /// Generation ends before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Sampling {
+    /// These settings with every field `overrides` sets taken from it.
+    pub fn overridden_by(&self, overrides: &Sampling) -> Sampling {
+        Sampling {
+            temperature: overrides.temperature.or(self.temperature),
+            top_p: overrides.top_p.or(self.top_p),
+            max_tokens: overrides.max_tokens.or(self.max_tokens),
+            seed: overrides.seed.or(self.seed),
+            stop: if overrides.stop.is_empty() {
+                self.stop.clone()
+            } else {
+                overrides.stop.clone()
+            },
+        }
+    }
+}
+
+/// One earlier message of a conversation given with a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Turn {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    pub content: String,
+}
+
+/// Per-task settings beyond the input (the OpenAI-compatible API sets them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskOptions {
+    /// The conversation before the input; used instead of the agent's memory of the context.
+    pub history: Vec<Turn>,
+    /// Overrides of the agent's sampling defaults, field by field.
+    pub sampling: Sampling,
+    /// Embed these texts instead of generating.
+    pub embed: Vec<String>,
 }
 
 /// What an agent is. Validated by the head before it is accepted.
@@ -139,17 +177,47 @@ impl TaskState {
 /// What happened to a task.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventKind {
-    Submitted { agent: String },
-    Scheduled { worker_id: String },
+    Submitted {
+        agent: String,
+    },
+    Scheduled {
+        worker_id: String,
+    },
     Working,
-    TextDelta { text: String },
-    ToolCall { call_id: String, name: String, arguments: String },
-    ToolResult { call_id: String, output: String, is_error: bool },
-    Completed { usage: Usage },
-    Failed { error: String, worker_id: String },
-    Canceled { reason: String },
-    InputRequired { prompt: String },
-    Retrying { reason: String, failed_attempt: u32 },
+    TextDelta {
+        text: String,
+    },
+    ToolCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    ToolResult {
+        call_id: String,
+        output: String,
+        is_error: bool,
+    },
+    Completed {
+        usage: Usage,
+    },
+    Failed {
+        error: String,
+        worker_id: String,
+    },
+    Canceled {
+        reason: String,
+    },
+    InputRequired {
+        prompt: String,
+    },
+    Retrying {
+        reason: String,
+        failed_attempt: u32,
+    },
+    /// The vectors of an embedding task, one per text, in order.
+    Embeddings {
+        vectors: Vec<Vec<f32>>,
+    },
 }
 
 impl EventKind {
@@ -163,7 +231,10 @@ impl EventKind {
             Self::Failed { .. } => Some(TaskState::Failed),
             Self::Canceled { .. } => Some(TaskState::Canceled),
             Self::InputRequired { .. } => Some(TaskState::InputRequired),
-            Self::TextDelta { .. } | Self::ToolCall { .. } | Self::ToolResult { .. } => None,
+            Self::TextDelta { .. }
+            | Self::ToolCall { .. }
+            | Self::ToolResult { .. }
+            | Self::Embeddings { .. } => None,
         }
     }
 
@@ -214,6 +285,20 @@ pub struct Heartbeat {
     pub running_tasks: u32,
     pub actors: u32,
     pub models_loaded: Vec<String>,
+    pub models: Vec<LoadedModel>,
+}
+
+/// A model loaded on a worker and what its engine is doing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadedModel {
+    pub id: String,
+    /// KV-cache bytes held by admitted sequences.
+    pub kv_bytes: u64,
+    pub active_sequences: u32,
+    pub waiting_sequences: u32,
+    /// Tokens generated per second since the previous heartbeat.
+    pub tokens_per_s: f64,
+    pub generated_tokens: u64,
 }
 
 /// Everything a worker sends up its `Join` stream.
@@ -233,13 +318,31 @@ pub struct TaskAssignment {
     pub attempt: u32,
     pub input: String,
     pub context_id: String,
+    pub options: Option<Arc<TaskOptions>>,
+    /// Tool calls between this task and the one a client submitted (0 for that one).
+    pub depth: u32,
 }
 
 /// What the head tells a worker to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    PlaceActor { spec: Arc<AgentSpec>, version: u64 },
+    PlaceActor {
+        spec: Arc<AgentSpec>,
+        version: u64,
+    },
     RunTask(TaskAssignment),
-    CancelTask { task_id: TaskId, reason: String },
-    StopActor { agent: String },
+    CancelTask {
+        task_id: TaskId,
+        reason: String,
+    },
+    StopActor {
+        agent: String,
+    },
+    /// The result of another agent that `task_id` called as a tool.
+    ToolReply {
+        task_id: TaskId,
+        call_id: String,
+        output: String,
+        is_error: bool,
+    },
 }

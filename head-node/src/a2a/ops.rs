@@ -94,7 +94,7 @@ fn submit_message(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aE
         )));
     }
     let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let task = NewTask { agent: agent.to_owned(), input: message.text, context_id };
+    let task = NewTask { agent: agent.to_owned(), input: message.text, context_id, options: None };
     Ok(a2a.cluster.submit(task, None)?.to_string())
 }
 
@@ -243,7 +243,8 @@ fn updates(
                 EventKind::Submitted { .. }
                 | EventKind::Scheduled { .. }
                 | EventKind::ToolCall { .. }
-                | EventKind::ToolResult { .. } => continue,
+                | EventKind::ToolResult { .. }
+                | EventKind::Embeddings { .. } => continue,
             };
             let next = (!render::ends_stream(info.state)).then_some((info, sub, chunked));
             return Some((futures::stream::iter(vec![item]), next));

@@ -32,7 +32,7 @@ impl FleetApi {
 }
 
 fn new_task(r: pb::SubmitRequest) -> NewTask {
-    NewTask { agent: r.agent, input: r.input, context_id: r.context_id }
+    NewTask { agent: r.agent, input: r.input, context_id: r.context_id, options: None }
 }
 
 type ManyStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitManyResponse, Status>> + Send>>;

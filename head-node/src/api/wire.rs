@@ -50,6 +50,7 @@ impl From<WorkerInfo> for pb::WorkerStatus {
             running_tasks: w.running_tasks,
             tasks_assigned: w.tasks_assigned,
             last_heartbeat_ms_ago: w.last_heartbeat_ago.as_millis() as u64,
+            loaded: w.loaded.into_iter().map(Into::into).collect(),
         }
     }
 }
