@@ -144,13 +144,23 @@ impl From<&AgentSpec> for pb::AgentSpec {
 
 impl From<pb::Usage> for Usage {
     fn from(u: pb::Usage) -> Self {
-        Self { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            truncated: u.finish_reason() == pb::FinishReason::Length,
+        }
     }
 }
 
 impl From<Usage> for pb::Usage {
     fn from(u: Usage) -> Self {
-        Self { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+        let finish_reason =
+            if u.truncated { pb::FinishReason::Length } else { pb::FinishReason::Stop };
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            finish_reason: finish_reason.into(),
+        }
     }
 }
 
@@ -418,7 +428,9 @@ mod tests {
             seq: 7,
             attempt: 2,
             timestamp_us: 42,
-            kind: EventKind::Completed { usage: Usage { prompt_tokens: 3, completion_tokens: 4 } },
+            kind: EventKind::Completed {
+                usage: Usage { prompt_tokens: 3, completion_tokens: 4, truncated: true },
+            },
         };
         let wire = pb::TaskEvent::from(&event);
         assert_eq!(TaskEvent::try_from(wire), Ok(event));

@@ -142,6 +142,9 @@ pub struct AgentSpec {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Whether generation ended at `max_tokens` or the model's context rather than at an end
+    /// token or stop string.
+    pub truncated: bool,
 }
 
 /// Where a task is in its life.

@@ -121,6 +121,7 @@ fn heartbeat(host: &ActorHost) -> Heartbeat {
         running_tasks: host.running_tasks() as u32,
         actors: host.actors() as u32,
         models_loaded: host.models_loaded(),
+        models: Vec::new(),
     }
 }
 

@@ -107,6 +107,7 @@ impl ActorHost {
                     token.cancel();
                 }
             }
+            Command::ToolReply { .. } => {}
             Command::StopActor { agent } => {
                 if let Some(Placed::Ready { actor, .. }) = self.agents.remove(&agent) {
                     info!(agent, "stopping actor");
@@ -221,6 +222,8 @@ mod tests {
             attempt: 1,
             input: "still here".into(),
             context_id: String::new(),
+            options: None,
+            depth: 0,
         }
     }
 

@@ -84,6 +84,7 @@ async fn drive(
                 let usage = Usage {
                     prompt_tokens: usage.prompt_tokens,
                     completion_tokens: usage.completion_tokens,
+                    truncated: usage.finish_reason == fleet_inference::FinishReason::Length,
                 };
                 return (EventKind::Completed { usage }, Some(Finished { output }));
             }
