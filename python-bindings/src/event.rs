@@ -95,6 +95,10 @@ impl From<&TaskEvent> for Event {
                 event.error.clone_from(reason);
                 "canceled"
             }
+            EventKind::Embeddings { vectors } => {
+                event.text = format!("{} vectors", vectors.len());
+                "embeddings"
+            }
             EventKind::InputRequired { prompt } => {
                 event.text.clone_from(prompt);
                 "input_required"
