@@ -33,8 +33,8 @@ pub mod transformer;
 pub use error::{Error, Result};
 pub use local::{LoadOptions, LocalModel, device, load};
 pub use model::{
-    ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats,
-    Role, TokenLogprob, ToolCall, Usage,
+    ChatMessage, Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model,
+    ModelStats, Role, TokenLogprob, ToolCall, Usage,
 };
 
 use std::collections::BTreeMap;

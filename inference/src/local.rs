@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use crate::embedding::Embedder;
 use crate::engine::{Engine, EngineOptions, EngineStats, Finish, TokenEvent, TokenRequest};
 use crate::model::{
-    FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats, TokenLogprob,
-    Usage,
+    Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats,
+    TokenLogprob, Usage,
 };
 use crate::sampling::SamplingParams;
 use crate::text::{ChatTemplate, Detokenizer, StopMatcher, Tokenizer};
@@ -254,8 +254,13 @@ impl Model for LocalModel {
         LocalModel::is_embedder(self)
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        LocalModel::embed(self, texts)
+    fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        let vectors = LocalModel::embed(self, texts)?;
+        let prompt_tokens = match &self.inner {
+            Inner::Embedder(e) => e.tokenize(texts)?.iter().map(Vec::len).sum(),
+            Inner::Generator(_) => 0,
+        };
+        Ok(Embeddings { vectors, prompt_tokens })
     }
 
     fn stats(&self) -> ModelStats {

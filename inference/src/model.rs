@@ -123,7 +123,7 @@ pub trait Model: Send + Sync + 'static {
     }
 
     /// L2-normalised embeddings, one per text. Blocking: call it off the async runtime.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
         let _ = texts;
         Err(crate::Error::InvalidRequest(format!("model {} does not embed texts", self.id())))
     }
@@ -132,6 +132,13 @@ pub trait Model: Send + Sync + 'static {
     fn stats(&self) -> ModelStats {
         ModelStats::default()
     }
+}
+
+/// The vectors of an embedding request and the tokens they took.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
 }
 
 /// Live figures of a model's engine.
