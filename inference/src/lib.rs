@@ -30,6 +30,7 @@ pub mod sampling;
 pub mod text;
 pub mod transformer;
 
+pub use candle_core::quantized::GgmlDType;
 pub use error::{Error, Result};
 pub use local::{LoadOptions, LocalModel, device, load};
 pub use model::{

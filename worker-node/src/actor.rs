@@ -1,10 +1,10 @@
 //! `AgentActor`: one kameo actor per agent on this worker. It owns the agent's spec, its
-//! (shared) model and its conversation memory; each task it is given runs as its own tokio
-//! task so one agent serves many tasks at once.
+//! (shared) model and its conversation memory; each task it is given runs the agent loop
+//! ([`crate::agent_loop`]) as its own tokio task so one agent serves many tasks at once.
 
 use std::sync::Arc;
 
-use fleet_inference::{ChatMessage, GenerateRequest, Model, Role};
+use fleet_inference::{ChatMessage, Role};
 use fleet_proto::{AgentSpec, TaskAssignment};
 use kameo::actor::{Actor, ActorRef};
 use kameo::error::Infallible;
@@ -12,22 +12,24 @@ use kameo::message::{Context, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
+use crate::agent_loop::{self, TaskRun};
+use crate::host::{PendingCalls, RunningTasks};
 use crate::memory::ConversationMemory;
-use crate::runner::{self, EventSink};
+use crate::models::ModelHandle;
+use crate::runner::EventSink;
 
 /// What an agent actor is started (and restarted) with.
 #[derive(Clone)]
 pub struct AgentArgs {
     pub spec: Arc<AgentSpec>,
-    pub model: Arc<dyn Model>,
-    pub running: crate::host::RunningTasks,
+    pub model: ModelHandle,
+    pub running: RunningTasks,
+    pub calls: PendingCalls,
 }
 
 pub struct AgentActor {
-    spec: Arc<AgentSpec>,
-    model: Arc<dyn Model>,
+    args: AgentArgs,
     memory: ConversationMemory,
-    running: crate::host::RunningTasks,
 }
 
 impl Actor for AgentActor {
@@ -35,12 +37,7 @@ impl Actor for AgentActor {
     type Error = Infallible;
 
     async fn on_start(args: Self::Args, _actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
-        Ok(Self {
-            spec: args.spec,
-            model: args.model,
-            memory: ConversationMemory::default(),
-            running: args.running,
-        })
+        Ok(Self { args, memory: ConversationMemory::default() })
     }
 }
 
@@ -59,22 +56,32 @@ struct Remember {
 }
 
 impl AgentActor {
-    fn request(&self, task: &TaskAssignment) -> GenerateRequest {
+    /// Instructions, then the conversation so far (given with the task, or remembered for
+    /// its context), then the input.
+    fn messages(&self, task: &TaskAssignment) -> Vec<ChatMessage> {
         let mut messages = Vec::new();
-        if !self.spec.instructions.is_empty() {
-            messages.push(ChatMessage::new(Role::System, self.spec.instructions.clone()));
+        if !self.args.spec.instructions.is_empty() {
+            messages.push(ChatMessage::new(Role::System, self.args.spec.instructions.clone()));
         }
-        messages.extend(self.memory.history(&task.context_id).cloned());
+        match &task.options {
+            Some(options) if !options.history.is_empty() => {
+                messages.extend(
+                    options.history.iter().map(|t| ChatMessage::new(role(&t.role), &t.content)),
+                );
+            }
+            _ => messages.extend(self.memory.history(&task.context_id).cloned()),
+        }
         messages.push(ChatMessage::new(Role::User, task.input.clone()));
-        let s = &self.spec.sampling;
-        GenerateRequest {
-            messages,
-            max_tokens: s.max_tokens,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            seed: s.seed,
-            ..Default::default()
-        }
+        messages
+    }
+}
+
+fn role(name: &str) -> Role {
+    match name {
+        "system" | "developer" => Role::System,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        _ => Role::User,
     }
 }
 
@@ -82,23 +89,33 @@ impl Message<Run> for AgentActor {
     type Reply = ();
 
     async fn handle(&mut self, msg: Run, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        let generation = self.model.generate(self.request(&msg.task));
+        let messages = self.messages(&msg.task);
         let actor = ctx.actor_ref().clone();
-        let running = self.running.clone();
-        let span = info_span!("task", task_id = %msg.task.task_id, agent = %self.spec.name, attempt = msg.task.attempt);
+        let running = self.args.running.clone();
+        let span = info_span!("task", task_id = %msg.task.task_id, agent = %self.args.spec.name, attempt = msg.task.attempt);
+        // A conversation the client carries itself is not the agent's to remember.
+        let remember = msg.task.options.as_ref().is_none_or(|o| o.history.is_empty());
+        let run = TaskRun {
+            spec: self.args.spec.clone(),
+            model: self.args.model.clone(),
+            messages,
+            calls: self.args.calls.clone(),
+            task: msg.task,
+            sink: msg.sink,
+            cancel: msg.cancel,
+        };
         tokio::spawn(
             async move {
-                let Run { task, sink, cancel } = msg;
-                let finished = runner::run(&task, generation, &sink, &cancel).await;
-                running.lock().remove(&task.task_id);
+                let task_id = run.task.task_id.clone();
+                let context_id = run.task.context_id.clone();
+                let input = run.task.input.clone();
+                let finished = agent_loop::run(run).await;
+                running.lock().remove(&task_id);
                 if let Some(finished) = finished
-                    && !task.context_id.is_empty()
+                    && remember
+                    && !context_id.is_empty()
                 {
-                    let remember = Remember {
-                        context_id: task.context_id,
-                        user: task.input,
-                        assistant: finished.output,
-                    };
+                    let remember = Remember { context_id, user: input, assistant: finished.output };
                     // The actor may have been stopped meanwhile; the memory goes with it.
                     let _ = actor.tell(remember).await;
                 }

@@ -44,6 +44,14 @@ pub struct Args {
     /// A folder of models (GGUF files, Hugging Face folders) to offer.
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// Load this model (a file or folder name under --models-dir) before joining, instead
+    /// of on first use (repeatable).
+    #[arg(long = "preload", value_name = "NAME")]
+    preload: Vec<String>,
+    /// Where local models run: cpu, cuda[:N] or metal[:N] (GPUs need a build with the
+    /// cuda or metal feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -76,7 +84,12 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
         return Err(Error::InvalidConfig("--slots must be at least 1".into()));
     }
     config.slots = args.slots;
+    if !args.preload.is_empty() && args.models_dir.is_none() {
+        return Err(Error::InvalidConfig("--preload needs --models-dir".into()));
+    }
     config.models_dir = args.models_dir;
+    config.preload = args.preload;
+    config.device = args.device;
     Ok(config)
 }
 

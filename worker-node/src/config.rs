@@ -18,6 +18,10 @@ pub struct WorkerConfig {
     /// Most tasks run at once.
     pub slots: u32,
     pub models_dir: Option<PathBuf>,
+    /// Models (ids under `models_dir`) to load before joining.
+    pub preload: Vec<String>,
+    /// Where local models run: `cpu`, `cuda[:N]` or `metal[:N]`.
+    pub device: String,
     /// Join a head in this process directly instead of over gRPC (`head` is then only a
     /// label).
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
@@ -32,6 +36,8 @@ impl std::fmt::Debug for WorkerConfig {
             .field("labels", &self.labels)
             .field("slots", &self.slots)
             .field("models_dir", &self.models_dir)
+            .field("preload", &self.preload)
+            .field("device", &self.device)
             .field("in_process", &self.local.is_some())
             .finish_non_exhaustive()
     }
@@ -48,6 +54,8 @@ impl WorkerConfig {
             labels: BTreeMap::new(),
             slots: 256,
             models_dir: None,
+            preload: Vec::new(),
+            device: "cpu".into(),
             local: None,
         }
     }

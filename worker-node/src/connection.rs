@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::WorkerConfig;
 use crate::host::ActorHost;
+use crate::models::ModelStore;
 use crate::{Error, Result};
 
 /// Task events buffered on the way up before task runners wait.
@@ -31,7 +32,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// (a rejected token, a malformed head URL).
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
     if let Some(head) = config.local.clone() {
-        return run_in_process(head, registration(&config)?, shutdown).await;
+        let host = host(&config).await?;
+        return run_in_process(head, registration(&config)?, host, shutdown).await;
     }
     let endpoint = Endpoint::from_shared(config.head.clone())
         .map_err(|_| Error::InvalidHeadUrl(config.head.clone()))?
@@ -42,7 +44,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .initial_connection_window_size(8 << 20)
         .initial_stream_window_size(4 << 20);
     let registration = registration(&config)?;
-    let mut host = ActorHost::new();
+    let mut host = host(&config).await?;
     let mut backoff = BACKOFF_START;
     loop {
         let outcome = tokio::select! {
@@ -77,9 +79,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 async fn run_in_process(
     head: Arc<dyn LocalHead>,
     registration: Registration,
+    mut host: ActorHost,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut host = ActorHost::new();
     let worker_id = registration.worker_id.clone();
     loop {
         let (connection, heartbeat_interval, mut commands) = head.join(registration.clone());
@@ -103,7 +105,7 @@ async fn run_in_process(
                         host.handle(command, &event_tx).await;
                     }
                 }
-                _ = ticker.tick() => head.heartbeat(&worker_id, connection, heartbeat(&host)),
+                _ = ticker.tick() => head.heartbeat(&worker_id, connection, heartbeat(&mut host)),
             }
         };
         host.cancel_all();
@@ -116,13 +118,26 @@ async fn run_in_process(
     }
 }
 
-fn heartbeat(host: &ActorHost) -> Heartbeat {
+fn heartbeat(host: &mut ActorHost) -> Heartbeat {
     Heartbeat {
         running_tasks: host.running_tasks() as u32,
         actors: host.actors() as u32,
         models_loaded: host.models_loaded(),
-        models: Vec::new(),
+        models: host.models_mut().report(),
     }
+}
+
+/// The actor host with its model store; models named by `--preload` are loaded first, so a
+/// worker that joins has them ready (and a model that cannot load stops it with the reason).
+async fn host(config: &WorkerConfig) -> Result<ActorHost> {
+    let mut store = ModelStore::new(config.models_dir.clone(), config.device.clone());
+    for id in &config.preload {
+        let handle = store.get(id, &Default::default());
+        handle
+            .await
+            .map_err(|reason| Error::Preload { model: id.clone(), reason: reason.to_string() })?;
+    }
+    Ok(ActorHost::new(store))
 }
 
 fn registration(config: &WorkerConfig) -> Result<Registration> {

@@ -15,6 +15,10 @@ pub enum Error {
     InvalidConfig(String),
     #[error("cannot read the models dir {path}: {source}")]
     ModelsDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    UnknownModel(String),
+    #[error("cannot preload model {model:?}: {reason}")]
+    Preload { model: String, reason: String },
     #[error(transparent)]
     Model(#[from] fleet_inference::Error),
 }

@@ -10,8 +10,9 @@ use kameo::actor::{Actor, ActorRef, Spawn};
 use kameo::error::Infallible;
 use kameo::supervision::{RestartPolicy, SupervisionStrategy};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::actor::{AgentActor, AgentArgs, Run};
 use crate::models::ModelStore;
@@ -19,6 +20,13 @@ use crate::runner::{self, EventSink};
 
 /// Cancellation handles of the tasks running on this worker.
 pub type RunningTasks = Arc<Mutex<HashMap<TaskId, CancellationToken>>>;
+
+/// The result of a tool call: the output, and whether it is an error.
+pub type ToolOutcome = (String, bool);
+
+/// Tool calls of running tasks waiting for the head to return the called agent's result,
+/// by (task, call id).
+pub type PendingCalls = Arc<Mutex<HashMap<(TaskId, String), oneshot::Sender<ToolOutcome>>>>;
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
 pub struct Supervisor;
@@ -36,16 +44,9 @@ impl Actor for Supervisor {
     }
 }
 
-enum Placed {
-    Ready {
-        version: u64,
-        actor: ActorRef<AgentActor>,
-    },
-    /// The agent could not be placed (e.g. its model failed to load); its tasks fail with this.
-    Broken {
-        version: u64,
-        error: String,
-    },
+struct Placed {
+    version: u64,
+    actor: ActorRef<AgentActor>,
 }
 
 /// Everything the worker hosts.
@@ -54,6 +55,7 @@ pub struct ActorHost {
     agents: HashMap<String, Placed>,
     models: ModelStore,
     running: RunningTasks,
+    calls: PendingCalls,
 }
 
 impl std::fmt::Debug for ActorHost {
@@ -63,12 +65,14 @@ impl std::fmt::Debug for ActorHost {
 }
 
 impl ActorHost {
-    pub fn new() -> Self {
+    /// A host whose actors load their models from `models`.
+    pub fn new(models: ModelStore) -> Self {
         Self {
             supervisor: Supervisor::spawn(()),
             agents: HashMap::new(),
-            models: ModelStore::default(),
+            models,
             running: RunningTasks::default(),
+            calls: PendingCalls::default(),
         }
     }
 
@@ -82,7 +86,7 @@ impl ActorHost {
     }
 
     pub fn actors(&self) -> usize {
-        self.agents.values().filter(|p| matches!(p, Placed::Ready { .. })).count()
+        self.agents.len()
     }
 
     pub fn models_loaded(&self) -> Vec<String> {
@@ -94,6 +98,7 @@ impl ActorHost {
         for (_, token) in self.running.lock().drain() {
             token.cancel();
         }
+        self.calls.lock().clear();
     }
 
     /// Carries out one command from the head.
@@ -107,9 +112,14 @@ impl ActorHost {
                     token.cancel();
                 }
             }
-            Command::ToolReply { .. } => {}
+            Command::ToolReply { task_id, call_id, output, is_error } => {
+                // None when the task ended or was retried meanwhile: nobody waits for it.
+                if let Some(waiting) = self.calls.lock().remove(&(task_id, call_id)) {
+                    let _ = waiting.send((output, is_error));
+                }
+            }
             Command::StopActor { agent } => {
-                if let Some(Placed::Ready { actor, .. }) = self.agents.remove(&agent) {
+                if let Some(Placed { actor, .. }) = self.agents.remove(&agent) {
                     info!(agent, "stopping actor");
                     actor.kill();
                 }
@@ -118,57 +128,36 @@ impl ActorHost {
     }
 
     async fn place(&mut self, spec: Arc<AgentSpec>, version: u64) {
-        let current = match self.agents.get(&spec.name) {
-            Some(Placed::Ready { version: v, .. } | Placed::Broken { version: v, .. }) => Some(*v),
-            None => None,
-        };
-        if current == Some(version) {
+        if self.agents.get(&spec.name).is_some_and(|p| p.version == version) {
             return;
         }
-        if let Some(Placed::Ready { actor, .. }) = self.agents.remove(&spec.name) {
+        if let Some(Placed { actor, .. }) = self.agents.remove(&spec.name) {
             actor.kill();
         }
-        let placed = match self.models.get(&spec.model, &spec.model_options) {
-            Ok(model) => {
-                let args = AgentArgs { spec: spec.clone(), model, running: self.running.clone() };
-                let actor = AgentActor::supervise(&self.supervisor, args)
-                    .restart_policy(RestartPolicy::Permanent)
-                    .restart_limit(10, Duration::from_secs(10))
-                    .spawn()
-                    .await;
-                info!(agent = %spec.name, model = %spec.model, version, "actor placed");
-                Placed::Ready { version, actor }
-            }
-            Err(e) => {
-                warn!(agent = %spec.name, model = %spec.model, error = %e, "cannot place actor");
-                Placed::Broken {
-                    version,
-                    error: format!(
-                        "cannot load model {:?} for agent {:?}: {e}",
-                        spec.model, spec.name
-                    ),
-                }
-            }
+        // The actor starts at once; its tasks wait for the model (loading in the background).
+        let model = self.models.get(&spec.model, &spec.model_options);
+        let args = AgentArgs {
+            spec: spec.clone(),
+            model,
+            running: self.running.clone(),
+            calls: self.calls.clone(),
         };
-        self.agents.insert(spec.name.clone(), placed);
+        let actor = AgentActor::supervise(&self.supervisor, args)
+            .restart_policy(RestartPolicy::Permanent)
+            .restart_limit(10, Duration::from_secs(10))
+            .spawn()
+            .await;
+        info!(agent = %spec.name, model = %spec.model, version, "actor placed");
+        self.agents.insert(spec.name.clone(), Placed { version, actor });
     }
 
     async fn run(&mut self, task: TaskAssignment, sink: &EventSink) {
-        let actor = match self.agents.get(&task.agent) {
-            Some(Placed::Ready { actor, .. }) => actor.clone(),
-            Some(Placed::Broken { error, .. }) => {
-                let error = error.clone();
-                runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() })
-                    .await;
-                return;
-            }
-            None => {
-                let error = format!("agent {:?} is not placed on this worker", task.agent);
-                runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() })
-                    .await;
-                return;
-            }
+        let Some(Placed { actor, .. }) = self.agents.get(&task.agent) else {
+            let error = format!("agent {:?} is not placed on this worker", task.agent);
+            runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() }).await;
+            return;
         };
+        let actor = actor.clone();
         let cancel = CancellationToken::new();
         self.running.lock().insert(task.task_id.clone(), cancel.clone());
         let run = Run { task: task.clone(), sink: sink.clone(), cancel };
@@ -183,7 +172,7 @@ impl ActorHost {
 
 impl Default for ActorHost {
     fn default() -> Self {
-        Self::new()
+        Self::new(ModelStore::default())
     }
 }
 
@@ -244,8 +233,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_actor_fails_its_task_and_is_restarted_for_the_next() {
-        let mut host = ActorHost::new();
+    async fn a_panicking_model_fails_its_task_and_the_agent_serves_the_next() {
+        let mut host = ActorHost::default();
         host.models_mut().insert(
             "test:panics-once",
             &BTreeMap::new(),
@@ -262,7 +251,7 @@ mod tests {
         host.handle(Command::RunTask(task("t1")), &tx).await;
         let first = events_of(&mut rx, "t1").await;
         assert!(
-            matches!(first.as_slice(), [EventKind::Failed { error, .. }] if error.contains("restarted")),
+            matches!(first.as_slice(), [EventKind::Working, EventKind::Failed { error, .. }] if error.contains("panicked")),
             "{first:?}"
         );
         assert_eq!(host.running_tasks(), 0);

@@ -5,8 +5,11 @@
 //! - [`host`] carries out the commands: it places supervised kameo [`actor::AgentActor`]s,
 //!   hands them tasks, cancels and stops them;
 //! - [`actor`] is the agent actor (spec, shared model, [`memory`] of conversations);
-//! - [`runner`] drives one task's generation into task events;
-//! - [`models`] lists the models on disk and shares loaded ones; [`resources`] detects
+//! - [`agent_loop`] runs one task: embed, or generate and call other agents as tools
+//!   ([`tool_calls`] finds the calls local models write as text), bounded in rounds;
+//! - [`runner`] drives one generation into task events;
+//! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
+//!   shares loaded ones; [`resources`] detects
 //!   what the machine has; [`config`] holds the settings; [`cli`] is the `fleet-worker`
 //!   command line (also run by `python -m agentfleet worker`).
 //!
@@ -14,6 +17,7 @@
 //! its own threads behind the [`fleet_inference::Model`] trait.
 
 pub mod actor;
+pub mod agent_loop;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -23,6 +27,7 @@ pub mod memory;
 pub mod models;
 pub mod resources;
 pub mod runner;
+pub mod tool_calls;
 
 pub use config::WorkerConfig;
 pub use connection::run;

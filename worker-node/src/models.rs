@@ -1,17 +1,28 @@
 //! The worker's model store: what is on disk under `--models-dir`, and the loaded models
 //! shared by every actor that uses them.
+//!
+//! A model loads on first use (or at start with `--preload`) on a blocking thread, so the
+//! worker keeps serving its other agents meanwhile; every actor of the model waits on the
+//! same load and then shares the one loaded model (and its engine).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
-use fleet_inference::Model;
-use fleet_proto::ModelOnDisk;
+use fleet_inference::{LoadOptions, Model, ModelStats};
+use fleet_proto::{LoadedModel, ModelOnDisk};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use crate::{Error, Result};
 
-/// Lists the models under `dir`: GGUF files and Hugging Face folders (with a config.json).
-/// A model's id is its file or folder name.
+/// A model being loaded or loaded: cheap to clone, awaited by every actor that uses it.
+/// A failed load holds its error message.
+pub type ModelHandle = Shared<BoxFuture<'static, std::result::Result<Arc<dyn Model>, Arc<str>>>>;
+
+/// Lists the models under `dir`: GGUF files and Hugging Face folders (with a config.json,
+/// or in the cache layout `models--org--name`). A model's id is its file or folder name.
 pub fn scan(dir: &Path) -> Result<Vec<ModelOnDisk>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|source| Error::ModelsDir { path: dir.to_owned(), source })?;
@@ -19,10 +30,12 @@ pub fn scan(dir: &Path) -> Result<Vec<ModelOnDisk>> {
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        let (format, size_bytes) = if path.is_dir() && path.join("config.json").is_file() {
+        let (format, size_bytes) = if path.is_dir()
+            && (path.join("config.json").is_file() || path.join("snapshots").is_dir())
+        {
             ("hf", dir_size(&path))
         } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            ("gguf", entry.metadata().map(|m| m.len()).unwrap_or(0))
+            ("gguf", std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0))
         } else {
             continue;
         };
@@ -42,50 +55,226 @@ fn dir_size(dir: &Path) -> u64 {
         .map(|entries| {
             entries
                 .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
                 .map(|m| m.len())
                 .sum()
         })
         .unwrap_or(0)
 }
 
+type Key = (String, BTreeMap<String, String>);
+
+/// Model ids of remote OpenAI-compatible endpoints.
+const REMOTE_PREFIX: &str = "openai:";
+
 /// Loaded models by (id, options): loaded once, shared by all actors.
-#[derive(Default)]
 pub struct ModelStore {
-    loaded: HashMap<(String, BTreeMap<String, String>), Arc<dyn Model>>,
+    dir: Option<PathBuf>,
+    device: String,
+    loaded: HashMap<Key, ModelHandle>,
+    /// Tokens generated per model at the previous report, for tokens/s.
+    last_report: HashMap<String, (Instant, u64)>,
 }
 
 impl std::fmt::Debug for ModelStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelStore").field("loaded", &self.loaded.len()).finish()
+        f.debug_struct("ModelStore")
+            .field("dir", &self.dir)
+            .field("device", &self.device)
+            .field("loaded", &self.loaded.len())
+            .finish()
+    }
+}
+
+impl Default for ModelStore {
+    fn default() -> Self {
+        Self::new(None, "cpu".into())
     }
 }
 
 impl ModelStore {
-    /// The model `id` with `options`, loading it on first use.
-    pub fn get(&mut self, id: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn Model>> {
-        let key = (id.to_owned(), options.clone());
-        if let Some(model) = self.loaded.get(&key) {
-            return Ok(model.clone());
-        }
-        let model = fleet_inference::load_builtin(id, options)?;
-        self.loaded.insert(key, model.clone());
-        Ok(model)
+    /// A store of the models under `dir` (if any), loaded onto `device` (`cpu`, `cuda:N`, ...).
+    pub fn new(dir: Option<PathBuf>, device: String) -> Self {
+        Self { dir, device, loaded: HashMap::new(), last_report: HashMap::new() }
     }
 
-    /// Adds an already loaded model under `id` and `options` (preloading, tests).
+    /// The model `id` with `options`: loaded already, loading, or starting to load now. A
+    /// load that failed is tried again.
+    pub fn get(&mut self, id: &str, options: &BTreeMap<String, String>) -> ModelHandle {
+        let key = (id.to_owned(), options.clone());
+        if let Some(handle) = self.loaded.get(&key)
+            && !matches!(handle.peek(), Some(Err(_)))
+        {
+            return handle.clone();
+        }
+        let handle = self.start_loading(id, options).shared();
+        self.loaded.insert(key, handle.clone());
+        handle
+    }
+
+    /// Adds an already loaded model under `id` and `options` (tests).
     pub fn insert(&mut self, id: &str, options: &BTreeMap<String, String>, model: Arc<dyn Model>) {
-        self.loaded.insert((id.to_owned(), options.clone()), model);
+        let ready: BoxFuture<'static, _> = futures::future::ready(Ok(model)).boxed();
+        self.loaded.insert((id.to_owned(), options.clone()), ready.shared());
+    }
+
+    fn start_loading(
+        &self,
+        id: &str,
+        options: &BTreeMap<String, String>,
+    ) -> BoxFuture<'static, std::result::Result<Arc<dyn Model>, Arc<str>>> {
+        let ready = |r: Result<Arc<dyn Model>>| {
+            futures::future::ready(r.map_err(|e| Arc::<str>::from(e.to_string()))).boxed()
+        };
+        if id.starts_with(fleet_inference::builtin::PREFIX) {
+            return ready(fleet_inference::load_builtin(id, options).map_err(Error::from));
+        }
+        if id.starts_with(REMOTE_PREFIX) {
+            return ready(Err(Error::UnknownModel(format!(
+                "model {id:?}: remote models are not supported yet"
+            ))));
+        }
+        let path = match self.path_of(id) {
+            Ok(path) => path,
+            Err(e) => return ready(Err(e)),
+        };
+        let load_options = match load_options(options) {
+            Ok(o) => o,
+            Err(e) => return ready(Err(e)),
+        };
+        let device = self.device.clone();
+        let id = id.to_owned();
+        async move {
+            let started = Instant::now();
+            tracing::info!(model = %id, path = %path.display(), "loading model");
+            let loaded = tokio::task::spawn_blocking(move || {
+                let device = fleet_inference::device(&device)?;
+                fleet_inference::load(&path, &device, &load_options)
+            })
+            .await;
+            match loaded {
+                Ok(Ok(model)) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(model = %id, ms, "model loaded");
+                    Ok(Arc::new(model) as Arc<dyn Model>)
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(model = %id, error = %e, "model failed to load");
+                    Err(Arc::from(e.to_string()))
+                }
+                Err(e) => Err(Arc::from(format!("loading model {id} panicked: {e}"))),
+            }
+        }
+        .boxed()
+    }
+
+    /// Where model `id` is on disk; an error naming the folder looked in when it is not.
+    fn path_of(&self, id: &str) -> Result<PathBuf> {
+        let Some(dir) = &self.dir else {
+            return Err(Error::UnknownModel(format!(
+                "model {id:?} is not a built-in and this worker has no --models-dir"
+            )));
+        };
+        // The id is a plain file or folder name: nothing that could leave the models dir.
+        let plain = !id.is_empty()
+            && Path::new(id).components().count() == 1
+            && !id.contains(['/', '\\'])
+            && id != ".."
+            && id != ".";
+        let path = dir.join(id);
+        if !plain || !path.exists() {
+            return Err(Error::UnknownModel(format!(
+                "model {id:?} is not in the models dir {}",
+                dir.display()
+            )));
+        }
+        Ok(path)
     }
 
     /// Ids of the loaded models, for heartbeats.
     pub fn loaded_ids(&self) -> Vec<String> {
-        let mut ids: Vec<_> = self.loaded.keys().map(|(id, _)| id.clone()).collect();
+        let mut ids: Vec<_> = self
+            .loaded
+            .iter()
+            .filter(|(_, h)| matches!(h.peek(), Some(Ok(_))))
+            .map(|((id, _), _)| id.clone())
+            .collect();
         ids.sort();
         ids.dedup();
         ids
     }
+
+    /// The loaded models and their engines' figures, tokens/s since the previous report.
+    pub fn report(&mut self) -> Vec<LoadedModel> {
+        let now = Instant::now();
+        let mut by_id: BTreeMap<String, ModelStats> = BTreeMap::new();
+        for ((id, _), handle) in &self.loaded {
+            if let Some(Ok(model)) = handle.peek() {
+                let s = model.stats();
+                let total = by_id.entry(id.clone()).or_default();
+                total.kv_bytes += s.kv_bytes;
+                total.active += s.active;
+                total.waiting += s.waiting;
+                total.generated_tokens += s.generated_tokens;
+            }
+        }
+        let mut report = Vec::with_capacity(by_id.len());
+        for (id, s) in by_id {
+            let tokens_per_s = match self.last_report.get(&id) {
+                Some((at, tokens)) if now > *at => {
+                    s.generated_tokens.saturating_sub(*tokens) as f64
+                        / now.duration_since(*at).as_secs_f64()
+                }
+                _ => 0.0,
+            };
+            self.last_report.insert(id.clone(), (now, s.generated_tokens));
+            report.push(LoadedModel {
+                id,
+                kv_bytes: s.kv_bytes,
+                active_sequences: s.active,
+                waiting_sequences: s.waiting,
+                tokens_per_s,
+                generated_tokens: s.generated_tokens,
+            });
+        }
+        report
+    }
+}
+
+/// An agent's model options for a local model: engine limits and load-time quantization.
+fn load_options(options: &BTreeMap<String, String>) -> Result<LoadOptions> {
+    let mut load = LoadOptions::default();
+    for (key, value) in options {
+        let number = || {
+            value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "model option {key}={value:?} must be a positive whole number"
+                ))
+            })
+        };
+        match key.as_str() {
+            "max_sequences" => load.engine.max_sequences = number()?,
+            "prefill_chunk" => load.engine.prefill_chunk = number()?,
+            "kv_memory_mb" => load.engine.max_kv_bytes = number()?.saturating_mul(1 << 20),
+            "max_tokens" => load.default_max_tokens = number()?,
+            "quantize" => match value.to_ascii_lowercase().as_str() {
+                "q8_0" => load.quantize = Some(fleet_inference::GgmlDType::Q8_0),
+                "none" | "" => load.quantize = None,
+                _ => {
+                    return Err(Error::InvalidConfig(format!(
+                        "model option quantize={value:?} is not supported: use q8_0 or none"
+                    )));
+                }
+            },
+            _ => {
+                return Err(Error::InvalidConfig(format!(
+                    "unknown model option {key:?} for a local model: known are max_sequences, \
+                     prefill_chunk, kv_memory_mb, max_tokens and quantize"
+                )));
+            }
+        }
+    }
+    Ok(load)
 }
 
 #[cfg(test)]
@@ -97,12 +286,41 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fleet-models-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("qwen-hf"))?;
         std::fs::write(dir.join("qwen-hf/config.json"), "{}")?;
+        std::fs::create_dir_all(dir.join("models--org--cached/snapshots"))?;
         std::fs::create_dir_all(dir.join("not-a-model"))?;
         std::fs::write(dir.join("tiny.gguf"), [0u8; 16])?;
         std::fs::write(dir.join("notes.txt"), "x")?;
         let models = scan(&dir).map_err(std::io::Error::other)?;
         let ids: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.format.as_str())).collect();
-        assert_eq!(ids, [("qwen-hf", "hf"), ("tiny.gguf", "gguf")]);
+        assert_eq!(ids, [("models--org--cached", "hf"), ("qwen-hf", "hf"), ("tiny.gguf", "gguf")]);
         std::fs::remove_dir_all(&dir)
+    }
+
+    #[tokio::test]
+    async fn a_model_outside_the_models_dir_or_missing_is_a_clear_error() {
+        let dir = std::env::temp_dir();
+        let mut store = ModelStore::new(Some(dir.clone()), "cpu".into());
+        for id in ["../etc", "missing-model.gguf", "a/b"] {
+            let error = store.get(id, &BTreeMap::new()).await.err().map(|e| e.to_string());
+            assert!(
+                error.as_deref().is_some_and(|e| e.contains("is not in the models dir")),
+                "{id}: {error:?}"
+            );
+        }
+        let mut bare = ModelStore::default();
+        let error = bare.get("x.gguf", &BTreeMap::new()).await.err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("no --models-dir")));
+    }
+
+    #[test]
+    fn local_model_options_are_checked() {
+        let options = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        assert_eq!(
+            load_options(&options("kv_memory_mb", "64")).map(|o| o.engine.max_kv_bytes).ok(),
+            Some(64 << 20)
+        );
+        assert!(load_options(&options("max_sequences", "0")).is_err());
+        assert!(load_options(&options("quantize", "q2")).is_err());
+        assert!(load_options(&options("temperature", "1")).is_err());
     }
 }

@@ -1,14 +1,14 @@
-//! Running one task: drive the model's generation, turn it into task events, honour
-//! cancellation, and never let a panic leave the task hanging.
+//! One generation of a task: drive the model's stream into text-delta events, find the
+//! tool calls in it, honour cancellation. The agent loop ([`crate::agent_loop`]) runs one
+//! or more of these per task.
 
-use std::panic::AssertUnwindSafe;
-
-use fleet_inference::{Generation, GenerationEvent};
-use fleet_proto::{EventKind, TaskAssignment, TaskEvent, Usage, now_us};
-use futures::{FutureExt, StreamExt};
+use fleet_inference::{FinishReason, Generation, GenerationEvent, ToolCall};
+use fleet_proto::{EventKind, TaskAssignment, TaskEvent, now_us};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+
+use crate::tool_calls::ToolCallParser;
 
 /// Where a task's events go: up the worker's `Join` stream.
 pub type EventSink = mpsc::Sender<TaskEvent>;
@@ -26,74 +26,71 @@ pub async fn emit(sink: &EventSink, task: &TaskAssignment, kind: EventKind) {
     let _ = sink.send(event).await;
 }
 
-/// How a generation ended, for the actor's conversation memory.
-pub struct Finished {
-    pub output: String,
+/// What one generation produced.
+#[derive(Debug, Default)]
+pub struct Turn {
+    /// The text shown (tool-call markup removed).
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub usage: fleet_inference::Usage,
 }
 
-/// Runs `generation` to its end (or until `cancel`), emitting Working, text deltas and
-/// exactly one terminal event. Returns the output when the task completed.
-pub async fn run(
+/// Runs `generation` to its end, emitting its text as deltas. With `find_tool_calls`, tool
+/// calls written as text are taken out of the stream. Returns the terminal event instead
+/// when the generation fails or `cancel` fires.
+pub async fn generate(
     task: &TaskAssignment,
-    generation: fleet_inference::Result<Generation>,
+    mut generation: Generation,
     sink: &EventSink,
     cancel: &CancellationToken,
-) -> Option<Finished> {
-    emit(sink, task, EventKind::Working).await;
-    let guarded = AssertUnwindSafe(drive(task, generation, sink, cancel)).catch_unwind().await;
-    let (terminal, finished) = match guarded {
-        Ok(result) => result,
-        Err(_) => (
-            EventKind::Failed {
-                error: "the model panicked while generating".into(),
-                worker_id: String::new(),
-            },
-            None,
-        ),
-    };
-    debug!(task_id = %task.task_id, "task ended");
-    emit(sink, task, terminal).await;
-    finished
-}
-
-async fn drive(
-    task: &TaskAssignment,
-    generation: fleet_inference::Result<Generation>,
-    sink: &EventSink,
-    cancel: &CancellationToken,
-) -> (EventKind, Option<Finished>) {
-    let mut generation = match generation {
-        Ok(g) => g,
-        Err(e) => return (failed(e.to_string()), None),
-    };
-    let mut output = String::new();
+    find_tool_calls: bool,
+) -> Result<Turn, EventKind> {
+    let mut turn = Turn::default();
+    let mut parser = find_tool_calls.then(ToolCallParser::default);
     loop {
         let next = tokio::select! {
             biased;
-            () = cancel.cancelled() => return (EventKind::Canceled { reason: "canceled".into() }, None),
+            () = cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
             next = generation.next() => next,
         };
         match next {
             Some(Ok(GenerationEvent::Delta(text))) => {
-                output.push_str(&text);
-                emit(sink, task, EventKind::TextDelta { text }).await;
+                let shown = match &mut parser {
+                    Some(p) => p.push(&text),
+                    None => text,
+                };
+                show(task, sink, &mut turn, shown).await;
             }
             // Logprobs have no event of their own in the cluster yet.
-            Some(Ok(GenerationEvent::Logprobs(_) | GenerationEvent::ToolCall(_))) => {}
+            Some(Ok(GenerationEvent::Logprobs(_))) => {}
+            Some(Ok(GenerationEvent::ToolCall(call))) => turn.tool_calls.push(call),
             Some(Ok(GenerationEvent::Done(usage))) => {
-                let usage = Usage {
-                    prompt_tokens: usage.prompt_tokens,
-                    completion_tokens: usage.completion_tokens,
-                    truncated: usage.finish_reason == fleet_inference::FinishReason::Length,
-                };
-                return (EventKind::Completed { usage }, Some(Finished { output }));
+                if let Some(parser) = parser {
+                    let (rest, calls) = parser.finish();
+                    show(task, sink, &mut turn, rest).await;
+                    turn.tool_calls.extend(calls);
+                }
+                turn.usage = usage;
+                return Ok(turn);
             }
-            Some(Err(e)) => return (failed(e.to_string()), None),
-            None => return (failed("the model stopped without finishing".into()), None),
+            Some(Err(e)) => return Err(failed(e.to_string())),
+            None => return Err(failed("the model stopped without finishing".into())),
         }
     }
 }
 
-fn failed(error: String) -> EventKind {
+async fn show(task: &TaskAssignment, sink: &EventSink, turn: &mut Turn, text: String) {
+    if !text.is_empty() {
+        turn.text.push_str(&text);
+        emit(sink, task, EventKind::TextDelta { text }).await;
+    }
+}
+
+/// Whether a generation was cut off by max_tokens or the context.
+pub fn truncated(usage: &fleet_inference::Usage) -> bool {
+    usage.finish_reason == FinishReason::Length
+}
+
+pub fn failed(error: String) -> EventKind {
     EventKind::Failed { error, worker_id: String::new() }
 }

@@ -1,0 +1,180 @@
+//! The agent loop of one task: wait for the agent's model, then either embed the task's
+//! texts or generate; when the model calls tools (other agents of the cluster), run each
+//! call through the head as a sub-task, feed the results back and generate again, up to
+//! [`MAX_TOOL_ROUNDS`]. Emits Working, text deltas, tool calls and results, and exactly
+//! one terminal event; a panic anywhere fails the task instead of leaving it hanging.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_inference::{ChatMessage, GenerateRequest, Model, Role, ToolCall};
+use fleet_proto::{AgentSpec, EventKind, TaskAssignment, Usage};
+use futures::FutureExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::host::{PendingCalls, ToolOutcome};
+use crate::models::ModelHandle;
+use crate::runner::{self, EventSink, emit, failed};
+use crate::tool_calls;
+
+/// Generations with tool calls one task may make before it must answer.
+pub const MAX_TOOL_ROUNDS: usize = 8;
+/// How long a tool call (another agent's task) may take.
+const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Everything one task's loop needs.
+pub struct TaskRun {
+    pub task: TaskAssignment,
+    pub spec: Arc<AgentSpec>,
+    pub model: ModelHandle,
+    /// Instructions, the conversation so far and the input.
+    pub messages: Vec<ChatMessage>,
+    pub sink: EventSink,
+    pub cancel: CancellationToken,
+    pub calls: PendingCalls,
+}
+
+/// How a task ended well, for the actor's conversation memory.
+pub struct Finished {
+    pub output: String,
+}
+
+/// Runs the task to its end; returns its output when it completed.
+pub async fn run(run: TaskRun) -> Option<Finished> {
+    emit(&run.sink, &run.task, EventKind::Working).await;
+    let guarded = AssertUnwindSafe(drive(&run)).catch_unwind().await;
+    let (terminal, finished) = match guarded {
+        Ok(Ok((usage, output))) => (EventKind::Completed { usage }, Some(Finished { output })),
+        Ok(Err(terminal)) => (terminal, None),
+        Err(_) => (failed("the model panicked while generating".into()), None),
+    };
+    debug!(task_id = %run.task.task_id, "task ended");
+    emit(&run.sink, &run.task, terminal).await;
+    finished
+}
+
+async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
+    let model = tokio::select! {
+        biased;
+        () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
+        model = run.model.clone() => model.map_err(|e| failed(format!(
+            "cannot load model {:?} for agent {:?}: {e}", run.spec.model, run.spec.name
+        )))?,
+    };
+    if let Some(options) = &run.task.options
+        && !options.embed.is_empty()
+    {
+        return embed(run, model, options.embed.clone()).await;
+    }
+    if model.is_embedder() {
+        return Err(failed(format!(
+            "invalid request: model {} embeds texts and cannot chat; send it embedding requests",
+            run.spec.model
+        )));
+    }
+    let sampling = match &run.task.options {
+        Some(options) => run.spec.sampling.overridden_by(&options.sampling),
+        None => run.spec.sampling.clone(),
+    };
+    let tools = tool_calls::definitions(&run.spec.tools);
+    let mut messages = run.messages.clone();
+    let mut usage = Usage::default();
+    let mut output = String::new();
+    for round in 0..=MAX_TOOL_ROUNDS {
+        let request = GenerateRequest {
+            messages: messages.clone(),
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: sampling.seed,
+            stop: sampling.stop.clone(),
+            tools: tools.clone(),
+            ..Default::default()
+        };
+        let generation = model.generate(request).map_err(|e| failed(e.to_string()))?;
+        let turn =
+            runner::generate(&run.task, generation, &run.sink, &run.cancel, !tools.is_empty())
+                .await?;
+        usage.prompt_tokens += turn.usage.prompt_tokens;
+        usage.completion_tokens += turn.usage.completion_tokens;
+        usage.truncated = runner::truncated(&turn.usage);
+        output.push_str(&turn.text);
+        if turn.tool_calls.is_empty() {
+            return Ok((usage, output));
+        }
+        if round == MAX_TOOL_ROUNDS {
+            break;
+        }
+        messages.push(ChatMessage {
+            tool_calls: turn.tool_calls.clone(),
+            ..ChatMessage::new(Role::Assistant, turn.text)
+        });
+        for call in turn.tool_calls {
+            let (result, is_error) = call_tool(run, &call).await?;
+            messages.push(ChatMessage::tool_result(call.id.clone(), result.clone()));
+            let event = EventKind::ToolResult { call_id: call.id, output: result, is_error };
+            emit(&run.sink, &run.task, event).await;
+        }
+    }
+    Err(failed(format!(
+        "agent {} kept calling tools for {MAX_TOOL_ROUNDS} rounds without answering",
+        run.spec.name
+    )))
+}
+
+/// Announces a tool call (the head runs the called agent as a sub-task when it sees it)
+/// and waits for its result.
+async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventKind> {
+    let announce = EventKind::ToolCall {
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+    };
+    if !run.spec.tools.contains(&call.name) {
+        emit(&run.sink, &run.task, announce).await;
+        let known = run.spec.tools.join(", ");
+        return Ok((format!("unknown tool {:?}: the tools are {known}", call.name), true));
+    }
+    let key = (run.task.task_id.clone(), call.id.clone());
+    let (tx, rx) = oneshot::channel();
+    // Waiting before announcing, so a fast reply always finds its waiter.
+    run.calls.lock().insert(key.clone(), tx);
+    emit(&run.sink, &run.task, announce).await;
+    let outcome = tokio::select! {
+        biased;
+        () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
+        reply = rx => Ok(reply.unwrap_or_else(|_| {
+            ("the connection to the head was lost during the call".to_owned(), true)
+        })),
+        () = tokio::time::sleep(TOOL_CALL_TIMEOUT) => Ok((
+            format!("agent {} did not answer within {} s", call.name, TOOL_CALL_TIMEOUT.as_secs()),
+            true,
+        )),
+    };
+    run.calls.lock().remove(&key);
+    outcome
+}
+
+/// Embeds the task's texts on a blocking thread (the forward pass is CPU-bound).
+async fn embed(
+    run: &TaskRun,
+    model: Arc<dyn Model>,
+    texts: Vec<String>,
+) -> Result<(Usage, String), EventKind> {
+    let embedded = tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        model.embed(&texts)
+    })
+    .await
+    .map_err(|_| failed("the model panicked while embedding".into()))?
+    .map_err(|e| failed(e.to_string()))?;
+    let usage = Usage {
+        prompt_tokens: u32::try_from(embedded.prompt_tokens).unwrap_or(u32::MAX),
+        ..Usage::default()
+    };
+    emit(&run.sink, &run.task, EventKind::Embeddings { vectors: embedded.vectors }).await;
+    Ok((usage, String::new()))
+}
