@@ -34,8 +34,8 @@ pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
-    AgentSpec, DEFAULT_MAX_RETRIES, EventKind, Resources, Sampling, TaskEvent, TaskId, TaskState,
-    Usage,
+    AgentSpec, DEFAULT_MAX_RETRIES, EventKind, Resources, Sampling, TaskEvent, TaskId, TaskOptions,
+    TaskState, Turn, Usage,
 };
 pub use outcome::TaskOutcome;
 pub use tonic::{Code, Status};
@@ -114,17 +114,30 @@ pub struct Submission {
     pub agent: String,
     pub input: String,
     pub context_id: String,
+    /// History, sampling overrides, or texts to embed instead of generating.
+    pub options: Option<TaskOptions>,
 }
 
 impl Submission {
     pub fn new(agent: impl Into<String>, input: impl Into<String>) -> Self {
-        Self { agent: agent.into(), input: input.into(), context_id: String::new() }
+        Self { agent: agent.into(), input: input.into(), ..Default::default() }
+    }
+
+    /// A task that embeds `texts` with the agent's model (an embedding model).
+    pub fn embed(agent: impl Into<String>, texts: Vec<String>) -> Self {
+        let options = TaskOptions { embed: texts, ..Default::default() };
+        Self { agent: agent.into(), options: Some(options), ..Default::default() }
     }
 }
 
 impl From<Submission> for pb::SubmitRequest {
     fn from(s: Submission) -> Self {
-        Self { agent: s.agent, input: s.input, context_id: s.context_id }
+        Self {
+            agent: s.agent,
+            input: s.input,
+            context_id: s.context_id,
+            options: s.options.as_ref().map(Into::into),
+        }
     }
 }
 

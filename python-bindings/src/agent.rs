@@ -34,6 +34,7 @@ impl Agent {
             agent: self.name.clone(),
             input: prompt,
             context_id: context_id.unwrap_or_default(),
+            options: None,
         }
     }
 }

@@ -33,7 +33,12 @@ fn local_error(e: fleet_head::Error) -> fleet_client::Error {
 }
 
 fn new_task(s: Submission) -> NewTask {
-    NewTask { agent: s.agent, input: s.input, context_id: s.context_id, options: None }
+    NewTask {
+        agent: s.agent,
+        input: s.input,
+        context_id: s.context_id,
+        options: s.options.map(std::sync::Arc::new),
+    }
 }
 
 /// The next delivery of a local subscription, or the error that cut it off.

@@ -32,7 +32,12 @@ impl FleetApi {
 }
 
 fn new_task(r: pb::SubmitRequest) -> NewTask {
-    NewTask { agent: r.agent, input: r.input, context_id: r.context_id, options: None }
+    NewTask {
+        agent: r.agent,
+        input: r.input,
+        context_id: r.context_id,
+        options: r.options.map(|o| Arc::new(o.into())),
+    }
 }
 
 type ManyStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitManyResponse, Status>> + Send>>;
