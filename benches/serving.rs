@@ -1,0 +1,233 @@
+//! Serving a local model through the cluster versus the engine in this process:
+//! - time to first token (TTFT) of one short chat, run one at a time: the engine in-process,
+//!   through head + worker processes over the gRPC client, and through the head's
+//!   OpenAI-compatible streaming API; the difference is what the cluster adds;
+//! - aggregate tokens/s of 32 concurrent greedy chat streams: the engine in-process, and
+//!   32 OpenAI `/v1/chat/completions` SSE streams through head + worker.
+//!
+//! `cargo build --release --bins && cargo bench -p fleet-benches --bench serving -- [MODEL]
+//! [--rounds N]` where MODEL is a GGUF file or Hugging Face folder (e.g. the llm-anchor
+//! Qwen2.5-0.5B-shaped Q8_0 file); without one, a tiny random-weight model is generated,
+//! which isolates the cluster's overhead from the model's compute.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use fleet_client::{AgentSpec, EventKind, Sampling, Submission};
+use fleet_inference::text::fixture::{gguf_tokenizer_metadata, write_tokenizer_files};
+use fleet_inference::transformer::{Family, fixture};
+use fleet_inference::{
+    ChatMessage, GenerateRequest, GenerationEvent, GgmlDType, LoadOptions, Model, Role,
+};
+use fleet_testkit::ClusterSandbox;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+
+const STREAMS: usize = 32;
+const STREAM_TOKENS: u32 = 64;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn arg_after(flag: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != flag).nth(1)
+}
+
+/// The model to serve: the one named on the command line, or a tiny generated one.
+fn model_path() -> Result<(PathBuf, bool)> {
+    let given = std::env::args().skip(1).find(|a| !a.starts_with("--") && Path::new(a).exists());
+    if let Some(path) = given {
+        return Ok((PathBuf::from(path), false));
+    }
+    let dir = std::env::temp_dir().join(format!("fleet-bench-serving-{}", std::process::id()));
+    let cfg = fixture::quantizable_config(Family::Qwen2);
+    let weights = fixture::random_weights(&cfg)?;
+    fixture::write_hf(&dir, &cfg, &weights)?;
+    write_tokenizer_files(&dir)?;
+    let gguf = dir.with_extension("gguf");
+    fixture::write_gguf(&gguf, &cfg, &weights, GgmlDType::Q8_0, &gguf_tokenizer_metadata(&dir)?)?;
+    Ok((gguf, true))
+}
+
+fn prompt(i: usize) -> String {
+    format!("Write a short note about agent number {i} and what it does.")
+}
+
+fn request(input: &str, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        messages: vec![ChatMessage::new(Role::User, input)],
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+/// Seconds to the first text delta of one generation in this process.
+async fn engine_ttft(model: &dyn Model, input: &str) -> Result<f64> {
+    let started = Instant::now();
+    let mut stream = model.generate(request(input, 4))?;
+    while let Some(event) = stream.next().await {
+        if let GenerationEvent::Delta(_) = event? {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+    }
+    anyhow::bail!("the engine produced no text for {input:?}")
+}
+
+/// Aggregate tokens/s of `STREAMS` concurrent greedy generations in this process.
+async fn engine_batched(model: &dyn Model) -> Result<f64> {
+    let started = Instant::now();
+    let runs = (0..STREAMS).map(|i| async move {
+        let mut stream = model.generate(request(&prompt(i), STREAM_TOKENS))?;
+        while let Some(event) = stream.next().await {
+            if let GenerationEvent::Done(usage) = event? {
+                return anyhow::Ok(usage.completion_tokens);
+            }
+        }
+        anyhow::bail!("generation {i} did not finish")
+    });
+    let tokens: u32 = futures::future::try_join_all(runs).await?.into_iter().sum();
+    Ok(f64::from(tokens) / started.elapsed().as_secs_f64())
+}
+
+/// Seconds to the first text delta of one task through the gRPC client.
+async fn grpc_ttft(client: &fleet_client::Client, input: &str) -> Result<f64> {
+    let started = Instant::now();
+    let mut stream = client.submit(Submission::new("chat", input)).await?;
+    while let Some(event) = stream.next().await {
+        match event?.kind {
+            EventKind::TextDelta { .. } => return Ok(started.elapsed().as_secs_f64()),
+            EventKind::Failed { error, .. } => anyhow::bail!("task failed: {error}"),
+            _ => {}
+        }
+    }
+    anyhow::bail!("no text for {input:?}")
+}
+
+type Http = HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
+
+/// One streaming chat completion: seconds to the first content chunk, total seconds and
+/// the completion tokens the usage chunk reports.
+async fn openai_stream(
+    http: &Http,
+    url: &str,
+    model: &str,
+    input: &str,
+    max_tokens: u32,
+) -> Result<(f64, u32)> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": input}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))?;
+    let started = Instant::now();
+    let response = http.request(request).await?;
+    ensure!(response.status().is_success(), "status {}", response.status());
+    let mut body = response.into_body();
+    let (mut first, mut buffer, mut tokens) = (None, String::new(), None);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        buffer.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let Some(json) = event.trim().strip_prefix("data: ") else { continue };
+            if json == "[DONE]" {
+                continue;
+            }
+            let chunk: serde_json::Value = serde_json::from_str(json)?;
+            let content = chunk.pointer("/choices/0/delta/content").and_then(|c| c.as_str());
+            if content.is_some_and(|c| !c.is_empty()) {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+            if let Some(n) = chunk.pointer("/usage/completion_tokens").and_then(|n| n.as_u64()) {
+                tokens = Some(n as u32);
+            }
+            ensure!(chunk.get("error").is_none(), "error chunk: {json}");
+        }
+    }
+    Ok((first.context("no content chunk")?, tokens.context("no usage chunk")?))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let rounds: usize = arg_after("--rounds").map(|n| n.parse()).transpose()?.unwrap_or(3);
+    let (path, generated) = model_path()?;
+    let name = path.file_name().and_then(|n| n.to_str()).context("model file name")?.to_owned();
+    let models = std::env::temp_dir().join(format!("fleet-bench-models-{}", std::process::id()));
+    std::fs::create_dir_all(&models)?;
+    let link = models.join(&name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(std::fs::canonicalize(&path)?, &link)?;
+    }
+    println!(
+        "model: {} ({})",
+        path.display(),
+        if generated { "tiny generated random weights" } else { "given" }
+    );
+
+    let local =
+        fleet_inference::load(&path, &fleet_inference::device("cpu")?, &LoadOptions::default())?;
+    let cluster = ClusterSandbox::builder()
+        .workers(1)
+        .worker_arg(format!("--models-dir={}", models.display()))
+        .worker_arg(format!("--preload={name}"))
+        .start()
+        .await?;
+    let client = cluster.client().await?;
+    let sampling = Sampling { max_tokens: Some(4), ..Default::default() };
+    let spec =
+        AgentSpec { name: "chat".into(), model: name.clone(), sampling, ..Default::default() };
+    client.register_agent(spec).await?;
+    let http: Http = HttpClient::builder(TokioExecutor::new()).build_http();
+    let url = format!("{}/v1/chat/completions", cluster.url);
+
+    let (mut engine, mut grpc, mut openai) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut engine_tps, mut openai_tps) = (Vec::new(), Vec::new());
+    // Warm both paths (first use allocates caches and connections).
+    engine_ttft(&local, &prompt(0)).await?;
+    grpc_ttft(&client, &prompt(0)).await?;
+    openai_stream(&http, &url, &name, &prompt(0), 4).await?;
+    for round in 0..rounds {
+        // Interleaved per sample, so machine noise hits all three alike.
+        for i in 0..20 {
+            let input = prompt(round * 100 + i);
+            engine.push(engine_ttft(&local, &input).await?);
+            grpc.push(grpc_ttft(&client, &input).await?);
+            openai.push(openai_stream(&http, &url, &name, &input, 4).await?.0);
+        }
+        engine_tps.push(engine_batched(&local).await?);
+        let started = Instant::now();
+        let inputs: Vec<String> = (0..STREAMS).map(prompt).collect();
+        let streams =
+            inputs.iter().map(|input| openai_stream(&http, &url, &name, input, STREAM_TOKENS));
+        let tokens: u32 =
+            futures::future::try_join_all(streams).await?.into_iter().map(|(_, n)| n).sum();
+        openai_tps.push(f64::from(tokens) / started.elapsed().as_secs_f64());
+    }
+    let ms = |s: f64| s * 1e3;
+    let (e, g, o) = (median(engine), median(grpc), median(openai));
+    let (et, ot) = (median(engine_tps), median(openai_tps));
+    println!("| measurement ({rounds} rounds, medians) | value |");
+    println!("|---|---|");
+    println!("| TTFT, engine in-process | {:.2} ms |", ms(e));
+    println!("| TTFT, head + worker, gRPC client | {:.2} ms (+{:.2} ms) |", ms(g), ms(g - e));
+    println!("| TTFT, head + worker, OpenAI SSE | {:.2} ms (+{:.2} ms) |", ms(o), ms(o - e));
+    println!("| {STREAMS} streams x {STREAM_TOKENS} tokens, engine in-process | {et:.1} tok/s |");
+    println!(
+        "| {STREAMS} OpenAI SSE streams through head + worker | {ot:.1} tok/s ({:.0}% of the engine) |",
+        100.0 * ot / et
+    );
+    drop(local);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cluster.shutdown().await
+}
