@@ -457,28 +457,12 @@ impl Cluster {
     pub fn cancel(&self, task_id: &str) -> Result<TaskInfo> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let task =
-            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
-        if task.state.is_terminal() || task.cancel_requested {
-            return Ok(TaskInfo::from(&*task));
-        }
-        task.cancel_requested = true;
-        let id = task.id.clone();
-        match task.worker.clone() {
-            Some(worker) => {
-                if let Some(w) = state.workers.get(&worker) {
-                    let _ = w.commands.send(Command::CancelTask {
-                        task_id: id.clone(),
-                        reason: "canceled by the client".into(),
-                    });
-                }
-            }
-            None => {
-                state.queue.retain(|q| *q != id);
-                finish(state, &id, EventKind::Canceled { reason: "canceled by the client".into() });
-            }
-        }
-        info!(task_id = %id, "task cancel requested");
+        let id = state
+            .tasks
+            .get(task_id)
+            .map(|t| t.id.clone())
+            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        cancel_in(state, &id, "canceled by the client");
         let task =
             state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
         Ok(TaskInfo::from(task))
@@ -736,8 +720,36 @@ fn finish(state: &mut State, id: &TaskId, kind: EventKind) {
     ended(state, id, final_state);
 }
 
-/// Retires a task that reached `final_state`; a task some agent called as a tool answers it.
+/// Cancels a task: on its worker, or at once when it is queued.
+fn cancel_in(state: &mut State, id: &TaskId, reason: &str) {
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
+    if task.state.is_terminal() || task.cancel_requested {
+        return;
+    }
+    task.cancel_requested = true;
+    match task.worker.clone() {
+        Some(worker) => {
+            if let Some(w) = state.workers.get(&worker) {
+                let _ = w
+                    .commands
+                    .send(Command::CancelTask { task_id: id.clone(), reason: reason.to_owned() });
+            }
+        }
+        None => {
+            state.queue.retain(|q| q != id);
+            finish(state, id, EventKind::Canceled { reason: reason.to_owned() });
+        }
+    }
+    info!(task_id = %id, reason, "task cancel requested");
+}
+
+/// Retires a task that reached `final_state`: a task some agent called as a tool answers
+/// it, and the tasks it called itself are no longer needed.
 fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
+    let Some(task) = state.tasks.get(id.as_str()) else { return };
+    for child in task.children.clone() {
+        cancel_in(state, &child, "the task that called it ended");
+    }
     let Some(task) = state.tasks.get(id.as_str()) else { return };
     if let Some((parent, call_id)) = task.parent.clone() {
         let (output, is_error) = match final_state {
@@ -794,6 +806,9 @@ fn call_agent(
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
             Ok(id) => {
                 debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
+                if let Some(caller) = state.tasks.get_mut(caller.as_str()) {
+                    caller.children.push(id);
+                }
                 None
             }
             Err(e) => Some(format!("agent {name} not called: {e}")),

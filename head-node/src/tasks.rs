@@ -110,6 +110,8 @@ pub struct TaskEntry {
     pub options: Option<Arc<fleet_proto::TaskOptions>>,
     /// The task that called this one as a tool, and the call's id.
     pub parent: Option<(TaskId, String)>,
+    /// Tasks this one called as tools.
+    pub children: Vec<TaskId>,
     /// Tool calls between this task and the one a client submitted.
     pub depth: u32,
 }
@@ -220,6 +222,7 @@ impl TaskTable {
             subscribers: Vec::new(),
             options: None,
             parent: None,
+            children: Vec::new(),
             depth: 0,
         };
         self.tasks.entry(id).insert_entry(entry).into_mut()

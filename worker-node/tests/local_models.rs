@@ -313,6 +313,46 @@ async fn an_agent_calls_another_agent_as_a_tool() -> Result<()> {
             "{by_kind:?}"
         );
         ensure!(by_kind.contains_key("completed"), "{by_kind:?}");
+
+        // Canceling a caller cancels the agent it is waiting for.
+        let mut slow = echo("slow-researcher", &[]);
+        slow.model_options.insert("token_delay_ms".into(), "200".into());
+        client.register_agent(slow).await?;
+        client.register_agent(echo("impatient", &["slow-researcher"])).await?;
+        let words = "one two three four five six seven eight nine ten".repeat(5);
+        let input = format!(
+            r#"<tool_call>{{"name": "slow-researcher", "arguments": {{"input": "{words}"}}}}</tool_call>"#
+        );
+        let mut stream = client.submit(Submission::new("impatient", input)).await?;
+        let mut caller = None;
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            if let EventKind::ToolCall { .. } = event.kind {
+                caller = Some(event.task_id.clone());
+                break;
+            }
+        }
+        let caller = caller.context("no tool call")?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.cancel(caller.as_str()).await?;
+        let callee = loop {
+            let tasks = client
+                .list_tasks(fleet_client::pb::ListTasksRequest {
+                    agent: "slow-researcher".into(),
+                    ..Default::default()
+                })
+                .await?;
+            let task = tasks.tasks.into_iter().next().context("no callee task")?;
+            if task.state == fleet_client::pb::TaskState::Canceled as i32 {
+                break task;
+            }
+            ensure!(
+                task.state != fleet_client::pb::TaskState::Completed as i32,
+                "the callee completed although its caller was canceled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        ensure!(callee.output.len() < words.len(), "{}", callee.output);
         cluster.shutdown().await
     })
     .await
