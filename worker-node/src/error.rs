@@ -19,6 +19,9 @@ pub enum Error {
     UnknownModel(String),
     #[error("cannot preload model {model:?}: {reason}")]
     Preload { model: String, reason: String },
+    /// An `openai:MODEL` agent's endpoint settings are missing or invalid.
+    #[error("cannot use remote model {model:?}: {reason}")]
+    RemoteModel { model: String, reason: String },
     #[error(transparent)]
     Model(#[from] fleet_inference::Error),
 }

@@ -1,4 +1,5 @@
-//! The agentfleet worker node: joins a head and runs agent actors' tasks on local models.
+//! The agentfleet worker node: joins a head and runs agent actors' tasks on local
+//! models (or remote OpenAI-compatible ones).
 //!
 //! - [`connection`] keeps the `Join` stream to the head: registration, heartbeats, task
 //!   events up, commands down, reconnection with backoff;
@@ -9,7 +10,8 @@
 //!   ([`tool_calls`] finds the calls local models write as text), bounded in rounds;
 //! - [`runner`] drives one generation into task events;
 //! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
-//!   shares loaded ones; [`resources`] detects
+//!   shares loaded ones; [`remote`] is the model of `openai:MODEL` agents (an
+//!   OpenAI-compatible endpoint over HTTP); [`resources`] detects
 //!   what the machine has; [`config`] holds the settings; [`cli`] is the `fleet-worker`
 //!   command line (also run by `python -m agentfleet worker`).
 //!
@@ -25,6 +27,7 @@ pub mod error;
 pub mod host;
 pub mod memory;
 pub mod models;
+pub mod remote;
 pub mod resources;
 pub mod runner;
 pub mod tool_calls;

@@ -64,9 +64,6 @@ fn dir_size(dir: &Path) -> u64 {
 
 type Key = (String, BTreeMap<String, String>);
 
-/// Model ids of remote OpenAI-compatible endpoints.
-const REMOTE_PREFIX: &str = "openai:";
-
 /// Loaded models by (id, options): loaded once, shared by all actors.
 pub struct ModelStore {
     dir: Option<PathBuf>,
@@ -129,10 +126,12 @@ impl ModelStore {
         if id.starts_with(fleet_inference::builtin::PREFIX) {
             return ready(fleet_inference::load_builtin(id, options).map_err(Error::from));
         }
-        if id.starts_with(REMOTE_PREFIX) {
-            return ready(Err(Error::UnknownModel(format!(
-                "model {id:?}: remote models are not supported yet"
-            ))));
+        if id.starts_with(crate::remote::PREFIX) {
+            let (id, options) = (id.to_owned(), options.clone());
+            return async move {
+                crate::remote::load(&id, &options).await.map_err(|e| Arc::from(e.to_string()))
+            }
+            .boxed();
         }
         let path = match self.path_of(id) {
             Ok(path) => path,

@@ -1,0 +1,950 @@
+//! Remote models: agents whose model is `openai:MODEL` generate on an OpenAI-compatible
+//! endpoint (OpenAI, vLLM, llama.cpp's server, another agentfleet head's `/v1`) through
+//! `async-openai`, behind the same [`fleet_inference::Model`] trait as local models.
+//!
+//! [`RemoteConfig::resolve`] picks the endpoint from the agent's model options, then the
+//! environment; [`chat_request`] maps a [`GenerateRequest`] to a streaming chat completion;
+//! [`ChunkDecoder`] turns the streamed chunks into generation events, assembling tool calls
+//! from their pieces. The HTTP request starts when the generation stream is first polled and
+//! is dropped with it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::{OpenAIError, WrappedError};
+use async_openai::types::chat::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
+    ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
+    ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent,
+    ChatCompletionResponseStream, ChatCompletionStreamOptions, ChatCompletionTools,
+    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall,
+    StopConfiguration,
+};
+use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
+use fleet_inference::{
+    ChatMessage, Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model,
+    Role, ToolCall, Usage,
+};
+use futures::StreamExt;
+
+use crate::{Error, Result};
+
+/// Model ids of remote OpenAI-compatible endpoints start with this.
+pub const PREFIX: &str = "openai:";
+
+/// Where the endpoint is when neither the options nor `OPENAI_BASE_URL` say.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Sent as the key to servers that need none (llama.cpp's and vLLM's convention): a
+/// `Bearer` header with an empty token is malformed and strict servers may reject it.
+const NO_KEY: &str = "sk-no-key-required";
+
+/// An unreachable endpoint fails the task in seconds, not after the OS's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The model options a remote model understands.
+const OPTIONS: [&str; 2] = ["base_url", "api_key"];
+
+/// Loads the remote model `id` (`openai:MODEL`) for the model store, on a blocking thread:
+/// building its HTTP client (TLS roots) takes a few milliseconds. Makes no request.
+pub async fn load(id: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn Model>> {
+    let (model, options) = (id.to_owned(), options.clone());
+    tokio::task::spawn_blocking(move || Ok(Arc::new(OpenAiModel::new(&model, &options)?) as _))
+        .await
+        .map_err(|e| Error::RemoteModel {
+            model: id.to_owned(),
+            reason: format!("panicked: {e}"),
+        })?
+}
+
+/// Where and as whom to call a remote model.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// The model name sent to the endpoint (the id without `openai:`).
+    pub model: String,
+    /// The API root, e.g. `https://api.openai.com/v1`, without a trailing `/`.
+    pub base_url: String,
+    api_key: String,
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("RemoteConfig")
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteConfig {
+    /// The settings of model `model_id` (`openai:MODEL`): `base_url` and `api_key` from the
+    /// agent's model `options`, else from `env` (`OPENAI_BASE_URL`, `OPENAI_API_KEY`; empty
+    /// values count as unset). Without a key only an explicitly set `base_url` is accepted
+    /// (a local server); OpenAI itself needs one.
+    pub fn resolve(
+        model_id: &str,
+        options: &BTreeMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let invalid = |reason: String| Error::RemoteModel { model: model_id.to_owned(), reason };
+        let model = model_id.strip_prefix(PREFIX).unwrap_or_default().trim();
+        if model.is_empty() {
+            return Err(invalid(format!(
+                "no model name: write the id as {PREFIX}MODEL, e.g. {PREFIX}gpt-4o-mini"
+            )));
+        }
+        if let Some(key) = options.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "unknown model option {key:?}: a remote model takes base_url and api_key"
+            )));
+        }
+        let set = |v: String| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+        let setting = |option: &str, var: &str| {
+            options.get(option).cloned().and_then(set).or_else(|| env(var).and_then(set))
+        };
+        let base_url = setting("base_url", "OPENAI_BASE_URL");
+        let api_key = setting("api_key", "OPENAI_API_KEY");
+        let api_key = match (api_key, &base_url) {
+            (Some(key), _) => key,
+            (None, Some(_)) => NO_KEY.to_owned(),
+            (None, None) => {
+                return Err(invalid(
+                    "no api key: set the model option api_key or OPENAI_API_KEY, or point \
+                     base_url (or OPENAI_BASE_URL) at a server that needs none"
+                        .into(),
+                ));
+            }
+        };
+        // async-openai unwraps the header it builds from the key: check it here instead.
+        if reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}")).is_err() {
+            return Err(invalid(
+                "the api key has characters not allowed in an HTTP header: check api_key or \
+                 OPENAI_API_KEY"
+                    .into(),
+            ));
+        }
+        let base_url = base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        match reqwest::Url::parse(&base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(invalid(format!(
+                    "base_url {base_url:?} is not an http(s) URL: expected e.g. \
+                     http://127.0.0.1:8000/v1"
+                )));
+            }
+        }
+        Ok(Self {
+            model: model.to_owned(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+        })
+    }
+}
+
+/// A model served by an OpenAI-compatible endpoint. Cheap to share: generations are HTTP
+/// requests on a pooled client.
+pub struct OpenAiModel {
+    id: String,
+    config: RemoteConfig,
+    client: async_openai::Client<OpenAIConfig>,
+}
+
+impl std::fmt::Debug for OpenAiModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiModel").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl OpenAiModel {
+    /// The model `model_id` (`openai:MODEL`) with the agent's model `options`, falling back
+    /// to the process environment (see [`RemoteConfig::resolve`]). Makes no request, but
+    /// blocks for milliseconds (the HTTP client's TLS setup): async callers use [`load`].
+    pub fn new(model_id: &str, options: &BTreeMap<String, String>) -> Result<Self> {
+        let config = RemoteConfig::resolve(model_id, options, |var| std::env::var(var).ok())?;
+        Self::with_config(model_id, config)
+    }
+
+    /// The model `model_id` at the endpoint `config`.
+    pub fn with_config(model_id: &str, config: RemoteConfig) -> Result<Self> {
+        // Our own reqwest client: `Client::new` panics where `build` returns an error.
+        let http =
+            reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| {
+                Error::RemoteModel {
+                    model: model_id.to_owned(),
+                    reason: format!("cannot build an HTTP client: {}", error_chain(&e)),
+                }
+            })?;
+        let openai = OpenAIConfig::new()
+            .with_api_base(config.base_url.clone())
+            .with_api_key(config.api_key.clone());
+        Ok(Self {
+            id: model_id.to_owned(),
+            config,
+            client: async_openai::Client::build(http, openai),
+        })
+    }
+
+    /// The endpoint's settings.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
+    fn error(&self, e: OpenAIError) -> fleet_inference::Error {
+        api_error(&self.id, &self.config.base_url, e)
+    }
+}
+
+impl Model for OpenAiModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn generate(&self, request: GenerateRequest) -> fleet_inference::Result<Generation> {
+        let body = chat_request(&self.config.model, &request)?;
+        let client = self.client.clone();
+        let (id, base_url) = (self.id.clone(), self.config.base_url.clone());
+        // Nothing is sent until the stream is polled; dropping it drops the request.
+        let generation = futures::stream::once(async move {
+            match client.chat().create_stream(body).await {
+                Ok(chunks) => decode(chunks, id, base_url).boxed(),
+                Err(e) => futures::stream::iter([Err(api_error(&id, &base_url, e))]).boxed(),
+            }
+        })
+        .flatten();
+        Ok(generation.boxed())
+    }
+
+    /// Blocks on the runtime's handle: `Model::embed` runs on a blocking thread of the
+    /// worker's runtime, where `Handle::block_on` is allowed and the runtime drives the
+    /// connection (called on a runtime thread it panics rather than deadlock; with no
+    /// runtime it is an error). Vectors are L2-normalised here: not every server does.
+    fn embed(&self, texts: &[&str]) -> fleet_inference::Result<Embeddings> {
+        if texts.is_empty() {
+            return Ok(Embeddings::default());
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            fleet_inference::Error::Engine(format!(
+                "remote model {} embeds only from a thread of a tokio runtime",
+                self.id
+            ))
+        })?;
+        let request = CreateEmbeddingRequest {
+            model: self.config.model.clone(),
+            input: EmbeddingInput::StringArray(texts.iter().map(|t| (*t).to_owned()).collect()),
+            encoding_format: None,
+            user: None,
+            dimensions: None,
+        };
+        let mut response =
+            handle.block_on(self.client.embeddings().create(request)).map_err(|e| self.error(e))?;
+        if response.data.len() != texts.len() {
+            return Err(fleet_inference::Error::Engine(format!(
+                "remote model {} returned {} embeddings for {} texts",
+                self.id,
+                response.data.len(),
+                texts.len()
+            )));
+        }
+        response.data.sort_by_key(|e| e.index);
+        let vectors = response.data.into_iter().map(|e| l2_normalized(e.embedding)).collect();
+        Ok(Embeddings { vectors, prompt_tokens: response.usage.prompt_tokens as usize })
+    }
+}
+
+fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// The streaming chat completion for `request` on `model`. Settings OpenAI's API lacks
+/// (top_k, min_p, repetition_penalty) are not sent, and logprobs are not asked for.
+#[allow(deprecated)] // `max_tokens` and `seed`: deprecated by OpenAI, the ones servers know
+pub fn chat_request(
+    model: &str,
+    request: &GenerateRequest,
+) -> fleet_inference::Result<CreateChatCompletionRequest> {
+    let messages = request.messages.iter().map(message).collect::<fleet_inference::Result<_>>()?;
+    let tools = request
+        .tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            serde_json::from_value::<ChatCompletionTools>(tool.clone()).map_err(|e| {
+                fleet_inference::Error::InvalidRequest(format!(
+                    "tool {i} is not an OpenAI tool definition: {e}"
+                ))
+            })
+        })
+        .collect::<fleet_inference::Result<Vec<_>>>()?;
+    Ok(CreateChatCompletionRequest {
+        model: model.to_owned(),
+        messages,
+        stream: Some(true),
+        stream_options: Some(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        }),
+        // `max_completion_tokens` is newer; vLLM, llama.cpp and older servers know this one.
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        presence_penalty: request.presence_penalty,
+        // The top bit is dropped: some servers reject negative seeds, and the mapping stays
+        // deterministic.
+        seed: request.seed.map(|s| (s & i64::MAX as u64) as i64),
+        stop: (!request.stop.is_empty())
+            .then(|| StopConfiguration::StringArray(request.stop.clone())),
+        tools: (!tools.is_empty()).then_some(tools),
+        ..Default::default()
+    })
+}
+
+/// One conversation message in OpenAI's shape.
+fn message(m: &ChatMessage) -> fleet_inference::Result<ChatCompletionRequestMessage> {
+    let text = m.content.clone();
+    Ok(match m.role {
+        Role::System => ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
+            content: ChatCompletionRequestSystemMessageContent::Text(text),
+            name: None,
+        }),
+        Role::User => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+            content: ChatCompletionRequestUserMessageContent::Text(text),
+            name: None,
+        }),
+        Role::Assistant => {
+            let calls: Vec<_> = m
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+                        id: c.id.clone(),
+                        function: FunctionCall {
+                            name: c.name.clone(),
+                            arguments: c.arguments.clone(),
+                        },
+                    })
+                })
+                .collect();
+            // An assistant turn that only called tools has no content, not empty content.
+            let content = (!text.is_empty() || calls.is_empty())
+                .then_some(ChatCompletionRequestAssistantMessageContent::Text(text));
+            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                content,
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                ..Default::default()
+            })
+        }
+        Role::Tool => {
+            let Some(call_id) = m.tool_call_id.clone() else {
+                return Err(fleet_inference::Error::InvalidRequest(
+                    "a tool message has no tool_call_id: it must name the call it answers".into(),
+                ));
+            };
+            ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+                content: ChatCompletionRequestToolMessageContent::Text(text),
+                tool_call_id: call_id,
+            })
+        }
+    })
+}
+
+/// The generation events of a chunk stream, ending with its error or its `Done`.
+fn decode(
+    chunks: ChatCompletionResponseStream,
+    id: String,
+    base_url: String,
+) -> impl futures::Stream<Item = fleet_inference::Result<GenerationEvent>> + Send {
+    struct State {
+        chunks: Option<ChatCompletionResponseStream>,
+        decoder: ChunkDecoder,
+        ready: VecDeque<fleet_inference::Result<GenerationEvent>>,
+        id: String,
+        base_url: String,
+    }
+    let state = State {
+        chunks: Some(chunks),
+        decoder: ChunkDecoder::default(),
+        ready: VecDeque::new(),
+        id,
+        base_url,
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(event) = s.ready.pop_front() {
+                return Some((event, s));
+            }
+            // Taken once the stream has ended or failed, so nothing follows the last item.
+            let chunks = s.chunks.as_mut()?;
+            match chunks.next().await {
+                Some(Ok(chunk)) => s.ready.extend(s.decoder.push(chunk).into_iter().map(Ok)),
+                Some(Err(e)) => {
+                    s.chunks = None;
+                    s.ready.push_back(Err(api_error(&s.id, &s.base_url, e)));
+                }
+                None => {
+                    s.chunks = None;
+                    match std::mem::take(&mut s.decoder).finish() {
+                        Ok(events) => s.ready.extend(events.into_iter().map(Ok)),
+                        Err(e) => s.ready.push_back(Err(e)),
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Turns streamed chat-completion chunks into generation events: content as deltas right
+/// away; tool calls, assembled from their pieces, and `Done` at the end.
+#[derive(Debug, Default)]
+pub struct ChunkDecoder {
+    tool_calls: ToolCallDeltas,
+    finish: Option<FinishReason>,
+    usage: Option<(u32, u32)>,
+    deltas: u32,
+}
+
+impl ChunkDecoder {
+    /// Takes one chunk; returns the text deltas it holds. Only the first choice counts
+    /// (one is asked for).
+    pub fn push(&mut self, chunk: CreateChatCompletionStreamResponse) -> Vec<GenerationEvent> {
+        if let Some(usage) = chunk.usage {
+            self.usage = Some((usage.prompt_tokens, usage.completion_tokens));
+        }
+        let mut events = Vec::new();
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            // A refusal is the model's answer in OpenAI's separate field.
+            for text in [choice.delta.content, choice.delta.refusal].into_iter().flatten() {
+                if !text.is_empty() {
+                    self.deltas += 1;
+                    events.push(GenerationEvent::Delta(text));
+                }
+            }
+            for call in choice.delta.tool_calls.iter().flatten() {
+                self.tool_calls.push(call);
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish = Some(match reason {
+                    async_openai::types::chat::FinishReason::Length => FinishReason::Length,
+                    _ => FinishReason::Stop,
+                });
+            }
+        }
+        events
+    }
+
+    /// The stream ended: the tool calls, then `Done`; an error if no chunk said why the
+    /// generation finished (the server or the connection broke off).
+    pub fn finish(self) -> fleet_inference::Result<Vec<GenerationEvent>> {
+        let Some(finish_reason) = self.finish else {
+            return Err(fleet_inference::Error::Engine(
+                "the remote model's stream ended without a finish reason".into(),
+            ));
+        };
+        // Servers that ignore `stream_options.include_usage` send no usage: the prompt is
+        // then counted as 0 tokens and each content delta as one token (servers stream
+        // about one token per chunk).
+        let (prompt_tokens, completion_tokens) = self.usage.unwrap_or((0, self.deltas));
+        let mut events: Vec<_> =
+            self.tool_calls.finish().into_iter().map(GenerationEvent::ToolCall).collect();
+        events.push(GenerationEvent::Done(Usage {
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+        }));
+        Ok(events)
+    }
+}
+
+/// Tool calls streamed in pieces, by their index: the id and name come first, the
+/// arguments in fragments after.
+#[derive(Debug, Default)]
+pub struct ToolCallDeltas {
+    calls: BTreeMap<u32, ToolCall>,
+}
+
+impl ToolCallDeltas {
+    /// Adds one piece of a call.
+    pub fn push(&mut self, piece: &ChatCompletionMessageToolCallChunk) {
+        let call = self.calls.entry(piece.index).or_insert_with(|| ToolCall {
+            id: String::new(),
+            name: String::new(),
+            arguments: String::new(),
+        });
+        // Some servers repeat the id and name on every piece: the first one stands.
+        if let Some(id) = piece.id.as_deref().filter(|id| !id.is_empty())
+            && call.id.is_empty()
+        {
+            call.id = id.to_owned();
+        }
+        if let Some(function) = &piece.function {
+            if let Some(name) = function.name.as_deref().filter(|n| !n.is_empty())
+                && call.name.is_empty()
+            {
+                call.name = name.to_owned();
+            }
+            if let Some(arguments) = &function.arguments {
+                call.arguments.push_str(arguments);
+            }
+        }
+    }
+
+    /// The calls in index order. A call without an id gets `call_N` (the id is how the tool
+    /// result names it in the next round); arguments never given are `{}`.
+    pub fn finish(self) -> Vec<ToolCall> {
+        self.calls
+            .into_iter()
+            .map(|(index, mut call)| {
+                if call.id.is_empty() {
+                    call.id = format!("call_{index}");
+                }
+                if call.arguments.trim().is_empty() {
+                    call.arguments = "{}".into();
+                }
+                call
+            })
+            .collect()
+    }
+}
+
+/// An error of the remote model `id` at `base_url` as the inference crate's error: rejected
+/// requests (400, 404, 422) are invalid requests, everything else an engine failure. The
+/// server's own message and the HTTP status are kept.
+fn api_error(id: &str, base_url: &str, e: OpenAIError) -> fleet_inference::Error {
+    use fleet_inference::Error::{Engine, InvalidRequest};
+    match e {
+        OpenAIError::ApiError(response) => {
+            let status = response.status_code;
+            let said = clipped(&response.api_error.to_string());
+            let message = format!("remote model {id} at {base_url} answered {status}: {said}");
+            match status.as_u16() {
+                400 | 404 | 422 => InvalidRequest(message),
+                _ => Engine(message),
+            }
+        }
+        OpenAIError::Reqwest(e) => {
+            Engine(format!("cannot reach remote model {id} at {base_url}: {}", error_chain(&e)))
+        }
+        // Servers report errors met mid-stream as an `{"error": ...}` event.
+        OpenAIError::JSONDeserialize(e, content) => {
+            match serde_json::from_str::<WrappedError>(&content) {
+                Ok(wrapped) => Engine(format!(
+                    "remote model {id} at {base_url} failed: {}",
+                    clipped(&wrapped.error.to_string())
+                )),
+                Err(_) => Engine(format!(
+                    "remote model {id} at {base_url} sent a response that does not parse \
+                     ({e}): {}",
+                    clipped(&content)
+                )),
+            }
+        }
+        OpenAIError::InvalidArgument(reason) => InvalidRequest(reason),
+        other => Engine(format!("remote model {id} at {base_url} failed: {other}")),
+    }
+}
+
+/// At most 500 characters of what a server said (a proxy's 502 may be a whole HTML page).
+fn clipped(said: &str) -> String {
+    match said.char_indices().nth(500) {
+        Some((end, _)) => format!("{}…", &said[..end]),
+        None => said.to_owned(),
+    }
+}
+
+/// An error and its sources, `: `-separated: reqwest's own message leaves the cause
+/// (connection refused, certificate, DNS) to its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let shown = cause.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |var| pairs.iter().find(|(k, _)| *k == var).map(|(_, v)| (*v).to_owned())
+    }
+
+    fn resolve_error(
+        id: &str,
+        o: &[(&str, &str)],
+        e: &'static [(&'static str, &'static str)],
+    ) -> String {
+        RemoteConfig::resolve(id, &options(o), env(e))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn options_win_over_the_environment() -> anyhow::Result<()> {
+        let vars = &[("OPENAI_BASE_URL", "http://env:1/v1"), ("OPENAI_API_KEY", "env-key")];
+        let c = RemoteConfig::resolve(
+            "openai:m",
+            &options(&[("base_url", "http://opt:2/v1/"), ("api_key", "opt-key")]),
+            env(vars),
+        )?;
+        assert_eq!(
+            (c.model.as_str(), c.base_url.as_str(), c.api_key.as_str()),
+            ("m", "http://opt:2/v1", "opt-key")
+        );
+        // Unset and empty options fall back to the environment.
+        let c = RemoteConfig::resolve("openai:m", &options(&[("base_url", " ")]), env(vars))?;
+        assert_eq!((c.base_url.as_str(), c.api_key.as_str()), ("http://env:1/v1", "env-key"));
+        // OpenAI itself by default, with a key.
+        let c = RemoteConfig::resolve(
+            "openai:gpt-4o",
+            &BTreeMap::new(),
+            env(&[("OPENAI_API_KEY", "sk-1\n")]),
+        )?;
+        assert_eq!((c.base_url.as_str(), c.api_key.as_str()), (DEFAULT_BASE_URL, "sk-1"));
+        assert!(!format!("{c:?}").contains("sk-1"), "the key stays out of Debug");
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_is_optional_only_for_an_explicit_server() -> anyhow::Result<()> {
+        let local = RemoteConfig::resolve(
+            "openai:qwen",
+            &options(&[("base_url", "http://127.0.0.1:8080/v1")]),
+            env(&[]),
+        )?;
+        assert_eq!(local.api_key, NO_KEY);
+        let local = RemoteConfig::resolve(
+            "openai:qwen",
+            &BTreeMap::new(),
+            env(&[("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")]),
+        )?;
+        assert_eq!(local.api_key, NO_KEY);
+        let error = resolve_error("openai:gpt-4o", &[], &[]);
+        assert!(error.contains("no api key") && error.contains("OPENAI_API_KEY"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let key = &[("OPENAI_API_KEY", "k")];
+        for (id, o, expected) in [
+            ("openai:", &[][..], "no model name"),
+            ("openai: ", &[], "no model name"),
+            ("openai:m", &[("temperature", "1")], "unknown model option \"temperature\""),
+            ("openai:m", &[("base_url", "localhost:8000")], "is not an http(s) URL"),
+            ("openai:m", &[("base_url", "not a url")], "is not an http(s) URL"),
+            ("openai:m", &[("api_key", "a\nb")], "not allowed in an HTTP header"),
+        ] {
+            let error = resolve_error(id, o, key);
+            assert!(error.contains(expected), "{id} {o:?}: {error}");
+            assert!(error.starts_with("cannot use remote model"), "{error}");
+        }
+    }
+
+    fn conversation() -> GenerateRequest {
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city":"Oslo"}"#.into(),
+        };
+        GenerateRequest {
+            messages: vec![
+                ChatMessage::new(Role::System, "be brief"),
+                ChatMessage::new(Role::User, "weather in Oslo?"),
+                ChatMessage { tool_calls: vec![call], ..ChatMessage::new(Role::Assistant, "") },
+                ChatMessage::tool_result("call_1", "rain"),
+                ChatMessage::new(Role::Assistant, "It rains."),
+            ],
+            max_tokens: Some(64),
+            temperature: Some(0.5),
+            top_p: Some(0.9),
+            top_k: Some(40),
+            seed: Some(u64::MAX),
+            stop: vec!["\n\n".into()],
+            logprobs: Some(2),
+            tools: vec![json!({"type": "function", "function": {
+                "name": "weather",
+                "description": "the weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}
+            }})],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_map_to_openai_chat_completions() -> anyhow::Result<()> {
+        let body = serde_json::to_value(chat_request("gpt-4o", &conversation())?)?;
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "weather in Oslo?"},
+                    {"role": "assistant", "tool_calls": [{"type": "function", "id": "call_1",
+                        "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                    {"role": "tool", "content": "rain", "tool_call_id": "call_1"},
+                    {"role": "assistant", "content": "It rains."},
+                ],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "max_tokens": 64,
+                "temperature": 0.5,
+                "top_p": 0.8999999761581421,
+                "seed": i64::MAX,
+                "stop": ["\n\n"],
+                "tools": [{"type": "function", "function": {
+                    "name": "weather",
+                    "description": "the weather in a city",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}
+                }}],
+            })
+        );
+        // Unset settings are left to the server; no stop or tools means none sent.
+        let bare = GenerateRequest {
+            messages: vec![ChatMessage::new(Role::User, "hi")],
+            ..Default::default()
+        };
+        let body = serde_json::to_value(chat_request("m", &bare)?)?;
+        let keys: Vec<_> =
+            body.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        assert_eq!(keys, ["messages", "model", "stream", "stream_options"]);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_tools_and_tool_messages_are_invalid_requests() {
+        let bad_tool = GenerateRequest { tools: vec![json!({"name": "x"})], ..conversation() };
+        let error = chat_request("m", &bad_tool).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("tool 0 is not an OpenAI tool definition"), "{error}");
+        let orphan = GenerateRequest {
+            messages: vec![ChatMessage::new(Role::Tool, "rain")],
+            ..Default::default()
+        };
+        let error = chat_request("m", &orphan).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("no tool_call_id"), "{error}");
+    }
+
+    /// A chunk as servers send it, with only the fields given filled in.
+    fn chunk(
+        choices: serde_json::Value,
+        usage: serde_json::Value,
+    ) -> CreateChatCompletionStreamResponse {
+        let chunk = json!({
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": choices, "usage": usage,
+        });
+        serde_json::from_value(chunk).unwrap_or_else(|e| panic!("test chunk does not parse: {e}"))
+    }
+
+    fn delta(delta: serde_json::Value, finish: Option<&str>) -> CreateChatCompletionStreamResponse {
+        chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish}]), json!(null))
+    }
+
+    fn decode_all(
+        chunks: Vec<CreateChatCompletionStreamResponse>,
+    ) -> fleet_inference::Result<Vec<GenerationEvent>> {
+        let mut decoder = ChunkDecoder::default();
+        let mut events: Vec<_> = chunks.into_iter().flat_map(|c| decoder.push(c)).collect();
+        events.extend(decoder.finish()?);
+        Ok(events)
+    }
+
+    #[test]
+    fn content_streams_as_deltas_then_done_with_the_servers_usage() -> anyhow::Result<()> {
+        let events = decode_all(vec![
+            delta(json!({"role": "assistant", "content": ""}), None),
+            delta(json!({"content": "Hel"}), None),
+            delta(json!({"content": "lo"}), None),
+            delta(json!({}), Some("length")),
+            chunk(
+                json!([]),
+                json!({"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}),
+            ),
+        ])?;
+        assert_eq!(
+            events,
+            [
+                GenerationEvent::Delta("Hel".into()),
+                GenerationEvent::Delta("lo".into()),
+                GenerationEvent::Done(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 2,
+                    finish_reason: FinishReason::Length
+                }),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn without_usage_deltas_are_counted_and_a_missing_finish_is_an_error() -> anyhow::Result<()> {
+        let events = decode_all(vec![
+            delta(json!({"content": "a"}), None),
+            delta(json!({"content": "b"}), None),
+            delta(json!({"content": "c"}), Some("stop")),
+        ])?;
+        assert_eq!(
+            events.last(),
+            Some(&GenerationEvent::Done(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 3,
+                finish_reason: FinishReason::Stop
+            }))
+        );
+        let error = decode_all(vec![delta(json!({"content": "a"}), None)])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("ended without a finish reason"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn tool_calls_are_assembled_from_pieces_by_index() -> anyhow::Result<()> {
+        let piece = |index: u32, id: Option<&str>, name: Option<&str>, args: &str| {
+            let mut function = json!({"arguments": args});
+            if let Some(name) = name {
+                function["name"] = json!(name);
+            }
+            let mut call = json!({"index": index, "function": function});
+            if let Some(id) = id {
+                call["id"] = json!(id);
+                call["type"] = json!("function");
+            }
+            delta(json!({"tool_calls": [call]}), None)
+        };
+        let events = decode_all(vec![
+            delta(json!({"content": "Checking."}), None),
+            piece(0, Some("call_a"), Some("weather"), ""),
+            piece(1, None, Some("time"), ""), // no id: one is made up
+            piece(0, None, None, "{\"city\":"),
+            piece(1, None, None, "{\"tz\":\"CET\"}"),
+            piece(0, Some("call_a"), Some("weather"), "\"Oslo\"}"), // repeated id and name
+            piece(2, Some("call_c"), Some("ping"), ""),             // never given arguments
+            delta(json!({}), Some("tool_calls")),
+        ])?;
+        let call = |id: &str, name: &str, arguments: &str| {
+            GenerationEvent::ToolCall(ToolCall {
+                id: id.into(),
+                name: name.into(),
+                arguments: arguments.into(),
+            })
+        };
+        assert_eq!(
+            events,
+            [
+                GenerationEvent::Delta("Checking.".into()),
+                call("call_a", "weather", "{\"city\":\"Oslo\"}"),
+                call("call_1", "time", "{\"tz\":\"CET\"}"),
+                call("call_c", "ping", "{}"),
+                GenerationEvent::Done(Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: 1,
+                    finish_reason: FinishReason::Stop
+                }),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn api_errors_keep_the_status_and_the_servers_message() {
+        let response = |status: u16, message: &str| {
+            OpenAIError::ApiError(async_openai::error::ApiErrorResponse {
+                status_code: reqwest::StatusCode::from_u16(status)
+                    .unwrap_or(reqwest::StatusCode::IM_A_TEAPOT),
+                api_error: async_openai::error::ApiError {
+                    message: message.into(),
+                    r#type: Some("invalid_request_error".into()),
+                    ..Default::default()
+                },
+            })
+        };
+        let error = api_error("openai:m", "http://h/v1", response(404, "no such model"));
+        assert!(matches!(error, fleet_inference::Error::InvalidRequest(_)), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("answered 404 Not Found: invalid_request_error: no such model")
+        );
+        let error = api_error("openai:m", "http://h/v1", response(401, "bad key"));
+        assert!(matches!(error, fleet_inference::Error::Engine(_)), "{error}");
+        let long = "x".repeat(5000);
+        assert!(api_error("openai:m", "u", response(502, &long)).to_string().len() < 700);
+        // An error sent as a stream event.
+        let parse_error = serde_json::from_str::<serde_json::Value>("{").err();
+        if let Some(e) = parse_error {
+            let content = r#"{"error": {"message": "context too long", "type": "x"}}"#.into();
+            let error = api_error("openai:m", "u", OpenAIError::JSONDeserialize(e, content));
+            assert!(error.to_string().contains("failed: x: context too long"), "{error}");
+        }
+    }
+
+    fn closed_port_model() -> anyhow::Result<OpenAiModel> {
+        // A port nothing listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let base_url = format!("http://127.0.0.1:{port}/v1");
+        Ok(OpenAiModel::new("openai:m", &options(&[("base_url", &base_url)]))?)
+    }
+
+    #[test]
+    fn generate_is_lazy_and_needs_no_runtime() -> anyhow::Result<()> {
+        let model = closed_port_model()?;
+        assert_eq!(model.id(), "openai:m");
+        // Outside any tokio runtime: spawning or connecting here would panic.
+        let generation = model.generate(conversation())?;
+        drop(generation);
+        let error = model.embed(&["x"]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("tokio runtime"), "{error}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_one_error_then_the_end() -> anyhow::Result<()> {
+        let loaded = load("openai:m", &options(&[("base_url", "http://127.0.0.1:1/v1")])).await?;
+        assert_eq!(loaded.id(), "openai:m");
+        let error = load("openai:", &BTreeMap::new()).await.err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("no model name")));
+        let model = Arc::new(closed_port_model()?);
+        let mut generation = model.generate(conversation())?;
+        let first = generation.next().await;
+        let error = match first {
+            Some(Err(e)) => e.to_string(),
+            other => anyhow::bail!("expected an error, got {other:?}"),
+        };
+        assert!(
+            error.contains("cannot reach remote model openai:m at http://127.0.0.1:"),
+            "{error}"
+        );
+        assert!(generation.next().await.is_none());
+        // Embedding from a blocking thread, as the agent loop does.
+        let embedder = Arc::clone(&model);
+        let embedded = tokio::task::spawn_blocking(move || embedder.embed(&["x"])).await?;
+        let error = embedded.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("cannot reach remote model"), "{error}");
+        Ok(())
+    }
+}
