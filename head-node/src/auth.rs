@@ -1,4 +1,5 @@
-//! The cluster token check shared by every gRPC service (and later the HTTP APIs).
+//! The cluster token check shared by every gRPC service, and the API key check of the HTTP
+//! APIs (A2A, OpenAI).
 
 use std::sync::Arc;
 
@@ -46,6 +47,21 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
+/// Whether HTTP request headers carry the API key (`Authorization: Bearer KEY` or
+/// `X-API-Key: KEY`); every request passes when no key is set.
+pub fn api_key_accepted(api_key: Option<&str>, headers: &axum::http::HeaderMap) -> bool {
+    let Some(key) = api_key else { return true };
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    [bearer, x_api_key]
+        .into_iter()
+        .flatten()
+        .any(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +74,20 @@ mod tests {
         assert!(!check.accepts(Some(b"s3cret")));
         assert!(!check.accepts(None));
         assert!(TokenCheck::new(None).accepts(None));
+    }
+
+    #[test]
+    fn the_api_key_comes_as_bearer_or_x_api_key() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let with = |name: &'static str, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            h
+        };
+        assert!(api_key_accepted(Some("k"), &with("authorization", "Bearer k")));
+        assert!(api_key_accepted(Some("k"), &with("x-api-key", "k")));
+        assert!(!api_key_accepted(Some("k"), &with("authorization", "Bearer x")));
+        assert!(!api_key_accepted(Some("k"), &HeaderMap::new()));
+        assert!(api_key_accepted(None, &HeaderMap::new()));
     }
 }

@@ -20,7 +20,7 @@ pub struct HeadConfig {
     pub listen: SocketAddr,
     /// The cluster token workers and clients must present; `None` accepts everyone.
     pub token: Option<String>,
-    /// The key HTTP API clients (A2A) must present; `None` accepts everyone.
+    /// The key HTTP API clients (A2A, OpenAI) must present; `None` accepts everyone.
     pub api_key: Option<String>,
     /// How often workers send heartbeats.
     pub heartbeat_interval: Duration,

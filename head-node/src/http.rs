@@ -1,5 +1,5 @@
-//! The head's HTTP routes, served on the same address as gRPC: `/healthz` and the A2A front
-//! door; the OpenAI-compatible API joins here.
+//! The head's HTTP routes, served on the same address as gRPC: `/healthz`, the A2A front
+//! door and the OpenAI-compatible API.
 
 use std::sync::Arc;
 
@@ -34,13 +34,28 @@ async fn healthz(
     (status, Json(body))
 }
 
-/// `/healthz` and the A2A routes.
+/// Room in a request body beyond the input limit, for JSON framing and escapes.
+const BODY_SLACK_BYTES: usize = 64 << 10;
+
+/// `/healthz`, the A2A routes and the OpenAI routes.
 pub fn router(cluster: Arc<Cluster>, config: &HeadConfig) -> Router {
+    let api_key: Option<Arc<str>> = config.api_key.as_deref().map(Arc::from);
+    let max_body_bytes = config.max_input_bytes + BODY_SLACK_BYTES;
     let a2a = crate::a2a::A2a {
         cluster: cluster.clone(),
-        api_key: config.api_key.as_deref().map(Arc::from),
-        max_body_bytes: config.max_input_bytes + (64 << 10),
+        api_key: api_key.clone(),
+        max_body_bytes,
         webhooks: Default::default(),
     };
-    Router::new().route("/healthz", get(healthz)).with_state(cluster).merge(crate::a2a::router(a2a))
+    let openai = crate::openai::OpenAi {
+        cluster: cluster.clone(),
+        api_key,
+        max_body_bytes,
+        started_at: crate::openai::unix_now(),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(cluster)
+        .merge(crate::a2a::router(a2a))
+        .merge(crate::openai::router(openai))
 }

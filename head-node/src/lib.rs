@@ -9,7 +9,8 @@
 //!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
 //!   and asks the [`scheduler`] where each task goes;
 //! - [`http`] serves `/healthz` and mounts [`a2a`], the A2A front door (JSON-RPC and
-//!   HTTP+JSON bindings, agent cards, SSE streams);
+//!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
+//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`);
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
 //!   command line (also run by `python -m agentfleet head`).
 //!
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod openai;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;

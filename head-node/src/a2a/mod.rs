@@ -29,7 +29,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use subtle::ConstantTimeEq;
 
 use crate::cluster::Cluster;
 
@@ -79,16 +78,7 @@ pub fn router(a2a: A2a) -> Router {
 
 /// Whether the headers carry the API key.
 fn authorized(a2a: &A2a, headers: &HeaderMap) -> bool {
-    let Some(key) = &a2a.api_key else { return true };
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    [bearer, x_api_key]
-        .into_iter()
-        .flatten()
-        .any(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
+    crate::auth::api_key_accepted(a2a.api_key.as_deref(), headers)
 }
 
 async fn require_api_key(State(a2a): State<A2a>, request: Request, next: Next) -> Response {

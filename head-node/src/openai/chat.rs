@@ -1,0 +1,227 @@
+//! `POST /v1/chat/completions`: the messages become one task (history + the last message as
+//! input, sampling overrides), answered as one `chat.completion` or streamed as
+//! `chat.completion.chunk` server-sent events.
+//!
+//! A retried task (its worker was lost) starts its answer again. Without streaming the text
+//! so far is dropped and the answer waits for the retry; while streaming, a retry before any
+//! text was sent is invisible, one after ends the stream with an error chunk (text already
+//! sent cannot be taken back), and the retry is canceled.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use fleet_proto::{EventKind, TaskOptions};
+use futures::{Stream, StreamExt, stream};
+
+use super::errors::ApiError;
+use super::run::TaskRun;
+use super::wire::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
+    CompletionUsage, Delta, finish_reason,
+};
+use super::{JsonBody, OpenAi, unix_now};
+use crate::cluster::NewTask;
+
+/// Comment lines on a quiet stream (a model loading), so proxies keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+pub async fn completions(
+    State(api): State<OpenAi>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let request = ChatRequest::parse(&body)?;
+    let agent = api.agent_for(&request.model)?;
+    let options = TaskOptions {
+        history: request.history.clone(),
+        sampling: request.sampling.clone(),
+        embed: Vec::new(),
+    };
+    let task = NewTask {
+        agent,
+        input: request.input.clone(),
+        context_id: String::new(),
+        options: Some(Arc::new(options)),
+    };
+    let run = TaskRun::start(&api.cluster, task)?;
+    let head = Head {
+        id: format!("chatcmpl-{}", run.task_id),
+        created: unix_now(),
+        model: request.model.clone(),
+    };
+    tracing::debug!(task_id = %run.task_id, model = %request.model, stream = request.stream, "chat completion");
+    if request.stream {
+        Ok(stream_chunks(run, head, request.include_usage).into_response())
+    } else {
+        Ok(Json(complete(run, head).await?).into_response())
+    }
+}
+
+/// What every chunk of one completion repeats.
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Head {
+    fn chunk(&self, delta: Delta, finish: Option<&'static str>) -> Event {
+        let choice = ChunkChoice { index: 0, delta, finish_reason: finish, logprobs: None };
+        self.event(vec![choice], None)
+    }
+
+    fn event(&self, choices: Vec<ChunkChoice>, usage: Option<CompletionUsage>) -> Event {
+        let chunk = ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        };
+        data(&chunk)
+    }
+}
+
+fn data(body: &impl serde::Serialize) -> Event {
+    // Serializing our own structs cannot fail; an empty object keeps the stream well formed.
+    Event::default().data(serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned()))
+}
+
+fn error_event(e: &ApiError) -> Event {
+    tracing::warn!(error = %e.message, status = e.status.as_u16(), "chat stream ended with an error");
+    Event::default().data(e.to_json().to_string())
+}
+
+/// The error for a task that ended without completing, or whose events stopped.
+fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
+    match kind {
+        Some(EventKind::Failed { error, .. }) => ApiError::task_failed(error),
+        Some(EventKind::Canceled { reason }) => {
+            ApiError::server(format!("the task was canceled: {reason}"))
+        }
+        Some(EventKind::InputRequired { prompt }) => ApiError::server(format!(
+            "the agent asked for more input ({prompt}), which this API cannot give: use the A2A API"
+        )),
+        _ => ApiError::server("the task's events stopped before it ended: retry the request"),
+    }
+}
+
+/// Waits for the whole answer.
+async fn complete(mut run: TaskRun, head: Head) -> Result<ChatCompletion, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = run.next().await {
+        match &event.kind {
+            EventKind::TextDelta { text: delta } => text.push_str(delta),
+            EventKind::Retrying { .. } => text.clear(),
+            EventKind::Completed { usage } => {
+                return Ok(ChatCompletion {
+                    id: head.id,
+                    object: "chat.completion",
+                    created: head.created,
+                    model: head.model,
+                    choices: vec![Choice {
+                        index: 0,
+                        message: AssistantMessage { role: "assistant", content: text },
+                        finish_reason: finish_reason(usage),
+                        logprobs: None,
+                    }],
+                    usage: CompletionUsage::from(*usage),
+                });
+            }
+            EventKind::Failed { .. }
+            | EventKind::Canceled { .. }
+            | EventKind::InputRequired { .. } => {
+                return Err(ended_without_answer(Some(&event.kind)));
+            }
+            _ => {}
+        }
+    }
+    Err(ended_without_answer(None))
+}
+
+/// The stream's state between chunks.
+struct Streaming {
+    run: TaskRun,
+    head: Arc<Head>,
+    include_usage: bool,
+    sent_text: bool,
+}
+
+/// The chunks of one completion: the role, the text as it comes, the finish reason, the
+/// usage when asked, `[DONE]`; or an error chunk where it fails.
+fn stream_chunks(run: TaskRun, head: Head, include_usage: bool) -> Response {
+    let head = Arc::new(head);
+    let first = head.chunk(Delta { role: Some("assistant"), content: Some(String::new()) }, None);
+    let state = Streaming { run, head, include_usage, sent_text: false };
+    let rest = stream::unfold(Some(state), |state| async move {
+        let mut s = state?;
+        let (events, keep_going) = next_chunks(&mut s).await;
+        Some((stream::iter(events), keep_going.then_some(s)))
+    })
+    .flatten();
+    let events = stream::once(async move { first }).chain(rest).map(Ok::<_, Infallible>);
+    sse(events)
+}
+
+fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+/// The chunks for the task's next event that shows, and whether more may follow.
+async fn next_chunks(s: &mut Streaming) -> (Vec<Event>, bool) {
+    loop {
+        let Some(event) = s.run.next().await else {
+            return (vec![error_event(&ended_without_answer(None))], false);
+        };
+        match &event.kind {
+            EventKind::TextDelta { text } if !text.is_empty() => {
+                s.sent_text = true;
+                let delta = Delta { role: None, content: Some(text.clone()) };
+                return (vec![s.head.chunk(delta, None)], true);
+            }
+            EventKind::Retrying { reason, .. } if s.sent_text => {
+                let e = ApiError::server(format!(
+                    "the task's worker was lost after part of the answer was sent ({reason}): \
+                     retry the request"
+                ));
+                return (vec![error_event(&e)], false);
+            }
+            EventKind::Completed { usage } => {
+                let mut events = vec![s.head.chunk(Delta::default(), Some(finish_reason(usage)))];
+                if s.include_usage {
+                    events.push(s.head.event(Vec::new(), Some(CompletionUsage::from(*usage))));
+                }
+                events.push(Event::default().data("[DONE]"));
+                return (events, false);
+            }
+            EventKind::Failed { .. }
+            | EventKind::Canceled { .. }
+            | EventKind::InputRequired { .. } => {
+                return (vec![error_event(&ended_without_answer(Some(&event.kind)))], false);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_statuses() {
+        let bad = EventKind::Failed {
+            error: "invalid request: the prompt is 9000 tokens, over the context of 4096".into(),
+            worker_id: "w".into(),
+        };
+        assert_eq!(ended_without_answer(Some(&bad)).status.as_u16(), 400);
+        let lost = EventKind::Failed { error: "worker w lost".into(), worker_id: "w".into() };
+        assert_eq!(ended_without_answer(Some(&lost)).status.as_u16(), 500);
+        assert_eq!(ended_without_answer(None).status.as_u16(), 500);
+    }
+}

@@ -1,0 +1,207 @@
+//! Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the HTTP
+//! status OpenAI gives each kind, so that OpenAI clients raise their usual exceptions
+//! (`openai.BadRequestError`, `NotFoundError`, ...).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The prefix of task failures that were the request's fault (the worker's model refused
+/// it, e.g. a prompt longer than the context): those are 400s, every other failure a 500.
+const INVALID_REQUEST_PREFIX: &str = "invalid request: ";
+
+/// One rejection or failure of an OpenAI API request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's `type`: `invalid_request_error`, `server_error`, ...
+    pub kind: &'static str,
+    /// The request field at fault, e.g. `max_tokens` or `messages[1].content`.
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, param: None, code: None }
+    }
+
+    fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// A field with a wrong type or value (400).
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            .with_param(param)
+            .with_code("invalid_value")
+    }
+
+    /// A field this server does not implement (400).
+    pub fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            .with_param(param)
+            .with_code("unsupported_parameter")
+    }
+
+    /// A body that is not a JSON object (400).
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            .with_code("invalid_json")
+    }
+
+    /// A body over the limit (413).
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is over the limit of {limit} bytes: send less text"),
+        )
+        .with_code("request_too_large")
+    }
+
+    /// No agent and no model of that name (404).
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model {model:?} does not exist: GET /v1/models lists the models and agents \
+                 served"
+            ),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    /// A missing or wrong API key (401).
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing or wrong API key: send Authorization: Bearer <key>",
+        )
+        .with_code("invalid_api_key")
+    }
+
+    /// A path this API does not serve (404).
+    pub fn unknown_url(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "unknown url {method} {path}: this server offers GET /v1/models, \
+                 POST /v1/chat/completions and POST /v1/embeddings"
+            ),
+        )
+        .with_code("unknown_url")
+    }
+
+    /// A known path with the wrong method (405).
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{path} does not take {method} requests"),
+        )
+        .with_code("method_not_allowed")
+    }
+
+    /// Something went wrong on our side (500).
+    pub fn server(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The task ended with `Failed { error }`: the request's fault when the worker says so.
+    pub fn task_failed(error: &str) -> Self {
+        if error.starts_with(INVALID_REQUEST_PREFIX) {
+            Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", error)
+        } else {
+            Self::server(error)
+        }
+    }
+
+    /// The JSON body (also the `data:` of an error chunk in a stream).
+    pub fn to_json(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        match &e {
+            crate::Error::UnknownModel(model) | crate::Error::UnknownAgent(model) => {
+                Self::model_not_found(model)
+            }
+            crate::Error::QueueFull { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", e.to_string())
+                    .with_code("rate_limit_exceeded")
+            }
+            _ => {
+                let status = e.http_status();
+                let kind =
+                    if status.is_client_error() { "invalid_request_error" } else { "server_error" };
+                Self::new(status, kind, e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.to_json())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_have_openais_shape() {
+        let e = ApiError::model_not_found("nope").to_json();
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+        assert_eq!(e["error"]["param"], "model");
+        assert_eq!(e["error"]["code"], "model_not_found");
+        assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("nope")));
+        let e = ApiError::server("boom").to_json();
+        assert_eq!(e["error"]["param"], Value::Null);
+        assert_eq!(e["error"]["code"], Value::Null);
+    }
+
+    #[test]
+    fn statuses_follow_the_cause() {
+        let cases = [
+            (ApiError::from(crate::Error::UnknownModel("m".into())), 404),
+            (ApiError::from(crate::Error::QueueFull { limit: 1 }), 429),
+            (ApiError::from(crate::Error::InvalidArgument("x".into())), 400),
+            (ApiError::task_failed("invalid request: the prompt is too long"), 400),
+            (ApiError::task_failed("worker w1 lost while running the task"), 500),
+            (ApiError::too_large(10), 413),
+            (ApiError::unauthorized(), 401),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status.as_u16(), status, "{e:?}");
+        }
+    }
+}

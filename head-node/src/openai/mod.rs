@@ -1,0 +1,163 @@
+//! The OpenAI-compatible front door on the head's address: `GET /v1/models`,
+//! `GET /v1/models/{id}`, `POST /v1/chat/completions` (streaming and not) and
+//! `POST /v1/embeddings`.
+//!
+//! A request's `model` names a registered agent (its instructions, tools and sampling
+//! defaults apply) or else a model some live worker serves, run by the hidden agent
+//! `model:<id>` ([`Cluster::model_agent`]). The request becomes one task whose
+//! [`fleet_proto::TaskOptions`] carry the conversation, the sampling overrides or the texts
+//! to embed; [`run::TaskRun`] follows its events and cancels it if the client goes away.
+//!
+//! - [`wire`]: request parsing and validation (every rejection names its field) and the
+//!   response bodies;
+//! - [`chat`], [`embeddings`], [`models`]: the endpoints;
+//! - [`errors`]: OpenAI's error JSON with the matching HTTP status. Every rejection has that
+//!   shape: the body is read by [`JsonBody`], never by axum's `Json` (whose rejections are
+//!   plain text), and unknown `/v1` paths and wrong methods answer in it too.
+//!
+//! Not offered (400 with what to do instead): `n` other than 1, logprobs, tools, JSON
+//! response formats, penalties, logit bias, audio, token ids as embeddings input.
+
+pub mod chat;
+pub mod embeddings;
+pub mod errors;
+pub mod models;
+pub mod run;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, post};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+use errors::ApiError;
+
+/// Shared by the OpenAI handlers.
+#[derive(Clone, Debug)]
+pub struct OpenAi {
+    pub cluster: Arc<Cluster>,
+    /// Required as `Authorization: Bearer KEY` when set.
+    pub api_key: Option<Arc<str>>,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Unix seconds when the head started: the `created` of every model listed.
+    pub started_at: u64,
+}
+
+impl OpenAi {
+    /// The agent that serves a request's `model`: the agent of that name, else the hidden
+    /// agent of the model; 404 when neither exists.
+    pub fn agent_for(&self, model: &str) -> Result<String, ApiError> {
+        if self.cluster.agent(model).is_some() {
+            return Ok(model.to_owned());
+        }
+        // Every worker "has" every builtin: the list of real ones is the cluster's.
+        let unknown_builtin = model.starts_with(crate::agents::BUILTIN_PREFIX)
+            && !self.cluster.models().iter().any(|m| m.id == model);
+        if unknown_builtin {
+            return Err(ApiError::model_not_found(model));
+        }
+        Ok(self.cluster.model_agent(model)?)
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    fleet_proto::now_us() / 1_000_000
+}
+
+/// The routes, all behind the API key when one is set.
+pub fn router(api: OpenAi) -> Router {
+    Router::new()
+        .route("/v1/models", or_405(get(models::list)))
+        .route("/v1/models/{*id}", or_405(get(models::get)))
+        .route("/v1/chat/completions", or_405(post(chat::completions)))
+        .route("/v1/embeddings", or_405(post(embeddings::create)))
+        .route("/v1/{*rest}", any(unknown_url))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key))
+        .with_state(api)
+}
+
+/// `route`, answering the methods it does not take with a 405 in OpenAI's shape.
+fn or_405(route: MethodRouter<OpenAi>) -> MethodRouter<OpenAi> {
+    route.fallback(|request: Request| async move {
+        ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
+    })
+}
+
+async fn unknown_url(request: Request) -> ApiError {
+    ApiError::unknown_url(request.method().as_str(), request.uri().path())
+}
+
+async fn require_api_key(State(api): State<OpenAi>, request: Request, next: Next) -> Response {
+    if crate::auth::api_key_accepted(api.api_key.as_deref(), request.headers()) {
+        return next.run(request).await;
+    }
+    tracing::warn!(path = %request.uri().path(), "rejected an OpenAI API request without the API key");
+    ApiError::unauthorized().into_response()
+}
+
+/// Bodies over the limit are still read (and dropped) up to this size before the 413 goes
+/// out: a client still sending when the server answers and closes gets a reset connection
+/// instead of the error.
+const DRAIN_LIMIT_BYTES: usize = 64 << 20;
+
+/// A JSON object request body, read up to [`OpenAi::max_body_bytes`]: too large is a 413,
+/// anything but a JSON object a 400, both in OpenAI's shape.
+#[derive(Debug)]
+pub struct JsonBody(pub Value);
+
+impl FromRequest<OpenAi> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, api: &OpenAi) -> Result<Self, ApiError> {
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let bytes = read_body(request.into_body(), declared, api.max_body_bytes).await?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::malformed(format!("the body is not valid JSON ({e}): send a JSON object"))
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::malformed("the body must be a JSON object"));
+        }
+        Ok(Self(value))
+    }
+}
+
+/// The body if it is at most `limit` bytes (`declared`: its Content-Length, if given).
+async fn read_body(
+    mut body: Body,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::malformed(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            bytes.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT_BYTES {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(bytes)
+}

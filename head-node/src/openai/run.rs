@@ -1,0 +1,66 @@
+//! One request's task on the cluster: submitted with a subscriber attached before its first
+//! event, followed to its terminal event, and canceled if the request goes away first (the
+//! HTTP client disconnected: axum drops the handler's future or the response stream).
+
+use std::sync::Arc;
+
+use fleet_proto::{TaskEvent, TaskId};
+
+use super::errors::ApiError;
+use crate::api::streams;
+use crate::cluster::{Cluster, NewTask};
+use crate::tasks::{Delivery, Subscription};
+
+/// A submitted task and its events.
+pub struct TaskRun {
+    cluster: Arc<Cluster>,
+    pub task_id: TaskId,
+    sub: Subscription,
+    last_seq: u64,
+    ended: bool,
+}
+
+impl TaskRun {
+    /// Submits `task`; refusals (queue full, input too long, ...) come back as API errors.
+    pub fn start(cluster: &Arc<Cluster>, task: NewTask) -> Result<Self, ApiError> {
+        let (subscriber, sub) = cluster.subscriber();
+        let task_id = cluster.submit(task, Some((subscriber, None)))?;
+        Ok(Self { cluster: cluster.clone(), task_id, sub, last_seq: 0, ended: false })
+    }
+
+    /// The task's next event; `None` after its terminal event or when its events stopped
+    /// (the head is shutting down, or the task was dropped from retention).
+    pub async fn next(&mut self) -> Option<Arc<TaskEvent>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            match streams::next(&mut self.sub).await {
+                Some(Delivery::Event(event)) => {
+                    if event.seq <= self.last_seq {
+                        continue;
+                    }
+                    self.last_seq = event.seq;
+                    self.ended = event.kind.is_terminal();
+                    return Some(event);
+                }
+                Some(_) => continue,
+                // A reader that fell behind (a slow HTTP client) was cut off: resume after
+                // the last event seen, from the task's log.
+                None if self.sub.was_cut() => {
+                    self.sub = self.cluster.watch(self.task_id.as_str(), self.last_seq + 1).ok()?;
+                }
+                None => return None,
+            }
+        }
+    }
+}
+
+impl Drop for TaskRun {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::debug!(task_id = %self.task_id, "request gone before its task ended; canceling");
+            let _ = self.cluster.cancel(self.task_id.as_str());
+        }
+    }
+}

@@ -1,0 +1,711 @@
+//! The JSON the API reads and writes. Requests are read field by field from a JSON object, so
+//! that every rejection names the field at fault (`param`) and unknown fields (clients send
+//! many) are ignored; responses are plain `Serialize` structs.
+
+use fleet_proto::{Sampling, Turn};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::errors::ApiError;
+
+/// Texts one embeddings request may carry (OpenAI's limit).
+pub const MAX_EMBED_INPUTS: usize = 2048;
+/// Stop strings one request may carry (OpenAI's limit).
+const MAX_STOP: usize = 4;
+
+/// The fields of a request body, read with errors that name them.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(body: &'a Value) -> Result<Self, ApiError> {
+        match body {
+            Value::Object(object) => Ok(Self { object }),
+            _ => Err(ApiError::malformed("the body must be a JSON object")),
+        }
+    }
+
+    /// A field's value; `null` counts as absent, as OpenAI treats it.
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.object.get(name).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::invalid(name, format!("{name} must be a string"))),
+        }
+    }
+
+    fn required_string(&self, name: &str) -> Result<&'a str, ApiError> {
+        match self.string(name)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(ApiError::invalid(name, format!("{name} is required"))),
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::invalid(name, format!("{name} must be true or false"))),
+        }
+    }
+
+    fn number(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(name, format!("{name} must be a number"))),
+        }
+    }
+
+    /// An integer field; values beyond i64 come back as `i64::MAX`.
+    fn integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                Ok(Some(n.as_i64().unwrap_or(i64::MAX)))
+            }
+            Some(_) => Err(ApiError::invalid(name, format!("{name} must be an integer"))),
+        }
+    }
+}
+
+/// Fails when a field this server does not implement is set to something other than its
+/// neutral value (clients often send the neutral value explicitly).
+fn refuse_if(set: bool, name: &str, what_to_do: &str) -> Result<(), ApiError> {
+    if set {
+        return Err(ApiError::unsupported(name, format!("{name} is not supported: {what_to_do}")));
+    }
+    Ok(())
+}
+
+/// A validated `POST /v1/chat/completions` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    /// Every message before the last one.
+    pub history: Vec<Turn>,
+    /// The last message (from the user): what the model answers.
+    pub input: String,
+    pub sampling: Sampling,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+}
+
+impl ChatRequest {
+    pub fn parse(body: &Value) -> Result<Self, ApiError> {
+        let f = Fields::of(body)?;
+        let model = f.required_string("model")?.to_owned();
+        let mut messages = messages(f.get("messages"))?;
+        let last = messages.pop().ok_or_else(|| {
+            ApiError::invalid("messages", "messages is empty: send at least one user message")
+        })?;
+        if last.role != "user" {
+            return Err(ApiError::invalid(
+                format!("messages[{}].role", messages.len()),
+                format!(
+                    "the last message is from the {}: end the conversation with a user message \
+                     for the model to answer",
+                    last.role
+                ),
+            ));
+        }
+        let stream = f.bool("stream")?.unwrap_or(false);
+        let include_usage = match f.get("stream_options") {
+            None => false,
+            Some(Value::Object(o)) => match o.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "stream_options.include_usage",
+                        "stream_options.include_usage must be true or false",
+                    ));
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "stream_options must be an object",
+                ));
+            }
+        };
+        let n = f.integer("n")?;
+        if n.is_some_and(|n| n != 1) {
+            return Err(ApiError::unsupported(
+                "n",
+                "n must be 1: send one request per completion you want",
+            ));
+        }
+        unsupported_chat_fields(&f)?;
+        Ok(Self {
+            model,
+            history: messages,
+            input: last.content,
+            sampling: sampling(&f)?,
+            stream,
+            include_usage,
+        })
+    }
+}
+
+/// Rejects the chat features the cluster's models do not offer, saying what to do instead.
+fn unsupported_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
+    refuse_if(f.bool("logprobs")?.unwrap_or(false), "logprobs", "leave it out or false")?;
+    refuse_if(f.integer("top_logprobs")?.unwrap_or(0) != 0, "top_logprobs", "leave it out")?;
+    let tools_message = "register an agent whose tools are other agents and name that agent as \
+                         the model";
+    let non_empty = |v: Option<&Value>| match v {
+        None => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    refuse_if(non_empty(f.get("tools")), "tools", tools_message)?;
+    refuse_if(non_empty(f.get("functions")), "functions", tools_message)?;
+    if let Some(format) = f.get("response_format") {
+        let kind = format.get("type").and_then(Value::as_str);
+        match kind {
+            Some("text") => {}
+            Some("json_object" | "json_schema") => {
+                return Err(ApiError::unsupported(
+                    "response_format",
+                    format!(
+                        "response_format {} is not supported: ask for JSON in the messages and \
+                         parse the answer, or leave response_format out",
+                        kind.unwrap_or_default()
+                    ),
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+                ));
+            }
+        }
+    }
+    for name in ["frequency_penalty", "presence_penalty"] {
+        if let Some(p) = f.number(name)? {
+            if !(-2.0..=2.0).contains(&p) {
+                return Err(ApiError::invalid(name, format!("{name} must be between -2 and 2")));
+            }
+            refuse_if(p != 0.0, name, "leave it out or 0")?;
+        }
+    }
+    let bias = f.get("logit_bias").is_some_and(|b| b.as_object().is_none_or(|o| !o.is_empty()));
+    refuse_if(bias, "logit_bias", "leave it out")?;
+    refuse_if(f.get("audio").is_some(), "audio", "this server answers with text only")?;
+    Ok(())
+}
+
+/// The sampling overrides of a chat request.
+fn sampling(f: &Fields<'_>) -> Result<Sampling, ApiError> {
+    let temperature = f.number("temperature")?;
+    if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(ApiError::invalid("temperature", "temperature must be between 0 and 2"));
+    }
+    let top_p = f.number("top_p")?;
+    if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return Err(ApiError::invalid("top_p", "top_p must be greater than 0 and at most 1"));
+    }
+    // max_completion_tokens replaced max_tokens; when both are sent it wins.
+    let mut max_tokens = None;
+    for name in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = f.integer(name)? {
+            if n < 1 {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("{name} must be at least 1, got {n}: leave it out for no limit"),
+                ));
+            }
+            max_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    let seed = match f.get("seed") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::invalid("seed", "seed must be an integer from 0 to 18446744073709551615")
+        })?),
+    };
+    Ok(Sampling {
+        temperature: temperature.map(|t| t as f32),
+        top_p: top_p.map(|p| p as f32),
+        max_tokens,
+        seed,
+        stop: stop(f.get("stop"))?,
+    })
+}
+
+fn stop(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let strings = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("stop", "stop must be a string or strings"))?,
+        Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or strings")),
+    };
+    if strings.len() > MAX_STOP {
+        return Err(ApiError::invalid("stop", format!("stop takes at most {MAX_STOP} strings")));
+    }
+    if strings.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+    }
+    Ok(strings)
+}
+
+/// The conversation: roles checked (`developer` is `system`), contents as text.
+fn messages(value: Option<&Value>) -> Result<Vec<Turn>, ApiError> {
+    let Some(Value::Array(items)) = value else {
+        return Err(ApiError::invalid("messages", "messages is required: an array of messages"));
+    };
+    items.iter().enumerate().map(|(i, m)| message(i, m)).collect()
+}
+
+fn message(i: usize, value: &Value) -> Result<Turn, ApiError> {
+    let at = |field: &str| format!("messages[{i}].{field}");
+    let Value::Object(m) = value else {
+        return Err(ApiError::invalid(format!("messages[{i}]"), "each message must be an object"));
+    };
+    let role = match m.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => "system",
+        Some("user") => "user",
+        Some("assistant") => "assistant",
+        Some("tool") => "tool",
+        Some(other) => {
+            return Err(ApiError::invalid(
+                at("role"),
+                format!("unknown role {other:?}: use system, developer, user, assistant or tool"),
+            ));
+        }
+        None => return Err(ApiError::invalid(at("role"), format!("{} is required", at("role")))),
+    };
+    if m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty())
+        || m.get("function_call").is_some_and(|c| !c.is_null())
+    {
+        return Err(ApiError::unsupported(
+            at("tool_calls"),
+            "tool calls in messages are not supported: this API does not offer tools",
+        ));
+    }
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => text_parts(i, parts)?,
+        // An assistant turn may carry no content (OpenAI allows it with tool calls).
+        None | Some(Value::Null) if role == "assistant" => String::new(),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(at("content"), format!("{} is required", at("content"))));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                at("content"),
+                format!("{} must be a string or an array of text parts", at("content")),
+            ));
+        }
+    };
+    Ok(Turn { role: role.to_owned(), content })
+}
+
+/// The text of a content array: text parts joined by newlines; other kinds are refused.
+fn text_parts(i: usize, parts: &[Value]) -> Result<String, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let at = format!("messages[{i}].content[{j}]");
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => match part.get("text").and_then(Value::as_str) {
+                Some(text) => texts.push(text),
+                None => return Err(ApiError::invalid(at, "a text part needs a string text")),
+            },
+            Some(other) => {
+                return Err(ApiError::unsupported(
+                    at,
+                    format!("content parts of type {other:?} are not supported: send text parts"),
+                ));
+            }
+            None => return Err(ApiError::invalid(at, "each content part needs a type")),
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+/// How the vectors of an embeddings response are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingFormat {
+    Float,
+    /// Base64 of the little-endian f32 bytes (what the official Python client asks for).
+    Base64,
+}
+
+/// A validated `POST /v1/embeddings` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: Vec<String>,
+    pub encoding_format: EncodingFormat,
+    /// The vector length the client expects; we cannot shorten vectors.
+    pub dimensions: Option<usize>,
+}
+
+impl EmbeddingsRequest {
+    pub fn parse(body: &Value) -> Result<Self, ApiError> {
+        let f = Fields::of(body)?;
+        let model = f.required_string("model")?.to_owned();
+        let token_ids = || {
+            ApiError::unsupported("input", "token ids as input are not supported: send the texts")
+        };
+        let input = match f.get("input") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => texts.push(s.clone()),
+                        Value::Number(_) | Value::Array(_) => return Err(token_ids()),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                "input",
+                                "input must be a string or an array of strings",
+                            ));
+                        }
+                    }
+                }
+                texts
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "input",
+                    "input must be a string or an array of strings",
+                ));
+            }
+            None => return Err(ApiError::invalid("input", "input is required")),
+        };
+        if input.is_empty() {
+            return Err(ApiError::invalid("input", "input is empty: send at least one text"));
+        }
+        if input.len() > MAX_EMBED_INPUTS {
+            return Err(ApiError::invalid(
+                "input",
+                format!(
+                    "{} texts in one request; at most {MAX_EMBED_INPUTS}: split the request",
+                    input.len()
+                ),
+            ));
+        }
+        if input.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("input", "input texts must not be empty"));
+        }
+        let encoding_format = match f.string("encoding_format")? {
+            None | Some("float") => EncodingFormat::Float,
+            Some("base64") => EncodingFormat::Base64,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "encoding_format",
+                    format!("unknown encoding_format {other:?}: use \"float\" or \"base64\""),
+                ));
+            }
+        };
+        let dimensions = match f.integer("dimensions")? {
+            None => None,
+            Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            Some(n) => {
+                return Err(ApiError::invalid(
+                    "dimensions",
+                    format!("dimensions must be at least 1, got {n}"),
+                ));
+            }
+        };
+        Ok(Self { model, input, encoding_format, dimensions })
+    }
+}
+
+/// Token counts as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CompletionUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl From<fleet_proto::Usage> for CompletionUsage {
+    fn from(u: fleet_proto::Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+        }
+    }
+}
+
+/// `finish_reason`: `length` when generation stopped at max_tokens or the context.
+pub fn finish_reason(usage: &fleet_proto::Usage) -> &'static str {
+    if usage.truncated { "length" } else { "stop" }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: &'static str,
+    pub logprobs: Option<()>,
+}
+
+/// A `chat.completion`.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: CompletionUsage,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<&'static str>,
+    pub logprobs: Option<()>,
+}
+
+/// A `chat.completion.chunk` of a stream.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CompletionUsage>,
+}
+
+/// One vector, as floats or base64.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Embedding {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: Vector,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// The answer to `POST /v1/embeddings`.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingList {
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Serialize)]
+pub struct Model {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    /// What the cluster knows beyond OpenAI's fields (clients ignore it).
+    pub agentfleet: Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<Model>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn chat(extra: Value) -> Result<ChatRequest, ApiError> {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        ChatRequest::parse(&body)
+    }
+
+    fn param(r: Result<impl std::fmt::Debug, ApiError>) -> String {
+        match r {
+            Ok(v) => format!("accepted: {v:?}"),
+            Err(e) => {
+                assert_eq!(e.status.as_u16(), 400, "{e:?}");
+                e.param.unwrap_or_default()
+            }
+        }
+    }
+
+    #[test]
+    fn a_conversation_becomes_history_and_input() -> Result<(), ApiError> {
+        let body = json!({
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null},
+                {"role": "user", "content": "last", "name": "ann"},
+            ],
+            "temperature": 0.5, "top_p": 1, "max_tokens": 7, "seed": 42, "stop": "END",
+            "stream": true, "stream_options": {"include_usage": true},
+            "n": 1, "logprobs": false, "presence_penalty": 0, "tools": [], "user": "u",
+            "response_format": {"type": "text"}, "some_future_field": {"x": 1},
+        });
+        let r = ChatRequest::parse(&body)?;
+        let roles: Vec<_> = r.history.iter().map(|t| t.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant"]);
+        assert_eq!(r.history[1].content, "a\nb");
+        assert_eq!(r.input, "last");
+        assert_eq!(r.sampling.temperature, Some(0.5));
+        assert_eq!(r.sampling.top_p, Some(1.0));
+        assert_eq!(r.sampling.max_tokens, Some(7));
+        assert_eq!(r.sampling.seed, Some(42));
+        assert_eq!(r.sampling.stop, ["END"]);
+        assert!(r.stream && r.include_usage);
+        Ok(())
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_and_huge_values_saturate() -> Result<(), ApiError> {
+        let r = chat(json!({"max_tokens": 5, "max_completion_tokens": 9}))?;
+        assert_eq!(r.sampling.max_tokens, Some(9));
+        let r = chat(json!({"max_tokens": 1u64 << 40, "seed": u64::MAX}))?;
+        assert_eq!(r.sampling.max_tokens, Some(u32::MAX));
+        assert_eq!(r.sampling.seed, Some(u64::MAX));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_chat_requests_name_the_field() {
+        let cases = [
+            (json!({"max_tokens": -1}), "max_tokens"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_completion_tokens": -5}), "max_completion_tokens"),
+            (json!({"max_tokens": 1.5}), "max_tokens"),
+            (json!({"max_tokens": "10"}), "max_tokens"),
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"top_p": 0}), "top_p"),
+            (json!({"top_p": 1.1}), "top_p"),
+            (json!({"n": 2}), "n"),
+            (json!({"seed": -1}), "seed"),
+            (json!({"seed": 1.5}), "seed"),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (json!({"stop": [1]}), "stop"),
+            (json!({"stop": ""}), "stop"),
+            (json!({"stream": "yes"}), "stream"),
+            (json!({"stream_options": {"include_usage": 1}}), "stream_options.include_usage"),
+            (json!({"logprobs": true}), "logprobs"),
+            (json!({"top_logprobs": 3}), "top_logprobs"),
+            (json!({"tools": [{"type": "function"}]}), "tools"),
+            (json!({"response_format": {"type": "json_schema"}}), "response_format"),
+            (json!({"response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"presence_penalty": 0.5}), "presence_penalty"),
+            (json!({"frequency_penalty": 3}), "frequency_penalty"),
+            (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+            (json!({"model": ""}), "model"),
+            (json!({"model": 5}), "model"),
+            (json!({"messages": []}), "messages"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": [{"role": "user"}]}), "messages[0].content"),
+            (json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role"),
+            (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
+            (json!({"messages": ["hi"]}), "messages[0]"),
+            (json!({"messages": [{"role": "user", "content": 3}]}), "messages[0].content"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+                "messages[1].role",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]}, {"role": "user", "content": "a"}]}),
+                "messages[0].tool_calls",
+            ),
+        ];
+        for (extra, field) in cases {
+            assert_eq!(param(chat(extra.clone())), field, "{extra}");
+        }
+        let e = ChatRequest::parse(&json!([1, 2])).err();
+        assert_eq!(e.map(|e| e.code), Some(Some("invalid_json")));
+    }
+
+    #[test]
+    fn embeddings_requests() -> Result<(), ApiError> {
+        let r = EmbeddingsRequest::parse(&json!({"model": "e", "input": "one"}))?;
+        assert_eq!(r.input, ["one"]);
+        assert_eq!(r.encoding_format, EncodingFormat::Float);
+        let r = EmbeddingsRequest::parse(
+            &json!({"model": "e", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 384}),
+        )?;
+        assert_eq!(r.input, ["a", "b"]);
+        assert_eq!(r.encoding_format, EncodingFormat::Base64);
+        assert_eq!(r.dimensions, Some(384));
+        let too_many: Vec<String> = vec!["x".into(); MAX_EMBED_INPUTS + 1];
+        let cases = [
+            (json!({"model": "e", "input": [1, 2, 3]}), "input"),
+            (json!({"model": "e", "input": [[1, 2]]}), "input"),
+            (json!({"model": "e", "input": []}), "input"),
+            (json!({"model": "e", "input": [""]}), "input"),
+            (json!({"model": "e", "input": 5}), "input"),
+            (json!({"model": "e"}), "input"),
+            (json!({"model": "e", "input": too_many}), "input"),
+            (json!({"model": "e", "input": "a", "encoding_format": "int8"}), "encoding_format"),
+            (json!({"model": "e", "input": "a", "dimensions": 0}), "dimensions"),
+            (json!({"input": "a"}), "model"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(param(EmbeddingsRequest::parse(&body)), field, "{body}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn usage_and_finish_reason() {
+        let usage = fleet_proto::Usage { prompt_tokens: 3, completion_tokens: 2, truncated: true };
+        let wire = CompletionUsage::from(usage);
+        assert_eq!(wire.total_tokens, 5);
+        assert_eq!(finish_reason(&usage), "length");
+        assert_eq!(finish_reason(&fleet_proto::Usage::default()), "stop");
+    }
+}
