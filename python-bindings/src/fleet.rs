@@ -91,6 +91,21 @@ async fn start_embedded(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // Placement prefers workers that report a model loaded, which they do in heartbeats, not
+    // when they join: until every worker has reported its preloads, the first tasks would
+    // all go to whichever reported first.
+    let preloaded = |w: &fleet_head::cluster::WorkerInfo| {
+        models.preload.iter().all(|id| w.models_loaded.contains(id))
+    };
+    while !head.cluster.status().workers.iter().all(preloaded) {
+        if started.elapsed() > limit {
+            shutdown.cancel();
+            return Err(format!(
+                "the embedded workers did not report their models within {limit:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok((url, Embedded { shutdown, head: head.task, cluster: head.cluster }))
 }
 
