@@ -99,6 +99,8 @@ def chat_model(models: pathlib.Path, path: "str | None") -> "tuple[str, bool]":
         af.write_random_weight_model(models / RANDOM_MODEL)
         return RANDOM_MODEL, True
     source = pathlib.Path(path).expanduser().resolve()
+    if not source.exists():
+        sys.exit(f"--model {path}: no such file or folder")
     is_gguf = source.is_file() and source.suffix.lower() == ".gguf"
     is_hf = source.is_dir() and ((source / "config.json").is_file() or (source / "snapshots").is_dir())
     if not (is_gguf or is_hf):
@@ -167,7 +169,7 @@ def generation_swarm(fleet: af.Fleet, model: str, random_weights: bool, chats: i
             max_tokens=max_tokens,
             seed=i,
         )
-        for i, persona in enumerate(PERSONAS)
+        for i, persona in enumerate(PERSONAS[: max(1, min(chats, len(PERSONAS)))])
     ]
     print(f"\n== generation swarm: {chats} chats at once, {len(agents)} agents on {label}")
     before = tasks_per_worker(fleet)
@@ -195,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a chat model: a .gguf file or a Hugging Face folder (default: random weights)")
     parser.add_argument("--sentences", type=int, default=1000, help="sentences to embed (at most 1000)")
-    parser.add_argument("--chats", type=int, default=16, help="chats running at once")
+    parser.add_argument("--chats", type=int, default=16, help="chats running at once (8 agents at most)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per chat at most")
     parser.add_argument("--device", default=None, help="cpu (default), cuda:N or metal:N")
     args = parser.parse_args()
