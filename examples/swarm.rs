@@ -1,5 +1,6 @@
-//! The quick start: an embedded cluster (a head and two workers in this process) runs a
-//! swarm of agent jobs and streams their results.
+//! The cluster machinery without models: an embedded cluster (a head and two workers in
+//! this process) runs a swarm of `builtin:echo` jobs and streams their results. (The quick
+//! start, `./scripts/swarm.sh`, runs swarms on local models from Python.)
 //!
 //! `cargo run --release -p fleet-examples --example swarm [-- --jobs 1000]`
 

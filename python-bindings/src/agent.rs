@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use fleet_client::{EventKind, ManyUpdate, Submission, TaskId, TaskState};
 use futures::StreamExt;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,95 @@ impl Agent {
         Self { name, client }
     }
 
+    /// Runs every submission in parallel (see [`map_tasks`]); returns how each ended, in
+    /// completion order. Ctrl-C cancels what was started and re-raises; a failed task
+    /// raises TaskFailed naming how many failed and the first reason.
+    fn run_all(
+        &self,
+        py: Python<'_>,
+        submissions: Vec<Submission>,
+        progress: Option<bool>,
+    ) -> PyResult<Vec<(usize, Ended)>> {
+        let total = submissions.len();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let progress = progress
+            .unwrap_or_else(|| std::io::stderr().is_terminal())
+            .then(|| Progress { last: None, started: Instant::now() });
+        let stop = CancellationToken::new();
+        let (cleaned, cleaned_rx) = tokio::sync::oneshot::channel();
+        let run = map_tasks(self.client.clone(), submissions, progress, stop.clone(), cleaned);
+        let ended = match runtime::wait(py, run, None)? {
+            Ok(result) => result?,
+            Err(interrupted) => {
+                stop.cancel();
+                // The map cancels what it started; wait for it (bounded) before raising.
+                let cleanup = async move { tokio::time::timeout(ACK_GRACE * 3, cleaned_rx).await };
+                let _ = runtime::wait(py, cleanup, None);
+                return Err(match interrupted {
+                    Interrupted::Signal(e) => e,
+                    other => other.into(),
+                });
+            }
+        };
+        let mut failures = ended.iter().filter_map(|(_, e)| match e {
+            Ended::Failed(error) => Some(error),
+            _ => None,
+        });
+        if let Some(first) = failures.next() {
+            let message = if total == 1 {
+                first.clone()
+            } else {
+                format!(
+                    "{} of {total} tasks did not complete; first: {first}",
+                    failures.count() + 1
+                )
+            };
+            return Err(TaskFailed::new_err(message));
+        }
+        Ok(ended)
+    }
+
+    /// Embeds `texts` in tasks of `batch` texts run in parallel; vectors in text order.
+    fn embed_batches(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        batch: usize,
+        progress: Option<bool>,
+    ) -> PyResult<Vec<Vec<f32>>> {
+        let sizes: Vec<usize> = texts.chunks(batch).map(<[String]>::len).collect();
+        let mut texts = texts.into_iter();
+        let submissions = sizes
+            .iter()
+            .map(|&n| Submission::embed(self.name.clone(), texts.by_ref().take(n).collect()))
+            .collect();
+        let mut batches: Vec<Option<Vec<Vec<f32>>>> = sizes.iter().map(|_| None).collect();
+        for (i, outcome) in self.run_all(py, submissions, progress)? {
+            let vectors = match outcome {
+                Ended::Vectors(v) if v.len() == sizes[i] => v,
+                Ended::Vectors(v) => {
+                    return Err(errors::FleetError::new_err(format!(
+                        "a worker returned {} vectors for {} texts",
+                        v.len(),
+                        sizes[i]
+                    )));
+                }
+                // Completed with text, not vectors: the model generated instead.
+                Ended::Output(_) | Ended::Failed(_) => {
+                    return Err(TaskFailed::new_err(format!(
+                        "agent {:?} answered without embeddings: give it an embedding model \
+                         (e.g. all-MiniLM-L6-v2)",
+                        self.name
+                    )));
+                }
+            };
+            batches[i] = Some(vectors);
+        }
+        Ok(batches.into_iter().flatten().flatten().collect())
+    }
+
     fn submission(&self, prompt: String, context_id: Option<String>) -> Submission {
         Submission {
             agent: self.name.clone(),
@@ -39,9 +129,10 @@ impl Agent {
     }
 }
 
-/// How one task of a `map` ended.
+/// How one task of a `map` ended: its text, or the vectors of an embedding task.
 enum Ended {
     Output(String),
+    Vectors(Vec<Vec<f32>>),
     Failed(String),
 }
 
@@ -66,6 +157,7 @@ async fn map_tasks(
         client.submit_many(submissions, stop.clone(), sent.clone()).await.map_err(errors::to_py)?;
     let mut index_of = std::collections::HashMap::with_capacity(total);
     let mut text: Vec<String> = vec![String::new(); total];
+    let mut vectors: Vec<Option<Vec<Vec<f32>>>> = (0..total).map(|_| None).collect();
     let mut attempt = vec![1u32; total];
     let mut ended = Vec::with_capacity(total);
     let mut progress = progress;
@@ -118,13 +210,21 @@ async fn map_tasks(
                     if e.attempt != attempt[i] {
                         attempt[i] = e.attempt;
                         text[i].clear();
+                        vectors[i] = None;
                     }
                     let outcome = match e.kind {
                         EventKind::TextDelta { text: t } => {
                             text[i].push_str(&t);
                             continue;
                         }
-                        EventKind::Completed { .. } => Ended::Output(std::mem::take(&mut text[i])),
+                        EventKind::Embeddings { vectors: v } => {
+                            vectors[i] = Some(v);
+                            continue;
+                        }
+                        EventKind::Completed { .. } => match vectors[i].take() {
+                            Some(v) => Ended::Vectors(v),
+                            None => Ended::Output(std::mem::take(&mut text[i])),
+                        },
                         EventKind::Failed { error, .. } => {
                             Ended::Failed(format!("task {} failed: {error}", e.task_id))
                         }
@@ -207,50 +307,98 @@ impl Agent {
         context_id: Option<String>,
     ) -> PyResult<Vec<String>> {
         let total = prompts.len();
-        if total == 0 {
-            return Ok(Vec::new());
-        }
         let submissions =
             prompts.into_iter().map(|p| self.submission(p, context_id.clone())).collect();
-        let progress = progress
-            .unwrap_or_else(|| std::io::stderr().is_terminal())
-            .then(|| Progress { last: None, started: Instant::now() });
-        let stop = CancellationToken::new();
-        let (cleaned, cleaned_rx) = tokio::sync::oneshot::channel();
-        let run = map_tasks(self.client.clone(), submissions, progress, stop.clone(), cleaned);
-        let ended = match runtime::wait(py, run, None)? {
-            Ok(result) => result?,
-            Err(interrupted) => {
-                stop.cancel();
-                // The map cancels what it started; wait for it (bounded) before raising.
-                let cleanup = async move { tokio::time::timeout(ACK_GRACE * 3, cleaned_rx).await };
-                let _ = runtime::wait(py, cleanup, None);
-                return Err(match interrupted {
-                    Interrupted::Signal(e) => e,
-                    other => other.into(),
-                });
-            }
-        };
+        let ended = self.run_all(py, submissions, progress)?;
         let mut results: Vec<Option<String>> = vec![None; total];
         let mut in_completion_order = Vec::with_capacity(total);
-        let mut failures = Vec::new();
         for (i, outcome) in ended {
             match outcome {
                 Ended::Output(text) if ordered => results[i] = Some(text),
                 Ended::Output(text) => in_completion_order.push(text),
-                Ended::Failed(error) => failures.push(error),
+                // A task with embeddings has no text.
+                Ended::Vectors(_) if ordered => results[i] = Some(String::new()),
+                Ended::Vectors(_) => in_completion_order.push(String::new()),
+                Ended::Failed(_) => {}
             }
-        }
-        if let Some(first) = failures.first() {
-            return Err(TaskFailed::new_err(format!(
-                "{} of {total} tasks did not complete; first: {first}",
-                failures.len()
-            )));
         }
         if !ordered {
             return Ok(in_completion_order);
         }
         Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Embeds `texts` with the agent's model (an embedding model, e.g. all-MiniLM-L6-v2) as
+    /// one task and returns one L2-normalised vector per text, in order. Raises TaskFailed
+    /// with the worker's reason when the model does not embed.
+    fn embed(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Vec<f32>>> {
+        let batch = texts.len().max(1);
+        self.embed_batches(py, texts, batch, Some(false))
+    }
+
+    /// Embeds many texts in parallel: splits them into tasks of `batch_size` texts, runs the
+    /// tasks across the cluster's workers at once and returns one vector per text, in
+    /// order. Progress and Ctrl-C as for `map`.
+    #[pyo3(signature = (texts, *, batch_size=64, progress=None))]
+    fn map_embed(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        batch_size: usize,
+        progress: Option<bool>,
+    ) -> PyResult<Vec<Vec<f32>>> {
+        if batch_size == 0 {
+            return Err(PyValueError::new_err("batch_size must be at least 1"));
+        }
+        self.embed_batches(py, texts, batch_size, progress)
+    }
+
+    /// Awaits the vectors of `texts`, embedded as one task (as `embed`).
+    fn aembed<'py>(&self, py: Python<'py>, texts: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        let nothing = texts.is_empty();
+        let submission = Submission::embed(self.name.clone(), texts);
+        runtime::get()?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            if nothing {
+                return Ok(Vec::new());
+            }
+            let mut stream = client.submit(submission).await.map_err(errors::to_py)?;
+            let (mut vectors, mut attempt) = (None, 1);
+            while let Some(event) = stream.next().await {
+                let event = event.map_err(errors::to_py)?;
+                if event.attempt != attempt {
+                    // Retried on another worker: only the last attempt's vectors count.
+                    (vectors, attempt) = (None, event.attempt);
+                }
+                match event.kind {
+                    EventKind::Embeddings { vectors: v } => vectors = Some(v),
+                    EventKind::Completed { .. } => {
+                        return vectors.ok_or_else(|| {
+                            TaskFailed::new_err(format!(
+                                "task {} completed without embeddings: is the agent's model an \
+                                 embedding model?",
+                                event.task_id
+                            ))
+                        });
+                    }
+                    EventKind::Failed { error, .. } => {
+                        return Err(TaskFailed::new_err(format!(
+                            "task {} failed: {error}",
+                            event.task_id
+                        )));
+                    }
+                    EventKind::Canceled { reason } => {
+                        return Err(errors::Cancelled::new_err(format!(
+                            "task {} was canceled: {reason}",
+                            event.task_id
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            Err(errors::Unavailable::new_err("the task's stream ended before the task did"))
+        })
     }
 
     /// Submits one task and iterates over its events as they arrive. Leaving the loop early

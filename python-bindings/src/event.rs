@@ -4,7 +4,8 @@ use fleet_client::{EventKind, TaskEvent};
 use pyo3::prelude::*;
 
 /// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
-/// tool_call, tool_result, completed, failed, canceled, input_required, retrying.
+/// tool_call, tool_result, embeddings, completed, failed, canceled, input_required, retrying.
+/// (An embeddings event's `text` only counts its vectors: `agent.embed` returns them.)
 #[pyclass(module = "agentfleet", frozen, get_all)]
 #[derive(Clone, Debug)]
 pub struct Event {

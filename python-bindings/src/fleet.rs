@@ -21,6 +21,8 @@ use crate::runtime;
 
 /// How long `init()` waits for the embedded workers to join.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same when they preload models first: a large model takes minutes to read.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The head and workers of an embedded cluster; they stop when the token is cancelled.
 struct Embedded {
@@ -38,9 +40,16 @@ pub struct Fleet {
     embedded: Mutex<Option<Embedded>>,
 }
 
+/// What the embedded workers serve: the models dir, models to load before joining, device.
+struct LocalModels {
+    dir: Option<PathBuf>,
+    preload: Vec<String>,
+    device: String,
+}
+
 async fn start_embedded(
     workers: usize,
-    models_dir: Option<PathBuf>,
+    models: LocalModels,
     token: Option<String>,
 ) -> Result<(String, Embedded), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -50,43 +59,81 @@ async fn start_embedded(
     let shutdown = CancellationToken::new();
     let head = fleet_head::spawn(config, listener, shutdown.clone()).map_err(|e| e.to_string())?;
     let url = format!("http://{}", head.address);
+    // A worker that cannot start (a model that does not load) reports here, so that init()
+    // raises its reason instead of waiting for it to join.
+    let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..workers {
         let mut config = fleet_worker::WorkerConfig::new(url.clone());
         config.worker_id = format!("{}-local-{i}", config.worker_id);
         config.token = token.clone();
-        config.models_dir = models_dir.clone();
+        config.models_dir = models.dir.clone();
+        config.preload = models.preload.clone();
+        config.device = models.device.clone();
         config.local = Some(head.cluster.clone());
-        let shutdown = shutdown.clone();
+        let (shutdown, failed_tx) = (shutdown.clone(), failed_tx.clone());
         tokio::spawn(async move {
             if let Err(e) = fleet_worker::run(config, shutdown).await {
                 eprintln!("agentfleet: embedded worker stopped: {e}");
+                let _ = failed_tx.send(e.to_string());
             }
         });
     }
+    let limit = if models.preload.is_empty() { READY_TIMEOUT } else { PRELOAD_TIMEOUT };
     let started = Instant::now();
     while head.cluster.worker_count() < workers {
-        if started.elapsed() > READY_TIMEOUT {
+        if let Ok(error) = failed.try_recv() {
             shutdown.cancel();
-            return Err(format!("the embedded workers did not join within {READY_TIMEOUT:?}"));
+            return Err(format!("an embedded worker could not start: {error}"));
+        }
+        if started.elapsed() > limit {
+            shutdown.cancel();
+            return Err(format!("the embedded workers did not join within {limit:?}"));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Placement prefers workers that report a model loaded, which they do in heartbeats, not
+    // when they join: until every worker has reported its preloads, the first tasks would
+    // all go to whichever reported first.
+    let preloaded = |w: &fleet_head::cluster::WorkerInfo| {
+        models.preload.iter().all(|id| w.models_loaded.contains(id))
+    };
+    while !head.cluster.status().workers.iter().all(preloaded) {
+        if started.elapsed() > limit {
+            shutdown.cancel();
+            return Err(format!(
+                "the embedded workers did not report their models within {limit:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok((url, Embedded { shutdown, head: head.task, cluster: head.cluster }))
 }
 
-/// Starts an embedded cluster (no `address`) or connects to a running one.
+/// Starts an embedded cluster (no `address`) or connects to a running one. The embedded
+/// workers serve the models in `models_dir`, load those in `preload` before `init` returns,
+/// and run them on `device`.
 #[pyfunction]
-#[pyo3(signature = (address=None, *, workers=2, models_dir=None, token=None))]
+#[pyo3(signature = (
+    address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None
+))]
 pub fn init(
     py: Python<'_>,
     address: Option<String>,
     workers: usize,
     models_dir: Option<PathBuf>,
+    preload: Vec<String>,
+    device: Option<String>,
     token: Option<String>,
 ) -> PyResult<Fleet> {
     let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
     if address.is_none() && workers == 0 {
         return Err(PyValueError::new_err("an embedded cluster needs at least one worker"));
+    }
+    if address.is_some() && (models_dir.is_some() || !preload.is_empty() || device.is_some()) {
+        return Err(PyValueError::new_err(
+            "models_dir, preload and device are for an embedded cluster: start the workers \
+             of a running cluster with --models-dir, --preload and --device instead",
+        ));
     }
     if let Some(dir) = &models_dir
         && !dir.is_dir()
@@ -96,6 +143,20 @@ pub fn init(
             dir.display()
         )));
     }
+    if !preload.is_empty() && models_dir.is_none() {
+        return Err(PyValueError::new_err("preload needs models_dir: the folder of the models"));
+    }
+    if let Some(dir) = &models_dir
+        && let Some(missing) = preload.iter().find(|id| !dir.join(id.as_str()).exists())
+    {
+        return Err(PyValueError::new_err(format!(
+            "cannot preload {missing:?}: models_dir {} has no such file or folder",
+            dir.display()
+        )));
+    }
+    let device = device.unwrap_or_else(|| "cpu".to_owned());
+    fleet_inference::device(&device).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let models = LocalModels { dir: models_dir, preload, device };
     let fleet = runtime::block_on(py, async move {
         let options = ConnectOptions { token: token.clone(), ..Default::default() };
         let (url, client, embedded) = match address {
@@ -106,7 +167,7 @@ pub fn init(
             None => {
                 // The embedded head also listens on 127.0.0.1 for other processes; this
                 // process's workers and calls reach it directly.
-                let (url, embedded) = start_embedded(workers, models_dir, token)
+                let (url, embedded) = start_embedded(workers, models, token)
                     .await
                     .map_err(errors::Unavailable::new_err)?;
                 (url, Backend::Local(embedded.cluster.clone()), Some(embedded))

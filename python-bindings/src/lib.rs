@@ -2,14 +2,17 @@
 //!
 //! - [`fleet`]: `init()` (an embedded head + local workers, or a connection to a running
 //!   cluster) and the `Fleet` handle (agents, status, shutdown);
-//! - [`agent`]: `Agent` with `submit`, `map`, `stream`, `asubmit` and `astream`;
+//! - [`agent`]: `Agent` with `submit`, `map`, `stream`, `asubmit`, `astream`, and
+//!   `embed`, `map_embed`, `aembed` for embedding models;
 //! - [`task`]: `Task` (result, cancel, events) and the event iterators, sync and async;
 //! - [`event`]: the `Event` class handed to Python;
 //! - [`errors`]: the exception hierarchy and the mapping from the client's errors;
 //! - [`backend`]: what the classes talk to: gRPC, or an embedded head directly;
 //! - [`runtime`]: the one tokio runtime and the blocking-wait helper that releases the GIL
 //!   and still notices Ctrl-C;
-//! - [`cli`]: `python -m agentfleet head|worker`.
+//! - [`cli`]: `python -m agentfleet head|worker`;
+//! - [`random_model`]: `write_random_weight_model`, a tiny random-weight GGUF for trying
+//!   local-model agents without a download.
 //!
 //! Only this crate knows PyO3.
 
@@ -19,6 +22,7 @@ mod cli;
 mod errors;
 mod event;
 mod fleet;
+mod random_model;
 mod runtime;
 mod task;
 
@@ -29,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fleet::init, m)?)?;
     m.add_function(wrap_pyfunction!(cli::run_head, m)?)?;
     m.add_function(wrap_pyfunction!(cli::run_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(random_model::write_random_weight_model, m)?)?;
     m.add_class::<fleet::Fleet>()?;
     m.add_class::<agent::Agent>()?;
     m.add_class::<task::Task>()?;

@@ -8,8 +8,16 @@
     for event in echo.stream("one two three"):          # events as they arrive
         print(event.kind, event.text)
 
+Local models: ``af.init(models_dir="~/models", preload=["all-MiniLM-L6-v2"])`` makes the
+embedded workers serve the GGUF files and Hugging Face folders in that folder; an agent on
+an embedding model embeds (``agent.embed(texts)``, ``agent.map_embed(texts)``), one on a
+chat model generates. ``af.write_random_weight_model(path)`` writes a tiny random-weight
+GGUF for trying this without a download (its text is meaningless).
+
 `af.init("http://head:7070", token=...)` connects to a running cluster instead.
 """
+
+import os
 
 from agentfleet._native import (
     Agent,
@@ -28,6 +36,7 @@ from agentfleet._native import (
     Unauthenticated,
     Unavailable,
     __version__,
+    write_random_weight_model,
 )
 from agentfleet._native import init as _init
 
@@ -49,6 +58,7 @@ __all__ = [
     "Unavailable",
     "__version__",
     "init",
+    "write_random_weight_model",
 ]
 
 
@@ -56,17 +66,30 @@ def init(
     address: "str | None" = None,
     *,
     workers: int = 2,
-    models_dir: "str | None" = None,
+    models_dir: "str | os.PathLike[str] | None" = None,
+    preload: "list[str] | None" = None,
+    device: "str | None" = None,
     token: "str | None" = None,
 ) -> Fleet:
     """Start an embedded cluster (no ``address``) or connect to a running one.
 
     The embedded cluster (a head and ``workers`` local workers inside this process) stops
-    at interpreter exit or on ``fleet.shutdown()``. ``token`` defaults to $FLEET_TOKEN.
+    at interpreter exit or on ``fleet.shutdown()``. Its workers serve the models in
+    ``models_dir`` (GGUF files and Hugging Face folders; a model's id is its file or folder
+    name), load the ids in ``preload`` before ``init`` returns, and run them on ``device``
+    (``cpu`` by default; ``cuda:N``/``metal:N`` in builds with those features). ``token``
+    defaults to $FLEET_TOKEN.
     """
     import atexit
 
-    fleet = _init(address, workers=workers, models_dir=models_dir, token=token)
+    fleet = _init(
+        address,
+        workers=workers,
+        models_dir=models_dir,
+        preload=preload or [],
+        device=device,
+        token=token,
+    )
     if fleet.embedded:
         atexit.register(fleet.shutdown)
     return fleet

@@ -1,6 +1,8 @@
 """Type stubs of the native core of agentfleet (checked with mypy.stubtest)."""
 
+import os
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import final
 
 __version__: str
@@ -24,6 +26,7 @@ __all__ = [
     "init",
     "run_head",
     "run_worker",
+    "write_random_weight_model",
 ]
 
 class FleetError(Exception): ...
@@ -39,7 +42,8 @@ class Cancelled(FleetError): ...
 @final
 class Event:
     """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
-    tool_call, tool_result, completed, failed, canceled, input_required, retrying."""
+    tool_call, tool_result, embeddings, completed, failed, canceled, input_required, retrying.
+    (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them.)"""
 
     @property
     def task_id(self) -> str: ...
@@ -103,6 +107,22 @@ class Agent:
     def stream(self, prompt: str, context_id: str | None = None) -> EventIterator: ...
     def asubmit(self, prompt: str, context_id: str | None = None) -> Awaitable[str]: ...
     def astream(self, prompt: str, context_id: str | None = None) -> AsyncEventIterator: ...
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embeds ``texts`` as one task on the agent's model (an embedding model such as
+        all-MiniLM-L6-v2): one L2-normalised vector per text, in order. A model that does
+        not embed raises TaskFailed with the worker's reason."""
+    def map_embed(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int = 64,
+        progress: bool | None = None,
+    ) -> list[list[float]]:
+        """Embeds many texts in parallel: one task per ``batch_size`` texts, spread over the
+        cluster's workers; one vector per text, in order. Progress bar and Ctrl-C as for
+        ``map``."""
+    def aembed(self, texts: list[str]) -> Awaitable[list[list[float]]]:
+        """``embed`` for asyncio."""
 
 @final
 class Fleet:
@@ -139,8 +159,15 @@ def init(
     address: str | None = None,
     *,
     workers: int = 2,
-    models_dir: str | None = None,
+    models_dir: str | os.PathLike[str] | None = None,
+    preload: list[str] = ...,
+    device: str | None = None,
     token: str | None = None,
 ) -> Fleet: ...
 def run_head(argv: list[str]) -> int: ...
 def run_worker(argv: list[str]) -> int: ...
+def write_random_weight_model(path: str | os.PathLike[str]) -> Path:
+    """Writes a tiny chat model with RANDOM weights (Qwen2 architecture, 2 layers, Q8_0,
+    a byte-level tokenizer with the Qwen2.5 chat template) as a GGUF file at ``path``
+    (which must end in .gguf) and returns the path. Its text is meaningless: it is for
+    trying local-model agents without downloading a model."""
