@@ -452,3 +452,50 @@ async fn embeddings_on_all_minilm() -> Result<()> {
     })
     .await
 }
+
+/// An agent on `openai:builtin:echo` calls the cluster's own `/v1` from its worker: the task
+/// completes with the remote echo, and the head shows the inner request as a task of the
+/// model's hidden agent. An endpoint that is not there fails the task with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_agent_calls_the_clusters_own_api() -> Result<()> {
+    within(async {
+        let cluster = start().await?;
+        let fleet = cluster.client().await?;
+        let remote = |name: &str, base_url: String| fleet_client::AgentSpec {
+            name: name.into(),
+            model: "openai:builtin:echo".into(),
+            model_options: [("base_url".to_owned(), base_url)].into(),
+            ..Default::default()
+        };
+        fleet.register_agent(remote("relay", format!("{}/v1", cluster.url))).await?;
+
+        let input = "through the cluster and back again";
+        let outcome = fleet.run("relay", input).await?;
+        ensure!(outcome.state == fleet_client::TaskState::Completed, "{}", outcome.error);
+        ensure!(outcome.output == input, "relay answered {:?}", outcome.output);
+        ensure!(outcome.usage.completion_tokens > 0, "{:?}", outcome.usage);
+        let inner = fleet
+            .list_tasks(fleet_client::pb::ListTasksRequest {
+                agent: "model:builtin:echo".into(),
+                ..Default::default()
+            })
+            .await?;
+        ensure!(
+            inner.tasks.iter().any(|t| t.output == input),
+            "no inner task on the API: {:?}",
+            inner.tasks
+        );
+
+        // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+        fleet.register_agent(remote("nowhere", "http://127.0.0.1:9/v1".into())).await?;
+        let failed = fleet.run("nowhere", "hello").await?;
+        ensure!(failed.state == fleet_client::TaskState::Failed, "{failed:?}");
+        ensure!(failed.error.contains("127.0.0.1:9"), "{}", failed.error);
+
+        // Neither failure stopped the worker.
+        let again = fleet.run("relay", "still here").await?;
+        ensure!(again.output == "still here", "{again:?}");
+        cluster.shutdown().await
+    })
+    .await
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use fleet_client::{AgentSpec, Client, EventKind, Sampling, Submission, TaskState};
+use fleet_client::{AgentSpec, Client, EventKind, Sampling, Submission, TaskState, WorkerStatus};
 use fleet_inference::text::fixture::{gguf_tokenizer_metadata, write_tokenizer_files};
 use fleet_inference::transformer::{Family, fixture};
 use fleet_inference::{
@@ -101,6 +101,26 @@ async fn run_task(
     anyhow::bail!("the task stream of {agent} ended without a terminal event")
 }
 
+/// What `read` finds in a worker's status, polled for up to 5 s until it is not the default
+/// (heartbeats carry these reports, so they trail the events).
+async fn worker_report<T: Default + PartialEq>(
+    client: &Client,
+    worker_id: &str,
+    read: impl Fn(&WorkerStatus) -> T,
+) -> Result<T> {
+    let mut found = T::default();
+    for _ in 0..50 {
+        let status = client.status().await?;
+        let worker = status.workers.iter().find(|w| w.worker_id == worker_id).context("worker")?;
+        found = read(worker);
+        if found != T::default() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(found)
+}
+
 fn dir_arg(dir: &Path) -> String {
     dir.display().to_string()
 }
@@ -175,10 +195,10 @@ async fn workers_place_by_model_and_report_their_engines() -> Result<()> {
         ])?;
         cluster.wait_for_workers(2, Duration::from_secs(60)).await?;
         let client = cluster.client().await?;
-        let status = client.status().await?;
-        let preloaded =
-            status.workers.iter().find(|w| w.worker_id == "has-model").context("worker")?;
-        ensure!(preloaded.models_loaded == [MODEL], "preloaded: {:?}", preloaded.models_loaded);
+        // The worker joins with the model loaded; its first heartbeat (sent right after the
+        // welcome) says so.
+        let loaded = worker_report(&client, "has-model", |w| w.models_loaded.clone()).await?;
+        ensure!(loaded == [MODEL], "preloaded: {loaded:?}");
 
         client.register_agent(chat_agent("chat", 7)).await?;
         for i in 0..4 {
@@ -187,16 +207,10 @@ async fn workers_place_by_model_and_report_their_engines() -> Result<()> {
             ensure!(worker == "has-model", "a task of {MODEL} ran on {worker}");
         }
         // The heartbeat after those tasks counts the tokens generated.
-        let mut generated = 0;
-        for _ in 0..50 {
-            let status = client.status().await?;
-            let w = status.workers.iter().find(|w| w.worker_id == "has-model").context("worker")?;
-            generated = w.loaded.iter().map(|m| m.generated_tokens).sum::<u64>();
-            if generated > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let generated = worker_report(&client, "has-model", |w| {
+            w.loaded.iter().map(|m| m.generated_tokens).sum::<u64>()
+        })
+        .await?;
         ensure!(generated > 0, "the worker reported no generated tokens");
 
         // A model no worker has is refused when the task is submitted.
