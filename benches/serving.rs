@@ -28,6 +28,8 @@ use hyper_util::rt::TokioExecutor;
 
 const STREAMS: usize = 32;
 const STREAM_TOKENS: u32 = 64;
+/// Tokens per TTFT sample: a short answer, read to its end.
+const TTFT_TOKENS: u32 = 4;
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -66,16 +68,25 @@ fn request(input: &str, max_tokens: u32) -> GenerateRequest {
     }
 }
 
-/// Seconds to the first text delta of one generation in this process.
-async fn engine_ttft(model: &dyn Model, input: &str) -> Result<f64> {
+/// Seconds to the first text delta of one generation in this process, and its prompt
+/// tokens. Every path runs its generation to the end, so no sample overlaps the tail of the
+/// one before it.
+async fn engine_ttft(model: &dyn Model, input: &str) -> Result<(f64, u32)> {
     let started = Instant::now();
-    let mut stream = model.generate(request(input, 4))?;
+    let mut stream = model.generate(request(input, TTFT_TOKENS))?;
+    let mut first = None;
     while let Some(event) = stream.next().await {
-        if let GenerationEvent::Delta(_) = event? {
-            return Ok(started.elapsed().as_secs_f64());
+        match event? {
+            GenerationEvent::Delta(_) => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+            GenerationEvent::Done(usage) => {
+                return Ok((first.context("no text")?, usage.prompt_tokens));
+            }
+            _ => {}
         }
     }
-    anyhow::bail!("the engine produced no text for {input:?}")
+    anyhow::bail!("the engine did not finish {input:?}")
 }
 
 /// Aggregate tokens/s of `STREAMS` concurrent greedy generations in this process.
@@ -94,31 +105,38 @@ async fn engine_batched(model: &dyn Model) -> Result<f64> {
     Ok(f64::from(tokens) / started.elapsed().as_secs_f64())
 }
 
-/// Seconds to the first text delta of one task through the gRPC client.
-async fn grpc_ttft(client: &fleet_client::Client, input: &str) -> Result<f64> {
+/// Seconds to the first text delta of one task through the gRPC client, and its prompt
+/// tokens.
+async fn grpc_ttft(client: &fleet_client::Client, input: &str) -> Result<(f64, u32)> {
     let started = Instant::now();
     let mut stream = client.submit(Submission::new("chat", input)).await?;
+    let mut first = None;
     while let Some(event) = stream.next().await {
         match event?.kind {
-            EventKind::TextDelta { .. } => return Ok(started.elapsed().as_secs_f64()),
+            EventKind::TextDelta { .. } => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+            EventKind::Completed { usage } => {
+                return Ok((first.context("no text")?, usage.prompt_tokens));
+            }
             EventKind::Failed { error, .. } => anyhow::bail!("task failed: {error}"),
             _ => {}
         }
     }
-    anyhow::bail!("no text for {input:?}")
+    anyhow::bail!("no end for {input:?}")
 }
 
 type Http = HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
 
-/// One streaming chat completion: seconds to the first content chunk, total seconds and
-/// the completion tokens the usage chunk reports.
+/// One streaming chat completion, read to its end: seconds to the first content chunk and
+/// the usage chunk's (prompt, completion) tokens.
 async fn openai_stream(
     http: &Http,
     url: &str,
     model: &str,
     input: &str,
     max_tokens: u32,
-) -> Result<(f64, u32)> {
+) -> Result<(f64, (u32, u32))> {
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": input}],
@@ -149,8 +167,9 @@ async fn openai_stream(
             if content.is_some_and(|c| !c.is_empty()) {
                 first.get_or_insert_with(|| started.elapsed().as_secs_f64());
             }
-            if let Some(n) = chunk.pointer("/usage/completion_tokens").and_then(|n| n.as_u64()) {
-                tokens = Some(n as u32);
+            if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+                let count = |key: &str| usage.get(key).and_then(|n| n.as_u64()).unwrap_or(0) as u32;
+                tokens = Some((count("prompt_tokens"), count("completion_tokens")));
             }
             ensure!(chunk.get("error").is_none(), "error chunk: {json}");
         }
@@ -184,7 +203,7 @@ async fn main() -> Result<()> {
         .start()
         .await?;
     let client = cluster.client().await?;
-    let sampling = Sampling { max_tokens: Some(4), ..Default::default() };
+    let sampling = Sampling { max_tokens: Some(TTFT_TOKENS), ..Default::default() };
     let spec =
         AgentSpec { name: "chat".into(), model: name.clone(), sampling, ..Default::default() };
     client.register_agent(spec).await?;
@@ -193,17 +212,24 @@ async fn main() -> Result<()> {
 
     let (mut engine, mut grpc, mut openai) = (Vec::new(), Vec::new(), Vec::new());
     let (mut engine_tps, mut openai_tps) = (Vec::new(), Vec::new());
-    // Warm both paths (first use allocates caches and connections).
-    engine_ttft(&local, &prompt(0)).await?;
-    grpc_ttft(&client, &prompt(0)).await?;
-    openai_stream(&http, &url, &name, &prompt(0), 4).await?;
+    // Warm every path (first use allocates caches and connections); all three must see the
+    // same prompt, or their times are not comparable.
+    let (_, engine_prompt) = engine_ttft(&local, &prompt(0)).await?;
+    let (_, grpc_prompt) = grpc_ttft(&client, &prompt(0)).await?;
+    let (_, (openai_prompt, _)) =
+        openai_stream(&http, &url, &name, &prompt(0), TTFT_TOKENS).await?;
+    ensure!(
+        engine_prompt == grpc_prompt && grpc_prompt == openai_prompt,
+        "prompt tokens differ: engine {engine_prompt}, gRPC {grpc_prompt}, OpenAI {openai_prompt}"
+    );
+    println!("prompt: {engine_prompt} tokens on every path");
     for round in 0..rounds {
         // Interleaved per sample, so machine noise hits all three alike.
         for i in 0..20 {
             let input = prompt(round * 100 + i);
-            engine.push(engine_ttft(&local, &input).await?);
-            grpc.push(grpc_ttft(&client, &input).await?);
-            openai.push(openai_stream(&http, &url, &name, &input, 4).await?.0);
+            engine.push(engine_ttft(&local, &input).await?.0);
+            grpc.push(grpc_ttft(&client, &input).await?.0);
+            openai.push(openai_stream(&http, &url, &name, &input, TTFT_TOKENS).await?.0);
         }
         engine_tps.push(engine_batched(&local).await?);
         let started = Instant::now();
@@ -211,21 +237,42 @@ async fn main() -> Result<()> {
         let streams =
             inputs.iter().map(|input| openai_stream(&http, &url, &name, input, STREAM_TOKENS));
         let tokens: u32 =
-            futures::future::try_join_all(streams).await?.into_iter().map(|(_, n)| n).sum();
+            futures::future::try_join_all(streams).await?.into_iter().map(|(_, (_, n))| n).sum();
         openai_tps.push(f64::from(tokens) / started.elapsed().as_secs_f64());
     }
     let ms = |s: f64| s * 1e3;
+    let runs = |xs: &[f64]| xs.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
+    let samples = engine.len();
     let (e, g, o) = (median(engine), median(grpc), median(openai));
-    let (et, ot) = (median(engine_tps), median(openai_tps));
-    println!("| measurement ({rounds} rounds, medians) | value |");
-    println!("|---|---|");
-    println!("| TTFT, engine in-process | {:.2} ms |", ms(e));
-    println!("| TTFT, head + worker, gRPC client | {:.2} ms (+{:.2} ms) |", ms(g), ms(g - e));
-    println!("| TTFT, head + worker, OpenAI SSE | {:.2} ms (+{:.2} ms) |", ms(o), ms(o - e));
-    println!("| {STREAMS} streams x {STREAM_TOKENS} tokens, engine in-process | {et:.1} tok/s |");
+    let (et, ot) = (median(engine_tps.clone()), median(openai_tps.clone()));
+    println!("| measurement | median | runs |");
+    println!("|---|---|---|");
+    println!("| TTFT, engine in-process | {:.2} ms | {samples} samples |", ms(e));
     println!(
-        "| {STREAMS} OpenAI SSE streams through head + worker | {ot:.1} tok/s ({:.0}% of the engine) |",
-        100.0 * ot / et
+        "| TTFT, head + worker, gRPC client | {:.2} ms (+{:.2} ms) | {samples} samples, interleaved |",
+        ms(g),
+        ms(g - e)
+    );
+    println!(
+        "| TTFT, head + worker, OpenAI SSE | {:.2} ms (+{:.2} ms) | {samples} samples, interleaved |",
+        ms(o),
+        ms(o - e)
+    );
+    println!(
+        "| {STREAMS} streams x {STREAM_TOKENS} tokens, engine in-process | {et:.1} tok/s | [{}] |",
+        runs(&engine_tps)
+    );
+    // Each round runs the engine and then the API back to back: the ratio per round is the
+    // figure least moved by the machine's noise.
+    let ratios: Vec<f64> = openai_tps.iter().zip(&engine_tps).map(|(o, e)| 100.0 * o / e).collect();
+    println!(
+        "| {STREAMS} OpenAI SSE streams through head + worker | {ot:.1} tok/s | [{}] |",
+        runs(&openai_tps)
+    );
+    println!(
+        "| the API's tokens/s as % of the engine's, per round | {:.0}% | [{}] |",
+        median(ratios.clone()),
+        runs(&ratios)
     );
     drop(local);
     tokio::time::sleep(Duration::from_millis(10)).await;
