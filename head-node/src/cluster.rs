@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fleet_proto::local::LocalHead;
 use fleet_proto::{
-    AgentSpec, Command, EventKind, Heartbeat, LoadedModel, Registration, TaskAssignment, TaskEvent,
-    TaskId, TaskOptions, TaskState, now_us,
+    AgentSpec, Command, EventKind, Heartbeat, LoadedModel, LocateRequest, MeshPeer, Registration,
+    TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, now_us,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -145,6 +145,8 @@ pub struct ClusterStatus {
     pub running_tasks: usize,
     pub retained_tasks: usize,
     pub counters: crate::tasks::TaskCounters,
+    pub calls_relayed: u64,
+    pub agents_located: u64,
 }
 
 /// Filters and paging for ListTasks.
@@ -174,6 +176,10 @@ struct State {
     queue: VecDeque<TaskId>,
     /// (agent, context id) -> the worker that ran its last turn.
     context_workers: HashMap<(String, String), String>,
+    /// Agent calls run as sub-tasks here (callers not on the mesh).
+    calls_relayed: u64,
+    /// Lookups answered for callers on the mesh.
+    agents_located: u64,
 }
 
 /// The head's cluster state, shared by every API handler.
@@ -533,6 +539,8 @@ impl Cluster {
             queued_tasks: state.queue.len(),
             retained_tasks: state.tasks.len(),
             counters: state.tasks.counters,
+            calls_relayed: state.calls_relayed,
+            agents_located: state.agents_located,
         }
     }
 
@@ -553,12 +561,18 @@ impl Cluster {
         let state = &mut *guard;
         let connection = state.workers.next_connection();
         let id = registration.worker_id.clone();
+        let on_mesh = registration.mesh.is_some();
         let entry = WorkerEntry::new(registration, connection, address, tx, Instant::now());
-        if let Some(old) = state.workers.insert(entry) {
+        let replaced = state.workers.insert(entry);
+        let was_on_mesh = replaced.as_ref().is_some_and(|w| w.registration.mesh.is_some());
+        if let Some(old) = replaced {
             // The same worker joined again before its old stream was noticed gone.
             fail_over(state, old, "the worker reconnected");
         }
-        info!(worker_id = %id, connection, workers = state.workers.len(), "worker joined");
+        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, "worker joined");
+        if on_mesh || was_on_mesh {
+            announce_mesh(state);
+        }
         drain_queue(state);
         (connection, rx)
     }
@@ -572,6 +586,9 @@ impl Cluster {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         state.workers.touch(worker_id, connection, Instant::now());
+        // Workers on the mesh call agents themselves; their ToolCall events are for the log.
+        let calls_direct =
+            state.workers.get(worker_id).is_some_and(|w| w.registration.mesh.is_some());
         let mut freed = false;
         let mut calls = Vec::new();
         for event in events {
@@ -595,7 +612,7 @@ impl Cluster {
                     finish(state, &event.task_id, event.kind);
                     freed = true;
                 }
-                EventKind::ToolCall { call_id, name, arguments } => {
+                EventKind::ToolCall { call_id, name, arguments } if !calls_direct => {
                     calls.push((
                         event.task_id.clone(),
                         call_id.clone(),
@@ -624,9 +641,36 @@ impl Cluster {
         let state = &mut *guard;
         if let Some(entry) = state.workers.remove(worker_id, connection) {
             warn!(worker_id, reason, tasks = entry.running.len(), "worker lost");
+            let on_mesh = entry.registration.mesh.is_some();
             fail_over(state, entry, reason);
+            if on_mesh {
+                announce_mesh(state);
+            }
             drain_queue(state);
         }
+    }
+
+    /// Answers a worker that wants to call `request.agent` over the mesh: the worker hosting
+    /// its actor, placed now if none does.
+    pub fn locate(&self, worker_id: &str, connection: u64, request: LocateRequest) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let Some(caller) = state.workers.get(worker_id).filter(|w| w.connection == connection)
+        else {
+            return;
+        };
+        let reply_to = caller.commands.clone();
+        let result = locate_in(state, &request.agent, &request.context_id);
+        match &result {
+            Ok(peer) => {
+                debug!(agent = %request.agent, caller_task = %request.caller_task, worker_id = %peer.worker_id, "agent located")
+            }
+            Err(e) => {
+                debug!(agent = %request.agent, caller_task = %request.caller_task, error = %e, "agent not located")
+            }
+        }
+        state.agents_located += 1;
+        let _ = reply_to.send(Command::Located { request_id: request.request_id, result });
     }
 
     /// Declares dead every worker silent for longer than `timeout`.
@@ -636,6 +680,55 @@ impl Cluster {
             let reason = format!("no heartbeat for {} ms", timeout.as_millis());
             self.worker_lost(&id, connection, &reason);
         }
+    }
+}
+
+/// The worker on the mesh hosting `agent` (for `context_id`), its actor placed there first
+/// if it was not.
+fn locate_in(
+    state: &mut State,
+    agent: &str,
+    context_id: &str,
+) -> std::result::Result<MeshPeer, String> {
+    let spec = match state.agents.get(agent) {
+        Ok(entry) => entry.spec.clone(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let context = context_worker(state, agent, context_id);
+    let worker_id = scheduler::locate(&spec, &state.workers, context.as_deref())?.to_owned();
+    if !context_id.is_empty() {
+        state.context_workers.insert((agent.to_owned(), context_id.to_owned()), worker_id.clone());
+    }
+    let (Ok(entry), Some(worker)) = (state.agents.get(agent), state.workers.get_mut(&worker_id))
+    else {
+        return Err(format!("agent {agent:?} has no worker"));
+    };
+    place_actor(worker, &entry.spec, entry.version);
+    let address = worker.registration.mesh.clone().unwrap_or_default();
+    Ok(MeshPeer { worker_id, address })
+}
+
+/// Tells every worker on the mesh who is on it (itself included), after a join or a leave.
+fn announce_mesh(state: &State) {
+    let peers: Vec<MeshPeer> = state
+        .workers
+        .iter()
+        .filter_map(|w| {
+            let address = w.registration.mesh.clone()?;
+            Some(MeshPeer { worker_id: w.id.clone(), address })
+        })
+        .collect();
+    debug!(peers = peers.len(), "mesh peers announced");
+    for w in state.workers.iter().filter(|w| w.registration.mesh.is_some()) {
+        let _ = w.commands.send(Command::MeshPeers(peers.clone()));
+    }
+}
+
+/// Sends the agent's spec to a worker that does not host this version of it yet.
+fn place_actor(worker: &mut WorkerEntry, spec: &Arc<AgentSpec>, version: u64) {
+    if worker.placed.get(&spec.name) != Some(&version) {
+        worker.placed.insert(spec.name.clone(), version);
+        let _ = worker.commands.send(Command::PlaceActor { spec: spec.clone(), version });
     }
 }
 
@@ -657,12 +750,7 @@ fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         return;
     };
     let spec = agent.spec.clone();
-    if worker.placed.get(&spec.name) != Some(&agent.version) {
-        worker.placed.insert(spec.name.clone(), agent.version);
-        let _ = worker
-            .commands
-            .send(Command::PlaceActor { spec: spec.clone(), version: agent.version });
-    }
+    place_actor(worker, &spec, agent.version);
     agent.running += 1;
     worker.running.insert(id.clone());
     *worker.running_per_agent.entry(spec.name.clone()).or_default() += 1;
@@ -802,10 +890,11 @@ fn call_agent(
         ))
     } else {
         let sub =
-            NewTask { agent: name.to_owned(), input: tool_input(arguments), ..Default::default() };
+            NewTask { agent: name.to_owned(), input: fleet_proto::call_input(arguments), ..Default::default() };
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
             Ok(id) => {
                 debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
+                state.calls_relayed += 1;
                 if let Some(caller) = state.tasks.get_mut(caller.as_str()) {
                     caller.children.push(id);
                 }
@@ -816,18 +905,6 @@ fn call_agent(
     };
     if let Some(error) = refused {
         reply_to_call(state, caller, call_id, error, true);
-    }
-}
-
-/// What a called agent is asked: the `input` argument, or the arguments as given.
-fn tool_input(arguments: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(arguments) {
-        Ok(serde_json::Value::Object(map)) => match map.get("input") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            _ => arguments.to_owned(),
-        },
-        Ok(serde_json::Value::String(s)) => s,
-        _ => arguments.to_owned(),
     }
 }
 

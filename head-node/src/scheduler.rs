@@ -75,6 +75,33 @@ pub fn place<'a>(
     }
 }
 
+/// Picks the worker whose actor of `spec` takes calls over the mesh: only workers on the
+/// mesh that could run the agent at all; the one holding the conversation, then one that
+/// already hosts the actor, then the least loaded. A call is not a task: slots and free
+/// resources do not limit it (the callee's worker runs it beside its tasks).
+pub fn locate<'a>(
+    spec: &AgentSpec,
+    workers: &'a WorkerRegistry,
+    context_worker: Option<&str>,
+) -> Result<&'a str, String> {
+    let score = |w: &WorkerEntry| {
+        let hosted = if w.placed.contains_key(&spec.name) { 2.0 } else { 0.0 };
+        score(spec, w, context_worker) + hosted
+    };
+    workers
+        .iter()
+        .filter(|w| w.registration.mesh.is_some() && could_ever_run(spec, w))
+        .max_by(|a, b| score(a).total_cmp(&score(b)).then(b.tasks_assigned.cmp(&a.tasks_assigned)))
+        .map(|w| w.id.as_str())
+        .ok_or_else(|| {
+            if workers.iter().any(|w| could_ever_run(spec, w)) {
+                format!("agent {:?} can run only on workers that are not on the mesh", spec.name)
+            } else {
+                why_not(spec, workers)
+            }
+        })
+}
+
 /// Explains why no live worker can run `spec`.
 fn why_not(spec: &AgentSpec, workers: &WorkerRegistry) -> String {
     if !workers.iter().any(|w| w.has_model(&spec.model)) {

@@ -308,6 +308,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                 models: r.models.into_iter().map(Into::into).collect(),
                 slots: r.slots,
                 version: r.version,
+                mesh: r.mesh.map(Into::into),
             }),
             Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
                 running_tasks: h.running_tasks,
@@ -318,6 +319,12 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
             Kind::Events(batch) => Self::Events(
                 batch.events.into_iter().map(TaskEvent::try_from).collect::<Result<_>>()?,
             ),
+            Kind::Locate(l) => Self::Locate(LocateRequest {
+                request_id: l.request_id,
+                agent: l.agent,
+                context_id: l.context_id,
+                caller_task: l.caller_task,
+            }),
         })
     }
 }
@@ -334,6 +341,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                 models: r.models.into_iter().map(Into::into).collect(),
                 slots: r.slots,
                 version: r.version,
+                mesh: r.mesh.map(Into::into),
             }),
             WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
                 running_tasks: h.running_tasks,
@@ -344,6 +352,12 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
             WorkerUpdate::Events(events) => {
                 Kind::Events(pb::WorkerEvents { events: events.iter().map(Into::into).collect() })
             }
+            WorkerUpdate::Locate(l) => Kind::Locate(pb::Locate {
+                request_id: l.request_id,
+                agent: l.agent,
+                context_id: l.context_id,
+                caller_task: l.caller_task,
+            }),
         };
         Self { kind: Some(kind) }
     }
@@ -379,6 +393,22 @@ impl From<&Command> for pb::Command {
                     is_error: *is_error,
                 })
             }
+            Command::MeshPeers(peers) => Kind::MeshPeers(pb::MeshPeers {
+                peers: peers.iter().cloned().map(Into::into).collect(),
+            }),
+            Command::Located { request_id, result } => Kind::Located(match result {
+                Ok(peer) => pb::Located {
+                    request_id: *request_id,
+                    worker_id: peer.worker_id.clone(),
+                    address: Some(peer.address.clone().into()),
+                    error: String::new(),
+                },
+                Err(error) => pb::Located {
+                    request_id: *request_id,
+                    error: error.clone(),
+                    ..Default::default()
+                },
+            }),
         };
         Self { kind: Some(kind) }
     }
@@ -413,7 +443,43 @@ impl TryFrom<pb::Command> for Command {
                 output: r.output,
                 is_error: r.is_error,
             },
+            Kind::MeshPeers(m) => Command::MeshPeers(m.peers.into_iter().map(Into::into).collect()),
+            Kind::Located(l) => Command::Located {
+                request_id: l.request_id,
+                result: if l.error.is_empty() {
+                    Ok(MeshPeer {
+                        worker_id: l.worker_id,
+                        address: l.address.map(Into::into).unwrap_or_default(),
+                    })
+                } else {
+                    Err(l.error)
+                },
+            },
         })
+    }
+}
+
+impl From<pb::MeshAddress> for MeshAddress {
+    fn from(a: pb::MeshAddress) -> Self {
+        Self { peer_id: a.peer_id, addrs: a.addrs }
+    }
+}
+
+impl From<MeshAddress> for pb::MeshAddress {
+    fn from(a: MeshAddress) -> Self {
+        Self { peer_id: a.peer_id, addrs: a.addrs }
+    }
+}
+
+impl From<pb::MeshPeer> for MeshPeer {
+    fn from(p: pb::MeshPeer) -> Self {
+        Self { worker_id: p.worker_id, address: p.address.map(Into::into).unwrap_or_default() }
+    }
+}
+
+impl From<MeshPeer> for pb::MeshPeer {
+    fn from(p: MeshPeer) -> Self {
+        Self { worker_id: p.worker_id, address: Some(p.address.into()) }
     }
 }
 

@@ -29,3 +29,16 @@ pub const TOKEN_METADATA_KEY: &str = "authorization";
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+/// What an agent called as a tool is asked: the call's `input` argument, or the arguments
+/// as given (the head relaying a call and a worker calling over the mesh agree on this).
+pub fn call_input(arguments: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(arguments) {
+        Ok(serde_json::Value::Object(map)) => match map.get("input") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            _ => arguments.to_owned(),
+        },
+        Ok(serde_json::Value::String(s)) => s,
+        _ => arguments.to_owned(),
+    }
+}

@@ -280,6 +280,31 @@ pub struct Registration {
     pub models: Vec<ModelOnDisk>,
     pub slots: u32,
     pub version: String,
+    /// Where the worker's mesh listens; `None` for a worker without one.
+    pub mesh: Option<MeshAddress>,
+}
+
+/// A worker's place on the mesh: its libp2p peer id and the multiaddrs it listens on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshAddress {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+}
+
+/// A worker on the mesh, as the head lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshPeer {
+    pub worker_id: String,
+    pub address: MeshAddress,
+}
+
+/// A worker asks where an agent runs, to call it over the mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocateRequest {
+    pub request_id: u64,
+    pub agent: String,
+    pub context_id: String,
+    pub caller_task: String,
 }
 
 /// A worker's periodic liveness and load report.
@@ -311,6 +336,7 @@ pub enum WorkerUpdate {
     Heartbeat(Heartbeat),
     /// Task events; `seq` is left 0, the head assigns it.
     Events(Vec<TaskEvent>),
+    Locate(LocateRequest),
 }
 
 /// A task handed to a worker.
@@ -347,5 +373,12 @@ pub enum Command {
         call_id: String,
         output: String,
         is_error: bool,
+    },
+    /// Every worker on the mesh (this one included); the only peers to accept and call.
+    MeshPeers(Vec<MeshPeer>),
+    /// The answer to a `Locate`: the worker hosting the agent, or why there is none.
+    Located {
+        request_id: u64,
+        result: std::result::Result<MeshPeer, String>,
     },
 }

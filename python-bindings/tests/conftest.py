@@ -30,7 +30,7 @@ class Node:
     """A cluster node started with `python -m agentfleet` as a separate process."""
 
     def __init__(self, *args: str) -> None:
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentfleet", *args],

@@ -15,6 +15,9 @@ use fleet_client::{Client, ConnectOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Workers' meshes listen on loopback only: tests never open ports beyond 127.0.0.1.
+const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
+
 /// Where a binary of this workspace was built.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
@@ -189,6 +192,7 @@ impl ClusterSandbox {
             .args(["--head", &self.url, "--name", &name])
             .args(&self.worker_args)
             .env("RUST_LOG", &self.log)
+            .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
             .env_remove("FLEET_TOKEN")
             .kill_on_drop(true);
         if let Some(token) = &self.token {
@@ -206,6 +210,7 @@ impl ClusterSandbox {
             .args(["--head", &self.url])
             .args(args)
             .env("RUST_LOG", &self.log)
+            .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
             .env_remove("FLEET_TOKEN");
         Ok(worker.kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?)
     }

@@ -12,6 +12,7 @@ use kameo::message::{Context, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
+use crate::agent_calls::AgentCaller;
 use crate::agent_loop::{self, TaskRun};
 use crate::host::{PendingCalls, RunningTasks};
 use crate::memory::ConversationMemory;
@@ -25,6 +26,8 @@ pub struct AgentArgs {
     pub model: ModelHandle,
     pub running: RunningTasks,
     pub calls: PendingCalls,
+    /// Calls to other agents over the mesh, when the worker is on one.
+    pub caller: Option<Arc<AgentCaller>>,
 }
 
 pub struct AgentActor {
@@ -100,6 +103,7 @@ impl Message<Run> for AgentActor {
             model: self.args.model.clone(),
             messages,
             calls: self.args.calls.clone(),
+            caller: self.args.caller.clone(),
             task: msg.task,
             sink: msg.sink,
             cancel: msg.cancel,

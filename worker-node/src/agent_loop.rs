@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::agent_calls::{AgentCaller, Call};
 use crate::host::{PendingCalls, ToolOutcome};
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
@@ -24,6 +25,9 @@ use crate::tool_calls;
 pub const MAX_TOOL_ROUNDS: usize = 8;
 /// How long a tool call (another agent's task) may take.
 const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Agents calling agents calling agents...: at most this deep over the mesh (the head
+/// bounds calls it relays the same way).
+pub const MAX_CALL_DEPTH: u32 = 4;
 
 /// Everything one task's loop needs.
 pub struct TaskRun {
@@ -35,6 +39,8 @@ pub struct TaskRun {
     pub sink: EventSink,
     pub cancel: CancellationToken,
     pub calls: PendingCalls,
+    /// Calls agents over the mesh; without it they go through the head.
+    pub caller: Option<Arc<AgentCaller>>,
 }
 
 /// How a task ended well, for the actor's conversation memory.
@@ -125,8 +131,8 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
     )))
 }
 
-/// Announces a tool call (the head runs the called agent as a sub-task when it sees it)
-/// and waits for its result.
+/// Announces a tool call and waits for its result: over the mesh when the worker is on
+/// one, else from the head, which runs the called agent as a sub-task when it sees the call.
 async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventKind> {
     let announce = EventKind::ToolCall {
         call_id: call.id.clone(),
@@ -137,6 +143,10 @@ async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventK
         emit(&run.sink, &run.task, announce).await;
         let known = run.spec.tools.join(", ");
         return Ok((format!("unknown tool {:?}: the tools are {known}", call.name), true));
+    }
+    if let Some(caller) = &run.caller {
+        emit(&run.sink, &run.task, announce).await;
+        return call_over_mesh(run, caller, call).await;
     }
     let key = (run.task.task_id.clone(), call.id.clone());
     let (tx, rx) = oneshot::channel();
@@ -156,6 +166,36 @@ async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventK
     };
     run.calls.lock().remove(&key);
     outcome
+}
+
+/// Calls the agent straight on the worker that hosts it.
+async fn call_over_mesh(
+    run: &TaskRun,
+    caller: &AgentCaller,
+    call: &ToolCall,
+) -> Result<ToolOutcome, EventKind> {
+    if run.task.depth >= MAX_CALL_DEPTH {
+        return Ok((
+            format!(
+                "agent {} not called: agents called agents {MAX_CALL_DEPTH} deep, the most allowed",
+                call.name
+            ),
+            true,
+        ));
+    }
+    let request = Call {
+        agent: call.name.clone(),
+        context_id: run.task.context_id.clone(),
+        input: fleet_proto::call_input(&call.arguments),
+        caller_task: run.task.task_id.to_string(),
+        depth: run.task.depth + 1,
+        timeout: TOOL_CALL_TIMEOUT,
+    };
+    tokio::select! {
+        biased;
+        () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
+        outcome = caller.call(request) => Ok(outcome),
+    }
 }
 
 /// Embeds the task's texts on a blocking thread (the forward pass is CPU-bound).

@@ -52,6 +52,19 @@ pub struct Args {
     /// cuda or metal feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Where this worker's mesh listens, as a multiaddr (repeatable, or comma-separated in
+    /// the variable); agents on other workers call its agents there directly.
+    #[arg(
+        long = "mesh-listen",
+        value_name = "MULTIADDR",
+        env = "FLEET_MESH_LISTEN",
+        value_delimiter = ',',
+        default_value = "/ip4/0.0.0.0/tcp/0"
+    )]
+    mesh_listen: Vec<String>,
+    /// No mesh (it wins over --mesh-listen): agents call agents through the head.
+    #[arg(long)]
+    no_mesh: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -90,6 +103,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     config.models_dir = args.models_dir;
     config.preload = args.preload;
     config.device = args.device;
+    config.mesh_listen = if args.no_mesh { Vec::new() } else { args.mesh_listen };
     Ok(config)
 }
 

@@ -22,6 +22,9 @@ pub struct WorkerConfig {
     pub preload: Vec<String>,
     /// Where local models run: `cpu`, `cuda[:N]` or `metal[:N]`.
     pub device: String,
+    /// Multiaddrs the worker's mesh listens on (agents on other workers call its agents
+    /// there); empty = no mesh: agent calls go through the head.
+    pub mesh_listen: Vec<String>,
     /// Join a head in this process directly instead of over gRPC (`head` is then only a
     /// label).
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
@@ -38,6 +41,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("models_dir", &self.models_dir)
             .field("preload", &self.preload)
             .field("device", &self.device)
+            .field("mesh_listen", &self.mesh_listen)
             .field("in_process", &self.local.is_some())
             .finish_non_exhaustive()
     }
@@ -56,6 +60,7 @@ impl WorkerConfig {
             models_dir: None,
             preload: Vec::new(),
             device: "cpu".into(),
+            mesh_listen: Vec::new(),
             local: None,
         }
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use fleet_proto::local::LocalHead;
 use fleet_proto::pb::worker_service_client::WorkerServiceClient;
 use fleet_proto::{
-    Command, Heartbeat, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate, pb,
+    Command, Heartbeat, LocateRequest, MeshAddress, Registration, TOKEN_METADATA_KEY, TaskEvent,
+    WorkerUpdate, pb,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
+use crate::agent_calls::AgentCaller;
 use crate::config::WorkerConfig;
 use crate::host::ActorHost;
 use crate::models::ModelStore;
@@ -43,12 +45,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .keep_alive_timeout(Duration::from_secs(5))
         .initial_connection_window_size(8 << 20)
         .initial_stream_window_size(4 << 20);
-    let registration = registration(&config)?;
+    let mut registration = registration(&config)?;
     let mut host = host(&config).await?;
+    let mut lookups = match join_mesh(&config, &mut host).await? {
+        Some((address, lookups)) => {
+            registration.mesh = Some(address);
+            lookups
+        }
+        // Never sends: the channel's sender is dropped at once.
+        None => mpsc::channel(1).1,
+    };
     let mut backoff = BACKOFF_START;
     loop {
         let outcome = tokio::select! {
-            r = session(&endpoint, &config, &registration, &mut host) => r,
+            r = session(&endpoint, &config, &registration, &mut host, &mut lookups) => r,
             () = shutdown.cancelled() => {
                 host.cancel_all();
                 info!("worker stopped");
@@ -127,6 +137,32 @@ fn heartbeat(host: &mut ActorHost) -> Heartbeat {
     }
 }
 
+/// Starts the worker's mesh (unless it has none): calls from other workers go to the host's
+/// actors, and the host's agents call others through it. Returns the mesh's address for
+/// the registration and the lookups its callers send to the head.
+async fn join_mesh(
+    config: &WorkerConfig,
+    host: &mut ActorHost,
+) -> Result<Option<(MeshAddress, mpsc::Receiver<LocateRequest>)>> {
+    if config.mesh_listen.is_empty() {
+        return Ok(None);
+    }
+    let settings = fleet_mesh::MeshConfig {
+        listen: config.mesh_listen.clone(),
+        ..Default::default()
+    };
+    let (mesh, incoming) = fleet_mesh::Mesh::start(settings)
+        .await
+        .map_err(|e| Error::InvalidConfig(format!("cannot start the mesh: {e}")))?;
+    let address = MeshAddress { peer_id: mesh.peer_id(), addrs: mesh.listen_addrs() };
+    info!(peer_id = %address.peer_id, addrs = ?address.addrs, "mesh listening");
+    let local = host.local_calls();
+    tokio::spawn(local.clone().serve(incoming));
+    let (caller, lookups) = AgentCaller::new(mesh, local);
+    host.use_mesh(caller);
+    Ok(Some((address, lookups)))
+}
+
 /// The actor host with its model store; models named by `--preload` are loaded first, so a
 /// worker that joins has them ready (and a model that cannot load stops it with the reason).
 async fn host(config: &WorkerConfig) -> Result<ActorHost> {
@@ -153,6 +189,7 @@ fn registration(config: &WorkerConfig) -> Result<Registration> {
         models,
         slots: config.slots,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        mesh: None,
     })
 }
 
@@ -162,6 +199,7 @@ async fn session(
     config: &WorkerConfig,
     registration: &Registration,
     host: &mut ActorHost,
+    lookups: &mut mpsc::Receiver<LocateRequest>,
 ) -> Result<()> {
     let channel = endpoint
         .connect()
@@ -170,10 +208,11 @@ async fn session(
     let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20);
 
     let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);
+    let (locate_tx, locate_rx) = mpsc::channel::<LocateRequest>(1024);
     let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
     let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
     let outbound =
-        futures::stream::once(async move { first }).chain(upward(heartbeat_rx, event_rx));
+        futures::stream::once(async move { first }).chain(upward(heartbeat_rx, locate_rx, event_rx));
 
     let mut request = tonic::Request::new(outbound);
     if let Some(token) = &config.token {
@@ -230,22 +269,30 @@ async fn session(
                     debug!("heartbeat skipped: the previous one is still waiting to be sent");
                 }
             }
+            Some(lookup) = lookups.recv() => {
+                // Waits when many lookups are on their way up; the callers wait with them.
+                if locate_tx.send(lookup).await.is_err() {
+                    return Err(Error::Unreachable("the stream to the head closed".into()));
+                }
+            }
         }
     }
 }
 
-/// The stream up: heartbeats as they come, and all waiting task events packed into one
-/// message, so a burst of events costs a few frames rather than one each.
+/// The stream up: heartbeats and agent lookups as they come, and all waiting task events
+/// packed into one message, so a burst of events costs a few frames rather than one each.
 fn upward(
     heartbeats: mpsc::Receiver<Heartbeat>,
+    lookups: mpsc::Receiver<LocateRequest>,
     events: mpsc::Receiver<TaskEvent>,
 ) -> impl futures::Stream<Item = pb::WorkerMessage> + Send {
-    let state = (heartbeats, events, Vec::with_capacity(BATCH));
-    futures::stream::unfold(state, |(mut heartbeats, mut events, mut buf)| async move {
+    let state = (heartbeats, lookups, events, Vec::with_capacity(BATCH));
+    futures::stream::unfold(state, |(mut heartbeats, mut lookups, mut events, mut buf)| async move {
         buf.clear();
         let message = tokio::select! {
             biased;
             Some(beat) = heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
+            Some(lookup) = lookups.recv() => WorkerUpdate::Locate(lookup),
             n = events.recv_many(&mut buf, BATCH) => {
                 if n == 0 {
                     return None;
@@ -253,6 +300,6 @@ fn upward(
                 WorkerUpdate::Events(std::mem::take(&mut buf))
             }
         };
-        Some((pb::WorkerMessage::from(message), (heartbeats, events, buf)))
+        Some((pb::WorkerMessage::from(message), (heartbeats, lookups, events, buf)))
     })
 }

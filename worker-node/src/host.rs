@@ -12,9 +12,11 @@ use kameo::supervision::{RestartPolicy, SupervisionStrategy};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::actor::{AgentActor, AgentArgs, Run};
+use crate::agent_calls::AgentCaller;
+use crate::callee::LocalCalls;
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
 
@@ -56,6 +58,10 @@ pub struct ActorHost {
     models: ModelStore,
     running: RunningTasks,
     calls: PendingCalls,
+    /// The actors that agent calls (from the mesh or this worker) reach.
+    local_calls: LocalCalls,
+    /// Calls to other agents over the mesh; `None` without a mesh (calls go through the head).
+    caller: Option<Arc<AgentCaller>>,
 }
 
 impl std::fmt::Debug for ActorHost {
@@ -73,7 +79,19 @@ impl ActorHost {
             models,
             running: RunningTasks::default(),
             calls: PendingCalls::default(),
+            local_calls: LocalCalls::default(),
+            caller: None,
         }
+    }
+
+    /// The actors agent calls reach on this worker.
+    pub fn local_calls(&self) -> LocalCalls {
+        self.local_calls.clone()
+    }
+
+    /// From now on, agents call agents over the mesh through `caller`.
+    pub fn use_mesh(&mut self, caller: Arc<AgentCaller>) {
+        self.caller = Some(caller);
     }
 
     /// The models this host shares among its actors.
@@ -99,6 +117,9 @@ impl ActorHost {
             token.cancel();
         }
         self.calls.lock().clear();
+        if let Some(caller) = &self.caller {
+            caller.head_lost();
+        }
     }
 
     /// Carries out one command from the head.
@@ -121,7 +142,17 @@ impl ActorHost {
             Command::StopActor { agent } => {
                 if let Some(Placed { actor, .. }) = self.agents.remove(&agent) {
                     info!(agent, "stopping actor");
+                    self.local_calls.removed(&agent);
                     actor.kill();
+                }
+            }
+            Command::MeshPeers(peers) => match &self.caller {
+                Some(caller) => caller.set_peers(peers),
+                None => debug!("mesh peers ignored: this worker has no mesh"),
+            },
+            Command::Located { request_id, result } => {
+                if let Some(caller) = &self.caller {
+                    caller.located(request_id, result);
                 }
             }
         }
@@ -141,6 +172,7 @@ impl ActorHost {
             model,
             running: self.running.clone(),
             calls: self.calls.clone(),
+            caller: self.caller.clone(),
         };
         let actor = AgentActor::supervise(&self.supervisor, args)
             .restart_policy(RestartPolicy::Permanent)
@@ -148,6 +180,7 @@ impl ActorHost {
             .spawn()
             .await;
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
+        self.local_calls.placed(&spec.name, actor.clone());
         self.agents.insert(spec.name.clone(), Placed { version, actor });
     }
 

@@ -8,6 +8,9 @@
 //! - [`actor`] is the agent actor (spec, shared model, [`memory`] of conversations);
 //! - [`agent_loop`] runs one task: embed, or generate and call other agents as tools
 //!   ([`tool_calls`] finds the calls local models write as text), bounded in rounds;
+//! - [`agent_calls`] calls agents on other workers straight over the mesh
+//!   ([`fleet_mesh`]), asking the head only where they run; [`callee`] runs the calls that
+//!   reach this worker on its actors;
 //! - [`runner`] drives one generation into task events;
 //! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
 //!   shares loaded ones; [`remote`] is the model of `openai:MODEL` agents (an
@@ -19,7 +22,9 @@
 //! its own threads behind the [`fleet_inference::Model`] trait.
 
 pub mod actor;
+pub mod agent_calls;
 pub mod agent_loop;
+pub mod callee;
 pub mod cli;
 pub mod config;
 pub mod connection;

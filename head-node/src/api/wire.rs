@@ -66,6 +66,8 @@ impl From<ClusterStatus> for pb::ClusterStatusResponse {
             tasks_completed: s.counters.completed,
             tasks_failed: s.counters.failed,
             tasks_canceled: s.counters.canceled,
+            calls_relayed: s.calls_relayed,
+            agents_located: s.agents_located,
         }
     }
 }

@@ -54,6 +54,17 @@ fn validate(r: &Registration) -> Result<(), Status> {
     if !r.resources.cpus.is_finite() || r.resources.cpus < 0.0 {
         return Err(Status::invalid_argument("resources.cpus must be a non-negative number"));
     }
+    if let Some(mesh) = &r.mesh {
+        // The head forwards these to every worker; keep them small and well formed.
+        let addrs_ok = !mesh.addrs.is_empty()
+            && mesh.addrs.len() <= 32
+            && mesh.addrs.iter().all(|a| a.starts_with('/') && a.len() <= 256);
+        if mesh.peer_id.is_empty() || mesh.peer_id.len() > 128 || !addrs_ok {
+            return Err(Status::invalid_argument(
+                "mesh needs a peer_id and 1 to 32 multiaddrs (each starting with '/', at most 256 bytes)",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -106,6 +117,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     }
                     Ok(WorkerUpdate::Events(events)) => {
                         cluster.worker_events(&worker_id, connection, events)
+                    }
+                    Ok(WorkerUpdate::Locate(request)) => {
+                        cluster.locate(&worker_id, connection, request)
                     }
                     Ok(WorkerUpdate::Register(_)) => {
                         warn!("second registration on one stream ignored")

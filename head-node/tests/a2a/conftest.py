@@ -38,7 +38,7 @@ class Cluster:
         self.dir = tempfile.TemporaryDirectory()
         config = Path(self.dir.name) / "fleet.toml"
         config.write_text(CONFIG)
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_API_KEY", None)
         self.head = subprocess.Popen(

@@ -50,7 +50,7 @@ class Cluster:
         models = base / "models"
         models.mkdir()
         (models / MINILM).symlink_to(minilm_dir())
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_API_KEY", None)
         self.head = subprocess.Popen(

@@ -1,0 +1,193 @@
+//! Agents calling agents over the mesh: the caller's side. A call goes straight to the
+//! worker that hosts the callee; only the lookup of where that is goes through the head
+//! (a `Locate` up the `Join` stream, answered by `Located`), and its answer is cached until
+//! the peer leaves the mesh or a call to it fails. A callee on this very worker is run here
+//! without touching the network.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fleet_mesh::{AgentCall, Mesh, MeshError, MeshRequest, MeshResponse, Peer};
+use fleet_proto::{LocateRequest, MeshPeer};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::callee::LocalCalls;
+use crate::host::ToolOutcome;
+
+/// How long the head may take to say where an agent runs.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lookups waiting to go up to the head at most (a burst of first calls).
+const LOCATE_QUEUE: usize = 4096;
+
+/// Where a call goes: the worker's id and its peer id on the mesh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Location {
+    worker_id: String,
+    peer_id: String,
+}
+
+/// One call of an agent by a running task.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub agent: String,
+    pub context_id: String,
+    pub input: String,
+    pub caller_task: String,
+    /// Tool calls between the caller's task and a client's (the callee runs one deeper).
+    pub depth: u32,
+    pub timeout: Duration,
+}
+
+/// The caller's side of agent calls on this worker; shared by every actor.
+pub struct AgentCaller {
+    mesh: Mesh,
+    local: LocalCalls,
+    locations: Mutex<HashMap<(String, String), Location>>,
+    lookups: Mutex<HashMap<u64, oneshot::Sender<Result<MeshPeer, String>>>>,
+    next_lookup: AtomicU64,
+    to_head: mpsc::Sender<LocateRequest>,
+}
+
+impl std::fmt::Debug for AgentCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCaller").field("peer_id", &self.mesh.peer_id()).finish_non_exhaustive()
+    }
+}
+
+impl AgentCaller {
+    /// A caller on `mesh`; the connection to the head sends what comes out of the returned
+    /// receiver up as `Locate` messages.
+    pub fn new(mesh: Mesh, local: LocalCalls) -> (Arc<Self>, mpsc::Receiver<LocateRequest>) {
+        let (to_head, lookups) = mpsc::channel(LOCATE_QUEUE);
+        let caller = Self {
+            mesh,
+            local,
+            locations: Mutex::default(),
+            lookups: Mutex::default(),
+            next_lookup: AtomicU64::new(1),
+            to_head,
+        };
+        (Arc::new(caller), lookups)
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// Calls `call.agent` wherever it runs and returns its answer (or an error the calling
+    /// model can read).
+    pub async fn call(&self, call: Call) -> ToolOutcome {
+        let location = match self.locate(&call).await {
+            Ok(location) => location,
+            Err(e) => return (format!("agent {} cannot be called: {e}", call.agent), true),
+        };
+        if location.peer_id == self.mesh.peer_id() {
+            return self.local.call(call).await;
+        }
+        let request = MeshRequest::Call(AgentCall {
+            agent: call.agent.clone(),
+            context_id: call.context_id.clone(),
+            input: call.input.clone(),
+            caller_task: call.caller_task.clone(),
+            trace: String::new(),
+            timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX),
+            depth: call.depth,
+        });
+        let answer = tokio::time::timeout(call.timeout, self.mesh.ask(&location.peer_id, request));
+        match answer.await {
+            Ok(Ok(MeshResponse::Reply { output, is_error })) => (output, is_error),
+            Ok(Ok(MeshResponse::Refused { reason })) => {
+                self.forget(&call, &location);
+                (format!("agent {} on worker {} refused the call: {reason}", call.agent, location.worker_id), true)
+            }
+            Ok(Ok(other)) => {
+                (format!("agent {} answered the call with {other:?}", call.agent), true)
+            }
+            Ok(Err(e)) => {
+                if matches!(e, MeshError::PeerGone(_) | MeshError::UnknownPeer(_) | MeshError::Timeout { .. }) {
+                    self.forget(&call, &location);
+                }
+                (format!("the call to agent {} on worker {} failed: {e}", call.agent, location.worker_id), true)
+            }
+            Err(_) => {
+                self.forget(&call, &location);
+                let secs = call.timeout.as_secs_f64();
+                (format!("agent {} on worker {} did not answer within {secs} s", call.agent, location.worker_id), true)
+            }
+        }
+    }
+
+    /// The cached location of the callee, or the head's answer.
+    async fn locate(&self, call: &Call) -> Result<Location, String> {
+        let key = (call.agent.clone(), call.context_id.clone());
+        if let Some(location) = self.locations.lock().get(&key) {
+            return Ok(location.clone());
+        }
+        let request_id = self.next_lookup.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lookups.lock().insert(request_id, tx);
+        let request = LocateRequest {
+            request_id,
+            agent: call.agent.clone(),
+            context_id: call.context_id.clone(),
+            caller_task: call.caller_task.clone(),
+        };
+        if self.to_head.send(request).await.is_err() {
+            self.lookups.lock().remove(&request_id);
+            return Err("the worker is shutting down".into());
+        }
+        let answer = tokio::time::timeout(LOCATE_TIMEOUT, rx).await;
+        self.lookups.lock().remove(&request_id);
+        let peer = match answer {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err("the connection to the head was lost during the lookup".into()),
+            Err(_) => return Err(format!("the head did not say where it runs within {} s", LOCATE_TIMEOUT.as_secs())),
+        };
+        let location = Location { worker_id: peer.worker_id, peer_id: peer.address.peer_id };
+        debug!(agent = %call.agent, worker_id = %location.worker_id, "agent located");
+        self.locations.lock().insert(key, location.clone());
+        Ok(location)
+    }
+
+    fn forget(&self, call: &Call, location: &Location) {
+        let key = (call.agent.clone(), call.context_id.clone());
+        let mut locations = self.locations.lock();
+        if locations.get(&key) == Some(location) {
+            locations.remove(&key);
+        }
+    }
+
+    /// The head's answer to a lookup.
+    pub fn located(&self, request_id: u64, result: Result<MeshPeer, String>) {
+        if let Some(waiting) = self.lookups.lock().remove(&request_id) {
+            let _ = waiting.send(result);
+        }
+    }
+
+    /// The head's list of the workers on the mesh: the only peers accepted and called.
+    /// Cached locations on workers that left are dropped.
+    pub fn set_peers(&self, peers: Vec<MeshPeer>) {
+        let own = self.mesh.peer_id();
+        self.locations
+            .lock()
+            .retain(|_, location| peers.iter().any(|p| p.address.peer_id == location.peer_id));
+        let peers = peers
+            .into_iter()
+            .filter(|p| p.address.peer_id != own)
+            .map(|p| Peer { peer_id: p.address.peer_id, addrs: p.address.addrs })
+            .collect();
+        self.mesh.set_peers(peers);
+    }
+
+    /// The connection to the head is gone: lookups in flight will not be answered.
+    pub fn head_lost(&self) {
+        let waiting: Vec<_> = self.lookups.lock().drain().collect();
+        if !waiting.is_empty() {
+            warn!(lookups = waiting.len(), "the head went away during agent lookups");
+        }
+    }
+}
