@@ -208,6 +208,8 @@ impl Cluster {
                 tasks: TaskTable::new(config.max_retained_tasks),
                 queue: VecDeque::new(),
                 context_workers: HashMap::new(),
+                calls_relayed: 0,
+                agents_located: 0,
             }),
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,

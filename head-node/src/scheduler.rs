@@ -256,4 +256,31 @@ mod tests {
         s.registry.get_mut("w1").expect("w1").tasks_assigned = 5;
         assert_eq!(place(&agent("builtin:echo"), &s.registry, None), Placement::Worker("w2"));
     }
+
+    #[tokio::test]
+    async fn calls_go_to_the_worker_on_the_mesh_that_hosts_the_agent() {
+        let mesh = |r: &mut Registration| {
+            r.mesh = Some(fleet_proto::MeshAddress {
+                peer_id: format!("peer-{}", r.worker_id),
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            });
+        };
+        let mut s = Setup::new();
+        s.worker("off-mesh", |_| {}).worker("m1", mesh).worker("m2", mesh);
+        // The least loaded of the mesh workers, never the one off the mesh...
+        s.run("m1", "other", 2);
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m2"));
+        // ...unless the agent already has its actor on one, even a busier one (a call is
+        // not a task: full slots do not stop it).
+        s.registry.get_mut("m1").expect("m1").placed.insert("a".into(), 1);
+        s.run("m1", "other", 2);
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m1"));
+        let missing = locate(&agent("llama"), &s.registry, None);
+        assert!(missing.as_ref().is_err_and(|e| e.contains("no worker has model")), "{missing:?}");
+
+        let mut s = Setup::new();
+        s.worker("off-mesh", |_| {});
+        let off = locate(&agent("builtin:echo"), &s.registry, None);
+        assert!(off.as_ref().is_err_and(|e| e.contains("not on the mesh")), "{off:?}");
+    }
 }
