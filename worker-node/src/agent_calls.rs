@@ -30,6 +30,9 @@ struct Location {
     peer_id: String,
 }
 
+/// A call that was not sent: its cached peer is no longer on the mesh.
+struct Unsent;
+
 /// One call of an agent by a running task.
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -79,14 +82,25 @@ impl AgentCaller {
     }
 
     /// Calls `call.agent` wherever it runs and returns its answer (or an error the calling
-    /// model can read).
+    /// model can read). A call that never left because its cached peer had left the mesh
+    /// is sent again to wherever the head places the agent now.
     pub async fn call(&self, call: Call) -> ToolOutcome {
+        match self.call_once(&call).await {
+            Err(Unsent) => self.call_once(&call).await.unwrap_or_else(|Unsent| {
+                (format!("agent {} cannot be called: its worker left the mesh", call.agent), true)
+            }),
+            Ok(outcome) => outcome,
+        }
+    }
+
+    async fn call_once(&self, call: &Call) -> Result<ToolOutcome, Unsent> {
+        let call = call.clone();
         let location = match self.locate(&call).await {
             Ok(location) => location,
-            Err(e) => return (format!("agent {} cannot be called: {e}", call.agent), true),
+            Err(e) => return Ok((format!("agent {} cannot be called: {e}", call.agent), true)),
         };
         if location.peer_id == self.mesh.peer_id() {
-            return self.local.call(call).await;
+            return Ok(self.local.call(call).await);
         }
         let request = MeshRequest::Call(AgentCall {
             agent: call.agent.clone(),
@@ -98,7 +112,7 @@ impl AgentCaller {
             depth: call.depth,
         });
         let answer = tokio::time::timeout(call.timeout, self.mesh.ask(&location.peer_id, request));
-        match answer.await {
+        Ok(match answer.await {
             Ok(Ok(MeshResponse::Reply { output, is_error })) => (output, is_error),
             Ok(Ok(MeshResponse::Refused { reason })) => {
                 self.forget(&call, &location);
@@ -107,8 +121,12 @@ impl AgentCaller {
             Ok(Ok(other)) => {
                 (format!("agent {} answered the call with {other:?}", call.agent), true)
             }
+            Ok(Err(MeshError::UnknownPeer(_))) => {
+                self.forget(&call, &location);
+                return Err(Unsent);
+            }
             Ok(Err(e)) => {
-                if matches!(e, MeshError::PeerGone(_) | MeshError::UnknownPeer(_) | MeshError::Timeout { .. }) {
+                if matches!(e, MeshError::PeerGone(_) | MeshError::Timeout { .. }) {
                     self.forget(&call, &location);
                 }
                 (format!("the call to agent {} on worker {} failed: {e}", call.agent, location.worker_id), true)
@@ -118,7 +136,7 @@ impl AgentCaller {
                 let secs = call.timeout.as_secs_f64();
                 (format!("agent {} on worker {} did not answer within {secs} s", call.agent, location.worker_id), true)
             }
-        }
+        })
     }
 
     /// The cached location of the callee, or the head's answer.

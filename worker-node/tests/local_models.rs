@@ -245,7 +245,9 @@ async fn a_preload_that_cannot_load_stops_the_worker_with_the_reason() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_calls_another_agent_as_a_tool() -> Result<()> {
     within(async {
-        let cluster = ClusterSandbox::builder().workers(2).start().await?;
+        // Workers without a mesh: the head runs each call as a sub-task (tests/mesh_calls.rs
+        // has the direct calls between workers on the mesh).
+        let cluster = ClusterSandbox::builder().workers(2).worker_arg("--no-mesh").start().await?;
         let client = cluster.client().await?;
         let echo = |name: &str, tools: &[&str]| AgentSpec {
             name: name.into(),
