@@ -24,7 +24,7 @@ use crate::tool_calls;
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;
 /// How long a tool call (another agent's task) may take.
-const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Agents calling agents calling agents...: at most this deep over the mesh (the head
 /// bounds calls it relays the same way).
 pub const MAX_CALL_DEPTH: u32 = 4;

@@ -149,6 +149,8 @@ async fn join_mesh(
     }
     let settings = fleet_mesh::MeshConfig {
         listen: config.mesh_listen.clone(),
+        // A call is answered when the callee's generation ends, which can take minutes.
+        request_timeout: crate::agent_loop::TOOL_CALL_TIMEOUT,
         ..Default::default()
     };
     let (mesh, incoming) = fleet_mesh::Mesh::start(settings)
