@@ -50,6 +50,8 @@ pub struct AgentCaller {
     mesh: Mesh,
     local: LocalCalls,
     locations: Mutex<HashMap<(String, String), Location>>,
+    /// One lookup at a time per (agent, context): the callers of one wait for its answer.
+    locating: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<Result<MeshPeer, String>>>>,
     next_lookup: AtomicU64,
     to_head: mpsc::Sender<LocateRequest>,
@@ -70,6 +72,7 @@ impl AgentCaller {
             mesh,
             local,
             locations: Mutex::default(),
+            locating: Mutex::default(),
             lookups: Mutex::default(),
             next_lookup: AtomicU64::new(1),
             to_head,
@@ -139,12 +142,26 @@ impl AgentCaller {
         })
     }
 
-    /// The cached location of the callee, or the head's answer.
+    /// The cached location of the callee, or the head's answer. Concurrent first calls of
+    /// one agent (and context) share one lookup.
     async fn locate(&self, call: &Call) -> Result<Location, String> {
         let key = (call.agent.clone(), call.context_id.clone());
         if let Some(location) = self.locations.lock().get(&key) {
             return Ok(location.clone());
         }
+        let turn = self.locating.lock().entry(key.clone()).or_default().clone();
+        let _turn = turn.lock().await;
+        if let Some(location) = self.locations.lock().get(&key) {
+            return Ok(location.clone());
+        }
+        let found = self.ask_head(call).await;
+        self.locating.lock().remove(&key);
+        let location = found?;
+        self.locations.lock().insert(key, location.clone());
+        Ok(location)
+    }
+
+    async fn ask_head(&self, call: &Call) -> Result<Location, String> {
         let request_id = self.next_lookup.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lookups.lock().insert(request_id, tx);
@@ -167,7 +184,6 @@ impl AgentCaller {
         };
         let location = Location { worker_id: peer.worker_id, peer_id: peer.address.peer_id };
         debug!(agent = %call.agent, worker_id = %location.worker_id, "agent located");
-        self.locations.lock().insert(key, location.clone());
         Ok(location)
     }
 
