@@ -120,8 +120,11 @@ impl AgentRegistry {
 
 /// Tools (other agents) one agent may call.
 const MAX_TOOLS: usize = 32;
+const MAX_TOPICS: usize = 16;
+/// The tool agents with topics publish with (see the worker's agent loop).
+pub const PUBLISH_TOOL: &str = "publish";
 
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -162,6 +165,17 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
     if let Some(tool) = spec.tools.iter().find(|t| !valid_name(t)) {
         return bad(format!(
             "tool {tool:?} is not an agent name: tools are the names of other agents"
+        ));
+    }
+    if spec.tools.iter().any(|t| t == PUBLISH_TOOL) {
+        return bad(format!("{PUBLISH_TOOL:?} is the tool of agents with topics: list the topics instead"));
+    }
+    if spec.topics.len() > MAX_TOPICS {
+        return bad(format!("at most {MAX_TOPICS} topics per agent, got {}", spec.topics.len()));
+    }
+    if let Some(topic) = spec.topics.iter().find(|t| !valid_name(t)) {
+        return bad(format!(
+            "topic {topic:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
         ));
     }
     let r = &spec.resources;

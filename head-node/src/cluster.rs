@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_proto::local::LocalHead;
 use fleet_proto::{
     AgentSpec, Command, EventKind, Heartbeat, LoadedModel, LocateRequest, MeshPeer, Registration,
-    TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, now_us,
+    TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, TopicMessage, now_us,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use crate::agents::{AgentRegistry, Registered};
 use crate::config::HeadConfig;
 use crate::scheduler::{self, Placement};
 use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
+use crate::topics::{PublishOutcome, TopicRelays};
 use crate::workers::{WorkerEntry, WorkerRegistry};
 use crate::{Error, Result};
 
@@ -180,6 +181,7 @@ struct State {
     calls_relayed: u64,
     /// Lookups answered for callers on the mesh.
     agents_located: u64,
+    topics: TopicRelays,
 }
 
 /// The head's cluster state, shared by every API handler.
@@ -210,6 +212,7 @@ impl Cluster {
                 context_workers: HashMap::new(),
                 calls_relayed: 0,
                 agents_located: 0,
+                topics: TopicRelays::default(),
             }),
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,
@@ -647,6 +650,7 @@ impl Cluster {
             fail_over(state, entry, reason);
             if on_mesh {
                 announce_mesh(state);
+                state.topics.worker_lost(&state.workers, worker_id);
             }
             drain_queue(state);
         }
@@ -673,6 +677,54 @@ impl Cluster {
         }
         state.agents_located += 1;
         let _ = reply_to.send(Command::Located { request_id: request.request_id, result });
+    }
+
+    // ---- topics ----
+
+    /// The messages on `topic` from now on, through `worker`'s subscription (any worker on
+    /// the mesh when empty).
+    pub fn follow_topic(
+        &self,
+        topic: &str,
+        worker: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<Arc<TopicMessage>>> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.topics.follow(&state.workers, topic, worker)
+    }
+
+    /// Publishes a client's message through a worker on the mesh.
+    pub fn publish(
+        &self,
+        topic: String,
+        publisher: String,
+        body: String,
+    ) -> Result<tokio::sync::oneshot::Receiver<PublishOutcome>> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.topics.publish(&state.workers, topic, publisher, body)
+    }
+
+    /// Messages a worker forwarded on topics the head follows through it.
+    pub fn topic_messages(&self, worker_id: &str, connection: u64, mut messages: Vec<TopicMessage>) {
+        let mut state = self.state.lock();
+        if state.workers.get(worker_id).is_none_or(|w| w.connection != connection) {
+            return;
+        }
+        for m in &mut messages {
+            m.worker_id = worker_id.to_owned();
+        }
+        state.topics.deliver(worker_id, messages);
+    }
+
+    /// A worker's answer to a client's publish.
+    pub fn published(
+        &self,
+        worker_id: &str,
+        request_id: u64,
+        result: std::result::Result<u64, String>,
+    ) {
+        self.state.lock().topics.published(worker_id, request_id, result);
     }
 
     /// Declares dead every worker silent for longer than `timeout`.

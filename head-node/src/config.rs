@@ -91,6 +91,8 @@ pub struct AgentTable {
     #[serde(default)]
     pub max_concurrency: u32,
     #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
     pub resources: ResourcesTable,
     #[serde(default)]
     pub sampling: SamplingTable,
@@ -157,6 +159,7 @@ impl From<AgentTable> for AgentSpec {
             labels: t.labels,
             model_options,
             max_concurrency: t.max_concurrency,
+            topics: t.topics,
         }
     }
 }

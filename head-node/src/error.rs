@@ -23,6 +23,8 @@ pub enum Error {
     QueueFull { limit: usize },
     #[error("no worker can ever run agent {agent:?}: {reason}")]
     Unschedulable { agent: String, reason: String },
+    #[error("mesh unavailable: {0}")]
+    Mesh(String),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -48,6 +50,7 @@ impl Error {
             Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
             Self::QueueFull { .. } => Code::ResourceExhausted,
             Self::Unschedulable { .. } => Code::FailedPrecondition,
+            Self::Mesh(_) => Code::Unavailable,
             Self::Io(_) => Code::Internal,
         }
     }
@@ -60,6 +63,7 @@ impl Error {
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
             tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -7,7 +7,8 @@
 //!   stream, converting wire types to domain types;
 //! - [`cluster`] is the state machine behind one lock: it owns the [`agents`] registry, the
 //!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
-//!   and asks the [`scheduler`] where each task goes;
+//!   and asks the [`scheduler`] where each task goes (and, for workers on the mesh, where
+//!   an agent to call runs); [`topics`] relays the mesh's topics to clients;
 //! - [`http`] serves `/healthz` and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
 //!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`);
@@ -29,6 +30,7 @@ pub mod openai;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
+pub mod topics;
 pub mod workers;
 
 pub use cluster::Cluster;

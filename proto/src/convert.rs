@@ -120,6 +120,7 @@ impl From<pb::AgentSpec> for AgentSpec {
             labels: s.labels.into_iter().collect(),
             model_options: s.model_options.into_iter().collect(),
             max_concurrency: s.max_concurrency,
+            topics: s.topics,
         }
     }
 }
@@ -138,6 +139,7 @@ impl From<&AgentSpec> for pb::AgentSpec {
             labels: s.labels.clone().into_iter().collect(),
             model_options: s.model_options.clone().into_iter().collect(),
             max_concurrency: s.max_concurrency,
+            topics: s.topics.clone(),
         }
     }
 }
@@ -325,6 +327,13 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                 context_id: l.context_id,
                 caller_task: l.caller_task,
             }),
+            Kind::TopicMessages(m) => {
+                Self::TopicMessages(m.messages.into_iter().map(Into::into).collect())
+            }
+            Kind::Published(p) => Self::Published {
+                request_id: p.request_id,
+                result: if p.error.is_empty() { Ok(p.seq) } else { Err(p.error) },
+            },
         })
     }
 }
@@ -357,6 +366,13 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                 agent: l.agent,
                 context_id: l.context_id,
                 caller_task: l.caller_task,
+            }),
+            WorkerUpdate::TopicMessages(messages) => Kind::TopicMessages(pb::TopicMessages {
+                messages: messages.into_iter().map(Into::into).collect(),
+            }),
+            WorkerUpdate::Published { request_id, result } => Kind::Published(match result {
+                Ok(seq) => pb::Published { request_id, seq, error: String::new() },
+                Err(error) => pb::Published { request_id, seq: 0, error },
             }),
         };
         Self { kind: Some(kind) }
@@ -409,6 +425,15 @@ impl From<&Command> for pb::Command {
                     ..Default::default()
                 },
             }),
+            Command::FollowTopic { topic, follow } => {
+                Kind::FollowTopic(pb::FollowTopic { topic: topic.clone(), follow: *follow })
+            }
+            Command::Publish(p) => Kind::Publish(pb::Publish {
+                request_id: p.request_id,
+                topic: p.topic.clone(),
+                publisher: p.publisher.clone(),
+                body: p.body.clone(),
+            }),
         };
         Self { kind: Some(kind) }
     }
@@ -455,7 +480,38 @@ impl TryFrom<pb::Command> for Command {
                     Err(l.error)
                 },
             },
+            Kind::FollowTopic(f) => Command::FollowTopic { topic: f.topic, follow: f.follow },
+            Kind::Publish(p) => Command::Publish(PublishRequest {
+                request_id: p.request_id,
+                topic: p.topic,
+                publisher: p.publisher,
+                body: p.body,
+            }),
         })
+    }
+}
+
+impl From<pb::TopicMessage> for TopicMessage {
+    fn from(m: pb::TopicMessage) -> Self {
+        Self {
+            topic: m.topic,
+            publisher: m.publisher,
+            seq: m.seq,
+            body: m.body,
+            worker_id: m.worker_id,
+        }
+    }
+}
+
+impl From<TopicMessage> for pb::TopicMessage {
+    fn from(m: TopicMessage) -> Self {
+        Self {
+            topic: m.topic,
+            publisher: m.publisher,
+            seq: m.seq,
+            body: m.body,
+            worker_id: m.worker_id,
+        }
     }
 }
 

@@ -135,6 +135,30 @@ pub struct AgentSpec {
     pub model_options: BTreeMap<String, String>,
     /// Most tasks of this agent running at once on the cluster; 0 = unlimited.
     pub max_concurrency: u32,
+    /// Mesh topics the agent reads (in its prompt) and may publish on (`publish` tool).
+    pub topics: Vec<String>,
+}
+
+/// A message on a topic of the mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicMessage {
+    pub topic: String,
+    /// The agent (or client) that published it.
+    pub publisher: String,
+    /// Numbers the publisher's messages on the topic from 1, in order.
+    pub seq: u64,
+    pub body: String,
+    /// The worker whose subscription received it.
+    pub worker_id: String,
+}
+
+/// A client's message to publish on the mesh, handed to a worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub request_id: u64,
+    pub topic: String,
+    pub publisher: String,
+    pub body: String,
 }
 
 /// Token counts of one task.
@@ -337,6 +361,13 @@ pub enum WorkerUpdate {
     /// Task events; `seq` is left 0, the head assigns it.
     Events(Vec<TaskEvent>),
     Locate(LocateRequest),
+    /// Messages on topics the head follows through this worker.
+    TopicMessages(Vec<TopicMessage>),
+    /// The answer to a `Publish`: the message's number, or why it was not published.
+    Published {
+        request_id: u64,
+        result: std::result::Result<u64, String>,
+    },
 }
 
 /// A task handed to a worker.
@@ -381,4 +412,11 @@ pub enum Command {
         request_id: u64,
         result: std::result::Result<MeshPeer, String>,
     },
+    /// Forward the messages on `topic` to the head (or stop, with `follow` false).
+    FollowTopic {
+        topic: String,
+        follow: bool,
+    },
+    /// Publish a client's message; answered with `Published`.
+    Publish(PublishRequest),
 }

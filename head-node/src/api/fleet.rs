@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use fleet_proto::{AgentSpec, pb};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span};
@@ -202,6 +202,82 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         Ok(Response::new(self.cluster.status().into()))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let r = request.into_inner();
+        check_topic(&r.topic)?;
+        let publisher = if r.publisher.is_empty() { "client".to_owned() } else { r.publisher };
+        if !crate::agents::valid_name(&publisher) {
+            return Err(Status::invalid_argument(
+                "publisher must be 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if r.body.len() > MAX_TOPIC_BODY {
+            return Err(Status::invalid_argument(format!(
+                "body is {} bytes; a topic message is at most {MAX_TOPIC_BODY}",
+                r.body.len()
+            )));
+        }
+        let answer = self.cluster.publish(r.topic, publisher, r.body)?;
+        match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {
+            Ok(Ok(Ok((seq, worker_id)))) => Ok(Response::new(pb::PublishResponse { seq, worker_id })),
+            Ok(Ok(Err(reason))) => Err(Status::unavailable(format!("not published: {reason}"))),
+            Ok(Err(_)) => Err(Status::unavailable("not published: the head is shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the worker did not confirm the publish within {} s; it may or may not have gone out",
+                PUBLISH_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    type FollowTopicStream = TopicStream;
+
+    async fn follow_topic(
+        &self,
+        request: Request<pb::FollowTopicRequest>,
+    ) -> Result<Response<Self::FollowTopicStream>, Status> {
+        let r = request.into_inner();
+        check_topic(&r.topic)?;
+        let messages = self.cluster.follow_topic(&r.topic, &r.worker_id)?;
+        let shutdown = self.shutdown.clone();
+        let stream = futures::stream::unfold(Some(messages), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(m) => Some((Ok(pb::TopicMessage::from((*m).clone())), Some(rx))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some((
+                    Err(Status::resource_exhausted(format!(
+                        "this follower fell {n} messages behind and was cut off: read faster or follow again"
+                    ))),
+                    None,
+                )),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => Some((
+                    Err(Status::unavailable(
+                        "the worker relaying this topic left the cluster: follow again",
+                    )),
+                    None,
+                )),
+            }
+        });
+        Ok(Response::new(Box::pin(stream.take_until(shutdown.cancelled_owned()))))
+    }
+}
+
+/// The largest topic message a client may publish.
+const MAX_TOPIC_BODY: usize = 1 << 20;
+/// How long a publish waits for its worker's confirmation.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type TopicStream = Pin<Box<dyn Stream<Item = Result<pb::TopicMessage, Status>> + Send>>;
+
+fn check_topic(topic: &str) -> Result<(), Status> {
+    if crate::agents::valid_name(topic) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument("topic must be 1 to 64 letters, digits, '-', '_' or '.'"))
     }
 }
 

@@ -121,6 +121,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     Ok(WorkerUpdate::Locate(request)) => {
                         cluster.locate(&worker_id, connection, request)
                     }
+                    Ok(WorkerUpdate::TopicMessages(messages)) => {
+                        cluster.topic_messages(&worker_id, connection, messages)
+                    }
+                    Ok(WorkerUpdate::Published { request_id, result }) => {
+                        cluster.published(&worker_id, request_id, result)
+                    }
                     Ok(WorkerUpdate::Register(_)) => {
                         warn!("second registration on one stream ignored")
                     }
