@@ -108,6 +108,9 @@ type Api = FleetServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 /// A stream of one task's events.
 pub type TaskStream = Pin<Box<dyn Stream<Item = Result<TaskEvent>> + Send>>;
 
+/// Messages on a topic, as [`Client::follow_topic`] gives them.
+pub type TopicStream = Pin<Box<dyn Stream<Item = Result<pb::TopicMessage>> + Send>>;
+
 /// A task to submit.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -260,6 +263,31 @@ impl Client {
 
     pub async fn status(&self) -> Result<ClusterStatus> {
         Ok(self.api.clone().cluster_status(pb::ClusterStatusRequest {}).await?.into_inner())
+    }
+
+    /// Publishes `body` on a topic of the workers' mesh as `publisher` (empty = "client");
+    /// returns the message's number among the publisher's and the worker that sent it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        publisher: &str,
+        body: &str,
+    ) -> Result<pb::PublishResponse> {
+        let request = pb::PublishRequest {
+            topic: topic.to_owned(),
+            publisher: publisher.to_owned(),
+            body: body.to_owned(),
+        };
+        Ok(self.api.clone().publish(request).await?.into_inner())
+    }
+
+    /// The messages on a topic from now on, through `worker_id`'s subscription (any worker
+    /// on the mesh when empty).
+    pub async fn follow_topic(&self, topic: &str, worker_id: &str) -> Result<TopicStream> {
+        let request =
+            pb::FollowTopicRequest { topic: topic.to_owned(), worker_id: worker_id.to_owned() };
+        let inbound = self.api.clone().follow_topic(request).await?.into_inner();
+        Ok(Box::pin(inbound.map(|m| m.map_err(Error::from))))
     }
 
     /// Opens a multiplexed submission stream.

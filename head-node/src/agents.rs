@@ -121,8 +121,6 @@ impl AgentRegistry {
 /// Tools (other agents) one agent may call.
 const MAX_TOOLS: usize = 32;
 const MAX_TOPICS: usize = 16;
-/// The tool agents with topics publish with (see the worker's agent loop).
-pub const PUBLISH_TOOL: &str = "publish";
 
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -167,8 +165,11 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
             "tool {tool:?} is not an agent name: tools are the names of other agents"
         ));
     }
-    if spec.tools.iter().any(|t| t == PUBLISH_TOOL) {
-        return bad(format!("{PUBLISH_TOOL:?} is the tool of agents with topics: list the topics instead"));
+    if spec.tools.iter().any(|t| t == fleet_proto::PUBLISH_TOOL) {
+        return bad(format!(
+            "{:?} is the tool of agents with topics: list the topics instead",
+            fleet_proto::PUBLISH_TOOL
+        ));
     }
     if spec.topics.len() > MAX_TOPICS {
         return bad(format!("at most {MAX_TOPICS} topics per agent, got {}", spec.topics.len()));

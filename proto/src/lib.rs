@@ -30,6 +30,9 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The tool agents with topics publish on them with; no agent may be called so.
+pub const PUBLISH_TOOL: &str = "publish";
+
 /// What an agent called as a tool is asked: the call's `input` argument, or the arguments
 /// as given (the head relaying a call and a worker calling over the mesh agree on this).
 pub fn call_input(arguments: &str) -> String {

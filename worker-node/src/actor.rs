@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::agent_calls::AgentCaller;
+use crate::topics::{self, TopicBoard};
 use crate::agent_loop::{self, TaskRun};
 use crate::host::{PendingCalls, RunningTasks};
 use crate::memory::ConversationMemory;
@@ -28,6 +29,8 @@ pub struct AgentArgs {
     pub calls: PendingCalls,
     /// Calls to other agents over the mesh, when the worker is on one.
     pub caller: Option<Arc<AgentCaller>>,
+    /// The mesh's topics, for agents with `topics`.
+    pub board: Option<Arc<TopicBoard>>,
 }
 
 pub struct AgentActor {
@@ -65,6 +68,12 @@ impl AgentActor {
         let mut messages = Vec::new();
         if !self.args.spec.instructions.is_empty() {
             messages.push(ChatMessage::new(Role::System, self.args.spec.instructions.clone()));
+        }
+        if let Some(board) = &self.args.board {
+            let recent = board.recent(&self.args.spec.topics);
+            if !recent.is_empty() {
+                messages.push(ChatMessage::new(Role::System, topics::prompt_text(&recent)));
+            }
         }
         match &task.options {
             Some(options) if !options.history.is_empty() => {
@@ -104,6 +113,7 @@ impl Message<Run> for AgentActor {
             messages,
             calls: self.args.calls.clone(),
             caller: self.args.caller.clone(),
+            board: self.args.board.clone(),
             task: msg.task,
             sink: msg.sink,
             cancel: msg.cancel,

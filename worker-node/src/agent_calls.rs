@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleet_mesh::{AgentCall, Mesh, MeshError, MeshRequest, MeshResponse, Peer};
-use fleet_proto::{LocateRequest, MeshPeer};
+use fleet_proto::{LocateRequest, MeshPeer, WorkerUpdate};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -20,8 +20,6 @@ use crate::host::ToolOutcome;
 
 /// How long the head may take to say where an agent runs.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Lookups waiting to go up to the head at most (a burst of first calls).
-const LOCATE_QUEUE: usize = 4096;
 
 /// Where a call goes: the worker's id and its peer id on the mesh.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +52,7 @@ pub struct AgentCaller {
     locating: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<Result<MeshPeer, String>>>>,
     next_lookup: AtomicU64,
-    to_head: mpsc::Sender<LocateRequest>,
+    to_head: mpsc::Sender<WorkerUpdate>,
 }
 
 impl std::fmt::Debug for AgentCaller {
@@ -64,10 +62,8 @@ impl std::fmt::Debug for AgentCaller {
 }
 
 impl AgentCaller {
-    /// A caller on `mesh`; the connection to the head sends what comes out of the returned
-    /// receiver up as `Locate` messages.
-    pub fn new(mesh: Mesh, local: LocalCalls) -> (Arc<Self>, mpsc::Receiver<LocateRequest>) {
-        let (to_head, lookups) = mpsc::channel(LOCATE_QUEUE);
+    /// A caller on `mesh` whose lookups go up to the head through `to_head`.
+    pub fn new(mesh: Mesh, local: LocalCalls, to_head: mpsc::Sender<WorkerUpdate>) -> Arc<Self> {
         let caller = Self {
             mesh,
             local,
@@ -77,7 +73,7 @@ impl AgentCaller {
             next_lookup: AtomicU64::new(1),
             to_head,
         };
-        (Arc::new(caller), lookups)
+        Arc::new(caller)
     }
 
     pub fn mesh(&self) -> &Mesh {
@@ -171,7 +167,7 @@ impl AgentCaller {
             context_id: call.context_id.clone(),
             caller_task: call.caller_task.clone(),
         };
-        if self.to_head.send(request).await.is_err() {
+        if self.to_head.send(WorkerUpdate::Locate(request)).await.is_err() {
             self.lookups.lock().remove(&request_id);
             return Err("the worker is shutting down".into());
         }

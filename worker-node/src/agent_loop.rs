@@ -20,6 +20,7 @@ use crate::host::{PendingCalls, ToolOutcome};
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
 use crate::tool_calls;
+use crate::topics::{self, TopicBoard};
 
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;
@@ -41,6 +42,8 @@ pub struct TaskRun {
     pub calls: PendingCalls,
     /// Calls agents over the mesh; without it they go through the head.
     pub caller: Option<Arc<AgentCaller>>,
+    /// The mesh's topics, for agents with `topics`.
+    pub board: Option<Arc<TopicBoard>>,
 }
 
 /// How a task ended well, for the actor's conversation memory.
@@ -85,7 +88,10 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
         Some(options) => run.spec.sampling.overridden_by(&options.sampling),
         None => run.spec.sampling.clone(),
     };
-    let tools = tool_calls::definitions(&run.spec.tools);
+    let mut tools = tool_calls::definitions(&run.spec.tools);
+    if !run.spec.topics.is_empty() {
+        tools.push(topics::publish_definition(&run.spec.topics));
+    }
     let mut messages = run.messages.clone();
     let mut usage = Usage::default();
     let mut output = String::new();
@@ -139,6 +145,10 @@ async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventK
         name: call.name.clone(),
         arguments: call.arguments.clone(),
     };
+    if call.name == fleet_proto::PUBLISH_TOOL && !run.spec.topics.is_empty() {
+        emit(&run.sink, &run.task, announce).await;
+        return Ok(publish(run, &call.arguments).await);
+    }
     if !run.spec.tools.contains(&call.name) {
         emit(&run.sink, &run.task, announce).await;
         let known = run.spec.tools.join(", ");
@@ -166,6 +176,27 @@ async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventK
     };
     run.calls.lock().remove(&key);
     outcome
+}
+
+/// The agent's `publish` tool: posts `message` on one of its topics.
+async fn publish(run: &TaskRun, arguments: &str) -> ToolOutcome {
+    let Some(board) = &run.board else {
+        return ("cannot publish: this worker is not on the mesh".into(), true);
+    };
+    let args: serde_json::Value = serde_json::from_str(arguments).unwrap_or_default();
+    let (Some(topic), Some(message)) =
+        (args.get("topic").and_then(|t| t.as_str()), args.get("message").and_then(|m| m.as_str()))
+    else {
+        return ("publish needs {\"topic\": ..., \"message\": ...}".into(), true);
+    };
+    if !run.spec.topics.iter().any(|t| t == topic) {
+        let known = run.spec.topics.join(", ");
+        return (format!("topic {topic:?} is not one of this agent's topics ({known})"), true);
+    }
+    match board.publish(topic, &run.spec.name, message.to_owned()).await {
+        Ok(seq) => (format!("published on {topic} as message {seq}"), false),
+        Err(e) => (format!("not published on {topic}: {e}"), true),
+    }
 }
 
 /// Calls the agent straight on the worker that hosts it.

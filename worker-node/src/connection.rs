@@ -8,8 +8,8 @@ use std::time::Duration;
 use fleet_proto::local::LocalHead;
 use fleet_proto::pb::worker_service_client::WorkerServiceClient;
 use fleet_proto::{
-    Command, Heartbeat, LocateRequest, MeshAddress, Registration, TOKEN_METADATA_KEY, TaskEvent,
-    WorkerUpdate, pb,
+    Command, Heartbeat, MeshAddress, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate,
+    pb,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -18,6 +18,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::agent_calls::AgentCaller;
+use crate::topics::TopicBoard;
 use crate::config::WorkerConfig;
 use crate::host::ActorHost;
 use crate::models::ModelStore;
@@ -27,6 +28,8 @@ use crate::{Error, Result};
 const EVENT_BUFFER: usize = 65_536;
 /// Events per message up the stream at most.
 const BATCH: usize = 1024;
+/// Lookups, topic messages and publish answers waiting to go up at most.
+const MESH_UPDATES: usize = 4096;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -47,10 +50,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .initial_stream_window_size(4 << 20);
     let mut registration = registration(&config)?;
     let mut host = host(&config).await?;
-    let mut lookups = match join_mesh(&config, &mut host).await? {
-        Some((address, lookups)) => {
+    let mut updates = match join_mesh(&config, &mut host).await? {
+        Some((address, updates)) => {
             registration.mesh = Some(address);
-            lookups
+            updates
         }
         // Never sends: the channel's sender is dropped at once.
         None => mpsc::channel(1).1,
@@ -58,7 +61,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let mut backoff = BACKOFF_START;
     loop {
         let outcome = tokio::select! {
-            r = session(&endpoint, &config, &registration, &mut host, &mut lookups) => r,
+            r = session(&endpoint, &config, &registration, &mut host, &mut updates) => r,
             () = shutdown.cancelled() => {
                 host.cancel_all();
                 info!("worker stopped");
@@ -138,12 +141,13 @@ fn heartbeat(host: &mut ActorHost) -> Heartbeat {
 }
 
 /// Starts the worker's mesh (unless it has none): calls from other workers go to the host's
-/// actors, and the host's agents call others through it. Returns the mesh's address for
-/// the registration and the lookups its callers send to the head.
+/// actors, the host's agents call others and share topics through it. Returns the mesh's
+/// address for the registration and what the mesh side sends the head (agent lookups,
+/// topic messages, publish answers).
 async fn join_mesh(
     config: &WorkerConfig,
     host: &mut ActorHost,
-) -> Result<Option<(MeshAddress, mpsc::Receiver<LocateRequest>)>> {
+) -> Result<Option<(MeshAddress, mpsc::Receiver<WorkerUpdate>)>> {
     if config.mesh_listen.is_empty() {
         return Ok(None);
     }
@@ -160,9 +164,10 @@ async fn join_mesh(
     info!(peer_id = %address.peer_id, addrs = ?address.addrs, "mesh listening");
     let local = host.local_calls();
     tokio::spawn(local.clone().serve(incoming));
-    let (caller, lookups) = AgentCaller::new(mesh, local);
-    host.use_mesh(caller);
-    Ok(Some((address, lookups)))
+    let (to_head, updates) = mpsc::channel(MESH_UPDATES);
+    let caller = AgentCaller::new(mesh.clone(), local, to_head.clone());
+    host.use_mesh(caller, TopicBoard::new(mesh, to_head));
+    Ok(Some((address, updates)))
 }
 
 /// The actor host with its model store; models named by `--preload` are loaded first, so a
@@ -201,7 +206,7 @@ async fn session(
     config: &WorkerConfig,
     registration: &Registration,
     host: &mut ActorHost,
-    lookups: &mut mpsc::Receiver<LocateRequest>,
+    updates: &mut mpsc::Receiver<WorkerUpdate>,
 ) -> Result<()> {
     let channel = endpoint
         .connect()
@@ -210,11 +215,11 @@ async fn session(
     let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20);
 
     let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);
-    let (locate_tx, locate_rx) = mpsc::channel::<LocateRequest>(1024);
+    let (update_tx, update_rx) = mpsc::channel::<WorkerUpdate>(1024);
     let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
     let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
     let outbound =
-        futures::stream::once(async move { first }).chain(upward(heartbeat_rx, locate_rx, event_rx));
+        futures::stream::once(async move { first }).chain(upward(heartbeat_rx, update_rx, event_rx));
 
     let mut request = tonic::Request::new(outbound);
     if let Some(token) = &config.token {
@@ -271,9 +276,9 @@ async fn session(
                     debug!("heartbeat skipped: the previous one is still waiting to be sent");
                 }
             }
-            Some(lookup) = lookups.recv() => {
-                // Waits when many lookups are on their way up; the callers wait with them.
-                if locate_tx.send(lookup).await.is_err() {
+            Some(update) = updates.recv() => {
+                // Waits when many updates are on their way up; their senders wait with them.
+                if update_tx.send(update).await.is_err() {
                     return Err(Error::Unreachable("the stream to the head closed".into()));
                 }
             }
@@ -281,20 +286,21 @@ async fn session(
     }
 }
 
-/// The stream up: heartbeats and agent lookups as they come, and all waiting task events
-/// packed into one message, so a burst of events costs a few frames rather than one each.
+/// The stream up: heartbeats and the mesh side's updates as they come, and all waiting
+/// task events packed into one message, so a burst of events costs a few frames rather
+/// than one each.
 fn upward(
     heartbeats: mpsc::Receiver<Heartbeat>,
-    lookups: mpsc::Receiver<LocateRequest>,
+    updates: mpsc::Receiver<WorkerUpdate>,
     events: mpsc::Receiver<TaskEvent>,
 ) -> impl futures::Stream<Item = pb::WorkerMessage> + Send {
-    let state = (heartbeats, lookups, events, Vec::with_capacity(BATCH));
-    futures::stream::unfold(state, |(mut heartbeats, mut lookups, mut events, mut buf)| async move {
+    let state = (heartbeats, updates, events, Vec::with_capacity(BATCH));
+    futures::stream::unfold(state, |(mut heartbeats, mut updates, mut events, mut buf)| async move {
         buf.clear();
         let message = tokio::select! {
             biased;
             Some(beat) = heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
-            Some(lookup) = lookups.recv() => WorkerUpdate::Locate(lookup),
+            Some(update) = updates.recv() => update,
             n = events.recv_many(&mut buf, BATCH) => {
                 if n == 0 {
                     return None;
@@ -302,6 +308,6 @@ fn upward(
                 WorkerUpdate::Events(std::mem::take(&mut buf))
             }
         };
-        Some((pb::WorkerMessage::from(message), (heartbeats, lookups, events, buf)))
+        Some((pb::WorkerMessage::from(message), (heartbeats, updates, events, buf)))
     })
 }

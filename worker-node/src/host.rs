@@ -17,6 +17,7 @@ use tracing::{debug, info};
 use crate::actor::{AgentActor, AgentArgs, Run};
 use crate::agent_calls::AgentCaller;
 use crate::callee::LocalCalls;
+use crate::topics::TopicBoard;
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
 
@@ -62,6 +63,8 @@ pub struct ActorHost {
     local_calls: LocalCalls,
     /// Calls to other agents over the mesh; `None` without a mesh (calls go through the head).
     caller: Option<Arc<AgentCaller>>,
+    /// The mesh's topics on this worker; `None` without a mesh.
+    board: Option<Arc<TopicBoard>>,
 }
 
 impl std::fmt::Debug for ActorHost {
@@ -81,6 +84,7 @@ impl ActorHost {
             calls: PendingCalls::default(),
             local_calls: LocalCalls::default(),
             caller: None,
+            board: None,
         }
     }
 
@@ -89,9 +93,11 @@ impl ActorHost {
         self.local_calls.clone()
     }
 
-    /// From now on, agents call agents over the mesh through `caller`.
-    pub fn use_mesh(&mut self, caller: Arc<AgentCaller>) {
+    /// From now on, agents call agents over the mesh through `caller` and share topics on
+    /// `board`.
+    pub fn use_mesh(&mut self, caller: Arc<AgentCaller>, board: Arc<TopicBoard>) {
         self.caller = Some(caller);
+        self.board = Some(board);
     }
 
     /// The models this host shares among its actors.
@@ -155,6 +161,14 @@ impl ActorHost {
                     caller.located(request_id, result);
                 }
             }
+            Command::FollowTopic { topic, follow } => match &self.board {
+                Some(board) => board.follow(&topic, follow),
+                None => debug!(topic, "topic follow ignored: this worker has no mesh"),
+            },
+            Command::Publish(request) => match &self.board {
+                Some(board) => board.publish_for_head(request),
+                None => debug!(topic = %request.topic, "publish ignored: this worker has no mesh"),
+            },
         }
     }
 
@@ -173,7 +187,13 @@ impl ActorHost {
             running: self.running.clone(),
             calls: self.calls.clone(),
             caller: self.caller.clone(),
+            board: self.board.clone(),
         };
+        if let Some(board) = &self.board {
+            for topic in &spec.topics {
+                board.subscribe(topic);
+            }
+        }
         let actor = AgentActor::supervise(&self.supervisor, args)
             .restart_policy(RestartPolicy::Permanent)
             .restart_limit(10, Duration::from_secs(10))

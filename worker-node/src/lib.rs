@@ -10,7 +10,8 @@
 //!   ([`tool_calls`] finds the calls local models write as text), bounded in rounds;
 //! - [`agent_calls`] calls agents on other workers straight over the mesh
 //!   ([`fleet_mesh`]), asking the head only where they run; [`callee`] runs the calls that
-//!   reach this worker on its actors;
+//!   reach this worker on its actors; [`topics`] is the swarm's blackboard: the mesh's
+//!   topics for agents' prompts and `publish` tool, and for the head to relay to clients;
 //! - [`runner`] drives one generation into task events;
 //! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
 //!   shares loaded ones; [`remote`] is the model of `openai:MODEL` agents (an
@@ -36,6 +37,7 @@ pub mod remote;
 pub mod resources;
 pub mod runner;
 pub mod tool_calls;
+pub mod topics;
 
 pub use config::WorkerConfig;
 pub use connection::run;

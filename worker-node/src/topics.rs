@@ -1,0 +1,159 @@
+//! Topics of the mesh on this worker: a shared blackboard for a swarm. Agents with
+//! `topics` read the latest messages on them in their prompt and publish with their
+//! `publish` tool; the head follows topics through a worker to show them to clients
+//! (`FollowTopic`, messages forwarded up the `Join` stream) and publishes for clients
+//! (`Publish`). One mesh subscription per topic feeds all of these.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use fleet_mesh::{Mesh, MeshError};
+use fleet_proto::{PublishRequest, TopicMessage, WorkerUpdate};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Latest messages kept per topic for prompts.
+const BOARD_DEPTH: usize = 32;
+/// Latest messages (over all of an agent's topics) shown in its prompt.
+pub const PROMPT_MESSAGES: usize = 20;
+
+/// The worker's view of the mesh's topics.
+pub struct TopicBoard {
+    mesh: Mesh,
+    /// The latest messages per topic this worker subscribes to, oldest first.
+    recent: Arc<Mutex<HashMap<String, VecDeque<TopicMessage>>>>,
+    subscribed: Mutex<HashSet<String>>,
+    /// Topics whose messages go up to the head.
+    forwarded: Arc<Mutex<HashSet<String>>>,
+    to_head: mpsc::Sender<WorkerUpdate>,
+}
+
+impl std::fmt::Debug for TopicBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicBoard").field("subscribed", &self.subscribed.lock().len()).finish()
+    }
+}
+
+impl TopicBoard {
+    pub fn new(mesh: Mesh, to_head: mpsc::Sender<WorkerUpdate>) -> Arc<Self> {
+        Arc::new(Self {
+            mesh,
+            recent: Arc::default(),
+            subscribed: Mutex::default(),
+            forwarded: Arc::default(),
+            to_head,
+        })
+    }
+
+    /// Subscribes this worker to `topic` (once): its messages fill the board and, while the
+    /// head follows it here, go up to the head.
+    pub fn subscribe(&self, topic: &str) {
+        if !self.subscribed.lock().insert(topic.to_owned()) {
+            return;
+        }
+        let mut messages = self.mesh.subscribe(topic);
+        let (recent, forwarded, to_head) =
+            (self.recent.clone(), self.forwarded.clone(), self.to_head.clone());
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            while let Some(m) = messages.recv().await {
+                let message = TopicMessage {
+                    topic: m.topic,
+                    publisher: m.publisher,
+                    seq: m.seq,
+                    body: m.body,
+                    worker_id: String::new(),
+                };
+                {
+                    let mut recent = recent.lock();
+                    let board = recent.entry(topic.clone()).or_default();
+                    if board.len() == BOARD_DEPTH {
+                        board.pop_front();
+                    }
+                    board.push_back(message.clone());
+                }
+                if forwarded.lock().contains(&topic)
+                    && to_head.send(WorkerUpdate::TopicMessages(vec![message])).await.is_err()
+                {
+                    debug!(topic, "topic message not forwarded: the worker is stopping");
+                }
+            }
+            debug!(topic, "topic subscription ended");
+        });
+    }
+
+    /// Starts or stops forwarding `topic` to the head.
+    pub fn follow(&self, topic: &str, follow: bool) {
+        if follow {
+            self.subscribe(topic);
+            self.forwarded.lock().insert(topic.to_owned());
+        } else {
+            self.forwarded.lock().remove(topic);
+        }
+    }
+
+    /// Publishes as `publisher`; returns the message's number. A topic nobody else
+    /// subscribes to yet still counts as published (this worker's subscribers got it).
+    pub async fn publish(&self, topic: &str, publisher: &str, body: String) -> Result<u64, String> {
+        match self.mesh.publish(topic, publisher, body).await {
+            Ok(seq) | Err(MeshError::NoSubscribers { seq, .. }) => Ok(seq),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Publishes a client's message for the head and sends the answer up.
+    pub fn publish_for_head(self: &Arc<Self>, request: PublishRequest) {
+        let board = self.clone();
+        tokio::spawn(async move {
+            let result = board.publish(&request.topic, &request.publisher, request.body).await;
+            if let Err(e) = &result {
+                warn!(topic = %request.topic, error = %e, "publish for a client failed");
+            }
+            let answer = WorkerUpdate::Published { request_id: request.request_id, result };
+            let _ = board.to_head.send(answer).await;
+        });
+    }
+
+    /// The latest messages on `topics`, oldest first, at most [`PROMPT_MESSAGES`].
+    pub fn recent(&self, topics: &[String]) -> Vec<TopicMessage> {
+        let recent = self.recent.lock();
+        let mut messages: Vec<TopicMessage> = topics
+            .iter()
+            .filter_map(|t| recent.get(t))
+            .flat_map(|board| board.iter().cloned())
+            .collect();
+        // Boards keep arrival order per topic; across topics, keep the last ones.
+        let skip = messages.len().saturating_sub(PROMPT_MESSAGES);
+        messages.drain(..skip);
+        messages
+    }
+}
+
+/// The `publish` tool offered to agents with topics.
+pub fn publish_definition(topics: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": fleet_proto::PUBLISH_TOOL,
+            "description": "Post a message on a topic that other agents of the swarm read.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "topic": { "type": "string", "enum": topics },
+                    "message": { "type": "string", "description": "What to post." }
+                },
+                "required": ["topic", "message"]
+            }
+        }
+    })
+}
+
+/// The board's messages as a system message for the agent's prompt.
+pub fn prompt_text(messages: &[TopicMessage]) -> String {
+    let mut text = String::from("Latest messages on your topics (oldest first):");
+    for m in messages {
+        text.push_str(&format!("\n[{}] {}: {}", m.topic, m.publisher, m.body));
+    }
+    text
+}
