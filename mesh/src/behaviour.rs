@@ -1,0 +1,107 @@
+//! The libp2p stack of a mesh node: TCP + noise + yamux, and one behaviour made of an allow
+//! list, identify, request-response for asks and gossipsub for topics.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{
+    Swarm, SwarmBuilder, allow_block_list, gossipsub, identify, identity, noise,
+    request_response::{self, ProtocolSupport},
+    swarm::NetworkBehaviour,
+    tcp, yamux,
+};
+
+use crate::{
+    MeshError, Result,
+    codec::{CALL_PROTOCOL, MeshCodec},
+    counters::Counters,
+};
+
+/// The identify protocol version string: peers with another one are still served, but it
+/// names the mesh in logs and tools.
+const IDENTIFY_PROTOCOL: &str = "/agentfleet/mesh/1";
+
+/// Request-response streams per connection, inbound and outbound together. The node keeps at
+/// most [`crate::node::MAX_IN_FLIGHT_PER_PEER`] asks in flight per peer, so two nodes asking
+/// each other stay well under it; an inbound stream over it is dropped by libp2p.
+const MAX_CALL_STREAMS: usize = 1024;
+
+/// gossipsub frames carry the signature, key, topic and sequence number on top of our
+/// payload, so its limit is the frame limit plus this much.
+const GOSSIP_OVERHEAD: usize = 64 * 1024;
+
+/// The behaviour of a mesh node. The allow list comes first: any behaviour denying a
+/// connection closes it, and it is the one that does.
+#[derive(NetworkBehaviour)]
+pub(crate) struct MeshBehaviour {
+    pub(crate) allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) call: request_response::Behaviour<MeshCodec>,
+    pub(crate) gossip: gossipsub::Behaviour,
+}
+
+/// What the stack needs from the configuration.
+pub(crate) struct StackSettings {
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_frame_bytes: usize,
+}
+
+fn behaviour(
+    key: &identity::Keypair,
+    settings: &StackSettings,
+    counters: Arc<Counters>,
+) -> std::result::Result<MeshBehaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+            .with_agent_version(format!("fleet-mesh/{}", env!("CARGO_PKG_VERSION"))),
+    );
+
+    let call = request_response::Behaviour::with_codec(
+        MeshCodec::new(settings.max_frame_bytes, counters),
+        [(CALL_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(settings.request_timeout)
+            .with_max_concurrent_streams(MAX_CALL_STREAMS),
+    );
+
+    // Every node is connected to every other and publishes straight to all subscribers
+    // (flood_publish), so the mesh only adds a forwarding path; small numbers suit a cluster
+    // of a handful of workers. They must satisfy
+    // mesh_outbound_min <= mesh_n_low <= mesh_n <= mesh_n_high and 2 * mesh_outbound_min <= mesh_n.
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .flood_publish(true)
+        .mesh_n(4)
+        .mesh_n_low(2)
+        .mesh_n_high(8)
+        .mesh_outbound_min(1)
+        .max_transmit_size(settings.max_frame_bytes + GOSSIP_OVERHEAD)
+        .build()?;
+    let gossip =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+
+    Ok(MeshBehaviour { allow: allow_block_list::Behaviour::default(), identify, call, gossip })
+}
+
+/// Builds the swarm. Connections never idle out: an allowed peer stays connected until it
+/// is removed from the allow list or goes away.
+pub(crate) fn build_swarm(
+    key: identity::Keypair,
+    settings: &StackSettings,
+    counters: Arc<Counters>,
+) -> Result<Swarm<MeshBehaviour>> {
+    let start_error = |e: &dyn std::fmt::Display| MeshError::Start(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, || {
+            let mut config = yamux::Config::default();
+            config.set_max_num_streams(MAX_CALL_STREAMS + 64);
+            config
+        })
+        .map_err(|e| start_error(&e))?
+        .with_behaviour(|key| behaviour(key, settings, counters))
+        .map_err(|e| start_error(&e))?
+        // u64::MAX seconds is clamped by the swarm: in effect, never.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(u64::MAX)))
+        .build();
+    Ok(swarm)
+}

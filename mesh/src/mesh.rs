@@ -1,0 +1,311 @@
+//! The public handle of a mesh node: [`Mesh`] and what goes in and out of it.
+//!
+//! The swarm lives in one spawned task ([`crate::node`]); every method here sends it a
+//! command, so a `Mesh` is cheap to clone and never blocks on the network.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    AgentCall, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
+    codec::MAX_FRAME_CEILING,
+    counters::{Counters, MeshCounters},
+    node::{Command, Node},
+};
+
+/// How a mesh node is set up. Start from `MeshConfig::default()` and change what you need.
+#[derive(Clone)]
+pub struct MeshConfig {
+    /// Multiaddrs to listen on; `/ip4/0.0.0.0/tcp/0` by default (every interface, any port).
+    pub listen: Vec<String>,
+    /// How long an ask may wait for a connection, and then for its answer; also how long
+    /// this node keeps an incoming call open for the worker's reply. Default 30 s.
+    pub request_timeout: Duration,
+    /// Largest encoded ask, answer or topic message. Default 4 MiB; every node of a cluster
+    /// should use the same value.
+    pub max_frame_bytes: usize,
+    /// The node's identity; a fresh ed25519 key when `None`.
+    pub keypair: Option<Keypair>,
+    /// Incoming calls waiting for the worker; more are refused as busy. Default 1024.
+    pub incoming_capacity: usize,
+    /// Messages waiting per subscriber; more are dropped (counted and logged). Default 4096.
+    pub subscription_capacity: usize,
+    /// How long a missing topic message is waited for before the ones after it are
+    /// delivered anyway. Default 2 s.
+    pub gap_timeout: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/0".to_string()],
+            request_timeout: Duration::from_secs(30),
+            max_frame_bytes: 4 * 1024 * 1024,
+            keypair: None,
+            incoming_capacity: 1024,
+            subscription_capacity: 4096,
+            gap_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the keypair: only whether there is one.
+        f.debug_struct("MeshConfig")
+            .field("listen", &self.listen)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("keypair", &self.keypair.as_ref().map(|k| k.public().to_peer_id()))
+            .field("incoming_capacity", &self.incoming_capacity)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("gap_timeout", &self.gap_timeout)
+            .finish()
+    }
+}
+
+impl MeshConfig {
+    fn validate(&self) -> Result<()> {
+        let fail = |what: String| Err(MeshError::Config(what));
+        if self.listen.is_empty() {
+            return fail("no listen address".into());
+        }
+        if self.request_timeout.is_zero() {
+            return fail("request_timeout is zero".into());
+        }
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > MAX_FRAME_CEILING {
+            return fail(format!(
+                "max_frame_bytes is {}; it must be between 1 and {MAX_FRAME_CEILING}",
+                self.max_frame_bytes
+            ));
+        }
+        if self.incoming_capacity == 0 || self.subscription_capacity == 0 {
+            return fail("incoming_capacity and subscription_capacity must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A call from another worker, for the worker that owns the receiver to answer.
+#[derive(Debug)]
+pub struct IncomingCall {
+    /// Peer id of the calling node.
+    pub from: String,
+    /// The call.
+    pub call: AgentCall,
+    /// Where the answer goes. Dropping it without sending answers the caller with
+    /// [`MeshResponse::Refused`]; it is closed once the caller has stopped waiting.
+    pub reply: oneshot::Sender<MeshResponse>,
+}
+
+/// A worker this node may talk to, as the head lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its peer id (base58, as [`Mesh::peer_id`] gives it).
+    pub peer_id: String,
+    /// Multiaddrs it listens on (as its [`Mesh::listen_addrs`] gives them); a trailing
+    /// `/p2p/<peer id>` is accepted.
+    pub addrs: Vec<String>,
+}
+
+/// A running mesh node. Clones share the node; it stops on [`Mesh::shutdown`] or when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Mesh {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    peer_id: PeerId,
+    commands: mpsc::UnboundedSender<Command>,
+    counters: Arc<Counters>,
+    listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+    request_timeout: Duration,
+    subscription_capacity: usize,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh").field("peer_id", &self.shared.peer_id).finish_non_exhaustive()
+    }
+}
+
+/// How long `start` waits for the listeners to report their addresses.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Mesh {
+    /// Starts a node: binds the listen addresses and spawns the swarm task. Returns once
+    /// every listener has an address, with the receiver of incoming calls.
+    pub async fn start(config: MeshConfig) -> Result<(Mesh, mpsc::Receiver<IncomingCall>)> {
+        config.validate()?;
+        let keypair = config.keypair.clone().unwrap_or_else(Keypair::generate_ed25519);
+        let peer_id = keypair.public().to_peer_id();
+        let counters = Arc::new(Counters::default());
+        let listen_addrs = Arc::new(RwLock::new(Vec::new()));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = mpsc::channel(config.incoming_capacity);
+
+        let mut node = Node::new(
+            keypair,
+            &config,
+            counters.clone(),
+            listen_addrs.clone(),
+            command_rx,
+            incoming,
+        )?;
+        let mut listen = Vec::new();
+        for addr in &config.listen {
+            let parsed = Multiaddr::from_str(addr)
+                .map_err(|e| MeshError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            listen.push((addr.clone(), parsed));
+        }
+        tokio::time::timeout(LISTEN_TIMEOUT, node.listen(listen)).await.map_err(|_| {
+            MeshError::Listen {
+                addr: config.listen.join(", "),
+                reason: format!("no listen address reported within {LISTEN_TIMEOUT:?}"),
+            }
+        })??;
+        tracing::info!(%peer_id, addrs = ?listen_addrs.read(), "mesh node listening");
+        tokio::spawn(node.run());
+
+        let shared = Shared {
+            peer_id,
+            commands,
+            counters,
+            listen_addrs,
+            request_timeout: config.request_timeout,
+            subscription_capacity: config.subscription_capacity,
+        };
+        Ok((Mesh { shared: Arc::new(shared) }, incoming_rx))
+    }
+
+    /// This node's peer id (base58).
+    pub fn peer_id(&self) -> String {
+        self.shared.peer_id.to_string()
+    }
+
+    /// The addresses the node listens on, ports resolved; a wildcard listener shows one
+    /// address per interface as libp2p reports them.
+    pub fn listen_addrs(&self) -> Vec<String> {
+        self.shared.listen_addrs.read().iter().map(ToString::to_string).collect()
+    }
+
+    /// Makes the allow list exactly `peers` (this node itself is left out). New peers are
+    /// allowed and connected to (by the side with the smaller peer id, so each pair has one
+    /// connection); removed ones are disconnected and refused, and asks waiting on them fail
+    /// with [`MeshError::PeerGone`]. Entries with an invalid peer id or address are logged
+    /// and left out.
+    pub fn set_peers(&self, peers: Vec<Peer>) {
+        let mut parsed = Vec::with_capacity(peers.len());
+        for peer in peers {
+            let Ok(peer_id) = PeerId::from_str(&peer.peer_id) else {
+                tracing::warn!(peer = %peer.peer_id, "ignoring a peer whose id is not a libp2p peer id");
+                continue;
+            };
+            let addrs = peer.addrs.iter().filter_map(|a| parse_peer_addr(a, &peer_id)).collect();
+            parsed.push((peer_id, addrs));
+        }
+        let _ = self.shared.commands.send(Command::SetPeers(parsed));
+    }
+
+    /// Asks a peer and waits for its answer. A peer that is allowed but not connected yet is
+    /// waited for, up to the request timeout; the answer is then waited for up to the request
+    /// timeout too.
+    pub async fn ask(&self, peer_id: &str, request: MeshRequest) -> Result<MeshResponse> {
+        let peer =
+            PeerId::from_str(peer_id).map_err(|_| MeshError::UnknownPeer(peer_id.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ask { peer, request, reply })?;
+        // The node enforces both timeouts; this bound only guards against a wedged node.
+        let bound = self.shared.request_timeout * 2 + Duration::from_secs(1);
+        match tokio::time::timeout(bound, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(MeshError::Stopped),
+            Err(_) => Err(MeshError::Timeout { peer: peer_id.to_string(), after: bound }),
+        }
+    }
+
+    /// Publishes `body` on `topic` as `publisher` and returns its sequence number (per topic
+    /// and publisher on this node, from 1). Subscribers on this node always get it. If no
+    /// other node subscribes to the topic the result is [`MeshError::NoSubscribers`] (with
+    /// the seq); while peers are still connecting, the message is held for up to two seconds
+    /// for their subscriptions to arrive. Other gossipsub failures are
+    /// [`MeshError::Publish`]. Messages from one publisher go out in publishing order.
+    pub async fn publish(&self, topic: &str, publisher: &str, body: String) -> Result<u64> {
+        let (reply, result) = oneshot::channel();
+        self.send(Command::Publish {
+            topic: topic.to_string(),
+            publisher: publisher.to_string(),
+            body,
+            reply,
+        })?;
+        result.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Subscribes to a topic: every message published on it anywhere on the mesh (this
+    /// node's own included), in order per (publishing node, publisher). The receiver closes
+    /// when the mesh stops; dropping it unsubscribes.
+    pub fn subscribe(&self, topic: &str) -> mpsc::Receiver<TopicMessage> {
+        let (sender, receiver) = mpsc::channel(self.shared.subscription_capacity);
+        let _ = self.shared.commands.send(Command::Subscribe { topic: topic.to_string(), sender });
+        receiver
+    }
+
+    /// Peers that are connected and have identified themselves (so they allow this node too).
+    pub async fn connected_peers(&self) -> Vec<String> {
+        let (reply, peers) = oneshot::channel();
+        if self.send(Command::ConnectedPeers { reply }).is_err() {
+            return Vec::new();
+        }
+        peers.await.unwrap_or_default()
+    }
+
+    /// Connected peers whose subscription to `topic` this node has seen.
+    pub async fn topic_peers(&self, topic: &str) -> Vec<String> {
+        let (reply, peers) = oneshot::channel();
+        if self.send(Command::TopicPeers { topic: topic.to_string(), reply }).is_err() {
+            return Vec::new();
+        }
+        peers.await.unwrap_or_default()
+    }
+
+    /// What went through this node so far.
+    pub fn counters(&self) -> MeshCounters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops the node: pending asks fail with [`MeshError::Stopped`], connections close,
+    /// subscriptions and the incoming-call receiver end. Returns once the swarm is dropped.
+    pub async fn shutdown(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.send(Command::Shutdown { done }).is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.shared.commands.send(command).map_err(|_| MeshError::Stopped)
+    }
+}
+
+/// Parses one of a peer's addresses, dropping a `/p2p/<id>` suffix that names it.
+fn parse_peer_addr(addr: &str, peer: &PeerId) -> Option<Multiaddr> {
+    let mut parsed = match Multiaddr::from_str(addr) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::warn!(%peer, addr, %error, "ignoring a peer address that is not a multiaddr");
+            return None;
+        }
+    };
+    if let Some(Protocol::P2p(id)) = parsed.iter().last() {
+        if id != *peer {
+            tracing::warn!(%peer, addr, "ignoring a peer address that names another peer");
+            return None;
+        }
+        parsed.pop();
+    }
+    Some(parsed)
+}

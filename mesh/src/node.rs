@@ -1,0 +1,888 @@
+//! The swarm task: owns the libp2p swarm and every piece of per-peer state, and takes
+//! [`Command`]s from the [`crate::Mesh`] handle.
+//!
+//! Nothing here waits on the worker: an incoming call is handed over through a bounded
+//! channel with a oneshot for the answer, and the libp2p response channel waits in a map
+//! until that oneshot completes (polled alongside the swarm). A 100 ms tick drives redials,
+//! ask deadlines, held publishes and gap timeouts.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use libp2p::{
+    Multiaddr, PeerId, Swarm,
+    core::ConnectedPoint,
+    gossipsub::{self, IdentTopic, PublishError},
+    identify, identity,
+    request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel},
+    swarm::{
+        ConnectionId, DialError, ListenError, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use parking_lot::RwLock;
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
+
+use crate::{
+    IncomingCall, MeshConfig, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
+    behaviour::{MeshBehaviour, MeshBehaviourEvent, StackSettings, build_swarm},
+    codec::{self, CALL_PROTOCOL},
+    counters::{self, Counters},
+    messages::GossipFrame,
+    reorder::Reorder,
+};
+
+/// Asks in flight to one peer; more wait in the peer's queue. Keeps request-response
+/// streams per connection bounded (see the behaviour's stream limit).
+pub(crate) const MAX_IN_FLIGHT_PER_PEER: usize = 128;
+
+const TICK: Duration = Duration::from_millis(100);
+const REDIAL_FIRST: Duration = Duration::from_millis(250);
+const REDIAL_MAX: Duration = Duration::from_secs(3);
+/// After a peer is added, how long it may take to connect before its subscriptions are
+/// taken as known.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
+/// After a peer connects, how long its subscriptions may take to arrive.
+const SUBSCRIPTION_GRACE: Duration = Duration::from_secs(1);
+/// How long a publish that found no remote subscriber waits for one while peers settle.
+const PUBLISH_HOLD: Duration = Duration::from_secs(2);
+/// After the listeners report their first address, how long to wait for the rest of a
+/// wildcard listener's burst (one address per interface).
+const LISTEN_SETTLE: Duration = Duration::from_millis(50);
+
+/// What the handle asks the swarm task to do.
+pub(crate) enum Command {
+    SetPeers(Vec<(PeerId, Vec<Multiaddr>)>),
+    Ask { peer: PeerId, request: MeshRequest, reply: oneshot::Sender<Result<MeshResponse>> },
+    Publish { topic: String, publisher: String, body: String, reply: oneshot::Sender<Result<u64>> },
+    Subscribe { topic: String, sender: mpsc::Sender<TopicMessage> },
+    ConnectedPeers { reply: oneshot::Sender<Vec<String>> },
+    TopicPeers { topic: String, reply: oneshot::Sender<Vec<String>> },
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+type AskReply = oneshot::Sender<Result<MeshResponse>>;
+
+/// An allowed peer.
+struct PeerState {
+    addrs: Vec<Multiaddr>,
+    /// Open connections, each with whether it is the one both sides prefer (dialed by the
+    /// smaller peer id).
+    connections: Vec<(ConnectionId, bool)>,
+    /// Set once the peer identified itself on a connection: it allows us too.
+    ready_since: Option<Instant>,
+    /// Until then, a publish that finds no subscriber waits (the peer may still subscribe).
+    settling_until: Instant,
+    redial_at: Option<Instant>,
+    backoff: Duration,
+    in_flight: usize,
+    waiting: VecDeque<WaitingAsk>,
+}
+
+impl PeerState {
+    fn new(addrs: Vec<Multiaddr>, now: Instant) -> Self {
+        Self {
+            addrs,
+            connections: Vec::new(),
+            ready_since: None,
+            settling_until: now + CONNECT_GRACE,
+            redial_at: None,
+            backoff: REDIAL_FIRST,
+            in_flight: 0,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    fn schedule_redial(&mut self, now: Instant) {
+        if self.redial_at.is_none() {
+            self.redial_at = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(REDIAL_MAX);
+        }
+    }
+}
+
+/// An ask waiting for its peer to connect or for an in-flight slot.
+struct WaitingAsk {
+    request: MeshRequest,
+    reply: AskReply,
+    deadline: Instant,
+}
+
+/// An ask sent and not answered yet.
+struct SentAsk {
+    peer: PeerId,
+    reply: AskReply,
+}
+
+/// A publish that found no remote subscriber, held while peers settle.
+struct HeldPublish {
+    seq: u64,
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<u64>>,
+    deadline: Instant,
+}
+
+/// The worker's answer to incoming call `id`.
+struct PendingReply {
+    id: u64,
+    answer: oneshot::Receiver<MeshResponse>,
+}
+
+impl Future for PendingReply {
+    type Output = (u64, Option<MeshResponse>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        Pin::new(&mut this.answer).poll(cx).map(|answer| (this.id, answer.ok()))
+    }
+}
+
+pub(crate) struct Node {
+    swarm: Swarm<MeshBehaviour>,
+    local: PeerId,
+    local_name: String,
+    /// This incarnation, sent with every topic message.
+    epoch: u64,
+    request_timeout: Duration,
+    max_frame: usize,
+    counters: Arc<Counters>,
+    listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    incoming: mpsc::Sender<IncomingCall>,
+    peers: HashMap<PeerId, PeerState>,
+    sent: HashMap<OutboundRequestId, SentAsk>,
+    /// Incoming calls handed to the worker, by local id.
+    inbound: HashMap<u64, (PeerId, ResponseChannel<MeshResponse>)>,
+    next_inbound: u64,
+    replies: FuturesUnordered<PendingReply>,
+    publish_seq: HashMap<(String, String), u64>,
+    held: HashMap<String, VecDeque<HeldPublish>>,
+    subscribers: HashMap<String, Vec<mpsc::Sender<TopicMessage>>>,
+    reorder: Reorder,
+}
+
+impl Node {
+    pub(crate) fn new(
+        keypair: identity::Keypair,
+        config: &MeshConfig,
+        counters: Arc<Counters>,
+        listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        incoming: mpsc::Sender<IncomingCall>,
+    ) -> Result<Self> {
+        let settings = StackSettings {
+            request_timeout: config.request_timeout,
+            max_frame_bytes: config.max_frame_bytes,
+        };
+        let swarm = build_swarm(keypair, &settings, counters.clone())?;
+        let local = *swarm.local_peer_id();
+        let epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or_default();
+        Ok(Self {
+            swarm,
+            local,
+            local_name: local.to_string(),
+            epoch,
+            request_timeout: config.request_timeout,
+            max_frame: config.max_frame_bytes,
+            counters,
+            listen_addrs,
+            commands,
+            incoming,
+            peers: HashMap::new(),
+            sent: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            replies: FuturesUnordered::new(),
+            publish_seq: HashMap::new(),
+            held: HashMap::new(),
+            subscribers: HashMap::new(),
+            reorder: Reorder::new(config.gap_timeout),
+        })
+    }
+
+    /// Starts the listeners and waits until each has reported an address.
+    pub(crate) async fn listen(&mut self, addrs: Vec<(String, Multiaddr)>) -> Result<()> {
+        let mut pending = HashMap::new();
+        for (text, addr) in addrs {
+            let id = self
+                .swarm
+                .listen_on(addr)
+                .map_err(|e| MeshError::Listen { addr: text.clone(), reason: e.to_string() })?;
+            pending.insert(id, text);
+        }
+        while !pending.is_empty() {
+            match self.swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    pending.remove(&listener_id);
+                    self.listen_addrs.write().push(address);
+                }
+                SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                    if let Some(addr) = pending.remove(&listener_id) {
+                        let reason = match reason {
+                            Ok(()) => "the listener closed".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        return Err(MeshError::Listen { addr, reason });
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    if let Some(addr) = pending.remove(&listener_id) {
+                        return Err(MeshError::Listen { addr, reason: error.to_string() });
+                    }
+                }
+                event => self.on_swarm_event(event),
+            }
+        }
+        while let Ok(event) = tokio::time::timeout(LISTEN_SETTLE, self.swarm.select_next_some()).await
+        {
+            self.on_swarm_event(event);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { done }) => {
+                        self.stop();
+                        // Drop the swarm (closing every connection) before saying it is done.
+                        drop(self);
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone.
+                    None => return self.stop(),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some((id, answer)) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.on_reply(id, answer);
+                }
+                _ = tick.tick() => self.on_tick(Instant::now()),
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, ask) in self.sent.drain() {
+            let _ = ask.reply.send(Err(MeshError::Stopped));
+        }
+        for state in self.peers.values_mut() {
+            for ask in state.waiting.drain(..) {
+                let _ = ask.reply.send(Err(MeshError::Stopped));
+            }
+        }
+        for (_, queue) in self.held.drain() {
+            for held in queue {
+                let _ = held.reply.send(Err(MeshError::Stopped));
+            }
+        }
+        tracing::info!(peer_id = %self.local, "mesh node stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::SetPeers(peers) => self.set_peers(peers, now),
+            Command::Ask { peer, request, reply } => self.ask(peer, request, reply, now),
+            Command::Publish { topic, publisher, body, reply } => {
+                self.publish(topic, publisher, body, reply, now);
+            }
+            Command::Subscribe { topic, sender } => self.subscribe(topic, sender),
+            Command::ConnectedPeers { reply } => {
+                let ready = self
+                    .peers
+                    .iter()
+                    .filter(|(_, state)| state.ready_since.is_some())
+                    .map(|(peer, _)| peer.to_string())
+                    .collect();
+                let _ = reply.send(ready);
+            }
+            Command::TopicPeers { topic, reply } => {
+                let hash = IdentTopic::new(topic).hash();
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossip
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(peer, _)| peer.to_string())
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            // Handled by the loop, which has to end.
+            Command::Shutdown { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    // ---- peers and connections ----
+
+    fn set_peers(&mut self, peers: Vec<(PeerId, Vec<Multiaddr>)>, now: Instant) {
+        let wanted: HashMap<PeerId, Vec<Multiaddr>> =
+            peers.into_iter().filter(|(peer, _)| *peer != self.local).collect();
+        let removed: Vec<PeerId> =
+            self.peers.keys().filter(|peer| !wanted.contains_key(peer)).copied().collect();
+        for peer in removed {
+            self.remove_peer(peer);
+        }
+        for (peer, addrs) in wanted {
+            match self.peers.get_mut(&peer) {
+                Some(state) => {
+                    if state.addrs != addrs {
+                        state.addrs = addrs;
+                        if state.connections.is_empty() && self.local < peer {
+                            state.redial_at = Some(now);
+                        }
+                    }
+                }
+                None => {
+                    self.swarm.behaviour_mut().allow.allow_peer(peer);
+                    self.peers.insert(peer, PeerState::new(addrs, now));
+                    // One connection per pair: only the smaller peer id dials. Two would let
+                    // gossip messages overtake each other.
+                    if self.local < peer {
+                        self.dial(peer, now);
+                    }
+                }
+            }
+        }
+        tracing::info!(peers = self.peers.len(), "peer list set");
+    }
+
+    fn remove_peer(&mut self, peer: PeerId) {
+        // Also closes every connection to it.
+        self.swarm.behaviour_mut().allow.disallow_peer(peer);
+        let Some(state) = self.peers.remove(&peer) else { return };
+        for ask in state.waiting {
+            let _ = ask.reply.send(Err(MeshError::PeerGone(peer.to_string())));
+        }
+        let sent: Vec<OutboundRequestId> =
+            self.sent.iter().filter(|(_, ask)| ask.peer == peer).map(|(id, _)| *id).collect();
+        for id in sent {
+            if let Some(ask) = self.sent.remove(&id) {
+                let _ = ask.reply.send(Err(MeshError::PeerGone(peer.to_string())));
+            }
+        }
+        tracing::info!(%peer, "peer removed from the peer list");
+    }
+
+    fn dial(&mut self, peer: PeerId, now: Instant) {
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        state.redial_at = None;
+        if state.addrs.is_empty() {
+            tracing::warn!(%peer, "no address to dial the peer at; waiting for it to dial us");
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(state.addrs.clone())
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cannot dial peer; retrying");
+                state.schedule_redial(now);
+            }
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
+        let local_is_smaller = self.local < peer;
+        // Not allowed: the allow list closes it.
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        state.redial_at = None;
+        state.connections.push((connection, endpoint.is_dialer() == local_is_smaller));
+        if state.connections.len() > 1 {
+            // Both sides dialed after all (e.g. a redial crossing an incoming connection).
+            // Keep the one both ends prefer, so each closes the same one.
+            let keep = state
+                .connections
+                .iter()
+                .find(|(_, preferred)| *preferred)
+                .or(state.connections.first())
+                .map(|(id, _)| *id);
+            for (id, _) in &state.connections {
+                if Some(*id) != keep {
+                    tracing::debug!(%peer, connection = %id, "closing a duplicate connection");
+                    self.swarm.close_connection(*id);
+                }
+            }
+        }
+    }
+
+    fn on_disconnected(&mut self, peer: PeerId, connection: ConnectionId, now: Instant) {
+        let local_is_smaller = self.local < peer;
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        state.connections.retain(|(id, _)| *id != connection);
+        if !state.connections.is_empty() {
+            return;
+        }
+        if state.ready_since.take().is_some() {
+            tracing::info!(%peer, "peer disconnected");
+        }
+        if local_is_smaller {
+            state.schedule_redial(now);
+        }
+    }
+
+    fn on_identified(&mut self, peer: PeerId, now: Instant) {
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        if state.ready_since.is_none() && !state.connections.is_empty() {
+            state.ready_since = Some(now);
+            state.settling_until = now + SUBSCRIPTION_GRACE;
+            state.backoff = REDIAL_FIRST;
+            tracing::info!(%peer, "peer connected");
+        }
+        self.pump(peer);
+    }
+
+    // ---- asks ----
+
+    fn ask(&mut self, peer: PeerId, request: MeshRequest, reply: AskReply, now: Instant) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            let _ = reply.send(Err(MeshError::UnknownPeer(peer.to_string())));
+            return;
+        };
+        if matches!(request, MeshRequest::Call(_)) {
+            counters::add(&self.counters.calls_sent, 1);
+        }
+        state.waiting.push_back(WaitingAsk { request, reply, deadline: now + self.request_timeout });
+        self.pump(peer);
+    }
+
+    /// Sends a peer's waiting asks while it is ready and has free in-flight slots.
+    fn pump(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        if state.ready_since.is_none() {
+            return;
+        }
+        while state.in_flight < MAX_IN_FLIGHT_PER_PEER {
+            let Some(ask) = state.waiting.pop_front() else { break };
+            if ask.reply.is_closed() {
+                continue; // the caller gave up
+            }
+            let id = self.swarm.behaviour_mut().call.send_request(&peer, ask.request);
+            state.in_flight += 1;
+            self.sent.insert(id, SentAsk { peer, reply: ask.reply });
+        }
+    }
+
+    fn finish_ask(&mut self, id: OutboundRequestId, result: Result<MeshResponse>) {
+        // Absent when the peer was removed and the ask already failed.
+        let Some(ask) = self.sent.remove(&id) else { return };
+        if let Some(state) = self.peers.get_mut(&ask.peer) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        let _ = ask.reply.send(result);
+        self.pump(ask.peer);
+    }
+
+    fn ask_error(&self, peer: PeerId, error: OutboundFailure) -> MeshError {
+        let peer_name = peer.to_string();
+        match error {
+            OutboundFailure::Timeout => {
+                MeshError::Timeout { peer: peer_name, after: self.request_timeout }
+            }
+            OutboundFailure::ConnectionClosed | OutboundFailure::DialFailure => {
+                MeshError::PeerGone(peer_name)
+            }
+            OutboundFailure::UnsupportedProtocols => {
+                MeshError::Remote(format!("peer {peer} does not speak {CALL_PROTOCOL}"))
+            }
+            OutboundFailure::Io(e) => match e.kind() {
+                // Our request did not encode (too large).
+                std::io::ErrorKind::InvalidInput => MeshError::Codec(e.to_string()),
+                // The answer did not decode; the codec counted and logged it.
+                std::io::ErrorKind::InvalidData => {
+                    MeshError::Codec(format!("malformed answer from peer {peer}: {e}"))
+                }
+                std::io::ErrorKind::UnexpectedEof => MeshError::Remote(format!(
+                    "peer {peer} closed the stream without answering (it may have rejected the request)"
+                )),
+                _ => MeshError::Remote(format!("stream to peer {peer} failed: {e}")),
+            },
+        }
+    }
+
+    // ---- incoming calls ----
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: MeshRequest,
+        channel: ResponseChannel<MeshResponse>,
+    ) {
+        let call = match request {
+            MeshRequest::Ping => return self.respond(peer, channel, MeshResponse::Pong),
+            MeshRequest::Call(call) => call,
+        };
+        counters::add(&self.counters.calls_received, 1);
+        let (reply, answer) = oneshot::channel();
+        match self.incoming.try_send(IncomingCall { from: peer.to_string(), call, reply }) {
+            Ok(()) => {
+                let id = self.next_inbound;
+                self.next_inbound += 1;
+                self.inbound.insert(id, (peer, channel));
+                self.replies.push(PendingReply { id, answer });
+            }
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(%peer, "refusing a call: the queue of incoming calls is full");
+                let reason = "the called node is busy (its queue of incoming calls is full); retry later";
+                self.respond(peer, channel, MeshResponse::Refused { reason: reason.into() });
+            }
+            Err(TrySendError::Closed(_)) => {
+                let reason = "the called node does not take calls";
+                self.respond(peer, channel, MeshResponse::Refused { reason: reason.into() });
+            }
+        }
+    }
+
+    fn on_reply(&mut self, id: u64, answer: Option<MeshResponse>) {
+        // Absent when the caller stopped waiting (swept on the tick).
+        let Some((peer, channel)) = self.inbound.remove(&id) else { return };
+        let response = match answer {
+            Some(response) => match codec::encoded_len(&response) {
+                Ok(len) if len <= self.max_frame => response,
+                Ok(len) => MeshResponse::Refused {
+                    reason: format!(
+                        "the answer of {len} bytes is over the {}-byte frame limit",
+                        self.max_frame
+                    ),
+                },
+                Err(e) => MeshResponse::Refused { reason: e.to_string() },
+            },
+            None => MeshResponse::Refused {
+                reason: "the called node dropped the call without answering".into(),
+            },
+        };
+        self.respond(peer, channel, response);
+    }
+
+    fn respond(&mut self, peer: PeerId, channel: ResponseChannel<MeshResponse>, response: MeshResponse) {
+        if self.swarm.behaviour_mut().call.send_response(channel, response).is_err() {
+            tracing::debug!(%peer, "the caller stopped waiting before the answer");
+        }
+    }
+
+    fn on_call_event(&mut self, event: request_response::Event<MeshRequest, MeshResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_request(peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.finish_ask(request_id, Ok(response));
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                let error = self.ask_error(peer, error);
+                self.finish_ask(request_id, Err(error));
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => match error {
+                request_response::InboundFailure::Io(error)
+                    if error.kind() == std::io::ErrorKind::InvalidInput =>
+                {
+                    tracing::warn!(%peer, %error, "could not send an answer");
+                }
+                request_response::InboundFailure::Timeout => {
+                    tracing::info!(%peer, "an incoming call was not answered within the request timeout");
+                }
+                error => tracing::debug!(%peer, %error, "incoming call failed"),
+            },
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    // ---- topics ----
+
+    fn subscribe(&mut self, topic: String, sender: mpsc::Sender<TopicMessage>) {
+        if let Some(senders) = self.subscribers.get_mut(&topic) {
+            senders.push(sender);
+            return;
+        }
+        match self.swarm.behaviour_mut().gossip.subscribe(&IdentTopic::new(topic.clone())) {
+            // Dropping the sender closes the receiver: the subscriber sees the failure.
+            Err(error) => tracing::warn!(%topic, ?error, "cannot subscribe to topic"),
+            Ok(_) => {
+                self.subscribers.insert(topic, vec![sender]);
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        topic: String,
+        publisher: String,
+        body: String,
+        reply: oneshot::Sender<Result<u64>>,
+        now: Instant,
+    ) {
+        let key = (topic, publisher);
+        let seq = self.publish_seq.get(&key).copied().unwrap_or(0) + 1;
+        let (topic, publisher) = key;
+        let frame = GossipFrame {
+            epoch: self.epoch,
+            message: TopicMessage { topic, publisher, seq, body, node: self.local_name.clone() },
+        };
+        let bytes = match codec::encode(&frame, self.max_frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let message = frame.message;
+        self.publish_seq.insert((message.topic.clone(), message.publisher.clone()), seq);
+        counters::add(&self.counters.messages_published, 1);
+        let topic = message.topic.clone();
+        self.deliver(message);
+
+        let held = HeldPublish { seq, bytes, reply, deadline: now + PUBLISH_HOLD };
+        match self.held.get_mut(&topic) {
+            // Behind earlier held messages, to keep publishing order.
+            Some(queue) => queue.push_back(held),
+            None => {
+                if let Some(held) = self.publish_remote(&topic, held, now) {
+                    self.held.insert(topic, VecDeque::from([held]));
+                }
+            }
+        }
+    }
+
+    /// Hands a message to gossipsub. Returns it when it should be held for subscribers that
+    /// may still appear; otherwise the publisher has its answer.
+    fn publish_remote(&mut self, topic: &str, held: HeldPublish, now: Instant) -> Option<HeldPublish> {
+        let gossip_topic = IdentTopic::new(topic);
+        let result = self.swarm.behaviour_mut().gossip.publish(gossip_topic, held.bytes.clone());
+        let seq = held.seq;
+        let outcome = match result {
+            Ok(_) => Ok(seq),
+            Err(PublishError::NoPeersSubscribedToTopic) => {
+                let settling = self.peers.values().any(|p| now < p.settling_until);
+                if settling && now < held.deadline {
+                    return Some(held);
+                }
+                Err(MeshError::NoSubscribers { topic: topic.to_string(), seq })
+            }
+            Err(PublishError::MessageTooLarge) => Err(MeshError::Codec(format!(
+                "message {seq} on topic {topic} is too large for gossipsub once framed"
+            ))),
+            Err(error) => {
+                tracing::warn!(%topic, seq, %error, "gossipsub did not take a message");
+                Err(MeshError::Publish { topic: topic.to_string(), seq, reason: error.to_string() })
+            }
+        };
+        let _ = held.reply.send(outcome);
+        None
+    }
+
+    /// Retries a topic's held messages in order.
+    fn flush_held(&mut self, topic: &str, now: Instant) {
+        let Some(mut queue) = self.held.remove(topic) else { return };
+        while let Some(held) = queue.pop_front() {
+            if let Some(held) = self.publish_remote(topic, held, now) {
+                queue.push_front(held);
+                break;
+            }
+        }
+        if !queue.is_empty() {
+            self.held.insert(topic.to_string(), queue);
+        }
+    }
+
+    fn on_gossip_message(&mut self, message: gossipsub::Message, now: Instant) {
+        // Strict validation guarantees a signed source.
+        let Some(source) = message.source else { return };
+        if !self.peers.contains_key(&source) {
+            // Forwarded by a peer from a node we do not list (peer lists differ for a moment).
+            tracing::debug!(node = %source, "dropping a topic message from a node not in the peer list");
+            return;
+        }
+        let topic = message.topic.as_str();
+        if !self.subscribers.contains_key(topic) {
+            return;
+        }
+        let mut frame: GossipFrame = match codec::decode(&message.data, self.max_frame) {
+            Ok(frame) => frame,
+            Err(error) => return self.reject_gossip(source, topic, &error.to_string()),
+        };
+        if frame.message.topic != topic {
+            return self.reject_gossip(source, topic, "the message names another topic");
+        }
+        frame.message.node = source.to_string();
+        counters::add(&self.counters.messages_received, 1);
+        let mut ready = Vec::new();
+        let skipped = self.reorder.accept(frame.epoch, frame.message, now, &mut ready);
+        counters::add(&self.counters.gaps_skipped, skipped);
+        for message in ready {
+            self.deliver(message);
+        }
+    }
+
+    fn reject_gossip(&self, source: PeerId, topic: &str, reason: &str) {
+        counters::add(&self.counters.frames_rejected, 1);
+        tracing::warn!(node = %source, %topic, %reason, "dropping a malformed topic message");
+    }
+
+    /// Hands a message to this node's subscribers of its topic.
+    fn deliver(&mut self, message: TopicMessage) {
+        let Some(senders) = self.subscribers.get_mut(&message.topic) else { return };
+        let counters = &self.counters;
+        senders.retain(|sender| match sender.try_send(message.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                counters::add(&counters.messages_dropped, 1);
+                tracing::warn!(topic = %message.topic, seq = message.seq, "a subscriber is not keeping up; dropping a message for it");
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        });
+        if senders.is_empty() {
+            self.unsubscribe(&message.topic);
+        }
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        self.subscribers.remove(topic);
+        self.swarm.behaviour_mut().gossip.unsubscribe(&IdentTopic::new(topic));
+        self.reorder.forget_topic(topic);
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event, now: Instant) {
+        match event {
+            gossipsub::Event::Message { message, .. } => self.on_gossip_message(message, now),
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+                tracing::debug!(peer = %peer_id, %topic, "peer subscribed");
+                self.flush_held(topic.as_str(), now);
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                tracing::debug!(peer = %peer_id, %topic, "peer unsubscribed");
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                tracing::warn!(peer = %peer_id, "peer does not speak gossipsub; it gets no topic messages");
+            }
+            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+                tracing::warn!(
+                    peer = %peer_id,
+                    priority = failed_messages.priority,
+                    non_priority = failed_messages.non_priority,
+                    "topic messages to a slow peer were dropped"
+                );
+            }
+        }
+    }
+
+    // ---- swarm events and the tick ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        let now = Instant::now();
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+                self.listen_addrs.write().push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.write().retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.on_connected(peer_id, connection_id, &endpoint);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                self.on_disconnected(peer_id, connection_id, now);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                let local_is_smaller = self.local < peer;
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    tracing::debug!(%peer, %error, "dialing peer failed; retrying");
+                    if state.connections.is_empty() && local_is_smaller {
+                        state.schedule_redial(now);
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError { peer_id, error, send_back_addr, .. } => {
+                if matches!(error, ListenError::Denied { .. }) {
+                    tracing::info!(peer = ?peer_id, from = %send_back_addr, "refused a connection from a node not in the peer list");
+                } else {
+                    tracing::debug!(peer = ?peer_id, %error, "incoming connection failed");
+                }
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                ..
+            })) => self.on_identified(peer_id, now),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Call(event)) => self.on_call_event(event),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Gossip(event)) => {
+                self.on_gossip_event(event, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.connections.is_empty() && s.redial_at.is_some_and(|at| at <= now))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.dial(peer, now);
+        }
+
+        for (peer, state) in &mut self.peers {
+            while let Some(ask) = state.waiting.front() {
+                if ask.deadline > now && !ask.reply.is_closed() {
+                    break;
+                }
+                if let Some(ask) = state.waiting.pop_front() {
+                    let error = MeshError::Timeout { peer: peer.to_string(), after: self.request_timeout };
+                    let _ = ask.reply.send(Err(error));
+                }
+            }
+        }
+
+        let held: Vec<String> = self.held.keys().cloned().collect();
+        for topic in held {
+            self.flush_held(&topic, now);
+        }
+
+        let mut ready = Vec::new();
+        let expired = self.reorder.expire(now, &mut ready);
+        counters::add(&self.counters.gaps_skipped, expired.skipped);
+        for message in ready {
+            self.deliver(message);
+        }
+
+        // Calls whose caller stopped waiting (timeout, disconnect) cannot be answered.
+        self.inbound.retain(|_, (_, channel)| channel.is_open());
+        let gone: Vec<String> = self
+            .subscribers
+            .iter_mut()
+            .filter_map(|(topic, senders)| {
+                senders.retain(|s| !s.is_closed());
+                senders.is_empty().then(|| topic.clone())
+            })
+            .collect();
+        for topic in gone {
+            self.unsubscribe(&topic);
+        }
+    }
+}
