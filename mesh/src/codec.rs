@@ -186,6 +186,7 @@ mod tests {
             caller_task: "t1".into(),
             trace: String::new(),
             timeout_ms: 1000,
+            depth: 0,
         })
     }
 

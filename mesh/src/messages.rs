@@ -31,6 +31,9 @@ pub struct AgentCall {
     pub trace: String,
     /// How long the caller is prepared to wait, in milliseconds.
     pub timeout_ms: u64,
+    /// Calls between the task a client submitted and this one (the callee refuses to call
+    /// further past a limit).
+    pub depth: u32,
 }
 
 /// The answer to a [`MeshRequest`].

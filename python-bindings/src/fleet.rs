@@ -232,7 +232,8 @@ impl Fleet {
     #[pyo3(signature = (
         name, model=None, *, instructions=String::new(), tools=Vec::new(), description=String::new(),
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
-        cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None
+        cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
+        topics=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -254,6 +255,7 @@ impl Fleet {
         top_p: Option<f32>,
         max_tokens: Option<u32>,
         seed: Option<u64>,
+        topics: Vec<String>,
     ) -> PyResult<Agent> {
         let client = self.client.clone();
         let Some(model) = model else {
@@ -281,6 +283,7 @@ impl Fleet {
             labels: labels.unwrap_or_default(),
             model_options: model_options.unwrap_or_default(),
             max_concurrency,
+            topics,
         };
         runtime::block_on(
             py,
