@@ -103,7 +103,10 @@ async fn asks_are_answered_including_thousands_at_once() -> anyhow::Result<()> {
 
     let stranger = PeerId::random().to_string();
     assert!(matches!(a.ask(&stranger, MeshRequest::Ping).await, Err(MeshError::UnknownPeer(_))));
-    assert!(matches!(a.ask("not a peer id", MeshRequest::Ping).await, Err(MeshError::UnknownPeer(_))));
+    assert!(matches!(
+        a.ask("not a peer id", MeshRequest::Ping).await,
+        Err(MeshError::UnknownPeer(_))
+    ));
     assert!(matches!(a.ask(&a.peer_id(), MeshRequest::Ping).await, Err(MeshError::UnknownPeer(_))));
 
     let started = Instant::now();
@@ -214,7 +217,8 @@ async fn every_subscriber_gets_every_message_in_order() -> anyhow::Result<()> {
         assert_eq!(per_publisher.get(&(c.peer_id(), "beta".into())), Some(&expected));
     }
     // b also subscribes to "other", where each publisher put a message every 50.
-    let noise = collect(&mut other, 2 * (PER_PUBLISHER / 50) as usize, Duration::from_secs(5)).await?;
+    let noise =
+        collect(&mut other, 2 * (PER_PUBLISHER / 50) as usize, Duration::from_secs(5)).await?;
     assert!(noise.iter().all(|m| m.body == "noise" && (1..=4).contains(&m.seq)));
     assert_eq!(b.counters().messages_received, 2 * PER_PUBLISHER + 2 * (PER_PUBLISHER / 50));
     assert_eq!(a.counters().messages_published, PER_PUBLISHER + PER_PUBLISHER / 50);
@@ -422,16 +426,23 @@ async fn rogue_frames_are_dropped_and_the_node_keeps_serving() -> anyhow::Result
     Ok(())
 }
 
-/// Holds every call without answering, except agent "drop", whose reply is dropped.
-fn hold_calls(mut calls: mpsc::Receiver<IncomingCall>) {
+/// Holds every call without answering, except agent "drop", whose reply is dropped. Reports
+/// each held call whose reply closes (the caller stopped waiting) on the returned channel.
+fn hold_calls(mut calls: mpsc::Receiver<IncomingCall>) -> mpsc::UnboundedReceiver<String> {
+    let (abandoned, abandoned_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Some(incoming) = calls.recv().await {
-            if incoming.call.agent != "drop" {
-                held.push(incoming.reply);
+        while let Some(mut incoming) = calls.recv().await {
+            if incoming.call.agent == "drop" {
+                continue;
             }
+            let abandoned = abandoned.clone();
+            tokio::spawn(async move {
+                incoming.reply.closed().await;
+                let _ = abandoned.send(incoming.call.input);
+            });
         }
     });
+    abandoned_rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +451,7 @@ async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(2);
     let (a, _) = start(timeout).await?;
     let (b, b_calls) = start(timeout).await?;
-    hold_calls(b_calls);
+    let mut abandoned = hold_calls(b_calls);
     connect_all(&[&a, &b]);
     wait_connected(&a, 1).await?;
     let b_id = b.peer_id();
@@ -453,9 +464,12 @@ async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
 
     // Never answered: the request timeout.
     let started = Instant::now();
-    let result = a.ask(&b_id, call("hold", "x")).await;
+    let result = a.ask(&b_id, call("hold", "timed out")).await;
     assert!(matches!(result, Err(MeshError::Timeout { .. })), "{result:?}");
     assert!(started.elapsed() >= timeout && started.elapsed() < timeout + Duration::from_secs(1));
+    // b's worker learns that nobody waits for that answer any more.
+    let gone = tokio::time::timeout(Duration::from_secs(2), abandoned.recv()).await?;
+    assert_eq!(gone.as_deref(), Some("timed out"));
 
     // Removed from the peer list while asked: fails at once.
     let pending = {
@@ -498,4 +512,37 @@ async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
     assert_eq!(counts["sent"], 4);
     a.shutdown().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_listeners_and_a_publish_right_after_set_peers() -> anyhow::Result<()> {
+    init_tracing();
+    // The default config listens on every interface.
+    let (a, _) = Mesh::start(MeshConfig::default()).await?;
+    let (b, _) = Mesh::start(MeshConfig::default()).await?;
+    for mesh in [&a, &b] {
+        let addrs = mesh.listen_addrs();
+        ensure!(!addrs.is_empty(), "no listen address");
+        for addr in &addrs {
+            ensure!(!addr.contains("/0.0.0.0/") && !addr.ends_with("/tcp/0"), "unresolved {addr}");
+        }
+    }
+    let mut b_news = b.subscribe("news");
+    connect_all(&[&a, &b]);
+    // Not connected yet: the message is held until b's subscription arrives.
+    assert_eq!(a.publish("news", "alpha", "first".into()).await?, 1);
+    assert_eq!(collect(&mut b_news, 1, Duration::from_secs(5)).await?[0].body, "first");
+
+    for mesh in [a, b] {
+        mesh.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configs_are_refused() {
+    let frame = MeshConfig { max_frame_bytes: 0, ..MeshConfig::default() };
+    assert!(matches!(Mesh::start(frame).await, Err(MeshError::Config(_))));
+    let listen = MeshConfig { listen: vec!["not an address".into()], ..MeshConfig::default() };
+    assert!(matches!(Mesh::start(listen).await, Err(MeshError::Listen { .. })));
 }
