@@ -103,7 +103,10 @@ impl MeshCodec {
         }
         let mut buf = vec![0u8; len];
         io.read_exact(&mut buf).await?;
-        decode(&buf, self.max_frame).map_err(|e| self.reject(what, e.to_string()))
+        decode(&buf, self.max_frame).map_err(|e| match e {
+            MeshError::Codec(reason) => self.reject(what, reason),
+            other => self.reject(what, other.to_string()),
+        })
     }
 
     fn reject(&self, what: &'static str, reason: String) -> io::Error {
