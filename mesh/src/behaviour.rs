@@ -76,8 +76,10 @@ fn behaviour(
         .mesh_outbound_min(1)
         .max_transmit_size(settings.max_frame_bytes + GOSSIP_OVERHEAD)
         .build()?;
-    let gossip =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    let gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )?;
 
     Ok(MeshBehaviour { allow: allow_block_list::Behaviour::default(), identify, call, gossip })
 }

@@ -40,8 +40,10 @@ pub fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>> {
             "message of {len} bytes is over the {limit}-byte frame limit"
         )));
     }
-    bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|e| MeshError::Codec(format!("cannot encode message: {e}")))
+    let mut bytes = Vec::with_capacity(len);
+    bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())
+        .map_err(|e| MeshError::Codec(format!("cannot encode message: {e}")))?;
+    Ok(bytes)
 }
 
 /// The encoded size of `value` in bytes, without allocating the encoding.
@@ -94,11 +96,17 @@ impl MeshCodec {
         let len = u32::from_be_bytes(prefix) as usize;
         if len > self.max_frame {
             // Checked before allocating: the prefix is whatever the peer chose to send.
-            return Err(self.reject(what, format!("{len}-byte frame is over the {}-byte limit", self.max_frame)));
+            return Err(self.reject(
+                what,
+                format!("{len}-byte frame is over the {}-byte limit", self.max_frame),
+            ));
         }
         let mut buf = vec![0u8; len];
         io.read_exact(&mut buf).await?;
-        decode(&buf, self.max_frame).map_err(|e| self.reject(what, e.to_string()))
+        decode(&buf, self.max_frame).map_err(|e| match e {
+            MeshError::Codec(reason) => self.reject(what, reason),
+            other => self.reject(what, other.to_string()),
+        })
     }
 
     fn reject(&self, what: &'static str, reason: String) -> io::Error {
@@ -137,11 +145,7 @@ impl request_response::Codec for MeshCodec {
         self.read_message(io, "request").await
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<MeshResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<MeshResponse>
     where
         T: AsyncRead + Unpin + Send,
     {

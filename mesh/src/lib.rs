@@ -2,14 +2,15 @@
 //! and publish on topics directly, not through the head.
 //!
 //! A [`Mesh`] is one worker's node: a libp2p swarm (TCP, noise, yamux) whose behaviour
-//! ([`behaviour`]) combines an allow list (only the peers the head listed may connect),
+//! (`behaviour`) combines an allow list (only the peers the head listed may connect),
 //! identify, request-response for asks and gossipsub for topics. The swarm runs in one task
-//! ([`node`]) that the cloneable handle ([`mesh`]) drives over a command channel.
+//! (`node`) that the cloneable handle (`mesh`) drives over a command channel.
 //!
-//! - [`messages`]: the wire types ([`MeshRequest`], [`MeshResponse`], [`TopicMessage`]).
+//! - `messages`: the wire types ([`MeshRequest`], [`MeshResponse`], [`TopicMessage`]).
 //! - [`codec`]: the one place that knows the wire format (bincode 2, length-prefixed frames).
-//! - [`reorder`]: puts topic messages back in publishing order per publisher.
-//! - [`counters`], [`error`]: what went through the node, and what can go wrong.
+//! - `reorder`: puts topic messages back in publishing order per publisher.
+//! - `counters`, `error`: what went through the node ([`MeshCounters`]) and what can go
+//!   wrong ([`MeshError`]).
 //!
 //! This crate depends on none of the other agentfleet crates; the worker converts at its edge.
 

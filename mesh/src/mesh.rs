@@ -97,7 +97,8 @@ pub struct IncomingCall {
     /// The call.
     pub call: AgentCall,
     /// Where the answer goes. Dropping it without sending answers the caller with
-    /// [`MeshResponse::Refused`]; it is closed once the caller has stopped waiting.
+    /// [`MeshResponse::Refused`]. It closes (see `oneshot::Sender::closed`) once the caller
+    /// has stopped waiting (request timeout or disconnect), so the work can be cancelled.
     pub reply: oneshot::Sender<MeshResponse>,
 }
 
@@ -145,6 +146,8 @@ impl Mesh {
         let peer_id = keypair.public().to_peer_id();
         let counters = Arc::new(Counters::default());
         let listen_addrs = Arc::new(RwLock::new(Vec::new()));
+        // Unbounded so that set_peers and subscribe need not wait or fail; what is queued is
+        // bounded by the callers themselves (each ask and publish waits for its answer).
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (incoming, incoming_rx) = mpsc::channel(config.incoming_capacity);
 

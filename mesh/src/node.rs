@@ -132,10 +132,13 @@ struct HeldPublish {
     deadline: Instant,
 }
 
-/// The worker's answer to incoming call `id`.
+/// The worker's answer to incoming call `id`. Also ends (with no answer) when its
+/// `abandon` sender is dropped, which drops the receiver and so tells the worker, through
+/// its reply sender, that nobody waits for the answer any more.
 struct PendingReply {
     id: u64,
     answer: oneshot::Receiver<MeshResponse>,
+    abandon: oneshot::Receiver<()>,
 }
 
 impl Future for PendingReply {
@@ -143,8 +146,19 @@ impl Future for PendingReply {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        Pin::new(&mut this.answer).poll(cx).map(|answer| (this.id, answer.ok()))
+        if let Poll::Ready(answer) = Pin::new(&mut this.answer).poll(cx) {
+            return Poll::Ready((this.id, answer.ok()));
+        }
+        Pin::new(&mut this.abandon).poll(cx).map(|_| (this.id, None))
     }
+}
+
+/// An incoming call handed to the worker.
+struct InboundCall {
+    peer: PeerId,
+    channel: ResponseChannel<MeshResponse>,
+    /// Dropped to abandon the [`PendingReply`].
+    _abandon: oneshot::Sender<()>,
 }
 
 pub(crate) struct Node {
@@ -162,7 +176,7 @@ pub(crate) struct Node {
     peers: HashMap<PeerId, PeerState>,
     sent: HashMap<OutboundRequestId, SentAsk>,
     /// Incoming calls handed to the worker, by local id.
-    inbound: HashMap<u64, (PeerId, ResponseChannel<MeshResponse>)>,
+    inbound: HashMap<u64, InboundCall>,
     next_inbound: u64,
     replies: FuturesUnordered<PendingReply>,
     publish_seq: HashMap<(String, String), u64>,
@@ -246,7 +260,8 @@ impl Node {
                 event => self.on_swarm_event(event),
             }
         }
-        while let Ok(event) = tokio::time::timeout(LISTEN_SETTLE, self.swarm.select_next_some()).await
+        while let Ok(event) =
+            tokio::time::timeout(LISTEN_SETTLE, self.swarm.select_next_some()).await
         {
             self.on_swarm_event(event);
         }
@@ -464,7 +479,11 @@ impl Node {
         if matches!(request, MeshRequest::Call(_)) {
             counters::add(&self.counters.calls_sent, 1);
         }
-        state.waiting.push_back(WaitingAsk { request, reply, deadline: now + self.request_timeout });
+        state.waiting.push_back(WaitingAsk {
+            request,
+            reply,
+            deadline: now + self.request_timeout,
+        });
         self.pump(peer);
     }
 
@@ -540,12 +559,14 @@ impl Node {
             Ok(()) => {
                 let id = self.next_inbound;
                 self.next_inbound += 1;
-                self.inbound.insert(id, (peer, channel));
-                self.replies.push(PendingReply { id, answer });
+                let (abandon_tx, abandon) = oneshot::channel();
+                self.inbound.insert(id, InboundCall { peer, channel, _abandon: abandon_tx });
+                self.replies.push(PendingReply { id, answer, abandon });
             }
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(%peer, "refusing a call: the queue of incoming calls is full");
-                let reason = "the called node is busy (its queue of incoming calls is full); retry later";
+                let reason =
+                    "the called node is busy (its queue of incoming calls is full); retry later";
                 self.respond(peer, channel, MeshResponse::Refused { reason: reason.into() });
             }
             Err(TrySendError::Closed(_)) => {
@@ -557,7 +578,7 @@ impl Node {
 
     fn on_reply(&mut self, id: u64, answer: Option<MeshResponse>) {
         // Absent when the caller stopped waiting (swept on the tick).
-        let Some((peer, channel)) = self.inbound.remove(&id) else { return };
+        let Some(InboundCall { peer, channel, .. }) = self.inbound.remove(&id) else { return };
         let response = match answer {
             Some(response) => match codec::encoded_len(&response) {
                 Ok(len) if len <= self.max_frame => response,
@@ -576,7 +597,12 @@ impl Node {
         self.respond(peer, channel, response);
     }
 
-    fn respond(&mut self, peer: PeerId, channel: ResponseChannel<MeshResponse>, response: MeshResponse) {
+    fn respond(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<MeshResponse>,
+        response: MeshResponse,
+    ) {
         if self.swarm.behaviour_mut().call.send_response(channel, response).is_err() {
             tracing::debug!(%peer, "the caller stopped waiting before the answer");
         }
@@ -669,7 +695,12 @@ impl Node {
 
     /// Hands a message to gossipsub. Returns it when it should be held for subscribers that
     /// may still appear; otherwise the publisher has its answer.
-    fn publish_remote(&mut self, topic: &str, held: HeldPublish, now: Instant) -> Option<HeldPublish> {
+    fn publish_remote(
+        &mut self,
+        topic: &str,
+        held: HeldPublish,
+        now: Instant,
+    ) -> Option<HeldPublish> {
         let gossip_topic = IdentTopic::new(topic);
         let result = self.swarm.behaviour_mut().gossip.publish(gossip_topic, held.bytes.clone());
         let seq = held.seq;
@@ -853,7 +884,8 @@ impl Node {
                     break;
                 }
                 if let Some(ask) = state.waiting.pop_front() {
-                    let error = MeshError::Timeout { peer: peer.to_string(), after: self.request_timeout };
+                    let error =
+                        MeshError::Timeout { peer: peer.to_string(), after: self.request_timeout };
                     let _ = ask.reply.send(Err(error));
                 }
             }
@@ -871,8 +903,9 @@ impl Node {
             self.deliver(message);
         }
 
-        // Calls whose caller stopped waiting (timeout, disconnect) cannot be answered.
-        self.inbound.retain(|_, (_, channel)| channel.is_open());
+        // Calls whose caller stopped waiting (timeout, disconnect) cannot be answered:
+        // dropping them closes the worker's reply sender.
+        self.inbound.retain(|_, call| call.channel.is_open());
         let gone: Vec<String> = self
             .subscribers
             .iter_mut()

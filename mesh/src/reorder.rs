@@ -97,7 +97,8 @@ impl Reorder {
             node: message.node.clone(),
             publisher: message.publisher.clone(),
         };
-        let stream = self.streams.entry(key).or_insert_with(|| Stream::new(epoch, message.seq, now));
+        let stream =
+            self.streams.entry(key).or_insert_with(|| Stream::new(epoch, message.seq, now));
         stream.last_seen = now;
         let mut skipped = 0;
         if epoch < stream.epoch {
@@ -121,7 +122,10 @@ impl Reorder {
         stream.buffered.insert(seq, message);
         stream.drain(out);
         if stream.buffered.len() > MAX_BUFFERED {
-            tracing::warn!(buffered = stream.buffered.len(), "too many messages waiting for a gap to fill; skipping it");
+            tracing::warn!(
+                buffered = stream.buffered.len(),
+                "too many messages waiting for a gap to fill; skipping it"
+            );
             skipped += stream.skip_gap(out);
         }
         if stream.buffered.is_empty() {
@@ -155,7 +159,8 @@ impl Reorder {
             expired.skipped += skipped;
             stream.gap_since = (!stream.buffered.is_empty()).then_some(now);
         }
-        self.streams.retain(|_, s| !s.buffered.is_empty() || now.duration_since(s.last_seen) < IDLE_STREAM);
+        self.streams
+            .retain(|_, s| !s.buffered.is_empty() || now.duration_since(s.last_seen) < IDLE_STREAM);
         expired
     }
 

@@ -1,0 +1,548 @@
+//! Real meshes on 127.0.0.1 in one process: asks, ordered pub/sub, refusal of strangers,
+//! rogue frames and peers that go away.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use fleet_mesh::{
+    AgentCall, IncomingCall, Mesh, MeshConfig, MeshError, MeshRequest, MeshResponse, Peer,
+    TopicMessage,
+};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, SwarmBuilder, identity::Keypair, noise, request_response,
+    swarm::SwarmEvent, tcp, yamux,
+};
+use tokio::sync::mpsc;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+fn config(request_timeout: Duration, keypair: Option<Keypair>) -> MeshConfig {
+    MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        request_timeout,
+        keypair,
+        ..MeshConfig::default()
+    }
+}
+
+async fn start(request_timeout: Duration) -> anyhow::Result<(Mesh, mpsc::Receiver<IncomingCall>)> {
+    Ok(Mesh::start(config(request_timeout, None)).await?)
+}
+
+fn peer(mesh: &Mesh) -> Peer {
+    Peer { peer_id: mesh.peer_id(), addrs: mesh.listen_addrs() }
+}
+
+/// Every mesh lists every other.
+fn connect_all(meshes: &[&Mesh]) {
+    for mesh in meshes {
+        mesh.set_peers(meshes.iter().map(|m| peer(m)).collect());
+    }
+}
+
+async fn wait_connected(mesh: &Mesh, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mesh.connected_peers().await.len() < n {
+        ensure!(Instant::now() < deadline, "{} did not connect to {n} peers", mesh.peer_id());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Answers every call with its input.
+fn echo(mut calls: mpsc::Receiver<IncomingCall>) {
+    tokio::spawn(async move {
+        while let Some(incoming) = calls.recv().await {
+            let output = incoming.call.input;
+            let _ = incoming.reply.send(MeshResponse::Reply { output, is_error: false });
+        }
+    });
+}
+
+fn call(agent: &str, input: &str) -> MeshRequest {
+    MeshRequest::Call(AgentCall {
+        agent: agent.into(),
+        context_id: String::new(),
+        input: input.into(),
+        caller_task: "task-1".into(),
+        trace: String::new(),
+        timeout_ms: 5_000,
+    })
+}
+
+/// Keypairs sorted by peer id, so a test can decide who dials whom (the smaller id dials).
+fn sorted_keys(n: usize) -> Vec<Keypair> {
+    let mut keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+    keys.sort_by_key(|k| k.public().to_peer_id());
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_are_answered_including_thousands_at_once() -> anyhow::Result<()> {
+    init_tracing();
+    let timeout = Duration::from_secs(10);
+    let (a, _a_calls) = start(timeout).await?;
+    let (b, b_calls) = start(timeout).await?;
+    let (c, _c_calls) = start(timeout).await?;
+    echo(b_calls);
+    connect_all(&[&a, &b, &c]);
+
+    // Asked before the connection is up: waits for it.
+    let answer = a.ask(&b.peer_id(), call("echo", "hello")).await?;
+    assert_eq!(answer, MeshResponse::Reply { output: "hello".into(), is_error: false });
+    assert_eq!(c.ask(&b.peer_id(), MeshRequest::Ping).await?, MeshResponse::Pong);
+
+    let stranger = PeerId::random().to_string();
+    assert!(matches!(a.ask(&stranger, MeshRequest::Ping).await, Err(MeshError::UnknownPeer(_))));
+    assert!(matches!(
+        a.ask("not a peer id", MeshRequest::Ping).await,
+        Err(MeshError::UnknownPeer(_))
+    ));
+    assert!(matches!(a.ask(&a.peer_id(), MeshRequest::Ping).await, Err(MeshError::UnknownPeer(_))));
+
+    let started = Instant::now();
+    let mut asks = Vec::new();
+    for (name, mesh) in [("a", &a), ("c", &c)] {
+        for i in 0..1000 {
+            let mesh = mesh.clone();
+            let target = b.peer_id();
+            asks.push(tokio::spawn(async move {
+                let input = format!("{name}-{i}");
+                let answer = mesh.ask(&target, call("echo", &input)).await;
+                (input, answer)
+            }));
+        }
+    }
+    for ask in asks {
+        let (input, answer) = ask.await?;
+        match answer {
+            Ok(MeshResponse::Reply { output, is_error: false }) if output == input => {}
+            other => bail!("ask {input} got {other:?}"),
+        }
+    }
+    eprintln!("2,000 concurrent asks answered in {:?}", started.elapsed());
+    assert_eq!(b.counters().calls_received, 2001);
+    assert_eq!(a.counters().calls_sent, 1001);
+    assert_eq!(c.counters().calls_sent, 1000);
+    assert_eq!(b.counters().frames_rejected, 0);
+
+    for mesh in [a, b, c] {
+        mesh.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn collect(
+    rx: &mut mpsc::Receiver<TopicMessage>,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<TopicMessage>> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(message)) => got.push(message),
+            Ok(None) => bail!("subscription closed after {} messages", got.len()),
+            Err(_) => bail!("only {} of {n} messages arrived", got.len()),
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_gets_every_message_in_order() -> anyhow::Result<()> {
+    init_tracing();
+    const PER_PUBLISHER: u64 = 200;
+    let timeout = Duration::from_secs(10);
+    let (a, _) = start(timeout).await?;
+    let (b, _) = start(timeout).await?;
+    let (c, _) = start(timeout).await?;
+    let meshes = [a.clone(), b.clone(), c.clone()];
+    let mut subscriptions: Vec<_> = meshes.iter().map(|m| m.subscribe("news")).collect();
+    let mut other = b.subscribe("other");
+    connect_all(&[&a, &b, &c]);
+    for mesh in &meshes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mesh.topic_peers("news").await.len() < 2 {
+            ensure!(Instant::now() < deadline, "subscriptions did not propagate");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for mesh in [&a, &c] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mesh.topic_peers("other").await.is_empty() {
+            ensure!(Instant::now() < deadline, "subscriptions did not propagate");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let mut publishers = Vec::new();
+    for (mesh, name) in [(a.clone(), "alpha"), (c.clone(), "beta")] {
+        publishers.push(tokio::spawn(async move {
+            for i in 1..=PER_PUBLISHER {
+                let seq = mesh.publish("news", name, format!("{name} {i}")).await?;
+                ensure!(seq == i, "{name} message {i} got seq {seq}");
+                // Another topic from the same publisher must not disturb the numbering.
+                if i % 50 == 0 {
+                    mesh.publish("other", name, "noise".into()).await?;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for publisher in publishers {
+        publisher.await??;
+    }
+
+    for (mesh, rx) in meshes.iter().zip(&mut subscriptions) {
+        let got = collect(rx, 2 * PER_PUBLISHER as usize, Duration::from_secs(15)).await?;
+        let mut per_publisher: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+        for message in got {
+            assert_eq!(message.topic, "news");
+            assert_eq!(message.body, format!("{} {}", message.publisher, message.seq));
+            per_publisher.entry((message.node, message.publisher)).or_default().push(message.seq);
+        }
+        let expected: Vec<u64> = (1..=PER_PUBLISHER).collect();
+        assert_eq!(per_publisher.len(), 2, "at {}", mesh.peer_id());
+        assert_eq!(per_publisher.get(&(a.peer_id(), "alpha".into())), Some(&expected));
+        assert_eq!(per_publisher.get(&(c.peer_id(), "beta".into())), Some(&expected));
+    }
+    // b also subscribes to "other", where each publisher put a message every 50.
+    let noise =
+        collect(&mut other, 2 * (PER_PUBLISHER / 50) as usize, Duration::from_secs(5)).await?;
+    assert!(noise.iter().all(|m| m.body == "noise" && (1..=4).contains(&m.seq)));
+    assert_eq!(b.counters().messages_received, 2 * PER_PUBLISHER + 2 * (PER_PUBLISHER / 50));
+    assert_eq!(a.counters().messages_published, PER_PUBLISHER + PER_PUBLISHER / 50);
+    for mesh in &meshes {
+        assert_eq!(mesh.counters().gaps_skipped, 0);
+        assert_eq!(mesh.counters().messages_dropped, 0);
+    }
+
+    for mesh in meshes {
+        mesh.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_missing_from_the_peer_lists_is_refused() -> anyhow::Result<()> {
+    init_tracing();
+    // The intruder gets the smallest peer id, so it is the one that dials.
+    let keys = sorted_keys(3);
+    let timeout = Duration::from_secs(2);
+    let (intruder, _) = Mesh::start(config(timeout, Some(keys[0].clone()))).await?;
+    let (a, a_calls) = Mesh::start(config(timeout, Some(keys[1].clone()))).await?;
+    let (b, _) = Mesh::start(config(timeout, Some(keys[2].clone()))).await?;
+    echo(a_calls);
+    connect_all(&[&a, &b]);
+    intruder.set_peers(vec![peer(&a), peer(&b)]);
+    let mut a_news = a.subscribe("news");
+    let mut intruder_news = intruder.subscribe("news");
+    wait_connected(&a, 1).await?;
+
+    let started = Instant::now();
+    let refused = intruder.ask(&a.peer_id(), call("echo", "let me in")).await;
+    assert!(matches!(refused, Err(MeshError::Timeout { .. })), "intruder ask got {refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The intruder did dial (and was refused) all that time.
+    assert!(intruder.connected_peers().await.is_empty());
+    assert_eq!(a.connected_peers().await, vec![b.peer_id()]);
+    assert_eq!(a.counters().calls_received, 0);
+
+    let published = intruder.publish("news", "intruder", "spam".into()).await;
+    assert!(matches!(published, Err(MeshError::NoSubscribers { seq: 1, .. })), "{published:?}");
+    // Its own subscriber still got it; nobody else did.
+    assert_eq!(collect(&mut intruder_news, 1, Duration::from_secs(1)).await?[0].body, "spam");
+    b.publish("news", "b", "hello a".into()).await?;
+    let got = collect(&mut a_news, 1, Duration::from_secs(5)).await?;
+    assert_eq!(got[0].body, "hello a");
+    assert!(tokio::time::timeout(Duration::from_millis(500), a_news.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(100), intruder_news.recv()).await.is_err());
+    assert_eq!(a.counters().messages_received, 1);
+
+    for mesh in [intruder, a, b] {
+        mesh.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A codec that writes requests as raw bytes on the mesh's protocol and reads answers to
+/// the end: what a buggy or hostile peer can put on the wire.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        // A stream closed without a byte is no answer.
+        let bytes = self.read_request(p, io).await?;
+        if bytes.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(bytes)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        bytes: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&bytes).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        bytes: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.write_request(p, io, bytes).await
+    }
+}
+
+fn rogue_swarm(key: Keypair) -> anyhow::Result<Swarm<request_response::Behaviour<RawCodec>>> {
+    Ok(SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| {
+            request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new("/agentfleet/call/1"),
+                    request_response::ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+            )
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_frames_are_dropped_and_the_node_keeps_serving() -> anyhow::Result<()> {
+    init_tracing();
+    // The victim's id is smaller than the rogue's, so the victim dials the rogue.
+    let keys = sorted_keys(2);
+    let (victim, victim_calls) =
+        Mesh::start(config(Duration::from_secs(5), Some(keys[0].clone()))).await?;
+    echo(victim_calls);
+    let (friend, _) = start(Duration::from_secs(5)).await?;
+
+    let mut rogue = rogue_swarm(keys[1].clone())?;
+    rogue.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let rogue_addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = rogue.select_next_some().await {
+            break address;
+        }
+    };
+    let rogue_peer =
+        Peer { peer_id: rogue.local_peer_id().to_string(), addrs: vec![rogue_addr.to_string()] };
+    victim.set_peers(vec![rogue_peer, peer(&friend)]);
+    friend.set_peers(vec![peer(&victim)]);
+
+    let victim_id: PeerId = victim.peer_id().parse()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
+            .await
+            .context("the victim never connected to the rogue")?;
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event
+            && peer_id == victim_id
+        {
+            break;
+        }
+    }
+
+    let mut oversized = u32::MAX.to_be_bytes().to_vec();
+    oversized.extend_from_slice(b"never mind the length");
+    let mut garbage = 8u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xde; 8]);
+    // A Call whose first string claims about 2 GiB.
+    let mut lying = 6u32.to_be_bytes().to_vec();
+    lying.extend_from_slice(&[0, 0xfc, 0xff, 0xff, 0xff, 0x7f]);
+    let frames = [oversized, garbage, lying];
+    for frame in &frames {
+        rogue.behaviour_mut().send_request(&victim_id, frame.clone());
+    }
+    let mut failures = 0;
+    while failures < frames.len() {
+        let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
+            .await
+            .context("the rogue's requests neither failed nor got answers")?;
+        match event {
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => failures += 1,
+            SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
+                bail!("the victim answered a rogue frame: {message:?}")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(victim.counters().frames_rejected, frames.len() as u64);
+    assert_eq!(victim.counters().calls_received, 0);
+    // Keep the rogue's connection served while the victim goes on.
+    tokio::spawn(async move {
+        loop {
+            rogue.select_next_some().await;
+        }
+    });
+
+    let answer = friend.ask(&victim.peer_id(), call("echo", "still there?")).await?;
+    assert_eq!(answer, MeshResponse::Reply { output: "still there?".into(), is_error: false });
+    assert_eq!(victim.counters().calls_received, 1);
+
+    victim.shutdown().await;
+    friend.shutdown().await;
+    Ok(())
+}
+
+/// Holds every call without answering, except agent "drop", whose reply is dropped. Reports
+/// each held call whose reply closes (the caller stopped waiting) on the returned channel.
+fn hold_calls(mut calls: mpsc::Receiver<IncomingCall>) -> mpsc::UnboundedReceiver<String> {
+    let (abandoned, abandoned_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(mut incoming) = calls.recv().await {
+            if incoming.call.agent == "drop" {
+                continue;
+            }
+            let abandoned = abandoned.clone();
+            tokio::spawn(async move {
+                incoming.reply.closed().await;
+                let _ = abandoned.send(incoming.call.input);
+            });
+        }
+    });
+    abandoned_rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
+    init_tracing();
+    let timeout = Duration::from_secs(2);
+    let (a, _) = start(timeout).await?;
+    let (b, b_calls) = start(timeout).await?;
+    let mut abandoned = hold_calls(b_calls);
+    connect_all(&[&a, &b]);
+    wait_connected(&a, 1).await?;
+    let b_id = b.peer_id();
+
+    // A dropped reply is a clear refusal.
+    match a.ask(&b_id, call("drop", "x")).await? {
+        MeshResponse::Refused { reason } => assert!(reason.contains("dropped"), "{reason}"),
+        other => bail!("dropped reply gave {other:?}"),
+    }
+
+    // Never answered: the request timeout.
+    let started = Instant::now();
+    let result = a.ask(&b_id, call("hold", "timed out")).await;
+    assert!(matches!(result, Err(MeshError::Timeout { .. })), "{result:?}");
+    assert!(started.elapsed() >= timeout && started.elapsed() < timeout + Duration::from_secs(1));
+    // b's worker learns that nobody waits for that answer any more.
+    let gone = tokio::time::timeout(Duration::from_secs(2), abandoned.recv()).await?;
+    assert_eq!(gone.as_deref(), Some("timed out"));
+
+    // Removed from the peer list while asked: fails at once.
+    let pending = {
+        let a = a.clone();
+        let b_id = b_id.clone();
+        tokio::spawn(async move { a.ask(&b_id, call("hold", "x")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let removed_at = Instant::now();
+    a.set_peers(Vec::new());
+    let result = pending.await?;
+    assert!(matches!(result, Err(MeshError::PeerGone(_))), "{result:?}");
+    assert!(removed_at.elapsed() < Duration::from_millis(500));
+    assert!(matches!(a.ask(&b_id, MeshRequest::Ping).await, Err(MeshError::UnknownPeer(_))));
+
+    // Back in the list, then shut down while asked.
+    connect_all(&[&a, &b]);
+    wait_connected(&a, 1).await?;
+    assert_eq!(a.ask(&b_id, MeshRequest::Ping).await?, MeshResponse::Pong);
+    let pending = {
+        let a = a.clone();
+        let b_id = b_id.clone();
+        tokio::spawn(async move { a.ask(&b_id, call("hold", "x")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = Instant::now();
+    b.shutdown().await;
+    let result = pending.await?;
+    assert!(
+        matches!(result, Err(MeshError::PeerGone(_) | MeshError::Timeout { .. })),
+        "{result:?}"
+    );
+    assert!(stopped_at.elapsed() < timeout);
+    // A keeps the peer listed and waits for it to come back: asks time out meanwhile.
+    let result = a.ask(&b_id, MeshRequest::Ping).await;
+    assert!(matches!(result, Err(MeshError::Timeout { .. })), "{result:?}");
+
+    let counts: HashMap<&str, u64> =
+        [("sent", a.counters().calls_sent), ("received", b.counters().calls_received)].into();
+    assert_eq!(counts["sent"], 4);
+    a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_listeners_and_a_publish_right_after_set_peers() -> anyhow::Result<()> {
+    init_tracing();
+    // The default config listens on every interface.
+    let (a, _) = Mesh::start(MeshConfig::default()).await?;
+    let (b, _) = Mesh::start(MeshConfig::default()).await?;
+    for mesh in [&a, &b] {
+        let addrs = mesh.listen_addrs();
+        ensure!(!addrs.is_empty(), "no listen address");
+        for addr in &addrs {
+            ensure!(!addr.contains("/0.0.0.0/") && !addr.ends_with("/tcp/0"), "unresolved {addr}");
+        }
+    }
+    let mut b_news = b.subscribe("news");
+    connect_all(&[&a, &b]);
+    // Not connected yet: the message is held until b's subscription arrives.
+    assert_eq!(a.publish("news", "alpha", "first".into()).await?, 1);
+    assert_eq!(collect(&mut b_news, 1, Duration::from_secs(5)).await?[0].body, "first");
+
+    for mesh in [a, b] {
+        mesh.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configs_are_refused() {
+    let frame = MeshConfig { max_frame_bytes: 0, ..MeshConfig::default() };
+    assert!(matches!(Mesh::start(frame).await, Err(MeshError::Config(_))));
+    let listen = MeshConfig { listen: vec!["not an address".into()], ..MeshConfig::default() };
+    assert!(matches!(Mesh::start(listen).await, Err(MeshError::Listen { .. })));
+}
