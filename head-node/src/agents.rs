@@ -175,9 +175,7 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
         return bad(format!("at most {MAX_TOPICS} topics per agent, got {}", spec.topics.len()));
     }
     if let Some(topic) = spec.topics.iter().find(|t| !valid_name(t)) {
-        return bad(format!(
-            "topic {topic:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
-        ));
+        return bad(format!("topic {topic:?} must be 1 to 64 letters, digits, '-', '_' or '.'"));
     }
     let r = &spec.resources;
     if !r.cpus.is_finite() || r.cpus < 0.0 {

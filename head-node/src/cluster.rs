@@ -134,6 +134,7 @@ pub struct WorkerInfo {
     pub models_loaded: Vec<String>,
     /// Loaded models with their engines' figures.
     pub loaded: Vec<LoadedModel>,
+    pub actors: u32,
     pub last_heartbeat_ago: Duration,
 }
 
@@ -533,6 +534,7 @@ impl Cluster {
                 tasks_assigned: w.tasks_assigned,
                 models_loaded: w.heartbeat.models_loaded.clone(),
                 loaded: w.heartbeat.models.clone(),
+                actors: w.heartbeat.actors,
                 last_heartbeat_ago: now.saturating_duration_since(w.last_heartbeat),
             })
             .collect();
@@ -706,7 +708,12 @@ impl Cluster {
     }
 
     /// Messages a worker forwarded on topics the head follows through it.
-    pub fn topic_messages(&self, worker_id: &str, connection: u64, mut messages: Vec<TopicMessage>) {
+    pub fn topic_messages(
+        &self,
+        worker_id: &str,
+        connection: u64,
+        mut messages: Vec<TopicMessage>,
+    ) {
         let mut state = self.state.lock();
         if state.workers.get(worker_id).is_none_or(|w| w.connection != connection) {
             return;
@@ -943,8 +950,11 @@ fn call_agent(
             "agent {name} not called: agents called agents {MAX_TOOL_DEPTH} deep, the most allowed"
         ))
     } else {
-        let sub =
-            NewTask { agent: name.to_owned(), input: fleet_proto::call_input(arguments), ..Default::default() };
+        let sub = NewTask {
+            agent: name.to_owned(),
+            input: fleet_proto::call_input(arguments),
+            ..Default::default()
+        };
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
             Ok(id) => {
                 debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");

@@ -164,7 +164,12 @@ impl TopicRelays {
     }
 
     /// A worker's answer to a `Publish`.
-    pub fn published(&mut self, worker_id: &str, request_id: u64, result: std::result::Result<u64, String>) {
+    pub fn published(
+        &mut self,
+        worker_id: &str,
+        request_id: u64,
+        result: std::result::Result<u64, String>,
+    ) {
         match self.publishes.remove(&request_id) {
             Some(p) if p.worker_id == worker_id => {
                 let _ = p.reply.send(result.map(|seq| (seq, worker_id.to_owned())));

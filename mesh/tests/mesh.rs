@@ -76,6 +76,7 @@ fn call(agent: &str, input: &str) -> MeshRequest {
         caller_task: "task-1".into(),
         trace: String::new(),
         timeout_ms: 5_000,
+        depth: 0,
     })
 }
 

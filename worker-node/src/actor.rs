@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::agent_calls::AgentCaller;
-use crate::topics::{self, TopicBoard};
 use crate::agent_loop::{self, TaskRun};
 use crate::host::{PendingCalls, RunningTasks};
 use crate::memory::ConversationMemory;
 use crate::models::ModelHandle;
 use crate::runner::EventSink;
+use crate::topics::{self, TopicBoard};
 
 /// What an agent actor is started (and restarted) with.
 #[derive(Clone)]

@@ -28,6 +28,9 @@ struct Location {
     peer_id: String,
 }
 
+/// An agent and the conversation it is called in.
+type Callee = (String, String);
+
 /// A call that was not sent: its cached peer is no longer on the mesh.
 struct Unsent;
 
@@ -47,9 +50,9 @@ pub struct Call {
 pub struct AgentCaller {
     mesh: Mesh,
     local: LocalCalls,
-    locations: Mutex<HashMap<(String, String), Location>>,
-    /// One lookup at a time per (agent, context): the callers of one wait for its answer.
-    locating: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    locations: Mutex<HashMap<Callee, Location>>,
+    /// One lookup at a time per callee: the callers of one wait for its answer.
+    locating: Mutex<HashMap<Callee, Arc<tokio::sync::Mutex<()>>>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<Result<MeshPeer, String>>>>,
     next_lookup: AtomicU64,
     to_head: mpsc::Sender<WorkerUpdate>,
@@ -115,7 +118,13 @@ impl AgentCaller {
             Ok(Ok(MeshResponse::Reply { output, is_error })) => (output, is_error),
             Ok(Ok(MeshResponse::Refused { reason })) => {
                 self.forget(&call, &location);
-                (format!("agent {} on worker {} refused the call: {reason}", call.agent, location.worker_id), true)
+                (
+                    format!(
+                        "agent {} on worker {} refused the call: {reason}",
+                        call.agent, location.worker_id
+                    ),
+                    true,
+                )
             }
             Ok(Ok(other)) => {
                 (format!("agent {} answered the call with {other:?}", call.agent), true)
@@ -128,12 +137,24 @@ impl AgentCaller {
                 if matches!(e, MeshError::PeerGone(_) | MeshError::Timeout { .. }) {
                     self.forget(&call, &location);
                 }
-                (format!("the call to agent {} on worker {} failed: {e}", call.agent, location.worker_id), true)
+                (
+                    format!(
+                        "the call to agent {} on worker {} failed: {e}",
+                        call.agent, location.worker_id
+                    ),
+                    true,
+                )
             }
             Err(_) => {
                 self.forget(&call, &location);
                 let secs = call.timeout.as_secs_f64();
-                (format!("agent {} on worker {} did not answer within {secs} s", call.agent, location.worker_id), true)
+                (
+                    format!(
+                        "agent {} on worker {} did not answer within {secs} s",
+                        call.agent, location.worker_id
+                    ),
+                    true,
+                )
             }
         })
     }
@@ -175,8 +196,15 @@ impl AgentCaller {
         self.lookups.lock().remove(&request_id);
         let peer = match answer {
             Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err("the connection to the head was lost during the lookup".into()),
-            Err(_) => return Err(format!("the head did not say where it runs within {} s", LOCATE_TIMEOUT.as_secs())),
+            Ok(Err(_)) => {
+                return Err("the connection to the head was lost during the lookup".into());
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the head did not say where it runs within {} s",
+                    LOCATE_TIMEOUT.as_secs()
+                ));
+            }
         };
         let location = Location { worker_id: peer.worker_id, peer_id: peer.address.peer_id };
         debug!(agent = %call.agent, worker_id = %location.worker_id, "agent located");

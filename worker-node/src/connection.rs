@@ -8,8 +8,7 @@ use std::time::Duration;
 use fleet_proto::local::LocalHead;
 use fleet_proto::pb::worker_service_client::WorkerServiceClient;
 use fleet_proto::{
-    Command, Heartbeat, MeshAddress, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate,
-    pb,
+    Command, Heartbeat, MeshAddress, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate, pb,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -18,10 +17,10 @@ use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::agent_calls::AgentCaller;
-use crate::topics::TopicBoard;
 use crate::config::WorkerConfig;
 use crate::host::ActorHost;
 use crate::models::ModelStore;
+use crate::topics::TopicBoard;
 use crate::{Error, Result};
 
 /// Task events buffered on the way up before task runners wait.
@@ -218,8 +217,11 @@ async fn session(
     let (update_tx, update_rx) = mpsc::channel::<WorkerUpdate>(1024);
     let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
     let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
-    let outbound =
-        futures::stream::once(async move { first }).chain(upward(heartbeat_rx, update_rx, event_rx));
+    let outbound = futures::stream::once(async move { first }).chain(upward(
+        heartbeat_rx,
+        update_rx,
+        event_rx,
+    ));
 
     let mut request = tonic::Request::new(outbound);
     if let Some(token) = &config.token {
@@ -295,19 +297,22 @@ fn upward(
     events: mpsc::Receiver<TaskEvent>,
 ) -> impl futures::Stream<Item = pb::WorkerMessage> + Send {
     let state = (heartbeats, updates, events, Vec::with_capacity(BATCH));
-    futures::stream::unfold(state, |(mut heartbeats, mut updates, mut events, mut buf)| async move {
-        buf.clear();
-        let message = tokio::select! {
-            biased;
-            Some(beat) = heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
-            Some(update) = updates.recv() => update,
-            n = events.recv_many(&mut buf, BATCH) => {
-                if n == 0 {
-                    return None;
+    futures::stream::unfold(
+        state,
+        |(mut heartbeats, mut updates, mut events, mut buf)| async move {
+            buf.clear();
+            let message = tokio::select! {
+                biased;
+                Some(beat) = heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
+                Some(update) = updates.recv() => update,
+                n = events.recv_many(&mut buf, BATCH) => {
+                    if n == 0 {
+                        return None;
+                    }
+                    WorkerUpdate::Events(std::mem::take(&mut buf))
                 }
-                WorkerUpdate::Events(std::mem::take(&mut buf))
-            }
-        };
-        Some((pb::WorkerMessage::from(message), (heartbeats, updates, events, buf)))
-    })
+            };
+            Some((pb::WorkerMessage::from(message), (heartbeats, updates, events, buf)))
+        },
+    )
 }

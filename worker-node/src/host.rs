@@ -17,9 +17,9 @@ use tracing::{debug, info};
 use crate::actor::{AgentActor, AgentArgs, Run};
 use crate::agent_calls::AgentCaller;
 use crate::callee::LocalCalls;
-use crate::topics::TopicBoard;
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
+use crate::topics::TopicBoard;
 
 /// Cancellation handles of the tasks running on this worker.
 pub type RunningTasks = Arc<Mutex<HashMap<TaskId, CancellationToken>>>;

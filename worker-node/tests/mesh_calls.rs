@@ -30,7 +30,9 @@ fn echo(name: &str, role: &str, tools: &[&str]) -> AgentSpec {
 /// What the caller is told: builtin:echo repeats it, so it "writes" this call, then answers
 /// with the latest tool result (the callee's echo of `question`).
 fn asking(callee: &str, question: &str) -> String {
-    format!(r#"<tool_call>{{"name": "{callee}", "arguments": {{"input": "{question}"}}}}</tool_call>"#)
+    format!(
+        r#"<tool_call>{{"name": "{callee}", "arguments": {{"input": "{question}"}}}}</tool_call>"#
+    )
 }
 
 /// The tool result and final text of one caller task.
@@ -96,11 +98,16 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
         ensure!(relayed == 0 && located == 1, "relayed {relayed}, located {located}");
 
         // 1,000 concurrent calls, all answered, none through the head, no new lookup.
-        let inputs: Vec<String> = (0..1000).map(|i| asking("callee", &format!("call {i}"))).collect();
+        let inputs: Vec<String> =
+            (0..1000).map(|i| asking("callee", &format!("call {i}"))).collect();
         let outcomes = client.run_many("caller", inputs).await?;
         for (i, outcome) in outcomes.iter().enumerate() {
             ensure!(outcome.state == TaskState::Completed, "call {i}: {}", outcome.error);
-            ensure!(outcome.output == format!("call {i}"), "call {i} answered {:?}", outcome.output);
+            ensure!(
+                outcome.output == format!("call {i}"),
+                "call {i} answered {:?}",
+                outcome.output
+            );
         }
         let (relayed, located) = counters(&client).await?;
         ensure!(relayed == 0 && located == 1, "relayed {relayed}, located {located}");

@@ -224,7 +224,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         }
         let answer = self.cluster.publish(r.topic, publisher, r.body)?;
         match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {
-            Ok(Ok(Ok((seq, worker_id)))) => Ok(Response::new(pb::PublishResponse { seq, worker_id })),
+            Ok(Ok(Ok((seq, worker_id)))) => {
+                Ok(Response::new(pb::PublishResponse { seq, worker_id }))
+            }
             Ok(Ok(Err(reason))) => Err(Status::unavailable(format!("not published: {reason}"))),
             Ok(Err(_)) => Err(Status::unavailable("not published: the head is shutting down")),
             Err(_) => Err(Status::deadline_exceeded(format!(

@@ -51,6 +51,8 @@ impl From<WorkerInfo> for pb::WorkerStatus {
             tasks_assigned: w.tasks_assigned,
             last_heartbeat_ms_ago: w.last_heartbeat_ago.as_millis() as u64,
             loaded: w.loaded.into_iter().map(Into::into).collect(),
+            actors: w.actors,
+            mesh_peer_id: r.mesh.map(|m| m.peer_id).unwrap_or_default(),
         }
     }
 }
