@@ -52,7 +52,8 @@ impl From<WorkerInfo> for pb::WorkerStatus {
             last_heartbeat_ms_ago: w.last_heartbeat_ago.as_millis() as u64,
             loaded: w.loaded.into_iter().map(Into::into).collect(),
             actors: w.actors,
-            mesh_peer_id: r.mesh.map(|m| m.peer_id).unwrap_or_default(),
+            mesh_peer_id: r.mesh.as_ref().map(|m| m.peer_id.clone()).unwrap_or_default(),
+            mesh_addrs: r.mesh.map(|m| m.addrs).unwrap_or_default(),
         }
     }
 }
