@@ -104,7 +104,7 @@ impl LocalCalls {
         while let Some(IncomingCall { from, call, reply }) = incoming.recv().await {
             let local = self.clone();
             tokio::spawn(async move {
-                debug!(agent = %call.agent, from = %from, caller_task = %call.caller_task, "call from the mesh");
+                debug!(agent = %call.agent, from = %from, caller_task = %call.caller_task, trace = %call.trace, "call from the mesh");
                 let call = Call {
                     agent: call.agent,
                     context_id: call.context_id,
