@@ -37,6 +37,8 @@ pub(crate) struct MeshBehaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) call: request_response::Behaviour<MeshCodec>,
     pub(crate) gossip: gossipsub::Behaviour,
+    /// The per-peer call streams (see [`crate::calls`]).
+    pub(crate) streams: libp2p_stream::Behaviour,
 }
 
 /// What the stack needs from the configuration.
@@ -81,7 +83,13 @@ fn behaviour(
         gossip_config,
     )?;
 
-    Ok(MeshBehaviour { allow: allow_block_list::Behaviour::default(), identify, call, gossip })
+    Ok(MeshBehaviour {
+        allow: allow_block_list::Behaviour::default(),
+        identify,
+        call,
+        gossip,
+        streams: libp2p_stream::Behaviour::new(),
+    })
 }
 
 /// Builds the swarm. Connections never idle out: an allowed peer stays connected until it

@@ -3,9 +3,12 @@
 //!
 //! A [`Mesh`] is one worker's node: a libp2p swarm (TCP, noise, yamux) whose behaviour
 //! (`behaviour`) combines an allow list (only the peers the head listed may connect),
-//! identify, request-response for asks and gossipsub for topics. The swarm runs in one task
-//! (`node`) that the cloneable handle (`mesh`) drives over a command channel.
+//! identify, request-response, gossipsub for topics and libp2p-stream. The swarm runs in one
+//! task (`node`) that the cloneable handle (`mesh`) drives over a command channel.
 //!
+//! - `calls`: asks between nodes, on one long-lived stream per peer with numbered frames
+//!   (the fast path: no stream opening and protocol negotiation per ask). The node still
+//!   answers the request-response protocol (one stream per ask) that it used first.
 //! - `messages`: the wire types ([`MeshRequest`], [`MeshResponse`], [`TopicMessage`]).
 //! - [`codec`]: the one place that knows the wire format (bincode 2, length-prefixed frames).
 //! - `reorder`: puts topic messages back in publishing order per publisher.
@@ -21,6 +24,7 @@ mod mesh;
 mod messages;
 
 mod behaviour;
+mod calls;
 mod node;
 mod reorder;
 

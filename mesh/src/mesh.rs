@@ -9,6 +9,7 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::calls::Calls;
 use crate::{
     AgentCall, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
     codec::MAX_FRAME_CEILING,
@@ -126,6 +127,7 @@ struct Shared {
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
     request_timeout: Duration,
     subscription_capacity: usize,
+    calls: Arc<Calls>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -157,7 +159,14 @@ impl Mesh {
             counters.clone(),
             listen_addrs.clone(),
             command_rx,
+            incoming.clone(),
+        )?;
+        let calls = Calls::new(
+            node.stream_control(),
             incoming,
+            counters.clone(),
+            config.max_frame_bytes,
+            config.request_timeout,
         )?;
         let mut listen = Vec::new();
         for addr in &config.listen {
@@ -181,8 +190,26 @@ impl Mesh {
             listen_addrs,
             request_timeout: config.request_timeout,
             subscription_capacity: config.subscription_capacity,
+            calls,
         };
         Ok((Mesh { shared: Arc::new(shared) }, incoming_rx))
+    }
+
+    /// Waits until the node is connected to `peer` (false if the node stopped first); the
+    /// caller bounds the wait.
+    async fn connected(&self, peer: PeerId) -> bool {
+        let peer = peer.to_string();
+        loop {
+            let (reply, answer) = oneshot::channel();
+            if self.send(Command::ConnectedPeers { reply }).is_err() {
+                return false;
+            }
+            match answer.await {
+                Ok(peers) if peers.contains(&peer) => return true,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// This node's peer id (base58).
@@ -211,6 +238,9 @@ impl Mesh {
             let addrs = peer.addrs.iter().filter_map(|a| parse_peer_addr(a, &peer_id)).collect();
             parsed.push((peer_id, addrs));
         }
+        let allowed =
+            parsed.iter().map(|(p, _)| *p).filter(|p| *p != self.shared.peer_id).collect();
+        self.shared.calls.set_allowed(allowed);
         let _ = self.shared.commands.send(Command::SetPeers(parsed));
     }
 
@@ -220,6 +250,10 @@ impl Mesh {
     pub async fn ask(&self, peer_id: &str, request: MeshRequest) -> Result<MeshResponse> {
         let peer =
             PeerId::from_str(peer_id).map_err(|_| MeshError::UnknownPeer(peer_id.to_string()))?;
+        if peer != self.shared.peer_id {
+            let calls = self.shared.calls.clone();
+            return calls.ask(peer, request, self.connected(peer)).await;
+        }
         let (reply, answer) = oneshot::channel();
         self.send(Command::Ask { peer, request, reply })?;
         // The node enforces both timeouts; this bound only guards against a wedged node.

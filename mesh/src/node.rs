@@ -186,6 +186,11 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// A handle to open and accept the per-peer call streams.
+    pub(crate) fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().streams.new_control()
+    }
+
     pub(crate) fn new(
         keypair: identity::Keypair,
         config: &MeshConfig,

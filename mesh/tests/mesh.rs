@@ -446,6 +446,83 @@ fn hold_calls(mut calls: mpsc::Receiver<IncomingCall>) -> mpsc::UnboundedReceive
     abandoned_rx
 }
 
+/// A peer that speaks raw bytes on the call-stream protocol.
+fn rogue_stream_swarm(key: Keypair) -> anyhow::Result<Swarm<libp2p_stream::Behaviour>> {
+    Ok(SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_frames_on_the_call_stream_are_dropped() -> anyhow::Result<()> {
+    init_tracing();
+    let keys = sorted_keys(2);
+    let (victim, victim_calls) =
+        Mesh::start(config(Duration::from_secs(5), Some(keys[0].clone()))).await?;
+    echo(victim_calls);
+    let (friend, _) = start(Duration::from_secs(5)).await?;
+
+    let mut rogue = rogue_stream_swarm(keys[1].clone())?;
+    rogue.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let rogue_addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = rogue.select_next_some().await {
+            break address;
+        }
+    };
+    let control = rogue.behaviour().new_control();
+    let rogue_peer =
+        Peer { peer_id: rogue.local_peer_id().to_string(), addrs: vec![rogue_addr.to_string()] };
+    victim.set_peers(vec![rogue_peer, peer(&friend)]);
+    friend.set_peers(vec![peer(&victim)]);
+    let victim_id: PeerId = victim.peer_id().parse()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
+            .await
+            .context("the victim never connected to the rogue")?;
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event
+            && peer_id == victim_id
+        {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            rogue.select_next_some().await;
+        }
+    });
+
+    let mut stream =
+        control.clone().open_stream(victim_id, StreamProtocol::new("/agentfleet/calls/1")).await?;
+    // Two frames that do not decode (dropped, the stream goes on), then a length over the
+    // limit (the stream is closed).
+    let mut garbage = 8u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xde; 8]);
+    let mut lying = 6u32.to_be_bytes().to_vec();
+    lying.extend_from_slice(&[0, 0xfc, 0xff, 0xff, 0xff, 0x7f]);
+    let mut oversized = u32::MAX.to_be_bytes().to_vec();
+    oversized.extend_from_slice(b"never mind the length");
+    for frame in [garbage, lying, oversized] {
+        stream.write_all(&frame).await?;
+    }
+    stream.flush().await?;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    ensure!(read.is_ok(), "the victim kept the stream open after an oversized frame");
+    ensure!(rest.is_empty(), "the victim answered rogue frames: {rest:?}");
+    assert_eq!(victim.counters().frames_rejected, 3);
+    assert_eq!(victim.counters().calls_received, 0);
+
+    let answer = friend.ask(&victim.peer_id(), call("echo", "still there?")).await?;
+    assert_eq!(answer, MeshResponse::Reply { output: "still there?".into(), is_error: false });
+    victim.shutdown().await;
+    friend.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
     init_tracing();

@@ -1,0 +1,347 @@
+//! Asks over one long-lived stream per peer: the fast path for agent calls. A node opens
+//! one `/agentfleet/calls/1` stream (libp2p-stream, over the allowed connection) to each
+//! peer it asks, and sends every ask to that peer on it as a numbered frame; answers come
+//! back on the same stream, matched by number, in any order. Compared with request-response
+//! (a new stream and protocol negotiation per ask) this saves a round trip per ask and lets
+//! many asks share a write. The frames use [`crate::codec`] (u32 big-endian length, bincode).
+//!
+//! A stream that ends (the peer went away, or was removed from the allow list, which closes
+//! its connection) fails the asks waiting on it with [`MeshError::PeerGone`]. A frame over
+//! the limit ends the stream; a frame that does not decode is dropped; both are counted in
+//! `frames_rejected` and logged, never a panic.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::io::{ReadHalf, WriteHalf};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::counters::{self, Counters};
+use crate::{IncomingCall, MeshError, MeshRequest, MeshResponse, Result, codec};
+
+/// The protocol of the per-peer call streams.
+pub(crate) const CALLS_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentfleet/calls/1");
+
+/// Frames waiting to be written on one stream at most; askers wait beyond it.
+const WRITE_QUEUE: usize = 1024;
+/// How much longer than the request timeout a called node waits for its worker's answer.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// One frame on a call stream.
+#[derive(Debug, Serialize, Deserialize)]
+enum CallFrame {
+    Ask { id: u64, request: MeshRequest },
+    Answer { id: u64, response: MeshResponse },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<MeshResponse>>>>;
+
+/// The asking side of one peer's stream.
+struct Link {
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+/// The call streams of a node.
+pub(crate) struct Calls {
+    control: libp2p_stream::Control,
+    allowed: RwLock<HashSet<PeerId>>,
+    links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    /// One stream being opened per peer at a time: askers of a peer wait for it.
+    opening: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    incoming: mpsc::Sender<IncomingCall>,
+    counters: Arc<Counters>,
+    max_frame: usize,
+    timeout: Duration,
+}
+
+impl Calls {
+    pub(crate) fn new(
+        control: libp2p_stream::Control,
+        incoming: mpsc::Sender<IncomingCall>,
+        counters: Arc<Counters>,
+        max_frame: usize,
+        timeout: Duration,
+    ) -> Result<Arc<Self>> {
+        let mut accepting = control.clone();
+        let streams = accepting
+            .accept(CALLS_PROTOCOL)
+            .map_err(|e| MeshError::Start(format!("cannot accept call streams: {e}")))?;
+        let calls = Arc::new(Self {
+            control,
+            allowed: RwLock::default(),
+            links: Mutex::default(),
+            opening: Mutex::default(),
+            incoming,
+            counters,
+            max_frame,
+            timeout,
+        });
+        tokio::spawn(calls.clone().accept(streams));
+        Ok(calls)
+    }
+
+    /// The allow list changed: links to peers no longer on it are dropped (their asks fail
+    /// when the connection closes, or at once here).
+    pub(crate) fn set_allowed(&self, peers: HashSet<PeerId>) {
+        let gone: Vec<Arc<Link>> = {
+            let mut links = self.links.lock();
+            let gone = links.keys().filter(|p| !peers.contains(p)).copied().collect::<Vec<_>>();
+            gone.iter().filter_map(|p| links.remove(p)).collect()
+        };
+        *self.allowed.write() = peers;
+        for link in gone {
+            // Dropping the senders fails the waiting asks with PeerGone.
+            link.pending.lock().clear();
+        }
+    }
+
+    /// Asks `peer` and waits for the answer, up to the request timeout (the wait for a
+    /// connection included).
+    pub(crate) async fn ask(
+        self: &Arc<Self>,
+        peer: PeerId,
+        request: MeshRequest,
+        connected: impl std::future::Future<Output = bool>,
+    ) -> Result<MeshResponse> {
+        if !self.allowed.read().contains(&peer) {
+            return Err(MeshError::UnknownPeer(peer.to_string()));
+        }
+        let timeout = self.timeout;
+        let asked = async {
+            let link = self.link(peer, connected).await?;
+            let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            link.pending.lock().insert(id, tx);
+            let is_call = matches!(request, MeshRequest::Call(_));
+            let frame = frame(&CallFrame::Ask { id, request }, self.max_frame)?;
+            if link.frames.send(frame).await.is_err() {
+                link.pending.lock().remove(&id);
+                return Err(MeshError::PeerGone(peer.to_string()));
+            }
+            if is_call {
+                counters::add(&self.counters.calls_sent, 1);
+            }
+            let answer = rx.await.map_err(|_| MeshError::PeerGone(peer.to_string()));
+            Ok((answer, link, id))
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok((answer, _, _))) => answer,
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(MeshError::Timeout { peer: peer.to_string(), after: timeout }),
+        }
+    }
+
+    /// The open link to `peer`, or a new stream once a connection to it exists.
+    async fn link(
+        self: &Arc<Self>,
+        peer: PeerId,
+        connected: impl std::future::Future<Output = bool>,
+    ) -> Result<Arc<Link>> {
+        if let Some(link) = self.links.lock().get(&peer) {
+            return Ok(link.clone());
+        }
+        let turn = self.opening.lock().entry(peer).or_default().clone();
+        let _turn = turn.lock().await;
+        if let Some(link) = self.links.lock().get(&peer) {
+            return Ok(link.clone());
+        }
+        // The node connects to allowed peers itself (one connection per pair); opening a
+        // stream before that would dial a second one.
+        let opened = async {
+            if !connected.await {
+                return Err(MeshError::PeerGone(peer.to_string()));
+            }
+            self.control
+                .clone()
+                .open_stream(peer, CALLS_PROTOCOL)
+                .await
+                .map_err(|e| MeshError::Remote(format!("cannot open a call stream: {e}")))
+        };
+        let result = opened.await;
+        self.opening.lock().remove(&peer);
+        let stream = result?;
+        let (reader, writer) = stream.split();
+        let (frames, queue) = mpsc::channel(WRITE_QUEUE);
+        let link =
+            Arc::new(Link { frames, pending: Pending::default(), next_id: AtomicU64::new(1) });
+        tokio::spawn(write_frames(writer, queue));
+        tokio::spawn(self.clone().read_answers(peer, reader, link.clone()));
+        self.links.lock().insert(peer, link.clone());
+        Ok(link)
+    }
+
+    /// Reads the answers on a stream this node opened until it ends.
+    async fn read_answers(
+        self: Arc<Self>,
+        peer: PeerId,
+        mut reader: ReadHalf<Stream>,
+        link: Arc<Link>,
+    ) {
+        loop {
+            match self.read_frame(&peer, &mut reader).await {
+                Some(Ok(CallFrame::Answer { id, response })) => {
+                    if let Some(waiting) = link.pending.lock().remove(&id) {
+                        let _ = waiting.send(response);
+                    }
+                }
+                Some(Ok(CallFrame::Ask { .. })) => {
+                    self.reject(&peer, "an ask on a stream for answers")
+                }
+                Some(Err(())) => {}
+                None => break,
+            }
+        }
+        let mut links = self.links.lock();
+        if links.get(&peer).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            links.remove(&peer);
+        }
+        drop(links);
+        link.pending.lock().clear();
+        tracing::debug!(%peer, "call stream to peer ended");
+    }
+
+    /// Accepts the streams peers open to ask this node.
+    async fn accept(self: Arc<Self>, mut streams: libp2p_stream::IncomingStreams) {
+        while let Some((peer, stream)) = streams.next().await {
+            tokio::spawn(self.clone().serve(peer, stream));
+        }
+    }
+
+    /// Answers the asks on one peer's stream: each call goes to the worker, and its answer
+    /// is written back when it comes, while later asks keep being read.
+    async fn serve(self: Arc<Self>, peer: PeerId, stream: Stream) {
+        let (mut reader, writer) = stream.split();
+        let (frames, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_frames(writer, queue));
+        while let Some(read) = self.read_frame(&peer, &mut reader).await {
+            let (id, request) = match read {
+                Ok(CallFrame::Ask { id, request }) => (id, request),
+                Ok(CallFrame::Answer { .. }) => {
+                    self.reject(&peer, "an answer on a stream for asks");
+                    continue;
+                }
+                Err(()) => continue,
+            };
+            let answer = match request {
+                MeshRequest::Ping => Answer::Now(MeshResponse::Pong),
+                MeshRequest::Call(call) => {
+                    counters::add(&self.counters.calls_received, 1);
+                    let (reply, answer) = oneshot::channel();
+                    // A full queue stops reading this stream until the worker takes calls
+                    // again: the asker's writes back up instead of calls being refused.
+                    match self
+                        .incoming
+                        .send(IncomingCall { from: peer.to_string(), call, reply })
+                        .await
+                    {
+                        Ok(()) => Answer::Later(answer),
+                        Err(_) => Answer::Now(refused("the called node is not taking calls")),
+                    }
+                }
+            };
+            // A little past the asker's own timeout, so the asker sees its timeout rather than
+            // a race with this refusal; by then nobody waits for the answer.
+            let (frames, max_frame) = (frames.clone(), self.max_frame);
+            let timeout = self.timeout + ANSWER_GRACE;
+            tokio::spawn(async move {
+                let response = match answer {
+                    Answer::Now(response) => response,
+                    Answer::Later(answer) => match tokio::time::timeout(timeout, answer).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(_)) => refused("the called node dropped the call without answering"),
+                        Err(_) => {
+                            refused("the called node did not answer within the request timeout")
+                        }
+                    },
+                };
+                let frame = frame(&CallFrame::Answer { id, response }, max_frame).or_else(|e| {
+                    frame(&CallFrame::Answer { id, response: refused(&e.to_string()) }, max_frame)
+                });
+                if let Ok(frame) = frame {
+                    let _ = frames.send(frame).await;
+                }
+            });
+        }
+        tracing::debug!(%peer, "call stream from peer ended");
+    }
+
+    /// The next frame: `None` when the stream ended (or sent a frame over the limit, which
+    /// ends it), `Some(Err(()))` for a frame that did not decode (dropped).
+    async fn read_frame(
+        &self,
+        peer: &PeerId,
+        reader: &mut ReadHalf<Stream>,
+    ) -> Option<std::result::Result<CallFrame, ()>> {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).await.ok()?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > self.max_frame {
+            self.reject(
+                peer,
+                &format!(
+                    "a {len}-byte frame, over the {}-byte limit; closing the stream",
+                    self.max_frame
+                ),
+            );
+            return None;
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await.ok()?;
+        match codec::decode::<CallFrame>(&body, self.max_frame) {
+            Ok(frame) => Some(Ok(frame)),
+            Err(e) => {
+                self.reject(peer, &e.to_string());
+                Some(Err(()))
+            }
+        }
+    }
+
+    fn reject(&self, peer: &PeerId, what: &str) {
+        counters::add(&self.counters.frames_rejected, 1);
+        tracing::warn!(%peer, "call frame rejected: {what}");
+    }
+}
+
+enum Answer {
+    Now(MeshResponse),
+    Later(oneshot::Receiver<MeshResponse>),
+}
+
+fn refused(reason: &str) -> MeshResponse {
+    MeshResponse::Refused { reason: reason.to_owned() }
+}
+
+/// A frame's bytes: its length, then its bincode.
+fn frame(value: &CallFrame, limit: usize) -> Result<Vec<u8>> {
+    let body = codec::encode(value, limit)?;
+    let mut bytes = Vec::with_capacity(4 + body.len());
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Writes queued frames, flushing once the queue is empty so a burst shares writes.
+async fn write_frames(mut writer: WriteHalf<Stream>, mut queue: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = queue.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = queue.try_recv() {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.close().await;
+}
