@@ -121,7 +121,7 @@ impl Calls {
             let (tx, rx) = oneshot::channel();
             link.pending.lock().insert(id, tx);
             let is_call = matches!(request, MeshRequest::Call(_));
-            let frame = frame(&CallFrame::Ask { id, request }, self.max_frame)?;
+            let frame = codec::frame(&CallFrame::Ask { id, request }, self.max_frame)?;
             if link.frames.send(frame).await.is_err() {
                 link.pending.lock().remove(&id);
                 return Err(MeshError::PeerGone(peer.to_string()));
@@ -262,9 +262,11 @@ impl Calls {
                         }
                     },
                 };
-                let frame = frame(&CallFrame::Answer { id, response }, max_frame).or_else(|e| {
-                    frame(&CallFrame::Answer { id, response: refused(&e.to_string()) }, max_frame)
-                });
+                let frame =
+                    codec::frame(&CallFrame::Answer { id, response }, max_frame).or_else(|e| {
+                        let response = refused(&e.to_string());
+                        codec::frame(&CallFrame::Answer { id, response }, max_frame)
+                    });
                 if let Ok(frame) = frame {
                     let _ = frames.send(frame).await;
                 }
@@ -317,15 +319,6 @@ enum Answer {
 
 fn refused(reason: &str) -> MeshResponse {
     MeshResponse::Refused { reason: reason.to_owned() }
-}
-
-/// A frame's bytes: its length, then its bincode.
-fn frame(value: &CallFrame, limit: usize) -> Result<Vec<u8>> {
-    let body = codec::encode(value, limit)?;
-    let mut bytes = Vec::with_capacity(4 + body.len());
-    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
 }
 
 /// Writes queued frames, flushing once the queue is empty so a burst shares writes.

@@ -46,6 +46,15 @@ pub fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A whole frame for a stream: the u32 big-endian length, then `value`'s bincode.
+pub(crate) fn frame<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>> {
+    let body = encode(value, limit)?;
+    let mut bytes = Vec::with_capacity(4 + body.len());
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
 /// The encoded size of `value` in bytes, without allocating the encoding.
 pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize> {
     let mut size = bincode::enc::write::SizeWriter::default();
