@@ -20,9 +20,8 @@ use crate::{
 /// names the mesh in logs and tools.
 const IDENTIFY_PROTOCOL: &str = "/agentfleet/mesh/1";
 
-/// Request-response streams per connection, inbound and outbound together. The node keeps at
-/// most [`crate::node::MAX_IN_FLIGHT_PER_PEER`] asks in flight per peer, so two nodes asking
-/// each other stay well under it; an inbound stream over it is dropped by libp2p.
+/// Inbound request-response streams per connection (this node asks over the call streams of
+/// [`crate::calls`], and only answers this protocol); one over it is dropped by libp2p.
 const MAX_CALL_STREAMS: usize = 1024;
 
 /// gossipsub frames carry the signature, key, topic and sequence number on top of our
@@ -59,7 +58,7 @@ fn behaviour(
 
     let call = request_response::Behaviour::with_codec(
         MeshCodec::new(settings.max_frame_bytes, counters),
-        [(CALL_PROTOCOL, ProtocolSupport::Full)],
+        [(CALL_PROTOCOL, ProtocolSupport::Inbound)],
         request_response::Config::default()
             .with_request_timeout(settings.request_timeout)
             .with_max_concurrent_streams(MAX_CALL_STREAMS),

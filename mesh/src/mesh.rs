@@ -125,7 +125,6 @@ struct Shared {
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<Counters>,
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
-    request_timeout: Duration,
     subscription_capacity: usize,
     calls: Arc<Calls>,
 }
@@ -188,7 +187,6 @@ impl Mesh {
             commands,
             counters,
             listen_addrs,
-            request_timeout: config.request_timeout,
             subscription_capacity: config.subscription_capacity,
             calls,
         };
@@ -250,19 +248,9 @@ impl Mesh {
     pub async fn ask(&self, peer_id: &str, request: MeshRequest) -> Result<MeshResponse> {
         let peer =
             PeerId::from_str(peer_id).map_err(|_| MeshError::UnknownPeer(peer_id.to_string()))?;
-        if peer != self.shared.peer_id {
-            let calls = self.shared.calls.clone();
-            return calls.ask(peer, request, self.connected(peer)).await;
-        }
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Ask { peer, request, reply })?;
-        // The node enforces both timeouts; this bound only guards against a wedged node.
-        let bound = self.shared.request_timeout * 2 + Duration::from_secs(1);
-        match tokio::time::timeout(bound, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(MeshError::Stopped),
-            Err(_) => Err(MeshError::Timeout { peer: peer_id.to_string(), after: bound }),
-        }
+        // This node is never on its own allow list: asking itself is an unknown peer.
+        let calls = self.shared.calls.clone();
+        calls.ask(peer, request, self.connected(peer)).await
     }
 
     /// Publishes `body` on `topic` as `publisher` and returns its sequence number (per topic

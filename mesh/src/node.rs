@@ -1,10 +1,11 @@
 //! The swarm task: owns the libp2p swarm and every piece of per-peer state, and takes
 //! [`Command`]s from the [`crate::Mesh`] handle.
 //!
-//! Nothing here waits on the worker: an incoming call is handed over through a bounded
-//! channel with a oneshot for the answer, and the libp2p response channel waits in a map
-//! until that oneshot completes (polled alongside the swarm). A 100 ms tick drives redials,
-//! ask deadlines, held publishes and gap timeouts.
+//! Asks go over the call streams of [`crate::calls`]; this task still answers calls that
+//! arrive on the request-response protocol. Nothing here waits on the worker: such a call is
+//! handed over through a bounded channel with a oneshot for the answer, and the libp2p
+//! response channel waits in a map until that oneshot completes (polled alongside the
+//! swarm). A 100 ms tick drives redials, held publishes and gap timeouts.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,7 +22,7 @@ use libp2p::{
     core::ConnectedPoint,
     gossipsub::{self, IdentTopic, PublishError},
     identify, identity,
-    request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel},
+    request_response::{self, ResponseChannel},
     swarm::{
         ConnectionId, DialError, ListenError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -36,15 +37,11 @@ use tokio::sync::{
 use crate::{
     IncomingCall, MeshConfig, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
     behaviour::{MeshBehaviour, MeshBehaviourEvent, StackSettings, build_swarm},
-    codec::{self, CALL_PROTOCOL},
+    codec,
     counters::{self, Counters},
     messages::GossipFrame,
     reorder::Reorder,
 };
-
-/// Asks in flight to one peer; more wait in the peer's queue. Keeps request-response
-/// streams per connection bounded (see the behaviour's stream limit).
-pub(crate) const MAX_IN_FLIGHT_PER_PEER: usize = 128;
 
 const TICK: Duration = Duration::from_millis(100);
 const REDIAL_FIRST: Duration = Duration::from_millis(250);
@@ -63,15 +60,12 @@ const LISTEN_SETTLE: Duration = Duration::from_millis(50);
 /// What the handle asks the swarm task to do.
 pub(crate) enum Command {
     SetPeers(Vec<(PeerId, Vec<Multiaddr>)>),
-    Ask { peer: PeerId, request: MeshRequest, reply: oneshot::Sender<Result<MeshResponse>> },
     Publish { topic: String, publisher: String, body: String, reply: oneshot::Sender<Result<u64>> },
     Subscribe { topic: String, sender: mpsc::Sender<TopicMessage> },
     ConnectedPeers { reply: oneshot::Sender<Vec<String>> },
     TopicPeers { topic: String, reply: oneshot::Sender<Vec<String>> },
     Shutdown { done: oneshot::Sender<()> },
 }
-
-type AskReply = oneshot::Sender<Result<MeshResponse>>;
 
 /// An allowed peer.
 struct PeerState {
@@ -85,8 +79,6 @@ struct PeerState {
     settling_until: Instant,
     redial_at: Option<Instant>,
     backoff: Duration,
-    in_flight: usize,
-    waiting: VecDeque<WaitingAsk>,
 }
 
 impl PeerState {
@@ -98,8 +90,6 @@ impl PeerState {
             settling_until: now + CONNECT_GRACE,
             redial_at: None,
             backoff: REDIAL_FIRST,
-            in_flight: 0,
-            waiting: VecDeque::new(),
         }
     }
 
@@ -109,19 +99,6 @@ impl PeerState {
             self.backoff = (self.backoff * 2).min(REDIAL_MAX);
         }
     }
-}
-
-/// An ask waiting for its peer to connect or for an in-flight slot.
-struct WaitingAsk {
-    request: MeshRequest,
-    reply: AskReply,
-    deadline: Instant,
-}
-
-/// An ask sent and not answered yet.
-struct SentAsk {
-    peer: PeerId,
-    reply: AskReply,
 }
 
 /// A publish that found no remote subscriber, held while peers settle.
@@ -167,14 +144,12 @@ pub(crate) struct Node {
     local_name: String,
     /// This incarnation, sent with every topic message.
     epoch: u64,
-    request_timeout: Duration,
     max_frame: usize,
     counters: Arc<Counters>,
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
     commands: mpsc::UnboundedReceiver<Command>,
     incoming: mpsc::Sender<IncomingCall>,
     peers: HashMap<PeerId, PeerState>,
-    sent: HashMap<OutboundRequestId, SentAsk>,
     /// Incoming calls handed to the worker, by local id.
     inbound: HashMap<u64, InboundCall>,
     next_inbound: u64,
@@ -214,14 +189,12 @@ impl Node {
             local,
             local_name: local.to_string(),
             epoch,
-            request_timeout: config.request_timeout,
             max_frame: config.max_frame_bytes,
             counters,
             listen_addrs,
             commands,
             incoming,
             peers: HashMap::new(),
-            sent: HashMap::new(),
             inbound: HashMap::new(),
             next_inbound: 0,
             replies: FuturesUnordered::new(),
@@ -300,14 +273,6 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        for (_, ask) in self.sent.drain() {
-            let _ = ask.reply.send(Err(MeshError::Stopped));
-        }
-        for state in self.peers.values_mut() {
-            for ask in state.waiting.drain(..) {
-                let _ = ask.reply.send(Err(MeshError::Stopped));
-            }
-        }
         for (_, queue) in self.held.drain() {
             for held in queue {
                 let _ = held.reply.send(Err(MeshError::Stopped));
@@ -320,7 +285,6 @@ impl Node {
         let now = Instant::now();
         match command {
             Command::SetPeers(peers) => self.set_peers(peers, now),
-            Command::Ask { peer, request, reply } => self.ask(peer, request, reply, now),
             Command::Publish { topic, publisher, body, reply } => {
                 self.publish(topic, publisher, body, reply, now);
             }
@@ -390,16 +354,8 @@ impl Node {
     fn remove_peer(&mut self, peer: PeerId) {
         // Also closes every connection to it.
         self.swarm.behaviour_mut().allow.disallow_peer(peer);
-        let Some(state) = self.peers.remove(&peer) else { return };
-        for ask in state.waiting {
-            let _ = ask.reply.send(Err(MeshError::PeerGone(peer.to_string())));
-        }
-        let sent: Vec<OutboundRequestId> =
-            self.sent.iter().filter(|(_, ask)| ask.peer == peer).map(|(id, _)| *id).collect();
-        for id in sent {
-            if let Some(ask) = self.sent.remove(&id) {
-                let _ = ask.reply.send(Err(MeshError::PeerGone(peer.to_string())));
-            }
+        if self.peers.remove(&peer).is_none() {
+            return;
         }
         tracing::info!(%peer, "peer removed from the peer list");
     }
@@ -470,79 +426,6 @@ impl Node {
             state.settling_until = now + SUBSCRIPTION_GRACE;
             state.backoff = REDIAL_FIRST;
             tracing::info!(%peer, "peer connected");
-        }
-        self.pump(peer);
-    }
-
-    // ---- asks ----
-
-    fn ask(&mut self, peer: PeerId, request: MeshRequest, reply: AskReply, now: Instant) {
-        let Some(state) = self.peers.get_mut(&peer) else {
-            let _ = reply.send(Err(MeshError::UnknownPeer(peer.to_string())));
-            return;
-        };
-        if matches!(request, MeshRequest::Call(_)) {
-            counters::add(&self.counters.calls_sent, 1);
-        }
-        state.waiting.push_back(WaitingAsk {
-            request,
-            reply,
-            deadline: now + self.request_timeout,
-        });
-        self.pump(peer);
-    }
-
-    /// Sends a peer's waiting asks while it is ready and has free in-flight slots.
-    fn pump(&mut self, peer: PeerId) {
-        let Some(state) = self.peers.get_mut(&peer) else { return };
-        if state.ready_since.is_none() {
-            return;
-        }
-        while state.in_flight < MAX_IN_FLIGHT_PER_PEER {
-            let Some(ask) = state.waiting.pop_front() else { break };
-            if ask.reply.is_closed() {
-                continue; // the caller gave up
-            }
-            let id = self.swarm.behaviour_mut().call.send_request(&peer, ask.request);
-            state.in_flight += 1;
-            self.sent.insert(id, SentAsk { peer, reply: ask.reply });
-        }
-    }
-
-    fn finish_ask(&mut self, id: OutboundRequestId, result: Result<MeshResponse>) {
-        // Absent when the peer was removed and the ask already failed.
-        let Some(ask) = self.sent.remove(&id) else { return };
-        if let Some(state) = self.peers.get_mut(&ask.peer) {
-            state.in_flight = state.in_flight.saturating_sub(1);
-        }
-        let _ = ask.reply.send(result);
-        self.pump(ask.peer);
-    }
-
-    fn ask_error(&self, peer: PeerId, error: OutboundFailure) -> MeshError {
-        let peer_name = peer.to_string();
-        match error {
-            OutboundFailure::Timeout => {
-                MeshError::Timeout { peer: peer_name, after: self.request_timeout }
-            }
-            OutboundFailure::ConnectionClosed | OutboundFailure::DialFailure => {
-                MeshError::PeerGone(peer_name)
-            }
-            OutboundFailure::UnsupportedProtocols => {
-                MeshError::Remote(format!("peer {peer} does not speak {CALL_PROTOCOL}"))
-            }
-            OutboundFailure::Io(e) => match e.kind() {
-                // Our request did not encode (too large).
-                std::io::ErrorKind::InvalidInput => MeshError::Codec(e.to_string()),
-                // The answer did not decode; the codec counted and logged it.
-                std::io::ErrorKind::InvalidData => {
-                    MeshError::Codec(format!("malformed answer from peer {peer}: {e}"))
-                }
-                std::io::ErrorKind::UnexpectedEof => MeshError::Remote(format!(
-                    "peer {peer} closed the stream without answering (it may have rejected the request)"
-                )),
-                _ => MeshError::Remote(format!("stream to peer {peer} failed: {e}")),
-            },
         }
     }
 
@@ -619,14 +502,10 @@ impl Node {
                 request_response::Message::Request { request, channel, .. } => {
                     self.on_request(peer, request, channel);
                 }
-                request_response::Message::Response { request_id, response } => {
-                    self.finish_ask(request_id, Ok(response));
-                }
+                // This node asks over the call streams (`crate::calls`), never here.
+                request_response::Message::Response { .. } => {}
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                let error = self.ask_error(peer, error);
-                self.finish_ask(request_id, Err(error));
-            }
+            request_response::Event::OutboundFailure { .. } => {}
             request_response::Event::InboundFailure { peer, error, .. } => match error {
                 request_response::InboundFailure::Io(error)
                     if error.kind() == std::io::ErrorKind::InvalidInput =>
@@ -881,19 +760,6 @@ impl Node {
             .collect();
         for peer in due {
             self.dial(peer, now);
-        }
-
-        for (peer, state) in &mut self.peers {
-            while let Some(ask) = state.waiting.front() {
-                if ask.deadline > now && !ask.reply.is_closed() {
-                    break;
-                }
-                if let Some(ask) = state.waiting.pop_front() {
-                    let error =
-                        MeshError::Timeout { peer: peer.to_string(), after: self.request_timeout };
-                    let _ = ask.reply.send(Err(error));
-                }
-            }
         }
 
         let held: Vec<String> = self.held.keys().cloned().collect();

@@ -14,8 +14,11 @@ use fleet_mesh::{
 };
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, SwarmBuilder, identity::Keypair, noise, request_response,
-    swarm::SwarmEvent, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder,
+    identity::Keypair,
+    noise, request_response,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux,
 };
 use tokio::sync::mpsc;
 
@@ -333,6 +336,37 @@ impl request_response::Codec for RawCodec {
     }
 }
 
+/// Lets `rogue` onto the mesh: it listens, the victim lists it (with the friend) and, having
+/// the smaller peer id, dials it. Returns the victim's id once connected.
+async fn admit_rogue<B: NetworkBehaviour>(
+    rogue: &mut Swarm<B>,
+    victim: &Mesh,
+    friend: &Mesh,
+) -> anyhow::Result<PeerId> {
+    rogue.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let rogue_addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = rogue.select_next_some().await {
+            break address;
+        }
+    };
+    let rogue_peer =
+        Peer { peer_id: rogue.local_peer_id().to_string(), addrs: vec![rogue_addr.to_string()] };
+    victim.set_peers(vec![rogue_peer, peer(friend)]);
+    friend.set_peers(vec![peer(victim)]);
+    let victim_id: PeerId = victim.peer_id().parse()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
+            .await
+            .context("the victim never connected to the rogue")?;
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event
+            && peer_id == victim_id
+        {
+            return Ok(victim_id);
+        }
+    }
+}
+
 fn rogue_swarm(key: Keypair) -> anyhow::Result<Swarm<request_response::Behaviour<RawCodec>>> {
     Ok(SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -361,29 +395,8 @@ async fn rogue_frames_are_dropped_and_the_node_keeps_serving() -> anyhow::Result
     let (friend, _) = start(Duration::from_secs(5)).await?;
 
     let mut rogue = rogue_swarm(keys[1].clone())?;
-    rogue.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-    let rogue_addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = rogue.select_next_some().await {
-            break address;
-        }
-    };
-    let rogue_peer =
-        Peer { peer_id: rogue.local_peer_id().to_string(), addrs: vec![rogue_addr.to_string()] };
-    victim.set_peers(vec![rogue_peer, peer(&friend)]);
-    friend.set_peers(vec![peer(&victim)]);
-
-    let victim_id: PeerId = victim.peer_id().parse()?;
+    let victim_id = admit_rogue(&mut rogue, &victim, &friend).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
-            .await
-            .context("the victim never connected to the rogue")?;
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event
-            && peer_id == victim_id
-        {
-            break;
-        }
-    }
 
     let mut oversized = u32::MAX.to_be_bytes().to_vec();
     oversized.extend_from_slice(b"never mind the length");
@@ -466,29 +479,8 @@ async fn rogue_frames_on_the_call_stream_are_dropped() -> anyhow::Result<()> {
     let (friend, _) = start(Duration::from_secs(5)).await?;
 
     let mut rogue = rogue_stream_swarm(keys[1].clone())?;
-    rogue.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-    let rogue_addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = rogue.select_next_some().await {
-            break address;
-        }
-    };
     let control = rogue.behaviour().new_control();
-    let rogue_peer =
-        Peer { peer_id: rogue.local_peer_id().to_string(), addrs: vec![rogue_addr.to_string()] };
-    victim.set_peers(vec![rogue_peer, peer(&friend)]);
-    friend.set_peers(vec![peer(&victim)]);
-    let victim_id: PeerId = victim.peer_id().parse()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
-            .await
-            .context("the victim never connected to the rogue")?;
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event
-            && peer_id == victim_id
-        {
-            break;
-        }
-    }
+    let victim_id = admit_rogue(&mut rogue, &victim, &friend).await?;
     tokio::spawn(async move {
         loop {
             rogue.select_next_some().await;

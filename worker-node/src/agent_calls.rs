@@ -92,10 +92,6 @@ impl AgentCaller {
         Arc::new(caller)
     }
 
-    pub fn mesh(&self) -> &Mesh {
-        &self.mesh
-    }
-
     /// Calls `call.agent` wherever it runs and returns its answer (or an error the calling
     /// model can read). A call that never left because its cached peer had left the mesh
     /// is sent again to wherever the head places the agent now.
@@ -109,13 +105,12 @@ impl AgentCaller {
     }
 
     async fn call_once(&self, call: &Call) -> Result<ToolOutcome, Unsent> {
-        let call = call.clone();
-        let location = match self.locate(&call).await {
+        let location = match self.locate(call).await {
             Ok(location) => location,
             Err(e) => return Ok((format!("agent {} cannot be called: {e}", call.agent), true)),
         };
         if location.peer_id == self.mesh.peer_id() {
-            return Ok(self.local.call(call).await);
+            return Ok(self.local.call(call.clone()).await);
         }
         let request = MeshRequest::Call(AgentCall {
             agent: call.agent.clone(),
@@ -130,7 +125,7 @@ impl AgentCaller {
         Ok(match answer.await {
             Ok(Ok(MeshResponse::Reply { output, is_error })) => (output, is_error),
             Ok(Ok(MeshResponse::Refused { reason })) => {
-                self.forget(&call, &location);
+                self.forget(call, &location);
                 (
                     format!(
                         "agent {} on worker {} refused the call: {reason}",
@@ -143,12 +138,12 @@ impl AgentCaller {
                 (format!("agent {} answered the call with {other:?}", call.agent), true)
             }
             Ok(Err(MeshError::UnknownPeer(_))) => {
-                self.forget(&call, &location);
+                self.forget(call, &location);
                 return Err(Unsent);
             }
             Ok(Err(e)) => {
                 if matches!(e, MeshError::PeerGone(_) | MeshError::Timeout { .. }) {
-                    self.forget(&call, &location);
+                    self.forget(call, &location);
                 }
                 (
                     format!(
@@ -159,7 +154,7 @@ impl AgentCaller {
                 )
             }
             Err(_) => {
-                self.forget(&call, &location);
+                self.forget(call, &location);
                 let secs = call.timeout.as_secs_f64();
                 (
                     format!(

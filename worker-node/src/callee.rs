@@ -24,7 +24,8 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 /// Events of one call's run buffered at most (the collector reads them at once).
 const CALL_EVENTS: usize = 256;
 
-/// The actors of this worker that calls can reach; the host keeps it in step.
+/// The agents' actors on this worker, by agent: the host places and stops them here, and
+/// both its tasks and agent calls reach them through it.
 #[derive(Clone, Default)]
 pub struct LocalCalls {
     actors: Arc<Mutex<HashMap<String, ActorRef<AgentActor>>>>,
@@ -37,8 +38,14 @@ impl LocalCalls {
         self.placed.notify_waiters();
     }
 
-    pub fn removed(&self, agent: &str) {
-        self.actors.lock().remove(agent);
+    /// Takes the agent's actor out (to stop it).
+    pub fn removed(&self, agent: &str) -> Option<ActorRef<AgentActor>> {
+        self.actors.lock().remove(agent)
+    }
+
+    /// The agent's actor, if it is placed here.
+    pub fn get(&self, agent: &str) -> Option<ActorRef<AgentActor>> {
+        self.actors.lock().get(agent).cloned()
     }
 
     /// The agent's actor, waiting up to [`PLACEMENT_WAIT`] for the head's placement.
@@ -46,8 +53,8 @@ impl LocalCalls {
         let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
         loop {
             let placed = self.placed.notified();
-            if let Some(actor) = self.actors.lock().get(agent) {
-                return Some(actor.clone());
+            if let Some(actor) = self.get(agent) {
+                return Some(actor);
             }
             if tokio::time::timeout_at(deadline, placed).await.is_err() {
                 return None;

@@ -47,19 +47,15 @@ impl Actor for Supervisor {
     }
 }
 
-struct Placed {
-    version: u64,
-    actor: ActorRef<AgentActor>,
-}
-
 /// Everything the worker hosts.
 pub struct ActorHost {
     supervisor: ActorRef<Supervisor>,
-    agents: HashMap<String, Placed>,
+    /// The spec version of each agent placed here; its actor is in `local_calls`.
+    versions: HashMap<String, u64>,
     models: ModelStore,
     running: RunningTasks,
     calls: PendingCalls,
-    /// The actors that agent calls (from the mesh or this worker) reach.
+    /// The agents' actors: tasks and agent calls (from the mesh or this worker) reach them.
     local_calls: LocalCalls,
     /// Calls to other agents over the mesh; `None` without a mesh (calls go through the head).
     caller: Option<Arc<AgentCaller>>,
@@ -69,7 +65,7 @@ pub struct ActorHost {
 
 impl std::fmt::Debug for ActorHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActorHost").field("agents", &self.agents.len()).finish_non_exhaustive()
+        f.debug_struct("ActorHost").field("agents", &self.versions.len()).finish_non_exhaustive()
     }
 }
 
@@ -78,7 +74,7 @@ impl ActorHost {
     pub fn new(models: ModelStore) -> Self {
         Self {
             supervisor: Supervisor::spawn(()),
-            agents: HashMap::new(),
+            versions: HashMap::new(),
             models,
             running: RunningTasks::default(),
             calls: PendingCalls::default(),
@@ -110,7 +106,7 @@ impl ActorHost {
     }
 
     pub fn actors(&self) -> usize {
-        self.agents.len()
+        self.versions.len()
     }
 
     pub fn models_loaded(&self) -> Vec<String> {
@@ -146,9 +142,9 @@ impl ActorHost {
                 }
             }
             Command::StopActor { agent } => {
-                if let Some(Placed { actor, .. }) = self.agents.remove(&agent) {
+                self.versions.remove(&agent);
+                if let Some(actor) = self.local_calls.removed(&agent) {
                     info!(agent, "stopping actor");
-                    self.local_calls.removed(&agent);
                     actor.kill();
                 }
             }
@@ -173,10 +169,10 @@ impl ActorHost {
     }
 
     async fn place(&mut self, spec: Arc<AgentSpec>, version: u64) {
-        if self.agents.get(&spec.name).is_some_and(|p| p.version == version) {
+        if self.versions.get(&spec.name) == Some(&version) {
             return;
         }
-        if let Some(Placed { actor, .. }) = self.agents.remove(&spec.name) {
+        if let Some(actor) = self.local_calls.removed(&spec.name) {
             actor.kill();
         }
         // The actor starts at once; its tasks wait for the model (loading in the background).
@@ -200,17 +196,16 @@ impl ActorHost {
             .spawn()
             .await;
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
-        self.local_calls.placed(&spec.name, actor.clone());
-        self.agents.insert(spec.name.clone(), Placed { version, actor });
+        self.local_calls.placed(&spec.name, actor);
+        self.versions.insert(spec.name.clone(), version);
     }
 
     async fn run(&mut self, task: TaskAssignment, sink: &EventSink) {
-        let Some(Placed { actor, .. }) = self.agents.get(&task.agent) else {
+        let Some(actor) = self.local_calls.get(&task.agent) else {
             let error = format!("agent {:?} is not placed on this worker", task.agent);
             runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() }).await;
             return;
         };
-        let actor = actor.clone();
         let cancel = CancellationToken::new();
         self.running.lock().insert(task.task_id.clone(), cancel.clone());
         let run = Run { task: task.clone(), sink: sink.clone(), cancel };
