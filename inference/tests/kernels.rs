@@ -150,3 +150,56 @@ fn q4_0_and_q5_0_repack_exactly_into_q8_0() -> Result<()> {
     assert!(matches!(to_q8_0(&q6), Err(Error::UnsupportedWeights(_))));
     Ok(())
 }
+
+/// Every type our kernels take, against candle's `QMatMul` (which quantizes activations the
+/// same way) and against dequantize-then-matmul in f64 (within the activation quantization's
+/// error: half a step of each block's scale, `|w|·max|x_block|/254` per value), for odd
+/// shapes and batch sizes 1 to 512.
+#[test]
+fn every_supported_type_matches_candle() -> Result<()> {
+    use fleet_inference::kernels::SUPPORTED;
+    for dtype in SUPPORTED {
+        for (n, k) in [(67, 896), (133, 576), (5, 32)] {
+            let w = Tensor::from_vec(values(n * k, (n * k) as u64, 0.05), (n, k), &Device::Cpu)?;
+            let qt = Arc::new(QTensor::quantize(&w, dtype)?);
+            let qm = QuantMatrix::from_qtensor(&qt)?;
+            assert_eq!(qm.dtype(), dtype);
+            let dense = qt.dequantize(&Device::Cpu)?.to_vec2::<f32>()?;
+            for m in [1, 3, 8, 32, 512] {
+                let worst = check(&qt, m, (m * 7 + n) as u64)?;
+                assert!(worst <= 1.0, "{dtype:?}");
+                let x = values(m * k, (m + k) as u64, 1.0);
+                let mut ours = vec![0f32; m * n];
+                qm.matmul_slice(&x, &mut ours)?;
+                for a in 0..m {
+                    for i in 0..n {
+                        let xs = &x[a * k..(a + 1) * k];
+                        let exact: f64 =
+                            xs.iter().zip(&dense[i]).map(|(x, w)| f64::from(x * w)).sum();
+                        let bound: f64 = xs
+                            .chunks(32)
+                            .zip(dense[i].chunks(32))
+                            .map(|(x, w)| {
+                                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                                w.iter().map(|w| f64::from(w.abs() * amax)).sum::<f64>()
+                            })
+                            .sum();
+                        let diff = (f64::from(ours[a * n + i]) - exact).abs();
+                        assert!(
+                            diff <= bound / 254.0 * 1.01 + 1e-5,
+                            "{dtype:?} m={m} [{a},{i}]: {} vs {exact}",
+                            ours[a * n + i]
+                        );
+                    }
+                }
+            }
+            // Rows read back for embedding lookups are candle's dequantized values.
+            let mut row = vec![0f32; k];
+            for i in [0, n / 2, n - 1] {
+                qm.row(i, &mut row);
+                assert_eq!(row, dense[i], "{dtype:?} row {i}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -10,13 +10,14 @@ use rayon::prelude::*;
 pub(crate) const QK: usize = 32;
 
 /// `m` rows of `k` activations as int8 blocks, their absolute values (the unsigned operand
-/// of the AVX2 dot, computed once here instead of once per weight row) and one f32 scale
-/// per block.
+/// of the AVX2 dot, computed once here instead of once per weight row), one f32 scale per
+/// block and each block's sum `d·Σq` (for weights with offsets).
 pub(crate) struct QuantActs {
     pub k: usize,
     pub qs: Vec<[i8; QK]>,
     pub abs: Vec<[i8; QK]>,
     pub d: Vec<f32>,
+    pub sums: Vec<f32>,
 }
 
 impl QuantActs {
@@ -40,17 +41,22 @@ impl QuantActs {
         for (a, q) in abs.iter_mut().zip(&qs) {
             *a = q.map(i8::unsigned_abs).map(|v| v as i8);
         }
-        Self { k, qs, abs, d }
+        let sums = qs
+            .iter()
+            .zip(&d)
+            .map(|(q, d)| q.iter().map(|&v| i32::from(v)).sum::<i32>() as f32 * d)
+            .collect();
+        Self { k, qs, abs, d, sums }
     }
 
     pub fn rows(&self) -> usize {
         self.d.len() / (self.k / QK).max(1)
     }
 
-    /// Row `a`'s blocks, absolute values and scales.
-    pub fn row(&self, a: usize) -> (&[[i8; QK]], &[[i8; QK]], &[f32]) {
+    /// Row `a`'s blocks, absolute values, scales and sums.
+    pub fn row(&self, a: usize) -> (&[[i8; QK]], &[[i8; QK]], &[f32], &[f32]) {
         let r = a * self.k / QK..(a + 1) * self.k / QK;
-        (&self.qs[r.clone()], &self.abs[r.clone()], &self.d[r])
+        (&self.qs[r.clone()], &self.abs[r.clone()], &self.d[r.clone()], &self.sums[r])
     }
 }
 
@@ -124,7 +130,7 @@ mod tests {
     fn quantized_values_match_candle_rounding() {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
         let q = super::QuantActs::new(&x, 64);
-        let (qs, abs, d) = q.row(0);
+        let (qs, abs, d, _) = q.row(0);
         for (b, block) in x.chunks_exact(32).enumerate() {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
             assert_eq!(d[b], amax / 127.0);

@@ -1,17 +1,46 @@
-//! The Q8_0 tile on AVX2 (llama.cpp's int8 dot, operands swapped): `maddubs(|x|, sign(w, x))`
-//! gives 16 i16 pair sums of one block, `madd` with ones widens them to 8 i32, which are
-//! converted and scaled per block into f32 accumulators. `|x|` comes precomputed with the
-//! activations, which saves a vector op per block pair on the ALUs that bound this loop.
-//! `pulp::x86::V3` proves the CPU has AVX2+FMA, so the intrinsics are safe to call; everything
-//! is inlined into its `#[target_feature]` body.
+//! The tiles on AVX2.
+//!
+//! Signed weights (llama.cpp's int8 dot, operands swapped): `maddubs(|x|, sign(w, x))` gives
+//! 16 i16 pair sums of one block, `madd` with ones widens them to 8 i32, which are converted
+//! and scaled per block into f32 accumulators. `|x|` comes precomputed with the activations,
+//! which saves a vector op per block pair on the ALUs that bound this loop.
+//!
+//! Unsigned weights need no sign trick: `maddubs(w, x)` directly (pair sums stay below
+//! 2·31·127 < i16::MAX), and the offsets add `m·Σx` per block as a scalar.
+//!
+//! `pulp::x86::V3` proves the CPU has AVX2+FMA, so the intrinsics are safe to call;
+//! everything is inlined into its `#[target_feature]` body.
 
 use core::arch::x86_64::{__m256, __m256i};
 use pulp::x86::V3;
 
-use super::q8::{Block, Q8Kernel};
+use super::q8::{Block, Nibbles, Q8Kernel, Unsigned};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2(pub V3);
+
+/// A block's 32 values in one register, in element order.
+pub(crate) trait WideLoad {
+    fn load(&self, s: V3) -> __m256i;
+}
+
+impl WideLoad for Block {
+    #[inline(always)]
+    fn load(&self, _s: V3) -> __m256i {
+        pulp::cast(*self)
+    }
+}
+
+impl WideLoad for Nibbles {
+    #[inline(always)]
+    fn load(&self, s: V3) -> __m256i {
+        // Low nibbles are values 0..16, high nibbles 16..32: the bytes in both halves of
+        // the register, the upper half shifted down by 4, then masked.
+        let v = pulp::cast(*self);
+        let both = s.avx._mm256_set_m128i(s.sse2._mm_srli_epi16::<4>(v), v);
+        s.avx2._mm256_and_si256(both, s.avx._mm256_set1_epi8(0x0F))
+    }
+}
 
 impl Q8Kernel for Avx2 {
     #[inline(always)]
@@ -42,5 +71,34 @@ impl Q8Kernel for Avx2 {
             }
         }
         acc.map(|v| pulp::cast::<__m256, [f32; 8]>(v).iter().sum())
+    }
+
+    #[inline(always)]
+    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
+        self,
+        w: &[[U; R]],
+        sc: &[[f32; R]],
+        mn: &[[f32; R]],
+        x: &[Block],
+        xs: &[f32],
+    ) -> [f32; R] {
+        let s = self.0;
+        let kb = w.len();
+        let (sc, mn, x, xs) = (&sc[..kb], &mn[..kb], &x[..kb], &xs[..kb]);
+        let ones = s.avx._mm256_set1_epi16(1);
+        let mut acc = [s.avx._mm256_setzero_ps(); R];
+        let mut off = [0f32; R];
+        for b in 0..kb {
+            let xv: __m256i = pulp::cast(x[b]);
+            for i in 0..R {
+                let wv = w[b][i].load(s);
+                let p16 = s.avx2._mm256_maddubs_epi16(wv, xv);
+                let p32 = s.avx2._mm256_madd_epi16(p16, ones);
+                let scale = s.avx._mm256_set1_ps(sc[b][i]);
+                acc[i] = s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), scale, acc[i]);
+                off[i] += mn[b][i] * xs[b];
+            }
+        }
+        std::array::from_fn(|i| pulp::cast::<__m256, [f32; 8]>(acc[i]).iter().sum::<f32>() + off[i])
     }
 }

@@ -1,19 +1,20 @@
-//! Fast CPU matmul of f32 activations by GGUF-quantized weights, for decode steps where
-//! candle's `QMatMul` is far from memory bandwidth.
+//! Fast CPU matmuls whose every output is computed the same way whatever the batch.
 //!
 //! [`QuantMatrix`] repacks a candle [`QTensor`] (HF layout `[n, k]`, i.e. `[out, in]`) into
-//! separate int8 and f16-scale arrays, four rows interleaved by block: the same bytes as the
-//! GGUF file, no f32 copy. A matmul quantizes the activation rows once ([`act`]), then splits
-//! the `n` output rows across rayon's threads; each thread keeps a 4-row weight tile in L1
-//! while the activation rows go by ([`q8`]), so the weights are read from memory once per
-//! call however many sequences are batched (up to ~256 KB of activations per pass).
+//! separate value and f16-scale arrays, four rows interleaved by block, at about the GGUF
+//! file's size (4-bit values stay 4-bit), no f32 copy. A matmul quantizes the activation rows
+//! once ([`act`]), then splits the `n` output rows across rayon's threads; each thread keeps
+//! a 4-row weight tile in L1 while the activation rows go by ([`q8`]), so the weights are
+//! read from memory once per call however many sequences are batched (up to ~256 KB of
+//! activations per pass). Supported: [`SUPPORTED`] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). Other
+//! dtypes are an [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
 //!
-//! Supported: Q8_0, and Q4_0/Q5_0 through [`repack`] into Q8_0. Other dtypes are an
-//! [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
+//! [`DenseMatrix`] does the same for f32 weights ([`dense`]).
 
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod dense;
 mod q8;
 pub mod repack;
 
@@ -23,28 +24,153 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 use act::{QK, QuantActs};
-use q8::{Block, Q8Rows, TILE};
+pub use dense::DenseMatrix;
+use q8::{Block, Nibbles, QRows, TILE, Unsigned, Values};
 
 /// A quantized weight matrix `[n, k]` ready for [`QuantMatrix::matmul`].
 #[derive(Debug)]
 pub struct QuantMatrix {
     n: usize,
     k: usize,
-    /// Q8_0: `n × k/32` blocks of int8 values, in tiles of rows (see [`q8::Q8Rows`]).
-    qs: Vec<Block>,
-    /// Q8_0: the blocks' f16 scales (raw bits), in the same order.
+    /// The GGUF type the blocks came from.
+    dtype: GgmlDType,
+    /// `n × k/32` blocks of values, in tiles of rows (see [`q8::Values`]).
+    values: Stored,
+    /// The blocks' f16 scales (raw bits), in the same order.
     d: Vec<u16>,
+    /// The blocks' f16 offsets for unsigned values (empty for signed ones).
+    m: Vec<u16>,
 }
 
-/// Bytes of one GGUF Q8_0 block: an f16 scale then 32 int8 values.
-const Q8_0_BYTES: usize = 2 + QK;
+/// How the values are held (see [`q8::Values`]).
+#[derive(Debug)]
+enum Stored {
+    Signed(Vec<Block>),
+    Bytes(Vec<Block>),
+    Nibbles(Vec<Nibbles>),
+}
+
+/// Bytes of one GGUF block of each type this module reads.
+fn block_bytes(dtype: GgmlDType) -> Option<usize> {
+    Some(match dtype {
+        GgmlDType::Q8_0 => 2 + QK,
+        GgmlDType::Q4_0 => 2 + QK / 2,
+        GgmlDType::Q4_1 => 4 + QK / 2,
+        GgmlDType::Q5_0 => 2 + 4 + QK / 2,
+        GgmlDType::Q5_1 => 4 + 4 + QK / 2,
+        _ => return None,
+    })
+}
+
+/// The GGUF types [`QuantMatrix`] multiplies.
+pub const SUPPORTED: [GgmlDType; 5] =
+    [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
 
 /// Below this many multiply-adds a call stays on the calling thread (rayon costs a few µs).
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
+/// One GGUF block decoded: scale, offset (f16 bits; `None` for signed values) and values.
+enum Decoded {
+    Signed(u16, Block),
+    Bytes(u16, u16, Block),
+    Nibbles(u16, u16, Nibbles),
+}
+
+fn f16_bits(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+/// The 5-bit values of a Q5 block: low nibbles `qs`, fifth bits `qh` (value `j`'s in bit `j`).
+fn five_bits(qh: &[u8], qs: &[u8]) -> [u8; QK] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    std::array::from_fn(|j| {
+        let low = if j < QK / 2 { qs[j] & 0x0F } else { qs[j - QK / 2] >> 4 };
+        low | (((qh >> j) & 1) as u8) << 4
+    })
+}
+
+fn decode(dtype: GgmlDType, b: &[u8]) -> Decoded {
+    match dtype {
+        // -128 never comes out of llama.cpp's or candle's Q8_0 quantizer (|w/d| ≤ 127);
+        // clamping it keeps `sign(w, x)` in the AVX2 dot from overflowing.
+        GgmlDType::Q8_0 => {
+            Decoded::Signed(f16_bits(b), std::array::from_fn(|i| (b[2 + i] as i8).max(-127)))
+        }
+        GgmlDType::Q4_0 => {
+            // w = d·(q - 8) = d·q + (-8·d); -8·d is exact in f16 (a power-of-two multiple).
+            let d = half::f16::from_bits(f16_bits(b));
+            let m = half::f16::from_f32(-8.0 * d.to_f32()).to_bits();
+            Decoded::Nibbles(d.to_bits(), m, std::array::from_fn(|i| b[2 + i]))
+        }
+        GgmlDType::Q4_1 => {
+            Decoded::Nibbles(f16_bits(b), f16_bits(&b[2..]), std::array::from_fn(|i| b[4 + i]))
+        }
+        // Q5_0 values fit int8 after their offset of 16: signed, no offset term.
+        GgmlDType::Q5_0 => {
+            Decoded::Signed(f16_bits(b), five_bits(&b[2..6], &b[6..]).map(|v| v as i8 - 16))
+        }
+        _ => Decoded::Bytes(
+            f16_bits(b),
+            f16_bits(&b[2..]),
+            five_bits(&b[4..8], &b[8..]).map(|v| v as i8),
+        ),
+    }
+}
+
+/// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU) through `kernel` on slices: shape `[.., n]`.
+fn matmul_tensor(
+    x: &Tensor,
+    k: usize,
+    n: usize,
+    kernel: impl FnOnce(&[f32], &mut [f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    if dims.last() != Some(&k) || x.dtype() != DType::F32 || !x.device().is_cpu() {
+        candle_core::bail!(
+            "kernels: x must be f32 [.., {k}] on the CPU, got {:?} {:?}",
+            x.dtype(),
+            dims
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("kernels: x is not on the CPU") };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("kernels: x is not contiguous")
+    };
+    let xs = &cpu.as_slice::<f32>()?[start..end];
+    let mut out = vec![0f32; xs.len() / k * n];
+    kernel(xs, &mut out)?;
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Tensor::from_vec(out, shape, &Device::Cpu)
+}
+
+impl DenseMatrix {
+    /// The f32 CPU tensor `w` `[n, k]` (other dtypes are converted), or `None` when it is
+    /// not 2-D or not on the CPU.
+    pub fn from_tensor(w: &Tensor) -> candle_core::Result<Option<Self>> {
+        let Ok((n, k)) = w.dims2() else { return Ok(None) };
+        if !w.device().is_cpu() {
+            return Ok(None);
+        }
+        let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::new(values, n, k))
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU): shape `[.., n]`.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        matmul_tensor(x, self.cols(), self.rows(), |x, out| {
+            self.matmul_slice(x, out).map_err(candle_core::Error::msg)
+        })
+    }
+}
+
 impl QuantMatrix {
-    /// Repacks a 2-D CPU `QTensor` `[n, k]`. Unsupported dtypes, shapes or devices are an
-    /// [`Error::UnsupportedWeights`]: keep candle's `QMatMul` for those.
+    /// Repacks a 2-D CPU `QTensor` `[n, k]` of a [`SUPPORTED`] type. Other dtypes, shapes or
+    /// devices are an [`Error::UnsupportedWeights`]: keep candle's `QMatMul` for those.
     pub fn from_qtensor(qt: &QTensor) -> Result<Self> {
         let unsupported = |why: String| Error::UnsupportedWeights(why);
         let &[n, k] = qt.shape().dims() else {
@@ -53,35 +179,54 @@ impl QuantMatrix {
         if !qt.device().is_cpu() {
             return Err(unsupported("weights are not on the CPU".into()));
         }
-        if qt.dtype() != GgmlDType::Q8_0 {
-            return Err(unsupported(format!("dtype {:?}", qt.dtype())));
-        }
+        let dtype = qt.dtype();
+        let Some(size) = block_bytes(dtype) else {
+            return Err(unsupported(format!("dtype {dtype:?}")));
+        };
         if k == 0 || !k.is_multiple_of(QK) {
             return Err(unsupported(format!("k = {k} is not a positive multiple of {QK}")));
         }
         let data = qt.data().map_err(|e| unsupported(format!("reading blocks: {e}")))?;
         let blocks = n * (k / QK);
-        if data.len() != blocks * Q8_0_BYTES {
-            return Err(unsupported(format!("{} bytes for {blocks} Q8_0 blocks", data.len())));
+        if data.len() != blocks * size {
+            return Err(unsupported(format!("{} bytes for {blocks} {dtype:?} blocks", data.len())));
         }
         // Row-major GGUF blocks into tiles of TILE rows interleaved by block; the last
-        // n % TILE rows stay row-major (see q8::Q8Rows).
+        // n % TILE rows stay row-major (see q8::Values).
         let kb = k / QK;
-        let (mut qs, mut d) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
         let full = n / TILE * TILE;
         let order = (0..full / TILE)
             .flat_map(|t| {
                 (0..kb).flat_map(move |b| (0..TILE).map(move |i| (t * TILE + i) * kb + b))
             })
             .chain(full * kb..n * kb);
+        let mut d = Vec::with_capacity(blocks);
+        let mut m = Vec::new();
+        let mut values = match decode(dtype, &data[..size]) {
+            Decoded::Signed(..) => Stored::Signed(Vec::with_capacity(blocks)),
+            Decoded::Bytes(..) => Stored::Bytes(Vec::with_capacity(blocks)),
+            Decoded::Nibbles(..) => Stored::Nibbles(Vec::with_capacity(blocks)),
+        };
         for src in order {
-            let b = &data[src * Q8_0_BYTES..(src + 1) * Q8_0_BYTES];
-            d.push(u16::from_le_bytes([b[0], b[1]]));
-            // -128 never comes out of llama.cpp's or candle's Q8_0 quantizer (|w/d| ≤ 127);
-            // clamping it keeps `sign(w, x)` in the AVX2 dot from overflowing.
-            qs.push(std::array::from_fn(|i| (b[2 + i] as i8).max(-127)));
+            match (decode(dtype, &data[src * size..(src + 1) * size]), &mut values) {
+                (Decoded::Signed(scale, q), Stored::Signed(v)) => {
+                    d.push(scale);
+                    v.push(q);
+                }
+                (Decoded::Bytes(scale, min, q), Stored::Bytes(v)) => {
+                    d.push(scale);
+                    m.push(min);
+                    v.push(q);
+                }
+                (Decoded::Nibbles(scale, min, q), Stored::Nibbles(v)) => {
+                    d.push(scale);
+                    m.push(min);
+                    v.push(q);
+                }
+                _ => return Err(unsupported(format!("mixed block kinds in {dtype:?}"))),
+            }
         }
-        Ok(Self { n, k, qs, d })
+        Ok(Self { n, k, dtype, values, d, m })
     }
 
     /// Output features (`n`, the weight's rows).
@@ -96,41 +241,53 @@ impl QuantMatrix {
 
     /// The GGUF dtype these weights came from.
     pub fn dtype(&self) -> GgmlDType {
-        GgmlDType::Q8_0
+        self.dtype
     }
 
-    /// Memory held by the weights: the GGUF size of the tensor.
+    /// Memory held by the weights.
     pub fn bytes(&self) -> usize {
-        self.qs.len() * QK + self.d.len() * 2
+        let values = match &self.values {
+            Stored::Signed(v) | Stored::Bytes(v) => v.len() * QK,
+            Stored::Nibbles(v) => v.len() * QK / 2,
+        };
+        values + (self.d.len() + self.m.len()) * 2
+    }
+
+    /// Row `r` of the weights as f32 (the same values as candle's dequantization), for
+    /// embedding lookups from a quantized table.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let kb = self.k / QK;
+        let full = self.n / TILE * TILE;
+        for b in 0..kb {
+            // Where block b of row r sits in the tiled order.
+            let i = if r < full { (r / TILE * kb + b) * TILE + r % TILE } else { r * kb + b };
+            let d = act::f16_to_f32(self.d[i]);
+            let out = &mut out[b * QK..(b + 1) * QK];
+            match &self.values {
+                Stored::Signed(v) => {
+                    for (o, &q) in out.iter_mut().zip(&v[i]) {
+                        *o = f32::from(q) * d;
+                    }
+                }
+                Stored::Bytes(v) => {
+                    let m = act::f16_to_f32(self.m[i]);
+                    for (o, q) in out.iter_mut().zip(v[i].bytes()) {
+                        *o = f32::from(q) * d + m;
+                    }
+                }
+                Stored::Nibbles(v) => {
+                    let m = act::f16_to_f32(self.m[i]);
+                    for (o, q) in out.iter_mut().zip(v[i].bytes()) {
+                        *o = f32::from(q) * d + m;
+                    }
+                }
+            }
+        }
     }
 
     /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU): shape `[.., n]`.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        if dims.last() != Some(&self.k) || x.dtype() != DType::F32 || !x.device().is_cpu() {
-            candle_core::bail!(
-                "kernels: x must be f32 [.., {}] on the CPU, got {:?} {:?}",
-                self.k,
-                x.dtype(),
-                dims
-            );
-        }
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("kernels: x is not on the CPU")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("kernels: x is not contiguous")
-        };
-        let xs = &cpu.as_slice::<f32>()?[start..end];
-        let mut out = vec![0f32; xs.len() / self.k * self.n];
-        self.matmul_slice(xs, &mut out)?;
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = self.n;
-        }
-        Tensor::from_vec(out, shape, &Device::Cpu)
+        matmul_tensor(x, self.k, self.n, |x, out| self.matmul_slice(x, out))
     }
 
     /// `out = x · Wᵀ` for row-major `x` `[m, k]` and `out` `[m, n]`, with `m = x.len() / k`.
@@ -174,9 +331,15 @@ impl QuantMatrix {
     /// row, of `range.len()` values each), with the best kernel this CPU has.
     fn run_rows(&self, range: std::ops::Range<usize>, acts: &QuantActs, out: &mut [&mut [f32]]) {
         let kb = self.k / QK;
-        let w = Q8Rows {
-            qs: &self.qs[range.start * kb..range.end * kb],
-            d: &self.d[range.start * kb..range.end * kb],
+        let blocks = range.start * kb..range.end * kb;
+        let w = QRows {
+            values: match &self.values {
+                Stored::Signed(v) => Values::Signed(&v[blocks.clone()]),
+                Stored::Bytes(v) => Values::Bytes(&v[blocks.clone()]),
+                Stored::Nibbles(v) => Values::Nibbles(&v[blocks.clone()]),
+            },
+            d: &self.d[blocks.clone()],
+            m: if self.m.is_empty() { &[] } else { &self.m[blocks] },
             kb,
         };
         #[cfg(target_arch = "x86_64")]
@@ -193,7 +356,7 @@ impl QuantMatrix {
 /// became a call).
 struct Rows<'a, 'o, 's, K> {
     kern: K,
-    w: Q8Rows<'a>,
+    w: QRows<'a>,
     acts: &'a QuantActs,
     out: &'o mut [&'s mut [f32]],
 }
@@ -223,7 +386,8 @@ mod tests {
         qm.matmul_slice(&x, &mut fast)?;
         let mut slow = vec![0f32; m * n];
         let acts = QuantActs::new(&x, k);
-        let w = Q8Rows { qs: &qm.qs, d: &qm.d, kb: k / QK };
+        let Stored::Signed(qs) = &qm.values else { panic!("Q8_0 is signed") };
+        let w = QRows { values: Values::Signed(qs), d: &qm.d, m: &[], kb: k / QK };
         let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
         pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts: &acts, out: &mut out });
         for (a, b) in fast.iter().zip(&slow) {

@@ -1,25 +1,60 @@
-//! Q8_0 weights (blocks of 32 int8 values and one f16 scale) times quantized activations.
+//! Quantized weight blocks (32 values and their scales) times quantized activations.
+//!
+//! Weight values come in three layouts, all multiplied as int8 dot products with the Q8
+//! activations:
+//! - [`Values::Signed`]: int8 values `w = d·q` (Q8_0, and Q5_0 rewritten exactly as int8);
+//! - [`Values::Bytes`]: unsigned values `w = d·q + m`, `q` in 0..32 (Q5_1);
+//! - [`Values::Nibbles`]: unsigned 4-bit values packed two per byte as in GGUF,
+//!   `w = d·q + m` (Q4_1; Q4_0 with `m = -8·d`), so they stay at the file's size.
+//!
+//! For the unsigned layouts `Σ w·x = d·dx·Σ q·xq + m·(dx·Σ xq)`: the second term uses each
+//! activation block's sum, computed once per matmul.
 //!
 //! The driver walks tiles of `R` weight rows × `MA` activation rows so each weight block
 //! loaded from memory serves several activation rows (batching is nearly free while the
 //! weights stream) and each activation block serves several weight rows. The per-tile
 //! arithmetic comes from a [`Q8Kernel`]: AVX2 intrinsics on x86 (safe through `pulp`) or
-//! plain loops that LLVM vectorizes for whatever the machine has.
+//! plain loops that LLVM vectorizes for whatever the machine has. Every output is the same
+//! sequence of operations whatever `R`, the batch or the threads: results do not depend on
+//! what else is in the step.
 
 use super::act::{QK, QuantActs, f16_to_f32};
 
-/// One Q8_0 block's int8 values.
+/// One block's int8 values (signed, or unsigned below 128).
 pub(crate) type Block = [i8; QK];
+
+/// One block's 4-bit values: byte `j` holds value `j` (low nibble) and `j + 16` (high).
+pub(crate) type Nibbles = [u8; QK / 2];
 
 /// Weight rows interleaved per block: a tile's rows are read as one sequential stream, which
 /// the hardware prefetcher follows (four rows of 896 bytes each, read side by side, were
 /// 3× slower from DRAM than from L3).
 pub(crate) const TILE: usize = 4;
 
+/// Unsigned weight values of one block, as 32 bytes in element order.
+pub(crate) trait Unsigned: Copy {
+    fn bytes(&self) -> [u8; QK];
+}
+
+impl Unsigned for Block {
+    #[inline(always)]
+    fn bytes(&self) -> [u8; QK] {
+        self.map(|v| v as u8)
+    }
+}
+
+impl Unsigned for Nibbles {
+    #[inline(always)]
+    fn bytes(&self) -> [u8; QK] {
+        std::array::from_fn(|i| if i < QK / 2 { self[i] & 0x0F } else { self[i - QK / 2] >> 4 })
+    }
+}
+
 /// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
-/// activation row (blocks `x`, their absolute values `ax`), with `sc[b][i]` the product of
-/// the two scales of block `b` for weight row `i`.
+/// activation row.
 pub(crate) trait Q8Kernel: Copy {
+    /// Signed weights: blocks `x`, their absolute values `ax`; `sc[b][i]` is the product of
+    /// the two scales of block `b` for weight row `i`.
     fn tile<const R: usize>(
         self,
         w: &[[Block; R]],
@@ -27,14 +62,46 @@ pub(crate) trait Q8Kernel: Copy {
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R];
+
+    /// Unsigned weights with offsets: `mn[b][i]` is weight row `i`'s offset in block `b`,
+    /// `xs[b]` the activation block's sum (scale included).
+    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
+        self,
+        w: &[[U; R]],
+        sc: &[[f32; R]],
+        mn: &[[f32; R]],
+        x: &[Block],
+        xs: &[f32],
+    ) -> [f32; R];
 }
 
-/// Rows of Q8_0 weights, starting at a multiple of [`TILE`]: full tiles of `TILE` rows
+#[cfg(target_arch = "x86_64")]
+pub(crate) use super::avx2::WideLoad;
+
+/// Without x86 there is no wide load to provide.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait WideLoad {}
+#[cfg(not(target_arch = "x86_64"))]
+impl WideLoad for Block {}
+#[cfg(not(target_arch = "x86_64"))]
+impl WideLoad for Nibbles {}
+
+/// The values of some rows, starting at a multiple of [`TILE`]: full tiles of `TILE` rows
 /// interleaved by block (`[tile][block][row]`), then the last `rows % TILE` rows plain.
 #[derive(Clone, Copy)]
-pub(crate) struct Q8Rows<'a> {
-    pub qs: &'a [Block],
+pub(crate) enum Values<'a> {
+    Signed(&'a [Block]),
+    Bytes(&'a [Block]),
+    Nibbles(&'a [Nibbles]),
+}
+
+/// Rows of quantized weights: values, f16 scales (raw bits) and, for unsigned values, f16
+/// offsets, all in the same block order.
+#[derive(Clone, Copy)]
+pub(crate) struct QRows<'a> {
+    pub values: Values<'a>,
     pub d: &'a [u16],
+    pub m: &'a [u16],
     pub kb: usize,
 }
 
@@ -42,8 +109,8 @@ pub(crate) struct Q8Rows<'a> {
 /// few enough that the quantized rows (2 × m × k bytes) stay in L2 while the weights stream.
 const ACT_BYTES_PER_PASS: usize = 256 * 1024;
 
-/// `out[a][r] = Σ_b sw[r][b]·sx[a][b]·(w[r][b] · x[a][b])` for the rows in `w`; `out` holds
-/// one slice (of `w`'s row count) per activation row.
+/// `out[a][r] = Σ_b (w[r][b] · x[a][b])` for the rows in `w`; `out` holds one slice (of
+/// `w`'s row count) per activation row.
 ///
 /// A tile's weights (4 rows: 3.5 KB at k = 896, 19 KB at k = 4864) stay in L1 while every
 /// activation row of the pass goes by, so they come from memory once per pass. (Tiles of
@@ -52,7 +119,7 @@ const ACT_BYTES_PER_PASS: usize = 256 * 1024;
 #[inline(always)]
 pub(crate) fn matmul_rows<K: Q8Kernel>(
     kern: K,
-    w: Q8Rows<'_>,
+    w: QRows<'_>,
     acts: &QuantActs,
     out: &mut [&mut [f32]],
 ) {
@@ -60,51 +127,89 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     let rows = w.d.len() / kb;
     let m = acts.rows();
     let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
-    // All of the chunk's scales as f32 first (4 bytes per 34-byte block, so it stays in L2):
+    // All of the chunk's scales as f32 first (4 bytes per block, so they stay in L2):
     // reading them tile by tile between the int8 blocks halved the rate from DRAM at large k.
     let sw: Vec<f32> = w.d.iter().map(|&h| f16_to_f32(h)).collect();
-    let (mut sc, mut sc1) = (vec![[0f32; TILE]; kb], vec![[0f32; 1]; kb]);
+    let mw: Vec<f32> = w.m.iter().map(|&h| f16_to_f32(h)).collect();
+    let mut scratch = Scratch::new(kb);
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
         let mut r = 0;
         while r < rows {
-            let blocks = r * kb..(r + TILE).min(rows) * kb;
+            let t = Tile { r, blocks: 0..0, acts, acts_range: a0..a1 };
             if rows - r >= TILE {
-                let (sw, _) = sw[blocks.clone()].as_chunks::<TILE>();
-                let (qs, _) = w.qs[blocks].as_chunks::<TILE>();
-                tile_rows::<K, TILE>(kern, qs, sw, &mut sc, acts, a0..a1, r, out);
+                let blocks = r * kb..(r + TILE) * kb;
+                let tile = Tile { blocks, ..t };
+                run_tile::<K, TILE>(kern, w.values, &sw, &mw, &tile, &mut scratch.tile, out);
                 r += TILE;
             } else {
-                let blocks = r * kb..(r + 1) * kb;
-                let (sw, _) = sw[blocks.clone()].as_chunks::<1>();
-                let (qs, _) = w.qs[blocks].as_chunks::<1>();
-                tile_rows::<K, 1>(kern, qs, sw, &mut sc1, acts, a0..a1, r, out);
+                let tile = Tile { blocks: r * kb..(r + 1) * kb, ..t };
+                run_tile::<K, 1>(kern, w.values, &sw, &mw, &tile, &mut scratch.one, out);
                 r += 1;
             }
         }
     }
 }
 
-/// One tile of `R` weight rows (starting at row `r`) against activation rows `acts_range`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn tile_rows<K: Q8Kernel, const R: usize>(
-    kern: K,
-    w: &[[Block; R]],
-    sw: &[[f32; R]],
-    sc: &mut [[f32; R]],
-    acts: &QuantActs,
-    acts_range: std::ops::Range<usize>,
+/// Per-tile scale products, reused across tiles.
+struct Scratch {
+    tile: [Vec<[f32; TILE]>; 2],
+    one: [Vec<[f32; 1]>; 2],
+}
+
+impl Scratch {
+    fn new(kb: usize) -> Self {
+        Self {
+            tile: [vec![[0f32; TILE]; kb], vec![[0f32; TILE]; kb]],
+            one: [vec![[0f32; 1]; kb], vec![[0f32; 1]; kb]],
+        }
+    }
+}
+
+/// Where a tile is: its first row, its blocks and the activation rows of this pass.
+struct Tile<'a> {
     r: usize,
+    blocks: std::ops::Range<usize>,
+    acts: &'a QuantActs,
+    acts_range: std::ops::Range<usize>,
+}
+
+/// One tile of `R` weight rows against the pass's activation rows.
+#[inline(always)]
+fn run_tile<K: Q8Kernel, const R: usize>(
+    kern: K,
+    values: Values<'_>,
+    sw: &[f32],
+    mw: &[f32],
+    t: &Tile<'_>,
+    scratch: &mut [Vec<[f32; R]>; 2],
     out: &mut [&mut [f32]],
 ) {
-    for a in acts_range {
-        let (x, ax, sx) = acts.row(a);
+    let (sw, _) = sw[t.blocks.clone()].as_chunks::<R>();
+    let [sc, mn] = scratch;
+    if !mw.is_empty() {
+        let (m, _) = mw[t.blocks.clone()].as_chunks::<R>();
+        mn.copy_from_slice(m);
+    }
+    for a in t.acts_range.clone() {
+        let (x, ax, sx, xs) = t.acts.row(a);
         for ((c, w), &x) in sc.iter_mut().zip(sw).zip(sx) {
             *c = w.map(|w| w * x);
         }
-        let res = kern.tile::<R>(w, sc, x, ax);
-        out[a][r..r + R].copy_from_slice(&res);
+        let res = match values {
+            Values::Signed(v) => kern.tile::<R>(v[t.blocks.clone()].as_chunks::<R>().0, sc, x, ax),
+            Values::Bytes(v) => {
+                kern.tile_offset::<R, Block>(v[t.blocks.clone()].as_chunks::<R>().0, sc, mn, x, xs)
+            }
+            Values::Nibbles(v) => kern.tile_offset::<R, Nibbles>(
+                v[t.blocks.clone()].as_chunks::<R>().0,
+                sc,
+                mn,
+                x,
+                xs,
+            ),
+        };
+        out[a][t.r..t.r + R].copy_from_slice(&res);
     }
 }
 
@@ -130,5 +235,26 @@ impl Q8Kernel for Portable {
             }
         }
         acc
+    }
+
+    #[inline(always)]
+    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
+        self,
+        w: &[[U; R]],
+        sc: &[[f32; R]],
+        mn: &[[f32; R]],
+        x: &[Block],
+        xs: &[f32],
+    ) -> [f32; R] {
+        let (mut acc, mut off) = ([0f32; R], [0f32; R]);
+        for ((((wb, sc), mn), xb), &xs) in w.iter().zip(sc).zip(mn).zip(x).zip(xs) {
+            for i in 0..R {
+                let q = wb[i].bytes();
+                let dot: i32 = q.iter().zip(xb).map(|(&p, &v)| i32::from(p) * i32::from(v)).sum();
+                acc[i] += dot as f32 * sc[i];
+                off[i] += mn[i] * xs;
+            }
+        }
+        std::array::from_fn(|i| acc[i] + off[i])
     }
 }

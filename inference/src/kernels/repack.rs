@@ -1,7 +1,7 @@
-//! Q4_0 and Q5_0 blocks rewritten as Q8_0 blocks with the same scale and the same integer
-//! values (4- and 5-bit values fit in int8), so the Q8_0 kernel multiplies them exactly.
-//! Q4_K_M files hold mostly Q5_0 tensors when the hidden size is not a multiple of 256;
-//! this trades 1.5x the bytes of those tensors for the fast kernel instead of candle's.
+//! Projections stacked into one matrix, and Q4_0 and Q5_0 blocks rewritten as Q8_0 blocks
+//! with the same scale and the same integer values (4- and 5-bit values fit in int8) where a
+//! stack mixes them with Q8_0 (Q4_K_M files hold Q5_0 and Q8_0 projections side by side when
+//! the hidden size is not a multiple of 256).
 
 use std::borrow::Cow;
 
@@ -50,13 +50,20 @@ pub fn to_q8_0(qt: &QTensor) -> Result<QTensor> {
         .map_err(|e| unsupported(format!("building the Q8_0 tensor: {e}")))
 }
 
-/// Several Q8_0 (or repackable Q4_0/Q5_0) matrices of the same input size stacked into one
-/// (rows in order), so projections of one input run as one matmul. `None` when any of them
+/// Several matrices of the same input size stacked into one (rows in order), so
+/// projections of one input run as one matmul: as they are when all have the same
+/// [`super::SUPPORTED`] dtype, else as Q8_0 when each is Q8_0, Q4_0 or Q5_0. `None` when they
 /// cannot be (another dtype, another input size, not on the CPU).
-pub fn stack_q8_0(tensors: &[QTensor]) -> Result<Option<QTensor>> {
+pub fn stack(tensors: &[QTensor]) -> Result<Option<QTensor>> {
     let Some(first) = tensors.first() else { return Ok(None) };
     let device = first.device();
-    let Some(&[_, k]) = Some(first.shape().dims()) else { return Ok(None) };
+    let &[_, k] = first.shape().dims() else { return Ok(None) };
+    let same = tensors.iter().all(|t| t.dtype() == first.dtype());
+    let dtype = if same && super::SUPPORTED.contains(&first.dtype()) {
+        first.dtype()
+    } else {
+        GgmlDType::Q8_0
+    };
     let mut bytes = Vec::new();
     let mut rows = 0;
     for t in tensors {
@@ -66,7 +73,7 @@ pub fn stack_q8_0(tensors: &[QTensor]) -> Result<Option<QTensor>> {
         }
         let repacked;
         let t = match t.dtype() {
-            GgmlDType::Q8_0 => t,
+            d if d == dtype => t,
             GgmlDType::Q4_0 | GgmlDType::Q5_0 => {
                 repacked = to_q8_0(t)?;
                 &repacked
@@ -78,7 +85,7 @@ pub fn stack_q8_0(tensors: &[QTensor]) -> Result<Option<QTensor>> {
         bytes.extend_from_slice(&data);
         rows += n;
     }
-    ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &bytes, vec![rows, k], &device)
+    ggml_file::qtensor_from_ggml(dtype, &bytes, vec![rows, k], &device)
         .map(Some)
-        .map_err(|e| Error::UnsupportedWeights(format!("stacking Q8_0 matrices: {e}")))
+        .map_err(|e| Error::UnsupportedWeights(format!("stacking {dtype:?} matrices: {e}")))
 }

@@ -23,6 +23,22 @@ const END_OF_TURN: [&str; 7] = [
     "<|end_of_text|>",
 ];
 
+/// The pre-tokenizer of a byte-level BPE (`gpt2`) GGUF tokenizer whose `tokenizer.ggml.pre`
+/// candle does not know, as llama.cpp splits it: never a space added before the text (candle's
+/// default adds one, so `<|im_start|>system` became `<|im_start|>` ` system`), and digits one
+/// by one for SmolLM's `smollm`. `None` for the types candle builds right.
+fn byte_level_pre_tokenizer(pre: &str) -> Option<tokenizers::PreTokenizerWrapper> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::digits::Digits;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        "qwen2" | "smaug-bpe" | "lfm2" | "llama3" => None,
+        "smollm" => Some(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()),
+        _ => Some(byte_level.into()),
+    }
+}
+
 /// A tokenizer with its generation metadata.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -98,10 +114,17 @@ impl Tokenizer {
             tensor_infos: HashMap::new(),
             tensor_data_offset: 0,
         };
-        let inner = tokenizers::Tokenizer::from_gguf(&content).map_err(|e| {
+        let mut inner = tokenizers::Tokenizer::from_gguf(&content).map_err(|e| {
             // candle appends a backtrace when RUST_BACKTRACE is set: keep the message line.
             Error::GgufTokenizerBuild(e.to_string().lines().next().unwrap_or_default().to_owned())
         })?;
+        let pre = match metadata.get("tokenizer.ggml.pre") {
+            Some(Value::String(pre)) => pre.as_str(),
+            _ => "gpt2",
+        };
+        if let Some(pre_tokenizer) = byte_level_pre_tokenizer(pre) {
+            inner.with_pre_tokenizer(Some(pre_tokenizer));
+        }
 
         let id_of = |key: &str| gguf_id(metadata, key);
         let bos_id = id_of("tokenizer.ggml.bos_token_id")?;

@@ -2,8 +2,10 @@
 //!
 //! Decoding feeds one token per sequence per step; done with tensor ops that is a dozen small
 //! candle calls per sequence and layer, which at 32 sequences costs more than the weight
-//! matmuls. On the CPU, single-token attention runs instead as plain loops straight over the
-//! cache buffers, in parallel across sequences. Prompt chunks (several tokens) use matmuls.
+//! matmuls. On the CPU, attention runs instead as plain loops straight over the cache buffers,
+//! in parallel across query rows, for decode tokens and prompt chunks alike, so a token's
+//! result never depends on how its prompt was chunked or what shares the step. Other
+//! devices use matmuls.
 
 use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
@@ -33,16 +35,19 @@ pub fn attention(q: &Tensor, keys: &Tensor, values: &Tensor, pos: usize) -> Resu
     weights.matmul(values)?.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 }
 
-/// One decoding sequence's share of a step: its query row and its cache buffers.
+/// One sequence's share of a step: its new tokens' query rows and its cache buffers.
 #[derive(Debug)]
-pub struct DecodeJob {
-    /// Column of the sequence's token in the step's `[heads, T, hd]` queries.
+pub struct AttendJob {
+    /// Column of the sequence's first new token in the step's `[heads, T, hd]` queries.
     pub token: usize,
-    /// Its cache buffers `[kv_heads, capacity, hd]` (contiguous, CPU, f32).
+    /// New tokens this step (1 when decoding, a prompt chunk when prefilling).
+    pub n: usize,
+    /// Positions cached before this step: new token `i` attends to `pos + i + 1` positions.
+    pub pos: usize,
+    /// Its cache buffers `[kv_heads, capacity, hd]` (contiguous, CPU, f32), this step's
+    /// keys and values already written.
     pub keys: Tensor,
     pub values: Tensor,
-    /// Positions to attend to (the cached ones plus this token).
-    pub len: usize,
 }
 
 fn cpu_f32<'a>(guard: &'a StorageRef<'_>, t: &Tensor) -> Option<&'a [f32]> {
@@ -54,10 +59,16 @@ fn cpu_f32<'a>(guard: &'a StorageRef<'_>, t: &Tensor) -> Option<&'a [f32]> {
     }
 }
 
-/// Single-token attention for every job at once, on the CPU: `[jobs, heads * hd]` rows in
-/// job order, or `None` when the tensors are not f32 CPU tensors (the caller falls back to
+/// Attention of every job's new tokens at once, on the CPU: `[T, heads * hd]` rows in token
+/// order, or `None` when the tensors are not f32 CPU tensors (the caller falls back to
 /// [`attention`]).
-pub fn decode_cpu(q: &Tensor, jobs: &[DecodeJob], kv_heads: usize) -> Result<Option<Vec<f32>>> {
+///
+/// Each (token, head) is computed by the same loop whatever else is in the step: the same
+/// dot products in the same order, whether the token is decoded alone, batched with 31
+/// others, or one row of a prompt chunk of any size. That is what makes a sequence's
+/// tokens independent of batching and of prefill chunking (a matmul over a chunk would
+/// block its reductions by the chunk's shape).
+pub fn attend_cpu(q: &Tensor, jobs: &[AttendJob], kv_heads: usize) -> Result<Option<Vec<f32>>> {
     let (nh, t, hd) = q.dims3()?;
     let q = q.contiguous()?;
     let q_guard = q.storage_and_layout().0;
@@ -66,43 +77,59 @@ pub fn decode_cpu(q: &Tensor, jobs: &[DecodeJob], kv_heads: usize) -> Result<Opt
         .iter()
         .map(|j| (j.keys.storage_and_layout().0, j.values.storage_and_layout().0))
         .collect();
-    let mut caches = Vec::with_capacity(jobs.len());
+    // One entry per query row: its job's cache, the row's column and how many positions it sees.
+    let mut rows = Vec::with_capacity(t);
     for (job, (kg, vg)) in jobs.iter().zip(&guards) {
-        match (cpu_f32(kg, &job.keys), cpu_f32(vg, &job.values)) {
-            (Some(k), Some(v)) => caches.push((k, v, job.keys.dim(1)?)),
-            _ => return Ok(None),
+        let (Some(keys), Some(values)) = (cpu_f32(kg, &job.keys), cpu_f32(vg, &job.values)) else {
+            return Ok(None);
+        };
+        let capacity = job.keys.dim(1)?;
+        if job.pos + job.n > capacity {
+            candle_core::bail!("attention: {} positions in a cache of {capacity}", job.pos + job.n);
         }
+        for i in 0..job.n {
+            rows.push(Row { keys, values, capacity, token: job.token + i, len: job.pos + i + 1 });
+        }
+    }
+    if rows.len() != t {
+        candle_core::bail!("attention: jobs cover {} of the step's {t} tokens", rows.len());
     }
     let groups = nh / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; jobs.len() * nh * hd];
-    out.par_chunks_mut(nh * hd).zip(jobs.par_iter().zip(caches.par_iter())).for_each(
-        |(row, (job, (keys, values, capacity)))| {
-            let mut scores = vec![0f32; job.len];
-            for h in 0..nh {
-                let kv = h / groups;
-                let qh = &q_data[(h * t + job.token) * hd..][..hd];
-                let base = kv * capacity * hd;
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot(qh, &keys[base + j * hd..][..hd]) * scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in &mut scores {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let acc = &mut row[h * hd..][..hd];
-                for (j, s) in scores.iter().enumerate() {
-                    let w = s / sum;
-                    for (a, v) in acc.iter_mut().zip(&values[base + j * hd..][..hd]) {
-                        *a += w * v;
-                    }
+    let mut out = vec![0f32; t * nh * hd];
+    out.par_chunks_mut(nh * hd).zip(rows.par_iter()).for_each(|(out, row)| {
+        let mut scores = vec![0f32; row.len];
+        for h in 0..nh {
+            let base = h / groups * row.capacity * hd;
+            let qh = &q_data[(h * t + row.token) * hd..][..hd];
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = dot(qh, &row.keys[base + j * hd..][..hd]) * scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in &mut scores {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let acc = &mut out[h * hd..][..hd];
+            for (j, s) in scores.iter().enumerate() {
+                let w = s / sum;
+                for (a, v) in acc.iter_mut().zip(&row.values[base + j * hd..][..hd]) {
+                    *a += w * v;
                 }
             }
-        },
-    );
+        }
+    });
     Ok(Some(out))
+}
+
+/// One query row of [`attend_cpu`].
+struct Row<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    capacity: usize,
+    token: usize,
+    len: usize,
 }
 
 /// A dot product in 8 independent lanes, which LLVM turns into SIMD.

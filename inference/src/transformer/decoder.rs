@@ -5,7 +5,7 @@
 use candle_core::{D, Device, IndexOp, Result, Tensor};
 
 use super::StepInput;
-use super::attention::{DecodeJob, attention, decode_cpu};
+use super::attention::{AttendJob, attend_cpu, attention};
 use super::cache::SequenceCache;
 use super::config::{DecoderConfig, Family};
 use super::linear::Linear;
@@ -36,11 +36,23 @@ struct Layer {
     down: Linear,
 }
 
+/// Where token embeddings are read from.
+#[derive(Debug)]
+enum Embedding {
+    /// The rows of the (tied) lm head: one copy of the table serves both.
+    LmHead,
+    /// The table's own matrix, quantized or dense, read row by row.
+    Rows(Linear),
+    /// A dense tensor (weights not on the CPU, or of a type our kernels do not read).
+    Table(Tensor),
+}
+
 /// A loaded decoder-only model.
 #[derive(Debug)]
 pub struct Decoder {
     cfg: DecoderConfig,
-    embed: Tensor,
+    device: Device,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -54,20 +66,31 @@ impl Decoder {
         source: &mut impl WeightSource,
         device: &Device,
     ) -> Result<Self> {
-        let embed = source.dense(Part::Embed, false)?;
-        expect_dims(&embed, &[cfg.vocab_size, cfg.hidden_size], "the embedding table")?;
+        // A quantized table stays quantized: rows are dequantized as tokens come in.
+        let tied = cfg.tie_word_embeddings || !source.has(Part::LmHead, false);
+        let table = source.linear(Part::Embed, false)?;
+        let table_dims = [table.out_features(), table.in_features()];
+        let (embed, lm_head) = match (tied, table.has_rows()) {
+            (true, true) => (Embedding::LmHead, table),
+            (true, false) => (Embedding::Table(source.dense(Part::Embed, false)?), table),
+            (false, true) => (Embedding::Rows(table), source.linear(Part::LmHead, false)?),
+            (false, false) => {
+                drop(table);
+                let embed = Embedding::Table(source.dense(Part::Embed, false)?);
+                (embed, source.linear(Part::LmHead, false)?)
+            }
+        };
+        let want = [cfg.vocab_size, cfg.hidden_size];
+        if table_dims != want {
+            candle_core::bail!("the embedding table has shape {table_dims:?}, expected {want:?}");
+        }
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             layers.push(load_layer(&cfg, source, i)?);
         }
         let norm = source.dense(Part::Norm, false)?;
-        let lm_head = if cfg.tie_word_embeddings || !source.has(Part::LmHead, false) {
-            source.linear(Part::Embed, false)?
-        } else {
-            source.linear(Part::LmHead, false)?
-        };
         let rope = Rope::new(&cfg.rope, device)?;
-        Ok(Self { cfg, embed, layers, norm, lm_head, rope })
+        Ok(Self { cfg, device: device.clone(), embed, layers, norm, lm_head, rope })
     }
 
     pub fn config(&self) -> &DecoderConfig {
@@ -106,7 +129,7 @@ impl Decoder {
     /// One forward step over several sequences at once. Returns the logits `[B, vocab]` of
     /// each sequence's last fed token, and extends every sequence's cache.
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Tensor> {
-        let device = self.embed.device();
+        let device = &self.device;
         let total: usize = inputs.iter().map(|s| s.tokens.len()).sum();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let positions: Vec<u32> = inputs
@@ -120,7 +143,11 @@ impl Decoder {
             );
         }
         let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
-        let mut x = self.embed.index_select(&Tensor::from_vec(ids, total, device)?, 0)?;
+        let mut x = match &self.embed {
+            Embedding::LmHead => self.lm_head.rows(&ids)?,
+            Embedding::Rows(table) => table.rows(&ids)?,
+            Embedding::Table(t) => t.index_select(&Tensor::from_vec(ids, total, device)?, 0)?,
+        };
         let eps = self.cfg.rms_norm_eps as f32;
         let (nh, kvh, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         for (index, layer) in self.layers.iter().enumerate() {
@@ -265,8 +292,8 @@ fn expect_out(l: &Linear, out: usize, what: &str) -> Result<()> {
 }
 
 /// Appends this step's keys and values `[kv_heads, T, hd]` to each sequence's cache, then
-/// attends: single-token sequences together on the CPU fast path, prompt chunks with
-/// matmuls. Returns `[T, heads * hd]`.
+/// attends: on the CPU every token by the same loop ([`attend_cpu`]), elsewhere with matmuls
+/// per sequence. Returns `[T, heads * hd]`.
 fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -275,51 +302,40 @@ fn attend(
     layer: usize,
     kv_heads: usize,
 ) -> Result<Tensor> {
-    let mut outputs: Vec<Option<Tensor>> = Vec::with_capacity(inputs.len());
-    let mut jobs = Vec::new();
+    let mut views = Vec::with_capacity(inputs.len());
+    let mut jobs = Vec::with_capacity(inputs.len());
     let mut offset = 0;
     for input in inputs.iter_mut() {
         let n = input.tokens.len();
         let pos = input.cache.len();
         let ki = k.narrow(1, offset, n)?.contiguous()?;
         let vi = v.narrow(1, offset, n)?.contiguous()?;
-        let (keys, values) = input.cache.append(layer, &ki, &vi)?;
-        if n == 1
-            && let Some((kb, vb)) = input.cache.buffers(layer)
-        {
-            jobs.push(DecodeJob {
+        views.push(input.cache.append(layer, &ki, &vi)?);
+        if let Some((keys, values)) = input.cache.buffers(layer) {
+            jobs.push(AttendJob {
                 token: offset,
-                keys: kb.clone(),
-                values: vb.clone(),
-                len: pos + 1,
+                n,
+                pos,
+                keys: keys.clone(),
+                values: values.clone(),
             });
-            outputs.push(None);
-        } else {
-            outputs.push(Some(attention(&q.narrow(1, offset, n)?, &keys, &values, pos)?));
         }
         offset += n;
     }
-    if !jobs.is_empty() {
-        let rows = decode_cpu(q, &jobs, kv_heads)?;
+    if jobs.len() == inputs.len()
+        && let Some(rows) = attend_cpu(q, &jobs, kv_heads)?
+    {
         let width = q.dim(0)? * q.dim(2)?;
-        let mut rows = rows.map(|r| r.into_iter());
-        let mut jobs = jobs.iter();
-        for out in outputs.iter_mut().filter(|o| o.is_none()) {
-            let Some(job) = jobs.next() else { break };
-            *out = Some(match rows.as_mut() {
-                Some(rows) => {
-                    Tensor::from_iter(rows.by_ref().take(width), q.device())?.reshape((1, width))?
-                }
-                // Not on the CPU: the matmul path over the cache's views.
-                None => {
-                    let keys = job.keys.narrow(1, 0, job.len)?;
-                    let values = job.values.narrow(1, 0, job.len)?;
-                    attention(&q.narrow(1, job.token, 1)?, &keys, &values, job.len - 1)?
-                }
-            });
-        }
+        return Tensor::from_vec(rows, (offset, width), q.device());
     }
-    let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
+    // Not on the CPU: matmuls over each sequence's cached views.
+    let mut outputs = Vec::with_capacity(inputs.len());
+    let mut offset = 0;
+    for ((keys, values), input) in views.iter().zip(inputs.iter()) {
+        let n = input.tokens.len();
+        outputs.push(attention(&q.narrow(1, offset, n)?, keys, values, input.cache.len())?);
+        offset += n;
+    }
     Tensor::cat(&outputs, 0)
 }
 

@@ -3,11 +3,14 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 
-use crate::kernels::QuantMatrix;
+use crate::kernels::{DenseMatrix, QuantMatrix};
 
 /// How a weight matrix `[out, in]` is held.
 #[derive(Debug)]
 pub enum Weight {
+    /// Dense weights on the CPU, through our batch-invariant kernel.
+    Rows(DenseMatrix),
+    /// Dense weights elsewhere (candle's matmul).
     Dense(Tensor),
     /// GGUF blocks our kernels multiply (Q8_0 on the CPU).
     Packed(QuantMatrix),
@@ -25,7 +28,11 @@ pub struct Linear {
 impl Linear {
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.dim(0)?;
-        Ok(Self { weight: Weight::Dense(weight), bias, out_features })
+        let weight = match DenseMatrix::from_tensor(&weight)? {
+            Some(rows) => Weight::Rows(rows),
+            None => Weight::Dense(weight),
+        };
+        Ok(Self { weight, bias, out_features })
     }
 
     /// Quantized blocks stay quantized (in our kernels' layout where they apply); F32/F16
@@ -44,7 +51,7 @@ impl Linear {
         let weight = match QMatMul::from_qtensor(weight)? {
             QMatMul::QTensor(q) => Weight::Quantized(QMatMul::QTensor(q)),
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                Weight::Dense(t.to_dtype(candle_core::DType::F32)?)
+                return Self::dense(t.to_dtype(candle_core::DType::F32)?, bias);
             }
         };
         Ok(Self { weight, bias, out_features })
@@ -57,6 +64,7 @@ impl Linear {
     /// Bytes the weight takes in memory.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
+            Weight::Rows(m) => m.bytes(),
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Weight::Packed(m) => m.bytes(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
@@ -66,9 +74,55 @@ impl Linear {
         }
     }
 
+    /// Whether [`Linear::rows`] can read this weight's rows (an embedding table kept in its
+    /// matmul form instead of a second, f32 copy).
+    pub fn has_rows(&self) -> bool {
+        matches!(self.weight, Weight::Rows(_) | Weight::Packed(_))
+    }
+
+    /// The weight's rows `ids` as f32 `[ids, in]` (embedding lookups); only where
+    /// [`Linear::has_rows`].
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let k = match &self.weight {
+            Weight::Rows(m) => m.cols(),
+            Weight::Packed(m) => m.cols(),
+            _ => candle_core::bail!("this weight's rows cannot be read"),
+        };
+        let mut out = vec![0f32; ids.len() * k];
+        for (row, &id) in out.chunks_exact_mut(k).zip(ids) {
+            let id = id as usize;
+            if id >= self.out_features {
+                candle_core::bail!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.out_features
+                );
+            }
+            match &self.weight {
+                Weight::Rows(m) => row.copy_from_slice(m.row(id)),
+                Weight::Packed(m) => m.row(id, row),
+                _ => {}
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), k), &candle_core::Device::Cpu)
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        match &self.weight {
+            Weight::Rows(m) => m.cols(),
+            Weight::Packed(m) => m.cols(),
+            Weight::Dense(t) => t.dims().get(1).copied().unwrap_or(0),
+            Weight::Quantized(QMatMul::QTensor(q)) => q.shape().dims().get(1).copied().unwrap_or(0),
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.dims().get(1).copied().unwrap_or(0)
+            }
+        }
+    }
+
     /// `x` `[tokens, in]` → `[tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            Weight::Rows(m) => m.matmul(x)?,
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Packed(m) => m.matmul(x)?,
             Weight::Quantized(q) => q.forward(x)?,

@@ -8,7 +8,7 @@
 //! - [`linear`]: dense or quantized projections;
 //! - [`rope`]: rotary embeddings (NeoX or interleaved pairs, Llama 3 scaling);
 //! - [`cache`]: a sequence's KV cache;
-//! - [`attention`]: attention over a cache (a CPU fast path for single-token decode);
+//! - [`attention`]: attention over a cache (CPU loops whose results do not depend on the batch);
 //! - [`decoder`]: the forward pass;
 //! - [`load`]: a model from a Hugging Face folder or a GGUF file, with clear errors;
 //! - [`fixture`]: tiny random-weight models of every family written to disk in both formats.

@@ -203,7 +203,7 @@ impl WeightSource for GgufWeights {
         Linear::quantized(w, b)
     }
 
-    /// Q8_0 (and Q4_0/Q5_0) matrices are stacked: one matmul quantizes the input once and
+    /// Matrices our kernels multiply are stacked: one matmul quantizes the input once and
     /// streams all of them in one pass.
     fn projections(&mut self, parts: &[Part], bias: bool) -> Result<Projections> {
         let weights: Vec<QTensor> =
@@ -212,7 +212,7 @@ impl WeightSource for GgufWeights {
             .iter()
             .map(|p| if bias { self.dense(*p, true).map(Some) } else { Ok(None) })
             .collect::<Result<_>>()?;
-        let stacked = crate::kernels::repack::stack_q8_0(&weights).ok().flatten();
+        let stacked = crate::kernels::repack::stack(&weights).ok().flatten();
         if let Some(stacked) = stacked {
             let bias = if bias {
                 Some(Tensor::cat(&biases.into_iter().flatten().collect::<Vec<_>>(), 0)?)

@@ -1,0 +1,176 @@
+//! Dense f32 weights times f32 activations, with every output computed by the same sequence
+//! of operations whatever the batch: `out[a][r]` is the dot of activation row `a` and weight
+//! row `r` in 8 lanes over `k`, then the lanes summed in a fixed order. A BLAS-style matmul
+//! blocks its reductions by the shape of the whole product (and switches to a different
+//! kernel for one row), so a sequence's logits would change with what else is in the step.
+
+use rayon::prelude::*;
+
+/// Weight rows per tile: read together while an activation row goes by.
+const TILE: usize = 4;
+
+/// Lanes of the dot products (one AVX2 register of f32).
+const LANES: usize = 8;
+
+/// Below this many multiply-adds a call stays on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// A dense weight matrix `[n, k]` (row-major, HF layout `[out, in]`).
+#[derive(Debug)]
+pub struct DenseMatrix {
+    n: usize,
+    k: usize,
+    w: Vec<f32>,
+}
+
+impl DenseMatrix {
+    /// `w` holds `n` rows of `k` values.
+    pub fn new(w: Vec<f32>, n: usize, k: usize) -> Option<Self> {
+        (w.len() == n * k && k > 0).then_some(Self { n, k, w })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.w.len() * 4
+    }
+
+    /// Row `r` of the weights (`k` values).
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.w[r * self.k..(r + 1) * self.k]
+    }
+
+    /// `out = x · Wᵀ` for row-major `x` `[m, k]` and `out` `[m, n]`.
+    pub fn matmul_slice(&self, x: &[f32], out: &mut [f32]) -> Result<(), String> {
+        let (n, k) = (self.n, self.k);
+        if !x.len().is_multiple_of(k) || out.len() != x.len() / k * n {
+            return Err(format!(
+                "kernels: x has {} values and out {} for a [{n}, {k}] weight",
+                x.len(),
+                out.len()
+            ));
+        }
+        let m = x.len() / k;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let threads = rayon::current_num_threads();
+        if m * n * k < PARALLEL_MIN_WORK || threads == 1 {
+            let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+            self.run_rows(0, n, x, &mut rows);
+            return Ok(());
+        }
+        let chunk = n.div_ceil(threads * 4).next_multiple_of(TILE);
+        let mut parts: Vec<Vec<&mut [f32]>> =
+            (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(m)).collect();
+        for row in out.chunks_exact_mut(n) {
+            for (part, piece) in parts.iter_mut().zip(row.chunks_mut(chunk)) {
+                part.push(piece);
+            }
+        }
+        parts.into_par_iter().enumerate().for_each(|(c, mut rows)| {
+            let start = c * chunk;
+            self.run_rows(start, (start + chunk).min(n), x, &mut rows);
+        });
+        Ok(())
+    }
+
+    fn run_rows(&self, start: usize, end: usize, x: &[f32], out: &mut [&mut [f32]]) {
+        let w = &self.w[start * self.k..end * self.k];
+        pulp::Arch::new().dispatch(Rows { w, k: self.k, x, out });
+    }
+}
+
+/// One thread's share as a `pulp` operation (a struct so it inlines into the dispatched
+/// `#[target_feature]` function; see `QuantMatrix`).
+struct Rows<'a, 'o, 's> {
+    w: &'a [f32],
+    k: usize,
+    x: &'a [f32],
+    out: &'o mut [&'s mut [f32]],
+}
+
+impl pulp::NullaryFnOnce for Rows<'_, '_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let k = self.k;
+        let rows = self.w.len() / k;
+        let mut r = 0;
+        while r < rows {
+            let take = if rows - r >= TILE { TILE } else { 1 };
+            let w = &self.w[r * k..(r + take) * k];
+            for (a, x) in self.x.chunks_exact(k).enumerate() {
+                let out = &mut self.out[a][r..r + take];
+                if take == TILE {
+                    out.copy_from_slice(&tile::<TILE>(w, x));
+                } else {
+                    out.copy_from_slice(&tile::<1>(w, x));
+                }
+            }
+            r += take;
+        }
+    }
+}
+
+/// Dots of `R` weight rows (`w`, `R × k`) with one activation row `x`; each row's result is
+/// the same bits for any `R`.
+#[inline(always)]
+fn tile<const R: usize>(w: &[f32], x: &[f32]) -> [f32; R] {
+    let k = x.len();
+    let body = k / LANES * LANES;
+    let mut acc = [[0f32; LANES]; R];
+    let (xc, _) = x[..body].as_chunks::<LANES>();
+    for (c, xv) in xc.iter().enumerate() {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let wv = &w[i * k + c * LANES..][..LANES];
+            for l in 0..LANES {
+                acc[l] += xv[l] * wv[l];
+            }
+        }
+    }
+    std::array::from_fn(|i| {
+        let lanes = acc[i];
+        let pairs =
+            [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+        let mut sum = (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]);
+        for j in body..k {
+            sum += x[j] * w[i * k + j];
+        }
+        sum
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every output row is the same bits whether computed alone or in a batch of any size,
+    /// on one thread or many.
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        let (n, k) = (4 * 37 + 3, 203);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let m = DenseMatrix::new(w.clone(), n, k).expect("shape");
+        let x: Vec<f32> =
+            (0..64 * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-2).collect();
+        let mut all = vec![0f32; 64 * n];
+        m.matmul_slice(&x, &mut all).expect("matmul");
+        for a in [0, 5, 63] {
+            let mut one = vec![0f32; n];
+            m.matmul_slice(&x[a * k..(a + 1) * k], &mut one).expect("matmul");
+            assert_eq!(one, all[a * n..(a + 1) * n], "row {a}");
+        }
+        for (r, got) in all[..n].iter().enumerate() {
+            let want: f64 = (0..k).map(|j| f64::from(x[j]) * f64::from(w[r * k + j])).sum();
+            assert!((f64::from(*got) - want).abs() < 1e-3 * want.abs().max(1.0), "{got} vs {want}");
+        }
+    }
+}

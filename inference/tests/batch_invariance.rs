@@ -1,0 +1,170 @@
+//! Batch invariance: a sequence's tokens (greedy, and seeded sampling at temperature 0.9) are
+//! bitwise the same whether it runs alone or among 32 others, beside other sequences' prompt
+//! chunks, on one rayon thread or several, and while other threads load the CPU. Checked for
+//! every weight path: dense f32, our quantized kernels (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and
+//! candle's (Q4_K).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use fleet_inference::engine::{Engine, EngineOptions, TokenEvent, TokenRequest};
+use fleet_inference::sampling::SamplingParams;
+use fleet_inference::transformer::load::load_gguf;
+use fleet_inference::transformer::{Decoder, Family, StepInput, fixture, greedy};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const NEW: usize = 10;
+const SEQUENCES: usize = 32;
+
+fn write_model(dtype: GgmlDType) -> Result<std::path::PathBuf> {
+    let cfg = fixture::quantizable_config(Family::Qwen2);
+    let path = std::env::temp_dir()
+        .join(format!("fleet-invariance-{dtype:?}-{}.gguf", std::process::id()));
+    fixture::write_gguf(&path, &cfg, &fixture::random_weights(&cfg)?, dtype, &[])?;
+    Ok(path)
+}
+
+fn prompts(vocab: u32) -> Vec<Vec<u32>> {
+    (0..SEQUENCES as u32)
+        .map(|i| (0..1 + (i * 7) % 23).map(|j| (i * 31 + j * 17 + 3) % vocab).collect())
+        .collect()
+}
+
+/// Odd sequences sample with a seed at temperature 0.9; even ones are greedy.
+fn request(i: usize, prompt: &[u32]) -> TokenRequest {
+    let sampling = if i % 2 == 1 {
+        SamplingParams {
+            temperature: 0.9,
+            top_p: Some(0.95),
+            seed: Some(100 + i as u64),
+            ..Default::default()
+        }
+    } else {
+        SamplingParams::default()
+    };
+    TokenRequest {
+        prompt: prompt.to_vec(),
+        max_tokens: NEW,
+        stop_tokens: vec![],
+        sampling,
+        logprobs: None,
+    }
+}
+
+async fn tokens(mut events: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            TokenEvent::Token(t) => out.push(t),
+            TokenEvent::Done { .. } => return Ok(out),
+            TokenEvent::Error(e) => return Err(e.into()),
+            TokenEvent::Logprobs(_) => {}
+        }
+    }
+    Err("the engine stopped".into())
+}
+
+/// Greedy tokens of `prompt` fed whole, then one token per step, on the calling thread's pool.
+fn alone(model: &Decoder, prompt: &[u32]) -> Result<Vec<u32>> {
+    let mut cache = model.new_cache(prompt.len() + NEW);
+    let mut out = Vec::new();
+    let mut next = greedy(&model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?)?[0];
+    while out.len() < NEW {
+        out.push(next);
+        next = greedy(&model.step(&mut [StepInput { tokens: &[next], cache: &mut cache }])?)?[0];
+    }
+    Ok(out)
+}
+
+/// Threads that keep every core busy until dropped.
+struct Contention(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Contention {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        Self(stop, threads)
+    }
+}
+
+impl Drop for Contention {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn check(dtype: GgmlDType) -> Result<()> {
+    let path = write_model(dtype)?;
+    let (solo_model, _) = load_gguf(&path, &Device::Cpu)?;
+    let (batch_model, _) = load_gguf(&path, &Device::Cpu)?;
+    let (one_thread_model, _) = load_gguf(&path, &Device::Cpu)?;
+    std::fs::remove_file(&path)?;
+    let prompts = prompts(solo_model.config().vocab_size as u32);
+
+    // Alone: one sequence at a time, the whole prompt in one chunk.
+    let solo_engine = Engine::start(
+        solo_model,
+        EngineOptions { max_sequences: 1, prefill_chunk: 512, ..Default::default() },
+    )?;
+    let mut solo = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        solo.push(tokens(solo_engine.generate(request(i, p))).await?);
+    }
+
+    // Batched: all 32 at once, prompts in chunks of 5 beside other sequences' decodes, while
+    // other threads load every core.
+    let batch_engine = Engine::start(
+        batch_model,
+        EngineOptions { max_sequences: 64, prefill_chunk: 5, ..Default::default() },
+    )?;
+    let busy = Contention::start();
+    let receivers: Vec<_> =
+        prompts.iter().enumerate().map(|(i, p)| batch_engine.generate(request(i, p))).collect();
+    let batched = futures::future::try_join_all(receivers.into_iter().map(tokens)).await?;
+    drop(busy);
+    for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
+        assert_eq!(b, s, "{dtype:?}: sequence {i} differs batched from alone");
+    }
+
+    // One rayon thread instead of several (greedy sequences).
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    for (i, p) in prompts.iter().enumerate().step_by(2).take(4) {
+        let one = pool.install(|| alone(&one_thread_model, p).map_err(|e| e.to_string()))?;
+        assert_eq!(one, solo[i], "{dtype:?}: sequence {i} differs on one thread");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_do_not_depend_on_the_batch_threads_or_load() -> Result<()> {
+    for dtype in [
+        GgmlDType::F32,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+    ] {
+        check(dtype).await?;
+    }
+    Ok(())
+}
