@@ -54,10 +54,23 @@ impl QuantActs {
     }
 
     /// Row `a`'s blocks, absolute values, scales and sums.
-    pub fn row(&self, a: usize) -> (&[[i8; QK]], &[[i8; QK]], &[f32], &[f32]) {
+    pub fn row(&self, a: usize) -> ActRow<'_> {
         let r = a * self.k / QK..(a + 1) * self.k / QK;
-        (&self.qs[r.clone()], &self.abs[r.clone()], &self.d[r.clone()], &self.sums[r])
+        ActRow {
+            qs: &self.qs[r.clone()],
+            abs: &self.abs[r.clone()],
+            d: &self.d[r.clone()],
+            sums: &self.sums[r],
+        }
     }
+}
+
+/// One activation row of [`QuantActs`].
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [[i8; QK]],
+    pub abs: &'a [[i8; QK]],
+    pub d: &'a [f32],
+    pub sums: &'a [f32],
 }
 
 fn quantize_blocks(xs: &[[f32; QK]], qs: &mut [[i8; QK]], ds: &mut [f32]) {
@@ -130,7 +143,7 @@ mod tests {
     fn quantized_values_match_candle_rounding() {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
         let q = super::QuantActs::new(&x, 64);
-        let (qs, abs, d, _) = q.row(0);
+        let super::ActRow { qs, abs, d, .. } = q.row(0);
         for (b, block) in x.chunks_exact(32).enumerate() {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
             assert_eq!(d[b], amax / 127.0);

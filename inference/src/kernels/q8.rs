@@ -192,7 +192,8 @@ fn run_tile<K: Q8Kernel, const R: usize>(
         mn.copy_from_slice(m);
     }
     for a in t.acts_range.clone() {
-        let (x, ax, sx, xs) = t.acts.row(a);
+        let row = t.acts.row(a);
+        let (x, ax, sx, xs) = (row.qs, row.abs, row.d, row.sums);
         for ((c, w), &x) in sc.iter_mut().zip(sw).zip(sx) {
             *c = w.map(|w| w * x);
         }

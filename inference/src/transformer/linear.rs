@@ -9,11 +9,11 @@ use crate::kernels::{DenseMatrix, QuantMatrix};
 #[derive(Debug)]
 pub enum Weight {
     /// Dense weights on the CPU, through our batch-invariant kernel.
-    Rows(DenseMatrix),
+    Rows(Box<DenseMatrix>),
     /// Dense weights elsewhere (candle's matmul).
     Dense(Tensor),
     /// GGUF blocks our kernels multiply (Q8_0 on the CPU).
-    Packed(QuantMatrix),
+    Packed(Box<QuantMatrix>),
     /// Other GGUF blocks, multiplied by candle's quantized matmul.
     Quantized(QMatMul),
 }
@@ -29,7 +29,7 @@ impl Linear {
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.dim(0)?;
         let weight = match DenseMatrix::from_tensor(&weight)? {
-            Some(rows) => Weight::Rows(rows),
+            Some(rows) => Weight::Rows(Box::new(rows)),
             None => Weight::Dense(weight),
         };
         Ok(Self { weight, bias, out_features })
@@ -45,7 +45,7 @@ impl Linear {
                 crate::kernels::repack::to_q8_0(&weight).and_then(|q| QuantMatrix::from_qtensor(&q))
             });
             if let Ok(packed) = packed {
-                return Ok(Self { weight: Weight::Packed(packed), bias, out_features });
+                return Ok(Self { weight: Weight::Packed(Box::new(packed)), bias, out_features });
             }
         }
         let weight = match QMatMul::from_qtensor(weight)? {
