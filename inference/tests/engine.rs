@@ -69,8 +69,17 @@ async fn staggered_requests_produce_their_solo_tokens() -> Result<()> {
             sampling: Default::default(),
             logprobs: None,
         });
-        runs.push(tokio::spawn(collect(events)));
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        // The next request arrives once this one has produced its first token: each joins
+        // a batch already running, at a different step (an observable condition, not a sleep).
+        let mut events = events;
+        let first = events.recv().await;
+        runs.push(tokio::spawn(async move {
+            let (mut tokens, end) = collect(events).await;
+            if let Some(TokenEvent::Token(t)) = first {
+                tokens.insert(0, t);
+            }
+            (tokens, end)
+        }));
     }
     for (i, run) in runs.into_iter().enumerate() {
         let (tokens, end) = run.await?;
