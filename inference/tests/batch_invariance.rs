@@ -12,7 +12,7 @@ use candle_core::quantized::GgmlDType;
 use fleet_inference::engine::{Engine, EngineOptions, TokenEvent, TokenRequest};
 use fleet_inference::sampling::SamplingParams;
 use fleet_inference::transformer::load::load_gguf;
-use fleet_inference::transformer::{Decoder, Family, StepInput, fixture, greedy};
+use fleet_inference::transformer::{Family, fixture};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -65,18 +65,6 @@ async fn tokens(mut events: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) ->
         }
     }
     Err("the engine stopped".into())
-}
-
-/// Greedy tokens of `prompt` fed whole, then one token per step, on the calling thread's pool.
-fn alone(model: &Decoder, prompt: &[u32]) -> Result<Vec<u32>> {
-    let mut cache = model.new_cache(prompt.len() + NEW);
-    let mut out = Vec::new();
-    let mut next = greedy(&model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?)?[0];
-    while out.len() < NEW {
-        out.push(next);
-        next = greedy(&model.step(&mut [StepInput { tokens: &[next], cache: &mut cache }])?)?[0];
-    }
-    Ok(out)
 }
 
 /// Threads that keep every core busy until dropped.
@@ -147,7 +135,9 @@ async fn check(dtype: GgmlDType) -> Result<()> {
     // One rayon thread instead of several (greedy sequences).
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     for (i, p) in prompts.iter().enumerate().step_by(2).take(4) {
-        let one = pool.install(|| alone(&one_thread_model, p).map_err(|e| e.to_string()))?;
+        let one = pool.install(|| {
+            fixture::greedy_alone(&one_thread_model, p, NEW).map_err(|e| e.to_string())
+        })?;
         assert_eq!(one, solo[i], "{dtype:?}: sequence {i} differs on one thread");
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use fleet_inference::engine::{Engine, EngineOptions, Finish, TokenEvent, TokenRequest};
 use fleet_inference::transformer::load::load_hf_dir;
-use fleet_inference::transformer::{Decoder, Family, StepInput, fixture, greedy};
+use fleet_inference::transformer::{Decoder, Family, StepInput, fixture};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -27,14 +27,7 @@ fn model(name: &str) -> Result<Decoder> {
 }
 
 fn alone(model: &Decoder, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-    let mut cache = model.new_cache(prompt.len() + n);
-    let mut out = Vec::new();
-    let mut next = greedy(&model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?)?[0];
-    while out.len() < n {
-        out.push(next);
-        next = greedy(&model.step(&mut [StepInput { tokens: &[next], cache: &mut cache }])?)?[0];
-    }
-    Ok(out)
+    Ok(fixture::greedy_alone(model, prompt, n)?)
 }
 
 async fn collect(

@@ -19,6 +19,14 @@ use super::q8::{Block, Nibbles, Q8Kernel, Unsigned};
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2(pub V3);
 
+/// `acc + scale · (the 16 i16 pair sums widened to 8 i32 and converted)`: one block's dot
+/// product, scaled, into the f32 accumulator.
+#[inline(always)]
+fn scaled_sum(s: V3, p16: __m256i, ones: __m256i, scale: f32, acc: __m256) -> __m256 {
+    let p32 = s.avx2._mm256_madd_epi16(p16, ones);
+    s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), s.avx._mm256_set1_ps(scale), acc)
+}
+
 /// A block's 32 values in one register, in element order.
 pub(crate) trait WideLoad {
     fn load(&self, s: V3) -> __m256i;
@@ -65,9 +73,7 @@ impl Q8Kernel for Avx2 {
                 // |x| · (w · sign x): the unsigned operand of maddubs is the activation's, so
                 // only one sign per pair; pair sums stay below 2·127·128 < i16::MAX.
                 let p16 = s.avx2._mm256_maddubs_epi16(axv, s.avx2._mm256_sign_epi8(wv, xv));
-                let p32 = s.avx2._mm256_madd_epi16(p16, ones);
-                let scale = s.avx._mm256_set1_ps(sc[b][i]);
-                acc[i] = s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), scale, acc[i]);
+                acc[i] = scaled_sum(s, p16, ones, sc[b][i], acc[i]);
             }
         }
         acc.map(|v| pulp::cast::<__m256, [f32; 8]>(v).iter().sum())
@@ -93,9 +99,7 @@ impl Q8Kernel for Avx2 {
             for i in 0..R {
                 let wv = w[b][i].load(s);
                 let p16 = s.avx2._mm256_maddubs_epi16(wv, xv);
-                let p32 = s.avx2._mm256_madd_epi16(p16, ones);
-                let scale = s.avx._mm256_set1_ps(sc[b][i]);
-                acc[i] = s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), scale, acc[i]);
+                acc[i] = scaled_sum(s, p16, ones, sc[b][i], acc[i]);
                 off[i] += mn[b][i] * xs[b];
             }
         }

@@ -4,16 +4,11 @@
 //! blocks its reductions by the shape of the whole product (and switches to a different
 //! kernel for one row), so a sequence's logits would change with what else is in the step.
 
-use rayon::prelude::*;
-
 /// Weight rows per tile: read together while an activation row goes by.
 const TILE: usize = 4;
 
 /// Lanes of the dot products (one AVX2 register of f32).
 const LANES: usize = 8;
-
-/// Below this many multiply-adds a call stays on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// A dense weight matrix `[n, k]` (row-major, HF layout `[out, in]`).
 #[derive(Debug)]
@@ -60,29 +55,12 @@ impl DenseMatrix {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let threads = rayon::current_num_threads();
-        if m * n * k < PARALLEL_MIN_WORK || threads == 1 {
-            let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
-            self.run_rows(0, n, x, &mut rows);
-            return Ok(());
-        }
-        let chunk = n.div_ceil(threads * 4).next_multiple_of(TILE);
-        let mut parts: Vec<Vec<&mut [f32]>> =
-            (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(m)).collect();
-        for row in out.chunks_exact_mut(n) {
-            for (part, piece) in parts.iter_mut().zip(row.chunks_mut(chunk)) {
-                part.push(piece);
-            }
-        }
-        parts.into_par_iter().enumerate().for_each(|(c, mut rows)| {
-            let start = c * chunk;
-            self.run_rows(start, (start + chunk).min(n), x, &mut rows);
-        });
+        super::split_rows(out, n, m * n * k, TILE, |rows, out| self.run_rows(rows, x, out));
         Ok(())
     }
 
-    fn run_rows(&self, start: usize, end: usize, x: &[f32], out: &mut [&mut [f32]]) {
-        let w = &self.w[start * self.k..end * self.k];
+    fn run_rows(&self, rows: std::ops::Range<usize>, x: &[f32], out: &mut [&mut [f32]]) {
+        let w = &self.w[rows.start * self.k..rows.end * self.k];
         pulp::Arch::new().dispatch(Rows { w, k: self.k, x, out });
     }
 }

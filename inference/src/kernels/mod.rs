@@ -117,6 +117,39 @@ fn decode(dtype: GgmlDType, b: &[u8]) -> Decoded {
     }
 }
 
+/// Runs `run(weight_rows, out)` over the output columns `0..n` of `out` (`[m, n]` row-major):
+/// on the calling thread for small products (`work` multiply-adds), else in chunks of
+/// multiples of `tile` rows across rayon's threads, a few chunks per thread so a thread
+/// slowed by other work is helped by the rest. `out` gets one slice per activation row.
+/// Chunks start at multiples of `tile`, so every weight row goes through the same tile
+/// path whatever the thread count.
+fn split_rows(
+    out: &mut [f32],
+    n: usize,
+    work: usize,
+    tile: usize,
+    run: impl Fn(std::ops::Range<usize>, &mut [&mut [f32]]) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    if work < PARALLEL_MIN_WORK || threads == 1 {
+        let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+        return run(0..n, &mut rows);
+    }
+    let chunk = n.div_ceil(threads * 4).next_multiple_of(tile);
+    let m = out.len() / n;
+    let mut parts: Vec<Vec<&mut [f32]>> =
+        (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(m)).collect();
+    for row in out.chunks_exact_mut(n) {
+        for (part, piece) in parts.iter_mut().zip(row.chunks_mut(chunk)) {
+            part.push(piece);
+        }
+    }
+    parts.into_par_iter().enumerate().for_each(|(c, mut rows)| {
+        let start = c * chunk;
+        run(start..(start + chunk).min(n), &mut rows);
+    });
+}
+
 /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU) through `kernel` on slices: shape `[.., n]`.
 fn matmul_tensor(
     x: &Tensor,
@@ -305,25 +338,7 @@ impl QuantMatrix {
             return Ok(());
         }
         let acts = QuantActs::new(x, k);
-        let threads = rayon::current_num_threads();
-        if m * n * k < PARALLEL_MIN_WORK || threads == 1 {
-            let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
-            self.run_rows(0..n, &acts, &mut rows);
-            return Ok(());
-        }
-        // A few chunks per thread so a thread slowed by other work is helped by the rest.
-        let chunk = n.div_ceil(threads * 4).next_multiple_of(TILE);
-        let mut parts: Vec<Vec<&mut [f32]>> =
-            (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(m)).collect();
-        for row in out.chunks_exact_mut(n) {
-            for (part, piece) in parts.iter_mut().zip(row.chunks_mut(chunk)) {
-                part.push(piece);
-            }
-        }
-        parts.into_par_iter().enumerate().for_each(|(c, mut rows)| {
-            let start = c * chunk;
-            self.run_rows(start..(start + chunk).min(n), &acts, &mut rows);
-        });
+        split_rows(out, n, m * n * k, TILE, |rows, out| self.run_rows(rows, &acts, out));
         Ok(())
     }
 

@@ -274,3 +274,20 @@ fn llama3_factors(cfg: &DecoderConfig) -> Result<QTensor> {
     let n = factors.len();
     QTensor::quantize(&Tensor::from_vec(factors, n, &Device::Cpu)?, GgmlDType::F32)
 }
+
+/// The `n` greedy tokens `model` gives `prompt` on its own: the prompt in one step, then one
+/// token per step. What tests compare batched runs against.
+pub fn greedy_alone(model: &super::Decoder, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    use super::StepInput;
+    let mut cache = model.new_cache(prompt.len() + n);
+    let mut out = Vec::with_capacity(n);
+    let mut next =
+        super::greedy(&model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?)?[0];
+    while out.len() < n {
+        out.push(next);
+        next =
+            super::greedy(&model.step(&mut [StepInput { tokens: &[next], cache: &mut cache }])?)?
+                [0];
+    }
+    Ok(out)
+}
