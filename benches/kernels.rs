@@ -1,8 +1,10 @@
 //! Quantized matmul kernels: `fleet_inference::kernels::QuantMatrix` against candle's
-//! `QMatMul` and candle's f32 matmul, on Qwen2.5-0.5B shapes with Q8_0 weights, for 1, 8, 32
-//! and 512 activation rows; median time per call and the implied weight streaming rate.
+//! `QMatMul` and candle's f32 matmul, on Qwen2.5-0.5B shapes with Q8_0 weights (or another
+//! GGUF type), for 1, 8, 32 and 512 activation rows; median time per call and the implied
+//! weight streaming rate. The k-quants need `k` to be a multiple of 256, so they run on
+//! `[896, 4864]` and `[4864, 1024]`.
 //!
-//! `cargo bench -p fleet-benches --bench kernels [-- --quick]`
+//! `cargo bench -p fleet-benches --bench kernels [-- --quick] [--dtype q4k]`
 //!
 //! Each call uses the next of several copies of the weights (≥ 96 MB of them, more than the
 //! L3 cache), so weights come from DRAM as in a real decode step over 24 layers.
@@ -35,16 +37,31 @@ fn time<T>(budget: Duration, mut f: impl FnMut(usize) -> candle_core::Result<T>)
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    use GgmlDType::*;
+    let known = [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K];
+    let dtype = match args.iter().position(|a| a == "--dtype").and_then(|i| args.get(i + 1)) {
+        Some(name) => *known
+            .iter()
+            .find(|d| format!("{d:?}").eq_ignore_ascii_case(name))
+            .ok_or_else(|| anyhow::anyhow!("--dtype {name}: one of {known:?}"))?,
+        None => Q8_0,
+    };
     let budget = Duration::from_millis(if quick { 300 } else { 1500 });
     let d = &Device::Cpu;
-    println!("threads: {} (RAYON_NUM_THREADS to change)", rayon_threads());
+    println!("threads: {} (RAYON_NUM_THREADS to change), weights {dtype:?}", rayon_threads());
     println!(
         "| weight [n×k] | m | ours ms | candle QMatMul ms | candle f32 ms | ours GB/s | vs QMatMul | vs f32 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (n, k) in [(4864, 896), (896, 4864), (151_936, 896)] {
-        let q8_bytes = n * k / 32 * 34;
+    let shapes: &[(usize, usize)] = if dtype.block_size() == 256 {
+        &[(896, 4864), (4864, 1024)]
+    } else {
+        &[(4864, 896), (896, 4864), (151_936, 896)]
+    };
+    for &(n, k) in shapes {
+        let q8_bytes = n * k / dtype.block_size() * dtype.type_size();
         let copies = ROTATE_BYTES.div_ceil(q8_bytes).max(1);
         let f32_copies = ROTATE_BYTES.div_ceil(n * k * 4).max(1);
         let mut ours = Vec::new();
@@ -53,7 +70,7 @@ fn main() -> Result<()> {
         for c in 0..copies.max(f32_copies) {
             let w = Tensor::randn(0f32, 0.02, (n, k), d)?;
             if c < copies {
-                let qt = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+                let qt = QTensor::quantize(&w, dtype)?;
                 ours.push(QuantMatrix::from_qtensor(&qt)?);
                 theirs.push(QMatMul::from_qtensor(qt)?);
             }

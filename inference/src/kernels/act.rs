@@ -11,13 +11,15 @@ pub(crate) const QK: usize = 32;
 
 /// `m` rows of `k` activations as int8 blocks, their absolute values (the unsigned operand
 /// of the AVX2 dot, computed once here instead of once per weight row), one f32 scale per
-/// block and each block's sum `d·Σq` (for weights with offsets).
+/// block, and each block's and half-block's sums `d·Σq` (for weights with offsets per 32
+/// or per 16 values).
 pub(crate) struct QuantActs {
     pub k: usize,
     pub qs: Vec<[i8; QK]>,
     pub abs: Vec<[i8; QK]>,
     pub d: Vec<f32>,
     pub sums: Vec<f32>,
+    pub half_sums: Vec<f32>,
 }
 
 impl QuantActs {
@@ -41,12 +43,15 @@ impl QuantActs {
         for (a, q) in abs.iter_mut().zip(&qs) {
             *a = q.map(i8::unsigned_abs).map(|v| v as i8);
         }
-        let sums = qs
-            .iter()
-            .zip(&d)
-            .map(|(q, d)| q.iter().map(|&v| i32::from(v)).sum::<i32>() as f32 * d)
-            .collect();
-        Self { k, qs, abs, d, sums }
+        let mut sums = Vec::with_capacity(blocks);
+        let mut half_sums = Vec::with_capacity(2 * blocks);
+        for (q, d) in qs.iter().zip(&d) {
+            let sum = |r: std::ops::Range<usize>| q[r].iter().map(|&v| i32::from(v)).sum::<i32>();
+            let (a, b) = (sum(0..QK / 2), sum(QK / 2..QK));
+            sums.push((a + b) as f32 * d);
+            half_sums.extend([a as f32 * d, b as f32 * d]);
+        }
+        Self { k, qs, abs, d, sums, half_sums }
     }
 
     pub fn rows(&self) -> usize {
@@ -60,7 +65,8 @@ impl QuantActs {
             qs: &self.qs[r.clone()],
             abs: &self.abs[r.clone()],
             d: &self.d[r.clone()],
-            sums: &self.sums[r],
+            sums: &self.sums[r.clone()],
+            half_sums: &self.half_sums[2 * r.start..2 * r.end],
         }
     }
 }
@@ -70,7 +76,17 @@ pub(crate) struct ActRow<'a> {
     pub qs: &'a [[i8; QK]],
     pub abs: &'a [[i8; QK]],
     pub d: &'a [f32],
-    pub sums: &'a [f32],
+    sums: &'a [f32],
+    half_sums: &'a [f32],
+}
+
+impl ActRow<'_> {
+    /// Each block's sum (`H = 1`) or its halves' sums (`H = 2`).
+    #[inline(always)]
+    pub fn sums<const H: usize>(&self) -> &[[f32; H]] {
+        let sums = if H == 1 { self.sums } else { self.half_sums };
+        sums.as_chunks::<H>().0
+    }
 }
 
 fn quantize_blocks(xs: &[[f32; QK]], qs: &mut [[i8; QK]], ds: &mut [f32]) {

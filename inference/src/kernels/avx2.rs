@@ -20,11 +20,24 @@ use super::q8::{Block, Nibbles, Q8Kernel, Unsigned};
 pub(crate) struct Avx2(pub V3);
 
 /// `acc + scale · (the 16 i16 pair sums widened to 8 i32 and converted)`: one block's dot
-/// product, scaled, into the f32 accumulator.
+/// product, scaled, into the f32 accumulator. Lane `l` of the widened sums covers values
+/// `4l..4l + 4`, so with two scales (one per 16 values) the low four lanes take the first.
 #[inline(always)]
-fn scaled_sum(s: V3, p16: __m256i, ones: __m256i, scale: f32, acc: __m256) -> __m256 {
+fn scaled_sum<const H: usize>(
+    s: V3,
+    p16: __m256i,
+    ones: __m256i,
+    scale: [f32; H],
+    acc: __m256,
+) -> __m256 {
     let p32 = s.avx2._mm256_madd_epi16(p16, ones);
-    s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), s.avx._mm256_set1_ps(scale), acc)
+    let scale = if H == 1 {
+        s.avx._mm256_set1_ps(scale[0])
+    } else {
+        let (a, b) = (scale[0], scale[H - 1]);
+        s.avx._mm256_setr_ps(a, a, a, a, b, b, b, b)
+    };
+    s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), scale, acc)
 }
 
 /// A block's 32 values in one register, in element order.
@@ -52,10 +65,10 @@ impl WideLoad for Nibbles {
 
 impl Q8Kernel for Avx2 {
     #[inline(always)]
-    fn tile<const R: usize>(
+    fn tile<const R: usize, const H: usize>(
         self,
         w: &[[Block; R]],
-        sc: &[[f32; R]],
+        sc: &[[[f32; H]; R]],
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R] {
@@ -80,13 +93,13 @@ impl Q8Kernel for Avx2 {
     }
 
     #[inline(always)]
-    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
+    fn tile_offset<const R: usize, const H: usize, U: Unsigned + WideLoad>(
         self,
         w: &[[U; R]],
-        sc: &[[f32; R]],
-        mn: &[[f32; R]],
+        sc: &[[[f32; H]; R]],
+        mn: &[[[f32; H]; R]],
         x: &[Block],
-        xs: &[f32],
+        xs: &[[f32; H]],
     ) -> [f32; R] {
         let s = self.0;
         let kb = w.len();
@@ -100,7 +113,9 @@ impl Q8Kernel for Avx2 {
                 let wv = w[b][i].load(s);
                 let p16 = s.avx2._mm256_maddubs_epi16(wv, xv);
                 acc[i] = scaled_sum(s, p16, ones, sc[b][i], acc[i]);
-                off[i] += mn[b][i] * xs[b];
+                for h in 0..H {
+                    off[i] += mn[b][i][h] * xs[b][h];
+                }
             }
         }
         std::array::from_fn(|i| pulp::cast::<__m256, [f32; 8]>(acc[i]).iter().sum::<f32>() + off[i])

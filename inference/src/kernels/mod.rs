@@ -1,19 +1,21 @@
 //! Fast CPU matmuls whose every output is computed the same way whatever the batch.
 //!
 //! [`QuantMatrix`] repacks a candle [`QTensor`] (HF layout `[n, k]`, i.e. `[out, in]`) into
-//! separate value and f16-scale arrays, four rows interleaved by block, at about the GGUF
-//! file's size (4-bit values stay 4-bit), no f32 copy. A matmul quantizes the activation rows
+//! blocks of 32 values with their scales ([`blocks`]), four rows interleaved by block, at
+//! about the GGUF file's size (4-bit values stay 4-bit), no f32 copy. A matmul quantizes the activation rows
 //! once ([`act`]), then splits the `n` output rows across rayon's threads; each thread keeps
 //! a 4-row weight tile in L1 while the activation rows go by ([`q8`]), so the weights are
 //! read from memory once per call however many sequences are batched (up to ~256 KB of
-//! activations per pass). Supported: [`SUPPORTED`] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). Other
-//! dtypes are an [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
+//! activations per pass). Supported: [`SUPPORTED`] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the
+//! k-quants Q2_K to Q6_K). Other dtypes are an [`Error::UnsupportedWeights`] so the caller
+//! keeps candle's `QMatMul`.
 //!
 //! [`DenseMatrix`] does the same for f32 weights ([`dense`]).
 
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod blocks;
 mod dense;
 mod q8;
 pub mod repack;
@@ -24,8 +26,9 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 use act::{QK, QuantActs};
+use blocks::{Decoded, Vals};
 pub use dense::DenseMatrix;
-use q8::{Block, Nibbles, QRows, TILE, Unsigned, Values};
+use q8::{Block, Nibbles, QRows, Scales, TILE, Unsigned, Values};
 
 /// A quantized weight matrix `[n, k]` ready for [`QuantMatrix::matmul`].
 #[derive(Debug)]
@@ -36,10 +39,12 @@ pub struct QuantMatrix {
     dtype: GgmlDType,
     /// `n × k/32` blocks of values, in tiles of rows (see [`q8::Values`]).
     values: Stored,
-    /// The blocks' f16 scales (raw bits), in the same order.
-    d: Vec<u16>,
-    /// The blocks' f16 offsets for unsigned values (empty for signed ones).
-    m: Vec<u16>,
+    /// The blocks' scales, [`QuantMatrix::halves`] per block, in the same order.
+    d: StoredScales,
+    /// The blocks' offsets for unsigned values (empty for signed ones), like `d`.
+    m: StoredScales,
+    /// Scales per block: 2 for k-quants with a scale per 16 values.
+    halves: usize,
 }
 
 /// How the values are held (see [`q8::Values`]).
@@ -50,72 +55,66 @@ enum Stored {
     Nibbles(Vec<Nibbles>),
 }
 
-/// Bytes of one GGUF block of each type this module reads.
-fn block_bytes(dtype: GgmlDType) -> Option<usize> {
-    Some(match dtype {
-        GgmlDType::Q8_0 => 2 + QK,
-        GgmlDType::Q4_0 => 2 + QK / 2,
-        GgmlDType::Q4_1 => 4 + QK / 2,
-        GgmlDType::Q5_0 => 2 + 4 + QK / 2,
-        GgmlDType::Q5_1 => 4 + 4 + QK / 2,
-        _ => return None,
-    })
+/// Scales as the file has them (f16 bits) or as the k-quants' f32 products.
+#[derive(Debug)]
+enum StoredScales {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+impl StoredScales {
+    fn new(f16: bool) -> Self {
+        if f16 { Self::F16(Vec::new()) } else { Self::F32(Vec::new()) }
+    }
+
+    fn push(&mut self, v: f32) {
+        match self {
+            // Exact: the classic types' scales and offsets are f16 values.
+            Self::F16(s) => s.push(half::f16::from_f32(v).to_bits()),
+            Self::F32(s) => s.push(v),
+        }
+    }
+
+    fn all(&self) -> Scales<'_> {
+        match self {
+            Self::F16(s) => Scales::F16(s),
+            Self::F32(s) => Scales::F32(s),
+        }
+    }
+
+    fn slice(&self, r: std::ops::Range<usize>) -> Scales<'_> {
+        match self {
+            Self::F16(s) if s.is_empty() => Scales::F16(&[]),
+            Self::F32(s) if s.is_empty() => Scales::F32(&[]),
+            Self::F16(s) => Scales::F16(&s[r]),
+            Self::F32(s) => Scales::F32(&s[r]),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F16(s) => s.len() * 2,
+            Self::F32(s) => s.len() * 4,
+        }
+    }
 }
 
 /// The GGUF types [`QuantMatrix`] multiplies.
-pub const SUPPORTED: [GgmlDType; 5] =
-    [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+pub const SUPPORTED: [GgmlDType; 10] = [
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
 
 /// Below this many multiply-adds a call stays on the calling thread (rayon costs a few µs).
 const PARALLEL_MIN_WORK: usize = 1 << 18;
-
-/// One GGUF block decoded: scale, offset (f16 bits; `None` for signed values) and values.
-enum Decoded {
-    Signed(u16, Block),
-    Bytes(u16, u16, Block),
-    Nibbles(u16, u16, Nibbles),
-}
-
-fn f16_bits(b: &[u8]) -> u16 {
-    u16::from_le_bytes([b[0], b[1]])
-}
-
-/// The 5-bit values of a Q5 block: low nibbles `qs`, fifth bits `qh` (value `j`'s in bit `j`).
-fn five_bits(qh: &[u8], qs: &[u8]) -> [u8; QK] {
-    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
-    std::array::from_fn(|j| {
-        let low = if j < QK / 2 { qs[j] & 0x0F } else { qs[j - QK / 2] >> 4 };
-        low | (((qh >> j) & 1) as u8) << 4
-    })
-}
-
-fn decode(dtype: GgmlDType, b: &[u8]) -> Decoded {
-    match dtype {
-        // -128 never comes out of llama.cpp's or candle's Q8_0 quantizer (|w/d| ≤ 127);
-        // clamping it keeps `sign(w, x)` in the AVX2 dot from overflowing.
-        GgmlDType::Q8_0 => {
-            Decoded::Signed(f16_bits(b), std::array::from_fn(|i| (b[2 + i] as i8).max(-127)))
-        }
-        GgmlDType::Q4_0 => {
-            // w = d·(q - 8) = d·q + (-8·d); -8·d is exact in f16 (a power-of-two multiple).
-            let d = half::f16::from_bits(f16_bits(b));
-            let m = half::f16::from_f32(-8.0 * d.to_f32()).to_bits();
-            Decoded::Nibbles(d.to_bits(), m, std::array::from_fn(|i| b[2 + i]))
-        }
-        GgmlDType::Q4_1 => {
-            Decoded::Nibbles(f16_bits(b), f16_bits(&b[2..]), std::array::from_fn(|i| b[4 + i]))
-        }
-        // Q5_0 values fit int8 after their offset of 16: signed, no offset term.
-        GgmlDType::Q5_0 => {
-            Decoded::Signed(f16_bits(b), five_bits(&b[2..6], &b[6..]).map(|v| v as i8 - 16))
-        }
-        _ => Decoded::Bytes(
-            f16_bits(b),
-            f16_bits(&b[2..]),
-            five_bits(&b[4..8], &b[8..]).map(|v| v as i8),
-        ),
-    }
-}
 
 /// Runs `run(weight_rows, out)` over the output columns `0..n` of `out` (`[m, n]` row-major):
 /// on the calling thread for small products (`work` multiply-adds), else in chunks of
@@ -213,53 +212,64 @@ impl QuantMatrix {
             return Err(unsupported("weights are not on the CPU".into()));
         }
         let dtype = qt.dtype();
-        let Some(size) = block_bytes(dtype) else {
+        let Some((size, per_group)) = blocks::group(dtype) else {
             return Err(unsupported(format!("dtype {dtype:?}")));
         };
-        if k == 0 || !k.is_multiple_of(QK) {
-            return Err(unsupported(format!("k = {k} is not a positive multiple of {QK}")));
+        if k == 0 || !k.is_multiple_of(per_group) {
+            return Err(unsupported(format!("k = {k} is not a positive multiple of {per_group}")));
         }
         let data = qt.data().map_err(|e| unsupported(format!("reading blocks: {e}")))?;
-        let blocks = n * (k / QK);
-        if data.len() != blocks * size {
-            return Err(unsupported(format!("{} bytes for {blocks} {dtype:?} blocks", data.len())));
+        let groups = n * (k / per_group);
+        if data.len() != groups * size {
+            return Err(unsupported(format!("{} bytes for {groups} {dtype:?} blocks", data.len())));
         }
-        // Row-major GGUF blocks into tiles of TILE rows interleaved by block; the last
-        // n % TILE rows stay row-major (see q8::Values).
+        // Decode row by row, then put the blocks in tiles of TILE rows interleaved by block;
+        // the last n % TILE rows stay row-major (see q8::Values).
         let kb = k / QK;
-        let full = n / TILE * TILE;
-        let order = (0..full / TILE)
-            .flat_map(|t| {
-                (0..kb).flat_map(move |b| (0..TILE).map(move |i| (t * TILE + i) * kb + b))
-            })
-            .chain(full * kb..n * kb);
-        let mut d = Vec::with_capacity(blocks);
-        let mut m = Vec::new();
-        let mut values = match decode(dtype, &data[..size]) {
-            Decoded::Signed(..) => Stored::Signed(Vec::with_capacity(blocks)),
-            Decoded::Bytes(..) => Stored::Bytes(Vec::with_capacity(blocks)),
-            Decoded::Nibbles(..) => Stored::Nibbles(Vec::with_capacity(blocks)),
-        };
-        for src in order {
-            match (decode(dtype, &data[src * size..(src + 1) * size]), &mut values) {
-                (Decoded::Signed(scale, q), Stored::Signed(v)) => {
-                    d.push(scale);
-                    v.push(q);
+        let halves = blocks::halves(dtype);
+        let f16 = blocks::f16_scales(dtype);
+        let (mut d, mut m) = (StoredScales::new(f16), StoredScales::new(f16));
+        let mut values = None;
+        let mut row = Vec::with_capacity(kb);
+        let mut tile: Vec<Vec<Decoded>> = Vec::with_capacity(TILE);
+        for (r, bytes) in data.chunks_exact(size * (k / per_group)).enumerate() {
+            let mut decoded = std::mem::replace(&mut row, Vec::with_capacity(kb));
+            for group in bytes.chunks_exact(size) {
+                blocks::decode(dtype, group, &mut decoded);
+            }
+            tile.push(decoded);
+            if tile.len() < TILE && r < n / TILE * TILE {
+                continue;
+            }
+            // A full tile (block by block, row by row within), or one row past the tiles.
+            let mut iters: Vec<_> = tile.drain(..).map(Vec::into_iter).collect();
+            for _ in 0..kb {
+                for it in &mut iters {
+                    let Some(b) = it.next() else {
+                        return Err(unsupported(format!("short row in {dtype:?}")));
+                    };
+                    for h in 0..halves {
+                        d.push(b.d[h]);
+                        if !matches!(b.vals, Vals::Signed(_)) {
+                            m.push(b.m[h]);
+                        }
+                    }
+                    let store = values.get_or_insert_with(|| match b.vals {
+                        Vals::Signed(_) => Stored::Signed(Vec::with_capacity(n * kb)),
+                        Vals::Bytes(_) => Stored::Bytes(Vec::with_capacity(n * kb)),
+                        Vals::Nibbles(_) => Stored::Nibbles(Vec::with_capacity(n * kb)),
+                    });
+                    match (b.vals, store) {
+                        (Vals::Signed(q), Stored::Signed(v))
+                        | (Vals::Bytes(q), Stored::Bytes(v)) => v.push(q),
+                        (Vals::Nibbles(q), Stored::Nibbles(v)) => v.push(q),
+                        _ => return Err(unsupported(format!("mixed block kinds in {dtype:?}"))),
+                    }
                 }
-                (Decoded::Bytes(scale, min, q), Stored::Bytes(v)) => {
-                    d.push(scale);
-                    m.push(min);
-                    v.push(q);
-                }
-                (Decoded::Nibbles(scale, min, q), Stored::Nibbles(v)) => {
-                    d.push(scale);
-                    m.push(min);
-                    v.push(q);
-                }
-                _ => return Err(unsupported(format!("mixed block kinds in {dtype:?}"))),
             }
         }
-        Ok(Self { n, k, dtype, values, d, m })
+        let values = values.unwrap_or(Stored::Signed(Vec::new()));
+        Ok(Self { n, k, dtype, values, d, m, halves })
     }
 
     /// Output features (`n`, the weight's rows).
@@ -283,7 +293,7 @@ impl QuantMatrix {
             Stored::Signed(v) | Stored::Bytes(v) => v.len() * QK,
             Stored::Nibbles(v) => v.len() * QK / 2,
         };
-        values + (self.d.len() + self.m.len()) * 2
+        values + self.d.bytes() + self.m.bytes()
     }
 
     /// Row `r` of the weights as f32 (the same values as candle's dequantization), for
@@ -291,28 +301,22 @@ impl QuantMatrix {
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let kb = self.k / QK;
         let full = self.n / TILE * TILE;
+        let h = self.halves;
+        let (d, m) = (self.d.all(), self.m.all());
         for b in 0..kb {
             // Where block b of row r sits in the tiled order.
             let i = if r < full { (r / TILE * kb + b) * TILE + r % TILE } else { r * kb + b };
-            let d = act::f16_to_f32(self.d[i]);
             let out = &mut out[b * QK..(b + 1) * QK];
-            match &self.values {
-                Stored::Signed(v) => {
-                    for (o, &q) in out.iter_mut().zip(&v[i]) {
-                        *o = f32::from(q) * d;
-                    }
-                }
-                Stored::Bytes(v) => {
-                    let m = act::f16_to_f32(self.m[i]);
-                    for (o, q) in out.iter_mut().zip(v[i].bytes()) {
-                        *o = f32::from(q) * d + m;
-                    }
-                }
-                Stored::Nibbles(v) => {
-                    let m = act::f16_to_f32(self.m[i]);
-                    for (o, q) in out.iter_mut().zip(v[i].bytes()) {
-                        *o = f32::from(q) * d + m;
-                    }
+            let q = match &self.values {
+                Stored::Signed(v) => v[i].map(f32::from),
+                Stored::Bytes(v) => v[i].bytes().map(f32::from),
+                Stored::Nibbles(v) => v[i].bytes().map(f32::from),
+            };
+            for (j, (o, q)) in out.iter_mut().zip(q).enumerate() {
+                let s = i * h + j * h / QK;
+                *o = q * d.get(s);
+                if !m.is_empty() {
+                    *o += m.get(s);
                 }
             }
         }
@@ -345,23 +349,30 @@ impl QuantMatrix {
     /// Weight rows `range` against all activations, into `out` (one slice per activation
     /// row, of `range.len()` values each), with the best kernel this CPU has.
     fn run_rows(&self, range: std::ops::Range<usize>, acts: &QuantActs, out: &mut [&mut [f32]]) {
-        let kb = self.k / QK;
-        let blocks = range.start * kb..range.end * kb;
-        let w = QRows {
-            values: match &self.values {
-                Stored::Signed(v) => Values::Signed(&v[blocks.clone()]),
-                Stored::Bytes(v) => Values::Bytes(&v[blocks.clone()]),
-                Stored::Nibbles(v) => Values::Nibbles(&v[blocks.clone()]),
-            },
-            d: &self.d[blocks.clone()],
-            m: if self.m.is_empty() { &[] } else { &self.m[blocks] },
-            kb,
-        };
+        let w = self.qrows(range);
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
             return simd.vectorize(Rows { kern: avx2::Avx2(simd), w, acts, out });
         }
         pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out })
+    }
+
+    /// The weight rows `range` (starting at a multiple of [`TILE`]) for the kernels.
+    fn qrows(&self, range: std::ops::Range<usize>) -> QRows<'_> {
+        let kb = self.k / QK;
+        let blocks = range.start * kb..range.end * kb;
+        let scales = blocks.start * self.halves..blocks.end * self.halves;
+        QRows {
+            values: match &self.values {
+                Stored::Signed(v) => Values::Signed(&v[blocks.clone()]),
+                Stored::Bytes(v) => Values::Bytes(&v[blocks.clone()]),
+                Stored::Nibbles(v) => Values::Nibbles(&v[blocks]),
+            },
+            d: self.d.slice(scales.clone()),
+            m: self.m.slice(scales),
+            kb,
+            halves: self.halves,
+        }
     }
 }
 
@@ -389,24 +400,26 @@ impl<K: q8::Q8Kernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
 mod tests {
     use super::*;
 
-    /// The portable kernel (used without AVX2) agrees with the one this CPU dispatches to.
+    /// The portable kernel (used without AVX2) agrees with the one this CPU dispatches to,
+    /// for every supported type.
     #[test]
     fn portable_kernel_matches_dispatched() -> candle_core::Result<()> {
-        let (n, k, m) = (4 * 9 + 3, 96, 5);
+        let (n, k, m) = (4 * 9 + 3, 512, 5);
         let w = Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu)?;
-        let qm = QuantMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0)?)
-            .map_err(candle_core::Error::wrap)?;
         let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)?.to_vec1()?;
-        let mut fast = vec![0f32; m * n];
-        qm.matmul_slice(&x, &mut fast)?;
-        let mut slow = vec![0f32; m * n];
         let acts = QuantActs::new(&x, k);
-        let Stored::Signed(qs) = &qm.values else { panic!("Q8_0 is signed") };
-        let w = QRows { values: Values::Signed(qs), d: &qm.d, m: &[], kb: k / QK };
-        let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
-        pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts: &acts, out: &mut out });
-        for (a, b) in fast.iter().zip(&slow) {
-            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        for dtype in SUPPORTED {
+            let qm = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype)?)
+                .map_err(candle_core::Error::wrap)?;
+            let mut fast = vec![0f32; m * n];
+            qm.matmul_slice(&x, &mut fast)?;
+            let mut slow = vec![0f32; m * n];
+            let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
+            let (acts, w) = (&acts, qm.qrows(0..n));
+            pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out: &mut out });
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{dtype:?}: {a} vs {b}");
+            }
         }
         Ok(())
     }
