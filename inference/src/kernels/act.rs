@@ -11,47 +11,29 @@ pub(crate) const QK: usize = 32;
 
 /// `m` rows of `k` activations as int8 blocks, their absolute values (the unsigned operand
 /// of the AVX2 dot, computed once here instead of once per weight row), one f32 scale per
-/// block, and each block's and half-block's sums `d·Σq` (for weights with offsets per 32
-/// or per 16 values).
+/// block and each block's sum `d·Σq` (for weights with offsets).
 pub(crate) struct QuantActs {
     pub k: usize,
     pub qs: Vec<[i8; QK]>,
     pub abs: Vec<[i8; QK]>,
     pub d: Vec<f32>,
     pub sums: Vec<f32>,
-    pub half_sums: Vec<f32>,
 }
 
 impl QuantActs {
     /// Quantizes `x` ([m, k] row-major, `k` a multiple of [`QK`]).
     pub fn new(x: &[f32], k: usize) -> Self {
-        let blocks = x.len() / QK;
-        let mut qs = vec![[0i8; QK]; blocks];
-        let mut d = vec![0f32; blocks];
-        let mut abs = vec![[0i8; QK]; blocks];
-        let (xs, _) = x.as_chunks::<QK>();
-        // Large prefills: quantizing 512 × 4864 values is worth a second thread.
-        const PAR_BLOCKS: usize = 4096;
-        if blocks >= 2 * PAR_BLOCKS {
-            qs.par_chunks_mut(PAR_BLOCKS)
-                .zip(d.par_chunks_mut(PAR_BLOCKS))
-                .zip(xs.par_chunks(PAR_BLOCKS))
-                .for_each(|((q, d), x)| quantize_blocks(x, q, d));
-        } else {
-            quantize_blocks(xs, &mut qs, &mut d);
-        }
+        let (qs, d) = quantize(x.as_chunks::<QK>().0);
+        let mut abs = vec![[0i8; QK]; qs.len()];
         for (a, q) in abs.iter_mut().zip(&qs) {
             *a = q.map(i8::unsigned_abs).map(|v| v as i8);
         }
-        let mut sums = Vec::with_capacity(blocks);
-        let mut half_sums = Vec::with_capacity(2 * blocks);
-        for (q, d) in qs.iter().zip(&d) {
-            let sum = |r: std::ops::Range<usize>| q[r].iter().map(|&v| i32::from(v)).sum::<i32>();
-            let (a, b) = (sum(0..QK / 2), sum(QK / 2..QK));
-            sums.push((a + b) as f32 * d);
-            half_sums.extend([a as f32 * d, b as f32 * d]);
-        }
-        Self { k, qs, abs, d, sums, half_sums }
+        let sums = qs
+            .iter()
+            .zip(&d)
+            .map(|(q, d)| q.iter().map(|&v| i32::from(v)).sum::<i32>() as f32 * d)
+            .collect();
+        Self { k, qs, abs, d, sums }
     }
 
     pub fn rows(&self) -> usize {
@@ -65,8 +47,7 @@ impl QuantActs {
             qs: &self.qs[r.clone()],
             abs: &self.abs[r.clone()],
             d: &self.d[r.clone()],
-            sums: &self.sums[r.clone()],
-            half_sums: &self.half_sums[2 * r.start..2 * r.end],
+            sums: &self.sums[r],
         }
     }
 }
@@ -76,31 +57,39 @@ pub(crate) struct ActRow<'a> {
     pub qs: &'a [[i8; QK]],
     pub abs: &'a [[i8; QK]],
     pub d: &'a [f32],
-    sums: &'a [f32],
-    half_sums: &'a [f32],
+    pub sums: &'a [f32],
 }
 
-impl ActRow<'_> {
-    /// Each block's sum (`H = 1`) or its halves' sums (`H = 2`).
-    #[inline(always)]
-    pub fn sums<const H: usize>(&self) -> &[[f32; H]] {
-        let sums = if H == 1 { self.sums } else { self.half_sums };
-        sums.as_chunks::<H>().0
+/// Blocks of `N` values (32 here, 256 for the k-quants' activations) as int8 values and
+/// their scales.
+pub(crate) fn quantize<const N: usize>(xs: &[[f32; N]]) -> (Vec<[i8; N]>, Vec<f32>) {
+    let mut qs = vec![[0i8; N]; xs.len()];
+    let mut d = vec![0f32; xs.len()];
+    // Large prefills: quantizing 512 × 4864 values is worth a second thread.
+    let par_blocks = (1 << 17) / N;
+    if xs.len() >= 2 * par_blocks {
+        qs.par_chunks_mut(par_blocks)
+            .zip(d.par_chunks_mut(par_blocks))
+            .zip(xs.par_chunks(par_blocks))
+            .for_each(|((q, d), x)| quantize_blocks(x, q, d));
+    } else {
+        quantize_blocks(xs, &mut qs, &mut d);
     }
+    (qs, d)
 }
 
-fn quantize_blocks(xs: &[[f32; QK]], qs: &mut [[i8; QK]], ds: &mut [f32]) {
+fn quantize_blocks<const N: usize>(xs: &[[f32; N]], qs: &mut [[i8; N]], ds: &mut [f32]) {
     pulp::Arch::new().dispatch(Quantize { xs, qs, ds });
 }
 
 /// A struct, not a closure, so it is inlined into pulp's `#[target_feature]` function.
-struct Quantize<'a> {
-    xs: &'a [[f32; QK]],
-    qs: &'a mut [[i8; QK]],
+struct Quantize<'a, const N: usize> {
+    xs: &'a [[f32; N]],
+    qs: &'a mut [[i8; N]],
     ds: &'a mut [f32],
 }
 
-impl pulp::NullaryFnOnce for Quantize<'_> {
+impl<const N: usize> pulp::NullaryFnOnce for Quantize<'_, N> {
     type Output = ();
 
     #[inline(always)]
@@ -112,7 +101,7 @@ impl pulp::NullaryFnOnce for Quantize<'_> {
 }
 
 #[inline(always)]
-fn quantize_block(x: &[f32; QK], q: &mut [i8; QK], d: &mut f32) {
+fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [i8; N], d: &mut f32) {
     // Lane-wise max over 8 lanes so it vectorizes (a plain f32 max fold does not).
     let mut lanes = [0f32; 8];
     for c in x.chunks_exact(8) {

@@ -8,36 +8,28 @@
 //! Unsigned weights need no sign trick: `maddubs(w, x)` directly (pair sums stay below
 //! 2·31·127 < i16::MAX), and the offsets add `m·Σx` per block as a scalar.
 //!
+//! The k-quants' super-blocks ([`super::superblock`]): `maddubs(u, x)` per 32 values, then
+//! `madd` with the scales widened to i16 (a `pshufb` picks each 16 values' scale), summed in
+//! i32 over the super-block and converted once.
+//!
 //! `pulp::x86::V3` proves the CPU has AVX2+FMA, so the intrinsics are safe to call;
 //! everything is inlined into its `#[target_feature]` body.
 
-use core::arch::x86_64::{__m256, __m256i};
+use core::arch::x86_64::{__m128i, __m256, __m256i};
 use pulp::x86::V3;
 
 use super::q8::{Block, Nibbles, Q8Kernel, Unsigned};
+use super::superblock::{SuperKernel, SuperRow, SuperValues};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2(pub V3);
 
 /// `acc + scale · (the 16 i16 pair sums widened to 8 i32 and converted)`: one block's dot
-/// product, scaled, into the f32 accumulator. Lane `l` of the widened sums covers values
-/// `4l..4l + 4`, so with two scales (one per 16 values) the low four lanes take the first.
+/// product, scaled, into the f32 accumulator.
 #[inline(always)]
-fn scaled_sum<const H: usize>(
-    s: V3,
-    p16: __m256i,
-    ones: __m256i,
-    scale: [f32; H],
-    acc: __m256,
-) -> __m256 {
+fn scaled_sum(s: V3, p16: __m256i, ones: __m256i, scale: f32, acc: __m256) -> __m256 {
     let p32 = s.avx2._mm256_madd_epi16(p16, ones);
-    let scale = if H == 1 {
-        s.avx._mm256_set1_ps(scale[0])
-    } else {
-        let (a, b) = (scale[0], scale[H - 1]);
-        s.avx._mm256_setr_ps(a, a, a, a, b, b, b, b)
-    };
-    s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), scale, acc)
+    s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), s.avx._mm256_set1_ps(scale), acc)
 }
 
 /// A block's 32 values in one register, in element order.
@@ -65,10 +57,10 @@ impl WideLoad for Nibbles {
 
 impl Q8Kernel for Avx2 {
     #[inline(always)]
-    fn tile<const R: usize, const H: usize>(
+    fn tile<const R: usize>(
         self,
         w: &[[Block; R]],
-        sc: &[[[f32; H]; R]],
+        sc: &[[f32; R]],
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R] {
@@ -93,13 +85,13 @@ impl Q8Kernel for Avx2 {
     }
 
     #[inline(always)]
-    fn tile_offset<const R: usize, const H: usize, U: Unsigned + WideLoad>(
+    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
         self,
         w: &[[U; R]],
-        sc: &[[[f32; H]; R]],
-        mn: &[[[f32; H]; R]],
+        sc: &[[f32; R]],
+        mn: &[[f32; R]],
         x: &[Block],
-        xs: &[[f32; H]],
+        xs: &[f32],
     ) -> [f32; R] {
         let s = self.0;
         let kb = w.len();
@@ -113,11 +105,73 @@ impl Q8Kernel for Avx2 {
                 let wv = w[b][i].load(s);
                 let p16 = s.avx2._mm256_maddubs_epi16(wv, xv);
                 acc[i] = scaled_sum(s, p16, ones, sc[b][i], acc[i]);
-                for h in 0..H {
-                    off[i] += mn[b][i][h] * xs[b][h];
-                }
+                off[i] += mn[b][i] * xs[b];
             }
         }
         std::array::from_fn(|i| pulp::cast::<__m256, [f32; 8]>(acc[i]).iter().sum::<f32>() + off[i])
+    }
+}
+
+/// `pshufb` masks for the scales of 32 values `c`: bytes `2c` ×8 then `2c + 1` ×8, so that
+/// widened to i16 the low eight lanes (values 0..16 of the pair sums) take scale `2c`.
+static SCALE_PAIRS: [[i8; 16]; 8] = {
+    let mut masks = [[0i8; 16]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut i = 0;
+        while i < 16 {
+            masks[c][i] = (2 * c + i / 8) as i8;
+            i += 1;
+        }
+        c += 1;
+    }
+    masks
+};
+
+impl SuperKernel for Avx2 {
+    #[inline(always)]
+    fn tile<const R: usize, V: SuperValues>(
+        self,
+        w: &[[V; R]],
+        sc: &[[[i8; 16]; R]],
+        mn: &[[[i16; 16]; R]],
+        d: &[[f32; R]],
+        dmin: &[[f32; R]],
+        x: SuperRow<'_>,
+    ) -> [f32; R] {
+        let s = self.0;
+        let ks = w.len();
+        let (sc, mn, d, dmin) = (&sc[..ks], &mn[..ks], &d[..ks], &dmin[..ks]);
+        let (xq, dx, bsums) = (&x.qs[..ks], &x.d[..ks], &x.bsums[..ks]);
+        // One accumulator per row, and the masks read from memory where they are used: with
+        // them in registers (8) and a second accumulator per row the loop spilled.
+        let mask = |c: usize| -> __m128i { pulp::cast(SCALE_PAIRS[c]) };
+        let mut acc = [s.avx._mm256_setzero_ps(); R];
+        for b in 0..ks {
+            let (xs, _) = xq[b].as_chunks::<32>();
+            let bs: __m256i = pulp::cast(bsums[b]);
+            for i in 0..R {
+                let scales: __m128i = pulp::cast(sc[b][i]);
+                let mut dot = s.avx._mm256_setzero_si256();
+                for j in 0..4 {
+                    let (w0, w1) = w[b][i].pair(s, j);
+                    let p0 = s.avx2._mm256_maddubs_epi16(w0, pulp::cast(xs[2 * j]));
+                    let p1 = s.avx2._mm256_maddubs_epi16(w1, pulp::cast(xs[2 * j + 1]));
+                    let s0 =
+                        s.avx2._mm256_cvtepi8_epi16(s.ssse3._mm_shuffle_epi8(scales, mask(2 * j)));
+                    let s1 = s
+                        .avx2
+                        ._mm256_cvtepi8_epi16(s.ssse3._mm_shuffle_epi8(scales, mask(2 * j + 1)));
+                    dot = s.avx2._mm256_add_epi32(dot, s.avx2._mm256_madd_epi16(p0, s0));
+                    dot = s.avx2._mm256_add_epi32(dot, s.avx2._mm256_madd_epi16(p1, s1));
+                }
+                let mins = s.avx2._mm256_madd_epi16(pulp::cast(mn[b][i]), bs);
+                let (fd, fm) = (d[b][i] * dx[b], dmin[b][i] * dx[b]);
+                let (dot, mins) = (s.avx._mm256_cvtepi32_ps(dot), s.avx._mm256_cvtepi32_ps(mins));
+                acc[i] = s.fma._mm256_fmadd_ps(dot, s.avx._mm256_set1_ps(fd), acc[i]);
+                acc[i] = s.fma._mm256_fnmadd_ps(mins, s.avx._mm256_set1_ps(fm), acc[i]);
+            }
+        }
+        acc.map(|v| pulp::cast::<__m256, [f32; 8]>(v).iter().sum())
     }
 }

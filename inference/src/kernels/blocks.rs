@@ -1,23 +1,20 @@
-//! GGUF weight blocks decoded into the 32-value blocks our kernels multiply.
+//! GGUF weight blocks decoded into the forms our kernels multiply.
 //!
-//! Every supported type becomes blocks of 32 consecutive values of one row, each with one
-//! kind of integer values ([`Vals`]), a scale and, for unsigned values, an offset, so that
-//! `w = d·q + m`:
-//! - the classic types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) are already such blocks, with f16
-//!   scales that are stored as they are;
-//! - the k-quants pack 256 values in a super-block with a scale (and a minimum) per 32 or
-//!   per 16 values, each a small integer times the super-block's f16 scale. They are split
-//!   into 8 blocks of 32 whose scales are those products in f32 (what candle's and
-//!   llama.cpp's dequantization compute); types with a scale per 16 values keep two scales
-//!   per block, one for each half ([`halves`]).
+//! - The classic types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) are blocks of 32 values, each with one
+//!   kind of integer values ([`Vals`]), an f16 scale and, for unsigned values, an f16
+//!   offset: `w = d·q + m` ([`decode`]).
+//! - The k-quants (Q2_K..Q6_K) pack 256 values in a super-block with f16 `d` and `dmin`
+//!   and a small integer scale (and minimum) per 16 or 32 values. They all become one form,
+//!   [`Super`]: unsigned values below 64, a scale and a minimum per 16 values, so that
+//!   `w = d·sc·u - dmin·mn` ([`decode_super`]).
 
 use super::act::QK;
 use super::q8::{Block, Nibbles};
 
+use candle_core::quantized::GgmlDType;
+
 /// Values in a k-quant super-block.
 pub(crate) const QK_K: usize = 256;
-
-use candle_core::quantized::GgmlDType;
 
 /// One block's 32 integer values.
 pub(crate) enum Vals {
@@ -30,12 +27,11 @@ pub(crate) enum Vals {
     Nibbles(Nibbles),
 }
 
-/// One block of 32 values: `w[j] = d[h]·q[j] + m[h]` where `h` is the half of the block
-/// `j` is in (one half for types with a scale per 32 values: index 0).
+/// One block of 32 values: `w[j] = d·q[j] + m`.
 pub(crate) struct Decoded {
     pub vals: Vals,
-    pub d: [f32; 2],
-    pub m: [f32; 2],
+    pub d: f32,
+    pub m: f32,
 }
 
 /// The supported types: bytes of one GGUF block, and how many values it holds.
@@ -55,30 +51,8 @@ pub(crate) fn group(dtype: GgmlDType) -> Option<(usize, usize)> {
     })
 }
 
-/// Scales per 32-value block: 2 for the types with a scale per 16 values.
-pub(crate) fn halves(dtype: GgmlDType) -> usize {
-    match dtype {
-        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q6K => 2,
-        _ => 1,
-    }
-}
-
-/// Whether the type's scales are f16 values as they are in the file (the classic types),
-/// so they can be stored as f16 without rounding.
-pub(crate) fn f16_scales(dtype: GgmlDType) -> bool {
-    !matches!(
-        dtype,
-        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
-    )
-}
-
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
-}
-
-/// 32 values below 16 as nibbles (see [`Vals::Nibbles`]).
-fn nibbles(q: &[u8; QK]) -> Nibbles {
-    std::array::from_fn(|j| q[j] | q[j + QK / 2] << 4)
 }
 
 /// The 5-bit values of a Q5 block: low nibbles `qs`, fifth bits `qh` (value `j`'s in bit `j`).
@@ -90,13 +64,16 @@ fn five_bits(qh: &[u8], qs: &[u8]) -> [u8; QK] {
     })
 }
 
-/// A block with one scale (and offset) for all 32 values.
 fn whole(vals: Vals, d: f32, m: f32) -> Decoded {
-    Decoded { vals, d: [d; 2], m: [m; 2] }
+    Decoded { vals, d, m }
 }
 
-/// Decodes one GGUF block `b` of `dtype` (its size from [`group`]) into `out`: one block
-/// for the classic types, 8 for the k-quants.
+/// Whether `dtype` is a k-quant (256 values per block, [`decode_super`]).
+pub(crate) fn is_super(dtype: GgmlDType) -> bool {
+    group(dtype).is_some_and(|(_, values)| values == QK_K)
+}
+
+/// Decodes one GGUF block `b` of a classic `dtype` (its size from [`group`]) into `out`.
 pub(crate) fn decode(dtype: GgmlDType, b: &[u8], out: &mut Vec<Decoded>) {
     match dtype {
         // -128 never comes out of llama.cpp's or candle's Q8_0 quantizer (|w/d| ≤ 127);
@@ -125,12 +102,37 @@ pub(crate) fn decode(dtype: GgmlDType, b: &[u8], out: &mut Vec<Decoded>) {
             f16(b),
             f16(&b[2..]),
         )),
-        GgmlDType::Q2K => q2k(b, out),
-        GgmlDType::Q3K => q3k(b, out),
-        GgmlDType::Q4K => q4k(b, out),
-        GgmlDType::Q5K => q5k(b, out),
-        GgmlDType::Q6K => q6k(b, out),
         _ => {}
+    }
+}
+
+/// One k-quant super-block: `w[l] = d·sc[l/16]·(u[l] - zero) - dmin·mn[l/16]`, where
+/// `zero` is the type's ([`zero`]) and `mn` is 0 for the types without minimums.
+pub(crate) struct Super {
+    pub u: [u8; QK_K],
+    pub sc: [i8; 16],
+    pub mn: [i16; 16],
+    pub d: f32,
+    pub dmin: f32,
+}
+
+/// The value the k-quants without minimums subtract (Q3_K: 4, Q6_K: 32), else 0.
+pub(crate) fn zero(dtype: GgmlDType) -> u8 {
+    match dtype {
+        GgmlDType::Q3K => 4,
+        GgmlDType::Q6K => 32,
+        _ => 0,
+    }
+}
+
+/// Decodes one k-quant block `b` of `dtype` (its size from [`group`]).
+pub(crate) fn decode_super(dtype: GgmlDType, b: &[u8]) -> Super {
+    match dtype {
+        GgmlDType::Q2K => q2k(b),
+        GgmlDType::Q3K => q3k(b),
+        GgmlDType::Q4K => q4k(b),
+        GgmlDType::Q5K => q5k(b),
+        _ => q6k(b),
     }
 }
 
@@ -143,82 +145,78 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Q4_K's and Q5_K's scales and minimums (one per 32 values), as one per 16.
+fn k4_scales(scales: &[u8]) -> ([i8; 16], [i16; 16]) {
+    let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
+    (
+        std::array::from_fn(|i| pairs[i / 2].0 as i8),
+        std::array::from_fn(|i| i16::from(pairs[i / 2].1)),
+    )
+}
+
 /// Q4_K: `d`, `dmin` (f16), 12 bytes of scales and minimums, 128 bytes of nibbles: each 32
-/// bytes hold one block in their low nibbles and the next in their high ones.
-fn q4k(b: &[u8], out: &mut Vec<Decoded>) {
+/// bytes hold 32 values in their low nibbles and the next 32 in their high ones.
+fn q4k(b: &[u8]) -> Super {
     let (d, dmin, scales, qs) = (f16(b), f16(&b[2..]), &b[4..16], &b[16..]);
-    for j in 0..8 {
-        let (sc, mn) = scale_min_k4(j, scales);
-        let q = &qs[j / 2 * 32..][..32];
-        let shift = 4 * (j % 2);
-        let vals: [u8; QK] = std::array::from_fn(|l| (q[l] >> shift) & 0x0F);
-        out.push(whole(Vals::Nibbles(nibbles(&vals)), d * f32::from(sc), -(dmin * f32::from(mn))));
-    }
+    let (sc, mn) = k4_scales(scales);
+    let u = std::array::from_fn(|l| (qs[l / 64 * 32 + l % 32] >> (4 * (l / 32 % 2))) & 0x0F);
+    Super { u, sc, mn, d, dmin }
 }
 
-/// Q5_K: Q4_K's layout plus 32 bytes of fifth bits (bit `j` of byte `l` for block `j`).
-fn q5k(b: &[u8], out: &mut Vec<Decoded>) {
+/// Q5_K: Q4_K's layout plus 32 bytes of fifth bits (bit `j` of byte `l` for value
+/// `32·j + l`).
+fn q5k(b: &[u8]) -> Super {
     let (d, dmin, scales, qh, qs) = (f16(b), f16(&b[2..]), &b[4..16], &b[16..48], &b[48..]);
-    for j in 0..8 {
-        let (sc, mn) = scale_min_k4(j, scales);
-        let q = &qs[j / 2 * 32..][..32];
-        let shift = 4 * (j % 2);
-        let vals: Block =
-            std::array::from_fn(|l| (((q[l] >> shift) & 0x0F) | ((qh[l] >> j) & 1) << 4) as i8);
-        out.push(whole(Vals::Bytes(vals), d * f32::from(sc), -(dmin * f32::from(mn))));
-    }
+    let (sc, mn) = k4_scales(scales);
+    let u = std::array::from_fn(|l| {
+        let low = (qs[l / 64 * 32 + l % 32] >> (4 * (l / 32 % 2))) & 0x0F;
+        low | ((qh[l % 32] >> (l / 32)) & 1) << 4
+    });
+    Super { u, sc, mn, d, dmin }
 }
 
-/// Q6_K: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8 scales (one per 16
-/// values), `d` (f16). Each 128 values take 64 low-nibble bytes and 32 high bytes.
-fn q6k(b: &[u8], out: &mut Vec<Decoded>) {
+/// Q6_K: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8 scales, `d` (f16). Each
+/// 128 values take 64 low-nibble bytes and 32 high bytes: value `32·p + l` of the 128 has
+/// its low nibble in byte `32·(p % 2) + l` (low or high half by `p / 2`), its high bits at
+/// `2·p` of byte `l`.
+fn q6k(b: &[u8]) -> Super {
     let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], f16(&b[208..]));
-    for j in 0..8 {
-        let (half, part) = (j / 4, j % 4);
-        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-        // Block `part` of the 128: low nibbles from bytes 0..32 (parts 0, 2) or 32..64
-        // (parts 1, 3), low (0, 1) or high (2, 3) nibble; high bits at 2·part.
-        let low = &ql[32 * (part % 2)..][..32];
-        let nib_shift = 4 * (part / 2);
-        let vals: Block = std::array::from_fn(|l| {
-            let q = ((low[l] >> nib_shift) & 0x0F) | ((qh[l] >> (2 * part)) & 3) << 4;
-            q as i8 - 32
-        });
-        let s = |i: usize| d * f32::from(sc[8 * half + 2 * part + i] as i8);
-        out.push(Decoded { vals: Vals::Signed(vals), d: [s(0), s(1)], m: [0.0; 2] });
-    }
+    let u = std::array::from_fn(|v| {
+        let (half, p, l) = (v / 128, v % 128 / 32, v % 32);
+        let low = (ql[64 * half + 32 * (p % 2) + l] >> (4 * (p / 2))) & 0x0F;
+        low | ((qh[32 * half + l] >> (2 * p)) & 3) << 4
+    });
+    Super { u, sc: std::array::from_fn(|i| sc[i] as i8), mn: [0; 16], d, dmin: 0.0 }
 }
 
-/// Q3_K: 32 bytes of high bits (bit `j` of byte `l` for block `j`), 64 bytes of 2-bit
-/// values, 16 6-bit scales packed in 12 bytes (less 32), `d` (f16). A value is
-/// `q - 4` where its high bit is clear, else `q`.
-fn q3k(b: &[u8], out: &mut Vec<Decoded>) {
+/// Q3_K: 32 bytes of high bits (bit `j` of byte `l` for value `32·j + l`), 64 bytes of 2-bit
+/// values (value `32·j + l` at bits `2·(j % 4)` of byte `32·(j / 4) + l`), 16 6-bit scales
+/// packed in 12 bytes (less 32), `d` (f16). A value is its 2 bits less 4 where its high
+/// bit is clear: `u = q + 4·h` with a zero of 4.
+fn q3k(b: &[u8]) -> Super {
     let (hmask, qs, packed, d) = (&b[..32], &b[32..96], &b[96..108], f16(&b[108..]));
-    let scales: [i8; 16] = std::array::from_fn(|i| {
+    let sc = std::array::from_fn(|i| {
         let low = if i < 8 { packed[i] & 0x0F } else { packed[i - 8] >> 4 };
         let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
         (low | high << 4) as i8 - 32
     });
-    for j in 0..8 {
-        let (q, shift) = (&qs[32 * (j / 4)..][..32], 2 * (j % 4));
-        let vals: Block = std::array::from_fn(|l| {
-            let v = ((q[l] >> shift) & 3) as i8;
-            if hmask[l] >> j & 1 == 0 { v - 4 } else { v }
-        });
-        let s = |i: usize| d * f32::from(scales[2 * j + i]);
-        out.push(Decoded { vals: Vals::Signed(vals), d: [s(0), s(1)], m: [0.0; 2] });
-    }
+    let u = std::array::from_fn(|v| {
+        let (j, l) = (v / 32, v % 32);
+        let q = (qs[32 * (j / 4) + l] >> (2 * (j % 4))) & 3;
+        q + 4 * ((hmask[l] >> j) & 1)
+    });
+    Super { u, sc, mn: [0; 16], d, dmin: 0.0 }
 }
 
 /// Q2_K: 16 bytes of 4-bit scale and minimum pairs (one per 16 values), 64 bytes of 2-bit
-/// values, `d` and `dmin` (f16).
-fn q2k(b: &[u8], out: &mut Vec<Decoded>) {
-    let (sc, qs, d, dmin) = (&b[..16], &b[16..80], f16(&b[80..]), f16(&b[82..]));
-    for j in 0..8 {
-        let (q, shift) = (&qs[32 * (j / 4)..][..32], 2 * (j % 4));
-        let vals: [u8; QK] = std::array::from_fn(|l| (q[l] >> shift) & 3);
-        let s = |i: usize| d * f32::from(sc[2 * j + i] & 0x0F);
-        let m = |i: usize| -(dmin * f32::from(sc[2 * j + i] >> 4));
-        out.push(Decoded { vals: Vals::Nibbles(nibbles(&vals)), d: [s(0), s(1)], m: [m(0), m(1)] });
-    }
+/// values (laid out as Q3_K's), `d` and `dmin` (f16).
+fn q2k(b: &[u8]) -> Super {
+    let (scm, qs, d, dmin) = (&b[..16], &b[16..80], f16(&b[80..]), f16(&b[82..]));
+    let u = std::array::from_fn(|v| {
+        let (j, l) = (v / 32, v % 32);
+        (qs[32 * (j / 4) + l] >> (2 * (j % 4))) & 3
+    });
+    let sc = std::array::from_fn(|i| (scm[i] & 0x0F) as i8);
+    let mn = std::array::from_fn(|i| i16::from(scm[i] >> 4));
+    Super { u, sc, mn, d, dmin }
 }

@@ -1,14 +1,14 @@
 //! Fast CPU matmuls whose every output is computed the same way whatever the batch.
 //!
 //! [`QuantMatrix`] repacks a candle [`QTensor`] (HF layout `[n, k]`, i.e. `[out, in]`) into
-//! blocks of 32 values with their scales ([`blocks`]), four rows interleaved by block, at
-//! about the GGUF file's size (4-bit values stay 4-bit), no f32 copy. A matmul quantizes the activation rows
+//! separate value and f16-scale arrays ([`blocks`]), four rows interleaved by block, at about
+//! the GGUF file's size (4-bit values stay 4-bit), no f32 copy. A matmul quantizes the activation rows
 //! once ([`act`]), then splits the `n` output rows across rayon's threads; each thread keeps
 //! a 4-row weight tile in L1 while the activation rows go by ([`q8`]), so the weights are
 //! read from memory once per call however many sequences are batched (up to ~256 KB of
-//! activations per pass). Supported: [`SUPPORTED`] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the
-//! k-quants Q2_K to Q6_K). Other dtypes are an [`Error::UnsupportedWeights`] so the caller
-//! keeps candle's `QMatMul`.
+//! activations per pass). Supported: [`SUPPORTED`] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, and the
+//! k-quants Q2_K..Q6_K through their own kernel, [`superblock`]). Other dtypes are an
+//! [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
 //!
 //! [`DenseMatrix`] does the same for f32 weights ([`dense`]).
 
@@ -19,6 +19,7 @@ mod blocks;
 mod dense;
 mod q8;
 pub mod repack;
+mod superblock;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
@@ -28,7 +29,8 @@ use crate::{Error, Result};
 use act::{QK, QuantActs};
 use blocks::{Decoded, Vals};
 pub use dense::DenseMatrix;
-use q8::{Block, Nibbles, QRows, Scales, TILE, Unsigned, Values};
+use q8::{Block, Nibbles, QRows, TILE, Unsigned, Values};
+use superblock::{SuperActs, SuperMatrix};
 
 /// A quantized weight matrix `[n, k]` ready for [`QuantMatrix::matmul`].
 #[derive(Debug)]
@@ -37,14 +39,26 @@ pub struct QuantMatrix {
     k: usize,
     /// The GGUF type the blocks came from.
     dtype: GgmlDType,
+    weights: Weights,
+}
+
+#[derive(Debug)]
+enum Weights {
+    /// The classic types, in blocks of 32 values.
+    Blocks(Blocks),
+    /// The k-quants.
+    Super(SuperMatrix),
+}
+
+/// Weights in blocks of 32 values.
+#[derive(Debug)]
+struct Blocks {
     /// `n × k/32` blocks of values, in tiles of rows (see [`q8::Values`]).
     values: Stored,
-    /// The blocks' scales, [`QuantMatrix::halves`] per block, in the same order.
-    d: StoredScales,
-    /// The blocks' offsets for unsigned values (empty for signed ones), like `d`.
-    m: StoredScales,
-    /// Scales per block: 2 for k-quants with a scale per 16 values.
-    halves: usize,
+    /// The blocks' f16 scales (raw bits), in the same order.
+    d: Vec<u16>,
+    /// The blocks' f16 offsets for unsigned values (empty for signed ones).
+    m: Vec<u16>,
 }
 
 /// How the values are held (see [`q8::Values`]).
@@ -53,50 +67,6 @@ enum Stored {
     Signed(Vec<Block>),
     Bytes(Vec<Block>),
     Nibbles(Vec<Nibbles>),
-}
-
-/// Scales as the file has them (f16 bits) or as the k-quants' f32 products.
-#[derive(Debug)]
-enum StoredScales {
-    F16(Vec<u16>),
-    F32(Vec<f32>),
-}
-
-impl StoredScales {
-    fn new(f16: bool) -> Self {
-        if f16 { Self::F16(Vec::new()) } else { Self::F32(Vec::new()) }
-    }
-
-    fn push(&mut self, v: f32) {
-        match self {
-            // Exact: the classic types' scales and offsets are f16 values.
-            Self::F16(s) => s.push(half::f16::from_f32(v).to_bits()),
-            Self::F32(s) => s.push(v),
-        }
-    }
-
-    fn all(&self) -> Scales<'_> {
-        match self {
-            Self::F16(s) => Scales::F16(s),
-            Self::F32(s) => Scales::F32(s),
-        }
-    }
-
-    fn slice(&self, r: std::ops::Range<usize>) -> Scales<'_> {
-        match self {
-            Self::F16(s) if s.is_empty() => Scales::F16(&[]),
-            Self::F32(s) if s.is_empty() => Scales::F32(&[]),
-            Self::F16(s) => Scales::F16(&s[r]),
-            Self::F32(s) => Scales::F32(&s[r]),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Self::F16(s) => s.len() * 2,
-            Self::F32(s) => s.len() * 4,
-        }
-    }
 }
 
 /// The GGUF types [`QuantMatrix`] multiplies.
@@ -212,64 +182,23 @@ impl QuantMatrix {
             return Err(unsupported("weights are not on the CPU".into()));
         }
         let dtype = qt.dtype();
-        let Some((size, per_group)) = blocks::group(dtype) else {
+        let Some((size, per_block)) = blocks::group(dtype) else {
             return Err(unsupported(format!("dtype {dtype:?}")));
         };
-        if k == 0 || !k.is_multiple_of(per_group) {
-            return Err(unsupported(format!("k = {k} is not a positive multiple of {per_group}")));
+        if k == 0 || !k.is_multiple_of(per_block) {
+            return Err(unsupported(format!("k = {k} is not a positive multiple of {per_block}")));
         }
         let data = qt.data().map_err(|e| unsupported(format!("reading blocks: {e}")))?;
-        let groups = n * (k / per_group);
-        if data.len() != groups * size {
-            return Err(unsupported(format!("{} bytes for {groups} {dtype:?} blocks", data.len())));
+        let count = n * (k / per_block);
+        if data.len() != count * size {
+            return Err(unsupported(format!("{} bytes for {count} {dtype:?} blocks", data.len())));
         }
-        // Decode row by row, then put the blocks in tiles of TILE rows interleaved by block;
-        // the last n % TILE rows stay row-major (see q8::Values).
-        let kb = k / QK;
-        let halves = blocks::halves(dtype);
-        let f16 = blocks::f16_scales(dtype);
-        let (mut d, mut m) = (StoredScales::new(f16), StoredScales::new(f16));
-        let mut values = None;
-        let mut row = Vec::with_capacity(kb);
-        let mut tile: Vec<Vec<Decoded>> = Vec::with_capacity(TILE);
-        for (r, bytes) in data.chunks_exact(size * (k / per_group)).enumerate() {
-            let mut decoded = std::mem::replace(&mut row, Vec::with_capacity(kb));
-            for group in bytes.chunks_exact(size) {
-                blocks::decode(dtype, group, &mut decoded);
-            }
-            tile.push(decoded);
-            if tile.len() < TILE && r < n / TILE * TILE {
-                continue;
-            }
-            // A full tile (block by block, row by row within), or one row past the tiles.
-            let mut iters: Vec<_> = tile.drain(..).map(Vec::into_iter).collect();
-            for _ in 0..kb {
-                for it in &mut iters {
-                    let Some(b) = it.next() else {
-                        return Err(unsupported(format!("short row in {dtype:?}")));
-                    };
-                    for h in 0..halves {
-                        d.push(b.d[h]);
-                        if !matches!(b.vals, Vals::Signed(_)) {
-                            m.push(b.m[h]);
-                        }
-                    }
-                    let store = values.get_or_insert_with(|| match b.vals {
-                        Vals::Signed(_) => Stored::Signed(Vec::with_capacity(n * kb)),
-                        Vals::Bytes(_) => Stored::Bytes(Vec::with_capacity(n * kb)),
-                        Vals::Nibbles(_) => Stored::Nibbles(Vec::with_capacity(n * kb)),
-                    });
-                    match (b.vals, store) {
-                        (Vals::Signed(q), Stored::Signed(v))
-                        | (Vals::Bytes(q), Stored::Bytes(v)) => v.push(q),
-                        (Vals::Nibbles(q), Stored::Nibbles(v)) => v.push(q),
-                        _ => return Err(unsupported(format!("mixed block kinds in {dtype:?}"))),
-                    }
-                }
-            }
-        }
-        let values = values.unwrap_or(Stored::Signed(Vec::new()));
-        Ok(Self { n, k, dtype, values, d, m, halves })
+        let weights = if blocks::is_super(dtype) {
+            Weights::Super(SuperMatrix::new(dtype, n, k, &data, size))
+        } else {
+            Weights::Blocks(Blocks::new(dtype, n, k, &data, size)?)
+        };
+        Ok(Self { n, k, dtype, weights })
     }
 
     /// Output features (`n`, the weight's rows).
@@ -289,36 +218,18 @@ impl QuantMatrix {
 
     /// Memory held by the weights.
     pub fn bytes(&self) -> usize {
-        let values = match &self.values {
-            Stored::Signed(v) | Stored::Bytes(v) => v.len() * QK,
-            Stored::Nibbles(v) => v.len() * QK / 2,
-        };
-        values + self.d.bytes() + self.m.bytes()
+        match &self.weights {
+            Weights::Blocks(b) => b.bytes(),
+            Weights::Super(s) => s.bytes(),
+        }
     }
 
     /// Row `r` of the weights as f32 (the same values as candle's dequantization), for
     /// embedding lookups from a quantized table.
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let kb = self.k / QK;
-        let full = self.n / TILE * TILE;
-        let h = self.halves;
-        let (d, m) = (self.d.all(), self.m.all());
-        for b in 0..kb {
-            // Where block b of row r sits in the tiled order.
-            let i = if r < full { (r / TILE * kb + b) * TILE + r % TILE } else { r * kb + b };
-            let out = &mut out[b * QK..(b + 1) * QK];
-            let q = match &self.values {
-                Stored::Signed(v) => v[i].map(f32::from),
-                Stored::Bytes(v) => v[i].bytes().map(f32::from),
-                Stored::Nibbles(v) => v[i].bytes().map(f32::from),
-            };
-            for (j, (o, q)) in out.iter_mut().zip(q).enumerate() {
-                let s = i * h + j * h / QK;
-                *o = q * d.get(s);
-                if !m.is_empty() {
-                    *o += m.get(s);
-                }
-            }
+        match &self.weights {
+            Weights::Blocks(b) => b.row(self.n, self.k, r, out),
+            Weights::Super(s) => s.row(r, out),
         }
     }
 
@@ -341,15 +252,115 @@ impl QuantMatrix {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let acts = QuantActs::new(x, k);
-        split_rows(out, n, m * n * k, TILE, |rows, out| self.run_rows(rows, &acts, out));
+        match &self.weights {
+            Weights::Blocks(b) => {
+                let acts = QuantActs::new(x, k);
+                split_rows(out, n, m * n * k, TILE, |rows, out| b.run_rows(k, rows, &acts, out));
+            }
+            Weights::Super(s) => {
+                let acts = SuperActs::new(x, k);
+                split_rows(out, n, m * n * k, TILE, |rows, out| run_super(s, rows, &acts, out));
+            }
+        }
         Ok(())
+    }
+}
+
+impl Blocks {
+    /// Row-major GGUF blocks into tiles of TILE rows interleaved by block; the last
+    /// n % TILE rows stay row-major (see q8::Values).
+    fn new(dtype: GgmlDType, n: usize, k: usize, data: &[u8], size: usize) -> Result<Self> {
+        let kb = k / QK;
+        let blocks = n * kb;
+        let full = n / TILE * TILE;
+        let order = (0..full / TILE)
+            .flat_map(|t| {
+                (0..kb).flat_map(move |b| (0..TILE).map(move |i| (t * TILE + i) * kb + b))
+            })
+            .chain(full * kb..n * kb);
+        let (mut d, mut m) = (Vec::with_capacity(blocks), Vec::new());
+        let mut values = None;
+        let mut decoded = Vec::with_capacity(1);
+        for src in order {
+            blocks::decode(dtype, &data[src * size..(src + 1) * size], &mut decoded);
+            let Some(Decoded { vals, d: scale, m: min }) = decoded.pop() else {
+                return Err(Error::UnsupportedWeights(format!("dtype {dtype:?}")));
+            };
+            // Exact: the classic types' scales and offsets are f16 values.
+            d.push(half::f16::from_f32(scale).to_bits());
+            let store = values.get_or_insert_with(|| match vals {
+                Vals::Signed(_) => Stored::Signed(Vec::with_capacity(blocks)),
+                Vals::Bytes(_) => Stored::Bytes(Vec::with_capacity(blocks)),
+                Vals::Nibbles(_) => Stored::Nibbles(Vec::with_capacity(blocks)),
+            });
+            match (vals, store) {
+                (Vals::Signed(q), Stored::Signed(v)) => v.push(q),
+                (Vals::Bytes(q), Stored::Bytes(v)) => {
+                    m.push(half::f16::from_f32(min).to_bits());
+                    v.push(q);
+                }
+                (Vals::Nibbles(q), Stored::Nibbles(v)) => {
+                    m.push(half::f16::from_f32(min).to_bits());
+                    v.push(q);
+                }
+                _ => {
+                    return Err(Error::UnsupportedWeights(format!("mixed blocks in {dtype:?}")));
+                }
+            }
+        }
+        let values = values.unwrap_or(Stored::Signed(Vec::new()));
+        Ok(Self { values, d, m })
+    }
+
+    fn bytes(&self) -> usize {
+        let values = match &self.values {
+            Stored::Signed(v) | Stored::Bytes(v) => v.len() * QK,
+            Stored::Nibbles(v) => v.len() * QK / 2,
+        };
+        values + (self.d.len() + self.m.len()) * 2
+    }
+
+    /// Row `r` of `n` rows of `k` values as f32.
+    fn row(&self, n: usize, k: usize, r: usize, out: &mut [f32]) {
+        let kb = k / QK;
+        let full = n / TILE * TILE;
+        for b in 0..kb {
+            // Where block b of row r sits in the tiled order.
+            let i = if r < full { (r / TILE * kb + b) * TILE + r % TILE } else { r * kb + b };
+            let d = act::f16_to_f32(self.d[i]);
+            let out = &mut out[b * QK..(b + 1) * QK];
+            match &self.values {
+                Stored::Signed(v) => {
+                    for (o, &q) in out.iter_mut().zip(&v[i]) {
+                        *o = f32::from(q) * d;
+                    }
+                }
+                Stored::Bytes(v) => {
+                    let m = act::f16_to_f32(self.m[i]);
+                    for (o, q) in out.iter_mut().zip(v[i].bytes()) {
+                        *o = f32::from(q) * d + m;
+                    }
+                }
+                Stored::Nibbles(v) => {
+                    let m = act::f16_to_f32(self.m[i]);
+                    for (o, q) in out.iter_mut().zip(v[i].bytes()) {
+                        *o = f32::from(q) * d + m;
+                    }
+                }
+            }
+        }
     }
 
     /// Weight rows `range` against all activations, into `out` (one slice per activation
     /// row, of `range.len()` values each), with the best kernel this CPU has.
-    fn run_rows(&self, range: std::ops::Range<usize>, acts: &QuantActs, out: &mut [&mut [f32]]) {
-        let w = self.qrows(range);
+    fn run_rows(
+        &self,
+        k: usize,
+        range: std::ops::Range<usize>,
+        acts: &QuantActs,
+        out: &mut [&mut [f32]],
+    ) {
+        let w = self.qrows(k, range);
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
             return simd.vectorize(Rows { kern: avx2::Avx2(simd), w, acts, out });
@@ -358,21 +369,51 @@ impl QuantMatrix {
     }
 
     /// The weight rows `range` (starting at a multiple of [`TILE`]) for the kernels.
-    fn qrows(&self, range: std::ops::Range<usize>) -> QRows<'_> {
-        let kb = self.k / QK;
+    fn qrows(&self, k: usize, range: std::ops::Range<usize>) -> QRows<'_> {
+        let kb = k / QK;
         let blocks = range.start * kb..range.end * kb;
-        let scales = blocks.start * self.halves..blocks.end * self.halves;
         QRows {
             values: match &self.values {
                 Stored::Signed(v) => Values::Signed(&v[blocks.clone()]),
                 Stored::Bytes(v) => Values::Bytes(&v[blocks.clone()]),
-                Stored::Nibbles(v) => Values::Nibbles(&v[blocks]),
+                Stored::Nibbles(v) => Values::Nibbles(&v[blocks.clone()]),
             },
-            d: self.d.slice(scales.clone()),
-            m: self.m.slice(scales),
+            d: &self.d[blocks.clone()],
+            m: if self.m.is_empty() { &[] } else { &self.m[blocks] },
             kb,
-            halves: self.halves,
         }
+    }
+}
+
+/// [`SuperMatrix::run_rows`] with the best kernel this CPU has.
+fn run_super(
+    w: &SuperMatrix,
+    range: std::ops::Range<usize>,
+    acts: &SuperActs,
+    out: &mut [&mut [f32]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return simd.vectorize(SuperRows { kern: avx2::Avx2(simd), w, range, acts, out });
+    }
+    pulp::Arch::new().dispatch(SuperRows { kern: superblock::Portable, w, range, acts, out })
+}
+
+/// [`run_super`]'s share of a matmul as a `pulp` operation (see [`Rows`]).
+struct SuperRows<'a, 'o, 's, K> {
+    kern: K,
+    w: &'a SuperMatrix,
+    range: std::ops::Range<usize>,
+    acts: &'a SuperActs,
+    out: &'o mut [&'s mut [f32]],
+}
+
+impl<K: superblock::SuperKernel> pulp::NullaryFnOnce for SuperRows<'_, '_, '_, K> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        self.w.run_rows(self.kern, self.range, self.acts, self.out)
     }
 }
 
@@ -400,14 +441,13 @@ impl<K: q8::Q8Kernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
 mod tests {
     use super::*;
 
-    /// The portable kernel (used without AVX2) agrees with the one this CPU dispatches to,
+    /// The portable kernels (used without AVX2) agree with the ones this CPU dispatches to,
     /// for every supported type.
     #[test]
     fn portable_kernel_matches_dispatched() -> candle_core::Result<()> {
         let (n, k, m) = (4 * 9 + 3, 512, 5);
         let w = Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu)?;
         let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)?.to_vec1()?;
-        let acts = QuantActs::new(&x, k);
         for dtype in SUPPORTED {
             let qm = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype)?)
                 .map_err(candle_core::Error::wrap)?;
@@ -415,8 +455,17 @@ mod tests {
             qm.matmul_slice(&x, &mut fast)?;
             let mut slow = vec![0f32; m * n];
             let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
-            let (acts, w) = (&acts, qm.qrows(0..n));
-            pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out: &mut out });
+            match &qm.weights {
+                Weights::Blocks(b) => {
+                    let (acts, w) = (&QuantActs::new(&x, k), b.qrows(k, 0..n));
+                    pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out: &mut out })
+                }
+                Weights::Super(w) => {
+                    let (acts, kern) = (&SuperActs::new(&x, k), superblock::Portable);
+                    let out = &mut out;
+                    pulp::Arch::new().dispatch(SuperRows { kern, w, range: 0..n, acts, out })
+                }
+            }
             for (a, b) in fast.iter().zip(&slow) {
                 assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{dtype:?}: {a} vs {b}");
             }

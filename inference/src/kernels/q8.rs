@@ -10,9 +10,6 @@
 //! For the unsigned layouts `Σ w·x = d·dx·Σ q·xq + m·(dx·Σ xq)`: the second term uses each
 //! activation block's sum, computed once per matmul.
 //!
-//! Blocks have one scale (and offset) each, or two (`H = 2`): one per 16 values, for the
-//! k-quants with a scale per 16 values (see [`super::blocks`]).
-//!
 //! The driver walks tiles of `R` weight rows × `MA` activation rows so each weight block
 //! loaded from memory serves several activation rows (batching is nearly free while the
 //! weights stream) and each activation block serves several weight rows. The per-tile
@@ -54,27 +51,27 @@ impl Unsigned for Nibbles {
 }
 
 /// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
-/// activation row, with `H` scales per block (one per `32 / H` values).
+/// activation row.
 pub(crate) trait Q8Kernel: Copy {
-    /// Signed weights: blocks `x`, their absolute values `ax`; `sc[b][i][h]` is the product
-    /// of the two scales of half `h` of block `b` for weight row `i`.
-    fn tile<const R: usize, const H: usize>(
+    /// Signed weights: blocks `x`, their absolute values `ax`; `sc[b][i]` is the product of
+    /// the two scales of block `b` for weight row `i`.
+    fn tile<const R: usize>(
         self,
         w: &[[Block; R]],
-        sc: &[[[f32; H]; R]],
+        sc: &[[f32; R]],
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R];
 
-    /// Unsigned weights with offsets: `mn[b][i][h]` is weight row `i`'s offset in half `h`
-    /// of block `b`, `xs[b][h]` the activation half-block's sum (scale included).
-    fn tile_offset<const R: usize, const H: usize, U: Unsigned + WideLoad>(
+    /// Unsigned weights with offsets: `mn[b][i]` is weight row `i`'s offset in block `b`,
+    /// `xs[b]` the activation block's sum (scale included).
+    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
         self,
         w: &[[U; R]],
-        sc: &[[[f32; H]; R]],
-        mn: &[[[f32; H]; R]],
+        sc: &[[f32; R]],
+        mn: &[[f32; R]],
         x: &[Block],
-        xs: &[[f32; H]],
+        xs: &[f32],
     ) -> [f32; R];
 }
 
@@ -98,50 +95,14 @@ pub(crate) enum Values<'a> {
     Nibbles(&'a [Nibbles]),
 }
 
-/// Scales or offsets of some blocks, `halves` per block: f16 (raw bits) as the classic
-/// types store them, or f32 (the k-quants' products of two scales).
-#[derive(Clone, Copy)]
-pub(crate) enum Scales<'a> {
-    F16(&'a [u16]),
-    F32(&'a [f32]),
-}
-
-impl Scales<'_> {
-    pub fn len(&self) -> usize {
-        match self {
-            Scales::F16(v) => v.len(),
-            Scales::F32(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn get(&self, i: usize) -> f32 {
-        match self {
-            Scales::F16(v) => f16_to_f32(v[i]),
-            Scales::F32(v) => v[i],
-        }
-    }
-
-    fn to_f32(self) -> Vec<f32> {
-        match self {
-            Scales::F16(v) => v.iter().map(|&h| f16_to_f32(h)).collect(),
-            Scales::F32(v) => v.to_vec(),
-        }
-    }
-}
-
-/// Rows of quantized weights: values, scales and, for unsigned values, offsets (empty
-/// otherwise), all in the same block order, `halves` scales per block.
+/// Rows of quantized weights: values, f16 scales (raw bits) and, for unsigned values, f16
+/// offsets, all in the same block order.
 #[derive(Clone, Copy)]
 pub(crate) struct QRows<'a> {
     pub values: Values<'a>,
-    pub d: Scales<'a>,
-    pub m: Scales<'a>,
+    pub d: &'a [u16],
+    pub m: &'a [u16],
     pub kb: usize,
-    pub halves: usize,
 }
 
 /// Activation rows per pass over the weights: enough to reuse each weight block many times,
@@ -162,32 +123,15 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     acts: &QuantActs,
     out: &mut [&mut [f32]],
 ) {
-    if w.halves == 2 {
-        matmul_rows_by::<K, 2>(kern, w, acts, out)
-    } else {
-        matmul_rows_by::<K, 1>(kern, w, acts, out)
-    }
-}
-
-/// [`matmul_rows`] with `H` scales per block.
-#[inline(always)]
-fn matmul_rows_by<K: Q8Kernel, const H: usize>(
-    kern: K,
-    w: QRows<'_>,
-    acts: &QuantActs,
-    out: &mut [&mut [f32]],
-) {
     let kb = w.kb;
-    let rows = w.d.len() / H / kb;
+    let rows = w.d.len() / kb;
     let m = acts.rows();
     let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
     // All of the chunk's scales as f32 first (4 bytes per block, so they stay in L2):
     // reading them tile by tile between the int8 blocks halved the rate from DRAM at large k.
-    let sw = w.d.to_f32();
-    let mw = w.m.to_f32();
-    let (sw, _) = sw.as_chunks::<H>();
-    let (mw, _) = mw.as_chunks::<H>();
-    let mut scratch = Scratch::<H>::new(kb);
+    let sw: Vec<f32> = w.d.iter().map(|&h| f16_to_f32(h)).collect();
+    let mw: Vec<f32> = w.m.iter().map(|&h| f16_to_f32(h)).collect();
+    let mut scratch = Scratch::new(kb);
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
         let mut r = 0;
@@ -196,11 +140,11 @@ fn matmul_rows_by<K: Q8Kernel, const H: usize>(
             if rows - r >= TILE {
                 let blocks = r * kb..(r + TILE) * kb;
                 let tile = Tile { blocks, ..t };
-                run_tile::<K, TILE, H>(kern, w.values, sw, mw, &tile, &mut scratch.tile, out);
+                run_tile::<K, TILE>(kern, w.values, &sw, &mw, &tile, &mut scratch.tile, out);
                 r += TILE;
             } else {
                 let tile = Tile { blocks: r * kb..(r + 1) * kb, ..t };
-                run_tile::<K, 1, H>(kern, w.values, sw, mw, &tile, &mut scratch.one, out);
+                run_tile::<K, 1>(kern, w.values, &sw, &mw, &tile, &mut scratch.one, out);
                 r += 1;
             }
         }
@@ -208,16 +152,16 @@ fn matmul_rows_by<K: Q8Kernel, const H: usize>(
 }
 
 /// Per-tile scale products, reused across tiles.
-struct Scratch<const H: usize> {
-    tile: [Vec<[[f32; H]; TILE]>; 2],
-    one: [Vec<[[f32; H]; 1]>; 2],
+struct Scratch {
+    tile: [Vec<[f32; TILE]>; 2],
+    one: [Vec<[f32; 1]>; 2],
 }
 
-impl<const H: usize> Scratch<H> {
+impl Scratch {
     fn new(kb: usize) -> Self {
         Self {
-            tile: [vec![[[0f32; H]; TILE]; kb], vec![[[0f32; H]; TILE]; kb]],
-            one: [vec![[[0f32; H]; 1]; kb], vec![[[0f32; H]; 1]; kb]],
+            tile: [vec![[0f32; TILE]; kb], vec![[0f32; TILE]; kb]],
+            one: [vec![[0f32; 1]; kb], vec![[0f32; 1]; kb]],
         }
     }
 }
@@ -232,13 +176,13 @@ struct Tile<'a> {
 
 /// One tile of `R` weight rows against the pass's activation rows.
 #[inline(always)]
-fn run_tile<K: Q8Kernel, const R: usize, const H: usize>(
+fn run_tile<K: Q8Kernel, const R: usize>(
     kern: K,
     values: Values<'_>,
-    sw: &[[f32; H]],
-    mw: &[[f32; H]],
+    sw: &[f32],
+    mw: &[f32],
     t: &Tile<'_>,
-    scratch: &mut [Vec<[[f32; H]; R]>; 2],
+    scratch: &mut [Vec<[f32; R]>; 2],
     out: &mut [&mut [f32]],
 ) {
     let (sw, _) = sw[t.blocks.clone()].as_chunks::<R>();
@@ -249,19 +193,22 @@ fn run_tile<K: Q8Kernel, const R: usize, const H: usize>(
     }
     for a in t.acts_range.clone() {
         let row = t.acts.row(a);
-        let (x, ax, sx, xs) = (row.qs, row.abs, row.d, row.sums::<H>());
+        let (x, ax, sx, xs) = (row.qs, row.abs, row.d, row.sums);
         for ((c, w), &x) in sc.iter_mut().zip(sw).zip(sx) {
-            *c = w.map(|w| w.map(|w| w * x));
+            *c = w.map(|w| w * x);
         }
-        let blocks = t.blocks.clone();
         let res = match values {
-            Values::Signed(v) => kern.tile::<R, H>(v[blocks].as_chunks::<R>().0, sc, x, ax),
+            Values::Signed(v) => kern.tile::<R>(v[t.blocks.clone()].as_chunks::<R>().0, sc, x, ax),
             Values::Bytes(v) => {
-                kern.tile_offset::<R, H, Block>(v[blocks].as_chunks::<R>().0, sc, mn, x, xs)
+                kern.tile_offset::<R, Block>(v[t.blocks.clone()].as_chunks::<R>().0, sc, mn, x, xs)
             }
-            Values::Nibbles(v) => {
-                kern.tile_offset::<R, H, Nibbles>(v[blocks].as_chunks::<R>().0, sc, mn, x, xs)
-            }
+            Values::Nibbles(v) => kern.tile_offset::<R, Nibbles>(
+                v[t.blocks.clone()].as_chunks::<R>().0,
+                sc,
+                mn,
+                x,
+                xs,
+            ),
         };
         out[a][t.r..t.r + R].copy_from_slice(&res);
     }
@@ -271,52 +218,42 @@ fn run_tile<K: Q8Kernel, const R: usize, const H: usize>(
 #[derive(Clone, Copy)]
 pub(crate) struct Portable;
 
-/// `Σ p·q` over half `h` of `H` of two blocks.
-#[inline(always)]
-fn half_dot<P: Copy + Into<i32>, const H: usize>(p: &[P; QK], q: &Block, h: usize) -> i32 {
-    let part = h * QK / H..(h + 1) * QK / H;
-    p[part.clone()].iter().zip(&q[part]).map(|(&p, &q)| p.into() * i32::from(q)).sum()
-}
-
 impl Q8Kernel for Portable {
     #[inline(always)]
-    fn tile<const R: usize, const H: usize>(
+    fn tile<const R: usize>(
         self,
         w: &[[Block; R]],
-        sc: &[[[f32; H]; R]],
+        sc: &[[f32; R]],
         x: &[Block],
         _ax: &[Block],
     ) -> [f32; R] {
         let mut acc = [0f32; R];
         for ((wb, sc), xb) in w.iter().zip(sc).zip(x) {
-            for ((acc, w), sc) in acc.iter_mut().zip(wb).zip(sc) {
-                for (h, sc) in sc.iter().enumerate() {
-                    *acc += half_dot::<_, H>(w, xb, h) as f32 * sc;
-                }
+            for i in 0..R {
+                let dot: i32 =
+                    wb[i].iter().zip(xb).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
+                acc[i] += dot as f32 * sc[i];
             }
         }
         acc
     }
 
     #[inline(always)]
-    fn tile_offset<const R: usize, const H: usize, U: Unsigned + WideLoad>(
+    fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
         self,
         w: &[[U; R]],
-        sc: &[[[f32; H]; R]],
-        mn: &[[[f32; H]; R]],
+        sc: &[[f32; R]],
+        mn: &[[f32; R]],
         x: &[Block],
-        xs: &[[f32; H]],
+        xs: &[f32],
     ) -> [f32; R] {
         let (mut acc, mut off) = ([0f32; R], [0f32; R]);
-        for ((((wb, sc), mn), xb), xs) in w.iter().zip(sc).zip(mn).zip(x).zip(xs) {
-            for (((acc, off), w), (sc, mn)) in
-                acc.iter_mut().zip(&mut off).zip(wb).zip(sc.iter().zip(mn))
-            {
-                let q = w.bytes();
-                for (h, ((sc, mn), xs)) in sc.iter().zip(mn).zip(xs).enumerate() {
-                    *acc += half_dot::<_, H>(&q, xb, h) as f32 * sc;
-                    *off += mn * xs;
-                }
+        for ((((wb, sc), mn), xb), &xs) in w.iter().zip(sc).zip(mn).zip(x).zip(xs) {
+            for i in 0..R {
+                let q = wb[i].bytes();
+                let dot: i32 = q.iter().zip(xb).map(|(&p, &v)| i32::from(p) * i32::from(v)).sum();
+                acc[i] += dot as f32 * sc[i];
+                off[i] += mn[i] * xs;
             }
         }
         std::array::from_fn(|i| acc[i] + off[i])
