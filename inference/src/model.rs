@@ -113,8 +113,11 @@ pub trait Model: Send + Sync + 'static {
     /// The id the model was loaded by, e.g. `builtin:echo`.
     fn id(&self) -> &str;
 
-    /// Starts generating. Cheap: the work happens as the stream is polled (or on the
-    /// engine's own thread), never blocking the caller's async runtime.
+    /// Starts generating: checks the request and prepares the prompt (a local model renders
+    /// its chat template and tokenizes, milliseconds for a long prompt), so bad requests
+    /// fail here, before any output. Blocking for that long: async callers run it on a
+    /// blocking pool (`spawn_blocking`). The generation itself runs as the stream is polled
+    /// or on the engine's own thread.
     fn generate(&self, request: GenerateRequest) -> Result<Generation>;
 
     /// Whether this model embeds texts rather than generating.

@@ -106,7 +106,13 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             tools: tools.clone(),
             ..Default::default()
         };
-        let generation = model.generate(request).map_err(|e| failed(e.to_string()))?;
+        // Rendering the chat template and tokenizing a long prompt take milliseconds of CPU:
+        // on the blocking pool, not on this runtime (single-threaded on small machines).
+        let generating = model.clone();
+        let generation = tokio::task::spawn_blocking(move || generating.generate(request))
+            .await
+            .map_err(|_| failed("the model panicked while reading the prompt".into()))?
+            .map_err(|e| failed(e.to_string()))?;
         let turn =
             runner::generate(&run.task, generation, &run.sink, &run.cancel, !tools.is_empty())
                 .await?;

@@ -252,6 +252,33 @@ mod tests {
         }
     }
 
+    /// Generates only once a task on the caller's runtime has run: blocks (up to 5 s, then
+    /// fails) where `generate` is called on that runtime's only thread.
+    struct NeedsTheRuntime(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Model for NeedsTheRuntime {
+        fn id(&self) -> &str {
+            "test:needs-the-runtime"
+        }
+
+        fn generate(&self, request: GenerateRequest) -> fleet_inference::Result<Generation> {
+            let ran = self.0.clone();
+            let _ = tokio::runtime::Handle::current().spawn(async move {
+                ran.store(true, Ordering::SeqCst);
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !self.0.load(Ordering::SeqCst) {
+                if std::time::Instant::now() > deadline {
+                    return Err(fleet_inference::Error::InvalidRequest(
+                        "generate blocked the async runtime".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Echo::default().generate(request)
+        }
+    }
+
     fn task(id: &str) -> TaskAssignment {
         TaskAssignment {
             task_id: TaskId::new(id),
@@ -278,6 +305,25 @@ mod tests {
             }
         }
         kinds
+    }
+
+    /// Preparing a prompt (chat template, tokenizer) is blocking work: it must not hold the
+    /// worker's runtime, which is single-threaded on small machines (as in this test).
+    #[tokio::test(flavor = "current_thread")]
+    async fn prompts_are_prepared_off_the_async_runtime() {
+        let mut host = ActorHost::default();
+        let model = NeedsTheRuntime(Arc::default());
+        host.models_mut().insert("test:needs-the-runtime", &BTreeMap::new(), Arc::new(model));
+        let spec = Arc::new(AgentSpec {
+            name: "a".into(),
+            model: "test:needs-the-runtime".into(),
+            ..Default::default()
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        host.handle(Command::PlaceActor { spec, version: 1 }, &tx).await;
+        host.handle(Command::RunTask(task("t1")), &tx).await;
+        let events = events_of(&mut rx, "t1").await;
+        assert!(matches!(events.last(), Some(EventKind::Completed { .. })), "{events:?}");
     }
 
     #[tokio::test]
