@@ -263,9 +263,10 @@ mod tests {
 
         fn generate(&self, request: GenerateRequest) -> fleet_inference::Result<Generation> {
             let ran = self.0.clone();
-            let _ = tokio::runtime::Handle::current().spawn(async move {
+            // Detached: the test only needs it to run.
+            drop(tokio::runtime::Handle::current().spawn(async move {
                 ran.store(true, Ordering::SeqCst);
-            });
+            }));
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while !self.0.load(Ordering::SeqCst) {
                 if std::time::Instant::now() > deadline {
