@@ -32,7 +32,9 @@ def main(out):
     out = pathlib.Path(out)
     print("| file | measurement | engine tok/s | llama.cpp tok/s | ratio | rounds |")
     print("|---|---|---|---|---|---|")
-    for q in ("Q8_0", "Q4_K_M"):
+    # engine-<file name>-<round>.json, one per file and round.
+    names = sorted({p.name[len("engine-") :].rsplit("-", 1)[0] for p in out.glob("engine-*.json")})
+    for q in names:
         ours = medians(out.glob(f"engine-{q}-*.json"), engine_figures)
         theirs = medians(out.glob(f"llamacpp-{q}-*.json"), llamacpp_figures)
         for key, (value, n) in ours.items():
