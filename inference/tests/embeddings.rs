@@ -110,6 +110,64 @@ fn batched_equals_one_at_a_time() -> Result<()> {
     Ok(())
 }
 
+/// Texts of many lengths (1 to 400 words, the longest truncated), as a test corpus.
+fn varied_texts(count: usize) -> Vec<String> {
+    let words = "the quick brown fox jumps over the lazy dog while a bird sings".split(' ');
+    let words: Vec<&str> = words.collect();
+    (0..count)
+        .map(|i| {
+            let len = if i % 50 == 7 { 400 } else { 1 + i * 7 % 37 };
+            words.iter().cycle().skip(i % 5).take(len).copied().collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// The packed CPU path (no padding, attention per text) gives the padded batch's vectors.
+/// 300 texts are more than one pass, so passes split and join correctly too.
+#[test]
+fn packed_passes_equal_padded_batches() -> Result<()> {
+    let embedder = load()?;
+    let texts = varied_texts(300);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = embedder.tokenize(&texts)?;
+    let tokens: usize = ids.iter().map(Vec::len).sum();
+    assert!(tokens > 2 * fleet_inference::embedding::batcher::TOKENS_PER_PASS, "{tokens}");
+    let packed = embedder.embed(&texts)?;
+    let padded = embedder.embed_padded(&ids)?;
+    let diff = max_diff(&packed, &padded);
+    assert!(diff <= 1e-5, "packed differs from padded by {diff}");
+    Ok(())
+}
+
+/// Callers on several threads at once share the model's thread: each gets its own texts'
+/// vectors, in its order, as it would alone.
+#[test]
+fn concurrent_callers_get_their_own_vectors() -> Result<()> {
+    let embedder = load()?;
+    let texts = varied_texts(96);
+    let callers: Vec<Vec<&str>> =
+        texts.chunks(12).map(|c| c.iter().map(String::as_str).collect()).collect();
+    let alone: Vec<Vec<Vec<f32>>> =
+        callers.iter().map(|c| embedder.embed(c)).collect::<fleet_inference::Result<_>>()?;
+    for _ in 0..3 {
+        let together: Vec<fleet_inference::Result<Vec<Vec<f32>>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = callers.iter().map(|c| s.spawn(|| embedder.embed(c))).collect();
+            handles.into_iter().map(|h| h.join().expect("caller thread")).collect()
+        });
+        let together = together.into_iter().collect::<fleet_inference::Result<Vec<_>>>()?;
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            let diff = max_diff(a, b);
+            assert!(diff <= 1e-5, "caller {i}: together differs from alone by {diff}");
+        }
+    }
+    Ok(())
+}
+
 /// A copy of the model folder in a fresh temporary folder, with `edit` applied to it.
 fn broken_copy(name: &str, edit: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<PathBuf> {
     let src = model_dir();

@@ -1,14 +1,23 @@
 //! The BERT encoder (BertModel without the pooler): word + position + token-type
 //! embeddings and LayerNorm, then post-norm layers of bidirectional self-attention and a
-//! GELU MLP. Runs a padded batch `[B, T]` at once; the attention mask keeps padding out.
+//! GELU MLP.
+//!
+//! Two forms of the same pass: [`Bert::forward_packed`] runs sequences of any lengths
+//! back to back as one `[tokens, H]` matrix, with attention as plain loops within each
+//! sequence, so no work goes to padding (the CPU path); [`Bert::forward`] runs a padded
+//! batch `[B, T]` with matmul attention and a mask (other devices, and the reference the
+//! packed form is tested against).
 
 use std::path::Path;
 
-use candle_core::{Module, Tensor};
+use candle_core::{CpuStorage, Module, Storage, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use serde::Deserialize;
 
+use rayon::prelude::*;
+
 use super::weights::Weights;
+use crate::transformer::attention::dot;
 
 use crate::{Error, Result};
 
@@ -185,6 +194,105 @@ impl Bert {
         &self.cfg
     }
 
+    /// The last hidden states of `seqs` (token ids, each at most `max_position_embeddings`
+    /// long, all segment 0) packed back to back: `[Σ len, H]`, sequence after sequence.
+    /// Every linear layer runs once over all real tokens; attention stays within each
+    /// sequence. CPU and f32 only; `None` on other devices (use [`Bert::forward`]).
+    pub fn forward_packed(&self, seqs: &[&[u32]]) -> candle_core::Result<Option<Tensor>> {
+        if !self.word.device().is_cpu() || self.word.dtype() != candle_core::DType::F32 {
+            return Ok(None);
+        }
+        let mut spans = Vec::with_capacity(seqs.len());
+        let (mut ids, mut positions) = (Vec::new(), Vec::new());
+        for seq in seqs {
+            if seq.len() > self.cfg.max_position_embeddings {
+                candle_core::bail!(
+                    "a sequence of {} tokens is longer than the model's {} positions",
+                    seq.len(),
+                    self.cfg.max_position_embeddings
+                );
+            }
+            spans.push((ids.len(), seq.len()));
+            ids.extend_from_slice(seq);
+            positions.extend(0..seq.len() as u32);
+        }
+        let n = ids.len();
+        let device = self.word.device();
+        let ids = Tensor::from_vec(ids, n, device)?;
+        let positions = Tensor::from_vec(positions, n, device)?;
+        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?
+            .broadcast_add(&self.token_type.get(0)?)?;
+        let mut x = self.embed_norm.forward(&x)?;
+        for layer in &self.layers {
+            let attn = self.attention_packed(&layer.qkv.forward(&x)?, &spans)?;
+            x = self.layer_rest(layer, &attn, &x)?;
+        }
+        Ok(Some(x))
+    }
+
+    /// The rest of a layer after self-attention: output projection, residual and norm, then
+    /// the MLP with its residual and norm.
+    fn layer_rest(&self, layer: &Layer, attn: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = layer.attn_norm.forward(&(layer.attn_out.forward(attn)? + x)?)?;
+        let up = layer.up.forward(&x)?;
+        let up = match self.activation {
+            Activation::Gelu => super::gelu::gelu_erf(&up)?,
+            Activation::GeluTanh => up.gelu()?,
+            Activation::Relu => up.relu()?,
+        };
+        layer.out_norm.forward(&(layer.down.forward(&up)? + &x)?)
+    }
+
+    /// Bidirectional multi-head attention of packed `qkv` `[N, 3H]` (query, key, value per
+    /// row) within each `(start, len)` span; returns `[N, H]`. In parallel over rows.
+    fn attention_packed(
+        &self,
+        qkv: &Tensor,
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let (nh, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
+        let h = nh * hd;
+        let qkv = qkv.contiguous()?;
+        let (storage, layout) = qkv.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            candle_core::bail!("packed attention needs f32 CPU tensors");
+        };
+        let data = &data[layout.start_offset()..];
+        let n = qkv.dim(0)?;
+        // The span of each row, so rows can be spread over threads independently.
+        let row_span: Vec<(usize, usize)> =
+            spans.iter().flat_map(|&span| std::iter::repeat_n(span, span.1)).collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; n * h];
+        out.par_chunks_mut(h).enumerate().for_each(|(row, out)| {
+            let (start, len) = row_span[row];
+            let q = &data[row * 3 * h..][..h];
+            let mut scores = vec![0f32; len];
+            for head in 0..nh {
+                let qh = &q[head * hd..][..hd];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(qh, &data[(start + j) * 3 * h + h + head * hd..][..hd]) * scale;
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in &mut scores {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let acc = &mut out[head * hd..][..hd];
+                for (j, s) in scores.iter().enumerate() {
+                    let w = s / sum;
+                    let v = &data[(start + j) * 3 * h + 2 * h + head * hd..][..hd];
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a += w * v;
+                    }
+                }
+            }
+        });
+        drop(storage);
+        Tensor::from_vec(out, (n, h), qkv.device())
+    }
+
     /// The last hidden states `[B, T, H]` of a padded batch: `ids` and `type_ids` `[B, T]`
     /// u32, `mask` `[B, T]` f32 with 1 for real tokens and 0 for padding. Rows of padding
     /// positions are computed but meaningless.
@@ -207,14 +315,7 @@ impl Bert {
         let bias = ((mask.ones_like()? - mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?;
         for layer in &self.layers {
             let attn = self.attention(&layer.qkv.forward(&x)?, &bias, b, t)?;
-            x = layer.attn_norm.forward(&(layer.attn_out.forward(&attn)? + &x)?)?;
-            let up = layer.up.forward(&x)?;
-            let up = match self.activation {
-                Activation::Gelu => up.gelu_erf()?,
-                Activation::GeluTanh => up.gelu()?,
-                Activation::Relu => up.relu()?,
-            };
-            x = layer.out_norm.forward(&(layer.down.forward(&up)? + &x)?)?;
+            x = self.layer_rest(layer, &attn, &x)?;
         }
         x.reshape((b, t, h))
     }

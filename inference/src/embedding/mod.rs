@@ -1,38 +1,51 @@
 //! Sentence embeddings with BERT-family encoders (such as all-MiniLM-L6-v2), read from a
-//! sentence-transformers model folder: tokenize, run padded batches through the encoder,
+//! sentence-transformers model folder: tokenize, run the texts through the encoder,
 //! mean-pool over real tokens, L2-normalise.
 //!
+//! On the CPU the texts of every caller go to one thread per model ([`batcher`]), which
+//! packs whatever is waiting into passes of real tokens only (no padding) and runs them
+//! one at a time, each using every core. Other devices run padded batches per call.
+//!
 //! - [`Embedder`]: loads a folder and embeds texts;
+//! - [`batcher`]: the CPU thread that forms packed passes across callers;
 //! - [`bert`]: the encoder's forward pass;
 //! - [`pooling`]: mean pooling and normalisation;
+//! - `gelu`: the exact GELU, vectorised and in parallel;
 //! - [`fixture`]: finds the real all-MiniLM-L6-v2 weights for tests and benchmarks.
 
+pub mod batcher;
 pub mod bert;
 pub mod fixture;
+mod gelu;
 pub mod pooling;
 mod weights;
 
 use std::cmp::Reverse;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use self::batcher::Batcher;
 use self::bert::{Bert, BertConfig};
 use self::weights::Weights;
 use crate::{Error, Result};
 
-/// Texts per forward pass: large enough to keep the matmuls efficient, small enough that
-/// padding to the longest text of a batch and the `[B, heads, T, T]` scores stay modest.
+/// Texts per padded forward pass (devices other than the CPU): large enough to keep the
+/// matmuls efficient, small enough that padding to the longest text of a batch and the
+/// `[B, heads, T, T]` scores stay modest.
 pub const BATCH_SIZE: usize = 64;
 
 /// A BERT-family sentence encoder with its tokenizer.
 pub struct Embedder {
-    model: Bert,
+    model: Arc<Bert>,
     tokenizer: Tokenizer,
     max_seq_length: usize,
     device: Device,
+    /// The packing thread, on the CPU.
+    batcher: Option<Batcher>,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -64,7 +77,12 @@ impl Embedder {
             .min(cfg.max_position_embeddings);
         let tokenizer = read_tokenizer(&dir.join("tokenizer.json"), max_seq_length, &cfg)?;
         let model = Bert::new(&cfg, &Weights::read(&dir.join("model.safetensors"), device)?)?;
-        Ok(Self { model, tokenizer, max_seq_length, device: device.clone() })
+        let model = Arc::new(model);
+        let batcher = match device {
+            Device::Cpu => Some(Batcher::start(Arc::clone(&model))?),
+            _ => None,
+        };
+        Ok(Self { model, tokenizer, max_seq_length, device: device.clone(), batcher })
     }
 
     /// The length of each embedding.
@@ -90,9 +108,19 @@ impl Embedder {
         Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
-    /// One unit-length vector per text, in input order.
+    /// One unit-length vector per text, in input order. Blocks until done: on the CPU the
+    /// texts join whatever other callers have waiting on the model's packing thread.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let ids = self.tokenize(texts)?;
+        if let Some(batcher) = &self.batcher {
+            return batcher.embed(ids);
+        }
+        self.embed_padded(&ids)
+    }
+
+    /// Embeds `ids` in padded batches of [`BATCH_SIZE`] on the calling thread: the path of
+    /// devices other than the CPU, and the reference the packed path is tested against.
+    pub fn embed_padded(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         // Longest first, so each batch pads to a length close to all of its texts'.
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| Reverse(ids[i].len()));

@@ -19,3 +19,26 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
     x.broadcast_div(&norm)
 }
+
+/// Unit-length mean vectors of packed token rows: `hidden` holds `[N, h]` rows sequence
+/// after sequence, `lens` the number of rows of each sequence (none empty). The same
+/// arithmetic as [`mean_pool`] then [`l2_normalize`] on a padded batch.
+pub fn mean_pool_packed(hidden: &[f32], h: usize, lens: &[usize]) -> Vec<Vec<f32>> {
+    let mut start = 0;
+    lens.iter()
+        .map(|&len| {
+            let mut mean = vec![0f32; h];
+            for row in hidden[start * h..(start + len) * h].chunks_exact(h) {
+                for (m, x) in mean.iter_mut().zip(row) {
+                    *m += x;
+                }
+            }
+            start += len;
+            let count = (len as f32).max(1e-9);
+            mean.iter_mut().for_each(|m| *m /= count);
+            let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|m| *m /= norm);
+            mean
+        })
+        .collect()
+}
