@@ -20,7 +20,7 @@ fi
 out="$(mktemp -d)"
 for round in $(seq "$rounds"); do
     python "$root/benches/python/embeddings_vs_st.py" agentfleet "$model" >>"$out/runs.jsonl"
-    "$st_venv/bin/python" "$root/benches/python/embeddings_vs_st.py" st "$model" >>"$out/runs.jsonl"
+    TQDM_DISABLE=1 "$st_venv/bin/python" "$root/benches/python/embeddings_vs_st.py" st "$model" >>"$out/runs.jsonl"
 done
 python - "$out/runs.jsonl" <<'PY'
 import json, statistics, sys

@@ -1,8 +1,8 @@
 //! Batch invariance: a sequence's tokens (greedy, and seeded sampling at temperature 0.9) are
 //! bitwise the same whether it runs alone or among 32 others, beside other sequences' prompt
 //! chunks, on one rayon thread or several, and while other threads load the CPU. Checked for
-//! every weight path: dense f32, our quantized kernels (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and
-//! candle's (Q4_K).
+//! every weight path: dense f32, f16 and bf16, our quantized kernels (Q8_0, Q4_0, Q4_1,
+//! Q5_0, Q5_1) and the k-quants' super-block kernel (Q4_K, Q6_K).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,12 +147,15 @@ async fn check(dtype: GgmlDType) -> Result<()> {
 async fn tokens_do_not_depend_on_the_batch_threads_or_load() -> Result<()> {
     for dtype in [
         GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::BF16,
         GgmlDType::Q8_0,
         GgmlDType::Q4_0,
         GgmlDType::Q4_1,
         GgmlDType::Q5_0,
         GgmlDType::Q5_1,
         GgmlDType::Q4K,
+        GgmlDType::Q6K,
     ] {
         check(dtype).await?;
     }

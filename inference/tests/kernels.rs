@@ -214,3 +214,54 @@ fn every_supported_type_matches_candle() -> Result<()> {
     }
     Ok(())
 }
+
+/// F16 and BF16 weights stay half precision (half the bytes of f32) and multiply exactly as
+/// an f32 matrix of the same values does: the same bits, batched or alone, within f32
+/// rounding of the f64 product, and rows read back as candle dequantizes them.
+#[test]
+fn half_precision_weights_match_their_f32_values() -> Result<()> {
+    use fleet_inference::kernels::DenseMatrix;
+    for dtype in [GgmlDType::F16, GgmlDType::BF16] {
+        for (n, k) in [(67, 896), (133, 577), (5, 3)] {
+            let w = Tensor::from_vec(values(n * k, (n + k) as u64, 0.05), (n, k), &Device::Cpu)?;
+            let qt = QTensor::quantize(&w, dtype)?;
+            let half = DenseMatrix::from_qtensor(&qt).ok_or("a half-precision matrix")?;
+            assert_eq!(half.bytes(), n * k * 2, "{dtype:?}");
+            let dense = qt.dequantize(&Device::Cpu)?;
+            let full = DenseMatrix::from_tensor(&dense)?.ok_or("an f32 matrix")?;
+            assert_eq!(full.bytes(), n * k * 4);
+            let dense = dense.to_vec2::<f32>()?;
+            let m = 40;
+            let x = values(m * k, (m * k) as u64, 1.0);
+            let (mut ours, mut f32s) = (vec![0f32; m * n], vec![0f32; m * n]);
+            half.matmul_slice(&x, &mut ours)?;
+            full.matmul_slice(&x, &mut f32s)?;
+            let differ = ours.iter().zip(&f32s).position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(differ, None, "{dtype:?} [{n}, {k}]: not the f32 matrix's bits");
+            for a in [0, 17, m - 1] {
+                let mut alone = vec![0f32; n];
+                half.matmul_slice(&x[a * k..(a + 1) * k], &mut alone)?;
+                assert!(alone == ours[a * n..(a + 1) * n], "{dtype:?} row {a}: alone differs");
+                for i in 0..n {
+                    let xs = &x[a * k..(a + 1) * k];
+                    let exact: f64 =
+                        xs.iter().zip(&dense[i]).map(|(x, w)| f64::from(*x) * f64::from(*w)).sum();
+                    let size: f64 =
+                        xs.iter().zip(&dense[i]).map(|(x, w)| f64::from((x * w).abs())).sum();
+                    let diff = (f64::from(ours[a * n + i]) - exact).abs();
+                    assert!(
+                        diff <= 1e-5 * size + 1e-6,
+                        "{dtype:?} [{a},{i}]: {} vs {exact}",
+                        ours[a * n + i]
+                    );
+                }
+            }
+            let mut row = vec![0f32; k];
+            for i in [0, n / 2, n - 1] {
+                half.row(i, &mut row);
+                assert_eq!(row, dense[i], "{dtype:?} row {i}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,8 +1,13 @@
-//! Dense f32 weights times f32 activations, with every output computed by the same sequence
-//! of operations whatever the batch: `out[a][r]` is the dot of activation row `a` and weight
-//! row `r` in 8 lanes over `k`, then the lanes summed in a fixed order. A BLAS-style matmul
-//! blocks its reductions by the shape of the whole product (and switches to a different
-//! kernel for one row), so a sequence's logits would change with what else is in the step.
+//! Dense weights (f32, or f16/bf16 kept at half the size) times f32 activations, with every
+//! output computed by the same sequence of operations whatever the batch: `out[a][r]` is the
+//! dot of activation row `a` and weight row `r` in 8 lanes over `k`, then the lanes summed in
+//! a fixed order. A BLAS-style matmul blocks its reductions by the shape of the whole product
+//! (and switches to a different kernel for one row), so a sequence's logits would change with
+//! what else is in the step.
+//!
+//! Half-precision weights are widened to f32 one 4-row tile at a time (F16C through `half`),
+//! once per call whatever the batch, so they cost half the memory and half the bandwidth of
+//! f32 and give the bits an f32 copy of the same values would.
 
 /// Weight rows per tile: read together while an activation row goes by.
 const TILE: usize = 4;
@@ -10,17 +15,62 @@ const TILE: usize = 4;
 /// Lanes of the dot products (one AVX2 register of f32).
 const LANES: usize = 8;
 
+/// The values of a [`DenseMatrix`], row-major.
+#[derive(Debug)]
+pub enum Values {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
+}
+
+impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F16(v) => v.len(),
+            Values::BF16(v) => v.len(),
+        }
+    }
+
+    /// Values `range` as f32, borrowed when they are f32, else widened into `scratch`.
+    fn f32s<'a>(&'a self, range: std::ops::Range<usize>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        let widen = |scratch: &'a mut Vec<f32>, len: usize| {
+            scratch.resize(len, 0.0);
+            &mut scratch[..len]
+        };
+        match self {
+            Values::F32(v) => &v[range],
+            Values::F16(v) => {
+                let out = widen(scratch, range.len());
+                v[range].convert_to_f32_slice(out);
+                out
+            }
+            Values::BF16(v) => {
+                let out = widen(scratch, range.len());
+                v[range].convert_to_f32_slice(out);
+                out
+            }
+        }
+    }
+}
+
 /// A dense weight matrix `[n, k]` (row-major, HF layout `[out, in]`).
 #[derive(Debug)]
 pub struct DenseMatrix {
     n: usize,
     k: usize,
-    w: Vec<f32>,
+    w: Values,
 }
 
 impl DenseMatrix {
     /// `w` holds `n` rows of `k` values.
     pub fn new(w: Vec<f32>, n: usize, k: usize) -> Option<Self> {
+        Self::from_values(Values::F32(w), n, k)
+    }
+
+    /// `w` holds `n` rows of `k` values of any [`Values`] type.
+    pub fn from_values(w: Values, n: usize, k: usize) -> Option<Self> {
         (w.len() == n * k && k > 0).then_some(Self { n, k, w })
     }
 
@@ -33,12 +83,17 @@ impl DenseMatrix {
     }
 
     pub fn bytes(&self) -> usize {
-        self.w.len() * 4
+        let size = match self.w {
+            Values::F32(_) => 4,
+            Values::F16(_) | Values::BF16(_) => 2,
+        };
+        self.w.len() * size
     }
 
-    /// Row `r` of the weights (`k` values).
-    pub fn row(&self, r: usize) -> &[f32] {
-        &self.w[r * self.k..(r + 1) * self.k]
+    /// Row `r` of the weights (`k` values) into `out`, as f32.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let mut scratch = Vec::new();
+        out.copy_from_slice(self.w.f32s(r * self.k..(r + 1) * self.k, &mut scratch));
     }
 
     /// `out = x · Wᵀ` for row-major `x` `[m, k]` and `out` `[m, n]`.
@@ -60,15 +115,16 @@ impl DenseMatrix {
     }
 
     fn run_rows(&self, rows: std::ops::Range<usize>, x: &[f32], out: &mut [&mut [f32]]) {
-        let w = &self.w[rows.start * self.k..rows.end * self.k];
-        pulp::Arch::new().dispatch(Rows { w, k: self.k, x, out });
+        pulp::Arch::new().dispatch(Rows { w: &self.w, rows, k: self.k, x, out });
     }
 }
 
 /// One thread's share as a `pulp` operation (a struct so it inlines into the dispatched
 /// `#[target_feature]` function; see `QuantMatrix`).
 struct Rows<'a, 'o, 's> {
-    w: &'a [f32],
+    w: &'a Values,
+    /// The weight rows of this share; `out`'s columns start at `rows.start`.
+    rows: std::ops::Range<usize>,
     k: usize,
     x: &'a [f32],
     out: &'o mut [&'s mut [f32]],
@@ -80,11 +136,13 @@ impl pulp::NullaryFnOnce for Rows<'_, '_, '_> {
     #[inline(always)]
     fn call(self) {
         let k = self.k;
-        let rows = self.w.len() / k;
+        let rows = self.rows.len();
+        let mut scratch = Vec::new();
         let mut r = 0;
         while r < rows {
             let take = if rows - r >= TILE { TILE } else { 1 };
-            let w = &self.w[r * k..(r + take) * k];
+            let first = self.rows.start + r;
+            let w = self.w.f32s(first * k..(first + take) * k, &mut scratch);
             for (a, x) in self.x.chunks_exact(k).enumerate() {
                 let out = &mut self.out[a][r..r + take];
                 if take == TILE {

@@ -151,15 +151,37 @@ fn matmul_tensor(
 }
 
 impl DenseMatrix {
-    /// The f32 CPU tensor `w` `[n, k]` (other dtypes are converted), or `None` when it is
-    /// not 2-D or not on the CPU.
+    /// The CPU tensor `w` `[n, k]`: f16 and bf16 stay as they are, other dtypes become f32;
+    /// `None` when it is not 2-D or not on the CPU.
     pub fn from_tensor(w: &Tensor) -> candle_core::Result<Option<Self>> {
         let Ok((n, k)) = w.dims2() else { return Ok(None) };
         if !w.device().is_cpu() {
             return Ok(None);
         }
-        let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::new(values, n, k))
+        let w = w.flatten_all()?;
+        let values = match w.dtype() {
+            DType::F16 => dense::Values::F16(w.to_vec1()?),
+            DType::BF16 => dense::Values::BF16(w.to_vec1()?),
+            _ => dense::Values::F32(w.to_dtype(DType::F32)?.to_vec1()?),
+        };
+        Ok(Self::from_values(values, n, k))
+    }
+
+    /// A 2-D F16 or BF16 GGUF tensor on the CPU, its values kept as they are; `None` for
+    /// other dtypes, shapes or devices.
+    pub fn from_qtensor(qt: &QTensor) -> Option<Self> {
+        let &[n, k] = qt.shape().dims() else { return None };
+        if !qt.device().is_cpu() {
+            return None;
+        }
+        let data = qt.data().ok()?;
+        let halves = data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let values = match qt.dtype() {
+            GgmlDType::F16 => dense::Values::F16(halves.map(half::f16::from_bits).collect()),
+            GgmlDType::BF16 => dense::Values::BF16(halves.map(half::bf16::from_bits).collect()),
+            _ => return None,
+        };
+        Self::from_values(values, n, k)
     }
 
     /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU): shape `[.., n]`.

@@ -26,19 +26,24 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Dense weights: on the CPU f16/bf16 stay half precision on our kernel; elsewhere
+    /// candle's matmul in f32.
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.dim(0)?;
         let weight = match DenseMatrix::from_tensor(&weight)? {
             Some(rows) => Weight::Rows(Box::new(rows)),
-            None => Weight::Dense(weight),
+            None => Weight::Dense(weight.to_dtype(candle_core::DType::F32)?),
         };
         Ok(Self { weight, bias, out_features })
     }
 
-    /// Quantized blocks stay quantized (in our kernels' layout where they apply); F32/F16
-    /// tensors become dense f32.
+    /// Quantized blocks stay quantized (in our kernels' layout where they apply); F16/BF16
+    /// tensors stay half precision on our dense kernel; F32 ones become dense f32.
     pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.shape().dims().first().copied().unwrap_or(0);
+        if let Some(rows) = DenseMatrix::from_qtensor(&weight) {
+            return Ok(Self { weight: Weight::Rows(Box::new(rows)), bias, out_features });
+        }
         // Our kernels are CPU-only; elsewhere candle's QMatMul runs the blocks.
         if weight.device().is_cpu() {
             let packed = QuantMatrix::from_qtensor(&weight).or_else(|_| {
@@ -98,7 +103,7 @@ impl Linear {
                 );
             }
             match &self.weight {
-                Weight::Rows(m) => row.copy_from_slice(m.row(id)),
+                Weight::Rows(m) => m.row(id, row),
                 Weight::Packed(m) => m.row(id, row),
                 _ => {}
             }

@@ -107,7 +107,8 @@ fn suffix(bias: bool) -> &'static str {
     if bias { "bias" } else { "weight" }
 }
 
-/// Tensors read from safetensors files, converted to f32 and optionally quantized.
+/// Tensors read from safetensors files: matrices kept in f16/bf16 or f32 (other dtypes
+/// become f32), or quantized; everything else f32.
 #[derive(Debug)]
 pub struct SafetensorsWeights {
     tensors: HashMap<String, Tensor>,
@@ -120,10 +121,14 @@ impl SafetensorsWeights {
     }
 
     fn get(&mut self, part: Part, bias: bool) -> Result<Tensor> {
+        self.take(part, bias)?.to_dtype(DType::F32)
+    }
+
+    /// The tensor in its file's dtype, removed so the form the model keeps is the only copy.
+    fn take(&mut self, part: Part, bias: bool) -> Result<Tensor> {
         let name = format!("{}.{}", part.hf_name(), suffix(bias));
-        // Removed so the f32 copy is the only one kept.
         match self.tensors.remove(&name) {
-            Some(t) => t.to_dtype(DType::F32),
+            Some(t) => Ok(t),
             None => candle_core::bail!("the weights have no tensor {name}"),
         }
     }
@@ -149,12 +154,14 @@ impl WeightSource for SafetensorsWeights {
         self.get(part, bias)
     }
 
+    /// f16 and bf16 matrices stay half precision unless they are quantized.
     fn linear(&mut self, part: Part, bias: bool) -> Result<Linear> {
-        let w = if part == Part::Embed { self.dense(part, false)? } else { self.get(part, false)? };
+        let w =
+            if part == Part::Embed { self.dense(part, false)? } else { self.take(part, false)? };
         let b = if bias { Some(self.get(part, true)?) } else { None };
         match self.quantize {
             Some(dtype) if w.dim(1)?.is_multiple_of(dtype.block_size()) => {
-                Linear::quantized(QTensor::quantize(&w, dtype)?, b)
+                Linear::quantized(QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?, b)
             }
             _ => Linear::dense(w, b),
         }
