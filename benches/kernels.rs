@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use fleet_inference::kernels::QuantMatrix;
+use fleet_inference::kernels::{DenseMatrix, QuantMatrix};
 
 /// Weight bytes (of each kind) to rotate through so the caches cannot hold them.
 const ROTATE_BYTES: usize = 96 << 20;
@@ -71,7 +71,11 @@ fn main() -> Result<()> {
             let w = Tensor::randn(0f32, 0.02, (n, k), d)?;
             if c < copies {
                 let qt = QTensor::quantize(&w, dtype)?;
-                ours.push(QuantMatrix::from_qtensor(&qt)?);
+                ours.push(match dtype {
+                    F32 => Ours::Dense(DenseMatrix::from_tensor(&w)?.context("f32 matrix")?),
+                    F16 | BF16 => Ours::Dense(DenseMatrix::from_qtensor(&qt).context("half")?),
+                    _ => Ours::Quant(QuantMatrix::from_qtensor(&qt)?),
+                });
                 theirs.push(QMatMul::from_qtensor(qt)?);
             }
             if c < f32_copies {
@@ -99,6 +103,21 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Our matrix for the benchmarked dtype: the dense kernel for F32/F16/BF16, else blocks.
+enum Ours {
+    Dense(DenseMatrix),
+    Quant(QuantMatrix),
+}
+
+impl Ours {
+    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Ours::Dense(m) => m.matmul(x),
+            Ours::Quant(m) => m.matmul(x),
+        }
+    }
 }
 
 fn rayon_threads() -> usize {

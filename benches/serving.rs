@@ -203,6 +203,8 @@ async fn main() -> Result<()> {
         .start()
         .await?;
     let client = cluster.client().await?;
+    let worker = cluster.worker_names().into_iter().next().context("a worker")?;
+    let file_bytes = std::fs::metadata(&path)?.len() as f64;
     let sampling = Sampling { max_tokens: Some(TTFT_TOKENS), ..Default::default() };
     let spec =
         AgentSpec { name: "chat".into(), model: name.clone(), sampling, ..Default::default() };
@@ -223,6 +225,8 @@ async fn main() -> Result<()> {
         "prompt tokens differ: engine {engine_prompt}, gRPC {grpc_prompt}, OpenAI {openai_prompt}"
     );
     println!("prompt: {engine_prompt} tokens on every path");
+    // Served once: the model is loaded, whether or not --preload has finished by itself.
+    let loaded_rss = cluster.worker_rss_bytes(&worker).context("the worker's RSS")?.0 as f64;
     for round in 0..rounds {
         // Interleaved per sample, so machine noise hits all three alike.
         for i in 0..20 {
@@ -273,6 +277,18 @@ async fn main() -> Result<()> {
         "| the API's tokens/s as % of the engine's, per round | {:.0}% | [{}] |",
         median(ratios.clone()),
         runs(&ratios)
+    );
+    let (rss, peak) = cluster.worker_rss_bytes(&worker).context("the worker's RSS")?;
+    let mib = |b: f64| b / 1048576.0;
+    println!(
+        "| worker RSS after one chat / after the run / highest | {:.0} / {:.0} / {:.0} MiB = {:.2} / {:.2} / {:.2}x the file ({:.0} MiB) | 1 |",
+        mib(loaded_rss),
+        mib(rss as f64),
+        mib(peak as f64),
+        loaded_rss / file_bytes,
+        rss as f64 / file_bytes,
+        peak as f64 / file_bytes,
+        mib(file_bytes)
     );
     drop(local);
     tokio::time::sleep(Duration::from_millis(10)).await;

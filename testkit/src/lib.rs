@@ -265,11 +265,13 @@ impl ClusterSandbox {
 
     /// The head process's resident memory in bytes (Linux).
     pub fn head_rss_bytes(&self) -> Option<u64> {
-        let pid = self.head.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        proc_status_bytes(self.head.id()?, "VmRSS:")
+    }
+
+    /// A worker's resident memory in bytes, now and at its highest (Linux).
+    pub fn worker_rss_bytes(&self, name: &str) -> Option<(u64, u64)> {
+        let pid = self.worker_pid(name)?;
+        Some((proc_status_bytes(pid, "VmRSS:")?, proc_status_bytes(pid, "VmHWM:")?))
     }
 
     /// Stops every process.
@@ -280,6 +282,14 @@ impl ClusterSandbox {
         let _ = self.head.kill().await;
         Ok(())
     }
+}
+
+/// A size field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`, given in kB) in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Drop for ClusterSandbox {

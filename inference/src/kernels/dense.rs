@@ -115,13 +115,82 @@ impl DenseMatrix {
     }
 
     fn run_rows(&self, rows: std::ops::Range<usize>, x: &[f32], out: &mut [&mut [f32]]) {
-        pulp::Arch::new().dispatch(Rows { w: &self.w, rows, k: self.k, x, out });
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            let kern = super::avx2::Avx2(simd);
+            return simd.vectorize(Rows { kern, w: &self.w, rows, k: self.k, x, out });
+        }
+        pulp::Arch::new().dispatch(Rows { kern: Portable, w: &self.w, rows, k: self.k, x, out });
+    }
+
+    /// All of `x` through the portable kernel on this thread (tests compare it with the
+    /// dispatched one).
+    #[cfg(test)]
+    fn matmul_portable(&self, x: &[f32], out: &mut [f32]) {
+        let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(self.n).collect();
+        let op = Rows { kern: Portable, w: &self.w, rows: 0..self.n, k: self.k, x, out: &mut rows };
+        pulp::Arch::new().dispatch(op);
+    }
+}
+
+/// Activation rows per pass over a thread's weight rows: their values (~230 KB at k = 896)
+/// stay in L2 while every weight tile goes by, instead of all `m` rows streaming from L3
+/// once per tile.
+const ACT_BLOCK: usize = 64;
+
+/// A tile kernel: the dots of `R` weight rows with `A` activation rows.
+pub(crate) trait DenseKernel: Copy {
+    /// `w` holds `R` rows of `k` values; every output is the same bits for any `R` and `A`
+    /// (its own 8 lanes over `k` in order, then [`finish`]).
+    fn tile<const R: usize, const A: usize>(self, w: &[f32], xs: [&[f32]; A]) -> [[f32; R]; A];
+}
+
+/// The lanes of one output summed in a fixed order, plus the tail past the last full lane
+/// group (`body`), computed the same way by every kernel.
+#[inline(always)]
+pub(crate) fn finish(lanes: [f32; LANES], x: &[f32], w: &[f32], body: usize) -> f32 {
+    let pairs =
+        [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    let mut sum = (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]);
+    for (x, w) in x[body..].iter().zip(&w[body..]) {
+        sum += x * w;
+    }
+    sum
+}
+
+/// Plain Rust lanes, which LLVM vectorises on any target (no FMA: bits differ from the
+/// AVX2 kernel's, so a machine uses one or the other throughout).
+#[derive(Clone, Copy)]
+pub(crate) struct Portable;
+
+impl DenseKernel for Portable {
+    #[inline(always)]
+    fn tile<const R: usize, const A: usize>(self, w: &[f32], xs: [&[f32]; A]) -> [[f32; R]; A] {
+        let k = xs[0].len();
+        let body = k / LANES * LANES;
+        let mut acc = [[[0f32; LANES]; R]; A];
+        let xc: [&[[f32; LANES]]; A] = std::array::from_fn(|a| xs[a][..body].as_chunks().0);
+        let wc: [&[[f32; LANES]]; R] =
+            std::array::from_fn(|i| w[i * k..i * k + body].as_chunks().0);
+        for c in 0..body / LANES {
+            for (acc, xc) in acc.iter_mut().zip(&xc) {
+                for (acc, wc) in acc.iter_mut().zip(&wc) {
+                    for l in 0..LANES {
+                        acc[l] += xc[c][l] * wc[c][l];
+                    }
+                }
+            }
+        }
+        std::array::from_fn(|a| {
+            std::array::from_fn(|i| finish(acc[a][i], xs[a], &w[i * k..(i + 1) * k], body))
+        })
     }
 }
 
 /// One thread's share as a `pulp` operation (a struct so it inlines into the dispatched
 /// `#[target_feature]` function; see `QuantMatrix`).
-struct Rows<'a, 'o, 's> {
+struct Rows<'a, 'o, 's, K> {
+    kern: K,
     w: &'a Values,
     /// The weight rows of this share; `out`'s columns start at `rows.start`.
     rows: std::ops::Range<usize>,
@@ -130,63 +199,90 @@ struct Rows<'a, 'o, 's> {
     out: &'o mut [&'s mut [f32]],
 }
 
-impl pulp::NullaryFnOnce for Rows<'_, '_, '_> {
+impl<K: DenseKernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
     type Output = ();
 
     #[inline(always)]
-    fn call(self) {
+    fn call(mut self) {
         let k = self.k;
         let rows = self.rows.len();
+        let m = self.x.len() / k;
         let mut scratch = Vec::new();
-        let mut r = 0;
-        while r < rows {
-            let take = if rows - r >= TILE { TILE } else { 1 };
-            let first = self.rows.start + r;
-            let w = self.w.f32s(first * k..(first + take) * k, &mut scratch);
-            for (a, x) in self.x.chunks_exact(k).enumerate() {
-                let out = &mut self.out[a][r..r + take];
+        let values = self.w;
+        for block in (0..m).step_by(ACT_BLOCK) {
+            let block = block..(block + ACT_BLOCK).min(m);
+            let mut r = 0;
+            while r < rows {
+                let take = if rows - r >= TILE { TILE } else { 1 };
+                let first = self.rows.start + r;
+                let w = values.f32s(first * k..(first + take) * k, &mut scratch);
+                let cols = r..r + take;
                 if take == TILE {
-                    out.copy_from_slice(&tile::<TILE>(w, x));
+                    self.run_tile::<TILE>(w, block.clone(), cols);
                 } else {
-                    out.copy_from_slice(&tile::<1>(w, x));
+                    self.run_tile::<1>(w, block.clone(), cols);
                 }
+                r += take;
             }
-            r += take;
         }
     }
 }
 
-/// Dots of `R` weight rows (`w`, `R × k`) with one activation row `x`; each row's result is
-/// the same bits for any `R`.
-#[inline(always)]
-fn tile<const R: usize>(w: &[f32], x: &[f32]) -> [f32; R] {
-    let k = x.len();
-    let body = k / LANES * LANES;
-    let mut acc = [[0f32; LANES]; R];
-    let (xc, _) = x[..body].as_chunks::<LANES>();
-    for (c, xv) in xc.iter().enumerate() {
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let wv = &w[i * k + c * LANES..][..LANES];
-            for l in 0..LANES {
-                acc[l] += xv[l] * wv[l];
+impl<K: DenseKernel> Rows<'_, '_, '_, K> {
+    /// `R` weight rows (`w`) against activation rows `acts`, into output columns `cols`;
+    /// activation rows go two at a time, so each weight vector loaded serves two outputs
+    /// (the pairing changes no output's arithmetic).
+    #[inline(always)]
+    fn run_tile<const R: usize>(
+        &mut self,
+        w: &[f32],
+        acts: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let (k, x) = (self.k, self.x);
+        let row = |a: usize| &x[a * k..(a + 1) * k];
+        let mut a = acts.start;
+        while a < acts.end {
+            if acts.end - a >= 2 {
+                let [o0, o1] = self.kern.tile::<R, 2>(w, [row(a), row(a + 1)]);
+                self.out[a][cols.clone()].copy_from_slice(&o0);
+                self.out[a + 1][cols.clone()].copy_from_slice(&o1);
+                a += 2;
+            } else {
+                let [o] = self.kern.tile::<R, 1>(w, [row(a)]);
+                self.out[a][cols.clone()].copy_from_slice(&o);
+                a += 1;
             }
         }
     }
-    std::array::from_fn(|i| {
-        let lanes = acc[i];
-        let pairs =
-            [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
-        let mut sum = (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]);
-        for j in body..k {
-            sum += x[j] * w[i * k + j];
-        }
-        sum
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The portable kernel is batch-invariant too, and within f32 rounding of the dispatched
+    /// one (which uses FMA where the CPU has it), over more than one activation block.
+    #[test]
+    fn portable_kernel_is_invariant_and_matches_dispatched() {
+        let (n, k) = (4 * 9 + 2, 8 * 40 + 5);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let m = DenseMatrix::new(w, n, k).expect("shape");
+        let rows = ACT_BLOCK + 3;
+        let x: Vec<f32> =
+            (0..rows * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-2).collect();
+        let (mut portable, mut dispatched) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+        m.matmul_portable(&x, &mut portable);
+        m.matmul_slice(&x, &mut dispatched).expect("matmul");
+        for a in [0, 1, ACT_BLOCK, rows - 1] {
+            let mut one = vec![0f32; n];
+            m.matmul_portable(&x[a * k..(a + 1) * k], &mut one);
+            assert_eq!(one, portable[a * n..(a + 1) * n], "row {a}");
+        }
+        for (p, d) in portable.iter().zip(&dispatched) {
+            assert!((p - d).abs() <= 1e-4 * p.abs().max(1.0), "{p} vs {d}");
+        }
+    }
 
     /// Every output row is the same bits whether computed alone or in a batch of any size,
     /// on one thread or many.
@@ -196,10 +292,10 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
         let m = DenseMatrix::new(w.clone(), n, k).expect("shape");
         let x: Vec<f32> =
-            (0..64 * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-2).collect();
-        let mut all = vec![0f32; 64 * n];
+            (0..150 * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-2).collect();
+        let mut all = vec![0f32; 150 * n];
         m.matmul_slice(&x, &mut all).expect("matmul");
-        for a in [0, 5, 63] {
+        for a in [0, 5, 63, 64, 149] {
             let mut one = vec![0f32; n];
             m.matmul_slice(&x[a * k..(a + 1) * k], &mut one).expect("matmul");
             assert_eq!(one, all[a * n..(a + 1) * n], "row {a}");
