@@ -17,7 +17,7 @@ use serde::Deserialize;
 use rayon::prelude::*;
 
 use super::weights::Weights;
-use crate::transformer::attention::dot;
+use crate::transformer::attention::attend_one;
 
 use crate::{Error, Result};
 
@@ -270,23 +270,9 @@ impl Bert {
             let mut scores = vec![0f32; len];
             for head in 0..nh {
                 let qh = &q[head * hd..][..hd];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot(qh, &data[(start + j) * 3 * h + h + head * hd..][..hd]) * scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in &mut scores {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let acc = &mut out[head * hd..][..hd];
-                for (j, s) in scores.iter().enumerate() {
-                    let w = s / sum;
-                    let v = &data[(start + j) * 3 * h + 2 * h + head * hd..][..hd];
-                    for (a, v) in acc.iter_mut().zip(v) {
-                        *a += w * v;
-                    }
-                }
+                let key = |j: usize| &data[(start + j) * 3 * h + h + head * hd..][..hd];
+                let value = |j: usize| &data[(start + j) * 3 * h + 2 * h + head * hd..][..hd];
+                attend_one(qh, key, value, scale, &mut scores, &mut out[head * hd..][..hd]);
             }
         });
         drop(storage);

@@ -102,25 +102,40 @@ pub fn attend_cpu(q: &Tensor, jobs: &[AttendJob], kv_heads: usize) -> Result<Opt
         for h in 0..nh {
             let base = h / groups * row.capacity * hd;
             let qh = &q_data[(h * t + row.token) * hd..][..hd];
-            for (j, s) in scores.iter_mut().enumerate() {
-                *s = dot(qh, &row.keys[base + j * hd..][..hd]) * scale;
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in &mut scores {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let acc = &mut out[h * hd..][..hd];
-            for (j, s) in scores.iter().enumerate() {
-                let w = s / sum;
-                for (a, v) in acc.iter_mut().zip(&row.values[base + j * hd..][..hd]) {
-                    *a += w * v;
-                }
-            }
+            let key = |j: usize| &row.keys[base + j * hd..][..hd];
+            let value = |j: usize| &row.values[base + j * hd..][..hd];
+            attend_one(qh, key, value, scale, &mut scores, &mut out[h * hd..][..hd]);
         }
     });
     Ok(Some(out))
+}
+
+/// One query head over `scores.len()` positions: scaled dot products with each `key(j)`,
+/// softmax, then the weighted sum of the `value(j)` added into `out`. The one loop every CPU
+/// attention runs (the decoder's and the packed BERT encoder's), in a fixed order.
+pub(crate) fn attend_one<'a>(
+    q: &[f32],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, key(j)) * scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for (j, s) in scores.iter().enumerate() {
+        let w = s / sum;
+        for (a, v) in out.iter_mut().zip(value(j)) {
+            *a += w * v;
+        }
+    }
 }
 
 /// One query row of [`attend_cpu`].
@@ -133,7 +148,7 @@ struct Row<'a> {
 }
 
 /// A dot product in 8 independent lanes, which LLVM turns into SIMD.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
