@@ -18,7 +18,7 @@
 use core::arch::x86_64::{__m128i, __m256, __m256i};
 use pulp::x86::V3;
 
-use super::dense::{DenseKernel, finish};
+use super::dense::{Acc, DenseKernel};
 use super::q8::{Block, Nibbles, Q8Kernel, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperValues};
 
@@ -180,26 +180,27 @@ impl SuperKernel for Avx2 {
 /// Dense f32 tiles: 8 lanes per register, one FMA per weight vector and activation row.
 impl DenseKernel for Avx2 {
     #[inline(always)]
-    fn tile<const R: usize, const A: usize>(self, w: &[f32], xs: [&[f32]; A]) -> [[f32; R]; A] {
+    fn accumulate<const R: usize, const A: usize>(
+        self,
+        acc: [&mut Acc<R>; A],
+        w: [&[f32]; R],
+        xs: [&[f32]; A],
+    ) {
         let s = self.0;
-        let k = xs[0].len();
-        let body = k / 8 * 8;
-        let xc: [&[[f32; 8]]; A] = std::array::from_fn(|a| xs[a][..body].as_chunks().0);
-        let wc: [&[[f32; 8]]; R] = std::array::from_fn(|i| w[i * k..i * k + body].as_chunks().0);
-        let mut acc = [[s.avx._mm256_setzero_ps(); R]; A];
-        for c in 0..body / 8 {
+        let wc: [&[[f32; 8]]; R] = w.map(|w| w.as_chunks().0);
+        let xc: [&[[f32; 8]]; A] = xs.map(|x| x.as_chunks().0);
+        let mut regs: [[__m256; R]; A] = std::array::from_fn(|a| acc[a].map(pulp::cast));
+        for c in 0..xc[0].len() {
             let xv: [__m256; A] = std::array::from_fn(|a| pulp::cast(xc[a][c]));
             for (i, wc) in wc.iter().enumerate() {
                 let wv: __m256 = pulp::cast(wc[c]);
                 for a in 0..A {
-                    acc[a][i] = s.fma._mm256_fmadd_ps(xv[a], wv, acc[a][i]);
+                    regs[a][i] = s.fma._mm256_fmadd_ps(xv[a], wv, regs[a][i]);
                 }
             }
         }
-        std::array::from_fn(|a| {
-            std::array::from_fn(|i| {
-                finish(pulp::cast(acc[a][i]), xs[a], &w[i * k..(i + 1) * k], body)
-            })
-        })
+        for (acc, regs) in acc.into_iter().zip(regs) {
+            *acc = regs.map(pulp::cast);
+        }
     }
 }

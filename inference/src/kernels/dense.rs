@@ -32,6 +32,34 @@ impl Values {
         }
     }
 
+    /// Columns `cols` of the `R` rows from `first` (rows of `k` values) as f32: borrowed
+    /// when they are f32, else widened into `scratch`.
+    #[inline(always)]
+    fn rows_f32<'a, const R: usize>(
+        &'a self,
+        first: usize,
+        k: usize,
+        cols: std::ops::Range<usize>,
+        scratch: &'a mut Vec<f32>,
+    ) -> [&'a [f32]; R] {
+        use half::slice::HalfFloatSliceExt;
+        let len = cols.len();
+        let at = |i: usize| (first + i) * k + cols.start..(first + i) * k + cols.end;
+        if let Values::F32(v) = self {
+            return std::array::from_fn(|i| &v[at(i)]);
+        }
+        scratch.resize(R * len, 0.0);
+        for i in 0..R {
+            let out = &mut scratch[i * len..(i + 1) * len];
+            match self {
+                Values::F16(v) => v[at(i)].convert_to_f32_slice(out),
+                Values::BF16(v) => v[at(i)].convert_to_f32_slice(out),
+                Values::F32(_) => {}
+            }
+        }
+        std::array::from_fn(|i| &scratch[i * len..(i + 1) * len])
+    }
+
     /// Values `range` as f32, borrowed when they are f32, else widened into `scratch`.
     fn f32s<'a>(&'a self, range: std::ops::Range<usize>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
         use half::slice::HalfFloatSliceExt;
@@ -138,21 +166,35 @@ impl DenseMatrix {
 /// once per tile.
 const ACT_BLOCK: usize = 64;
 
-/// A tile kernel: the dots of `R` weight rows with `A` activation rows.
+/// Values of `k` per step of a tile: its weight rows' pieces (4 KB of f32, widened from
+/// f16/bf16 just before use) and the activation rows' pieces stay in L1.
+const K_CHUNK: usize = 256;
+
+/// Accumulators of one activation row against a tile: 8 lanes per weight row.
+pub(crate) type Acc<const R: usize> = [[f32; LANES]; R];
+
+/// A tile kernel: adds the dots of `R` weight-row pieces with `A` activation-row pieces into
+/// their lanes.
 pub(crate) trait DenseKernel: Copy {
-    /// `w` holds `R` rows of `k` values; every output is the same bits for any `R` and `A`
-    /// (its own 8 lanes over `k` in order, then [`finish`]).
-    fn tile<const R: usize, const A: usize>(self, w: &[f32], xs: [&[f32]; A]) -> [[f32; R]; A];
+    /// `w[i]` and `xs[a]` are pieces of the same length (a multiple of [`LANES`]); lane `l`
+    /// of `acc[a][i]` gets every `LANES`-th product in order, so an output's lanes are the
+    /// same bits however its rows are tiled or its `k` is cut into pieces.
+    fn accumulate<const R: usize, const A: usize>(
+        self,
+        acc: [&mut Acc<R>; A],
+        w: [&[f32]; R],
+        xs: [&[f32]; A],
+    );
 }
 
-/// The lanes of one output summed in a fixed order, plus the tail past the last full lane
-/// group (`body`), computed the same way by every kernel.
+/// The lanes of one output summed in a fixed order, plus the products past the last full
+/// lane group (`x` and `w` are those tails), the same way by every kernel.
 #[inline(always)]
-pub(crate) fn finish(lanes: [f32; LANES], x: &[f32], w: &[f32], body: usize) -> f32 {
+fn finish(lanes: [f32; LANES], x: &[f32], w: &[f32]) -> f32 {
     let pairs =
         [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
     let mut sum = (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]);
-    for (x, w) in x[body..].iter().zip(&w[body..]) {
+    for (x, w) in x.iter().zip(w) {
         sum += x * w;
     }
     sum
@@ -165,25 +207,23 @@ pub(crate) struct Portable;
 
 impl DenseKernel for Portable {
     #[inline(always)]
-    fn tile<const R: usize, const A: usize>(self, w: &[f32], xs: [&[f32]; A]) -> [[f32; R]; A] {
-        let k = xs[0].len();
-        let body = k / LANES * LANES;
-        let mut acc = [[[0f32; LANES]; R]; A];
-        let xc: [&[[f32; LANES]]; A] = std::array::from_fn(|a| xs[a][..body].as_chunks().0);
-        let wc: [&[[f32; LANES]]; R] =
-            std::array::from_fn(|i| w[i * k..i * k + body].as_chunks().0);
-        for c in 0..body / LANES {
-            for (acc, xc) in acc.iter_mut().zip(&xc) {
-                for (acc, wc) in acc.iter_mut().zip(&wc) {
+    fn accumulate<const R: usize, const A: usize>(
+        self,
+        acc: [&mut Acc<R>; A],
+        w: [&[f32]; R],
+        xs: [&[f32]; A],
+    ) {
+        let wc: [&[[f32; LANES]]; R] = w.map(|w| w.as_chunks().0);
+        for (acc, x) in acc.into_iter().zip(xs) {
+            let (xc, _) = x.as_chunks::<LANES>();
+            for (acc, wc) in acc.iter_mut().zip(&wc) {
+                for (xv, wv) in xc.iter().zip(*wc) {
                     for l in 0..LANES {
-                        acc[l] += xc[c][l] * wc[c][l];
+                        acc[l] += xv[l] * wv[l];
                     }
                 }
             }
         }
-        std::array::from_fn(|a| {
-            std::array::from_fn(|i| finish(acc[a][i], xs[a], &w[i * k..(i + 1) * k], body))
-        })
     }
 }
 
@@ -204,54 +244,71 @@ impl<K: DenseKernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
 
     #[inline(always)]
     fn call(mut self) {
-        let k = self.k;
         let rows = self.rows.len();
-        let m = self.x.len() / k;
-        let mut scratch = Vec::new();
-        let values = self.w;
+        let m = self.x.len() / self.k;
+        let (mut scratch, mut lanes) = (Vec::new(), Vec::new());
         for block in (0..m).step_by(ACT_BLOCK) {
             let block = block..(block + ACT_BLOCK).min(m);
             let mut r = 0;
             while r < rows {
-                let take = if rows - r >= TILE { TILE } else { 1 };
-                let first = self.rows.start + r;
-                let w = values.f32s(first * k..(first + take) * k, &mut scratch);
-                let cols = r..r + take;
-                if take == TILE {
-                    self.run_tile::<TILE>(w, block.clone(), cols);
+                if rows - r >= TILE {
+                    self.run_tile::<TILE>(r, block.clone(), &mut scratch, &mut lanes);
+                    r += TILE;
                 } else {
-                    self.run_tile::<1>(w, block.clone(), cols);
+                    self.run_tile::<1>(r, block.clone(), &mut scratch, &mut lanes);
+                    r += 1;
                 }
-                r += take;
             }
         }
     }
 }
 
 impl<K: DenseKernel> Rows<'_, '_, '_, K> {
-    /// `R` weight rows (`w`) against activation rows `acts`, into output columns `cols`;
-    /// activation rows go two at a time, so each weight vector loaded serves two outputs
-    /// (the pairing changes no output's arithmetic).
+    /// `R` weight rows from the share's row `r` against activation rows `acts` (at most
+    /// [`ACT_BLOCK`]), piece by piece of `k`; activation rows go two at a time, so each
+    /// weight vector loaded serves two outputs. Neither the pairing nor the pieces change an
+    /// output's arithmetic.
     #[inline(always)]
     fn run_tile<const R: usize>(
         &mut self,
-        w: &[f32],
+        r: usize,
         acts: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
+        scratch: &mut Vec<f32>,
+        lanes: &mut Vec<[f32; LANES]>,
     ) {
-        let (k, x) = (self.k, self.x);
-        let row = |a: usize| &x[a * k..(a + 1) * k];
-        let mut a = acts.start;
-        while a < acts.end {
-            if acts.end - a >= 2 {
-                let [o0, o1] = self.kern.tile::<R, 2>(w, [row(a), row(a + 1)]);
-                self.out[a][cols.clone()].copy_from_slice(&o0);
-                self.out[a + 1][cols.clone()].copy_from_slice(&o1);
-                a += 2;
-            } else {
-                let [o] = self.kern.tile::<R, 1>(w, [row(a)]);
-                self.out[a][cols.clone()].copy_from_slice(&o);
-                a += 1;
+        let (k, x, values) = (self.k, self.x, self.w);
+        let body = k / LANES * LANES;
+        let first = self.rows.start + r;
+        // Zeroed accumulators for just these rows (a whole block's would cost a memset of
+        // 8 KB per tile when decoding one row).
+        lanes.clear();
+        lanes.resize(acts.len() * R, [0.0; LANES]);
+        let (acc, _) = lanes.as_chunks_mut::<R>();
+        let mut start = 0;
+        while start < body {
+            let end = (start + K_CHUNK).min(body);
+            let w = values.rows_f32::<R>(first, k, start..end, scratch);
+            let piece = |a: usize| &x[a * k + start..a * k + end];
+            let mut a = acts.start;
+            while a < acts.end {
+                let i = a - acts.start;
+                if acts.end - a >= 2 {
+                    let (lo, hi) = acc.split_at_mut(i + 1);
+                    let pair = [&mut lo[i], &mut hi[0]];
+                    self.kern.accumulate::<R, 2>(pair, w, [piece(a), piece(a + 1)]);
+                    a += 2;
+                } else {
+                    self.kern.accumulate::<R, 1>([&mut acc[i]], w, [piece(a)]);
+                    a += 1;
+                }
+            }
+            start = end;
+        }
+        let tails = values.rows_f32::<R>(first, k, body..k, scratch);
+        for a in acts.clone() {
+            let x_tail = &x[a * k + body..(a + 1) * k];
+            for (i, tail) in tails.iter().enumerate() {
+                self.out[a][r + i] = finish(acc[a - acts.start][i], x_tail, tail);
             }
         }
     }
