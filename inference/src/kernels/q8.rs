@@ -53,6 +53,15 @@ impl Unsigned for Nibbles {
 /// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
 /// activation row.
 pub(crate) trait Q8Kernel: Copy {
+    /// `out[b][i] = sw[b][i] · sx[b]`: the scale of each weight row's block times the
+    /// activation block's, for one activation row.
+    #[inline(always)]
+    fn scales<const R: usize>(self, sw: &[[f32; R]], sx: &[f32], out: &mut [[f32; R]]) {
+        for ((c, w), &x) in out.iter_mut().zip(sw).zip(sx) {
+            *c = w.map(|w| w * x);
+        }
+    }
+
     /// Signed weights: blocks `x`, their absolute values `ax`; `sc[b][i]` is the product of
     /// the two scales of block `b` for weight row `i`.
     fn tile<const R: usize>(
@@ -194,9 +203,7 @@ fn run_tile<K: Q8Kernel, const R: usize>(
     for a in t.acts_range.clone() {
         let row = t.acts.row(a);
         let (x, ax, sx, xs) = (row.qs, row.abs, row.d, row.sums);
-        for ((c, w), &x) in sc.iter_mut().zip(sw).zip(sx) {
-            *c = w.map(|w| w * x);
-        }
+        kern.scales::<R>(sw, sx, sc);
         let res = match values {
             Values::Signed(v) => kern.tile::<R>(v[t.blocks.clone()].as_chunks::<R>().0, sc, x, ax),
             Values::Bytes(v) => {
