@@ -101,7 +101,9 @@ impl From<&TaskEntry> for TaskInfo {
 
 impl From<&crate::agents::AgentEntry> for AgentInfo {
     fn from(e: &crate::agents::AgentEntry) -> Self {
-        Self { spec: e.spec.clone(), version: e.version, tasks_submitted: e.tasks_submitted }
+        // Views leave the cluster (ListAgents, cards, /v1/models): no secrets in them.
+        let spec = if e.spec.has_secrets() { Arc::new(e.spec.redacted()) } else { e.spec.clone() };
+        Self { spec, version: e.version, tasks_submitted: e.tasks_submitted }
     }
 }
 

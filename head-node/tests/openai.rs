@@ -468,6 +468,16 @@ async fn an_openai_agent_calls_the_clusters_own_api() -> Result<()> {
             ..Default::default()
         };
         fleet.register_agent(remote("relay", format!("{}/v1", cluster.url))).await?;
+        // A key given to an agent reaches its worker but no listing.
+        let mut keyed = remote("keyed", format!("{}/v1", cluster.url));
+        keyed.model_options.insert("api_key".into(), "sk-secret-123".into());
+        let registered = format!("{:?}", fleet.register_agent(keyed).await?);
+        let listed = format!("{:?}", fleet.list_agents().await?);
+        for shown in [&registered, &listed] {
+            ensure!(!shown.contains("sk-secret-123") && shown.contains("<redacted>"), "{shown}");
+        }
+        let keyed = fleet.run("keyed", "with a key").await?;
+        ensure!(keyed.output == "with a key", "{keyed:?}");
 
         let input = "through the cluster and back again";
         let outcome = fleet.run("relay", input).await?;

@@ -117,8 +117,15 @@ pub struct TaskOptions {
     pub embed: Vec<String>,
 }
 
+/// Model options whose values are secrets (credentials for a remote endpoint): the worker
+/// that runs the agent receives them; listings, cards and logs show [`REDACTED`] instead.
+pub const SECRET_MODEL_OPTIONS: [&str; 1] = ["api_key"];
+
+/// Shown in place of a secret model option's value.
+pub const REDACTED: &str = "<redacted>";
+
 /// What an agent is. Validated by the head before it is accepted.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct AgentSpec {
     pub name: String,
     pub model: String,
@@ -137,6 +144,52 @@ pub struct AgentSpec {
     pub max_concurrency: u32,
     /// Mesh topics the agent reads (in its prompt) and may publish on (`publish` tool).
     pub topics: Vec<String>,
+}
+
+impl AgentSpec {
+    /// Whether a model option holds a secret value.
+    pub fn has_secrets(&self) -> bool {
+        SECRET_MODEL_OPTIONS.iter().any(|k| self.model_options.contains_key(*k))
+    }
+
+    /// The spec as others may see it: secret model options' values replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Self {
+        let mut spec = self.clone();
+        for key in SECRET_MODEL_OPTIONS {
+            if let Some(value) = spec.model_options.get_mut(key) {
+                *value = REDACTED.to_owned();
+            }
+        }
+        spec
+    }
+}
+
+/// Written by hand so that `{:?}` in a log line never prints a secret model option.
+impl fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .model_options
+            .iter()
+            .map(|(k, v)| {
+                let v = if SECRET_MODEL_OPTIONS.contains(&k.as_str()) { REDACTED } else { v };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("AgentSpec")
+            .field("name", &self.name)
+            .field("model", &self.model)
+            .field("instructions", &self.instructions)
+            .field("description", &self.description)
+            .field("tools", &self.tools)
+            .field("sampling", &self.sampling)
+            .field("resources", &self.resources)
+            .field("max_retries", &self.max_retries)
+            .field("labels", &self.labels)
+            .field("model_options", &options)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("topics", &self.topics)
+            .finish()
+    }
 }
 
 /// A message on a topic of the mesh.

@@ -65,6 +65,12 @@ pub struct Args {
     /// No mesh (it wins over --mesh-listen): agents call agents through the head.
     #[arg(long)]
     no_mesh: bool,
+    /// A host to which this worker may send its own OPENAI_API_KEY when an agent's
+    /// base_url points there (repeatable, or comma-separated in the variable). Without it
+    /// the key goes only to OPENAI_BASE_URL (or OpenAI); agents pointing elsewhere must
+    /// bring their own api_key.
+    #[arg(long = "key-host", value_name = "HOST", env = "FLEET_KEY_HOSTS", value_delimiter = ',')]
+    key_hosts: Vec<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -104,6 +110,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     config.preload = args.preload;
     config.device = args.device;
     config.mesh_listen = if args.no_mesh { Vec::new() } else { args.mesh_listen };
+    config.key_hosts = args.key_hosts;
     Ok(config)
 }
 

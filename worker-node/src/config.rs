@@ -25,6 +25,9 @@ pub struct WorkerConfig {
     /// Multiaddrs the worker's mesh listens on (agents on other workers call its agents
     /// there); empty = no mesh: agent calls go through the head.
     pub mesh_listen: Vec<String>,
+    /// Hosts (besides `OPENAI_BASE_URL`'s) to which this worker may send its own
+    /// `OPENAI_API_KEY` when an agent's `base_url` points there (`--key-host`).
+    pub key_hosts: Vec<String>,
     /// Join a head in this process directly instead of over gRPC (`head` is then only a
     /// label).
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
@@ -42,6 +45,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("preload", &self.preload)
             .field("device", &self.device)
             .field("mesh_listen", &self.mesh_listen)
+            .field("key_hosts", &self.key_hosts)
             .field("in_process", &self.local.is_some())
             .finish_non_exhaustive()
     }
@@ -61,6 +65,7 @@ impl WorkerConfig {
             preload: Vec::new(),
             device: "cpu".into(),
             mesh_listen: Vec::new(),
+            key_hosts: Vec::new(),
             local: None,
         }
     }

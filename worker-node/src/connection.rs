@@ -172,7 +172,8 @@ async fn join_mesh(
 /// The actor host with its model store; models named by `--preload` are loaded first, so a
 /// worker that joins has them ready (and a model that cannot load stops it with the reason).
 async fn host(config: &WorkerConfig) -> Result<ActorHost> {
-    let mut store = ModelStore::new(config.models_dir.clone(), config.device.clone());
+    let mut store = ModelStore::new(config.models_dir.clone(), config.device.clone())
+        .with_key_hosts(config.key_hosts.clone());
     for id in &config.preload {
         let handle = store.get(id, &Default::default());
         handle

@@ -68,6 +68,8 @@ type Key = (String, BTreeMap<String, String>);
 pub struct ModelStore {
     dir: Option<PathBuf>,
     device: String,
+    /// Where the worker's own API key may go besides its configured endpoint.
+    key_hosts: Arc<[String]>,
     loaded: HashMap<Key, ModelHandle>,
     /// Tokens generated per model at the previous report, for tokens/s.
     last_report: HashMap<String, (Instant, u64)>,
@@ -92,7 +94,18 @@ impl Default for ModelStore {
 impl ModelStore {
     /// A store of the models under `dir` (if any), loaded onto `device` (`cpu`, `cuda:N`, ...).
     pub fn new(dir: Option<PathBuf>, device: String) -> Self {
-        Self { dir, device, loaded: HashMap::new(), last_report: HashMap::new() }
+        Self {
+            dir,
+            device,
+            key_hosts: Arc::new([]),
+            loaded: HashMap::new(),
+            last_report: HashMap::new(),
+        }
+    }
+
+    /// Allows remote models at these hosts to receive the worker's own `OPENAI_API_KEY`.
+    pub fn with_key_hosts(self, hosts: Vec<String>) -> Self {
+        Self { key_hosts: hosts.into(), ..self }
     }
 
     /// The model `id` with `options`: loaded already, loading, or starting to load now. A
@@ -127,9 +140,11 @@ impl ModelStore {
             return ready(fleet_inference::load_builtin(id, options).map_err(Error::from));
         }
         if id.starts_with(crate::remote::PREFIX) {
-            let (id, options) = (id.to_owned(), options.clone());
+            let (id, options, hosts) = (id.to_owned(), options.clone(), self.key_hosts.clone());
             return async move {
-                crate::remote::load(&id, &options).await.map_err(|e| Arc::from(e.to_string()))
+                crate::remote::load(&id, &options, hosts)
+                    .await
+                    .map_err(|e| Arc::from(e.to_string()))
             }
             .boxed();
         }

@@ -52,14 +52,18 @@ const OPTIONS: [&str; 2] = ["base_url", "api_key"];
 
 /// Loads the remote model `id` (`openai:MODEL`) for the model store, on a blocking thread:
 /// building its HTTP client (TLS roots) takes a few milliseconds. Makes no request.
-pub async fn load(id: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn Model>> {
+/// `key_hosts`: hosts besides the worker's own endpoint that may receive its API key.
+pub async fn load(
+    id: &str,
+    options: &BTreeMap<String, String>,
+    key_hosts: Arc<[String]>,
+) -> Result<Arc<dyn Model>> {
     let (model, options) = (id.to_owned(), options.clone());
-    tokio::task::spawn_blocking(move || Ok(Arc::new(OpenAiModel::new(&model, &options)?) as _))
-        .await
-        .map_err(|e| Error::RemoteModel {
-            model: id.to_owned(),
-            reason: format!("panicked: {e}"),
-        })?
+    tokio::task::spawn_blocking(move || {
+        Ok(Arc::new(OpenAiModel::new(&model, &options, &key_hosts)?) as _)
+    })
+    .await
+    .map_err(|e| Error::RemoteModel { model: id.to_owned(), reason: format!("panicked: {e}") })?
 }
 
 /// Where and as whom to call a remote model.
@@ -70,6 +74,9 @@ pub struct RemoteConfig {
     /// The API root, e.g. `https://api.openai.com/v1`, without a trailing `/`.
     pub base_url: String,
     api_key: String,
+    /// The worker holds a key but did not send it: `base_url` is the agent's choice and not
+    /// a host the worker trusts with its key.
+    key_withheld: bool,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -87,10 +94,15 @@ impl RemoteConfig {
     /// agent's model `options`, else from `env` (`OPENAI_BASE_URL`, `OPENAI_API_KEY`; empty
     /// values count as unset). Without a key only an explicitly set `base_url` is accepted
     /// (a local server); OpenAI itself needs one.
+    ///
+    /// The worker's own key (`OPENAI_API_KEY`) goes only to the worker's own endpoint
+    /// (`OPENAI_BASE_URL`, else OpenAI) or to `key_hosts`: anyone who can register an agent
+    /// chooses its `base_url`, and must not receive the worker's credentials there.
     pub fn resolve(
         model_id: &str,
         options: &BTreeMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
+        key_hosts: &[String],
     ) -> Result<Self> {
         let invalid = |reason: String| Error::RemoteModel { model: model_id.to_owned(), reason };
         let model = model_id.strip_prefix(PREFIX).unwrap_or_default().trim();
@@ -105,15 +117,19 @@ impl RemoteConfig {
             )));
         }
         let set = |v: String| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
-        let setting = |option: &str, var: &str| {
-            options.get(option).cloned().and_then(set).or_else(|| env(var).and_then(set))
-        };
-        let base_url = setting("base_url", "OPENAI_BASE_URL");
-        let api_key = setting("api_key", "OPENAI_API_KEY");
-        let api_key = match (api_key, &base_url) {
-            (Some(key), _) => key,
-            (None, Some(_)) => NO_KEY.to_owned(),
-            (None, None) => {
+        let option = |name: &str| options.get(name).cloned().and_then(set);
+        let own_base = env("OPENAI_BASE_URL").and_then(set);
+        let agent_base = option("base_url");
+        let base_url = agent_base.clone().or_else(|| own_base.clone());
+        let own_endpoint = own_base.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let trusted =
+            agent_base.as_deref().is_none_or(|url| may_get_key(url, own_endpoint, key_hosts));
+        let own_key = env("OPENAI_API_KEY").and_then(set);
+        let key_withheld = own_key.is_some() && !trusted && option("api_key").is_none();
+        let api_key = match (option("api_key"), own_key.filter(|_| trusted), &base_url) {
+            (Some(key), _, _) | (None, Some(key), _) => key,
+            (None, None, Some(_)) => NO_KEY.to_owned(),
+            (None, None, None) => {
                 return Err(invalid(
                     "no api key: set the model option api_key or OPENAI_API_KEY, or point \
                      base_url (or OPENAI_BASE_URL) at a server that needs none"
@@ -143,8 +159,26 @@ impl RemoteConfig {
             model: model.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
+            key_withheld,
         })
     }
+}
+
+/// Whether the worker's key may go to `url`: the same scheme, host and port as its own
+/// endpoint, or a host the operator named.
+fn may_get_key(url: &str, own_endpoint: &str, key_hosts: &[String]) -> bool {
+    let (Ok(url), Ok(own)) = (reqwest::Url::parse(url), reqwest::Url::parse(own_endpoint)) else {
+        return false;
+    };
+    let origin = |u: &reqwest::Url| {
+        (
+            u.scheme().to_owned(),
+            u.host_str().map(str::to_ascii_lowercase),
+            u.port_or_known_default(),
+        )
+    };
+    origin(&url) == origin(&own)
+        || url.host_str().is_some_and(|h| key_hosts.iter().any(|k| k.eq_ignore_ascii_case(h)))
 }
 
 /// A model served by an OpenAI-compatible endpoint. Cheap to share: generations are HTTP
@@ -165,8 +199,13 @@ impl OpenAiModel {
     /// The model `model_id` (`openai:MODEL`) with the agent's model `options`, falling back
     /// to the process environment (see [`RemoteConfig::resolve`]). Makes no request, but
     /// blocks for milliseconds (the HTTP client's TLS setup): async callers use [`load`].
-    pub fn new(model_id: &str, options: &BTreeMap<String, String>) -> Result<Self> {
-        let config = RemoteConfig::resolve(model_id, options, |var| std::env::var(var).ok())?;
+    pub fn new(
+        model_id: &str,
+        options: &BTreeMap<String, String>,
+        key_hosts: &[String],
+    ) -> Result<Self> {
+        let env = |var: &str| std::env::var(var).ok();
+        let config = RemoteConfig::resolve(model_id, options, env, key_hosts)?;
         Self::with_config(model_id, config)
     }
 
@@ -196,7 +235,7 @@ impl OpenAiModel {
     }
 
     fn error(&self, e: OpenAIError) -> fleet_inference::Error {
-        api_error(&self.id, &self.config.base_url, e)
+        api_error(&self.id, &self.config, e)
     }
 }
 
@@ -208,12 +247,12 @@ impl Model for OpenAiModel {
     fn generate(&self, request: GenerateRequest) -> fleet_inference::Result<Generation> {
         let body = chat_request(&self.config.model, &request)?;
         let client = self.client.clone();
-        let (id, base_url) = (self.id.clone(), self.config.base_url.clone());
+        let (id, config) = (self.id.clone(), self.config.clone());
         // Nothing is sent until the stream is polled; dropping it drops the request.
         let generation = futures::stream::once(async move {
             match client.chat().create_stream(body).await {
-                Ok(chunks) => decode(chunks, id, base_url).boxed(),
-                Err(e) => futures::stream::iter([Err(api_error(&id, &base_url, e))]).boxed(),
+                Ok(chunks) => decode(chunks, id, config).boxed(),
+                Err(e) => futures::stream::iter([Err(api_error(&id, &config, e))]).boxed(),
             }
         })
         .flatten();
@@ -361,21 +400,21 @@ fn message(m: &ChatMessage) -> fleet_inference::Result<ChatCompletionRequestMess
 fn decode(
     chunks: ChatCompletionResponseStream,
     id: String,
-    base_url: String,
+    config: RemoteConfig,
 ) -> impl futures::Stream<Item = fleet_inference::Result<GenerationEvent>> + Send {
     struct State {
         chunks: Option<ChatCompletionResponseStream>,
         decoder: ChunkDecoder,
         ready: VecDeque<fleet_inference::Result<GenerationEvent>>,
         id: String,
-        base_url: String,
+        config: RemoteConfig,
     }
     let state = State {
         chunks: Some(chunks),
         decoder: ChunkDecoder::default(),
         ready: VecDeque::new(),
         id,
-        base_url,
+        config,
     };
     futures::stream::unfold(state, |mut s| async move {
         loop {
@@ -388,7 +427,7 @@ fn decode(
                 Some(Ok(chunk)) => s.ready.extend(s.decoder.push(chunk).into_iter().map(Ok)),
                 Some(Err(e)) => {
                     s.chunks = None;
-                    s.ready.push_back(Err(api_error(&s.id, &s.base_url, e)));
+                    s.ready.push_back(Err(api_error(&s.id, &s.config, e)));
                 }
                 None => {
                     s.chunks = None;
@@ -515,16 +554,23 @@ impl ToolCallDeltas {
     }
 }
 
-/// An error of the remote model `id` at `base_url` as the inference crate's error: rejected
-/// requests (400, 404, 422) are invalid requests, everything else an engine failure. The
-/// server's own message and the HTTP status are kept.
-fn api_error(id: &str, base_url: &str, e: OpenAIError) -> fleet_inference::Error {
+/// An error of the remote model `id` at `config`'s endpoint as the inference crate's error:
+/// rejected requests (400, 404, 422) are invalid requests, everything else an engine
+/// failure. The server's own message and the HTTP status are kept.
+fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference::Error {
     use fleet_inference::Error::{Engine, InvalidRequest};
+    let base_url = &config.base_url;
     match e {
         OpenAIError::ApiError(response) => {
             let status = response.status_code;
             let said = clipped(&response.api_error.to_string());
-            let message = format!("remote model {id} at {base_url} answered {status}: {said}");
+            let mut message = format!("remote model {id} at {base_url} answered {status}: {said}");
+            if config.key_withheld && matches!(status.as_u16(), 401 | 403) {
+                message.push_str(
+                    " (the worker's own OPENAI_API_KEY goes only to OPENAI_BASE_URL and the \
+                     worker's --key-host hosts: give the agent the model option api_key)",
+                );
+            }
             match status.as_u16() {
                 400 | 404 | 422 => InvalidRequest(message),
                 _ => Engine(message),
@@ -595,7 +641,7 @@ mod tests {
         o: &[(&str, &str)],
         e: &'static [(&'static str, &'static str)],
     ) -> String {
-        RemoteConfig::resolve(id, &options(o), env(e))
+        RemoteConfig::resolve(id, &options(o), env(e), &[])
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
@@ -608,19 +654,21 @@ mod tests {
             "openai:m",
             &options(&[("base_url", "http://opt:2/v1/"), ("api_key", "opt-key")]),
             env(vars),
+            &[],
         )?;
         assert_eq!(
             (c.model.as_str(), c.base_url.as_str(), c.api_key.as_str()),
             ("m", "http://opt:2/v1", "opt-key")
         );
         // Unset and empty options fall back to the environment.
-        let c = RemoteConfig::resolve("openai:m", &options(&[("base_url", " ")]), env(vars))?;
+        let c = RemoteConfig::resolve("openai:m", &options(&[("base_url", " ")]), env(vars), &[])?;
         assert_eq!((c.base_url.as_str(), c.api_key.as_str()), ("http://env:1/v1", "env-key"));
         // OpenAI itself by default, with a key.
         let c = RemoteConfig::resolve(
             "openai:gpt-4o",
             &BTreeMap::new(),
             env(&[("OPENAI_API_KEY", "sk-1\n")]),
+            &[],
         )?;
         assert_eq!((c.base_url.as_str(), c.api_key.as_str()), (DEFAULT_BASE_URL, "sk-1"));
         assert!(!format!("{c:?}").contains("sk-1"), "the key stays out of Debug");
@@ -633,17 +681,74 @@ mod tests {
             "openai:qwen",
             &options(&[("base_url", "http://127.0.0.1:8080/v1")]),
             env(&[]),
+            &[],
         )?;
         assert_eq!(local.api_key, NO_KEY);
         let local = RemoteConfig::resolve(
             "openai:qwen",
             &BTreeMap::new(),
             env(&[("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")]),
+            &[],
         )?;
         assert_eq!(local.api_key, NO_KEY);
         let error = resolve_error("openai:gpt-4o", &[], &[]);
         assert!(error.contains("no api key") && error.contains("OPENAI_API_KEY"), "{error}");
         Ok(())
+    }
+
+    #[test]
+    fn the_workers_key_goes_only_to_its_own_endpoint_or_allowed_hosts() -> anyhow::Result<()> {
+        let resolve = |vars: &'static [(&'static str, &'static str)], url: &str, hosts: &[&str]| {
+            let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+            RemoteConfig::resolve("openai:m", &options(&[("base_url", url)]), env(vars), &hosts)
+        };
+        let own =
+            &[("OPENAI_BASE_URL", "https://llm.internal:8443/v1"), ("OPENAI_API_KEY", "sk-own")];
+        let openai = &[("OPENAI_API_KEY", "sk-own")];
+        for (vars, url, hosts, key) in [
+            // The worker's own endpoint, written another way: same scheme, host and port.
+            (&own[..], "https://LLM.internal:8443/other/v1", &[][..], "sk-own"),
+            (openai, "https://api.openai.com/v1", &[], "sk-own"),
+            // Anywhere else the agent's server gets no key...
+            (own, "http://attacker.example:8443/v1", &[], NO_KEY),
+            (own, "http://llm.internal:8443/v1", &[], NO_KEY),
+            (openai, "http://127.0.0.1:9/v1", &[], NO_KEY),
+            // ...unless the operator allowed its host.
+            (openai, "http://gpu-box:8000/v1", &["gpu-box"], "sk-own"),
+        ] {
+            let c = resolve(vars, url, hosts)?;
+            assert_eq!(c.api_key, key, "{url} with {hosts:?}");
+            assert_eq!(c.key_withheld, key == NO_KEY, "{url}");
+        }
+        // An agent that brings its own key sends it wherever it points.
+        let c = RemoteConfig::resolve(
+            "openai:m",
+            &options(&[("base_url", "http://elsewhere/v1"), ("api_key", "sk-agent")]),
+            env(own),
+            &[],
+        )?;
+        assert_eq!((c.api_key.as_str(), c.key_withheld), ("sk-agent", false));
+        // A 401 from a server that got no key says why.
+        let c = resolve(openai, "http://127.0.0.1:9/v1", &[])?;
+        let response = OpenAIError::ApiError(async_openai::error::ApiErrorResponse {
+            status_code: reqwest::StatusCode::UNAUTHORIZED,
+            api_error: async_openai::error::ApiError {
+                message: "no key".into(),
+                ..Default::default()
+            },
+        });
+        let error = api_error("openai:m", &c, response).to_string();
+        assert!(error.contains("--key-host") && error.contains("api_key"), "{error}");
+        Ok(())
+    }
+
+    fn at(base_url: &str) -> RemoteConfig {
+        RemoteConfig {
+            model: "m".into(),
+            base_url: base_url.into(),
+            api_key: NO_KEY.into(),
+            key_withheld: false,
+        }
     }
 
     #[test]
@@ -883,22 +988,22 @@ mod tests {
                 },
             })
         };
-        let error = api_error("openai:m", "http://h/v1", response(404, "no such model"));
+        let error = api_error("openai:m", &at("http://h/v1"), response(404, "no such model"));
         assert!(matches!(error, fleet_inference::Error::InvalidRequest(_)), "{error}");
         assert!(
             error
                 .to_string()
                 .contains("answered 404 Not Found: invalid_request_error: no such model")
         );
-        let error = api_error("openai:m", "http://h/v1", response(401, "bad key"));
+        let error = api_error("openai:m", &at("http://h/v1"), response(401, "bad key"));
         assert!(matches!(error, fleet_inference::Error::Engine(_)), "{error}");
         let long = "x".repeat(5000);
-        assert!(api_error("openai:m", "u", response(502, &long)).to_string().len() < 700);
+        assert!(api_error("openai:m", &at("u"), response(502, &long)).to_string().len() < 700);
         // An error sent as a stream event.
         let parse_error = serde_json::from_str::<serde_json::Value>("{").err();
         if let Some(e) = parse_error {
             let content = r#"{"error": {"message": "context too long", "type": "x"}}"#.into();
-            let error = api_error("openai:m", "u", OpenAIError::JSONDeserialize(e, content));
+            let error = api_error("openai:m", &at("u"), OpenAIError::JSONDeserialize(e, content));
             assert!(error.to_string().contains("failed: x: context too long"), "{error}");
         }
     }
@@ -907,7 +1012,7 @@ mod tests {
         // A port nothing listens on: bound, then released.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let base_url = format!("http://127.0.0.1:{port}/v1");
-        Ok(OpenAiModel::new("openai:m", &options(&[("base_url", &base_url)]))?)
+        Ok(OpenAiModel::new("openai:m", &options(&[("base_url", &base_url)]), &[])?)
     }
 
     #[test]
@@ -924,9 +1029,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_endpoint_is_one_error_then_the_end() -> anyhow::Result<()> {
-        let loaded = load("openai:m", &options(&[("base_url", "http://127.0.0.1:1/v1")])).await?;
+        let loaded =
+            load("openai:m", &options(&[("base_url", "http://127.0.0.1:1/v1")]), Arc::new([]))
+                .await?;
         assert_eq!(loaded.id(), "openai:m");
-        let error = load("openai:", &BTreeMap::new()).await.err().map(|e| e.to_string());
+        let error =
+            load("openai:", &BTreeMap::new(), Arc::new([])).await.err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("no model name")));
         let model = Arc::new(closed_port_model()?);
         let mut generation = model.generate(conversation())?;

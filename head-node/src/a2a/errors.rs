@@ -1,4 +1,8 @@
 //! A2A errors: the codes the spec lists, as JSON-RPC errors and as google.rpc.Status JSON.
+//!
+//! Two failures the spec has no code for use codes of JSON-RPC's server-error range, with
+//! an ErrorInfo of domain `agentfleet`: -32050 the cluster is out of room (HTTP 429,
+//! RESOURCE_EXHAUSTED: retry later) and -32051 no such agent (HTTP 404, NOT_FOUND).
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -45,6 +49,12 @@ impl A2aError {
     pub fn extended_card_not_configured() -> Self {
         Self::new(-32007, "this agent has no extended agent card")
     }
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        Self::new(-32050, message)
+    }
+    pub fn agent_not_found(message: impl Into<String>) -> Self {
+        Self::new(-32051, message)
+    }
     pub fn version_not_supported(version: &str) -> Self {
         Self::new(
             -32009,
@@ -68,12 +78,19 @@ impl A2aError {
             -32007 => "EXTENDED_AGENT_CARD_NOT_CONFIGURED",
             -32008 => "EXTENSION_SUPPORT_REQUIRED",
             -32009 => "VERSION_NOT_SUPPORTED",
+            -32050 => "RESOURCE_EXHAUSTED",
+            -32051 => "AGENT_NOT_FOUND",
             _ => "INTERNAL",
         }
     }
 
     fn error_info(&self) -> Value {
-        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.reason(), "domain": "a2a-protocol.org"})
+        let domain = if self.code <= -32050 && self.code > -32100 {
+            "agentfleet"
+        } else {
+            "a2a-protocol.org"
+        };
+        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.reason(), "domain": domain})
     }
 
     /// The `error` member of a JSON-RPC response.
@@ -85,7 +102,8 @@ impl A2aError {
     pub fn http_status(&self) -> StatusCode {
         match self.code {
             -32700 | -32600 | -32602 | -32005 => StatusCode::BAD_REQUEST,
-            -32601 | -32001 => StatusCode::NOT_FOUND,
+            -32601 | -32001 | -32051 => StatusCode::NOT_FOUND,
+            -32050 => StatusCode::TOO_MANY_REQUESTS,
             -32002 | -32004 | -32003 | -32007 | -32008 | -32009 => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -99,6 +117,7 @@ impl A2aError {
                 "FAILED_PRECONDITION"
             }
             StatusCode::BAD_REQUEST => "INVALID_ARGUMENT",
+            StatusCode::TOO_MANY_REQUESTS => "RESOURCE_EXHAUSTED",
             _ => "INTERNAL",
         };
         json!({"error": {"code": self.http_status().as_u16(), "status": status, "message": self.message, "details": [self.error_info()]}})
@@ -111,6 +130,8 @@ impl From<crate::Error> for A2aError {
             crate::Error::UnknownTask(id) => Self::task_not_found(&id),
             crate::Error::InvalidArgument(m) => Self::invalid_params(m),
             crate::Error::Unschedulable { .. } => Self::unsupported(e.to_string()),
+            crate::Error::QueueFull { .. } => Self::resource_exhausted(e.to_string()),
+            crate::Error::UnknownAgent(_) => Self::agent_not_found(e.to_string()),
             other => Self::internal(other.to_string()),
         }
     }

@@ -93,10 +93,11 @@ pub async fn handle(
     let Some(method) = request.get("method").and_then(Value::as_str) else {
         return error_reply(&id, &A2aError::invalid_request("method is missing"));
     };
-    let params = request.get("params").cloned().unwrap_or_else(|| json!({}));
+    let mut params = request.get("params").cloned().unwrap_or_else(|| json!({}));
     if !params.is_object() {
         return error_reply(&id, &A2aError::invalid_params("params must be an object"));
     }
+    super::names::accept_proto_names(&mut params);
     let v = match version(&headers) {
         Ok(v) => v,
         Err(e) => return error_reply(&id, &e),

@@ -7,6 +7,7 @@
 //! - [`rest`]: the HTTP+JSON binding under `/a2a/{agent}/...`;
 //! - [`render`]: cluster tasks and events as A2A JSON, in either version's dialect;
 //! - [`message`]: reading the client's messages;
+//! - [`names`]: the `.proto` field names accepted beside the camelCase ones;
 //! - [`errors`]: A2A error codes and their JSON-RPC and google.rpc.Status forms;
 //! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe, push
 //!   configs);
@@ -16,6 +17,7 @@ pub mod card;
 pub mod errors;
 pub mod jsonrpc;
 pub mod message;
+mod names;
 pub mod ops;
 pub mod push;
 pub mod render;
@@ -54,6 +56,8 @@ pub enum Version {
 pub fn router(a2a: A2a) -> Router {
     let protected = Router::new()
         .route("/a2a/{agent}", post(jsonrpc::handle))
+        // `httpx.Client(base_url=".../a2a/NAME/")` posts to the trailing slash.
+        .route("/a2a/{agent}/", post(jsonrpc::handle))
         .route("/a2a/{agent}/message:send", post(rest::send))
         .route("/a2a/{agent}/message:stream", post(rest::stream))
         .route("/a2a/{agent}/tasks", get(rest::list))

@@ -30,7 +30,7 @@ pub fn check_agent(a2a: &A2a, agent: &str) -> Result<(), A2aError> {
     if a2a.cluster.agent(agent).is_some() {
         Ok(())
     } else {
-        Err(A2aError::invalid_request(format!(
+        Err(A2aError::agent_not_found(format!(
             "no agent named {agent:?} on this cluster: see /.well-known/agent-card.json"
         )))
     }

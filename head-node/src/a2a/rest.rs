@@ -34,9 +34,10 @@ fn sse(items: impl Stream<Item = Value> + Send + 'static) -> Response {
 
 async fn json_body(a2a: &A2a, body: Body) -> Result<Value, A2aError> {
     let bytes = super::jsonrpc::read_body(a2a, body).await.map_err(|(e, _)| e)?;
-    let value: Value = serde_json::from_slice(&bytes)
+    let mut value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| A2aError::parse(format!("the body is not JSON: {e}")))?;
     if value.is_object() {
+        super::names::accept_proto_names(&mut value);
         Ok(value)
     } else {
         Err(A2aError::invalid_params("the body must be a JSON object"))

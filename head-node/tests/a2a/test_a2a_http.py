@@ -74,9 +74,38 @@ def test_every_error_code_and_the_server_keeps_serving(cluster: Cluster) -> None
     assert error_code(rpc(cluster, "GetTask", {"id": "x"}, headers={"A2A-Version": "9.9"})) == -32009
     oversized = httpx.post(url, content=b"x" * (2 << 20), headers=V1, timeout=10)
     assert oversized.status_code == 200 and error_code(oversized.json()) == -32600
-    assert error_code(rpc(cluster, "GetTask", {"id": "x"}, agent="nobody")) == -32600
+    nobody = rpc(cluster, "GetTask", {"id": "x"}, agent="nobody")["error"]
+    assert nobody["code"] == -32051 and nobody["data"][0] == {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "AGENT_NOT_FOUND",
+        "domain": "agentfleet",
+    }
+    unknown = httpx.post(f"{cluster.url}/a2a/nobody/message:send", json=message(), timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
     # Still serving.
     assert rpc(cluster, "SendMessage", message("still here"))["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+
+
+def test_clients_built_the_usual_ways_get_answers(cluster: Cluster) -> None:
+    # httpx.Client(base_url=".../a2a/echo/") posts to the trailing slash.
+    with httpx.Client(base_url=f"{cluster.url}/a2a/echo/", headers=V1, timeout=10) as client:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": message("slash")}
+        reply = client.post("", json=body)
+        assert reply.status_code == 200, reply.text
+        task = reply.json()["result"]["task"]
+        assert task["artifacts"][0]["parts"][0]["text"] == "slash"
+    # ProtoJSON parsers accept the .proto field names: so does the server, over both bindings.
+    proto_names = {
+        "message": {"message_id": "m2", "role": "ROLE_USER", "parts": [{"text": "snake"}]},
+        "configuration": {"history_length": 0},
+    }
+    sent = rpc(cluster, "SendMessage", proto_names)["result"]["task"]
+    assert sent["artifacts"][0]["parts"][0]["text"] == "snake" and sent["history"] == []
+    hook = {"task_id": sent["id"], "url": "http://127.0.0.1:9/hook"}
+    created = rpc(cluster, "CreateTaskPushNotificationConfig", hook)
+    assert created.get("result", {}).get("taskId") == sent["id"], created
+    rest = httpx.post(f"{cluster.url}/a2a/echo/message:send", json=proto_names, timeout=10)
+    assert rest.status_code == 200 and rest.json()["task"]["artifacts"][0]["parts"][0]["text"] == "snake"
 
 
 def test_an_api_key_is_required_when_configured(keyed_cluster: Cluster) -> None:
