@@ -22,6 +22,11 @@ pub trait BatchedModel: Send + 'static {
     fn step(&self, inputs: &mut [StepInput<'_>]) -> candle_core::Result<Tensor>;
     /// KV bytes one position of one sequence takes.
     fn kv_bytes_per_token(&self) -> usize;
+    /// Sets aside `bytes` of KV memory up front where the model keeps one shared pool (a
+    /// GPU); elsewhere nothing to do.
+    fn reserve_kv(&self, _bytes: usize) -> candle_core::Result<()> {
+        Ok(())
+    }
 }
 
 impl BatchedModel for crate::transformer::Decoder {
@@ -35,6 +40,10 @@ impl BatchedModel for crate::transformer::Decoder {
 
     fn kv_bytes_per_token(&self) -> usize {
         crate::transformer::Decoder::kv_bytes_per_token(self)
+    }
+
+    fn reserve_kv(&self, bytes: usize) -> candle_core::Result<()> {
+        crate::transformer::Decoder::reserve_kv(self, bytes)
     }
 }
 
@@ -172,6 +181,10 @@ fn run(
     let mut active: Vec<Active> = Vec::new();
     let mut reserved = 0usize;
     let per_token = model.kv_bytes_per_token();
+    // Pools hand out whole blocks: each sequence may hold up to one block more than its
+    // share of the budget.
+    let slack = options.max_sequences * crate::transformer::paged::BLOCK_SIZE * per_token;
+    let kv_error = model.reserve_kv(options.max_kv_bytes + slack).err();
     loop {
         // Take new requests; block only when there is nothing to do.
         if active.is_empty() && waiting.is_empty() {
@@ -204,6 +217,11 @@ fn run(
                 break;
             }
             let Some(s) = waiting.pop_front() else { break };
+            if let Some(e) = &kv_error {
+                let _ =
+                    s.events.send(TokenEvent::Error(format!("no KV memory for the model: {e}")));
+                continue;
+            }
             if s.request.prompt.is_empty() {
                 let _ = s.events.send(TokenEvent::Error("the prompt is empty".into()));
                 continue;

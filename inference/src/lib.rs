@@ -19,13 +19,18 @@
 //! - [`kernels`]: fast CPU matmuls of f32 activations by GGUF-quantized weights (Q8_0, Q4_0,
 //!   Q4_1, Q5_0, Q5_1) and by dense f32 weights, with runtime SIMD dispatch, the output rows
 //!   split across threads, and every output independent of the batch;
+//! - [`cuda`]: KV pools on a CUDA GPU and the kernels that write and attend over them (one
+//!   launch per layer for every sequence of a step); with the `cuda` feature;
+//! - [`gpu`]: which GPUs a machine has (NVML, loaded at run time);
 //! - [`installed`]: real model files that pip packages ship (SmolLM2-135M-Instruct,
 //!   all-MiniLM-L6-v2), located for tests, benchmarks and examples.
 
 pub mod builtin;
+pub mod cuda;
 pub mod embedding;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod installed;
 pub mod kernels;
 pub mod local;

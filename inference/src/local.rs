@@ -40,7 +40,7 @@ impl Default for LoadOptions {
 }
 
 /// The device named `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`. GPUs need the crate's
-/// `cuda` / `metal` feature; without it candle says so.
+/// `cuda` / `metal` feature, and a CUDA GPU a driver; the error says which is missing.
 pub fn device(name: &str) -> Result<Device> {
     let (kind, ordinal) = match name.split_once(':') {
         Some((kind, n)) => {
@@ -53,7 +53,20 @@ pub fn device(name: &str) -> Result<Device> {
     };
     let device = match kind {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(ordinal),
+        "cuda" if !crate::gpu::CUDA_BUILD => {
+            return Err(Error::InvalidRequest(format!(
+                "device {name:?}: this build has no CUDA support; build the worker with \
+                 `--features cuda` (scripts/cuda-toolchain.sh installs nvcc) or use cpu"
+            )));
+        }
+        "cuda" => {
+            if let crate::gpu::Detected::None(why) = crate::gpu::detect() {
+                return Err(Error::InvalidRequest(format!(
+                    "device {name:?} is unavailable: {why}; use cpu"
+                )));
+            }
+            Device::new_cuda(ordinal)
+        }
         "metal" => Device::new_metal(ordinal),
         _ => {
             return Err(Error::InvalidRequest(format!(

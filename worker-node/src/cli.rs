@@ -32,9 +32,9 @@ pub struct Args {
     /// Memory to offer in MiB [default: all of this machine's].
     #[arg(long)]
     memory_mb: Option<u64>,
-    /// GPUs to offer [default: 0].
-    #[arg(long, default_value_t = 0)]
-    gpus: u32,
+    /// GPUs to offer [default: the NVIDIA GPUs this machine has, found through NVML].
+    #[arg(long)]
+    gpus: Option<u32>,
     /// A label KEY=VALUE that agents can require (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -49,9 +49,10 @@ pub struct Args {
     #[arg(long = "preload", value_name = "NAME")]
     preload: Vec<String>,
     /// Where local models run: cpu, cuda[:N] or metal[:N] (GPUs need a build with the
-    /// cuda or metal feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cuda or metal feature) [default: cuda:0 in a CUDA build on a machine with a GPU,
+    /// else cpu].
+    #[arg(long)]
+    device: Option<String>,
     /// Where this worker's mesh listens, as a multiaddr (repeatable, or comma-separated in
     /// the variable); agents on other workers call its agents there directly.
     #[arg(
@@ -97,7 +98,16 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     if let Some(mb) = args.memory_mb {
         config.resources.memory_bytes = mb.saturating_mul(1 << 20);
     }
-    config.resources.gpus = args.gpus;
+    let detected = fleet_inference::gpu::detect();
+    match &detected {
+        fleet_inference::gpu::Detected::Gpus(gpus) => {
+            for gpu in gpus {
+                tracing::info!("GPU {gpu}");
+            }
+        }
+        fleet_inference::gpu::Detected::None(why) => tracing::debug!("no GPUs: {why}"),
+    }
+    config.resources.gpus = args.gpus.unwrap_or(detected.gpus().len() as u32);
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     if args.slots == 0 {
         return Err(Error::InvalidConfig("--slots must be at least 1".into()));
@@ -108,7 +118,19 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     }
     config.models_dir = args.models_dir;
     config.preload = args.preload;
-    config.device = args.device;
+    config.device = match args.device {
+        Some(device) => device,
+        None => fleet_inference::gpu::default_device(&detected).to_owned(),
+    };
+    if config.device.starts_with("cuda") {
+        // Said now, with the reason, rather than at the first model load.
+        fleet_inference::device(&config.device).map_err(|e| {
+            Error::InvalidConfig(match e {
+                fleet_inference::Error::InvalidRequest(why) => format!("--device: {why}"),
+                other => format!("--device: {other}"),
+            })
+        })?;
+    }
     config.mesh_listen = if args.no_mesh { Vec::new() } else { args.mesh_listen };
     config.key_hosts = args.key_hosts;
     Ok(config)

@@ -152,16 +152,20 @@ impl ModelStore {
             Ok(path) => path,
             Err(e) => return ready(Err(e)),
         };
-        let load_options = match load_options(options) {
+        let mut load_options = match load_options(options) {
             Ok(o) => o,
             Err(e) => return ready(Err(e)),
         };
+        let kv_given = options.contains_key("kv_memory_mb");
         let device = self.device.clone();
         let id = id.to_owned();
         async move {
             let started = Instant::now();
             tracing::info!(model = %id, path = %path.display(), "loading model");
             let loaded = tokio::task::spawn_blocking(move || {
+                if !kv_given && let Some(bytes) = gpu_kv_bytes(&device, &path) {
+                    load_options.engine.max_kv_bytes = bytes;
+                }
                 let device = fleet_inference::device(&device)?;
                 fleet_inference::load(&path, &device, &load_options)
             })
@@ -253,6 +257,24 @@ impl ModelStore {
         }
         report
     }
+}
+
+/// KV memory for a model loading on a CUDA GPU when its options name none: a share of the
+/// GPU's free memory once its weights (bf16 there: up to 4x a quantized file) are in.
+fn gpu_kv_bytes(device: &str, path: &std::path::Path) -> Option<usize> {
+    let ordinal = match device.split_once(':') {
+        Some(("cuda", n)) => n.parse::<u32>().ok()?,
+        None if device == "cuda" => 0,
+        _ => return None,
+    };
+    let detected = fleet_inference::gpu::detect();
+    let gpu = detected.gpus().iter().find(|g| g.index == ordinal)?;
+    let on_disk: u64 = if path.is_dir() {
+        std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+    } else {
+        std::fs::metadata(path).ok()?.len()
+    };
+    Some(fleet_inference::gpu::default_kv_bytes(gpu, on_disk.saturating_mul(4)))
 }
 
 /// An agent's model options for a local model: engine limits and load-time quantization.

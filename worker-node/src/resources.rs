@@ -2,8 +2,8 @@
 
 use fleet_proto::Resources;
 
-/// Detects cpus and memory (Linux `/proc/meminfo`; 0 where unknown). GPUs are not detected
-/// yet: pass `--gpus`.
+/// Detects cpus and memory (Linux `/proc/meminfo`; 0 where unknown). GPUs are counted by
+/// the command line (NVML, `fleet_inference::gpu`), which may be overridden with `--gpus`.
 pub fn detect() -> Resources {
     let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
     Resources { cpus, memory_bytes: total_memory().unwrap_or(0), gpus: 0 }

@@ -1,12 +1,17 @@
-//! The KV cache of one sequence: per layer, its keys and values so far, in buffers sized for
-//! the whole sequence up front so a decode step appends in place instead of copying.
+//! The KV cache of one sequence. On the CPU: per layer, its keys and values so far, in
+//! buffers sized for the whole sequence up front so a decode step appends in place instead
+//! of copying. On a GPU: its blocks of the decoder's shared pools ([`super::paged`]).
 
 use candle_core::{Result, Tensor};
 
-/// Keys and values `[kv_heads, capacity, head_dim]` per layer, and the positions held.
-#[derive(Debug, Clone)]
+use super::paged::BlockTable;
+
+/// Keys and values `[kv_heads, capacity, head_dim]` per layer (or the sequence's blocks of
+/// the shared pools), and the positions held.
+#[derive(Debug)]
 pub struct SequenceCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    blocks: Option<BlockTable>,
     len: usize,
     capacity: usize,
 }
@@ -14,7 +19,21 @@ pub struct SequenceCache {
 impl SequenceCache {
     /// An empty cache with room for `capacity` positions (it grows if that is exceeded).
     pub fn new(layers: usize, capacity: usize) -> Self {
-        Self { layers: vec![None; layers], len: 0, capacity: capacity.max(1) }
+        Self { layers: vec![None; layers], blocks: None, len: 0, capacity: capacity.max(1) }
+    }
+
+    /// An empty cache whose positions live in blocks of shared pools.
+    pub fn paged(blocks: BlockTable) -> Self {
+        Self { layers: Vec::new(), blocks: Some(blocks), len: 0, capacity: 0 }
+    }
+
+    /// The sequence's blocks, when its cache is paged.
+    pub fn blocks(&self) -> Option<&BlockTable> {
+        self.blocks.as_ref()
+    }
+
+    pub(crate) fn blocks_mut(&mut self) -> Option<&mut BlockTable> {
+        self.blocks.as_mut()
     }
 
     /// Positions cached (the next token's position).

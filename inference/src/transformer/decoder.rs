@@ -2,15 +2,19 @@
 //! with rotary embeddings (optional QKV bias, per-head QK norm, fused QKV), SwiGLU MLP
 //! (optionally fused gate/up), optionally tied embeddings.
 
-use candle_core::{D, Device, IndexOp, Result, Tensor};
+use std::sync::OnceLock;
+
+use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 
 use super::StepInput;
 use super::attention::{AttendJob, attend_cpu, attention};
 use super::cache::SequenceCache;
 use super::config::{DecoderConfig, Family};
-use super::linear::Linear;
+use super::linear::{Linear, compute_dtype};
+use super::paged::{BlockTable, StepPlan};
 use super::rope::Rope;
 use super::weights::{Part, Projections, WeightSource};
+use crate::cuda::{DevicePlan, PagedKv};
 
 #[derive(Debug)]
 enum Attention {
@@ -57,7 +61,15 @@ pub struct Decoder {
     norm: Tensor,
     lm_head: Linear,
     rope: Rope,
+    /// Activations' dtype: f32 on the CPU, bf16 on a CUDA GPU.
+    dtype: DType,
+    /// On a CUDA GPU, every sequence's keys and values in blocks of shared pools (made by
+    /// [`Decoder::reserve_kv`], or at the first cache with [`DEFAULT_GPU_KV_BYTES`]).
+    paged: OnceLock<PagedKv>,
 }
+
+/// KV memory a GPU decoder takes when nobody said how much.
+pub const DEFAULT_GPU_KV_BYTES: usize = 2 << 30;
 
 impl Decoder {
     /// Builds the model from `source`, whose tensors must have the shapes `cfg` names.
@@ -90,22 +102,95 @@ impl Decoder {
         }
         let norm = source.dense(Part::Norm, false)?;
         let rope = Rope::new(&cfg.rope, device)?;
-        Ok(Self { cfg, device: device.clone(), embed, layers, norm, lm_head, rope })
+        let dtype = compute_dtype(device);
+        let mut decoder = Self {
+            cfg,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            dtype,
+            paged: OnceLock::new(),
+        };
+        if dtype != DType::F32 {
+            decoder.cast_small_tensors()?;
+        }
+        Ok(decoder)
+    }
+
+    /// Norm gains and a dense embedding table in the compute dtype (the loaders give f32).
+    fn cast_small_tensors(&mut self) -> Result<()> {
+        let dtype = self.dtype;
+        let cast = |t: &mut Tensor| -> Result<()> {
+            *t = t.to_dtype(dtype)?;
+            Ok(())
+        };
+        cast(&mut self.norm)?;
+        if let Embedding::Table(t) = &mut self.embed {
+            cast(t)?;
+        }
+        for layer in &mut self.layers {
+            cast(&mut layer.attn_norm)?;
+            cast(&mut layer.mlp_norm)?;
+            for t in [&mut layer.q_norm, &mut layer.k_norm].into_iter().flatten() {
+                cast(t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On a CUDA GPU, allocates `bytes` of KV memory shared by every sequence (once; later
+    /// calls change nothing). Elsewhere each sequence's cache is its own buffers and this
+    /// does nothing.
+    pub fn reserve_kv(&self, bytes: usize) -> Result<()> {
+        self.paged_kv(bytes).map(|_| ())
+    }
+
+    fn paged_kv(&self, bytes: usize) -> Result<Option<&PagedKv>> {
+        if !self.device.is_cuda() {
+            return Ok(None);
+        }
+        if let Some(kv) = self.paged.get() {
+            return Ok(Some(kv));
+        }
+        let c = &self.cfg;
+        let kv = PagedKv::new(
+            &self.device,
+            self.dtype,
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            bytes,
+        )?;
+        Ok(Some(self.paged.get_or_init(|| kv)))
+    }
+
+    /// Blocks of KV memory free and in all, on a GPU once its pools exist.
+    pub fn kv_blocks(&self) -> Option<(usize, usize)> {
+        let pool = self.paged.get()?.pool();
+        Some((pool.free_blocks(), pool.blocks()))
     }
 
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
     }
 
-    /// A new, empty cache for one sequence, with room for `capacity` positions.
+    /// A new, empty cache for one sequence, with room for `capacity` positions (on a GPU its
+    /// blocks are taken as positions come, from pools made now if they do not exist yet).
     pub fn new_cache(&self, capacity: usize) -> SequenceCache {
-        SequenceCache::new(self.cfg.num_layers, capacity)
+        match self.paged_kv(DEFAULT_GPU_KV_BYTES) {
+            Ok(Some(kv)) => SequenceCache::paged(BlockTable::new(kv.pool().clone())),
+            // A failed allocation shows at the first step, which needs the pools.
+            _ => SequenceCache::new(self.cfg.num_layers, capacity),
+        }
     }
 
     /// KV bytes one position of one sequence takes.
     pub fn kv_bytes_per_token(&self) -> usize {
         let c = &self.cfg;
-        c.num_layers * 2 * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+        c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()
     }
 
     /// Bytes of weights read per forward step (the memory-bandwidth bound of decoding).
@@ -142,7 +227,9 @@ impl Decoder {
                 self.cfg.max_positions
             );
         }
+        let plan = self.plan(inputs)?;
         let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
+        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
         let mut x = match &self.embed {
             Embedding::LmHead => self.lm_head.rows(&ids)?,
             Embedding::Rows(table) => table.rows(&ids)?,
@@ -166,7 +253,13 @@ impl Decoder {
             let q = self.heads(&q, nh, layer.q_norm.as_ref(), &cos, &sin)?;
             let k = self.heads(&k, kvh, layer.k_norm.as_ref(), &cos, &sin)?;
             let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
-            let attn = attend(&q, &k, &v, inputs, index, kvh)?;
+            let attn = match &plan {
+                Some((kv, plan)) => {
+                    kv.write(index, &k, &v.contiguous()?, plan)?;
+                    kv.attend(index, &q, plan)?
+                }
+                None => attend(&q, &k, &v, inputs, index, kvh)?,
+            };
             x = (x + layer.o.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
             let hidden = match &layer.mlp {
@@ -190,7 +283,24 @@ impl Decoder {
             input.cache.advance(input.tokens.len());
         }
         let last = x.index_select(&Tensor::new(last.as_slice(), device)?, 0)?;
-        self.lm_head.forward(&candle_nn::ops::rms_norm(&last, &self.norm, eps)?)
+        self.lm_head
+            .forward(&candle_nn::ops::rms_norm(&last, &self.norm, eps)?)?
+            .to_dtype(DType::F32)
+    }
+
+    /// On a GPU, takes the blocks this step's tokens need and uploads the step's plan.
+    fn plan(&self, inputs: &mut [StepInput<'_>]) -> Result<Option<(&PagedKv, DevicePlan)>> {
+        let Some(kv) = self.paged.get() else { return Ok(None) };
+        for input in inputs.iter_mut() {
+            let needed = input.cache.len() + input.tokens.len();
+            let Some(blocks) = input.cache.blocks_mut() else {
+                candle_core::bail!("a sequence's cache is not in the GPU's KV pools")
+            };
+            blocks.reserve(needed).map_err(candle_core::Error::wrap)?;
+        }
+        let seqs =
+            inputs.iter().filter_map(|s| Some((s.cache.blocks()?, s.cache.len(), s.tokens.len())));
+        Ok(Some((kv, kv.upload(&StepPlan::new(seqs))?)))
     }
 
     /// `[T, heads * head_dim]` → `[heads, T, head_dim]`, per-head norm'd (Qwen3) and rotated

@@ -5,6 +5,12 @@ use candle_core::{Module, Result, Tensor};
 
 use crate::kernels::{DenseMatrix, QuantMatrix};
 
+/// The dtype activations and dense weights have on `device`: bf16 on CUDA GPUs (tensor
+/// cores, half the bytes), f32 elsewhere.
+pub fn compute_dtype(device: &candle_core::Device) -> candle_core::DType {
+    if device.is_cuda() { candle_core::DType::BF16 } else { candle_core::DType::F32 }
+}
+
 /// How a weight matrix `[out, in]` is held.
 #[derive(Debug)]
 pub enum Weight {
@@ -27,12 +33,16 @@ pub struct Linear {
 
 impl Linear {
     /// Dense weights: on the CPU f16/bf16 stay half precision on our kernel; elsewhere
-    /// candle's matmul in f32.
+    /// candle's matmul in the device's compute dtype ([`compute_dtype`]).
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.dim(0)?;
-        let weight = match DenseMatrix::from_tensor(&weight)? {
-            Some(rows) => Weight::Rows(Box::new(rows)),
-            None => Weight::Dense(weight.to_dtype(candle_core::DType::F32)?),
+        let dtype = compute_dtype(weight.device());
+        let (weight, bias) = match DenseMatrix::from_tensor(&weight)? {
+            Some(rows) => (Weight::Rows(Box::new(rows)), bias),
+            None => {
+                let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
+                (Weight::Dense(weight.to_dtype(dtype)?), bias)
+            }
         };
         Ok(Self { weight, bias, out_features })
     }
@@ -43,6 +53,13 @@ impl Linear {
         let out_features = weight.shape().dims().first().copied().unwrap_or(0);
         if let Some(rows) = DenseMatrix::from_qtensor(&weight) {
             return Ok(Self { weight: Weight::Rows(Box::new(rows)), bias, out_features });
+        }
+        // On a CUDA GPU the blocks become bf16 at load: batched decoding there is bound by
+        // compute, not weight bandwidth, and cuBLAS's bf16 matmul beats candle's quantized
+        // one at every batch size above a few sequences.
+        if weight.device().is_cuda() {
+            let dense = weight.dequantize(&weight.device())?;
+            return Self::dense(dense, bias);
         }
         // Our kernels are CPU-only; elsewhere candle's QMatMul runs the blocks.
         if weight.device().is_cpu() {

@@ -8,6 +8,7 @@
 //! - [`linear`]: dense or quantized projections;
 //! - [`rope`]: rotary embeddings (NeoX or interleaved pairs, Llama 3 scaling);
 //! - [`cache`]: a sequence's KV cache;
+//! - [`paged`]: KV memory in blocks shared by all sequences (the GPU's layout);
 //! - [`attention`]: attention over a cache (CPU loops whose results do not depend on the batch);
 //! - [`decoder`]: the forward pass;
 //! - [`load`]: a model from a Hugging Face folder or a GGUF file, with clear errors;
@@ -20,6 +21,7 @@ pub mod decoder;
 pub mod fixture;
 pub mod linear;
 pub mod load;
+pub mod paged;
 pub mod rope;
 pub mod weights;
 

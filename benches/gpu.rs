@@ -1,0 +1,211 @@
+//! The engine on a CUDA GPU: its logits and greedy tokens against the CPU engine's, batch
+//! invariance on the GPU, and aggregate decode and prefill tokens/s. `benches/gpu/run.sh`
+//! runs it on the GPU machine beside PyTorch + transformers on the same model.
+//!
+//! `gpu -- [--check] [--speed] [--json OUT] [--device cuda:0] MODEL...` (a GGUF file or a
+//! Hugging Face folder). Needs a build with `--features cuda`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{D, Device};
+use fleet_inference::transformer::load::{load_gguf, load_hf_dir};
+use fleet_inference::transformer::{Decoder, SequenceCache, StepInput, greedy};
+use serde_json::{Value, json};
+
+fn load(path: &Path, device: &Device) -> Result<Decoder> {
+    if path.is_dir() {
+        Ok(load_hf_dir(path, device, None)?)
+    } else {
+        Ok(load_gguf(path, device)?.0)
+    }
+}
+
+/// Fixed pseudo-random prompt ids below `vocab`.
+fn prompt(len: usize, vocab: usize, seed: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97)) % vocab as u32)
+        .collect()
+}
+
+fn vocab(model: &Decoder) -> usize {
+    model.config().vocab_size.min(150_000)
+}
+
+/// Greedy decoding of every prompt together for `steps` tokens: the tokens of each.
+fn generate(model: &Decoder, prompts: &[Vec<u32>], steps: usize) -> Result<Vec<Vec<u32>>> {
+    let mut caches: Vec<SequenceCache> =
+        prompts.iter().map(|p| model.new_cache(p.len() + steps)).collect();
+    let mut inputs: Vec<StepInput<'_>> =
+        caches.iter_mut().zip(prompts).map(|(cache, tokens)| StepInput { tokens, cache }).collect();
+    let mut last = greedy(&model.step(&mut inputs)?)?;
+    let mut out: Vec<Vec<u32>> = last.iter().map(|&t| vec![t]).collect();
+    for _ in 1..steps {
+        let feeds: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+        let mut inputs: Vec<StepInput<'_>> = caches
+            .iter_mut()
+            .zip(&feeds)
+            .map(|(cache, tokens)| StepInput { tokens, cache })
+            .collect();
+        last = greedy(&model.step(&mut inputs)?)?;
+        for (o, &t) in out.iter_mut().zip(&last) {
+            o.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// The last logits of one prompt, as f32 on the host.
+fn logits(model: &Decoder, prompt: &[u32]) -> Result<Vec<f32>> {
+    let mut cache = model.new_cache(prompt.len());
+    let l = model.step(&mut [StepInput { tokens: prompt, cache: &mut cache }])?;
+    Ok(l.squeeze(0)?.to_vec1::<f32>()?)
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// GPU against CPU: logits of a 32-token prompt, 64 greedy tokens of 4 prompts, and batch
+/// invariance on the GPU (each of 8 sequences alone, then all 8 together at different
+/// lengths).
+fn check(path: &Path, gpu: &Device) -> Result<Value> {
+    let cpu_model = load(path, &Device::Cpu)?;
+    let gpu_model = load(path, gpu)?;
+    let v = vocab(&cpu_model);
+    let p = prompt(32, v, 1);
+    let (lc, lg) = (logits(&cpu_model, &p)?, logits(&gpu_model, &p)?);
+    let max_abs = lc.iter().zip(&lg).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = lc.iter().map(|a| a.abs()).fold(0f32, f32::max);
+    let argmax = |l: &[f32]| {
+        l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
+    };
+    let top_cpu = argmax(&lc);
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(16 + 8 * i, v, 10 + i as u32)).collect();
+    let cpu_tokens = generate(&cpu_model, &prompts, 64)?;
+    let gpu_tokens = generate(&gpu_model, &prompts, 64)?;
+    let agree: Vec<usize> =
+        cpu_tokens.iter().zip(&gpu_tokens).map(|(a, b)| common_prefix(a, b)).collect();
+    // Batch invariance: alone, then batched with 7 others of different lengths.
+    let many: Vec<Vec<u32>> = (0..8).map(|i| prompt(5 + 7 * i, v, 40 + i as u32)).collect();
+    let together = generate(&gpu_model, &many, 48)?;
+    let mut alone_equal = Vec::new();
+    for (p, t) in many.iter().zip(&together) {
+        let alone = generate(&gpu_model, std::slice::from_ref(p), 48)?;
+        alone_equal.push(common_prefix(&alone[0], t));
+    }
+    let result = json!({
+        "logits_max_abs_diff": max_abs,
+        "logits_max_abs": scale,
+        "logits_relative": max_abs / scale.max(f32::MIN_POSITIVE),
+        "top_token_same": top_cpu == argmax(&lg),
+        "greedy_tokens_equal_to_cpu_of_64": agree,
+        "batched_equal_to_alone_of_48": alone_equal,
+    });
+    println!("check {}: {result}", path.display());
+    Ok(result)
+}
+
+/// Aggregate decode tokens/s of `batch` sequences after 32-token prompts (untimed).
+fn decode(model: &Decoder, batch: usize, steps: usize) -> Result<f64> {
+    let v = vocab(model);
+    let mut caches: Vec<SequenceCache> = (0..batch).map(|_| model.new_cache(32 + steps)).collect();
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| prompt(32, v, i as u32)).collect();
+    let mut inputs: Vec<StepInput<'_>> = caches
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(cache, tokens)| StepInput { tokens, cache })
+        .collect();
+    let mut last = greedy(&model.step(&mut inputs)?)?;
+    let started = Instant::now();
+    for _ in 0..steps {
+        let feeds: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+        let mut inputs: Vec<StepInput<'_>> = caches
+            .iter_mut()
+            .zip(&feeds)
+            .map(|(cache, tokens)| StepInput { tokens, cache })
+            .collect();
+        last = greedy(&model.step(&mut inputs)?)?;
+    }
+    Ok((batch * steps) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Prefill tokens/s of `batch` prompts of `len` tokens in one step.
+fn prefill(model: &Decoder, batch: usize, len: usize) -> Result<f64> {
+    let v = vocab(model);
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| prompt(len, v, 7 + i as u32)).collect();
+    let mut caches: Vec<SequenceCache> = (0..batch).map(|_| model.new_cache(len)).collect();
+    let mut inputs: Vec<StepInput<'_>> = caches
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(cache, tokens)| StepInput { tokens, cache })
+        .collect();
+    let started = Instant::now();
+    let logits = model.step(&mut inputs)?;
+    logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok((batch * len) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// One warm-up, then the median of 3 runs.
+fn measure(mut run: impl FnMut() -> Result<f64>) -> Result<Value> {
+    run()?;
+    let runs: Vec<f64> = (0..3).map(|_| run()).collect::<Result<_>>()?;
+    Ok(json!({"tokens_per_s": median(runs.clone()), "runs": runs}))
+}
+
+fn speed(path: &Path, device: &Device) -> Result<Value> {
+    let model = load(path, device)?;
+    model.reserve_kv(8 << 30)?;
+    let mut decode_rows = Vec::new();
+    for batch in [1, 32, 128, 256] {
+        let r = measure(|| decode(&model, batch, 64))?;
+        println!("{} decode, {batch} sequences: {r}", path.display());
+        decode_rows.push(json!({"batch": batch, "result": r}));
+    }
+    let prefill_one = measure(|| prefill(&model, 1, 512))?;
+    println!("{} prefill, 1 x 512 tokens: {prefill_one}", path.display());
+    let prefill_many = measure(|| prefill(&model, 16, 512))?;
+    println!("{} prefill, 16 x 512 tokens: {prefill_many}", path.display());
+    // One decode step's weight bytes read, for the bandwidth share of single-stream decode.
+    Ok(json!({
+        "weight_bytes": model.weight_bytes(),
+        "decode": decode_rows,
+        "prefill_1x512": prefill_one,
+        "prefill_16x512": prefill_many,
+    }))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    let json_path = value_of("--json").cloned();
+    let device_name = value_of("--device").cloned().unwrap_or_else(|| "cuda:0".into());
+    let values: Vec<&String> =
+        [value_of("--json"), value_of("--device")].into_iter().flatten().collect();
+    let models: Vec<&String> =
+        args.iter().filter(|a| !a.starts_with("--") && !values.contains(a)).collect();
+    anyhow::ensure!(!models.is_empty(), "usage: gpu -- [--check] [--speed] [--json OUT] MODEL...");
+    let device = fleet_inference::device(&device_name)?;
+    let mut results = Vec::new();
+    for path in models {
+        let path = Path::new(path);
+        let mut entry = json!({"model": path.display().to_string(), "device": device_name});
+        if args.iter().any(|a| a == "--check") {
+            entry["check"] = check(path, &device).with_context(|| format!("checking {path:?}"))?;
+        }
+        if args.iter().any(|a| a == "--speed") {
+            entry["speed"] = speed(path, &device).with_context(|| format!("timing {path:?}"))?;
+        }
+        results.push(entry);
+    }
+    if let Some(path) = json_path {
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    }
+    Ok(())
+}
