@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{D, Device};
+use candle_core::{D, DType, Device, Tensor};
 use fleet_inference::transformer::load::{load_gguf, load_hf_dir};
 use fleet_inference::transformer::{Decoder, SequenceCache, StepInput, greedy};
 use serde_json::{Value, json};
@@ -95,7 +95,21 @@ fn check(path: &Path, gpu: &Device) -> Result<Value> {
         let alone = generate(&gpu_model, std::slice::from_ref(p), 48)?;
         alone_equal.push(common_prefix(&alone[0], t));
     }
+    // Is one row of a bf16 matmul the same whatever the number of rows around it? (cuBLAS
+    // chooses its kernel by shape; a different kernel may sum in a different order.)
+    let w = Tensor::randn(0f32, 1., (4864, 896), gpu)?.to_dtype(DType::BF16)?;
+    let x = Tensor::randn(0f32, 1., (256, 896), gpu)?.to_dtype(DType::BF16)?;
+    let row0 = |m: usize| -> Result<Vec<f32>> {
+        let y = x.narrow(0, 0, m)?.matmul(&w.t()?)?.narrow(0, 0, 1)?;
+        Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let alone = row0(1)?;
+    let mut matmul_rows = Vec::new();
+    for m in [2, 4, 8, 16, 32, 64, 128, 256] {
+        matmul_rows.push(json!({"rows": m, "row_0_same_as_alone": row0(m)? == alone}));
+    }
     let result = json!({
+        "matmul_row_invariance": matmul_rows,
         "logits_max_abs_diff": max_abs,
         "logits_max_abs": scale,
         "logits_relative": max_abs / scale.max(f32::MIN_POSITIVE),

@@ -77,8 +77,8 @@ fn attention_over_blocks_equals_the_contiguous_cpu_attention() {
         (vec![0f32; slots * kv_heads * hd], vec![0f32; slots * kv_heads * hd]);
     let mut tables = Vec::new();
     let mut jobs = Vec::new();
-    let mut step_k = vec![Vec::new(); kv_heads];
-    let mut step_v = vec![Vec::new(); kv_heads];
+    // This step's keys and values, tokens first: [T, kv_heads, hd].
+    let (mut step_k, mut step_v) = (Vec::new(), Vec::new());
     let mut token = 0;
     for (i, &(pos, n)) in seqs.iter().enumerate() {
         let len = pos + n;
@@ -89,17 +89,17 @@ fn attention_over_blocks_equals_the_contiguous_cpu_attention() {
         table.reserve(len).expect("room");
         // The cached positions, written as an earlier step would have.
         let history = StepPlan::new([(&table, 0, pos)]);
-        let part = |all: &[f32], from: usize, count: usize| -> Vec<f32> {
-            (0..kv_heads)
-                .flat_map(|h| all[(h * len + from) * hd..(h * len + from + count) * hd].to_vec())
+        // Positions from..to of [kv_heads, len, hd], tokens first.
+        let rows = |all: &[f32], from: usize, to: usize| -> Vec<f32> {
+            (from..to)
+                .flat_map(|p| (0..kv_heads).flat_map(move |h| (0..hd).map(move |d| (h, p, d))))
+                .map(|(h, p, d)| all[(h * len + p) * hd + d])
                 .collect()
         };
-        write_reference(&mut k_pool, &part(&keys, 0, pos), &history, kv_heads);
-        write_reference(&mut v_pool, &part(&vals, 0, pos), &history, kv_heads);
-        for h in 0..kv_heads {
-            step_k[h].extend_from_slice(&keys[(h * len + pos) * hd..(h * len + len) * hd]);
-            step_v[h].extend_from_slice(&vals[(h * len + pos) * hd..(h * len + len) * hd]);
-        }
+        write_reference(&mut k_pool, &rows(&keys, 0, pos), &history, kv_heads);
+        write_reference(&mut v_pool, &rows(&vals, 0, pos), &history, kv_heads);
+        step_k.extend(rows(&keys, pos, len));
+        step_v.extend(rows(&vals, pos, len));
         jobs.push(AttendJob {
             token,
             n,
@@ -111,12 +111,15 @@ fn attention_over_blocks_equals_the_contiguous_cpu_attention() {
         token += n;
     }
     let plan = StepPlan::new(tables.iter().zip(&seqs).map(|(t, &(pos, n))| (t, pos, n)));
-    write_reference(&mut k_pool, &step_k.concat(), &plan, kv_heads);
-    write_reference(&mut v_pool, &step_v.concat(), &plan, kv_heads);
+    write_reference(&mut k_pool, &step_k, &plan, kv_heads);
+    write_reference(&mut v_pool, &step_v, &plan, kv_heads);
 
-    let q = values(heads * token * hd, 99);
+    // Queries tokens first for the paged form, heads first for the contiguous one.
+    let q = values(token * heads * hd, 99);
     let paged = attend_reference(&q, &k_pool, &v_pool, &plan, heads, kv_heads);
-    let q = Tensor::from_vec(q, (heads, token, hd), &Device::Cpu).expect("q");
+    let q = Tensor::from_vec(q, (token, heads, hd), &Device::Cpu)
+        .and_then(|q| q.transpose(0, 1)?.contiguous())
+        .expect("q");
     let contiguous = attend_cpu(&q, &jobs, kv_heads).expect("attention").expect("f32 on the CPU");
     assert_eq!(paged.len(), token * heads * hd);
     assert_eq!(paged, contiguous);

@@ -1,6 +1,7 @@
 //! Paged KV memory on a CUDA device: per layer one pool `[2, slots, kv_heads, head_dim]`
-//! (keys, then values) in the layout of [`crate::transformer::paged`], written and attended
-//! by the kernels of `paged.cu`, one launch each per layer for every sequence of the step.
+//! (keys, then values) in the layout of [`crate::transformer::paged`], filled and attended
+//! over by the kernels of `paged.cu`: per layer, one launch rotates the step's queries and
+//! keys and writes keys and values to their slots, one attends, for every sequence at once.
 //!
 //! Without the `cuda` feature [`PagedKv::new`] fails and nothing else is reachable: the
 //! decoder only asks for paged KV on a CUDA device.
@@ -51,19 +52,33 @@ impl PagedKv {
         imp::upload(&self.layers[0], plan)
     }
 
-    /// Writes this step's keys and values `[kv_heads, T, head_dim]` of `layer` into their
-    /// slots.
-    pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor, plan: &DevicePlan) -> Result<()> {
-        let pool = &self.layers[layer];
-        imp::write(pool, k, 0, plan, self.kv_heads, self.head_dim)?;
-        imp::write(pool, v, 1, plan, self.kv_heads, self.head_dim)
+    /// From the step's fused projection `qkv` `[T, (heads + 2 kv_heads) * head_dim]`: rotates
+    /// queries and keys by `cos`/`sin` (f32 `[T, rot / 2]`), writes keys and values of
+    /// `layer` into their slots and returns the queries `[T, heads, head_dim]`.
+    pub fn rope_write(
+        &self,
+        layer: usize,
+        qkv: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        rope: Rotation,
+        plan: &DevicePlan,
+    ) -> Result<Tensor> {
+        imp::rope_write(&self.layers[layer], qkv, cos, sin, rope, plan, self.kv_heads, self.head_dim)
     }
 
-    /// Attention of `q` `[heads, T, head_dim]` over the cached positions → `[T, heads *
+    /// Attention of `q` `[T, heads, head_dim]` over the cached positions → `[T, heads *
     /// head_dim]`.
     pub fn attend(&self, layer: usize, q: &Tensor, plan: &DevicePlan) -> Result<Tensor> {
         imp::attend(&self.layers[layer], q, plan, self.kv_heads, self.head_dim)
     }
+}
+
+/// How queries and keys are rotated: the first `dims` dimensions of each head, in NeoX
+/// halves or interleaved pairs.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    pub dims: usize,
+    pub interleaved: bool,
 }
 
 pub use imp::DevicePlan;
@@ -82,7 +97,17 @@ mod imp {
         candle_core::bail!("this build has no CUDA support (build with --features cuda)")
     }
 
-    pub fn write(_: &Tensor, _: &Tensor, _: u32, p: &DevicePlan, _: usize, _: usize) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_write(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: super::Rotation,
+        p: &DevicePlan,
+        _: usize,
+        _: usize,
+    ) -> Result<Tensor> {
         match *p {}
     }
 
@@ -97,10 +122,11 @@ mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::{
-        CpuStorage, CudaStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor,
+        CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage,
+        Tensor,
     };
 
     use crate::transformer::paged::StepPlan;
@@ -137,160 +163,188 @@ mod imp {
         })
     }
 
-    /// Checks shared by both kernels: contiguous inputs of the pool's dtype, the step's
-    /// shape, and slots inside the pool.
-    fn check(pool: &Tensor, x: &Tensor, heads: usize, plan: &DevicePlan) -> Result<()> {
-        let (h, t, _) = x.dims3()?;
-        if h != heads || t != plan.tokens || x.dtype() != pool.dtype() || !x.is_contiguous() {
-            candle_core::bail!(
-                "paged KV: expected contiguous {:?} [{heads}, {}, hd], got {:?} {:?}",
-                pool.dtype(),
-                plan.tokens,
-                x.dtype(),
-                x.dims()
-            );
-        }
-        if plan.max_slot as usize >= pool.dim(1)? {
-            candle_core::bail!("paged KV: slot {} outside the pool", plan.max_slot);
-        }
-        Ok(())
-    }
-
-    struct WriteKv<'a> {
+    /// The step's fused projection into rotated queries (the output) and the pool's slots.
+    struct RopeWrite<'a> {
+        pool: &'a Tensor,
         plan: &'a DevicePlan,
-        part: usize,
+        heads: u32,
         kv_heads: u32,
         head_dim: u32,
+        rope: super::Rotation,
     }
 
-    impl InplaceOp2 for WriteKv<'_> {
+    impl CustomOp3 for RopeWrite<'_> {
         fn name(&self) -> &'static str {
-            "fleet-paged-write-kv"
+            "fleet-paged-rope-write"
         }
 
         fn cpu_fwd(
             &self,
-            _: &mut CpuStorage,
+            _: &CpuStorage,
             _: &Layout,
             _: &CpuStorage,
             _: &Layout,
-        ) -> Result<()> {
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
             candle_core::bail!("paged KV is for CUDA devices")
         }
 
         fn cuda_fwd(
             &self,
-            dst: &mut CudaStorage,
-            dst_l: &Layout,
-            src: &CudaStorage,
-            src_l: &Layout,
-        ) -> Result<()> {
-            fn launch<T: DeviceRepr + candle_core::cuda_backend::CudaDType>(
-                op: &WriteKv<'_>,
-                dst: &mut CudaStorage,
-                dst_l: &Layout,
-                src: &CudaStorage,
-                src_l: &Layout,
-                name: &str,
-            ) -> Result<()> {
-                let dev = dst.device().clone();
-                let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-                let part = dst_l.shape().elem_count() / 2;
-                let pool = dst.as_cuda_slice_mut::<T>()?;
-                let mut pool = pool.slice_mut(dst_l.start_offset() + op.part * part..);
-                let src = src.as_cuda_slice::<T>()?.slice(src_l.start_offset()..);
+            qkv: &CudaStorage,
+            qkv_l: &Layout,
+            cos: &CudaStorage,
+            cos_l: &Layout,
+            sin: &CudaStorage,
+            sin_l: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            fn launch<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
+                op: &RopeWrite<'_>,
+                (qkv, qkv_l): (&CudaStorage, &Layout),
+                cos: CudaView<'_, f32>,
+                sin: CudaView<'_, f32>,
+            ) -> Result<CudaStorage> {
+                let dev = qkv.device().clone();
+                let name = format!("rope_write_{}", suffix(T::DTYPE)?);
+                let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+                let (pool_storage, pool_l) = op.pool.storage_and_layout();
+                let Storage::Cuda(pool) = &*pool_storage else {
+                    candle_core::bail!("the KV pool is not on CUDA")
+                };
+                let pool = pool.as_cuda_slice::<T>()?.slice(pool_l.start_offset()..);
+                let values_offset = (op.pool.elem_count() / 2) as u64;
                 let tokens = op.plan.tokens as u32;
+                let row = qkv_l.dims()[1] as u32;
+                let qkv = qkv.as_cuda_slice::<T>()?.slice(qkv_l.start_offset()..);
+                let n = (tokens * op.heads * op.head_dim) as usize;
+                // SAFETY: every element of the output is written by the kernel before use.
+                let q_out = unsafe { dev.alloc::<T>(n)? };
+                let (rot, interleaved) = (op.rope.dims as u32, op.rope.interleaved as u32);
                 let mut b = func.builder();
-                b.arg(&mut pool).arg(&src).arg(&op.plan.data);
-                b.arg(&tokens).arg(&op.kv_heads).arg(&op.head_dim);
+                // The pool is written through a shared borrow: its storage is only touched on
+                // this device's one stream, in order, and no other view of it is alive.
+                b.arg(&q_out).arg(&pool).arg(&qkv).arg(&cos).arg(&sin).arg(&op.plan.data);
+                b.arg(&values_offset).arg(&row).arg(&op.heads).arg(&op.kv_heads);
+                b.arg(&op.head_dim).arg(&rot).arg(&interleaved);
                 let cfg = LaunchConfig {
-                    grid_dim: (tokens, 1, 1),
-                    block_dim: (op.kv_heads * op.head_dim, 1, 1),
+                    grid_dim: (tokens, op.heads + op.kv_heads, 1),
+                    block_dim: (op.head_dim / 2, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                // SAFETY: `write` checked the shapes: `src` holds kv_heads * T * head_dim
-                // elements, every slot in the plan is inside the pool's half being written,
-                // and one thread per element stays inside both.
+                // SAFETY: `rope_write` checked the shapes: qkv rows hold every head, cos/sin
+                // T rows of rot / 2, every slot of the plan is inside the pool, and each
+                // thread touches one pair of one head of one token.
                 unsafe { b.launch(cfg) }.w()?;
-                Ok(())
+                Ok(CudaStorage::wrap_cuda_slice(q_out, dev))
             }
-            let name = format!("write_kv_{}", suffix(dst.dtype())?);
-            match dst.dtype() {
-                DType::F32 => launch::<f32>(self, dst, dst_l, src, src_l, &name),
-                DType::F16 => launch::<half::f16>(self, dst, dst_l, src, src_l, &name),
-                _ => launch::<half::bf16>(self, dst, dst_l, src, src_l, &name),
-            }
+            let cos = cos.as_cuda_slice::<f32>()?.slice(cos_l.start_offset()..);
+            let sin = sin.as_cuda_slice::<f32>()?.slice(sin_l.start_offset()..);
+            let out = match qkv.dtype() {
+                DType::F32 => launch::<f32>(self, (qkv, qkv_l), cos, sin)?,
+                DType::F16 => launch::<half::f16>(self, (qkv, qkv_l), cos, sin)?,
+                _ => launch::<half::bf16>(self, (qkv, qkv_l), cos, sin)?,
+            };
+            let shape = Shape::from((self.plan.tokens, self.heads as usize, self.head_dim as usize));
+            Ok((out, shape))
         }
     }
 
-    pub fn write(
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_write(
         pool: &Tensor,
-        x: &Tensor,
-        part: usize,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        rope: super::Rotation,
         plan: &DevicePlan,
         kv_heads: usize,
         head_dim: usize,
-    ) -> Result<()> {
-        check(pool, x, kv_heads, plan)?;
-        if kv_heads * head_dim > 1024 {
-            candle_core::bail!("paged KV: {kv_heads} x {head_dim} values per token exceed a block");
+    ) -> Result<Tensor> {
+        let (t, row) = qkv.dims2()?;
+        let heads = (row / head_dim).saturating_sub(2 * kv_heads);
+        let half = rope.dims / 2;
+        if t != plan.tokens
+            || row != (heads + 2 * kv_heads) * head_dim
+            || heads == 0
+            || qkv.dtype() != pool.dtype()
+            || !qkv.is_contiguous()
+            || !head_dim.is_multiple_of(2)
+            || rope.dims > head_dim
+            || !rope.dims.is_multiple_of(2)
+            || head_dim / 2 > 1024
+        {
+            candle_core::bail!(
+                "paged KV: expected a contiguous {:?} [{}, (heads + 2 x {kv_heads}) x {head_dim}] \
+                 projection and rotary dims up to {head_dim}, got {:?} {:?} and {}",
+                pool.dtype(),
+                plan.tokens,
+                qkv.dtype(),
+                qkv.dims(),
+                rope.dims
+            );
         }
-        let op = WriteKv { plan, part, kv_heads: kv_heads as u32, head_dim: head_dim as u32 };
-        pool.inplace_op2(x, &op)
+        for table in [cos, sin] {
+            if table.dims() != [t, half] || table.dtype() != DType::F32 || !table.is_contiguous() {
+                candle_core::bail!("paged KV: cos/sin must be contiguous f32 [{t}, {half}]");
+            }
+        }
+        if plan.max_slot as usize >= pool.dim(1)? {
+            candle_core::bail!("paged KV: slot {} outside the pool", plan.max_slot);
+        }
+        let op = RopeWrite {
+            pool,
+            plan,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: head_dim as u32,
+            rope,
+        };
+        qkv.apply_op3_no_bwd(cos, sin, &op)
     }
 
+    /// Attention of the queries (the input) over the pool's keys and values.
     struct Attend<'a> {
+        pool: &'a Tensor,
         plan: &'a DevicePlan,
         heads: u32,
         kv_heads: u32,
         head_dim: u32,
     }
 
-    impl InplaceOp3 for Attend<'_> {
+    impl CustomOp1 for Attend<'_> {
         fn name(&self) -> &'static str {
             "fleet-paged-attention"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &mut CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<()> {
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
             candle_core::bail!("paged attention is for CUDA devices")
         }
 
-        fn cuda_fwd(
-            &self,
-            dst: &mut CudaStorage,
-            _: &Layout,
-            q: &CudaStorage,
-            q_l: &Layout,
-            pool: &CudaStorage,
-            pool_l: &Layout,
-        ) -> Result<()> {
-            fn launch<T: DeviceRepr + candle_core::cuda_backend::CudaDType>(
+        fn cuda_fwd(&self, q: &CudaStorage, q_l: &Layout) -> Result<(CudaStorage, Shape)> {
+            fn launch<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
                 op: &Attend<'_>,
-                out: &mut CudaStorage,
-                q: (&CudaStorage, &Layout),
-                pool: (&CudaStorage, &Layout),
-                name: &str,
-            ) -> Result<()> {
-                let dev = out.device().clone();
-                let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-                let half = pool.1.shape().elem_count() / 2;
-                let all = pool.0.as_cuda_slice::<T>()?;
-                let keys = all.slice(pool.1.start_offset()..pool.1.start_offset() + half);
-                let values = all.slice(pool.1.start_offset() + half..);
-                let q = q.0.as_cuda_slice::<T>()?.slice(q.1.start_offset()..);
-                let out = out.as_cuda_slice_mut::<T>()?;
+                q: &CudaStorage,
+                q_l: &Layout,
+            ) -> Result<CudaStorage> {
+                let dev = q.device().clone();
+                let name = format!("paged_attention_{}", suffix(T::DTYPE)?);
+                let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+                let (pool_storage, pool_l) = op.pool.storage_and_layout();
+                let Storage::Cuda(pool) = &*pool_storage else {
+                    candle_core::bail!("the KV pool is not on CUDA")
+                };
+                let half = op.pool.elem_count() / 2;
+                let all = pool.as_cuda_slice::<T>()?;
+                let keys = all.slice(pool_l.start_offset()..pool_l.start_offset() + half);
+                let values = all.slice(pool_l.start_offset() + half..);
+                let q = q.as_cuda_slice::<T>()?.slice(q_l.start_offset()..);
                 let tokens = op.plan.tokens as u32;
+                // SAFETY: every element of the output is written by the kernel before use.
+                let out = unsafe { dev.alloc::<T>((tokens * op.heads * op.head_dim) as usize)? };
                 let scale = 1.0 / (op.head_dim as f32).sqrt();
                 let mut b = func.builder();
-                b.arg(out).arg(&q).arg(&keys).arg(&values).arg(&op.plan.data);
+                b.arg(&out).arg(&q).arg(&keys).arg(&values).arg(&op.plan.data);
                 b.arg(&tokens).arg(&op.heads).arg(&op.kv_heads).arg(&op.head_dim).arg(&scale);
                 let cfg = LaunchConfig {
                     grid_dim: (tokens, op.heads, 1),
@@ -301,14 +355,15 @@ mod imp {
                 // head_dim is a multiple of 32 of at most 256 (the kernel's per-lane arrays),
                 // and the output holds T * heads * head_dim elements.
                 unsafe { b.launch(cfg) }.w()?;
-                Ok(())
+                Ok(CudaStorage::wrap_cuda_slice(out, dev))
             }
-            let name = format!("paged_attention_{}", suffix(dst.dtype())?);
-            match dst.dtype() {
-                DType::F32 => launch::<f32>(self, dst, (q, q_l), (pool, pool_l), &name),
-                DType::F16 => launch::<half::f16>(self, dst, (q, q_l), (pool, pool_l), &name),
-                _ => launch::<half::bf16>(self, dst, (q, q_l), (pool, pool_l), &name),
-            }
+            let out = match q.dtype() {
+                DType::F32 => launch::<f32>(self, q, q_l)?,
+                DType::F16 => launch::<half::f16>(self, q, q_l)?,
+                _ => launch::<half::bf16>(self, q, q_l)?,
+            };
+            let shape = Shape::from((self.plan.tokens, (self.heads * self.head_dim) as usize));
+            Ok((out, shape))
         }
     }
 
@@ -319,22 +374,30 @@ mod imp {
         kv_heads: usize,
         head_dim: usize,
     ) -> Result<Tensor> {
-        let heads = q.dim(0)?;
-        check(pool, q, heads, plan)?;
+        let (t, heads, hd) = q.dims3()?;
+        if t != plan.tokens || hd != head_dim || q.dtype() != pool.dtype() || !q.is_contiguous() {
+            candle_core::bail!(
+                "paged attention: expected contiguous {:?} queries [{}, heads, {head_dim}], got \
+                 {:?} {:?}",
+                pool.dtype(),
+                plan.tokens,
+                q.dtype(),
+                q.dims()
+            );
+        }
         if !head_dim.is_multiple_of(32) || head_dim > 256 || !heads.is_multiple_of(kv_heads) {
             candle_core::bail!(
                 "paged attention takes head_dim a multiple of 32 up to 256 and heads a multiple \
                  of kv_heads, not {head_dim} and {heads}/{kv_heads}"
             );
         }
-        let out = Tensor::zeros((plan.tokens, heads * head_dim), q.dtype(), q.device())?;
         let op = Attend {
+            pool,
             plan,
             heads: heads as u32,
             kv_heads: kv_heads as u32,
             head_dim: head_dim as u32,
         };
-        out.inplace_op3(q, pool, &op)?;
-        Ok(out)
+        q.apply_op1_no_bwd(&op)
     }
 }

@@ -117,7 +117,27 @@ impl Decoder {
         if dtype != DType::F32 {
             decoder.cast_small_tensors()?;
         }
+        if device.is_cuda() {
+            decoder.stack_projections()?;
+        }
         Ok(decoder)
+    }
+
+    /// On a GPU every launch counts: Q, K and V become one matmul, and gate and up another.
+    fn stack_projections(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            if let Attention::Separate { q, k, v } = &layer.attention
+                && let Some(qkv) = Linear::stack(&[q, k, v])?
+            {
+                layer.attention = Attention::Fused(qkv);
+            }
+            if let Mlp::Separate { gate, up } = &layer.mlp
+                && let Some(gate_up) = Linear::stack(&[gate, up])?
+            {
+                layer.mlp = Mlp::Fused(gate_up);
+            }
+        }
+        Ok(())
     }
 
     /// Norm gains and a dense embedding table in the compute dtype (the loaders give f32).
@@ -229,6 +249,8 @@ impl Decoder {
         }
         let plan = self.plan(inputs)?;
         let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
+        // The paged kernels read f32 tables; candle's rotation wants the activations' dtype.
+        let tables = (cos.clone(), sin.clone());
         let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
         let mut x = match &self.embed {
             Embedding::LmHead => self.lm_head.rows(&ids)?,
@@ -239,26 +261,31 @@ impl Decoder {
         let (nh, kvh, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         for (index, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let (q, k, v) = match &layer.attention {
-                Attention::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
-                Attention::Fused(qkv) => {
-                    let qkv = qkv.forward(&h)?;
-                    (
-                        qkv.narrow(1, 0, nh * hd)?,
-                        qkv.narrow(1, nh * hd, kvh * hd)?,
-                        qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
-                    )
-                }
-            };
-            let q = self.heads(&q, nh, layer.q_norm.as_ref(), &cos, &sin)?;
-            let k = self.heads(&k, kvh, layer.k_norm.as_ref(), &cos, &sin)?;
-            let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
             let attn = match &plan {
                 Some((kv, plan)) => {
-                    kv.write(index, &k, &v.contiguous()?, plan)?;
+                    let qkv = self.projected_qkv(layer, &h)?;
+                    let q = kv.rope_write(index, &qkv, (&tables.0, &tables.1), self.rope.rotation(), plan)?;
                     kv.attend(index, &q, plan)?
                 }
-                None => attend(&q, &k, &v, inputs, index, kvh)?,
+                None => {
+                    let (q, k, v) = match &layer.attention {
+                        Attention::Separate { q, k, v } => {
+                            (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?)
+                        }
+                        Attention::Fused(qkv) => {
+                            let qkv = qkv.forward(&h)?;
+                            (
+                                qkv.narrow(1, 0, nh * hd)?,
+                                qkv.narrow(1, nh * hd, kvh * hd)?,
+                                qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
+                            )
+                        }
+                    };
+                    let q = self.heads(&q, nh, layer.q_norm.as_ref(), &cos, &sin)?;
+                    let k = self.heads(&k, kvh, layer.k_norm.as_ref(), &cos, &sin)?;
+                    let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
+                    attend(&q, &k, &v, inputs, index, kvh)?
+                }
             };
             x = (x + layer.o.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
@@ -301,6 +328,32 @@ impl Decoder {
         let seqs =
             inputs.iter().filter_map(|s| Some((s.cache.blocks()?, s.cache.len(), s.tokens.len())));
         Ok(Some((kv, kv.upload(&StepPlan::new(seqs))?)))
+    }
+
+    /// The step's queries, keys and values side by side `[T, (heads + 2 kv_heads) * head_dim]`
+    /// (what the paged kernels read), queries and keys per-head norm'd where the family does
+    /// (Qwen3).
+    fn projected_qkv(&self, layer: &Layer, h: &Tensor) -> Result<Tensor> {
+        let qkv = match &layer.attention {
+            Attention::Fused(qkv) => qkv.forward(h)?,
+            Attention::Separate { q, k, v } => {
+                Tensor::cat(&[q.forward(h)?, k.forward(h)?, v.forward(h)?], 1)?
+            }
+        };
+        let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) else {
+            return Ok(qkv);
+        };
+        let (t, c) = (qkv.dim(0)?, &self.cfg);
+        let (nh, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let eps = c.rms_norm_eps as f32;
+        let norm = |from: usize, heads: usize, w: &Tensor| -> Result<Tensor> {
+            let x = qkv.narrow(1, from, heads * hd)?.contiguous()?.reshape((t, heads, hd))?;
+            candle_nn::ops::rms_norm(&x, w, eps)?.reshape((t, heads * hd))
+        };
+        let q = norm(0, nh, q_norm)?;
+        let k = norm(nh * hd, kvh, k_norm)?;
+        let v = qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?;
+        Tensor::cat(&[&q, &k, &v], 1)?.contiguous()
     }
 
     /// `[T, heads * head_dim]` → `[heads, T, head_dim]`, per-head norm'd (Qwen3) and rotated

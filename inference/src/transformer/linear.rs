@@ -83,6 +83,32 @@ impl Linear {
         self.out_features
     }
 
+    /// Dense projections of the same input (off the CPU) as one: a single matmul where there
+    /// were several, outputs side by side in `parts` order. `None` unless every part is a
+    /// dense off-CPU weight (the CPU kernels batch their rows already).
+    pub fn stack(parts: &[&Linear]) -> Result<Option<Linear>> {
+        let mut weights = Vec::with_capacity(parts.len());
+        for part in parts {
+            let Weight::Dense(w) = &part.weight else { return Ok(None) };
+            weights.push(w.clone());
+        }
+        let bias = if parts.iter().any(|p| p.bias.is_some()) {
+            let biases = parts
+                .iter()
+                .zip(&weights)
+                .map(|(p, w)| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(p.out_features, w.dtype(), w.device()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        let out_features = parts.iter().map(|p| p.out_features).sum();
+        Ok(Some(Linear { weight: Weight::Dense(Tensor::cat(&weights, 0)?), bias, out_features }))
+    }
+
     /// Bytes the weight takes in memory.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {

@@ -8,7 +8,8 @@
 //! kernels of one step need (where each new token's keys go, which blocks each token
 //! attends over) into one `u32` array uploaded once per step. The CPU functions here
 //! ([`write_reference`], [`attend_reference`]) index the pool exactly as src/cuda/paged.cu
-//! does and are what the tests check that indexing with.
+//! does and are what the tests check that indexing with. The kernels keep tokens first:
+//! queries `[T, heads, head_dim]`, keys and values read from the step's fused projection.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -171,7 +172,8 @@ pub fn element(slot: usize, h: usize, d: usize, kv_heads: usize, head_dim: usize
     (slot * kv_heads + h) * head_dim + d
 }
 
-/// The CPU form of `write_kv`: `src` `[kv_heads, T, head_dim]` into the pool's slots.
+/// Where `rope_write` puts keys or values: `src` `[T, kv_heads, head_dim]` (already rotated)
+/// into the pool's slots.
 pub fn write_reference(pool: &mut [f32], src: &[f32], plan: &StepPlan, kv_heads: usize) {
     let t_all = plan.tokens();
     let head_dim = src.len() / (kv_heads * t_all.max(1));
@@ -179,13 +181,13 @@ pub fn write_reference(pool: &mut [f32], src: &[f32], plan: &StepPlan, kv_heads:
         for h in 0..kv_heads {
             for d in 0..head_dim {
                 pool[element(plan.slot(t), h, d, kv_heads, head_dim)] =
-                    src[(h * t_all + t) * head_dim + d];
+                    src[(t * kv_heads + h) * head_dim + d];
             }
         }
     }
 }
 
-/// The CPU form of `paged_attention`: `q` `[heads, T, head_dim]` over the pools →
+/// The CPU form of `paged_attention`: `q` `[T, heads, head_dim]` over the pools →
 /// `[T, heads * head_dim]`, through the same per-(token, head) loop as the contiguous CPU
 /// attention.
 pub fn attend_reference(
@@ -205,7 +207,7 @@ pub fn attend_reference(
         for h in 0..heads {
             let kvh = h / (heads / kv_heads);
             let at = |j: usize| element(plan.position_slot(t, j), kvh, 0, kv_heads, head_dim);
-            let qh = &q[(h * t_all + t) * head_dim..][..head_dim];
+            let qh = &q[(t * heads + h) * head_dim..][..head_dim];
             super::attention::attend_one(
                 qh,
                 |j| &keys[at(j)..][..head_dim],

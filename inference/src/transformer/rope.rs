@@ -64,6 +64,11 @@ pub fn frequencies(cfg: &RopeConfig) -> Result<Vec<f64>> {
 }
 
 impl Rope {
+    /// The dimensions rotated and how, for kernels that rotate themselves.
+    pub fn rotation(&self) -> crate::cuda::Rotation {
+        crate::cuda::Rotation { dims: self.dims, interleaved: self.interleaved }
+    }
+
     /// cos and sin `[T, dims / 2]` for the given positions `[T]` (u32).
     pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = positions.to_dtype(DType::F32)?.unsqueeze(1)?;
