@@ -96,17 +96,33 @@ fn check(path: &Path, gpu: &Device) -> Result<Value> {
         alone_equal.push(common_prefix(&alone[0], t));
     }
     // Is one row of a bf16 matmul the same whatever the number of rows around it? (cuBLAS
-    // chooses its kernel by shape; a different kernel may sum in a different order.)
-    let w = Tensor::randn(0f32, 1., (4864, 896), gpu)?.to_dtype(DType::BF16)?;
-    let x = Tensor::randn(0f32, 1., (256, 896), gpu)?.to_dtype(DType::BF16)?;
-    let row0 = |m: usize| -> Result<Vec<f32>> {
-        let y = x.narrow(0, 0, m)?.matmul(&w.t()?)?.narrow(0, 0, 1)?;
-        Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-    };
-    let alone = row0(1)?;
+    // chooses its kernel by shape; split-K or another tile may sum in another order.) For
+    // the decoder's shapes [in, out]: rows counts where row 0 differs from row 0 alone.
     let mut matmul_rows = Vec::new();
-    for m in [2, 4, 8, 16, 32, 64, 128, 256] {
-        matmul_rows.push(json!({"rows": m, "row_0_same_as_alone": row0(m)? == alone}));
+    for (k, n) in [(896, 1152), (896, 896), (896, 9728), (4864, 896), (896, 151_936)] {
+        let w = Tensor::randn(0f32, 1., (n, k), gpu)?.to_dtype(DType::BF16)?;
+        let x = Tensor::randn(0f32, 1., (512, k), gpu)?.to_dtype(DType::BF16)?;
+        let linear = fleet_inference::transformer::linear::Linear::dense(w.clone(), None)?;
+        // Plain cuBLAS, and the decoder's projection (padded to its minimum rows).
+        let row0 = |m: usize, padded: bool| -> Result<Vec<f32>> {
+            let x = x.narrow(0, 0, m)?;
+            let y = if padded { linear.forward(&x)? } else { x.matmul(&w.t()?)? };
+            Ok(y.narrow(0, 0, 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let mut differs = [Vec::new(), Vec::new()];
+        for (padded, differs) in [false, true].into_iter().zip(&mut differs) {
+            let alone = row0(1, padded)?;
+            for m in [2, 4, 8, 16, 32, 63, 64, 65, 100, 128, 200, 256, 300, 512] {
+                if row0(m, padded)? != alone {
+                    differs.push(m);
+                }
+            }
+        }
+        matmul_rows.push(json!({
+            "in": k, "out": n,
+            "rows_where_row_0_differs_cublas": differs[0],
+            "rows_where_row_0_differs_projection": differs[1],
+        }));
     }
     let result = json!({
         "matmul_row_invariance": matmul_rows,

@@ -248,45 +248,63 @@ impl Decoder {
             );
         }
         let plan = self.plan(inputs)?;
-        let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
-        // The paged kernels read f32 tables; candle's rotation wants the activations' dtype.
-        let tables = (cos.clone(), sin.clone());
-        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
-        let mut x = match &self.embed {
+        let tables = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
+        let x = match &self.embed {
             Embedding::LmHead => self.lm_head.rows(&ids)?,
             Embedding::Rows(table) => table.rows(&ids)?,
             Embedding::Table(t) => t.index_select(&Tensor::from_vec(ids, total, device)?, 0)?,
         };
         let eps = self.cfg.rms_norm_eps as f32;
+        let mut last = Vec::with_capacity(inputs.len());
+        let mut offset = 0;
+        for input in inputs.iter() {
+            offset += input.tokens.len();
+            last.push(offset as u32 - 1);
+        }
+        let last = Tensor::new(last.as_slice(), device)?;
+        let hidden = match &plan {
+            Some((kv, plan)) => self.paged_layers(x, kv, plan, &tables)?.index_select(&last, 0)?,
+            None => {
+                // The paged kernels read f32 tables; candle's rotation wants the activations'.
+                let (cos, sin) = (tables.0.to_dtype(self.dtype)?, tables.1.to_dtype(self.dtype)?);
+                let x = self.layers_cpu(x, inputs, &cos, &sin)?;
+                candle_nn::ops::rms_norm(&x.index_select(&last, 0)?, &self.norm, eps)?
+            }
+        };
+        for input in inputs.iter_mut() {
+            input.cache.advance(input.tokens.len());
+        }
+        self.lm_head.forward(&hidden)?.to_dtype(DType::F32)
+    }
+
+    /// Every layer over the step's tokens `x`, each sequence's cache its own buffers.
+    fn layers_cpu(
+        &self,
+        mut x: Tensor,
+        inputs: &mut [StepInput<'_>],
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let total = x.dim(0)?;
         let (nh, kvh, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         for (index, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let attn = match &plan {
-                Some((kv, plan)) => {
-                    let qkv = self.projected_qkv(layer, &h)?;
-                    let q = kv.rope_write(index, &qkv, (&tables.0, &tables.1), self.rope.rotation(), plan)?;
-                    kv.attend(index, &q, plan)?
-                }
-                None => {
-                    let (q, k, v) = match &layer.attention {
-                        Attention::Separate { q, k, v } => {
-                            (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?)
-                        }
-                        Attention::Fused(qkv) => {
-                            let qkv = qkv.forward(&h)?;
-                            (
-                                qkv.narrow(1, 0, nh * hd)?,
-                                qkv.narrow(1, nh * hd, kvh * hd)?,
-                                qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
-                            )
-                        }
-                    };
-                    let q = self.heads(&q, nh, layer.q_norm.as_ref(), &cos, &sin)?;
-                    let k = self.heads(&k, kvh, layer.k_norm.as_ref(), &cos, &sin)?;
-                    let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
-                    attend(&q, &k, &v, inputs, index, kvh)?
+            let (q, k, v) = match &layer.attention {
+                Attention::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+                Attention::Fused(qkv) => {
+                    let qkv = qkv.forward(&h)?;
+                    (
+                        qkv.narrow(1, 0, nh * hd)?,
+                        qkv.narrow(1, nh * hd, kvh * hd)?,
+                        qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
+                    )
                 }
             };
+            let q = self.heads(&q, nh, layer.q_norm.as_ref(), cos, sin)?;
+            let k = self.heads(&k, kvh, layer.k_norm.as_ref(), cos, sin)?;
+            let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
+            let attn = attend(&q, &k, &v, inputs, index, kvh)?;
             x = (x + layer.o.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
             let hidden = match &layer.mlp {
@@ -302,17 +320,42 @@ impl Decoder {
             };
             x = (x + layer.down.forward(&hidden)?)?;
         }
-        let mut last = Vec::with_capacity(inputs.len());
-        let mut offset = 0;
-        for input in inputs.iter_mut() {
-            offset += input.tokens.len();
-            last.push(offset as u32 - 1);
-            input.cache.advance(input.tokens.len());
+        Ok(x)
+    }
+
+    /// Every layer over the step's tokens `x` on a GPU, keys and values in the shared pools:
+    /// per layer four matmuls and five of our kernels (rotate and write, attend, add and norm
+    /// twice, SiLU and product). Returns the final norm of every token `[T, hidden]`.
+    fn paged_layers(
+        &self,
+        mut x: Tensor,
+        kv: &PagedKv,
+        plan: &DevicePlan,
+        (cos, sin): &(Tensor, Tensor),
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let Some(first) = self.layers.first() else {
+            return candle_nn::ops::rms_norm(&x, &self.norm, eps);
+        };
+        let mut h = candle_nn::ops::rms_norm(&x, &first.attn_norm, eps)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let qkv = self.projected_qkv(layer, &h)?;
+            let q = kv.rope_write(index, &qkv, (cos, sin), self.rope.rotation(), plan)?;
+            let attn = kv.attend(index, &q, plan)?;
+            let (mid, h_mlp) =
+                crate::cuda::add_rms_norm(&x, &layer.o.forward(&attn)?, &layer.mlp_norm, eps)?;
+            let gate_up = match &layer.mlp {
+                Mlp::Fused(gate_up) => gate_up.forward(&h_mlp)?,
+                Mlp::Separate { gate, up } => {
+                    Tensor::cat(&[gate.forward(&h_mlp)?, up.forward(&h_mlp)?], 1)?
+                }
+            };
+            let hidden = crate::cuda::silu_mul(&gate_up)?;
+            // The next layer's attention norm, or after the last layer the final norm.
+            let next = self.layers.get(index + 1).map_or(&self.norm, |l| &l.attn_norm);
+            (x, h) = crate::cuda::add_rms_norm(&mid, &layer.down.forward(&hidden)?, next, eps)?;
         }
-        let last = x.index_select(&Tensor::new(last.as_slice(), device)?, 0)?;
-        self.lm_head
-            .forward(&candle_nn::ops::rms_norm(&last, &self.norm, eps)?)?
-            .to_dtype(DType::F32)
+        Ok(h)
     }
 
     /// On a GPU, takes the blocks this step's tokens need and uploads the step's plan.
