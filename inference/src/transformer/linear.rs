@@ -171,6 +171,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Rows(m) => m.matmul(x)?,
+            Weight::Dense(w) if x.device().is_cuda() => gpu_matmul(x, w)?,
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Packed(m) => m.matmul(x)?,
             Weight::Quantized(q) => q.forward(x)?,
@@ -180,4 +181,34 @@ impl Linear {
             None => Ok(y),
         }
     }
+}
+
+/// Most rows one cuBLAS call gets when results must not depend on the batch. cuBLAS picks its
+/// kernel by shape, and where the sum is long next to the output (`in` > `out`, the MLP's
+/// down projection) some of its kernels split that sum differently: measured on an H100
+/// (BENCHMARKS.md), a row of the 4864 -> 896 projection came out differently in matmuls of
+/// 65, 200, 256, 300 or 512 rows than alone, while at 1 to 64 rows it never did, nor did any
+/// of the decoder's other shapes at any count.
+const INVARIANT_ROWS: usize = 64;
+
+/// Whether GPU matmuls whose sum is longer than their output are split into calls of
+/// [`INVARIANT_ROWS`] so a token's result does not depend on what shares the step (default;
+/// `FLEET_GPU_BATCH_INVARIANT=0` trades that for speed on large steps).
+fn gpu_batch_invariant() -> bool {
+    static INVARIANT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INVARIANT.get_or_init(|| std::env::var("FLEET_GPU_BATCH_INVARIANT").map_or(true, |v| v != "0"))
+}
+
+/// `x W^T` on a GPU: in pieces of [`INVARIANT_ROWS`] rows where batch invariance needs it.
+fn gpu_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (rows, (out, k)) = (x.dim(0)?, w.dims2()?);
+    if rows <= INVARIANT_ROWS || k <= out || !gpu_batch_invariant() {
+        return x.matmul(&w.t()?);
+    }
+    let w = w.t()?;
+    let pieces = (0..rows)
+        .step_by(INVARIANT_ROWS)
+        .map(|start| x.narrow(0, start, INVARIANT_ROWS.min(rows - start))?.matmul(&w))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&pieces, 0)
 }
