@@ -33,6 +33,14 @@ fn vocab(model: &Decoder) -> usize {
     model.config().vocab_size.min(150_000)
 }
 
+/// One greedy step of every sequence, each fed its last token: the next tokens.
+fn greedy_step(model: &Decoder, caches: &mut [SequenceCache], last: &[u32]) -> Result<Vec<u32>> {
+    let feeds: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+    let mut inputs: Vec<StepInput<'_>> =
+        caches.iter_mut().zip(&feeds).map(|(cache, tokens)| StepInput { tokens, cache }).collect();
+    Ok(greedy(&model.step(&mut inputs)?)?)
+}
+
 /// Greedy decoding of every prompt together for `steps` tokens: the tokens of each.
 fn generate(model: &Decoder, prompts: &[Vec<u32>], steps: usize) -> Result<Vec<Vec<u32>>> {
     let mut caches: Vec<SequenceCache> =
@@ -42,13 +50,7 @@ fn generate(model: &Decoder, prompts: &[Vec<u32>], steps: usize) -> Result<Vec<V
     let mut last = greedy(&model.step(&mut inputs)?)?;
     let mut out: Vec<Vec<u32>> = last.iter().map(|&t| vec![t]).collect();
     for _ in 1..steps {
-        let feeds: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
-        let mut inputs: Vec<StepInput<'_>> = caches
-            .iter_mut()
-            .zip(&feeds)
-            .map(|(cache, tokens)| StepInput { tokens, cache })
-            .collect();
-        last = greedy(&model.step(&mut inputs)?)?;
+        last = greedy_step(model, &mut caches, &last)?;
         for (o, &t) in out.iter_mut().zip(&last) {
             o.push(t);
         }
@@ -150,13 +152,7 @@ fn decode(model: &Decoder, batch: usize, steps: usize) -> Result<f64> {
     let mut last = greedy(&model.step(&mut inputs)?)?;
     let started = Instant::now();
     for _ in 0..steps {
-        let feeds: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
-        let mut inputs: Vec<StepInput<'_>> = caches
-            .iter_mut()
-            .zip(&feeds)
-            .map(|(cache, tokens)| StepInput { tokens, cache })
-            .collect();
-        last = greedy(&model.step(&mut inputs)?)?;
+        last = greedy_step(model, &mut caches, &last)?;
     }
     Ok((batch * steps) as f64 / started.elapsed().as_secs_f64())
 }

@@ -1,19 +1,10 @@
 // Fused elementwise steps of the decoder on the GPU, each one launch where candle needs two
 // or three: the residual add with the next RMSNorm, and SiLU(gate) * up. Every row is
 // computed by one block with a fixed reduction order, whatever the number of rows.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16(x);
-}
+#include "convert.cuh"
+
 
 #define THREADS 256
 

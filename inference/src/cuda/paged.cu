@@ -8,23 +8,14 @@
 //   [slots: T][row_table: T][row_len: T][tables...]
 // Token t's keys go to slot slots[t]; it attends over row_len[t] positions of the sequence
 // whose block list starts at tables[row_table[t]].
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "convert.cuh"
 
 #define BLOCK_SIZE 16
 #define WARPS 4
 #define MAX_DIMS_PER_LANE 8
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16(x);
-}
 
 // One launch per layer before attention: from the step's fused projection `qkv`
 // [T, row] (per token: heads query heads, then kv_heads keys, then kv_heads values, head_dim
