@@ -1,7 +1,7 @@
 """Submit jobs to a cluster running on other machines.
 
-On the head machine:     python -m agentfleet head --token change-me
-On each worker machine:  python -m agentfleet worker --head http://HEAD:7070 --token change-me
+On the head machine:     python -m agentfleet head --token change-me --join-token join-secret
+On each worker machine:  python -m agentfleet worker --head http://HEAD:7070 --join-token join-secret
 Then, anywhere:          python examples/python/multi_machine.py http://HEAD:7070 --token change-me
 """
 
@@ -13,7 +13,7 @@ import agentfleet as af
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("address", help="the head's URL, e.g. http://10.0.0.1:7070")
-    parser.add_argument("--token", default=None, help="the cluster token (default: $FLEET_TOKEN)")
+    parser.add_argument("--token", default=None, help="the client token (default: $FLEET_TOKEN)")
     parser.add_argument("--jobs", type=int, default=500)
     args = parser.parse_args()
 

@@ -23,12 +23,17 @@ pub struct Args {
     /// Address for the gRPC and HTTP APIs [default: 0.0.0.0:7070].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Cluster token workers and clients must present.
+    /// Client token: the gRPC client API, A2A and the OpenAI API refuse callers without
+    /// it (or the API key). Needs --join-token as well.
     #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// API key HTTP clients (A2A) must present as `Authorization: Bearer KEY`.
+    /// Another client credential, accepted wherever --token is (HTTP callers send either as
+    /// `Authorization: Bearer KEY` or `X-API-Key: KEY`).
     #[arg(long, env = "FLEET_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// The token workers join with (their --join-token); clients' credentials never join.
+    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// How often workers send heartbeats, in milliseconds [default: 500].
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
@@ -44,6 +49,14 @@ pub struct Args {
     /// Largest task input in bytes [default: 1048576].
     #[arg(long)]
     max_input_bytes: Option<usize>,
+    /// Let push-notification webhooks target loopback, private and link-local addresses
+    /// (refused by default: any client can make a config, and the head would call its own
+    /// network for them).
+    #[arg(long)]
+    allow_private_webhooks: bool,
+    /// CA certificates (a PEM file) trusted beside the system's for https:// webhooks.
+    #[arg(long, value_name = "FILE")]
+    webhook_ca: Option<PathBuf>,
     /// Print the address actually bound as `listening on ADDR` (useful with port 0).
     #[arg(long)]
     print_address: bool,
@@ -63,6 +76,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     if let Some(v) = &args.api_key {
         config.api_key = Some(v.clone());
     }
+    if let Some(v) = &args.join_token {
+        config.join_token = Some(v.clone());
+    }
     if let Some(v) = args.heartbeat_interval_ms {
         config.heartbeat_interval = Duration::from_millis(v);
     }
@@ -77,6 +93,12 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = args.max_input_bytes {
         config.max_input_bytes = v;
+    }
+    if args.allow_private_webhooks {
+        config.allow_private_webhooks = true;
+    }
+    if let Some(v) = &args.webhook_ca {
+        config.webhook_ca = Some(v.clone());
     }
     crate::config::validate(&config)?;
     Ok(config)

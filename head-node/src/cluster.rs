@@ -226,6 +226,11 @@ impl Cluster {
         })
     }
 
+    /// Calls `hook` with the id of every task retention evicts from now on.
+    pub fn on_task_evicted(&self, hook: crate::tasks::EvictionHook) {
+        self.state.lock().tasks.on_evicted(hook);
+    }
+
     /// A new subscriber with the configured buffer.
     pub fn subscriber(&self) -> (Subscriber, Subscription) {
         subscriber(self.limits.subscriber_buffer)

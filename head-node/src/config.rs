@@ -18,10 +18,15 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
 pub struct HeadConfig {
     /// Where the gRPC and HTTP APIs listen (one address for all).
     pub listen: SocketAddr,
-    /// The cluster token workers and clients must present; `None` accepts everyone.
+    /// A client credential (gRPC client API, A2A, OpenAI API); `None` with no `api_key`
+    /// accepts every client.
     pub token: Option<String>,
-    /// The key HTTP API clients (A2A, OpenAI) must present; `None` accepts everyone.
+    /// Another client credential, accepted at the same doors as `token` (for handing HTTP
+    /// users a key of their own).
     pub api_key: Option<String>,
+    /// The token workers join with; never accepted from clients. Required whenever client
+    /// credentials are: otherwise anyone could register a worker and receive task inputs.
+    pub join_token: Option<String>,
     /// How often workers send heartbeats.
     pub heartbeat_interval: Duration,
     /// A worker silent for this long is declared dead.
@@ -34,6 +39,11 @@ pub struct HeadConfig {
     pub max_input_bytes: usize,
     /// Events buffered for one subscriber stream before it is cut off (it may resume).
     pub subscriber_buffer: usize,
+    /// Whether push-notification webhooks may target loopback, private and link-local
+    /// addresses (refused by default: any client can make a config).
+    pub allow_private_webhooks: bool,
+    /// CA certificates (PEM) trusted beside the system's for `https://` webhooks.
+    pub webhook_ca: Option<std::path::PathBuf>,
     /// Agents declared in the config file.
     pub agents: Vec<AgentSpec>,
 }
@@ -46,12 +56,15 @@ impl Default for HeadConfig {
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7070))),
             token: None,
             api_key: None,
+            join_token: None,
             heartbeat_interval: Duration::from_millis(500),
             worker_timeout: Duration::from_secs(3),
             max_queued_tasks: 100_000,
             max_retained_tasks: 100_000,
             max_input_bytes: 1 << 20,
             subscriber_buffer: 65_536,
+            allow_private_webhooks: false,
+            webhook_ca: None,
             agents: Vec::new(),
         }
     }
@@ -64,12 +77,15 @@ pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
     pub api_key: Option<String>,
+    pub join_token: Option<String>,
     pub heartbeat_interval_ms: Option<u64>,
     pub worker_timeout_ms: Option<u64>,
     pub max_queued_tasks: Option<usize>,
     pub max_retained_tasks: Option<usize>,
     pub max_input_bytes: Option<usize>,
     pub subscriber_buffer: Option<usize>,
+    pub allow_private_webhooks: Option<bool>,
+    pub webhook_ca: Option<std::path::PathBuf>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
 }
@@ -199,6 +215,9 @@ impl ConfigFile {
         if self.api_key.is_some() {
             config.api_key = self.api_key;
         }
+        if self.join_token.is_some() {
+            config.join_token = self.join_token;
+        }
         if let Some(v) = self.heartbeat_interval_ms {
             config.heartbeat_interval = ms(v);
         }
@@ -217,6 +236,12 @@ impl ConfigFile {
         if let Some(v) = self.subscriber_buffer {
             config.subscriber_buffer = v;
         }
+        if let Some(v) = self.allow_private_webhooks {
+            config.allow_private_webhooks = v;
+        }
+        if self.webhook_ca.is_some() {
+            config.webhook_ca = self.webhook_ca;
+        }
         config.agents.extend(self.agents.into_iter().map(AgentSpec::from));
     }
 }
@@ -234,10 +259,24 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
         return bad("max input bytes and subscriber buffer must be above zero");
     }
     if config.token.as_deref().is_some_and(str::is_empty) {
-        return bad("the cluster token must not be empty");
+        return bad("the client token must not be empty");
     }
     if config.api_key.as_deref().is_some_and(str::is_empty) {
         return bad("the API key must not be empty");
+    }
+    if config.join_token.as_deref().is_some_and(str::is_empty) {
+        return bad("the join token must not be empty");
+    }
+    let clients = [&config.token, &config.api_key];
+    if clients.iter().any(|c| c.is_some()) && config.join_token.is_none() {
+        return bad(
+            "client credentials (--token, --api-key) need a worker join token as well: set \
+             --join-token (FLEET_JOIN_TOKEN) on the head and its workers, so that a client's \
+             credential cannot register a worker",
+        );
+    }
+    if clients.iter().any(|c| c.is_some() && *c == &config.join_token) {
+        return bad("the join token must differ from the client credentials (--token, --api-key)");
     }
     config.agents.iter().try_for_each(crate::agents::validate)
 }
@@ -284,5 +323,28 @@ mod tests {
         let err =
             ConfigFile::parse("[[agent]]\nname='a'\nmodel='m'\nmodle='x'\n", Path::new("f.toml"));
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn client_credentials_need_a_separate_join_token() {
+        let with = |token: Option<&str>, api_key: Option<&str>, join: Option<&str>| {
+            validate(&HeadConfig {
+                token: token.map(Into::into),
+                api_key: api_key.map(Into::into),
+                join_token: join.map(Into::into),
+                ..HeadConfig::default()
+            })
+            .map_err(|e| e.to_string())
+        };
+        assert!(with(None, None, None).is_ok(), "an open cluster (loopback development)");
+        assert!(with(None, None, Some("j")).is_ok());
+        assert!(with(Some("t"), Some("k"), Some("j")).is_ok());
+        let missing = with(Some("t"), None, None).err().unwrap_or_default();
+        assert!(missing.contains("--join-token"), "{missing}");
+        assert!(with(None, Some("k"), None).is_err());
+        let same = with(Some("t"), None, Some("t")).err().unwrap_or_default();
+        assert!(same.contains("must differ"), "{same}");
+        assert!(with(None, Some("k"), Some("k")).is_err());
+        assert!(with(Some("t"), None, Some("")).is_err());
     }
 }

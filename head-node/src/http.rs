@@ -9,6 +9,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::a2a::push::{WebhookPolicy, Webhooks};
+use crate::auth::Credentials;
 use crate::cluster::Cluster;
 use crate::config::HeadConfig;
 
@@ -37,25 +39,39 @@ async fn healthz(
 /// Room in a request body beyond the input limit, for JSON framing and escapes.
 const BODY_SLACK_BYTES: usize = 64 << 10;
 
-/// `/healthz`, the A2A routes and the OpenAI routes.
-pub fn router(cluster: Arc<Cluster>, config: &HeadConfig) -> Router {
-    let api_key: Option<Arc<str>> = config.api_key.as_deref().map(Arc::from);
+/// `/healthz`, the A2A routes and the OpenAI routes; fails on an unreadable webhook CA.
+pub fn router(
+    cluster: Arc<Cluster>,
+    config: &HeadConfig,
+    clients: Credentials,
+) -> crate::Result<Router> {
     let max_body_bytes = config.max_input_bytes + BODY_SLACK_BYTES;
+    let extra_ca_pem = match &config.webhook_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            crate::Error::InvalidConfig(format!("cannot read --webhook-ca {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    let policy = WebhookPolicy { allow_private: config.allow_private_webhooks, extra_ca_pem };
+    let webhooks = Webhooks::new(&policy).map_err(crate::Error::InvalidConfig)?;
+    // A task's push configs go with the task when retention evicts it.
+    let forget = webhooks.clone();
+    cluster.on_task_evicted(Box::new(move |task_id| forget.forget(task_id)));
     let a2a = crate::a2a::A2a {
         cluster: cluster.clone(),
-        api_key: api_key.clone(),
+        clients: clients.clone(),
         max_body_bytes,
-        webhooks: Default::default(),
+        webhooks,
     };
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),
-        api_key,
+        clients,
         max_body_bytes,
         started_at: crate::openai::unix_now(),
     };
-    Router::new()
+    Ok(Router::new()
         .route("/healthz", get(healthz))
         .with_state(cluster)
         .merge(crate::a2a::router(a2a))
-        .merge(crate::openai::router(openai))
+        .merge(crate::openai::router(openai)))
 }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::api::fleet::FleetApi;
 use crate::api::worker::WorkerApi;
-use crate::auth::TokenCheck;
+use crate::auth::Credentials;
 use crate::cluster::Cluster;
 use crate::config::{self, HeadConfig};
 use crate::{Result, http};
@@ -58,23 +58,28 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let address = listener.local_addr()?;
-    if config.token.is_none() && !address.ip().is_loopback() {
-        warn!(%address, "no cluster token set: anyone who can reach this address can join or submit");
+    let (clients, workers) = (Credentials::clients(&config), Credentials::workers(&config));
+    if !address.ip().is_loopback() {
+        if !clients.required() {
+            warn!(%address, "no client token: anyone who can reach this address can submit");
+        }
+        if !workers.required() {
+            warn!(%address, "no join token: anyone who can reach this address can join as a worker");
+        }
     }
-    let check = TokenCheck::new(config.token.as_deref());
     let fleet = FleetServiceServer::new(FleetApi::new(cluster.clone(), shutdown.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkerServiceServer::new(WorkerApi::new(
+    let worker_api = WorkerServiceServer::new(WorkerApi::new(
         cluster.clone(),
         config.heartbeat_interval,
         shutdown.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let fleet = InterceptedService::new(fleet, check.clone());
-    let workers = InterceptedService::new(workers, check);
-    let routes = Routes::from(http::router(cluster.clone(), &config))
+    let fleet = InterceptedService::new(fleet, clients.clone());
+    let worker_api = InterceptedService::new(worker_api, workers);
+    let routes = Routes::from(http::router(cluster.clone(), &config, clients)?)
         .add_service(fleet)
-        .add_service(workers);
+        .add_service(worker_api);
 
     let detector =
         tokio::spawn(detect_silent_workers(cluster, config.worker_timeout, shutdown.clone()));

@@ -162,8 +162,10 @@ pub struct TaskCounters {
     pub canceled: u64,
 }
 
+/// Called with the id of each task retention evicts, under the cluster's lock: keep it short.
+pub type EvictionHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// All known tasks: the unfinished ones and the most recent finished ones.
-#[derive(Debug)]
 pub struct TaskTable {
     tasks: HashMap<TaskId, TaskEntry>,
     by_number: BTreeMap<u64, TaskId>,
@@ -172,7 +174,18 @@ pub struct TaskTable {
     finished: VecDeque<TaskId>,
     next_number: u64,
     max_retained: usize,
+    on_evicted: Vec<EvictionHook>,
     pub counters: TaskCounters,
+}
+
+impl std::fmt::Debug for TaskTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskTable")
+            .field("tasks", &self.tasks.len())
+            .field("max_retained", &self.max_retained)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskTable {
@@ -184,8 +197,15 @@ impl TaskTable {
             finished: VecDeque::new(),
             next_number: 0,
             max_retained,
+            on_evicted: Vec::new(),
             counters: TaskCounters::default(),
         }
+    }
+
+    /// Calls `hook` with each task evicted from now on (state kept beside the table, such
+    /// as push configs, goes with its task).
+    pub fn on_evicted(&mut self, hook: EvictionHook) {
+        self.on_evicted.push(hook);
     }
 
     /// Creates a queued task.
@@ -251,6 +271,9 @@ impl TaskTable {
                 && let Some(entry) = self.tasks.remove(&old)
             {
                 self.by_number.remove(&entry.number);
+                for hook in &self.on_evicted {
+                    hook(old.as_str());
+                }
                 if let Some(numbers) = self.by_context.get_mut(&entry.context_id) {
                     numbers.retain(|&n| n != entry.number);
                     if numbers.is_empty() {
@@ -332,6 +355,9 @@ mod tests {
     #[test]
     fn retention_evicts_the_oldest_finished_tasks() {
         let mut table = TaskTable::new(2);
+        let evicted = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = evicted.clone();
+        table.on_evicted(Box::new(move |id| seen.lock().push(id.to_owned())));
         for i in 0..5 {
             let id = TaskId::new(format!("t{i}"));
             table.insert(
@@ -348,5 +374,6 @@ mod tests {
         assert!(table.by_context.is_empty(), "evicted tasks left the context index");
         assert_eq!(table.iter_context("c").count(), 0);
         assert_eq!(table.counters.completed, 5);
+        assert_eq!(*evicted.lock(), ["t0", "t1", "t2"], "the eviction hook missed tasks");
     }
 }

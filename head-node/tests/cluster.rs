@@ -278,28 +278,69 @@ async fn a_silent_worker_is_declared_dead_within_the_timeout() -> Result<()> {
     .await
 }
 
+/// Every door with client auth on: the gRPC client API, A2A and the OpenAI API take the
+/// client token and the API key alike and refuse anything else; the join token is not a
+/// client credential, and a client credential does not let a worker join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_token_is_rejected_for_clients_and_workers() -> Result<()> {
+async fn every_door_refuses_callers_without_their_credential() -> Result<()> {
     within(async {
-        let cluster = ClusterSandbox::builder().workers(1).token("right-token").start().await?;
+        let cluster = ClusterSandbox::builder()
+            .workers(1)
+            .token("client-token")
+            .head_arg("--api-key")
+            .head_arg("http-key")
+            .start()
+            .await?;
         let good = cluster.client().await?;
         good.register_agent(echo("echo")).await?;
 
-        for token in [None, Some("wrong-token".to_owned())] {
-            let options = fleet_client::ConnectOptions { token, ..Default::default() };
+        let wrong = [None, Some("wrong-token"), Some(cluster.join_token())];
+        for token in wrong {
+            let options =
+                fleet_client::ConnectOptions { token: token.map(Into::into), ..Default::default() };
             let bad = Client::connect_with(&cluster.url, options).await?;
-            let err = bad.status().await.err().context("accepted without the token")?;
-            ensure!(err.code() == fleet_client::Code::Unauthenticated, "{err}");
-            ensure!(err.to_string().contains("cluster token"), "{err}");
+            let err = bad.status().await.err().context("a client got in without the token")?;
+            ensure!(err.code() == fleet_client::Code::Unauthenticated, "{token:?}: {err}");
+            ensure!(err.to_string().contains("client token"), "{err}");
+        }
+        let with_key = fleet_client::ConnectOptions {
+            token: Some("http-key".into()),
+            ..Default::default()
+        };
+        ensure!(Client::connect_with(&cluster.url, with_key).await?.status().await.is_ok());
+
+        let chat = br#"{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}"#;
+        let send = br#"{"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]}}}"#;
+        let doors: [(&str, &[u8]); 3] =
+            [("/v1/chat/completions", chat), ("/v1/models", b""), ("/a2a/echo", send)];
+        for (path, body) in doors {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            for header in [None, Some("Bearer wrong"), Some("Bearer JOIN")] {
+                let value = header.map(|h| h.replace("JOIN", cluster.join_token()));
+                let headers: Vec<(&str, &str)> =
+                    value.iter().map(|v| ("Authorization", v.as_str())).collect();
+                let (status, reply) = cluster.http(method, path, &headers, body).await?;
+                ensure!(status == 401, "{path} with {header:?}: {status} {reply}");
+            }
+            for headers in [
+                [("Authorization", "Bearer client-token")],
+                [("Authorization", "Bearer http-key")],
+                [("X-API-Key", "http-key")],
+            ] {
+                let (status, reply) = cluster.http(method, path, &headers, body).await?;
+                ensure!(status == 200, "{path} with {headers:?}: {status} {reply}");
+            }
         }
 
-        let worker =
-            cluster.spawn_worker_process(&["--token", "wrong-token", "--name", "intruder"])?;
-        let output =
-            tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output()).await??;
-        ensure!(output.status.code() == Some(2), "a worker with a wrong token kept running");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        ensure!(stderr.contains("rejected") && stderr.contains("token"), "{stderr}");
+        for token in ["wrong-token", "client-token", "http-key"] {
+            let worker =
+                cluster.spawn_worker_process(&["--join-token", token, "--name", "intruder"])?;
+            let output =
+                tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output()).await??;
+            ensure!(output.status.code() == Some(2), "a worker joined with {token:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            ensure!(stderr.contains("join token"), "{stderr}");
+        }
         ensure!(good.status().await?.workers.len() == 1);
         ensure!(good.run("echo", "still serving").await?.output == "still serving");
         cluster.shutdown().await

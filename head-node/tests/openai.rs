@@ -24,7 +24,6 @@ use async_openai::types::embeddings::{CreateEmbeddingRequestArgs, EncodingFormat
 use fleet_testkit::ClusterSandbox;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -93,21 +92,9 @@ async fn raw(
     path: &str,
     body: &[u8],
 ) -> Result<(u16, Value)> {
-    let address = cluster.url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head.split(' ').nth(1).context("no status")?.parse()?;
-    let body = serde_json::from_str(body).with_context(|| format!("body is not JSON: {body:?}"))?;
+    let (status, body) = cluster.http(method, path, &[], body).await?;
+    let body =
+        serde_json::from_str(&body).with_context(|| format!("body is not JSON: {body:?}"))?;
     Ok((status, body))
 }
 

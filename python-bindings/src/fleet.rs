@@ -36,6 +36,10 @@ struct Embedded {
 pub struct Fleet {
     #[pyo3(get)]
     address: String,
+    /// The client token this handle presents; other processes (an OpenAI client, a second
+    /// `init(address, token=...)`) need it to reach an embedded cluster.
+    #[pyo3(get)]
+    token: Option<String>,
     client: Backend,
     embedded: Mutex<Option<Embedded>>,
 }
@@ -47,15 +51,22 @@ struct LocalModels {
     device: String,
 }
 
+/// Starts the head and workers of an embedded cluster. Its address on 127.0.0.1 is open to
+/// every local user, so it always requires `token` from clients and a random join token
+/// from workers (its own workers connect in-process and need neither).
 async fn start_embedded(
     workers: usize,
     models: LocalModels,
-    token: Option<String>,
+    token: String,
 ) -> Result<(String, Embedded), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
-    let config = fleet_head::HeadConfig { token: token.clone(), ..Default::default() };
+    let config = fleet_head::HeadConfig {
+        token: Some(token),
+        join_token: Some(fleet_head::auth::random_token()),
+        ..Default::default()
+    };
     let shutdown = CancellationToken::new();
     let head = fleet_head::spawn(config, listener, shutdown.clone()).map_err(|e| e.to_string())?;
     let url = format!("http://{}", head.address);
@@ -65,7 +76,6 @@ async fn start_embedded(
     for i in 0..workers {
         let mut config = fleet_worker::WorkerConfig::new(url.clone());
         config.worker_id = format!("{}-local-{i}", config.worker_id);
-        config.token = token.clone();
         config.models_dir = models.dir.clone();
         config.preload = models.preload.clone();
         config.device = models.device.clone();
@@ -157,6 +167,11 @@ pub fn init(
     let device = device.unwrap_or_else(|| "cpu".to_owned());
     fleet_inference::device(&device).map_err(|e| PyValueError::new_err(e.to_string()))?;
     let models = LocalModels { dir: models_dir, preload, device };
+    // An embedded cluster without a token given gets a random one.
+    let token = match (&address, token) {
+        (None, None) => Some(fleet_head::auth::random_token()),
+        (_, token) => token,
+    };
     let fleet = runtime::block_on(py, async move {
         let options = ConnectOptions { token: token.clone(), ..Default::default() };
         let (url, client, embedded) = match address {
@@ -167,6 +182,7 @@ pub fn init(
             None => {
                 // The embedded head also listens on 127.0.0.1 for other processes; this
                 // process's workers and calls reach it directly.
+                let token = options.token.clone().unwrap_or_default();
                 let (url, embedded) = start_embedded(workers, models, token)
                     .await
                     .map_err(errors::Unavailable::new_err)?;
@@ -175,7 +191,7 @@ pub fn init(
         };
         // Fail now, not on the first submit, when the token is wrong or the head is not one.
         client.status().await.map_err(errors::to_py)?;
-        Ok(Fleet { address: url, client, embedded: Mutex::new(embedded) })
+        Ok(Fleet { address: url, token, client, embedded: Mutex::new(embedded) })
     })?;
     Ok(fleet)
 }

@@ -32,6 +32,7 @@ class Node:
     def __init__(self, *args: str) -> None:
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
+        env.pop("FLEET_JOIN_TOKEN", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentfleet", *args],
             stdout=subprocess.PIPE,
@@ -51,12 +52,12 @@ class Node:
 @pytest.fixture(scope="module")
 def remote_cluster() -> Iterator[str]:
     """A head and a worker as real processes, with the token "s3cret"; yields the address."""
-    head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret")
+    head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret", "--join-token", "j0in")
     assert head.proc.stdout is not None
     line = head.proc.stdout.readline()
     assert line.startswith("listening on "), line
     address = "http://" + line.removeprefix("listening on ").strip()
-    worker = Node("worker", "--head", address, "--token", "s3cret")
+    worker = Node("worker", "--head", address, "--join-token", "j0in")
     yield address
     worker.stop()
     head.stop()

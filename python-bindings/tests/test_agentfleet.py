@@ -130,8 +130,25 @@ def test_connect_by_address_to_separate_processes(remote_cluster: str) -> None:
 
 
 def test_wrong_token_is_unauthenticated(remote_cluster: str) -> None:
-    with pytest.raises(af.Unauthenticated, match="cluster token"):
+    with pytest.raises(af.Unauthenticated, match="client token"):
         af.init(remote_cluster, token="wrong")
+    with pytest.raises(af.Unauthenticated, match="client token"):
+        af.init(remote_cluster, token="j0in")  # the workers' join token is not a client's
+
+
+def test_an_embedded_cluster_refuses_other_processes_without_its_random_token(fleet: af.Fleet) -> None:
+    import httpx
+
+    token = fleet.token
+    assert token is not None and len(token) >= 32
+    assert token not in repr(fleet)
+    with pytest.raises(af.Unauthenticated):
+        af.init(fleet.address)
+    other = af.init(fleet.address, token=token)
+    assert len(other.status()["workers"]) == 2  # type: ignore[arg-type]
+    assert httpx.get(fleet.address + "/v1/models").status_code == 401
+    authorized = httpx.get(fleet.address + "/v1/models", headers={"Authorization": f"Bearer {token}"})
+    assert authorized.status_code == 200
 
 
 def test_unreachable_cluster_is_unavailable() -> None:

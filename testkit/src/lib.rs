@@ -98,6 +98,10 @@ impl SandboxBuilder {
             head_args.push("--token".into());
             head_args.push(token.clone());
         }
+        // Workers always join with their own token, as in a real deployment.
+        let join_token = format!("join-{}", unique());
+        head_args.push("--join-token".into());
+        head_args.push(join_token.clone());
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
         let (head, address) = start_head("127.0.0.1:0", &head_args, &log).await?;
@@ -107,6 +111,7 @@ impl SandboxBuilder {
             head_args,
             workers: Vec::new(),
             token: self.token.clone(),
+            join_token,
             worker_args: self.worker_args.clone(),
             log,
             next_worker: 0,
@@ -128,6 +133,8 @@ async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<
         .args(args)
         .env("RUST_LOG", log)
         .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_JOIN_TOKEN")
+        .env_remove("FLEET_API_KEY")
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     let mut head = head.spawn().context("cannot start fleet-head")?;
@@ -160,6 +167,7 @@ pub struct ClusterSandbox {
     head_args: Vec<String>,
     workers: Vec<(String, Child)>,
     token: Option<String>,
+    join_token: String,
     worker_args: Vec<String>,
     log: String,
     next_worker: usize,
@@ -175,6 +183,42 @@ impl ClusterSandbox {
     /// How long from the start of `start()` until all workers had joined.
     pub fn startup_time(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The token the sandbox's workers join with.
+    pub fn join_token(&self) -> &str {
+        &self.join_token
+    }
+
+    /// A raw HTTP/1.1 request to the head, for what typed clients cannot send (or send
+    /// only well-formed): returns the status and the body.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+        let status = head.split(' ').nth(1).context("no status")?.parse()?;
+        Ok((status, body.to_owned()))
     }
 
     /// A client with the sandbox's token.
@@ -194,10 +238,10 @@ impl ClusterSandbox {
             .env("RUST_LOG", &self.log)
             .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
             .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_JOIN_TOKEN")
+            .arg("--join-token")
+            .arg(&self.join_token)
             .kill_on_drop(true);
-        if let Some(token) = &self.token {
-            worker.arg("--token").arg(token);
-        }
         self.workers.push((name.clone(), worker.spawn().context("cannot start fleet-worker")?));
         Ok(name)
     }
@@ -211,7 +255,8 @@ impl ClusterSandbox {
             .args(args)
             .env("RUST_LOG", &self.log)
             .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
-            .env_remove("FLEET_TOKEN");
+            .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_JOIN_TOKEN");
         Ok(worker.kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?)
     }
 

@@ -20,9 +20,10 @@ pub struct Args {
     /// The head's URL, e.g. http://10.0.0.1:7070.
     #[arg(long, env = "FLEET_HEAD")]
     head: String,
-    /// The cluster token (if the head requires one).
-    #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// The head's join token (its --join-token), if it requires one. A client token
+    /// (--token) does not let a worker join.
+    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// A stable worker id [default: <hostname>-<random>].
     #[arg(long)]
     name: Option<String>,
@@ -83,7 +84,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     let mut config = WorkerConfig::new(args.head);
-    config.token = args.token.filter(|t| !t.is_empty());
+    config.join_token = args.join_token.filter(|t| !t.is_empty());
     if let Some(name) = args.name {
         config.worker_id = name;
     }

@@ -10,7 +10,8 @@ use fleet_proto::Resources;
 pub struct WorkerConfig {
     /// The head's URL, e.g. `http://10.0.0.1:7070`.
     pub head: String,
-    pub token: Option<String>,
+    /// The head's join token (its `--join-token`), if it requires one.
+    pub join_token: Option<String>,
     /// A stable id; kept across reconnects.
     pub worker_id: String,
     pub resources: Resources,
@@ -56,7 +57,7 @@ impl WorkerConfig {
     pub fn new(head: impl Into<String>) -> Self {
         Self {
             head: head.into(),
-            token: None,
+            join_token: None,
             worker_id: default_worker_id(),
             resources: crate::resources::detect(),
             labels: BTreeMap::new(),

@@ -225,10 +225,10 @@ async fn session(
     ));
 
     let mut request = tonic::Request::new(outbound);
-    if let Some(token) = &config.token {
+    if let Some(token) = &config.join_token {
         let value = fleet_proto::bearer(token)
             .parse()
-            .map_err(|_| Error::InvalidConfig("the token must be printable ASCII".into()))?;
+            .map_err(|_| Error::InvalidConfig("the join token must be printable ASCII".into()))?;
         request.metadata_mut().insert(TOKEN_METADATA_KEY, value);
     }
     let mut inbound = match client.join(request).await {

@@ -34,8 +34,8 @@ fn skill(agent: &AgentInfo) -> Value {
 }
 
 fn security(a2a: &A2a, card: &mut Value) {
-    if a2a.api_key.is_some() {
-        card["securitySchemes"] = json!({"apiKey": {"httpAuthSecurityScheme": {"scheme": "Bearer", "description": "the head's API key"}}});
+    if a2a.clients.required() {
+        card["securitySchemes"] = json!({"apiKey": {"httpAuthSecurityScheme": {"scheme": "Bearer", "description": "the head's client token or API key"}}});
         card["securityRequirements"] = json!([{"schemes": {"apiKey": {"list": []}}}]);
         // 0.3 readers.
         card["security"] = json!([{"apiKey": []}]);
@@ -59,11 +59,11 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
             {"url": url, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
         ],
         "provider": {"organization": "agentfleet", "url": "https://github.com/agentfleet"},
-        "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": a2a.api_key.is_some()},
+        "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": a2a.clients.required()},
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain"],
         "skills": [skill(agent)],
-        "supportsAuthenticatedExtendedCard": a2a.api_key.is_some(),
+        "supportsAuthenticatedExtendedCard": a2a.clients.required(),
         // A2A 0.3 fields, for older clients.
         "url": url,
         "preferredTransport": "JSONRPC",
@@ -155,7 +155,7 @@ pub fn extended_card_json(
     agent: &str,
     headers: &HeaderMap,
 ) -> Result<Value, super::errors::A2aError> {
-    if a2a.api_key.is_none() {
+    if !a2a.clients.required() {
         return Err(super::errors::A2aError::extended_card_not_configured());
     }
     let info = find(a2a, agent).map_err(|_| {

@@ -11,7 +11,8 @@
 //! - [`errors`]: A2A error codes and their JSON-RPC and google.rpc.Status forms;
 //! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe, push
 //!   configs);
-//! - [`push`]: push-notification configs and their delivery to webhooks, with retries.
+//! - [`push`]: push-notification configs and their delivery to webhooks, with retries;
+//! - [`targets`]: which webhook addresses the head calls (public ones unless allowed).
 
 pub mod card;
 pub mod errors;
@@ -22,12 +23,13 @@ pub mod ops;
 pub mod push;
 pub mod render;
 pub mod rest;
+mod targets;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,8 +40,8 @@ use crate::cluster::Cluster;
 #[derive(Clone, Debug)]
 pub struct A2a {
     pub cluster: Arc<Cluster>,
-    /// Required as `Authorization: Bearer KEY` or `X-API-Key: KEY` when set.
-    pub api_key: Option<Arc<str>>,
+    /// Client credentials, required as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    pub clients: crate::auth::Credentials,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub webhooks: push::Webhooks,
@@ -80,21 +82,16 @@ pub fn router(a2a: A2a) -> Router {
         .with_state(a2a)
 }
 
-/// Whether the headers carry the API key.
-fn authorized(a2a: &A2a, headers: &HeaderMap) -> bool {
-    crate::auth::api_key_accepted(a2a.api_key.as_deref(), headers)
-}
-
 async fn require_api_key(State(a2a): State<A2a>, request: Request, next: Next) -> Response {
-    if authorized(&a2a, request.headers()) {
+    if a2a.clients.accepts_http(request.headers()) {
         return next.run(request).await;
     }
-    tracing::warn!(path = %request.uri().path(), "rejected an A2A request without the API key");
+    a2a.clients.log_refused_http("a2a", request.uri().path(), request.headers());
     let body = serde_json::json!({
         "error": {
             "code": 401,
             "status": "UNAUTHENTICATED",
-            "message": "missing or wrong API key: send Authorization: Bearer <key> (or X-API-Key)",
+            "message": "missing or wrong client credential: send Authorization: Bearer <the head's --token or --api-key> (or X-API-Key)",
         }
     });
     let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();

@@ -76,6 +76,9 @@ fn submit(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
         .filter(|p| p.is_object());
     // Read before submitting, so that a bad config does not leave a task behind.
     let push = push.map(|raw| PushConfig::from_json("", raw)).transpose()?;
+    if let Some(config) = &push {
+        a2a.webhooks.check_target(config)?;
+    }
     let id = submit_message(a2a, agent, params)?;
     if let Some(config) = push {
         a2a.webhooks.set(a2a, PushConfig { task_id: id.clone(), ..config })?;

@@ -2,7 +2,11 @@
 //! delivery. Each status change of a task with configs is POSTed to every webhook as a 1.0
 //! StreamResponse JSON (`{"statusUpdate": ...}`, then `{"task": ...}` once it ends), with the
 //! config's token in `X-A2A-Notification-Token` and its credentials in `Authorization`;
-//! failed deliveries are retried with backoff.
+//! failed deliveries are retried with backoff. Webhooks are `http://` or `https://` (rustls,
+//! the system's roots plus `--webhook-ca`); private targets are refused (see [`targets`]);
+//! redirects are not followed. A task's configs go when retention evicts the task.
+//!
+//! [`targets`]: super::targets
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,16 +14,12 @@ use std::time::Duration;
 
 use axum::http;
 use fleet_proto::EventKind;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::errors::A2aError;
-use super::{A2a, Version, ops, render};
+use super::{A2a, Version, ops, render, targets};
 use crate::tasks::Delivery;
 
 /// Configs per task, and tasks with configs, at most.
@@ -66,12 +66,13 @@ impl PushConfig {
         let field =
             |name: &str| raw.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
         let url = field("url");
-        let valid = url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+        let valid = url.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        });
         if !valid {
             return Err(A2aError::invalid_params(format!(
-                "push notification url {url:?} must be an absolute http:// URL"
+                "push notification url {url:?} must be an absolute https:// or http:// URL"
             )));
         }
         let auth = raw.get("authentication");
@@ -102,11 +103,20 @@ impl PushConfig {
     }
 }
 
+/// Who the head calls back: whether private targets are allowed, and extra CA certificates
+/// (PEM) trusted beside the system's for `https://` webhooks.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookPolicy {
+    pub allow_private: bool,
+    pub extra_ca_pem: Option<Vec<u8>>,
+}
+
 /// The webhooks of every task, and the HTTP client that calls them.
 #[derive(Clone)]
 pub struct Webhooks {
     configs: Arc<Mutex<HashMap<String, Vec<PushConfig>>>>,
-    client: Client<HttpConnector, Full<axum::body::Bytes>>,
+    client: reqwest::Client,
+    allow_private: bool,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -115,15 +125,53 @@ impl std::fmt::Debug for Webhooks {
     }
 }
 
-impl Default for Webhooks {
-    fn default() -> Self {
-        Self { configs: Arc::default(), client: Client::builder(TokioExecutor::new()).build_http() }
-    }
-}
-
 impl Webhooks {
+    /// The client for `policy`; fails on a CA file that holds no certificate.
+    pub fn new(policy: &WebhookPolicy) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve names itself, around the private-address check.
+            .no_proxy()
+            .connect_timeout(POST_TIMEOUT)
+            .timeout(POST_TIMEOUT);
+        if !policy.allow_private {
+            builder = builder.dns_resolver(Arc::new(targets::PublicOnly));
+        }
+        if let Some(pem) = &policy.extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("the webhook CA file is not PEM certificates: {e}"))?;
+            if certs.is_empty() {
+                return Err("the webhook CA file holds no certificate".into());
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client =
+            builder.build().map_err(|e| format!("cannot build the webhook client: {e}"))?;
+        Ok(Self { configs: Arc::default(), client, allow_private: policy.allow_private })
+    }
+
+    /// Refuses a config whose URL names a private address (unless those are allowed).
+    pub fn check_target(&self, config: &PushConfig) -> Result<(), A2aError> {
+        if self.allow_private {
+            return Ok(());
+        }
+        let uri = config.url.parse::<http::Uri>().map_err(|e| {
+            A2aError::invalid_params(format!("push notification url {:?}: {e}", config.url))
+        })?;
+        match uri.host().and_then(targets::refused_host) {
+            Some(why) => Err(A2aError::invalid_params(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops a task's configs (its task left retention).
+    pub fn forget(&self, task_id: &str) {
+        self.configs.lock().remove(task_id);
+    }
+
     /// Adds (or replaces, by id) a config; starts delivering for the task if it was not yet.
     pub fn set(&self, a2a: &A2a, config: PushConfig) -> Result<PushConfig, A2aError> {
+        self.check_target(&config)?;
         let first = {
             let mut configs = self.configs.lock();
             if configs.len() >= MAX_TASKS && !configs.contains_key(&config.task_id) {
@@ -245,8 +293,11 @@ impl Webhooks {
     }
 
     async fn post(&self, config: &PushConfig, body: axum::body::Bytes) -> Result<(), String> {
-        let mut request =
-            http::Request::post(&config.url).header(http::header::CONTENT_TYPE, "application/json");
+        let mut request = self
+            .client
+            .post(&config.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if !config.token.is_empty() {
             request = request.header("X-A2A-Notification-Token", &config.token);
         }
@@ -256,11 +307,17 @@ impl Webhooks {
                 format!("{} {}", config.scheme, config.credentials),
             );
         }
-        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(POST_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+        // The error's sources say why (a refused address, a certificate), not just "error
+        // sending request".
+        let response = request.send().await.map_err(|e| {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                why = format!("{why}: {inner}");
+                source = inner.source();
+            }
+            why
+        })?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -88,7 +88,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
-            "missing or wrong API key: send Authorization: Bearer <key>",
+            "missing or wrong API key: send Authorization: Bearer <the head's --token or --api-key>",
         )
         .with_code("invalid_api_key")
     }

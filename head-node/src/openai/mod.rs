@@ -43,8 +43,8 @@ use errors::ApiError;
 #[derive(Clone, Debug)]
 pub struct OpenAi {
     pub cluster: Arc<Cluster>,
-    /// Required as `Authorization: Bearer KEY` when set.
-    pub api_key: Option<Arc<str>>,
+    /// Client credentials, required as `Authorization: Bearer KEY` (or `X-API-Key`).
+    pub clients: crate::auth::Credentials,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Unix seconds when the head started: the `created` of every model listed.
@@ -97,10 +97,10 @@ async fn unknown_url(request: Request) -> ApiError {
 }
 
 async fn require_api_key(State(api): State<OpenAi>, request: Request, next: Next) -> Response {
-    if crate::auth::api_key_accepted(api.api_key.as_deref(), request.headers()) {
+    if api.clients.accepts_http(request.headers()) {
         return next.run(request).await;
     }
-    tracing::warn!(path = %request.uri().path(), "rejected an OpenAI API request without the API key");
+    api.clients.log_refused_http("openai", request.uri().path(), request.headers());
     ApiError::unauthorized().into_response()
 }
 

@@ -1,6 +1,7 @@
 """A real fleet-head and fleet-worker (separate processes) for the A2A tests."""
 
 import os
+import secrets
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,8 @@ class Cluster:
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_API_KEY", None)
+        # Workers join with their own token, as in a real deployment (both read the variable).
+        env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
         self.head = subprocess.Popen(
             [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(config), *head_args],
             stdout=subprocess.PIPE,
@@ -66,9 +69,33 @@ class Cluster:
         self.dir.cleanup()
 
 
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA made for this test run and a server certificate it signs for localhost and
+    127.0.0.1 (openssl's command line): returns the CA, the certificate and its key."""
+    ca, ca_key, cert, key, csr = (folder / n for n in ("ca.pem", "ca.key", "srv.pem", "srv.key", "srv.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", "/CN=agentfleet test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext = folder / "srv.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return ca, cert, key
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def tls() -> Iterator[tuple[Path, Path, Path]]:
+    with tempfile.TemporaryDirectory() as folder:
+        yield make_tls(Path(folder))
+
+
+@pytest.fixture(scope="module")
+def cluster(tls: tuple[Path, Path, Path]) -> Iterator[Cluster]:
+    # The tests' webhooks listen on 127.0.0.1, which a head refuses unless allowed.
+    c = Cluster("--allow-private-webhooks", "--webhook-ca", str(tls[0]))
     yield c
     c.stop()
 

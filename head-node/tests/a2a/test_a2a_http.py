@@ -1,9 +1,11 @@
 """HTTP-level tests: the HTTP+JSON binding and every A2A error code, and the server keeps serving."""
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -140,9 +142,10 @@ def test_list_tasks_pages_through_everything_once(cluster: Cluster, agent: str) 
 
 
 class Webhook:
-    """A local HTTP server that records POSTs; the first `failures` answer 503."""
+    """A local HTTP server (HTTPS with `tls`: CA, certificate, key) that records POSTs; the
+    first `failures` answer 503."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, tls: "tuple[Path, Path, Path] | None" = None) -> None:
         self.received: list[tuple[dict[str, str], dict]] = []
         self.failed = 0
         hook = self
@@ -164,11 +167,24 @@ class Webhook:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[1]), str(tls[2]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def await_final_task(hook: Webhook) -> dict:
+    deadline = time.monotonic() + 15
+    while not any("task" in body for _, body in hook.received):
+        assert time.monotonic() < deadline, hook.received
+        time.sleep(0.05)
+    return [body for _, body in hook.received][-1]["task"]
 
 
 def test_push_notifications_reach_the_webhook_with_retries(cluster: Cluster) -> None:
@@ -177,21 +193,52 @@ def test_push_notifications_reach_the_webhook_with_retries(cluster: Cluster) -> 
         push = {"url": hook.url, "token": "tok", "authentication": {"scheme": "Bearer", "credentials": "cred"}}
         params = {**message("a b c d e"), "configuration": {"returnImmediately": True, "taskPushNotificationConfig": push}}
         task = rpc(cluster, "SendMessage", params, agent="slow")["result"]["task"]
-        deadline = time.monotonic() + 15
-        while not any("task" in body for _, body in hook.received):
-            assert time.monotonic() < deadline, hook.received
-            time.sleep(0.05)
+        final = await_final_task(hook)
         assert hook.failed == 2, "the failed deliveries were not retried"
         for headers, _ in hook.received:
             assert headers["x-a2a-notification-token"] == "tok" and headers["authorization"] == "Bearer cred"
         bodies = [body for _, body in hook.received]
         states = [b["statusUpdate"]["status"]["state"] for b in bodies if "statusUpdate" in b]
         assert "TASK_STATE_WORKING" in states
-        final = bodies[-1]["task"]
         assert final["id"] == task["id"] and final["status"]["state"] == "TASK_STATE_COMPLETED"
         assert final["artifacts"][0]["parts"][0]["text"] == "a b c d e"
     finally:
         hook.close()
+
+
+def test_push_notifications_reach_an_https_webhook(cluster: Cluster, tls: tuple[Path, Path, Path]) -> None:
+    hook = Webhook(failures=0, tls=tls)
+    try:
+        assert hook.url.startswith("https://")
+        push = {"url": hook.url, "token": "secret-over-tls"}
+        params = {**message("over tls"), "configuration": {"returnImmediately": True, "taskPushNotificationConfig": push}}
+        task = rpc(cluster, "SendMessage", params)["result"]["task"]
+        final = await_final_task(hook)
+        assert final["id"] == task["id"] and final["artifacts"][0]["parts"][0]["text"] == "over tls"
+        assert all(headers["x-a2a-notification-token"] == "secret-over-tls" for headers, _ in hook.received)
+    finally:
+        hook.close()
+
+
+def test_private_webhook_targets_are_refused_unless_the_operator_allows_them(keyed_cluster: Cluster) -> None:
+    auth = {**V1, "Authorization": "Bearer k3y"}
+    task = rpc(keyed_cluster, "SendMessage", message("hooks"), headers=auth)["result"]["task"]["id"]
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://localhost/hook",
+        "http://[::1]:9/hook",
+        "http://10.0.0.1/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+    ]:
+        reply = rpc(keyed_cluster, "CreateTaskPushNotificationConfig", {"taskId": task, "url": url}, headers=auth)
+        assert error_code(reply) == -32602, (url, reply)
+        assert "--allow-private-webhooks" in reply["error"]["message"], reply
+        push = {"url": url}
+        params = {**message(), "configuration": {"taskPushNotificationConfig": push}}
+        assert error_code(rpc(keyed_cluster, "SendMessage", params, headers=auth)) == -32602
+    listed = rpc(keyed_cluster, "ListTaskPushNotificationConfigs", {"taskId": task}, headers=auth)
+    assert listed["result"]["configs"] == []
 
 
 def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) -> None:

@@ -2,6 +2,7 @@
 the A2A tests start them; the worker also serves all-MiniLM-L6-v2 from a models dir."""
 
 import os
+import secrets
 import subprocess
 import tempfile
 import time
@@ -53,6 +54,8 @@ class Cluster:
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_API_KEY", None)
+        # Workers join with their own token, as in a real deployment (both read the variable).
+        env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
         self.head = subprocess.Popen(
             [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(base / "fleet.toml"), *head_args],
             stdout=subprocess.PIPE,

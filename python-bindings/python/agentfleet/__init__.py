@@ -78,7 +78,9 @@ def init(
     ``models_dir`` (GGUF files and Hugging Face folders; a model's id is its file or folder
     name), load the ids in ``preload`` before ``init`` returns, and run them on ``device``
     (``cpu`` by default; ``cuda:N``/``metal:N`` in builds with those features). ``token``
-    defaults to $FLEET_TOKEN.
+    is the client token; it defaults to $FLEET_TOKEN. The embedded head also listens on
+    127.0.0.1 for other processes and always requires a client token there: without one
+    given it makes a random one, readable as ``fleet.token``.
     """
     import atexit
 
