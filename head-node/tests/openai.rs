@@ -287,12 +287,7 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_required_when_set() -> Result<()> {
     within(async {
-        let cluster = ClusterSandbox::builder()
-            .workers(1)
-            .head_arg("--api-key")
-            .head_arg("k3y")
-            .start()
-            .await?;
+        let cluster = ClusterSandbox::builder().workers(1).api_key("k3y").start().await?;
         let e = client(&cluster, "wrong").chat().create(chat("builtin:echo", "hi")?).await.err();
         let (status, e) = api_error(e.context("accepted without the key")?)?;
         ensure!(status == 401 && e.code.as_deref() == Some("invalid_api_key"), "{status} {e:?}");

@@ -55,8 +55,17 @@ impl SandboxBuilder {
         self
     }
 
+    /// The head's client token (`--token`); the sandbox's clients present it.
     pub fn token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
+        self
+    }
+
+    /// The head's API key (`--api-key`); the sandbox's clients present it when no token is
+    /// set.
+    pub fn api_key(mut self, key: &str) -> Self {
+        self.head_args.extend(["--api-key".to_owned(), key.to_owned()]);
+        self.token.get_or_insert_with(|| key.to_owned());
         self
     }
 
@@ -94,7 +103,9 @@ impl SandboxBuilder {
             head_args.push("--config".into());
             head_args.push(path.display().to_string());
         }
-        if let Some(token) = &self.token {
+        let api_key = self.head_args.iter().position(|a| a == "--api-key");
+        let key = api_key.and_then(|i| self.head_args.get(i + 1));
+        if let Some(token) = self.token.as_ref().filter(|t| Some(*t) != key) {
             head_args.push("--token".into());
             head_args.push(token.clone());
         }
@@ -246,13 +257,15 @@ impl ClusterSandbox {
         Ok(name)
     }
 
-    /// Starts a worker process with extra arguments and returns it unsupervised (e.g. one
-    /// with a wrong token).
+    /// Starts a worker process with extra arguments and returns it unsupervised; it joins
+    /// with the sandbox's join token unless `args` give one (e.g. a wrong one).
     pub fn spawn_worker_process(&self, args: &[&str]) -> anyhow::Result<Child> {
         let mut worker = Command::new(binary("fleet-worker")?);
+        worker.args(["--head", &self.url]).args(args);
+        if !args.contains(&"--join-token") {
+            worker.args(["--join-token", &self.join_token]);
+        }
         worker
-            .args(["--head", &self.url])
-            .args(args)
             .env("RUST_LOG", &self.log)
             .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
             .env_remove("FLEET_TOKEN")
