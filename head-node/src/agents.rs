@@ -33,11 +33,16 @@ pub struct AgentEntry {
     pub running: u32,
 }
 
-/// All agents by name.
-#[derive(Debug, Default)]
+/// All agents by name, at most `max_agents` of them (each at most [`MAX_INSTRUCTIONS_BYTES`]
+/// of instructions), so that what clients register is bounded.
+#[derive(Debug)]
 pub struct AgentRegistry {
     agents: HashMap<String, AgentEntry>,
     next_version: u64,
+    /// Agents registered by clients (not the head's `model:` agents, which are bounded by
+    /// the models workers have).
+    user_agents: usize,
+    max_agents: usize,
 }
 
 /// What a registration did.
@@ -49,10 +54,30 @@ pub enum Registered {
     Replaced,
 }
 
+impl Default for AgentRegistry {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_AGENTS)
+    }
+}
+
+/// Agents a head holds unless `--max-agents` says otherwise.
+pub const DEFAULT_MAX_AGENTS: usize = 10_000;
+/// The most instructions one agent has: 256 KiB, about 64k tokens, beyond the context of
+/// the local models served.
+pub const MAX_INSTRUCTIONS_BYTES: usize = 256 << 10;
+
 impl AgentRegistry {
-    /// Registers or updates an agent after validating it.
+    pub fn new(max_agents: usize) -> Self {
+        Self { agents: HashMap::new(), next_version: 0, user_agents: 0, max_agents }
+    }
+
+    /// Registers or updates an agent after validating it; a new name beyond the limit is
+    /// refused (`TooManyAgents`), a known one may always change.
     pub fn register(&mut self, spec: AgentSpec) -> Result<(Registered, &AgentEntry)> {
         validate(&spec)?;
+        if !self.agents.contains_key(&spec.name) && self.user_agents >= self.max_agents {
+            return Err(Error::TooManyAgents { limit: self.max_agents });
+        }
         self.next_version += 1;
         let version = self.next_version;
         let name = spec.name.clone();
@@ -67,6 +92,7 @@ impl AgentRegistry {
                 let entry =
                     AgentEntry { spec: Arc::new(spec), version, tasks_submitted: 0, running: 0 };
                 self.agents.insert(name.clone(), entry);
+                self.user_agents += 1;
                 Registered::New
             }
         };
@@ -194,8 +220,12 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
     if spec.max_retries > 100 {
         return bad(format!("max_retries must be at most 100, got {}", spec.max_retries));
     }
-    if spec.instructions.len() > 1 << 20 {
-        return bad("instructions must be at most 1 MiB".to_owned());
+    if spec.instructions.len() > MAX_INSTRUCTIONS_BYTES {
+        return bad(format!(
+            "instructions must be at most {} KiB, got {} KiB",
+            MAX_INSTRUCTIONS_BYTES >> 10,
+            spec.instructions.len().div_ceil(1024)
+        ));
     }
     Ok(())
 }
@@ -221,12 +251,26 @@ mod tests {
     }
 
     #[test]
+    fn new_names_beyond_the_limit_are_refused_and_known_ones_may_change() -> Result<()> {
+        let mut agents = AgentRegistry::new(2);
+        agents.register(echo("a"))?;
+        agents.register(echo("b"))?;
+        agents.model_agent("some.gguf");
+        let refused = agents.register(echo("c")).err();
+        assert!(matches!(refused, Some(Error::TooManyAgents { limit: 2 })), "{refused:?}");
+        let changed = AgentSpec { instructions: "new".into(), ..echo("b") };
+        assert_eq!(agents.register(changed)?.0, Registered::Replaced);
+        Ok(())
+    }
+
+    #[test]
     fn invalid_specs_say_what_is_wrong() {
         let cases = [
             (echo(""), "name"),
             (echo("has space"), "name"),
             (AgentSpec { model: String::new(), ..echo("a") }, "no model"),
             (AgentSpec { model: "builtin:nope".into(), ..echo("a") }, "built-in"),
+            (AgentSpec { instructions: "x".repeat(300 << 10), ..echo("a") }, "at most 256 KiB"),
         ];
         for (spec, needle) in cases {
             let err = validate(&spec).err().map(|e| e.to_string()).unwrap_or_default();

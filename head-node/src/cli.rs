@@ -57,6 +57,9 @@ pub struct Args {
     /// CA certificates (a PEM file) trusted beside the system's for https:// webhooks.
     #[arg(long, value_name = "FILE")]
     webhook_ca: Option<PathBuf>,
+    /// Agents clients may register [default: 10000].
+    #[arg(long)]
+    max_agents: Option<usize>,
     /// Print the address actually bound as `listening on ADDR` (useful with port 0).
     #[arg(long)]
     print_address: bool,
@@ -93,6 +96,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = args.max_input_bytes {
         config.max_input_bytes = v;
+    }
+    if let Some(v) = args.max_agents {
+        config.max_agents = v;
     }
     if args.allow_private_webhooks {
         config.allow_private_webhooks = true;

@@ -202,7 +202,7 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// A cluster with the config's limits and agents.
     pub fn new(config: &HeadConfig) -> Result<Self> {
-        let mut agents = AgentRegistry::default();
+        let mut agents = AgentRegistry::new(config.max_agents);
         for spec in &config.agents {
             agents.register(spec.clone())?;
         }

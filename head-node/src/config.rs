@@ -37,6 +37,8 @@ pub struct HeadConfig {
     pub max_retained_tasks: usize,
     /// The largest task input accepted, in bytes.
     pub max_input_bytes: usize,
+    /// Agents clients may register; beyond it a new name is `resource exhausted`.
+    pub max_agents: usize,
     /// Events buffered for one subscriber stream before it is cut off (it may resume).
     pub subscriber_buffer: usize,
     /// Whether push-notification webhooks may target loopback, private and link-local
@@ -62,6 +64,7 @@ impl Default for HeadConfig {
             max_queued_tasks: 100_000,
             max_retained_tasks: 100_000,
             max_input_bytes: 1 << 20,
+            max_agents: crate::agents::DEFAULT_MAX_AGENTS,
             subscriber_buffer: 65_536,
             allow_private_webhooks: false,
             webhook_ca: None,
@@ -83,6 +86,7 @@ pub struct ConfigFile {
     pub max_queued_tasks: Option<usize>,
     pub max_retained_tasks: Option<usize>,
     pub max_input_bytes: Option<usize>,
+    pub max_agents: Option<usize>,
     pub subscriber_buffer: Option<usize>,
     pub allow_private_webhooks: Option<bool>,
     pub webhook_ca: Option<std::path::PathBuf>,
@@ -233,6 +237,9 @@ impl ConfigFile {
         if let Some(v) = self.max_input_bytes {
             config.max_input_bytes = v;
         }
+        if let Some(v) = self.max_agents {
+            config.max_agents = v;
+        }
         if let Some(v) = self.subscriber_buffer {
             config.subscriber_buffer = v;
         }
@@ -255,8 +262,15 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
     if config.worker_timeout <= config.heartbeat_interval {
         return bad("worker timeout must be longer than the heartbeat interval");
     }
-    if config.max_input_bytes == 0 || config.subscriber_buffer == 0 {
-        return bad("max input bytes and subscriber buffer must be above zero");
+    if config.max_input_bytes == 0 || config.subscriber_buffer == 0 || config.max_agents == 0 {
+        return bad("max input bytes, max agents and subscriber buffer must be above zero");
+    }
+    if config.agents.len() > config.max_agents {
+        return bad(&format!(
+            "the config file declares {} agents, more than max agents ({})",
+            config.agents.len(),
+            config.max_agents
+        ));
     }
     if config.token.as_deref().is_some_and(str::is_empty) {
         return bad("the client token must not be empty");

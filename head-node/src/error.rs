@@ -21,6 +21,11 @@ pub enum Error {
     InvalidArgument(String),
     #[error("the task queue is full ({limit} tasks waiting): retry later or add workers")]
     QueueFull { limit: usize },
+    #[error(
+        "the head holds its limit of {limit} agents: reuse an agent's name (registering a \
+         name again replaces its spec) or raise --max-agents"
+    )]
+    TooManyAgents { limit: usize },
     #[error("no worker can ever run agent {agent:?}: {reason}")]
     Unschedulable { agent: String, reason: String },
     #[error("mesh unavailable: {0}")]
@@ -48,7 +53,7 @@ impl Error {
             }
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
-            Self::QueueFull { .. } => Code::ResourceExhausted,
+            Self::QueueFull { .. } | Self::TooManyAgents { .. } => Code::ResourceExhausted,
             Self::Unschedulable { .. } => Code::FailedPrecondition,
             Self::Mesh(_) => Code::Unavailable,
             Self::Io(_) => Code::Internal,

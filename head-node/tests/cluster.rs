@@ -462,6 +462,35 @@ async fn malformed_requests_get_clear_errors_and_the_head_keeps_serving() -> Res
     .await
 }
 
+/// Registered agents are bounded: a new name beyond --max-agents is RESOURCE_EXHAUSTED,
+/// known names may still change, and the head keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_registry_is_bounded() -> Result<()> {
+    within(async {
+        let cluster = ClusterSandbox::builder()
+            .workers(1)
+            .head_arg("--max-agents")
+            .head_arg("3")
+            .start()
+            .await?;
+        let client = cluster.client().await?;
+        for name in ["a", "b", "c"] {
+            client.register_agent(echo(name)).await?;
+        }
+        let err = client.register_agent(echo("d")).await.err().context("a 4th agent got in")?;
+        ensure!(err.code() == fleet_client::Code::ResourceExhausted, "{err}");
+        ensure!(err.to_string().contains("--max-agents"), "{err}");
+        let changed = AgentSpec { instructions: "changed".into(), ..echo("c") };
+        client.register_agent(changed).await?;
+        let huge = AgentSpec { instructions: "x".repeat(300 << 10), ..echo("c") };
+        let err = client.register_agent(huge).await.err().context("huge instructions accepted")?;
+        ensure!(err.code() == fleet_client::Code::InvalidArgument, "{err}");
+        ensure!(client.run("a", "still serving").await?.output == "still serving");
+        cluster.shutdown().await
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_over_plain_http_on_the_grpc_port() -> Result<()> {
     within(async {

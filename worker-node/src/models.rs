@@ -64,6 +64,15 @@ fn dir_size(dir: &Path) -> u64 {
 
 type Key = (String, BTreeMap<String, String>);
 
+/// Distinct option sets one local model is loaded with at most: each is a copy of the
+/// weights with its own engine thread, so agents that differ in engine options must not
+/// multiply them without bound.
+pub const MAX_COPIES_PER_MODEL: usize = 4;
+/// Upper limits of the engine options an agent may set.
+const MAX_SEQUENCES: usize = 1024;
+const MAX_PREFILL_CHUNK: usize = 16_384;
+const MAX_TOKENS: usize = 1 << 20;
+
 /// Loaded models by (id, options): loaded once, shared by all actors.
 pub struct ModelStore {
     dir: Option<PathBuf>,
@@ -117,6 +126,19 @@ impl ModelStore {
         {
             return handle.clone();
         }
+        let local = !id.starts_with(fleet_inference::builtin::PREFIX)
+            && !id.starts_with(crate::remote::PREFIX);
+        // Failed loads hold nothing; they are dropped rather than counted.
+        self.loaded.retain(|(other, _), h| other != id || !matches!(h.peek(), Some(Err(_))));
+        let copies = self.loaded.keys().filter(|(other, o)| other == id && o != options).count();
+        if local && copies >= MAX_COPIES_PER_MODEL {
+            let error = format!(
+                "model {id} is already loaded with {copies} different sets of model_options, \
+                 the most one worker keeps (each is a copy of the weights): give the agents \
+                 that use it the same engine options"
+            );
+            return futures::future::ready(Err(Arc::from(error))).boxed().shared();
+        }
         let handle = self.start_loading(id, options).shared();
         self.loaded.insert(key, handle.clone());
         handle
@@ -152,7 +174,8 @@ impl ModelStore {
             Ok(path) => path,
             Err(e) => return ready(Err(e)),
         };
-        let mut load_options = match load_options(options) {
+        let mut load_options = match load_options(options, crate::resources::detect().memory_bytes)
+        {
             Ok(o) => o,
             Err(e) => return ready(Err(e)),
         };
@@ -277,22 +300,31 @@ fn gpu_kv_bytes(device: &str, path: &std::path::Path) -> Option<usize> {
     Some(fleet_inference::gpu::default_kv_bytes(gpu, on_disk.saturating_mul(4)))
 }
 
-/// An agent's model options for a local model: engine limits and load-time quantization.
-fn load_options(options: &BTreeMap<String, String>) -> Result<LoadOptions> {
+/// An agent's model options for a local model: engine limits (each bounded; KV memory by
+/// `memory_bytes`, this machine's) and load-time quantization.
+fn load_options(options: &BTreeMap<String, String>, memory_bytes: u64) -> Result<LoadOptions> {
     let mut load = LoadOptions::default();
+    // 0 means the memory could not be read: no limit then, rather than a wrong one.
+    let memory_mb = match memory_bytes >> 20 {
+        0 => usize::MAX,
+        mb => usize::try_from(mb).unwrap_or(usize::MAX),
+    };
     for (key, value) in options {
-        let number = || {
-            value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        let number = |most: usize, unit: &str| {
+            value.parse::<usize>().ok().filter(|n| (1..=most).contains(n)).ok_or_else(|| {
                 Error::InvalidConfig(format!(
-                    "model option {key}={value:?} must be a positive whole number"
+                    "model option {key}={value:?} must be a whole number from 1 to {most}{unit}"
                 ))
             })
         };
         match key.as_str() {
-            "max_sequences" => load.engine.max_sequences = number()?,
-            "prefill_chunk" => load.engine.prefill_chunk = number()?,
-            "kv_memory_mb" => load.engine.max_kv_bytes = number()?.saturating_mul(1 << 20),
-            "max_tokens" => load.default_max_tokens = number()?,
+            "max_sequences" => load.engine.max_sequences = number(MAX_SEQUENCES, "")?,
+            "prefill_chunk" => load.engine.prefill_chunk = number(MAX_PREFILL_CHUNK, "")?,
+            "kv_memory_mb" => {
+                let mb = number(memory_mb, " (this machine's memory in MiB)")?;
+                load.engine.max_kv_bytes = mb.saturating_mul(1 << 20);
+            }
+            "max_tokens" => load.default_max_tokens = number(MAX_TOKENS, "")?,
             "quantize" => match value.to_ascii_lowercase().as_str() {
                 "q8_0" => load.quantize = Some(fleet_inference::GgmlDType::Q8_0),
                 "none" | "" => load.quantize = None,
@@ -348,15 +380,33 @@ mod tests {
         assert!(error.is_some_and(|e| e.contains("no --models-dir")));
     }
 
+    #[tokio::test]
+    async fn a_model_is_loaded_with_a_bounded_number_of_option_sets() -> Result<()> {
+        let mut store = ModelStore::default();
+        let set = |i: usize| BTreeMap::from([("max_sequences".to_owned(), i.to_string())]);
+        for i in 1..=MAX_COPIES_PER_MODEL {
+            let model = fleet_inference::load_builtin("builtin:echo", &BTreeMap::new())?;
+            store.insert("m.gguf", &set(i), model);
+        }
+        let refused = store.get("m.gguf", &set(99)).await.err().map(|e| e.to_string());
+        assert!(refused.is_some_and(|e| e.contains("different sets of model_options")));
+        assert!(store.get("m.gguf", &set(1)).await.is_ok(), "a loaded option set was refused");
+        Ok(())
+    }
+
     #[test]
     fn local_model_options_are_checked() {
         let options = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
-        assert_eq!(
-            load_options(&options("kv_memory_mb", "64")).map(|o| o.engine.max_kv_bytes).ok(),
-            Some(64 << 20)
-        );
-        assert!(load_options(&options("max_sequences", "0")).is_err());
-        assert!(load_options(&options("quantize", "q2")).is_err());
-        assert!(load_options(&options("temperature", "1")).is_err());
+        let load = |k: &str, v: &str| load_options(&options(k, v), 8 << 30);
+        assert_eq!(load("kv_memory_mb", "64").map(|o| o.engine.max_kv_bytes).ok(), Some(64 << 20));
+        assert!(load("max_sequences", "0").is_err());
+        assert!(load("quantize", "q2").is_err());
+        assert!(load("temperature", "1").is_err());
+        // Upper limits: no more KV memory than the machine has, no absurd batch sizes.
+        let too_much = load("kv_memory_mb", "8193").err().map(|e| e.to_string());
+        assert!(too_much.is_some_and(|e| e.contains("from 1 to 8192")));
+        assert!(load("kv_memory_mb", "8192").is_ok());
+        assert!(load("max_sequences", "1025").is_err());
+        assert!(load("prefill_chunk", "1000000").is_err());
     }
 }

@@ -130,7 +130,9 @@ impl From<crate::Error> for A2aError {
             crate::Error::UnknownTask(id) => Self::task_not_found(&id),
             crate::Error::InvalidArgument(m) => Self::invalid_params(m),
             crate::Error::Unschedulable { .. } => Self::unsupported(e.to_string()),
-            crate::Error::QueueFull { .. } => Self::resource_exhausted(e.to_string()),
+            crate::Error::QueueFull { .. } | crate::Error::TooManyAgents { .. } => {
+                Self::resource_exhausted(e.to_string())
+            }
             crate::Error::UnknownAgent(_) => Self::agent_not_found(e.to_string()),
             other => Self::internal(other.to_string()),
         }

@@ -147,7 +147,7 @@ impl From<crate::Error> for ApiError {
             crate::Error::UnknownModel(model) | crate::Error::UnknownAgent(model) => {
                 Self::model_not_found(model)
             }
-            crate::Error::QueueFull { .. } => {
+            crate::Error::QueueFull { .. } | crate::Error::TooManyAgents { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", e.to_string())
                     .with_code("rate_limit_exceeded")
             }
