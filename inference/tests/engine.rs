@@ -128,10 +128,13 @@ async fn stop_tokens_end_a_generation() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
+    // No stop tokens: uncancelled, the sequence would run all 4,000 tokens (a tiny model
+    // does that within the deadline, so freed memory alone would not show the cancel).
+    const MAX_TOKENS: usize = 4000;
     let engine = Engine::start(model("cancel")?, EngineOptions::default())?;
     let mut events = engine.generate(TokenRequest {
         prompt: vec![1, 2, 3],
-        max_tokens: 400,
+        max_tokens: MAX_TOKENS,
         stop_tokens: vec![],
         sampling: Default::default(),
         logprobs: None,
@@ -145,6 +148,8 @@ async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(engine.stats().active.load(Ordering::Relaxed), 0);
+    let generated = engine.stats().generated_tokens.load(Ordering::Relaxed);
+    assert!(generated < MAX_TOKENS as u64 / 4, "{generated} tokens generated after the cancel");
     Ok(())
 }
 
@@ -165,8 +170,9 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
     assert!(
         tokens.is_empty() && matches!(end, Some(TokenEvent::Error(e)) if e.contains("KV memory"))
     );
-    // Two requests of 30 positions each cannot run together within 40: the second waits.
-    let a = engine.generate(TokenRequest {
+    // Two requests of 30 positions each cannot run together within 40: the second waits
+    // until the first is done, so it has no token while the first still streams.
+    let mut a = engine.generate(TokenRequest {
         prompt: vec![1; 10],
         max_tokens: 20,
         stop_tokens: vec![],
@@ -180,8 +186,24 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         sampling: Default::default(),
         logprobs: None,
     });
-    let (ra, rb) = tokio::join!(collect(a), collect(b));
-    assert_eq!((ra.0.len(), rb.0.len()), (20, 20));
+    let mut a_tokens = 0;
+    while let Some(event) = a.recv().await {
+        match event {
+            // Tokens of sequences admitted together go out in the same step: by the first
+            // one's second token, the other's first would have been sent.
+            TokenEvent::Token(_) => {
+                a_tokens += 1;
+                assert!(
+                    a_tokens < 2 || b.is_empty(),
+                    "the second request ran beside the first beyond the KV budget"
+                );
+            }
+            TokenEvent::Done { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (b_tokens, _) = collect(b).await;
+    assert_eq!((a_tokens, b_tokens.len()), (20, 20));
     Ok(())
 }
 

@@ -185,6 +185,10 @@ async fn dropping_a_generation_frees_its_kv_memory() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // The engine-level test proves the cancel with no stop tokens; here a random model
+        // may also end on its own, so only the upper bound is certain.
+        let generated = stats.generated_tokens.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(generated < 400, "{generated} tokens: the dropped generation ran to the end");
         return Ok(());
     }
     Err("every model ended its generation at once".into())
