@@ -57,35 +57,30 @@ async fn counters(client: &Client) -> Result<(u64, u64)> {
     Ok((status.calls_relayed, status.agents_located))
 }
 
-/// The worker hosting an actor of the callee (its heartbeat counts actors).
-async fn callee_host(client: &Client, candidates: &[&str]) -> Result<String> {
-    for _ in 0..50 {
-        let status = client.status().await?;
-        if let Some(w) = status
-            .workers
-            .iter()
-            .find(|w| candidates.contains(&w.worker_id.as_str()) && w.actors > 0)
-        {
-            return Ok(w.worker_id.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("no worker reported the callee's actor")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
     within(async {
         let cluster = ClusterSandbox::builder().workers(0).start().await?;
         let mut one = cluster.spawn_worker_process(&["--name", "one", "--label", "role=caller"])?;
-        let mut two = cluster.spawn_worker_process(&["--name", "two", "--label", "role=callee"])?;
-        let mut three =
-            cluster.spawn_worker_process(&["--name", "three", "--label", "role=callee"])?;
+        let callee_on = |name: &'static str| {
+            let host = format!("host={name}");
+            cluster.spawn_worker_process(&[
+                "--name",
+                name,
+                "--label",
+                "role=callee",
+                "--label",
+                &host,
+            ])
+        };
+        let (mut two, mut three) = (callee_on("two")?, callee_on("three")?);
         cluster.wait_for_workers(3, Duration::from_secs(60)).await?;
         let client = cluster.client().await?;
         client.register_agent(echo("caller", "caller", &["callee", "slow-callee"])).await?;
         client.register_agent(echo("callee", "callee", &[])).await?;
+        // The slow callee can only run on worker "two": the test knows which worker to kill.
         let mut slow = echo("slow-callee", "callee", &[]);
+        slow.labels.insert("host".into(), "two".into());
         slow.model_options = [("token_delay_ms".to_owned(), "3000".to_owned())].into();
         client.register_agent(slow).await?;
 
@@ -120,9 +115,7 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
         ensure!(callee_tasks.tasks.is_empty(), "the head saw callee tasks");
 
         // Calls in flight to a worker that dies fail at once, with the reason.
-        let host = callee_host(&client, &["two", "three"]).await?;
         let _ = call_through(&client, "caller", &asking("slow-callee", "warm")).await?;
-        let slow_host = callee_host(&client, &["two", "three"]).await?;
         let pending: Vec<_> = (0..5)
             .map(|i| {
                 let client = client.clone();
@@ -134,10 +127,7 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
             .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let killed_at = std::time::Instant::now();
-        match slow_host.as_str() {
-            "two" => two.kill().await?,
-            _ => three.kill().await?,
-        }
+        two.kill().await?;
         for call in pending {
             let (output, is_error, _) = call.await??;
             ensure!(is_error, "a call to a dead worker answered {output:?}");
@@ -153,13 +143,15 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let survivor = if slow_host == "two" { "three" } else { "two" };
         let (output, is_error, _) =
             call_through(&client, "caller", &asking("callee", "after the crash")).await?;
-        ensure!(!is_error && output == "after the crash", "{output:?} (callee was on {host})");
+        ensure!(!is_error && output == "after the crash", "{output:?}");
         let (relayed, _) = counters(&client).await?;
         ensure!(relayed == 0, "relayed {relayed}");
-        ensure!(callee_host(&client, &[survivor]).await? == survivor);
+        // Only "three" is left to host the callee; the slow callee has nowhere to run.
+        let status = client.status().await?;
+        let alive: Vec<&str> = status.workers.iter().map(|w| w.worker_id.as_str()).collect();
+        ensure!(alive.contains(&"three") && !alive.contains(&"two"), "{alive:?}");
 
         one.kill().await?;
         let _ = two.kill().await;

@@ -149,6 +149,23 @@ async fn a_node_that_did_not_join_the_head_cannot_use_the_mesh() -> Result<()> {
         let worker = status.workers.first().context("no worker")?;
         ensure!(!worker.mesh_peer_id.is_empty() && !worker.mesh_addrs.is_empty(), "{worker:?}");
 
+        // The worker's mesh address accepts connections: a refusal below is the allow
+        // list's doing, not an address that cannot be dialed.
+        let tcp = worker
+            .mesh_addrs
+            .iter()
+            .find_map(|a| {
+                let mut parts = a.split('/').skip(1);
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some("ip4"), Some(ip), Some("tcp"), Some(port)) => {
+                        Some(format!("{ip}:{port}"))
+                    }
+                    _ => None,
+                }
+            })
+            .context("no /ip4/.../tcp/... mesh address")?;
+        tokio::net::TcpStream::connect(&tcp).await.context("the worker's mesh cannot be dialed")?;
+
         // An outsider with its own key that knows the worker's address and dials it.
         let config = MeshConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
