@@ -46,6 +46,10 @@ pub struct Args {
     /// Finished tasks kept for queries and replay [default: 100000].
     #[arg(long)]
     max_retained_tasks: Option<usize>,
+    /// Memory finished tasks (inputs, outputs, event logs) may hold, in bytes; the oldest
+    /// go first [default: 1073741824].
+    #[arg(long)]
+    max_retained_bytes: Option<usize>,
     /// Largest task input in bytes [default: 1048576].
     #[arg(long)]
     max_input_bytes: Option<usize>,
@@ -93,6 +97,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = args.max_retained_tasks {
         config.max_retained_tasks = v;
+    }
+    if let Some(v) = args.max_retained_bytes {
+        config.max_retained_bytes = v;
     }
     if let Some(v) = args.max_input_bytes {
         config.max_input_bytes = v;

@@ -210,7 +210,7 @@ impl Cluster {
             state: Mutex::new(State {
                 agents,
                 workers: WorkerRegistry::default(),
-                tasks: TaskTable::new(config.max_retained_tasks),
+                tasks: TaskTable::new(config.max_retained_tasks, config.max_retained_bytes),
                 queue: VecDeque::new(),
                 context_workers: HashMap::new(),
                 calls_relayed: 0,

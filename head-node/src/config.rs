@@ -35,6 +35,8 @@ pub struct HeadConfig {
     pub max_queued_tasks: usize,
     /// Finished tasks (with their event logs) kept for GetTask/WatchTask; oldest go first.
     pub max_retained_tasks: usize,
+    /// The most memory finished tasks (inputs, outputs, event logs) hold; oldest go first.
+    pub max_retained_bytes: usize,
     /// The largest task input accepted, in bytes.
     pub max_input_bytes: usize,
     /// Agents clients may register; beyond it a new name is `resource exhausted`.
@@ -63,6 +65,7 @@ impl Default for HeadConfig {
             worker_timeout: Duration::from_secs(3),
             max_queued_tasks: 100_000,
             max_retained_tasks: 100_000,
+            max_retained_bytes: 1 << 30,
             max_input_bytes: 1 << 20,
             max_agents: crate::agents::DEFAULT_MAX_AGENTS,
             subscriber_buffer: 65_536,
@@ -85,6 +88,7 @@ pub struct ConfigFile {
     pub worker_timeout_ms: Option<u64>,
     pub max_queued_tasks: Option<usize>,
     pub max_retained_tasks: Option<usize>,
+    pub max_retained_bytes: Option<usize>,
     pub max_input_bytes: Option<usize>,
     pub max_agents: Option<usize>,
     pub subscriber_buffer: Option<usize>,
@@ -233,6 +237,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.max_retained_tasks {
             config.max_retained_tasks = v;
+        }
+        if let Some(v) = self.max_retained_bytes {
+            config.max_retained_bytes = v;
         }
         if let Some(v) = self.max_input_bytes {
             config.max_input_bytes = v;

@@ -114,6 +114,30 @@ pub struct TaskEntry {
     pub children: Vec<TaskId>,
     /// Tool calls between this task and the one a client submitted.
     pub depth: u32,
+    /// About how much memory the task holds (input, output, events), for retention.
+    pub bytes: usize,
+}
+
+/// About how much memory an event holds: its fixed part plus its text or vectors.
+fn event_bytes(kind: &EventKind) -> usize {
+    let payload = match kind {
+        EventKind::Submitted { agent: s }
+        | EventKind::Scheduled { worker_id: s }
+        | EventKind::TextDelta { text: s }
+        | EventKind::Canceled { reason: s }
+        | EventKind::InputRequired { prompt: s }
+        | EventKind::Retrying { reason: s, .. } => s.len(),
+        EventKind::ToolCall { call_id, name, arguments } => {
+            call_id.len() + name.len() + arguments.len()
+        }
+        EventKind::ToolResult { call_id, output, .. } => call_id.len() + output.len(),
+        EventKind::Failed { error, worker_id } => error.len() + worker_id.len(),
+        EventKind::Embeddings { vectors } => {
+            vectors.iter().map(|v| v.len() * 4 + std::mem::size_of::<Vec<f32>>()).sum()
+        }
+        EventKind::Working | EventKind::Completed { .. } => 0,
+    };
+    std::mem::size_of::<TaskEvent>() + std::mem::size_of::<Arc<TaskEvent>>() + payload
 }
 
 impl TaskEntry {
@@ -122,8 +146,12 @@ impl TaskEntry {
         if let Some(state) = kind.state_after() {
             self.state = state;
         }
+        self.bytes += event_bytes(&kind);
         match &kind {
-            EventKind::TextDelta { text } => self.output.push_str(text),
+            EventKind::TextDelta { text } => {
+                self.output.push_str(text);
+                self.bytes += text.len();
+            }
             EventKind::Completed { usage } => self.usage = *usage,
             EventKind::Failed { error, .. } => self.error.clone_from(error),
             EventKind::Retrying { .. } => self.output.clear(),
@@ -174,6 +202,9 @@ pub struct TaskTable {
     finished: VecDeque<TaskId>,
     next_number: u64,
     max_retained: usize,
+    /// Bytes the finished tasks in `finished` hold, and the most they may.
+    retained_bytes: usize,
+    max_retained_bytes: usize,
     on_evicted: Vec<EvictionHook>,
     pub counters: TaskCounters,
 }
@@ -189,7 +220,10 @@ impl std::fmt::Debug for TaskTable {
 }
 
 impl TaskTable {
-    pub fn new(max_retained: usize) -> Self {
+    /// A table keeping at most `max_retained` finished tasks holding at most
+    /// `max_retained_bytes` (the newest finished task stays whatever its size, so that its
+    /// submitter can still read it).
+    pub fn new(max_retained: usize, max_retained_bytes: usize) -> Self {
         Self {
             tasks: HashMap::new(),
             by_number: BTreeMap::new(),
@@ -197,6 +231,8 @@ impl TaskTable {
             finished: VecDeque::new(),
             next_number: 0,
             max_retained,
+            retained_bytes: 0,
+            max_retained_bytes,
             on_evicted: Vec::new(),
             counters: TaskCounters::default(),
         }
@@ -222,7 +258,9 @@ impl TaskTable {
         if !context_id.is_empty() {
             self.by_context.entry(context_id.clone()).or_default().push(number);
         }
+        let bytes = std::mem::size_of::<TaskEntry>() + input.len() + agent.len() + context_id.len();
         let entry = TaskEntry {
+            bytes,
             id: id.clone(),
             number,
             agent,
@@ -266,10 +304,14 @@ impl TaskTable {
             _ => return,
         }
         self.finished.push_back(id.clone());
-        while self.finished.len() > self.max_retained {
+        self.retained_bytes += self.tasks.get(id.as_str()).map_or(0, |t| t.bytes);
+        while self.finished.len() > self.max_retained
+            || (self.retained_bytes > self.max_retained_bytes && self.finished.len() > 1)
+        {
             if let Some(old) = self.finished.pop_front()
                 && let Some(entry) = self.tasks.remove(&old)
             {
+                self.retained_bytes = self.retained_bytes.saturating_sub(entry.bytes);
                 self.by_number.remove(&entry.number);
                 for hook in &self.on_evicted {
                     hook(old.as_str());
@@ -312,7 +354,7 @@ mod tests {
     use super::*;
 
     fn table_with_task(max_retained: usize) -> (TaskTable, TaskId) {
-        let mut table = TaskTable::new(max_retained);
+        let mut table = TaskTable::new(max_retained, usize::MAX);
         let id = TaskId::new("t1");
         table.insert(id.clone(), "a".into(), "hi".into(), String::new());
         (table, id)
@@ -354,7 +396,7 @@ mod tests {
 
     #[test]
     fn retention_evicts_the_oldest_finished_tasks() {
-        let mut table = TaskTable::new(2);
+        let mut table = TaskTable::new(2, usize::MAX);
         let evicted = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let seen = evicted.clone();
         table.on_evicted(Box::new(move |id| seen.lock().push(id.to_owned())));
@@ -375,5 +417,36 @@ mod tests {
         assert_eq!(table.iter_context("c").count(), 0);
         assert_eq!(table.counters.completed, 5);
         assert_eq!(*evicted.lock(), ["t0", "t1", "t2"], "the eviction hook missed tasks");
+    }
+
+    #[test]
+    fn retention_is_bounded_in_bytes_too() {
+        let mut table = TaskTable::new(1000, 100 << 10);
+        let complete = |table: &mut TaskTable, id: &TaskId| {
+            if let Some(task) = table.get_mut(id.as_str()) {
+                task.push(EventKind::Completed { usage: Usage::default() }, 0);
+            }
+            table.finished(id, TaskState::Completed);
+        };
+        for i in 0..20 {
+            let id = TaskId::new(format!("t{i}"));
+            let task = table.insert(id.clone(), "a".into(), "x".into(), String::new());
+            for _ in 0..10 {
+                task.push(EventKind::TextDelta { text: "y".repeat(1000) }, 0);
+            }
+            complete(&mut table, &id);
+        }
+        // Each task holds 10,000 bytes of deltas twice (events and output): 20 KB or more.
+        assert!(table.retained_bytes <= 100 << 10, "{} bytes retained", table.retained_bytes);
+        assert!((3..=5).contains(&table.len()), "{} tasks retained", table.len());
+        assert!(table.get("t19").is_some() && table.get("t0").is_none());
+        // One task over the whole budget is still kept until the next one finishes.
+        let big = TaskId::new("big");
+        let task =
+            table.insert(big.clone(), "a".into(), "x".repeat(200 << 10).into(), String::new());
+        task.push(EventKind::Working, 0);
+        complete(&mut table, &big);
+        assert!(table.get("big").is_some());
+        assert_eq!(table.len(), 1);
     }
 }

@@ -42,6 +42,12 @@ pub fn incoming(params: &Value) -> Result<Incoming, A2aError> {
             ));
         }
     }
+    let has_id = message.get("messageId").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    if !has_id {
+        return Err(A2aError::invalid_params(
+            "message.messageId is missing: every message needs an id of the client's choosing",
+        ));
+    }
     let text = texts.join("\n");
     if text.trim().is_empty() {
         return Err(A2aError::invalid_params(
@@ -76,6 +82,8 @@ mod tests {
         let file = json!({"message": {"parts": [{"raw": "AAAA", "mediaType": "image/png"}]}});
         assert_eq!(incoming(&file).err().map(|e| e.code), Some(-32005));
         assert_eq!(incoming(&json!({})).err().map(|e| e.code), Some(-32602));
+        let no_id = json!({"message": {"kind": "message", "role": "user", "parts": [{"kind": "text", "text": "yo"}]}});
+        assert_eq!(incoming(&no_id).err().map(|e| e.code), Some(-32602));
         assert_eq!(
             incoming(&json!({"message": {"parts": [{"text": " "}]}})).err().map(|e| e.code),
             Some(-32602)

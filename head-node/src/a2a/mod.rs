@@ -56,10 +56,7 @@ pub enum Version {
 
 /// The A2A routes. Agent cards are public; everything else needs the API key when one is set.
 pub fn router(a2a: A2a) -> Router {
-    let protected = Router::new()
-        .route("/a2a/{agent}", post(jsonrpc::handle))
-        // `httpx.Client(base_url=".../a2a/NAME/")` posts to the trailing slash.
-        .route("/a2a/{agent}/", post(jsonrpc::handle))
+    let rest = Router::new()
         .route("/a2a/{agent}/message:send", post(rest::send))
         .route("/a2a/{agent}/message:stream", post(rest::stream))
         .route("/a2a/{agent}/tasks", get(rest::list))
@@ -73,6 +70,12 @@ pub fn router(a2a: A2a) -> Router {
             get(rest::push_get).delete(rest::push_delete),
         )
         .route("/a2a/{agent}/extendedAgentCard", get(rest::extended_card))
+        .route_layer(middleware::from_fn(rest::require_v1));
+    let protected = Router::new()
+        .route("/a2a/{agent}", post(jsonrpc::handle))
+        // `httpx.Client(base_url=".../a2a/NAME/")` posts to the trailing slash.
+        .route("/a2a/{agent}/", post(jsonrpc::handle))
+        .merge(rest)
         .route_layer(middleware::from_fn_with_state(a2a.clone(), require_api_key));
     Router::new()
         .route("/.well-known/agent-card.json", get(card::cluster_card))

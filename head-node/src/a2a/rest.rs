@@ -16,6 +16,17 @@ use serde_json::{Value, json};
 use super::errors::A2aError;
 use super::{A2a, Version, ops};
 
+/// The binding speaks A2A 1.0 only: a request that names another version in `A2A-Version`
+/// gets VersionNotSupportedError (400) instead of being read as 1.0.
+pub async fn require_v1(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match super::jsonrpc::version(request.headers()) {
+        Ok(Version::V1) => next.run(request).await,
+        _ if !request.headers().contains_key("a2a-version") => next.run(request).await,
+        Ok(Version::V03) => error(A2aError::version_not_supported("0.3")),
+        Err(e) => error(e),
+    }
+}
+
 fn error(e: A2aError) -> Response {
     (e.http_status(), Json(e.to_status_json())).into_response()
 }

@@ -74,6 +74,13 @@ def test_every_error_code_and_the_server_keeps_serving(cluster: Cluster) -> None
     assert error_code(rpc(cluster, "SendMessage", file_part)) == -32005
     assert error_code(rpc(cluster, "GetExtendedAgentCard", {})) == -32007
     assert error_code(rpc(cluster, "GetTask", {"id": "x"}, headers={"A2A-Version": "9.9"})) == -32009
+    for version in ("9.9", "0.3"):  # the HTTP+JSON binding speaks 1.0 only
+        rest = httpx.post(f"{url}/message:send", json=message(), headers={"A2A-Version": version}, timeout=10)
+        assert rest.status_code == 400 and "VERSION_NOT_SUPPORTED" in rest.text, rest.text
+    no_id = {"message": {"role": "ROLE_USER", "parts": [{"text": "hi"}]}}
+    assert error_code(rpc(cluster, "SendMessage", no_id)) == -32602
+    no_id_03 = {"message": {"kind": "message", "role": "user", "parts": [{"kind": "text", "text": "hi"}]}}
+    assert error_code(rpc(cluster, "message/send", no_id_03, headers={})) == -32602
     oversized = httpx.post(url, content=b"x" * (2 << 20), headers=V1, timeout=10)
     assert oversized.status_code == 200 and error_code(oversized.json()) == -32600
     nobody = rpc(cluster, "GetTask", {"id": "x"}, agent="nobody")["error"]
