@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     /// Join a head in this process directly instead of over gRPC (`head` is then only a
     /// label).
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
+    /// Task events buffered on the way to the head before task runners wait.
+    pub event_buffer: usize,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("mesh_listen", &self.mesh_listen)
             .field("key_hosts", &self.key_hosts)
             .field("in_process", &self.local.is_some())
+            .field("event_buffer", &self.event_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +71,7 @@ impl WorkerConfig {
             mesh_listen: Vec::new(),
             key_hosts: Vec::new(),
             local: None,
+            event_buffer: 65_536,
         }
     }
 }

@@ -23,8 +23,6 @@ use crate::models::ModelStore;
 use crate::topics::TopicBoard;
 use crate::{Error, Result};
 
-/// Task events buffered on the way up before task runners wait.
-const EVENT_BUFFER: usize = 65_536;
 /// Events per message up the stream at most.
 const BATCH: usize = 1024;
 /// Lookups, topic messages and publish answers waiting to go up at most.
@@ -37,7 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
     if let Some(head) = config.local.clone() {
         let host = host(&config).await?;
-        return run_in_process(head, registration(&config)?, host, shutdown).await;
+        let event_buffer = config.event_buffer.max(1);
+        return run_in_process(head, registration(&config)?, host, event_buffer, shutdown).await;
     }
     let endpoint = Endpoint::from_shared(config.head.clone())
         .map_err(|_| Error::InvalidHeadUrl(config.head.clone()))?
@@ -92,23 +91,24 @@ async fn run_in_process(
     head: Arc<dyn LocalHead>,
     registration: Registration,
     mut host: ActorHost,
+    event_buffer: usize,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let worker_id = registration.worker_id.clone();
     loop {
         let (connection, heartbeat_interval, mut commands) = head.join(registration.clone());
-        let (event_tx, mut event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
+        let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(event_buffer);
+        // Events go up from their own task: handling a command may wait for room in the
+        // event buffer (a task runner emitting), and if this loop were the buffer's only
+        // reader, it would wait on itself.
+        tokio::spawn(forward_events(head.clone(), worker_id.clone(), connection, event_rx));
         let mut ticker = tokio::time::interval(heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut events = Vec::with_capacity(BATCH);
         let mut batch = Vec::with_capacity(BATCH);
         let dropped = loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break false,
-                _ = event_rx.recv_many(&mut events, BATCH) => {
-                    head.events(&worker_id, connection, std::mem::replace(&mut events, Vec::with_capacity(BATCH)));
-                }
                 n = commands.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         break true;
@@ -127,6 +127,24 @@ async fn run_in_process(
             return Ok(());
         }
         warn!("the head dropped this worker; rejoining");
+    }
+}
+
+/// Hands a connection's task events to the in-process head in batches, until every sender
+/// is gone (events of an old connection reach the head with its id, which it ignores).
+async fn forward_events(
+    head: Arc<dyn LocalHead>,
+    worker_id: String,
+    connection: u64,
+    mut events: mpsc::Receiver<TaskEvent>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while events.recv_many(&mut batch, BATCH).await > 0 {
+        head.events(
+            &worker_id,
+            connection,
+            std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+        );
     }
 }
 
@@ -216,7 +234,7 @@ async fn session(
 
     let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);
     let (update_tx, update_rx) = mpsc::channel::<WorkerUpdate>(1024);
-    let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(EVENT_BUFFER);
+    let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(config.event_buffer.max(1));
     let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
     let outbound = futures::stream::once(async move { first }).chain(upward(
         heartbeat_rx,
