@@ -10,6 +10,45 @@ use serde_json::{Value, json};
 use super::A2a;
 use crate::cluster::AgentInfo;
 
+/// How long clients may reuse a card before asking again (then cheaply: 304 when its ETag
+/// still matches). Short, because registering an agent again changes its card.
+const CARD_MAX_AGE_S: u32 = 60;
+
+/// A card as JSON with an ETag (a hash of the body) and caching headers; 304 without a
+/// body when the client's `If-None-Match` names the current ETag. Cards name the host the
+/// client used, hence `Vary: Host`.
+fn card_response(card: &Value, headers: &HeaderMap) -> Response {
+    use axum::http::{HeaderValue, header};
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let body = card.to_string();
+    let mut hasher = DefaultHasher::new();
+    body.hash(&mut hasher);
+    let etag = format!("\"{:016x}\"", hasher.finish());
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag
+        });
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Ok(cache) = HeaderValue::from_str(&format!("public, max-age={CARD_MAX_AGE_S}")) {
+        headers.insert(header::CACHE_CONTROL, cache);
+    }
+    headers.insert(header::VARY, HeaderValue::from_static("Host"));
+    response
+}
+
 /// `http://host:port` as the client reached us (cards carry absolute URLs).
 pub fn base_url(headers: &HeaderMap) -> String {
     let host =
@@ -91,7 +130,7 @@ fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Re
     if only_v03 && let Some(obj) = card.as_object_mut() {
         obj.remove("supportedInterfaces");
     }
-    Json(card).into_response()
+    card_response(&card, headers)
 }
 
 pub async fn agent_card(
@@ -113,7 +152,7 @@ pub async fn agent_card_v03(
 }
 
 /// The cluster's card: one skill per agent, each agent's own card URL in its skill tags.
-pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Json<Value> {
+pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Response {
     let base = base_url(&headers);
     let agents = a2a.cluster.agents();
     let skills: Vec<Value> = agents
@@ -144,7 +183,7 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Json<Va
         "protocolVersion": "0.3.0",
     });
     security(&a2a, &mut card);
-    Json(card)
+    card_response(&card, &headers)
 }
 
 /// The extended card, for clients that presented the API key: the public card plus what the

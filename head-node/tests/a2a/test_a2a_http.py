@@ -273,3 +273,18 @@ def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) ->
     assert httpx.get(base + "/r1").json()["url"] == hook
     assert httpx.delete(base + "/r1").status_code == 200
     assert httpx.get(base + "/r1").status_code == 400
+
+
+def test_cards_carry_an_etag_and_answer_304_when_unchanged(cluster: Cluster) -> None:
+    for path in ("/a2a/echo/.well-known/agent-card.json", "/.well-known/agent-card.json"):
+        first = httpx.get(cluster.url + path)
+        assert first.status_code == 200 and first.json()["name"]
+        etag = first.headers["etag"]
+        assert etag.startswith('"') and "max-age=" in first.headers["cache-control"]
+        again = httpx.get(cluster.url + path, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+        other = httpx.get(cluster.url + path, headers={"If-None-Match": '"0000"'})
+        assert other.status_code == 200 and other.json() == first.json()
+    # The card names the host the client used, so another host is another card.
+    elsewhere = httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json", headers={"Host": "example.com:7070"})
+    assert elsewhere.headers["etag"] != httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json").headers["etag"]
