@@ -18,6 +18,7 @@
 
 pub mod outcome;
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -43,10 +44,11 @@ pub use tonic::{Code, Status};
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}: {}", fleet_proto::endpoint::describe(source))]
     Connect { url: String, source: tonic::transport::Error },
-    #[error("invalid head address {0:?}: expected e.g. http://127.0.0.1:7070")]
-    InvalidUrl(String),
+    /// A malformed address, or a CA file that cannot be used (see [`ConnectOptions::tls_ca`]).
+    #[error(transparent)]
+    Address(#[from] fleet_proto::endpoint::EndpointError),
     #[error("invalid token: it must be printable ASCII")]
     InvalidToken,
     #[error("{}: {}", .0.code(), .0.message())]
@@ -63,7 +65,7 @@ impl Error {
         match self {
             Self::Status(s) => s.code(),
             Self::Connect { .. } | Self::StreamEnded => tonic::Code::Unavailable,
-            Self::InvalidUrl(_) | Self::InvalidToken => tonic::Code::InvalidArgument,
+            Self::Address(_) | Self::InvalidToken => tonic::Code::InvalidArgument,
             Self::Wire(_) => tonic::Code::Internal,
         }
     }
@@ -76,6 +78,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct ConnectOptions {
     pub token: Option<String>,
     pub connect_timeout: Duration,
+    /// For `https://` heads: trust only the CA certificates in this PEM file instead of the
+    /// system's roots (a head with a private CA's or a self-signed certificate).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -83,6 +88,7 @@ impl Default for ConnectOptions {
         Self {
             token: std::env::var("FLEET_TOKEN").ok().filter(|t| !t.is_empty()),
             connect_timeout: Duration::from_secs(5),
+            tls_ca: std::env::var_os("FLEET_TLS_CA").filter(|p| !p.is_empty()).map(PathBuf::from),
         }
     }
 }
@@ -183,7 +189,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects with the default options (token from `FLEET_TOKEN`).
+    /// Connects with the default options (token from `FLEET_TOKEN`, CA file from
+    /// `FLEET_TLS_CA`).
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, ConnectOptions::default()).await
     }
@@ -199,7 +206,8 @@ impl Client {
     /// Connects to a head running in this process, over in-memory pipes.
     pub async fn connect_local(local: LocalConnector, options: ConnectOptions) -> Result<Self> {
         let url = "http://in-process.invalid";
-        let channel = endpoint(url, &options)?
+        let local_options = ConnectOptions { tls_ca: None, ..options.clone() };
+        let channel = endpoint(url, &local_options)?
             .connect_with_connector(local)
             .await
             .map_err(|source| Error::Connect { url: url.to_owned(), source })?;
@@ -353,12 +361,8 @@ impl Client {
 }
 
 fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|_| Error::InvalidUrl(url.to_owned()))?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true)
-        .initial_connection_window_size(8 << 20)
-        .initial_stream_window_size(4 << 20))
+    Ok(fleet_proto::endpoint::head_endpoint(url, options.tls_ca.as_deref())?
+        .connect_timeout(options.connect_timeout))
 }
 
 fn event_stream(stream: tonic::Streaming<pb::TaskEvent>) -> TaskStream {

@@ -61,6 +61,13 @@ pub struct Args {
     /// CA certificates (a PEM file) trusted beside the system's for https:// webhooks.
     #[arg(long, value_name = "FILE")]
     webhook_ca: Option<PathBuf>,
+    /// Serve gRPC and HTTP over TLS on the one port with this certificate chain (PEM);
+    /// needs --tls-key. Workers and clients then connect to https://.
+    #[arg(long, value_name = "FILE", env = "FLEET_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "FLEET_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Agents clients may register [default: 10000].
     #[arg(long)]
     max_agents: Option<usize>,
@@ -113,7 +120,17 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     if let Some(v) = &args.webhook_ca {
         config.webhook_ca = Some(v.clone());
     }
+    if let Some(v) = &args.tls_cert {
+        config.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        config.tls_key = Some(v.clone());
+    }
     crate::config::validate(&config)?;
+    // Read the certificate here too, so a bad file is a settings error (exit 2).
+    if let Some((cert, key)) = crate::tls::files(&config.tls_cert, &config.tls_key)? {
+        crate::tls::acceptor(&cert, &key)?;
+    }
     Ok(config)
 }
 

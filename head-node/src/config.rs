@@ -48,6 +48,10 @@ pub struct HeadConfig {
     pub allow_private_webhooks: bool,
     /// CA certificates (PEM) trusted beside the system's for `https://` webhooks.
     pub webhook_ca: Option<std::path::PathBuf>,
+    /// The certificate chain (PEM) served for TLS on the one port; with `tls_key`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
     /// Agents declared in the config file.
     pub agents: Vec<AgentSpec>,
 }
@@ -71,6 +75,8 @@ impl Default for HeadConfig {
             subscriber_buffer: 65_536,
             allow_private_webhooks: false,
             webhook_ca: None,
+            tls_cert: None,
+            tls_key: None,
             agents: Vec::new(),
         }
     }
@@ -94,6 +100,8 @@ pub struct ConfigFile {
     pub subscriber_buffer: Option<usize>,
     pub allow_private_webhooks: Option<bool>,
     pub webhook_ca: Option<std::path::PathBuf>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
 }
@@ -256,6 +264,12 @@ impl ConfigFile {
         if self.webhook_ca.is_some() {
             config.webhook_ca = self.webhook_ca;
         }
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            config.tls_key = self.tls_key;
+        }
         config.agents.extend(self.agents.into_iter().map(AgentSpec::from));
     }
 }
@@ -279,6 +293,7 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
             config.max_agents
         ));
     }
+    crate::tls::files(&config.tls_cert, &config.tls_key)?;
     if config.token.as_deref().is_some_and(str::is_empty) {
         return bad("the client token must not be empty");
     }

@@ -30,6 +30,8 @@ pub enum Error {
     Unschedulable { agent: String, reason: String },
     #[error("mesh unavailable: {0}")]
     Mesh(String),
+    #[error("TLS: {}: {message}", path.display())]
+    Tls { path: PathBuf, message: String },
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -48,9 +50,10 @@ impl Error {
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Self::Config { .. } | Self::InvalidConfig(_) | Self::InvalidAgent(_) => {
-                Code::InvalidArgument
-            }
+            Self::Config { .. }
+            | Self::InvalidConfig(_)
+            | Self::InvalidAgent(_)
+            | Self::Tls { .. } => Code::InvalidArgument,
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
             Self::QueueFull { .. } | Self::TooManyAgents { .. } => Code::ResourceExhausted,

@@ -1,7 +1,8 @@
 //! The agentfleet head node: the cluster's control plane and front door.
 //!
 //! A request's path through the crate:
-//! - [`server`] binds one listener for gRPC and HTTP and runs the failure detector;
+//! - [`server`] binds one listener for gRPC and HTTP (over TLS with `--tls-cert`, see
+//!   `tls`) and runs the failure detector;
 //! - [`auth`] checks the cluster token on every gRPC call;
 //! - [`api`] is the gRPC edge: the client API (`FleetService`) and the workers' `Join`
 //!   stream, converting wire types to domain types;
@@ -30,10 +31,11 @@ pub mod openai;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
+mod tls;
 pub mod topics;
 pub mod workers;
 
 pub use cluster::Cluster;
 pub use config::HeadConfig;
 pub use error::{Error, Result};
-pub use server::{HeadHandle, serve, spawn};
+pub use server::{HeadHandle, spawn};

@@ -1,5 +1,6 @@
-//! Running a head: one listener serves the gRPC APIs and the HTTP routes; a background loop
-//! declares silent workers dead. Stops when the shutdown token is cancelled.
+//! Running a head: one listener serves the gRPC APIs and the HTTP routes, in clear or over
+//! TLS; a background loop declares silent workers dead. Stops when the shutdown token is
+//! cancelled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use fleet_proto::pb::fleet_service_server::FleetServiceServer;
 use fleet_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
@@ -43,17 +45,25 @@ pub fn spawn(
 ) -> Result<HeadHandle> {
     config::validate(&config)?;
     let address = listener.local_addr()?;
+    // Read the certificate now, so a bad file fails the start instead of the first client.
+    let tls = match crate::tls::files(&config.tls_cert, &config.tls_key)? {
+        Some((cert, key)) => Some(crate::tls::acceptor(&cert, &key)?),
+        None => None,
+    };
     let cluster = Arc::new(Cluster::new(&config)?);
     let (local, incoming) = local_pair();
-    let task = tokio::spawn(serve(config, cluster.clone(), listener, Some(incoming), shutdown));
+    let task =
+        tokio::spawn(serve(config, cluster.clone(), listener, tls, Some(incoming), shutdown));
     Ok(HeadHandle { address, local, cluster, task })
 }
 
-/// Serves `listener` (and in-process connections from `local`) until `shutdown` is cancelled.
-pub async fn serve(
+/// Serves `listener` (over TLS with `tls`; in-process connections from `local` never) until
+/// `shutdown` is cancelled.
+async fn serve(
     config: HeadConfig,
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     local: Option<LocalIncoming>,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -65,6 +75,9 @@ pub async fn serve(
         }
         if !workers.required() {
             warn!(%address, "no join token: anyone who can reach this address can join as a worker");
+        }
+        if tls.is_none() && (clients.required() || workers.required()) {
+            warn!(%address, "no TLS: tokens and task data cross the network in clear text (set --tls-cert and --tls-key)");
         }
     }
     let fleet = FleetServiceServer::new(FleetApi::new(cluster.clone(), shutdown.clone()))
@@ -83,12 +96,6 @@ pub async fn serve(
 
     let detector =
         tokio::spawn(detect_silent_workers(cluster, config.worker_timeout, shutdown.clone()));
-    info!(%address, "head listening (gRPC and HTTP)");
-    // With our own listener tonic applies no socket options: set them here. Without
-    // TCP_NODELAY every small response waits for the peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(30)));
     let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
         .initial_connection_window_size(8 << 20)
@@ -97,10 +104,25 @@ pub async fn serve(
         let server = server.clone().add_routes(routes.clone());
         tokio::spawn(server.serve_with_incoming_shutdown(local, shutdown.clone().cancelled_owned()))
     });
-    let served = server
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-        .await;
+    let server = server.add_routes(routes);
+    let stopped = shutdown.clone().cancelled_owned();
+    let served = match tls {
+        Some(acceptor) => {
+            info!(%address, "head listening (gRPC and HTTP over TLS)");
+            server
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), stopped)
+                .await
+        }
+        None => {
+            info!(%address, "head listening (gRPC and HTTP)");
+            // With our own listener tonic applies no socket options: set them here. Without
+            // TCP_NODELAY every small response waits for the peer's delayed ACK (~40 ms).
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(30)));
+            server.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    };
     shutdown.cancel();
     if let Some(in_process) = in_process {
         let _ = in_process.await;

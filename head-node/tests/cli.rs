@@ -40,3 +40,42 @@ fn inconsistent_timeouts_are_refused() -> std::io::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn unusable_tls_files_are_refused_naming_the_file() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("fleet-head-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let refused = |args: &[&std::ffi::OsStr]| -> anyhow::Result<String> {
+        let output = head().args(["--listen", "127.0.0.1:0"]).args(args).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        anyhow::ensure!(output.status.code() == Some(2), "exit {:?}: {stderr}", output.status);
+        Ok(stderr)
+    };
+    let one = fleet_testkit::tls::make_certificates(&dir)?;
+    let cert = one.cert.as_os_str();
+    let stderr = refused(&["--tls-cert".as_ref(), cert])?;
+    assert!(stderr.contains("needs both --tls-cert and --tls-key"), "{stderr}");
+
+    let missing = dir.join("missing.pem");
+    let stderr = refused(&[
+        "--tls-cert".as_ref(),
+        missing.as_os_str(),
+        "--tls-key".as_ref(),
+        one.key.as_os_str(),
+    ])?;
+    assert!(stderr.contains("missing.pem"), "the error does not name the file: {stderr}");
+
+    // A key from another certificate.
+    let other_dir = dir.join("other");
+    std::fs::create_dir_all(&other_dir)?;
+    let other = fleet_testkit::tls::make_certificates(&other_dir)?;
+    let stderr =
+        refused(&["--tls-cert".as_ref(), cert, "--tls-key".as_ref(), other.key.as_os_str()])?;
+    assert!(stderr.contains("does not belong to the certificate"), "{stderr}");
+
+    // A certificate file given as the key.
+    let stderr = refused(&["--tls-cert".as_ref(), cert, "--tls-key".as_ref(), cert])?;
+    assert!(stderr.contains("private key"), "{stderr}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -6,10 +6,12 @@
 //!   worker and the client.
 //! - [`convert`]: the one place where wire types become domain types and back.
 //! - [`local`]: the same protocol over in-memory pipes for clusters embedded in one process.
+//! - [`endpoint`]: reaching a head over the network, in clear or over TLS.
 //!
 //! Only this crate knows the wire format; the other crates convert at their edges.
 
 pub mod convert;
+pub mod endpoint;
 pub mod local;
 pub mod types;
 

@@ -121,11 +121,13 @@ async fn start_embedded(
 
 /// Starts an embedded cluster (no `address`) or connects to a running one. The embedded
 /// workers serve the models in `models_dir`, load those in `preload` before `init` returns,
-/// and run them on `device`.
+/// and run them on `device`. `tls_ca` is a CA file for an `https://` address.
 #[pyfunction]
 #[pyo3(signature = (
-    address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None
+    address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None,
+    tls_ca=None
 ))]
+#[allow(clippy::too_many_arguments)] // one per keyword argument of `af.init`
 pub fn init(
     py: Python<'_>,
     address: Option<String>,
@@ -134,6 +136,7 @@ pub fn init(
     preload: Vec<String>,
     device: Option<String>,
     token: Option<String>,
+    tls_ca: Option<PathBuf>,
 ) -> PyResult<Fleet> {
     let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
     if address.is_none() && workers == 0 {
@@ -143,6 +146,11 @@ pub fn init(
         return Err(PyValueError::new_err(
             "models_dir, preload and device are for an embedded cluster: start the workers \
              of a running cluster with --models-dir, --preload and --device instead",
+        ));
+    }
+    if address.is_none() && tls_ca.is_some() {
+        return Err(PyValueError::new_err(
+            "tls_ca is for connecting to a running cluster at an https:// address",
         ));
     }
     if let Some(dir) = &models_dir
@@ -173,7 +181,12 @@ pub fn init(
         (_, token) => token,
     };
     let fleet = runtime::block_on(py, async move {
-        let options = ConnectOptions { token: token.clone(), ..Default::default() };
+        let defaults = ConnectOptions::default();
+        let options = ConnectOptions {
+            token: token.clone(),
+            tls_ca: tls_ca.or(defaults.tls_ca.clone()),
+            ..defaults
+        };
         let (url, client, embedded) = match address {
             Some(url) => {
                 let client = Client::connect_with(&url, options).await.map_err(errors::to_py)?;

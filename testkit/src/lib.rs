@@ -5,6 +5,8 @@
 //! The binaries are looked up next to the running test or bench executable (cargo builds
 //! them for `cargo test --workspace` and `cargo build --bins`), or at `FLEET_HEAD_BIN` and
 //! `FLEET_WORKER_BIN`.
+//!
+//! [`SandboxBuilder::tls`] serves the head over TLS with certificates from [`tls`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,6 +16,9 @@ use anyhow::{Context, bail};
 use fleet_client::{Client, ConnectOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+pub mod tls;
+pub use tls::TestCertificates;
 
 /// Workers' meshes listen on loopback only: tests never open ports beyond 127.0.0.1.
 const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
@@ -47,6 +52,7 @@ pub struct SandboxBuilder {
     worker_args: Vec<String>,
     config_toml: Option<String>,
     log: Option<String>,
+    tls: bool,
 }
 
 impl SandboxBuilder {
@@ -85,6 +91,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Serve the head over TLS (a CA made for this sandbox): the URL is `https://`, and the
+    /// sandbox's workers and clients trust that CA.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// `RUST_LOG` for the processes [default: warn].
     pub fn log(mut self, filter: &str) -> Self {
         self.log = Some(filter.to_owned());
@@ -113,11 +126,22 @@ impl SandboxBuilder {
         let join_token = format!("join-{}", unique());
         head_args.push("--join-token".into());
         head_args.push(join_token.clone());
+        let certificates = if self.tls {
+            let files = tls::make_certificates(&dir)?;
+            head_args.extend(["--tls-cert".to_owned(), files.cert.display().to_string()]);
+            head_args.extend(["--tls-key".to_owned(), files.key.display().to_string()]);
+            Some(files)
+        } else {
+            None
+        };
+        let scheme = if self.tls { "https" } else { "http" };
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
         let (head, address) = start_head("127.0.0.1:0", &head_args, &log).await?;
         let mut sandbox = ClusterSandbox {
-            url: format!("http://{address}"),
+            url: format!("{scheme}://{address}"),
+            address,
+            certificates,
             head,
             head_args,
             workers: Vec::new(),
@@ -146,6 +170,8 @@ async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<
         .env_remove("FLEET_TOKEN")
         .env_remove("FLEET_JOIN_TOKEN")
         .env_remove("FLEET_API_KEY")
+        .env_remove("FLEET_TLS_CERT")
+        .env_remove("FLEET_TLS_KEY")
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     let mut head = head.spawn().context("cannot start fleet-head")?;
@@ -172,8 +198,12 @@ fn unique() -> u128 {
 /// A running head plus workers, each a separate process.
 #[derive(Debug)]
 pub struct ClusterSandbox {
-    /// The head's URL, e.g. `http://127.0.0.1:41234`.
+    /// The head's URL, e.g. `http://127.0.0.1:41234` (`https://` with TLS).
     pub url: String,
+    /// The head's `host:port`.
+    pub address: String,
+    /// The certificates when the head serves TLS.
+    pub certificates: Option<TestCertificates>,
     head: Child,
     head_args: Vec<String>,
     workers: Vec<(String, Child)>,
@@ -211,7 +241,10 @@ impl ClusterSandbox {
         body: &[u8],
     ) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let address = self.url.trim_start_matches("http://");
+        if self.certificates.is_some() {
+            bail!("ClusterSandbox::http speaks plain HTTP; this sandbox serves TLS");
+        }
+        let address = &self.address;
         let mut stream = tokio::net::TcpStream::connect(address).await?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
@@ -232,9 +265,18 @@ impl ClusterSandbox {
         Ok((status, body.to_owned()))
     }
 
-    /// A client with the sandbox's token.
+    /// The CA file clients need for this sandbox (TLS only).
+    pub fn tls_ca(&self) -> Option<&std::path::Path> {
+        self.certificates.as_ref().map(|c| c.ca.as_path())
+    }
+
+    /// A client with the sandbox's token (and CA).
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let options = ConnectOptions { token: self.token.clone(), ..Default::default() };
+        let options = ConnectOptions {
+            token: self.token.clone(),
+            tls_ca: self.tls_ca().map(ToOwned::to_owned),
+            ..Default::default()
+        };
         Ok(Client::connect_with(&self.url, options).await?)
     }
 
@@ -252,6 +294,9 @@ impl ClusterSandbox {
             .env_remove("FLEET_JOIN_TOKEN")
             .arg("--join-token")
             .arg(&self.join_token)
+            .args(
+                self.tls_ca().map(|ca| ["--tls-ca".as_ref(), ca.as_os_str()]).into_iter().flatten(),
+            )
             .kill_on_drop(true);
         self.workers.push((name.clone(), worker.spawn().context("cannot start fleet-worker")?));
         Ok(name)
@@ -264,6 +309,9 @@ impl ClusterSandbox {
         worker.args(["--head", &self.url]).args(args);
         if !args.contains(&"--join-token") {
             worker.args(["--join-token", &self.join_token]);
+        }
+        if let Some(ca) = self.tls_ca().filter(|_| !args.contains(&"--tls-ca")) {
+            worker.arg("--tls-ca").arg(ca);
         }
         worker
             .env("RUST_LOG", &self.log)
@@ -306,8 +354,7 @@ impl ClusterSandbox {
     /// find it again by themselves.
     pub async fn restart_head(&mut self) -> anyhow::Result<()> {
         self.head.kill().await?;
-        let listen = self.url.trim_start_matches("http://").to_owned();
-        let (head, _) = start_head(&listen, &self.head_args, &self.log).await?;
+        let (head, _) = start_head(&self.address, &self.head_args, &self.log).await?;
         self.head = head;
         Ok(())
     }

@@ -17,9 +17,13 @@ pub struct Args {
     /// Model forward passes run on their own threads either way.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// The head's URL, e.g. http://10.0.0.1:7070.
+    /// The head's URL, e.g. http://10.0.0.1:7070 (https:// for a head with --tls-cert).
     #[arg(long, env = "FLEET_HEAD")]
     head: String,
+    /// For an https:// head: trust only the CA certificates in this PEM file instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", env = "FLEET_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// The head's join token (its --join-token), if it requires one. A client token
     /// (--token) does not let a worker join.
     #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
@@ -85,6 +89,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     let mut config = WorkerConfig::new(args.head);
     config.join_token = args.join_token.filter(|t| !t.is_empty());
+    config.tls_ca = args.tls_ca.filter(|p| !p.as_os_str().is_empty());
     if let Some(name) = args.name {
         config.worker_id = name;
     }

@@ -12,6 +12,9 @@ pub struct WorkerConfig {
     pub head: String,
     /// The head's join token (its `--join-token`), if it requires one.
     pub join_token: Option<String>,
+    /// For an `https://` head: trust only the CA certificates in this PEM file instead of
+    /// the system's roots.
+    pub tls_ca: Option<PathBuf>,
     /// A stable id; kept across reconnects.
     pub worker_id: String,
     pub resources: Resources,
@@ -40,6 +43,7 @@ impl std::fmt::Debug for WorkerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerConfig")
             .field("head", &self.head)
+            .field("tls_ca", &self.tls_ca)
             .field("worker_id", &self.worker_id)
             .field("resources", &self.resources)
             .field("labels", &self.labels)
@@ -61,6 +65,7 @@ impl WorkerConfig {
         Self {
             head: head.into(),
             join_token: None,
+            tls_ca: None,
             worker_id: default_worker_id(),
             resources: crate::resources::detect(),
             labels: BTreeMap::new(),

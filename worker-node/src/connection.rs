@@ -38,14 +38,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         let event_buffer = config.event_buffer.max(1);
         return run_in_process(head, registration(&config)?, host, event_buffer, shutdown).await;
     }
-    let endpoint = Endpoint::from_shared(config.head.clone())
-        .map_err(|_| Error::InvalidHeadUrl(config.head.clone()))?
+    let endpoint = fleet_proto::endpoint::head_endpoint(&config.head, config.tls_ca.as_deref())
+        .map_err(|e| Error::InvalidHead(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .initial_connection_window_size(8 << 20)
-        .initial_stream_window_size(4 << 20);
+        .keep_alive_timeout(Duration::from_secs(5));
     let mut registration = registration(&config)?;
     let mut host = host(&config).await?;
     let mut updates = match join_mesh(&config, &mut host).await? {
@@ -226,10 +223,9 @@ async fn session(
     host: &mut ActorHost,
     updates: &mut mpsc::Receiver<WorkerUpdate>,
 ) -> Result<()> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Error::Unreachable(format!("{}: {e}", config.head)))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        Error::Unreachable(format!("{}: {}", config.head, fleet_proto::endpoint::describe(&e)))
+    })?;
     let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20);
 
     let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);

@@ -3,8 +3,9 @@
 /// Why the worker cannot run, or cannot run a task.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid head address {0:?}: expected e.g. http://10.0.0.1:7070")]
-    InvalidHeadUrl(String),
+    /// A malformed head address or an unusable CA file.
+    #[error("{0}")]
+    InvalidHead(String),
     #[error("the head rejected this worker: {0}")]
     Rejected(String),
     #[error("cannot reach the head: {0}")]

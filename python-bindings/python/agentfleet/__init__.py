@@ -70,6 +70,7 @@ def init(
     preload: "list[str] | None" = None,
     device: "str | None" = None,
     token: "str | None" = None,
+    tls_ca: "str | os.PathLike[str] | None" = None,
 ) -> Fleet:
     """Start an embedded cluster (no ``address``) or connect to a running one.
 
@@ -80,7 +81,9 @@ def init(
     (``cpu`` by default; ``cuda:N``/``metal:N`` in builds with those features). ``token``
     is the client token; it defaults to $FLEET_TOKEN. The embedded head also listens on
     127.0.0.1 for other processes and always requires a client token there: without one
-    given it makes a random one, readable as ``fleet.token``.
+    given it makes a random one, readable as ``fleet.token``. For an ``https://`` address,
+    ``tls_ca`` (default $FLEET_TLS_CA) is a PEM file of the CA certificates to trust instead
+    of the system's.
     """
     import atexit
 
@@ -91,6 +94,7 @@ def init(
         preload=preload or [],
         device=device,
         token=token,
+        tls_ca=tls_ca,
     )
     if fleet.embedded:
         atexit.register(fleet.shutdown)
