@@ -2,7 +2,7 @@
 //! worker processes on 127.0.0.1. Prints medians over repeated runs as Markdown rows.
 //!
 //! `cargo build --release --bins && cargo bench -p fleet-benches --bench cluster`
-//! (`-- --quick` for fewer repeats).
+//! (`-- --quick` for fewer repeats; `-- --security` for what the client token and TLS cost).
 
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,27 @@ fn echo() -> AgentSpec {
 }
 
 async fn cluster() -> Result<(ClusterSandbox, Client)> {
-    let cluster = ClusterSandbox::builder()
-        .workers(2)
-        .head_arg("--max-queued-tasks")
-        .head_arg("1000000")
-        .start()
-        .await?;
+    secured_cluster(Security::Open).await
+}
+
+/// What guards the head in a security-cost run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Security {
+    Open,
+    Token,
+    TokenAndTls,
+}
+
+async fn secured_cluster(security: Security) -> Result<(ClusterSandbox, Client)> {
+    let mut builder =
+        ClusterSandbox::builder().workers(2).head_arg("--max-queued-tasks").head_arg("1000000");
+    if security != Security::Open {
+        builder = builder.token("bench-token");
+    }
+    if security == Security::TokenAndTls {
+        builder = builder.tls();
+    }
+    let cluster = builder.start().await?;
     let client = cluster.client().await?;
     client.register_agent(echo()).await?;
     Ok((cluster, client))
@@ -133,11 +148,50 @@ fn main() -> Result<()> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(bench_main())
 }
 
+/// What the client token and TLS cost: the three setups take turns (this machine's noise
+/// drifts over minutes), each round on fresh processes; medians and ratios to the open head.
+async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
+    let setups = [Security::Open, Security::Token, Security::TokenAndTls];
+    let (mut rates, mut p50s) = (vec![Vec::new(); 3], vec![Vec::new(); 3]);
+    for _ in 0..repeats {
+        for (i, security) in setups.iter().enumerate() {
+            let (sandbox, client) = secured_cluster(*security).await?;
+            batch_throughput(&client, 5_000).await?; // warm-up
+            rates[i].push(batch_throughput(&client, tasks).await?);
+            round_trips(&client, 300).await?;
+            let times = round_trips(&client, 2_000).await?;
+            p50s[i].push(percentile(&times, 0.5).as_secs_f64() * 1e6);
+            sandbox.shutdown().await?;
+        }
+    }
+    let (open_rate, open_p50) = (median(rates[0].clone()), median(p50s[0].clone()));
+    for (i, name) in ["no credentials, clear text", "client token", "client token + TLS"]
+        .iter()
+        .enumerate()
+    {
+        let (rate, p50) = (median(rates[i].clone()), median(p50s[i].clone()));
+        println!(
+            "| {name}: batch echo tasks/s | {rate:.0} ({:.2}×) | {:.0?} | ≥ 0.90× open |",
+            rate / open_rate,
+            rates[i]
+        );
+        println!(
+            "| {name}: round trip p50 | {p50:.0} µs (+{:.0} µs) | {:.0?} | ≤ +50 µs |",
+            p50 - open_p50,
+            p50s[i]
+        );
+    }
+    Ok(())
+}
+
 async fn bench_main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let repeats = if quick { 3 } else { 5 };
     println!("| measurement | median | runs | target |");
     println!("|---|---|---|---|");
+    if std::env::args().any(|a| a == "--security") {
+        return security_cost(repeats, if quick { 20_000 } else { 50_000 }).await;
+    }
 
     // Ready time: processes started until both workers have joined.
     let mut ready = Vec::new();

@@ -62,6 +62,7 @@ pub fn router(
         clients: clients.clone(),
         max_body_bytes,
         webhooks,
+        tls: config.tls_cert.is_some(),
     };
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),

@@ -1,6 +1,8 @@
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -61,3 +63,33 @@ def remote_cluster() -> Iterator[str]:
     yield address
     worker.stop()
     head.stop()
+
+
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA made for this test run and a server certificate it signs for 127.0.0.1
+    (openssl's command line): returns the CA, the certificate and its key."""
+    ca, ca_key, cert, key, csr, ext = (folder / n for n in ("ca.pem", "ca.key", "srv.pem", "srv.key", "srv.csr", "srv.ext"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", "/CN=agentfleet test CA")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return ca, cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[tuple[str, Path]]:
+    """Like remote_cluster, but the head serves TLS: yields the https:// address and the CA."""
+    with tempfile.TemporaryDirectory() as folder:
+        ca, cert, key = make_tls(Path(folder))
+        tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+        head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret", "--join-token", "j0in", *tls)
+        assert head.proc.stdout is not None
+        line = head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        address = "https://" + line.removeprefix("listening on ").strip()
+        worker = Node("worker", "--head", address, "--join-token", "j0in", "--tls-ca", str(ca))
+        yield address, ca
+        worker.stop()
+        head.stop()

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,24 @@ def test_connect_by_address_to_separate_processes(remote_cluster: str) -> None:
     echo = fleet.agent("echo", model="builtin:echo")
     assert echo.map(["across", "processes"], progress=False) == ["across", "processes"]
     fleet.shutdown()  # a no-op for a connection
+
+
+def test_connect_over_tls_with_the_cluster_ca(tls_cluster: tuple[str, Path]) -> None:
+    address, ca = tls_cluster
+    fleet = af.init(address, token="s3cret", tls_ca=ca)
+    deadline = time.monotonic() + 15
+    while len(fleet.status()["workers"]) < 1:  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "the worker did not join over TLS"
+        time.sleep(0.05)
+    echo = fleet.agent("echo", model="builtin:echo")
+    assert echo.map(["over", "tls"], progress=False) == ["over", "tls"]
+    # The system's roots do not know the test CA; a CA file means https://.
+    with pytest.raises(af.Unavailable, match="certificate"):
+        af.init(address, token="s3cret")
+    with pytest.raises(af.InvalidArgument, match="https://"):
+        af.init(address.replace("https://", "http://"), token="s3cret", tls_ca=ca)
+    with pytest.raises(ValueError, match="tls_ca"):
+        af.init(workers=1, tls_ca=ca)
 
 
 def test_wrong_token_is_unauthenticated(remote_cluster: str) -> None:

@@ -16,7 +16,7 @@ const CARD_MAX_AGE_S: u32 = 60;
 
 /// A card as JSON with an ETag (a hash of the body) and caching headers; 304 without a
 /// body when the client's `If-None-Match` names the current ETag. Cards name the host the
-/// client used, hence `Vary: Host`.
+/// client used, hence `Vary: Host, X-Forwarded-Proto`.
 fn card_response(card: &Value, headers: &HeaderMap) -> Response {
     use axum::http::{HeaderValue, header};
     use std::hash::{DefaultHasher, Hash, Hasher};
@@ -45,15 +45,21 @@ fn card_response(card: &Value, headers: &HeaderMap) -> Response {
     if let Ok(cache) = HeaderValue::from_str(&format!("public, max-age={CARD_MAX_AGE_S}")) {
         headers.insert(header::CACHE_CONTROL, cache);
     }
-    headers.insert(header::VARY, HeaderValue::from_static("Host"));
+    headers.insert(header::VARY, HeaderValue::from_static("Host, X-Forwarded-Proto"));
     response
 }
 
-/// `http://host:port` as the client reached us (cards carry absolute URLs).
-pub fn base_url(headers: &HeaderMap) -> String {
+/// `scheme://host:port` as the client reached us (cards carry absolute URLs): `https` when
+/// the head serves TLS or a TLS-terminating proxy in front says so (`X-Forwarded-Proto`).
+pub fn base_url(a2a: &A2a, headers: &HeaderMap) -> String {
     let host =
         headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
-    format!("http://{host}")
+    let proxied_tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    let scheme = if a2a.tls || proxied_tls { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 fn skill(agent: &AgentInfo) -> Value {
@@ -126,7 +132,7 @@ fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Re
         Ok(info) => info,
         Err(response) => return *response,
     };
-    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(headers)));
+    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));
     if only_v03 && let Some(obj) = card.as_object_mut() {
         obj.remove("supportedInterfaces");
     }
@@ -153,7 +159,7 @@ pub async fn agent_card_v03(
 
 /// The cluster's card: one skill per agent, each agent's own card URL in its skill tags.
 pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Response {
-    let base = base_url(&headers);
+    let base = base_url(&a2a, &headers);
     let agents = a2a.cluster.agents();
     let skills: Vec<Value> = agents
         .iter()
@@ -200,7 +206,7 @@ pub fn extended_card_json(
     let info = find(a2a, agent).map_err(|_| {
         super::errors::A2aError::invalid_request(format!("no agent named {agent:?}"))
     })?;
-    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(headers)));
+    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));
     let spec = &info.spec;
     card["skills"][0]["description"] = json!(format!(
         "{}; model {}; max_retries {}; instructions: {}",

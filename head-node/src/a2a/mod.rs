@@ -45,6 +45,8 @@ pub struct A2a {
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub webhooks: push::Webhooks,
+    /// Whether the head serves TLS (cards then name `https://` URLs).
+    pub tls: bool,
 }
 
 /// Which dialect a request speaks.

@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,8 +36,17 @@ def binary(name: str) -> str:
 
 
 class Cluster:
-    def __init__(self, *head_args: str) -> None:
+    def __init__(self, *head_args: str, tls: "tuple[Path, Path, Path] | None" = None) -> None:
+        """A head with `head_args` and one worker; with `tls` (CA, certificate, key) the head
+        serves https:// and `self.verify` trusts its CA."""
         self.dir = tempfile.TemporaryDirectory()
+        self.verify: "ssl.SSLContext | bool" = True
+        worker_args: list[str] = []
+        if tls is not None:
+            ca, cert, key = tls
+            head_args = (*head_args, "--tls-cert", str(cert), "--tls-key", str(key))
+            worker_args = ["--tls-ca", str(ca)]
+            self.verify = ssl.create_default_context(cafile=str(ca))
         config = Path(self.dir.name) / "fleet.toml"
         config.write_text(CONFIG)
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
@@ -53,10 +63,11 @@ class Cluster:
         assert self.head.stdout is not None
         line = self.head.stdout.readline()
         assert line.startswith("listening on "), line
-        self.url = "http://" + line.removeprefix("listening on ").strip()
-        self.worker = subprocess.Popen([binary("fleet-worker"), "--head", self.url], env=env)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://" + line.removeprefix("listening on ").strip()
+        self.worker = subprocess.Popen([binary("fleet-worker"), "--head", self.url, *worker_args], env=env)
         deadline = time.monotonic() + 15
-        while httpx.get(self.url + "/healthz?min_workers=1").status_code != 200:
+        while httpx.get(self.url + "/healthz?min_workers=1", verify=self.verify).status_code != 200:
             assert time.monotonic() < deadline, "the worker did not join"
             time.sleep(0.02)
 
@@ -96,6 +107,14 @@ def tls() -> Iterator[tuple[Path, Path, Path]]:
 def cluster(tls: tuple[Path, Path, Path]) -> Iterator[Cluster]:
     # The tests' webhooks listen on 127.0.0.1, which a head refuses unless allowed.
     c = Cluster("--allow-private-webhooks", "--webhook-ca", str(tls[0]))
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tls: tuple[Path, Path, Path]) -> Iterator[Cluster]:
+    """A head serving A2A over TLS, with a certificate from the test CA."""
+    c = Cluster(tls=tls)
     yield c
     c.stop()
 

@@ -288,3 +288,6 @@ def test_cards_carry_an_etag_and_answer_304_when_unchanged(cluster: Cluster) -> 
     # The card names the host the client used, so another host is another card.
     elsewhere = httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json", headers={"Host": "example.com:7070"})
     assert elsewhere.headers["etag"] != httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json").headers["etag"]
+    # Behind a TLS-terminating proxy the card names https:// URLs.
+    proxied = httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json", headers={"Host": "a.example", "X-Forwarded-Proto": "https"})
+    assert proxied.json()["url"] == "https://a.example/a2a/echo" and "X-Forwarded-Proto" in proxied.headers["vary"]

@@ -157,3 +157,23 @@ async def test_a_second_turn_on_the_same_context_sees_the_first(cluster: Cluster
     # The agent's own memory of the context reached the model: a longer prompt.
     usage = lambda t: t.metadata["usage"]["promptTokens"]  # noqa: E731
     assert usage(second) > usage(first)
+
+
+@pytest.mark.asyncio
+async def test_the_sdk_over_tls(tls_cluster: Cluster) -> None:
+    # Cards name https:// URLs, so the SDK posts where the head listens.
+    card = httpx.get(tls_cluster.url + "/a2a/echo/.well-known/agent-card.json", verify=tls_cluster.verify).json()
+    assert {i["url"] for i in card["supportedInterfaces"]} == {tls_cluster.url + "/a2a/echo"}, card
+    # The SDK's own httpx client, trusting the test CA: HTTP/1.1 over TLS on the head's port.
+    async with httpx.AsyncClient(verify=tls_cluster.verify) as http:
+        factory = ClientFactory(ClientConfig(streaming=True, supported_protocol_bindings=["JSONRPC"], httpx_client=http))
+        sdk = await factory.create_from_url(card_url(tls_cluster, "echo", "1.0"))
+        text = ""
+        async for event in sdk.send_message(request("over tls")):
+            response = payload(event)
+            if response.WhichOneof("payload") == "artifact_update":
+                text += artifact_text(response.artifact_update)
+        assert text == "over tls"
+    # Without the CA the certificate is refused.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(tls_cluster.url + "/.well-known/agent-card.json")
