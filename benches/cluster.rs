@@ -165,9 +165,8 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
         }
     }
     let (open_rate, open_p50) = (median(rates[0].clone()), median(p50s[0].clone()));
-    for (i, name) in ["no credentials, clear text", "client token", "client token + TLS"]
-        .iter()
-        .enumerate()
+    for (i, name) in
+        ["no credentials, clear text", "client token", "client token + TLS"].iter().enumerate()
     {
         let (rate, p50) = (median(rates[i].clone()), median(p50s[i].clone()));
         println!(

@@ -59,3 +59,20 @@ pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs a third-party parser that can panic on malformed input (found by `tests/fuzz.rs`:
+/// tokenizers' `tokenizer.json` reader, candle's GGUF reader) and turns a panic into an
+/// error naming `what`, so a bad model file is refused instead of taking the worker down.
+pub(crate) fn without_panics<T>(
+    what: &str,
+    parse: impl FnOnce() -> T,
+) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "malformed input".to_owned());
+        format!("the {what} reader failed: {why}")
+    })
+}

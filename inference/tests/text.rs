@@ -302,6 +302,24 @@ fn missing_or_corrupt_files_are_errors_naming_the_path() -> TestResult {
     let err = Tokenizer::from_hf_dir(&dir.0).err().ok_or("corrupt config was accepted")?;
     assert!(err.to_string().contains("tokenizer_config.json is not a valid JSON object"), "{err}");
 
+    // tokenizers panics on a malformed decoder (found by tests/fuzz.rs): an error here.
+    let (dir, _) = fixture_dir("bad-decoder")?;
+    let path = dir.0.join("tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    json["decoder"] = serde_json::json!("DECODER");
+    let text = json.to_string().replace("\"DECODER\"", "{\"type\" \"ByteLevel\"}");
+    std::fs::write(&path, text)?;
+    let err = Tokenizer::from_hf_dir(&dir.0).err().ok_or("a malformed decoder was accepted")?;
+    assert!(matches!(err, Error::InvalidFile { .. }), "{err:?}");
+
+    // A template that loops over large strings stops at the prompt limit.
+    let greedy = "{% for i in range(10000) %}{{ messages[0].content * 10000 }}{% endfor %}";
+    let err = ChatTemplate::new(greedy, None, None)?
+        .render(&conversation(), &[], true)
+        .err()
+        .ok_or("a 1 GB prompt was rendered")?;
+    assert!(err.to_string().contains("the prompt grew past 64 MiB"), "{err}");
+
     let err = fixture::gguf_tokenizer_metadata(&TempDir::new("nogguf")?.0)
         .err()
         .ok_or("metadata from an empty folder")?;

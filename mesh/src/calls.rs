@@ -35,7 +35,7 @@ const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
 /// One frame on a call stream.
 #[derive(Debug, Serialize, Deserialize)]
-enum CallFrame {
+pub(crate) enum CallFrame {
     Ask { id: u64, request: MeshRequest },
     Answer { id: u64, response: MeshResponse },
 }

@@ -20,6 +20,8 @@
 pub mod codec;
 mod counters;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod mesh;
 mod messages;
 

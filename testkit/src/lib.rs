@@ -6,7 +6,8 @@
 //! them for `cargo test --workspace` and `cargo build --bins`), or at `FLEET_HEAD_BIN` and
 //! `FLEET_WORKER_BIN`.
 //!
-//! [`SandboxBuilder::tls`] serves the head over TLS with certificates from [`tls`].
+//! [`SandboxBuilder::tls`] serves the head over TLS with certificates from [`tls`]; [`fuzz`]
+//! holds the inputs of the fuzz targets.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,6 +18,7 @@ use fleet_client::{Client, ConnectOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod fuzz;
 pub mod tls;
 pub use tls::TestCertificates;
 

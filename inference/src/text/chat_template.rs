@@ -38,12 +38,18 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Template instructions one rendering may run.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
 impl ChatTemplate {
     /// Compiles `source`; a syntax error is reported with its line.
     pub fn new(source: &str, bos: Option<&str>, eos: Option<&str>) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A template comes with the model file: loops it cannot finish must end with an
+        // error, not hold the worker.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -108,7 +114,40 @@ impl ChatTemplate {
         }
         let template =
             self.env.get_template(NAME).map_err(|e| Error::TemplateSyntax(e.to_string()))?;
-        template.render(ctx).map_err(|e| Error::TemplateRender(e.to_string()))
+        let mut out = Bounded { bytes: Vec::new(), overflowed: false };
+        template.render_captured_to(ctx, &mut out).map_err(|e| {
+            Error::TemplateRender(if out.overflowed {
+                format!("the prompt grew past {} MiB", MAX_PROMPT_BYTES >> 20)
+            } else {
+                e.to_string()
+            })
+        })?;
+        String::from_utf8(out.bytes).map_err(|e| Error::TemplateRender(e.to_string()))
+    }
+}
+
+/// The largest prompt a template may render: far beyond any model's context, but a
+/// template looping over large strings stops here instead of taking the machine's memory.
+const MAX_PROMPT_BYTES: usize = 64 << 20;
+
+/// A writer that refuses to grow past [`MAX_PROMPT_BYTES`].
+struct Bounded {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + bytes.len() > MAX_PROMPT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("prompt too large"));
+        }
+        self.bytes.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -68,8 +68,11 @@ impl Tokenizer {
         let path = dir.join("tokenizer.json");
         let expected = "Hugging Face tokenizer.json";
         let bytes = read(&path, expected)?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| invalid(&path, expected, e.to_string()))?;
+        let inner = crate::error::without_panics("tokenizer.json", || {
+            tokenizers::Tokenizer::from_bytes(&bytes)
+        })
+        .map_err(|e| invalid(&path, expected, e))?
+        .map_err(|e| invalid(&path, expected, e.to_string()))?;
 
         let config = read_json_if_exists(&dir.join("tokenizer_config.json"), "JSON object")?;
         let config = config.as_ref();

@@ -53,10 +53,16 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::model(dir, "expected model.safetensors or model.safetensors.index.json"))
 }
 
+/// Reads a GGUF header, metadata and tensor index (a panic of candle's reader on a
+/// malformed file is an error too).
+pub fn read_gguf<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Content, String> {
+    crate::error::without_panics("GGUF", || Content::read(reader))?.map_err(|e| e.to_string())
+}
+
 /// Loads a GGUF file; also returns its metadata (tokenizer, chat template).
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, HashMap<String, Value>)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::model(path, e))?;
-    let content = Content::read(&mut file)
+    let content = read_gguf(&mut file)
         .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
     let mut cfg = DecoderConfig::from_gguf(&content).map_err(|e| Error::model(path, e))?;
     let metadata = content.metadata.clone();
