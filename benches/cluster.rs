@@ -175,7 +175,7 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
             rates[i]
         );
         println!(
-            "| {name}: round trip p50 | {p50:.0} µs (+{:.0} µs) | {:.0?} | ≤ +50 µs |",
+            "| {name}: round trip p50 | {p50:.0} µs ({:+.0} µs) | {:.0?} | ≤ +50 µs |",
             p50 - open_p50,
             p50s[i]
         );

@@ -16,7 +16,7 @@ const CARD_MAX_AGE_S: u32 = 60;
 
 /// A card as JSON with an ETag (a hash of the body) and caching headers; 304 without a
 /// body when the client's `If-None-Match` names the current ETag. Cards name the host the
-/// client used, hence `Vary: Host, X-Forwarded-Proto`.
+/// client used and fit its A2A version, hence `Vary: Host, X-Forwarded-Proto, A2A-Version`.
 fn card_response(card: &Value, headers: &HeaderMap) -> Response {
     use axum::http::{HeaderValue, header};
     use std::hash::{DefaultHasher, Hash, Hasher};
@@ -45,7 +45,7 @@ fn card_response(card: &Value, headers: &HeaderMap) -> Response {
     if let Ok(cache) = HeaderValue::from_str(&format!("public, max-age={CARD_MAX_AGE_S}")) {
         headers.insert(header::CACHE_CONTROL, cache);
     }
-    headers.insert(header::VARY, HeaderValue::from_static("Host, X-Forwarded-Proto"));
+    headers.insert(header::VARY, HeaderValue::from_static("Host, X-Forwarded-Proto, A2A-Version"));
     response
 }
 
@@ -76,6 +76,31 @@ fn skill(agent: &AgentInfo) -> Value {
         "tags": [spec.model],
         "examples": [],
     })
+}
+
+/// The fields only A2A 0.3 readers know. A 1.0 card must not carry them (the 1.0 schema
+/// refuses unknown fields), so they are served only to readers without `A2A-Version: 1.x`,
+/// which the spec says to treat as 0.3.
+const V03_ONLY: &[&str] = &[
+    "url",
+    "preferredTransport",
+    "protocolVersion",
+    "supportsAuthenticatedExtendedCard",
+    "security",
+];
+
+/// Shapes a card for its reader: a 1.0 reader gets a pure 1.0 card.
+fn for_reader(mut card: Value, headers: &HeaderMap) -> Value {
+    let v1 = headers
+        .get("a2a-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "1" || v.trim().starts_with("1."));
+    if v1 && let Some(fields) = card.as_object_mut() {
+        for key in V03_ONLY {
+            fields.remove(*key);
+        }
+    }
+    card
 }
 
 fn security(a2a: &A2a, card: &mut Value) {
@@ -135,6 +160,8 @@ fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Re
     let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));
     if only_v03 && let Some(obj) = card.as_object_mut() {
         obj.remove("supportedInterfaces");
+    } else {
+        card = for_reader(card, headers);
     }
     card_response(&card, headers)
 }
@@ -189,7 +216,7 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Respons
         "protocolVersion": "0.3.0",
     });
     security(&a2a, &mut card);
-    card_response(&card, &headers)
+    card_response(&for_reader(card, &headers), &headers)
 }
 
 /// The extended card, for clients that presented the API key: the public card plus what the
@@ -215,5 +242,5 @@ pub fn extended_card_json(
         spec.max_retries,
         spec.instructions.chars().take(500).collect::<String>()
     ));
-    Ok(card)
+    Ok(for_reader(card, headers))
 }

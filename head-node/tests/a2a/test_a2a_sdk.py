@@ -58,6 +58,22 @@ def test_cards_describe_every_agent(cluster: Cluster) -> None:
     assert httpx.get(cluster.url + "/a2a/nobody/.well-known/agent-card.json").status_code == 404
 
 
+def test_a_1_0_reader_gets_a_card_the_1_0_schema_accepts(cluster: Cluster) -> None:
+    from a2a.types.a2a_pb2 import AgentCard
+    from google.protobuf import json_format
+
+    for path in ("/a2a/echo/.well-known/agent-card.json", "/.well-known/agent-card.json"):
+        v1 = httpx.get(cluster.url + path, headers={"A2A-Version": "1.0"})
+        assert "A2A-Version" in v1.headers["vary"]
+        json_format.ParseDict(v1.json(), AgentCard())  # strict: unknown fields raise
+        # A reader without the header is 0.3 (the spec says so) and gets the 0.3 fields,
+        # which the 1.0 schema refuses.
+        v03 = httpx.get(cluster.url + path).json()
+        assert v03["protocolVersion"].startswith("0.3") and v03["url"].startswith(cluster.url)
+        with pytest.raises(json_format.ParseError):
+            json_format.ParseDict(v03, AgentCard())
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("mode", MODES)
 async def test_streaming_message_yields_task_chunks_and_completion(cluster: Cluster, mode: str) -> None:
