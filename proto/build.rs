@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/fleet/v1/common.proto",
         "proto/fleet/v1/worker.proto",
         "proto/fleet/v1/client.proto",
+        "proto/fleet/v1/store.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -68,6 +68,15 @@ pub struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", env = "FLEET_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Where the head keeps tasks, their events and registered agents: `file` (survives
+    /// restarts; `head.redb` under --data-dir) or `memory` (a restarted head starts empty)
+    /// [default: file].
+    #[arg(long, value_enum, env = "FLEET_STORE")]
+    store: Option<crate::config::StoreKind>,
+    /// The directory of the file store [default: $XDG_DATA_HOME/agentfleet or
+    /// ~/.local/share/agentfleet]. One head per directory.
+    #[arg(long, value_name = "DIR", env = "FLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Agents clients may register [default: 10000].
     #[arg(long)]
     max_agents: Option<usize>,
@@ -78,9 +87,14 @@ pub struct Args {
 
 fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     let mut config = HeadConfig::default();
+    let (mut store, mut data_dir) = (None, None);
     if let Some(path) = &args.config {
-        ConfigFile::load(path)?.apply(&mut config);
+        let file = ConfigFile::load(path)?;
+        (store, data_dir) = (file.store, file.data_dir.clone());
+        file.apply(&mut config);
     }
+    config.store =
+        crate::config::store_config(args.store.or(store), args.data_dir.clone().or(data_dir))?;
     if let Some(v) = args.listen {
         config.listen = v;
     }

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::agents::{AgentRegistry, Registered};
 use crate::config::HeadConfig;
 use crate::scheduler::{self, Placement};
+use crate::store::{Commit, Journal, Restored};
 use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
 use crate::topics::{PublishOutcome, TopicRelays};
 use crate::workers::{WorkerEntry, WorkerRegistry};
@@ -200,7 +201,86 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// A cluster with the config's limits and agents.
+    /// A cluster with the config's limits and agents, and the state its store holds (tasks
+    /// running when the head stopped are retried, queued ones queued again).
+    pub fn start(config: &HeadConfig) -> Result<Arc<Self>> {
+        let store = crate::store::open(&config.store).map_err(Error::Store)?;
+        let cluster = Arc::new(Self::new(config)?);
+        if let Some(mut store) = store {
+            let what = store.describe();
+            let snapshot = store.load().map_err(Error::Store)?;
+            let restored = Restored::decode(snapshot, &what).map_err(Error::Store)?;
+            let weak = Arc::downgrade(&cluster);
+            let on_commit = Box::new(move |commit: Commit| {
+                if let Some(cluster) = weak.upgrade() {
+                    cluster.committed(commit);
+                }
+            });
+            let journal = Journal::start(store, on_commit)?;
+            cluster.restore(journal, restored, config)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Takes back what the store holds; new work is stored through `journal` from now on.
+    fn restore(&self, journal: Journal, restored: Restored, config: &HeadConfig) -> Result<()> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let (agents, tasks) = (restored.agents.len(), restored.tasks.len());
+        for spec in restored.agents {
+            if let Err(e) = state.agents.register(spec) {
+                warn!(error = %e, "a stored agent was not restored");
+            }
+        }
+        // The config file says what its agents are now.
+        for spec in &config.agents {
+            state.agents.register(spec.clone())?;
+        }
+        state.tasks.store_in(journal);
+        let mut open = Vec::new();
+        for task in restored.tasks {
+            let id = task.record.id.clone();
+            let parent = task.record.parent.clone();
+            state.tasks.restore(task);
+            if let Some((parent, _)) = parent
+                && let Some(parent) = state.tasks.get_mut(parent.as_str())
+            {
+                parent.children.push(id.clone());
+            }
+            if let Some(task) = state.tasks.get(id.as_str())
+                && !task.state.is_terminal()
+            {
+                open.push(id);
+            }
+        }
+        let open_count = open.len();
+        for id in open {
+            let Some(task) = state.tasks.get(id.as_str()) else { continue };
+            match task.worker.clone() {
+                // Its worker dropped the run when the head went away.
+                Some(worker) => {
+                    if lost_attempt(state, &id, &worker, "the head restarted") {
+                        state.queue.push_back(id);
+                    }
+                }
+                None => state.queue.push_back(id),
+            }
+        }
+        info!(agents, tasks, unfinished = open_count, "state restored from the store");
+        Ok(())
+    }
+
+    /// A commit stored these events: they go to their subscribers.
+    fn committed(&self, commit: Commit) {
+        let mut state = self.state.lock();
+        for (id, seq) in commit {
+            if let Some(task) = state.tasks.get_mut(id.as_str()) {
+                task.stored_up_to(seq);
+            }
+        }
+    }
+
+    /// A cluster with the config's limits and agents, keeping nothing.
     pub fn new(config: &HeadConfig) -> Result<Self> {
         let mut agents = AgentRegistry::new(config.max_agents);
         for spec in &config.agents {
@@ -241,8 +321,16 @@ impl Cluster {
     pub fn register_agent(&self, spec: AgentSpec) -> Result<AgentInfo> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
+        if let Some(journal) = state.tasks.journal() {
+            journal.check().map_err(Error::StoreUnavailable)?;
+        }
         let (outcome, entry) = state.agents.register(spec)?;
         let info = AgentInfo::from(entry);
+        if outcome != Registered::Unchanged
+            && let Some(journal) = state.tasks.journal()
+        {
+            journal.agent(entry.spec.clone());
+        }
         if outcome == Registered::Replaced {
             // Actors of the old spec hold state built for it (conversations, model).
             for w in state.workers.iter_mut() {
@@ -278,6 +366,9 @@ impl Cluster {
     ) -> Result<TaskId> {
         self.validate(&task)?;
         let mut guard = self.state.lock();
+        if let Some(journal) = guard.tasks.journal() {
+            journal.check().map_err(Error::StoreUnavailable)?;
+        }
         submit_in(&mut guard, &self.limits, task, subscriber, None)
     }
 
@@ -363,13 +454,8 @@ fn submit_in(
         entry.depth = depth;
     }
     if let Some((sub, client_ref)) = subscriber {
-        let accepted = match client_ref {
-            Some(client_ref) => sub.deliver(Delivery::Accepted { client_ref, task_id: id.clone() }),
-            None => true,
-        };
-        if accepted {
-            entry.subscribers.push(sub);
-        }
+        // `Accepted` goes with the first event, once the task is stored.
+        entry.follow_submitted(sub, client_ref);
     }
     entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
     debug!(task_id = %id, agent = %entry.agent, "task submitted");
@@ -443,19 +529,27 @@ impl Cluster {
         true
     }
 
-    /// Follows a task from `from_seq`: the events logged so far, then live ones.
+    /// Waits until a task's submission is stored (at once without a store): a caller that
+    /// answers with the task id promises it survives a restart.
+    pub async fn stored(&self, task_id: &str) -> Result<()> {
+        let mut subscription = self.watch(task_id, 1)?;
+        let _ = subscription.rx.recv().await;
+        Ok(())
+    }
+
+    /// Follows a task from `from_seq`: the events stored so far, then the others as they
+    /// are stored.
     pub fn watch(&self, task_id: &str, from_seq: u64) -> Result<Subscription> {
         let mut state = self.state.lock();
         let task =
             state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
-        let backlog = task.events_from(from_seq);
+        let backlog = task.stored_events_from(from_seq);
         let (sub, subscription) = subscriber(backlog.len() + self.limits.subscriber_buffer);
         for event in backlog {
             sub.deliver(Delivery::Event(event.clone()));
         }
-        if !task.state.is_terminal() {
-            task.subscribers.push(sub);
-        }
+        let next = from_seq.max(task.durable + 1);
+        task.follow(sub, next);
         Ok(subscription)
     }
 
@@ -466,9 +560,9 @@ impl Cluster {
         let task =
             state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
         let (sub, subscription) = subscriber(self.limits.subscriber_buffer);
-        if !task.state.is_terminal() {
-            task.subscribers.push(sub);
-        }
+        // The snapshot shows every event so far: the stream goes on after them.
+        let next = task.events.len() as u64 + 1;
+        task.follow(sub, next);
         Ok((TaskInfo::from(&*task), subscription))
     }
 
@@ -983,47 +1077,54 @@ fn call_agent(
 fn fail_over(state: &mut State, worker: WorkerEntry, reason: &str) {
     let mut retry = Vec::new();
     for id in worker.running {
-        let Some(task) = state.tasks.get_mut(id.as_str()) else { continue };
-        if let Ok(agent) = state.agents.get_mut(&task.agent) {
+        if let Some(task) = state.tasks.get(id.as_str())
+            && let Ok(agent) = state.agents.get_mut(&task.agent)
+        {
             agent.running = agent.running.saturating_sub(1);
         }
-        let max_retries = state.agents.get(&task.agent).map(|a| a.spec.max_retries).unwrap_or(0);
-        let failed_attempt = task.attempt;
-        if task.cancel_requested {
-            task.push(
-                EventKind::Canceled {
-                    reason: format!("canceled; worker {} lost: {reason}", worker.id),
-                },
-                now_us(),
-            );
-        } else if failed_attempt <= max_retries {
-            task.push(
-                EventKind::Retrying {
-                    reason: format!("worker {} lost: {reason}", worker.id),
-                    failed_attempt,
-                },
-                now_us(),
-            );
-            task.attempt += 1;
-            task.worker = None;
+        if lost_attempt(state, &id, &worker.id, reason) {
             retry.push(id);
-            continue;
-        } else {
-            let error = format!(
-                "worker {} lost while running the task ({reason}); attempt {failed_attempt} of {}",
-                worker.id,
-                max_retries + 1
-            );
-            task.push(EventKind::Failed { error, worker_id: worker.id.clone() }, now_us());
         }
-        let final_state = task.state;
-        ended(state, &id, final_state);
     }
     // Retries go first: they were accepted before anything still queued.
     for id in retry.into_iter().rev() {
         state.queue.push_front(id);
     }
     state.context_workers.retain(|_, w| *w != worker.id);
+}
+
+/// A task's attempt on `worker` is lost: it is retried (true: the caller queues it) while
+/// its agent allows, canceled if that was asked, failed otherwise.
+fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason: &str) -> bool {
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return false };
+    let max_retries = state.agents.get(&task.agent).map(|a| a.spec.max_retries).unwrap_or(0);
+    let failed_attempt = task.attempt;
+    if task.cancel_requested {
+        task.push(
+            EventKind::Canceled { reason: format!("canceled; worker {worker} lost: {reason}") },
+            now_us(),
+        );
+    } else if failed_attempt <= max_retries {
+        task.push(
+            EventKind::Retrying {
+                reason: format!("worker {worker} lost: {reason}"),
+                failed_attempt,
+            },
+            now_us(),
+        );
+        task.attempt += 1;
+        task.worker = None;
+        return true;
+    } else {
+        let error = format!(
+            "worker {worker} lost while running the task ({reason}); attempt {failed_attempt} of {}",
+            max_retries + 1
+        );
+        task.push(EventKind::Failed { error, worker_id: worker.to_owned() }, now_us());
+    }
+    let final_state = task.state;
+    ended(state, id, final_state);
+    false
 }
 
 /// Places queued tasks on free capacity, oldest first.

@@ -52,6 +52,8 @@ pub struct HeadConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// Where tasks, their events and registered agents are kept across restarts.
+    pub store: crate::store::StoreConfig,
     /// Agents declared in the config file.
     pub agents: Vec<AgentSpec>,
 }
@@ -77,6 +79,7 @@ impl Default for HeadConfig {
             webhook_ca: None,
             tls_cert: None,
             tls_key: None,
+            store: crate::store::StoreConfig::Memory,
             agents: Vec::new(),
         }
     }
@@ -102,8 +105,40 @@ pub struct ConfigFile {
     pub webhook_ca: Option<std::path::PathBuf>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// `file` (the default: `head.redb` under `data_dir`) or `memory` (keep nothing).
+    pub store: Option<StoreKind>,
+    pub data_dir: Option<std::path::PathBuf>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
+}
+
+/// What kind of store a head keeps its state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A file under the data directory: tasks and agents survive restarts.
+    File,
+    /// Nothing kept: a restarted head starts empty.
+    Memory,
+}
+
+/// The store `kind` and `dir` name; a file store needs a directory (given or the user's
+/// data folder).
+pub fn store_config(
+    kind: Option<StoreKind>,
+    dir: Option<std::path::PathBuf>,
+) -> Result<crate::store::StoreConfig> {
+    use crate::store::StoreConfig;
+    match kind.unwrap_or(StoreKind::File) {
+        StoreKind::Memory => Ok(StoreConfig::Memory),
+        StoreKind::File => {
+            dir.or_else(StoreConfig::default_dir).map(StoreConfig::Dir).ok_or_else(|| {
+                Error::InvalidConfig(
+                    "no data directory: HOME is not set; give --data-dir or --store memory".into(),
+                )
+            })
+        }
+    }
 }
 
 /// One `[[agent]]` table.

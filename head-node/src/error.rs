@@ -32,6 +32,13 @@ pub enum Error {
     Mesh(String),
     #[error("TLS: {}: {message}", path.display())]
     Tls { path: PathBuf, message: String },
+    #[error("store {0}")]
+    Store(crate::store::StoreError),
+    #[error(
+        "the head cannot store new work ({0}); it accepts none until its store is writable \
+         again"
+    )]
+    StoreUnavailable(String),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,7 +65,8 @@ impl Error {
             Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
             Self::QueueFull { .. } | Self::TooManyAgents { .. } => Code::ResourceExhausted,
             Self::Unschedulable { .. } => Code::FailedPrecondition,
-            Self::Mesh(_) => Code::Unavailable,
+            Self::Mesh(_) | Self::StoreUnavailable(_) => Code::Unavailable,
+            Self::Store(_) => Code::Internal,
             Self::Io(_) => Code::Internal,
         }
     }

@@ -9,7 +9,8 @@
 //! - [`cluster`] is the state machine behind one lock: it owns the [`agents`] registry, the
 //!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
 //!   and asks the [`scheduler`] where each task goes (and, for workers on the mesh, where
-//!   an agent to call runs); [`topics`] relays the mesh's topics to clients;
+//!   an agent to call runs); [`topics`] relays the mesh's topics to clients; [`store`]
+//!   keeps tasks, their event logs and registered agents across restarts;
 //! - [`http`] serves `/healthz` and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
 //!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`);
@@ -30,6 +31,7 @@ pub mod http;
 pub mod openai;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 pub mod tasks;
 mod tls;
 pub mod topics;

@@ -50,7 +50,7 @@ pub fn spawn(
         Some((cert, key)) => Some(crate::tls::acceptor(&cert, &key)?),
         None => None,
     };
-    let cluster = Arc::new(Cluster::new(&config)?);
+    let cluster = Cluster::start(&config)?;
     let (local, incoming) = local_pair();
     let task =
         tokio::spawn(serve(config, cluster.clone(), listener, tls, Some(incoming), shutdown));

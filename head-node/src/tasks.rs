@@ -1,5 +1,7 @@
 //! The task table: every task's state and its ordered event log, the subscribers following
-//! it, and the bounded retention of finished tasks.
+//! it, and the bounded retention of finished tasks. With a store, each new task and event
+//! goes to the [`Journal`], and events reach subscribers once stored
+//! ([`TaskEntry::stored_up_to`]); without one, at once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -7,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fleet_proto::{EventKind, Resources, TaskEvent, TaskId, TaskState, Usage};
 use tokio::sync::mpsc;
+
+use crate::store::{Journal, RestoredTask, TaskRecord};
 
 /// What a subscriber stream receives.
 #[derive(Debug, Clone)]
@@ -105,7 +109,11 @@ pub struct TaskEntry {
     pub submitted_at_us: u64,
     pub finished_at_us: u64,
     pub cancel_requested: bool,
-    pub subscribers: Vec<Subscriber>,
+    /// Events up to this seq are stored and have gone to the subscribers.
+    pub durable: u64,
+    subscribers: Vec<Follower>,
+    /// Where the task's events are stored (none: they are not).
+    journal: Option<Journal>,
     /// Per-task settings (OpenAI requests), handed to the worker with the task.
     pub options: Option<Arc<fleet_proto::TaskOptions>>,
     /// The task that called this one as a tool, and the call's id.
@@ -116,6 +124,32 @@ pub struct TaskEntry {
     pub depth: u32,
     /// About how much memory the task holds (input, output, events), for retention.
     pub bytes: usize,
+}
+
+/// A subscriber following one task from an event on.
+#[derive(Debug)]
+struct Follower {
+    sub: Subscriber,
+    /// The first seq it wants.
+    from: u64,
+    /// Told `Accepted { client_ref }` before the first event it gets (a multiplexed
+    /// submitter: the task is accepted once it is stored).
+    accepted: Option<u64>,
+}
+
+impl Follower {
+    fn deliver(&mut self, event: &Arc<TaskEvent>) -> bool {
+        if event.seq < self.from {
+            return true;
+        }
+        if let Some(client_ref) = self.accepted.take() {
+            let task_id = event.task_id.clone();
+            if !self.sub.deliver(Delivery::Accepted { client_ref, task_id }) {
+                return false;
+            }
+        }
+        self.sub.deliver(Delivery::Event(event.clone()))
+    }
 }
 
 /// About how much memory an event holds: its fixed part plus its text or vectors.
@@ -141,25 +175,9 @@ fn event_bytes(kind: &EventKind) -> usize {
 }
 
 impl TaskEntry {
-    /// Appends an event: assigns its seq, updates the state, tells the subscribers.
+    /// Appends an event: assigns its seq, updates the state, and tells the subscribers
+    /// (once it is stored, when there is a store).
     pub fn push(&mut self, kind: EventKind, timestamp_us: u64) -> Arc<TaskEvent> {
-        if let Some(state) = kind.state_after() {
-            self.state = state;
-        }
-        self.bytes += event_bytes(&kind);
-        match &kind {
-            EventKind::TextDelta { text } => {
-                self.output.push_str(text);
-                self.bytes += text.len();
-            }
-            EventKind::Completed { usage } => self.usage = *usage,
-            EventKind::Failed { error, .. } => self.error.clone_from(error),
-            EventKind::Retrying { .. } => self.output.clear(),
-            _ => {}
-        }
-        if kind.is_terminal() {
-            self.finished_at_us = timestamp_us;
-        }
         let event = Arc::new(TaskEvent {
             task_id: self.id.clone(),
             seq: self.events.len() as u64 + 1,
@@ -167,18 +185,92 @@ impl TaskEntry {
             timestamp_us,
             kind,
         });
-        self.events.push(event.clone());
-        self.subscribers.retain(|s| s.deliver(Delivery::Event(event.clone())));
-        if self.state.is_terminal() {
-            self.subscribers.clear();
+        self.apply(event.clone());
+        match &self.journal {
+            Some(journal) => {
+                if event.seq == 1 {
+                    // The submission record goes before the first event.
+                    journal.task(self.record());
+                }
+                journal.event(self.number, event.clone());
+            }
+            None => self.stored_up_to(event.seq),
         }
         event
     }
 
-    /// Events from `from_seq` on (seq starts at 1).
-    pub fn events_from(&self, from_seq: u64) -> &[Arc<TaskEvent>] {
+    /// Takes an event into the log and the task's state (new or replayed from the store).
+    fn apply(&mut self, event: Arc<TaskEvent>) {
+        let kind = &event.kind;
+        if let Some(state) = kind.state_after() {
+            self.state = state;
+        }
+        self.bytes += event_bytes(kind);
+        match kind {
+            EventKind::TextDelta { text } => {
+                self.output.push_str(text);
+                self.bytes += text.len();
+            }
+            EventKind::Completed { usage } => self.usage = *usage,
+            EventKind::Failed { error, .. } => self.error.clone_from(error),
+            EventKind::Retrying { .. } => self.output.clear(),
+            EventKind::Scheduled { worker_id } => self.worker = Some(worker_id.clone()),
+            _ => {}
+        }
+        if kind.is_terminal() {
+            self.finished_at_us = event.timestamp_us;
+        }
+        self.attempt = event.attempt;
+        self.events.push(event);
+    }
+
+    /// The events up to `seq` are stored: they go to the subscribers.
+    pub fn stored_up_to(&mut self, seq: u64) {
+        let seq = seq.min(self.events.len() as u64);
+        while self.durable < seq {
+            let event = &self.events[self.durable as usize];
+            self.durable += 1;
+            self.subscribers.retain_mut(|f| f.deliver(event));
+        }
+        if self.state.is_terminal() && self.durable == self.events.len() as u64 {
+            self.subscribers.clear();
+        }
+    }
+
+    /// Adds a subscriber for the events from `from` on that are not stored yet (the
+    /// stored ones are the caller's to send); none when the task has ended and all its
+    /// events are stored.
+    pub fn follow(&mut self, sub: Subscriber, from: u64) {
+        if !(self.state.is_terminal() && self.durable == self.events.len() as u64) {
+            self.subscribers.push(Follower { sub, from, accepted: None });
+        }
+    }
+
+    /// Adds the subscriber of the client submitting this task, before its first event;
+    /// told `Accepted { client_ref }` first when a ref is given.
+    pub fn follow_submitted(&mut self, sub: Subscriber, client_ref: Option<u64>) {
+        self.subscribers.push(Follower { sub, from: 1, accepted: client_ref });
+    }
+
+    /// What the task was submitted with, for the store.
+    fn record(&self) -> TaskRecord {
+        TaskRecord {
+            number: self.number,
+            id: self.id.clone(),
+            agent: self.agent.clone(),
+            input: self.input.clone(),
+            context_id: self.context_id.clone(),
+            options: self.options.clone(),
+            parent: self.parent.clone(),
+            depth: self.depth,
+            submitted_at_us: self.submitted_at_us,
+        }
+    }
+
+    /// The stored events from `from_seq` on (seq starts at 1).
+    pub fn stored_events_from(&self, from_seq: u64) -> &[Arc<TaskEvent>] {
         let start = (from_seq.max(1) - 1) as usize;
-        self.events.get(start..).unwrap_or(&[])
+        self.events.get(start..self.durable as usize).unwrap_or(&[])
     }
 }
 
@@ -207,6 +299,7 @@ pub struct TaskTable {
     max_retained_bytes: usize,
     on_evicted: Vec<EvictionHook>,
     pub counters: TaskCounters,
+    journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for TaskTable {
@@ -235,6 +328,42 @@ impl TaskTable {
             max_retained_bytes,
             on_evicted: Vec::new(),
             counters: TaskCounters::default(),
+            journal: None,
+        }
+    }
+
+    /// Stores new tasks and their events through `journal` from now on.
+    pub fn store_in(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// The journal new work is stored through, if any.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Takes back a task from the store with its events (all of them stored). A finished
+    /// one joins the retained tasks (not the counters: they count since the head started).
+    pub fn restore(&mut self, restored: RestoredTask) {
+        let RestoredTask { record, events } = restored;
+        self.next_number = self.next_number.max(record.number);
+        let id = record.id.clone();
+        let entry = self.new_entry(record);
+        for event in events {
+            entry.apply(Arc::new(event));
+        }
+        entry.durable = entry.events.len() as u64;
+        if let Some(EventKind::Retrying { failed_attempt, .. }) =
+            entry.events.last().map(|e| &e.kind)
+        {
+            // Retried and not placed again yet.
+            entry.attempt = failed_attempt + 1;
+            entry.worker = None;
+        }
+        if entry.state.is_terminal() {
+            let bytes = entry.bytes;
+            self.finished.push_back(id);
+            self.retained_bytes += bytes;
         }
     }
 
@@ -253,7 +382,32 @@ impl TaskTable {
         context_id: String,
     ) -> &mut TaskEntry {
         self.next_number += 1;
-        let number = self.next_number;
+        let record = TaskRecord {
+            number: self.next_number,
+            id,
+            agent,
+            input,
+            context_id,
+            options: None,
+            parent: None,
+            depth: 0,
+            submitted_at_us: fleet_proto::now_us(),
+        };
+        self.new_entry(record)
+    }
+
+    fn new_entry(&mut self, record: TaskRecord) -> &mut TaskEntry {
+        let TaskRecord {
+            number,
+            id,
+            agent,
+            input,
+            context_id,
+            options,
+            parent,
+            depth,
+            submitted_at_us,
+        } = record;
         self.by_number.insert(number, id.clone());
         if !context_id.is_empty() {
             self.by_context.entry(context_id.clone()).or_default().push(number);
@@ -274,14 +428,16 @@ impl TaskTable {
             output: String::new(),
             error: String::new(),
             usage: Usage::default(),
-            submitted_at_us: fleet_proto::now_us(),
+            submitted_at_us,
             finished_at_us: 0,
             cancel_requested: false,
+            durable: 0,
             subscribers: Vec::new(),
-            options: None,
-            parent: None,
+            journal: self.journal.clone(),
+            options,
+            parent,
             children: Vec::new(),
-            depth: 0,
+            depth,
         };
         self.tasks.entry(id).insert_entry(entry).into_mut()
     }
@@ -309,8 +465,13 @@ impl TaskTable {
             || (self.retained_bytes > self.max_retained_bytes && self.finished.len() > 1)
         {
             if let Some(old) = self.finished.pop_front()
-                && let Some(entry) = self.tasks.remove(&old)
+                && let Some(mut entry) = self.tasks.remove(&old)
             {
+                // Its subscribers get the rest now: the task is going.
+                entry.stored_up_to(u64::MAX);
+                if let Some(journal) = &self.journal {
+                    journal.removed(entry.number);
+                }
                 self.retained_bytes = self.retained_bytes.saturating_sub(entry.bytes);
                 self.by_number.remove(&entry.number);
                 for hook in &self.on_evicted {
@@ -371,8 +532,8 @@ mod tests {
         assert_eq!(last.seq, 4);
         assert_eq!(task.state, TaskState::Completed);
         assert_eq!(task.output, "hi");
-        assert_eq!(task.events_from(3).len(), 2);
-        assert!(task.events_from(9).is_empty());
+        assert_eq!(task.stored_events_from(3).len(), 2);
+        assert!(task.stored_events_from(9).is_empty());
         assert_eq!(id.as_str(), "t1");
     }
 
@@ -381,7 +542,7 @@ mod tests {
         let (mut table, _) = table_with_task(10);
         let (sub, mut subscription) = subscriber(2);
         let task = table.get_mut("t1").expect("task");
-        task.subscribers.push(sub);
+        task.follow(sub, 1);
         for _ in 0..4 {
             task.push(EventKind::TextDelta { text: "x".into() }, 0);
         }

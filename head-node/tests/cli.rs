@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn head() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fleet-head"))
+    let mut head = Command::new(env!("CARGO_BIN_EXE_fleet-head"));
+    // These tests are about the command line: keep nothing between them.
+    head.env("FLEET_STORE", "memory");
+    head
 }
 
 #[test]

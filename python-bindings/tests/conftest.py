@@ -35,6 +35,7 @@ class Node:
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_JOIN_TOKEN", None)
+        env["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-head-")  # one store per head
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentfleet", *args],
             stdout=subprocess.PIPE,

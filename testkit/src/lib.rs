@@ -136,6 +136,11 @@ impl SandboxBuilder {
         } else {
             None
         };
+        // Each sandbox's head keeps its state in the sandbox (a restarted head finds it).
+        if !head_args.iter().any(|a| a == "--store" || a == "--data-dir") {
+            head_args
+                .extend(["--data-dir".to_owned(), dir.join("head-data").display().to_string()]);
+        }
         let scheme = if self.tls { "https" } else { "http" };
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
@@ -174,6 +179,8 @@ async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<
         .env_remove("FLEET_API_KEY")
         .env_remove("FLEET_TLS_CERT")
         .env_remove("FLEET_TLS_KEY")
+        .env_remove("FLEET_STORE")
+        .env_remove("FLEET_DATA_DIR")
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     let mut head = head.spawn().context("cannot start fleet-head")?;

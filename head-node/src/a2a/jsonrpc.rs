@@ -141,7 +141,7 @@ pub async fn handle(
     }
     match op {
         Op::Send => reply(&id, ops::send(&a2a, &agent, &params, v).await),
-        Op::Stream => match ops::stream(&a2a, &agent, &params, v) {
+        Op::Stream => match ops::stream(&a2a, &agent, &params, v).await {
             Ok(items) => sse(id, items),
             Err(e) => reply(&id, Err(e)),
         },

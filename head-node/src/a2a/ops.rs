@@ -132,6 +132,8 @@ pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<
         }
     };
     let id = submit(a2a, agent, params)?;
+    // The answer promises the task exists: not before it is stored.
+    a2a.cluster.stored(&id).await?;
     if !return_immediately {
         let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
         if !render::ends_stream(info.state) {
@@ -147,13 +149,15 @@ pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<
 }
 
 /// SendStreamingMessage / message/stream: the task, then its updates until it ends.
-pub fn stream(
+pub async fn stream(
     a2a: &A2a,
     agent: &str,
     params: &Value,
     v: Version,
 ) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
     let id = submit(a2a, agent, params)?;
+    // The answer promises the task exists: not before it is stored.
+    a2a.cluster.stored(&id).await?;
     let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
     Ok(updates(a2a, info, sub, v))
 }

@@ -68,7 +68,7 @@ pub async fn stream(State(a2a): State<A2a>, Path(agent): Path<String>, body: Bod
         Ok(p) => p,
         Err(e) => return error(e),
     };
-    match ops::stream(&a2a, &agent, &params, Version::V1) {
+    match ops::stream(&a2a, &agent, &params, Version::V1).await {
         Ok(items) => sse(items),
         Err(e) => error(e),
     }

@@ -54,6 +54,7 @@ class Cluster:
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_API_KEY", None)
+        env["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-head-")  # one store per head
         # Workers join with their own token, as in a real deployment (both read the variable).
         env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
         self.head = subprocess.Popen(

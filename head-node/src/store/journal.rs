@@ -1,0 +1,170 @@
+//! Group commit: records are appended without waiting (under the cluster's lock) and a
+//! writer thread stores what has gathered in one transaction, then reports what became
+//! durable so that the events can go to their subscribers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fleet_proto::{AgentSpec, TaskEvent, TaskId};
+use parking_lot::Mutex;
+use tracing::{error, info};
+
+use super::{Batch, Store, TaskRecord, encode_agent, encode_events};
+
+/// Records one transaction takes at most (more wait for the next).
+const MAX_BATCH: usize = 65_536;
+/// Records waiting beyond which new work is refused: the store is not keeping up.
+const MAX_BACKLOG: usize = 1 << 20;
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// What a commit made durable: each task it touched and its last stored event.
+pub type Commit = Vec<(TaskId, u64)>;
+
+enum Record {
+    Task(Box<TaskRecord>),
+    Event(u64, Arc<TaskEvent>),
+    Removed(u64),
+    Agent(Arc<AgentSpec>),
+}
+
+struct Shared {
+    backlog: AtomicUsize,
+    /// Why the last write failed, until one succeeds.
+    failure: Mutex<Option<String>>,
+}
+
+/// The sending side of the journal; cheap to clone (one per task).
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Record>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("backlog", &self.shared.backlog.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Starts the writer thread on `store`; `on_commit` is called (on that thread) after
+    /// each commit. The thread ends once every `Journal` is dropped and all is written.
+    pub fn start(
+        mut store: Box<dyn Store>,
+        on_commit: Box<dyn Fn(Commit) + Send>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared { backlog: AtomicUsize::new(0), failure: Mutex::new(None) });
+        let writer = shared.clone();
+        std::thread::Builder::new().name("fleet-store".into()).spawn(move || {
+            let mut records = Vec::new();
+            while let Ok(first) = rx.recv() {
+                records.push(first);
+                while records.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(record) => records.push(record),
+                        Err(_) => break,
+                    }
+                }
+                let (batch, commit) = build(&records);
+                while let Err(e) = store.write(&batch) {
+                    let mut failure = writer.failure.lock();
+                    if failure.is_none() {
+                        error!(error = %e, "the store failed; new work is refused until it recovers");
+                    }
+                    *failure = Some(e.to_string());
+                    drop(failure);
+                    std::thread::sleep(RETRY);
+                }
+                if writer.failure.lock().take().is_some() {
+                    info!(store = store.describe(), "the store recovered");
+                }
+                writer.backlog.fetch_sub(records.len(), Ordering::Relaxed);
+                records.clear();
+                if !commit.is_empty() {
+                    on_commit(commit);
+                }
+            }
+        })?;
+        Ok(Self { tx, shared })
+    }
+
+    fn append(&self, record: Record) {
+        self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+        // The writer ends only when every sender is gone: this one is not.
+        let _ = self.tx.send(record);
+    }
+
+    /// A new task's submission record (before its first event).
+    pub fn task(&self, record: TaskRecord) {
+        self.append(Record::Task(Box::new(record)));
+    }
+
+    /// An event of the task numbered `number`.
+    pub fn event(&self, number: u64, event: Arc<TaskEvent>) {
+        self.append(Record::Event(number, event));
+    }
+
+    /// A task retention let go.
+    pub fn removed(&self, number: u64) {
+        self.append(Record::Removed(number));
+    }
+
+    /// An agent registered or changed.
+    pub fn agent(&self, spec: Arc<AgentSpec>) {
+        self.append(Record::Agent(spec));
+    }
+
+    /// Whether new work may be accepted: not while writes fail or the writer is far behind.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(failure) = self.shared.failure.lock().clone() {
+            return Err(failure);
+        }
+        let backlog = self.shared.backlog.load(Ordering::Relaxed);
+        if backlog > MAX_BACKLOG {
+            return Err(format!("the store is {backlog} records behind"));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes records into one batch (a task's consecutive events into one value) and notes
+/// the last event of each task it stores.
+fn build(records: &[Record]) -> (Batch, Commit) {
+    let mut batch = Batch::default();
+    // Task number -> its events in this batch, in the order tasks first appear.
+    let mut runs: HashMap<u64, Vec<Arc<TaskEvent>>> = HashMap::new();
+    let mut order = Vec::new();
+    for record in records {
+        match record {
+            Record::Task(task) => batch.tasks.push((task.number, task.encode())),
+            Record::Event(number, event) => {
+                let run = runs.entry(*number).or_default();
+                if run.is_empty() {
+                    order.push(*number);
+                }
+                run.push(event.clone());
+            }
+            Record::Removed(number) => {
+                batch.tasks.retain(|(n, _)| n != number);
+                runs.remove(number);
+                batch.removed.push(*number);
+            }
+            Record::Agent(spec) => batch.agents.push((spec.name.clone(), encode_agent(spec))),
+        }
+    }
+    let mut commit = Vec::with_capacity(order.len());
+    for number in order {
+        let Some(run) = runs.remove(&number) else { continue };
+        let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
+        batch.events.push(((number, first.seq), encode_events(&run)));
+        commit.push((last.task_id.clone(), last.seq));
+    }
+    (batch, commit)
+}

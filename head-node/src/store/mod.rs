@@ -1,0 +1,240 @@
+//! The head's durable state: what it must not lose when it stops or crashes.
+//!
+//! Tasks (what each was submitted with) and their event logs, and the agents clients
+//! registered, go through the [`Journal`]: records are appended under the cluster's lock
+//! without waiting, and a writer thread stores them in batches (group commit: one
+//! transaction and one `fsync` for everything that arrived during the last one). A task's
+//! state, attempt, worker, output and the queue are not stored: they follow from its event
+//! log, which is replayed on start ([`Restored`]).
+//!
+//! Events reach subscribers only once stored, so a client never sees an event a restarted
+//! head does not have: a stream resumed by sequence number continues without gap or repeat.
+//!
+//! Backends implement [`Store`] on encoded records; [`redb`] keeps them in one file under
+//! the data directory, [`Memory`] keeps nothing (a head that forgets on restart, for tests
+//! and benchmarks that measure the in-memory path).
+
+mod journal;
+mod redb;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fleet_proto::{AgentSpec, TaskEvent, TaskId, TaskOptions, pb};
+use prost::Message;
+
+pub use journal::{Commit, Journal};
+
+/// Where the head keeps its state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Nothing is kept: a restarted head starts empty.
+    #[default]
+    Memory,
+    /// A redb file, `head.redb`, in this directory (created if missing).
+    Dir(PathBuf),
+}
+
+impl StoreConfig {
+    /// The store's file name inside a data directory.
+    pub const FILE: &'static str = "head.redb";
+
+    /// The default data directory of `fleet-head`: `$XDG_DATA_HOME/agentfleet` or
+    /// `~/.local/share/agentfleet`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share"))
+        })?;
+        Some(base.join("agentfleet"))
+    }
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct StoreError {
+    /// The file or server concerned.
+    pub what: String,
+    pub message: String,
+}
+
+/// A batch of encoded records, written in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Task number -> `StoredTask`.
+    pub tasks: Vec<(u64, Vec<u8>)>,
+    /// (task number, first seq) -> `StoredEvents`.
+    pub events: Vec<((u64, u64), Vec<u8>)>,
+    /// Tasks retention let go, with all their events.
+    pub removed: Vec<u64>,
+    /// Agent name -> `AgentSpec`.
+    pub agents: Vec<(String, Vec<u8>)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+            && self.events.is_empty()
+            && self.removed.is_empty()
+            && self.agents.is_empty()
+    }
+}
+
+/// Everything a store holds, encoded, in key order.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub tasks: Vec<(u64, Vec<u8>)>,
+    pub events: Vec<((u64, u64), Vec<u8>)>,
+    pub agents: Vec<Vec<u8>>,
+}
+
+/// A place to keep records. Implementations store bytes; the encoding is the journal's.
+pub trait Store: Send + 'static {
+    /// What is stored, to rebuild the head on start.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Writes `batch` atomically and durably (it survives a crash once this returns).
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    /// The file or server, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Opens the store `config` names; an error names the file and what is wrong with it.
+pub fn open(config: &StoreConfig) -> Result<Option<Box<dyn Store>>, StoreError> {
+    match config {
+        StoreConfig::Memory => Ok(None),
+        StoreConfig::Dir(dir) => Ok(Some(Box::new(redb::RedbStore::open(dir)?))),
+    }
+}
+
+/// What a task was submitted with (its state is its event log).
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub number: u64,
+    pub id: TaskId,
+    pub agent: String,
+    pub input: Arc<str>,
+    pub context_id: String,
+    pub options: Option<Arc<TaskOptions>>,
+    /// The task that called this one as a tool, and the call's id.
+    pub parent: Option<(TaskId, String)>,
+    pub depth: u32,
+    pub submitted_at_us: u64,
+}
+
+impl TaskRecord {
+    fn encode(&self) -> Vec<u8> {
+        let (parent_task, parent_call) = self
+            .parent
+            .as_ref()
+            .map(|(t, c)| (t.as_str().to_owned(), c.clone()))
+            .unwrap_or_default();
+        pb::StoredTask {
+            task_id: self.id.as_str().to_owned(),
+            agent: self.agent.clone(),
+            input: self.input.to_string(),
+            context_id: self.context_id.clone(),
+            options: self.options.as_deref().map(pb::TaskOptions::from),
+            parent_task,
+            parent_call,
+            depth: self.depth,
+            submitted_at_us: self.submitted_at_us,
+        }
+        .encode_to_vec()
+    }
+}
+
+/// A task as stored: its record and its events so far.
+#[derive(Debug)]
+pub struct RestoredTask {
+    pub record: TaskRecord,
+    pub events: Vec<TaskEvent>,
+}
+
+/// The decoded content of a store.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub agents: Vec<AgentSpec>,
+    /// In submission order.
+    pub tasks: Vec<RestoredTask>,
+}
+
+impl Restored {
+    /// Decodes a snapshot; a record that does not decode is an error naming it (a store
+    /// written by something else, or damaged).
+    pub fn decode(snapshot: Snapshot, what: &str) -> Result<Self, StoreError> {
+        let corrupt = |record: String, e: &dyn std::fmt::Display| StoreError {
+            what: what.to_owned(),
+            message: format!("{record} does not decode ({e}): the store is damaged"),
+        };
+        let mut agents = Vec::with_capacity(snapshot.agents.len());
+        for bytes in snapshot.agents {
+            let spec = pb::AgentSpec::decode(bytes.as_slice())
+                .map_err(|e| corrupt("an agent".into(), &e))?;
+            agents.push(AgentSpec::from(spec));
+        }
+        let mut tasks = Vec::with_capacity(snapshot.tasks.len());
+        for (number, bytes) in snapshot.tasks {
+            let t = pb::StoredTask::decode(bytes.as_slice())
+                .map_err(|e| corrupt(format!("task {number}"), &e))?;
+            let parent =
+                (!t.parent_task.is_empty()).then(|| (TaskId::new(t.parent_task), t.parent_call));
+            let record = TaskRecord {
+                number,
+                id: TaskId::new(t.task_id),
+                agent: t.agent,
+                input: t.input.into(),
+                context_id: t.context_id,
+                options: t.options.map(|o| Arc::new(TaskOptions::from(o))),
+                parent,
+                depth: t.depth,
+                submitted_at_us: t.submitted_at_us,
+            };
+            tasks.push(RestoredTask { record, events: Vec::new() });
+        }
+        // Both are in task-number order: walk them together.
+        let mut index = 0;
+        for ((number, first_seq), bytes) in snapshot.events {
+            while index < tasks.len() && tasks[index].record.number < number {
+                index += 1;
+            }
+            let Some(task) = tasks.get_mut(index).filter(|t| t.record.number == number) else {
+                continue; // The events of a task whose record was let go.
+            };
+            let stored = pb::StoredEvents::decode(bytes.as_slice())
+                .map_err(|e| corrupt(format!("events {first_seq}.. of task {number}"), &e))?;
+            for mut event in stored.events {
+                event.task_id = task.record.id.as_str().to_owned();
+                let event = TaskEvent::try_from(event)
+                    .map_err(|e| corrupt(format!("an event of task {number}"), &e))?;
+                if event.seq != task.events.len() as u64 + 1 {
+                    return Err(corrupt(
+                        format!("task {number}"),
+                        &format!("event {} follows event {}", event.seq, task.events.len()),
+                    ));
+                }
+                task.events.push(event);
+            }
+        }
+        Ok(Self { agents, tasks })
+    }
+}
+
+/// Encodes consecutive events of one task.
+fn encode_events(events: &[Arc<TaskEvent>]) -> Vec<u8> {
+    let events = events
+        .iter()
+        .map(|e| {
+            let mut event = pb::TaskEvent::from(&**e);
+            event.task_id.clear();
+            event
+        })
+        .collect();
+    pb::StoredEvents { events }.encode_to_vec()
+}
+
+fn encode_agent(spec: &AgentSpec) -> Vec<u8> {
+    pb::AgentSpec::from(spec).encode_to_vec()
+}

@@ -1,0 +1,136 @@
+//! The embedded store: one redb file, `head.redb`, in the data directory. No server to
+//! run; redb is pure Rust, crash-safe (copy-on-write pages, checksummed commits) and holds
+//! a lock on the file so that two heads cannot share it.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Batch, Snapshot, Store, StoreConfig, StoreError};
+
+const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The layout this head writes; a file with another refuses to load.
+const FORMAT: u64 = 1;
+
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens (or creates) `dir/head.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(StoreConfig::FILE);
+        let fail = |message: String| StoreError { what: path.display().to_string(), message };
+        std::fs::create_dir_all(dir).map_err(|e| StoreError {
+            what: dir.display().to_string(),
+            message: format!("cannot create the data directory: {e}"),
+        })?;
+        let db = Database::create(&path).map_err(|e| {
+            fail(match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "another head has this store open (one data directory per head)".into()
+                }
+                redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+                    format!("cannot open: {io}")
+                }
+                e => format!("not a readable store ({e}): move it away or give another --data-dir"),
+            })
+        })?;
+        let store = Self { db, path: path.clone() };
+        store.check_format().map_err(fail)?;
+        Ok(store)
+    }
+
+    /// Creates the tables in a new file; refuses a file of another layout.
+    fn check_format(&self) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            let format = meta.get("format").map_err(|e| e.to_string())?.map(|v| v.value());
+            match format {
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(format!(
+                        "store format {other}, this head reads format {FORMAT}: use the head \
+                         version that wrote it"
+                    ));
+                }
+                None => {
+                    meta.insert("format", FORMAT).map_err(|e| e.to_string())?;
+                }
+            }
+            txn.open_table(TASKS).map_err(|e| e.to_string())?;
+            txn.open_table(EVENTS).map_err(|e| e.to_string())?;
+            txn.open_table(AGENTS).map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| cannot_write(&e))
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> StoreError {
+        StoreError { what: self.path.display().to_string(), message: message.to_string() }
+    }
+}
+
+/// A failed commit, said so that the operator knows what to do.
+fn cannot_write(e: &dyn std::fmt::Display) -> String {
+    format!("cannot write ({e}): is the disk full or the directory read-only?")
+}
+
+impl Store for RedbStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let read = |e: &dyn std::fmt::Display| self.fail(format!("cannot read: {e}"));
+        let txn = self.db.begin_read().map_err(|e| read(&e))?;
+        let mut snapshot = Snapshot::default();
+        let tasks = txn.open_table(TASKS).map_err(|e| read(&e))?;
+        for row in tasks.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            snapshot.tasks.push((k.value(), v.value().to_vec()));
+        }
+        let events = txn.open_table(EVENTS).map_err(|e| read(&e))?;
+        for row in events.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            snapshot.events.push((k.value(), v.value().to_vec()));
+        }
+        let agents = txn.open_table(AGENTS).map_err(|e| read(&e))?;
+        for row in agents.iter().map_err(|e| read(&e))? {
+            let (_, v) = row.map_err(|e| read(&e))?;
+            snapshot.agents.push(v.value().to_vec());
+        }
+        Ok(snapshot)
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let fail = |e: &dyn std::fmt::Display| self.fail(cannot_write(e));
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        {
+            let mut tasks = txn.open_table(TASKS).map_err(|e| fail(&e))?;
+            for (number, bytes) in &batch.tasks {
+                tasks.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
+            }
+            let mut events = txn.open_table(EVENTS).map_err(|e| fail(&e))?;
+            for (key, bytes) in &batch.events {
+                events.insert(key, bytes.as_slice()).map_err(|e| fail(&e))?;
+            }
+            for &number in &batch.removed {
+                tasks.remove(number).map_err(|e| fail(&e))?;
+                events
+                    .retain_in((number, 0)..(number + 1, 0), |_, _| false)
+                    .map_err(|e| fail(&e))?;
+            }
+            let mut agents = txn.open_table(AGENTS).map_err(|e| fail(&e))?;
+            for (name, bytes) in &batch.agents {
+                agents.insert(name.as_str(), bytes.as_slice()).map_err(|e| fail(&e))?;
+            }
+        }
+        txn.commit().map_err(|e| fail(&e))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
