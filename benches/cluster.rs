@@ -2,7 +2,8 @@
 //! worker processes on 127.0.0.1. Prints medians over repeated runs as Markdown rows.
 //!
 //! `cargo build --release --bins && cargo bench -p fleet-benches --bench cluster`
-//! (`-- --quick` for fewer repeats; `-- --security` for what the client token and TLS cost).
+//! (`-- --quick` for fewer repeats; `-- --security` for what the client token and TLS cost;
+//! `-- --store` for what keeping the head's state on disk costs, and how fast it comes back).
 
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,78 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
     Ok(())
 }
 
+/// A head keeping its state in memory only or in its file store (the default).
+async fn stored_cluster(memory: bool) -> Result<(ClusterSandbox, Client)> {
+    let mut builder =
+        ClusterSandbox::builder().workers(2).head_arg("--max-queued-tasks").head_arg("1000000");
+    if memory {
+        builder = builder.head_arg("--store").head_arg("memory");
+    }
+    let cluster = builder.start().await?;
+    let client = cluster.client().await?;
+    client.register_agent(echo()).await?;
+    Ok((cluster, client))
+}
+
+/// What the file store costs beside memory only (turns, fresh processes each round), and how
+/// long a head holding 100,000 finished tasks takes from SIGKILL to answering again.
+async fn store_cost(repeats: usize, tasks: usize) -> Result<()> {
+    let (mut rates, mut p50s) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
+    for _ in 0..repeats {
+        for (i, memory) in [true, false].into_iter().enumerate() {
+            let (sandbox, client) = stored_cluster(memory).await?;
+            batch_throughput(&client, 5_000).await?; // warm-up
+            rates[i].push(batch_throughput(&client, tasks).await?);
+            round_trips(&client, 300).await?;
+            let times = round_trips(&client, 2_000).await?;
+            p50s[i].push(percentile(&times, 0.5).as_secs_f64() * 1e6);
+            sandbox.shutdown().await?;
+        }
+    }
+    let (memory_rate, memory_p50) = (median(rates[0].clone()), median(p50s[0].clone()));
+    for (i, name) in ["memory only (--store memory)", "file store (default)"].iter().enumerate() {
+        let (rate, p50) = (median(rates[i].clone()), median(p50s[i].clone()));
+        println!(
+            "| {name}: batch echo tasks/s | {rate:.0} ({:.2}×) | {:.0?} | ≥ 20,000/s |",
+            rate / memory_rate,
+            rates[i]
+        );
+        println!(
+            "| {name}: round trip p50 | {p50:.0} µs ({:+.0} µs) | {:.0?} | ≤ +100 µs |",
+            p50 - memory_p50,
+            p50s[i]
+        );
+    }
+
+    let (mut sandbox, client) = stored_cluster(false).await?;
+    for _ in 0..10 {
+        batch_throughput(&client, 10_000).await?;
+    }
+    let retained = client.status().await?.retained_tasks;
+    let mut recoveries = Vec::new();
+    for _ in 0..repeats {
+        let started = Instant::now();
+        sandbox.restart_head().await?;
+        loop {
+            ensure!(started.elapsed() < Duration::from_secs(60), "the head did not come back");
+            let answered = match sandbox.client().await {
+                Ok(client) => client.status().await.ok(),
+                Err(_) => None,
+            };
+            if answered.is_some_and(|s| s.retained_tasks == retained) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        recoveries.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "| head SIGKILLed with {retained} finished tasks stored: answering again, all of them loaded | {:.0} ms | {recoveries:.0?} | ≤ 2,000 ms |",
+        median(recoveries.clone())
+    );
+    sandbox.shutdown().await
+}
+
 async fn bench_main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let repeats = if quick { 3 } else { 5 };
@@ -190,6 +263,9 @@ async fn bench_main() -> Result<()> {
     println!("|---|---|---|---|");
     if std::env::args().any(|a| a == "--security") {
         return security_cost(repeats, if quick { 20_000 } else { 50_000 }).await;
+    }
+    if std::env::args().any(|a| a == "--store") {
+        return store_cost(repeats, if quick { 20_000 } else { 50_000 }).await;
     }
 
     // Ready time: processes started until both workers have joined.

@@ -15,8 +15,11 @@
 //!   many over one multiplexed stream ([`Client::submit_many`], [`Client::run_many`]),
 //!   watch, cancel, query tasks and the cluster status.
 //! - [`outcome`]: folding a task's events into its result.
+//! - [`resume`]: task streams and batches ride through a head restart or a broken
+//!   connection (reconnect with backoff, continue from the last event seen).
 
 pub mod outcome;
+pub mod resume;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -39,6 +42,7 @@ pub use fleet_proto::{
     TaskState, Turn, Usage,
 };
 pub use outcome::TaskOutcome;
+pub use resume::SubmitControl;
 pub use tonic::{Code, Status};
 
 /// Why a client call failed.
@@ -233,11 +237,12 @@ impl Client {
         Ok(self.api.clone().list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents)
     }
 
-    /// Submits one task; the stream yields its events and ends after the terminal one.
+    /// Submits one task; the stream yields its events and ends after the terminal one. A
+    /// broken connection after the first event is ridden through (see [`resume`]).
     pub async fn submit(&self, submission: Submission) -> Result<TaskStream> {
         let stream =
             self.api.clone().submit(pb::SubmitRequest::from(submission)).await?.into_inner();
-        Ok(event_stream(stream))
+        Ok(resume::follow(self.clone(), event_stream(stream), None, 1))
     }
 
     /// Submits one task and waits for its outcome.
@@ -245,8 +250,15 @@ impl Client {
         TaskOutcome::collect(self.submit(Submission::new(agent, input)).await?).await
     }
 
-    /// Follows a task's events from `from_seq` (1 = from the start).
+    /// Follows a task's events from `from_seq` (1 = from the start), through head restarts
+    /// and broken connections (see [`resume`]).
     pub async fn watch(&self, task_id: &str, from_seq: u64) -> Result<TaskStream> {
+        let first = self.watch_once(task_id, from_seq).await?;
+        Ok(resume::follow(self.clone(), first, Some(task_id.to_owned()), from_seq))
+    }
+
+    /// One `WatchTask` call: the stream ends with the connection.
+    pub(crate) async fn watch_once(&self, task_id: &str, from_seq: u64) -> Result<TaskStream> {
         let request = pb::WatchTaskRequest { task_id: task_id.to_owned(), from_seq };
         Ok(event_stream(self.api.clone().watch_task(request).await?.into_inner()))
     }
@@ -327,25 +339,23 @@ impl Client {
         Ok((ManySender { tx }, Box::pin(updates)))
     }
 
-    /// Runs one task per input on `agent` over one multiplexed stream and returns the
-    /// outcomes in input order. Rejected submissions come back as failed outcomes.
+    /// Submits every (client_ref, submission) and streams the updates of all, riding
+    /// through head restarts and broken connections: accepted tasks are followed from their
+    /// last events, unacknowledged ones submitted again (see [`resume`]).
+    pub fn submit_all(&self, items: Vec<(u64, Submission)>, control: SubmitControl) -> ManyUpdates {
+        resume::submit_all(self.clone(), items, control)
+    }
+
+    /// Runs one task per input on `agent` and returns the outcomes in input order, through
+    /// head restarts. Rejected submissions come back as failed outcomes.
     pub async fn run_many(&self, agent: &str, inputs: Vec<String>) -> Result<Vec<TaskOutcome>> {
-        let (sender, mut updates) = self.submit_many().await?;
         let total = inputs.len();
-        let agent = agent.to_owned();
-        let feeder = tokio::spawn(async move {
-            let mut items = inputs.into_iter().enumerate().peekable();
-            while items.peek().is_some() {
-                let chunk: Vec<_> = items
-                    .by_ref()
-                    .take(256)
-                    .map(|(i, input)| (i as u64, Submission::new(agent.clone(), input)))
-                    .collect();
-                if sender.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let items = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| (i as u64, Submission::new(agent, input)))
+            .collect();
+        let mut updates = self.submit_all(items, SubmitControl::default());
         let mut outcomes = outcome::Collector::new(total);
         while let Some(batch) = updates.next().await {
             for update in batch? {
@@ -355,7 +365,6 @@ impl Client {
                 break;
             }
         }
-        let _ = feeder.await;
         outcomes.finish()
     }
 }

@@ -177,7 +177,9 @@ where
         Ok(()) => 0,
         Err(e) => {
             eprintln!("fleet-head: {e:#}");
-            1
+            // A store that cannot be opened is a setting to fix (another --data-dir).
+            let store = matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::Store(_)));
+            if store { 2 } else { 1 }
         }
     }
 }

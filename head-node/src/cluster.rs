@@ -29,6 +29,11 @@ use crate::{Error, Result};
 
 /// How many queued tasks one drain looks at past tasks that must keep waiting.
 const QUEUE_SCAN_LIMIT: usize = 256;
+/// How long a restarted head waits for a worker to rejoin and claim the tasks it ran:
+/// past a worker's longest reconnect backoff (5 s) plus the worker timeout.
+const REJOIN_GRACE: Duration = Duration::from_secs(6);
+/// Workers whose event numbers are remembered (one entry per worker id).
+const MAX_WORKER_SEQS: usize = 65_536;
 /// Conversations remembered for placing a context's next turn on the same worker.
 const MAX_CONTEXT_AFFINITY: usize = 100_000;
 
@@ -186,6 +191,13 @@ struct State {
     /// Lookups answered for callers on the mesh.
     agents_located: u64,
     topics: TopicRelays,
+    /// Each worker's incarnation and the number of the last of its events applied: a
+    /// rejoining worker sends the ones after it again (see the worker's outbox).
+    worker_seqs: HashMap<String, (u64, u64)>,
+    /// Tasks that ran on a worker when the head restarted, by worker, until it rejoins
+    /// (and they are adopted) or `orphans_until` passes (and they are retried).
+    orphans: HashMap<String, Vec<TaskId>>,
+    orphans_until: Option<Instant>,
 }
 
 /// The head's cluster state, shared by every API handler.
@@ -205,6 +217,14 @@ impl Cluster {
     /// running when the head stopped are retried, queued ones queued again).
     pub fn start(config: &HeadConfig) -> Result<Arc<Self>> {
         let store = crate::store::open(&config.store).map_err(Error::Store)?;
+        Self::start_with(config, store)
+    }
+
+    /// [`Cluster::start`] on a store already open (none: keep nothing).
+    pub(crate) fn start_with(
+        config: &HeadConfig,
+        store: Option<Box<dyn crate::store::Store>>,
+    ) -> Result<Arc<Self>> {
         let cluster = Arc::new(Self::new(config)?);
         if let Some(mut store) = store {
             let what = store.describe();
@@ -257,25 +277,43 @@ impl Cluster {
         for id in open {
             let Some(task) = state.tasks.get(id.as_str()) else { continue };
             match task.worker.clone() {
-                // Its worker dropped the run when the head went away.
-                Some(worker) => {
-                    if lost_attempt(state, &id, &worker, "the head restarted") {
-                        state.queue.push_back(id);
-                    }
-                }
+                // Its worker may still run it: it claims it when it rejoins.
+                Some(worker) => state.orphans.entry(worker).or_default().push(id),
                 None => state.queue.push_back(id),
             }
         }
+        if !state.orphans.is_empty() {
+            state.orphans_until = Some(Instant::now() + REJOIN_GRACE + config.worker_timeout);
+        }
+        state.worker_seqs.extend(restored.workers);
         info!(agents, tasks, unfinished = open_count, "state restored from the store");
         Ok(())
+    }
+
+    /// Stores what is pending and closes the store (the head is stopping), so that another
+    /// head may open it; waits up to `timeout`. Blocking.
+    pub fn close_store(&self, timeout: Duration) {
+        let journal = self.state.lock().tasks.journal().cloned();
+        if let Some(journal) = journal
+            && !journal.close(timeout)
+        {
+            warn!(?timeout, "the store did not close in time");
+        }
     }
 
     /// A commit stored these events: they go to their subscribers.
     fn committed(&self, commit: Commit) {
         let mut state = self.state.lock();
-        for (id, seq) in commit {
+        for (id, seq) in commit.tasks {
             if let Some(task) = state.tasks.get_mut(id.as_str()) {
                 task.stored_up_to(seq);
+            }
+        }
+        for (worker, (incarnation, up_to)) in commit.workers {
+            if let Some(w) = state.workers.get(&worker)
+                && w.registration.incarnation == incarnation
+            {
+                let _ = w.commands.send(Command::Acked { up_to });
             }
         }
     }
@@ -296,6 +334,9 @@ impl Cluster {
                 calls_relayed: 0,
                 agents_located: 0,
                 topics: TopicRelays::default(),
+                worker_seqs: HashMap::new(),
+                orphans: HashMap::new(),
+                orphans_until: None,
             }),
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,
@@ -658,31 +699,98 @@ impl Cluster {
 
     // ---- workers ----
 
-    /// Adds a worker that joined; returns its connection number and its command stream.
+    /// Adds a worker that joined; returns its connection number, its command stream and
+    /// the number of the last of its events the head has. The tasks it reports running
+    /// that the head still has on it are adopted; the others it is told to cancel.
     pub fn worker_joined(
         &self,
         registration: Registration,
         address: String,
-    ) -> (u64, mpsc::UnboundedReceiver<Command>) {
+    ) -> (u64, mpsc::UnboundedReceiver<Command>, u64) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let connection = state.workers.next_connection();
         let id = registration.worker_id.clone();
         let on_mesh = registration.mesh.is_some();
+        let incarnation = registration.incarnation;
+        let reported: HashMap<TaskId, u32> = registration.running.iter().cloned().collect();
+        let resume_after = match state.worker_seqs.get(&id) {
+            Some(&(known, applied)) if known == incarnation && incarnation != 0 => applied,
+            _ => {
+                remember_worker_seq(state, &id, (incarnation, 0));
+                0
+            }
+        };
         let entry = WorkerEntry::new(registration, connection, address, tx, Instant::now());
         let replaced = state.workers.insert(entry);
         let was_on_mesh = replaced.as_ref().is_some_and(|w| w.registration.mesh.is_some());
+        // The tasks the head has on this worker: of its previous connection (not noticed
+        // gone yet) and those it ran when the head restarted.
+        let mut candidates: Vec<TaskId> = state.orphans.remove(&id).unwrap_or_default();
         if let Some(old) = replaced {
-            // The same worker joined again before its old stream was noticed gone.
-            fail_over(state, old, "the worker reconnected");
+            for task in &old.running {
+                if let Some(t) = state.tasks.get(task.as_str())
+                    && let Ok(agent) = state.agents.get_mut(&t.agent)
+                {
+                    agent.running = agent.running.saturating_sub(1);
+                }
+            }
+            candidates.extend(old.running);
         }
-        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, "worker joined");
+        let (mut adopted, mut retried) = (0, Vec::new());
+        for task in candidates {
+            let still_runs = state
+                .tasks
+                .get(task.as_str())
+                .is_some_and(|t| !t.state.is_terminal() && reported.get(&t.id) == Some(&t.attempt));
+            if still_runs {
+                adopt(state, &task, &id);
+                adopted += 1;
+            } else if lost_attempt(state, &task, &id, "the worker rejoined without it") {
+                retried.push(task);
+            }
+        }
+        for task in retried.into_iter().rev() {
+            state.queue.push_front(task);
+        }
+        // Dispatched just before a crash, its `Scheduled` not stored: queued again here, but
+        // the worker has it. It stays there.
+        for (task, attempt) in &reported {
+            let queued = state.tasks.get(task.as_str()).is_some_and(|t| {
+                t.worker.is_none() && t.state == TaskState::Queued && t.attempt == *attempt
+            });
+            if queued && let Some(at) = state.queue.iter().position(|q| q == task) {
+                state.queue.remove(at);
+                adopt(state, task, &id);
+                if let Some(t) = state.tasks.get_mut(task.as_str()) {
+                    t.push(EventKind::Scheduled { worker_id: id.clone() }, now_us());
+                }
+                adopted += 1;
+            }
+        }
+        // What it runs that is no longer its to run (retried elsewhere, canceled, unknown).
+        if let Some(worker) = state.workers.get(&id) {
+            for (task, attempt) in &reported {
+                let current = state.tasks.get(task.as_str()).is_some_and(|t| {
+                    t.worker.as_deref() == Some(&id)
+                        && t.attempt == *attempt
+                        && worker.running.contains(task)
+                });
+                if !current {
+                    let _ = worker.commands.send(Command::CancelTask {
+                        task_id: task.clone(),
+                        reason: "the head no longer runs this attempt on this worker".into(),
+                    });
+                }
+            }
+        }
+        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, resume_after, "worker joined");
         if on_mesh || was_on_mesh {
             announce_mesh(state);
         }
         drain_queue(state);
-        (connection, rx)
+        (connection, rx, resume_after)
     }
 
     pub fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {
@@ -697,9 +805,28 @@ impl Cluster {
         // Workers on the mesh call agents themselves; their ToolCall events are for the log.
         let calls_direct =
             state.workers.get(worker_id).is_some_and(|w| w.registration.mesh.is_some());
+        // Events a worker sends again after a rejoin carry numbers the head has seen.
+        let incarnation = state
+            .workers
+            .get(worker_id)
+            .filter(|w| w.connection == connection)
+            .map_or(0, |w| w.registration.incarnation);
+        let mut applied = match state.worker_seqs.get(worker_id) {
+            Some(&(known, applied)) if known == incarnation && incarnation != 0 => Some(applied),
+            _ => None,
+        };
+        let numbered = applied.is_some();
         let mut freed = false;
         let mut calls = Vec::new();
         for event in events {
+            if let Some(applied) = &mut applied
+                && event.seq > 0
+            {
+                if event.seq <= *applied {
+                    continue;
+                }
+                *applied = event.seq;
+            }
             let Some(task) = state.tasks.get_mut(event.task_id.as_str()) else {
                 debug!(task_id = %event.task_id, worker_id, "event for an unknown task dropped");
                 continue;
@@ -731,6 +858,19 @@ impl Cluster {
                 }
                 _ => {
                     task.push(event.kind, event.timestamp_us);
+                }
+            }
+        }
+        if let (true, Some(applied)) = (numbered, applied) {
+            let mark = (worker_id.to_owned(), (incarnation, applied));
+            remember_worker_seq(state, worker_id, mark.1);
+            match state.tasks.journal() {
+                // Acknowledged once stored (see `committed`).
+                Some(journal) => journal.worker(mark),
+                None => {
+                    if let Some(w) = state.workers.get(worker_id) {
+                        let _ = w.commands.send(Command::Acked { up_to: applied });
+                    }
                 }
             }
         }
@@ -837,12 +977,61 @@ impl Cluster {
 
     /// Declares dead every worker silent for longer than `timeout`.
     pub fn sweep_silent_workers(&self, timeout: Duration) {
+        self.retry_orphans(Instant::now());
         let expired = self.state.lock().workers.expired(Instant::now(), timeout);
         for (id, connection) in expired {
             let reason = format!("no heartbeat for {} ms", timeout.as_millis());
             self.worker_lost(&id, connection, &reason);
         }
     }
+}
+
+impl Cluster {
+    /// Retries the tasks of workers that did not rejoin the restarted head in time.
+    fn retry_orphans(&self, now: Instant) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if state.orphans_until.is_none_or(|until| now < until) {
+            return;
+        }
+        state.orphans_until = None;
+        let mut retried = 0;
+        for (worker, tasks) in std::mem::take(&mut state.orphans) {
+            for task in tasks {
+                if lost_attempt(state, &task, &worker, "it did not rejoin the restarted head") {
+                    state.queue.push_back(task);
+                    retried += 1;
+                }
+            }
+        }
+        warn!(retried, "tasks of workers that did not come back retried");
+        drain_queue(state);
+    }
+}
+
+/// Remembers a worker's event numbers (bounded: the oldest go when it is full).
+fn remember_worker_seq(state: &mut State, worker: &str, mark: (u64, u64)) {
+    if state.worker_seqs.len() >= MAX_WORKER_SEQS && !state.worker_seqs.contains_key(worker) {
+        let Some(any) = state.worker_seqs.keys().next().cloned() else { return };
+        state.worker_seqs.remove(&any);
+    }
+    state.worker_seqs.insert(worker.to_owned(), mark);
+}
+
+/// Takes on a task a rejoining worker still runs: it holds its share there again.
+fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
+    let (Some(task), Some(worker)) =
+        (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
+    else {
+        return;
+    };
+    let Ok(agent) = state.agents.get_mut(&task.agent) else { return };
+    agent.running += 1;
+    worker.running.insert(id.clone());
+    *worker.running_per_agent.entry(task.agent.clone()).or_default() += 1;
+    worker.free.sub(&agent.spec.resources);
+    task.reserved = agent.spec.resources;
+    task.worker = Some(worker_id.to_owned());
 }
 
 /// The worker on the mesh hosting `agent` (for `context_id`), its actor placed there first
@@ -1176,7 +1365,7 @@ impl LocalHead for Cluster {
         &self,
         registration: Registration,
     ) -> (u64, Duration, mpsc::UnboundedReceiver<Command>) {
-        let (connection, commands) = self.worker_joined(registration, "in-process".to_owned());
+        let (connection, commands, _) = self.worker_joined(registration, "in-process".to_owned());
         (connection, self.limits.heartbeat_interval, commands)
     }
 

@@ -94,6 +94,7 @@ async fn serve(
         .add_service(fleet)
         .add_service(worker_api);
 
+    let cluster_for_close = cluster.clone();
     let detector =
         tokio::spawn(detect_silent_workers(cluster, config.worker_timeout, shutdown.clone()));
     let mut server = tonic::transport::Server::builder()
@@ -128,6 +129,11 @@ async fn serve(
         let _ = in_process.await;
     }
     let _ = detector.await;
+    let closing = cluster_for_close.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        closing.close_store(std::time::Duration::from_secs(10))
+    })
+    .await;
     served.map_err(|e| crate::Error::Io(std::io::Error::other(e)))?;
     info!("head stopped");
     Ok(())

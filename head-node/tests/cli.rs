@@ -82,3 +82,57 @@ fn unusable_tls_files_are_refused_naming_the_file() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// `GET path` on a head's HTTP port with the status line back (std only: no runtime here).
+fn http_status(address: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.lines().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn a_damaged_or_busy_store_is_refused_naming_the_file() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("fleet-head-store-{}", std::process::id()));
+    let (damaged, busy) = (dir.join("damaged"), dir.join("busy"));
+    std::fs::create_dir_all(&damaged)?;
+    std::fs::write(damaged.join("head.redb"), vec![0x5a; 64 << 10])?;
+    let output = head()
+        .args(["--listen", "127.0.0.1:0", "--store", "file", "--data-dir"])
+        .arg(&damaged)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let file = damaged.join("head.redb").display().to_string();
+    assert!(stderr.contains(&file) && stderr.contains("not a readable store"), "{stderr}");
+
+    // A second head on the data directory of a running one.
+    let mut first = head()
+        .args(["--listen", "127.0.0.1:0", "--print-address", "--store", "file", "--data-dir"])
+        .arg(&busy)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(first.stdout.take().expect("piped")).read_line(&mut line)?;
+    let address = line.trim().trim_start_matches("listening on ").to_owned();
+    // It answers once its store is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !http_status(&address, "/healthz").is_ok_and(|s| s.contains(" 200 ")) {
+        assert!(std::time::Instant::now() < deadline, "the first head does not answer");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = head()
+        .args(["--listen", "127.0.0.1:0", "--store", "file", "--data-dir"])
+        .arg(&busy)
+        .output()?;
+    let _ = first.kill();
+    let _ = first.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another head has this store open"), "{stderr}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

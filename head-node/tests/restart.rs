@@ -1,7 +1,8 @@
 //! The head crashes and comes back: 2,000 tasks run on three workers, the head is SIGKILLed
-//! mid-run and started again on the same data. Every accepted task completes with its input
-//! echoed, and a subscriber that resumes each task from the last event it saw gets the rest
-//! of its log: every event exactly once, without a gap.
+//! mid-run and started again on the same data. The workers keep running their tasks through
+//! the outage and hand their events over when they rejoin: every accepted task completes
+//! with its input echoed on its first attempt, and a subscriber that resumes each task from
+//! the last event it saw gets the rest of its log: every event exactly once, without a gap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -110,6 +111,9 @@ async fn accepted_tasks_survive_a_head_crash() -> Result<()> {
         let EventKind::Completed { .. } = &last.kind else {
             bail!("task {index} ended with {:?}", last.kind);
         };
+        // The workers kept running their tasks through the outage and the head took them
+        // back: nothing ran twice.
+        ensure!(last.attempt == 1, "task {index} was retried: {events:?}");
         let text: String = events
             .iter()
             .filter(|e| e.attempt == last.attempt)
@@ -137,4 +141,151 @@ async fn connect_again(sandbox: &ClusterSandbox) -> Result<fleet_client::Client>
             Err(e) => return Err(e),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_generating_through_a_head_outage() -> Result<()> {
+    const WORDS: usize = 150;
+    let mut sandbox = ClusterSandbox::builder().workers(1).start().await?;
+    let client = sandbox.client().await?;
+    let mut spec =
+        AgentSpec { name: "slow".into(), model: "builtin:echo".into(), ..Default::default() };
+    // 150 words at 30 ms: 4.5 s each, the head is away for 3 s of it.
+    spec.model_options = [("token_delay_ms".to_owned(), "30".to_owned())].into();
+    client.register_agent(spec).await?;
+    let inputs: Vec<String> = (0..4)
+        .map(|t| (0..WORDS).map(|w| format!("t{t}w{w}")).collect::<Vec<_>>().join(" "))
+        .collect();
+    let mut seen: Vec<(String, Vec<TaskEvent>)> = Vec::new();
+    for input in &inputs {
+        let mut stream = client.submit(Submission::new("slow", input)).await?;
+        let first = stream.next().await.context("no first event")??;
+        seen.push((first.task_id.to_string(), vec![first]));
+    }
+    // Every task is generating.
+    let watchers: Vec<_> = seen
+        .iter()
+        .map(|(id, _)| {
+            let client = client.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut events = Vec::new();
+                if let Ok(mut stream) = client.watch(&id, 2).await {
+                    while let Some(Ok(event)) = stream.next().await {
+                        let deltas = events.len() >= 5;
+                        events.push(event);
+                        if deltas {
+                            break;
+                        }
+                    }
+                }
+                events
+            })
+        })
+        .collect();
+    for (i, watcher) in watchers.into_iter().enumerate() {
+        seen[i].1.extend(watcher.await?);
+    }
+    let down = fleet_proto_now_us();
+    sandbox.kill_head().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let up = fleet_proto_now_us();
+    sandbox.start_head().await?;
+
+    let client = connect_again(&sandbox).await?;
+    let mut during = 0;
+    for (i, (id, events)) in seen.iter_mut().enumerate() {
+        let from = events.last().map_or(1, |e| e.seq + 1);
+        let mut stream = client.watch(id, from).await?;
+        while let Some(event) = stream.next().await {
+            events.push(event?);
+        }
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        ensure!(seqs.iter().copied().eq(1..=seqs.len() as u64), "task {i}: seqs {seqs:?}");
+        let last = events.last().context("no events")?;
+        ensure!(
+            matches!(last.kind, EventKind::Completed { .. }) && last.attempt == 1,
+            "task {i} ended with {:?} on attempt {}",
+            last.kind,
+            last.attempt
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::TextDelta { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        ensure!(text == inputs[i], "task {i}: {text:?}");
+        // Deltas made on the worker while the head was down (their time is the worker's).
+        during += events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::TextDelta { .. }))
+            .filter(|e| (down..up).contains(&e.timestamp_us))
+            .count();
+    }
+    // 4 tasks x 3 s at 30 ms a word: about 400 deltas while the head was away.
+    ensure!(during >= 200, "only {during} deltas were made during the outage");
+    sandbox.shutdown().await
+}
+
+fn fleet_proto_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_many_and_watch_ride_through_a_head_restart() -> Result<()> {
+    const N: usize = 1_000;
+    let mut sandbox =
+        ClusterSandbox::builder().workers(2).worker_arg("--slots").worker_arg("16").start().await?;
+    let client = sandbox.client().await?;
+    let mut spec =
+        AgentSpec { name: "echo".into(), model: "builtin:echo".into(), ..Default::default() };
+    spec.model_options = [("token_delay_ms".to_owned(), "5".to_owned())].into();
+    client.register_agent(spec).await?;
+    let inputs: Vec<String> = (0..N).map(|i| format!("task {i} a b c d e f g h i j")).collect();
+    let run = tokio::spawn({
+        let (client, inputs) = (client.clone(), inputs.clone());
+        async move { client.run_many("echo", inputs).await }
+    });
+    // One more task followed by a plain watch.
+    let long: String = (0..400).map(|w| format!("w{w}")).collect::<Vec<_>>().join(" ");
+    let mut single = client.submit(Submission::new("echo", &long)).await?;
+    let first = single.next().await.context("no first event")??;
+    let mut watched = client.watch(first.task_id.as_str(), 1).await?;
+
+    let deadline = Instant::now() + LIMIT;
+    while client.status().await?.tasks_completed < 200 {
+        ensure!(Instant::now() < deadline && !run.is_finished(), "no progress before the crash");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sandbox.restart_head().await?;
+
+    let outcomes = tokio::time::timeout(LIMIT, run).await???;
+    ensure!(outcomes.len() == N);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        ensure!(
+            outcome.output == inputs[i],
+            "task {i}: {:?} ({:?})",
+            outcome.output,
+            outcome.state
+        );
+    }
+    // Both streams of the long task went on where they were, without a gap.
+    for (name, stream) in [("submit", &mut single), ("watch", &mut watched)] {
+        let mut text = String::new();
+        let mut seqs = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            seqs.push(event.seq);
+            if let EventKind::TextDelta { text: t } = &event.kind {
+                text.push_str(t);
+            }
+        }
+        ensure!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{name}: seqs {seqs:?}");
+        ensure!(long.ends_with(&text) && !text.is_empty(), "{name}: {text:?}");
+    }
+    sandbox.shutdown().await
 }

@@ -311,6 +311,12 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                 slots: r.slots,
                 version: r.version,
                 mesh: r.mesh.map(Into::into),
+                incarnation: r.incarnation,
+                running: r
+                    .running
+                    .into_iter()
+                    .map(|t| (TaskId::new(t.task_id), t.attempt))
+                    .collect(),
             }),
             Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
                 running_tasks: h.running_tasks,
@@ -351,6 +357,15 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                 slots: r.slots,
                 version: r.version,
                 mesh: r.mesh.map(Into::into),
+                incarnation: r.incarnation,
+                running: r
+                    .running
+                    .into_iter()
+                    .map(|(task_id, attempt)| pb::RunningTask {
+                        task_id: task_id.as_str().to_owned(),
+                        attempt,
+                    })
+                    .collect(),
             }),
             WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
                 running_tasks: h.running_tasks,
@@ -434,6 +449,7 @@ impl From<&Command> for pb::Command {
                 publisher: p.publisher.clone(),
                 body: p.body.clone(),
             }),
+            Command::Acked { up_to } => Kind::Acked(pb::Acked { up_to: *up_to }),
         };
         Self { kind: Some(kind) }
     }
@@ -487,6 +503,7 @@ impl TryFrom<pb::Command> for Command {
                 publisher: p.publisher,
                 body: p.body,
             }),
+            Kind::Acked(a) => Command::Acked { up_to: a.up_to },
         })
     }
 }

@@ -359,6 +359,10 @@ pub struct Registration {
     pub version: String,
     /// Where the worker's mesh listens; `None` for a worker without one.
     pub mesh: Option<MeshAddress>,
+    /// Random per worker process: the same incarnation rejoining still runs its tasks.
+    pub incarnation: u64,
+    /// The tasks it runs, with their attempts.
+    pub running: Vec<(TaskId, u32)>,
 }
 
 /// A worker's place on the mesh: its libp2p peer id and the multiaddrs it listens on.
@@ -472,4 +476,8 @@ pub enum Command {
     },
     /// Publish a client's message; answered with `Published`.
     Publish(PublishRequest),
+    /// The head stored this worker's events up to this number (their `seq`).
+    Acked {
+        up_to: u64,
+    },
 }

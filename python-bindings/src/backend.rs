@@ -6,16 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleet_client::{
-    AgentSpec, Client, ClusterStatus, ManyUpdate, Submission, TaskEvent, TaskStream,
+    AgentSpec, Client, ClusterStatus, ManyUpdate, Submission, SubmitControl, TaskEvent, TaskStream,
 };
 use fleet_head::Cluster;
 use fleet_head::cluster::NewTask;
 use fleet_head::tasks::{Delivery, Subscription};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
-
-/// Submissions per message on a remote multiplexed stream.
-const CHUNK: usize = 256;
 
 pub type Result<T> = std::result::Result<T, fleet_client::Error>;
 
@@ -88,20 +85,10 @@ impl Backend {
     ) -> Result<ManyUpdates> {
         let cluster = match self {
             Self::Remote(client) => {
-                let (sender, updates) = client.submit_many().await?;
-                tokio::spawn(async move {
-                    let mut items = submissions.into_iter().enumerate().peekable();
-                    while items.peek().is_some() && !stop.is_cancelled() {
-                        let chunk: Vec<_> =
-                            items.by_ref().take(CHUNK).map(|(i, s)| (i as u64, s)).collect();
-                        let n = chunk.len();
-                        if sender.send(chunk).await.is_err() {
-                            return;
-                        }
-                        sent.fetch_add(n, Ordering::SeqCst);
-                    }
-                });
-                return Ok(updates);
+                // The client rides through head restarts (see `fleet_client::resume`).
+                let control = SubmitControl { stop, sent };
+                let items = submissions.into_iter().enumerate().map(|(i, s)| (i as u64, s));
+                return Ok(client.submit_all(items.collect(), control));
             }
             Self::Local(cluster) => cluster.clone(),
         };

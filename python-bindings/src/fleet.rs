@@ -18,6 +18,7 @@ use crate::agent::Agent;
 use crate::backend::Backend;
 use crate::errors;
 use crate::runtime;
+use fleet_head::store::StoreConfig;
 
 /// How long `init()` waits for the embedded workers to join.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,8 @@ struct Embedded {
     shutdown: CancellationToken,
     head: tokio::task::JoinHandle<fleet_head::Result<()>>,
     cluster: Arc<Cluster>,
+    /// The store's folder when `init` made a temporary one (removed at shutdown).
+    temporary_data: Option<PathBuf>,
 }
 
 /// A connection to a cluster, and the cluster itself when it is embedded.
@@ -58,17 +61,31 @@ async fn start_embedded(
     workers: usize,
     models: LocalModels,
     token: String,
+    data_dir: Option<PathBuf>,
 ) -> Result<(String, Embedded), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
+    // The head's store: the folder given, or a temporary one that goes with the cluster.
+    let temporary_data = data_dir.is_none().then(|| {
+        let name =
+            format!("agentfleet-{}-{}", std::process::id(), fleet_head::auth::random_token());
+        std::env::temp_dir().join(name)
+    });
+    let store_dir = data_dir.or_else(|| temporary_data.clone());
     let config = fleet_head::HeadConfig {
         token: Some(token),
         join_token: Some(fleet_head::auth::random_token()),
+        store: store_dir.map_or(StoreConfig::Memory, StoreConfig::Dir),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
-    let head = fleet_head::spawn(config, listener, shutdown.clone()).map_err(|e| e.to_string())?;
+    let head = fleet_head::spawn(config, listener, shutdown.clone()).map_err(|e| {
+        if let Some(dir) = &temporary_data {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        e.to_string()
+    })?;
     let url = format!("http://{}", head.address);
     // A worker that cannot start (a model that does not load) reports here, so that init()
     // raises its reason instead of waiting for it to join.
@@ -116,7 +133,7 @@ async fn start_embedded(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok((url, Embedded { shutdown, head: head.task, cluster: head.cluster }))
+    Ok((url, Embedded { shutdown, head: head.task, cluster: head.cluster, temporary_data }))
 }
 
 /// Starts an embedded cluster (no `address`) or connects to a running one. The embedded
@@ -125,7 +142,7 @@ async fn start_embedded(
 #[pyfunction]
 #[pyo3(signature = (
     address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None,
-    tls_ca=None
+    tls_ca=None, data_dir=None
 ))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of `af.init`
 pub fn init(
@@ -137,6 +154,7 @@ pub fn init(
     device: Option<String>,
     token: Option<String>,
     tls_ca: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 ) -> PyResult<Fleet> {
     let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
     if address.is_none() && workers == 0 {
@@ -146,6 +164,12 @@ pub fn init(
         return Err(PyValueError::new_err(
             "models_dir, preload and device are for an embedded cluster: start the workers \
              of a running cluster with --models-dir, --preload and --device instead",
+        ));
+    }
+    if address.is_some() && data_dir.is_some() {
+        return Err(PyValueError::new_err(
+            "data_dir is for an embedded cluster: start the head of a running cluster with \
+             --data-dir instead",
         ));
     }
     if address.is_none() && tls_ca.is_some() {
@@ -196,7 +220,7 @@ pub fn init(
                 // The embedded head also listens on 127.0.0.1 for other processes; this
                 // process's workers and calls reach it directly.
                 let token = options.token.clone().unwrap_or_default();
-                let (url, embedded) = start_embedded(workers, models, token)
+                let (url, embedded) = start_embedded(workers, models, token, data_dir)
                     .await
                     .map_err(errors::Unavailable::new_err)?;
                 (url, Backend::Local(embedded.cluster.clone()), Some(embedded))
@@ -339,10 +363,15 @@ impl Fleet {
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let Some(embedded) = self.embedded.lock().take() else { return Ok(()) };
         embedded.shutdown.cancel();
+        let temporary_data = embedded.temporary_data.clone();
         runtime::block_on(py, async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), embedded.head).await;
             Ok(())
-        })
+        })?;
+        if let Some(dir) = temporary_data {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {

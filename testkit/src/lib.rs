@@ -359,10 +359,21 @@ impl ClusterSandbox {
         Ok(())
     }
 
-    /// Kills the head (SIGKILL) and starts a new one on the same address; workers must
-    /// find it again by themselves.
+    /// Kills the head (SIGKILL) and starts a new one on the same address and data; workers
+    /// must find it again by themselves.
     pub async fn restart_head(&mut self) -> anyhow::Result<()> {
+        self.kill_head().await?;
+        self.start_head().await
+    }
+
+    /// Kills the head (SIGKILL); [`ClusterSandbox::start_head`] starts it again.
+    pub async fn kill_head(&mut self) -> anyhow::Result<()> {
         self.head.kill().await?;
+        Ok(())
+    }
+
+    /// Starts the head again on its address and data after [`ClusterSandbox::kill_head`].
+    pub async fn start_head(&mut self) -> anyhow::Result<()> {
         let (head, _) = start_head(&self.address, &self.head_args, &self.log).await?;
         self.head = head;
         Ok(())

@@ -1,6 +1,7 @@
 //! The worker's link to the head: open the `Join` stream, register, send heartbeats and
 //! task events up, carry out commands coming down, and reconnect with backoff when the
-//! stream breaks (e.g. the head restarted).
+//! stream breaks (e.g. the head restarted). Tasks keep running while the head is away; their
+//! events wait in the [`Outbox`] and go up after the rejoin.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use crate::agent_calls::AgentCaller;
 use crate::config::WorkerConfig;
 use crate::host::ActorHost;
 use crate::models::ModelStore;
+use crate::outbox::{MAX_UNACKED, Outbox};
+use crate::runner::EventSink;
 use crate::topics::TopicBoard;
 use crate::{Error, Result};
 
@@ -44,7 +47,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
     let mut registration = registration(&config)?;
+    // Tells the head this process apart from an earlier or later one with the same id.
+    registration.incarnation = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
     let mut host = host(&config).await?;
+    // One sink for the worker's life: tasks outlive connections.
+    let (sink, events) = mpsc::channel::<TaskEvent>(config.event_buffer.max(1));
+    let outbox = Outbox::start(events, MAX_UNACKED);
     let mut updates = match join_mesh(&config, &mut host).await? {
         Some((address, updates)) => {
             registration.mesh = Some(address);
@@ -56,14 +64,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let mut backoff = BACKOFF_START;
     loop {
         let outcome = tokio::select! {
-            r = session(&endpoint, &config, &registration, &mut host, &mut updates) => r,
+            r = session(&endpoint, &config, &registration, &mut host, &mut updates, &outbox, &sink) => r,
             () = shutdown.cancelled() => {
                 host.cancel_all();
                 info!("worker stopped");
                 return Ok(());
             }
         };
-        host.cancel_all();
+        // The tasks go on; the head adopts them when this worker rejoins.
+        host.head_lost();
         match outcome {
             Err(Error::Rejected(message)) => return Err(Error::Rejected(message)),
             Ok(()) => {
@@ -212,6 +221,8 @@ fn registration(config: &WorkerConfig) -> Result<Registration> {
         slots: config.slots,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         mesh: None,
+        incarnation: 0,
+        running: Vec::new(),
     })
 }
 
@@ -222,6 +233,8 @@ async fn session(
     registration: &Registration,
     host: &mut ActorHost,
     updates: &mut mpsc::Receiver<WorkerUpdate>,
+    outbox: &Arc<Outbox>,
+    sink: &EventSink,
 ) -> Result<()> {
     let channel = endpoint.connect().await.map_err(|e| {
         Error::Unreachable(format!("{}: {}", config.head, fleet_proto::endpoint::describe(&e)))
@@ -230,12 +243,19 @@ async fn session(
 
     let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);
     let (update_tx, update_rx) = mpsc::channel::<WorkerUpdate>(1024);
-    let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(config.event_buffer.max(1));
+    // What it runs, and what it has events of that the head may not have stored.
+    let mut registration = registration.clone();
+    let mut running = host.running_list();
+    running.extend(outbox.tasks());
+    registration.running = running.into_iter().collect();
     let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
+    // Events go up from the last one the head has, which the welcome says.
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<u64>();
     let outbound = futures::stream::once(async move { first }).chain(upward(
         heartbeat_rx,
         update_rx,
-        event_rx,
+        outbox.clone(),
+        resume_rx,
     ));
 
     let mut request = tonic::Request::new(outbound);
@@ -257,6 +277,8 @@ async fn session(
     };
     let heartbeat_interval = match inbound.message().await {
         Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Welcome(w)) })) => {
+            outbox.ack(w.resume_after);
+            let _ = resume_tx.send(w.resume_after);
             Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(10)))
         }
         Ok(_) => {
@@ -269,7 +291,7 @@ async fn session(
         }
         Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
     };
-    info!(head = %config.head, worker_id = %registration.worker_id, "joined the head");
+    info!(head = %config.head, worker_id = %registration.worker_id, waiting = outbox.len(), "joined the head");
 
     let mut ticker = tokio::time::interval(heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,7 +301,8 @@ async fn session(
                 Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Commands(batch)) })) => {
                     for command in batch.commands {
                         match Command::try_from(command) {
-                            Ok(command) => host.handle(command, &event_tx).await,
+                            Ok(Command::Acked { up_to }) => outbox.ack(up_to),
+                            Ok(command) => host.handle(command, sink).await,
                             Err(e) => warn!(error = %e, "malformed command dropped"),
                         }
                     }
@@ -303,31 +326,43 @@ async fn session(
     }
 }
 
-/// The stream up: heartbeats and the mesh side's updates as they come, and all waiting
-/// task events packed into one message, so a burst of events costs a few frames rather
-/// than one each.
+/// What the stream up reads from.
+struct Upward {
+    heartbeats: mpsc::Receiver<Heartbeat>,
+    updates: mpsc::Receiver<WorkerUpdate>,
+    outbox: Arc<Outbox>,
+    added: tokio::sync::watch::Receiver<u64>,
+    /// Until the welcome: the number of the last event the head has.
+    resume: Option<tokio::sync::oneshot::Receiver<u64>>,
+    /// The number of the last event sent.
+    cursor: u64,
+}
+
+/// The stream up: after the welcome, heartbeats and the mesh side's updates as they come,
+/// and the outbox's events from the last one the head has, packed into one message so that
+/// a burst of events costs a few frames rather than one each.
 fn upward(
     heartbeats: mpsc::Receiver<Heartbeat>,
     updates: mpsc::Receiver<WorkerUpdate>,
-    events: mpsc::Receiver<TaskEvent>,
+    outbox: Arc<Outbox>,
+    resume: tokio::sync::oneshot::Receiver<u64>,
 ) -> impl futures::Stream<Item = pb::WorkerMessage> + Send {
-    let state = (heartbeats, updates, events, Vec::with_capacity(BATCH));
-    futures::stream::unfold(
-        state,
-        |(mut heartbeats, mut updates, mut events, mut buf)| async move {
-            buf.clear();
-            let message = tokio::select! {
-                biased;
-                Some(beat) = heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
-                Some(update) = updates.recv() => update,
-                n = events.recv_many(&mut buf, BATCH) => {
-                    if n == 0 {
-                        return None;
-                    }
-                    WorkerUpdate::Events(std::mem::take(&mut buf))
-                }
-            };
-            Some((pb::WorkerMessage::from(message), (heartbeats, updates, events, buf)))
-        },
-    )
+    let added = outbox.watch();
+    let state = Upward { heartbeats, updates, outbox, added, resume: Some(resume), cursor: 0 };
+    futures::stream::unfold(state, |mut up| async move {
+        if let Some(resume) = up.resume.take() {
+            // No welcome: the connection failed and nothing goes up.
+            up.cursor = resume.await.ok()?;
+        }
+        let message = tokio::select! {
+            biased;
+            Some(beat) = up.heartbeats.recv() => WorkerUpdate::Heartbeat(beat),
+            Some(update) = up.updates.recv() => update,
+            events = up.outbox.after(up.cursor, BATCH, &mut up.added) => {
+                up.cursor = events.last()?.seq;
+                WorkerUpdate::Events(events)
+            }
+        };
+        Some((pb::WorkerMessage::from(message), up))
+    })
 }

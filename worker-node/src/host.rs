@@ -22,7 +22,8 @@ use crate::runner::{self, EventSink};
 use crate::topics::TopicBoard;
 
 /// Cancellation handles of the tasks running on this worker.
-pub type RunningTasks = Arc<Mutex<HashMap<TaskId, CancellationToken>>>;
+/// The tasks running here, each with its attempt and what cancels it.
+pub type RunningTasks = Arc<Mutex<HashMap<TaskId, (u32, CancellationToken)>>>;
 
 /// The result of a tool call: the output, and whether it is an error.
 pub type ToolOutcome = (String, bool);
@@ -50,8 +51,8 @@ impl Actor for Supervisor {
 /// Everything the worker hosts.
 pub struct ActorHost {
     supervisor: ActorRef<Supervisor>,
-    /// The spec version of each agent placed here; its actor is in `local_calls`.
-    versions: HashMap<String, u64>,
+    /// The spec and its version of each agent placed here; its actor is in `local_calls`.
+    versions: HashMap<String, (u64, Arc<AgentSpec>)>,
     models: ModelStore,
     running: RunningTasks,
     calls: PendingCalls,
@@ -105,6 +106,19 @@ impl ActorHost {
         self.running.lock().len()
     }
 
+    /// The tasks running here with their attempts (told to the head at each join).
+    pub fn running_list(&self) -> std::collections::HashSet<(TaskId, u32)> {
+        self.running.lock().iter().map(|(id, (attempt, _))| (id.clone(), *attempt)).collect()
+    }
+
+    /// The connection to the head is gone: tasks keep running (their events wait in the
+    /// outbox), but nothing that needs the head now can wait for it.
+    pub fn head_lost(&self) {
+        if let Some(caller) = &self.caller {
+            caller.head_lost();
+        }
+    }
+
     pub fn actors(&self) -> usize {
         self.versions.len()
     }
@@ -115,7 +129,7 @@ impl ActorHost {
 
     /// Cancels every running task (the connection to the head is gone: the head retries them).
     pub fn cancel_all(&self) {
-        for (_, token) in self.running.lock().drain() {
+        for (_, (_, token)) in self.running.lock().drain() {
             token.cancel();
         }
         self.calls.lock().clear();
@@ -130,7 +144,7 @@ impl ActorHost {
             Command::PlaceActor { spec, version } => self.place(spec, version).await,
             Command::RunTask(task) => self.run(task, sink).await,
             Command::CancelTask { task_id, reason } => {
-                if let Some(token) = self.running.lock().get(&task_id) {
+                if let Some((_, token)) = self.running.lock().get(&task_id) {
                     info!(task_id = %task_id, reason, "cancelling task");
                     token.cancel();
                 }
@@ -165,12 +179,21 @@ impl ActorHost {
                 Some(board) => board.publish_for_head(request),
                 None => debug!(topic = %request.topic, "publish ignored: this worker has no mesh"),
             },
+            // The connection's business (see `outbox`), not the actors'.
+            Command::Acked { .. } => {}
         }
     }
 
     async fn place(&mut self, spec: Arc<AgentSpec>, version: u64) {
-        if self.versions.get(&spec.name) == Some(&version) {
-            return;
+        match self.versions.get_mut(&spec.name) {
+            Some((placed, _)) if *placed == version => return,
+            // The same spec under another number (a restarted head numbers anew): the actor
+            // and its running tasks stay.
+            Some((placed, current)) if **current == *spec => {
+                *placed = version;
+                return;
+            }
+            _ => {}
         }
         if let Some(actor) = self.local_calls.removed(&spec.name) {
             actor.kill();
@@ -197,7 +220,7 @@ impl ActorHost {
             .await;
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
         self.local_calls.placed(&spec.name, actor);
-        self.versions.insert(spec.name.clone(), version);
+        self.versions.insert(spec.name.clone(), (version, spec));
     }
 
     async fn run(&mut self, task: TaskAssignment, sink: &EventSink) {
@@ -207,7 +230,7 @@ impl ActorHost {
             return;
         };
         let cancel = CancellationToken::new();
-        self.running.lock().insert(task.task_id.clone(), cancel.clone());
+        self.running.lock().insert(task.task_id.clone(), (task.attempt, cancel.clone()));
         let run = Run { task: task.clone(), sink: sink.clone(), cancel };
         if let Err(e) = actor.ask(run).await {
             self.running.lock().remove(&task.task_id);

@@ -2,7 +2,8 @@
 //! models (or remote OpenAI-compatible ones).
 //!
 //! - [`connection`] keeps the `Join` stream to the head: registration, heartbeats, task
-//!   events up, commands down, reconnection with backoff;
+//!   events up, commands down, reconnection with backoff; tasks keep running while the head
+//!   is away and their events wait in the [`outbox`] until the head has stored them;
 //! - [`host`] carries out the commands: it places supervised kameo [`actor::AgentActor`]s,
 //!   hands them tasks, cancels and stops them;
 //! - [`actor`] is the agent actor (spec, shared model, [`memory`] of conversations);
@@ -33,6 +34,7 @@ pub mod error;
 pub mod host;
 pub mod memory;
 pub mod models;
+pub mod outbox;
 pub mod remote;
 pub mod resources;
 pub mod runner;

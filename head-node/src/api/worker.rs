@@ -95,7 +95,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         };
         validate(&registration)?;
         let worker_id = registration.worker_id.clone();
-        let (connection, commands) = self.cluster.worker_joined(registration, address);
+        let (connection, commands, resume_after) =
+            self.cluster.worker_joined(registration, address);
 
         let span = info_span!("worker", worker_id = %worker_id, connection);
         let cluster = self.cluster.clone();
@@ -142,6 +143,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             kind: Some(pb::head_message::Kind::Welcome(pb::Welcome {
                 worker_id: String::new(),
                 heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+                resume_after,
             })),
         };
         let stream = futures::stream::once(async move { Ok(welcome) })

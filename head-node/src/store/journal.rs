@@ -12,7 +12,7 @@ use fleet_proto::{AgentSpec, TaskEvent, TaskId};
 use parking_lot::Mutex;
 use tracing::{error, info};
 
-use super::{Batch, Store, TaskRecord, encode_agent, encode_events};
+use super::{Batch, Store, TaskRecord, WorkerMark, encode_agent, encode_events};
 
 /// Records one transaction takes at most (more wait for the next).
 const MAX_BATCH: usize = 65_536;
@@ -21,14 +21,22 @@ const MAX_BACKLOG: usize = 1 << 20;
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// What a commit made durable: each task it touched and its last stored event.
-pub type Commit = Vec<(TaskId, u64)>;
+/// What a commit made durable: each task it touched and its last stored event, and each
+/// worker's last stored event number.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub tasks: Vec<(TaskId, u64)>,
+    pub workers: Vec<WorkerMark>,
+}
 
 enum Record {
     Task(Box<TaskRecord>),
     Event(u64, Arc<TaskEvent>),
     Removed(u64),
     Agent(Arc<AgentSpec>),
+    Worker(WorkerMark),
+    /// Store what came before, close the store and say so.
+    Close(mpsc::SyncSender<()>),
 }
 
 struct Shared {
@@ -64,6 +72,7 @@ impl Journal {
         let writer = shared.clone();
         std::thread::Builder::new().name("fleet-store".into()).spawn(move || {
             let mut records = Vec::new();
+            let mut closed = None;
             while let Ok(first) = rx.recv() {
                 records.push(first);
                 while records.len() < MAX_BATCH {
@@ -71,6 +80,13 @@ impl Journal {
                         Ok(record) => records.push(record),
                         Err(_) => break,
                     }
+                }
+                if let Some(at) = records.iter().position(|r| matches!(r, Record::Close(_))) {
+                    // What came after the close is not for this store.
+                    if let Record::Close(done) = records.swap_remove(at) {
+                        closed = Some(done);
+                    }
+                    records.truncate(at);
                 }
                 let (batch, commit) = build(&records);
                 while let Err(e) = store.write(&batch) {
@@ -87,8 +103,13 @@ impl Journal {
                 }
                 writer.backlog.fetch_sub(records.len(), Ordering::Relaxed);
                 records.clear();
-                if !commit.is_empty() {
+                if !commit.tasks.is_empty() || !commit.workers.is_empty() {
                     on_commit(commit);
+                }
+                if let Some(done) = closed.take() {
+                    drop(store);
+                    let _ = done.send(());
+                    return;
                 }
             }
         })?;
@@ -116,9 +137,22 @@ impl Journal {
         self.append(Record::Removed(number));
     }
 
+    /// The events of a worker's incarnation applied up to a number.
+    pub fn worker(&self, mark: WorkerMark) {
+        self.append(Record::Worker(mark));
+    }
+
     /// An agent registered or changed.
     pub fn agent(&self, spec: Arc<AgentSpec>) {
         self.append(Record::Agent(spec));
+    }
+
+    /// Stores what was appended so far and closes the store (a later append is lost);
+    /// waits up to `timeout` for it.
+    pub fn close(&self, timeout: Duration) -> bool {
+        let (done, closed) = mpsc::sync_channel(1);
+        self.append(Record::Close(done));
+        closed.recv_timeout(timeout).is_ok()
     }
 
     /// Whether new work may be accepted: not while writes fail or the writer is far behind.
@@ -141,6 +175,8 @@ fn build(records: &[Record]) -> (Batch, Commit) {
     // Task number -> its events in this batch, in the order tasks first appear.
     let mut runs: HashMap<u64, Vec<Arc<TaskEvent>>> = HashMap::new();
     let mut order = Vec::new();
+    // The latest mark of each worker.
+    let mut workers: HashMap<String, (u64, u64)> = HashMap::new();
     for record in records {
         match record {
             Record::Task(task) => batch.tasks.push((task.number, task.encode())),
@@ -157,14 +193,21 @@ fn build(records: &[Record]) -> (Batch, Commit) {
                 batch.removed.push(*number);
             }
             Record::Agent(spec) => batch.agents.push((spec.name.clone(), encode_agent(spec))),
+            Record::Worker((id, mark)) => {
+                workers.insert(id.clone(), *mark);
+            }
+            // Taken out before (see the writer loop).
+            Record::Close(_) => {}
         }
     }
-    let mut commit = Vec::with_capacity(order.len());
+    batch.workers = workers.into_iter().collect();
+    let mut commit =
+        Commit { tasks: Vec::with_capacity(order.len()), workers: batch.workers.clone() };
     for number in order {
         let Some(run) = runs.remove(&number) else { continue };
         let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
         batch.events.push(((number, first.seq), encode_events(&run)));
-        commit.push((last.task_id.clone(), last.seq));
+        commit.tasks.push((last.task_id.clone(), last.seq));
     }
     (batch, commit)
 }

@@ -10,9 +10,9 @@
 //! Events reach subscribers only once stored, so a client never sees an event a restarted
 //! head does not have: a stream resumed by sequence number continues without gap or repeat.
 //!
-//! Backends implement [`Store`] on encoded records; [`redb`] keeps them in one file under
-//! the data directory, [`Memory`] keeps nothing (a head that forgets on restart, for tests
-//! and benchmarks that measure the in-memory path).
+//! Backends implement [`Store`] on encoded records; `redb` keeps them in one file under the
+//! data directory. With [`StoreConfig::Memory`] there is no store and no journal: a head
+//! that forgets on restart, and events go to subscribers at once.
 
 mod journal;
 mod redb;
@@ -24,6 +24,9 @@ use fleet_proto::{AgentSpec, TaskEvent, TaskId, TaskOptions, pb};
 use prost::Message;
 
 pub use journal::{Commit, Journal};
+
+/// A worker's incarnation and the number of the last of its events applied.
+pub type WorkerMark = (String, (u64, u64));
 
 /// Where the head keeps its state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,15 +75,8 @@ pub struct Batch {
     pub removed: Vec<u64>,
     /// Agent name -> `AgentSpec`.
     pub agents: Vec<(String, Vec<u8>)>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-            && self.events.is_empty()
-            && self.removed.is_empty()
-            && self.agents.is_empty()
-    }
+    /// Worker id -> (incarnation, the last of its events stored).
+    pub workers: Vec<(String, (u64, u64))>,
 }
 
 /// Everything a store holds, encoded, in key order.
@@ -89,6 +85,7 @@ pub struct Snapshot {
     pub tasks: Vec<(u64, Vec<u8>)>,
     pub events: Vec<((u64, u64), Vec<u8>)>,
     pub agents: Vec<Vec<u8>>,
+    pub workers: Vec<(String, (u64, u64))>,
 }
 
 /// A place to keep records. Implementations store bytes; the encoding is the journal's.
@@ -159,6 +156,8 @@ pub struct Restored {
     pub agents: Vec<AgentSpec>,
     /// In submission order.
     pub tasks: Vec<RestoredTask>,
+    /// Each worker's incarnation and the last of its events stored.
+    pub workers: Vec<(String, (u64, u64))>,
 }
 
 impl Restored {
@@ -218,7 +217,7 @@ impl Restored {
                 task.events.push(event);
             }
         }
-        Ok(Self { agents, tasks })
+        Ok(Self { agents, tasks, workers: snapshot.workers })
     }
 }
 
@@ -237,4 +236,77 @@ fn encode_events(events: &[Arc<TaskEvent>]) -> Vec<u8> {
 
 fn encode_agent(spec: &AgentSpec) -> Vec<u8> {
     pb::AgentSpec::from(spec).encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::cluster::{Cluster, NewTask};
+    use crate::config::HeadConfig;
+    use crate::tasks::Delivery;
+
+    /// A store whose writes fail while `failing` is set (a full disk).
+    struct Flaky {
+        failing: Arc<AtomicBool>,
+    }
+
+    impl Store for Flaky {
+        fn load(&mut self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn write(&mut self, _: &Batch) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError { what: "flaky".into(), message: "disk full".into() });
+            }
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    fn task(input: &str) -> NewTask {
+        NewTask { agent: "echo".into(), input: input.into(), ..Default::default() }
+    }
+
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within 10 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_failing_store_stops_new_work_and_holds_events_until_it_recovers() {
+        let failing = Arc::new(AtomicBool::new(false));
+        let mut config = HeadConfig::default();
+        config.agents.push(fleet_proto::AgentSpec {
+            name: "echo".into(),
+            model: "builtin:echo".into(),
+            ..Default::default()
+        });
+        let store = Box::new(Flaky { failing: failing.clone() });
+        let cluster = Cluster::start_with(&config, Some(store)).expect("cluster");
+        cluster.submit(task("first"), None).expect("a working store takes work");
+
+        failing.store(true, Ordering::SeqCst);
+        // Accepted before the store's next write fails: its events wait for the store.
+        let held = cluster.submit(task("second"), None).expect("not failed yet");
+        let mut watch = cluster.watch(held.as_str(), 1).expect("watch");
+        eventually("new work refused", || {
+            matches!(cluster.submit(task("x"), None), Err(crate::Error::StoreUnavailable(_)))
+        });
+        assert!(watch.rx.try_recv().is_err(), "an event went out that is not stored");
+
+        failing.store(false, Ordering::SeqCst);
+        eventually(
+            "the held event delivered",
+            || matches!(watch.rx.try_recv(), Ok(Delivery::Event(e)) if e.seq == 1),
+        );
+        eventually("new work taken again", || cluster.submit(task("y"), None).is_ok());
+    }
 }

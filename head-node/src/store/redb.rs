@@ -11,6 +11,7 @@ use super::{Batch, Snapshot, Store, StoreConfig, StoreError};
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const WORKERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("workers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The layout this head writes; a file with another refuses to load.
@@ -35,7 +36,9 @@ impl RedbStore {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
                     "another head has this store open (one data directory per head)".into()
                 }
-                redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if io.kind() != std::io::ErrorKind::InvalidData =>
+                {
                     format!("cannot open: {io}")
                 }
                 e => format!("not a readable store ({e}): move it away or give another --data-dir"),
@@ -67,6 +70,7 @@ impl RedbStore {
             txn.open_table(TASKS).map_err(|e| e.to_string())?;
             txn.open_table(EVENTS).map_err(|e| e.to_string())?;
             txn.open_table(AGENTS).map_err(|e| e.to_string())?;
+            txn.open_table(WORKERS).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| cannot_write(&e))
     }
@@ -101,6 +105,11 @@ impl Store for RedbStore {
             let (_, v) = row.map_err(|e| read(&e))?;
             snapshot.agents.push(v.value().to_vec());
         }
+        let workers = txn.open_table(WORKERS).map_err(|e| read(&e))?;
+        for row in workers.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            snapshot.workers.push((k.value().to_owned(), v.value()));
+        }
         Ok(snapshot)
     }
 
@@ -125,6 +134,10 @@ impl Store for RedbStore {
             let mut agents = txn.open_table(AGENTS).map_err(|e| fail(&e))?;
             for (name, bytes) in &batch.agents {
                 agents.insert(name.as_str(), bytes.as_slice()).map_err(|e| fail(&e))?;
+            }
+            let mut workers = txn.open_table(WORKERS).map_err(|e| fail(&e))?;
+            for (id, mark) in &batch.workers {
+                workers.insert(id.as_str(), mark).map_err(|e| fail(&e))?;
             }
         }
         txn.commit().map_err(|e| fail(&e))

@@ -71,6 +71,7 @@ def init(
     device: "str | None" = None,
     token: "str | None" = None,
     tls_ca: "str | os.PathLike[str] | None" = None,
+    data_dir: "str | os.PathLike[str] | None" = None,
 ) -> Fleet:
     """Start an embedded cluster (no ``address``) or connect to a running one.
 
@@ -83,7 +84,10 @@ def init(
     127.0.0.1 for other processes and always requires a client token there: without one
     given it makes a random one, readable as ``fleet.token``. For an ``https://`` address,
     ``tls_ca`` (default $FLEET_TLS_CA) is a PEM file of the CA certificates to trust instead
-    of the system's.
+    of the system's. The embedded head keeps its tasks and agents in a store under
+    ``data_dir``; start it again on the same folder and it has them back (finished tasks
+    readable, unfinished ones run again). Without ``data_dir`` the store is a temporary
+    folder removed at shutdown.
     """
     import atexit
 
@@ -95,6 +99,7 @@ def init(
         device=device,
         token=token,
         tls_ca=tls_ca,
+        data_dir=data_dir,
     )
     if fleet.embedded:
         atexit.register(fleet.shutdown)

@@ -1,0 +1,312 @@
+//! Riding through a head restart or a broken connection. A task's stream resumes with
+//! `WatchTask` from the event after the last one seen; a batch of submissions reconnects,
+//! follows its accepted tasks from their last events and submits again those the head never
+//! acknowledged. Events are never repeated (they carry gapless seqs). A client gives up when
+//! the head stays unreachable for [`RESUME_LIMIT`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::{Client, Error, ManyUpdate, ManyUpdates, Result, Submission, TaskStream};
+
+/// How long a client keeps trying to reach the head again before it reports the error.
+pub const RESUME_LIMIT: Duration = Duration::from_secs(60);
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Submissions per message.
+const CHUNK: usize = 256;
+
+/// Whether a failure is one a retry may get past: the head unreachable or restarting, the
+/// stream broken, or cut off for falling behind (which says to resume).
+pub fn resumable(error: &Error) -> bool {
+    match error {
+        Error::Connect { .. } | Error::StreamEnded => true,
+        Error::Status(s) => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => true,
+            tonic::Code::ResourceExhausted => s.message().contains("resume with WatchTask"),
+            tonic::Code::Internal => s.message().contains("h2 protocol error"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Retries after resumable failures with growing pauses, up to [`RESUME_LIMIT`] from the
+/// first failure in a row.
+struct Retry {
+    since: Option<Instant>,
+    pause: Duration,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self { since: None, pause: BACKOFF_START }
+    }
+
+    /// Waits before the next try, or gives `error` back when it is final.
+    async fn after(&mut self, error: Error) -> Result<()> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if !resumable(&error) || since.elapsed() > RESUME_LIMIT {
+            return Err(error);
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(BACKOFF_MAX);
+        Ok(())
+    }
+
+    fn succeeded(&mut self) {
+        self.since = None;
+        self.pause = BACKOFF_START;
+    }
+}
+
+/// Follows one task: `first` until it breaks, then `WatchTask` from the next seq. Without a
+/// task id (a submission that broke before its first event) a failure is final: the task
+/// may or may not exist.
+pub(crate) fn follow(
+    client: Client,
+    first: TaskStream,
+    task_id: Option<String>,
+    from_seq: u64,
+) -> TaskStream {
+    struct Follow {
+        client: Client,
+        stream: Option<TaskStream>,
+        task_id: Option<String>,
+        next: u64,
+        retry: Retry,
+        ended: bool,
+    }
+    let state = Follow {
+        client,
+        stream: Some(first),
+        task_id,
+        next: from_seq.max(1),
+        retry: Retry::new(),
+        ended: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut f| async move {
+        if f.ended {
+            return None;
+        }
+        loop {
+            let stream = match &mut f.stream {
+                Some(stream) => stream,
+                None => {
+                    let id = f.task_id.clone()?;
+                    match f.client.watch_once(&id, f.next).await {
+                        Ok(stream) => f.stream.insert(stream),
+                        Err(e) => match f.retry.after(e).await {
+                            Ok(()) => continue,
+                            Err(e) => {
+                                f.ended = true;
+                                return Some((Err(e), f));
+                            }
+                        },
+                    }
+                }
+            };
+            let failure = match stream.next().await {
+                Some(Ok(event)) => {
+                    f.retry.succeeded();
+                    if event.seq < f.next {
+                        continue; // Seen before the reconnect.
+                    }
+                    f.next = event.seq + 1;
+                    f.task_id.get_or_insert_with(|| event.task_id.to_string());
+                    f.ended = event.kind.is_terminal();
+                    return Some((Ok(event), f));
+                }
+                Some(Err(e)) => e,
+                None => Error::StreamEnded,
+            };
+            f.stream = None;
+            if f.task_id.is_none() {
+                // A submission that broke before its first event: it may or may not exist.
+                f.ended = true;
+                return Some((Err(failure), f));
+            }
+            if let Err(e) = f.retry.after(failure).await {
+                f.ended = true;
+                return Some((Err(e), f));
+            }
+        }
+    }))
+}
+
+/// What a caller of [`Client::submit_all`] can see and steer while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitControl {
+    /// Cancel to stop submitting (what was accepted goes on).
+    pub stop: tokio_util::sync::CancellationToken,
+    /// One more than the highest client ref handed to the head so far (with refs
+    /// 0, 1, 2, …: how many were submitted).
+    pub sent: Arc<AtomicUsize>,
+}
+
+/// One task of a batch: the seq its next event must have, and whether it has ended.
+struct Followed {
+    next: u64,
+    done: bool,
+}
+
+/// Runs [`Client::submit_all`]: one multiplexed stream per connection, watches for the
+/// tasks a lost connection left behind.
+pub(crate) fn submit_all(
+    client: Client,
+    items: Vec<(u64, Submission)>,
+    control: SubmitControl,
+) -> ManyUpdates {
+    let (out, updates) = mpsc::channel::<Result<Vec<ManyUpdate>>>(64);
+    tokio::spawn(async move {
+        if let Err(e) = drive(client, items, control, &out).await {
+            let _ = out.send(Err(e)).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(updates))
+}
+
+async fn drive(
+    client: Client,
+    items: Vec<(u64, Submission)>,
+    control: SubmitControl,
+    out: &mpsc::Sender<Result<Vec<ManyUpdate>>>,
+) -> Result<()> {
+    let mut pending: BTreeMap<u64, Submission> = items.into_iter().collect();
+    let mut tasks: HashMap<String, Followed> = HashMap::new();
+    let mut retry = Retry::new();
+    loop {
+        let unfinished = tasks.values().any(|t| !t.done);
+        let stopped = control.stop.is_cancelled();
+        if !unfinished && (pending.is_empty() || stopped) {
+            return Ok(());
+        }
+        let failure =
+            match connection(&client, &mut pending, &mut tasks, &control, out, &mut retry).await {
+                Ok(()) => continue,
+                Err(e) => e,
+            };
+        if out.is_closed() {
+            return Ok(());
+        }
+        retry.after(failure).await?;
+    }
+}
+
+/// One connection's worth: submit what is pending, watch what is unfinished, forward the
+/// updates; returns when all is done or the connection fails.
+async fn connection(
+    client: &Client,
+    pending: &mut BTreeMap<u64, Submission>,
+    tasks: &mut HashMap<String, Followed>,
+    control: &SubmitControl,
+    out: &mpsc::Sender<Result<Vec<ManyUpdate>>>,
+    retry: &mut Retry,
+) -> Result<()> {
+    let mut watches = futures::stream::SelectAll::new();
+    for (id, task) in tasks.iter().filter(|(_, t)| !t.done) {
+        let (client, id, next) = (client.clone(), id.clone(), task.next);
+        let events = futures::stream::once(async move { client.watch_once(&id, next).await })
+            .map(|opened| match opened {
+                Ok(stream) => stream,
+                Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as TaskStream,
+            })
+            .flatten();
+        watches.push(Box::pin(events) as TaskStream);
+    }
+    let mut many: Option<ManyUpdates> = None;
+    if !pending.is_empty() && !control.stop.is_cancelled() {
+        let (sender, updates) = client.submit_many().await?;
+        let items: Vec<(u64, Submission)> = pending.iter().map(|(r, s)| (*r, s.clone())).collect();
+        let control = control.clone();
+        tokio::spawn(async move {
+            for chunk in items.chunks(CHUNK) {
+                if control.stop.is_cancelled() {
+                    return;
+                }
+                let high = chunk.last().map_or(0, |(r, _)| *r as usize + 1);
+                if sender.send(chunk.to_vec()).await.is_err() {
+                    return;
+                }
+                control.sent.fetch_max(high, Ordering::SeqCst);
+            }
+        });
+        many = Some(updates);
+    }
+    loop {
+        let unfinished = tasks.values().any(|t| !t.done);
+        if !unfinished && (pending.is_empty() || control.stop.is_cancelled()) {
+            return Ok(());
+        }
+        let mut forward = Vec::new();
+        tokio::select! {
+            batch = async { many.as_mut()?.next().await }, if many.is_some() => match batch {
+                Some(Ok(batch)) => {
+                    for update in batch {
+                        take(update, pending, tasks, &mut forward);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                // Ends once all its tasks ended and nothing more is submitted on it.
+                None => {
+                    many = None;
+                    if !pending.is_empty() && !control.stop.is_cancelled() {
+                        return Err(Error::StreamEnded);
+                    }
+                }
+            },
+            event = watches.next(), if !watches.is_empty() => match event {
+                Some(Ok(event)) => take(ManyUpdate::Event(event), pending, tasks, &mut forward),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            },
+            else => {
+                // Nothing left to read while tasks are unfinished: their streams ended early.
+                return Err(Error::StreamEnded);
+            }
+        }
+        if !forward.is_empty() {
+            retry.succeeded();
+            if out.send(Ok(forward)).await.is_err() {
+                return Ok(()); // The caller went away.
+            }
+        }
+    }
+}
+
+/// Takes one update into the batch's state; passes on what the caller has not seen.
+fn take(
+    update: ManyUpdate,
+    pending: &mut BTreeMap<u64, Submission>,
+    tasks: &mut HashMap<String, Followed>,
+    forward: &mut Vec<ManyUpdate>,
+) {
+    match &update {
+        ManyUpdate::Accepted { client_ref, task_id } => {
+            if pending.remove(client_ref).is_none() {
+                return;
+            }
+            tasks.insert(task_id.to_string(), Followed { next: 1, done: false });
+        }
+        ManyUpdate::Rejected { client_ref, .. } => {
+            if pending.remove(client_ref).is_none() {
+                return;
+            }
+        }
+        ManyUpdate::Event(event) => {
+            let Some(task) = tasks.get_mut(event.task_id.as_str()) else { return };
+            if event.seq < task.next {
+                return;
+            }
+            task.next = event.seq + 1;
+            task.done = event.kind.is_terminal();
+        }
+    }
+    forward.push(update);
+}

@@ -1,0 +1,75 @@
+"""An embedded cluster's head keeps its tasks and agents under ``data_dir`` across restarts."""
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import agentfleet as af
+
+from conftest import Node
+
+
+def test_a_restarted_embedded_cluster_has_its_tasks_and_agents_back(tmp_path: Path) -> None:
+    with af.init(workers=1, data_dir=tmp_path) as fleet:
+        keeper = fleet.agent("keeper", model="builtin:echo", instructions="Repeat.")
+        assert keeper.map(["a b", "c d", "e f"]) == ["a b", "c d", "e f"]
+        assert fleet.status()["retained_tasks"] == 3
+    assert (tmp_path / "head.redb").is_file()
+
+    with af.init(workers=1, data_dir=tmp_path) as fleet:
+        status = fleet.status()
+        assert status["retained_tasks"] == 3, status
+        assert status["agents"] == 1, status
+        # The agent registered before the restart runs without registering it again.
+        assert fleet.agent("keeper").submit("g h").result(timeout=30) == "g h"
+
+
+def test_without_data_dir_nothing_is_kept_and_nothing_left_behind() -> None:
+    with af.init(workers=1) as fleet:
+        fleet.agent("gone", model="builtin:echo").map(["x"])
+    with af.init(workers=1) as fleet:
+        assert fleet.status()["retained_tasks"] == 0
+        assert fleet.status()["agents"] == 0
+
+
+def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
+    """A remote head is SIGKILLed and started again on its data while `map` runs: `map`
+    reconnects, follows its accepted tasks and returns every result in order."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(tmp_path)]
+
+    def start_head() -> Node:
+        head = Node("head", *args)
+        assert head.proc.stdout is not None
+        line = head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        return head
+
+    head = start_head()
+    address = f"http://127.0.0.1:{port}"
+    worker = Node("worker", "--head", address, "--join-token", "j0in", "--slots", "16")
+    try:
+        fleet = af.init(address, token="s3cret")
+        deadline = time.monotonic() + 15
+        while not fleet.status()["workers"]:
+            assert time.monotonic() < deadline, "the worker did not join"
+            time.sleep(0.01)
+        slow = fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "5"})
+        inputs = [f"task {i} a b c d e f g h i j" for i in range(600)]
+        result: dict[str, object] = {}
+        runner = threading.Thread(target=lambda: result.update(out=slow.map(inputs)), daemon=True)
+        runner.start()
+        while fleet.status()["tasks_completed"] < 100:
+            assert runner.is_alive(), result
+            time.sleep(0.005)
+        head.stop()
+        head = start_head()
+        runner.join(timeout=120)
+        assert not runner.is_alive(), "map did not return"
+        assert result.get("out") == inputs
+    finally:
+        worker.stop()
+        head.stop()

@@ -1,0 +1,175 @@
+//! Task events on their way to the head, kept until the head has stored them. They outlive
+//! a connection: when the head restarts or the stream breaks, the worker's tasks go on, their
+//! events wait here, and after rejoining the worker sends those the head does not have.
+//!
+//! Each event gets the worker's own running number in `seq`; the head acknowledges stored
+//! events by number (`Acked`) and says at rejoin which it has (`Welcome.resume_after`), so
+//! nothing is lost and nothing arrives twice. At most [`MAX_UNACKED`] events wait: beyond
+//! that the task runners wait too (generation pauses) until the head is back.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use fleet_proto::{TaskEvent, TaskId};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+/// Events the head has not confirmed stored, at most.
+pub const MAX_UNACKED: usize = 65_536;
+
+#[derive(Debug)]
+pub struct Outbox {
+    /// Numbered, oldest first.
+    events: Mutex<VecDeque<TaskEvent>>,
+    /// The last number given.
+    added: watch::Sender<u64>,
+    /// The last number the head confirmed.
+    acked: watch::Sender<u64>,
+}
+
+impl Outbox {
+    /// An empty outbox fed by `events` (the task runners' sink) until every sender is gone.
+    pub fn start(events: mpsc::Receiver<TaskEvent>, limit: usize) -> Arc<Self> {
+        let outbox = Arc::new(Self {
+            events: Mutex::new(VecDeque::new()),
+            added: watch::Sender::new(0),
+            acked: watch::Sender::new(0),
+        });
+        tokio::spawn(outbox.clone().pump(events, limit));
+        outbox
+    }
+
+    /// Numbers and keeps the runners' events while there is room.
+    async fn pump(self: Arc<Self>, mut events: mpsc::Receiver<TaskEvent>, limit: usize) {
+        let mut acked = self.acked.subscribe();
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            acked.borrow_and_update();
+            while self.events.lock().len() >= limit {
+                // Full: the runners wait on the channel until the head confirms some.
+                if acked.changed().await.is_err() {
+                    return;
+                }
+            }
+            if events.recv_many(&mut batch, 1024).await == 0 {
+                return;
+            }
+            let mut kept = self.events.lock();
+            let mut last = *self.added.borrow();
+            for mut event in batch.drain(..) {
+                last += 1;
+                event.seq = last;
+                kept.push_back(event);
+            }
+            drop(kept);
+            self.added.send_replace(last);
+        }
+    }
+
+    /// The head stored everything up to `up_to`: forget it.
+    pub fn ack(&self, up_to: u64) {
+        let mut events = self.events.lock();
+        while events.front().is_some_and(|e| e.seq <= up_to) {
+            events.pop_front();
+        }
+        drop(events);
+        self.acked.send_if_modified(|acked| {
+            let moved = up_to > *acked;
+            *acked = (*acked).max(up_to);
+            moved
+        });
+    }
+
+    /// A watcher of new events, for [`Outbox::after`].
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.added.subscribe()
+    }
+
+    /// Up to `max` events after number `cursor`, waiting until there are some; empty once
+    /// the outbox is gone.
+    pub async fn after(
+        &self,
+        cursor: u64,
+        max: usize,
+        added: &mut watch::Receiver<u64>,
+    ) -> Vec<TaskEvent> {
+        loop {
+            added.borrow_and_update();
+            {
+                let events = self.events.lock();
+                let first = events.front().map_or(u64::MAX, |e| e.seq);
+                let skip = (cursor + 1).saturating_sub(first) as usize;
+                if skip < events.len() {
+                    return events.iter().skip(skip).take(max).cloned().collect();
+                }
+            }
+            if added.changed().await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    /// The tasks (with attempts) that have events waiting: the head must hear about them.
+    pub fn tasks(&self) -> HashSet<(TaskId, u32)> {
+        self.events.lock().iter().map(|e| (e.task_id.clone(), e.attempt)).collect()
+    }
+
+    /// Events waiting, for tests and status.
+    pub fn len(&self) -> usize {
+        self.events.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::EventKind;
+
+    fn event(task: &str) -> TaskEvent {
+        TaskEvent {
+            task_id: TaskId::new(task),
+            seq: 0,
+            attempt: 1,
+            timestamp_us: 0,
+            kind: EventKind::TextDelta { text: "x".into() },
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_kept_until_acked_and_bounded() {
+        let (tx, rx) = mpsc::channel(4);
+        let outbox = Outbox::start(rx, 3);
+        let mut added = outbox.watch();
+        for _ in 0..3 {
+            tx.send(event("t")).await.expect("send");
+        }
+        let first = outbox.after(0, 10, &mut added).await;
+        let seqs: Vec<u64> = first.iter().map(|e| e.seq).collect();
+        // The pump may have taken them in more than one batch.
+        assert!(!seqs.is_empty() && seqs.iter().copied().eq(1..=seqs.len() as u64), "{seqs:?}");
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while outbox.len() < 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("three kept");
+        // Full: a fourth waits in the channel until the head confirms some.
+        tx.send(event("t")).await.expect("send");
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 3);
+        assert_eq!(
+            outbox.after(1, 10, &mut added).await.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        outbox.ack(2);
+        let next = outbox.after(3, 10, &mut added).await;
+        assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(outbox.tasks().len(), 1);
+    }
+}
