@@ -1,0 +1,188 @@
+//! Agents calling agents and topics: relayed tool calls for workers off the mesh, agent
+//! lookups for workers on it, mesh peer lists, and topics relayed to clients.
+
+use super::*;
+
+impl Cluster {
+    /// Answers a worker that wants to call `request.agent` over the mesh: the worker hosting
+    /// its actor, placed now if none does.
+    pub fn locate(&self, worker_id: &str, connection: u64, request: LocateRequest) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let Some(caller) = state.workers.get(worker_id).filter(|w| w.connection == connection)
+        else {
+            return;
+        };
+        let reply_to = caller.commands.clone();
+        let result = locate_in(state, &request.agent, &request.context_id);
+        match &result {
+            Ok(peer) => {
+                debug!(agent = %request.agent, caller_task = %request.caller_task, worker_id = %peer.worker_id, "agent located")
+            }
+            Err(e) => {
+                debug!(agent = %request.agent, caller_task = %request.caller_task, error = %e, "agent not located")
+            }
+        }
+        state.agents_located += 1;
+        let _ = reply_to.send(Command::Located { request_id: request.request_id, result });
+    }
+
+    /// The messages on `topic` from now on, through `worker`'s subscription (any worker on
+    /// the mesh when empty).
+    pub fn follow_topic(
+        &self,
+        topic: &str,
+        worker: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<Arc<TopicMessage>>> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.topics.follow(&state.workers, topic, worker)
+    }
+
+    /// Publishes a client's message through a worker on the mesh.
+    pub fn publish(
+        &self,
+        topic: String,
+        publisher: String,
+        body: String,
+    ) -> Result<tokio::sync::oneshot::Receiver<PublishOutcome>> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.topics.publish(&state.workers, topic, publisher, body)
+    }
+
+    /// Messages a worker forwarded on topics the head follows through it.
+    pub fn topic_messages(
+        &self,
+        worker_id: &str,
+        connection: u64,
+        mut messages: Vec<TopicMessage>,
+    ) {
+        let mut state = self.state.lock();
+        if state.workers.get(worker_id).is_none_or(|w| w.connection != connection) {
+            return;
+        }
+        for m in &mut messages {
+            m.worker_id = worker_id.to_owned();
+        }
+        state.topics.deliver(worker_id, messages);
+    }
+
+    /// A worker's answer to a client's publish.
+    pub fn published(
+        &self,
+        worker_id: &str,
+        request_id: u64,
+        result: std::result::Result<u64, String>,
+    ) {
+        self.state.lock().topics.published(worker_id, request_id, result);
+    }
+}
+
+/// The worker on the mesh hosting `agent` (for `context_id`), its actor placed there first
+/// if it was not.
+pub(super) fn locate_in(
+    state: &mut State,
+    agent: &str,
+    context_id: &str,
+) -> std::result::Result<MeshPeer, String> {
+    let spec = match state.agents.get(agent) {
+        Ok(entry) => entry.spec.clone(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let context = context_worker(state, agent, context_id);
+    let worker_id = scheduler::locate(&spec, &state.workers, context.as_deref())?.to_owned();
+    if !context_id.is_empty() {
+        state.context_workers.insert((agent.to_owned(), context_id.to_owned()), worker_id.clone());
+    }
+    let (Ok(entry), Some(worker)) = (state.agents.get(agent), state.workers.get_mut(&worker_id))
+    else {
+        return Err(format!("agent {agent:?} has no worker"));
+    };
+    place_actor(worker, &entry.spec, entry.version);
+    let address = worker.registration.mesh.clone().unwrap_or_default();
+    Ok(MeshPeer { worker_id, address })
+}
+
+/// Tells every worker on the mesh who is on it (itself included), after a join or a leave.
+pub(super) fn announce_mesh(state: &State) {
+    let peers: Vec<MeshPeer> = state
+        .workers
+        .iter()
+        .filter_map(|w| {
+            let address = w.registration.mesh.clone()?;
+            Some(MeshPeer { worker_id: w.id.clone(), address })
+        })
+        .collect();
+    debug!(peers = peers.len(), "mesh peers announced");
+    for w in state.workers.iter().filter(|w| w.registration.mesh.is_some()) {
+        let _ = w.commands.send(Command::MeshPeers(peers.clone()));
+    }
+}
+
+/// Sends the result of a tool call to the worker running the calling task (if it still is).
+pub(super) fn reply_to_call(
+    state: &State,
+    task_id: &TaskId,
+    call_id: String,
+    output: String,
+    is_error: bool,
+) {
+    let Some(task) = state.tasks.get(task_id.as_str()) else { return };
+    if task.state.is_terminal() {
+        return;
+    }
+    let Some(worker) = task.worker.as_deref().and_then(|w| state.workers.get(w)) else {
+        return;
+    };
+    let _ = worker.commands.send(Command::ToolReply {
+        task_id: task_id.clone(),
+        call_id,
+        output,
+        is_error,
+    });
+}
+
+/// Runs the agent a task called as a tool as a sub-task of it; its result goes back to the
+/// caller's worker when it ends. Calls of names that are not among the caller's tools are
+/// the worker's to answer.
+pub(super) fn call_agent(
+    state: &mut State,
+    limits: &Limits,
+    caller: &TaskId,
+    call_id: String,
+    name: &str,
+    arguments: &str,
+) {
+    let Some(task) = state.tasks.get(caller.as_str()) else { return };
+    let Ok(agent) = state.agents.get(&task.agent) else { return };
+    if !agent.spec.tools.iter().any(|t| t == name) {
+        return;
+    }
+    let depth = task.depth + 1;
+    let refused = if depth > MAX_TOOL_DEPTH {
+        Some(format!(
+            "agent {name} not called: agents called agents {MAX_TOOL_DEPTH} deep, the most allowed"
+        ))
+    } else {
+        let sub = NewTask {
+            agent: name.to_owned(),
+            input: fleet_proto::call_input(arguments),
+            ..Default::default()
+        };
+        match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
+            Ok(id) => {
+                debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
+                state.calls_relayed += 1;
+                if let Some(caller) = state.tasks.get_mut(caller.as_str()) {
+                    caller.children.push(id);
+                }
+                None
+            }
+            Err(e) => Some(format!("agent {name} not called: {e}")),
+        }
+    };
+    if let Some(error) = refused {
+        reply_to_call(state, caller, call_id, error, true);
+    }
+}

@@ -1,0 +1,87 @@
+//! The cluster over its store: replaying what the store holds at start (tasks running at
+//! a crash wait for their workers as orphans), delivering events once stored, closing.
+
+use super::*;
+
+impl Cluster {
+    /// Takes back what the store holds; new work is stored through `journal` from now on.
+    pub(super) fn restore(
+        &self,
+        journal: Journal,
+        restored: Restored,
+        config: &HeadConfig,
+    ) -> Result<()> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let (agents, tasks) = (restored.agents.len(), restored.tasks.len());
+        for spec in restored.agents {
+            if let Err(e) = state.agents.register(spec) {
+                warn!(error = %e, "a stored agent was not restored");
+            }
+        }
+        // The config file says what its agents are now.
+        for spec in &config.agents {
+            state.agents.register(spec.clone())?;
+        }
+        state.tasks.store_in(journal);
+        let mut open = Vec::new();
+        for task in restored.tasks {
+            let id = task.record.id.clone();
+            let parent = task.record.parent.clone();
+            state.tasks.restore(task);
+            if let Some((parent, _)) = parent
+                && let Some(parent) = state.tasks.get_mut(parent.as_str())
+            {
+                parent.children.push(id.clone());
+            }
+            if let Some(task) = state.tasks.get(id.as_str())
+                && !task.state.is_terminal()
+            {
+                open.push(id);
+            }
+        }
+        let open_count = open.len();
+        for id in open {
+            let Some(task) = state.tasks.get(id.as_str()) else { continue };
+            match task.worker.clone() {
+                // Its worker may still run it: it claims it when it rejoins.
+                Some(worker) => state.orphans.entry(worker).or_default().push(id),
+                None => state.queue.push_back(id),
+            }
+        }
+        if !state.orphans.is_empty() {
+            state.orphans_until = Some(Instant::now() + REJOIN_GRACE + config.worker_timeout);
+        }
+        state.worker_seqs.extend(restored.workers);
+        info!(agents, tasks, unfinished = open_count, "state restored from the store");
+        Ok(())
+    }
+
+    /// Stores what is pending and closes the store (the head is stopping), so that another
+    /// head may open it; waits up to `timeout`. Blocking.
+    pub fn close_store(&self, timeout: Duration) {
+        let journal = self.state.lock().tasks.journal().cloned();
+        if let Some(journal) = journal
+            && !journal.close(timeout)
+        {
+            warn!(?timeout, "the store did not close in time");
+        }
+    }
+
+    /// A commit stored these events: they go to their subscribers.
+    pub(super) fn committed(&self, commit: Commit) {
+        let mut state = self.state.lock();
+        for (id, seq) in commit.tasks {
+            if let Some(task) = state.tasks.get_mut(id.as_str()) {
+                task.stored_up_to(seq);
+            }
+        }
+        for (worker, (incarnation, up_to)) in commit.workers {
+            if let Some(w) = state.workers.get(&worker)
+                && w.registration.incarnation == incarnation
+            {
+                let _ = w.commands.send(Command::Acked { up_to });
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! A task's transitions on `State`: dispatch to a worker, release, finish, cancel, end
+//! (answering a calling task), fail-over of a lost worker's tasks, and draining the queue.
+
+use super::*;
+
+/// Sends the agent's spec to a worker that does not host this version of it yet.
+pub(super) fn place_actor(worker: &mut WorkerEntry, spec: &Arc<AgentSpec>, version: u64) {
+    if worker.placed.get(&spec.name) != Some(&version) {
+        worker.placed.insert(spec.name.clone(), version);
+        let _ = worker.commands.send(Command::PlaceActor { spec: spec.clone(), version });
+    }
+}
+
+pub(super) fn context_worker(state: &State, agent: &str, context_id: &str) -> Option<String> {
+    if context_id.is_empty() {
+        return None;
+    }
+    state.context_workers.get(&(agent.to_owned(), context_id.to_owned())).cloned()
+}
+
+/// Puts a task on a worker: reserves its share, logs `Scheduled`, sends the commands.
+pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
+    let (Some(task), Some(worker)) =
+        (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
+    else {
+        return;
+    };
+    let Ok(agent) = state.agents.get_mut(&task.agent) else {
+        return;
+    };
+    let spec = agent.spec.clone();
+    place_actor(worker, &spec, agent.version);
+    agent.running += 1;
+    worker.running.insert(id.clone());
+    *worker.running_per_agent.entry(spec.name.clone()).or_default() += 1;
+    worker.free.sub(&spec.resources);
+    worker.tasks_assigned += 1;
+    task.reserved = spec.resources;
+    task.worker = Some(worker_id.to_owned());
+    let _ = worker.commands.send(Command::RunTask(TaskAssignment {
+        task_id: id.clone(),
+        agent: task.agent.clone(),
+        attempt: task.attempt,
+        input: task.input.to_string(),
+        context_id: task.context_id.clone(),
+        options: task.options.clone(),
+        depth: task.depth,
+    }));
+    task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
+    if !task.context_id.is_empty() {
+        if state.context_workers.len() >= MAX_CONTEXT_AFFINITY {
+            state.context_workers.clear();
+        }
+        state
+            .context_workers
+            .insert((task.agent.clone(), task.context_id.clone()), worker_id.to_owned());
+    }
+    debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
+}
+
+/// Frees what the running attempt of a task holds on its worker.
+pub(super) fn release(state: &mut State, id: &TaskId) {
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
+    let Some(worker_id) = task.worker.take() else { return };
+    if let Ok(agent) = state.agents.get_mut(&task.agent) {
+        agent.running = agent.running.saturating_sub(1);
+    }
+    if let Some(worker) = state.workers.get_mut(&worker_id)
+        && worker.running.remove(id)
+    {
+        worker.free.add(&task.reserved);
+        if let Some(n) = worker.running_per_agent.get_mut(&task.agent) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    // Keep the worker id for GetTask: the task ran there.
+    task.worker = Some(worker_id);
+}
+
+/// Ends a task with a terminal event.
+pub(super) fn finish(state: &mut State, id: &TaskId, kind: EventKind) {
+    release(state, id);
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
+    task.push(kind, now_us());
+    let final_state = task.state;
+    debug!(task_id = %id, state = final_state.as_str(), "task finished");
+    ended(state, id, final_state);
+}
+
+/// Cancels a task: on its worker, or at once when it is queued.
+pub(super) fn cancel_in(state: &mut State, id: &TaskId, reason: &str) {
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
+    if task.state.is_terminal() || task.cancel_requested {
+        return;
+    }
+    task.cancel_requested = true;
+    match task.worker.clone() {
+        Some(worker) => {
+            if let Some(w) = state.workers.get(&worker) {
+                let _ = w
+                    .commands
+                    .send(Command::CancelTask { task_id: id.clone(), reason: reason.to_owned() });
+            }
+        }
+        None => {
+            state.queue.retain(|q| q != id);
+            finish(state, id, EventKind::Canceled { reason: reason.to_owned() });
+        }
+    }
+    info!(task_id = %id, reason, "task cancel requested");
+}
+
+/// Retires a task that reached `final_state`: a task some agent called as a tool answers
+/// it, and the tasks it called itself are no longer needed.
+pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
+    let Some(task) = state.tasks.get(id.as_str()) else { return };
+    for child in task.children.clone() {
+        cancel_in(state, &child, "the task that called it ended");
+    }
+    let Some(task) = state.tasks.get(id.as_str()) else { return };
+    if let Some((parent, call_id)) = task.parent.clone() {
+        let (output, is_error) = match final_state {
+            TaskState::Completed => (task.output.clone(), false),
+            TaskState::Canceled => (format!("agent {} was canceled", task.agent), true),
+            _ => (format!("agent {} failed: {}", task.agent, task.error), true),
+        };
+        reply_to_call(state, &parent, call_id, output, is_error);
+    }
+    state.tasks.finished(id, final_state);
+}
+
+/// Retries or fails the tasks that were running on a lost worker.
+pub(super) fn fail_over(state: &mut State, worker: WorkerEntry, reason: &str) {
+    let mut retry = Vec::new();
+    for id in worker.running {
+        if let Some(task) = state.tasks.get(id.as_str())
+            && let Ok(agent) = state.agents.get_mut(&task.agent)
+        {
+            agent.running = agent.running.saturating_sub(1);
+        }
+        if lost_attempt(state, &id, &worker.id, reason) {
+            retry.push(id);
+        }
+    }
+    // Retries go first: they were accepted before anything still queued.
+    for id in retry.into_iter().rev() {
+        state.queue.push_front(id);
+    }
+    state.context_workers.retain(|_, w| *w != worker.id);
+}
+
+/// A task's attempt on `worker` is lost: it is retried (true: the caller queues it) while
+/// its agent allows, canceled if that was asked, failed otherwise.
+pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason: &str) -> bool {
+    let Some(task) = state.tasks.get_mut(id.as_str()) else { return false };
+    let max_retries = state.agents.get(&task.agent).map(|a| a.spec.max_retries).unwrap_or(0);
+    let failed_attempt = task.attempt;
+    if task.cancel_requested {
+        task.push(
+            EventKind::Canceled { reason: format!("canceled; worker {worker} lost: {reason}") },
+            now_us(),
+        );
+    } else if failed_attempt <= max_retries {
+        task.push(
+            EventKind::Retrying {
+                reason: format!("worker {worker} lost: {reason}"),
+                failed_attempt,
+            },
+            now_us(),
+        );
+        task.attempt += 1;
+        task.worker = None;
+        return true;
+    } else {
+        let error = format!(
+            "worker {worker} lost while running the task ({reason}); attempt {failed_attempt} of {}",
+            max_retries + 1
+        );
+        task.push(EventKind::Failed { error, worker_id: worker.to_owned() }, now_us());
+    }
+    let final_state = task.state;
+    ended(state, id, final_state);
+    false
+}
+
+/// Places queued tasks on free capacity, oldest first.
+pub(super) fn drain_queue(state: &mut State) {
+    let mut index = 0;
+    let mut waited = 0;
+    while index < state.queue.len() && waited < QUEUE_SCAN_LIMIT {
+        if !state.workers.iter().any(WorkerEntry::has_free_slot) {
+            return;
+        }
+        let id = state.queue[index].clone();
+        let Some(task) = state.tasks.get(id.as_str()) else {
+            state.queue.remove(index);
+            continue;
+        };
+        let Ok(agent) = state.agents.get(&task.agent) else {
+            state.queue.remove(index);
+            continue;
+        };
+        let spec = agent.spec.clone();
+        if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
+            index += 1;
+            waited += 1;
+            continue;
+        }
+        let context = context_worker(state, &task.agent, &task.context_id);
+        match scheduler::place(&spec, &state.workers, context.as_deref()) {
+            Placement::Worker(w) => {
+                let w = w.to_owned();
+                state.queue.remove(index);
+                dispatch(state, &id, &w);
+            }
+            Placement::Wait => {
+                index += 1;
+                waited += 1;
+            }
+            Placement::Never(reason) => {
+                state.queue.remove(index);
+                let error = format!("no worker can run agent {:?}: {reason}", spec.name);
+                finish(state, &id, EventKind::Failed { error, worker_id: String::new() });
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Workers coming and going: joins (adopting the tasks a rejoining worker still runs),
+//! heartbeats, the events they send (each applied once), losses and the silent-worker sweep.
+
+use super::*;
+
+impl Cluster {
+    /// Adds a worker that joined; returns its connection number, its command stream and
+    /// the number of the last of its events the head has. The tasks it reports running
+    /// that the head still has on it are adopted; the others it is told to cancel.
+    pub fn worker_joined(
+        &self,
+        registration: Registration,
+        address: String,
+    ) -> (u64, mpsc::UnboundedReceiver<Command>, u64) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let connection = state.workers.next_connection();
+        let id = registration.worker_id.clone();
+        let on_mesh = registration.mesh.is_some();
+        let incarnation = registration.incarnation;
+        let reported: HashMap<TaskId, u32> = registration.running.iter().cloned().collect();
+        let resume_after = match state.worker_seqs.get(&id) {
+            Some(&(known, applied)) if known == incarnation && incarnation != 0 => applied,
+            _ => {
+                remember_worker_seq(state, &id, (incarnation, 0));
+                0
+            }
+        };
+        let entry = WorkerEntry::new(registration, connection, address, tx, Instant::now());
+        let replaced = state.workers.insert(entry);
+        let was_on_mesh = replaced.as_ref().is_some_and(|w| w.registration.mesh.is_some());
+        // The tasks the head has on this worker: of its previous connection (not noticed
+        // gone yet) and those it ran when the head restarted.
+        let mut candidates: Vec<TaskId> = state.orphans.remove(&id).unwrap_or_default();
+        if let Some(old) = replaced {
+            for task in &old.running {
+                if let Some(t) = state.tasks.get(task.as_str())
+                    && let Ok(agent) = state.agents.get_mut(&t.agent)
+                {
+                    agent.running = agent.running.saturating_sub(1);
+                }
+            }
+            candidates.extend(old.running);
+        }
+        let (mut adopted, mut retried) = (0, Vec::new());
+        for task in candidates {
+            let still_runs = state
+                .tasks
+                .get(task.as_str())
+                .is_some_and(|t| !t.state.is_terminal() && reported.get(&t.id) == Some(&t.attempt));
+            if still_runs {
+                adopt(state, &task, &id);
+                adopted += 1;
+            } else if lost_attempt(state, &task, &id, "the worker rejoined without it") {
+                retried.push(task);
+            }
+        }
+        for task in retried.into_iter().rev() {
+            state.queue.push_front(task);
+        }
+        // Dispatched just before a crash, its `Scheduled` not stored: queued again here, but
+        // the worker has it. It stays there.
+        for (task, attempt) in &reported {
+            let queued = state.tasks.get(task.as_str()).is_some_and(|t| {
+                t.worker.is_none() && t.state == TaskState::Queued && t.attempt == *attempt
+            });
+            if queued && let Some(at) = state.queue.iter().position(|q| q == task) {
+                state.queue.remove(at);
+                adopt(state, task, &id);
+                if let Some(t) = state.tasks.get_mut(task.as_str()) {
+                    t.push(EventKind::Scheduled { worker_id: id.clone() }, now_us());
+                }
+                adopted += 1;
+            }
+        }
+        // What it runs that is no longer its to run (retried elsewhere, canceled, unknown).
+        if let Some(worker) = state.workers.get(&id) {
+            for (task, attempt) in &reported {
+                let current = state.tasks.get(task.as_str()).is_some_and(|t| {
+                    t.worker.as_deref() == Some(&id)
+                        && t.attempt == *attempt
+                        && worker.running.contains(task)
+                });
+                if !current {
+                    let _ = worker.commands.send(Command::CancelTask {
+                        task_id: task.clone(),
+                        reason: "the head no longer runs this attempt on this worker".into(),
+                    });
+                }
+            }
+        }
+        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, resume_after, "worker joined");
+        if on_mesh || was_on_mesh {
+            announce_mesh(state);
+        }
+        drain_queue(state);
+        (connection, rx, resume_after)
+    }
+
+    pub fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {
+        self.state.lock().workers.heartbeat(worker_id, connection, beat, Instant::now());
+    }
+
+    /// Applies a batch of events a worker sent about its tasks.
+    pub fn worker_events(&self, worker_id: &str, connection: u64, events: Vec<TaskEvent>) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        // A replaced connection's events: the worker sends again, on its new connection,
+        // whatever the head had not applied when it rejoined.
+        if state.workers.get(worker_id).is_none_or(|w| w.connection != connection) {
+            debug!(
+                worker_id,
+                connection,
+                events = events.len(),
+                "events of a replaced connection dropped"
+            );
+            return;
+        }
+        state.workers.touch(worker_id, connection, Instant::now());
+        // Workers on the mesh call agents themselves; their ToolCall events are for the log.
+        let calls_direct =
+            state.workers.get(worker_id).is_some_and(|w| w.registration.mesh.is_some());
+        // Events a worker sends again after a rejoin carry numbers the head has seen.
+        let incarnation = state.workers.get(worker_id).map_or(0, |w| w.registration.incarnation);
+        let mut applied = match state.worker_seqs.get(worker_id) {
+            Some(&(known, applied)) if known == incarnation && incarnation != 0 => Some(applied),
+            _ => None,
+        };
+        let numbered = applied.is_some();
+        let mut freed = false;
+        let mut calls = Vec::new();
+        for event in events {
+            if let Some(applied) = &mut applied
+                && event.seq > 0
+            {
+                if event.seq <= *applied {
+                    continue;
+                }
+                *applied = event.seq;
+            }
+            let Some(task) = state.tasks.get_mut(event.task_id.as_str()) else {
+                debug!(task_id = %event.task_id, worker_id, "event for an unknown task dropped");
+                continue;
+            };
+            let current =
+                task.worker.as_deref() == Some(worker_id) && task.attempt == event.attempt;
+            if !current || task.state.is_terminal() {
+                debug!(task_id = %event.task_id, worker_id, attempt = event.attempt, "stale event dropped");
+                continue;
+            }
+            match &event.kind {
+                EventKind::Submitted { .. }
+                | EventKind::Scheduled { .. }
+                | EventKind::Retrying { .. } => {
+                    warn!(task_id = %event.task_id, worker_id, "worker sent a head-only event; dropped");
+                }
+                kind if kind.is_terminal() => {
+                    finish(state, &event.task_id, event.kind);
+                    freed = true;
+                }
+                EventKind::ToolCall { call_id, name, arguments } if !calls_direct => {
+                    calls.push((
+                        event.task_id.clone(),
+                        call_id.clone(),
+                        name.clone(),
+                        arguments.clone(),
+                    ));
+                    task.push(event.kind, event.timestamp_us);
+                }
+                _ => {
+                    task.push(event.kind, event.timestamp_us);
+                }
+            }
+        }
+        if let (true, Some(applied)) = (numbered, applied) {
+            let mark = (worker_id.to_owned(), (incarnation, applied));
+            remember_worker_seq(state, worker_id, mark.1);
+            match state.tasks.journal() {
+                // Acknowledged once stored (see `committed`).
+                Some(journal) => journal.worker(mark),
+                None => {
+                    if let Some(w) = state.workers.get(worker_id) {
+                        let _ = w.commands.send(Command::Acked { up_to: applied });
+                    }
+                }
+            }
+        }
+        for (task_id, call_id, name, arguments) in calls {
+            call_agent(state, &self.limits, &task_id, call_id, &name, &arguments);
+        }
+        if freed {
+            drain_queue(state);
+        }
+    }
+
+    /// A worker is gone (its stream ended or it stopped heartbeating): retry or fail its
+    /// tasks. Ignored if `connection` is no longer the worker's current one.
+    pub fn worker_lost(&self, worker_id: &str, connection: u64, reason: &str) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if let Some(entry) = state.workers.remove(worker_id, connection) {
+            warn!(worker_id, reason, tasks = entry.running.len(), "worker lost");
+            let on_mesh = entry.registration.mesh.is_some();
+            fail_over(state, entry, reason);
+            if on_mesh {
+                announce_mesh(state);
+                state.topics.worker_lost(&state.workers, worker_id);
+            }
+            drain_queue(state);
+        }
+    }
+
+    /// Declares dead every worker silent for longer than `timeout`.
+    pub fn sweep_silent_workers(&self, timeout: Duration) {
+        self.retry_orphans(Instant::now());
+        let expired = self.state.lock().workers.expired(Instant::now(), timeout);
+        for (id, connection) in expired {
+            let reason = format!("no heartbeat for {} ms", timeout.as_millis());
+            self.worker_lost(&id, connection, &reason);
+        }
+    }
+
+    /// Retries the tasks of workers that did not rejoin the restarted head in time.
+    pub(super) fn retry_orphans(&self, now: Instant) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if state.orphans_until.is_none_or(|until| now < until) {
+            return;
+        }
+        state.orphans_until = None;
+        let mut retried = 0;
+        for (worker, tasks) in std::mem::take(&mut state.orphans) {
+            for task in tasks {
+                if lost_attempt(state, &task, &worker, "it did not rejoin the restarted head") {
+                    state.queue.push_back(task);
+                    retried += 1;
+                }
+            }
+        }
+        warn!(retried, "tasks of workers that did not come back retried");
+        drain_queue(state);
+    }
+}
+
+/// Remembers a worker's event numbers (bounded: the oldest go when it is full).
+fn remember_worker_seq(state: &mut State, worker: &str, mark: (u64, u64)) {
+    if state.worker_seqs.len() >= MAX_WORKER_SEQS && !state.worker_seqs.contains_key(worker) {
+        let Some(any) = state.worker_seqs.keys().next().cloned() else { return };
+        state.worker_seqs.remove(&any);
+    }
+    state.worker_seqs.insert(worker.to_owned(), mark);
+}
+
+/// Takes on a task a rejoining worker still runs: it holds its share there again.
+fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
+    let (Some(task), Some(worker)) =
+        (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
+    else {
+        return;
+    };
+    let Ok(agent) = state.agents.get_mut(&task.agent) else { return };
+    agent.running += 1;
+    worker.running.insert(id.clone());
+    *worker.running_per_agent.entry(task.agent.clone()).or_default() += 1;
+    worker.free.sub(&agent.spec.resources);
+    task.reserved = agent.spec.resources;
+    task.worker = Some(worker_id.to_owned());
+}

@@ -1,0 +1,200 @@
+//! The head's state machine: agents, workers, tasks and the queue behind one lock, and every
+//! transition between them (submit, dispatch, worker events, worker loss, cancel, retry).
+//!
+//! One `parking_lot` mutex guards it all: each operation is short and non-blocking (channel
+//! sends and store appends never wait), so a single lock is both fast and easy to reason
+//! about. [`Cluster`] is the handle the front doors share; its methods live by concern:
+//! `submit` (agents and tasks in, following and canceling), `views` (snapshots and queries),
+//! `membership` (workers joining, sending events, leaving), `calls` (agents calling agents,
+//! mesh lookups, topics), `lifecycle` (a task's transitions on `State`), `durable` (replay
+//! from the store, events out once stored). `tests` exercises `State` directly.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::local::LocalHead;
+use fleet_proto::{
+    AgentSpec, Command, EventKind, Heartbeat, LoadedModel, LocateRequest, MeshPeer, Registration,
+    TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, TopicMessage, now_us,
+};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::agents::{AgentRegistry, Registered};
+use crate::config::HeadConfig;
+use crate::scheduler::{self, Placement};
+use crate::store::{Commit, Journal, Restored};
+use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
+use crate::topics::{PublishOutcome, TopicRelays};
+use crate::workers::{WorkerEntry, WorkerRegistry};
+use crate::{Error, Result};
+
+mod calls;
+mod durable;
+mod lifecycle;
+mod membership;
+mod submit;
+mod views;
+
+use calls::*;
+use lifecycle::*;
+use submit::*;
+pub use views::{
+    AgentInfo, ClusterStatus, ModelInfo, NewTask, TaskFilter, TaskInfo, TaskPage, WorkerInfo,
+};
+
+/// How many queued tasks one drain looks at past tasks that must keep waiting.
+const QUEUE_SCAN_LIMIT: usize = 256;
+/// How long a restarted head waits for a worker to rejoin and claim the tasks it ran:
+/// past a worker's longest reconnect backoff (5 s) plus the worker timeout.
+const REJOIN_GRACE: Duration = Duration::from_secs(6);
+/// Workers whose event numbers are remembered (one entry per worker id).
+const MAX_WORKER_SEQS: usize = 65_536;
+/// Conversations remembered for placing a context's next turn on the same worker.
+const MAX_CONTEXT_AFFINITY: usize = 100_000;
+
+/// Tool calls deep a chain of agents calling agents may go (a loop of agents ends here).
+const MAX_TOOL_DEPTH: u32 = 4;
+/// Texts one embedding task may carry (OpenAI's own limit).
+const MAX_EMBED_TEXTS: usize = 2048;
+
+/// The limits the state machine enforces.
+#[derive(Debug, Clone)]
+struct Limits {
+    heartbeat_interval: Duration,
+    max_queued_tasks: usize,
+    max_input_bytes: usize,
+    subscriber_buffer: usize,
+}
+
+struct State {
+    agents: AgentRegistry,
+    workers: WorkerRegistry,
+    tasks: TaskTable,
+    queue: VecDeque<TaskId>,
+    /// (agent, context id) -> the worker that ran its last turn.
+    context_workers: HashMap<(String, String), String>,
+    /// Agent calls run as sub-tasks here (callers not on the mesh).
+    calls_relayed: u64,
+    /// Lookups answered for callers on the mesh.
+    agents_located: u64,
+    topics: TopicRelays,
+    /// Each worker's incarnation and the number of the last of its events applied: a
+    /// rejoining worker sends the ones after it again (see the worker's outbox).
+    worker_seqs: HashMap<String, (u64, u64)>,
+    /// Tasks that ran on a worker when the head restarted, by worker, until it rejoins
+    /// (and they are adopted) or `orphans_until` passes (and they are retried).
+    orphans: HashMap<String, Vec<TaskId>>,
+    orphans_until: Option<Instant>,
+}
+
+/// The head's cluster state, shared by every API handler.
+pub struct Cluster {
+    state: Mutex<State>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A cluster with the config's limits and agents, and the state its store holds (tasks
+    /// running when the head stopped are retried, queued ones queued again).
+    pub fn start(config: &HeadConfig) -> Result<Arc<Self>> {
+        let store = crate::store::open(&config.store).map_err(Error::Store)?;
+        Self::start_with(config, store)
+    }
+
+    /// [`Cluster::start`] on a store already open (none: keep nothing).
+    pub(crate) fn start_with(
+        config: &HeadConfig,
+        store: Option<Box<dyn crate::store::Store>>,
+    ) -> Result<Arc<Self>> {
+        let cluster = Arc::new(Self::new(config)?);
+        if let Some(mut store) = store {
+            let what = store.describe();
+            let snapshot = store.load().map_err(Error::Store)?;
+            let restored = Restored::decode(snapshot, &what).map_err(Error::Store)?;
+            let weak = Arc::downgrade(&cluster);
+            let on_commit = Box::new(move |commit: Commit| {
+                if let Some(cluster) = weak.upgrade() {
+                    cluster.committed(commit);
+                }
+            });
+            let journal = Journal::start(store, on_commit)?;
+            cluster.restore(journal, restored, config)?;
+        }
+        Ok(cluster)
+    }
+
+    /// A cluster with the config's limits and agents, keeping nothing.
+    pub fn new(config: &HeadConfig) -> Result<Self> {
+        let mut agents = AgentRegistry::new(config.max_agents);
+        for spec in &config.agents {
+            agents.register(spec.clone())?;
+        }
+        Ok(Self {
+            state: Mutex::new(State {
+                agents,
+                workers: WorkerRegistry::default(),
+                tasks: TaskTable::new(config.max_retained_tasks, config.max_retained_bytes),
+                queue: VecDeque::new(),
+                context_workers: HashMap::new(),
+                calls_relayed: 0,
+                agents_located: 0,
+                topics: TopicRelays::default(),
+                worker_seqs: HashMap::new(),
+                orphans: HashMap::new(),
+                orphans_until: None,
+            }),
+            limits: Limits {
+                heartbeat_interval: config.heartbeat_interval,
+                max_queued_tasks: config.max_queued_tasks,
+                max_input_bytes: config.max_input_bytes,
+                subscriber_buffer: config.subscriber_buffer,
+            },
+        })
+    }
+
+    /// Calls `hook` with the id of every task retention evicts from now on.
+    pub fn on_task_evicted(&self, hook: crate::tasks::EvictionHook) {
+        self.state.lock().tasks.on_evicted(hook);
+    }
+
+    /// A new subscriber with the configured buffer.
+    pub fn subscriber(&self) -> (Subscriber, Subscription) {
+        subscriber(self.limits.subscriber_buffer)
+    }
+}
+
+/// In-process workers join the cluster directly (see `fleet_proto::local`).
+impl LocalHead for Cluster {
+    fn join(
+        &self,
+        registration: Registration,
+    ) -> (u64, Duration, mpsc::UnboundedReceiver<Command>) {
+        let (connection, commands, _) = self.worker_joined(registration, "in-process".to_owned());
+        (connection, self.limits.heartbeat_interval, commands)
+    }
+
+    fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {
+        Cluster::heartbeat(self, worker_id, connection, beat);
+    }
+
+    fn events(&self, worker_id: &str, connection: u64, events: Vec<TaskEvent>) {
+        self.worker_events(worker_id, connection, events);
+    }
+
+    fn leave(&self, worker_id: &str, connection: u64, reason: &str) {
+        self.worker_lost(worker_id, connection, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests;

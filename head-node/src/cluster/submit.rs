@@ -1,0 +1,215 @@
+//! Taking work in: registering agents, validating and accepting tasks (one or many over a
+//! multiplexed stream), following and canceling them.
+
+use super::*;
+
+impl Cluster {
+    pub fn register_agent(&self, spec: AgentSpec) -> Result<AgentInfo> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if let Some(journal) = state.tasks.journal() {
+            journal.check().map_err(Error::StoreUnavailable)?;
+        }
+        let (outcome, entry) = state.agents.register(spec)?;
+        let info = AgentInfo::from(entry);
+        if outcome != Registered::Unchanged
+            && let Some(journal) = state.tasks.journal()
+        {
+            journal.agent(entry.spec.clone());
+        }
+        if outcome == Registered::Replaced {
+            // Actors of the old spec hold state built for it (conversations, model).
+            for w in state.workers.iter_mut() {
+                if w.placed.remove(&info.spec.name).is_some() {
+                    let _ = w.commands.send(Command::StopActor { agent: info.spec.name.clone() });
+                }
+            }
+        }
+        info!(agent = %info.spec.name, model = %info.spec.model, version = info.version, ?outcome, "agent registered");
+        Ok(info)
+    }
+
+    /// Validates and accepts a task; `subscriber` (if any) is attached before its first
+    /// event, and told `Accepted { client_ref }` first when a ref is given.
+    pub fn submit(
+        &self,
+        task: NewTask,
+        subscriber: Option<(Subscriber, Option<u64>)>,
+    ) -> Result<TaskId> {
+        self.validate(&task)?;
+        let mut guard = self.state.lock();
+        if let Some(journal) = guard.tasks.journal() {
+            journal.check().map_err(Error::StoreUnavailable)?;
+        }
+        submit_in(&mut guard, &self.limits, task, subscriber, None)
+    }
+
+    /// The name of the agent that serves `model` directly (`model:<id>`), registered on
+    /// first use; an error when no live worker has the model.
+    pub fn model_agent(&self, model: &str) -> Result<String> {
+        let mut state = self.state.lock();
+        if !state.workers.iter().any(|w| w.has_model(model)) {
+            return Err(Error::UnknownModel(model.to_owned()));
+        }
+        Ok(state.agents.model_agent(model).spec.name.clone())
+    }
+
+    fn validate(&self, task: &NewTask) -> Result<()> {
+        if task.agent.is_empty() {
+            return Err(Error::InvalidArgument("agent is empty: name the agent to run".into()));
+        }
+        let embed = task.options.as_ref().map_or(&[][..], |o| &o.embed[..]);
+        if task.input.trim().is_empty() && embed.is_empty() {
+            return Err(Error::InvalidArgument(
+                "input is empty: give the agent something to do".into(),
+            ));
+        }
+        if embed.len() > MAX_EMBED_TEXTS {
+            return Err(Error::InvalidArgument(format!(
+                "{} texts to embed; at most {MAX_EMBED_TEXTS} per request",
+                embed.len()
+            )));
+        }
+        let extra: usize = task.options.as_ref().map_or(0, |o| {
+            o.embed.iter().map(String::len).sum::<usize>()
+                + o.history.iter().map(|t| t.content.len()).sum::<usize>()
+        });
+        if task.input.len() + extra > self.limits.max_input_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the input is {} bytes with its history or texts, over the limit of {} bytes",
+                task.input.len() + extra,
+                self.limits.max_input_bytes
+            )));
+        }
+        if task.input.len() > self.limits.max_input_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "input is {} bytes, over the limit of {} bytes",
+                task.input.len(),
+                self.limits.max_input_bytes
+            )));
+        }
+        if task.context_id.len() > 256 {
+            return Err(Error::InvalidArgument("context_id must be at most 256 bytes".into()));
+        }
+        Ok(())
+    }
+
+    /// Submits tasks for a multiplexed subscriber: each is acknowledged (`Accepted` before
+    /// its events) or refused (`Rejected`) on `sub`. Waits while the subscriber's buffer is
+    /// nearly full, so a submitter that does not read is slowed, not cut off. False once the
+    /// subscriber is gone.
+    pub async fn submit_for(
+        &self,
+        sub: &Subscriber,
+        items: impl IntoIterator<Item = (u64, Result<NewTask>)>,
+    ) -> bool {
+        for (client_ref, task) in items {
+            if !sub.wait_for_room(64).await {
+                return false;
+            }
+            let outcome =
+                task.and_then(|task| self.submit(task, Some((sub.clone(), Some(client_ref)))));
+            if let Err(error) = outcome {
+                sub.deliver(Delivery::Rejected { client_ref, error: Arc::new(error) });
+            }
+        }
+        true
+    }
+
+    /// Waits until a task's submission is stored (at once without a store): a caller that
+    /// answers with the task id promises it survives a restart.
+    pub async fn stored(&self, task_id: &str) -> Result<()> {
+        let mut subscription = self.watch(task_id, 1)?;
+        let _ = subscription.rx.recv().await;
+        Ok(())
+    }
+
+    /// Follows a task from `from_seq`: the events stored so far, then the others as they
+    /// are stored.
+    pub fn watch(&self, task_id: &str, from_seq: u64) -> Result<Subscription> {
+        let mut state = self.state.lock();
+        let task =
+            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let backlog = task.stored_events_from(from_seq);
+        let (sub, subscription) = subscriber(backlog.len() + self.limits.subscriber_buffer);
+        for event in backlog {
+            sub.deliver(Delivery::Event(event.clone()));
+        }
+        let next = from_seq.max(task.durable + 1);
+        task.follow(sub, next);
+        Ok(subscription)
+    }
+
+    /// The task as it is now and its events from here on, taken together so that nothing
+    /// falls between them (A2A streams start with the task, then its updates).
+    pub fn snapshot_and_watch(&self, task_id: &str) -> Result<(TaskInfo, Subscription)> {
+        let mut state = self.state.lock();
+        let task =
+            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let (sub, subscription) = subscriber(self.limits.subscriber_buffer);
+        // The snapshot shows every event so far: the stream goes on after them.
+        let next = task.events.len() as u64 + 1;
+        task.follow(sub, next);
+        Ok((TaskInfo::from(&*task), subscription))
+    }
+
+    /// Cancels a task: a queued one at once, a running one through its worker.
+    pub fn cancel(&self, task_id: &str) -> Result<TaskInfo> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let id = state
+            .tasks
+            .get(task_id)
+            .map(|t| t.id.clone())
+            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        cancel_in(state, &id, "canceled by the client");
+        let task =
+            state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        Ok(TaskInfo::from(task))
+    }
+}
+
+/// Accepts a task (see [`Cluster::submit`]); `parent` is the task that called it as a tool.
+pub(super) fn submit_in(
+    state: &mut State,
+    limits: &Limits,
+    task: NewTask,
+    subscriber: Option<(Subscriber, Option<u64>)>,
+    parent: Option<(TaskId, String, u32)>,
+) -> Result<TaskId> {
+    let spec = state.agents.get(&task.agent)?.spec.clone();
+    let context_worker = context_worker(state, &task.agent, &task.context_id);
+    let placement = match scheduler::place(&spec, &state.workers, context_worker.as_deref()) {
+        Placement::Never(reason) => {
+            return Err(Error::Unschedulable { agent: task.agent, reason });
+        }
+        Placement::Worker(w) => Some(w.to_owned()),
+        Placement::Wait => None,
+    };
+    let at_capacity =
+        spec.max_concurrency > 0 && state.agents.get(&task.agent)?.running >= spec.max_concurrency;
+    let placement = placement.filter(|_| !at_capacity);
+    if placement.is_none() && state.queue.len() >= limits.max_queued_tasks {
+        return Err(Error::QueueFull { limit: limits.max_queued_tasks });
+    }
+    state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
+
+    let id = TaskId::new(uuid::Uuid::new_v4().to_string());
+    let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
+    entry.options = task.options;
+    if let Some((parent, call_id, depth)) = parent {
+        entry.parent = Some((parent, call_id));
+        entry.depth = depth;
+    }
+    if let Some((sub, client_ref)) = subscriber {
+        // `Accepted` goes with the first event, once the task is stored.
+        entry.follow_submitted(sub, client_ref);
+    }
+    entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
+    debug!(task_id = %id, agent = %entry.agent, "task submitted");
+    match placement {
+        Some(worker) => dispatch(state, &id, &worker),
+        None => state.queue.push_back(id.clone()),
+    }
+    Ok(id)
+}

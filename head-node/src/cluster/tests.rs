@@ -1,0 +1,212 @@
+//! Unit tests on the state machine: a cluster without a network, workers joined by hand
+//! (their command channels read directly), a store kept in memory.
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex as TestMutex;
+
+use super::*;
+use crate::store::{Batch, Snapshot, Store, StoreError};
+
+fn config(max_retries: u32) -> HeadConfig {
+    let mut config = HeadConfig::default();
+    config.agents.push(AgentSpec {
+        name: "a".into(),
+        model: "builtin:echo".into(),
+        max_retries,
+        ..Default::default()
+    });
+    config
+}
+
+fn registration(
+    id: &str,
+    slots: u32,
+    incarnation: u64,
+    running: &[(&TaskId, u32)],
+) -> Registration {
+    Registration {
+        worker_id: id.into(),
+        slots,
+        incarnation,
+        running: running.iter().map(|(t, a)| ((*t).clone(), *a)).collect(),
+        ..Default::default()
+    }
+}
+
+fn task(cluster: &Cluster, input: &str) -> TaskId {
+    let new = NewTask { agent: "a".into(), input: input.into(), ..Default::default() };
+    cluster.submit(new, None).expect("submitted")
+}
+
+/// (state, attempt, worker) of a task.
+fn where_is(cluster: &Cluster, id: &TaskId) -> (TaskState, u32, Option<String>) {
+    let state = cluster.state.lock();
+    let t = state.tasks.get(id.as_str()).expect("task");
+    (t.state, t.attempt, t.worker.clone())
+}
+
+fn commands(rx: &mut mpsc::UnboundedReceiver<Command>) -> Vec<Command> {
+    let mut out = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        out.push(c);
+    }
+    out
+}
+
+fn event(id: &TaskId, seq: u64, kind: EventKind) -> TaskEvent {
+    TaskEvent { task_id: id.clone(), seq, attempt: 1, timestamp_us: 0, kind }
+}
+
+#[test]
+fn a_lost_workers_tasks_are_retried_first_then_failed_past_their_retries() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c1, _rx1, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let (t1, t2) = (task(&cluster, "one"), task(&cluster, "two"));
+    assert_eq!(where_is(&cluster, &t1), (TaskState::Scheduled, 1, Some("w1".into())));
+    assert_eq!(where_is(&cluster, &t2).0, TaskState::Queued);
+
+    cluster.worker_lost("w1", c1, "gone");
+    assert_eq!(where_is(&cluster, &t1), (TaskState::Queued, 2, None));
+    assert_eq!(cluster.state.lock().queue, [t1.clone(), t2.clone()], "the retry goes first");
+
+    let (c2, _rx2, _) = cluster.worker_joined(registration("w2", 1, 2, &[]), String::new());
+    assert_eq!(where_is(&cluster, &t1), (TaskState::Scheduled, 2, Some("w2".into())));
+    cluster.worker_lost("w2", c2, "gone again");
+    assert_eq!(where_is(&cluster, &t1).0, TaskState::Failed, "attempt 2 of 2 lost");
+}
+
+#[test]
+fn a_rejoining_worker_keeps_what_it_still_runs_and_cancels_the_rest() {
+    let cluster = Cluster::new(&config(3)).expect("cluster");
+    let (_, _rx, _) = cluster.worker_joined(registration("w1", 2, 7, &[]), String::new());
+    let (t1, t2) = (task(&cluster, "one"), task(&cluster, "two"));
+    let stray = TaskId::new("not-a-task");
+    // The same process again (its old stream not noticed gone): it still runs t1 only.
+    let (_, mut rx, _) =
+        cluster.worker_joined(registration("w1", 2, 7, &[(&t1, 1), (&stray, 1)]), String::new());
+    assert_eq!(where_is(&cluster, &t1), (TaskState::Scheduled, 1, Some("w1".into())));
+    assert_eq!(where_is(&cluster, &t2), (TaskState::Scheduled, 2, Some("w1".into())), "retried");
+    let sent = commands(&mut rx);
+    assert!(
+        sent.iter().any(|c| matches!(c, Command::CancelTask { task_id, .. } if *task_id == stray)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|c| matches!(c, Command::RunTask(t) if t.task_id == t2 && t.attempt == 2)),
+        "{sent:?}"
+    );
+    assert!(!sent.iter().any(|c| matches!(c, Command::RunTask(t) if t.task_id == t1)), "{sent:?}");
+    let state = cluster.state.lock();
+    assert_eq!(state.workers.get("w1").map(|w| w.running.len()), Some(2));
+    assert_eq!(state.agents.get("a").map(|a| a.running).ok(), Some(2));
+}
+
+#[test]
+fn events_a_worker_sends_again_are_applied_once_and_acknowledged() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c, mut rx, resume) = cluster.worker_joined(registration("w1", 1, 5, &[]), String::new());
+    assert_eq!(resume, 0);
+    let t = task(&cluster, "ab");
+    let text =
+        |s: u64, t: &str| event(&TaskId::new(""), s, EventKind::TextDelta { text: t.into() });
+    let batch = |events: Vec<TaskEvent>| -> Vec<TaskEvent> {
+        events.into_iter().map(|e| TaskEvent { task_id: t.clone(), ..e }).collect()
+    };
+    cluster.worker_events("w1", c, batch(vec![event(&t, 1, EventKind::Working), text(2, "a")]));
+    cluster.worker_events("w1", c, batch(vec![text(2, "a"), text(3, "b")]));
+    assert_eq!(cluster.task(t.as_str()).expect("task").output, "ab");
+    let acks: Vec<u64> = commands(&mut rx)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Acked { up_to } => Some(up_to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [2, 3]);
+    // Rejoining, it hears where to resume.
+    let (_, _, resume) = cluster.worker_joined(registration("w1", 1, 5, &[(&t, 1)]), String::new());
+    assert_eq!(resume, 3);
+    // A new process of the same worker starts over.
+    let (_, _, resume) = cluster.worker_joined(registration("w1", 1, 6, &[]), String::new());
+    assert_eq!(resume, 0);
+}
+
+/// A store kept in memory, shared by the heads of one test.
+#[derive(Clone, Default)]
+struct Kept {
+    inner: Arc<TestMutex<KeptInner>>,
+}
+
+#[derive(Default)]
+struct KeptInner {
+    tasks: BTreeMap<u64, Vec<u8>>,
+    events: BTreeMap<(u64, u64), Vec<u8>>,
+    agents: BTreeMap<String, Vec<u8>>,
+    workers: BTreeMap<String, (u64, u64)>,
+}
+
+impl Store for Kept {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let k = self.inner.lock();
+        Ok(Snapshot {
+            tasks: k.tasks.iter().map(|(n, b)| (*n, b.clone())).collect(),
+            events: k.events.iter().map(|(n, b)| (*n, b.clone())).collect(),
+            agents: k.agents.values().cloned().collect(),
+            workers: k.workers.iter().map(|(w, m)| (w.clone(), *m)).collect(),
+        })
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let mut k = self.inner.lock();
+        k.tasks.extend(batch.tasks.iter().cloned());
+        k.events.extend(batch.events.iter().cloned());
+        for n in &batch.removed {
+            k.tasks.remove(n);
+            k.events.retain(|(t, _), _| t != n);
+        }
+        k.agents.extend(batch.agents.iter().cloned());
+        k.workers.extend(batch.workers.iter().cloned());
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "kept".into()
+    }
+}
+
+#[test]
+fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest() {
+    let kept = Kept::default();
+    let config = config(2);
+    let first = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("first");
+    let (c, _rx, _) = first.worker_joined(registration("w1", 2, 9, &[]), String::new());
+    let (t1, t2, t3) = (task(&first, "one"), task(&first, "two"), task(&first, "three"));
+    first.worker_events("w1", c, vec![event(&t1, 1, EventKind::Working)]);
+    first.close_store(Duration::from_secs(10));
+    drop(first);
+
+    let second = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("second");
+    {
+        let state = second.state.lock();
+        assert_eq!(state.orphans.get("w1").map(Vec::len), Some(2), "t1 and t2 ran on w1");
+        assert_eq!(state.queue, std::slice::from_ref(&t3));
+        assert_eq!(state.worker_seqs.get("w1"), Some(&(9, 1)));
+    }
+    assert_eq!(where_is(&second, &t1), (TaskState::Working, 1, Some("w1".into())));
+    // w1 comes back still running t1 only: t1 is adopted, t2 retried, t3 placed.
+    let (_, _, resume) = second.worker_joined(registration("w1", 2, 9, &[(&t1, 1)]), String::new());
+    assert_eq!(resume, 1, "the worker resumes after its stored event");
+    assert_eq!(where_is(&second, &t1), (TaskState::Working, 1, Some("w1".into())));
+    assert_eq!(where_is(&second, &t2).1, 2);
+    assert!(second.state.lock().orphans.is_empty());
+    second.close_store(Duration::from_secs(10));
+    drop(second);
+
+    // A third start whose worker never returns: its tasks are retried once the grace ends.
+    let third = Cluster::start_with(&config, Some(Box::new(kept))).expect("third");
+    assert!(!third.state.lock().orphans.is_empty());
+    third.retry_orphans(Instant::now() + Duration::from_secs(3600));
+    assert!(third.state.lock().orphans.is_empty());
+    assert_eq!(where_is(&third, &t1), (TaskState::Queued, 2, None));
+}

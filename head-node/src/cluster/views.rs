@@ -1,0 +1,259 @@
+//! What the cluster shows of itself: snapshots of tasks, agents, workers and models for
+//! the front doors (GetTask, ListTasks, cluster status, `/v1/models`), and their queries.
+
+use super::*;
+
+/// A task to submit.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    pub agent: String,
+    pub input: String,
+    pub context_id: String,
+    /// History, sampling overrides or texts to embed (the OpenAI API sets these).
+    pub options: Option<Arc<TaskOptions>>,
+}
+
+/// A model the cluster serves, for `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    /// `gguf`, `hf` or `builtin`.
+    pub format: String,
+    pub size_bytes: u64,
+    /// Workers with it on disk, and those with it loaded.
+    pub workers: u32,
+    pub loaded_on: u32,
+}
+
+/// A snapshot of one task for GetTask/ListTasks.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    pub task_id: TaskId,
+    /// Submission order on this head.
+    pub number: u64,
+    pub agent: String,
+    pub input: Arc<str>,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub context_id: String,
+    pub output: String,
+    pub error: String,
+    pub events: u64,
+    pub submitted_at_us: u64,
+    pub finished_at_us: u64,
+    pub usage: fleet_proto::Usage,
+}
+
+impl From<&TaskEntry> for TaskInfo {
+    fn from(t: &TaskEntry) -> Self {
+        Self {
+            task_id: t.id.clone(),
+            number: t.number,
+            agent: t.agent.clone(),
+            input: t.input.clone(),
+            state: t.state,
+            attempt: t.attempt,
+            worker_id: t.worker.clone().unwrap_or_default(),
+            context_id: t.context_id.clone(),
+            output: t.output.clone(),
+            error: t.error.clone(),
+            events: t.events.len() as u64,
+            submitted_at_us: t.submitted_at_us,
+            finished_at_us: t.finished_at_us,
+            usage: t.usage,
+        }
+    }
+}
+
+impl From<&crate::agents::AgentEntry> for AgentInfo {
+    fn from(e: &crate::agents::AgentEntry) -> Self {
+        // Views leave the cluster (ListAgents, cards, /v1/models): no secrets in them.
+        let spec = if e.spec.has_secrets() { Arc::new(e.spec.redacted()) } else { e.spec.clone() };
+        Self { spec, version: e.version, tasks_submitted: e.tasks_submitted }
+    }
+}
+
+/// One page of ListTasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskInfo>,
+    /// The task number to continue after, when there are more.
+    pub next_after: Option<u64>,
+    /// Tasks matching the filter, on every page.
+    pub total: usize,
+}
+
+/// A registered agent, for listing.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub spec: Arc<AgentSpec>,
+    pub version: u64,
+    pub tasks_submitted: u64,
+}
+
+/// One worker, for the cluster status.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub registration: Registration,
+    pub address: String,
+    pub free: fleet_proto::Resources,
+    pub running_tasks: u32,
+    pub tasks_assigned: u64,
+    pub models_loaded: Vec<String>,
+    /// Loaded models with their engines' figures.
+    pub loaded: Vec<LoadedModel>,
+    pub actors: u32,
+    pub last_heartbeat_ago: Duration,
+}
+
+/// The whole cluster at a glance.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub workers: Vec<WorkerInfo>,
+    pub agents: usize,
+    pub queued_tasks: usize,
+    pub running_tasks: usize,
+    pub retained_tasks: usize,
+    pub counters: crate::tasks::TaskCounters,
+    pub calls_relayed: u64,
+    pub agents_located: u64,
+}
+
+/// Filters and paging for ListTasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub agent: Option<String>,
+    pub context_id: Option<String>,
+    pub state: Option<TaskState>,
+    pub page_size: usize,
+    /// The task number to continue after.
+    pub after: u64,
+}
+
+impl Cluster {
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let state = self.state.lock();
+        let mut agents: Vec<_> = state.agents.iter().map(AgentInfo::from).collect();
+        agents.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        agents
+    }
+
+    /// One agent, if it is registered.
+    pub fn agent(&self, name: &str) -> Option<AgentInfo> {
+        self.state.lock().agents.get(name).ok().map(AgentInfo::from)
+    }
+
+    pub fn task(&self, task_id: &str) -> Result<TaskInfo> {
+        let state = self.state.lock();
+        state
+            .tasks
+            .get(task_id)
+            .map(TaskInfo::from)
+            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+    }
+
+    /// Tasks in submission order matching `filter`, one page of them.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> TaskPage {
+        let state = self.state.lock();
+        let size = filter.page_size.clamp(1, 1000);
+        let mut page =
+            TaskPage { tasks: Vec::with_capacity(size.min(64)), next_after: None, total: 0 };
+        // A context's tasks come from its index: conversations stay cheap with many tasks.
+        let tasks: Box<dyn Iterator<Item = &TaskEntry>> = match &filter.context_id {
+            Some(context) => Box::new(state.tasks.iter_context(context)),
+            None => Box::new(state.tasks.iter_from(0)),
+        };
+        for t in tasks {
+            let matches = filter.agent.as_ref().is_none_or(|a| *a == t.agent)
+                && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
+                && filter.state.is_none_or(|s| s == t.state);
+            if !matches {
+                continue;
+            }
+            page.total += 1;
+            if t.number <= filter.after {
+                continue;
+            }
+            if page.tasks.len() < size {
+                page.tasks.push(TaskInfo::from(t));
+            } else if page.next_after.is_none() {
+                page.next_after = page.tasks.last().map(|t| t.number);
+            }
+        }
+        page
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let state = self.state.lock();
+        let now = Instant::now();
+        let mut workers: Vec<_> = state
+            .workers
+            .iter()
+            .map(|w| WorkerInfo {
+                registration: w.registration.clone(),
+                address: w.address.clone(),
+                free: w.free,
+                running_tasks: w.running.len() as u32,
+                tasks_assigned: w.tasks_assigned,
+                models_loaded: w.heartbeat.models_loaded.clone(),
+                loaded: w.heartbeat.models.clone(),
+                actors: w.heartbeat.actors,
+                last_heartbeat_ago: now.saturating_duration_since(w.last_heartbeat),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.registration.worker_id.cmp(&b.registration.worker_id));
+        ClusterStatus {
+            running_tasks: workers.iter().map(|w| w.running_tasks as usize).sum(),
+            workers,
+            agents: state.agents.len(),
+            queued_tasks: state.queue.len(),
+            retained_tasks: state.tasks.len(),
+            counters: state.tasks.counters,
+            calls_relayed: state.calls_relayed,
+            agents_located: state.agents_located,
+        }
+    }
+
+    /// The models live workers have on disk, plus the built-in ones.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let state = self.state.lock();
+        let mut models: std::collections::BTreeMap<String, ModelInfo> = Default::default();
+        let builtin = format!("{}echo", crate::agents::BUILTIN_PREFIX);
+        models.insert(
+            builtin.clone(),
+            ModelInfo {
+                id: builtin,
+                format: "builtin".into(),
+                size_bytes: 0,
+                workers: 0,
+                loaded_on: 0,
+            },
+        );
+        for w in state.workers.iter() {
+            for m in &w.registration.models {
+                let entry = models.entry(m.id.clone()).or_insert_with(|| ModelInfo {
+                    id: m.id.clone(),
+                    format: m.format.clone(),
+                    size_bytes: m.size_bytes,
+                    workers: 0,
+                    loaded_on: 0,
+                });
+                entry.workers += 1;
+            }
+            for (id, entry) in &mut models {
+                if entry.format == "builtin" {
+                    entry.workers += 1;
+                }
+                if w.has_model_loaded(id) {
+                    entry.loaded_on += 1;
+                }
+            }
+        }
+        models.into_values().collect()
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.state.lock().workers.len()
+    }
+}
