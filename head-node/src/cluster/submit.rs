@@ -147,10 +147,11 @@ impl Cluster {
         let task =
             state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
         let (sub, subscription) = subscriber(self.limits.subscriber_buffer);
-        // The snapshot shows every event so far: the stream goes on after them.
-        let next = task.events.len() as u64 + 1;
+        // The snapshot shows what subscribers were told (the stored events); the stream
+        // goes on after them.
+        let next = task.durable + 1;
         task.follow(sub, next);
-        Ok((TaskInfo::from(&*task), subscription))
+        Ok((TaskInfo::as_of(task, task.durable), subscription))
     }
 
     /// Cancels a task: a queued one at once, a running one through its worker.

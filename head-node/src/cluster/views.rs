@@ -66,6 +66,44 @@ impl From<&TaskEntry> for TaskInfo {
     }
 }
 
+impl TaskInfo {
+    /// The task as its first `seq` events left it: what its subscribers have been told
+    /// when later events are not stored yet. (The same fold as `TaskEntry`'s own, over a
+    /// prefix of the log.)
+    pub fn as_of(t: &TaskEntry, seq: u64) -> Self {
+        let mut info = Self::from(t);
+        let Some(events) = t.events.get(..seq as usize).filter(|e| e.len() < t.events.len()) else {
+            return info;
+        };
+        (info.state, info.attempt, info.events) = (TaskState::Queued, 1, seq);
+        info.output.clear();
+        info.error.clear();
+        info.worker_id.clear();
+        (info.usage, info.finished_at_us) = (Default::default(), 0);
+        for e in events {
+            if let Some(state) = e.kind.state_after() {
+                info.state = state;
+            }
+            info.attempt = e.attempt;
+            match &e.kind {
+                EventKind::TextDelta { text } => info.output.push_str(text),
+                EventKind::Completed { usage } => info.usage = *usage,
+                EventKind::Failed { error, .. } => info.error.clone_from(error),
+                EventKind::Scheduled { worker_id } => info.worker_id.clone_from(worker_id),
+                EventKind::Retrying { failed_attempt, .. } => {
+                    info.output.clear();
+                    info.attempt = failed_attempt + 1;
+                }
+                _ => {}
+            }
+            if e.kind.is_terminal() {
+                info.finished_at_us = e.timestamp_us;
+            }
+        }
+        info
+    }
+}
+
 impl From<&crate::agents::AgentEntry> for AgentInfo {
     fn from(e: &crate::agents::AgentEntry) -> Self {
         // Views leave the cluster (ListAgents, cards, /v1/models): no secrets in them.
