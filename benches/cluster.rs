@@ -149,6 +149,16 @@ fn main() -> Result<()> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(bench_main())
 }
 
+/// One round of a setup-against-setup run: batch tasks/s (after a warm-up) and the round
+/// trip p50 in µs (after a warm-up).
+async fn one_round(client: &Client, tasks: usize) -> Result<(f64, f64)> {
+    batch_throughput(client, 5_000).await?;
+    let rate = batch_throughput(client, tasks).await?;
+    round_trips(client, 300).await?;
+    let times = round_trips(client, 2_000).await?;
+    Ok((rate, percentile(&times, 0.5).as_secs_f64() * 1e6))
+}
+
 /// What the client token and TLS cost: the three setups take turns (this machine's noise
 /// drifts over minutes), each round on fresh processes; medians and ratios to the open head.
 async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
@@ -157,11 +167,9 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
     for _ in 0..repeats {
         for (i, security) in setups.iter().enumerate() {
             let (sandbox, client) = secured_cluster(*security).await?;
-            batch_throughput(&client, 5_000).await?; // warm-up
-            rates[i].push(batch_throughput(&client, tasks).await?);
-            round_trips(&client, 300).await?;
-            let times = round_trips(&client, 2_000).await?;
-            p50s[i].push(percentile(&times, 0.5).as_secs_f64() * 1e6);
+            let (rate, p50) = one_round(&client, tasks).await?;
+            rates[i].push(rate);
+            p50s[i].push(p50);
             sandbox.shutdown().await?;
         }
     }
@@ -204,11 +212,9 @@ async fn store_cost(repeats: usize, tasks: usize) -> Result<()> {
     for _ in 0..repeats {
         for (i, memory) in [true, false].into_iter().enumerate() {
             let (sandbox, client) = stored_cluster(memory).await?;
-            batch_throughput(&client, 5_000).await?; // warm-up
-            rates[i].push(batch_throughput(&client, tasks).await?);
-            round_trips(&client, 300).await?;
-            let times = round_trips(&client, 2_000).await?;
-            p50s[i].push(percentile(&times, 0.5).as_secs_f64() * 1e6);
+            let (rate, p50) = one_round(&client, tasks).await?;
+            rates[i].push(rate);
+            p50s[i].push(p50);
             sandbox.shutdown().await?;
         }
     }

@@ -28,9 +28,13 @@ pub fn resumable(error: &Error) -> bool {
     match error {
         Error::Connect { .. } | Error::StreamEnded => true,
         Error::Status(s) => match s.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown => true,
+            // A connection reset or refused, a stream the head's death broke off.
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => true,
             tonic::Code::ResourceExhausted => s.message().contains("resume with WatchTask"),
-            tonic::Code::Internal => s.message().contains("h2 protocol error"),
+            tonic::Code::Internal => {
+                let m = s.message();
+                m.contains("h2 protocol error") || m.contains("transport error")
+            }
             _ => false,
         },
         _ => false,
@@ -248,8 +252,19 @@ async fn connection(
         tokio::select! {
             batch = async { many.as_mut()?.next().await }, if many.is_some() => match batch {
                 Some(Ok(batch)) => {
+                    let refused = batch.iter().any(|u| {
+                        matches!(u, ManyUpdate::Rejected { code: tonic::Code::Unavailable, .. })
+                    });
                     for update in batch {
                         take(update, pending, tasks, &mut forward);
+                    }
+                    if refused {
+                        if !forward.is_empty() && out.send(Ok(forward)).await.is_err() {
+                            return Ok(());
+                        }
+                        return Err(Error::Status(tonic::Status::unavailable(
+                            "the head refused new work for now",
+                        )));
                     }
                 }
                 Some(Err(e)) => return Err(e),
@@ -294,6 +309,9 @@ fn take(
             }
             tasks.insert(task_id.to_string(), Followed { next: 1, done: false });
         }
+        // A head that cannot take work for now (its store failing): submitted again after
+        // the next reconnect, as if the connection had failed.
+        ManyUpdate::Rejected { code: tonic::Code::Unavailable, .. } => return,
         ManyUpdate::Rejected { client_ref, .. } => {
             if pending.remove(client_ref).is_none() {
                 return;

@@ -103,14 +103,7 @@ async fn every_task_ends_once_through_kills_and_freezes() -> Result<()> {
                 // The text of the last attempt only (a retried attempt's deltas stay in the
                 // log, marked by their attempt number).
                 let attempt = events.last().map_or(0, |e| e.attempt);
-                let text: String = events
-                    .iter()
-                    .filter(|e| e.attempt == attempt)
-                    .filter_map(|e| match &e.kind {
-                        EventKind::TextDelta { text } => Some(text.as_str()),
-                        _ => None,
-                    })
-                    .collect();
+                let text = fleet_testkit::final_text(events);
                 ensure!(text == inputs[*index], "task {index} (attempt {attempt}): {text:?}");
                 completed += 1;
             }

@@ -207,14 +207,7 @@ async fn sigkill_of_a_worker_mid_run_leaves_no_task_hanging() -> Result<()> {
             let retry_agent = *index < 60;
             match &last.kind {
                 EventKind::Completed { .. } => {
-                    let text: String = events
-                        .iter()
-                        .filter(|e| e.attempt == last.attempt)
-                        .filter_map(|e| match &e.kind {
-                            EventKind::TextDelta { text } => Some(text.as_str()),
-                            _ => None,
-                        })
-                        .collect();
+                    let text = fleet_testkit::final_text(events);
                     ensure!(text == input, "task {index}: final attempt's text is incomplete");
                     if last.attempt == 2 {
                         ensure!(retry_agent, "an agent with max_retries 0 was retried");

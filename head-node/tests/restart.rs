@@ -114,14 +114,7 @@ async fn accepted_tasks_survive_a_head_crash() -> Result<()> {
         // The workers kept running their tasks through the outage and the head took them
         // back: nothing ran twice.
         ensure!(last.attempt == 1, "task {index} was retried: {events:?}");
-        let text: String = events
-            .iter()
-            .filter(|e| e.attempt == last.attempt)
-            .filter_map(|e| match &e.kind {
-                EventKind::TextDelta { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
+        let text = fleet_testkit::final_text(&events);
         ensure!(text == inputs[*index], "task {index} (attempt {}): {text:?}", last.attempt);
     }
     ensure!(index_of.len() == TASKS);
@@ -209,13 +202,7 @@ async fn a_worker_keeps_generating_through_a_head_outage() -> Result<()> {
             last.kind,
             last.attempt
         );
-        let text: String = events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::TextDelta { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
+        let text = fleet_testkit::final_text(events);
         ensure!(text == inputs[i], "task {i}: {text:?}");
         // Deltas made on the worker while the head was down (their time is the worker's).
         during += events

@@ -25,6 +25,20 @@ pub use tls::TestCertificates;
 /// Workers' meshes listen on loopback only: tests never open ports beyond 127.0.0.1.
 const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
 
+/// The text a task's last attempt streamed (a retried attempt's deltas stay in the log,
+/// marked by their attempt number).
+pub fn final_text(events: &[fleet_client::TaskEvent]) -> String {
+    let attempt = events.last().map_or(0, |e| e.attempt);
+    events
+        .iter()
+        .filter(|e| e.attempt == attempt)
+        .filter_map(|e| match &e.kind {
+            fleet_client::EventKind::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Where a binary of this workspace was built.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));

@@ -12,7 +12,7 @@ use super::message::incoming;
 use super::push::PushConfig;
 use super::{A2a, Version, render};
 use crate::cluster::{NewTask, TaskFilter, TaskInfo};
-use crate::tasks::{Delivery, Subscription};
+use crate::tasks::{Delivery, Subscriber, Subscription};
 
 /// How long CancelTask waits for the worker to confirm before answering.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
@@ -65,9 +65,15 @@ fn history_length(config: Option<&Value>) -> Result<Option<usize>, A2aError> {
     }
 }
 
-/// Submits the message of `params` as a task of `agent`; returns its id. A push config in
-/// the request's configuration is registered for the new task.
-fn submit(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
+/// Submits the message of `params` as a task of `agent` (followed by `subscriber` from its
+/// first event, if given); returns its id. A push config in the request's configuration is
+/// registered for the new task.
+fn submit(
+    a2a: &A2a,
+    agent: &str,
+    params: &Value,
+    subscriber: Option<Subscriber>,
+) -> Result<String, A2aError> {
     let config = params.get("configuration");
     let push = config
         .and_then(|c| {
@@ -79,14 +85,19 @@ fn submit(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
     if let Some(config) = &push {
         a2a.webhooks.check_target(config)?;
     }
-    let id = submit_message(a2a, agent, params)?;
+    let id = submit_message(a2a, agent, params, subscriber)?;
     if let Some(config) = push {
         a2a.webhooks.set(a2a, PushConfig { task_id: id.clone(), ..config })?;
     }
     Ok(id)
 }
 
-fn submit_message(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aError> {
+fn submit_message(
+    a2a: &A2a,
+    agent: &str,
+    params: &Value,
+    subscriber: Option<Subscriber>,
+) -> Result<String, A2aError> {
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
     if let Some(task_id) = message.task_id {
@@ -98,7 +109,7 @@ fn submit_message(a2a: &A2a, agent: &str, params: &Value) -> Result<String, A2aE
     }
     let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let task = NewTask { agent: agent.to_owned(), input: message.text, context_id, options: None };
-    Ok(a2a.cluster.submit(task, None)?.to_string())
+    Ok(a2a.cluster.submit(task, subscriber.map(|s| (s, None)))?.to_string())
 }
 
 /// Reads deliveries until the task reaches a state that ends an A2A exchange.
@@ -131,7 +142,7 @@ pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<
             !config.and_then(|c| c.get("blocking")).and_then(Value::as_bool).unwrap_or(true)
         }
     };
-    let id = submit(a2a, agent, params)?;
+    let id = submit(a2a, agent, params, None)?;
     // The answer promises the task exists: not before it is stored.
     a2a.cluster.stored(&id).await?;
     if !return_immediately {
@@ -155,11 +166,13 @@ pub async fn stream(
     params: &Value,
     v: Version,
 ) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
-    let id = submit(a2a, agent, params)?;
-    // The answer promises the task exists: not before it is stored.
-    a2a.cluster.stored(&id).await?;
-    let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
-    Ok(updates(a2a, info, sub, v))
+    // Followed from its first event, which comes once the task is stored (the stream's
+    // first item promises it exists); the stream starts with the task as it was then.
+    let (sub, mut subscription) = a2a.cluster.subscriber();
+    let id = submit(a2a, agent, params, Some(sub))?;
+    let _submitted = crate::api::streams::next(&mut subscription).await;
+    let info = a2a.cluster.task_as_of(&id, 1)?;
+    Ok(updates(a2a, info, subscription, v))
 }
 
 /// SubscribeToTask / tasks/resubscribe: the task as it is now, then its remaining updates.

@@ -182,6 +182,16 @@ impl Cluster {
         self.state.lock().agents.get(name).ok().map(AgentInfo::from)
     }
 
+    /// A task as its first `seq` events left it (see [`TaskInfo::as_of`]).
+    pub fn task_as_of(&self, task_id: &str, seq: u64) -> Result<TaskInfo> {
+        let state = self.state.lock();
+        state
+            .tasks
+            .get(task_id)
+            .map(|t| TaskInfo::as_of(t, seq))
+            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+    }
+
     pub fn task(&self, task_id: &str) -> Result<TaskInfo> {
         let state = self.state.lock();
         state
