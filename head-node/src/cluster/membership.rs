@@ -128,6 +128,10 @@ impl Cluster {
             _ => None,
         };
         let numbered = applied.is_some();
+        // The events and the worker's mark after them are stored together: a crash between
+        // them would make the worker send again events the store has.
+        let journal = state.tasks.journal().cloned();
+        let _group = journal.as_ref().filter(|_| numbered).map(|j| j.group());
         let mut freed = false;
         let mut calls = Vec::new();
         for event in events {

@@ -14,8 +14,6 @@ use tracing::{error, info};
 
 use super::{Batch, Store, TaskRecord, WorkerMark, encode_agent, encode_events};
 
-/// Records one transaction takes at most (more wait for the next).
-const MAX_BATCH: usize = 65_536;
 /// Records waiting beyond which new work is refused: the store is not keeping up.
 const MAX_BACKLOG: usize = 1 << 20;
 /// How long a failed write waits before it is tried again.
@@ -40,6 +38,10 @@ enum Record {
 }
 
 struct Shared {
+    /// Held while a group of records that must be stored together is appended (a
+    /// worker's events and its mark), and by the writer while it takes records: a
+    /// transaction never holds part of a group.
+    group: Mutex<()>,
     backlog: AtomicUsize,
     /// Why the last write failed, until one succeeds.
     failure: Mutex<Option<String>>,
@@ -68,19 +70,23 @@ impl Journal {
         on_commit: Box<dyn Fn(Commit) + Send>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared { backlog: AtomicUsize::new(0), failure: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            group: Mutex::new(()),
+            backlog: AtomicUsize::new(0),
+            failure: Mutex::new(None),
+        });
         let writer = shared.clone();
         std::thread::Builder::new().name("fleet-store".into()).spawn(move || {
             let mut records = Vec::new();
             let mut closed = None;
             while let Ok(first) = rx.recv() {
                 records.push(first);
-                while records.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(record) => records.push(record),
-                        Err(_) => break,
-                    }
+                // Everything waiting, and the rest of a group `first` may have begun.
+                let group = writer.group.lock();
+                while let Ok(record) = rx.try_recv() {
+                    records.push(record);
                 }
+                drop(group);
                 if let Some(at) = records.iter().position(|r| matches!(r, Record::Close(_))) {
                     // What came after the close is not for this store.
                     if let Record::Close(done) = records.swap_remove(at) {
@@ -120,6 +126,12 @@ impl Journal {
         self.shared.backlog.fetch_add(1, Ordering::Relaxed);
         // The writer ends only when every sender is gone: this one is not.
         let _ = self.tx.send(record);
+    }
+
+    /// Holds the writer off while the records appended under the guard are appended, so
+    /// that they are stored in one transaction.
+    pub fn group(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.shared.group.lock()
     }
 
     /// A new task's submission record (before its first event).
