@@ -159,11 +159,26 @@ impl Calls {
             if !connected.await {
                 return Err(MeshError::PeerGone(peer.to_string()));
             }
-            self.control
-                .clone()
-                .open_stream(peer, CALLS_PROTOCOL)
-                .await
-                .map_err(|e| MeshError::Remote(format!("cannot open a call stream: {e}")))
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match self.control.clone().open_stream(peer, CALLS_PROTOCOL).await {
+                    Ok(stream) => return Ok(stream),
+                    // The connection went as it was to be used (the peer stopping or
+                    // restarting): a listed peer is waited for until the ask's timeout.
+                    Err(libp2p_stream::OpenStreamError::Io(_))
+                        if self.allowed.read().contains(&peer) =>
+                    {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    Err(libp2p_stream::OpenStreamError::Io(_)) => {
+                        return Err(MeshError::PeerGone(peer.to_string()));
+                    }
+                    Err(e) => {
+                        return Err(MeshError::Remote(format!("cannot open a call stream: {e}")));
+                    }
+                }
+            }
         };
         let result = opened.await;
         self.opening.lock().remove(&peer);
