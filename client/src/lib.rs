@@ -23,6 +23,8 @@ pub mod resume;
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fleet_proto::TOKEN_METADATA_KEY;
@@ -186,10 +188,18 @@ impl ManySender {
 /// The receiving half of a [`Client::submit_many`] stream.
 pub type ManyUpdates = Pin<Box<dyn Stream<Item = Result<Vec<ManyUpdate>>> + Send>>;
 
-/// A connection to a head. Cheap to clone; clones share the connection.
+/// A connection to a head (or to whichever of several heads leads). Cheap to clone; clones
+/// share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    api: Api,
+    heads: Arc<Heads>,
+}
+
+/// The heads a client may use, in order, and the one it uses now.
+#[derive(Debug)]
+struct Heads {
+    apis: Vec<Api>,
+    current: AtomicUsize,
 }
 
 impl Client {
@@ -199,12 +209,46 @@ impl Client {
         Self::connect_with(url, ConnectOptions::default()).await
     }
 
+    /// Connects to the head at `url`, or to one of several heads given as URLs separated
+    /// by commas (a leader and its standbys): calls go to the first that answers, and move
+    /// on to the next when a head is unreachable or answers that it does not lead.
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
-        let channel = endpoint(url, &options)?
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { url: url.to_owned(), source })?;
-        Self::over(channel, options)
+        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in &urls {
+            endpoints.push(endpoint(url, &options)?);
+        }
+        let Some((first, rest)) = endpoints.split_first() else {
+            return Err(fleet_proto::endpoint::EndpointError::InvalidUrl(url.to_owned()).into());
+        };
+        if rest.is_empty() {
+            let channel = first
+                .connect()
+                .await
+                .map_err(|source| Error::Connect { url: url.to_owned(), source })?;
+            return Self::over(vec![channel], 0, options);
+        }
+        // Several: connect to the first that can be reached; the others when needed.
+        let mut channels: Vec<Option<Channel>> = vec![None; endpoints.len()];
+        let mut error = None;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    channels[i] = Some(channel);
+                    break;
+                }
+                Err(source) => error = Some(Error::Connect { url: urls[i].to_owned(), source }),
+            }
+        }
+        let Some(current) = channels.iter().position(Option::is_some) else {
+            return Err(error.unwrap_or(Error::StreamEnded));
+        };
+        let channels = channels
+            .into_iter()
+            .zip(&endpoints)
+            .map(|(channel, endpoint)| channel.unwrap_or_else(|| endpoint.connect_lazy()))
+            .collect();
+        Self::over(channels, current, options)
     }
 
     /// Connects to a head running in this process, over in-memory pipes.
@@ -215,33 +259,96 @@ impl Client {
             .connect_with_connector(local)
             .await
             .map_err(|source| Error::Connect { url: url.to_owned(), source })?;
-        Self::over(channel, options)
+        Self::over(vec![channel], 0, options)
     }
 
-    fn over(channel: Channel, options: ConnectOptions) -> Result<Self> {
-        let token = match options.token {
+    fn over(channels: Vec<Channel>, current: usize, options: ConnectOptions) -> Result<Self> {
+        let token: Option<AsciiMetadataValue> = match options.token {
             Some(t) => Some(fleet_proto::bearer(&t).parse().map_err(|_| Error::InvalidToken)?),
             None => None,
         };
-        let api = FleetServiceClient::with_interceptor(channel, TokenInterceptor(token))
-            .max_decoding_message_size(64 << 20);
-        Ok(Self { api })
+        let apis = channels
+            .into_iter()
+            .map(|channel| {
+                FleetServiceClient::with_interceptor(channel, TokenInterceptor(token.clone()))
+                    .max_decoding_message_size(64 << 20)
+            })
+            .collect();
+        Ok(Self { heads: Arc::new(Heads { apis, current: AtomicUsize::new(current) }) })
+    }
+
+    /// The head calls go to now (an index into the URLs given).
+    pub(crate) fn head(&self) -> usize {
+        self.heads.current.load(Ordering::Relaxed)
+    }
+
+    /// The API of the head calls go to now.
+    fn api(&self) -> Api {
+        self.heads.apis[self.head() % self.heads.apis.len()].clone()
+    }
+
+    /// A call to head `at` failed with `error`: with several heads, the next one is used
+    /// when `at` may be gone or not the leader (unless another call moved on already).
+    pub(crate) fn head_failed(&self, at: usize, error: &Error) {
+        let n = self.heads.apis.len();
+        if n > 1 && error.code() == tonic::Code::Unavailable {
+            let _ = self.heads.current.compare_exchange(
+                at,
+                (at + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Runs a unary call on the current head; with several heads, tries each in turn while
+    /// they answer `UNAVAILABLE` (unreachable, or a standby).
+    async fn unary<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Api) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut tries = self.heads.apis.len();
+        loop {
+            let at = self.head();
+            match call(self.api()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => {
+                    let error = Error::from(status);
+                    tries -= 1;
+                    if tries == 0 || error.code() != tonic::Code::Unavailable {
+                        return Err(error);
+                    }
+                    self.head_failed(at, &error);
+                }
+            }
+        }
     }
 
     pub async fn register_agent(&self, spec: AgentSpec) -> Result<pb::AgentInfo> {
         let request = pb::RegisterAgentRequest { spec: Some((&spec).into()) };
-        Ok(self.api.clone().register_agent(request).await?.into_inner())
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.register_agent(request).await }
+        })
+        .await
     }
 
     pub async fn list_agents(&self) -> Result<Vec<pb::AgentInfo>> {
-        Ok(self.api.clone().list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents)
+        let list = self.unary(|mut api| async move { api.list_agents(pb::ListAgentsRequest {}).await });
+        Ok(list.await?.agents)
     }
 
     /// Submits one task; the stream yields its events and ends after the terminal one. A
     /// broken connection after the first event is ridden through (see [`resume`]).
     pub async fn submit(&self, submission: Submission) -> Result<TaskStream> {
-        let stream =
-            self.api.clone().submit(pb::SubmitRequest::from(submission)).await?.into_inner();
+        let request = pb::SubmitRequest::from(submission);
+        let stream = self
+            .unary(|mut api| {
+                let request = request.clone();
+                async move { api.submit(request).await }
+            })
+            .await?;
         Ok(resume::follow(self.clone(), event_stream(stream), None, 1))
     }
 
@@ -260,29 +367,44 @@ impl Client {
     /// One `WatchTask` call: the stream ends with the connection.
     pub(crate) async fn watch_once(&self, task_id: &str, from_seq: u64) -> Result<TaskStream> {
         let request = pb::WatchTaskRequest { task_id: task_id.to_owned(), from_seq };
-        Ok(event_stream(self.api.clone().watch_task(request).await?.into_inner()))
+        let stream = self
+            .unary(|mut api| {
+                let request = request.clone();
+                async move { api.watch_task(request).await }
+            })
+            .await?;
+        Ok(event_stream(stream))
     }
 
     pub async fn cancel(&self, task_id: &str) -> Result<TaskInfo> {
         let request = pb::CancelTaskRequest { task_id: task_id.to_owned() };
-        Ok(self.api.clone().cancel_task(request).await?.into_inner())
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.cancel_task(request).await }
+        })
+        .await
     }
 
     pub async fn get_task(&self, task_id: &str) -> Result<TaskInfo> {
-        Ok(self
-            .api
-            .clone()
-            .get_task(pb::GetTaskRequest { task_id: task_id.to_owned() })
-            .await?
-            .into_inner())
+        let request = pb::GetTaskRequest { task_id: task_id.to_owned() };
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.get_task(request).await }
+        })
+        .await
     }
 
     pub async fn list_tasks(&self, request: pb::ListTasksRequest) -> Result<pb::ListTasksResponse> {
-        Ok(self.api.clone().list_tasks(request).await?.into_inner())
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.list_tasks(request).await }
+        })
+        .await
     }
 
     pub async fn status(&self) -> Result<ClusterStatus> {
-        Ok(self.api.clone().cluster_status(pb::ClusterStatusRequest {}).await?.into_inner())
+        self.unary(|mut api| async move { api.cluster_status(pb::ClusterStatusRequest {}).await })
+            .await
     }
 
     /// Publishes `body` on a topic of the workers' mesh as `publisher` (empty = "client");
@@ -298,7 +420,11 @@ impl Client {
             publisher: publisher.to_owned(),
             body: body.to_owned(),
         };
-        Ok(self.api.clone().publish(request).await?.into_inner())
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.publish(request).await }
+        })
+        .await
     }
 
     /// The messages on a topic from now on, through `worker_id`'s subscription (any worker
@@ -306,14 +432,20 @@ impl Client {
     pub async fn follow_topic(&self, topic: &str, worker_id: &str) -> Result<TopicStream> {
         let request =
             pb::FollowTopicRequest { topic: topic.to_owned(), worker_id: worker_id.to_owned() };
-        let inbound = self.api.clone().follow_topic(request).await?.into_inner();
+        let inbound = self
+            .unary(|mut api| {
+                let request = request.clone();
+                async move { api.follow_topic(request).await }
+            })
+            .await?;
         Ok(Box::pin(inbound.map(|m| m.map_err(Error::from))))
     }
 
     /// Opens a multiplexed submission stream.
     pub async fn submit_many(&self) -> Result<(ManySender, ManyUpdates)> {
         let (tx, rx) = mpsc::channel(64);
-        let inbound = self.api.clone().submit_many(ReceiverStream::new(rx)).await?.into_inner();
+        // A stream cannot be sent twice: the caller (see `resume`) moves on to the next head.
+        let inbound = self.api().submit_many(ReceiverStream::new(rx)).await?.into_inner();
         let updates = inbound.map(|message| {
             let message = message?;
             let mut updates = Vec::with_capacity(message.acks.len() + message.events.len());

@@ -1,8 +1,9 @@
 //! Riding through a head restart or a broken connection. A task's stream resumes with
 //! `WatchTask` from the event after the last one seen; a batch of submissions reconnects,
 //! follows its accepted tasks from their last events and submits again those the head never
-//! acknowledged. Events are never repeated (they carry gapless seqs). A client gives up when
-//! the head stays unreachable for [`RESUME_LIMIT`].
+//! acknowledged. Events are never repeated (they carry gapless seqs). A client given several
+//! heads moves on to the next when one is unreachable or a standby. A client gives up when
+//! no head serves it for [`RESUME_LIMIT`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -116,6 +117,7 @@ pub(crate) fn follow(
                     }
                 }
             };
+            let at = f.client.head();
             let failure = match stream.next().await {
                 Some(Ok(event)) => {
                     f.retry.succeeded();
@@ -131,6 +133,7 @@ pub(crate) fn follow(
                 None => Error::StreamEnded,
             };
             f.stream = None;
+            f.client.head_failed(at, &failure);
             if f.task_id.is_none() {
                 // A submission that broke before its first event: it may or may not exist.
                 f.ended = true;
@@ -191,11 +194,13 @@ async fn drive(
         if !unfinished && (pending.is_empty() || stopped) {
             return Ok(());
         }
+        let at = client.head();
         let failure =
             match connection(&client, &mut pending, &mut tasks, &control, out, &mut retry).await {
                 Ok(()) => continue,
                 Err(e) => e,
             };
+        client.head_failed(at, &failure);
         if out.is_closed() {
             return Ok(());
         }

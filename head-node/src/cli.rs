@@ -69,10 +69,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE", env = "FLEET_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Where the head keeps tasks, their events and registered agents: `file` (survives
-    /// restarts; `head.redb` under --data-dir) or `memory` (a restarted head starts empty)
-    /// [default: file].
-    #[arg(long, value_enum, env = "FLEET_STORE")]
+    /// restarts; `head.redb` under --data-dir), `memory` (a restarted head starts empty) or
+    /// a `postgres://USER:PASSWORD@HOST:PORT/DB` URL (heads on one database: one leads, the
+    /// others stand by and take over when it dies) [default: file].
+    #[arg(long, env = "FLEET_STORE", value_name = "file|memory|postgres://...")]
     store: Option<crate::config::StoreKind>,
+    /// The URL clients and workers reach this head at; standbys name it in their answers
+    /// [default: http(s)://<--listen> when it is one address].
+    #[arg(long, value_name = "URL", env = "FLEET_ADVERTISE")]
+    advertise: Option<String>,
+    /// How long the leader lease of a PostgreSQL store lasts unless renewed, in
+    /// milliseconds: a standby takes over at most this long after the leader dies
+    /// [default: 5000].
+    #[arg(long, value_name = "MS")]
+    lease_ms: Option<u64>,
     /// The directory of the file store [default: $XDG_DATA_HOME/agentfleet or
     /// ~/.local/share/agentfleet]. One head per directory.
     #[arg(long, value_name = "DIR", env = "FLEET_DATA_DIR")]
@@ -90,13 +100,21 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     let (mut store, mut data_dir) = (None, None);
     if let Some(path) = &args.config {
         let file = ConfigFile::load(path)?;
-        (store, data_dir) = (file.store, file.data_dir.clone());
+        (store, data_dir) = (file.store.clone(), file.data_dir.clone());
         file.apply(&mut config);
     }
-    config.store =
-        crate::config::store_config(args.store.or(store), args.data_dir.clone().or(data_dir))?;
+    config.store = crate::config::store_config(
+        args.store.clone().or(store),
+        args.data_dir.clone().or(data_dir),
+    )?;
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let Some(v) = &args.advertise {
+        config.advertise = Some(v.clone());
+    }
+    if let Some(v) = args.lease_ms {
+        config.lease_ttl = Duration::from_millis(v);
     }
     if let Some(v) = &args.token {
         config.token = Some(v.clone());
@@ -219,12 +237,16 @@ async fn run(config: HeadConfig, print_address: bool) -> anyhow::Result<()> {
         println!("listening on {}", listener.local_addr()?);
     }
     let shutdown = CancellationToken::new();
-    let head = crate::spawn(config, listener, shutdown.clone())?;
     let signal = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    if let crate::store::StoreConfig::Postgres(url) = &config.store {
+        let url = url.clone();
+        return Ok(crate::leader::run(config, &url, listener, shutdown).await?);
+    }
+    let head = crate::spawn(config, listener, shutdown)?;
     head.task.await??;
     Ok(())
 }

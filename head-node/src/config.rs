@@ -54,6 +54,10 @@ pub struct HeadConfig {
     pub tls_key: Option<std::path::PathBuf>,
     /// Where tasks, their events and registered agents are kept across restarts.
     pub store: crate::store::StoreConfig,
+    /// The URL clients and workers reach this head at (standbys name the leader's).
+    pub advertise: Option<String>,
+    /// How long the leader lease of a shared (PostgreSQL) store lasts unless renewed.
+    pub lease_ttl: Duration,
     /// Agents declared in the config file.
     pub agents: Vec<AgentSpec>,
 }
@@ -80,6 +84,8 @@ impl Default for HeadConfig {
             tls_cert: None,
             tls_key: None,
             store: crate::store::StoreConfig::Memory,
+            advertise: None,
+            lease_ttl: Duration::from_secs(5),
             agents: Vec::new(),
         }
     }
@@ -105,21 +111,51 @@ pub struct ConfigFile {
     pub webhook_ca: Option<std::path::PathBuf>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
-    /// `file` (the default: `head.redb` under `data_dir`) or `memory` (keep nothing).
+    /// `file` (the default: `head.redb` under `data_dir`), `memory` (keep nothing) or a
+    /// `postgres://` URL (shared by a leader and its standbys).
     pub store: Option<StoreKind>,
     pub data_dir: Option<std::path::PathBuf>,
+    pub advertise: Option<String>,
+    pub lease_ms: Option<u64>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
 }
 
-/// What kind of store a head keeps its state in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// What kind of store a head keeps its state in: `file`, `memory` or a `postgres://` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum StoreKind {
     /// A file under the data directory: tasks and agents survive restarts.
     File,
     /// Nothing kept: a restarted head starts empty.
     Memory,
+    /// A PostgreSQL database heads share (a standby takes over when the leader dies).
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "file" => Ok(Self::File),
+            "memory" => Ok(Self::Memory),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned()))
+            }
+            other => Err(format!(
+                "unknown store {other:?}: give file, memory or a postgres://USER@HOST:PORT/DB URL"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for StoreKind {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
 }
 
 /// The store `kind` and `dir` name; a file store needs a directory (given or the user's
@@ -131,6 +167,11 @@ pub fn store_config(
     use crate::store::StoreConfig;
     match kind.unwrap_or(StoreKind::File) {
         StoreKind::Memory => Ok(StoreConfig::Memory),
+        StoreKind::Postgres(url) => {
+            crate::store::postgres::parse(&url)
+                .map_err(|e| Error::InvalidConfig(e.message))?;
+            Ok(StoreConfig::Postgres(url))
+        }
         StoreKind::File => {
             dir.or_else(StoreConfig::default_dir).map(StoreConfig::Dir).ok_or_else(|| {
                 Error::InvalidConfig(
@@ -293,6 +334,12 @@ impl ConfigFile {
         if let Some(v) = self.subscriber_buffer {
             config.subscriber_buffer = v;
         }
+        if self.advertise.is_some() {
+            config.advertise = self.advertise;
+        }
+        if let Some(v) = self.lease_ms {
+            config.lease_ttl = ms(v);
+        }
         if let Some(v) = self.allow_private_webhooks {
             config.allow_private_webhooks = v;
         }
@@ -317,6 +364,10 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
     }
     if config.worker_timeout <= config.heartbeat_interval {
         return bad("worker timeout must be longer than the heartbeat interval");
+    }
+    if config.lease_ttl < Duration::from_millis(300) || config.lease_ttl > Duration::from_secs(600)
+    {
+        return bad("the lease must last between 300 ms and 600 s (--lease-ms)");
     }
     if config.max_input_bytes == 0 || config.subscriber_buffer == 0 || config.max_agents == 0 {
         return bad("max input bytes, max agents and subscriber buffer must be above zero");

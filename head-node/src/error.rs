@@ -39,6 +39,11 @@ pub enum Error {
          again"
     )]
     StoreUnavailable(String),
+    #[error(
+        "this head lost the leader lease ({0}): it stops so that only one head dispatches; \
+         start it again to stand by"
+    )]
+    LostLease(String),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -65,7 +70,7 @@ impl Error {
             Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
             Self::QueueFull { .. } | Self::TooManyAgents { .. } => Code::ResourceExhausted,
             Self::Unschedulable { .. } => Code::FailedPrecondition,
-            Self::Mesh(_) | Self::StoreUnavailable(_) => Code::Unavailable,
+            Self::Mesh(_) | Self::StoreUnavailable(_) | Self::LostLease(_) => Code::Unavailable,
             Self::Store(_) => Code::Internal,
             Self::Io(_) => Code::Internal,
         }

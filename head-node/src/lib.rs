@@ -10,7 +10,8 @@
 //!   [`workers`] registry, the [`tasks`] table with its per-task event logs, and the queue,
 //!   and asks the [`scheduler`] where each task goes (and, for workers on the mesh, where
 //!   an agent to call runs); [`topics`] relays the mesh's topics to clients; [`store`]
-//!   keeps tasks, their event logs and registered agents across restarts;
+//!   keeps tasks, their event logs and registered agents across restarts (in a file, or
+//!   in PostgreSQL shared by a leader and standbys: `leader`);
 //! - [`http`] serves `/healthz` and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
 //!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`);
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+mod leader;
 pub mod openai;
 pub mod scheduler;
 pub mod server;

@@ -44,17 +44,57 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<HeadHandle> {
     config::validate(&config)?;
+    let store = crate::store::open(&config.store).map_err(crate::Error::Store)?;
+    spawn_with_store(config, listener, shutdown, store)
+}
+
+/// [`spawn`] on a store already open (a leader's PostgreSQL store, see `crate::leader`).
+pub(crate) fn spawn_with_store(
+    config: HeadConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    store: Option<Box<dyn crate::store::Store>>,
+) -> Result<HeadHandle> {
+    config::validate(&config)?;
     let address = listener.local_addr()?;
-    // Read the certificate now, so a bad file fails the start instead of the first client.
-    let tls = match crate::tls::files(&config.tls_cert, &config.tls_key)? {
-        Some((cert, key)) => Some(crate::tls::acceptor(&cert, &key)?),
-        None => None,
-    };
-    let cluster = Cluster::start(&config)?;
+    let tls = tls_acceptor(&config)?;
+    let cluster = Cluster::start_with(&config, store)?;
     let (local, incoming) = local_pair();
     let task =
         tokio::spawn(serve(config, cluster.clone(), listener, tls, Some(incoming), shutdown));
     Ok(HeadHandle { address, local, cluster, task })
+}
+
+/// Reads the certificate now, so a bad file fails the start instead of the first client.
+pub(crate) fn tls_acceptor(config: &HeadConfig) -> Result<Option<TlsAcceptor>> {
+    Ok(match crate::tls::files(&config.tls_cert, &config.tls_key)? {
+        Some((cert, key)) => Some(crate::tls::acceptor(&cert, &key)?),
+        None => None,
+    })
+}
+
+/// Serves `routes` on `listener` (over TLS with `tls`) until `stopped` resolves.
+pub(crate) async fn serve_routes(
+    server: &mut tonic::transport::Server,
+    routes: Routes,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stopped: impl std::future::Future<Output = ()>,
+) -> std::result::Result<(), tonic::transport::Error> {
+    let server = server.add_routes(routes);
+    match tls {
+        Some(acceptor) => {
+            server.serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), stopped).await
+        }
+        None => {
+            // With our own listener tonic applies no socket options: set them here. Without
+            // TCP_NODELAY every small response waits for the peer's delayed ACK (~40 ms).
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(30)));
+            server.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    }
 }
 
 /// Serves `listener` (over TLS with `tls`; in-process connections from `local` never) until
@@ -105,25 +145,10 @@ async fn serve(
         let server = server.clone().add_routes(routes.clone());
         tokio::spawn(server.serve_with_incoming_shutdown(local, shutdown.clone().cancelled_owned()))
     });
-    let server = server.add_routes(routes);
     let stopped = shutdown.clone().cancelled_owned();
-    let served = match tls {
-        Some(acceptor) => {
-            info!(%address, "head listening (gRPC and HTTP over TLS)");
-            server
-                .serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), stopped)
-                .await
-        }
-        None => {
-            info!(%address, "head listening (gRPC and HTTP)");
-            // With our own listener tonic applies no socket options: set them here. Without
-            // TCP_NODELAY every small response waits for the peer's delayed ACK (~40 ms).
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(30)));
-            server.serve_with_incoming_shutdown(incoming, stopped).await
-        }
-    };
+    let over = if tls.is_some() { "over TLS" } else { "in clear" };
+    info!(%address, "head listening (gRPC and HTTP {over})");
+    let served = serve_routes(&mut server, routes, listener, tls, stopped).await;
     shutdown.cancel();
     if let Some(in_process) = in_process {
         let _ = in_process.await;

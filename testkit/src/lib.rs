@@ -7,7 +7,9 @@
 //! `FLEET_WORKER_BIN`.
 //!
 //! [`SandboxBuilder::tls`] serves the head over TLS with certificates from [`tls`]; [`fuzz`]
-//! holds the inputs of the fuzz targets.
+//! holds the inputs of the fuzz targets; [`postgres`] starts a PostgreSQL server of the
+//! test's own (for the shared store and standby heads), and [`spawn_head`] a head beside a
+//! sandbox's.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod fuzz;
+pub mod postgres;
 pub mod tls;
 pub use tls::TestCertificates;
 
@@ -69,6 +72,7 @@ pub struct SandboxBuilder {
     config_toml: Option<String>,
     log: Option<String>,
     tls: bool,
+    standbys: usize,
 }
 
 impl SandboxBuilder {
@@ -109,6 +113,14 @@ impl SandboxBuilder {
 
     /// Serve the head over TLS (a CA made for this sandbox): the URL is `https://`, and the
     /// sandbox's workers and clients trust that CA.
+    /// Starts `n` more heads after the first one leads, on the same store (give
+    /// `--store postgres://...` with [`SandboxBuilder::head_arg`]): standbys. Workers and
+    /// clients get every head's URL.
+    pub fn standbys(mut self, n: usize) -> Self {
+        self.standbys = n;
+        self
+    }
+
     pub fn tls(mut self) -> Self {
         self.tls = true;
         self
@@ -159,11 +171,31 @@ impl SandboxBuilder {
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
         let (head, address) = start_head("127.0.0.1:0", &head_args, &log).await?;
+        let mut standby_heads = Vec::new();
+        let mut url = format!("{scheme}://{address}");
+        if self.standbys > 0 {
+            // The first head must lead before the others start, or one of them might.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while http_at(&address, "GET", "/healthz", &[], b"").await.map(|r| r.0).ok() != Some(200)
+            {
+                if Instant::now() > deadline {
+                    bail!("the first head did not become ready within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            for _ in 0..self.standbys {
+                let (standby, standby_address) =
+                    start_head("127.0.0.1:0", &head_args, &log).await?;
+                url.push_str(&format!(",{scheme}://{standby_address}"));
+                standby_heads.push((standby, standby_address));
+            }
+        }
         let mut sandbox = ClusterSandbox {
-            url: format!("{scheme}://{address}"),
+            url,
             address,
             certificates,
             head,
+            standby_heads,
             head_args,
             workers: Vec::new(),
             token: self.token.clone(),
@@ -183,6 +215,10 @@ impl SandboxBuilder {
 }
 
 /// Starts `fleet-head` on `listen` and returns it with the address it bound.
+pub async fn spawn_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<(Child, String)> {
+    start_head(listen, args, log).await
+}
+
 async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<(Child, String)> {
     let mut head = Command::new(binary("fleet-head")?);
     head.args(["--listen", listen, "--print-address"])
@@ -221,13 +257,16 @@ fn unique() -> u128 {
 /// A running head plus workers, each a separate process.
 #[derive(Debug)]
 pub struct ClusterSandbox {
-    /// The head's URL, e.g. `http://127.0.0.1:41234` (`https://` with TLS).
+    /// The head's URL, e.g. `http://127.0.0.1:41234` (`https://` with TLS); with standbys,
+    /// every head's URL, separated by commas.
     pub url: String,
     /// The head's `host:port`.
     pub address: String,
     /// The certificates when the head serves TLS.
     pub certificates: Option<TestCertificates>,
     head: Child,
+    /// Heads started after the first (see [`SandboxBuilder::standbys`]) and their addresses.
+    standby_heads: Vec<(Child, String)>,
     head_args: Vec<String>,
     workers: Vec<(String, Child)>,
     token: Option<String>,
@@ -263,11 +302,42 @@ impl ClusterSandbox {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> anyhow::Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         if self.certificates.is_some() {
             bail!("ClusterSandbox::http speaks plain HTTP; this sandbox serves TLS");
         }
-        let address = &self.address;
+        http_at(&self.address, method, path, headers, body).await
+    }
+
+    /// The addresses of the heads started after the first (standbys at first).
+    pub fn standby_addresses(&self) -> Vec<String> {
+        self.standby_heads.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// The process id of the first head.
+    pub fn head_pid(&self) -> Option<u32> {
+        self.head.id()
+    }
+
+    /// Waits up to `timeout` for the first head to exit; its exit code (None: killed by a
+    /// signal), or an error if it still runs.
+    pub async fn wait_head_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(timeout, self.head.wait())
+            .await
+            .context("the head is still running")??;
+        Ok(status.code())
+    }
+}
+
+/// A raw HTTP/1.1 request to `address` (`host:port`): the status and the body.
+pub async fn http_at(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(address).await?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
@@ -287,6 +357,9 @@ impl ClusterSandbox {
         let status = head.split(' ').nth(1).context("no status")?.parse()?;
         Ok((status, body.to_owned()))
     }
+}
+
+impl ClusterSandbox {
 
     /// The CA file clients need for this sandbox (TLS only).
     pub fn tls_ca(&self) -> Option<&std::path::Path> {
@@ -417,6 +490,9 @@ impl ClusterSandbox {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         for (_, worker) in &mut self.workers {
             let _ = worker.kill().await;
+        }
+        for (standby, _) in &mut self.standby_heads {
+            let _ = standby.kill().await;
         }
         let _ = self.head.kill().await;
         Ok(())

@@ -17,8 +17,10 @@ pub struct Args {
     /// Model forward passes run on their own threads either way.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// The head's URL, e.g. http://10.0.0.1:7070 (https:// for a head with --tls-cert).
-    #[arg(long, env = "FLEET_HEAD")]
+    /// The head's URL, e.g. http://10.0.0.1:7070 (https:// for a head with --tls-cert), or
+    /// several separated by commas (a leader and its standbys on a shared PostgreSQL store:
+    /// the worker joins whichever leads and moves on when it goes).
+    #[arg(long, env = "FLEET_HEAD", value_name = "URL[,URL...]")]
     head: String,
     /// For an https:// head: trust only the CA certificates in this PEM file instead of the
     /// system's roots.

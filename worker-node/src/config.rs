@@ -8,7 +8,8 @@ use fleet_proto::Resources;
 /// Everything a worker needs to join a head.
 #[derive(Clone)]
 pub struct WorkerConfig {
-    /// The head's URL, e.g. `http://10.0.0.1:7070`.
+    /// The head's URL, e.g. `http://10.0.0.1:7070`, or several separated by commas (a
+    /// leader and its standbys: the worker joins whichever leads).
     pub head: String,
     /// The head's join token (its `--join-token`), if it requires one.
     pub join_token: Option<String>,
@@ -60,6 +61,11 @@ impl std::fmt::Debug for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The head URLs, in the order they are tried.
+    pub fn heads(&self) -> impl Iterator<Item = &str> {
+        self.head.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+
     /// A worker with this machine's resources and a fresh id.
     pub fn new(head: impl Into<String>) -> Self {
         Self {

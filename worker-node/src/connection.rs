@@ -32,6 +32,8 @@ const BATCH: usize = 1024;
 const MESH_UPDATES: usize = 4096;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between rounds over several heads (a standby takes over soon).
+const BACKOFF_MAX_SEVERAL: Duration = Duration::from_millis(500);
 
 /// Runs the worker until `shutdown`; returns an error only for problems retrying cannot fix
 /// (a rejected token, a malformed head URL).
@@ -41,11 +43,19 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         let event_buffer = config.event_buffer.max(1);
         return run_in_process(head, registration(&config)?, host, event_buffer, shutdown).await;
     }
-    let endpoint = fleet_proto::endpoint::head_endpoint(&config.head, config.tls_ca.as_deref())
-        .map_err(|e| Error::InvalidHead(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+    // Several heads (a leader and its standbys): joined in turn until one takes the worker.
+    let mut heads = Vec::new();
+    for url in config.heads() {
+        let endpoint = fleet_proto::endpoint::head_endpoint(url, config.tls_ca.as_deref())
+            .map_err(|e| Error::InvalidHead(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        heads.push((url, endpoint));
+    }
+    if heads.is_empty() {
+        return Err(Error::InvalidHead("no head URL given (--head URL[,URL...])".into()));
+    }
     let mut registration = registration(&config)?;
     // Tells the head this process apart from an earlier or later one with the same id.
     registration.incarnation = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
@@ -62,9 +72,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         None => mpsc::channel(1).1,
     };
     let mut backoff = BACKOFF_START;
+    let (mut current, mut failed_in_round) = (0, 0);
     loop {
+        let (url, endpoint) = &heads[current];
         let outcome = tokio::select! {
-            r = session(&endpoint, &config, &registration, &mut host, &mut updates, &outbox, &sink) => r,
+            r = session(endpoint, url, &config, &registration, &mut host, &mut updates, &outbox, &sink) => r,
             () = shutdown.cancelled() => {
                 host.cancel_all();
                 info!("worker stopped");
@@ -73,21 +85,31 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         };
         // The tasks go on; the head adopts them when this worker rejoins.
         host.head_lost();
+        current = (current + 1) % heads.len();
         match outcome {
             Err(Error::Rejected(message)) => return Err(Error::Rejected(message)),
             Ok(()) => {
-                backoff = BACKOFF_START;
-                warn!("the head closed the stream; reconnecting");
+                (backoff, failed_in_round) = (BACKOFF_START, 0);
+                warn!(head = %url, "the head closed the stream; reconnecting");
             }
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "not connected to the head")
+                failed_in_round += 1;
+                if failed_in_round < heads.len() {
+                    // The next head at once: the leader may be one of the others.
+                    debug!(head = %url, error = %e, "not joined; trying the next head");
+                    continue;
+                }
+                failed_in_round = 0;
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "not connected to a head")
             }
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = shutdown.cancelled() => return Ok(()),
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // With standbys, one of them may lead any moment now: look again sooner.
+        let max = if heads.len() > 1 { BACKOFF_MAX_SEVERAL } else { BACKOFF_MAX };
+        backoff = (backoff * 2).min(max);
     }
 }
 
@@ -227,8 +249,10 @@ fn registration(config: &WorkerConfig) -> Result<Registration> {
 }
 
 /// One connection: returns Ok when the head ended the stream, Err when it failed.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &Endpoint,
+    url: &str,
     config: &WorkerConfig,
     registration: &Registration,
     host: &mut ActorHost,
@@ -237,7 +261,7 @@ async fn session(
     sink: &EventSink,
 ) -> Result<()> {
     let channel = endpoint.connect().await.map_err(|e| {
-        Error::Unreachable(format!("{}: {}", config.head, fleet_proto::endpoint::describe(&e)))
+        Error::Unreachable(format!("{url}: {}", fleet_proto::endpoint::describe(&e)))
     })?;
     let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20);
 
@@ -273,7 +297,7 @@ async fn session(
         {
             return Err(Error::Rejected(status.message().to_owned()));
         }
-        Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
+        Err(status) => return Err(Error::Unreachable(format!("{url}: {}", status.message()))),
     };
     let heartbeat_interval = match inbound.message().await {
         Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Welcome(w)) })) => {
@@ -291,7 +315,7 @@ async fn session(
         }
         Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
     };
-    info!(head = %config.head, worker_id = %registration.worker_id, waiting = outbox.len(), "joined the head");
+    info!(head = %url, worker_id = %registration.worker_id, waiting = outbox.len(), "joined the head");
 
     let mut ticker = tokio::time::interval(heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -59,6 +59,11 @@ impl Cluster {
 
     /// Stores what is pending and closes the store (the head is stopping), so that another
     /// head may open it; waits up to `timeout`. Blocking.
+    /// Dispatches only until `deadline` (moved on by each renewal of the leader lease).
+    pub fn lead_until(&self, deadline: Arc<super::LeaseDeadline>) {
+        self.state.lock().lease = Some(deadline);
+    }
+
     pub fn close_store(&self, timeout: Duration) {
         let journal = self.state.lock().tasks.journal().cloned();
         if let Some(journal) = journal

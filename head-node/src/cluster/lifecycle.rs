@@ -187,6 +187,9 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
 pub(super) fn drain_queue(state: &mut State) {
     let mut index = 0;
     let mut waited = 0;
+    if !state.leading() {
+        return;
+    }
     while index < state.queue.len() && waited < QUEUE_SCAN_LIMIT {
         if !state.workers.iter().any(WorkerEntry::has_free_slot) {
             return;

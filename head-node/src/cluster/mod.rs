@@ -89,6 +89,42 @@ struct State {
     /// (and they are adopted) or `orphans_until` passes (and they are retried).
     orphans: HashMap<String, Vec<TaskId>>,
     orphans_until: Option<Instant>,
+    /// The end of this head's leader lease (a shared store); none: it always leads.
+    lease: Option<Arc<LeaseDeadline>>,
+}
+
+impl State {
+    /// Whether this head may put tasks on workers: not past the end of its lease, when
+    /// another head may lead (it is stopping then; its queue is the next leader's).
+    fn leading(&self) -> bool {
+        self.lease.as_ref().is_none_or(|lease| !lease.passed())
+    }
+}
+
+/// Until when a head on a shared store leads: moved on by each renewal of its lease.
+#[derive(Debug)]
+pub struct LeaseDeadline {
+    base: Instant,
+    until_us: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseDeadline {
+    pub fn new(until: Instant) -> Arc<Self> {
+        let base = Instant::now();
+        let until_us = (until.saturating_duration_since(base).as_micros() as u64).into();
+        Arc::new(Self { base, until_us })
+    }
+
+    /// The lease now lasts until `until`.
+    pub fn extend(&self, until: Instant) {
+        let us = until.saturating_duration_since(self.base).as_micros() as u64;
+        self.until_us.fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn passed(&self) -> bool {
+        let now = self.base.elapsed().as_micros() as u64;
+        now >= self.until_us.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The head's cluster state, shared by every API handler.
@@ -152,6 +188,7 @@ impl Cluster {
                 worker_seqs: HashMap::new(),
                 orphans: HashMap::new(),
                 orphans_until: None,
+                lease: None,
             }),
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,

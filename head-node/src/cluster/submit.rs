@@ -209,8 +209,8 @@ pub(super) fn submit_in(
     entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
     debug!(task_id = %id, agent = %entry.agent, "task submitted");
     match placement {
-        Some(worker) => dispatch(state, &id, &worker),
-        None => state.queue.push_back(id.clone()),
+        Some(worker) if state.leading() => dispatch(state, &id, &worker),
+        _ => state.queue.push_back(id.clone()),
     }
     Ok(id)
 }

@@ -210,3 +210,26 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
     assert!(third.state.lock().orphans.is_empty());
     assert_eq!(where_is(&third, &t1), (TaskState::Queued, 2, None));
 }
+
+#[test]
+fn a_head_past_its_lease_puts_no_task_on_a_worker() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let lease = LeaseDeadline::new(Instant::now() + Duration::from_secs(60));
+    cluster.lead_until(lease.clone());
+    let (c, mut rx, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let (t1, t2) = (task(&cluster, "one"), task(&cluster, "two"));
+    assert_eq!(where_is(&cluster, &t1).0, TaskState::Scheduled, "leading: dispatched");
+    commands(&mut rx);
+
+    // The lease ran out (not renewed): another head may lead and dispatch these tasks.
+    let passed = LeaseDeadline::new(Instant::now());
+    cluster.lead_until(passed);
+    let t3 = task(&cluster, "three");
+    assert_eq!(where_is(&cluster, &t3).0, TaskState::Queued);
+    let usage = Default::default();
+    cluster.worker_events("w1", c, vec![event(&t1, 1, EventKind::Completed { usage })]);
+    assert_eq!(where_is(&cluster, &t1).0, TaskState::Completed);
+    assert_eq!(where_is(&cluster, &t2).0, TaskState::Queued, "a free slot, yet not dispatched");
+    let sent = commands(&mut rx);
+    assert!(!sent.iter().any(|c| matches!(c, Command::RunTask(_))), "sent {sent:?}");
+}

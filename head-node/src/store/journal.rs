@@ -96,6 +96,13 @@ impl Journal {
                 }
                 let (batch, commit) = build(&records);
                 while let Err(e) = store.write(&batch) {
+                    if e.fenced {
+                        // Another head leads now: nothing of this one may be stored, and
+                        // it is stopping (see `crate::leader`). Refuse everything.
+                        error!(error = %e, "the store refuses this head's writes");
+                        *writer.failure.lock() = Some(e.to_string());
+                        return;
+                    }
                     let mut failure = writer.failure.lock();
                     if failure.is_none() {
                         error!(error = %e, "the store failed; new work is refused until it recovers");
@@ -164,7 +171,8 @@ impl Journal {
     pub fn close(&self, timeout: Duration) -> bool {
         let (done, closed) = mpsc::sync_channel(1);
         self.append(Record::Close(done));
-        closed.recv_timeout(timeout).is_ok()
+        // Disconnected: the writer has ended already (its store refused this head).
+        !matches!(closed.recv_timeout(timeout), Err(mpsc::RecvTimeoutError::Timeout))
     }
 
     /// Whether new work may be accepted: not while writes fail or the writer is far behind.

@@ -11,10 +11,12 @@
 //! head does not have: a stream resumed by sequence number continues without gap or repeat.
 //!
 //! Backends implement [`Store`] on encoded records; `redb` keeps them in one file under the
-//! data directory. With [`StoreConfig::Memory`] there is no store and no journal: a head
+//! data directory, [`postgres`] in a database that several heads share (one leads at a
+//! time; its writes are fenced by its lease's epoch). With [`StoreConfig::Memory`] there is no store and no journal: a head
 //! that forgets on restart, and events go to subscribers at once.
 
 mod journal;
+pub mod postgres;
 mod redb;
 
 use std::path::PathBuf;
@@ -36,6 +38,9 @@ pub enum StoreConfig {
     Memory,
     /// A redb file, `head.redb`, in this directory (created if missing).
     Dir(PathBuf),
+    /// A PostgreSQL database (a `postgres://` URL) that heads share: one leads, the
+    /// others stand by (see `crate::leader`).
+    Postgres(String),
 }
 
 impl StoreConfig {
@@ -62,6 +67,8 @@ pub struct StoreError {
     /// The file or server concerned.
     pub what: String,
     pub message: String,
+    /// Another head took over (PostgreSQL store): this head may not write again.
+    pub fenced: bool,
 }
 
 /// A batch of encoded records, written in one transaction.
@@ -103,6 +110,13 @@ pub fn open(config: &StoreConfig) -> Result<Option<Box<dyn Store>>, StoreError> 
     match config {
         StoreConfig::Memory => Ok(None),
         StoreConfig::Dir(dir) => Ok(Some(Box::new(redb::RedbStore::open(dir)?))),
+        StoreConfig::Postgres(_) => Err(StoreError {
+            what: "--store".into(),
+            message: "a PostgreSQL store is opened by the head that holds the leader lease \
+                      (crate::leader)"
+                .into(),
+            fenced: false,
+        }),
     }
 }
 
@@ -167,6 +181,7 @@ impl Restored {
         let corrupt = |record: String, e: &dyn std::fmt::Display| StoreError {
             what: what.to_owned(),
             message: format!("{record} does not decode ({e}): the store is damaged"),
+            fenced: false,
         };
         let mut agents = Vec::with_capacity(snapshot.agents.len());
         for bytes in snapshot.agents {
@@ -259,7 +274,11 @@ mod tests {
         }
         fn write(&mut self, _: &Batch) -> Result<(), StoreError> {
             if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError { what: "flaky".into(), message: "disk full".into() });
+                return Err(StoreError {
+                    what: "flaky".into(),
+                    message: "disk full".into(),
+                    fenced: false,
+                });
             }
             Ok(())
         }

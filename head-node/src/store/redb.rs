@@ -26,10 +26,11 @@ impl RedbStore {
     /// Opens (or creates) `dir/head.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(StoreConfig::FILE);
-        let fail = |message: String| StoreError { what: path.display().to_string(), message };
+        let fail = |message: String| StoreError { what: path.display().to_string(), message, fenced: false };
         std::fs::create_dir_all(dir).map_err(|e| StoreError {
             what: dir.display().to_string(),
             message: format!("cannot create the data directory: {e}"),
+            fenced: false,
         })?;
         let db = Database::create(&path).map_err(|e| {
             fail(match e {
@@ -76,7 +77,11 @@ impl RedbStore {
     }
 
     fn fail(&self, message: impl std::fmt::Display) -> StoreError {
-        StoreError { what: self.path.display().to_string(), message: message.to_string() }
+        StoreError {
+            what: self.path.display().to_string(),
+            message: message.to_string(),
+            fenced: false,
+        }
     }
 }
 

@@ -1,0 +1,117 @@
+//! A PostgreSQL connection on a thread of its own. The `postgres` client blocks on a tokio
+//! runtime it owns, which may not run inside the head's runtime: every call goes to this
+//! thread and its answer comes back over a channel, so any thread may wait for one.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+type Job = Box<dyn FnOnce(Result<&mut Client, String>) + Send>;
+
+/// The sending side of a connection's thread; the thread ends when this is dropped.
+pub struct Conn {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Conn {
+    /// Connects on a new thread named `name`. `statement_timeout` bounds every statement
+    /// (a server that stops answering must not hold the caller forever); the server ends
+    /// the session of a transaction left idle for `idle_timeout` (a frozen head must not
+    /// hold its locks). A connection that breaks is opened again for the next call.
+    pub fn open(
+        config: &postgres::Config,
+        name: &str,
+        statement_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut config = config.clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let ours = format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c client_min_messages=warning",
+            statement_timeout.as_millis(),
+            idle_timeout.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {ours}"),
+            None => ours,
+        };
+        config.options(&options);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready, connected) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut client = match config.connect(NoTls) {
+                    Ok(client) => {
+                        let _ = ready.send(Ok(()));
+                        Some(client)
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(describe(&e)));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    if client.as_ref().is_none_or(Client::is_closed) {
+                        client = None;
+                        match config.connect(NoTls) {
+                            Ok(c) => client = Some(c),
+                            Err(e) => {
+                                job(Err(format!("cannot connect again: {}", describe(&e))));
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(client) = client.as_mut() {
+                        job(Ok(client));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        connected.recv().map_err(|_| "the connection thread ended".to_owned())??;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the connection and waits for its answer.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |client| {
+                let _ = tx.send(client.and_then(|c| f(c).map_err(|e| describe(&e))));
+            }))
+            .map_err(|_| "the connection is closed".to_owned())?;
+        rx.recv().map_err(|_| "the connection thread ended".to_owned())?
+    }
+}
+
+/// An error with the server's own message where there is one (`postgres::Error`'s
+/// `Display` says only "db error").
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// The server a config names, without its password: `postgres://user@host:port/db`.
+pub fn display(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}

@@ -1,0 +1,232 @@
+//! The PostgreSQL store (`--store postgres://...`), for heads that share their state: one
+//! leads, the others wait as standbys (see [`lease`] and `crate::leader`). The tables hold
+//! the same records as the embedded store. Every write checks, in its transaction, that
+//! this head still holds the leader lease it was started with (its epoch): a head that lost
+//! the lease cannot write, so it cannot make anything visible either (events go out only
+//! once stored).
+
+mod conn;
+pub mod lease;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Batch, Snapshot, Store, StoreError};
+pub use conn::Conn;
+
+/// The layout this head writes; a database with another refuses to load.
+const FORMAT: i64 = 1;
+/// Taken while the tables are created, so that two heads starting at once do not race.
+const SCHEMA_LOCK: i64 = 0x666c_6565_7473;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS fleet_meta (key text PRIMARY KEY, value bigint NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_tasks (number bigint PRIMARY KEY, record bytea NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_events (
+        number bigint NOT NULL, first_seq bigint NOT NULL, events bytea NOT NULL,
+        PRIMARY KEY (number, first_seq));
+    CREATE TABLE IF NOT EXISTS fleet_agents (name text PRIMARY KEY, spec bytea NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_workers (
+        id text PRIMARY KEY, incarnation bigint NOT NULL, up_to bigint NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_lease (
+        id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL, holder text NOT NULL,
+        expires_at timestamptz NOT NULL);
+";
+
+/// The lease epoch a head's writes are made under; a write that finds another cancels
+/// `lost` (another head took over) and fails.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub epoch: i64,
+    pub lost: CancellationToken,
+}
+
+/// Parses a `postgres://` URL; the error says what to fix.
+pub fn parse(url: &str) -> Result<postgres::Config, StoreError> {
+    url.parse().map_err(|e| StoreError {
+        what: "--store".into(),
+        message: format!("not a PostgreSQL URL ({e}): give postgres://USER:PASSWORD@HOST:PORT/DB"),
+        fenced: false,
+    })
+}
+
+/// Creates the tables if missing and checks the layout, under a lock.
+pub fn ensure_schema(conn: &Conn) -> Result<(), String> {
+    let format = conn.run(|client| {
+        let mut txn = client.transaction()?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        txn.batch_execute(SCHEMA)?;
+        txn.execute(
+            "INSERT INTO fleet_meta (key, value) VALUES ('format', $1) ON CONFLICT DO NOTHING",
+            &[&FORMAT],
+        )?;
+        let format: i64 =
+            txn.query_one("SELECT value FROM fleet_meta WHERE key = 'format'", &[])?.get(0);
+        txn.commit()?;
+        Ok(format)
+    })?;
+    if format != FORMAT {
+        return Err(format!(
+            "store format {format}, this head reads format {FORMAT}: use the head version that \
+             wrote it"
+        ));
+    }
+    Ok(())
+}
+
+pub struct PostgresStore {
+    conn: Conn,
+    server: String,
+    fence: Fence,
+}
+
+impl PostgresStore {
+    /// Connects to the database `config` names and creates its tables if missing. `lease`
+    /// is the leader lease's term: a transaction of this head left idle for half of it (the
+    /// process frozen) is ended by the server, so that its lock on the lease row does not
+    /// hold off the head taking over.
+    pub fn open(
+        config: &postgres::Config,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<Self, StoreError> {
+        let server = conn::display(config);
+        let fail = |message: String| StoreError { what: server.clone(), message, fenced: false };
+        let idle = (lease / 2).max(Duration::from_millis(100));
+        let conn = Conn::open(config, "fleet-postgres", Duration::from_secs(60), idle)
+            .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        ensure_schema(&conn).map_err(fail)?;
+        Ok(Self { conn, server, fence })
+    }
+
+    fn fail(&self, message: String) -> StoreError {
+        StoreError { what: self.server.clone(), message, fenced: false }
+    }
+}
+
+/// Splits keyed records into parallel arrays (what `unnest` takes).
+fn columns<K: Copy, V: Clone>(rows: &[(K, V)]) -> (Vec<K>, Vec<V>) {
+    rows.iter().map(|(k, v)| (*k, v.clone())).unzip()
+}
+
+impl Store for PostgresStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.conn
+            .run(|client| {
+                // One snapshot of the whole database.
+                let mut txn = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let mut snapshot = Snapshot::default();
+                for row in txn.query("SELECT number, record FROM fleet_tasks ORDER BY number", &[])? {
+                    snapshot.tasks.push((row.get::<_, i64>(0) as u64, row.get(1)));
+                }
+                for row in txn.query(
+                    "SELECT number, first_seq, events FROM fleet_events ORDER BY number, first_seq",
+                    &[],
+                )? {
+                    let key = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+                    snapshot.events.push((key, row.get(2)));
+                }
+                for row in txn.query("SELECT spec FROM fleet_agents ORDER BY name", &[])? {
+                    snapshot.agents.push(row.get(0));
+                }
+                for row in txn.query("SELECT id, incarnation, up_to FROM fleet_workers", &[])? {
+                    let mark = (row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64);
+                    snapshot.workers.push((row.get(0), mark));
+                }
+                txn.commit()?;
+                Ok(snapshot)
+            })
+            .map_err(|e| self.fail(format!("cannot read: {e}")))
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        // Owned copies: the statements run on the connection's thread.
+        let (task_numbers, task_records) = columns(&batch.tasks);
+        let task_numbers: Vec<i64> = task_numbers.into_iter().map(|n| n as i64).collect();
+        let (event_keys, event_values) = columns(&batch.events);
+        let event_numbers: Vec<i64> = event_keys.iter().map(|k| k.0 as i64).collect();
+        let event_seqs: Vec<i64> = event_keys.iter().map(|k| k.1 as i64).collect();
+        let removed: Vec<i64> = batch.removed.iter().map(|&n| n as i64).collect();
+        let agent_names: Vec<String> = batch.agents.iter().map(|(n, _)| n.clone()).collect();
+        let agent_specs: Vec<Vec<u8>> = batch.agents.iter().map(|(_, s)| s.clone()).collect();
+        let worker_ids: Vec<String> = batch.workers.iter().map(|(id, _)| id.clone()).collect();
+        let incarnations: Vec<i64> = batch.workers.iter().map(|(_, m)| m.0 as i64).collect();
+        let marks: Vec<i64> = batch.workers.iter().map(|(_, m)| m.1 as i64).collect();
+        let epoch = self.fence.epoch;
+        let held = self.conn.run(move |client| {
+            let mut txn = client.transaction()?;
+            // The lease row is locked (shared) until the commit: a head taking over waits
+            // for this transaction, and every later one of this head sees its new epoch.
+            let current: Option<i64> = txn
+                .query_opt("SELECT epoch FROM fleet_lease WHERE id = 1 FOR SHARE", &[])?
+                .map(|row| row.get(0));
+            if current != Some(epoch) {
+                return Ok(current);
+            }
+            if !task_numbers.is_empty() {
+                txn.execute(
+                    "INSERT INTO fleet_tasks (number, record) \
+                     SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                     ON CONFLICT (number) DO UPDATE SET record = EXCLUDED.record",
+                    &[&task_numbers, &task_records],
+                )?;
+            }
+            if !event_numbers.is_empty() {
+                txn.execute(
+                    "INSERT INTO fleet_events (number, first_seq, events) \
+                     SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) \
+                     ON CONFLICT (number, first_seq) DO UPDATE SET events = EXCLUDED.events",
+                    &[&event_numbers, &event_seqs, &event_values],
+                )?;
+            }
+            if !removed.is_empty() {
+                txn.execute("DELETE FROM fleet_events WHERE number = ANY($1)", &[&removed])?;
+                txn.execute("DELETE FROM fleet_tasks WHERE number = ANY($1)", &[&removed])?;
+            }
+            if !agent_names.is_empty() {
+                txn.execute(
+                    "INSERT INTO fleet_agents (name, spec) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                     ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec",
+                    &[&agent_names, &agent_specs],
+                )?;
+            }
+            if !worker_ids.is_empty() {
+                txn.execute(
+                    "INSERT INTO fleet_workers (id, incarnation, up_to) \
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) \
+                     ON CONFLICT (id) DO UPDATE \
+                     SET incarnation = EXCLUDED.incarnation, up_to = EXCLUDED.up_to",
+                    &[&worker_ids, &incarnations, &marks],
+                )?;
+            }
+            txn.commit()?;
+            Ok(Some(epoch))
+        });
+        match held {
+            Ok(Some(current)) if current == epoch => Ok(()),
+            Ok(current) => {
+                self.fence.lost.cancel();
+                Err(StoreError {
+                    what: self.server.clone(),
+                    message: format!(
+                        "this head no longer leads (its lease epoch is {epoch}, the store's {}): \
+                         another head took over",
+                        current.map_or("none".into(), |c| c.to_string())
+                    ),
+                    fenced: true,
+                })
+            }
+            Err(e) => Err(self.fail(format!("cannot write: {e}"))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.server.clone()
+    }
+}

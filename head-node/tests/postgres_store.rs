@@ -1,0 +1,78 @@
+//! The PostgreSQL store on a server of the test's own: what is written loads back, the
+//! lease passes to another head only once it expires, and the head that lost it can
+//! neither renew it nor write.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use fleet_head::store::postgres::lease::{Acquired, Lease};
+use fleet_head::store::postgres::{Fence, PostgresStore, parse};
+use fleet_head::store::{Batch, Store};
+use fleet_testkit::postgres::PostgresServer;
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_millis(600);
+
+fn batch(number: u64) -> Batch {
+    Batch {
+        tasks: vec![(number, format!("task {number}").into_bytes())],
+        events: vec![((number, 1), b"events 1..".to_vec()), ((number, 3), b"events 3..".to_vec())],
+        agents: vec![("echo".into(), format!("spec {number}").into_bytes())],
+        workers: vec![("w1".into(), (u64::MAX - 1, number))],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
+    let pg = PostgresServer::start()?;
+    let config = parse(&pg.url)?;
+    let a = Lease::open(&config, "http://a", TTL)?;
+    let b = Lease::open(&config, "http://b", TTL)?;
+    let Acquired::Leader(first) = a.try_acquire().map_err(anyhow::Error::msg)? else {
+        bail!("a free lease was not taken");
+    };
+    let lost_a = CancellationToken::new();
+    let mut store_a =
+        PostgresStore::open(&config, Fence { epoch: first, lost: lost_a.clone() }, TTL)?;
+    store_a.write(&batch(1))?;
+    store_a.write(&Batch { removed: vec![1], ..batch(2) })?;
+
+    // A holds it: B stands by and is told who leads.
+    match b.try_acquire().map_err(anyhow::Error::msg)? {
+        Acquired::Standby { leader, .. } => ensure!(leader == "http://a"),
+        other => bail!("took a held lease: {other:?}"),
+    }
+    ensure!(a.renew(first).map_err(anyhow::Error::msg)?, "the holder could not renew");
+
+    // A stops renewing: B takes over once the lease expires, not before.
+    let stopped = Instant::now();
+    let second = loop {
+        if let Acquired::Leader(epoch) = b.try_acquire().map_err(anyhow::Error::msg)? {
+            break epoch;
+        }
+        ensure!(stopped.elapsed() < Duration::from_secs(10), "the lease never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ensure!(stopped.elapsed() >= TTL / 2, "taken {:?} after the last renewal", stopped.elapsed());
+    ensure!(second == first + 1, "epochs {first} then {second}");
+    ensure!(!a.renew(first).map_err(anyhow::Error::msg)?, "the old holder renewed a lost lease");
+
+    // A's writes are refused and say so; nothing of them is stored.
+    let refused = store_a.write(&batch(3));
+    ensure!(matches!(&refused, Err(e) if e.fenced), "{refused:?}");
+    ensure!(lost_a.is_cancelled(), "the refused head was not told");
+
+    let mut store_b =
+        PostgresStore::open(&config, Fence { epoch: second, lost: CancellationToken::new() }, TTL)?;
+    let loaded = store_b.load()?;
+    ensure!(loaded.tasks == vec![(2, b"task 2".to_vec())], "tasks {:?}", loaded.tasks);
+    let event_keys: Vec<(u64, u64)> = loaded.events.iter().map(|(k, _)| *k).collect();
+    ensure!(event_keys == [(2, 1), (2, 3)], "events {event_keys:?}");
+    ensure!(loaded.agents == vec![b"spec 2".to_vec()], "agents {:?}", loaded.agents);
+    ensure!(loaded.workers == vec![("w1".to_owned(), (u64::MAX - 1, 2))]);
+    store_b.write(&batch(4))?;
+    b.release(second).map_err(anyhow::Error::msg)?;
+    ensure!(matches!(a.try_acquire(), Ok(Acquired::Leader(e)) if e == second + 1));
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! A PostgreSQL server of the test's own: `initdb` into a temporary folder and `pg_ctl`
+//! start on 127.0.0.1 and a free port, stopped and removed when dropped. The binaries are
+//! Debian's (`apt-get install postgresql`: `/usr/lib/postgresql/N/bin`), or `FLEET_PG_BIN`.
+//! PostgreSQL refuses to run as root: as root the server runs as the `postgres` user the
+//! package creates.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// A running server; `url` reaches its `postgres` database as the `postgres` superuser.
+#[derive(Debug)]
+pub struct PostgresServer {
+    pub url: String,
+    dir: PathBuf,
+    bin: PathBuf,
+    user: Option<&'static str>,
+}
+
+impl PostgresServer {
+    /// Creates a cluster and starts it; fails with what to install when there is none.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = bin_dir()?;
+        let dir = std::env::temp_dir().join(format!("fleet-pg-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&dir)?;
+        let user = running_as_root().then_some("postgres");
+        if let Some(user) = user {
+            let owned = Command::new("chown").args([user, &dir.display().to_string()]).status()?;
+            if !owned.success() {
+                bail!("cannot hand {} to the {user} user", dir.display());
+            }
+        }
+        let mut server = Self { url: String::new(), dir, bin, user };
+        let data = server.dir.join("data");
+        server.run("initdb", &["-D", &path(&data), "-U", "postgres", "-A", "trust", "--no-sync"])?;
+        // A free port now may be taken by the time the server binds it: try a few.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=50",
+                path(&server.dir)
+            );
+            let log = server.dir.join("server.log");
+            let started = server.run(
+                "pg_ctl",
+                &["-D", &path(&data), "-l", &path(&log), "-o", &options, "-w", "-t", "30", "start"],
+            );
+            if started.is_ok() {
+                server.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+                return Ok(server);
+            }
+        }
+        let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
+        bail!("PostgreSQL did not start; its log:\n{log}")
+    }
+
+    /// Runs one of the server's programs (as `postgres` when root).
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let program = self.bin.join(program);
+        let output = match self.user {
+            Some(user) => Command::new("runuser")
+                .args(["-u", user, "--"])
+                .arg(&program)
+                .args(args)
+                .current_dir(&self.dir)
+                .output(),
+            None => Command::new(&program).args(args).current_dir(&self.dir).output(),
+        }
+        .with_context(|| format!("cannot run {}", program.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} failed: {}{}",
+                program.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = path(&self.dir.join("data"));
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `FLEET_PG_BIN`, else the newest `/usr/lib/postgresql/N/bin`, else `initdb` on PATH.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FLEET_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    if let Some(dir) = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("initdb").is_file()))
+    {
+        return Ok(dir);
+    }
+    bail!(
+        "PostgreSQL's server programs are not installed (no initdb): `apt-get install \
+         postgresql` (the tests start a server of their own), or set FLEET_PG_BIN"
+    )
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
