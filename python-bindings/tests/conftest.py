@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,3 +95,41 @@ def tls_cluster() -> Iterator[tuple[str, Path]]:
         yield address, ca
         worker.stop()
         head.stop()
+
+
+def _postgres_bin() -> Path:
+    """Debian's PostgreSQL programs (`apt-get install postgresql`), or $FLEET_PG_BIN."""
+    if os.environ.get("FLEET_PG_BIN"):
+        return Path(os.environ["FLEET_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if not found:
+        pytest.fail("PostgreSQL's server programs are not installed: apt-get install postgresql")
+    return found[-1].parent
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of the test's own on 127.0.0.1 (as the `postgres` user when root:
+    the server refuses to run as root); yields its URL and removes it afterwards."""
+    import socket
+
+    bin_dir = _postgres_bin()
+    # Not under pytest's temporary folder: that one is private to this user, and the
+    # server may run as another.
+    root = Path(tempfile.mkdtemp(prefix="fleet-pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        subprocess.run(["chown", "postgres", str(root)], check=True)
+    data = root / "data"
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"], check=True, capture_output=True, cwd=root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
+    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    subprocess.run([*pg_ctl, "-l", str(root / "log"), "-o", options, "-w", "start"], check=True, capture_output=True, cwd=root)
+    try:
+        yield f"postgres://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True, cwd=root)
+        shutil.rmtree(root, ignore_errors=True)

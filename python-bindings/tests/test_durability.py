@@ -73,3 +73,52 @@ def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
     finally:
         worker.stop()
         head.stop()
+
+
+def test_map_rides_through_a_failover_to_a_standby_head(postgres_url: str) -> None:
+    """Two heads on one PostgreSQL store, `init` given both: the leader is SIGKILLed while
+    `map` runs, the standby takes over, and `map` returns every result in order."""
+    def start_head() -> tuple[Node, str]:
+        head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--store", postgres_url, "--lease-ms", "1500")
+        assert head.proc.stdout is not None
+        line = head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        return head, "http://" + line.split()[-1]
+
+    leader, first = start_head()
+    fleet = None
+    nodes = [leader]
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # The first head leads before the second starts.
+            try:
+                fleet = af.init(first, token="s3cret")
+                fleet.status()
+                break
+            except af.FleetError:
+                assert time.monotonic() < deadline, "the first head did not lead"
+                time.sleep(0.05)
+        standby, second = start_head()
+        nodes.append(standby)
+        worker = Node("worker", "--head", f"{first},{second}", "--join-token", "j0in", "--slots", "16")
+        nodes.append(worker)
+        fleet = af.init([first, second], token="s3cret")
+        while not fleet.status()["workers"]:
+            assert time.monotonic() < deadline, "the worker did not join"
+            time.sleep(0.01)
+        slow = fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "5"})
+        inputs = [f"task {i} a b c d e f g h i j" for i in range(600)]
+        result: dict[str, object] = {}
+        runner = threading.Thread(target=lambda: result.update(out=slow.map(inputs)), daemon=True)
+        runner.start()
+        while fleet.status()["tasks_completed"] < 100:
+            assert runner.is_alive(), result
+            time.sleep(0.005)
+        leader.stop()
+        runner.join(timeout=120)
+        assert not runner.is_alive(), "map did not return"
+        assert result.get("out") == inputs
+        assert len(fleet.status()["workers"]) == 1  # Served by the standby now.
+    finally:
+        for node in nodes:
+            node.stop()

@@ -63,7 +63,7 @@ __all__ = [
 
 
 def init(
-    address: "str | None" = None,
+    address: "str | list[str] | None" = None,
     *,
     workers: int = 2,
     models_dir: "str | os.PathLike[str] | None" = None,
@@ -88,8 +88,19 @@ def init(
     ``data_dir``; start it again on the same folder and it has them back (finished tasks
     readable, unfinished ones run again). Without ``data_dir`` the store is a temporary
     folder removed at shutdown.
+
+    ``address`` may list several heads (a leader and its standbys on a shared PostgreSQL
+    store), as a list or one string with commas: calls go to the head that leads, and tasks
+    and ``map`` ride through a failover to the next one.
     """
     import atexit
+
+    if isinstance(address, (list, tuple)):
+        if not address or not all(isinstance(a, str) and a.strip() for a in address):
+            raise ValueError(
+                f"address: give a URL or a non-empty list of URLs, not {address!r}"
+            )
+        address = ",".join(a.strip() for a in address)
 
     fleet = _init(
         address,
