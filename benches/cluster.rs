@@ -3,13 +3,15 @@
 //!
 //! `cargo build --release --bins && cargo bench -p fleet-benches --bench cluster`
 //! (`-- --quick` for fewer repeats; `-- --security` for what the client token and TLS cost;
-//! `-- --store` for what keeping the head's state on disk costs, and how fast it comes back).
+//! `-- --store` for what keeping the head's state on disk or in PostgreSQL costs, how fast it
+//! comes back, and how fast a standby takes over).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission, TaskState};
 use fleet_testkit::ClusterSandbox;
+use fleet_testkit::postgres::PostgresServer;
 use futures::StreamExt;
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -192,37 +194,60 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
     Ok(())
 }
 
-/// A head keeping its state in memory only or in its file store (the default).
-async fn stored_cluster(memory: bool) -> Result<(ClusterSandbox, Client)> {
+/// Where a benchmarked head keeps its state.
+#[derive(Clone, Copy, PartialEq)]
+enum Kept {
+    Memory,
+    File,
+    /// A PostgreSQL server of the bench's own (fresh each round).
+    Postgres,
+}
+
+/// A head keeping its state as `kept` says (and its PostgreSQL server, if any).
+async fn stored_cluster(kept: Kept) -> Result<(ClusterSandbox, Client, Option<PostgresServer>)> {
     let mut builder =
         ClusterSandbox::builder().workers(2).head_arg("--max-queued-tasks").head_arg("1000000");
-    if memory {
-        builder = builder.head_arg("--store").head_arg("memory");
+    let mut server = None;
+    match kept {
+        Kept::Memory => builder = builder.head_arg("--store").head_arg("memory"),
+        Kept::File => {}
+        Kept::Postgres => {
+            let pg = PostgresServer::start()?;
+            builder = builder.head_arg("--store").head_arg(pg.url.clone());
+            server = Some(pg);
+        }
     }
     let cluster = builder.start().await?;
     let client = cluster.client().await?;
     client.register_agent(echo()).await?;
-    Ok((cluster, client))
+    Ok((cluster, client, server))
 }
 
-/// What the file store costs beside memory only (turns, fresh processes each round), and how
-/// long a head holding 100,000 finished tasks takes from SIGKILL to answering again.
+/// What the file and PostgreSQL stores cost beside memory only (turns, fresh processes each
+/// round), how long a head holding 100,000 finished tasks takes from SIGKILL to answering
+/// again, and how long a standby takes to serve once the leader is SIGKILLed.
 async fn store_cost(repeats: usize, tasks: usize) -> Result<()> {
-    let (mut rates, mut p50s) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
+    let modes = [
+        (Kept::Memory, "memory only (--store memory)", "—"),
+        (Kept::File, "file store (default)", "≥ 20,000/s"),
+        (Kept::Postgres, "PostgreSQL store (--store postgres://)", "≥ 10,000/s"),
+    ];
+    let (mut rates, mut p50s) = (vec![Vec::new(); modes.len()], vec![Vec::new(); modes.len()]);
     for _ in 0..repeats {
-        for (i, memory) in [true, false].into_iter().enumerate() {
-            let (sandbox, client) = stored_cluster(memory).await?;
+        for (i, (kept, _, _)) in modes.iter().enumerate() {
+            let (sandbox, client, server) = stored_cluster(*kept).await?;
             let (rate, p50) = one_round(&client, tasks).await?;
             rates[i].push(rate);
             p50s[i].push(p50);
             sandbox.shutdown().await?;
+            drop(server);
         }
     }
     let (memory_rate, memory_p50) = (median(rates[0].clone()), median(p50s[0].clone()));
-    for (i, name) in ["memory only (--store memory)", "file store (default)"].iter().enumerate() {
+    for (i, (_, name, target)) in modes.iter().enumerate() {
         let (rate, p50) = (median(rates[i].clone()), median(p50s[i].clone()));
         println!(
-            "| {name}: batch echo tasks/s | {rate:.0} ({:.2}×) | {:.0?} | ≥ 20,000/s |",
+            "| {name}: batch echo tasks/s | {rate:.0} ({:.2}×) | {:.0?} | {target} |",
             rate / memory_rate,
             rates[i]
         );
@@ -232,8 +257,9 @@ async fn store_cost(repeats: usize, tasks: usize) -> Result<()> {
             p50s[i]
         );
     }
+    failover_time(repeats).await?;
 
-    let (mut sandbox, client) = stored_cluster(false).await?;
+    let (mut sandbox, client, _) = stored_cluster(Kept::File).await?;
     for _ in 0..10 {
         batch_throughput(&client, 10_000).await?;
     }
@@ -260,6 +286,39 @@ async fn store_cost(repeats: usize, tasks: usize) -> Result<()> {
         median(recoveries.clone())
     );
     sandbox.shutdown().await
+}
+
+/// A leader and a standby on one PostgreSQL server (default lease, 5 s), the leader
+/// SIGKILLed: how long until the standby serves.
+async fn failover_time(repeats: usize) -> Result<()> {
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let pg = PostgresServer::start()?;
+        let mut sandbox = ClusterSandbox::builder()
+            .workers(1)
+            .head_arg("--store")
+            .head_arg(pg.url.clone())
+            .standbys(1)
+            .start()
+            .await?;
+        let standby = sandbox.standby_addresses()[0].clone();
+        let killed = Instant::now();
+        sandbox.kill_head().await?;
+        while !matches!(
+            fleet_testkit::http_at(&standby, "GET", "/healthz", &[], b"").await,
+            Ok((200, _))
+        ) {
+            ensure!(killed.elapsed() < Duration::from_secs(30), "the standby did not take over");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        times.push(killed.elapsed().as_secs_f64() * 1000.0);
+        sandbox.shutdown().await?;
+    }
+    println!(
+        "| leader SIGKILLed: the standby serving (lease 5 s, renewed every 1.7 s) | {:.0} ms | {times:.0?} | ≤ lease + 2 s |",
+        median(times.clone())
+    );
+    Ok(())
 }
 
 async fn bench_main() -> Result<()> {
