@@ -61,9 +61,10 @@ pub fn router(
         cluster: cluster.clone(),
         clients: clients.clone(),
         max_body_bytes,
-        webhooks,
+        webhooks: webhooks.clone(),
         tls: config.tls_cert.is_some(),
     };
+    webhooks.restore(&a2a);
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),
         clients,

@@ -419,7 +419,7 @@ pub fn push_delete(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result
     };
     let id = str_param(params, names)
         .ok_or_else(|| A2aError::invalid_params("the config id is missing"))?;
-    a2a.webhooks.delete(&task, id)?;
+    a2a.webhooks.delete(a2a, &task, id)?;
     Ok(match v {
         Version::V1 => json!({}),
         Version::V03 => Value::Null,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http;
-use fleet_proto::EventKind;
+use fleet_proto::{EventKind, pb};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
@@ -164,6 +164,58 @@ impl Webhooks {
         }
     }
 
+    /// Takes back the configs the store held and delivers again for the tasks that have not
+    /// ended (a restarted or new leading head).
+    pub fn restore(&self, a2a: &A2a) {
+        let stored = a2a.cluster.take_stored_push_configs();
+        let mut open = Vec::new();
+        {
+            let mut configs = self.configs.lock();
+            for (task_id, stored) in stored {
+                let list: Vec<PushConfig> = stored
+                    .configs
+                    .into_iter()
+                    .map(|c| PushConfig {
+                        id: c.id,
+                        task_id: task_id.to_string(),
+                        url: c.url,
+                        token: c.token,
+                        scheme: c.scheme,
+                        credentials: c.credentials,
+                    })
+                    .collect();
+                if list.is_empty() {
+                    continue;
+                }
+                open.push(task_id.to_string());
+                configs.insert(task_id.to_string(), list);
+            }
+        }
+        for task_id in open {
+            // A task that ended needs no delivery (it was made when it ended).
+            let ended = a2a.cluster.task(&task_id).is_ok_and(|t| render::ends_stream(t.state));
+            if !ended && let Err(e) = self.deliver(a2a, &task_id) {
+                warn!(task_id, error = %e.message, "push notifications not resumed");
+            }
+        }
+    }
+
+    /// Stores the task's configs as they are now.
+    fn keep(&self, a2a: &A2a, task_id: &str) {
+        let configs = self
+            .list(task_id)
+            .into_iter()
+            .map(|c| pb::StoredPushConfig {
+                id: c.id,
+                url: c.url,
+                token: c.token,
+                scheme: c.scheme,
+                credentials: c.credentials,
+            })
+            .collect();
+        a2a.cluster.keep_push_configs(task_id, pb::StoredPushConfigs { configs });
+    }
+
     /// Drops a task's configs (its task left retention).
     pub fn forget(&self, task_id: &str) {
         self.configs.lock().remove(task_id);
@@ -190,6 +242,7 @@ impl Webhooks {
             list.push(config.clone());
             first
         };
+        self.keep(a2a, &config.task_id);
         if first {
             self.deliver(a2a, &config.task_id)?;
         }
@@ -209,18 +262,21 @@ impl Webhooks {
         self.configs.lock().get(task_id).cloned().unwrap_or_default()
     }
 
-    pub fn delete(&self, task_id: &str, id: &str) -> Result<(), A2aError> {
-        let mut configs = self.configs.lock();
-        let list = configs.get_mut(task_id).ok_or_else(|| {
-            A2aError::invalid_params(format!("task {task_id:?} has no push configs"))
-        })?;
-        let before = list.len();
-        list.retain(|c| c.id != id);
-        if list.len() == before {
-            return Err(A2aError::invalid_params(format!(
-                "task {task_id:?} has no push config {id:?}"
-            )));
+    pub fn delete(&self, a2a: &A2a, task_id: &str, id: &str) -> Result<(), A2aError> {
+        {
+            let mut configs = self.configs.lock();
+            let list = configs.get_mut(task_id).ok_or_else(|| {
+                A2aError::invalid_params(format!("task {task_id:?} has no push configs"))
+            })?;
+            let before = list.len();
+            list.retain(|c| c.id != id);
+            if list.len() == before {
+                return Err(A2aError::invalid_params(format!(
+                    "task {task_id:?} has no push config {id:?}"
+                )));
+            }
         }
+        self.keep(a2a, task_id);
         Ok(())
     }
 

@@ -53,17 +53,32 @@ impl Cluster {
             state.orphans_until = Some(Instant::now() + REJOIN_GRACE + config.worker_timeout);
         }
         state.worker_seqs.extend(restored.workers);
+        state.stored_push = restored.push;
         info!(agents, tasks, unfinished = open_count, "state restored from the store");
         Ok(())
     }
 
-    /// Stores what is pending and closes the store (the head is stopping), so that another
-    /// head may open it; waits up to `timeout`. Blocking.
     /// Dispatches only until `deadline` (moved on by each renewal of the leader lease).
     pub fn lead_until(&self, deadline: Arc<super::LeaseDeadline>) {
         self.state.lock().lease = Some(deadline);
     }
 
+    /// The A2A push configs the store held for retained tasks (handed out once: the A2A
+    /// front door takes them at start and delivers for the unfinished tasks again).
+    pub fn take_stored_push_configs(&self) -> Vec<(TaskId, fleet_proto::pb::StoredPushConfigs)> {
+        std::mem::take(&mut self.state.lock().stored_push)
+    }
+
+    /// Stores a task's push configs (all it has now), with its task; nothing without a store.
+    pub fn keep_push_configs(&self, task_id: &str, configs: fleet_proto::pb::StoredPushConfigs) {
+        let state = self.state.lock();
+        if let (Some(journal), Some(task)) = (state.tasks.journal(), state.tasks.get(task_id)) {
+            journal.push(task.number, prost::Message::encode_to_vec(&configs));
+        }
+    }
+
+    /// Stores what is pending and closes the store (the head is stopping), so that another
+    /// head may open it; waits up to `timeout`. Blocking.
     pub fn close_store(&self, timeout: Duration) {
         let journal = self.state.lock().tasks.journal().cloned();
         if let Some(journal) = journal

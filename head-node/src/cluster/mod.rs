@@ -91,6 +91,8 @@ struct State {
     orphans_until: Option<Instant>,
     /// The end of this head's leader lease (a shared store); none: it always leads.
     lease: Option<Arc<LeaseDeadline>>,
+    /// Push configs restored from the store, until the A2A front door takes them.
+    stored_push: Vec<(TaskId, fleet_proto::pb::StoredPushConfigs)>,
 }
 
 impl State {
@@ -189,6 +191,7 @@ impl Cluster {
                 orphans: HashMap::new(),
                 orphans_until: None,
                 lease: None,
+                stored_push: Vec::new(),
             }),
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,

@@ -154,6 +154,7 @@ impl Store for Kept {
             events: k.events.iter().map(|(n, b)| (*n, b.clone())).collect(),
             agents: k.agents.values().cloned().collect(),
             workers: k.workers.iter().map(|(w, m)| (w.clone(), *m)).collect(),
+            push: Vec::new(),
         })
     }
 

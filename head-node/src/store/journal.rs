@@ -33,6 +33,8 @@ enum Record {
     Removed(u64),
     Agent(Arc<AgentSpec>),
     Worker(WorkerMark),
+    /// A task's push configs, encoded (all of them).
+    Push(u64, Vec<u8>),
     /// Store what came before, close the store and say so.
     Close(mpsc::SyncSender<()>),
 }
@@ -161,6 +163,11 @@ impl Journal {
         self.append(Record::Worker(mark));
     }
 
+    /// The push configs of the task numbered `number` now (encoded `StoredPushConfigs`).
+    pub fn push(&self, number: u64, configs: Vec<u8>) {
+        self.append(Record::Push(number, configs));
+    }
+
     /// An agent registered or changed.
     pub fn agent(&self, spec: Arc<AgentSpec>) {
         self.append(Record::Agent(spec));
@@ -207,8 +214,13 @@ fn build(records: &[Record]) -> (Batch, Commit) {
                 }
                 run.push(event.clone());
             }
+            Record::Push(number, configs) => {
+                batch.push.retain(|(n, _)| n != number);
+                batch.push.push((*number, configs.clone()));
+            }
             Record::Removed(number) => {
                 batch.tasks.retain(|(n, _)| n != number);
+                batch.push.retain(|(n, _)| n != number);
                 runs.remove(number);
                 batch.removed.push(*number);
             }

@@ -1,7 +1,7 @@
 //! The head's durable state: what it must not lose when it stops or crashes.
 //!
-//! Tasks (what each was submitted with) and their event logs, and the agents clients
-//! registered, go through the [`Journal`]: records are appended under the cluster's lock
+//! Tasks (what each was submitted with) and their event logs, the agents clients
+//! registered and the A2A push configs of tasks go through the [`Journal`]: records are appended under the cluster's lock
 //! without waiting, and a writer thread stores them in batches (group commit: one
 //! transaction and one `fsync` for everything that arrived during the last one). A task's
 //! state, attempt, worker, output and the queue are not stored: they follow from its event
@@ -84,6 +84,8 @@ pub struct Batch {
     pub agents: Vec<(String, Vec<u8>)>,
     /// Worker id -> (incarnation, the last of its events stored).
     pub workers: Vec<(String, (u64, u64))>,
+    /// Task number -> `StoredPushConfigs` (all of the task's, replacing what was stored).
+    pub push: Vec<(u64, Vec<u8>)>,
 }
 
 /// Everything a store holds, encoded, in key order.
@@ -93,6 +95,7 @@ pub struct Snapshot {
     pub events: Vec<((u64, u64), Vec<u8>)>,
     pub agents: Vec<Vec<u8>>,
     pub workers: Vec<(String, (u64, u64))>,
+    pub push: Vec<(u64, Vec<u8>)>,
 }
 
 /// A place to keep records. Implementations store bytes; the encoding is the journal's.
@@ -172,6 +175,8 @@ pub struct Restored {
     pub tasks: Vec<RestoredTask>,
     /// Each worker's incarnation and the last of its events stored.
     pub workers: Vec<(String, (u64, u64))>,
+    /// The A2A push-notification configs of retained tasks.
+    pub push: Vec<(TaskId, pb::StoredPushConfigs)>,
 }
 
 impl Restored {
@@ -232,7 +237,16 @@ impl Restored {
                 task.events.push(event);
             }
         }
-        Ok(Self { agents, tasks, workers: snapshot.workers })
+        let ids: std::collections::HashMap<u64, &TaskId> =
+            tasks.iter().map(|t| (t.record.number, &t.record.id)).collect();
+        let mut push = Vec::with_capacity(snapshot.push.len());
+        for (number, bytes) in snapshot.push {
+            let Some(id) = ids.get(&number) else { continue };
+            let configs = pb::StoredPushConfigs::decode(bytes.as_slice())
+                .map_err(|e| corrupt(format!("the push configs of task {number}"), &e))?;
+            push.push(((*id).clone(), configs));
+        }
+        Ok(Self { agents, tasks, workers: snapshot.workers, push })
     }
 }
 

@@ -13,6 +13,7 @@ const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events"
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const WORKERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("workers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const PUSH: TableDefinition<u64, &[u8]> = TableDefinition::new("push");
 
 /// The layout this head writes; a file with another refuses to load.
 const FORMAT: u64 = 1;
@@ -72,6 +73,7 @@ impl RedbStore {
             txn.open_table(EVENTS).map_err(|e| e.to_string())?;
             txn.open_table(AGENTS).map_err(|e| e.to_string())?;
             txn.open_table(WORKERS).map_err(|e| e.to_string())?;
+            txn.open_table(PUSH).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| cannot_write(&e))
     }
@@ -115,6 +117,11 @@ impl Store for RedbStore {
             let (k, v) = row.map_err(|e| read(&e))?;
             snapshot.workers.push((k.value().to_owned(), v.value()));
         }
+        let push = txn.open_table(PUSH).map_err(|e| read(&e))?;
+        for row in push.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            snapshot.push.push((k.value(), v.value().to_vec()));
+        }
         Ok(snapshot)
     }
 
@@ -130,8 +137,13 @@ impl Store for RedbStore {
             for (key, bytes) in &batch.events {
                 events.insert(key, bytes.as_slice()).map_err(|e| fail(&e))?;
             }
+            let mut push = txn.open_table(PUSH).map_err(|e| fail(&e))?;
+            for (number, bytes) in &batch.push {
+                push.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
+            }
             for &number in &batch.removed {
                 tasks.remove(number).map_err(|e| fail(&e))?;
+                push.remove(number).map_err(|e| fail(&e))?;
                 events
                     .retain_in((number, 0)..(number + 1, 0), |_, _| false)
                     .map_err(|e| fail(&e))?;

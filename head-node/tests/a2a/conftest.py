@@ -55,22 +55,41 @@ class Cluster:
         env["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-head-")  # one store per head
         # Workers join with their own token, as in a real deployment (both read the variable).
         env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
-        self.head = subprocess.Popen(
-            [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(config), *head_args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        self.head_command = [binary("fleet-head"), "--print-address", "--config", str(config), *head_args]
+        self.env = env
+        self.head = self._start_head("127.0.0.1:0")
         assert self.head.stdout is not None
         line = self.head.stdout.readline()
         assert line.startswith("listening on "), line
+        self.address = line.removeprefix("listening on ").strip()
         scheme = "https" if tls is not None else "http"
-        self.url = f"{scheme}://" + line.removeprefix("listening on ").strip()
+        self.url = f"{scheme}://{self.address}"
         self.worker = subprocess.Popen([binary("fleet-worker"), "--head", self.url, *worker_args], env=env)
+        self._wait_for_worker()
+
+    def _start_head(self, listen: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*self.head_command, "--listen", listen], stdout=subprocess.PIPE, text=True, env=self.env)
+
+    def _wait_for_worker(self) -> None:
         deadline = time.monotonic() + 15
-        while httpx.get(self.url + "/healthz?min_workers=1", verify=self.verify).status_code != 200:
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz?min_workers=1", verify=self.verify).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # A restarted head not listening yet.
             assert time.monotonic() < deadline, "the worker did not join"
             time.sleep(0.02)
+
+    def restart_head(self) -> None:
+        """SIGKILLs the head and starts it again on its address and data; returns once the
+        worker has joined it again."""
+        self.head.kill()
+        self.head.wait(timeout=10)
+        if self.head.stdout is not None:
+            self.head.stdout.close()
+        self.head = self._start_head(self.address)
+        self._wait_for_worker()
 
     def stop(self) -> None:
         for proc in (self.worker, self.head):

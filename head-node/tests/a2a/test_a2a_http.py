@@ -248,6 +248,29 @@ def test_private_webhook_targets_are_refused_unless_the_operator_allows_them(key
     assert listed["result"]["configs"] == []
 
 
+def test_push_configs_survive_a_head_restart_and_deliver_the_end() -> None:
+    """The head is SIGKILLed while a task with a webhook runs: the restarted head has the
+    config and notifies the webhook when the task ends."""
+    c = Cluster("--allow-private-webhooks")
+    hook = Webhook(failures=0)
+    try:
+        push = {"id": "kept", "url": hook.url, "token": "tok"}
+        params = {**message(" ".join(["w"] * 60)), "configuration": {"returnImmediately": True, "taskPushNotificationConfig": push}}
+        task = rpc(c, "SendMessage", params, agent="slow")["result"]["task"]["id"]
+        deadline = time.monotonic() + 15
+        while not hook.received:  # Delivering: the config is in force (and stored).
+            assert time.monotonic() < deadline, "no notification before the restart"
+            time.sleep(0.02)
+        c.restart_head()
+        listed = rpc(c, "ListTaskPushNotificationConfigs", {"taskId": task}, agent="slow")["result"]["configs"]
+        assert [(p["id"], p["url"], p["token"]) for p in listed] == [("kept", hook.url, "tok")]
+        final = await_final_task(hook)
+        assert final["id"] == task and final["status"]["state"] == "TASK_STATE_COMPLETED", final
+    finally:
+        hook.close()
+        c.stop()
+
+
 def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) -> None:
     task = rpc(cluster, "SendMessage", message("configs"))["result"]["task"]["id"]
     hook = "http://127.0.0.1:9/hook"

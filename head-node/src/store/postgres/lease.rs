@@ -1,5 +1,5 @@
 //! The leader lease: one row in `fleet_lease` says which head leads, until when, and under
-//! which epoch. A head takes the lease when it is free or expired (the epoch goes up),
+//! which epoch (copied to `fleet_epoch`, the row every write checks). A head takes the lease when it is free or expired (the epoch goes up),
 //! renews it well before it expires, and gives it up when it stops. Times are the
 //! server's, so heads need no synchronised clocks; the holder's own deadline is measured
 //! from before each renewal was sent, so it always ends before the server's.
@@ -48,7 +48,8 @@ impl Lease {
         let holder = self.holder.clone();
         let ttl = self.ttl.as_secs_f64();
         self.conn.run(move |client| {
-            let taken = client.query_opt(
+            let mut txn = client.transaction()?;
+            let taken = txn.query_opt(
                 "INSERT INTO fleet_lease (id, epoch, holder, expires_at) \
                  VALUES (1, 1, $1, now() + make_interval(secs => $2)) \
                  ON CONFLICT (id) DO UPDATE \
@@ -59,15 +60,22 @@ impl Lease {
                 &[&holder, &ttl],
             )?;
             if let Some(row) = taken {
-                return Ok(Acquired::Leader(row.get(0)));
+                let epoch: i64 = row.get(0);
+                // Waits for a write of the previous leader in flight (it holds this row
+                // shared); every later one finds the new epoch and is refused.
+                txn.execute("UPDATE fleet_epoch SET epoch = $1 WHERE id = 1", &[&epoch])?;
+                txn.commit()?;
+                return Ok(Acquired::Leader(epoch));
             }
-            let row = client.query_one(
+            let row = txn.query_one(
                 "SELECT holder, greatest(extract(epoch FROM expires_at - now()), 0)::float8 \
                  FROM fleet_lease WHERE id = 1",
                 &[],
             )?;
             let expires_in = Duration::from_secs_f64(row.get::<_, f64>(1));
-            Ok(Acquired::Standby { leader: row.get(0), expires_in })
+            let leader = row.get(0);
+            txn.commit()?;
+            Ok(Acquired::Standby { leader, expires_in })
         })
     }
 

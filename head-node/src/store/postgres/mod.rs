@@ -29,9 +29,12 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS fleet_agents (name text PRIMARY KEY, spec bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_workers (
         id text PRIMARY KEY, incarnation bigint NOT NULL, up_to bigint NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_push (number bigint PRIMARY KEY, configs bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_lease (
         id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL, holder text NOT NULL,
         expires_at timestamptz NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_epoch (id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL);
+    INSERT INTO fleet_epoch (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING;
 ";
 
 /// The lease epoch a head's writes are made under; a write that finds another cancels
@@ -134,6 +137,9 @@ impl Store for PostgresStore {
                 for row in txn.query("SELECT spec FROM fleet_agents ORDER BY name", &[])? {
                     snapshot.agents.push(row.get(0));
                 }
+                for row in txn.query("SELECT number, configs FROM fleet_push ORDER BY number", &[])? {
+                    snapshot.push.push((row.get::<_, i64>(0) as u64, row.get(1)));
+                }
                 for row in txn.query("SELECT id, incarnation, up_to FROM fleet_workers", &[])? {
                     let mark = (row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64);
                     snapshot.workers.push((row.get(0), mark));
@@ -157,13 +163,16 @@ impl Store for PostgresStore {
         let worker_ids: Vec<String> = batch.workers.iter().map(|(id, _)| id.clone()).collect();
         let incarnations: Vec<i64> = batch.workers.iter().map(|(_, m)| m.0 as i64).collect();
         let marks: Vec<i64> = batch.workers.iter().map(|(_, m)| m.1 as i64).collect();
+        let push_numbers: Vec<i64> = batch.push.iter().map(|(n, _)| *n as i64).collect();
+        let push_configs: Vec<Vec<u8>> = batch.push.iter().map(|(_, c)| c.clone()).collect();
         let epoch = self.fence.epoch;
         let held = self.conn.run(move |client| {
             let mut txn = client.transaction()?;
-            // The lease row is locked (shared) until the commit: a head taking over waits
+            // The epoch row is locked (shared) until the commit: a head taking over waits
             // for this transaction, and every later one of this head sees its new epoch.
+            // (The lease's own row is another, so that renewals never wait for writes.)
             let current: Option<i64> = txn
-                .query_opt("SELECT epoch FROM fleet_lease WHERE id = 1 FOR SHARE", &[])?
+                .query_opt("SELECT epoch FROM fleet_epoch WHERE id = 1 FOR SHARE", &[])?
                 .map(|row| row.get(0));
             if current != Some(epoch) {
                 return Ok(current);
@@ -184,7 +193,16 @@ impl Store for PostgresStore {
                     &[&event_numbers, &event_seqs, &event_values],
                 )?;
             }
+            if !push_numbers.is_empty() {
+                txn.execute(
+                    "INSERT INTO fleet_push (number, configs) \
+                     SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                     ON CONFLICT (number) DO UPDATE SET configs = EXCLUDED.configs",
+                    &[&push_numbers, &push_configs],
+                )?;
+            }
             if !removed.is_empty() {
+                txn.execute("DELETE FROM fleet_push WHERE number = ANY($1)", &[&removed])?;
                 txn.execute("DELETE FROM fleet_events WHERE number = ANY($1)", &[&removed])?;
                 txn.execute("DELETE FROM fleet_tasks WHERE number = ANY($1)", &[&removed])?;
             }
