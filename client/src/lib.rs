@@ -335,7 +335,8 @@ impl Client {
     }
 
     pub async fn list_agents(&self) -> Result<Vec<pb::AgentInfo>> {
-        let list = self.unary(|mut api| async move { api.list_agents(pb::ListAgentsRequest {}).await });
+        let list =
+            self.unary(|mut api| async move { api.list_agents(pb::ListAgentsRequest {}).await });
         Ok(list.await?.agents)
     }
 

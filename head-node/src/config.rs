@@ -168,8 +168,7 @@ pub fn store_config(
     match kind.unwrap_or(StoreKind::File) {
         StoreKind::Memory => Ok(StoreConfig::Memory),
         StoreKind::Postgres(url) => {
-            crate::store::postgres::parse(&url)
-                .map_err(|e| Error::InvalidConfig(e.message))?;
+            crate::store::postgres::parse(&url).map_err(|e| Error::InvalidConfig(e.message))?;
             Ok(StoreConfig::Postgres(url))
         }
         StoreKind::File => {

@@ -154,11 +154,8 @@ async fn keep(
         }
         let sent = Instant::now();
         let renewing = lease.clone();
-        let renewal = tokio::time::timeout_at(
-            deadline,
-            blocking(move || renewing.renew(epoch)),
-        )
-        .await;
+        let renewal =
+            tokio::time::timeout_at(deadline, blocking(move || renewing.renew(epoch))).await;
         match renewal {
             Ok(Ok(Ok(true))) => {
                 deadline = sent + ttl;

@@ -84,7 +84,9 @@ pub(crate) async fn serve_routes(
     let server = server.add_routes(routes);
     match tls {
         Some(acceptor) => {
-            server.serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), stopped).await
+            server
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), stopped)
+                .await
         }
         None => {
             // With our own listener tonic applies no socket options: set them here. Without

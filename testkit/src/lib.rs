@@ -176,7 +176,8 @@ impl SandboxBuilder {
         if self.standbys > 0 {
             // The first head must lead before the others start, or one of them might.
             let deadline = Instant::now() + Duration::from_secs(20);
-            while http_at(&address, "GET", "/healthz", &[], b"").await.map(|r| r.0).ok() != Some(200)
+            while http_at(&address, "GET", "/healthz", &[], b"").await.map(|r| r.0).ok()
+                != Some(200)
             {
                 if Instant::now() > deadline {
                     bail!("the first head did not become ready within 20 s");
@@ -215,7 +216,11 @@ impl SandboxBuilder {
 }
 
 /// Starts `fleet-head` on `listen` and returns it with the address it bound.
-pub async fn spawn_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<(Child, String)> {
+pub async fn spawn_head(
+    listen: &str,
+    args: &[String],
+    log: &str,
+) -> anyhow::Result<(Child, String)> {
     start_head(listen, args, log).await
 }
 
@@ -360,7 +365,6 @@ pub async fn http_at(
 }
 
 impl ClusterSandbox {
-
     /// The CA file clients need for this sandbox (TLS only).
     pub fn tls_ca(&self) -> Option<&std::path::Path> {
         self.certificates.as_ref().map(|c| c.ca.as_path())

@@ -34,7 +34,8 @@ impl PostgresServer {
         }
         let mut server = Self { url: String::new(), dir, bin, user };
         let data = server.dir.join("data");
-        server.run("initdb", &["-D", &path(&data), "-U", "postgres", "-A", "trust", "--no-sync"])?;
+        server
+            .run("initdb", &["-D", &path(&data), "-U", "postgres", "-A", "trust", "--no-sync"])?;
         // A free port now may be taken by the time the server binds it: try a few.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

@@ -224,7 +224,11 @@ fn build(records: &[Record]) -> (Batch, Commit) {
                 runs.remove(number);
                 batch.removed.push(*number);
             }
-            Record::Agent(spec) => batch.agents.push((spec.name.clone(), encode_agent(spec))),
+            Record::Agent(spec) => {
+                // The last change of an agent wins (one row per key and write).
+                batch.agents.retain(|(name, _)| *name != spec.name);
+                batch.agents.push((spec.name.clone(), encode_agent(spec)));
+            }
             Record::Worker((id, mark)) => {
                 workers.insert(id.clone(), *mark);
             }

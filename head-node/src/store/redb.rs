@@ -27,7 +27,11 @@ impl RedbStore {
     /// Opens (or creates) `dir/head.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(StoreConfig::FILE);
-        let fail = |message: String| StoreError { what: path.display().to_string(), message, fenced: false };
+        let fail = |message: String| StoreError {
+            what: path.display().to_string(),
+            message,
+            fenced: false,
+        };
         std::fs::create_dir_all(dir).map_err(|e| StoreError {
             what: dir.display().to_string(),
             message: format!("cannot create the data directory: {e}"),

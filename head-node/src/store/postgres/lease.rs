@@ -28,7 +28,11 @@ pub struct Lease {
 impl Lease {
     /// Connects for the lease; `holder` is the URL this head is reached at (told to
     /// clients of standbys), `ttl` how long a lease lasts unless renewed.
-    pub fn open(config: &postgres::Config, holder: &str, ttl: Duration) -> Result<Self, StoreError> {
+    pub fn open(
+        config: &postgres::Config,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Self, StoreError> {
         let server = super::conn::display(config);
         let fail = |message: String| StoreError { what: server.clone(), message, fenced: false };
         // A renewal that hangs must give up before the lease ends.

@@ -37,6 +37,35 @@ const SCHEMA: &str = "
     INSERT INTO fleet_epoch (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING;
 ";
 
+/// A whole write in one statement. The epoch row is locked (shared) until the commit: a
+/// head taking over waits for this write, and every later one of this head sees the new
+/// epoch and changes nothing (the lease's own row is another, so renewals never wait for
+/// writes). Rows of tasks removed are deleted after nothing else in the write names them.
+const WRITE: &str = "
+    WITH fence AS (SELECT epoch FROM fleet_epoch WHERE id = 1 FOR SHARE),
+    ok AS (SELECT 1 FROM fence WHERE epoch = $1),
+    t AS (INSERT INTO fleet_tasks (number, record)
+          SELECT * FROM unnest($2::int8[], $3::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (number) DO UPDATE SET record = EXCLUDED.record),
+    e AS (INSERT INTO fleet_events (number, first_seq, events)
+          SELECT * FROM unnest($4::int8[], $5::int8[], $6::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (number, first_seq) DO UPDATE SET events = EXCLUDED.events),
+    dp AS (DELETE FROM fleet_push WHERE number = ANY($7) AND EXISTS (SELECT 1 FROM ok)),
+    de AS (DELETE FROM fleet_events WHERE number = ANY($7) AND EXISTS (SELECT 1 FROM ok)),
+    dt AS (DELETE FROM fleet_tasks WHERE number = ANY($7) AND EXISTS (SELECT 1 FROM ok)),
+    a AS (INSERT INTO fleet_agents (name, spec)
+          SELECT * FROM unnest($8::text[], $9::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec),
+    w AS (INSERT INTO fleet_workers (id, incarnation, up_to)
+          SELECT * FROM unnest($10::text[], $11::int8[], $12::int8[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (id) DO UPDATE
+          SET incarnation = EXCLUDED.incarnation, up_to = EXCLUDED.up_to),
+    p AS (INSERT INTO fleet_push (number, configs)
+          SELECT * FROM unnest($13::int8[], $14::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (number) DO UPDATE SET configs = EXCLUDED.configs)
+    SELECT epoch FROM fence
+";
+
 /// The lease epoch a head's writes are made under; a write that finds another cancels
 /// `lost` (another head took over) and fails.
 #[derive(Debug, Clone)]
@@ -124,7 +153,9 @@ impl Store for PostgresStore {
                     .read_only(true)
                     .start()?;
                 let mut snapshot = Snapshot::default();
-                for row in txn.query("SELECT number, record FROM fleet_tasks ORDER BY number", &[])? {
+                for row in
+                    txn.query("SELECT number, record FROM fleet_tasks ORDER BY number", &[])?
+                {
                     snapshot.tasks.push((row.get::<_, i64>(0) as u64, row.get(1)));
                 }
                 for row in txn.query(
@@ -137,7 +168,9 @@ impl Store for PostgresStore {
                 for row in txn.query("SELECT spec FROM fleet_agents ORDER BY name", &[])? {
                     snapshot.agents.push(row.get(0));
                 }
-                for row in txn.query("SELECT number, configs FROM fleet_push ORDER BY number", &[])? {
+                for row in
+                    txn.query("SELECT number, configs FROM fleet_push ORDER BY number", &[])?
+                {
                     snapshot.push.push((row.get::<_, i64>(0) as u64, row.get(1)));
                 }
                 for row in txn.query("SELECT id, incarnation, up_to FROM fleet_workers", &[])? {
@@ -167,64 +200,28 @@ impl Store for PostgresStore {
         let push_configs: Vec<Vec<u8>> = batch.push.iter().map(|(_, c)| c.clone()).collect();
         let epoch = self.fence.epoch;
         let held = self.conn.run(move |client| {
-            let mut txn = client.transaction()?;
-            // The epoch row is locked (shared) until the commit: a head taking over waits
-            // for this transaction, and every later one of this head sees its new epoch.
-            // (The lease's own row is another, so that renewals never wait for writes.)
-            let current: Option<i64> = txn
-                .query_opt("SELECT epoch FROM fleet_epoch WHERE id = 1 FOR SHARE", &[])?
-                .map(|row| row.get(0));
-            if current != Some(epoch) {
-                return Ok(current);
-            }
-            if !task_numbers.is_empty() {
-                txn.execute(
-                    "INSERT INTO fleet_tasks (number, record) \
-                     SELECT * FROM unnest($1::int8[], $2::bytea[]) \
-                     ON CONFLICT (number) DO UPDATE SET record = EXCLUDED.record",
-                    &[&task_numbers, &task_records],
-                )?;
-            }
-            if !event_numbers.is_empty() {
-                txn.execute(
-                    "INSERT INTO fleet_events (number, first_seq, events) \
-                     SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) \
-                     ON CONFLICT (number, first_seq) DO UPDATE SET events = EXCLUDED.events",
-                    &[&event_numbers, &event_seqs, &event_values],
-                )?;
-            }
-            if !push_numbers.is_empty() {
-                txn.execute(
-                    "INSERT INTO fleet_push (number, configs) \
-                     SELECT * FROM unnest($1::int8[], $2::bytea[]) \
-                     ON CONFLICT (number) DO UPDATE SET configs = EXCLUDED.configs",
-                    &[&push_numbers, &push_configs],
-                )?;
-            }
-            if !removed.is_empty() {
-                txn.execute("DELETE FROM fleet_push WHERE number = ANY($1)", &[&removed])?;
-                txn.execute("DELETE FROM fleet_events WHERE number = ANY($1)", &[&removed])?;
-                txn.execute("DELETE FROM fleet_tasks WHERE number = ANY($1)", &[&removed])?;
-            }
-            if !agent_names.is_empty() {
-                txn.execute(
-                    "INSERT INTO fleet_agents (name, spec) \
-                     SELECT * FROM unnest($1::text[], $2::bytea[]) \
-                     ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec",
-                    &[&agent_names, &agent_specs],
-                )?;
-            }
-            if !worker_ids.is_empty() {
-                txn.execute(
-                    "INSERT INTO fleet_workers (id, incarnation, up_to) \
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) \
-                     ON CONFLICT (id) DO UPDATE \
-                     SET incarnation = EXCLUDED.incarnation, up_to = EXCLUDED.up_to",
-                    &[&worker_ids, &incarnations, &marks],
-                )?;
-            }
-            txn.commit()?;
-            Ok(Some(epoch))
+            // One statement (its own transaction): two round trips and one commit per write,
+            // where a statement per table took a dozen.
+            let row = client.query_opt(
+                WRITE,
+                &[
+                    &epoch,
+                    &task_numbers,
+                    &task_records,
+                    &event_numbers,
+                    &event_seqs,
+                    &event_values,
+                    &removed,
+                    &agent_names,
+                    &agent_specs,
+                    &worker_ids,
+                    &incarnations,
+                    &marks,
+                    &push_numbers,
+                    &push_configs,
+                ],
+            )?;
+            Ok(row.map(|r| r.get::<_, i64>(0)))
         });
         match held {
             Ok(Some(current)) if current == epoch => Ok(()),
