@@ -136,3 +136,22 @@ fn a_damaged_or_busy_store_is_refused_naming_the_file() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[test]
+fn an_unknown_store_or_an_unreachable_database_is_refused_saying_what_to_give() -> anyhow::Result<()>
+{
+    let output = head().args(["--listen", "127.0.0.1:0", "--store", "mysql://x"]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("give file, memory or a postgres://"), "{stderr}");
+
+    // Nothing listens on the port: the start fails naming the server, without its password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("postgres://fleet:s3cret@127.0.0.1:{port}/fleet");
+    let output = head().args(["--listen", "127.0.0.1:0", "--store", &url]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("postgres://fleet@127.0.0.1:{port}/fleet")), "{stderr}");
+    assert!(stderr.contains("cannot connect") && !stderr.contains("s3cret"), "{stderr}");
+    Ok(())
+}
