@@ -4,27 +4,19 @@
 //! (given both heads) move to it, every task completes on its first attempt (nothing ran
 //! twice), and a frozen leader that wakes up stops instead of dispatching.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fleet_client::{AgentSpec, EventKind, ManyUpdate, Submission, SubmitControl, TaskEvent};
-use fleet_testkit::ClusterSandbox;
+use fleet_client::{AgentSpec, EventKind, Submission, SubmitControl};
 use fleet_testkit::postgres::PostgresServer;
+use fleet_testkit::{BatchLog, ClusterSandbox};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
 const TASKS: usize = 1_000;
 const LEASE: Duration = Duration::from_millis(2_000);
 const LIMIT: Duration = Duration::from_secs(120);
-
-#[derive(Default)]
-struct Seen {
-    index_of: HashMap<String, usize>,
-    events: HashMap<String, Vec<TaskEvent>>,
-    completed: usize,
-}
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + limit;
@@ -51,7 +43,7 @@ async fn two_heads(pg: &PostgresServer) -> Result<ClusterSandbox> {
 }
 
 /// Submits `TASKS` echo tasks through every head's URL; the updates go into `seen`.
-async fn submit(sandbox: &ClusterSandbox, seen: Arc<Mutex<Seen>>) -> Result<Vec<String>> {
+async fn submit(sandbox: &ClusterSandbox, seen: Arc<Mutex<BatchLog>>) -> Result<Vec<String>> {
     let client = sandbox.client().await?;
     let mut spec =
         AgentSpec { name: "echo".into(), model: "builtin:echo".into(), ..Default::default() };
@@ -68,18 +60,7 @@ async fn submit(sandbox: &ClusterSandbox, seen: Arc<Mutex<Seen>>) -> Result<Vec<
             let batch = batch.expect("the client rides through the failover");
             let mut seen = seen.lock();
             for update in batch {
-                match update {
-                    ManyUpdate::Accepted { client_ref, task_id } => {
-                        seen.index_of.insert(task_id.to_string(), client_ref as usize);
-                    }
-                    ManyUpdate::Rejected { message, .. } => panic!("rejected: {message}"),
-                    ManyUpdate::Event(e) => {
-                        if matches!(e.kind, EventKind::Completed { .. }) {
-                            seen.completed += 1;
-                        }
-                        seen.events.entry(e.task_id.to_string()).or_default().push(e);
-                    }
-                }
+                seen.take(update).expect("every submission accepted");
             }
         }
     });
@@ -88,7 +69,7 @@ async fn submit(sandbox: &ClusterSandbox, seen: Arc<Mutex<Seen>>) -> Result<Vec<
 
 /// Every task completed once, on its first attempt, with its input echoed, its events
 /// gapless and unrepeated.
-fn check(seen: &Seen, inputs: &[String]) -> Result<()> {
+fn check(seen: &BatchLog, inputs: &[String]) -> Result<()> {
     ensure!(seen.index_of.len() == TASKS, "{} tasks accepted", seen.index_of.len());
     for (task_id, &index) in &seen.index_of {
         let events = seen.events.get(task_id).context("no events")?;
@@ -125,7 +106,7 @@ async fn a_standby_takes_over_when_the_leader_dies() -> Result<()> {
     let (status, body) = fleet_testkit::http_at(&standby, "GET", "/healthz", &[], b"").await?;
     ensure!(status == 503 && body.contains("standby"), "the standby answered {status} {body}");
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(BatchLog::default()));
     let inputs = submit(&sandbox, seen.clone()).await?;
     wait_until("all accepted and 200 completed", LIMIT, || {
         let seen = seen.lock();
@@ -155,7 +136,7 @@ async fn a_frozen_leader_that_wakes_up_stops_instead_of_dispatching() -> Result<
     let pg = PostgresServer::start()?;
     let mut sandbox = two_heads(&pg).await?;
     let standby = sandbox.standby_addresses()[0].clone();
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(BatchLog::default()));
     let inputs = submit(&sandbox, seen.clone()).await?;
     wait_until("all accepted and 200 completed", LIMIT, || {
         let seen = seen.lock();

@@ -4,26 +4,17 @@
 //! with its input echoed on its first attempt, and a subscriber that resumes each task from
 //! the last event it saw gets the rest of its log: every event exactly once, without a gap.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fleet_client::{AgentSpec, EventKind, ManyUpdate, Submission, TaskEvent};
-use fleet_testkit::ClusterSandbox;
+use fleet_client::{AgentSpec, EventKind, Submission, TaskEvent};
+use fleet_testkit::{BatchLog, ClusterSandbox};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
 const TASKS: usize = 2_000;
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// What the client saw before the crash: each accepted task's index and events.
-#[derive(Default)]
-struct Seen {
-    index_of: HashMap<String, usize>,
-    events: HashMap<String, Vec<TaskEvent>>,
-    completed: usize,
-}
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + LIMIT;
@@ -48,7 +39,7 @@ async fn accepted_tasks_survive_a_head_crash() -> Result<()> {
     let inputs: Vec<String> =
         (0..TASKS).map(|i| format!("task {i} a b c d e f g h i j k l m n o p")).collect();
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(BatchLog::default()));
     let (sender, mut updates) = client.submit_many().await?;
     sender
         .send(
@@ -62,18 +53,7 @@ async fn accepted_tasks_survive_a_head_crash() -> Result<()> {
             while let Some(Ok(batch)) = updates.next().await {
                 let mut seen = seen.lock();
                 for update in batch {
-                    match update {
-                        ManyUpdate::Accepted { client_ref, task_id } => {
-                            seen.index_of.insert(task_id.to_string(), client_ref as usize);
-                        }
-                        ManyUpdate::Rejected { message, .. } => panic!("rejected: {message}"),
-                        ManyUpdate::Event(e) => {
-                            if matches!(e.kind, EventKind::Completed { .. }) {
-                                seen.completed += 1;
-                            }
-                            seen.events.entry(e.task_id.to_string()).or_default().push(e);
-                        }
-                    }
+                    seen.take(update).expect("every submission accepted");
                 }
             }
         })
@@ -86,7 +66,7 @@ async fn accepted_tasks_survive_a_head_crash() -> Result<()> {
     sandbox.restart_head().await?;
     collector.await?;
     drop(sender);
-    let Seen { index_of, events: seen, completed: completed_before } =
+    let BatchLog { index_of, events: seen, completed: completed_before } =
         std::mem::take(&mut *seen.lock());
     ensure!(completed_before < TASKS, "every task completed before the crash: nothing tested");
 

@@ -1,6 +1,7 @@
 """An embedded cluster's head keeps its tasks and agents under ``data_dir`` across restarts."""
 
 import socket
+from collections.abc import Callable
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,23 @@ def test_without_data_dir_nothing_is_kept_and_nothing_left_behind() -> None:
         assert fleet.status()["agents"] == 0
 
 
+def map_through(fleet: af.Fleet, disrupt: "Callable[[], None]") -> None:
+    """Runs `map` over 600 slow echo tasks, calls `disrupt` once 100 have completed, and
+    checks that `map` returns every result in order."""
+    slow = fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "5"})
+    inputs = [f"task {i} a b c d e f g h i j" for i in range(600)]
+    result: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: result.update(out=slow.map(inputs)), daemon=True)
+    runner.start()
+    while fleet.status()["tasks_completed"] < 100:
+        assert runner.is_alive(), result
+        time.sleep(0.005)
+    disrupt()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "map did not return"
+    assert result.get("out") == inputs
+
+
 def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
     """A remote head is SIGKILLed and started again on its data while `map` runs: `map`
     reconnects, follows its accepted tasks and returns every result in order."""
@@ -57,19 +75,13 @@ def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
         while not fleet.status()["workers"]:
             assert time.monotonic() < deadline, "the worker did not join"
             time.sleep(0.01)
-        slow = fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "5"})
-        inputs = [f"task {i} a b c d e f g h i j" for i in range(600)]
-        result: dict[str, object] = {}
-        runner = threading.Thread(target=lambda: result.update(out=slow.map(inputs)), daemon=True)
-        runner.start()
-        while fleet.status()["tasks_completed"] < 100:
-            assert runner.is_alive(), result
-            time.sleep(0.005)
-        head.stop()
-        head = start_head()
-        runner.join(timeout=120)
-        assert not runner.is_alive(), "map did not return"
-        assert result.get("out") == inputs
+
+        def restart() -> None:
+            nonlocal head
+            head.stop()
+            head = start_head()
+
+        map_through(fleet, restart)
     finally:
         worker.stop()
         head.stop()
@@ -106,18 +118,7 @@ def test_map_rides_through_a_failover_to_a_standby_head(postgres_url: str) -> No
         while not fleet.status()["workers"]:
             assert time.monotonic() < deadline, "the worker did not join"
             time.sleep(0.01)
-        slow = fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "5"})
-        inputs = [f"task {i} a b c d e f g h i j" for i in range(600)]
-        result: dict[str, object] = {}
-        runner = threading.Thread(target=lambda: result.update(out=slow.map(inputs)), daemon=True)
-        runner.start()
-        while fleet.status()["tasks_completed"] < 100:
-            assert runner.is_alive(), result
-            time.sleep(0.005)
-        leader.stop()
-        runner.join(timeout=120)
-        assert not runner.is_alive(), "map did not return"
-        assert result.get("out") == inputs
+        map_through(fleet, leader.stop)
         assert len(fleet.status()["workers"]) == 1  # Served by the standby now.
     finally:
         for node in nodes:

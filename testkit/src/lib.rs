@@ -42,6 +42,34 @@ pub fn final_text(events: &[fleet_client::TaskEvent]) -> String {
         .collect()
 }
 
+/// What a client saw of a batch of tasks ([`fleet_client::ManyUpdate`]s): each accepted
+/// task's index (its client ref) and events, and how many completed.
+#[derive(Debug, Default)]
+pub struct BatchLog {
+    pub index_of: std::collections::HashMap<String, usize>,
+    pub events: std::collections::HashMap<String, Vec<fleet_client::TaskEvent>>,
+    pub completed: usize,
+}
+
+impl BatchLog {
+    /// Takes one update in; a rejected submission is an error (the tests submit valid ones).
+    pub fn take(&mut self, update: fleet_client::ManyUpdate) -> anyhow::Result<()> {
+        match update {
+            fleet_client::ManyUpdate::Accepted { client_ref, task_id } => {
+                self.index_of.insert(task_id.to_string(), client_ref as usize);
+            }
+            fleet_client::ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),
+            fleet_client::ManyUpdate::Event(e) => {
+                if matches!(e.kind, fleet_client::EventKind::Completed { .. }) {
+                    self.completed += 1;
+                }
+                self.events.entry(e.task_id.to_string()).or_default().push(e);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a binary of this workspace was built.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
