@@ -93,7 +93,8 @@ pub async fn run(
         }
     };
     standby_stop.cancel();
-    let _ = standby.await;
+    // Its connections get a GOAWAY; one that lingers must not hold the leader off.
+    let _ = tokio::time::timeout(Duration::from_secs(1), standby).await;
     if shutdown.is_cancelled() {
         return Ok(());
     }

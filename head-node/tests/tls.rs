@@ -87,7 +87,7 @@ async fn clients_that_do_not_trust_the_certificate_or_speak_clear_text_are_refus
         let mut lines = tokio::io::BufReader::new(stderr).lines();
         let refusal = loop {
             let line = lines.next_line().await?.context("the stranger exited")?;
-            if line.contains("not connected to the head") {
+            if line.contains("not connected to a head") {
                 break line;
             }
         };
