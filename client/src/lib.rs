@@ -303,17 +303,36 @@ impl Client {
 
     /// Runs a unary call on the current head; with several heads, tries each in turn while
     /// they answer `UNAVAILABLE` (unreachable, or a standby).
+    ///
+    /// A call that changes nothing twice (all but `submit` and `publish`) is also sent once more when the
+    /// connection it went out on broke (`transport error`, e.g. a GOAWAY): the channel
+    /// connects again for it.
     async fn unary<T, F, Fut>(&self, call: F) -> Result<T>
     where
         F: Fn(Api) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.unary_with(true, call).await
+    }
+
+    async fn unary_with<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T>
+    where
+        F: Fn(Api) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let mut tries = self.heads.apis.len();
+        let mut reconnected = false;
         loop {
             let at = self.head();
             match call(self.api()).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
+                    let broken = status.code() == tonic::Code::Unknown
+                        && status.message().contains("transport error");
+                    if idempotent && broken && !reconnected {
+                        reconnected = true;
+                        continue;
+                    }
                     let error = Error::from(status);
                     tries -= 1;
                     if tries == 0 || error.code() != tonic::Code::Unavailable {
@@ -345,7 +364,7 @@ impl Client {
     pub async fn submit(&self, submission: Submission) -> Result<TaskStream> {
         let request = pb::SubmitRequest::from(submission);
         let stream = self
-            .unary(|mut api| {
+            .unary_with(false, |mut api| {
                 let request = request.clone();
                 async move { api.submit(request).await }
             })
@@ -421,7 +440,7 @@ impl Client {
             publisher: publisher.to_owned(),
             body: body.to_owned(),
         };
-        self.unary(|mut api| {
+        self.unary_with(false, |mut api| {
             let request = request.clone();
             async move { api.publish(request).await }
         })
