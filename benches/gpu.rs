@@ -2,8 +2,11 @@
 //! invariance on the GPU, and aggregate decode and prefill tokens/s. `benches/gpu/run.sh`
 //! runs it on the GPU machine beside PyTorch + transformers on the same model.
 //!
-//! `gpu -- [--check] [--speed] [--json OUT] [--device cuda:0] MODEL...` (a GGUF file or a
-//! Hugging Face folder). Needs a build with `--features cuda`.
+//! `gpu -- [--check] [--speed] [--parts] [--json OUT] [--device cuda:0] MODEL...` (a GGUF
+//! file or a Hugging Face folder). `--parts` times the pieces of a batched prefill step
+//! (attention in tiles or a row at a time, the down projection whole, in 64-row calls or as
+//! one batched call of 64-row pieces) on the 0.5B model's shapes. Needs a build with
+//! `--features cuda`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -120,10 +123,21 @@ fn check(path: &Path, gpu: &Device) -> Result<Value> {
                 }
             }
         }
+        // One batched call of 64-row pieces (the weight broadcast): is each piece's row 0
+        // the same as that row alone?
+        let alone = row0(1, false)?;
+        let batched_differs = (|| -> Result<bool> {
+            let pieces = x.reshape((8, 64, k))?;
+            let wt = w.t()?.broadcast_as((8, k, n))?;
+            let y = pieces.matmul(&wt)?;
+            let first = y.narrow(0, 0, 1)?.narrow(1, 0, 1)?;
+            Ok(first.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? != alone)
+        })();
         matmul_rows.push(json!({
             "in": k, "out": n,
             "rows_where_row_0_differs_cublas": differs[0],
             "rows_where_row_0_differs_projection": differs[1],
+            "batched_64_row_pieces_differ": batched_differs.map_err(|e| e.to_string()),
         }));
     }
     let result = json!({
@@ -207,6 +221,85 @@ fn speed(path: &Path, device: &Device) -> Result<Value> {
     }))
 }
 
+/// Seconds per call of `run`, the median of 5 after a warm-up, the device synchronized.
+fn time(device: &Device, mut run: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    run()?;
+    device.synchronize()?;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        run()?;
+        device.synchronize()?;
+        runs.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(runs))
+}
+
+/// The pieces of a batched prefill step, one layer of the 0.5B model (14 heads, 2 KV heads,
+/// head_dim 64, hidden 896, MLP 4864), timed alone: attention over `batch` prompts of `len`
+/// tokens in tiles and a row at a time (which must agree bit for bit), and the down
+/// projection of all their rows whole, in 64-row calls and as one batched call.
+fn parts(device: &Device) -> Result<Value> {
+    use fleet_inference::cuda::{PagedKv, Rotation};
+    use fleet_inference::transformer::paged::{BlockTable, StepPlan};
+    let (heads, kv_heads, hd) = (14, 2, 64);
+    let mut rows = Vec::new();
+    for (batch, len) in [(1, 512), (16, 512), (256, 1)] {
+        // Decode rows (len 1) attend over 512 cached positions.
+        let cached = if len == 1 { 511 } else { 0 };
+        let kv = PagedKv::new(device, DType::BF16, 1, kv_heads, hd, 2 << 30)?;
+        let mut tables: Vec<BlockTable> =
+            (0..batch).map(|_| BlockTable::new(kv.pool().clone())).collect();
+        for t in &mut tables {
+            t.reserve(cached + len)?;
+        }
+        // Every position's keys and values, as a prefill of all of them would write them.
+        let history = StepPlan::new(tables.iter().map(|t| (t, 0, cached + len)), 1);
+        let all = history.tokens();
+        let qkv = Tensor::randn(0f32, 1., (all, (heads + 2 * kv_heads) * hd), device)?
+            .to_dtype(DType::BF16)?;
+        let cos = Tensor::ones((all, hd / 2), DType::F32, device)?;
+        let sin = Tensor::zeros((all, hd / 2), DType::F32, device)?;
+        let rot = Rotation { dims: hd, interleaved: false };
+        let q_all = kv.rope_write(0, &qkv, (&cos, &sin), rot, &kv.upload(&history)?)?;
+        // The step: the last `len` positions of each sequence.
+        let q = if len == 1 {
+            let idx: Vec<u32> = (0..batch as u32).map(|i| i * 512 + 511).collect();
+            q_all.index_select(&Tensor::new(idx.as_slice(), device)?, 0)?
+        } else {
+            q_all
+        };
+        let step = |tile_rows| StepPlan::new(tables.iter().map(|t| (t, cached, len)), tile_rows);
+        let (one, tiled) = (kv.upload(&step(1))?, kv.upload(&step(kv.tile_rows()))?);
+        let a = kv.attend(0, &q, &one)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = kv.attend(0, &q, &tiled)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let t_one = time(device, || Ok(kv.attend(0, &q, &one)?))?;
+        let t_tiled = time(device, || Ok(kv.attend(0, &q, &tiled)?))?;
+        let row = json!({
+            "batch": batch, "len": len, "cached": cached,
+            "attention_row_at_a_time_ms": t_one * 1e3,
+            "attention_tiled_ms": t_tiled * 1e3,
+            "tiled_equals_row_at_a_time": a == b,
+        });
+        println!("parts: {row}");
+        rows.push(row);
+    }
+    let (k, n, m) = (4864, 896, 16 * 512);
+    let w = Tensor::randn(0f32, 1., (n, k), device)?.to_dtype(DType::BF16)?;
+    let x = Tensor::randn(0f32, 1., (m, k), device)?.to_dtype(DType::BF16)?;
+    let linear = fleet_inference::transformer::linear::Linear::dense(w.clone(), None)?;
+    let whole = time(device, || Ok(x.matmul(&w.t()?)?))?;
+    let split = time(device, || Ok(linear.forward(&x)?))?;
+    let wt = w.t()?.broadcast_as((m / 64, k, n))?;
+    let batched = time(device, || Ok(x.reshape((m / 64, 64, k))?.matmul(&wt)?))?;
+    let down = json!({
+        "rows": m, "in": k, "out": n,
+        "whole_ms": whole * 1e3, "projection_ms": split * 1e3, "batched_64_row_pieces_ms": batched * 1e3,
+    });
+    println!("parts: {down}");
+    Ok(json!({"attention": rows, "down_projection": down}))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
@@ -216,9 +309,15 @@ fn main() -> Result<()> {
         [value_of("--json"), value_of("--device")].into_iter().flatten().collect();
     let models: Vec<&String> =
         args.iter().filter(|a| !a.starts_with("--") && !values.contains(a)).collect();
-    anyhow::ensure!(!models.is_empty(), "usage: gpu -- [--check] [--speed] [--json OUT] MODEL...");
+    anyhow::ensure!(
+        !models.is_empty() || args.iter().any(|a| a == "--parts"),
+        "usage: gpu -- [--check] [--speed] [--parts] [--json OUT] MODEL..."
+    );
     let device = fleet_inference::device(&device_name)?;
     let mut results = Vec::new();
+    if args.iter().any(|a| a == "--parts") {
+        results.push(json!({"parts": parts(&device)?}));
+    }
     for path in models {
         let path = Path::new(path);
         let mut entry = json!({"model": path.display().to_string(), "device": device_name});

@@ -40,18 +40,52 @@ fn the_plan_lists_slots_rows_and_tables_in_step_order() {
     a.reserve(2).expect("room");
     b.reserve(BLOCK_SIZE + 2).expect("room");
     // a: 2 new tokens at positions 0 and 1; b: 1 token at position 17.
-    let plan = StepPlan::new([(&a, 0, 2), (&b, 17, 1)]);
+    let plan = StepPlan::new([(&a, 0, 2), (&b, 17, 1)], 16);
     assert_eq!(plan.tokens(), 3);
     let (ab, bb) = (a.blocks()[0], b.blocks());
     let bs = BLOCK_SIZE as u32;
     let expected = [
         vec![ab * bs, ab * bs + 1, bb[1] * bs + 1], // slots
-        vec![0, 0, 1],                              // row_table
+        vec![12, 12, 13],                           // row_table: where each table starts
         vec![1, 2, 18],                             // row_len
+        vec![0, 2, 3],                              // tile_first: a's two tokens, b's one, end
         vec![ab, bb[0], bb[1]],                     // tables
     ]
     .concat();
     assert_eq!(plan.data(), expected.as_slice());
+    assert_eq!((plan.tiles(), plan.max_tile_rows()), (2, 2));
+}
+
+#[test]
+fn tiles_cover_every_token_once_within_one_sequence() {
+    let pool = Arc::new(BlockPool::new(64));
+    let lens = [(0usize, 37usize), (40, 1), (3, 16), (0, 0), (9, 17)];
+    let tables: Vec<BlockTable> = lens
+        .iter()
+        .map(|&(pos, n)| {
+            let mut t = BlockTable::new(pool.clone());
+            t.reserve(pos + n).expect("room");
+            t
+        })
+        .collect();
+    for rows in [1, 4, 16] {
+        let plan = StepPlan::new(tables.iter().zip(&lens).map(|(t, &(pos, n))| (t, pos, n)), rows);
+        // Which sequence each token belongs to, in step order.
+        let owner: Vec<usize> =
+            lens.iter().enumerate().flat_map(|(i, &(_, n))| std::iter::repeat_n(i, n)).collect();
+        let mut next = 0;
+        for i in 0..plan.tiles() {
+            let tile = plan.tile(i);
+            assert_eq!(tile.start, next, "tiles are consecutive and cover every token");
+            assert!(!tile.is_empty() && tile.len() <= rows, "tile {i} of {rows}: {tile:?}");
+            assert!(tile.clone().all(|t| owner[t] == owner[tile.start]), "one sequence per tile");
+            next = tile.end;
+        }
+        assert_eq!(next, plan.tokens());
+        let expected: usize = lens.iter().map(|&(_, n)| n.div_ceil(rows)).sum();
+        assert_eq!(plan.tiles(), expected, "{rows} rows");
+        assert_eq!(plan.max_tile_rows(), rows.min(37));
+    }
 }
 
 /// Deterministic values in [-1, 1).
@@ -88,7 +122,7 @@ fn attention_over_blocks_equals_the_contiguous_cpu_attention() {
         let mut table = BlockTable::new(pool.clone());
         table.reserve(len).expect("room");
         // The cached positions, written as an earlier step would have.
-        let history = StepPlan::new([(&table, 0, pos)]);
+        let history = StepPlan::new([(&table, 0, pos)], 1);
         // Positions from..to of [kv_heads, len, hd], tokens first.
         let rows = |all: &[f32], from: usize, to: usize| -> Vec<f32> {
             (from..to)
@@ -110,7 +144,7 @@ fn attention_over_blocks_equals_the_contiguous_cpu_attention() {
         tables.push(table);
         token += n;
     }
-    let plan = StepPlan::new(tables.iter().zip(&seqs).map(|(t, &(pos, n))| (t, pos, n)));
+    let plan = StepPlan::new(tables.iter().zip(&seqs).map(|(t, &(pos, n))| (t, pos, n)), 16);
     write_reference(&mut k_pool, &step_k, &plan, kv_heads);
     write_reference(&mut v_pool, &step_v, &plan, kv_heads);
 

@@ -19,6 +19,9 @@ pub(super) const FUSED_THREADS: u32 = 256;
 pub struct DevicePlan {
     pub(super) data: CudaSlice<u32>,
     pub(super) tokens: usize,
+    /// Attention tiles, and tokens in the largest.
+    pub(super) tiles: usize,
+    pub(super) max_tile_rows: usize,
     /// Slots in the step's tables (bounds for the checks before each launch).
     pub(super) max_slot: u32,
 }
@@ -29,7 +32,13 @@ pub fn upload(pool: &Tensor, plan: &StepPlan) -> Result<DevicePlan> {
     let data = cuda.device().clone_htod(plan.data())?;
     let tokens = plan.tokens();
     let max_slot = plan.data()[..tokens].iter().copied().max().unwrap_or(0);
-    Ok(DevicePlan { data, tokens, max_slot })
+    Ok(DevicePlan {
+        data,
+        tokens,
+        tiles: plan.tiles(),
+        max_tile_rows: plan.max_tile_rows(),
+        max_slot,
+    })
 }
 
 pub(super) fn suffix(dtype: DType) -> Result<&'static str> {

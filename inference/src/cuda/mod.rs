@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::transformer::paged::{BLOCK_SIZE, BlockPool, StepPlan};
+use crate::transformer::paged::{BLOCK_SIZE, BlockPool, KERNEL_HEAD_DIMS, StepPlan};
 
 /// The KV pools of every layer and the free list of their blocks.
 #[derive(Debug)]
@@ -34,6 +34,12 @@ impl PagedKv {
         if !device.is_cuda() {
             candle_core::bail!("paged KV memory is for CUDA devices, not {device:?}");
         }
+        if !KERNEL_HEAD_DIMS.contains(&head_dim) {
+            candle_core::bail!(
+                "the GPU attention kernel is built for heads of {KERNEL_HEAD_DIMS:?} \
+                 dimensions, not {head_dim}; run this model on the CPU"
+            );
+        }
         let block_bytes = layers * 2 * BLOCK_SIZE * kv_heads * head_dim * dtype.size_in_bytes();
         let blocks = (bytes / block_bytes.max(1)).max(1);
         let slots = blocks * BLOCK_SIZE;
@@ -45,6 +51,11 @@ impl PagedKv {
 
     pub fn pool(&self) -> &Arc<BlockPool> {
         &self.pool
+    }
+
+    /// Tokens per attention tile (the most the kernel keeps in registers at this head size).
+    pub fn tile_rows(&self) -> usize {
+        crate::transformer::paged::tile_rows(self.head_dim)
     }
 
     /// The step's plan on the device, read by every layer's kernels.

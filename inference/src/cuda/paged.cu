@@ -5,16 +5,16 @@
 // KV head h, dimension d is element `(s * kv_heads + h) * head_dim + d`. A sequence's
 // position p lives in slot `table[p / BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE`.
 // The step's plan (transformer::paged::StepPlan), one u32 array:
-//   [slots: T][row_table: T][row_len: T][tables...]
+//   [slots: T][row_table: T][row_len: T][tile_first: tiles + 1][tables...]
 // Token t's keys go to slot slots[t]; it attends over row_len[t] positions of the sequence
-// whose block list starts at tables[row_table[t]].
+// whose block list starts at plan[row_table[t]]; attention tile i is tokens
+// tile_first[i]..tile_first[i + 1], all of one sequence.
 #include <stdint.h>
 
 #include "convert.cuh"
 
 #define BLOCK_SIZE 16
 #define WARPS 4
-#define MAX_DIMS_PER_LANE 8
 
 
 // One launch per layer before attention: from the step's fused projection `qkv`
@@ -62,87 +62,131 @@ __device__ void rope_write(T *q_out, T *pool, const T *qkv, const float *cos, co
     dst[b] = from_float<T>(yb);
 }
 
-// q [T, heads, head_dim] -> out [T, heads * head_dim]. Grid: (T, heads); block: 4 warps.
-// Each warp takes every 4th position with an online softmax, lanes holding head_dim / 32
-// dimensions; the warps are merged in a fixed order at the end. A warp loads the keys of
-// UNROLL of its positions at once (memory latency, not arithmetic, bounds this loop) but
-// folds them into its softmax one by one in position order. The loop a (token, head) runs
-// depends only on its own sequence, never on what else shares the step, so results do not
-// depend on batching or on how a prompt was chunked.
+// q [T, heads, head_dim] -> out [T, heads * head_dim]. Grid: (tiles, heads); block: 4 warps.
+// A tile is up to ROWS consecutive tokens of one sequence (a prompt's rows; a decoding
+// sequence is a tile of one): each key and value is loaded once for all of them.
+//
+// Each row's arithmetic depends only on its own sequence, never on the tile it is in or on
+// what else shares the step, so results do not depend on batching or on how a prompt was
+// chunked: warp w takes the row's positions w, w + 4, ... with an online softmax, folding
+// them one by one in position order; lanes hold PER_LANE of the head's dimensions (lane +
+// 32 i); a score is the lane's products summed in order, then across lanes by an xor
+// butterfly; the four warps' partial results merge in warp order. Every product and sum is
+// an explicit round-to-nearest intrinsic so the compiler cannot contract or reorder it
+// differently in one instantiation than in another (ROWS = 1 and ROWS > 1 must agree bit
+// for bit). A warp loads UNROLL positions at once: memory latency bounds this loop.
 #define UNROLL 4
-template <typename T>
+template <typename T, int PER_LANE, int ROWS>
 __device__ void paged_attention(T *out, const T *q, const T *k_pool, const T *v_pool,
                                 const uint32_t *plan, uint32_t tokens, uint32_t heads,
-                                uint32_t kv_heads, uint32_t head_dim, float scale) {
-    __shared__ float warp_max[WARPS], warp_sum[WARPS];
-    __shared__ float warp_acc[WARPS][MAX_DIMS_PER_LANE * 32];
-    uint32_t t = blockIdx.x, h = blockIdx.y;
-    uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    uint32_t per_lane = head_dim / 32;
+                                uint32_t kv_heads, float scale) {
+    constexpr int HEAD_DIM = PER_LANE * 32;
+    __shared__ float part_max[WARPS][ROWS], part_sum[WARPS][ROWS];
+    __shared__ float part_acc[WARPS][ROWS][HEAD_DIM];
+    uint32_t h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     uint32_t kvh = h / (heads / kv_heads);
-    const uint32_t *row_table = plan + tokens;
-    const uint32_t *row_len = plan + 2 * tokens;
-    const uint32_t *table = plan + 3 * tokens + row_table[t];
-    uint32_t len = row_len[t];
+    const uint32_t *tile_first = plan + 3 * tokens;
+    uint32_t first = tile_first[blockIdx.x];
+    uint32_t rows = tile_first[blockIdx.x + 1] - first;
+    const uint32_t *table = plan + plan[tokens + first];
+    const uint32_t *row_len = plan + 2 * tokens + first;
 
-    float qv[MAX_DIMS_PER_LANE], acc[MAX_DIMS_PER_LANE];
-    const T *qh = q + ((uint64_t)t * heads + h) * head_dim;
-    for (uint32_t i = 0; i < per_lane; i++) {
-        qv[i] = to_float(qh[i * 32 + lane]) * scale;
-        acc[i] = 0.f;
+    float qv[ROWS][PER_LANE], acc[ROWS][PER_LANE], m[ROWS], l[ROWS];
+    uint32_t len[ROWS], longest = 0;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        len[r] = r < rows ? row_len[r] : 0;
+        longest = max(longest, len[r]);
+        const T *qh = q + ((uint64_t)(first + r) * heads + h) * HEAD_DIM;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            qv[r][i] = r < rows ? __fmul_rn(to_float(qh[i * 32 + lane]), scale) : 0.f;
+            acc[r][i] = 0.f;
+        }
+        m[r] = -INFINITY;
+        l[r] = 0.f;
     }
-    float m = -INFINITY, l = 0.f;
-    for (uint32_t j0 = warp; j0 < len; j0 += WARPS * UNROLL) {
-        float s[UNROLL];
-        uint64_t base[UNROLL];
+    for (uint32_t j0 = warp; j0 < longest; j0 += WARPS * UNROLL) {
+        float k[UNROLL][PER_LANE], v[UNROLL][PER_LANE];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             uint32_t j = j0 + u * WARPS;
-            s[u] = 0.f;
-            base[u] = 0;
-            if (j < len) {
-                uint64_t slot = (uint64_t)table[j / BLOCK_SIZE] * BLOCK_SIZE + j % BLOCK_SIZE;
-                base[u] = (slot * kv_heads + kvh) * head_dim;
-                for (uint32_t i = 0; i < per_lane; i++)
-                    s[u] += qv[i] * to_float(k_pool[base[u] + i * 32 + lane]);
+            uint64_t slot = (uint64_t)table[min(j, longest - 1) / BLOCK_SIZE] * BLOCK_SIZE +
+                            j % BLOCK_SIZE;
+            uint64_t base = (slot * kv_heads + kvh) * HEAD_DIM;
+#pragma unroll
+            for (int i = 0; i < PER_LANE; i++) {
+                k[u][i] = j < longest ? to_float(k_pool[base + i * 32 + lane]) : 0.f;
+                v[u][i] = j < longest ? to_float(v_pool[base + i * 32 + lane]) : 0.f;
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-            for (int o = 16; o > 0; o /= 2) s[u] += __shfl_xor_sync(0xffffffff, s[u], o);
+        for (int r = 0; r < ROWS; r++) {
+            if (j0 >= len[r]) continue;  // the same for every lane: no divergence
+            float s[UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            if (j0 + u * WARPS >= len) break;
-            float m_new = fmaxf(m, s[u]);
-            float correction = __expf(m - m_new), p = __expf(s[u] - m_new);
-            l = l * correction + p;
-            for (uint32_t i = 0; i < per_lane; i++)
-                acc[i] = acc[i] * correction + p * to_float(v_pool[base[u] + i * 32 + lane]);
-            m = m_new;
+            for (int u = 0; u < UNROLL; u++) {
+                s[u] = 0.f;
+#pragma unroll
+                for (int i = 0; i < PER_LANE; i++) s[u] = __fmaf_rn(qv[r][i], k[u][i], s[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++)
+                for (int o = 16; o > 0; o /= 2)
+                    s[u] = __fadd_rn(s[u], __shfl_xor_sync(0xffffffff, s[u], o));
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                if (j0 + u * WARPS >= len[r]) break;
+                float m_new = fmaxf(m[r], s[u]);
+                float correction = __expf(__fsub_rn(m[r], m_new));
+                float p = __expf(__fsub_rn(s[u], m_new));
+                l[r] = __fmaf_rn(l[r], correction, p);
+#pragma unroll
+                for (int i = 0; i < PER_LANE; i++)
+                    acc[r][i] = __fmaf_rn(p, v[u][i], __fmul_rn(acc[r][i], correction));
+                m[r] = m_new;
+            }
         }
     }
-    if (lane == 0) {
-        warp_max[warp] = m;
-        warp_sum[warp] = l;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        if (lane == 0) {
+            part_max[warp][r] = m[r];
+            part_sum[warp][r] = l[r];
+        }
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) part_acc[warp][r][i * 32 + lane] = acc[r][i];
     }
-    for (uint32_t i = 0; i < per_lane; i++) warp_acc[warp][i * 32 + lane] = acc[i];
     __syncthreads();
-    if (warp != 0) return;
-    float m_all = -INFINITY;
-    for (int w = 0; w < WARPS; w++) m_all = fmaxf(m_all, warp_max[w]);
-    float sum = 0.f, weight[WARPS];
-    for (int w = 0; w < WARPS; w++) {
-        // A warp that saw no position (len < 4) has m = -inf and adds nothing.
-        weight[w] = warp_max[w] == -INFINITY ? 0.f : __expf(warp_max[w] - m_all);
-        sum += warp_sum[w] * weight[w];
-    }
-    T *o = out + ((uint64_t)t * heads + h) * head_dim;
-    for (uint32_t i = 0; i < per_lane; i++) {
-        float v = 0.f;
-        for (int w = 0; w < WARPS; w++) v += warp_acc[w][i * 32 + lane] * weight[w];
-        o[i * 32 + lane] = from_float<T>(v / sum);
+    // Warp w merges rows w, w + 4, ...
+    for (uint32_t r = warp; r < rows; r += WARPS) {
+        float m_all = -INFINITY;
+        for (int w = 0; w < WARPS; w++) m_all = fmaxf(m_all, part_max[w][r]);
+        float sum = 0.f, weight[WARPS];
+        for (int w = 0; w < WARPS; w++) {
+            // A warp that saw no position (len < 4) has m = -inf and adds nothing.
+            weight[w] = part_max[w][r] == -INFINITY ? 0.f : __expf(__fsub_rn(part_max[w][r], m_all));
+            sum = __fmaf_rn(part_sum[w][r], weight[w], sum);
+        }
+        T *o = out + ((uint64_t)(first + r) * heads + h) * HEAD_DIM;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            float x = 0.f;
+            for (int w = 0; w < WARPS; w++) x = __fmaf_rn(part_acc[w][r][i * 32 + lane], weight[w], x);
+            o[i * 32 + lane] = from_float<T>(__fdiv_rn(x, sum));
+        }
     }
 }
+
+// Kernels are named by element type, head size and rows per tile:
+// paged_attention_bf16_d64_r16. Rows per tile follow transformer::paged::tile_rows.
+#define ATTENTION(T, SUFFIX, DIM, ROWS)                                                        \
+    extern "C" __global__ void paged_attention_##SUFFIX##_d##DIM##_r##ROWS(                    \
+        T *out, const T *q, const T *k_pool, const T *v_pool, const uint32_t *plan,            \
+        uint32_t tokens, uint32_t heads, uint32_t kv_heads, float scale) {                     \
+        paged_attention<T, DIM / 32, ROWS>(out, q, k_pool, v_pool, plan, tokens, heads,        \
+                                           kv_heads, scale);                                   \
+    }
 
 #define INSTANTIATE(T, SUFFIX)                                                                 \
     extern "C" __global__ void rope_write_##SUFFIX(                                            \
@@ -152,12 +196,16 @@ __device__ void paged_attention(T *out, const T *q, const T *k_pool, const T *v_
         rope_write<T>(q_out, pool, qkv, cos, sin, plan, values_offset, row, heads, kv_heads,   \
                       head_dim, rot, interleaved);                                             \
     }                                                                                          \
-    extern "C" __global__ void paged_attention_##SUFFIX(                                       \
-        T *out, const T *q, const T *k_pool, const T *v_pool, const uint32_t *plan,            \
-        uint32_t tokens, uint32_t heads, uint32_t kv_heads, uint32_t head_dim, float scale) { \
-        paged_attention<T>(out, q, k_pool, v_pool, plan, tokens, heads, kv_heads, head_dim,   \
-                           scale);                                                             \
-    }
+    ATTENTION(T, SUFFIX, 32, 1)                                                                \
+    ATTENTION(T, SUFFIX, 32, 16)                                                               \
+    ATTENTION(T, SUFFIX, 64, 1)                                                                \
+    ATTENTION(T, SUFFIX, 64, 16)                                                               \
+    ATTENTION(T, SUFFIX, 96, 1)                                                                \
+    ATTENTION(T, SUFFIX, 96, 8)                                                                \
+    ATTENTION(T, SUFFIX, 128, 1)                                                               \
+    ATTENTION(T, SUFFIX, 128, 8)                                                               \
+    ATTENTION(T, SUFFIX, 256, 1)                                                               \
+    ATTENTION(T, SUFFIX, 256, 4)
 
 INSTANTIATE(float, f32)
 INSTANTIATE(__half, f16)

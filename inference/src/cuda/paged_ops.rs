@@ -11,6 +11,7 @@ use candle_core::{
 };
 
 use super::launch::{DevicePlan, MODULE, PTX, suffix};
+use crate::transformer::paged::{KERNEL_HEAD_DIMS, tile_rows};
 
 /// The step's fused projection into rotated queries (the output) and the pool's slots.
 struct RopeWrite<'a> {
@@ -177,7 +178,10 @@ impl CustomOp1 for Attend<'_> {
             q_l: &Layout,
         ) -> Result<CudaStorage> {
             let dev = q.device().clone();
-            let name = format!("paged_attention_{}", suffix(T::DTYPE)?);
+            // Tiles of one row (a decode step) take the kernel that keeps one row in
+            // registers; both compute a row the same way, bit for bit.
+            let rows = if op.plan.max_tile_rows <= 1 { 1 } else { tile_rows(op.head_dim as usize) };
+            let name = format!("paged_attention_{}_d{}_r{rows}", suffix(T::DTYPE)?, op.head_dim);
             let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
             let (pool_storage, pool_l) = op.pool.storage_and_layout();
             let Storage::Cuda(pool) = &*pool_storage else {
@@ -194,15 +198,15 @@ impl CustomOp1 for Attend<'_> {
             let scale = 1.0 / (op.head_dim as f32).sqrt();
             let mut b = func.builder();
             b.arg(&out).arg(&q).arg(&keys).arg(&values).arg(&op.plan.data);
-            b.arg(&tokens).arg(&op.heads).arg(&op.kv_heads).arg(&op.head_dim).arg(&scale);
+            b.arg(&tokens).arg(&op.heads).arg(&op.kv_heads).arg(&scale);
             let cfg = LaunchConfig {
-                grid_dim: (tokens, op.heads, 1),
+                grid_dim: (op.plan.tiles as u32, op.heads, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: `attend` checked q's shape and the plan's slots against the pool;
-            // head_dim is a multiple of 32 of at most 256 (the kernel's per-lane arrays),
-            // and the output holds T * heads * head_dim elements.
+            // SAFETY: `attend` checked q's shape, the plan's slots against the pool and its
+            // tiles against the kernel's rows; the kernel is built for this head_dim, and
+            // the output holds T * heads * head_dim elements.
             unsafe { b.launch(cfg) }.w()?;
             Ok(CudaStorage::wrap_cuda_slice(out, dev))
         }
@@ -234,10 +238,17 @@ pub fn attend(
             q.dims()
         );
     }
-    if !head_dim.is_multiple_of(32) || head_dim > 256 || !heads.is_multiple_of(kv_heads) {
+    if !KERNEL_HEAD_DIMS.contains(&head_dim) || !heads.is_multiple_of(kv_heads) {
         candle_core::bail!(
-            "paged attention takes head_dim a multiple of 32 up to 256 and heads a multiple \
-             of kv_heads, not {head_dim} and {heads}/{kv_heads}"
+            "paged attention takes head_dim in {KERNEL_HEAD_DIMS:?} and heads a multiple of \
+             kv_heads, not {head_dim} and {heads}/{kv_heads}"
+        );
+    }
+    if plan.max_tile_rows > tile_rows(head_dim) {
+        candle_core::bail!(
+            "paged attention: a tile of {} rows, the kernel holds {}",
+            plan.max_tile_rows,
+            tile_rows(head_dim)
         );
     }
     let op = Attend {

@@ -370,7 +370,7 @@ impl Decoder {
         }
         let seqs =
             inputs.iter().filter_map(|s| Some((s.cache.blocks()?, s.cache.len(), s.tokens.len())));
-        Ok(Some((kv, kv.upload(&StepPlan::new(seqs))?)))
+        Ok(Some((kv, kv.upload(&StepPlan::new(seqs, kv.tile_rows()))?)))
     }
 
     /// The step's queries, keys and values side by side `[T, (heads + 2 kv_heads) * head_dim]`

@@ -111,23 +111,35 @@ pub struct KvFull {
     pub total: usize,
 }
 
-/// What one step's kernels need, as one `u32` array: `[slots; T][row_table; T][row_len; T]`
-/// then the step's block tables. Token `t` writes its keys and values to `slots[t]` and
-/// attends over `row_len[t]` positions of the block list starting at `tables[row_table[t]]`.
+/// What one step's kernels need, as one `u32` array:
+/// `[slots; T][row_table; T][row_len; T][tile_first; tiles + 1]` then the step's block
+/// tables. Token `t` writes its keys and values to `slots[t]` and attends over `row_len[t]`
+/// positions of the block list starting at `data[row_table[t]]`. Attention runs per tile:
+/// tile `i` is tokens `tile_first[i]..tile_first[i + 1]`, consecutive tokens of one sequence
+/// (a prompt's rows share the keys they read); a decoding sequence is a tile of one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepPlan {
     tokens: usize,
+    tiles: usize,
+    max_tile_rows: usize,
     data: Vec<u32>,
 }
 
 impl StepPlan {
-    /// The plan for sequences fed `(table, cached positions, new tokens)` in step order;
-    /// every table must already hold room for its new tokens.
-    pub fn new<'a>(seqs: impl IntoIterator<Item = (&'a BlockTable, usize, usize)>) -> Self {
+    /// The plan for sequences fed `(table, cached positions, new tokens)` in step order, in
+    /// tiles of at most `tile_rows` tokens; every table must already hold room for its new
+    /// tokens.
+    pub fn new<'a>(
+        seqs: impl IntoIterator<Item = (&'a BlockTable, usize, usize)>,
+        tile_rows: usize,
+    ) -> Self {
+        let tile_rows = tile_rows.max(1);
         let (mut slots, mut row_table, mut row_len, mut tables) = (vec![], vec![], vec![], vec![]);
+        let mut tile_first = vec![];
         for (table, pos, n) in seqs {
             let start = tables.len() as u32;
             tables.extend_from_slice(table.blocks());
+            tile_first.extend((slots.len()..slots.len() + n).step_by(tile_rows).map(|t| t as u32));
             for i in 0..n {
                 slots.push(table.slot(pos + i));
                 row_table.push(start);
@@ -135,11 +147,23 @@ impl StepPlan {
             }
         }
         let tokens = slots.len();
+        let tiles = tile_first.len();
+        let max_tile_rows = tile_first
+            .iter()
+            .zip(tile_first.iter().skip(1).chain([&(tokens as u32)]))
+            .map(|(a, b)| (b - a) as usize)
+            .max()
+            .unwrap_or(0);
+        tile_first.push(tokens as u32);
+        // Table offsets become places in the whole array.
+        let tables_at = (3 * tokens + tile_first.len()) as u32;
+        row_table.iter_mut().for_each(|r| *r += tables_at);
         let mut data = slots;
         data.extend(row_table);
         data.extend(row_len);
+        data.extend(tile_first);
         data.extend(tables);
-        Self { tokens, data }
+        Self { tokens, tiles, max_tile_rows, data }
     }
 
     /// New tokens in the step.
@@ -147,9 +171,25 @@ impl StepPlan {
         self.tokens
     }
 
+    /// Attention tiles in the step.
+    pub fn tiles(&self) -> usize {
+        self.tiles
+    }
+
+    /// Tokens in the step's largest tile.
+    pub fn max_tile_rows(&self) -> usize {
+        self.max_tile_rows
+    }
+
     /// The array the kernels read.
     pub fn data(&self) -> &[u32] {
         &self.data
+    }
+
+    /// The tokens of tile `i`.
+    pub fn tile(&self, i: usize) -> std::ops::Range<usize> {
+        let first = &self.data[3 * self.tokens..];
+        first[i] as usize..first[i + 1] as usize
     }
 
     fn slot(&self, t: usize) -> usize {
@@ -158,12 +198,25 @@ impl StepPlan {
 
     /// The slot of position `j` of token `t`'s sequence.
     fn position_slot(&self, t: usize, j: usize) -> usize {
-        let table = self.tokens * 3 + self.data[self.tokens + t] as usize;
+        let table = self.data[self.tokens + t] as usize;
         self.data[table + j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE
     }
 
     fn len(&self, t: usize) -> usize {
         self.data[2 * self.tokens + t] as usize
+    }
+}
+
+/// Head sizes the attention kernel is built for (`head_dim / 32` dimensions per lane).
+pub const KERNEL_HEAD_DIMS: [usize; 5] = [32, 64, 96, 128, 256];
+
+/// Tokens per attention tile for `head_dim`: as many as the kernel keeps in registers (each
+/// row holds its query and accumulator, `head_dim / 32` values each per lane).
+pub fn tile_rows(head_dim: usize) -> usize {
+    match head_dim / 32 {
+        0..=2 => 16,
+        3 | 4 => 8,
+        _ => 4,
     }
 }
 
@@ -202,20 +255,24 @@ pub fn attend_reference(
     let head_dim = q.len() / (heads * t_all.max(1));
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut out = vec![0f32; t_all * heads * head_dim];
-    for t in 0..t_all {
-        let mut scores = vec![0f32; plan.len(t)];
-        for h in 0..heads {
-            let kvh = h / (heads / kv_heads);
-            let at = |j: usize| element(plan.position_slot(t, j), kvh, 0, kv_heads, head_dim);
-            let qh = &q[(t * heads + h) * head_dim..][..head_dim];
-            super::attention::attend_one(
-                qh,
-                |j| &keys[at(j)..][..head_dim],
-                |j| &values[at(j)..][..head_dim],
-                scale,
-                &mut scores,
-                &mut out[(t * heads + h) * head_dim..][..head_dim],
-            );
+    // Tile by tile as the kernel goes: a tile's rows read the block list of its first row.
+    for tile in (0..plan.tiles()).map(|i| plan.tile(i)) {
+        for t in tile.clone() {
+            let mut scores = vec![0f32; plan.len(t)];
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                let slot = |j: usize| plan.position_slot(tile.start, j);
+                let at = |j: usize| element(slot(j), kvh, 0, kv_heads, head_dim);
+                let qh = &q[(t * heads + h) * head_dim..][..head_dim];
+                super::attention::attend_one(
+                    qh,
+                    |j| &keys[at(j)..][..head_dim],
+                    |j| &values[at(j)..][..head_dim],
+                    scale,
+                    &mut scores,
+                    &mut out[(t * heads + h) * head_dim..][..head_dim],
+                );
+            }
         }
     }
     out
