@@ -68,6 +68,30 @@ fn logits(model: &Decoder, prompt: &[u32]) -> Result<Vec<f32>> {
     Ok(l.squeeze(0)?.to_vec1::<f32>()?)
 }
 
+/// Four user questions in the model's chat template, as token ids (GGUF files only).
+fn chat_prompts(path: &Path) -> Result<Option<(fleet_inference::text::Tokenizer, Vec<Vec<u32>>)>> {
+    use fleet_inference::model::{ChatMessage, Role};
+    use fleet_inference::text::Tokenizer;
+    if path.is_dir() {
+        return Ok(None);
+    }
+    let (_, metadata) = load_gguf(path, &Device::Cpu)?;
+    let tokenizer = Tokenizer::from_gguf(&metadata)?;
+    let Some(template) = tokenizer.chat_template() else { return Ok(None) };
+    let questions = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "List three uses of a paperclip.",
+        "Explain in two sentences why the sky is blue.",
+    ];
+    let mut prompts = Vec::new();
+    for q in questions {
+        let text = template.render(&[ChatMessage::new(Role::User, q)], &[], true)?;
+        prompts.push(tokenizer.encode(&text)?);
+    }
+    Ok(Some((tokenizer, prompts)))
+}
+
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -92,6 +116,36 @@ fn check(path: &Path, gpu: &Device) -> Result<Value> {
     let gpu_tokens = generate(&gpu_model, &prompts, 64)?;
     let agree: Vec<usize> =
         cpu_tokens.iter().zip(&gpu_tokens).map(|(a, b)| common_prefix(a, b)).collect();
+    // Real chat prompts through the model's tokenizer and template (GGUF files carry both):
+    // random ids give flat next-token distributions where near-ties flip early.
+    let chats = match chat_prompts(path)? {
+        Some((tokenizer, prompts)) => {
+            let cpu = generate(&cpu_model, &prompts, 64)?;
+            let gpu = generate(&gpu_model, &prompts, 64)?;
+            let mut rows = Vec::new();
+            for ((p, a), b) in prompts.iter().zip(&cpu).zip(&gpu) {
+                let same = common_prefix(a, b);
+                // Where they part: how far apart the CPU puts the two choices (a near-tie
+                // that bf16 rounding can flip, or a real difference).
+                let gap = match (a.get(same), b.get(same)) {
+                    (Some(&ca), Some(&gb)) => {
+                        let l = logits(&cpu_model, &[p.as_slice(), &a[..same]].concat())?;
+                        let scale = l.iter().map(|x| x.abs()).fold(0f32, f32::max);
+                        json!({"cpu_logit_gap": l[ca as usize] - l[gb as usize], "max_abs_logit": scale})
+                    }
+                    _ => Value::Null,
+                };
+                rows.push(json!({
+                    "equal_of_64": same,
+                    "cpu": tokenizer.decode(a)?,
+                    "gpu": tokenizer.decode(b)?,
+                    "where_they_part": gap,
+                }));
+            }
+            json!(rows)
+        }
+        None => Value::Null,
+    };
     // Batch invariance: alone, then batched with 7 others of different lengths.
     let many: Vec<Vec<u32>> = (0..8).map(|i| prompt(5 + 7 * i, v, 40 + i as u32)).collect();
     let together = generate(&gpu_model, &many, 48)?;
@@ -147,6 +201,7 @@ fn check(path: &Path, gpu: &Device) -> Result<Value> {
         "logits_relative": max_abs / scale.max(f32::MIN_POSITIVE),
         "top_token_same": top_cpu == argmax(&lg),
         "greedy_tokens_equal_to_cpu_of_64": agree,
+        "chats": chats,
         "batched_equal_to_alone_of_48": alone_equal,
     });
     println!("check {}: {result}", path.display());
@@ -284,6 +339,12 @@ fn parts(device: &Device) -> Result<Value> {
         println!("parts: {row}");
         rows.push(row);
     }
+    let mut probes = Vec::new();
+    for (k, n) in [(4864, 896), (1536, 576)] {
+        let probe = invariance_probe(device, k, n)?;
+        println!("parts: {probe}");
+        probes.push(probe);
+    }
     let (k, n, m) = (4864, 896, 16 * 512);
     let w = Tensor::randn(0f32, 1., (n, k), device)?.to_dtype(DType::BF16)?;
     let x = Tensor::randn(0f32, 1., (m, k), device)?.to_dtype(DType::BF16)?;
@@ -297,7 +358,82 @@ fn parts(device: &Device) -> Result<Value> {
         "whole_ms": whole * 1e3, "projection_ms": split * 1e3, "batched_64_row_pieces_ms": batched * 1e3,
     });
     println!("parts: {down}");
-    Ok(json!({"attention": rows, "down_projection": down}))
+    Ok(json!({"attention": rows, "down_projection": down, "invariance": probes}))
+}
+
+/// For an `[in, out]` projection whose sum is longer than its output: at which row counts
+/// does one cuBLAS call give some row differently from the same row in 64-row calls (the
+/// projection's invariant path), and how long 8,192 rows take in calls of 64 to 1,024
+/// rows, whole, or as one batched call of 64-row pieces (and is that one invariant).
+fn invariance_probe(device: &Device, k: usize, n: usize) -> Result<Value> {
+    let w = Tensor::randn(0f32, 1., (n, k), device)?.to_dtype(DType::BF16)?;
+    let wt = w.t()?;
+    let x = Tensor::randn(0f32, 1., (8192, k), device)?.to_dtype(DType::BF16)?;
+    let host = |t: Tensor| -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let pieces = |m: usize, p: usize| -> Result<Tensor> {
+        let parts = (0..m)
+            .step_by(p)
+            .map(|s| x.narrow(0, s, p.min(m - s))?.matmul(&wt))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    };
+    let reference = host(pieces(8192, 64)?)?;
+    let mut differ = Vec::new();
+    let counts: Vec<usize> = (1..=1024).chain((1088..=8192).step_by(64)).collect();
+    for &m in &counts {
+        let y = host(x.narrow(0, 0, m)?.matmul(&wt)?)?;
+        if y[..] != reference[..m * n] {
+            differ.push(m);
+        }
+    }
+    let mut batched_differ = Vec::new();
+    for b in [1, 2, 4, 8, 16, 32, 64, 128] {
+        let y =
+            x.narrow(0, 0, 64 * b)?.reshape((b, 64, k))?.matmul(&wt.broadcast_as((b, k, n))?)?;
+        if host(y)?[..] != reference[..64 * b * n] {
+            batched_differ.push(b);
+        }
+    }
+    // Ours: every count against the 8,192-row call, and against cuBLAS within bf16's rounding.
+    let ours_all = host(fleet_inference::cuda::matmul_xwt(&x, &w)?)?;
+    let mut ours_differ = Vec::new();
+    for &m in &counts {
+        let y = host(fleet_inference::cuda::matmul_xwt(&x.narrow(0, 0, m)?, &w)?)?;
+        if y[..] != ours_all[..m * n] {
+            ours_differ.push(m);
+        }
+    }
+    let cublas = host(x.matmul(&wt)?)?;
+    let max_abs = cublas.iter().map(|a| a.abs()).fold(0f32, f32::max);
+    let max_diff = cublas.iter().zip(&ours_all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let mut ms = serde_json::Map::new();
+    for rows in [1, 16, 64, 256, 1024, 8192] {
+        let xr = x.narrow(0, 0, rows)?;
+        let ours = time(device, || Ok(fleet_inference::cuda::matmul_xwt(&xr, &w)?))?;
+        let theirs = time(device, || Ok(xr.matmul(&wt)?))?;
+        ms.insert(format!("ours_{rows}_rows"), json!(ours * 1e3));
+        ms.insert(format!("cublas_{rows}_rows"), json!(theirs * 1e3));
+    }
+    for p in [64, 128, 256, 512, 1024] {
+        ms.insert(format!("calls_of_{p}"), json!(time(device, || pieces(8192, p))? * 1e3));
+    }
+    ms.insert("whole".into(), json!(time(device, || Ok(x.matmul(&wt)?))? * 1e3));
+    let wb = wt.broadcast_as((128, k, n))?;
+    ms.insert(
+        "batched_64".into(),
+        json!(time(device, || Ok(x.reshape((128, 64, k))?.matmul(&wb)?))? * 1e3),
+    );
+    Ok(json!({
+        "in": k, "out": n,
+        "row_counts_that_differ_from_64_row_calls": differ,
+        "batched_64_row_pieces_that_differ": batched_differ,
+        "ours_row_counts_that_differ_from_8192_rows": ours_differ,
+        "ours_max_abs_diff_from_cublas": max_diff,
+        "cublas_max_abs": max_abs,
+        "ms_for_8192_rows": ms,
+    }))
 }
 
 fn main() -> Result<()> {

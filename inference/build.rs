@@ -31,4 +31,4 @@ fn main() {
     }
 }
 
-const KERNELS: [&str; 2] = ["paged", "fused"];
+const KERNELS: [&str; 3] = ["paged", "fused", "gemm"];

@@ -11,6 +11,8 @@ pub(super) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged.ptx")
 pub(super) const MODULE: &str = "fleet_paged";
 pub(super) const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 pub(super) const FUSED_MODULE: &str = "fleet_fused";
+pub(super) const GEMM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gemm.ptx"));
+pub(super) const GEMM_MODULE: &str = "fleet_gemm";
 /// Threads per block of the fused kernels (THREADS in fused.cu).
 pub(super) const FUSED_THREADS: u32 = 256;
 

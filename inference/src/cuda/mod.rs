@@ -113,6 +113,18 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     imp::silu_mul(gate_up)
 }
 
+/// `x W^T` (`x` `[m, k]`, `w` `[n, k]`, f16 or bf16, `k` a multiple of 8) summed in one
+/// order whatever `m` is: row `i` of the result is the same bits for any rows around it.
+/// CUDA only.
+pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    imp::matmul_xwt(x, w)
+}
+
+/// Whether [`matmul_xwt`] takes these operands.
+pub fn matmul_xwt_supports(x: &Tensor, w: &Tensor) -> bool {
+    imp::matmul_xwt_supports(x, w)
+}
+
 pub use imp::DevicePlan;
 
 #[cfg(not(feature = "cuda"))]
@@ -154,10 +166,20 @@ mod imp {
     pub fn silu_mul(_: &Tensor) -> Result<Tensor> {
         candle_core::bail!("this build has no CUDA support (build with --features cuda)")
     }
+
+    pub fn matmul_xwt(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        candle_core::bail!("this build has no CUDA support (build with --features cuda)")
+    }
+
+    pub fn matmul_xwt_supports(_: &Tensor, _: &Tensor) -> bool {
+        false
+    }
 }
 
 #[cfg(feature = "cuda")]
 mod fused_ops;
+#[cfg(feature = "cuda")]
+mod gemm_ops;
 #[cfg(feature = "cuda")]
 mod launch;
 #[cfg(feature = "cuda")]
@@ -166,6 +188,7 @@ mod paged_ops;
 #[cfg(feature = "cuda")]
 mod imp {
     pub use super::fused_ops::{add_rms_norm, silu_mul};
+    pub use super::gemm_ops::{matmul_xwt, supports as matmul_xwt_supports};
     pub use super::launch::{DevicePlan, upload};
     pub use super::paged_ops::{attend, rope_write};
 }

@@ -183,32 +183,23 @@ impl Linear {
     }
 }
 
-/// Most rows one cuBLAS call gets when results must not depend on the batch. cuBLAS picks its
-/// kernel by shape, and where the sum is long next to the output (`in` > `out`, the MLP's
-/// down projection) some of its kernels split that sum differently: measured on an H100
-/// (BENCHMARKS.md), a row of the 4864 -> 896 projection came out differently in matmuls of
-/// 65, 200, 256, 300 or 512 rows than alone, while at 1 to 64 rows it never did, nor did any
-/// of the decoder's other shapes at any count.
-const INVARIANT_ROWS: usize = 64;
-
-/// Whether GPU matmuls whose sum is longer than their output are split into calls of
-/// [`INVARIANT_ROWS`] so a token's result does not depend on what shares the step (default;
-/// `FLEET_GPU_BATCH_INVARIANT=0` trades that for speed on large steps).
+/// Whether GPU matmuls whose sum is longer than their output run on our kernel that sums
+/// every row in one order, so a token's result does not depend on what shares the step
+/// (default; `FLEET_GPU_BATCH_INVARIANT=0` gives them to cuBLAS). cuBLAS picks its kernel, and
+/// how it splits the sum, by shape: measured on an H100 (BENCHMARKS.md), a row of the
+/// 4864 -> 896 projection came out differently in calls of 48 rows than of 64, and in almost
+/// any two calls above 64 rows; the decoder's other shapes (sum shorter than the output)
+/// never differed.
 fn gpu_batch_invariant() -> bool {
     static INVARIANT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *INVARIANT.get_or_init(|| std::env::var("FLEET_GPU_BATCH_INVARIANT").map_or(true, |v| v != "0"))
 }
 
-/// `x W^T` on a GPU: in pieces of [`INVARIANT_ROWS`] rows where batch invariance needs it.
+/// `x W^T` on a GPU.
 fn gpu_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (rows, (out, k)) = (x.dim(0)?, w.dims2()?);
-    if rows <= INVARIANT_ROWS || k <= out || !gpu_batch_invariant() {
-        return x.matmul(&w.t()?);
+    let (out, k) = w.dims2()?;
+    if k > out && gpu_batch_invariant() && crate::cuda::matmul_xwt_supports(x, w) {
+        return crate::cuda::matmul_xwt(x, w);
     }
-    let w = w.t()?;
-    let pieces = (0..rows)
-        .step_by(INVARIANT_ROWS)
-        .map(|start| x.narrow(0, start, INVARIANT_ROWS.min(rows - start))?.matmul(&w))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&pieces, 0)
+    x.matmul(&w.t()?)
 }

@@ -1,0 +1,125 @@
+// y = x W^T for f16/bf16 on tensor cores, with one order of summing per output element that
+// does not depend on how many rows x has, so a token's projection comes out the same bits
+// alone or among thousands. (cuBLAS picks its kernel, and with it how the sum is split, by
+// shape: on an H100 a row of the 4864 -> 896 projection differs between 48- and 64-row
+// calls and between almost any two counts above 64; see BENCHMARKS.md.)
+//
+// The order: the sum over `in` is cut into chunks of CHUNK; within a chunk, 16 at a time in
+// order on the tensor cores from zero; the chunks' results are added in chunk order in f32.
+// Small steps take one chunk per block and sum the chunks in a second launch
+// (`sum_chunks`), for parallelism; large steps let each block walk every chunk and keep the
+// running sum itself. Both add the same numbers in the same order.
+//
+// Tile: a block of 4 warps computes 64 rows x 64 outputs, each warp 32 x 32 as 2 x 2
+// fragments of 16 x 16; x and W are staged 32 columns at a time in shared memory.
+#include <mma.h>
+#include <stdint.h>
+
+#include "convert.cuh"
+
+using namespace nvcuda;
+
+#define TILE 64
+#define STEP 32
+#define PAD 8
+#define CHUNK 256
+
+// grid: (ceil(m / 64), ceil(n / 64), chunk groups); block 128 threads. Chunk group z walks
+// chunks [z * per_block, min(chunks, (z + 1) * per_block)): per_block is 1 or all of them.
+// With one group the result goes to `out` (T); otherwise group z's f32 result goes to
+// `partial + z * m * n`.
+template <typename T>
+__device__ void gemm_xwt(T *out, float *partial, const T *x, const T *w, uint32_t m,
+                         uint32_t n, uint32_t k, uint32_t per_block) {
+    __shared__ __align__(32) T xs[TILE][STEP + PAD];
+    __shared__ __align__(32) T ws[TILE][STEP + PAD];
+    __shared__ __align__(32) float cs[TILE][TILE + 4];
+    uint32_t row0 = blockIdx.x * TILE, col0 = blockIdx.y * TILE;
+    uint32_t warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
+    uint32_t chunks = (k + CHUNK - 1) / CHUNK;
+    uint32_t z0 = blockIdx.z * per_block, z1 = min(chunks, z0 + per_block);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> sum[2][2], part[2][2];
+    for (uint32_t z = z0; z < z1; z++) {
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) wmma::fill_fragment(part[i][j], 0.f);
+        uint32_t k_end = min(k, (z + 1) * CHUNK);
+        for (uint32_t k0 = z * CHUNK; k0 < k_end; k0 += STEP) {
+            // 64 x 32 elements of each, 8 at a time (k is a multiple of 8): 2 per thread.
+            for (uint32_t c = threadIdx.x; c < TILE * STEP / 8; c += blockDim.x) {
+                uint32_t r = c / (STEP / 8), kk = (c % (STEP / 8)) * 8;
+                uint4 vx = make_uint4(0, 0, 0, 0), vw = make_uint4(0, 0, 0, 0);
+                if (row0 + r < m && k0 + kk < k_end)
+                    vx = *(const uint4 *)(x + (uint64_t)(row0 + r) * k + k0 + kk);
+                if (col0 + r < n && k0 + kk < k_end)
+                    vw = *(const uint4 *)(w + (uint64_t)(col0 + r) * k + k0 + kk);
+                *(uint4 *)&xs[r][kk] = vx;
+                *(uint4 *)&ws[r][kk] = vw;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < STEP; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    wmma::load_matrix_sync(a[i], &xs[wm * 32 + i * 16][kk], STEP + PAD);
+                    wmma::load_matrix_sync(b[i], &ws[wn * 32 + i * 16][kk], STEP + PAD);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(part[i][j], a[i], b[j], part[i][j]);
+            }
+            __syncthreads();
+        }
+        // The running sum: the first chunk's result as it is, then each next one added.
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                for (int e = 0; e < sum[i][j].num_elements; e++)
+                    sum[i][j].x[e] = z == z0 ? part[i][j].x[e] : __fadd_rn(sum[i][j].x[e], part[i][j].x[e]);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(&cs[wm * 32 + i * 16][wn * 32 + j * 16], sum[i][j], TILE + 4,
+                                    wmma::mem_row_major);
+    __syncthreads();
+    for (uint32_t c = threadIdx.x; c < TILE * TILE; c += blockDim.x) {
+        uint32_t r = c / TILE, col = c % TILE;
+        if (row0 + r >= m || col0 + col >= n) continue;
+        uint64_t at = (uint64_t)(row0 + r) * n + col0 + col;
+        if (gridDim.z == 1)
+            out[at] = from_float<T>(cs[r][col]);
+        else
+            partial[(uint64_t)blockIdx.z * m * n + at] = cs[r][col];
+    }
+}
+
+// out[i] = the groups' partial sums added in group order (one chunk per group).
+template <typename T>
+__device__ void sum_chunks(T *out, const float *partial, uint64_t mn, uint32_t groups) {
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= mn) return;
+    float s = partial[i];
+    for (uint32_t z = 1; z < groups; z++) s = __fadd_rn(s, partial[z * mn + i]);
+    out[i] = from_float<T>(s);
+}
+
+#define INSTANTIATE(T, SUFFIX)                                                                 \
+    extern "C" __global__ void gemm_xwt_##SUFFIX(T *out, float *partial, const T *x,           \
+                                                 const T *w, uint32_t m, uint32_t n,           \
+                                                 uint32_t k, uint32_t per_block) {             \
+        gemm_xwt<T>(out, partial, x, w, m, n, k, per_block);                                   \
+    }                                                                                          \
+    extern "C" __global__ void sum_chunks_##SUFFIX(T *out, const float *partial, uint64_t mn,  \
+                                                   uint32_t groups) {                          \
+        sum_chunks<T>(out, partial, mn, groups);                                               \
+    }
+
+INSTANTIATE(__half, f16)
+INSTANTIATE(__nv_bfloat16, bf16)

@@ -1,0 +1,158 @@
+//! `x W^T` with a fixed order of summing (`gemm.cu`) as a candle custom op: the GPU
+//! projections whose result must not depend on how many rows share the step.
+#![allow(unsafe_code)] // Kernel launches are FFI; the op checks its bounds before launching.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use super::launch::{GEMM_MODULE, GEMM_PTX, suffix};
+
+/// Columns of `in` per chunk (CHUNK in gemm.cu).
+const CHUNK: usize = 256;
+/// Rows and outputs per block (TILE in gemm.cu).
+const TILE: usize = 64;
+/// From this many 64 x 64 tiles on (two per SM of an H100), a block walks every chunk;
+/// below, a block takes one chunk and a second launch adds them: the same sums in the same
+/// order, only the parallelism differs.
+const WALK_ALL_FROM_TILES: usize = 264;
+/// Most bytes of per-chunk partial sums at once; larger steps are cut into row slices.
+const PARTIAL_BYTES: usize = 64 << 20;
+
+struct MatmulXwt;
+
+impl CustomOp2 for MatmulXwt {
+    fn name(&self) -> &'static str {
+        "fleet-invariant-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("the invariant matmul is for CUDA devices")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_l: &Layout,
+        w: &CudaStorage,
+        w_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        fn launch<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
+            (x, x_l): (&CudaStorage, &Layout),
+            (w, w_l): (&CudaStorage, &Layout),
+        ) -> Result<CudaStorage> {
+            let dev = x.device().clone();
+            let (m, k) = (x_l.dims()[0], x_l.dims()[1]);
+            let n = w_l.dims()[0];
+            let chunks = k.div_ceil(CHUNK);
+            let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+            let xs = x.as_cuda_slice::<T>()?.slice(x_l.start_offset()..);
+            let ws = w.as_cuda_slice::<T>()?.slice(w_l.start_offset()..);
+            // SAFETY: every element of the output is written (by the matmul when a block
+            // walks every chunk, else by the sum) before use.
+            let mut out = unsafe { dev.alloc::<T>(m * n)? };
+            let gemm = dev.get_or_load_custom_func(
+                &format!("gemm_xwt_{}", suffix(T::DTYPE)?),
+                GEMM_MODULE,
+                GEMM_PTX,
+            )?;
+            let (nu, ku) = (n as u32, k as u32);
+            if tiles >= WALK_ALL_FROM_TILES || chunks == 1 {
+                let (mu, per_block) = (m as u32, chunks as u32);
+                let mut b = gemm.builder();
+                b.arg(&out).arg(&out).arg(&xs).arg(&ws).arg(&mu).arg(&nu).arg(&ku).arg(&per_block);
+                let cfg = LaunchConfig {
+                    grid_dim: (m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: `matmul_xwt` checked x [m, k] and w [n, k] contiguous, k a
+                // multiple of 8 and both starts 16-byte aligned (the kernel loads 8 elements
+                // at once); loads and stores are bounded by m, n and k. With one chunk
+                // group the kernel never touches `partial`.
+                unsafe { b.launch(cfg) }.w()?;
+                return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+            }
+            let sum = dev.get_or_load_custom_func(
+                &format!("sum_chunks_{}", suffix(T::DTYPE)?),
+                GEMM_MODULE,
+                GEMM_PTX,
+            )?;
+            // Row slices whose partial sums fit the budget, in whole tiles.
+            let slice = (PARTIAL_BYTES / (chunks * n * 4)).max(TILE) / TILE * TILE;
+            // SAFETY: each slice's groups * rows * n elements are written by its blocks
+            // before the sum reads them.
+            let partial = unsafe { dev.alloc::<f32>(chunks * slice.min(m) * n)? };
+            for start in (0..m).step_by(slice) {
+                let rows = slice.min(m - start);
+                let x_rows = xs.slice(start * k..);
+                let mut out_rows = out.slice_mut(start * n..);
+                let (mu, one) = (rows as u32, 1u32);
+                let mut b = gemm.builder();
+                b.arg(&mut out_rows).arg(&partial).arg(&x_rows).arg(&ws);
+                b.arg(&mu).arg(&nu).arg(&ku).arg(&one);
+                let cfg = LaunchConfig {
+                    grid_dim: (rows.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, chunks as u32),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: as above, for `rows` rows from `start`; block z writes partial
+                // elements z * rows * n + i, i < rows * n, inside the allocation.
+                unsafe { b.launch(cfg) }.w()?;
+                let (mn, groups) = ((rows * n) as u64, chunks as u32);
+                let mut b = sum.builder();
+                b.arg(&mut out_rows).arg(&partial).arg(&mn).arg(&groups);
+                let cfg = LaunchConfig {
+                    grid_dim: ((rows * n).div_ceil(256) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: thread i reads partial[z * mn + i] for z < groups and writes
+                // out_rows[i], i < rows * n.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        let out = match x.dtype() {
+            DType::F16 => launch::<half::f16>((x, x_l), (w, w_l))?,
+            _ => launch::<half::bf16>((x, x_l), (w, w_l))?,
+        };
+        Ok((out, Shape::from((x_l.dims()[0], w_l.dims()[0]))))
+    }
+}
+
+/// Whether [`matmul_xwt`] takes `x` and `w`: f16 or bf16 alike, `in` a multiple of 8.
+pub fn supports(x: &Tensor, w: &Tensor) -> bool {
+    matches!(x.dtype(), DType::F16 | DType::BF16)
+        && x.dtype() == w.dtype()
+        && x.dims().len() == 2
+        && w.dims().len() == 2
+        && x.dims()[1] == w.dims()[1]
+        && x.dims()[1].is_multiple_of(8)
+}
+
+pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let aligned = |t: &Tensor| t.layout().start_offset().is_multiple_of(8);
+    if !supports(&x, &w) || !aligned(&x) || !aligned(&w) {
+        candle_core::bail!(
+            "the invariant matmul takes f16 or bf16 x [m, k] and W [n, k] alike, k a multiple \
+             of 8, not {:?} {:?} and {:?} {:?}",
+            x.dtype(),
+            x.dims(),
+            w.dtype(),
+            w.dims()
+        );
+    }
+    if x.dim(0)? == 0 {
+        return Tensor::zeros((0, w.dim(0)?), x.dtype(), x.device());
+    }
+    x.apply_op2_no_bwd(&w, &MatmulXwt)
+}
