@@ -62,25 +62,42 @@ __device__ void rope_write(T *q_out, T *pool, const T *qkv, const float *cos, co
     dst[b] = from_float<T>(yb);
 }
 
+// Eight consecutive elements as f32 (16 bytes of f16/bf16, 32 of f32; `p` aligned to them).
+__device__ __forceinline__ void load8(const float *p, float *out) {
+    float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+    out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+    out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+template <typename T>
+__device__ __forceinline__ void load8(const T *p, float *out) {
+    uint4 raw = *(const uint4 *)p;
+    const T *e = (const T *)&raw;
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = to_float(e[i]);
+}
+
 // q [T, heads, head_dim] -> out [T, heads * head_dim]. Grid: (tiles, heads); block: 4 warps.
 // A tile is up to ROWS consecutive tokens of one sequence (a prompt's rows; a decoding
-// sequence is a tile of one): each key and value is loaded once for all of them.
+// sequence is a tile of one); its queries sit in shared memory and every key and value the
+// block loads serves all of them.
 //
-// Each row's arithmetic depends only on its own sequence, never on the tile it is in or on
-// what else shares the step, so results do not depend on batching or on how a prompt was
-// chunked: warp w takes the row's positions w, w + 4, ... with an online softmax, folding
-// them one by one in position order; lanes hold PER_LANE of the head's dimensions (lane +
-// 32 i); a score is the lane's products summed in order, then across lanes by an xor
-// butterfly; the four warps' partial results merge in warp order. Every product and sum is
-// an explicit round-to-nearest intrinsic so the compiler cannot contract or reorder it
-// differently in one instantiation than in another (ROWS = 1 and ROWS > 1 must agree bit
-// for bit). A warp loads UNROLL positions at once: memory latency bounds this loop.
-#define UNROLL 4
+// A warp takes 32 positions at once, one per lane (warp w the runs starting at 32 w,
+// 32 (w + 4), ...): lane j scores its position against each row, summing the dimensions in
+// order, so a score needs no exchange between lanes. Per row and run, an online softmax:
+// the run's maximum, the rescale, each position's weight; then the values position by
+// position in order, each lane accumulating its own dimensions (lane + 32 i). The four warps'
+// partial results merge in warp order. Each row's arithmetic depends only on its own
+// sequence, never on the tile it is in or on what else shares the step, so results do not
+// depend on batching or on how a prompt was chunked; every product and sum is an explicit
+// round-to-nearest intrinsic so no instantiation (ROWS = 1 or more) contracts or reorders
+// one differently (they agree bit for bit: `gpu --parts` checks it).
+#define RUN 32
 template <typename T, int PER_LANE, int ROWS>
 __device__ void paged_attention(T *out, const T *q, const T *k_pool, const T *v_pool,
                                 const uint32_t *plan, uint32_t tokens, uint32_t heads,
                                 uint32_t kv_heads, float scale) {
     constexpr int HEAD_DIM = PER_LANE * 32;
+    __shared__ __align__(16) float qs[ROWS][HEAD_DIM];
     __shared__ float part_max[WARPS][ROWS], part_sum[WARPS][ROWS];
     __shared__ float part_acc[WARPS][ROWS][HEAD_DIM];
     uint32_t h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -91,60 +108,87 @@ __device__ void paged_attention(T *out, const T *q, const T *k_pool, const T *v_
     const uint32_t *table = plan + plan[tokens + first];
     const uint32_t *row_len = plan + 2 * tokens + first;
 
-    float qv[ROWS][PER_LANE], acc[ROWS][PER_LANE], m[ROWS], l[ROWS];
+    for (uint32_t e = threadIdx.x; e < ROWS * HEAD_DIM; e += blockDim.x) {
+        uint32_t r = e / HEAD_DIM, d = e % HEAD_DIM;
+        float x = r < rows ? to_float(q[((uint64_t)(first + r) * heads + h) * HEAD_DIM + d]) : 0.f;
+        qs[r][d] = __fmul_rn(x, scale);
+    }
+    __syncthreads();
+
+    float acc[ROWS][PER_LANE], m[ROWS], l[ROWS];
     uint32_t len[ROWS], longest = 0;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         len[r] = r < rows ? row_len[r] : 0;
         longest = max(longest, len[r]);
-        const T *qh = q + ((uint64_t)(first + r) * heads + h) * HEAD_DIM;
-#pragma unroll
-        for (int i = 0; i < PER_LANE; i++) {
-            qv[r][i] = r < rows ? __fmul_rn(to_float(qh[i * 32 + lane]), scale) : 0.f;
-            acc[r][i] = 0.f;
-        }
         m[r] = -INFINITY;
         l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) acc[r][i] = 0.f;
     }
-    for (uint32_t j0 = warp; j0 < longest; j0 += WARPS * UNROLL) {
-        float k[UNROLL][PER_LANE], v[UNROLL][PER_LANE];
+    for (uint32_t c0 = warp * RUN; c0 < longest; c0 += WARPS * RUN) {
+        uint32_t j = c0 + lane;  // this lane's position
+        const T *key = k_pool;
+        if (j < longest) {
+            uint64_t slot = (uint64_t)table[j / BLOCK_SIZE] * BLOCK_SIZE + j % BLOCK_SIZE;
+            key = k_pool + (slot * kv_heads + kvh) * HEAD_DIM;
+        }
+        float s[ROWS];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            uint32_t j = j0 + u * WARPS;
-            uint64_t slot = (uint64_t)table[min(j, longest - 1) / BLOCK_SIZE] * BLOCK_SIZE +
-                            j % BLOCK_SIZE;
-            uint64_t base = (slot * kv_heads + kvh) * HEAD_DIM;
+        for (int r = 0; r < ROWS; r++) s[r] = 0.f;
+        for (int d0 = 0; d0 < HEAD_DIM; d0 += 8) {
+            float k[8];
+            load8(key + d0, k);
 #pragma unroll
-            for (int i = 0; i < PER_LANE; i++) {
-                k[u][i] = j < longest ? to_float(k_pool[base + i * 32 + lane]) : 0.f;
-                v[u][i] = j < longest ? to_float(v_pool[base + i * 32 + lane]) : 0.f;
+            for (int r = 0; r < ROWS; r++) {
+                float4 qa = *(const float4 *)&qs[r][d0], qb = *(const float4 *)&qs[r][d0 + 4];
+                s[r] = __fmaf_rn(qa.x, k[0], s[r]);
+                s[r] = __fmaf_rn(qa.y, k[1], s[r]);
+                s[r] = __fmaf_rn(qa.z, k[2], s[r]);
+                s[r] = __fmaf_rn(qa.w, k[3], s[r]);
+                s[r] = __fmaf_rn(qb.x, k[4], s[r]);
+                s[r] = __fmaf_rn(qb.y, k[5], s[r]);
+                s[r] = __fmaf_rn(qb.z, k[6], s[r]);
+                s[r] = __fmaf_rn(qb.w, k[7], s[r]);
             }
         }
+        // The run's softmax step per row (the same for every lane: no divergence).
+        float p[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; r++) {
-            if (j0 >= len[r]) continue;  // the same for every lane: no divergence
-            float s[UNROLL];
+            p[r] = 0.f;
+            if (c0 >= len[r]) continue;
+            bool valid = j < len[r];
+            float run_max = valid ? s[r] : -INFINITY;
+            for (int o = 16; o > 0; o /= 2)
+                run_max = fmaxf(run_max, __shfl_xor_sync(0xffffffff, run_max, o));
+            float m_new = fmaxf(m[r], run_max);
+            float correction = __expf(__fsub_rn(m[r], m_new));
+            p[r] = valid ? __expf(__fsub_rn(s[r], m_new)) : 0.f;
+            float run_sum = p[r];
+            for (int o = 16; o > 0; o /= 2)
+                run_sum = __fadd_rn(run_sum, __shfl_xor_sync(0xffffffff, run_sum, o));
+            l[r] = __fmaf_rn(l[r], correction, run_sum);
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
-                s[u] = 0.f;
+            for (int i = 0; i < PER_LANE; i++) acc[r][i] = __fmul_rn(acc[r][i], correction);
+            m[r] = m_new;
+        }
+        // The values, position by position in order.
+        uint32_t run = min((uint32_t)RUN, longest - c0);
+#pragma unroll 4
+        for (uint32_t jj = 0; jj < run; jj++) {
+            uint32_t pos = c0 + jj;
+            uint64_t slot = (uint64_t)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
+            const T *value = v_pool + (slot * kv_heads + kvh) * HEAD_DIM;
+            float v[PER_LANE];
 #pragma unroll
-                for (int i = 0; i < PER_LANE; i++) s[u] = __fmaf_rn(qv[r][i], k[u][i], s[u]);
-            }
+            for (int i = 0; i < PER_LANE; i++) v[i] = to_float(value[i * 32 + lane]);
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++)
-                for (int o = 16; o > 0; o /= 2)
-                    s[u] = __fadd_rn(s[u], __shfl_xor_sync(0xffffffff, s[u], o));
+            for (int r = 0; r < ROWS; r++) {
+                float weight = __shfl_sync(0xffffffff, p[r], jj);
+                if (pos >= len[r]) continue;
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
-                if (j0 + u * WARPS >= len[r]) break;
-                float m_new = fmaxf(m[r], s[u]);
-                float correction = __expf(__fsub_rn(m[r], m_new));
-                float p = __expf(__fsub_rn(s[u], m_new));
-                l[r] = __fmaf_rn(l[r], correction, p);
-#pragma unroll
-                for (int i = 0; i < PER_LANE; i++)
-                    acc[r][i] = __fmaf_rn(p, v[u][i], __fmul_rn(acc[r][i], correction));
-                m[r] = m_new;
+                for (int i = 0; i < PER_LANE; i++) acc[r][i] = __fmaf_rn(weight, v[i], acc[r][i]);
             }
         }
     }
@@ -164,7 +208,7 @@ __device__ void paged_attention(T *out, const T *q, const T *k_pool, const T *v_
         for (int w = 0; w < WARPS; w++) m_all = fmaxf(m_all, part_max[w][r]);
         float sum = 0.f, weight[WARPS];
         for (int w = 0; w < WARPS; w++) {
-            // A warp that saw no position (len < 4) has m = -inf and adds nothing.
+            // A warp that saw no position (len <= 32 w) has m = -inf and adds nothing.
             weight[w] = part_max[w][r] == -INFINITY ? 0.f : __expf(__fsub_rn(part_max[w][r], m_all));
             sum = __fmaf_rn(part_sum[w][r], weight[w], sum);
         }
