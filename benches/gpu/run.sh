@@ -34,6 +34,10 @@ fi
 hf="$models/qwen2-0.5b-random-hf"
 python3 "$here/transformers_bench.py" "$hf" | tee "$out/transformers.log"
 "$bench" --speed --check --json "$out/engine.json" "$hf" 2>&1 | tee "$out/engine.log"
+FLEET_GPU_BATCH_INVARIANT=0 "$bench" --speed --json "$out/engine-cublas-down.json" "$hf" 2>&1 \
+    | tee "$out/engine-cublas-down.log"
+# A prefill step's pieces alone: attention in tiles and a row at a time, the down projection.
+"$bench" --parts --json "$out/parts.json" 2>&1 | tee "$out/parts.log"
 if [[ -n "$smollm2" ]]; then
-    "$bench" --check --json "$out/smollm2.json" "$smollm2" 2>&1 | tee "$out/smollm2.log"
+    "$bench" --check --speed --json "$out/smollm2.json" "$smollm2" 2>&1 | tee "$out/smollm2.log"
 fi
