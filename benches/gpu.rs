@@ -358,7 +358,34 @@ fn parts(device: &Device) -> Result<Value> {
         "whole_ms": whole * 1e3, "projection_ms": split * 1e3, "batched_64_row_pieces_ms": batched * 1e3,
     });
     println!("parts: {down}");
-    Ok(json!({"attention": rows, "down_projection": down, "invariance": probes}))
+    let quantized = [(576, 3072), (1536, 576), (896, 9728), (4864, 896)]
+        .into_iter()
+        .map(|(k, n)| quantized_against_bf16(device, k, n))
+        .collect::<Result<Vec<_>>>()?;
+    println!("parts: {}", json!(quantized));
+    Ok(json!({
+        "attention": rows, "down_projection": down, "invariance": probes, "q4_1": quantized,
+    }))
+}
+
+/// Weights kept as Q4_1 blocks on the GPU (candle's quantized CUDA matmul, f32 activations)
+/// against dequantized to bf16 at load (cuBLAS, bf16 activations), for an `[in, out]`
+/// projection at 1 to 512 rows: milliseconds per call.
+fn quantized_against_bf16(device: &Device, k: usize, n: usize) -> Result<Value> {
+    use candle_core::Module;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    let w = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
+    let q = QMatMul::from_qtensor(QTensor::quantize(&w.to_device(device)?, GgmlDType::Q4_1)?)?;
+    let dense = w.to_device(device)?.to_dtype(DType::BF16)?.t()?;
+    let mut rows = serde_json::Map::new();
+    for m in [1, 8, 64, 512] {
+        let x = Tensor::randn(0f32, 1., (m, k), device)?;
+        let xb = x.to_dtype(DType::BF16)?;
+        let q_ms = time(device, || Ok(q.forward(&x)?))? * 1e3;
+        let bf16_ms = time(device, || Ok(xb.matmul(&dense)?))? * 1e3;
+        rows.insert(format!("{m}_rows"), json!({"q4_1_ms": q_ms, "bf16_ms": bf16_ms}));
+    }
+    Ok(json!({"in": k, "out": n, "ms": rows}))
 }
 
 /// For an `[in, out]` projection whose sum is longer than its output: at which row counts

@@ -17,7 +17,7 @@ use fleet_head::config::{ConfigFile, HeadConfig, validate};
 use fleet_head::openai::wire::{ChatRequest, EmbeddingsRequest};
 use fleet_proto::pb;
 use fleet_proto::{
-    EventKind, Heartbeat, LocateRequest, Registration, TaskEvent, TaskId, TopicMessage,
+    EventKind, Gpu, Heartbeat, LocateRequest, Registration, TaskEvent, TaskId, TopicMessage,
     WorkerUpdate,
 };
 use fleet_testkit::fuzz::{config, json, json_mutated, mutated};
@@ -171,6 +171,11 @@ fn worker_seeds() -> Vec<Vec<u8>> {
             labels: [("zone".to_owned(), "a".to_owned())].into(),
             slots: 8,
             version: "0.1.0".into(),
+            gpus: vec![Gpu {
+                index: 0,
+                name: "NVIDIA H100 80GB HBM3".into(),
+                memory_bytes: 85 << 30,
+            }],
             ..Default::default()
         }),
         WorkerUpdate::Heartbeat(Heartbeat {

@@ -16,6 +16,18 @@ pub enum WireError {
 
 type Result<T> = std::result::Result<T, WireError>;
 
+impl From<pb::Gpu> for Gpu {
+    fn from(g: pb::Gpu) -> Self {
+        Self { index: g.index, name: g.name, memory_bytes: g.memory_bytes }
+    }
+}
+
+impl From<Gpu> for pb::Gpu {
+    fn from(g: Gpu) -> Self {
+        Self { index: g.index, name: g.name, memory_bytes: g.memory_bytes }
+    }
+}
+
 impl From<pb::Resources> for Resources {
     fn from(r: pb::Resources) -> Self {
         Self { cpus: r.cpus, memory_bytes: r.memory_bytes, gpus: r.gpus }
@@ -317,6 +329,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                     .into_iter()
                     .map(|t| (TaskId::new(t.task_id), t.attempt))
                     .collect(),
+                gpus: r.gpus.into_iter().map(Into::into).collect(),
             }),
             Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
                 running_tasks: h.running_tasks,
@@ -366,6 +379,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                         attempt,
                     })
                     .collect(),
+                gpus: r.gpus.into_iter().map(Into::into).collect(),
             }),
             WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
                 running_tasks: h.running_tasks,
@@ -573,6 +587,20 @@ mod tests {
         };
         let wire = pb::TaskEvent::from(&event);
         assert_eq!(TaskEvent::try_from(wire), Ok(event));
+    }
+
+    #[test]
+    fn a_registration_keeps_its_gpus_through_the_wire() {
+        let gpus = vec![
+            Gpu { index: 0, name: "NVIDIA H100 80GB HBM3".into(), memory_bytes: 85_520_809_984 },
+            Gpu { index: 1, name: "NVIDIA A100-SXM4-40GB".into(), memory_bytes: 42_949_672_960 },
+        ];
+        let registration = Registration { worker_id: "w".into(), gpus, ..Default::default() };
+        let wire = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
+        match WorkerUpdate::try_from(wire) {
+            Ok(WorkerUpdate::Register(back)) => assert_eq!(back, registration),
+            other => panic!("expected the registration back, got {other:?}"),
+        }
     }
 
     #[test]

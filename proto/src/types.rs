@@ -363,6 +363,17 @@ pub struct Registration {
     pub incarnation: u64,
     /// The tasks it runs, with their attempts.
     pub running: Vec<(TaskId, u32)>,
+    /// Its GPUs.
+    pub gpus: Vec<Gpu>,
+}
+
+/// One of a worker's GPUs, as its driver reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gpu {
+    /// The CUDA ordinal (`cuda:INDEX`).
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: u64,
 }
 
 /// A worker's place on the mesh: its libp2p peer id and the multiaddrs it listens on.

@@ -254,6 +254,15 @@ fn status_dict<'py>(
         wd.set_item("running_tasks", w.running_tasks)?;
         wd.set_item("tasks_assigned", w.tasks_assigned)?;
         wd.set_item("last_heartbeat_ms_ago", w.last_heartbeat_ms_ago)?;
+        let gpus = PyList::empty(py);
+        for g in w.gpus {
+            let gd = PyDict::new(py);
+            gd.set_item("index", g.index)?;
+            gd.set_item("name", g.name)?;
+            gd.set_item("memory_bytes", g.memory_bytes)?;
+            gpus.append(gd)?;
+        }
+        wd.set_item("gpus", gpus)?;
         workers.append(wd)?;
     }
     d.set_item("workers", workers)?;

@@ -116,6 +116,15 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
         fleet_inference::gpu::Detected::None(why) => tracing::debug!("no GPUs: {why}"),
     }
     config.resources.gpus = args.gpus.unwrap_or(detected.gpus().len() as u32);
+    config.gpus = detected
+        .gpus()
+        .iter()
+        .map(|g| fleet_proto::Gpu {
+            index: g.index,
+            name: g.name.clone(),
+            memory_bytes: g.memory_total,
+        })
+        .collect();
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     if args.slots == 0 {
         return Err(Error::InvalidConfig("--slots must be at least 1".into()));

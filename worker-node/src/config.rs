@@ -19,6 +19,8 @@ pub struct WorkerConfig {
     /// A stable id; kept across reconnects.
     pub worker_id: String,
     pub resources: Resources,
+    /// The GPUs it reports to the head (detected at start by `fleet-worker`).
+    pub gpus: Vec<fleet_proto::Gpu>,
     pub labels: BTreeMap<String, String>,
     /// Most tasks run at once.
     pub slots: u32,
@@ -47,6 +49,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("tls_ca", &self.tls_ca)
             .field("worker_id", &self.worker_id)
             .field("resources", &self.resources)
+            .field("gpus", &self.gpus)
             .field("labels", &self.labels)
             .field("slots", &self.slots)
             .field("models_dir", &self.models_dir)
@@ -74,6 +77,7 @@ impl WorkerConfig {
             tls_ca: None,
             worker_id: default_worker_id(),
             resources: crate::resources::detect(),
+            gpus: Vec::new(),
             labels: BTreeMap::new(),
             slots: 256,
             models_dir: None,

@@ -245,6 +245,7 @@ fn registration(config: &WorkerConfig) -> Result<Registration> {
         mesh: None,
         incarnation: 0,
         running: Vec::new(),
+        gpus: config.gpus.clone(),
     })
 }
 

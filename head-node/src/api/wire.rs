@@ -54,6 +54,7 @@ impl From<WorkerInfo> for pb::WorkerStatus {
             actors: w.actors,
             mesh_peer_id: r.mesh.as_ref().map(|m| m.peer_id.clone()).unwrap_or_default(),
             mesh_addrs: r.mesh.map(|m| m.addrs).unwrap_or_default(),
+            gpus: r.gpus.into_iter().map(Into::into).collect(),
         }
     }
 }

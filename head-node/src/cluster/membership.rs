@@ -18,6 +18,8 @@ impl Cluster {
         let connection = state.workers.next_connection();
         let id = registration.worker_id.clone();
         let on_mesh = registration.mesh.is_some();
+        let gpus: Vec<&str> = registration.gpus.iter().map(|g| g.name.as_str()).collect();
+        let gpus = gpus.join(", ");
         let incarnation = registration.incarnation;
         let reported: HashMap<TaskId, u32> = registration.running.iter().cloned().collect();
         let resume_after = match state.worker_seqs.get(&id) {
@@ -90,7 +92,7 @@ impl Cluster {
                 }
             }
         }
-        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, resume_after, "worker joined");
+        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, resume_after, gpus, "worker joined");
         if on_mesh || was_on_mesh {
             announce_mesh(state);
         }
