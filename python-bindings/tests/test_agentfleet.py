@@ -17,6 +17,8 @@ def test_embedded_init_starts_two_workers(fleet: af.Fleet) -> None:
     workers = status["workers"]
     assert isinstance(workers, list) and len(workers) == 2
     assert all(w["slots"] > 0 and w["resources"]["cpus"] > 0 for w in workers)
+    # Embedded workers run models on the CPU: they report no GPUs.
+    assert all(w["gpus"] == [] and w["resources"]["gpus"] == 0 for w in workers)
 
 
 def test_map_of_a_thousand_prompts_returns_ordered_results(fleet: af.Fleet, echo: af.Agent) -> None:
