@@ -4,12 +4,12 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
-use super::launch::{FUSED_MODULE, FUSED_PTX, FUSED_THREADS, suffix};
+use super::launch::{FUSED_MODULE, FUSED_PTX, FUSED_THREADS, grid, suffix};
 
 struct AddRmsNorm {
     eps: f32,
@@ -58,11 +58,7 @@ impl CustomOp3 for AddRmsNorm {
             let out = unsafe { dev.alloc::<T>(2 * (tokens * hidden) as usize)? };
             let mut b = func.builder();
             b.arg(&out).arg(&xs).arg(&ys).arg(&ws).arg(&tokens).arg(&hidden).arg(&eps);
-            let cfg = LaunchConfig {
-                grid_dim: (tokens, 1, 1),
-                block_dim: (FUSED_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid((tokens, 1, 1), FUSED_THREADS);
             // SAFETY: `add_rms_norm` checked that x and y are contiguous [T, H] and w [H];
             // block t touches row t of each and of both output halves.
             unsafe { b.launch(cfg) }.w()?;
@@ -124,11 +120,7 @@ impl CustomOp1 for SiluMul {
             let out = unsafe { dev.alloc::<T>((tokens * inter) as usize)? };
             let mut b = func.builder();
             b.arg(&out).arg(&src).arg(&inter);
-            let cfg = LaunchConfig {
-                grid_dim: (tokens, 1, 1),
-                block_dim: (FUSED_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid((tokens, 1, 1), FUSED_THREADS);
             // SAFETY: `silu_mul` checked the input is contiguous [T, 2I]; block t reads
             // row t and writes row t of the [T, I] output.
             unsafe { b.launch(cfg) }.w()?;

@@ -4,10 +4,10 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::launch::{GEMM_MODULE, GEMM_PTX, suffix};
+use super::launch::{GEMM_MODULE, GEMM_PTX, grid, suffix};
 
 /// Columns of `in` per chunk (CHUNK in gemm.cu).
 const CHUNK: usize = 256;
@@ -68,11 +68,7 @@ impl CustomOp2 for MatmulXwt {
                 let (mu, per_block) = (m as u32, chunks as u32);
                 let mut b = gemm.builder();
                 b.arg(&out).arg(&out).arg(&xs).arg(&ws).arg(&mu).arg(&nu).arg(&ku).arg(&per_block);
-                let cfg = LaunchConfig {
-                    grid_dim: (m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = grid((m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1), 128);
                 // SAFETY: `matmul_xwt` checked x [m, k] and w [n, k] contiguous, k a
                 // multiple of 8 and both starts 16-byte aligned (the kernel loads 8 elements
                 // at once); loads and stores are bounded by m, n and k. With one chunk
@@ -98,22 +94,15 @@ impl CustomOp2 for MatmulXwt {
                 let mut b = gemm.builder();
                 b.arg(&mut out_rows).arg(&partial).arg(&x_rows).arg(&ws);
                 b.arg(&mu).arg(&nu).arg(&ku).arg(&one);
-                let cfg = LaunchConfig {
-                    grid_dim: (rows.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, chunks as u32),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg =
+                    grid((rows.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, chunks as u32), 128);
                 // SAFETY: as above, for `rows` rows from `start`; block z writes partial
                 // elements z * rows * n + i, i < rows * n, inside the allocation.
                 unsafe { b.launch(cfg) }.w()?;
                 let (mn, groups) = ((rows * n) as u64, chunks as u32);
                 let mut b = sum.builder();
                 b.arg(&mut out_rows).arg(&partial).arg(&mn).arg(&groups);
-                let cfg = LaunchConfig {
-                    grid_dim: ((rows * n).div_ceil(256) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = grid(((rows * n).div_ceil(256) as u32, 1, 1), 256);
                 // SAFETY: thread i reads partial[z * mn + i] for z < groups and writes
                 // out_rows[i], i < rows * n.
                 unsafe { b.launch(cfg) }.w()?;

@@ -2,7 +2,7 @@
 //! dtype suffix of a kernel's name.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig};
 use candle_core::{DType, Result, Storage, Tensor};
 
 use crate::transformer::paged::StepPlan;
@@ -41,6 +41,11 @@ pub fn upload(pool: &Tensor, plan: &StepPlan) -> Result<DevicePlan> {
         max_tile_rows: plan.max_tile_rows(),
         max_slot,
     })
+}
+
+/// A launch of `blocks` (x, y, z) blocks of `threads` threads each, no dynamic shared memory.
+pub(super) fn grid(blocks: (u32, u32, u32), threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: blocks, block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 pub(super) fn suffix(dtype: DType) -> Result<&'static str> {

@@ -3,14 +3,12 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, PushKernelArg};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
 
-use super::launch::{DevicePlan, MODULE, PTX, suffix};
+use super::launch::{DevicePlan, MODULE, PTX, grid, suffix};
 use crate::transformer::paged::{KERNEL_HEAD_DIMS, tile_rows};
 
 /// The step's fused projection into rotated queries (the output) and the pool's slots.
@@ -77,11 +75,7 @@ impl CustomOp3 for RopeWrite<'_> {
             b.arg(&q_out).arg(&pool).arg(&qkv).arg(&cos).arg(&sin).arg(&op.plan.data);
             b.arg(&values_offset).arg(&row).arg(&op.heads).arg(&op.kv_heads);
             b.arg(&op.head_dim).arg(&rot).arg(&interleaved);
-            let cfg = LaunchConfig {
-                grid_dim: (tokens, op.heads + op.kv_heads, 1),
-                block_dim: (op.head_dim / 2, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid((tokens, op.heads + op.kv_heads, 1), op.head_dim / 2);
             // SAFETY: `rope_write` checked the shapes: qkv rows hold every head, cos/sin
             // T rows of rot / 2, every slot of the plan is inside the pool, and each
             // thread touches one pair of one head of one token.
@@ -199,11 +193,7 @@ impl CustomOp1 for Attend<'_> {
             let mut b = func.builder();
             b.arg(&out).arg(&q).arg(&keys).arg(&values).arg(&op.plan.data);
             b.arg(&tokens).arg(&op.heads).arg(&op.kv_heads).arg(&scale);
-            let cfg = LaunchConfig {
-                grid_dim: (op.plan.tiles as u32, op.heads, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid((op.plan.tiles as u32, op.heads, 1), 128);
             // SAFETY: `attend` checked q's shape, the plan's slots against the pool and its
             // tiles against the kernel's rows; the kernel is built for this head_dim, and
             // the output holds T * heads * head_dim elements.
