@@ -128,9 +128,13 @@ pub fn supports(x: &Tensor, w: &Tensor) -> bool {
 }
 
 pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let aligned = |t: &Tensor| t.layout().start_offset().is_multiple_of(8);
-    if !supports(&x, &w) || !aligned(&x) || !aligned(&w) {
+    // The kernel loads 8 elements (16 bytes) at once: a view starting elsewhere is copied.
+    let aligned = |t: &Tensor| -> Result<Tensor> {
+        let t = t.contiguous()?;
+        if t.layout().start_offset().is_multiple_of(8) { Ok(t) } else { t.copy() }
+    };
+    let (x, w) = (aligned(x)?, aligned(w)?);
+    if !supports(&x, &w) {
         candle_core::bail!(
             "the invariant matmul takes f16 or bf16 x [m, k] and W [n, k] alike, k a multiple \
              of 8, not {:?} {:?} and {:?} {:?}",
