@@ -1,16 +1,20 @@
 //! The engine: one dedicated thread per loaded model running continuous batching. Every step
 //! runs ONE forward pass over all active sequences (decode tokens and prompt chunks
 //! together); new sequences are admitted and finished or cancelled ones retired between
-//! steps; KV memory is bounded and admission waits while it is full.
+//! steps; KV memory is bounded and admission waits while it is full. Full blocks of what
+//! sequences computed go to a [`PrefixCache`] in the memory sequences leave free, and a
+//! prefilling sequence copies the blocks its prompt starts with from there instead of
+//! computing them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use candle_core::Tensor;
 use tokio::sync::mpsc;
 
+use crate::prefix::{BLOCK_SIZE, PrefixCache, ROOT};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::transformer::{SequenceCache, StepInput};
 
@@ -57,11 +61,14 @@ pub struct EngineOptions {
     /// KV memory all sequences may hold; a sequence is admitted only when its prompt plus
     /// its max_tokens fit.
     pub max_kv_bytes: usize,
+    /// Keep full blocks of computed keys and values for later prompts that start the same
+    /// way (in the KV memory admitted sequences leave free).
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { max_sequences: 64, prefill_chunk: 256, max_kv_bytes: 2 << 30 }
+        Self { max_sequences: 64, prefill_chunk: 256, max_kv_bytes: 2 << 30, prefix_cache: true }
     }
 }
 
@@ -101,6 +108,8 @@ pub enum TokenEvent {
     Logprobs(TokenLogprobs),
     Done {
         prompt_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix cache.
+        cached_tokens: usize,
         completion_tokens: usize,
         finish: Finish,
     },
@@ -128,7 +137,16 @@ pub struct EngineStats {
     pub waiting: AtomicUsize,
     pub steps: AtomicUsize,
     /// Tokens sampled since the engine started.
-    pub generated_tokens: std::sync::atomic::AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Prompt tokens of sequences that reached their first token, and of those how many
+    /// came from the prefix cache.
+    pub prompt_tokens: AtomicU64,
+    pub cached_tokens: AtomicU64,
+    /// Sequences whose prompt did (hits) or did not (misses) start with a cached block.
+    pub prefix_hits: AtomicU64,
+    pub prefix_misses: AtomicU64,
+    /// Bytes the prefix cache holds.
+    pub prefix_cache_bytes: AtomicUsize,
 }
 
 impl Engine {
@@ -169,6 +187,13 @@ struct Active {
     seen: Vec<u32>,
     generated: usize,
     reserved: usize,
+    /// The key of each full block of `seen` computed or copied so far.
+    keys: Vec<u64>,
+    /// Of those, the blocks offered to the cache so far (a block that found no room is
+    /// offered again once the sequence ends and its memory is free).
+    offered: usize,
+    /// Prompt tokens copied from the prefix cache.
+    cached: usize,
 }
 
 fn run(
@@ -185,6 +210,7 @@ fn run(
     // share of the budget.
     let slack = options.max_sequences * crate::transformer::paged::BLOCK_SIZE * per_token;
     let kv_error = model.reserve_kv(options.max_kv_bytes + slack).err();
+    let mut prefixes = PrefixCache::new(BLOCK_SIZE * per_token);
     loop {
         // Take new requests; block only when there is nothing to do.
         if active.is_empty() && waiting.is_empty() {
@@ -231,7 +257,7 @@ fn run(
                 continue;
             }
             reserved += need;
-            active.push(Active {
+            let mut a = Active {
                 cache: model.new_cache(s.request.prompt.len() + s.request.max_tokens),
                 sampler: Sampler::new(s.request.sampling.clone()),
                 seen: s.request.prompt.clone(),
@@ -240,7 +266,17 @@ fn run(
                 fed: 0,
                 generated: 0,
                 reserved: need,
-            });
+                keys: Vec::new(),
+                offered: 0,
+                cached: 0,
+            };
+            // The blocks it can use first, then cached blocks give way to it (least
+            // recently used first, which those it just used are not).
+            if options.prefix_cache {
+                reuse_prefix(&mut a, &mut prefixes);
+            }
+            while reserved + prefixes.bytes() > options.max_kv_bytes && prefixes.evict_one() {}
+            active.push(a);
         }
         // Retire cancelled sequences before spending a step on them.
         active.retain(|a| {
@@ -251,10 +287,16 @@ fn run(
             keep
         });
         stats.kv_bytes.store(reserved, Ordering::Relaxed);
+        stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
         stats.active.store(active.len(), Ordering::Relaxed);
         stats.waiting.store(waiting.len(), Ordering::Relaxed);
         if active.is_empty() {
             continue;
+        }
+        if options.prefix_cache {
+            for a in active.iter_mut() {
+                reuse_prefix(a, &mut prefixes);
+            }
         }
         // One step: every decoding sequence feeds its last token; prefilling ones a chunk of
         // their prompt, within the step's prompt budget.
@@ -265,7 +307,19 @@ fn run(
                 if budget == 0 {
                     continue;
                 }
-                let n = (a.request.prompt.len() - a.fed).min(budget);
+                let left = a.request.prompt.len() - a.fed;
+                let mut n = left.min(budget);
+                if n < left && options.prefix_cache {
+                    // A chunk that stops mid-prompt stops at a block's end, so the sequence
+                    // can still take cached blocks after it (another sequence may be
+                    // computing them now). Only the step's first chunk may not: progress.
+                    let aligned = (a.fed + n) / BLOCK_SIZE * BLOCK_SIZE;
+                    if aligned > a.fed {
+                        n = aligned - a.fed;
+                    } else if budget < options.prefill_chunk {
+                        continue;
+                    }
+                }
                 budget -= n;
                 feeds.push((i, a.request.prompt[a.fed..a.fed + n].to_vec()));
             } else {
@@ -304,6 +358,12 @@ fn run(
                 let _ = a.events.send(TokenEvent::Logprobs(logprobs));
             }
             a.generated += 1;
+            if a.generated == 1 {
+                stats.prompt_tokens.fetch_add(a.request.prompt.len() as u64, Ordering::Relaxed);
+                stats.cached_tokens.fetch_add(a.cached as u64, Ordering::Relaxed);
+                let counter = if a.cached > 0 { &stats.prefix_hits } else { &stats.prefix_misses };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             a.seen.push(token);
             let _ = a.events.send(TokenEvent::Token(token));
@@ -317,15 +377,83 @@ fn run(
             if let Some(finish) = finish {
                 let _ = a.events.send(TokenEvent::Done {
                     prompt_tokens: a.request.prompt.len(),
+                    cached_tokens: a.cached,
                     completion_tokens: a.generated,
                     finish,
                 });
                 finished.push(*i);
             }
         }
+        let mut ended = Vec::with_capacity(finished.len());
         for i in finished.into_iter().rev() {
-            reserved -= active.swap_remove(i).reserved;
+            let a = active.swap_remove(i);
+            reserved -= a.reserved;
+            ended.push(a);
         }
+        // Ended sequences first: their memory is free now, and they are the likeliest to
+        // be continued (the next turn of a conversation).
+        if options.prefix_cache {
+            let room = options.max_kv_bytes.saturating_sub(reserved);
+            for a in ended.iter_mut().chain(active.iter_mut()) {
+                publish_blocks(a, &mut prefixes, room);
+            }
+            stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copies into a prefilling sequence the cached blocks its prompt continues with, when it
+/// stands at a block's end. At least the prompt's last token is left to compute: its logits
+/// give the first generated token.
+fn reuse_prefix(a: &mut Active, prefixes: &mut PrefixCache) {
+    let prompt = &a.request.prompt;
+    if a.fed >= prompt.len() || a.fed != a.cache.len() || a.fed != a.keys.len() * BLOCK_SIZE {
+        return;
+    }
+    let usable = (prompt.len() - 1) / BLOCK_SIZE * BLOCK_SIZE;
+    if a.fed >= usable {
+        return;
+    }
+    let parent = a.keys.last().copied().unwrap_or(ROOT);
+    let found = prefixes.lookup(parent, &prompt[a.fed..usable]);
+    if found.is_empty() {
+        return;
+    }
+    let spans: Vec<&crate::transformer::KvSpan> = found.iter().map(|(_, kv)| kv.as_ref()).collect();
+    // A failed copy (memory) only costs the computation it would have saved.
+    if a.cache.import(&spans).is_ok() {
+        let n = found.len() * BLOCK_SIZE;
+        a.fed += n;
+        a.cached += n;
+        a.keys.extend(found.iter().map(|(key, _)| *key));
+        a.offered = a.keys.len();
+    }
+}
+
+/// Keys the sequence's newly completed blocks and offers the cache those not cached yet, in
+/// order, evicting the least recently used blocks so the cache stays within `room` bytes;
+/// stops at the first block with no room.
+fn publish_blocks(a: &mut Active, prefixes: &mut PrefixCache, room: usize) {
+    while (a.keys.len() + 1) * BLOCK_SIZE <= a.cache.len() {
+        let start = a.keys.len() * BLOCK_SIZE;
+        let parent = a.keys.last().copied().unwrap_or(ROOT);
+        a.keys.push(crate::prefix::key(parent, &a.seen[start..start + BLOCK_SIZE]));
+    }
+    while a.offered < a.keys.len() {
+        let key = a.keys[a.offered];
+        if !prefixes.contains(key) {
+            if prefixes.block_bytes() > room {
+                return;
+            }
+            while prefixes.bytes() + prefixes.block_bytes() > room && prefixes.evict_one() {}
+            let start = a.offered * BLOCK_SIZE;
+            let parent = a.offered.checked_sub(1).map_or(ROOT, |p| a.keys[p]);
+            // A paged cache (GPU) or a failed copy: nothing to keep.
+            if let Ok(Some(kv)) = a.cache.export(start, BLOCK_SIZE) {
+                prefixes.insert(key, parent, &a.seen[start..start + BLOCK_SIZE], kv);
+            }
+        }
+        a.offered += 1;
     }
 }
 

@@ -6,7 +6,8 @@
 //!   benchmark the cluster machinery.
 //! - [`error`]: the crate's error type;
 //! - [`sampling`]: greedy, temperature, top-k/p, min-p, penalties, seeds;
-//! - [`engine`]: the continuous-batching engine thread over a batched model;
+//! - [`engine`]: the continuous-batching engine thread over a batched model, with
+//!   [`prefix`], its cache of prompt blocks already computed;
 //! - [`transformer`]: decoder-only model families on candle with a batched forward pass over
 //!   sequences of different lengths (each with its own KV cache), loaded from Hugging Face
 //!   folders or GGUF files, and tiny random fixtures;
@@ -35,6 +36,7 @@ pub mod installed;
 pub mod kernels;
 pub mod local;
 pub mod model;
+pub mod prefix;
 pub mod sampling;
 pub mod text;
 pub mod transformer;

@@ -286,6 +286,11 @@ impl Model for LocalModel {
             active: count(&stats.active),
             waiting: count(&stats.waiting),
             generated_tokens: stats.generated_tokens.load(Ordering::Relaxed),
+            prompt_tokens: stats.prompt_tokens.load(Ordering::Relaxed),
+            cached_tokens: stats.cached_tokens.load(Ordering::Relaxed),
+            prefix_hits: stats.prefix_hits.load(Ordering::Relaxed),
+            prefix_misses: stats.prefix_misses.load(Ordering::Relaxed),
+            prefix_cache_bytes: stats.prefix_cache_bytes.load(Ordering::Relaxed) as u64,
         }
     }
 
@@ -320,6 +325,7 @@ impl Model for LocalModel {
             stop: StopMatcher::new(request.stop),
             queue: VecDeque::new(),
             prompt_tokens,
+            cached_tokens: 0,
             completion_tokens: 0,
         };
         Ok(futures::stream::unfold(state, |mut s| async move {
@@ -339,6 +345,7 @@ struct Stream {
     stop: StopMatcher,
     queue: VecDeque<Result<GenerationEvent>>,
     prompt_tokens: usize,
+    cached_tokens: usize,
     completion_tokens: usize,
 }
 
@@ -377,7 +384,8 @@ impl Stream {
                 let logprob = TokenLogprob { token: text(l.token)?, logprob: l.logprob, top };
                 self.queue.push_back(Ok(GenerationEvent::Logprobs(logprob)));
             }
-            Some(TokenEvent::Done { finish, .. }) => {
+            Some(TokenEvent::Done { finish, cached_tokens, .. }) => {
+                self.cached_tokens = cached_tokens;
                 let rest = self.detokenizer.finish(&self.tokenizer)?;
                 let (text, stopped) = self.stop.push(&rest);
                 self.delta(text);
@@ -408,6 +416,7 @@ impl Stream {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         self.queue.push_back(Ok(GenerationEvent::Done(Usage {
             prompt_tokens: count(self.prompt_tokens),
+            cached_tokens: count(self.cached_tokens),
             completion_tokens: count(self.completion_tokens),
             finish_reason,
         })));

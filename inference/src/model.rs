@@ -81,6 +81,8 @@ pub enum FinishReason {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u32,
+    /// Prompt tokens read from the engine's prefix cache instead of computed.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: FinishReason,
 }
@@ -154,4 +156,11 @@ pub struct ModelStats {
     pub waiting: u32,
     /// Tokens generated since the model was loaded (prompt tokens not counted).
     pub generated_tokens: u64,
+    /// The prefix cache: prompt tokens of sequences started, of those read from the cache,
+    /// sequences that found (hits) or did not find (misses) a cached block, bytes held.
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub prefix_hits: u64,
+    pub prefix_misses: u64,
+    pub prefix_cache_bytes: u64,
 }

@@ -97,6 +97,7 @@ async fn staggered_run(name: &str) -> Result<usize> {
             end,
             Some(TokenEvent::Done {
                 prompt_tokens: prompts[i].len(),
+                cached_tokens: 0,
                 completion_tokens: 16,
                 finish: Finish::Length
             })

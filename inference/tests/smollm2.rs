@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use candle_core::Device;
 use fleet_inference::installed::smollm2_gguf;
 use fleet_inference::{
-    ChatMessage, GenerateRequest, GenerationEvent, LoadOptions, LocalModel, Model, Role, load,
+    ChatMessage, GenerateRequest, GenerationEvent, LoadOptions, LocalModel, Model, Role, Usage,
+    load,
 };
 use futures::StreamExt;
 
@@ -34,12 +35,16 @@ fn ask_helpful(question: &str, max_tokens: u32) -> GenerateRequest {
 }
 
 async fn answer(model: &LocalModel, request: GenerateRequest) -> Result<String> {
+    Ok(answer_and_usage(model, request).await?.0)
+}
+
+async fn answer_and_usage(model: &LocalModel, request: GenerateRequest) -> Result<(String, Usage)> {
     let mut stream = model.generate(request)?;
     let mut text = String::new();
     while let Some(event) = stream.next().await {
         match event? {
             GenerationEvent::Delta(delta) => text.push_str(&delta),
-            GenerationEvent::Done(_) => return Ok(text),
+            GenerationEvent::Done(usage) => return Ok((text, usage)),
             _ => {}
         }
     }
@@ -74,6 +79,41 @@ async fn answers_factual_questions_all_at_once() -> Result<()> {
     for ((question, _), batched) in FACTS.iter().zip(&answers) {
         assert_eq!(&answer(&model, ask_helpful(question, 24)).await?, batched, "{question}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_system_prompt_comes_from_the_prefix_cache_and_answers_do_not_change() -> Result<()>
+{
+    let cached = load(&model_path(), &Device::Cpu, &LoadOptions::default())?;
+    let mut off = LoadOptions::default();
+    off.engine.prefix_cache = false;
+    let uncached = load(&model_path(), &Device::Cpu, &off)?;
+    let system = "You are a helpful assistant for a travel agency. Answer in one short \
+                  sentence, name the place you mean, and never invent prices or dates. "
+        .repeat(4);
+    let ask_agent = |question: &str| {
+        let mut request = ask(question, 20);
+        request.messages.insert(0, ChatMessage::new(Role::System, system.clone()));
+        request
+    };
+    let questions =
+        ["What is the capital of France?", "Where is the Eiffel Tower?", "Name a city in Japan."];
+    for (i, question) in questions.iter().enumerate() {
+        let (text, usage) = answer_and_usage(&cached, ask_agent(question)).await?;
+        let (reference, plain) = answer_and_usage(&uncached, ask_agent(question)).await?;
+        assert_eq!(text, reference, "{question}");
+        assert_eq!(plain.cached_tokens, 0);
+        if i == 0 {
+            assert_eq!(usage.cached_tokens, 0);
+        } else {
+            // The system prompt's whole blocks (about 100 tokens), not the question's.
+            assert!(usage.cached_tokens >= 64, "{question}: {usage:?}");
+            assert!(usage.cached_tokens < usage.prompt_tokens, "{question}: {usage:?}");
+        }
+    }
+    let stats = cached.stats();
+    assert_eq!((stats.prefix_hits, stats.prefix_misses), (2, 1));
     Ok(())
 }
 

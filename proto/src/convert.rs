@@ -101,6 +101,11 @@ impl From<pb::LoadedModel> for LoadedModel {
             waiting_sequences: m.waiting_sequences,
             tokens_per_s: m.tokens_per_s,
             generated_tokens: m.generated_tokens,
+            prompt_tokens: m.prompt_tokens,
+            cached_tokens: m.cached_tokens,
+            prefix_hits: m.prefix_hits,
+            prefix_misses: m.prefix_misses,
+            prefix_cache_bytes: m.prefix_cache_bytes,
         }
     }
 }
@@ -114,6 +119,11 @@ impl From<LoadedModel> for pb::LoadedModel {
             waiting_sequences: m.waiting_sequences,
             tokens_per_s: m.tokens_per_s,
             generated_tokens: m.generated_tokens,
+            prompt_tokens: m.prompt_tokens,
+            cached_tokens: m.cached_tokens,
+            prefix_hits: m.prefix_hits,
+            prefix_misses: m.prefix_misses,
+            prefix_cache_bytes: m.prefix_cache_bytes,
         }
     }
 }
@@ -160,6 +170,7 @@ impl From<pb::Usage> for Usage {
     fn from(u: pb::Usage) -> Self {
         Self {
             prompt_tokens: u.prompt_tokens,
+            cached_tokens: u.cached_tokens,
             completion_tokens: u.completion_tokens,
             truncated: u.finish_reason() == pb::FinishReason::Length,
         }
@@ -172,6 +183,7 @@ impl From<Usage> for pb::Usage {
             if u.truncated { pb::FinishReason::Length } else { pb::FinishReason::Stop };
         Self {
             prompt_tokens: u.prompt_tokens,
+            cached_tokens: u.cached_tokens,
             completion_tokens: u.completion_tokens,
             finish_reason: finish_reason.into(),
         }
@@ -582,7 +594,12 @@ mod tests {
             attempt: 2,
             timestamp_us: 42,
             kind: EventKind::Completed {
-                usage: Usage { prompt_tokens: 3, completion_tokens: 4, truncated: true },
+                usage: Usage {
+                    prompt_tokens: 3,
+                    cached_tokens: 2,
+                    completion_tokens: 4,
+                    truncated: true,
+                },
             },
         };
         let wire = pb::TaskEvent::from(&event);

@@ -218,6 +218,8 @@ pub struct PublishRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u32,
+    /// Prompt tokens read from the engine's prefix cache instead of computed.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     /// Whether generation ended at `max_tokens` or the model's context rather than at an end
     /// token or stop string.
@@ -419,6 +421,14 @@ pub struct LoadedModel {
     /// Tokens generated per second since the previous heartbeat.
     pub tokens_per_s: f64,
     pub generated_tokens: u64,
+    /// The prefix cache since the model loaded: prompt tokens of sequences started, of
+    /// those read from the cache, sequences that found (hits) or did not find (misses) a
+    /// cached block; bytes it holds now.
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub prefix_hits: u64,
+    pub prefix_misses: u64,
+    pub prefix_cache_bytes: u64,
 }
 
 /// Everything a worker sends up its `Join` stream.

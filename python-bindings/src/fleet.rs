@@ -263,6 +263,24 @@ fn status_dict<'py>(
             gpus.append(gd)?;
         }
         wd.set_item("gpus", gpus)?;
+        // What each loaded model's engine is doing, its prefix cache included.
+        let engines = PyList::empty(py);
+        for m in w.loaded {
+            let md = PyDict::new(py);
+            md.set_item("id", m.id)?;
+            md.set_item("kv_bytes", m.kv_bytes)?;
+            md.set_item("active_sequences", m.active_sequences)?;
+            md.set_item("waiting_sequences", m.waiting_sequences)?;
+            md.set_item("tokens_per_s", m.tokens_per_s)?;
+            md.set_item("generated_tokens", m.generated_tokens)?;
+            md.set_item("prompt_tokens", m.prompt_tokens)?;
+            md.set_item("cached_tokens", m.cached_tokens)?;
+            md.set_item("prefix_hits", m.prefix_hits)?;
+            md.set_item("prefix_misses", m.prefix_misses)?;
+            md.set_item("prefix_cache_bytes", m.prefix_cache_bytes)?;
+            engines.append(md)?;
+        }
+        wd.set_item("engines", engines)?;
         workers.append(wd)?;
     }
     d.set_item("workers", workers)?;

@@ -117,6 +117,7 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             runner::generate(&run.task, generation, &run.sink, &run.cancel, !tools.is_empty())
                 .await?;
         usage.prompt_tokens += turn.usage.prompt_tokens;
+        usage.cached_tokens += turn.usage.cached_tokens;
         usage.completion_tokens += turn.usage.completion_tokens;
         usage.truncated = runner::truncated(&turn.usage);
         output.push_str(&turn.text);

@@ -257,6 +257,11 @@ impl ModelStore {
                 total.active += s.active;
                 total.waiting += s.waiting;
                 total.generated_tokens += s.generated_tokens;
+                total.prompt_tokens += s.prompt_tokens;
+                total.cached_tokens += s.cached_tokens;
+                total.prefix_hits += s.prefix_hits;
+                total.prefix_misses += s.prefix_misses;
+                total.prefix_cache_bytes += s.prefix_cache_bytes;
             }
         }
         let mut report = Vec::with_capacity(by_id.len());
@@ -276,6 +281,11 @@ impl ModelStore {
                 waiting_sequences: s.waiting,
                 tokens_per_s,
                 generated_tokens: s.generated_tokens,
+                prompt_tokens: s.prompt_tokens,
+                cached_tokens: s.cached_tokens,
+                prefix_hits: s.prefix_hits,
+                prefix_misses: s.prefix_misses,
+                prefix_cache_bytes: s.prefix_cache_bytes,
             });
         }
         report
@@ -325,6 +335,17 @@ fn load_options(options: &BTreeMap<String, String>, memory_bytes: u64) -> Result
                 load.engine.max_kv_bytes = mb.saturating_mul(1 << 20);
             }
             "max_tokens" => load.default_max_tokens = number(MAX_TOKENS, "")?,
+            "prefix_cache" => {
+                load.engine.prefix_cache = match value.to_ascii_lowercase().as_str() {
+                    "true" | "on" | "1" => true,
+                    "false" | "off" | "0" => false,
+                    _ => {
+                        return Err(Error::InvalidConfig(format!(
+                            "model option prefix_cache={value:?} must be true or false"
+                        )));
+                    }
+                }
+            }
             "quantize" => match value.to_ascii_lowercase().as_str() {
                 "q8_0" => load.quantize = Some(fleet_inference::GgmlDType::Q8_0),
                 "none" | "" => load.quantize = None,
@@ -337,7 +358,7 @@ fn load_options(options: &BTreeMap<String, String>, memory_bytes: u64) -> Result
             _ => {
                 return Err(Error::InvalidConfig(format!(
                     "unknown model option {key:?} for a local model: known are max_sequences, \
-                     prefill_chunk, kv_memory_mb, max_tokens and quantize"
+                     prefill_chunk, kv_memory_mb, max_tokens, prefix_cache and quantize"
                 )));
             }
         }
@@ -408,5 +429,7 @@ mod tests {
         assert!(load("kv_memory_mb", "8192").is_ok());
         assert!(load("max_sequences", "1025").is_err());
         assert!(load("prefill_chunk", "1000000").is_err());
+        assert_eq!(load("prefix_cache", "false").map(|o| o.engine.prefix_cache).ok(), Some(false));
+        assert!(load("prefix_cache", "maybe").is_err());
     }
 }

@@ -447,7 +447,7 @@ fn decode(
 pub struct ChunkDecoder {
     tool_calls: ToolCallDeltas,
     finish: Option<FinishReason>,
-    usage: Option<(u32, u32)>,
+    usage: Option<Usage>,
     deltas: u32,
 }
 
@@ -456,7 +456,15 @@ impl ChunkDecoder {
     /// (one is asked for).
     pub fn push(&mut self, chunk: CreateChatCompletionStreamResponse) -> Vec<GenerationEvent> {
         if let Some(usage) = chunk.usage {
-            self.usage = Some((usage.prompt_tokens, usage.completion_tokens));
+            self.usage = Some(Usage {
+                prompt_tokens: usage.prompt_tokens,
+                cached_tokens: usage
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0),
+                completion_tokens: usage.completion_tokens,
+                finish_reason: FinishReason::Stop,
+            });
         }
         let mut events = Vec::new();
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
@@ -491,14 +499,11 @@ impl ChunkDecoder {
         // Servers that ignore `stream_options.include_usage` send no usage: the prompt is
         // then counted as 0 tokens and each content delta as one token (servers stream
         // about one token per chunk).
-        let (prompt_tokens, completion_tokens) = self.usage.unwrap_or((0, self.deltas));
+        let usage =
+            self.usage.unwrap_or(Usage { completion_tokens: self.deltas, ..Usage::default() });
         let mut events: Vec<_> =
             self.tool_calls.finish().into_iter().map(GenerationEvent::ToolCall).collect();
-        events.push(GenerationEvent::Done(Usage {
-            prompt_tokens,
-            completion_tokens,
-            finish_reason,
-        }));
+        events.push(GenerationEvent::Done(Usage { finish_reason, ..usage }));
         Ok(events)
     }
 }
@@ -886,7 +891,8 @@ mod tests {
             delta(json!({}), Some("length")),
             chunk(
                 json!([]),
-                json!({"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}),
+                json!({"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
+                       "prompt_tokens_details": {"cached_tokens": 8}}),
             ),
         ])?;
         assert_eq!(
@@ -896,6 +902,7 @@ mod tests {
                 GenerationEvent::Delta("lo".into()),
                 GenerationEvent::Done(Usage {
                     prompt_tokens: 9,
+                    cached_tokens: 8,
                     completion_tokens: 2,
                     finish_reason: FinishReason::Length
                 }),
@@ -915,6 +922,7 @@ mod tests {
             events.last(),
             Some(&GenerationEvent::Done(Usage {
                 prompt_tokens: 0,
+                cached_tokens: 0,
                 completion_tokens: 3,
                 finish_reason: FinishReason::Stop
             }))
@@ -967,6 +975,7 @@ mod tests {
                 call("call_c", "ping", "{}"),
                 GenerationEvent::Done(Usage {
                     prompt_tokens: 0,
+                    cached_tokens: 0,
                     completion_tokens: 1,
                     finish_reason: FinishReason::Stop
                 }),

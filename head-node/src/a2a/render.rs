@@ -151,7 +151,11 @@ pub fn task(
         "metadata": {
             "agent": info.agent,
             "attempt": info.attempt,
-            "usage": {"promptTokens": info.usage.prompt_tokens, "completionTokens": info.usage.completion_tokens},
+            "usage": {
+                "promptTokens": info.usage.prompt_tokens,
+                "cachedTokens": info.usage.cached_tokens,
+                "completionTokens": info.usage.completion_tokens,
+            },
         },
     });
     if !info.output.is_empty() {

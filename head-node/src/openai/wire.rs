@@ -433,6 +433,13 @@ pub struct CompletionUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// `usage.prompt_tokens_details`: prompt tokens the engine read from its prefix cache.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
 }
 
 impl From<fleet_proto::Usage> for CompletionUsage {
@@ -441,6 +448,7 @@ impl From<fleet_proto::Usage> for CompletionUsage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
         }
     }
 }
@@ -702,9 +710,15 @@ mod tests {
 
     #[test]
     fn usage_and_finish_reason() {
-        let usage = fleet_proto::Usage { prompt_tokens: 3, completion_tokens: 2, truncated: true };
+        let usage = fleet_proto::Usage {
+            prompt_tokens: 3,
+            cached_tokens: 1,
+            completion_tokens: 2,
+            truncated: true,
+        };
         let wire = CompletionUsage::from(usage);
         assert_eq!(wire.total_tokens, 5);
+        assert_eq!(wire.prompt_tokens_details.cached_tokens, 1);
         assert_eq!(finish_reason(&usage), "length");
         assert_eq!(finish_reason(&fleet_proto::Usage::default()), "stop");
     }

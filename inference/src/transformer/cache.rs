@@ -84,8 +84,84 @@ impl SequenceCache {
         self.layers.get(layer)?.as_ref()
     }
 
+    /// A copy of positions `start..start + n` of every layer; `None` for a paged cache (the
+    /// GPU's pools do not take part in the prefix cache yet) or positions not all cached.
+    pub fn export(&self, start: usize, n: usize) -> Result<Option<KvSpan>> {
+        if self.blocks.is_some() || start + n > self.len {
+            return Ok(None);
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for slot in &self.layers {
+            let Some((keys, values)) = slot else { return Ok(None) };
+            layers.push((owned(&keys.narrow(1, start, n)?)?, owned(&values.narrow(1, start, n)?)?));
+        }
+        Ok(Some(KvSpan { layers, len: n }))
+    }
+
+    /// Appends `spans` after the cached positions, as if a step had computed them: a
+    /// sequence's keys and values do not depend on what else was in its steps, so these are
+    /// the ones it would compute.
+    pub fn import(&mut self, spans: &[&KvSpan]) -> Result<()> {
+        if self.blocks.is_some() {
+            candle_core::bail!("a paged cache cannot take cached positions");
+        }
+        let n: usize = spans.iter().map(|s| s.len).sum();
+        if n == 0 {
+            return Ok(());
+        }
+        for layer in 0..self.layers.len() {
+            let part = |value: bool| -> Result<Tensor> {
+                let parts = spans
+                    .iter()
+                    .map(|s| match s.layers.get(layer) {
+                        Some((k, v)) => Ok(if value { v } else { k }),
+                        None => Err(candle_core::Error::Msg(format!(
+                            "cached block lacks layer {layer}"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)
+            };
+            self.append(layer, &part(false)?, &part(true)?)?;
+        }
+        self.advance(n);
+        Ok(())
+    }
+
     /// Records that a step added `n` positions (after every layer appended).
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
+}
+
+/// Keys and values `[kv_heads, n, head_dim]` of `n` consecutive positions of a sequence, per
+/// layer, in storage of their own: what the prefix cache keeps of a block.
+#[derive(Debug)]
+pub struct KvSpan {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl KvSpan {
+    /// Keys and values `[kv_heads, len, head_dim]` per layer.
+    pub fn new(layers: Vec<(Tensor, Tensor)>, len: usize) -> Self {
+        Self { layers, len }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A copy of `view` in storage of its own (`contiguous` would share the storage of a view
+/// that is already contiguous, keeping a sequence's whole buffer alive).
+fn owned(view: &Tensor) -> Result<Tensor> {
+    let out = Tensor::zeros(view.dims(), view.dtype(), view.device())?;
+    out.slice_set(&view.contiguous()?, 0, 0)?;
+    Ok(out)
 }

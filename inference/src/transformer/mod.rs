@@ -25,7 +25,7 @@ pub mod paged;
 pub mod rope;
 pub mod weights;
 
-pub use cache::SequenceCache;
+pub use cache::{KvSpan, SequenceCache};
 pub use config::{DecoderConfig, Family};
 pub use decoder::{Decoder, greedy};
 
