@@ -4,7 +4,8 @@
 //! steps; KV memory is bounded and admission waits while it is full. Full blocks of what
 //! sequences computed go to a [`PrefixCache`] in the memory sequences leave free, and a
 //! prefilling sequence copies the blocks its prompt starts with from there instead of
-//! computing them.
+//! computing them. A sequence with an output format ([`Constraint`]) has the tokens its
+//! format allows computed while the forward pass runs, and samples among those only.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use candle_core::Tensor;
+use fleet_grammar::{Constraint, Mask};
 use tokio::sync::mpsc;
 
 use crate::prefix::{BLOCK_SIZE, PrefixCache, ROOT};
@@ -82,6 +84,9 @@ pub struct TokenRequest {
     pub sampling: SamplingParams,
     /// Report each chosen token's log-probability and this many most likely alternatives.
     pub logprobs: Option<usize>,
+    /// The format the output must follow: only tokens it allows are sampled, and the
+    /// generation stops once the output is complete.
+    pub constraint: Option<Constraint>,
 }
 
 /// Log-probabilities (under the model's raw distribution) of a chosen token and of the most
@@ -194,6 +199,7 @@ struct Active {
     offered: usize,
     /// Prompt tokens copied from the prefix cache.
     cached: usize,
+    constraint: Option<Constraint>,
 }
 
 fn run(
@@ -257,6 +263,8 @@ fn run(
                 continue;
             }
             reserved += need;
+            let mut s = s;
+            let constraint = s.request.constraint.take();
             let mut a = Active {
                 cache: model.new_cache(s.request.prompt.len() + s.request.max_tokens),
                 sampler: Sampler::new(s.request.sampling.clone()),
@@ -269,6 +277,7 @@ fn run(
                 keys: Vec::new(),
                 offered: 0,
                 cached: 0,
+                constraint,
             };
             // The blocks it can use first, then cached blocks give way to it (least
             // recently used first, which those it just used are not).
@@ -326,19 +335,9 @@ fn run(
                 feeds.push((i, vec![*a.seen.last().unwrap_or(&0)]));
             }
         }
-        let logits = {
-            let mut caches: Vec<Option<&mut SequenceCache>> =
-                active.iter_mut().map(|a| Some(&mut a.cache)).collect();
-            let mut inputs: Vec<StepInput<'_>> = Vec::with_capacity(feeds.len());
-            for (i, tokens) in &feeds {
-                if let Some(cache) = caches[*i].take() {
-                    inputs.push(StepInput { tokens, cache });
-                }
-            }
-            model.step(&mut inputs)
-        };
+        let (logits, masks) = step(&model, &feeds, &mut active);
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        let next = logits.and_then(|logits| choose(&logits, &feeds, &mut active));
+        let next = logits.and_then(|logits| choose(&logits, &feeds, &masks, &mut active));
         let next = match next {
             Ok(next) => next,
             Err(e) => {
@@ -352,7 +351,15 @@ fn run(
         };
         let mut finished = Vec::new();
         for ((i, _), chosen) in feeds.iter().zip(next) {
-            let Some((token, logprobs)) = chosen else { continue };
+            let (token, logprobs) = match chosen {
+                None => continue,
+                Some(Ok(chosen)) => chosen,
+                Some(Err(e)) => {
+                    let _ = active[*i].events.send(TokenEvent::Error(e));
+                    finished.push(*i);
+                    continue;
+                }
+            };
             let a = &mut active[*i];
             if let Some(logprobs) = logprobs {
                 let _ = a.events.send(TokenEvent::Logprobs(logprobs));
@@ -367,7 +374,18 @@ fn run(
             stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             a.seen.push(token);
             let _ = a.events.send(TokenEvent::Token(token));
-            let finish = if a.request.stop_tokens.contains(&token) {
+            let complete = match a.constraint.as_mut().map(|c| c.commit(token)) {
+                None | Some(Ok(false)) => false,
+                Some(Ok(true)) => true,
+                Some(Err(e)) => {
+                    let _ = a
+                        .events
+                        .send(TokenEvent::Error(format!("the output left its format: {e}")));
+                    finished.push(*i);
+                    continue;
+                }
+            };
+            let finish = if a.request.stop_tokens.contains(&token) || complete {
                 Some(Finish::Stop)
             } else if a.generated >= a.request.max_tokens {
                 Some(Finish::Length)
@@ -457,8 +475,63 @@ fn publish_blocks(a: &mut Active, prefixes: &mut PrefixCache, room: usize) {
     }
 }
 
-/// A chosen token and, when asked for, its logprobs.
-type Chosen = Option<(u32, Option<TokenLogprobs>)>;
+/// Runs one forward pass over the fed sequences. Meanwhile, on a thread of its own, the
+/// constrained sequences that produce a token this step compute which tokens their format
+/// allows (`masks`, by index into `active`).
+fn step(
+    model: &impl BatchedModel,
+    feeds: &[(usize, Vec<u32>)],
+    active: &mut [Active],
+) -> (candle_core::Result<Tensor>, Vec<Option<Result<Mask, String>>>) {
+    let producing: Vec<bool> = feeds
+        .iter()
+        .map(|(i, tokens)| active[*i].fed + tokens.len() >= active[*i].request.prompt.len())
+        .collect();
+    let mut caches: Vec<Option<&mut SequenceCache>> = Vec::with_capacity(active.len());
+    let mut constraints: Vec<Option<&mut Constraint>> = Vec::with_capacity(active.len());
+    for a in active.iter_mut() {
+        caches.push(Some(&mut a.cache));
+        constraints.push(a.constraint.as_mut());
+    }
+    let wanted: Vec<(usize, &mut Constraint)> = feeds
+        .iter()
+        .zip(&producing)
+        .filter(|(_, producing)| **producing)
+        .filter_map(|((i, _), _)| constraints[*i].take().map(|c| (*i, c)))
+        .collect();
+    let mut inputs: Vec<StepInput<'_>> = Vec::with_capacity(feeds.len());
+    for (i, tokens) in feeds {
+        if let Some(cache) = caches[*i].take() {
+            inputs.push(StepInput { tokens, cache });
+        }
+    }
+    let mut masks: Vec<Option<Result<Mask, String>>> = (0..caches.len()).map(|_| None).collect();
+    if wanted.is_empty() {
+        return (model.step(&mut inputs), masks);
+    }
+    let indices: Vec<usize> = wanted.iter().map(|(i, _)| *i).collect();
+    let mut computed = Vec::new();
+    let logits = std::thread::scope(|scope| {
+        let masking =
+            scope.spawn(move || wanted.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>());
+        let logits = model.step(&mut inputs);
+        // A panic there (guarded against) must not let those sequences run unconstrained.
+        computed = masking.join().unwrap_or_else(|_| {
+            indices
+                .iter()
+                .map(|&i| (i, Err("computing the allowed tokens failed".into())))
+                .collect()
+        });
+        logits
+    });
+    for (i, mask) in computed {
+        masks[i] = Some(mask);
+    }
+    (logits, masks)
+}
+
+/// A chosen token and, when asked for, its logprobs; or why none could be chosen.
+type Chosen = Option<Result<(u32, Option<TokenLogprobs>), String>>;
 
 /// The next token of every fed sequence that has now seen its whole prompt (`None` for
 /// those still prefilling). Advances `fed`. Only sequences that produce a token draw from
@@ -466,6 +539,7 @@ type Chosen = Option<(u32, Option<TokenLogprobs>)>;
 fn choose(
     logits: &Tensor,
     feeds: &[(usize, Vec<u32>)],
+    masks: &[Option<Result<Mask, String>>],
     active: &mut [Active],
 ) -> candle_core::Result<Vec<Chosen>> {
     let greedy = feeds.iter().all(|(i, _)| active[*i].request.sampling.is_greedy());
@@ -481,12 +555,22 @@ fn choose(
                 continue;
             }
         }
-        let token = match &rows {
-            None => argmax[row],
-            Some(rows) => {
-                let generated = &a.seen[a.request.prompt.len()..];
-                a.sampler.sample(&rows[row], &a.seen, generated)
+        let generated = &a.seen[a.request.prompt.len()..];
+        let token = match (&masks[*i], &rows) {
+            (Some(Err(e)), _) => {
+                next.push(Some(Err(format!("the output format cannot be followed: {e}"))));
+                continue;
             }
+            (Some(Ok(mask)), _) => {
+                let mut values = match &rows {
+                    Some(rows) => rows[row].clone(),
+                    None => logits.get(row)?.to_vec1::<f32>()?,
+                };
+                mask.apply(&mut values);
+                a.sampler.sample(&values, &a.seen, generated)
+            }
+            (None, None) => argmax[row],
+            (None, Some(rows)) => a.sampler.sample(&rows[row], &a.seen, generated),
         };
         let logprobs = match a.request.logprobs {
             None => None,
@@ -502,7 +586,7 @@ fn choose(
                 Some(crate::sampling::logprobs(values, token, top))
             }
         };
-        next.push(Some((token, logprobs)));
+        next.push(Some(Ok((token, logprobs))));
     }
     Ok(next)
 }

@@ -4,11 +4,12 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
+use fleet_grammar::{Constraint, GrammarError, OutputFormat, Vocabulary};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -140,6 +141,7 @@ fn generator(
     options: &LoadOptions,
 ) -> Result<LocalModel> {
     let context = decoder.config().max_positions;
+    let vocab_size = decoder.config().vocab_size;
     if tokenizer.vocab_size() > decoder.config().vocab_size {
         return Err(Error::InvalidRequest(format!(
             "model {id}: the tokenizer has {} tokens, more than the model's {}",
@@ -158,6 +160,8 @@ fn generator(
             tokenizer: Arc::new(tokenizer),
             fallback,
             context,
+            vocab_size,
+            vocabulary: OnceLock::new(),
             default_max_tokens: options.default_max_tokens,
         }),
     })
@@ -186,6 +190,29 @@ struct Generator {
     fallback: Option<ChatTemplate>,
     context: usize,
     default_max_tokens: usize,
+    /// Rows of the logits.
+    vocab_size: usize,
+    /// The tokens as bytes for constrained decoding: built on the first request with an
+    /// output format.
+    vocabulary: OnceLock<std::result::Result<Vocabulary, GrammarError>>,
+}
+
+impl Generator {
+    /// A constraint for one generation in `format`.
+    fn constrain(&self, format: &OutputFormat) -> Result<Constraint> {
+        let vocabulary = self.vocabulary.get_or_init(|| {
+            let unreadable = |e: String| GrammarError::Vocabulary(e);
+            let json =
+                self.tokenizer.inner().to_string(false).map_err(|e| unreadable(e.to_string()))?;
+            let json = serde_json::from_str(&json).map_err(|e| unreadable(e.to_string()))?;
+            let tokenizer = self.tokenizer.clone();
+            Vocabulary::new(&json, self.vocab_size, self.tokenizer.eos_ids(), move |bytes| {
+                tokenizer.encode(&String::from_utf8_lossy(bytes)).unwrap_or_default()
+            })
+        });
+        let vocabulary = vocabulary.as_ref().map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        vocabulary.constrain(format).map_err(|e| Error::InvalidRequest(e.to_string()))
+    }
 }
 
 impl LocalModel {
@@ -311,12 +338,14 @@ impl Model for LocalModel {
         let room = g.context - prompt.len();
         let max_tokens = request.max_tokens.map_or(g.default_max_tokens, |m| m as usize).min(room);
         let prompt_tokens = prompt.len();
+        let constraint = request.format.as_ref().map(|f| g.constrain(f)).transpose()?;
         let events = g.engine.generate(TokenRequest {
             prompt,
             max_tokens,
             stop_tokens: g.tokenizer.eos_ids().to_vec(),
             sampling: sampling(&request)?,
             logprobs: request.logprobs.map(|n| n as usize),
+            constraint,
         });
         let state = Stream {
             events: Some(events),

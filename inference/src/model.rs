@@ -65,6 +65,9 @@ pub struct GenerateRequest {
     /// Tools the model may call, in OpenAI's shape
     /// (`{"type": "function", "function": {"name", "description", "parameters"}}`).
     pub tools: Vec<serde_json::Value>,
+    /// The format the answer must follow (JSON schema, any JSON object, regex, Lark);
+    /// only models with a tokenizer the grammar engine reads can follow one.
+    pub format: Option<fleet_grammar::OutputFormat>,
 }
 
 /// Why a generation ended.

@@ -51,6 +51,7 @@ fn request(i: usize, prompt: &[u32]) -> TokenRequest {
         stop_tokens: vec![],
         sampling,
         logprobs: None,
+        constraint: None,
     }
 }
 

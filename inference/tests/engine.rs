@@ -77,6 +77,7 @@ async fn staggered_run(name: &str) -> Result<usize> {
             stop_tokens: vec![],
             sampling: Default::default(),
             logprobs: None,
+            constraint: None,
         });
         // The next request arrives once this one has produced its first token: each joins
         // a batch already running, at a different step (an observable condition, not a sleep).
@@ -119,6 +120,7 @@ async fn stop_tokens_end_a_generation() -> Result<()> {
         stop_tokens: vec![stop],
         sampling: Default::default(),
         logprobs: None,
+        constraint: None,
     }))
     .await;
     let cut = solo.iter().position(|&t| t == stop).map_or(8, |p| p + 1);
@@ -139,6 +141,7 @@ async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
         stop_tokens: vec![],
         sampling: Default::default(),
         logprobs: None,
+        constraint: None,
     });
     assert!(matches!(events.recv().await, Some(TokenEvent::Token(_))));
     assert!(engine.stats().kv_bytes.load(Ordering::Relaxed) > 0);
@@ -166,6 +169,7 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         stop_tokens: vec![],
         sampling: Default::default(),
         logprobs: None,
+        constraint: None,
     }))
     .await;
     assert!(
@@ -182,6 +186,7 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         stop_tokens: vec![],
         sampling: Default::default(),
         logprobs: None,
+        constraint: None,
     });
     let b = engine.generate(TokenRequest {
         prompt: vec![2; 10],
@@ -189,6 +194,7 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
         stop_tokens: vec![],
         sampling: Default::default(),
         logprobs: None,
+        constraint: None,
     });
     let ((a_tokens, a_end), (b_tokens, b_end)) = tokio::join!(collect(a), collect(b));
     assert!(matches!(a_end, Some(TokenEvent::Done { .. })), "{a_end:?}");
@@ -240,6 +246,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
                 stop_tokens: vec![],
                 sampling: sampling(i as u64),
                 logprobs: None,
+                constraint: None,
             };
             tokio::spawn(collect(engine.generate(request)))
         })
@@ -253,6 +260,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
         stop_tokens: vec![],
         sampling: SamplingParams { temperature: 9.0, ..Default::default() },
         logprobs: None,
+        constraint: None,
     };
     assert!(
         matches!(collect(engine.generate(bad)).await.1, Some(TokenEvent::Error(e)) if e.contains("temperature"))

@@ -30,6 +30,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> TokenRequest {
         stop_tokens: vec![],
         sampling: Default::default(),
         logprobs: Some(2),
+        constraint: None,
     }
 }
 

@@ -1,0 +1,158 @@
+//! A model's [`Vocabulary`] (every token as bytes, for llguidance), and the [`Constraint`]
+//! of one sequence.
+
+use std::fmt;
+use std::sync::Arc;
+
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory, token_bytes_from_tokenizer_json};
+use serde_json::Value;
+
+use crate::{GrammarError, OutputFormat, guarded};
+
+type Tokenize = dyn Fn(&[u8]) -> Vec<u32> + Send + Sync;
+
+/// What llguidance needs of a tokenizer: each token's bytes (in a trie) and the encoding of
+/// text (for the literal strings of a grammar).
+struct Env {
+    trie: TokTrie,
+    tokenize: Box<Tokenize>,
+}
+
+impl TokenizerEnv for Env {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        (self.tokenize)(s)
+    }
+}
+
+/// The tokens of one model as llguidance sees them. Built once per model (tens of
+/// milliseconds for a 50,000-token vocabulary); formats compile against it per request.
+pub struct Vocabulary {
+    factory: Arc<ParserFactory>,
+    size: usize,
+}
+
+impl fmt::Debug for Vocabulary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vocabulary").field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
+impl Vocabulary {
+    /// `tokenizer_json`: the tokenizer in Hugging Face's `tokenizer.json` form (byte-level
+    /// BPE or SentencePiece with byte fallback); `size`: the model's vocabulary (its logits),
+    /// at least the tokenizer's; `eos`: the tokens that end a generation; `tokenize`: the
+    /// tokenizer's encoding of text, without special tokens added.
+    pub fn new(
+        tokenizer_json: &Value,
+        size: usize,
+        eos: &[u32],
+        tokenize: impl Fn(&[u8]) -> Vec<u32> + Send + Sync + 'static,
+    ) -> Result<Self, GrammarError> {
+        let mut words =
+            guarded(|| token_bytes_from_tokenizer_json(tokenizer_json).map_err(|e| e.to_string()))
+                .map_err(GrammarError::Vocabulary)?;
+        if words.len() > size {
+            return Err(GrammarError::Vocabulary(format!(
+                "the tokenizer has {} tokens, more than the model's {size}",
+                words.len()
+            )));
+        }
+        if eos.is_empty() || eos.iter().any(|&t| t as usize >= size) {
+            return Err(GrammarError::Vocabulary(format!(
+                "end-of-sequence tokens {eos:?} are not in a vocabulary of {size}"
+            )));
+        }
+        // Rows of the logits no token stands for: never allowed.
+        words.resize(size, Vec::new());
+        let size_u32 = u32::try_from(size)
+            .map_err(|_| GrammarError::Vocabulary(format!("a vocabulary of {size} tokens")))?;
+        let info = TokRxInfo::new(size_u32, eos[0]);
+        let trie = guarded(|| Ok(TokTrie::from(&info, &words).with_eos_tokens(eos)))
+            .map_err(GrammarError::Vocabulary)?;
+        let env: TokEnv = Arc::new(Env { trie, tokenize: Box::new(tokenize) });
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
+        factory.quiet();
+        Ok(Self { factory: Arc::new(factory), size })
+    }
+
+    /// The model's vocabulary size (the length of a mask).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// A fresh constraint for one generation in `format`.
+    pub fn constrain(&self, format: &OutputFormat) -> Result<Constraint, GrammarError> {
+        let parser =
+            guarded(|| self.factory.create_parser(format.grammar()).map_err(|e| e.to_string()))
+                .map_err(GrammarError::Invalid)?;
+        let eos = self.factory.tok_env().tok_trie().eos_tokens().to_vec();
+        Ok(Constraint { matcher: Matcher::new(Ok(parser)), eos })
+    }
+}
+
+/// Which tokens may come next in one generation, and the tokens chosen so far.
+#[derive(Clone)]
+pub struct Constraint {
+    matcher: Matcher,
+    eos: Vec<u32>,
+}
+
+impl fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Constraint").field("stopped", &self.matcher.is_stopped()).finish()
+    }
+}
+
+impl Constraint {
+    /// The tokens allowed next. The end-of-sequence tokens are allowed once the output is
+    /// complete (and only they once nothing can follow).
+    pub fn mask(&mut self) -> Result<Mask, String> {
+        let matcher = &mut self.matcher;
+        let allowed = guarded(|| matcher.compute_mask_or_eos().map_err(|e| e.to_string()))?;
+        if allowed.is_zero() {
+            return Err("no token can continue the output in its format".into());
+        }
+        Ok(Mask(allowed))
+    }
+
+    /// Follows the chosen token; `true` once the output is complete (an end-of-sequence
+    /// token, or a token after which the format allows nothing more).
+    pub fn commit(&mut self, token: u32) -> Result<bool, String> {
+        if self.eos.contains(&token) {
+            return Ok(true);
+        }
+        let matcher = &mut self.matcher;
+        guarded(|| matcher.consume_token(token).map_err(|e| e.to_string()))?;
+        Ok(self.matcher.is_stopped())
+    }
+}
+
+/// A set of allowed tokens.
+#[derive(Debug, Clone)]
+pub struct Mask(SimpleVob);
+
+impl Mask {
+    pub fn allows(&self, token: u32) -> bool {
+        (token as usize) < self.0.len() && self.0.is_allowed(token)
+    }
+
+    /// Sets the logit of every token not allowed to minus infinity.
+    pub fn apply(&self, logits: &mut [f32]) {
+        for (token, logit) in logits.iter_mut().enumerate() {
+            if !u32::try_from(token).is_ok_and(|t| self.allows(t)) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// How many tokens are allowed.
+    pub fn count(&self) -> usize {
+        self.0.num_set()
+    }
+}
