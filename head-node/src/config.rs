@@ -256,6 +256,7 @@ impl From<AgentTable> for AgentSpec {
                 max_tokens: t.sampling.max_tokens,
                 seed: t.sampling.seed,
                 stop: t.sampling.stop,
+                format: None,
             },
             resources: Resources {
                 cpus: t.resources.cpus,

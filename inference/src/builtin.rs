@@ -102,6 +102,12 @@ impl Model for Echo {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Generation> {
+        if request.format.is_some() {
+            return Err(Error::InvalidRequest(
+                "builtin:echo repeats its input and follows no output format: use a local model"
+                    .into(),
+            ));
+        }
         // The latest user message or tool result: after a tool call, echo answers with
         // what the tool returned.
         let last_user = request

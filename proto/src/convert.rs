@@ -48,6 +48,12 @@ impl From<pb::Sampling> for Sampling {
             max_tokens: s.max_tokens,
             seed: s.seed,
             stop: s.stop,
+            format: s.format.and_then(|f| f.kind).map(|kind| match kind {
+                pb::output_format::Kind::JsonObject(_) => OutputFormat::JsonObject,
+                pb::output_format::Kind::JsonSchema(schema) => OutputFormat::JsonSchema(schema),
+                pb::output_format::Kind::Regex(regex) => OutputFormat::Regex(regex),
+                pb::output_format::Kind::Lark(lark) => OutputFormat::Lark(lark),
+            }),
         }
     }
 }
@@ -60,6 +66,14 @@ impl From<Sampling> for pb::Sampling {
             max_tokens: s.max_tokens,
             seed: s.seed,
             stop: s.stop,
+            format: s.format.map(|f| pb::OutputFormat {
+                kind: Some(match f {
+                    OutputFormat::JsonObject => pb::output_format::Kind::JsonObject(true),
+                    OutputFormat::JsonSchema(schema) => pb::output_format::Kind::JsonSchema(schema),
+                    OutputFormat::Regex(regex) => pb::output_format::Kind::Regex(regex),
+                    OutputFormat::Lark(lark) => pb::output_format::Kind::Lark(lark),
+                }),
+            }),
         }
     }
 }

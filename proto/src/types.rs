@@ -79,6 +79,21 @@ pub struct Sampling {
     pub seed: Option<u64>,
     /// Generation ends before any of these strings.
     pub stop: Vec<String>,
+    /// The format the answer must follow.
+    pub format: Option<OutputFormat>,
+}
+
+/// A format a generation is constrained to (local models follow it token by token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid under this JSON Schema, given as JSON text.
+    JsonSchema(String),
+    /// Text matching this regular expression as a whole.
+    Regex(String),
+    /// Text in this Lark grammar (llguidance's dialect).
+    Lark(String),
 }
 
 impl Sampling {
@@ -94,6 +109,7 @@ impl Sampling {
             } else {
                 overrides.stop.clone()
             },
+            format: overrides.format.clone().or_else(|| self.format.clone()),
         }
     }
 }

