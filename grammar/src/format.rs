@@ -23,6 +23,13 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
+    /// A JSON Schema given as JSON text (as the cluster's wire carries it).
+    pub fn json_schema_text(text: &str) -> Result<Self, GrammarError> {
+        serde_json::from_str(text)
+            .map(OutputFormat::JsonSchema)
+            .map_err(|e| GrammarError::Invalid(format!("the JSON schema does not parse: {e}")))
+    }
+
     /// The llguidance grammar of this format.
     pub(crate) fn grammar(&self) -> TopLevelGrammar {
         match self {

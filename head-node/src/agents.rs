@@ -154,6 +154,50 @@ pub fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Compiles an output format the way a worker will, so that one it cannot follow is refused
+/// when it is given rather than failing the tasks that use it. A swarm's tasks share one
+/// format, so formats that passed are remembered (a bounded set of their hashes); a worker
+/// compiles each format again anyway, so a hash collision costs a later error, not a wrong
+/// answer.
+pub fn check_format(format: &fleet_proto::OutputFormat) -> std::result::Result<(), String> {
+    use std::hash::{Hash, Hasher};
+    static PASSED: parking_lot::Mutex<Option<std::collections::HashSet<u64>>> =
+        parking_lot::Mutex::new(None);
+    const REMEMBERED: usize = 1024;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match format {
+        fleet_proto::OutputFormat::JsonObject => 0.hash(&mut hasher),
+        fleet_proto::OutputFormat::JsonSchema(text) => (1, text).hash(&mut hasher),
+        fleet_proto::OutputFormat::Regex(text) => (2, text).hash(&mut hasher),
+        fleet_proto::OutputFormat::Lark(text) => (3, text).hash(&mut hasher),
+    }
+    let key = hasher.finish();
+    if PASSED.lock().as_ref().is_some_and(|passed| passed.contains(&key)) {
+        return Ok(());
+    }
+    compile_format(format)?;
+    let mut passed = PASSED.lock();
+    let passed = passed.get_or_insert_with(Default::default);
+    if passed.len() >= REMEMBERED {
+        passed.clear();
+    }
+    passed.insert(key);
+    Ok(())
+}
+
+fn compile_format(format: &fleet_proto::OutputFormat) -> std::result::Result<(), String> {
+    use fleet_grammar::OutputFormat as Grammar;
+    let format = match format {
+        fleet_proto::OutputFormat::JsonObject => Grammar::JsonObject,
+        fleet_proto::OutputFormat::JsonSchema(text) => {
+            Grammar::json_schema_text(text).map_err(|e| e.to_string())?
+        }
+        fleet_proto::OutputFormat::Regex(regex) => Grammar::Regex(regex.clone()),
+        fleet_proto::OutputFormat::Lark(lark) => Grammar::Lark(lark.clone()),
+    };
+    format.check().map_err(|e| e.to_string())
+}
+
 /// Checks an agent spec; the error says which field is wrong and how.
 pub fn validate(spec: &AgentSpec) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidAgent(msg));
@@ -182,6 +226,17 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
             "model {:?} names no remote model: write openai:MODEL, e.g. \"openai:gpt-4o-mini\"",
             spec.model
         ));
+    }
+    if let Some(format) = &spec.sampling.format {
+        if !spec.tools.is_empty() || !spec.topics.is_empty() {
+            return bad(format!(
+                "agent {:?} has an output schema and tools or topics: an answer constrained to a \
+                 schema cannot call tools; drop one of them",
+                spec.name
+            ));
+        }
+        check_format(format)
+            .map_err(|e| Error::InvalidAgent(format!("agent {:?}: {e}", spec.name)))?;
     }
     if spec.tools.len() > MAX_TOOLS {
         return bad(format!("at most {MAX_TOOLS} tools per agent, got {}", spec.tools.len()));
@@ -263,6 +318,13 @@ mod tests {
         Ok(())
     }
 
+    fn with_format(schema: &str, tools: &[&str]) -> AgentSpec {
+        let mut spec = echo("a");
+        spec.sampling.format = Some(fleet_proto::OutputFormat::JsonSchema(schema.into()));
+        spec.tools = tools.iter().map(|t| t.to_string()).collect();
+        spec
+    }
+
     #[test]
     fn invalid_specs_say_what_is_wrong() {
         let cases = [
@@ -271,6 +333,9 @@ mod tests {
             (AgentSpec { model: String::new(), ..echo("a") }, "no model"),
             (AgentSpec { model: "builtin:nope".into(), ..echo("a") }, "built-in"),
             (AgentSpec { instructions: "x".repeat(300 << 10), ..echo("a") }, "at most 256 KiB"),
+            (with_format(r#"{"type": "frobnicate"}"#, &[]), "frobnicate"),
+            (with_format("{not json", &[]), "does not parse"),
+            (with_format(r#"{"type": "object"}"#, &["helper"]), "cannot call tools"),
         ];
         for (spec, needle) in cases {
             let err = validate(&spec).err().map(|e| e.to_string()).unwrap_or_default();

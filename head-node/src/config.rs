@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use fleet_proto::{AgentSpec, DEFAULT_MAX_RETRIES, Resources, Sampling};
+use fleet_proto::{AgentSpec, DEFAULT_MAX_RETRIES, OutputFormat, Resources, Sampling};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -203,6 +203,9 @@ pub struct AgentTable {
     pub resources: ResourcesTable,
     #[serde(default)]
     pub sampling: SamplingTable,
+    /// A JSON Schema the agent's answers follow (constrained decoding on local models).
+    #[serde(default)]
+    pub output_schema: Option<toml::Value>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
@@ -256,7 +259,10 @@ impl From<AgentTable> for AgentSpec {
                 max_tokens: t.sampling.max_tokens,
                 seed: t.sampling.seed,
                 stop: t.sampling.stop,
-                format: None,
+                // TOML values are JSON values (a datetime becomes its string).
+                format: t
+                    .output_schema
+                    .map(|schema| OutputFormat::JsonSchema(toml_to_json(schema).to_string())),
             },
             resources: Resources {
                 cpus: t.resources.cpus,
@@ -269,6 +275,18 @@ impl From<AgentTable> for AgentSpec {
             max_concurrency: t.max_concurrency,
             topics: t.topics,
         }
+    }
+}
+
+fn toml_to_json(value: toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => s.into(),
+        toml::Value::Integer(i) => i.into(),
+        toml::Value::Float(f) => f.into(),
+        toml::Value::Boolean(b) => b.into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(items) => items.into_iter().map(toml_to_json).collect(),
+        toml::Value::Table(t) => t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect(),
     }
 }
 
@@ -430,6 +448,28 @@ mod tests {
         assert_eq!(agent.resources.memory_bytes, 10 << 20);
         assert_eq!(agent.model_options["token_delay_ms"], "5");
         Ok(())
+    }
+
+    #[test]
+    fn an_output_schema_is_read_as_json() -> Result<()> {
+        let text = r#"
+            [[agent]]
+            name = "extractor"
+            model = "SmolLM2-135M-Instruct.Q4_1.gguf"
+            output_schema = { type = "object", required = ["city"], properties = { city = { type = "string", maxLength = 40 } } }
+        "#;
+        let mut config = HeadConfig::default();
+        ConfigFile::parse(text, Path::new("fleet.toml"))?.apply(&mut config);
+        let Some(OutputFormat::JsonSchema(schema)) = &config.agents[0].sampling.format else {
+            panic!("no schema: {:?}", config.agents[0].sampling);
+        };
+        let schema: serde_json::Value = serde_json::from_str(schema).unwrap_or_default();
+        assert_eq!(
+            schema,
+            serde_json::json!({"type": "object", "required": ["city"],
+                "properties": {"city": {"type": "string", "maxLength": 40}}})
+        );
+        crate::agents::validate(&config.agents[0])
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_client::{EventKind, ManyUpdate, Submission, TaskId, TaskState};
+use fleet_client::{
+    EventKind, ManyUpdate, OutputFormat, Sampling, Submission, TaskId, TaskOptions, TaskState,
+};
 use futures::StreamExt;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Backend;
 use crate::errors::{self, TaskFailed};
 use crate::runtime::{self, Interrupted};
+use crate::schema::OutputSchema;
 use crate::task::{self, AsyncEventIterator, EventIterator, Task};
 
 /// An agent registered on the cluster.
@@ -23,11 +26,29 @@ pub struct Agent {
     #[pyo3(get)]
     name: String,
     client: Backend,
+    /// The output schema its answers are parsed with, if it was given one.
+    schema: Option<Arc<OutputSchema>>,
+    /// Whether each task carries the schema (an agent looked up by name, whose registered
+    /// spec may not have it).
+    schema_per_task: bool,
 }
 
 impl Agent {
-    pub fn new(name: String, client: Backend) -> Self {
-        Self { name, client }
+    pub fn new(
+        name: String,
+        client: Backend,
+        schema: Option<Arc<OutputSchema>>,
+        schema_per_task: bool,
+    ) -> Self {
+        Self { name, client, schema, schema_per_task }
+    }
+
+    /// The schema of a submission: the one given with it, else the agent's.
+    fn schema_of(&self, given: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Arc<OutputSchema>>> {
+        Ok(match given {
+            Some(schema) => Some(Arc::new(OutputSchema::from_py(schema)?)),
+            None => self.schema.clone(),
+        })
     }
 
     /// Runs every submission in parallel (see [`map_tasks`]); returns how each ended, in
@@ -106,7 +127,7 @@ impl Agent {
                     )));
                 }
                 // Completed with text, not vectors: the model generated instead.
-                Ended::Output(_) | Ended::Failed(_) => {
+                Ended::Output(..) | Ended::Failed(_) => {
                     return Err(TaskFailed::new_err(format!(
                         "agent {:?} answered without embeddings: give it an embedding model \
                          (e.g. all-MiniLM-L6-v2)",
@@ -119,19 +140,34 @@ impl Agent {
         Ok(batches.into_iter().flatten().flatten().collect())
     }
 
-    fn submission(&self, prompt: String, context_id: Option<String>) -> Submission {
+    /// A task of this agent; it carries `schema` unless the agent's spec already has it.
+    fn submission(
+        &self,
+        prompt: String,
+        context_id: Option<String>,
+        schema: Option<&OutputSchema>,
+    ) -> Submission {
+        let in_spec = !self.schema_per_task
+            && matches!((schema, &self.schema), (Some(a), Some(b)) if std::ptr::eq(a, &**b));
+        let options = schema.filter(|_| !in_spec).map(|schema| TaskOptions {
+            sampling: Sampling {
+                format: Some(OutputFormat::JsonSchema(schema.text.clone())),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
         Submission {
             agent: self.name.clone(),
             input: prompt,
             context_id: context_id.unwrap_or_default(),
-            options: None,
+            options,
         }
     }
 }
 
 /// How one task of a `map` ended: its text, or the vectors of an embedding task.
 enum Ended {
-    Output(String),
+    Output(TaskId, String),
     Vectors(Vec<Vec<f32>>),
     Failed(String),
 }
@@ -223,7 +259,7 @@ async fn map_tasks(
                         }
                         EventKind::Completed { .. } => match vectors[i].take() {
                             Some(v) => Ended::Vectors(v),
-                            None => Ended::Output(std::mem::take(&mut text[i])),
+                            None => Ended::Output(e.task_id.clone(), std::mem::take(&mut text[i])),
                         },
                         EventKind::Failed { error, .. } => {
                             Ended::Failed(format!("task {} failed: {error}", e.task_id))
@@ -282,22 +318,32 @@ impl Progress {
 
 #[pymethods]
 impl Agent {
-    /// Submits one task; returns at once with a `Task`.
-    #[pyo3(signature = (prompt, context_id=None))]
-    fn submit(&self, py: Python<'_>, prompt: String, context_id: Option<String>) -> PyResult<Task> {
+    /// Submits one task; returns at once with a `Task`. With `output_schema` (a JSON Schema
+    /// dict or a pydantic model class; default: the agent's) the answer follows the schema
+    /// and `result()` returns it parsed.
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        prompt: String,
+        context_id: Option<String>,
+        output_schema: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Task> {
         let client = self.client.clone();
-        let submission = self.submission(prompt, context_id);
+        let schema = self.schema_of(output_schema.as_ref())?;
+        let submission = self.submission(prompt, context_id, schema.as_deref());
         runtime::block_on(py, async move {
             let stream = client.submit(submission).await.map_err(errors::to_py)?;
-            task::start(client, stream).await.map_err(errors::to_py)
+            task::start(client, stream, schema).await.map_err(errors::to_py)
         })
     }
 
     /// Runs one task per prompt in parallel across the cluster and returns their texts, in
     /// prompt order (or in completion order with `ordered=False`). Shows a progress bar when
     /// `progress` is true, or by default when stderr is a terminal. Raises TaskFailed if any
-    /// task failed; Ctrl-C cancels the tasks still running.
-    #[pyo3(signature = (prompts, *, ordered=true, progress=None, context_id=None))]
+    /// task failed; Ctrl-C cancels the tasks still running. With `output_schema` (or the
+    /// agent's) every answer follows the schema and comes back parsed.
+    #[pyo3(signature = (prompts, *, ordered=true, progress=None, context_id=None, output_schema=None))]
     fn map(
         &self,
         py: Python<'_>,
@@ -305,27 +351,39 @@ impl Agent {
         ordered: bool,
         progress: Option<bool>,
         context_id: Option<String>,
-    ) -> PyResult<Vec<String>> {
+        output_schema: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
         let total = prompts.len();
-        let submissions =
-            prompts.into_iter().map(|p| self.submission(p, context_id.clone())).collect();
+        let schema = self.schema_of(output_schema.as_ref())?;
+        let submissions = prompts
+            .into_iter()
+            .map(|p| self.submission(p, context_id.clone(), schema.as_deref()))
+            .collect();
         let ended = self.run_all(py, submissions, progress)?;
-        let mut results: Vec<Option<String>> = vec![None; total];
+        let mut results: Vec<Option<(String, String)>> = vec![None; total];
         let mut in_completion_order = Vec::with_capacity(total);
         for (i, outcome) in ended {
-            match outcome {
-                Ended::Output(text) if ordered => results[i] = Some(text),
-                Ended::Output(text) => in_completion_order.push(text),
+            let answer = match outcome {
+                Ended::Output(id, text) => (id.to_string(), text),
                 // A task with embeddings has no text.
-                Ended::Vectors(_) if ordered => results[i] = Some(String::new()),
-                Ended::Vectors(_) => in_completion_order.push(String::new()),
-                Ended::Failed(_) => {}
+                Ended::Vectors(_) => (String::new(), String::new()),
+                Ended::Failed(_) => continue,
+            };
+            if ordered {
+                results[i] = Some(answer);
+            } else {
+                in_completion_order.push(answer);
             }
         }
-        if !ordered {
-            return Ok(in_completion_order);
-        }
-        Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+        let answers = if ordered {
+            results.into_iter().map(Option::unwrap_or_default).collect()
+        } else {
+            in_completion_order
+        };
+        answers
+            .into_iter()
+            .map(|(id, text)| task::answer(py, &id, schema.as_deref(), text))
+            .collect()
     }
 
     /// Embeds `texts` with the agent's model (an embedding model, e.g. all-MiniLM-L6-v2) as
@@ -403,26 +461,29 @@ impl Agent {
 
     /// Submits one task and iterates over its events as they arrive. Leaving the loop early
     /// (break, an exception, Ctrl-C) cancels the task.
-    #[pyo3(signature = (prompt, context_id=None))]
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
     fn stream(
         &self,
         py: Python<'_>,
         prompt: String,
         context_id: Option<String>,
+        output_schema: Option<Bound<'_, PyAny>>,
     ) -> PyResult<EventIterator> {
-        Ok(EventIterator::owning(&self.submit(py, prompt, context_id)?))
+        Ok(EventIterator::owning(&self.submit(py, prompt, context_id, output_schema)?))
     }
 
-    /// Submits one task and awaits its text.
-    #[pyo3(signature = (prompt, context_id=None))]
+    /// Submits one task and awaits its text (parsed, under an output schema).
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
     fn asubmit<'py>(
         &self,
         py: Python<'py>,
         prompt: String,
         context_id: Option<String>,
+        output_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        let submission = self.submission(prompt, context_id);
+        let schema = self.schema_of(output_schema.as_ref())?;
+        let submission = self.submission(prompt, context_id, schema.as_deref());
         runtime::get()?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let outcome = fleet_client::TaskOutcome::collect(
@@ -431,7 +492,9 @@ impl Agent {
             .await
             .map_err(errors::to_py)?;
             match outcome.state {
-                TaskState::Completed => Ok(outcome.output),
+                TaskState::Completed => Python::attach(|py| {
+                    task::answer(py, outcome.task_id.as_str(), schema.as_deref(), outcome.output)
+                }),
                 TaskState::Canceled => Err(errors::Cancelled::new_err(format!(
                     "task {} was canceled: {}",
                     outcome.task_id, outcome.error
@@ -445,9 +508,16 @@ impl Agent {
     }
 
     /// Submits one task (on first iteration) and yields its events: `async for ev in ...`.
-    #[pyo3(signature = (prompt, context_id=None))]
-    fn astream(&self, prompt: String, context_id: Option<String>) -> AsyncEventIterator {
-        AsyncEventIterator::lazy(self.client.clone(), self.submission(prompt, context_id))
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
+    fn astream(
+        &self,
+        prompt: String,
+        context_id: Option<String>,
+        output_schema: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<AsyncEventIterator> {
+        let schema = self.schema_of(output_schema.as_ref())?;
+        let submission = self.submission(prompt, context_id, schema.as_deref());
+        Ok(AsyncEventIterator::lazy(self.client.clone(), submission))
     }
 
     fn __repr__(&self) -> String {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_client::{AgentSpec, Client, ConnectOptions, Resources, Sampling};
+use fleet_client::{AgentSpec, Client, ConnectOptions, OutputFormat, Resources, Sampling};
 use fleet_head::Cluster;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
@@ -18,6 +18,7 @@ use crate::agent::Agent;
 use crate::backend::Backend;
 use crate::errors;
 use crate::runtime;
+use crate::schema::OutputSchema;
 use fleet_head::store::StoreConfig;
 
 /// How long `init()` waits for the embedded workers to join.
@@ -313,7 +314,7 @@ impl Fleet {
         name, model=None, *, instructions=String::new(), tools=Vec::new(), description=String::new(),
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
-        topics=Vec::new()
+        topics=Vec::new(), output_schema=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -336,7 +337,10 @@ impl Fleet {
         max_tokens: Option<u32>,
         seed: Option<u64>,
         topics: Vec<String>,
+        output_schema: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Agent> {
+        let schema = output_schema.map(|s| OutputSchema::from_py(&s)).transpose()?.map(Arc::new);
+        let format = schema.as_ref().map(|s| OutputFormat::JsonSchema(s.text.clone()));
         let client = self.client.clone();
         let Some(model) = model else {
             let lookup = name.clone();
@@ -349,7 +353,8 @@ impl Fleet {
                     )))
                 }
             })?;
-            return Ok(Agent::new(name, self.client.clone()));
+            // Looked up by name: the registered spec may lack the schema, so tasks carry it.
+            return Ok(Agent::new(name, self.client.clone(), schema, true));
         };
         let spec = AgentSpec {
             name: name.clone(),
@@ -357,14 +362,7 @@ impl Fleet {
             instructions,
             description,
             tools,
-            sampling: Sampling {
-                temperature,
-                top_p,
-                max_tokens,
-                seed,
-                stop: Vec::new(),
-                format: None,
-            },
+            sampling: Sampling { temperature, top_p, max_tokens, seed, stop: Vec::new(), format },
             resources: Resources { cpus, memory_bytes: memory_mb.saturating_mul(1 << 20), gpus },
             max_retries: max_retries.unwrap_or(fleet_client::DEFAULT_MAX_RETRIES),
             labels: labels.unwrap_or_default(),
@@ -376,7 +374,7 @@ impl Fleet {
             py,
             async move { client.register_agent(spec).await.map_err(errors::to_py) },
         )?;
-        Ok(Agent::new(name, self.client.clone()))
+        Ok(Agent::new(name, self.client.clone(), schema, false))
     }
 
     /// Workers, resources, models and load, as plain Python objects.

@@ -24,6 +24,7 @@ mod event;
 mod fleet;
 mod random_model;
 mod runtime;
+mod schema;
 mod task;
 
 use pyo3::prelude::*;

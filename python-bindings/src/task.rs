@@ -15,6 +15,7 @@ use crate::backend::Backend;
 use crate::errors::{self, Cancelled, TaskFailed};
 use crate::event::Event;
 use crate::runtime::{self, Interrupted};
+use crate::schema::OutputSchema;
 
 /// The events of one task so far, shared by its reader and every waiter.
 #[derive(Default)]
@@ -84,10 +85,15 @@ impl TaskLog {
 
 /// Reads `stream` into a new log in the background; returns once the first event (which
 /// carries the task id) has arrived.
-pub async fn start(client: Backend, mut stream: TaskStream) -> Result<Task, fleet_client::Error> {
+/// `schema` parses its answer.
+pub async fn start(
+    client: Backend,
+    mut stream: TaskStream,
+    schema: Option<Arc<OutputSchema>>,
+) -> Result<Task, fleet_client::Error> {
     let first = stream.next().await.ok_or(fleet_client::Error::StreamEnded)??;
     let log = Arc::new(TaskLog::default());
-    let task = Task { id: first.task_id.to_string(), log: log.clone(), client };
+    let task = Task { id: first.task_id.to_string(), log: log.clone(), client, schema };
     log.push(Event::from(&first));
     tokio::spawn(async move {
         while let Some(item) = stream.next().await {
@@ -130,6 +136,19 @@ fn outcome(log: &TaskLog, stream_error: Option<String>) -> PyResult<String> {
     }
 }
 
+/// A completed task's answer for Python: parsed under an output schema, else its text.
+pub fn answer(
+    py: Python<'_>,
+    task_id: &str,
+    schema: Option<&OutputSchema>,
+    text: String,
+) -> PyResult<Py<PyAny>> {
+    match schema {
+        Some(schema) => schema.parse(py, task_id, &text),
+        None => Ok(text.into_pyobject(py)?.into_any().unbind()),
+    }
+}
+
 /// A task submitted to the cluster.
 #[pyclass(module = "agentfleet", frozen)]
 pub struct Task {
@@ -137,6 +156,8 @@ pub struct Task {
     id: String,
     log: Arc<TaskLog>,
     client: Backend,
+    /// The output schema the answer follows and is parsed with.
+    schema: Option<Arc<OutputSchema>>,
 }
 
 impl Task {
@@ -178,10 +199,10 @@ impl Task {
     /// Waits for the task and returns its text; raises TaskFailed or Cancelled, or
     /// TimeoutError after `timeout` seconds (the task keeps running).
     #[pyo3(signature = (timeout=None))]
-    fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<String> {
+    fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = timeout.map(Duration::from_secs_f64);
         let end = self.wait_end(py, timeout)?;
-        outcome(&self.log, end)
+        answer(py, &self.id, self.schema.as_deref(), outcome(&self.log, end)?)
     }
 
     /// Asks the cluster to cancel the task (a finished task stays as it is).
@@ -209,7 +230,7 @@ impl Task {
 
     /// Awaits the task's text (raises like `result()`).
     fn aresult<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let log = self.log.clone();
+        let (log, id, schema) = (self.log.clone(), self.id.clone(), self.schema.clone());
         runtime::get()?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let mut index = 0;
@@ -219,7 +240,8 @@ impl Task {
                     Err(end) => break end,
                 }
             };
-            outcome(&log, end)
+            let text = outcome(&log, end)?;
+            Python::attach(|py| answer(py, &id, schema.as_deref(), text))
         })
     }
 
@@ -324,7 +346,7 @@ impl AsyncEventIterator {
                 .get_or_try_init(|| async move {
                     let (client, submission) = submit.ok_or(fleet_client::Error::StreamEnded)?;
                     let stream = client.submit(submission).await?;
-                    Ok::<_, fleet_client::Error>(start(client, stream).await?.log)
+                    Ok::<_, fleet_client::Error>(start(client, stream, None).await?.log)
                 })
                 .await
                 .map_err(errors::to_py)?;

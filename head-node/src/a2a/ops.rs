@@ -224,7 +224,7 @@ fn updates(
                     render::artifact_update(
                         info.task_id.as_str(),
                         &info.context_id,
-                        text,
+                        render::text_parts(text, v),
                         append,
                         false,
                         v,
@@ -241,11 +241,18 @@ fn updates(
                     info.usage = *usage;
                     info.finished_at_us = event.timestamp_us;
                     if chunked {
+                        // A structured answer's chunks were text; the whole answer replaces
+                        // them as its JSON (a data part).
+                        let (parts, append) = if info.structured {
+                            (render::answer_parts(&info.output, true, v), false)
+                        } else {
+                            (render::text_parts("", v), true)
+                        };
                         let last = render::artifact_update(
                             info.task_id.as_str(),
                             &info.context_id,
-                            "",
-                            true,
+                            parts,
+                            append,
                             true,
                             v,
                         );

@@ -115,8 +115,24 @@ pub fn status(info: &TaskInfo, v: Version) -> Value {
     status
 }
 
-fn artifact(text: &str, v: Version) -> Value {
-    json!({"artifactId": ARTIFACT_ID, "name": "output", "parts": [text_part(text, v)]})
+/// The parts of a task's answer: a `data` part with the JSON of an answer given in an
+/// output schema's shape (a structured task), otherwise text.
+pub fn answer_parts(output: &str, structured: bool, v: Version) -> Value {
+    let data = structured.then(|| serde_json::from_str::<Value>(output).ok()).flatten();
+    match (data, v) {
+        (Some(data), Version::V1) => json!([{"data": data, "mediaType": "application/json"}]),
+        (Some(data), Version::V03) => json!([{"kind": "data", "data": data}]),
+        (None, v) => json!([text_part(output, v)]),
+    }
+}
+
+/// A chunk of a task's answer as parts.
+pub fn text_parts(text: &str, v: Version) -> Value {
+    json!([text_part(text, v)])
+}
+
+fn artifact(parts: Value) -> Value {
+    json!({"artifactId": ARTIFACT_ID, "name": "output", "parts": parts})
 }
 
 /// The two messages of one finished (or running) turn: the user's input and, once
@@ -159,7 +175,7 @@ pub fn task(
         },
     });
     if !info.output.is_empty() {
-        task["artifacts"] = json!([artifact(&info.output, v)]);
+        task["artifacts"] = json!([artifact(answer_parts(&info.output, info.structured, v))]);
     }
     if v == Version::V03 {
         task["kind"] = json!("task");
@@ -189,17 +205,17 @@ pub fn status_update(info: &TaskInfo, v: Version) -> Value {
     }
 }
 
-/// An artifact chunk stream item.
+/// An artifact chunk stream item (`parts` as [`text_parts`] or [`answer_parts`] give them).
 pub fn artifact_update(
     task_id: &str,
     context_id: &str,
-    text: &str,
+    parts: Value,
     append: bool,
     last_chunk: bool,
     v: Version,
 ) -> Value {
     let body = json!({
-        "taskId": task_id, "contextId": context_id, "artifact": artifact(text, v),
+        "taskId": task_id, "contextId": context_id, "artifact": artifact(parts),
         "append": append, "lastChunk": last_chunk,
     });
     match v {

@@ -88,6 +88,9 @@ impl Cluster {
                 self.limits.max_input_bytes
             )));
         }
+        if let Some(format) = task.options.as_ref().and_then(|o| o.sampling.format.as_ref()) {
+            crate::agents::check_format(format).map_err(Error::InvalidArgument)?;
+        }
         if task.context_id.len() > 256 {
             return Err(Error::InvalidArgument("context_id must be at most 256 bytes".into()));
         }
@@ -197,7 +200,7 @@ pub(super) fn submit_in(
 
     let id = TaskId::new(uuid::Uuid::new_v4().to_string());
     let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
-    entry.options = task.options;
+    entry.options = with_agent_format(task.options, &spec);
     if let Some((parent, call_id, depth)) = parent {
         entry.parent = Some((parent, call_id));
         entry.depth = depth;
@@ -213,4 +216,19 @@ pub(super) fn submit_in(
         _ => state.queue.push_back(id.clone()),
     }
     Ok(id)
+}
+
+/// A task's options with its agent's output format when it sets none itself: the task
+/// keeps the format it was submitted under (for its A2A answer, and through restarts).
+fn with_agent_format(
+    options: Option<Arc<fleet_proto::TaskOptions>>,
+    spec: &fleet_proto::AgentSpec,
+) -> Option<Arc<fleet_proto::TaskOptions>> {
+    let Some(format) = &spec.sampling.format else { return options };
+    if options.as_ref().is_some_and(|o| o.sampling.format.is_some()) {
+        return options;
+    }
+    let mut options = options.map(|o| fleet_proto::TaskOptions::clone(&o)).unwrap_or_default();
+    options.sampling.format = Some(format.clone());
+    Some(Arc::new(options))
 }

@@ -43,6 +43,8 @@ pub struct TaskInfo {
     pub submitted_at_us: u64,
     pub finished_at_us: u64,
     pub usage: fleet_proto::Usage,
+    /// The answer follows a JSON output format (the agent's output schema or the task's).
+    pub structured: bool,
 }
 
 impl From<&TaskEntry> for TaskInfo {
@@ -62,6 +64,15 @@ impl From<&TaskEntry> for TaskInfo {
             submitted_at_us: t.submitted_at_us,
             finished_at_us: t.finished_at_us,
             usage: t.usage,
+            structured: t.options.as_ref().is_some_and(|o| {
+                matches!(
+                    o.sampling.format,
+                    Some(
+                        fleet_proto::OutputFormat::JsonObject
+                            | fleet_proto::OutputFormat::JsonSchema(_)
+                    )
+                )
+            }),
         }
     }
 }

@@ -21,6 +21,13 @@ name = "terse"
 model = "builtin:echo"
 description = "echoes at most two words"
 sampling = { max_tokens = 2 }
+
+[[agent]]
+name = "extractor"
+model = "SmolLM2-135M-Instruct.Q4_1.gguf"
+instructions = "You extract the city and the country a sentence is about."
+sampling = { max_tokens = 60, temperature = 0.0 }
+output_schema = { type = "object", required = ["city", "country"], additionalProperties = false, properties = { city = { type = "string", maxLength = 30 }, country = { type = "string", maxLength = 30 } } }
 """
 
 MINILM = "all-MiniLM-L6-v2"

@@ -6,6 +6,7 @@ grammar engine cannot follow is a 400 naming it while the server keeps serving."
 import asyncio
 import json
 
+import httpx
 import jsonschema
 import openai
 import pydantic
@@ -113,3 +114,37 @@ def test_a_bad_schema_is_a_400_naming_it(cluster: Cluster) -> None:
     assert "output format" in str(echo.value.message)
     reply = client.chat.completions.create(model="builtin:echo", messages=[{"role": "user", "content": "still here"}])
     assert reply.choices[0].message.content == "still here"
+
+
+PLACE = {
+    "type": "object",
+    "required": ["city", "country"],
+    "additionalProperties": False,
+    "properties": {"city": {"type": "string", "maxLength": 30}, "country": {"type": "string", "maxLength": 30}},
+}
+
+
+def test_an_agent_with_an_output_schema_answers_a2a_with_a_data_part(cluster: Cluster) -> None:
+    # `extractor` has the output schema in fleet.toml; A2A clients get its JSON as data.
+    base = f"{cluster.url}/a2a/extractor"
+    msg = {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "I flew to Lisbon last spring."}]}}
+    task = httpx.post(base + "/message:send", json=msg, timeout=60).json()["task"]
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED", task
+    [part] = task["artifacts"][0]["parts"]
+    jsonschema.validate(part["data"], PLACE)
+    assert part["mediaType"] == "application/json"
+    # Streamed: text chunks as they come, then the whole answer as data, replacing them.
+    with httpx.stream("POST", base + "/message:stream", json=msg, timeout=60) as response:
+        items = [json.loads(line.removeprefix("data:")) for line in response.iter_lines() if line.startswith("data:")]
+    updates = [i["artifactUpdate"] for i in items if "artifactUpdate" in i]
+    assert updates and all("text" in u["artifact"]["parts"][0] for u in updates[:-1])
+    last = updates[-1]
+    assert last["lastChunk"] and not last["append"]
+    assert last["artifact"]["parts"][0]["data"] == part["data"]  # temperature 0: the same answer
+    # A 0.3 client gets the 0.3 shape of the part.
+    old = httpx.post(f"{cluster.url}/a2a/extractor", headers={"A2A-Version": "0.3"}, timeout=60,
+                     json={"jsonrpc": "2.0", "id": 1, "method": "message/send",
+                           "params": {"message": {"kind": "message", "messageId": "m2", "role": "user", "parts": [{"kind": "text", "text": "Paris is lovely."}]}}}).json()
+    [old_part] = old["result"]["artifacts"][0]["parts"]
+    assert old_part["kind"] == "data"
+    jsonschema.validate(old_part["data"], PLACE)

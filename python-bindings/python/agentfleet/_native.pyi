@@ -3,9 +3,12 @@
 import os
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import final
+from typing import Any, TypeAlias, final
 
 __version__: str
+
+# A JSON Schema as a dict, or a pydantic model class (its ``model_json_schema()``).
+_OutputSchema: TypeAlias = dict[str, Any] | type[Any] | bool
 __all__ = [
     "Agent",
     "AsyncEventIterator",
@@ -84,18 +87,24 @@ class AsyncEventIterator:
 class Task:
     @property
     def id(self) -> str: ...
-    def result(self, timeout: float | None = None) -> str: ...
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's text, or under an output schema its answer parsed (a pydantic model
+        instance for a model class, else what ``json.loads`` gives)."""
     def cancel(self) -> None: ...
     def done(self) -> bool: ...
     def events(self) -> EventIterator: ...
     def aevents(self) -> AsyncEventIterator: ...
-    def aresult(self) -> Awaitable[str]: ...
+    def aresult(self) -> Awaitable[Any]: ...
 
 @final
 class Agent:
     @property
     def name(self) -> str: ...
-    def submit(self, prompt: str, context_id: str | None = None) -> Task: ...
+    def submit(
+        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+    ) -> Task:
+        """Submits one task. Under ``output_schema`` (default: the agent's) the answer is
+        generated in the schema's shape and ``result()`` returns it parsed."""
     def map(
         self,
         prompts: list[str],
@@ -103,10 +112,19 @@ class Agent:
         ordered: bool = True,
         progress: bool | None = None,
         context_id: str | None = None,
-    ) -> list[str]: ...
-    def stream(self, prompt: str, context_id: str | None = None) -> EventIterator: ...
-    def asubmit(self, prompt: str, context_id: str | None = None) -> Awaitable[str]: ...
-    def astream(self, prompt: str, context_id: str | None = None) -> AsyncEventIterator: ...
+        output_schema: _OutputSchema | None = None,
+    ) -> list[Any]:
+        """One task per prompt in parallel; their texts, or parsed answers under an output
+        schema."""
+    def stream(
+        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+    ) -> EventIterator: ...
+    def asubmit(
+        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+    ) -> Awaitable[Any]: ...
+    def astream(
+        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+    ) -> AsyncEventIterator: ...
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeds ``texts`` as one task on the agent's model (an embedding model such as
         all-MiniLM-L6-v2): one L2-normalised vector per text, in order. A model that does
@@ -152,6 +170,7 @@ class Fleet:
         max_tokens: int | None = None,
         seed: int | None = None,
         topics: list[str] = ...,
+        output_schema: _OutputSchema | None = None,
     ) -> Agent: ...
     def status(self) -> dict[str, object]: ...
     def shutdown(self) -> None: ...
