@@ -2,6 +2,9 @@
 //! like (a JSON schema, any JSON object, a regular expression or a Lark grammar). A model's [`Vocabulary`] turns a format into a [`Constraint`] per sequence, which says
 //! before each token which tokens may come next ([`Mask`]) and follows the tokens chosen.
 //!
+//! Tool calls are a grammar too ([`tool_call_format`]): a model's calls always name a given
+//! function and carry arguments valid under its schema.
+//!
 //! The grammar engine is llguidance (the one vLLM, llama.cpp and mistral.rs use); masks
 //! take tens of microseconds for JSON, so the engine computes them while the forward pass
 //! runs. Everything here is bounded by llguidance's limits (grammar size, lexer states, fuel
@@ -9,9 +12,11 @@
 
 mod constraint;
 mod format;
+mod tools;
 
 pub use constraint::{Constraint, Mask, Vocabulary};
 pub use format::OutputFormat;
+pub use tools::{CALL_CLOSE, CALL_OPEN, CallStyle, ToolChoice, tool_call_format, tools_preamble};
 
 /// What went wrong, said so that the sender can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

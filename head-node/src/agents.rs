@@ -228,10 +228,16 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
         ));
     }
     if let Some(format) = &spec.sampling.format {
-        if !spec.tools.is_empty() || !spec.topics.is_empty() {
+        // With tools, the answer follows the format and calls follow the tools' grammar,
+        // which takes JSON answers only.
+        let json = matches!(
+            format,
+            fleet_proto::OutputFormat::JsonObject | fleet_proto::OutputFormat::JsonSchema(_)
+        );
+        if !json && (!spec.tools.is_empty() || !spec.topics.is_empty()) {
             return bad(format!(
-                "agent {:?} has an output schema and tools or topics: an answer constrained to a \
-                 schema cannot call tools; drop one of them",
+                "agent {:?} has tools and a regex or grammar output format: with tools, give \
+                 a JSON schema",
                 spec.name
             ));
         }
@@ -318,10 +324,9 @@ mod tests {
         Ok(())
     }
 
-    fn with_format(schema: &str, tools: &[&str]) -> AgentSpec {
+    fn with_format(schema: &str) -> AgentSpec {
         let mut spec = echo("a");
         spec.sampling.format = Some(fleet_proto::OutputFormat::JsonSchema(schema.into()));
-        spec.tools = tools.iter().map(|t| t.to_string()).collect();
         spec
     }
 
@@ -333,9 +338,19 @@ mod tests {
             (AgentSpec { model: String::new(), ..echo("a") }, "no model"),
             (AgentSpec { model: "builtin:nope".into(), ..echo("a") }, "built-in"),
             (AgentSpec { instructions: "x".repeat(300 << 10), ..echo("a") }, "at most 256 KiB"),
-            (with_format(r#"{"type": "frobnicate"}"#, &[]), "frobnicate"),
-            (with_format("{not json", &[]), "does not parse"),
-            (with_format(r#"{"type": "object"}"#, &["helper"]), "cannot call tools"),
+            (with_format(r#"{"type": "frobnicate"}"#), "frobnicate"),
+            (with_format("{not json"), "does not parse"),
+            (
+                AgentSpec {
+                    tools: vec!["helper".into()],
+                    sampling: fleet_proto::Sampling {
+                        format: Some(fleet_proto::OutputFormat::Regex("a+".into())),
+                        ..Default::default()
+                    },
+                    ..echo("a")
+                },
+                "give a JSON schema",
+            ),
         ];
         for (spec, needle) in cases {
             let err = validate(&spec).err().map(|e| e.to_string()).unwrap_or_default();

@@ -43,7 +43,7 @@ pub mod transformer;
 
 pub use candle_core::quantized::GgmlDType;
 pub use error::{Error, Result};
-pub use fleet_grammar::OutputFormat;
+pub use fleet_grammar::{OutputFormat, ToolChoice};
 pub use local::{LoadOptions, LocalModel, device, load};
 pub use model::{
     ChatMessage, Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model,

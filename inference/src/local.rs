@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
-use fleet_grammar::{Constraint, GrammarError, OutputFormat, Vocabulary};
+use fleet_grammar::{
+    CallStyle, Constraint, GrammarError, OutputFormat, ToolChoice, Vocabulary, tool_call_format,
+};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -199,7 +201,7 @@ struct Generator {
 
 impl Generator {
     /// A constraint for one generation in `format`.
-    fn constrain(&self, format: &OutputFormat) -> Result<Constraint> {
+    fn constrain(&self, format: &OutputFormat) -> std::result::Result<Constraint, GrammarError> {
         let vocabulary = self.vocabulary.get_or_init(|| {
             let unreadable = |e: String| GrammarError::Vocabulary(e);
             let json =
@@ -210,8 +212,48 @@ impl Generator {
                 tokenizer.encode(&String::from_utf8_lossy(bytes)).unwrap_or_default()
             })
         });
-        let vocabulary = vocabulary.as_ref().map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        vocabulary.constrain(format).map_err(|e| Error::InvalidRequest(e.to_string()))
+        vocabulary.as_ref().map_err(Clone::clone)?.constrain(format)
+    }
+
+    /// The constraint of a request: its tool calls' grammar when it has tools (with its
+    /// format as the answer's), else its format. A model whose vocabulary cannot be read
+    /// still serves requests that may call tools, unconstrained, as before grammars;
+    /// what must be constrained fails with the reason.
+    fn constraint(
+        &self,
+        request: &GenerateRequest,
+        template: &ChatTemplate,
+    ) -> Result<Option<Constraint>> {
+        let invalid = |e: GrammarError| Error::InvalidRequest(e.to_string());
+        if request.tools.is_empty() {
+            let format = request.format.as_ref();
+            return format.map(|f| self.constrain(f)).transpose().map_err(invalid);
+        }
+        // A template that writes `<tool_call>` (or knows no tools and is told to use it)
+        // takes the Hermes style; one that renders tools its own way, Llama's bare JSON.
+        let style =
+            if template.source().contains(fleet_grammar::CALL_OPEN) || !template.renders_tools() {
+                CallStyle::Hermes
+            } else {
+                CallStyle::BareJson
+            };
+        let calls = tool_call_format(
+            &request.tools,
+            &request.tool_choice,
+            request.format.as_ref(),
+            style,
+            request.parallel_tool_calls,
+        )
+        .map_err(invalid)?;
+        match self.constrain(&calls) {
+            Ok(constraint) => Ok(Some(constraint)),
+            Err(GrammarError::Vocabulary(_))
+                if request.tool_choice == ToolChoice::Auto && request.format.is_none() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(invalid(e)),
+        }
     }
 }
 
@@ -240,12 +282,16 @@ impl LocalModel {
     /// The prompt `messages` render to, in token ids.
     pub fn prompt_tokens(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
         let g = self.generator()?;
-        let template = g.tokenizer.chat_template().or(g.fallback.as_ref());
-        let Some(template) = template else {
-            return Err(Error::InvalidRequest(format!("model {} has no chat template", self.id)));
-        };
-        let text = template.render(&request.messages, &request.tools, true)?;
+        let text = self.template()?.render(&request.messages, &request.tools, true)?;
         g.tokenizer.encode(&text)
+    }
+
+    /// The chat template: the tokenizer's, else the built-in fallback.
+    fn template(&self) -> Result<&ChatTemplate> {
+        let g = self.generator()?;
+        let template = g.tokenizer.chat_template().or(g.fallback.as_ref());
+        template
+            .ok_or_else(|| Error::InvalidRequest(format!("model {} has no chat template", self.id)))
     }
 
     /// L2-normalised sentence embeddings, one per text. Blocking: call it off the async
@@ -338,7 +384,7 @@ impl Model for LocalModel {
         let room = g.context - prompt.len();
         let max_tokens = request.max_tokens.map_or(g.default_max_tokens, |m| m as usize).min(room);
         let prompt_tokens = prompt.len();
-        let constraint = request.format.as_ref().map(|f| g.constrain(f)).transpose()?;
+        let constraint = g.constraint(&request, self.template()?)?;
         let events = g.engine.generate(TokenRequest {
             prompt,
             max_tokens,

@@ -65,6 +65,13 @@ pub struct GenerateRequest {
     /// Tools the model may call, in OpenAI's shape
     /// (`{"type": "function", "function": {"name", "description", "parameters"}}`).
     pub tools: Vec<serde_json::Value>,
+    /// Whether the model must call a tool (with `tools`; no tools is OpenAI's `none`).
+    /// Local models write calls under a grammar of their family's call format, so every
+    /// call parses, names a given tool and has arguments valid under its schema.
+    pub tool_choice: fleet_grammar::ToolChoice,
+    /// Whether one reply may make several calls (else one; see
+    /// [`fleet_grammar::tool_call_format`]).
+    pub parallel_tool_calls: bool,
     /// The format the answer must follow (JSON schema, any JSON object, regex, Lark);
     /// only models with a tokenizer the grammar engine reads can follow one.
     pub format: Option<fleet_grammar::OutputFormat>,

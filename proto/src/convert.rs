@@ -78,16 +78,56 @@ impl From<Sampling> for pb::Sampling {
     }
 }
 
+impl From<pb::Turn> for Turn {
+    fn from(t: pb::Turn) -> Self {
+        Self {
+            role: t.role,
+            content: t.content,
+            tool_calls: t
+                .tool_calls
+                .into_iter()
+                .map(|c| CallMade { id: c.call_id, name: c.name, arguments: c.arguments })
+                .collect(),
+            tool_call_id: t.tool_call_id,
+        }
+    }
+}
+
+impl From<&Turn> for pb::Turn {
+    fn from(t: &Turn) -> Self {
+        Self {
+            role: t.role.clone(),
+            content: t.content.clone(),
+            tool_calls: t
+                .tool_calls
+                .iter()
+                .map(|c| pb::ToolCall {
+                    call_id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })
+                .collect(),
+            tool_call_id: t.tool_call_id.clone(),
+        }
+    }
+}
+
 impl From<pb::TaskOptions> for TaskOptions {
     fn from(o: pb::TaskOptions) -> Self {
         Self {
-            history: o
-                .history
-                .into_iter()
-                .map(|t| Turn { role: t.role, content: t.content })
-                .collect(),
+            history: o.history.into_iter().map(Into::into).collect(),
             sampling: o.sampling.map(Into::into).unwrap_or_default(),
             embed: o.embed,
+            // Written by the head from values; text that does not parse is dropped.
+            tools: o.tools.iter().filter_map(|t| serde_json::from_str(t).ok()).collect(),
+            tool_choice: match o.tool_choice.as_str() {
+                "required" => ClientToolChoice::Required,
+                choice => match choice.strip_prefix("function:") {
+                    Some(name) => ClientToolChoice::Function(name.to_owned()),
+                    None => ClientToolChoice::Auto,
+                },
+            },
+            parallel_tool_calls: o.parallel_tool_calls,
         }
     }
 }
@@ -95,13 +135,16 @@ impl From<pb::TaskOptions> for TaskOptions {
 impl From<&TaskOptions> for pb::TaskOptions {
     fn from(o: &TaskOptions) -> Self {
         Self {
-            history: o
-                .history
-                .iter()
-                .map(|t| pb::Turn { role: t.role.clone(), content: t.content.clone() })
-                .collect(),
+            history: o.history.iter().map(Into::into).collect(),
             sampling: Some(o.sampling.clone().into()),
             embed: o.embed.clone(),
+            tools: o.tools.iter().map(ToString::to_string).collect(),
+            tool_choice: match &o.tool_choice {
+                ClientToolChoice::Auto => String::new(),
+                ClientToolChoice::Required => "required".to_owned(),
+                ClientToolChoice::Function(name) => format!("function:{name}"),
+            },
+            parallel_tool_calls: o.parallel_tool_calls,
         }
     }
 }

@@ -115,11 +115,34 @@ impl Sampling {
 }
 
 /// One earlier message of a conversation given with a task.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Turn {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     pub content: String,
+    /// The calls an assistant turn made.
+    pub tool_calls: Vec<CallMade>,
+    /// The call a `tool` turn answers.
+    pub tool_call_id: String,
+}
+
+/// A tool call made in an earlier turn of a conversation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallMade {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}
+
+/// Whether a model must call the client's tools (OpenAI's `tool_choice`; `none` is a task
+/// without client tools).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientToolChoice {
+    #[default]
+    Auto,
+    Required,
+    Function(String),
 }
 
 /// Per-task settings beyond the input (the OpenAI-compatible API sets them).
@@ -131,6 +154,12 @@ pub struct TaskOptions {
     pub sampling: Sampling,
     /// Embed these texts instead of generating.
     pub embed: Vec<String>,
+    /// The client's tools (OpenAI function definitions): the model's calls of them end the
+    /// task as `ToolCall` events, for the client to run.
+    pub tools: Vec<serde_json::Value>,
+    pub tool_choice: ClientToolChoice,
+    /// Whether one reply may make several calls of them (else one).
+    pub parallel_tool_calls: bool,
 }
 
 /// Model options whose values are secrets (credentials for a remote endpoint): the worker

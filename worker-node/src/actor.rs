@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use fleet_inference::{ChatMessage, Role};
+use fleet_inference::{ChatMessage, Role, ToolCall};
 use fleet_proto::{AgentSpec, TaskAssignment};
 use kameo::actor::{Actor, ActorRef};
 use kameo::error::Infallible;
@@ -77,14 +77,35 @@ impl AgentActor {
         }
         match &task.options {
             Some(options) if !options.history.is_empty() => {
-                messages.extend(
-                    options.history.iter().map(|t| ChatMessage::new(role(&t.role), &t.content)),
-                );
+                messages.extend(options.history.iter().map(turn_message));
             }
             _ => messages.extend(self.memory.history(&task.context_id).cloned()),
         }
-        messages.push(ChatMessage::new(Role::User, task.input.clone()));
+        // No input: the conversation given with the task ends where the model answers (a
+        // tool's result, or only a system message).
+        let answers_history =
+            task.input.is_empty() && task.options.as_ref().is_some_and(|o| !o.history.is_empty());
+        if !answers_history {
+            messages.push(ChatMessage::new(Role::User, task.input.clone()));
+        }
         messages
+    }
+}
+
+/// An earlier turn given with a task as the model's message, with its tool calls.
+fn turn_message(t: &fleet_proto::Turn) -> ChatMessage {
+    ChatMessage {
+        tool_calls: t
+            .tool_calls
+            .iter()
+            .map(|c| ToolCall {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            })
+            .collect(),
+        tool_call_id: (!t.tool_call_id.is_empty()).then(|| t.tool_call_id.clone()),
+        ..ChatMessage::new(role(&t.role), &t.content)
     }
 }
 

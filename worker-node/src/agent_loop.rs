@@ -8,8 +8,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_inference::{ChatMessage, GenerateRequest, Model, OutputFormat, Role, ToolCall};
-use fleet_proto::{AgentSpec, EventKind, TaskAssignment, Usage};
+use fleet_inference::{
+    ChatMessage, GenerateRequest, Model, OutputFormat, Role, ToolCall, ToolChoice,
+};
+use fleet_proto::{AgentSpec, ClientToolChoice, EventKind, TaskAssignment, Usage};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -93,13 +95,26 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
     if !run.spec.topics.is_empty() {
         tools.push(topics::publish_definition(&run.spec.topics));
     }
-    if format.is_some() && !tools.is_empty() {
-        // Under a format every round's output is the answer's shape: no call could be written.
-        return Err(failed(format!(
-            "invalid request: agent {} has tools, and an output format leaves it no way to call \
-             them; ask an agent without tools",
-            run.spec.name
-        )));
+    // The client's tools (OpenAI requests): their calls end the task, the client runs them.
+    let client_tools = run.task.options.as_ref().filter(|o| !o.tools.is_empty());
+    let mut tool_choice = ToolChoice::Auto;
+    // An agent makes one call per round and sees its result before the next.
+    let mut parallel_tool_calls = false;
+    if let Some(options) = client_tools {
+        parallel_tool_calls = options.parallel_tool_calls;
+        if !tools.is_empty() {
+            return Err(failed(format!(
+                "invalid request: agent {} calls tools of its own; send tools to a model, or \
+                 to an agent without tools",
+                run.spec.name
+            )));
+        }
+        tools.clone_from(&options.tools);
+        tool_choice = match &options.tool_choice {
+            ClientToolChoice::Auto => ToolChoice::Auto,
+            ClientToolChoice::Required => ToolChoice::Required,
+            ClientToolChoice::Function(name) => ToolChoice::Function(name.clone()),
+        };
     }
     let mut messages = run.messages.clone();
     let mut usage = Usage::default();
@@ -113,6 +128,8 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             seed: sampling.seed,
             stop: sampling.stop.clone(),
             tools: tools.clone(),
+            tool_choice: tool_choice.clone(),
+            parallel_tool_calls,
             format: format.clone(),
             ..Default::default()
         };
@@ -132,6 +149,16 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
         usage.truncated = runner::truncated(&turn.usage);
         output.push_str(&turn.text);
         if turn.tool_calls.is_empty() {
+            return Ok((usage, output));
+        }
+        if client_tools.is_some() {
+            for (i, call) in turn.tool_calls.into_iter().enumerate() {
+                // Unique across the turns of a conversation, as clients keep them.
+                let call_id = format!("call_{}_{i}", run.task.task_id.as_str().replace('-', ""));
+                let event =
+                    EventKind::ToolCall { call_id, name: call.name, arguments: call.arguments };
+                emit(&run.sink, &run.task, event).await;
+            }
             return Ok((usage, output));
         }
         if round == MAX_TOOL_ROUNDS {

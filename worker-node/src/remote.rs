@@ -16,21 +16,22 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::{OpenAIError, WrappedError};
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
-    ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
-    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent,
-    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
-    ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent,
-    ChatCompletionResponseStream, ChatCompletionStreamOptions, ChatCompletionTools,
-    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall, ResponseFormat,
-    ResponseFormatJsonSchema, StopConfiguration,
+    ChatCompletionMessageToolCalls, ChatCompletionNamedToolChoice,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
+    ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
+    ChatCompletionRequestUserMessageContent, ChatCompletionResponseStream,
+    ChatCompletionStreamOptions, ChatCompletionToolChoiceOption, ChatCompletionTools,
+    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall, FunctionName,
+    ResponseFormat, ResponseFormatJsonSchema, StopConfiguration, ToolChoiceOptions,
 };
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
-use fleet_inference::OutputFormat;
 use fleet_inference::{
     ChatMessage, Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model,
     Role, ToolCall, Usage,
 };
+use fleet_inference::{OutputFormat, ToolChoice};
 use futures::StreamExt;
 
 use crate::{Error, Result};
@@ -362,10 +363,24 @@ pub fn chat_request(
         seed: request.seed.map(|s| (s & i64::MAX as u64) as i64),
         stop: (!request.stop.is_empty())
             .then(|| StopConfiguration::StringArray(request.stop.clone())),
+        tool_choice: (!tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
         tools: (!tools.is_empty()).then_some(tools),
         response_format,
         ..Default::default()
     })
+}
+
+/// A request's tool choice in OpenAI's shape.
+fn tool_choice(choice: &ToolChoice) -> ChatCompletionToolChoiceOption {
+    match choice {
+        ToolChoice::Auto => ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Auto),
+        ToolChoice::Required => ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Required),
+        ToolChoice::Function(name) => {
+            ChatCompletionToolChoiceOption::Function(ChatCompletionNamedToolChoice {
+                function: FunctionName { name: name.clone() },
+            })
+        }
+    }
 }
 
 /// One conversation message in OpenAI's shape.

@@ -59,7 +59,9 @@ impl Cluster {
             return Err(Error::InvalidArgument("agent is empty: name the agent to run".into()));
         }
         let embed = task.options.as_ref().map_or(&[][..], |o| &o.embed[..]);
-        if task.input.trim().is_empty() && embed.is_empty() {
+        // A conversation given whole (OpenAI's, ending in a tool's result) needs no input.
+        let history = task.options.as_ref().is_some_and(|o| !o.history.is_empty());
+        if task.input.trim().is_empty() && embed.is_empty() && !history {
             return Err(Error::InvalidArgument(
                 "input is empty: give the agent something to do".into(),
             ));

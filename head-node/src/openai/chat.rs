@@ -22,7 +22,7 @@ use super::errors::ApiError;
 use super::run::TaskRun;
 use super::wire::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
-    CompletionUsage, Delta, finish_reason,
+    CompletionUsage, Delta, ToolCallOut, finish_reason,
 };
 use super::{JsonBody, OpenAi, unix_now};
 use crate::cluster::NewTask;
@@ -40,6 +40,9 @@ pub async fn completions(
         history: request.history.clone(),
         sampling: request.sampling.clone(),
         embed: Vec::new(),
+        tools: request.tools.clone(),
+        tool_choice: request.tool_choice.clone(),
+        parallel_tool_calls: request.parallel_tool_calls,
     };
     let task = NewTask {
         agent,
@@ -114,11 +117,20 @@ fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
 /// Waits for the whole answer.
 async fn complete(mut run: TaskRun, head: Head) -> Result<ChatCompletion, ApiError> {
     let mut text = String::new();
+    let mut calls = Vec::new();
     while let Some(event) = run.next().await {
         match &event.kind {
             EventKind::TextDelta { text: delta } => text.push_str(delta),
-            EventKind::Retrying { .. } => text.clear(),
+            EventKind::ToolCall { call_id, name, arguments } => {
+                calls.push(ToolCallOut::new(call_id, name, arguments));
+            }
+            EventKind::Retrying { .. } => {
+                text.clear();
+                calls.clear();
+            }
             EventKind::Completed { usage } => {
+                let finish = if calls.is_empty() { finish_reason(usage) } else { "tool_calls" };
+                let content = (!text.is_empty() || calls.is_empty()).then_some(text);
                 return Ok(ChatCompletion {
                     id: head.id,
                     object: "chat.completion",
@@ -126,8 +138,8 @@ async fn complete(mut run: TaskRun, head: Head) -> Result<ChatCompletion, ApiErr
                     model: head.model,
                     choices: vec![Choice {
                         index: 0,
-                        message: AssistantMessage { role: "assistant", content: text },
-                        finish_reason: finish_reason(usage),
+                        message: AssistantMessage { role: "assistant", content, tool_calls: calls },
+                        finish_reason: finish,
                         logprobs: None,
                     }],
                     usage: CompletionUsage::from(*usage),
@@ -150,14 +162,19 @@ struct Streaming {
     head: Arc<Head>,
     include_usage: bool,
     sent_text: bool,
+    /// Tool calls sent so far.
+    calls: u32,
 }
 
 /// The chunks of one completion: the role, the text as it comes, the finish reason, the
 /// usage when asked, `[DONE]`; or an error chunk where it fails.
 fn stream_chunks(run: TaskRun, head: Head, include_usage: bool) -> Response {
     let head = Arc::new(head);
-    let first = head.chunk(Delta { role: Some("assistant"), content: Some(String::new()) }, None);
-    let state = Streaming { run, head, include_usage, sent_text: false };
+    let first = head.chunk(
+        Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() },
+        None,
+    );
+    let state = Streaming { run, head, include_usage, sent_text: false, calls: 0 };
     let rest = stream::unfold(Some(state), |state| async move {
         let mut s = state?;
         let (events, keep_going) = next_chunks(&mut s).await;
@@ -181,7 +198,18 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Event>, bool) {
         match &event.kind {
             EventKind::TextDelta { text } if !text.is_empty() => {
                 s.sent_text = true;
-                let delta = Delta { role: None, content: Some(text.clone()) };
+                let delta = Delta { content: Some(text.clone()), ..Default::default() };
+                return (vec![s.head.chunk(delta, None)], true);
+            }
+            EventKind::ToolCall { call_id, name, arguments } => {
+                // Each call whole in one chunk (it is known whole when its event comes).
+                s.sent_text = true;
+                let call = ToolCallOut {
+                    index: Some(s.calls),
+                    ..ToolCallOut::new(call_id, name, arguments)
+                };
+                s.calls += 1;
+                let delta = Delta { tool_calls: vec![call], ..Default::default() };
                 return (vec![s.head.chunk(delta, None)], true);
             }
             EventKind::Retrying { reason, .. } if s.sent_text => {
@@ -192,7 +220,8 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Event>, bool) {
                 return (vec![error_event(&e)], false);
             }
             EventKind::Completed { usage } => {
-                let mut events = vec![s.head.chunk(Delta::default(), Some(finish_reason(usage)))];
+                let finish = if s.calls > 0 { "tool_calls" } else { finish_reason(usage) };
+                let mut events = vec![s.head.chunk(Delta::default(), Some(finish))];
                 if s.include_usage {
                     events.push(s.head.event(Vec::new(), Some(CompletionUsage::from(*usage))));
                 }

@@ -2,7 +2,7 @@
 //! that every rejection names the field at fault (`param`) and unknown fields (clients send
 //! many) are ignored; responses are plain `Serialize` structs.
 
-use fleet_proto::{OutputFormat, Sampling, Turn};
+use fleet_proto::{CallMade, ClientToolChoice, OutputFormat, Sampling, Turn};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -94,6 +94,14 @@ pub struct ChatRequest {
     /// The last message (from the user): what the model answers.
     pub input: String,
     pub sampling: Sampling,
+    /// The client's tools (`tools`; none with `tool_choice: "none"`) and whether the model
+    /// must call them.
+    pub tools: Vec<Value>,
+    pub tool_choice: ClientToolChoice,
+    /// `parallel_tool_calls: true` said explicitly: one reply may make several calls. Left
+    /// out, local models make one call per reply (small models asked for more tend to
+    /// repeat their call until they run out of tokens).
+    pub parallel_tool_calls: bool,
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
@@ -104,19 +112,25 @@ impl ChatRequest {
         let f = Fields::of(body)?;
         let model = f.required_string("model")?.to_owned();
         let mut messages = messages(f.get("messages"))?;
-        let last = messages.pop().ok_or_else(|| {
-            ApiError::invalid("messages", "messages is empty: send at least one user message")
-        })?;
-        if last.role != "user" {
+        let Some(last) = messages.last() else {
             return Err(ApiError::invalid(
-                format!("messages[{}].role", messages.len()),
-                format!(
-                    "the last message is from the {}: end the conversation with a user message \
-                     for the model to answer",
-                    last.role
-                ),
+                "messages",
+                "messages is empty: send at least one message",
             ));
-        }
+        };
+        // The model answers the conversation: a user's message (the task's input), or a
+        // tool's result or system message (the whole conversation is history, no input).
+        let input = match last.role.as_str() {
+            "user" => messages.pop().map(|m| m.content).unwrap_or_default(),
+            "assistant" => {
+                return Err(ApiError::invalid(
+                    format!("messages[{}].role", messages.len() - 1),
+                    "the last message is the assistant's: end the conversation with a user, \
+                     tool or system message for the model to answer",
+                ));
+            }
+            _ => String::new(),
+        };
         let stream = f.bool("stream")?.unwrap_or(false);
         let include_usage = match f.get("stream_options") {
             None => false,
@@ -145,11 +159,16 @@ impl ChatRequest {
             ));
         }
         unsupported_chat_fields(&f)?;
+        let sampling = sampling(&f)?;
+        let (tools, tool_choice) = tools(&f, sampling.format.as_ref())?;
         Ok(Self {
             model,
             history: messages,
-            input: last.content,
-            sampling: sampling(&f)?,
+            input,
+            sampling,
+            tools,
+            tool_choice,
+            parallel_tool_calls: f.bool("parallel_tool_calls")?.unwrap_or(false),
             stream,
             include_usage,
         })
@@ -160,15 +179,9 @@ impl ChatRequest {
 fn unsupported_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
     refuse_if(f.bool("logprobs")?.unwrap_or(false), "logprobs", "leave it out or false")?;
     refuse_if(f.integer("top_logprobs")?.unwrap_or(0) != 0, "top_logprobs", "leave it out")?;
-    let tools_message = "register an agent whose tools are other agents and name that agent as \
-                         the model";
-    let non_empty = |v: Option<&Value>| match v {
-        None => false,
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(_) => true,
-    };
-    refuse_if(non_empty(f.get("tools")), "tools", tools_message)?;
-    refuse_if(non_empty(f.get("functions")), "functions", tools_message)?;
+    let legacy = f.get("functions").is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()));
+    refuse_if(legacy, "functions", "send them as tools (functions is OpenAI's older form)")?;
+    refuse_if(f.get("function_call").is_some(), "function_call", "send tool_choice instead")?;
     for name in ["frequency_penalty", "presence_penalty"] {
         if let Some(p) = f.number(name)? {
             if !(-2.0..=2.0).contains(&p) {
@@ -271,6 +284,115 @@ fn response_format(value: Option<&Value>) -> Result<Option<OutputFormat>, ApiErr
     Ok(Some(format))
 }
 
+/// The most tools one request may give.
+const MAX_TOOLS: usize = 128;
+
+/// `tools` and `tool_choice`. The tools' grammar (with the answer's format) is compiled
+/// here, so that a parameter schema the grammar engine cannot follow is a 400 naming it.
+fn tools(
+    f: &Fields<'_>,
+    format: Option<&OutputFormat>,
+) -> Result<(Vec<Value>, ClientToolChoice), ApiError> {
+    let tools = match f.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => tools.clone(),
+        Some(_) => return Err(ApiError::invalid("tools", "tools must be an array of tools")),
+    };
+    if tools.len() > MAX_TOOLS {
+        return Err(ApiError::invalid("tools", format!("at most {MAX_TOOLS} tools per request")));
+    }
+    let mut names = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let at = |field: &str| format!("tools[{i}].{field}");
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::invalid(at("type"), "tools are of type \"function\""));
+        }
+        let Some(function) = tool.get("function").filter(|f| f.is_object()) else {
+            return Err(ApiError::invalid(
+                at("function"),
+                format!("{} is required", at("function")),
+            ));
+        };
+        let name = function.get("name").and_then(Value::as_str).unwrap_or_default();
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+            return Err(ApiError::invalid(
+                at("function.name"),
+                "a function name is 1 to 64 letters, digits, underscores or dashes",
+            ));
+        }
+        if names.contains(&name) {
+            return Err(ApiError::invalid(
+                at("function.name"),
+                format!("two tools are named {name:?}"),
+            ));
+        }
+        names.push(name);
+        if !matches!(function.get("parameters"), None | Some(Value::Null | Value::Object(_))) {
+            return Err(ApiError::invalid(
+                at("function.parameters"),
+                "parameters must be a JSON Schema object",
+            ));
+        }
+    }
+    let choice = match f.get("tool_choice") {
+        None | Some(Value::Null) => ClientToolChoice::Auto,
+        Some(Value::String(mode)) => match mode.as_str() {
+            "auto" => ClientToolChoice::Auto,
+            "required" => ClientToolChoice::Required,
+            "none" => return Ok((Vec::new(), ClientToolChoice::Auto)),
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
+                        "unknown tool_choice {other:?}: use none, auto, required or a function"
+                    ),
+                ));
+            }
+        },
+        Some(named) => match named.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if names.contains(&name) => ClientToolChoice::Function(name.to_owned()),
+            Some(name) => {
+                return Err(ApiError::invalid(
+                    "tool_choice.function.name",
+                    format!("tool_choice names {name:?}, which is not one of the tools"),
+                ));
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "tool_choice is none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                ));
+            }
+        },
+    };
+    if tools.is_empty() {
+        if choice != ClientToolChoice::Auto {
+            return Err(ApiError::invalid("tool_choice", "tool_choice needs tools to choose from"));
+        }
+        return Ok((tools, choice));
+    }
+    let answer = match format {
+        None => None,
+        Some(OutputFormat::JsonObject) => Some(fleet_grammar::OutputFormat::JsonObject),
+        Some(OutputFormat::JsonSchema(text)) => Some(
+            fleet_grammar::OutputFormat::json_schema_text(text)
+                .map_err(|e| ApiError::invalid("response_format", e.to_string()))?,
+        ),
+        Some(_) => None,
+    };
+    let grammar_choice = match &choice {
+        ClientToolChoice::Auto => fleet_grammar::ToolChoice::Auto,
+        ClientToolChoice::Required => fleet_grammar::ToolChoice::Required,
+        ClientToolChoice::Function(name) => fleet_grammar::ToolChoice::Function(name.clone()),
+    };
+    let style = fleet_grammar::CallStyle::Hermes;
+    fleet_grammar::tool_call_format(&tools, &grammar_choice, answer.as_ref(), style, true)
+        .and_then(|grammar| grammar.check())
+        .map_err(|e| ApiError::invalid("tools", e.to_string()))?;
+    Ok((tools, choice))
+}
+
 fn stop(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
     let strings = match value {
         None => return Ok(Vec::new()),
@@ -317,14 +439,33 @@ fn message(i: usize, value: &Value) -> Result<Turn, ApiError> {
         }
         None => return Err(ApiError::invalid(at("role"), format!("{} is required", at("role")))),
     };
-    if m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty())
-        || m.get("function_call").is_some_and(|c| !c.is_null())
-    {
+    if m.get("function_call").is_some_and(|c| !c.is_null()) {
         return Err(ApiError::unsupported(
-            at("tool_calls"),
-            "tool calls in messages are not supported: this API does not offer tools",
+            at("function_call"),
+            "function_call in messages is OpenAI's older form: send tool_calls",
         ));
     }
+    let tool_calls = match m.get("tool_calls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(calls)) if role == "assistant" => calls
+            .iter()
+            .enumerate()
+            .map(|(j, call)| call_made(&at(&format!("tool_calls[{j}]")), call))
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                at("tool_calls"),
+                "tool_calls is an array, on assistant messages only",
+            ));
+        }
+    };
+    let tool_call_id = match m.get("tool_call_id") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(id)) => id.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(at("tool_call_id"), "tool_call_id must be a string"));
+        }
+    };
     let content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => text_parts(i, parts)?,
@@ -340,7 +481,25 @@ fn message(i: usize, value: &Value) -> Result<Turn, ApiError> {
             ));
         }
     };
-    Ok(Turn { role: role.to_owned(), content })
+    Ok(Turn { role: role.to_owned(), content, tool_calls, tool_call_id })
+}
+
+/// A call an earlier assistant message made: `{"id", "type": "function", "function":
+/// {"name", "arguments"}}`.
+fn call_made(at: &str, call: &Value) -> Result<CallMade, ApiError> {
+    let field = |path: &str| call.pointer(path).and_then(Value::as_str);
+    let (Some(name), Some(arguments)) = (field("/function/name"), field("/function/arguments"))
+    else {
+        return Err(ApiError::invalid(
+            at,
+            format!("{at} needs function.name and function.arguments (a JSON string)"),
+        ));
+    };
+    Ok(CallMade {
+        id: field("/id").unwrap_or_default().to_owned(),
+        name: name.to_owned(),
+        arguments: arguments.to_owned(),
+    })
 }
 
 /// The text of a content array: text parts joined by newlines; other kinds are refused.
@@ -489,7 +648,40 @@ pub fn finish_reason(usage: &fleet_proto::Usage) -> &'static str {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// None (`null`) when the model only called tools.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A tool call of the model for the client to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    /// Its place among the calls of the message (in stream chunks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionOut {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+}
+
+impl ToolCallOut {
+    pub fn new(id: &str, name: &str, arguments: &str) -> Self {
+        Self {
+            index: None,
+            id: id.to_owned(),
+            kind: "function",
+            function: FunctionOut { name: name.to_owned(), arguments: arguments.to_owned() },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -517,6 +709,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
 }
 
 #[derive(Debug, Serialize)]
@@ -640,6 +834,38 @@ mod tests {
     }
 
     #[test]
+    fn a_conversation_ending_in_a_tool_result_is_all_history() -> Result<(), ApiError> {
+        let add = json!({"type": "function", "function": {"name": "add", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}}}}});
+        let body = json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "add", "arguments": "{\"a\": 1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "2"},
+            ],
+            "tools": [add], "tool_choice": {"type": "function", "function": {"name": "add"}},
+        });
+        let r = ChatRequest::parse(&body)?;
+        assert_eq!(r.input, "");
+        assert_eq!(r.history.len(), 3);
+        let call = &r.history[1].tool_calls[0];
+        assert_eq!(
+            (call.id.as_str(), call.name.as_str(), call.arguments.as_str()),
+            ("c1", "add", r#"{"a": 1}"#)
+        );
+        assert_eq!(r.history[2].tool_call_id, "c1");
+        assert_eq!(r.tools, [add]);
+        assert_eq!(r.tool_choice, ClientToolChoice::Function("add".into()));
+        // `none` sends no tools; only a system message is a conversation too.
+        let none = ChatRequest::parse(&json!({"model": "m", "tools": [body["tools"][0]],
+            "tool_choice": "none", "messages": [{"role": "system", "content": "greet"}]}))?;
+        assert!(none.tools.is_empty() && none.input.is_empty() && none.history.len() == 1);
+        Ok(())
+    }
+
+    #[test]
     fn response_formats_become_output_formats() -> Result<(), ApiError> {
         let r = chat(json!({"response_format": {"type": "json_object"}}))?;
         assert_eq!(r.sampling.format, Some(OutputFormat::JsonObject));
@@ -685,7 +911,11 @@ mod tests {
             (json!({"stream_options": {"include_usage": 1}}), "stream_options.include_usage"),
             (json!({"logprobs": true}), "logprobs"),
             (json!({"top_logprobs": 3}), "top_logprobs"),
-            (json!({"tools": [{"type": "function"}]}), "tools"),
+            (json!({"tools": [{"type": "function"}]}), "tools[0].function"),
+            (json!({"tools": {"type": "function"}}), "tools"),
+            (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
             (json!({"response_format": {"type": "json_schema"}}), "response_format.json_schema"),
             (
                 json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
@@ -718,6 +948,10 @@ mod tests {
             ),
             (
                 json!({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]}, {"role": "user", "content": "a"}]}),
+                "messages[0].tool_calls[0]",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}),
                 "messages[0].tool_calls",
             ),
         ];

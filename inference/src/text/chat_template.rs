@@ -75,6 +75,12 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// Whether the template renders tools itself (it reads a `tools` variable); others are
+    /// told about tools in their system message (see [`with_tools_in_text`]).
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
     /// Renders the prompt. `tools` is left undefined when empty, as `transformers` does, so
     /// templates take their no-tools branch.
     pub fn render(
@@ -83,6 +89,13 @@ impl ChatTemplate {
         tools: &[serde_json::Value],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        let rewritten;
+        let (messages, tools) = if tools.is_empty() || self.renders_tools() {
+            (messages, tools)
+        } else {
+            rewritten = with_tools_in_text(messages, tools);
+            (&rewritten[..], &[][..])
+        };
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -176,6 +189,56 @@ fn tool_calls(calls: &[crate::ToolCall]) -> Value {
         })
         .collect();
     Value::from(calls)
+}
+
+/// A conversation for a template that knows no tools, in the Hermes format a model without
+/// a tool format of its own is told to use: the tools and how to call them at the end of
+/// the system message, earlier calls as `<tool_call>` text, their results as user messages
+/// in `<tool_response>` tags (as Qwen2.5's template writes them).
+fn with_tools_in_text(messages: &[ChatMessage], tools: &[serde_json::Value]) -> Vec<ChatMessage> {
+    let preamble = fleet_grammar::tools_preamble(tools);
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    let rest = match messages.first() {
+        Some(first) if first.role == Role::System => {
+            out.push(ChatMessage::new(Role::System, format!("{}\n\n{preamble}", first.content)));
+            &messages[1..]
+        }
+        _ => {
+            out.push(ChatMessage::new(Role::System, preamble));
+            messages
+        }
+    };
+    for m in rest {
+        out.push(match m.role {
+            Role::Assistant if !m.tool_calls.is_empty() => {
+                let mut text = m.content.clone();
+                for call in &m.tool_calls {
+                    let arguments = serde_json::from_str::<serde_json::Value>(&call.arguments)
+                        .unwrap_or_else(|_| call.arguments.clone().into());
+                    // By hand: `name` first, as the grammar has models write it.
+                    let call = format!(
+                        r#"{{"name": {}, "arguments": {arguments}}}"#,
+                        serde_json::Value::from(call.name.as_str())
+                    );
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!(
+                        "{}\n{call}\n{}",
+                        fleet_grammar::CALL_OPEN,
+                        fleet_grammar::CALL_CLOSE
+                    ));
+                }
+                ChatMessage::new(Role::Assistant, text)
+            }
+            Role::Tool => ChatMessage::new(
+                Role::User,
+                format!("<tool_response>\n{}\n</tool_response>", m.content),
+            ),
+            _ => m.clone(),
+        });
+    }
+    out
 }
 
 fn raise_exception(message: String) -> Result<String, minijinja::Error> {
@@ -323,6 +386,40 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_without_tools_is_told_about_them_in_the_system_message()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let template = ChatTemplate::chatml();
+        assert!(!template.renders_tools());
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "add"}})];
+        let call = crate::ToolCall {
+            id: "c1".into(),
+            name: "add".into(),
+            arguments: r#"{"a": 1}"#.into(),
+        };
+        let messages = [
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "1+1?"),
+            ChatMessage { tool_calls: vec![call], ..ChatMessage::new(Role::Assistant, "") },
+            ChatMessage::tool_result("c1", "2"),
+        ];
+        let prompt = template.render(&messages, &tools, true)?;
+        let expected = [
+            "<|im_start|>system\nBe brief.\n\n# Tools",
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\":1}}\n</tool_call><|im_end|>",
+            "<|im_start|>user\n<tool_response>\n2\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+        ];
+        for part in expected {
+            assert!(prompt.contains(part), "{part:?} not in {prompt}");
+        }
+        let listed = prompt.split("<tools>\n").nth(1).and_then(|t| t.split("\n</tools>").next());
+        let listed: serde_json::Value = serde_json::from_str(listed.unwrap_or_default())?;
+        assert_eq!(listed, tools[0]);
+        // Without tools the conversation renders as it is.
+        assert!(!template.render(&messages[..2], &[], true)?.contains("# Tools"));
+        Ok(())
+    }
 
     #[test]
     fn strftime_formats_known_instants() {
