@@ -218,11 +218,11 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() -> Result<(
         ensure!(status == 404 && error_shape(&body)? == "model", "{status} {body}");
         still_serving().await?;
 
-        // n = 2, through the typed client.
-        let mut two = chat("builtin:echo", "hi")?;
-        two.n = Some(2);
+        // n = 9 (at most 8 choices), through the typed client.
+        let mut nine = chat("builtin:echo", "hi")?;
+        nine.n = Some(9);
         let (status, e) =
-            api_error(openai.chat().create(two).await.err().context("n=2 accepted")?)?;
+            api_error(openai.chat().create(nine).await.err().context("n=9 accepted")?)?;
         ensure!(status == 400 && e.param.as_deref() == Some("n"), "{status} {e:?}");
         still_serving().await?;
         // An oversized body (the input limit is 1 MiB): 413.
@@ -250,7 +250,8 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() -> Result<(
             (with(json!({"temperature": "warm"})), 400, json!("temperature")),
             (with(json!({"seed": -3})), 400, json!("seed")),
             (with(json!({"messages": image})), 400, json!("messages[0].content[0]")),
-            (with(json!({"tools": tool})), 400, json!("tools")),
+            (with(json!({"tools": tool, "tool_choice": "sometimes"})), 400, json!("tool_choice")),
+            (with(json!({"tools": [{"type": "function"}]})), 400, json!("tools[0].function")),
             (with(json!({"model": "builtin:nope"})), 404, json!("model")),
         ];
         for (body, want_status, want_param) in cases {

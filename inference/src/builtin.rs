@@ -108,6 +108,12 @@ impl Model for Echo {
                     .into(),
             ));
         }
+        if !request.tools.is_empty() && request.tool_choice != crate::ToolChoice::Auto {
+            // It never calls a tool, so it cannot honour a call that must be made.
+            return Err(Error::InvalidRequest(
+                "builtin:echo repeats its input and never calls tools: use a local model".into(),
+            ));
+        }
         // The latest user message or tool result: after a tool call, echo answers with
         // what the tool returned.
         let last_user = request

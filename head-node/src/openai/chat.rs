@@ -44,24 +44,44 @@ pub async fn completions(
         tool_choice: request.tool_choice.clone(),
         parallel_tool_calls: request.parallel_tool_calls,
     };
-    let task = NewTask {
-        agent,
-        input: request.input.clone(),
-        context_id: String::new(),
-        options: Some(Arc::new(options)),
-    };
-    let run = TaskRun::start(&api.cluster, task)?;
+    // One task per choice (`n`); with a seed, choice i samples with seed + i, so that the
+    // choices differ the way OpenAI's do while each stays reproducible.
+    let mut runs = Vec::with_capacity(request.n as usize);
+    for i in 0..u64::from(request.n) {
+        let mut options = options.clone();
+        options.sampling.seed = options.sampling.seed.map(|seed| seed.wrapping_add(i));
+        let task = NewTask {
+            agent: agent.clone(),
+            input: request.input.clone(),
+            context_id: String::new(),
+            options: Some(Arc::new(options)),
+        };
+        // Those started already are canceled when `runs` drops on a refusal.
+        runs.push(TaskRun::start(&api.cluster, task)?);
+    }
     let head = Head {
-        id: format!("chatcmpl-{}", run.task_id),
+        id: format!("chatcmpl-{}", runs[0].task_id),
         created: unix_now(),
         model: request.model.clone(),
     };
-    tracing::debug!(task_id = %run.task_id, model = %request.model, stream = request.stream, "chat completion");
+    tracing::debug!(task_id = %runs[0].task_id, model = %request.model, n = request.n, stream = request.stream, "chat completion");
     if request.stream {
-        Ok(stream_chunks(run, head, request.include_usage).into_response())
+        Ok(stream_chunks(runs, head, request.include_usage).into_response())
     } else {
-        Ok(Json(complete(run, head).await?).into_response())
+        let answers = futures::future::try_join_all(runs.into_iter().map(complete)).await?;
+        Ok(Json(completion(answers, head)).into_response())
     }
+}
+
+/// The usage of a completion's choices: the prompt once (every choice read the same),
+/// the completions summed.
+fn total_usage(usages: impl IntoIterator<Item = fleet_proto::Usage>) -> CompletionUsage {
+    let mut total: Option<fleet_proto::Usage> = None;
+    for u in usages {
+        let t = total.get_or_insert(fleet_proto::Usage { completion_tokens: 0, ..u });
+        t.completion_tokens = t.completion_tokens.saturating_add(u.completion_tokens);
+    }
+    CompletionUsage::from(total.unwrap_or_default())
 }
 
 /// What every chunk of one completion repeats.
@@ -72,8 +92,8 @@ struct Head {
 }
 
 impl Head {
-    fn chunk(&self, delta: Delta, finish: Option<&'static str>) -> Event {
-        let choice = ChunkChoice { index: 0, delta, finish_reason: finish, logprobs: None };
+    fn chunk(&self, index: u32, delta: Delta, finish: Option<&'static str>) -> Event {
+        let choice = ChunkChoice { index, delta, finish_reason: finish, logprobs: None };
         self.event(vec![choice], None)
     }
 
@@ -114,8 +134,10 @@ fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
     }
 }
 
-/// Waits for the whole answer.
-async fn complete(mut run: TaskRun, head: Head) -> Result<ChatCompletion, ApiError> {
+/// Waits for the whole answer of one choice.
+async fn complete(
+    mut run: TaskRun,
+) -> Result<(AssistantMessage, &'static str, fleet_proto::Usage), ApiError> {
     let mut text = String::new();
     let mut calls = Vec::new();
     while let Some(event) = run.next().await {
@@ -131,19 +153,8 @@ async fn complete(mut run: TaskRun, head: Head) -> Result<ChatCompletion, ApiErr
             EventKind::Completed { usage } => {
                 let finish = if calls.is_empty() { finish_reason(usage) } else { "tool_calls" };
                 let content = (!text.is_empty() || calls.is_empty()).then_some(text);
-                return Ok(ChatCompletion {
-                    id: head.id,
-                    object: "chat.completion",
-                    created: head.created,
-                    model: head.model,
-                    choices: vec![Choice {
-                        index: 0,
-                        message: AssistantMessage { role: "assistant", content, tool_calls: calls },
-                        finish_reason: finish,
-                        logprobs: None,
-                    }],
-                    usage: CompletionUsage::from(*usage),
-                });
+                let message = AssistantMessage { role: "assistant", content, tool_calls: calls };
+                return Ok((message, finish, *usage));
             }
             EventKind::Failed { .. }
             | EventKind::Canceled { .. }
@@ -156,32 +167,94 @@ async fn complete(mut run: TaskRun, head: Head) -> Result<ChatCompletion, ApiErr
     Err(ended_without_answer(None))
 }
 
-/// The stream's state between chunks.
+/// A `chat.completion` of every choice's answer.
+fn completion(
+    answers: Vec<(AssistantMessage, &'static str, fleet_proto::Usage)>,
+    head: Head,
+) -> ChatCompletion {
+    let usage = total_usage(answers.iter().map(|(_, _, usage)| *usage));
+    let choices = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, (message, finish_reason, _))| Choice {
+            index: i as u32,
+            message,
+            finish_reason,
+            logprobs: None,
+        })
+        .collect();
+    ChatCompletion {
+        id: head.id,
+        object: "chat.completion",
+        created: head.created,
+        model: head.model,
+        choices,
+        usage,
+    }
+}
+
+/// One choice's stream between chunks.
 struct Streaming {
     run: TaskRun,
+    index: u32,
     head: Arc<Head>,
-    include_usage: bool,
     sent_text: bool,
     /// Tool calls sent so far.
     calls: u32,
 }
 
-/// The chunks of one completion: the role, the text as it comes, the finish reason, the
-/// usage when asked, `[DONE]`; or an error chunk where it fails.
-fn stream_chunks(run: TaskRun, head: Head, include_usage: bool) -> Response {
+/// What one choice's stream yields: a chunk, its usage once it completed, or an error chunk
+/// that ends the whole response.
+enum Out {
+    Chunk(Event),
+    Done(fleet_proto::Usage),
+    Fatal(Event),
+}
+
+/// The chunks of a completion: each choice's role, text or tool calls as they come and
+/// finish reason (choices interleaved as their tokens arrive), the usage when asked,
+/// `[DONE]`; or an error chunk where one fails, which ends the response (the other
+/// choices' tasks are canceled as their runs drop with it).
+fn stream_chunks(runs: Vec<TaskRun>, head: Head, include_usage: bool) -> Response {
     let head = Arc::new(head);
-    let first = head.chunk(
-        Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() },
-        None,
-    );
-    let state = Streaming { run, head, include_usage, sent_text: false, calls: 0 };
-    let rest = stream::unfold(Some(state), |state| async move {
-        let mut s = state?;
-        let (events, keep_going) = next_chunks(&mut s).await;
-        Some((stream::iter(events), keep_going.then_some(s)))
+    let choices = runs.into_iter().enumerate().map(|(i, run)| {
+        let index = i as u32;
+        let role =
+            Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
+        let first = Out::Chunk(head.chunk(index, role, None));
+        let state = Streaming { run, index, head: head.clone(), sent_text: false, calls: 0 };
+        let rest = stream::unfold(Some(state), |state| async move {
+            let mut s = state?;
+            let (outs, keep_going) = next_chunks(&mut s).await;
+            Some((stream::iter(outs), keep_going.then_some(s)))
+        })
+        .flatten();
+        stream::once(async move { first }).chain(rest).boxed()
+    });
+    let merged = (stream::select_all(choices), Vec::new());
+    let events = stream::unfold(Some(merged), move |state| {
+        let head = head.clone();
+        async move {
+            let (mut choices, mut usages) = state?;
+            loop {
+                match choices.next().await {
+                    Some(Out::Chunk(event)) => return Some((vec![event], Some((choices, usages)))),
+                    Some(Out::Done(usage)) => usages.push(usage),
+                    Some(Out::Fatal(event)) => return Some((vec![event], None)),
+                    None => {
+                        let mut tail = Vec::new();
+                        if include_usage {
+                            tail.push(head.event(Vec::new(), Some(total_usage(usages))));
+                        }
+                        tail.push(Event::default().data("[DONE]"));
+                        return Some((tail, None));
+                    }
+                }
+            }
+        }
     })
-    .flatten();
-    let events = stream::once(async move { first }).chain(rest).map(Ok::<_, Infallible>);
+    .flat_map(stream::iter)
+    .map(Ok::<_, Infallible>);
     sse(events)
 }
 
@@ -189,17 +262,17 @@ fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
 }
 
-/// The chunks for the task's next event that shows, and whether more may follow.
-async fn next_chunks(s: &mut Streaming) -> (Vec<Event>, bool) {
+/// The chunks for one choice's next event that shows, and whether more may follow.
+async fn next_chunks(s: &mut Streaming) -> (Vec<Out>, bool) {
     loop {
         let Some(event) = s.run.next().await else {
-            return (vec![error_event(&ended_without_answer(None))], false);
+            return (vec![Out::Fatal(error_event(&ended_without_answer(None)))], false);
         };
         match &event.kind {
             EventKind::TextDelta { text } if !text.is_empty() => {
                 s.sent_text = true;
                 let delta = Delta { content: Some(text.clone()), ..Default::default() };
-                return (vec![s.head.chunk(delta, None)], true);
+                return (vec![Out::Chunk(s.head.chunk(s.index, delta, None))], true);
             }
             EventKind::ToolCall { call_id, name, arguments } => {
                 // Each call whole in one chunk (it is known whole when its event comes).
@@ -210,28 +283,25 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Event>, bool) {
                 };
                 s.calls += 1;
                 let delta = Delta { tool_calls: vec![call], ..Default::default() };
-                return (vec![s.head.chunk(delta, None)], true);
+                return (vec![Out::Chunk(s.head.chunk(s.index, delta, None))], true);
             }
             EventKind::Retrying { reason, .. } if s.sent_text => {
                 let e = ApiError::server(format!(
                     "the task's worker was lost after part of the answer was sent ({reason}): \
                      retry the request"
                 ));
-                return (vec![error_event(&e)], false);
+                return (vec![Out::Fatal(error_event(&e))], false);
             }
             EventKind::Completed { usage } => {
                 let finish = if s.calls > 0 { "tool_calls" } else { finish_reason(usage) };
-                let mut events = vec![s.head.chunk(Delta::default(), Some(finish))];
-                if s.include_usage {
-                    events.push(s.head.event(Vec::new(), Some(CompletionUsage::from(*usage))));
-                }
-                events.push(Event::default().data("[DONE]"));
-                return (events, false);
+                let last = s.head.chunk(s.index, Delta::default(), Some(finish));
+                return (vec![Out::Chunk(last), Out::Done(*usage)], false);
             }
             EventKind::Failed { .. }
             | EventKind::Canceled { .. }
             | EventKind::InputRequired { .. } => {
-                return (vec![error_event(&ended_without_answer(Some(&event.kind)))], false);
+                let e = ended_without_answer(Some(&event.kind));
+                return (vec![Out::Fatal(error_event(&e))], false);
             }
             _ => {}
         }

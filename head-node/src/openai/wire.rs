@@ -102,6 +102,8 @@ pub struct ChatRequest {
     /// out, local models make one call per reply (small models asked for more tend to
     /// repeat their call until they run out of tokens).
     pub parallel_tool_calls: bool,
+    /// How many choices to generate (`n`), each its own task.
+    pub n: u32,
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
@@ -151,13 +153,16 @@ impl ChatRequest {
                 ));
             }
         };
-        let n = f.integer("n")?;
-        if n.is_some_and(|n| n != 1) {
-            return Err(ApiError::unsupported(
-                "n",
-                "n must be 1: send one request per completion you want",
-            ));
-        }
+        let n = match f.integer("n")? {
+            None => 1,
+            Some(n @ 1..=MAX_CHOICES) => n as u32,
+            Some(n) => {
+                return Err(ApiError::invalid(
+                    "n",
+                    format!("n must be from 1 to {MAX_CHOICES}, got {n}"),
+                ));
+            }
+        };
         unsupported_chat_fields(&f)?;
         let sampling = sampling(&f)?;
         let (tools, tool_choice) = tools(&f, sampling.format.as_ref())?;
@@ -169,6 +174,7 @@ impl ChatRequest {
             tools,
             tool_choice,
             parallel_tool_calls: f.bool("parallel_tool_calls")?.unwrap_or(false),
+            n,
             stream,
             include_usage,
         })
@@ -283,6 +289,9 @@ fn response_format(value: Option<&Value>) -> Result<Option<OutputFormat>, ApiErr
     checked.check().map_err(|e| ApiError::invalid(at_schema, e.to_string()))?;
     Ok(Some(format))
 }
+
+/// The most choices (`n`) one request may ask for.
+const MAX_CHOICES: i64 = 8;
 
 /// The most tools one request may give.
 const MAX_TOOLS: usize = 128;
@@ -901,7 +910,8 @@ mod tests {
             (json!({"temperature": "hot"}), "temperature"),
             (json!({"top_p": 0}), "top_p"),
             (json!({"top_p": 1.1}), "top_p"),
-            (json!({"n": 2}), "n"),
+            (json!({"n": 9}), "n"),
+            (json!({"n": 0}), "n"),
             (json!({"seed": -1}), "seed"),
             (json!({"seed": 1.5}), "seed"),
             (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),

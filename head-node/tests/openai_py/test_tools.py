@@ -164,3 +164,31 @@ def test_bad_tools_are_400s_naming_the_field(cluster: Cluster) -> None:
     assert bad.value.param == "messages[1].role"
     ok = client.chat.completions.create(model=SMOLLM2, messages=hi, max_tokens=5)  # type: ignore[arg-type]
     assert ok.choices[0].message.content is not None
+
+
+def test_n_choices_streamed_or_not(cluster: Cluster) -> None:
+    client = cluster.client()
+    ask = [{"role": "user", "content": "Name a colour."}]
+    reply = client.chat.completions.create(model=SMOLLM2, messages=ask, n=4, temperature=1.0, seed=3, max_tokens=8)  # type: ignore[arg-type]
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert all(c.message.content for c in reply.choices)
+    assert len({c.message.content for c in reply.choices}) >= 2  # seeds 3..6: different samples
+    assert reply.usage is not None and reply.usage.completion_tokens >= 4
+    # The same seeds streamed give the same four answers, interleaved by index.
+    texts = ["", "", "", ""]
+    finishes: dict[int, str] = {}
+    usage = None
+    for chunk in client.chat.completions.create(model=SMOLLM2, messages=ask, n=4, temperature=1.0, seed=3, max_tokens=8,  # type: ignore[arg-type]
+                                                stream=True, stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+        usage = chunk.usage or usage
+    assert texts == [c.message.content for c in reply.choices]
+    assert sorted(finishes) == [0, 1, 2, 3]
+    assert usage is not None and usage.completion_tokens == reply.usage.completion_tokens
+    # With tools, every choice calls.
+    calls = client.chat.completions.create(model=SMOLLM2, messages=[{"role": "user", "content": "Weather in Oslo?"}], n=3,  # type: ignore[arg-type]
+                                           tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0.8, seed=1)  # type: ignore[list-item]
+    assert len(calls.choices) == 3 and all(check_calls(c.message) for c in calls.choices)
