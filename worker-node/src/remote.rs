@@ -866,6 +866,7 @@ mod tests {
                     "description": "the weather in a city",
                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}
                 }}],
+                "tool_choice": "auto",
             })
         );
         // Unset settings are left to the server; no stop or tools means none sent.
