@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         .submit(Submission::new("writer", "agents stream their answers word by word"))
         .await?;
     while let Some(event) = events.next().await {
-        if let fleet_client::EventKind::TextDelta { text } = event?.kind {
+        if let fleet_client::EventKind::TextDelta { text, .. } = event?.kind {
             print!("[{text}]");
         }
     }

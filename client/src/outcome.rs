@@ -46,7 +46,7 @@ impl TaskOutcome {
             self.state = state;
         }
         match &event.kind {
-            EventKind::TextDelta { text } => self.output.push_str(text),
+            EventKind::TextDelta { text, .. } => self.output.push_str(text),
             EventKind::Completed { usage } => self.usage = *usage,
             EventKind::Failed { error, .. } => self.error.clone_from(error),
             EventKind::Canceled { reason } => self.error.clone_from(reason),

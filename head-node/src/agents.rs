@@ -278,6 +278,16 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
     {
         return bad(format!("sampling.top_p must be in (0, 1], got {p}"));
     }
+    for (name, value) in [
+        ("presence_penalty", spec.sampling.presence_penalty),
+        ("frequency_penalty", spec.sampling.frequency_penalty),
+    ] {
+        if let Some(p) = value
+            && !(-2.0..=2.0).contains(&p)
+        {
+            return bad(format!("sampling.{name} must be between -2 and 2, got {p}"));
+        }
+    }
     if spec.max_retries > 100 {
         return bad(format!("max_retries must be at most 100, got {}", spec.max_retries));
     }

@@ -232,6 +232,8 @@ pub struct SamplingTable {
     pub seed: Option<u64>,
     #[serde(default)]
     pub stop: Vec<String>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
 }
 
 impl From<AgentTable> for AgentSpec {
@@ -259,6 +261,9 @@ impl From<AgentTable> for AgentSpec {
                 max_tokens: t.sampling.max_tokens,
                 seed: t.sampling.seed,
                 stop: t.sampling.stop,
+                presence_penalty: t.sampling.presence_penalty,
+                frequency_penalty: t.sampling.frequency_penalty,
+                logprobs: None,
                 // TOML values are JSON values (a datetime becomes its string).
                 format: t
                     .output_schema

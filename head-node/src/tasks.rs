@@ -157,7 +157,7 @@ fn event_bytes(kind: &EventKind) -> usize {
     let payload = match kind {
         EventKind::Submitted { agent: s }
         | EventKind::Scheduled { worker_id: s }
-        | EventKind::TextDelta { text: s }
+        | EventKind::TextDelta { text: s, .. }
         | EventKind::Canceled { reason: s }
         | EventKind::InputRequired { prompt: s }
         | EventKind::Retrying { reason: s, .. } => s.len(),
@@ -207,7 +207,7 @@ impl TaskEntry {
         }
         self.bytes += event_bytes(kind);
         match kind {
-            EventKind::TextDelta { text } => {
+            EventKind::TextDelta { text, .. } => {
                 self.output.push_str(text);
                 self.bytes += text.len();
             }
@@ -527,7 +527,7 @@ mod tests {
         let task = table.get_mut("t1").expect("task");
         task.push(EventKind::Submitted { agent: "a".into() }, 1);
         task.push(EventKind::Working, 2);
-        task.push(EventKind::TextDelta { text: "hi".into() }, 3);
+        task.push(EventKind::text("hi"), 3);
         let last = task.push(EventKind::Completed { usage: Usage::default() }, 4);
         assert_eq!(last.seq, 4);
         assert_eq!(task.state, TaskState::Completed);
@@ -544,7 +544,7 @@ mod tests {
         let task = table.get_mut("t1").expect("task");
         task.follow(sub, 1);
         for _ in 0..4 {
-            task.push(EventKind::TextDelta { text: "x".into() }, 0);
+            task.push(EventKind::text("x"), 0);
         }
         assert!(task.subscribers.is_empty());
         assert!(subscription.was_cut());
@@ -593,7 +593,7 @@ mod tests {
             let id = TaskId::new(format!("t{i}"));
             let task = table.insert(id.clone(), "a".into(), "x".into(), String::new());
             for _ in 0..10 {
-                task.push(EventKind::TextDelta { text: "y".repeat(1000) }, 0);
+                task.push(EventKind::text("y".repeat(1000)), 0);
             }
             complete(&mut table, &id);
         }

@@ -105,7 +105,7 @@ async fn events_arrive_in_order_with_no_gaps() -> Result<()> {
             let text: String = events
                 .iter()
                 .filter_map(|e| match &e.kind {
-                    EventKind::TextDelta { text } => Some(text.as_str()),
+                    EventKind::TextDelta { text, .. } => Some(text.as_str()),
                     _ => None,
                 })
                 .collect();

@@ -186,7 +186,7 @@ fn worker_seeds() -> Vec<Vec<u8>> {
         }),
         WorkerUpdate::Events(vec![
             event(EventKind::Working),
-            event(EventKind::TextDelta { text: "hello".into() }),
+            event(EventKind::text("hello")),
             event(EventKind::ToolCall {
                 call_id: "c1".into(),
                 name: "search".into(),

@@ -247,7 +247,7 @@ async fn run_many_and_watch_ride_through_a_head_restart() -> Result<()> {
         while let Some(event) = stream.next().await {
             let event = event?;
             seqs.push(event.seq);
-            if let EventKind::TextDelta { text: t } = &event.kind {
+            if let EventKind::TextDelta { text: t, .. } = &event.kind {
                 text.push_str(t);
             }
         }

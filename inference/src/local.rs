@@ -325,6 +325,7 @@ fn sampling(request: &GenerateRequest) -> Result<SamplingParams> {
         min_p: request.min_p,
         repetition_penalty: request.repetition_penalty.unwrap_or(1.0),
         presence_penalty: request.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
         seed: request.seed,
     };
     params.validate().map_err(Error::InvalidRequest)?;

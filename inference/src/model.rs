@@ -57,6 +57,7 @@ pub struct GenerateRequest {
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
     pub seed: Option<u64>,
     /// Generation ends before any of these strings (which are not emitted).
     pub stop: Vec<String>,

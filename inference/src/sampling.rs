@@ -1,5 +1,5 @@
 //! Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p,
-//! repetition and presence penalties, reproducible with a seed.
+//! repetition, presence and frequency penalties, reproducible with a seed.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,6 +17,8 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// Subtracted from the logit of every token already generated, OpenAI-style.
     pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated, OpenAI-style.
+    pub frequency_penalty: f32,
     /// Makes sampling reproducible.
     pub seed: Option<u64>,
 }
@@ -30,6 +32,7 @@ impl Default for SamplingParams {
             min_p: None,
             repetition_penalty: 1.0,
             presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: None,
         }
     }
@@ -61,17 +64,22 @@ impl SamplingParams {
                 self.repetition_penalty
             ));
         }
-        if !(self.presence_penalty.is_finite() && (-2.0..=2.0).contains(&self.presence_penalty)) {
-            return Err(format!(
-                "presence_penalty must be between -2 and 2, got {}",
-                self.presence_penalty
-            ));
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(value.is_finite() && (-2.0..=2.0).contains(&value)) {
+                return Err(format!("{name} must be between -2 and 2, got {value}"));
+            }
         }
         Ok(())
     }
 
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 && self.repetition_penalty == 1.0 && self.presence_penalty == 0.0
+        self.temperature == 0.0
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
     }
 }
 
@@ -107,13 +115,13 @@ impl Sampler {
                 }
             }
         }
-        if p.presence_penalty != 0.0 {
-            let mut present = generated.to_vec();
-            present.sort_unstable();
-            present.dedup();
-            for t in present {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l -= p.presence_penalty;
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            // OpenAI's formula: logit - presence * [count > 0] - frequency * count.
+            let mut counted = generated.to_vec();
+            counted.sort_unstable();
+            for run in counted.chunk_by(|a, b| a == b) {
+                if let Some(l) = logits.get_mut(run[0] as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
                 }
             }
         }
@@ -267,6 +275,10 @@ mod tests {
         let mut presence = Sampler::new(params(|p| p.presence_penalty = 1.0));
         assert_eq!(presence.sample(&LOGITS, &[1], &[1]), 2);
         assert_eq!(presence.sample(&LOGITS, &[1], &[]), 1, "presence counts generated tokens only");
+        // Token 1 leads token 2 by 0.5: one occurrence at 0.4 keeps it ahead, two do not.
+        let mut frequency = Sampler::new(params(|p| p.frequency_penalty = 0.4));
+        assert_eq!(frequency.sample(&LOGITS, &[1], &[1]), 1);
+        assert_eq!(frequency.sample(&LOGITS, &[1, 1], &[1, 1]), 2, "frequency counts each time");
     }
 
     #[test]
@@ -276,6 +288,11 @@ mod tests {
         );
         assert!(params(|p| p.top_p = Some(0.0)).validate().is_err_and(|e| e.contains("top_p")));
         assert!(params(|p| p.top_k = Some(0)).validate().is_err_and(|e| e.contains("top_k")));
+        assert!(
+            params(|p| p.frequency_penalty = 2.5)
+                .validate()
+                .is_err_and(|e| e.contains("frequency_penalty"))
+        );
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

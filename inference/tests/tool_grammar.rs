@@ -19,8 +19,11 @@ use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn tiny_model() -> Result<LocalModel> {
-    let dir = std::env::temp_dir().join(format!("fleet-tool-grammar-{}", std::process::id()));
+/// `name` keeps each test's files apart: tests run concurrently in one process, and one
+/// rewriting tokenizer.json while another loads it reads an empty file.
+fn tiny_model(name: &str) -> Result<LocalModel> {
+    let dir =
+        std::env::temp_dir().join(format!("fleet-tool-grammar-{name}-{}", std::process::id()));
     let mut cfg = fixture::tiny_config(Family::Qwen2, true);
     // The tools' system message is ~900 tokens of the fixture's byte-level vocabulary.
     cfg.max_positions = 2048;
@@ -128,7 +131,7 @@ fn calls(text: &str) -> std::result::Result<Vec<(String, Value)>, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_weights_call_tools_properly_whenever_they_call() -> Result<()> {
-    let model = tiny_model()?;
+    let model = tiny_model("calls")?;
     let mut runs = Vec::new();
     for seed in 0..8 {
         let mut required = request("weather?", seed, ToolChoice::Required, 1.0);
@@ -182,7 +185,7 @@ async fn random_weights_call_tools_properly_whenever_they_call() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_tool_or_choice_is_an_invalid_request() -> Result<()> {
-    let model = tiny_model()?;
+    let model = tiny_model("refusals")?;
     let mut unknown = request("x", 0, ToolChoice::Function("fly".into()), 1.0);
     let error = model.generate(unknown.clone()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("\"fly\""), "{error}");

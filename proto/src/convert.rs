@@ -34,6 +34,30 @@ impl From<pb::Resources> for Resources {
     }
 }
 
+impl From<TokenLogprob> for pb::TokenLogprob {
+    fn from(t: TokenLogprob) -> Self {
+        Self {
+            token: t.token,
+            logprob: t.logprob,
+            top: t
+                .top
+                .into_iter()
+                .map(|(token, logprob)| pb::TopLogprob { token, logprob })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::TokenLogprob> for TokenLogprob {
+    fn from(t: pb::TokenLogprob) -> Self {
+        Self {
+            token: t.token,
+            logprob: t.logprob,
+            top: t.top.into_iter().map(|t| (t.token, t.logprob)).collect(),
+        }
+    }
+}
+
 impl From<Resources> for pb::Resources {
     fn from(r: Resources) -> Self {
         Self { cpus: r.cpus, memory_bytes: r.memory_bytes, gpus: r.gpus }
@@ -48,6 +72,9 @@ impl From<pb::Sampling> for Sampling {
             max_tokens: s.max_tokens,
             seed: s.seed,
             stop: s.stop,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            logprobs: s.logprobs,
             format: s.format.and_then(|f| f.kind).map(|kind| match kind {
                 pb::output_format::Kind::JsonObject(_) => OutputFormat::JsonObject,
                 pb::output_format::Kind::JsonSchema(schema) => OutputFormat::JsonSchema(schema),
@@ -66,6 +93,9 @@ impl From<Sampling> for pb::Sampling {
             max_tokens: s.max_tokens,
             seed: s.seed,
             stop: s.stop,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            logprobs: s.logprobs,
             format: s.format.map(|f| pb::OutputFormat {
                 kind: Some(match f {
                     OutputFormat::JsonObject => pb::output_format::Kind::JsonObject(true),
@@ -285,7 +315,10 @@ impl From<&EventKind> for pb::task_event::Kind {
             EventKind::Submitted { agent } => K::Submitted(pb::Submitted { agent }),
             EventKind::Scheduled { worker_id } => K::Scheduled(pb::Scheduled { worker_id }),
             EventKind::Working => K::Working(pb::Working {}),
-            EventKind::TextDelta { text } => K::TextDelta(pb::TextDelta { text }),
+            EventKind::TextDelta { text, logprobs } => K::TextDelta(pb::TextDelta {
+                text,
+                logprobs: logprobs.into_iter().map(Into::into).collect(),
+            }),
             EventKind::ToolCall { call_id, name, arguments } => {
                 K::ToolCall(pb::ToolCall { call_id, name, arguments })
             }
@@ -315,7 +348,10 @@ impl From<pb::task_event::Kind> for EventKind {
             K::Submitted(e) => Self::Submitted { agent: e.agent },
             K::Scheduled(e) => Self::Scheduled { worker_id: e.worker_id },
             K::Working(_) => Self::Working,
-            K::TextDelta(e) => Self::TextDelta { text: e.text },
+            K::TextDelta(e) => Self::TextDelta {
+                text: e.text,
+                logprobs: e.logprobs.into_iter().map(Into::into).collect(),
+            },
             K::ToolCall(e) => {
                 Self::ToolCall { call_id: e.call_id, name: e.name, arguments: e.arguments }
             }

@@ -81,6 +81,12 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// The format the answer must follow.
     pub format: Option<OutputFormat>,
+    /// Subtracted from the logit of every token already generated (-2 to 2).
+    pub presence_penalty: Option<f32>,
+    /// Subtracted from a generated token's logit once per time it appeared (-2 to 2).
+    pub frequency_penalty: Option<f32>,
+    /// Report each generated token's log-probability and this many alternatives.
+    pub logprobs: Option<u32>,
 }
 
 /// A format a generation is constrained to (local models follow it token by token).
@@ -110,6 +116,9 @@ impl Sampling {
                 overrides.stop.clone()
             },
             format: overrides.format.clone().or_else(|| self.format.clone()),
+            presence_penalty: overrides.presence_penalty.or(self.presence_penalty),
+            frequency_penalty: overrides.frequency_penalty.or(self.frequency_penalty),
+            logprobs: overrides.logprobs.or(self.logprobs),
         }
     }
 }
@@ -313,6 +322,8 @@ pub enum EventKind {
     Working,
     TextDelta {
         text: String,
+        /// The log-probabilities of the tokens `text` came from, when asked for.
+        logprobs: Vec<TokenLogprob>,
     },
     ToolCall {
         call_id: String,
@@ -347,7 +358,21 @@ pub enum EventKind {
     },
 }
 
+/// A generated token's log-probability and the most likely tokens at its position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// Most likely first.
+    pub top: Vec<(String, f32)>,
+}
+
 impl EventKind {
+    /// Text without logprobs.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::TextDelta { text: text.into(), logprobs: Vec::new() }
+    }
+
     /// The state a task is in after this event.
     pub fn state_after(&self) -> Option<TaskState> {
         match self {

@@ -249,7 +249,7 @@ async fn map_tasks(
                         vectors[i] = None;
                     }
                     let outcome = match e.kind {
-                        EventKind::TextDelta { text: t } => {
+                        EventKind::TextDelta { text: t, .. } => {
                             text[i].push_str(&t);
                             continue;
                         }

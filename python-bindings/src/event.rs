@@ -69,7 +69,7 @@ impl From<&TaskEvent> for Event {
                 "scheduled"
             }
             EventKind::Working => "working",
-            EventKind::TextDelta { text } => {
+            EventKind::TextDelta { text, .. } => {
                 event.text.clone_from(text);
                 "text_delta"
             }

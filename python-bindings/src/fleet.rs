@@ -362,7 +362,14 @@ impl Fleet {
             instructions,
             description,
             tools,
-            sampling: Sampling { temperature, top_p, max_tokens, seed, stop: Vec::new(), format },
+            sampling: Sampling {
+                temperature,
+                top_p,
+                max_tokens,
+                seed,
+                format,
+                ..Default::default()
+            },
             resources: Resources { cpus, memory_bytes: memory_mb.saturating_mul(1 << 20), gpus },
             max_retries: max_retries.unwrap_or(fleet_client::DEFAULT_MAX_RETRIES),
             labels: labels.unwrap_or_default(),

@@ -36,7 +36,7 @@ pub fn final_text(events: &[fleet_client::TaskEvent]) -> String {
         .iter()
         .filter(|e| e.attempt == attempt)
         .filter_map(|e| match &e.kind {
-            fleet_client::EventKind::TextDelta { text } => Some(text.as_str()),
+            fleet_client::EventKind::TextDelta { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect()

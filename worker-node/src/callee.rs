@@ -86,7 +86,7 @@ impl LocalCalls {
             let mut output = String::new();
             while let Some(event) = events.recv().await {
                 match event.kind {
-                    EventKind::TextDelta { text } => output.push_str(&text),
+                    EventKind::TextDelta { text, .. } => output.push_str(&text),
                     EventKind::Completed { .. } => return (output, false),
                     EventKind::Failed { error, .. } => return (error, true),
                     EventKind::Canceled { reason } => return (reason, true),

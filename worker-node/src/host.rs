@@ -380,7 +380,7 @@ mod tests {
         let text: String = second
             .iter()
             .filter_map(|k| match k {
-                EventKind::TextDelta { text } => Some(text.as_str()),
+                EventKind::TextDelta { text, .. } => Some(text.as_str()),
                 _ => None,
             })
             .collect();

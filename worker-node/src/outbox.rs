@@ -135,7 +135,7 @@ mod tests {
             seq: 0,
             attempt: 1,
             timestamp_us: 0,
-            kind: EventKind::TextDelta { text: "x".into() },
+            kind: EventKind::text("x"),
         }
     }
 

@@ -29,7 +29,7 @@ use async_openai::types::chat::{
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use fleet_inference::{
     ChatMessage, Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model,
-    Role, ToolCall, Usage,
+    Role, TokenLogprob, ToolCall, Usage,
 };
 use fleet_inference::{OutputFormat, ToolChoice};
 use futures::StreamExt;
@@ -307,7 +307,7 @@ fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
 }
 
 /// The streaming chat completion for `request` on `model`. Settings OpenAI's API lacks
-/// (top_k, min_p, repetition_penalty) are not sent, and logprobs are not asked for.
+/// (top_k, min_p, repetition_penalty) are not sent.
 #[allow(deprecated)] // `max_tokens` and `seed`: deprecated by OpenAI, the ones servers know
 pub fn chat_request(
     model: &str,
@@ -358,6 +358,9 @@ pub fn chat_request(
         temperature: request.temperature,
         top_p: request.top_p,
         presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        logprobs: request.logprobs.map(|_| true),
+        top_logprobs: request.logprobs.map(|n| n.min(20) as u8),
         // The top bit is dropped: some servers reject negative seeds, and the mapping stays
         // deterministic.
         seed: request.seed.map(|s| (s & i64::MAX as u64) as i64),
@@ -504,6 +507,12 @@ impl ChunkDecoder {
         }
         let mut events = Vec::new();
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            // Each token's logprobs come before the text holding it, as local models send them.
+            for l in choice.logprobs.and_then(|l| l.content).into_iter().flatten() {
+                let top = l.top_logprobs.into_iter().map(|t| (t.token, t.logprob)).collect();
+                let logprob = TokenLogprob { token: l.token, logprob: l.logprob, top };
+                events.push(GenerationEvent::Logprobs(logprob));
+            }
             // A refusal is the model's answer in OpenAI's separate field.
             for text in [choice.delta.content, choice.delta.refusal].into_iter().flatten() {
                 if !text.is_empty() {

@@ -3,7 +3,7 @@
 //! or more of these per task.
 
 use fleet_inference::{FinishReason, Generation, GenerationEvent, ToolCall};
-use fleet_proto::{EventKind, TaskAssignment, TaskEvent, now_us};
+use fleet_proto::{EventKind, TaskAssignment, TaskEvent, TokenLogprob, now_us};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,7 @@ pub async fn generate(
 ) -> Result<Turn, EventKind> {
     let mut turn = Turn::default();
     let mut parser = find_tool_calls.then(ToolCallParser::default);
+    let mut logprobs = Vec::new();
     loop {
         let next = tokio::select! {
             biased;
@@ -59,15 +60,14 @@ pub async fn generate(
                     Some(p) => p.push(&text),
                     None => text,
                 };
-                show(task, sink, &mut turn, shown).await;
+                show(task, sink, &mut turn, shown, &mut logprobs).await;
             }
-            // Logprobs have no event of their own in the cluster yet.
-            Some(Ok(GenerationEvent::Logprobs(_))) => {}
+            Some(Ok(GenerationEvent::Logprobs(l))) => logprobs.push(logprob(l)),
             Some(Ok(GenerationEvent::ToolCall(call))) => turn.tool_calls.push(call),
             Some(Ok(GenerationEvent::Done(usage))) => {
                 if let Some(parser) = parser {
                     let (rest, calls) = parser.finish();
-                    show(task, sink, &mut turn, rest).await;
+                    show(task, sink, &mut turn, rest, &mut logprobs).await;
                     turn.tool_calls.extend(calls);
                 }
                 turn.usage = usage;
@@ -79,11 +79,24 @@ pub async fn generate(
     }
 }
 
-async fn show(task: &TaskAssignment, sink: &EventSink, turn: &mut Turn, text: String) {
+/// Emits `text` with the logprobs of the tokens it came from. Logprobs wait for text: a
+/// token may end inside a UTF-8 character, or inside markup the parser holds back.
+async fn show(
+    task: &TaskAssignment,
+    sink: &EventSink,
+    turn: &mut Turn,
+    text: String,
+    logprobs: &mut Vec<TokenLogprob>,
+) {
     if !text.is_empty() {
         turn.text.push_str(&text);
-        emit(sink, task, EventKind::TextDelta { text }).await;
+        let logprobs = std::mem::take(logprobs);
+        emit(sink, task, EventKind::TextDelta { text, logprobs }).await;
     }
+}
+
+fn logprob(l: fleet_inference::TokenLogprob) -> TokenLogprob {
+    TokenLogprob { token: l.token, logprob: l.logprob, top: l.top }
 }
 
 /// Whether a generation was cut off by max_tokens or the context.

@@ -91,7 +91,7 @@ async fn run_task(
     while let Some(event) = stream.next().await {
         match event?.kind {
             EventKind::Scheduled { worker_id } => worker = worker_id,
-            EventKind::TextDelta { text: delta } => text.push_str(&delta),
+            EventKind::TextDelta { text: delta, .. } => text.push_str(&delta),
             EventKind::Completed { .. } => return Ok((worker, text, TaskState::Completed)),
             EventKind::Failed { error, .. } => return Ok((worker, error, TaskState::Failed)),
             EventKind::Canceled { .. } => return Ok((worker, text, TaskState::Canceled)),
@@ -291,7 +291,7 @@ async fn an_agent_calls_another_agent_as_a_tool() -> Result<()> {
         let text: String = kinds
             .iter()
             .filter_map(|k| match k {
-                EventKind::TextDelta { text } => Some(text.as_str()),
+                EventKind::TextDelta { text, .. } => Some(text.as_str()),
                 _ => None,
             })
             .collect();

@@ -42,7 +42,7 @@ async fn call_through(client: &Client, agent: &str, input: &str) -> Result<(Stri
     while let Some(event) = stream.next().await {
         match event?.kind {
             EventKind::ToolResult { output, is_error, .. } => result = Some((output, is_error)),
-            EventKind::TextDelta { text: delta } => text.push_str(&delta),
+            EventKind::TextDelta { text: delta, .. } => text.push_str(&delta),
             EventKind::Completed { .. } => break,
             EventKind::Failed { error, .. } => anyhow::bail!("{agent} failed: {error}"),
             _ => {}

@@ -218,7 +218,7 @@ fn updates(
                 info.state = s;
             }
             let item = match &event.kind {
-                EventKind::TextDelta { text } => {
+                EventKind::TextDelta { text, .. } => {
                     info.output.push_str(text);
                     let append = std::mem::replace(&mut chunked, true);
                     render::artifact_update(

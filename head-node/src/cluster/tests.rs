@@ -108,8 +108,7 @@ fn events_a_worker_sends_again_are_applied_once_and_acknowledged() {
     let (c, mut rx, resume) = cluster.worker_joined(registration("w1", 1, 5, &[]), String::new());
     assert_eq!(resume, 0);
     let t = task(&cluster, "ab");
-    let text =
-        |s: u64, t: &str| event(&TaskId::new(""), s, EventKind::TextDelta { text: t.into() });
+    let text = |s: u64, t: &str| event(&TaskId::new(""), s, EventKind::text(t));
     let batch = |events: Vec<TaskEvent>| -> Vec<TaskEvent> {
         events.into_iter().map(|e| TaskEvent { task_id: t.clone(), ..e }).collect()
     };

@@ -97,7 +97,7 @@ impl TaskInfo {
             }
             info.attempt = e.attempt;
             match &e.kind {
-                EventKind::TextDelta { text } => info.output.push_str(text),
+                EventKind::TextDelta { text, .. } => info.output.push_str(text),
                 EventKind::Completed { usage } => info.usage = *usage,
                 EventKind::Failed { error, .. } => info.error.clone_from(error),
                 EventKind::Scheduled { worker_id } => info.worker_id.clone_from(worker_id),

@@ -15,20 +15,20 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use fleet_proto::{EventKind, TaskOptions};
+use fleet_proto::EventKind;
 use futures::{Stream, StreamExt, stream};
 
 use super::errors::ApiError;
 use super::run::TaskRun;
 use super::wire::{
-    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
-    CompletionUsage, Delta, ToolCallOut, finish_reason,
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceLogprobs,
+    ChunkChoice, CompletionUsage, Delta, ToolCallOut, finish_reason,
 };
 use super::{JsonBody, OpenAi, unix_now};
 use crate::cluster::NewTask;
 
 /// Comment lines on a quiet stream (a model loading), so proxies keep the connection open.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub async fn completions(
     State(api): State<OpenAi>,
@@ -36,14 +36,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&body)?;
     let agent = api.agent_for(&request.model)?;
-    let options = TaskOptions {
-        history: request.history.clone(),
-        sampling: request.sampling.clone(),
-        embed: Vec::new(),
-        tools: request.tools.clone(),
-        tool_choice: request.tool_choice.clone(),
-        parallel_tool_calls: request.parallel_tool_calls,
-    };
+    let options = request.task_options();
     // One task per choice (`n`); with a seed, choice i samples with seed + i, so that the
     // choices differ the way OpenAI's do while each stays reproducible.
     let mut runs = Vec::with_capacity(request.n as usize);
@@ -63,6 +56,7 @@ pub async fn completions(
         id: format!("chatcmpl-{}", runs[0].task_id),
         created: unix_now(),
         model: request.model.clone(),
+        logprobs: request.sampling.logprobs.is_some(),
     };
     tracing::debug!(task_id = %runs[0].task_id, model = %request.model, n = request.n, stream = request.stream, "chat completion");
     if request.stream {
@@ -89,11 +83,25 @@ struct Head {
     id: String,
     created: u64,
     model: String,
+    /// Whether the request asked for logprobs.
+    logprobs: bool,
 }
 
 impl Head {
     fn chunk(&self, index: u32, delta: Delta, finish: Option<&'static str>) -> Event {
-        let choice = ChunkChoice { index, delta, finish_reason: finish, logprobs: None };
+        self.chunk_with(index, delta, finish, &[])
+    }
+
+    /// A chunk with the logprobs of its text's tokens (`null` unless the request asked).
+    fn chunk_with(
+        &self,
+        index: u32,
+        delta: Delta,
+        finish: Option<&'static str>,
+        logprobs: &[fleet_proto::TokenLogprob],
+    ) -> Event {
+        let logprobs = self.logprobs.then(|| ChoiceLogprobs::new(logprobs));
+        let choice = ChunkChoice { index, delta, finish_reason: finish, logprobs };
         self.event(vec![choice], None)
     }
 
@@ -121,7 +129,7 @@ fn error_event(e: &ApiError) -> Event {
 }
 
 /// The error for a task that ended without completing, or whose events stopped.
-fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
+pub(super) fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
     match kind {
         Some(EventKind::Failed { error, .. }) => ApiError::task_failed(error),
         Some(EventKind::Canceled { reason }) => {
@@ -134,32 +142,43 @@ fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
     }
 }
 
+/// One choice's whole answer.
+pub(super) struct Answer {
+    pub message: AssistantMessage,
+    pub finish_reason: &'static str,
+    pub usage: fleet_proto::Usage,
+    pub logprobs: Vec<fleet_proto::TokenLogprob>,
+}
+
 /// Waits for the whole answer of one choice.
-async fn complete(
-    mut run: TaskRun,
-) -> Result<(AssistantMessage, &'static str, fleet_proto::Usage), ApiError> {
+pub(super) async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = run.next().await {
         match &event.kind {
-            EventKind::TextDelta { text: delta } => text.push_str(delta),
+            EventKind::TextDelta { text: delta, logprobs: tokens } => {
+                text.push_str(delta);
+                logprobs.extend_from_slice(tokens);
+            }
             EventKind::ToolCall { call_id, name, arguments } => {
                 calls.push(ToolCallOut::new(call_id, name, arguments));
             }
             EventKind::Retrying { .. } => {
                 text.clear();
                 calls.clear();
+                logprobs.clear();
             }
             EventKind::Completed { usage } => {
                 let finish = if calls.is_empty() { finish_reason(usage) } else { "tool_calls" };
                 let content = (!text.is_empty() || calls.is_empty()).then_some(text);
                 let message = AssistantMessage { role: "assistant", content, tool_calls: calls };
-                return Ok((message, finish, *usage));
+                return Ok(Answer { message, finish_reason: finish, usage: *usage, logprobs });
             }
-            EventKind::Failed { .. }
+            kind @ (EventKind::Failed { .. }
             | EventKind::Canceled { .. }
-            | EventKind::InputRequired { .. } => {
-                return Err(ended_without_answer(Some(&event.kind)));
+            | EventKind::InputRequired { .. }) => {
+                return Err(ended_without_answer(Some(kind)));
             }
             _ => {}
         }
@@ -168,19 +187,16 @@ async fn complete(
 }
 
 /// A `chat.completion` of every choice's answer.
-fn completion(
-    answers: Vec<(AssistantMessage, &'static str, fleet_proto::Usage)>,
-    head: Head,
-) -> ChatCompletion {
-    let usage = total_usage(answers.iter().map(|(_, _, usage)| *usage));
+fn completion(answers: Vec<Answer>, head: Head) -> ChatCompletion {
+    let usage = total_usage(answers.iter().map(|a| a.usage));
     let choices = answers
         .into_iter()
         .enumerate()
-        .map(|(i, (message, finish_reason, _))| Choice {
+        .map(|(i, a)| Choice {
             index: i as u32,
-            message,
-            finish_reason,
-            logprobs: None,
+            logprobs: head.logprobs.then(|| ChoiceLogprobs::new(&a.logprobs)),
+            message: a.message,
+            finish_reason: a.finish_reason,
         })
         .collect();
     ChatCompletion {
@@ -269,10 +285,11 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Out>, bool) {
             return (vec![Out::Fatal(error_event(&ended_without_answer(None)))], false);
         };
         match &event.kind {
-            EventKind::TextDelta { text } if !text.is_empty() => {
+            EventKind::TextDelta { text, logprobs } if !text.is_empty() => {
                 s.sent_text = true;
                 let delta = Delta { content: Some(text.clone()), ..Default::default() };
-                return (vec![Out::Chunk(s.head.chunk(s.index, delta, None))], true);
+                let chunk = s.head.chunk_with(s.index, delta, None, logprobs);
+                return (vec![Out::Chunk(chunk)], true);
             }
             EventKind::ToolCall { call_id, name, arguments } => {
                 // Each call whole in one chunk (it is known whole when its event comes).

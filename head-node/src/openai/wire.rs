@@ -110,6 +110,18 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The options of the request's task (of each, with `n` above 1).
+    pub fn task_options(&self) -> fleet_proto::TaskOptions {
+        fleet_proto::TaskOptions {
+            history: self.history.clone(),
+            sampling: self.sampling.clone(),
+            embed: Vec::new(),
+            tools: self.tools.clone(),
+            tool_choice: self.tool_choice.clone(),
+            parallel_tool_calls: self.parallel_tool_calls,
+        }
+    }
+
     pub fn parse(body: &Value) -> Result<Self, ApiError> {
         let f = Fields::of(body)?;
         let model = f.required_string("model")?.to_owned();
@@ -183,19 +195,9 @@ impl ChatRequest {
 
 /// Rejects the chat features the cluster's models do not offer, saying what to do instead.
 fn unsupported_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
-    refuse_if(f.bool("logprobs")?.unwrap_or(false), "logprobs", "leave it out or false")?;
-    refuse_if(f.integer("top_logprobs")?.unwrap_or(0) != 0, "top_logprobs", "leave it out")?;
     let legacy = f.get("functions").is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()));
     refuse_if(legacy, "functions", "send them as tools (functions is OpenAI's older form)")?;
     refuse_if(f.get("function_call").is_some(), "function_call", "send tool_choice instead")?;
-    for name in ["frequency_penalty", "presence_penalty"] {
-        if let Some(p) = f.number(name)? {
-            if !(-2.0..=2.0).contains(&p) {
-                return Err(ApiError::invalid(name, format!("{name} must be between -2 and 2")));
-            }
-            refuse_if(p != 0.0, name, "leave it out or 0")?;
-        }
-    }
     let bias = f.get("logit_bias").is_some_and(|b| b.as_object().is_none_or(|o| !o.is_empty()));
     refuse_if(bias, "logit_bias", "leave it out")?;
     refuse_if(f.get("audio").is_some(), "audio", "this server answers with text only")?;
@@ -238,8 +240,47 @@ fn sampling(f: &Fields<'_>) -> Result<Sampling, ApiError> {
         seed,
         stop: stop(f.get("stop"))?,
         format: response_format(f.get("response_format"))?,
+        presence_penalty: penalty(f, "presence_penalty")?,
+        frequency_penalty: penalty(f, "frequency_penalty")?,
+        logprobs: logprobs(f)?,
     })
 }
+
+/// `presence_penalty` or `frequency_penalty`: -2 to 2; 0 is the same as none.
+fn penalty(f: &Fields<'_>, name: &str) -> Result<Option<f32>, ApiError> {
+    match f.number(name)? {
+        Some(p) if !(-2.0..=2.0).contains(&p) => {
+            Err(ApiError::invalid(name, format!("{name} must be between -2 and 2, got {p}")))
+        }
+        Some(p) if p != 0.0 => Ok(Some(p as f32)),
+        _ => Ok(None),
+    }
+}
+
+/// `logprobs: true` with `top_logprobs` alternatives per token (0 to 20), as the number
+/// of alternatives the model reports; `None` when logprobs are not asked for.
+fn logprobs(f: &Fields<'_>) -> Result<Option<u32>, ApiError> {
+    let wanted = f.bool("logprobs")?.unwrap_or(false);
+    let top = f.integer("top_logprobs")?;
+    if let Some(n) = top {
+        if !(0..=MAX_TOP_LOGPROBS).contains(&n) {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+            ));
+        }
+        if !wanted {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true (set both, or leave top_logprobs out)",
+            ));
+        }
+    }
+    Ok(wanted.then(|| top.unwrap_or(0) as u32))
+}
+
+/// The most alternatives per token a request may ask for (OpenAI's limit).
+const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// `response_format`: text (no constraint), any JSON object, or JSON under a schema. The
 /// schema is compiled here so that one the grammar engine cannot follow is a 400 naming
@@ -698,7 +739,58 @@ pub struct Choice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// The logprobs of a choice's (or a chunk's) tokens, when the request asked for them.
+#[derive(Debug, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<LogprobOut>,
+    /// This server's models never refuse in OpenAI's separate field.
+    pub refusal: Option<()>,
+}
+
+impl ChoiceLogprobs {
+    pub fn new(tokens: &[fleet_proto::TokenLogprob]) -> Self {
+        Self { content: tokens.iter().map(LogprobOut::from).collect(), refusal: None }
+    }
+}
+
+/// One token's logprob and the most likely tokens at its place, each with its UTF-8 bytes
+/// (a token may be part of a character).
+#[derive(Debug, Serialize)]
+pub struct LogprobOut {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprobOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopLogprobOut {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl From<&fleet_proto::TokenLogprob> for LogprobOut {
+    fn from(t: &fleet_proto::TokenLogprob) -> Self {
+        let top_logprobs = t
+            .top
+            .iter()
+            .map(|(token, logprob)| TopLogprobOut {
+                token: token.clone(),
+                logprob: *logprob,
+                bytes: token.as_bytes().to_vec(),
+            })
+            .collect();
+        Self {
+            token: t.token.clone(),
+            logprob: t.logprob,
+            bytes: t.token.as_bytes().to_vec(),
+            top_logprobs,
+        }
+    }
 }
 
 /// A `chat.completion`.
@@ -727,7 +819,7 @@ pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
 }
 
 /// A `chat.completion.chunk` of a stream.
@@ -889,6 +981,28 @@ mod tests {
     }
 
     #[test]
+    fn penalties_and_logprobs_become_sampling() -> Result<(), ApiError> {
+        let body = |extra: Value| {
+            let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            b.as_object_mut().into_iter().for_each(|o| {
+                o.extend(extra.as_object().cloned().unwrap_or_default());
+            });
+            b
+        };
+        let r = ChatRequest::parse(&body(json!({
+            "presence_penalty": 0.5, "frequency_penalty": -1, "logprobs": true, "top_logprobs": 3
+        })))?;
+        assert_eq!(r.sampling.presence_penalty, Some(0.5));
+        assert_eq!(r.sampling.frequency_penalty, Some(-1.0));
+        assert_eq!(r.sampling.logprobs, Some(3));
+        let r = ChatRequest::parse(&body(json!({"logprobs": true, "presence_penalty": 0})))?;
+        assert_eq!((r.sampling.logprobs, r.sampling.presence_penalty), (Some(0), None));
+        let r = ChatRequest::parse(&body(json!({"logprobs": false})))?;
+        assert_eq!(r.sampling.logprobs, None);
+        Ok(())
+    }
+
+    #[test]
     fn max_completion_tokens_wins_and_huge_values_saturate() -> Result<(), ApiError> {
         let r = chat(json!({"max_tokens": 5, "max_completion_tokens": 9}))?;
         assert_eq!(r.sampling.max_tokens, Some(9));
@@ -919,8 +1033,10 @@ mod tests {
             (json!({"stop": ""}), "stop"),
             (json!({"stream": "yes"}), "stream"),
             (json!({"stream_options": {"include_usage": 1}}), "stream_options.include_usage"),
-            (json!({"logprobs": true}), "logprobs"),
+            (json!({"logprobs": "yes"}), "logprobs"),
             (json!({"top_logprobs": 3}), "top_logprobs"),
+            (json!({"logprobs": true, "top_logprobs": 21}), "top_logprobs"),
+            (json!({"logprobs": true, "top_logprobs": -1}), "top_logprobs"),
             (json!({"tools": [{"type": "function"}]}), "tools[0].function"),
             (json!({"tools": {"type": "function"}}), "tools"),
             (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
@@ -936,7 +1052,7 @@ mod tests {
                 "response_format.json_schema.schema",
             ),
             (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
-            (json!({"presence_penalty": 0.5}), "presence_penalty"),
+            (json!({"presence_penalty": -2.5}), "presence_penalty"),
             (json!({"frequency_penalty": 3}), "frequency_penalty"),
             (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
             (json!({"model": ""}), "model"),
