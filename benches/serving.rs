@@ -22,9 +22,11 @@ use fleet_inference::{
 };
 use fleet_testkit::ClusterSandbox;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+
+mod common;
+use common::{Http, chat_stream};
 
 const STREAMS: usize = 32;
 const STREAM_TOKENS: u32 = 64;
@@ -126,8 +128,6 @@ async fn grpc_ttft(client: &fleet_client::Client, input: &str) -> Result<(f64, u
     anyhow::bail!("no end for {input:?}")
 }
 
-type Http = HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
-
 /// One streaming chat completion, read to its end: seconds to the first content chunk and
 /// the usage chunk's (prompt, completion) tokens.
 async fn openai_stream(
@@ -145,36 +145,10 @@ async fn openai_stream(
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    let request = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))?;
-    let started = Instant::now();
-    let response = http.request(request).await?;
-    ensure!(response.status().is_success(), "status {}", response.status());
-    let mut body = response.into_body();
-    let (mut first, mut buffer, mut tokens) = (None, String::new(), None);
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
-        buffer.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            let Some(json) = event.trim().strip_prefix("data: ") else { continue };
-            if json == "[DONE]" {
-                continue;
-            }
-            let chunk: serde_json::Value = serde_json::from_str(json)?;
-            let content = chunk.pointer("/choices/0/delta/content").and_then(|c| c.as_str());
-            if content.is_some_and(|c| !c.is_empty()) {
-                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-            }
-            if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-                let count = |key: &str| usage.get(key).and_then(|n| n.as_u64()).unwrap_or(0) as u32;
-                tokens = Some((count("prompt_tokens"), count("completion_tokens")));
-            }
-            ensure!(chunk.get("error").is_none(), "error chunk: {json}");
-        }
-    }
-    Ok((first.context("no content chunk")?, tokens.context("no usage chunk")?))
+    let out = chat_stream(http, url, &body).await?;
+    ensure!(!out.text.is_empty(), "no content chunk");
+    ensure!(out.prompt_tokens > 0, "no usage chunk");
+    Ok((out.ttft, (out.prompt_tokens, out.completion_tokens)))
 }
 
 #[tokio::main]

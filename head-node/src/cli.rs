@@ -87,6 +87,11 @@ pub struct Args {
     /// ~/.local/share/agentfleet]. One head per directory.
     #[arg(long, value_name = "DIR", env = "FLEET_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Place tasks by load alone, ignoring which workers recently ran a task's agent or the
+    /// start of its conversation (by default those are preferred: their prefix caches
+    /// likely hold the prompt's start).
+    #[arg(long)]
+    no_prefix_affinity: bool,
     /// Agents clients may register [default: 10000].
     #[arg(long)]
     max_agents: Option<usize>,
@@ -148,6 +153,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if args.allow_private_webhooks {
         config.allow_private_webhooks = true;
+    }
+    if args.no_prefix_affinity {
+        config.prefix_affinity = false;
     }
     if let Some(v) = &args.webhook_ca {
         config.webhook_ca = Some(v.clone());

@@ -60,6 +60,9 @@ pub struct HeadConfig {
     pub lease_ttl: Duration,
     /// Agents declared in the config file.
     pub agents: Vec<AgentSpec>,
+    /// Whether placement prefers a worker that recently ran a task's agent or the start of
+    /// its conversation (its prefix cache likely holds that prompt) over a less loaded one.
+    pub prefix_affinity: bool,
 }
 
 impl Default for HeadConfig {
@@ -87,6 +90,7 @@ impl Default for HeadConfig {
             advertise: None,
             lease_ttl: Duration::from_secs(5),
             agents: Vec::new(),
+            prefix_affinity: true,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct ConfigFile {
     pub data_dir: Option<std::path::PathBuf>,
     pub advertise: Option<String>,
     pub lease_ms: Option<u64>,
+    /// `false`: place tasks by load alone, ignoring which workers' caches are warm.
+    pub prefix_affinity: Option<bool>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
 }
@@ -365,6 +371,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.allow_private_webhooks {
             config.allow_private_webhooks = v;
+        }
+        if let Some(v) = self.prefix_affinity {
+            config.prefix_affinity = v;
         }
         if self.webhook_ca.is_some() {
             config.webhook_ca = self.webhook_ca;

@@ -2,11 +2,19 @@
 //! so every rule is unit-tested without a cluster.
 //!
 //! Filter: the worker has the agent's model (built-ins are everywhere), carries every label
-//! the agent asks for, has a free slot and enough free resources. Score: model already
-//! loaded (locality), the worker that holds the task's conversation, low load, few tasks of
-//! the same agent (spread); ties go to the worker that was given the fewest tasks.
+//! the agent asks for, has a free slot and enough free resources. Score, strongest first:
+//! the worker that holds the task's conversation (`context_id`), one that ran the start of
+//! the same conversation (an OpenAI chat's earlier turns: its prefix cache holds them), the
+//! model already loaded (locality), one that recently ran the same agent (its instructions
+//! and tools are a cached prefix there), then low load and few tasks of the same agent
+//! (spread); ties go to the worker that was given the fewest tasks.
+//!
+//! The warm bonuses are smaller than a worker's load can grow: an agent's tasks gather on
+//! a warm worker until it is about two thirds full, then spill (and warm the next one).
 
-use fleet_proto::AgentSpec;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use fleet_proto::{AgentSpec, TaskOptions};
 
 use crate::workers::{WorkerEntry, WorkerRegistry};
 
@@ -33,21 +41,83 @@ fn can_run_now(spec: &AgentSpec, w: &WorkerEntry) -> bool {
     could_ever_run(spec, w) && w.has_free_slot() && w.free.fits(&spec.resources)
 }
 
-fn score(spec: &AgentSpec, w: &WorkerEntry, context_worker: Option<&str>) -> f64 {
-    let slots = f64::from(w.registration.slots.max(1));
-    let locality = if w.has_model_loaded(&spec.model) { 2.0 } else { 0.0 };
-    let affinity = if context_worker == Some(w.id.as_str()) { 4.0 } else { 0.0 };
-    let load = w.running.len() as f64 / slots;
-    let same_agent = f64::from(w.running_per_agent.get(&spec.name).copied().unwrap_or(0)) / slots;
-    locality + affinity - load - 0.5 * same_agent
+/// What a task shares with earlier ones, making the workers that ran those better homes.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Affinity<'a> {
+    /// The worker that ran the previous turn of the task's conversation (its `context_id`).
+    pub context_worker: Option<&'a str>,
+    /// The task's prompt prefixes; none for models without a prefix cache.
+    pub prefixes: Option<Prefixes>,
 }
 
-/// Picks a worker for one task of `spec`. `context_worker` is the worker that ran the
-/// previous turn of the task's conversation, if any.
+impl<'a> Affinity<'a> {
+    pub fn context(worker: &'a str) -> Self {
+        Self { context_worker: Some(worker), prefixes: None }
+    }
+}
+
+/// Keys of the prompt prefixes a task may find cached on a worker that ran another task
+/// with the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefixes {
+    /// The agent: its instructions and tools start every prompt of it.
+    pub agent: u64,
+    /// The start of the task's conversation (its system turns and first user turn), for
+    /// tasks that carry one (OpenAI chats): every later turn starts with it.
+    pub conversation: Option<u64>,
+}
+
+impl Prefixes {
+    /// The prefixes of a task of `spec` with `input` and `options`; `None` where no cache
+    /// holds prefixes (built-in and remote models) or the task embeds.
+    pub fn of(spec: &AgentSpec, input: &str, options: Option<&TaskOptions>) -> Option<Self> {
+        if crate::agents::runs_everywhere(&spec.model)
+            || options.is_some_and(|o| !o.embed.is_empty())
+        {
+            return None;
+        }
+        let key = |f: &dyn Fn(&mut DefaultHasher)| {
+            let mut h = DefaultHasher::new();
+            spec.name.hash(&mut h);
+            f(&mut h);
+            h.finish()
+        };
+        let conversation = options.map(|o| {
+            key(&|h: &mut DefaultHasher| {
+                let system = o.history.iter().take_while(|t| t.role == "system");
+                for t in system {
+                    (&t.role, &t.content).hash(h);
+                }
+                // The first user turn: the history's, or this task's input on turn one.
+                match o.history.iter().find(|t| t.role != "system") {
+                    Some(t) => (&t.role, &t.content).hash(h),
+                    None => ("user", input).hash(h),
+                }
+            })
+        });
+        Some(Self { agent: key(&|_: &mut DefaultHasher| {}), conversation })
+    }
+}
+
+fn score(spec: &AgentSpec, w: &WorkerEntry, affinity: &Affinity<'_>) -> f64 {
+    let slots = f64::from(w.registration.slots.max(1));
+    let locality = if w.has_model_loaded(&spec.model) { 2.0 } else { 0.0 };
+    let context = if affinity.context_worker == Some(w.id.as_str()) { 4.0 } else { 0.0 };
+    let warm = match &affinity.prefixes {
+        Some(p) if p.conversation.is_some_and(|c| w.warm.contains(c)) => 3.0,
+        Some(p) if w.warm.contains(p.agent) => 1.0,
+        _ => 0.0,
+    };
+    let load = w.running.len() as f64 / slots;
+    let same_agent = f64::from(w.running_per_agent.get(&spec.name).copied().unwrap_or(0)) / slots;
+    locality + context + warm - load - 0.5 * same_agent
+}
+
+/// Picks a worker for one task of `spec`.
 pub fn place<'a>(
     spec: &AgentSpec,
     workers: &'a WorkerRegistry,
-    context_worker: Option<&str>,
+    affinity: &Affinity<'_>,
 ) -> Placement<'a> {
     let mut best: Option<(&'a WorkerEntry, f64)> = None;
     let mut any_could = false;
@@ -57,7 +127,7 @@ pub fn place<'a>(
             continue;
         }
         any_could = true;
-        let s = score(spec, w, context_worker);
+        let s = score(spec, w, affinity);
         let better = match best {
             None => true,
             Some((b, bs)) => {
@@ -84,9 +154,10 @@ pub fn locate<'a>(
     workers: &'a WorkerRegistry,
     context_worker: Option<&str>,
 ) -> Result<&'a str, String> {
+    let affinity = Affinity { context_worker, prefixes: None };
     let score = |w: &WorkerEntry| {
         let hosted = if w.placed.contains_key(&spec.name) { 2.0 } else { 0.0 };
-        score(spec, w, context_worker) + hosted
+        score(spec, w, &affinity) + hosted
     };
     workers
         .iter()
@@ -123,7 +194,7 @@ fn why_not(spec: &AgentSpec, workers: &WorkerRegistry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::{ModelOnDisk, Registration, Resources, TaskId};
+    use fleet_proto::{ModelOnDisk, Registration, Resources, TaskId, TaskOptions};
     use std::collections::BTreeMap;
     use tokio::sync::mpsc;
     use tokio::time::Instant;
@@ -182,7 +253,10 @@ mod tests {
         let mut s = Setup::new();
         s.worker("w1", |_| {}).worker("w2", |_| {});
         s.run("w1", "other", 2);
-        assert_eq!(place(&agent("builtin:echo"), &s.registry, None), Placement::Worker("w2"));
+        assert_eq!(
+            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            Placement::Worker("w2")
+        );
     }
 
     #[tokio::test]
@@ -190,10 +264,13 @@ mod tests {
         let mut s = Setup::new();
         s.worker("w1", |_| {}).worker("w2", |r| r.models.push(model("qwen")));
         s.run("w2", "other", 3);
-        assert_eq!(place(&agent("qwen"), &s.registry, None), Placement::Worker("w2"));
+        assert_eq!(
+            place(&agent("qwen"), &s.registry, &Affinity::default()),
+            Placement::Worker("w2")
+        );
         s.run("w2", "other", 1);
-        assert_eq!(place(&agent("qwen"), &s.registry, None), Placement::Wait);
-        match place(&agent("llama"), &s.registry, None) {
+        assert_eq!(place(&agent("qwen"), &s.registry, &Affinity::default()), Placement::Wait);
+        match place(&agent("llama"), &s.registry, &Affinity::default()) {
             Placement::Never(why) => assert!(why.contains("no worker has model \"llama\"")),
             other => panic!("expected Never, got {other:?}"),
         }
@@ -205,7 +282,7 @@ mod tests {
         s.worker("w1", |r| r.models.push(model("m"))).worker("w2", |r| r.models.push(model("m")));
         s.registry.get_mut("w2").expect("w2").heartbeat.models_loaded.push("m".into());
         s.run("w2", "other", 1);
-        assert_eq!(place(&agent("m"), &s.registry, None), Placement::Worker("w2"));
+        assert_eq!(place(&agent("m"), &s.registry, &Affinity::default()), Placement::Worker("w2"));
     }
 
     #[tokio::test]
@@ -217,26 +294,32 @@ mod tests {
         });
         let mut spec = agent("builtin:echo");
         spec.resources.gpus = 1;
-        assert_eq!(place(&spec, &s.registry, None), Placement::Worker("gpu"));
+        assert_eq!(place(&spec, &s.registry, &Affinity::default()), Placement::Worker("gpu"));
         spec.resources.gpus = 0;
         spec.labels = BTreeMap::from([("zone".into(), "a".into())]);
         assert!(
-            matches!(place(&spec, &s.registry, None), Placement::Never(why) if why.contains("labels"))
+            matches!(place(&spec, &s.registry, &Affinity::default()), Placement::Never(why) if why.contains("labels"))
         );
         spec.labels.clear();
         spec.resources.cpus = 8.0;
         assert!(
-            matches!(place(&spec, &s.registry, None), Placement::Never(why) if why.contains("cpus"))
+            matches!(place(&spec, &s.registry, &Affinity::default()), Placement::Never(why) if why.contains("cpus"))
         );
     }
 
     #[tokio::test]
     async fn full_workers_mean_wait_and_no_workers_mean_wait() {
         let mut s = Setup::new();
-        assert_eq!(place(&agent("builtin:echo"), &s.registry, None), Placement::Wait);
+        assert_eq!(
+            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            Placement::Wait
+        );
         s.worker("w1", |r| r.slots = 1);
         s.run("w1", "a", 1);
-        assert_eq!(place(&agent("builtin:echo"), &s.registry, None), Placement::Wait);
+        assert_eq!(
+            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            Placement::Wait
+        );
     }
 
     #[tokio::test]
@@ -245,8 +328,70 @@ mod tests {
         s.worker("w1", |r| r.slots = 100).worker("w2", |r| r.slots = 100);
         s.run("w1", "a", 1);
         s.run("w2", "b", 1);
-        assert_eq!(place(&agent("builtin:echo"), &s.registry, None), Placement::Worker("w2"));
-        assert_eq!(place(&agent("builtin:echo"), &s.registry, Some("w1")), Placement::Worker("w1"));
+        assert_eq!(
+            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            Placement::Worker("w2")
+        );
+        assert_eq!(
+            place(&agent("builtin:echo"), &s.registry, &Affinity::context("w1")),
+            Placement::Worker("w1")
+        );
+    }
+
+    #[tokio::test]
+    async fn warm_prefixes_attract_tasks_until_the_worker_fills() {
+        let mut s = Setup::new();
+        let with_model = |r: &mut Registration| r.models.push(model("m"));
+        s.worker("w1", with_model).worker("w2", with_model);
+        let spec = agent("m");
+        let history = |first: &str| TaskOptions {
+            history: vec![
+                fleet_proto::Turn {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                    ..Default::default()
+                },
+                fleet_proto::Turn {
+                    role: "user".into(),
+                    content: first.into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let turn_one = Prefixes::of(&spec, "hi", None).expect("a local model has prefixes");
+        let affinity = Affinity { context_worker: None, prefixes: Some(turn_one) };
+        // Nothing warm: the worker given fewer tasks.
+        s.registry.get_mut("w1").expect("w1").tasks_assigned = 1;
+        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w2"));
+        // The agent ran on w1: its next task goes there though w1 is busier...
+        s.registry.get_mut("w1").expect("w1").warm.touch(&turn_one);
+        s.run("w1", "a", 1);
+        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w1"));
+        // ...until w1 is three quarters full.
+        s.run("w1", "a", 2);
+        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w2"));
+        // A conversation's later turn goes where its first turn ran, even past that.
+        let first = Prefixes::of(
+            &spec,
+            "Hello",
+            Some(&TaskOptions {
+                history: history("x").history[..1].to_vec(),
+                ..Default::default()
+            }),
+        )
+        .expect("prefixes");
+        let later = Prefixes::of(&spec, "And then?", Some(&history("Hello"))).expect("prefixes");
+        assert_eq!(first.conversation, later.conversation);
+        assert_ne!(
+            later.conversation,
+            Prefixes::of(&spec, "?", Some(&history("Hi"))).and_then(|p| p.conversation)
+        );
+        s.registry.get_mut("w1").expect("w1").warm.touch(&first);
+        let affinity = Affinity { context_worker: None, prefixes: Some(later) };
+        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w1"));
+        // Built-in models keep no prefixes.
+        assert_eq!(Prefixes::of(&agent("builtin:echo"), "hi", None), None);
     }
 
     #[tokio::test]
@@ -254,7 +399,10 @@ mod tests {
         let mut s = Setup::new();
         s.worker("w1", |_| {}).worker("w2", |_| {});
         s.registry.get_mut("w1").expect("w1").tasks_assigned = 5;
-        assert_eq!(place(&agent("builtin:echo"), &s.registry, None), Placement::Worker("w2"));
+        assert_eq!(
+            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            Placement::Worker("w2")
+        );
     }
 
     #[tokio::test]

@@ -31,6 +31,33 @@ pub struct WorkerEntry {
     /// Running tasks per agent, for spreading an agent's tasks.
     pub running_per_agent: HashMap<String, u32>,
     pub tasks_assigned: u64,
+    /// The prompt prefixes of the tasks it ran last, likely still in its prefix cache.
+    pub warm: WarmPrefixes,
+}
+
+/// The prefix keys ([`crate::scheduler::Prefixes`]) of a worker's latest tasks, most recent
+/// last. Bounded: a worker's prefix cache holds a few dozen prompts' worth of KV memory, and
+/// older keys would only mislead.
+#[derive(Debug, Default)]
+pub struct WarmPrefixes(std::collections::VecDeque<u64>);
+
+impl WarmPrefixes {
+    const MAX: usize = 64;
+
+    /// Notes a task's prefixes as run here.
+    pub fn touch(&mut self, prefixes: &crate::scheduler::Prefixes) {
+        for key in [Some(prefixes.agent), prefixes.conversation].into_iter().flatten() {
+            self.0.retain(|k| *k != key);
+            if self.0.len() == Self::MAX {
+                self.0.pop_front();
+            }
+            self.0.push_back(key);
+        }
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        self.0.contains(&key)
+    }
 }
 
 impl WorkerEntry {
@@ -54,6 +81,7 @@ impl WorkerEntry {
             placed: HashMap::new(),
             running_per_agent: HashMap::new(),
             tasks_assigned: 0,
+            warm: WarmPrefixes::default(),
         }
     }
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use fleet_head::a2a::message;
 use fleet_head::config::{ConfigFile, HeadConfig, validate};
+use fleet_head::openai::completions::CompletionRequest;
+use fleet_head::openai::responses::request::ResponsesRequest;
 use fleet_head::openai::wire::{ChatRequest, EmbeddingsRequest};
 use fleet_proto::pb;
 use fleet_proto::{
@@ -110,6 +112,20 @@ const KEYS: &[&str] = &[
     "type",
     "image_url",
     "echo",
+    "instructions",
+    "max_output_tokens",
+    "format",
+    "json_schema",
+    "function_call",
+    "function_call_output",
+    "call_id",
+    "arguments",
+    "output",
+    "include",
+    "previous_response_id",
+    "prompt",
+    "suffix",
+    "best_of",
 ];
 
 proptest! {
@@ -119,6 +135,8 @@ proptest! {
     fn openai_bodies(body in prop_oneof![json_mutated(openai_seeds(), KEYS), json(KEYS)]) {
         let _ = ChatRequest::parse(&body);
         let _ = EmbeddingsRequest::parse(&body);
+        let _ = ResponsesRequest::parse(&body);
+        let _ = CompletionRequest::parse(&body);
     }
 
     #[test]
@@ -266,6 +284,15 @@ fn openai_seeds() -> Vec<Value> {
         json!({"model": "echo", "messages": messages, "stream": true,
             "stream_options": {"include_usage": true}, "stop": ["x"]}),
         json!({"model": "echo", "input": ["a", "b"], "encoding_format": "float"}),
+        json!({"model": "echo", "instructions": "be brief", "max_output_tokens": 8,
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": "1"}],
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+            "include": ["message.output_text.logprobs"], "top_logprobs": 1}),
+        json!({"model": "echo", "prompt": ["a b", "c"], "max_tokens": 4, "n": 2, "logprobs": 2,
+            "stream": true, "echo": false}),
     ]
 }
 
@@ -290,7 +317,15 @@ fn request() -> impl Strategy<Value = Request> {
             body(rest.clone())
         ),
         (Just("/a2a/echo/tasks/t1:cancel"), body(rest)),
-        (prop_oneof![Just("/v1/chat/completions"), Just("/v1/embeddings")], body(openai_seeds())),
+        (
+            prop_oneof![
+                Just("/v1/chat/completions"),
+                Just("/v1/embeddings"),
+                Just("/v1/responses"),
+                Just("/v1/completions")
+            ],
+            body(openai_seeds())
+        ),
     ];
     let version = prop_oneof![Just(None), Just(Some("1.0")), Just(Some("0.3")), Just(Some("9"))];
     (path_and_body, version).prop_map(|((path, body), version)| Request {

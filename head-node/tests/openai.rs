@@ -275,7 +275,7 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() -> Result<(
                 .await?;
         ensure!(status == 400 && error_shape(&reply).is_ok(), "{status} {reply}");
         // Unknown paths and wrong methods answer in the same shape.
-        let (status, reply) = raw(&cluster, "POST", "/v1/completions", b"{}").await?;
+        let (status, reply) = raw(&cluster, "POST", "/v1/edits", b"{}").await?;
         ensure!(status == 404 && error_shape(&reply).is_ok(), "{status} {reply}");
         let (status, reply) = raw(&cluster, "GET", "/v1/chat/completions", b"").await?;
         ensure!(status == 405 && error_shape(&reply).is_ok(), "{status} {reply}");

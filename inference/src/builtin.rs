@@ -114,17 +114,25 @@ impl Model for Echo {
                 "builtin:echo repeats its input and never calls tools: use a local model".into(),
             ));
         }
-        // The latest user message or tool result: after a tool call, echo answers with
-        // what the tool returned.
-        let last_user = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| matches!(m.role, Role::User | Role::Tool))
-            .ok_or_else(|| Error::InvalidRequest("the conversation has no user message".into()))?;
-        let prompt_tokens: usize =
-            request.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
-        let mut words = split_words(&last_user.content);
+        // A raw prompt, or the latest user message or tool result: after a tool call, echo
+        // answers with what the tool returned.
+        let (text, prompt_tokens) = match &request.prompt {
+            Some(prompt) => (prompt.as_str(), prompt.split_whitespace().count()),
+            None => {
+                let last_user = request
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| matches!(m.role, Role::User | Role::Tool))
+                    .ok_or_else(|| {
+                        Error::InvalidRequest("the conversation has no user message".into())
+                    })?;
+                let words =
+                    request.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
+                (last_user.content.as_str(), words)
+            }
+        };
+        let mut words = split_words(text);
         let mut finish_reason = FinishReason::Stop;
         if let Some(max) = request.max_tokens
             && words.len() > max as usize

@@ -279,9 +279,17 @@ impl LocalModel {
         }
     }
 
-    /// The prompt `messages` render to, in token ids.
+    /// The prompt in token ids: the raw `prompt` as it is, else what `messages` render to.
     pub fn prompt_tokens(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
         let g = self.generator()?;
+        if let Some(prompt) = &request.prompt {
+            if prompt.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "the prompt is empty: give text to continue".into(),
+                ));
+            }
+            return g.tokenizer.encode(prompt);
+        }
         let text = self.template()?.render(&request.messages, &request.tools, true)?;
         g.tokenizer.encode(&text)
     }

@@ -50,6 +50,9 @@ impl ChatMessage {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerateRequest {
     pub messages: Vec<ChatMessage>,
+    /// Text to continue as it is, read instead of `messages` (no chat template): OpenAI's
+    /// legacy completions. Chat-only models (remote ones) refuse it.
+    pub prompt: Option<String>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,

@@ -158,6 +158,7 @@ impl From<pb::TaskOptions> for TaskOptions {
                 },
             },
             parallel_tool_calls: o.parallel_tool_calls,
+            raw_prompt: o.raw_prompt,
         }
     }
 }
@@ -175,6 +176,7 @@ impl From<&TaskOptions> for pb::TaskOptions {
                 ClientToolChoice::Function(name) => format!("function:{name}"),
             },
             parallel_tool_calls: o.parallel_tool_calls,
+            raw_prompt: o.raw_prompt,
         }
     }
 }

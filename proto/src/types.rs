@@ -169,6 +169,9 @@ pub struct TaskOptions {
     pub tool_choice: ClientToolChoice,
     /// Whether one reply may make several calls of them (else one).
     pub parallel_tool_calls: bool,
+    /// The input is text to continue as it is: no instructions, history or chat template
+    /// (OpenAI's legacy completions).
+    pub raw_prompt: bool,
 }
 
 /// Model options whose values are secrets (credentials for a remote endpoint): the worker

@@ -116,12 +116,22 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             ClientToolChoice::Function(name) => ToolChoice::Function(name.clone()),
         };
     }
+    // A raw prompt (OpenAI's legacy completions) is continued as it is, in one round.
+    let raw_prompt = run.task.options.as_ref().is_some_and(|o| o.raw_prompt);
+    if raw_prompt && !tools.is_empty() {
+        return Err(failed(format!(
+            "invalid request: agent {} has tools and answers conversations: continue raw text \
+             on a model, or send chat messages",
+            run.spec.name
+        )));
+    }
     let mut messages = run.messages.clone();
     let mut usage = Usage::default();
     let mut output = String::new();
     for round in 0..=MAX_TOOL_ROUNDS {
         let request = GenerateRequest {
             messages: messages.clone(),
+            prompt: raw_prompt.then(|| run.task.input.clone()),
             max_tokens: sampling.max_tokens,
             temperature: sampling.temperature,
             top_p: sampling.top_p,

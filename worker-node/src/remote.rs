@@ -313,6 +313,12 @@ pub fn chat_request(
     model: &str,
     request: &GenerateRequest,
 ) -> fleet_inference::Result<CreateChatCompletionRequest> {
+    if request.prompt.is_some() {
+        return Err(fleet_inference::Error::InvalidRequest(format!(
+            "model {model} is a chat model behind an OpenAI-compatible endpoint and does not \
+             continue raw text: send chat messages"
+        )));
+    }
     let messages = request.messages.iter().map(message).collect::<fleet_inference::Result<_>>()?;
     let tools = request
         .tools
@@ -870,6 +876,8 @@ mod tests {
                 "top_p": 0.8999999761581421,
                 "seed": i64::MAX,
                 "stop": ["\n\n"],
+                "logprobs": true,
+                "top_logprobs": 2,
                 "tools": [{"type": "function", "function": {
                     "name": "weather",
                     "description": "the weather in a city",
@@ -926,6 +934,34 @@ mod tests {
         let mut events: Vec<_> = chunks.into_iter().flat_map(|c| decoder.push(c)).collect();
         events.extend(decoder.finish()?);
         Ok(events)
+    }
+
+    #[test]
+    fn logprobs_come_before_the_text_they_belong_to() -> anyhow::Result<()> {
+        let lp = |token: &str, logprob: f32| {
+            json!({"token": token, "logprob": logprob,
+            "bytes": token.as_bytes(), "top_logprobs": [{"token": token, "logprob": logprob}]})
+        };
+        let events = decode_all(vec![
+            chunk(
+                json!([{"index": 0, "delta": {"content": "Hi!"},
+                    "logprobs": {"content": [lp("Hi", -0.5), lp("!", -1.0)]}}]),
+                json!(null),
+            ),
+            delta(json!({}), Some("stop")),
+        ])?;
+        let logprob = |token: &str, logprob: f32| {
+            GenerationEvent::Logprobs(TokenLogprob {
+                token: token.into(),
+                logprob,
+                top: vec![(token.into(), logprob)],
+            })
+        };
+        assert_eq!(
+            events[..3],
+            [logprob("Hi", -0.5), logprob("!", -1.0), GenerationEvent::Delta("Hi!".into())]
+        );
+        Ok(())
     }
 
     #[test]

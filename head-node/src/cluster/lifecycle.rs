@@ -18,6 +18,14 @@ pub(super) fn context_worker(state: &State, agent: &str, context_id: &str) -> Op
     state.context_workers.get(&(agent.to_owned(), context_id.to_owned())).cloned()
 }
 
+/// The prompt prefixes of a task of `spec`, when the head places by them.
+pub(super) fn prefixes(state: &State, spec: &AgentSpec, task: &TaskEntry) -> Option<Prefixes> {
+    if !state.prefix_affinity {
+        return None;
+    }
+    Prefixes::of(spec, &task.input, task.options.as_deref())
+}
+
 /// Puts a task on a worker: reserves its share, logs `Scheduled`, sends the commands.
 pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     let (Some(task), Some(worker)) =
@@ -29,6 +37,11 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         return;
     };
     let spec = agent.spec.clone();
+    if state.prefix_affinity
+        && let Some(prefixes) = Prefixes::of(&spec, &task.input, task.options.as_deref())
+    {
+        worker.warm.touch(&prefixes);
+    }
     place_actor(worker, &spec, agent.version);
     agent.running += 1;
     worker.running.insert(id.clone());
@@ -210,7 +223,9 @@ pub(super) fn drain_queue(state: &mut State) {
             continue;
         }
         let context = context_worker(state, &task.agent, &task.context_id);
-        match scheduler::place(&spec, &state.workers, context.as_deref()) {
+        let affinity =
+            Affinity { context_worker: context.as_deref(), prefixes: prefixes(state, &spec, task) };
+        match scheduler::place(&spec, &state.workers, &affinity) {
             Placement::Worker(w) => {
                 let w = w.to_owned();
                 state.queue.remove(index);

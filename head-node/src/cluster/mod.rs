@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::agents::{AgentRegistry, Registered};
 use crate::config::HeadConfig;
-use crate::scheduler::{self, Placement};
+use crate::scheduler::{self, Affinity, Placement, Prefixes};
 use crate::store::{Commit, Journal, Restored};
 use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
 use crate::topics::{PublishOutcome, TopicRelays};
@@ -77,6 +77,9 @@ struct State {
     queue: VecDeque<TaskId>,
     /// (agent, context id) -> the worker that ran its last turn.
     context_workers: HashMap<(String, String), String>,
+    /// Whether placement prefers workers whose prefix caches likely hold a task's prompt
+    /// start ([`scheduler::Prefixes`]).
+    prefix_affinity: bool,
     /// Agent calls run as sub-tasks here (callers not on the mesh).
     calls_relayed: u64,
     /// Lookups answered for callers on the mesh.
@@ -184,6 +187,7 @@ impl Cluster {
                 tasks: TaskTable::new(config.max_retained_tasks, config.max_retained_bytes),
                 queue: VecDeque::new(),
                 context_workers: HashMap::new(),
+                prefix_affinity: config.prefix_affinity,
                 calls_relayed: 0,
                 agents_located: 0,
                 topics: TopicRelays::default(),

@@ -185,7 +185,12 @@ pub(super) fn submit_in(
 ) -> Result<TaskId> {
     let spec = state.agents.get(&task.agent)?.spec.clone();
     let context_worker = context_worker(state, &task.agent, &task.context_id);
-    let placement = match scheduler::place(&spec, &state.workers, context_worker.as_deref()) {
+    let prefixes = state
+        .prefix_affinity
+        .then(|| Prefixes::of(&spec, &task.input, task.options.as_deref()))
+        .flatten();
+    let affinity = Affinity { context_worker: context_worker.as_deref(), prefixes };
+    let placement = match scheduler::place(&spec, &state.workers, &affinity) {
         Placement::Never(reason) => {
             return Err(Error::Unschedulable { agent: task.agent, reason });
         }

@@ -100,7 +100,8 @@ impl ApiError {
             "invalid_request_error",
             format!(
                 "unknown url {method} {path}: this server offers GET /v1/models, \
-                 POST /v1/chat/completions, POST /v1/responses and POST /v1/embeddings"
+                 POST /v1/chat/completions, POST /v1/responses, POST /v1/completions and \
+                 POST /v1/embeddings"
             ),
         )
         .with_code("unknown_url")

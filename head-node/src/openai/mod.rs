@@ -1,6 +1,6 @@
 //! The OpenAI-compatible front door on the head's address: `GET /v1/models`,
-//! `GET /v1/models/{id}`, `POST /v1/chat/completions` and `POST /v1/responses` (streaming
-//! and not) and `POST /v1/embeddings`.
+//! `GET /v1/models/{id}`, `POST /v1/chat/completions`, `POST /v1/responses` and the legacy
+//! `POST /v1/completions` (streaming and not) and `POST /v1/embeddings`.
 //!
 //! A request's `model` names a registered agent (its instructions, tools and sampling
 //! defaults apply) or else a model some live worker serves, run by the hidden agent
@@ -10,7 +10,7 @@
 //!
 //! - [`wire`]: request parsing and validation (every rejection names its field) and the
 //!   response bodies;
-//! - [`chat`], [`responses`], [`embeddings`], [`models`]: the endpoints;
+//! - [`chat`], [`responses`], [`completions`], [`embeddings`], [`models`]: the endpoints;
 //! - [`errors`]: OpenAI's error JSON with the matching HTTP status. Every rejection has that
 //!   shape: the body is read by [`JsonBody`], never by axum's `Json` (whose rejections are
 //!   plain text), and unknown `/v1` paths and wrong methods answer in it too.
@@ -20,6 +20,7 @@
 //! than functions.
 
 pub mod chat;
+pub mod completions;
 pub mod embeddings;
 pub mod errors;
 pub mod models;
@@ -82,6 +83,7 @@ pub fn router(api: OpenAi) -> Router {
         .route("/v1/models/{*id}", or_405(get(models::get)))
         .route("/v1/chat/completions", or_405(post(chat::completions)))
         .route("/v1/responses", or_405(post(responses::create)))
+        .route("/v1/completions", or_405(post(completions::create)))
         .route("/v1/embeddings", or_405(post(embeddings::create)))
         .route("/v1/{*rest}", any(unknown_url))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key))

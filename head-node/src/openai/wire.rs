@@ -119,6 +119,7 @@ impl ChatRequest {
             tools: self.tools.clone(),
             tool_choice: self.tool_choice.clone(),
             parallel_tool_calls: self.parallel_tool_calls,
+            raw_prompt: false,
         }
     }
 

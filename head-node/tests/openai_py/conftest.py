@@ -113,6 +113,13 @@ def cluster() -> Iterator[Cluster]:
     c.stop()
 
 
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[openai.OpenAI]:
+    """A client of `cluster`, closed after the test (its connections with it)."""
+    with cluster.client() as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 def keyed_cluster() -> Iterator[Cluster]:
     c = Cluster("--api-key", "k3y")
