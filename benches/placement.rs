@@ -3,9 +3,10 @@
 //! placement and once with `--no-prefix-affinity` (load alone), the same load on each:
 //!
 //! - **conversations**: 8 OpenAI chats of 6 turns each, run side by side, each with its
-//!   own system prompt of about 300 tokens; every turn sends the whole conversation so far
-//!   (`POST /v1/chat/completions`, streamed). Time to first token per turn, and the share
-//!   of prompt tokens the workers' prefix caches supplied (`cached_tokens`);
+//!   own system prompt of about 300 tokens and its user's own pauses (0 to 600 ms) between
+//!   turns; every turn sends the whole conversation so far (`POST /v1/chat/completions`,
+//!   streamed). Time to first token per turn, and the share of prompt tokens the workers'
+//!   prefix caches supplied (`cached_tokens`);
 //! - **agents**: 4 agents with instructions of about 600 tokens each, 24 tasks (6 per agent,
 //!   4 at a time, agents interleaved); the same two figures.
 //!
@@ -91,6 +92,11 @@ async fn conversations(
             vec![json!({"role": "system", "content": instructions(round * 100 + c, 220)})];
         let mut samples = Vec::new();
         for turn in 0..TURNS {
+            // Users pause between turns, each for their own time: turns arrive while the
+            // workers' loads differ, as they do in real use (in lockstep, load alone would
+            // send each conversation to the same worker every turn by symmetry).
+            let pause = ((c * 7 + turn * 3) % 5) as u64 * 150;
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             messages.push(json!({"role": "user", "content": format!("Question {turn}: tell me about rivers.")}));
             let (answer, sample) = chat(http, url, model, &messages).await?;
             messages.push(json!({"role": "assistant", "content": answer}));
