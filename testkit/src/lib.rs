@@ -280,11 +280,17 @@ async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<
     Ok((head, address))
 }
 
-fn unique() -> u128 {
-    std::time::SystemTime::now()
+/// A name part no other sandbox of this process has had: a counter (tests start sandboxes
+/// on several threads at once, and two clock readings can be equal, which once gave two
+/// heads one data directory) and the time (apart from earlier runs' leftovers).
+pub fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    format!("{n}-{nanos}")
 }
 
 /// A running head plus workers, each a separate process.

@@ -23,7 +23,11 @@ impl PostgresServer {
     /// Creates a cluster and starts it; fails with what to install when there is none.
     pub fn start() -> anyhow::Result<Self> {
         let bin = bin_dir()?;
-        let dir = std::env::temp_dir().join(format!("fleet-pg-{}-{}", std::process::id(), nanos()));
+        let dir = std::env::temp_dir().join(format!(
+            "fleet-pg-{}-{}",
+            std::process::id(),
+            crate::unique()
+        ));
         std::fs::create_dir_all(&dir)?;
         let user = running_as_root().then_some("postgres");
         if let Some(user) = user {
@@ -129,11 +133,4 @@ fn running_as_root() -> bool {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }
