@@ -6,6 +6,10 @@
 //!
 //! `cargo bench -p fleet-benches --bench kernels [-- --quick] [--dtype q4k]`
 //!
+//! With `--attention`: the CPU attention (`attend_cpu`) instead, on SmolLM2-135M's heads
+//! (9 query heads over 3 KV heads of 64), for a decode row and prompt chunks over contexts
+//! of several lengths; median time per layer and per (row, head, position).
+//!
 //! Each call uses the next of several copies of the weights (≥ 96 MB of them, more than the
 //! L3 cache), so weights come from DRAM as in a real decode step over 24 layers.
 
@@ -49,6 +53,9 @@ fn main() -> Result<()> {
         None => Q8_0,
     };
     let budget = Duration::from_millis(if quick { 300 } else { 1500 });
+    if args.iter().any(|a| a == "--attention") {
+        return attention(budget);
+    }
     let d = &Device::Cpu;
     println!("threads: {} (RAYON_NUM_THREADS to change), weights {dtype:?}", rayon_threads());
     println!(
@@ -118,6 +125,27 @@ impl Ours {
             Ours::Quant(m) => m.matmul(x),
         }
     }
+}
+
+/// `attend_cpu` for one sequence: `rows` new tokens after `cached` positions.
+fn attention(budget: Duration) -> Result<()> {
+    use fleet_inference::transformer::attention::{AttendJob, attend_cpu};
+    let (heads, kv_heads, hd) = (9, 3, 64);
+    println!("threads: {}; 9 query heads over 3 KV heads of 64", rayon_threads());
+    println!("| rows | cached positions | µs per layer | ns per (row, head, position) |");
+    println!("|---|---|---|---|");
+    for (rows, cached) in [(1, 400), (1, 2000), (32, 0), (32, 400), (32, 2000), (256, 0)] {
+        let capacity = cached + rows;
+        let q = Tensor::randn(0f32, 1.0, (heads, rows, hd), &Device::Cpu)?;
+        let keys = Tensor::randn(0f32, 1.0, (kv_heads, capacity, hd), &Device::Cpu)?;
+        let values = Tensor::randn(0f32, 1.0, (kv_heads, capacity, hd), &Device::Cpu)?;
+        let jobs = [AttendJob { token: 0, n: rows, pos: cached, keys, values }];
+        let secs = time(budget, |_| attend_cpu(&q, &jobs, kv_heads))?;
+        // Row i sees cached + i + 1 positions.
+        let seen = (rows * cached + rows * (rows + 1) / 2) * heads;
+        println!("| {rows} | {cached} | {:.1} | {:.2} |", secs * 1e6, secs * 1e9 / seen as f64);
+    }
+    Ok(())
 }
 
 fn rayon_threads() -> usize {

@@ -7,8 +7,9 @@
 //! - **conversation**: one conversation of 10 turns, each turn's prompt every earlier turn
 //!   plus a new question; time to first token of each turn.
 //!
-//! `cargo bench -p fleet-benches --bench prefix -- [--quick]` (`--quick`: 8 agents and 4
-//! turns). Figures in BENCHMARKS.md.
+//! `cargo bench -p fleet-benches --bench prefix -- [--quick | --conversation]` (`--quick`: 8
+//! agents and 4 turns; `--conversation`: the conversation alone, five times each way, medians
+//! per turn). Figures in BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -179,8 +180,50 @@ async fn conversation(model: &LocalModel, turns: usize) -> Result<Vec<(f64, u32,
     Ok(out)
 }
 
+/// The conversation alone, `runs` times with and without the cache: the median TTFT of each
+/// turn, and the last turn's over the first's.
+async fn conversations_only(turns: usize, runs: usize) -> Result<()> {
+    for cache in [false, true] {
+        let label = if cache { "with the prefix cache" } else { "without" };
+        let mut per_turn = vec![Vec::new(); turns];
+        let mut tokens = vec![(0, 0); turns];
+        for _ in 0..runs {
+            // A fresh model each run: no run finds the previous one's blocks cached.
+            let model = model(cache)?;
+            for (i, (ttft, prompt, cached)) in
+                conversation(&model, turns).await?.into_iter().enumerate()
+            {
+                per_turn[i].push(ttft);
+                tokens[i] = (prompt, cached);
+            }
+        }
+        println!("conversation of {turns} turns, {label}, median of {runs} runs:");
+        let medians: Vec<f64> = per_turn.into_iter().map(median).collect();
+        for (i, (ttft, (prompt, cached))) in medians.iter().zip(&tokens).enumerate() {
+            println!(
+                "  turn {:2}: TTFT {ttft:.3} s ({prompt} prompt tokens, {cached} cached)",
+                i + 1
+            );
+        }
+        if let (Some(first), Some(last)) = (medians.first(), medians.last()) {
+            // How many tokens a turn computes varies with the previous answer's length (the
+            // unfinished block is not cached): the slowest turn too, not the 10th alone.
+            let worst = medians.iter().copied().fold(0.0, f64::max);
+            println!(
+                "  last turn / first turn TTFT: {:.2}x; slowest turn / first: {:.2}x",
+                last / first,
+                worst / first
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--conversation") {
+        return conversations_only(10, 5).await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let (agents, turns) = if quick { (8, 4) } else { (32, 10) };
     let mut answers = Vec::new();

@@ -54,10 +54,13 @@ async fn answer_and_usage(model: &LocalModel, request: GenerateRequest) -> Resul
 /// Questions and a word the answer must contain. SmolLM2-135M at Q4_1 is small: it answers
 /// these right with greedy decoding under "You are a helpful assistant." (candle's own
 /// quantized Llama gives the same tokens), and gets others wrong (the capital of Italy).
+/// Each is one whose answer does not hinge on a near tie between two tokens: "What is 10
+/// times 3?" did (its first token led by 0.26 of a logit, so a change of attention's
+/// rounding in the seventh digit made the model start "To calculate…" and never say 30).
 const FACTS: [(&str, &str); 7] = [
     ("What is the capital of France?", "Paris"),
     ("What is the capital of Japan?", "Tokyo"),
-    ("What is 10 times 3?", "30"),
+    ("What is the opposite of hot?", "cold"),
     ("Which planet do we live on?", "Earth"),
     ("What color is the sky on a clear day?", "blue"),
     ("What is the largest ocean on Earth?", "Pacific"),
