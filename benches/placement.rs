@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use fleet_client::{AgentSpec, EventKind, Sampling, Submission};
+use fleet_client::{AgentSpec, Sampling, Submission};
 use fleet_inference::installed::smollm2_gguf;
 use fleet_testkit::ClusterSandbox;
 use futures::StreamExt;
@@ -25,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Http, chat_stream};
+use common::{Http, chat_stream, task_stream};
 
 const CONVERSATIONS: usize = 8;
 const TURNS: usize = 6;
@@ -129,26 +129,12 @@ async fn agents(client: &fleet_client::Client, round: usize) -> Result<Vec<Sampl
         .map(|i| (names[i % AGENTS].clone(), format!("Task {i}: tell me about comets.")))
         .collect();
     let runs = futures::stream::iter(jobs.into_iter().map(|(agent, input)| async move {
-        let started = Instant::now();
-        let mut stream = client.submit(Submission::new(agent, input)).await?;
-        let mut first = None;
-        while let Some(event) = stream.next().await {
-            match event?.kind {
-                EventKind::TextDelta { .. } => {
-                    first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                }
-                EventKind::Completed { usage } => {
-                    return anyhow::Ok(Sample {
-                        prompt: u64::from(usage.prompt_tokens),
-                        cached: u64::from(usage.cached_tokens),
-                        ttft: first.unwrap_or_else(|| started.elapsed().as_secs_f64()),
-                    });
-                }
-                EventKind::Failed { error, .. } => anyhow::bail!("task failed: {error}"),
-                _ => {}
-            }
-        }
-        anyhow::bail!("no end")
+        let t = task_stream(client, Submission::new(agent, input)).await?;
+        anyhow::Ok(Sample {
+            prompt: u64::from(t.prompt_tokens),
+            cached: u64::from(t.cached_tokens),
+            ttft: t.ttft,
+        })
     }))
     .buffer_unordered(4);
     runs.collect::<Vec<_>>().await.into_iter().collect()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use fleet_client::{AgentSpec, EventKind, Sampling, Submission};
+use fleet_client::{AgentSpec, Sampling, Submission};
 use fleet_inference::text::fixture::{gguf_tokenizer_metadata, write_tokenizer_files};
 use fleet_inference::transformer::{Family, fixture};
 use fleet_inference::{
@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 
 mod common;
-use common::{Http, chat_stream};
+use common::{Http, chat_stream, task_stream};
 
 const STREAMS: usize = 32;
 const STREAM_TOKENS: u32 = 64;
@@ -110,22 +110,9 @@ async fn engine_batched(model: &dyn Model) -> Result<f64> {
 /// Seconds to the first text delta of one task through the gRPC client, and its prompt
 /// tokens.
 async fn grpc_ttft(client: &fleet_client::Client, input: &str) -> Result<(f64, u32)> {
-    let started = Instant::now();
-    let mut stream = client.submit(Submission::new("chat", input)).await?;
-    let mut first = None;
-    while let Some(event) = stream.next().await {
-        match event?.kind {
-            EventKind::TextDelta { .. } => {
-                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-            }
-            EventKind::Completed { usage } => {
-                return Ok((first.context("no text")?, usage.prompt_tokens));
-            }
-            EventKind::Failed { error, .. } => anyhow::bail!("task failed: {error}"),
-            _ => {}
-        }
-    }
-    anyhow::bail!("no end for {input:?}")
+    let t = task_stream(client, Submission::new("chat", input)).await?;
+    ensure!(!t.text.is_empty(), "no text for {input:?}");
+    Ok((t.ttft, t.prompt_tokens))
 }
 
 /// One streaming chat completion, read to its end: seconds to the first content chunk and

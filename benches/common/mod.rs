@@ -1,8 +1,11 @@
-//! What several benches share: a streamed OpenAI chat completion read over plain HTTP.
+//! What several benches share: a streamed OpenAI chat completion read over plain HTTP, and a
+//! task submitted through the gRPC client and read to its end.
 
 use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
+use fleet_client::{Client, EventKind, Submission};
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use serde_json::Value;
@@ -60,4 +63,32 @@ pub async fn chat_stream(http: &Http, url: &str, body: &Value) -> Result<Streame
     }
     out.ttft = first.unwrap_or_else(|| started.elapsed().as_secs_f64());
     Ok(out)
+}
+
+/// Submits `submission` and reads its events to the end: seconds to the first text delta
+/// (to the end if none) and the token counts in [`Streamed`] (text included). A failed
+/// task is an error.
+pub async fn task_stream(client: &Client, submission: Submission) -> Result<Streamed> {
+    let started = Instant::now();
+    let mut stream = client.submit(submission).await?;
+    let (mut out, mut first) = (Streamed::default(), None);
+    while let Some(event) = stream.next().await {
+        match event?.kind {
+            EventKind::TextDelta { text, .. } => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                out.text.push_str(&text);
+            }
+            EventKind::Completed { usage } => {
+                out.ttft = first.unwrap_or_else(|| started.elapsed().as_secs_f64());
+                out.prompt_tokens = usage.prompt_tokens;
+                out.cached_tokens = usage.cached_tokens;
+                out.completion_tokens = usage.completion_tokens;
+                return Ok(out);
+            }
+            EventKind::Failed { error, .. } => bail!("task failed: {error}"),
+            EventKind::Canceled { reason } => bail!("task canceled: {reason}"),
+            _ => {}
+        }
+    }
+    bail!("the task's stream ended before the task did")
 }

@@ -488,7 +488,7 @@ impl TaskTable {
     }
 
     /// Tasks in submission order, starting after `after` (a task number).
-    pub fn iter_from(&self, after: u64) -> impl Iterator<Item = &TaskEntry> {
+    pub fn iter_from(&self, after: u64) -> impl DoubleEndedIterator<Item = &TaskEntry> {
         self.by_number.range(after + 1..).filter_map(|(_, id)| self.tasks.get(id))
     }
 
@@ -496,7 +496,7 @@ impl TaskTable {
     pub fn iter_context<'a>(
         &'a self,
         context_id: &str,
-    ) -> impl Iterator<Item = &'a TaskEntry> + 'a {
+    ) -> impl DoubleEndedIterator<Item = &'a TaskEntry> + 'a {
         let numbers = self.by_context.get(context_id).map(Vec::as_slice).unwrap_or_default();
         numbers.iter().filter_map(|n| self.by_number.get(n)).filter_map(|id| self.tasks.get(id))
     }

@@ -431,24 +431,29 @@ async fn malformed_requests_get_clear_errors_and_the_head_keeps_serving() -> Res
         }
         ensure!((accepted, rejected, completed) == (2, 1, 2));
 
-        // Listing pages through every task exactly once.
-        let mut seen = 0;
-        let mut token = String::new();
-        loop {
-            let page = client
-                .list_tasks(fleet_client::pb::ListTasksRequest {
-                    page_size: 1,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?;
-            seen += page.tasks.len();
-            if page.next_page_token.is_empty() {
-                break;
+        // Listing pages through every task exactly once, oldest or newest first.
+        let mut orders = Vec::new();
+        for newest_first in [false, true] {
+            let (mut seen, mut token) = (Vec::new(), String::new());
+            loop {
+                let page = client
+                    .list_tasks(fleet_client::pb::ListTasksRequest {
+                        page_size: 1,
+                        page_token: token,
+                        newest_first,
+                        ..Default::default()
+                    })
+                    .await?;
+                seen.extend(page.tasks.into_iter().map(|t| t.output));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
             }
-            token = page.next_page_token;
+            orders.push(seen);
         }
-        ensure!(seen == 2, "listed {seen} tasks");
+        ensure!(orders[0] == ["good", "also good"], "oldest first: {:?}", orders[0]);
+        ensure!(orders[1] == ["also good", "good"], "newest first: {:?}", orders[1]);
         ensure!(client.run("echo", "still serving").await?.output == "still serving");
         cluster.shutdown().await
     })

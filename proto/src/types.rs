@@ -296,6 +296,17 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in the order a task goes through them.
+    pub const ALL: [TaskState; 7] = [
+        Self::Queued,
+        Self::Scheduled,
+        Self::Working,
+        Self::InputRequired,
+        Self::Completed,
+        Self::Failed,
+        Self::Canceled,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Canceled)
     }

@@ -1,5 +1,6 @@
-//! `python -m agentfleet head|worker`: the same command lines as `fleet-head` and
-//! `fleet-worker`, so a pip install is enough to run a cluster node.
+//! `python -m agentfleet head|worker|status|agents|tasks|logs|cancel|submit`: the same
+//! command lines as `fleet-head`, `fleet-worker` and `fleet`, so a pip install is enough to
+//! run a cluster node and look at the cluster.
 
 use pyo3::prelude::*;
 
@@ -15,4 +16,12 @@ pub fn run_head(py: Python<'_>, argv: Vec<String>) -> i32 {
 pub fn run_worker(py: Python<'_>, argv: Vec<String>) -> i32 {
     let args = std::iter::once("fleet-worker".to_owned()).chain(argv);
     py.detach(|| fleet_worker::cli::main(args))
+}
+
+/// Runs `fleet` (status, agents, tasks, logs, cancel, submit) with `argv` (without the
+/// program name); returns its exit code.
+#[pyfunction]
+pub fn run_cli(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let args = std::iter::once("fleet".to_owned()).chain(argv);
+    py.detach(|| fleet_cli::main(args))
 }

@@ -314,6 +314,7 @@ impl Fleet {
         name, model=None, *, instructions=String::new(), tools=Vec::new(), description=String::new(),
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
+        stop=Vec::new(), presence_penalty=None, frequency_penalty=None,
         topics=Vec::new(), output_schema=None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -336,6 +337,9 @@ impl Fleet {
         top_p: Option<f32>,
         max_tokens: Option<u32>,
         seed: Option<u64>,
+        stop: Vec<String>,
+        presence_penalty: Option<f32>,
+        frequency_penalty: Option<f32>,
         topics: Vec<String>,
         output_schema: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Agent> {
@@ -367,7 +371,10 @@ impl Fleet {
                 top_p,
                 max_tokens,
                 seed,
+                stop,
                 format,
+                presence_penalty,
+                frequency_penalty,
                 ..Default::default()
             },
             resources: Resources { cpus, memory_bytes: memory_mb.saturating_mul(1 << 20), gpus },

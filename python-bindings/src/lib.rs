@@ -34,6 +34,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fleet::init, m)?)?;
     m.add_function(wrap_pyfunction!(cli::run_head, m)?)?;
     m.add_function(wrap_pyfunction!(cli::run_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::run_cli, m)?)?;
     m.add_function(wrap_pyfunction!(random_model::write_random_weight_model, m)?)?;
     m.add_class::<fleet::Fleet>()?;
     m.add_class::<agent::Agent>()?;

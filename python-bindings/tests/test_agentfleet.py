@@ -1,5 +1,6 @@
 import _thread
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -184,6 +185,30 @@ def test_python_m_agentfleet_explains_its_usage() -> None:
         [sys.executable, "-m", "agentfleet", "worker", "--head", "not a url"], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 2 and "invalid head address" in done.stderr
+
+
+def test_python_m_agentfleet_runs_the_fleet_command_line(remote_cluster: str) -> None:
+    env = dict(os.environ, FLEET_HEAD=remote_cluster, FLEET_TOKEN="s3cret")
+    fleet = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "agentfleet", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+    client = af.init(remote_cluster, token="s3cret")
+    client.agent("cli-echo", model="builtin:echo")
+    done = fleet("submit", "cli-echo", "from python -m")
+    assert done.returncode == 0 and done.stdout.strip() == "from python -m", done.stderr
+    task = done.stderr.split("[", 1)[1].split(" ", 1)[0]
+    status = fleet("status")
+    assert status.returncode == 0 and "workers 1 alive of 1" in status.stdout, status.stderr
+    tasks = fleet("tasks", "--agent", "cli-echo")
+    assert tasks.returncode == 0 and task in tasks.stdout and "completed" in tasks.stdout, tasks.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "agentfleet", "--head", remote_cluster, "agents"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "FLEET_TOKEN"},
+    )
+    assert wrong.returncode == 1 and "wrong client token" in wrong.stderr, wrong.stderr
 
 
 def test_stubs_match_the_module() -> None:

@@ -111,6 +111,24 @@ def test_random_weight_model_chats(chatter: af.Agent) -> None:
     assert len(chatter.map([f"chat {i}" for i in range(16)], progress=False)) == 16
 
 
+def test_stop_strings_and_penalties_reach_the_model(fleet: af.Fleet) -> None:
+    plain = fleet.agent("plain", model=RANDOM, max_tokens=48, temperature=0.0)
+    free = plain.submit("Say something").result(timeout=60)
+    assert isinstance(free, str) and len(free) > 4, free
+    # Stop before the first occurrence of a string the free answer contains: the answer ends
+    # where that string would have started.
+    stop = free[2:4]
+    stopped = fleet.agent("stopped", model=RANDOM, max_tokens=48, temperature=0.0, stop=[stop])
+    assert stopped.submit("Say something").result(timeout=60) == free[: free.index(stop)]
+    # Random weights repeat their few likeliest tokens; a strong frequency penalty makes
+    # the greedy answer move on to others.
+    penalized = fleet.agent("penalized", model=RANDOM, max_tokens=48, temperature=0.0, frequency_penalty=2.0)
+    assert penalized.submit("Say something").result(timeout=60) != free
+    fleet.agent("ok", model=RANDOM, presence_penalty=-2.0, frequency_penalty=2.0)
+    with pytest.raises(af.InvalidArgument, match="presence_penalty"):
+        fleet.agent("too-much", model=RANDOM, presence_penalty=2.5)
+
+
 class Person(pydantic.BaseModel):
     # Closed, so that random weights cannot add keys until max_tokens cuts them off.
     model_config = pydantic.ConfigDict(extra="forbid")

@@ -348,6 +348,7 @@ pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value,
         state,
         page_size,
         after,
+        newest_first: false,
     };
     let page = a2a.cluster.list_tasks(&filter);
     let tasks: Vec<Value> = page

@@ -189,6 +189,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             state: state_filter(r.state)?,
             page_size: if r.page_size == 0 { 100 } else { r.page_size as usize },
             after,
+            newest_first: r.newest_first,
         };
         let page = self.cluster.list_tasks(&filter);
         Ok(Response::new(pb::ListTasksResponse {

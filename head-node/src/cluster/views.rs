@@ -176,8 +176,10 @@ pub struct TaskFilter {
     pub context_id: Option<String>,
     pub state: Option<TaskState>,
     pub page_size: usize,
-    /// The task number to continue after.
+    /// The task number to continue after, in the listing's order (0: from its start).
     pub after: u64,
+    /// The newest tasks first.
+    pub newest_first: bool,
 }
 
 impl Cluster {
@@ -212,16 +214,25 @@ impl Cluster {
             .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
     }
 
-    /// Tasks in submission order matching `filter`, one page of them.
+    /// Tasks in submission order (or newest first) matching `filter`, one page of them.
     pub fn list_tasks(&self, filter: &TaskFilter) -> TaskPage {
         let state = self.state.lock();
         let size = filter.page_size.clamp(1, 1000);
         let mut page =
             TaskPage { tasks: Vec::with_capacity(size.min(64)), next_after: None, total: 0 };
         // A context's tasks come from its index: conversations stay cheap with many tasks.
-        let tasks: Box<dyn Iterator<Item = &TaskEntry>> = match &filter.context_id {
+        let oldest_first: Box<dyn DoubleEndedIterator<Item = &TaskEntry>> = match &filter.context_id
+        {
             Some(context) => Box::new(state.tasks.iter_context(context)),
             None => Box::new(state.tasks.iter_from(0)),
+        };
+        let tasks: Box<dyn Iterator<Item = &TaskEntry>> =
+            if filter.newest_first { Box::new(oldest_first.rev()) } else { oldest_first };
+        // Whether a task is at or before the cursor in the listing's order.
+        let seen = |number: u64| match (filter.newest_first, filter.after) {
+            (true, 0) => false,
+            (true, after) => number >= after,
+            (false, after) => number <= after,
         };
         for t in tasks {
             let matches = filter.agent.as_ref().is_none_or(|a| *a == t.agent)
@@ -231,7 +242,7 @@ impl Cluster {
                 continue;
             }
             page.total += 1;
-            if t.number <= filter.after {
+            if seen(t.number) {
                 continue;
             }
             if page.tasks.len() < size {

@@ -94,9 +94,10 @@ def test_function_calls_parse_and_their_results_are_answered(cluster: Cluster) -
 
 def test_text_streams_as_typed_events(cluster: Cluster) -> None:
     client = cluster.client()
-    with client.responses.stream(
-        model=SMOLLM2, input="Name three colors.", max_output_tokens=200, temperature=0.0,
-    ) as stream:
+    # A question SmolLM2 answers in one short sentence (an open one like "Name three
+    # colors." can ramble past max_output_tokens, which ends in response.incomplete).
+    ask = dict(instructions="You are a helpful assistant.", input="What is the capital of France?")
+    with client.responses.stream(model=SMOLLM2, max_output_tokens=200, temperature=0.0, **ask) as stream:  # type: ignore[arg-type]
         events = list(stream)
         final = stream.get_final_response()
     kinds = [e.type for e in events]
@@ -105,9 +106,9 @@ def test_text_streams_as_typed_events(cluster: Cluster) -> None:
     assert kinds[-1] == "response.completed" and "response.output_text.done" in kinds, kinds
     assert [e.sequence_number for e in events] == list(range(len(events)))
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    assert deltas and deltas == final.output_text
+    assert deltas and deltas == final.output_text and "Paris" in deltas
     # The same request without streaming gives the same greedy answer.
-    whole = client.responses.create(model=SMOLLM2, input="Name three colors.", max_output_tokens=200, temperature=0.0)
+    whole = client.responses.create(model=SMOLLM2, max_output_tokens=200, temperature=0.0, **ask)  # type: ignore[arg-type]
     assert whole.output_text == final.output_text
     # A cut-off answer ends with response.incomplete.
     cut = list(client.responses.create(model="terse", input="one two three", stream=True))

@@ -1,20 +1,25 @@
-"""Run a cluster node from the Python package:
+"""Run a cluster node, or look at and drive a cluster, from the Python package:
 
     python -m agentfleet head [fleet-head flags]      e.g. --listen 0.0.0.0:7070 --config fleet.toml
     python -m agentfleet worker [fleet-worker flags]  e.g. --head http://HEAD:7070
+    python -m agentfleet [--head URL] COMMAND ...     the `fleet` command line: status, agents,
+                                                      tasks, logs, cancel, submit (--help)
 """
 
 import sys
 
-from agentfleet._native import run_head, run_worker
+from agentfleet._native import run_cli, run_head, run_worker
 
 
 def main(argv: "list[str]") -> int:
-    if len(argv) < 1 or argv[0] not in ("head", "worker"):
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), file=sys.stderr)
-        return 2
-    role, rest = argv[0], argv[1:]
-    return run_head(rest) if role == "head" else run_worker(rest)
+        return 0 if argv else 2
+    if argv[0] == "head":
+        return run_head(argv[1:])
+    if argv[0] == "worker":
+        return run_worker(argv[1:])
+    return run_cli(argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ __all__ = [
     "init",
     "run_head",
     "run_worker",
+    "run_cli",
     "write_random_weight_model",
 ]
 
@@ -169,6 +170,9 @@ class Fleet:
         top_p: float | None = None,
         max_tokens: int | None = None,
         seed: int | None = None,
+        stop: list[str] = ...,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
         topics: list[str] = ...,
         output_schema: _OutputSchema | None = None,
     ) -> Agent: ...
@@ -190,6 +194,7 @@ def init(
 ) -> Fleet: ...
 def run_head(argv: list[str]) -> int: ...
 def run_worker(argv: list[str]) -> int: ...
+def run_cli(argv: list[str]) -> int: ...
 def write_random_weight_model(path: str | os.PathLike[str]) -> Path:
     """Writes a tiny chat model with RANDOM weights (Qwen2 architecture, 2 layers, Q8_0,
     a byte-level tokenizer with the Qwen2.5 chat template) as a GGUF file at ``path``

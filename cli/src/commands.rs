@@ -1,0 +1,148 @@
+//! Each `fleet` command: one or two calls of the client API, the answer rendered. Commands
+//! that print a table write to `out`; those that follow a task write its text to stdout as
+//! it arrives and its other events to stderr, so `fleet logs T > answer.txt` keeps the
+//! answer alone.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use fleet_client::{Client, EventKind, Submission, TaskState, TaskStream, pb};
+use futures::StreamExt;
+
+use crate::render;
+
+pub async fn status(client: &Client, out: &mut impl Write) -> Result<i32> {
+    let status = client.status().await?;
+    render::status(&status, out)?;
+    Ok(0)
+}
+
+pub async fn agents(client: &Client, out: &mut impl Write) -> Result<i32> {
+    let agents = client.list_agents().await?;
+    render::agents(&agents, out)?;
+    Ok(0)
+}
+
+pub async fn tasks(
+    client: &Client,
+    agent: Option<String>,
+    state: Option<TaskState>,
+    limit: u32,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let mut tasks = Vec::new();
+    let mut page_token = String::new();
+    // The head pages its answers; follow the pages until `limit` tasks or the last page.
+    while tasks.len() < limit as usize {
+        let request = pb::ListTasksRequest {
+            agent: agent.clone().unwrap_or_default(),
+            state: state.map_or(0, |s| pb::TaskState::from(s) as i32),
+            page_size: limit - tasks.len() as u32,
+            page_token,
+            newest_first: true,
+        };
+        let page = client.list_tasks(request).await?;
+        tasks.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    tasks.truncate(limit as usize);
+    render::tasks(&tasks, out)?;
+    Ok(0)
+}
+
+pub async fn logs(client: &Client, task: &str, from: u64) -> Result<i32> {
+    let stream = client.watch(task, from.max(1)).await.with_context(|| format!("task {task}"))?;
+    follow(stream).await
+}
+
+/// How long `cancel` waits for the task to stop once the head has the request.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// Cancels `task` and waits (at most [`CANCEL_WAIT`]) for it to end: the head answers the
+/// request at once, the worker stops the task a moment later.
+pub async fn cancel(client: &Client, task: &str, out: &mut impl Write) -> Result<i32> {
+    let info = client.cancel(task).await.with_context(|| format!("task {task}"))?;
+    let mut state = info.state();
+    if !TaskState::try_from(state).is_ok_and(TaskState::is_terminal) {
+        let mut events = client.watch(task, info.events + 1).await?;
+        let ended = tokio::time::timeout(CANCEL_WAIT, async {
+            while let Some(event) = events.next().await {
+                if let Some(end) = event?.kind.state_after().filter(|s| s.is_terminal()) {
+                    return Ok(Some(pb::TaskState::from(end)));
+                }
+            }
+            anyhow::Ok(None)
+        })
+        .await;
+        match ended {
+            Ok(Ok(Some(end))) => state = end,
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) | Err(_) => {
+                writeln!(out, "{task} cancel requested; still {}", render::state(state))?;
+                return Ok(1);
+            }
+        }
+    }
+    writeln!(out, "{task} {}", render::state(state))?;
+    Ok(0)
+}
+
+pub async fn submit(
+    client: &Client,
+    agent: String,
+    prompt: String,
+    context: Option<String>,
+    detach: bool,
+) -> Result<i32> {
+    let mut submission = Submission::new(agent, prompt);
+    submission.context_id = context.unwrap_or_default();
+    let mut stream = client.submit(submission).await?;
+    if detach {
+        // The head has accepted the task once its first event is out; it runs on whether or
+        // not anyone follows it.
+        let Some(first) = stream.next().await else { bail!("the head answered no event") };
+        println!("{}", first?.task_id);
+        return Ok(0);
+    }
+    follow(stream).await
+}
+
+/// Prints a task's events until its terminal one; the exit code says how it ended.
+async fn follow(mut stream: TaskStream) -> Result<i32> {
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut ended_line = true;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        match &event.kind {
+            EventKind::TextDelta { text, .. } => {
+                write!(stdout, "{text}")?;
+                stdout.flush()?;
+                ended_line = text.ends_with('\n');
+                continue;
+            }
+            EventKind::Embeddings { vectors } => {
+                for v in vectors {
+                    writeln!(stdout, "{}", render::vector(v))?;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if !ended_line {
+            // The event goes to stderr; end the text's line so the two do not interleave.
+            writeln!(stdout)?;
+            ended_line = true;
+        }
+        writeln!(stderr, "{}", render::event(&event))?;
+        match event.kind {
+            EventKind::Completed { .. } => return Ok(0),
+            EventKind::Failed { .. } | EventKind::Canceled { .. } => return Ok(1),
+            _ => {}
+        }
+    }
+    bail!("the task's stream ended before the task did")
+}

@@ -1,0 +1,147 @@
+//! `fleet`: agentfleet's command line, what `ray status` and `ray list` are to Ray users.
+//! Shared by the `fleet` binary and `python -m agentfleet`.
+//!
+//! ```text
+//! fleet status                          workers, their slots and models; task counters
+//! fleet agents                          registered agents
+//! fleet tasks [--agent A] [--state S]   retained tasks, newest first
+//! fleet logs TASK                       a task's stream, followed live to its end
+//! fleet cancel TASK
+//! fleet submit AGENT "prompt"           submits, then streams the answer (--detach: the id)
+//! ```
+//!
+//! The head's address comes from `--head` or `FLEET_HEAD` (default `http://127.0.0.1:7070`),
+//! its client token from `--token` or `FLEET_TOKEN`, a private CA from `--tls-ca`.
+//!
+//! - [`commands`]: each command against the cluster's client API;
+//! - [`render`]: tables and event lines as the terminal shows them.
+
+pub mod commands;
+pub mod render;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand};
+use fleet_client::{Client, ConnectOptions, TaskState};
+
+/// The head a bare `fleet` talks to: the address `fleet-head` listens on by default.
+pub const DEFAULT_HEAD: &str = "http://127.0.0.1:7070";
+
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, about = "Look at and drive an agentfleet cluster")]
+pub struct Args {
+    /// The head's address.
+    #[arg(long, env = "FLEET_HEAD", default_value = DEFAULT_HEAD, global = true)]
+    head: String,
+    /// The cluster's client token, when the head requires one.
+    #[arg(long, env = "FLEET_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// For an `https://` head: trust the CA certificates in this PEM file.
+    #[arg(long, env = "FLEET_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Workers (slots, models loaded, heartbeat) and the cluster's task counters.
+    Status,
+    /// Registered agents: model, version, tasks submitted.
+    Agents,
+    /// Retained tasks, newest first.
+    Tasks {
+        /// Only this agent's tasks.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only tasks in this state.
+        #[arg(long, value_parser = PossibleValuesParser::new(TaskState::ALL.map(TaskState::as_str)))]
+        state: Option<String>,
+        /// At most this many tasks.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A task's events from the start, followed live until it ends: its text on stdout,
+    /// every other event on stderr. Exits 0 when the task completed, 1 otherwise.
+    Logs {
+        task: String,
+        /// Start after this many events (1 = from the first).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Cancels a task; prints the state it ended in.
+    Cancel { task: String },
+    /// Submits a task and streams it as `logs` does.
+    Submit {
+        agent: String,
+        prompt: String,
+        /// Tasks sharing a context form one conversation with the agent.
+        #[arg(long)]
+        context: Option<String>,
+        /// Print the task id and return without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+/// Runs `fleet` with `args` (the program name first); returns the exit code: 0, 1 when the
+/// command failed (or a followed task did not complete), 2 for a bad command line.
+pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> i32 {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fleet: cannot start: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleet: {}", describe(&e));
+            1
+        }
+    }
+}
+
+/// An error with its context, down to the first client error: that one already says what
+/// the head answered (the gRPC status beneath it would say it again).
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.downcast_ref::<fleet_client::Error>().is_some() {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    let options =
+        ConnectOptions { token: args.token, tls_ca: args.tls_ca, ..ConnectOptions::default() };
+    let client = Client::connect_with(&args.head, options).await?;
+    let out = &mut std::io::stdout().lock();
+    match args.command {
+        Command::Status => commands::status(&client, out).await,
+        Command::Agents => commands::agents(&client, out).await,
+        Command::Tasks { agent, state, limit } => {
+            // clap has checked the name against TaskState::ALL's.
+            let state = state.and_then(|s| TaskState::ALL.into_iter().find(|t| t.as_str() == s));
+            commands::tasks(&client, agent, state, limit, out).await
+        }
+        Command::Logs { task, from } => commands::logs(&client, &task, from).await,
+        Command::Cancel { task } => commands::cancel(&client, &task, out).await,
+        Command::Submit { agent, prompt, context, detach } => {
+            commands::submit(&client, agent, prompt, context, detach).await
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(fleet_cli::main(std::env::args_os()));
+}

@@ -1,0 +1,154 @@
+//! The `fleet` binary against a real cluster (a `fleet-head` and two `fleet-worker`
+//! processes on 127.0.0.1, with a client token): every command, run as a user would.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use fleet_client::{AgentSpec, Client, TaskState};
+use fleet_testkit::ClusterSandbox;
+
+const TOKEN: &str = "cli-test-token";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// What a `fleet` run printed and how it exited.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `fleet ARGS` against the sandbox, the address and token from the environment as a
+/// user's shell would carry them.
+async fn fleet(cluster: &ClusterSandbox, token: &str, args: &[&str]) -> Result<Run> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .args(args)
+        .env("FLEET_HEAD", &cluster.url)
+        .env("FLEET_TOKEN", token)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(LIMIT, output).await.context("fleet ran too long")??;
+    Ok(Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// An echo agent that takes `delay_ms` per word.
+fn echo(name: &str, delay_ms: u32) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        model: "builtin:echo".into(),
+        model_options: BTreeMap::from([("token_delay_ms".into(), delay_ms.to_string())]),
+        ..Default::default()
+    }
+}
+
+/// Waits until the head reports `task` in `state`.
+async fn wait_state(client: &Client, task: &str, state: TaskState) -> Result<()> {
+    let want = fleet_client::pb::TaskState::from(state);
+    tokio::time::timeout(LIMIT, async {
+        while client.get_task(task).await?.state() != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .with_context(|| format!("task {task} never reached {state:?}"))?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_against_a_live_cluster() -> Result<()> {
+    let cluster = ClusterSandbox::builder().workers(2).token(TOKEN).start().await?;
+    let client = cluster.client().await?;
+    client.register_agent(echo("echo", 0)).await?;
+    // 250 ms a word: a task of 12 words runs 3 s, long enough to be followed live.
+    client.register_agent(echo("slow", 250)).await?;
+
+    let status = fleet(&cluster, TOKEN, &["status"]).await?;
+    ensure!(status.code == 0, "status: {}", status.stderr);
+    ensure!(status.stdout.contains("workers 2 alive of 2; agents 2"), "{}", status.stdout);
+    for worker in ["worker-0", "worker-1"] {
+        ensure!(status.stdout.contains(worker), "status lacks {worker}: {}", status.stdout);
+    }
+
+    let agents = fleet(&cluster, TOKEN, &["agents"]).await?;
+    ensure!(agents.code == 0, "agents: {}", agents.stderr);
+    let lines: Vec<&str> = agents.stdout.lines().collect();
+    ensure!(lines.len() == 3 && lines[0].starts_with("AGENT"), "{}", agents.stdout);
+    ensure!(lines.iter().any(|l| l.starts_with("echo ") && l.contains("builtin:echo")));
+
+    // submit: the answer on stdout, the events on stderr.
+    let submit = fleet(&cluster, TOKEN, &["submit", "echo", "hello from the shell"]).await?;
+    ensure!(submit.code == 0, "submit: {}", submit.stderr);
+    ensure!(submit.stdout.trim_end() == "hello from the shell", "{:?}", submit.stdout);
+    ensure!(submit.stderr.contains("completed ("), "{}", submit.stderr);
+    let echo_task = submit.stderr.split(['[', ' ']).nth(1).context("no task id")?.to_owned();
+
+    // submit --detach prints the id; logs follows the running task to its end.
+    let words = "one two three four five six seven eight nine ten eleven twelve";
+    let detached = fleet(&cluster, TOKEN, &["submit", "slow", words, "--detach"]).await?;
+    ensure!(detached.code == 0, "submit --detach: {}", detached.stderr);
+    let slow_task = detached.stdout.trim().to_owned();
+    wait_state(&client, &slow_task, TaskState::Working).await?;
+    let logs = fleet(&cluster, TOKEN, &["logs", &slow_task]).await?;
+    ensure!(logs.code == 0, "logs: {}", logs.stderr);
+    ensure!(logs.stdout.trim_end() == words, "{:?}", logs.stdout);
+    ensure!(logs.stderr.contains("scheduled on worker-"), "{}", logs.stderr);
+    ensure!(logs.stderr.lines().last().is_some_and(|l| l.contains("completed (")));
+
+    // tasks, filtered by agent and by state.
+    let tasks = fleet(&cluster, TOKEN, &["tasks", "--agent", "slow"]).await?;
+    ensure!(tasks.code == 0, "tasks: {}", tasks.stderr);
+    ensure!(tasks.stdout.contains(&slow_task) && !tasks.stdout.contains(&echo_task));
+    let done = fleet(&cluster, TOKEN, &["tasks", "--state", "completed"]).await?;
+    let row = |id: &str| done.stdout.lines().position(|l| l.starts_with(id));
+    let (slow_row, echo_row) = (row(&slow_task), row(&echo_task));
+    ensure!(slow_row.is_some() && echo_row.is_some(), "{}", done.stdout);
+    ensure!(slow_row < echo_row, "newest first: {}", done.stdout);
+    let one = fleet(&cluster, TOKEN, &["tasks", "--limit", "1"]).await?;
+    ensure!(one.stdout.lines().count() == 2, "one task: {}", one.stdout);
+    let failed = fleet(&cluster, TOKEN, &["tasks", "--state", "failed"]).await?;
+    ensure!(failed.stdout.lines().count() == 1, "no failed tasks: {}", failed.stdout);
+
+    // cancel a running task; following it then ends with the cancel, exit code 1.
+    let long = "w ".repeat(200);
+    let detached = fleet(&cluster, TOKEN, &["submit", "slow", &long, "--detach"]).await?;
+    let doomed = detached.stdout.trim().to_owned();
+    wait_state(&client, &doomed, TaskState::Working).await?;
+    let cancel = fleet(&cluster, TOKEN, &["cancel", &doomed]).await?;
+    ensure!(cancel.code == 0, "cancel: {}", cancel.stderr);
+    ensure!(cancel.stdout.trim() == format!("{doomed} canceled"), "{:?}", cancel.stdout);
+    let logs = fleet(&cluster, TOKEN, &["logs", &doomed]).await?;
+    ensure!(logs.code == 1 && logs.stderr.contains("canceled"), "{}", logs.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_get_a_clear_message_and_a_failing_exit_code() -> Result<()> {
+    let cluster = ClusterSandbox::builder().workers(1).token(TOKEN).start().await?;
+
+    let no_token = fleet(&cluster, "wrong-token", &["status"]).await?;
+    ensure!(no_token.code == 1, "exit {}", no_token.code);
+    ensure!(no_token.stderr.contains("wrong client token"), "{}", no_token.stderr);
+    ensure!(no_token.stderr.lines().count() == 1, "one line: {}", no_token.stderr);
+
+    let unknown = fleet(&cluster, TOKEN, &["logs", "no-such-task"]).await?;
+    ensure!(unknown.code == 1 && unknown.stderr.contains("no-such-task"), "{}", unknown.stderr);
+
+    let no_agent = fleet(&cluster, TOKEN, &["submit", "nobody", "hi"]).await?;
+    ensure!(no_agent.code == 1 && no_agent.stderr.contains("nobody"), "{}", no_agent.stderr);
+
+    let bad_state = fleet(&cluster, TOKEN, &["tasks", "--state", "sleeping"]).await?;
+    ensure!(bad_state.code == 2 && bad_state.stderr.contains("sleeping"), "{}", bad_state.stderr);
+
+    // No head at the address: says where it tried.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .args(["--head", "http://127.0.0.1:9", "status"])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(1) && stderr.contains("127.0.0.1:9"), "{stderr}");
+    Ok(())
+}
