@@ -67,7 +67,7 @@ pub enum Command {
     /// every other event on stderr. Exits 0 when the task completed, 1 otherwise.
     Logs {
         task: String,
-        /// Start after this many events (1 = from the first).
+        /// Start at this event number (1 = the first; events are numbered from 1 with no gaps).
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
