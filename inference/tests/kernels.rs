@@ -12,21 +12,18 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use fleet_inference::Error;
 use fleet_inference::kernels::QuantMatrix;
+use fleet_inference::transformer::fixture;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Deterministic pseudo-random values in [-scale, scale) (xorshift), with a few outliers.
+/// Deterministic pseudo-random values in [-scale, scale), with a few outliers (every 97th
+/// value 8 times larger).
 fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if i % 97 == 0 { u * scale * 8.0 } else { u * scale }
-        })
-        .collect()
+    let mut v = fixture::noise(len, seed, scale);
+    for x in v.iter_mut().step_by(97) {
+        *x *= 8.0;
+    }
+    v
 }
 
 fn q8_weights(n: usize, k: usize, seed: u64) -> Result<QTensor> {

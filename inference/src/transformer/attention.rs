@@ -272,19 +272,7 @@ struct Row<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random vector in [-scale, scale).
-    fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::transformer::fixture::noise;
 
     #[test]
     fn exp_is_within_two_ulp_of_libm_below_zero() {

@@ -1,6 +1,7 @@
 //! Tiny random-weight models of every family, written to disk as a Hugging Face folder and as
 //! GGUF files (F32, Q8_0, Q4_K) holding the same weights, so tests and benchmarks run real
-//! model code without downloading anything.
+//! model code without downloading anything; and [`noise`], the same pseudo-random test data
+//! on every run.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +12,20 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::{DecoderConfig, Family, RopeConfig, RopeScaling};
 use super::weights::Part;
+
+/// `len` deterministic pseudo-random values in [-scale, scale) (xorshift64 from `seed`):
+/// test data that is the same on every run and machine, so a failure can be replayed.
+pub fn noise(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
 
 /// A small model: 2 layers, 4 heads over 2 KV heads, hidden 64, vocab 384. Qwen3 gets an
 /// explicit head_dim that is not hidden / heads, as real Qwen3 models do.
