@@ -1,5 +1,5 @@
-//! The head's HTTP routes, served on the same address as gRPC: `/healthz`, the A2A front
-//! door and the OpenAI-compatible API.
+//! The head's HTTP routes, served on the same address as gRPC: `/healthz`, `/metrics`, the
+//! A2A front door and the OpenAI-compatible API.
 
 use std::sync::Arc;
 
@@ -39,7 +39,8 @@ async fn healthz(
 /// Room in a request body beyond the input limit, for JSON framing and escapes.
 const BODY_SLACK_BYTES: usize = 64 << 10;
 
-/// `/healthz`, the A2A routes and the OpenAI routes; fails on an unreadable webhook CA.
+/// `/healthz`, `/metrics`, the A2A routes and the OpenAI routes; fails on an unreadable
+/// webhook CA.
 pub fn router(
     cluster: Arc<Cluster>,
     config: &HeadConfig,
@@ -65,6 +66,11 @@ pub fn router(
         tls: config.tls_cert.is_some(),
     };
     webhooks.restore(&a2a);
+    let metrics = crate::metrics::MetricsRoute {
+        cluster: cluster.clone(),
+        clients: clients.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+    };
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),
         clients,
@@ -74,6 +80,7 @@ pub fn router(
     Ok(Router::new()
         .route("/healthz", get(healthz))
         .with_state(cluster)
+        .merge(Router::new().route("/metrics", get(crate::metrics::metrics)).with_state(metrics))
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai)))
 }

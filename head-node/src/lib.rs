@@ -12,7 +12,7 @@
 //!   an agent to call runs); [`topics`] relays the mesh's topics to clients; [`store`]
 //!   keeps tasks, their event logs and registered agents across restarts (in a file, or
 //!   in PostgreSQL shared by a leader and standbys: `leader`);
-//! - [`http`] serves `/healthz` and mounts [`a2a`], the A2A front door (JSON-RPC and
+//! - [`http`] serves `/healthz`, `metrics` (Prometheus, `/metrics`) and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
 //!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`);
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 mod leader;
+mod metrics;
 pub mod openai;
 pub mod scheduler;
 pub mod server;

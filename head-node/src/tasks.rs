@@ -107,6 +107,8 @@ pub struct TaskEntry {
     pub error: String,
     pub usage: Usage,
     pub submitted_at_us: u64,
+    /// When the first event from a worker arrived (0: none yet, or restored from a store).
+    pub first_event_us: u64,
     pub finished_at_us: u64,
     pub cancel_requested: bool,
     /// Events up to this seq are stored and have gone to the subscribers.
@@ -429,6 +431,7 @@ impl TaskTable {
             error: String::new(),
             usage: Usage::default(),
             submitted_at_us,
+            first_event_us: 0,
             finished_at_us: 0,
             cancel_requested: false,
             durable: 0,

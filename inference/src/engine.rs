@@ -11,11 +11,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
 
 use candle_core::Tensor;
 use fleet_grammar::{Constraint, Mask};
 use tokio::sync::mpsc;
 
+use crate::latency::{INTER_TOKEN_BOUNDS, LatencyHistogram, TIME_TO_FIRST_TOKEN_BOUNDS};
 use crate::prefix::{BLOCK_SIZE, PrefixCache, ROOT};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::transformer::{SequenceCache, StepInput};
@@ -123,6 +125,8 @@ pub enum TokenEvent {
 
 struct Submission {
     request: TokenRequest,
+    /// When `generate` was called: time to first token counts from here.
+    at: Instant,
     events: mpsc::UnboundedSender<TokenEvent>,
 }
 
@@ -134,10 +138,11 @@ pub struct Engine {
 }
 
 /// Live figures of an engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineStats {
-    /// KV bytes reserved by admitted sequences.
+    /// KV bytes reserved by admitted sequences, and the most they may reserve.
     pub kv_bytes: AtomicUsize,
+    pub kv_capacity_bytes: AtomicUsize,
     pub active: AtomicUsize,
     pub waiting: AtomicUsize,
     pub steps: AtomicUsize,
@@ -152,6 +157,38 @@ pub struct EngineStats {
     pub prefix_misses: AtomicU64,
     /// Bytes the prefix cache holds.
     pub prefix_cache_bytes: AtomicUsize,
+    /// From a request's submission to its first token, and between a sequence's tokens.
+    pub time_to_first_token: LatencyHistogram,
+    pub inter_token: LatencyHistogram,
+}
+
+impl EngineStats {
+    fn occupancy(&self, kv_bytes: usize, active: usize, waiting: usize, prefix_bytes: usize) {
+        self.kv_bytes.store(kv_bytes, Ordering::Relaxed);
+        self.prefix_cache_bytes.store(prefix_bytes, Ordering::Relaxed);
+        self.active.store(active, Ordering::Relaxed);
+        self.waiting.store(waiting, Ordering::Relaxed);
+    }
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        Self {
+            kv_bytes: AtomicUsize::new(0),
+            kv_capacity_bytes: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            steps: AtomicUsize::new(0),
+            generated_tokens: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            cached_tokens: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
+            prefix_misses: AtomicU64::new(0),
+            prefix_cache_bytes: AtomicUsize::new(0),
+            time_to_first_token: LatencyHistogram::new(&TIME_TO_FIRST_TOKEN_BOUNDS),
+            inter_token: LatencyHistogram::new(&INTER_TOKEN_BOUNDS),
+        }
+    }
 }
 
 impl Engine {
@@ -159,6 +196,7 @@ impl Engine {
     pub fn start(model: impl BatchedModel, options: EngineOptions) -> std::io::Result<Self> {
         let (submit, requests) = std_mpsc::channel();
         let stats = Arc::new(EngineStats::default());
+        stats.kv_capacity_bytes.store(options.max_kv_bytes, Ordering::Relaxed);
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("fleet-engine".into())
@@ -171,7 +209,9 @@ impl Engine {
     pub fn generate(&self, request: TokenRequest) -> mpsc::UnboundedReceiver<TokenEvent> {
         // Unbounded but bounded by construction: at most max_tokens + 1 events.
         let (events, receiver) = mpsc::unbounded_channel();
-        if let Err(std_mpsc::SendError(s)) = self.submit.send(Submission { request, events }) {
+        if let Err(std_mpsc::SendError(s)) =
+            self.submit.send(Submission { request, events, at: Instant::now() })
+        {
             let _ = s.events.send(TokenEvent::Error("the engine has stopped".into()));
         }
         receiver
@@ -200,6 +240,8 @@ struct Active {
     /// Prompt tokens copied from the prefix cache.
     cached: usize,
     constraint: Option<Constraint>,
+    /// When the request was submitted, then when its latest token was sampled.
+    last_event_at: Instant,
 }
 
 fn run(
@@ -271,6 +313,7 @@ fn run(
                 seen: s.request.prompt.clone(),
                 request: s.request,
                 events: s.events,
+                last_event_at: s.at,
                 fed: 0,
                 generated: 0,
                 reserved: need,
@@ -295,10 +338,7 @@ fn run(
             }
             keep
         });
-        stats.kv_bytes.store(reserved, Ordering::Relaxed);
-        stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
-        stats.active.store(active.len(), Ordering::Relaxed);
-        stats.waiting.store(waiting.len(), Ordering::Relaxed);
+        stats.occupancy(reserved, active.len(), waiting.len(), prefixes.bytes());
         if active.is_empty() {
             continue;
         }
@@ -365,11 +405,17 @@ fn run(
                 let _ = a.events.send(TokenEvent::Logprobs(logprobs));
             }
             a.generated += 1;
+            let now = Instant::now();
+            let since = now.saturating_duration_since(a.last_event_at);
+            a.last_event_at = now;
             if a.generated == 1 {
+                stats.time_to_first_token.observe(since);
                 stats.prompt_tokens.fetch_add(a.request.prompt.len() as u64, Ordering::Relaxed);
                 stats.cached_tokens.fetch_add(a.cached as u64, Ordering::Relaxed);
                 let counter = if a.cached > 0 { &stats.prefix_hits } else { &stats.prefix_misses };
                 counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.inter_token.observe(since);
             }
             stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             a.seen.push(token);
@@ -415,8 +461,10 @@ fn run(
             for a in ended.iter_mut().chain(active.iter_mut()) {
                 publish_blocks(a, &mut prefixes, room);
             }
-            stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
         }
+        // Now, not at the next step: after the last sequence the engine waits for a request,
+        // and its figures would show the ended ones as running until then.
+        stats.occupancy(reserved, active.len(), waiting.len(), prefixes.bytes());
     }
 }
 

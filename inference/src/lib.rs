@@ -34,6 +34,7 @@ pub mod error;
 pub mod gpu;
 pub mod installed;
 pub mod kernels;
+pub mod latency;
 pub mod local;
 pub mod model;
 pub mod prefix;

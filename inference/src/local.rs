@@ -365,6 +365,7 @@ impl Model for LocalModel {
         };
         ModelStats {
             kv_bytes: stats.kv_bytes.load(Ordering::Relaxed) as u64,
+            kv_capacity_bytes: stats.kv_capacity_bytes.load(Ordering::Relaxed) as u64,
             active: count(&stats.active),
             waiting: count(&stats.waiting),
             generated_tokens: stats.generated_tokens.load(Ordering::Relaxed),
@@ -373,6 +374,8 @@ impl Model for LocalModel {
             prefix_hits: stats.prefix_hits.load(Ordering::Relaxed),
             prefix_misses: stats.prefix_misses.load(Ordering::Relaxed),
             prefix_cache_bytes: stats.prefix_cache_bytes.load(Ordering::Relaxed) as u64,
+            time_to_first_token: stats.time_to_first_token.snapshot(),
+            inter_token: stats.inter_token.snapshot(),
         }
     }
 

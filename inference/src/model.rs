@@ -161,10 +161,11 @@ pub struct Embeddings {
 }
 
 /// Live figures of a model's engine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelStats {
-    /// KV-cache bytes held by admitted sequences.
+    /// KV-cache bytes held by admitted sequences, and the most they may hold.
     pub kv_bytes: u64,
+    pub kv_capacity_bytes: u64,
     /// Sequences generating now and waiting for room.
     pub active: u32,
     pub waiting: u32,
@@ -177,4 +178,7 @@ pub struct ModelStats {
     pub prefix_hits: u64,
     pub prefix_misses: u64,
     pub prefix_cache_bytes: u64,
+    /// From a request reaching the engine to its first token, and between two tokens.
+    pub time_to_first_token: crate::latency::Latencies,
+    pub inter_token: crate::latency::Latencies,
 }

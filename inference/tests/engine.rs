@@ -158,6 +158,33 @@ async fn a_cancelled_sequence_frees_its_kv_memory() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_show_an_idle_engine_once_its_last_sequence_ends() -> Result<()> {
+    let engine = Engine::start(model("idle")?, EngineOptions::default())?;
+    let (tokens, end) = collect(engine.generate(TokenRequest {
+        prompt: vec![1, 2, 3],
+        max_tokens: 6,
+        stop_tokens: vec![],
+        sampling: Default::default(),
+        logprobs: None,
+        constraint: None,
+    }))
+    .await;
+    assert!(matches!(end, Some(TokenEvent::Done { finish: Finish::Length, .. })), "{end:?}");
+    // The engine now waits for a request; its figures must not keep the ended sequence.
+    let stats = engine.stats();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.active.load(Ordering::Relaxed) != 0 || stats.kv_bytes.load(Ordering::Relaxed) != 0 {
+        assert!(Instant::now() < deadline, "an idle engine still shows a running sequence");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every token timed once: the first from the request, the others from the one before.
+    let (first, between) = (stats.time_to_first_token.snapshot(), stats.inter_token.snapshot());
+    assert_eq!((first.count(), between.count()), (1, tokens.len() as u64 - 1));
+    assert!(first.sum_seconds > 0.0 && between.sum_seconds > 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<()> {
     let m = model("admit")?;
     let per_token = 2 * 2 * 2 * 16 * 4; // layers * (k, v) * kv heads * head dim * f32

@@ -195,7 +195,22 @@ impl From<pb::LoadedModel> for LoadedModel {
             prefix_hits: m.prefix_hits,
             prefix_misses: m.prefix_misses,
             prefix_cache_bytes: m.prefix_cache_bytes,
+            kv_capacity_bytes: m.kv_capacity_bytes,
+            time_to_first_token: m.time_to_first_token.map(Into::into).unwrap_or_default(),
+            inter_token: m.inter_token.map(Into::into).unwrap_or_default(),
         }
+    }
+}
+
+impl From<pb::Latencies> for Latencies {
+    fn from(l: pb::Latencies) -> Self {
+        Self { upper_bounds: l.upper_bounds, counts: l.counts, sum_seconds: l.sum_seconds }
+    }
+}
+
+impl From<Latencies> for pb::Latencies {
+    fn from(l: Latencies) -> Self {
+        Self { upper_bounds: l.upper_bounds, counts: l.counts, sum_seconds: l.sum_seconds }
     }
 }
 
@@ -213,6 +228,9 @@ impl From<LoadedModel> for pb::LoadedModel {
             prefix_hits: m.prefix_hits,
             prefix_misses: m.prefix_misses,
             prefix_cache_bytes: m.prefix_cache_bytes,
+            kv_capacity_bytes: m.kv_capacity_bytes,
+            time_to_first_token: Some(m.time_to_first_token.into()),
+            inter_token: Some(m.inter_token.into()),
         }
     }
 }

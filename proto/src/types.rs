@@ -513,6 +513,22 @@ pub struct LoadedModel {
     pub prefix_hits: u64,
     pub prefix_misses: u64,
     pub prefix_cache_bytes: u64,
+    /// The most KV-cache bytes admitted sequences may hold.
+    pub kv_capacity_bytes: u64,
+    /// Since the model loaded: from a request reaching the engine to its first token, and
+    /// between two tokens of a sequence.
+    pub time_to_first_token: Latencies,
+    pub inter_token: Latencies,
+}
+
+/// A histogram of durations: `counts[i]` observations above `upper_bounds[i - 1]` and at
+/// most `upper_bounds[i]` seconds; the last count (one more than the bounds) is above them
+/// all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latencies {
+    pub upper_bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
 }
 
 /// Everything a worker sends up its `Join` stream.

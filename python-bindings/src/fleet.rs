@@ -270,6 +270,7 @@ fn status_dict<'py>(
             let md = PyDict::new(py);
             md.set_item("id", m.id)?;
             md.set_item("kv_bytes", m.kv_bytes)?;
+            md.set_item("kv_capacity_bytes", m.kv_capacity_bytes)?;
             md.set_item("active_sequences", m.active_sequences)?;
             md.set_item("waiting_sequences", m.waiting_sequences)?;
             md.set_item("tokens_per_s", m.tokens_per_s)?;

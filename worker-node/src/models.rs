@@ -254,6 +254,7 @@ impl ModelStore {
                 let s = model.stats();
                 let total = by_id.entry(id.clone()).or_default();
                 total.kv_bytes += s.kv_bytes;
+                total.kv_capacity_bytes += s.kv_capacity_bytes;
                 total.active += s.active;
                 total.waiting += s.waiting;
                 total.generated_tokens += s.generated_tokens;
@@ -262,6 +263,8 @@ impl ModelStore {
                 total.prefix_hits += s.prefix_hits;
                 total.prefix_misses += s.prefix_misses;
                 total.prefix_cache_bytes += s.prefix_cache_bytes;
+                total.time_to_first_token.merge(&s.time_to_first_token);
+                total.inter_token.merge(&s.inter_token);
             }
         }
         let mut report = Vec::with_capacity(by_id.len());
@@ -286,10 +289,17 @@ impl ModelStore {
                 prefix_hits: s.prefix_hits,
                 prefix_misses: s.prefix_misses,
                 prefix_cache_bytes: s.prefix_cache_bytes,
+                kv_capacity_bytes: s.kv_capacity_bytes,
+                time_to_first_token: latencies(s.time_to_first_token),
+                inter_token: latencies(s.inter_token),
             });
         }
         report
     }
+}
+
+fn latencies(l: fleet_inference::latency::Latencies) -> fleet_proto::Latencies {
+    fleet_proto::Latencies { upper_bounds: l.bounds, counts: l.counts, sum_seconds: l.sum_seconds }
 }
 
 /// KV memory for a model loading on a CUDA GPU when its options name none: a share of the

@@ -139,6 +139,10 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
         };
         reply_to_call(state, &parent, call_id, output, is_error);
     }
+    if let Some(task) = state.tasks.get(id.as_str()) {
+        let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
+        state.metrics.ended(&task.agent, final_state, Duration::from_micros(took));
+    }
     state.tasks.finished(id, final_state);
 }
 

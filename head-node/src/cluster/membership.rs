@@ -120,6 +120,7 @@ impl Cluster {
             return;
         }
         state.workers.touch(worker_id, connection, Instant::now());
+        state.metrics.worker_events(events.len());
         // Workers on the mesh call agents themselves; their ToolCall events are for the log.
         let calls_direct =
             state.workers.get(worker_id).is_some_and(|w| w.registration.mesh.is_some());
@@ -154,6 +155,11 @@ impl Cluster {
             if !current || task.state.is_terminal() {
                 debug!(task_id = %event.task_id, worker_id, attempt = event.attempt, "stale event dropped");
                 continue;
+            }
+            if task.first_event_us == 0 {
+                task.first_event_us = now_us();
+                let after = task.first_event_us.saturating_sub(task.submitted_at_us);
+                state.metrics.first_event(&task.agent, Duration::from_micros(after));
             }
             match &event.kind {
                 EventKind::Submitted { .. }

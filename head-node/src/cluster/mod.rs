@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::agents::{AgentRegistry, Registered};
 use crate::config::HeadConfig;
+use crate::metrics::TaskMetrics;
 use crate::scheduler::{self, Affinity, Placement, Prefixes};
 use crate::store::{Commit, Journal, Restored};
 use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
@@ -43,7 +44,8 @@ use calls::*;
 use lifecycle::*;
 use submit::*;
 pub use views::{
-    AgentInfo, ClusterStatus, ModelInfo, NewTask, TaskFilter, TaskInfo, TaskPage, WorkerInfo,
+    AgentInfo, AgentLoad, ClusterStatus, ModelInfo, NewTask, TaskFilter, TaskInfo, TaskPage,
+    WorkerInfo,
 };
 
 /// How many queued tasks one drain looks at past tasks that must keep waiting.
@@ -96,6 +98,8 @@ struct State {
     lease: Option<Arc<LeaseDeadline>>,
     /// Push configs restored from the store, until the A2A front door takes them.
     stored_push: Vec<(TaskId, fleet_proto::pb::StoredPushConfigs)>,
+    /// Counted at the transitions, read by `/metrics`.
+    metrics: Arc<TaskMetrics>,
 }
 
 impl State {
@@ -136,6 +140,8 @@ impl LeaseDeadline {
 pub struct Cluster {
     state: Mutex<State>,
     limits: Limits,
+    /// The same as the state's, read without its lock.
+    metrics: Arc<TaskMetrics>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -180,6 +186,7 @@ impl Cluster {
         for spec in &config.agents {
             agents.register(spec.clone())?;
         }
+        let metrics = Arc::new(TaskMetrics::default());
         Ok(Self {
             state: Mutex::new(State {
                 agents,
@@ -196,7 +203,9 @@ impl Cluster {
                 orphans_until: None,
                 lease: None,
                 stored_push: Vec::new(),
+                metrics: metrics.clone(),
             }),
+            metrics,
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,
                 max_queued_tasks: config.max_queued_tasks,
@@ -209,6 +218,11 @@ impl Cluster {
     /// Calls `hook` with the id of every task retention evicts from now on.
     pub fn on_task_evicted(&self, hook: crate::tasks::EvictionHook) {
         self.state.lock().tasks.on_evicted(hook);
+    }
+
+    /// What the cluster counts as tasks move, for `/metrics`.
+    pub(crate) fn task_metrics(&self) -> &TaskMetrics {
+        &self.metrics
     }
 
     /// A new subscriber with the configured buffer.

@@ -207,6 +207,7 @@ pub(super) fn submit_in(
 
     let id = TaskId::new(uuid::Uuid::new_v4().to_string());
     let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
+    state.metrics.submitted(&entry.agent);
     entry.options = with_agent_format(task.options, &spec);
     if let Some((parent, call_id, depth)) = parent {
         entry.parent = Some((parent, call_id));

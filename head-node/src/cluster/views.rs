@@ -141,6 +141,14 @@ pub struct AgentInfo {
     pub tasks_submitted: u64,
 }
 
+/// One agent's tasks now, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLoad {
+    pub agent: String,
+    pub running: u32,
+    pub queued: usize,
+}
+
 /// One worker, for the cluster status.
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
@@ -252,6 +260,28 @@ impl Cluster {
             }
         }
         page
+    }
+
+    /// Every agent's running and queued tasks, by name.
+    pub fn agent_loads(&self) -> Vec<AgentLoad> {
+        let state = self.state.lock();
+        let mut queued: HashMap<&str, usize> = HashMap::new();
+        for id in &state.queue {
+            if let Some(task) = state.tasks.get(id.as_str()) {
+                *queued.entry(task.agent.as_str()).or_default() += 1;
+            }
+        }
+        let mut loads: Vec<AgentLoad> = state
+            .agents
+            .iter()
+            .map(|a| AgentLoad {
+                agent: a.spec.name.clone(),
+                running: a.running,
+                queued: queued.get(a.spec.name.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        loads.sort_by(|a, b| a.agent.cmp(&b.agent));
+        loads
     }
 
     pub fn status(&self) -> ClusterStatus {
