@@ -103,7 +103,6 @@ pub struct TaskEntry {
     /// What the running attempt holds on its worker.
     pub reserved: Resources,
     pub events: Vec<Arc<TaskEvent>>,
-    pub output: String,
     pub error: String,
     pub usage: Usage,
     pub submitted_at_us: u64,
@@ -209,13 +208,8 @@ impl TaskEntry {
         }
         self.bytes += event_bytes(kind);
         match kind {
-            EventKind::TextDelta { text, .. } => {
-                self.output.push_str(text);
-                self.bytes += text.len();
-            }
             EventKind::Completed { usage } => self.usage = *usage,
             EventKind::Failed { error, .. } => self.error.clone_from(error),
-            EventKind::Retrying { .. } => self.output.clear(),
             EventKind::Scheduled { worker_id } => self.worker = Some(worker_id.clone()),
             _ => {}
         }
@@ -252,6 +246,21 @@ impl TaskEntry {
     /// told `Accepted { client_ref }` first when a ref is given.
     pub fn follow_submitted(&mut self, sub: Subscriber, client_ref: Option<u64>) {
         self.subscribers.push(Follower { sub, from: 1, accepted: client_ref });
+    }
+
+    /// The text of the current attempt: its deltas since the last retry, joined. The text
+    /// lives only in the events (a copy beside them doubled what a task holds).
+    pub fn output(&self) -> String {
+        let attempt =
+            self.events.iter().rposition(|e| matches!(e.kind, EventKind::Retrying { .. }));
+        let events = &self.events[attempt.map_or(0, |i| i + 1)..];
+        let mut text = String::new();
+        for e in events {
+            if let EventKind::TextDelta { text: delta, .. } = &e.kind {
+                text.push_str(delta);
+            }
+        }
+        text
     }
 
     /// What the task was submitted with, for the store.
@@ -427,7 +436,6 @@ impl TaskTable {
             worker: None,
             reserved: Resources::default(),
             events: Vec::new(),
-            output: String::new(),
             error: String::new(),
             usage: Usage::default(),
             submitted_at_us,
@@ -534,8 +542,12 @@ mod tests {
         let last = task.push(EventKind::Completed { usage: Usage::default() }, 4);
         assert_eq!(last.seq, 4);
         assert_eq!(task.state, TaskState::Completed);
-        assert_eq!(task.output, "hi");
+        assert_eq!(task.output(), "hi");
         assert_eq!(task.stored_events_from(3).len(), 2);
+        // A retried attempt's text starts over.
+        task.push(EventKind::Retrying { reason: "lost".into(), failed_attempt: 1 }, 5);
+        task.push(EventKind::text("again"), 6);
+        assert_eq!(task.output(), "again");
         assert!(task.stored_events_from(9).is_empty());
         assert_eq!(id.as_str(), "t1");
     }
@@ -600,9 +612,13 @@ mod tests {
             }
             complete(&mut table, &id);
         }
-        // Each task holds 10,000 bytes of deltas twice (events and output): 20 KB or more.
+        // Each task holds its 10,000 bytes of deltas once (in its events, not again as its
+        // output), plus the events' fixed parts.
+        let per_task = table.get("t19").map_or(0, |t| t.bytes);
+        assert!((10_000..15_000).contains(&per_task), "{per_task} bytes for 10,000 of text");
         assert!(table.retained_bytes <= 100 << 10, "{} bytes retained", table.retained_bytes);
-        assert!((3..=5).contains(&table.len()), "{} tasks retained", table.len());
+        let fit = (100 << 10) / per_task;
+        assert!((fit - 1..=fit).contains(&table.len()), "{} tasks retained", table.len());
         assert!(table.get("t19").is_some() && table.get("t0").is_none());
         // One task over the whole budget is still kept until the next one finishes.
         let big = TaskId::new("big");

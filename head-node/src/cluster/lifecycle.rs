@@ -133,7 +133,7 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
     let Some(task) = state.tasks.get(id.as_str()) else { return };
     if let Some((parent, call_id)) = task.parent.clone() {
         let (output, is_error) = match final_state {
-            TaskState::Completed => (task.output.clone(), false),
+            TaskState::Completed => (task.output(), false),
             TaskState::Canceled => (format!("agent {} was canceled", task.agent), true),
             _ => (format!("agent {} failed: {}", task.agent, task.error), true),
         };

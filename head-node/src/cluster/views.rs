@@ -58,7 +58,7 @@ impl From<&TaskEntry> for TaskInfo {
             attempt: t.attempt,
             worker_id: t.worker.clone().unwrap_or_default(),
             context_id: t.context_id.clone(),
-            output: t.output.clone(),
+            output: t.output(),
             error: t.error.clone(),
             events: t.events.len() as u64,
             submitted_at_us: t.submitted_at_us,
