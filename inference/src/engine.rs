@@ -68,11 +68,20 @@ pub struct EngineOptions {
     /// Keep full blocks of computed keys and values for later prompts that start the same
     /// way (in the KV memory admitted sequences leave free).
     pub prefix_cache: bool,
+    /// Requests waiting for room at most; beyond, a request is refused at once with an
+    /// error saying so (the queue would otherwise grow with whatever callers send).
+    pub max_waiting: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { max_sequences: 64, prefill_chunk: 256, max_kv_bytes: 2 << 30, prefix_cache: true }
+        Self {
+            max_sequences: 64,
+            prefill_chunk: 256,
+            max_kv_bytes: 2 << 30,
+            prefix_cache: true,
+            max_waiting: 1024,
+        }
     }
 }
 
@@ -135,6 +144,9 @@ struct Submission {
 pub struct Engine {
     submit: std_mpsc::Sender<Submission>,
     stats: Arc<EngineStats>,
+    /// Requests sent and not yet admitted, refused or dropped by the engine thread.
+    queued: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
 
 /// Live figures of an engine.
@@ -198,10 +210,13 @@ impl Engine {
         let stats = Arc::new(EngineStats::default());
         stats.kv_capacity_bytes.store(options.max_kv_bytes, Ordering::Relaxed);
         let thread_stats = stats.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let waiting = Waiting { items: VecDeque::new(), queued: queued.clone() };
+        let max_waiting = options.max_waiting;
         std::thread::Builder::new()
             .name("fleet-engine".into())
-            .spawn(move || run(model, options, requests, thread_stats))?;
-        Ok(Self { submit, stats })
+            .spawn(move || run(model, options, requests, waiting, thread_stats))?;
+        Ok(Self { submit, stats, queued, max_waiting })
     }
 
     /// Queues a generation; its events arrive on the returned receiver. Dropping the
@@ -209,9 +224,19 @@ impl Engine {
     pub fn generate(&self, request: TokenRequest) -> mpsc::UnboundedReceiver<TokenEvent> {
         // Unbounded but bounded by construction: at most max_tokens + 1 events.
         let (events, receiver) = mpsc::unbounded_channel();
+        let ahead = self.queued.fetch_add(1, Ordering::AcqRel);
+        if ahead >= self.max_waiting {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = events.send(TokenEvent::Error(format!(
+                "the model is busy: {ahead} requests are already waiting for room (its limit); \
+                 retry later"
+            )));
+            return receiver;
+        }
         if let Err(std_mpsc::SendError(s)) =
             self.submit.send(Submission { request, events, at: Instant::now() })
         {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             let _ = s.events.send(TokenEvent::Error("the engine has stopped".into()));
         }
         receiver
@@ -244,13 +269,44 @@ struct Active {
     last_event_at: Instant,
 }
 
+/// Requests waiting for room, counted with those still in the channel (see
+/// [`Engine::generate`]): each one leaving the queue, admitted or not, is uncounted here.
+struct Waiting {
+    items: VecDeque<Submission>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Waiting {
+    fn push_back(&mut self, s: Submission) {
+        self.items.push_back(s);
+    }
+
+    fn pop_front(&mut self) -> Option<Submission> {
+        let s = self.items.pop_front()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(s)
+    }
+
+    fn front(&self) -> Option<&Submission> {
+        self.items.front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
 fn run(
     model: impl BatchedModel,
     options: EngineOptions,
     requests: std_mpsc::Receiver<Submission>,
+    mut waiting: Waiting,
     stats: Arc<EngineStats>,
 ) {
-    let mut waiting: VecDeque<Submission> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     let mut reserved = 0usize;
     let per_token = model.kv_bytes_per_token();

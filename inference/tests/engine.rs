@@ -184,6 +184,47 @@ async fn figures_show_an_idle_engine_once_its_last_sequence_ends() -> Result<()>
     Ok(())
 }
 
+fn request(prompt: Vec<u32>, max_tokens: usize) -> TokenRequest {
+    TokenRequest {
+        prompt,
+        max_tokens,
+        stop_tokens: vec![],
+        sampling: Default::default(),
+        logprobs: None,
+        constraint: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_waiting_queue_refuses_at_once_and_keeps_serving_the_rest() -> Result<()> {
+    let options = EngineOptions { max_sequences: 1, max_waiting: 2, ..Default::default() };
+    let engine = Engine::start(model("queue")?, options)?;
+    // One sequence running (it would run 4,000 tokens), two waiting behind it.
+    let mut running = engine.generate(request(vec![1, 2, 3], 4000));
+    assert!(matches!(running.recv().await, Some(TokenEvent::Token(_))));
+    let (first, second) =
+        (engine.generate(request(vec![4], 3)), engine.generate(request(vec![5], 3)));
+    // The third is one too many: refused before it queues, with what to do.
+    let mut refused = engine.generate(request(vec![6], 3));
+    match refused.recv().await {
+        Some(TokenEvent::Error(e)) => assert!(e.contains("2 requests are already waiting"), "{e}"),
+        other => panic!("a request past the waiting limit got {other:?}"),
+    }
+    // The running one ends (canceled); the waiting ones get their turn and finish.
+    drop(running);
+    for waiting in [first, second] {
+        let (tokens, end) = collect(waiting).await;
+        assert_eq!(tokens.len(), 3);
+        assert!(matches!(end, Some(TokenEvent::Done { .. })), "{end:?}");
+    }
+    // Room again: the queue counted the ones that left it.
+    for _ in 0..2 {
+        let (tokens, end) = collect(engine.generate(request(vec![7], 2))).await;
+        assert_eq!(tokens.len(), 2, "{end:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<()> {
     let m = model("admit")?;
