@@ -29,6 +29,16 @@ def slow(fleet: af.Fleet) -> af.Agent:
     return fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "20"})
 
 
+def cancel_once_streaming(task: af.Task) -> None:
+    """Cancels `task` once its text has started, and waits until it ends canceled."""
+    for event in task.events():
+        if event.kind == "text_delta":
+            break
+    task.cancel()
+    with pytest.raises(af.Cancelled):
+        task.result(timeout=30)
+
+
 class Node:
     """A cluster node started with `python -m agentfleet` as a separate process."""
 

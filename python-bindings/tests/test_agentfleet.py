@@ -11,6 +11,8 @@ import pytest
 
 import agentfleet as af
 
+from conftest import cancel_once_streaming
+
 
 def test_embedded_init_starts_two_workers(fleet: af.Fleet) -> None:
     assert fleet.embedded
@@ -62,12 +64,7 @@ async def test_asyncio_submit_and_stream(echo: af.Agent) -> None:
 
 def test_cancel_stops_a_running_task(slow: af.Agent) -> None:
     task = slow.submit(" ".join(f"w{i}" for i in range(500)))
-    for event in task.events():
-        if event.kind == "text_delta":
-            break
-    task.cancel()
-    with pytest.raises(af.Cancelled):
-        task.result(timeout=10)
+    cancel_once_streaming(task)
     deltas = [e for e in task.events() if e.kind == "text_delta"]
     assert len(deltas) < 50
 

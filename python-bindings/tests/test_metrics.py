@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import agentfleet as af
 
-from conftest import Node
+from conftest import Node, cancel_once_streaming
 
 TOKEN = "s3cret"
 MODEL = "random-weights.gguf"
@@ -81,13 +81,7 @@ def test_counters_match_what_ran(head: str) -> None:
         with pytest.raises(af.TaskFailed, match="does not embed"):
             chat.embed(["x"])
         # Canceled while it streams.
-        task = slow.submit(" ".join(["word"] * 200))
-        for event in task.events():
-            if event.kind == "text_delta":
-                break
-        task.cancel()
-        with pytest.raises(af.Cancelled):
-            task.result(timeout=30)
+        cancel_once_streaming(slow.submit(" ".join(["word"] * 200)))
 
         m = scrape(head)
         assert m.types["agentfleet:tasks_submitted"] == "counter"
