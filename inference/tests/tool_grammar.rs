@@ -112,8 +112,13 @@ fn calls(text: &str) -> std::result::Result<Vec<(String, Value)>, String> {
                     && args.as_object().is_some_and(|o| o.len() == 2)
             }
             "add" => {
-                args["a"].is_i64()
-                    && args["b"].is_i64()
+                // JSON Schema's integer is a number with no fraction, in any spelling the
+                // grammar allows: `-0` is one (serde_json reads it as the float -0.0).
+                let integer = |v: &Value| {
+                    v.as_f64().is_some_and(|v| v.fract() == 0.0 && (-1000.0..=1000.0).contains(&v))
+                };
+                integer(&args["a"])
+                    && integer(&args["b"])
                     && args.as_object().is_some_and(|o| o.len() == 2)
             }
             _ => false,
@@ -127,6 +132,19 @@ fn calls(text: &str) -> std::result::Result<Vec<(String, Value)>, String> {
         return Err(format!("no call in {text:?}"));
     }
     Ok(found)
+}
+
+#[test]
+fn the_checker_takes_integers_in_every_spelling_and_nothing_else() {
+    let add = |args: &str| {
+        calls(&format!("<tool_call>\n{{\"name\": \"add\", \"arguments\": {args}}}\n</tool_call>"))
+    };
+    // A random-weight model wrote `-0` once (the weights are drawn anew each run).
+    assert!(add(r#"{"a": 111, "b": -0}"#).is_ok());
+    assert!(add(r#"{"a": -1000, "b": 1000}"#).is_ok());
+    for bad in [r#"{"a": 1.5, "b": 0}"#, r#"{"a": 1001, "b": 0}"#, r#"{"a": "1", "b": 0}"#] {
+        assert!(add(bad).is_err(), "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
