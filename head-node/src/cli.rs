@@ -98,6 +98,10 @@ pub struct Args {
     /// Print the address actually bound as `listening on ADDR` (useful with port 0).
     #[arg(long)]
     print_address: bool,
+    /// Export OpenTelemetry traces (one per task, GenAI spans) to this OTLP/HTTP collector,
+    /// e.g. http://127.0.0.1:4318 (spans go to its /v1/traces). Off by default.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
@@ -196,6 +200,16 @@ where
             return 2;
         }
     };
+    let instance = config.advertise.clone().unwrap_or_else(|| config.listen.to_string());
+    // Dropped after the runtime stops: the spans of a clean shutdown are sent.
+    let _exporter =
+        match fleet_telemetry::init(args.otlp_endpoint.as_deref(), "fleet-head", &instance) {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                eprintln!("fleet-head: --otlp-endpoint: {e}");
+                return 2;
+            }
+        };
     let result = runtime(args.threads)
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(config, args.print_address)));

@@ -82,5 +82,6 @@ pub fn router(
         .with_state(cluster)
         .merge(Router::new().route("/metrics", get(crate::metrics::metrics)).with_state(metrics))
         .merge(crate::a2a::router(a2a))
-        .merge(crate::openai::router(openai)))
+        .merge(crate::openai::router(openai))
+        .layer(axum::middleware::from_fn(crate::traceparent::scope)))
 }

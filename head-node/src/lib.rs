@@ -38,6 +38,7 @@ pub mod store;
 pub mod tasks;
 mod tls;
 pub mod topics;
+mod traceparent;
 pub mod workers;
 
 pub use cluster::Cluster;

@@ -125,6 +125,12 @@ pub struct TaskEntry {
     pub depth: u32,
     /// About how much memory the task holds (input, output, events), for retention.
     pub bytes: usize,
+    /// The task's `invoke_agent` span on the head, from submission to its end (empty while
+    /// the head does not trace, and for tasks restored from a store).
+    pub span: fleet_telemetry::Span,
+    /// The `traceparent` the task was submitted under (a client's request, or the calling
+    /// task's span): handed on to the worker when the head itself does not trace.
+    pub traceparent: String,
 }
 
 /// A subscriber following one task from an event on.
@@ -440,6 +446,8 @@ impl TaskTable {
             usage: Usage::default(),
             submitted_at_us,
             first_event_us: 0,
+            span: fleet_telemetry::Span::none(),
+            traceparent: String::new(),
             finished_at_us: 0,
             cancel_requested: false,
             durable: 0,

@@ -549,6 +549,7 @@ impl From<&Command> for pb::Command {
                 context_id: t.context_id.clone(),
                 options: t.options.as_deref().map(Into::into),
                 depth: t.depth,
+                traceparent: t.traceparent.clone(),
             }),
             Command::CancelTask { task_id, reason } => Kind::CancelTask(pb::CancelTask {
                 task_id: task_id.as_str().to_owned(),
@@ -612,6 +613,7 @@ impl TryFrom<pb::Command> for Command {
                 context_id: t.context_id,
                 options: t.options.map(|o| Arc::new(o.into())),
                 depth: t.depth,
+                traceparent: t.traceparent,
             }),
             Kind::CancelTask(c) => {
                 Command::CancelTask { task_id: TaskId::new(c.task_id), reason: c.reason }

@@ -559,6 +559,8 @@ pub struct TaskAssignment {
     pub options: Option<Arc<TaskOptions>>,
     /// Tool calls between this task and the one a client submitted (0 for that one).
     pub depth: u32,
+    /// W3C `traceparent` of the span the worker's spans go under (empty: not traced).
+    pub traceparent: String,
 }
 
 /// What the head tells a worker to do.

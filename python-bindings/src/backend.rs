@@ -35,6 +35,7 @@ fn new_task(s: Submission) -> NewTask {
         input: s.input,
         context_id: s.context_id,
         options: s.options.map(std::sync::Arc::new),
+        traceparent: String::new(),
     }
 }
 

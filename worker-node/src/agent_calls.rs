@@ -28,19 +28,6 @@ struct Location {
     peer_id: String,
 }
 
-/// A W3C `traceparent` for a call made by `task`: the trace id is the task's (a UUID), so
-/// the callee's logs line up with the caller's task; the span id is fresh per call.
-fn traceparent(task: &str) -> String {
-    let hex: String = task.chars().filter(char::is_ascii_hexdigit).collect();
-    let trace_id = if hex.len() >= 32 {
-        hex[hex.len() - 32..].to_ascii_lowercase()
-    } else {
-        uuid::Uuid::new_v4().simple().to_string()
-    };
-    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace_id}-{span_id}-01")
-}
-
 /// An agent and the conversation it is called in.
 type Callee = (String, String);
 
@@ -57,6 +44,8 @@ pub struct Call {
     /// Tool calls between the caller's task and a client's (the callee runs one deeper).
     pub depth: u32,
     pub timeout: Duration,
+    /// W3C `traceparent` of the caller's `execute_tool` span (empty: not traced).
+    pub traceparent: String,
 }
 
 /// The caller's side of agent calls on this worker; shared by every actor.
@@ -117,7 +106,7 @@ impl AgentCaller {
             context_id: call.context_id.clone(),
             input: call.input.clone(),
             caller_task: call.caller_task.clone(),
-            trace: traceparent(&call.caller_task),
+            trace: call.traceparent.clone(),
             timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX),
             depth: call.depth,
         });
@@ -255,23 +244,5 @@ impl AgentCaller {
         if !waiting.is_empty() {
             warn!(lookups = waiting.len(), "the head went away during agent lookups");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_call_carries_its_tasks_trace_id() {
-        let trace = traceparent("task-0b2f9c3e-5d41-4b8e-9f7a-1c2d3e4f5a6b");
-        let parts: Vec<&str> = trace.split('-').collect();
-        assert_eq!(parts.len(), 4, "{trace}");
-        assert_eq!(parts[0], "00");
-        assert_eq!(parts[1], "0b2f9c3e5d414b8e9f7a1c2d3e4f5a6b");
-        assert_eq!(parts[2].len(), 16);
-        assert_eq!(parts[3], "01");
-        // A task id without one still gets a well-formed trace.
-        assert_eq!(traceparent("t1").len(), 55);
     }
 }

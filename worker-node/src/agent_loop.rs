@@ -21,6 +21,7 @@ use crate::agent_calls::{AgentCaller, Call};
 use crate::host::{PendingCalls, ToolOutcome};
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
+use crate::spans;
 use crate::tool_calls;
 use crate::topics::{self, TopicBoard};
 
@@ -56,18 +57,26 @@ pub struct Finished {
 /// Runs the task to its end; returns its output when it completed.
 pub async fn run(run: TaskRun) -> Option<Finished> {
     emit(&run.sink, &run.task, EventKind::Working).await;
-    let guarded = AssertUnwindSafe(drive(&run)).catch_unwind().await;
+    let mut span = spans::agent(&run.task, &run.spec);
+    let parent = span.traceparent_or(&run.task.traceparent);
+    let guarded = AssertUnwindSafe(drive(&run, &parent)).catch_unwind().await;
     let (terminal, finished) = match guarded {
         Ok(Ok((usage, output))) => (EventKind::Completed { usage }, Some(Finished { output })),
         Ok(Err(terminal)) => (terminal, None),
         Err(_) => (failed("the model panicked while generating".into()), None),
     };
+    let usage = match &terminal {
+        EventKind::Completed { usage } => *usage,
+        _ => Usage::default(),
+    };
+    spans::agent_ended(&mut span, &usage, &terminal);
     debug!(task_id = %run.task.task_id, "task ended");
     emit(&run.sink, &run.task, terminal).await;
     finished
 }
 
-async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
+/// Runs the task; `parent` is the `traceparent` its spans go under.
+async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind> {
     let model = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
@@ -78,7 +87,7 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
     if let Some(options) = &run.task.options
         && !options.embed.is_empty()
     {
-        return embed(run, model, options.embed.clone()).await;
+        return embed(run, model, options.embed.clone(), parent).await;
     }
     if model.is_embedder() {
         return Err(failed(format!(
@@ -146,16 +155,15 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             format: format.clone(),
             ..Default::default()
         };
-        // Rendering the chat template and tokenizing a long prompt take milliseconds of CPU:
-        // on the blocking pool, not on this runtime (single-threaded on small machines).
-        let generating = model.clone();
-        let generation = tokio::task::spawn_blocking(move || generating.generate(request))
-            .await
-            .map_err(|_| failed("the model panicked while reading the prompt".into()))?
-            .map_err(|e| failed(e.to_string()))?;
-        let turn =
-            runner::generate(&run.task, generation, &run.sink, &run.cancel, !tools.is_empty())
-                .await?;
+        let mut span = spans::chat(parent, &run.spec, &sampling, raw_prompt);
+        let turn = match generate(run, &model, request, !tools.is_empty()).await {
+            Ok(turn) => turn,
+            Err(terminal) => {
+                spans::interrupted(&mut span, &terminal);
+                return Err(terminal);
+            }
+        };
+        spans::chat_ended(&mut span, &turn.usage);
         usage.prompt_tokens += turn.usage.prompt_tokens;
         usage.cached_tokens += turn.usage.cached_tokens;
         usage.completion_tokens += turn.usage.completion_tokens;
@@ -182,7 +190,16 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
             ..ChatMessage::new(Role::Assistant, turn.text)
         });
         for call in turn.tool_calls {
-            let (result, is_error) = call_tool(run, &call).await?;
+            let mut span = spans::tool(parent, &call);
+            let (result, is_error) = match call_tool(run, &call, &span.traceparent_or(parent)).await
+            {
+                Ok(outcome) => outcome,
+                Err(terminal) => {
+                    spans::interrupted(&mut span, &terminal);
+                    return Err(terminal);
+                }
+            };
+            spans::tool_ended(&mut span, &result, is_error);
             messages.push(ChatMessage::tool_result(call.id.clone(), result.clone()));
             let event = EventKind::ToolResult { call_id: call.id, output: result, is_error };
             emit(&run.sink, &run.task, event).await;
@@ -192,6 +209,23 @@ async fn drive(run: &TaskRun) -> Result<(Usage, String), EventKind> {
         "agent {} kept calling tools for {MAX_TOOL_ROUNDS} rounds without answering",
         run.spec.name
     )))
+}
+
+/// One generation: the request to the model, its stream into events.
+async fn generate(
+    run: &TaskRun,
+    model: &Arc<dyn Model>,
+    request: GenerateRequest,
+    find_tool_calls: bool,
+) -> Result<runner::Turn, EventKind> {
+    // Rendering the chat template and tokenizing a long prompt take milliseconds of CPU:
+    // on the blocking pool, not on this runtime (single-threaded on small machines).
+    let generating = model.clone();
+    let generation = tokio::task::spawn_blocking(move || generating.generate(request))
+        .await
+        .map_err(|_| failed("the model panicked while reading the prompt".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    runner::generate(&run.task, generation, &run.sink, &run.cancel, find_tool_calls).await
 }
 
 /// The engine's form of a task's output format.
@@ -208,7 +242,12 @@ fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, Str
 
 /// Announces a tool call and waits for its result: over the mesh when the worker is on
 /// one, else from the head, which runs the called agent as a sub-task when it sees the call.
-async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventKind> {
+/// `traceparent` is the call's span, for the callee's spans to go under.
+async fn call_tool(
+    run: &TaskRun,
+    call: &ToolCall,
+    traceparent: &str,
+) -> Result<ToolOutcome, EventKind> {
     let announce = EventKind::ToolCall {
         call_id: call.id.clone(),
         name: call.name.clone(),
@@ -225,7 +264,7 @@ async fn call_tool(run: &TaskRun, call: &ToolCall) -> Result<ToolOutcome, EventK
     }
     if let Some(caller) = &run.caller {
         emit(&run.sink, &run.task, announce).await;
-        return call_over_mesh(run, caller, call).await;
+        return call_over_mesh(run, caller, call, traceparent).await;
     }
     let key = (run.task.task_id.clone(), call.id.clone());
     let (tx, rx) = oneshot::channel();
@@ -273,6 +312,7 @@ async fn call_over_mesh(
     run: &TaskRun,
     caller: &AgentCaller,
     call: &ToolCall,
+    traceparent: &str,
 ) -> Result<ToolOutcome, EventKind> {
     if run.task.depth >= MAX_CALL_DEPTH {
         return Ok((
@@ -290,6 +330,7 @@ async fn call_over_mesh(
         caller_task: run.task.task_id.to_string(),
         depth: run.task.depth + 1,
         timeout: TOOL_CALL_TIMEOUT,
+        traceparent: traceparent.to_owned(),
     };
     tokio::select! {
         biased;
@@ -303,18 +344,29 @@ async fn embed(
     run: &TaskRun,
     model: Arc<dyn Model>,
     texts: Vec<String>,
+    parent: &str,
 ) -> Result<(Usage, String), EventKind> {
+    let mut span = spans::embeddings(parent, &run.spec, texts.len());
     let embedded = tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         model.embed(&texts)
     })
     .await
     .map_err(|_| failed("the model panicked while embedding".into()))?
-    .map_err(|e| failed(e.to_string()))?;
+    .map_err(|e| failed(e.to_string()));
+    let embedded = match embedded {
+        Ok(embedded) => embedded,
+        Err(terminal) => {
+            spans::interrupted(&mut span, &terminal);
+            return Err(terminal);
+        }
+    };
     let usage = Usage {
         prompt_tokens: u32::try_from(embedded.prompt_tokens).unwrap_or(u32::MAX),
         ..Usage::default()
     };
+    span.set(fleet_telemetry::attr::GEN_AI_USAGE_INPUT_TOKENS, i64::from(usage.prompt_tokens));
+    span.end();
     emit(&run.sink, &run.task, EventKind::Embeddings { vectors: embedded.vectors }).await;
     Ok((usage, String::new()))
 }

@@ -75,6 +75,8 @@ impl LocalCalls {
             context_id: call.context_id,
             options: None,
             depth: call.depth,
+            // The callee's spans go under the caller's `execute_tool` span.
+            traceparent: call.traceparent,
         };
         let (sink, mut events) = mpsc::channel(CALL_EVENTS);
         let cancel = CancellationToken::new();
@@ -119,6 +121,7 @@ impl LocalCalls {
                     caller_task: call.caller_task,
                     depth: call.depth,
                     timeout: Duration::from_millis(call.timeout_ms.clamp(1, 3_600_000)),
+                    traceparent: call.trace,
                 };
                 let (output, is_error) = local.call(call).await;
                 if reply.send(MeshResponse::Reply { output, is_error }).is_err() {

@@ -79,6 +79,11 @@ pub struct Args {
     /// bring their own api_key.
     #[arg(long = "key-host", value_name = "HOST", env = "FLEET_KEY_HOSTS", value_delimiter = ',')]
     key_hosts: Vec<String>,
+    /// Export OpenTelemetry traces (this worker's spans of each task: the agent's run, its
+    /// model calls and tool calls) to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318.
+    /// Off by default.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -170,7 +175,12 @@ where
     };
     init_tracing();
     let threads = args.threads;
+    let otlp = args.otlp_endpoint.clone();
+    // Kept until the runtime stops: the spans of a clean shutdown are sent.
+    let mut exporter = None;
     let result = config(args).and_then(|config| {
+        exporter = fleet_telemetry::init(otlp.as_deref(), "fleet-worker", &config.worker_id)
+            .map_err(|e| Error::InvalidConfig(format!("--otlp-endpoint: {e}")))?;
         let runtime = runtime(threads)
             .map_err(|e| Error::InvalidConfig(format!("cannot start the async runtime: {e}")))?;
         runtime.block_on(async {

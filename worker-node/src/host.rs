@@ -312,6 +312,7 @@ mod tests {
             context_id: String::new(),
             options: None,
             depth: 0,
+            traceparent: String::new(),
         }
     }
 

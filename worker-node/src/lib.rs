@@ -38,6 +38,7 @@ pub mod outbox;
 pub mod remote;
 pub mod resources;
 pub mod runner;
+mod spans;
 pub mod tool_calls;
 pub mod topics;
 

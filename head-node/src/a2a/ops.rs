@@ -108,7 +108,13 @@ fn submit_message(
         )));
     }
     let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let task = NewTask { agent: agent.to_owned(), input: message.text, context_id, options: None };
+    let task = NewTask {
+        agent: agent.to_owned(),
+        input: message.text,
+        context_id,
+        options: None,
+        traceparent: crate::traceparent::incoming(),
+    };
     Ok(a2a.cluster.submit(task, subscriber.map(|s| (s, None)))?.to_string())
 }
 

@@ -31,12 +31,15 @@ impl FleetApi {
     }
 }
 
-fn new_task(r: pb::SubmitRequest) -> NewTask {
+/// A task from its request; `traceparent` from the call's metadata (a multiplexed stream's
+/// tasks all continue the stream's).
+fn new_task(r: pb::SubmitRequest, traceparent: String) -> NewTask {
     NewTask {
         agent: r.agent,
         input: r.input,
         context_id: r.context_id,
         options: r.options.map(|o| Arc::new(o.into())),
+        traceparent,
     }
 }
 
@@ -71,7 +74,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
         let (sub, subscription) = self.cluster.subscriber();
-        let task_id = self.cluster.submit(new_task(request.into_inner()), Some((sub, None)))?;
+        let traceparent = crate::traceparent::from_metadata(request.metadata());
+        let task = new_task(request.into_inner(), traceparent);
+        let task_id = self.cluster.submit(task, Some((sub, None)))?;
         debug!(task_id = %task_id, "submit stream opened");
         Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
     }
@@ -82,6 +87,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<Streaming<pb::SubmitManyRequest>>,
     ) -> Result<Response<Self::SubmitManyStream>, Status> {
+        let traceparent = crate::traceparent::from_metadata(request.metadata());
         let mut inbound = request.into_inner();
         let (sub, subscription) = self.cluster.subscriber();
         let cluster = self.cluster.clone();
@@ -104,7 +110,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     }
                 };
                 let items = items.into_iter().map(|item| {
-                    let task = item.request.map(new_task).ok_or_else(|| {
+                    let task = item.request.map(|r| new_task(r, traceparent.clone()));
+                    let task = task.ok_or_else(|| {
                         crate::Error::InvalidArgument("item has no request: set request".into())
                     });
                     (item.client_ref, task)

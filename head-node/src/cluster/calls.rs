@@ -168,6 +168,8 @@ pub(super) fn call_agent(
         let sub = NewTask {
             agent: name.to_owned(),
             input: fleet_proto::call_input(arguments),
+            // Under the caller's span: the worker's `execute_tool` span stays on the worker.
+            traceparent: traced::parent_of(task),
             ..Default::default()
         };
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {

@@ -58,7 +58,9 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         context_id: task.context_id.clone(),
         options: task.options.clone(),
         depth: task.depth,
+        traceparent: traced::parent_of(task),
     }));
+    traced::scheduled(task, worker_id);
     task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
     if !task.context_id.is_empty() {
         if state.context_workers.len() >= MAX_CONTEXT_AFFINITY {
@@ -139,7 +141,8 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
         };
         reply_to_call(state, &parent, call_id, output, is_error);
     }
-    if let Some(task) = state.tasks.get(id.as_str()) {
+    if let Some(task) = state.tasks.get_mut(id.as_str()) {
+        traced::ended(task, final_state);
         let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
         state.metrics.ended(&task.agent, final_state, Duration::from_micros(took));
     }
@@ -172,6 +175,7 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
     let Some(task) = state.tasks.get_mut(id.as_str()) else { return false };
     let max_retries = state.agents.get(&task.agent).map(|a| a.spec.max_retries).unwrap_or(0);
     let failed_attempt = task.attempt;
+    traced::worker_lost(task, worker, reason);
     if task.cancel_requested {
         task.push(
             EventKind::Canceled { reason: format!("canceled; worker {worker} lost: {reason}") },

@@ -158,6 +158,7 @@ impl Cluster {
             }
             if task.first_event_us == 0 {
                 task.first_event_us = now_us();
+                traced::first_event(task);
                 let after = task.first_event_us.saturating_sub(task.submitted_at_us);
                 state.metrics.first_event(&task.agent, Duration::from_micros(after));
             }

@@ -38,6 +38,7 @@ mod durable;
 mod lifecycle;
 mod membership;
 mod submit;
+mod traced;
 mod views;
 
 use calls::*;

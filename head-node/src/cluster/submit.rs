@@ -209,6 +209,7 @@ pub(super) fn submit_in(
     let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
     state.metrics.submitted(&entry.agent);
     entry.options = with_agent_format(task.options, &spec);
+    traced::start(entry, &spec, task.traceparent, parent.is_some());
     if let Some((parent, call_id, depth)) = parent {
         entry.parent = Some((parent, call_id));
         entry.depth = depth;

@@ -11,6 +11,9 @@ pub struct NewTask {
     pub context_id: String,
     /// History, sampling overrides or texts to embed (the OpenAI API sets these).
     pub options: Option<Arc<TaskOptions>>,
+    /// A W3C `traceparent` the task's trace continues (from the request's header or gRPC
+    /// metadata; empty: a new trace).
+    pub traceparent: String,
 }
 
 /// A model the cluster serves, for `GET /v1/models`.

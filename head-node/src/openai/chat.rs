@@ -48,6 +48,7 @@ pub async fn completions(
             input: request.input.clone(),
             context_id: String::new(),
             options: Some(Arc::new(options)),
+            traceparent: crate::traceparent::incoming(),
         };
         // Those started already are canceled when `runs` drops on a refusal.
         runs.push(TaskRun::start(&api.cluster, task)?);

@@ -180,6 +180,7 @@ pub async fn create(
                 input: prompt.clone(),
                 context_id: String::new(),
                 options: Some(Arc::new(options)),
+                traceparent: crate::traceparent::incoming(),
             };
             runs.push(TaskRun::start(&api.cluster, task)?);
         }

@@ -29,6 +29,7 @@ pub async fn create(
         input: String::new(),
         context_id: String::new(),
         options: Some(Arc::new(options)),
+        traceparent: crate::traceparent::incoming(),
     };
     let mut run = TaskRun::start(&api.cluster, task)?;
     tracing::debug!(task_id = %run.task_id, model = %request.model, texts, "embeddings");

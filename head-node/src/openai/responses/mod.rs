@@ -37,6 +37,7 @@ pub async fn create(
         input: chat.input.clone(),
         context_id: String::new(),
         options: Some(Arc::new(options)),
+        traceparent: crate::traceparent::incoming(),
     };
     let run = TaskRun::start(&api.cluster, task)?;
     let shell = Shell {

@@ -1,0 +1,279 @@
+"""OpenTelemetry traces from a real cluster: a head and two workers (separate processes, on a
+mesh over 127.0.0.1) export OTLP/HTTP protobuf to a minimal receiver in this test, decoded
+with the opentelemetry-proto package. Agent "caller" runs on one worker and calls agent
+"callee" on the other over the mesh; the task is one trace: the head's `invoke_agent` span
+is its only root, the callee's spans hang under the caller's `execute_tool` span, and the
+spans carry the GenAI attributes. A `traceparent` header on an OpenAI request becomes the
+parent of the task's trace."""
+
+import os
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+CONFIG = """
+[[agent]]
+name = "caller"
+model = "builtin:echo"
+tools = ["callee"]
+labels = { role = "caller" }
+
+[[agent]]
+name = "callee"
+model = "builtin:echo"
+labels = { role = "callee" }
+"""
+
+
+def binary(name: str) -> str:
+    for base in (os.environ.get("FLEET_BIN_DIR"), os.environ.get("CARGO_TARGET_DIR") and os.environ["CARGO_TARGET_DIR"] + "/release"):
+        if base and (Path(base) / name).is_file():
+            return str(Path(base) / name)
+    candidate = Path(__file__).resolve().parents[3] / "target" / "release" / name
+    assert candidate.is_file(), f"build {name} first (cargo build --release --bins) or set FLEET_BIN_DIR"
+    return str(candidate)
+
+
+class Span:
+    """One received span, flattened: ids as hex, attributes as Python values."""
+
+    def __init__(self, service: str, span) -> None:  # type: ignore[no-untyped-def]
+        self.service = service
+        self.name: str = span.name
+        self.trace_id = span.trace_id.hex()
+        self.span_id = span.span_id.hex()
+        self.parent_id = span.parent_span_id.hex()
+        self.kind: int = span.kind
+        self.status_code: int = span.status.code
+        self.attributes = {a.key: value(a.value) for a in span.attributes}
+        self.events = [e.name for e in span.events]
+
+    def __repr__(self) -> str:
+        return f"{self.service}:{self.name}({self.span_id} <- {self.parent_id or 'root'})"
+
+
+def value(v):  # type: ignore[no-untyped-def]
+    field = v.WhichOneof("value")
+    if field == "array_value":
+        return [value(x) for x in v.array_value.values]
+    return getattr(v, field) if field else None
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver on 127.0.0.1 that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
+                if ok:
+                    request = ExportTraceServiceRequest.FromString(body)
+                    with receiver.lock:
+                        for resource in request.resource_spans:
+                            service = next(a.value.string_value for a in resource.resource.attributes if a.key == "service.name")
+                            for scope in resource.scope_spans:
+                                receiver.spans.extend(Span(service, s) for s in scope.spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: str, count: int, timeout: float = 30) -> list[Span]:
+        """The spans of `trace_id`, once `count` of them arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                spans = [s for s in self.spans if s.trace_id == trace_id]
+            if len(spans) >= count:
+                return spans
+            assert time.monotonic() < deadline, f"{len(spans)} of {count} spans arrived: {spans}"
+            time.sleep(0.05)
+
+    def traces_of(self, task_id: str, timeout: float = 30) -> str:
+        """The trace id of the head's span of `task_id`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                for s in self.spans:
+                    if s.service == "fleet-head" and s.attributes.get("agentfleet.task.id") == task_id:
+                        return s.trace_id
+            assert time.monotonic() < deadline, f"no head span for task {task_id}"
+            time.sleep(0.05)
+
+
+class Cluster:
+    def __init__(self, otlp: str) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        config = Path(self.dir.name) / "fleet.toml"
+        config.write_text(CONFIG)
+        env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")
+        for name in ("FLEET_TOKEN", "FLEET_API_KEY", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
+            env.pop(name, None)
+        env["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-head-")
+        env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
+        env["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # spans go out within 0.1 s of ending
+        self.head = subprocess.Popen(
+            [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(config), "--otlp-endpoint", otlp],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.head.stdout is not None
+        line = self.head.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.url = "http://" + line.removeprefix("listening on ").strip()
+        # The second worker traces through the standard variable instead of the flag.
+        self.workers = [
+            subprocess.Popen(
+                [binary("fleet-worker"), "--head", self.url, "--name", "one", "--label", "role=caller", "--otlp-endpoint", otlp],
+                env=env,
+            ),
+            subprocess.Popen(
+                [binary("fleet-worker"), "--head", self.url, "--name", "two", "--label", "role=callee"],
+                env=dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=otlp),
+            ),
+        ]
+        deadline = time.monotonic() + 30
+        while httpx.get(self.url + "/healthz?min_workers=2").status_code != 200:
+            assert time.monotonic() < deadline, "the workers did not join"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for proc in (*self.workers, self.head):
+            proc.kill()
+            proc.wait(timeout=10)
+        if self.head.stdout is not None:
+            self.head.stdout.close()
+        self.dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def cluster(receiver: Receiver) -> Iterator[Cluster]:
+    c = Cluster(receiver.url)
+    yield c
+    c.stop()
+
+
+def call(callee: str, question: str) -> str:
+    """What the caller is told: builtin:echo repeats it, so it "writes" this call."""
+    return f'<tool_call>{{"name": "{callee}", "arguments": {{"input": "{question}"}}}}</tool_call>'
+
+
+def chat(cluster: Cluster, content: str, headers: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+    body = {"model": "caller", "messages": [{"role": "user", "content": content}]}
+    response = httpx.post(cluster.url + "/v1/chat/completions", json=body, headers=headers or {}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def send(cluster: Cluster, agent: str, text: str) -> str:
+    """Sends `text` to `agent` over A2A's HTTP+JSON binding; returns the task's id."""
+    message = {"message": {"messageId": secrets.token_hex(8), "role": "ROLE_USER", "parts": [{"text": text}]}}
+    sent = httpx.post(f"{cluster.url}/a2a/{agent}/message:send", json=message, timeout=60)
+    assert sent.status_code == 200, sent.text
+    return str(sent.json()["task"]["id"])
+
+
+def test_a_task_calling_an_agent_over_the_mesh_is_one_trace(cluster: Cluster, receiver: Receiver) -> None:
+    task_id = send(cluster, "caller", call("callee", "hello over the mesh"))
+    trace_id = receiver.traces_of(task_id)
+    # head: invoke_agent; worker one: invoke_agent, 2 chats, execute_tool; worker two:
+    # invoke_agent, chat.
+    spans = receiver.trace(trace_id, 7)
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_id]
+    assert [(r.service, r.name) for r in roots] == [("fleet-head", "invoke_agent caller")], spans
+    root = roots[0]
+    assert root.kind == 2, "the head's span of a client's task is a SERVER span"  # SPAN_KIND_SERVER
+    for s in spans:
+        assert s.parent_id == "" or s.parent_id in by_id, f"{s} has a parent outside the trace"
+
+    def only(service: str, name: str) -> Span:
+        found = [s for s in spans if s.service == service and s.name == name]
+        assert len(found) == 1, (service, name, spans)
+        return found[0]
+
+    run = only("fleet-worker", "invoke_agent caller")
+    assert run.parent_id == root.span_id
+    tool = only("fleet-worker", "execute_tool callee")
+    assert tool.parent_id == run.span_id
+    callee = only("fleet-worker", "invoke_agent callee")
+    assert callee.parent_id == tool.span_id, "the sub-task's spans go under the caller's execute_tool span"
+    chats = [s for s in spans if s.name == "chat builtin:echo"]
+    assert len(chats) == 3, spans
+    assert sorted(by_id[c.parent_id].name for c in chats) == ["invoke_agent callee", "invoke_agent caller", "invoke_agent caller"]
+
+    # GenAI attributes.
+    for s in (root, run, callee):
+        assert s.attributes["gen_ai.operation.name"] == "invoke_agent"
+        assert s.attributes["gen_ai.request.model"] == "builtin:echo"
+    assert root.attributes["gen_ai.agent.name"] == "caller"
+    assert root.attributes["agentfleet.task.id"] == task_id
+    assert root.attributes["agentfleet.task.state"] == "completed"
+    assert root.attributes["gen_ai.usage.output_tokens"] > 0
+    assert {"scheduled", "first_event"} <= set(root.events)
+    assert callee.attributes["gen_ai.agent.name"] == "callee"
+    assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool.attributes["gen_ai.tool.name"] == "callee"
+    assert tool.attributes["gen_ai.tool.call.id"]
+    for c in chats:
+        assert c.attributes["gen_ai.operation.name"] == "chat"
+        assert c.attributes["gen_ai.provider.name"] == "agentfleet"
+        assert c.attributes["gen_ai.usage.input_tokens"] > 0
+        assert c.attributes["gen_ai.usage.output_tokens"] > 0
+        assert c.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    # The two workers exported their own spans.
+    workers = {s.service for s in spans}
+    assert workers == {"fleet-head", "fleet-worker"}
+
+
+def test_a_traceparent_header_becomes_the_tasks_parent(cluster: Cluster, receiver: Receiver) -> None:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    answer = chat(cluster, call("callee", "traced by the client"), headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    assert answer["choices"][0]["message"]["content"] == "traced by the client", answer
+    spans = receiver.trace(trace_id, 7)
+    head = [s for s in spans if s.service == "fleet-head"]
+    assert len(head) == 1 and head[0].parent_id == parent_id, spans
+    assert all(s.parent_id for s in spans), "no span of a continued trace is a root"
+
+    # A malformed traceparent is ignored: the task starts a trace of its own.
+    before = len(receiver.spans)
+    chat(cluster, "echo again", headers={"traceparent": "00-not-a-trace-01"})
+    deadline = time.monotonic() + 30
+    while not any(s.service == "fleet-head" and not s.parent_id for s in receiver.spans[before:]):
+        assert time.monotonic() < deadline, "no new root span"
+        time.sleep(0.05)
