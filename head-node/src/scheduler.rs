@@ -196,12 +196,11 @@ mod tests {
     use super::*;
     use fleet_proto::{ModelOnDisk, Registration, Resources, TaskId, TaskOptions};
     use std::collections::BTreeMap;
-    use tokio::sync::mpsc;
     use tokio::time::Instant;
 
     struct Setup {
         registry: WorkerRegistry,
-        _keep: Vec<mpsc::UnboundedReceiver<fleet_proto::Command>>,
+        _keep: Vec<crate::workers::CommandStream>,
     }
 
     impl Setup {
@@ -217,7 +216,7 @@ mod tests {
                 ..Default::default()
             };
             f(&mut registration);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = crate::workers::CommandSender::channel();
             self._keep.push(rx);
             let conn = self.registry.next_connection();
             self.registry.insert(WorkerEntry::new(

@@ -2,15 +2,73 @@
 //! was last heard from (failure detection).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::{Command, Heartbeat, Registration, Resources, TaskId};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-/// The head's side of one worker's `Join` stream. Unbounded because the scheduler bounds
-/// what goes in: at most `slots` run commands plus one cancel each and one place per agent.
-pub type CommandSender = mpsc::UnboundedSender<Command>;
+/// Commands waiting for one worker at most. A worker reading its stream keeps this near
+/// empty (the scheduler sends at most `slots` tasks, a cancel each, a place per agent);
+/// only one that stopped reading while acknowledgements, lookups' answers and peer lists
+/// pile up gets here.
+pub const COMMAND_BUFFER: usize = 65_536;
+
+/// The head's side of one worker's `Join` stream: commands are queued without waiting
+/// (the cluster's lock is held), into a buffer of [`COMMAND_BUFFER`]. A worker that lets it
+/// fill is cut off rather than sent a partial stream: its channel closes after what is
+/// queued, `cut` fires (the `Join` handler then ends the stream, and the worker is handled
+/// as lost: its tasks are retried, it rejoins with an empty buffer), and nothing more is
+/// queued for this connection.
+#[derive(Clone, Debug)]
+pub struct CommandSender {
+    tx: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
+    cut: CancellationToken,
+}
+
+/// The worker's side: its commands, and the signal that the head cut it off.
+#[derive(Debug)]
+pub struct CommandStream {
+    pub rx: mpsc::Receiver<Command>,
+    pub cut: CancellationToken,
+}
+
+impl CommandSender {
+    pub fn channel() -> (CommandSender, CommandStream) {
+        Self::with_capacity(COMMAND_BUFFER)
+    }
+
+    fn with_capacity(capacity: usize) -> (CommandSender, CommandStream) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let cut = CancellationToken::new();
+        let sender = CommandSender { tx: Arc::new(Mutex::new(Some(tx))), cut: cut.clone() };
+        (sender, CommandStream { rx, cut })
+    }
+
+    /// Queues `command`; false when the worker is gone or was cut off (this one too).
+    pub fn send(&self, command: Command) -> bool {
+        let mut tx = self.tx.lock();
+        let Some(sender) = tx.as_ref() else { return false };
+        match sender.try_send(command) {
+            Ok(()) => true,
+            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Full(_)) => {
+                warn!(
+                    buffer = COMMAND_BUFFER,
+                    "a worker stopped reading its commands; cutting it off"
+                );
+                *tx = None;
+                self.cut.cancel();
+                false
+            }
+        }
+    }
+}
 
 /// One live worker.
 #[derive(Debug)]
@@ -186,8 +244,25 @@ mod tests {
 
     fn entry(registry: &mut WorkerRegistry, id: &str, now: Instant) -> WorkerEntry {
         let registration = Registration { worker_id: id.into(), slots: 4, ..Default::default() };
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = CommandSender::channel();
         WorkerEntry::new(registration, registry.next_connection(), "peer".into(), tx, now)
+    }
+
+    #[tokio::test]
+    async fn a_full_command_buffer_cuts_the_worker_off() {
+        let (tx, mut stream) = CommandSender::with_capacity(2);
+        let ack = |up_to| Command::Acked { up_to };
+        assert!(tx.send(ack(1)) && tx.send(ack(2)));
+        assert!(!stream.cut.is_cancelled());
+        let clone = tx.clone();
+        assert!(!clone.send(ack(3)), "a command past the buffer was queued");
+        assert!(stream.cut.is_cancelled());
+        assert!(!tx.send(ack(4)), "a cut-off worker was sent more");
+        // What was queued before the cut is still read, then the stream ends (the clones
+        // hold no sender: the channel closed).
+        assert_eq!(stream.rx.recv().await, Some(ack(1)));
+        assert_eq!(stream.rx.recv().await, Some(ack(2)));
+        assert_eq!(stream.rx.recv().await, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -489,6 +489,73 @@ async fn the_agent_registry_is_bounded() -> Result<()> {
     .await
 }
 
+/// A worker that stops reading its `Join` stream while commands pile up for it (here:
+/// answers to agent lookups it keeps asking for) is cut off once the head's buffer for it
+/// is full: its stream ends with RESOURCE_EXHAUSTED, it leaves the cluster, and the head
+/// keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_reading_its_commands_is_cut_off() -> Result<()> {
+    use fleet_proto::{LocateRequest, Registration, WorkerUpdate, pb};
+    within(async {
+        let cluster = ClusterSandbox::builder().workers(1).start().await?;
+        let client = cluster.client().await?;
+        client.register_agent(echo("echo")).await?;
+        // Small flow-control windows: the head's writes stop after a few KB unread.
+        let channel = tonic::transport::Endpoint::from_shared(cluster.url.clone())?
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await?;
+        let mut rogue = pb::worker_service_client::WorkerServiceClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::WorkerMessage>(1024);
+        let registration =
+            Registration { worker_id: "rogue".into(), slots: 1, ..Default::default() };
+        tx.send(WorkerUpdate::Register(registration).into()).await?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let token = fleet_proto::bearer(cluster.join_token()).parse()?;
+        request.metadata_mut().insert(fleet_proto::TOKEN_METADATA_KEY, token);
+        let mut inbound = rogue.join(request).await?.into_inner();
+        ensure!(client.status().await?.workers.len() == 2, "the rogue did not join");
+
+        let limit = fleet_head::workers::COMMAND_BUFFER;
+        let mut asked = 0;
+        let cut_at = loop {
+            for _ in 0..1000 {
+                asked += 1;
+                let locate = LocateRequest {
+                    request_id: asked,
+                    agent: "echo".into(),
+                    context_id: String::new(),
+                    caller_task: "t".into(),
+                };
+                if tx.send(WorkerUpdate::Locate(locate).into()).await.is_err() {
+                    break;
+                }
+            }
+            let workers = client.status().await?.workers;
+            if !workers.iter().any(|w| w.worker_id == "rogue") {
+                break asked;
+            }
+            ensure!(asked < 4 * limit as u64, "{asked} lookups unread and the rogue is still in");
+        };
+        ensure!(cut_at > limit as u64, "cut off after {cut_at} lookups, before its buffer filled");
+        // What the rogue finally reads: what got through, then the reason.
+        let status = loop {
+            match inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        ensure!(status.code() == tonic::Code::ResourceExhausted, "{status:?}");
+        ensure!(status.message().contains("stopped reading its commands"), "{status:?}");
+        // Everyone else is served.
+        ensure!(client.run("echo", "still serving").await?.output == "still serving");
+        cluster.shutdown().await
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_over_plain_http_on_the_grpc_port() -> Result<()> {
     within(async {

@@ -64,11 +64,12 @@ impl tower_service::Service<http::Uri> for LocalConnector {
 /// would carry, made directly with domain types (no encoding, no pipe). The head implements
 /// it; a worker given one joins through it instead of over gRPC.
 pub trait LocalHead: Send + Sync + 'static {
-    /// Adds a worker; returns its connection number, the heartbeat interval and its commands.
+    /// Adds a worker; returns its connection number, the heartbeat interval and its commands
+    /// (they end when the head drops the worker).
     fn join(
         &self,
         registration: crate::Registration,
-    ) -> (u64, std::time::Duration, mpsc::UnboundedReceiver<crate::Command>);
+    ) -> (u64, std::time::Duration, mpsc::Receiver<crate::Command>);
 
     fn heartbeat(&self, worker_id: &str, connection: u64, beat: crate::Heartbeat);
 

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::cluster::Cluster;
+use crate::workers::COMMAND_BUFFER;
 
 /// How long a worker has to send its registration after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,11 +102,15 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let span = info_span!("worker", worker_id = %worker_id, connection);
         let cluster = self.cluster.clone();
         let shutdown = self.shutdown.clone();
+        let cut = commands.cut.clone();
         let reader = async move {
             let reason = loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     () = shutdown.cancelled() => break "the head is shutting down".to_owned(),
+                    () = cut.cancelled() => break format!(
+                        "it stopped reading its commands ({COMMAND_BUFFER} were waiting)"
+                    ),
                 };
                 let update = match message {
                     Ok(Some(m)) => WorkerUpdate::try_from(m),
@@ -146,8 +151,22 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 resume_after,
             })),
         };
+        // Cut off, the stream ends at once (what was queued is dropped with it: the worker
+        // is handled as lost) with RESOURCE_EXHAUSTED; dropped otherwise, it just ends.
+        let cut = commands.cut.clone();
         let stream = futures::stream::once(async move { Ok(welcome) })
-            .chain(command_batches(commands))
+            .chain(command_batches(commands.rx))
+            .take_until(commands.cut.cancelled_owned())
+            .chain(futures::stream::once(async move { cut.is_cancelled() }).filter_map(
+                |cut| async move {
+                    cut.then(|| {
+                        Err(Status::resource_exhausted(format!(
+                            "this worker stopped reading its commands ({COMMAND_BUFFER} were \
+                             waiting); join again"
+                        )))
+                    })
+                },
+            ))
             .take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -156,7 +175,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 /// Batches whatever commands are waiting into one message, so a burst of tasks costs a
 /// few frames rather than one each. Ends when the head drops the worker.
 fn command_batches(
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::Receiver<Command>,
 ) -> impl Stream<Item = Result<pb::HeadMessage, Status>> + Send {
     futures::stream::unfold((commands, Vec::with_capacity(BATCH)), |(mut rx, mut buf)| async move {
         buf.clear();

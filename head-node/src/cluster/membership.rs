@@ -11,8 +11,8 @@ impl Cluster {
         &self,
         registration: Registration,
         address: String,
-    ) -> (u64, mpsc::UnboundedReceiver<Command>, u64) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (u64, CommandStream, u64) {
+        let (tx, rx) = CommandSender::channel();
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let connection = state.workers.next_connection();

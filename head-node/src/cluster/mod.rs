@@ -30,7 +30,7 @@ use crate::scheduler::{self, Affinity, Placement, Prefixes};
 use crate::store::{Commit, Journal, Restored};
 use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
 use crate::topics::{PublishOutcome, TopicRelays};
-use crate::workers::{WorkerEntry, WorkerRegistry};
+use crate::workers::{CommandSender, CommandStream, WorkerEntry, WorkerRegistry};
 use crate::{Error, Result};
 
 mod calls;
@@ -234,12 +234,11 @@ impl Cluster {
 
 /// In-process workers join the cluster directly (see `fleet_proto::local`).
 impl LocalHead for Cluster {
-    fn join(
-        &self,
-        registration: Registration,
-    ) -> (u64, Duration, mpsc::UnboundedReceiver<Command>) {
+    fn join(&self, registration: Registration) -> (u64, Duration, mpsc::Receiver<Command>) {
+        // Cut off, its channel closes after what was queued: the worker sees its commands
+        // end and joins again.
         let (connection, commands, _) = self.worker_joined(registration, "in-process".to_owned());
-        (connection, self.limits.heartbeat_interval, commands)
+        (connection, self.limits.heartbeat_interval, commands.rx)
     }
 
     fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {

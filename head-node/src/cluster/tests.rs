@@ -46,9 +46,9 @@ fn where_is(cluster: &Cluster, id: &TaskId) -> (TaskState, u32, Option<String>) 
     (t.state, t.attempt, t.worker.clone())
 }
 
-fn commands(rx: &mut mpsc::UnboundedReceiver<Command>) -> Vec<Command> {
+fn commands(stream: &mut CommandStream) -> Vec<Command> {
     let mut out = Vec::new();
-    while let Ok(c) = rx.try_recv() {
+    while let Ok(c) = stream.rx.try_recv() {
         out.push(c);
     }
     out
