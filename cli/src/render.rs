@@ -122,7 +122,7 @@ pub fn event(event: &TaskEvent) -> String {
         EventKind::Scheduled { worker_id } => format!("scheduled on {worker_id}"),
         EventKind::Working => "working".to_owned(),
         EventKind::TextDelta { text, .. } => format!("text {text:?}"),
-        EventKind::ToolCall { call_id, name, arguments } => {
+        EventKind::ToolCall { call_id, name, arguments, .. } => {
             format!("tool call {name}({}) [{call_id}]", preview(arguments, 200))
         }
         EventKind::ToolResult { call_id, output, is_error } => {

@@ -168,7 +168,7 @@ fn event_bytes(kind: &EventKind) -> usize {
         | EventKind::Canceled { reason: s }
         | EventKind::InputRequired { prompt: s }
         | EventKind::Retrying { reason: s, .. } => s.len(),
-        EventKind::ToolCall { call_id, name, arguments } => {
+        EventKind::ToolCall { call_id, name, arguments, .. } => {
             call_id.len() + name.len() + arguments.len()
         }
         EventKind::ToolResult { call_id, output, .. } => call_id.len() + output.len(),

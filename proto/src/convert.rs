@@ -135,6 +135,7 @@ impl From<&Turn> for pb::Turn {
                     call_id: c.id.clone(),
                     name: c.name.clone(),
                     arguments: c.arguments.clone(),
+                    traceparent: String::new(),
                 })
                 .collect(),
             tool_call_id: t.tool_call_id.clone(),
@@ -339,8 +340,8 @@ impl From<&EventKind> for pb::task_event::Kind {
                 text,
                 logprobs: logprobs.into_iter().map(Into::into).collect(),
             }),
-            EventKind::ToolCall { call_id, name, arguments } => {
-                K::ToolCall(pb::ToolCall { call_id, name, arguments })
+            EventKind::ToolCall { call_id, name, arguments, traceparent } => {
+                K::ToolCall(pb::ToolCall { call_id, name, arguments, traceparent })
             }
             EventKind::ToolResult { call_id, output, is_error } => {
                 K::ToolResult(pb::ToolResult { call_id, output, is_error })
@@ -372,9 +373,12 @@ impl From<pb::task_event::Kind> for EventKind {
                 text: e.text,
                 logprobs: e.logprobs.into_iter().map(Into::into).collect(),
             },
-            K::ToolCall(e) => {
-                Self::ToolCall { call_id: e.call_id, name: e.name, arguments: e.arguments }
-            }
+            K::ToolCall(e) => Self::ToolCall {
+                call_id: e.call_id,
+                name: e.name,
+                arguments: e.arguments,
+                traceparent: e.traceparent,
+            },
             K::ToolResult(e) => {
                 Self::ToolResult { call_id: e.call_id, output: e.output, is_error: e.is_error }
             }

@@ -343,6 +343,8 @@ pub enum EventKind {
         call_id: String,
         name: String,
         arguments: String,
+        /// W3C `traceparent` of the caller's `execute_tool` span (empty: not traced).
+        traceparent: String,
     },
     ToolResult {
         call_id: String,

@@ -137,13 +137,48 @@ async fn start_embedded(
     Ok((url, Embedded { shutdown, head: head.task, cluster: head.cluster, temporary_data }))
 }
 
+/// This process's trace exporter and its endpoint, once an embedded cluster traces.
+static TRACES: Mutex<Option<(String, fleet_telemetry::Exporter)>> = Mutex::new(None);
+
+/// Exports the embedded cluster's traces to `endpoint` (else `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// as the binaries read it); one exporter per process, shared by its embedded clusters.
+fn tracing_to(endpoint: Option<String>) -> PyResult<()> {
+    let endpoint = endpoint
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.trim().is_empty());
+    let mut traces = TRACES.lock();
+    match (&*traces, endpoint) {
+        (Some((current, _)), Some(wanted)) if *current != wanted => {
+            Err(PyValueError::new_err(format!(
+                "otlp_endpoint: this process already sends traces to {current}; one endpoint \
+                 per process"
+            )))
+        }
+        (Some(_), _) | (None, None) => Ok(()),
+        (None, Some(endpoint)) => {
+            let instance = format!("python-{}", std::process::id());
+            let exporter = fleet_telemetry::init(Some(&endpoint), "agentfleet", &instance)
+                .map_err(|e| PyValueError::new_err(format!("otlp_endpoint: {e}")))?;
+            *traces = exporter.map(|exporter| (endpoint, exporter));
+            Ok(())
+        }
+    }
+}
+
+/// Sends the spans that ended so far, if this process traces.
+fn flush_traces() {
+    if let Some((_, exporter)) = &*TRACES.lock() {
+        exporter.flush();
+    }
+}
+
 /// Starts an embedded cluster (no `address`) or connects to a running one. The embedded
 /// workers serve the models in `models_dir`, load those in `preload` before `init` returns,
 /// and run them on `device`. `tls_ca` is a CA file for an `https://` address.
 #[pyfunction]
 #[pyo3(signature = (
     address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None,
-    tls_ca=None, data_dir=None
+    tls_ca=None, data_dir=None, otlp_endpoint=None
 ))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of `af.init`
 pub fn init(
@@ -156,6 +191,7 @@ pub fn init(
     token: Option<String>,
     tls_ca: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    otlp_endpoint: Option<String>,
 ) -> PyResult<Fleet> {
     let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
     if address.is_none() && workers == 0 {
@@ -172,6 +208,15 @@ pub fn init(
             "data_dir is for an embedded cluster: start the head of a running cluster with \
              --data-dir instead",
         ));
+    }
+    if address.is_some() && otlp_endpoint.is_some() {
+        return Err(PyValueError::new_err(
+            "otlp_endpoint is for an embedded cluster: start the head and workers of a running \
+             cluster with --otlp-endpoint instead",
+        ));
+    }
+    if address.is_none() {
+        tracing_to(otlp_endpoint)?;
     }
     if address.is_none() && tls_ca.is_some() {
         return Err(PyValueError::new_err(
@@ -418,6 +463,7 @@ impl Fleet {
         if let Some(dir) = temporary_data {
             let _ = std::fs::remove_dir_all(dir);
         }
+        py.detach(flush_traces);
         Ok(())
     }
 

@@ -32,6 +32,12 @@ pub struct Exporter {
 }
 
 impl Exporter {
+    /// Sends the spans that ended so far (blocks until they are sent or the export times
+    /// out).
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+
     /// Sends what is queued and stops exporting.
     pub fn shutdown(self) {
         drop(self);

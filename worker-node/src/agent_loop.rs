@@ -176,8 +176,12 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
             for (i, call) in turn.tool_calls.into_iter().enumerate() {
                 // Unique across the turns of a conversation, as clients keep them.
                 let call_id = format!("call_{}_{i}", run.task.task_id.as_str().replace('-', ""));
-                let event =
-                    EventKind::ToolCall { call_id, name: call.name, arguments: call.arguments };
+                let event = EventKind::ToolCall {
+                    call_id,
+                    name: call.name,
+                    arguments: call.arguments,
+                    traceparent: String::new(),
+                };
                 emit(&run.sink, &run.task, event).await;
             }
             return Ok((usage, output));
@@ -252,6 +256,7 @@ async fn call_tool(
         call_id: call.id.clone(),
         name: call.name.clone(),
         arguments: call.arguments.clone(),
+        traceparent: traceparent.to_owned(),
     };
     if call.name == fleet_proto::PUBLISH_TOOL && !run.spec.topics.is_empty() {
         emit(&run.sink, &run.task, announce).await;

@@ -274,7 +274,7 @@ async fn an_agent_calls_another_agent_as_a_tool() -> Result<()> {
             }
         }
         let call = kinds.iter().find_map(|k| match k {
-            EventKind::ToolCall { call_id, name, arguments } => Some((call_id, name, arguments)),
+            EventKind::ToolCall { call_id, name, arguments, .. } => Some((call_id, name, arguments)),
             _ => None,
         });
         let (call_id, name, arguments) = call.context("no tool call event")?;

@@ -143,17 +143,22 @@ pub(super) fn reply_to_call(
     });
 }
 
+/// A tool call a worker announced, for the head to run as a sub-task.
+pub(super) struct ToolCallSeen {
+    pub caller: TaskId,
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    /// The caller's `execute_tool` span, the sub-task's parent (empty: not traced).
+    pub traceparent: String,
+}
+
 /// Runs the agent a task called as a tool as a sub-task of it; its result goes back to the
 /// caller's worker when it ends. Calls of names that are not among the caller's tools are
 /// the worker's to answer.
-pub(super) fn call_agent(
-    state: &mut State,
-    limits: &Limits,
-    caller: &TaskId,
-    call_id: String,
-    name: &str,
-    arguments: &str,
-) {
+pub(super) fn call_agent(state: &mut State, limits: &Limits, call: ToolCallSeen) {
+    let ToolCallSeen { caller, call_id, name, arguments, traceparent } = call;
+    let (caller, name, arguments) = (&caller, name.as_str(), arguments.as_str());
     let Some(task) = state.tasks.get(caller.as_str()) else { return };
     let Ok(agent) = state.agents.get(&task.agent) else { return };
     if !agent.spec.tools.iter().any(|t| t == name) {
@@ -168,8 +173,8 @@ pub(super) fn call_agent(
         let sub = NewTask {
             agent: name.to_owned(),
             input: fleet_proto::call_input(arguments),
-            // Under the caller's span: the worker's `execute_tool` span stays on the worker.
-            traceparent: traced::parent_of(task),
+            // Under the caller's `execute_tool` span on its worker, else its task's span.
+            traceparent: if traceparent.is_empty() { traced::parent_of(task) } else { traceparent },
             ..Default::default()
         };
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {

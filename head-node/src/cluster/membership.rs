@@ -172,13 +172,14 @@ impl Cluster {
                     finish(state, &event.task_id, event.kind);
                     freed = true;
                 }
-                EventKind::ToolCall { call_id, name, arguments } if !calls_direct => {
-                    calls.push((
-                        event.task_id.clone(),
-                        call_id.clone(),
-                        name.clone(),
-                        arguments.clone(),
-                    ));
+                EventKind::ToolCall { call_id, name, arguments, traceparent } if !calls_direct => {
+                    calls.push(ToolCallSeen {
+                        caller: event.task_id.clone(),
+                        call_id: call_id.clone(),
+                        name: name.clone(),
+                        arguments: arguments.clone(),
+                        traceparent: traceparent.clone(),
+                    });
                     task.push(event.kind, event.timestamp_us);
                 }
                 _ => {
@@ -199,8 +200,8 @@ impl Cluster {
                 }
             }
         }
-        for (task_id, call_id, name, arguments) in calls {
-            call_agent(state, &self.limits, &task_id, call_id, &name, &arguments);
+        for call in calls {
+            call_agent(state, &self.limits, call);
         }
         if freed {
             drain_queue(state);

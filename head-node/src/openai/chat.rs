@@ -162,7 +162,7 @@ pub(super) async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
                 text.push_str(delta);
                 logprobs.extend_from_slice(tokens);
             }
-            EventKind::ToolCall { call_id, name, arguments } => {
+            EventKind::ToolCall { call_id, name, arguments, .. } => {
                 calls.push(ToolCallOut::new(call_id, name, arguments));
             }
             EventKind::Retrying { .. } => {
@@ -292,7 +292,7 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Out>, bool) {
                 let chunk = s.head.chunk_with(s.index, delta, None, logprobs);
                 return (vec![Out::Chunk(chunk)], true);
             }
-            EventKind::ToolCall { call_id, name, arguments } => {
+            EventKind::ToolCall { call_id, name, arguments, .. } => {
                 // Each call whole in one chunk (it is known whole when its event comes).
                 s.sent_text = true;
                 let call = ToolCallOut {

@@ -9,6 +9,7 @@ parent of the task's trace."""
 import os
 import secrets
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -116,12 +117,12 @@ class Receiver:
             time.sleep(0.05)
 
     def traces_of(self, task_id: str, timeout: float = 30) -> str:
-        """The trace id of the head's span of `task_id`."""
+        """The trace id of the head's span of `task_id` (the SERVER span naming it)."""
         deadline = time.monotonic() + timeout
         while True:
             with self.lock:
                 for s in self.spans:
-                    if s.service == "fleet-head" and s.attributes.get("agentfleet.task.id") == task_id:
+                    if s.kind == 2 and s.attributes.get("agentfleet.task.id") == task_id:
                         return s.trace_id
             assert time.monotonic() < deadline, f"no head span for task {task_id}"
             time.sleep(0.05)
@@ -277,3 +278,34 @@ def test_a_traceparent_header_becomes_the_tasks_parent(cluster: Cluster, receive
     while not any(s.service == "fleet-head" and not s.parent_id for s in receiver.spans[before:]):
         assert time.monotonic() < deadline, "no new root span"
         time.sleep(0.05)
+
+
+def test_an_embedded_cluster_in_python_traces_its_tasks(receiver: Receiver) -> None:
+    """`af.init(otlp_endpoint=...)`: the head and workers inside a Python process export its
+    tasks' traces, `shutdown()` sends those still queued (the default batch delay is 5 s,
+    far longer than this script lives). Its workers have no mesh: the head runs the callee
+    as a sub-task, whose span goes under the caller's `execute_tool` span all the same."""
+    script = (
+        "import sys, agentfleet as af\n"
+        "fleet = af.init(workers=1, otlp_endpoint=sys.argv[1])\n"
+        "fleet.agent('callee', 'builtin:echo')\n"
+        "caller = fleet.agent('caller', 'builtin:echo', tools=['callee'])\n"
+        "task = caller.submit(sys.argv[2])\n"
+        "assert task.result(timeout=30) == 'traced from python', task.result()\n"
+        "print(task.id, flush=True)\n"
+        "fleet.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    argv = [sys.executable, "-c", script, receiver.url, call("callee", "traced from python")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    trace_id = receiver.traces_of(done.stdout.strip(), timeout=5)
+    # head: caller, callee; worker: caller's run, 2 chats, execute_tool, callee's run, chat.
+    spans = receiver.trace(trace_id, 8, timeout=5)
+    assert {s.service for s in spans} == {"agentfleet"}
+    assert len([s for s in spans if not s.parent_id]) == 1, spans
+    tool = [s for s in spans if s.name == "execute_tool callee"]
+    # The head's span of the sub-task (the one with the head's moments as events).
+    sub_task = [s for s in spans if s.name == "invoke_agent callee" and "scheduled" in s.events]
+    assert len(tool) == 1 and len(sub_task) == 1, spans
+    assert sub_task[0].parent_id == tool[0].span_id, "the relayed sub-task goes under the caller's execute_tool span"

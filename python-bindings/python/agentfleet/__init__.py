@@ -72,6 +72,7 @@ def init(
     token: "str | None" = None,
     tls_ca: "str | os.PathLike[str] | None" = None,
     data_dir: "str | os.PathLike[str] | None" = None,
+    otlp_endpoint: "str | None" = None,
 ) -> Fleet:
     """Start an embedded cluster (no ``address``) or connect to a running one.
 
@@ -87,7 +88,11 @@ def init(
     of the system's. The embedded head keeps its tasks and agents in a store under
     ``data_dir``; start it again on the same folder and it has them back (finished tasks
     readable, unfinished ones run again). Without ``data_dir`` the store is a temporary
-    folder removed at shutdown.
+    folder removed at shutdown. With ``otlp_endpoint`` (default
+    $OTEL_EXPORTER_OTLP_ENDPOINT), an OTLP/HTTP collector such as ``http://127.0.0.1:4318``,
+    the embedded cluster exports OpenTelemetry traces there: one per task, GenAI spans
+    (``invoke_agent``, ``chat``, ``embeddings``, ``execute_tool``); ``fleet.shutdown()``
+    sends those still queued.
 
     ``address`` may list several heads (a leader and its standbys on a shared PostgreSQL
     store), as a list or one string with commas: calls go to the head that leads, and tasks
@@ -111,6 +116,7 @@ def init(
         token=token,
         tls_ca=tls_ca,
         data_dir=data_dir,
+        otlp_endpoint=otlp_endpoint,
     )
     if fleet.embedded:
         atexit.register(fleet.shutdown)

@@ -105,7 +105,7 @@ impl Streamer {
                     out.push(self.event("response.output_text.delta", delta));
                     return (out, true);
                 }
-                EventKind::ToolCall { call_id, name, arguments } => {
+                EventKind::ToolCall { call_id, name, arguments, .. } => {
                     self.sent = true;
                     self.close_text("completed", &mut out);
                     let index = self.output.len();
