@@ -100,7 +100,8 @@ pub struct Args {
     print_address: bool,
     /// Export OpenTelemetry traces (one per task, GenAI spans) to this OTLP/HTTP collector,
     /// e.g. http://127.0.0.1:4318 (spans go to its /v1/traces). Off by default.
-    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    /// Without it: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
 }
 

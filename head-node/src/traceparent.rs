@@ -30,10 +30,7 @@ pub fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> String {
 }
 
 fn checked(value: Option<&str>) -> String {
-    match value.map(str::trim) {
-        Some(v) if fleet_telemetry::valid_traceparent(v) => v.to_owned(),
-        _ => String::new(),
-    }
+    value.map(fleet_telemetry::normalized).unwrap_or_default()
 }
 
 #[cfg(test)]

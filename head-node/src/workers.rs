@@ -50,6 +50,11 @@ impl CommandSender {
         (sender, CommandStream { rx, cut })
     }
 
+    /// Whether the worker was cut off.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+
     /// Queues `command`; false when the worker is gone or was cut off (this one too).
     pub fn send(&self, command: Command) -> bool {
         let mut tx = self.tx.lock();
@@ -143,8 +148,10 @@ impl WorkerEntry {
         }
     }
 
+    /// Whether a task may go here: a slot is free, and the worker was not cut off for not
+    /// reading its commands (it is about to be dropped; a task sent now would be lost).
     pub fn has_free_slot(&self) -> bool {
-        (self.running.len() as u32) < self.registration.slots
+        (self.running.len() as u32) < self.registration.slots && !self.commands.is_cut()
     }
 
     /// Whether the worker has `model` on disk (built-in and remote models are everywhere).

@@ -140,14 +140,11 @@ async fn start_embedded(
 /// This process's trace exporter and its endpoint, once an embedded cluster traces.
 static TRACES: Mutex<Option<(String, fleet_telemetry::Exporter)>> = Mutex::new(None);
 
-/// Exports the embedded cluster's traces to `endpoint` (else `OTEL_EXPORTER_OTLP_ENDPOINT`,
-/// as the binaries read it); one exporter per process, shared by its embedded clusters.
+/// Exports the embedded cluster's traces to `endpoint` (else the OTLP variables, as the
+/// binaries read them); one exporter per process, shared by its embedded clusters.
 fn tracing_to(endpoint: Option<String>) -> PyResult<()> {
-    let endpoint = endpoint
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-        .filter(|e| !e.trim().is_empty());
     let mut traces = TRACES.lock();
-    match (&*traces, endpoint) {
+    match (&*traces, fleet_telemetry::resolve_endpoint(endpoint.as_deref())) {
         (Some((current, _)), Some(wanted)) if *current != wanted => {
             Err(PyValueError::new_err(format!(
                 "otlp_endpoint: this process already sends traces to {current}; one endpoint \
@@ -155,11 +152,11 @@ fn tracing_to(endpoint: Option<String>) -> PyResult<()> {
             )))
         }
         (Some(_), _) | (None, None) => Ok(()),
-        (None, Some(endpoint)) => {
+        (None, Some(_)) => {
             let instance = format!("python-{}", std::process::id());
-            let exporter = fleet_telemetry::init(Some(&endpoint), "agentfleet", &instance)
+            let exporter = fleet_telemetry::init(endpoint.as_deref(), "agentfleet", &instance)
                 .map_err(|e| PyValueError::new_err(format!("otlp_endpoint: {e}")))?;
-            *traces = exporter.map(|exporter| (endpoint, exporter));
+            *traces = exporter.map(|exporter| (exporter.url().to_owned(), exporter));
             Ok(())
         }
     }

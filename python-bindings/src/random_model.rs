@@ -10,6 +10,9 @@ use fleet_inference::transformer::{Family, fixture};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
+/// The weights' seed: every call writes the same model, so its answers repeat across runs.
+const SEED: u64 = 2024;
+
 /// Writes a random-weight Qwen2-architecture model (2 layers, hidden size 256, a 384-token
 /// byte-level BPE with the Qwen2.5 chat template, Q8_0) to `path`, which must end in
 /// `.gguf` (workers list GGUF files by extension). Returns the path.
@@ -42,7 +45,7 @@ fn write(path: &Path) -> std::result::Result<(), Box<dyn std::error::Error + Sen
         write_tokenizer_files(&scratch)?;
         let tokenizer = gguf_tokenizer_metadata(&scratch)?;
         let cfg = fixture::quantizable_config(Family::Qwen2);
-        let weights = fixture::random_weights(&cfg)?;
+        let weights = fixture::seeded_weights(&cfg, SEED)?;
         // Written aside and renamed, so a worker scanning the folder never sees half a file.
         let partial = path.with_extension("gguf.partial");
         fixture::write_gguf(&partial, &cfg, &weights, GgmlDType::Q8_0, &tokenizer)?;

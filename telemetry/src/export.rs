@@ -29,9 +29,15 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Exporter {
     provider: SdkTracerProvider,
+    url: String,
 }
 
 impl Exporter {
+    /// Where the spans go (the collector's `/v1/traces`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Sends the spans that ended so far (blocks until they are sent or the export times
     /// out).
     pub fn flush(&self) {
@@ -57,45 +63,48 @@ pub fn traces_endpoint(base: &str) -> String {
     if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") }
 }
 
-/// Starts exporting this process's spans to the collector at `endpoint` (a base URL, as
-/// `--otlp-endpoint` and `OTEL_EXPORTER_OTLP_ENDPOINT` give it), or to
-/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` when that is set and `endpoint` is not. Returns
-/// `None` (tracing stays off) when neither is given. `service` names the process in its
-/// resource (`OTEL_SERVICE_NAME` wins), `instance` tells processes of one service apart.
-/// The SDK's own variables apply: `OTEL_TRACES_SAMPLER` (parent-based always-on by
-/// default), `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_HEADERS`, ...
+/// Where this process's spans go: `endpoint` (a base URL, given with `--otlp-endpoint` or
+/// `af.init(otlp_endpoint=...)`), else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is, else
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL), the order the OpenTelemetry spec gives
+/// them; `None`: tracing stays off.
+pub fn resolve_endpoint(endpoint: Option<&str>) -> Option<String> {
+    let given = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if let Some(base) = given(endpoint.map(str::to_owned)) {
+        return Some(traces_endpoint(&base));
+    }
+    if let Some(url) = given(std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok()) {
+        return Some(url);
+    }
+    given(std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()).map(|base| traces_endpoint(&base))
+}
+
+/// Starts exporting this process's spans to the collector [`resolve_endpoint`] names, if
+/// any (`None`: tracing stays off). `service` names the process in its resource
+/// (`OTEL_SERVICE_NAME` wins), `instance` tells processes of one service apart. The SDK's
+/// own variables apply: `OTEL_TRACES_SAMPLER` (parent-based always-on by default),
+/// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_HEADERS`, ...
 pub fn init(
     endpoint: Option<&str>,
     service: &str,
     instance: &str,
 ) -> Result<Option<Exporter>, Error> {
-    let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
-    let traces_env =
-        std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_ok_and(|e| !e.trim().is_empty());
-    if endpoint.is_none() && !traces_env {
-        return Ok(None);
-    }
+    let Some(url) = resolve_endpoint(endpoint) else { return Ok(None) };
     if TRACER.get().is_some() {
         return Err(Error::AlreadyOn);
     }
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Error::Endpoint {
+            endpoint: url,
+            reason: "give an http:// or https:// URL, such as http://127.0.0.1:4318".into(),
+        });
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_timeout(EXPORT_TIMEOUT);
-    if let Some(endpoint) = endpoint {
-        let url = traces_endpoint(endpoint);
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::Endpoint {
-                endpoint: endpoint.to_owned(),
-                reason: "give an http:// or https:// URL, such as http://127.0.0.1:4318".into(),
-            });
-        }
-        builder = builder.with_endpoint(url);
-    }
-    let exporter = builder.build().map_err(|e| Error::Endpoint {
-        endpoint: endpoint.unwrap_or("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").to_owned(),
-        reason: e.to_string(),
-    })?;
+        .with_timeout(EXPORT_TIMEOUT)
+        .with_endpoint(url.clone())
+        .build()
+        .map_err(|e| Error::Endpoint { endpoint: url.clone(), reason: e.to_string() })?;
     let service = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|s| !s.is_empty())
@@ -107,7 +116,7 @@ pub fn init(
     let provider =
         SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     TRACER.set(provider.tracer("agentfleet")).map_err(|_| Error::AlreadyOn)?;
-    Ok(Some(Exporter { provider }))
+    Ok(Some(Exporter { provider, url }))
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@
 mod export;
 mod span;
 
-pub use export::{Error, Exporter, init, traces_endpoint};
+pub use export::{Error, Exporter, init, resolve_endpoint, traces_endpoint};
 pub use opentelemetry::trace::SpanKind;
 pub use opentelemetry::{KeyValue, StringValue, Value};
-pub use span::{Span, valid_traceparent};
+pub use span::{Span, normalized, valid_traceparent};
 
 /// The attribute names spans carry: the GenAI semantic conventions' (written out: the
 /// conventions crate deprecated its GenAI names when they moved to a repository of their

@@ -10,6 +10,10 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use crate::export::TRACER;
 
+/// The longest error description a span carries (a failed tool's whole output could be
+/// megabytes).
+const MAX_DESCRIPTION: usize = 1024;
+
 /// A span of this process, ended when dropped or at [`Span::end`]; empty (every call a
 /// no-op) while tracing is off.
 #[derive(Debug, Default)]
@@ -83,9 +87,18 @@ impl Span {
         }
     }
 
-    /// Marks the span failed: status error with `description`, and `error.type`.
+    /// Marks the span failed: status error with `description` (its first KiB), and
+    /// `error.type`.
     pub fn fail(&mut self, error_type: &'static str, description: impl Into<Cow<'static, str>>) {
         if let Some(span) = &mut self.inner {
+            let mut description = description.into();
+            if description.len() > MAX_DESCRIPTION {
+                let mut end = MAX_DESCRIPTION;
+                while !description.is_char_boundary(end) {
+                    end -= 1;
+                }
+                description = Cow::Owned(format!("{}…", &description[..end]));
+            }
             span.set_attribute(KeyValue::new(crate::attr::ERROR_TYPE, error_type));
             span.set_status(Status::error(description));
         }
@@ -101,7 +114,27 @@ impl Span {
 
 /// Whether `traceparent` is a well-formed W3C `traceparent` with a valid trace and span.
 pub fn valid_traceparent(traceparent: &str) -> bool {
-    remote_parent(traceparent).span().span_context().is_valid()
+    !normalized(traceparent).is_empty()
+}
+
+/// `traceparent` as this process hands it on: in its canonical form (version 00, lowercase
+/// hex, 55 characters) when it is a valid one, else empty. What comes from outside (a
+/// request's header, a worker's event, a mesh call) goes through here, so nothing longer
+/// or stranger travels on.
+pub fn normalized(traceparent: &str) -> String {
+    let traceparent = traceparent.trim();
+    // The spec's form: 2 + 32 + 16 + 2 hex digits and 3 dashes; later versions may add
+    // fields after a fourth dash.
+    let fields: Vec<&str> = traceparent.splitn(5, '-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if fields.len() < 4 || !fields[..4].iter().zip([2, 32, 16, 2]).all(|(f, n)| hex(f, n)) {
+        return String::new();
+    }
+    let cx = remote_parent(traceparent).span().span_context().clone();
+    if !cx.is_valid() {
+        return String::new();
+    }
+    format!("00-{}-{}-{:02x}", cx.trace_id(), cx.span_id(), cx.trace_flags().to_u8())
 }
 
 fn remote_parent(traceparent: &str) -> Context {
@@ -123,6 +156,21 @@ mod tests {
         assert!(!valid_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"));
         assert!(!valid_traceparent("00-0af7651916cd43dd8448eb211c80319c-zz-01"));
         assert!(!valid_traceparent("not a traceparent"));
+        assert!(!valid_traceparent("00-1-1-01"));
+        assert!(!valid_traceparent("00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert_eq!(
+            normalized(" 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 "),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        // Uppercase hex is invalid in a traceparent (W3C), unknown flags are zeroed.
+        assert_eq!(normalized("00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"), "");
+        assert_eq!(
+            normalized("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-ff"),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let longer = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-".to_owned()
+            + &"x".repeat(10_000);
+        assert_eq!(normalized(&longer), "", "version 00 has exactly four fields");
     }
 
     #[test]

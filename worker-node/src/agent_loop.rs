@@ -357,8 +357,8 @@ async fn embed(
         model.embed(&texts)
     })
     .await
-    .map_err(|_| failed("the model panicked while embedding".into()))?
-    .map_err(|e| failed(e.to_string()));
+    .map_err(|_| failed("the model panicked while embedding".into()))
+    .and_then(|embedded| embedded.map_err(|e| failed(e.to_string())));
     let embedded = match embedded {
         Ok(embedded) => embedded,
         Err(terminal) => {

@@ -121,7 +121,7 @@ impl LocalCalls {
                     caller_task: call.caller_task,
                     depth: call.depth,
                     timeout: Duration::from_millis(call.timeout_ms.clamp(1, 3_600_000)),
-                    traceparent: call.trace,
+                    traceparent: fleet_telemetry::normalized(&call.trace),
                 };
                 let (output, is_error) = local.call(call).await;
                 if reply.send(MeshResponse::Reply { output, is_error }).is_err() {

@@ -82,7 +82,8 @@ pub struct Args {
     /// Export OpenTelemetry traces (this worker's spans of each task: the agent's run, its
     /// model calls and tool calls) to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318.
     /// Off by default.
-    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    /// Without it: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
 }
 

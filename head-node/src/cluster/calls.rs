@@ -174,7 +174,10 @@ pub(super) fn call_agent(state: &mut State, limits: &Limits, call: ToolCallSeen)
             agent: name.to_owned(),
             input: fleet_proto::call_input(arguments),
             // Under the caller's `execute_tool` span on its worker, else its task's span.
-            traceparent: if traceparent.is_empty() { traced::parent_of(task) } else { traceparent },
+            traceparent: match fleet_telemetry::normalized(&traceparent) {
+                caller if caller.is_empty() => traced::parent_of(task),
+                caller => caller,
+            },
             ..Default::default()
         };
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {

@@ -134,6 +134,36 @@ pub fn random_weights(cfg: &DecoderConfig) -> Result<Weights> {
         .collect()
 }
 
+/// Weights like [`random_weights`]' (the same spreads, drawn uniform) from `seed`: the same
+/// model on every run and machine, for what must answer alike each time (the Python
+/// package's random-weight model, whose answers its tests compare).
+pub fn seeded_weights(cfg: &DecoderConfig, seed: u64) -> Result<Weights> {
+    let d = &Device::Cpu;
+    shapes(cfg)
+        .into_iter()
+        .zip(1u64..)
+        .map(|((part, bias, shape), n)| {
+            let len = shape.iter().product();
+            // A uniform draw in [-s, s) has the standard deviation s / sqrt(3).
+            let draw = |std: f32| {
+                let values =
+                    noise(len, seed.wrapping_mul(1_000_003).wrapping_add(n), std * 3f32.sqrt());
+                Tensor::from_vec(values, shape.as_slice(), d)
+            };
+            let t = if is_norm(part) {
+                draw(0.1)?.affine(1.0, 1.0)?
+            } else if bias {
+                draw(0.1)?
+            } else if part == Part::Embed {
+                draw(1.0)?
+            } else {
+                draw(1.0 / (shape[1] as f32).sqrt())?
+            };
+            Ok((part, bias, t))
+        })
+        .collect()
+}
+
 fn name(part: Part, bias: bool, gguf: bool) -> String {
     let base = if gguf { part.gguf_name() } else { part.hf_name() };
     format!("{base}.{}", if bias { "bias" } else { "weight" })

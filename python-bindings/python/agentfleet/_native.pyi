@@ -200,4 +200,5 @@ def write_random_weight_model(path: str | os.PathLike[str]) -> Path:
     """Writes a tiny chat model with RANDOM weights (Qwen2 architecture, 2 layers, Q8_0,
     a byte-level tokenizer with the Qwen2.5 chat template) as a GGUF file at ``path``
     (which must end in .gguf) and returns the path. Its text is meaningless: it is for
-    trying local-model agents without downloading a model."""
+    trying local-model agents without downloading a model. The weights are drawn from a
+    fixed seed: every call writes the same model, so its greedy answers repeat."""
