@@ -1,5 +1,5 @@
 //! The head's HTTP routes, served on the same address as gRPC: `/healthz`, `/metrics`, the
-//! A2A front door and the OpenAI-compatible API.
+//! A2A front door, the OpenAI-compatible API and the inspector (`/ui`).
 
 use std::sync::Arc;
 
@@ -39,12 +39,13 @@ async fn healthz(
 /// Room in a request body beyond the input limit, for JSON framing and escapes.
 const BODY_SLACK_BYTES: usize = 64 << 10;
 
-/// `/healthz`, `/metrics`, the A2A routes and the OpenAI routes; fails on an unreadable
-/// webhook CA.
+/// `/healthz`, `/metrics`, the A2A routes, the OpenAI routes and the inspector; fails on an
+/// unreadable webhook CA. `shutdown` ends the inspector's live streams.
 pub fn router(
     cluster: Arc<Cluster>,
     config: &HeadConfig,
     clients: Credentials,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> crate::Result<Router> {
     let max_body_bytes = config.max_input_bytes + BODY_SLACK_BYTES;
     let extra_ca_pem = match &config.webhook_ca {
@@ -71,6 +72,12 @@ pub fn router(
         clients: clients.clone(),
         heartbeat_interval: config.heartbeat_interval,
     };
+    let inspector = crate::inspector::Inspector {
+        cluster: cluster.clone(),
+        clients: clients.clone(),
+        tls: config.tls_cert.is_some(),
+        shutdown,
+    };
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),
         clients,
@@ -83,5 +90,6 @@ pub fn router(
         .merge(Router::new().route("/metrics", get(crate::metrics::metrics)).with_state(metrics))
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai))
+        .merge(crate::inspector::router(inspector))
         .layer(axum::middleware::from_fn(crate::traceparent::scope)))
 }

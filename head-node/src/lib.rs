@@ -14,7 +14,8 @@
 //!   in PostgreSQL shared by a leader and standbys: `leader`);
 //! - [`http`] serves `/healthz`, `metrics` (Prometheus, `/metrics`) and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
-//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`);
+//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`), and `inspector`, the
+//!   live view of the cluster in a browser (`/ui`);
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
 //!   command line (also run by `python -m agentfleet head`).
 //!
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+mod inspector;
 mod leader;
 mod metrics;
 pub mod openai;

@@ -119,6 +119,11 @@ impl TaskMetrics {
         self.ended.get_or_create(&labels).inc();
     }
 
+    /// Events workers sent since the head started.
+    pub(crate) fn worker_events_total(&self) -> u64 {
+        self.worker_events.get()
+    }
+
     pub(crate) fn worker_events(&self, n: usize) {
         self.worker_events.inc_by(n as u64);
     }

@@ -132,7 +132,7 @@ async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let fleet = InterceptedService::new(fleet, clients.clone());
     let worker_api = InterceptedService::new(worker_api, workers);
-    let routes = Routes::from(http::router(cluster.clone(), &config, clients)?)
+    let routes = Routes::from(http::router(cluster.clone(), &config, clients, shutdown.clone())?)
         .add_service(fleet)
         .add_service(worker_api);
 

@@ -317,6 +317,9 @@ pub struct TaskTable {
     on_evicted: Vec<EvictionHook>,
     pub counters: TaskCounters,
     journal: Option<Journal>,
+    /// Bumped on every change that may show (a new task, each mutable access to one: every
+    /// event comes through one), so that a live view can tell cheaply whether to look again.
+    changes: u64,
 }
 
 impl std::fmt::Debug for TaskTable {
@@ -346,6 +349,7 @@ impl TaskTable {
             on_evicted: Vec::new(),
             counters: TaskCounters::default(),
             journal: None,
+            changes: 0,
         }
     }
 
@@ -399,6 +403,7 @@ impl TaskTable {
         context_id: String,
     ) -> &mut TaskEntry {
         self.next_number += 1;
+        self.changes = self.changes.wrapping_add(1);
         let record = TaskRecord {
             number: self.next_number,
             id,
@@ -466,7 +471,13 @@ impl TaskTable {
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut TaskEntry> {
+        self.changes = self.changes.wrapping_add(1);
         self.tasks.get_mut(id)
+    }
+
+    /// A number that moves whenever a task may have changed (see `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Records that a task reached a terminal state and evicts the oldest finished tasks

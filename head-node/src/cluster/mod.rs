@@ -7,7 +7,8 @@
 //! `submit` (agents and tasks in, following and canceling), `views` (snapshots and queries),
 //! `membership` (workers joining, sending events, leaving), `calls` (agents calling agents,
 //! mesh lookups, topics), `lifecycle` (a task's transitions on `State`), `durable` (replay
-//! from the store, events out once stored). `tests` exercises `State` directly.
+//! from the store, events out once stored), `inspect` (what the inspector's pages show).
+//! `tests` exercises `State` directly.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::{Error, Result};
 
 mod calls;
 mod durable;
+mod inspect;
 mod lifecycle;
 mod membership;
 mod submit;
@@ -42,6 +44,7 @@ mod traced;
 mod views;
 
 use calls::*;
+pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
 use lifecycle::*;
 use submit::*;
 pub use views::{

@@ -48,6 +48,8 @@ pub struct TaskInfo {
     pub usage: fleet_proto::Usage,
     /// The answer follows a JSON output format (the agent's output schema or the task's).
     pub structured: bool,
+    /// The task that called this one as a tool.
+    pub parent: Option<TaskId>,
 }
 
 impl From<&TaskEntry> for TaskInfo {
@@ -76,6 +78,7 @@ impl From<&TaskEntry> for TaskInfo {
                     )
                 )
             }),
+            parent: t.parent.as_ref().map(|(id, _)| id.clone()),
         }
     }
 }

@@ -1,0 +1,222 @@
+//! The inspector's live streams, as server-sent events. Each stream has a producer task
+//! writing into a small channel that the response reads; the producer ends when the page
+//! goes (the channel closes), when the head stops, or when its subject ends. What an open
+//! page holds on the head is that channel and one last snapshot, however long it stays.
+//!
+//! Lists are looked at on a tick and sent only when they changed (the task list not even
+//! computed unless a task changed); a task's page follows its event log through the same
+//! subscription the other doors use, bounded and cut off when it falls behind (the browser
+//! then reconnects after the last event it has, `Last-Event-ID`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use fleet_proto::{EventKind, now_us};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Inspector, Listing, listing, views};
+use crate::tasks::Delivery;
+
+/// Events a stream's channel holds before its producer waits for the page to read.
+const CHANNEL: usize = 16;
+/// How often the cluster view is sent (its charts plot one point per tick).
+const CLUSTER_TICK: Duration = Duration::from_secs(1);
+/// How often the agents and task lists are looked at.
+const AGENTS_TICK: Duration = Duration::from_secs(2);
+const TASKS_TICK: Duration = Duration::from_millis(500);
+/// A comment on quiet streams, so that proxies keep them open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Where a producer writes its events; false from [`send`] once the page is gone.
+type Events = mpsc::Sender<Event>;
+
+async fn send(tx: &Events, name: &str, data: &Value) -> bool {
+    tx.send(Event::default().event(name).data(data.to_string())).await.is_ok()
+}
+
+/// The response of a stream whose events `produce` writes.
+fn stream<F, Fut>(ui: &Inspector, produce: F) -> Response
+where
+    F: FnOnce(Events) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let (page_gone, shutdown) = (tx.clone(), ui.shutdown.clone());
+    let producer = produce(tx);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = producer => {}
+            () = page_gone.closed() => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
+    let events = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+/// Sends `look()`'s snapshot as `name` every `period`, when it has one that differs from
+/// the last sent (`changes_only`) or always.
+async fn ticks(
+    tx: Events,
+    period: Duration,
+    name: &'static str,
+    changes_only: bool,
+    mut look: impl FnMut() -> Option<Value>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last: Option<Value> = None;
+    loop {
+        tick.tick().await;
+        let Some(now) = look() else { continue };
+        if changes_only && last.as_ref() == Some(&now) {
+            continue;
+        }
+        if !send(&tx, name, &now).await {
+            return;
+        }
+        last = changes_only.then_some(now);
+    }
+}
+
+/// `/ui/api/cluster/live`: the cluster view, every second.
+pub(super) async fn cluster(State(ui): State<Inspector>) -> Response {
+    let (cluster, auth) = (ui.cluster.clone(), ui.clients.required());
+    stream(&ui, move |tx| {
+        ticks(tx, CLUSTER_TICK, "cluster", false, move || Some(views::cluster_json(&cluster, auth)))
+    })
+}
+
+/// `/ui/api/agents/live`: the agents and their figures, when they change.
+pub(super) async fn agents(State(ui): State<Inspector>) -> Response {
+    let cluster = ui.cluster.clone();
+    stream(&ui, move |tx| {
+        ticks(tx, AGENTS_TICK, "agents", true, move || Some(views::agents_json(&cluster)))
+    })
+}
+
+/// `/ui/api/tasks/live?agent=&state=&limit=`: a page of tasks, when a task changed.
+pub(super) async fn tasks(State(ui): State<Inspector>, query: Listing) -> Response {
+    let filter = match listing(query) {
+        Ok(filter) => filter,
+        Err(refused) => return refused.into_response(),
+    };
+    let cluster = ui.cluster.clone();
+    let mut seen = None;
+    stream(&ui, move |tx| {
+        ticks(tx, TASKS_TICK, "tasks", true, move || {
+            let changes = cluster.task_changes();
+            (seen.replace(changes) != Some(changes)).then(|| views::tasks_json(&cluster, &filter))
+        })
+    })
+}
+
+/// Whether the page's task view (state, sub-tasks, timings) moves with this event.
+fn moves_the_view(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Scheduled { .. }
+            | EventKind::ToolCall { .. }
+            | EventKind::ToolResult { .. }
+            | EventKind::Retrying { .. }
+            | EventKind::InputRequired { .. }
+    ) || kind.is_terminal()
+}
+
+/// `/ui/api/tasks/{id}/live`: the task, then its events from the first (or after the
+/// browser's `Last-Event-ID`) as they are stored, with the task again after each event
+/// that moves it; `end` after the last.
+pub(super) async fn task(
+    State(ui): State<Inspector>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let first = match views::detail(&ui.cluster, &id) {
+        Ok(view) => view,
+        // Not found: a status, so that the browser does not reconnect.
+        Err(refused) => return refused.into_response(),
+    };
+    let mut subscription = match ui.cluster.watch(&id, after.saturating_add(1)) {
+        Ok(subscription) => subscription,
+        Err(e) => return super::Refused::from(e).into_response(),
+    };
+    let cluster = ui.cluster.clone();
+    stream(&ui, move |tx| async move {
+        if !send(&tx, "task", &first).await {
+            return;
+        }
+        while let Some(delivery) = subscription.rx.recv().await {
+            let Delivery::Event(event) = delivery else { continue };
+            let frame = Event::default()
+                .event("event")
+                .id(event.seq.to_string())
+                .data(views::event_json(&event).to_string());
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+            if moves_the_view(&event.kind)
+                && let Ok(view) = views::detail(&cluster, &id)
+                && !send(&tx, "task", &view).await
+            {
+                return;
+            }
+        }
+        if subscription.was_cut() {
+            let error = "the page fell behind the task's events; it reconnects after the last";
+            send(&tx, "error", &json!({ "error": error })).await;
+        } else {
+            send(&tx, "end", &json!({})).await;
+        }
+    })
+}
+
+/// `/ui/api/topics/{name}/live`: the messages on a topic from now on, through a worker on
+/// the mesh.
+pub(super) async fn topic(State(ui): State<Inspector>, Path(name): Path<String>) -> Response {
+    let followed = ui.cluster.follow_topic(&name, "");
+    stream(&ui, move |tx| async move {
+        let mut messages = match followed {
+            Ok(messages) => messages,
+            Err(e) => {
+                send(&tx, "error", &json!({ "error": e.to_string() })).await;
+                return;
+            }
+        };
+        loop {
+            let (name, data) = match messages.recv().await {
+                Ok(m) => (
+                    "message",
+                    json!({
+                        "topic": m.topic, "publisher": m.publisher, "seq": m.seq,
+                        "body": m.body, "worker": m.worker_id, "at_us": now_us(),
+                    }),
+                ),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let error = format!("the page fell behind: {missed} messages were skipped");
+                    ("error", json!({ "error": error }))
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    let error = "the topic's relay ended (its worker left); reconnecting";
+                    send(&tx, "error", &json!({ "error": error })).await;
+                    return;
+                }
+            };
+            if !send(&tx, name, &data).await {
+                return;
+            }
+        }
+    })
+}

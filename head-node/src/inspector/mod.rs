@@ -1,0 +1,250 @@
+//! The inspector: the cluster live in a browser, at `/ui` on the head's address (`/`
+//! redirects there).
+//!
+//! The page is a small single-page app (`assets/`: plain HTML, CSS and JavaScript built
+//! into the binary, so neither `cargo build` nor the page needs Node, a CDN or the
+//! network). It reads JSON snapshots ([`views`]) and follows changes over server-sent
+//! events ([`live`]): a task's page streams the task's event log as the cluster stores it
+//! (resuming after `Last-Event-ID`); the cluster, agent and task lists are sent again when
+//! they change, a few times a second at most, so an open page costs the head one snapshot
+//! per tick and never a polling storm.
+//!
+//! The client credential guards it like every other door: `Authorization: Bearer` or
+//! `X-API-Key`, or the `fleet_ui` cookie `POST /ui/login` sets from the token typed into
+//! the login page (HttpOnly, SameSite=Strict, Secure over TLS). A POST must also carry
+//! `X-Fleet-UI: 1`, which a form on another site cannot send.
+
+mod live;
+mod views;
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Credentials;
+use crate::cluster::Cluster;
+
+/// The cookie the login page sets: the token, base64url (a token may hold characters a
+/// cookie may not).
+const COOKIE: &str = "fleet_ui";
+/// The header every POST of the page carries (see the module docs).
+const CSRF_HEADER: &str = "x-fleet-ui";
+/// Nothing from anywhere but the head; no inline script or style; no framing.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' \
+                   data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+                   form-action 'self'";
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const LOGIN_HTML: &str = include_str!("assets/login.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// What the inspector's handlers share.
+#[derive(Clone)]
+pub struct Inspector {
+    pub cluster: Arc<Cluster>,
+    pub clients: Credentials,
+    /// Served over TLS: the cookie is `Secure`.
+    pub tls: bool,
+    /// Ends the live streams when the head stops (they would hold its shutdown open).
+    pub shutdown: CancellationToken,
+}
+
+impl Inspector {
+    /// Whether the request carries a client credential, in a header or the cookie.
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        self.clients.accepts_http(headers)
+            || cookie(headers).is_some_and(|token| self.clients.accepts(Some(&token)))
+    }
+}
+
+/// The token in the `fleet_ui` cookie, decoded.
+fn cookie(headers: &HeaderMap) -> Option<Vec<u8>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .and_then(|(_, value)| URL_SAFE_NO_PAD.decode(value).ok())
+}
+
+/// The inspector's routes: the pages, their assets and `/ui/api/*`.
+pub fn router(inspector: Inspector) -> Router {
+    let api = Router::new()
+        .route("/ui/api/cluster", get(views::cluster))
+        .route("/ui/api/cluster/live", get(live::cluster))
+        .route("/ui/api/agents", get(views::agents))
+        .route("/ui/api/agents/live", get(live::agents))
+        .route("/ui/api/tasks", get(views::tasks))
+        .route("/ui/api/tasks/live", get(live::tasks))
+        .route("/ui/api/tasks/{id}", get(views::task))
+        .route("/ui/api/tasks/{id}/live", get(live::task))
+        .route("/ui/api/tasks/{id}/cancel", post(views::cancel))
+        .route("/ui/api/topics", get(views::topics))
+        .route("/ui/api/topics/{name}/live", get(live::topic))
+        .route_layer(axum::middleware::from_fn_with_state(inspector.clone(), guard_api));
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(index))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/assets/{file}", get(asset))
+        .merge(api)
+        .with_state(inspector)
+}
+
+/// The credential on every `/ui/api` request, and the CSRF header on its POSTs.
+async fn guard_api(State(ui): State<Inspector>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if !ui.admits(headers) {
+        ui.clients.log_refused_http("inspector", request.uri().path(), headers);
+        return error(StatusCode::UNAUTHORIZED, "log in at /ui/login, or send a client token");
+    }
+    if request.method() == axum::http::Method::POST && !headers.contains_key(CSRF_HEADER) {
+        return error(StatusCode::FORBIDDEN, "the inspector's POSTs carry X-Fleet-UI: 1");
+    }
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A JSON error body, `{"error": ...}`.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A request refused: its status and what to fix (small, unlike a `Response`).
+pub(super) struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+impl From<crate::Error> for Refused {
+    fn from(e: crate::Error) -> Self {
+        Self(e.http_status(), e.to_string())
+    }
+}
+
+/// An HTML page with the headers every page gets.
+fn page(html: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// The app; without a credential, the login page instead.
+async fn index(State(ui): State<Inspector>, headers: HeaderMap) -> Response {
+    if ui.admits(&headers) { page(INDEX_HTML) } else { Redirect::to("/ui/login").into_response() }
+}
+
+async fn login_page(State(ui): State<Inspector>) -> Response {
+    if ui.clients.required() { page(LOGIN_HTML) } else { Redirect::to("/ui/").into_response() }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// Takes the token typed into the login page: a right one becomes the cookie.
+async fn login(State(ui): State<Inspector>, Form(form): Form<LoginForm>) -> Response {
+    let token = form.token.trim();
+    if !ui.clients.accepts(Some(token.as_bytes())) {
+        tracing::warn!(door = "inspector", "refused a login with a wrong token");
+        return Redirect::to("/ui/login?failed=1").into_response();
+    }
+    let secure = if ui.tls { "; Secure" } else { "" };
+    let value = URL_SAFE_NO_PAD.encode(token);
+    let cookie = format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict{secure}");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/")).into_response()
+}
+
+async fn logout() -> Response {
+    let cookie = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/login")).into_response()
+}
+
+/// The page's script and style (nothing secret: served without a credential, so that the
+/// login page has its style).
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        _ => return error(StatusCode::NOT_FOUND, "no such asset"),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // Built into the binary: a new head may serve new ones under the same name.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `?agent=&state=&limit=` of the task lists.
+#[derive(Debug, Default, Deserialize)]
+struct TaskQuery {
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    state: String,
+    limit: Option<usize>,
+}
+
+/// Tasks a list shows when the page asks for no number; the most it may ask for.
+const DEFAULT_LIST: usize = 100;
+const MAX_LIST: usize = 500;
+
+impl TaskQuery {
+    fn filter(&self) -> Result<crate::cluster::TaskFilter, Refused> {
+        let state = match self.state.as_str() {
+            "" => None,
+            name => Some(
+                fleet_proto::TaskState::ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(
+                    || Refused(StatusCode::BAD_REQUEST, format!("no task state {name:?}")),
+                )?,
+            ),
+        };
+        Ok(crate::cluster::TaskFilter {
+            agent: (!self.agent.is_empty()).then(|| self.agent.clone()),
+            state,
+            page_size: self.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST),
+            newest_first: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// The query of a list route, or its 400.
+type Listing = Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>;
+
+fn listing(query: Listing) -> Result<crate::cluster::TaskFilter, Refused> {
+    let Query(query) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
+    query.filter()
+}

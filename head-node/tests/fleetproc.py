@@ -1,0 +1,80 @@
+"""Real fleet-head and fleet-worker processes on 127.0.0.1 for the Python test suites beside
+this file: where the binaries are, a head started on an ephemeral port with a config, workers
+joined to it, and everything stopped. A suite's conftest.py puts this folder on sys.path."""
+
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def binary(name: str) -> str:
+    """The path of a built binary: $FLEET_BIN_DIR, $CARGO_TARGET_DIR/release, or the
+    checkout's target/release."""
+    for base in (os.environ.get("FLEET_BIN_DIR"), os.environ.get("CARGO_TARGET_DIR") and os.environ["CARGO_TARGET_DIR"] + "/release"):
+        if base and (Path(base) / name).is_file():
+            return str(Path(base) / name)
+    candidate = Path(__file__).resolve().parents[2] / "target" / "release" / name
+    assert candidate.is_file(), f"build {name} first (cargo build --release --bins) or set FLEET_BIN_DIR"
+    return str(candidate)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of the test's processes: no credential or tracing settings of the
+    caller's leak in, logs at warn, a data folder of its own, a fresh join token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k not in ("FLEET_TOKEN", "FLEET_API_KEY", "FLEET_MESH_LISTEN")}
+    env.update(RUST_LOG="warn", FLEET_DATA_DIR=tempfile.mkdtemp(prefix="fleet-head-"), FLEET_JOIN_TOKEN=secrets.token_hex(16))
+    env.update(extra)
+    return env
+
+
+class Fleet:
+    """A head with `config` (TOML) and `head_args`, and one worker per entry of `workers`
+    (each the worker's extra arguments); returns once they all joined."""
+
+    def __init__(self, config: str, *head_args: str, workers: "list[list[str]] | None" = None, env: "dict[str, str] | None" = None) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        path = Path(self.dir.name) / "fleet.toml"
+        path.write_text(config)
+        self.env = env if env is not None else clean_env()
+        self.head = subprocess.Popen(
+            [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(path), *head_args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        assert self.head.stdout is not None
+        line = self.head.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.url = "http://" + line.removeprefix("listening on ").strip()
+        self.workers = [subprocess.Popen([binary("fleet-worker"), "--head", self.url, *args], env=self.env) for args in (workers if workers is not None else [[]])]
+        self.wait_for_workers(len(self.workers))
+
+    def wait_for_workers(self, count: int, headers: "dict[str, str] | None" = None, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.url}/healthz?min_workers={count}", headers=headers or {}).status_code != 200:
+            assert time.monotonic() < deadline, f"{count} workers did not join"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for proc in (*self.workers, self.head):
+            proc.kill()
+            proc.wait(timeout=10)
+        if self.head.stdout is not None:
+            self.head.stdout.close()
+        self.dir.cleanup()
+
+
+def wait_until(condition, timeout: float = 30, what: str = "the condition"):  # type: ignore[no-untyped-def]
+    """Polls `condition()` until it returns something true; returns that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

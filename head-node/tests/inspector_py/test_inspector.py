@@ -1,0 +1,245 @@
+"""The inspector in a real browser: Debian's chromium driven by Selenium (through the system
+chromedriver; nothing is downloaded) against a real head with a client token and two
+workers (separate processes on 127.0.0.1). Logging in, both workers on the cluster page, 20
+slow echo tasks appearing and streaming, a task canceled from its page, a tool call followed
+into its sub-task; the credential checks at the HTTP level. Screenshots of every page go to
+$FLEET_TEST_ARTIFACTS/inspector (default: the system temp folder)."""
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fleetproc import Fleet, clean_env, wait_until
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+CONFIG = """
+[[agent]]
+name = "slow"
+model = "builtin:echo"
+description = "repeats what you say, a word every 100 ms"
+model_options = { token_delay_ms = 100 }
+
+[[agent]]
+name = "caller"
+model = "builtin:echo"
+tools = ["callee"]
+
+[[agent]]
+name = "callee"
+model = "builtin:echo"
+model_options = { token_delay_ms = 20 }
+"""
+
+TOKEN = secrets.token_hex(16)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SHOTS = Path(os.environ.get("FLEET_TEST_ARTIFACTS") or tempfile.gettempdir()) / "inspector"
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    # Off the mesh, a tool call is a sub-task the head runs, which the page can follow (on
+    # the mesh the callee runs beside its caller without a task on the head).
+    f = Fleet(CONFIG, "--token", TOKEN, workers=[["--name", "one", "--no-mesh"], ["--name", "two", "--no-mesh"]], env=clean_env())
+    yield f
+    f.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch a driver
+    driver = webdriver.Chrome(service=Service(os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")), options=options)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def shot(browser: webdriver.Chrome, name: str) -> None:
+    browser.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def wait(browser: webdriver.Chrome, condition, timeout: float = 30):  # type: ignore[no-untyped-def]
+    """Waits for `condition()`; on a timeout, says what the page showed."""
+    try:
+        return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+    except TimeoutException:
+        shown = {css: text(browser, css) for css in ("#live", "#task-state", "#task-alert", "#tasks-total")}
+        raise AssertionError(f"timed out at {browser.current_url}; the page showed {shown}; console: {console_errors(browser)}") from None
+
+
+def text(browser: webdriver.Chrome, css: str) -> str:
+    found = browser.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found else ""
+
+
+def send(fleet: Fleet, agent: str, words: str) -> str:
+    """Submits over A2A without waiting for the answer; returns the task id."""
+    message = {"messageId": secrets.token_hex(8), "role": "ROLE_USER", "parts": [{"text": words}]}
+    body = {"message": message, "configuration": {"returnImmediately": True}}
+    sent = httpx.post(f"{fleet.url}/a2a/{agent}/message:send", json=body, headers=AUTH, timeout=30)
+    assert sent.status_code == 200, sent.text
+    return str(sent.json()["task"]["id"])
+
+
+def api(fleet: Fleet, path: str) -> dict:  # type: ignore[type-arg]
+    got = httpx.get(f"{fleet.url}/ui/api/{path}", headers=AUTH, timeout=10)
+    assert got.status_code == 200, got.text
+    return got.json()  # type: ignore[no-any-return]
+
+
+def console_errors(browser: webdriver.Chrome) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_without_a_credential_nothing_is_shown(fleet: Fleet) -> None:
+    with httpx.Client(base_url=fleet.url, follow_redirects=False, timeout=10) as http:
+        assert http.get("/").headers["location"] == "/ui/"
+        page = http.get("/ui/")
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+        for path in ("/ui/api/cluster", "/ui/api/tasks", "/ui/api/tasks/live", "/ui/api/agents/live"):
+            refused = http.get(path)
+            assert refused.status_code == 401, (path, refused.text)
+            assert "error" in refused.json()
+        wrong = http.post("/ui/login", data={"token": "not-" + TOKEN})
+        assert wrong.headers["location"] == "/ui/login?failed=1" and "set-cookie" not in wrong.headers
+        assert http.get("/ui/api/cluster", headers={"Cookie": "fleet_ui=bm90LWl0"}).status_code == 401
+
+        right = http.post("/ui/login", data={"token": TOKEN})
+        assert right.headers["location"] == "/ui/"
+        cookie = right.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+        http.cookies.set("fleet_ui", cookie.split(";")[0].split("=", 1)[1])
+        assert http.get("/ui/").status_code == 200
+        assert "Content-Security-Policy" in http.get("/ui/").headers
+        view = http.get("/ui/api/cluster").json()
+        assert {w["id"] for w in view["workers"]} == {"one", "two"}
+        # A POST without the page's header is refused (a form on another site cannot add it).
+        task = send(fleet, "slow", "a few words")
+        assert http.post(f"/ui/api/tasks/{task}/cancel").status_code == 403
+        assert http.post(f"/ui/api/tasks/{task}/cancel", headers={"X-Fleet-UI": "1"}).json()["id"] == task
+        assert http.get("/ui/api/tasks/nope").status_code == 404
+        assert http.get("/ui/api/tasks?state=sleeping").status_code == 400
+
+
+def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> None:
+    # Logging in through the page.
+    browser.get(fleet.url + "/")
+    wait(browser, lambda: browser.current_url.endswith("/ui/login"))
+    shot(browser, "login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]"))
+
+    # The cluster page shows both workers.
+    wait(browser, lambda: {r.get_attribute("data-worker") for r in browser.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]")} == {"one", "two"})
+    shot(browser, "cluster")
+
+    # 20 slow tasks appear on the tasks page, and stream text.
+    words = " ".join(f"word{i}" for i in range(60))  # 6 s of streaming each
+    tasks = [send(fleet, "slow", f"task {n} {words}") for n in range(20)]
+    browser.get(fleet.url + "/ui/#/tasks?agent=slow")
+    wait(browser, lambda: len({r.get_attribute("data-task") for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tr[data-task]")} & set(tasks)) == 20)
+    assert Select(browser.find_element(By.ID, "filter-agent")).first_selected_option.get_attribute("value") == "slow"
+    shot(browser, "tasks")
+
+    # A task's page: its text streams in.
+    browser.get(f"{fleet.url}/ui/#/tasks/{tasks[0]}")
+    wait(browser, lambda: "word3" in text(browser, "#task-output"))
+    before = text(browser, "#task-output")
+    wait(browser, lambda: len(text(browser, "#task-output")) > len(before) + 10)
+    assert text(browser, "#task-agent") == "slow"
+    assert browser.find_elements(By.CSS_SELECTOR, '#events li[data-kind="scheduled"]')
+    shot(browser, "task-streaming")
+
+    # Cancel another, running one from its page.
+    victim = tasks[1]
+    browser.get(f"{fleet.url}/ui/#/tasks/{victim}")
+    wait(browser, lambda: text(browser, "#task-state") in ("working", "scheduled") and browser.find_elements(By.ID, "cancel"))
+    browser.find_element(By.ID, "cancel").click()
+    wait(browser, lambda: text(browser, "#task-state") == "canceled")
+    assert api(fleet, f"tasks/{victim}")["state"] == "canceled"
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, '#events li[data-kind="canceled"]'))
+    shot(browser, "task-canceled")
+
+    # The first task streams to its end, and its timings fill in.
+    browser.get(f"{fleet.url}/ui/#/tasks/{tasks[0]}")
+    wait(browser, lambda: text(browser, "#task-state") == "completed", timeout=60)
+    assert text(browser, "#task-output").split() == f"task 0 {words}".split()
+    assert "—" not in text(browser, "#timings"), text(browser, "#timings")
+
+    # A tool call leads to its sub-task.
+    call = '<tool_call>{"name": "callee", "arguments": {"input": "answer from the callee"}}</tool_call>'
+    caller = send(fleet, "caller", call)
+    browser.get(f"{fleet.url}/ui/#/tasks/{caller}")
+    link = wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "a.subtask-link[data-task]"))[0]
+    child = link.get_attribute("data-task")
+    assert api(fleet, f"tasks/{child}")["parent"]["task_id"] == caller
+    wait(browser, lambda: text(browser, "#task-state") == "completed")
+    shot(browser, "task-with-tool-call")
+    link = browser.find_element(By.CSS_SELECTOR, "a.subtask-link[data-task]")
+    link.click()
+    wait(browser, lambda: browser.current_url.endswith(f"#/tasks/{child}") and text(browser, "#task-agent") == "callee")
+    wait(browser, lambda: text(browser, "#task-output") == "answer from the callee")
+    assert browser.find_element(By.ID, "task-parent").get_attribute("href").endswith(f"#/tasks/{caller}")
+    shot(browser, "sub-task")
+
+    # The agents page.
+    browser.get(fleet.url + "/ui/#/agents")
+    wait(browser, lambda: {r.get_attribute("data-agent") for r in browser.find_elements(By.CSS_SELECTOR, "#agents tr[data-agent]")} >= {"slow", "caller", "callee"})
+    shot(browser, "agents")
+
+    # Phone-sized and dark.
+    browser.set_window_size(390, 844)
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    browser.get(fleet.url + "/ui/#/cluster")
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]"))
+    shot(browser, "cluster-phone-dark")
+    browser.get(f"{fleet.url}/ui/#/tasks/{caller}")
+    wait(browser, lambda: text(browser, "#task-state") == "completed")
+    shot(browser, "task-phone-dark")
+    browser.set_window_size(1280, 800)
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+    assert console_errors(browser) == []
+    # Every slow task ends (none canceled but the one).
+    states = wait_until(lambda: (s := [api(fleet, f"tasks/{t}")["state"] for t in tasks]) and all(x in ("completed", "canceled") for x in s) and s, timeout=60, what="the slow tasks to end")
+    assert states.count("canceled") == 1
+
+
+def test_a_task_page_stream_resumes_after_the_last_event(fleet: Fleet) -> None:
+    """What the browser does on reconnect: `Last-Event-ID` skips the events it has."""
+    task = send(fleet, "callee", "one two three four five")
+    wait_until(lambda: api(fleet, f"tasks/{task}")["state"] == "completed", what="the task to end")
+
+    def stream(last: "str | None") -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+        headers = dict(AUTH, **({"Last-Event-ID": last} if last else {}))
+        frames, name = [], ""
+        with httpx.stream("GET", f"{fleet.url}/ui/api/tasks/{task}/live", headers=headers, timeout=10) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    name = line.removeprefix("event:").strip()
+                elif line.startswith("data:"):
+                    frames.append((name, json.loads(line.removeprefix("data:"))))
+        return frames
+
+    everything = stream(None)
+    assert everything[0][0] == "task" and everything[-1][0] == "end"
+    events = [data for name, data in everything if name == "event"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert "".join(e["text"] for e in events if e["kind"] == "text").split() == "one two three four five".split()
+    rest = [data for name, data in stream("3") if name == "event"]
+    assert [e["seq"] for e in rest] == list(range(4, len(events) + 1))
