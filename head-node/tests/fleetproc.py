@@ -34,9 +34,17 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 class Fleet:
     """A head with `config` (TOML) and `head_args`, and one worker per entry of `workers`
-    (each the worker's extra arguments); returns once they all joined."""
+    (each the worker's extra arguments, and of `worker_envs` its extra environment); returns
+    once they all joined."""
 
-    def __init__(self, config: str, *head_args: str, workers: "list[list[str]] | None" = None, env: "dict[str, str] | None" = None) -> None:
+    def __init__(
+        self,
+        config: str,
+        *head_args: str,
+        workers: "list[list[str]] | None" = None,
+        env: "dict[str, str] | None" = None,
+        worker_envs: "list[dict[str, str]] | None" = None,
+    ) -> None:
         self.dir = tempfile.TemporaryDirectory()
         path = Path(self.dir.name) / "fleet.toml"
         path.write_text(config)
@@ -51,7 +59,9 @@ class Fleet:
         line = self.head.stdout.readline()
         assert line.startswith("listening on "), line
         self.url = "http://" + line.removeprefix("listening on ").strip()
-        self.workers = [subprocess.Popen([binary("fleet-worker"), "--head", self.url, *args], env=self.env) for args in (workers if workers is not None else [[]])]
+        workers = workers if workers is not None else [[]]
+        extra = worker_envs or [{} for _ in workers]
+        self.workers = [subprocess.Popen([binary("fleet-worker"), "--head", self.url, *args], env={**self.env, **more}) for args, more in zip(workers, extra, strict=True)]
         self.wait_for_workers(len(self.workers))
 
     def wait_for_workers(self, count: int, headers: "dict[str, str] | None" = None, timeout: float = 30) -> None:

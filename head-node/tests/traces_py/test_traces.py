@@ -10,15 +10,14 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
+from fleetproc import Fleet, clean_env
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -36,15 +35,6 @@ name = "callee"
 model = "builtin:echo"
 labels = { role = "callee" }
 """
-
-
-def binary(name: str) -> str:
-    for base in (os.environ.get("FLEET_BIN_DIR"), os.environ.get("CARGO_TARGET_DIR") and os.environ["CARGO_TARGET_DIR"] + "/release"):
-        if base and (Path(base) / name).is_file():
-            return str(Path(base) / name)
-    candidate = Path(__file__).resolve().parents[3] / "target" / "release" / name
-    assert candidate.is_file(), f"build {name} first (cargo build --release --bins) or set FLEET_BIN_DIR"
-    return str(candidate)
 
 
 class Span:
@@ -128,50 +118,12 @@ class Receiver:
             time.sleep(0.05)
 
 
-class Cluster:
-    def __init__(self, otlp: str) -> None:
-        self.dir = tempfile.TemporaryDirectory()
-        config = Path(self.dir.name) / "fleet.toml"
-        config.write_text(CONFIG)
-        env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")
-        for name in ("FLEET_TOKEN", "FLEET_API_KEY", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
-            env.pop(name, None)
-        env["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-head-")
-        env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
-        env["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # spans go out within 0.1 s of ending
-        self.head = subprocess.Popen(
-            [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(config), "--otlp-endpoint", otlp],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert self.head.stdout is not None
-        line = self.head.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.url = "http://" + line.removeprefix("listening on ").strip()
-        # The second worker traces through the standard variable instead of the flag.
-        self.workers = [
-            subprocess.Popen(
-                [binary("fleet-worker"), "--head", self.url, "--name", "one", "--label", "role=caller", "--otlp-endpoint", otlp],
-                env=env,
-            ),
-            subprocess.Popen(
-                [binary("fleet-worker"), "--head", self.url, "--name", "two", "--label", "role=callee"],
-                env=dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=otlp),
-            ),
-        ]
-        deadline = time.monotonic() + 30
-        while httpx.get(self.url + "/healthz?min_workers=2").status_code != 200:
-            assert time.monotonic() < deadline, "the workers did not join"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        for proc in (*self.workers, self.head):
-            proc.kill()
-            proc.wait(timeout=10)
-        if self.head.stdout is not None:
-            self.head.stdout.close()
-        self.dir.cleanup()
+def start_cluster(otlp: str) -> Fleet:
+    """A head and two workers on a mesh over loopback, all exporting to `otlp`; the second
+    worker traces through the standard variable instead of the flag."""
+    env = clean_env(FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0", OTEL_BSP_SCHEDULE_DELAY="100")  # spans go out within 0.1 s of ending
+    workers = [["--name", "one", "--label", "role=caller", "--otlp-endpoint", otlp], ["--name", "two", "--label", "role=callee"]]
+    return Fleet(CONFIG, "--otlp-endpoint", otlp, workers=workers, env=env, worker_envs=[{}, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp}])
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +135,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def cluster(receiver: Receiver) -> Iterator[Cluster]:
-    c = Cluster(receiver.url)
+def cluster(receiver: Receiver) -> Iterator[Fleet]:
+    c = start_cluster(receiver.url)
     yield c
     c.stop()
 
@@ -194,14 +146,14 @@ def call(callee: str, question: str) -> str:
     return f'<tool_call>{{"name": "{callee}", "arguments": {{"input": "{question}"}}}}</tool_call>'
 
 
-def chat(cluster: Cluster, content: str, headers: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+def chat(cluster: Fleet, content: str, headers: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
     body = {"model": "caller", "messages": [{"role": "user", "content": content}]}
     response = httpx.post(cluster.url + "/v1/chat/completions", json=body, headers=headers or {}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
 
-def send(cluster: Cluster, agent: str, text: str) -> str:
+def send(cluster: Fleet, agent: str, text: str) -> str:
     """Sends `text` to `agent` over A2A's HTTP+JSON binding; returns the task's id."""
     message = {"message": {"messageId": secrets.token_hex(8), "role": "ROLE_USER", "parts": [{"text": text}]}}
     sent = httpx.post(f"{cluster.url}/a2a/{agent}/message:send", json=message, timeout=60)
@@ -209,7 +161,7 @@ def send(cluster: Cluster, agent: str, text: str) -> str:
     return str(sent.json()["task"]["id"])
 
 
-def test_a_task_calling_an_agent_over_the_mesh_is_one_trace(cluster: Cluster, receiver: Receiver) -> None:
+def test_a_task_calling_an_agent_over_the_mesh_is_one_trace(cluster: Fleet, receiver: Receiver) -> None:
     task_id = send(cluster, "caller", call("callee", "hello over the mesh"))
     trace_id = receiver.traces_of(task_id)
     # head: invoke_agent; worker one: invoke_agent, 2 chats, execute_tool; worker two:
@@ -262,7 +214,7 @@ def test_a_task_calling_an_agent_over_the_mesh_is_one_trace(cluster: Cluster, re
     assert workers == {"fleet-head", "fleet-worker"}
 
 
-def test_a_traceparent_header_becomes_the_tasks_parent(cluster: Cluster, receiver: Receiver) -> None:
+def test_a_traceparent_header_becomes_the_tasks_parent(cluster: Fleet, receiver: Receiver) -> None:
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
     answer = chat(cluster, call("callee", "traced by the client"), headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
     assert answer["choices"][0]["message"]["content"] == "traced by the client", answer
