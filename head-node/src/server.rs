@@ -150,6 +150,8 @@ async fn serve(
     let stopped = shutdown.clone().cancelled_owned();
     let over = if tls.is_some() { "over TLS" } else { "in clear" };
     info!(%address, "head listening (gRPC and HTTP {over})");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!("inspector at {scheme}://{address}/ui/");
     let served = serve_routes(&mut server, routes, listener, tls, stopped).await;
     shutdown.cancel();
     if let Some(in_process) = in_process {
