@@ -184,26 +184,20 @@ pub(super) async fn task(
 }
 
 /// `/ui/api/topics/{name}/live`: the messages on a topic from now on, through a worker on
-/// the mesh.
+/// the mesh. A topic that cannot be followed (no worker on the mesh) is refused with a
+/// status, so that the browser does not retry it forever.
 pub(super) async fn topic(State(ui): State<Inspector>, Path(name): Path<String>) -> Response {
-    let followed = ui.cluster.follow_topic(&name, "");
+    let mut messages = match ui.cluster.follow_topic(&name, "") {
+        Ok(messages) => messages,
+        Err(e) => return super::Refused::from(e).into_response(),
+    };
     stream(&ui, move |tx| async move {
-        let mut messages = match followed {
-            Ok(messages) => messages,
-            Err(e) => {
-                send(&tx, "error", &json!({ "error": e.to_string() })).await;
-                return;
-            }
-        };
         loop {
             let (name, data) = match messages.recv().await {
-                Ok(m) => (
-                    "message",
-                    json!({
-                        "topic": m.topic, "publisher": m.publisher, "seq": m.seq,
-                        "body": m.body, "worker": m.worker_id, "at_us": now_us(),
-                    }),
-                ),
+                Ok(m) => ("message", json!({
+                    "topic": m.topic, "publisher": m.publisher, "seq": m.seq,
+                    "body": m.body, "worker": m.worker_id, "at_us": now_us(),
+                })),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     let error = format!("the page fell behind: {missed} messages were skipped");
                     ("error", json!({ "error": error }))

@@ -132,6 +132,10 @@ def test_without_a_credential_nothing_is_shown(fleet: Fleet) -> None:
         assert http.post(f"/ui/api/tasks/{task}/cancel", headers={"X-Fleet-UI": "1"}).json()["id"] == task
         assert http.get("/ui/api/tasks/nope").status_code == 404
         assert http.get("/ui/api/tasks?state=sleeping").status_code == 400
+        # No worker is on the mesh: a topic cannot be followed, said with a status (an
+        # EventSource would retry a stream that ends forever).
+        topic = http.get("/ui/api/topics/news/live")
+        assert topic.status_code == 503 and "mesh" in topic.json()["error"], topic.text
 
 
 def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> None:

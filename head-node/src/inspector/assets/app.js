@@ -1,11 +1,12 @@
 // The agentfleet inspector: one page, routed by the URL's hash, fed by the head's JSON
 // (/ui/api/...) and server-sent events. No framework and no build step: the head serves
-// this file as it is. Server data is only ever put in the page as text (textContent),
-// never as markup: task inputs and outputs are whatever clients sent.
+// this file as it is, under a CSP that forbids inline script and style. Server data only
+// ever reaches the page as text (textContent / createTextNode), never as markup: task
+// inputs and outputs are whatever clients sent.
 "use strict";
 
 (() => {
-  // ---------------------------------------------------------------- small helpers
+  // ------------------------------------------------------------------ small helpers
 
   const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -17,505 +18,822 @@
       if (name === "text") node.textContent = value;
       else node.setAttribute(name, value === true ? "" : String(value));
     }
-    for (const child of children) {
-      if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false || child === "") continue;
+      node.append(child instanceof Node ? child : String(child));
     }
+    return node;
+  }
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs = {}) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
     return node;
   }
 
   const TERMINAL = new Set(["completed", "failed", "canceled"]);
   const STATES = ["queued", "scheduled", "working", "input-required", "completed", "failed", "canceled"];
 
+  const pad = (n) => String(n).padStart(2, "0");
+  /** Local wall-clock time, HH:MM:SS, of a timestamp in microseconds ("—" for 0). */
+  function clock(us) {
+    if (!us) return "—";
+    const d = new Date(us / 1000);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  function duration(ms) {
+    if (ms === null || ms === undefined || !Number.isFinite(ms)) return "—";
+    if (ms < 10) return `${ms.toFixed(1)} ms`;
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+    const s = Math.round(ms / 1000);
+    if (s < 3600) return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
+    return `${Math.floor(s / 3600)} h ${pad(Math.floor(s / 60) % 60)} min`;
+  }
+
+  /** The time from `from` to `to` (microseconds), or "—" while either is not known. */
+  const since = (from, to) => (from && to ? duration(Math.max(0, to - from) / 1000) : "—");
+
   function bytes(n) {
     if (!n) return "0 B";
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     const i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
-    return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${units[i]}`;
+    const v = n / 1024 ** i;
+    return `${i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
   }
 
-  function duration(ms) {
-    if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
-    if (ms < 1) return `${ms.toFixed(2)} ms`;
-    if (ms < 1000) return `${Math.round(ms)} ms`;
-    if (ms < 120000) return `${(ms / 1000).toFixed(1)} s`;
-    return `${Math.round(ms / 60000)} min`;
+  /** "used / total" in bytes, the unit said once when both share it: "3.0 / 16 GiB". */
+  function bytePair(a, b) {
+    const [x, y] = [bytes(a), bytes(b)];
+    const unit = (v) => v.split(" ")[1];
+    return unit(x) === unit(y) && a ? `${x.split(" ")[0]} / ${y}` : `${x} / ${y}`;
   }
 
-  const clock = (us) => (us ? new Date(us / 1000).toLocaleTimeString([], { hour12: false }) : "—");
-  const since = (from, to) => (from && to ? duration((to - from) / 1000) : "—");
-  const taskLink = (id, text) => el("a", { href: `#/tasks/${encodeURIComponent(id)}`, class: "task-link", text: text || id.slice(0, 8) });
+  const count = (n) => Number(n || 0).toLocaleString("en-US");
+  const plural = (n, word) => `${count(n)} ${word}${n === 1 ? "" : "s"}`;
+  const percent = (part, whole) => (whole ? `${Math.round((100 * part) / whole)}%` : "—");
+  const short = (id) => String(id).slice(0, 8);
+  const clip = (s, n) => (s.length > n ? `${s.slice(0, n)}…` : s);
+  const taskHref = (id) => `#/tasks/${encodeURIComponent(id)}`;
   const badge = (state) => el("span", { class: `badge state-${state}`, text: state });
 
-  /** A table inside a scrolling region (narrow screens scroll it sideways, not the page). */
-  function table(id, label, headings) {
-    const head = el("tr", {}, ...headings.map((h) => el("th", { scope: "col", text: h })));
-    const body = el("tbody");
-    const wrap = el("div", { class: "scroll", tabindex: 0, role: "region", "aria-label": label },
-      el("table", { id }, el("caption", { class: "visually-hidden", text: label }), el("thead", {}, head), body));
-    return { wrap, body };
+  /** JSON text pretty-printed when it parses, else as it is. */
+  function pretty(text) {
+    try {
+      const value = JSON.parse(text);
+      return typeof value === "object" && value !== null ? JSON.stringify(value, null, 2) : text;
+    } catch {
+      return text;
+    }
   }
 
-  function definitions(pairs) {
-    const dl = el("dl", { class: "facts" });
-    for (const [term, value] of pairs) dl.append(el("div", {}, el("dt", { text: term }), el("dd", {}, value)));
-    return dl;
-  }
-
-  async function getJson(path) {
-    const response = await fetch(path, { credentials: "same-origin" });
-    if (response.status === 401) location.assign("/ui/login");
+  async function request(path, options = {}) {
+    const response = await fetch(path, { credentials: "same-origin", ...options });
+    if (response.status === 401) {
+      location.assign("/ui/login");
+      throw new Error("not logged in");
+    }
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
     return body;
   }
 
-  // ------------------------------------------------------------------ login page
+  // --------------------------------------------------------------------- login page
 
   if (document.body.classList.contains("login-page")) {
     if (new URLSearchParams(location.search).has("failed")) $("#login-error").hidden = false;
     return;
   }
 
-  // -------------------------------------------------------- the one live stream
-
-  const main = $("#main");
+  const view = $("#view");
   const liveStatus = $("#live");
-  let source = null;
+  const notice = $("#notice");
 
-  function say(text) {
+  function status(text, state) {
     liveStatus.textContent = text;
+    liveStatus.dataset.state = state;
   }
 
-  /** Follows `url`; `handlers` maps event names to functions of the parsed data. */
-  function follow(url, handlers, onClosed) {
-    stop();
-    const es = new EventSource(url);
-    source = es;
-    es.onopen = () => say("live");
-    es.onerror = (e) => {
-      if (e.data) return; // the server's own `error` event, handled below
-      if (es.readyState === EventSource.CLOSED) {
-        say("disconnected");
-        if (onClosed) onClosed();
-      } else say("reconnecting…");
-    };
-    for (const [name, handle] of Object.entries(handlers)) {
-      es.addEventListener(name, (e) => {
-        if (source !== es || !e.data) return;
-        handle(JSON.parse(e.data));
-      });
+  /** A message above the page (stream errors and the like), with an optional action. */
+  function note(text, action) {
+    notice.replaceChildren();
+    notice.hidden = !text;
+    if (!text) return;
+    notice.append(el("span", { text: `${clock(Date.now() * 1000)} — ${text}` }));
+    if (action) {
+      const button = el("button", { type: "button", text: action.label });
+      button.addEventListener("click", action.run);
+      notice.append(" ", button);
     }
-    return es;
   }
+
+  // ---------------------------------------------------------- the one live stream
+
+  let source = null;
 
   function stop() {
     if (source) source.close();
     source = null;
   }
 
-  // ----------------------------------------------------------------------- router
-
-  function route() {
+  /**
+   * Follows the server-sent events at `url` (closing any other stream first: one at a
+   * time). `handlers` maps event names to functions of the parsed data; a server `error`
+   * event goes to `handlers.error` (or the notice), after which the server closes and
+   * EventSource reconnects by itself, sending Last-Event-ID. A stream the server refuses
+   * (a status, not a drop) is closed for good: `probe` then says why.
+   */
+  function follow(url, handlers, probe) {
     stop();
-    const hash = location.hash.replace(/^#\/?/, "") || "cluster";
-    const [path, query] = hash.split("?");
-    const [page, ...rest] = path.split("/");
-    const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
-    for (const link of document.querySelectorAll("nav a[data-nav]")) {
-      if (link.dataset.nav === page) link.setAttribute("aria-current", "page");
-      else link.removeAttribute("aria-current");
+    const es = new EventSource(url);
+    source = es;
+    status("connecting…", "wait");
+    es.addEventListener("open", () => {
+      if (source !== es) return;
+      status("live", "ok");
+      if (handlers.open) handlers.open();
+    });
+    es.addEventListener("error", (e) => {
+      if (source !== es) return;
+      if (typeof e.data === "string") { // the server's own `error` event
+        let message = e.data;
+        try { message = JSON.parse(e.data).error || message; } catch { /* as sent */ }
+        (handlers.error || note)(message);
+      } else if (es.readyState === EventSource.CLOSED) {
+        status("disconnected", "bad");
+        request(probe || url.replace(/\/live\b/, "")).then(
+          () => note("The live stream was refused.", { label: "Try again", run: route.again }),
+          (err) => note(err.message, { label: "Try again", run: route.again }));
+      } else status("reconnecting…", "wait");
+    });
+    for (const [name, handle] of Object.entries(handlers)) {
+      if (name === "error" || name === "open") continue;
+      es.addEventListener(name, (e) => {
+        if (source !== es) return;
+        let data;
+        try { data = JSON.parse(e.data); } catch { return; }
+        handle(data);
+      });
     }
-    main.replaceChildren();
-    say("connecting…");
-    const params = new URLSearchParams(query || "");
-    if (page === "agents") agentsPage();
-    else if (page === "tasks" && arg) taskPage(arg);
-    else if (page === "tasks") tasksPage(params);
-    else if (page === "topics" && arg) topicPage(arg);
-    else if (page === "topics") topicsPage();
-    else clusterPage();
+    return es;
   }
 
-  // ---------------------------------------------------------------- cluster page
+  // ------------------------------------------------------------ building blocks
 
-  const history = []; // the last 120 cluster snapshots' figures, for the charts
-  const HISTORY = 120;
+  /**
+   * A table whose rows follow a list of items by key (`data-<attr>` on each row): rows are
+   * inserted, moved and removed, and a cell is rebuilt only when the data it shows changed,
+   * so that a snapshot every second neither flickers nor loses focus, selection or an open
+   * <details>. A column is {title, cls, head (a row header), show(item) -> text} or
+   * {title, cls, head, sig(item) -> the data it shows, render(item) -> nodes}.
+   */
+  function liveTable(id, label, attr, columns, emptyText) {
+    const body = el("tbody");
+    const wrap = el("div", { class: "scroll", tabindex: 0, role: "region", "aria-label": label },
+      el("table", { id },
+        el("caption", { class: "visually-hidden", text: label }),
+        el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col", class: c.cls, text: c.title })))),
+        body));
+    const rows = new Map(); // key -> {tr, sigs}
+    const empty = el("tr", { class: "empty" }, el("td", { colspan: columns.length, text: emptyText }));
+    body.append(empty);
+    empty.firstChild.textContent = "Loading…";
 
-  function chart(id, label) {
-    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-    svg.setAttribute("id", id);
-    svg.setAttribute("viewBox", "0 0 240 60");
-    svg.setAttribute("preserveAspectRatio", "none");
-    svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", label);
-    const title = document.createElementNS(svg.namespaceURI, "title");
-    const line = document.createElementNS(svg.namespaceURI, "polyline");
-    svg.append(title, line);
-    const value = el("p", { class: "chart-value" });
-    const figure = el("figure", { class: "chart" }, el("figcaption", { text: label }), svg, value);
+    function sync(items, key) {
+      empty.remove();
+      const seen = new Set();
+      let cursor = body.firstChild;
+      for (const item of items) {
+        const k = key(item);
+        seen.add(k);
+        let row = rows.get(k);
+        if (!row) {
+          const cells = columns.map((c) => el(c.head ? "th" : "td", { scope: c.head ? "row" : null, class: c.cls }));
+          row = { tr: el("tr", { [`data-${attr}`]: k }, cells), sigs: [] };
+          rows.set(k, row);
+        }
+        columns.forEach((c, i) => {
+          const cell = row.tr.children[i];
+          if (c.show) {
+            const text = String(c.show(item));
+            if (cell.textContent !== text) cell.textContent = text;
+            return;
+          }
+          const sig = JSON.stringify(c.sig(item));
+          if (row.sigs[i] !== sig) {
+            row.sigs[i] = sig;
+            cell.replaceChildren(...c.render(item).flat(Infinity).filter((n) => n !== null && n !== undefined));
+          }
+        });
+        if (row.tr === cursor) cursor = cursor.nextSibling;
+        else body.insertBefore(row.tr, cursor);
+      }
+      for (const [k, row] of rows) {
+        if (!seen.has(k)) {
+          row.tr.remove();
+          rows.delete(k);
+        }
+      }
+      if (!items.length) {
+        empty.firstChild.textContent = emptyText;
+        body.append(empty);
+      }
+    }
+
+    function clear(text = "Loading…") {
+      for (const row of rows.values()) row.tr.remove();
+      rows.clear();
+      empty.firstChild.textContent = text;
+      body.append(empty);
+    }
+    return { wrap, sync, clear };
+  }
+
+  /** Rebuilds `node`'s children only when `sig` (the data they show) changed: a link the
+   * reader focused survives updates that do not touch it. */
+  const sigs = new WeakMap();
+  function rebuild(node, sig, build) {
+    const key = JSON.stringify(sig);
+    if (sigs.get(node) === key) return;
+    sigs.set(node, key);
+    node.replaceChildren(...[build()].flat(Infinity).filter((n) => n !== null && n !== undefined));
+  }
+
+  /** A <dl> of figures updated in place: facts(id, [[key, label], ...]).set(key, value). */
+  function facts(id, pairs) {
+    const dl = el("dl", { id, class: "facts" });
+    const slots = {};
+    for (const [key, label] of pairs) {
+      slots[key] = el("dd", { text: "—" });
+      dl.append(el("div", {}, el("dt", { text: label }), slots[key]));
+    }
     return {
-      figure,
-      draw(points, unit) {
-        const max = Math.max(1, ...points);
-        const step = 240 / (HISTORY - 1);
-        const offset = (HISTORY - points.length) * step;
-        line.setAttribute("points", points.map((p, i) => `${(offset + i * step).toFixed(1)},${(58 - (p / max) * 56).toFixed(1)}`).join(" "));
-        const now = points.length ? points[points.length - 1] : 0;
-        const text = `${label}: ${now.toFixed(now < 10 ? 1 : 0)} ${unit} now, at most ${max.toFixed(max < 10 ? 1 : 0)} over the last ${points.length} s`;
-        title.textContent = text;
-        value.textContent = `${now.toFixed(now < 10 ? 1 : 0)} ${unit} (max ${max.toFixed(0)})`;
+      dl,
+      set(key, value) {
+        const slot = slots[key];
+        if (value instanceof Node) slot.replaceChildren(value);
+        else if (slot.textContent !== String(value)) slot.textContent = String(value);
       },
     };
   }
 
+  /** A small line chart of the last `HISTORY` values, with its value in words. */
+  const HISTORY = 120;
+  function chart(id, caption, unit, decimals) {
+    const W = 240;
+    const H = 60;
+    const svg = svgEl("svg", { id, viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", focusable: "false" });
+    const title = svgEl("title");
+    const area = svgEl("polygon", { class: "area" });
+    const line = svgEl("polyline", { class: "line" });
+    svg.append(title, svgEl("line", { class: "base", x1: 0, y1: H - 1, x2: W, y2: H - 1 }), area, line);
+    const value = el("p", { class: "chart-value" });
+    const figure = el("figure", { class: "chart" }, el("figcaption", { text: caption }), svg, value);
+    const fmt = (v) => v.toFixed(decimals);
+    return {
+      figure,
+      draw(points) {
+        const max = Math.max(1, ...points);
+        const step = W / (HISTORY - 1);
+        const x0 = (HISTORY - points.length) * step; // newest on the right edge
+        const xy = points.map((p, i) => `${(x0 + i * step).toFixed(1)},${(H - 2 - (p / max) * (H - 6)).toFixed(1)}`);
+        line.setAttribute("points", xy.join(" "));
+        area.setAttribute("points", xy.length ? `${x0.toFixed(1)},${H - 1} ${xy.join(" ")} ${W},${H - 1}` : "");
+        const now = points.length ? points[points.length - 1] : 0;
+        const peak = points.length ? Math.max(...points) : 0;
+        const words = `${caption}: ${fmt(now)} ${unit} now; at most ${fmt(peak)} over the last ${plural(points.length, "second")}.`;
+        title.textContent = words;
+        svg.setAttribute("aria-label", words);
+        value.textContent = `${fmt(now)} ${unit}`;
+        value.append(el("span", { class: "muted", text: ` · max ${fmt(peak)}` }));
+      },
+    };
+  }
+
+  // --------------------------------------------------------------------- cluster page
+
+  // The last cluster snapshots' figures, kept across visits (bounded): the charts.
+  const history = [];
+
   function clusterPage() {
-    const totals = el("div", { id: "totals" });
-    const throughput = chart("chart-throughput", "Tasks ended per second");
-    const queue = chart("chart-queue", "Queued tasks");
-    const workers = table("workers", "Workers", ["Worker", "Labels", "Slots used", "CPUs free", "Memory free", "Models", "Heartbeat"]);
-    const mesh = el("ul", { id: "mesh" });
-    main.append(el("h1", { text: "Cluster" }), totals, el("div", { class: "charts" }, throughput.figure, queue.figure),
-      el("h2", { text: "Workers" }), workers.wrap, el("h2", { text: "Mesh" }), mesh);
+    const totals = facts("totals", [
+      ["workers", "Workers"], ["agents", "Agents"], ["queued", "Queued"], ["running", "Running"],
+      ["submitted", "Submitted"], ["completed", "Completed"], ["failed", "Failed"], ["canceled", "Canceled"],
+      ["retained", "Retained tasks"], ["events", "Worker events"], ["relayed", "Calls relayed"],
+      ["located", "Agents located"], ["head", "Head"],
+    ]);
+    const throughput = chart("chart-throughput", "Throughput (tasks ended per second)", "tasks/s", 1);
+    const queue = chart("chart-queue", "Queue depth (queued tasks)", "queued", 0);
+    const workers = liveTable("workers", "Workers", "worker", [
+      { title: "Worker", head: true, sig: (w) => [w.id, w.hostname, w.address, w.version, w.gpus], render: (w) => [
+        el("div", { text: w.id }),
+        // A long host name may break after its dots, not in the middle of a word.
+        el("div", { class: "muted" }, w.hostname.split(".").map((part, i) => [i ? "." : "", i ? el("wbr") : "", part])),
+        el("div", { class: "muted", text: `${w.address} · v${w.version}` }),
+        w.gpus.map((g) => el("div", { class: "muted", text: `GPU ${g.index}: ${g.name} · ${bytes(g.memory_bytes)}` }))] },
+      { title: "Labels", sig: (w) => w.labels,
+        render: (w) => Object.entries(w.labels).map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` })) },
+      { title: "Slots used", cls: "num", sig: (w) => [w.running_tasks, w.slots, w.tasks_assigned],
+        render: (w) => [el("div", { text: `${w.running_tasks} / ${w.slots}` }), el("div", { class: "muted", text: `${count(w.tasks_assigned)} assigned` })] },
+      { title: "CPUs free", cls: "num", show: (w) => `${+w.free.cpus.toFixed(2)} / ${+w.resources.cpus.toFixed(2)}` },
+      { title: "Memory free", cls: "num", show: (w) => bytePair(w.free.memory_bytes, w.resources.memory_bytes) },
+      { title: "Models (KV cache)", cls: "models", sig: (w) => [w.models.map((m) => [m.id, m.kv_bytes, m.kv_capacity_bytes]), w.models_on_disk],
+        render: modelsCell },
+      { title: "Sequences run / wait", cls: "num", sig: (w) => w.models.map((m) => [m.active_sequences, m.waiting_sequences]),
+        render: (w) => perModel(w, (m) => `${m.active_sequences} / ${m.waiting_sequences}`) },
+      { title: "Tokens/s", cls: "num", sig: (w) => w.models.map((m) => m.tokens_per_s),
+        render: (w) => perModel(w, (m) => m.tokens_per_s.toFixed(1)) },
+      { title: "Prefix-cache hits", cls: "num", sig: (w) => w.models.map((m) => [m.prefix_hits, m.prefix_misses]),
+        render: (w) => perModel(w, (m) => percent(m.prefix_hits, m.prefix_hits + m.prefix_misses)) },
+      { title: "Heartbeat", cls: "num", sig: (w) => Math.round(w.heartbeat_ago_ms / 100),
+        render: (w) => [el("span", { class: w.heartbeat_ago_ms > 5000 ? "warn" : null, text: `${duration(w.heartbeat_ago_ms)} ago` })] },
+    ], "No worker has joined.");
+    const mesh = el("ul", { id: "mesh", class: "mesh" });
+    view.append(el("h1", { tabindex: -1, text: "Cluster" }), totals.dl,
+      el("section", { class: "charts", "aria-label": "Charts" }, throughput.figure, queue.figure),
+      el("h2", { text: "Workers" }), workers.wrap,
+      el("h2", { text: "Mesh" }), mesh);
+
+    // A gap (the page was elsewhere) would make the charts lie about the time in between.
+    if (history.length && Date.now() - history[history.length - 1].seen > 10e3) history.length = 0;
 
     follow("/ui/api/cluster/live", {
-      cluster(view) {
-        const t = view.totals;
-        history.push({ at: view.now_us, ended: t.completed + t.failed + t.canceled, queued: t.queued_tasks });
-        if (history.length > HISTORY) history.shift();
-        totals.replaceChildren(definitions([
-          ["Workers", t.workers], ["Agents", t.agents], ["Queued", t.queued_tasks], ["Running", t.running_tasks],
-          ["Submitted", t.submitted], ["Completed", t.completed], ["Failed", t.failed], ["Canceled", t.canceled],
-          ["Retained", t.retained_tasks], ["Worker events", t.events], ["Calls relayed", t.calls_relayed],
-        ]));
+      cluster(c) {
+        const t = c.totals;
+        history.push({ at: c.now_us, seen: Date.now(), ended: t.completed + t.failed + t.canceled, queued: t.queued_tasks });
+        while (history.length > HISTORY) history.shift();
         const rates = [];
         for (let i = 1; i < history.length; i++) {
           const dt = (history[i].at - history[i - 1].at) / 1e6;
           rates.push(dt > 0 ? Math.max(0, history[i].ended - history[i - 1].ended) / dt : 0);
         }
-        throughput.draw(rates, "tasks/s");
-        queue.draw(history.map((h) => h.queued), "tasks");
-        workers.body.replaceChildren(...view.workers.map(workerRow));
-        if (!view.workers.length) workers.body.append(el("tr", {}, el("td", { colspan: 7, text: "No worker has joined." })));
-        mesh.replaceChildren(...view.mesh.map((m) => el("li", {}, el("strong", { text: m.worker }), " sees ",
-          m.sees.length ? m.sees.join(", ") : "no other worker")));
-        if (!view.mesh.length) mesh.append(el("li", { text: "No worker is on the mesh (calls between agents go through the head)." }));
+        throughput.draw(rates);
+        queue.draw(history.map((h) => h.queued));
+
+        const set = totals.set;
+        set("workers", count(t.workers)); set("agents", count(t.agents));
+        set("queued", count(t.queued_tasks)); set("running", count(t.running_tasks));
+        set("submitted", count(t.submitted)); set("completed", count(t.completed));
+        set("failed", count(t.failed)); set("canceled", count(t.canceled));
+        set("retained", count(t.retained_tasks)); set("events", count(t.events));
+        set("relayed", count(t.calls_relayed)); set("located", count(t.agents_located));
+        set("head", `v${c.head.version}${c.head.auth ? "" : " · no token"}`);
+        // Without a credential on the head there is nothing to log out of.
+        $(".logout").hidden = !c.head.auth;
+
+        workers.sync(c.workers, (w) => w.id);
+        rebuild(mesh, c.mesh, () => (c.mesh.length
+          ? c.mesh.map((m) => el("li", {}, el("strong", { text: m.worker }), " ",
+            el("code", { class: "muted", title: m.peer_id || "", text: clip(m.peer_id || "", 12) }),
+            m.sees.length ? ` sees ${m.sees.join(", ")}` : " sees no other worker"))
+          : el("li", { class: "muted", text: "No worker is on the mesh (calls between agents go through the head)." })));
       },
+    }, "/ui/api/cluster");
+    return { title: "Cluster" };
+  }
+
+  /** One line per loaded model of a worker (the model cells line up row by row). */
+  const perModel = (w, text) => (w.models.length ? w.models.map((m) => el("div", { text: text(m) })) : ["—"]);
+
+  function modelsCell(w) {
+    if (!w.models.length) {
+      return [el("div", { class: "muted", text: "none loaded" }),
+        w.models_on_disk.length ? el("div", { class: "muted", text: `on disk: ${w.models_on_disk.join(", ")}` }) : null];
+    }
+    return w.models.map((m) => {
+      const used = percent(m.kv_bytes, m.kv_capacity_bytes);
+      return el("div", { class: "model" }, el("span", { class: "model-id", text: m.id }), " ",
+        m.kv_capacity_bytes ? el("meter", { min: 0, max: m.kv_capacity_bytes, value: m.kv_bytes, low: m.kv_capacity_bytes * 0.7,
+          high: m.kv_capacity_bytes * 0.9, optimum: 0, "aria-label": `KV cache of ${m.id}: ${used} used` }) : null,
+        m.kv_capacity_bytes ? el("span", { class: "muted", text: ` ${bytePair(m.kv_bytes, m.kv_capacity_bytes)}` }) : null);
     });
   }
 
-  function workerRow(w) {
-    const labels = Object.entries(w.labels).map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }));
-    const models = w.models.map((m) => {
-      const lookups = m.prefix_hits + m.prefix_misses;
-      const kv = m.kv_capacity_bytes ? el("meter", { min: 0, max: m.kv_capacity_bytes, value: m.kv_bytes, "aria-label": `KV cache of ${m.id}` }) : null;
-      return el("div", { class: "model" }, el("strong", { text: m.id }), " ", kv,
-        ` KV ${bytes(m.kv_bytes)} / ${bytes(m.kv_capacity_bytes)} · ${m.active_sequences} running, ${m.waiting_sequences} waiting · ` +
-        `${m.tokens_per_s.toFixed(1)} tok/s · prefix hits ${lookups ? `${Math.round((100 * m.prefix_hits) / lookups)}%` : "—"}`);
-    });
-    const gpus = w.gpus.map((g) => el("div", { class: "muted", text: `GPU ${g.index}: ${g.name} (${bytes(g.memory_bytes)})` }));
-    return el("tr", { "data-worker": w.id },
-      el("th", { scope: "row" }, el("div", { text: w.id }), el("div", { class: "muted", text: `${w.hostname} · ${w.address}` })),
-      el("td", {}, ...labels),
-      el("td", { text: `${w.running_tasks} / ${w.slots}` }),
-      el("td", { text: `${w.free.cpus.toFixed(1)} / ${w.resources.cpus.toFixed(1)}` }),
-      el("td", { text: `${bytes(w.free.memory_bytes)} / ${bytes(w.resources.memory_bytes)}` }),
-      el("td", {}, ...(models.length ? models : [el("span", { class: "muted", text: w.models_on_disk.length ? `on disk: ${w.models_on_disk.join(", ")}` : "none loaded" })]), ...gpus),
-      el("td", { text: duration(w.heartbeat_ago_ms) + " ago" }));
-  }
-
-  // ----------------------------------------------------------------- agents page
+  // ---------------------------------------------------------------------- agents page
 
   function agentsPage() {
-    const agents = table("agents", "Agents", ["Agent", "Model", "Running", "Queued", "Completed / failed / canceled", "Latency p50 · p90 · p99", "Workers"]);
-    main.append(el("h1", { text: "Agents" }), el("p", { class: "muted", text: "Counts of finished tasks and latencies are over the tasks the head still retains." }), agents.wrap);
-    const open = new Set(); // specs the reader unfolded stay unfolded across updates
-    follow("/ui/api/agents/live", {
-      agents(view) {
-        agents.body.replaceChildren(...view.agents.map((a) => {
-          const details = el("details", { open: open.has(a.name) }, el("summary", { text: a.name }),
-            a.description ? el("p", { class: "muted", text: a.description }) : null,
-            el("pre", { class: "spec", text: JSON.stringify(a.spec, null, 2) }));
-          details.addEventListener("toggle", () => (details.open ? open.add(a.name) : open.delete(a.name)));
-          const l = a.latency_ms;
-          return el("tr", { "data-agent": a.name },
-            el("th", { scope: "row" }, details),
-            el("td", { text: a.model }),
-            el("td", {}, el("a", { href: `#/tasks?agent=${encodeURIComponent(a.name)}&state=working`, text: a.running })),
-            el("td", {}, el("a", { href: `#/tasks?agent=${encodeURIComponent(a.name)}&state=queued`, text: a.queued })),
-            el("td", { text: `${a.done.completed} / ${a.done.failed} / ${a.done.canceled}` }),
-            el("td", { text: l ? `${duration(l.p50)} · ${duration(l.p90)} · ${duration(l.p99)} (${l.count})` : "—" }),
-            el("td", { text: a.workers.join(", ") || "—" }));
-        }));
-        if (!view.agents.length) agents.body.append(el("tr", {}, el("td", { colspan: 7, text: "No agent is registered." })));
-      },
-    });
+    const open = new Set(); // agents whose spec the reader unfolded (kept across updates)
+    const tasksOf = (a, state, n) => el("a", { href: `#/tasks?agent=${encodeURIComponent(a.name)}&state=${state}`, text: count(n) });
+    const agents = liveTable("agents", "Agents", "agent", [
+      { title: "Agent", head: true, sig: (a) => [a.name, a.version, a.description, a.tools, a.spec], render: (a) => {
+        const details = el("details", { open: open.has(a.name) },
+          el("summary", {}, el("span", { class: "agent-name", text: a.name }), el("span", { class: "muted", text: ` v${a.version}` })),
+          a.description ? el("p", { class: "muted", text: a.description }) : null,
+          a.tools.length ? el("p", { text: `Tools: ${a.tools.join(", ")}` }) : null,
+          el("pre", { class: "spec", tabindex: 0, "aria-label": `Spec of ${a.name}`, text: JSON.stringify(a.spec, null, 2) }));
+        details.addEventListener("toggle", () => (details.open ? open.add(a.name) : open.delete(a.name)));
+        return [details];
+      } },
+      { title: "Model", show: (a) => a.model },
+      { title: "Running", cls: "num", sig: (a) => a.running, render: (a) => [tasksOf(a, "working", a.running)] },
+      { title: "Queued", cls: "num", sig: (a) => a.queued, render: (a) => [tasksOf(a, "queued", a.queued)] },
+      { title: "Submitted", cls: "num", show: (a) => count(a.submitted) },
+      { title: "Done: completed / failed / canceled", cls: "num", sig: (a) => a.done, render: (a) => [
+        el("span", { class: "state-completed", text: count(a.done.completed) }), " / ",
+        el("span", { class: a.done.failed ? "state-failed" : null, text: count(a.done.failed) }), " / ",
+        el("span", { text: count(a.done.canceled) })] },
+      { title: "Latency p50 / p90 / p99", cls: "num", sig: (a) => a.latency_ms, render: (a) => {
+        const l = a.latency_ms;
+        if (!l) return ["—"];
+        return [el("div", { text: `${duration(l.p50)} / ${duration(l.p90)} / ${duration(l.p99)}` }),
+          el("div", { class: "muted", text: `over ${plural(l.count, "task")}` })];
+      } },
+      { title: "Workers", show: (a) => a.workers.join(", ") || "—" },
+    ], "No agent is registered.");
+    view.append(el("h1", { tabindex: -1, text: "Agents" }),
+      el("p", { class: "muted", text: "Finished-task counts and latencies (submitted → finished) are over the tasks the head still retains. Unfold an agent for its spec." }),
+      agents.wrap);
+    follow("/ui/api/agents/live", { agents: (v) => agents.sync(v.agents, (a) => a.name) }, "/ui/api/agents");
+    return { title: "Agents" };
   }
 
-  // ------------------------------------------------------------------ tasks page
+  // ----------------------------------------------------------------------- tasks page
 
-  function tasksPage(params) {
-    const agent = params.get("agent") || "";
-    const state = params.get("state") || "";
-    const agentSelect = el("select", { id: "filter-agent" }, el("option", { value: "", text: "all agents" }));
-    if (agent) agentSelect.append(el("option", { value: agent, text: agent }));
-    agentSelect.value = agent;
-    const stateSelect = el("select", { id: "filter-state" }, el("option", { value: "", text: "any state" }),
-      ...STATES.map((s) => el("option", { value: s, text: s })));
-    stateSelect.value = state;
-    const onFilter = () => {
+  function tasksPage(_, params) {
+    const agentSelect = el("select", { id: "filter-agent", name: "agent" }, el("option", { value: "", text: "All agents" }));
+    const stateSelect = el("select", { id: "filter-state", name: "state" }, el("option", { value: "", text: "Any state" }),
+      STATES.map((s) => el("option", { value: s, text: s })));
+    const limitSelect = el("select", { id: "filter-limit", name: "limit" }, [50, 100, 500].map((n) => el("option", { value: n, text: n })));
+    const form = el("form", { class: "filters", role: "search", "aria-label": "Filter tasks" },
+      el("span", { class: "field" }, el("label", { for: "filter-agent", text: "Agent" }), agentSelect),
+      el("span", { class: "field" }, el("label", { for: "filter-state", text: "State" }), stateSelect),
+      el("span", { class: "field" }, el("label", { for: "filter-limit", text: "Show" }), limitSelect));
+    form.addEventListener("submit", (e) => e.preventDefault());
+    form.addEventListener("change", () => {
       const q = new URLSearchParams();
       if (agentSelect.value) q.set("agent", agentSelect.value);
       if (stateSelect.value) q.set("state", stateSelect.value);
-      location.hash = `#/tasks${q.toString() ? `?${q}` : ""}`;
-    };
-    agentSelect.addEventListener("change", onFilter);
-    stateSelect.addEventListener("change", onFilter);
-    const total = el("p", { id: "tasks-total", "aria-live": "polite" });
-    const tasks = table("tasks", "Tasks, newest first", ["Task", "Agent", "State", "Worker", "Events", "Submitted", "Took", "Input", "Called by"]);
-    main.append(el("h1", { text: "Tasks" }),
-      el("div", { class: "filters" },
-        el("label", { for: "filter-agent", text: "Agent" }), agentSelect,
-        el("label", { for: "filter-state", text: "State" }), stateSelect),
-      total, tasks.wrap);
-
-    getJson("/ui/api/agents").then((view) => {
-      for (const a of view.agents) if (a.name !== agent) agentSelect.append(el("option", { value: a.name, text: a.name }));
-    }).catch((e) => say(e.message));
-
-    const rows = new Map(); // task id -> its row, updated in place
-    const q = new URLSearchParams({ limit: "100" });
-    if (agent) q.set("agent", agent);
-    if (state) q.set("state", state);
-    follow(`/ui/api/tasks/live?${q}`, {
-      tasks(view) {
-        total.textContent = `${view.total} task${view.total === 1 ? "" : "s"}${view.total > view.tasks.length ? `, the newest ${view.tasks.length} shown` : ""}`;
-        const seen = new Set();
-        const ordered = view.tasks.map((t) => {
-          seen.add(t.id);
-          let row = rows.get(t.id);
-          if (!row) {
-            row = el("tr", { "data-task": t.id });
-            rows.set(t.id, row);
-          }
-          row.replaceChildren(
-            el("td", {}, taskLink(t.id)),
-            el("td", { text: t.agent }),
-            el("td", { class: "state" }, badge(t.state)),
-            el("td", { text: t.worker || "—" }),
-            el("td", { class: "num", text: t.events }),
-            el("td", { text: clock(t.submitted_at_us) }),
-            el("td", { text: t.finished_at_us ? since(t.submitted_at_us, t.finished_at_us) : "…" }),
-            el("td", { class: "input", text: t.input }),
-            el("td", {}, t.parent ? taskLink(t.parent) : "—"));
-          return row;
-        });
-        for (const id of rows.keys()) if (!seen.has(id)) rows.delete(id);
-        tasks.body.replaceChildren(...ordered);
-        if (!ordered.length) tasks.body.append(el("tr", {}, el("td", { colspan: 9, text: "No task matches." })));
-      },
+      if (limitSelect.value !== "100") q.set("limit", limitSelect.value);
+      location.hash = `#/tasks${q.toString() ? `?${q}` : ""}`; // the router calls update()
     });
+    const total = el("p", { id: "tasks-total", class: "muted", role: "status", "aria-live": "polite" });
+    const tasks = liveTable("tasks", "Tasks, newest first", "task", [
+      { title: "Task", head: true, sig: (t) => [t.id, t.number], render: (t) => [
+        el("a", { class: "task-link", href: taskHref(t.id), "aria-label": `Task ${t.number} (${t.id})` },
+          `#${t.number}`, el("span", { class: "id", text: ` ${short(t.id)}` }))] },
+      { title: "Agent", show: (t) => t.agent },
+      { title: "State", cls: "state", sig: (t) => t.state, render: (t) => [badge(t.state)] },
+      { title: "Attempt", cls: "num", show: (t) => t.attempt },
+      { title: "Worker", show: (t) => t.worker || "—" },
+      { title: "Events", cls: "num", show: (t) => count(t.events) },
+      { title: "Submitted", cls: "num", show: (t) => clock(t.submitted_at_us) },
+      { title: "Took", cls: "num", show: (t) => since(t.submitted_at_us, t.finished_at_us) },
+      { title: "Input", cls: "input", sig: (t) => t.input, render: (t) => [el("span", { title: t.input, text: t.input })] },
+      { title: "Called by", sig: (t) => t.parent, render: (t) => [t.parent ? el("a", { class: "task-link", href: taskHref(t.parent), text: short(t.parent) }) : "—"] },
+    ], "No task matches these filters.");
+    view.append(el("h1", { tabindex: -1, text: "Tasks" }), form, total, tasks.wrap);
+
+    // The agent filter offers the registered agents (asked once per visit of the page).
+    request("/ui/api/agents").then((v) => {
+      const chosen = agentSelect.value;
+      for (const a of v.agents) if (a.name !== chosen) agentSelect.append(el("option", { value: a.name, text: a.name }));
+      agentSelect.value = chosen;
+    }).catch((e) => note(`Could not list the agents: ${e.message}`));
+
+    function update(p) {
+      const agent = p.get("agent") || "";
+      if (agent && ![...agentSelect.options].some((o) => o.value === agent)) agentSelect.append(el("option", { value: agent, text: agent }));
+      agentSelect.value = agent;
+      stateSelect.value = STATES.includes(p.get("state")) ? p.get("state") : "";
+      limitSelect.value = ["50", "500"].includes(p.get("limit")) ? p.get("limit") : "100";
+      tasks.clear();
+      total.textContent = "";
+      const q = new URLSearchParams({ agent, state: stateSelect.value, limit: limitSelect.value });
+      follow(`/ui/api/tasks/live?${q}`, {
+        tasks(v) {
+          const shown = v.tasks.length < v.total ? ` (the newest ${count(v.tasks.length)} shown)` : "";
+          total.textContent = `${plural(v.total, "task")}${shown}`;
+          tasks.sync(v.tasks, (t) => t.id);
+        },
+      }, `/ui/api/tasks?${q}&limit=1`);
+    }
+    update(params);
+    return { title: "Tasks", update };
   }
 
-  // ------------------------------------------------------------------- task page
+  // ------------------------------------------------------------------------ task page
 
   function taskPage(id) {
-    const fields = {
-      agent: el("span", { id: "task-agent" }),
-      state: el("span", { id: "task-state", class: "badge" }),
-      attempt: el("span"),
-      worker: el("span"),
-      parent: el("span"),
-      context: el("span"),
-    };
-    const cancel = el("button", { id: "cancel", type: "button", text: "Cancel task", hidden: true });
-    const alert = el("p", { id: "task-alert", role: "alert", class: "error" });
-    const timings = el("ol", { id: "timings", class: "timings" });
-    const input = el("pre", { class: "text" });
-    const output = el("pre", { id: "task-output", class: "text", "aria-live": "polite" });
-    const error = el("p", { class: "error" });
-    const usage = el("p", { class: "muted" });
-    const subtasks = el("ul", { id: "subtasks" });
+    const heading = el("h1", { tabindex: -1 }, "Task ", el("code", { text: id }));
+    const head = facts("task-facts", [["agent", "Agent"], ["state", "State"], ["attempt", "Attempt"], ["worker", "Worker"],
+      ["parent", "Called by"], ["submitted", "Submitted"], ["events", "Events"], ["context", "Context"]]);
+    const agent = el("span", { id: "task-agent" });
+    const state = el("span", { id: "task-state", class: "badge" });
+    head.set("agent", agent);
+    head.set("state", state);
+    const parentSlot = el("span");
+    head.set("parent", parentSlot);
+    const cancel = el("button", { id: "cancel", type: "button", class: "danger", hidden: true, text: "Cancel task" });
+    const alert = el("p", { id: "task-alert", class: "error", role: "alert" });
+    const timings = el("ol", { id: "timings", class: "timings", "aria-label": "Timings, from submission" });
+    const input = el("pre", { class: "text", tabindex: 0 });
+    const inputSummary = el("summary", { text: "Input" });
+    const output = el("pre", { id: "task-output", class: "text output empty", tabindex: 0, "aria-live": "polite", "aria-label": "Output" });
+    const outText = document.createTextNode(""); // the one text node streamed text goes to
+    output.append(outText);
+    const error = el("p", { id: "task-error", class: "error", hidden: true });
+    const usage = el("p", { id: "task-usage", class: "muted" });
+    const tree = el("ul", { id: "subtasks", class: "tree" });
     const events = el("ol", { id: "events", class: "events" });
-    main.append(
-      el("h1", {}, "Task ", el("code", { text: id })),
-      definitions([["Agent", fields.agent], ["State", fields.state], ["Attempt", fields.attempt], ["Worker", fields.worker], ["Called by", fields.parent], ["Context", fields.context]]),
-      el("div", { class: "actions" }, cancel), alert,
+    view.append(heading, head.dl, el("div", { class: "actions" }, cancel), alert,
       el("h2", { text: "Timings" }), timings,
-      el("details", {}, el("summary", { text: "Input" }), input),
+      el("details", { class: "input" }, inputSummary, input),
       el("h2", { text: "Output" }), output, error, usage,
-      el("h2", { text: "Sub-tasks" }), subtasks,
+      el("h2", { text: "Sub-task tree" }), tree,
       el("h2", { text: "Events" }), events);
 
-    let view = null;
-    let lastSeq = 0;
-    let lastWorker = "";
-    let textRun = null; // the <li> of the current run of text events
-    const calls = new Map(); // call id -> the span its sub-task link goes in
-    let pending = ""; // streamed text not yet on the page (written once per frame)
+    let task = null; // the last TaskView
+    let lastSeq = 0; // events up to this one are on the page (a resumed stream repeats none)
+    let lostWorker = ""; // the worker of the latest scheduled/failed event, for "retrying"
+    const calls = new Map(); // call id -> {name, slot for the sub-task link, sig}
+    let run = null; // the <li> of the current run of text events, and its figures
+    let pending = ""; // streamed text not yet on the page: written once per frame
+    let frame = 0;
+    let cut = ""; // why the server cut the stream, until it is followed again
 
-    const flush = () => {
-      if (pending) output.append(pending);
-      pending = "";
-    };
-    const write = (text) => {
-      if (!pending) requestAnimationFrame(flush);
-      pending += text;
-    };
-
-    function linkCalls() {
-      if (!view) return;
-      for (const child of view.children) {
-        const slot = calls.get(child.call_id);
-        if (slot && !slot.firstChild) slot.append(" → ", el("a", { class: "subtask-link", "data-task": child.task_id, href: `#/tasks/${encodeURIComponent(child.task_id)}`, text: `sub-task ${child.task_id.slice(0, 8)} (${child.agent})` }));
+    function flush() {
+      frame = 0;
+      if (pending) {
+        const atEnd = output.scrollHeight - output.scrollTop - output.clientHeight < 24;
+        outText.appendData(pending);
+        pending = "";
+        if (atEnd) output.scrollTop = output.scrollHeight;
       }
+      output.classList.toggle("empty", !outText.length);
+      if (run && run.dirty) {
+        run.dirty = false;
+        run.info.textContent = `${plural(run.count, "delta")}, ${plural(run.chars, "character")}: “${clip(run.preview, 80)}”`;
+      }
+    }
+    const later = () => { if (!frame) frame = requestAnimationFrame(flush); };
+
+    function timing(label, us) {
+      const t = task.timings;
+      const value = label === "queued" ? (t.submitted_us ? "0 ms" : "—") : since(t.submitted_us, us);
+      return el("li", { class: us ? null : "pending" }, el("span", { class: "muted", text: `${label} ` }), el("strong", { text: value }));
     }
 
     function show(v) {
-      view = v;
-      fields.agent.textContent = v.agent;
-      fields.state.textContent = v.state;
-      fields.state.className = `badge state-${v.state}`;
-      fields.attempt.textContent = v.attempt;
-      fields.worker.textContent = v.worker || "—";
-      fields.parent.replaceChildren(v.parent ? el("a", { id: "task-parent", href: `#/tasks/${encodeURIComponent(v.parent.task_id)}`, text: `${v.parent.task_id.slice(0, 8)} (call ${v.parent.call_id})` }) : "—");
-      fields.context.textContent = v.context_id || "—";
+      task = v;
+      heading.replaceChildren(`Task #${v.number} `, el("code", { class: "id", text: v.id }));
+      document.title = `Task #${v.number} (${v.state}) · agentfleet inspector`;
+      agent.textContent = v.agent;
+      state.textContent = v.state;
+      state.className = `badge state-${v.state}`;
+      head.set("attempt", v.attempt);
+      head.set("worker", v.worker || "—");
+      rebuild(parentSlot, v.parent, () => (v.parent
+        ? el("a", { id: "task-parent", class: "task-link", href: taskHref(v.parent.task_id), text: `${short(v.parent.task_id)} (call ${v.parent.call_id})` })
+        : "—"));
+      head.set("submitted", clock(v.submitted_at_us));
+      head.set("events", count(v.seq));
+      head.set("context", v.context_id ? el("span", { title: v.context_id, text: clip(v.context_id, 13) }) : "—");
       cancel.hidden = TERMINAL.has(v.state);
       if (input.textContent !== v.input) input.textContent = v.input;
+      inputSummary.textContent = `Input (${plural(v.input.length, "character")})`;
       error.textContent = v.error;
-      usage.textContent = v.usage.prompt_tokens || v.usage.completion_tokens
-        ? `${v.usage.prompt_tokens} prompt tokens (${v.usage.cached_tokens} cached), ${v.usage.completion_tokens} generated` : "";
+      error.hidden = !v.error;
+      const u = v.usage;
+      usage.textContent = u.prompt_tokens || u.completion_tokens
+        ? `Usage: ${count(u.prompt_tokens)} prompt tokens (${count(u.cached_tokens)} cached), ${count(u.completion_tokens)} completion tokens` : "";
       const t = v.timings;
-      timings.replaceChildren(
-        el("li", {}, "queued ", el("strong", { text: "0 ms" })),
-        el("li", {}, "scheduled ", el("strong", { text: since(t.submitted_us, t.scheduled_us) })),
-        el("li", {}, "first token ", el("strong", { text: since(t.submitted_us, t.first_token_us) })),
-        el("li", {}, "done ", el("strong", { text: since(t.submitted_us, t.finished_us) })));
-      subtasks.replaceChildren(...v.children.map((c) => el("li", {}, taskLink(c.task_id, c.task_id.slice(0, 8)), ` ${c.agent} `, badge(c.state))));
-      if (!v.children.length) subtasks.append(el("li", { class: "muted", text: "none" }));
+      timings.replaceChildren(timing("queued", t.submitted_us), timing("scheduled", t.scheduled_us),
+        timing("first token", t.first_token_us), timing("done", t.finished_us));
+      // The tree: the caller, this task, the tasks its tool calls started.
+      rebuild(tree, [v.parent, v.state, v.children], () => {
+        const children = el("ul", {}, v.children.map((c) => el("li", {},
+          el("a", { class: "task-link", href: taskHref(c.task_id), text: short(c.task_id) }),
+          ` ${c.agent} `, badge(c.state), el("span", { class: "muted", text: ` call ${c.call_id}` }))));
+        const self = el("li", {}, el("strong", { text: `this task: ${v.agent} ` }), badge(v.state),
+          v.children.length ? children : el("span", { class: "muted", text: " (no sub-tasks)" }));
+        return v.parent
+          ? el("li", {}, el("a", { class: "task-link", href: taskHref(v.parent.task_id), text: short(v.parent.task_id) }),
+            el("span", { class: "muted", text: " caller" }), el("ul", {}, self))
+          : self;
+      });
       linkCalls();
+      reconcile();
     }
 
-    function item(e, ...content) {
-      const at = view ? since(view.timings.submitted_us, e.at_us) : clock(e.at_us);
-      return el("li", { "data-seq": e.seq, "data-kind": e.kind }, el("span", { class: "at", text: `+${at}` }), ...content);
+    /** Once every stored event is shown, the streamed text is the task's output; where it
+     * is not (events the head no longer holds), the head's copy wins. */
+    function reconcile() {
+      if (!task || task.seq !== lastSeq) return;
+      flush();
+      if (outText.data !== task.output) {
+        outText.data = task.output;
+        flush();
+      }
+    }
+
+    /** Tool calls get a link to the sub-task they started, once the task view names it. */
+    function linkCalls() {
+      for (const c of task ? task.children : []) {
+        const call = calls.get(c.call_id);
+        if (!call || call.sig === c.task_id + c.state) continue;
+        call.sig = c.task_id + c.state;
+        call.slot.replaceChildren("→ ", el("a", { class: "subtask-link", "data-task": c.task_id, href: taskHref(c.task_id), text: `sub-task ${short(c.task_id)} (${c.agent})` }), " ", badge(c.state));
+      }
+    }
+
+    function item(e, kind, ...content) {
+      const at = task && task.timings.submitted_us ? `+${since(task.timings.submitted_us, e.at_us)}` : clock(e.at_us);
+      return el("li", { "data-seq": e.seq, "data-kind": e.kind },
+        el("time", { datetime: new Date(e.at_us / 1000).toISOString(), title: clock(e.at_us), text: at }),
+        el("span", { class: "kind", text: kind }), el("span", { class: "what" }, ...content));
     }
 
     function onEvent(e) {
-      if (e.seq <= lastSeq) return; // already shown (the stream resumed)
+      if (e.seq <= lastSeq) return; // already shown: the stream resumed after a cut
       lastSeq = e.seq;
       if (e.kind === "text") {
-        write(e.text);
-        if (textRun) {
-          textRun.count += 1;
-          textRun.chars += e.text.length;
-          textRun.label.textContent = `text: ${textRun.count} deltas, ${textRun.chars} characters`;
-        } else {
-          const label = el("span", { text: `text: 1 delta, ${e.text.length} characters` });
-          textRun = { count: 1, chars: e.text.length, label };
-          events.append(item(e, label));
+        pending += e.text;
+        if (!run) {
+          run = { count: 0, chars: 0, preview: "", info: el("span"), dirty: true };
+          events.append(item(e, "text", run.info));
         }
+        run.count += 1;
+        run.chars += e.text.length;
+        if (run.preview.length < 81) run.preview += e.text;
+        run.dirty = true;
+        later();
         return;
       }
-      textRun = null;
+      flush(); // the run's figures are final before anything comes after it
+      run = null;
+      let kind = e.kind.replace("_", " ");
       let content;
       switch (e.kind) {
-        case "submitted": content = [`submitted to ${e.agent}`]; break;
-        case "scheduled": lastWorker = e.worker; content = [`scheduled on ${e.worker}`]; break;
-        case "working": content = ["working"]; break;
+        case "submitted": content = [`to ${e.agent}`]; break;
+        case "scheduled":
+          lostWorker = e.worker;
+          content = [`on ${e.worker}`, e.attempt > 1 ? ` (attempt ${e.attempt})` : ""];
+          break;
+        case "working": content = []; break;
         case "tool_call": {
-          const slot = el("span");
-          calls.set(e.call_id, slot);
-          content = ["calls ", el("strong", { text: e.name }), " ", el("code", { text: e.arguments }), slot];
+          const slot = el("span", { class: "subtask" });
+          calls.set(e.call_id, { name: e.name, slot, sig: "" });
+          content = [el("strong", { text: e.name }), el("span", { class: "muted", text: ` call ${e.call_id} ` }), slot,
+            el("pre", { class: "args", tabindex: 0, text: pretty(e.arguments) })];
           break;
         }
-        case "tool_result":
-          content = [e.is_error ? "tool error: " : "tool result: ", el("code", { class: e.is_error ? "error" : "", text: e.output })];
+        case "tool_result": {
+          const call = calls.get(e.call_id);
+          kind = e.is_error ? "tool error" : "tool result";
+          content = [el("span", { class: "muted", text: `${call ? call.name : "call"} ${e.call_id}` }),
+            el("pre", { class: e.is_error ? "result is-error" : "result", tabindex: 0, text: e.output })];
           break;
-        case "completed": content = [`completed: ${e.usage.completion_tokens} tokens generated`]; break;
-        case "failed": content = [el("span", { class: "error", text: `failed${e.worker ? ` on ${e.worker}` : ""}: ${e.error}` })]; break;
-        case "canceled": content = [`canceled: ${e.reason}`]; break;
-        case "input_required": content = [`input required: ${e.prompt}`]; break;
+        }
+        case "completed": content = [`${count(e.usage.completion_tokens)} tokens generated`]; break;
+        case "failed":
+          if (e.worker) lostWorker = e.worker;
+          content = [el("span", { class: "error", text: `${e.worker ? `on ${e.worker}: ` : ""}${e.error}` })];
+          break;
+        case "canceled": content = [e.reason || "no reason given"]; break;
+        case "input_required": content = [e.prompt]; break;
         case "retrying":
+          // A new attempt starts over: the output shown is the new attempt's.
           pending = "";
-          output.textContent = ""; // a new attempt starts over
-          content = [el("span", { class: "warn", text: `retrying after attempt ${e.failed_attempt}${lastWorker ? ` (worker ${lastWorker} lost)` : ""}: ${e.reason}` })];
+          outText.data = "";
+          flush();
+          content = [el("span", { class: "warn", text: `attempt ${e.failed_attempt} failed${lostWorker ? ` (worker ${lostWorker} lost)` : ""}: ${e.reason}` })];
           break;
-        case "embeddings": content = [`${e.count} embeddings of ${e.dims} dimensions`]; break;
-        default: content = [e.kind];
+        case "embeddings": content = [`${count(e.count)} vectors of ${count(e.dims)} dimensions`]; break;
+        default: content = [JSON.stringify(e)];
       }
-      events.append(item(e, ...content));
+      events.append(item(e, kind, ...content));
       linkCalls();
     }
 
     cancel.addEventListener("click", async () => {
       cancel.disabled = true;
+      cancel.setAttribute("aria-busy", "true");
       alert.textContent = "";
       try {
-        const response = await fetch(`/ui/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST", headers: { "X-Fleet-UI": "1" }, credentials: "same-origin" });
-        const body = await response.json().catch(() => ({}));
-        if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
-        // The stream may already have brought the task further (a running task ends when
-        // its worker says so): keep whichever is newer.
-        if (!view || body.seq >= view.seq) show(body);
+        const v = await request(`/ui/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST", headers: { "X-Fleet-UI": "1" } });
+        // The stream may have brought the task further already: keep the newer view.
+        if (!task || v.seq >= task.seq) show(v);
       } catch (e) {
-        alert.textContent = `Could not cancel: ${e.message}`;
+        alert.textContent = `Could not cancel the task: ${e.message}`;
       } finally {
         cancel.disabled = false;
+        cancel.removeAttribute("aria-busy");
       }
     });
 
-    const es = follow(`/ui/api/tasks/${encodeURIComponent(id)}/live`, {
+    follow(`/ui/api/tasks/${encodeURIComponent(id)}/live`, {
       task: show,
       event: onEvent,
       end() {
+        reconcile();
         flush();
-        stop();
-        say("ended");
+        stop(); // else EventSource would reconnect
+        status("ended", "done");
       },
-      error(data) {
-        say(data.error);
+      error(message) {
+        cut = message;
+        note(`${message} — reconnecting…`);
       },
-    }, () => {
-      // The stream was refused (not a dropped connection): say why.
-      getJson(`/ui/api/tasks/${encodeURIComponent(id)}`).catch((e) => { alert.textContent = e.message; });
-    });
-    void es;
+      open() {
+        if (cut) note(`${cut} — resumed after event ${lastSeq}.`);
+        cut = "";
+      },
+    }, `/ui/api/tasks/${encodeURIComponent(id)}`);
+    return { title: `Task ${short(id)}` };
   }
 
-  // ----------------------------------------------------------------- topics page
+  // ---------------------------------------------------------------------- topics pages
 
   function topicsPage() {
-    const list = el("ul", { id: "topics" });
-    const name = el("input", { id: "topic-name", type: "text", required: true, autocomplete: "off" });
-    const form = el("form", { class: "filters" }, el("label", { for: "topic-name", text: "Follow a topic" }), name, el("button", { type: "submit", text: "Follow" }));
+    const list = el("ul", { id: "topics", class: "topics" }, el("li", { class: "muted", text: "Loading…" }));
+    const name = el("input", { id: "topic-name", type: "text", required: true, autocomplete: "off", spellcheck: "false" });
+    const form = el("form", { class: "filters" }, el("label", { for: "topic-name", text: "Follow a topic by name" }), name,
+      el("button", { type: "submit", text: "Follow" }));
     form.addEventListener("submit", (e) => {
       e.preventDefault();
       if (name.value.trim()) location.hash = `#/topics/${encodeURIComponent(name.value.trim())}`;
     });
-    main.append(el("h1", { text: "Topics" }), form, el("h2", { text: "Topics agents use" }), list);
-    say("");
-    getJson("/ui/api/topics").then((view) => {
-      list.replaceChildren(...view.topics.map((t) => el("li", {}, el("a", { class: "topic-link", href: `#/topics/${encodeURIComponent(t)}`, text: t }))));
-      if (!view.topics.length) list.append(el("li", { class: "muted", text: "No agent names a topic." }));
-    }).catch((e) => say(e.message));
+    view.append(el("h1", { tabindex: -1, text: "Topics" }),
+      el("p", { class: "muted", text: "Messages are followed through a worker on the mesh, from the moment the page opens." }),
+      el("h2", { text: "Topics the agents name" }), list, form);
+    status("idle", "done");
+    request("/ui/api/topics").then((v) => {
+      list.replaceChildren(...v.topics.map((t) => el("li", {}, el("a", { class: "topic-link", href: `#/topics/${encodeURIComponent(t)}`, text: t }))));
+      if (!v.topics.length) list.append(el("li", { class: "muted", text: "No agent names a topic." }));
+    }).catch((e) => note(`Could not list the topics: ${e.message}`));
+    return { title: "Topics" };
   }
 
+  const MAX_MESSAGES = 500;
   function topicPage(topic) {
-    const messages = el("ol", { id: "topic-messages", class: "events", reversed: true });
-    const note = el("p", { class: "muted", role: "status" });
-    main.append(el("h1", {}, "Topic ", el("code", { text: topic })), note, messages);
+    const messages = el("ol", { id: "topic-messages", class: "messages", "aria-label": `Messages on ${topic}, newest first` });
+    const counter = el("p", { class: "muted", text: "Waiting for messages…" });
+    const problem = el("p", { class: "warn", role: "status" });
+    view.append(el("h1", { tabindex: -1 }, "Topic ", el("code", { text: topic })),
+      el("p", {}, el("a", { href: "#/topics", text: "← all topics" })), problem, counter, messages);
+    let received = 0;
     follow(`/ui/api/topics/${encodeURIComponent(topic)}/live`, {
       message(m) {
-        messages.prepend(el("li", {}, el("span", { class: "at", text: clock(m.at_us) }), el("strong", { text: m.publisher }),
-          ` #${m.seq}: `, el("span", { class: "body", text: m.body })));
-        while (messages.childElementCount > 500) messages.lastElementChild.remove();
+        received += 1;
+        problem.textContent = "";
+        messages.prepend(el("li", {},
+          el("div", { class: "meta" }, el("time", { text: clock(m.at_us) }), " ", el("strong", { text: m.publisher }),
+            el("span", { class: "muted", text: ` #${m.seq} via ${m.worker}` })),
+          el("pre", { class: "body", text: m.body })));
+        while (messages.childElementCount > MAX_MESSAGES) messages.lastElementChild.remove();
+        counter.textContent = `${plural(received, "message")} received${received > MAX_MESSAGES ? ` (the newest ${MAX_MESSAGES} shown)` : ""}`;
       },
-      error(data) {
-        note.textContent = data.error;
-      },
-    });
+      // The server closes after it; EventSource tries again a few seconds later.
+      error: (message) => { problem.textContent = `${clock(Date.now() * 1000)} — ${message}`; },
+    }, "/ui/api/topics");
+    return { title: `Topic ${topic}` };
   }
+
+  // --------------------------------------------------------------------------- router
+
+  const pages = { cluster: clusterPage, agents: agentsPage, tasks: tasksPage, task: taskPage, topics: topicsPage, topic: topicPage };
+  let current = null;
+
+  function parse() {
+    const hash = location.hash.replace(/^#\/?/, "");
+    const [path, query] = hash.split("?");
+    const [first, ...rest] = path.split("/");
+    let arg = null;
+    try { arg = rest.length && rest.join("/") ? decodeURIComponent(rest.join("/")) : null; } catch { arg = rest.join("/"); }
+    let name = first || "cluster";
+    if (arg !== null && (name === "tasks" || name === "topics")) name = name.slice(0, -1);
+    return { name: pages[name] ? name : "missing", arg, params: new URLSearchParams(query || "") };
+  }
+
+  function route() {
+    const r = parse();
+    const section = { task: "tasks", topic: "topics" }[r.name] || r.name;
+    for (const link of document.querySelectorAll("nav a[data-nav]")) {
+      if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    // Same page, other filters: follow the new list without rebuilding the page.
+    if (current && current.update && current.name === r.name && current.arg === r.arg) {
+      current.update(r.params);
+      return;
+    }
+    const first = !current;
+    stop();
+    note("");
+    view.replaceChildren();
+    let page;
+    if (r.name === "missing") {
+      status("idle", "done");
+      view.append(el("h1", { tabindex: -1, text: "No such page" }), el("p", {}, el("a", { href: "#/cluster", text: "Go to the cluster" })));
+      page = { title: "No such page" };
+    } else page = pages[r.name](r.arg, r.params);
+    current = { ...r, ...page };
+    if (r.name !== "task") document.title = `${page.title} · agentfleet inspector`;
+    if (!first) $("h1", view).focus({ preventScroll: false }); // a reader hears the new page
+  }
+  route.again = () => { current = null; route(); };
 
   window.addEventListener("hashchange", route);
   route();
