@@ -194,10 +194,13 @@ pub(super) async fn topic(State(ui): State<Inspector>, Path(name): Path<String>)
     stream(&ui, move |tx| async move {
         loop {
             let (name, data) = match messages.recv().await {
-                Ok(m) => ("message", json!({
-                    "topic": m.topic, "publisher": m.publisher, "seq": m.seq,
-                    "body": m.body, "worker": m.worker_id, "at_us": now_us(),
-                })),
+                Ok(m) => (
+                    "message",
+                    json!({
+                        "topic": m.topic, "publisher": m.publisher, "seq": m.seq,
+                        "body": m.body, "worker": m.worker_id, "at_us": now_us(),
+                    }),
+                ),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     let error = format!("the page fell behind: {missed} messages were skipped");
                     ("error", json!({ "error": error }))
