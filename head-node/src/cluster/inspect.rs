@@ -67,6 +67,8 @@ pub struct AgentFigures {
     pub canceled: u64,
     /// Workers its unfinished tasks are placed on.
     pub workers: Vec<String>,
+    /// Workers hosting an actor of it (the head placed its spec there).
+    pub actors: Vec<String>,
     /// Submission to completion of its completed tasks.
     pub latency: Option<Percentiles>,
 }
@@ -148,7 +150,15 @@ impl Cluster {
             .agents
             .iter()
             .map(|entry| {
-                let tally = tallies.remove(entry.spec.name.as_str()).unwrap_or_default();
+                let name = entry.spec.name.as_str();
+                let tally = tallies.remove(name).unwrap_or_default();
+                let mut actors: Vec<String> = state
+                    .workers
+                    .iter()
+                    .filter(|w| w.placed.contains_key(name))
+                    .map(|w| w.id.clone())
+                    .collect();
+                actors.sort();
                 AgentFigures {
                     info: AgentInfo::from(entry),
                     running: entry.running,
@@ -157,6 +167,7 @@ impl Cluster {
                     failed: tally.ended[1],
                     canceled: tally.ended[2],
                     workers: tally.workers.into_iter().collect(),
+                    actors,
                     latency: Percentiles::of(tally.latencies),
                 }
             })

@@ -131,6 +131,7 @@ fn agent_json(a: &AgentFigures) -> Value {
         "submitted": a.info.tasks_submitted,
         "done": { "completed": a.completed, "failed": a.failed, "canceled": a.canceled },
         "workers": a.workers,
+        "actors": a.actors,
         "latency_ms": a.latency.map(|p| json!({
             "count": p.count, "p50": ms(p.p50), "p90": ms(p.p90), "p99": ms(p.p99),
         })),

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fleetproc import Fleet, clean_env, wait_until
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -74,15 +74,41 @@ def shot(browser: webdriver.Chrome, name: str) -> None:
 def wait(browser: webdriver.Chrome, condition, timeout: float = 30):  # type: ignore[no-untyped-def]
     """Waits for `condition()`; on a timeout, says what the page showed."""
     try:
-        return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+        # Live pages re-render: an element found a moment ago may be gone (try again).
+        waiting = WebDriverWait(browser, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
+        return waiting.until(lambda d: condition())
     except TimeoutException:
         shown = {css: text(browser, css) for css in ("#live", "#task-state", "#task-alert", "#tasks-total")}
         raise AssertionError(f"timed out at {browser.current_url}; the page showed {shown}; console: {console_errors(browser)}") from None
 
 
 def text(browser: webdriver.Chrome, css: str) -> str:
-    found = browser.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    try:
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""  # re-rendered between finding and reading
+
+
+def attribute(browser: webdriver.Chrome, css: str, name: str) -> "str | None":
+    """`name` of the first element matching `css` (None while there is none)."""
+    try:
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        return found[0].get_attribute(name) if found else None
+    except StaleElementReferenceException:
+        return None
+
+
+def click(browser: webdriver.Chrome, css: str) -> bool:
+    """Clicks the first element matching `css`; False if there is none yet or it was
+    re-rendered meanwhile (for `wait`)."""
+    try:
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        if found:
+            found[0].click()
+        return bool(found)
+    except StaleElementReferenceException:
+        return False
 
 
 def send(fleet: Fleet, agent: str, words: str) -> str:
@@ -172,7 +198,7 @@ def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> 
     victim = tasks[1]
     browser.get(f"{fleet.url}/ui/#/tasks/{victim}")
     wait(browser, lambda: text(browser, "#task-state") in ("working", "scheduled") and browser.find_elements(By.ID, "cancel"))
-    browser.find_element(By.ID, "cancel").click()
+    wait(browser, lambda: click(browser, "#cancel"))
     wait(browser, lambda: text(browser, "#task-state") == "canceled")
     assert api(fleet, f"tasks/{victim}")["state"] == "canceled"
     wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, '#events li[data-kind="canceled"]'))
@@ -188,19 +214,20 @@ def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> 
     call = '<tool_call>{"name": "callee", "arguments": {"input": "answer from the callee"}}</tool_call>'
     caller = send(fleet, "caller", call)
     browser.get(f"{fleet.url}/ui/#/tasks/{caller}")
-    link = wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "a.subtask-link[data-task]"))[0]
-    child = link.get_attribute("data-task")
+    child = wait(browser, lambda: attribute(browser, "a.subtask-link[data-task]", "data-task"))
     assert api(fleet, f"tasks/{child}")["parent"]["task_id"] == caller
     wait(browser, lambda: text(browser, "#task-state") == "completed")
     shot(browser, "task-with-tool-call")
-    link = browser.find_element(By.CSS_SELECTOR, "a.subtask-link[data-task]")
-    link.click()
+    wait(browser, lambda: click(browser, "a.subtask-link[data-task]"))
     wait(browser, lambda: browser.current_url.endswith(f"#/tasks/{child}") and text(browser, "#task-agent") == "callee")
     wait(browser, lambda: text(browser, "#task-output") == "answer from the callee")
-    assert browser.find_element(By.ID, "task-parent").get_attribute("href").endswith(f"#/tasks/{caller}")
+    assert wait(browser, lambda: attribute(browser, "#task-parent", "href")).endswith(f"#/tasks/{caller}")
     shot(browser, "sub-task")
 
-    # The agents page.
+    # The agents page: where their actors live.
+    agents = {a["name"]: a for a in api(fleet, "agents")["agents"]}
+    assert set(agents["slow"]["actors"]) <= {"one", "two"} and agents["slow"]["actors"], agents["slow"]
+    assert agents["slow"]["done"]["failed"] == 0 and agents["slow"]["done"]["canceled"] >= 1, agents["slow"]
     browser.get(fleet.url + "/ui/#/agents")
     wait(browser, lambda: {r.get_attribute("data-agent") for r in browser.find_elements(By.CSS_SELECTOR, "#agents tr[data-agent]")} >= {"slow", "caller", "callee"})
     shot(browser, "agents")

@@ -440,7 +440,8 @@
         return [el("div", { text: `${duration(l.p50)} / ${duration(l.p90)} / ${duration(l.p99)}` }),
           el("div", { class: "muted", text: `over ${plural(l.count, "task")}` })];
       } },
-      { title: "Workers", show: (a) => a.workers.join(", ") || "—" },
+      { title: "Actors on", show: (a) => a.actors.join(", ") || "—" },
+      { title: "Running on", show: (a) => a.workers.join(", ") || "—" },
     ], "No agent is registered.");
     view.append(el("h1", { tabindex: -1, text: "Agents" }),
       el("p", { class: "muted", text: "Finished-task counts and latencies (submitted → finished) are over the tasks the head still retains. Unfold an agent for its spec." }),
