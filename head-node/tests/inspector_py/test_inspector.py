@@ -25,8 +25,8 @@ CONFIG = """
 [[agent]]
 name = "slow"
 model = "builtin:echo"
-description = "repeats what you say, a word every 100 ms"
-model_options = { token_delay_ms = 100 }
+description = "repeats what you say, a word every 250 ms"
+model_options = { token_delay_ms = 250 }
 
 [[agent]]
 name = "caller"
@@ -135,10 +135,12 @@ def test_without_a_credential_nothing_is_shown(fleet: Fleet) -> None:
         assert http.get("/").headers["location"] == "/ui/"
         page = http.get("/ui/")
         assert page.status_code == 303 and page.headers["location"] == "/ui/login"
-        for path in ("/ui/api/cluster", "/ui/api/tasks", "/ui/api/tasks/live", "/ui/api/agents/live"):
+        for path in ("/ui/api/cluster", "/ui/api/tasks", "/ui/api/tasks/live", "/ui/api/agents/live", "/ui/api/tasks/x/live", "/ui/api/topics/x/live"):
             refused = http.get(path)
             assert refused.status_code == 401, (path, refused.text)
             assert "error" in refused.json()
+        # The credential is checked before the CSRF header.
+        assert http.post("/ui/api/tasks/x/cancel", headers={"X-Fleet-UI": "1"}).status_code == 401
         wrong = http.post("/ui/login", data={"token": "not-" + TOKEN})
         assert wrong.headers["location"] == "/ui/login?failed=1" and "set-cookie" not in wrong.headers
         assert http.get("/ui/api/cluster", headers={"Cookie": "fleet_ui=bm90LWl0"}).status_code == 401
@@ -149,7 +151,8 @@ def test_without_a_credential_nothing_is_shown(fleet: Fleet) -> None:
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
         http.cookies.set("fleet_ui", cookie.split(";")[0].split("=", 1)[1])
         assert http.get("/ui/").status_code == 200
-        assert "Content-Security-Policy" in http.get("/ui/").headers
+        csp = http.get("/ui/").headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp, csp
         view = http.get("/ui/api/cluster").json()
         assert {w["id"] for w in view["workers"]} == {"one", "two"}
         # A POST without the page's header is refused (a form on another site cannot add it).
@@ -178,7 +181,9 @@ def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> 
     shot(browser, "cluster")
 
     # 20 slow tasks appear on the tasks page, and stream text.
-    words = " ".join(f"word{i}" for i in range(60))  # 6 s of streaming each
+    # 15 s of streaming each: the first two are still streaming when their pages open,
+    # however slow the machine (about 3 s in on an idle one).
+    words = " ".join(f"word{i}" for i in range(60))
     tasks = [send(fleet, "slow", f"task {n} {words}") for n in range(20)]
     browser.get(fleet.url + "/ui/#/tasks?agent=slow")
     wait(browser, lambda: len({r.get_attribute("data-task") for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tr[data-task]")} & set(tasks)) == 20)
