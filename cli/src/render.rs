@@ -136,10 +136,12 @@ pub fn event(event: &TaskEvent) -> String {
             usage.completion_tokens,
             if usage.truncated { ", cut at max_tokens" } else { "" }
         ),
-        EventKind::Failed { error, worker_id } if worker_id.is_empty() => {
-            format!("failed: {error}")
+        EventKind::Failed { error, worker_id, kind } if worker_id.is_empty() => {
+            format!("failed ({kind}): {error}")
         }
-        EventKind::Failed { error, worker_id } => format!("failed on {worker_id}: {error}"),
+        EventKind::Failed { error, worker_id, kind } => {
+            format!("failed ({kind}) on {worker_id}: {error}")
+        }
         EventKind::Canceled { reason } => format!("canceled: {reason}"),
         EventKind::InputRequired { prompt } => format!("input required: {prompt}"),
         EventKind::Retrying { reason, failed_attempt } => {

@@ -1,6 +1,9 @@
-//! The head's one error type and its mapping to gRPC status codes and HTTP statuses.
+//! The head's one error type, and the one table ([`codes`]) from a kind of failure to the
+//! gRPC code, HTTP status, JSON-RPC code and OpenAI error type each front door answers with.
 
 use std::path::PathBuf;
+
+use fleet_proto::ErrorKind;
 
 /// Everything that can go wrong in the head, each variant saying what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -58,40 +61,111 @@ fn location(path: &std::path::Path, line: Option<usize>) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The gRPC code clients see for this error.
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
+    /// What kind of failure this is; [`codes`] says how each door answers it.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Config { .. }
             | Self::InvalidConfig(_)
             | Self::InvalidAgent(_)
-            | Self::Tls { .. } => Code::InvalidArgument,
-            Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::UnknownAgent(_) | Self::UnknownTask(_) | Self::UnknownModel(_) => Code::NotFound,
-            Self::QueueFull { .. } | Self::TooManyAgents { .. } => Code::ResourceExhausted,
-            Self::Unschedulable { .. } => Code::FailedPrecondition,
-            Self::Mesh(_) | Self::StoreUnavailable(_) | Self::LostLease(_) => Code::Unavailable,
-            Self::Store(_) => Code::Internal,
-            Self::Io(_) => Code::Internal,
+            | Self::Tls { .. }
+            | Self::InvalidArgument(_) => ErrorKind::InvalidRequest,
+            Self::UnknownAgent(_) | Self::UnknownModel(_) => ErrorKind::UnknownAgent,
+            Self::UnknownTask(_) => ErrorKind::UnknownTask,
+            Self::QueueFull { .. } | Self::TooManyAgents { .. } => ErrorKind::Busy,
+            Self::Unschedulable { .. } => ErrorKind::Unsupported,
+            Self::Mesh(_) | Self::StoreUnavailable(_) | Self::LostLease(_) => {
+                ErrorKind::Unavailable
+            }
+            Self::Store(_) | Self::Io(_) => ErrorKind::Internal,
         }
+    }
+
+    /// The gRPC code clients see for this error.
+    pub fn code(&self) -> tonic::Code {
+        codes(self.kind()).grpc
     }
 
     /// The HTTP status for this error on the HTTP APIs.
     pub fn http_status(&self) -> axum::http::StatusCode {
-        use axum::http::StatusCode;
-        match self.code() {
-            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-            tonic::Code::NotFound => StatusCode::NOT_FOUND,
-            tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        codes(self.kind()).http
     }
+}
+
+/// How every front door answers one kind of failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codes {
+    pub grpc: tonic::Code,
+    pub http: axum::http::StatusCode,
+    /// The JSON-RPC `error.code` (A2A's codes where A2A has one; -32050.. are ours).
+    pub jsonrpc: i64,
+    /// google.rpc.ErrorInfo's `reason` (A2A's error name in UPPER_SNAKE_CASE).
+    pub reason: &'static str,
+    /// OpenAI's error `type` and `code`.
+    pub openai_type: &'static str,
+    pub openai_code: Option<&'static str>,
+}
+
+/// The one table from a kind of failure to what each protocol answers with: the gRPC API,
+/// A2A (JSON-RPC and HTTP+JSON) and the OpenAI API all read it, for errors of the head and
+/// for tasks that failed on a worker alike.
+#[rustfmt::skip]
+pub fn codes(kind: ErrorKind) -> Codes {
+    use axum::http::StatusCode as H;
+    use tonic::Code as G;
+    use ErrorKind as K;
+    let (grpc, http, jsonrpc, reason, openai_type, openai_code) = match kind {
+        K::Internal =>       (G::Internal, H::INTERNAL_SERVER_ERROR, -32603, "INTERNAL", "server_error", None),
+        K::InvalidRequest => (G::InvalidArgument, H::BAD_REQUEST, -32602, "INVALID_PARAMS", "invalid_request_error", Some("invalid_value")),
+        K::UnknownTask =>    (G::NotFound, H::NOT_FOUND, -32001, "TASK_NOT_FOUND", "invalid_request_error", Some("not_found")),
+        K::UnknownAgent =>   (G::NotFound, H::NOT_FOUND, -32051, "AGENT_NOT_FOUND", "invalid_request_error", Some("model_not_found")),
+        K::Busy =>           (G::ResourceExhausted, H::TOO_MANY_REQUESTS, -32050, "RESOURCE_EXHAUSTED", "requests", Some("rate_limit_exceeded")),
+        K::Unavailable =>    (G::Unavailable, H::SERVICE_UNAVAILABLE, -32052, "UNAVAILABLE", "server_error", Some("service_unavailable")),
+        K::Unsupported =>    (G::FailedPrecondition, H::BAD_REQUEST, -32004, "UNSUPPORTED_OPERATION", "invalid_request_error", Some("unsupported")),
+        K::NotCancelable =>  (G::FailedPrecondition, H::BAD_REQUEST, -32002, "TASK_NOT_CANCELABLE", "invalid_request_error", Some("not_cancelable")),
+        K::ContentTypeNotSupported =>
+                             (G::InvalidArgument, H::BAD_REQUEST, -32005, "CONTENT_TYPE_NOT_SUPPORTED", "invalid_request_error", Some("unsupported_content_type")),
+        K::Unauthenticated => (G::Unauthenticated, H::UNAUTHORIZED, -32053, "UNAUTHENTICATED", "invalid_request_error", Some("invalid_api_key")),
+    };
+    Codes { grpc, http, jsonrpc, reason, openai_type, openai_code }
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_distinct_codes_where_protocols_tell_them_apart() {
+        let mut jsonrpc = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            let c = codes(kind);
+            assert!(jsonrpc.insert(c.jsonrpc), "{kind}: JSON-RPC code {} twice", c.jsonrpc);
+            // The request's fault is a 4xx everywhere, ours a 5xx, and OpenAI clients read
+            // the same split from `type`.
+            let client = c.http.is_client_error();
+            assert_eq!(client, c.openai_type != "server_error", "{kind}");
+            assert_eq!(
+                client,
+                !matches!(c.grpc, tonic::Code::Internal | tonic::Code::Unavailable),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn head_errors_take_their_kinds_codes() {
+        let busy = Error::QueueFull { limit: 1 };
+        assert_eq!(
+            (busy.code(), busy.http_status().as_u16()),
+            (tonic::Code::ResourceExhausted, 429)
+        );
+        let lost = Error::StoreUnavailable("disk full".into());
+        assert_eq!((lost.code(), lost.http_status().as_u16()), (tonic::Code::Unavailable, 503));
+        assert_eq!(Error::UnknownModel("m".into()).kind(), ErrorKind::UnknownAgent);
     }
 }

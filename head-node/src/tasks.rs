@@ -172,7 +172,7 @@ fn event_bytes(kind: &EventKind) -> usize {
             call_id.len() + name.len() + arguments.len()
         }
         EventKind::ToolResult { call_id, output, .. } => call_id.len() + output.len(),
-        EventKind::Failed { error, worker_id } => error.len() + worker_id.len(),
+        EventKind::Failed { error, worker_id, .. } => error.len() + worker_id.len(),
         EventKind::Embeddings { vectors } => {
             vectors.iter().map(|v| v.len() * 4 + std::mem::size_of::<Vec<f32>>()).sum()
         }

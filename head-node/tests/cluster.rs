@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use fleet_client::{AgentSpec, Client, EventKind, ManyUpdate, Submission, TaskEvent, TaskState};
+use fleet_client::{
+    AgentSpec, Client, ErrorKind, EventKind, ManyUpdate, Submission, TaskEvent, TaskState,
+};
 use fleet_testkit::ClusterSandbox;
 use futures::StreamExt;
 
@@ -215,8 +217,9 @@ async fn sigkill_of_a_worker_mid_run_leaves_no_task_hanging() -> Result<()> {
                         retried += 1;
                     }
                 }
-                EventKind::Failed { error, worker_id } => {
+                EventKind::Failed { error, worker_id, kind } => {
                     ensure!(!retry_agent, "task {index} of the retrying agent failed: {error}");
+                    ensure!(*kind == ErrorKind::Unavailable, "a lost worker's failure is {kind}");
                     ensure!(worker_id == &victim && error.contains(&victim), "error does not name the worker: {error}");
                     failed_on_victim += 1;
                 }

@@ -116,6 +116,34 @@ pub enum Finish {
     Stop,
 }
 
+/// Why the engine refused or ended a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request's fault (an empty prompt, bad sampling, a prompt over the KV memory).
+    Invalid,
+    /// No room for now: the waiting queue is full.
+    Busy,
+    /// The engine's fault (a failed forward pass, no KV memory, stopped).
+    Fault,
+}
+
+/// An engine error: what kind, and what to do about it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub kind: Refusal,
+    pub message: String,
+}
+
+impl EngineError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self { kind: Refusal::Invalid, message: message.into() }
+    }
+    fn fault(message: impl Into<String>) -> Self {
+        Self { kind: Refusal::Fault, message: message.into() }
+    }
+}
+
 /// What a generation produces: tokens, then one `Done` (or an `Error`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
@@ -129,7 +157,7 @@ pub enum TokenEvent {
         completion_tokens: usize,
         finish: Finish,
     },
-    Error(String),
+    Error(EngineError),
 }
 
 struct Submission {
@@ -227,17 +255,20 @@ impl Engine {
         let ahead = self.queued.fetch_add(1, Ordering::AcqRel);
         if ahead >= self.max_waiting {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            let _ = events.send(TokenEvent::Error(format!(
-                "the model is busy: {ahead} requests are already waiting for room (its limit); \
-                 retry later"
-            )));
+            let _ = events.send(TokenEvent::Error(EngineError {
+                kind: Refusal::Busy,
+                message: format!(
+                    "the model is busy: {ahead} requests are already waiting for room (its \
+                     limit); retry later"
+                ),
+            }));
             return receiver;
         }
         if let Err(std_mpsc::SendError(s)) =
             self.submit.send(Submission { request, events, at: Instant::now() })
         {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            let _ = s.events.send(TokenEvent::Error("the engine has stopped".into()));
+            let _ = s.events.send(TokenEvent::Error(EngineError::fault("the engine has stopped")));
         }
         receiver
     }
@@ -336,10 +367,11 @@ fn run(
             let need = (next.request.prompt.len() + next.request.max_tokens) * per_token;
             if need > options.max_kv_bytes {
                 if let Some(s) = waiting.pop_front() {
-                    let _ = s.events.send(TokenEvent::Error(format!(
-                        "the prompt plus max_tokens needs {need} bytes of KV memory, over the engine's {} bytes",
+                    let _ = s.events.send(TokenEvent::Error(EngineError::invalid(format!(
+                        "the prompt plus max_tokens needs {need} bytes of KV memory, over the \
+                         engine's {} bytes",
                         options.max_kv_bytes
-                    )));
+                    ))));
                 }
                 continue;
             }
@@ -348,16 +380,18 @@ fn run(
             }
             let Some(s) = waiting.pop_front() else { break };
             if let Some(e) = &kv_error {
-                let _ =
-                    s.events.send(TokenEvent::Error(format!("no KV memory for the model: {e}")));
+                let _ = s.events.send(TokenEvent::Error(EngineError::fault(format!(
+                    "no KV memory for the model: {e}"
+                ))));
                 continue;
             }
             if s.request.prompt.is_empty() {
-                let _ = s.events.send(TokenEvent::Error("the prompt is empty".into()));
+                let _ =
+                    s.events.send(TokenEvent::Error(EngineError::invalid("the prompt is empty")));
                 continue;
             }
             if let Err(e) = s.request.sampling.validate() {
-                let _ = s.events.send(TokenEvent::Error(e));
+                let _ = s.events.send(TokenEvent::Error(EngineError::invalid(e)));
                 continue;
             }
             reserved += need;
@@ -438,8 +472,9 @@ fn run(
             Ok(next) => next,
             Err(e) => {
                 for a in active.drain(..) {
-                    let _ =
-                        a.events.send(TokenEvent::Error(format!("the forward pass failed: {e}")));
+                    let _ = a.events.send(TokenEvent::Error(EngineError::fault(format!(
+                        "the forward pass failed: {e}"
+                    ))));
                 }
                 reserved = 0;
                 continue;
@@ -451,7 +486,7 @@ fn run(
                 None => continue,
                 Some(Ok(chosen)) => chosen,
                 Some(Err(e)) => {
-                    let _ = active[*i].events.send(TokenEvent::Error(e));
+                    let _ = active[*i].events.send(TokenEvent::Error(EngineError::fault(e)));
                     finished.push(*i);
                     continue;
                 }
@@ -480,9 +515,9 @@ fn run(
                 None | Some(Ok(false)) => false,
                 Some(Ok(true)) => true,
                 Some(Err(e)) => {
-                    let _ = a
-                        .events
-                        .send(TokenEvent::Error(format!("the output left its format: {e}")));
+                    let _ = a.events.send(TokenEvent::Error(EngineError::fault(format!(
+                        "the output left its format: {e}"
+                    ))));
                     finished.push(*i);
                     continue;
                 }

@@ -16,6 +16,9 @@ pub enum Error {
     Model { path: std::path::PathBuf, reason: String },
     #[error("the engine failed: {0}")]
     Engine(String),
+    /// No room for now: the engine's waiting queue is full. Retry later.
+    #[error("{0}")]
+    Busy(String),
 
     // text
     #[error("cannot read {expected} {}: {reason}", path.display())]

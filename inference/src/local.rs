@@ -16,7 +16,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::embedding::Embedder;
-use crate::engine::{Engine, EngineOptions, EngineStats, Finish, TokenEvent, TokenRequest};
+use crate::engine::{
+    Engine, EngineOptions, EngineStats, Finish, Refusal, TokenEvent, TokenRequest,
+};
 use crate::model::{
     Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats,
     TokenLogprob, Usage,
@@ -487,7 +489,13 @@ impl Stream {
                 };
                 self.finish(reason);
             }
-            Some(TokenEvent::Error(message)) => return Err(Error::Engine(message)),
+            Some(TokenEvent::Error(e)) => {
+                return Err(match e.kind {
+                    Refusal::Invalid => Error::InvalidRequest(e.message),
+                    Refusal::Busy => Error::Busy(e.message),
+                    Refusal::Fault => Error::Engine(e.message),
+                });
+            }
             None => return Err(Error::Engine("the engine stopped mid-generation".into())),
         }
         Ok(())

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use fleet_inference::engine::{Engine, EngineOptions, Finish, TokenEvent, TokenRequest};
+use fleet_inference::engine::{Engine, EngineOptions, Finish, Refusal, TokenEvent, TokenRequest};
 use fleet_inference::transformer::load::load_hf_dir;
 use fleet_inference::transformer::{Decoder, Family, StepInput, fixture};
 
@@ -207,7 +207,10 @@ async fn a_full_waiting_queue_refuses_at_once_and_keeps_serving_the_rest() -> Re
     // The third is one too many: refused before it queues, with what to do.
     let mut refused = engine.generate(request(vec![6], 3));
     match refused.recv().await {
-        Some(TokenEvent::Error(e)) => assert!(e.contains("2 requests are already waiting"), "{e}"),
+        Some(TokenEvent::Error(e)) => {
+            assert_eq!(e.kind, Refusal::Busy, "{e}");
+            assert!(e.message.contains("2 requests are already waiting"), "{e}");
+        }
         other => panic!("a request past the waiting limit got {other:?}"),
     }
     // The running one ends (canceled); the waiting ones get their turn and finish.
@@ -241,7 +244,8 @@ async fn admission_waits_for_kv_memory_and_refuses_what_never_fits() -> Result<(
     }))
     .await;
     assert!(
-        tokens.is_empty() && matches!(end, Some(TokenEvent::Error(e)) if e.contains("KV memory"))
+        tokens.is_empty()
+            && matches!(end, Some(TokenEvent::Error(e)) if e.message.contains("KV memory"))
     );
     // Two requests of 30 positions each cannot run together within 40: the second waits
     // until the first is done. Told by the engine's steps, not by when tokens are read (a
@@ -331,7 +335,7 @@ async fn seeded_sampling_is_the_same_batched_as_alone() -> Result<()> {
         constraint: None,
     };
     assert!(
-        matches!(collect(engine.generate(bad)).await.1, Some(TokenEvent::Error(e)) if e.contains("temperature"))
+        matches!(collect(engine.generate(bad)).await.1, Some(TokenEvent::Error(e)) if e.message.contains("temperature"))
     );
     Ok(())
 }

@@ -298,6 +298,41 @@ impl From<Usage> for pb::Usage {
     }
 }
 
+impl From<ErrorKind> for pb::ErrorKind {
+    fn from(k: ErrorKind) -> Self {
+        match k {
+            ErrorKind::Internal => Self::Internal,
+            ErrorKind::InvalidRequest => Self::InvalidRequest,
+            ErrorKind::UnknownTask => Self::UnknownTask,
+            ErrorKind::UnknownAgent => Self::UnknownAgent,
+            ErrorKind::Busy => Self::Busy,
+            ErrorKind::Unavailable => Self::Unavailable,
+            ErrorKind::Unsupported => Self::Unsupported,
+            ErrorKind::NotCancelable => Self::NotCancelable,
+            ErrorKind::ContentTypeNotSupported => Self::ContentTypeNotSupported,
+            ErrorKind::Unauthenticated => Self::Unauthenticated,
+        }
+    }
+}
+
+/// A kind the sender did not set (or one newer than this build) reads as internal.
+impl From<pb::ErrorKind> for ErrorKind {
+    fn from(k: pb::ErrorKind) -> Self {
+        match k {
+            pb::ErrorKind::Unspecified | pb::ErrorKind::Internal => Self::Internal,
+            pb::ErrorKind::InvalidRequest => Self::InvalidRequest,
+            pb::ErrorKind::UnknownTask => Self::UnknownTask,
+            pb::ErrorKind::UnknownAgent => Self::UnknownAgent,
+            pb::ErrorKind::Busy => Self::Busy,
+            pb::ErrorKind::Unavailable => Self::Unavailable,
+            pb::ErrorKind::Unsupported => Self::Unsupported,
+            pb::ErrorKind::NotCancelable => Self::NotCancelable,
+            pb::ErrorKind::ContentTypeNotSupported => Self::ContentTypeNotSupported,
+            pb::ErrorKind::Unauthenticated => Self::Unauthenticated,
+        }
+    }
+}
+
 impl From<TaskState> for pb::TaskState {
     fn from(s: TaskState) -> Self {
         match s {
@@ -349,7 +384,9 @@ impl From<&EventKind> for pb::task_event::Kind {
             EventKind::Completed { usage } => {
                 K::Completed(pb::Completed { usage: Some(usage.into()) })
             }
-            EventKind::Failed { error, worker_id } => K::Failed(pb::Failed { error, worker_id }),
+            EventKind::Failed { error, worker_id, kind } => {
+                K::Failed(pb::Failed { error, worker_id, kind: pb::ErrorKind::from(kind).into() })
+            }
             EventKind::Canceled { reason } => K::Canceled(pb::Canceled { reason }),
             EventKind::InputRequired { prompt } => K::InputRequired(pb::InputRequired { prompt }),
             EventKind::Retrying { reason, failed_attempt } => {
@@ -385,7 +422,9 @@ impl From<pb::task_event::Kind> for EventKind {
             K::Completed(e) => {
                 Self::Completed { usage: e.usage.map(Into::into).unwrap_or_default() }
             }
-            K::Failed(e) => Self::Failed { error: e.error, worker_id: e.worker_id },
+            K::Failed(e) => {
+                Self::Failed { kind: e.kind().into(), error: e.error, worker_id: e.worker_id }
+            }
             K::Canceled(e) => Self::Canceled { reason: e.reason },
             K::InputRequired(e) => Self::InputRequired { prompt: e.prompt },
             K::Retrying(e) => Self::Retrying { reason: e.reason, failed_attempt: e.failed_attempt },

@@ -324,6 +324,70 @@ impl TaskState {
     }
 }
 
+/// What kind of failure an error or a failed task is: one kind per failure, which the head
+/// maps once (its `error` module) to a gRPC code, an HTTP status, a JSON-RPC code and an
+/// OpenAI error type, so every front door answers the same failure the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Something broke on our side (a panic, an engine fault, a peer too old to say).
+    #[default]
+    Internal,
+    /// The request's fault: the caller must change it (a prompt over the context, ...).
+    InvalidRequest,
+    UnknownTask,
+    /// No agent or model of that name.
+    UnknownAgent,
+    /// Out of room for now (a full queue, a model with its waiting queue full): retry later.
+    Busy,
+    /// A part of the cluster is gone for now (a lost worker, the store, the mesh).
+    Unavailable,
+    /// Valid, but not something this cluster can do (no worker can ever run it, ...).
+    Unsupported,
+    /// The task is already over.
+    NotCancelable,
+    /// A message part of a type the agent cannot take.
+    ContentTypeNotSupported,
+    Unauthenticated,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 10] = [
+        Self::Internal,
+        Self::InvalidRequest,
+        Self::UnknownTask,
+        Self::UnknownAgent,
+        Self::Busy,
+        Self::Unavailable,
+        Self::Unsupported,
+        Self::NotCancelable,
+        Self::ContentTypeNotSupported,
+        Self::Unauthenticated,
+    ];
+
+    /// The kind's name as clients see it (Python's `TaskFailed.kind`, the CLI, the page).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Internal => "internal",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnknownTask => "unknown_task",
+            Self::UnknownAgent => "unknown_agent",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Unsupported => "unsupported",
+            Self::NotCancelable => "not_cancelable",
+            Self::ContentTypeNotSupported => "content_type_not_supported",
+            Self::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened to a task.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventKind {
@@ -357,6 +421,8 @@ pub enum EventKind {
     Failed {
         error: String,
         worker_id: String,
+        /// What kind of failure: the status the front doors answer with.
+        kind: ErrorKind,
     },
     Canceled {
         reason: String,
@@ -384,6 +450,11 @@ pub struct TokenLogprob {
 }
 
 impl EventKind {
+    /// A failure on no particular worker (the head fills in the worker it ran on).
+    pub fn failed(kind: ErrorKind, error: impl Into<String>) -> Self {
+        Self::Failed { error: error.into(), worker_id: String::new(), kind }
+    }
+
     /// Text without logprobs.
     pub fn text(text: impl Into<String>) -> Self {
         Self::TextDelta { text: text.into(), logprobs: Vec::new() }

@@ -84,10 +84,10 @@ impl Agent {
             }
         };
         let mut failures = ended.iter().filter_map(|(_, e)| match e {
-            Ended::Failed(error) => Some(error),
+            Ended::Failed(error, kind) => Some((error, *kind)),
             _ => None,
         });
-        if let Some(first) = failures.next() {
+        if let Some((first, kind)) = failures.next() {
             let message = if total == 1 {
                 first.clone()
             } else {
@@ -96,7 +96,7 @@ impl Agent {
                     failures.count() + 1
                 )
             };
-            return Err(TaskFailed::new_err(message));
+            return Err(errors::task_failed(kind, message));
         }
         Ok(ended)
     }
@@ -127,7 +127,7 @@ impl Agent {
                     )));
                 }
                 // Completed with text, not vectors: the model generated instead.
-                Ended::Output(..) | Ended::Failed(_) => {
+                Ended::Output(..) | Ended::Failed(..) => {
                     return Err(TaskFailed::new_err(format!(
                         "agent {:?} answered without embeddings: give it an embedding model \
                          (e.g. all-MiniLM-L6-v2)",
@@ -169,7 +169,8 @@ impl Agent {
 enum Ended {
     Output(TaskId, String),
     Vectors(Vec<Vec<f32>>),
-    Failed(String),
+    /// Why, and the failure's kind (`canceled` for a canceled task).
+    Failed(String, &'static str),
 }
 
 /// How long an interrupted `map` waits for the acknowledgements of what it already submitted.
@@ -261,12 +262,14 @@ async fn map_tasks(
                             Some(v) => Ended::Vectors(v),
                             None => Ended::Output(e.task_id.clone(), std::mem::take(&mut text[i])),
                         },
-                        EventKind::Failed { error, .. } => {
-                            Ended::Failed(format!("task {} failed: {error}", e.task_id))
-                        }
-                        EventKind::Canceled { reason } => {
-                            Ended::Failed(format!("task {} was canceled: {reason}", e.task_id))
-                        }
+                        EventKind::Failed { error, kind, .. } => Ended::Failed(
+                            format!("task {} failed: {error}", e.task_id),
+                            kind.as_str(),
+                        ),
+                        EventKind::Canceled { reason } => Ended::Failed(
+                            format!("task {} was canceled: {reason}", e.task_id),
+                            "canceled",
+                        ),
                         _ => continue,
                     };
                     open.remove(&e.task_id);
@@ -367,7 +370,7 @@ impl Agent {
                 Ended::Output(id, text) => (id.to_string(), text),
                 // A task with embeddings has no text.
                 Ended::Vectors(_) => (String::new(), String::new()),
-                Ended::Failed(_) => continue,
+                Ended::Failed(..) => continue,
             };
             if ordered {
                 results[i] = Some(answer);
@@ -440,11 +443,9 @@ impl Agent {
                             ))
                         });
                     }
-                    EventKind::Failed { error, .. } => {
-                        return Err(TaskFailed::new_err(format!(
-                            "task {} failed: {error}",
-                            event.task_id
-                        )));
+                    EventKind::Failed { error, kind, .. } => {
+                        let message = format!("task {} failed: {error}", event.task_id);
+                        return Err(errors::task_failed(kind.as_str(), message));
                     }
                     EventKind::Canceled { reason } => {
                         return Err(errors::Cancelled::new_err(format!(

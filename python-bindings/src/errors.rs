@@ -25,6 +25,18 @@ pyo3::create_exception!(agentfleet, FailedPrecondition, FleetError, "No worker c
 pyo3::create_exception!(agentfleet, TaskFailed, FleetError, "A task ended in failure.");
 pyo3::create_exception!(agentfleet, Cancelled, FleetError, "A task was canceled.");
 
+/// `TaskFailed(message)` with `kind` set to the failure's kind (`"busy"`, `"invalid_request"`,
+/// `"unavailable"`, ...: `fleet_client::ErrorKind::as_str`), so callers can retry what is
+/// worth retrying without reading the message.
+pub fn task_failed(kind: &str, message: String) -> PyErr {
+    let error = TaskFailed::new_err(message);
+    Python::attach(|py| {
+        // Setting an attribute on a fresh exception instance cannot fail short of memory.
+        let _ = error.value(py).setattr("kind", kind);
+    });
+    error
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("FleetError", py.get_type::<FleetError>())?;

@@ -19,6 +19,9 @@ pub struct Event {
     pub worker_id: String,
     /// Why a task failed, was canceled or retried.
     pub error: String,
+    /// What kind of failure a failed event is (`busy`, `invalid_request`, `unavailable`,
+    /// `internal`, ...); empty for other events.
+    pub error_kind: &'static str,
     /// The tool of a tool_call, with its arguments in `text`.
     pub tool: String,
     pub prompt_tokens: u32,
@@ -57,6 +60,7 @@ impl From<&TaskEvent> for Event {
             text: String::new(),
             worker_id: String::new(),
             error: String::new(),
+            error_kind: "",
             tool: String::new(),
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -87,8 +91,9 @@ impl From<&TaskEvent> for Event {
                 event.completion_tokens = usage.completion_tokens;
                 "completed"
             }
-            EventKind::Failed { error, worker_id } => {
+            EventKind::Failed { error, worker_id, kind } => {
                 event.error.clone_from(error);
+                event.error_kind = kind.as_str();
                 event.worker_id.clone_from(worker_id);
                 "failed"
             }

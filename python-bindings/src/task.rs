@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use tokio::sync::Notify;
 
 use crate::backend::Backend;
-use crate::errors::{self, Cancelled, TaskFailed};
+use crate::errors::{self, Cancelled};
 use crate::event::Event;
 use crate::runtime::{self, Interrupted};
 use crate::schema::OutputSchema;
@@ -123,7 +123,8 @@ fn outcome(log: &TaskLog, stream_error: Option<String>) -> PyResult<String> {
                 .collect())
         }
         "failed" => {
-            Err(TaskFailed::new_err(format!("task {} failed: {}", last.task_id, last.error)))
+            let message = format!("task {} failed: {}", last.task_id, last.error);
+            Err(errors::task_failed(last.error_kind, message))
         }
         "canceled" => {
             Err(Cancelled::new_err(format!("task {} was canceled: {}", last.task_id, last.error)))

@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_inference::{
     ChatMessage, GenerateRequest, Model, OutputFormat, Role, ToolCall, ToolChoice,
 };
-use fleet_proto::{AgentSpec, ClientToolChoice, EventKind, TaskAssignment, Usage};
+use fleet_proto::{AgentSpec, ClientToolChoice, ErrorKind, EventKind, TaskAssignment, Usage};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,7 @@ pub async fn run(run: TaskRun) -> Option<Finished> {
     let (terminal, finished) = match guarded {
         Ok(Ok((usage, output))) => (EventKind::Completed { usage }, Some(Finished { output })),
         Ok(Err(terminal)) => (terminal, None),
-        Err(_) => (failed("the model panicked while generating".into()), None),
+        Err(_) => (failed(ErrorKind::Internal, "the model panicked while generating"), None),
     };
     let usage = match &terminal {
         EventKind::Completed { usage } => *usage,
@@ -80,7 +80,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     let model = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
-        model = run.model.clone() => model.map_err(|e| failed(format!(
+        model = run.model.clone() => model.map_err(|e| failed(ErrorKind::Internal, format!(
             "cannot load model {:?} for agent {:?}: {e}", run.spec.model, run.spec.name
         )))?,
     };
@@ -90,16 +90,24 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
         return embed(run, model, options.embed.clone(), parent).await;
     }
     if model.is_embedder() {
-        return Err(failed(format!(
-            "invalid request: model {} embeds texts and cannot chat; send it embedding requests",
-            run.spec.model
-        )));
+        return Err(failed(
+            ErrorKind::InvalidRequest,
+            format!(
+                "invalid request: model {} embeds texts and cannot chat; send it embedding requests",
+                run.spec.model
+            ),
+        ));
     }
     let sampling = match &run.task.options {
         Some(options) => run.spec.sampling.overridden_by(&options.sampling),
         None => run.spec.sampling.clone(),
     };
-    let format = sampling.format.as_ref().map(output_format).transpose().map_err(failed)?;
+    let format = sampling
+        .format
+        .as_ref()
+        .map(output_format)
+        .transpose()
+        .map_err(|e| failed(ErrorKind::InvalidRequest, e))?;
     let mut tools = tool_calls::definitions(&run.spec.tools);
     if !run.spec.topics.is_empty() {
         tools.push(topics::publish_definition(&run.spec.topics));
@@ -112,11 +120,14 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     if let Some(options) = client_tools {
         parallel_tool_calls = options.parallel_tool_calls;
         if !tools.is_empty() {
-            return Err(failed(format!(
-                "invalid request: agent {} calls tools of its own; send tools to a model, or \
+            return Err(failed(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "invalid request: agent {} calls tools of its own; send tools to a model, or \
                  to an agent without tools",
-                run.spec.name
-            )));
+                    run.spec.name
+                ),
+            ));
         }
         tools.clone_from(&options.tools);
         tool_choice = match &options.tool_choice {
@@ -128,11 +139,14 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     // A raw prompt (OpenAI's legacy completions) is continued as it is, in one round.
     let raw_prompt = run.task.options.as_ref().is_some_and(|o| o.raw_prompt);
     if raw_prompt && !tools.is_empty() {
-        return Err(failed(format!(
-            "invalid request: agent {} has tools and answers conversations: continue raw text \
+        return Err(failed(
+            ErrorKind::InvalidRequest,
+            format!(
+                "invalid request: agent {} has tools and answers conversations: continue raw text \
              on a model, or send chat messages",
-            run.spec.name
-        )));
+                run.spec.name
+            ),
+        ));
     }
     let mut messages = run.messages.clone();
     let mut usage = Usage::default();
@@ -209,10 +223,13 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
             emit(&run.sink, &run.task, event).await;
         }
     }
-    Err(failed(format!(
-        "agent {} kept calling tools for {MAX_TOOL_ROUNDS} rounds without answering",
-        run.spec.name
-    )))
+    Err(failed(
+        ErrorKind::Internal,
+        format!(
+            "agent {} kept calling tools for {MAX_TOOL_ROUNDS} rounds without answering",
+            run.spec.name
+        ),
+    ))
 }
 
 /// One generation: the request to the model, its stream into events.
@@ -227,8 +244,8 @@ async fn generate(
     let generating = model.clone();
     let generation = tokio::task::spawn_blocking(move || generating.generate(request))
         .await
-        .map_err(|_| failed("the model panicked while reading the prompt".into()))?
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|_| failed(ErrorKind::Internal, "the model panicked while reading the prompt"))?
+        .map_err(|e| runner::model_failed(&e))?;
     runner::generate(&run.task, generation, &run.sink, &run.cancel, find_tool_calls).await
 }
 
@@ -357,8 +374,8 @@ async fn embed(
         model.embed(&texts)
     })
     .await
-    .map_err(|_| failed("the model panicked while embedding".into()))
-    .and_then(|embedded| embedded.map_err(|e| failed(e.to_string())));
+    .map_err(|_| failed(ErrorKind::Internal, "the model panicked while embedding"))
+    .and_then(|embedded| embedded.map_err(|e| runner::model_failed(&e)));
     let embedded = match embedded {
         Ok(embedded) => embedded,
         Err(terminal) => {

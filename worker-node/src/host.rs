@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{AgentSpec, Command, EventKind, TaskAssignment, TaskId};
+use fleet_proto::{AgentSpec, Command, ErrorKind, EventKind, TaskAssignment, TaskId};
 use kameo::actor::{Actor, ActorRef, Spawn};
 use kameo::error::Infallible;
 use kameo::supervision::{RestartPolicy, SupervisionStrategy};
@@ -226,7 +226,7 @@ impl ActorHost {
     async fn run(&mut self, task: TaskAssignment, sink: &EventSink) {
         let Some(actor) = self.local_calls.get(&task.agent) else {
             let error = format!("agent {:?} is not placed on this worker", task.agent);
-            runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() }).await;
+            runner::emit(sink, &task, EventKind::failed(ErrorKind::Internal, error)).await;
             return;
         };
         let cancel = CancellationToken::new();
@@ -236,7 +236,7 @@ impl ActorHost {
             self.running.lock().remove(&task.task_id);
             let error =
                 format!("the actor of agent {:?} failed ({e}); it is being restarted", task.agent);
-            runner::emit(sink, &task, EventKind::Failed { error, worker_id: String::new() }).await;
+            runner::emit(sink, &task, EventKind::failed(ErrorKind::Internal, error)).await;
         }
     }
 }

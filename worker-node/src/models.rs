@@ -70,6 +70,7 @@ type Key = (String, BTreeMap<String, String>);
 pub const MAX_COPIES_PER_MODEL: usize = 4;
 /// Upper limits of the engine options an agent may set.
 const MAX_SEQUENCES: usize = 1024;
+const MAX_WAITING: usize = 65_536;
 const MAX_PREFILL_CHUNK: usize = 16_384;
 const MAX_TOKENS: usize = 1 << 20;
 
@@ -339,6 +340,7 @@ fn load_options(options: &BTreeMap<String, String>, memory_bytes: u64) -> Result
         };
         match key.as_str() {
             "max_sequences" => load.engine.max_sequences = number(MAX_SEQUENCES, "")?,
+            "max_waiting" => load.engine.max_waiting = number(MAX_WAITING, "")?,
             "prefill_chunk" => load.engine.prefill_chunk = number(MAX_PREFILL_CHUNK, "")?,
             "kv_memory_mb" => {
                 let mb = number(memory_mb, " (this machine's memory in MiB)")?;
@@ -368,7 +370,8 @@ fn load_options(options: &BTreeMap<String, String>, memory_bytes: u64) -> Result
             _ => {
                 return Err(Error::InvalidConfig(format!(
                     "unknown model option {key:?} for a local model: known are max_sequences, \
-                     prefill_chunk, kv_memory_mb, max_tokens, prefix_cache and quantize"
+                     max_waiting, prefill_chunk, kv_memory_mb, max_tokens, prefix_cache and \
+                     quantize"
                 )));
             }
         }
@@ -438,6 +441,8 @@ mod tests {
         assert!(too_much.is_some_and(|e| e.contains("from 1 to 8192")));
         assert!(load("kv_memory_mb", "8192").is_ok());
         assert!(load("max_sequences", "1025").is_err());
+        assert_eq!(load("max_waiting", "3").map(|o| o.engine.max_waiting).ok(), Some(3));
+        assert!(load("max_waiting", "65537").is_err());
         assert!(load("prefill_chunk", "1000000").is_err());
         assert_eq!(load("prefix_cache", "false").map(|o| o.engine.prefix_cache).ok(), Some(false));
         assert!(load("prefix_cache", "maybe").is_err());

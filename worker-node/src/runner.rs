@@ -3,7 +3,7 @@
 //! or more of these per task.
 
 use fleet_inference::{FinishReason, Generation, GenerationEvent, ToolCall};
-use fleet_proto::{EventKind, TaskAssignment, TaskEvent, TokenLogprob, now_us};
+use fleet_proto::{ErrorKind, EventKind, TaskAssignment, TaskEvent, TokenLogprob, now_us};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -73,8 +73,8 @@ pub async fn generate(
                 turn.usage = usage;
                 return Ok(turn);
             }
-            Some(Err(e)) => return Err(failed(e.to_string())),
-            None => return Err(failed("the model stopped without finishing".into())),
+            Some(Err(e)) => return Err(model_failed(&e)),
+            None => return Err(failed(ErrorKind::Internal, "the model stopped without finishing")),
         }
     }
 }
@@ -104,6 +104,18 @@ pub fn truncated(usage: &fleet_inference::Usage) -> bool {
     usage.finish_reason == FinishReason::Length
 }
 
-pub fn failed(error: String) -> EventKind {
-    EventKind::Failed { error, worker_id: String::new() }
+/// A failure of `kind`: the status the front doors answer the task's client with.
+pub fn failed(kind: ErrorKind, error: impl Into<String>) -> EventKind {
+    EventKind::failed(kind, error)
+}
+
+/// A model's error as the task's failure, of the kind the model says it is.
+pub fn model_failed(e: &fleet_inference::Error) -> EventKind {
+    use fleet_inference::Error;
+    let kind = match e {
+        Error::InvalidRequest(_) | Error::InvalidOption { .. } => ErrorKind::InvalidRequest,
+        Error::Busy(_) => ErrorKind::Busy,
+        _ => ErrorKind::Internal,
+    };
+    EventKind::failed(kind, e.to_string())
 }

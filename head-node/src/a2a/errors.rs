@@ -1,11 +1,30 @@
-//! A2A errors: the codes the spec lists, as JSON-RPC errors and as google.rpc.Status JSON.
+//! A2A errors as JSON-RPC errors and as google.rpc.Status JSON.
 //!
-//! Two failures the spec has no code for use codes of JSON-RPC's server-error range, with
-//! an ErrorInfo of domain `agentfleet`: -32050 the cluster is out of room (HTTP 429,
-//! RESOURCE_EXHAUSTED: retry later) and -32051 no such agent (HTTP 404, NOT_FOUND).
+//! A failure of the cluster's (an unknown task, a full queue, ...) takes its codes from the
+//! head's one table ([`crate::error::codes`]); failures the spec has no code for use codes
+//! of JSON-RPC's server-error range with an ErrorInfo of domain `agentfleet` (-32050 out
+//! of room, -32051 no such agent, -32052 unavailable, -32053 unauthenticated). Only the
+//! protocol's own errors (a body that is not JSON-RPC, an unknown method, an A2A-Version
+//! not served, ...) are listed here.
 
 use axum::http::StatusCode;
+use fleet_proto::ErrorKind;
 use serde_json::{Value, json};
+
+use crate::error::{Codes, codes};
+
+/// The A2A protocol's own errors, which are not failures of the cluster:
+/// (JSON-RPC code, ErrorInfo reason, HTTP status, google.rpc code name).
+const PROTOCOL: [(i64, &str, StatusCode, &str); 8] = [
+    (-32700, "PARSE_ERROR", StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+    (-32600, "INVALID_REQUEST", StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+    (-32601, "METHOD_NOT_FOUND", StatusCode::NOT_FOUND, "NOT_FOUND"),
+    (-32003, "PUSH_NOTIFICATION_NOT_SUPPORTED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+    (-32006, "INVALID_AGENT_RESPONSE", StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    (-32007, "EXTENDED_AGENT_CARD_NOT_CONFIGURED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+    (-32008, "EXTENSION_SUPPORT_REQUIRED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+    (-32009, "VERSION_NOT_SUPPORTED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+];
 
 /// An error to answer an A2A request with.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,32 +47,36 @@ impl A2aError {
     pub fn method_not_found(message: impl Into<String>) -> Self {
         Self::new(-32601, message)
     }
+    /// A failure of the cluster's kind, with the code the one table gives it.
+    pub fn of(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(codes(kind).jsonrpc, message)
+    }
     pub fn invalid_params(message: impl Into<String>) -> Self {
-        Self::new(-32602, message)
+        Self::of(ErrorKind::InvalidRequest, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(-32603, message)
+        Self::of(ErrorKind::Internal, message)
     }
     pub fn task_not_found(id: &str) -> Self {
-        Self::new(-32001, format!("task {id:?} not found"))
+        Self::of(ErrorKind::UnknownTask, format!("task {id:?} not found"))
     }
     pub fn not_cancelable(id: &str, state: &str) -> Self {
-        Self::new(-32002, format!("task {id:?} is {state} and can no longer be canceled"))
+        Self::of(
+            ErrorKind::NotCancelable,
+            format!("task {id:?} is {state} and can no longer be canceled"),
+        )
     }
     pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(-32004, message)
+        Self::of(ErrorKind::Unsupported, message)
     }
     pub fn content_type(message: impl Into<String>) -> Self {
-        Self::new(-32005, message)
+        Self::of(ErrorKind::ContentTypeNotSupported, message)
     }
     pub fn extended_card_not_configured() -> Self {
         Self::new(-32007, "this agent has no extended agent card")
     }
-    pub fn resource_exhausted(message: impl Into<String>) -> Self {
-        Self::new(-32050, message)
-    }
     pub fn agent_not_found(message: impl Into<String>) -> Self {
-        Self::new(-32051, message)
+        Self::of(ErrorKind::UnknownAgent, message)
     }
     pub fn version_not_supported(version: &str) -> Self {
         Self::new(
@@ -62,25 +85,22 @@ impl A2aError {
         )
     }
 
+    /// The cluster's kind of failure this error is, if it is one.
+    fn kind(&self) -> Option<Codes> {
+        ErrorKind::ALL.into_iter().map(codes).find(|c| c.jsonrpc == self.code)
+    }
+
+    /// The protocol's own error this is, if it is one.
+    fn protocol(&self) -> Option<(i64, &'static str, StatusCode, &'static str)> {
+        PROTOCOL.into_iter().find(|p| p.0 == self.code)
+    }
+
     /// The reason string of google.rpc.ErrorInfo.
     fn reason(&self) -> &'static str {
-        match self.code {
-            -32700 => "PARSE_ERROR",
-            -32600 => "INVALID_REQUEST",
-            -32601 => "METHOD_NOT_FOUND",
-            -32602 => "INVALID_PARAMS",
-            -32001 => "TASK_NOT_FOUND",
-            -32002 => "TASK_NOT_CANCELABLE",
-            -32003 => "PUSH_NOTIFICATION_NOT_SUPPORTED",
-            -32004 => "UNSUPPORTED_OPERATION",
-            -32005 => "CONTENT_TYPE_NOT_SUPPORTED",
-            -32006 => "INVALID_AGENT_RESPONSE",
-            -32007 => "EXTENDED_AGENT_CARD_NOT_CONFIGURED",
-            -32008 => "EXTENSION_SUPPORT_REQUIRED",
-            -32009 => "VERSION_NOT_SUPPORTED",
-            -32050 => "RESOURCE_EXHAUSTED",
-            -32051 => "AGENT_NOT_FOUND",
-            _ => "INTERNAL",
+        match (self.kind(), self.protocol()) {
+            (Some(c), _) => c.reason,
+            (None, Some(p)) => p.1,
+            (None, None) => "INTERNAL",
         }
     }
 
@@ -100,27 +120,35 @@ impl A2aError {
 
     /// The HTTP status of the HTTP+JSON binding (and of JSON-RPC transport-level failures).
     pub fn http_status(&self) -> StatusCode {
-        match self.code {
-            -32700 | -32600 | -32602 | -32005 => StatusCode::BAD_REQUEST,
-            -32601 | -32001 | -32051 => StatusCode::NOT_FOUND,
-            -32050 => StatusCode::TOO_MANY_REQUESTS,
-            -32002 | -32004 | -32003 | -32007 | -32008 | -32009 => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        match (self.kind(), self.protocol()) {
+            (Some(c), _) => c.http,
+            (None, Some(p)) => p.2,
+            (None, None) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// google.rpc.Status as JSON (the HTTP+JSON binding's error body).
     pub fn to_status_json(&self) -> Value {
-        let status = match self.http_status() {
-            StatusCode::NOT_FOUND => "NOT_FOUND",
-            StatusCode::BAD_REQUEST if self.code == -32002 || self.code == -32004 => {
-                "FAILED_PRECONDITION"
-            }
-            StatusCode::BAD_REQUEST => "INVALID_ARGUMENT",
-            StatusCode::TOO_MANY_REQUESTS => "RESOURCE_EXHAUSTED",
-            _ => "INTERNAL",
+        let status = match (self.kind(), self.protocol()) {
+            (Some(c), _) => grpc_name(c.grpc),
+            (None, Some(p)) => p.3,
+            (None, None) => "INTERNAL",
         };
         json!({"error": {"code": self.http_status().as_u16(), "status": status, "message": self.message, "details": [self.error_info()]}})
+    }
+}
+
+/// google.rpc.Code's name for a gRPC code.
+fn grpc_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        _ => "INTERNAL",
     }
 }
 
@@ -129,12 +157,70 @@ impl From<crate::Error> for A2aError {
         match e {
             crate::Error::UnknownTask(id) => Self::task_not_found(&id),
             crate::Error::InvalidArgument(m) => Self::invalid_params(m),
-            crate::Error::Unschedulable { .. } => Self::unsupported(e.to_string()),
-            crate::Error::QueueFull { .. } | crate::Error::TooManyAgents { .. } => {
-                Self::resource_exhausted(e.to_string())
-            }
-            crate::Error::UnknownAgent(_) => Self::agent_not_found(e.to_string()),
-            other => Self::internal(other.to_string()),
+            other => Self::of(other.kind(), other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_failures_and_protocol_errors_map_as_the_spec_says() {
+        let cases = [
+            (A2aError::task_not_found("t"), -32001, 404, "NOT_FOUND", "TASK_NOT_FOUND"),
+            (
+                A2aError::not_cancelable("t", "completed"),
+                -32002,
+                400,
+                "FAILED_PRECONDITION",
+                "TASK_NOT_CANCELABLE",
+            ),
+            (
+                A2aError::content_type("file"),
+                -32005,
+                400,
+                "INVALID_ARGUMENT",
+                "CONTENT_TYPE_NOT_SUPPORTED",
+            ),
+            (
+                A2aError::from(crate::Error::QueueFull { limit: 1 }),
+                -32050,
+                429,
+                "RESOURCE_EXHAUSTED",
+                "RESOURCE_EXHAUSTED",
+            ),
+            (
+                A2aError::from(crate::Error::UnknownAgent("a".into())),
+                -32051,
+                404,
+                "NOT_FOUND",
+                "AGENT_NOT_FOUND",
+            ),
+            (
+                A2aError::of(ErrorKind::Unavailable, "worker lost"),
+                -32052,
+                503,
+                "UNAVAILABLE",
+                "UNAVAILABLE",
+            ),
+            (
+                A2aError::version_not_supported("9"),
+                -32009,
+                400,
+                "FAILED_PRECONDITION",
+                "VERSION_NOT_SUPPORTED",
+            ),
+            (A2aError::method_not_found("m"), -32601, 404, "NOT_FOUND", "METHOD_NOT_FOUND"),
+            (A2aError::parse("p"), -32700, 400, "INVALID_ARGUMENT", "PARSE_ERROR"),
+        ];
+        for (e, code, http, status, reason) in cases {
+            let body = e.to_status_json();
+            assert_eq!(e.code, code, "{e:?}");
+            assert_eq!(body["error"]["code"], http, "{e:?}");
+            assert_eq!(body["error"]["status"], status, "{e:?}");
+            assert_eq!(body["error"]["details"][0]["reason"], reason, "{e:?}");
         }
     }
 }

@@ -197,7 +197,8 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
             "worker {worker} lost while running the task ({reason}); attempt {failed_attempt} of {}",
             max_retries + 1
         );
-        task.push(EventKind::Failed { error, worker_id: worker.to_owned() }, now_us());
+        let kind = ErrorKind::Unavailable;
+        task.push(EventKind::Failed { error, worker_id: worker.to_owned(), kind }, now_us());
     }
     let final_state = task.state;
     ended(state, id, final_state);
@@ -246,7 +247,7 @@ pub(super) fn drain_queue(state: &mut State) {
             Placement::Never(reason) => {
                 state.queue.remove(index);
                 let error = format!("no worker can run agent {:?}: {reason}", spec.name);
-                finish(state, &id, EventKind::Failed { error, worker_id: String::new() });
+                finish(state, &id, EventKind::failed(ErrorKind::Unsupported, error));
             }
         }
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use fleet_proto::local::LocalHead;
 use fleet_proto::{
-    AgentSpec, Command, EventKind, Heartbeat, LoadedModel, LocateRequest, MeshPeer, Registration,
-    TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, TopicMessage, now_us,
+    AgentSpec, Command, ErrorKind, EventKind, Heartbeat, LoadedModel, LocateRequest, MeshPeer,
+    Registration, TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, TopicMessage, now_us,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;

@@ -260,8 +260,8 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
                 "cached_tokens": usage.cached_tokens,
             }}),
         ),
-        EventKind::Failed { error, worker_id } => {
-            ("failed", json!({ "error": error, "worker": worker_id }))
+        EventKind::Failed { error, worker_id, kind } => {
+            ("failed", json!({ "error": error, "worker": worker_id, "kind": kind.as_str() }))
         }
         EventKind::Canceled { reason } => ("canceled", json!({ "reason": reason })),
         EventKind::InputRequired { prompt } => ("input_required", json!({ "prompt": prompt })),

@@ -132,7 +132,7 @@ fn error_event(e: &ApiError) -> Event {
 /// The error for a task that ended without completing, or whose events stopped.
 pub(super) fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
     match kind {
-        Some(EventKind::Failed { error, .. }) => ApiError::task_failed(error),
+        Some(EventKind::Failed { error, kind, .. }) => ApiError::task_failed(*kind, error),
         Some(EventKind::Canceled { reason }) => {
             ApiError::server(format!("the task was canceled: {reason}"))
         }
@@ -332,13 +332,15 @@ mod tests {
 
     #[test]
     fn failures_map_to_statuses() {
-        let bad = EventKind::Failed {
-            error: "invalid request: the prompt is 9000 tokens, over the context of 4096".into(),
-            worker_id: "w".into(),
-        };
+        use fleet_proto::ErrorKind;
+        let failed = |kind| EventKind::failed(kind, "the prompt is 9000 tokens, over 4096");
+        let bad = failed(ErrorKind::InvalidRequest);
         assert_eq!(ended_without_answer(Some(&bad)).status.as_u16(), 400);
-        let lost = EventKind::Failed { error: "worker w lost".into(), worker_id: "w".into() };
-        assert_eq!(ended_without_answer(Some(&lost)).status.as_u16(), 500);
+        assert_eq!(ended_without_answer(Some(&failed(ErrorKind::Busy))).status.as_u16(), 429);
+        let lost = failed(ErrorKind::Unavailable);
+        assert_eq!(ended_without_answer(Some(&lost)).status.as_u16(), 503);
+        // A peer that sends no kind: ours, not the request's.
+        assert_eq!(ended_without_answer(Some(&failed(ErrorKind::Internal))).status.as_u16(), 500);
         assert_eq!(ended_without_answer(None).status.as_u16(), 500);
     }
 }

@@ -56,7 +56,9 @@ pub async fn create(
                     },
                 }));
             }
-            EventKind::Failed { error, .. } => return Err(ApiError::task_failed(error)),
+            EventKind::Failed { error, kind, .. } => {
+                return Err(ApiError::task_failed(*kind, error));
+            }
             EventKind::Canceled { reason } => {
                 return Err(ApiError::server(format!("the task was canceled: {reason}")));
             }

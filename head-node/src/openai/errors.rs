@@ -5,11 +5,10 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use fleet_proto::ErrorKind;
 use serde_json::{Value, json};
 
-/// The prefix of task failures that were the request's fault (the worker's model refused
-/// it, e.g. a prompt longer than the context): those are 400s, every other failure a 500.
-const INVALID_REQUEST_PREFIX: &str = "invalid request: ";
+use crate::error::codes;
 
 /// One rejection or failure of an OpenAI API request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -122,13 +121,22 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
-    /// The task ended with `Failed { error }`: the request's fault when the worker says so.
-    pub fn task_failed(error: &str) -> Self {
-        if error.starts_with(INVALID_REQUEST_PREFIX) {
-            Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", error)
-        } else {
-            Self::server(error)
+    /// A failure of the cluster's kind, answered as the one table says (a request the model
+    /// refused is a 400, a busy model a 429 that OpenAI clients retry, a lost worker a 503).
+    pub fn of(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let c = codes(kind);
+        Self {
+            status: c.http,
+            message: message.into(),
+            kind: c.openai_type,
+            param: None,
+            code: c.openai_code,
         }
+    }
+
+    /// The task ended with `Failed { error, kind }`.
+    pub fn task_failed(kind: ErrorKind, error: &str) -> Self {
+        Self::of(kind, error)
     }
 
     /// The JSON body (also the `data:` of an error chunk in a stream).
@@ -148,16 +156,7 @@ impl From<crate::Error> for ApiError {
             crate::Error::UnknownModel(model) | crate::Error::UnknownAgent(model) => {
                 Self::model_not_found(model)
             }
-            crate::Error::QueueFull { .. } | crate::Error::TooManyAgents { .. } => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", e.to_string())
-                    .with_code("rate_limit_exceeded")
-            }
-            _ => {
-                let status = e.http_status();
-                let kind =
-                    if status.is_client_error() { "invalid_request_error" } else { "server_error" };
-                Self::new(status, kind, e.to_string())
-            }
+            _ => Self::of(e.kind(), e.to_string()),
         }
     }
 }
@@ -196,8 +195,10 @@ mod tests {
             (ApiError::from(crate::Error::UnknownModel("m".into())), 404),
             (ApiError::from(crate::Error::QueueFull { limit: 1 }), 429),
             (ApiError::from(crate::Error::InvalidArgument("x".into())), 400),
-            (ApiError::task_failed("invalid request: the prompt is too long"), 400),
-            (ApiError::task_failed("worker w1 lost while running the task"), 500),
+            (ApiError::task_failed(ErrorKind::InvalidRequest, "the prompt is too long"), 400),
+            (ApiError::task_failed(ErrorKind::Busy, "the model is busy"), 429),
+            (ApiError::task_failed(ErrorKind::Unavailable, "worker w1 lost"), 503),
+            (ApiError::task_failed(ErrorKind::Internal, "the model panicked"), 500),
             (ApiError::too_large(10), 413),
             (ApiError::unauthorized(), 401),
         ];

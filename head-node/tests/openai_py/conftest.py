@@ -28,6 +28,13 @@ model = "SmolLM2-135M-Instruct.Q4_1.gguf"
 instructions = "You extract the city and the country a sentence is about."
 sampling = { max_tokens = 60, temperature = 0.0 }
 output_schema = { type = "object", required = ["city", "country"], additionalProperties = false, properties = { city = { type = "string", maxLength = 30 }, country = { type = "string", maxLength = 30 } } }
+
+# One sequence at a time and one waiting behind it: a third request finds the model busy.
+[[agent]]
+name = "one-at-a-time"
+model = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sampling = { max_tokens = 1500, temperature = 0.0 }
+model_options = { max_sequences = 1, max_waiting = 1 }
 """
 
 MINILM = "all-MiniLM-L6-v2"

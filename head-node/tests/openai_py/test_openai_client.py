@@ -4,11 +4,13 @@ and errors raised as the client's usual exceptions while the server keeps servin
 
 import math
 import struct
+import threading
 
 import httpx
 import openai
 import pytest
 from conftest import MINILM, Cluster
+from fleetproc import wait_until
 
 
 def still_serving(cluster: Cluster) -> None:
@@ -141,6 +143,44 @@ def test_errors_are_the_clients_exceptions(cluster: Cluster) -> None:
     still_serving(cluster)
     malformed = httpx.post(cluster.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert malformed.status_code == 400 and malformed.json()["error"]["type"] == "invalid_request_error"
+    still_serving(cluster)
+
+
+def waiting_in_engines(cluster: Cluster) -> float:
+    """Requests waiting for room in the workers' engines, as /metrics reports them."""
+    text = httpx.get(cluster.url + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("agentfleet:num_requests_waiting{"))
+
+
+def test_a_busy_model_is_a_429_the_client_can_retry(cluster: Cluster) -> None:
+    """The worker's engine refuses a request past its waiting limit; the kind of that failure
+    (busy) travels with the task's Failed event, and the OpenAI API answers 429
+    rate_limit_exceeded (which OpenAI clients retry), not a 500."""
+    client = cluster.client()
+    # A string of at least 3,000 characters keeps the one sequence generating for seconds.
+    long = {"type": "json_schema", "json_schema": {"name": "long", "schema": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "minLength": 3000}}}}}
+    hi = [{"role": "user", "content": "Write a long story."}]
+    running = client.chat.completions.create(model="one-at-a-time", messages=hi, stream=True, response_format=long)  # type: ignore[arg-type]
+    # Text has come: the engine's one sequence is taken (the first chunk, the role, comes
+    # before the model is even loaded).
+    next(chunk for chunk in running if chunk.choices and chunk.choices[0].delta.content)
+    waiting: dict[str, object] = {}
+
+    def wait_behind() -> None:
+        try:
+            waiting["reply"] = cluster.client().chat.completions.create(model="one-at-a-time", messages=hi, max_tokens=3)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            waiting["error"] = e
+
+    behind = threading.Thread(target=wait_behind)
+    behind.start()
+    wait_until(lambda: waiting_in_engines(cluster) >= 1, what="the second request to wait in the engine")
+    with pytest.raises(openai.RateLimitError) as busy:
+        client.chat.completions.create(model="one-at-a-time", messages=hi, max_tokens=3)  # type: ignore[arg-type]
+    assert busy.value.code == "rate_limit_exceeded" and "busy" in busy.value.message, busy.value
+    running.close()  # the client goes: its task is canceled, the waiting one gets the room
+    behind.join(timeout=60)
+    assert "reply" in waiting, waiting
     still_serving(cluster)
 
 
