@@ -108,7 +108,7 @@ fn score(spec: &AgentSpec, w: &WorkerEntry, affinity: &Affinity<'_>) -> f64 {
         Some(p) if w.warm.contains(p.agent) => 1.0,
         _ => 0.0,
     };
-    let load = w.running.len() as f64 / slots;
+    let load = f64::from(w.slots_taken()) / slots;
     let same_agent = f64::from(w.running_per_agent.get(&spec.name).copied().unwrap_or(0)) / slots;
     locality + context + warm - load - 0.5 * same_agent
 }
@@ -147,8 +147,9 @@ pub fn place<'a>(
 
 /// Picks the worker whose actor of `spec` takes calls over the mesh: only workers on the
 /// mesh that could run the agent at all; the one holding the conversation, then one that
-/// already hosts the actor, then the least loaded. A call is not a task: slots and free
-/// resources do not limit it (the callee's worker runs it beside its tasks).
+/// already hosts the actor, then one with a free slot, then the least loaded. Every worker
+/// that could run it stays a candidate when all slots are taken: the callee's worker holds
+/// the call until a slot of its own frees (see the worker's `callee`).
 pub fn locate<'a>(
     spec: &AgentSpec,
     workers: &'a WorkerRegistry,
@@ -157,7 +158,8 @@ pub fn locate<'a>(
     let affinity = Affinity { context_worker, prefixes: None };
     let score = |w: &WorkerEntry| {
         let hosted = if w.placed.contains_key(&spec.name) { 2.0 } else { 0.0 };
-        score(spec, w, &affinity) + hosted
+        let free = if w.has_free_slot() { 1.0 } else { 0.0 };
+        score(spec, w, &affinity) + hosted + free
     };
     workers
         .iter()

@@ -151,7 +151,13 @@ impl WorkerEntry {
     /// Whether a task may go here: a slot is free, and the worker was not cut off for not
     /// reading its commands (it is about to be dropped; a task sent now would be lost).
     pub fn has_free_slot(&self) -> bool {
-        (self.running.len() as u32) < self.registration.slots && !self.commands.is_cut()
+        self.slots_taken() < self.registration.slots && !self.commands.is_cut()
+    }
+
+    /// Slots its tasks take, and the calls from the mesh it runs (as its last heartbeat
+    /// said: calls go worker to worker, the head sees only their count).
+    pub fn slots_taken(&self) -> u32 {
+        (self.running.len() as u32).saturating_add(self.heartbeat.mesh_calls)
     }
 
     /// Whether the worker has `model` on disk (built-in and remote models are everywhere).
@@ -270,6 +276,21 @@ mod tests {
         assert_eq!(stream.rx.recv().await, Some(ack(1)));
         assert_eq!(stream.rx.recv().await, Some(ack(2)));
         assert_eq!(stream.rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn calls_from_the_mesh_take_slots() {
+        let mut registry = WorkerRegistry::default();
+        let w = entry(&mut registry, "w", Instant::now());
+        let connection = w.connection;
+        registry.insert(w);
+        let beat = |mesh_calls| Heartbeat { mesh_calls, ..Default::default() };
+        registry.heartbeat("w", connection, beat(3), Instant::now());
+        let w = registry.get("w").map(WorkerEntry::has_free_slot);
+        assert_eq!(w, Some(true), "3 calls of 4 slots leave one");
+        registry.heartbeat("w", connection, beat(4), Instant::now());
+        let w = registry.get("w").map(|w| (w.has_free_slot(), w.slots_taken()));
+        assert_eq!(w, Some((false, 4)), "4 calls take the 4 slots");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,10 @@
 //! (a new stream and protocol negotiation per ask) this saves a round trip per ask and lets
 //! many asks share a write. The frames use [`crate::codec`] (u32 big-endian length, bincode).
 //!
+//! An asker that stops waiting (its caller was canceled, or its timeout passed) sends a
+//! `Cancel` frame for its ask: the called node drops the call's reply, which tells its
+//! worker (through `IncomingCall::reply` closing) to cancel the run.
+//!
 //! A stream that ends (the peer went away, or was removed from the allow list, which closes
 //! its connection) fails the asks waiting on it with [`MeshError::PeerGone`]. A frame over
 //! the limit ends the stream; a frame that does not decode is dropped; both are counted in
@@ -36,8 +40,19 @@ const ANSWER_GRACE: Duration = Duration::from_millis(500);
 /// One frame on a call stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum CallFrame {
-    Ask { id: u64, request: MeshRequest },
-    Answer { id: u64, response: MeshResponse },
+    Ask {
+        id: u64,
+        request: MeshRequest,
+    },
+    Answer {
+        id: u64,
+        response: MeshResponse,
+    },
+    /// The asker no longer waits for ask `id` (added last: frames of the first two variants
+    /// encode as before).
+    Cancel {
+        id: u64,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<MeshResponse>>>>;
@@ -126,10 +141,15 @@ impl Calls {
                 link.pending.lock().remove(&id);
                 return Err(MeshError::PeerGone(peer.to_string()));
             }
+            // From here on, stopping before the answer (this future dropped by a canceled
+            // caller, or the timeout below) tells the peer to cancel the call.
+            let mut waiting =
+                Waiting { link: link.clone(), id, max_frame: self.max_frame, answered: false };
             if is_call {
                 counters::add(&self.counters.calls_sent, 1);
             }
             let answer = rx.await.map_err(|_| MeshError::PeerGone(peer.to_string()));
+            waiting.answered = true;
             Ok((answer, link, id))
         };
         match tokio::time::timeout(timeout, asked).await {
@@ -207,7 +227,7 @@ impl Calls {
                         let _ = waiting.send(response);
                     }
                 }
-                Some(Ok(CallFrame::Ask { .. })) => {
+                Some(Ok(CallFrame::Ask { .. } | CallFrame::Cancel { .. })) => {
                     self.reject(&peer, "an ask on a stream for answers")
                 }
                 Some(Err(())) => {}
@@ -236,9 +256,18 @@ impl Calls {
         let (mut reader, writer) = stream.split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_frames(writer, queue));
+        // Calls given to the worker and not answered yet: sending on (or dropping) the
+        // sender drops that call's reply receiver, so its worker cancels the run.
+        let open: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
         while let Some(read) = self.read_frame(&peer, &mut reader).await {
             let (id, request) = match read {
                 Ok(CallFrame::Ask { id, request }) => (id, request),
+                Ok(CallFrame::Cancel { id }) => {
+                    if open.lock().remove(&id).is_some() {
+                        counters::add(&self.counters.calls_canceled, 1);
+                    }
+                    continue;
+                }
                 Ok(CallFrame::Answer { .. }) => {
                     self.reject(&peer, "an answer on a stream for asks");
                     continue;
@@ -266,16 +295,44 @@ impl Calls {
             // a race with this refusal; by then nobody waits for the answer.
             let (frames, max_frame) = (frames.clone(), self.max_frame);
             let timeout = self.timeout + ANSWER_GRACE;
+            let canceled = match answer {
+                Answer::Later(_) => {
+                    let (cancel, canceled) = oneshot::channel();
+                    open.lock().insert(id, cancel);
+                    Some(canceled)
+                }
+                Answer::Now(_) => None,
+            };
+            let open = open.clone();
             tokio::spawn(async move {
                 let response = match answer {
                     Answer::Now(response) => response,
-                    Answer::Later(answer) => match tokio::time::timeout(timeout, answer).await {
-                        Ok(Ok(response)) => response,
-                        Ok(Err(_)) => refused("the called node dropped the call without answering"),
-                        Err(_) => {
-                            refused("the called node did not answer within the request timeout")
+                    Answer::Later(answer) => {
+                        let canceled = async {
+                            match canceled {
+                                Some(canceled) => {
+                                    let _ = canceled.await;
+                                }
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let answered = tokio::select! {
+                            answered = tokio::time::timeout(timeout, answer) => answered,
+                            // The asker gave up: dropping `answer` cancels the worker's run;
+                            // nobody reads an answer now.
+                            () = canceled => return,
+                        };
+                        open.lock().remove(&id);
+                        match answered {
+                            Ok(Ok(response)) => response,
+                            Ok(Err(_)) => {
+                                refused("the called node dropped the call without answering")
+                            }
+                            Err(_) => {
+                                refused("the called node did not answer within the request timeout")
+                            }
                         }
-                    },
+                    }
                 };
                 let frame =
                     codec::frame(&CallFrame::Answer { id, response }, max_frame).or_else(|e| {
@@ -324,6 +381,29 @@ impl Calls {
     fn reject(&self, peer: &PeerId, what: &str) {
         counters::add(&self.counters.frames_rejected, 1);
         tracing::warn!(%peer, "call frame rejected: {what}");
+    }
+}
+
+/// An ask sent and not yet answered: dropped before its answer (the asker's future dropped,
+/// or timed out), it forgets the ask and sends the peer a `Cancel` frame for it.
+struct Waiting {
+    link: Arc<Link>,
+    id: u64,
+    max_frame: usize,
+    answered: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.link.pending.lock().remove(&self.id);
+        // Best effort without waiting (this is a drop): with the write queue full the frame
+        // is not sent, and the call ends at the peer's own timeout instead.
+        if let Ok(frame) = codec::frame(&CallFrame::Cancel { id: self.id }, self.max_frame) {
+            let _ = self.link.frames.try_send(frame);
+        }
     }
 }
 

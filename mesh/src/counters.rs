@@ -9,6 +9,8 @@ pub struct MeshCounters {
     pub calls_sent: u64,
     /// Calls peers sent to this node.
     pub calls_received: u64,
+    /// Calls peers sent to this node and then canceled before the answer.
+    pub calls_canceled: u64,
     /// Messages this node published.
     pub messages_published: u64,
     /// Messages from other nodes accepted on subscribed topics.
@@ -26,6 +28,7 @@ pub struct MeshCounters {
 pub(crate) struct Counters {
     pub(crate) calls_sent: AtomicU64,
     pub(crate) calls_received: AtomicU64,
+    pub(crate) calls_canceled: AtomicU64,
     pub(crate) messages_published: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) frames_rejected: AtomicU64,
@@ -44,6 +47,7 @@ impl Counters {
         MeshCounters {
             calls_sent: get(&self.calls_sent),
             calls_received: get(&self.calls_received),
+            calls_canceled: get(&self.calls_canceled),
             messages_published: get(&self.messages_published),
             messages_received: get(&self.messages_received),
             frames_rejected: get(&self.frames_rejected),

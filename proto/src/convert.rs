@@ -501,6 +501,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
             }),
             Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
                 running_tasks: h.running_tasks,
+                mesh_calls: h.mesh_calls,
                 actors: h.actors,
                 models_loaded: h.models_loaded,
                 models: h.models.into_iter().map(Into::into).collect(),
@@ -551,6 +552,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
             }),
             WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
                 running_tasks: h.running_tasks,
+                mesh_calls: h.mesh_calls,
                 actors: h.actors,
                 models_loaded: h.models_loaded,
                 models: h.models.into_iter().map(Into::into).collect(),

@@ -562,6 +562,8 @@ pub struct LocateRequest {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Heartbeat {
     pub running_tasks: u32,
+    /// Calls from other workers over the mesh running on this worker: they take its slots.
+    pub mesh_calls: u32,
     pub actors: u32,
     pub models_loaded: Vec<String>,
     pub models: Vec<LoadedModel>,

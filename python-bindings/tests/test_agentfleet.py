@@ -89,10 +89,15 @@ def test_bad_input_raises_with_the_servers_message(fleet: af.Fleet, echo: af.Age
     with pytest.raises(af.InvalidArgument, match="invalid agent spec"):
         fleet.agent("bad name", model="builtin:echo")
     broken = fleet.agent("broken", model="builtin:echo", model_options={"token_delay_ms": "-1"})
-    with pytest.raises(af.TaskFailed, match="token_delay_ms"):
-        broken.submit("x").result(timeout=10)
-    with pytest.raises(af.TaskFailed, match="3 of 3 tasks"):
+    task = broken.submit("x")
+    with pytest.raises(af.TaskFailed, match="token_delay_ms") as bad_option:
+        task.result(timeout=10)
+    # The agent's option is at fault, not the cluster: the failure says which kind it is.
+    assert bad_option.value.kind == "invalid_request"
+    assert [e.error_kind for e in task.events() if e.kind == "failed"] == ["invalid_request"]
+    with pytest.raises(af.TaskFailed, match="3 of 3 tasks") as all_three:
         broken.map(["a", "b", "c"], progress=False)
+    assert all_three.value.kind == "invalid_request"
     assert echo.submit("still serving").result(timeout=10) == "still serving"
 
 

@@ -80,7 +80,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     let model = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
-        model = run.model.clone() => model.map_err(|e| failed(ErrorKind::Internal, format!(
+        model = run.model.clone() => model.map_err(|e| failed(e.kind, format!(
             "cannot load model {:?} for agent {:?}: {e}", run.spec.model, run.spec.name
         )))?,
     };

@@ -179,6 +179,7 @@ async fn forward_events(
 fn heartbeat(host: &mut ActorHost) -> Heartbeat {
     Heartbeat {
         running_tasks: host.running_tasks() as u32,
+        mesh_calls: host.local_calls().calls_from_mesh() as u32,
         actors: host.actors() as u32,
         models_loaded: host.models_loaded(),
         models: host.models_mut().report(),
@@ -208,7 +209,7 @@ async fn join_mesh(
     let address = MeshAddress { peer_id: mesh.peer_id(), addrs: mesh.listen_addrs() };
     info!(peer_id = %address.peer_id, addrs = ?address.addrs, "mesh listening");
     let local = host.local_calls();
-    tokio::spawn(local.clone().serve(incoming));
+    tokio::spawn(local.clone().serve(incoming, config.slots as usize));
     let (to_head, updates) = mpsc::channel(MESH_UPDATES);
     let caller = AgentCaller::new(mesh.clone(), local, to_head.clone());
     host.use_mesh(caller, TopicBoard::new(mesh, to_head));

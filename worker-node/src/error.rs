@@ -1,5 +1,7 @@
 //! The worker's one error type.
 
+use fleet_proto::ErrorKind;
+
 /// Why the worker cannot run, or cannot run a task.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,3 +30,27 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// What kind of failure a task that met this error ended with.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidConfig(_) | Self::RemoteModel { .. } => ErrorKind::InvalidRequest,
+            Self::UnknownModel(_) => ErrorKind::UnknownAgent,
+            Self::Model(e) => model_error_kind(e),
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// What kind of failure a model's error is: a request (or option) the model refuses is the
+/// caller's to fix, a full engine queue is busy, the rest is ours.
+pub fn model_error_kind(e: &fleet_inference::Error) -> ErrorKind {
+    use fleet_inference::Error as E;
+    match e {
+        E::InvalidRequest(_) | E::InvalidOption { .. } => ErrorKind::InvalidRequest,
+        E::UnknownModel { .. } => ErrorKind::UnknownAgent,
+        E::Busy(_) => ErrorKind::Busy,
+        _ => ErrorKind::Internal,
+    }
+}

@@ -219,7 +219,7 @@ impl ActorHost {
             .spawn()
             .await;
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
-        self.local_calls.placed(&spec.name, actor);
+        self.local_calls.placed(&spec.name, actor, spec.max_concurrency);
         self.versions.insert(spec.name.clone(), (version, spec));
     }
 

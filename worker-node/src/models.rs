@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fleet_inference::{LoadOptions, Model, ModelStats};
-use fleet_proto::{LoadedModel, ModelOnDisk};
+use fleet_proto::{ErrorKind, LoadedModel, ModelOnDisk};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
@@ -19,7 +19,33 @@ use crate::{Error, Result};
 
 /// A model being loaded or loaded: cheap to clone, awaited by every actor that uses it.
 /// A failed load holds its error message.
-pub type ModelHandle = Shared<BoxFuture<'static, std::result::Result<Arc<dyn Model>, Arc<str>>>>;
+pub type ModelHandle = Shared<BoxFuture<'static, std::result::Result<Arc<dyn Model>, LoadError>>>;
+
+/// Why a model could not be loaded, shared by every task waiting on the load: what kind
+/// of failure (an option out of range is the agent's fault, a broken file ours) and why.
+#[derive(Clone, Debug)]
+pub struct LoadError {
+    pub kind: ErrorKind,
+    pub message: Arc<str>,
+}
+
+impl LoadError {
+    fn new(kind: ErrorKind, message: impl Into<Arc<str>>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+impl From<Error> for LoadError {
+    fn from(e: Error) -> Self {
+        Self::new(e.kind(), e.to_string())
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Lists the models under `dir`: GGUF files and Hugging Face folders (with a config.json,
 /// or in the cache layout `models--org--name`). A model's id is its file or folder name.
@@ -138,7 +164,8 @@ impl ModelStore {
                  the most one worker keeps (each is a copy of the weights): give the agents \
                  that use it the same engine options"
             );
-            return futures::future::ready(Err(Arc::from(error))).boxed().shared();
+            let error = LoadError::new(ErrorKind::Unsupported, error);
+            return futures::future::ready(Err(error)).boxed().shared();
         }
         let handle = self.start_loading(id, options).shared();
         self.loaded.insert(key, handle.clone());
@@ -155,19 +182,16 @@ impl ModelStore {
         &self,
         id: &str,
         options: &BTreeMap<String, String>,
-    ) -> BoxFuture<'static, std::result::Result<Arc<dyn Model>, Arc<str>>> {
-        let ready = |r: Result<Arc<dyn Model>>| {
-            futures::future::ready(r.map_err(|e| Arc::<str>::from(e.to_string()))).boxed()
-        };
+    ) -> BoxFuture<'static, std::result::Result<Arc<dyn Model>, LoadError>> {
+        let ready =
+            |r: Result<Arc<dyn Model>>| futures::future::ready(r.map_err(LoadError::from)).boxed();
         if id.starts_with(fleet_inference::builtin::PREFIX) {
             return ready(fleet_inference::load_builtin(id, options).map_err(Error::from));
         }
         if id.starts_with(crate::remote::PREFIX) {
             let (id, options, hosts) = (id.to_owned(), options.clone(), self.key_hosts.clone());
             return async move {
-                crate::remote::load(&id, &options, hosts)
-                    .await
-                    .map_err(|e| Arc::from(e.to_string()))
+                crate::remote::load(&id, &options, hosts).await.map_err(LoadError::from)
             }
             .boxed();
         }
@@ -202,9 +226,12 @@ impl ModelStore {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(model = %id, error = %e, "model failed to load");
-                    Err(Arc::from(e.to_string()))
+                    Err(LoadError::from(Error::from(e)))
                 }
-                Err(e) => Err(Arc::from(format!("loading model {id} panicked: {e}"))),
+                Err(e) => Err(LoadError::new(
+                    ErrorKind::Internal,
+                    format!("loading model {id} panicked: {e}"),
+                )),
             }
         }
         .boxed()

@@ -111,11 +111,5 @@ pub fn failed(kind: ErrorKind, error: impl Into<String>) -> EventKind {
 
 /// A model's error as the task's failure, of the kind the model says it is.
 pub fn model_failed(e: &fleet_inference::Error) -> EventKind {
-    use fleet_inference::Error;
-    let kind = match e {
-        Error::InvalidRequest(_) | Error::InvalidOption { .. } => ErrorKind::InvalidRequest,
-        Error::Busy(_) => ErrorKind::Busy,
-        _ => ErrorKind::Internal,
-    };
-    EventKind::failed(kind, e.to_string())
+    EventKind::failed(crate::error::model_error_kind(e), e.to_string())
 }

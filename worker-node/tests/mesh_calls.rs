@@ -3,8 +3,10 @@
 //! another; the head only says where the callee runs (its counters show no relayed call and
 //! no task of the callee), 1,000 concurrent calls all answer, and killing the callee's
 //! worker fails the calls in flight at once while new calls reach the re-placed callee.
+//! Calls are bounded like tasks: a callee's `max_concurrency` holds, the calls running on a
+//! worker count in its slots as the head sees them, and a canceled caller cancels the call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission, TaskState};
@@ -156,6 +158,90 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
         one.kill().await?;
         let _ = two.kill().await;
         let _ = three.kill().await;
+        cluster.shutdown().await
+    })
+    .await
+}
+
+/// The calls from the mesh worker `id` runs, as the head last heard in its heartbeat.
+async fn mesh_calls_on(client: &Client, id: &str) -> Result<u32> {
+    let status = client.status().await?;
+    let worker = status.workers.iter().find(|w| w.worker_id == id).context("worker gone")?;
+    Ok(worker.mesh_calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_calls_honour_max_concurrency_take_slots_and_are_canceled_with_their_caller()
+-> Result<()> {
+    within(async {
+        let cluster = ClusterSandbox::builder().workers(0).start().await?;
+        let mut one = cluster.spawn_worker_process(&["--name", "one", "--label", "role=caller"])?;
+        let mut two = cluster.spawn_worker_process(&["--name", "two", "--label", "role=callee"])?;
+        cluster.wait_for_workers(2, Duration::from_secs(60)).await?;
+        let client = cluster.client().await?;
+        client.register_agent(echo("caller", "caller", &["one-at-a-time"])).await?;
+        // Each word echoed 250 ms apart: a call of 6 words takes 1.5 s.
+        let mut callee = echo("one-at-a-time", "callee", &[]);
+        callee.max_concurrency = 1;
+        callee.model_options = [("token_delay_ms".to_owned(), "250".to_owned())].into();
+        client.register_agent(callee).await?;
+
+        // Three calls at once: the callee's worker runs one at a time, and the head counts
+        // the running one against its slots.
+        let started = Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let client = client.clone();
+                let question = format!("a b c d e {i}");
+                tokio::spawn(async move {
+                    call_through(&client, "caller", &asking("one-at-a-time", &question)).await
+                })
+            })
+            .collect();
+        let mut most = 0;
+        while !calls.iter().all(|c| c.is_finished()) {
+            most = most.max(mesh_calls_on(&client, "two").await?);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (i, call) in calls.into_iter().enumerate() {
+            let (output, is_error, _) = call.await??;
+            ensure!(!is_error && output == format!("a b c d e {i}"), "call {i}: {output:?}");
+        }
+        ensure!(most == 1, "worker two ran {most} calls of a max_concurrency=1 agent at once");
+        let took = started.elapsed();
+        ensure!(
+            took >= Duration::from_millis(4000),
+            "three 1.5 s calls one at a time took {took:?}"
+        );
+
+        // A caller canceled mid-call cancels the callee's run: its worker is free again long
+        // before the call's 10 s would have ended.
+        let words = vec!["word"; 40].join(" ");
+        let mut stream =
+            client.submit(Submission::new("caller", asking("one-at-a-time", &words))).await?;
+        let task_id = loop {
+            let event = stream.next().await.context("the caller's events ended")??;
+            if matches!(event.kind, EventKind::ToolCall { .. }) {
+                break event.task_id;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mesh_calls_on(&client, "two").await? == 0 {
+            ensure!(Instant::now() < deadline, "the call never ran on worker two");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.cancel(task_id.as_str()).await?;
+        let canceled_at = Instant::now();
+        while mesh_calls_on(&client, "two").await? > 0 {
+            ensure!(
+                canceled_at.elapsed() < Duration::from_secs(5),
+                "worker two still runs the call of a canceled caller"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        one.kill().await?;
+        two.kill().await?;
         cluster.shutdown().await
     })
     .await

@@ -101,7 +101,14 @@ impl Cluster {
     }
 
     pub fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {
-        self.state.lock().workers.heartbeat(worker_id, connection, beat, Instant::now());
+        let mut state = self.state.lock();
+        let calls_before = state.workers.get(worker_id).map(|w| w.heartbeat.mesh_calls);
+        let calls_now = beat.mesh_calls;
+        state.workers.heartbeat(worker_id, connection, beat, Instant::now());
+        // Calls from the mesh that ended gave their slots back: queued tasks may go there.
+        if calls_before.is_some_and(|before| calls_now < before) {
+            lifecycle::drain_queue(&mut state);
+        }
     }
 
     /// Applies a batch of events a worker sent about its tasks.

@@ -162,6 +162,8 @@ pub struct WorkerInfo {
     pub address: String,
     pub free: fleet_proto::Resources,
     pub running_tasks: u32,
+    /// Calls from the mesh it runs, as its last heartbeat said.
+    pub mesh_calls: u32,
     pub tasks_assigned: u64,
     pub models_loaded: Vec<String>,
     /// Loaded models with their engines' figures.
@@ -301,6 +303,7 @@ impl Cluster {
                 address: w.address.clone(),
                 free: w.free,
                 running_tasks: w.running.len() as u32,
+                mesh_calls: w.heartbeat.mesh_calls,
                 tasks_assigned: w.tasks_assigned,
                 models_loaded: w.heartbeat.models_loaded.clone(),
                 loaded: w.heartbeat.models.clone(),

@@ -61,6 +61,7 @@ pub(super) fn cluster_json(cluster: &Cluster, auth: bool) -> Value {
                 "free": resources(&w.free),
                 "slots": r.slots,
                 "running_tasks": w.running_tasks,
+                "mesh_calls": w.mesh_calls,
                 "tasks_assigned": w.tasks_assigned,
                 "actors": w.actors,
                 "heartbeat_ago_ms": w.last_heartbeat_ago.as_millis() as u64,
