@@ -31,11 +31,46 @@ pub struct CommandSender {
     cut: CancellationToken,
 }
 
-/// The worker's side: its commands, and the signal that the head cut it off.
-#[derive(Debug)]
+/// The worker's side: its commands, and the signal that the head cut it off. Clones share
+/// the queue: the `Join` stream's body reads it while the stream's reader task can
+/// [`release`](Self::release) it (a cut worker's stalled HTTP/2 stream would otherwise keep
+/// what was queued until its connection closes).
+#[derive(Clone, Debug)]
 pub struct CommandStream {
-    pub rx: mpsc::Receiver<Command>,
+    rx: Arc<Mutex<Option<mpsc::Receiver<Command>>>>,
     pub cut: CancellationToken,
+}
+
+impl CommandStream {
+    /// Up to `max` waiting commands into `buf`; `Ready(0)` once the queue closed or was
+    /// released. The lock is held only while polling, never across a wait.
+    pub fn poll_recv_many(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<Command>,
+        max: usize,
+    ) -> std::task::Poll<usize> {
+        match self.rx.lock().as_mut() {
+            Some(rx) => rx.poll_recv_many(cx, buf, max),
+            None => std::task::Poll::Ready(0),
+        }
+    }
+
+    /// A command if one is waiting (tests).
+    pub fn try_recv(&self) -> Option<Command> {
+        self.rx.lock().as_mut()?.try_recv().ok()
+    }
+
+    /// Drops every command still queued; the stream then ends. Returns how many there were.
+    pub fn release(&self) -> usize {
+        let taken = self.rx.lock().take();
+        taken.map_or(0, |rx| rx.len())
+    }
+
+    /// The queue itself, for an in-process worker that reads it directly.
+    pub fn into_receiver(self) -> Option<mpsc::Receiver<Command>> {
+        self.rx.lock().take()
+    }
 }
 
 impl CommandSender {
@@ -47,7 +82,7 @@ impl CommandSender {
         let (tx, rx) = mpsc::channel(capacity);
         let cut = CancellationToken::new();
         let sender = CommandSender { tx: Arc::new(Mutex::new(Some(tx))), cut: cut.clone() };
-        (sender, CommandStream { rx, cut })
+        (sender, CommandStream { rx: Arc::new(Mutex::new(Some(rx))), cut })
     }
 
     /// Whether the worker was cut off.
@@ -263,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_command_buffer_cuts_the_worker_off() {
-        let (tx, mut stream) = CommandSender::with_capacity(2);
+        let (tx, stream) = CommandSender::with_capacity(2);
         let ack = |up_to| Command::Acked { up_to };
         assert!(tx.send(ack(1)) && tx.send(ack(2)));
         assert!(!stream.cut.is_cancelled());
@@ -271,11 +306,28 @@ mod tests {
         assert!(!clone.send(ack(3)), "a command past the buffer was queued");
         assert!(stream.cut.is_cancelled());
         assert!(!tx.send(ack(4)), "a cut-off worker was sent more");
-        // What was queued before the cut is still read, then the stream ends (the clones
-        // hold no sender: the channel closed).
-        assert_eq!(stream.rx.recv().await, Some(ack(1)));
-        assert_eq!(stream.rx.recv().await, Some(ack(2)));
-        assert_eq!(stream.rx.recv().await, None);
+        // What was queued before the cut is still there to read, then the stream ends (the
+        // clones hold no sender: the channel closed).
+        assert_eq!(stream.try_recv(), Some(ack(1)));
+        assert_eq!(stream.clone().into_receiver().map(|mut rx| rx.try_recv()), Some(Ok(ack(2))));
+        assert_eq!(stream.try_recv(), None);
+    }
+
+    #[test]
+    fn a_cut_workers_queue_is_released_while_its_stream_is_stalled() {
+        let (tx, stream) = CommandSender::with_capacity(3);
+        let body = stream.clone(); // the Join stream's body, which nobody polls (stalled)
+        let ack = |up_to| Command::Acked { up_to };
+        assert!(tx.send(ack(1)) && tx.send(ack(2)) && tx.send(ack(3)));
+        assert!(!tx.send(ack(4)) && stream.cut.is_cancelled());
+        // The reader task, seeing the cut, releases the queue: the three are dropped now,
+        // not when the connection closes, and the body ends when next polled.
+        assert_eq!(stream.release(), 3);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut buf = Vec::new();
+        assert_eq!(body.poll_recv_many(&mut cx, &mut buf, 8), std::task::Poll::Ready(0));
+        assert!(buf.is_empty());
     }
 
     #[tokio::test]

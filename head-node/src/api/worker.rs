@@ -5,15 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{Command, Registration, WorkerUpdate, pb};
+use fleet_proto::{Registration, WorkerUpdate, pb};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::cluster::Cluster;
-use crate::workers::COMMAND_BUFFER;
+use crate::workers::{COMMAND_BUFFER, CommandStream as Queue};
 
 /// How long a worker has to send its registration after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +102,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let cluster = self.cluster.clone();
         let shutdown = self.shutdown.clone();
         let cut = commands.cut.clone();
+        let queue = commands.clone();
         let reader = async move {
             let reason = loop {
                 let message = tokio::select! {
@@ -140,6 +140,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 }
             };
             debug!(reason, "worker stream ended");
+            if queue.cut.is_cancelled() {
+                // Its stream is stalled (it reads nothing): what was queued for it would
+                // stay until its connection closes. Dropped now; the stream ends.
+                let dropped = queue.release();
+                debug!(dropped, "commands of a cut-off worker dropped");
+            }
             cluster.worker_lost(&worker_id, connection, &reason);
         };
         tokio::spawn(reader.instrument(span));
@@ -155,7 +161,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         // is handled as lost) with RESOURCE_EXHAUSTED; dropped otherwise, it just ends.
         let cut = commands.cut.clone();
         let stream = futures::stream::once(async move { Ok(welcome) })
-            .chain(command_batches(commands.rx))
+            .chain(command_batches(commands.clone()))
             .take_until(commands.cut.cancelled_owned())
             .chain(futures::stream::once(async move { cut.is_cancelled() }).filter_map(
                 |cut| async move {
@@ -174,19 +180,18 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
 /// Batches whatever commands are waiting into one message, so a burst of tasks costs a
 /// few frames rather than one each. Ends when the head drops the worker.
-fn command_batches(
-    commands: mpsc::Receiver<Command>,
-) -> impl Stream<Item = Result<pb::HeadMessage, Status>> + Send {
-    futures::stream::unfold((commands, Vec::with_capacity(BATCH)), |(mut rx, mut buf)| async move {
+fn command_batches(commands: Queue) -> impl Stream<Item = Result<pb::HeadMessage, Status>> + Send {
+    let mut buf = Vec::with_capacity(BATCH);
+    futures::stream::poll_fn(move |cx| {
         buf.clear();
-        if rx.recv_many(&mut buf, BATCH).await == 0 {
-            return None;
+        match commands.poll_recv_many(cx, &mut buf, BATCH) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(0) => std::task::Poll::Ready(None),
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(Some(Ok(pb::HeadMessage {
+                kind: Some(pb::head_message::Kind::Commands(pb::Commands {
+                    commands: buf.iter().map(pb::Command::from).collect(),
+                })),
+            }))),
         }
-        let message = pb::HeadMessage {
-            kind: Some(pb::head_message::Kind::Commands(pb::Commands {
-                commands: buf.iter().map(pb::Command::from).collect(),
-            })),
-        };
-        Some((Ok(message), (rx, buf)))
     })
 }

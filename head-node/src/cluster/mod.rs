@@ -241,7 +241,8 @@ impl LocalHead for Cluster {
         // Cut off, its channel closes after what was queued: the worker sees its commands
         // end and joins again.
         let (connection, commands, _) = self.worker_joined(registration, "in-process".to_owned());
-        (connection, self.limits.heartbeat_interval, commands.rx)
+        let rx = commands.into_receiver().unwrap_or_else(|| mpsc::channel(1).1);
+        (connection, self.limits.heartbeat_interval, rx)
     }
 
     fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {

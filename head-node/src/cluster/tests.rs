@@ -48,7 +48,7 @@ fn where_is(cluster: &Cluster, id: &TaskId) -> (TaskState, u32, Option<String>) 
 
 fn commands(stream: &mut CommandStream) -> Vec<Command> {
     let mut out = Vec::new();
-    while let Ok(c) = stream.rx.try_recv() {
+    while let Some(c) = stream.try_recv() {
         out.push(c);
     }
     out
