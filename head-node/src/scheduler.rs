@@ -158,7 +158,8 @@ pub fn locate<'a>(
     let affinity = Affinity { context_worker, prefixes: None };
     let score = |w: &WorkerEntry| {
         let hosted = if w.placed.contains_key(&spec.name) { 2.0 } else { 0.0 };
-        let free = if w.has_free_slot() { 1.0 } else { 0.0 };
+        // A call takes a slot of its callee's worker: one with none free holds it waiting.
+        let free = if w.has_free_slot() { 3.0 } else { 0.0 };
         score(spec, w, &affinity) + hosted + free
     };
     workers
@@ -419,10 +420,14 @@ mod tests {
         // The least loaded of the mesh workers, never the one off the mesh...
         s.run("m1", "other", 2);
         assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m2"));
-        // ...unless the agent already has its actor on one, even a busier one (a call is
-        // not a task: full slots do not stop it).
+        // ...unless the agent already has its actor on one, even a busier one...
         s.registry.get_mut("m1").expect("m1").placed.insert("a".into(), 1);
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m1"));
+        // ...with a slot free: a call takes one, and on a full worker it would wait.
         s.run("m1", "other", 2);
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m2"));
+        // A full worker is still a candidate when every one is full.
+        s.run("m2", "other", 4);
         assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m1"));
         let missing = locate(&agent("llama"), &s.registry, None);
         assert!(missing.as_ref().is_err_and(|e| e.contains("no worker has model")), "{missing:?}");
