@@ -7,7 +7,10 @@
 //!
 //! An asker that stops waiting (its caller was canceled, or its timeout passed) sends a
 //! `Cancel` frame for its ask: the called node drops the call's reply, which tells its
-//! worker (through `IncomingCall::reply` closing) to cancel the run.
+//! worker (through `IncomingCall::reply` closing) to cancel the run; so does a stream that
+//! ends (the asker gone). Reading never waits on the worker: a call its full queue cannot
+//! take is answered `Refused` (busy) at once, so cancels and asks for the worker's other
+//! agents keep flowing.
 //!
 //! A stream that ends (the peer went away, or was removed from the allow list, which closes
 //! its connection) fails the asks waiting on it with [`MeshError::PeerGone`]. A frame over
@@ -136,15 +139,17 @@ impl Calls {
             let (tx, rx) = oneshot::channel();
             link.pending.lock().insert(id, tx);
             let is_call = matches!(request, MeshRequest::Call(_));
+            // From here on, stopping before the answer (this future dropped by a canceled
+            // caller, or the timeout below, even while the frame waits for room in the write
+            // queue) forgets the ask and tells the peer to cancel the call.
+            let mut waiting =
+                Waiting { link: link.clone(), id, max_frame: self.max_frame, answered: false };
             let frame = codec::frame(&CallFrame::Ask { id, request }, self.max_frame)?;
             if link.frames.send(frame).await.is_err() {
+                waiting.answered = true;
                 link.pending.lock().remove(&id);
                 return Err(MeshError::PeerGone(peer.to_string()));
             }
-            // From here on, stopping before the answer (this future dropped by a canceled
-            // caller, or the timeout below) tells the peer to cancel the call.
-            let mut waiting =
-                Waiting { link: link.clone(), id, max_frame: self.max_frame, answered: false };
             if is_call {
                 counters::add(&self.counters.calls_sent, 1);
             }
@@ -278,16 +283,9 @@ impl Calls {
                 MeshRequest::Ping => Answer::Now(MeshResponse::Pong),
                 MeshRequest::Call(call) => {
                     counters::add(&self.counters.calls_received, 1);
-                    let (reply, answer) = oneshot::channel();
-                    // A full queue stops reading this stream until the worker takes calls
-                    // again: the asker's writes back up instead of calls being refused.
-                    match self
-                        .incoming
-                        .send(IncomingCall { from: peer.to_string(), call, reply })
-                        .await
-                    {
-                        Ok(()) => Answer::Later(answer),
-                        Err(_) => Answer::Now(refused("the called node is not taking calls")),
+                    match IncomingCall::offer(&self.incoming, &peer, call) {
+                        Ok(answer) => Answer::Later(answer),
+                        Err(refusal) => Answer::Now(refusal),
                     }
                 }
             };
@@ -344,6 +342,9 @@ impl Calls {
                 }
             });
         }
+        // The asker is gone (its stream ended): nobody waits for these calls any more, and
+        // dropping their cancel senders cancels their runs.
+        open.lock().clear();
         tracing::debug!(%peer, "call stream from peer ended");
     }
 

@@ -103,6 +103,34 @@ pub struct IncomingCall {
     pub reply: oneshot::Sender<MeshResponse>,
 }
 
+impl IncomingCall {
+    /// Hands a call from `peer` to the worker without waiting: its answer's receiver, or at
+    /// once the refusal to send back when the worker's queue is full (busy: the caller may
+    /// retry, elsewhere or later) or gone. Never waiting keeps one busy worker from holding
+    /// up a stream that also carries cancels and asks for its other agents.
+    pub(crate) fn offer(
+        incoming: &mpsc::Sender<IncomingCall>,
+        peer: &PeerId,
+        call: AgentCall,
+    ) -> std::result::Result<oneshot::Receiver<MeshResponse>, MeshResponse> {
+        let (reply, answer) = oneshot::channel();
+        match incoming.try_send(IncomingCall { from: peer.to_string(), call, reply }) {
+            Ok(()) => Ok(answer),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%peer, "refusing a call: the queue of incoming calls is full");
+                Err(MeshResponse::Refused {
+                    reason: "the called node is busy (its queue of incoming calls is full); \
+                             retry later"
+                        .into(),
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(MeshResponse::Refused { reason: "the called node does not take calls".into() })
+            }
+        }
+    }
+}
+
 /// A worker this node may talk to, as the head lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {

@@ -442,25 +442,15 @@ impl Node {
             MeshRequest::Call(call) => call,
         };
         counters::add(&self.counters.calls_received, 1);
-        let (reply, answer) = oneshot::channel();
-        match self.incoming.try_send(IncomingCall { from: peer.to_string(), call, reply }) {
-            Ok(()) => {
+        match IncomingCall::offer(&self.incoming, &peer, call) {
+            Ok(answer) => {
                 let id = self.next_inbound;
                 self.next_inbound += 1;
                 let (abandon_tx, abandon) = oneshot::channel();
                 self.inbound.insert(id, InboundCall { peer, channel, _abandon: abandon_tx });
                 self.replies.push(PendingReply { id, answer, abandon });
             }
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!(%peer, "refusing a call: the queue of incoming calls is full");
-                let reason =
-                    "the called node is busy (its queue of incoming calls is full); retry later";
-                self.respond(peer, channel, MeshResponse::Refused { reason: reason.into() });
-            }
-            Err(TrySendError::Closed(_)) => {
-                let reason = "the called node does not take calls";
-                self.respond(peer, channel, MeshResponse::Refused { reason: reason.into() });
-            }
+            Err(refusal) => self.respond(peer, channel, refusal),
         }
     }
 

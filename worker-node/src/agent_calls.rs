@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::callee::LocalCalls;
+use crate::callee::{LocalCalls, Refused};
 use crate::host::ToolOutcome;
 
 /// How long the head may take to say where an agent runs.
@@ -99,7 +99,13 @@ impl AgentCaller {
             Err(e) => return Ok((format!("agent {} cannot be called: {e}", call.agent), true)),
         };
         if location.peer_id == self.mesh.peer_id() {
-            return Ok(self.local.call(call.clone()).await);
+            return Ok(match self.local.call(call.clone()).await {
+                Ok(outcome) => outcome,
+                Err(Refused(reason)) => {
+                    self.forget(call, &location);
+                    (format!("agent {} refused the call: {reason}", call.agent), true)
+                }
+            });
         }
         let request = MeshRequest::Call(AgentCall {
             agent: call.agent.clone(),

@@ -3,12 +3,22 @@
 //! here: the text becomes the answer and nothing goes to the head. A call that arrives just
 //! before the head's `PlaceActor` waits briefly for the actor.
 //!
-//! Calls are bounded like tasks: at most the agent's `max_concurrency` of them run at once
-//! on this worker (the rest wait their turn), at most `--slots` calls from the mesh run at
-//! once and as many again wait; past that this worker stops taking calls off the mesh, whose
-//! own bounded queue then refuses callers as busy. The calls from the mesh running here are
-//! in the heartbeat, and the head counts them against this worker's slots. A caller that
-//! stops waiting (canceled, timed out, gone) cancels the run.
+//! Calls are bounded like tasks, each bound a [`Gate`] whose waiters are bounded too: at
+//! most the agent's `max_concurrency` of its calls run at once on this worker (at most
+//! [`TURN_WAITERS`] more wait their turn), and at most `--slots` calls from the mesh run at
+//! once (as many again wait for a slot), at most [`CALLS_IN_PROGRESS`] in all. A call past a
+//! full line is refused at once as busy, and one that waited until its caller's deadline is
+//! refused too, so its caller looks for the agent again rather than queueing here. The
+//! calls from the mesh running here are in the heartbeat, and the head counts them against
+//! this worker's slots. A caller that stops waiting (canceled, timed out, gone) cancels the
+//! run.
+//!
+//! A call made from inside a call (its caller is itself a call's run) rides on the turn and
+//! the slot its outer call holds, as Ray lends a task blocked on its children's results its
+//! CPU: were it to wait for them, agent A calling A under `max_concurrency = 1`, or a chain
+//! bouncing between two one-slot workers, would wait on itself until its timeout. Such calls
+//! stay bounded: [`MAX_CALL_DEPTH`](crate::agent_loop::MAX_CALL_DEPTH) deep, and within
+//! [`CALLS_IN_PROGRESS`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,19 +35,32 @@ use tracing::{debug, warn};
 
 use crate::actor::{AgentActor, Run};
 use crate::agent_calls::Call;
+use crate::gate::{Gate, Shut};
 use crate::host::ToolOutcome;
 
 /// How long a call waits for its agent's actor to be placed here.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 /// Events of one call's run buffered at most (the collector reads them at once).
 const CALL_EVENTS: usize = 256;
+/// Calls that wait for one agent's turn at most (beyond its `max_concurrency` running).
+pub const TURN_WAITERS: usize = 64;
+/// Calls from the mesh in progress on a worker at most: waiting to be placed, for a turn or
+/// a slot, or running (nested ones included).
+pub const CALLS_IN_PROGRESS: usize = 1024;
+/// The task id of a call's run starts with this: a call whose caller's task does is nested.
+const CALL_RUN_PREFIX: &str = "call-";
+
+/// Why a call did not run (busy, waited out, the agent not here or stopped): its caller
+/// should forget where it looked for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
 
 /// A placed agent: its actor, and the turns its calls take when its spec limits how many
 /// run at once (`max_concurrency`; `None`: no limit).
 #[derive(Clone)]
 struct Placed {
     actor: ActorRef<AgentActor>,
-    turns: Option<Arc<Semaphore>>,
+    turns: Option<Arc<Gate>>,
 }
 
 /// The agents' actors on this worker, by agent: the host places and stops them here, and
@@ -46,7 +69,8 @@ struct Placed {
 pub struct LocalCalls {
     actors: Arc<Mutex<HashMap<String, Placed>>>,
     placed: Arc<Notify>,
-    /// Calls from the mesh running now (in heartbeats: the head counts them as taken slots).
+    /// Calls from the mesh holding a slot now (in heartbeats: the head counts them as taken
+    /// slots).
     from_mesh: Arc<AtomicUsize>,
 }
 
@@ -54,15 +78,22 @@ impl LocalCalls {
     /// The agent's actor is placed here; at most `max_concurrency` calls of it run at once
     /// (0: no limit).
     pub fn placed(&self, agent: &str, actor: ActorRef<AgentActor>, max_concurrency: u32) {
-        let turns =
-            (max_concurrency > 0).then(|| Arc::new(Semaphore::new(max_concurrency as usize)));
-        self.actors.lock().insert(agent.to_owned(), Placed { actor, turns });
+        let turns = (max_concurrency > 0)
+            .then(|| Arc::new(Gate::new(max_concurrency as usize, TURN_WAITERS)));
+        let replaced = self.actors.lock().insert(agent.to_owned(), Placed { actor, turns });
+        if let Some(Placed { turns: Some(turns), .. }) = replaced {
+            turns.close();
+        }
         self.placed.notify_waiters();
     }
 
-    /// Takes the agent's actor out (to stop it).
+    /// Takes the agent's actor out (to stop it); calls waiting for its turn are refused.
     pub fn removed(&self, agent: &str) -> Option<ActorRef<AgentActor>> {
-        self.actors.lock().remove(agent).map(|p| p.actor)
+        let placed = self.actors.lock().remove(agent)?;
+        if let Some(turns) = &placed.turns {
+            turns.close();
+        }
+        Some(placed.actor)
     }
 
     /// The agent's actor, if it is placed here.
@@ -70,7 +101,7 @@ impl LocalCalls {
         self.actors.lock().get(agent).map(|p| p.actor.clone())
     }
 
-    /// Calls from the mesh running on this worker now.
+    /// Calls from the mesh holding one of this worker's slots now.
     pub fn calls_from_mesh(&self) -> usize {
         self.from_mesh.load(Ordering::Relaxed)
     }
@@ -89,44 +120,51 @@ impl LocalCalls {
         }
     }
 
-    /// Runs one call of an agent on this worker and returns the callee's answer. Dropping
-    /// the future (the caller went away) cancels the run.
-    pub async fn call(&self, call: Call) -> ToolOutcome {
+    /// Runs one call of an agent on this worker and returns the callee's answer, or why it
+    /// did not run. Dropping the future (the caller went away) cancels the run.
+    pub async fn call(&self, call: Call) -> Result<ToolOutcome, Refused> {
         self.call_within(call, None).await
     }
 
     /// Runs one call: its turn under the agent's `max_concurrency` first, then (a call from
-    /// the mesh) one of this worker's `slots`, both within the caller's time.
-    async fn call_within(&self, call: Call, slots: Option<Arc<Semaphore>>) -> ToolOutcome {
+    /// the mesh) one of this worker's `slots`, both within the caller's time; a nested call
+    /// takes neither (see the module's doc).
+    async fn call_within(&self, call: Call, slots: Option<&Gate>) -> Result<ToolOutcome, Refused> {
         let Some(Placed { actor, turns }) = self.placement(&call.agent).await else {
-            return (format!("agent {} is not hosted on this worker", call.agent), true);
+            return Err(Refused(format!("agent {} is not hosted on this worker", call.agent)));
         };
         let deadline = tokio::time::Instant::now() + call.timeout;
-        let waited_out = |what: &str| {
-            let secs = call.timeout.as_secs_f64();
-            (format!("agent {} waited all of {secs} s for {what}", call.agent), true)
+        let nested = call.caller_task.starts_with(CALL_RUN_PREFIX);
+        let shut = |shut: Shut, what: &str| {
+            let agent = &call.agent;
+            Refused(match shut {
+                Shut::Busy => format!(
+                    "agent {agent} is busy: {what} are all taken and as many calls wait; retry later"
+                ),
+                Shut::TimedOut => format!(
+                    "agent {agent} waited all of {} s for one of {what}",
+                    call.timeout.as_secs_f64()
+                ),
+                Shut::Closed => format!("agent {agent} was stopped"),
+            })
         };
-        let _turn = match turns {
-            Some(turns) => match tokio::time::timeout_at(deadline, turns.acquire_owned()).await {
-                Ok(Ok(turn)) => Some(turn),
-                Ok(Err(_)) => return (format!("agent {} was stopped", call.agent), true),
-                Err(_) => return waited_out("its turn (its max_concurrency of calls ran)"),
-            },
+        let _turn = match turns.filter(|_| !nested) {
+            Some(turns) => Some(
+                turns.enter(deadline).await.map_err(|s| shut(s, "its turns (max_concurrency)"))?,
+            ),
             None => None,
         };
-        let _slot = match slots {
-            Some(slots) => match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
-                Ok(Ok(slot)) => {
-                    self.from_mesh.fetch_add(1, Ordering::Relaxed);
-                    Some((slot, Counted(self.from_mesh.clone())))
-                }
-                Ok(Err(_)) => return (format!("agent {} was stopped", call.agent), true),
-                Err(_) => return waited_out("a free slot on its worker"),
-            },
+        let _slot = match slots.filter(|_| !nested) {
+            Some(slots) => {
+                let slot =
+                    slots.enter(deadline).await.map_err(|s| shut(s, "its worker's slots"))?;
+                self.from_mesh.fetch_add(1, Ordering::Relaxed);
+                Some((slot, Counted(self.from_mesh.clone())))
+            }
             None => None,
         };
         let task = TaskAssignment {
-            task_id: TaskId::new(format!("call-{}", uuid::Uuid::new_v4())),
+            task_id: TaskId::new(format!("{CALL_RUN_PREFIX}{}", uuid::Uuid::new_v4())),
             agent: call.agent.clone(),
             attempt: 1,
             input: call.input,
@@ -142,7 +180,7 @@ impl LocalCalls {
         let _cancel_on_drop = cancel.clone().drop_guard();
         let run = Run { task, sink, cancel: cancel.clone() };
         if let Err(e) = actor.ask(run).await {
-            return (format!("the actor of agent {} failed ({e})", call.agent), true);
+            return Ok((format!("the actor of agent {} failed ({e})", call.agent), true));
         }
         let collect = async {
             let mut output = String::new();
@@ -157,51 +195,70 @@ impl LocalCalls {
             }
             (format!("agent {} stopped before answering", call.agent), true)
         };
-        match tokio::time::timeout_at(deadline, collect).await {
+        Ok(match tokio::time::timeout_at(deadline, collect).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 let secs = call.timeout.as_secs_f64();
                 (format!("agent {} did not answer within {secs} s", call.agent), true)
             }
-        }
+        })
     }
 
     /// Answers the calls that arrive over the mesh, each in its own task, until the mesh
-    /// stops: at most `slots` run at once and as many again wait; past that no more calls
-    /// are taken off the mesh until one ends.
+    /// stops. Taking a call never waits, so the mesh's queue keeps moving: a call past the
+    /// bounds (see the module's doc) is refused at once.
     pub async fn serve(self, mut incoming: mpsc::Receiver<IncomingCall>, slots: usize) {
-        let running = Arc::new(Semaphore::new(slots.max(1)));
-        let admitted = Arc::new(Semaphore::new(slots.max(1) * 2));
-        loop {
-            let Ok(admission) = admitted.clone().acquire_owned().await else { return };
-            let Some(IncomingCall { from, call, mut reply }) = incoming.recv().await else {
-                return;
+        let slots = Arc::new(Gate::new(slots.max(1), slots.max(1)));
+        let in_progress = Arc::new(Semaphore::new(CALLS_IN_PROGRESS));
+        while let Some(IncomingCall { from, call, reply }) = incoming.recv().await {
+            let Ok(admission) = in_progress.clone().try_acquire_owned() else {
+                warn!(agent = %call.agent, from = %from, "refusing a call: {CALLS_IN_PROGRESS} calls are in progress here");
+                let reason = format!(
+                    "the called worker is busy ({CALLS_IN_PROGRESS} calls in progress); retry later"
+                );
+                let _ = reply.send(MeshResponse::Refused { reason });
+                continue;
             };
-            let (local, running) = (self.clone(), running.clone());
+            let (local, slots) = (self.clone(), slots.clone());
             tokio::spawn(async move {
                 let _admission = admission;
-                debug!(agent = %call.agent, from = %from, caller_task = %call.caller_task, trace = %call.trace, "call from the mesh");
-                let call = Call {
-                    agent: call.agent,
-                    context_id: call.context_id,
-                    input: call.input,
-                    caller_task: call.caller_task,
-                    depth: call.depth,
-                    timeout: Duration::from_millis(call.timeout_ms.clamp(1, 3_600_000)),
-                    traceparent: fleet_telemetry::normalized(&call.trace),
-                };
-                // Waiting or running, the call ends when its caller stops waiting.
-                let (output, is_error) = tokio::select! {
-                    outcome = local.call_within(call, Some(running)) => outcome,
-                    () = reply.closed() => {
-                        debug!(from = %from, "the caller canceled the call; its run is canceled");
-                        return;
-                    }
-                };
-                if reply.send(MeshResponse::Reply { output, is_error }).is_err() {
-                    warn!(from = %from, "the caller went away before the answer");
-                }
+                local.answer(from, call, reply, &slots).await;
             });
+        }
+    }
+
+    /// Runs one call from the mesh and answers it, unless its caller stops waiting first.
+    async fn answer(
+        &self,
+        from: String,
+        call: fleet_mesh::AgentCall,
+        mut reply: tokio::sync::oneshot::Sender<MeshResponse>,
+        slots: &Gate,
+    ) {
+        debug!(agent = %call.agent, from = %from, caller_task = %call.caller_task, trace = %call.trace, "call from the mesh");
+        let call = Call {
+            agent: call.agent,
+            context_id: call.context_id,
+            input: call.input,
+            caller_task: call.caller_task,
+            depth: call.depth,
+            timeout: Duration::from_millis(call.timeout_ms.clamp(1, 3_600_000)),
+            traceparent: fleet_telemetry::normalized(&call.trace),
+        };
+        // Waiting or running, the call ends when its caller stops waiting.
+        let outcome = tokio::select! {
+            outcome = self.call_within(call, Some(slots)) => outcome,
+            () = reply.closed() => {
+                debug!(from = %from, "the caller canceled the call; its run is canceled");
+                return;
+            }
+        };
+        let response = match outcome {
+            Ok((output, is_error)) => MeshResponse::Reply { output, is_error },
+            Err(Refused(reason)) => MeshResponse::Refused { reason },
+        };
+        if reply.send(response).is_err() {
+            warn!(from = %from, "the caller went away before the answer");
         }
     }
 }

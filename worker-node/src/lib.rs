@@ -31,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
+mod gate;
 pub mod host;
 pub mod memory;
 pub mod models;

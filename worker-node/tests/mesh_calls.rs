@@ -246,3 +246,154 @@ async fn mesh_calls_honour_max_concurrency_take_slots_and_are_canceled_with_thei
     })
     .await
 }
+
+/// A caller's input that calls `callee` with `input` (which may itself call further).
+fn call_of(callee: &str, input: &str) -> String {
+    let call = serde_json::json!({"name": callee, "arguments": {"input": input}}).to_string();
+    // An inner call's tags escaped (valid JSON): the outer call ends at its own closing tag.
+    let call = call.replace('<', "\\u003c").replace('>', "\\u003e");
+    format!("<tool_call>{call}</tool_call>")
+}
+
+fn pinned(name: &str, host: &str, tools: &[&str], max_concurrency: u32) -> AgentSpec {
+    let mut spec = echo(name, "callee", tools);
+    spec.labels = [("host".to_owned(), host.to_owned())].into();
+    spec.max_concurrency = max_concurrency;
+    spec
+}
+
+/// One caller task's call: its task id as soon as it is known, then its tool result and
+/// how long after the submission it came.
+async fn one_call(
+    client: Client,
+    input: String,
+    ids: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<(String, bool, Duration)> {
+    let started = Instant::now();
+    let mut stream = client.submit(Submission::new("caller", input)).await?;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        match event.kind {
+            EventKind::ToolCall { .. } => {
+                let _ = ids.send(event.task_id.to_string());
+            }
+            EventKind::ToolResult { output, is_error, .. } => {
+                return Ok((output, is_error, started.elapsed()));
+            }
+            EventKind::Failed { error, .. } => anyhow::bail!("the caller failed: {error}"),
+            EventKind::Canceled { .. } => return Ok(("canceled".into(), true, started.elapsed())),
+            _ => {}
+        }
+    }
+    anyhow::bail!("the caller's events ended before its tool result")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_calls_do_not_wait_on_their_own_turn_and_a_full_line_is_refused_as_busy()
+-> Result<()> {
+    within(async {
+        let cluster = ClusterSandbox::builder().workers(0).start().await?;
+        let mut workers = vec![
+            cluster.spawn_worker_process(&[
+                "--name",
+                "one",
+                "--label",
+                "role=caller",
+                "--slots",
+                "100",
+            ])?,
+            cluster
+                .spawn_worker_process(&["--name", "two", "--label", "host=two", "--slots", "1"])?,
+            cluster.spawn_worker_process(&[
+                "--name",
+                "three",
+                "--label",
+                "host=three",
+                "--slots",
+                "4",
+            ])?,
+        ];
+        cluster.wait_for_workers(3, Duration::from_secs(60)).await?;
+        let client = cluster.client().await?;
+        client.register_agent(echo("caller", "caller", &["loop-a", "narrow", "other"])).await?;
+        client.register_agent(pinned("loop-a", "two", &["loop-b"], 1)).await?;
+        client.register_agent(pinned("loop-b", "three", &["loop-a"], 0)).await?;
+        let mut narrow = pinned("narrow", "three", &[], 1);
+        narrow.model_options = [("token_delay_ms".to_owned(), "300".to_owned())].into();
+        client.register_agent(narrow).await?;
+        client.register_agent(pinned("other", "three", &[], 0)).await?;
+
+        // caller → loop-a (on two: its one turn, two's one slot) → loop-b (three) → loop-a
+        // again: the inner call rides on the outer one's turn and slot instead of waiting
+        // for them until the call's 600 s timeout.
+        let chain = call_of("loop-a", &call_of("loop-b", &call_of("loop-a", "deep")));
+        let started = Instant::now();
+        let answered =
+            tokio::time::timeout(Duration::from_secs(20), call_through(&client, "caller", &chain))
+                .await;
+        let (output, is_error, _) =
+            answered.context("a call calling its own agent back waited on itself")??;
+        ensure!(!is_error && output == "deep", "the chain answered {output:?}");
+        ensure!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+
+        // 75 calls at once to a max_concurrency=1 agent whose calls take 3 s: one runs, 64
+        // wait their turn, the rest are refused as busy at once (not queued for minutes).
+        let (ids, mut id_rx) = tokio::sync::mpsc::unbounded_channel();
+        let slow = vec!["word"; 10].join(" ");
+        let calls: Vec<_> = (0..75)
+            .map(|_| tokio::spawn(one_call(client.clone(), call_of("narrow", &slow), ids.clone())))
+            .collect();
+        let mut calls = futures::stream::iter(calls).buffer_unordered(75);
+        let refused_at = loop {
+            let (output, is_error, after) =
+                calls.next().await.context("all calls ended and none was refused")???;
+            ensure!(is_error && output.contains("busy"), "before any refusal: {output:?}");
+            break after;
+        };
+        ensure!(refused_at < Duration::from_secs(10), "the busy refusal came after {refused_at:?}");
+        // The line is full; another agent on the same worker still answers at once.
+        let asked = Instant::now();
+        let (output, is_error, _) =
+            call_through(&client, "caller", &call_of("other", "not held up")).await?;
+        ensure!(!is_error && output == "not held up", "{output:?}");
+        ensure!(asked.elapsed() < Duration::from_secs(3), "other waited {:?}", asked.elapsed());
+
+        // Canceling the callers frees the callee's worker: the waiting calls and the running
+        // one are all canceled.
+        drop(ids);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mesh_calls_on(&client, "three").await? == 0 {
+            ensure!(Instant::now() < deadline, "worker three never reported the running call");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut task_ids = Vec::new();
+        while task_ids.len() < 75 {
+            let id = tokio::time::timeout_at(deadline.into(), id_rx.recv()).await;
+            task_ids.push(id.ok().flatten().context("not every caller made its call")?);
+        }
+        for id in &task_ids {
+            let _ = client.cancel(id).await;
+        }
+        let canceled_at = Instant::now();
+        while mesh_calls_on(&client, "three").await? > 0 {
+            ensure!(
+                canceled_at.elapsed() < Duration::from_secs(5),
+                "worker three still runs calls of canceled callers"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut answered = 0;
+        while let Some(done) = calls.next().await {
+            let (output, is_error, _) = done??;
+            ensure!(is_error, "a canceled caller's call answered {output:?}");
+            answered += 1;
+        }
+        ensure!(answered == 74, "{answered} calls ended after the first refusal");
+
+        for worker in &mut workers {
+            worker.kill().await?;
+        }
+        cluster.shutdown().await
+    })
+    .await
+}
