@@ -162,9 +162,15 @@ pub fn locate<'a>(
         let free = if w.has_free_slot() { 3.0 } else { 0.0 };
         score(spec, w, &affinity) + hosted + free
     };
-    workers
-        .iter()
-        .filter(|w| w.registration.mesh.is_some() && could_ever_run(spec, w))
+    let candidates = || {
+        workers.iter().filter(|w| w.registration.mesh.is_some() && could_ever_run(spec, w))
+    };
+    // The conversation's memory is on the worker that ran it: the call goes there, busy or
+    // not (it waits for a turn there rather than answering without its history).
+    if let Some(there) = context_worker.and_then(|id| candidates().find(|w| w.id == id)) {
+        return Ok(there.id.as_str());
+    }
+    candidates()
         .max_by(|a, b| score(a).total_cmp(&score(b)).then(b.tasks_assigned.cmp(&a.tasks_assigned)))
         .map(|w| w.id.as_str())
         .ok_or_else(|| {
@@ -429,6 +435,14 @@ mod tests {
         // A full worker is still a candidate when every one is full.
         s.run("m2", "other", 4);
         assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m1"));
+        // The conversation's worker (its memory is there) wins over any free slot, unless it
+        // is not a candidate (off the mesh).
+        let m1 = s.registry.get_mut("m1").expect("m1");
+        m1.running.clear();
+        m1.running_per_agent.clear();
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m1"));
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, Some("m2")), Ok("m2"));
+        assert_eq!(locate(&agent("builtin:echo"), &s.registry, Some("off-mesh")), Ok("m1"));
         let missing = locate(&agent("llama"), &s.registry, None);
         assert!(missing.as_ref().is_err_and(|e| e.contains("no worker has model")), "{missing:?}");
 
