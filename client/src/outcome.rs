@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use futures::{Stream, StreamExt};
 
 use crate::{Error, ManyUpdate, Result, TaskEvent, TaskId, TaskState, Usage};
-use fleet_proto::EventKind;
+use fleet_proto::{ErrorKind, EventKind};
 
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,8 @@ pub struct TaskOutcome {
     /// The text of the final attempt.
     pub output: String,
     pub error: String,
+    /// What kind of failure (`Internal` unless the task failed).
+    pub kind: ErrorKind,
     pub attempt: u32,
     pub usage: Usage,
     /// Events received, counting every attempt.
@@ -29,6 +31,7 @@ impl TaskOutcome {
             state: TaskState::Queued,
             output: String::new(),
             error: String::new(),
+            kind: ErrorKind::default(),
             attempt: 1,
             usage: Usage::default(),
             events: 0,
@@ -48,7 +51,10 @@ impl TaskOutcome {
         match &event.kind {
             EventKind::TextDelta { text, .. } => self.output.push_str(text),
             EventKind::Completed { usage } => self.usage = *usage,
-            EventKind::Failed { error, .. } => self.error.clone_from(error),
+            EventKind::Failed { error, kind, .. } => {
+                self.error.clone_from(error);
+                self.kind = *kind;
+            }
             EventKind::Canceled { reason } => self.error.clone_from(reason),
             _ => {}
         }

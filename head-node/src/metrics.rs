@@ -307,16 +307,23 @@ impl Collector for Figures {
         series(
             &mut encoder,
             "agentfleet:worker_slots",
-            "Tasks a worker runs at once",
+            "Tasks (and calls from the mesh) a worker runs at once",
             Gauge,
             workers().map(|w| (worker(w), f64::from(w.registration.slots))),
         )?;
         series(
             &mut encoder,
             "agentfleet:worker_slots_used",
-            "Tasks running on a worker",
+            "Slots taken on a worker: its running tasks and calls from the mesh",
             Gauge,
-            workers().map(|w| (worker(w), f64::from(w.running_tasks))),
+            workers().map(|w| (worker(w), f64::from(w.running_tasks + w.mesh_calls))),
+        )?;
+        series(
+            &mut encoder,
+            "agentfleet:worker_mesh_calls",
+            "Calls from other workers' agents running on a worker (in its slots)",
+            Gauge,
+            workers().map(|w| (worker(w), f64::from(w.mesh_calls))),
         )?;
         series(
             &mut encoder,

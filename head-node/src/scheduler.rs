@@ -162,9 +162,8 @@ pub fn locate<'a>(
         let free = if w.has_free_slot() { 3.0 } else { 0.0 };
         score(spec, w, &affinity) + hosted + free
     };
-    let candidates = || {
-        workers.iter().filter(|w| w.registration.mesh.is_some() && could_ever_run(spec, w))
-    };
+    let candidates =
+        || workers.iter().filter(|w| w.registration.mesh.is_some() && could_ever_run(spec, w));
     // The conversation's memory is on the worker that ran it: the call goes there, busy or
     // not (it waits for a turn there rather than answering without its history).
     if let Some(there) = context_worker.and_then(|id| candidates().find(|w| w.id == id)) {

@@ -16,9 +16,14 @@ pub enum Error {
     Model { path: std::path::PathBuf, reason: String },
     #[error("the engine failed: {0}")]
     Engine(String),
-    /// No room for now: the engine's waiting queue is full. Retry later.
+    /// No room for now: the engine's waiting queue is full (or a remote model's server said
+    /// 429). Retry later.
     #[error("{0}")]
     Busy(String),
+    /// The model's server cannot be reached or is down for now (a remote model's endpoint
+    /// refusing connections, or answering 502, 503 or 504). Retry later, maybe elsewhere.
+    #[error("{0}")]
+    Unavailable(String),
 
     // text
     #[error("cannot read {expected} {}: {reason}", path.display())]

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_client::{
-    EventKind, ManyUpdate, OutputFormat, Sampling, Submission, TaskId, TaskOptions, TaskState,
+    ErrorKind, EventKind, ManyUpdate, OutputFormat, Sampling, Submission, TaskId, TaskOptions,
+    TaskState,
 };
 use futures::StreamExt;
 use pyo3::exceptions::PyValueError;
@@ -15,7 +16,7 @@ use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
-use crate::errors::{self, TaskFailed};
+use crate::errors;
 use crate::runtime::{self, Interrupted};
 use crate::schema::OutputSchema;
 use crate::task::{self, AsyncEventIterator, EventIterator, Task};
@@ -128,11 +129,14 @@ impl Agent {
                 }
                 // Completed with text, not vectors: the model generated instead.
                 Ended::Output(..) | Ended::Failed(..) => {
-                    return Err(TaskFailed::new_err(format!(
-                        "agent {:?} answered without embeddings: give it an embedding model \
-                         (e.g. all-MiniLM-L6-v2)",
-                        self.name
-                    )));
+                    return Err(errors::task_failed(
+                        ErrorKind::InvalidRequest.as_str(),
+                        format!(
+                            "agent {:?} answered without embeddings: give it an embedding \
+                             model (e.g. all-MiniLM-L6-v2)",
+                            self.name
+                        ),
+                    ));
                 }
             };
             batches[i] = Some(vectors);
@@ -436,11 +440,14 @@ impl Agent {
                     EventKind::Embeddings { vectors: v } => vectors = Some(v),
                     EventKind::Completed { .. } => {
                         return vectors.ok_or_else(|| {
-                            TaskFailed::new_err(format!(
-                                "task {} completed without embeddings: is the agent's model an \
-                                 embedding model?",
-                                event.task_id
-                            ))
+                            errors::task_failed(
+                                ErrorKind::InvalidRequest.as_str(),
+                                format!(
+                                    "task {} completed without embeddings: is the agent's \
+                                     model an embedding model?",
+                                    event.task_id
+                                ),
+                            )
                         });
                     }
                     EventKind::Failed { error, kind, .. } => {
@@ -500,10 +507,10 @@ impl Agent {
                     "task {} was canceled: {}",
                     outcome.task_id, outcome.error
                 ))),
-                _ => Err(TaskFailed::new_err(format!(
-                    "task {} failed: {}",
-                    outcome.task_id, outcome.error
-                ))),
+                _ => Err(errors::task_failed(
+                    outcome.kind.as_str(),
+                    format!("task {} failed: {}", outcome.task_id, outcome.error),
+                )),
             }
         })
     }

@@ -46,7 +46,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("ResourceExhausted", py.get_type::<ResourceExhausted>())?;
     m.add("FailedPrecondition", py.get_type::<FailedPrecondition>())?;
-    m.add("TaskFailed", py.get_type::<TaskFailed>())?;
+    let task_failed = py.get_type::<TaskFailed>();
+    // Every TaskFailed has a kind: one raised without its own reads the class's.
+    task_failed.setattr("kind", "internal")?;
+    m.add("TaskFailed", task_failed)?;
     m.add("Cancelled", py.get_type::<Cancelled>())?;
     Ok(())
 }

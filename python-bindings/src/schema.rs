@@ -5,7 +5,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict};
 
-use crate::errors::TaskFailed;
+use crate::errors;
 
 /// An output schema as the cluster takes it (JSON text) and the Python side that parses
 /// answers: the pydantic class (`model_validate_json`), or `json.loads` for a dict.
@@ -40,11 +40,15 @@ impl OutputSchema {
         };
         parsed.map(Bound::unbind).map_err(|e| {
             let shown: String = text.chars().take(200).collect();
-            TaskFailed::new_err(format!(
-                "the answer of task {task_id} does not follow its output schema (was it cut \
-                 off by max_tokens? raise the agent's max_tokens): {e}; the answer begins \
-                 {shown:?}"
-            ))
+            // The agent's settings (its max_tokens) are what to change: not worth a retry.
+            errors::task_failed(
+                fleet_client::ErrorKind::InvalidRequest.as_str(),
+                format!(
+                    "the answer of task {task_id} does not follow its output schema (was it \
+                     cut off by max_tokens? raise the agent's max_tokens): {e}; the answer \
+                     begins {shown:?}"
+                ),
+            )
         })
     }
 }

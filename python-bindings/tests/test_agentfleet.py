@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,10 @@ def test_unknown_agent_is_not_found(fleet: af.Fleet) -> None:
     assert fleet.agent("ghost").name == ghost.name
 
 
+async def awaiting(submit: Callable[[str], Awaitable[object]], prompt: str) -> object:
+    return await submit(prompt)
+
+
 def test_bad_input_raises_with_the_servers_message(fleet: af.Fleet, echo: af.Agent) -> None:
     with pytest.raises(af.InvalidArgument, match="input is empty"):
         echo.submit("   ")
@@ -98,6 +103,15 @@ def test_bad_input_raises_with_the_servers_message(fleet: af.Fleet, echo: af.Age
     with pytest.raises(af.TaskFailed, match="3 of 3 tasks") as all_three:
         broken.map(["a", "b", "c"], progress=False)
     assert all_three.value.kind == "invalid_request"
+    # Every path that raises TaskFailed says its kind: awaited, and embeddings asked of a model
+    # that does not embed (the agent is misconfigured); one raised by hand has the default.
+    with pytest.raises(af.TaskFailed, match="token_delay_ms") as awaited:
+        asyncio.run(awaiting(broken.asubmit, "x"))
+    assert awaited.value.kind == "invalid_request"
+    with pytest.raises(af.TaskFailed, match="does not embed") as not_embedded:
+        echo.embed(["a text"])
+    assert not_embedded.value.kind == "invalid_request"
+    assert af.TaskFailed("raised by hand").kind == "internal"
     assert echo.submit("still serving").result(timeout=10) == "still serving"
 
 

@@ -25,6 +25,9 @@ pub enum Error {
     /// An `openai:MODEL` agent's endpoint settings are missing or invalid.
     #[error("cannot use remote model {model:?}: {reason}")]
     RemoteModel { model: String, reason: String },
+    /// A bug of ours met while serving a task (a panic caught at its thread's edge).
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Model(#[from] fleet_inference::Error),
 }
@@ -51,6 +54,7 @@ pub fn model_error_kind(e: &fleet_inference::Error) -> ErrorKind {
         E::InvalidRequest(_) | E::InvalidOption { .. } => ErrorKind::InvalidRequest,
         E::UnknownModel { .. } => ErrorKind::UnknownAgent,
         E::Busy(_) => ErrorKind::Busy,
+        E::Unavailable(_) => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     }
 }

@@ -65,7 +65,7 @@ pub async fn load(
         Ok(Arc::new(OpenAiModel::new(&model, &options, &key_hosts)?) as _)
     })
     .await
-    .map_err(|e| Error::RemoteModel { model: id.to_owned(), reason: format!("panicked: {e}") })?
+    .map_err(|e| Error::Internal(format!("loading remote model {id} panicked: {e}")))?
 }
 
 /// Where and as whom to call a remote model.
@@ -611,10 +611,12 @@ impl ToolCallDeltas {
 }
 
 /// An error of the remote model `id` at `config`'s endpoint as the inference crate's error:
-/// rejected requests (400, 404, 422) are invalid requests, everything else an engine
-/// failure. The server's own message and the HTTP status are kept.
+/// rejected requests (400, 404, 422) are invalid requests, a 429 busy, an endpoint down or
+/// out of reach (502, 503, 504, no connection) unavailable, everything else an engine
+/// failure; so the cluster's clients see what they would from a local model (OpenAI clients
+/// retry 429s and 503s). The server's own message and the HTTP status are kept.
 fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference::Error {
-    use fleet_inference::Error::{Engine, InvalidRequest};
+    use fleet_inference::Error::{Busy, Engine, InvalidRequest, Unavailable};
     let base_url = &config.base_url;
     match e {
         OpenAIError::ApiError(response) => {
@@ -629,12 +631,15 @@ fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference
             }
             match status.as_u16() {
                 400 | 404 | 422 => InvalidRequest(message),
+                429 => Busy(message),
+                502..=504 => Unavailable(message),
                 _ => Engine(message),
             }
         }
-        OpenAIError::Reqwest(e) => {
-            Engine(format!("cannot reach remote model {id} at {base_url}: {}", error_chain(&e)))
-        }
+        OpenAIError::Reqwest(e) => Unavailable(format!(
+            "cannot reach remote model {id} at {base_url}: {}",
+            error_chain(&e)
+        )),
         // Servers report errors met mid-stream as an `{"error": ...}` event.
         OpenAIError::JSONDeserialize(e, content) => {
             match serde_json::from_str::<WrappedError>(&content) {
@@ -1088,6 +1093,13 @@ mod tests {
         );
         let error = api_error("openai:m", &at("http://h/v1"), response(401, "bad key"));
         assert!(matches!(error, fleet_inference::Error::Engine(_)), "{error}");
+        // What clients should retry stays retryable: busy upstream, upstream down.
+        let error = api_error("openai:m", &at("http://h/v1"), response(429, "slow down"));
+        assert!(matches!(error, fleet_inference::Error::Busy(_)), "{error}");
+        for status in [502, 503, 504] {
+            let error = api_error("openai:m", &at("http://h/v1"), response(status, "down"));
+            assert!(matches!(error, fleet_inference::Error::Unavailable(_)), "{status}: {error}");
+        }
         let long = "x".repeat(5000);
         assert!(api_error("openai:m", &at("u"), response(502, &long)).to_string().len() < 700);
         // An error sent as a stream event.

@@ -339,17 +339,15 @@ async fn nested_calls_do_not_wait_on_their_own_turn_and_a_full_line_is_refused_a
         // 75 calls at once to a max_concurrency=1 agent whose calls take 3 s: one runs, 64
         // wait their turn, the rest are refused as busy at once (not queued for minutes).
         let (ids, mut id_rx) = tokio::sync::mpsc::unbounded_channel();
-        let slow = vec!["word"; 10].join(" ");
+        let slow = ["word"; 10].join(" ");
         let calls: Vec<_> = (0..75)
             .map(|_| tokio::spawn(one_call(client.clone(), call_of("narrow", &slow), ids.clone())))
             .collect();
         let mut calls = futures::stream::iter(calls).buffer_unordered(75);
-        let refused_at = loop {
-            let (output, is_error, after) =
-                calls.next().await.context("all calls ended and none was refused")???;
-            ensure!(is_error && output.contains("busy"), "before any refusal: {output:?}");
-            break after;
-        };
+        // The first call to end is a refusal: the others wait their turn (or run) for 3 s.
+        let (output, is_error, refused_at) =
+            calls.next().await.context("all calls ended and none was refused")???;
+        ensure!(is_error && output.contains("busy"), "before any refusal: {output:?}");
         ensure!(refused_at < Duration::from_secs(10), "the busy refusal came after {refused_at:?}");
         // The line is full; another agent on the same worker still answers at once.
         let asked = Instant::now();

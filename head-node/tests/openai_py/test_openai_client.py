@@ -178,6 +178,11 @@ def test_a_busy_model_is_a_429_the_client_can_retry(cluster: Cluster) -> None:
     with pytest.raises(openai.RateLimitError) as busy:
         client.chat.completions.create(model="one-at-a-time", messages=hi, max_tokens=3)  # type: ignore[arg-type]
     assert busy.value.code == "rate_limit_exceeded" and "busy" in busy.value.message, busy.value
+    # A Responses stream has begun when the refusal comes: its failure event says the same.
+    events = list(client.responses.create(model="one-at-a-time", input="hi", max_output_tokens=3, stream=True))
+    failed = [e for e in events if e.type == "response.failed"]
+    assert failed and failed[0].response.error is not None, [e.type for e in events]
+    assert failed[0].response.error.code == "rate_limit_exceeded", failed[0].response.error
     running.close()  # the client goes: its task is canceled, the waiting one gets the room
     behind.join(timeout=60)
     assert "reply" in waiting, waiting

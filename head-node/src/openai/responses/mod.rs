@@ -119,8 +119,8 @@ impl Shell {
     }
 
     /// A response that failed after it started streaming.
-    fn failed(&self, message: &str) -> Value {
-        let error = json!({"code": "server_error", "message": message});
+    fn failed(&self, code: &str, message: &str) -> Value {
+        let error = json!({"code": code, "message": message});
         self.object("failed", Vec::new(), json!({"error": error}))
     }
 

@@ -18,6 +18,7 @@ use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
 use super::super::chat::{KEEP_ALIVE, ended_without_answer};
+use super::super::errors::ApiError;
 use super::super::run::TaskRun;
 use super::{Shell, function_call, usage};
 
@@ -81,7 +82,7 @@ impl Streamer {
         }
         loop {
             let Some(event) = self.run.next().await else {
-                return (self.fail(&ended_without_answer(None).message), false);
+                return (self.fail(&ended_without_answer(None)), false);
             };
             match &event.kind {
                 EventKind::TextDelta { text, logprobs } if !text.is_empty() => {
@@ -134,7 +135,7 @@ impl Streamer {
                         "the task's worker was lost after part of the answer was sent ({reason}): \
                          retry the request"
                     );
-                    return (self.fail(&message), false);
+                    return (self.fail(&ApiError::server(message)), false);
                 }
                 EventKind::Completed { usage: u } => {
                     let calls = self.output.iter().any(|i| i["type"] == "function_call");
@@ -161,7 +162,7 @@ impl Streamer {
                 kind @ (EventKind::Failed { .. }
                 | EventKind::Canceled { .. }
                 | EventKind::InputRequired { .. }) => {
-                    return (self.fail(&ended_without_answer(Some(kind)).message), false);
+                    return (self.fail(&ended_without_answer(Some(kind))), false);
                 }
                 _ => {}
             }
@@ -219,11 +220,14 @@ impl Streamer {
         self.output.push(item);
     }
 
-    /// An `error` event and `response.failed`, which end the stream.
-    fn fail(&mut self, message: &str) -> Vec<Event> {
-        tracing::warn!(error = %message, "response stream ended with an error");
-        let error = json!({"code": "server_error", "message": message, "param": null});
-        let failed = self.shell.failed(message);
+    /// An `error` event and `response.failed`, which end the stream; their code says what
+    /// kind of failure it was (`rate_limit_exceeded`, `invalid_request_error`, ...), from the
+    /// same table as a status code would be.
+    fn fail(&mut self, error: &ApiError) -> Vec<Event> {
+        let (message, code) = (&error.message, error.code.unwrap_or(error.kind));
+        tracing::warn!(error = %message, code, "response stream ended with an error");
+        let error = json!({"code": code, "message": message, "param": error.param});
+        let failed = self.shell.failed(code, message);
         vec![self.event("error", error), self.event("response.failed", json!({"response": failed}))]
     }
 }
