@@ -19,38 +19,42 @@ use tracing::warn;
 /// pile up gets here.
 pub const COMMAND_BUFFER: usize = 65_536;
 
+/// The worker's queue of commands, shared by both ends so that either can drop what waits.
+type Queue = Arc<Mutex<Option<mpsc::Receiver<Command>>>>;
+
 /// The head's side of one worker's `Join` stream: commands are queued without waiting
 /// (the cluster's lock is held), into a buffer of [`COMMAND_BUFFER`]. A worker that lets it
-/// fill is cut off rather than sent a partial stream: its channel closes after what is
-/// queued, `cut` fires (the `Join` handler then ends the stream, and the worker is handled
-/// as lost: its tasks are retried, it rejoins with an empty buffer), and nothing more is
-/// queued for this connection.
+/// fill is cut off rather than sent a partial stream: what was queued is dropped at once
+/// (its stalled HTTP/2 stream would otherwise keep it until the connection closes), `cut`
+/// fires (the `Join` handler then ends the stream with RESOURCE_EXHAUSTED, and the worker is
+/// handled as lost: its tasks are retried, it rejoins with an empty buffer), and nothing
+/// more is queued for this connection. A worker removed from the registry for any other
+/// reason (its stream ended, no heartbeat) has its queue dropped the same way, its stream
+/// ending cleanly.
 #[derive(Clone, Debug)]
 pub struct CommandSender {
     tx: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
+    queue: Queue,
     cut: CancellationToken,
 }
 
-/// The worker's side: its commands, and the signal that the head cut it off. Clones share
-/// the queue: the `Join` stream's body reads it while the stream's reader task can
-/// [`release`](Self::release) it (a cut worker's stalled HTTP/2 stream would otherwise keep
-/// what was queued until its connection closes).
+/// The worker's side: its commands, and the signal that the head cut it off.
 #[derive(Clone, Debug)]
 pub struct CommandStream {
-    rx: Arc<Mutex<Option<mpsc::Receiver<Command>>>>,
+    queue: Queue,
     pub cut: CancellationToken,
 }
 
 impl CommandStream {
     /// Up to `max` waiting commands into `buf`; `Ready(0)` once the queue closed or was
-    /// released. The lock is held only while polling, never across a wait.
+    /// dropped. The lock is held only while polling, never across a wait.
     pub fn poll_recv_many(
         &self,
         cx: &mut std::task::Context<'_>,
         buf: &mut Vec<Command>,
         max: usize,
     ) -> std::task::Poll<usize> {
-        match self.rx.lock().as_mut() {
+        match self.queue.lock().as_mut() {
             Some(rx) => rx.poll_recv_many(cx, buf, max),
             None => std::task::Poll::Ready(0),
         }
@@ -58,18 +62,12 @@ impl CommandStream {
 
     /// A command if one is waiting (tests).
     pub fn try_recv(&self) -> Option<Command> {
-        self.rx.lock().as_mut()?.try_recv().ok()
-    }
-
-    /// Drops every command still queued; the stream then ends. Returns how many there were.
-    pub fn release(&self) -> usize {
-        let taken = self.rx.lock().take();
-        taken.map_or(0, |rx| rx.len())
+        self.queue.lock().as_mut()?.try_recv().ok()
     }
 
     /// The queue itself, for an in-process worker that reads it directly.
     pub fn into_receiver(self) -> Option<mpsc::Receiver<Command>> {
-        self.rx.lock().take()
+        self.queue.lock().take()
     }
 }
 
@@ -81,13 +79,27 @@ impl CommandSender {
     fn with_capacity(capacity: usize) -> (CommandSender, CommandStream) {
         let (tx, rx) = mpsc::channel(capacity);
         let cut = CancellationToken::new();
-        let sender = CommandSender { tx: Arc::new(Mutex::new(Some(tx))), cut: cut.clone() };
-        (sender, CommandStream { rx: Arc::new(Mutex::new(Some(rx))), cut })
+        let queue: Queue = Arc::new(Mutex::new(Some(rx)));
+        let sender = CommandSender {
+            tx: Arc::new(Mutex::new(Some(tx))),
+            queue: queue.clone(),
+            cut: cut.clone(),
+        };
+        (sender, CommandStream { queue, cut })
     }
 
     /// Whether the worker was cut off.
     pub fn is_cut(&self) -> bool {
         self.cut.is_cancelled()
+    }
+
+    /// Nothing more is queued for this connection, and what waits is dropped; returns how
+    /// many commands that was. (An in-process worker holding the queue itself reads what is
+    /// left, then sees it closed.)
+    pub fn close(&self) -> usize {
+        *self.tx.lock() = None;
+        let dropped = self.queue.lock().take();
+        dropped.map_or(0, |rx| rx.len())
     }
 
     /// Queues `command`; false when the worker is gone or was cut off (this one too).
@@ -98,11 +110,10 @@ impl CommandSender {
             Ok(()) => true,
             Err(TrySendError::Closed(_)) => false,
             Err(TrySendError::Full(_)) => {
-                warn!(
-                    buffer = COMMAND_BUFFER,
-                    "a worker stopped reading its commands; cutting it off"
-                );
                 *tx = None;
+                drop(tx);
+                let dropped = self.close();
+                warn!(dropped, "a worker stopped reading its commands; cut off, its queue dropped");
                 self.cut.cancel();
                 false
             }
@@ -220,15 +231,25 @@ impl WorkerRegistry {
         self.next_connection
     }
 
-    /// Adds a worker; returns the entry it replaced (an older connection of the same id).
+    /// Adds a worker; returns the entry it replaced (an older connection of the same id,
+    /// whose command queue is closed).
     pub fn insert(&mut self, entry: WorkerEntry) -> Option<WorkerEntry> {
-        self.workers.insert(entry.id.clone(), entry)
+        let replaced = self.workers.insert(entry.id.clone(), entry);
+        if let Some(old) = &replaced {
+            old.commands.close();
+        }
+        replaced
     }
 
-    /// Removes a worker if `connection` is still its current one.
+    /// Removes a worker if `connection` is still its current one, closing its command queue
+    /// (see [`CommandSender`]).
     pub fn remove(&mut self, id: &str, connection: u64) -> Option<WorkerEntry> {
         match self.workers.get(id) {
-            Some(w) if w.connection == connection => self.workers.remove(id),
+            Some(w) if w.connection == connection => {
+                let entry = self.workers.remove(id)?;
+                entry.commands.close();
+                Some(entry)
+            }
             _ => None,
         }
     }
@@ -297,37 +318,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_command_buffer_cuts_the_worker_off() {
-        let (tx, stream) = CommandSender::with_capacity(2);
-        let ack = |up_to| Command::Acked { up_to };
-        assert!(tx.send(ack(1)) && tx.send(ack(2)));
-        assert!(!stream.cut.is_cancelled());
-        let clone = tx.clone();
-        assert!(!clone.send(ack(3)), "a command past the buffer was queued");
-        assert!(stream.cut.is_cancelled());
-        assert!(!tx.send(ack(4)), "a cut-off worker was sent more");
-        // What was queued before the cut is still there to read, then the stream ends (the
-        // clones hold no sender: the channel closed).
-        assert_eq!(stream.try_recv(), Some(ack(1)));
-        assert_eq!(stream.clone().into_receiver().map(|mut rx| rx.try_recv()), Some(Ok(ack(2))));
-        assert_eq!(stream.try_recv(), None);
-    }
-
-    #[test]
-    fn a_cut_workers_queue_is_released_while_its_stream_is_stalled() {
+    async fn a_full_command_buffer_cuts_the_worker_off_and_drops_its_queue() {
         let (tx, stream) = CommandSender::with_capacity(3);
         let body = stream.clone(); // the Join stream's body, which nobody polls (stalled)
         let ack = |up_to| Command::Acked { up_to };
         assert!(tx.send(ack(1)) && tx.send(ack(2)) && tx.send(ack(3)));
-        assert!(!tx.send(ack(4)) && stream.cut.is_cancelled());
-        // The reader task, seeing the cut, releases the queue: the three are dropped now,
-        // not when the connection closes, and the body ends when next polled.
-        assert_eq!(stream.release(), 3);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
+        assert!(!stream.cut.is_cancelled());
+        let clone = tx.clone();
+        assert!(!clone.send(ack(4)), "a command past the buffer was queued");
+        assert!(stream.cut.is_cancelled());
+        assert!(!tx.send(ack(5)), "a cut-off worker was sent more");
+        // The three queued were dropped at the cut, not when the stalled connection closes:
+        // the body ends when next polled, and the channel is gone (no clone holds it).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut buf = Vec::new();
         assert_eq!(body.poll_recv_many(&mut cx, &mut buf, 8), std::task::Poll::Ready(0));
         assert!(buf.is_empty());
+        assert!(stream.into_receiver().is_none(), "the queue outlived the cut");
+    }
+
+    #[tokio::test]
+    async fn a_removed_workers_queue_is_dropped_and_its_stream_ends() {
+        let mut registry = WorkerRegistry::default();
+        let (tx, stream) = CommandSender::with_capacity(8);
+        let registration = Registration { worker_id: "w".into(), slots: 4, ..Default::default() };
+        let connection = registry.next_connection();
+        registry.insert(WorkerEntry::new(registration, connection, "p".into(), tx, Instant::now()));
+        let sender = registry.get("w").map(|w| w.commands.clone()).expect("registered");
+        assert!(sender.send(Command::Acked { up_to: 1 }));
+        // Silent past the failure detector's timeout (or its stream ended): removed.
+        assert!(registry.remove("w", connection).is_some());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut buf = Vec::new();
+        assert_eq!(stream.poll_recv_many(&mut cx, &mut buf, 8), std::task::Poll::Ready(0));
+        assert!(buf.is_empty(), "a lost worker's queue was kept");
+        assert!(!stream.cut.is_cancelled(), "a lost worker is not told it stopped reading");
+        assert!(!sender.send(Command::Acked { up_to: 2 }), "a removed worker was sent more");
     }
 
     #[tokio::test]

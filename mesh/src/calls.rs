@@ -434,3 +434,22 @@ async fn write_frames(mut writer: WriteHalf<Stream>, mut queue: mpsc::Receiver<V
     }
     let _ = writer.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Peers of the version before `Cancel` existed read and write the same bytes: the new
+    /// variant went last, so the first two keep their numbers.
+    #[test]
+    fn frames_before_cancel_encode_as_they_did() -> anyhow::Result<()> {
+        let ask = CallFrame::Ask { id: 7, request: MeshRequest::Ping };
+        assert_eq!(codec::encode(&ask, 1024)?, [0, 7, 1]);
+        let answer = CallFrame::Answer { id: 7, response: MeshResponse::Pong };
+        assert_eq!(codec::encode(&answer, 1024)?, [1, 7, 1]);
+        assert_eq!(codec::encode(&CallFrame::Cancel { id: 7 }, 1024)?, [2, 7]);
+        let decoded = codec::decode::<CallFrame>(&[2, 7], 1024)?;
+        assert!(matches!(decoded, CallFrame::Cancel { id: 7 }), "{decoded:?}");
+        Ok(())
+    }
+}

@@ -29,6 +29,7 @@ fn seeds() -> Vec<Vec<u8>> {
             response: MeshResponse::Reply { output: "hi".into(), is_error: false },
         },
         CallFrame::Answer { id: 3, response: MeshResponse::Refused { reason: "busy".into() } },
+        CallFrame::Cancel { id: 4 },
     ];
     let mut seeds: Vec<Vec<u8>> =
         frames.iter().filter_map(|f| codec::encode(f, LIMIT).ok()).collect();

@@ -102,7 +102,6 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let cluster = self.cluster.clone();
         let shutdown = self.shutdown.clone();
         let cut = commands.cut.clone();
-        let queue = commands.clone();
         let reader = async move {
             let reason = loop {
                 let message = tokio::select! {
@@ -140,12 +139,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 }
             };
             debug!(reason, "worker stream ended");
-            if queue.cut.is_cancelled() {
-                // Its stream is stalled (it reads nothing): what was queued for it would
-                // stay until its connection closes. Dropped now; the stream ends.
-                let dropped = queue.release();
-                debug!(dropped, "commands of a cut-off worker dropped");
-            }
+            // Removing the worker drops what was still queued for it.
             cluster.worker_lost(&worker_id, connection, &reason);
         };
         tokio::spawn(reader.instrument(span));
