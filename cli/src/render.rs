@@ -62,7 +62,7 @@ pub fn status(status: &ClusterStatus, out: &mut impl Write) -> io::Result<()> {
                 w.worker_id.clone(),
                 if w.alive { "alive" } else { "dead" }.to_owned(),
                 // Calls from other workers' agents take slots as tasks do.
-                format!("{}/{}", w.running_tasks + w.mesh_calls, w.slots),
+                format!("{}/{}", w.running_tasks.saturating_add(w.mesh_calls), w.slots),
                 w.actors.to_string(),
                 w.tasks_assigned.to_string(),
                 format!("{} ms", w.last_heartbeat_ms_ago),

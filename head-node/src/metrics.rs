@@ -316,7 +316,7 @@ impl Collector for Figures {
             "agentfleet:worker_slots_used",
             "Slots taken on a worker: its running tasks and calls from the mesh",
             Gauge,
-            workers().map(|w| (worker(w), f64::from(w.running_tasks + w.mesh_calls))),
+            workers().map(|w| (worker(w), f64::from(w.running_tasks.saturating_add(w.mesh_calls)))),
         )?;
         series(
             &mut encoder,

@@ -146,10 +146,11 @@ pub fn place<'a>(
 }
 
 /// Picks the worker whose actor of `spec` takes calls over the mesh: only workers on the
-/// mesh that could run the agent at all; the one holding the conversation, then one that
-/// already hosts the actor, then one with a free slot, then the least loaded. Every worker
-/// that could run it stays a candidate when all slots are taken: the callee's worker holds
-/// the call until a slot of its own frees (see the worker's `callee`).
+/// mesh that could run the agent at all; the one holding the conversation whenever it is
+/// one of them, else the best scored: a free slot first, then hosting the actor, then the
+/// least loaded. Every worker that could run it stays a candidate when all slots are taken:
+/// the callee's worker has the call wait in a bounded line for a slot, and refuses it as
+/// busy past that (see the worker's `callee`).
 pub fn locate<'a>(
     spec: &AgentSpec,
     workers: &'a WorkerRegistry,

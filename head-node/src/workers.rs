@@ -98,8 +98,15 @@ impl CommandSender {
     /// left, then sees it closed.)
     pub fn close(&self) -> usize {
         *self.tx.lock() = None;
-        let dropped = self.queue.lock().take();
-        dropped.map_or(0, |rx| rx.len())
+        let Some(queue) = self.queue.lock().take() else { return 0 };
+        let dropped = queue.len();
+        // Freeing up to 65,536 commands is not work for the cluster's lock, which callers
+        // hold: it is done beside it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(queue))),
+            Err(_) => drop(queue),
+        }
+        dropped
     }
 
     /// Queues `command`; false when the worker is gone or was cut off (this one too).

@@ -37,6 +37,10 @@ pub(crate) const CALLS_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentfle
 
 /// Frames waiting to be written on one stream at most; askers wait beyond it.
 const WRITE_QUEUE: usize = 1024;
+/// Answers one stream's asker waits for at most (being worked on, or written); past it this
+/// node reads no more asks from it until one goes. A worker runs at most 1,024 calls, and
+/// refusals are written at once, so only an asker that does not read its answers gets here.
+const OPEN_ANSWERS: usize = 4096;
 /// How much longer than the request timeout a called node waits for its worker's answer.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
@@ -264,6 +268,7 @@ impl Calls {
         // Calls given to the worker and not answered yet: sending on (or dropping) the
         // sender drops that call's reply receiver, so its worker cancels the run.
         let open: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
+        let answers = Arc::new(tokio::sync::Semaphore::new(OPEN_ANSWERS));
         while let Some(read) = self.read_frame(&peer, &mut reader).await {
             let (id, request) = match read {
                 Ok(CallFrame::Ask { id, request }) => (id, request),
@@ -289,55 +294,40 @@ impl Calls {
                     }
                 }
             };
+            let answer = match answer {
+                Answer::Now(response) => {
+                    // Written without waiting: with the write queue full the asker is not
+                    // reading, and times out instead.
+                    if let Some(frame) = answer_frame(id, response, self.max_frame) {
+                        let _ = frames.try_send(frame);
+                    }
+                    continue;
+                }
+                Answer::Later(answer) => answer,
+            };
+            let Ok(slot) = answers.clone().acquire_owned().await else { break };
+            let (cancel, canceled) = oneshot::channel();
+            open.lock().insert(id, cancel);
             // A little past the asker's own timeout, so the asker sees its timeout rather than
             // a race with this refusal; by then nobody waits for the answer.
             let (frames, max_frame) = (frames.clone(), self.max_frame);
             let timeout = self.timeout + ANSWER_GRACE;
-            let canceled = match answer {
-                Answer::Later(_) => {
-                    let (cancel, canceled) = oneshot::channel();
-                    open.lock().insert(id, cancel);
-                    Some(canceled)
-                }
-                Answer::Now(_) => None,
-            };
             let open = open.clone();
             tokio::spawn(async move {
-                let response = match answer {
-                    Answer::Now(response) => response,
-                    Answer::Later(answer) => {
-                        let canceled = async {
-                            match canceled {
-                                Some(canceled) => {
-                                    let _ = canceled.await;
-                                }
-                                None => std::future::pending().await,
-                            }
-                        };
-                        let answered = tokio::select! {
-                            answered = tokio::time::timeout(timeout, answer) => answered,
-                            // The asker gave up: dropping `answer` cancels the worker's run;
-                            // nobody reads an answer now.
-                            () = canceled => return,
-                        };
-                        open.lock().remove(&id);
-                        match answered {
-                            Ok(Ok(response)) => response,
-                            Ok(Err(_)) => {
-                                refused("the called node dropped the call without answering")
-                            }
-                            Err(_) => {
-                                refused("the called node did not answer within the request timeout")
-                            }
-                        }
-                    }
+                let _slot = slot;
+                let answered = tokio::select! {
+                    answered = tokio::time::timeout(timeout, answer) => answered,
+                    // The asker gave up: dropping `answer` cancels the worker's run; nobody
+                    // reads an answer now.
+                    _ = canceled => return,
                 };
-                let frame =
-                    codec::frame(&CallFrame::Answer { id, response }, max_frame).or_else(|e| {
-                        let response = refused(&e.to_string());
-                        codec::frame(&CallFrame::Answer { id, response }, max_frame)
-                    });
-                if let Ok(frame) = frame {
+                open.lock().remove(&id);
+                let response = match answered {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(_)) => refused("the called node dropped the call without answering"),
+                    Err(_) => refused("the called node did not answer within the request timeout"),
+                };
+                if let Some(frame) = answer_frame(id, response, max_frame) {
                     let _ = frames.send(frame).await;
                 }
             });
@@ -411,6 +401,16 @@ impl Drop for Waiting {
 enum Answer {
     Now(MeshResponse),
     Later(oneshot::Receiver<MeshResponse>),
+}
+
+/// The frame of an answer; one too big to send becomes a refusal saying so.
+fn answer_frame(id: u64, response: MeshResponse, max_frame: usize) -> Option<Vec<u8>> {
+    codec::frame(&CallFrame::Answer { id, response }, max_frame)
+        .or_else(|e| {
+            let response = refused(&e.to_string());
+            codec::frame(&CallFrame::Answer { id, response }, max_frame)
+        })
+        .ok()
 }
 
 fn refused(reason: &str) -> MeshResponse {

@@ -14,6 +14,7 @@ use tracing::{Instrument, info_span};
 
 use crate::agent_calls::AgentCaller;
 use crate::agent_loop::{self, TaskRun};
+use crate::gate::Lease;
 use crate::host::{PendingCalls, RunningTasks};
 use crate::memory::ConversationMemory;
 use crate::models::ModelHandle;
@@ -52,6 +53,9 @@ pub struct Run {
     pub task: TaskAssignment,
     pub sink: EventSink,
     pub cancel: CancellationToken,
+    /// The turn and slot a call's run holds, lent back while it waits on its own calls
+    /// (`None` for a task: the head's slots bound those).
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// Remember a finished turn of a conversation.
@@ -138,6 +142,7 @@ impl Message<Run> for AgentActor {
             task: msg.task,
             sink: msg.sink,
             cancel: msg.cancel,
+            lease: msg.lease,
         };
         tokio::spawn(
             async move {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::agent_calls::{AgentCaller, Call};
+use crate::gate::Lease;
 use crate::host::{PendingCalls, ToolOutcome};
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
@@ -47,6 +48,8 @@ pub struct TaskRun {
     pub caller: Option<Arc<AgentCaller>>,
     /// The mesh's topics, for agents with `topics`.
     pub board: Option<Arc<TopicBoard>>,
+    /// A call's run: the turn and slot it holds, lent back while it waits on its own calls.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// How a task ended well, for the actor's conversation memory.
@@ -354,10 +357,16 @@ async fn call_over_mesh(
         timeout: TOOL_CALL_TIMEOUT,
         traceparent: traceparent.to_owned(),
     };
+    let call = async {
+        match &run.lease {
+            Some(lease) => lease.lend(caller.call(request)).await,
+            None => caller.call(request).await,
+        }
+    };
     tokio::select! {
         biased;
         () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
-        outcome = caller.call(request) => Ok(outcome),
+        outcome = call => Ok(outcome),
     }
 }
 

@@ -13,12 +13,11 @@
 //! this worker's slots. A caller that stops waiting (canceled, timed out, gone) cancels the
 //! run.
 //!
-//! A call made from inside a call (its caller is itself a call's run) rides on the turn and
-//! the slot its outer call holds, as Ray lends a task blocked on its children's results its
-//! CPU: were it to wait for them, agent A calling A under `max_concurrency = 1`, or a chain
-//! bouncing between two one-slot workers, would wait on itself until its timeout. Such calls
-//! stay bounded: [`MAX_CALL_DEPTH`](crate::agent_loop::MAX_CALL_DEPTH) deep, and within
-//! [`CALLS_IN_PROGRESS`].
+//! A call's run lends its turn and slot back while it waits on a call of its own (see
+//! [`Lease`]): agent A calling A under `max_concurrency = 1`, or a chain bouncing between
+//! two one-slot workers, would otherwise wait on itself until its timeout. So the bounds
+//! count calls running, not those waiting on their own calls (bounded by
+//! [`CALLS_IN_PROGRESS`] and the call depth).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +34,7 @@ use tracing::{debug, warn};
 
 use crate::actor::{AgentActor, Run};
 use crate::agent_calls::Call;
-use crate::gate::{Gate, Shut};
+use crate::gate::{Gate, Lease, Shut};
 use crate::host::ToolOutcome;
 
 /// How long a call waits for its agent's actor to be placed here.
@@ -47,8 +46,6 @@ pub const TURN_WAITERS: usize = 64;
 /// Calls from the mesh in progress on a worker at most: waiting to be placed, for a turn or
 /// a slot, or running (nested ones included).
 pub const CALLS_IN_PROGRESS: usize = 1024;
-/// The task id of a call's run starts with this: a call whose caller's task does is nested.
-const CALL_RUN_PREFIX: &str = "call-";
 
 /// Why a call did not run (busy, waited out, the agent not here or stopped): its caller
 /// should forget where it looked for the agent.
@@ -127,14 +124,17 @@ impl LocalCalls {
     }
 
     /// Runs one call: its turn under the agent's `max_concurrency` first, then (a call from
-    /// the mesh) one of this worker's `slots`, both within the caller's time; a nested call
-    /// takes neither (see the module's doc).
-    async fn call_within(&self, call: Call, slots: Option<&Gate>) -> Result<ToolOutcome, Refused> {
+    /// the mesh) one of this worker's `slots`, both within the caller's time, held by the
+    /// run's lease.
+    async fn call_within(
+        &self,
+        call: Call,
+        slots: Option<&Arc<Gate>>,
+    ) -> Result<ToolOutcome, Refused> {
         let Some(Placed { actor, turns }) = self.placement(&call.agent).await else {
             return Err(Refused(format!("agent {} is not hosted on this worker", call.agent)));
         };
         let deadline = tokio::time::Instant::now() + call.timeout;
-        let nested = call.caller_task.starts_with(CALL_RUN_PREFIX);
         let shut = |shut: Shut, what: &str| {
             let agent = &call.agent;
             Refused(match shut {
@@ -148,23 +148,17 @@ impl LocalCalls {
                 Shut::Closed => format!("agent {agent} was stopped"),
             })
         };
-        let _turn = match turns.filter(|_| !nested) {
-            Some(turns) => Some(
-                turns.enter(deadline).await.map_err(|s| shut(s, "its turns (max_concurrency)"))?,
-            ),
-            None => None,
-        };
-        let _slot = match slots.filter(|_| !nested) {
-            Some(slots) => {
-                let slot =
-                    slots.enter(deadline).await.map_err(|s| shut(s, "its worker's slots"))?;
-                self.from_mesh.fetch_add(1, Ordering::Relaxed);
-                Some((slot, Counted(self.from_mesh.clone())))
-            }
-            None => None,
-        };
+        let lease = Arc::new(Lease::default());
+        if let Some(turns) = &turns {
+            let turn = lease.take(turns, deadline, None).await;
+            turn.map_err(|s| shut(s, "its turns (max_concurrency)"))?;
+        }
+        if let Some(slots) = slots {
+            let slot = lease.take(slots, deadline, Some(self.from_mesh.clone())).await;
+            slot.map_err(|s| shut(s, "its worker's slots"))?;
+        }
         let task = TaskAssignment {
-            task_id: TaskId::new(format!("{CALL_RUN_PREFIX}{}", uuid::Uuid::new_v4())),
+            task_id: TaskId::new(format!("call-{}", uuid::Uuid::new_v4())),
             agent: call.agent.clone(),
             attempt: 1,
             input: call.input,
@@ -178,7 +172,7 @@ impl LocalCalls {
         let cancel = CancellationToken::new();
         // Canceled however this call ends early: the caller gone, the timeout below.
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let run = Run { task, sink, cancel: cancel.clone() };
+        let run = Run { task, sink, cancel: cancel.clone(), lease: Some(lease) };
         if let Err(e) = actor.ask(run).await {
             return Ok((format!("the actor of agent {} failed ({e})", call.agent), true));
         }
@@ -233,7 +227,7 @@ impl LocalCalls {
         from: String,
         call: fleet_mesh::AgentCall,
         mut reply: tokio::sync::oneshot::Sender<MeshResponse>,
-        slots: &Gate,
+        slots: &Arc<Gate>,
     ) {
         debug!(agent = %call.agent, from = %from, caller_task = %call.caller_task, trace = %call.trace, "call from the mesh");
         let call = Call {
@@ -260,14 +254,5 @@ impl LocalCalls {
         if reply.send(response).is_err() {
             warn!(from = %from, "the caller went away before the answer");
         }
-    }
-}
-
-/// One count of a call in progress, taken back when the call ends however it ends.
-struct Counted(Arc<AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

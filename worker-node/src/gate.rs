@@ -2,10 +2,17 @@
 //! bound on agent calls (an agent's `max_concurrency`, a worker's slots). Past the line's
 //! length an arrival is refused at once as busy instead of joining an ever longer queue,
 //! and a waiter gives up at its caller's deadline.
+//!
+//! A run holds its turns in a [`Lease`], which lends them back while the run waits on a
+//! call of its own, as Ray lends a task blocked on its children's results its CPU: a run
+//! holding its agent's only turn that calls the same agent (directly, or through others)
+//! would otherwise wait on itself.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
@@ -57,6 +64,13 @@ impl Gate {
         }
     }
 
+    /// A turn again for a run already admitted (its lease lent it back): it waits without
+    /// a place in the line and without a deadline (its caller's cancel ends the wait);
+    /// `None` once the gate is closed.
+    async fn reenter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
     /// Waiters and later arrivals are refused as [`Shut::Closed`]; running turns end as
     /// they will.
     pub fn close(&self) {
@@ -67,6 +81,75 @@ impl Gate {
     #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// The turns one run holds, each at its gate, and the count of runs holding it (a worker's
+/// calls in its slots) where one is kept.
+#[derive(Default)]
+pub struct Lease {
+    held: Mutex<Vec<Held>>,
+}
+
+struct Held {
+    gate: Arc<Gate>,
+    permit: Option<OwnedSemaphorePermit>,
+    count: Option<Arc<AtomicUsize>>,
+}
+
+impl Held {
+    fn give_back(&mut self) {
+        if self.permit.take().is_some()
+            && let Some(count) = &self.count
+        {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        if let Some(count) = &self.count {
+            count.fetch_add(1, Ordering::AcqRel);
+        }
+        self.permit = Some(permit);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl Lease {
+    /// Takes a turn at `gate` (see [`Gate::enter`]) and holds it until the lease is dropped;
+    /// `count` goes up while it is held.
+    pub async fn take(
+        &self,
+        gate: &Arc<Gate>,
+        deadline: Instant,
+        count: Option<Arc<AtomicUsize>>,
+    ) -> Result<(), Shut> {
+        let permit = gate.enter(deadline).await?;
+        let mut held = Held { gate: gate.clone(), permit: None, count };
+        held.hold(permit);
+        self.held.lock().push(held);
+        Ok(())
+    }
+
+    /// Runs `wait` with the turns given back, then takes them again (in the order first
+    /// taken, so two runs cannot hold one each and wait for the other's). Dropped midway
+    /// (the run canceled), the turns stay given back.
+    pub async fn lend<T>(&self, wait: impl Future<Output = T>) -> T {
+        let mut held = std::mem::take(&mut *self.held.lock());
+        held.iter_mut().for_each(Held::give_back);
+        let out = wait.await;
+        for h in &mut held {
+            if let Some(permit) = h.gate.reenter().await {
+                h.hold(permit);
+            }
+        }
+        *self.held.lock() = held;
+        out
     }
 }
 
@@ -101,6 +184,30 @@ mod tests {
         drop(first);
         assert_eq!(waiter.await.expect("joined"), Ok(()));
         assert_eq!(gate.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lease_lends_its_turn_while_its_run_waits_and_takes_it_again() {
+        let gate = Arc::new(Gate::new(1, 1));
+        let count = Arc::new(AtomicUsize::new(0));
+        let far = Instant::now() + Duration::from_secs(30);
+        let lease = Lease::default();
+        lease.take(&gate, far, Some(count.clone())).await.expect("a free turn");
+        assert_eq!(count.load(Ordering::Acquire), 1);
+        // The run calls its own agent: the inner call gets the turn the outer one lent.
+        let inner = lease.lend(async {
+            let inner = Lease::default();
+            inner
+                .take(&gate, far, Some(count.clone()))
+                .await
+                .map(|()| count.load(Ordering::Acquire))
+        });
+        assert_eq!(inner.await, Ok(1), "the inner call ran on the lent turn, counted once");
+        assert_eq!(count.load(Ordering::Acquire), 1, "the outer run holds its turn again");
+        assert_eq!(gate.enter(Instant::now()).await.err(), Some(Shut::TimedOut));
+        drop(lease);
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        assert!(gate.enter(far).await.is_ok(), "the turn was given back with the lease");
     }
 
     #[tokio::test]

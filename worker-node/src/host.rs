@@ -231,7 +231,7 @@ impl ActorHost {
         };
         let cancel = CancellationToken::new();
         self.running.lock().insert(task.task_id.clone(), (task.attempt, cancel.clone()));
-        let run = Run { task: task.clone(), sink: sink.clone(), cancel };
+        let run = Run { task: task.clone(), sink: sink.clone(), cancel, lease: None };
         if let Err(e) = actor.ask(run).await {
             self.running.lock().remove(&task.task_id);
             let error =

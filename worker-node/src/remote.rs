@@ -612,7 +612,7 @@ impl ToolCallDeltas {
 
 /// An error of the remote model `id` at `config`'s endpoint as the inference crate's error:
 /// rejected requests (400, 404, 422) are invalid requests, a 429 busy, an endpoint down or
-/// out of reach (502, 503, 504, no connection) unavailable, everything else an engine
+/// out of reach (502, 503, 504, no connection, timed out) unavailable, everything else an engine
 /// failure; so the cluster's clients see what they would from a local model (OpenAI clients
 /// retry 429s and 503s). The server's own message and the HTTP status are kept.
 fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference::Error {
@@ -636,10 +636,14 @@ fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference
                 _ => Engine(message),
             }
         }
-        OpenAIError::Reqwest(e) => Unavailable(format!(
+        // Out of reach for now (retry); a bad URL or certificate is for the operator to fix.
+        OpenAIError::Reqwest(e) if e.is_connect() || e.is_timeout() => Unavailable(format!(
             "cannot reach remote model {id} at {base_url}: {}",
             error_chain(&e)
         )),
+        OpenAIError::Reqwest(e) => {
+            Engine(format!("cannot reach remote model {id} at {base_url}: {}", error_chain(&e)))
+        }
         // Servers report errors met mid-stream as an `{"error": ...}` event.
         OpenAIError::JSONDeserialize(e, content) => {
             match serde_json::from_str::<WrappedError>(&content) {

@@ -319,7 +319,8 @@ async fn nested_calls_do_not_wait_on_their_own_turn_and_a_full_line_is_refused_a
         client.register_agent(pinned("loop-a", "two", &["loop-b"], 1)).await?;
         client.register_agent(pinned("loop-b", "three", &["loop-a"], 0)).await?;
         let mut narrow = pinned("narrow", "three", &[], 1);
-        narrow.model_options = [("token_delay_ms".to_owned(), "300".to_owned())].into();
+        // 5 s a word: no call of it ends by itself while the test looks (a slow machine too).
+        narrow.model_options = [("token_delay_ms".to_owned(), "5000".to_owned())].into();
         client.register_agent(narrow).await?;
         client.register_agent(pinned("other", "three", &[], 0)).await?;
 
@@ -336,7 +337,7 @@ async fn nested_calls_do_not_wait_on_their_own_turn_and_a_full_line_is_refused_a
         ensure!(!is_error && output == "deep", "the chain answered {output:?}");
         ensure!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
 
-        // 75 calls at once to a max_concurrency=1 agent whose calls take 3 s: one runs, 64
+        // 75 calls at once to a max_concurrency=1 agent whose calls take 50 s: one runs, 64
         // wait their turn, the rest are refused as busy at once (not queued for minutes).
         let (ids, mut id_rx) = tokio::sync::mpsc::unbounded_channel();
         let slow = ["word"; 10].join(" ");
@@ -344,7 +345,7 @@ async fn nested_calls_do_not_wait_on_their_own_turn_and_a_full_line_is_refused_a
             .map(|_| tokio::spawn(one_call(client.clone(), call_of("narrow", &slow), ids.clone())))
             .collect();
         let mut calls = futures::stream::iter(calls).buffer_unordered(75);
-        // The first call to end is a refusal: the others wait their turn (or run) for 3 s.
+        // The first call to end is a refusal: the others wait their turn (or run).
         let (output, is_error, refused_at) =
             calls.next().await.context("all calls ended and none was refused")???;
         ensure!(is_error && output.contains("busy"), "before any refusal: {output:?}");
