@@ -41,7 +41,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     if let Some(head) = config.local.clone() {
         let host = host(&config).await?;
         let event_buffer = config.event_buffer.max(1);
-        return run_in_process(head, registration(&config)?, host, event_buffer, shutdown).await;
+        let registration = registration(&config).await?;
+        return run_in_process(head, registration, host, event_buffer, shutdown).await;
     }
     // Several heads (a leader and its standbys): joined in turn until one takes the worker.
     let mut heads = Vec::new();
@@ -56,7 +57,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     if heads.is_empty() {
         return Err(Error::InvalidHead("no head URL given (--head URL[,URL...])".into()));
     }
-    let mut registration = registration(&config)?;
+    let mut registration = registration(&config).await?;
     // Tells the head this process apart from an earlier or later one with the same id.
     registration.incarnation = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
     let mut host = host(&config).await?;
@@ -230,9 +231,12 @@ async fn host(config: &WorkerConfig) -> Result<ActorHost> {
     Ok(ActorHost::new(store))
 }
 
-fn registration(config: &WorkerConfig) -> Result<Registration> {
-    let models = match &config.models_dir {
-        Some(dir) => crate::models::scan(dir)?,
+async fn registration(config: &WorkerConfig) -> Result<Registration> {
+    // Reading the models dir (sizes of whole folders) is blocking I/O: off the runtime.
+    let models = match config.models_dir.clone() {
+        Some(dir) => tokio::task::spawn_blocking(move || crate::models::scan(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("scanning the models dir panicked: {e}")))??,
         None => Vec::new(),
     };
     Ok(Registration {

@@ -199,23 +199,27 @@ impl ModelStore {
             Ok(path) => path,
             Err(e) => return ready(Err(e)),
         };
-        let mut load_options = match load_options(options, crate::resources::detect().memory_bytes)
-        {
-            Ok(o) => o,
-            Err(e) => return ready(Err(e)),
-        };
         let kv_given = options.contains_key("kv_memory_mb");
-        let device = self.device.clone();
-        let id = id.to_owned();
+        let (device, id, options) = (self.device.clone(), id.to_owned(), options.clone());
         async move {
             let started = Instant::now();
             tracing::info!(model = %id, path = %path.display(), "loading model");
-            let loaded = tokio::task::spawn_blocking(move || {
+            // Everything that touches the disk or /proc runs on the blocking pool.
+            let loaded = tokio::task::spawn_blocking(move || -> Result<_> {
+                if !path.exists() {
+                    let dir = path.parent().unwrap_or(&path).display().to_string();
+                    let id = path.file_name().unwrap_or_default().to_string_lossy();
+                    return Err(Error::UnknownModel(format!(
+                        "model {id:?} is not in the models dir {dir}"
+                    )));
+                }
+                let mut load_options =
+                    load_options(&options, crate::resources::detect().memory_bytes)?;
                 if !kv_given && let Some(bytes) = gpu_kv_bytes(&device, &path) {
                     load_options.engine.max_kv_bytes = bytes;
                 }
                 let device = fleet_inference::device(&device)?;
-                fleet_inference::load(&path, &device, &load_options)
+                Ok(fleet_inference::load(&path, &device, &load_options)?)
             })
             .await;
             match loaded {
@@ -226,7 +230,7 @@ impl ModelStore {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(model = %id, error = %e, "model failed to load");
-                    Err(LoadError::from(Error::from(e)))
+                    Err(LoadError::from(e))
                 }
                 Err(e) => Err(LoadError::new(
                     ErrorKind::Internal,
@@ -237,7 +241,8 @@ impl ModelStore {
         .boxed()
     }
 
-    /// Where model `id` is on disk; an error naming the folder looked in when it is not.
+    /// Where model `id` would be on disk (whether it is there is checked off the runtime,
+    /// with the load); an error naming the folder when the id could not be in it.
     fn path_of(&self, id: &str) -> Result<PathBuf> {
         let Some(dir) = &self.dir else {
             return Err(Error::UnknownModel(format!(
@@ -250,14 +255,13 @@ impl ModelStore {
             && !id.contains(['/', '\\'])
             && id != ".."
             && id != ".";
-        let path = dir.join(id);
-        if !plain || !path.exists() {
+        if !plain {
             return Err(Error::UnknownModel(format!(
                 "model {id:?} is not in the models dir {}",
                 dir.display()
             )));
         }
-        Ok(path)
+        Ok(dir.join(id))
     }
 
     /// Ids of the loaded models, for heartbeats.
