@@ -199,7 +199,17 @@ async fn sigkill_of_a_worker_mid_run_leaves_no_task_hanging() -> Result<()> {
             let client = client.clone();
             tokio::spawn(async move { run_many_events(&client, items).await })
         };
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Killed while it runs tasks (its heartbeat says so), whatever the machine's speed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client.status().await?;
+            let running = status.workers.iter().find(|w| w.worker_id == victim).map(|w| w.running_tasks);
+            if running.is_some_and(|n| n > 0) {
+                break;
+            }
+            ensure!(std::time::Instant::now() < deadline, "the victim never ran a task");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         cluster.kill_worker(&victim).await?;
         let events = runner.await??;
 

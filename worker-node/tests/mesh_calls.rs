@@ -127,7 +127,12 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // All five are running on worker two (its heartbeat says so) when it dies.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mesh_calls_on(&client, "two").await? < 5 {
+            ensure!(Instant::now() < deadline, "the five slow calls never all ran on worker two");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let killed_at = std::time::Instant::now();
         two.kill().await?;
         for call in pending {
@@ -139,10 +144,9 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
 
         // New calls reach the agents re-placed on the surviving worker (once the head has
         // dropped the dead one).
-        for _ in 0..100 {
-            if client.status().await?.workers.len() == 2 {
-                break;
-            }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.status().await?.workers.len() != 2 {
+            ensure!(Instant::now() < deadline, "the head never dropped the killed worker");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (output, is_error, _) =
