@@ -29,6 +29,8 @@ pub enum Error {
          name again replaces its spec) or raise --max-agents"
     )]
     TooManyAgents { limit: usize },
+    #[error("{limit} client publishes are waiting for their workers to answer: retry later")]
+    TooManyPublishes { limit: usize },
     #[error("no worker can ever run agent {agent:?}: {reason}")]
     Unschedulable { agent: String, reason: String },
     #[error("mesh unavailable: {0}")]
@@ -71,7 +73,9 @@ impl Error {
             | Self::InvalidArgument(_) => ErrorKind::InvalidRequest,
             Self::UnknownAgent(_) | Self::UnknownModel(_) => ErrorKind::UnknownAgent,
             Self::UnknownTask(_) => ErrorKind::UnknownTask,
-            Self::QueueFull { .. } | Self::TooManyAgents { .. } => ErrorKind::Busy,
+            Self::QueueFull { .. } | Self::TooManyAgents { .. } | Self::TooManyPublishes { .. } => {
+                ErrorKind::Busy
+            }
             Self::Unschedulable { .. } => ErrorKind::Unsupported,
             Self::Mesh(_) | Self::StoreUnavailable(_) | Self::LostLease(_) => {
                 ErrorKind::Unavailable

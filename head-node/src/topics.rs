@@ -27,6 +27,10 @@ struct Relay {
     tx: broadcast::Sender<Arc<TopicMessage>>,
 }
 
+/// Client publishes waiting for their workers' answers at most; past it (after forgetting
+/// those whose client stopped waiting) a publish is refused as busy.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 4096;
+
 struct PendingPublish {
     worker_id: String,
     reply: oneshot::Sender<PublishOutcome>,
@@ -150,6 +154,12 @@ impl TopicRelays {
         if candidates.is_empty() {
             return Err(no_mesh());
         }
+        if self.publishes.len() >= MAX_PUBLISHES_IN_FLIGHT {
+            self.publishes.retain(|_, p| !p.reply.is_closed());
+            if self.publishes.len() >= MAX_PUBLISHES_IN_FLIGHT {
+                return Err(Error::TooManyPublishes { limit: MAX_PUBLISHES_IN_FLIGHT });
+            }
+        }
         candidates.sort_by(|a, b| a.id.cmp(&b.id));
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         publisher.hash(&mut hasher);
@@ -229,4 +239,39 @@ impl TopicRelays {
 
 fn no_mesh() -> Error {
     Error::Mesh("no worker on the mesh: start workers without --no-mesh".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::CommandSender;
+    use fleet_proto::{MeshAddress, Registration};
+
+    #[tokio::test]
+    async fn publishes_in_flight_are_bounded_and_those_nobody_waits_for_are_forgotten() {
+        let mut workers = WorkerRegistry::default();
+        let registration = Registration {
+            worker_id: "w".into(),
+            slots: 1,
+            mesh: Some(MeshAddress { peer_id: "p".into(), addrs: vec![] }),
+            ..Default::default()
+        };
+        let (tx, _commands) = CommandSender::channel();
+        let connection = workers.next_connection();
+        let now = tokio::time::Instant::now();
+        workers.insert(WorkerEntry::new(registration, connection, "p".into(), tx, now));
+        let mut relays = TopicRelays::default();
+        let publish = |relays: &mut TopicRelays| {
+            relays.publish(&workers, "t".into(), "client".into(), "body".into())
+        };
+        let mut waiting: Vec<_> = (0..MAX_PUBLISHES_IN_FLIGHT)
+            .map(|_| publish(&mut relays).expect("room for it"))
+            .collect();
+        let refused = publish(&mut relays).err();
+        assert!(matches!(refused, Some(Error::TooManyPublishes { .. })), "{refused:?}");
+        assert_eq!(refused.map(|e| e.kind()), Some(fleet_proto::ErrorKind::Busy));
+        // A client that stops waiting gives its place back.
+        waiting.pop();
+        assert!(publish(&mut relays).is_ok());
+    }
 }
