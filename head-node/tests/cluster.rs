@@ -355,6 +355,73 @@ async fn every_door_refuses_callers_without_their_credential() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_resource_exhausted_and_the_head_keeps_serving() -> Result<()> {
+    use fleet_client::Code;
+    within(async {
+        let cluster = ClusterSandbox::builder()
+            .workers(1)
+            .worker_arg("--slots")
+            .worker_arg("1")
+            .head_arg("--max-queued-tasks")
+            .head_arg("3")
+            .start()
+            .await?;
+        let client = cluster.client().await?;
+        // 100 words a second apart: nothing ends by itself while the test looks.
+        client.register_agent(slow_echo("slow", 1000)).await?;
+        let long = (0..100).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let status_is = |running: u64, queued: u64| {
+            let client = client.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let s = client.status().await?;
+                    if s.running_tasks == running && s.queued_tasks == queued {
+                        return anyhow::Ok(());
+                    }
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "running {} queued {}",
+                        s.running_tasks,
+                        s.queued_tasks
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let mut streams = Vec::new();
+        streams.push(client.submit(Submission::new("slow", long.clone())).await?);
+        status_is(1, 0).await?;
+        for _ in 0..3 {
+            streams.push(client.submit(Submission::new("slow", long.clone())).await?);
+        }
+        status_is(1, 3).await?;
+        let err = client.submit(Submission::new("slow", "one too many")).await.err();
+        let err = err.context("a task past the full queue was accepted")?;
+        ensure!(
+            err.code() == Code::ResourceExhausted && err.to_string().contains("queue is full"),
+            "{err}"
+        );
+        // Room again once a queued task goes: the head served on.
+        let queued = client
+            .list_tasks(fleet_client::pb::ListTasksRequest {
+                agent: "slow".into(),
+                state: fleet_client::pb::TaskState::Queued.into(),
+                ..Default::default()
+            })
+            .await?;
+        let first = queued.tasks.first().context("no queued task listed")?;
+        client.cancel(&first.task_id).await?;
+        status_is(1, 2).await?;
+        streams.push(client.submit(Submission::new("slow", long.clone())).await?);
+        status_is(1, 3).await?;
+        drop(streams);
+        cluster.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_errors_and_the_head_keeps_serving() -> Result<()> {
     within(async {
         let cluster = ClusterSandbox::builder()
