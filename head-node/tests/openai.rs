@@ -461,6 +461,28 @@ async fn an_openai_agent_calls_the_clusters_own_api() -> Result<()> {
         }
         let keyed = fleet.run("keyed", "with a key").await?;
         ensure!(keyed.output == "with a key", "{keyed:?}");
+        // Nor any other door that shows an agent or its task: status, the task, its A2A cards
+        // (1.0 and 0.3), the inspector's agents and the task's page with its events.
+        let http = reqwest::Client::new();
+        let mut shown = vec![
+            format!("{:?}", fleet.status().await?),
+            format!("{:?}", fleet.get_task(keyed.task_id.as_str()).await?),
+        ];
+        let task_page = format!("/ui/api/tasks/{}", keyed.task_id);
+        for path in [
+            "/a2a/keyed/.well-known/agent-card.json",
+            "/a2a/keyed/v0.3/.well-known/agent-card.json",
+            "/ui/api/agents",
+            task_page.as_str(),
+        ] {
+            let response = http.get(format!("{}{path}", cluster.url)).send().await?;
+            ensure!(response.status() == 200, "{path}: {}", response.status());
+            shown.push(response.text().await?);
+        }
+        for text in &shown {
+            ensure!(!text.contains("sk-secret-123"), "the key was shown: {text}");
+        }
+        ensure!(shown[5].contains("with a key"), "the task's page lacks its events");
 
         let input = "through the cluster and back again";
         let outcome = fleet.run("relay", input).await?;
