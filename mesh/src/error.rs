@@ -60,6 +60,16 @@ pub enum MeshError {
         reason: String,
     },
 
+    /// This node already numbers the messages of [`MAX_PUBLISHERS`](crate::MAX_PUBLISHERS)
+    /// (topic, publisher) pairs: a new pair is refused (known ones go on publishing).
+    #[error(
+        "this node already numbers the messages of {limit} (topic, publisher) pairs, the most it keeps: publish under a publisher name already used"
+    )]
+    TooManyPublishers {
+        /// The limit.
+        limit: usize,
+    },
+
     /// A listen address in the configuration is not a valid multiaddr or cannot be bound.
     #[error("cannot listen on {addr}: {reason}; use a multiaddr such as /ip4/0.0.0.0/tcp/0")]
     Listen {

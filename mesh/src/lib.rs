@@ -34,3 +34,4 @@ pub use counters::MeshCounters;
 pub use error::{MeshError, Result};
 pub use mesh::{IncomingCall, Mesh, MeshConfig, Peer};
 pub use messages::{AgentCall, MeshRequest, MeshResponse, TopicMessage};
+pub use node::MAX_PUBLISHERS;

@@ -51,6 +51,10 @@ const REDIAL_MAX: Duration = Duration::from_secs(3);
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
 /// After a peer connects, how long its subscriptions may take to arrive.
 const SUBSCRIPTION_GRACE: Duration = Duration::from_secs(1);
+/// (topic, publisher) pairs whose messages a node numbers at most (see
+/// [`MeshError::TooManyPublishers`]); with every node so bounded, so are the ordering streams
+/// a subscriber keeps.
+pub const MAX_PUBLISHERS: usize = 65_536;
 /// How long a publish that found no remote subscriber waits for one while peers settle.
 const PUBLISH_HOLD: Duration = Duration::from_secs(2);
 /// After the listeners report their first address, how long to wait for the rest of a
@@ -536,6 +540,12 @@ impl Node {
         now: Instant,
     ) {
         let key = (topic, publisher);
+        // Each pair's numbering is kept for good (subscribers order by it), so new pairs are
+        // what is bounded: clients choose publisher names.
+        if !self.publish_seq.contains_key(&key) && self.publish_seq.len() >= MAX_PUBLISHERS {
+            let _ = reply.send(Err(MeshError::TooManyPublishers { limit: MAX_PUBLISHERS }));
+            return;
+        }
         let seq = self.publish_seq.get(&key).copied().unwrap_or(0) + 1;
         let (topic, publisher) = key;
         let frame = GossipFrame {

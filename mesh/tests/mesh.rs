@@ -616,3 +616,20 @@ async fn bad_configs_are_refused() {
     let listen = MeshConfig { listen: vec!["not an address".into()], ..MeshConfig::default() };
     assert!(matches!(Mesh::start(listen).await, Err(MeshError::Listen { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_numbers_a_bounded_number_of_publishers() -> anyhow::Result<()> {
+    let (mesh, _calls) = start(Duration::from_secs(3)).await?;
+    for i in 0..fleet_mesh::MAX_PUBLISHERS {
+        let published = mesh.publish("t", &format!("p{i}"), "x".into()).await;
+        let numbered = matches!(published, Ok(1) | Err(MeshError::NoSubscribers { seq: 1, .. }));
+        assert!(numbered, "publisher {i}: {published:?}");
+    }
+    let refused = mesh.publish("t", "one more", "x".into()).await;
+    assert!(matches!(refused, Err(MeshError::TooManyPublishers { .. })), "{refused:?}");
+    // Publishers already numbered go on.
+    let again = mesh.publish("t", "p0", "x".into()).await;
+    assert!(matches!(again, Ok(2) | Err(MeshError::NoSubscribers { seq: 2, .. })), "{again:?}");
+    mesh.shutdown().await;
+    Ok(())
+}
