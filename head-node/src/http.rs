@@ -14,6 +14,10 @@ use crate::auth::Credentials;
 use crate::cluster::Cluster;
 use crate::config::HeadConfig;
 
+/// Running tasks allowed webhooks beside the retained and queued ones (running tasks are
+/// bounded by the workers' slots, which the head does not fix in advance).
+const MAX_RUNNING_WITH_WEBHOOKS: usize = 65_536;
+
 #[derive(Debug, Deserialize)]
 struct HealthQuery {
     /// Answer 503 until at least this many workers have joined.
@@ -54,7 +58,14 @@ pub fn router(
         })?),
         None => None,
     };
-    let policy = WebhookPolicy { allow_private: config.allow_private_webhooks, extra_ca_pem };
+    // Every task the head keeps may have configs: retained (finished), queued, and running
+    // (at most one per slot; a generous allowance stands for those).
+    let max_tasks = config
+        .max_retained_tasks
+        .saturating_add(config.max_queued_tasks)
+        .saturating_add(MAX_RUNNING_WITH_WEBHOOKS);
+    let policy =
+        WebhookPolicy { allow_private: config.allow_private_webhooks, extra_ca_pem, max_tasks };
     let webhooks = Webhooks::new(&policy).map_err(crate::Error::InvalidConfig)?;
     // A task's push configs go with the task when retention evicts it.
     let forget = webhooks.clone();

@@ -22,9 +22,9 @@ use super::errors::A2aError;
 use super::{A2a, Version, ops, render, targets};
 use crate::tasks::Delivery;
 
-/// Configs per task, and tasks with configs, at most.
+/// Configs per task at most. (Tasks with configs are bounded by the tasks the head keeps:
+/// a task's configs go with it when retention evicts it; see [`WebhookPolicy::max_tasks`].)
 const MAX_CONFIGS_PER_TASK: usize = 16;
-const MAX_TASKS: usize = 100_000;
 /// Delivery attempts per notification, and the wait before the first retry (then x4).
 const ATTEMPTS: u32 = 4;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -109,6 +109,9 @@ impl PushConfig {
 pub struct WebhookPolicy {
     pub allow_private: bool,
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// Tasks with configs at most: as many as the head keeps (retained, queued and
+    /// running), so that a config for any task the head has is taken.
+    pub max_tasks: usize,
 }
 
 /// The webhooks of every task, and the HTTP client that calls them.
@@ -117,6 +120,7 @@ pub struct Webhooks {
     configs: Arc<Mutex<HashMap<String, Vec<PushConfig>>>>,
     client: reqwest::Client,
     allow_private: bool,
+    max_tasks: usize,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -147,7 +151,12 @@ impl Webhooks {
         }
         let client =
             builder.build().map_err(|e| format!("cannot build the webhook client: {e}"))?;
-        Ok(Self { configs: Arc::default(), client, allow_private: policy.allow_private })
+        Ok(Self {
+            configs: Arc::default(),
+            client,
+            allow_private: policy.allow_private,
+            max_tasks: policy.max_tasks,
+        })
     }
 
     /// Refuses a config whose URL names a private address (unless those are allowed).
@@ -226,7 +235,7 @@ impl Webhooks {
         self.check_target(&config)?;
         let first = {
             let mut configs = self.configs.lock();
-            if configs.len() >= MAX_TASKS && !configs.contains_key(&config.task_id) {
+            if configs.len() >= self.max_tasks && !configs.contains_key(&config.task_id) {
                 return Err(A2aError::invalid_request(
                     "too many tasks with push notifications: delete some configs",
                 ));
