@@ -2,6 +2,7 @@
 the A2A tests start them; the worker also serves all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from a
 models dir."""
 
+import gc
 import importlib.util
 import os
 import sys
@@ -77,6 +78,14 @@ class Cluster(Fleet):
     def stop(self) -> None:
         super().stop()
         self.models.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket a test leaves open fails that test (its ResourceWarning is an error), not
+    whichever later test the garbage collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from conftest import SMOLLM2, Cluster
 QUESTION = [{"role": "user", "content": "List the days of the week."}]
 
 
-def test_logprobs_and_top_logprobs(cluster: Cluster) -> None:
-    client = cluster.client()
+def test_logprobs_and_top_logprobs(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=SMOLLM2, messages=QUESTION, logprobs=True, top_logprobs=3, max_tokens=12, temperature=0.0,  # type: ignore[arg-type]
     )
@@ -28,12 +27,13 @@ def test_logprobs_and_top_logprobs(cluster: Cluster) -> None:
         assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
         # Greedy: the chosen token is the most likely one, with its logprob.
         assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
-    # Streamed, each chunk carries the logprobs of its text's tokens: the same tokens.
-    stream = client.chat.completions.create(
+    # Streamed, each chunk carries the logprobs of its text's tokens: the same tokens. (The
+    # stream is closed with its block: a socket left open fails the test.)
+    with client.chat.completions.create(
         model=SMOLLM2, messages=QUESTION, logprobs=True, top_logprobs=3, max_tokens=12, temperature=0.0, stream=True,  # type: ignore[arg-type]
-    )
-    streamed = [t for chunk in stream if chunk.choices and chunk.choices[0].logprobs
-                for t in chunk.choices[0].logprobs.content or []]
+    ) as stream:
+        streamed = [t for chunk in stream if chunk.choices and chunk.choices[0].logprobs
+                    for t in chunk.choices[0].logprobs.content or []]
     assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in tokens]
     # Without logprobs asked, none come.
     plain = client.chat.completions.create(model=SMOLLM2, messages=QUESTION, max_tokens=4)
