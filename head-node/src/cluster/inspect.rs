@@ -57,6 +57,10 @@ impl Percentiles {
 }
 
 /// One agent's tasks: now, and over the finished ones the head still retains.
+/// How many of an agent's latest completed tasks its latency figures cover: recent enough
+/// to show a change, and a bounded amount of work under the head's lock.
+pub const LATENCY_WINDOW: usize = 1000;
+
 #[derive(Debug, Clone)]
 pub struct AgentFigures {
     pub info: AgentInfo,
@@ -69,7 +73,7 @@ pub struct AgentFigures {
     pub workers: Vec<String>,
     /// Workers hosting an actor of it (the head placed its spec there).
     pub actors: Vec<String>,
-    /// Submission to completion of its completed tasks.
+    /// Submission to completion of its last [`LATENCY_WINDOW`] completed tasks.
     pub latency: Option<Percentiles>,
 }
 
@@ -116,62 +120,49 @@ impl Cluster {
         })
     }
 
-    /// Every agent's figures, by name. One pass over the retained tasks (the inspector asks
-    /// at most every two seconds per open page).
+    /// Every agent's figures, by name, from the task index: counts without a pass over
+    /// the retained tasks (the inspector asks every two seconds per open page).
     pub fn agent_figures(&self) -> Vec<AgentFigures> {
-        let state = self.state.lock();
-        #[derive(Default)]
-        struct Tally {
-            queued: usize,
-            ended: [u64; 3],
-            workers: std::collections::BTreeSet<String>,
-            latencies: Vec<u64>,
-        }
-        let mut tallies: HashMap<&str, Tally> = HashMap::new();
-        for task in state.tasks.iter_from(0) {
-            let tally = tallies.entry(task.agent.as_str()).or_default();
-            match task.state {
-                TaskState::Queued => tally.queued += 1,
-                TaskState::Completed => {
-                    tally.ended[0] += 1;
-                    let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
-                    tally.latencies.push(took);
-                }
-                TaskState::Failed => tally.ended[1] += 1,
-                TaskState::Canceled => tally.ended[2] += 1,
-                TaskState::Scheduled | TaskState::Working | TaskState::InputRequired => {
-                    if let Some(worker) = &task.worker {
-                        tally.workers.insert(worker.clone());
-                    }
-                }
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let mut figures = Vec::with_capacity(state.agents.len());
+        for entry in state.agents.iter() {
+            let name = entry.spec.name.as_str();
+            let tasks = &mut state.tasks;
+            let mut count = |s: TaskState| tasks.newest_of(name, s).0;
+            let (queued, failed, canceled) = (
+                count(TaskState::Queued),
+                count(TaskState::Failed) as u64,
+                count(TaskState::Canceled) as u64,
+            );
+            let mut workers = std::collections::BTreeSet::new();
+            for running in [TaskState::Scheduled, TaskState::Working, TaskState::InputRequired] {
+                workers.extend(tasks.newest_of(name, running).1.filter_map(|t| t.worker.clone()));
             }
+            let (completed, newest) = tasks.newest_of(name, TaskState::Completed);
+            let latencies = newest
+                .take(LATENCY_WINDOW)
+                .map(|t| t.finished_at_us.saturating_sub(t.submitted_at_us))
+                .collect();
+            let mut actors: Vec<String> = state
+                .workers
+                .iter()
+                .filter(|w| w.placed.contains_key(name))
+                .map(|w| w.id.clone())
+                .collect();
+            actors.sort();
+            figures.push(AgentFigures {
+                info: AgentInfo::from(entry),
+                running: entry.running,
+                queued,
+                completed: completed as u64,
+                failed,
+                canceled,
+                workers: workers.into_iter().collect(),
+                actors,
+                latency: Percentiles::of(latencies),
+            });
         }
-        let mut figures: Vec<AgentFigures> = state
-            .agents
-            .iter()
-            .map(|entry| {
-                let name = entry.spec.name.as_str();
-                let tally = tallies.remove(name).unwrap_or_default();
-                let mut actors: Vec<String> = state
-                    .workers
-                    .iter()
-                    .filter(|w| w.placed.contains_key(name))
-                    .map(|w| w.id.clone())
-                    .collect();
-                actors.sort();
-                AgentFigures {
-                    info: AgentInfo::from(entry),
-                    running: entry.running,
-                    queued: tally.queued,
-                    completed: tally.ended[0],
-                    failed: tally.ended[1],
-                    canceled: tally.ended[2],
-                    workers: tally.workers.into_iter().collect(),
-                    actors,
-                    latency: Percentiles::of(tally.latencies),
-                }
-            })
-            .collect();
         figures.sort_by(|a, b| a.info.spec.name.cmp(&b.info.spec.name));
         figures
     }

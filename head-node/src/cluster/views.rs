@@ -185,18 +185,7 @@ pub struct ClusterStatus {
     pub agents_located: u64,
 }
 
-/// Filters and paging for ListTasks.
-#[derive(Debug, Clone, Default)]
-pub struct TaskFilter {
-    pub agent: Option<String>,
-    pub context_id: Option<String>,
-    pub state: Option<TaskState>,
-    pub page_size: usize,
-    /// The task number to continue after, in the listing's order (0: from its start).
-    pub after: u64,
-    /// The newest tasks first.
-    pub newest_first: bool,
-}
+pub use crate::tasks::TaskFilter;
 
 impl Cluster {
     pub fn agents(&self) -> Vec<AgentInfo> {
@@ -232,42 +221,13 @@ impl Cluster {
 
     /// Tasks in submission order (or newest first) matching `filter`, one page of them.
     pub fn list_tasks(&self, filter: &TaskFilter) -> TaskPage {
-        let state = self.state.lock();
-        let size = filter.page_size.clamp(1, 1000);
-        let mut page =
-            TaskPage { tasks: Vec::with_capacity(size.min(64)), next_after: None, total: 0 };
-        // A context's tasks come from its index: conversations stay cheap with many tasks.
-        let oldest_first: Box<dyn DoubleEndedIterator<Item = &TaskEntry>> = match &filter.context_id
-        {
-            Some(context) => Box::new(state.tasks.iter_context(context)),
-            None => Box::new(state.tasks.iter_from(0)),
-        };
-        let tasks: Box<dyn Iterator<Item = &TaskEntry>> =
-            if filter.newest_first { Box::new(oldest_first.rev()) } else { oldest_first };
-        // Whether a task is at or before the cursor in the listing's order.
-        let seen = |number: u64| match (filter.newest_first, filter.after) {
-            (true, 0) => false,
-            (true, after) => number >= after,
-            (false, after) => number <= after,
-        };
-        for t in tasks {
-            let matches = filter.agent.as_ref().is_none_or(|a| *a == t.agent)
-                && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
-                && filter.state.is_none_or(|s| s == t.state);
-            if !matches {
-                continue;
-            }
-            page.total += 1;
-            if seen(t.number) {
-                continue;
-            }
-            if page.tasks.len() < size {
-                page.tasks.push(TaskInfo::from(t));
-            } else if page.next_after.is_none() {
-                page.next_after = page.tasks.last().map(|t| t.number);
-            }
+        let mut state = self.state.lock();
+        let listed = state.tasks.list(filter);
+        TaskPage {
+            tasks: listed.tasks.into_iter().map(TaskInfo::from).collect(),
+            next_after: listed.next_after,
+            total: listed.total,
         }
-        page
     }
 
     /// Every agent's running and queued tasks, by name.

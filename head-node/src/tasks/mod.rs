@@ -3,7 +3,10 @@
 //! goes to the [`Journal`], and events reach subscribers once stored
 //! ([`TaskEntry::stored_up_to`]); without one, at once.
 
+mod index;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +14,7 @@ use fleet_proto::{EventKind, Resources, TaskEvent, TaskId, TaskState, Usage};
 use tokio::sync::mpsc;
 
 use crate::store::{Journal, RestoredTask, TaskRecord};
+use index::{Filed, TaskIndex};
 
 /// What a subscriber stream receives.
 #[derive(Debug, Clone)]
@@ -98,6 +102,9 @@ pub struct TaskEntry {
     pub input: Arc<str>,
     pub context_id: String,
     pub state: TaskState,
+    /// The state the table's index files the task under (it catches up with `state` on
+    /// the table's next call: see `TaskTable::settle`).
+    indexed: TaskState,
     pub attempt: u32,
     pub worker: Option<String>,
     /// What the running attempt holds on its worker.
@@ -306,8 +313,10 @@ pub type EvictionHook = Box<dyn Fn(&str) + Send + Sync>;
 pub struct TaskTable {
     tasks: HashMap<TaskId, TaskEntry>,
     by_number: BTreeMap<u64, TaskId>,
-    /// Task numbers per context id, oldest first (for conversations and their listing).
-    by_context: HashMap<String, Vec<u64>>,
+    /// The tasks by agent, state and context, for listing.
+    index: TaskIndex,
+    /// The task last handed out mutably, whose state the index may not have seen yet.
+    pending: Option<TaskId>,
     finished: VecDeque<TaskId>,
     next_number: u64,
     max_retained: usize,
@@ -340,7 +349,8 @@ impl TaskTable {
         Self {
             tasks: HashMap::new(),
             by_number: BTreeMap::new(),
-            by_context: HashMap::new(),
+            index: TaskIndex::default(),
+            pending: None,
             finished: VecDeque::new(),
             next_number: 0,
             max_retained,
@@ -430,10 +440,11 @@ impl TaskTable {
             depth,
             submitted_at_us,
         } = record;
+        self.settle();
         self.by_number.insert(number, id.clone());
-        if !context_id.is_empty() {
-            self.by_context.entry(context_id.clone()).or_default().push(number);
-        }
+        let state = TaskState::Queued;
+        self.index.add(Filed { number, agent: &agent, context: &context_id, state });
+        self.pending = Some(id.clone());
         let bytes = std::mem::size_of::<TaskEntry>() + input.len() + agent.len() + context_id.len();
         let entry = TaskEntry {
             bytes,
@@ -442,7 +453,8 @@ impl TaskTable {
             agent,
             input,
             context_id,
-            state: TaskState::Queued,
+            state,
+            indexed: state,
             attempt: 1,
             worker: None,
             reserved: Resources::default(),
@@ -472,7 +484,29 @@ impl TaskTable {
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut TaskEntry> {
         self.changes = self.changes.wrapping_add(1);
-        self.tasks.get_mut(id)
+        self.settle();
+        let entry = self.tasks.get_mut(id)?;
+        self.pending = Some(entry.id.clone());
+        Some(entry)
+    }
+
+    /// Files the task last handed out mutably under the state it is in now. A state only
+    /// changes through a `&mut TaskEntry`, and the table hands out one at a time, so
+    /// settling that one before each use of the index keeps the whole index true.
+    fn settle(&mut self) {
+        if let Some(id) = self.pending.take()
+            && let Some(entry) = self.tasks.get_mut(&id)
+            && entry.state != entry.indexed
+        {
+            let filed = Filed {
+                number: entry.number,
+                agent: &entry.agent,
+                context: &entry.context_id,
+                state: entry.indexed,
+            };
+            self.index.moved(filed, entry.state);
+            entry.indexed = entry.state;
+        }
     }
 
     /// A number that moves whenever a task may have changed (see `changes`).
@@ -489,6 +523,7 @@ impl TaskTable {
             TaskState::Canceled => self.counters.canceled += 1,
             _ => return,
         }
+        self.settle();
         self.finished.push_back(id.clone());
         self.retained_bytes += self.tasks.get(id.as_str()).map_or(0, |t| t.bytes);
         while self.finished.len() > self.max_retained
@@ -504,14 +539,14 @@ impl TaskTable {
                 }
                 self.retained_bytes = self.retained_bytes.saturating_sub(entry.bytes);
                 self.by_number.remove(&entry.number);
+                self.index.remove(Filed {
+                    number: entry.number,
+                    agent: &entry.agent,
+                    context: &entry.context_id,
+                    state: entry.indexed,
+                });
                 for hook in &self.on_evicted {
                     hook(old.as_str());
-                }
-                if let Some(numbers) = self.by_context.get_mut(&entry.context_id) {
-                    numbers.retain(|&n| n != entry.number);
-                    if numbers.is_empty() {
-                        self.by_context.remove(&entry.context_id);
-                    }
                 }
             }
         }
@@ -522,13 +557,62 @@ impl TaskTable {
         self.by_number.range(after + 1..).filter_map(|(_, id)| self.tasks.get(id))
     }
 
-    /// The tasks of one context in submission order.
-    pub fn iter_context<'a>(
-        &'a self,
-        context_id: &str,
-    ) -> impl DoubleEndedIterator<Item = &'a TaskEntry> + 'a {
-        let numbers = self.by_context.get(context_id).map(Vec::as_slice).unwrap_or_default();
-        numbers.iter().filter_map(|n| self.by_number.get(n)).filter_map(|id| self.tasks.get(id))
+    /// One page of the tasks `filter` matches, in submission order (or newest first),
+    /// with how many match in all. Reads the page's tasks only (and, with a context and
+    /// another filter, that context's tasks), however many are retained.
+    pub fn list(&mut self, filter: &TaskFilter) -> Listed<'_> {
+        self.settle();
+        let this = &*self;
+        let size = filter.page_size.clamp(1, 1000);
+        let entry = |number: u64| this.by_number.get(&number).and_then(|id| this.tasks.get(id));
+        // Past the cursor, in the listing's order.
+        let range = match (filter.newest_first, filter.after) {
+            (false, after) => (Bound::Excluded(after), Bound::Unbounded),
+            (true, 0) => (Bound::Unbounded, Bound::Unbounded),
+            (true, after) => (Bound::Unbounded, Bound::Excluded(after)),
+        };
+        let (agent, state) = (filter.agent.as_deref(), filter.state);
+        let (numbers, total): (Box<dyn DoubleEndedIterator<Item = u64> + '_>, usize) =
+            match (&filter.context_id, this.index.matching(agent, state)) {
+                (Some(context), _) => {
+                    // A conversation's own tasks, checked one by one for the other filters.
+                    let matches = move |n: &u64| {
+                        entry(*n).is_some_and(|t| {
+                            agent.is_none_or(|a| a == t.agent) && state.is_none_or(|s| s == t.state)
+                        })
+                    };
+                    let set = this.index.context(context);
+                    let total = set.iter().filter(|n| matches(n)).count();
+                    (Box::new(set.range(range).copied().filter(matches)), total)
+                }
+                (None, Some(set)) => (Box::new(set.range(range).copied()), set.len()),
+                (None, None) => {
+                    (Box::new(this.by_number.range(range).map(|(n, _)| *n)), this.by_number.len())
+                }
+            };
+        let numbers: Box<dyn Iterator<Item = u64>> =
+            if filter.newest_first { Box::new(numbers.rev()) } else { numbers };
+        let mut tasks: Vec<&TaskEntry> = numbers.filter_map(entry).take(size + 1).collect();
+        let next_after = (tasks.len() > size).then(|| {
+            tasks.truncate(size);
+            tasks.last().map_or(0, |t| t.number)
+        });
+        Listed { tasks, next_after, total }
+    }
+
+    /// How many retained tasks `agent` has in `state`, and those tasks, newest first.
+    pub fn newest_of(
+        &mut self,
+        agent: &str,
+        state: TaskState,
+    ) -> (usize, impl Iterator<Item = &TaskEntry>) {
+        self.settle();
+        let this = &*self;
+        let numbers = this.index.matching(Some(agent), Some(state)).into_iter().flatten();
+        let count = this.index.matching(Some(agent), Some(state)).map_or(0, |s| s.len());
+        let tasks =
+            numbers.rev().filter_map(|n| this.by_number.get(n)).filter_map(|id| this.tasks.get(id));
+        (count, tasks)
     }
 
     pub fn len(&self) -> usize {
@@ -538,6 +622,29 @@ impl TaskTable {
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
+}
+
+/// Which tasks a listing shows, and where its page starts.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub agent: Option<String>,
+    pub context_id: Option<String>,
+    pub state: Option<TaskState>,
+    pub page_size: usize,
+    /// The task number to continue after, in the listing's order (0: from its start).
+    pub after: u64,
+    /// The newest tasks first.
+    pub newest_first: bool,
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Listed<'a> {
+    pub tasks: Vec<&'a TaskEntry>,
+    /// The task number to continue after, when there are more.
+    pub next_after: Option<u64>,
+    /// Tasks matching the filter, on every page.
+    pub total: usize,
 }
 
 #[cfg(test)]
@@ -608,10 +715,99 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert!(table.get("t0").is_none() && table.get("t4").is_some());
         assert_eq!(table.iter_from(0).count(), 2);
-        assert!(table.by_context.is_empty(), "evicted tasks left the context index");
-        assert_eq!(table.iter_context("c").count(), 0);
+        assert!(table.index.is_tidy(), "evicted tasks left traces in the index");
+        assert_eq!(table.index.filed(), 2);
+        let in_context = TaskFilter { context_id: Some("c".into()), ..Default::default() };
+        assert_eq!(table.list(&in_context).total, 0);
         assert_eq!(table.counters.completed, 5);
         assert_eq!(*evicted.lock(), ["t0", "t1", "t2"], "the eviction hook missed tasks");
+    }
+
+    /// What listing must answer, worked out by reading every task.
+    fn listed_by_scan(table: &TaskTable, filter: &TaskFilter) -> (Vec<u64>, usize) {
+        let matching: Vec<u64> = table
+            .iter_from(0)
+            .filter(|t| {
+                filter.agent.as_ref().is_none_or(|a| *a == t.agent)
+                    && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
+                    && filter.state.is_none_or(|s| s == t.state)
+            })
+            .map(|t| t.number)
+            .collect();
+        let total = matching.len();
+        let mut ordered = matching;
+        if filter.newest_first {
+            ordered.reverse();
+        }
+        (ordered, total)
+    }
+
+    proptest::proptest! {
+        /// The index answers every listing as a scan of every task would, page by page,
+        /// while tasks arrive, change state, finish and are evicted.
+        #[test]
+        fn listing_from_the_index_agrees_with_a_scan(
+            steps in proptest::collection::vec((0u8..6, 0usize..40, 0u8..3, 0u8..3), 1..120),
+            filters in proptest::collection::vec(
+                (0u8..4, 0u8..4, 0u8..8, 1usize..5, proptest::bool::ANY), 1..12),
+        ) {
+            let mut table = TaskTable::new(12, usize::MAX);
+            let mut ids: Vec<TaskId> = Vec::new();
+            for (op, pick, agent, context) in steps {
+                let target = (!ids.is_empty()).then(|| ids[pick % ids.len()].clone());
+                let kind = match (op, target) {
+                    (0, _) | (_, None) => {
+                        let id = TaskId::new(format!("t{}", ids.len()));
+                        let context =
+                            if context == 0 { String::new() } else { format!("c{context}") };
+                        table.insert(id.clone(), format!("a{agent}"), "x".into(), context);
+                        ids.push(id);
+                        continue;
+                    }
+                    (1, Some(id)) => (id, EventKind::Scheduled { worker_id: "w".into() }),
+                    (2, Some(id)) => (id, EventKind::Working),
+                    (3, Some(id)) => (id, EventKind::InputRequired { prompt: String::new() }),
+                    (4, Some(id)) => (id, EventKind::Completed { usage: Usage::default() }),
+                    (_, Some(id)) => (id, EventKind::Canceled { reason: String::new() }),
+                };
+                let (id, kind) = kind;
+                let Some(task) = table.get_mut(id.as_str()) else { continue };
+                if task.state.is_terminal() {
+                    continue;
+                }
+                let state = kind.state_after();
+                task.push(kind, 0);
+                if let Some(state) = state.filter(|s| s.is_terminal()) {
+                    table.finished(&id, state);
+                }
+            }
+            for (agent, context, state, size, newest_first) in filters {
+                let mut filter = TaskFilter {
+                    agent: (agent > 0).then(|| format!("a{}", agent - 1)),
+                    context_id: (context > 0).then(|| format!("c{context}")),
+                    state: TaskState::ALL.get(state as usize).copied(),
+                    page_size: size,
+                    after: 0,
+                    newest_first,
+                };
+                let (expected, expected_total) = listed_by_scan(&table, &filter);
+                let mut paged = Vec::new();
+                loop {
+                    let page = table.list(&filter);
+                    proptest::prop_assert_eq!(page.total, expected_total);
+                    proptest::prop_assert!(page.tasks.len() <= size);
+                    paged.extend(page.tasks.iter().map(|t| t.number));
+                    match page.next_after {
+                        Some(after) => filter.after = after,
+                        None => break,
+                    }
+                }
+                proptest::prop_assert_eq!(&paged, &expected);
+            }
+            proptest::prop_assert!(table.index.is_tidy());
+            table.settle();
+            proptest::prop_assert_eq!(table.index.filed(), table.len());
+        }
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! Which retained tasks each listing filter matches, kept up to date as tasks come, change
+//! state and go, so that a page of ListTasks (and its total) reads only what it returns
+//! instead of scanning every retained task under the head's lock.
+
+use std::collections::{BTreeSet, HashMap};
+
+use fleet_proto::TaskState;
+
+/// Task numbers (submission order) by agent, by state, by both and by context.
+#[derive(Debug, Default)]
+pub struct TaskIndex {
+    by_agent: HashMap<String, AgentTasks>,
+    by_state: HashMap<TaskState, BTreeSet<u64>>,
+    by_context: HashMap<String, BTreeSet<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct AgentTasks {
+    all: BTreeSet<u64>,
+    by_state: HashMap<TaskState, BTreeSet<u64>>,
+}
+
+/// One retained task, as the index files it.
+#[derive(Debug, Clone, Copy)]
+pub struct Filed<'a> {
+    pub number: u64,
+    pub agent: &'a str,
+    pub context: &'a str,
+    pub state: TaskState,
+}
+
+impl TaskIndex {
+    pub fn add(&mut self, task: Filed<'_>) {
+        let agent = self.by_agent.entry(task.agent.to_owned()).or_default();
+        agent.all.insert(task.number);
+        agent.by_state.entry(task.state).or_default().insert(task.number);
+        self.by_state.entry(task.state).or_default().insert(task.number);
+        if !task.context.is_empty() {
+            self.by_context.entry(task.context.to_owned()).or_default().insert(task.number);
+        }
+    }
+
+    /// A filed task is now in state `to`.
+    pub fn moved(&mut self, task: Filed<'_>, to: TaskState) {
+        if task.state == to {
+            return;
+        }
+        take_out(&mut self.by_state, &task.state, task.number);
+        self.by_state.entry(to).or_default().insert(task.number);
+        if let Some(agent) = self.by_agent.get_mut(task.agent) {
+            take_out(&mut agent.by_state, &task.state, task.number);
+            agent.by_state.entry(to).or_default().insert(task.number);
+        }
+    }
+
+    pub fn remove(&mut self, task: Filed<'_>) {
+        take_out(&mut self.by_state, &task.state, task.number);
+        if let Some(agent) = self.by_agent.get_mut(task.agent) {
+            agent.all.remove(&task.number);
+            take_out(&mut agent.by_state, &task.state, task.number);
+            if agent.all.is_empty() {
+                self.by_agent.remove(task.agent);
+            }
+        }
+        take_out(&mut self.by_context, task.context, task.number);
+    }
+
+    /// The numbers of the tasks of `agent` (any, when none) in `state` (any, when none);
+    /// `None` for no filter at all (every task matches).
+    pub fn matching(
+        &self,
+        agent: Option<&str>,
+        state: Option<TaskState>,
+    ) -> Option<&BTreeSet<u64>> {
+        static EMPTY: BTreeSet<u64> = BTreeSet::new();
+        let found = match (agent, state) {
+            (None, None) => return None,
+            (None, Some(state)) => self.by_state.get(&state),
+            (Some(agent), None) => self.by_agent.get(agent).map(|a| &a.all),
+            (Some(agent), Some(state)) => {
+                self.by_agent.get(agent).and_then(|a| a.by_state.get(&state))
+            }
+        };
+        Some(found.unwrap_or(&EMPTY))
+    }
+
+    /// The numbers of one context's tasks.
+    pub fn context(&self, context: &str) -> &BTreeSet<u64> {
+        static EMPTY: BTreeSet<u64> = BTreeSet::new();
+        self.by_context.get(context).unwrap_or(&EMPTY)
+    }
+
+    /// How many tasks the index files (for tests: the table's own count must agree).
+    #[cfg(test)]
+    pub fn filed(&self) -> usize {
+        self.by_agent.values().map(|a| a.all.len()).sum()
+    }
+
+    /// Whether the index holds nothing for agents, states or contexts without tasks.
+    #[cfg(test)]
+    pub fn is_tidy(&self) -> bool {
+        self.by_state.values().all(|s| !s.is_empty())
+            && self.by_context.values().all(|s| !s.is_empty())
+            && self
+                .by_agent
+                .values()
+                .all(|a| !a.all.is_empty() && a.by_state.values().all(|s| !s.is_empty()))
+    }
+}
+
+/// Removes `number` from the set under `key`, and the set once empty (agents, states and
+/// contexts without tasks leave no trace).
+fn take_out<K, Q>(sets: &mut HashMap<K, BTreeSet<u64>>, key: &Q, number: u64)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(set) = sets.get_mut(key) {
+        set.remove(&number);
+        if set.is_empty() {
+            sets.remove(key);
+        }
+    }
+}
