@@ -55,6 +55,10 @@ pub struct Args {
     /// of on first use (repeatable).
     #[arg(long = "preload", value_name = "NAME")]
     preload: Vec<String>,
+    /// Seconds a loaded model stays loaded once no agent on this worker uses it (its
+    /// weights, KV memory and engine thread are freed after; preloaded models stay).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    model_keep_alive: u64,
     /// Where local models run: cpu, cuda[:N] or metal[:N] (GPUs need a build with the
     /// cuda or metal feature) [default: cuda:0 in a CUDA build on a machine with a GPU,
     /// else cpu].
@@ -141,6 +145,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     }
     config.models_dir = args.models_dir;
     config.preload = args.preload;
+    config.model_keep_alive = std::time::Duration::from_secs(args.model_keep_alive);
     config.device = match args.device {
         Some(device) => device,
         None => fleet_inference::gpu::default_device(&detected).to_owned(),

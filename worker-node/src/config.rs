@@ -25,8 +25,10 @@ pub struct WorkerConfig {
     /// Most tasks run at once.
     pub slots: u32,
     pub models_dir: Option<PathBuf>,
-    /// Models (ids under `models_dir`) to load before joining.
+    /// Models (ids under `models_dir`) to load before joining (and keep loaded).
     pub preload: Vec<String>,
+    /// How long a loaded model that no agent uses stays loaded (`--model-keep-alive`).
+    pub model_keep_alive: std::time::Duration,
     /// Where local models run: `cpu`, `cuda[:N]` or `metal[:N]`.
     pub device: String,
     /// Multiaddrs the worker's mesh listens on (agents on other workers call its agents
@@ -54,6 +56,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("slots", &self.slots)
             .field("models_dir", &self.models_dir)
             .field("preload", &self.preload)
+            .field("model_keep_alive", &self.model_keep_alive)
             .field("device", &self.device)
             .field("mesh_listen", &self.mesh_listen)
             .field("key_hosts", &self.key_hosts)
@@ -82,6 +85,7 @@ impl WorkerConfig {
             slots: 256,
             models_dir: None,
             preload: Vec::new(),
+            model_keep_alive: crate::models::DEFAULT_KEEP_ALIVE,
             device: "cpu".into(),
             mesh_listen: Vec::new(),
             key_hosts: Vec::new(),

@@ -221,9 +221,10 @@ async fn join_mesh(
 /// worker that joins has them ready (and a model that cannot load stops it with the reason).
 async fn host(config: &WorkerConfig) -> Result<ActorHost> {
     let mut store = ModelStore::new(config.models_dir.clone(), config.device.clone())
-        .with_key_hosts(config.key_hosts.clone());
+        .with_key_hosts(config.key_hosts.clone())
+        .with_keep_alive(config.model_keep_alive);
     for id in &config.preload {
-        let handle = store.get(id, &Default::default());
+        let handle = store.preload(id);
         handle
             .await
             .map_err(|reason| Error::Preload { model: id.clone(), reason: reason.to_string() })?;

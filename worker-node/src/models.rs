@@ -5,10 +5,10 @@
 //! worker keeps serving its other agents meanwhile; every actor of the model waits on the
 //! same load and then shares the one loaded model (and its engine).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleet_inference::{LoadOptions, Model, ModelStats};
 use fleet_proto::{ErrorKind, LoadedModel, ModelOnDisk};
@@ -94,6 +94,8 @@ type Key = (String, BTreeMap<String, String>);
 /// weights with its own engine thread, so agents that differ in engine options must not
 /// multiply them without bound.
 pub const MAX_COPIES_PER_MODEL: usize = 4;
+/// How long a loaded model nobody uses stays loaded, unless the worker says otherwise.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(300);
 /// Upper limits of the engine options an agent may set.
 const MAX_SEQUENCES: usize = 1024;
 const MAX_WAITING: usize = 65_536;
@@ -107,6 +109,12 @@ pub struct ModelStore {
     /// Where the worker's own API key may go besides its configured endpoint.
     key_hosts: Arc<[String]>,
     loaded: HashMap<Key, ModelHandle>,
+    /// Models loaded with `--preload`: kept loaded whether used or not.
+    pinned: HashSet<Key>,
+    /// How long a loaded model nobody uses stays loaded.
+    keep_alive: Duration,
+    /// Since when each loaded model has been unused (no actor and no run holds it).
+    unused_since: HashMap<Key, Instant>,
     /// Tokens generated per model at the previous report, for tokens/s.
     last_report: HashMap<String, (Instant, u64)>,
 }
@@ -135,8 +143,56 @@ impl ModelStore {
             device,
             key_hosts: Arc::new([]),
             loaded: HashMap::new(),
+            pinned: HashSet::new(),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            unused_since: HashMap::new(),
             last_report: HashMap::new(),
         }
+    }
+
+    /// Unloads a model once nobody has used it for `keep_alive`.
+    pub fn with_keep_alive(self, keep_alive: Duration) -> Self {
+        Self { keep_alive, ..self }
+    }
+
+    /// Loads model `id` (default options) now and keeps it loaded whether used or not.
+    pub fn preload(&mut self, id: &str) -> ModelHandle {
+        let options = BTreeMap::new();
+        self.pinned.insert((id.to_owned(), options.clone()));
+        self.get(id, &options)
+    }
+
+    /// Unloads the models that no actor and no run has held for the keep-alive time (not
+    /// the preloaded ones): an agent removed or placed elsewhere leaves its model's weights,
+    /// KV memory and engine thread behind otherwise, for as long as the worker runs.
+    /// Returns the ids unloaded.
+    pub fn unload_unused(&mut self, now: Instant) -> Vec<String> {
+        let mut unloaded = Vec::new();
+        let (pinned, unused_since, keep_alive) =
+            (&self.pinned, &mut self.unused_since, self.keep_alive);
+        self.loaded.retain(|key, handle| {
+            // Held by an actor or a waiting run (a handle besides ours), or by a run
+            // (the model itself).
+            let held = handle.strong_count() != Some(1)
+                || matches!(handle.peek(), Some(Ok(model)) if Arc::strong_count(model) != 1);
+            if held || pinned.contains(key) {
+                unused_since.remove(key);
+                return true;
+            }
+            let since = *unused_since.entry(key.clone()).or_insert(now);
+            if now.saturating_duration_since(since) < keep_alive {
+                return true;
+            }
+            unused_since.remove(key);
+            if matches!(handle.peek(), Some(Ok(_))) {
+                tracing::info!(model = %key.0, idle_s = keep_alive.as_secs(), "model unloaded, unused");
+                unloaded.push(key.0.clone());
+            }
+            false
+        });
+        let loaded = &self.loaded;
+        self.last_report.retain(|id, _| loaded.keys().any(|(other, _)| other == id));
+        unloaded
     }
 
     /// Allows remote models at these hosts to receive the worker's own `OPENAI_API_KEY`.
@@ -280,6 +336,7 @@ impl ModelStore {
     /// The loaded models and their engines' figures, tokens/s since the previous report.
     pub fn report(&mut self) -> Vec<LoadedModel> {
         let now = Instant::now();
+        self.unload_unused(now);
         let mut by_id: BTreeMap<String, ModelStats> = BTreeMap::new();
         for ((id, _), handle) in &self.loaded {
             if let Some(Ok(model)) = handle.peek() {
@@ -427,6 +484,43 @@ mod tests {
         let ids: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.format.as_str())).collect();
         assert_eq!(ids, [("models--org--cached", "hf"), ("qwen-hf", "hf"), ("tiny.gguf", "gguf")]);
         std::fs::remove_dir_all(&dir)
+    }
+
+    #[tokio::test]
+    async fn a_model_nobody_uses_is_unloaded_after_its_keep_alive() {
+        let keep_alive = Duration::from_secs(60);
+        let mut store = ModelStore::default().with_keep_alive(keep_alive);
+        let (echo, options) = ("builtin:echo", BTreeMap::new());
+        let actor = store.get(echo, &options);
+        let run = actor.clone().await.map_err(|e| e.to_string());
+        let t0 = Instant::now();
+        let hours = |h: u64| t0 + Duration::from_secs(3600 * h);
+        // Held by an actor, then by a run only: stays however long.
+        assert!(store.unload_unused(t0).is_empty() && store.unload_unused(hours(1)).is_empty());
+        drop(actor);
+        assert!(store.unload_unused(hours(2)).is_empty());
+        assert_eq!(store.loaded_ids(), [echo]);
+        // Nobody holds it: the keep-alive counts from when that was first seen.
+        drop(run);
+        assert!(store.unload_unused(hours(3)).is_empty());
+        assert!(store.unload_unused(hours(3) + keep_alive / 2).is_empty());
+        assert_eq!(store.unload_unused(hours(3) + keep_alive), [echo]);
+        assert!(store.loaded_ids().is_empty() && store.report().is_empty());
+        // Used again before its time is up: the clock starts over once it is unused again.
+        let actor = store.get(echo, &options);
+        let _ = actor.clone().await;
+        assert!(store.unload_unused(hours(4)).is_empty());
+        assert!(store.unload_unused(hours(4) + keep_alive / 2).is_empty());
+        let again = actor.clone();
+        assert!(store.unload_unused(hours(4) + keep_alive).is_empty(), "used: kept");
+        drop((actor, again));
+        assert!(store.unload_unused(hours(5)).is_empty());
+        assert_eq!(store.unload_unused(hours(6)), [echo]);
+        // A preloaded model stays.
+        let _ = store.preload(echo).await;
+        assert!(store.unload_unused(hours(7)).is_empty());
+        assert!(store.unload_unused(hours(8)).is_empty());
+        assert_eq!(store.loaded_ids(), [echo]);
     }
 
     #[tokio::test]
