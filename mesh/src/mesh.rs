@@ -14,7 +14,7 @@ use crate::{
     AgentCall, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
     codec::MAX_FRAME_CEILING,
     counters::{Counters, MeshCounters},
-    node::{Command, Node},
+    node::{COMMAND_QUEUE, Command, Node, WantedPeers},
 };
 
 /// How a mesh node is set up. Start from `MeshConfig::default()` and change what you need.
@@ -150,7 +150,8 @@ pub struct Mesh {
 
 struct Shared {
     peer_id: PeerId,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    wanted_peers: WantedPeers,
     counters: Arc<Counters>,
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
     subscription_capacity: usize,
@@ -175,9 +176,8 @@ impl Mesh {
         let peer_id = keypair.public().to_peer_id();
         let counters = Arc::new(Counters::default());
         let listen_addrs = Arc::new(RwLock::new(Vec::new()));
-        // Unbounded so that set_peers and subscribe need not wait or fail; what is queued is
-        // bounded by the callers themselves (each ask and publish waits for its answer).
-        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let wanted_peers = WantedPeers::default();
         let (incoming, incoming_rx) = mpsc::channel(config.incoming_capacity);
 
         let mut node = Node::new(
@@ -186,6 +186,7 @@ impl Mesh {
             counters.clone(),
             listen_addrs.clone(),
             command_rx,
+            wanted_peers.clone(),
             incoming.clone(),
         )?;
         let calls = Calls::new(
@@ -213,6 +214,7 @@ impl Mesh {
         let shared = Shared {
             peer_id,
             commands,
+            wanted_peers,
             counters,
             listen_addrs,
             subscription_capacity: config.subscription_capacity,
@@ -227,7 +229,7 @@ impl Mesh {
         let peer = peer.to_string();
         loop {
             let (reply, answer) = oneshot::channel();
-            if self.send(Command::ConnectedPeers { reply }).is_err() {
+            if self.send(Command::ConnectedPeers { reply }).await.is_err() {
                 return false;
             }
             match answer.await {
@@ -267,7 +269,9 @@ impl Mesh {
         let allowed =
             parsed.iter().map(|(p, _)| *p).filter(|p| *p != self.shared.peer_id).collect();
         self.shared.calls.set_allowed(allowed);
-        let _ = self.shared.commands.send(Command::SetPeers(parsed));
+        *self.shared.wanted_peers.lock() = Some(parsed);
+        // A full queue is fine: the node takes the new list before its next command.
+        let _ = self.shared.commands.try_send(Command::PeersChanged);
     }
 
     /// Asks a peer and waits for its answer. A peer that is allowed but not connected yet is
@@ -294,23 +298,25 @@ impl Mesh {
             publisher: publisher.to_string(),
             body,
             reply,
-        })?;
+        })
+        .await?;
         result.await.map_err(|_| MeshError::Stopped)?
     }
 
     /// Subscribes to a topic: every message published on it anywhere on the mesh (this
     /// node's own included), in order per (publishing node, publisher). The receiver closes
     /// when the mesh stops; dropping it unsubscribes.
-    pub fn subscribe(&self, topic: &str) -> mpsc::Receiver<TopicMessage> {
+    pub async fn subscribe(&self, topic: &str) -> mpsc::Receiver<TopicMessage> {
         let (sender, receiver) = mpsc::channel(self.shared.subscription_capacity);
-        let _ = self.shared.commands.send(Command::Subscribe { topic: topic.to_string(), sender });
+        // A stopped node drops the sender: the receiver ends at once.
+        let _ = self.send(Command::Subscribe { topic: topic.to_string(), sender }).await;
         receiver
     }
 
     /// Peers that are connected and have identified themselves (so they allow this node too).
     pub async fn connected_peers(&self) -> Vec<String> {
         let (reply, peers) = oneshot::channel();
-        if self.send(Command::ConnectedPeers { reply }).is_err() {
+        if self.send(Command::ConnectedPeers { reply }).await.is_err() {
             return Vec::new();
         }
         peers.await.unwrap_or_default()
@@ -319,7 +325,7 @@ impl Mesh {
     /// Connected peers whose subscription to `topic` this node has seen.
     pub async fn topic_peers(&self, topic: &str) -> Vec<String> {
         let (reply, peers) = oneshot::channel();
-        if self.send(Command::TopicPeers { topic: topic.to_string(), reply }).is_err() {
+        if self.send(Command::TopicPeers { topic: topic.to_string(), reply }).await.is_err() {
             return Vec::new();
         }
         peers.await.unwrap_or_default()
@@ -334,13 +340,14 @@ impl Mesh {
     /// subscriptions and the incoming-call receiver end. Returns once the swarm is dropped.
     pub async fn shutdown(&self) {
         let (done, stopped) = oneshot::channel();
-        if self.send(Command::Shutdown { done }).is_ok() {
+        if self.send(Command::Shutdown { done }).await.is_ok() {
             let _ = stopped.await;
         }
     }
 
-    fn send(&self, command: Command) -> Result<()> {
-        self.shared.commands.send(command).map_err(|_| MeshError::Stopped)
+    /// Queues a command, waiting for room (the node's queue is bounded).
+    async fn send(&self, command: Command) -> Result<()> {
+        self.shared.commands.send(command).await.map_err(|_| MeshError::Stopped)
     }
 }
 

@@ -62,8 +62,16 @@ const PUBLISH_HOLD: Duration = Duration::from_secs(2);
 const LISTEN_SETTLE: Duration = Duration::from_millis(50);
 
 /// What the handle asks the swarm task to do.
+/// The allow list a node is asked to take: only the latest matters, so it waits in one slot
+/// (replaced by each `set_peers`) instead of queuing; [`Command::PeersChanged`] says to look.
+pub(crate) type WantedPeers = Arc<parking_lot::Mutex<Option<Vec<(PeerId, Vec<Multiaddr>)>>>>;
+
+/// How many commands wait for the node at most: those with an answer wait for room, so a
+/// busy node slows its callers instead of queuing without bound.
+pub(crate) const COMMAND_QUEUE: usize = 1024;
+
 pub(crate) enum Command {
-    SetPeers(Vec<(PeerId, Vec<Multiaddr>)>),
+    PeersChanged,
     Publish { topic: String, publisher: String, body: String, reply: oneshot::Sender<Result<u64>> },
     Subscribe { topic: String, sender: mpsc::Sender<TopicMessage> },
     ConnectedPeers { reply: oneshot::Sender<Vec<String>> },
@@ -151,7 +159,8 @@ pub(crate) struct Node {
     max_frame: usize,
     counters: Arc<Counters>,
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::Receiver<Command>,
+    wanted_peers: WantedPeers,
     incoming: mpsc::Sender<IncomingCall>,
     peers: HashMap<PeerId, PeerState>,
     /// Incoming calls handed to the worker, by local id.
@@ -175,7 +184,8 @@ impl Node {
         config: &MeshConfig,
         counters: Arc<Counters>,
         listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
-        commands: mpsc::UnboundedReceiver<Command>,
+        commands: mpsc::Receiver<Command>,
+        wanted_peers: WantedPeers,
         incoming: mpsc::Sender<IncomingCall>,
     ) -> Result<Self> {
         let settings = StackSettings {
@@ -197,6 +207,7 @@ impl Node {
             counters,
             listen_addrs,
             commands,
+            wanted_peers,
             incoming,
             peers: HashMap::new(),
             inbound: HashMap::new(),
@@ -287,8 +298,14 @@ impl Node {
 
     fn on_command(&mut self, command: Command) {
         let now = Instant::now();
+        // Whatever the command, a new allow list goes first: its nudge may not have fit in
+        // a full queue, and a command after it (an ask's wait for its peer) expects it.
+        let wanted = self.wanted_peers.lock().take();
+        if let Some(peers) = wanted {
+            self.set_peers(peers, now);
+        }
         match command {
-            Command::SetPeers(peers) => self.set_peers(peers, now),
+            Command::PeersChanged => {}
             Command::Publish { topic, publisher, body, reply } => {
                 self.publish(topic, publisher, body, reply, now);
             }

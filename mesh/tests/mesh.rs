@@ -171,8 +171,9 @@ async fn every_subscriber_gets_every_message_in_order() -> anyhow::Result<()> {
     let (b, _) = start(timeout).await?;
     let (c, _) = start(timeout).await?;
     let meshes = [a.clone(), b.clone(), c.clone()];
-    let mut subscriptions: Vec<_> = meshes.iter().map(|m| m.subscribe("news")).collect();
-    let mut other = b.subscribe("other");
+    let mut subscriptions: Vec<_> =
+        futures::future::join_all(meshes.iter().map(|m| m.subscribe("news"))).await;
+    let mut other = b.subscribe("other").await;
     connect_all(&[&a, &b, &c]);
     for mesh in &meshes {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -249,8 +250,8 @@ async fn a_node_missing_from_the_peer_lists_is_refused() -> anyhow::Result<()> {
     echo(a_calls);
     connect_all(&[&a, &b]);
     intruder.set_peers(vec![peer(&a), peer(&b)]);
-    let mut a_news = a.subscribe("news");
-    let mut intruder_news = intruder.subscribe("news");
+    let mut a_news = a.subscribe("news").await;
+    let mut intruder_news = intruder.subscribe("news").await;
     wait_connected(&a, 1).await?;
 
     let started = Instant::now();
@@ -597,7 +598,7 @@ async fn wildcard_listeners_and_a_publish_right_after_set_peers() -> anyhow::Res
             ensure!(!addr.contains("/0.0.0.0/") && !addr.ends_with("/tcp/0"), "unresolved {addr}");
         }
     }
-    let mut b_news = b.subscribe("news");
+    let mut b_news = b.subscribe("news").await;
     connect_all(&[&a, &b]);
     // Not connected yet: the message is held until b's subscription arrives.
     assert_eq!(a.publish("news", "alpha", "first".into()).await?, 1);
@@ -631,5 +632,40 @@ async fn a_node_numbers_a_bounded_number_of_publishers() -> anyhow::Result<()> {
     let again = mesh.publish("t", "p0", "x".into()).await;
     assert!(matches!(again, Ok(2) | Err(MeshError::NoSubscribers { seq: 2, .. })), "{again:?}");
     mesh.shutdown().await;
+    Ok(())
+}
+
+/// The node's command queue is bounded and an allow list never queues: a burst of peer
+/// lists (far more than the queue holds) leaves the node on the last one, whatever nudges
+/// did not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_peer_lists_leaves_the_node_on_the_last() -> anyhow::Result<()> {
+    init_tracing();
+    let (a, _) = start(Duration::from_secs(5)).await?;
+    let (b, b_calls) = start(Duration::from_secs(5)).await?;
+    echo(b_calls);
+    b.set_peers(vec![peer(&a), peer(&b)]);
+    let (only_b, nobody) = (vec![peer(&a), peer(&b)], vec![peer(&a)]);
+    for i in 0..20_000 {
+        a.set_peers(if i % 2 == 0 { only_b.clone() } else { nobody.clone() });
+    }
+    a.set_peers(only_b.clone());
+    wait_connected(&a, 1).await?;
+    match a.ask(&b.peer_id(), call("echo", "after the burst")).await? {
+        MeshResponse::Reply { output, .. } => ensure!(output == "after the burst"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+    // And the other way: the last list leaves b out, so asking b fails as unknown.
+    for i in 0..20_000 {
+        a.set_peers(if i % 2 == 0 { nobody.clone() } else { only_b.clone() });
+    }
+    a.set_peers(nobody);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.connected_peers().await.is_empty() {
+        ensure!(Instant::now() < deadline, "a still connected to b after leaving it out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = a.ask(&b.peer_id(), call("echo", "x")).await;
+    ensure!(refused.is_err(), "asked a peer off the allow list: {refused:?}");
     Ok(())
 }

@@ -52,11 +52,11 @@ impl TopicBoard {
         if !self.subscribed.lock().insert(topic.to_owned()) {
             return;
         }
-        let mut messages = self.mesh.subscribe(topic);
-        let (recent, forwarded, to_head) =
-            (self.recent.clone(), self.forwarded.clone(), self.to_head.clone());
+        let (mesh, recent, forwarded, to_head) =
+            (self.mesh.clone(), self.recent.clone(), self.forwarded.clone(), self.to_head.clone());
         let topic = topic.to_owned();
         tokio::spawn(async move {
+            let mut messages = mesh.subscribe(&topic).await;
             while let Some(m) = messages.recv().await {
                 let message = TopicMessage {
                     topic: m.topic,

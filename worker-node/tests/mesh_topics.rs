@@ -4,7 +4,7 @@
 //! order per publisher; a client publishes too; an agent reading the topic has it in its
 //! prompt. A node that did not join through the head cannot call a worker's agents.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -59,14 +59,43 @@ async fn publish_all(client: Client, publisher: &str, prefix: &str) -> Result<()
     Ok(())
 }
 
-/// Reads `count` messages; checks each publisher's come in order with consecutive numbers.
+/// Has each publisher post a probe until every follower has had one from each: the
+/// followers' subscriptions have reached the publishers' nodes (gossip spreads them).
+async fn until_subscriptions_spread(
+    client: &Client,
+    followers: &mut [TopicStream],
+    publishers: &[&str],
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut heard: Vec<HashSet<String>> = vec![HashSet::new(); followers.len()];
+    while heard.iter().any(|h| h.len() < publishers.len()) {
+        ensure!(std::time::Instant::now() < deadline, "subscriptions did not spread: {heard:?}");
+        for publisher in publishers {
+            let probe = r#"<tool_call>{"name": "publish", "arguments": {"topic": "news", "message": "probe"}}</tool_call>"#;
+            run(client, publisher, probe).await?;
+        }
+        for (follower, heard) in followers.iter_mut().zip(&mut heard) {
+            // What has arrived by now; the next round probes again.
+            while let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(200), follower.next()).await
+            {
+                heard.insert(m?.publisher);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `count` messages besides probes; checks each publisher's come in order with
+/// consecutive numbers.
 async fn read_in_order(
     mut stream: TopicStream,
     count: usize,
 ) -> Result<HashMap<String, Vec<String>>> {
     let mut by_publisher: HashMap<String, Vec<String>> = HashMap::new();
     let mut last_seq: HashMap<String, u64> = HashMap::new();
-    for _ in 0..count {
+    let mut read = 0;
+    while read < count {
         let m = tokio::time::timeout(Duration::from_secs(30), stream.next())
             .await
             .context("a topic message did not come")?
@@ -78,7 +107,10 @@ async fn read_in_order(
             m.publisher,
             m.seq
         );
-        by_publisher.entry(m.publisher).or_default().push(m.body);
+        if m.body != "probe" {
+            by_publisher.entry(m.publisher).or_default().push(m.body);
+            read += 1;
+        }
     }
     Ok(by_publisher)
 }
@@ -102,8 +134,7 @@ async fn subscribers_on_three_workers_get_every_message_in_order() -> Result<()>
         for worker in ["one", "two", "three"] {
             followers.push(client.follow_topic("news", worker).await?);
         }
-        // Subscriptions spread over the mesh in gossip heartbeats.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        until_subscriptions_spread(&client, &mut followers, &["pub-a", "pub-b"]).await?;
 
         let a = tokio::spawn(publish_all(client.clone(), "pub-a", "a"));
         let b = tokio::spawn(publish_all(client.clone(), "pub-b", "b"));
