@@ -669,3 +669,58 @@ async fn a_burst_of_peer_lists_leaves_the_node_on_the_last() -> anyhow::Result<(
     ensure!(refused.is_err(), "asked a peer off the allow list: {refused:?}");
     Ok(())
 }
+
+/// A node whose worker takes no calls for a while holds 1,024 of them (its default queue)
+/// and refuses the next as busy at once; it keeps asking others meanwhile, and once the
+/// worker reads its queue it answers every held call and takes new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_of_incoming_calls_refuses_the_next_as_busy() -> anyhow::Result<()> {
+    init_tracing();
+    let (a, a_calls) = start(Duration::from_secs(60)).await?;
+    let (b, mut b_calls) = start(Duration::from_secs(60)).await?;
+    echo(a_calls);
+    connect_all(&[&a, &b]);
+    wait_connected(&a, 1).await?;
+    let capacity = MeshConfig::default().incoming_capacity;
+    ensure!(capacity == 1024, "the default queue is {capacity}");
+    let held: Vec<_> = (0..capacity)
+        .map(|i| {
+            let (a, b) = (a.clone(), b.peer_id());
+            tokio::spawn(async move { a.ask(&b, call("echo", &format!("held {i}"))).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b_calls.len() < capacity {
+        ensure!(Instant::now() < deadline, "only {} calls queued", b_calls.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    match a.ask(&b.peer_id(), call("echo", "one too many")).await? {
+        MeshResponse::Refused { reason } => ensure!(reason.contains("busy"), "{reason}"),
+        other => bail!("a call past the full queue got {other:?}"),
+    }
+    ensure!(started.elapsed() < Duration::from_secs(5), "the refusal took {:?}", started.elapsed());
+    // b still asks others while its worker's queue is full.
+    match b.ask(&a.peer_id(), call("echo", "from b")).await? {
+        MeshResponse::Reply { output, .. } => ensure!(output == "from b"),
+        other => bail!("b's own ask got {other:?}"),
+    }
+    // The worker reads its queue: every held call is answered, and new ones are taken.
+    tokio::spawn(async move {
+        while let Some(incoming) = b_calls.recv().await {
+            let output = incoming.call.input;
+            let _ = incoming.reply.send(MeshResponse::Reply { output, is_error: false });
+        }
+    });
+    for (i, call) in held.into_iter().enumerate() {
+        match call.await?? {
+            MeshResponse::Reply { output, .. } => ensure!(output == format!("held {i}")),
+            other => bail!("held call {i} got {other:?}"),
+        }
+    }
+    match a.ask(&b.peer_id(), call("echo", "room again")).await? {
+        MeshResponse::Reply { output, .. } => ensure!(output == "room again"),
+        other => bail!("after the queue drained: {other:?}"),
+    }
+    Ok(())
+}
