@@ -62,10 +62,8 @@ async fn in_process_workers_run_tasks_and_hand_them_over_when_one_stops() -> Res
 }
 
 /// An in-process worker with a two-event buffer: 200 tasks of 52 events each all complete,
-/// every runner waiting for room in turn. (Events go up from their own task, so a command
-/// being handled while the buffer is full cannot wait on the loop that handles it; this
-/// test exercises the backpressure, it does not reproduce that interleaving, which needs an
-/// actor failing at the same moment.)
+/// every runner waiting for room in turn (the backpressure; the next test reproduces a
+/// command that waits for room while its own loop handles it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_event_buffer_slows_but_never_stalls_an_in_process_worker() -> Result<()> {
     let shutdown = CancellationToken::new();
@@ -89,6 +87,86 @@ async fn a_tiny_event_buffer_slows_but_never_stalls_an_in_process_worker() -> Re
     )
     .await??;
     ensure!(outcomes.iter().all(|o| o.state == TaskState::Completed && o.output == input));
+    shutdown.cancel();
+    Ok(())
+}
+
+/// A head in this process that hands its worker the commands the test queued and passes on
+/// the events it gets.
+struct ScriptedHead {
+    commands: parking_lot::Mutex<Vec<tokio::sync::mpsc::Receiver<fleet_proto::Command>>>,
+    /// Senders of the channels handed out on rejoins, kept open (an empty queue, not an end).
+    idle: parking_lot::Mutex<Vec<tokio::sync::mpsc::Sender<fleet_proto::Command>>>,
+    events: tokio::sync::mpsc::UnboundedSender<fleet_proto::TaskEvent>,
+}
+
+impl fleet_proto::local::LocalHead for ScriptedHead {
+    fn join(
+        &self,
+        _: fleet_proto::Registration,
+    ) -> (u64, Duration, tokio::sync::mpsc::Receiver<fleet_proto::Command>) {
+        let commands = self.commands.lock().pop().unwrap_or_else(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            self.idle.lock().push(tx);
+            rx
+        });
+        (1, Duration::from_secs(3600), commands)
+    }
+
+    fn heartbeat(&self, _: &str, _: u64, _: fleet_proto::Heartbeat) {}
+
+    fn events(&self, _: &str, _: u64, events: Vec<fleet_proto::TaskEvent>) {
+        for event in events {
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn leave(&self, _: &str, _: u64, _: &str) {}
+}
+
+/// Commands whose handling emits events (tasks of an agent the worker does not have fail at
+/// once), one after another, with a one-event buffer: each waits for room, which only a
+/// reader beside the command loop can make. Were the loop the buffer's reader, the second
+/// would wait on the loop that is waiting for it, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_emit_events_never_wait_on_their_own_loop() -> Result<()> {
+    let (commands, rx) = tokio::sync::mpsc::channel(16);
+    let (events, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let head = ScriptedHead {
+        commands: parking_lot::Mutex::new(vec![rx]),
+        idle: Default::default(),
+        events,
+    };
+    for i in 0..4 {
+        commands
+            .send(fleet_proto::Command::RunTask(fleet_proto::TaskAssignment {
+                task_id: fleet_proto::TaskId::new(format!("t{i}")),
+                agent: "nobody".into(),
+                attempt: 1,
+                input: String::new(),
+                context_id: String::new(),
+                options: None,
+                depth: 0,
+                traceparent: String::new(),
+            }))
+            .await?;
+    }
+    let shutdown = CancellationToken::new();
+    let mut config = fleet_worker::WorkerConfig::new("in-process");
+    config.local = Some(std::sync::Arc::new(head));
+    config.event_buffer = 1;
+    tokio::spawn(fleet_worker::run(config, shutdown.child_token()));
+    for i in 0..4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {i} of 4 tasks' events came: the worker stalled"))?
+            .ok_or_else(|| anyhow::anyhow!("the worker stopped"))?;
+        ensure!(
+            matches!(&event.kind, fleet_proto::EventKind::Failed { error, .. } if error.contains("not placed")),
+            "{event:?}"
+        );
+    }
+    drop(commands);
     shutdown.cancel();
     Ok(())
 }
