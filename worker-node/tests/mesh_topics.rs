@@ -217,8 +217,14 @@ async fn a_node_that_did_not_join_the_head_cannot_use_the_mesh() -> Result<()> {
             timeout_ms: 3000,
             depth: 0,
         });
+        // Not a dial error or an unknown peer (the outsider lists the worker): the worker
+        // drops the connection, so the outsider never gets to ask and waits out its time.
         let refused = outsider.ask(&worker.mesh_peer_id, call).await;
-        ensure!(refused.is_err(), "the worker answered an outsider: {refused:?}");
+        ensure!(
+            matches!(refused, Err(fleet_mesh::MeshError::Timeout { .. })),
+            "an outsider's call should find no connection to use: {refused:?}"
+        );
+        ensure!(outsider.connected_peers().await.is_empty(), "the worker let the outsider in");
         outsider.shutdown().await;
 
         // The worker still serves the cluster.
