@@ -178,6 +178,7 @@ async fn dropping_a_generation_frees_its_kv_memory() -> Result<()> {
             continue;
         }
         assert!(stats.kv_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        let at_drop = stats.generated_tokens.load(std::sync::atomic::Ordering::Relaxed);
         drop(stream);
         let deadline = Instant::now() + Duration::from_secs(10);
         while stats.kv_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0 {
@@ -185,10 +186,13 @@ async fn dropping_a_generation_frees_its_kv_memory() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
-        // The engine-level test proves the cancel with no stop tokens; here a random model
-        // may also end on its own, so only the upper bound is certain.
+        // The generation stopped within a step or two of the drop (a random model may also
+        // end on its own meanwhile, which stops it sooner still).
         let generated = stats.generated_tokens.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(generated < 400, "{generated} tokens: the dropped generation ran to the end");
+        assert!(
+            generated <= at_drop + 8,
+            "{generated} tokens, {at_drop} when dropped: the dropped generation went on"
+        );
         return Ok(());
     }
     Err("every model ended its generation at once".into())
