@@ -349,6 +349,23 @@ async fn every_door_refuses_callers_without_their_credential() -> Result<()> {
         }
         ensure!(good.status().await?.workers.len() == 1);
         ensure!(good.run("echo", "still serving").await?.output == "still serving");
+
+        // Each refusal left a line for the operator (and never the credential presented).
+        for line in [
+            "refused a client without a credential",
+            "refused a request without a client credential",
+            "refused a worker without the join token",
+        ] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cluster.head_log().contains(line) {
+                ensure!(std::time::Instant::now() < deadline, "the head never logged {line:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let log = cluster.head_log();
+        for secret in ["wrong-token", "Bearer wrong", cluster.join_token()] {
+            ensure!(!log.contains(secret), "the head logged a credential: {secret}");
+        }
         cluster.shutdown().await
     })
     .await

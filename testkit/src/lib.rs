@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,6 +25,40 @@ pub mod fuzz;
 pub mod postgres;
 pub mod tls;
 pub use tls::TestCertificates;
+
+/// What a sandbox's heads wrote to stderr (their log), the latest [`HeadLog::KEEP`] bytes;
+/// passed on to the test's own stderr line by line as it comes.
+#[derive(Debug, Clone, Default)]
+pub struct HeadLog(Arc<Mutex<String>>);
+
+impl HeadLog {
+    /// How much of the log is kept (the oldest half goes when it is full).
+    pub const KEEP: usize = 4 << 20;
+
+    /// The log so far.
+    pub fn text(&self) -> String {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Reads `stderr` until it ends, keeping its lines.
+    fn follow(&self, stderr: tokio::process::ChildStderr) {
+        let log = self.0.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+                let Ok(mut text) = log.lock() else { return };
+                if text.len() + line.len() > Self::KEEP {
+                    let cut = text.len() / 2;
+                    let cut = (cut..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                    text.drain(..cut);
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+    }
+}
 
 /// Workers' meshes listen on loopback only: tests never open ports beyond 127.0.0.1.
 const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
@@ -198,7 +233,8 @@ impl SandboxBuilder {
         let scheme = if self.tls { "https" } else { "http" };
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
-        let (head, address) = start_head("127.0.0.1:0", &head_args, &log).await?;
+        let head_log = HeadLog::default();
+        let (head, address) = start_head("127.0.0.1:0", &head_args, &log, &head_log).await?;
         let mut standby_heads = Vec::new();
         let mut url = format!("{scheme}://{address}");
         if self.standbys > 0 {
@@ -214,7 +250,7 @@ impl SandboxBuilder {
             }
             for _ in 0..self.standbys {
                 let (standby, standby_address) =
-                    start_head("127.0.0.1:0", &head_args, &log).await?;
+                    start_head("127.0.0.1:0", &head_args, &log, &head_log).await?;
                 url.push_str(&format!(",{scheme}://{standby_address}"));
                 standby_heads.push((standby, standby_address));
             }
@@ -231,6 +267,7 @@ impl SandboxBuilder {
             join_token,
             worker_args: self.worker_args.clone(),
             log,
+            head_log,
             next_worker: 0,
             started,
             dir,
@@ -249,10 +286,15 @@ pub async fn spawn_head(
     args: &[String],
     log: &str,
 ) -> anyhow::Result<(Child, String)> {
-    start_head(listen, args, log).await
+    start_head(listen, args, log, &HeadLog::default()).await
 }
 
-async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<(Child, String)> {
+async fn start_head(
+    listen: &str,
+    args: &[String],
+    log: &str,
+    head_log: &HeadLog,
+) -> anyhow::Result<(Child, String)> {
     let mut head = Command::new(binary("fleet-head")?);
     head.args(["--listen", listen, "--print-address"])
         .args(args)
@@ -265,8 +307,12 @@ async fn start_head(listen: &str, args: &[String], log: &str) -> anyhow::Result<
         .env_remove("FLEET_STORE")
         .env_remove("FLEET_DATA_DIR")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut head = head.spawn().context("cannot start fleet-head")?;
+    if let Some(stderr) = head.stderr.take() {
+        head_log.follow(stderr);
+    }
     let stdout = head.stdout.take().context("fleet-head has no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
@@ -312,6 +358,7 @@ pub struct ClusterSandbox {
     join_token: String,
     worker_args: Vec<String>,
     log: String,
+    head_log: HeadLog,
     next_worker: usize,
     started: Instant,
     dir: PathBuf,
@@ -320,6 +367,11 @@ pub struct ClusterSandbox {
 impl ClusterSandbox {
     pub fn builder() -> SandboxBuilder {
         SandboxBuilder::default()
+    }
+
+    /// What the sandbox's heads have logged so far (at the builder's `log` level).
+    pub fn head_log(&self) -> String {
+        self.head_log.text()
     }
 
     /// How long from the start of `start()` until all workers had joined.
@@ -499,7 +551,8 @@ impl ClusterSandbox {
 
     /// Starts the head again on its address and data after [`ClusterSandbox::kill_head`].
     pub async fn start_head(&mut self) -> anyhow::Result<()> {
-        let (head, _) = start_head(&self.address, &self.head_args, &self.log).await?;
+        let (head, _) =
+            start_head(&self.address, &self.head_args, &self.log, &self.head_log).await?;
         self.head = head;
         Ok(())
     }
