@@ -460,6 +460,20 @@ fn hold_calls(mut calls: mpsc::Receiver<IncomingCall>) -> mpsc::UnboundedReceive
     abandoned_rx
 }
 
+/// Waits until `mesh` has received `n` calls in all.
+async fn calls_reach(mesh: &Mesh, n: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mesh.counters().calls_received < n {
+        ensure!(
+            Instant::now() < deadline,
+            "{} calls received, not {n}",
+            mesh.counters().calls_received
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// A peer that speaks raw bytes on the call-stream protocol.
 fn rogue_stream_swarm(key: Keypair) -> anyhow::Result<Swarm<libp2p_stream::Behaviour>> {
     Ok(SwarmBuilder::with_existing_identity(key)
@@ -548,7 +562,7 @@ async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
         let b_id = b_id.clone();
         tokio::spawn(async move { a.ask(&b_id, call("hold", "x")).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls_reach(&b, 3).await?;
     let removed_at = Instant::now();
     a.set_peers(Vec::new());
     let result = pending.await?;
@@ -565,7 +579,7 @@ async fn asks_to_peers_that_go_away_fail_in_time() -> anyhow::Result<()> {
         let b_id = b_id.clone();
         tokio::spawn(async move { a.ask(&b_id, call("hold", "x")).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls_reach(&b, 4).await?;
     let stopped_at = Instant::now();
     b.shutdown().await;
     let result = pending.await?;
@@ -722,5 +736,36 @@ async fn a_full_queue_of_incoming_calls_refuses_the_next_as_busy() -> anyhow::Re
         MeshResponse::Reply { output, .. } => ensure!(output == "room again"),
         other => bail!("after the queue drained: {other:?}"),
     }
+    Ok(())
+}
+
+/// A caller whose node stops (its call stream ends) cancels every call it had open: the
+/// callee's worker sees each one's reply close long before the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_cancels_its_open_calls() -> anyhow::Result<()> {
+    init_tracing();
+    let (a, _) = start(Duration::from_secs(60)).await?;
+    let (b, b_calls) = start(Duration::from_secs(60)).await?;
+    let mut abandoned = hold_calls(b_calls);
+    connect_all(&[&a, &b]);
+    wait_connected(&a, 1).await?;
+    for i in 0..3 {
+        let (a, b_id) = (a.clone(), b.peer_id());
+        tokio::spawn(async move { a.ask(&b_id, call("hold", &format!("open {i}"))).await });
+    }
+    calls_reach(&b, 3).await?;
+    let stopped_at = Instant::now();
+    a.shutdown().await;
+    let mut gone = Vec::new();
+    while gone.len() < 3 {
+        let input = tokio::time::timeout(Duration::from_secs(10), abandoned.recv())
+            .await
+            .with_context(|| format!("only {gone:?} canceled after the caller stopped"))?;
+        gone.extend(input);
+    }
+    gone.sort();
+    ensure!(gone == ["open 0", "open 1", "open 2"], "{gone:?}");
+    ensure!(stopped_at.elapsed() < Duration::from_secs(10), "{:?}", stopped_at.elapsed());
+    b.shutdown().await;
     Ok(())
 }
