@@ -1,6 +1,5 @@
 """The official A2A Python SDK (a2a-sdk 1.3.0) as the client, in 1.0 and 0.3 mode."""
 
-import asyncio
 import uuid
 
 import httpx
@@ -144,7 +143,6 @@ async def test_resubscribe_after_a_disconnect_loses_and_repeats_nothing(cluster:
                 if len(received) > 10:
                     break
         await stream.aclose()
-        await asyncio.sleep(0.2)
         rest, snapshot = "", ""
         async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
             response = payload(event)
