@@ -47,3 +47,4 @@ pub use cluster::Cluster;
 pub use config::HeadConfig;
 pub use error::{Error, Result};
 pub use server::{HeadHandle, spawn};
+pub use tls::MAX_HANDSHAKES;

@@ -118,22 +118,29 @@ async fn plain_http(address: &str) -> Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-#[tokio::test]
-async fn a_client_that_never_finishes_its_handshake_holds_nobody_up() -> Result<()> {
+/// Handshakes in progress are bounded: connections that never finish theirs fill every
+/// slot, a new client then waits (its handshake is not started), clients already connected
+/// keep being served, and once the silent connections go a new client gets in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_fill_the_handshake_slots_and_hold_nobody_connected_up() -> Result<()> {
     within(async {
         let sandbox = tls_sandbox().await?;
-        // Connections that send nothing: their handshakes wait beside the accept loop.
+        let connected = sandbox.client().await?;
+        connected.register_agent(echo()).await?;
+        // Connections that send nothing: each holds a handshake slot until its 10 s are up.
         let mut silent = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..fleet_head::MAX_HANDSHAKES {
             silent.push(tokio::net::TcpStream::connect(&sandbox.address).await?);
         }
-        let client = tokio::time::timeout(Duration::from_secs(5), sandbox.client())
-            .await
-            .context("a new client waited behind silent connections")??;
-        client.register_agent(echo()).await?;
-        let outcome = client.run("echo", "not blocked").await?;
+        let late = tokio::time::timeout(Duration::from_secs(2), sandbox.client()).await;
+        ensure!(late.is_err(), "a handshake started past the bound: {:?}", late.map(|c| c.is_ok()));
+        let outcome = connected.run("echo", "not blocked").await?;
         ensure!(outcome.output == "not blocked", "{outcome:?}");
         drop(silent);
+        let client = tokio::time::timeout(Duration::from_secs(5), sandbox.client())
+            .await
+            .context("a new client still waited once the silent connections were gone")??;
+        ensure!(client.run("echo", "in again").await?.output == "in again");
         sandbox.shutdown().await
     })
     .await
