@@ -247,3 +247,74 @@ fn build(records: &[Record]) -> (Batch, Commit) {
     }
     (batch, commit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Snapshot, StoreError};
+
+    /// A store whose writes wait until the test opens it, counting what it stored.
+    struct Held {
+        open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        written: Arc<AtomicUsize>,
+    }
+
+    impl Store for Held {
+        fn load(&mut self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+
+        fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+            let (open, opened) = &*self.open;
+            let mut is_open = open.lock().map_err(|e| StoreError {
+                what: "test".into(),
+                message: e.to_string(),
+                fenced: false,
+            })?;
+            while !*is_open {
+                is_open = opened.wait(is_open).map_err(|e| StoreError {
+                    what: "test".into(),
+                    message: e.to_string(),
+                    fenced: false,
+                })?;
+            }
+            self.written.fetch_add(batch.removed.len(), Ordering::Relaxed);
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "held".into()
+        }
+    }
+
+    /// A store that falls more than `MAX_BACKLOG` records behind refuses new work (the
+    /// check fails, saying how far behind) and takes it again once it has caught up.
+    #[test]
+    fn a_store_far_behind_refuses_new_work_until_it_catches_up() {
+        let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let written = Arc::new(AtomicUsize::new(0));
+        let store = Held { open: open.clone(), written: written.clone() };
+        let journal = Journal::start(Box::new(store), Box::new(|_| {})).expect("writer thread");
+        for number in 0..MAX_BACKLOG as u64 {
+            journal.removed(number);
+        }
+        // The writer holds one record (its write waits); the rest wait behind it.
+        assert_eq!(journal.check(), Ok(()), "refused at the bound, not past it");
+        journal.removed(u64::MAX);
+        journal.removed(u64::MAX - 1);
+        let refused = journal.check().expect_err("a store far behind took new work");
+        assert!(refused.contains("records behind"), "{refused}");
+        {
+            let (is_open, opened) = &*open;
+            *is_open.lock().expect("gate") = true;
+            opened.notify_all();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while journal.check().is_err() {
+            assert!(std::time::Instant::now() < deadline, "the store never caught up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(journal.close(Duration::from_secs(30)), "the journal did not close");
+        assert_eq!(written.load(Ordering::Relaxed), MAX_BACKLOG + 2, "records were lost");
+    }
+}
