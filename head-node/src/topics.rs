@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use fleet_proto::{Command, PublishRequest, TopicMessage};
+use fleet_proto::{Command, ErrorKind, PublishRequest, TopicMessage};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, warn};
 
@@ -19,8 +19,9 @@ use crate::{Error, Result};
 /// Messages a follower may fall behind by before its stream is cut.
 pub const FOLLOWER_BUFFER: usize = 4096;
 
-/// A published message's number and the worker that published it, or why it was not.
-pub type PublishOutcome = std::result::Result<(u64, String), String>;
+/// A published message's number and the worker that published it, or what kind of failure
+/// kept it from going out and why.
+pub type PublishOutcome = std::result::Result<(u64, String), (ErrorKind, String)>;
 
 struct Relay {
     worker_id: String,
@@ -135,7 +136,7 @@ impl TopicRelays {
         for id in failed {
             if let Some(p) = self.publishes.remove(&id) {
                 let reason = format!("worker {worker_id} was lost before it confirmed");
-                let _ = p.reply.send(Err(reason));
+                let _ = p.reply.send(Err((ErrorKind::Unavailable, reason)));
             }
         }
     }
@@ -178,7 +179,7 @@ impl TopicRelays {
         &mut self,
         worker_id: &str,
         request_id: u64,
-        result: std::result::Result<u64, String>,
+        result: std::result::Result<u64, (ErrorKind, String)>,
     ) {
         match self.publishes.remove(&request_id) {
             Some(p) if p.worker_id == worker_id => {

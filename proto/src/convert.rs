@@ -518,10 +518,17 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
             Kind::TopicMessages(m) => {
                 Self::TopicMessages(m.messages.into_iter().map(Into::into).collect())
             }
-            Kind::Published(p) => Self::Published {
-                request_id: p.request_id,
-                result: if p.error.is_empty() { Ok(p.seq) } else { Err(p.error) },
-            },
+            Kind::Published(p) => {
+                // A worker from before kinds: its failures were all the mesh's.
+                let kind = match p.kind() {
+                    pb::ErrorKind::Unspecified => ErrorKind::Unavailable,
+                    kind => kind.into(),
+                };
+                Self::Published {
+                    request_id: p.request_id,
+                    result: if p.error.is_empty() { Ok(p.seq) } else { Err((kind, p.error)) },
+                }
+            }
         })
     }
 }
@@ -570,8 +577,13 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                 messages: messages.into_iter().map(Into::into).collect(),
             }),
             WorkerUpdate::Published { request_id, result } => Kind::Published(match result {
-                Ok(seq) => pb::Published { request_id, seq, error: String::new() },
-                Err(error) => pb::Published { request_id, seq: 0, error },
+                Ok(seq) => pb::Published { request_id, seq, ..Default::default() },
+                Err((kind, error)) => pb::Published {
+                    request_id,
+                    seq: 0,
+                    error,
+                    kind: pb::ErrorKind::from(kind).into(),
+                },
             }),
         };
         Self { kind: Some(kind) }
@@ -777,6 +789,30 @@ mod tests {
         match WorkerUpdate::try_from(wire) {
             Ok(WorkerUpdate::Register(back)) => assert_eq!(back, registration),
             other => panic!("expected the registration back, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_publish_keeps_its_kind_through_the_wire() {
+        let refused = WorkerUpdate::Published {
+            request_id: 7,
+            result: Err((ErrorKind::Busy, "too many publishers".into())),
+        };
+        let wire = pb::WorkerMessage::from(refused);
+        match WorkerUpdate::try_from(wire) {
+            Ok(WorkerUpdate::Published { request_id: 7, result: Err((kind, _)) }) => {
+                assert_eq!(kind, ErrorKind::Busy);
+            }
+            other => panic!("expected the refusal back, got {other:?}"),
+        }
+        // A worker from before kinds sent only the text: the mesh failed.
+        let old = pb::Published { request_id: 8, seq: 0, error: "gone".into(), kind: 0 };
+        let wire = pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Published(old)) };
+        match WorkerUpdate::try_from(wire) {
+            Ok(WorkerUpdate::Published { result: Err((kind, _)), .. }) => {
+                assert_eq!(kind, ErrorKind::Unavailable);
+            }
+            other => panic!("expected the refusal back, got {other:?}"),
         }
     }
 

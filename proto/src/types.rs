@@ -616,10 +616,11 @@ pub enum WorkerUpdate {
     Locate(LocateRequest),
     /// Messages on topics the head follows through this worker.
     TopicMessages(Vec<TopicMessage>),
-    /// The answer to a `Publish`: the message's number, or why it was not published.
+    /// The answer to a `Publish`: the message's number, or what kind of failure kept it
+    /// from being published and why.
     Published {
         request_id: u64,
-        result: std::result::Result<u64, String>,
+        result: std::result::Result<u64, (ErrorKind, String)>,
     },
 }
 

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use fleet_mesh::{Mesh, MeshError};
-use fleet_proto::{PublishRequest, TopicMessage, WorkerUpdate};
+use fleet_proto::{ErrorKind, PublishRequest, TopicMessage, WorkerUpdate};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -95,10 +95,15 @@ impl TopicBoard {
 
     /// Publishes as `publisher`; returns the message's number. A topic nobody else
     /// subscribes to yet still counts as published (this worker's subscribers got it).
-    pub async fn publish(&self, topic: &str, publisher: &str, body: String) -> Result<u64, String> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        publisher: &str,
+        body: String,
+    ) -> Result<u64, MeshError> {
         match self.mesh.publish(topic, publisher, body).await {
             Ok(seq) | Err(MeshError::NoSubscribers { seq, .. }) => Ok(seq),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
 
@@ -107,9 +112,16 @@ impl TopicBoard {
         let board = self.clone();
         tokio::spawn(async move {
             let result = board.publish(&request.topic, &request.publisher, request.body).await;
-            if let Err(e) = &result {
+            let result = result.map_err(|e| {
                 warn!(topic = %request.topic, error = %e, "publish for a client failed");
-            }
+                // The node numbering no more publishers is a bound it holds (the client
+                // sees resource exhausted); anything else is the mesh failing.
+                let kind = match e {
+                    MeshError::TooManyPublishers { .. } => ErrorKind::Busy,
+                    _ => ErrorKind::Unavailable,
+                };
+                (kind, e.to_string())
+            });
             let answer = WorkerUpdate::Published { request_id: request.request_id, result };
             let _ = board.to_head.send(answer).await;
         });

@@ -235,7 +235,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             Ok(Ok(Ok((seq, worker_id)))) => {
                 Ok(Response::new(pb::PublishResponse { seq, worker_id }))
             }
-            Ok(Ok(Err(reason))) => Err(Status::unavailable(format!("not published: {reason}"))),
+            Ok(Ok(Err((kind, reason)))) => {
+                Err(Status::new(crate::error::codes(kind).grpc, format!("not published: {reason}")))
+            }
             Ok(Err(_)) => Err(Status::unavailable("not published: the head is shutting down")),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "the worker did not confirm the publish within {} s; it may or may not have gone out",

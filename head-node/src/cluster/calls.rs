@@ -73,7 +73,7 @@ impl Cluster {
         &self,
         worker_id: &str,
         request_id: u64,
-        result: std::result::Result<u64, String>,
+        result: std::result::Result<u64, (fleet_proto::ErrorKind, String)>,
     ) {
         self.state.lock().topics.published(worker_id, request_id, result);
     }
