@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use fleet_client::{
     AgentSpec, Client, ErrorKind, EventKind, ManyUpdate, Submission, TaskEvent, TaskState,
 };
-use fleet_testkit::ClusterSandbox;
+use fleet_testkit::{ClusterSandbox, wait_until};
 use futures::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -200,16 +200,11 @@ async fn sigkill_of_a_worker_mid_run_leaves_no_task_hanging() -> Result<()> {
             tokio::spawn(async move { run_many_events(&client, items).await })
         };
         // Killed while it runs tasks (its heartbeat says so), whatever the machine's speed.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_until(Duration::from_secs(30), "the victim never ran a task", || async {
             let status = client.status().await?;
-            let running = status.workers.iter().find(|w| w.worker_id == victim).map(|w| w.running_tasks);
-            if running.is_some_and(|n| n > 0) {
-                break;
-            }
-            ensure!(std::time::Instant::now() < deadline, "the victim never ran a task");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Ok(status.workers.iter().any(|w| w.worker_id == victim && w.running_tasks > 0))
+        })
+        .await?;
         cluster.kill_worker(&victim).await?;
         let events = runner.await??;
 
@@ -356,11 +351,11 @@ async fn every_door_refuses_callers_without_their_credential() -> Result<()> {
             "refused a request without a client credential",
             "refused a worker without the join token",
         ] {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !cluster.head_log().contains(line) {
-                ensure!(std::time::Instant::now() < deadline, "the head never logged {line:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let never = format!("the head never logged {line:?}");
+            wait_until(Duration::from_secs(10), &never, || async {
+                Ok(cluster.head_log().contains(line))
+            })
+            .await?;
         }
         let log = cluster.head_log();
         for secret in ["wrong-token", "Bearer wrong", cluster.join_token()] {

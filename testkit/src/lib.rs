@@ -326,6 +326,27 @@ async fn start_head(
     Ok((head, address))
 }
 
+/// Waits until `condition` holds (it is asked again every 20 ms), or fails after `within`
+/// saying `what` never happened: tests wait on what they can observe, never a fixed time.
+pub async fn wait_until<F, Fut>(
+    within: Duration,
+    what: &str,
+    mut condition: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await? {
+        if Instant::now() >= deadline {
+            bail!("{what} (waited {within:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// A name part no other sandbox of this process has had: a counter (tests start sandboxes
 /// on several threads at once, and two clock readings can be equal, which once gave two
 /// heads one data directory) and the time (apart from earlier runs' leftovers).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission, TaskState};
-use fleet_testkit::ClusterSandbox;
+use fleet_testkit::{ClusterSandbox, wait_until};
 use futures::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -128,11 +128,12 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
             })
             .collect();
         // All five are running on worker two (its heartbeat says so) when it dies.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while mesh_calls_on(&client, "two").await? < 5 {
-            ensure!(Instant::now() < deadline, "the five slow calls never all ran on worker two");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            Duration::from_secs(20),
+            "the five slow calls never all ran on worker two",
+            || async { Ok(mesh_calls_on(&client, "two").await? >= 5) },
+        )
+        .await?;
         let killed_at = std::time::Instant::now();
         two.kill().await?;
         for call in pending {
@@ -144,11 +145,10 @@ async fn agents_call_agents_on_other_workers_directly() -> Result<()> {
 
         // New calls reach the agents re-placed on the surviving worker (once the head has
         // dropped the dead one).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.status().await?.workers.len() != 2 {
-            ensure!(Instant::now() < deadline, "the head never dropped the killed worker");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(Duration::from_secs(20), "the head never dropped the killed worker", || async {
+            Ok(client.status().await?.workers.len() == 2)
+        })
+        .await?;
         let (output, is_error, _) =
             call_through(&client, "caller", &asking("callee", "after the crash")).await?;
         ensure!(!is_error && output == "after the crash", "{output:?}");
@@ -229,11 +229,10 @@ async fn mesh_calls_honour_max_concurrency_take_slots_and_are_canceled_with_thei
                 break event.task_id;
             }
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while mesh_calls_on(&client, "two").await? == 0 {
-            ensure!(Instant::now() < deadline, "the call never ran on worker two");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(Duration::from_secs(20), "the call never ran on worker two", || async {
+            Ok(mesh_calls_on(&client, "two").await? > 0)
+        })
+        .await?;
         client.cancel(task_id.as_str()).await?;
         let canceled_at = Instant::now();
         while mesh_calls_on(&client, "two").await? > 0 {
@@ -365,10 +364,12 @@ async fn nested_calls_do_not_wait_on_their_own_turn_and_a_full_line_is_refused_a
         // one are all canceled.
         drop(ids);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while mesh_calls_on(&client, "three").await? == 0 {
-            ensure!(Instant::now() < deadline, "worker three never reported the running call");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            Duration::from_secs(20),
+            "worker three never reported the running call",
+            || async { Ok(mesh_calls_on(&client, "three").await? > 0) },
+        )
+        .await?;
         let mut task_ids = Vec::new();
         while task_ids.len() < 75 {
             let id = tokio::time::timeout_at(deadline.into(), id_rx.recv()).await;
