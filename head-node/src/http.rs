@@ -82,6 +82,7 @@ pub fn router(
         cluster: cluster.clone(),
         clients: clients.clone(),
         heartbeat_interval: config.heartbeat_interval,
+        webhooks: webhooks.clone(),
     };
     let inspector = crate::inspector::Inspector {
         cluster: cluster.clone(),

@@ -135,6 +135,7 @@ pub struct MetricsRoute {
     pub cluster: Arc<Cluster>,
     pub clients: Credentials,
     pub heartbeat_interval: Duration,
+    pub webhooks: crate::a2a::push::Webhooks,
 }
 
 /// `GET /metrics`: the text exposition format (version 0.0.4, which every Prometheus and
@@ -152,6 +153,7 @@ pub async fn metrics(State(route): State<MetricsRoute>, headers: HeaderMap) -> R
         status: route.cluster.status(),
         agents: route.cluster.agent_loads(),
         silent_after: route.heartbeat_interval * 2,
+        push_config_tasks: route.webhooks.tasks(),
     };
     let mut scrape = Registry::default();
     scrape.register_collector(Box::new(figures));
@@ -181,6 +183,7 @@ struct Figures {
     status: ClusterStatus,
     agents: Vec<AgentLoad>,
     silent_after: Duration,
+    push_config_tasks: usize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,6 +291,13 @@ impl Collector for Figures {
             "Tasks the head holds (running, queued and finished ones kept for reading)",
             Gauge,
             s.retained_tasks as f64,
+        )?;
+        single(
+            &mut encoder,
+            "agentfleet:a2a_push_config_tasks",
+            "Tasks holding A2A push notification configs (they go with their task)",
+            Gauge,
+            self.push_config_tasks as f64,
         )?;
         let silent = s.workers.iter().filter(|w| w.last_heartbeat_ago > self.silent_after).count();
         series(

@@ -142,7 +142,12 @@ async fn serve(
     let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
         .initial_connection_window_size(8 << 20)
-        .initial_stream_window_size(4 << 20);
+        .initial_stream_window_size(4 << 20)
+        // Streams a client may reset before the head takes them up, past which the
+        // connection is closed (the rapid-reset defence). h2's default of 20 closed the
+        // connection of a client that canceled a burst of its own requests (a Ctrl-C during
+        // a map); 1,024 still bounds the work a reset flood makes.
+        .http2_max_pending_accept_reset_streams(Some(1024));
     let in_process = local.map(|local| {
         let server = server.clone().add_routes(routes.clone());
         tokio::spawn(server.serve_with_incoming_shutdown(local, shutdown.clone().cancelled_owned()))

@@ -2,15 +2,27 @@
 this file: where the binaries are, a head started on an ephemeral port with a config, workers
 joined to it, and everything stopped. A suite's conftest.py puts this folder on sys.path."""
 
+import gc
 import os
 import secrets
 import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket a test leaves open fails that test (its ResourceWarning is an error), not
+    whichever later test the garbage collector happens to run in. A suite's conftest.py
+    imports it to use it."""
+    yield
+    gc.collect()
 
 
 def binary(name: str) -> str:

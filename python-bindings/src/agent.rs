@@ -179,6 +179,8 @@ enum Ended {
 
 /// How long an interrupted `map` waits for the acknowledgements of what it already submitted.
 const ACK_GRACE: Duration = Duration::from_secs(2);
+/// Cancels in flight at once when a map is interrupted.
+const CANCELS_AT_ONCE: usize = 64;
 
 /// Runs every prompt as a task over one multiplexed stream; returns (index, outcome) in
 /// completion order. When `stop` is cancelled (Ctrl-C) it stops submitting, collects the ids
@@ -224,8 +226,17 @@ async fn map_tasks(
                         }
                     }
                 }
-                let cancels = open.iter().map(|id| client.cancel(id.as_str()));
-                futures::future::join_all(cancels).await;
+                // A few at a time: a thousand at once are a thousand HTTP/2 streams, and
+                // those still open when the grace runs out are reset together, which a
+                // server may take for a rapid-reset attack and close the connection.
+                futures::stream::iter(std::mem::take(&mut open))
+                    .map(|id| {
+                        let client = client.clone();
+                        async move { client.cancel(id.as_str()).await }
+                    })
+                    .buffer_unordered(CANCELS_AT_ONCE)
+                    .for_each(|_| async {})
+                    .await;
                 let _ = cleaned.send(());
                 return Ok(Vec::new());
             }

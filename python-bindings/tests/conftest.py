@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 import subprocess
@@ -9,6 +10,14 @@ from collections.abc import Iterator
 import pytest
 
 import agentfleet as af
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket or stream a test leaves open fails that test (its ResourceWarning is an
+    error), not whichever later test the garbage collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

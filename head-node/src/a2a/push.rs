@@ -225,6 +225,11 @@ impl Webhooks {
         a2a.cluster.keep_push_configs(task_id, pb::StoredPushConfigs { configs });
     }
 
+    /// How many tasks hold configs now.
+    pub fn tasks(&self) -> usize {
+        self.configs.lock().len()
+    }
+
     /// Drops a task's configs (its task left retention).
     pub fn forget(&self, task_id: &str) {
         self.configs.lock().remove(task_id);

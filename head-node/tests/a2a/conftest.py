@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fleetproc import Fleet, clean_env  # noqa: E402
+from fleetproc import Fleet, clean_env, collect_garbage_after_each_test  # noqa: E402,F401
 
 CONFIG = """
 [[agent]]

@@ -271,6 +271,34 @@ def test_push_configs_survive_a_head_restart_and_deliver_the_end() -> None:
         c.stop()
 
 
+def gauge(cluster: Cluster, name: str) -> float:
+    for line in httpx.get(f"{cluster.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_push_configs_go_with_their_task_when_retention_evicts_it() -> None:
+    """With two finished tasks retained, six tasks with webhooks leave two tasks' configs:
+    the others went with their tasks."""
+    c = Cluster("--allow-private-webhooks", "--max-retained-tasks", "2")
+    hook = Webhook(failures=0)
+    try:
+        ids = []
+        for i in range(6):
+            params = {**message(f"task {i}"), "configuration": {"taskPushNotificationConfig": {"url": hook.url}}}
+            task = rpc(c, "SendMessage", params)["result"]["task"]
+            assert task["status"]["state"] == "TASK_STATE_COMPLETED", task
+            ids.append(task["id"])
+        assert gauge(c, "agentfleet:a2a_push_config_tasks") == 2
+        for kept in ids[-2:]:
+            assert rpc(c, "ListTaskPushNotificationConfigs", {"taskId": kept})["result"]["configs"]
+        assert error_code(rpc(c, "ListTaskPushNotificationConfigs", {"taskId": ids[0]})) == -32001
+    finally:
+        hook.close()
+        c.stop()
+
+
 def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) -> None:
     task = rpc(cluster, "SendMessage", message("configs"))["result"]["task"]["id"]
     hook = "http://127.0.0.1:9/hook"

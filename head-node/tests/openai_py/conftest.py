@@ -2,7 +2,6 @@
 the A2A tests start them; the worker also serves all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from a
 models dir."""
 
-import gc
 import importlib.util
 import os
 import sys
@@ -14,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fleetproc import Fleet, clean_env  # noqa: E402
+from fleetproc import Fleet, clean_env, collect_garbage_after_each_test  # noqa: E402,F401
 
 CONFIG = """
 [[agent]]
@@ -78,14 +77,6 @@ class Cluster(Fleet):
     def stop(self) -> None:
         super().stop()
         self.models.cleanup()
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage_after_each_test() -> Iterator[None]:
-    """A socket a test leaves open fails that test (its ResourceWarning is an error), not
-    whichever later test the garbage collector happens to run in."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
