@@ -170,7 +170,11 @@ fn read_max_seq_length(path: &Path) -> Result<Option<usize>> {
 
 fn read_tokenizer(path: &Path, max_length: usize, cfg: &BertConfig) -> Result<Tokenizer> {
     let bytes = std::fs::read(path).map_err(|e| Error::model(path, format!("cannot read: {e}")))?;
-    let mut tokenizer = Tokenizer::from_bytes(bytes)
+    let mut tokenizer =
+        crate::error::without_panics("tokenizer.json", || Tokenizer::from_bytes(bytes))
+            .map_err(|e| Error::model(path, e))?
+            .map_err(|e| Error::model(path, format!("not a valid tokenizer: {e}")))?;
+    crate::text::tokenizer::without_word_cache(&mut tokenizer)
         .map_err(|e| Error::model(path, format!("not a valid tokenizer: {e}")))?;
     // The file may carry its own padding and truncation (all-MiniLM-L6-v2's pads every text
     // to 128); batches are padded here instead, and truncation follows max_seq_length.

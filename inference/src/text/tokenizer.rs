@@ -99,7 +99,8 @@ impl Tokenizer {
             Some(id) => eos_ids.extend(json_id(id)),
             None => {}
         }
-        Ok(Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template))
+        Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template)
+            .map_err(|e| invalid(&path, expected, e))
     }
 
     /// Builds the tokenizer from GGUF metadata (llama.cpp's `tokenizer.ggml.*` keys, BPE
@@ -149,16 +150,18 @@ impl Tokenizer {
                 return Err(Error::GgufTokenizer { key: key.into(), reason });
             }
         };
-        Ok(Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template))
+        Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template)
+            .map_err(Error::GgufTokenizerBuild)
     }
 
     fn assemble(
-        inner: tokenizers::Tokenizer,
+        mut inner: tokenizers::Tokenizer,
         mut eos_ids: Vec<u32>,
         bos_token: Option<String>,
         eos_token: Option<String>,
         chat_template: Option<ChatTemplate>,
-    ) -> Tokenizer {
+    ) -> std::result::Result<Tokenizer, String> {
+        without_word_cache(&mut inner)?;
         eos_ids.extend(eos_token.as_deref().and_then(|t| inner.token_to_id(t)));
         let added = inner.get_added_tokens_decoder();
         for (id, token) in &added {
@@ -168,7 +171,7 @@ impl Tokenizer {
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        Tokenizer { inner, eos_ids, bos_token, eos_token, chat_template }
+        Ok(Tokenizer { inner, eos_ids, bos_token, eos_token, chat_template })
     }
 
     /// Token ids of `text`, adding no special tokens (chat templates write those).
@@ -214,6 +217,47 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Rebuilds a BPE model without its word cache. `tokenizers` 0.23 keeps the words a BPE
+/// model has split in a thread-local map keyed by model instance and never removes a dropped
+/// instance's words: each tokenizer loaded leaves up to 10,000 words behind on every thread
+/// that used it. A worker loads and unloads models (`--model-keep-alive`) while its threads
+/// live on, so that grew without bound (the million-case fuzz run of `tokenizer.json` ended
+/// at 850 MiB). Splitting a word anew costs little beside a forward pass (BENCHMARKS.md).
+pub(crate) fn without_word_cache(
+    inner: &mut tokenizers::Tokenizer,
+) -> std::result::Result<(), String> {
+    use tokenizers::models::bpe::Vocab;
+    let tokenizers::ModelWrapper::BPE(bpe) = inner.get_model() else {
+        return Ok(());
+    };
+    // The merges, in rank order, are only reachable through the model's serialized form.
+    let serialized = serde_json::to_value(bpe).map_err(|e| e.to_string())?;
+    let merges = serialized.get("merges").cloned().unwrap_or_default();
+    let merges: Vec<(String, String)> =
+        serde_json::from_value(merges).map_err(|e| format!("the BPE merges: {e}"))?;
+    let mut builder = tokenizers::models::bpe::BPE::builder()
+        .vocab_and_merges(bpe.get_vocab().into_iter().collect::<Vocab>(), merges)
+        .cache_capacity(0)
+        .fuse_unk(bpe.fuse_unk)
+        .byte_fallback(bpe.byte_fallback)
+        .ignore_merges(bpe.ignore_merges);
+    if let Some(dropout) = bpe.dropout {
+        builder = builder.dropout(dropout);
+    }
+    if let Some(unk) = &bpe.unk_token {
+        builder = builder.unk_token(unk.clone());
+    }
+    if let Some(prefix) = &bpe.continuing_subword_prefix {
+        builder = builder.continuing_subword_prefix(prefix.clone());
+    }
+    if let Some(suffix) = &bpe.end_of_word_suffix {
+        builder = builder.end_of_word_suffix(suffix.clone());
+    }
+    let rebuilt = builder.build().map_err(|e| format!("the BPE model: {e}"))?;
+    inner.with_model(rebuilt);
+    Ok(())
 }
 
 fn invalid(path: &Path, expected: &'static str, reason: String) -> Error {
