@@ -2,24 +2,28 @@
 //! (shared) model and its conversation memory; each task it is given runs the agent loop
 //! ([`crate::agent_loop`]) as its own tokio task so one agent serves many tasks at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleet_inference::{ChatMessage, Role, ToolCall};
-use fleet_proto::{AgentSpec, TaskAssignment};
+use fleet_proto::{AgentSpec, TaskAssignment, TaskId};
 use kameo::actor::{Actor, ActorRef};
 use kameo::error::Infallible;
 use kameo::message::{Context, Message};
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::agent_calls::AgentCaller;
 use crate::agent_loop::{self, TaskRun};
 use crate::gate::Lease;
-use crate::host::{PendingCalls, RunningTasks};
 use crate::memory::ConversationMemory;
 use crate::models::ModelHandle;
 use crate::runner::EventSink;
+use crate::toolbox::Toolbox;
 use crate::topics::{self, TopicBoard};
+
+/// The tasks running on this worker's actors, each with its attempt and what cancels it.
+pub type RunningTasks = Arc<Mutex<HashMap<TaskId, (u32, CancellationToken)>>>;
 
 /// What an agent actor is started (and restarted) with.
 #[derive(Clone)]
@@ -27,10 +31,9 @@ pub struct AgentArgs {
     pub spec: Arc<AgentSpec>,
     pub model: ModelHandle,
     pub running: RunningTasks,
-    pub calls: PendingCalls,
-    /// Calls to other agents over the mesh, when the worker is on one.
-    pub caller: Option<Arc<AgentCaller>>,
-    /// The mesh's topics, for agents with `topics`.
+    /// The agent's tools, each routed where it runs.
+    pub tools: Arc<Toolbox>,
+    /// The mesh's topics, for agents with `topics` (their latest messages go in the prompt).
     pub board: Option<Arc<TopicBoard>>,
 }
 
@@ -136,9 +139,7 @@ impl Message<Run> for AgentActor {
             spec: self.args.spec.clone(),
             model: self.args.model.clone(),
             messages,
-            calls: self.args.calls.clone(),
-            caller: self.args.caller.clone(),
-            board: self.args.board.clone(),
+            tools: self.args.tools.clone(),
             task: msg.task,
             sink: msg.sink,
             cancel: msg.cancel,

@@ -9,17 +9,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use fleet_inference::ToolCall;
 use fleet_mesh::{AgentCall, Mesh, MeshError, MeshRequest, MeshResponse, Peer};
 use fleet_proto::{LocateRequest, MeshPeer, WorkerUpdate};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::callee::{LocalCalls, Refused};
-use crate::host::ToolOutcome;
+use crate::callee::{Call, LocalCalls, Refused};
+use crate::tool_calls;
+use crate::toolbox::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 
 /// How long the head may take to say where an agent runs.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agents calling agents calling agents...: at most this deep over the mesh (the head
+/// bounds calls it relays the same way).
+pub const MAX_CALL_DEPTH: u32 = 4;
 
 /// Where a call goes: the worker's id and its peer id on the mesh.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,20 +40,6 @@ type Callee = (String, String);
 
 /// A call that was not sent: its cached peer is no longer on the mesh.
 struct Unsent;
-
-/// One call of an agent by a running task.
-#[derive(Clone, Debug)]
-pub struct Call {
-    pub agent: String,
-    pub context_id: String,
-    pub input: String,
-    pub caller_task: String,
-    /// Tool calls between the caller's task and a client's (the callee runs one deeper).
-    pub depth: u32,
-    pub timeout: Duration,
-    /// W3C `traceparent` of the caller's `execute_tool` span (empty: not traced).
-    pub traceparent: String,
-}
 
 /// The caller's side of agent calls on this worker; shared by every actor.
 pub struct AgentCaller {
@@ -87,7 +80,10 @@ impl AgentCaller {
     pub async fn call(&self, call: Call) -> ToolOutcome {
         match self.call_once(&call).await {
             Err(Unsent) => self.call_once(&call).await.unwrap_or_else(|Unsent| {
-                (format!("agent {} cannot be called: its worker left the mesh", call.agent), true)
+                ToolOutcome::error(format!(
+                    "agent {} cannot be called: its worker left the mesh",
+                    call.agent
+                ))
             }),
             Ok(outcome) => outcome,
         }
@@ -96,14 +92,19 @@ impl AgentCaller {
     async fn call_once(&self, call: &Call) -> Result<ToolOutcome, Unsent> {
         let location = match self.locate(call).await {
             Ok(location) => location,
-            Err(e) => return Ok((format!("agent {} cannot be called: {e}", call.agent), true)),
+            Err(e) => {
+                return Ok(ToolOutcome::error(format!(
+                    "agent {} cannot be called: {e}",
+                    call.agent
+                )));
+            }
         };
         if location.peer_id == self.mesh.peer_id() {
             return Ok(match self.local.call(call.clone()).await {
                 Ok(outcome) => outcome,
                 Err(Refused(reason)) => {
                     self.forget(call, &location);
-                    (format!("agent {} refused the call: {reason}", call.agent), true)
+                    ToolOutcome::error(format!("agent {} refused the call: {reason}", call.agent))
                 }
             });
         }
@@ -118,19 +119,16 @@ impl AgentCaller {
         });
         let answer = tokio::time::timeout(call.timeout, self.mesh.ask(&location.peer_id, request));
         Ok(match answer.await {
-            Ok(Ok(MeshResponse::Reply { output, is_error })) => (output, is_error),
+            Ok(Ok(MeshResponse::Reply { output, is_error })) => ToolOutcome { output, is_error },
             Ok(Ok(MeshResponse::Refused { reason })) => {
                 self.forget(call, &location);
-                (
-                    format!(
-                        "agent {} on worker {} refused the call: {reason}",
-                        call.agent, location.worker_id
-                    ),
-                    true,
-                )
+                ToolOutcome::error(format!(
+                    "agent {} on worker {} refused the call: {reason}",
+                    call.agent, location.worker_id
+                ))
             }
             Ok(Ok(other)) => {
-                (format!("agent {} answered the call with {other:?}", call.agent), true)
+                ToolOutcome::error(format!("agent {} answered the call with {other:?}", call.agent))
             }
             Ok(Err(MeshError::UnknownPeer(_))) => {
                 self.forget(call, &location);
@@ -140,24 +138,18 @@ impl AgentCaller {
                 if matches!(e, MeshError::PeerGone(_) | MeshError::Timeout { .. }) {
                     self.forget(call, &location);
                 }
-                (
-                    format!(
-                        "the call to agent {} on worker {} failed: {e}",
-                        call.agent, location.worker_id
-                    ),
-                    true,
-                )
+                ToolOutcome::error(format!(
+                    "the call to agent {} on worker {} failed: {e}",
+                    call.agent, location.worker_id
+                ))
             }
             Err(_) => {
                 self.forget(call, &location);
                 let secs = call.timeout.as_secs_f64();
-                (
-                    format!(
-                        "agent {} on worker {} did not answer within {secs} s",
-                        call.agent, location.worker_id
-                    ),
-                    true,
-                )
+                ToolOutcome::error(format!(
+                    "agent {} on worker {} did not answer within {secs} s",
+                    call.agent, location.worker_id
+                ))
             }
         })
     }
@@ -250,5 +242,44 @@ impl AgentCaller {
         if !waiting.is_empty() {
             warn!(lookups = waiting.len(), "the head went away during agent lookups");
         }
+    }
+}
+
+/// Another agent of the cluster, called straight on the worker that hosts it.
+pub struct MeshCall {
+    pub agent: String,
+    pub caller: Arc<AgentCaller>,
+}
+
+impl ToolCaller for MeshCall {
+    fn definition(&self) -> serde_json::Value {
+        tool_calls::agent_definition(&self.agent)
+    }
+
+    fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome> {
+        if context.depth >= MAX_CALL_DEPTH {
+            let refused = ToolOutcome::error(format!(
+                "agent {} not called: agents called agents {MAX_CALL_DEPTH} deep, the most allowed",
+                self.agent
+            ));
+            return futures::future::ready(refused).boxed();
+        }
+        let request = Call {
+            agent: self.agent.clone(),
+            context_id: context.context_id,
+            input: fleet_proto::call_input(&call.arguments),
+            caller_task: context.task_id.to_string(),
+            depth: context.depth + 1,
+            timeout: TOOL_CALL_TIMEOUT,
+            traceparent: context.traceparent,
+        };
+        let caller = self.caller.clone();
+        async move {
+            match &context.lease {
+                Some(lease) => lease.lend(caller.call(request)).await,
+                None => caller.call(request).await,
+            }
+        }
+        .boxed()
     }
 }

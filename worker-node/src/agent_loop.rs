@@ -1,38 +1,27 @@
 //! The agent loop of one task: wait for the agent's model, then either embed the task's
-//! texts or generate; when the model calls tools (other agents of the cluster), run each
-//! call through the head as a sub-task, feed the results back and generate again, up to
-//! [`MAX_TOOL_ROUNDS`]. Emits Working, text deltas, tool calls and results, and exactly
+//! texts or generate; when the model calls tools (its agent's [`Toolbox`]), run each call,
+//! feed the results back and generate again, up to [`MAX_TOOL_ROUNDS`]. Emits Working, text deltas, tool calls and results, and exactly
 //! one terminal event; a panic anywhere fails the task instead of leaving it hanging.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleet_inference::{
     ChatMessage, GenerateRequest, Model, OutputFormat, Role, ToolCall, ToolChoice,
 };
 use fleet_proto::{AgentSpec, ClientToolChoice, ErrorKind, EventKind, TaskAssignment, Usage};
 use futures::FutureExt;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::agent_calls::{AgentCaller, Call};
 use crate::gate::Lease;
-use crate::host::{PendingCalls, ToolOutcome};
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
 use crate::spans;
-use crate::tool_calls;
-use crate::topics::{self, TopicBoard};
+use crate::toolbox::{CallContext, ToolOutcome, Toolbox};
 
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;
-/// How long a tool call (another agent's task) may take.
-pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
-/// Agents calling agents calling agents...: at most this deep over the mesh (the head
-/// bounds calls it relays the same way).
-pub const MAX_CALL_DEPTH: u32 = 4;
 
 /// Everything one task's loop needs.
 pub struct TaskRun {
@@ -43,11 +32,8 @@ pub struct TaskRun {
     pub messages: Vec<ChatMessage>,
     pub sink: EventSink,
     pub cancel: CancellationToken,
-    pub calls: PendingCalls,
-    /// Calls agents over the mesh; without it they go through the head.
-    pub caller: Option<Arc<AgentCaller>>,
-    /// The mesh's topics, for agents with `topics`.
-    pub board: Option<Arc<TopicBoard>>,
+    /// The agent's tools, each routed where it runs.
+    pub tools: Arc<Toolbox>,
     /// A call's run: the turn and slot it holds, lent back while it waits on its own calls.
     pub lease: Option<Arc<Lease>>,
 }
@@ -111,10 +97,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
         .map(output_format)
         .transpose()
         .map_err(|e| failed(ErrorKind::InvalidRequest, e))?;
-    let mut tools = tool_calls::definitions(&run.spec.tools);
-    if !run.spec.topics.is_empty() {
-        tools.push(topics::publish_definition(&run.spec.topics));
-    }
+    let mut tools = run.tools.definitions();
     // The client's tools (OpenAI requests): their calls end the task, the client runs them.
     let client_tools = run.task.options.as_ref().filter(|o| !o.tools.is_empty());
     let mut tool_choice = ToolChoice::Auto;
@@ -212,17 +195,17 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
         });
         for call in turn.tool_calls {
             let mut span = spans::tool(parent, &call);
-            let (result, is_error) = match call_tool(run, &call, &span.traceparent_or(parent)).await
-            {
-                Ok(outcome) => outcome,
-                Err(terminal) => {
-                    spans::interrupted(&mut span, &terminal);
-                    return Err(terminal);
-                }
-            };
-            spans::tool_ended(&mut span, &result, is_error);
-            messages.push(ChatMessage::tool_result(call.id.clone(), result.clone()));
-            let event = EventKind::ToolResult { call_id: call.id, output: result, is_error };
+            let ToolOutcome { output, is_error } =
+                match call_tool(run, &call, &span.traceparent_or(parent)).await {
+                    Ok(outcome) => outcome,
+                    Err(terminal) => {
+                        spans::interrupted(&mut span, &terminal);
+                        return Err(terminal);
+                    }
+                };
+            spans::tool_ended(&mut span, &output, is_error);
+            messages.push(ChatMessage::tool_result(call.id.clone(), output.clone()));
+            let event = EventKind::ToolResult { call_id: call.id, output, is_error };
             emit(&run.sink, &run.task, event).await;
         }
     }
@@ -264,9 +247,9 @@ fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, Str
     })
 }
 
-/// Announces a tool call and waits for its result: over the mesh when the worker is on
-/// one, else from the head, which runs the called agent as a sub-task when it sees the call.
-/// `traceparent` is the call's span, for the callee's spans to go under.
+/// Starts a tool call, announces it (the task's `ToolCall` event) and waits for its answer,
+/// unless the task is canceled first. `traceparent` is the call's span, for the callee's
+/// spans to go under.
 async fn call_tool(
     run: &TaskRun,
     call: &ToolCall,
@@ -278,95 +261,27 @@ async fn call_tool(
         arguments: call.arguments.clone(),
         traceparent: traceparent.to_owned(),
     };
-    if call.name == fleet_proto::PUBLISH_TOOL && !run.spec.topics.is_empty() {
+    let Some(tool) = run.tools.get(&call.name) else {
         emit(&run.sink, &run.task, announce).await;
-        return Ok(publish(run, &call.arguments).await);
-    }
-    if !run.spec.tools.contains(&call.name) {
-        emit(&run.sink, &run.task, announce).await;
-        let known = run.spec.tools.join(", ");
-        return Ok((format!("unknown tool {:?}: the tools are {known}", call.name), true));
-    }
-    if let Some(caller) = &run.caller {
-        emit(&run.sink, &run.task, announce).await;
-        return call_over_mesh(run, caller, call, traceparent).await;
-    }
-    let key = (run.task.task_id.clone(), call.id.clone());
-    let (tx, rx) = oneshot::channel();
-    // Waiting before announcing, so a fast reply always finds its waiter.
-    run.calls.lock().insert(key.clone(), tx);
-    emit(&run.sink, &run.task, announce).await;
-    let outcome = tokio::select! {
-        biased;
-        () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
-        reply = rx => Ok(reply.unwrap_or_else(|_| {
-            ("the connection to the head was lost during the call".to_owned(), true)
-        })),
-        () = tokio::time::sleep(TOOL_CALL_TIMEOUT) => Ok((
-            format!("agent {} did not answer within {} s", call.name, TOOL_CALL_TIMEOUT.as_secs()),
-            true,
-        )),
+        let known = run.tools.names();
+        return Ok(ToolOutcome::error(format!(
+            "unknown tool {:?}: the tools are {known}",
+            call.name
+        )));
     };
-    run.calls.lock().remove(&key);
-    outcome
-}
-
-/// The agent's `publish` tool: posts `message` on one of its topics.
-async fn publish(run: &TaskRun, arguments: &str) -> ToolOutcome {
-    let Some(board) = &run.board else {
-        return ("cannot publish: this worker is not on the mesh".into(), true);
-    };
-    let args: serde_json::Value = serde_json::from_str(arguments).unwrap_or_default();
-    let (Some(topic), Some(message)) =
-        (args.get("topic").and_then(|t| t.as_str()), args.get("message").and_then(|m| m.as_str()))
-    else {
-        return ("publish needs {\"topic\": ..., \"message\": ...}".into(), true);
-    };
-    if !run.spec.topics.iter().any(|t| t == topic) {
-        let known = run.spec.topics.join(", ");
-        return (format!("topic {topic:?} is not one of this agent's topics ({known})"), true);
-    }
-    match board.publish(topic, &run.spec.name, message.to_owned()).await {
-        Ok(seq) => (format!("published on {topic} as message {seq}"), false),
-        Err(e) => (format!("not published on {topic}: {e}"), true),
-    }
-}
-
-/// Calls the agent straight on the worker that hosts it.
-async fn call_over_mesh(
-    run: &TaskRun,
-    caller: &AgentCaller,
-    call: &ToolCall,
-    traceparent: &str,
-) -> Result<ToolOutcome, EventKind> {
-    if run.task.depth >= MAX_CALL_DEPTH {
-        return Ok((
-            format!(
-                "agent {} not called: agents called agents {MAX_CALL_DEPTH} deep, the most allowed",
-                call.name
-            ),
-            true,
-        ));
-    }
-    let request = Call {
-        agent: call.name.clone(),
+    let context = CallContext {
+        task_id: run.task.task_id.clone(),
         context_id: run.task.context_id.clone(),
-        input: fleet_proto::call_input(&call.arguments),
-        caller_task: run.task.task_id.to_string(),
-        depth: run.task.depth + 1,
-        timeout: TOOL_CALL_TIMEOUT,
+        depth: run.task.depth,
         traceparent: traceparent.to_owned(),
+        lease: run.lease.clone(),
     };
-    let call = async {
-        match &run.lease {
-            Some(lease) => lease.lend(caller.call(request)).await,
-            None => caller.call(request).await,
-        }
-    };
+    let answer = tool.call(call, context);
+    emit(&run.sink, &run.task, announce).await;
     tokio::select! {
         biased;
         () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
-        outcome = call => Ok(outcome),
+        outcome = answer => Ok(outcome),
     }
 }
 

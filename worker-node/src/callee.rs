@@ -33,9 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::actor::{AgentActor, Run};
-use crate::agent_calls::Call;
 use crate::gate::{Gate, Lease, Shut};
-use crate::host::ToolOutcome;
+use crate::toolbox::ToolOutcome;
 
 /// How long a call waits for its agent's actor to be placed here.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
@@ -46,6 +45,20 @@ pub const TURN_WAITERS: usize = 64;
 /// Calls from the mesh in progress on a worker at most: waiting to be placed, for a turn or
 /// a slot, or running (nested ones included).
 pub const CALLS_IN_PROGRESS: usize = 1024;
+
+/// One call of an agent by a running task.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub agent: String,
+    pub context_id: String,
+    pub input: String,
+    pub caller_task: String,
+    /// Tool calls between the caller's task and a client's (the callee runs one deeper).
+    pub depth: u32,
+    pub timeout: Duration,
+    /// W3C `traceparent` of the caller's `execute_tool` span (empty: not traced).
+    pub traceparent: String,
+}
 
 /// Why a call did not run (busy, waited out, the agent not here or stopped): its caller
 /// should forget where it looked for the agent.
@@ -174,26 +187,29 @@ impl LocalCalls {
         let _cancel_on_drop = cancel.clone().drop_guard();
         let run = Run { task, sink, cancel: cancel.clone(), lease: Some(lease) };
         if let Err(e) = actor.ask(run).await {
-            return Ok((format!("the actor of agent {} failed ({e})", call.agent), true));
+            return Ok(ToolOutcome::error(format!(
+                "the actor of agent {} failed ({e})",
+                call.agent
+            )));
         }
         let collect = async {
             let mut output = String::new();
             while let Some(event) = events.recv().await {
                 match event.kind {
                     EventKind::TextDelta { text, .. } => output.push_str(&text),
-                    EventKind::Completed { .. } => return (output, false),
-                    EventKind::Failed { error, .. } => return (error, true),
-                    EventKind::Canceled { reason } => return (reason, true),
+                    EventKind::Completed { .. } => return ToolOutcome::ok(output),
+                    EventKind::Failed { error, .. } => return ToolOutcome::error(error),
+                    EventKind::Canceled { reason } => return ToolOutcome::error(reason),
                     _ => {}
                 }
             }
-            (format!("agent {} stopped before answering", call.agent), true)
+            ToolOutcome::error(format!("agent {} stopped before answering", call.agent))
         };
         Ok(match tokio::time::timeout_at(deadline, collect).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 let secs = call.timeout.as_secs_f64();
-                (format!("agent {} did not answer within {secs} s", call.agent), true)
+                ToolOutcome::error(format!("agent {} did not answer within {secs} s", call.agent))
             }
         })
     }
@@ -248,7 +264,7 @@ impl LocalCalls {
             }
         };
         let response = match outcome {
-            Ok((output, is_error)) => MeshResponse::Reply { output, is_error },
+            Ok(ToolOutcome { output, is_error }) => MeshResponse::Reply { output, is_error },
             Err(Refused(reason)) => MeshResponse::Refused { reason },
         };
         if reply.send(response).is_err() {

@@ -9,28 +9,17 @@ use fleet_proto::{AgentSpec, Command, ErrorKind, EventKind, TaskAssignment, Task
 use kameo::actor::{Actor, ActorRef, Spawn};
 use kameo::error::Infallible;
 use kameo::supervision::{RestartPolicy, SupervisionStrategy};
-use parking_lot::Mutex;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::actor::{AgentActor, AgentArgs, Run};
-use crate::agent_calls::AgentCaller;
+use crate::actor::{AgentActor, AgentArgs, Run, RunningTasks};
+use crate::agent_calls::{AgentCaller, MeshCall};
 use crate::callee::LocalCalls;
+use crate::head_calls::{HeadCall, PendingCalls};
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
-use crate::topics::TopicBoard;
-
-/// Cancellation handles of the tasks running on this worker.
-/// The tasks running here, each with its attempt and what cancels it.
-pub type RunningTasks = Arc<Mutex<HashMap<TaskId, (u32, CancellationToken)>>>;
-
-/// The result of a tool call: the output, and whether it is an error.
-pub type ToolOutcome = (String, bool);
-
-/// Tool calls of running tasks waiting for the head to return the called agent's result,
-/// by (task, call id).
-pub type PendingCalls = Arc<Mutex<HashMap<(TaskId, String), oneshot::Sender<ToolOutcome>>>>;
+use crate::toolbox::{ToolOutcome, Toolbox};
+use crate::topics::{PublishTool, TopicBoard};
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
 pub struct Supervisor;
@@ -132,7 +121,7 @@ impl ActorHost {
         for (_, (_, token)) in self.running.lock().drain() {
             token.cancel();
         }
-        self.calls.lock().clear();
+        self.calls.clear();
         if let Some(caller) = &self.caller {
             caller.head_lost();
         }
@@ -150,10 +139,8 @@ impl ActorHost {
                 }
             }
             Command::ToolReply { task_id, call_id, output, is_error } => {
-                // None when the task ended or was retried meanwhile: nobody waits for it.
-                if let Some(waiting) = self.calls.lock().remove(&(task_id, call_id)) {
-                    let _ = waiting.send((output, is_error));
-                }
+                // Nobody waits when the task ended or was retried meanwhile.
+                self.calls.answer(task_id, call_id, ToolOutcome { output, is_error });
             }
             Command::StopActor { agent } => {
                 self.versions.remove(&agent);
@@ -204,8 +191,7 @@ impl ActorHost {
             spec: spec.clone(),
             model,
             running: self.running.clone(),
-            calls: self.calls.clone(),
-            caller: self.caller.clone(),
+            tools: Arc::new(self.toolbox(&spec)),
             board: self.board.clone(),
         };
         if let Some(board) = &self.board {
@@ -221,6 +207,34 @@ impl ActorHost {
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
         self.local_calls.placed(&spec.name, actor, spec.max_concurrency);
         self.versions.insert(spec.name.clone(), (version, spec));
+    }
+
+    /// The agent's tools, each routed once: agents over the mesh when the worker is on one
+    /// (else through the head), and `publish` for an agent with topics.
+    fn toolbox(&self, spec: &AgentSpec) -> Toolbox {
+        let mut toolbox = Toolbox::default();
+        for agent in &spec.tools {
+            let agent = agent.clone();
+            match &self.caller {
+                Some(caller) => {
+                    let tool = MeshCall { agent: agent.clone(), caller: caller.clone() };
+                    toolbox.add(agent, Arc::new(tool));
+                }
+                None => {
+                    let tool = HeadCall { agent: agent.clone(), calls: self.calls.clone() };
+                    toolbox.add(agent, Arc::new(tool));
+                }
+            }
+        }
+        if !spec.topics.is_empty() {
+            let publish = PublishTool {
+                agent: spec.name.clone(),
+                topics: spec.topics.clone(),
+                board: self.board.clone(),
+            };
+            toolbox.add(fleet_proto::PUBLISH_TOOL, Arc::new(publish));
+        }
+        toolbox
     }
 
     async fn run(&mut self, task: TaskAssignment, sink: &EventSink) {

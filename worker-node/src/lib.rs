@@ -7,12 +7,14 @@
 //! - [`host`] carries out the commands: it places supervised kameo [`actor::AgentActor`]s,
 //!   hands them tasks, cancels and stops them;
 //! - [`actor`] is the agent actor (spec, shared model, [`memory`] of conversations);
-//! - [`agent_loop`] runs one task: embed, or generate and call other agents as tools
-//!   ([`tool_calls`] finds the calls local models write as text), bounded in rounds;
-//! - [`agent_calls`] calls agents on other workers straight over the mesh
-//!   ([`fleet_mesh`]), asking the head only where they run; [`callee`] runs the calls that
-//!   reach this worker on its actors; [`topics`] is the swarm's blackboard: the mesh's
-//!   topics for agents' prompts and `publish` tool, and for the head to relay to clients;
+//! - [`agent_loop`] runs one task: embed, or generate and call tools ([`tool_calls`] finds
+//!   the calls local models write as text), bounded in rounds;
+//! - [`toolbox`] is an agent's tools behind one interface, each routed once when its actor
+//!   is placed: other agents through the head ([`head_calls`]) or straight over the mesh
+//!   ([`agent_calls`], [`fleet_mesh`], asking the head only where they run; [`callee`] runs
+//!   the calls that reach this worker on its actors), and the `publish` tool of
+//!   [`topics`], the swarm's blackboard: the mesh's topics for agents' prompts, and for the
+//!   head to relay to clients;
 //! - [`runner`] drives one generation into task events;
 //! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
 //!   shares loaded ones; [`remote`] is the model of `openai:MODEL` agents (an
@@ -32,6 +34,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 mod gate;
+pub mod head_calls;
 pub mod host;
 pub mod memory;
 pub mod models;
@@ -41,6 +44,7 @@ pub mod resources;
 pub mod runner;
 mod spans;
 pub mod tool_calls;
+pub mod toolbox;
 pub mod topics;
 
 pub use config::WorkerConfig;

@@ -1,5 +1,5 @@
 //! One generation of a task: drive the model's stream into text-delta events, find the
-//! tool calls in it, honour cancellation. The agent loop ([`crate::agent_loop`]) runs one
+//! tool calls in it, honour cancellation. The agent loop (`agent_loop`) runs one
 //! or more of these per task.
 
 use fleet_inference::{FinishReason, Generation, GenerationEvent, ToolCall};

@@ -111,28 +111,23 @@ fn parse_call(json: &str, index: usize) -> Option<ToolCall> {
     Some(ToolCall { id: format!("call_{index}"), name, arguments })
 }
 
-/// The tools an agent offers its model: one function per agent it may call, taking the
-/// request for that agent as `input`.
-pub fn definitions(agents: &[String]) -> Vec<serde_json::Value> {
-    agents
-        .iter()
-        .map(|name| {
-            serde_json::json!({
-                "type": "function",
-                "function": {
-                    "name": name,
-                    "description": format!("Ask the agent {name} to do something; it answers in text."),
-                    "parameters": {
-                        "type": "object",
-                        "properties": {
-                            "input": { "type": "string", "description": format!("What to ask {name}.") }
-                        },
-                        "required": ["input"]
-                    }
-                }
-            })
-        })
-        .collect()
+/// An agent of the cluster as a tool its caller's model sees: a function taking the request
+/// for that agent as `input`.
+pub fn agent_definition(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": format!("Ask the agent {name} to do something; it answers in text."),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "input": { "type": "string", "description": format!("What to ask {name}.") }
+                },
+                "required": ["input"]
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -7,11 +7,16 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use fleet_inference::ToolCall;
 use fleet_mesh::{Mesh, MeshError};
 use fleet_proto::{ErrorKind, PublishRequest, TopicMessage, WorkerUpdate};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use crate::toolbox::{CallContext, ToolCaller, ToolOutcome};
 
 /// Latest messages kept per topic for prompts.
 const BOARD_DEPTH: usize = 32;
@@ -142,23 +147,60 @@ impl TopicBoard {
     }
 }
 
-/// The `publish` tool offered to agents with topics.
-pub fn publish_definition(topics: &[String]) -> serde_json::Value {
-    serde_json::json!({
-        "type": "function",
-        "function": {
-            "name": fleet_proto::PUBLISH_TOOL,
-            "description": "Post a message on a topic that other agents of the swarm read.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "topic": { "type": "string", "enum": topics },
-                    "message": { "type": "string", "description": "What to post." }
-                },
-                "required": ["topic", "message"]
+/// The `publish` tool of an agent with topics: posts a message on one of them.
+pub struct PublishTool {
+    pub agent: String,
+    pub topics: Vec<String>,
+    /// `None` on a worker without a mesh: every call answers so.
+    pub board: Option<Arc<TopicBoard>>,
+}
+
+impl ToolCaller for PublishTool {
+    fn definition(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": fleet_proto::PUBLISH_TOOL,
+                "description": "Post a message on a topic that other agents of the swarm read.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "topic": { "type": "string", "enum": self.topics },
+                        "message": { "type": "string", "description": "What to post." }
+                    },
+                    "required": ["topic", "message"]
+                }
+            }
+        })
+    }
+
+    fn call(&self, call: &ToolCall, _context: CallContext) -> BoxFuture<'static, ToolOutcome> {
+        let Some(board) = self.board.clone() else {
+            let refused = ToolOutcome::error("cannot publish: this worker is not on the mesh");
+            return futures::future::ready(refused).boxed();
+        };
+        let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_default();
+        let text = |key: &str| args.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        let (Some(topic), Some(message)) = (text("topic"), text("message")) else {
+            let refused = ToolOutcome::error("publish needs {\"topic\": ..., \"message\": ...}");
+            return futures::future::ready(refused).boxed();
+        };
+        if !self.topics.contains(&topic) {
+            let known = self.topics.join(", ");
+            let refused = ToolOutcome::error(format!(
+                "topic {topic:?} is not one of this agent's topics ({known})"
+            ));
+            return futures::future::ready(refused).boxed();
+        }
+        let agent = self.agent.clone();
+        async move {
+            match board.publish(&topic, &agent, message).await {
+                Ok(seq) => ToolOutcome::ok(format!("published on {topic} as message {seq}")),
+                Err(e) => ToolOutcome::error(format!("not published on {topic}: {e}")),
             }
         }
-    })
+        .boxed()
+    }
 }
 
 /// The board's messages as a system message for the agent's prompt.

@@ -1,0 +1,98 @@
+//! The tools an agent's model may call. Each tool of an agent is routed once, when its actor
+//! is placed ([`Toolbox`]): another agent through the head (`head_calls`), another agent
+//! over the mesh (`agent_calls`), the `publish` tool of an agent with topics (`topics`). The agent loop calls them all through one interface,
+//! [`ToolCaller`], and sees one kind of answer, [`ToolOutcome`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_inference::ToolCall;
+use fleet_proto::TaskId;
+use futures::future::BoxFuture;
+
+use crate::gate::Lease;
+
+/// How long a tool call may take.
+pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a tool answered: the text the model reads next, and whether it reports an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolOutcome {
+    pub output: String,
+    pub is_error: bool,
+}
+
+impl ToolOutcome {
+    pub fn ok(output: impl Into<String>) -> Self {
+        Self { output: output.into(), is_error: false }
+    }
+
+    /// An error the calling model reads (the task goes on).
+    pub fn error(output: impl Into<String>) -> Self {
+        Self { output: output.into(), is_error: true }
+    }
+}
+
+/// What a tool call knows of the task that makes it.
+#[derive(Clone)]
+pub struct CallContext {
+    pub task_id: TaskId,
+    pub context_id: String,
+    /// Tool calls between this task and a client's (a called agent runs one deeper).
+    pub depth: u32,
+    /// W3C `traceparent` of the call's `execute_tool` span, for the callee's spans.
+    pub traceparent: String,
+    /// The turn and slot a call's run holds, lent back while it waits on this call.
+    pub lease: Option<Arc<Lease>>,
+}
+
+/// One tool, however it is reached.
+pub trait ToolCaller: Send + Sync {
+    /// The tool as the model sees it: an OpenAI function definition.
+    fn definition(&self) -> serde_json::Value;
+
+    /// Starts a call. It runs before the call is announced (the task's `ToolCall` event), so
+    /// an answer that follows the announcement always finds its waiter. The future ends with
+    /// the answer; dropping it (the task canceled) abandons the call.
+    fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome>;
+}
+
+/// An agent's tools by name, in the order its spec lists them.
+#[derive(Clone, Default)]
+pub struct Toolbox {
+    tools: Vec<(String, Arc<dyn ToolCaller>)>,
+}
+
+impl std::fmt::Debug for Toolbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tools.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Toolbox {
+    /// Adds a tool; a later tool of the same name replaces the earlier one.
+    pub fn add(&mut self, name: impl Into<String>, tool: Arc<dyn ToolCaller>) {
+        let name = name.into();
+        self.tools.retain(|(known, _)| *known != name);
+        self.tools.push((name, tool));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn ToolCaller>> {
+        self.tools.iter().find(|(known, _)| known == name).map(|(_, tool)| tool)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// The tools as the model sees them.
+    pub fn definitions(&self) -> Vec<serde_json::Value> {
+        self.tools.iter().map(|(_, tool)| tool.definition()).collect()
+    }
+
+    /// The tools' names, for a model that called one that does not exist.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.tools.iter().map(|(name, _)| name.as_str()).collect();
+        names.join(", ")
+    }
+}
