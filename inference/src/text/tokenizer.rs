@@ -228,10 +228,20 @@ impl Tokenizer {
 pub(crate) fn without_word_cache(
     inner: &mut tokenizers::Tokenizer,
 ) -> std::result::Result<(), String> {
-    use tokenizers::models::bpe::Vocab;
     let tokenizers::ModelWrapper::BPE(bpe) = inner.get_model() else {
         return Ok(());
     };
+    // The rebuild runs tokenizers' BPE builder again, which panics on some malformed
+    // vocabularies (found by `tests/fuzz.rs`): a panic is the file's error.
+    let rebuilt = crate::error::without_panics("BPE model", || rebuilt_without_cache(bpe))??;
+    inner.with_model(rebuilt);
+    Ok(())
+}
+
+fn rebuilt_without_cache(
+    bpe: &tokenizers::models::bpe::BPE,
+) -> std::result::Result<tokenizers::models::bpe::BPE, String> {
+    use tokenizers::models::bpe::Vocab;
     // The merges, in rank order, are only reachable through the model's serialized form.
     let serialized = serde_json::to_value(bpe).map_err(|e| e.to_string())?;
     let merges = serialized.get("merges").cloned().unwrap_or_default();
@@ -255,9 +265,7 @@ pub(crate) fn without_word_cache(
     if let Some(suffix) = &bpe.end_of_word_suffix {
         builder = builder.end_of_word_suffix(suffix.clone());
     }
-    let rebuilt = builder.build().map_err(|e| format!("the BPE model: {e}"))?;
-    inner.with_model(rebuilt);
-    Ok(())
+    builder.build().map_err(|e| format!("the BPE model: {e}"))
 }
 
 fn invalid(path: &Path, expected: &'static str, reason: String) -> Error {
