@@ -40,8 +40,8 @@ pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
-    AgentSpec, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, OutputFormat, Resources, Sampling,
-    TaskEvent, TaskId, TaskOptions, TaskState, Turn, Usage,
+    AgentSpec, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, McpServer, OutputFormat, Resources,
+    Sampling, TaskEvent, TaskId, TaskOptions, TaskState, Turn, Usage,
 };
 pub use outcome::TaskOutcome;
 pub use resume::SubmitControl;

@@ -198,6 +198,57 @@ fn compile_format(format: &fleet_proto::OutputFormat) -> std::result::Result<(),
     format.check().map_err(|e| e.to_string())
 }
 
+/// MCP servers one agent may use at most.
+pub const MAX_MCP_SERVERS: usize = 8;
+/// Arguments of one MCP server's command at most, and bytes of each (and of a URL).
+const MAX_MCP_ARGS: usize = 64;
+const MAX_MCP_TEXT: usize = 4096;
+
+/// Each MCP server is a command or a URL, not both, within bounds.
+fn check_mcp(spec: &AgentSpec) -> std::result::Result<(), String> {
+    if spec.mcp.len() > MAX_MCP_SERVERS {
+        return Err(format!("at most {MAX_MCP_SERVERS} MCP servers, got {}", spec.mcp.len()));
+    }
+    for (i, server) in spec.mcp.iter().enumerate() {
+        let which = format!("mcp[{i}]");
+        match (server.command.is_empty(), server.url.is_empty()) {
+            (true, true) => {
+                return Err(format!(
+                    "{which} names no server: give command = [\"program\", ...] or url = \"http://...\""
+                ));
+            }
+            (false, false) => {
+                return Err(format!("{which} has both a command and a url: give one"));
+            }
+            (false, true) => {
+                if server.command.len() > MAX_MCP_ARGS
+                    || server.command.iter().any(|a| a.len() > MAX_MCP_TEXT)
+                {
+                    return Err(format!(
+                        "{which}.command: at most {MAX_MCP_ARGS} arguments of at most \
+                         {MAX_MCP_TEXT} bytes each"
+                    ));
+                }
+                if server.command[0].trim().is_empty() {
+                    return Err(format!("{which}.command starts with an empty program name"));
+                }
+            }
+            (true, false) => {
+                let scheme_ok =
+                    server.url.starts_with("http://") || server.url.starts_with("https://");
+                if !scheme_ok || server.url.len() > MAX_MCP_TEXT {
+                    return Err(format!(
+                        "{which}.url {:?} must be an http:// or https:// URL of at most \
+                         {MAX_MCP_TEXT} bytes",
+                        server.url
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks an agent spec; the error says which field is wrong and how.
 pub fn validate(spec: &AgentSpec) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidAgent(msg));
@@ -258,6 +309,7 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
             fleet_proto::PUBLISH_TOOL
         ));
     }
+    check_mcp(spec).map_err(|e| Error::InvalidAgent(format!("agent {:?}: {e}", spec.name)))?;
     if spec.topics.len() > MAX_TOPICS {
         return bad(format!("at most {MAX_TOPICS} topics per agent, got {}", spec.topics.len()));
     }
@@ -303,6 +355,8 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use fleet_proto::McpServer;
+
     use super::*;
 
     fn echo(name: &str) -> AgentSpec {
@@ -340,6 +394,10 @@ mod tests {
         spec
     }
 
+    fn with_mcp(server: McpServer) -> AgentSpec {
+        AgentSpec { mcp: vec![server], ..echo("a") }
+    }
+
     #[test]
     fn invalid_specs_say_what_is_wrong() {
         let cases = [
@@ -349,6 +407,26 @@ mod tests {
             (AgentSpec { model: "builtin:nope".into(), ..echo("a") }, "built-in"),
             (AgentSpec { instructions: "x".repeat(300 << 10), ..echo("a") }, "at most 256 KiB"),
             (with_format(r#"{"type": "frobnicate"}"#), "frobnicate"),
+            (with_mcp(McpServer::default()), "names no server"),
+            (
+                with_mcp(McpServer { command: vec!["x".into()], url: "http://a/".into() }),
+                "both a command and a url",
+            ),
+            (
+                with_mcp(McpServer { command: vec![], url: "file:///etc".into() }),
+                "http:// or https://",
+            ),
+            (
+                with_mcp(McpServer { command: vec![" ".into()], url: String::new() }),
+                "empty program",
+            ),
+            (
+                AgentSpec {
+                    mcp: vec![McpServer { command: vec!["x".into()], url: String::new() }; 9],
+                    ..echo("a")
+                },
+                "at most 8 MCP servers",
+            ),
             (with_format("{not json"), "does not parse"),
             (
                 AgentSpec {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use fleet_proto::{AgentSpec, DEFAULT_MAX_RETRIES, OutputFormat, Resources, Sampling};
+use fleet_proto::{AgentSpec, DEFAULT_MAX_RETRIES, McpServer, OutputFormat, Resources, Sampling};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -205,6 +205,9 @@ pub struct AgentTable {
     pub max_concurrency: u32,
     #[serde(default)]
     pub topics: Vec<String>,
+    /// MCP servers whose tools the agent may call: `{ command = [...] }` or `{ url = "..." }`.
+    #[serde(default)]
+    pub mcp: Vec<McpTable>,
     #[serde(default)]
     pub resources: ResourcesTable,
     #[serde(default)]
@@ -216,6 +219,16 @@ pub struct AgentTable {
     pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub model_options: std::collections::BTreeMap<String, toml::Value>,
+}
+
+/// One MCP server of an agent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpTable {
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub url: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +298,7 @@ impl From<AgentTable> for AgentSpec {
             model_options,
             max_concurrency: t.max_concurrency,
             topics: t.topics,
+            mcp: t.mcp.into_iter().map(|m| McpServer { command: m.command, url: m.url }).collect(),
         }
     }
 }
@@ -482,6 +496,29 @@ mod tests {
             schema,
             serde_json::json!({"type": "object", "required": ["city"],
                 "properties": {"city": {"type": "string", "maxLength": 40}}})
+        );
+        crate::agents::validate(&config.agents[0])
+    }
+
+    #[test]
+    fn mcp_servers_are_read() -> Result<()> {
+        let text = r#"
+            [[agent]]
+            name = "researcher"
+            model = "builtin:echo"
+            mcp = [
+                { command = ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/data"] },
+                { url = "https://tools.example.com/mcp" },
+            ]
+        "#;
+        let mut config = HeadConfig::default();
+        ConfigFile::parse(text, Path::new("fleet.toml"))?.apply(&mut config);
+        let mcp = &config.agents[0].mcp;
+        assert_eq!(mcp.len(), 2);
+        assert_eq!(mcp[0].command[..2], ["npx".to_owned(), "-y".to_owned()]);
+        assert_eq!(
+            (mcp[0].url.as_str(), mcp[1].url.as_str()),
+            ("", "https://tools.example.com/mcp")
         );
         crate::agents::validate(&config.agents[0])
     }

@@ -251,6 +251,7 @@ impl From<pb::AgentSpec> for AgentSpec {
             model_options: s.model_options.into_iter().collect(),
             max_concurrency: s.max_concurrency,
             topics: s.topics,
+            mcp: s.mcp.into_iter().map(|m| McpServer { command: m.command, url: m.url }).collect(),
         }
     }
 }
@@ -270,6 +271,11 @@ impl From<&AgentSpec> for pb::AgentSpec {
             model_options: s.model_options.clone().into_iter().collect(),
             max_concurrency: s.max_concurrency,
             topics: s.topics.clone(),
+            mcp: s
+                .mcp
+                .iter()
+                .map(|m| pb::McpServer { command: m.command.clone(), url: m.url.clone() })
+                .collect(),
         }
     }
 }

@@ -201,6 +201,27 @@ pub struct AgentSpec {
     pub max_concurrency: u32,
     /// Mesh topics the agent reads (in its prompt) and may publish on (`publish` tool).
     pub topics: Vec<String>,
+    /// MCP servers whose tools the agent's model may call, beside `tools`.
+    pub mcp: Vec<McpServer>,
+}
+
+/// An MCP server: a program spoken to over stdio (`command`), or a streamable HTTP endpoint
+/// (`url`). Exactly one of the two is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct McpServer {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    pub url: String,
+}
+
+impl fmt::Display for McpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.url.is_empty() {
+            write!(f, "{}", self.command.join(" "))
+        } else {
+            f.write_str(&self.url)
+        }
+    }
 }
 
 impl AgentSpec {
@@ -245,6 +266,7 @@ impl fmt::Debug for AgentSpec {
             .field("model_options", &options)
             .field("max_concurrency", &self.max_concurrency)
             .field("topics", &self.topics)
+            .field("mcp", &self.mcp)
             .finish()
     }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_client::{AgentSpec, Client, ConnectOptions, OutputFormat, Resources, Sampling};
+use fleet_client::{
+    AgentSpec, Client, ConnectOptions, McpServer, OutputFormat, Resources, Sampling,
+};
 use fleet_head::Cluster;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
@@ -338,6 +340,23 @@ fn status_dict<'py>(
     Ok(d)
 }
 
+/// One MCP server of `agent(mcp=[...])`: `{"command": ["program", ...]}` or `{"url": "..."}`.
+fn mcp_server(entry: &Bound<'_, PyDict>) -> PyResult<McpServer> {
+    let mut server = McpServer::default();
+    for (key, value) in entry.iter() {
+        match key.extract::<String>()?.as_str() {
+            "command" => server.command = value.extract()?,
+            "url" => server.url = value.extract()?,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown MCP server key {other:?}: give {{\"command\": [...]}} or {{\"url\": ...}}"
+                )));
+            }
+        }
+    }
+    Ok(server)
+}
+
 fn resources_dict<'py>(
     py: Python<'py>,
     r: &fleet_client::pb::Resources,
@@ -358,7 +377,7 @@ impl Fleet {
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
         stop=Vec::new(), presence_penalty=None, frequency_penalty=None,
-        topics=Vec::new(), output_schema=None
+        topics=Vec::new(), output_schema=None, mcp=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -385,7 +404,9 @@ impl Fleet {
         frequency_penalty: Option<f32>,
         topics: Vec<String>,
         output_schema: Option<Bound<'_, PyAny>>,
+        mcp: Vec<Bound<'_, PyDict>>,
     ) -> PyResult<Agent> {
+        let mcp = mcp.iter().map(mcp_server).collect::<PyResult<Vec<_>>>()?;
         let schema = output_schema.map(|s| OutputSchema::from_py(&s)).transpose()?.map(Arc::new);
         let format = schema.as_ref().map(|s| OutputFormat::JsonSchema(s.text.clone()));
         let client = self.client.clone();
@@ -426,6 +447,7 @@ impl Fleet {
             model_options: model_options.unwrap_or_default(),
             max_concurrency,
             topics,
+            mcp,
         };
         runtime::block_on(
             py,

@@ -122,6 +122,18 @@ def test_bad_input_raises_with_the_servers_message(fleet: af.Fleet, echo: af.Age
     assert echo.submit("still serving").result(timeout=10) == "still serving"
 
 
+def test_mcp_servers_reach_the_worker_which_runs_only_those_it_allows(fleet: af.Fleet) -> None:
+    with pytest.raises(ValueError, match='unknown MCP server key "cmd"'):
+        fleet.agent("tooled", model="builtin:echo", mcp=[{"cmd": ["python3"]}])
+    with pytest.raises(af.InvalidArgument, match="both a command and a url"):
+        fleet.agent("tooled", model="builtin:echo", mcp=[{"command": ["x"], "url": "http://a/"}])
+    # The embedded workers allow no MCP server: the spec reached them, and they refuse it.
+    tooled = fleet.agent("tooled", model="builtin:echo", mcp=[{"command": ["python3", "tools.py"]}])
+    with pytest.raises(af.TaskFailed, match="--allow-mcp-command") as refused:
+        tooled.submit("hello").result(timeout=10)
+    assert refused.value.kind == "unsupported"
+
+
 def test_keyboard_interrupt_during_map_cancels_the_tasks(fleet: af.Fleet, slow: af.Agent) -> None:
     before = fleet.status()
     prompts = [" ".join(f"w{i}" for i in range(100)) for _ in range(2000)]

@@ -18,7 +18,7 @@ use crate::gate::Lease;
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
 use crate::spans;
-use crate::toolbox::{CallContext, ToolOutcome, Toolbox};
+use crate::toolbox::{CallContext, ToolOutcome, Toolbox, ToolboxHandle};
 
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;
@@ -33,7 +33,7 @@ pub struct TaskRun {
     pub sink: EventSink,
     pub cancel: CancellationToken,
     /// The agent's tools, each routed where it runs.
-    pub tools: Arc<Toolbox>,
+    pub tools: ToolboxHandle,
     /// A call's run: the turn and slot it holds, lent back while it waits on its own calls.
     pub lease: Option<Arc<Lease>>,
 }
@@ -97,7 +97,12 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
         .map(output_format)
         .transpose()
         .map_err(|e| failed(ErrorKind::InvalidRequest, e))?;
-    let mut tools = run.tools.definitions();
+    let toolbox = tokio::select! {
+        biased;
+        () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
+        toolbox = run.tools.clone() => toolbox.map_err(|(kind, reason)| failed(kind, reason))?,
+    };
+    let mut tools = toolbox.definitions();
     // The client's tools (OpenAI requests): their calls end the task, the client runs them.
     let client_tools = run.task.options.as_ref().filter(|o| !o.tools.is_empty());
     let mut tool_choice = ToolChoice::Auto;
@@ -196,7 +201,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
         for call in turn.tool_calls {
             let mut span = spans::tool(parent, &call);
             let ToolOutcome { output, is_error } =
-                match call_tool(run, &call, &span.traceparent_or(parent)).await {
+                match call_tool(run, &toolbox, &call, &span.traceparent_or(parent)).await {
                     Ok(outcome) => outcome,
                     Err(terminal) => {
                         spans::interrupted(&mut span, &terminal);
@@ -252,6 +257,7 @@ fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, Str
 /// spans to go under.
 async fn call_tool(
     run: &TaskRun,
+    toolbox: &Toolbox,
     call: &ToolCall,
     traceparent: &str,
 ) -> Result<ToolOutcome, EventKind> {
@@ -261,9 +267,9 @@ async fn call_tool(
         arguments: call.arguments.clone(),
         traceparent: traceparent.to_owned(),
     };
-    let Some(tool) = run.tools.get(&call.name) else {
+    let Some(tool) = toolbox.get(&call.name) else {
         emit(&run.sink, &run.task, announce).await;
-        let known = run.tools.names();
+        let known = toolbox.names();
         return Ok(ToolOutcome::error(format!(
             "unknown tool {:?}: the tools are {known}",
             call.name

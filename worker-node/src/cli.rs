@@ -83,6 +83,27 @@ pub struct Args {
     /// bring their own api_key.
     #[arg(long = "key-host", value_name = "HOST", env = "FLEET_KEY_HOSTS", value_delimiter = ',')]
     key_hosts: Vec<String>,
+    /// A program this worker may run as an agent's MCP server (stdio), as the agent's command
+    /// names it, e.g. `npx` or `/opt/tools/server` (repeatable, or comma-separated in the
+    /// variable; `*`: any program). Anyone who can register an agent picks the command, so
+    /// none is run unless allowed here.
+    #[arg(
+        long = "allow-mcp-command",
+        value_name = "PROGRAM",
+        env = "FLEET_MCP_COMMANDS",
+        value_delimiter = ','
+    )]
+    allow_mcp_commands: Vec<String>,
+    /// A URL prefix of MCP servers (streamable HTTP) this worker's agents may reach, e.g.
+    /// `https://tools.example.com/` (repeatable, or comma-separated in the variable). None
+    /// unless allowed here.
+    #[arg(
+        long = "allow-mcp-url",
+        value_name = "PREFIX",
+        env = "FLEET_MCP_URLS",
+        value_delimiter = ','
+    )]
+    allow_mcp_urls: Vec<String>,
     /// Export OpenTelemetry traces (this worker's spans of each task: the agent's run, its
     /// model calls and tool calls) to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318.
     /// Off by default.
@@ -161,6 +182,10 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     }
     config.mesh_listen = if args.no_mesh { Vec::new() } else { args.mesh_listen };
     config.key_hosts = args.key_hosts;
+    config.mcp = crate::mcp::McpPolicy {
+        commands: args.allow_mcp_commands,
+        url_prefixes: args.allow_mcp_urls,
+    };
     Ok(config)
 }
 

@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     /// Hosts (besides `OPENAI_BASE_URL`'s) to which this worker may send its own
     /// `OPENAI_API_KEY` when an agent's `base_url` points there (`--key-host`).
     pub key_hosts: Vec<String>,
+    /// Which MCP servers agents may use here (`--allow-mcp-command`, `--allow-mcp-url`).
+    pub mcp: crate::mcp::McpPolicy,
     /// Join a head in this process directly instead of over gRPC (`head` is then only a
     /// label).
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
@@ -60,6 +62,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("device", &self.device)
             .field("mesh_listen", &self.mesh_listen)
             .field("key_hosts", &self.key_hosts)
+            .field("mcp", &self.mcp)
             .field("in_process", &self.local.is_some())
             .field("event_buffer", &self.event_buffer)
             .finish_non_exhaustive()
@@ -89,6 +92,7 @@ impl WorkerConfig {
             device: "cpu".into(),
             mesh_listen: Vec::new(),
             key_hosts: Vec::new(),
+            mcp: crate::mcp::McpPolicy::default(),
             local: None,
             event_buffer: 65_536,
         }

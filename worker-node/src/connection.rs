@@ -229,7 +229,7 @@ async fn host(config: &WorkerConfig) -> Result<ActorHost> {
             .await
             .map_err(|reason| Error::Preload { model: id.clone(), reason: reason.to_string() })?;
     }
-    Ok(ActorHost::new(store))
+    Ok(ActorHost::new(store).with_mcp_policy(config.mcp.clone()))
 }
 
 async fn registration(config: &WorkerConfig) -> Result<Registration> {

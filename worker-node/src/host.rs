@@ -6,19 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::{AgentSpec, Command, ErrorKind, EventKind, TaskAssignment, TaskId};
+use futures::FutureExt;
 use kameo::actor::{Actor, ActorRef, Spawn};
 use kameo::error::Infallible;
 use kameo::supervision::{RestartPolicy, SupervisionStrategy};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::actor::{AgentActor, AgentArgs, Run, RunningTasks};
 use crate::agent_calls::{AgentCaller, MeshCall};
 use crate::callee::LocalCalls;
 use crate::head_calls::{HeadCall, PendingCalls};
+use crate::mcp::{self, McpPolicy};
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
-use crate::toolbox::{ToolOutcome, Toolbox};
+use crate::toolbox::{ToolOutcome, Toolbox, ToolboxHandle};
 use crate::topics::{PublishTool, TopicBoard};
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
@@ -51,6 +53,8 @@ pub struct ActorHost {
     caller: Option<Arc<AgentCaller>>,
     /// The mesh's topics on this worker; `None` without a mesh.
     board: Option<Arc<TopicBoard>>,
+    /// Which MCP servers agents may use here.
+    mcp_policy: McpPolicy,
 }
 
 impl std::fmt::Debug for ActorHost {
@@ -71,7 +75,14 @@ impl ActorHost {
             local_calls: LocalCalls::default(),
             caller: None,
             board: None,
+            mcp_policy: McpPolicy::default(),
         }
+    }
+
+    /// Agents may use the MCP servers `policy` allows.
+    pub fn with_mcp_policy(mut self, policy: McpPolicy) -> Self {
+        self.mcp_policy = policy;
+        self
     }
 
     /// The actors agent calls reach on this worker.
@@ -191,7 +202,7 @@ impl ActorHost {
             spec: spec.clone(),
             model,
             running: self.running.clone(),
-            tools: Arc::new(self.toolbox(&spec)),
+            tools: self.toolbox(&spec),
             board: self.board.clone(),
         };
         if let Some(board) = &self.board {
@@ -209,9 +220,40 @@ impl ActorHost {
         self.versions.insert(spec.name.clone(), (version, spec));
     }
 
+    /// The agent's toolbox: its own tools at once, then, on the first task that needs them,
+    /// the tools of its MCP servers (connected once; a tool whose name is taken is left out).
+    fn toolbox(&self, spec: &AgentSpec) -> ToolboxHandle {
+        let own = self.own_tools(spec);
+        if spec.mcp.is_empty() {
+            return futures::future::ready(Ok(Arc::new(own))).boxed().shared();
+        }
+        let (servers, policy, agent) =
+            (spec.mcp.clone(), self.mcp_policy.clone(), spec.name.clone());
+        async move {
+            let mut toolbox = own;
+            for server in &servers {
+                let why = |e: String| format!("agent {agent}'s MCP server {server}: {e}");
+                if let Some(refusal) = policy.refusal(server) {
+                    return Err((ErrorKind::Unsupported, why(refusal)));
+                }
+                let tools = mcp::connect(server).await.map_err(|e| (ErrorKind::Unavailable, why(e)))?;
+                for (name, tool) in tools {
+                    if toolbox.get(&name).is_some() {
+                        warn!(agent, %server, tool = name, "MCP tool left out: the agent has a tool of that name");
+                        continue;
+                    }
+                    toolbox.add(name, tool);
+                }
+            }
+            Ok(Arc::new(toolbox))
+        }
+        .boxed()
+        .shared()
+    }
+
     /// The agent's tools, each routed once: agents over the mesh when the worker is on one
     /// (else through the head), and `publish` for an agent with topics.
-    fn toolbox(&self, spec: &AgentSpec) -> Toolbox {
+    fn own_tools(&self, spec: &AgentSpec) -> Toolbox {
         let mut toolbox = Toolbox::default();
         for agent in &spec.tools {
             let agent = agent.clone();

@@ -14,7 +14,8 @@
 //!   ([`agent_calls`], [`fleet_mesh`], asking the head only where they run; [`callee`] runs
 //!   the calls that reach this worker on its actors), and the `publish` tool of
 //!   [`topics`], the swarm's blackboard: the mesh's topics for agents' prompts, and for the
-//!   head to relay to clients;
+//!   head to relay to clients; and the tools of agents' MCP servers ([`mcp`], clients run
+//!   here for the servers the operator allows);
 //! - [`runner`] drives one generation into task events;
 //! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
 //!   shares loaded ones; [`remote`] is the model of `openai:MODEL` agents (an
@@ -36,6 +37,7 @@ pub mod error;
 mod gate;
 pub mod head_calls;
 pub mod host;
+pub mod mcp;
 pub mod memory;
 pub mod models;
 pub mod outbox;

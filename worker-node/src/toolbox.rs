@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_inference::ToolCall;
-use fleet_proto::TaskId;
-use futures::future::BoxFuture;
+use fleet_proto::{ErrorKind, TaskId};
+use futures::future::{BoxFuture, Shared};
 
 use crate::gate::Lease;
 
@@ -56,6 +56,10 @@ pub trait ToolCaller: Send + Sync {
     /// the answer; dropping it (the task canceled) abandons the call.
     fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome>;
 }
+
+/// An agent's toolbox, ready once its MCP servers are connected (at once without any); or
+/// why it cannot be had.
+pub type ToolboxHandle = Shared<BoxFuture<'static, Result<Arc<Toolbox>, (ErrorKind, String)>>>;
 
 /// An agent's tools by name, in the order its spec lists them.
 #[derive(Clone, Default)]

@@ -1,0 +1,42 @@
+"""An MCP server for the worker's MCP tests (the official `mcp` package).
+
+Over stdio by default; with `--http`, over streamable HTTP on 127.0.0.1 at an ephemeral
+port, written as `listening on PORT` on stdout once bound.
+"""
+
+import socket
+import sys
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("fleet-test-tools", log_level="WARNING")
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+@server.tool()
+def fail(reason: str) -> str:
+    """Always fails, with the reason given."""
+    raise ToolError(reason)
+
+
+def serve_http() -> None:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    print(f"listening on {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(server.streamable_http_app(), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    if "--http" in sys.argv:
+        serve_http()
+    else:
+        server.run()
