@@ -326,6 +326,25 @@ async fn start_head(
     Ok((head, address))
 }
 
+/// Submits a task and collects its events up to its terminal one.
+pub async fn run_to_end(
+    client: &Client,
+    submission: fleet_client::Submission,
+) -> anyhow::Result<Vec<fleet_client::EventKind>> {
+    use futures::StreamExt;
+    let mut stream = client.submit(submission).await?;
+    let mut kinds = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        let end = event.kind.is_terminal();
+        kinds.push(event.kind);
+        if end {
+            return Ok(kinds);
+        }
+    }
+    bail!("the task's stream ended before the task did: {kinds:?}")
+}
+
 /// Waits until `condition` holds (it is asked again every 20 ms), or fails after `within`
 /// saying `what` never happened: tests wait on what they can observe, never a fixed time.
 pub async fn wait_until<F, Fut>(

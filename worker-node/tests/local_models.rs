@@ -263,16 +263,7 @@ async fn an_agent_calls_another_agent_as_a_tool() -> Result<()> {
         // builtin:echo says what it is told, so the planner "writes" this tool call; then it
         // answers with the latest tool result, the researcher's answer.
         let input = r#"Asking. <tool_call>{"name": "researcher", "arguments": {"input": "the facts about actors"}}</tool_call>"#;
-        let mut stream = client.submit(Submission::new("planner", input)).await?;
-        let mut kinds = Vec::new();
-        while let Some(event) = stream.next().await {
-            let event = event?;
-            let end = event.kind.is_terminal();
-            kinds.push(event.kind);
-            if end {
-                break;
-            }
-        }
+        let kinds = fleet_testkit::run_to_end(&client, Submission::new("planner", input)).await?;
         let call = kinds.iter().find_map(|k| match k {
             EventKind::ToolCall { call_id, name, arguments, .. } => Some((call_id, name, arguments)),
             _ => None,

@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, ErrorKind, EventKind, McpServer, Submission};
 use fleet_testkit::ClusterSandbox;
-use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -42,17 +41,7 @@ fn calling(tool: &str, arguments: &str) -> String {
 
 /// The task's events, to its end.
 async fn run(client: &Client, agent: &str, input: &str) -> Result<Vec<EventKind>> {
-    let mut stream = client.submit(Submission::new(agent, input)).await?;
-    let mut kinds = Vec::new();
-    while let Some(event) = stream.next().await {
-        let event = event?;
-        let end = event.kind.is_terminal();
-        kinds.push(event.kind);
-        if end {
-            break;
-        }
-    }
-    Ok(kinds)
+    fleet_testkit::run_to_end(client, Submission::new(agent, input)).await
 }
 
 /// The result of the task's one tool call, after checking the call was announced first.
