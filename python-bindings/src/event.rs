@@ -82,8 +82,11 @@ impl From<&TaskEvent> for Event {
                 event.text.clone_from(arguments);
                 "tool_call"
             }
-            EventKind::ToolResult { output, .. } => {
+            EventKind::ToolResult { output, is_error, .. } => {
                 event.text.clone_from(output);
+                if *is_error {
+                    event.error.clone_from(output);
+                }
                 "tool_result"
             }
             EventKind::Completed { usage } => {

@@ -50,11 +50,14 @@ pub struct Fleet {
     embedded: Mutex<Option<Embedded>>,
 }
 
-/// What the embedded workers serve: the models dir, models to load before joining, device.
+/// What the embedded workers serve: the models dir, models to load before joining, device;
+/// and which MCP servers their agents may use.
 struct LocalModels {
     dir: Option<PathBuf>,
     preload: Vec<String>,
     device: String,
+    /// The MCP servers the workers' agents may use.
+    mcp: fleet_worker::mcp::McpPolicy,
 }
 
 /// Starts the head and workers of an embedded cluster. Its address on 127.0.0.1 is open to
@@ -99,6 +102,7 @@ async fn start_embedded(
         config.models_dir = models.dir.clone();
         config.preload = models.preload.clone();
         config.device = models.device.clone();
+        config.mcp = models.mcp.clone();
         config.local = Some(head.cluster.clone());
         let (shutdown, failed_tx) = (shutdown.clone(), failed_tx.clone());
         tokio::spawn(async move {
@@ -177,7 +181,8 @@ fn flush_traces() {
 #[pyfunction]
 #[pyo3(signature = (
     address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None,
-    tls_ca=None, data_dir=None, otlp_endpoint=None
+    tls_ca=None, data_dir=None, otlp_endpoint=None, allow_mcp_commands=Vec::new(),
+    allow_mcp_urls=Vec::new()
 ))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of `af.init`
 pub fn init(
@@ -191,6 +196,8 @@ pub fn init(
     tls_ca: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     otlp_endpoint: Option<String>,
+    allow_mcp_commands: Vec<String>,
+    allow_mcp_urls: Vec<String>,
 ) -> PyResult<Fleet> {
     let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
     if address.is_none() && workers == 0 {
@@ -243,7 +250,15 @@ pub fn init(
     }
     let device = device.unwrap_or_else(|| "cpu".to_owned());
     fleet_inference::device(&device).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let models = LocalModels { dir: models_dir, preload, device };
+    if address.is_some() && !(allow_mcp_commands.is_empty() && allow_mcp_urls.is_empty()) {
+        return Err(PyValueError::new_err(
+            "allow_mcp_commands and allow_mcp_urls are for an embedded cluster: start the \
+             workers of a running cluster with --allow-mcp-command and --allow-mcp-url instead",
+        ));
+    }
+    let mcp =
+        fleet_worker::mcp::McpPolicy { commands: allow_mcp_commands, url_prefixes: allow_mcp_urls };
+    let models = LocalModels { dir: models_dir, preload, device, mcp };
     // An embedded cluster without a token given gets a random one.
     let token = match (&address, token) {
         (None, None) => Some(fleet_head::auth::random_token()),

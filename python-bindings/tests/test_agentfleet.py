@@ -292,3 +292,24 @@ def test_keyboard_interrupt_during_map_cancels_the_tasks_of_a_remote_cluster(rem
         assert time.monotonic() < deadline, status
         time.sleep(0.05)
     assert status["tasks_canceled"] > 0 and status["tasks_completed"] < 10, status
+
+
+def test_an_embedded_cluster_runs_the_mcp_servers_it_allows() -> None:
+    script = Path(__file__).parents[2] / "worker-node" / "tests" / "mcp" / "tools_server.py"
+    with af.init(workers=1, allow_mcp_commands=[sys.executable]) as fleet:
+        calculator = fleet.agent(
+            "calculator", model="builtin:echo", mcp=[{"command": [sys.executable, str(script)]}]
+        )
+        # builtin:echo writes the call it is told to, then answers with the tool's result.
+        call = '<tool_call>{"name": "add", "arguments": {"a": 20, "b": 22}}</tool_call>'
+        task = calculator.submit(call)
+        assert task.result(timeout=60) == "42"
+        events = list(task.events())
+        assert [(e.tool, e.text) for e in events if e.kind == "tool_call"] == [
+            ("add", '{"a":20,"b":22}')
+        ]
+        assert [(e.text, e.error) for e in events if e.kind == "tool_result"] == [("42", "")]
+        failing = calculator.submit('<tool_call>{"name": "fail", "arguments": {"reason": "no"}}</tool_call>')
+        failing.result(timeout=60)
+        errors = [e.error for e in failing.events() if e.kind == "tool_result"]
+        assert errors == ["Error executing tool fail: no"]

@@ -73,6 +73,8 @@ def init(
     tls_ca: "str | os.PathLike[str] | None" = None,
     data_dir: "str | os.PathLike[str] | None" = None,
     otlp_endpoint: "str | None" = None,
+    allow_mcp_commands: "list[str] | None" = None,
+    allow_mcp_urls: "list[str] | None" = None,
 ) -> Fleet:
     """Start an embedded cluster (no ``address``) or connect to a running one.
 
@@ -92,7 +94,9 @@ def init(
     $OTEL_EXPORTER_OTLP_ENDPOINT), an OTLP/HTTP collector such as ``http://127.0.0.1:4318``,
     the embedded cluster exports OpenTelemetry traces there: one per task, GenAI spans
     (``invoke_agent``, ``chat``, ``embeddings``, ``execute_tool``); ``fleet.shutdown()``
-    sends those still queued.
+    sends those still queued. The embedded workers run the MCP server programs named in
+    ``allow_mcp_commands`` (as agents' commands name them; ``"*"``: any) and reach MCP
+    servers whose URLs start with one of ``allow_mcp_urls``; none by default.
 
     ``address`` may list several heads (a leader and its standbys on a shared PostgreSQL
     store), as a list or one string with commas: calls go to the head that leads, and tasks
@@ -117,6 +121,8 @@ def init(
         tls_ca=tls_ca,
         data_dir=data_dir,
         otlp_endpoint=otlp_endpoint,
+        allow_mcp_commands=allow_mcp_commands or [],
+        allow_mcp_urls=allow_mcp_urls or [],
     )
     if fleet.embedded:
         atexit.register(fleet.shutdown)

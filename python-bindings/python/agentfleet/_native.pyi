@@ -52,7 +52,9 @@ class Cancelled(FleetError): ...
 class Event:
     """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
     tool_call, tool_result, embeddings, completed, failed, canceled, input_required, retrying.
-    (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them.)"""
+    (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them. A
+    tool_call's ``tool`` is the tool and ``text`` its arguments; a tool_result's ``text`` is
+    the answer, also in ``error`` when the tool reported an error.)"""
 
     @property
     def task_id(self) -> str: ...
@@ -202,6 +204,8 @@ def init(
     tls_ca: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     otlp_endpoint: str | None = None,
+    allow_mcp_commands: list[str] = ...,
+    allow_mcp_urls: list[str] = ...,
 ) -> Fleet: ...
 def run_head(argv: list[str]) -> int: ...
 def run_worker(argv: list[str]) -> int: ...
