@@ -19,7 +19,7 @@ use crate::gate::Lease;
 use crate::memory::ConversationMemory;
 use crate::models::ModelHandle;
 use crate::runner::EventSink;
-use crate::toolbox::ToolboxHandle;
+use crate::toolbox::ToolboxSource;
 use crate::topics::{self, TopicBoard};
 
 /// The tasks running on this worker's actors, each with its attempt and what cancels it.
@@ -32,7 +32,7 @@ pub struct AgentArgs {
     pub model: ModelHandle,
     pub running: RunningTasks,
     /// The agent's tools, each routed where it runs.
-    pub tools: ToolboxHandle,
+    pub tools: ToolboxSource,
     /// The mesh's topics, for agents with `topics` (their latest messages go in the prompt).
     pub board: Option<Arc<TopicBoard>>,
 }

@@ -18,7 +18,7 @@ use crate::gate::Lease;
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
 use crate::spans;
-use crate::toolbox::{CallContext, ToolOutcome, Toolbox, ToolboxHandle};
+use crate::toolbox::{CallContext, ToolOutcome, Toolbox, ToolboxSource};
 
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;
@@ -33,7 +33,7 @@ pub struct TaskRun {
     pub sink: EventSink,
     pub cancel: CancellationToken,
     /// The agent's tools, each routed where it runs.
-    pub tools: ToolboxHandle,
+    pub tools: ToolboxSource,
     /// A call's run: the turn and slot it holds, lent back while it waits on its own calls.
     pub lease: Option<Arc<Lease>>,
 }
@@ -100,7 +100,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     let toolbox = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
-        toolbox = run.tools.clone() => toolbox.map_err(|(kind, reason)| failed(kind, reason))?,
+        toolbox = run.tools.get() => toolbox.map_err(|(kind, reason)| failed(kind, reason))?,
     };
     let mut tools = toolbox.definitions();
     // The client's tools (OpenAI requests): their calls end the task, the client runs them.

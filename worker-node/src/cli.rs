@@ -84,9 +84,9 @@ pub struct Args {
     #[arg(long = "key-host", value_name = "HOST", env = "FLEET_KEY_HOSTS", value_delimiter = ',')]
     key_hosts: Vec<String>,
     /// A program this worker may run as an agent's MCP server (stdio), as the agent's command
-    /// names it, e.g. `npx` or `/opt/tools/server` (repeatable, or comma-separated in the
-    /// variable; `*`: any program). Anyone who can register an agent picks the command, so
-    /// none is run unless allowed here.
+    /// names it, e.g. `/opt/mcp/filesystem-server` (repeatable, or comma-separated in the
+    /// variable; `*`: any program). Anyone who can register an agent picks the command and
+    /// its arguments: allow servers' own programs, not interpreters such as python3 or npx.
     #[arg(
         long = "allow-mcp-command",
         value_name = "PROGRAM",
@@ -186,6 +186,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
         commands: args.allow_mcp_commands,
         url_prefixes: args.allow_mcp_urls,
     };
+    config.mcp.check().map_err(Error::InvalidConfig)?;
     Ok(config)
 }
 

@@ -20,7 +20,7 @@ use crate::head_calls::{HeadCall, PendingCalls};
 use crate::mcp::{self, McpPolicy};
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
-use crate::toolbox::{ToolOutcome, Toolbox, ToolboxHandle};
+use crate::toolbox::{ToolOutcome, Toolbox, ToolboxSource};
 use crate::topics::{PublishTool, TopicBoard};
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
@@ -55,6 +55,8 @@ pub struct ActorHost {
     board: Option<Arc<TopicBoard>>,
     /// Which MCP servers agents may use here.
     mcp_policy: McpPolicy,
+    /// Closes each placed agent's MCP connections (kills their programs) when it goes.
+    mcp_sessions: HashMap<String, CancellationToken>,
 }
 
 impl std::fmt::Debug for ActorHost {
@@ -76,6 +78,7 @@ impl ActorHost {
             caller: None,
             board: None,
             mcp_policy: McpPolicy::default(),
+            mcp_sessions: HashMap::new(),
         }
     }
 
@@ -155,6 +158,9 @@ impl ActorHost {
             }
             Command::StopActor { agent } => {
                 self.versions.remove(&agent);
+                if let Some(session) = self.mcp_sessions.remove(&agent) {
+                    session.cancel();
+                }
                 if let Some(actor) = self.local_calls.removed(&agent) {
                     info!(agent, "stopping actor");
                     actor.kill();
@@ -221,34 +227,33 @@ impl ActorHost {
     }
 
     /// The agent's toolbox: its own tools at once, then, on the first task that needs them,
-    /// the tools of its MCP servers (connected once; a tool whose name is taken is left out).
-    fn toolbox(&self, spec: &AgentSpec) -> ToolboxHandle {
+    /// the tools of its MCP servers (a tool whose name is taken is left out). The servers'
+    /// connections close when the agent is stopped or replaced.
+    fn toolbox(&mut self, spec: &AgentSpec) -> ToolboxSource {
+        if let Some(session) = self.mcp_sessions.remove(&spec.name) {
+            session.cancel();
+        }
         let own = self.own_tools(spec);
         if spec.mcp.is_empty() {
-            return futures::future::ready(Ok(Arc::new(own))).boxed().shared();
+            return ToolboxSource::ready(own);
         }
+        let session = CancellationToken::new();
+        self.mcp_sessions.insert(spec.name.clone(), session.clone());
         let (servers, policy, agent) =
             (spec.mcp.clone(), self.mcp_policy.clone(), spec.name.clone());
-        async move {
-            let mut toolbox = own;
-            for server in &servers {
-                let why = |e: String| format!("agent {agent}'s MCP server {server}: {e}");
-                if let Some(refusal) = policy.refusal(server) {
-                    return Err((ErrorKind::Unsupported, why(refusal)));
-                }
-                let tools = mcp::connect(server).await.map_err(|e| (ErrorKind::Unavailable, why(e)))?;
-                for (name, tool) in tools {
-                    if toolbox.get(&name).is_some() {
-                        warn!(agent, %server, tool = name, "MCP tool left out: the agent has a tool of that name");
-                        continue;
-                    }
-                    toolbox.add(name, tool);
-                }
+        ToolboxSource::new(move || {
+            let connecting =
+                connect_mcp(own.clone(), servers.clone(), &policy, agent.clone(), session.clone());
+            // On a task of its own: a canceled first task does not stall the connection.
+            let connecting = tokio::spawn(connecting);
+            async move {
+                connecting.await.unwrap_or_else(|_| {
+                    Err((ErrorKind::Internal, "connecting the MCP servers panicked".into()))
+                })
             }
-            Ok(Arc::new(toolbox))
-        }
-        .boxed()
-        .shared()
+            .boxed()
+            .shared()
+        })
     }
 
     /// The agent's tools, each routed once: agents over the mesh when the worker is on one
@@ -294,6 +299,39 @@ impl ActorHost {
                 format!("the actor of agent {:?} failed ({e}); it is being restarted", task.agent);
             runner::emit(sink, &task, EventKind::failed(ErrorKind::Internal, error)).await;
         }
+    }
+}
+
+/// The agent's own tools plus those of its MCP servers, all of which the policy must allow.
+fn connect_mcp(
+    own: Toolbox,
+    servers: Vec<fleet_proto::McpServer>,
+    policy: &McpPolicy,
+    agent: String,
+    session: CancellationToken,
+) -> impl std::future::Future<Output = Result<Arc<Toolbox>, (ErrorKind, String)>> + Send + 'static {
+    let refused = servers.iter().find_map(|server| {
+        let refusal = policy.refusal(server)?;
+        Some((ErrorKind::Unsupported, format!("agent {agent}'s MCP server {server}: {refusal}")))
+    });
+    async move {
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
+        let mut toolbox = own;
+        for server in &servers {
+            let tools = mcp::connect(server, &agent, session.clone()).await.map_err(|e| {
+                (ErrorKind::Unavailable, format!("agent {agent}'s MCP server {server}: {e}"))
+            })?;
+            for (name, tool) in tools {
+                if toolbox.get(&name).is_some() {
+                    warn!(agent, %server, tool = name, "MCP tool left out: the agent has a tool of that name");
+                    continue;
+                }
+                toolbox.add(name, tool);
+            }
+        }
+        Ok(Arc::new(toolbox))
     }
 }
 

@@ -5,11 +5,15 @@
 //! Anyone who can register an agent names its servers, so the worker's operator decides
 //! which may run or be reached ([`McpPolicy`]): a program only if `--allow-mcp-command`
 //! names it, a URL only if it starts with an `--allow-mcp-url` prefix. Nothing is allowed
-//! by default.
+//! by default. The arguments are the agent's: allowing an interpreter (`python3`, `npx`)
+//! lets agents run what they like with it. A program gets only a few variables of the
+//! worker's environment ([`INHERITED_ENV`]), none of its secrets.
 //!
-//! A server's client lives as long as the agent's actor (its toolbox): a program is killed
-//! when the agent is stopped or replaced.
+//! A server's connection is closed, and its program killed, when the agent is stopped or
+//! replaced; a program's stderr goes to the worker's log. A server that cannot be reached
+//! fails the task, and the next task tries again.
 
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +25,8 @@ use rmcp::model::{CallToolRequestParams, Tool};
 use rmcp::service::RunningService;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::toolbox::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
@@ -29,6 +35,8 @@ use crate::toolbox::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tools taken from one server at most.
 pub const MAX_TOOLS_PER_SERVER: usize = 128;
+/// Bytes of a tool's description and input schema at most.
+pub const MAX_DEFINITION_BYTES: usize = 16 << 10;
 /// Bytes of a tool's answer the model reads at most (the rest is cut, and says so).
 pub const MAX_ANSWER_BYTES: usize = 256 << 10;
 
@@ -42,6 +50,23 @@ pub struct McpPolicy {
 }
 
 impl McpPolicy {
+    /// Checks the URL prefixes (at start): each an `http://` or `https://` URL with a host and
+    /// no credentials.
+    pub fn check(&self) -> Result<(), String> {
+        for prefix in &self.url_prefixes {
+            let url = url::Url::parse(prefix)
+                .map_err(|e| format!("--allow-mcp-url {prefix:?} is not a URL: {e}"))?;
+            let scheme_ok = matches!(url.scheme(), "http" | "https");
+            if !scheme_ok || url.host_str().is_none() || !url.username().is_empty() {
+                return Err(format!(
+                    "--allow-mcp-url {prefix:?}: give an http:// or https:// URL with a host, \
+                     e.g. https://tools.example.com/"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Why `server` may not be used here, if it may not.
     pub fn refusal(&self, server: &McpServer) -> Option<String> {
         if let Some(program) = server.command.first() {
@@ -53,7 +78,7 @@ impl McpPolicy {
                 )
             });
         }
-        let allowed = self.url_prefixes.iter().any(|p| server.url.starts_with(p.as_str()));
+        let allowed = self.url_prefixes.iter().any(|p| url_within(p, &server.url));
         (!allowed).then(|| {
             format!(
                 "this worker does not reach the MCP server {}: its operator allows URLs with \
@@ -64,19 +89,62 @@ impl McpPolicy {
     }
 }
 
+/// Whether `url` is at or under `prefix`: the same scheme, host and port, no credentials, and
+/// a path that is the prefix's or goes on below it (`/mcp` covers `/mcp/x`, not `/mcpx`).
+fn url_within(prefix: &str, url: &str) -> bool {
+    let (Ok(prefix), Ok(url)) = (url::Url::parse(prefix), url::Url::parse(url)) else {
+        return false;
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    let same_origin = prefix.scheme() == url.scheme()
+        && prefix.host_str().is_some()
+        && prefix.host_str() == url.host_str()
+        && prefix.port_or_known_default() == url.port_or_known_default();
+    let (base, path) = (prefix.path(), url.path());
+    let below = if base.ends_with('/') {
+        path.starts_with(base)
+    } else {
+        path.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    same_origin && below
+}
+
+/// What an MCP server program gets of the worker's environment: what a program needs to run
+/// (the variables the MCP SDKs' stdio clients pass by default), never the worker's secrets
+/// (`OPENAI_API_KEY`, `FLEET_JOIN_TOKEN`, ...).
+const INHERITED_ENV: [&str; 9] =
+    ["HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR"];
+
 /// A connected MCP server.
 type Client = RunningService<RoleClient, ()>;
 
 /// Connects to `server` (allowed by the policy: see [`McpPolicy::refusal`]) and lists its
-/// tools, each a [`McpTool`] for the toolbox.
-pub async fn connect(server: &McpServer) -> Result<Vec<(String, Arc<dyn ToolCaller>)>, String> {
+/// tools, each a [`McpTool`] for the toolbox. The connection is closed (a program killed)
+/// when `closed` is canceled: the agent was stopped or replaced.
+pub async fn connect(
+    server: &McpServer,
+    agent: &str,
+    closed: CancellationToken,
+) -> Result<Vec<(String, Arc<dyn ToolCaller>)>, String> {
     let connecting = async {
         let client: Client = match server.command.split_first() {
             Some((program, args)) => {
                 let mut command = tokio::process::Command::new(program);
-                command.args(args);
-                let transport = TokioChildProcess::new(command)
+                command.args(args).env_clear();
+                for key in INHERITED_ENV {
+                    if let Some(value) = std::env::var_os(key) {
+                        command.env(key, value);
+                    }
+                }
+                let (transport, stderr) = TokioChildProcess::builder(command)
+                    .stderr(Stdio::piped())
+                    .spawn()
                     .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+                if let Some(stderr) = stderr {
+                    tokio::spawn(log_stderr(stderr, agent.to_owned(), server.to_string()));
+                }
                 ().serve(transport).await.map_err(|e| format!("no MCP handshake: {e}"))?
             }
             None => {
@@ -84,26 +152,70 @@ pub async fn connect(server: &McpServer) -> Result<Vec<(String, Arc<dyn ToolCall
                 ().serve(transport).await.map_err(|e| format!("no MCP handshake: {e}"))?
             }
         };
+        // Closed with the agent: a program is killed when its transport goes.
+        let token = client.cancellation_token();
+        let closing = closed.clone();
+        tokio::spawn(async move {
+            closing.cancelled().await;
+            token.cancel();
+        });
         let tools = client.list_all_tools().await.map_err(|e| format!("tools/list: {e}"))?;
         Ok::<_, String>((client, tools))
     };
-    let (client, mut tools) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))??;
-    if tools.len() > MAX_TOOLS_PER_SERVER {
-        warn!(%server, tools = tools.len(), "MCP server offers too many tools; the first {MAX_TOOLS_PER_SERVER} are used");
-        tools.truncate(MAX_TOOLS_PER_SERVER);
-    }
-    info!(%server, tools = tools.len(), "MCP server connected");
+    let (client, tools) = tokio::select! {
+        () = closed.cancelled() => return Err("the agent was stopped".into()),
+        connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => connected
+            .map_err(|_| format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))??,
+    };
     let client = Arc::new(client);
-    Ok(tools
-        .into_iter()
-        .map(|tool| {
-            let name = tool.name.to_string();
-            let tool = McpTool { client: client.clone(), tool };
-            (name, Arc::new(tool) as Arc<dyn ToolCaller>)
-        })
-        .collect())
+    let mut offered = Vec::new();
+    for tool in tools {
+        if offered.len() == MAX_TOOLS_PER_SERVER {
+            warn!(%server, "MCP server offers more than {MAX_TOOLS_PER_SERVER} tools; the rest are left out");
+            break;
+        }
+        if let Some(why) = unusable(&tool) {
+            warn!(%server, tool = %tool.name, "MCP tool left out: {why}");
+            continue;
+        }
+        let name = tool.name.to_string();
+        offered.push((
+            name,
+            Arc::new(McpTool { client: client.clone(), tool }) as Arc<dyn ToolCaller>,
+        ));
+    }
+    info!(%server, agent, tools = offered.len(), "MCP server connected");
+    Ok(offered)
+}
+
+/// Why a server's tool cannot be offered to a model: a name models and OpenAI-compatible
+/// endpoints refuse, or a definition too large for a prompt.
+fn unusable(tool: &Tool) -> Option<String> {
+    let name_ok = !tool.name.is_empty()
+        && tool.name.len() <= 64
+        && tool.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Some("its name is not 1 to 64 letters, digits, '_' or '-'".into());
+    }
+    let size = tool.description.as_deref().map_or(0, str::len)
+        + serde_json::to_string(tool.input_schema.as_ref()).map_or(usize::MAX, |s| s.len());
+    (size > MAX_DEFINITION_BYTES)
+        .then(|| format!("its description and schema exceed {} KiB", MAX_DEFINITION_BYTES >> 10))
+}
+
+/// A server program's stderr, line by line into the worker's log (each line cut at 1 KiB).
+async fn log_stderr(stderr: tokio::process::ChildStderr, agent: String, server: String) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(mut line)) = lines.next_line().await {
+        if line.len() > 1024 {
+            let mut end = 1024;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+        info!(agent, server, "MCP server: {line}");
+    }
 }
 
 /// One tool of an MCP server.
@@ -204,6 +316,27 @@ mod tests {
         assert!(some.refusal(&elsewhere).is_some());
         let any = McpPolicy { commands: vec!["*".into()], ..Default::default() };
         assert_eq!(any.refusal(&other), None);
+    }
+
+    #[test]
+    fn a_url_prefix_covers_its_origin_and_the_paths_below_it() {
+        let within = |prefix: &str, url: &str| url_within(prefix, url);
+        assert!(within("http://127.0.0.1:8000/", "http://127.0.0.1:8000/mcp"));
+        assert!(within("https://tools.example.com/mcp", "https://tools.example.com/mcp"));
+        assert!(within("https://tools.example.com/mcp", "https://tools.example.com/mcp/x"));
+        assert!(within("https://tools.example.com", "https://tools.example.com:443/mcp"));
+        assert!(!within("https://tools.example.com/mcp", "https://tools.example.com/mcpx"));
+        assert!(!within("http://127.0.0.1:80", "http://127.0.0.1:8000/mcp"));
+        assert!(!within("https://tools.example.com", "https://tools.example.com.evil.net/"));
+        assert!(!within("http://127.0.0.1:80/", "http://127.0.0.1:80@evil.net/"));
+        assert!(!within("http://a.example/", "http://user@a.example/"));
+        assert!(!within("http://a.example/", "https://a.example/"));
+        assert!(!within("", "http://a.example/"));
+        let policy = McpPolicy { url_prefixes: vec!["".into()], ..Default::default() };
+        assert!(policy.check().is_err());
+        let policy =
+            McpPolicy { url_prefixes: vec!["http://u:p@a.example/".into()], ..Default::default() };
+        assert!(policy.check().is_err());
     }
 
     #[test]

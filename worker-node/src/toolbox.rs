@@ -1,6 +1,8 @@
-//! The tools an agent's model may call. Each tool of an agent is routed once, when its actor
-//! is placed ([`Toolbox`]): another agent through the head (`head_calls`), another agent
-//! over the mesh (`agent_calls`), the `publish` tool of an agent with topics (`topics`). The agent loop calls them all through one interface,
+//! The tools an agent's model may call. Each tool of an agent is routed once ([`Toolbox`]):
+//! another agent through the head (`head_calls`), another agent over the mesh
+//! (`agent_calls`), the `publish` tool of an agent with topics (`topics`), when its actor is
+//! placed; the tools of its MCP servers (`mcp`) once they are connected, on its first task
+//! ([`ToolboxSource`]). The agent loop calls them all through one interface,
 //! [`ToolCaller`], and sees one kind of answer, [`ToolOutcome`].
 
 use std::sync::Arc;
@@ -8,7 +10,9 @@ use std::time::Duration;
 
 use fleet_inference::ToolCall;
 use fleet_proto::{ErrorKind, TaskId};
+use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
 
 use crate::gate::Lease;
 
@@ -60,6 +64,40 @@ pub trait ToolCaller: Send + Sync {
 /// An agent's toolbox, ready once its MCP servers are connected (at once without any); or
 /// why it cannot be had.
 pub type ToolboxHandle = Shared<BoxFuture<'static, Result<Arc<Toolbox>, (ErrorKind, String)>>>;
+
+/// Where an agent's tasks get its toolbox: the one connection of its MCP servers, shared by
+/// its tasks; after a failure to reach one (`unavailable`), the next task connects anew.
+#[derive(Clone)]
+pub struct ToolboxSource {
+    current: Arc<Mutex<ToolboxHandle>>,
+    connect: Arc<dyn Fn() -> ToolboxHandle + Send + Sync>,
+}
+
+impl ToolboxSource {
+    /// A toolbox with nothing to connect.
+    pub fn ready(toolbox: Toolbox) -> Self {
+        let toolbox = Arc::new(toolbox);
+        Self::new(move || futures::future::ready(Ok(toolbox.clone())).boxed().shared())
+    }
+
+    /// A toolbox that `connect` starts connecting (now, and again after a failure).
+    pub fn new(connect: impl Fn() -> ToolboxHandle + Send + Sync + 'static) -> Self {
+        let current = Arc::new(Mutex::new(connect()));
+        Self { current, connect: Arc::new(connect) }
+    }
+
+    pub async fn get(&self) -> Result<Arc<Toolbox>, (ErrorKind, String)> {
+        let handle = self.current.lock().clone();
+        let result = handle.clone().await;
+        if let Err((ErrorKind::Unavailable, _)) = &result {
+            let mut current = self.current.lock();
+            if current.ptr_eq(&handle) {
+                *current = (self.connect)();
+            }
+        }
+        result
+    }
+}
 
 /// An agent's tools by name, in the order its spec lists them.
 #[derive(Clone, Default)]

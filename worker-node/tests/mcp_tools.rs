@@ -44,6 +44,13 @@ async fn run(client: &Client, agent: &str, input: &str) -> Result<Vec<EventKind>
     fleet_testkit::run_to_end(client, Submission::new(agent, input)).await
 }
 
+/// Whether process `pid` runs (exists and is not a zombie).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// The result of the task's one tool call, after checking the call was announced first.
 fn tool_result(kinds: &[EventKind], tool: &str) -> Result<(String, bool)> {
     let (call_id, name) = kinds
@@ -77,7 +84,7 @@ async fn an_agent_calls_the_tools_of_a_stdio_mcp_server() -> Result<()> {
         let client = cluster.client().await?;
         let script = server_script().display().to_string();
         let server = McpServer { command: vec!["python3".into(), script], url: String::new() };
-        client.register_agent(agent("calculator", server)).await?;
+        client.register_agent(agent("calculator", server.clone())).await?;
 
         let kinds = run(&client, "calculator", &calling("add", r#"{"a": 2, "b": 3}"#)).await?;
         ensure!(tool_result(&kinds, "add")? == ("5".to_owned(), false), "{kinds:?}");
@@ -93,7 +100,29 @@ async fn an_agent_calls_the_tools_of_a_stdio_mcp_server() -> Result<()> {
         // A tool the server does not have.
         let kinds = run(&client, "calculator", &calling("divide", r#"{"a": 1}"#)).await?;
         let (output, is_error) = tool_result(&kinds, "divide")?;
-        ensure!(is_error && output.contains("add, fail"), "{output:?}");
+        ensure!(is_error && output.contains("add, fail, environment, pid"), "{output:?}");
+
+        // The program sees none of the worker's own variables (the sandbox gives it these).
+        let kinds = run(&client, "calculator", &calling("environment", "{}")).await?;
+        let (names, _) = tool_result(&kinds, "environment")?;
+        let names: Vec<&str> = names.split(' ').collect();
+        ensure!(names.contains(&"PATH"), "{names:?}");
+        ensure!(!names.contains(&"RUST_LOG") && !names.contains(&"FLEET_MESH_LISTEN"), "{names:?}");
+
+        // The agent replaced (a new spec): its server program goes with it.
+        let kinds = run(&client, "calculator", &calling("pid", "{}")).await?;
+        let (pid, _) = tool_result(&kinds, "pid")?;
+        ensure!(running(&pid), "no server process {pid}");
+        let mut changed = agent("calculator", server.clone());
+        changed.description = "adds".into();
+        client.register_agent(changed).await?;
+        fleet_testkit::wait_until(Duration::from_secs(10), "the old server still runs", || {
+            let gone = !running(&pid);
+            async move { Ok(gone) }
+        })
+        .await?;
+        let kinds = run(&client, "calculator", &calling("add", r#"{"a": 1, "b": 1}"#)).await?;
+        ensure!(tool_result(&kinds, "add")? == ("2".to_owned(), false), "{kinds:?}");
         cluster.shutdown().await
     })
     .await

@@ -4,6 +4,7 @@ Over stdio by default; with `--http`, over streamable HTTP on 127.0.0.1 at an ep
 port, written as `listening on PORT` on stdout once bound.
 """
 
+import os
 import socket
 import sys
 
@@ -23,6 +24,18 @@ def add(a: int, b: int) -> int:
 def fail(reason: str) -> str:
     """Always fails, with the reason given."""
     raise ToolError(reason)
+
+
+@server.tool()
+def environment() -> str:
+    """The names of the environment variables this server runs with."""
+    return " ".join(sorted(os.environ))
+
+
+@server.tool()
+def pid() -> int:
+    """This server's process id."""
+    return os.getpid()
 
 
 def serve_http() -> None:
