@@ -1,7 +1,7 @@
 """An MCP server for the worker's MCP tests (the official `mcp` package).
 
 Over stdio by default; with `--http`, over streamable HTTP on 127.0.0.1 at an ephemeral
-port, written as `listening on PORT` on stdout once bound.
+port, written as `listening on PORT` on stdout once it listens.
 """
 
 import os
@@ -43,6 +43,9 @@ def serve_http() -> None:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
+    # Listening before the port is told: a client that connects before uvicorn has started
+    # waits in the backlog instead of being refused.
+    sock.listen(128)
     print(f"listening on {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(server.streamable_http_app(), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
