@@ -44,6 +44,16 @@ async fn run(client: &Client, agent: &str, input: &str) -> Result<Vec<EventKind>
     fleet_testkit::run_to_end(client, Submission::new(agent, input)).await
 }
 
+/// A head and one worker that runs MCP server programs started as `python3`.
+async fn allowing_python3() -> Result<ClusterSandbox> {
+    ClusterSandbox::builder()
+        .workers(1)
+        .worker_arg("--allow-mcp-command")
+        .worker_arg("python3")
+        .start()
+        .await
+}
+
 /// Whether process `pid` runs (exists and is not a zombie).
 fn running(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -75,12 +85,7 @@ fn tool_result(kinds: &[EventKind], tool: &str) -> Result<(String, bool)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_calls_the_tools_of_a_stdio_mcp_server() -> Result<()> {
     within(async {
-        let cluster = ClusterSandbox::builder()
-            .workers(1)
-            .worker_arg("--allow-mcp-command")
-            .worker_arg("python3")
-            .start()
-            .await?;
+        let cluster = allowing_python3().await?;
         let client = cluster.client().await?;
         let script = server_script().display().to_string();
         let server = McpServer { command: vec!["python3".into(), script], url: String::new() };
@@ -171,12 +176,7 @@ async fn an_agent_calls_the_tools_of_a_streamable_http_mcp_server() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_no_mcp_server_its_operator_did_not_allow() -> Result<()> {
     within(async {
-        let cluster = ClusterSandbox::builder()
-            .workers(1)
-            .worker_arg("--allow-mcp-command")
-            .worker_arg("python3")
-            .start()
-            .await?;
+        let cluster = allowing_python3().await?;
         let client = cluster.client().await?;
         let marker = std::env::temp_dir().join(format!("fleet-mcp-ran-{}", std::process::id()));
         let command = vec!["sh".into(), "-c".into(), format!("touch {}", marker.display())];
