@@ -15,11 +15,13 @@
 //!   many over one multiplexed stream ([`Client::submit_many`], [`Client::run_many`]),
 //!   watch, cancel, query tasks and the cluster status.
 //! - [`outcome`]: folding a task's events into its result.
+//! - [`tool_host`]: functions this process hosts as tools for the cluster's agents.
 //! - [`resume`]: task streams and batches ride through a head restart or a broken
 //!   connection (reconnect with backoff, continue from the last event seen).
 
 pub mod outcome;
 pub mod resume;
+pub mod tool_host;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -40,12 +42,13 @@ pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
-    AgentSpec, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, McpServer, OutputFormat, Resources,
-    Sampling, TaskEvent, TaskId, TaskOptions, TaskState, Turn, Usage,
+    AgentSpec, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, FunctionTool, McpServer, OutputFormat,
+    Resources, Sampling, TaskEvent, TaskId, TaskOptions, TaskState, Turn, Usage,
 };
 pub use outcome::TaskOutcome;
 pub use resume::SubmitControl;
 pub use tonic::{Code, Status};
+pub use tool_host::{HostCommand, HostCommands, ToolHostSender, ToolInvocation};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]

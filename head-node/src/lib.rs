@@ -39,6 +39,7 @@ pub mod server;
 pub mod store;
 pub mod tasks;
 mod tls;
+pub mod tools;
 pub mod topics;
 mod traceparent;
 pub mod workers;

@@ -427,7 +427,7 @@ mod tests {
         s.run("m1", "other", 2);
         assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m2"));
         // ...unless the agent already has its actor on one, even a busier one...
-        s.registry.get_mut("m1").expect("m1").placed.insert("a".into(), 1);
+        s.registry.get_mut("m1").expect("m1").placed.insert("a".into(), (1, 0));
         assert_eq!(locate(&agent("builtin:echo"), &s.registry, None), Ok("m1"));
         // ...with a slot free: a call takes one, and on a full worker it would wait.
         s.run("m1", "other", 2);

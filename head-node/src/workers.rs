@@ -143,7 +143,7 @@ pub struct WorkerEntry {
     pub free: Resources,
     pub running: HashSet<TaskId>,
     /// Agents with an actor on this worker, by spec version.
-    pub placed: HashMap<String, u64>,
+    pub placed: HashMap<String, (u64, u64)>,
     /// Running tasks per agent, for spreading an agent's tasks.
     pub running_per_agent: HashMap<String, u32>,
     pub tasks_assigned: u64,

@@ -256,6 +256,28 @@ impl From<pb::AgentSpec> for AgentSpec {
     }
 }
 
+impl From<pb::FunctionTool> for FunctionTool {
+    fn from(f: pb::FunctionTool) -> Self {
+        Self {
+            name: f.name,
+            description: f.description,
+            parameters: f.parameters_json,
+            timeout_ms: f.timeout_ms,
+        }
+    }
+}
+
+impl From<&FunctionTool> for pb::FunctionTool {
+    fn from(f: &FunctionTool) -> Self {
+        Self {
+            name: f.name.clone(),
+            description: f.description.clone(),
+            parameters_json: f.parameters.clone(),
+            timeout_ms: f.timeout_ms,
+        }
+    }
+}
+
 impl From<&AgentSpec> for pb::AgentSpec {
     fn from(s: &AgentSpec) -> Self {
         Self {
@@ -600,9 +622,10 @@ impl From<&Command> for pb::Command {
     fn from(c: &Command) -> Self {
         use pb::command::Kind;
         let kind = match c {
-            Command::PlaceActor { spec, version } => Kind::PlaceActor(pb::PlaceActor {
+            Command::PlaceActor { spec, version, functions } => Kind::PlaceActor(pb::PlaceActor {
                 spec: Some(spec.as_ref().into()),
                 spec_version: *version,
+                functions: functions.iter().map(Into::into).collect(),
             }),
             Command::RunTask(t) => Kind::RunTask(pb::RunTask {
                 task_id: t.task_id.as_str().to_owned(),
@@ -667,6 +690,7 @@ impl TryFrom<pb::Command> for Command {
             Kind::PlaceActor(p) => Command::PlaceActor {
                 spec: Arc::new(p.spec.ok_or(WireError::Missing("place_actor spec"))?.into()),
                 version: p.spec_version,
+                functions: p.functions.into_iter().map(Into::into).collect(),
             },
             Kind::RunTask(t) => Command::RunTask(TaskAssignment {
                 task_id: TaskId::new(t.task_id),

@@ -214,6 +214,28 @@ pub struct McpServer {
     pub url: String,
 }
 
+/// A function a client process hosts (a Python tool), as agents' models see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionTool {
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments (an object), as text.
+    pub parameters: String,
+    /// How long a call may take; 0 = [`DEFAULT_FUNCTION_TIMEOUT_MS`].
+    pub timeout_ms: u32,
+}
+
+/// How long a call of a hosted function may take unless its definition says.
+pub const DEFAULT_FUNCTION_TIMEOUT_MS: u32 = 60_000;
+
+impl FunctionTool {
+    /// How long a call may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        let ms = if self.timeout_ms == 0 { DEFAULT_FUNCTION_TIMEOUT_MS } else { self.timeout_ms };
+        std::time::Duration::from_millis(ms.into())
+    }
+}
+
 impl fmt::Display for McpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.url.is_empty() {
@@ -667,6 +689,8 @@ pub enum Command {
     PlaceActor {
         spec: Arc<AgentSpec>,
         version: u64,
+        /// The agent's tools that client processes host (the other tools are agents).
+        functions: Arc<[FunctionTool]>,
     },
     RunTask(TaskAssignment),
     CancelTask {

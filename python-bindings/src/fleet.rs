@@ -38,7 +38,8 @@ struct Embedded {
 }
 
 /// A connection to a cluster, and the cluster itself when it is embedded.
-#[pyclass(module = "agentfleet", frozen)]
+// `dict`: `agentfleet.tools` keeps the process's tool host on the handle.
+#[pyclass(module = "agentfleet", frozen, dict)]
 pub struct Fleet {
     #[pyo3(get)]
     address: String,
@@ -388,7 +389,7 @@ impl Fleet {
     /// Registers (or updates) an agent when `model` is given; otherwise gets the agent that
     /// is already registered under `name` (NotFound if there is none).
     #[pyo3(signature = (
-        name, model=None, *, instructions=String::new(), tools=Vec::new(), description=String::new(),
+        name, model=None, *, instructions=String::new(), tools=None, description=String::new(),
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
         stop=Vec::new(), presence_penalty=None, frequency_penalty=None,
@@ -396,12 +397,12 @@ impl Fleet {
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
-        &self,
+        slf: &Bound<'_, Self>,
         py: Python<'_>,
         name: String,
         model: Option<String>,
         instructions: String,
-        tools: Vec<String>,
+        tools: Option<Bound<'_, PyAny>>,
         description: String,
         max_retries: Option<u32>,
         max_concurrency: u32,
@@ -421,10 +422,27 @@ impl Fleet {
         output_schema: Option<Bound<'_, PyAny>>,
         mcp: Vec<Bound<'_, PyDict>>,
     ) -> PyResult<Agent> {
+        let this = slf.get();
+        // Agents' names stay; functions (and `af.tool`s) are hosted by this process first.
+        let tools: Vec<String> = match tools {
+            None => Vec::new(),
+            Some(tools) => {
+                let hosting = py.import("agentfleet.tools")?;
+                let mut names = Vec::new();
+                for tool in tools.try_iter()? {
+                    let tool = tool?;
+                    names.push(match tool.extract::<String>() {
+                        Ok(name) => name,
+                        Err(_) => hosting.call_method1("_hosted_name", (slf, tool))?.extract()?,
+                    });
+                }
+                names
+            }
+        };
         let mcp = mcp.iter().map(mcp_server).collect::<PyResult<Vec<_>>>()?;
         let schema = output_schema.map(|s| OutputSchema::from_py(&s)).transpose()?.map(Arc::new);
         let format = schema.as_ref().map(|s| OutputFormat::JsonSchema(s.text.clone()));
-        let client = self.client.clone();
+        let client = this.client.clone();
         let Some(model) = model else {
             let lookup = name.clone();
             runtime::block_on(py, async move {
@@ -437,7 +455,7 @@ impl Fleet {
                 }
             })?;
             // Looked up by name: the registered spec may lack the schema, so tasks carry it.
-            return Ok(Agent::new(name, self.client.clone(), schema, true));
+            return Ok(Agent::new(name, this.client.clone(), schema, true));
         };
         let spec = AgentSpec {
             name: name.clone(),
@@ -468,7 +486,32 @@ impl Fleet {
             py,
             async move { client.register_agent(spec).await.map_err(errors::to_py) },
         )?;
-        Ok(Agent::new(name, self.client.clone(), schema, false))
+        Ok(Agent::new(name, this.client.clone(), schema, false))
+    }
+
+    /// Hosts a Python function as a tool of this cluster's agents, in this process: as a
+    /// decorator (`@fleet.tool`, `@fleet.tool(timeout=5)`) or a call (`fleet.tool(fn)`).
+    /// See `agentfleet.tool` for how the function becomes a tool.
+    #[pyo3(signature = (func=None, *, name=None, description=None, timeout=None))]
+    fn tool<'py>(
+        slf: &Bound<'py, Self>,
+        py: Python<'py>,
+        func: Option<Bound<'py, PyAny>>,
+        name: Option<String>,
+        description: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("name", name)?;
+        kwargs.set_item("description", description)?;
+        kwargs.set_item("timeout", timeout)?;
+        py.import("agentfleet.tools")?.call_method("_fleet_tool", (slf, func), Some(&kwargs))
+    }
+
+    /// The native tool host of this process on this cluster (`agentfleet.tools` opens it
+    /// once per handle).
+    fn _open_tool_host(&self) -> PyResult<crate::tool_host::ToolHost> {
+        crate::tool_host::ToolHost::open(&self.client)
     }
 
     /// Workers, resources, models and load, as plain Python objects.
@@ -485,9 +528,11 @@ impl Fleet {
         self.embedded.lock().is_some()
     }
 
-    /// Stops the embedded cluster (a no-op for a connection to a running cluster).
-    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(embedded) = self.embedded.lock().take() else { return Ok(()) };
+    /// Stops hosting tools, and stops the embedded cluster (the rest is a no-op for a
+    /// connection to a running cluster).
+    fn shutdown(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        py.import("agentfleet.tools")?.call_method1("_close", (slf,))?;
+        let Some(embedded) = slf.get().embedded.lock().take() else { return Ok(()) };
         embedded.shutdown.cancel();
         let temporary_data = embedded.temporary_data.clone();
         runtime::block_on(py, async move {
@@ -506,8 +551,12 @@ impl Fleet {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.shutdown(py)?;
+    fn __exit__(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+    ) -> PyResult<bool> {
+        Self::shutdown(slf, py)?;
         Ok(false)
     }
 

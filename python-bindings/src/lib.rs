@@ -6,6 +6,7 @@
 //!   `embed`, `map_embed`, `aembed` for embedding models;
 //! - [`task`]: `Task` (result, cancel, events) and the event iterators, sync and async;
 //! - [`event`]: the `Event` class handed to Python;
+//! - [`tool_host`]: this process hosting Python functions as the agents' tools;
 //! - [`errors`]: the exception hierarchy and the mapping from the client's errors;
 //! - [`backend`]: what the classes talk to: gRPC, or an embedded head directly;
 //! - [`runtime`]: the one tokio runtime and the blocking-wait helper that releases the GIL
@@ -26,6 +27,7 @@ mod random_model;
 mod runtime;
 mod schema;
 mod task;
+mod tool_host;
 
 use pyo3::prelude::*;
 
@@ -42,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<task::EventIterator>()?;
     m.add_class::<task::AsyncEventIterator>()?;
     m.add_class::<event::Event>()?;
+    m.add_class::<tool_host::ToolHost>()?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,13 +1,15 @@
-//! Agents calling agents through the head (a worker without a mesh): the call is announced
-//! as the task's `ToolCall` event, the head runs the called agent as a sub-task and sends its
-//! result back down as a `ToolReply` command, which [`PendingCalls`] hands to the waiting
-//! call.
+//! Tools the head calls for a task: agents (for a worker without a mesh) and functions that
+//! client processes host (Python tools). The call is announced as the task's `ToolCall`
+//! event; the head runs the called agent as a sub-task, or sends the call to a process
+//! hosting the function, and sends the result back down as a `ToolReply` command, which
+//! [`PendingCalls`] hands to the waiting call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_inference::ToolCall;
-use fleet_proto::TaskId;
+use fleet_proto::{FunctionTool, TaskId};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -57,31 +59,62 @@ impl Drop for Waiting {
     }
 }
 
-/// Another agent of the cluster, called through the head.
+/// A tool called through the head: another agent of the cluster, or a hosted function.
 pub struct HeadCall {
-    pub agent: String,
-    pub calls: PendingCalls,
+    name: String,
+    definition: serde_json::Value,
+    /// The head answers a hosted function's call that outlives its timeout; this is for a
+    /// head that cannot.
+    timeout: Duration,
+    calls: PendingCalls,
+}
+
+/// How much longer than a hosted function's timeout a call waits for the head's answer.
+const HEAD_MARGIN: Duration = Duration::from_secs(5);
+
+impl HeadCall {
+    /// The agent `name`, run by the head as a sub-task.
+    pub fn agent(name: &str, calls: PendingCalls) -> Self {
+        let definition = tool_calls::agent_definition(name);
+        Self { name: name.to_owned(), definition, timeout: TOOL_CALL_TIMEOUT, calls }
+    }
+
+    /// A function a client process hosts, as the head registered it.
+    pub fn hosted(function: &FunctionTool, calls: PendingCalls) -> Self {
+        let parameters = serde_json::from_str(&function.parameters)
+            .unwrap_or_else(|_| serde_json::json!({ "type": "object" }));
+        let definition = serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": function.name,
+                "description": function.description,
+                "parameters": parameters,
+            }
+        });
+        let timeout = function.timeout() + HEAD_MARGIN;
+        Self { name: function.name.clone(), definition, timeout, calls }
+    }
 }
 
 impl ToolCaller for HeadCall {
     fn definition(&self) -> serde_json::Value {
-        tool_calls::agent_definition(&self.agent)
+        self.definition.clone()
     }
 
     fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome> {
         // Waiting before the call is announced, so a fast reply always finds its waiter.
         let (waiting, rx) = self.calls.wait((context.task_id, call.id.clone()));
-        let agent = self.agent.clone();
+        let (name, timeout) = (self.name.clone(), self.timeout);
         async move {
             let _waiting = waiting;
-            match tokio::time::timeout(TOOL_CALL_TIMEOUT, rx).await {
+            match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => {
                     ToolOutcome::error("the connection to the head was lost during the call")
                 }
                 Err(_) => ToolOutcome::error(format!(
-                    "agent {agent} did not answer within {} s",
-                    TOOL_CALL_TIMEOUT.as_secs()
+                    "{name} did not answer within {} s",
+                    timeout.as_secs()
                 )),
             }
         }
@@ -110,7 +143,7 @@ mod tests {
     #[tokio::test]
     async fn the_heads_answer_reaches_the_waiting_call() {
         let calls = PendingCalls::default();
-        let tool = HeadCall { agent: "helper".into(), calls: calls.clone() };
+        let tool = HeadCall::agent("helper", calls.clone());
         let answer = tool.call(&call("c1"), context("t1"));
         // Registered before the future is first polled: an answer may come at once.
         assert!(calls.answer(TaskId::new("t1"), "c1".into(), ToolOutcome::ok("done")));
@@ -121,7 +154,7 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_call_leaves_no_waiter_behind() {
         let calls = PendingCalls::default();
-        let tool = HeadCall { agent: "helper".into(), calls: calls.clone() };
+        let tool = HeadCall::agent("helper", calls.clone());
         let answer = tool.call(&call("c1"), context("t1"));
         assert_eq!(calls.0.lock().len(), 1);
         drop(answer);
@@ -132,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_head_ends_the_call_with_an_error() {
         let calls = PendingCalls::default();
-        let tool = HeadCall { agent: "helper".into(), calls: calls.clone() };
+        let tool = HeadCall::agent("helper", calls.clone());
         let answer = tool.call(&call("c1"), context("t1"));
         calls.clear();
         let outcome = answer.await;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{AgentSpec, Command, ErrorKind, EventKind, TaskAssignment, TaskId};
+use fleet_proto::{AgentSpec, Command, ErrorKind, EventKind, FunctionTool, TaskAssignment, TaskId};
 use futures::FutureExt;
 use kameo::actor::{Actor, ActorRef, Spawn};
 use kameo::error::Infallible;
@@ -20,7 +20,7 @@ use crate::head_calls::{HeadCall, PendingCalls};
 use crate::mcp::{self, McpPolicy};
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
-use crate::toolbox::{ToolOutcome, Toolbox, ToolboxSource};
+use crate::toolbox::{ToolCaller, ToolOutcome, Toolbox, ToolboxSource};
 use crate::topics::{PublishTool, TopicBoard};
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
@@ -39,11 +39,15 @@ impl Actor for Supervisor {
     }
 }
 
+/// An agent as placed: its spec's version number, the spec, its hosted tools.
+type Placed = (u64, Arc<AgentSpec>, Arc<[FunctionTool]>);
+
 /// Everything the worker hosts.
 pub struct ActorHost {
     supervisor: ActorRef<Supervisor>,
-    /// The spec and its version of each agent placed here; its actor is in `local_calls`.
-    versions: HashMap<String, (u64, Arc<AgentSpec>)>,
+    /// The spec and its version of each agent placed here, with its hosted tools; its actor
+    /// is in `local_calls`.
+    versions: HashMap<String, Placed>,
     models: ModelStore,
     running: RunningTasks,
     calls: PendingCalls,
@@ -144,7 +148,9 @@ impl ActorHost {
     /// Carries out one command from the head.
     pub async fn handle(&mut self, command: Command, sink: &EventSink) {
         match command {
-            Command::PlaceActor { spec, version } => self.place(spec, version).await,
+            Command::PlaceActor { spec, version, functions } => {
+                self.place(spec, version, functions).await
+            }
             Command::RunTask(task) => self.run(task, sink).await,
             Command::CancelTask { task_id, reason } => {
                 if let Some((_, token)) = self.running.lock().get(&task_id) {
@@ -188,12 +194,11 @@ impl ActorHost {
         }
     }
 
-    async fn place(&mut self, spec: Arc<AgentSpec>, version: u64) {
+    async fn place(&mut self, spec: Arc<AgentSpec>, version: u64, functions: Arc<[FunctionTool]>) {
         match self.versions.get_mut(&spec.name) {
-            Some((placed, _)) if *placed == version => return,
-            // The same spec under another number (a restarted head numbers anew): the actor
-            // and its running tasks stay.
-            Some((placed, current)) if **current == *spec => {
+            // The same spec (maybe under another number: a restarted head numbers anew): the
+            // actor and its running tasks stay.
+            Some((placed, current, tools)) if **current == *spec && *tools == functions => {
                 *placed = version;
                 return;
             }
@@ -208,7 +213,7 @@ impl ActorHost {
             spec: spec.clone(),
             model,
             running: self.running.clone(),
-            tools: self.toolbox(&spec),
+            tools: self.toolbox(&spec, &functions),
             board: self.board.clone(),
         };
         if let Some(board) = &self.board {
@@ -223,17 +228,17 @@ impl ActorHost {
             .await;
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
         self.local_calls.placed(&spec.name, actor, spec.max_concurrency);
-        self.versions.insert(spec.name.clone(), (version, spec));
+        self.versions.insert(spec.name.clone(), (version, spec, functions));
     }
 
     /// The agent's toolbox: its own tools at once, then, on the first task that needs them,
     /// the tools of its MCP servers (a tool whose name is taken is left out). The servers'
     /// connections close when the agent is stopped or replaced.
-    fn toolbox(&mut self, spec: &AgentSpec) -> ToolboxSource {
+    fn toolbox(&mut self, spec: &AgentSpec, functions: &[FunctionTool]) -> ToolboxSource {
         if let Some(session) = self.mcp_sessions.remove(&spec.name) {
             session.cancel();
         }
-        let own = self.own_tools(spec);
+        let own = self.own_tools(spec, functions);
         if spec.mcp.is_empty() {
             return ToolboxSource::ready(own);
         }
@@ -256,22 +261,21 @@ impl ActorHost {
         })
     }
 
-    /// The agent's tools, each routed once: agents over the mesh when the worker is on one
-    /// (else through the head), and `publish` for an agent with topics.
-    fn own_tools(&self, spec: &AgentSpec) -> Toolbox {
+    /// The agent's tools, each routed once: hosted functions through the head, agents over
+    /// the mesh when the worker is on one (else through the head), and `publish` for an
+    /// agent with topics.
+    fn own_tools(&self, spec: &AgentSpec, functions: &[FunctionTool]) -> Toolbox {
         let mut toolbox = Toolbox::default();
-        for agent in &spec.tools {
-            let agent = agent.clone();
-            match &self.caller {
-                Some(caller) => {
-                    let tool = MeshCall { agent: agent.clone(), caller: caller.clone() };
-                    toolbox.add(agent, Arc::new(tool));
-                }
-                None => {
-                    let tool = HeadCall { agent: agent.clone(), calls: self.calls.clone() };
-                    toolbox.add(agent, Arc::new(tool));
-                }
-            }
+        for name in &spec.tools {
+            let tool: Arc<dyn ToolCaller> =
+                match (functions.iter().find(|f| f.name == *name), &self.caller) {
+                    (Some(function), _) => Arc::new(HeadCall::hosted(function, self.calls.clone())),
+                    (None, Some(caller)) => {
+                        Arc::new(MeshCall { agent: name.clone(), caller: caller.clone() })
+                    }
+                    (None, None) => Arc::new(HeadCall::agent(name, self.calls.clone())),
+                };
+            toolbox.add(name.clone(), tool);
         }
         if !spec.topics.is_empty() {
             let publish = PublishTool {
@@ -439,7 +443,7 @@ mod tests {
             ..Default::default()
         });
         let (tx, mut rx) = mpsc::channel(64);
-        host.handle(Command::PlaceActor { spec, version: 1 }, &tx).await;
+        host.handle(Command::PlaceActor { spec, version: 1, functions: Arc::from([]) }, &tx).await;
         host.handle(Command::RunTask(task("t1")), &tx).await;
         let events = events_of(&mut rx, "t1").await;
         assert!(matches!(events.last(), Some(EventKind::Completed { .. })), "{events:?}");
@@ -459,7 +463,7 @@ mod tests {
             ..Default::default()
         });
         let (tx, mut rx) = mpsc::channel(64);
-        host.handle(Command::PlaceActor { spec, version: 1 }, &tx).await;
+        host.handle(Command::PlaceActor { spec, version: 1, functions: Arc::from([]) }, &tx).await;
 
         host.handle(Command::RunTask(task("t1")), &tx).await;
         let first = events_of(&mut rx, "t1").await;

@@ -276,6 +276,83 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         });
         Ok(Response::new(Box::pin(stream.take_until(shutdown.cancelled_owned()))))
     }
+
+    type HostToolsStream = HostStream;
+
+    async fn host_tools(
+        &self,
+        request: Request<Streaming<pb::ToolHostMessage>>,
+    ) -> Result<Response<Self::HostToolsStream>, Status> {
+        let inbound = request.into_inner();
+        let (host, calls) = self.cluster.host_tools()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let session = serve_tool_host(host, calls, inbound, tx, self.shutdown.clone());
+        tokio::spawn(session.instrument(info_span!("host_tools")));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+type HostStream = Pin<Box<dyn Stream<Item = Result<pb::ToolHostCommand, Status>> + Send>>;
+
+/// One tool-hosting client: its registrations and answers in, its calls out, until either
+/// side ends (the host is gone then, and its unanswered calls end with an error).
+async fn serve_tool_host(
+    host: crate::cluster::ToolHost,
+    mut calls: crate::cluster::ToolCalls,
+    mut inbound: Streaming<pb::ToolHostMessage>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::ToolHostCommand, Status>>,
+    shutdown: CancellationToken,
+) {
+    use pb::tool_host_command::Kind as Out;
+    use pb::tool_host_message::Kind as In;
+    loop {
+        let out = tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(pb::ToolHostMessage { kind: Some(In::Register(r)) })) => {
+                    let tools = r.tools.into_iter().map(Into::into).collect();
+                    // A refused registration leaves the stream and the host's other tools be.
+                    let registered = match host.register(tools) {
+                        Ok(names) => pb::ToolsRegistered { names, error: String::new() },
+                        Err(e) => pb::ToolsRegistered { names: Vec::new(), error: e.to_string() },
+                    };
+                    Ok(Out::Registered(registered))
+                }
+                Ok(Some(pb::ToolHostMessage { kind: Some(In::Answer(a)) })) => {
+                    host.answer(a.call, a.output, a.is_error);
+                    continue;
+                }
+                Ok(Some(pb::ToolHostMessage { kind: None })) => Err(Status::invalid_argument(
+                    "a tool host message needs register or answer set",
+                )),
+                Ok(None) => return,
+                Err(status) => {
+                    debug!(%status, "tool host stream ended with an error");
+                    return;
+                }
+            },
+            command = calls.next() => match command {
+                Some(crate::tools::HostCommand::Invoke(i)) => Ok(Out::Invoke(pb::ToolInvocation {
+                    call: i.call,
+                    tool: i.tool,
+                    arguments_json: i.arguments,
+                    task_id: i.task_id.as_str().to_owned(),
+                    context_id: i.context_id,
+                    timeout_ms: i.timeout.as_millis().try_into().unwrap_or(u32::MAX),
+                })),
+                Some(crate::tools::HostCommand::Canceled { call }) => {
+                    Ok(Out::Canceled(pb::ToolCallCanceled { call }))
+                }
+                None => Err(Status::unavailable("the head is shutting down")),
+            },
+            () = tx.closed() => return,
+            () = shutdown.cancelled() => Err(Status::unavailable("the head is shutting down")),
+        };
+        let end = out.is_err();
+        let message = out.map(|kind| pb::ToolHostCommand { kind: Some(kind) });
+        if tx.send(message).await.is_err() || end {
+            return;
+        }
+    }
 }
 
 /// The largest topic message a client may publish.

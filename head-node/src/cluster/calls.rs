@@ -99,7 +99,7 @@ pub(super) fn locate_in(
     else {
         return Err(format!("agent {agent:?} has no worker"));
     };
-    place_actor(worker, &entry.spec, entry.version);
+    place_actor(worker, &entry.spec, entry.version, &state.tools);
     let address = worker.registration.mesh.clone().unwrap_or_default();
     Ok(MeshPeer { worker_id, address })
 }
@@ -143,7 +143,8 @@ pub(super) fn reply_to_call(
     });
 }
 
-/// A tool call a worker announced, for the head to run as a sub-task.
+/// A tool call a worker announced, for the head to run as a sub-task or send to the process
+/// hosting the tool.
 pub(super) struct ToolCallSeen {
     pub caller: TaskId,
     pub call_id: String,
@@ -153,15 +154,22 @@ pub(super) struct ToolCallSeen {
     pub traceparent: String,
 }
 
-/// Runs the agent a task called as a tool as a sub-task of it; its result goes back to the
-/// caller's worker when it ends. Calls of names that are not among the caller's tools are
-/// the worker's to answer.
-pub(super) fn call_agent(state: &mut State, limits: &Limits, call: ToolCallSeen) {
+/// Sends a task's tool call on: to a process hosting the tool, or (an agent) runs the agent
+/// as a sub-task of it; the result goes back to the caller's worker when it comes. Calls of
+/// names that are not among the caller's tools are the worker's to answer.
+pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen) {
     let ToolCallSeen { caller, call_id, name, arguments, traceparent } = call;
     let (caller, name, arguments) = (&caller, name.as_str(), arguments.as_str());
     let Some(task) = state.tasks.get(caller.as_str()) else { return };
     let Ok(agent) = state.agents.get(&task.agent) else { return };
     if !agent.spec.tools.iter().any(|t| t == name) {
+        return;
+    }
+    if state.tools.contains(name) {
+        let context_id = task.context_id.clone();
+        if let Err(error) = state.tools.invoke(name, caller, &context_id, &call_id, arguments) {
+            reply_to_call(state, caller, call_id, error, true);
+        }
         return;
     }
     let depth = task.depth + 1;

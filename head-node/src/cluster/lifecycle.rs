@@ -4,10 +4,19 @@
 use super::*;
 
 /// Sends the agent's spec to a worker that does not host this version of it yet.
-pub(super) fn place_actor(worker: &mut WorkerEntry, spec: &Arc<AgentSpec>, version: u64) {
-    if worker.placed.get(&spec.name) != Some(&version) {
-        worker.placed.insert(spec.name.clone(), version);
-        let _ = worker.commands.send(Command::PlaceActor { spec: spec.clone(), version });
+/// Places the agent's actor on the worker unless it holds this version already, with the
+/// definitions of its hosted tools as they are now (a changed definition places it again).
+pub(super) fn place_actor(
+    worker: &mut WorkerEntry,
+    spec: &Arc<AgentSpec>,
+    version: u64,
+    tools: &HostedTools,
+) {
+    let (functions, generation) = tools.of(spec);
+    if worker.placed.get(&spec.name) != Some(&(version, generation)) {
+        worker.placed.insert(spec.name.clone(), (version, generation));
+        let _ =
+            worker.commands.send(Command::PlaceActor { spec: spec.clone(), version, functions });
     }
 }
 
@@ -42,7 +51,7 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     {
         worker.warm.touch(&prefixes);
     }
-    place_actor(worker, &spec, agent.version);
+    place_actor(worker, &spec, agent.version, &state.tools);
     agent.running += 1;
     worker.running.insert(id.clone());
     *worker.running_per_agent.entry(spec.name.clone()).or_default() += 1;
@@ -146,6 +155,7 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
         let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
         state.metrics.ended(&task.agent, final_state, Duration::from_micros(took));
     }
+    state.tools.task_ended(id);
     state.tasks.finished(id, final_state);
 }
 

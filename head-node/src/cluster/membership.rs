@@ -179,7 +179,10 @@ impl Cluster {
                     finish(state, &event.task_id, event.kind);
                     freed = true;
                 }
-                EventKind::ToolCall { call_id, name, arguments, traceparent } if !calls_direct => {
+                // Hosted tools are the head's to call for workers on the mesh too.
+                EventKind::ToolCall { call_id, name, arguments, traceparent }
+                    if !calls_direct || state.tools.contains(name) =>
+                {
                     calls.push(ToolCallSeen {
                         caller: event.task_id.clone(),
                         call_id: call_id.clone(),
@@ -208,7 +211,7 @@ impl Cluster {
             }
         }
         for call in calls {
-            call_agent(state, &self.limits, call);
+            route_call(state, &self.limits, call);
         }
         if freed {
             drain_queue(state);

@@ -30,12 +30,14 @@ use crate::metrics::TaskMetrics;
 use crate::scheduler::{self, Affinity, Placement, Prefixes};
 use crate::store::{Commit, Journal, Restored};
 use crate::tasks::{Delivery, Subscriber, Subscription, TaskEntry, TaskTable, subscriber};
+use crate::tools::HostedTools;
 use crate::topics::{PublishOutcome, TopicRelays};
 use crate::workers::{CommandSender, CommandStream, WorkerEntry, WorkerRegistry};
 use crate::{Error, Result};
 
 mod calls;
 mod durable;
+mod hosted;
 mod inspect;
 mod lifecycle;
 mod membership;
@@ -44,6 +46,7 @@ mod traced;
 mod views;
 
 use calls::*;
+pub use hosted::{ToolCalls, ToolHost};
 pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
 use lifecycle::*;
 use submit::*;
@@ -91,6 +94,8 @@ struct State {
     /// Lookups answered for callers on the mesh.
     agents_located: u64,
     topics: TopicRelays,
+    /// Tools client processes host, and their calls waiting for answers.
+    tools: HostedTools,
     /// Each worker's incarnation and the number of the last of its events applied: a
     /// rejoining worker sends the ones after it again (see the worker's outbox).
     worker_seqs: HashMap<String, (u64, u64)>,
@@ -202,6 +207,7 @@ impl Cluster {
                 calls_relayed: 0,
                 agents_located: 0,
                 topics: TopicRelays::default(),
+                tools: HostedTools::default(),
                 worker_seqs: HashMap::new(),
                 orphans: HashMap::new(),
                 orphans_until: None,

@@ -10,6 +10,12 @@ impl Cluster {
         if let Some(journal) = state.tasks.journal() {
             journal.check().map_err(Error::StoreUnavailable)?;
         }
+        if state.tools.contains(&spec.name) {
+            return Err(Error::InvalidAgent(format!(
+                "a hosted tool is named {:?}; tools and agents share one namespace",
+                spec.name
+            )));
+        }
         let (outcome, entry) = state.agents.register(spec)?;
         let info = AgentInfo::from(entry);
         if outcome != Registered::Unchanged

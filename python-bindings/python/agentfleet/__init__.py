@@ -14,6 +14,10 @@ an embedding model embeds (``agent.embed(texts)``, ``agent.map_embed(texts)``), 
 chat model generates. ``af.write_random_weight_model(path)`` writes a tiny random-weight
 GGUF for trying this without a download (its text is meaningless).
 
+Python functions as tools: ``@fleet.tool`` (or ``af.tool``, hosted once an agent lists it)
+makes a function a tool this process runs when the cluster's agents call it
+(``fleet.agent(..., tools=[add])``); see ``agentfleet.tools``.
+
 `af.init("http://head:7070", token=...)` connects to a running cluster instead.
 """
 
@@ -39,6 +43,7 @@ from agentfleet._native import (
     write_random_weight_model,
 )
 from agentfleet._native import init as _init
+from agentfleet.tools import Tool, tool
 
 __all__ = [
     "Agent",
@@ -54,10 +59,12 @@ __all__ = [
     "ResourceExhausted",
     "Task",
     "TaskFailed",
+    "Tool",
     "Unauthenticated",
     "Unavailable",
     "__version__",
     "init",
+    "tool",
     "write_random_weight_model",
 ]
 

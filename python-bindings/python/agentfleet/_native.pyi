@@ -1,7 +1,7 @@
 """Type stubs of the native core of agentfleet (checked with mypy.stubtest)."""
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeAlias, final
 
@@ -155,6 +155,14 @@ class Agent:
         """``embed`` for asyncio."""
 
 @final
+class ToolHost:
+    """The native side of this process hosting tools (see ``agentfleet.tools``)."""
+    def register(self, tools: list[tuple[str, str, str, int]]) -> list[str]: ...
+    def next(self) -> tuple[Any, ...] | None: ...
+    def answer(self, call: int, output: str, is_error: bool) -> None: ...
+    def close(self) -> None: ...
+
+@final
 class Fleet:
     @property
     def address(self) -> str: ...
@@ -168,7 +176,7 @@ class Fleet:
         model: str | None = None,
         *,
         instructions: str = ...,
-        tools: list[str] = ...,
+        tools: list[str | Callable[..., Any]] | None = None,
         description: str = ...,
         max_retries: int | None = None,
         max_concurrency: int = 0,
@@ -188,6 +196,17 @@ class Fleet:
         output_schema: _OutputSchema | None = None,
         mcp: list[dict[str, object]] = ...,
     ) -> Agent: ...
+    def tool(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Hosts a function as a tool of the cluster's agents in this process
+        (``@fleet.tool``, ``@fleet.tool(timeout=5)`` or ``fleet.tool(fn)``)."""
+    def _open_tool_host(self) -> ToolHost: ...
     def status(self) -> dict[str, object]: ...
     def shutdown(self) -> None: ...
     def __enter__(self) -> Fleet: ...

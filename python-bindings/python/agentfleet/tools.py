@@ -1,0 +1,405 @@
+"""Python functions as tools of the cluster's agents.
+
+    import agentfleet as af
+
+    fleet = af.init()
+
+    @fleet.tool
+    def add(a: int, b: int) -> int:
+        "Adds two integers."
+        return a + b
+
+    calc = fleet.agent("calc", model="SmolLM2-135M-Instruct.Q4_1.gguf", tools=[add])
+
+A tool's name is its function's (or ``name=``), its description the docstring's text before
+an ``Args:`` section (or ``description=``), and its arguments' JSON schema comes from the
+type hints: ``str``, ``int``, ``float``, ``bool``, ``list[...]``, ``dict[str, ...]``,
+``Optional``/unions, ``Literal``, ``Enum``s, dataclasses and pydantic models; an argument's
+description from an ``Args:`` line (``name: what it is``) or ``Annotated[type, "what"]``.
+Agents list tools in ``tools=[...]`` beside the names of other agents.
+
+The process that registered a tool runs it (``@fleet.tool`` on an embedded cluster or on a
+connection to a running one): each call arrives with its arguments as JSON, which are
+converted to the hinted types (a dataclass or pydantic model is built from its object), and
+the function runs, a plain function on a thread of a pool, an ``async def`` on this
+module's event loop. What it returns is the text the model reads next: a ``str`` as it is,
+anything else as JSON. An exception becomes an error result the model reads
+(``"ValueError: ..."``); the task goes on. A call that outlives the tool's ``timeout``
+(seconds, 60 by default) ends with an error for the model; an ``async`` tool is cancelled
+then, a plain function cannot be and runs to its end unheard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import inspect
+import json
+import re
+import threading
+import types
+import typing
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+__all__ = ["Tool", "tool"]
+
+#: Calls of plain functions that run at once in one process; more wait for a thread.
+MAX_THREADS = 32
+
+
+class Tool:
+    """A Python function agents may call, with the JSON schema of its arguments."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"a tool is made of a function, not {fn!r}")
+        if isinstance(fn, Tool):
+            fn = fn.fn
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "")
+        if not self.name or self.name == "<lambda>":
+            raise ValueError("this function has no usable name: give the tool name=...")
+        summary, arg_docs = _docstring(inspect.getdoc(fn) or "")
+        self.description = description if description is not None else summary
+        if timeout is not None and not (0 < timeout <= 3600):
+            raise ValueError(f"timeout is in seconds, more than 0 and at most 3600: got {timeout!r}")
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.parameters, self._convert = _signature_schema(fn, arg_docs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+    def definition(self) -> tuple[str, str, str, int]:
+        """(name, description, parameters as JSON, timeout in ms; 0: the default)."""
+        timeout_ms = 0 if self.timeout is None else max(1, round(self.timeout * 1000))
+        return (self.name, self.description, json.dumps(self.parameters), timeout_ms)
+
+    def arguments(self, arguments_json: str) -> dict[str, Any]:
+        """The call's JSON arguments as keyword arguments of the function."""
+        arguments = json.loads(arguments_json) if arguments_json.strip() else {}
+        if not isinstance(arguments, dict):
+            raise TypeError(f"the arguments are a JSON object, not {arguments_json!r}")
+        return {k: self._convert[k](v) if k in self._convert else v for k, v in arguments.items()}
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Makes a function a `Tool` (as ``@af.tool`` or ``@af.tool(timeout=5)``) without
+    hosting it yet: an agent created with it in ``tools=[...]`` hosts it in this process."""
+    if fn is None:
+        return lambda f: Tool(f, name=name, description=description, timeout=timeout)
+    return Tool(fn, name=name, description=description, timeout=timeout)
+
+
+# ---- hosting --------------------------------------------------------------------------
+
+
+class _Host:
+    """Runs the calls the head sends this process for the tools it registered."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self._tools: dict[str, Tool] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="agentfleet-tool")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_calls: dict[int, Any] = {}
+        self._reader = threading.Thread(target=self._read, name="agentfleet-tools", daemon=True)
+        self._reader.start()
+
+    def add(self, tools: list[Tool]) -> None:
+        with self._lock:
+            known = {t.name: self._tools.get(t.name) for t in tools}
+            for t in tools:
+                self._tools[t.name] = t
+        try:
+            self._native.register([t.definition() for t in tools])
+        except BaseException:
+            with self._lock:
+                for name, before in known.items():
+                    if before is None:
+                        self._tools.pop(name, None)
+                    else:
+                        self._tools[name] = before
+            raise
+
+    def close(self) -> None:
+        self._native.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _read(self) -> None:
+        while True:
+            command = self._native.next()
+            if command is None:
+                return
+            if not command:
+                continue
+            if command[0] == "canceled":
+                future = self._async_calls.pop(command[1], None)
+                if future is not None:
+                    future.cancel()
+                continue
+            _, call, name, arguments, task_id, context_id, timeout = command
+            t = self._tools.get(name)
+            if t is None:
+                self._native.answer(call, f"this process does not host a tool named {name}", True)
+            elif t.is_async:
+                coro = self._run_async(t, call, arguments, timeout)
+                self._async_calls[call] = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
+            else:
+                self._pool.submit(self._run_sync, t, call, arguments)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="agentfleet-tools-async", daemon=True).start()
+            self._loop = loop
+        return self._loop
+
+    def _run_sync(self, t: Tool, call: int, arguments: str) -> None:
+        try:
+            output, is_error = _result(t.fn(**t.arguments(arguments))), False
+        except Exception as e:  # the model reads what went wrong
+            output, is_error = _error(e), True
+        self._native.answer(call, output, is_error)
+
+    async def _run_async(self, t: Tool, call: int, arguments: str, timeout: float) -> None:
+        try:
+            value = await asyncio.wait_for(t.fn(**t.arguments(arguments)), timeout)
+            output, is_error = _result(value), False
+        except asyncio.CancelledError:
+            return  # the head no longer waits for it
+        except asyncio.TimeoutError:
+            output, is_error = f"tool {t.name} did not answer within {timeout:g} s", True
+        except Exception as e:
+            output, is_error = _error(e), True
+        finally:
+            self._async_calls.pop(call, None)
+        self._native.answer(call, output, is_error)
+
+
+_hosts_lock = threading.Lock()
+
+
+def _host(fleet: Any) -> _Host:
+    with _hosts_lock:
+        host = fleet.__dict__.get("_tool_host")
+        if host is None:
+            host = _Host(fleet._open_tool_host())
+            fleet.__dict__["_tool_host"] = host
+        return host
+
+
+def _fleet_tool(fleet: Any, fn: Any = None, **options: Any) -> Any:
+    """`Fleet.tool`: makes `fn` a tool hosted by this process, or a decorator that does."""
+
+    def host(f: Any) -> Tool:
+        if isinstance(f, Tool) and not any(v is not None for v in options.values()):
+            t = f
+        else:
+            t = Tool(f, **options)
+        _host(fleet).add([t])
+        return t
+
+    return host if fn is None else host(fn)
+
+
+def _hosted_name(fleet: Any, item: Any) -> str:
+    """An entry of ``agent(tools=[...])`` that is not a name: hosted here, named."""
+    t = item if isinstance(item, Tool) else Tool(item)
+    host = _host(fleet)
+    if host._tools.get(t.name) is not t:
+        host.add([t])
+    return t.name
+
+
+def _close(fleet: Any) -> None:
+    with _hosts_lock:
+        host = fleet.__dict__.pop("_tool_host", None)
+    if host is not None:
+        host.close()
+
+
+def _result(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "model_dump_json"):  # a pydantic model
+        return value.model_dump_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return json.dumps(value, default=str)
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+# ---- schemas --------------------------------------------------------------------------
+
+_ARGS = re.compile(r"^\s*(Args|Arguments|Parameters)\s*:\s*$")
+_ARG = re.compile(r"^\s+(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+
+
+def _docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """The text before a Google-style ``Args:`` section, and each argument's line there."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if _ARGS.match(line):
+            args: dict[str, str] = {}
+            current = None
+            for arg_line in lines[i + 1 :]:
+                if arg_line.strip() and not arg_line.startswith((" ", "\t")):
+                    break  # the next section
+                m = _ARG.match(arg_line)
+                if m:
+                    current = m.group(1).lstrip("*")
+                    args[current] = m.group(3).strip()
+                elif current and arg_line.strip():
+                    args[current] += " " + arg_line.strip()
+            return "\n".join(lines[:i]).strip(), args
+    return doc.strip(), {}
+
+
+def _signature_schema(fn: Callable[..., Any], docs: dict[str, str]) -> tuple[dict[str, Any], dict[str, Callable[[Any], Any]]]:
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        hints = {}
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    convert: dict[str, Callable[[Any], Any]] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue  # extra arguments are not offered to the model
+        if p.kind == p.POSITIONAL_ONLY:
+            raise TypeError(f"{fn.__name__}: argument {p.name} is positional-only; a tool's arguments are passed by name")
+        hint = hints.get(p.name, inspect.Parameter.empty)
+        schema = {} if hint is inspect.Parameter.empty else _schema(hint)
+        if p.name in docs and "description" not in schema:
+            schema["description"] = docs[p.name]
+        if p.default is inspect.Parameter.empty:
+            required.append(p.name)
+        elif _jsonable(p.default):
+            schema["default"] = p.default
+        properties[p.name] = schema
+        converter = _converter(hint)
+        if converter is not None:
+            convert[p.name] = converter
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema, convert
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_pydantic(t: Any) -> bool:
+    return isinstance(t, type) and hasattr(t, "model_json_schema") and hasattr(t, "model_validate")
+
+
+def _schema(t: Any) -> dict[str, Any]:
+    """The JSON schema of a type hint."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Annotated:
+        schema = _schema(args[0])
+        for extra in args[1:]:
+            if isinstance(extra, str):
+                schema["description"] = extra
+        return schema
+    if t is Any or t is inspect.Parameter.empty:
+        return {}
+    if t is type(None) or t is None:
+        return {"type": "null"}
+    if t is str:
+        return {"type": "string"}
+    if t is bool:
+        return {"type": "boolean"}
+    if t is int:
+        return {"type": "integer"}
+    if t is float:
+        return {"type": "number"}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin is typing.Union or origin is types.UnionType:
+        return {"anyOf": [_schema(a) for a in args]}
+    if isinstance(t, type) and issubclass(t, enum.Enum):
+        return {"enum": [m.value for m in t]}
+    if _is_pydantic(t):
+        return t.model_json_schema()
+    if dataclasses.is_dataclass(t) and isinstance(t, type):
+        hints = typing.get_type_hints(t, include_extras=True)
+        fields = dataclasses.fields(t)
+        schema = {"type": "object", "properties": {f.name: _schema(hints.get(f.name, Any)) for f in fields}}
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if required:
+            schema["required"] = required
+        return schema
+    if t in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset, typing.Sequence):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return {"type": "array", "prefixItems": [_schema(a) for a in args], "minItems": len(args), "maxItems": len(args)}
+        return {"type": "array", "items": _schema(args[0])} if args else {"type": "array"}
+    if t is dict or origin is dict or origin is typing.Mapping:
+        if len(args) == 2:
+            return {"type": "object", "additionalProperties": _schema(args[1])}
+        return {"type": "object"}
+    raise TypeError(f"no JSON schema for type {t!r}: use str, int, float, bool, lists, dicts, Literal, enums, dataclasses or pydantic models")
+
+
+def _converter(t: Any) -> Callable[[Any], Any] | None:
+    """How a JSON value becomes an argument of hinted type `t` (None: as it is)."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Annotated:
+        return _converter(args[0])
+    if _is_pydantic(t):
+        return t.model_validate
+    if dataclasses.is_dataclass(t) and isinstance(t, type):
+        return lambda v: t(**v) if isinstance(v, dict) else v
+    if isinstance(t, type) and issubclass(t, enum.Enum):
+        return t
+    if t is float:
+        return lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if origin is typing.Union or origin is types.UnionType:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            convert = _converter(inner[0])
+            if convert is not None:
+                return lambda v: None if v is None else convert(v)
+    if origin in (list, set, frozenset) and args:
+        convert = _converter(args[0])
+        if convert is not None:
+            return lambda v: origin(convert(x) for x in v) if isinstance(v, list) else v
+    if t in (tuple,) or origin is tuple:
+        return lambda v: tuple(v) if isinstance(v, list) else v
+    return None
