@@ -310,6 +310,22 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
         ));
     }
     check_mcp(spec).map_err(|e| Error::InvalidAgent(format!("agent {:?}: {e}", spec.name)))?;
+    match spec.tool_choice.as_str() {
+        "" | "auto" => {}
+        "required" if !spec.tools.is_empty() || !spec.topics.is_empty() || !spec.mcp.is_empty() => {
+        }
+        name if spec.tools.iter().any(|t| t == name)
+            || (name == fleet_proto::PUBLISH_TOOL && !spec.topics.is_empty())
+            // An MCP server's tools are known once the worker connects to it.
+            || (valid_name(name) && !spec.mcp.is_empty()) => {}
+        other => {
+            return bad(format!(
+                "agent {:?}: tool_choice {other:?} is not \"auto\", \"required\" or one of \
+                 its tools",
+                spec.name
+            ));
+        }
+    }
     if spec.topics.len() > MAX_TOPICS {
         return bad(format!("at most {MAX_TOPICS} topics per agent, got {}", spec.topics.len()));
     }

@@ -208,6 +208,9 @@ pub struct AgentTable {
     /// MCP servers whose tools the agent may call: `{ command = [...] }` or `{ url = "..." }`.
     #[serde(default)]
     pub mcp: Vec<McpTable>,
+    /// Whether each task's first reply must call a tool: "auto", "required" or a tool's name.
+    #[serde(default)]
+    pub tool_choice: String,
     #[serde(default)]
     pub resources: ResourcesTable,
     #[serde(default)]
@@ -299,6 +302,7 @@ impl From<AgentTable> for AgentSpec {
             max_concurrency: t.max_concurrency,
             topics: t.topics,
             mcp: t.mcp.into_iter().map(|m| McpServer { command: m.command, url: m.url }).collect(),
+            tool_choice: t.tool_choice,
         }
     }
 }

@@ -252,6 +252,7 @@ impl From<pb::AgentSpec> for AgentSpec {
             max_concurrency: s.max_concurrency,
             topics: s.topics,
             mcp: s.mcp.into_iter().map(|m| McpServer { command: m.command, url: m.url }).collect(),
+            tool_choice: s.tool_choice,
         }
     }
 }
@@ -298,6 +299,7 @@ impl From<&AgentSpec> for pb::AgentSpec {
                 .iter()
                 .map(|m| pb::McpServer { command: m.command.clone(), url: m.url.clone() })
                 .collect(),
+            tool_choice: s.tool_choice.clone(),
         }
     }
 }

@@ -203,6 +203,9 @@ pub struct AgentSpec {
     pub topics: Vec<String>,
     /// MCP servers whose tools the agent's model may call, beside `tools`.
     pub mcp: Vec<McpServer>,
+    /// Whether each task's first reply must call a tool: `auto` (or empty), `required`, or
+    /// a tool's name.
+    pub tool_choice: String,
 }
 
 /// An MCP server: a program spoken to over stdio (`command`), or a streamable HTTP endpoint

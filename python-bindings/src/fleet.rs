@@ -393,7 +393,7 @@ impl Fleet {
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
         stop=Vec::new(), presence_penalty=None, frequency_penalty=None,
-        topics=Vec::new(), output_schema=None, mcp=Vec::new()
+        topics=Vec::new(), output_schema=None, mcp=Vec::new(), tool_choice=String::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -421,6 +421,7 @@ impl Fleet {
         topics: Vec<String>,
         output_schema: Option<Bound<'_, PyAny>>,
         mcp: Vec<Bound<'_, PyDict>>,
+        tool_choice: String,
     ) -> PyResult<Agent> {
         let this = slf.get();
         // Agents' names stay; functions (and `af.tool`s) are hosted by this process first.
@@ -481,6 +482,7 @@ impl Fleet {
             max_concurrency,
             topics,
             mcp,
+            tool_choice,
         };
         runtime::block_on(
             py,

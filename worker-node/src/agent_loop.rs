@@ -105,7 +105,25 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     let mut tools = toolbox.definitions();
     // The client's tools (OpenAI requests): their calls end the task, the client runs them.
     let client_tools = run.task.options.as_ref().filter(|o| !o.tools.is_empty());
-    let mut tool_choice = ToolChoice::Auto;
+    // The agent's own choice binds its first reply; later ones choose freely.
+    let mut tool_choice = match run.spec.tool_choice.as_str() {
+        "" | "auto" => ToolChoice::Auto,
+        "required" => ToolChoice::Required,
+        name => ToolChoice::Function(name.to_owned()),
+    };
+    if let ToolChoice::Function(name) = &tool_choice
+        && toolbox.get(name).is_none()
+        && client_tools.is_none()
+    {
+        return Err(failed(
+            ErrorKind::InvalidRequest,
+            format!(
+                "agent {}'s tool_choice names {name}, which is not one of its tools ({})",
+                run.spec.name,
+                toolbox.names()
+            ),
+        ));
+    }
     // An agent makes one call per round and sees its result before the next.
     let mut parallel_tool_calls = false;
     if let Some(options) = client_tools {
@@ -138,6 +156,9 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
                 run.spec.name
             ),
         ));
+    }
+    if tools.is_empty() {
+        tool_choice = ToolChoice::Auto;
     }
     let mut messages = run.messages.clone();
     let mut usage = Usage::default();
@@ -194,6 +215,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
         if round == MAX_TOOL_ROUNDS {
             break;
         }
+        tool_choice = ToolChoice::Auto;
         messages.push(ChatMessage {
             tool_calls: turn.tool_calls.clone(),
             ..ChatMessage::new(Role::Assistant, turn.text)

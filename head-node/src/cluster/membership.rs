@@ -180,9 +180,7 @@ impl Cluster {
                     freed = true;
                 }
                 // Hosted tools are the head's to call for workers on the mesh too.
-                EventKind::ToolCall { call_id, name, arguments, traceparent }
-                    if !calls_direct || state.tools.contains(name) =>
-                {
+                EventKind::ToolCall { call_id, name, arguments, traceparent } if !calls_direct => {
                     calls.push(ToolCallSeen {
                         caller: event.task_id.clone(),
                         call_id: call_id.clone(),

@@ -195,6 +195,7 @@ class Fleet:
         topics: list[str] = ...,
         output_schema: _OutputSchema | None = None,
         mcp: list[dict[str, object]] = ...,
+        tool_choice: str = ...,
     ) -> Agent: ...
     def tool(
         self,

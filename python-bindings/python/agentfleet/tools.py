@@ -121,6 +121,7 @@ class _Host:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="agentfleet-tool")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._async_calls: dict[int, Any] = {}
         self._reader = threading.Thread(target=self._read, name="agentfleet-tools", daemon=True)
         self._reader.start()
@@ -144,8 +145,9 @@ class _Host:
     def close(self) -> None:
         self._native.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._loop is not None:
+        if self._loop is not None and self._loop_thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=5)
 
     def _read(self) -> None:
         while True:
@@ -170,11 +172,13 @@ class _Host:
                 self._pool.submit(self._run_sync, t, call, arguments)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="agentfleet-tools-async", daemon=True).start()
-            self._loop = loop
-        return self._loop
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=_run_loop, args=(loop,), name="agentfleet-tools-async", daemon=True)
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
 
     def _run_sync(self, t: Tool, call: int, arguments: str) -> None:
         try:
@@ -196,6 +200,18 @@ class _Host:
         finally:
             self._async_calls.pop(call, None)
         self._native.answer(call, output, is_error)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Runs the host's event loop until `close` stops it; its coroutines are cancelled."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        for pending in asyncio.all_tasks(loop):
+            pending.cancel()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 _hosts_lock = threading.Lock()
