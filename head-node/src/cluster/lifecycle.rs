@@ -155,7 +155,7 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
         let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
         state.metrics.ended(&task.agent, final_state, Duration::from_micros(took));
     }
-
+    state.tools.task_ended(id);
     state.tasks.finished(id, final_state);
 }
 

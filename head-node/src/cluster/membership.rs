@@ -180,7 +180,9 @@ impl Cluster {
                     freed = true;
                 }
                 // Hosted tools are the head's to call for workers on the mesh too.
-                EventKind::ToolCall { call_id, name, arguments, traceparent } if !calls_direct => {
+                EventKind::ToolCall { call_id, name, arguments, traceparent }
+                    if !calls_direct || state.tools.contains(name) =>
+                {
                     calls.push(ToolCallSeen {
                         caller: event.task_id.clone(),
                         call_id: call_id.clone(),

@@ -64,8 +64,8 @@ class Tool:
             raise TypeError(f"a tool is made of a function, not {fn!r}")
         if isinstance(fn, Tool):
             fn = fn.fn
-        self.fn = fn
-        self.name = name or getattr(fn, "__name__", "")
+        self.fn: Callable[..., Any] = fn
+        self.name: str = name or str(getattr(fn, "__name__", ""))
         if not self.name or self.name == "<lambda>":
             raise ValueError("this function has no usable name: give the tool name=...")
         summary, arg_docs = _docstring(inspect.getdoc(fn) or "")
@@ -220,7 +220,7 @@ _hosts_lock = threading.Lock()
 def _host(fleet: Any) -> _Host:
     with _hosts_lock:
         host = fleet.__dict__.get("_tool_host")
-        if host is None:
+        if not isinstance(host, _Host):
             host = _Host(fleet._open_tool_host())
             fleet.__dict__["_tool_host"] = host
         return host
@@ -260,7 +260,7 @@ def _result(value: Any) -> str:
     if isinstance(value, str):
         return value
     if hasattr(value, "model_dump_json"):  # a pydantic model
-        return value.model_dump_json()
+        return str(value.model_dump_json())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, enum.Enum):
@@ -312,7 +312,7 @@ def _signature_schema(fn: Callable[..., Any], docs: dict[str, str]) -> tuple[dic
         if p.kind == p.POSITIONAL_ONLY:
             raise TypeError(f"{fn.__name__}: argument {p.name} is positional-only; a tool's arguments are passed by name")
         hint = hints.get(p.name, inspect.Parameter.empty)
-        schema = {} if hint is inspect.Parameter.empty else _schema(hint)
+        schema: dict[str, Any] = {} if hint is inspect.Parameter.empty else _schema(hint)
         if p.name in docs and "description" not in schema:
             schema["description"] = docs[p.name]
         if p.default is inspect.Parameter.empty:
@@ -323,10 +323,10 @@ def _signature_schema(fn: Callable[..., Any], docs: dict[str, str]) -> tuple[dic
         converter = _converter(hint)
         if converter is not None:
             convert[p.name] = converter
-    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    arguments: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
-        schema["required"] = required
-    return schema, convert
+        arguments["required"] = required
+    return arguments, convert
 
 
 def _jsonable(value: Any) -> bool:
@@ -369,19 +369,19 @@ def _schema(t: Any) -> dict[str, Any]:
     if isinstance(t, type) and issubclass(t, enum.Enum):
         return {"enum": [m.value for m in t]}
     if _is_pydantic(t):
-        return t.model_json_schema()
+        return dict(t.model_json_schema())
     if dataclasses.is_dataclass(t) and isinstance(t, type):
         hints = typing.get_type_hints(t, include_extras=True)
         fields = dataclasses.fields(t)
-        schema = {"type": "object", "properties": {f.name: _schema(hints.get(f.name, Any)) for f in fields}}
+        shape: dict[str, Any] = {"type": "object", "properties": {f.name: _schema(hints.get(f.name, Any)) for f in fields}}
         required = [
             f.name
             for f in fields
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         if required:
-            schema["required"] = required
-        return schema
+            shape["required"] = required
+        return shape
     if t in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset, typing.Sequence):
         if origin is tuple and args and args[-1] is not Ellipsis:
             return {"type": "array", "prefixItems": [_schema(a) for a in args], "minItems": len(args), "maxItems": len(args)}
@@ -399,7 +399,8 @@ def _converter(t: Any) -> Callable[[Any], Any] | None:
     if origin is typing.Annotated:
         return _converter(args[0])
     if _is_pydantic(t):
-        return t.model_validate
+        validate: Callable[[Any], Any] = t.model_validate
+        return validate
     if dataclasses.is_dataclass(t) and isinstance(t, type):
         return lambda v: t(**v) if isinstance(v, dict) else v
     if isinstance(t, type) and issubclass(t, enum.Enum):
@@ -408,14 +409,13 @@ def _converter(t: Any) -> Callable[[Any], Any] | None:
         return lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
     if origin is typing.Union or origin is types.UnionType:
         inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            convert = _converter(inner[0])
-            if convert is not None:
-                return lambda v: None if v is None else convert(v)
+        optional = _converter(inner[0]) if len(inner) == 1 else None
+        if optional is not None:
+            return lambda v: None if v is None else optional(v)
     if origin in (list, set, frozenset) and args:
-        convert = _converter(args[0])
-        if convert is not None:
-            return lambda v: origin(convert(x) for x in v) if isinstance(v, list) else v
+        item = _converter(args[0])
+        if item is not None:
+            return lambda v: origin(item(x) for x in v) if isinstance(v, list) else v
     if t in (tuple,) or origin is tuple:
         return lambda v: tuple(v) if isinstance(v, list) else v
     return None
