@@ -23,6 +23,7 @@ __all__ = [
     "ResourceExhausted",
     "Task",
     "TaskFailed",
+    "ToolHost",
     "Unauthenticated",
     "Unavailable",
     "__version__",
