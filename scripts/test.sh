@@ -3,8 +3,9 @@
 # tools, and the all-MiniLM-L6-v2 weights the embedding tests read), then the Rust workspace
 # (unit and multi-process cluster tests), then the Python package's tests (warnings as
 # errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
-# official a2a-sdk client, the OpenAI API tests with the official openai client, and the
-# traces test with an OTLP receiver, and the inspector in Debian's chromium.
+# official a2a-sdk client, the OpenAI API tests with the official openai client, the MCP
+# server's tests with the official MCP SDK, the traces test with an OTLP receiver, and the
+# inspector in Debian's chromium.
 . "$(dirname "$0")/env.sh"
 cd "$root"
 python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0"
@@ -25,6 +26,8 @@ cargo test --workspace --release
 # The OpenAI-compatible API with the official openai client (chat, embeddings, errors, and
 # structured outputs on SmolLM2 validated with jsonschema).
 (cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
+# The head's MCP server (/mcp) with the official MCP Python SDK as the client.
+(cd head-node/tests/mcp_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # OpenTelemetry traces from a head and two mesh workers into an OTLP receiver of the test's.
 (cd head-node/tests/traces_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The inspector (/ui) in a real browser: Debian's chromium and chromium-driver (installed by

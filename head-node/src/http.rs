@@ -1,5 +1,6 @@
 //! The head's HTTP routes, served on the same address as gRPC: `/healthz`, `/metrics`, the
-//! A2A front door, the OpenAI-compatible API and the inspector (`/ui`).
+//! A2A front door, the OpenAI-compatible API, the MCP server (`/mcp`) and the inspector
+//! (`/ui`).
 
 use std::sync::Arc;
 
@@ -43,8 +44,8 @@ async fn healthz(
 /// Room in a request body beyond the input limit, for JSON framing and escapes.
 const BODY_SLACK_BYTES: usize = 64 << 10;
 
-/// `/healthz`, `/metrics`, the A2A routes, the OpenAI routes and the inspector; fails on an
-/// unreadable webhook CA. `shutdown` ends the inspector's live streams.
+/// `/healthz`, `/metrics`, the A2A routes, the OpenAI routes, `/mcp` and the inspector; fails
+/// on an unreadable webhook CA. `shutdown` ends the inspector's live streams and MCP's.
 pub fn router(
     cluster: Arc<Cluster>,
     config: &HeadConfig,
@@ -84,6 +85,13 @@ pub fn router(
         heartbeat_interval: config.heartbeat_interval,
         webhooks: webhooks.clone(),
     };
+    let mcp = crate::mcp::Mcp {
+        cluster: cluster.clone(),
+        clients: clients.clone(),
+        max_body_bytes,
+        loopback_only: config.listen.ip().is_loopback(),
+        shutdown: shutdown.clone(),
+    };
     let inspector = crate::inspector::Inspector {
         cluster: cluster.clone(),
         clients: clients.clone(),
@@ -102,6 +110,7 @@ pub fn router(
         .merge(Router::new().route("/metrics", get(crate::metrics::metrics)).with_state(metrics))
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai))
+        .merge(crate::mcp::router(mcp))
         .merge(crate::inspector::router(inspector))
         .layer(axum::middleware::from_fn(crate::traceparent::scope)))
 }

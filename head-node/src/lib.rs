@@ -13,9 +13,10 @@
 //!   keeps tasks, their event logs and registered agents across restarts (in a file, or
 //!   in PostgreSQL shared by a leader and standbys: `leader`);
 //! - [`http`] serves `/healthz`, `metrics` (Prometheus, `/metrics`) and mounts [`a2a`], the A2A front door (JSON-RPC and
-//!   HTTP+JSON bindings, agent cards, SSE streams), and [`openai`], the OpenAI-compatible
-//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`), and `inspector`, the
-//!   live view of the cluster in a browser (`/ui`);
+//!   HTTP+JSON bindings, agent cards, SSE streams), [`openai`], the OpenAI-compatible
+//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`), `mcp`, the agents as
+//!   an MCP server's tools (`/mcp`), and `inspector`, the live view of the cluster in a
+//!   browser (`/ui`); `run` follows one HTTP request's task for the OpenAI API and MCP;
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
 //!   command line (also run by `python -m agentfleet head`).
 //!
@@ -32,8 +33,10 @@ pub mod error;
 pub mod http;
 mod inspector;
 mod leader;
+mod mcp;
 mod metrics;
 pub mod openai;
+mod run;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -24,6 +24,12 @@ pub fn incoming() -> String {
     INCOMING.try_with(Clone::clone).unwrap_or_default()
 }
 
+/// The `traceparent` among HTTP headers (empty: none), for handlers that run outside
+/// [`scope`] (MCP's run on a task of their own).
+pub fn from_headers(headers: &axum::http::HeaderMap) -> String {
+    checked(headers.get(HEADER).and_then(|v| v.to_str().ok()))
+}
+
 /// The `traceparent` in a gRPC request's metadata (empty: none).
 pub fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> String {
     checked(metadata.get(HEADER).and_then(|v| v.to_str().ok()))

@@ -64,15 +64,10 @@ pub fn base_url(a2a: &A2a, headers: &HeaderMap) -> String {
 
 fn skill(agent: &AgentInfo) -> Value {
     let spec = &agent.spec;
-    let description = if spec.description.is_empty() {
-        format!("agent {} on model {}", spec.name, spec.model)
-    } else {
-        spec.description.clone()
-    };
     json!({
         "id": spec.name,
         "name": spec.name,
-        "description": description,
+        "description": agent.description(),
         "tags": [spec.model],
         "examples": [],
     })

@@ -147,6 +147,19 @@ pub struct AgentInfo {
     pub tasks_submitted: u64,
 }
 
+impl AgentInfo {
+    /// What the agent does, for the cards and tool lists clients read: its description,
+    /// else its name and model.
+    pub fn description(&self) -> String {
+        let spec = &self.spec;
+        if spec.description.is_empty() {
+            format!("agent {} on model {}", spec.name, spec.model)
+        } else {
+            spec.description.clone()
+        }
+    }
+}
+
 /// One agent's tasks now, for `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentLoad {

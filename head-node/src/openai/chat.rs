@@ -19,13 +19,13 @@ use fleet_proto::EventKind;
 use futures::{Stream, StreamExt, stream};
 
 use super::errors::ApiError;
-use super::run::TaskRun;
 use super::wire::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceLogprobs,
     ChunkChoice, CompletionUsage, Delta, ToolCallOut, finish_reason,
 };
 use super::{JsonBody, OpenAi, unix_now};
 use crate::cluster::NewTask;
+use crate::run::TaskRun;
 
 /// Comment lines on a quiet stream (a model loading), so proxies keep the connection open.
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(10);

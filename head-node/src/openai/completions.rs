@@ -21,10 +21,10 @@ use serde_json::{Map, Value, json};
 
 use super::chat::{KEEP_ALIVE, ended_without_answer};
 use super::errors::ApiError;
-use super::run::TaskRun;
 use super::wire::{ChatRequest, CompletionUsage, finish_reason};
 use super::{JsonBody, OpenAi, unix_now};
 use crate::cluster::NewTask;
+use crate::run::TaskRun;
 
 /// OpenAI's default when `max_tokens` is left out.
 const DEFAULT_MAX_TOKENS: u64 = 16;

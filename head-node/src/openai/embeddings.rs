@@ -9,12 +9,12 @@ use base64::Engine;
 use fleet_proto::{EventKind, TaskOptions};
 
 use super::errors::ApiError;
-use super::run::TaskRun;
 use super::wire::{
     Embedding, EmbeddingList, EmbeddingUsage, EmbeddingsRequest, EncodingFormat, Vector,
 };
 use super::{JsonBody, OpenAi};
 use crate::cluster::NewTask;
+use crate::run::TaskRun;
 
 pub async fn create(
     State(api): State<OpenAi>,

@@ -6,7 +6,7 @@
 //! defaults apply) or else a model some live worker serves, run by the hidden agent
 //! `model:<id>` ([`Cluster::model_agent`]). The request becomes one task whose
 //! [`fleet_proto::TaskOptions`] carry the conversation, the sampling overrides or the texts
-//! to embed; [`run::TaskRun`] follows its events and cancels it if the client goes away.
+//! to embed; [`crate::run::TaskRun`] follows its events and cancels it if the client goes away.
 //!
 //! - [`wire`]: request parsing and validation (every rejection names its field) and the
 //!   response bodies;
@@ -25,7 +25,6 @@ pub mod embeddings;
 pub mod errors;
 pub mod models;
 pub mod responses;
-pub mod run;
 pub mod wire;
 
 use std::sync::Arc;

@@ -18,10 +18,10 @@ use serde_json::{Map, Value, json};
 
 use super::chat::{Answer, complete};
 use super::errors::ApiError;
-use super::run::TaskRun;
 use super::wire::LogprobOut;
 use super::{JsonBody, OpenAi, unix_now};
 use crate::cluster::NewTask;
+use crate::run::TaskRun;
 use request::ResponsesRequest;
 
 pub async fn create(

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::super::chat::{KEEP_ALIVE, ended_without_answer};
 use super::super::errors::ApiError;
-use super::super::run::TaskRun;
 use super::{Shell, function_call, usage};
+use crate::run::TaskRun;
 
 pub fn events(run: TaskRun, shell: Shell) -> Response {
     let state = Streamer {

@@ -1,12 +1,12 @@
-//! One request's task on the cluster: submitted with a subscriber attached before its first
-//! event, followed to its terminal event, and canceled if the request goes away first (the
-//! HTTP client disconnected: axum drops the handler's future or the response stream).
+//! One HTTP request's task on the cluster (the OpenAI API's and MCP's): submitted with a
+//! subscriber attached before its first event, followed to its terminal event, and canceled
+//! if the request goes away first (the HTTP client disconnected: axum drops the handler's
+//! future or the response stream).
 
 use std::sync::Arc;
 
 use fleet_proto::{TaskEvent, TaskId};
 
-use super::errors::ApiError;
 use crate::api::streams;
 use crate::cluster::{Cluster, NewTask};
 use crate::tasks::{Delivery, Subscription};
@@ -21,8 +21,8 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
-    /// Submits `task`; refusals (queue full, input too long, ...) come back as API errors.
-    pub fn start(cluster: &Arc<Cluster>, task: NewTask) -> Result<Self, ApiError> {
+    /// Submits `task`; refusals (queue full, input too long, ...) come back as errors.
+    pub fn start(cluster: &Arc<Cluster>, task: NewTask) -> crate::Result<Self> {
         let (subscriber, sub) = cluster.subscriber();
         let task_id = cluster.submit(task, Some((subscriber, None)))?;
         Ok(Self { cluster: cluster.clone(), task_id, sub, last_seq: 0, ended: false })
