@@ -142,6 +142,12 @@ pub struct WorkerEntry {
     /// Resources not reserved by running tasks.
     pub free: Resources,
     pub running: HashSet<TaskId>,
+    /// Running tasks waiting on agents they called (sub-tasks), with how many: each lends
+    /// its slot to its sub-tasks while it waits, so that callers filling every slot cannot
+    /// leave the agents they wait on queued behind them (a deadlock). Always a subset of
+    /// `running`; bounded by the call depth, so a worker runs at most its slots times
+    /// `MAX_TOOL_DEPTH + 1` tasks.
+    pub lent: HashMap<TaskId, u32>,
     /// Agents with an actor on this worker, by spec version.
     pub placed: HashMap<String, (u64, u64)>,
     /// Running tasks per agent, for spreading an agent's tasks.
@@ -194,6 +200,7 @@ impl WorkerEntry {
             last_heartbeat: now,
             heartbeat: Heartbeat::default(),
             running: HashSet::new(),
+            lent: HashMap::new(),
             placed: HashMap::new(),
             running_per_agent: HashMap::new(),
             tasks_assigned: 0,
@@ -207,10 +214,12 @@ impl WorkerEntry {
         self.slots_taken() < self.registration.slots && !self.commands.is_cut()
     }
 
-    /// Slots its tasks take, and the calls from the mesh it runs (as its last heartbeat
-    /// said: calls go worker to worker, the head sees only their count).
+    /// Slots its tasks take (but those lent by tasks waiting on sub-tasks), and the calls
+    /// from the mesh it runs (as its last heartbeat said: calls go worker to worker, the
+    /// head sees only their count).
     pub fn slots_taken(&self) -> u32 {
-        (self.running.len() as u32).saturating_add(self.heartbeat.mesh_calls)
+        let holding = self.running.len().saturating_sub(self.lent.len()) as u32;
+        holding.saturating_add(self.heartbeat.mesh_calls)
     }
 
     /// Whether the worker has `model` on disk (built-in and remote models are everywhere).

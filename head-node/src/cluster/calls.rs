@@ -143,6 +143,34 @@ pub(super) fn reply_to_call(
     });
 }
 
+/// The caller of a sub-task lends its worker slot while it waits (see
+/// [`crate::workers::WorkerEntry::lent`]).
+fn lend_slot(state: &mut State, caller: &TaskId) {
+    let Some(worker) = state.tasks.get(caller.as_str()).and_then(|t| t.worker.clone()) else {
+        return;
+    };
+    if let Some(worker) = state.workers.get_mut(&worker)
+        && worker.running.contains(caller)
+    {
+        *worker.lent.entry(caller.clone()).or_default() += 1;
+    }
+}
+
+/// A sub-task ended (or was never started): its caller takes its slot back once it waits
+/// on none. A caller retried elsewhere meanwhile lends less, never more.
+pub(super) fn take_back_slot(state: &mut State, caller: &TaskId) {
+    let Some(worker) = state.tasks.get(caller.as_str()).and_then(|t| t.worker.clone()) else {
+        return;
+    };
+    let Some(worker) = state.workers.get_mut(&worker) else { return };
+    if let Some(waiting) = worker.lent.get_mut(caller) {
+        *waiting = waiting.saturating_sub(1);
+        if *waiting == 0 {
+            worker.lent.remove(caller);
+        }
+    }
+}
+
 /// A tool call a worker announced, for the head to run as a sub-task or send to the process
 /// hosting the tool.
 pub(super) struct ToolCallSeen {
@@ -188,6 +216,8 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
             },
             ..Default::default()
         };
+        // Lent before the sub-task is placed, so that it may take the caller's slot.
+        lend_slot(state, caller);
         match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
             Ok(id) => {
                 debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
@@ -197,7 +227,10 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
                 }
                 None
             }
-            Err(e) => Some(format!("agent {name} not called: {e}")),
+            Err(e) => {
+                take_back_slot(state, caller);
+                Some(format!("agent {name} not called: {e}"))
+            }
         }
     };
     if let Some(error) = refused {

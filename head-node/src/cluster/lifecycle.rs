@@ -92,6 +92,7 @@ pub(super) fn release(state: &mut State, id: &TaskId) {
     if let Some(worker) = state.workers.get_mut(&worker_id)
         && worker.running.remove(id)
     {
+        worker.lent.remove(id);
         worker.free.add(&task.reserved);
         if let Some(n) = worker.running_per_agent.get_mut(&task.agent) {
             *n = n.saturating_sub(1);
@@ -148,6 +149,7 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
             TaskState::Canceled => (format!("agent {} was canceled", task.agent), true),
             _ => (format!("agent {} failed: {}", task.agent, task.error), true),
         };
+        super::calls::take_back_slot(state, &parent);
         reply_to_call(state, &parent, call_id, output, is_error);
     }
     if let Some(task) = state.tasks.get_mut(id.as_str()) {

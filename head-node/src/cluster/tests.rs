@@ -233,3 +233,58 @@ fn a_head_past_its_lease_puts_no_task_on_a_worker() {
     let sent = commands(&mut rx);
     assert!(!sent.iter().any(|c| matches!(c, Command::RunTask(_))), "sent {sent:?}");
 }
+
+#[test]
+fn a_task_waiting_on_an_agent_it_called_lends_that_agent_its_slot() {
+    let mut config = config(0);
+    config.agents.push(AgentSpec {
+        name: "asker".into(),
+        model: "builtin:echo".into(),
+        tools: vec!["a".into()],
+        ..Default::default()
+    });
+    let cluster = Cluster::new(&config).expect("cluster");
+    // One slot, off the mesh: the head runs the agents its tasks call as sub-tasks.
+    let (c, mut rx, _) = cluster.worker_joined(registration("w1", 1, 3, &[]), String::new());
+    let submit = |agent: &str| {
+        let new = NewTask { agent: agent.into(), input: "q".into(), ..Default::default() };
+        cluster.submit(new, None).expect("submitted")
+    };
+    let (asker, waiting) = (submit("asker"), submit("asker"));
+    assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued);
+    let call = EventKind::ToolCall {
+        call_id: "c1".into(),
+        name: "a".into(),
+        arguments: r#"{"input": "x"}"#.into(),
+        traceparent: String::new(),
+    };
+    cluster.worker_events(
+        "w1",
+        c,
+        vec![event(&asker, 1, EventKind::Working), event(&asker, 2, call)],
+    );
+    let child = cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children[0].clone();
+    // Without the lent slot the sub-task would queue behind `waiting`, and the asker
+    // would wait on it for ever.
+    assert_eq!(where_is(&cluster, &child), (TaskState::Scheduled, 1, Some("w1".into())));
+    assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued, "the slot is lent, not freed");
+
+    let done = EventKind::Completed { usage: Default::default() };
+    cluster.worker_events(
+        "w1",
+        c,
+        vec![event(&child, 3, EventKind::text("y")), event(&child, 4, done)],
+    );
+    let replied = commands(&mut rx).into_iter().any(|c| {
+        matches!(c, Command::ToolReply { task_id, output, is_error: false, .. } if task_id == asker && output == "y")
+    });
+    assert!(replied, "the asker hears its sub-task's answer");
+    let state = cluster.state.lock();
+    let w1 = state.workers.get("w1").expect("w1");
+    assert!(w1.lent.is_empty(), "the asker took its slot back");
+    assert_eq!((w1.slots_taken(), where_is_locked(&state, &waiting)), (1, TaskState::Queued));
+}
+
+fn where_is_locked(state: &State, id: &TaskId) -> TaskState {
+    state.tasks.get(id.as_str()).expect("task").state
+}
