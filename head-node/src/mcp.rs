@@ -23,7 +23,7 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
@@ -65,9 +65,9 @@ pub fn router(mcp: Mcp) -> Router {
         config = config.disable_allowed_hosts();
     }
     let agents = Agents { cluster: mcp.cluster };
-    let service: StreamableHttpService<Agents, LocalSessionManager> = StreamableHttpService::new(
+    let service: StreamableHttpService<Agents, NeverSessionManager> = StreamableHttpService::new(
         move || Ok(agents.clone()),
-        Arc::new(LocalSessionManager::default()),
+        Arc::new(NeverSessionManager::default()),
         config,
     );
     Router::new()
@@ -153,8 +153,9 @@ impl ServerHandler for Agents {
         let progress = context.meta.get_progress_token();
         tokio::select! {
             result = follow(run, progress, &context) => result.map(Into::into),
-            // The client canceled the request (or went away): dropping the run cancels
-            // the task.
+            // The client went away (its connection closed; stateless, the server drops
+            // `notifications/cancelled`, which would name a request of another POST):
+            // dropping the run cancels the task.
             () = context.ct.cancelled() => Err(ErrorData::internal_error("canceled by the client", None)),
         }
     }
@@ -240,8 +241,8 @@ async fn follow(
                 if let Some(token) = &progress {
                     let note = ProgressNotificationParam::new(token.clone(), f64::from(deltas))
                         .with_message(text.clone());
-                    // A client that stopped reading loses only progress; the result
-                    // still comes.
+                    // Waits while the client reads slowly (the task's events wait in
+                    // its log meanwhile); a client gone ends the call above.
                     let _ = context.peer.notify_progress(note).await;
                 }
             }
@@ -267,7 +268,8 @@ async fn follow(
     }
     Err(ErrorData::new(
         rmcp::model::ErrorCode(codes(ErrorKind::Unavailable).jsonrpc as i32),
-        "the head stopped before the task ended; its id is in the head's task list",
+        "the task's events stopped before it ended (the head is stopping, or the task left \
+         its retention); its id is in `data`",
         Some(json!({"task_id": run.task_id.as_str()})),
     ))
 }

@@ -37,6 +37,12 @@ fn could_ever_run(spec: &AgentSpec, w: &WorkerEntry) -> bool {
         && w.registration.slots > 0
 }
 
+/// Whether a sub-task of `spec` could run on `w` in the slot its caller lends there: all
+/// but a free slot.
+pub fn can_borrow(spec: &AgentSpec, w: &WorkerEntry) -> bool {
+    could_ever_run(spec, w) && !w.commands.is_cut() && w.free.fits(&spec.resources)
+}
+
 fn can_run_now(spec: &AgentSpec, w: &WorkerEntry) -> bool {
     could_ever_run(spec, w) && w.has_free_slot() && w.free.fits(&spec.resources)
 }

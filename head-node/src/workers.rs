@@ -142,12 +142,15 @@ pub struct WorkerEntry {
     /// Resources not reserved by running tasks.
     pub free: Resources,
     pub running: HashSet<TaskId>,
-    /// Running tasks waiting on agents they called (sub-tasks), with how many: each lends
-    /// its slot to its sub-tasks while it waits, so that callers filling every slot cannot
-    /// leave the agents they wait on queued behind them (a deadlock). Always a subset of
-    /// `running`; bounded by the call depth, so a worker runs at most its slots times
-    /// `MAX_TOOL_DEPTH + 1` tasks.
+    /// Running tasks waiting on agents they called (sub-tasks), with how many. Each lends
+    /// its slot to one of its own sub-tasks at a time, so that callers filling every slot
+    /// cannot leave the agents they wait on queued behind them (a deadlock). A subset of
+    /// `running`.
     pub lent: HashMap<TaskId, u32>,
+    /// Sub-tasks running in the slot their caller lends (the caller's id for each): they
+    /// take no slot of their own. A subset of `running`, at most one per lender, so a
+    /// worker runs at most its slots times `MAX_TOOL_DEPTH + 1` tasks.
+    pub borrowing: HashMap<TaskId, TaskId>,
     /// Agents with an actor on this worker, by spec version.
     pub placed: HashMap<String, (u64, u64)>,
     /// Running tasks per agent, for spreading an agent's tasks.
@@ -201,6 +204,7 @@ impl WorkerEntry {
             heartbeat: Heartbeat::default(),
             running: HashSet::new(),
             lent: HashMap::new(),
+            borrowing: HashMap::new(),
             placed: HashMap::new(),
             running_per_agent: HashMap::new(),
             tasks_assigned: 0,
@@ -214,11 +218,11 @@ impl WorkerEntry {
         self.slots_taken() < self.registration.slots && !self.commands.is_cut()
     }
 
-    /// Slots its tasks take (but those lent by tasks waiting on sub-tasks), and the calls
+    /// Slots its tasks take (sub-tasks in their caller's slot take none), and the calls
     /// from the mesh it runs (as its last heartbeat said: calls go worker to worker, the
     /// head sees only their count).
     pub fn slots_taken(&self) -> u32 {
-        let holding = self.running.len().saturating_sub(self.lent.len()) as u32;
+        let holding = self.running.len().saturating_sub(self.borrowing.len()) as u32;
         holding.saturating_add(self.heartbeat.mesh_calls)
     }
 

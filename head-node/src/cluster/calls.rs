@@ -156,8 +156,51 @@ fn lend_slot(state: &mut State, caller: &TaskId) {
     }
 }
 
+/// The worker where a sub-task of `spec` may run in the slot `caller` lends: the caller
+/// waits on a call there, lends to no other sub-task now, and the worker could run it.
+pub(super) fn lender(state: &State, spec: &AgentSpec, caller: &TaskId) -> Option<String> {
+    let worker_id = state.tasks.get(caller.as_str())?.worker.clone()?;
+    let w = state.workers.get(&worker_id)?;
+    let free = w.lent.contains_key(caller) && !w.borrowing.values().any(|c| c == caller);
+    (free && scheduler::can_borrow(spec, w)).then_some(worker_id)
+}
+
+/// Runs sub-task `id` on `worker` in the slot its caller lends there.
+pub(super) fn dispatch_borrowing(state: &mut State, id: &TaskId, worker: &str, caller: &TaskId) {
+    dispatch(state, id, worker);
+    if let Some(w) = state.workers.get_mut(worker)
+        && w.running.contains(id)
+    {
+        w.borrowing.insert(id.clone(), caller.clone());
+    }
+}
+
+/// Gives the slot `caller` lends to one of its sub-tasks still queued, if any may take it
+/// (a caller waiting on several calls at once, whose first sub-task ended).
+pub(super) fn lend_to_a_queued_call(state: &mut State, caller: &TaskId) {
+    let Some(children) = state.tasks.get(caller.as_str()).map(|t| t.children.clone()) else {
+        return;
+    };
+    for child in children {
+        let Some(task) = state.tasks.get(child.as_str()) else { continue };
+        if task.state != TaskState::Queued {
+            continue;
+        }
+        let Ok(agent) = state.agents.get(&task.agent) else { continue };
+        let spec = agent.spec.clone();
+        if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
+            continue;
+        }
+        if let Some(worker) = lender(state, &spec, caller) {
+            state.queue.retain(|q| *q != child);
+            dispatch_borrowing(state, &child, &worker, caller);
+            return;
+        }
+    }
+}
+
 /// A sub-task ended (or was never started): its caller takes its slot back once it waits
-/// on none. A caller retried elsewhere meanwhile lends less, never more.
+/// on none.
 pub(super) fn take_back_slot(state: &mut State, caller: &TaskId) {
     let Some(worker) = state.tasks.get(caller.as_str()).and_then(|t| t.worker.clone()) else {
         return;

@@ -93,6 +93,7 @@ pub(super) fn release(state: &mut State, id: &TaskId) {
         && worker.running.remove(id)
     {
         worker.lent.remove(id);
+        worker.borrowing.remove(id);
         worker.free.add(&task.reserved);
         if let Some(n) = worker.running_per_agent.get_mut(&task.agent) {
             *n = n.saturating_sub(1);
@@ -149,8 +150,18 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
             TaskState::Canceled => (format!("agent {} was canceled", task.agent), true),
             _ => (format!("agent {} failed: {}", task.agent, task.error), true),
         };
-        super::calls::take_back_slot(state, &parent);
-        reply_to_call(state, &parent, call_id, output, is_error);
+        // Only the attempt that made the call hears the answer and takes its slot back; a
+        // caller retried since calls again.
+        let made_the_call = task.caller_attempt;
+        let current = state
+            .tasks
+            .get(parent.as_str())
+            .is_some_and(|p| made_the_call == 0 || p.attempt == made_the_call);
+        if current {
+            super::calls::take_back_slot(state, &parent);
+            super::calls::lend_to_a_queued_call(state, &parent);
+            reply_to_call(state, &parent, call_id, output, is_error);
+        }
     }
     if let Some(task) = state.tasks.get_mut(id.as_str()) {
         traced::ended(task, final_state);
@@ -203,6 +214,10 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
         );
         task.attempt += 1;
         task.worker = None;
+        // The new attempt calls again what it needs.
+        for child in task.children.clone() {
+            cancel_in(state, &child, "the task that called it is retried");
+        }
         return true;
     } else {
         let error = format!(

@@ -278,6 +278,13 @@ fn remember_worker_seq(state: &mut State, worker: &str, mark: (u64, u64)) {
 
 /// Takes on a task a rejoining worker still runs: it holds its share there again.
 fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
+    // Calls it still waits on: it lends its slot again (the lending was the old
+    // connection's).
+    let waiting = state.tasks.get(id.as_str()).map_or(0, |t| {
+        let open =
+            |c: &&TaskId| state.tasks.get(c.as_str()).is_some_and(|c| !c.state.is_terminal());
+        t.children.iter().filter(open).count()
+    });
     let (Some(task), Some(worker)) =
         (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
     else {
@@ -290,4 +297,8 @@ fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
     worker.free.sub(&agent.spec.resources);
     task.reserved = agent.spec.resources;
     task.worker = Some(worker_id.to_owned());
+    if waiting > 0 {
+        worker.lent.insert(id.clone(), waiting as u32);
+        super::calls::lend_to_a_queued_call(state, id);
+    }
 }

@@ -203,10 +203,16 @@ pub(super) fn submit_in(
         Placement::Worker(w) => Some(w.to_owned()),
         Placement::Wait => None,
     };
+    // A sub-task runs in the slot its caller lends when it can: beside its caller, taking
+    // no slot another task could have.
+    let lender = parent.as_ref().and_then(|(caller, _, _)| {
+        calls::lender(state, &spec, caller).map(|worker| (worker, caller.clone()))
+    });
     let at_capacity =
         spec.max_concurrency > 0 && state.agents.get(&task.agent)?.running >= spec.max_concurrency;
-    let placement = placement.filter(|_| !at_capacity);
-    if placement.is_none() && state.queue.len() >= limits.max_queued_tasks {
+    let placement = placement.filter(|_| !at_capacity && lender.is_none());
+    let lender = lender.filter(|_| !at_capacity);
+    if placement.is_none() && lender.is_none() && state.queue.len() >= limits.max_queued_tasks {
         return Err(Error::QueueFull { limit: limits.max_queued_tasks });
     }
     state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
@@ -220,14 +226,25 @@ pub(super) fn submit_in(
         entry.parent = Some((parent, call_id));
         entry.depth = depth;
     }
+    let caller = entry.parent.as_ref().map(|(caller, _)| caller.clone());
+    if let Some(caller) = caller.and_then(|c| state.tasks.get(c.as_str())) {
+        let attempt = caller.attempt;
+        if let Some(entry) = state.tasks.get_mut(id.as_str()) {
+            entry.caller_attempt = attempt;
+        }
+    }
+    let Some(entry) = state.tasks.get_mut(id.as_str()) else { return Ok(id) };
     if let Some((sub, client_ref)) = subscriber {
         // `Accepted` goes with the first event, once the task is stored.
         entry.follow_submitted(sub, client_ref);
     }
     entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
     debug!(task_id = %id, agent = %entry.agent, "task submitted");
-    match placement {
-        Some(worker) if state.leading() => dispatch(state, &id, &worker),
+    match (lender, placement) {
+        (Some((worker, caller)), _) if state.leading() => {
+            calls::dispatch_borrowing(state, &id, &worker, &caller);
+        }
+        (None, Some(worker)) if state.leading() => dispatch(state, &id, &worker),
         _ => state.queue.push_back(id.clone()),
     }
     Ok(id)

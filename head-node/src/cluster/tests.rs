@@ -235,7 +235,7 @@ fn a_head_past_its_lease_puts_no_task_on_a_worker() {
 }
 
 #[test]
-fn a_task_waiting_on_an_agent_it_called_lends_that_agent_its_slot() {
+fn a_task_waiting_on_agents_it_called_lends_them_its_slot_one_at_a_time() {
     let mut config = config(0);
     config.agents.push(AgentSpec {
         name: "asker".into(),
@@ -252,6 +252,76 @@ fn a_task_waiting_on_an_agent_it_called_lends_that_agent_its_slot() {
     };
     let (asker, waiting) = (submit("asker"), submit("asker"));
     assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued);
+    let call = |id: &str| EventKind::ToolCall {
+        call_id: id.into(),
+        name: "a".into(),
+        arguments: r#"{"input": "x"}"#.into(),
+        traceparent: String::new(),
+    };
+    // Two calls at once.
+    let events = vec![
+        event(&asker, 1, EventKind::Working),
+        event(&asker, 2, call("c1")),
+        event(&asker, 3, call("c2")),
+    ];
+    cluster.worker_events("w1", c, events);
+    let children = cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children.clone();
+    let [first, second] = children.as_slice() else { panic!("two sub-tasks: {children:?}") };
+    // Without the lent slot the sub-tasks would queue behind `waiting`, and the asker
+    // would wait on them for ever; one at a time, so a worker's tasks stay bounded.
+    assert_eq!(where_is(&cluster, first), (TaskState::Scheduled, 1, Some("w1".into())));
+    assert_eq!(where_is(&cluster, second).0, TaskState::Queued, "one sub-task in the lent slot");
+    assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued, "the slot is lent, not freed");
+
+    let done = EventKind::Completed { usage: Default::default() };
+    let text = EventKind::text("y");
+    cluster.worker_events(
+        "w1",
+        c,
+        vec![event(first, 4, text.clone()), event(first, 5, done.clone())],
+    );
+    assert_eq!(where_is(&cluster, second), (TaskState::Scheduled, 1, Some("w1".into())));
+    assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued);
+    cluster.worker_events("w1", c, vec![event(second, 6, text), event(second, 7, done)]);
+    let replies = commands(&mut rx)
+        .into_iter()
+        .filter(|c| {
+            matches!(c, Command::ToolReply { task_id, output, is_error: false, .. } if *task_id == asker && output == "y")
+        })
+        .count();
+    assert_eq!(replies, 2, "the asker hears both answers");
+    let state = cluster.state.lock();
+    let w1 = state.workers.get("w1").expect("w1");
+    assert!(w1.lent.is_empty() && w1.borrowing.is_empty(), "the asker took its slot back");
+    assert_eq!((w1.slots_taken(), where_is_locked(&state, &waiting)), (1, TaskState::Queued));
+}
+
+fn where_is_locked(state: &State, id: &TaskId) -> TaskState {
+    state.tasks.get(id.as_str()).expect("task").state
+}
+
+#[test]
+fn a_retried_caller_hears_only_the_calls_of_its_new_attempt() {
+    let mut config = config(0);
+    config.agents[0].labels = BTreeMap::from([("pool".into(), "b".into())]);
+    config.agents.push(AgentSpec {
+        name: "asker".into(),
+        model: "builtin:echo".into(),
+        tools: vec!["a".into()],
+        max_retries: 1,
+        ..Default::default()
+    });
+    let cluster = Cluster::new(&config).expect("cluster");
+    let (c1, _rx1, _) = cluster.worker_joined(registration("w1", 1, 3, &[]), String::new());
+    let new = NewTask { agent: "asker".into(), input: "q".into(), ..Default::default() };
+    let asker = cluster.submit(new, None).expect("submitted");
+    assert_eq!(where_is(&cluster, &asker).2.as_deref(), Some("w1"));
+    // Agent `a` runs only on w3.
+    let pool_b = Registration {
+        labels: BTreeMap::from([("pool".into(), "b".into())]),
+        ..registration("w3", 1, 5, &[])
+    };
+    let (c3, mut rx3, _) = cluster.worker_joined(pool_b, String::new());
     let call = EventKind::ToolCall {
         call_id: "c1".into(),
         name: "a".into(),
@@ -260,31 +330,24 @@ fn a_task_waiting_on_an_agent_it_called_lends_that_agent_its_slot() {
     };
     cluster.worker_events(
         "w1",
-        c,
+        c1,
         vec![event(&asker, 1, EventKind::Working), event(&asker, 2, call)],
     );
-    let child = cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children[0].clone();
-    // Without the lent slot the sub-task would queue behind `waiting`, and the asker
-    // would wait on it for ever.
-    assert_eq!(where_is(&cluster, &child), (TaskState::Scheduled, 1, Some("w1".into())));
-    assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued, "the slot is lent, not freed");
+    let old = cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children[0].clone();
+    assert_eq!(where_is(&cluster, &old).2.as_deref(), Some("w3"));
 
-    let done = EventKind::Completed { usage: Default::default() };
-    cluster.worker_events(
-        "w1",
-        c,
-        vec![event(&child, 3, EventKind::text("y")), event(&child, 4, done)],
-    );
-    let replied = commands(&mut rx).into_iter().any(|c| {
-        matches!(c, Command::ToolReply { task_id, output, is_error: false, .. } if task_id == asker && output == "y")
-    });
-    assert!(replied, "the asker hears its sub-task's answer");
-    let state = cluster.state.lock();
-    let w1 = state.workers.get("w1").expect("w1");
-    assert!(w1.lent.is_empty(), "the asker took its slot back");
-    assert_eq!((w1.slots_taken(), where_is_locked(&state, &waiting)), (1, TaskState::Queued));
-}
-
-fn where_is_locked(state: &State, id: &TaskId) -> TaskState {
-    state.tasks.get(id.as_str()).expect("task").state
+    cluster.worker_lost("w1", c1, "gone");
+    assert_eq!(where_is(&cluster, &asker), (TaskState::Queued, 2, None), "the caller is retried");
+    let canceled = commands(&mut rx3)
+        .into_iter()
+        .any(|c| matches!(c, Command::CancelTask { task_id, .. } if task_id == old));
+    assert!(canceled, "its old sub-task is not needed");
+    let (_c2, mut rx2, _) = cluster.worker_joined(registration("w2", 1, 4, &[]), String::new());
+    assert_eq!(where_is(&cluster, &asker), (TaskState::Scheduled, 2, Some("w2".into())));
+    // The old sub-task ends after the new attempt started.
+    let done = EventKind::Canceled { reason: "asked".into() };
+    cluster.worker_events("w3", c3, vec![event(&old, 1, EventKind::Working), event(&old, 2, done)]);
+    assert!(where_is(&cluster, &old).0.is_terminal());
+    let stale = commands(&mut rx2).into_iter().any(|c| matches!(c, Command::ToolReply { .. }));
+    assert!(!stale, "the old sub-task's end is no answer to the new attempt");
 }

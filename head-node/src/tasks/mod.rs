@@ -130,6 +130,9 @@ pub struct TaskEntry {
     pub children: Vec<TaskId>,
     /// Tool calls between this task and the one a client submitted.
     pub depth: u32,
+    /// The attempt of the caller (`parent`) that made the call; 0 when not known (a task
+    /// restored from a store). The answer and the slot go back only to that attempt.
+    pub caller_attempt: u32,
     /// About how much memory the task holds (input, output, events), for retention.
     pub bytes: usize,
     /// The task's `invoke_agent` span on the head, from submission to its end (empty while
@@ -474,6 +477,7 @@ impl TaskTable {
             parent,
             children: Vec::new(),
             depth,
+            caller_attempt: 0,
         };
         self.tasks.entry(id).insert_entry(entry).into_mut()
     }
