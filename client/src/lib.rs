@@ -38,6 +38,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub use fleet_proto::ToolInvocation;
 pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
@@ -48,7 +49,7 @@ pub use fleet_proto::{
 pub use outcome::TaskOutcome;
 pub use resume::SubmitControl;
 pub use tonic::{Code, Status};
-pub use tool_host::{HostCommand, HostCommands, ToolHostSender, ToolInvocation};
+pub use tool_host::{HostCommand, HostCommands, ToolHostSender};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]

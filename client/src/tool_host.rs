@@ -2,9 +2,8 @@
 //! the calls agents make of them, send their answers back.
 
 use std::pin::Pin;
-use std::time::Duration;
 
-use fleet_proto::{FunctionTool, TaskId, pb};
+use fleet_proto::{FunctionTool, ToolInvocation, pb};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,19 +20,6 @@ pub enum HostCommand {
     Canceled {
         call: u64,
     },
-}
-
-/// One call of a hosted tool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ToolInvocation {
-    /// Names the call; its answer carries it.
-    pub call: u64,
-    pub tool: String,
-    /// The arguments, a JSON object.
-    pub arguments: String,
-    pub task_id: TaskId,
-    pub context_id: String,
-    pub timeout: Duration,
 }
 
 /// The calls the head sends a host, until the stream ends (the host is gone then).
@@ -77,14 +63,7 @@ impl Client {
             Some(Ok(match command {
                 Kind::Registered(r) if r.error.is_empty() => HostCommand::Registered(Ok(r.names)),
                 Kind::Registered(r) => HostCommand::Registered(Err(r.error)),
-                Kind::Invoke(i) => HostCommand::Invoke(ToolInvocation {
-                    call: i.call,
-                    tool: i.tool,
-                    arguments: i.arguments_json,
-                    task_id: TaskId::new(i.task_id),
-                    context_id: i.context_id,
-                    timeout: Duration::from_millis(i.timeout_ms.into()),
-                }),
+                Kind::Invoke(i) => HostCommand::Invoke(i.into()),
                 Kind::Canceled(c) => HostCommand::Canceled { call: c.call },
             }))
         });

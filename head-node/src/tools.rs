@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{AgentSpec, FunctionTool, TaskId};
+use fleet_proto::{AgentSpec, FunctionTool, TaskId, ToolInvocation};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -34,24 +34,11 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// What the head sends a hosting process.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostCommand {
-    Invoke(Invocation),
+    Invoke(ToolInvocation),
     /// The call is no longer waited for: it timed out or its task ended.
     Canceled {
         call: u64,
     },
-}
-
-/// One call of a hosted tool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Invocation {
-    /// Names the call among all calls of this head; the answer carries it.
-    pub call: u64,
-    pub tool: String,
-    /// The arguments, a JSON object.
-    pub arguments: String,
-    pub task_id: TaskId,
-    pub context_id: String,
-    pub timeout: Duration,
 }
 
 /// A call waiting for its host's answer.
@@ -228,7 +215,7 @@ impl HostedTools {
         self.next_call += 1;
         let call = self.next_call;
         let timeout = entry.definition.timeout();
-        let invocation = Invocation {
+        let invocation = ToolInvocation {
             call,
             tool: tool.to_owned(),
             arguments: arguments.to_owned(),

@@ -279,6 +279,32 @@ impl From<&FunctionTool> for pb::FunctionTool {
     }
 }
 
+impl From<pb::ToolInvocation> for ToolInvocation {
+    fn from(i: pb::ToolInvocation) -> Self {
+        Self {
+            call: i.call,
+            tool: i.tool,
+            arguments: i.arguments_json,
+            task_id: TaskId::new(i.task_id),
+            context_id: i.context_id,
+            timeout: std::time::Duration::from_millis(i.timeout_ms.into()),
+        }
+    }
+}
+
+impl From<ToolInvocation> for pb::ToolInvocation {
+    fn from(i: ToolInvocation) -> Self {
+        Self {
+            call: i.call,
+            tool: i.tool,
+            arguments_json: i.arguments,
+            task_id: i.task_id.as_str().to_owned(),
+            context_id: i.context_id,
+            timeout_ms: i.timeout.as_millis().try_into().unwrap_or(u32::MAX),
+        }
+    }
+}
+
 impl From<&AgentSpec> for pb::AgentSpec {
     fn from(s: &AgentSpec) -> Self {
         Self {

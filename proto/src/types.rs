@@ -231,6 +231,19 @@ pub struct FunctionTool {
 /// How long a call of a hosted function may take unless its definition says.
 pub const DEFAULT_FUNCTION_TIMEOUT_MS: u32 = 60_000;
 
+/// One call of a hosted function, as the head sends it to the process hosting it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolInvocation {
+    /// Names the call among all calls of its head; the answer carries it.
+    pub call: u64,
+    pub tool: String,
+    /// The arguments, a JSON object.
+    pub arguments: String,
+    pub task_id: TaskId,
+    pub context_id: String,
+    pub timeout: std::time::Duration,
+}
+
 impl FunctionTool {
     /// How long a call may take.
     pub fn timeout(&self) -> std::time::Duration {

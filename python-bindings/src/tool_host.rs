@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use fleet_client::{Client, FunctionTool, HostCommand, ToolInvocation};
+use fleet_client::{Client, FunctionTool, HostCommand};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -84,14 +84,7 @@ impl ToolHost {
 
 fn local_command(command: fleet_head::tools::HostCommand) -> HostCommand {
     match command {
-        fleet_head::tools::HostCommand::Invoke(i) => HostCommand::Invoke(ToolInvocation {
-            call: i.call,
-            tool: i.tool,
-            arguments: i.arguments,
-            task_id: i.task_id,
-            context_id: i.context_id,
-            timeout: i.timeout,
-        }),
+        fleet_head::tools::HostCommand::Invoke(i) => HostCommand::Invoke(i),
         fleet_head::tools::HostCommand::Canceled { call } => HostCommand::Canceled { call },
     }
 }

@@ -331,14 +331,7 @@ async fn serve_tool_host(
                 }
             },
             command = calls.next() => match command {
-                Some(crate::tools::HostCommand::Invoke(i)) => Ok(Out::Invoke(pb::ToolInvocation {
-                    call: i.call,
-                    tool: i.tool,
-                    arguments_json: i.arguments,
-                    task_id: i.task_id.as_str().to_owned(),
-                    context_id: i.context_id,
-                    timeout_ms: i.timeout.as_millis().try_into().unwrap_or(u32::MAX),
-                })),
+                Some(crate::tools::HostCommand::Invoke(i)) => Ok(Out::Invoke(i.into())),
                 Some(crate::tools::HostCommand::Canceled { call }) => {
                     Ok(Out::Canceled(pb::ToolCallCanceled { call }))
                 }
