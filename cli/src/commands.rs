@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use fleet_client::{Client, EventKind, Submission, TaskState, TaskStream, pb};
+use fleet_client::{Client, EventKind, Reply, Submission, TaskState, TaskStream, pb};
 use futures::StreamExt;
 
 use crate::render;
@@ -88,6 +88,18 @@ pub async fn cancel(client: &Client, task: &str, out: &mut impl Write) -> Result
         }
     }
     writeln!(out, "{task} {}", render::state(state))?;
+    Ok(0)
+}
+
+/// Answers an input-required task; prints the state the reply left it in.
+pub async fn reply(
+    client: &Client,
+    task: &str,
+    reply: &Reply,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let info = client.reply(task, "", reply).await.with_context(|| format!("task {task}"))?;
+    writeln!(out, "{task} {}", render::state(info.state()))?;
     Ok(0)
 }
 

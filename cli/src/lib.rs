@@ -7,6 +7,7 @@
 //! fleet tasks [--agent A] [--state S]   retained tasks, newest first
 //! fleet logs TASK                       a task's stream, followed live to its end
 //! fleet cancel TASK
+//! fleet reply TASK "answer"             answers an input-required task (--approve, --reject)
 //! fleet submit AGENT "prompt"           submits, then streams the answer (--detach: the id)
 //! ```
 //!
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 
 use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
-use fleet_client::{Client, ConnectOptions, TaskState};
+use fleet_client::{Client, ConnectOptions, Reply, TaskState};
 
 /// The head a bare `fleet` talks to: the address `fleet-head` listens on by default.
 pub const DEFAULT_HEAD: &str = "http://127.0.0.1:7070";
@@ -73,6 +74,18 @@ pub enum Command {
     },
     /// Cancels a task; prints the state it ended in.
     Cancel { task: String },
+    /// Answers a task that is input-required: its agent's question (the text), or the
+    /// approval of a tool call (--approve, or --reject with the text as the reason).
+    Reply {
+        task: String,
+        /// The answer (for --reject, the reason).
+        #[arg(default_value = "")]
+        text: String,
+        #[arg(long, conflicts_with = "reject")]
+        approve: bool,
+        #[arg(long)]
+        reject: bool,
+    },
     /// Submits a task and streams it as `logs` does.
     Submit {
         agent: String,
@@ -140,6 +153,14 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Command::Logs { task, from } => commands::logs(&client, &task, from).await,
         Command::Cancel { task } => commands::cancel(&client, &task, out).await,
+        Command::Reply { task, text, approve, reject } => {
+            let reply = match (approve, reject) {
+                (true, _) => Reply::Approve,
+                (_, true) => Reply::Reject(text),
+                _ => Reply::Text(text),
+            };
+            commands::reply(&client, &task, &reply, out).await
+        }
         Command::Submit { agent, prompt, context, detach } => {
             commands::submit(&client, agent, prompt, context, detach).await
         }

@@ -144,7 +144,9 @@ pub fn event(event: &TaskEvent) -> String {
             format!("failed ({kind}) on {worker_id}: {error}")
         }
         EventKind::Canceled { reason } => format!("canceled: {reason}"),
-        EventKind::InputRequired { prompt } => format!("input required: {prompt}"),
+        EventKind::InputRequired { prompt, .. } => format!("input required: {prompt}"),
+        EventKind::InputReceived { text, rejected: false, .. } => format!("reply: {text}"),
+        EventKind::InputReceived { text, rejected: true, .. } => format!("rejected: {text}"),
         EventKind::Retrying { reason, failed_attempt } => {
             format!("retrying after attempt {failed_attempt}: {reason}")
         }

@@ -38,7 +38,6 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-pub use fleet_proto::ToolInvocation;
 pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
@@ -46,6 +45,7 @@ pub use fleet_proto::{
     AgentSpec, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, FunctionTool, McpServer, OutputFormat,
     Resources, Sampling, TaskEvent, TaskId, TaskOptions, TaskState, Turn, Usage,
 };
+pub use fleet_proto::{Reply, ToolInvocation};
 pub use outcome::TaskOutcome;
 pub use resume::SubmitControl;
 pub use tonic::{Code, Status};
@@ -405,6 +405,17 @@ impl Client {
         self.unary(|mut api| {
             let request = request.clone();
             async move { api.cancel_task(request).await }
+        })
+        .await
+    }
+
+    /// Answers a task that is input-required (its agent asked a question, or a tool call
+    /// waits for approval); `context_id`, when not empty, must be the task's.
+    pub async fn reply(&self, task_id: &str, context_id: &str, reply: &Reply) -> Result<TaskInfo> {
+        let request = pb::ReplyToTaskRequest::new(task_id, context_id, reply);
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.reply_to_task(request).await }
         })
         .await
     }

@@ -148,6 +148,38 @@ impl AgentRegistry {
 const MAX_TOOLS: usize = 32;
 const MAX_TOPICS: usize = 16;
 
+/// The longest a task may wait for a person.
+const MAX_INPUT_TIMEOUT_MS: u32 = 24 * 3600 * 1000;
+
+/// The tools that need approval are among the agent's, and the wait for input is bounded.
+fn check_approvals(spec: &AgentSpec) -> std::result::Result<(), String> {
+    if spec.requires_approval.len() > MAX_TOOLS {
+        return Err(format!(
+            "at most {MAX_TOOLS} tools may require approval, got {}",
+            spec.requires_approval.len()
+        ));
+    }
+    for name in &spec.requires_approval {
+        let listed = spec.tools.iter().any(|t| t == name)
+            || (name == fleet_proto::PUBLISH_TOOL && !spec.topics.is_empty())
+            // An MCP server's tools are known once the worker connects to it.
+            || (valid_name(name) && !spec.mcp.is_empty());
+        if !listed {
+            return Err(format!(
+                "requires_approval names {name:?}, which is not one of its tools ({})",
+                spec.tools.join(", ")
+            ));
+        }
+    }
+    if spec.input_timeout_ms > MAX_INPUT_TIMEOUT_MS {
+        return Err(format!(
+            "input_timeout is at most 24 hours ({MAX_INPUT_TIMEOUT_MS} ms), got {} ms",
+            spec.input_timeout_ms
+        ));
+    }
+    Ok(())
+}
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -309,13 +341,25 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
             fleet_proto::PUBLISH_TOOL
         ));
     }
+    if spec.tools.iter().any(|t| t == fleet_proto::ASK_USER_TOOL) {
+        return bad(format!(
+            "{:?} is a built-in tool: set ask_user on the agent instead of listing it",
+            fleet_proto::ASK_USER_TOOL
+        ));
+    }
     check_mcp(spec).map_err(|e| Error::InvalidAgent(format!("agent {:?}: {e}", spec.name)))?;
+    check_approvals(spec)
+        .map_err(|e| Error::InvalidAgent(format!("agent {:?}: {e}", spec.name)))?;
     match spec.tool_choice.as_str() {
         "" | "auto" => {}
-        "required" if !spec.tools.is_empty() || !spec.topics.is_empty() || !spec.mcp.is_empty() => {
-        }
+        "required"
+            if !spec.tools.is_empty()
+                || !spec.topics.is_empty()
+                || !spec.mcp.is_empty()
+                || spec.ask_user => {}
         name if spec.tools.iter().any(|t| t == name)
             || (name == fleet_proto::PUBLISH_TOOL && !spec.topics.is_empty())
+            || (name == fleet_proto::ASK_USER_TOOL && spec.ask_user)
             // An MCP server's tools are known once the worker connects to it.
             || (valid_name(name) && !spec.mcp.is_empty()) => {}
         other => {

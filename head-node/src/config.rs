@@ -211,6 +211,15 @@ pub struct AgentTable {
     /// Whether each task's first reply must call a tool: "auto", "required" or a tool's name.
     #[serde(default)]
     pub tool_choice: String,
+    /// Tools whose every call waits for a person's approval.
+    #[serde(default)]
+    pub requires_approval: Vec<String>,
+    /// The agent may ask the client questions (the built-in `ask_user` tool).
+    #[serde(default)]
+    pub ask_user: bool,
+    /// How long a task waits for an answer or an approval, in seconds (default 900).
+    #[serde(default)]
+    pub input_timeout_s: Option<f64>,
     #[serde(default)]
     pub resources: ResourcesTable,
     #[serde(default)]
@@ -303,6 +312,12 @@ impl From<AgentTable> for AgentSpec {
             topics: t.topics,
             mcp: t.mcp.into_iter().map(|m| McpServer { command: m.command, url: m.url }).collect(),
             tool_choice: t.tool_choice,
+            requires_approval: t.requires_approval,
+            ask_user: t.ask_user,
+            // Out of range values are refused when the agent is registered.
+            input_timeout_ms: t
+                .input_timeout_s
+                .map_or(0, |s| (s * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32),
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum Error {
     UnknownTask(String),
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the task queue is full ({limit} tasks waiting): retry later or add workers")]
     QueueFull { limit: usize },
     #[error(
@@ -76,7 +78,7 @@ impl Error {
             Self::QueueFull { .. } | Self::TooManyAgents { .. } | Self::TooManyPublishes { .. } => {
                 ErrorKind::Busy
             }
-            Self::Unschedulable { .. } => ErrorKind::Unsupported,
+            Self::Unschedulable { .. } | Self::Unsupported(_) => ErrorKind::Unsupported,
             Self::Mesh(_) | Self::StoreUnavailable(_) | Self::LostLease(_) => {
                 ErrorKind::Unavailable
             }

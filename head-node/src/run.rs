@@ -1,15 +1,20 @@
 //! One HTTP request's task on the cluster (the OpenAI API's and MCP's): submitted with a
 //! subscriber attached before its first event, followed to its terminal event, and canceled
 //! if the request goes away first (the HTTP client disconnected: axum drops the handler's
-//! future or the response stream).
+//! future or the response stream). These doors have no way to ask their client for input:
+//! a question or an approval the agent asks for is declined at once (the model reads why).
 
 use std::sync::Arc;
 
-use fleet_proto::{TaskEvent, TaskId};
+use fleet_proto::{EventKind, Reply, TaskEvent, TaskId};
 
 use crate::api::streams;
 use crate::cluster::{Cluster, NewTask};
 use crate::tasks::{Delivery, Subscription};
+
+/// Why the agent's questions and approvals are declined.
+const NOBODY_TO_ASK: &str = "nobody can answer: the task came through an API that takes no \
+     replies (OpenAI or MCP); go on without it, or use A2A or the Python or gRPC clients";
 
 /// A submitted task and its events.
 pub struct TaskRun {
@@ -42,6 +47,11 @@ impl TaskRun {
                     }
                     self.last_seq = event.seq;
                     self.ended = event.kind.is_terminal();
+                    if matches!(event.kind, EventKind::InputRequired { .. }) {
+                        let reply = Reply::Reject(NOBODY_TO_ASK.into());
+                        let _ = self.cluster.reply(self.task_id.as_str(), "", reply);
+                        continue;
+                    }
                     return Some(event);
                 }
                 Some(_) => continue,

@@ -322,8 +322,8 @@ fn check(tool: &FunctionTool) -> Result<()> {
     if !valid_name(&tool.name) {
         return bad("a tool name is 1 to 64 letters, digits, '-', '_' or '.'".into());
     }
-    if tool.name == fleet_proto::PUBLISH_TOOL {
-        return bad("that name is the built-in tool of agents with topics".into());
+    if tool.name == fleet_proto::PUBLISH_TOOL || tool.name == fleet_proto::ASK_USER_TOOL {
+        return bad("that name is a built-in tool's (publish, ask_user)".into());
     }
     if tool.description.len() > MAX_DEFINITION_BYTES || tool.parameters.len() > MAX_DEFINITION_BYTES
     {
@@ -363,7 +363,7 @@ mod tests {
             description: "adds".into(),
             parameters:
                 r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#.into(),
-            timeout_ms: 0,
+            ..Default::default()
         }
     }
 

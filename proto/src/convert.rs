@@ -253,6 +253,9 @@ impl From<pb::AgentSpec> for AgentSpec {
             topics: s.topics,
             mcp: s.mcp.into_iter().map(|m| McpServer { command: m.command, url: m.url }).collect(),
             tool_choice: s.tool_choice,
+            requires_approval: s.requires_approval,
+            ask_user: s.ask_user,
+            input_timeout_ms: s.input_timeout_ms,
         }
     }
 }
@@ -264,6 +267,7 @@ impl From<pb::FunctionTool> for FunctionTool {
             description: f.description,
             parameters: f.parameters_json,
             timeout_ms: f.timeout_ms,
+            requires_approval: f.requires_approval,
         }
     }
 }
@@ -275,6 +279,34 @@ impl From<&FunctionTool> for pb::FunctionTool {
             description: f.description.clone(),
             parameters_json: f.parameters.clone(),
             timeout_ms: f.timeout_ms,
+            requires_approval: f.requires_approval,
+        }
+    }
+}
+
+impl From<pb::ReplyToTaskRequest> for Reply {
+    fn from(r: pb::ReplyToTaskRequest) -> Self {
+        match r.decision() {
+            pb::ReplyDecision::Unspecified => Self::Text(r.text),
+            pb::ReplyDecision::Approve => Self::Approve,
+            pb::ReplyDecision::Reject => Self::Reject(r.text),
+        }
+    }
+}
+
+impl pb::ReplyToTaskRequest {
+    /// The request that sends `reply` to task `task_id` (of context `context_id`, if set).
+    pub fn new(task_id: &str, context_id: &str, reply: &Reply) -> Self {
+        let (text, decision) = match reply {
+            Reply::Text(text) => (text.clone(), pb::ReplyDecision::Unspecified),
+            Reply::Approve => (String::new(), pb::ReplyDecision::Approve),
+            Reply::Reject(reason) => (reason.clone(), pb::ReplyDecision::Reject),
+        };
+        Self {
+            task_id: task_id.to_owned(),
+            context_id: context_id.to_owned(),
+            text,
+            decision: decision.into(),
         }
     }
 }
@@ -326,6 +358,9 @@ impl From<&AgentSpec> for pb::AgentSpec {
                 .map(|m| pb::McpServer { command: m.command.clone(), url: m.url.clone() })
                 .collect(),
             tool_choice: s.tool_choice.clone(),
+            requires_approval: s.requires_approval.clone(),
+            ask_user: s.ask_user,
+            input_timeout_ms: s.input_timeout_ms,
         }
     }
 }
@@ -444,7 +479,18 @@ impl From<&EventKind> for pb::task_event::Kind {
                 K::Failed(pb::Failed { error, worker_id, kind: pb::ErrorKind::from(kind).into() })
             }
             EventKind::Canceled { reason } => K::Canceled(pb::Canceled { reason }),
-            EventKind::InputRequired { prompt } => K::InputRequired(pb::InputRequired { prompt }),
+            EventKind::InputRequired { prompt, call_id, tool, arguments, deadline_us } => {
+                K::InputRequired(pb::InputRequired {
+                    prompt,
+                    call_id,
+                    tool,
+                    arguments,
+                    deadline_us,
+                })
+            }
+            EventKind::InputReceived { call_id, text, rejected } => {
+                K::InputReceived(pb::InputReceived { call_id, text, rejected })
+            }
             EventKind::Retrying { reason, failed_attempt } => {
                 K::Retrying(pb::Retrying { reason, failed_attempt })
             }
@@ -482,7 +528,16 @@ impl From<pb::task_event::Kind> for EventKind {
                 Self::Failed { kind: e.kind().into(), error: e.error, worker_id: e.worker_id }
             }
             K::Canceled(e) => Self::Canceled { reason: e.reason },
-            K::InputRequired(e) => Self::InputRequired { prompt: e.prompt },
+            K::InputRequired(e) => Self::InputRequired {
+                prompt: e.prompt,
+                call_id: e.call_id,
+                tool: e.tool,
+                arguments: e.arguments,
+                deadline_us: e.deadline_us,
+            },
+            K::InputReceived(e) => {
+                Self::InputReceived { call_id: e.call_id, text: e.text, rejected: e.rejected }
+            }
             K::Retrying(e) => Self::Retrying { reason: e.reason, failed_attempt: e.failed_attempt },
             K::Embeddings(e) => {
                 Self::Embeddings { vectors: e.vectors.into_iter().map(|v| v.values).collect() }

@@ -34,6 +34,8 @@ pub fn bearer(token: &str) -> String {
 
 /// The tool agents with topics publish on them with; no agent may be called so.
 pub const PUBLISH_TOOL: &str = "publish";
+/// The built-in tool of agents with `ask_user`: asks the client a question.
+pub const ASK_USER_TOOL: &str = "ask_user";
 
 /// What an agent called as a tool is asked: the call's `input` argument, or the arguments
 /// as given (the head relaying a call and a worker calling over the mesh agree on this).

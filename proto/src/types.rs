@@ -206,6 +206,56 @@ pub struct AgentSpec {
     /// Whether each task's first reply must call a tool: `auto` (or empty), `required`, or
     /// a tool's name.
     pub tool_choice: String,
+    /// Tools whose every call waits for a person's approval.
+    pub requires_approval: Vec<String>,
+    /// The agent has the built-in [`ASK_USER_TOOL`]: its model may ask the client a question.
+    pub ask_user: bool,
+    /// How long a task waits for input before it fails; 0 = [`DEFAULT_INPUT_TIMEOUT_MS`].
+    pub input_timeout_ms: u32,
+}
+
+/// How long a task waits for an answer or an approval unless its agent says.
+pub const DEFAULT_INPUT_TIMEOUT_MS: u32 = 15 * 60 * 1000;
+
+impl AgentSpec {
+    /// How long a task of this agent waits for input.
+    pub fn input_timeout(&self) -> std::time::Duration {
+        let ms = match self.input_timeout_ms {
+            0 => DEFAULT_INPUT_TIMEOUT_MS,
+            ms => ms,
+        };
+        std::time::Duration::from_millis(ms.into())
+    }
+}
+
+/// A client's reply to a task that is input-required.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// An answer to a question; for an approval, "yes"/"approve" approves and anything else
+    /// rejects (the words the reason).
+    Text(String),
+    /// Run the tool call that waits for approval.
+    Approve,
+    /// Do not run it, or decline the question; the reason.
+    Reject(String),
+}
+
+impl Reply {
+    /// Whether an approval is granted (`false` for a rejection), and the words of the reply.
+    pub fn approves(&self) -> (bool, &str) {
+        match self {
+            Self::Approve => (true, ""),
+            Self::Reject(reason) => (false, reason),
+            Self::Text(text) => {
+                let word = text.trim().trim_end_matches(['.', '!']).to_ascii_lowercase();
+                let yes = matches!(
+                    word.as_str(),
+                    "yes" | "y" | "approve" | "approved" | "ok" | "okay" | "allow" | "go ahead"
+                );
+                (yes, text)
+            }
+        }
+    }
 }
 
 /// An MCP server: a program spoken to over stdio (`command`), or a streamable HTTP endpoint
@@ -226,6 +276,8 @@ pub struct FunctionTool {
     pub parameters: String,
     /// How long a call may take; 0 = [`DEFAULT_FUNCTION_TIMEOUT_MS`].
     pub timeout_ms: u32,
+    /// Every call waits for a person's approval first.
+    pub requires_approval: bool,
 }
 
 /// How long a call of a hosted function may take unless its definition says.
@@ -487,8 +539,25 @@ pub enum EventKind {
     Canceled {
         reason: String,
     },
+    /// The task waits for a person: an answer to its agent's question (`ask_user`), or the
+    /// approval of a tool call (`tool` set).
     InputRequired {
         prompt: String,
+        /// The tool call that waits on the answer.
+        call_id: String,
+        /// For an approval: the tool to call and its arguments.
+        tool: String,
+        arguments: String,
+        /// When the task stops waiting and fails (µs since the Unix epoch).
+        deadline_us: u64,
+    },
+    /// The client's reply to an `InputRequired`: the task works again.
+    InputReceived {
+        call_id: String,
+        /// The answer, or the reason given for a rejection.
+        text: String,
+        /// The approval was refused, or the question declined.
+        rejected: bool,
     },
     Retrying {
         reason: String,
@@ -525,7 +594,7 @@ impl EventKind {
         match self {
             Self::Submitted { .. } | Self::Retrying { .. } => Some(TaskState::Queued),
             Self::Scheduled { .. } => Some(TaskState::Scheduled),
-            Self::Working => Some(TaskState::Working),
+            Self::Working | Self::InputReceived { .. } => Some(TaskState::Working),
             Self::Completed { .. } => Some(TaskState::Completed),
             Self::Failed { .. } => Some(TaskState::Failed),
             Self::Canceled { .. } => Some(TaskState::Canceled),

@@ -140,6 +140,15 @@ impl Backend {
         }
     }
 
+    pub async fn reply(&self, task_id: &str, reply: fleet_client::Reply) -> Result<()> {
+        match self {
+            Self::Remote(client) => client.reply(task_id, "", &reply).await.map(drop),
+            Self::Local(cluster) => {
+                cluster.reply(task_id, "", reply).map(drop).map_err(local_error)
+            }
+        }
+    }
+
     pub async fn status(&self) -> Result<ClusterStatus> {
         match self {
             Self::Remote(client) => client.status().await,

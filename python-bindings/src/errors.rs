@@ -21,7 +21,12 @@ pyo3::create_exception!(
 pyo3::create_exception!(agentfleet, NotFound, FleetError, "No such agent or task.");
 pyo3::create_exception!(agentfleet, InvalidArgument, FleetError, "The request was malformed.");
 pyo3::create_exception!(agentfleet, ResourceExhausted, FleetError, "The cluster's queue is full.");
-pyo3::create_exception!(agentfleet, FailedPrecondition, FleetError, "No worker can run the agent.");
+pyo3::create_exception!(
+    agentfleet,
+    FailedPrecondition,
+    FleetError,
+    "Not possible in the state things are in: no worker can run the agent, the task has ended."
+);
 pyo3::create_exception!(agentfleet, TaskFailed, FleetError, "A task ended in failure.");
 pyo3::create_exception!(agentfleet, Cancelled, FleetError, "A task was canceled.");
 

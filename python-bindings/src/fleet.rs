@@ -393,7 +393,8 @@ impl Fleet {
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
         stop=Vec::new(), presence_penalty=None, frequency_penalty=None,
-        topics=Vec::new(), output_schema=None, mcp=Vec::new(), tool_choice=String::new()
+        topics=Vec::new(), output_schema=None, mcp=Vec::new(), tool_choice=String::new(),
+        requires_approval=Vec::new(), ask_user=false, input_timeout=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -422,6 +423,9 @@ impl Fleet {
         output_schema: Option<Bound<'_, PyAny>>,
         mcp: Vec<Bound<'_, PyDict>>,
         tool_choice: String,
+        requires_approval: Vec<Bound<'_, PyAny>>,
+        ask_user: bool,
+        input_timeout: Option<f64>,
     ) -> PyResult<Agent> {
         let this = slf.get();
         // Agents' names stay; functions (and `af.tool`s) are hosted by this process first.
@@ -441,6 +445,26 @@ impl Fleet {
             }
         };
         let mcp = mcp.iter().map(mcp_server).collect::<PyResult<Vec<_>>>()?;
+        // Names, or the tools themselves (functions and `af.tool`s by their names).
+        let requires_approval = requires_approval
+            .iter()
+            .map(|t| match t.extract::<String>() {
+                Ok(name) => Ok(name),
+                Err(_) => match t.getattr("name") {
+                    Ok(name) => name.extract(),
+                    Err(_) => t.getattr("__name__")?.extract(),
+                },
+            })
+            .collect::<PyResult<Vec<String>>>()?;
+        let input_timeout_ms = match input_timeout {
+            None => 0,
+            Some(s) if s > 0.0 && s <= 86_400.0 => (s * 1000.0).ceil() as u32,
+            Some(s) => {
+                return Err(errors::InvalidArgument::new_err(format!(
+                    "input_timeout is in seconds, more than 0 and at most 86400 (a day): got {s}"
+                )));
+            }
+        };
         let schema = output_schema.map(|s| OutputSchema::from_py(&s)).transpose()?.map(Arc::new);
         let format = schema.as_ref().map(|s| OutputFormat::JsonSchema(s.text.clone()));
         let client = this.client.clone();
@@ -483,6 +507,9 @@ impl Fleet {
             topics,
             mcp,
             tool_choice,
+            requires_approval,
+            ask_user,
+            input_timeout_ms,
         };
         runtime::block_on(
             py,
@@ -494,7 +521,9 @@ impl Fleet {
     /// Hosts a Python function as a tool of this cluster's agents, in this process: as a
     /// decorator (`@fleet.tool`, `@fleet.tool(timeout=5)`) or a call (`fleet.tool(fn)`).
     /// See `agentfleet.tool` for how the function becomes a tool.
-    #[pyo3(signature = (func=None, *, name=None, description=None, timeout=None))]
+    #[pyo3(signature = (
+        func=None, *, name=None, description=None, timeout=None, requires_approval=false
+    ))]
     fn tool<'py>(
         slf: &Bound<'py, Self>,
         py: Python<'py>,
@@ -502,11 +531,13 @@ impl Fleet {
         name: Option<String>,
         description: Option<String>,
         timeout: Option<f64>,
+        requires_approval: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kwargs = PyDict::new(py);
         kwargs.set_item("name", name)?;
         kwargs.set_item("description", description)?;
         kwargs.set_item("timeout", timeout)?;
+        kwargs.set_item("requires_approval", requires_approval)?;
         py.import("agentfleet.tools")?.call_method("_fleet_tool", (slf, func), Some(&kwargs))
     }
 

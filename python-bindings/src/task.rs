@@ -30,6 +30,9 @@ struct LogState {
     events: Vec<Event>,
     /// Set once the stream ended: `None` for a clean end.
     ended: Option<Option<String>>,
+    /// The seq of the last `input_required` this process replied to: the log may not show
+    /// the reply yet, and the request is no longer waiting.
+    replied_to: u64,
 }
 
 impl TaskLog {
@@ -81,6 +84,48 @@ impl TaskLog {
     fn last(&self) -> Option<Event> {
         self.state.lock().events.last().cloned()
     }
+
+    /// The task's state after the events so far, as A2A names it.
+    fn state(&self) -> &'static str {
+        let state = self.state.lock();
+        let last = state.events.iter().rev().find(|e| state_after(e.kind).is_some());
+        match last {
+            None => "submitted",
+            // Replied to from here: working again, whether the log shows it yet or not.
+            Some(e) if e.kind == "input_required" && e.seq <= state.replied_to => "working",
+            Some(e) => state_after(e.kind).unwrap_or("submitted"),
+        }
+    }
+
+    /// The `input_required` event the task waits on, if it waits.
+    fn waiting_for(&self) -> Option<Event> {
+        let state = self.state.lock();
+        let last = state.events.iter().rev().find(|e| state_after(e.kind).is_some())?;
+        (last.kind == "input_required" && last.seq > state.replied_to).then(|| last.clone())
+    }
+
+    /// The request of seq `seq` has been replied to.
+    fn replied(&self, seq: u64) {
+        let mut state = self.state.lock();
+        state.replied_to = state.replied_to.max(seq);
+        drop(state);
+        self.changed.notify_all();
+        self.changed_async.notify_waiters();
+    }
+}
+
+/// The state a task is in after an event of kind `kind` (`None`: unchanged).
+fn state_after(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "submitted" | "retrying" => "queued",
+        "scheduled" => "scheduled",
+        "working" | "input_received" => "working",
+        "input_required" => "input-required",
+        "completed" => "completed",
+        "failed" => "failed",
+        "canceled" => "canceled",
+        _ => return None,
+    })
 }
 
 /// Reads `stream` into a new log in the background; returns once the first event (which
@@ -172,6 +217,19 @@ impl Task {
         }
     }
 
+    fn send_reply(&self, py: Python<'_>, reply: fleet_client::Reply) -> PyResult<()> {
+        let (client, id) = (self.client.clone(), self.id.clone());
+        let request = self.log.waiting_for().map(|e| e.seq);
+        runtime::block_on(
+            py,
+            async move { client.reply(&id, reply).await.map_err(errors::to_py) },
+        )?;
+        if let Some(seq) = request {
+            self.log.replied(seq);
+        }
+        Ok(())
+    }
+
     /// Waits (GIL released, Ctrl-C noticed) until the task ends.
     fn wait_end(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<String>> {
         let log = self.log.clone();
@@ -211,6 +269,62 @@ impl Task {
         let client = self.client.clone();
         let id = self.id.clone();
         runtime::block_on(py, async move { client.cancel(&id).await.map_err(errors::to_py) })
+    }
+
+    /// The task's state: queued, scheduled, working, input-required, completed, failed or
+    /// canceled (as its events so far say).
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.log.state()
+    }
+
+    /// The `input_required` event the task waits on (its `text` the question; `tool` and
+    /// `arguments` set when a tool call waits for approval), or None when it does not wait.
+    #[getter]
+    fn input_request(&self) -> Option<Event> {
+        self.log.waiting_for()
+    }
+
+    /// Waits until the task needs input (returns its `input_required` event) or ends
+    /// (returns None); TimeoutError after `timeout` seconds.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_input(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
+        let log = self.log.clone();
+        let waited = async move {
+            loop {
+                let notified = log.changed_async.notified();
+                if let Some(request) = log.waiting_for() {
+                    return Some(request);
+                }
+                if log.state.lock().ended.is_some() {
+                    return None;
+                }
+                notified.await;
+            }
+        };
+        match runtime::wait(py, waited, timeout.map(Duration::from_secs_f64))? {
+            Ok(request) => Ok(request),
+            Err(Interrupted::Signal(e)) => Err(e),
+            Err(timeout) => Err(timeout.into()),
+        }
+    }
+
+    /// Answers the question the task waits on (for an approval: "yes"/"approve" approves,
+    /// anything else rejects). Raises InvalidArgument when the task is not input-required.
+    fn reply(&self, py: Python<'_>, text: String) -> PyResult<()> {
+        self.send_reply(py, fleet_client::Reply::Text(text))
+    }
+
+    /// Approves the tool call the task waits on: the call runs.
+    fn approve(&self, py: Python<'_>) -> PyResult<()> {
+        self.send_reply(py, fleet_client::Reply::Approve)
+    }
+
+    /// Rejects the tool call the task waits on (or declines its question); the agent's model
+    /// reads `reason`.
+    #[pyo3(signature = (reason=String::new()))]
+    fn reject(&self, py: Python<'_>, reason: String) -> PyResult<()> {
+        self.send_reply(py, fleet_client::Reply::Reject(reason))
     }
 
     /// Whether the task has ended.

@@ -185,22 +185,21 @@ async fn remote(
 
 #[pymethods]
 impl ToolHost {
-    /// Registers tools given as `(name, description, parameters_json, timeout_ms)`; returns
-    /// their names. Raises `InvalidArgument` with the head's reason when it refuses them.
+    /// Registers tools given as `(name, description, parameters_json, timeout_ms,
+    /// requires_approval)`; returns their names. Raises `InvalidArgument` with the head's
+    /// reason when it refuses them.
     fn register(
         &self,
         py: Python<'_>,
-        tools: Vec<(String, String, String, u32)>,
+        tools: Vec<(String, String, String, u32, bool)>,
     ) -> PyResult<Vec<String>> {
-        let tools: Vec<FunctionTool> = tools
-            .into_iter()
-            .map(|(name, description, parameters, timeout_ms)| FunctionTool {
-                name,
-                description,
-                parameters,
-                timeout_ms,
-            })
-            .collect();
+        let tools: Vec<FunctionTool> =
+            tools
+                .into_iter()
+                .map(|(name, description, parameters, timeout_ms, requires_approval)| {
+                    FunctionTool { name, description, parameters, timeout_ms, requires_approval }
+                })
+                .collect();
         let closed = || errors::Unavailable::new_err("this tool host is closed");
         let link = match &*self.link.lock() {
             None => return Err(closed()),

@@ -14,6 +14,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::ask::Asking;
 use crate::gate::Lease;
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
@@ -113,6 +114,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     };
     if let ToolChoice::Function(name) = &tool_choice
         && toolbox.get(name).is_none()
+        && !(name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user())
         && client_tools.is_none()
     {
         return Err(failed(
@@ -289,6 +291,21 @@ async fn call_tool(
         arguments: call.arguments.clone(),
         traceparent: traceparent.to_owned(),
     };
+    let asking = || Asking { task: &run.task, sink: &run.sink, cancel: &run.cancel };
+    if let Some(human) = &toolbox.human {
+        if call.name == fleet_proto::ASK_USER_TOOL && human.asks_user() {
+            emit(&run.sink, &run.task, announce).await;
+            return human.ask_user(asking(), &call.id, &call.arguments).await;
+        }
+        // Asked before the call is announced: the announcement starts calls through the head.
+        if human.needs_approval(&call.name) && toolbox.get(&call.name).is_some() {
+            let approval =
+                human.approve(asking(), &run.spec.name, &call.id, &call.name, &call.arguments);
+            if let Some(refused) = approval.await? {
+                return Ok(refused);
+            }
+        }
+    }
     let Some(tool) = toolbox.get(&call.name) else {
         emit(&run.sink, &run.task, announce).await;
         let known = toolbox.names();

@@ -40,7 +40,9 @@ impl PendingCalls {
         self.0.lock().clear();
     }
 
-    fn wait(&self, key: (TaskId, String)) -> (Waiting, oneshot::Receiver<ToolOutcome>) {
+    /// Waits for the head's answer to call `key`: the answer comes on the receiver while the
+    /// [`Waiting`] is held.
+    pub(crate) fn wait(&self, key: (TaskId, String)) -> (Waiting, oneshot::Receiver<ToolOutcome>) {
         let (tx, rx) = oneshot::channel();
         self.0.lock().insert(key.clone(), tx);
         (Waiting { calls: self.clone(), key }, rx)
@@ -48,7 +50,7 @@ impl PendingCalls {
 }
 
 /// A call's place among the pending calls, given up when the call ends or is abandoned.
-struct Waiting {
+pub(crate) struct Waiting {
     calls: PendingCalls,
     key: (TaskId, String),
 }

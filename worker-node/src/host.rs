@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::actor::{AgentActor, AgentArgs, Run, RunningTasks};
 use crate::agent_calls::{AgentCaller, MeshCall};
+use crate::ask::HumanInput;
 use crate::callee::LocalCalls;
 use crate::head_calls::{HeadCall, PendingCalls};
 use crate::mcp::{self, McpPolicy};
@@ -266,6 +267,7 @@ impl ActorHost {
     /// agent with topics.
     fn own_tools(&self, spec: &AgentSpec, functions: &[FunctionTool]) -> Toolbox {
         let mut toolbox = Toolbox::default();
+        toolbox.human = HumanInput::new(spec, functions, self.calls.clone());
         for name in &spec.tools {
             let tool: Arc<dyn ToolCaller> =
                 match (functions.iter().find(|f| f.name == *name), &self.caller) {

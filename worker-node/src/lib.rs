@@ -29,6 +29,7 @@
 pub mod actor;
 pub mod agent_calls;
 pub mod agent_loop;
+pub mod ask;
 pub mod callee;
 pub mod cli;
 pub mod config;

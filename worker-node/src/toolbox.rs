@@ -14,6 +14,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
+use crate::ask::HumanInput;
 use crate::gate::Lease;
 
 /// How long a tool call may take.
@@ -103,6 +104,8 @@ impl ToolboxSource {
 #[derive(Clone, Default)]
 pub struct Toolbox {
     tools: Vec<(String, Arc<dyn ToolCaller>)>,
+    /// What the agent may ask its client: the `ask_user` tool, approvals of calls.
+    pub human: Option<HumanInput>,
 }
 
 impl std::fmt::Debug for Toolbox {
@@ -124,17 +127,30 @@ impl Toolbox {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tools.is_empty()
+        self.tools.is_empty() && !self.asks_user()
+    }
+
+    /// Whether the agent has the built-in `ask_user` tool (which the agent loop answers).
+    pub fn asks_user(&self) -> bool {
+        self.human.as_ref().is_some_and(HumanInput::asks_user)
     }
 
     /// The tools as the model sees them.
     pub fn definitions(&self) -> Vec<serde_json::Value> {
-        self.tools.iter().map(|(_, tool)| tool.definition()).collect()
+        let mut definitions: Vec<_> =
+            self.tools.iter().map(|(_, tool)| tool.definition()).collect();
+        if self.asks_user() {
+            definitions.push(HumanInput::ask_user_definition());
+        }
+        definitions
     }
 
     /// The tools' names, for a model that called one that does not exist.
     pub fn names(&self) -> String {
-        let names: Vec<&str> = self.tools.iter().map(|(name, _)| name.as_str()).collect();
+        let mut names: Vec<&str> = self.tools.iter().map(|(name, _)| name.as_str()).collect();
+        if self.asks_user() {
+            names.push(fleet_proto::ASK_USER_TOOL);
+        }
         names.join(", ")
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_proto::EventKind;
+use fleet_proto::{EventKind, Reply};
 use futures::Stream;
 use serde_json::{Value, json};
 
@@ -11,7 +11,7 @@ use super::errors::A2aError;
 use super::message::incoming;
 use super::push::PushConfig;
 use super::{A2a, Version, render};
-use crate::cluster::{NewTask, TaskFilter, TaskInfo};
+use crate::cluster::{Exchange, NewTask, TaskFilter, TaskInfo};
 use crate::tasks::{Delivery, Subscriber, Subscription};
 
 /// How long CancelTask waits for the worker to confirm before answering.
@@ -92,6 +92,47 @@ fn submit(
     Ok(id)
 }
 
+/// A message to task `task_id` (of `agent`): the client's reply to the question it waits on
+/// (a message without a contextId is the task's). Once the reply's event is stored, returns
+/// its seq and a subscription to the task's events after it.
+async fn reply(
+    a2a: &A2a,
+    agent: &str,
+    task_id: &str,
+    params: &Value,
+) -> Result<(Subscription, u64), A2aError> {
+    check_agent(a2a, agent)?;
+    let message = incoming(params)?;
+    task_of(a2a, agent, task_id)?;
+    let push = params
+        .get("configuration")
+        .and_then(|c| {
+            c.get("taskPushNotificationConfig").or_else(|| c.get("pushNotificationConfig"))
+        })
+        .filter(|p| p.is_object())
+        .map(|raw| PushConfig::from_json(task_id, raw))
+        .transpose()?;
+    if let Some(config) = &push {
+        a2a.webhooks.check_target(config)?;
+    }
+    let context_id = message.context_id.as_deref().unwrap_or_default();
+    let replied = a2a.cluster.reply(task_id, context_id, Reply::Text(message.text))?;
+    // Its webhooks' delivery ended at input-required: it goes on.
+    a2a.webhooks.resume(a2a, task_id);
+    if let Some(config) = push {
+        a2a.webhooks.set(a2a, config)?;
+    }
+    let seq = replied.events;
+    let mut sub = a2a.cluster.watch(task_id, seq)?;
+    // The answer promises the reply was taken: not before it is stored.
+    if let Some(Delivery::Event(_)) = crate::api::streams::next(&mut sub).await {
+        return Ok((sub, seq));
+    }
+    Err(A2aError::from(crate::Error::Unsupported(format!(
+        "task {task_id} stopped being followed before the reply was stored: get it with GetTask"
+    ))))
+}
+
 fn submit_message(
     a2a: &A2a,
     agent: &str,
@@ -100,13 +141,6 @@ fn submit_message(
 ) -> Result<String, A2aError> {
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
-    if let Some(task_id) = message.task_id {
-        let info = task_of(a2a, agent, &task_id)?;
-        return Err(A2aError::unsupported(format!(
-            "task {task_id:?} is {}: continuing a task is not supported; send a new message with its contextId",
-            render::state(info.state, Version::V03)
-        )));
-    }
     let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let task = NewTask {
         agent: agent.to_owned(),
@@ -148,15 +182,27 @@ pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<
             !config.and_then(|c| c.get("blocking")).and_then(Value::as_bool).unwrap_or(true)
         }
     };
-    let id = submit(a2a, agent, params, None)?;
-    // The answer promises the task exists: not before it is stored.
-    a2a.cluster.stored(&id).await?;
-    if !return_immediately {
-        let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
-        if !render::ends_stream(info.state) {
-            wait_for_end(sub, None).await;
+    let id = match incoming(params)?.task_id {
+        Some(task_id) => {
+            let (sub, _) = reply(a2a, agent, &task_id, params).await?;
+            if !return_immediately {
+                wait_for_end(sub, None).await;
+            }
+            task_id
         }
-    }
+        None => {
+            let id = submit(a2a, agent, params, None)?;
+            // The answer promises the task exists: not before it is stored.
+            a2a.cluster.stored(&id).await?;
+            if !return_immediately {
+                let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
+                if !render::ends_stream(info.state) {
+                    wait_for_end(sub, None).await;
+                }
+            }
+            id
+        }
+    };
     let info = task_of(a2a, agent, &id)?;
     let task = render_task(a2a, &info, history_length, v);
     Ok(match v {
@@ -174,6 +220,12 @@ pub async fn stream(
 ) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
     // Followed from its first event, which comes once the task is stored (the stream's
     // first item promises it exists); the stream starts with the task as it was then.
+    if let Some(task_id) = incoming(params)?.task_id {
+        // A reply: the task as the reply left it (working again), then the rest.
+        let (sub, seq) = reply(a2a, agent, &task_id, params).await?;
+        let info = a2a.cluster.task_as_of(&task_id, seq)?;
+        return Ok(updates(a2a, info, sub, v));
+    }
     let (sub, mut subscription) = a2a.cluster.subscriber();
     let id = submit(a2a, agent, params, Some(sub))?;
     let _submitted = crate::api::streams::next(&mut subscription).await;
@@ -236,10 +288,16 @@ fn updates(
                         v,
                     )
                 }
-                EventKind::Working | EventKind::Retrying { .. } => {
-                    if matches!(event.kind, EventKind::Retrying { .. }) {
-                        info.output.clear();
-                        chunked = false;
+                EventKind::Working => render::status_update(&info, v),
+                EventKind::Retrying { .. } => {
+                    info.output.clear();
+                    info.exchanges.clear();
+                    chunked = false;
+                    render::status_update(&info, v)
+                }
+                EventKind::InputReceived { text, rejected, .. } => {
+                    if let Some(asked) = info.exchanges.last_mut() {
+                        (asked.reply, asked.rejected) = (Some(text.clone()), *rejected);
                     }
                     render::status_update(&info, v)
                 }
@@ -272,7 +330,11 @@ fn updates(
                     info.finished_at_us = event.timestamp_us;
                     render::status_update(&info, v)
                 }
-                EventKind::InputRequired { .. } => render::status_update(&info, v),
+                EventKind::InputRequired { prompt, .. } => {
+                    let asked = Exchange { prompt: prompt.clone(), reply: None, rejected: false };
+                    info.exchanges.push(asked);
+                    render::status_update(&info, v)
+                }
                 EventKind::Submitted { .. }
                 | EventKind::Scheduled { .. }
                 | EventKind::ToolCall { .. }

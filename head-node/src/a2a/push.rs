@@ -294,6 +294,16 @@ impl Webhooks {
         Ok(())
     }
 
+    /// A task that waited for input works again: its webhooks hear of it again (their
+    /// delivery ended at input-required, as an A2A exchange does).
+    pub fn resume(&self, a2a: &A2a, task_id: &str) {
+        if !self.list(task_id).is_empty()
+            && let Err(e) = self.deliver(a2a, task_id)
+        {
+            warn!(task_id, error = %e.message, "push notifications not resumed");
+        }
+    }
+
     /// Follows the task and notifies its webhooks of every status change, then of the end.
     fn deliver(&self, a2a: &A2a, task_id: &str) -> Result<(), A2aError> {
         let (info, mut sub) = a2a.cluster.snapshot_and_watch(task_id)?;

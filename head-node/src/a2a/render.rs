@@ -107,10 +107,16 @@ pub fn status(info: &TaskInfo, v: Version) -> Value {
         "state": state(info.state, v),
         "timestamp": timestamp(if info.finished_at_us > 0 { info.finished_at_us } else { fleet_proto::now_us() }),
     });
+    let (id, ctx) = (info.task_id.as_str(), info.context_id.as_str());
     if matches!(info.state, TaskState::Failed | TaskState::Canceled) && !info.error.is_empty() {
-        let id = format!("{}-status", info.task_id);
-        status["message"] =
-            message(&id, false, &info.error, info.task_id.as_str(), &info.context_id, v);
+        status["message"] = message(&format!("{id}-status"), false, &info.error, id, ctx, v);
+    }
+    // The question the task waits on, as the message its client answers.
+    if info.state == TaskState::InputRequired
+        && let Some(asked) = info.exchanges.len().checked_sub(1)
+    {
+        let prompt = &info.exchanges[asked].prompt;
+        status["message"] = message(&format!("{id}-ask-{asked}"), false, prompt, id, ctx, v);
     }
     status
 }
@@ -135,11 +141,17 @@ fn artifact(parts: Value) -> Value {
     json!({"artifactId": ARTIFACT_ID, "name": "output", "parts": parts})
 }
 
-/// The two messages of one finished (or running) turn: the user's input and, once
-/// completed, the agent's answer.
+/// The messages of one finished (or running) turn: the user's input, each question the
+/// agent asked and its reply, and, once completed, the agent's answer.
 pub fn turn(info: &TaskInfo, v: Version) -> Vec<Value> {
     let (id, ctx) = (info.task_id.as_str(), info.context_id.as_str());
     let mut messages = vec![message(&format!("{id}-user"), true, &info.input, id, ctx, v)];
+    for (n, exchange) in info.exchanges.iter().enumerate() {
+        messages.push(message(&format!("{id}-ask-{n}"), false, &exchange.prompt, id, ctx, v));
+        if let Some(reply) = &exchange.reply {
+            messages.push(message(&format!("{id}-reply-{n}"), true, reply, id, ctx, v));
+        }
+    }
     if info.state == TaskState::Completed {
         messages.push(message(&format!("{id}-agent"), false, &info.output, id, ctx, v));
     }

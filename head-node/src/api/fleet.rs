@@ -162,6 +162,18 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
     }
 
+    async fn reply_to_task(
+        &self,
+        request: Request<pb::ReplyToTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        let request = request.into_inner();
+        let (id, context) = (request.task_id.clone(), request.context_id.clone());
+        let info = self.cluster.reply(&id, &context, request.into())?;
+        // The answer promises the reply was taken: not before it is stored.
+        self.cluster.stored_up_to(&id, info.events).await?;
+        Ok(Response::new(info.into()))
+    }
+
     async fn cancel_task(
         &self,
         request: Request<pb::CancelTaskRequest>,

@@ -38,6 +38,7 @@ use crate::{Error, Result};
 mod calls;
 mod durable;
 mod hosted;
+mod input;
 mod inspect;
 mod lifecycle;
 mod membership;
@@ -51,8 +52,8 @@ pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
 use lifecycle::*;
 use submit::*;
 pub use views::{
-    AgentInfo, AgentLoad, ClusterStatus, ModelInfo, NewTask, TaskFilter, TaskInfo, TaskPage,
-    WorkerInfo,
+    AgentInfo, AgentLoad, ClusterStatus, Exchange, ModelInfo, NewTask, TaskFilter, TaskInfo,
+    TaskPage, WorkerInfo,
 };
 
 /// How many queued tasks one drain looks at past tasks that must keep waiting.

@@ -130,7 +130,12 @@ impl Cluster {
     /// Waits until a task's submission is stored (at once without a store): a caller that
     /// answers with the task id promises it survives a restart.
     pub async fn stored(&self, task_id: &str) -> Result<()> {
-        let mut subscription = self.watch(task_id, 1)?;
+        self.stored_up_to(task_id, 1).await
+    }
+
+    /// Returns once the task's event `seq` is stored (or the task is no longer followed).
+    pub async fn stored_up_to(&self, task_id: &str, seq: u64) -> Result<()> {
+        let mut subscription = self.watch(task_id, seq)?;
         let _ = subscription.rx.recv().await;
         Ok(())
     }

@@ -50,6 +50,38 @@ pub struct TaskInfo {
     pub structured: bool,
     /// The task that called this one as a tool.
     pub parent: Option<TaskId>,
+    /// What the task asked its client, and the replies, in order (of its latest attempt).
+    pub exchanges: Vec<Exchange>,
+}
+
+/// A question (or a request for approval) a task asked its client, and the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub prompt: String,
+    /// `None` while the task waits.
+    pub reply: Option<String>,
+    pub rejected: bool,
+}
+
+/// The exchanges with the client in `events` (those of the last attempt).
+fn exchanges(events: &[Arc<fleet_proto::TaskEvent>]) -> Vec<Exchange> {
+    let mut exchanges = Vec::new();
+    for e in events {
+        match &e.kind {
+            EventKind::InputRequired { prompt, .. } => {
+                exchanges.push(Exchange { prompt: prompt.clone(), reply: None, rejected: false });
+            }
+            EventKind::InputReceived { text, rejected, .. } => {
+                if let Some(last) = exchanges.last_mut() {
+                    last.reply = Some(text.clone());
+                    last.rejected = *rejected;
+                }
+            }
+            EventKind::Retrying { .. } => exchanges.clear(),
+            _ => {}
+        }
+    }
+    exchanges
 }
 
 impl From<&TaskEntry> for TaskInfo {
@@ -79,6 +111,7 @@ impl From<&TaskEntry> for TaskInfo {
                 )
             }),
             parent: t.parent.as_ref().map(|(id, _)| id.clone()),
+            exchanges: exchanges(&t.events),
         }
     }
 }
@@ -97,6 +130,7 @@ impl TaskInfo {
         info.error.clear();
         info.worker_id.clear();
         (info.usage, info.finished_at_us) = (Default::default(), 0);
+        info.exchanges = exchanges(events);
         for e in events {
             if let Some(state) = e.kind.state_after() {
                 info.state = state;

@@ -265,7 +265,16 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
             ("failed", json!({ "error": error, "worker": worker_id, "kind": kind.as_str() }))
         }
         EventKind::Canceled { reason } => ("canceled", json!({ "reason": reason })),
-        EventKind::InputRequired { prompt } => ("input_required", json!({ "prompt": prompt })),
+        EventKind::InputRequired { prompt, call_id, tool, arguments, deadline_us } => (
+            "input_required",
+            json!({
+                "prompt": prompt, "call_id": call_id, "tool": tool, "arguments": arguments,
+                "deadline_us": deadline_us,
+            }),
+        ),
+        EventKind::InputReceived { call_id, text, rejected } => {
+            ("input_received", json!({ "call_id": call_id, "text": text, "rejected": rejected }))
+        }
         EventKind::Retrying { reason, failed_attempt } => {
             ("retrying", json!({ "reason": reason, "failed_attempt": failed_attempt }))
         }

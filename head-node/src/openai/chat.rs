@@ -136,9 +136,6 @@ pub(super) fn ended_without_answer(kind: Option<&EventKind>) -> ApiError {
         Some(EventKind::Canceled { reason }) => {
             ApiError::server(format!("the task was canceled: {reason}"))
         }
-        Some(EventKind::InputRequired { prompt }) => ApiError::server(format!(
-            "the agent asked for more input ({prompt}), which this API cannot give: use the A2A API"
-        )),
         _ => ApiError::server("the task's events stopped before it ended: retry the request"),
     }
 }
@@ -176,9 +173,7 @@ pub(super) async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
                 let message = AssistantMessage { role: "assistant", content, tool_calls: calls };
                 return Ok(Answer { message, finish_reason: finish, usage: *usage, logprobs });
             }
-            kind @ (EventKind::Failed { .. }
-            | EventKind::Canceled { .. }
-            | EventKind::InputRequired { .. }) => {
+            kind @ (EventKind::Failed { .. } | EventKind::Canceled { .. }) => {
                 return Err(ended_without_answer(Some(kind)));
             }
             _ => {}
@@ -315,9 +310,7 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Out>, bool) {
                 let last = s.head.chunk(s.index, Delta::default(), Some(finish));
                 return (vec![Out::Chunk(last), Out::Done(*usage)], false);
             }
-            EventKind::Failed { .. }
-            | EventKind::Canceled { .. }
-            | EventKind::InputRequired { .. } => {
+            EventKind::Failed { .. } | EventKind::Canceled { .. } => {
                 let e = ended_without_answer(Some(&event.kind));
                 return (vec![Out::Fatal(error_event(&e))], false);
             }

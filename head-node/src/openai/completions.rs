@@ -291,9 +291,9 @@ async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
                 logprobs.clear();
             }
             EventKind::Completed { usage } => return Ok(Answer { text, usage: *usage, logprobs }),
-            kind @ (EventKind::Failed { .. }
-            | EventKind::Canceled { .. }
-            | EventKind::InputRequired { .. }) => return Err(ended_without_answer(Some(kind))),
+            kind @ (EventKind::Failed { .. } | EventKind::Canceled { .. }) => {
+                return Err(ended_without_answer(Some(kind)));
+            }
             _ => {}
         }
     }
@@ -346,9 +346,7 @@ impl Streaming {
                         false,
                     );
                 }
-                kind @ (EventKind::Failed { .. }
-                | EventKind::Canceled { .. }
-                | EventKind::InputRequired { .. }) => {
+                kind @ (EventKind::Failed { .. } | EventKind::Canceled { .. }) => {
                     return (vec![Out::Fatal(ended_without_answer(Some(kind)))], false);
                 }
                 _ => {}

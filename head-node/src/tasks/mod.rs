@@ -176,12 +176,15 @@ fn event_bytes(kind: &EventKind) -> usize {
         | EventKind::Scheduled { worker_id: s }
         | EventKind::TextDelta { text: s, .. }
         | EventKind::Canceled { reason: s }
-        | EventKind::InputRequired { prompt: s }
         | EventKind::Retrying { reason: s, .. } => s.len(),
         EventKind::ToolCall { call_id, name, arguments, .. } => {
             call_id.len() + name.len() + arguments.len()
         }
-        EventKind::ToolResult { call_id, output, .. } => call_id.len() + output.len(),
+        EventKind::ToolResult { call_id, output: text, .. }
+        | EventKind::InputReceived { call_id, text, .. } => call_id.len() + text.len(),
+        EventKind::InputRequired { prompt, call_id, tool, arguments, .. } => {
+            prompt.len() + call_id.len() + tool.len() + arguments.len()
+        }
         EventKind::Failed { error, worker_id, .. } => error.len() + worker_id.len(),
         EventKind::Embeddings { vectors } => {
             vectors.iter().map(|v| v.len() * 4 + std::mem::size_of::<Vec<f32>>()).sum()
@@ -770,7 +773,13 @@ mod tests {
                     }
                     (1, Some(id)) => (id, EventKind::Scheduled { worker_id: "w".into() }),
                     (2, Some(id)) => (id, EventKind::Working),
-                    (3, Some(id)) => (id, EventKind::InputRequired { prompt: String::new() }),
+                    (3, Some(id)) => (id, EventKind::InputRequired {
+                        prompt: String::new(),
+                        call_id: String::new(),
+                        tool: String::new(),
+                        arguments: String::new(),
+                        deadline_us: 0,
+                    }),
                     (4, Some(id)) => (id, EventKind::Completed { usage: Usage::default() }),
                     (_, Some(id)) => (id, EventKind::Canceled { reason: String::new() }),
                 };

@@ -52,7 +52,8 @@ class Cancelled(FleetError): ...
 @final
 class Event:
     """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
-    tool_call, tool_result, embeddings, completed, failed, canceled, input_required, retrying.
+    tool_call, tool_result, embeddings, completed, failed, canceled, input_required,
+    input_received, retrying.
     (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them. A
     tool_call's ``tool`` is the tool and ``text`` its arguments; a tool_result's ``text`` is
     the answer, also in ``error`` when the tool reported an error.)"""
@@ -77,6 +78,14 @@ class Event:
         ``internal``, ...); empty for other events."""
     @property
     def tool(self) -> str: ...
+    @property
+    def arguments(self) -> str:
+        """The arguments of the tool call an input_required asks to approve."""
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def rejected(self) -> bool:
+        """An input_received that rejected the approval (or declined the question)."""
     @property
     def prompt_tokens(self) -> int: ...
     @property
@@ -104,6 +113,22 @@ class Task:
         """The task's text, or under an output schema its answer parsed (a pydantic model
         instance for a model class, else what ``json.loads`` gives)."""
     def cancel(self) -> None: ...
+    @property
+    def state(self) -> str:
+        """queued, scheduled, working, input-required, completed, failed or canceled."""
+    @property
+    def input_request(self) -> Event | None:
+        """The ``input_required`` event the task waits on (``text`` the question; ``tool``
+        and ``arguments`` set when a tool call waits for approval), or None."""
+    def wait_input(self, timeout: float | None = None) -> Event | None:
+        """Waits until the task needs input (its ``input_required`` event) or ends (None)."""
+    def reply(self, text: str) -> None:
+        """Answers the question the task waits on (for an approval: "yes"/"approve"
+        approves, anything else rejects)."""
+    def approve(self) -> None:
+        """Approves the tool call the task waits on."""
+    def reject(self, reason: str = "") -> None:
+        """Rejects the tool call the task waits on (or declines its question)."""
     def done(self) -> bool: ...
     def events(self) -> EventIterator: ...
     def aevents(self) -> AsyncEventIterator: ...
@@ -197,6 +222,9 @@ class Fleet:
         output_schema: _OutputSchema | None = None,
         mcp: list[dict[str, object]] = ...,
         tool_choice: str = ...,
+        requires_approval: list[str | Callable[..., Any]] = ...,
+        ask_user: bool = False,
+        input_timeout: float | None = None,
     ) -> Agent: ...
     def tool(
         self,
@@ -205,6 +233,7 @@ class Fleet:
         name: str | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        requires_approval: bool = False,
     ) -> Any:
         """Hosts a function as a tool of the cluster's agents in this process
         (``@fleet.tool``, ``@fleet.tool(timeout=5)`` or ``fleet.tool(fn)``)."""

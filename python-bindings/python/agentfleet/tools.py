@@ -59,6 +59,7 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        requires_approval: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"a tool is made of a function, not {fn!r}")
@@ -73,6 +74,8 @@ class Tool:
         if timeout is not None and not (0 < timeout <= 3600):
             raise ValueError(f"timeout is in seconds, more than 0 and at most 3600: got {timeout!r}")
         self.timeout = timeout
+        #: Every call waits for a person's approval (the task is input-required until then).
+        self.requires_approval = bool(requires_approval)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.parameters, self._convert = _signature_schema(fn, arg_docs)
 
@@ -82,10 +85,12 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
-    def definition(self) -> tuple[str, str, str, int]:
-        """(name, description, parameters as JSON, timeout in ms; 0: the default)."""
+    def definition(self) -> tuple[str, str, str, int, bool]:
+        """(name, description, parameters as JSON, timeout in ms (0: the default), whether
+        calls wait for approval)."""
         timeout_ms = 0 if self.timeout is None else max(1, round(self.timeout * 1000))
-        return (self.name, self.description, json.dumps(self.parameters), timeout_ms)
+        parameters = json.dumps(self.parameters)
+        return (self.name, self.description, parameters, timeout_ms, self.requires_approval)
 
     def arguments(self, arguments_json: str) -> dict[str, Any]:
         """The call's JSON arguments as keyword arguments of the function."""
@@ -101,12 +106,17 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    requires_approval: bool = False,
 ) -> Any:
-    """Makes a function a `Tool` (as ``@af.tool`` or ``@af.tool(timeout=5)``) without
-    hosting it yet: an agent created with it in ``tools=[...]`` hosts it in this process."""
+    """Makes a function a `Tool` (as ``@af.tool``, ``@af.tool(timeout=5)`` or
+    ``@af.tool(requires_approval=True)``) without hosting it yet: an agent created with it in
+    ``tools=[...]`` hosts it in this process."""
+    options: dict[str, Any] = dict(
+        name=name, description=description, timeout=timeout, requires_approval=requires_approval
+    )
     if fn is None:
-        return lambda f: Tool(f, name=name, description=description, timeout=timeout)
-    return Tool(fn, name=name, description=description, timeout=timeout)
+        return lambda f: Tool(f, **options)
+    return Tool(fn, **options)
 
 
 # ---- hosting --------------------------------------------------------------------------
@@ -230,7 +240,7 @@ def _fleet_tool(fleet: Any, fn: Any = None, **options: Any) -> Any:
     """`Fleet.tool`: makes `fn` a tool hosted by this process, or a decorator that does."""
 
     def host(f: Any) -> Tool:
-        if isinstance(f, Tool) and not any(v is not None for v in options.values()):
+        if isinstance(f, Tool) and not any(v not in (None, False) for v in options.values()):
             t = f
         else:
             t = Tool(f, **options)

@@ -159,9 +159,7 @@ impl Streamer {
                     out.push(self.event(kind, json!({"response": response})));
                     return (out, false);
                 }
-                kind @ (EventKind::Failed { .. }
-                | EventKind::Canceled { .. }
-                | EventKind::InputRequired { .. }) => {
+                kind @ (EventKind::Failed { .. } | EventKind::Canceled { .. }) => {
                     return (self.fail(&ended_without_answer(Some(kind))), false);
                 }
                 _ => {}
