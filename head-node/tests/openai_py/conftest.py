@@ -29,6 +29,12 @@ instructions = "You extract the city and the country a sentence is about."
 sampling = { max_tokens = 60, temperature = 0.0 }
 output_schema = { type = "object", required = ["city", "country"], additionalProperties = false, properties = { city = { type = "string", maxLength = 30 }, country = { type = "string", maxLength = 30 } } }
 
+# Asks its user (through a `<tool_call>` echoed back): nobody here can answer.
+[[agent]]
+name = "asker"
+model = "builtin:echo"
+ask_user = true
+
 # One sequence at a time and one waiting behind it: a third request finds the model busy.
 [[agent]]
 name = "one-at-a-time"

@@ -76,6 +76,21 @@ def test_an_agent_as_the_model(cluster: Cluster) -> None:
     assert reply.choices[0].message.content == "one two" and reply.choices[0].finish_reason == "length"
 
 
+def test_an_agent_that_asks_its_user_hears_that_nobody_can_answer(cluster: Cluster) -> None:
+    """The OpenAI API cannot ask its client: the question is declined and the task goes on
+    (echo answers with its tool's result), over both the chat and the Responses API."""
+    ask = '<tool_call>{"name": "ask_user", "arguments": {"question": "Which city?"}}</tool_call>'
+    client = cluster.client()
+    reply = client.chat.completions.create(model="asker", messages=[{"role": "user", "content": ask}])
+    content = reply.choices[0].message.content or ""
+    assert content.startswith("the user declined to answer: nobody can answer"), content
+    stream = client.chat.completions.create(model="asker", messages=[{"role": "user", "content": ask}], stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == content
+    response = client.responses.create(model="asker", input=ask)
+    assert response.output_text == content
+
+
 def test_models(cluster: Cluster) -> None:
     models = {m.id: m.owned_by for m in cluster.client().models.list()}
     assert models["builtin:echo"] == "agentfleet"
