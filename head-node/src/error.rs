@@ -24,6 +24,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("the task queue is full ({limit} tasks waiting): retry later or add workers")]
     QueueFull { limit: usize },
     #[error(
@@ -79,9 +81,10 @@ impl Error {
                 ErrorKind::Busy
             }
             Self::Unschedulable { .. } | Self::Unsupported(_) => ErrorKind::Unsupported,
-            Self::Mesh(_) | Self::StoreUnavailable(_) | Self::LostLease(_) => {
-                ErrorKind::Unavailable
-            }
+            Self::Mesh(_)
+            | Self::StoreUnavailable(_)
+            | Self::LostLease(_)
+            | Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Store(_) | Self::Io(_) => ErrorKind::Internal,
         }
     }

@@ -123,3 +123,45 @@ def test_map_rides_through_a_failover_to_a_standby_head(postgres_url: str) -> No
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_task_waiting_for_its_user_waits_through_a_head_restart(tmp_path: Path) -> None:
+    """A task is input-required when its head is SIGKILLed and started again on its data:
+    it is still input-required after the restart, and the reply reaches the worker that
+    runs it (which kept waiting), so the task completes with it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(tmp_path)]
+
+    def start_head() -> Node:
+        head = Node("head", *args)
+        assert head.proc.stdout is not None
+        line = head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        return head
+
+    head = start_head()
+    address = f"http://127.0.0.1:{port}"
+    worker = Node("worker", "--head", address, "--join-token", "j0in")
+    try:
+        with af.init(address, token="s3cret") as fleet:
+            asker = fleet.agent("asker", model="builtin:echo", ask_user=True)
+            ask = '<tool_call>{"name": "ask_user", "arguments": {"question": "Which city?"}}</tool_call>'
+            task = asker.submit(ask)
+            assert task.wait_input(timeout=30) is not None
+            head.stop()
+            head = start_head()
+            # The worker rejoins; until it has, the head says to reply again.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    task.reply("Lyon")
+                    break
+                except af.Unavailable as e:
+                    assert time.monotonic() < deadline, f"the worker did not rejoin: {e}"
+                    time.sleep(0.05)
+            assert task.result(timeout=30) == "Lyon"
+    finally:
+        worker.stop()
+        head.stop()

@@ -145,8 +145,8 @@ impl HumanInput {
     }
 
     /// Announces the request and waits for the reply, at most the agent's input timeout.
-    /// A lost connection to the head does not end the wait: the head (restarted, maybe)
-    /// knows the task waits from its event log, and the reply comes on the new connection.
+    /// The wait outlives a broken connection to the head (the worker keeps its tasks and
+    /// their waiters while it rejoins; a restarted head knows the task waits from its log).
     async fn wait(
         &self,
         asking: Asking<'_>,
@@ -155,10 +155,8 @@ impl HumanInput {
         tool: &str,
         arguments: &str,
     ) -> Result<Reply, EventKind> {
-        let key = (asking.task.task_id.clone(), call_id.to_owned());
         // Waiting before the request is announced, so a fast reply always finds its waiter.
-        let (mut waiting, mut answer) = self.calls.wait(key.clone());
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (_waiting, answer) = self.calls.wait((asking.task.task_id.clone(), call_id.into()));
         let request = EventKind::InputRequired {
             prompt,
             call_id: call_id.to_owned(),
@@ -168,35 +166,25 @@ impl HumanInput {
         };
         emit(asking.sink, asking.task, request).await;
         let what = if tool.is_empty() { "an answer" } else { "the approval of a call" };
-        loop {
-            let reply = tokio::select! {
-                biased;
-                () = asking.cancel.cancelled() => {
-                    return Err(EventKind::Canceled { reason: "canceled".into() });
-                }
-                reply = &mut answer => reply,
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(failed(
-                        ErrorKind::Unavailable,
-                        format!(
-                            "nobody replied within {} s (the agent's input timeout) while the \
-                             task waited for {what}",
-                            self.timeout.as_secs()
-                        ),
-                    ));
-                }
-            };
-            match reply {
-                Ok(outcome) => {
-                    return Ok(Reply { text: outcome.output, rejected: outcome.is_error });
-                }
-                // The connection to the head was lost (its waiters cleared): wait on, the
-                // old place given up before the new one is taken.
-                Err(_) => {
-                    drop(waiting);
-                    (waiting, answer) = self.calls.wait(key.clone());
-                }
-            }
+        tokio::select! {
+            biased;
+            () = asking.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
+            reply = tokio::time::timeout(self.timeout, answer) => match reply {
+                Ok(Ok(outcome)) => Ok(Reply { text: outcome.output, rejected: outcome.is_error }),
+                // The worker gave up on the head (its tasks are canceled too).
+                Ok(Err(_)) => Err(failed(
+                    ErrorKind::Unavailable,
+                    format!("the connection to the head was lost while the task waited for {what}"),
+                )),
+                Err(_) => Err(failed(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "nobody replied within {} s (the agent's input timeout) while the task \
+                         waited for {what}",
+                        self.timeout.as_secs()
+                    ),
+                )),
+            },
         }
     }
 }

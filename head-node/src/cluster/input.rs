@@ -49,6 +49,16 @@ impl Cluster {
                 )));
             }
         };
+        // Its worker gets the reply now or never: a worker that has not rejoined (a
+        // restarted head, a broken connection) would not hear it.
+        let worker = task.worker.as_deref().and_then(|w| state.workers.get(w));
+        if worker.is_none() {
+            return Err(Error::Unavailable(format!(
+                "task {id}'s worker is not connected to the head at the moment (it rejoins \
+                 after a restart or a broken connection): reply again in a few seconds"
+            )));
+        }
+        let task = state.tasks.get_mut(id).ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
         let received =
             EventKind::InputReceived { call_id: call_id.clone(), text: text.clone(), rejected };
         task.push(received, fleet_proto::now_us());

@@ -7,6 +7,7 @@ use parking_lot::Mutex as TestMutex;
 
 use super::*;
 use crate::store::{Batch, Snapshot, Store, StoreError};
+use fleet_proto::Reply;
 
 fn config(max_retries: u32) -> HeadConfig {
     let mut config = HeadConfig::default();
@@ -350,4 +351,64 @@ fn a_retried_caller_hears_only_the_calls_of_its_new_attempt() {
     assert!(where_is(&cluster, &old).0.is_terminal());
     let stale = commands(&mut rx2).into_iter().any(|c| matches!(c, Command::ToolReply { .. }));
     assert!(!stale, "the old sub-task's end is no answer to the new attempt");
+}
+
+#[test]
+fn a_reply_goes_to_the_waiting_call_once_and_only_while_the_task_waits() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c, mut rx, _) = cluster.worker_joined(registration("w1", 1, 0, &[]), String::new());
+    let t = task(&cluster, "book a hotel");
+    let asked = |call: &str, tool: &str| EventKind::InputRequired {
+        prompt: "Which city?".into(),
+        call_id: call.into(),
+        tool: tool.into(),
+        arguments: String::new(),
+        deadline_us: 0,
+    };
+    cluster.worker_events("w1", c, vec![event(&t, 0, EventKind::Working)]);
+    let early = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()));
+    assert!(
+        matches!(early, Err(Error::InvalidArgument(ref m)) if m.contains("not input-required"))
+    );
+    cluster.worker_events("w1", c, vec![event(&t, 0, asked("c1", ""))]);
+    assert_eq!(where_is(&cluster, &t).0, TaskState::InputRequired);
+    let context = cluster.task(t.as_str()).expect("task").context_id;
+    let elsewhere = cluster.reply(t.as_str(), "other", Reply::Text("Paris".into()));
+    assert!(
+        matches!(elsewhere, Err(Error::InvalidArgument(ref m)) if m.contains("belongs to context"))
+    );
+    let approval = cluster.reply(t.as_str(), "", Reply::Approve);
+    assert!(matches!(approval, Err(Error::InvalidArgument(_))), "a question is answered in words");
+    commands(&mut rx);
+
+    let info = cluster.reply(t.as_str(), &context, Reply::Text("Paris".into())).expect("replied");
+    assert_eq!(info.state, TaskState::Working);
+    let sent = commands(&mut rx);
+    assert!(
+        matches!(&sent[..], [Command::ToolReply { call_id, output, is_error: false, .. }]
+            if call_id == "c1" && output == "Paris"),
+        "{sent:?}"
+    );
+    let again = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()));
+    assert!(again.is_err(), "one reply per request");
+
+    // An approval: any words but a yes reject, and the words are the reason.
+    cluster.worker_events("w1", c, vec![event(&t, 0, asked("c2", "delete"))]);
+    cluster.reply(t.as_str(), "", Reply::Text("no, keep it".into())).expect("replied");
+    let sent = commands(&mut rx);
+    assert!(
+        matches!(&sent[..], [Command::ToolReply { call_id, output, is_error: true, .. }]
+            if call_id == "c2" && output == "no, keep it"),
+        "{sent:?}"
+    );
+    let info = cluster.task(t.as_str()).expect("task");
+    let replies: Vec<_> = info.exchanges.iter().map(|e| (e.reply.as_deref(), e.rejected)).collect();
+    assert_eq!(replies, [(Some("Paris"), false), (Some("no, keep it"), true)]);
+
+    // A worker that is gone hears nothing: the reply is refused, not lost.
+    cluster.worker_events("w1", c, vec![event(&t, 0, asked("c3", ""))]);
+    cluster.state.lock().workers.remove("w1", c);
+    let unheard = cluster.reply(t.as_str(), "", Reply::Text("Lyon".into()));
+    assert!(matches!(unheard, Err(Error::Unavailable(_))), "{unheard:?}");
+    assert_eq!(where_is(&cluster, &t).0, TaskState::InputRequired);
 }
