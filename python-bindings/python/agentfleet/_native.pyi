@@ -127,7 +127,7 @@ class Task:
         approves, anything else rejects)."""
     def approve(self) -> None:
         """Approves the tool call the task waits on."""
-    def reject(self, reason: str = "") -> None:
+    def reject(self, reason: str = ...) -> None:
         """Rejects the tool call the task waits on (or declines its question)."""
     def done(self) -> bool: ...
     def events(self) -> EventIterator: ...
