@@ -98,7 +98,7 @@ pub async fn reply(
     reply: &Reply,
     out: &mut impl Write,
 ) -> Result<i32> {
-    let info = client.reply(task, "", reply).await.with_context(|| format!("task {task}"))?;
+    let info = client.reply(task, "", reply, 0).await.with_context(|| format!("task {task}"))?;
     writeln!(out, "{task} {}", render::state(info.state()))?;
     Ok(0)
 }

@@ -410,10 +410,18 @@ impl Client {
     }
 
     /// Answers a task that is input-required (its agent asked a question, or a tool call
-    /// waits for approval); `context_id`, when not empty, must be the task's.
-    pub async fn reply(&self, task_id: &str, context_id: &str, reply: &Reply) -> Result<TaskInfo> {
-        let request = pb::ReplyToTaskRequest::new(task_id, context_id, reply);
-        self.unary(|mut api| {
+    /// waits for approval); `context_id`, when not empty, must be the task's; `request_seq`,
+    /// when not 0, the seq of the `InputRequired` event answered. Never sent twice: a
+    /// second copy could answer the task's next request.
+    pub async fn reply(
+        &self,
+        task_id: &str,
+        context_id: &str,
+        reply: &Reply,
+        request_seq: u64,
+    ) -> Result<TaskInfo> {
+        let request = pb::ReplyToTaskRequest::new(task_id, context_id, reply, request_seq);
+        self.unary_with(false, |mut api| {
             let request = request.clone();
             async move { api.reply_to_task(request).await }
         })

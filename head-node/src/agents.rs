@@ -173,7 +173,8 @@ fn check_approvals(spec: &AgentSpec) -> std::result::Result<(), String> {
     }
     if spec.input_timeout_ms > MAX_INPUT_TIMEOUT_MS {
         return Err(format!(
-            "input_timeout is at most 24 hours ({MAX_INPUT_TIMEOUT_MS} ms), got {} ms",
+            "input_timeout is more than 0 and at most 24 hours ({MAX_INPUT_TIMEOUT_MS} ms), \
+             got {} ms",
             spec.input_timeout_ms
         ));
     }

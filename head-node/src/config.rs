@@ -314,10 +314,10 @@ impl From<AgentTable> for AgentSpec {
             tool_choice: t.tool_choice,
             requires_approval: t.requires_approval,
             ask_user: t.ask_user,
-            // Out of range values are refused when the agent is registered.
-            input_timeout_ms: t
-                .input_timeout_s
-                .map_or(0, |s| (s * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32),
+            // A value out of range becomes one the registration refuses (over a day).
+            input_timeout_ms: t.input_timeout_s.map_or(0, |s| {
+                if s > 0.0 { (s * 1000.0).ceil().min(u32::MAX as f64) as u32 } else { u32::MAX }
+            }),
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::tasks::{Delivery, Subscription};
 const NOBODY_TO_ASK: &str = "nobody can answer: the task came through an API that takes no \
      replies (OpenAI or MCP); go on without it, or use A2A or the Python or gRPC clients";
 
+/// How often a decline is tried while the task's worker is away (100 ms apart).
+const DECLINE_TRIES: u32 = 300;
+
 /// A submitted task and its events.
 pub struct TaskRun {
     cluster: Arc<Cluster>,
@@ -48,8 +51,7 @@ impl TaskRun {
                     self.last_seq = event.seq;
                     self.ended = event.kind.is_terminal();
                     if matches!(event.kind, EventKind::InputRequired { .. }) {
-                        let reply = Reply::Reject(NOBODY_TO_ASK.into());
-                        let _ = self.cluster.reply(self.task_id.as_str(), "", reply);
+                        self.decline(event.seq).await;
                         continue;
                     }
                     return Some(event);
@@ -63,6 +65,23 @@ impl TaskRun {
                 None => return None,
             }
         }
+    }
+}
+
+impl TaskRun {
+    /// Declines the task's request `seq`; while its worker rejoins the head (a reply would
+    /// not reach it), again a moment later.
+    async fn decline(&self, seq: u64) {
+        for _ in 0..DECLINE_TRIES {
+            let reply = Reply::Reject(NOBODY_TO_ASK.into());
+            match self.cluster.reply(self.task_id.as_str(), "", reply, seq) {
+                Err(crate::Error::Unavailable(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                _ => return,
+            }
+        }
+        tracing::warn!(task_id = %self.task_id, "its worker did not rejoin: the request stays unanswered");
     }
 }
 

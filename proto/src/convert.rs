@@ -295,8 +295,9 @@ impl From<pb::ReplyToTaskRequest> for Reply {
 }
 
 impl pb::ReplyToTaskRequest {
-    /// The request that sends `reply` to task `task_id` (of context `context_id`, if set).
-    pub fn new(task_id: &str, context_id: &str, reply: &Reply) -> Self {
+    /// The request that sends `reply` to task `task_id` (of context `context_id`, if set),
+    /// for its request `request_seq` (0: whatever it waits on).
+    pub fn new(task_id: &str, context_id: &str, reply: &Reply, request_seq: u64) -> Self {
         let (text, decision) = match reply {
             Reply::Text(text) => (text.clone(), pb::ReplyDecision::Unspecified),
             Reply::Approve => (String::new(), pb::ReplyDecision::Approve),
@@ -307,6 +308,7 @@ impl pb::ReplyToTaskRequest {
             context_id: context_id.to_owned(),
             text,
             decision: decision.into(),
+            request_seq,
         }
     }
 }

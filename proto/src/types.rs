@@ -543,7 +543,8 @@ pub enum EventKind {
     /// approval of a tool call (`tool` set).
     InputRequired {
         prompt: String,
-        /// The tool call that waits on the answer.
+        /// Names the request (`CALL_ID/input`, after the tool call that waits on it); the
+        /// reply carries it.
         call_id: String,
         /// For an approval: the tool to call and its arguments.
         tool: String,

@@ -140,11 +140,17 @@ impl Backend {
         }
     }
 
-    pub async fn reply(&self, task_id: &str, reply: fleet_client::Reply) -> Result<()> {
+    /// Replies to the task's request `request_seq` (0: whatever it waits on).
+    pub async fn reply(
+        &self,
+        task_id: &str,
+        reply: fleet_client::Reply,
+        request_seq: u64,
+    ) -> Result<()> {
         match self {
-            Self::Remote(client) => client.reply(task_id, "", &reply).await.map(drop),
+            Self::Remote(client) => client.reply(task_id, "", &reply, request_seq).await.map(drop),
             Self::Local(cluster) => {
-                cluster.reply(task_id, "", reply).map(drop).map_err(local_error)
+                cluster.reply(task_id, "", reply, request_seq).map(drop).map_err(local_error)
             }
         }
     }

@@ -219,11 +219,11 @@ impl Task {
 
     fn send_reply(&self, py: Python<'_>, reply: fleet_client::Reply) -> PyResult<()> {
         let (client, id) = (self.client.clone(), self.id.clone());
+        // The request this process sees: a reply never answers a later one it has not seen.
         let request = self.log.waiting_for().map(|e| e.seq);
-        runtime::block_on(
-            py,
-            async move { client.reply(&id, reply).await.map_err(errors::to_py) },
-        )?;
+        let seq = request.unwrap_or(0);
+        let replied = async move { client.reply(&id, reply, seq).await.map_err(errors::to_py) };
+        runtime::block_on(py, replied)?;
         if let Some(seq) = request {
             self.log.replied(seq);
         }

@@ -155,11 +155,14 @@ impl HumanInput {
         tool: &str,
         arguments: &str,
     ) -> Result<Reply, EventKind> {
+        // The request is named apart from the call it is for: a reply the head sends again
+        // (to a worker that rejoined) never answers the call itself.
+        let request_id = format!("{call_id}/input");
         // Waiting before the request is announced, so a fast reply always finds its waiter.
-        let (_waiting, answer) = self.calls.wait((asking.task.task_id.clone(), call_id.into()));
+        let (_waiting, answer) = self.calls.wait((asking.task.task_id.clone(), request_id.clone()));
         let request = EventKind::InputRequired {
             prompt,
-            call_id: call_id.to_owned(),
+            call_id: request_id,
             tool: tool.to_owned(),
             arguments: arguments.to_owned(),
             deadline_us: now_us() + self.timeout.as_micros() as u64,

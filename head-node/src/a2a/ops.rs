@@ -115,13 +115,12 @@ async fn reply(
     if let Some(config) = &push {
         a2a.webhooks.check_target(config)?;
     }
-    let context_id = message.context_id.as_deref().unwrap_or_default();
-    let replied = a2a.cluster.reply(task_id, context_id, Reply::Text(message.text))?;
-    // Its webhooks' delivery ended at input-required: it goes on.
-    a2a.webhooks.resume(a2a, task_id);
+    // Set before the reply is taken: a config refused fails the request before it does.
     if let Some(config) = push {
         a2a.webhooks.set(a2a, config)?;
     }
+    let context_id = message.context_id.as_deref().unwrap_or_default();
+    let replied = a2a.cluster.reply(task_id, context_id, Reply::Text(message.text), 0)?;
     let seq = replied.events;
     let mut sub = a2a.cluster.watch(task_id, seq)?;
     // The answer promises the reply was taken: not before it is stored.

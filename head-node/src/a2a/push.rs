@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::errors::A2aError;
 use super::{A2a, Version, ops, render, targets};
+use crate::cluster::Exchange;
 use crate::tasks::Delivery;
 
 /// Configs per task at most. (Tasks with configs are bounded by the tasks the head keeps:
@@ -202,7 +203,7 @@ impl Webhooks {
         }
         for task_id in open {
             // A task that ended needs no delivery (it was made when it ended).
-            let ended = a2a.cluster.task(&task_id).is_ok_and(|t| render::ends_stream(t.state));
+            let ended = a2a.cluster.task(&task_id).is_ok_and(|t| t.state.is_terminal());
             if !ended && let Err(e) = self.deliver(a2a, &task_id) {
                 warn!(task_id, error = %e.message, "push notifications not resumed");
             }
@@ -294,23 +295,15 @@ impl Webhooks {
         Ok(())
     }
 
-    /// A task that waited for input works again: its webhooks hear of it again (their
-    /// delivery ended at input-required, as an A2A exchange does).
-    pub fn resume(&self, a2a: &A2a, task_id: &str) {
-        if !self.list(task_id).is_empty()
-            && let Err(e) = self.deliver(a2a, task_id)
-        {
-            warn!(task_id, error = %e.message, "push notifications not resumed");
-        }
-    }
-
     /// Follows the task and notifies its webhooks of every status change, then of the end.
+    /// A question the task asks is a status change like the others (with the question as
+    /// its message): delivery goes on through it to the end, however the client replies.
     fn deliver(&self, a2a: &A2a, task_id: &str) -> Result<(), A2aError> {
         let (info, mut sub) = a2a.cluster.snapshot_and_watch(task_id)?;
         let (hooks, a2a) = (self.clone(), a2a.clone());
         tokio::spawn(async move {
             let mut info = info;
-            if !render::ends_stream(info.state) {
+            if !info.state.is_terminal() {
                 while let Some(delivery) = crate::api::streams::next(&mut sub).await {
                     let Delivery::Event(event) = delivery else { continue };
                     let Some(state) = event.kind.state_after() else { continue };
@@ -323,7 +316,12 @@ impl Webhooks {
                     {
                         info.error.clone_from(error);
                     }
-                    if render::ends_stream(state) {
+                    if let EventKind::InputRequired { prompt, .. } = &event.kind {
+                        let asked =
+                            Exchange { prompt: prompt.clone(), reply: None, rejected: false };
+                        info.exchanges.push(asked);
+                    }
+                    if state.is_terminal() {
                         break;
                     }
                     hooks

@@ -168,7 +168,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<pb::TaskInfo>, Status> {
         let request = request.into_inner();
         let (id, context) = (request.task_id.clone(), request.context_id.clone());
-        let info = self.cluster.reply(&id, &context, request.into())?;
+        let seq = request.request_seq;
+        let info = self.cluster.reply(&id, &context, request.into(), seq)?;
         // The answer promises the reply was taken: not before it is stored.
         self.cluster.stored_up_to(&id, info.events).await?;
         Ok(Response::new(info.into()))

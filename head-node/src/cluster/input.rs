@@ -12,7 +12,14 @@ use super::*;
 impl Cluster {
     /// Answers task `id`, which must be input-required; `context_id` (when not empty) must be
     /// the task's. The task works again once its worker has the answer.
-    pub fn reply(&self, id: &str, context_id: &str, reply: Reply) -> Result<TaskInfo> {
+    /// `request_seq` (when not 0) is the seq of the `InputRequired` the reply is for.
+    pub fn reply(
+        &self,
+        id: &str,
+        context_id: &str,
+        reply: Reply,
+        request_seq: u64,
+    ) -> Result<TaskInfo> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let task = state.tasks.get_mut(id).ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
@@ -30,12 +37,18 @@ impl Cluster {
                 task.state.as_str()
             )));
         }
-        let Some((call_id, approval)) = awaited(task) else {
+        let Some((call_id, approval, seq)) = awaited(task) else {
             return Err(Error::InvalidArgument(format!(
                 "task {id} is {}, not input-required: there is nothing to reply to",
                 task.state.as_str()
             )));
         };
+        if request_seq != 0 && request_seq != seq {
+            return Err(Error::InvalidArgument(format!(
+                "task {id} waits on its request {seq} now, not {request_seq}: read it and reply \
+                 to that one"
+            )));
+        }
         let (text, rejected) = match (approval, reply) {
             (true, reply) => {
                 let (approved, words) = reply.approves();
@@ -49,34 +62,52 @@ impl Cluster {
                 )));
             }
         };
-        // Its worker gets the reply now or never: a worker that has not rejoined (a
-        // restarted head, a broken connection) would not hear it.
+        // Its worker gets the reply now or the reply is refused: a worker that has not
+        // rejoined (a restarted head, a broken connection) would not hear it.
+        let answer = Command::ToolReply {
+            task_id: task.id.clone(),
+            call_id: call_id.clone(),
+            output: text.clone(),
+            is_error: rejected,
+        };
         let worker = task.worker.as_deref().and_then(|w| state.workers.get(w));
-        if worker.is_none() {
+        if !worker.is_some_and(|w| !w.commands.is_cut() && w.commands.send(answer)) {
             return Err(Error::Unavailable(format!(
                 "task {id}'s worker is not connected to the head at the moment (it rejoins \
                  after a restart or a broken connection): reply again in a few seconds"
             )));
         }
         let task = state.tasks.get_mut(id).ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
-        let received =
-            EventKind::InputReceived { call_id: call_id.clone(), text: text.clone(), rejected };
-        task.push(received, fleet_proto::now_us());
-        let info = TaskInfo::from(&*task);
-        let task_id = task.id.clone();
-        reply_to_call(state, &task_id, call_id, text, rejected);
-        Ok(info)
+        task.push(EventKind::InputReceived { call_id, text, rejected }, fleet_proto::now_us());
+        Ok(TaskInfo::from(&*task))
     }
 }
 
-/// The call task `task` waits on for input, and whether it is an approval; `None` unless
-/// it is input-required.
-pub(super) fn awaited(task: &TaskEntry) -> Option<(String, bool)> {
+/// The call task `task` waits on for input, whether it is an approval, and the seq of its
+/// request; `None` unless it is input-required.
+pub(super) fn awaited(task: &TaskEntry) -> Option<(String, bool, u64)> {
     if task.state != TaskState::InputRequired {
         return None;
     }
     task.events.iter().rev().find_map(|e| match &e.kind {
-        EventKind::InputRequired { call_id, tool, .. } => Some((call_id.clone(), !tool.is_empty())),
+        EventKind::InputRequired { call_id, tool, .. } => {
+            Some((call_id.clone(), !tool.is_empty(), e.seq))
+        }
         _ => None,
     })
+}
+
+/// The reply a rejoining worker may have missed: the task's last event is the reply, sent
+/// on a connection that broke before the head noticed. (A worker that had it answers
+/// nobody with it: its wait is over.)
+pub(super) fn reply_to_resend(task: &TaskEntry) -> Option<Command> {
+    match &task.events.last()?.kind {
+        EventKind::InputReceived { call_id, text, rejected } => Some(Command::ToolReply {
+            task_id: task.id.clone(),
+            call_id: call_id.clone(),
+            output: text.clone(),
+            is_error: *rejected,
+        }),
+        _ => None,
+    }
 }

@@ -297,6 +297,9 @@ fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
     worker.free.sub(&agent.spec.resources);
     task.reserved = agent.spec.resources;
     task.worker = Some(worker_id.to_owned());
+    if let Some(reply) = super::input::reply_to_resend(task) {
+        let _ = worker.commands.send(reply);
+    }
     if waiting > 0 {
         worker.lent.insert(id.clone(), waiting as u32);
         super::calls::lend_to_a_queued_call(state, id);

@@ -366,22 +366,23 @@ fn a_reply_goes_to_the_waiting_call_once_and_only_while_the_task_waits() {
         deadline_us: 0,
     };
     cluster.worker_events("w1", c, vec![event(&t, 0, EventKind::Working)]);
-    let early = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()));
+    let early = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()), 0);
     assert!(
         matches!(early, Err(Error::InvalidArgument(ref m)) if m.contains("not input-required"))
     );
     cluster.worker_events("w1", c, vec![event(&t, 0, asked("c1", ""))]);
     assert_eq!(where_is(&cluster, &t).0, TaskState::InputRequired);
     let context = cluster.task(t.as_str()).expect("task").context_id;
-    let elsewhere = cluster.reply(t.as_str(), "other", Reply::Text("Paris".into()));
+    let elsewhere = cluster.reply(t.as_str(), "other", Reply::Text("Paris".into()), 0);
     assert!(
         matches!(elsewhere, Err(Error::InvalidArgument(ref m)) if m.contains("belongs to context"))
     );
-    let approval = cluster.reply(t.as_str(), "", Reply::Approve);
+    let approval = cluster.reply(t.as_str(), "", Reply::Approve, 0);
     assert!(matches!(approval, Err(Error::InvalidArgument(_))), "a question is answered in words");
     commands(&mut rx);
 
-    let info = cluster.reply(t.as_str(), &context, Reply::Text("Paris".into())).expect("replied");
+    let info =
+        cluster.reply(t.as_str(), &context, Reply::Text("Paris".into()), 0).expect("replied");
     assert_eq!(info.state, TaskState::Working);
     let sent = commands(&mut rx);
     assert!(
@@ -389,12 +390,12 @@ fn a_reply_goes_to_the_waiting_call_once_and_only_while_the_task_waits() {
             if call_id == "c1" && output == "Paris"),
         "{sent:?}"
     );
-    let again = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()));
+    let again = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()), 0);
     assert!(again.is_err(), "one reply per request");
 
     // An approval: any words but a yes reject, and the words are the reason.
     cluster.worker_events("w1", c, vec![event(&t, 0, asked("c2", "delete"))]);
-    cluster.reply(t.as_str(), "", Reply::Text("no, keep it".into())).expect("replied");
+    cluster.reply(t.as_str(), "", Reply::Text("no, keep it".into()), 0).expect("replied");
     let sent = commands(&mut rx);
     assert!(
         matches!(&sent[..], [Command::ToolReply { call_id, output, is_error: true, .. }]
@@ -408,7 +409,48 @@ fn a_reply_goes_to_the_waiting_call_once_and_only_while_the_task_waits() {
     // A worker that is gone hears nothing: the reply is refused, not lost.
     cluster.worker_events("w1", c, vec![event(&t, 0, asked("c3", ""))]);
     cluster.state.lock().workers.remove("w1", c);
-    let unheard = cluster.reply(t.as_str(), "", Reply::Text("Lyon".into()));
+    let unheard = cluster.reply(t.as_str(), "", Reply::Text("Lyon".into()), 0);
     assert!(matches!(unheard, Err(Error::Unavailable(_))), "{unheard:?}");
     assert_eq!(where_is(&cluster, &t).0, TaskState::InputRequired);
+}
+
+#[test]
+fn a_stale_reply_is_refused_and_a_rejoining_worker_hears_the_reply_again() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c, mut rx, _) = cluster.worker_joined(registration("w1", 1, 3, &[]), String::new());
+    let t = task(&cluster, "clean up");
+    let asked = |call: &str| EventKind::InputRequired {
+        prompt: "Delete?".into(),
+        call_id: call.into(),
+        tool: "delete".into(),
+        arguments: "{}".into(),
+        deadline_us: 0,
+    };
+    cluster.worker_events(
+        "w1",
+        c,
+        vec![event(&t, 1, EventKind::Working), event(&t, 2, asked("a"))],
+    );
+    cluster.worker_events("w1", c, vec![event(&t, 3, EventKind::text("x"))]);
+    cluster.reply(t.as_str(), "", Reply::Approve, 0).expect("first request answered");
+    cluster.worker_events("w1", c, vec![event(&t, 4, asked("b"))]);
+    let request = cluster.task(t.as_str()).expect("task").events;
+    // A reply meant for the first request does not answer the second.
+    let stale = cluster.reply(t.as_str(), "", Reply::Approve, 5);
+    assert!(
+        matches!(stale, Err(Error::InvalidArgument(ref m)) if m.contains("waits on its request"))
+    );
+    commands(&mut rx);
+    cluster.reply(t.as_str(), "", Reply::Reject("no".into()), request).expect("answered");
+    assert_eq!(commands(&mut rx).len(), 1);
+    // The connection broke before the head noticed: the worker rejoins, still running the
+    // task, and is sent the reply again.
+    let (_, mut rx, _) = cluster.worker_joined(registration("w1", 1, 3, &[(&t, 1)]), String::new());
+    let sent = commands(&mut rx);
+    assert!(
+        sent.iter().any(
+            |c| matches!(c, Command::ToolReply { call_id, is_error: true, .. } if call_id == "b")
+        ),
+        "{sent:?}"
+    );
 }

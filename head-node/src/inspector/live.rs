@@ -128,6 +128,7 @@ fn moves_the_view(kind: &EventKind) -> bool {
             | EventKind::ToolResult { .. }
             | EventKind::Retrying { .. }
             | EventKind::InputRequired { .. }
+            | EventKind::InputReceived { .. }
     ) || kind.is_terminal()
 }
 

@@ -13,6 +13,7 @@ import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import GetTaskRequest, Message, Part, Role, SendMessageRequest, Task, TaskState
 from fleetproc import Fleet, clean_env
+from test_a2a_http import Webhook, await_final_task
 
 MODES = ["1.0", "0.3"]
 
@@ -55,7 +56,8 @@ WAIT_S = 30
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    f = Fleet(CONFIG, env=clean_env(FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0"))
+    # Webhooks on 127.0.0.1 are this test's own.
+    f = Fleet(CONFIG, "--allow-private-webhooks", env=clean_env(FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0"))
     yield f
     f.stop()
 
@@ -350,3 +352,26 @@ def test_replies_that_cannot_be_taken_are_errors_and_the_server_keeps_serving(fl
     again = d.task(d.message(fleet, "asker", "still here", context_id=context_id))
     assert again["status"]["state"] == d.completed and again["contextId"] == context_id, again
     assert again["artifacts"][0]["parts"][0]["text"] == "still here"
+
+
+def test_push_notifications_go_on_through_a_question_to_the_end(fleet: Fleet) -> None:
+    """The webhook hears the question (as the status message) and, after a reply that did
+    not come on an A2A stream, the rest of the task to its end."""
+    hook = Webhook(failures=0)
+    try:
+        push = {"url": hook.url, "token": "tok"}
+        params = message(ASK, returnImmediately=True, taskPushNotificationConfig=push)
+        task = rpc(fleet, "SendMessage", params, agent="asker")["result"]["task"]
+        deadline = time.monotonic() + WAIT_S
+        while not any(b.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_INPUT_REQUIRED" for _, b in hook.received):
+            assert time.monotonic() < deadline, hook.received
+            time.sleep(0.02)
+        asked = next(b for _, b in hook.received if b.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_INPUT_REQUIRED")
+        assert asked["statusUpdate"]["status"]["message"]["parts"][0]["text"] == QUESTION
+        reply = rpc(fleet, "SendMessage", message("Oslo", task_id=task["id"], returnImmediately=True), agent="asker")
+        assert "result" in reply, reply
+        final = await_final_task(hook)
+        assert final["id"] == task["id"] and final["status"]["state"] == "TASK_STATE_COMPLETED"
+        assert final["artifacts"][0]["parts"][0]["text"] == "Oslo"
+    finally:
+        hook.close()

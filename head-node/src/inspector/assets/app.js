@@ -693,7 +693,14 @@
           content = [el("span", { class: "error", text: `${e.worker ? `on ${e.worker}: ` : ""}${e.error}` })];
           break;
         case "canceled": content = [e.reason || "no reason given"]; break;
-        case "input_required": content = [e.prompt]; break;
+        case "input_required":
+          kind = e.tool ? "approval asked" : "question";
+          content = [el("pre", { class: "result", tabindex: 0, text: e.prompt })];
+          break;
+        case "input_received":
+          kind = e.rejected ? "rejected" : "reply";
+          content = [el("pre", { class: e.rejected ? "result is-error" : "result", tabindex: 0, text: e.text })];
+          break;
         case "retrying":
           // A new attempt starts over: the output shown is the new attempt's.
           pending = "";
