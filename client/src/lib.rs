@@ -45,7 +45,7 @@ pub use fleet_proto::{
     AgentSpec, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, FunctionTool, McpServer, OutputFormat,
     Resources, Sampling, TaskEvent, TaskId, TaskOptions, TaskState, Turn, Usage,
 };
-pub use fleet_proto::{Reply, ToolInvocation};
+pub use fleet_proto::{PYTHON_PREFIX, Reply, ToolInvocation};
 pub use outcome::TaskOutcome;
 pub use resume::SubmitControl;
 pub use tonic::{Code, Status};

@@ -191,6 +191,12 @@ pub fn locate<'a>(
 /// Explains why no live worker can run `spec`.
 fn why_not(spec: &AgentSpec, workers: &WorkerRegistry) -> String {
     if !workers.iter().any(|w| w.has_model(&spec.model)) {
+        if let Some(name) = spec.model.strip_prefix(fleet_proto::PYTHON_PREFIX) {
+            return format!(
+                "no worker hosts the Python agent {name:?}: start one that imports it \
+                 (python -m agentfleet worker --head URL --import MODULE)"
+            );
+        }
         return format!("no worker has model {:?}", spec.model);
     }
     if !workers

@@ -228,8 +228,13 @@ impl WorkerEntry {
 
     /// Whether the worker has `model` on disk (built-in and remote models are everywhere).
     pub fn has_model(&self, model: &str) -> bool {
-        crate::agents::runs_everywhere(model)
-            || self.registration.models.iter().any(|m| m.id == model)
+        match model.strip_prefix(fleet_proto::PYTHON_PREFIX) {
+            Some(name) => self.registration.hosts_python_agent(name),
+            None => {
+                crate::agents::runs_everywhere(model)
+                    || self.registration.models.iter().any(|m| m.id == model)
+            }
+        }
     }
 
     pub fn has_model_loaded(&self, model: &str) -> bool {

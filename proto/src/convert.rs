@@ -611,6 +611,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                     .map(|t| (TaskId::new(t.task_id), t.attempt))
                     .collect(),
                 gpus: r.gpus.into_iter().map(Into::into).collect(),
+                python_agents: r.python_agents,
             }),
             Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
                 running_tasks: h.running_tasks,
@@ -669,6 +670,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                     })
                     .collect(),
                 gpus: r.gpus.into_iter().map(Into::into).collect(),
+                python_agents: r.python_agents,
             }),
             WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
                 running_tasks: h.running_tasks,

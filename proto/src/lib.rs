@@ -36,6 +36,11 @@ pub fn bearer(token: &str) -> String {
 pub const PUBLISH_TOOL: &str = "publish";
 /// The built-in tool of agents with `ask_user`: asks the client a question.
 pub const ASK_USER_TOOL: &str = "ask_user";
+/// The model of an agent written in Python: `python:NAME` runs the Python agent `NAME` on
+/// the workers that host it.
+pub const PYTHON_PREFIX: &str = "python:";
+/// A worker's `python_agents` entry for "whatever Python agents its process defines".
+pub const ANY_PYTHON_AGENT: &str = "*";
 
 /// What an agent called as a tool is asked: the call's `input` argument, or the arguments
 /// as given (the head relaying a call and a worker calling over the mesh agree on this).

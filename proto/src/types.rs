@@ -654,6 +654,15 @@ pub struct Registration {
     pub running: Vec<(TaskId, u32)>,
     /// Its GPUs.
     pub gpus: Vec<Gpu>,
+    /// The Python agents it hosts ([`crate::ANY_PYTHON_AGENT`]: every one its process defines).
+    pub python_agents: Vec<String>,
+}
+
+impl Registration {
+    /// Whether the worker hosts the Python agent `name` (the `NAME` of model `python:NAME`).
+    pub fn hosts_python_agent(&self, name: &str) -> bool {
+        self.python_agents.iter().any(|n| n == name || n == crate::ANY_PYTHON_AGENT)
+    }
 }
 
 /// One of a worker's GPUs, as its driver reports it.

@@ -17,6 +17,7 @@ use pyo3::types::{PyDict, PyList};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::agent_host::AgentHost;
 use crate::backend::Backend;
 use crate::errors;
 use crate::runtime;
@@ -49,6 +50,8 @@ pub struct Fleet {
     token: Option<String>,
     client: Backend,
     embedded: Mutex<Option<Embedded>>,
+    /// The Python agents of this process, which an embedded cluster's workers host.
+    agent_host: Option<Py<AgentHost>>,
 }
 
 /// What the embedded workers serve: the models dir, models to load before joining, device;
@@ -59,6 +62,8 @@ struct LocalModels {
     device: String,
     /// The MCP servers the workers' agents may use.
     mcp: fleet_worker::mcp::McpPolicy,
+    /// The Python agents this process defines.
+    code_agents: Arc<dyn fleet_worker::code_agents::CodeAgents>,
 }
 
 /// Starts the head and workers of an embedded cluster. Its address on 127.0.0.1 is open to
@@ -104,6 +109,7 @@ async fn start_embedded(
         config.preload = models.preload.clone();
         config.device = models.device.clone();
         config.mcp = models.mcp.clone();
+        config.code_agents = Some(models.code_agents.clone());
         config.local = Some(head.cluster.clone());
         let (shutdown, failed_tx) = (shutdown.clone(), failed_tx.clone());
         tokio::spawn(async move {
@@ -259,7 +265,14 @@ pub fn init(
     }
     let mcp =
         fleet_worker::mcp::McpPolicy { commands: allow_mcp_commands, url_prefixes: allow_mcp_urls };
-    let models = LocalModels { dir: models_dir, preload, device, mcp };
+    // The embedded workers host whatever Python agents this process defines.
+    let agent_host =
+        if address.is_none() { Some(Py::new(py, AgentHost::new(vec!["*".into()]))?) } else { None };
+    let code_agents = match &agent_host {
+        Some(host) => host.get().code_agents(),
+        None => AgentHost::new(Vec::new()).code_agents(),
+    };
+    let models = LocalModels { dir: models_dir, preload, device, mcp, code_agents };
     // An embedded cluster without a token given gets a random one.
     let token = match (&address, token) {
         (None, None) => Some(fleet_head::auth::random_token()),
@@ -289,7 +302,7 @@ pub fn init(
         };
         // Fail now, not on the first submit, when the token is wrong or the head is not one.
         client.status().await.map_err(errors::to_py)?;
-        Ok(Fleet { address: url, token, client, embedded: Mutex::new(embedded) })
+        Ok(Fleet { address: url, token, client, embedded: Mutex::new(embedded), agent_host })
     })?;
     Ok(fleet)
 }
@@ -387,7 +400,8 @@ fn resources_dict<'py>(
 #[pymethods]
 impl Fleet {
     /// Registers (or updates) an agent when `model` is given; otherwise gets the agent that
-    /// is already registered under `name` (NotFound if there is none).
+    /// is already registered under `name` (NotFound if there is none). `name` may instead be
+    /// a Python agent (`@af.agent`): registered under its name, its model `python:NAME`.
     #[pyo3(signature = (
         name, model=None, *, instructions=String::new(), tools=None, description=String::new(),
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
@@ -400,7 +414,7 @@ impl Fleet {
     fn agent(
         slf: &Bound<'_, Self>,
         py: Python<'_>,
-        name: String,
+        name: Bound<'_, PyAny>,
         model: Option<String>,
         instructions: String,
         tools: Option<Bound<'_, PyAny>>,
@@ -428,6 +442,24 @@ impl Fleet {
         input_timeout: Option<f64>,
     ) -> PyResult<Agent> {
         let this = slf.get();
+        let (name, model, description) = match name.extract::<String>() {
+            Ok(name) => (name, model, description),
+            Err(_) => {
+                if model.is_some() {
+                    return Err(PyValueError::new_err(
+                        "a Python agent has no model: its code chats with models through its \
+                         context (ctx.chat(model=...))",
+                    ));
+                }
+                let (program, summary): (String, String) = py
+                    .import("agentfleet.agents")?
+                    .call_method1("_definition", (name,))?
+                    .extract()?;
+                let description = if description.is_empty() { summary } else { description };
+                let model = format!("{}{program}", fleet_client::PYTHON_PREFIX);
+                (program, Some(model), description)
+            }
+        };
         // Agents' names stay; functions (and `af.tool`s) are hosted by this process first.
         let tools: Vec<String> = match tools {
             None => Vec::new(),
@@ -541,6 +573,12 @@ impl Fleet {
         py.import("agentfleet.tools")?.call_method("_fleet_tool", (slf, func), Some(&kwargs))
     }
 
+    /// The native host of the Python agents an embedded cluster's workers run (`None` for a
+    /// connection: Python workers host them there).
+    fn _agent_host(&self, py: Python<'_>) -> Option<Py<AgentHost>> {
+        self.agent_host.as_ref().map(|h| h.clone_ref(py))
+    }
+
     /// The native tool host of this process on this cluster (`agentfleet.tools` opens it
     /// once per handle).
     fn _open_tool_host(&self) -> PyResult<crate::tool_host::ToolHost> {
@@ -565,6 +603,7 @@ impl Fleet {
     /// connection to a running cluster).
     fn shutdown(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
         py.import("agentfleet.tools")?.call_method1("_close", (slf,))?;
+        py.import("agentfleet.agents")?.call_method1("_close", (slf,))?;
         let Some(embedded) = slf.get().embedded.lock().take() else { return Ok(()) };
         embedded.shutdown.cancel();
         let temporary_data = embedded.temporary_data.clone();

@@ -7,6 +7,7 @@
 //! - [`task`]: `Task` (result, cancel, events) and the event iterators, sync and async;
 //! - [`event`]: the `Event` class handed to Python;
 //! - [`tool_host`]: this process hosting Python functions as the agents' tools;
+//! - [`agent_host`]: this process hosting Python agents (`@af.agent`) for its workers;
 //! - [`errors`]: the exception hierarchy and the mapping from the client's errors;
 //! - [`backend`]: what the classes talk to: gRPC, or an embedded head directly;
 //! - [`runtime`]: the one tokio runtime and the blocking-wait helper that releases the GIL
@@ -18,6 +19,7 @@
 //! Only this crate knows PyO3.
 
 mod agent;
+mod agent_host;
 mod backend;
 mod cli;
 mod errors;
@@ -45,6 +47,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<task::AsyncEventIterator>()?;
     m.add_class::<event::Event>()?;
     m.add_class::<tool_host::ToolHost>()?;
+    m.add_class::<agent_host::AgentHost>()?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use fleet_inference::{ChatMessage, Role, ToolCall};
 use fleet_proto::{AgentSpec, TaskAssignment, TaskId};
+use futures::FutureExt;
 use kameo::actor::{Actor, ActorRef};
 use kameo::error::Infallible;
 use kameo::message::{Context, Message};
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::agent_loop::{self, TaskRun};
+use crate::code_agents::{self, CodeHost, CodeRun};
 use crate::gate::Lease;
 use crate::memory::ConversationMemory;
 use crate::models::ModelHandle;
@@ -25,11 +27,18 @@ use crate::topics::{self, TopicBoard};
 /// The tasks running on this worker's actors, each with its attempt and what cancels it.
 pub type RunningTasks = Arc<Mutex<HashMap<TaskId, (u32, CancellationToken)>>>;
 
+/// What answers an agent's tasks: a model, or code this process hosts.
+#[derive(Clone)]
+pub enum Brain {
+    Model(ModelHandle),
+    Code(CodeHost),
+}
+
 /// What an agent actor is started (and restarted) with.
 #[derive(Clone)]
 pub struct AgentArgs {
     pub spec: Arc<AgentSpec>,
-    pub model: ModelHandle,
+    pub brain: Brain,
     pub running: RunningTasks,
     /// The agent's tools, each routed where it runs.
     pub tools: ToolboxSource,
@@ -82,12 +91,7 @@ impl AgentActor {
                 messages.push(ChatMessage::new(Role::System, topics::prompt_text(&recent)));
             }
         }
-        match &task.options {
-            Some(options) if !options.history.is_empty() => {
-                messages.extend(options.history.iter().map(turn_message));
-            }
-            _ => messages.extend(self.memory.history(&task.context_id).cloned()),
-        }
+        messages.extend(self.history(task));
         // No input: the conversation given with the task ends where the model answers (a
         // tool's result, or only a system message).
         let answers_history =
@@ -96,6 +100,16 @@ impl AgentActor {
             messages.push(ChatMessage::new(Role::User, task.input.clone()));
         }
         messages
+    }
+
+    /// The conversation before the task: given with it, or remembered for its context.
+    fn history(&self, task: &TaskAssignment) -> Vec<ChatMessage> {
+        match &task.options {
+            Some(options) if !options.history.is_empty() => {
+                options.history.iter().map(turn_message).collect()
+            }
+            _ => self.memory.history(&task.context_id).cloned().collect(),
+        }
     }
 }
 
@@ -129,28 +143,40 @@ impl Message<Run> for AgentActor {
     type Reply = ();
 
     async fn handle(&mut self, msg: Run, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        let messages = self.messages(&msg.task);
         let actor = ctx.actor_ref().clone();
         let running = self.args.running.clone();
         let span = info_span!("task", task_id = %msg.task.task_id, agent = %self.args.spec.name, attempt = msg.task.attempt);
         // A conversation the client carries itself is not the agent's to remember.
         let remember = msg.task.options.as_ref().is_none_or(|o| o.history.is_empty());
-        let run = TaskRun {
-            spec: self.args.spec.clone(),
-            model: self.args.model.clone(),
-            messages,
-            tools: self.args.tools.clone(),
-            task: msg.task,
-            sink: msg.sink,
-            cancel: msg.cancel,
-            lease: msg.lease,
+        let (task_id, context_id, input) =
+            (msg.task.task_id.clone(), msg.task.context_id.clone(), msg.task.input.clone());
+        let work = match &self.args.brain {
+            Brain::Model(model) => agent_loop::run(TaskRun {
+                spec: self.args.spec.clone(),
+                model: model.clone(),
+                messages: self.messages(&msg.task),
+                tools: self.args.tools.clone(),
+                task: msg.task,
+                sink: msg.sink,
+                cancel: msg.cancel,
+                lease: msg.lease,
+            })
+            .boxed(),
+            Brain::Code(host) => code_agents::run(CodeRun {
+                host: host.clone(),
+                spec: self.args.spec.clone(),
+                history: self.history(&msg.task),
+                tools: self.args.tools.clone(),
+                task: msg.task,
+                sink: msg.sink,
+                cancel: msg.cancel,
+                lease: msg.lease,
+            })
+            .boxed(),
         };
         tokio::spawn(
             async move {
-                let task_id = run.task.task_id.clone();
-                let context_id = run.task.context_id.clone();
-                let input = run.task.input.clone();
-                let finished = agent_loop::run(run).await;
+                let finished = work.await;
                 running.lock().remove(&task_id);
                 if let Some(finished) = finished
                     && remember

@@ -198,6 +198,18 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    main_with(args, None)
+}
+
+/// [`main`] in a process that hosts code agents (`python -m agentfleet worker --import`).
+pub fn main_with<I, T>(
+    args: I,
+    code_agents: Option<std::sync::Arc<dyn crate::code_agents::CodeAgents>>,
+) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(e) => {
@@ -210,7 +222,8 @@ where
     let otlp = args.otlp_endpoint.clone();
     // Kept until the runtime stops: the spans of a clean shutdown are sent.
     let mut exporter = None;
-    let result = config(args).and_then(|config| {
+    let result = config(args).and_then(|mut config| {
+        config.code_agents = code_agents;
         exporter = fleet_telemetry::init(otlp.as_deref(), "fleet-worker", &config.worker_id)
             .map_err(|e| Error::InvalidConfig(format!("--otlp-endpoint: {e}")))?;
         let runtime = runtime(threads)

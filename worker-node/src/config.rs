@@ -44,6 +44,8 @@ pub struct WorkerConfig {
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
     /// Task events buffered on the way to the head before task runners wait.
     pub event_buffer: usize,
+    /// The code agents (Python agents) this process hosts: told to the head at each join.
+    pub code_agents: Option<std::sync::Arc<dyn crate::code_agents::CodeAgents>>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -65,6 +67,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("mcp", &self.mcp)
             .field("in_process", &self.local.is_some())
             .field("event_buffer", &self.event_buffer)
+            .field("code_agents", &self.code_agents.as_ref().map(|c| c.names()))
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +98,7 @@ impl WorkerConfig {
             mcp: crate::mcp::McpPolicy::default(),
             local: None,
             event_buffer: 65_536,
+            code_agents: None,
         }
     }
 }

@@ -229,7 +229,9 @@ async fn host(config: &WorkerConfig) -> Result<ActorHost> {
             .await
             .map_err(|reason| Error::Preload { model: id.clone(), reason: reason.to_string() })?;
     }
-    Ok(ActorHost::new(store).with_mcp_policy(config.mcp.clone()))
+    Ok(ActorHost::new(store)
+        .with_mcp_policy(config.mcp.clone())
+        .with_code_agents(config.code_agents.clone()))
 }
 
 async fn registration(config: &WorkerConfig) -> Result<Registration> {
@@ -252,6 +254,7 @@ async fn registration(config: &WorkerConfig) -> Result<Registration> {
         incarnation: 0,
         running: Vec::new(),
         gpus: config.gpus.clone(),
+        python_agents: config.code_agents.as_ref().map(|c| c.names()).unwrap_or_default(),
     })
 }
 

@@ -13,10 +13,11 @@ use kameo::supervision::{RestartPolicy, SupervisionStrategy};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::actor::{AgentActor, AgentArgs, Run, RunningTasks};
+use crate::actor::{AgentActor, AgentArgs, Brain, Run, RunningTasks};
 use crate::agent_calls::{AgentCaller, MeshCall};
 use crate::ask::HumanInput;
 use crate::callee::LocalCalls;
+use crate::code_agents::{CodeAgents, CodeHost, SharedModels};
 use crate::head_calls::{HeadCall, PendingCalls};
 use crate::mcp::{self, McpPolicy};
 use crate::models::ModelStore;
@@ -49,7 +50,9 @@ pub struct ActorHost {
     /// The spec and its version of each agent placed here, with its hosted tools; its actor
     /// is in `local_calls`.
     versions: HashMap<String, Placed>,
-    models: ModelStore,
+    models: SharedModels,
+    /// The code agents (Python agents) this process hosts, if any.
+    code: Option<Arc<dyn CodeAgents>>,
     running: RunningTasks,
     calls: PendingCalls,
     /// The agents' actors: tasks and agent calls (from the mesh or this worker) reach them.
@@ -76,7 +79,8 @@ impl ActorHost {
         Self {
             supervisor: Supervisor::spawn(()),
             versions: HashMap::new(),
-            models,
+            models: Arc::new(parking_lot::Mutex::new(models)),
+            code: None,
             running: RunningTasks::default(),
             calls: PendingCalls::default(),
             local_calls: LocalCalls::default(),
@@ -93,6 +97,12 @@ impl ActorHost {
         self
     }
 
+    /// Agents whose model is `python:NAME` run on `code`.
+    pub fn with_code_agents(mut self, code: Option<Arc<dyn CodeAgents>>) -> Self {
+        self.code = code;
+        self
+    }
+
     /// The actors agent calls reach on this worker.
     pub fn local_calls(&self) -> LocalCalls {
         self.local_calls.clone()
@@ -106,8 +116,8 @@ impl ActorHost {
     }
 
     /// The models this host shares among its actors.
-    pub fn models_mut(&mut self) -> &mut ModelStore {
-        &mut self.models
+    pub fn models_mut(&mut self) -> parking_lot::MutexGuard<'_, ModelStore> {
+        self.models.lock()
     }
 
     pub fn running_tasks(&self) -> usize {
@@ -132,7 +142,7 @@ impl ActorHost {
     }
 
     pub fn models_loaded(&self) -> Vec<String> {
-        self.models.loaded_ids()
+        self.models.lock().loaded_ids()
     }
 
     /// Cancels every running task (the connection to the head is gone: the head retries them).
@@ -208,11 +218,10 @@ impl ActorHost {
         if let Some(actor) = self.local_calls.removed(&spec.name) {
             actor.kill();
         }
-        // The actor starts at once; its tasks wait for the model (loading in the background).
-        let model = self.models.get(&spec.model, &spec.model_options);
+        let brain = self.brain(&spec);
         let args = AgentArgs {
             spec: spec.clone(),
-            model,
+            brain,
             running: self.running.clone(),
             tools: self.toolbox(&spec, &functions),
             board: self.board.clone(),
@@ -230,6 +239,31 @@ impl ActorHost {
         info!(agent = %spec.name, model = %spec.model, version, "actor placed");
         self.local_calls.placed(&spec.name, actor, spec.max_concurrency);
         self.versions.insert(spec.name.clone(), (version, spec, functions));
+    }
+
+    /// What answers the agent's tasks: its code when its model is `python:NAME`, else the
+    /// model; the actor starts at once and its tasks wait for the model (loading in the
+    /// background).
+    fn brain(&mut self, spec: &AgentSpec) -> Brain {
+        if !spec.model.starts_with(fleet_proto::PYTHON_PREFIX) {
+            return Brain::Model(self.models.lock().get(&spec.model, &spec.model_options));
+        }
+        match &self.code {
+            Some(agents) => Brain::Code(CodeHost {
+                agents: agents.clone(),
+                models: self.models.clone(),
+                calls: self.calls.clone(),
+                caller: self.caller.clone(),
+            }),
+            None => {
+                let error = format!(
+                    "agent {} is Python code ({}), and this worker hosts no Python agents",
+                    spec.name, spec.model
+                );
+                let error = crate::models::LoadError::new(ErrorKind::Unsupported, error);
+                Brain::Model(futures::future::ready(Err(error)).boxed().shared())
+            }
+        }
     }
 
     /// The agent's toolbox: its own tools at once, then, on the first task that needs them,

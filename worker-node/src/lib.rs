@@ -16,6 +16,8 @@
 //!   [`topics`], the swarm's blackboard: the mesh's topics for agents' prompts, and for the
 //!   head to relay to clients; and the tools of agents' MCP servers ([`mcp`], clients run
 //!   here for the servers the operator allows);
+//! - [`code_agents`] runs the tasks of agents written as code this process hosts (Python
+//!   agents, `python:NAME`): their text, chats with the worker's models, calls and topics;
 //! - [`runner`] drives one generation into task events;
 //! - [`models`] lists the models on disk, loads them on first use (or `--preload`) and
 //!   shares loaded ones; [`remote`] is the model of `openai:MODEL` agents (an
@@ -32,6 +34,7 @@ pub mod agent_loop;
 pub mod ask;
 pub mod callee;
 pub mod cli;
+pub mod code_agents;
 pub mod config;
 pub mod connection;
 pub mod error;

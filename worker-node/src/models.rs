@@ -30,7 +30,7 @@ pub struct LoadError {
 }
 
 impl LoadError {
-    fn new(kind: ErrorKind, message: impl Into<Arc<str>>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<Arc<str>>) -> Self {
         Self { kind, message: message.into() }
     }
 }

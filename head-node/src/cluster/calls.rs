@@ -233,7 +233,11 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
     let (caller, name, arguments) = (&caller, name.as_str(), arguments.as_str());
     let Some(task) = state.tasks.get(caller.as_str()) else { return };
     let Ok(agent) = state.agents.get(&task.agent) else { return };
-    if !agent.spec.tools.iter().any(|t| t == name) {
+    // A model calls only its agent's tools; a Python agent's code may call any agent.
+    let python = agent.spec.model.starts_with(fleet_proto::PYTHON_PREFIX);
+    if !python && !agent.spec.tools.iter().any(|t| t == name) {
+        let error = format!("{name} is not one of agent {}'s tools", agent.spec.name);
+        reply_to_call(state, caller, call_id, error, true);
         return;
     }
     if state.tools.contains(name) {

@@ -18,6 +18,12 @@ Python functions as tools: ``@fleet.tool`` (or ``af.tool``, hosted once an agent
 makes a function a tool this process runs when the cluster's agents call it
 (``fleet.agent(..., tools=[add])``); see ``agentfleet.tools``.
 
+Agents written in Python: ``@af.agent`` on a class with ``run(self, task, ctx)`` or an async
+generator function ``(task, ctx)`` that yields text, then ``fleet.agent(MyAgent)``; the code
+may chat with the workers' models, call other agents and tools, and keep state between
+tasks. Embedded workers host them; on a running cluster, ``python -m agentfleet worker
+--head URL --import mypkg.agents`` does. See ``agentfleet.agents``.
+
 `af.init("http://head:7070", token=...)` connects to a running cluster instead.
 """
 
@@ -43,10 +49,13 @@ from agentfleet._native import (
     write_random_weight_model,
 )
 from agentfleet._native import init as _init
+from agentfleet.agents import AgentContext, AgentTask, agent
 from agentfleet.tools import Tool, tool
 
 __all__ = [
     "Agent",
+    "AgentContext",
+    "AgentTask",
     "AsyncEventIterator",
     "Cancelled",
     "Event",
@@ -63,6 +72,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "agent",
     "init",
     "tool",
     "write_random_weight_model",
@@ -132,5 +142,8 @@ def init(
         allow_mcp_urls=allow_mcp_urls or [],
     )
     if fleet.embedded:
+        from agentfleet import agents
+
+        agents._serve(fleet)
         atexit.register(fleet.shutdown)
     return fleet

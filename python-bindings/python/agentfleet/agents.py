@@ -1,0 +1,400 @@
+"""Agents written in Python, run on the cluster like any agent.
+
+    import agentfleet as af
+
+    @af.agent
+    class Counter:
+        "Counts the turns of each conversation and has a model answer them."
+
+        def __init__(self) -> None:
+            self.turns = 0
+
+        async def run(self, task: af.AgentTask, ctx: af.AgentContext):
+            self.turns += 1
+            answer = await ctx.chat(model="SmolLM2-135M-Instruct.Q4_1.gguf", messages=task.input)
+            yield f"turn {self.turns}: {answer}"
+
+    fleet = af.init()
+    counter = fleet.agent(Counter)          # the agent "Counter", model "python:Counter"
+    print(counter.submit("hello").result())
+
+``@af.agent`` takes a class with a ``run(self, task, ctx)`` method, or a function
+``(task, ctx)``: an async generator (each ``yield`` streams text), a coroutine (its return
+value is the answer), or a plain function or generator (run on a thread; it cannot await
+the context). ``name=`` names it (default: the class's or function's name), ``description=``
+describes it (default: the docstring's first paragraph).
+
+A class keeps state between tasks: one instance per agent in each process that hosts it,
+or with ``per_context=True`` one per conversation (``context_id``; the least recently used
+are dropped past ``MAX_CONTEXTS`` per agent). The cluster keeps a conversation on one
+worker while it can, so its instance sees every turn; a worker lost takes its instances
+with it. Tasks run concurrently on one event loop: an instance's state is shared by its
+concurrent tasks (no locks needed between awaits).
+
+The context (`AgentContext`) streams nothing itself; it lets the code ask the cluster:
+``await ctx.chat(model=..., messages=...)`` (a model of the worker, local or ``openai:``),
+``await ctx.call(agent, text)`` (another agent, as a sub-task) or ``await ctx.call(tool,
+**arguments)`` (one of the agent's tools: Python tools, MCP tools), ``await
+ctx.publish(topic, message)`` (one of the agent's topics). Calls and their results show in
+the task's events, as a model's tool calls do.
+
+Where they run: an embedded cluster's workers (``af.init()``) host every Python agent of
+the process; on a running cluster, Python workers host those of the modules they import
+(``python -m agentfleet worker --head URL --import mypkg.agents``), and the head places
+their tasks only there. An exception fails the task with ``"TypeName: message"``; a
+worker lost mid-task means the task runs again elsewhere, like any agent's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import threading
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+from agentfleet._native import AgentHost, FleetError, TaskFailed
+
+__all__ = ["AgentContext", "AgentTask", "agent", "MAX_CONTEXTS"]
+
+#: The most per-conversation instances one agent keeps in one process.
+MAX_CONTEXTS = 10_000
+
+_log = logging.getLogger("agentfleet.agents")
+
+T = TypeVar("T")
+
+
+class AgentTask:
+    """One task of a Python agent, as its code sees it."""
+
+    __slots__ = ("id", "agent", "input", "context_id", "attempt", "history", "instructions")
+
+    def __init__(
+        self,
+        id: str,
+        agent: str,
+        input: str,
+        context_id: str,
+        attempt: int,
+        history: list[dict[str, str]],
+        instructions: str,
+    ) -> None:
+        self.id = id
+        #: The agent it was sent to (one Python agent may serve several cluster agents).
+        self.agent = agent
+        self.input = input
+        self.context_id = context_id
+        #: 1 for the first run; more when a lost worker's task runs again.
+        self.attempt = attempt
+        #: The conversation before it: ``[{"role": ..., "content": ...}, ...]``.
+        self.history = history
+        #: The agent's instructions as registered.
+        self.instructions = instructions
+
+    def __repr__(self) -> str:
+        return f"AgentTask(id={self.id!r}, agent={self.agent!r}, input={self.input!r})"
+
+
+class AgentContext:
+    """What a Python agent's task may ask of the cluster while it runs."""
+
+    __slots__ = ("_native", "_run", "task_id", "agent", "context_id")
+
+    def __init__(self, native: Any, run: int, task: AgentTask) -> None:
+        self._native = native
+        self._run = run
+        self.task_id = task.id
+        self.agent = task.agent
+        self.context_id = task.context_id
+
+    async def chat(
+        self,
+        messages: "str | list[dict[str, str]] | list[tuple[str, str]]",
+        *,
+        model: str,
+        max_tokens: "int | None" = None,
+        temperature: "float | None" = None,
+        top_p: "float | None" = None,
+        seed: "int | None" = None,
+        stop: "list[str] | None" = None,
+    ) -> str:
+        """Model ``model``'s answer to ``messages`` (a user message as ``str``, or chat
+        messages as ``{"role", "content"}`` dicts or pairs). The model is one this worker
+        serves (a file of its models dir, ``builtin:...``, ``openai:...``), loaded on first
+        use. Raises ``InvalidArgument`` for a request the model refuses, ``Unavailable``
+        when it cannot be loaded."""
+        pairs = _messages(messages)
+        return str(
+            await self._native.chat(
+                self._run, model, pairs, max_tokens, temperature, top_p, seed, list(stop or [])
+            )
+        )
+
+    async def call(self, name: str, input: "str | dict[str, Any] | None" = None, **arguments: Any) -> str:
+        """Calls another agent (``ctx.call("summarizer", text)``) or one of this agent's tools
+        (``ctx.call("add", a=1, b=2)``, or a dict of arguments); returns its answer. Raises
+        ``TaskFailed`` with the answer when the call failed (the agent's task failed, the tool
+        raised)."""
+        import json
+
+        if isinstance(input, str):
+            if arguments:
+                raise TypeError("give an agent its input, or a tool its arguments, not both")
+            payload: Any = {"input": input}
+        elif isinstance(input, dict):
+            payload = {**input, **arguments}
+        elif input is None:
+            payload = arguments
+        else:
+            raise TypeError(f"input is a str (an agent's) or a dict (a tool's arguments), not {type(input).__name__}")
+        output, is_error = await self._native.call(self._run, name, json.dumps(payload))
+        if is_error:
+            raise TaskFailed(f"{name}: {output}")
+        return str(output)
+
+    async def publish(self, topic: str, message: str) -> None:
+        """Posts ``message`` on ``topic``, one of the agent's topics (``topics=[...]``)."""
+        output, is_error = await self._native.publish(self._run, topic, message)
+        if is_error:
+            raise FleetError(str(output))
+
+
+class _Code:
+    """A Python agent: its name, description and code."""
+
+    def __init__(self, target: Any, name: "str | None", description: "str | None", per_context: bool) -> None:
+        self.target = target
+        self.name: str = name or str(getattr(target, "__name__", ""))
+        if not self.name or self.name == "<lambda>":
+            raise ValueError("this agent has no usable name: give it name=...")
+        doc = inspect.getdoc(target) or ""
+        self.description = description if description is not None else doc.split("\n\n")[0].strip()
+        self.is_class = inspect.isclass(target)
+        run = getattr(target, "run", None) if self.is_class else target
+        if not callable(run):
+            raise TypeError(f"a Python agent is a class with run(self, task, ctx), or a function (task, ctx): {target!r} has no run")
+        self.run: Callable[..., Any] = run
+        if per_context and not self.is_class:
+            raise TypeError("per_context=True keeps one instance per conversation: it is for classes")
+        self.per_context = per_context
+
+
+def agent(
+    target: Any = None,
+    *,
+    name: "str | None" = None,
+    description: "str | None" = None,
+    per_context: bool = False,
+) -> Any:
+    """Makes a class or function a Python agent (``@af.agent``, ``@af.agent(name=...)``); it
+    is returned as it was, marked. Defining it makes it known to this process: embedded
+    workers and ``python -m agentfleet worker --import`` host it; ``fleet.agent(it)``
+    registers it with a cluster."""
+
+    def mark(t: T) -> T:
+        code = _Code(t, name, description, per_context)
+        with _lock:
+            _defined[code.name] = code
+        try:
+            setattr(t, "__agentfleet_agent__", code)
+        except (AttributeError, TypeError):
+            pass  # a builtin or slotted object: known by its name all the same
+        return t
+
+    return mark if target is None else mark(target)
+
+
+_lock = threading.Lock()
+#: The Python agents this process defines, by name.
+_defined: dict[str, _Code] = {}
+
+
+def _definition(target: Any) -> tuple[str, str]:
+    """``fleet.agent(target)``: (name, description) of a Python agent, defining it first if
+    it is an unmarked class or function."""
+    code = getattr(target, "__agentfleet_agent__", None)
+    if not isinstance(code, _Code):
+        if not (inspect.isclass(target) or callable(target)):
+            raise TypeError(f"an agent is a name (str) or a Python agent (@af.agent), not {target!r}")
+        agent(target)
+        code = target.__agentfleet_agent__
+    return code.name, code.description
+
+
+def _names() -> list[str]:
+    with _lock:
+        return sorted(_defined)
+
+
+def _messages(messages: Any) -> list[tuple[str, str]]:
+    if isinstance(messages, str):
+        return [("user", messages)]
+    pairs = []
+    for m in messages:
+        if isinstance(m, dict):
+            pairs.append((str(m.get("role", "user")), str(m.get("content", ""))))
+        else:
+            role, content = m
+            pairs.append((str(role), str(content)))
+    return pairs
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+# ---- hosting --------------------------------------------------------------------------
+
+
+class _Runtime:
+    """Runs the tasks the worker hands this process: a reader thread takes them in batches
+    and starts each as a coroutine on an event loop of its own."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self._loop = asyncio.new_event_loop()
+        self._runs: dict[int, asyncio.Task[None]] = {}
+        self._instances: dict[str, Any] = {}
+        self._contexts: dict[str, collections.OrderedDict[str, Any]] = {}
+        self._loop_thread = threading.Thread(target=self._serve_loop, name="agentfleet-agents", daemon=True)
+        self._loop_thread.start()
+        self._reader = threading.Thread(target=self._read, name="agentfleet-agents-reader", daemon=True)
+        self._reader.start()
+
+    def close(self) -> None:
+        self._native.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=5)
+
+    def _serve_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            for pending in asyncio.all_tasks(self._loop):
+                pending.cancel()
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def _read(self) -> None:
+        while True:
+            batch = self._native.next_batch()
+            if batch is None:
+                return
+            try:
+                self._loop.call_soon_threadsafe(self._start, batch)
+            except RuntimeError:
+                return  # the loop is closed
+
+    def _start(self, batch: list[tuple[Any, ...]]) -> None:
+        for command in batch:
+            if command[0] == "cancel":
+                running = self._runs.pop(command[1], None)
+                if running is not None:
+                    running.cancel()
+                continue
+            _, run, program, agent_name, task_id, context_id, attempt, input, history, instructions = command
+            task = AgentTask(
+                task_id,
+                agent_name,
+                input,
+                context_id,
+                attempt,
+                [{"role": r, "content": c} for r, c in history],
+                instructions,
+            )
+            self._runs[run] = self._loop.create_task(self._run(run, program, task))
+
+    async def _run(self, run: int, program: str, task: AgentTask) -> None:
+        native = self._native
+        try:
+            with _lock:
+                code = _defined.get(program)
+            if code is None:
+                known = ", ".join(_names()) or "none"
+                raise LookupError(f"this process defines no Python agent named {program!r} (it defines: {known})")
+            ctx = AgentContext(native, run, task)
+            if code.is_class:
+                fn: Callable[..., Any] = getattr(self._instance(code, task), "run")
+            else:
+                fn = code.run
+            if inspect.isasyncgenfunction(fn):
+                pieces: AsyncIterator[Any] = fn(task, ctx)
+                async for piece in pieces:
+                    native.text(run, _text(piece))
+            elif inspect.iscoroutinefunction(fn):
+                value = await fn(task, ctx)
+                if value is not None:
+                    native.text(run, _text(value))
+            elif inspect.isgeneratorfunction(fn):
+                await asyncio.to_thread(_drain, native, run, fn, task, ctx)
+            else:
+                value = await asyncio.to_thread(fn, task, ctx)
+                if value is not None:
+                    native.text(run, _text(value))
+        except asyncio.CancelledError:
+            return  # the worker canceled it; nobody waits for an answer
+        except Exception as e:
+            _log.warning("Python agent %s failed on task %s", program, task.id, exc_info=True)
+            native.finish(run, f"{type(e).__name__}: {e}")
+            return
+        finally:
+            self._runs.pop(run, None)
+        native.finish(run, None)
+
+    def _instance(self, code: _Code, task: AgentTask) -> Any:
+        """The agent's instance for this task: one per agent, or per conversation."""
+        if not code.per_context:
+            instance = self._instances.get(task.agent)
+            if instance is None or type(instance) is not code.target:
+                instance = self._instances[task.agent] = code.target()
+            return instance
+        contexts = self._contexts.setdefault(task.agent, collections.OrderedDict())
+        key = task.context_id or task.id
+        instance = contexts.get(key)
+        if instance is None or type(instance) is not code.target:
+            instance = contexts[key] = code.target()
+            while len(contexts) > MAX_CONTEXTS:
+                contexts.popitem(last=False)
+        else:
+            contexts.move_to_end(key)
+        return instance
+
+
+def _drain(native: Any, run: int, fn: Callable[..., Any], task: AgentTask, ctx: AgentContext) -> None:
+    for piece in fn(task, ctx):
+        native.text(run, _text(piece))
+
+
+_runtimes_lock = threading.Lock()
+#: The runtime of a Python worker process (`python -m agentfleet worker --import`).
+_worker_runtime: "_Runtime | None" = None
+
+
+def _serve(fleet: Any) -> None:
+    """`init()` of an embedded cluster: its workers' Python agents run in this process."""
+    native = fleet._agent_host()
+    if native is None:
+        return
+    with _runtimes_lock:
+        if not isinstance(fleet.__dict__.get("_agent_runtime"), _Runtime):
+            fleet.__dict__["_agent_runtime"] = _Runtime(native)
+
+
+def _close(fleet: Any) -> None:
+    with _runtimes_lock:
+        runtime = fleet.__dict__.pop("_agent_runtime", None)
+    if isinstance(runtime, _Runtime):
+        runtime.close()
+
+
+def _host_for_worker(names: list[str]) -> Any:
+    """`python -m agentfleet worker --import`: the native host of the agents `names`, served
+    by this process."""
+    global _worker_runtime
+    native = AgentHost(names)
+    with _runtimes_lock:
+        _worker_runtime = _Runtime(native)
+    return native

@@ -1,0 +1,351 @@
+//! `AgentHost`: this process hosting Python agents (`@af.agent`) for its workers: the
+//! embedded workers of `init()`, or the worker of `python -m agentfleet worker --import`.
+//! The worker runs each task of a `python:NAME` agent through [`CodeAgents::run`]; this
+//! hands it to Python (`agentfleet.agents` reads the runs in batches and runs each as a
+//! coroutine on its event loop) and streams back what the code yields. What the code asks
+//! of its context (chat, call, publish) runs on the worker's runtime and is awaited in
+//! Python.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+
+use fleet_client::ErrorKind;
+use fleet_inference::{ChatMessage, GenerateRequest, Role};
+use fleet_worker::code_agents::{CodeAgents, CodeContext, CodeResult, CodeTask};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use tokio::sync::mpsc;
+
+use crate::errors;
+
+/// The most runs handed to Python at once.
+const BATCH: usize = 512;
+
+/// What the worker sends Python.
+enum Command {
+    Run(u64, CodeTask),
+    Cancel(u64),
+    /// The host closed: Python's reader stops.
+    Close,
+}
+
+/// What Python sends back about a run.
+enum Out {
+    Text(String),
+    Done(CodeResult),
+}
+
+/// A run Python is working on.
+struct Running {
+    out: mpsc::UnboundedSender<Out>,
+    context: CodeContext,
+    /// The worker's runtime, where the context's work runs.
+    runtime: tokio::runtime::Handle,
+}
+
+struct Shared {
+    names: Vec<String>,
+    commands: std_mpsc::Sender<Command>,
+    runs: Mutex<HashMap<u64, Running>>,
+    next: AtomicU64,
+}
+
+/// The native side of the Python agents this process hosts (see `agentfleet.agents`).
+#[pyclass(module = "agentfleet", frozen)]
+pub struct AgentHost {
+    shared: Arc<Shared>,
+    /// Held by the one reader while it waits; `None` once it has seen the host close.
+    commands: Mutex<Option<std_mpsc::Receiver<Command>>>,
+}
+
+impl AgentHost {
+    /// The host as the worker sees it.
+    pub fn code_agents(&self) -> Arc<dyn CodeAgents> {
+        Arc::new(Agents(self.shared.clone()))
+    }
+
+    fn running<T>(&self, run: u64, f: impl FnOnce(&Running) -> T) -> PyResult<T> {
+        match self.shared.runs.lock().get(&run) {
+            Some(running) => Ok(f(running)),
+            None => Err(errors::Unavailable::new_err("this task has ended (canceled or failed)")),
+        }
+    }
+
+    /// `work` on the worker's runtime with run `run`'s context, as a Python awaitable.
+    fn spawn<'py, F, Fut, T>(
+        &self,
+        py: Python<'py>,
+        run: u64,
+        work: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: FnOnce(CodeContext) -> Fut,
+        Fut: Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        let (context, runtime) = self.running(run, |r| (r.context.clone(), r.runtime.clone()))?;
+        let handle = runtime.spawn(work(context));
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            handle.await.map_err(|_| errors::FleetError::new_err("the call panicked"))?
+        })
+    }
+}
+
+#[pymethods]
+impl AgentHost {
+    /// A host of the Python agents `names` (`["*"]`: whatever this process defines).
+    #[new]
+    pub fn new(names: Vec<String>) -> Self {
+        let (commands, rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared {
+            names,
+            commands,
+            runs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        });
+        Self { shared, commands: Mutex::new(Some(rx)) }
+    }
+
+    /// The next runs and cancellations, at least one (waits): `("run", run, program, agent,
+    /// task_id, context_id, attempt, input, history, instructions)` with `history` a list of
+    /// `(role, content)`, or `("cancel", run)`; `None` once the host is closed.
+    fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let batch = py.detach(|| {
+            let mut commands = self.commands.lock();
+            let rx = commands.as_ref()?;
+            let mut batch = vec![rx.recv().ok()?];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            if batch.iter().any(|c| matches!(c, Command::Close)) {
+                // From now on runs cannot be sent; those sent fail rather than wait.
+                commands.take();
+                fail_all(&self.shared);
+                return None;
+            }
+            Some(batch)
+        });
+        let Some(batch) = batch else { return Ok(None) };
+        let list = PyList::empty(py);
+        for command in batch {
+            let item = match command {
+                Command::Close => continue,
+                Command::Cancel(run) => PyTuple::new(
+                    py,
+                    ["cancel".into_pyobject(py)?.into_any(), run.into_pyobject(py)?.into_any()],
+                )?,
+                Command::Run(run, task) => {
+                    let history = PyList::empty(py);
+                    for m in &task.history {
+                        history.append((role_name(m.role), m.content.as_str()))?;
+                    }
+                    PyTuple::new(
+                        py,
+                        [
+                            "run".into_pyobject(py)?.into_any(),
+                            run.into_pyobject(py)?.into_any(),
+                            task.program.into_pyobject(py)?.into_any(),
+                            task.agent.into_pyobject(py)?.into_any(),
+                            task.task_id.into_pyobject(py)?.into_any(),
+                            task.context_id.into_pyobject(py)?.into_any(),
+                            task.attempt.into_pyobject(py)?.into_any(),
+                            task.input.into_pyobject(py)?.into_any(),
+                            history.into_any(),
+                            task.instructions.into_pyobject(py)?.into_any(),
+                        ],
+                    )?
+                }
+            };
+            list.append(item)?;
+        }
+        Ok(Some(list))
+    }
+
+    /// Streams `text` as part of run `run`'s answer (dropped once the run has ended).
+    fn text(&self, run: u64, text: String) {
+        if let Some(running) = self.shared.runs.lock().get(&run) {
+            let _ = running.out.send(Out::Text(text));
+        }
+    }
+
+    /// Run `run` ended: well (`error` None) or failing with `error`.
+    #[pyo3(signature = (run, error=None))]
+    fn finish(&self, run: u64, error: Option<String>) {
+        if let Some(running) = self.shared.runs.lock().get(&run) {
+            let _ = running.out.send(Out::Done(error.map_or(Ok(()), Err)));
+        }
+    }
+
+    /// Awaitable: model `model`'s answer (text) to `messages` (`(role, content)` pairs).
+    #[pyo3(signature = (run, model, messages, max_tokens=None, temperature=None, top_p=None, seed=None, stop=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn chat<'py>(
+        &self,
+        py: Python<'py>,
+        run: u64,
+        model: String,
+        messages: Vec<(String, String)>,
+        max_tokens: Option<u32>,
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+        seed: Option<u64>,
+        stop: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let messages = messages
+            .into_iter()
+            .map(|(role, content)| Ok(ChatMessage::new(role_of(&role)?, content)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let request = GenerateRequest {
+            messages,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            ..Default::default()
+        };
+        self.spawn(py, run, move |context| async move {
+            context.chat(&model, request).await.map_err(|(kind, message)| chat_error(kind, message))
+        })
+    }
+
+    /// Awaitable: `(output, is_error)` of calling `tool` (an agent or one of the agent's
+    /// tools) with JSON `arguments`.
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        run: u64,
+        tool: String,
+        arguments: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.spawn(py, run, move |context| async move {
+            let outcome = context.call(&tool, arguments).await;
+            Ok((outcome.output, outcome.is_error))
+        })
+    }
+
+    /// Awaitable: `(output, is_error)` of publishing `message` on `topic`.
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        run: u64,
+        topic: String,
+        message: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.spawn(py, run, move |context| async move {
+            let outcome = context.publish(&topic, &message).await;
+            Ok((outcome.output, outcome.is_error))
+        })
+    }
+
+    /// Stops hosting: `next_batch` returns `None`; runs still open fail.
+    fn close(&self) {
+        let _ = self.shared.commands.send(Command::Close);
+        fail_all(&self.shared);
+    }
+}
+
+fn fail_all(shared: &Shared) {
+    for (_, running) in shared.runs.lock().drain() {
+        let _ = running.out.send(Out::Done(Err("the process's agent host closed".into())));
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+fn role_of(name: &str) -> PyResult<Role> {
+    Ok(match name {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(errors::InvalidArgument::new_err(format!(
+                "a message's role is system, user, assistant or tool, not {other:?}"
+            )));
+        }
+    })
+}
+
+fn chat_error(kind: ErrorKind, message: String) -> PyErr {
+    match kind {
+        ErrorKind::InvalidRequest | ErrorKind::ContentTypeNotSupported => {
+            errors::InvalidArgument::new_err(message)
+        }
+        ErrorKind::UnknownAgent => errors::NotFound::new_err(message),
+        ErrorKind::Busy => errors::ResourceExhausted::new_err(message),
+        ErrorKind::Unavailable => errors::Unavailable::new_err(message),
+        _ => errors::FleetError::new_err(message),
+    }
+}
+
+/// The host as the worker calls it.
+struct Agents(Arc<Shared>);
+
+/// Ends a run Python still works on when the worker drops it (the task canceled).
+struct Abandon {
+    shared: Arc<Shared>,
+    run: u64,
+    done: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.shared.runs.lock().remove(&self.run);
+        if !self.done {
+            let _ = self.shared.commands.send(Command::Cancel(self.run));
+        }
+    }
+}
+
+impl CodeAgents for Agents {
+    fn names(&self) -> Vec<String> {
+        self.0.names.clone()
+    }
+
+    fn run(&self, task: CodeTask, context: CodeContext) -> BoxFuture<'static, CodeResult> {
+        let shared = self.0.clone();
+        let run = shared.next.fetch_add(1, Ordering::Relaxed);
+        let (out, mut outs) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Handle::current();
+        shared.runs.lock().insert(run, Running { out, context: context.clone(), runtime });
+        let sent = shared.commands.send(Command::Run(run, task));
+        let abandon = Abandon { shared, run, done: false };
+        async move {
+            // The whole guard moves into the run (not only the field it sets).
+            let mut abandon = abandon;
+            if sent.is_err() {
+                abandon.done = true;
+                return Err("this process no longer hosts Python agents".to_owned());
+            }
+            while let Some(out) = outs.recv().await {
+                match out {
+                    Out::Text(text) => context.text(text).await,
+                    Out::Done(result) => {
+                        abandon.done = true;
+                        return result;
+                    }
+                }
+            }
+            abandon.done = true;
+            Err("the process's agent host closed".to_owned())
+        }
+        .boxed()
+    }
+}

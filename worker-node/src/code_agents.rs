@@ -1,0 +1,305 @@
+//! Agents whose logic is code this process hosts instead of a model's answers: Python agents
+//! (the Python package implements [`CodeAgents`]; this crate knows no Python). Such an
+//! agent's model is `python:NAME`; the worker tells the head which NAMEs it hosts when it
+//! joins, so their tasks are placed only here and on workers like it. [`run`] drives one
+//! task: the code streams its answer through a [`CodeContext`], which also lets it chat with
+//! the worker's models, call other agents and the agent's tools (each call and result
+//! shows in the task's events, as a model's would) and publish on its topics.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fleet_inference::{ChatMessage, GenerateRequest, GenerationEvent, ToolCall};
+use fleet_proto::{AgentSpec, ErrorKind, EventKind, TaskAssignment, Usage};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::agent_calls::{AgentCaller, MeshCall};
+use crate::agent_loop::Finished;
+use crate::gate::Lease;
+use crate::head_calls::{HeadCall, PendingCalls};
+use crate::models::ModelStore;
+use crate::runner::{EventSink, emit, failed};
+use crate::spans;
+use crate::toolbox::{CallContext, ToolCaller, ToolOutcome, ToolboxSource};
+
+/// The worker's models, shared by its actors and the code agents that chat with them.
+pub type SharedModels = Arc<Mutex<ModelStore>>;
+
+/// One task as the code of its agent sees it.
+#[derive(Clone, Debug, Default)]
+pub struct CodeTask {
+    /// The code's name: the `NAME` of the agent's model `python:NAME`.
+    pub program: String,
+    /// The cluster agent the task was sent to (one program may serve several agents).
+    pub agent: String,
+    pub task_id: String,
+    pub context_id: String,
+    pub attempt: u32,
+    pub input: String,
+    /// The conversation before this task: the client's, or what the agent remembers of it.
+    pub history: Vec<ChatMessage>,
+    pub instructions: String,
+}
+
+/// How a code agent's run ended: `Err` carries what failed (the task fails with it).
+pub type CodeResult = Result<(), String>;
+
+/// The code agents this process hosts.
+pub trait CodeAgents: Send + Sync + 'static {
+    /// The programs hosted ([`fleet_proto::ANY_PYTHON_AGENT`]: whatever the process defines).
+    fn names(&self) -> Vec<String>;
+
+    /// Runs one task; ends when the code does. Dropping the future cancels the run.
+    fn run(&self, task: CodeTask, context: CodeContext) -> BoxFuture<'static, CodeResult>;
+}
+
+/// What the actors of code agents share on one worker.
+#[derive(Clone)]
+pub struct CodeHost {
+    pub agents: Arc<dyn CodeAgents>,
+    pub models: SharedModels,
+    pub calls: PendingCalls,
+    /// Calls to agents over the mesh; `None` without a mesh (calls go through the head).
+    pub caller: Option<Arc<AgentCaller>>,
+}
+
+/// Everything one task of a code agent needs.
+pub struct CodeRun {
+    pub host: CodeHost,
+    pub task: TaskAssignment,
+    pub spec: Arc<AgentSpec>,
+    pub history: Vec<ChatMessage>,
+    pub sink: EventSink,
+    pub cancel: CancellationToken,
+    pub tools: ToolboxSource,
+    pub lease: Option<Arc<Lease>>,
+}
+
+/// A running task's handle for its code: stream text, chat, call, publish.
+#[derive(Clone)]
+pub struct CodeContext(Arc<Shared>);
+
+struct Shared {
+    host: CodeHost,
+    task: TaskAssignment,
+    spec: Arc<AgentSpec>,
+    sink: EventSink,
+    cancel: CancellationToken,
+    tools: ToolboxSource,
+    lease: Option<Arc<Lease>>,
+    traceparent: String,
+    next_call: AtomicU64,
+    /// The text streamed so far (the answer the agent's memory keeps).
+    output: Mutex<String>,
+    /// Tokens of the models it chatted with.
+    usage: Mutex<Usage>,
+}
+
+/// The most text one `chat` answers with before it is cut (a runaway generation).
+const MAX_CHAT_TOKENS: u32 = 4096;
+
+impl CodeContext {
+    pub fn task_id(&self) -> &str {
+        self.0.task.task_id.as_str()
+    }
+
+    /// Streams `text` as part of the task's answer.
+    pub async fn text(&self, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        self.0.output.lock().push_str(&text);
+        emit(&self.0.sink, &self.0.task, EventKind::TextDelta { text, logprobs: Vec::new() }).await;
+    }
+
+    /// Has model `model` of this worker answer `request` (its messages, sampling); returns
+    /// the answer's text. A model is loaded on first use, as for an agent of its own.
+    pub async fn chat(
+        &self,
+        model: &str,
+        mut request: GenerateRequest,
+    ) -> Result<String, (ErrorKind, String)> {
+        if model.starts_with(fleet_proto::PYTHON_PREFIX) {
+            let error = format!("{model} is an agent, not a model: call it with ctx.call");
+            return Err((ErrorKind::InvalidRequest, error));
+        }
+        let handle = self.0.host.models.lock().get(model, &Default::default());
+        let loaded = tokio::select! {
+            biased;
+            () = self.0.cancel.cancelled() => return Err((ErrorKind::Unavailable, "canceled".into())),
+            loaded = handle => loaded,
+        };
+        let model_ref =
+            loaded.map_err(|e| (e.kind, format!("cannot load model {model:?}: {e}")))?;
+        if model_ref.is_embedder() {
+            let error = format!("model {model} embeds texts and cannot chat");
+            return Err((ErrorKind::InvalidRequest, error));
+        }
+        request.max_tokens = Some(request.max_tokens.unwrap_or(MAX_CHAT_TOKENS));
+        let generating = model_ref.clone();
+        let generation = tokio::task::spawn_blocking(move || generating.generate(request))
+            .await
+            .map_err(|_| {
+                (ErrorKind::Internal, "the model panicked while reading the prompt".into())
+            })?
+            .map_err(|e| (crate::error::model_error_kind(&e), e.to_string()))?;
+        let mut generation = generation;
+        let mut text = String::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.0.cancel.cancelled() => return Err((ErrorKind::Unavailable, "canceled".into())),
+                next = generation.next() => next,
+            };
+            match next {
+                Some(Ok(GenerationEvent::Delta(delta))) => text.push_str(&delta),
+                Some(Ok(GenerationEvent::Done(usage))) => {
+                    let mut total = self.0.usage.lock();
+                    total.prompt_tokens += usage.prompt_tokens;
+                    total.cached_tokens += usage.cached_tokens;
+                    total.completion_tokens += usage.completion_tokens;
+                    return Ok(text);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err((crate::error::model_error_kind(&e), e.to_string())),
+                None => {
+                    return Err((ErrorKind::Internal, "the model stopped without finishing".into()));
+                }
+            }
+        }
+    }
+
+    /// Calls `tool` with JSON `arguments`: one of the agent's tools (a Python tool, an MCP
+    /// tool, `publish`), or any agent of the cluster. The call and its result are the task's
+    /// events, as a model's calls are; an error is an outcome with `is_error`, as a model
+    /// would read it.
+    pub async fn call(&self, tool: &str, arguments: String) -> ToolOutcome {
+        let toolbox = tokio::select! {
+            biased;
+            () = self.0.cancel.cancelled() => return ToolOutcome::error("canceled"),
+            toolbox = self.0.tools.get() => toolbox,
+        };
+        let listed = match &toolbox {
+            Ok(toolbox) => toolbox.get(tool).cloned(),
+            Err(_) => None,
+        };
+        let caller: Arc<dyn ToolCaller> = match (listed, &self.0.host.caller) {
+            (Some(listed), _) => listed,
+            // Not one of its tools: another agent, however agents are reached here.
+            (None, Some(mesh)) => {
+                Arc::new(MeshCall { agent: tool.to_owned(), caller: mesh.clone() })
+            }
+            (None, None) => Arc::new(HeadCall::agent(tool, self.0.host.calls.clone())),
+        };
+        let n = self.0.next_call.fetch_add(1, Ordering::Relaxed);
+        let call = ToolCall {
+            id: format!("code_{}_{n}", self.0.task.task_id.as_str().replace('-', "")),
+            name: tool.to_owned(),
+            arguments,
+        };
+        let mut span = spans::tool(&self.0.traceparent, &call);
+        let traceparent = span.traceparent_or(&self.0.traceparent);
+        let context = CallContext {
+            task_id: self.0.task.task_id.clone(),
+            context_id: self.0.task.context_id.clone(),
+            depth: self.0.task.depth,
+            traceparent: traceparent.clone(),
+            lease: self.0.lease.clone(),
+        };
+        // Started before it is announced: the announcement starts calls through the head.
+        let answer = caller.call(&call, context);
+        let announce = EventKind::ToolCall {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            traceparent,
+        };
+        emit(&self.0.sink, &self.0.task, announce).await;
+        let outcome = tokio::select! {
+            biased;
+            () = self.0.cancel.cancelled() => ToolOutcome::error("canceled"),
+            outcome = answer => outcome,
+        };
+        spans::tool_ended(&mut span, &outcome.output, outcome.is_error);
+        let result = EventKind::ToolResult {
+            call_id: call.id,
+            output: outcome.output.clone(),
+            is_error: outcome.is_error,
+        };
+        emit(&self.0.sink, &self.0.task, result).await;
+        outcome
+    }
+
+    /// Posts `message` on `topic`, one of the agent's topics (its `publish` tool).
+    pub async fn publish(&self, topic: &str, message: &str) -> ToolOutcome {
+        let arguments = serde_json::json!({ "topic": topic, "message": message }).to_string();
+        if !self.0.spec.topics.iter().any(|t| t == topic) {
+            let known = self.0.spec.topics.join(", ");
+            return ToolOutcome::error(format!(
+                "topic {topic:?} is not one of agent {}'s topics ({known}): register it with \
+                 topics=[...]",
+                self.0.spec.name
+            ));
+        }
+        self.call(fleet_proto::PUBLISH_TOOL, arguments).await
+    }
+}
+
+/// Runs one task of a code agent to its end: Working, what the code streams and calls, and
+/// exactly one terminal event; returns its output when it completed.
+pub async fn run(run: CodeRun) -> Option<Finished> {
+    emit(&run.sink, &run.task, EventKind::Working).await;
+    let mut span = spans::agent(&run.task, &run.spec);
+    let traceparent = span.traceparent_or(&run.task.traceparent);
+    let program = run.spec.model.strip_prefix(fleet_proto::PYTHON_PREFIX).unwrap_or_default();
+    let task = CodeTask {
+        program: program.to_owned(),
+        agent: run.spec.name.clone(),
+        task_id: run.task.task_id.as_str().to_owned(),
+        context_id: run.task.context_id.clone(),
+        attempt: run.task.attempt,
+        input: run.task.input.clone(),
+        history: run.history,
+        instructions: run.spec.instructions.clone(),
+    };
+    let context = CodeContext(Arc::new(Shared {
+        host: run.host.clone(),
+        task: run.task.clone(),
+        spec: run.spec.clone(),
+        sink: run.sink.clone(),
+        cancel: run.cancel.clone(),
+        tools: run.tools,
+        lease: run.lease,
+        traceparent,
+        next_call: AtomicU64::new(0),
+        output: Mutex::new(String::new()),
+        usage: Mutex::new(Usage::default()),
+    }));
+    let running = AssertUnwindSafe(run.host.agents.run(task, context.clone())).catch_unwind();
+    let ended = tokio::select! {
+        biased;
+        () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
+        ended = running => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(failed(ErrorKind::Internal, format!("agent {} failed: {error}", run.spec.name))),
+            Err(_) => Err(failed(ErrorKind::Internal, format!("agent {}'s host panicked", run.spec.name))),
+        },
+    };
+    let usage = *context.0.usage.lock();
+    let (terminal, finished) = match ended {
+        Ok(()) => {
+            let output = std::mem::take(&mut *context.0.output.lock());
+            (EventKind::Completed { usage }, Some(Finished { output }))
+        }
+        Err(terminal) => (terminal, None),
+    };
+    spans::agent_ended(&mut span, &usage, &terminal);
+    debug!(task_id = %run.task.task_id, "code agent's task ended");
+    emit(&run.sink, &run.task, terminal).await;
+    finished
+}
