@@ -297,6 +297,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn python_agents_go_only_to_workers_that_host_them() {
+        let mut s = Setup::new();
+        s.worker("plain", |_| {})
+            .worker("py", |r| r.python_agents.push("Counter".into()))
+            .worker("embedded", |r| r.python_agents.push(fleet_proto::ANY_PYTHON_AGENT.into()));
+        s.run("embedded", "other", 3);
+        let counter = agent("python:Counter");
+        assert_eq!(place(&counter, &s.registry, &Affinity::default()), Placement::Worker("py"));
+        s.run("py", "other", 4);
+        assert_eq!(
+            place(&counter, &s.registry, &Affinity::default()),
+            Placement::Worker("embedded")
+        );
+        s.run("embedded", "other", 1);
+        assert_eq!(place(&counter, &s.registry, &Affinity::default()), Placement::Wait);
+
+        let mut s = Setup::new();
+        s.worker("plain", |_| {}).worker("py", |r| r.python_agents.push("Counter".into()));
+        match place(&agent("python:Other"), &s.registry, &Affinity::default()) {
+            Placement::Never(why) => {
+                assert!(why.contains("no worker hosts the Python agent \"Other\""), "{why}");
+            }
+            other => panic!("expected Never, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn prefers_a_worker_with_the_model_loaded() {
         let mut s = Setup::new();
         s.worker("w1", |r| r.models.push(model("m"))).worker("w2", |r| r.models.push(model("m")));

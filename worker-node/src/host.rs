@@ -437,6 +437,108 @@ mod tests {
         }
     }
 
+    /// Python agents' stand-in: `shout` streams its input in capitals, then what
+    /// `builtin:echo` answers it; `wait` runs until canceled (and says when it was dropped).
+    struct FakeCode(Arc<std::sync::atomic::AtomicBool>);
+
+    impl crate::code_agents::CodeAgents for FakeCode {
+        fn names(&self) -> Vec<String> {
+            vec!["shout".into(), "wait".into()]
+        }
+
+        fn run(
+            &self,
+            task: crate::code_agents::CodeTask,
+            context: crate::code_agents::CodeContext,
+        ) -> futures::future::BoxFuture<'static, crate::code_agents::CodeResult> {
+            let dropped = self.0.clone();
+            async move {
+                if task.program == "wait" {
+                    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+                    impl Drop for Flag {
+                        fn drop(&mut self) {
+                            self.0.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _flag = Flag(dropped);
+                    return futures::future::pending().await;
+                }
+                context.text(task.input.to_uppercase()).await;
+                let request = GenerateRequest {
+                    messages: vec![fleet_inference::ChatMessage::new(
+                        fleet_inference::Role::User,
+                        task.input.clone(),
+                    )],
+                    ..Default::default()
+                };
+                let echoed = context.chat("builtin:echo", request).await.map_err(|(_, e)| e)?;
+                context.text(format!(" {echoed}")).await;
+                Ok(())
+            }
+            .boxed()
+        }
+    }
+
+    fn text_of(events: &[EventKind]) -> String {
+        events
+            .iter()
+            .filter_map(|k| match k {
+                EventKind::TextDelta { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_python_agent_runs_on_the_code_this_process_hosts() {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut host =
+            ActorHost::default().with_code_agents(Some(Arc::new(FakeCode(dropped.clone()))));
+        let (tx, mut rx) = mpsc::channel(64);
+        for program in ["shout", "wait"] {
+            let spec = Arc::new(AgentSpec {
+                name: program.into(),
+                model: format!("python:{program}"),
+                ..Default::default()
+            });
+            let place = Command::PlaceActor { spec, version: 1, functions: Arc::from([]) };
+            host.handle(place, &tx).await;
+        }
+        let shout = TaskAssignment { agent: "shout".into(), ..task("t1") };
+        host.handle(Command::RunTask(shout), &tx).await;
+        let events = events_of(&mut rx, "t1").await;
+        assert!(matches!(events.first(), Some(EventKind::Working)), "{events:?}");
+        assert!(matches!(events.last(), Some(EventKind::Completed { .. })), "{events:?}");
+        assert_eq!(text_of(&events), "STILL HERE still here");
+
+        let wait = TaskAssignment { agent: "wait".into(), ..task("t2") };
+        host.handle(Command::RunTask(wait), &tx).await;
+        let cancel = Command::CancelTask { task_id: TaskId::new("t2"), reason: "test".into() };
+        host.handle(cancel, &tx).await;
+        let events = events_of(&mut rx, "t2").await;
+        assert!(matches!(events.last(), Some(EventKind::Canceled { .. })), "{events:?}");
+        assert!(dropped.load(Ordering::SeqCst), "the canceled run's code was not dropped");
+        assert_eq!(host.running_tasks(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_python_agent_on_a_worker_without_python_fails_saying_so() {
+        let mut host = ActorHost::default();
+        let spec = Arc::new(AgentSpec {
+            name: "a".into(),
+            model: "python:shout".into(),
+            ..Default::default()
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        host.handle(Command::PlaceActor { spec, version: 1, functions: Arc::from([]) }, &tx).await;
+        host.handle(Command::RunTask(task("t1")), &tx).await;
+        let events = events_of(&mut rx, "t1").await;
+        assert!(
+            matches!(events.last(), Some(EventKind::Failed { error, .. }) if error.contains("hosts no Python agents")),
+            "{events:?}"
+        );
+    }
+
     fn task(id: &str) -> TaskAssignment {
         TaskAssignment {
             task_id: TaskId::new(id),

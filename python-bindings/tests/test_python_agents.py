@@ -1,0 +1,405 @@
+"""Agents written in Python (`@af.agent`): a class keeps its state per agent or per
+conversation, the code streams text, chats with a worker's model (builtin:echo, SmolLM2 with
+real weights), calls other agents (seen in the task's events) and fails with its exception;
+embedded workers host the process's agents, and on a running cluster (separate processes)
+`python -m agentfleet worker --import MODULE` does: the head places the tasks only there, and
+a task whose worker is SIGKILLed runs again on another one."""
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import agentfleet as af
+from conftest import Node, smollm2_gguf
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# ---- agents of the embedded tests ------------------------------------------------------
+
+
+@af.agent(per_context=True)
+class Notebook:
+    """Notes what each conversation told it."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    async def run(self, task: af.AgentTask, ctx: af.AgentContext) -> str:
+        self.notes.append(task.input)
+        return " ".join(self.notes)
+
+
+@af.agent
+class Tally:
+    """Counts the tasks it ran, in every conversation."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def run(self, task: af.AgentTask, ctx: af.AgentContext) -> AsyncIterator[str]:
+        self.count += 1
+        yield f"{self.count} {id(self)}"
+
+
+@af.agent
+async def Fields(task: af.AgentTask, ctx: af.AgentContext) -> AsyncIterator[str]:
+    """Answers with what its code sees of the task."""
+    yield json.dumps(
+        {
+            "id": task.id,
+            "agent": task.agent,
+            "input": task.input,
+            "context_id": task.context_id,
+            "attempt": task.attempt,
+            "history": task.history,
+            "instructions": task.instructions,
+            "ctx": [ctx.task_id, ctx.agent, ctx.context_id],
+        }
+    )
+
+
+#: What the Narrator waits on after its first piece, by task input (none: it goes on).
+GATES: dict[str, threading.Event] = {}
+
+
+@af.agent
+class Narrator:
+    """Streams a story in pieces: a chat with builtin:echo and a call of the agent echo."""
+
+    async def run(self, task: af.AgentTask, ctx: af.AgentContext) -> AsyncIterator[str]:
+        yield "one "
+        gate = GATES.get(task.input)
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, 30)
+        yield "two "
+        heard = await ctx.chat(f"chat {task.input}", model="builtin:echo")
+        yield f"[{heard}] "
+        answer = await ctx.call("echo", f"call {task.input}")
+        yield f"<{answer}>"
+
+
+@af.agent
+async def Picky(task: af.AgentTask, ctx: af.AgentContext) -> AsyncIterator[str]:
+    """Refuses the input "bad"."""
+    yield "looking: "
+    if task.input == "bad":
+        raise ValueError(f"cannot take {task.input!r}")
+    yield f"took {task.input}"
+
+
+@af.agent
+async def Fallback(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Asks Picky, and says what went wrong when Picky failed."""
+    try:
+        return "picky said " + await ctx.call("Picky", task.input)
+    except af.TaskFailed as e:
+        return f"picky failed ({e})"
+
+
+@af.agent(name="shout")
+def shout(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """A plain function: runs on a thread, not on the agents' event loop."""
+    return f"{task.input.upper()} on {threading.current_thread().name}"
+
+
+@af.agent
+def countdown(task: af.AgentTask, ctx: af.AgentContext) -> Iterator[str]:
+    """A plain generator: each piece streams."""
+    for i in range(int(task.input), 0, -1):
+        yield f"{i} "
+
+
+@af.agent
+async def whisper(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """A coroutine: its return value is the answer."""
+    heard = await ctx.chat([{"role": "system", "content": "Repeat."}, ("user", task.input)], model="builtin:echo")
+    return heard.lower()
+
+
+@af.agent
+async def double(task: af.AgentTask, ctx: af.AgentContext) -> int:
+    """A coroutine returning a number: the answer is its text."""
+    return int(task.input) * 2
+
+
+@af.agent
+async def Poet(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Has SmolLM2 answer, briefly."""
+    return await ctx.chat(task.input, model=SMOLLM2, max_tokens=8, temperature=0.0)
+
+
+def texts(task: af.Task) -> list[str]:
+    return [e.text for e in task.events() if e.kind == "text_delta"]
+
+
+def fresh_context(context: str) -> str:
+    """A context id of this test run's own (a rerun in one process starts fresh)."""
+    return f"{context}-{time.monotonic_ns()}"
+
+
+# ---- embedded ---------------------------------------------------------------------------
+
+
+def test_a_per_context_class_keeps_one_instance_per_conversation(fleet: af.Fleet) -> None:
+    """per_context=True: turns of one context_id see the earlier turns' state, another
+    context starts from a new instance, and going back to the first finds its state."""
+    notebook = fleet.agent(Notebook)
+    assert notebook.name == "Notebook"
+    first, second = fresh_context("first"), fresh_context("second")
+    assert notebook.submit("a", context_id=first).result(timeout=30) == "a"
+    assert notebook.submit("b", context_id=first).result(timeout=30) == "a b"
+    assert notebook.submit("z", context_id=second).result(timeout=30) == "z"
+    assert notebook.submit("c", context_id=first).result(timeout=30) == "a b c"
+    # Without a context_id every task is a conversation of its own.
+    assert notebook.submit("alone").result(timeout=30) == "alone"
+    assert notebook.submit("alone again").result(timeout=30) == "alone again"
+
+
+def test_a_class_keeps_one_instance_across_tasks(fleet: af.Fleet) -> None:
+    """Without per_context one instance serves every task of the agent, whatever its
+    context, on both embedded workers, concurrent tasks included."""
+    tally = fleet.agent(Tally)
+    answers = [tally.submit("x", context_id=fresh_context(f"c{i}")).result(timeout=30) for i in range(3)]
+    counts = [int(a.split()[0]) for a in answers]
+    assert counts == [1, 2, 3], answers
+    instances = {a.split()[1] for a in answers}
+    assert len(instances) == 1, answers
+    # Many at once: each task counted once, on the one instance.
+    answers = tally.map(["y"] * 40)
+    assert sorted(int(a.split()[0]) for a in answers) == list(range(4, 44)), answers
+    assert {a.split()[1] for a in answers} == instances
+
+
+def test_the_code_sees_the_task_its_conversation_and_instructions(fleet: af.Fleet) -> None:
+    """AgentTask carries the task's id, agent, input, context, attempt, the conversation
+    before it and the agent's instructions; the context names the same task."""
+    fields = fleet.agent(Fields, instructions="Be exact.")
+    context = fresh_context("fields")
+    task = fields.submit("one", context_id=context)
+    seen = json.loads(task.result(timeout=30))
+    assert seen == {
+        "id": task.id,
+        "agent": "Fields",
+        "input": "one",
+        "context_id": context,
+        "attempt": 1,
+        "history": [],
+        "instructions": "Be exact.",
+        "ctx": [task.id, "Fields", context],
+    }
+    first_answer = task.result(timeout=30)
+    again = fields.submit("two", context_id=context)
+    seen = json.loads(again.result(timeout=30))
+    assert seen["id"] == again.id and seen["input"] == "two"
+    assert seen["history"] == [{"role": "user", "content": "one"}, {"role": "assistant", "content": first_answer}]
+
+
+def test_a_class_agent_streams_chats_and_calls_another_agent(fleet: af.Fleet, echo: af.Agent) -> None:
+    """Each yield streams as a text_delta while the code still runs (the first arrives
+    before the task can end); ctx.chat answers from builtin:echo; ctx.call runs the agent
+    echo as a sub-task, shown as tool_call and tool_result events, in order."""
+    narrator = fleet.agent(Narrator)
+    gate = GATES["story"] = threading.Event()
+    try:
+        task = narrator.submit("story")
+        events = task.events()
+        first = next(e for e in events if e.kind == "text_delta")
+        assert first.text == "one "
+        assert not task.done(), "the first piece came only after the code ended"
+        gate.set()
+        rest = list(events)
+    finally:
+        gate.set()
+        del GATES["story"]
+    seen = [
+        (e.kind, e.tool, json.loads(e.text) if e.kind == "tool_call" else e.text)
+        for e in [first, *rest]
+        if e.kind in ("text_delta", "tool_call", "tool_result", "completed", "failed")
+    ]
+    assert seen == [
+        ("text_delta", "", "one "),
+        ("text_delta", "", "two "),
+        ("text_delta", "", "[chat story] "),
+        ("tool_call", "echo", {"input": "call story"}),
+        ("tool_result", "", "call story"),
+        ("text_delta", "", "<call story>"),
+        ("completed", "", ""),
+    ]
+    assert task.result(timeout=30) == "one two [chat story] <call story>"
+    # Tasks on one instance run concurrently, each with its own stream.
+    stories = [f"story {i}" for i in range(20)]
+    assert narrator.map(stories) == [f"one two [chat {s}] <call {s}>" for s in stories]
+
+
+def test_an_exception_fails_the_task_and_the_agent_serves_the_next(fleet: af.Fleet) -> None:
+    """The exception's type and message fail the task (TaskFailed, and the failed event);
+    the agent answers its next task; a caller's ctx.call raises TaskFailed it can catch."""
+    picky = fleet.agent(Picky)
+    task = picky.submit("bad")
+    with pytest.raises(af.TaskFailed, match=r"agent Picky failed: ValueError: cannot take 'bad'") as failure:
+        task.result(timeout=30)
+    assert failure.value.kind == "internal"
+    failed = [e for e in task.events() if e.kind == "failed"]
+    assert len(failed) == 1 and "ValueError: cannot take 'bad'" in failed[0].error, failed
+    assert texts(task) == ["looking: "]
+    assert picky.submit("good").result(timeout=30) == "looking: took good"
+
+    fallback = fleet.agent(Fallback)
+    answer = fallback.submit("bad").result(timeout=30)
+    assert answer.startswith("picky failed (") and "ValueError: cannot take 'bad'" in answer, answer
+    assert fallback.submit("fine").result(timeout=30) == "picky said looking: took fine"
+
+
+def test_sync_functions_generators_and_coroutines_are_agents(fleet: af.Fleet) -> None:
+    """A plain function runs on a thread (not the agents' event loop) and returns the
+    answer; a plain generator streams its pieces; a coroutine returns the answer (after
+    awaiting the context), its value made text."""
+    answer = fleet.agent(shout).submit("hello").result(timeout=30)
+    assert answer.startswith("HELLO on "), answer
+    assert answer != "HELLO on agentfleet-agents", "a plain function ran on the event loop"
+    task = fleet.agent(countdown).submit("3")
+    assert task.result(timeout=30) == "3 2 1 "
+    assert texts(task) == ["3 ", "2 ", "1 "]
+    assert fleet.agent(whisper).submit("QUIET Please").result(timeout=30) == "quiet please"
+    assert fleet.agent(double).submit("21").result(timeout=30) == "42"
+
+
+def test_a_python_agent_chats_with_smollm2(tmp_path: Path) -> None:
+    """ctx.chat on SmolLM2 (real weights, a GGUF of the embedded workers' models dir,
+    loaded on first use): a short, non-empty answer that is not the prompt."""
+    (tmp_path / SMOLLM2).symlink_to(smollm2_gguf())
+    with af.init(workers=1, models_dir=tmp_path) as fleet:
+        prompt = "Write a long story about a dragon who learns to fly."
+        answer = fleet.agent(Poet).submit(prompt).result(timeout=60)
+    assert answer.strip(), "SmolLM2 answered nothing"
+    assert answer.strip() != prompt
+    # max_tokens=8 reached the model: a story stops within a few words.
+    assert len(answer.split()) <= 8, answer
+
+
+# ---- a running cluster: head and workers as separate processes --------------------------
+
+WAITER = '''
+"""Tells which process runs it, then waits for a file (the task's input) to exist."""
+import asyncio
+import os
+
+import agentfleet as af
+
+
+@af.agent
+class Waiter:
+    async def run(self, task, ctx):
+        yield f"pid={os.getpid()} attempt={task.attempt};"
+        while not os.path.exists(task.input):
+            await asyncio.sleep(0.01)
+        yield "done"
+'''
+
+
+class Cluster:
+    """A head (`python -m agentfleet head`) and the workers a test starts, as processes."""
+
+    def __init__(self) -> None:
+        self.head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret", "--join-token", "j0in")
+        assert self.head.proc.stdout is not None
+        line = self.head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.address = "http://" + line.removeprefix("listening on ").strip()
+        self.workers: list[Node] = []
+
+    def worker(self, *args: str) -> Node:
+        """Starts a worker: `--import MODULE` for one hosting a module's Python agents."""
+        node = Node("worker", "--head", self.address, "--join-token", "j0in", *args)
+        self.workers.append(node)
+        return node
+
+    def wait_for_workers(self, fleet: af.Fleet, count: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(fleet.status()["workers"]) < count:  # type: ignore[arg-type]
+            for node in self.workers:
+                if node.proc.poll() is not None and node.proc.returncode != -9:
+                    assert node.proc.stderr is not None
+                    pytest.fail(f"a worker exited ({node.proc.returncode}): {node.proc.stderr.read()}")
+            assert time.monotonic() < deadline, f"{count} workers did not join"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        for node in [*self.workers, self.head]:
+            node.stop()
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Cluster]:
+    """A head with no worker yet; workers import modules from tmp_path (PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def waiter_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
+    """The module `waiter_agents` (the agent Waiter), written to tmp_path and imported here
+    too: this process defines the agent it registers, but a remote cluster's workers run it."""
+    (tmp_path / "waiter_agents.py").write_text(textwrap.dedent(WAITER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("waiter_agents")
+    yield module
+    sys.modules.pop("waiter_agents", None)
+
+
+def test_a_task_of_a_killed_python_worker_runs_again_on_another(cluster: Cluster, waiter_module: ModuleType, tmp_path: Path) -> None:
+    """Two `python -m agentfleet worker --import` processes host the agent; the one that
+    runs a task is SIGKILLed mid-task: the task runs again on the other (attempt 2, as the
+    code sees it too) and completes with that attempt's text."""
+    workers = [cluster.worker("--import", "waiter_agents") for _ in range(2)]
+    with af.init(cluster.address, token="s3cret") as fleet:
+        cluster.wait_for_workers(fleet, 2)
+        waiter = fleet.agent(waiter_module.Waiter)
+        assert waiter.name == "Waiter"
+        go = tmp_path / "go"
+        task = waiter.submit(str(go))
+        events = task.events()
+        first = next(e for e in events if e.kind == "text_delta")
+        pids = {node.proc.pid: node for node in workers}
+        pid = int(first.text.split()[0].removeprefix("pid="))
+        assert pid in pids, (first.text, list(pids))
+        assert pid != os.getpid(), "the task ran in the test's process"
+        assert first.text == f"pid={pid} attempt=1;"
+        assert first.attempt == 1
+        pids.pop(pid).stop()  # SIGKILL, and reaped
+        (other,) = pids
+        go.touch()
+        assert task.result(timeout=30) == f"pid={other} attempt=2;done"
+        kinds = [(e.kind, e.attempt) for e in task.events() if e.kind in ("retrying", "text_delta", "completed", "failed")]
+        assert kinds == [("text_delta", 1), ("retrying", 1), ("text_delta", 2), ("text_delta", 2), ("completed", 2)]
+
+
+def test_python_agents_go_only_to_workers_that_host_them(cluster: Cluster, waiter_module: ModuleType, tmp_path: Path) -> None:
+    """With only a plain worker (no --import) the submit fails: no worker hosts the Python
+    agent; once a worker imports it, every task goes there and none to the plain worker."""
+    cluster.worker()
+    with af.init(cluster.address, token="s3cret") as fleet:
+        cluster.wait_for_workers(fleet, 1)
+        waiter = fleet.agent(waiter_module.Waiter)
+        go = tmp_path / "go"
+        go.touch()
+        with pytest.raises(af.FleetError, match='no worker hosts the Python agent "Waiter"'):
+            waiter.submit(str(go)).result(timeout=30)
+
+        hosting = cluster.worker("--import", "waiter_agents")
+        cluster.wait_for_workers(fleet, 2)
+        answers = waiter.map([str(go)] * 20)
+        assert answers == [f"pid={hosting.proc.pid} attempt=1;done"] * 20
