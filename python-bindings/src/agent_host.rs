@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::errors;
 
@@ -35,9 +35,12 @@ enum Command {
     Close,
 }
 
-/// What Python sends back about a run.
+/// What Python sends back about a run, in order.
 enum Out {
     Text(String),
+    /// A call of the context starts: answered once the text before it is out, so the
+    /// task's events keep the order in which the code did things.
+    Barrier(oneshot::Sender<()>),
     Done(CodeResult),
 }
 
@@ -89,8 +92,17 @@ impl AgentHost {
         Fut: Future<Output = PyResult<T>> + Send + 'static,
         T: for<'a> IntoPyObject<'a> + Send + 'static,
     {
-        let (context, runtime) = self.running(run, |r| (r.context.clone(), r.runtime.clone()))?;
-        let handle = runtime.spawn(work(context));
+        let (barrier, reached) = oneshot::channel();
+        let (context, runtime) = self.running(run, |r| {
+            let _ = r.out.send(Out::Barrier(barrier));
+            (r.context.clone(), r.runtime.clone())
+        })?;
+        let work = work(context);
+        let handle = runtime.spawn(async move {
+            // The run gone meanwhile: the call still runs, and finds the task ended.
+            let _ = reached.await;
+            work.await
+        });
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             handle.await.map_err(|_| errors::FleetError::new_err("the call panicked"))?
         })
@@ -337,6 +349,9 @@ impl CodeAgents for Agents {
             while let Some(out) = outs.recv().await {
                 match out {
                     Out::Text(text) => context.text(text).await,
+                    Out::Barrier(reached) => {
+                        let _ = reached.send(());
+                    }
                     Out::Done(result) => {
                         abandon.done = true;
                         return result;

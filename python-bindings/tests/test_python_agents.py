@@ -115,15 +115,16 @@ def shout(task: af.AgentTask, ctx: af.AgentContext) -> str:
 
 @af.agent
 def countdown(task: af.AgentTask, ctx: af.AgentContext) -> Iterator[str]:
-    """A plain generator: each piece streams."""
+    """A plain generator: each piece streams; it too runs on a thread."""
     for i in range(int(task.input), 0, -1):
         yield f"{i} "
+    yield f"on {threading.current_thread().name}"
 
 
 @af.agent
 async def whisper(task: af.AgentTask, ctx: af.AgentContext) -> str:
     """A coroutine: its return value is the answer."""
-    heard = await ctx.chat([{"role": "system", "content": "Repeat."}, ("user", task.input)], model="builtin:echo")
+    heard = await ctx.chat([{"role": "system", "content": "Repeat."}, {"role": "user", "content": task.input}], model="builtin:echo")
     return heard.lower()
 
 
@@ -208,7 +209,7 @@ def test_the_code_sees_the_task_its_conversation_and_instructions(fleet: af.Flee
 def test_a_class_agent_streams_chats_and_calls_another_agent(fleet: af.Fleet, echo: af.Agent) -> None:
     """Each yield streams as a text_delta while the code still runs (the first arrives
     before the task can end); ctx.chat answers from builtin:echo; ctx.call runs the agent
-    echo as a sub-task, shown as tool_call and tool_result events, in order."""
+    echo as a sub-task, shown as a tool_call then a tool_result event."""
     narrator = fleet.agent(Narrator)
     gate = GATES["story"] = threading.Event()
     try:
@@ -227,6 +228,13 @@ def test_a_class_agent_streams_chats_and_calls_another_agent(fleet: af.Fleet, ec
         for e in [first, *rest]
         if e.kind in ("text_delta", "tool_call", "tool_result", "completed", "failed")
     ]
+    assert [text for kind, _, text in seen if kind == "text_delta"] == ["one ", "two ", "[chat story] ", "<call story>"]
+    assert [s for s in seen if s[0] in ("tool_call", "tool_result")] == [
+        ("tool_call", "echo", {"input": "call story"}),
+        ("tool_result", "", "call story"),
+    ]
+    # The events keep the order in which the code did things: text yielded before a call
+    # comes before the call's events, text after its answer after them.
     assert seen == [
         ("text_delta", "", "one "),
         ("text_delta", "", "two "),
@@ -235,7 +243,7 @@ def test_a_class_agent_streams_chats_and_calls_another_agent(fleet: af.Fleet, ec
         ("tool_result", "", "call story"),
         ("text_delta", "", "<call story>"),
         ("completed", "", ""),
-    ]
+    ], seen
     assert task.result(timeout=30) == "one two [chat story] <call story>"
     # Tasks on one instance run concurrently, each with its own stream.
     stories = [f"story {i}" for i in range(20)]
@@ -247,7 +255,7 @@ def test_an_exception_fails_the_task_and_the_agent_serves_the_next(fleet: af.Fle
     the agent answers its next task; a caller's ctx.call raises TaskFailed it can catch."""
     picky = fleet.agent(Picky)
     task = picky.submit("bad")
-    with pytest.raises(af.TaskFailed, match=r"agent Picky failed: ValueError: cannot take 'bad'") as failure:
+    with pytest.raises(af.TaskFailed, match=r"failed: ValueError: cannot take 'bad'") as failure:
         task.result(timeout=30)
     assert failure.value.kind == "internal"
     failed = [e for e in task.events() if e.kind == "failed"]
@@ -258,6 +266,8 @@ def test_an_exception_fails_the_task_and_the_agent_serves_the_next(fleet: af.Fle
     fallback = fleet.agent(Fallback)
     answer = fallback.submit("bad").result(timeout=30)
     assert answer.startswith("picky failed (") and "ValueError: cannot take 'bad'" in answer, answer
+    # Named once, by the head that relays the callee's failure.
+    assert answer.count("agent Picky failed") == 1, answer
     assert fallback.submit("fine").result(timeout=30) == "picky said looking: took fine"
 
 
@@ -269,8 +279,9 @@ def test_sync_functions_generators_and_coroutines_are_agents(fleet: af.Fleet) ->
     assert answer.startswith("HELLO on "), answer
     assert answer != "HELLO on agentfleet-agents", "a plain function ran on the event loop"
     task = fleet.agent(countdown).submit("3")
-    assert task.result(timeout=30) == "3 2 1 "
-    assert texts(task) == ["3 ", "2 ", "1 "]
+    assert texts(task)[:3] == ["3 ", "2 ", "1 "]
+    assert task.result(timeout=30).startswith("3 2 1 on ")
+    assert texts(task)[3:] != ["on agentfleet-agents"], "a plain generator ran on the event loop"
     assert fleet.agent(whisper).submit("QUIET Please").result(timeout=30) == "quiet please"
     assert fleet.agent(double).submit("21").result(timeout=30) == "42"
 

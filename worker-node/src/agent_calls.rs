@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::callee::{Call, LocalCalls, Refused};
+use crate::tool::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 use crate::tool_calls;
-use crate::toolbox::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 
 /// How long the head may take to say where an agent runs.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,7 +19,8 @@ use crate::gate::Lease;
 use crate::models::ModelHandle;
 use crate::runner::{self, EventSink, emit, failed};
 use crate::spans;
-use crate::toolbox::{CallContext, ToolOutcome, Toolbox, ToolboxSource};
+use crate::tool::{CallContext, ToolOutcome};
+use crate::toolbox::{Toolbox, ToolboxSource};
 
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;

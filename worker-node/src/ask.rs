@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::head_calls::PendingCalls;
 use crate::runner::{EventSink, emit, failed};
-use crate::toolbox::ToolOutcome;
+use crate::tool::ToolOutcome;
 
 /// What an agent may ask its client, and how long a task waits for the reply.
 #[derive(Clone)]

@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use crate::actor::{AgentActor, Run};
 use crate::gate::{Gate, Lease, Shut};
-use crate::toolbox::ToolOutcome;
+use crate::tool::ToolOutcome;
 
 /// How long a call waits for its agent's actor to be placed here.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(5);

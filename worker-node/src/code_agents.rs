@@ -18,14 +18,13 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::agent_calls::{AgentCaller, MeshCall};
 use crate::agent_loop::Finished;
 use crate::gate::Lease;
-use crate::head_calls::{HeadCall, PendingCalls};
 use crate::models::ModelStore;
 use crate::runner::{EventSink, emit, failed};
 use crate::spans;
-use crate::toolbox::{CallContext, ToolCaller, ToolOutcome, ToolboxSource};
+use crate::tool::{CallContext, ToolCaller, ToolOutcome};
+use crate::toolbox::ToolboxSource;
 
 /// The worker's models, shared by its actors and the code agents that chat with them.
 pub type SharedModels = Arc<Mutex<ModelStore>>;
@@ -58,14 +57,16 @@ pub trait CodeAgents: Send + Sync + 'static {
     fn run(&self, task: CodeTask, context: CodeContext) -> BoxFuture<'static, CodeResult>;
 }
 
+/// How this worker reaches an agent called as a tool (through the head, or over the mesh).
+pub type AgentRoute = Arc<dyn Fn(&str) -> Arc<dyn ToolCaller> + Send + Sync>;
+
 /// What the actors of code agents share on one worker.
 #[derive(Clone)]
 pub struct CodeHost {
     pub agents: Arc<dyn CodeAgents>,
     pub models: SharedModels,
-    pub calls: PendingCalls,
-    /// Calls to agents over the mesh; `None` without a mesh (calls go through the head).
-    pub caller: Option<Arc<AgentCaller>>,
+    /// Agents the code calls that are not among its agent's tools.
+    pub route: AgentRoute,
 }
 
 /// Everything one task of a code agent needs.
@@ -168,7 +169,10 @@ impl CodeContext {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err((crate::error::model_error_kind(&e), e.to_string())),
                 None => {
-                    return Err((ErrorKind::Internal, "the model stopped without finishing".into()));
+                    return Err((
+                        ErrorKind::Internal,
+                        "the model stopped without finishing".into(),
+                    ));
                 }
             }
         }
@@ -188,14 +192,8 @@ impl CodeContext {
             Ok(toolbox) => toolbox.get(tool).cloned(),
             Err(_) => None,
         };
-        let caller: Arc<dyn ToolCaller> = match (listed, &self.0.host.caller) {
-            (Some(listed), _) => listed,
-            // Not one of its tools: another agent, however agents are reached here.
-            (None, Some(mesh)) => {
-                Arc::new(MeshCall { agent: tool.to_owned(), caller: mesh.clone() })
-            }
-            (None, None) => Arc::new(HeadCall::agent(tool, self.0.host.calls.clone())),
-        };
+        // Not one of its tools: another agent, however agents are reached here.
+        let caller = listed.unwrap_or_else(|| (self.0.host.route)(tool));
         let n = self.0.next_call.fetch_add(1, Ordering::Relaxed);
         let call = ToolCall {
             id: format!("code_{}_{n}", self.0.task.task_id.as_str().replace('-', "")),
@@ -286,7 +284,8 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
         ended = running => match ended {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(failed(ErrorKind::Internal, format!("agent {} failed: {error}", run.spec.name))),
+            // The code's own words (`TypeName: message`); whoever relays it names the agent.
+            Ok(Err(error)) => Err(failed(ErrorKind::Internal, error)),
             Err(_) => Err(failed(ErrorKind::Internal, format!("agent {}'s host panicked", run.spec.name))),
         },
     };

@@ -201,7 +201,7 @@ async fn join_mesh(
     let settings = fleet_mesh::MeshConfig {
         listen: config.mesh_listen.clone(),
         // A call is answered when the callee's generation ends, which can take minutes.
-        request_timeout: crate::toolbox::TOOL_CALL_TIMEOUT,
+        request_timeout: crate::tool::TOOL_CALL_TIMEOUT,
         ..Default::default()
     };
     let (mesh, incoming) = fleet_mesh::Mesh::start(settings)

@@ -15,8 +15,8 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::tool::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 use crate::tool_calls;
-use crate::toolbox::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 
 /// Where the answer to each call goes, by (task, call id).
 type Waiters = HashMap<(TaskId, String), oneshot::Sender<ToolOutcome>>;

@@ -22,7 +22,8 @@ use crate::head_calls::{HeadCall, PendingCalls};
 use crate::mcp::{self, McpPolicy};
 use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
-use crate::toolbox::{ToolCaller, ToolOutcome, Toolbox, ToolboxSource};
+use crate::tool::{ToolCaller, ToolOutcome};
+use crate::toolbox::{Toolbox, ToolboxSource};
 use crate::topics::{PublishTool, TopicBoard};
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
@@ -249,12 +250,14 @@ impl ActorHost {
             return Brain::Model(self.models.lock().get(&spec.model, &spec.model_options));
         }
         match &self.code {
-            Some(agents) => Brain::Code(CodeHost {
-                agents: agents.clone(),
-                models: self.models.clone(),
-                calls: self.calls.clone(),
-                caller: self.caller.clone(),
-            }),
+            Some(agents) => {
+                let (calls, caller) = (self.calls.clone(), self.caller.clone());
+                Brain::Code(CodeHost {
+                    agents: agents.clone(),
+                    models: self.models.clone(),
+                    route: Arc::new(move |agent| agent_route(agent, &calls, caller.as_ref())),
+                })
+            }
             None => {
                 let error = format!(
                     "agent {} is Python code ({}), and this worker hosts no Python agents",
@@ -303,14 +306,10 @@ impl ActorHost {
         let mut toolbox = Toolbox::default();
         toolbox.human = HumanInput::new(spec, functions, self.calls.clone());
         for name in &spec.tools {
-            let tool: Arc<dyn ToolCaller> =
-                match (functions.iter().find(|f| f.name == *name), &self.caller) {
-                    (Some(function), _) => Arc::new(HeadCall::hosted(function, self.calls.clone())),
-                    (None, Some(caller)) => {
-                        Arc::new(MeshCall { agent: name.clone(), caller: caller.clone() })
-                    }
-                    (None, None) => Arc::new(HeadCall::agent(name, self.calls.clone())),
-                };
+            let tool: Arc<dyn ToolCaller> = match functions.iter().find(|f| f.name == *name) {
+                Some(function) => Arc::new(HeadCall::hosted(function, self.calls.clone())),
+                None => agent_route(name, &self.calls, self.caller.as_ref()),
+            };
             toolbox.add(name.clone(), tool);
         }
         if !spec.topics.is_empty() {
@@ -339,6 +338,19 @@ impl ActorHost {
                 format!("the actor of agent {:?} failed ({e}); it is being restarted", task.agent);
             runner::emit(sink, &task, EventKind::failed(ErrorKind::Internal, error)).await;
         }
+    }
+}
+
+/// The agent `name` called as a tool: over the mesh when the worker is on one, else through
+/// the head.
+fn agent_route(
+    name: &str,
+    calls: &PendingCalls,
+    caller: Option<&Arc<AgentCaller>>,
+) -> Arc<dyn ToolCaller> {
+    match caller {
+        Some(caller) => Arc::new(MeshCall { agent: name.to_owned(), caller: caller.clone() }),
+        None => Arc::new(HeadCall::agent(name, calls.clone())),
     }
 }
 

@@ -49,6 +49,7 @@ pub mod remote;
 pub mod resources;
 pub mod runner;
 mod spans;
+pub mod tool;
 pub mod tool_calls;
 pub mod toolbox;
 pub mod topics;

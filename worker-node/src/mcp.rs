@@ -29,7 +29,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::toolbox::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
+use crate::tool::{CallContext, TOOL_CALL_TIMEOUT, ToolCaller, ToolOutcome};
 
 /// How long connecting to a server and listing its tools may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

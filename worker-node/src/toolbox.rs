@@ -3,64 +3,17 @@
 //! (`agent_calls`), the `publish` tool of an agent with topics (`topics`), when its actor is
 //! placed; the tools of its MCP servers (`mcp`) once they are connected, on its first task
 //! ([`ToolboxSource`]). The agent loop calls them all through one interface,
-//! [`ToolCaller`], and sees one kind of answer, [`ToolOutcome`].
+//! [`ToolCaller`], and sees one kind of answer, `ToolOutcome` (both in [`crate::tool`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use fleet_inference::ToolCall;
-use fleet_proto::{ErrorKind, TaskId};
+use fleet_proto::ErrorKind;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
 use crate::ask::HumanInput;
-use crate::gate::Lease;
-
-/// How long a tool call may take.
-pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// What a tool answered: the text the model reads next, and whether it reports an error.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ToolOutcome {
-    pub output: String,
-    pub is_error: bool,
-}
-
-impl ToolOutcome {
-    pub fn ok(output: impl Into<String>) -> Self {
-        Self { output: output.into(), is_error: false }
-    }
-
-    /// An error the calling model reads (the task goes on).
-    pub fn error(output: impl Into<String>) -> Self {
-        Self { output: output.into(), is_error: true }
-    }
-}
-
-/// What a tool call knows of the task that makes it.
-#[derive(Clone)]
-pub struct CallContext {
-    pub task_id: TaskId,
-    pub context_id: String,
-    /// Tool calls between this task and a client's (a called agent runs one deeper).
-    pub depth: u32,
-    /// W3C `traceparent` of the call's `execute_tool` span, for the callee's spans.
-    pub traceparent: String,
-    /// The turn and slot a call's run holds, lent back while it waits on this call.
-    pub lease: Option<Arc<Lease>>,
-}
-
-/// One tool, however it is reached.
-pub trait ToolCaller: Send + Sync {
-    /// The tool as the model sees it: an OpenAI function definition.
-    fn definition(&self) -> serde_json::Value;
-
-    /// Starts a call. It runs before the call is announced (the task's `ToolCall` event), so
-    /// an answer that follows the announcement always finds its waiter. The future ends with
-    /// the answer; dropping it (the task canceled) abandons the call.
-    fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome>;
-}
+use crate::tool::ToolCaller;
 
 /// An agent's toolbox, ready once its MCP servers are connected (at once without any); or
 /// why it cannot be had.

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::toolbox::{CallContext, ToolCaller, ToolOutcome};
+use crate::tool::{CallContext, ToolCaller, ToolOutcome};
 
 /// Latest messages kept per topic for prompts.
 const BOARD_DEPTH: usize = 32;
