@@ -52,7 +52,8 @@ pub fn router(
     clients: Credentials,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> crate::Result<Router> {
-    let max_body_bytes = config.max_input_bytes + BODY_SLACK_BYTES;
+    // Files come base64-encoded: 4 bytes of body for 3 of input.
+    let max_body_bytes = config.max_input_bytes / 3 * 4 + BODY_SLACK_BYTES;
     let extra_ca_pem = match &config.webhook_ca {
         Some(path) => Some(std::fs::read(path).map_err(|e| {
             crate::Error::InvalidConfig(format!("cannot read --webhook-ca {}: {e}", path.display()))

@@ -160,6 +160,16 @@ impl From<pb::TaskOptions> for TaskOptions {
             },
             parallel_tool_calls: o.parallel_tool_calls,
             raw_prompt: o.raw_prompt,
+            files: o
+                .files
+                .into_iter()
+                .map(|f| FilePart {
+                    name: f.name,
+                    media_type: f.media_type,
+                    data: f.data,
+                    url: f.url,
+                })
+                .collect(),
         }
     }
 }
@@ -178,6 +188,16 @@ impl From<&TaskOptions> for pb::TaskOptions {
             },
             parallel_tool_calls: o.parallel_tool_calls,
             raw_prompt: o.raw_prompt,
+            files: o
+                .files
+                .iter()
+                .map(|f| pb::FilePart {
+                    name: f.name.clone(),
+                    media_type: f.media_type.clone(),
+                    data: f.data.clone(),
+                    url: f.url.clone(),
+                })
+                .collect(),
         }
     }
 }

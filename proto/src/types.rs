@@ -172,6 +172,36 @@ pub struct TaskOptions {
     /// The input is text to continue as it is: no instructions, history or chat template
     /// (OpenAI's legacy completions).
     pub raw_prompt: bool,
+    /// Files given with the task (A2A file parts), for agents that take them.
+    pub files: Vec<FilePart>,
+}
+
+/// A file given with a task: its bytes, or where it is.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FilePart {
+    pub name: String,
+    pub media_type: String,
+    pub data: Vec<u8>,
+    /// Where the file is, when it came as a URL instead of bytes.
+    pub url: String,
+}
+
+impl FilePart {
+    /// Bytes it takes in a task's input.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.url.len() + self.name.len() + self.media_type.len()
+    }
+}
+
+impl std::fmt::Debug for FilePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePart")
+            .field("name", &self.name)
+            .field("media_type", &self.media_type)
+            .field("bytes", &self.data.len())
+            .field("url", &self.url)
+            .finish()
+    }
 }
 
 /// Model options whose values are secrets (credentials for a remote endpoint): the worker

@@ -125,8 +125,9 @@ impl AgentHost {
     }
 
     /// The next runs and cancellations, at least one (waits): `("run", run, program, agent,
-    /// task_id, context_id, attempt, input, history, instructions)` with `history` a list of
-    /// `(role, content)`, or `("cancel", run)`; `None` once the host is closed.
+    /// task_id, context_id, attempt, input, history, instructions, files)` with `history` a
+    /// list of `(role, content)` and `files` of `(name, media_type, data, url)`, or
+    /// `("cancel", run)`; `None` once the host is closed.
     fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
         let batch = py.detach(|| {
             let mut commands = self.commands.lock();
@@ -160,6 +161,16 @@ impl AgentHost {
                     for m in &task.history {
                         history.append((role_name(m.role), m.content.as_str()))?;
                     }
+                    let files = PyList::empty(py);
+                    for f in &task.files {
+                        let data = pyo3::types::PyBytes::new(py, &f.data);
+                        files.append((
+                            f.name.as_str(),
+                            f.media_type.as_str(),
+                            data,
+                            f.url.as_str(),
+                        ))?;
+                    }
                     PyTuple::new(
                         py,
                         [
@@ -173,6 +184,7 @@ impl AgentHost {
                             task.input.into_pyobject(py)?.into_any(),
                             history.into_any(),
                             task.instructions.into_pyobject(py)?.into_any(),
+                            files.into_any(),
                         ],
                     )?
                 }

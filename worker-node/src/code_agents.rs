@@ -43,6 +43,8 @@ pub struct CodeTask {
     /// The conversation before this task: the client's, or what the agent remembers of it.
     pub history: Vec<ChatMessage>,
     pub instructions: String,
+    /// Files given with the task (A2A file parts).
+    pub files: Vec<fleet_proto::FilePart>,
 }
 
 /// How a code agent's run ended: `Err` carries what failed (the task fails with it).
@@ -264,6 +266,7 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         input: run.task.input.clone(),
         history: run.history,
         instructions: run.spec.instructions.clone(),
+        files: run.task.options.as_ref().map(|o| o.files.clone()).unwrap_or_default(),
     };
     let context = CodeContext(Arc::new(Shared {
         host: run.host.clone(),

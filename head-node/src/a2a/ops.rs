@@ -1,14 +1,15 @@
 //! The A2A operations both bindings share: send (blocking or not), stream, get, list,
 //! cancel and subscribe, on top of the cluster's tasks and event logs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{EventKind, Reply};
+use fleet_proto::{EventKind, FilePart, Reply};
 use futures::Stream;
 use serde_json::{Value, json};
 
 use super::errors::A2aError;
-use super::message::incoming;
+use super::message::{incoming, is_text};
 use super::push::PushConfig;
 use super::{A2a, Version, render};
 use crate::cluster::{Exchange, NewTask, TaskFilter, TaskInfo};
@@ -104,6 +105,11 @@ async fn reply(
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
     task_of(a2a, agent, task_id)?;
+    if !message.files.is_empty() {
+        return Err(A2aError::content_type(
+            "a reply to a task's question is text: send it as text parts, not files",
+        ));
+    }
     let push = params
         .get("configuration")
         .and_then(|c| {
@@ -141,14 +147,55 @@ fn submit_message(
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
     let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let python = a2a
+        .cluster
+        .agent(agent)
+        .is_some_and(|a| a.spec.model.starts_with(fleet_proto::PYTHON_PREFIX));
+    let (input, files) = if python {
+        (message.text, message.files)
+    } else {
+        (with_text_files(agent, message.text, &message.files)?, Vec::new())
+    };
+    let options = (!files.is_empty())
+        .then(|| Arc::new(fleet_proto::TaskOptions { files, ..Default::default() }));
     let task = NewTask {
         agent: agent.to_owned(),
-        input: message.text,
+        input,
         context_id,
-        options: None,
+        options,
         traceparent: crate::traceparent::incoming(),
     };
     Ok(a2a.cluster.submit(task, subscriber.map(|s| (s, None)))?.to_string())
+}
+
+/// The input of a model agent: the text, then each file, which must read as text (a model
+/// reads its prompt; a Python agent takes files of any kind as they are).
+fn with_text_files(agent: &str, text: String, files: &[FilePart]) -> Result<String, A2aError> {
+    let mut input = text;
+    for file in files {
+        let name = if file.name.is_empty() { "unnamed" } else { file.name.as_str() };
+        let refused = |why: &str| {
+            A2aError::content_type(format!(
+                "agent {agent} reads text: file {name} ({}) {why}; send text, data or text files \
+                 (text/*, JSON, XML, YAML) as bytes, or give the file to a Python agent",
+                file.media_type
+            ))
+        };
+        if !file.url.is_empty() {
+            return Err(refused("is a URL, which the agent cannot fetch"));
+        }
+        if !is_text(&file.media_type) {
+            return Err(refused("is not text"));
+        }
+        let Ok(content) = std::str::from_utf8(&file.data) else {
+            return Err(refused("is not UTF-8 text"));
+        };
+        if !input.is_empty() {
+            input.push_str("\n\n");
+        }
+        input.push_str(&format!("File {name} ({}):\n{content}", file.media_type));
+    }
+    Ok(input)
 }
 
 /// Reads deliveries until the task reaches a state that ends an A2A exchange.

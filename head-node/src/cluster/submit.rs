@@ -67,7 +67,8 @@ impl Cluster {
         let embed = task.options.as_ref().map_or(&[][..], |o| &o.embed[..]);
         // A conversation given whole (OpenAI's, ending in a tool's result) needs no input.
         let history = task.options.as_ref().is_some_and(|o| !o.history.is_empty());
-        if task.input.trim().is_empty() && embed.is_empty() && !history {
+        let files = task.options.as_ref().is_some_and(|o| !o.files.is_empty());
+        if task.input.trim().is_empty() && embed.is_empty() && !history && !files {
             return Err(Error::InvalidArgument(
                 "input is empty: give the agent something to do".into(),
             ));
@@ -81,10 +82,12 @@ impl Cluster {
         let extra: usize = task.options.as_ref().map_or(0, |o| {
             o.embed.iter().map(String::len).sum::<usize>()
                 + o.history.iter().map(|t| t.content.len()).sum::<usize>()
+                + o.files.iter().map(fleet_proto::FilePart::size).sum::<usize>()
         });
         if task.input.len() + extra > self.limits.max_input_bytes {
             return Err(Error::InvalidArgument(format!(
-                "the input is {} bytes with its history or texts, over the limit of {} bytes",
+                "the input is {} bytes with its history, texts or files, over the limit of {} \
+                 bytes (the head's --max-input-bytes)",
                 task.input.len() + extra,
                 self.limits.max_input_bytes
             )));

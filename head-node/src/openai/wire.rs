@@ -120,6 +120,7 @@ impl ChatRequest {
             tool_choice: self.tool_choice.clone(),
             parallel_tool_calls: self.parallel_tool_calls,
             raw_prompt: false,
+            files: Vec::new(),
         }
     }
 

@@ -49,12 +49,13 @@ from agentfleet._native import (
     write_random_weight_model,
 )
 from agentfleet._native import init as _init
-from agentfleet.agents import AgentContext, AgentTask, agent
+from agentfleet.agents import AgentContext, AgentFile, AgentTask, agent
 from agentfleet.tools import Tool, tool
 
 __all__ = [
     "Agent",
     "AgentContext",
+    "AgentFile",
     "AgentTask",
     "AsyncEventIterator",
     "Cancelled",

@@ -56,7 +56,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 from agentfleet._native import AgentHost, FleetError, TaskFailed
 
-__all__ = ["AgentContext", "AgentTask", "agent", "MAX_CONTEXTS"]
+__all__ = ["AgentContext", "AgentFile", "AgentTask", "agent", "MAX_CONTEXTS"]
 
 #: The most per-conversation instances one agent keeps in one process.
 MAX_CONTEXTS = 10_000
@@ -66,10 +66,28 @@ _log = logging.getLogger("agentfleet.agents")
 T = TypeVar("T")
 
 
+class AgentFile:
+    """A file given with a task (an A2A file part): its bytes, or the URL where it is."""
+
+    __slots__ = ("name", "media_type", "data", "url")
+
+    def __init__(self, name: str, media_type: str, data: bytes, url: str) -> None:
+        self.name = name
+        self.media_type = media_type
+        #: The file's bytes (empty when it came as a URL).
+        self.data = data
+        #: Where the file is, when it came as a URL instead of bytes ("" otherwise).
+        self.url = url
+
+    def __repr__(self) -> str:
+        where = f"url={self.url!r}" if self.url else f"{len(self.data)} bytes"
+        return f"AgentFile(name={self.name!r}, media_type={self.media_type!r}, {where})"
+
+
 class AgentTask:
     """One task of a Python agent, as its code sees it."""
 
-    __slots__ = ("id", "agent", "input", "context_id", "attempt", "history", "instructions")
+    __slots__ = ("id", "agent", "input", "context_id", "attempt", "history", "instructions", "files")
 
     def __init__(
         self,
@@ -80,6 +98,7 @@ class AgentTask:
         attempt: int,
         history: list[dict[str, str]],
         instructions: str,
+        files: "list[AgentFile] | None" = None,
     ) -> None:
         self.id = id
         #: The agent it was sent to (one Python agent may serve several cluster agents).
@@ -92,6 +111,8 @@ class AgentTask:
         self.history = history
         #: The agent's instructions as registered.
         self.instructions = instructions
+        #: Files given with the task (A2A file parts), in order.
+        self.files: list[AgentFile] = files or []
 
     def __repr__(self) -> str:
         return f"AgentTask(id={self.id!r}, agent={self.agent!r}, input={self.input!r})"
@@ -295,7 +316,7 @@ class _Runtime:
                 if running is not None:
                     running.cancel()
                 continue
-            _, run, program, agent_name, task_id, context_id, attempt, input, history, instructions = command
+            _, run, program, agent_name, task_id, context_id, attempt, input, history, instructions, files = command
             task = AgentTask(
                 task_id,
                 agent_name,
@@ -304,6 +325,7 @@ class _Runtime:
                 attempt,
                 [{"role": r, "content": c} for r, c in history],
                 instructions,
+                [AgentFile(*f) for f in files],
             )
             self._runs[run] = self._loop.create_task(self._run(run, program, task))
 
