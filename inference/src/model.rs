@@ -14,6 +14,18 @@ pub enum Role {
     Tool,
 }
 
+impl Role {
+    /// The role's name in chat templates and OpenAI's messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
 /// A call of a tool (a function the model may use), as the model made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolCall {

@@ -159,7 +159,7 @@ impl AgentHost {
                 Command::Run(run, task) => {
                     let history = PyList::empty(py);
                     for m in &task.history {
-                        history.append((role_name(m.role), m.content.as_str()))?;
+                        history.append((m.role.as_str(), m.content.as_str()))?;
                     }
                     let files = PyList::empty(py);
                     for f in &task.files {
@@ -281,15 +281,6 @@ impl AgentHost {
 fn fail_all(shared: &Shared) {
     for (_, running) in shared.runs.lock().drain() {
         let _ = running.out.send(Out::Done(Err("the process's agent host closed".into())));
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
     }
 }
 

@@ -100,7 +100,7 @@ impl ChatTemplate {
             .iter()
             .map(|m| {
                 let mut message = BTreeMap::from([
-                    ("role", Value::from(role_name(m.role))),
+                    ("role", Value::from(Role::as_str(m.role))),
                     ("content", Value::from(m.content.as_str())),
                 ]);
                 if !m.tool_calls.is_empty() {
@@ -161,15 +161,6 @@ impl std::io::Write for Bounded {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
     }
 }
 
