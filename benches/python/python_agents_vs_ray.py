@@ -31,12 +31,15 @@ Measurements (one warm-up, then the median of --rounds rounds; every round is ke
      agent the Rust worker answers itself: what hosting the agent in Python adds)
   b. embedded: the same agent on `af.init(workers=2)` (head and workers in this process,
      the agent run on this process's event loop)                                -> tasks/s
+     (beside it, for reference, `af.init(workers=2, data_dir=<a folder on /dev/shm>)`: the
+     embedded head's default store is a file store in a temporary folder, which syncs to
+     disk per write; on tmpfs that costs nothing)
   c. Ray: 2 actors whose method returns its input, 10,000 calls round-robin, `ray.get` of
      all; the same with 2 async actors (`async def`)                            -> calls/s
   d. 1,000 sequential round trips: `agent.submit(x).result()` on the cluster (and embedded);
      `ray.get(actor.echo.remote(x))`                                            -> p50 us
 Each round also records the CPU seconds of each process involved (from /proc), to show
-where the time goes. Every process this script starts (head, workers, Ray) is stopped at
+where the time goes, and those of the rest of the machine ("other": other work sharing it). Every process this script starts (head, workers, Ray) is stopped at
 the end, on errors too.
 """
 
@@ -54,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 N_TASKS = 10_000
 N_SEQ = 1_000
@@ -67,6 +71,10 @@ async def py_echo(task, ctx):
     yield task.input
 '''
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cast_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def rounds_of(fn, rounds):
@@ -105,20 +113,31 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-class CpuMeter:
-    """CPU seconds spent by groups of processes between start() and stop()."""
+def busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cpus), from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
 
-    def __init__(self, groups: "dict[str, callable]") -> None:
+
+class CpuMeter:
+    """CPU seconds spent by groups of processes between start() and stop(), and by the rest
+    of the machine ("other": what else ran meanwhile; near 0 on a quiet machine)."""
+
+    def __init__(self, groups: "dict[str, Callable[[], list[int]]]") -> None:
         self.groups = groups  # name -> function returning the pids of the group now
 
     def start(self) -> None:
         self.before = {name: {pid: cpu_s(pid) for pid in pids()} for name, pids in self.groups.items()}
+        self.busy = busy_s()
 
     def stop(self) -> dict[str, float]:
-        out = {}
+        busy = busy_s() - self.busy
+        out: dict[str, float] = {}
         for name, pids in self.groups.items():
             # Processes that started during the round count from 0.
             out[name] = round(sum(cpu_s(pid) - self.before[name].get(pid, 0.0) for pid in pids()), 3)
+        out["other"] = round(max(0.0, busy - sum(out.values())), 3)
         return out
 
 
@@ -228,7 +247,7 @@ def agentfleet_cluster(rounds: int, module_dir: str, head_cmd: list[str], slots:
     try:
         fleet = af.init(address, token="bench")
         deadline = time.monotonic() + 60
-        while len(fleet.status()["workers"]) < 2:
+        while len(cast_list(fleet.status()["workers"])) < 2:
             for proc in workers:
                 if proc.poll() is not None:
                     raise RuntimeError(f"a worker exited ({proc.returncode}) before joining")
@@ -258,11 +277,13 @@ def agentfleet_cluster(rounds: int, module_dir: str, head_cmd: list[str], slots:
         stop_all()
 
 
-def agentfleet_embedded(rounds: int) -> dict:
+def agentfleet_embedded(rounds: int, data_dir: "str | None" = None) -> dict:
+    """`af.init(workers=2)`: by default the head's store is a file store in a temporary
+    folder; `data_dir` puts it elsewhere (the tmpfs row: the same without fsync costs)."""
     import agentfleet as af
 
     agents = __import__(AGENT_MODULE)
-    fleet = af.init(workers=2)
+    fleet = af.init(workers=2, data_dir=data_dir)
     try:
         me = os.getpid()
         meter = CpuMeter({"process": lambda: [me]})
@@ -363,6 +384,8 @@ def report(results: dict) -> None:
     rows.append(("agentfleet cluster, Python agent (head + 2 Python workers)", cluster["python_agent"]))
     rows.append(("agentfleet cluster, `builtin:echo` (reference)", cluster["builtin_echo"]))
     rows.append(("agentfleet embedded, Python agent (`af.init(workers=2)`)", results["agentfleet_embedded"]["python_agent"]))
+    if "agentfleet_embedded_tmpfs" in results:
+        rows.append(("agentfleet embedded, head's store on tmpfs (reference: no fsync)", results["agentfleet_embedded_tmpfs"]["python_agent"]))
     ray = results.get("ray")
     if ray:
         rows.append((f"Ray {ray['version']}, 2 actors", ray["actors"]))
@@ -437,6 +460,13 @@ def main() -> None:
         results["agentfleet_cluster"] = agentfleet_cluster(args.rounds, module_dir, head_command(args.head_bin), args.slots, args.log)
         print("agentfleet embedded ...", flush=True)
         results["agentfleet_embedded"] = agentfleet_embedded(args.rounds)
+        if os.path.isdir("/dev/shm"):
+            print("agentfleet embedded, store on tmpfs ...", flush=True)
+            shm = tempfile.mkdtemp(prefix="af-bench-store-", dir="/dev/shm")
+            try:
+                results["agentfleet_embedded_tmpfs"] = agentfleet_embedded(args.rounds, shm)
+            finally:
+                shutil.rmtree(shm, ignore_errors=True)
         if not args.skip_ray:
             print("Ray ...", flush=True)
             results["ray"] = ray_bench(args.rounds)

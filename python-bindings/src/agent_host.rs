@@ -26,6 +26,9 @@ use crate::errors;
 
 /// The most runs handed to Python at once.
 const BATCH: usize = 512;
+/// The most text one task of a Python agent may stream (its answer is kept whole by the
+/// head and in the agent's memory).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// What the worker sends Python.
 enum Command {
@@ -50,6 +53,8 @@ struct Running {
     context: CodeContext,
     /// The worker's runtime, where the context's work runs.
     runtime: tokio::runtime::Handle,
+    /// The context's calls under way: stopped when the run ends.
+    calls: Vec<tokio::task::AbortHandle>,
 }
 
 struct Shared {
@@ -73,13 +78,6 @@ impl AgentHost {
         Arc::new(Agents(self.shared.clone()))
     }
 
-    fn running<T>(&self, run: u64, f: impl FnOnce(&Running) -> T) -> PyResult<T> {
-        match self.shared.runs.lock().get(&run) {
-            Some(running) => Ok(f(running)),
-            None => Err(errors::Unavailable::new_err("this task has ended (canceled or failed)")),
-        }
-    }
-
     /// `work` on the worker's runtime with run `run`'s context, as a Python awaitable.
     fn spawn<'py, F, Fut, T>(
         &self,
@@ -93,18 +91,35 @@ impl AgentHost {
         T: for<'a> IntoPyObject<'a> + Send + 'static,
     {
         let (barrier, reached) = oneshot::channel();
-        let (context, runtime) = self.running(run, |r| {
+        let (context, runtime) = {
+            let runs = self.shared.runs.lock();
+            let Some(r) = runs.get(&run) else {
+                return Err(errors::Unavailable::new_err(
+                    "this task has ended (canceled or failed)",
+                ));
+            };
             let _ = r.out.send(Out::Barrier(barrier));
             (r.context.clone(), r.runtime.clone())
-        })?;
+        };
         let work = work(context);
         let handle = runtime.spawn(async move {
             // The run gone meanwhile: the call still runs, and finds the task ended.
             let _ = reached.await;
             work.await
         });
+        if let Some(r) = self.shared.runs.lock().get_mut(&run) {
+            r.calls.retain(|c| !c.is_finished());
+            r.calls.push(handle.abort_handle());
+        }
+        // Python no longer awaiting it (canceled, timed out) stops the call.
+        let abort = AbortOnDrop(handle.abort_handle());
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            handle.await.map_err(|_| errors::FleetError::new_err("the call panicked"))?
+            let _abort = abort;
+            match handle.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => Err(errors::FleetError::new_err("the call panicked")),
+                Err(_) => Err(errors::Unavailable::new_err("the call stopped: its task ended")),
+            }
         })
     }
 }
@@ -194,10 +209,12 @@ impl AgentHost {
         Ok(Some(list))
     }
 
-    /// Streams `text` as part of run `run`'s answer (dropped once the run has ended).
-    fn text(&self, run: u64, text: String) {
-        if let Some(running) = self.shared.runs.lock().get(&run) {
-            let _ = running.out.send(Out::Text(text));
+    /// Streams `text` as part of run `run`'s answer; false once the run has ended (the text
+    /// is dropped, and a generator should stop).
+    fn text(&self, run: u64, text: String) -> bool {
+        match self.shared.runs.lock().get(&run) {
+            Some(running) => running.out.send(Out::Text(text)).is_ok(),
+            None => false,
         }
     }
 
@@ -310,6 +327,15 @@ fn chat_error(kind: ErrorKind, message: String) -> PyErr {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The host as the worker calls it.
 struct Agents(Arc<Shared>);
 
@@ -322,7 +348,11 @@ struct Abandon {
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        self.shared.runs.lock().remove(&self.run);
+        if let Some(running) = self.shared.runs.lock().remove(&self.run) {
+            for call in running.calls {
+                call.abort();
+            }
+        }
         if !self.done {
             let _ = self.shared.commands.send(Command::Cancel(self.run));
         }
@@ -339,7 +369,8 @@ impl CodeAgents for Agents {
         let run = shared.next.fetch_add(1, Ordering::Relaxed);
         let (out, mut outs) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
-        shared.runs.lock().insert(run, Running { out, context: context.clone(), runtime });
+        let running = Running { out, context: context.clone(), runtime, calls: Vec::new() };
+        shared.runs.lock().insert(run, running);
         let sent = shared.commands.send(Command::Run(run, task));
         let abandon = Abandon { shared, run, done: false };
         async move {
@@ -349,9 +380,21 @@ impl CodeAgents for Agents {
                 abandon.done = true;
                 return Err("this process no longer hosts Python agents".to_owned());
             }
+            let mut streamed = 0;
             while let Some(out) = outs.recv().await {
                 match out {
-                    Out::Text(text) => context.text(text).await,
+                    Out::Text(text) => {
+                        streamed += text.len();
+                        if streamed > MAX_ANSWER_BYTES {
+                            return Err(format!(
+                                "the agent streamed more than {} MiB, the most one task may \
+                                 answer: return less, or store the rest elsewhere and answer \
+                                 where it is",
+                                MAX_ANSWER_BYTES >> 20
+                            ));
+                        }
+                        context.text(text).await;
+                    }
                     Out::Barrier(reached) => {
                         let _ = reached.send(());
                     }

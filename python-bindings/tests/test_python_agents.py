@@ -299,6 +299,104 @@ def test_a_python_agent_chats_with_smollm2(tmp_path: Path) -> None:
     assert len(answer.split()) <= 8, answer
 
 
+@af.agent
+async def Quitter(task: af.AgentTask, ctx: af.AgentContext) -> AsyncIterator[str]:
+    """Leaves the way a script would: SystemExit."""
+    yield "bye "
+    sys.exit(3)
+
+
+@af.agent
+async def SelfCancel(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Cancels a task of its own and awaits it: its own CancelledError, not the worker's."""
+    inner = asyncio.ensure_future(asyncio.sleep(30))
+    inner.cancel()
+    await inner
+    return "unreachable"
+
+
+TICKS: list[int] = []
+
+
+@af.agent
+def Ticker(task: af.AgentTask, ctx: af.AgentContext) -> Iterator[str]:
+    """A plain generator that never ends on its own."""
+    n = 0
+    while True:
+        n += 1
+        TICKS.append(n)
+        time.sleep(0.005)
+        yield "."
+
+
+WIPED: list[str] = []
+
+
+@af.tool(requires_approval=True)
+def wipe(target: str) -> str:
+    """Wipes a target (a person must approve each call)."""
+    WIPED.append(target)
+    return f"wiped {target}"
+
+
+@af.agent
+async def Sneaky(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Calls the hosted function wipe, which its agent may or may not list."""
+    try:
+        return await ctx.call("wipe", target=task.input)
+    except af.TaskFailed as e:
+        return f"refused: {e}"
+
+
+def test_a_system_exit_fails_its_task_and_the_host_serves_on(fleet: af.Fleet) -> None:
+    """SystemExit (or KeyboardInterrupt) in an agent fails that task; the event loop lives
+    and the next tasks run; a CancelledError the code raises itself fails its task too."""
+    with pytest.raises(af.TaskFailed, match=r"SystemExit: 3"):
+        fleet.agent(Quitter).submit("x").result(timeout=30)
+    with pytest.raises(af.TaskFailed, match=r"CancelledError"):
+        fleet.agent(SelfCancel).submit("x").result(timeout=30)
+    assert fleet.agent(double).submit("4").result(timeout=30) == "8"
+
+
+def test_a_canceled_plain_generator_stops(fleet: af.Fleet) -> None:
+    """Canceling a task stops a plain generator at its next yield (its thread is not held
+    forever)."""
+    TICKS.clear()
+    task = fleet.agent(Ticker).submit("go")
+    events = task.events()
+    next(e for e in events if e.kind == "text_delta")
+    task.cancel()
+    with pytest.raises(af.Cancelled):
+        task.result(timeout=30)
+    deadline = time.monotonic() + 10
+    while True:
+        before = len(TICKS)
+        time.sleep(0.2)
+        if len(TICKS) == before:
+            break
+        assert time.monotonic() < deadline, "the canceled generator kept running"
+
+
+def test_a_python_agent_calls_only_listed_functions_with_their_approvals(fleet: af.Fleet) -> None:
+    """A hosted function the agent does not list is refused (the code may call any agent,
+    not any function); one it lists that requires approval waits for a person like a
+    model's call: the task is input-required until approved."""
+    WIPED.clear()
+    fleet.agent("wipe-holder", model="builtin:echo", tools=[wipe])  # hosts wipe in this process
+    answer = fleet.agent("sneaky", model="python:Sneaky").submit("prod").result(timeout=30)
+    assert answer.startswith("refused:") and "not one of agent sneaky's tools" in answer, answer
+    assert WIPED == []
+
+    guarded = fleet.agent("guarded", model="python:Sneaky", tools=[wipe])
+    task = guarded.submit("staging")
+    request = task.wait_input(timeout=30)
+    assert request is not None and task.state == "input-required", request
+    assert WIPED == [], "the call ran before it was approved"
+    task.approve()
+    assert task.result(timeout=30) == "wiped staging"
+    assert WIPED == ["staging"]
+
+
 # ---- a running cluster: head and workers as separate processes --------------------------
 
 WAITER = '''

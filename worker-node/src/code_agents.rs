@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::agent_loop::Finished;
+use crate::ask::Asking;
 use crate::gate::Lease;
 use crate::models::ModelStore;
 use crate::runner::{EventSink, emit, failed};
@@ -190,18 +191,32 @@ impl CodeContext {
             () = self.0.cancel.cancelled() => return ToolOutcome::error("canceled"),
             toolbox = self.0.tools.get() => toolbox,
         };
-        let listed = match &toolbox {
-            Ok(toolbox) => toolbox.get(tool).cloned(),
-            Err(_) => None,
+        let toolbox = match toolbox {
+            Ok(toolbox) => toolbox,
+            Err((_, reason)) => {
+                return ToolOutcome::error(format!("agent {}'s tools: {reason}", self.0.spec.name));
+            }
         };
-        // Not one of its tools: another agent, however agents are reached here.
-        let caller = listed.unwrap_or_else(|| (self.0.host.route)(tool));
         let n = self.0.next_call.fetch_add(1, Ordering::Relaxed);
         let call = ToolCall {
             id: format!("code_{}_{n}", self.0.task.task_id.as_str().replace('-', "")),
             name: tool.to_owned(),
             arguments,
         };
+        // Asked before the call is announced, as for a model's call: nothing runs unapproved.
+        if let Some(human) = &toolbox.human
+            && human.needs_approval(tool)
+        {
+            let asking = Asking { task: &self.0.task, sink: &self.0.sink, cancel: &self.0.cancel };
+            match human.approve(asking, &self.0.spec.name, &call.id, tool, &call.arguments).await {
+                Ok(None) => {}
+                Ok(Some(refused)) => return refused,
+                Err(EventKind::Failed { error, .. }) => return ToolOutcome::error(error),
+                Err(_) => return ToolOutcome::error("canceled"),
+            }
+        }
+        // Not one of its tools: another agent, however agents are reached here.
+        let caller = toolbox.get(tool).cloned().unwrap_or_else(|| (self.0.host.route)(tool));
         let mut span = spans::tool(&self.0.traceparent, &call);
         let traceparent = span.traceparent_or(&self.0.traceparent);
         let context = CallContext {

@@ -107,6 +107,16 @@ fn security(a2a: &A2a, card: &mut Value) {
     }
 }
 
+/// What an agent takes: a model reads text (text files too, in its prompt); a Python
+/// agent's code takes files of any type.
+fn input_modes(spec: &fleet_proto::AgentSpec) -> Value {
+    if spec.model.starts_with(fleet_proto::PYTHON_PREFIX) {
+        json!(["text/plain", "application/json", "*/*"])
+    } else {
+        json!(["text/plain", "application/json", "text/*"])
+    }
+}
+
 /// The card of one agent, reachable under `url`.
 pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
     let spec = &agent.spec;
@@ -125,7 +135,7 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
         ],
         "provider": {"organization": "agentfleet", "url": "https://github.com/agentfleet"},
         "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": a2a.clients.required()},
-        "defaultInputModes": ["text/plain", "application/json"],
+        "defaultInputModes": input_modes(spec),
         "defaultOutputModes": ["text/plain"],
         "skills": [skill(agent)],
         "supportsAuthenticatedExtendedCard": a2a.clients.required(),

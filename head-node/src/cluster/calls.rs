@@ -227,18 +227,28 @@ pub(super) struct ToolCallSeen {
 
 /// Sends a task's tool call on: to a process hosting the tool, or (an agent) runs the agent
 /// as a sub-task of it; the result goes back to the caller's worker when it comes. Calls of
-/// names that are not among the caller's tools are the worker's to answer.
+/// names that are not among the caller's tools are the worker's to answer (`ask_user`, MCP
+/// tools, a client's tools), except a Python agent's calls of other agents.
 pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen) {
     let ToolCallSeen { caller, call_id, name, arguments, traceparent } = call;
     let (caller, name, arguments) = (&caller, name.as_str(), arguments.as_str());
     let Some(task) = state.tasks.get(caller.as_str()) else { return };
     let Ok(agent) = state.agents.get(&task.agent) else { return };
-    // A model calls only its agent's tools; a Python agent's code may call any agent.
-    let python = agent.spec.model.starts_with(fleet_proto::PYTHON_PREFIX);
-    if !python && !agent.spec.tools.iter().any(|t| t == name) {
-        let error = format!("{name} is not one of agent {}'s tools", agent.spec.name);
-        reply_to_call(state, caller, call_id, error, true);
-        return;
+    if !agent.spec.tools.iter().any(|t| t == name) {
+        // A Python agent's code may call any agent, but only the hosted functions its agent
+        // lists (whose approvals its worker asks for).
+        let python = agent.spec.model.starts_with(fleet_proto::PYTHON_PREFIX);
+        if python && state.tools.contains(name) {
+            let error = format!(
+                "{name} is not one of agent {}'s tools: list it in the agent's tools to call it",
+                agent.spec.name
+            );
+            reply_to_call(state, caller, call_id, error, true);
+            return;
+        }
+        if !python {
+            return;
+        }
     }
     if state.tools.contains(name) {
         let context_id = task.context_id.clone();

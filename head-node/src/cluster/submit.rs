@@ -84,6 +84,14 @@ impl Cluster {
                 + o.history.iter().map(|t| t.content.len()).sum::<usize>()
                 + o.files.iter().map(fleet_proto::FilePart::size).sum::<usize>()
         });
+        let files = task.options.as_ref().map_or(&[][..], |o| &o.files[..]);
+        let web = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if let Some(f) = files.iter().find(|f| !f.url.is_empty() && !web(&f.url)) {
+            return Err(Error::InvalidArgument(format!(
+                "file {:?}: a file's URL is http:// or https://, not {:?}",
+                f.name, f.url
+            )));
+        }
         if task.input.len() + extra > self.limits.max_input_bytes {
             return Err(Error::InvalidArgument(format!(
                 "the input is {} bytes with its history, texts or files, over the limit of {} \
@@ -198,6 +206,14 @@ pub(super) fn submit_in(
     parent: Option<(TaskId, String, u32)>,
 ) -> Result<TaskId> {
     let spec = state.agents.get(&task.agent)?.spec.clone();
+    let files = task.options.as_ref().map_or(0, |o| o.files.len());
+    if files > 0 && !spec.model.starts_with(fleet_proto::PYTHON_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "agent {} runs a model, which reads text: give its files' text in the input, or \
+             the files to a Python agent",
+            spec.name
+        )));
+    }
     let context_worker = context_worker(state, &task.agent, &task.context_id);
     let prefixes = state
         .prefix_affinity

@@ -317,7 +317,9 @@ pub type EvictionHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// All known tasks: the unfinished ones and the most recent finished ones.
 pub struct TaskTable {
-    tasks: HashMap<TaskId, TaskEntry>,
+    /// Hashed with foldhash (seeded per process): the default SipHash was 7% of the head's
+    /// time at 30,000 tasks/s.
+    tasks: HashMap<TaskId, TaskEntry, foldhash::fast::RandomState>,
     by_number: BTreeMap<u64, TaskId>,
     /// The tasks by agent, state and context, for listing.
     index: TaskIndex,
@@ -353,7 +355,7 @@ impl TaskTable {
     /// submitter can still read it).
     pub fn new(max_retained: usize, max_retained_bytes: usize) -> Self {
         Self {
-            tasks: HashMap::new(),
+            tasks: HashMap::default(),
             by_number: BTreeMap::new(),
             index: TaskIndex::default(),
             pending: None,

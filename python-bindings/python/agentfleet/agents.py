@@ -28,8 +28,9 @@ A class keeps state between tasks: one instance per agent in each process that h
 or with ``per_context=True`` one per conversation (``context_id``; the least recently used
 are dropped past ``MAX_CONTEXTS`` per agent). The cluster keeps a conversation on one
 worker while it can, so its instance sees every turn; a worker lost takes its instances
-with it. Tasks run concurrently on one event loop: an instance's state is shared by its
-concurrent tasks (no locks needed between awaits).
+with it. Async tasks run concurrently on one event loop: an instance's state is shared by
+its concurrent tasks (no locks needed between awaits); a plain ``run`` runs on threads, so
+guard its state with a lock.
 
 The context (`AgentContext`) streams nothing itself; it lets the code ask the cluster:
 ``await ctx.chat(model=..., messages=...)`` (a model of the worker, local or ``openai:``),
@@ -277,6 +278,8 @@ class _Runtime:
         self._native = native
         self._loop = asyncio.new_event_loop()
         self._runs: dict[int, asyncio.Task[None]] = {}
+        #: Runs the worker canceled (a CancelledError of the code's own is a failure).
+        self._canceled: set[int] = set()
         self._instances: dict[str, Any] = {}
         self._contexts: dict[str, collections.OrderedDict[str, Any]] = {}
         self._loop_thread = threading.Thread(target=self._serve_loop, name="agentfleet-agents", daemon=True)
@@ -286,7 +289,11 @@ class _Runtime:
 
     def close(self) -> None:
         self._native.close()
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        if not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            except RuntimeError:
+                pass  # closed meanwhile
         self._loop_thread.join(timeout=5)
 
     def _serve_loop(self) -> None:
@@ -294,6 +301,8 @@ class _Runtime:
         try:
             self._loop.run_forever()
         finally:
+            # Runs open and to come fail rather than wait for a loop that is gone.
+            self._native.close()
             for pending in asyncio.all_tasks(self._loop):
                 pending.cancel()
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
@@ -307,13 +316,15 @@ class _Runtime:
             try:
                 self._loop.call_soon_threadsafe(self._start, batch)
             except RuntimeError:
-                return  # the loop is closed
+                self._native.close()  # the loop is gone: fail what waits
+                return
 
     def _start(self, batch: list[tuple[Any, ...]]) -> None:
         for command in batch:
             if command[0] == "cancel":
                 running = self._runs.pop(command[1], None)
                 if running is not None:
+                    self._canceled.add(command[1])
                     running.cancel()
                 continue
             _, run, program, agent_name, task_id, context_id, attempt, input, history, instructions, files = command
@@ -356,14 +367,19 @@ class _Runtime:
                 value = await asyncio.to_thread(fn, task, ctx)
                 if value is not None:
                     native.text(run, _text(value))
-        except asyncio.CancelledError:
-            return  # the worker canceled it; nobody waits for an answer
-        except Exception as e:
+        except asyncio.CancelledError as e:
+            if run in self._canceled:
+                return  # the worker canceled it; nobody waits for an answer
+            native.finish(run, f"CancelledError: the agent's code was canceled {e}".rstrip())
+            return
+        except BaseException as e:
+            # SystemExit and KeyboardInterrupt too: they end this task, not the host.
             _log.warning("Python agent %s failed on task %s", program, task.id, exc_info=True)
             native.finish(run, f"{type(e).__name__}: {e}")
             return
         finally:
             self._runs.pop(run, None)
+            self._canceled.discard(run)
         native.finish(run, None)
 
     def _instance(self, code: _Code, task: AgentTask) -> Any:
@@ -386,8 +402,13 @@ class _Runtime:
 
 
 def _drain(native: Any, run: int, fn: Callable[..., Any], task: AgentTask, ctx: AgentContext) -> None:
-    for piece in fn(task, ctx):
-        native.text(run, _text(piece))
+    pieces = fn(task, ctx)
+    try:
+        for piece in pieces:
+            if not native.text(run, _text(piece)):
+                return  # the task ended (canceled): the generator stops here
+    finally:
+        pieces.close()
 
 
 _runtimes_lock = threading.Lock()
