@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleet_client::{ClusterStatus, EventKind, TaskEvent, TaskInfo, TaskState, pb};
+use fleet_client::{ArtifactPart, ClusterStatus, EventKind, TaskEvent, TaskInfo, TaskState, pb};
 
 /// Rows under a header, each column as wide as its widest cell.
 fn table(header: &[&str], rows: &[Vec<String>], out: &mut impl Write) -> io::Result<()> {
@@ -151,6 +151,16 @@ pub fn event(event: &TaskEvent) -> String {
             format!("retrying after attempt {failed_attempt}: {reason}")
         }
         EventKind::Embeddings { vectors } => format!("{} embeddings", vectors.len()),
+        EventKind::Artifact(a) => {
+            let name = if a.name.is_empty() { &a.id } else { &a.name };
+            match &a.part {
+                ArtifactPart::File(f) if f.url.is_empty() => {
+                    format!("artifact {name} ({}, {} bytes)", f.media_type, f.data.len())
+                }
+                ArtifactPart::File(f) => format!("artifact {name} ({}) at {}", f.media_type, f.url),
+                ArtifactPart::Data(json) => format!("artifact {name}: {}", preview(json, 200)),
+            }
+        }
     };
     format!("[{} #{}] {what}", event.task_id, event.seq)
 }

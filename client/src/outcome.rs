@@ -2,11 +2,12 @@
 //! multiplexed tasks ([`Collector`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 
 use crate::{Error, ManyUpdate, Result, TaskEvent, TaskId, TaskState, Usage};
-use fleet_proto::{ErrorKind, EventKind};
+use fleet_proto::{Artifact, ErrorKind, EventKind};
 
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +16,8 @@ pub struct TaskOutcome {
     pub state: TaskState,
     /// The text of the final attempt.
     pub output: String,
+    /// The files and data the final attempt returned beside its text.
+    pub artifacts: Vec<Arc<Artifact>>,
     pub error: String,
     /// What kind of failure (`Internal` unless the task failed).
     pub kind: ErrorKind,
@@ -30,6 +33,7 @@ impl TaskOutcome {
             task_id,
             state: TaskState::Queued,
             output: String::new(),
+            artifacts: Vec::new(),
             error: String::new(),
             kind: ErrorKind::default(),
             attempt: 1,
@@ -44,12 +48,14 @@ impl TaskOutcome {
         if event.attempt != self.attempt {
             self.attempt = event.attempt;
             self.output.clear();
+            self.artifacts.clear();
         }
         if let Some(state) = event.kind.state_after() {
             self.state = state;
         }
         match &event.kind {
             EventKind::TextDelta { text, .. } => self.output.push_str(text),
+            EventKind::Artifact(artifact) => self.artifacts.push(artifact.clone()),
             EventKind::Completed { usage } => self.usage = *usage,
             EventKind::Failed { error, kind, .. } => {
                 self.error.clone_from(error);

@@ -1,6 +1,8 @@
 //! The cluster's agents as an MCP server at `/mcp` (streamable HTTP, through the official Rust
 //! SDK, `rmcp`): `tools/list` lists the agents, `tools/call` runs one task on an agent and
-//! answers with its output. A client that sends a progress token gets the text as it is
+//! answers with its output (and the files and data the agent returned beside it: images as
+//! image content, other files as embedded resources or links, data as JSON text). A client
+//! that sends a progress token gets the text as it is
 //! written, in progress notifications. The server is stateless (no MCP sessions to keep or
 //! bound: each POST stands alone) and sits behind the same client credentials as the other
 //! front doors.
@@ -16,11 +18,12 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use fleet_proto::{ErrorKind, EventKind};
+use base64::Engine as _;
+use fleet_proto::{Artifact, ArtifactPart, ErrorKind, EventKind};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, Tool,
+    ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -232,9 +235,16 @@ async fn follow(
     context: &RequestContext<RoleServer>,
 ) -> Result<CallToolResult, ErrorData> {
     let mut output = String::new();
+    let mut artifacts = Vec::new();
     let mut deltas = 0u32;
     while let Some(event) = run.next().await {
         match &event.kind {
+            EventKind::Artifact(artifact) => artifacts.push(artifact_content(&run, artifact)),
+            EventKind::Retrying { .. } => {
+                // The new attempt answers anew.
+                output.clear();
+                artifacts.clear();
+            }
             EventKind::TextDelta { text, .. } => {
                 output.push_str(text);
                 deltas += 1;
@@ -247,7 +257,9 @@ async fn follow(
                 }
             }
             EventKind::Completed { .. } => {
-                let mut result = CallToolResult::success(vec![ContentBlock::text(output)]);
+                let mut content = vec![ContentBlock::text(output)];
+                content.append(&mut artifacts);
+                let mut result = CallToolResult::success(content);
                 result.meta = Some(task_meta(&run));
                 return Ok(result);
             }
@@ -272,6 +284,32 @@ async fn follow(
          its retention); its id is in `data`",
         Some(json!({"task_id": run.task_id.as_str()})),
     ))
+}
+
+/// An artifact as MCP content: an image as an image, another file as an embedded resource
+/// (its bytes) or a link (its URL), data as its JSON text.
+fn artifact_content(run: &TaskRun, a: &Artifact) -> ContentBlock {
+    let base64 = base64::engine::general_purpose::STANDARD;
+    match &a.part {
+        ArtifactPart::Data(json) => ContentBlock::text(json.clone()),
+        ArtifactPart::File(f) if !f.url.is_empty() => {
+            let name = if a.name.is_empty() { &a.id } else { &a.name };
+            let mut link = rmcp::model::Resource::new(&f.url, name).with_mime_type(&f.media_type);
+            if !a.description.is_empty() {
+                link = link.with_description(&a.description);
+            }
+            ContentBlock::resource_link(link)
+        }
+        ArtifactPart::File(f) if f.media_type.starts_with("image/") => {
+            ContentBlock::image(base64.encode(&f.data), &f.media_type)
+        }
+        ArtifactPart::File(f) => ContentBlock::resource(ResourceContents::BlobResourceContents {
+            uri: format!("agentfleet://tasks/{}/artifacts/{}", run.task_id.as_str(), a.id),
+            mime_type: Some(f.media_type.clone()),
+            blob: base64.encode(&f.data),
+            meta: None,
+        }),
+    }
 }
 
 /// `_meta` naming the task, for a client that wants to look it up (A2A, the inspector).

@@ -160,16 +160,7 @@ impl From<pb::TaskOptions> for TaskOptions {
             },
             parallel_tool_calls: o.parallel_tool_calls,
             raw_prompt: o.raw_prompt,
-            files: o
-                .files
-                .into_iter()
-                .map(|f| FilePart {
-                    name: f.name,
-                    media_type: f.media_type,
-                    data: f.data,
-                    url: f.url,
-                })
-                .collect(),
+            files: o.files.into_iter().map(FilePart::from).collect(),
         }
     }
 }
@@ -188,16 +179,7 @@ impl From<&TaskOptions> for pb::TaskOptions {
             },
             parallel_tool_calls: o.parallel_tool_calls,
             raw_prompt: o.raw_prompt,
-            files: o
-                .files
-                .iter()
-                .map(|f| pb::FilePart {
-                    name: f.name.clone(),
-                    media_type: f.media_type.clone(),
-                    data: f.data.clone(),
-                    url: f.url.clone(),
-                })
-                .collect(),
+            files: o.files.iter().cloned().map(pb::FilePart::from).collect(),
         }
     }
 }
@@ -519,6 +501,15 @@ impl From<&EventKind> for pb::task_event::Kind {
             EventKind::Embeddings { vectors } => K::Embeddings(pb::Embeddings {
                 vectors: vectors.into_iter().map(|values| pb::Vector { values }).collect(),
             }),
+            EventKind::Artifact(artifact) => K::Artifact(pb::Artifact {
+                artifact_id: artifact.id.clone(),
+                name: artifact.name.clone(),
+                description: artifact.description.clone(),
+                part: Some(match &artifact.part {
+                    ArtifactPart::File(file) => pb::artifact::Part::File(file.clone().into()),
+                    ArtifactPart::Data(json) => pb::artifact::Part::DataJson(json.clone()),
+                }),
+            }),
         }
     }
 }
@@ -564,6 +555,17 @@ impl From<pb::task_event::Kind> for EventKind {
             K::Embeddings(e) => {
                 Self::Embeddings { vectors: e.vectors.into_iter().map(|v| v.values).collect() }
             }
+            K::Artifact(a) => Self::Artifact(Arc::new(Artifact {
+                id: a.artifact_id,
+                name: a.name,
+                description: a.description,
+                part: match a.part {
+                    Some(pb::artifact::Part::File(file)) => ArtifactPart::File(file.into()),
+                    Some(pb::artifact::Part::DataJson(json)) => ArtifactPart::Data(json),
+                    // A peer that sent none: empty data, not a lost event.
+                    None => ArtifactPart::Data("null".to_owned()),
+                },
+            })),
         }
     }
 }
@@ -891,6 +893,18 @@ impl From<MeshPeer> for pb::MeshPeer {
     }
 }
 
+impl From<pb::FilePart> for FilePart {
+    fn from(f: pb::FilePart) -> Self {
+        Self { name: f.name, media_type: f.media_type, data: f.data, url: f.url }
+    }
+}
+
+impl From<FilePart> for pb::FilePart {
+    fn from(f: FilePart) -> Self {
+        Self { name: f.name, media_type: f.media_type, data: f.data, url: f.url }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,6 +927,33 @@ mod tests {
         };
         let wire = pb::TaskEvent::from(&event);
         assert_eq!(TaskEvent::try_from(wire), Ok(event));
+    }
+
+    #[test]
+    fn artifacts_round_trip_through_the_wire() {
+        let file = FilePart {
+            name: "chart.png".into(),
+            media_type: "image/png".into(),
+            data: (0..=255).collect(),
+            url: String::new(),
+        };
+        for part in [ArtifactPart::File(file), ArtifactPart::Data(r#"{"rows":[1,2]}"#.into())] {
+            let artifact = Artifact {
+                id: "artifact-1".into(),
+                name: "chart".into(),
+                description: "by month".into(),
+                part,
+            };
+            let event = TaskEvent {
+                task_id: TaskId::new("t-1"),
+                seq: 3,
+                attempt: 1,
+                timestamp_us: 42,
+                kind: EventKind::Artifact(Arc::new(artifact)),
+            };
+            let wire = pb::TaskEvent::from(&event);
+            assert_eq!(TaskEvent::try_from(wire), Ok(event));
+        }
     }
 
     #[test]

@@ -598,6 +598,41 @@ pub enum EventKind {
     Embeddings {
         vectors: Vec<Vec<f32>>,
     },
+    /// A file or JSON data the agent returns beside its text (shared: it may be large).
+    Artifact(Arc<Artifact>),
+}
+
+/// A file or JSON data an agent returns beside its text answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    /// Names it within its task (A2A's `artifactId`); never [`TEXT_ARTIFACT_ID`].
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub part: ArtifactPart,
+}
+
+/// The id of the artifact a task's text answer is (A2A).
+pub const TEXT_ARTIFACT_ID: &str = "output";
+
+/// What an artifact holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactPart {
+    /// A file: its bytes, or where it is.
+    File(FilePart),
+    /// JSON data, as its text.
+    Data(String),
+}
+
+impl Artifact {
+    /// Bytes it takes in a task's answer.
+    pub fn size(&self) -> usize {
+        let part = match &self.part {
+            ArtifactPart::File(file) => file.size(),
+            ArtifactPart::Data(json) => json.len(),
+        };
+        part + self.id.len() + self.name.len() + self.description.len()
+    }
 }
 
 /// A generated token's log-probability and the most likely tokens at its position.
@@ -633,12 +668,39 @@ impl EventKind {
             Self::TextDelta { .. }
             | Self::ToolCall { .. }
             | Self::ToolResult { .. }
-            | Self::Embeddings { .. } => None,
+            | Self::Embeddings { .. }
+            | Self::Artifact(_) => None,
         }
     }
 
     pub fn is_terminal(&self) -> bool {
         self.state_after().is_some_and(TaskState::is_terminal)
+    }
+
+    /// About how many bytes the event carries beyond its fixed part: its texts, vectors or
+    /// artifact (what bounds a task's memory and a batch of events on the wire).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Self::Submitted { agent: s }
+            | Self::Scheduled { worker_id: s }
+            | Self::TextDelta { text: s, .. }
+            | Self::Canceled { reason: s }
+            | Self::Retrying { reason: s, .. } => s.len(),
+            Self::ToolCall { call_id, name, arguments, .. } => {
+                call_id.len() + name.len() + arguments.len()
+            }
+            Self::ToolResult { call_id, output: text, .. }
+            | Self::InputReceived { call_id, text, .. } => call_id.len() + text.len(),
+            Self::InputRequired { prompt, call_id, tool, arguments, .. } => {
+                prompt.len() + call_id.len() + tool.len() + arguments.len()
+            }
+            Self::Failed { error, worker_id, .. } => error.len() + worker_id.len(),
+            Self::Embeddings { vectors } => {
+                vectors.iter().map(|v| v.len() * 4 + std::mem::size_of::<Vec<f32>>()).sum()
+            }
+            Self::Artifact(artifact) => artifact.size(),
+            Self::Working | Self::Completed { .. } => 0,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 
-use fleet_client::ErrorKind;
+use fleet_client::{Artifact, ArtifactPart, ErrorKind, FilePart};
 use fleet_inference::{ChatMessage, GenerateRequest, Role};
 use fleet_worker::code_agents::{CodeAgents, CodeContext, CodeResult, CodeTask};
 use futures::FutureExt;
@@ -29,6 +29,8 @@ const BATCH: usize = 512;
 /// The most text one task of a Python agent may stream (its answer is kept whole by the
 /// head and in the agent's memory).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// The most one artifact may hold (the worker sends it to the head in one message).
+const MAX_ARTIFACT_BYTES: usize = 8 << 20;
 
 /// What the worker sends Python.
 enum Command {
@@ -41,6 +43,7 @@ enum Command {
 /// What Python sends back about a run, in order.
 enum Out {
     Text(String),
+    Artifact(Artifact),
     /// A call of the context starts: answered once the text before it is out, so the
     /// task's events keep the order in which the code did things.
     Barrier(oneshot::Sender<()>),
@@ -218,6 +221,52 @@ impl AgentHost {
         }
     }
 
+    /// Returns an artifact beside run `run`'s text: a file (`data` or `url`, with
+    /// `media_type`) or, with `json`, data; false once the run has ended.
+    #[pyo3(signature = (run, name, description, media_type, data, url, json))]
+    #[allow(clippy::too_many_arguments)]
+    fn artifact(
+        &self,
+        run: u64,
+        name: String,
+        description: String,
+        media_type: String,
+        data: Option<Vec<u8>>,
+        url: String,
+        json: Option<String>,
+    ) -> PyResult<bool> {
+        let part = match json {
+            Some(json) => {
+                serde_json::from_str::<serde_json::Value>(&json).map_err(|e| {
+                    errors::InvalidArgument::new_err(format!("an artifact's data is not JSON: {e}"))
+                })?;
+                ArtifactPart::Data(json)
+            }
+            None => {
+                let data = data.unwrap_or_default();
+                if !url.is_empty() && !data.is_empty() {
+                    return Err(errors::InvalidArgument::new_err(
+                        "an artifact's file has bytes or a URL, not both",
+                    ));
+                }
+                ArtifactPart::File(FilePart { name: name.clone(), media_type, data, url })
+            }
+        };
+        let artifact = Artifact { id: String::new(), name, description, part };
+        if artifact.size() > MAX_ARTIFACT_BYTES {
+            return Err(errors::InvalidArgument::new_err(format!(
+                "an artifact holds at most {} MiB, this one {} bytes: store it elsewhere and \
+                 return its URL (af.AgentFile(url=...))",
+                MAX_ARTIFACT_BYTES >> 20,
+                artifact.size()
+            )));
+        }
+        Ok(match self.shared.runs.lock().get(&run) {
+            Some(running) => running.out.send(Out::Artifact(artifact)).is_ok(),
+            None => false,
+        })
+    }
+
     /// Run `run` ended: well (`error` None) or failing with `error`.
     #[pyo3(signature = (run, error=None))]
     fn finish(&self, run: u64, error: Option<String>) {
@@ -386,14 +435,16 @@ impl CodeAgents for Agents {
                     Out::Text(text) => {
                         streamed += text.len();
                         if streamed > MAX_ANSWER_BYTES {
-                            return Err(format!(
-                                "the agent streamed more than {} MiB, the most one task may \
-                                 answer: return less, or store the rest elsewhere and answer \
-                                 where it is",
-                                MAX_ANSWER_BYTES >> 20
-                            ));
+                            return Err(too_much());
                         }
                         context.text(text).await;
+                    }
+                    Out::Artifact(artifact) => {
+                        streamed += artifact.size();
+                        if streamed > MAX_ANSWER_BYTES {
+                            return Err(too_much());
+                        }
+                        context.artifact(artifact).await;
                     }
                     Out::Barrier(reached) => {
                         let _ = reached.send(());
@@ -409,4 +460,13 @@ impl CodeAgents for Agents {
         }
         .boxed()
     }
+}
+
+/// Why a task that streamed too much fails.
+fn too_much() -> String {
+    format!(
+        "the agent streamed more than {} MiB (text and artifacts), the most one task may \
+         answer: return less, or store the rest elsewhere and answer where it is",
+        MAX_ANSWER_BYTES >> 20
+    )
 }

@@ -1,40 +1,60 @@
 //! The `Event` class: one entry of a task's event log, as Python sees it.
 
-use fleet_client::{EventKind, TaskEvent};
+use std::sync::Arc;
+
+use fleet_client::{Artifact, ArtifactPart, EventKind, TaskEvent};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 /// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
-/// tool_call, tool_result, embeddings, completed, failed, canceled, input_required,
-/// input_received, retrying.
+/// tool_call, tool_result, embeddings, artifact, completed, failed, canceled,
+/// input_required, input_received, retrying.
 /// (An embeddings event's `text` only counts its vectors: `agent.embed` returns them.)
-#[pyclass(module = "agentfleet", frozen, get_all)]
+#[pyclass(module = "agentfleet", frozen)]
 #[derive(Clone, Debug)]
 pub struct Event {
+    #[pyo3(get)]
     pub task_id: String,
+    #[pyo3(get)]
     pub seq: u64,
+    #[pyo3(get)]
     pub attempt: u32,
+    #[pyo3(get)]
     pub kind: &'static str,
     /// The text of a text_delta; the output of a tool_result; the prompt of input_required;
     /// the reply of input_received.
+    #[pyo3(get)]
     pub text: String,
     /// The worker of a scheduled or failed event.
+    #[pyo3(get)]
     pub worker_id: String,
     /// Why a task failed, was canceled or retried.
+    #[pyo3(get)]
     pub error: String,
     /// What kind of failure a failed event is (`busy`, `invalid_request`, `unavailable`,
     /// `internal`, ...); empty for other events.
+    #[pyo3(get)]
     pub error_kind: &'static str,
     /// The tool of a tool_call, with its arguments in `text`; the tool whose call waits for
     /// approval in input_required, with its arguments in `arguments`.
+    #[pyo3(get)]
     pub tool: String,
+    #[pyo3(get)]
     pub arguments: String,
     /// The call an input_required or input_received is about.
+    #[pyo3(get)]
     pub call_id: String,
     /// An input_received that rejected the approval (or declined the question).
+    #[pyo3(get)]
     pub rejected: bool,
+    #[pyo3(get)]
     pub prompt_tokens: u32,
+    #[pyo3(get)]
     pub completion_tokens: u32,
+    #[pyo3(get)]
     pub timestamp_us: u64,
+    /// The file or data of an artifact event.
+    pub artifact: Option<Arc<Artifact>>,
 }
 
 #[pymethods]
@@ -51,6 +71,12 @@ impl Event {
             _ => String::new(),
         };
         format!("Event(kind={:?}, seq={}, attempt={}{detail})", self.kind, self.seq, self.attempt)
+    }
+
+    /// An artifact event's file or data (`agentfleet.Artifact`); None for other events.
+    #[getter]
+    fn artifact(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.artifact.as_deref().map(|a| artifact_object(py, a)).transpose()
     }
 
     /// Whether this event ends its task.
@@ -78,6 +104,7 @@ impl From<&TaskEvent> for Event {
             prompt_tokens: 0,
             completion_tokens: 0,
             timestamp_us: e.timestamp_us,
+            artifact: None,
         };
         event.kind = match &e.kind {
             EventKind::Submitted { .. } => "submitted",
@@ -139,7 +166,43 @@ impl From<&TaskEvent> for Event {
                 event.error.clone_from(reason);
                 "retrying"
             }
+            EventKind::Artifact(artifact) => {
+                event.text =
+                    if artifact.name.is_empty() { &artifact.id } else { &artifact.name }.clone();
+                event.artifact = Some(artifact.clone());
+                "artifact"
+            }
         };
         event
     }
+}
+
+/// `artifact` as an `agentfleet.Artifact` (its file an `agentfleet.AgentFile`, its data the
+/// JSON value).
+pub fn artifact_object(py: Python<'_>, artifact: &Artifact) -> PyResult<Py<PyAny>> {
+    let agents = py.import("agentfleet.agents")?;
+    let (file, data) = match &artifact.part {
+        ArtifactPart::File(f) => {
+            let data = PyBytes::new(py, &f.data);
+            let file = agents.getattr("AgentFile")?.call1((
+                f.name.as_str(),
+                f.media_type.as_str(),
+                data,
+                f.url.as_str(),
+            ))?;
+            (file, py.None().into_bound(py))
+        }
+        ArtifactPart::Data(json) => {
+            let data = py.import("json")?.getattr("loads")?.call1((json.as_str(),))?;
+            (py.None().into_bound(py), data)
+        }
+    };
+    let object = agents.getattr("Artifact")?.call1((
+        artifact.id.as_str(),
+        artifact.name.as_str(),
+        artifact.description.as_str(),
+        file,
+        data,
+    ))?;
+    Ok(object.unbind())
 }

@@ -264,6 +264,22 @@ impl Task {
         answer(py, &self.id, self.schema.as_deref(), outcome(&self.log, end)?)
     }
 
+    /// Waits for the task and returns the files and data it returned beside its text
+    /// (`agentfleet.Artifact`s, in order); raises as `result()` does. Immediate once the
+    /// task has ended (after `result()` or `await aresult()`).
+    #[pyo3(signature = (timeout=None))]
+    fn artifacts(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Vec<Py<PyAny>>> {
+        let end = self.wait_end(py, timeout.map(Duration::from_secs_f64))?;
+        outcome(&self.log, end)?;
+        let returned: Vec<_> = {
+            let state = self.log.state.lock();
+            let attempt = state.events.last().map_or(0, |e| e.attempt);
+            let artifacts = state.events.iter().filter(|e| e.attempt == attempt);
+            artifacts.filter_map(|e| e.artifact.clone()).collect()
+        };
+        returned.iter().map(|a| crate::event::artifact_object(py, a)).collect()
+    }
+
     /// Asks the cluster to cancel the task (a finished task stays as it is).
     fn cancel(&self, py: Python<'_>) -> PyResult<()> {
         let client = self.client.clone();

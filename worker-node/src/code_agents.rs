@@ -2,7 +2,8 @@
 //! (the Python package implements [`CodeAgents`]; this crate knows no Python). Such an
 //! agent's model is `python:NAME`; the worker tells the head which NAMEs it hosts when it
 //! joins, so their tasks are placed only here and on workers like it. [`run`] drives one
-//! task: the code streams its answer through a [`CodeContext`], which also lets it chat with
+//! task: the code streams its answer (text, and files or data as artifacts) through a
+//! [`CodeContext`], which also lets it chat with
 //! the worker's models, call other agents and the agent's tools (each call and result
 //! shows in the task's events, as a model's would) and publish on its topics.
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleet_inference::{ChatMessage, GenerateRequest, GenerationEvent, ToolCall};
-use fleet_proto::{AgentSpec, ErrorKind, EventKind, TaskAssignment, Usage};
+use fleet_proto::{AgentSpec, Artifact, ErrorKind, EventKind, TaskAssignment, Usage};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
@@ -98,6 +99,7 @@ struct Shared {
     lease: Option<Arc<Lease>>,
     traceparent: String,
     next_call: AtomicU64,
+    next_artifact: AtomicU64,
     /// The text streamed so far (the answer the agent's memory keeps).
     output: Mutex<String>,
     /// Tokens of the models it chatted with.
@@ -119,6 +121,17 @@ impl CodeContext {
         }
         self.0.output.lock().push_str(&text);
         emit(&self.0.sink, &self.0.task, EventKind::TextDelta { text, logprobs: Vec::new() }).await;
+    }
+
+    /// Returns a file or JSON data beside the task's text. One without an id gets
+    /// `artifact-N` (N counts the task's artifacts from 1): a retried attempt returning the
+    /// same artifacts gives them the same ids.
+    pub async fn artifact(&self, mut artifact: Artifact) {
+        if artifact.id.is_empty() {
+            let n = self.0.next_artifact.fetch_add(1, Ordering::Relaxed);
+            artifact.id = format!("artifact-{n}");
+        }
+        emit(&self.0.sink, &self.0.task, EventKind::Artifact(Arc::new(artifact))).await;
     }
 
     /// Has model `model` of this worker answer `request` (its messages, sampling); returns
@@ -293,6 +306,7 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         lease: run.lease,
         traceparent,
         next_call: AtomicU64::new(0),
+        next_artifact: AtomicU64::new(1),
         output: Mutex::new(String::new()),
         usage: Mutex::new(Usage::default()),
     }));

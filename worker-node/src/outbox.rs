@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, watch};
 /// Events the head has not confirmed stored, at most.
 pub const MAX_UNACKED: usize = 65_536;
 
+/// About the most bytes one batch of events to the head carries (the head takes messages of
+/// up to 16 MiB; one event alone may be bigger than this, up to an artifact's limit).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
 #[derive(Debug)]
 pub struct Outbox {
     /// Numbered, oldest first.
@@ -85,8 +89,8 @@ impl Outbox {
         self.added.subscribe()
     }
 
-    /// Up to `max` events after number `cursor`, waiting until there are some; empty once
-    /// the outbox is gone.
+    /// Up to `max` events after number `cursor` (fewer when they carry more than
+    /// [`MAX_BATCH_BYTES`]), waiting until there are some; empty once the outbox is gone.
     pub async fn after(
         &self,
         cursor: u64,
@@ -100,7 +104,13 @@ impl Outbox {
                 let first = events.front().map_or(u64::MAX, |e| e.seq);
                 let skip = (cursor + 1).saturating_sub(first) as usize;
                 if skip < events.len() {
-                    return events.iter().skip(skip).take(max).cloned().collect();
+                    let mut bytes = 0;
+                    let batch = events.iter().skip(skip).take(max).take_while(|e| {
+                        let first = bytes == 0;
+                        bytes += e.kind.payload_bytes().max(1);
+                        first || bytes <= MAX_BATCH_BYTES
+                    });
+                    return batch.cloned().collect();
                 }
             }
             if added.changed().await.is_err() {
@@ -171,5 +181,29 @@ mod tests {
         assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
         assert_eq!(outbox.len(), 2);
         assert_eq!(outbox.tasks().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_carries_at_most_its_bytes_but_always_one_event() {
+        let (tx, rx) = mpsc::channel(16);
+        let outbox = Outbox::start(rx, 16);
+        let mut added = outbox.watch();
+        let sized =
+            |bytes: usize| TaskEvent { kind: EventKind::text("x".repeat(bytes)), ..event("t") };
+        for bytes in [MAX_BATCH_BYTES + 1, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20] {
+            tx.send(sized(bytes)).await.expect("send");
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while outbox.len() < 6 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("six kept");
+        let seqs = |batch: Vec<TaskEvent>| batch.iter().map(|e| e.seq).collect::<Vec<_>>();
+        // Bigger than a batch alone: sent alone, not held back forever.
+        assert_eq!(seqs(outbox.after(0, 100, &mut added).await), [1]);
+        assert_eq!(seqs(outbox.after(1, 100, &mut added).await), [2, 3, 4, 5]);
+        assert_eq!(seqs(outbox.after(5, 100, &mut added).await), [6]);
     }
 }

@@ -334,9 +334,15 @@ fn updates(
                         v,
                     )
                 }
+                EventKind::Artifact(artifact) => {
+                    info.artifacts.push(artifact.clone());
+                    let (id, ctx) = (info.task_id.as_str(), info.context_id.as_str());
+                    render::returned_artifact_update(id, ctx, artifact, v)
+                }
                 EventKind::Working => render::status_update(&info, v),
                 EventKind::Retrying { .. } => {
                     info.output.clear();
+                    info.artifacts.clear();
                     info.exchanges.clear();
                     chunked = false;
                     render::status_update(&info, v)

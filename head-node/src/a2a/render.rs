@@ -2,14 +2,15 @@
 //! `TASK_STATE_*`, `ROLE_*`, parts without `kind`) or the 0.3 one (`kind` fields, lowercase
 //! states and roles, `final` on status updates).
 
-use fleet_proto::TaskState;
+use base64::Engine as _;
+use fleet_proto::{Artifact, ArtifactPart, TaskState};
 use serde_json::{Value, json};
 
 use super::Version;
 use crate::cluster::TaskInfo;
 
-/// The id of the one artifact a task's text goes into.
-pub const ARTIFACT_ID: &str = "output";
+/// The id of the artifact a task's text goes into.
+pub const ARTIFACT_ID: &str = fleet_proto::TEXT_ARTIFACT_ID;
 
 /// A task's A2A state name.
 pub fn state(state: TaskState, v: Version) -> &'static str {
@@ -141,6 +142,46 @@ fn artifact(parts: Value) -> Value {
     json!({"artifactId": ARTIFACT_ID, "name": "output", "parts": parts})
 }
 
+/// An artifact the agent returned beside its text: one file or data part.
+pub fn returned_artifact(a: &Artifact, v: Version) -> Value {
+    let part = match (&a.part, v) {
+        (ArtifactPart::Data(json), v) => {
+            // Checked where it was made; a peer's bad JSON still shows, as text.
+            let data = serde_json::from_str::<Value>(json).unwrap_or_else(|_| json!(json));
+            match v {
+                Version::V1 => json!({"data": data, "mediaType": "application/json"}),
+                Version::V03 => json!({"kind": "data", "data": data}),
+            }
+        }
+        (ArtifactPart::File(f), Version::V1) => {
+            let mut part = json!({"mediaType": f.media_type, "filename": f.name});
+            if f.url.is_empty() {
+                part["raw"] = json!(base64::engine::general_purpose::STANDARD.encode(&f.data));
+            } else {
+                part["url"] = json!(f.url);
+            }
+            part
+        }
+        (ArtifactPart::File(f), Version::V03) => {
+            let mut file = json!({"mimeType": f.media_type, "name": f.name});
+            if f.url.is_empty() {
+                file["bytes"] = json!(base64::engine::general_purpose::STANDARD.encode(&f.data));
+            } else {
+                file["uri"] = json!(f.url);
+            }
+            json!({"kind": "file", "file": file})
+        }
+    };
+    let mut artifact = json!({"artifactId": a.id, "parts": [part]});
+    if !a.name.is_empty() {
+        artifact["name"] = json!(a.name);
+    }
+    if !a.description.is_empty() {
+        artifact["description"] = json!(a.description);
+    }
+    artifact
+}
+
 /// The messages of one finished (or running) turn: the user's input, each question the
 /// agent asked and its reply, and, once completed, the agent's answer.
 pub fn turn(info: &TaskInfo, v: Version) -> Vec<Value> {
@@ -186,8 +227,13 @@ pub fn task(
             },
         },
     });
+    let mut artifacts = Vec::with_capacity(info.artifacts.len() + 1);
     if !info.output.is_empty() {
-        task["artifacts"] = json!([artifact(answer_parts(&info.output, info.structured, v))]);
+        artifacts.push(artifact(answer_parts(&info.output, info.structured, v)));
+    }
+    artifacts.extend(info.artifacts.iter().map(|a| returned_artifact(a, v)));
+    if !artifacts.is_empty() {
+        task["artifacts"] = json!(artifacts);
     }
     if v == Version::V03 {
         task["kind"] = json!("task");
@@ -217,7 +263,8 @@ pub fn status_update(info: &TaskInfo, v: Version) -> Value {
     }
 }
 
-/// An artifact chunk stream item (`parts` as [`text_parts`] or [`answer_parts`] give them).
+/// An artifact chunk stream item of the text's artifact (`parts` as [`text_parts`] or
+/// [`answer_parts`] give them).
 pub fn artifact_update(
     task_id: &str,
     context_id: &str,
@@ -226,8 +273,29 @@ pub fn artifact_update(
     last_chunk: bool,
     v: Version,
 ) -> Value {
+    artifact_item(task_id, context_id, artifact(parts), append, last_chunk, v)
+}
+
+/// The stream item of an artifact the agent returned beside its text (whole, in one item).
+pub fn returned_artifact_update(
+    task_id: &str,
+    context_id: &str,
+    a: &Artifact,
+    v: Version,
+) -> Value {
+    artifact_item(task_id, context_id, returned_artifact(a, v), false, true, v)
+}
+
+fn artifact_item(
+    task_id: &str,
+    context_id: &str,
+    artifact: Value,
+    append: bool,
+    last_chunk: bool,
+    v: Version,
+) -> Value {
     let body = json!({
-        "taskId": task_id, "contextId": context_id, "artifact": artifact(parts),
+        "taskId": task_id, "contextId": context_id, "artifact": artifact,
         "append": append, "lastChunk": last_chunk,
     });
     match v {

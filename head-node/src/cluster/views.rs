@@ -41,6 +41,8 @@ pub struct TaskInfo {
     pub worker_id: String,
     pub context_id: String,
     pub output: String,
+    /// The files and data it returned beside its text.
+    pub artifacts: Vec<Arc<fleet_proto::Artifact>>,
     pub error: String,
     pub events: u64,
     pub submitted_at_us: u64,
@@ -96,6 +98,7 @@ impl From<&TaskEntry> for TaskInfo {
             worker_id: t.worker.clone().unwrap_or_default(),
             context_id: t.context_id.clone(),
             output: t.output(),
+            artifacts: t.artifacts(),
             error: t.error.clone(),
             events: t.events.len() as u64,
             submitted_at_us: t.submitted_at_us,
@@ -127,6 +130,7 @@ impl TaskInfo {
         };
         (info.state, info.attempt, info.events) = (TaskState::Queued, 1, seq);
         info.output.clear();
+        info.artifacts.clear();
         info.error.clear();
         info.worker_id.clear();
         (info.usage, info.finished_at_us) = (Default::default(), 0);
@@ -138,11 +142,13 @@ impl TaskInfo {
             info.attempt = e.attempt;
             match &e.kind {
                 EventKind::TextDelta { text, .. } => info.output.push_str(text),
+                EventKind::Artifact(artifact) => info.artifacts.push(artifact.clone()),
                 EventKind::Completed { usage } => info.usage = *usage,
                 EventKind::Failed { error, .. } => info.error.clone_from(error),
                 EventKind::Scheduled { worker_id } => info.worker_id.clone_from(worker_id),
                 EventKind::Retrying { failed_attempt, .. } => {
                     info.output.clear();
+                    info.artifacts.clear();
                     info.attempt = failed_attempt + 1;
                 }
                 _ => {}

@@ -282,6 +282,23 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
             "embeddings",
             json!({ "count": vectors.len(), "dims": vectors.first().map_or(0, Vec::len) }),
         ),
+        EventKind::Artifact(a) => {
+            let mut view = json!({ "id": a.id, "name": a.name, "description": a.description });
+            match &a.part {
+                // The page shows what a file is, not its bytes.
+                fleet_proto::ArtifactPart::File(f) => {
+                    view["media_type"] = json!(f.media_type);
+                    view["bytes"] = json!(f.data.len());
+                    view["url"] = json!(f.url);
+                }
+                fleet_proto::ArtifactPart::Data(data) => {
+                    view["media_type"] = json!("application/json");
+                    view["data"] = json!(cut(data, MAX_DATA_SHOWN));
+                    view["data_bytes"] = json!(data.len());
+                }
+            }
+            ("artifact", view)
+        }
     };
     let mut view =
         json!({ "seq": e.seq, "attempt": e.attempt, "at_us": e.timestamp_us, "kind": kind });
@@ -343,3 +360,6 @@ pub(super) async fn topics(State(ui): State<Inspector>) -> Json<Value> {
 pub(super) fn detail(cluster: &Cluster, id: &str) -> Result<Value, Refused> {
     Ok(task_json(&cluster.task_detail(id)?))
 }
+
+/// The most of a data artifact's JSON an event view shows.
+const MAX_DATA_SHOWN: usize = 4096;

@@ -10,7 +10,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fleet_proto::{EventKind, Resources, TaskEvent, TaskId, TaskState, Usage};
+use fleet_proto::{Artifact, EventKind, Resources, TaskEvent, TaskId, TaskState, Usage};
 use tokio::sync::mpsc;
 
 use crate::store::{Journal, RestoredTask, TaskRecord};
@@ -169,29 +169,9 @@ impl Follower {
     }
 }
 
-/// About how much memory an event holds: its fixed part plus its text or vectors.
+/// About how much memory an event holds: its fixed part plus its payload.
 fn event_bytes(kind: &EventKind) -> usize {
-    let payload = match kind {
-        EventKind::Submitted { agent: s }
-        | EventKind::Scheduled { worker_id: s }
-        | EventKind::TextDelta { text: s, .. }
-        | EventKind::Canceled { reason: s }
-        | EventKind::Retrying { reason: s, .. } => s.len(),
-        EventKind::ToolCall { call_id, name, arguments, .. } => {
-            call_id.len() + name.len() + arguments.len()
-        }
-        EventKind::ToolResult { call_id, output: text, .. }
-        | EventKind::InputReceived { call_id, text, .. } => call_id.len() + text.len(),
-        EventKind::InputRequired { prompt, call_id, tool, arguments, .. } => {
-            prompt.len() + call_id.len() + tool.len() + arguments.len()
-        }
-        EventKind::Failed { error, worker_id, .. } => error.len() + worker_id.len(),
-        EventKind::Embeddings { vectors } => {
-            vectors.iter().map(|v| v.len() * 4 + std::mem::size_of::<Vec<f32>>()).sum()
-        }
-        EventKind::Working | EventKind::Completed { .. } => 0,
-    };
-    std::mem::size_of::<TaskEvent>() + std::mem::size_of::<Arc<TaskEvent>>() + payload
+    std::mem::size_of::<TaskEvent>() + std::mem::size_of::<Arc<TaskEvent>>() + kind.payload_bytes()
 }
 
 impl TaskEntry {
@@ -270,16 +250,28 @@ impl TaskEntry {
     /// The text of the current attempt: its deltas since the last retry, joined. The text
     /// lives only in the events (a copy beside them doubled what a task holds).
     pub fn output(&self) -> String {
-        let attempt =
-            self.events.iter().rposition(|e| matches!(e.kind, EventKind::Retrying { .. }));
-        let events = &self.events[attempt.map_or(0, |i| i + 1)..];
         let mut text = String::new();
-        for e in events {
+        for e in self.current_attempt() {
             if let EventKind::TextDelta { text: delta, .. } = &e.kind {
                 text.push_str(delta);
             }
         }
         text
+    }
+
+    /// The files and data the current attempt returned beside its text, in order.
+    pub fn artifacts(&self) -> Vec<Arc<Artifact>> {
+        let artifacts = self.current_attempt().iter().filter_map(|e| match &e.kind {
+            EventKind::Artifact(artifact) => Some(artifact.clone()),
+            _ => None,
+        });
+        artifacts.collect()
+    }
+
+    /// The events since the last retry.
+    fn current_attempt(&self) -> &[Arc<TaskEvent>] {
+        let retry = self.events.iter().rposition(|e| matches!(e.kind, EventKind::Retrying { .. }));
+        &self.events[retry.map_or(0, |i| i + 1)..]
     }
 
     /// What the task was submitted with, for the store.

@@ -49,7 +49,7 @@ from agentfleet._native import (
     write_random_weight_model,
 )
 from agentfleet._native import init as _init
-from agentfleet.agents import AgentContext, AgentFile, AgentTask, agent
+from agentfleet.agents import AgentContext, AgentFile, AgentTask, Artifact, agent
 from agentfleet.tools import Tool, tool
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "AgentContext",
     "AgentFile",
     "AgentTask",
+    "Artifact",
     "AsyncEventIterator",
     "Cancelled",
     "Event",

@@ -5,6 +5,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeAlias, final
 
+from agentfleet.agents import Artifact
+
 __version__: str
 
 # A JSON Schema as a dict, or a pydantic model class (its ``model_json_schema()``).
@@ -53,7 +55,7 @@ class Cancelled(FleetError): ...
 @final
 class Event:
     """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
-    tool_call, tool_result, embeddings, completed, failed, canceled, input_required,
+    tool_call, tool_result, embeddings, artifact, completed, failed, canceled, input_required,
     input_received, retrying.
     (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them. A
     tool_call's ``tool`` is the tool and ``text`` its arguments; a tool_result's ``text`` is
@@ -94,6 +96,10 @@ class Event:
     @property
     def timestamp_us(self) -> int: ...
     @property
+    def artifact(self) -> Artifact | None:
+        """An artifact event's file or data (its name is also in ``text``); None for other
+        events."""
+    @property
     def is_final(self) -> bool: ...
 
 @final
@@ -113,6 +119,9 @@ class Task:
     def result(self, timeout: float | None = None) -> Any:
         """The task's text, or under an output schema its answer parsed (a pydantic model
         instance for a model class, else what ``json.loads`` gives)."""
+    def artifacts(self, timeout: float | None = None) -> list[Artifact]:
+        """The files and data the task returned beside its text, in order (waits and raises
+        as ``result()`` does)."""
     def cancel(self) -> None: ...
     @property
     def state(self) -> str:
@@ -187,6 +196,16 @@ class AgentHost:
     def __new__(cls, names: list[str]) -> AgentHost: ...
     def next_batch(self) -> list[tuple[Any, ...]] | None: ...
     def text(self, run: int, text: str) -> None: ...
+    def artifact(
+        self,
+        run: int,
+        name: str,
+        description: str,
+        media_type: str,
+        data: bytes | None,
+        url: str,
+        json: str | None,
+    ) -> bool: ...
     def finish(self, run: int, error: str | None = None) -> None: ...
     def chat(
         self,

@@ -37,7 +37,9 @@ The context (`AgentContext`) streams nothing itself; it lets the code ask the cl
 ``await ctx.call(agent, text)`` (another agent, as a sub-task) or ``await ctx.call(tool,
 **arguments)`` (one of the agent's tools: Python tools, MCP tools), ``await
 ctx.publish(topic, message)`` (one of the agent's topics). Calls and their results show in
-the task's events, as a model's tool calls do.
+the task's events, as a model's tool calls do. ``ctx.artifact(content, name=...)`` returns a
+file (``bytes``, ``af.AgentFile``) or JSON data beside the text: A2A clients get it as an
+artifact of its own, Python clients as ``task.artifacts()``.
 
 Where they run: an embedded cluster's workers (``af.init()``) host every Python agent of
 the process; on a running cluster, Python workers host those of the modules they import
@@ -55,7 +57,7 @@ import logging
 import threading
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from agentfleet._native import AgentHost, FleetError, TaskFailed
+from agentfleet._native import AgentHost, FleetError, TaskFailed, Unavailable
 
 __all__ = ["AgentContext", "AgentFile", "AgentTask", "agent", "MAX_CONTEXTS"]
 
@@ -68,11 +70,14 @@ T = TypeVar("T")
 
 
 class AgentFile:
-    """A file given with a task (an A2A file part): its bytes, or the URL where it is."""
+    """A file given with a task (an A2A file part), or one an agent returns
+    (``ctx.artifact(af.AgentFile(...))``): its bytes, or the URL where it is."""
 
     __slots__ = ("name", "media_type", "data", "url")
 
-    def __init__(self, name: str, media_type: str, data: bytes, url: str) -> None:
+    def __init__(
+        self, name: str = "", media_type: str = "application/octet-stream", data: bytes = b"", url: str = ""
+    ) -> None:
         self.name = name
         self.media_type = media_type
         #: The file's bytes (empty when it came as a URL).
@@ -83,6 +88,25 @@ class AgentFile:
     def __repr__(self) -> str:
         where = f"url={self.url!r}" if self.url else f"{len(self.data)} bytes"
         return f"AgentFile(name={self.name!r}, media_type={self.media_type!r}, {where})"
+
+
+class Artifact:
+    """A file or JSON data a task returned beside its text (an A2A artifact): ``file`` is set
+    for a file, else ``data`` holds the JSON value."""
+
+    __slots__ = ("id", "name", "description", "file", "data")
+
+    def __init__(self, id: str, name: str, description: str, file: "AgentFile | None", data: Any) -> None:
+        #: Names it within its task (``artifact-1``, ``artifact-2``, ... unless the agent named it).
+        self.id = id
+        self.name = name
+        self.description = description
+        self.file = file
+        self.data = data
+
+    def __repr__(self) -> str:
+        what = repr(self.file) if self.file is not None else f"data={self.data!r}"
+        return f"Artifact(id={self.id!r}, name={self.name!r}, {what})"
 
 
 class AgentTask:
@@ -175,6 +199,45 @@ class AgentContext:
         if is_error:
             raise TaskFailed(f"{name}: {output}")
         return str(output)
+
+    def artifact(
+        self, content: Any, *, name: str = "", description: str = "", media_type: str = ""
+    ) -> None:
+        """Returns a file or data beside the task's text (an A2A artifact of its own; Python
+        clients read them with ``task.artifacts()``). ``content`` is an ``AgentFile``,
+        ``bytes`` (a file of ``media_type``, default ``application/octet-stream``), ``str``
+        (a text file, ``text/plain``), or any JSON value (a dict, a list, a pydantic model):
+        data. At most 8 MiB each; what a task streams in all (text and artifacts) is at most
+        16 MiB. Raises ``InvalidArgument`` for content too big, ``TypeError``/``ValueError``
+        for content that is no JSON."""
+        import json
+
+        if isinstance(content, AgentFile):
+            sent = self._native.artifact(
+                self._run,
+                name or content.name,
+                description,
+                media_type or content.media_type,
+                bytes(content.data),
+                content.url,
+                None,
+            )
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            sent = self._native.artifact(
+                self._run, name, description, media_type or "application/octet-stream", bytes(content), "", None
+            )
+        elif isinstance(content, str):
+            data = content.encode()
+            sent = self._native.artifact(
+                self._run, name, description, media_type or "text/plain; charset=utf-8", data, "", None
+            )
+        else:
+            dump = getattr(content, "model_dump", None)
+            value = dump(mode="json") if callable(dump) else content
+            text = json.dumps(value, allow_nan=False)
+            sent = self._native.artifact(self._run, name, description, "", None, "", text)
+        if not sent:
+            raise Unavailable("this task has ended (canceled or failed)")
 
     async def publish(self, topic: str, message: str) -> None:
         """Posts ``message`` on ``topic``, one of the agent's topics (``topics=[...]``)."""

@@ -709,6 +709,13 @@
           content = [el("span", { class: "warn", text: `attempt ${e.failed_attempt} failed${lostWorker ? ` (worker ${lostWorker} lost)` : ""}: ${e.reason}` })];
           break;
         case "embeddings": content = [`${count(e.count)} vectors of ${count(e.dims)} dimensions`]; break;
+        case "artifact": {
+          const what = e.data !== undefined ? "data" : e.url ? `${e.media_type} at ${e.url}` : `${e.media_type}, ${count(e.bytes)} bytes`;
+          content = [el("strong", { text: e.name || e.id }), el("span", { class: "muted", text: ` ${what}` })];
+          if (e.description) content.push(el("span", { text: ` ${e.description}` }));
+          if (e.data !== undefined) content.push(el("pre", { class: "result", tabindex: 0, text: pretty(e.data) }));
+          break;
+        }
         default: content = [JSON.stringify(e)];
       }
       events.append(item(e, kind, ...content));
