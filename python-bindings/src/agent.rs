@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_client::{
-    ErrorKind, EventKind, ManyUpdate, OutputFormat, Sampling, Submission, TaskId, TaskOptions,
-    TaskState,
+    ErrorKind, EventKind, FilePart, ManyUpdate, OutputFormat, Sampling, Submission, TaskId,
+    TaskOptions, TaskState,
 };
 use futures::StreamExt;
 use pyo3::exceptions::PyValueError;
@@ -150,14 +150,14 @@ impl Agent {
         prompt: String,
         context_id: Option<String>,
         schema: Option<&OutputSchema>,
+        files: Vec<FilePart>,
     ) -> Submission {
         let in_spec = !self.schema_per_task
             && matches!((schema, &self.schema), (Some(a), Some(b)) if std::ptr::eq(a, &**b));
-        let options = schema.filter(|_| !in_spec).map(|schema| TaskOptions {
-            sampling: Sampling {
-                format: Some(OutputFormat::JsonSchema(schema.text.clone())),
-                ..Default::default()
-            },
+        let format = schema.filter(|_| !in_spec).map(|s| OutputFormat::JsonSchema(s.text.clone()));
+        let options = (format.is_some() || !files.is_empty()).then(|| TaskOptions {
+            sampling: Sampling { format, ..Default::default() },
+            files,
             ..Default::default()
         });
         Submission {
@@ -339,17 +339,18 @@ impl Agent {
     /// Submits one task; returns at once with a `Task`. With `output_schema` (a JSON Schema
     /// dict or a pydantic model class; default: the agent's) the answer follows the schema
     /// and `result()` returns it parsed.
-    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None, files=None))]
     fn submit(
         &self,
         py: Python<'_>,
         prompt: String,
         context_id: Option<String>,
         output_schema: Option<Bound<'_, PyAny>>,
+        files: Option<Vec<Bound<'_, PyAny>>>,
     ) -> PyResult<Task> {
         let client = self.client.clone();
         let schema = self.schema_of(output_schema.as_ref())?;
-        let submission = self.submission(prompt, context_id, schema.as_deref());
+        let submission = self.submission(prompt, context_id, schema.as_deref(), files_of(files)?);
         runtime::block_on(py, async move {
             let stream = client.submit(submission).await.map_err(errors::to_py)?;
             task::start(client, stream, schema).await.map_err(errors::to_py)
@@ -375,7 +376,7 @@ impl Agent {
         let schema = self.schema_of(output_schema.as_ref())?;
         let submissions = prompts
             .into_iter()
-            .map(|p| self.submission(p, context_id.clone(), schema.as_deref()))
+            .map(|p| self.submission(p, context_id.clone(), schema.as_deref(), Vec::new()))
             .collect();
         let ended = self.run_all(py, submissions, progress)?;
         let mut results: Vec<Option<(String, String)>> = vec![None; total];
@@ -480,29 +481,31 @@ impl Agent {
 
     /// Submits one task and iterates over its events as they arrive. Leaving the loop early
     /// (break, an exception, Ctrl-C) cancels the task.
-    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None, files=None))]
     fn stream(
         &self,
         py: Python<'_>,
         prompt: String,
         context_id: Option<String>,
         output_schema: Option<Bound<'_, PyAny>>,
+        files: Option<Vec<Bound<'_, PyAny>>>,
     ) -> PyResult<EventIterator> {
-        Ok(EventIterator::owning(&self.submit(py, prompt, context_id, output_schema)?))
+        Ok(EventIterator::owning(&self.submit(py, prompt, context_id, output_schema, files)?))
     }
 
     /// Submits one task and awaits its text (parsed, under an output schema).
-    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None, files=None))]
     fn asubmit<'py>(
         &self,
         py: Python<'py>,
         prompt: String,
         context_id: Option<String>,
         output_schema: Option<Bound<'py, PyAny>>,
+        files: Option<Vec<Bound<'py, PyAny>>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         let schema = self.schema_of(output_schema.as_ref())?;
-        let submission = self.submission(prompt, context_id, schema.as_deref());
+        let submission = self.submission(prompt, context_id, schema.as_deref(), files_of(files)?);
         runtime::get()?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let outcome = fleet_client::TaskOutcome::collect(
@@ -527,19 +530,57 @@ impl Agent {
     }
 
     /// Submits one task (on first iteration) and yields its events: `async for ev in ...`.
-    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None))]
+    #[pyo3(signature = (prompt, context_id=None, *, output_schema=None, files=None))]
     fn astream(
         &self,
         prompt: String,
         context_id: Option<String>,
         output_schema: Option<Bound<'_, PyAny>>,
+        files: Option<Vec<Bound<'_, PyAny>>>,
     ) -> PyResult<AsyncEventIterator> {
         let schema = self.schema_of(output_schema.as_ref())?;
-        let submission = self.submission(prompt, context_id, schema.as_deref());
+        let submission = self.submission(prompt, context_id, schema.as_deref(), files_of(files)?);
         Ok(AsyncEventIterator::lazy(self.client.clone(), submission))
     }
 
     fn __repr__(&self) -> String {
         format!("Agent(name={:?})", self.name)
     }
+}
+
+/// Files given with a task: `agentfleet.AgentFile`s (bytes or a URL) or paths
+/// (`os.PathLike`: read now, named by their file name, typed by their extension).
+fn files_of(files: Option<Vec<Bound<'_, PyAny>>>) -> PyResult<Vec<FilePart>> {
+    let Some(files) = files else { return Ok(Vec::new()) };
+    let mut parts = Vec::with_capacity(files.len());
+    for file in files {
+        let py = file.py();
+        if file.hasattr("media_type")? && file.hasattr("data")? {
+            parts.push(FilePart {
+                name: file.getattr("name")?.extract()?,
+                media_type: file.getattr("media_type")?.extract()?,
+                data: file.getattr("data")?.extract()?,
+                url: file.getattr("url")?.extract()?,
+            });
+            continue;
+        }
+        let path: std::path::PathBuf = file.extract().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "a file is an af.AgentFile or a path (pathlib.Path), not {}",
+                file.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+            ))
+        })?;
+        let data = std::fs::read(&path).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let guessed = py.import("mimetypes")?.getattr("guess_type")?.call1((&file,))?;
+        let media_type: Option<String> = guessed.get_item(0)?.extract()?;
+        parts.push(FilePart {
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            media_type: media_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+            data,
+            url: String::new(),
+        });
+    }
+    Ok(parts)
 }

@@ -203,3 +203,28 @@ def test_an_mcp_client_gets_the_artifacts_as_content(fleet: af.Fleet, agents: di
     assert base64.b64decode(notes["resource"]["blob"]).decode() == "first line\nsecond é\n"
     assert notes["resource"]["uri"].endswith("/artifacts/artifact-3"), notes
     assert link["type"] == "resource_link" and link["uri"] == "https://example.com/raw.csv" and link["name"] == "raw.csv"
+
+
+@af.agent
+async def Shrinker(task: af.AgentTask, ctx: af.AgentContext) -> Any:
+    """Returns each file it is given reversed, as an artifact of the same name and type."""
+    for f in task.files:
+        ctx.artifact(f.data[::-1], name=f.name, media_type=f.media_type)
+    yield f"{len(task.files)} files"
+
+
+def test_a_python_client_gives_files_and_gets_files_back(fleet: af.Fleet, tmp_path: Any) -> None:
+    """`submit(files=[...])` with an AgentFile and a path (read, named and typed by its
+    extension); the agent's artifacts come back as files; a model agent takes no files."""
+    shrinker = fleet.agent(Shrinker)
+    path = tmp_path / "notes.json"
+    path.write_bytes(b'{"a": 1}')
+    task = shrinker.submit("x", files=[af.AgentFile("chart.png", "image/png", PNG), path])
+    assert task.result(timeout=60) == "2 files"
+    back = [(a.name, a.file.media_type, a.file.data) for a in task.artifacts() if a.file is not None]
+    assert back == [("chart.png", "image/png", PNG[::-1]), ("notes.json", "application/json", b'}1 :"a"{')]
+    with pytest.raises(TypeError, match="AgentFile or a path"):
+        shrinker.submit("x", files=[42])  # type: ignore[list-item]
+    echo = fleet.agent("echo-files", model="builtin:echo")
+    with pytest.raises(af.InvalidArgument, match="runs a model"):
+        echo.submit("x", files=[path])

@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeAlias, final
 
-from agentfleet.agents import Artifact
+from agentfleet.agents import AgentFile, Artifact
 
 __version__: str
 
@@ -149,10 +149,17 @@ class Agent:
     @property
     def name(self) -> str: ...
     def submit(
-        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        *,
+        output_schema: _OutputSchema | None = None,
+        files: list[AgentFile | os.PathLike[str]] | None = None,
     ) -> Task:
         """Submits one task. Under ``output_schema`` (default: the agent's) the answer is
-        generated in the schema's shape and ``result()`` returns it parsed."""
+        generated in the schema's shape and ``result()`` returns it parsed. ``files`` go
+        with it (``AgentFile``s, or paths read now): a Python agent gets them in
+        ``task.files``; a model agent takes none."""
     def map(
         self,
         prompts: list[str],
@@ -165,13 +172,28 @@ class Agent:
         """One task per prompt in parallel; their texts, or parsed answers under an output
         schema."""
     def stream(
-        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        *,
+        output_schema: _OutputSchema | None = None,
+        files: list[AgentFile | os.PathLike[str]] | None = None,
     ) -> EventIterator: ...
     def asubmit(
-        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        *,
+        output_schema: _OutputSchema | None = None,
+        files: list[AgentFile | os.PathLike[str]] | None = None,
     ) -> Awaitable[Any]: ...
     def astream(
-        self, prompt: str, context_id: str | None = None, *, output_schema: _OutputSchema | None = None
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        *,
+        output_schema: _OutputSchema | None = None,
+        files: list[AgentFile | os.PathLike[str]] | None = None,
     ) -> AsyncEventIterator: ...
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeds ``texts`` as one task on the agent's model (an embedding model such as
