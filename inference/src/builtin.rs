@@ -101,6 +101,10 @@ impl Model for Echo {
         "builtin:echo"
     }
 
+    fn generates_in_place(&self) -> bool {
+        true
+    }
+
     fn generate(&self, request: GenerateRequest) -> Result<Generation> {
         if request.format.is_some() {
             return Err(Error::InvalidRequest(

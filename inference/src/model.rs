@@ -148,6 +148,13 @@ pub trait Model: Send + Sync + 'static {
     /// or on the engine's own thread.
     fn generate(&self, request: GenerateRequest) -> Result<Generation>;
 
+    /// Whether [`Model::generate`] returns at once (no template to render, nothing to
+    /// tokenize): async callers may call it in place, where a hop to the blocking pool would
+    /// cost more than the call (two thread wake-ups per task).
+    fn generates_in_place(&self) -> bool {
+        false
+    }
+
     /// Whether this model embeds texts rather than generating.
     fn is_embedder(&self) -> bool {
         false

@@ -255,14 +255,25 @@ async fn generate(
     request: GenerateRequest,
     find_tool_calls: bool,
 ) -> Result<runner::Turn, EventKind> {
-    // Rendering the chat template and tokenizing a long prompt take milliseconds of CPU:
-    // on the blocking pool, not on this runtime (single-threaded on small machines).
-    let generating = model.clone();
-    let generation = tokio::task::spawn_blocking(move || generating.generate(request))
+    let generation = start_generation(model, request)
         .await
         .map_err(|_| failed(ErrorKind::Internal, "the model panicked while reading the prompt"))?
         .map_err(|e| runner::model_failed(&e))?;
     runner::generate(&run.task, generation, &run.sink, &run.cancel, find_tool_calls).await
+}
+
+/// [`Model::generate`] off this runtime when it takes time: rendering the chat template and
+/// tokenizing a long prompt take milliseconds of CPU, which go on the blocking pool, not on
+/// this runtime (single-threaded on small machines). `Err` when the model panicked.
+pub async fn start_generation(
+    model: &Arc<dyn Model>,
+    request: GenerateRequest,
+) -> Result<fleet_inference::Result<fleet_inference::Generation>, tokio::task::JoinError> {
+    if model.generates_in_place() {
+        return Ok(model.generate(request));
+    }
+    let generating = model.clone();
+    tokio::task::spawn_blocking(move || generating.generate(request)).await
 }
 
 /// The engine's form of a task's output format.

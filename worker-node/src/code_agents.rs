@@ -158,8 +158,7 @@ impl CodeContext {
             return Err((ErrorKind::InvalidRequest, error));
         }
         request.max_tokens = Some(request.max_tokens.unwrap_or(MAX_CHAT_TOKENS));
-        let generating = model_ref.clone();
-        let generation = tokio::task::spawn_blocking(move || generating.generate(request))
+        let generation = crate::agent_loop::start_generation(&model_ref, request)
             .await
             .map_err(|_| {
                 (ErrorKind::Internal, "the model panicked while reading the prompt".into())

@@ -246,6 +246,11 @@ impl Model for OpenAiModel {
         &self.id
     }
 
+    /// Builds the request's JSON body; nothing is sent until the stream is polled.
+    fn generates_in_place(&self) -> bool {
+        true
+    }
+
     fn generate(&self, request: GenerateRequest) -> fleet_inference::Result<Generation> {
         let body = chat_request(&self.config.model, &request)?;
         let client = self.client.clone();

@@ -108,8 +108,8 @@ def init(
     ``tls_ca`` (default $FLEET_TLS_CA) is a PEM file of the CA certificates to trust instead
     of the system's. The embedded head keeps its tasks and agents in a store under
     ``data_dir``; start it again on the same folder and it has them back (finished tasks
-    readable, unfinished ones run again). Without ``data_dir`` the store is a temporary
-    folder removed at shutdown. With ``otlp_endpoint`` (default
+    readable, unfinished ones run again). Without ``data_dir`` it keeps them in memory only
+    (within its retention), gone at shutdown. With ``otlp_endpoint`` (default
     $OTEL_EXPORTER_OTLP_ENDPOINT), an OTLP/HTTP collector such as ``http://127.0.0.1:4318``,
     the embedded cluster exports OpenTelemetry traces there: one per task, GenAI spans
     (``invoke_agent``, ``chat``, ``embeddings``, ``execute_tool``); ``fleet.shutdown()``
