@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{AgentSpec, FunctionTool, TaskId, ToolInvocation};
+use fleet_proto::{AgentSpec, FilePart, FunctionTool, TaskId, ToolInvocation};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -165,6 +165,11 @@ impl HostedTools {
         self.tools.contains_key(name)
     }
 
+    /// Whether hosted tool `name` gets its calling task's files.
+    pub fn takes_files(&self, name: &str) -> bool {
+        self.tools.get(name).is_some_and(|t| t.definition.takes_files)
+    }
+
     /// The hosted tools among an agent's tools, and a number that changes when any of their
     /// definitions does.
     pub fn of(&self, spec: &AgentSpec) -> (Arc<[FunctionTool]>, u64) {
@@ -188,6 +193,7 @@ impl HostedTools {
         context_id: &str,
         call_id: &str,
         arguments: &str,
+        files: Vec<FilePart>,
     ) -> std::result::Result<(), String> {
         let Some(entry) = self.tools.get(tool) else {
             return Err(format!("tool {tool} is not hosted by any process"));
@@ -222,6 +228,7 @@ impl HostedTools {
             task_id: task.clone(),
             context_id: context_id.to_owned(),
             timeout,
+            files,
         };
         let Some(h) = self.hosts.get_mut(&host) else {
             return Err(format!("tool {tool} has no process hosting it now"));
@@ -377,7 +384,7 @@ mod tests {
         let (host, mut rx) = tools.connect().expect("host");
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
         let task = TaskId::new("t1");
-        tools.invoke("add", &task, "", "c1", r#"{"a":1}"#).expect("sent");
+        tools.invoke("add", &task, "", "c1", r#"{"a":1}"#, Vec::new()).expect("sent");
         let Ok(HostCommand::Invoke(call)) = rx.try_recv() else { panic!("no call") };
         assert_eq!((call.tool.as_str(), call.arguments.as_str()), ("add", r#"{"a":1}"#));
         assert_eq!(
@@ -395,12 +402,14 @@ mod tests {
         let mut tools = HostedTools::default();
         let (host, _rx) = tools.connect().expect("host");
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
-        tools.invoke("add", &TaskId::new("t1"), "", "c1", "{}").expect("sent");
+        tools.invoke("add", &TaskId::new("t1"), "", "c1", "{}", Vec::new()).expect("sent");
         let lost = tools.disconnect(host);
         assert_eq!(lost.len(), 1);
         let spec = AgentSpec { tools: vec!["add".into(), "helper".into()], ..Default::default() };
         assert_eq!(tools.of(&spec).0.len(), 1, "the definition stays");
-        let error = tools.invoke("add", &TaskId::new("t1"), "", "c2", "{}").expect_err("no host");
+        let error = tools
+            .invoke("add", &TaskId::new("t1"), "", "c2", "{}", Vec::new())
+            .expect_err("no host");
         assert!(error.contains("no process hosting it"), "{error}");
     }
 
@@ -439,7 +448,7 @@ mod tests {
         let (host, mut rx) = tools.connect().expect("host");
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
         let task = TaskId::new("t1");
-        tools.invoke("add", &task, "", "c1", "{}").expect("sent");
+        tools.invoke("add", &task, "", "c1", "{}", Vec::new()).expect("sent");
         let Ok(HostCommand::Invoke(call)) = rx.try_recv() else { panic!("no call") };
         tools.task_ended(&task);
         assert_eq!(rx.try_recv().ok(), Some(HostCommand::Canceled { call: call.call }));

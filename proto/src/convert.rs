@@ -270,6 +270,7 @@ impl From<pb::FunctionTool> for FunctionTool {
             parameters: f.parameters_json,
             timeout_ms: f.timeout_ms,
             requires_approval: f.requires_approval,
+            takes_files: f.takes_files,
         }
     }
 }
@@ -282,6 +283,7 @@ impl From<&FunctionTool> for pb::FunctionTool {
             parameters_json: f.parameters.clone(),
             timeout_ms: f.timeout_ms,
             requires_approval: f.requires_approval,
+            takes_files: f.takes_files,
         }
     }
 }
@@ -324,6 +326,7 @@ impl From<pb::ToolInvocation> for ToolInvocation {
             task_id: TaskId::new(i.task_id),
             context_id: i.context_id,
             timeout: std::time::Duration::from_millis(i.timeout_ms.into()),
+            files: i.files.into_iter().map(FilePart::from).collect(),
         }
     }
 }
@@ -337,6 +340,7 @@ impl From<ToolInvocation> for pb::ToolInvocation {
             task_id: i.task_id.as_str().to_owned(),
             context_id: i.context_id,
             timeout_ms: i.timeout.as_millis().try_into().unwrap_or(u32::MAX),
+            files: i.files.into_iter().map(pb::FilePart::from).collect(),
         }
     }
 }

@@ -308,6 +308,8 @@ pub struct FunctionTool {
     pub timeout_ms: u32,
     /// Every call waits for a person's approval first.
     pub requires_approval: bool,
+    /// Each call gets the files given with the calling task.
+    pub takes_files: bool,
 }
 
 /// How long a call of a hosted function may take unless its definition says.
@@ -324,6 +326,8 @@ pub struct ToolInvocation {
     pub task_id: TaskId,
     pub context_id: String,
     pub timeout: std::time::Duration,
+    /// The files given with the calling task, for a tool that takes them.
+    pub files: Vec<FilePart>,
 }
 
 impl FunctionTool {

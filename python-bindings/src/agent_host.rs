@@ -179,16 +179,7 @@ impl AgentHost {
                     for m in &task.history {
                         history.append((m.role.as_str(), m.content.as_str()))?;
                     }
-                    let files = PyList::empty(py);
-                    for f in &task.files {
-                        let data = pyo3::types::PyBytes::new(py, &f.data);
-                        files.append((
-                            f.name.as_str(),
-                            f.media_type.as_str(),
-                            data,
-                            f.url.as_str(),
-                        ))?;
-                    }
+                    let files = crate::event::file_tuples(py, &task.files)?;
                     PyTuple::new(
                         py,
                         [

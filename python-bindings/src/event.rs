@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use fleet_client::{Artifact, ArtifactPart, EventKind, TaskEvent};
+use fleet_client::{Artifact, ArtifactPart, EventKind, FilePart, TaskEvent};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 /// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
 /// tool_call, tool_result, embeddings, artifact, completed, failed, canceled,
@@ -205,4 +205,15 @@ pub fn artifact_object(py: Python<'_>, artifact: &Artifact) -> PyResult<Py<PyAny
         data,
     ))?;
     Ok(object.unbind())
+}
+
+/// Files as Python tuples `(name, media_type, data, url)`, as `agentfleet`'s readers take
+/// them.
+pub fn file_tuples<'py>(py: Python<'py>, files: &[FilePart]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for f in files {
+        let data = PyBytes::new(py, &f.data);
+        list.append((f.name.as_str(), f.media_type.as_str(), data, f.url.as_str()))?;
+    }
+    Ok(list)
 }

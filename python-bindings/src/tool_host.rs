@@ -186,20 +186,26 @@ async fn remote(
 #[pymethods]
 impl ToolHost {
     /// Registers tools given as `(name, description, parameters_json, timeout_ms,
-    /// requires_approval)`; returns their names. Raises `InvalidArgument` with the head's
+    /// requires_approval, takes_files)`; returns their names. Raises `InvalidArgument` with the head's
     /// reason when it refuses them.
     fn register(
         &self,
         py: Python<'_>,
-        tools: Vec<(String, String, String, u32, bool)>,
+        tools: Vec<(String, String, String, u32, bool, bool)>,
     ) -> PyResult<Vec<String>> {
-        let tools: Vec<FunctionTool> =
-            tools
-                .into_iter()
-                .map(|(name, description, parameters, timeout_ms, requires_approval)| {
-                    FunctionTool { name, description, parameters, timeout_ms, requires_approval }
-                })
-                .collect();
+        let tools: Vec<FunctionTool> = tools
+            .into_iter()
+            .map(|(name, description, parameters, timeout_ms, requires_approval, takes_files)| {
+                FunctionTool {
+                    name,
+                    description,
+                    parameters,
+                    timeout_ms,
+                    requires_approval,
+                    takes_files,
+                }
+            })
+            .collect();
         let closed = || errors::Unavailable::new_err("this tool host is closed");
         let link = match &*self.link.lock() {
             None => return Err(closed()),
@@ -224,7 +230,8 @@ impl ToolHost {
     }
 
     /// The next call for this process: `("invoke", call, tool, arguments_json, task_id,
-    /// context_id, timeout_s)` or `("canceled", call)`; `None` once the host is closed.
+    /// context_id, timeout_s, files)` (`files` the calling task's, as `(name, media_type,
+    /// data, url)`, for a tool that takes them) or `("canceled", call)`; `None` once the host is closed.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let command = py.detach(|| self.calls.lock().recv().ok());
         let Some(command) = command else { return Ok(None) };
@@ -239,6 +246,7 @@ impl ToolHost {
                     i.task_id.as_str().into_pyobject(py)?.into_any(),
                     i.context_id.into_pyobject(py)?.into_any(),
                     i.timeout.as_secs_f64().into_pyobject(py)?.into_any(),
+                    crate::event::file_tuples(py, &i.files)?.into_any(),
                 ],
             )?,
             HostCommand::Canceled { call } => PyTuple::new(

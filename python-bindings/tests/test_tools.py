@@ -271,3 +271,46 @@ def test_smollm2_calls_a_python_tool(tmp_path: pathlib.Path) -> None:
         assert events[0] == ("tool_call", "get_weather", '{"city":"Paris"}', "")
         assert events[1] == ("tool_result", "", "It is sunny and 21 degrees in Paris.", "")
         assert cities == ["Paris"]
+
+
+def test_a_tool_gets_the_files_given_with_the_calling_task(fleet: af.Fleet) -> None:
+    """A parameter typed list[af.AgentFile] takes the task's files (from submit(files=) or
+    A2A file parts); the model does not see it and cannot forge it; a model agent with such
+    a tool takes binary files, and its model reads their names."""
+    import base64
+    import json
+    import urllib.request
+
+    @fleet.tool
+    def measure(unit: str, files: list[af.AgentFile]) -> str:
+        """Measures the files given with the task."""
+        return ", ".join(f"{f.name}:{f.media_type}={len(f.data)} {unit}" for f in files)
+
+    assert measure.parameters == {"type": "object", "properties": {"unit": {"type": "string"}}, "required": ["unit"]}
+    agent = fleet.agent("measurer", model="builtin:echo", tools=[measure])
+    png = b"\x89PNG\r\n\x1a\n" + bytes(300)
+    files = [af.AgentFile("a.png", "image/png", png), af.AgentFile("b.bin", "application/octet-stream", b"xyz")]
+    task = agent.submit(call("measure", '{"unit": "bytes", "files": ["forged.txt"]}'), files=files)
+    answer = task.result(timeout=30)
+    assert answer.endswith("a.png:image/png=308 bytes, b.bin:application/octet-stream=3 bytes"), answer
+    # builtin:echo repeats its prompt: the model was told which files there are.
+    assert "- a.png (image/png, 308 bytes)\n- b.bin (application/octet-stream, 3 bytes)" in answer, answer
+
+    # Over A2A: a binary file part is taken (a model agent without such a tool refuses it).
+    message = {
+        "messageId": "m1",
+        "role": "ROLE_USER",
+        "parts": [
+            {"text": call("measure", '{"unit": "B"}')},
+            {"raw": base64.b64encode(png).decode(), "mediaType": "image/png", "filename": "c.png"},
+        ],
+    }
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {fleet.token}", "A2A-Version": "1.0"}
+    request = urllib.request.Request(f"{fleet.address}/a2a/measurer", data=body.encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        reply = json.loads(response.read())
+    parts = reply["result"]["task"]["artifacts"][0]["parts"]
+    assert parts[0]["text"].endswith("c.png:image/png=308 B"), reply
+    with urllib.request.urlopen(f"{fleet.address}/a2a/measurer/.well-known/agent-card.json", timeout=30) as response:
+        assert "*/*" in json.loads(response.read())["defaultInputModes"]

@@ -97,7 +97,8 @@ impl AgentActor {
         let answers_history =
             task.input.is_empty() && task.options.as_ref().is_some_and(|o| !o.history.is_empty());
         if !answers_history {
-            messages.push(ChatMessage::new(Role::User, task.input.clone()));
+            let files = task.options.as_ref().map_or(&[][..], |o| &o.files[..]);
+            messages.push(ChatMessage::new(Role::User, with_file_list(&task.input, files)));
         }
         messages
     }
@@ -202,4 +203,24 @@ impl Message<Remember> for AgentActor {
     ) -> Self::Reply {
         self.memory.remember(&msg.context_id, msg.user, msg.assistant);
     }
+}
+
+/// A model's input with the files given with its task named after it: the model reads no
+/// file, but its tools that take files get them all, and it should know they are there.
+fn with_file_list(input: &str, files: &[fleet_proto::FilePart]) -> String {
+    if files.is_empty() {
+        return input.to_owned();
+    }
+    let mut text = format!(
+        "{input}\n\nFiles given with this message (your tools that take files receive them):"
+    );
+    for f in files {
+        let name = if f.name.is_empty() { "unnamed" } else { f.name.as_str() };
+        if f.url.is_empty() {
+            text.push_str(&format!("\n- {name} ({}, {} bytes)", f.media_type, f.data.len()));
+        } else {
+            text.push_str(&format!("\n- {name} ({}) at {}", f.media_type, f.url));
+        }
+    }
+    text
 }

@@ -108,12 +108,22 @@ fn security(a2a: &A2a, card: &mut Value) {
 }
 
 /// What an agent takes: a model reads text (text files too, in its prompt); a Python
-/// agent's code takes files of any type.
-fn input_modes(spec: &fleet_proto::AgentSpec) -> Value {
-    if spec.model.starts_with(fleet_proto::PYTHON_PREFIX) {
+/// agent's code, or a model's tool that takes files, takes files of any type.
+fn input_modes(a2a: &A2a, spec: &fleet_proto::AgentSpec) -> Value {
+    if a2a.cluster.takes_files(&spec.name) {
         json!(["text/plain", "application/json", "*/*"])
     } else {
         json!(["text/plain", "application/json", "text/*"])
+    }
+}
+
+/// What an agent answers: text (data under an output schema); a Python agent's code may
+/// also return files.
+fn output_modes(spec: &fleet_proto::AgentSpec) -> Value {
+    if spec.model.starts_with(fleet_proto::PYTHON_PREFIX) {
+        json!(["text/plain", "application/json", "*/*"])
+    } else {
+        json!(["text/plain", "application/json"])
     }
 }
 
@@ -135,8 +145,8 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
         ],
         "provider": {"organization": "agentfleet", "url": "https://github.com/agentfleet"},
         "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": a2a.clients.required()},
-        "defaultInputModes": input_modes(spec),
-        "defaultOutputModes": ["text/plain"],
+        "defaultInputModes": input_modes(a2a, spec),
+        "defaultOutputModes": output_modes(spec),
         "skills": [skill(agent)],
         "supportsAuthenticatedExtendedCard": a2a.clients.required(),
         // A2A 0.3 fields, for older clients.

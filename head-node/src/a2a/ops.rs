@@ -147,11 +147,7 @@ fn submit_message(
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
     let context_id = message.context_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let python = a2a
-        .cluster
-        .agent(agent)
-        .is_some_and(|a| a.spec.model.starts_with(fleet_proto::PYTHON_PREFIX));
-    let (input, files) = if python {
+    let (input, files) = if a2a.cluster.takes_files(agent) {
         (message.text, message.files)
     } else {
         (with_text_files(agent, message.text, &message.files)?, Vec::new())

@@ -252,7 +252,12 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
     }
     if state.tools.contains(name) {
         let context_id = task.context_id.clone();
-        if let Err(error) = state.tools.invoke(name, caller, &context_id, &call_id, arguments) {
+        let files = match &task.options {
+            Some(options) if state.tools.takes_files(name) => options.files.clone(),
+            _ => Vec::new(),
+        };
+        let invoked = state.tools.invoke(name, caller, &context_id, &call_id, arguments, files);
+        if let Err(error) = invoked {
             reply_to_call(state, caller, call_id, error, true);
         }
         return;

@@ -197,6 +197,13 @@ impl Cluster {
     }
 }
 
+/// Whether tasks of `spec` may carry files: a Python agent takes them, a model agent when
+/// one of its tools does (the tool gets them; the model reads their names and types).
+pub(super) fn takes_files(state: &State, spec: &AgentSpec) -> bool {
+    spec.model.starts_with(fleet_proto::PYTHON_PREFIX)
+        || state.tools.of(spec).0.iter().any(|f| f.takes_files)
+}
+
 /// Accepts a task (see [`Cluster::submit`]); `parent` is the task that called it as a tool.
 pub(super) fn submit_in(
     state: &mut State,
@@ -207,10 +214,10 @@ pub(super) fn submit_in(
 ) -> Result<TaskId> {
     let spec = state.agents.get(&task.agent)?.spec.clone();
     let files = task.options.as_ref().map_or(0, |o| o.files.len());
-    if files > 0 && !spec.model.starts_with(fleet_proto::PYTHON_PREFIX) {
+    if files > 0 && !takes_files(state, &spec) {
         return Err(Error::InvalidArgument(format!(
-            "agent {} runs a model, which reads text: give its files' text in the input, or \
-             the files to a Python agent",
+            "agent {} runs a model, which reads text: give its files' text in the input, the \
+             files to a Python agent, or the agent a tool that takes files",
             spec.name
         )));
     }

@@ -253,6 +253,14 @@ impl Cluster {
         self.state.lock().agents.get(name).ok().map(AgentInfo::from)
     }
 
+    /// Whether agent `name` takes files of any type as they are: a Python agent, or a model
+    /// agent with a tool that takes files (else a model reads only text).
+    pub fn takes_files(&self, name: &str) -> bool {
+        let state = self.state.lock();
+        let Ok(agent) = state.agents.get(name) else { return false };
+        super::submit::takes_files(&state, &agent.spec)
+    }
+
     /// A task as its first `seq` events left it (see [`TaskInfo::as_of`]).
     pub fn task_as_of(&self, task_id: &str, seq: u64) -> Result<TaskInfo> {
         let state = self.state.lock();

@@ -27,6 +27,10 @@ anything else as JSON. An exception becomes an error result the model reads
 (``"ValueError: ..."``); the task goes on. A call that outlives the tool's ``timeout``
 (seconds, 60 by default) ends with an error for the model; an ``async`` tool is cancelled
 then, a plain function cannot be and runs to its end unheard.
+
+A parameter typed ``list[af.AgentFile]`` takes the files given with the calling task (A2A
+file parts, ``submit(files=...)``) and is not shown to the model; an agent on a model with
+such a tool takes files of any type (its model reads their names, types and sizes).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import types
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
+
+from agentfleet.agents import AgentFile
 
 __all__ = ["Tool", "tool"]
 
@@ -77,7 +83,7 @@ class Tool:
         #: Every call waits for a person's approval (the task is input-required until then).
         self.requires_approval = bool(requires_approval)
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.parameters, self._convert = _signature_schema(fn, arg_docs)
+        self.parameters, self._convert, self.files_parameter = _signature_schema(fn, arg_docs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -85,19 +91,25 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
-    def definition(self) -> tuple[str, str, str, int, bool]:
+    def definition(self) -> tuple[str, str, str, int, bool, bool]:
         """(name, description, parameters as JSON, timeout in ms (0: the default), whether
-        calls wait for approval)."""
+        calls wait for approval, whether calls get the calling task's files)."""
         timeout_ms = 0 if self.timeout is None else max(1, round(self.timeout * 1000))
         parameters = json.dumps(self.parameters)
-        return (self.name, self.description, parameters, timeout_ms, self.requires_approval)
+        takes_files = self.files_parameter is not None
+        return (self.name, self.description, parameters, timeout_ms, self.requires_approval, takes_files)
 
-    def arguments(self, arguments_json: str) -> dict[str, Any]:
-        """The call's JSON arguments as keyword arguments of the function."""
+    def arguments(self, arguments_json: str, files: "list[AgentFile] | None" = None) -> dict[str, Any]:
+        """The call's JSON arguments as keyword arguments of the function, with the calling
+        task's files for a parameter typed ``list[af.AgentFile]``."""
         arguments = json.loads(arguments_json) if arguments_json.strip() else {}
         if not isinstance(arguments, dict):
             raise TypeError(f"the arguments are a JSON object, not {arguments_json!r}")
-        return {k: self._convert[k](v) if k in self._convert else v for k, v in arguments.items()}
+        kwargs = {k: self._convert[k](v) if k in self._convert else v for k, v in arguments.items()}
+        if self.files_parameter is not None:
+            # The model cannot name or forge files: whatever it wrote there is replaced.
+            kwargs[self.files_parameter] = list(files or [])
+        return kwargs
 
 
 def tool(
@@ -171,15 +183,16 @@ class _Host:
                 if future is not None:
                     future.cancel()
                 continue
-            _, call, name, arguments, task_id, context_id, timeout = command
+            _, call, name, arguments, task_id, context_id, timeout, given = command
+            files = [AgentFile(*f) for f in given]
             t = self._tools.get(name)
             if t is None:
                 self._native.answer(call, f"this process does not host a tool named {name}", True)
             elif t.is_async:
-                coro = self._run_async(t, call, arguments, timeout)
+                coro = self._run_async(t, call, arguments, timeout, files)
                 self._async_calls[call] = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
             else:
-                self._pool.submit(self._run_sync, t, call, arguments)
+                self._pool.submit(self._run_sync, t, call, arguments, files)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -190,16 +203,16 @@ class _Host:
                 self._loop, self._loop_thread = loop, thread
             return self._loop
 
-    def _run_sync(self, t: Tool, call: int, arguments: str) -> None:
+    def _run_sync(self, t: Tool, call: int, arguments: str, files: list[AgentFile]) -> None:
         try:
-            output, is_error = _result(t.fn(**t.arguments(arguments))), False
+            output, is_error = _result(t.fn(**t.arguments(arguments, files))), False
         except Exception as e:  # the model reads what went wrong
             output, is_error = _error(e), True
         self._native.answer(call, output, is_error)
 
-    async def _run_async(self, t: Tool, call: int, arguments: str, timeout: float) -> None:
+    async def _run_async(self, t: Tool, call: int, arguments: str, timeout: float, files: list[AgentFile]) -> None:
         try:
-            value = await asyncio.wait_for(t.fn(**t.arguments(arguments)), timeout)
+            value = await asyncio.wait_for(t.fn(**t.arguments(arguments, files)), timeout)
             output, is_error = _result(value), False
         except asyncio.CancelledError:
             return  # the head no longer waits for it
@@ -308,7 +321,12 @@ def _docstring(doc: str) -> tuple[str, dict[str, str]]:
     return doc.strip(), {}
 
 
-def _signature_schema(fn: Callable[..., Any], docs: dict[str, str]) -> tuple[dict[str, Any], dict[str, Callable[[Any], Any]]]:
+def _signature_schema(
+    fn: Callable[..., Any], docs: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Callable[[Any], Any]], str | None]:
+    """The JSON schema of `fn`'s arguments, converters of those that need one, and the
+    parameter that takes the calling task's files (typed ``list[af.AgentFile]``), which the
+    model does not see."""
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:
@@ -316,12 +334,18 @@ def _signature_schema(fn: Callable[..., Any], docs: dict[str, str]) -> tuple[dic
     properties: dict[str, Any] = {}
     required: list[str] = []
     convert: dict[str, Callable[[Any], Any]] = {}
+    files_parameter: str | None = None
     for p in inspect.signature(fn).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue  # extra arguments are not offered to the model
         if p.kind == p.POSITIONAL_ONLY:
             raise TypeError(f"{fn.__name__}: argument {p.name} is positional-only; a tool's arguments are passed by name")
         hint = hints.get(p.name, inspect.Parameter.empty)
+        if _is_file_list(hint):
+            if files_parameter is not None:
+                raise TypeError(f"{fn.__name__}: {files_parameter} and {p.name} both take the task's files; keep one")
+            files_parameter = p.name
+            continue
         schema: dict[str, Any] = {} if hint is inspect.Parameter.empty else _schema(hint)
         if p.name in docs and "description" not in schema:
             schema["description"] = docs[p.name]
@@ -336,7 +360,13 @@ def _signature_schema(fn: Callable[..., Any], docs: dict[str, str]) -> tuple[dic
     arguments: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         arguments["required"] = required
-    return arguments, convert
+    return arguments, convert, files_parameter
+
+
+def _is_file_list(hint: Any) -> bool:
+    """Whether a parameter typed `hint` takes the calling task's files."""
+    args = typing.get_args(hint)
+    return typing.get_origin(hint) in (list, typing.List) and len(args) == 1 and args[0] is AgentFile
 
 
 def _jsonable(value: Any) -> bool:
