@@ -228,3 +228,31 @@ def test_a_python_client_gives_files_and_gets_files_back(fleet: af.Fleet, tmp_pa
     echo = fleet.agent("echo-files", model="builtin:echo")
     with pytest.raises(af.InvalidArgument, match="runs a model"):
         echo.submit("x", files=[path])
+
+
+@af.agent
+async def Painter(task: af.AgentTask, ctx: af.AgentContext) -> Any:
+    """Asks which color, then paints."""
+    color = await ctx.ask("Which color?")
+    yield f"painted {color}"
+
+
+def test_a_python_agent_asks_its_user_and_goes_on_with_the_reply(fleet: af.Fleet) -> None:
+    painter = fleet.agent(Painter, ask_user=True)
+    task = painter.submit("paint")
+    request = task.wait_input(timeout=30)
+    assert request is not None and request.text == "Which color?" and task.state == "input-required"
+    task.reply("blue")
+    assert task.result(timeout=30) == "painted blue"
+    kinds = [e.kind for e in task.events()]
+    assert kinds.index("tool_call") < kinds.index("input_required") < kinds.index("input_received") < kinds.index("tool_result")
+    # Declined: ctx.ask raises, and the exception fails the task.
+    declined = painter.submit("paint")
+    assert declined.wait_input(timeout=30) is not None
+    declined.reject("no colors today")
+    with pytest.raises(af.TaskFailed, match="declined to answer: no colors today"):
+        declined.result(timeout=30)
+    # An agent registered without ask_user has nobody to ask.
+    mute = fleet.agent("mute-painter", model="python:Painter")
+    with pytest.raises(af.TaskFailed, match="does not ask its user"):
+        mute.submit("paint").result(timeout=30)

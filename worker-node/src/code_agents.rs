@@ -104,6 +104,8 @@ struct Shared {
     output: Mutex<String>,
     /// Tokens of the models it chatted with.
     usage: Mutex<Usage>,
+    /// How the task ends whatever the code does (a question left unanswered too long).
+    ended: Mutex<Option<EventKind>>,
 }
 
 /// The most text one `chat` answers with before it is cut (a runaway generation).
@@ -215,6 +217,9 @@ impl CodeContext {
             name: tool.to_owned(),
             arguments,
         };
+        if tool == fleet_proto::ASK_USER_TOOL {
+            return self.ask_user(toolbox.human.as_ref(), call).await;
+        }
         // Asked before the call is announced, as for a model's call: nothing runs unapproved.
         if let Some(human) = &toolbox.human
             && human.needs_approval(tool)
@@ -253,6 +258,49 @@ impl CodeContext {
             outcome = answer => outcome,
         };
         spans::tool_ended(&mut span, &outcome.output, outcome.is_error);
+        let result = EventKind::ToolResult {
+            call_id: call.id,
+            output: outcome.output.clone(),
+            is_error: outcome.is_error,
+        };
+        emit(&self.0.sink, &self.0.task, result).await;
+        outcome
+    }
+
+    /// Asks the task's user the question in `call`'s arguments (`ask_user`, as a model
+    /// would): the task is input-required until the reply, which is the outcome. A task that
+    /// waits past the agent's input timeout gets an error outcome saying so.
+    async fn ask_user(
+        &self,
+        human: Option<&crate::ask::HumanInput>,
+        call: ToolCall,
+    ) -> ToolOutcome {
+        let Some(human) = human.filter(|h| h.asks_user()) else {
+            return ToolOutcome::error(format!(
+                "agent {} does not ask its user: register it with ask_user=True",
+                self.0.spec.name
+            ));
+        };
+        let announce = EventKind::ToolCall {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            traceparent: self.0.traceparent.clone(),
+        };
+        emit(&self.0.sink, &self.0.task, announce).await;
+        let asking = Asking { task: &self.0.task, sink: &self.0.sink, cancel: &self.0.cancel };
+        let outcome = match human.ask_user(asking, &call.id, &call.arguments).await {
+            Ok(outcome) => outcome,
+            Err(ended) => {
+                // No reply in time: the task fails with this, whatever the code does next.
+                let error = match &ended {
+                    EventKind::Failed { error, .. } => error.clone(),
+                    _ => "canceled".to_owned(),
+                };
+                self.0.ended.lock().get_or_insert(ended);
+                ToolOutcome::error(error)
+            }
+        };
         let result = EventKind::ToolResult {
             call_id: call.id,
             output: outcome.output.clone(),
@@ -308,6 +356,7 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         next_artifact: AtomicU64::new(1),
         output: Mutex::new(String::new()),
         usage: Mutex::new(Usage::default()),
+        ended: Mutex::new(None),
     }));
     let running = AssertUnwindSafe(run.host.agents.run(task, context.clone())).catch_unwind();
     let ended = tokio::select! {
@@ -321,6 +370,10 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         },
     };
     let usage = *context.0.usage.lock();
+    let ended = match context.0.ended.lock().take() {
+        Some(terminal) => Err(terminal),
+        None => ended,
+    };
     let (terminal, finished) = match ended {
         Ok(()) => {
             let output = std::mem::take(&mut *context.0.output.lock());

@@ -36,7 +36,8 @@ The context (`AgentContext`) streams nothing itself; it lets the code ask the cl
 ``await ctx.chat(model=..., messages=...)`` (a model of the worker, local or ``openai:``),
 ``await ctx.call(agent, text)`` (another agent, as a sub-task) or ``await ctx.call(tool,
 **arguments)`` (one of the agent's tools: Python tools, MCP tools), ``await
-ctx.publish(topic, message)`` (one of the agent's topics). Calls and their results show in
+ctx.publish(topic, message)`` (one of the agent's topics), ``await ctx.ask(question)`` (the
+task's user, with ``ask_user=True``). Calls and their results show in
 the task's events, as a model's tool calls do. ``ctx.artifact(content, name=...)`` returns a
 file (``bytes``, ``af.AgentFile``) or JSON data beside the text: A2A clients get it as an
 artifact of its own, Python clients as ``task.artifacts()``.
@@ -199,6 +200,14 @@ class AgentContext:
         if is_error:
             raise TaskFailed(f"{name}: {output}")
         return str(output)
+
+    async def ask(self, question: str) -> str:
+        """Asks the task's user ``question`` and returns the reply; the agent is registered
+        with ``ask_user=True``. The task is input-required until the user replies (A2A: a
+        message with the task's id; Python: ``task.reply(text)``). Raises ``TaskFailed`` when
+        the user declines, nobody can reply (another agent called this one), or the agent's
+        ``input_timeout`` passes (the task then fails, whatever the code does next)."""
+        return await self.call("ask_user", {"question": question})
 
     def artifact(
         self, content: Any, *, name: str = "", description: str = "", media_type: str = ""
