@@ -245,6 +245,19 @@ impl CodeContext {
         };
         // Started before it is announced: the announcement starts calls through the head.
         let answer = caller.call(&call, context);
+        self.announce(&call, traceparent).await;
+        let outcome = tokio::select! {
+            biased;
+            () = self.0.cancel.cancelled() => ToolOutcome::error("canceled"),
+            outcome = answer => outcome,
+        };
+        spans::tool_ended(&mut span, &outcome.output, outcome.is_error);
+        self.report(call.id, &outcome).await;
+        outcome
+    }
+
+    /// The call as the task's event, as a model's call shows.
+    async fn announce(&self, call: &ToolCall, traceparent: String) {
         let announce = EventKind::ToolCall {
             call_id: call.id.clone(),
             name: call.name.clone(),
@@ -252,19 +265,16 @@ impl CodeContext {
             traceparent,
         };
         emit(&self.0.sink, &self.0.task, announce).await;
-        let outcome = tokio::select! {
-            biased;
-            () = self.0.cancel.cancelled() => ToolOutcome::error("canceled"),
-            outcome = answer => outcome,
-        };
-        spans::tool_ended(&mut span, &outcome.output, outcome.is_error);
+    }
+
+    /// The call's outcome as the task's event.
+    async fn report(&self, call_id: String, outcome: &ToolOutcome) {
         let result = EventKind::ToolResult {
-            call_id: call.id,
+            call_id,
             output: outcome.output.clone(),
             is_error: outcome.is_error,
         };
         emit(&self.0.sink, &self.0.task, result).await;
-        outcome
     }
 
     /// Asks the task's user the question in `call`'s arguments (`ask_user`, as a model
@@ -281,13 +291,7 @@ impl CodeContext {
                 self.0.spec.name
             ));
         };
-        let announce = EventKind::ToolCall {
-            call_id: call.id.clone(),
-            name: call.name.clone(),
-            arguments: call.arguments.clone(),
-            traceparent: self.0.traceparent.clone(),
-        };
-        emit(&self.0.sink, &self.0.task, announce).await;
+        self.announce(&call, self.0.traceparent.clone()).await;
         let asking = Asking { task: &self.0.task, sink: &self.0.sink, cancel: &self.0.cancel };
         let outcome = match human.ask_user(asking, &call.id, &call.arguments).await {
             Ok(outcome) => outcome,
@@ -301,12 +305,7 @@ impl CodeContext {
                 ToolOutcome::error(error)
             }
         };
-        let result = EventKind::ToolResult {
-            call_id: call.id,
-            output: outcome.output.clone(),
-            is_error: outcome.is_error,
-        };
-        emit(&self.0.sink, &self.0.task, result).await;
+        self.report(call.id, &outcome).await;
         outcome
     }
 

@@ -153,23 +153,25 @@ pub fn returned_artifact(a: &Artifact, v: Version) -> Value {
                 Version::V03 => json!({"kind": "data", "data": data}),
             }
         }
-        (ArtifactPart::File(f), Version::V1) => {
-            let mut part = json!({"mediaType": f.media_type, "filename": f.name});
+        (ArtifactPart::File(f), v) => {
+            // The same four fields, named as each dialect names them (see `message`).
+            let (bytes, url, media_type, name) = match v {
+                Version::V1 => ("raw", "url", "mediaType", "filename"),
+                Version::V03 => ("bytes", "uri", "mimeType", "name"),
+            };
+            let mut file = serde_json::Map::new();
+            file.insert(media_type.into(), json!(f.media_type));
+            file.insert(name.into(), json!(f.name));
             if f.url.is_empty() {
-                part["raw"] = json!(base64::engine::general_purpose::STANDARD.encode(&f.data));
+                let data = base64::engine::general_purpose::STANDARD.encode(&f.data);
+                file.insert(bytes.into(), json!(data));
             } else {
-                part["url"] = json!(f.url);
+                file.insert(url.into(), json!(f.url));
             }
-            part
-        }
-        (ArtifactPart::File(f), Version::V03) => {
-            let mut file = json!({"mimeType": f.media_type, "name": f.name});
-            if f.url.is_empty() {
-                file["bytes"] = json!(base64::engine::general_purpose::STANDARD.encode(&f.data));
-            } else {
-                file["uri"] = json!(f.url);
+            match v {
+                Version::V1 => Value::Object(file),
+                Version::V03 => json!({"kind": "file", "file": file}),
             }
-            json!({"kind": "file", "file": file})
         }
     };
     let mut artifact = json!({"artifactId": a.id, "parts": [part]});
