@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::agent_loop::{self, TaskRun};
-use crate::code_agents::{self, CodeHost, CodeRun};
+use crate::code_agents::{self, CodeHost};
 use crate::gate::Lease;
 use crate::memory::ConversationMemory;
 use crate::models::ModelHandle;
@@ -151,29 +151,23 @@ impl Message<Run> for AgentActor {
         let remember = msg.task.options.as_ref().is_none_or(|o| o.history.is_empty());
         let (task_id, context_id, input) =
             (msg.task.task_id.clone(), msg.task.context_id.clone(), msg.task.input.clone());
-        let work = match &self.args.brain {
-            Brain::Model(model) => agent_loop::run(TaskRun {
-                spec: self.args.spec.clone(),
-                model: model.clone(),
-                messages: self.messages(&msg.task),
-                tools: self.args.tools.clone(),
-                task: msg.task,
-                sink: msg.sink,
-                cancel: msg.cancel,
-                lease: msg.lease,
-            })
-            .boxed(),
-            Brain::Code(host) => code_agents::run(CodeRun {
-                host: host.clone(),
-                spec: self.args.spec.clone(),
-                history: self.history(&msg.task),
-                tools: self.args.tools.clone(),
-                task: msg.task,
-                sink: msg.sink,
-                cancel: msg.cancel,
-                lease: msg.lease,
-            })
-            .boxed(),
+        let brain = self.args.brain.clone();
+        // What the brain reads before the task moves into the run.
+        let conversation = match &brain {
+            Brain::Model(_) => self.messages(&msg.task),
+            Brain::Code(_) => self.history(&msg.task),
+        };
+        let run = TaskRun {
+            spec: self.args.spec.clone(),
+            tools: self.args.tools.clone(),
+            task: msg.task,
+            sink: msg.sink,
+            cancel: msg.cancel,
+            lease: msg.lease,
+        };
+        let work = match brain {
+            Brain::Model(model) => agent_loop::run(run, model, conversation).boxed(),
+            Brain::Code(host) => code_agents::run(run, host, conversation).boxed(),
         };
         tokio::spawn(
             async move {

@@ -25,13 +25,11 @@ use crate::toolbox::{Toolbox, ToolboxSource};
 /// Generations with tool calls one task may make before it must answer.
 pub const MAX_TOOL_ROUNDS: usize = 8;
 
-/// Everything one task's loop needs.
+/// What one task's run needs whatever its agent's brain (a model's loop here, or code:
+/// `code_agents::run`).
 pub struct TaskRun {
     pub task: TaskAssignment,
     pub spec: Arc<AgentSpec>,
-    pub model: ModelHandle,
-    /// Instructions, the conversation so far and the input.
-    pub messages: Vec<ChatMessage>,
     pub sink: EventSink,
     pub cancel: CancellationToken,
     /// The agent's tools, each routed where it runs.
@@ -45,12 +43,13 @@ pub struct Finished {
     pub output: String,
 }
 
-/// Runs the task to its end; returns its output when it completed.
-pub async fn run(run: TaskRun) -> Option<Finished> {
+/// Runs the task on `model` to its end, from `messages` (instructions, the conversation so
+/// far and the input); returns its output when it completed.
+pub async fn run(run: TaskRun, model: ModelHandle, messages: Vec<ChatMessage>) -> Option<Finished> {
     emit(&run.sink, &run.task, EventKind::Working).await;
     let mut span = spans::agent(&run.task, &run.spec);
     let parent = span.traceparent_or(&run.task.traceparent);
-    let guarded = AssertUnwindSafe(drive(&run, &parent)).catch_unwind().await;
+    let guarded = AssertUnwindSafe(drive(&run, model, messages, &parent)).catch_unwind().await;
     let (terminal, finished) = match guarded {
         Ok(Ok((usage, output))) => (EventKind::Completed { usage }, Some(Finished { output })),
         Ok(Err(terminal)) => (terminal, None),
@@ -67,11 +66,16 @@ pub async fn run(run: TaskRun) -> Option<Finished> {
 }
 
 /// Runs the task; `parent` is the `traceparent` its spans go under.
-async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind> {
+async fn drive(
+    run: &TaskRun,
+    model: ModelHandle,
+    messages: Vec<ChatMessage>,
+    parent: &str,
+) -> Result<(Usage, String), EventKind> {
     let model = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
-        model = run.model.clone() => model.map_err(|e| failed(e.kind, format!(
+        model = model => model.map_err(|e| failed(e.kind, format!(
             "cannot load model {:?} for agent {:?}: {e}", run.spec.model, run.spec.name
         )))?,
     };
@@ -163,7 +167,7 @@ async fn drive(run: &TaskRun, parent: &str) -> Result<(Usage, String), EventKind
     if tools.is_empty() {
         tool_choice = ToolChoice::Auto;
     }
-    let mut messages = run.messages.clone();
+    let mut messages = messages;
     let mut usage = Usage::default();
     let mut output = String::new();
     for round in 0..=MAX_TOOL_ROUNDS {

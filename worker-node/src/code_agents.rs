@@ -3,9 +3,9 @@
 //! agent's model is `python:NAME`; the worker tells the head which NAMEs it hosts when it
 //! joins, so their tasks are placed only here and on workers like it. [`run`] drives one
 //! task: the code streams its answer (text, and files or data as artifacts) through a
-//! [`CodeContext`], which also lets it chat with
-//! the worker's models, call other agents and the agent's tools (each call and result
-//! shows in the task's events, as a model's would) and publish on its topics.
+//! [`CodeContext`], which also lets it chat with the worker's models, call other agents and
+//! the agent's tools (each call and result shows in the task's events, as a model's would),
+//! ask its user, and publish on its topics.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::agent_loop::Finished;
+use crate::agent_loop::{Finished, TaskRun};
 use crate::ask::Asking;
 use crate::gate::Lease;
 use crate::models::ModelStore;
@@ -71,18 +71,6 @@ pub struct CodeHost {
     pub models: SharedModels,
     /// Agents the code calls that are not among its agent's tools.
     pub route: AgentRoute,
-}
-
-/// Everything one task of a code agent needs.
-pub struct CodeRun {
-    pub host: CodeHost,
-    pub task: TaskAssignment,
-    pub spec: Arc<AgentSpec>,
-    pub history: Vec<ChatMessage>,
-    pub sink: EventSink,
-    pub cancel: CancellationToken,
-    pub tools: ToolboxSource,
-    pub lease: Option<Arc<Lease>>,
 }
 
 /// A running task's handle for its code: stream text, chat, call, publish.
@@ -326,7 +314,7 @@ impl CodeContext {
 
 /// Runs one task of a code agent to its end: Working, what the code streams and calls, and
 /// exactly one terminal event; returns its output when it completed.
-pub async fn run(run: CodeRun) -> Option<Finished> {
+pub async fn run(run: TaskRun, host: CodeHost, history: Vec<ChatMessage>) -> Option<Finished> {
     emit(&run.sink, &run.task, EventKind::Working).await;
     let mut span = spans::agent(&run.task, &run.spec);
     let traceparent = span.traceparent_or(&run.task.traceparent);
@@ -338,12 +326,12 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         context_id: run.task.context_id.clone(),
         attempt: run.task.attempt,
         input: run.task.input.clone(),
-        history: run.history,
+        history,
         instructions: run.spec.instructions.clone(),
         files: run.task.options.as_ref().map(|o| o.files.clone()).unwrap_or_default(),
     };
     let context = CodeContext(Arc::new(Shared {
-        host: run.host.clone(),
+        host: host.clone(),
         task: run.task.clone(),
         spec: run.spec.clone(),
         sink: run.sink.clone(),
@@ -357,7 +345,7 @@ pub async fn run(run: CodeRun) -> Option<Finished> {
         usage: Mutex::new(Usage::default()),
         ended: Mutex::new(None),
     }));
-    let running = AssertUnwindSafe(run.host.agents.run(task, context.clone())).catch_unwind();
+    let running = AssertUnwindSafe(host.agents.run(task, context.clone())).catch_unwind();
     let ended = tokio::select! {
         biased;
         () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
