@@ -51,4 +51,4 @@ pub use cluster::Cluster;
 pub use config::HeadConfig;
 pub use error::{Error, Result};
 pub use server::{HeadHandle, spawn};
-pub use tls::MAX_HANDSHAKES;
+pub use tls::{MAX_HANDSHAKES, PEER_HANDSHAKES, PEER_HANDSHAKES_AT_ONCE};

@@ -2,12 +2,18 @@
 //! rustls. ALPN offers `h2` and `http/1.1`, so gRPC clients and plain HTTP/1.1 clients
 //! (curl, httpx, the A2A SDKs) each get the protocol they speak after the handshake.
 //!
-//! Handshakes run beside the accept loop, at most [`MAX_HANDSHAKES`] at once and each within
-//! [`HANDSHAKE_TIMEOUT`], so a client that connects and stays silent holds nothing up.
+//! Handshakes run beside the accept loop, each within [`HANDSHAKE_TIMEOUT`], so a client that
+//! connects and stays silent holds nothing up. At most [`MAX_HANDSHAKES`] connections are
+//! waiting for or in their handshake; of those, at most [`PEER_HANDSHAKES`] from one peer
+//! (an IPv4 address, an IPv6 /64), [`PEER_HANDSHAKES_AT_ONCE`] of them handshaking at a time
+//! (the others wait their turn). So one peer that opens connections and stays silent, or
+//! floods the head with handshakes, holds a share of the slots and of the CPU, not all of it.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -23,9 +29,14 @@ use tracing::{debug, warn};
 
 use crate::{Error, Result};
 
-/// Handshakes in progress at most; further connections wait in the kernel's backlog.
-pub const MAX_HANDSHAKES: usize = 256;
-/// A client that has not finished its handshake by then is dropped.
+/// Connections waiting for or in their handshake at most; further connections wait in the
+/// kernel's backlog.
+pub const MAX_HANDSHAKES: usize = 1024;
+/// Of those, from one peer at most: a peer's connection past them is closed at once.
+pub const PEER_HANDSHAKES: usize = 256;
+/// Of a peer's connections, those handshaking at a time; the rest wait their turn.
+pub const PEER_HANDSHAKES_AT_ONCE: usize = 32;
+/// A client that has not finished its handshake by then (its wait included) is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS connection as tonic serves it (its connect info still carries the peer address).
@@ -88,6 +99,7 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<TlsConnection>>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let peers = Peers::default();
     loop {
         let accepted = tokio::select! {
             permit = handshakes.clone().acquire_owned() => match permit {
@@ -108,12 +120,21 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(slot) = peers.admit(peer.ip()) else {
+            // Dropping the stream closes it: this peer has its share of the slots already.
+            debug!(%peer, "closed: {PEER_HANDSHAKES} connections from this peer await their TLS handshake");
+            continue;
+        };
         configure(&stream);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, stream)).await {
+            let handshake = async {
+                let _turn = slot.turn().await;
+                handshake(acceptor, stream).await
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(connection)) => {
-                    drop(permit);
+                    drop((slot, permit));
                     let _ = tx.send(Ok(connection)).await;
                 }
                 // Debug only: anyone can connect and fail; the client sees its own error.
@@ -121,6 +142,71 @@ async fn accept_loop(
                 Err(_) => debug!(%peer, "TLS handshake not finished within 10 s"),
             }
         });
+    }
+}
+
+/// The connections awaiting their handshake, counted per peer.
+#[derive(Clone, Default)]
+struct Peers(Arc<Mutex<HashMap<IpAddr, Peer>>>);
+
+struct Peer {
+    pending: usize,
+    turns: Arc<Semaphore>,
+}
+
+/// A connection's place among its peer's pending ones, given back when dropped.
+struct PeerSlot {
+    peers: Peers,
+    key: IpAddr,
+    turns: Arc<Semaphore>,
+}
+
+impl Peers {
+    /// A slot for a connection from `ip`, unless its peer has [`PEER_HANDSHAKES`] already.
+    fn admit(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let key = peer_key(ip);
+        let mut peers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let peer = peers.entry(key).or_insert_with(|| Peer {
+            pending: 0,
+            turns: Arc::new(Semaphore::new(PEER_HANDSHAKES_AT_ONCE)),
+        });
+        if peer.pending >= PEER_HANDSHAKES {
+            return None;
+        }
+        peer.pending += 1;
+        Some(PeerSlot { peers: self.clone(), key, turns: peer.turns.clone() })
+    }
+}
+
+impl PeerSlot {
+    /// Waits until this peer has fewer than [`PEER_HANDSHAKES_AT_ONCE`] handshakes running.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed; were it, the handshake would just not wait.
+        self.turns.acquire().await.ok()
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(peer) = peers.get_mut(&self.key) {
+            peer.pending -= 1;
+            if peer.pending == 0 {
+                peers.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Who counts as one peer: an IPv4 address, or an IPv6 /64 (the least one host is given, so
+/// a peer cannot take more shares by changing the low bits of its address).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -149,4 +235,56 @@ fn configure(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        assert_eq!(peer_key(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_ne!(peer_key(ip("10.1.2.3")), peer_key(ip("10.1.2.4")));
+        assert_eq!(peer_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), peer_key(ip("2001:db8:1:2:bbbb::2")));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_ne!(peer_key(ip("2001:db8:1:2::1")), peer_key(ip("2001:db8:1:3::1")));
+    }
+
+    #[test]
+    fn a_peer_gets_its_share_of_the_slots_and_others_theirs() {
+        let peers = Peers::default();
+        let mut held: Vec<PeerSlot> =
+            (0..PEER_HANDSHAKES).map(|_| peers.admit(ip("10.0.0.1")).expect("room")).collect();
+        assert!(peers.admit(ip("10.0.0.1")).is_none(), "past its share");
+        assert!(peers.admit(ip("10.0.0.2")).is_some(), "another peer is not held up");
+        held.pop();
+        assert!(peers.admit(ip("10.0.0.1")).is_some(), "a slot given back is free again");
+        drop(held);
+        assert!(
+            peers.0.lock().expect("lock").is_empty(),
+            "peers with nothing pending are forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_handshakes_a_few_at_a_time() {
+        let peers = Peers::default();
+        let slots: Vec<PeerSlot> = (0..=PEER_HANDSHAKES_AT_ONCE)
+            .map(|_| peers.admit(ip("10.0.0.1")).expect("room"))
+            .collect();
+        let mut turns = Vec::new();
+        for slot in &slots[..PEER_HANDSHAKES_AT_ONCE] {
+            turns.push(slot.turn().await);
+        }
+        let last = &slots[PEER_HANDSHAKES_AT_ONCE];
+        let waited = tokio::time::timeout(Duration::from_millis(50), last.turn()).await;
+        assert!(waited.is_err(), "a turn past the bound was given");
+        turns.pop();
+        assert!(last.turn().await.is_some(), "a turn given back goes to the next");
+    }
 }

@@ -118,19 +118,30 @@ async fn plain_http(address: &str) -> Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-/// Handshakes in progress are bounded: connections that never finish theirs fill every
-/// slot, a new client then waits (its handshake is not started), clients already connected
-/// keep being served, and once the silent connections go a new client gets in at once.
+/// A connection from `peer` (an address of 127/8) to the head that sends nothing.
+async fn silent_from(peer: &str, address: &str) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{peer}:0").parse()?)?;
+    Ok(socket.connect(address.parse()?).await?)
+}
+
+/// Connections awaiting their handshake are bounded: silent ones from several peers fill
+/// every slot, a new client then waits (its handshake is not started), clients already
+/// connected keep being served, and once the silent connections go a new client gets in at
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_fill_the_handshake_slots_and_hold_nobody_connected_up() -> Result<()> {
     within(async {
         let sandbox = tls_sandbox().await?;
         let connected = sandbox.client().await?;
         connected.register_agent(echo()).await?;
-        // Connections that send nothing: each holds a handshake slot until its 10 s are up.
+        // Each holds a slot until its 10 s are up; one peer may hold only its share.
         let mut silent = Vec::new();
-        for _ in 0..fleet_head::MAX_HANDSHAKES {
-            silent.push(tokio::net::TcpStream::connect(&sandbox.address).await?);
+        let peers = fleet_head::MAX_HANDSHAKES.div_ceil(fleet_head::PEER_HANDSHAKES);
+        for peer in 0..peers {
+            for _ in 0..fleet_head::PEER_HANDSHAKES {
+                silent.push(silent_from(&format!("127.0.0.{}", peer + 2), &sandbox.address).await?);
+            }
         }
         let late = tokio::time::timeout(Duration::from_secs(2), sandbox.client()).await;
         ensure!(late.is_err(), "a handshake started past the bound: {:?}", late.map(|c| c.is_ok()));
@@ -141,6 +152,35 @@ async fn silent_connections_fill_the_handshake_slots_and_hold_nobody_connected_u
             .await
             .context("a new client still waited once the silent connections were gone")??;
         ensure!(client.run("echo", "in again").await?.output == "in again");
+        sandbox.shutdown().await
+    })
+    .await
+}
+
+/// One peer that opens as many silent connections as the head has slots holds only its
+/// share: its connections past the share are closed at once, and another client gets in
+/// while the rest are still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_silent_on_every_slot_holds_only_its_share() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    within(async {
+        let sandbox = tls_sandbox().await?;
+        let mut silent = Vec::new();
+        for _ in 0..fleet_head::MAX_HANDSHAKES {
+            silent.push(silent_from("127.0.0.2", &sandbox.address).await?);
+        }
+        let client = tokio::time::timeout(Duration::from_secs(5), sandbox.client())
+            .await
+            .context("one silent peer held a new client up")??;
+        client.register_agent(echo()).await?;
+        ensure!(client.run("echo", "in beside it").await?.output == "in beside it");
+        let last = silent.last_mut().context("no connections")?;
+        let read = tokio::time::timeout(Duration::from_secs(5), last.read(&mut [0u8; 16])).await;
+        ensure!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a connection past the peer's share was not closed: {read:?}"
+        );
+        drop(silent);
         sandbox.shutdown().await
     })
     .await

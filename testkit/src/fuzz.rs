@@ -6,6 +6,9 @@
 //! `FLEET_FUZZ_CASES` sets the cases per target: 10,000 by default (CI); the long run in
 //! BENCHMARKS.md uses 1,000,000.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, Once, PoisonError};
+
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::Value;
@@ -16,13 +19,39 @@ pub fn cases() -> u32 {
 }
 
 /// A proptest config running [`cases`] cases, with no failure files written into the tree.
+///
+/// It also makes panics print once per place in the code (see [`print_each_panic_once`]).
 pub fn config() -> Config {
+    print_each_panic_once();
     Config {
         cases: cases(),
         failure_persistence: None,
         max_shrink_iters: 2_000,
         ..Config::default()
     }
+}
+
+/// Prints a panic's message and backtrace the first time a place in the code panics, and
+/// nothing for later panics there.
+///
+/// Parsers of outside input that call libraries which may panic run them under a guard
+/// (`catch_unwind`), so a fuzz run goes through many caught panics, and the default hook
+/// prints each one. libtest keeps a test's output in memory until the test ends: over a
+/// million cases that output alone grew a run to 700 MiB, which read as a leak. A panic
+/// that fails a case still fails it: proptest reports its message with the minimal input.
+pub fn print_each_panic_once() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let print = std::panic::take_hook();
+        let seen = Mutex::new(HashSet::new());
+        std::panic::set_hook(Box::new(move |info| {
+            let place = info.location().map(ToString::to_string).unwrap_or_default();
+            let first = seen.lock().unwrap_or_else(PoisonError::into_inner).insert(place);
+            if first {
+                print(info);
+            }
+        }));
+    });
 }
 
 /// Short strings, with the protocol's words among them (they are also valid enum values).
