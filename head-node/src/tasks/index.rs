@@ -1,17 +1,26 @@
 //! Which retained tasks each listing filter matches, kept up to date as tasks come, change
 //! state and go, so that a page of ListTasks (and its total) reads only what it returns
-//! instead of scanning every retained task under the head's lock.
+//! instead of scanning every retained task, or every task of a conversation, under the
+//! head's lock.
 
 use std::collections::{BTreeSet, HashMap};
 
 use fleet_proto::TaskState;
 
-/// Task numbers (submission order) by agent, by state, by both and by context.
+/// Task numbers (submission order) by agent, by state and by both, for all tasks and for
+/// each context's.
 #[derive(Debug, Default)]
 pub struct TaskIndex {
-    by_agent: HashMap<String, AgentTasks>,
+    all: Facets,
+    by_context: HashMap<String, Facets>,
+}
+
+/// Some tasks' numbers: all of them, by state, by agent and by agent and state.
+#[derive(Debug, Default)]
+struct Facets {
+    all: BTreeSet<u64>,
     by_state: HashMap<TaskState, BTreeSet<u64>>,
-    by_context: HashMap<String, BTreeSet<u64>>,
+    by_agent: HashMap<String, AgentTasks>,
 }
 
 #[derive(Debug, Default)]
@@ -31,12 +40,9 @@ pub struct Filed<'a> {
 
 impl TaskIndex {
     pub fn add(&mut self, task: Filed<'_>) {
-        let agent = self.by_agent.entry(task.agent.to_owned()).or_default();
-        agent.all.insert(task.number);
-        agent.by_state.entry(task.state).or_default().insert(task.number);
-        self.by_state.entry(task.state).or_default().insert(task.number);
+        self.all.add(task);
         if !task.context.is_empty() {
-            self.by_context.entry(task.context.to_owned()).or_default().insert(task.number);
+            self.by_context.entry(task.context.to_owned()).or_default().add(task);
         }
     }
 
@@ -45,6 +51,60 @@ impl TaskIndex {
         if task.state == to {
             return;
         }
+        self.all.moved(task, to);
+        if let Some(context) = self.by_context.get_mut(task.context) {
+            context.moved(task, to);
+        }
+    }
+
+    pub fn remove(&mut self, task: Filed<'_>) {
+        self.all.remove(task);
+        if let Some(context) = self.by_context.get_mut(task.context) {
+            context.remove(task);
+            if context.all.is_empty() {
+                self.by_context.remove(task.context);
+            }
+        }
+    }
+
+    /// The numbers of the tasks in `context`, of `agent`, in `state` (each: any, when none).
+    pub fn matching(
+        &self,
+        context: Option<&str>,
+        agent: Option<&str>,
+        state: Option<TaskState>,
+    ) -> &BTreeSet<u64> {
+        static EMPTY: BTreeSet<u64> = BTreeSet::new();
+        let facets = match context {
+            None => Some(&self.all),
+            Some(context) => self.by_context.get(context),
+        };
+        facets.and_then(|f| f.matching(agent, state)).unwrap_or(&EMPTY)
+    }
+
+    /// How many tasks the index files (for tests: the table's own count must agree).
+    #[cfg(test)]
+    pub fn filed(&self) -> usize {
+        self.all.all.len()
+    }
+
+    /// Whether the index holds nothing for agents, states or contexts without tasks.
+    #[cfg(test)]
+    pub fn is_tidy(&self) -> bool {
+        self.all.is_tidy() && self.by_context.values().all(|c| !c.all.is_empty() && c.is_tidy())
+    }
+}
+
+impl Facets {
+    fn add(&mut self, task: Filed<'_>) {
+        self.all.insert(task.number);
+        self.by_state.entry(task.state).or_default().insert(task.number);
+        let agent = self.by_agent.entry(task.agent.to_owned()).or_default();
+        agent.all.insert(task.number);
+        agent.by_state.entry(task.state).or_default().insert(task.number);
+    }
+
+    fn moved(&mut self, task: Filed<'_>, to: TaskState) {
         take_out(&mut self.by_state, &task.state, task.number);
         self.by_state.entry(to).or_default().insert(task.number);
         if let Some(agent) = self.by_agent.get_mut(task.agent) {
@@ -53,7 +113,8 @@ impl TaskIndex {
         }
     }
 
-    pub fn remove(&mut self, task: Filed<'_>) {
+    fn remove(&mut self, task: Filed<'_>) {
+        self.all.remove(&task.number);
         take_out(&mut self.by_state, &task.state, task.number);
         if let Some(agent) = self.by_agent.get_mut(task.agent) {
             agent.all.remove(&task.number);
@@ -62,45 +123,22 @@ impl TaskIndex {
                 self.by_agent.remove(task.agent);
             }
         }
-        take_out(&mut self.by_context, task.context, task.number);
     }
 
-    /// The numbers of the tasks of `agent` (any, when none) in `state` (any, when none);
-    /// `None` for no filter at all (every task matches).
-    pub fn matching(
-        &self,
-        agent: Option<&str>,
-        state: Option<TaskState>,
-    ) -> Option<&BTreeSet<u64>> {
-        static EMPTY: BTreeSet<u64> = BTreeSet::new();
-        let found = match (agent, state) {
-            (None, None) => return None,
+    fn matching(&self, agent: Option<&str>, state: Option<TaskState>) -> Option<&BTreeSet<u64>> {
+        match (agent, state) {
+            (None, None) => Some(&self.all),
             (None, Some(state)) => self.by_state.get(&state),
             (Some(agent), None) => self.by_agent.get(agent).map(|a| &a.all),
             (Some(agent), Some(state)) => {
                 self.by_agent.get(agent).and_then(|a| a.by_state.get(&state))
             }
-        };
-        Some(found.unwrap_or(&EMPTY))
+        }
     }
 
-    /// The numbers of one context's tasks.
-    pub fn context(&self, context: &str) -> &BTreeSet<u64> {
-        static EMPTY: BTreeSet<u64> = BTreeSet::new();
-        self.by_context.get(context).unwrap_or(&EMPTY)
-    }
-
-    /// How many tasks the index files (for tests: the table's own count must agree).
     #[cfg(test)]
-    pub fn filed(&self) -> usize {
-        self.by_agent.values().map(|a| a.all.len()).sum()
-    }
-
-    /// Whether the index holds nothing for agents, states or contexts without tasks.
-    #[cfg(test)]
-    pub fn is_tidy(&self) -> bool {
+    fn is_tidy(&self) -> bool {
         self.by_state.values().all(|s| !s.is_empty())
-            && self.by_context.values().all(|s| !s.is_empty())
             && self
                 .by_agent
                 .values()

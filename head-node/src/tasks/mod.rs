@@ -559,8 +559,7 @@ impl TaskTable {
     }
 
     /// One page of the tasks `filter` matches, in submission order (or newest first),
-    /// with how many match in all. Reads the page's tasks only (and, with a context and
-    /// another filter, that context's tasks), however many are retained.
+    /// with how many match in all. Reads the page's tasks only, however many are retained.
     pub fn list(&mut self, filter: &TaskFilter) -> Listed<'_> {
         self.settle();
         let this = &*self;
@@ -572,33 +571,20 @@ impl TaskTable {
             (true, 0) => (Bound::Unbounded, Bound::Unbounded),
             (true, after) => (Bound::Unbounded, Bound::Excluded(after)),
         };
-        let (agent, state) = (filter.agent.as_deref(), filter.state);
-        let (numbers, total): (Box<dyn DoubleEndedIterator<Item = u64> + '_>, usize) =
-            match (&filter.context_id, this.index.matching(agent, state)) {
-                (Some(context), _) => {
-                    // A conversation's own tasks, checked one by one for the other filters.
-                    let matches = move |n: &u64| {
-                        entry(*n).is_some_and(|t| {
-                            agent.is_none_or(|a| a == t.agent) && state.is_none_or(|s| s == t.state)
-                        })
-                    };
-                    let set = this.index.context(context);
-                    let total = set.iter().filter(|n| matches(n)).count();
-                    (Box::new(set.range(range).copied().filter(matches)), total)
-                }
-                (None, Some(set)) => (Box::new(set.range(range).copied()), set.len()),
-                (None, None) => {
-                    (Box::new(this.by_number.range(range).map(|(n, _)| *n)), this.by_number.len())
-                }
-            };
+        let set = this.index.matching(
+            filter.context_id.as_deref(),
+            filter.agent.as_deref(),
+            filter.state,
+        );
+        let numbers = set.range(range).copied();
         let numbers: Box<dyn Iterator<Item = u64>> =
-            if filter.newest_first { Box::new(numbers.rev()) } else { numbers };
+            if filter.newest_first { Box::new(numbers.rev()) } else { Box::new(numbers) };
         let mut tasks: Vec<&TaskEntry> = numbers.filter_map(entry).take(size + 1).collect();
         let next_after = (tasks.len() > size).then(|| {
             tasks.truncate(size);
             tasks.last().map_or(0, |t| t.number)
         });
-        Listed { tasks, next_after, total }
+        Listed { tasks, next_after, total: set.len() }
     }
 
     /// How many retained tasks `agent` has in `state`, and those tasks, newest first.
@@ -609,10 +595,13 @@ impl TaskTable {
     ) -> (usize, impl Iterator<Item = &TaskEntry>) {
         self.settle();
         let this = &*self;
-        let numbers = this.index.matching(Some(agent), Some(state)).into_iter().flatten();
-        let count = this.index.matching(Some(agent), Some(state)).map_or(0, |s| s.len());
-        let tasks =
-            numbers.rev().filter_map(|n| this.by_number.get(n)).filter_map(|id| this.tasks.get(id));
+        let numbers = this.index.matching(None, Some(agent), Some(state));
+        let count = numbers.len();
+        let tasks = numbers
+            .iter()
+            .rev()
+            .filter_map(|n| this.by_number.get(n))
+            .filter_map(|id| this.tasks.get(id));
         (count, tasks)
     }
 
