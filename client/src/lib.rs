@@ -136,6 +136,11 @@ pub struct Submission {
     pub context_id: String,
     /// History, sampling overrides, or texts to embed instead of generating.
     pub options: Option<TaskOptions>,
+    /// Makes sending it again safe: the head answers a submission whose key it has seen
+    /// with the task the first one made. [`Client::submit`] and [`Client::submit_all`]
+    /// give each submission a fresh key when this is empty, and send it again under that
+    /// key when the connection broke before the head answered.
+    pub idempotency_key: String,
 }
 
 impl Submission {
@@ -157,6 +162,7 @@ impl From<Submission> for pb::SubmitRequest {
             input: s.input,
             context_id: s.context_id,
             options: s.options.as_ref().map(Into::into),
+            idempotency_key: s.idempotency_key,
         }
     }
 }
@@ -164,8 +170,19 @@ impl From<Submission> for pb::SubmitRequest {
 /// What comes back on a [`Client::submit_many`] stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ManyUpdate {
-    Accepted { client_ref: u64, task_id: TaskId },
-    Rejected { client_ref: u64, code: tonic::Code, message: String },
+    /// `existing`: the submission's idempotency key was seen before, and this is the task
+    /// it made then; its events do not follow on this stream (watch it from seq 1).
+    /// [`Client::submit_all`] does that itself.
+    Accepted {
+        client_ref: u64,
+        task_id: TaskId,
+        existing: bool,
+    },
+    Rejected {
+        client_ref: u64,
+        code: tonic::Code,
+        message: String,
+    },
     Event(TaskEvent),
 }
 
@@ -367,9 +384,13 @@ impl Client {
     /// Submits one task; the stream yields its events and ends after the terminal one. A
     /// broken connection after the first event is ridden through (see [`resume`]).
     pub async fn submit(&self, submission: Submission) -> Result<TaskStream> {
-        let request = pb::SubmitRequest::from(submission);
+        let mut request = pb::SubmitRequest::from(submission);
+        if request.idempotency_key.is_empty() {
+            request.idempotency_key = uuid::Uuid::new_v4().to_string();
+        }
+        // Safe to send again: the key makes a second copy find the first one's task.
         let stream = self
-            .unary_with(false, |mut api| {
+            .unary(|mut api| {
                 let request = request.clone();
                 async move { api.submit(request).await }
             })
@@ -504,6 +525,7 @@ impl Client {
                     ManyUpdate::Accepted {
                         client_ref: ack.client_ref,
                         task_id: TaskId::new(ack.task_id),
+                        existing: ack.existing,
                     }
                 });
             }

@@ -98,7 +98,7 @@ impl Collector {
 
     pub fn apply(&mut self, update: ManyUpdate) {
         match update {
-            ManyUpdate::Accepted { client_ref, task_id } => {
+            ManyUpdate::Accepted { client_ref, task_id, .. } => {
                 if let Some(slot) = self.outcomes.get_mut(client_ref as usize) {
                     *slot = Some(TaskOutcome::new(task_id.clone()));
                     self.by_task.insert(task_id, client_ref as usize);

@@ -185,7 +185,16 @@ async fn drive(
     control: SubmitControl,
     out: &mpsc::Sender<Result<Vec<ManyUpdate>>>,
 ) -> Result<()> {
-    let mut pending: BTreeMap<u64, Submission> = items.into_iter().collect();
+    // Each submission under a key of its own, so that one sent again after a broken
+    // connection (its answer lost with it) finds the task it made instead of a second.
+    let batch = uuid::Uuid::new_v4();
+    let keyed = items.into_iter().map(|(client_ref, mut submission)| {
+        if submission.idempotency_key.is_empty() {
+            submission.idempotency_key = format!("{batch}-{client_ref}");
+        }
+        (client_ref, submission)
+    });
+    let mut pending: BTreeMap<u64, Submission> = keyed.collect();
     let mut tasks: HashMap<String, Followed> = HashMap::new();
     let mut retry = Retry::new();
     loop {
@@ -220,14 +229,7 @@ async fn connection(
 ) -> Result<()> {
     let mut watches = futures::stream::SelectAll::new();
     for (id, task) in tasks.iter().filter(|(_, t)| !t.done) {
-        let (client, id, next) = (client.clone(), id.clone(), task.next);
-        let events = futures::stream::once(async move { client.watch_once(&id, next).await })
-            .map(|opened| match opened {
-                Ok(stream) => stream,
-                Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as TaskStream,
-            })
-            .flatten();
-        watches.push(Box::pin(events) as TaskStream);
+        watches.push(watch(client, id.clone(), task.next));
     }
     let mut many: Option<ManyUpdates> = None;
     if !pending.is_empty() && !control.stop.is_cancelled() {
@@ -261,6 +263,12 @@ async fn connection(
                         matches!(u, ManyUpdate::Rejected { code: tonic::Code::Unavailable, .. })
                     });
                     for update in batch {
+                        // Submitted before under its key: its events come from a watch.
+                        if let ManyUpdate::Accepted { client_ref, task_id, existing: true } = &update
+                            && pending.contains_key(client_ref)
+                        {
+                            watches.push(watch(client, task_id.to_string(), 1));
+                        }
                         take(update, pending, tasks, &mut forward);
                     }
                     if refused {
@@ -300,6 +308,19 @@ async fn connection(
     }
 }
 
+/// A task's events from `next` on, over one `WatchTask` call (its failure as the stream's
+/// one item).
+fn watch(client: &Client, id: String, next: u64) -> TaskStream {
+    let client = client.clone();
+    let events = futures::stream::once(async move { client.watch_once(&id, next).await })
+        .map(|opened| match opened {
+            Ok(stream) => stream,
+            Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as TaskStream,
+        })
+        .flatten();
+    Box::pin(events)
+}
+
 /// Takes one update into the batch's state; passes on what the caller has not seen.
 fn take(
     update: ManyUpdate,
@@ -308,7 +329,7 @@ fn take(
     forward: &mut Vec<ManyUpdate>,
 ) {
     match &update {
-        ManyUpdate::Accepted { client_ref, task_id } => {
+        ManyUpdate::Accepted { client_ref, task_id, .. } => {
             if pending.remove(client_ref).is_none() {
                 return;
             }

@@ -144,8 +144,13 @@ impl ServerHandler for Agents {
             .get::<axum::http::request::Parts>()
             .map(|parts| crate::traceparent::from_headers(&parts.headers))
             .unwrap_or_default();
-        let task =
-            NewTask { agent: name.to_owned(), input, context_id, options: None, traceparent };
+        let task = NewTask {
+            agent: name.to_owned(),
+            input,
+            context_id,
+            traceparent,
+            ..Default::default()
+        };
         let run = TaskRun::start(&self.cluster, task).map_err(|e| {
             ErrorData::new(
                 rmcp::model::ErrorCode(codes(e.kind()).jsonrpc as i32),

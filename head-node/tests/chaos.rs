@@ -35,7 +35,7 @@ async fn run_all(
     while let Some(batch) = updates.next().await {
         for update in batch? {
             match update {
-                ManyUpdate::Accepted { client_ref, task_id } => {
+                ManyUpdate::Accepted { client_ref, task_id, .. } => {
                     index_of.insert(task_id, client_ref as usize);
                 }
                 ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),

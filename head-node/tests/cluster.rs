@@ -46,7 +46,7 @@ async fn run_many_events(
     while let Some(batch) = updates.next().await {
         for update in batch? {
             match update {
-                ManyUpdate::Accepted { client_ref, task_id } => {
+                ManyUpdate::Accepted { client_ref, task_id, .. } => {
                     by_task.insert(task_id, client_ref as usize);
                 }
                 ManyUpdate::Rejected { message, .. } => anyhow::bail!("rejected: {message}"),

@@ -256,3 +256,61 @@ async fn run_many_and_watch_ride_through_a_head_restart() -> Result<()> {
     }
     sandbox.shutdown().await
 }
+
+/// A client that sends a submission again under its idempotency key (its first answer lost,
+/// say, with a head that crashed) gets the task the first one made, from its first event,
+/// also from a head restarted on the same data: one task, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_sent_again_after_a_restart_finds_its_task() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let mut sandbox = ClusterSandbox::builder().workers(1).start().await?;
+        let client = sandbox.client().await?;
+        let mut spec =
+            AgentSpec { name: "echo".into(), model: "builtin:echo".into(), ..Default::default() };
+        spec.model_options = [("token_delay_ms".to_owned(), "5".to_owned())].into();
+        client.register_agent(spec).await?;
+        let order = || Submission {
+            idempotency_key: "order-42".into(),
+            ..Submission::new("echo", "one task however often it is sent")
+        };
+        let mut first = client.submit(order()).await?;
+        let task_id = first.next().await.context("no first event")??.task_id;
+        drop(first);
+
+        sandbox.restart_head().await?;
+        let client = connect_again(&sandbox).await?;
+        let mut again = client.submit(order()).await?;
+        let mut seqs = Vec::new();
+        let mut text = String::new();
+        while let Some(event) = again.next().await {
+            let event = event?;
+            ensure!(event.task_id == task_id, "another task: {} vs {task_id}", event.task_id);
+            seqs.push(event.seq);
+            if let EventKind::TextDelta { text: t, .. } = &event.kind {
+                text.push_str(t);
+            }
+        }
+        ensure!(seqs.first() == Some(&1), "not from the first event: {seqs:?}");
+        ensure!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs {seqs:?}");
+        ensure!(text == "one task however often it is sent", "{text:?}");
+
+        // On a multiplexed stream: acknowledged as the existing task, no events of it.
+        let (sender, mut updates) = client.submit_many().await?;
+        sender.send([(7, order())]).await?;
+        let acks = updates.next().await.context("no answer")??;
+        ensure!(
+            acks.first()
+                == Some(&fleet_client::ManyUpdate::Accepted {
+                    client_ref: 7,
+                    task_id: task_id.clone(),
+                    existing: true,
+                }),
+            "{acks:?}"
+        );
+        let listed = client.list_tasks(Default::default()).await?;
+        ensure!(listed.tasks.len() == 1, "{} tasks", listed.tasks.len());
+        sandbox.shutdown().await
+    })
+    .await
+    .context("test ran past its time limit")?
+}

@@ -165,6 +165,7 @@ impl Agent {
             input: prompt,
             context_id: context_id.unwrap_or_default(),
             options,
+            ..Default::default()
         }
     }
 }
@@ -249,7 +250,7 @@ async fn map_tasks(
         };
         for update in batch.map_err(errors::to_py)? {
             match update {
-                ManyUpdate::Accepted { client_ref, task_id } => {
+                ManyUpdate::Accepted { client_ref, task_id, .. } => {
                     acked += 1;
                     open.insert(task_id.clone());
                     index_of.insert(task_id, client_ref as usize);

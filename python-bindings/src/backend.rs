@@ -36,6 +36,7 @@ fn new_task(s: Submission) -> NewTask {
         context_id: s.context_id,
         options: s.options.map(std::sync::Arc::new),
         traceparent: String::new(),
+        idempotency_key: s.idempotency_key,
     }
 }
 
@@ -110,8 +111,8 @@ impl Backend {
             let mut batch = Vec::new();
             let mut push = |d: Delivery| {
                 batch.push(match d {
-                    Delivery::Accepted { client_ref, task_id } => {
-                        ManyUpdate::Accepted { client_ref, task_id }
+                    Delivery::Accepted { client_ref, task_id, existing } => {
+                        ManyUpdate::Accepted { client_ref, task_id, existing }
                     }
                     Delivery::Rejected { client_ref, error } => ManyUpdate::Rejected {
                         client_ref,

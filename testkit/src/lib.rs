@@ -90,7 +90,7 @@ impl BatchLog {
     /// Takes one update in; a rejected submission is an error (the tests submit valid ones).
     pub fn take(&mut self, update: fleet_client::ManyUpdate) -> anyhow::Result<()> {
         match update {
-            fleet_client::ManyUpdate::Accepted { client_ref, task_id } => {
+            fleet_client::ManyUpdate::Accepted { client_ref, task_id, .. } => {
                 self.index_of.insert(task_id.to_string(), client_ref as usize);
             }
             fleet_client::ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),

@@ -160,6 +160,7 @@ fn submit_message(
         context_id,
         options,
         traceparent: crate::traceparent::incoming(),
+        ..Default::default()
     };
     Ok(a2a.cluster.submit(task, subscriber.map(|s| (s, None)))?.to_string())
 }

@@ -40,6 +40,7 @@ fn new_task(r: pb::SubmitRequest, traceparent: String) -> NewTask {
         context_id: r.context_id,
         options: r.options.map(|o| Arc::new(o.into())),
         traceparent,
+        idempotency_key: r.idempotency_key,
     }
 }
 
@@ -76,8 +77,11 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let (sub, subscription) = self.cluster.subscriber();
         let traceparent = crate::traceparent::from_metadata(request.metadata());
         let task = new_task(request.into_inner(), traceparent);
-        let task_id = self.cluster.submit(task, Some((sub, None)))?;
-        debug!(task_id = %task_id, "submit stream opened");
+        let (task_id, existing) = self.cluster.submit_keyed(task, Some((sub, None)))?;
+        debug!(task_id = %task_id, existing, "submit stream opened");
+        // Sent again under its key: the task's events from the first.
+        let subscription =
+            if existing { self.cluster.watch(task_id.as_str(), 1)? } else { subscription };
         Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
     }
 
@@ -378,11 +382,14 @@ fn check_topic(topic: &str) -> Result<(), Status> {
 
 fn add_delivery(response: &mut pb::SubmitManyResponse, delivery: Delivery) {
     match delivery {
-        Delivery::Accepted { client_ref, task_id } => response.acks.push(pb::SubmitAck {
-            client_ref,
-            task_id: task_id.to_string(),
-            ..Default::default()
-        }),
+        Delivery::Accepted { client_ref, task_id, existing } => {
+            response.acks.push(pb::SubmitAck {
+                client_ref,
+                task_id: task_id.to_string(),
+                existing,
+                ..Default::default()
+            });
+        }
         Delivery::Rejected { client_ref, error } => response.acks.push(pb::SubmitAck {
             client_ref,
             error_code: error.code() as i32,

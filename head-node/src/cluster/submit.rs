@@ -42,12 +42,31 @@ impl Cluster {
         task: NewTask,
         subscriber: Option<(Subscriber, Option<u64>)>,
     ) -> Result<TaskId> {
+        self.submit_keyed(task, subscriber).map(|(id, _)| id)
+    }
+
+    /// [`Cluster::submit`], and whether the task existed already: submitted before under
+    /// the same idempotency key (a client sending it again after a broken connection or a
+    /// failover). Then nothing new is made, a multiplexed subscriber is told
+    /// `Accepted { existing: true }` and no events (it follows the task itself), and any
+    /// other subscriber is dropped (the caller watches the task from its first event).
+    pub fn submit_keyed(
+        &self,
+        task: NewTask,
+        subscriber: Option<(Subscriber, Option<u64>)>,
+    ) -> Result<(TaskId, bool)> {
         self.validate(&task)?;
         let mut guard = self.state.lock();
+        if let Some(id) = submitted_before(&guard, &task)? {
+            if let Some((sub, Some(client_ref))) = subscriber {
+                sub.deliver(Delivery::Accepted { client_ref, task_id: id.clone(), existing: true });
+            }
+            return Ok((id, true));
+        }
         if let Some(journal) = guard.tasks.journal() {
             journal.check().map_err(Error::StoreUnavailable)?;
         }
-        submit_in(&mut guard, &self.limits, task, subscriber, None)
+        submit_in(&mut guard, &self.limits, task, subscriber, None).map(|id| (id, false))
     }
 
     /// The name of the agent that serves `model` directly (`model:<id>`), registered on
@@ -63,6 +82,12 @@ impl Cluster {
     fn validate(&self, task: &NewTask) -> Result<()> {
         if task.agent.is_empty() {
             return Err(Error::InvalidArgument("agent is empty: name the agent to run".into()));
+        }
+        if task.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "idempotency_key is {} bytes: at most {MAX_IDEMPOTENCY_KEY_BYTES} (a UUID is plenty)",
+                task.idempotency_key.len()
+            )));
         }
         let embed = task.options.as_ref().map_or(&[][..], |o| &o.embed[..]);
         // A conversation given whole (OpenAI's, ending in a tool's result) needs no input.
@@ -197,6 +222,42 @@ impl Cluster {
     }
 }
 
+/// The longest idempotency key a client may give.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// Task ids made from idempotency keys: UUIDs (version 5) in a namespace of their own, so
+/// they look like every other task id and a restarted or standby head, which has the ids in
+/// its store, finds a key's task without keeping keys anywhere.
+const KEYED_TASKS: uuid::Uuid = uuid::Uuid::from_u128(0x6c0b_1f5e_3a7d_4e2b_9c41_08d2_f7a9_5e13);
+
+/// A new task's id: from its idempotency key when it has one, else random.
+fn new_task_id(key: &str) -> TaskId {
+    let id = if key.is_empty() {
+        uuid::Uuid::new_v4()
+    } else {
+        uuid::Uuid::new_v5(&KEYED_TASKS, key.as_bytes())
+    };
+    TaskId::new(id.to_string())
+}
+
+/// The task an earlier submission with `task`'s idempotency key made, if the head retains
+/// it; an error when that task is not this one (another agent or input under the key).
+fn submitted_before(state: &State, task: &NewTask) -> Result<Option<TaskId>> {
+    if task.idempotency_key.is_empty() {
+        return Ok(None);
+    }
+    let id = new_task_id(&task.idempotency_key);
+    let Some(existing) = state.tasks.get(id.as_str()) else { return Ok(None) };
+    if existing.agent != task.agent || *existing.input != *task.input {
+        return Err(Error::InvalidArgument(format!(
+            "idempotency_key {:?} was given before with another task (agent {}, task {id}): \
+             use a new key for each task",
+            task.idempotency_key, existing.agent
+        )));
+    }
+    Ok(Some(id))
+}
+
 /// Whether tasks of `spec` may carry files: a Python agent takes them, a model agent when
 /// one of its tools does (the tool gets them; the model reads their names and types).
 pub(super) fn takes_files(state: &State, spec: &AgentSpec) -> bool {
@@ -248,7 +309,7 @@ pub(super) fn submit_in(
     }
     state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
 
-    let id = TaskId::new(uuid::Uuid::new_v4().to_string());
+    let id = new_task_id(&task.idempotency_key);
     let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
     state.metrics.submitted(&entry.agent);
     entry.options = with_agent_format(task.options, &spec);

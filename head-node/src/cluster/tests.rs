@@ -454,3 +454,46 @@ fn a_stale_reply_is_refused_and_a_rejoining_worker_hears_the_reply_again() {
         "{sent:?}"
     );
 }
+
+#[test]
+fn a_submission_sent_again_under_its_key_gets_the_task_it_made() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let keyed = |input: &str, key: &str| NewTask {
+        agent: "a".into(),
+        input: input.into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let (first, existing) = cluster.submit_keyed(keyed("q", "k1"), None).expect("first");
+    assert!(!existing);
+    let (again, existing) = cluster.submit_keyed(keyed("q", "k1"), None).expect("again");
+    assert_eq!((&again, existing), (&first, true), "a second task under the same key");
+    assert_eq!(cluster.state.lock().tasks.len(), 1);
+
+    // A multiplexed submitter is told it is the earlier task, and gets none of its events.
+    let (sub, mut subscription) = crate::tasks::subscriber(16);
+    let (again, existing) =
+        cluster.submit_keyed(keyed("q", "k1"), Some((sub, Some(7)))).expect("again");
+    assert!(existing && again == first);
+    match subscription.rx.try_recv() {
+        Ok(Delivery::Accepted { client_ref: 7, task_id, existing: true }) => {
+            assert_eq!(task_id, first);
+        }
+        other => panic!("expected Accepted {{ existing: true }}, got {other:?}"),
+    }
+    assert!(subscription.rx.try_recv().is_err(), "events of the earlier task on this stream");
+
+    // Other keys, or none, make other tasks; a key reused for another task is refused.
+    let (other, _) = cluster.submit_keyed(keyed("q", "k2"), None).expect("another key");
+    assert_ne!(other, first);
+    let (none1, _) = cluster.submit_keyed(keyed("q", ""), None).expect("no key");
+    let (none2, _) = cluster.submit_keyed(keyed("q", ""), None).expect("no key");
+    assert_ne!(none1, none2);
+    let refused = cluster.submit_keyed(keyed("another input", "k1"), None);
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("new key")),
+        "{refused:?}"
+    );
+    let long = cluster.submit_keyed(keyed("q", &"k".repeat(300)), None);
+    assert!(matches!(long, Err(Error::InvalidArgument(_))), "{long:?}");
+}

@@ -14,6 +14,9 @@ pub struct NewTask {
     /// A W3C `traceparent` the task's trace continues (from the request's header or gRPC
     /// metadata; empty: a new trace).
     pub traceparent: String,
+    /// The client's key for this submission (empty: none): the task's id is made from it,
+    /// so the same key sent again finds the task it made (see `Cluster::submit_keyed`).
+    pub idempotency_key: String,
 }
 
 /// A model the cluster serves, for `GET /v1/models`.

@@ -49,6 +49,7 @@ pub async fn completions(
             context_id: String::new(),
             options: Some(Arc::new(options)),
             traceparent: crate::traceparent::incoming(),
+            ..Default::default()
         };
         // Those started already are canceled when `runs` drops on a refusal.
         runs.push(TaskRun::start(&api.cluster, task)?);

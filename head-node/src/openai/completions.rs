@@ -181,6 +181,7 @@ pub async fn create(
                 context_id: String::new(),
                 options: Some(Arc::new(options)),
                 traceparent: crate::traceparent::incoming(),
+                ..Default::default()
             };
             runs.push(TaskRun::start(&api.cluster, task)?);
         }

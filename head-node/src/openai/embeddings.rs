@@ -30,6 +30,7 @@ pub async fn create(
         context_id: String::new(),
         options: Some(Arc::new(options)),
         traceparent: crate::traceparent::incoming(),
+        ..Default::default()
     };
     let mut run = TaskRun::start(&api.cluster, task)?;
     tracing::debug!(task_id = %run.task_id, model = %request.model, texts, "embeddings");

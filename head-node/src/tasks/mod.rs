@@ -20,10 +20,12 @@ use index::{Filed, TaskIndex};
 #[derive(Debug, Clone)]
 pub enum Delivery {
     /// A task submitted on a multiplexed stream was accepted under this id; sent before any
-    /// of its events.
+    /// of its events. `existing`: it was submitted before under the same idempotency key,
+    /// and none of its events follow on this stream.
     Accepted {
         client_ref: u64,
         task_id: TaskId,
+        existing: bool,
     },
     Event(Arc<TaskEvent>),
     /// A task submitted on a multiplexed stream was refused.
@@ -161,7 +163,7 @@ impl Follower {
         }
         if let Some(client_ref) = self.accepted.take() {
             let task_id = event.task_id.clone();
-            if !self.sub.deliver(Delivery::Accepted { client_ref, task_id }) {
+            if !self.sub.deliver(Delivery::Accepted { client_ref, task_id, existing: false }) {
                 return false;
             }
         }

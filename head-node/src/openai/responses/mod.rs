@@ -38,6 +38,7 @@ pub async fn create(
         context_id: String::new(),
         options: Some(Arc::new(options)),
         traceparent: crate::traceparent::incoming(),
+        ..Default::default()
     };
     let run = TaskRun::start(&api.cluster, task)?;
     let shell = Shell {
