@@ -369,3 +369,36 @@ fn parse_peer_addr(addr: &str, peer: &PeerId) -> Option<Multiaddr> {
     }
     Some(parsed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new peer list whose nudge found the node's command queue full is still taken
+    /// before the next command: an ask right after it reaches a peer only that list names.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_list_whose_nudge_found_the_queue_full_is_taken_first() {
+        let config = || MeshConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            request_timeout: Duration::from_secs(5),
+            ..MeshConfig::default()
+        };
+        let (a, _a_calls) = Mesh::start(config()).await.expect("mesh a");
+        let (b, _b_calls) = Mesh::start(config()).await.expect("mesh b");
+        let peer = |m: &Mesh| Peer { peer_id: m.peer_id(), addrs: m.listen_addrs() };
+        b.set_peers(vec![peer(&a), peer(&b)]);
+        // a's node runs on this thread: it reads no command until this test yields, which an
+        // unconstrained loop over sends that find room never does.
+        let mut fillers = Vec::new();
+        tokio::task::unconstrained(async {
+            while a.shared.commands.capacity() > 0 {
+                fillers.push(a.subscribe("filler").await);
+            }
+        })
+        .await;
+        a.set_peers(vec![peer(&a), peer(&b)]);
+        assert_eq!(a.shared.commands.capacity(), 0, "the nudge found room: nothing tested");
+        let answer = a.ask(&b.peer_id(), MeshRequest::Ping).await;
+        assert!(matches!(answer, Ok(MeshResponse::Pong)), "{answer:?}");
+    }
+}
