@@ -199,6 +199,8 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
 enum Kept {
     Memory,
     File,
+    /// The file store syncing its log before each acknowledgement (`--fsync always`).
+    FileSynced,
     /// A PostgreSQL server of the bench's own (fresh each round).
     Postgres,
 }
@@ -211,6 +213,7 @@ async fn stored_cluster(kept: Kept) -> Result<(ClusterSandbox, Client, Option<Po
     match kept {
         Kept::Memory => builder = builder.head_arg("--store").head_arg("memory"),
         Kept::File => {}
+        Kept::FileSynced => builder = builder.head_arg("--fsync").head_arg("always"),
         Kept::Postgres => {
             let pg = PostgresServer::start()?;
             builder = builder.head_arg("--store").head_arg(pg.url.clone());
@@ -230,6 +233,7 @@ async fn store_cost(repeats: usize, tasks: usize) -> Result<()> {
     let modes = [
         (Kept::Memory, "memory only (--store memory)", "—"),
         (Kept::File, "file store (default)", "≥ 20,000/s"),
+        (Kept::FileSynced, "file store, --fsync always", "≥ 20,000/s"),
         (Kept::Postgres, "PostgreSQL store (--store postgres://)", "≥ 10,000/s"),
     ];
     let (mut rates, mut p50s) = (vec![Vec::new(); modes.len()], vec![Vec::new(); modes.len()]);

@@ -87,6 +87,12 @@ pub struct Args {
     /// ~/.local/share/agentfleet]. One head per directory.
     #[arg(long, value_name = "DIR", env = "FLEET_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// When the file store syncs to the disk: `periodic` (what it accepts is in the OS's
+    /// hands at once, which survives the head crashing or being killed, and on the disk
+    /// within 250 ms) or `always` (on the disk before anyone hears of it, which survives a
+    /// power cut; costs an fdatasync per group of records) [default: periodic].
+    #[arg(long, value_name = "periodic|always", env = "FLEET_FSYNC")]
+    fsync: Option<crate::store::Fsync>,
     /// Place tasks by load alone, ignoring which workers recently ran a task's agent or the
     /// start of its conversation (by default those are preferred: their prefix caches
     /// likely hold the prompt's start).
@@ -122,6 +128,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = &args.advertise {
         config.advertise = Some(v.clone());
+    }
+    if let Some(v) = args.fsync {
+        config.fsync = v;
     }
     if let Some(v) = args.lease_ms {
         config.lease_ttl = Duration::from_millis(v);

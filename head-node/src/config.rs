@@ -54,6 +54,8 @@ pub struct HeadConfig {
     pub tls_key: Option<std::path::PathBuf>,
     /// Where tasks, their events and registered agents are kept across restarts.
     pub store: crate::store::StoreConfig,
+    /// When the file store syncs its log to the disk.
+    pub fsync: crate::store::Fsync,
     /// The URL clients and workers reach this head at (standbys name the leader's).
     pub advertise: Option<String>,
     /// How long the leader lease of a shared (PostgreSQL) store lasts unless renewed.
@@ -87,6 +89,7 @@ impl Default for HeadConfig {
             tls_cert: None,
             tls_key: None,
             store: crate::store::StoreConfig::Memory,
+            fsync: crate::store::Fsync::Periodic,
             advertise: None,
             lease_ttl: Duration::from_secs(5),
             agents: Vec::new(),
@@ -119,6 +122,9 @@ pub struct ConfigFile {
     /// `postgres://` URL (shared by a leader and its standbys).
     pub store: Option<StoreKind>,
     pub data_dir: Option<std::path::PathBuf>,
+    /// `periodic` (the default) or `always`: see `--fsync`.
+    #[serde(default, deserialize_with = "fsync_policy")]
+    pub fsync: Option<crate::store::Fsync>,
     pub advertise: Option<String>,
     pub lease_ms: Option<u64>,
     /// `false`: place tasks by load alone, ignoring which workers' caches are warm.
@@ -162,6 +168,14 @@ impl TryFrom<String> for StoreKind {
     fn try_from(s: String) -> std::result::Result<Self, String> {
         s.parse()
     }
+}
+
+/// Reads `fsync = "periodic" | "always"`.
+fn fsync_policy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<crate::store::Fsync>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// The store `kind` and `dir` name; a file store needs a directory (given or the user's
@@ -402,6 +416,9 @@ impl ConfigFile {
         if let Some(v) = self.lease_ms {
             config.lease_ttl = ms(v);
         }
+        if let Some(v) = self.fsync {
+            config.fsync = v;
+        }
         if let Some(v) = self.allow_private_webhooks {
             config.allow_private_webhooks = v;
         }
@@ -548,6 +565,19 @@ mod tests {
         let err = ConfigFile::parse(text, Path::new("fleet.toml")).err().map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.starts_with("fleet.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn the_fsync_policy_is_read_and_a_wrong_one_named() -> Result<()> {
+        let mut config = HeadConfig::default();
+        ConfigFile::parse("fsync = \"always\"\n", Path::new("f.toml"))?.apply(&mut config);
+        assert_eq!(config.fsync, crate::store::Fsync::Always);
+        let err = ConfigFile::parse("fsync = \"sometimes\"\n", Path::new("f.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("give periodic or always"), "{err}");
+        Ok(())
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<HeadHandle> {
     config::validate(&config)?;
-    let store = crate::store::open(&config.store).map_err(crate::Error::Store)?;
+    let store = crate::store::open(&config.store, config.fsync).map_err(crate::Error::Store)?;
     spawn_with_store(config, listener, shutdown, store)
 }
 

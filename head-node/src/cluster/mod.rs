@@ -164,7 +164,7 @@ impl Cluster {
     /// A cluster with the config's limits and agents, and the state its store holds (tasks
     /// running when the head stopped are retried, queued ones queued again).
     pub fn start(config: &HeadConfig) -> Result<Arc<Self>> {
-        let store = crate::store::open(&config.store).map_err(Error::Store)?;
+        let store = crate::store::open(&config.store, config.fsync).map_err(Error::Store)?;
         Self::start_with(config, store)
     }
 

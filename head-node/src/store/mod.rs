@@ -1,21 +1,25 @@
 //! The head's durable state: what it must not lose when it stops or crashes.
 //!
 //! Tasks (what each was submitted with) and their event logs, the agents clients
-//! registered and the A2A push configs of tasks go through the [`Journal`]: records are appended under the cluster's lock
-//! without waiting, and a writer thread stores them in batches (group commit: one
-//! transaction and one `fsync` for everything that arrived during the last one). A task's
-//! state, attempt, worker, output and the queue are not stored: they follow from its event
-//! log, which is replayed on start ([`Restored`]).
+//! registered and the A2A push configs of tasks go through the [`Journal`]: records are
+//! appended under the cluster's lock without waiting, and a writer thread stores what
+//! gathered during its last write as one batch (group commit). A task's state, attempt,
+//! worker, output and the queue are not stored: they follow from its event log, which is
+//! replayed on start ([`Restored`]).
 //!
 //! Events reach subscribers only once stored, so a client never sees an event a restarted
 //! head does not have: a stream resumed by sequence number continues without gap or repeat.
 //!
-//! Backends implement [`Store`] on encoded records; `redb` keeps them in one file under the
-//! data directory, [`postgres`] in a database that several heads share (one leads at a
-//! time; its writes are fenced by its lease's epoch). With [`StoreConfig::Memory`] there is no store and no journal: a head
-//! that forgets on restart, and events go to subscribers at once.
+//! Backends implement [`Store`] on encoded records. The file store (`file`) appends each
+//! batch to a log and checkpoints the log into a redb file, `head.redb`, under the data
+//! directory; [`postgres`] keeps them in a database that several heads share (one leads at
+//! a time; its writes are fenced by its lease's epoch). With [`StoreConfig::Memory`] there
+//! is no store and no journal: a head that forgets on restart, and events go to
+//! subscribers at once.
 
+mod file;
 mod journal;
+mod log;
 pub mod postgres;
 mod redb;
 
@@ -26,6 +30,7 @@ use fleet_proto::{AgentSpec, TaskEvent, TaskId, TaskOptions, pb};
 use prost::Message;
 
 pub use journal::{Commit, Journal};
+pub use log::Fsync;
 
 /// A worker's incarnation and the number of the last of its events applied.
 pub type WorkerMark = (String, (u64, u64));
@@ -61,7 +66,7 @@ impl StoreConfig {
 }
 
 /// Why the store cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{what}: {message}")]
 pub struct StoreError {
     /// The file or server concerned.
@@ -72,7 +77,7 @@ pub struct StoreError {
 }
 
 /// A batch of encoded records, written in one transaction.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// Task number -> `StoredTask`.
     pub tasks: Vec<(u64, Vec<u8>)>,
@@ -102,17 +107,19 @@ pub struct Snapshot {
 pub trait Store: Send + 'static {
     /// What is stored, to rebuild the head on start.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
-    /// Writes `batch` atomically and durably (it survives a crash once this returns).
+    /// Writes `batch` atomically and durably: once this returns it survives the head
+    /// crashing (and, but for the file store with `--fsync periodic`, a power cut).
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
     /// The file or server, for messages.
     fn describe(&self) -> String;
 }
 
-/// Opens the store `config` names; an error names the file and what is wrong with it.
-pub fn open(config: &StoreConfig) -> Result<Option<Box<dyn Store>>, StoreError> {
+/// Opens the store `config` names (a file store syncing its log as `fsync` says); an error
+/// names the file and what is wrong with it.
+pub fn open(config: &StoreConfig, fsync: Fsync) -> Result<Option<Box<dyn Store>>, StoreError> {
     match config {
         StoreConfig::Memory => Ok(None),
-        StoreConfig::Dir(dir) => Ok(Some(Box::new(redb::RedbStore::open(dir)?))),
+        StoreConfig::Dir(dir) => Ok(Some(Box::new(file::FileStore::open(dir, fsync)?))),
         StoreConfig::Postgres(_) => Err(StoreError {
             what: "--store".into(),
             message: "a PostgreSQL store is opened by the head that holds the leader lease \

@@ -1,12 +1,12 @@
-//! The embedded store: one redb file, `head.redb`, in the data directory. No server to
-//! run; redb is pure Rust, crash-safe (copy-on-write pages, checksummed commits) and holds
+//! The database of the file store (`super::file`): one redb file, `head.redb`, in the data
+//! directory. No server to run; redb is pure Rust, crash-safe (copy-on-write pages, checksummed commits) and holds
 //! a lock on the file so that two heads cannot share it.
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, Snapshot, Store, StoreConfig, StoreError};
+use super::{Batch, Snapshot, StoreConfig, StoreError};
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
@@ -96,8 +96,9 @@ fn cannot_write(e: &dyn std::fmt::Display) -> String {
     format!("cannot write ({e}): is the disk full or the directory read-only?")
 }
 
-impl Store for RedbStore {
-    fn load(&mut self) -> Result<Snapshot, StoreError> {
+impl RedbStore {
+    /// Everything stored, read in one transaction.
+    pub fn load(&mut self) -> Result<Snapshot, StoreError> {
         let read = |e: &dyn std::fmt::Display| self.fail(format!("cannot read: {e}"));
         let txn = self.db.begin_read().map_err(|e| read(&e))?;
         let mut snapshot = Snapshot::default();
@@ -129,42 +130,47 @@ impl Store for RedbStore {
         Ok(snapshot)
     }
 
-    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes `batches` in order in one transaction, durably (`head.redb` is synced once
+    /// it returns).
+    pub fn write_batches(&mut self, batches: &[&Batch]) -> Result<(), StoreError> {
         let fail = |e: &dyn std::fmt::Display| self.fail(cannot_write(e));
         let txn = self.db.begin_write().map_err(|e| fail(&e))?;
         {
             let mut tasks = txn.open_table(TASKS).map_err(|e| fail(&e))?;
-            for (number, bytes) in &batch.tasks {
-                tasks.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
-            }
             let mut events = txn.open_table(EVENTS).map_err(|e| fail(&e))?;
-            for (key, bytes) in &batch.events {
-                events.insert(key, bytes.as_slice()).map_err(|e| fail(&e))?;
-            }
             let mut push = txn.open_table(PUSH).map_err(|e| fail(&e))?;
-            for (number, bytes) in &batch.push {
-                push.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
-            }
-            for &number in &batch.removed {
-                tasks.remove(number).map_err(|e| fail(&e))?;
-                push.remove(number).map_err(|e| fail(&e))?;
-                events
-                    .retain_in((number, 0)..(number + 1, 0), |_, _| false)
-                    .map_err(|e| fail(&e))?;
-            }
             let mut agents = txn.open_table(AGENTS).map_err(|e| fail(&e))?;
-            for (name, bytes) in &batch.agents {
-                agents.insert(name.as_str(), bytes.as_slice()).map_err(|e| fail(&e))?;
-            }
             let mut workers = txn.open_table(WORKERS).map_err(|e| fail(&e))?;
-            for (id, mark) in &batch.workers {
-                workers.insert(id.as_str(), mark).map_err(|e| fail(&e))?;
+            for batch in batches {
+                for (number, bytes) in &batch.tasks {
+                    tasks.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
+                }
+                for (key, bytes) in &batch.events {
+                    events.insert(key, bytes.as_slice()).map_err(|e| fail(&e))?;
+                }
+                for (number, bytes) in &batch.push {
+                    push.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
+                }
+                for &number in &batch.removed {
+                    tasks.remove(number).map_err(|e| fail(&e))?;
+                    push.remove(number).map_err(|e| fail(&e))?;
+                    events
+                        .retain_in((number, 0)..(number + 1, 0), |_, _| false)
+                        .map_err(|e| fail(&e))?;
+                }
+                for (name, bytes) in &batch.agents {
+                    agents.insert(name.as_str(), bytes.as_slice()).map_err(|e| fail(&e))?;
+                }
+                for (id, mark) in &batch.workers {
+                    workers.insert(id.as_str(), mark).map_err(|e| fail(&e))?;
+                }
             }
         }
         txn.commit().map_err(|e| fail(&e))
     }
 
-    fn describe(&self) -> String {
+    /// The file, for messages.
+    pub fn describe(&self) -> String {
         self.path.display().to_string()
     }
 }
