@@ -32,8 +32,9 @@ const MAX_PENDING: usize = 256 << 20;
 /// How long a failed checkpoint waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// A batch for the checkpointer: the batch, the segment that holds it and its size.
-type Logged = (Batch, u64, usize);
+/// A batch for the checkpointer: the batch, the segment that holds it, its frame's number
+/// and its size.
+type Logged = (Batch, u64, u64, usize);
 
 struct Shared {
     db: Mutex<RedbStore>,
@@ -55,19 +56,24 @@ pub struct FileStore {
 
 impl FileStore {
     /// Opens (or creates) the store in `dir`: the database first (its lock keeps a second
-    /// head out), then what a crash left in the log goes into it.
+    /// head out), then what a crash left in the log and the database lacks goes into it.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<Self, StoreError> {
         let mut db = RedbStore::open(dir)?;
+        let applied = db.applied()?;
         let replay = Log::read(dir)?;
-        if !replay.batches.is_empty() {
-            db.write_batches(&replay.batches.iter().collect::<Vec<_>>())?;
-            info!(batches = replay.batches.len(), "the store took back what its log held");
+        let last = replay.batches.iter().map(|(number, _)| *number).max().unwrap_or(0);
+        let missing: Vec<&Batch> =
+            replay.batches.iter().filter(|(number, _)| *number > applied).map(|(_, b)| b).collect();
+        if !missing.is_empty() {
+            db.write_batches(&missing, last)?;
+            info!(batches = missing.len(), "the store took back what its log held");
         }
         let next = replay.segments.last().map_or(0, |last| last + 1);
-        if let (Some(&first), Some(&last)) = (replay.segments.first(), replay.segments.last()) {
-            log::remove(dir, first..last + 1);
+        if let Some(&first) = replay.segments.first() {
+            // Left ones are harmless: their frames are at or below `applied` from now on.
+            log::remove(dir, first..next);
         }
-        let log = Log::create(dir, next, fsync)?;
+        let log = Log::create(dir, next, applied.max(last) + 1, fsync)?;
         let describe = db.describe();
         let shared = Arc::new(Shared {
             db: Mutex::new(db),
@@ -104,6 +110,9 @@ impl Store for FileStore {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        if is_empty(batch) {
+            return Ok(());
+        }
         self.check()?;
         let size = batch_size(batch);
         {
@@ -115,8 +124,8 @@ impl Store for FileStore {
             }
             *pending += size;
         }
-        let segment = match self.log.append(batch) {
-            Ok(segment) => segment,
+        let (segment, number) = match self.log.append(batch) {
+            Ok(appended) => appended,
             Err(e) => {
                 if let Ok(mut pending) = self.shared.pending.lock() {
                     *pending -= size;
@@ -125,7 +134,7 @@ impl Store for FileStore {
             }
         };
         let sent = match &self.checkpoints {
-            Some(tx) => tx.send((batch.clone(), segment, size)).is_ok(),
+            Some(tx) => tx.send((batch.clone(), segment, number, size)).is_ok(),
             None => false,
         };
         if sent { Ok(()) } else { Err(self.gone()) }
@@ -138,8 +147,12 @@ impl Store for FileStore {
 
 impl FileStore {
     /// A database that cannot take checkpoints (a full disk) refuses writes, so that the
-    /// journal holds the records and the head refuses new work until it recovers.
+    /// journal holds the records and the head refuses new work until it recovers; so does
+    /// a checkpointer that has stopped.
     fn check(&self) -> Result<(), StoreError> {
+        if self.checkpointer.as_ref().is_none_or(|t| t.is_finished()) {
+            return Err(self.gone());
+        }
         match self.shared.failure.lock().as_ref() {
             Some(failure) => Err(failure.clone()),
             None => Ok(()),
@@ -168,12 +181,13 @@ impl Drop for FileStore {
 }
 
 /// The checkpointer's loop: gathers what arrives for [`CHECKPOINT_EVERY`] after the first
-/// record, writes it in one transaction and removes the segments wholly covered. Returns
-/// whether everything it received is in the database.
+/// record, syncs the log's segment that holds it (so that the log on the disk never lags
+/// what the database holds), writes it in one transaction and removes the segments wholly
+/// covered. Returns whether everything it received is in the database.
 fn checkpoint(rx: &mpsc::Receiver<Logged>, shared: &Shared, dir: &Path, first: u64) -> bool {
     // The oldest segment not yet removed.
     let mut live = first;
-    let mut batches = Vec::new();
+    let mut batches: Vec<Logged> = Vec::new();
     loop {
         let Ok(logged) = rx.recv() else { return true };
         let deadline = Instant::now() + CHECKPOINT_EVERY;
@@ -189,9 +203,8 @@ fn checkpoint(rx: &mpsc::Receiver<Logged>, shared: &Shared, dir: &Path, first: u
                 }
             }
         }
-        let records: Vec<&Batch> = batches.iter().map(|(batch, _, _)| batch).collect();
         loop {
-            match shared.db.lock().write_batches(&records) {
+            match write_checkpoint(shared, dir, &batches) {
                 Ok(()) => break,
                 // Closing: the log keeps these; the next start puts them in.
                 Err(_) if closing => return false,
@@ -202,7 +215,12 @@ fn checkpoint(rx: &mpsc::Receiver<Logged>, shared: &Shared, dir: &Path, first: u
                     }
                     *failure = Some(e);
                     drop(failure);
-                    std::thread::sleep(RETRY);
+                    // Wait to try again, taking what arrives meanwhile into the checkpoint.
+                    match rx.recv_timeout(RETRY) {
+                        Ok(logged) => batches.push(logged),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => closing = true,
+                    }
                 }
             }
         }
@@ -210,10 +228,9 @@ fn checkpoint(rx: &mpsc::Receiver<Logged>, shared: &Shared, dir: &Path, first: u
             info!("checkpoints succeed again");
         }
         // Batches come in log order: the segments before the last one's are all in.
-        let last = batches.last().map_or(live, |(_, segment, _)| *segment);
-        log::remove(dir, live..last);
-        live = live.max(last);
-        let bytes: usize = batches.iter().map(|(_, _, size)| size).sum();
+        let last = batches.last().map_or(live, |(_, segment, _, _)| *segment);
+        live = log::remove(dir, live..last.max(live));
+        let bytes: usize = batches.iter().map(|(_, _, _, size)| size).sum();
         batches.clear();
         if let Ok(mut pending) = shared.pending.lock() {
             *pending = pending.saturating_sub(bytes);
@@ -223,6 +240,29 @@ fn checkpoint(rx: &mpsc::Receiver<Logged>, shared: &Shared, dir: &Path, first: u
             return true;
         }
     }
+}
+
+/// Syncs the log's segment holding the last of `batches` (earlier segments were synced when
+/// the log left them), then writes them into the database with the last frame's number.
+fn write_checkpoint(shared: &Shared, dir: &Path, batches: &[Logged]) -> Result<(), StoreError> {
+    let Some((_, segment, number, _)) = batches.last() else { return Ok(()) };
+    let path = log::segment_path(dir, *segment);
+    std::fs::File::open(&path).and_then(|f| f.sync_data()).map_err(|e| StoreError {
+        what: path.display().to_string(),
+        message: format!("cannot sync: {e}"),
+        fenced: false,
+    })?;
+    let records: Vec<&Batch> = batches.iter().map(|(batch, _, _, _)| batch).collect();
+    shared.db.lock().write_batches(&records, *number)
+}
+
+fn is_empty(batch: &Batch) -> bool {
+    batch.tasks.is_empty()
+        && batch.events.is_empty()
+        && batch.removed.is_empty()
+        && batch.agents.is_empty()
+        && batch.workers.is_empty()
+        && batch.push.is_empty()
 }
 
 /// The bytes a batch's records take (for the bound on what waits for a checkpoint).
@@ -240,6 +280,14 @@ fn batch_size(batch: &Batch) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log's checksum of a frame (the same as `log`'s).
+    fn checksum(number: u64, batch: &[u8]) -> u32 {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&number.to_le_bytes());
+        crc.update(batch);
+        crc.finalize()
+    }
 
     fn batch(number: u64) -> Batch {
         Batch {
@@ -278,7 +326,7 @@ mod tests {
         let dir = temp_dir("crash");
         // A store that has the database's tables, then a log of a head that crashed.
         drop(FileStore::open(&dir, Fsync::Periodic)?);
-        let mut log = Log::create(&dir, 7, Fsync::Always)?;
+        let mut log = Log::create(&dir, 7, 1, Fsync::Always)?;
         for number in 1..=3 {
             log.append(&batch(number))?;
         }
@@ -331,19 +379,55 @@ mod tests {
         Ok(())
     }
 
-    /// A record whose checksum holds but which does not decode is damage, not a torn tail:
-    /// the store refuses to open, naming the segment.
+    /// A segment left behind (a power cut before its sync, a removal that failed) holds
+    /// frames the database has already: they are not applied again over newer state.
+    #[test]
+    fn a_segment_the_database_is_past_is_not_applied_again() -> Result<(), StoreError> {
+        let dir = temp_dir("stale");
+        let mut store = FileStore::open(&dir, Fsync::Periodic)?;
+        store.write(&batch(1))?;
+        let newer = Batch { tasks: vec![(1, b"newer".to_vec())], ..Batch::default() };
+        store.write(&newer)?;
+        drop(store);
+        // An old copy of the first frame, as a segment the log once had.
+        let mut stale = Log::create(&dir, 0, 1, Fsync::Always)?;
+        stale.append(&batch(1))?;
+        drop(stale);
+        let mut store = FileStore::open(&dir, Fsync::Periodic)?;
+        let tasks = store.load()?.tasks;
+        assert_eq!(tasks, [(1, b"newer".to_vec())], "an old frame was applied again");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// A whole frame that fails its checksum with good frames after it is damage, not a
+    /// torn tail; so is one whose checksum holds but which does not decode: the store
+    /// refuses to open, naming the segment.
     #[test]
     fn a_damaged_log_is_refused_naming_the_segment() -> Result<(), StoreError> {
         let dir = temp_dir("damaged");
         drop(FileStore::open(&dir, Fsync::Periodic)?);
         let path = log::segment_path(&dir, 3);
         let junk = vec![0xff; 12];
-        let frame = fleet_proto::pb::LogFrame { crc32: crc32fast::hash(&junk), batch: junk };
+        let frame = fleet_proto::pb::LogFrame { crc32: checksum(1, &junk), batch: junk, number: 1 };
         std::fs::write(&path, prost::Message::encode_length_delimited_to_vec(&frame)).ok();
         let refused = FileStore::open(&dir, Fsync::Periodic).err().expect("a damaged log opened");
         assert_eq!(refused.what, path.display().to_string());
-        assert!(refused.message.contains("damaged"), "{}", refused.message);
+        assert!(refused.message.contains("does not decode"), "{}", refused.message);
+
+        let mut log = Log::create(&dir, 3, 1, Fsync::Always)?;
+        for number in 1..=3 {
+            log.append(&batch(number))?;
+        }
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        // A byte of the first frame's batch flipped.
+        bytes[12] ^= 0x40;
+        std::fs::write(&path, &bytes).ok();
+        let refused = FileStore::open(&dir, Fsync::Periodic).err().expect("a damaged log opened");
+        assert_eq!(refused.what, path.display().to_string());
+        assert!(refused.message.contains("fails its checksum"), "{}", refused.message);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -5,8 +5,10 @@
 //! An append is one `write(2)`: the OS has it once it returns, so it survives the head
 //! crashing or being killed. With [`Fsync::Always`] each append is also `fdatasync`ed, so it
 //! survives the machine losing power; otherwise the log reaches the disk with each
-//! checkpoint. Frames are prost's length-delimited [`pb::LogFrame`]s with a CRC-32 of the
-//! batch, so a torn or zeroed tail reads as the log's end.
+//! checkpoint. Frames are prost's length-delimited [`pb::LogFrame`]s, numbered, with a
+//! CRC-32, so a torn or zeroed tail reads as the log's end; `head.redb` keeps the number of
+//! the last frame it holds, so a segment left behind (a power cut before the segment's
+//! sync, a removal that failed) is never applied over newer state.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -52,15 +54,17 @@ pub struct Log {
     file: File,
     segment: u64,
     len: u64,
+    /// The next frame's number.
+    number: u64,
     fsync: Fsync,
     /// A failed append may have left part of a frame: the next append begins a segment.
     torn: bool,
     frame: Vec<u8>,
 }
 
-/// What the log held when it was opened: the batches of every segment, in order.
+/// What the log held when it was opened: the numbered batches of every segment, in order.
 pub struct Replay {
-    pub batches: Vec<Batch>,
+    pub batches: Vec<(u64, Batch)>,
     pub segments: Vec<u64>,
 }
 
@@ -87,27 +91,30 @@ impl Log {
         Ok(Replay { batches, segments })
     }
 
-    /// Begins segment `segment` (after those `read` found).
-    pub fn create(dir: &Path, segment: u64, fsync: Fsync) -> Result<Self, StoreError> {
+    /// Begins segment `segment` (after those `read` found), its first frame numbered
+    /// `number` (after every frame stored before).
+    pub fn create(dir: &Path, segment: u64, number: u64, fsync: Fsync) -> Result<Self, StoreError> {
         let file = new_segment(dir, segment)?;
         Ok(Self {
             dir: dir.to_owned(),
             file,
             segment,
             len: 0,
+            number,
             fsync,
             torn: false,
             frame: Vec::new(),
         })
     }
 
-    /// Appends `batch`; returns the number of the segment that holds it.
-    pub fn append(&mut self, batch: &Batch) -> Result<u64, StoreError> {
+    /// Appends `batch`; returns the segment that holds it and its frame's number.
+    pub fn append(&mut self, batch: &Batch) -> Result<(u64, u64), StoreError> {
         if self.torn || self.len >= SEGMENT_BYTES {
             self.rotate()?;
         }
         let logged = encode(batch).encode_to_vec();
-        let frame = pb::LogFrame { crc32: crc32fast::hash(&logged), batch: logged };
+        let number = self.number;
+        let frame = pb::LogFrame { crc32: checksum(number, &logged), batch: logged, number };
         self.frame.clear();
         self.frame.reserve(frame.encoded_len() + 10);
         frame
@@ -125,7 +132,8 @@ impl Log {
             )));
         }
         self.len += self.frame.len() as u64;
-        Ok(self.segment)
+        self.number += 1;
+        Ok((self.segment, number))
     }
 
     /// The segment appended to now.
@@ -150,16 +158,37 @@ impl Log {
     }
 }
 
-/// Removes the segments numbered `range` (those a checkpoint has put into the database).
-pub fn remove(dir: &Path, range: std::ops::Range<u64>) {
-    for number in range {
+/// Removes the segments numbered `range` (those a checkpoint has put into the database), in
+/// order; returns the first it could not remove (`range.end` when all are gone), so that
+/// what is left stays a run of segments the next removal begins with.
+pub fn remove(dir: &Path, range: std::ops::Range<u64>) -> u64 {
+    for number in range.clone() {
         let path = segment_path(dir, number);
         if let Err(e) = std::fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound
         {
             warn!(path = %path.display(), error = %e, "cannot remove a checkpointed log segment");
+            return number;
         }
     }
+    range.end
+}
+
+/// The CRC-32 of a frame's number and batch.
+fn checksum(number: u64, batch: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&number.to_le_bytes());
+    crc.update(batch);
+    crc.finalize()
+}
+
+/// A whole frame at the start of `bytes` whose checksum holds, and the bytes it takes.
+fn valid_frame(bytes: &[u8]) -> Option<(pb::LogFrame, usize)> {
+    let mut rest = bytes;
+    pb::LogFrame::decode_length_delimited(&mut rest)
+        .ok()
+        .filter(|f| !f.batch.is_empty() && checksum(f.number, &f.batch) == f.crc32)
+        .map(|f| (f, bytes.len() - rest.len()))
 }
 
 pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -186,33 +215,42 @@ fn new_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
     Ok(file)
 }
 
-/// Decodes the frames of one segment into `batches`, up to its end or its first torn frame.
-fn read_frames(path: &Path, bytes: &[u8], batches: &mut Vec<Batch>) -> Result<(), StoreError> {
+/// Decodes the frames of one segment into `batches`, up to its end or its torn last frame.
+fn read_frames(
+    path: &Path,
+    bytes: &[u8],
+    batches: &mut Vec<(u64, Batch)>,
+) -> Result<(), StoreError> {
     let mut rest = bytes;
     while !rest.is_empty() {
         let at = bytes.len() - rest.len();
-        let frame = match pb::LogFrame::decode_length_delimited(&mut rest) {
-            Ok(frame)
-                if !frame.batch.is_empty() && crc32fast::hash(&frame.batch) == frame.crc32 =>
-            {
-                frame
-            }
+        let Some((frame, taken)) = valid_frame(rest) else {
             // A frame cut short by a crash, a zeroed tail after a power cut, or a frame a
-            // failed append left: nothing after it was acknowledged from this segment.
-            _ => {
-                warn!(
-                    path = %path.display(),
-                    offset = at,
-                    bytes = bytes.len() - at,
-                    "the log segment ends in a torn record (never acknowledged): left out"
-                );
-                return Ok(());
+            // failed append left is the segment's end: nothing after it was acknowledged. A
+            // whole frame that fails its checksum with a good one after it is damage.
+            let mut after = rest;
+            if let Ok(length) = prost::encoding::decode_varint(&mut after)
+                && let Some(next) = usize::try_from(length).ok().and_then(|l| after.get(l..))
+                && valid_frame(next).is_some()
+            {
+                return Err(fail(
+                    path,
+                    format!("the record at byte {at} fails its checksum: the log is damaged"),
+                ));
             }
+            warn!(
+                path = %path.display(),
+                offset = at,
+                bytes = rest.len(),
+                "the log segment ends in a torn record (never acknowledged): left out"
+            );
+            return Ok(());
         };
+        rest = rest.get(taken..).unwrap_or_default();
         let logged = pb::LoggedBatch::decode(frame.batch.as_slice()).map_err(|e| {
             fail(path, format!("the record at byte {at} does not decode ({e}): the log is damaged"))
         })?;
-        batches.push(decode(logged));
+        batches.push((frame.number, decode(logged)));
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ const PUSH: TableDefinition<u64, &[u8]> = TableDefinition::new("push");
 
 /// The layout this head writes; a file with another refuses to load.
 const FORMAT: u64 = 1;
+/// The key in `META` of the number of the last log frame the database holds.
+const APPLIED: &str = "log_applied";
 
 pub struct RedbStore {
     db: Database,
@@ -130,12 +132,24 @@ impl RedbStore {
         Ok(snapshot)
     }
 
-    /// Writes `batches` in order in one transaction, durably (`head.redb` is synced once
-    /// it returns).
-    pub fn write_batches(&mut self, batches: &[&Batch]) -> Result<(), StoreError> {
+    /// The number of the last log frame the database holds (0: none).
+    pub fn applied(&self) -> Result<u64, StoreError> {
+        let read = |e: &dyn std::fmt::Display| self.fail(format!("cannot read: {e}"));
+        let txn = self.db.begin_read().map_err(|e| read(&e))?;
+        let meta = txn.open_table(META).map_err(|e| read(&e))?;
+        Ok(meta.get(APPLIED).map_err(|e| read(&e))?.map_or(0, |v| v.value()))
+    }
+
+    /// Writes `batches` in order in one transaction, with `applied`, the number of the last
+    /// log frame they come from, durably (`head.redb` is synced once it returns).
+    pub fn write_batches(&mut self, batches: &[&Batch], applied: u64) -> Result<(), StoreError> {
         let fail = |e: &dyn std::fmt::Display| self.fail(cannot_write(e));
         let txn = self.db.begin_write().map_err(|e| fail(&e))?;
         {
+            txn.open_table(META)
+                .map_err(|e| fail(&e))?
+                .insert(APPLIED, applied)
+                .map_err(|e| fail(&e))?;
             let mut tasks = txn.open_table(TASKS).map_err(|e| fail(&e))?;
             let mut events = txn.open_table(EVENTS).map_err(|e| fail(&e))?;
             let mut push = txn.open_table(PUSH).map_err(|e| fail(&e))?;
