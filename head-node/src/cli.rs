@@ -87,10 +87,11 @@ pub struct Args {
     /// ~/.local/share/agentfleet]. One head per directory.
     #[arg(long, value_name = "DIR", env = "FLEET_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// When the file store syncs to the disk: `periodic` (what it accepts is in the OS's
-    /// hands at once, which survives the head crashing or being killed, and on the disk
-    /// within 250 ms) or `always` (on the disk before anyone hears of it, which survives a
-    /// power cut; costs an fdatasync per group of records) [default: periodic].
+    /// When the store syncs to the disk: `periodic` (what it accepts is in the OS's hands
+    /// at once, which survives the head crashing or being killed, and on the disk within
+    /// 250 ms; with PostgreSQL, commits are asynchronous: the server has them at once and
+    /// its disk within ~0.6 s) or `always` (on the disk before anyone hears of it, which
+    /// survives a power cut; costs a sync per group of records) [default: periodic].
     #[arg(long, value_name = "periodic|always", env = "FLEET_FSYNC")]
     fsync: Option<crate::store::Fsync>,
     /// Place tasks by load alone, ignoring which workers recently ran a task's agent or the

@@ -104,8 +104,10 @@ pub async fn run(
     let lost = CancellationToken::new();
     let fence = Fence { epoch, lost: lost.clone() };
     let store = {
-        let pg = pg.clone();
-        blocking(move || PostgresStore::open(&pg, fence, ttl)).await?.map_err(Error::Store)?
+        let (pg, fsync) = (pg.clone(), config.fsync);
+        blocking(move || PostgresStore::open(&pg, fence, ttl, fsync))
+            .await?
+            .map_err(Error::Store)?
     };
     let head_stop = shutdown.child_token();
     let head = crate::server::spawn_with_store(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use fleet_head::store::postgres::lease::{Acquired, Lease};
 use fleet_head::store::postgres::{Fence, PostgresStore, parse};
-use fleet_head::store::{Batch, Store};
+use fleet_head::store::{Batch, Fsync, Store};
 use fleet_testkit::postgres::PostgresServer;
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +33,12 @@ fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
         bail!("a free lease was not taken");
     };
     let lost_a = CancellationToken::new();
-    let mut store_a =
-        PostgresStore::open(&config, Fence { epoch: first, lost: lost_a.clone() }, TTL)?;
+    let mut store_a = PostgresStore::open(
+        &config,
+        Fence { epoch: first, lost: lost_a.clone() },
+        TTL,
+        Fsync::Periodic,
+    )?;
     store_a.write(&batch(1))?;
     store_a.write(&Batch { removed: vec![1], ..batch(2) })?;
 
@@ -63,8 +67,12 @@ fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
     ensure!(matches!(&refused, Err(e) if e.fenced), "{refused:?}");
     ensure!(lost_a.is_cancelled(), "the refused head was not told");
 
-    let mut store_b =
-        PostgresStore::open(&config, Fence { epoch: second, lost: CancellationToken::new() }, TTL)?;
+    let mut store_b = PostgresStore::open(
+        &config,
+        Fence { epoch: second, lost: CancellationToken::new() },
+        TTL,
+        Fsync::Always,
+    )?;
     let loaded = store_b.load()?;
     ensure!(loaded.tasks == vec![(2, b"task 2".to_vec())], "tasks {:?}", loaded.tasks);
     let event_keys: Vec<(u64, u64)> = loaded.events.iter().map(|(k, _)| *k).collect();

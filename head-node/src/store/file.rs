@@ -110,7 +110,7 @@ impl Store for FileStore {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        if is_empty(batch) {
+        if batch.is_empty() {
             return Ok(());
         }
         self.check()?;
@@ -138,6 +138,17 @@ impl Store for FileStore {
             None => false,
         };
         if sent { Ok(()) } else { Err(self.gone()) }
+    }
+
+    /// With `--fsync periodic`, unless the log begins a segment (it syncs the last) or the
+    /// checkpoints are so far behind that the write would wait for them.
+    fn quick(&self, batch: &Batch) -> bool {
+        self.log.quick()
+            && self
+                .shared
+                .pending
+                .lock()
+                .is_ok_and(|pending| *pending + batch_size(batch) <= MAX_PENDING)
     }
 
     fn describe(&self) -> String {
@@ -254,15 +265,6 @@ fn write_checkpoint(shared: &Shared, dir: &Path, batches: &[Logged]) -> Result<(
     })?;
     let records: Vec<&Batch> = batches.iter().map(|(batch, _, _, _)| batch).collect();
     shared.db.lock().write_batches(&records, *number)
-}
-
-fn is_empty(batch: &Batch) -> bool {
-    batch.tasks.is_empty()
-        && batch.events.is_empty()
-        && batch.removed.is_empty()
-        && batch.agents.is_empty()
-        && batch.workers.is_empty()
-        && batch.push.is_empty()
 }
 
 /// The bytes a batch's records take (for the bound on what waits for a checkpoint).

@@ -1,6 +1,12 @@
 //! Group commit: records are appended without waiting (under the cluster's lock) and a
-//! writer thread stores what has gathered in one transaction, then reports what became
-//! durable so that the events can go to their subscribers.
+//! writer stores what has gathered in one transaction, then reports what became durable so
+//! that the events can go to their subscribers.
+//!
+//! The writer is a task on the head's runtime: a quick write (the file store's append to
+//! the OS's cache) is made in place, anything slower on the blocking pool. Handing every
+//! write to a thread of its own and the result back cost two thread wake-ups per commit,
+//! most of what the file store added to a task's round trip. Without a runtime (a journal
+//! started outside one, as unit tests do) the writer has a thread of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +16,10 @@ use std::time::Duration;
 
 use fleet_proto::{AgentSpec, TaskEvent, TaskId};
 use parking_lot::Mutex;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{error, info};
 
-use super::{Batch, Store, TaskRecord, WorkerMark, encode_agent, encode_events};
+use super::{Batch, Store, StoreError, TaskRecord, WorkerMark, encode_agent, encode_events};
 
 /// Records waiting beyond which new work is refused: the store is not keeping up.
 const MAX_BACKLOG: usize = 1 << 20;
@@ -52,7 +59,7 @@ struct Shared {
 /// The sending side of the journal; cheap to clone (one per task).
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Record>,
+    tx: UnboundedSender<Record>,
     shared: Arc<Shared>,
 }
 
@@ -64,76 +71,43 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// Where the writer runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A task on the head's runtime: only quick writes are made in place.
+    Runtime,
+    /// A thread of its own: every write is made in place.
+    Thread,
+}
+
+type OnCommit = Box<dyn Fn(Commit) + Send>;
+
 impl Journal {
-    /// Starts the writer thread on `store`; `on_commit` is called (on that thread) after
-    /// each commit. The thread ends once every `Journal` is dropped and all is written.
-    pub fn start(
-        mut store: Box<dyn Store>,
-        on_commit: Box<dyn Fn(Commit) + Send>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
+    /// Starts the writer on `store` (on the current runtime if there is one); `on_commit`
+    /// is called after each commit. The writer ends once every `Journal` is dropped and all
+    /// is written.
+    pub fn start(store: Box<dyn Store>, on_commit: OnCommit) -> std::io::Result<Self> {
+        let (tx, rx) = unbounded_channel();
         let shared = Arc::new(Shared {
             group: Mutex::new(()),
             backlog: AtomicUsize::new(0),
             failure: Mutex::new(None),
         });
         let writer = shared.clone();
-        std::thread::Builder::new().name("fleet-store".into()).spawn(move || {
-            let mut records = Vec::new();
-            let mut closed = None;
-            while let Ok(first) = rx.recv() {
-                records.push(first);
-                // Everything waiting, and the rest of a group `first` may have begun.
-                let group = writer.group.lock();
-                while let Ok(record) = rx.try_recv() {
-                    records.push(record);
-                }
-                drop(group);
-                if let Some(at) = records.iter().position(|r| matches!(r, Record::Close(_))) {
-                    // What came after the close is not for this store.
-                    if let Record::Close(done) = records.swap_remove(at) {
-                        closed = Some(done);
-                    }
-                    records.truncate(at);
-                }
-                let (batch, commit) = build(&records);
-                while let Err(e) = store.write(&batch) {
-                    if e.fenced {
-                        // Another head leads now: nothing of this one may be stored, and
-                        // it is stopping (see `crate::leader`). Refuse everything.
-                        error!(error = %e, "the store refuses this head's writes");
-                        *writer.failure.lock() = Some(e.to_string());
-                        return;
-                    }
-                    let mut failure = writer.failure.lock();
-                    if failure.is_none() {
-                        error!(error = %e, "the store failed; new work is refused until it recovers");
-                    }
-                    *failure = Some(e.to_string());
-                    drop(failure);
-                    std::thread::sleep(RETRY);
-                }
-                if writer.failure.lock().take().is_some() {
-                    info!(store = store.describe(), "the store recovered");
-                }
-                writer.backlog.fetch_sub(records.len(), Ordering::Relaxed);
-                records.clear();
-                if !commit.tasks.is_empty() || !commit.workers.is_empty() {
-                    on_commit(commit);
-                }
-                if let Some(done) = closed.take() {
-                    drop(store);
-                    let _ = done.send(());
-                    return;
-                }
-            }
-        })?;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(write(rx, store, on_commit, writer, Place::Runtime));
+        } else {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+            std::thread::Builder::new().name("fleet-store".into()).spawn(move || {
+                runtime.block_on(write(rx, store, on_commit, writer, Place::Thread));
+            })?;
+        }
         Ok(Self { tx, shared })
     }
 
     fn append(&self, record: Record) {
         self.shared.backlog.fetch_add(1, Ordering::Relaxed);
-        // The writer ends only when every sender is gone: this one is not.
+        // Gone only if the writer stopped, which `check` reports.
         let _ = self.tx.send(record);
     }
 
@@ -174,7 +148,8 @@ impl Journal {
     }
 
     /// Stores what was appended so far and closes the store (a later append is lost);
-    /// waits up to `timeout` for it.
+    /// waits up to `timeout` for it. Blocking: call it off the runtime, where the writer
+    /// may be a task.
     pub fn close(&self, timeout: Duration) -> bool {
         let (done, closed) = mpsc::sync_channel(1);
         self.append(Record::Close(done));
@@ -187,12 +162,105 @@ impl Journal {
         if let Some(failure) = self.shared.failure.lock().clone() {
             return Err(failure);
         }
+        if self.tx.is_closed() {
+            return Err("the store's writer has stopped".into());
+        }
         let backlog = self.shared.backlog.load(Ordering::Relaxed);
         if backlog > MAX_BACKLOG {
             return Err(format!("the store is {backlog} records behind"));
         }
         Ok(())
     }
+}
+
+/// The writer: takes what has gathered, stores it in one batch (again and again while the
+/// store fails), reports the commit; ends when every sender is gone or on a close.
+async fn write(
+    mut rx: UnboundedReceiver<Record>,
+    mut store: Box<dyn Store>,
+    on_commit: OnCommit,
+    shared: Arc<Shared>,
+    place: Place,
+) {
+    let mut records = Vec::new();
+    while let Some(first) = rx.recv().await {
+        records.push(first);
+        // Everything waiting, and the rest of a group `first` may have begun.
+        {
+            let _group = shared.group.lock();
+            while let Ok(record) = rx.try_recv() {
+                records.push(record);
+            }
+        }
+        let mut closed = None;
+        if let Some(at) = records.iter().position(|r| matches!(r, Record::Close(_))) {
+            // What came after the close is not for this store.
+            if let Record::Close(done) = records.swap_remove(at) {
+                closed = Some(done);
+            }
+            records.truncate(at);
+        }
+        let (mut batch, commit) = build(&records);
+        // A close alone has nothing to store.
+        while !batch.is_empty() {
+            let written;
+            (store, batch, written) = match write_once(store, batch, place).await {
+                Ok(done) => done,
+                Err(e) => {
+                    error!(error = %e, "the store's writer panicked; new work is refused");
+                    *shared.failure.lock() = Some(format!("the store's writer stopped: {e}"));
+                    return;
+                }
+            };
+            let Err(e) = written else { break };
+            if e.fenced {
+                // Another head leads now: nothing of this one may be stored, and it is
+                // stopping (see `crate::leader`). Refuse everything.
+                error!(error = %e, "the store refuses this head's writes");
+                *shared.failure.lock() = Some(e.to_string());
+                return;
+            }
+            {
+                let mut failure = shared.failure.lock();
+                if failure.is_none() {
+                    error!(error = %e, "the store failed; new work is refused until it recovers");
+                }
+                *failure = Some(e.to_string());
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        if shared.failure.lock().take().is_some() {
+            info!(store = store.describe(), "the store recovered");
+        }
+        shared.backlog.fetch_sub(records.len(), Ordering::Relaxed);
+        records.clear();
+        if !commit.tasks.is_empty() || !commit.workers.is_empty() {
+            on_commit(commit);
+        }
+        if let Some(done) = closed {
+            drop(store);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Writes `batch` in place when the writer may (its own thread, or a quick write), else
+/// on the blocking pool; gives the store and the batch back for another try.
+async fn write_once(
+    mut store: Box<dyn Store>,
+    batch: Batch,
+    place: Place,
+) -> Result<(Box<dyn Store>, Batch, Result<(), StoreError>), tokio::task::JoinError> {
+    if place == Place::Thread || store.quick(&batch) {
+        let written = store.write(&batch);
+        return Ok((store, batch, written));
+    }
+    tokio::task::spawn_blocking(move || {
+        let written = store.write(&batch);
+        (store, batch, written)
+    })
+    .await
 }
 
 /// Encodes records into one batch (a task's consecutive events into one value) and notes
@@ -284,6 +352,77 @@ mod tests {
 
         fn describe(&self) -> String {
             "held".into()
+        }
+    }
+
+    /// A store that notes the thread of each write.
+    struct Noted {
+        quick: bool,
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    }
+
+    impl Store for Noted {
+        fn load(&mut self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+
+        fn write(&mut self, _: &Batch) -> Result<(), StoreError> {
+            self.threads.lock().push(std::thread::current().id());
+            Ok(())
+        }
+
+        fn quick(&self, _: &Batch) -> bool {
+            self.quick
+        }
+
+        fn describe(&self) -> String {
+            "noted".into()
+        }
+    }
+
+    /// On a runtime the writer is a task: a quick write is made on the runtime's thread
+    /// (no hand-over to another thread and back), a slow one on the blocking pool; both
+    /// commit, and the journal closes when asked from off the runtime.
+    #[test]
+    fn on_a_runtime_quick_writes_are_made_in_place_and_slow_ones_elsewhere() {
+        for quick in [true, false] {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let store = Noted { quick, threads: threads.clone() };
+            let on_runtime = runtime.block_on(async {
+                let (tx, mut commits) = tokio::sync::mpsc::unbounded_channel();
+                let journal = Journal::start(
+                    Box::new(store),
+                    Box::new(move |commit| {
+                        let _ = tx.send(commit);
+                    }),
+                )
+                .expect("writer");
+                let id = TaskId::new("t1");
+                journal.event(
+                    1,
+                    Arc::new(TaskEvent {
+                        task_id: id.clone(),
+                        seq: 1,
+                        attempt: 1,
+                        timestamp_us: 0,
+                        kind: fleet_proto::EventKind::Working,
+                    }),
+                );
+                let commit = commits.recv().await.expect("a commit");
+                assert_eq!(commit.tasks, [(id, 1)]);
+                let closing = journal.clone();
+                let closed =
+                    tokio::task::spawn_blocking(move || closing.close(Duration::from_secs(10)));
+                assert!(closed.await.expect("close"), "the journal did not close");
+                std::thread::current().id()
+            });
+            let threads = threads.lock();
+            assert_eq!(threads.len(), 1, "one write");
+            assert_eq!(threads[0] == on_runtime, quick, "quick: {quick}");
         }
     }
 

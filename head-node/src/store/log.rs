@@ -136,6 +136,12 @@ impl Log {
         Ok((self.segment, number))
     }
 
+    /// Whether the next append is one `write(2)` into the OS's cache: no sync, no new
+    /// segment.
+    pub fn quick(&self) -> bool {
+        self.fsync == Fsync::Periodic && !self.torn && self.len < SEGMENT_BYTES
+    }
+
     /// The segment appended to now.
     pub fn segment(&self) -> u64 {
         self.segment

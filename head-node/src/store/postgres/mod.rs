@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Snapshot, Store, StoreError};
+use super::{Batch, Fsync, Snapshot, Store, StoreError};
 pub use conn::Conn;
 
 /// The layout this head writes; a database with another refuses to load.
@@ -117,16 +117,30 @@ impl PostgresStore {
     /// Connects to the database `config` names and creates its tables if missing. `lease`
     /// is the leader lease's term: a transaction of this head left idle for half of it (the
     /// process frozen) is ended by the server, so that its lock on the lease row does not
-    /// hold off the head taking over.
+    /// hold off the head taking over. With [`Fsync::Periodic`] its transactions commit
+    /// asynchronously (`synchronous_commit = off`): a commit is acknowledged once the
+    /// server has it, before its WAL reaches the disk, which survives this head crashing
+    /// (a standby reads it) and loses at most the server's last ~0.6 s (three
+    /// `wal_writer_delay`s) if the database server itself crashes, as the file store loses
+    /// its last checkpoint interval on a power cut.
     pub fn open(
         config: &postgres::Config,
         fence: Fence,
         lease: Duration,
+        fsync: Fsync,
     ) -> Result<Self, StoreError> {
         let server = conn::display(config);
         let fail = |message: String| StoreError { what: server.clone(), message, fenced: false };
         let idle = (lease / 2).max(Duration::from_millis(100));
-        let conn = Conn::open(config, "fleet-postgres", Duration::from_secs(60), idle)
+        let mut config = config.clone();
+        if fsync == Fsync::Periodic {
+            let options = match config.get_options() {
+                Some(given) => format!("{given} -c synchronous_commit=off"),
+                None => "-c synchronous_commit=off".to_owned(),
+            };
+            config.options(&options);
+        }
+        let conn = Conn::open(&config, "fleet-postgres", Duration::from_secs(60), idle)
             .map_err(|e| fail(format!("cannot connect: {e}")))?;
         ensure_schema(&conn).map_err(fail)?;
         Ok(Self { conn, server, fence })
