@@ -72,17 +72,21 @@ fn q8_0_matches_candle_qmatmul() -> Result<()> {
 
 #[test]
 fn batched_rows_equal_single_rows() -> Result<()> {
-    // Each output row must not depend on which other rows share the call (tiles, threads).
-    let qt = q8_weights(203, 896, 7)?;
-    let qm = QuantMatrix::from_qtensor(&qt)?;
-    let x = values(37 * 896, 11, 1.0);
-    let mut all = vec![0f32; 37 * 203];
-    qm.matmul_slice(&x, &mut all)?;
-    for (a, row) in x.chunks_exact(896).enumerate() {
-        let mut one = vec![0f32; 203];
-        qm.matmul_slice(row, &mut one)?;
-        for (i, (p, q)) in one.iter().zip(&all[a * 203..(a + 1) * 203]).enumerate() {
-            assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "row {a} col {i}: {p} vs {q}");
+    // Each output row must not depend on which other rows share the call (tiles, threads,
+    // packed values unpacked once for many rows or in registers for one): bit for bit.
+    let (n, k) = (203, 1024);
+    let w = Tensor::from_vec(values(n * k, 7, 0.05), (n, k), &Device::Cpu)?;
+    for dtype in fleet_inference::kernels::SUPPORTED {
+        let qm = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype)?)?;
+        let x = values(37 * k, 11, 1.0);
+        let mut all = vec![0f32; 37 * n];
+        qm.matmul_slice(&x, &mut all)?;
+        for (a, row) in x.chunks_exact(k).enumerate() {
+            let mut one = vec![0f32; n];
+            qm.matmul_slice(row, &mut one)?;
+            for (i, (p, q)) in one.iter().zip(&all[a * n..(a + 1) * n]).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{dtype:?} row {a} col {i}: {p} vs {q}");
+            }
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ use core::arch::x86_64::{__m128i, __m256, __m256i};
 use pulp::x86::V3;
 
 use super::dense::{Acc, DenseKernel};
-use super::q8::{Block, Nibbles, Q8Kernel, Unsigned};
+use super::q8::{Block, Fives, Nibbles, Q8Kernel, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperValues};
 
 #[derive(Clone, Copy)]
@@ -56,7 +56,37 @@ impl WideLoad for Nibbles {
     }
 }
 
+impl WideLoad for Fives {
+    #[inline(always)]
+    fn load(&self, s: V3) -> __m256i {
+        let [nibbles @ .., h0, h1, h2, h3] = *self;
+        let low = nibbles.load(s);
+        let high = u32::from_le_bytes([h0, h1, h2, h3]);
+        // Byte `j` gets the bits' byte `j / 8`; or-ing in all bits but `j % 8` leaves all
+        // ones exactly where value `j`'s fifth bit is set (llama.cpp's bytes_from_bits_32).
+        let spread = s.avx2._mm256_shuffle_epi8(
+            s.avx._mm256_set1_epi32(high as i32),
+            s.avx._mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        let others = s.avx._mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+        let set = s
+            .avx2
+            ._mm256_cmpeq_epi8(s.avx2._mm256_or_si256(spread, others), s.avx._mm256_set1_epi8(-1));
+        s.avx2._mm256_or_si256(low, s.avx2._mm256_and_si256(set, s.avx._mm256_set1_epi8(0x10)))
+    }
+}
+
 impl Q8Kernel for Avx2 {
+    /// The bytes as the tiles load them, stored.
+    #[inline(always)]
+    fn unpack<const R: usize, U: Unsigned + WideLoad>(self, w: &[[U; R]], out: &mut [[Block; R]]) {
+        for (o, w) in out.iter_mut().zip(w) {
+            for (o, w) in o.iter_mut().zip(w) {
+                *o = pulp::cast(w.load(self.0));
+            }
+        }
+    }
+
     /// Two blocks of a 4-row tile per register: LLVM turned the generic loop into a chain of
     /// shuffles that took a quarter of the prefill kernel's time.
     #[inline(always)]

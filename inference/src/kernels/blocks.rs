@@ -9,7 +9,7 @@
 //!   `w = d·sc·u - dmin·mn` ([`decode_super`]).
 
 use super::act::QK;
-use super::q8::{Block, Nibbles};
+use super::q8::{Block, Fives, Nibbles};
 
 use candle_core::quantized::GgmlDType;
 
@@ -18,10 +18,11 @@ pub(crate) const QK_K: usize = 256;
 
 /// One block's 32 integer values.
 pub(crate) enum Vals {
-    /// Signed int8 (Q8_0, Q5_0 less 16, Q3_K, Q6_K less 32).
+    /// Signed int8 (Q8_0).
     Signed(Block),
-    /// Unsigned values below 32, one per byte (Q5_1, Q5_K).
-    Bytes(Block),
+    /// Unsigned 5-bit values as GGUF packs them: nibbles as in [`Vals::Nibbles`], then the
+    /// fifth bits (Q5_0, Q5_1).
+    Fives(Fives),
     /// Unsigned 4-bit values, two per byte: byte `j` holds value `j` (low nibble) and
     /// `j + 16` (high) (Q4_0, Q4_1, Q4_K, and Q2_K's 2-bit values).
     Nibbles(Nibbles),
@@ -55,13 +56,10 @@ fn f16(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
-/// The 5-bit values of a Q5 block: low nibbles `qs`, fifth bits `qh` (value `j`'s in bit `j`).
-fn five_bits(qh: &[u8], qs: &[u8]) -> [u8; QK] {
-    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
-    std::array::from_fn(|j| {
-        let low = if j < QK / 2 { qs[j] & 0x0F } else { qs[j - QK / 2] >> 4 };
-        low | (((qh >> j) & 1) as u8) << 4
-    })
+/// The 5-bit values of a Q5 block from its fifth bits `qh` (value `j`'s in bit `j`) and low
+/// nibbles `qs`: the nibbles first, then the bits.
+fn fives(qh: &[u8], qs: &[u8]) -> Fives {
+    std::array::from_fn(|i| if i < QK / 2 { qs[i] } else { qh[i - QK / 2] })
 }
 
 fn whole(vals: Vals, d: f32, m: f32) -> Decoded {
@@ -91,17 +89,14 @@ pub(crate) fn decode(dtype: GgmlDType, b: &[u8], out: &mut Vec<Decoded>) {
         GgmlDType::Q4_1 => {
             out.push(whole(Vals::Nibbles(std::array::from_fn(|i| b[4 + i])), f16(b), f16(&b[2..])))
         }
-        // Q5_0 values fit int8 after their offset of 16: signed, no offset term.
-        GgmlDType::Q5_0 => out.push(whole(
-            Vals::Signed(five_bits(&b[2..6], &b[6..]).map(|v| v as i8 - 16)),
-            f16(b),
-            0.0,
-        )),
-        GgmlDType::Q5_1 => out.push(whole(
-            Vals::Bytes(five_bits(&b[4..8], &b[8..]).map(|v| v as i8)),
-            f16(b),
-            f16(&b[2..]),
-        )),
+        GgmlDType::Q5_0 => {
+            // w = d·(q - 16) = d·q + (-16·d), exact as Q4_0's.
+            let d = f16(b);
+            out.push(whole(Vals::Fives(fives(&b[2..6], &b[6..])), d, -16.0 * d))
+        }
+        GgmlDType::Q5_1 => {
+            out.push(whole(Vals::Fives(fives(&b[4..8], &b[8..])), f16(b), f16(&b[2..])))
+        }
         _ => {}
     }
 }

@@ -29,7 +29,7 @@ use crate::{Error, Result};
 use act::{QK, QuantActs};
 use blocks::{Decoded, Vals};
 pub use dense::DenseMatrix;
-use q8::{Block, Nibbles, QRows, TILE, Unsigned, Values};
+use q8::{Block, Fives, Nibbles, QRows, TILE, Unsigned, Values};
 use superblock::{SuperActs, SuperMatrix};
 
 /// A quantized weight matrix `[n, k]` ready for [`QuantMatrix::matmul`].
@@ -65,8 +65,8 @@ struct Blocks {
 #[derive(Debug)]
 enum Stored {
     Signed(Vec<Block>),
-    Bytes(Vec<Block>),
     Nibbles(Vec<Nibbles>),
+    Fives(Vec<Fives>),
 }
 
 /// The GGUF types [`QuantMatrix`] multiplies.
@@ -312,16 +312,16 @@ impl Blocks {
             d.push(half::f16::from_f32(scale).to_bits());
             let store = values.get_or_insert_with(|| match vals {
                 Vals::Signed(_) => Stored::Signed(Vec::with_capacity(blocks)),
-                Vals::Bytes(_) => Stored::Bytes(Vec::with_capacity(blocks)),
                 Vals::Nibbles(_) => Stored::Nibbles(Vec::with_capacity(blocks)),
+                Vals::Fives(_) => Stored::Fives(Vec::with_capacity(blocks)),
             });
             match (vals, store) {
                 (Vals::Signed(q), Stored::Signed(v)) => v.push(q),
-                (Vals::Bytes(q), Stored::Bytes(v)) => {
+                (Vals::Nibbles(q), Stored::Nibbles(v)) => {
                     m.push(half::f16::from_f32(min).to_bits());
                     v.push(q);
                 }
-                (Vals::Nibbles(q), Stored::Nibbles(v)) => {
+                (Vals::Fives(q), Stored::Fives(v)) => {
                     m.push(half::f16::from_f32(min).to_bits());
                     v.push(q);
                 }
@@ -336,8 +336,9 @@ impl Blocks {
 
     fn bytes(&self) -> usize {
         let values = match &self.values {
-            Stored::Signed(v) | Stored::Bytes(v) => v.len() * QK,
+            Stored::Signed(v) => v.len() * QK,
             Stored::Nibbles(v) => v.len() * QK / 2,
+            Stored::Fives(v) => v.len() * (QK / 2 + 4),
         };
         values + (self.d.len() + self.m.len()) * 2
     }
@@ -357,13 +358,13 @@ impl Blocks {
                         *o = f32::from(q) * d;
                     }
                 }
-                Stored::Bytes(v) => {
+                Stored::Nibbles(v) => {
                     let m = act::f16_to_f32(self.m[i]);
                     for (o, q) in out.iter_mut().zip(v[i].bytes()) {
                         *o = f32::from(q) * d + m;
                     }
                 }
-                Stored::Nibbles(v) => {
+                Stored::Fives(v) => {
                     let m = act::f16_to_f32(self.m[i]);
                     for (o, q) in out.iter_mut().zip(v[i].bytes()) {
                         *o = f32::from(q) * d + m;
@@ -397,8 +398,8 @@ impl Blocks {
         QRows {
             values: match &self.values {
                 Stored::Signed(v) => Values::Signed(&v[blocks.clone()]),
-                Stored::Bytes(v) => Values::Bytes(&v[blocks.clone()]),
                 Stored::Nibbles(v) => Values::Nibbles(&v[blocks.clone()]),
+                Stored::Fives(v) => Values::Fives(&v[blocks.clone()]),
             },
             d: &self.d[blocks.clone()],
             m: if self.m.is_empty() { &[] } else { &self.m[blocks] },

@@ -2,13 +2,20 @@
 //!
 //! Weight values come in three layouts, all multiplied as int8 dot products with the Q8
 //! activations:
-//! - [`Values::Signed`]: int8 values `w = d·q` (Q8_0, and Q5_0 rewritten exactly as int8);
-//! - [`Values::Bytes`]: unsigned values `w = d·q + m`, `q` in 0..32 (Q5_1);
+//! - [`Values::Signed`]: int8 values `w = d·q` (Q8_0);
 //! - [`Values::Nibbles`]: unsigned 4-bit values packed two per byte as in GGUF,
-//!   `w = d·q + m` (Q4_1; Q4_0 with `m = -8·d`), so they stay at the file's size.
+//!   `w = d·q + m` (Q4_1; Q4_0 with `m = -8·d`), so they stay at the file's size;
+//! - [`Values::Fives`]: unsigned 5-bit values as in GGUF, nibbles and a word of fifth bits
+//!   (Q5_1; Q5_0 with `m = -16·d`): 20 bytes a block instead of 32 as int8, which is what
+//!   single-stream decode pays for, since it streams the weights.
 //!
 //! For the unsigned layouts `Σ w·x = d·dx·Σ q·xq + m·(dx·Σ xq)`: the second term uses each
 //! activation block's sum, computed once per matmul.
+//!
+//! Packed values are unpacked in registers for each activation row; with many rows in a
+//! pass (prefill, batched decode) a tile is unpacked once into bytes and the rows go over
+//! those. Both give the kernel the same bytes, so the same sums: which way a tile went does
+//! not change any output.
 //!
 //! The driver walks tiles of `R` weight rows × `MA` activation rows so each weight block
 //! loaded from memory serves several activation rows (batching is nearly free while the
@@ -25,6 +32,14 @@ pub(crate) type Block = [i8; QK];
 
 /// One block's 4-bit values: byte `j` holds value `j` (low nibble) and `j + 16` (high).
 pub(crate) type Nibbles = [u8; QK / 2];
+
+/// One block's 5-bit values: [`Nibbles`] of the low four bits, then the fifth bits as a
+/// little-endian `u32` (value `j`'s in bit `j`), as GGUF's Q5 types hold them.
+pub(crate) type Fives = [u8; QK / 2 + 4];
+
+/// Activation rows in a pass from which a packed tile is unpacked once rather than in
+/// registers for every row.
+const UNPACK_ROWS: usize = 4;
 
 /// Weight rows interleaved per block: a tile's rows are read as one sequential stream, which
 /// the hardware prefetcher follows (four rows of 896 bytes each, read side by side, were
@@ -50,6 +65,16 @@ impl Unsigned for Nibbles {
     }
 }
 
+impl Unsigned for Fives {
+    #[inline(always)]
+    fn bytes(&self) -> [u8; QK] {
+        let [nibbles @ .., h0, h1, h2, h3] = *self;
+        let high = u32::from_le_bytes([h0, h1, h2, h3]);
+        let low = nibbles.bytes();
+        std::array::from_fn(|i| low[i] | (((high >> i) & 1) as u8) << 4)
+    }
+}
+
 /// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
 /// activation row.
 pub(crate) trait Q8Kernel: Copy {
@@ -71,6 +96,14 @@ pub(crate) trait Q8Kernel: Copy {
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R];
+
+    /// Packed unsigned weights as one byte per value (the same bytes the tiles load).
+    #[inline(always)]
+    fn unpack<const R: usize, U: Unsigned + WideLoad>(self, w: &[[U; R]], out: &mut [[Block; R]]) {
+        for (o, w) in out.iter_mut().zip(w) {
+            *o = w.map(|w| w.bytes().map(|v| v as i8));
+        }
+    }
 
     /// Unsigned weights with offsets: `mn[b][i]` is weight row `i`'s offset in block `b`,
     /// `xs[b]` the activation block's sum (scale included).
@@ -94,14 +127,16 @@ pub(crate) trait WideLoad {}
 impl WideLoad for Block {}
 #[cfg(not(target_arch = "x86_64"))]
 impl WideLoad for Nibbles {}
+#[cfg(not(target_arch = "x86_64"))]
+impl WideLoad for Fives {}
 
 /// The values of some rows, starting at a multiple of [`TILE`]: full tiles of `TILE` rows
 /// interleaved by block (`[tile][block][row]`), then the last `rows % TILE` rows plain.
 #[derive(Clone, Copy)]
 pub(crate) enum Values<'a> {
     Signed(&'a [Block]),
-    Bytes(&'a [Block]),
     Nibbles(&'a [Nibbles]),
+    Fives(&'a [Fives]),
 }
 
 /// Rows of quantized weights: values, f16 scales (raw bits) and, for unsigned values, f16
@@ -160,18 +195,30 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     }
 }
 
-/// Per-tile scale products, reused across tiles.
+/// Per-tile scale products and unpacked values, reused across tiles.
 struct Scratch {
-    tile: [Vec<[f32; TILE]>; 2],
-    one: [Vec<[f32; 1]>; 2],
+    tile: TileScratch<TILE>,
+    one: TileScratch<1>,
+}
+
+struct TileScratch<const R: usize> {
+    /// Scale products.
+    sc: Vec<[f32; R]>,
+    /// Offsets.
+    mn: Vec<[f32; R]>,
+    /// The tile's values unpacked (packed layouts, passes of many rows).
+    unpacked: Vec<[Block; R]>,
+}
+
+impl<const R: usize> TileScratch<R> {
+    fn new(kb: usize) -> Self {
+        Self { sc: vec![[0f32; R]; kb], mn: vec![[0f32; R]; kb], unpacked: Vec::new() }
+    }
 }
 
 impl Scratch {
     fn new(kb: usize) -> Self {
-        Self {
-            tile: [vec![[0f32; TILE]; kb], vec![[0f32; TILE]; kb]],
-            one: [vec![[0f32; 1]; kb], vec![[0f32; 1]; kb]],
-        }
+        Self { tile: TileScratch::new(kb), one: TileScratch::new(kb) }
     }
 }
 
@@ -191,31 +238,46 @@ fn run_tile<K: Q8Kernel, const R: usize>(
     sw: &[f32],
     mw: &[f32],
     t: &Tile<'_>,
-    scratch: &mut [Vec<[f32; R]>; 2],
+    scratch: &mut TileScratch<R>,
     out: &mut [&mut [f32]],
 ) {
     let (sw, _) = sw[t.blocks.clone()].as_chunks::<R>();
-    let [sc, mn] = scratch;
+    let TileScratch { sc, mn, unpacked } = scratch;
     if !mw.is_empty() {
         let (m, _) = mw[t.blocks.clone()].as_chunks::<R>();
         mn.copy_from_slice(m);
     }
+    // A packed tile with many rows to go by: its bytes once, then the rows over those.
+    let many = t.acts_range.len() >= UNPACK_ROWS;
+    let values = match values {
+        Values::Nibbles(v) if many => {
+            let w = v[t.blocks.clone()].as_chunks::<R>().0;
+            unpacked.resize(w.len(), [[0; QK]; R]);
+            kern.unpack::<R, Nibbles>(w, unpacked);
+            None
+        }
+        Values::Fives(v) if many => {
+            let w = v[t.blocks.clone()].as_chunks::<R>().0;
+            unpacked.resize(w.len(), [[0; QK]; R]);
+            kern.unpack::<R, Fives>(w, unpacked);
+            None
+        }
+        values => Some(values),
+    };
     for a in t.acts_range.clone() {
         let row = t.acts.row(a);
         let (x, ax, sx, xs) = (row.qs, row.abs, row.d, row.sums);
         kern.scales::<R>(sw, sx, sc);
+        let blocks = t.blocks.clone();
         let res = match values {
-            Values::Signed(v) => kern.tile::<R>(v[t.blocks.clone()].as_chunks::<R>().0, sc, x, ax),
-            Values::Bytes(v) => {
-                kern.tile_offset::<R, Block>(v[t.blocks.clone()].as_chunks::<R>().0, sc, mn, x, xs)
+            None => kern.tile_offset::<R, Block>(unpacked, sc, mn, x, xs),
+            Some(Values::Signed(v)) => kern.tile::<R>(v[blocks].as_chunks::<R>().0, sc, x, ax),
+            Some(Values::Nibbles(v)) => {
+                kern.tile_offset::<R, Nibbles>(v[blocks].as_chunks::<R>().0, sc, mn, x, xs)
             }
-            Values::Nibbles(v) => kern.tile_offset::<R, Nibbles>(
-                v[t.blocks.clone()].as_chunks::<R>().0,
-                sc,
-                mn,
-                x,
-                xs,
-            ),
+            Some(Values::Fives(v)) => {
+                kern.tile_offset::<R, Fives>(v[blocks].as_chunks::<R>().0, sc, mn, x, xs)
+            }
         };
         out[a][t.r..t.r + R].copy_from_slice(&res);
     }
