@@ -57,8 +57,11 @@ struct Blocks {
     values: Stored,
     /// The blocks' f16 scales (raw bits), in the same order.
     d: Vec<u16>,
-    /// The blocks' f16 offsets for unsigned values (empty for signed ones).
+    /// The blocks' f16 offsets for unsigned values (empty for signed ones, and where
+    /// `m_of_d` gives them).
     m: Vec<u16>,
+    /// Offsets as a fixed multiple of the scale (Q4_0: -8, Q5_0: -16), not stored.
+    m_of_d: Option<f32>,
 }
 
 /// How the values are held (see [`q8::Values`]).
@@ -301,6 +304,11 @@ impl Blocks {
             })
             .chain(full * kb..n * kb);
         let (mut d, mut m) = (Vec::with_capacity(blocks), Vec::new());
+        let m_of_d = match dtype {
+            GgmlDType::Q4_0 => Some(-8.0),
+            GgmlDType::Q5_0 => Some(-16.0),
+            _ => None,
+        };
         let mut values = None;
         let mut decoded = Vec::with_capacity(1);
         for src in order {
@@ -318,11 +326,15 @@ impl Blocks {
             match (vals, store) {
                 (Vals::Signed(q), Stored::Signed(v)) => v.push(q),
                 (Vals::Nibbles(q), Stored::Nibbles(v)) => {
-                    m.push(half::f16::from_f32(min).to_bits());
+                    if m_of_d.is_none() {
+                        m.push(half::f16::from_f32(min).to_bits());
+                    }
                     v.push(q);
                 }
                 (Vals::Fives(q), Stored::Fives(v)) => {
-                    m.push(half::f16::from_f32(min).to_bits());
+                    if m_of_d.is_none() {
+                        m.push(half::f16::from_f32(min).to_bits());
+                    }
                     v.push(q);
                 }
                 _ => {
@@ -331,7 +343,7 @@ impl Blocks {
             }
         }
         let values = values.unwrap_or(Stored::Signed(Vec::new()));
-        Ok(Self { values, d, m })
+        Ok(Self { values, d, m, m_of_d })
     }
 
     fn bytes(&self) -> usize {
@@ -341,6 +353,14 @@ impl Blocks {
             Stored::Fives(v) => v.len() * (QK / 2 + 4),
         };
         values + (self.d.len() + self.m.len()) * 2
+    }
+
+    /// Block `i`'s offset (its scale `d` given).
+    fn offset(&self, i: usize, d: f32) -> f32 {
+        match self.m_of_d {
+            Some(f) => f * d,
+            None => act::f16_to_f32(self.m[i]),
+        }
     }
 
     /// Row `r` of `n` rows of `k` values as f32.
@@ -359,13 +379,13 @@ impl Blocks {
                     }
                 }
                 Stored::Nibbles(v) => {
-                    let m = act::f16_to_f32(self.m[i]);
+                    let m = self.offset(i, d);
                     for (o, q) in out.iter_mut().zip(v[i].bytes()) {
                         *o = f32::from(q) * d + m;
                     }
                 }
                 Stored::Fives(v) => {
-                    let m = act::f16_to_f32(self.m[i]);
+                    let m = self.offset(i, d);
                     for (o, q) in out.iter_mut().zip(v[i].bytes()) {
                         *o = f32::from(q) * d + m;
                     }
@@ -403,6 +423,7 @@ impl Blocks {
             },
             d: &self.d[blocks.clone()],
             m: if self.m.is_empty() { &[] } else { &self.m[blocks] },
+            m_of_d: self.m_of_d,
             kb,
         }
     }

@@ -146,7 +146,16 @@ pub(crate) struct QRows<'a> {
     pub values: Values<'a>,
     pub d: &'a [u16],
     pub m: &'a [u16],
+    /// Offsets that are a fixed multiple of the scale (Q4_0: -8, Q5_0: -16), then `m` is
+    /// empty: computing `m = f·d` in f32 gives what the f16 offset would (exact).
+    pub m_of_d: Option<f32>,
     pub kb: usize,
+}
+
+thread_local! {
+    /// The scales and offsets of the rows a thread multiplies, as f32, kept between calls:
+    /// allocating them per call (megabytes for an lm head) cost fresh pages every time.
+    static SCALES: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::default();
 }
 
 /// Activation rows per pass over the weights: enough to reuse each weight block many times,
@@ -167,14 +176,36 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     acts: &QuantActs,
     out: &mut [&mut [f32]],
 ) {
+    // All of the chunk's scales as f32 first (4 bytes per block, so they stay in L2):
+    // reading them tile by tile between the int8 blocks halved the rate from DRAM at large k.
+    // Taken out and put back, not borrowed in a closure: the kernel must be inlined into
+    // pulp's `#[target_feature]` function, and a closure's body is not (see `Rows`).
+    let (mut sw, mut mw) = SCALES.take();
+    sw.clear();
+    sw.extend(w.d.iter().map(|&h| f16_to_f32(h)));
+    mw.clear();
+    match w.m_of_d {
+        Some(f) => mw.extend(sw.iter().map(|&d| f * d)),
+        None => mw.extend(w.m.iter().map(|&h| f16_to_f32(h))),
+    }
+    passes(kern, w, &sw, &mw, acts, out);
+    SCALES.set((sw, mw));
+}
+
+/// [`matmul_rows`] with the scales and offsets as f32.
+#[inline(always)]
+fn passes<K: Q8Kernel>(
+    kern: K,
+    w: QRows<'_>,
+    sw: &[f32],
+    mw: &[f32],
+    acts: &QuantActs,
+    out: &mut [&mut [f32]],
+) {
     let kb = w.kb;
     let rows = w.d.len() / kb;
     let m = acts.rows();
     let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
-    // All of the chunk's scales as f32 first (4 bytes per block, so they stay in L2):
-    // reading them tile by tile between the int8 blocks halved the rate from DRAM at large k.
-    let sw: Vec<f32> = w.d.iter().map(|&h| f16_to_f32(h)).collect();
-    let mw: Vec<f32> = w.m.iter().map(|&h| f16_to_f32(h)).collect();
     let mut scratch = Scratch::new(kb);
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
@@ -184,11 +215,11 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
             if rows - r >= TILE {
                 let blocks = r * kb..(r + TILE) * kb;
                 let tile = Tile { blocks, ..t };
-                run_tile::<K, TILE>(kern, w.values, &sw, &mw, &tile, &mut scratch.tile, out);
+                run_tile::<K, TILE>(kern, w.values, sw, mw, &tile, &mut scratch.tile, out);
                 r += TILE;
             } else {
                 let tile = Tile { blocks: r * kb..(r + 1) * kb, ..t };
-                run_tile::<K, 1>(kern, w.values, &sw, &mw, &tile, &mut scratch.one, out);
+                run_tile::<K, 1>(kern, w.values, sw, mw, &tile, &mut scratch.one, out);
                 r += 1;
             }
         }
