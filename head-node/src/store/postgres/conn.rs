@@ -2,12 +2,34 @@
 //! runtime it owns, which may not run inside the head's runtime: every call goes to this
 //! thread and its answer comes back over a channel, so any thread may wait for one.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
-type Job = Box<dyn FnOnce(Result<&mut Client, String>) + Send>;
+type Job = Box<dyn FnOnce(Result<(&mut Client, &mut Prepared), String>) + Send>;
+
+/// Statements prepared on the connection, by their text; forgotten when it is opened again.
+/// A statement sent unprepared costs a round trip more and is parsed and planned again each
+/// time (the store's write, a statement of ten parts, spent more on that than on writing).
+#[derive(Default)]
+pub struct Prepared(HashMap<&'static str, Statement>);
+
+impl Prepared {
+    fn get(
+        &mut self,
+        client: &mut Client,
+        sql: &'static str,
+    ) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql)?;
+        self.0.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
 
 /// The sending side of a connection's thread; the thread ends when this is dropped.
 pub struct Conn {
@@ -45,6 +67,7 @@ impl Conn {
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                let mut prepared = Prepared::default();
                 let mut client = match config.connect(NoTls) {
                     Ok(client) => {
                         let _ = ready.send(Ok(()));
@@ -58,6 +81,7 @@ impl Conn {
                 while let Ok(job) = rx.recv() {
                     if client.as_ref().is_none_or(Client::is_closed) {
                         client = None;
+                        prepared = Prepared::default();
                         match config.connect(NoTls) {
                             Ok(c) => client = Some(c),
                             Err(e) => {
@@ -67,7 +91,7 @@ impl Conn {
                         }
                     }
                     if let Some(client) = client.as_mut() {
-                        job(Ok(client));
+                        job(Ok((client, &mut prepared)));
                     }
                 }
             })
@@ -81,10 +105,30 @@ impl Conn {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, String> {
+        self.send(move |client, _| f(client))
+    }
+
+    /// Runs `f` with `sql` prepared on the connection (once per connection) and waits for
+    /// its answer.
+    pub fn run_prepared<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        f: impl FnOnce(&mut Client, &Statement) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, String> {
+        self.send(move |client, prepared| {
+            let statement = prepared.get(client, sql)?;
+            f(client, &statement)
+        })
+    }
+
+    fn send<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client, &mut Prepared) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, String> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.jobs
-            .send(Box::new(move |client| {
-                let _ = tx.send(client.and_then(|c| f(c).map_err(|e| describe(&e))));
+            .send(Box::new(move |on| {
+                let _ = tx.send(on.and_then(|(c, p)| f(c, p).map_err(|e| describe(&e))));
             }))
             .map_err(|_| "the connection is closed".to_owned())?;
         rx.recv().map_err(|_| "the connection thread ended".to_owned())?

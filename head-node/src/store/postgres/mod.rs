@@ -213,11 +213,11 @@ impl Store for PostgresStore {
         let push_numbers: Vec<i64> = batch.push.iter().map(|(n, _)| *n as i64).collect();
         let push_configs: Vec<Vec<u8>> = batch.push.iter().map(|(_, c)| c.clone()).collect();
         let epoch = self.fence.epoch;
-        let held = self.conn.run(move |client| {
-            // One statement (its own transaction): two round trips and one commit per write,
-            // where a statement per table took a dozen.
+        let held = self.conn.run_prepared(WRITE, move |client, write| {
+            // One prepared statement (its own transaction): one round trip and one commit
+            // per write, where a statement per table took a dozen.
             let row = client.query_opt(
-                WRITE,
+                write,
                 &[
                     &epoch,
                     &task_numbers,
