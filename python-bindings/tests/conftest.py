@@ -1,6 +1,7 @@
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,17 @@ def collect_garbage_after_each_test() -> Iterator[None]:
     error), not whichever later test the garbage collector happens to run in."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own SIGINT handler for the test. A process started with SIGINT ignored (a CI
+    job started in the background by a shell without job control) keeps it ignored, and then
+    `_thread.interrupt_main` does nothing: the tests that press Ctrl-C need the handler a
+    terminal user has."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_mcp_servers_reach_the_worker_which_runs_only_those_it_allows(fleet: af.
     assert refused.value.kind == "unsupported"
 
 
-def test_keyboard_interrupt_during_map_cancels_the_tasks(fleet: af.Fleet, slow: af.Agent) -> None:
+def test_keyboard_interrupt_during_map_cancels_the_tasks(fleet: af.Fleet, slow: af.Agent, ctrl_c_raises: None) -> None:
     before = fleet.status()
     prompts = [" ".join(f"w{i}" for i in range(100)) for _ in range(2000)]
     timer = threading.Timer(0.3, _thread.interrupt_main)
@@ -256,7 +256,7 @@ def test_stubs_match_the_module() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_keyboard_interrupt_during_stream_cancels_the_task(fleet: af.Fleet, slow: af.Agent) -> None:
+def test_keyboard_interrupt_during_stream_cancels_the_task(fleet: af.Fleet, slow: af.Agent, ctrl_c_raises: None) -> None:
     # 500 words 20 ms apart: left alone the task would run 10 s; canceled, it ends as canceled
     # within 3 s of the interrupt (the count of canceled tasks is what shows it).
     canceled_before = fleet.status()["tasks_canceled"]
@@ -276,7 +276,7 @@ def test_keyboard_interrupt_during_stream_cancels_the_task(fleet: af.Fleet, slow
     assert all(e.task_id == task_id for e in seen)
 
 
-def test_keyboard_interrupt_during_map_cancels_the_tasks_of_a_remote_cluster(remote_cluster: str) -> None:
+def test_keyboard_interrupt_during_map_cancels_the_tasks_of_a_remote_cluster(remote_cluster: str, ctrl_c_raises: None) -> None:
     fleet = af.init(remote_cluster, token="s3cret")
     slow = fleet.agent("slow-remote", model="builtin:echo", model_options={"token_delay_ms": "20"})
     prompts = [" ".join(f"w{i}" for i in range(100)) for _ in range(1000)]
