@@ -12,6 +12,11 @@
 //! `madd` with the scales widened to i16 (a `pshufb` picks each 16 values' scale), summed in
 //! i32 over the super-block and converted once.
 //!
+//! Where the CPU has AVX-512 VNNI, `maddubs` + `madd` become one `vpdpbusd`, and the
+//! super-blocks' `madd` + `add` one `vpdpwssd` ([`super::vnni`]): the same integers (no pair
+//! sum above reaches i16's limit, so `maddubs` never saturates), hence the same f32 sums in
+//! the same order. Outputs are bit for bit the same on AVX2 and AVX-512 VNNI machines.
+//!
 //! `pulp::x86::V3` proves the CPU has AVX2+FMA, so the intrinsics are safe to call;
 //! everything is inlined into its `#[target_feature]` body.
 
@@ -22,14 +27,40 @@ use super::dense::{Acc, DenseKernel};
 use super::q8::{Block, Fives, Nibbles, Q8Kernel, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperValues};
 
+/// The tiles on AVX2 (`D` = [`Madd`]) or with VNNI's dot products.
 #[derive(Clone, Copy)]
-pub(crate) struct Avx2(pub V3);
+pub(crate) struct Avx2<D = Madd>(pub V3, pub D);
 
-/// `acc + scale · (the 16 i16 pair sums widened to 8 i32 and converted)`: one block's dot
-/// product, scaled, into the f32 accumulator.
+/// The integer dot products the tiles are made of.
+pub(crate) trait Dot: Copy {
+    /// `acc` plus, per i32 lane, the sum of 4 adjacent products `u·i` (u8 × i8). Callers keep
+    /// every pair of products within i16 (AVX2 saturates there, VNNI does not).
+    fn bytes(self, s: V3, acc: __m256i, u: __m256i, i: __m256i) -> __m256i;
+    /// `acc` plus, per i32 lane, the sum of 2 adjacent products `a·b` (i16 × i16).
+    fn words(self, s: V3, acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+}
+
+/// AVX2's dot products: `maddubs` to i16 pairs, `madd` to i32, `add`.
+#[derive(Clone, Copy)]
+pub(crate) struct Madd;
+
+impl Dot for Madd {
+    #[inline(always)]
+    fn bytes(self, s: V3, acc: __m256i, u: __m256i, i: __m256i) -> __m256i {
+        let p16 = s.avx2._mm256_maddubs_epi16(u, i);
+        let p32 = s.avx2._mm256_madd_epi16(p16, s.avx._mm256_set1_epi16(1));
+        s.avx2._mm256_add_epi32(acc, p32)
+    }
+
+    #[inline(always)]
+    fn words(self, s: V3, acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        s.avx2._mm256_add_epi32(acc, s.avx2._mm256_madd_epi16(a, b))
+    }
+}
+
+/// `acc + scale · (one block's 8 i32 partial sums converted)`.
 #[inline(always)]
-fn scaled_sum(s: V3, p16: __m256i, ones: __m256i, scale: f32, acc: __m256) -> __m256 {
-    let p32 = s.avx2._mm256_madd_epi16(p16, ones);
+fn scaled_sum(s: V3, p32: __m256i, scale: f32, acc: __m256) -> __m256 {
     s.fma._mm256_fmadd_ps(s.avx._mm256_cvtepi32_ps(p32), s.avx._mm256_set1_ps(scale), acc)
 }
 
@@ -76,7 +107,7 @@ impl WideLoad for Fives {
     }
 }
 
-impl Q8Kernel for Avx2 {
+impl<D: Dot> Q8Kernel for Avx2<D> {
     /// The bytes as the tiles load them, stored.
     #[inline(always)]
     fn unpack<const R: usize, U: Unsigned + WideLoad>(self, w: &[[U; R]], out: &mut [[Block; R]]) {
@@ -120,17 +151,17 @@ impl Q8Kernel for Avx2 {
         let kb = w.len();
         // Equal lengths up front so the loop below has no bounds checks.
         let (sc, x, ax) = (&sc[..kb], &x[..kb], &ax[..kb]);
-        let ones = s.avx._mm256_set1_epi16(1);
+        let zero = s.avx._mm256_setzero_si256();
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         for b in 0..kb {
             let xv: __m256i = pulp::cast(x[b]);
             let axv: __m256i = pulp::cast(ax[b]);
             for i in 0..R {
                 let wv: __m256i = pulp::cast(w[b][i]);
-                // |x| · (w · sign x): the unsigned operand of maddubs is the activation's, so
-                // only one sign per pair; pair sums stay below 2·127·128 < i16::MAX.
-                let p16 = s.avx2._mm256_maddubs_epi16(axv, s.avx2._mm256_sign_epi8(wv, xv));
-                acc[i] = scaled_sum(s, p16, ones, sc[b][i], acc[i]);
+                // |x| · (w · sign x): the unsigned operand is the activation's, so only one
+                // sign per pair; pair sums stay below 2·127·128 < i16::MAX.
+                let p32 = self.1.bytes(s, zero, axv, s.avx2._mm256_sign_epi8(wv, xv));
+                acc[i] = scaled_sum(s, p32, sc[b][i], acc[i]);
             }
         }
         acc.map(|v| pulp::cast::<__m256, [f32; 8]>(v).iter().sum())
@@ -148,15 +179,16 @@ impl Q8Kernel for Avx2 {
         let s = self.0;
         let kb = w.len();
         let (sc, mn, x, xs) = (&sc[..kb], &mn[..kb], &x[..kb], &xs[..kb]);
-        let ones = s.avx._mm256_set1_epi16(1);
+        let zero = s.avx._mm256_setzero_si256();
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         let mut off = [0f32; R];
         for b in 0..kb {
             let xv: __m256i = pulp::cast(x[b]);
             for i in 0..R {
                 let wv = w[b][i].load(s);
-                let p16 = s.avx2._mm256_maddubs_epi16(wv, xv);
-                acc[i] = scaled_sum(s, p16, ones, sc[b][i], acc[i]);
+                // Pair sums below 2·31·127 < i16::MAX.
+                let p32 = self.1.bytes(s, zero, wv, xv);
+                acc[i] = scaled_sum(s, p32, sc[b][i], acc[i]);
                 off[i] += mn[b][i] * xs[b];
             }
         }
@@ -180,7 +212,7 @@ static SCALE_PAIRS: [[i8; 16]; 8] = {
     masks
 };
 
-impl SuperKernel for Avx2 {
+impl<D: Dot> SuperKernel for Avx2<D> {
     #[inline(always)]
     fn tile<const R: usize, V: SuperValues>(
         self,
@@ -214,8 +246,8 @@ impl SuperKernel for Avx2 {
                     let s1 = s
                         .avx2
                         ._mm256_cvtepi8_epi16(s.ssse3._mm_shuffle_epi8(scales, mask(2 * j + 1)));
-                    dot = s.avx2._mm256_add_epi32(dot, s.avx2._mm256_madd_epi16(p0, s0));
-                    dot = s.avx2._mm256_add_epi32(dot, s.avx2._mm256_madd_epi16(p1, s1));
+                    dot = self.1.words(s, dot, p0, s0);
+                    dot = self.1.words(s, dot, p1, s1);
                 }
                 let mins = s.avx2._mm256_madd_epi16(pulp::cast(mn[b][i]), bs);
                 let (fd, fm) = (d[b][i] * dx[b], dmin[b][i] * dx[b]);
@@ -229,7 +261,7 @@ impl SuperKernel for Avx2 {
 }
 
 /// Dense f32 tiles: 8 lanes per register, one FMA per weight vector and activation row.
-impl DenseKernel for Avx2 {
+impl<D: Dot> DenseKernel for Avx2<D> {
     #[inline(always)]
     fn accumulate<const R: usize, const A: usize>(
         self,

@@ -145,7 +145,7 @@ impl DenseMatrix {
     fn run_rows(&self, rows: std::ops::Range<usize>, x: &[f32], out: &mut [&mut [f32]]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
-            let kern = super::avx2::Avx2(simd);
+            let kern = super::avx2::Avx2(simd, super::avx2::Madd);
             return simd.vectorize(Rows { kern, w: &self.w, rows, k: self.k, x, out });
         }
         pulp::Arch::new().dispatch(Rows { kern: Portable, w: &self.w, rows, k: self.k, x, out });

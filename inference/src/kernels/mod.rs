@@ -20,6 +20,8 @@ mod dense;
 mod q8;
 pub mod repack;
 mod superblock;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
@@ -405,8 +407,12 @@ impl Blocks {
     ) {
         let w = self.qrows(k, range);
         #[cfg(target_arch = "x86_64")]
+        if let Some((simd, kern)) = vnni::kernel() {
+            return simd.vectorize(Rows { kern, w, acts, out });
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
-            return simd.vectorize(Rows { kern: avx2::Avx2(simd), w, acts, out });
+            return simd.vectorize(Rows { kern: avx2::Avx2(simd, avx2::Madd), w, acts, out });
         }
         pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out })
     }
@@ -437,8 +443,13 @@ fn run_super(
     out: &mut [&mut [f32]],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if let Some((simd, kern)) = vnni::kernel() {
+        return simd.vectorize(SuperRows { kern, w, range, acts, out });
+    }
+    #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
-        return simd.vectorize(SuperRows { kern: avx2::Avx2(simd), w, range, acts, out });
+        let kern = avx2::Avx2(simd, avx2::Madd);
+        return simd.vectorize(SuperRows { kern, w, range, acts, out });
     }
     pulp::Arch::new().dispatch(SuperRows { kern: superblock::Portable, w, range, acts, out })
 }
@@ -512,6 +523,54 @@ mod tests {
             }
             for (a, b) in fast.iter().zip(&slow) {
                 assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{dtype:?}: {a} vs {b}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The AVX-512 VNNI kernels give the AVX2 kernels' outputs bit for bit, for every
+    /// supported type, one activation row (packed values unpacked in registers) and several
+    /// (unpacked once per tile), full tiles and the odd rows after them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_kernels_equal_avx2_bit_for_bit() -> candle_core::Result<()> {
+        let (Some((v4, vnni)), Some(v3)) = (vnni::kernel(), pulp::x86::V3::try_new()) else {
+            eprintln!("this CPU has no AVX-512 VNNI (or no AVX2): nothing to compare");
+            return Ok(());
+        };
+        let avx2 = avx2::Avx2(v3, avx2::Madd);
+        let (n, k) = (4 * 5 + 3, 768);
+        let w = Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu)?;
+        for m in [1, 7] {
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)?.to_vec1()?;
+            for dtype in SUPPORTED {
+                let qm = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype)?)
+                    .map_err(candle_core::Error::wrap)?;
+                let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+                let mut oa: Vec<&mut [f32]> = a.chunks_exact_mut(n).collect();
+                let mut ob: Vec<&mut [f32]> = b.chunks_exact_mut(n).collect();
+                match &qm.weights {
+                    Weights::Blocks(bl) => {
+                        let (acts, w) = (&QuantActs::new(&x, k), bl.qrows(k, 0..n));
+                        v4.vectorize(Rows { kern: vnni, w, acts, out: &mut oa });
+                        v3.vectorize(Rows { kern: avx2, w, acts, out: &mut ob });
+                    }
+                    Weights::Super(w) => {
+                        let acts = &SuperActs::new(&x, k);
+                        let range = 0..n;
+                        let out = &mut oa;
+                        v4.vectorize(SuperRows { kern: vnni, w, range, acts, out });
+                        let (range, out) = (0..n, &mut ob);
+                        v3.vectorize(SuperRows { kern: avx2, w, range, acts, out });
+                    }
+                }
+                for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{dtype:?}, m = {m}, output {i}: {a} vs {b}"
+                    );
+                }
             }
         }
         Ok(())
