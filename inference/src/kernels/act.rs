@@ -9,47 +9,71 @@ use rayon::prelude::*;
 /// Values per block, shared by Q8_0 and Q5_0 weights.
 pub(crate) const QK: usize = 32;
 
-/// `m` rows of `k` activations as int8 blocks, their absolute values (the unsigned operand
-/// of the AVX2 dot, computed once here instead of once per weight row), one f32 scale per
-/// block and each block's sum `d·Σq` (for weights with offsets).
+/// What the weights need of the activations besides their blocks and scales.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Needs {
+    /// Signed weights: the blocks' absolute values.
+    Abs,
+    /// Weights with stored offsets: each block's sum.
+    Sums,
+    /// Weights whose offset is a fixed integer multiple `f` of the scale (Q4_0: -8, Q5_0:
+    /// -16): `f` times the sum of each 4 values, the lanes the dot product starts from.
+    Shifts(i32),
+}
+
+/// `m` rows of `k` activations as int8 blocks and one f32 scale per block, with what the
+/// weights need ([`Needs`]), computed once here instead of once per weight row: absolute
+/// values (the unsigned operand of the signed dot), each block's sum `d·Σq`, or the integer
+/// start of each block's dot product, `f·Σq` in 8 lanes of 4 values.
 pub(crate) struct QuantActs {
     pub k: usize,
     pub qs: Vec<[i8; QK]>,
     pub abs: Vec<[i8; QK]>,
     pub d: Vec<f32>,
     pub sums: Vec<f32>,
+    pub shifts: Vec<[i32; QK / 4]>,
 }
 
 impl QuantActs {
     /// Quantizes `x` ([m, k] row-major, `k` a multiple of [`QK`]).
-    pub fn new(x: &[f32], k: usize) -> Self {
+    pub fn new(x: &[f32], k: usize, needs: Needs) -> Self {
         let (qs, d) = quantize(x.as_chunks::<QK>().0);
-        let mut abs = vec![[0i8; QK]; qs.len()];
-        for (a, q) in abs.iter_mut().zip(&qs) {
-            *a = q.map(i8::unsigned_abs).map(|v| v as i8);
+        let (mut abs, mut sums, mut shifts) = (Vec::new(), Vec::new(), Vec::new());
+        match needs {
+            Needs::Abs => abs = qs.iter().map(|q| q.map(|v| v.unsigned_abs() as i8)).collect(),
+            Needs::Sums => {
+                let sum = |q: &[i8; QK]| q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                sums = qs.iter().zip(&d).map(|(q, d)| sum(q) as f32 * d).collect();
+            }
+            Needs::Shifts(f) => {
+                let lane = |c: &[i8]| f * c.iter().map(|&v| i32::from(v)).sum::<i32>();
+                shifts =
+                    qs.iter().map(|q| std::array::from_fn(|l| lane(&q[4 * l..][..4]))).collect();
+            }
         }
-        let sums = qs
-            .iter()
-            .zip(&d)
-            .map(|(q, d)| q.iter().map(|&v| i32::from(v)).sum::<i32>() as f32 * d)
-            .collect();
-        Self { k, qs, abs, d, sums }
+        Self { k, qs, abs, d, sums, shifts }
     }
 
     pub fn rows(&self) -> usize {
         self.d.len() / (self.k / QK).max(1)
     }
 
-    /// Row `a`'s blocks, absolute values, scales and sums.
+    /// Row `a`'s blocks, scales and what was computed of [`Needs`] (the others empty).
     pub fn row(&self, a: usize) -> ActRow<'_> {
         let r = a * self.k / QK..(a + 1) * self.k / QK;
         ActRow {
             qs: &self.qs[r.clone()],
-            abs: &self.abs[r.clone()],
+            abs: part(&self.abs, &r),
             d: &self.d[r.clone()],
-            sums: &self.sums[r],
+            sums: part(&self.sums, &r),
+            shifts: part(&self.shifts, &r),
         }
     }
+}
+
+/// `v[r]`, or nothing for what was not computed.
+fn part<'a, T>(v: &'a [T], r: &std::ops::Range<usize>) -> &'a [T] {
+    if v.is_empty() { &[] } else { &v[r.clone()] }
 }
 
 /// One activation row of [`QuantActs`].
@@ -58,6 +82,7 @@ pub(crate) struct ActRow<'a> {
     pub abs: &'a [[i8; QK]],
     pub d: &'a [f32],
     pub sums: &'a [f32],
+    pub shifts: &'a [[i32; QK / 4]],
 }
 
 /// Blocks of `N` values (32 here, 256 for the k-quants' activations) as int8 values and
@@ -147,7 +172,7 @@ mod tests {
     #[test]
     fn quantized_values_match_candle_rounding() {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
-        let q = super::QuantActs::new(&x, 64);
+        let q = super::QuantActs::new(&x, 64, super::Needs::Abs);
         let super::ActRow { qs, abs, d, .. } = q.row(0);
         for (b, block) in x.chunks_exact(32).enumerate() {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));

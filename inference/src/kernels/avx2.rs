@@ -23,6 +23,7 @@
 use core::arch::x86_64::{__m128i, __m256, __m256i};
 use pulp::x86::V3;
 
+use super::act::QK;
 use super::dense::{Acc, DenseKernel};
 use super::q8::{Block, Fives, Nibbles, Q8Kernel, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperValues};
@@ -161,6 +162,30 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
                 // |x| · (w · sign x): the unsigned operand is the activation's, so only one
                 // sign per pair; pair sums stay below 2·127·128 < i16::MAX.
                 let p32 = self.1.bytes(s, zero, axv, s.avx2._mm256_sign_epi8(wv, xv));
+                acc[i] = scaled_sum(s, p32, sc[b][i], acc[i]);
+            }
+        }
+        acc.map(|v| pulp::cast::<__m256, [f32; 8]>(v).iter().sum())
+    }
+
+    #[inline(always)]
+    fn tile_shifted<const R: usize, U: Unsigned + WideLoad>(
+        self,
+        w: &[[U; R]],
+        sc: &[[f32; R]],
+        x: &[Block],
+        shift: &[[i32; QK / 4]],
+    ) -> [f32; R] {
+        let s = self.0;
+        let kb = w.len();
+        let (sc, x, shift) = (&sc[..kb], &x[..kb], &shift[..kb]);
+        let mut acc = [s.avx._mm256_setzero_ps(); R];
+        for b in 0..kb {
+            let xv: __m256i = pulp::cast(x[b]);
+            let start: __m256i = pulp::cast(shift[b]);
+            for i in 0..R {
+                // Pair sums below 2·31·127 < i16::MAX.
+                let p32 = self.1.bytes(s, start, w[b][i].load(s), xv);
                 acc[i] = scaled_sum(s, p32, sc[b][i], acc[i]);
             }
         }

@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
-use act::{QK, QuantActs};
+use act::{Needs, QK, QuantActs};
 use blocks::{Decoded, Vals};
 pub use dense::DenseMatrix;
 use q8::{Block, Fives, Nibbles, QRows, TILE, Unsigned, Values};
@@ -63,7 +63,7 @@ struct Blocks {
     /// `m_of_d` gives them).
     m: Vec<u16>,
     /// Offsets as a fixed multiple of the scale (Q4_0: -8, Q5_0: -16), not stored.
-    m_of_d: Option<f32>,
+    m_of_d: Option<i32>,
 }
 
 /// How the values are held (see [`q8::Values`]).
@@ -281,7 +281,7 @@ impl QuantMatrix {
         }
         match &self.weights {
             Weights::Blocks(b) => {
-                let acts = QuantActs::new(x, k);
+                let acts = QuantActs::new(x, k, b.needs());
                 split_rows(out, n, m * n * k, TILE, |rows, out| b.run_rows(k, rows, &acts, out));
             }
             Weights::Super(s) => {
@@ -307,8 +307,8 @@ impl Blocks {
             .chain(full * kb..n * kb);
         let (mut d, mut m) = (Vec::with_capacity(blocks), Vec::new());
         let m_of_d = match dtype {
-            GgmlDType::Q4_0 => Some(-8.0),
-            GgmlDType::Q5_0 => Some(-16.0),
+            GgmlDType::Q4_0 => Some(-8),
+            GgmlDType::Q5_0 => Some(-16),
             _ => None,
         };
         let mut values = None;
@@ -357,10 +357,19 @@ impl Blocks {
         values + (self.d.len() + self.m.len()) * 2
     }
 
+    /// What the kernels need of the activations for these weights.
+    fn needs(&self) -> Needs {
+        match (&self.values, self.m_of_d) {
+            (Stored::Signed(_), _) => Needs::Abs,
+            (_, Some(f)) => Needs::Shifts(f),
+            _ => Needs::Sums,
+        }
+    }
+
     /// Block `i`'s offset (its scale `d` given).
     fn offset(&self, i: usize, d: f32) -> f32 {
         match self.m_of_d {
-            Some(f) => f * d,
+            Some(f) => f as f32 * d,
             None => act::f16_to_f32(self.m[i]),
         }
     }
@@ -512,7 +521,7 @@ mod tests {
             let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
             match &qm.weights {
                 Weights::Blocks(b) => {
-                    let (acts, w) = (&QuantActs::new(&x, k), b.qrows(k, 0..n));
+                    let (acts, w) = (&QuantActs::new(&x, k, b.needs()), b.qrows(k, 0..n));
                     pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out: &mut out })
                 }
                 Weights::Super(w) => {
@@ -551,7 +560,7 @@ mod tests {
                 let mut ob: Vec<&mut [f32]> = b.chunks_exact_mut(n).collect();
                 match &qm.weights {
                     Weights::Blocks(bl) => {
-                        let (acts, w) = (&QuantActs::new(&x, k), bl.qrows(k, 0..n));
+                        let (acts, w) = (&QuantActs::new(&x, k, bl.needs()), bl.qrows(k, 0..n));
                         v4.vectorize(Rows { kern: vnni, w, acts, out: &mut oa });
                         v3.vectorize(Rows { kern: avx2, w, acts, out: &mut ob });
                     }

@@ -10,7 +10,9 @@
 //!   single-stream decode pays for, since it streams the weights.
 //!
 //! For the unsigned layouts `Σ w·x = d·dx·Σ q·xq + m·(dx·Σ xq)`: the second term uses each
-//! activation block's sum, computed once per matmul.
+//! activation block's sum, computed once per matmul. Where `m = f·d` for a fixed integer `f`
+//! (Q4_0, Q5_0) the whole block is integer arithmetic, `d·dx·(Σ q·xq + f·Σ xq)`: the dot
+//! product starts from `f·Σ xq`, also computed once per matmul, and needs no f32 offset.
 //!
 //! Packed values are unpacked in registers for each activation row; with many rows in a
 //! pass (prefill, batched decode) a tile is unpacked once into bytes and the rows go over
@@ -105,6 +107,16 @@ pub(crate) trait Q8Kernel: Copy {
         }
     }
 
+    /// Unsigned weights whose offset is a fixed integer multiple of the scale: block `b`'s
+    /// integer dot product starts from `shift[b]` (see [`super::act::Needs::Shifts`]).
+    fn tile_shifted<const R: usize, U: Unsigned + WideLoad>(
+        self,
+        w: &[[U; R]],
+        sc: &[[f32; R]],
+        x: &[Block],
+        shift: &[[i32; QK / 4]],
+    ) -> [f32; R];
+
     /// Unsigned weights with offsets: `mn[b][i]` is weight row `i`'s offset in block `b`,
     /// `xs[b]` the activation block's sum (scale included).
     fn tile_offset<const R: usize, U: Unsigned + WideLoad>(
@@ -147,8 +159,8 @@ pub(crate) struct QRows<'a> {
     pub d: &'a [u16],
     pub m: &'a [u16],
     /// Offsets that are a fixed multiple of the scale (Q4_0: -8, Q5_0: -16), then `m` is
-    /// empty: computing `m = f·d` in f32 gives what the f16 offset would (exact).
-    pub m_of_d: Option<f32>,
+    /// empty and the activations come with [`super::act::Needs::Shifts`].
+    pub m_of_d: Option<i32>,
     pub kb: usize,
 }
 
@@ -184,10 +196,7 @@ pub(crate) fn matmul_rows<K: Q8Kernel>(
     sw.clear();
     sw.extend(w.d.iter().map(|&h| f16_to_f32(h)));
     mw.clear();
-    match w.m_of_d {
-        Some(f) => mw.extend(sw.iter().map(|&d| f * d)),
-        None => mw.extend(w.m.iter().map(|&h| f16_to_f32(h))),
-    }
+    mw.extend(w.m.iter().map(|&h| f16_to_f32(h)));
     passes(kern, w, &sw, &mw, acts, out);
     SCALES.set((sw, mw));
 }
@@ -211,7 +220,8 @@ fn passes<K: Q8Kernel>(
         let a1 = (a0 + per_pass).min(m);
         let mut r = 0;
         while r < rows {
-            let t = Tile { r, blocks: 0..0, acts, acts_range: a0..a1 };
+            let shifted = w.m_of_d.is_some();
+            let t = Tile { r, blocks: 0..0, acts, acts_range: a0..a1, shifted };
             if rows - r >= TILE {
                 let blocks = r * kb..(r + TILE) * kb;
                 let tile = Tile { blocks, ..t };
@@ -253,12 +263,14 @@ impl Scratch {
     }
 }
 
-/// Where a tile is: its first row, its blocks and the activation rows of this pass.
+/// Where a tile is: its first row, its blocks and the activation rows of this pass; whether
+/// its offsets are shifts ([`QRows::m_of_d`]).
 struct Tile<'a> {
     r: usize,
     blocks: std::ops::Range<usize>,
     acts: &'a QuantActs,
     acts_range: std::ops::Range<usize>,
+    shifted: bool,
 }
 
 /// One tile of `R` weight rows against the pass's activation rows.
@@ -297,17 +309,28 @@ fn run_tile<K: Q8Kernel, const R: usize>(
     };
     for a in t.acts_range.clone() {
         let row = t.acts.row(a);
-        let (x, ax, sx, xs) = (row.qs, row.abs, row.d, row.sums);
+        let (x, ax, sx, xs, shift) = (row.qs, row.abs, row.d, row.sums, row.shifts);
         kern.scales::<R>(sw, sx, sc);
         let blocks = t.blocks.clone();
         let res = match values {
+            None if t.shifted => kern.tile_shifted::<R, Block>(unpacked, sc, x, shift),
             None => kern.tile_offset::<R, Block>(unpacked, sc, mn, x, xs),
             Some(Values::Signed(v)) => kern.tile::<R>(v[blocks].as_chunks::<R>().0, sc, x, ax),
             Some(Values::Nibbles(v)) => {
-                kern.tile_offset::<R, Nibbles>(v[blocks].as_chunks::<R>().0, sc, mn, x, xs)
+                let w = v[blocks].as_chunks::<R>().0;
+                if t.shifted {
+                    kern.tile_shifted::<R, Nibbles>(w, sc, x, shift)
+                } else {
+                    kern.tile_offset::<R, Nibbles>(w, sc, mn, x, xs)
+                }
             }
             Some(Values::Fives(v)) => {
-                kern.tile_offset::<R, Fives>(v[blocks].as_chunks::<R>().0, sc, mn, x, xs)
+                let w = v[blocks].as_chunks::<R>().0;
+                if t.shifted {
+                    kern.tile_shifted::<R, Fives>(w, sc, x, shift)
+                } else {
+                    kern.tile_offset::<R, Fives>(w, sc, mn, x, xs)
+                }
             }
         };
         out[a][t.r..t.r + R].copy_from_slice(&res);
@@ -333,6 +356,26 @@ impl Q8Kernel for Portable {
                 let dot: i32 =
                     wb[i].iter().zip(xb).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
                 acc[i] += dot as f32 * sc[i];
+            }
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn tile_shifted<const R: usize, U: Unsigned + WideLoad>(
+        self,
+        w: &[[U; R]],
+        sc: &[[f32; R]],
+        x: &[Block],
+        shift: &[[i32; QK / 4]],
+    ) -> [f32; R] {
+        let mut acc = [0f32; R];
+        for (((wb, sc), xb), shift) in w.iter().zip(sc).zip(x).zip(shift) {
+            let start: i32 = shift.iter().sum();
+            for i in 0..R {
+                let q = wb[i].bytes();
+                let dot: i32 = q.iter().zip(xb).map(|(&p, &v)| i32::from(p) * i32::from(v)).sum();
+                acc[i] += (start + dot) as f32 * sc[i];
             }
         }
         acc
