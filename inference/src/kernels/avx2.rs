@@ -26,7 +26,7 @@ use pulp::x86::V3;
 use super::act::QK;
 use super::dense::{Acc, DenseKernel};
 use super::q8::{Block, Fives, Nibbles, Q8Kernel, Unsigned};
-use super::superblock::{SuperKernel, SuperRow, SuperValues};
+use super::superblock::{SuperKernel, SuperRow, SuperValues, Wide};
 
 /// The tiles on AVX2 (`D` = [`Madd`]) or with VNNI's dot products.
 #[derive(Clone, Copy)]
@@ -237,7 +237,39 @@ static SCALE_PAIRS: [[i8; 16]; 8] = {
     masks
 };
 
+/// The scales of values `32·c..32·c + 32`'s pair sums, widened from a super-block's 16 int8
+/// scales `sc`: `sc[2c]` ×8 then `sc[2c + 1]` ×8 as i16.
+#[inline(always)]
+pub(crate) fn widen_scales(s: V3, sc: __m128i, c: usize) -> __m256i {
+    let mask: __m128i = pulp::cast(SCALE_PAIRS[c]);
+    s.avx2._mm256_cvtepi8_epi16(s.ssse3._mm_shuffle_epi8(sc, mask))
+}
+
 impl<D: Dot> SuperKernel for Avx2<D> {
+    #[inline(always)]
+    fn widen<const R: usize, V: SuperValues>(
+        self,
+        w: &[[V; R]],
+        sc: &[[[i8; 16]; R]],
+        out: &mut [[Wide; R]],
+    ) {
+        let s = self.0;
+        for ((o, w), sc) in out.iter_mut().zip(w).zip(sc) {
+            for i in 0..R {
+                let (u, _) = o[i].u.as_chunks_mut::<32>();
+                for j in 0..4 {
+                    let (a, b) = w[i].pair(s, j);
+                    u[2 * j] = pulp::cast(a);
+                    u[2 * j + 1] = pulp::cast(b);
+                }
+                let scales: __m128i = pulp::cast(sc[i]);
+                for c in 0..8 {
+                    o[i].s[c] = pulp::cast(w[i].scales(s, scales, c));
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn tile<const R: usize, V: SuperValues>(
         self,
@@ -254,7 +286,6 @@ impl<D: Dot> SuperKernel for Avx2<D> {
         let (xq, dx, bsums) = (&x.qs[..ks], &x.d[..ks], &x.bsums[..ks]);
         // One accumulator per row, and the masks read from memory where they are used: with
         // them in registers (8) and a second accumulator per row the loop spilled.
-        let mask = |c: usize| -> __m128i { pulp::cast(SCALE_PAIRS[c]) };
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         for b in 0..ks {
             let (xs, _) = xq[b].as_chunks::<32>();
@@ -266,11 +297,8 @@ impl<D: Dot> SuperKernel for Avx2<D> {
                     let (w0, w1) = w[b][i].pair(s, j);
                     let p0 = s.avx2._mm256_maddubs_epi16(w0, pulp::cast(xs[2 * j]));
                     let p1 = s.avx2._mm256_maddubs_epi16(w1, pulp::cast(xs[2 * j + 1]));
-                    let s0 =
-                        s.avx2._mm256_cvtepi8_epi16(s.ssse3._mm_shuffle_epi8(scales, mask(2 * j)));
-                    let s1 = s
-                        .avx2
-                        ._mm256_cvtepi8_epi16(s.ssse3._mm_shuffle_epi8(scales, mask(2 * j + 1)));
+                    let s0 = w[b][i].scales(s, scales, 2 * j);
+                    let s1 = w[b][i].scales(s, scales, 2 * j + 1);
                     dot = self.1.words(s, dot, p0, s0);
                     dot = self.1.words(s, dot, p1, s1);
                 }

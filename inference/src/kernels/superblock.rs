@@ -13,7 +13,11 @@
 //! as llama.cpp and candle do for these types.
 //!
 //! Values up to 15 stay packed two per byte (Q4_K's own layout: 32 bytes hold 32 values in
-//! their low nibbles and the next 32 in their high ones), larger ones take a byte each. As
+//! their low nibbles and the next 32 in their high ones), larger ones take a byte each. With
+//! many activation rows in a pass (prefill, large batches) a tile's super-blocks are first
+//! made [`Wide`]: values a byte each and scales widened to the lanes they multiply, so the
+//! rows go over those without unpacking or widening anything; the integers are the same
+//! either way, so are the outputs. As
 //! for the 32-value blocks, rows are interleaved by super-block in tiles of
 //! [`super::q8::TILE`] rows, and every output is computed the same way whatever the batch.
 
@@ -71,6 +75,25 @@ pub(crate) type Nib = [u8; QK_K / 2];
 /// A super-block's values, one per byte.
 pub(crate) type Bytes = [u8; QK_K];
 
+/// A super-block made ready for many activation rows: its values one per byte, and for
+/// each 32 values the 16 i16 scales their pair sums take (`sc[2c]` for the first 8 lanes,
+/// `sc[2c + 1]` for the rest).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Wide {
+    pub u: Bytes,
+    pub s: [[i16; 16]; 8],
+}
+
+impl Default for Wide {
+    fn default() -> Self {
+        Self { u: [0; QK_K], s: [[0; 16]; 8] }
+    }
+}
+
+/// Activation rows in a pass from which a tile is made [`Wide`] first.
+const WIDEN_ROWS: usize = 4;
+
 /// Values of a super-block, for the kernels.
 pub(crate) trait SuperValues: Copy {
     /// Value `l` (0..256).
@@ -83,6 +106,47 @@ pub(crate) trait SuperValues: Copy {
         s: pulp::x86::V3,
         j: usize,
     ) -> (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
+
+    /// The scales of values `32·c..32·c + 32`'s pair sums as 16 i16 (see [`Wide`]), from
+    /// the super-block's 16 int8 scales `sc`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn scales(
+        &self,
+        s: pulp::x86::V3,
+        sc: core::arch::x86_64::__m128i,
+        c: usize,
+    ) -> core::arch::x86_64::__m256i {
+        super::avx2::widen_scales(s, sc, c)
+    }
+}
+
+impl SuperValues for Wide {
+    #[inline(always)]
+    fn get(&self, l: usize) -> u8 {
+        self.u[l]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn pair(
+        &self,
+        s: pulp::x86::V3,
+        j: usize,
+    ) -> (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i) {
+        self.u.pair(s, j)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn scales(
+        &self,
+        _s: pulp::x86::V3,
+        _sc: core::arch::x86_64::__m128i,
+        c: usize,
+    ) -> core::arch::x86_64::__m256i {
+        pulp::cast(self.s[c])
+    }
 }
 
 impl SuperValues for Nib {
@@ -130,6 +194,24 @@ impl SuperValues for Bytes {
 /// `sc[b][i]`, `mn[b][i]`, `d[b][i]`, `dmin[b][i]`: row `i`'s scales, minimums (with a
 /// type's zero folded in), `d` and `dmin` in super-block `b`.
 pub(crate) trait SuperKernel: Copy {
+    /// A tile's super-blocks as [`Wide`] (the same values and scales).
+    #[inline(always)]
+    fn widen<const R: usize, V: SuperValues>(
+        self,
+        w: &[[V; R]],
+        sc: &[[[i8; 16]; R]],
+        out: &mut [[Wide; R]],
+    ) {
+        for ((o, w), sc) in out.iter_mut().zip(w).zip(sc) {
+            for i in 0..R {
+                o[i].u = std::array::from_fn(|l| w[i].get(l));
+                o[i].s = std::array::from_fn(|c| {
+                    std::array::from_fn(|t| i16::from(sc[i][2 * c + t / 8]))
+                });
+            }
+        }
+    }
+
     fn tile<const R: usize, V: SuperValues>(
         self,
         w: &[[V; R]],
@@ -314,11 +396,13 @@ impl SuperMatrix {
         const ACT_BYTES_PER_PASS: usize = 256 * 1024;
         let per_pass = (ACT_BYTES_PER_PASS / acts.k).max(1);
         let m = acts.rows();
+        let (mut wide, mut wide_one) = (Vec::new(), Vec::new());
         for a0 in (0..m).step_by(per_pass) {
             let passes = a0..(a0 + per_pass).min(m);
             let mut r = range.start;
             while r < range.end {
                 if range.end - r >= TILE {
+                    let wide = &mut wide;
                     self.tile::<K, V, TILE>(
                         kern,
                         values,
@@ -326,11 +410,22 @@ impl SuperMatrix {
                         range.start,
                         passes.clone(),
                         acts,
+                        wide,
                         out,
                     );
                     r += TILE;
                 } else {
-                    self.tile::<K, V, 1>(kern, values, r, range.start, passes.clone(), acts, out);
+                    let wide = &mut wide_one;
+                    self.tile::<K, V, 1>(
+                        kern,
+                        values,
+                        r,
+                        range.start,
+                        passes.clone(),
+                        acts,
+                        wide,
+                        out,
+                    );
                     r += 1;
                 }
             }
@@ -338,7 +433,7 @@ impl SuperMatrix {
     }
 
     /// Rows `r..r + R` (`R` = [`TILE`] within the tiles, 1 past them) against activation
-    /// rows `passes`; `first` is the first row `out` holds.
+    /// rows `passes`; `first` is the first row `out` holds; `wide` is scratch for [`Wide`].
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn tile<K: SuperKernel, V: SuperValues, const R: usize>(
@@ -349,6 +444,7 @@ impl SuperMatrix {
         first: usize,
         passes: std::ops::Range<usize>,
         acts: &SuperActs,
+        wide: &mut Vec<[Wide; R]>,
         out: &mut [&mut [f32]],
     ) {
         let blocks = r * self.ks..(r + R) * self.ks;
@@ -357,8 +453,17 @@ impl SuperMatrix {
         let mn = self.mn[blocks.clone()].as_chunks::<R>().0;
         let d = self.d[blocks.clone()].as_chunks::<R>().0;
         let dmin = self.dmin[blocks].as_chunks::<R>().0;
+        let many = passes.len() >= WIDEN_ROWS;
+        if many {
+            wide.resize(w.len(), [Wide::default(); R]);
+            kern.widen::<R, V>(w, sc, wide);
+        }
         for a in passes {
-            let res = kern.tile::<R, V>(w, sc, mn, d, dmin, acts.row(a));
+            let res = if many {
+                kern.tile::<R, Wide>(wide, sc, mn, d, dmin, acts.row(a))
+            } else {
+                kern.tile::<R, V>(w, sc, mn, d, dmin, acts.row(a))
+            };
             out[a][r - first..r - first + R].copy_from_slice(&res);
         }
     }
