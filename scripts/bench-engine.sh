@@ -6,6 +6,8 @@
 # alternate engine and llama.cpp; the summary gives medians and ratios.
 #   ANCHOR_DIR (default ~/.cache/agentfleet/llm-anchor): venv (llama-cpp-python builds from
 #   PyPI, ~5 min on 2 cores), models/, results/.  ROUNDS (default 3).
+#   LLAMACPP_VENV: another venv with llama-cpp-python (and gguf, numpy) to use instead, e.g.
+#   one built without AMX where the native build crashes (BENCHMARKS.md says how).
 . "$(dirname "$0")/env.sh"
 cd "$root"
 anchor_tools="$root/../shared/tools/llm-anchor"
@@ -14,12 +16,13 @@ rounds="${ROUNDS:-3}"
 models="$anchor/models"
 name=qwen2-0.5b-random
 mkdir -p "$models" "$anchor/results"
-if [ ! -x "$anchor/venv/bin/python" ]; then
-    python3 -m venv "$anchor/venv"
-    "$anchor/venv/bin/pip" install --quiet -r "$anchor_tools/requirements.lock.txt" ||
-        "$anchor/venv/bin/pip" install --quiet gguf numpy safetensors tokenizers llama-cpp-python
+venv="${LLAMACPP_VENV:-$anchor/venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet -r "$anchor_tools/requirements.lock.txt" ||
+        "$venv/bin/pip" install --quiet gguf numpy safetensors tokenizers llama-cpp-python
 fi
-py="$anchor/venv/bin/python"
+py="$venv/bin/python"
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
     if [ ! -f "$models/$name-F16.gguf" ]; then
