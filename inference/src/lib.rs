@@ -36,6 +36,7 @@ pub mod installed;
 pub mod kernels;
 pub mod latency;
 pub mod local;
+mod memory;
 pub mod model;
 pub mod prefix;
 pub mod sampling;

@@ -112,6 +112,12 @@ fn resolve(path: &Path) -> Result<PathBuf> {
 /// Loads the model at `path`: a GGUF file, a Hugging Face folder of a decoder (config.json,
 /// tokenizer.json, safetensors) or of a BERT-family embedder, or a Hugging Face cache folder.
 pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<LocalModel> {
+    let model = load_model(path, device, options);
+    crate::memory::return_freed_pages();
+    model
+}
+
+fn load_model(path: &Path, device: &Device, options: &LoadOptions) -> Result<LocalModel> {
     let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if !path.exists() {
         return Err(Error::model(path, "no such file or folder"));
