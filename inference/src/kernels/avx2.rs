@@ -37,6 +37,8 @@ pub(crate) trait Dot: Copy {
     /// `acc` plus, per i32 lane, the sum of 4 adjacent products `u·i` (u8 × i8). Callers keep
     /// every pair of products within i16 (AVX2 saturates there, VNNI does not).
     fn bytes(self, s: V3, acc: __m256i, u: __m256i, i: __m256i) -> __m256i;
+    /// Whether [`Dot::bytes`] is exact for any u8 `u` (no pair limit).
+    const ANY_U8: bool;
     /// `acc` plus, per i32 lane, the sum of 2 adjacent products `a·b` (i16 × i16).
     fn words(self, s: V3, acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
 }
@@ -46,6 +48,8 @@ pub(crate) trait Dot: Copy {
 pub(crate) struct Madd;
 
 impl Dot for Madd {
+    const ANY_U8: bool = false;
+
     #[inline(always)]
     fn bytes(self, s: V3, acc: __m256i, u: __m256i, i: __m256i) -> __m256i {
         let p16 = s.avx2._mm256_maddubs_epi16(u, i);
@@ -109,6 +113,22 @@ impl WideLoad for Fives {
 }
 
 impl<D: Dot> Q8Kernel for Avx2<D> {
+    fn any_u8(self) -> bool {
+        D::ANY_U8
+    }
+
+    /// `w + 128` as unsigned bytes: flipping the top bit.
+    #[inline(always)]
+    fn unsign<const R: usize>(self, w: &[[Block; R]], out: &mut [[Block; R]]) {
+        let s = self.0;
+        let top = s.avx._mm256_set1_epi8(-128);
+        for (o, w) in out.iter_mut().zip(w) {
+            for (o, w) in o.iter_mut().zip(w) {
+                *o = pulp::cast(s.avx2._mm256_xor_si256(pulp::cast(*w), top));
+            }
+        }
+    }
+
     /// The bytes as the tiles load them, stored.
     #[inline(always)]
     fn unpack<const R: usize, U: Unsigned + WideLoad>(self, w: &[[U; R]], out: &mut [[Block; R]]) {

@@ -281,7 +281,7 @@ impl QuantMatrix {
         }
         match &self.weights {
             Weights::Blocks(b) => {
-                let acts = QuantActs::new(x, k, b.needs());
+                let acts = QuantActs::new(x, k, b.needs(m, exact_u8_dot()));
                 split_rows(out, n, m * n * k, TILE, |rows, out| b.run_rows(k, rows, &acts, out));
             }
             Weights::Super(s) => {
@@ -357,9 +357,13 @@ impl Blocks {
         values + (self.d.len() + self.m.len()) * 2
     }
 
-    /// What the kernels need of the activations for these weights.
-    fn needs(&self) -> Needs {
+    /// What a kernel needs of the activations for these weights and `m` activation rows:
+    /// signed values run as unsigned ones (`w + 128`, see [`q8`]) where the kernel's dot
+    /// takes any unsigned byte (`any_u8`: AVX-512 VNNI) and enough rows share each
+    /// unpacked tile.
+    fn needs(&self, m: usize, any_u8: bool) -> Needs {
         match (&self.values, self.m_of_d) {
+            (Stored::Signed(_), _) if any_u8 && m >= q8::UNPACK_ROWS => Needs::Shifts(-128),
             (Stored::Signed(_), _) => Needs::Abs,
             (_, Some(f)) => Needs::Shifts(f),
             _ => Needs::Sums,
@@ -416,7 +420,7 @@ impl Blocks {
     ) {
         let w = self.qrows(k, range);
         #[cfg(target_arch = "x86_64")]
-        if let Some((simd, kern)) = vnni::kernel() {
+        if let Some((simd, kern)) = vnni::kernel512() {
             return simd.vectorize(Rows { kern, w, acts, out });
         }
         #[cfg(target_arch = "x86_64")]
@@ -442,6 +446,15 @@ impl Blocks {
             kb,
         }
     }
+}
+
+/// Whether [`Blocks::run_rows`] dispatches to a kernel whose unsigned dot takes any byte.
+fn exact_u8_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if vnni::kernel().is_some() {
+        return true;
+    }
+    false
 }
 
 /// [`SuperMatrix::run_rows`] with the best kernel this CPU has.
@@ -521,7 +534,7 @@ mod tests {
             let mut out: Vec<&mut [f32]> = slow.chunks_exact_mut(n).collect();
             match &qm.weights {
                 Weights::Blocks(b) => {
-                    let (acts, w) = (&QuantActs::new(&x, k, b.needs()), b.qrows(k, 0..n));
+                    let (acts, w) = (&QuantActs::new(&x, k, b.needs(m, true)), b.qrows(k, 0..n));
                     pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out: &mut out })
                 }
                 Weights::Super(w) => {
@@ -560,8 +573,12 @@ mod tests {
                 let mut ob: Vec<&mut [f32]> = b.chunks_exact_mut(n).collect();
                 match &qm.weights {
                     Weights::Blocks(bl) => {
-                        let (acts, w) = (&QuantActs::new(&x, k, bl.needs()), bl.qrows(k, 0..n));
-                        v4.vectorize(Rows { kern: vnni, w, acts, out: &mut oa });
+                        // VNNI runs signed blocks of several rows as unsigned ones.
+                        let w = bl.qrows(k, 0..n);
+                        let acts = &QuantActs::new(&x, k, bl.needs(m, true));
+                        let kern = vnni::kernel512().map(|k| k.1).expect("VNNI");
+                        v4.vectorize(Rows { kern, w, acts, out: &mut oa });
+                        let acts = &QuantActs::new(&x, k, bl.needs(m, false));
                         v3.vectorize(Rows { kern: avx2, w, acts, out: &mut ob });
                     }
                     Weights::Super(w) => {

@@ -19,6 +19,13 @@
 //! those. Both give the kernel the same bytes, so the same sums: which way a tile went does
 //! not change any output.
 //!
+//! Signed values take a sign trick per block and activation row (`|x| · (w · sign x)`, the
+//! dot's unsigned operand must be the non-negative one). Where the dot takes any unsigned
+//! byte exactly (VNNI's `vpdpbusd`; AVX2's `maddubs` saturates at i16) and many activation
+//! rows share the weights, a tile is instead unpacked once as `w + 128` and each block's dot
+//! product starts from `-128·Σx` per lane: `Σ (w + 128)·x - 128·Σ x = Σ w·x`, the same
+//! integers as the sign trick's, one vector op fewer per block and row.
+//!
 //! The driver walks tiles of `R` weight rows × `MA` activation rows so each weight block
 //! loaded from memory serves several activation rows (batching is nearly free while the
 //! weights stream) and each activation block serves several weight rows. The per-tile
@@ -27,7 +34,7 @@
 //! sequence of operations whatever `R`, the batch or the threads: results do not depend on
 //! what else is in the step.
 
-use super::act::{QK, QuantActs, f16_to_f32};
+use super::act::{ActRow, QK, QuantActs, f16_to_f32};
 
 /// One block's int8 values (signed, or unsigned below 128).
 pub(crate) type Block = [i8; QK];
@@ -41,7 +48,7 @@ pub(crate) type Fives = [u8; QK / 2 + 4];
 
 /// Activation rows in a pass from which a packed tile is unpacked once rather than in
 /// registers for every row.
-const UNPACK_ROWS: usize = 4;
+pub(crate) const UNPACK_ROWS: usize = 4;
 
 /// Weight rows interleaved per block: a tile's rows are read as one sequential stream, which
 /// the hardware prefetcher follows (four rows of 896 bytes each, read side by side, were
@@ -80,6 +87,20 @@ impl Unsigned for Fives {
 /// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
 /// activation row.
 pub(crate) trait Q8Kernel: Copy {
+    /// Whether the unsigned tiles take any u8 weight exactly (VNNI), not only values below
+    /// 32: then signed blocks can run as unsigned ones (see the module's notes).
+    fn any_u8(self) -> bool {
+        false
+    }
+
+    /// Signed values as unsigned bytes `w + 128`.
+    #[inline(always)]
+    fn unsign<const R: usize>(self, w: &[[Block; R]], out: &mut [[Block; R]]) {
+        for (o, w) in out.iter_mut().zip(w) {
+            *o = w.map(|w| w.map(|v| (v as u8 ^ 0x80) as i8));
+        }
+    }
+
     /// `out[b][i] = sw[b][i] · sx[b]`: the scale of each weight row's block times the
     /// activation block's, for one activation row.
     #[inline(always)]
@@ -127,6 +148,44 @@ pub(crate) trait Q8Kernel: Copy {
         x: &[Block],
         xs: &[f32],
     ) -> [f32; R];
+
+    /// A tile unpacked to bytes (shifted or with offsets) against one activation row; by
+    /// default the unsigned tiles over [`Block`]s, with the scale products made in `sc`.
+    #[inline(always)]
+    fn tile_bytes<const R: usize>(
+        self,
+        t: &Bytes<'_, R>,
+        x: &ActRow<'_>,
+        sc: &mut [[f32; R]],
+    ) -> [f32; R] {
+        self.scales::<R>(t.sw, x.d, sc);
+        if t.shifted {
+            self.tile_shifted::<R, Block>(t.w, sc, x.qs, x.shifts)
+        } else {
+            self.tile_offset::<R, Block>(t.w, sc, t.mn, x.qs, x.sums)
+        }
+    }
+
+    /// [`Q8Kernel::tile_bytes`] for two activation rows at once (each row's sums are
+    /// computed as alone: kernels overlap the two rows' dependency chains).
+    #[inline(always)]
+    fn tile_bytes2<const R: usize>(
+        self,
+        t: &Bytes<'_, R>,
+        x: [&ActRow<'_>; 2],
+        sc: &mut [[f32; R]],
+    ) -> [[f32; R]; 2] {
+        [self.tile_bytes::<R>(t, x[0], sc), self.tile_bytes::<R>(t, x[1], sc)]
+    }
+}
+
+/// A tile of `R` weight rows unpacked to a byte per value for a pass of many activation rows:
+/// its values, scales and offsets (empty when shifted).
+pub(crate) struct Bytes<'a, const R: usize> {
+    pub w: &'a [[Block; R]],
+    pub sw: &'a [[f32; R]],
+    pub mn: &'a [[f32; R]],
+    pub shifted: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -216,11 +275,14 @@ fn passes<K: Q8Kernel>(
     let m = acts.rows();
     let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
     let mut scratch = Scratch::new(kb);
+    // Activations made for signed weights run as unsigned come with shifts, not |x|.
+    let unsigned = matches!(w.values, Values::Signed(_)) && acts.abs.is_empty();
+    assert!(!unsigned || kern.any_u8(), "signed weights as unsigned need an exact u8 dot");
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
         let mut r = 0;
         while r < rows {
-            let shifted = w.m_of_d.is_some();
+            let shifted = w.m_of_d.is_some() || unsigned;
             let t = Tile { r, blocks: 0..0, acts, acts_range: a0..a1, shifted };
             if rows - r >= TILE {
                 let blocks = r * kb..(r + TILE) * kb;
@@ -293,6 +355,12 @@ fn run_tile<K: Q8Kernel, const R: usize>(
     // A packed tile with many rows to go by: its bytes once, then the rows over those.
     let many = t.acts_range.len() >= UNPACK_ROWS;
     let values = match values {
+        Values::Signed(v) if t.shifted => {
+            let w = v[t.blocks.clone()].as_chunks::<R>().0;
+            unpacked.resize(w.len(), [[0; QK]; R]);
+            kern.unsign::<R>(w, unpacked);
+            None
+        }
         Values::Nibbles(v) if many => {
             let w = v[t.blocks.clone()].as_chunks::<R>().0;
             unpacked.resize(w.len(), [[0; QK]; R]);
@@ -307,29 +375,44 @@ fn run_tile<K: Q8Kernel, const R: usize>(
         }
         values => Some(values),
     };
-    for a in t.acts_range.clone() {
+    let bytes = Bytes { w: unpacked, sw, mn, shifted: t.shifted };
+    let mut rows = t.acts_range.clone();
+    if values.is_none() {
+        // Two rows at a time while there are two.
+        while rows.len() >= 2 {
+            let a = rows.start;
+            let res = kern.tile_bytes2::<R>(&bytes, [&t.acts.row(a), &t.acts.row(a + 1)], sc);
+            out[a][t.r..t.r + R].copy_from_slice(&res[0]);
+            out[a + 1][t.r..t.r + R].copy_from_slice(&res[1]);
+            rows.start += 2;
+        }
+    }
+    for a in rows {
         let row = t.acts.row(a);
-        let (x, ax, sx, xs, shift) = (row.qs, row.abs, row.d, row.sums, row.shifts);
-        kern.scales::<R>(sw, sx, sc);
-        let blocks = t.blocks.clone();
         let res = match values {
-            None if t.shifted => kern.tile_shifted::<R, Block>(unpacked, sc, x, shift),
-            None => kern.tile_offset::<R, Block>(unpacked, sc, mn, x, xs),
-            Some(Values::Signed(v)) => kern.tile::<R>(v[blocks].as_chunks::<R>().0, sc, x, ax),
-            Some(Values::Nibbles(v)) => {
-                let w = v[blocks].as_chunks::<R>().0;
-                if t.shifted {
-                    kern.tile_shifted::<R, Nibbles>(w, sc, x, shift)
-                } else {
-                    kern.tile_offset::<R, Nibbles>(w, sc, mn, x, xs)
-                }
-            }
-            Some(Values::Fives(v)) => {
-                let w = v[blocks].as_chunks::<R>().0;
-                if t.shifted {
-                    kern.tile_shifted::<R, Fives>(w, sc, x, shift)
-                } else {
-                    kern.tile_offset::<R, Fives>(w, sc, mn, x, xs)
+            None => kern.tile_bytes::<R>(&bytes, &row, sc),
+            Some(values) => {
+                let (x, ax, xs, shift) = (row.qs, row.abs, row.sums, row.shifts);
+                kern.scales::<R>(sw, row.d, sc);
+                let blocks = t.blocks.clone();
+                match values {
+                    Values::Signed(v) => kern.tile::<R>(v[blocks].as_chunks::<R>().0, sc, x, ax),
+                    Values::Nibbles(v) => {
+                        let w = v[blocks].as_chunks::<R>().0;
+                        if t.shifted {
+                            kern.tile_shifted::<R, Nibbles>(w, sc, x, shift)
+                        } else {
+                            kern.tile_offset::<R, Nibbles>(w, sc, mn, x, xs)
+                        }
+                    }
+                    Values::Fives(v) => {
+                        let w = v[blocks].as_chunks::<R>().0;
+                        if t.shifted {
+                            kern.tile_shifted::<R, Fives>(w, sc, x, shift)
+                        } else {
+                            kern.tile_offset::<R, Fives>(w, sc, mn, x, xs)
+                        }
+                    }
                 }
             }
         };
@@ -342,6 +425,10 @@ fn run_tile<K: Q8Kernel, const R: usize>(
 pub(crate) struct Portable;
 
 impl Q8Kernel for Portable {
+    fn any_u8(self) -> bool {
+        true
+    }
+
     #[inline(always)]
     fn tile<const R: usize>(
         self,
