@@ -216,10 +216,14 @@ impl Avx512 {
         } else {
             self.sums::<A, false>(&tile, [&[][..]; A])
         };
-        let mut out = acc.map(|acc| {
+        // A loop, not `array::map` (see `avx2::lane_sums`).
+        let mut out = [[0f32; R]; A];
+        for (out, acc) in out.iter_mut().zip(acc) {
             let lanes: [[f32; 8]; TILE] = pulp::cast(acc);
-            std::array::from_fn(|i| lanes[i].iter().sum::<f32>())
-        });
+            for (o, lanes) in out.iter_mut().zip(lanes) {
+                *o = lanes.iter().sum();
+            }
+        }
         if !t.shifted {
             // Offsets as the AVX2 tile sums them: one f32 per row, block by block, added
             // after the lanes.
