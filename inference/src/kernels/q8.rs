@@ -278,12 +278,16 @@ fn passes<K: Q8Kernel>(
     // Activations made for signed weights run as unsigned come with shifts, not |x|.
     let unsigned = matches!(w.values, Values::Signed(_)) && acts.abs.is_empty();
     assert!(!unsigned || kern.any_u8(), "signed weights as unsigned need an exact u8 dot");
+    let mut act_rows = Vec::with_capacity(per_pass.min(m));
     for a0 in (0..m).step_by(per_pass) {
         let a1 = (a0 + per_pass).min(m);
+        // The pass's rows sliced once, not once per tile.
+        act_rows.clear();
+        act_rows.extend((a0..a1).map(|a| acts.row(a)));
         let mut r = 0;
         while r < rows {
             let shifted = w.m_of_d.is_some() || unsigned;
-            let t = Tile { r, blocks: 0..0, acts, acts_range: a0..a1, shifted };
+            let t = Tile { r, blocks: 0..0, acts: &act_rows, first: a0, shifted };
             if rows - r >= TILE {
                 let blocks = r * kb..(r + TILE) * kb;
                 let tile = Tile { blocks, ..t };
@@ -325,13 +329,13 @@ impl Scratch {
     }
 }
 
-/// Where a tile is: its first row, its blocks and the activation rows of this pass; whether
-/// its offsets are shifts ([`QRows::m_of_d`]).
+/// Where a tile is: its first row, its blocks and the activation rows of this pass (`first`
+/// the first one's index); whether its offsets are shifts ([`QRows::m_of_d`]).
 struct Tile<'a> {
     r: usize,
     blocks: std::ops::Range<usize>,
-    acts: &'a QuantActs,
-    acts_range: std::ops::Range<usize>,
+    acts: &'a [ActRow<'a>],
+    first: usize,
     shifted: bool,
 }
 
@@ -353,7 +357,7 @@ fn run_tile<K: Q8Kernel, const R: usize>(
         mn.copy_from_slice(m);
     }
     // A packed tile with many rows to go by: its bytes once, then the rows over those.
-    let many = t.acts_range.len() >= UNPACK_ROWS;
+    let many = t.acts.len() >= UNPACK_ROWS;
     let values = match values {
         Values::Signed(v) if t.shifted => {
             let w = v[t.blocks.clone()].as_chunks::<R>().0;
@@ -376,21 +380,21 @@ fn run_tile<K: Q8Kernel, const R: usize>(
         values => Some(values),
     };
     let bytes = Bytes { w: unpacked, sw, mn, shifted: t.shifted };
-    let mut rows = t.acts_range.clone();
+    let mut rows = 0..t.acts.len();
     if values.is_none() {
         // Two rows at a time while there are two.
         while rows.len() >= 2 {
             let a = rows.start;
-            let res = kern.tile_bytes2::<R>(&bytes, [&t.acts.row(a), &t.acts.row(a + 1)], sc);
-            out[a][t.r..t.r + R].copy_from_slice(&res[0]);
-            out[a + 1][t.r..t.r + R].copy_from_slice(&res[1]);
+            let res = kern.tile_bytes2::<R>(&bytes, [&t.acts[a], &t.acts[a + 1]], sc);
+            out[t.first + a][t.r..t.r + R].copy_from_slice(&res[0]);
+            out[t.first + a + 1][t.r..t.r + R].copy_from_slice(&res[1]);
             rows.start += 2;
         }
     }
     for a in rows {
-        let row = t.acts.row(a);
+        let row = &t.acts[a];
         let res = match values {
-            None => kern.tile_bytes::<R>(&bytes, &row, sc),
+            None => kern.tile_bytes::<R>(&bytes, row, sc),
             Some(values) => {
                 let (x, ax, xs, shift) = (row.qs, row.abs, row.sums, row.shifts);
                 kern.scales::<R>(sw, row.d, sc);
@@ -416,7 +420,7 @@ fn run_tile<K: Q8Kernel, const R: usize>(
                 }
             }
         };
-        out[a][t.r..t.r + R].copy_from_slice(&res);
+        out[t.first + a][t.r..t.r + R].copy_from_slice(&res);
     }
 }
 
