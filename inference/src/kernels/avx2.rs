@@ -26,7 +26,7 @@ use pulp::x86::V3;
 use super::act::QK;
 use super::dense::{Acc, DenseKernel};
 use super::q8::{Block, Fives, Nibbles, Q8Kernel, Unsigned};
-use super::superblock::{SuperKernel, SuperRow, SuperValues, Wide};
+use super::superblock::{SuperKernel, SuperRow, SuperTile, SuperValues, Wide};
 
 /// The tiles on AVX2 (`D` = [`Madd`]) or with VNNI's dot products.
 #[derive(Clone, Copy)]
@@ -286,29 +286,28 @@ impl<D: Dot> SuperKernel for Avx2<D> {
         self,
         w: &[[V; R]],
         sc: &[[[i8; 16]; R]],
-        out: &mut [[Wide; R]],
+        out: &mut [Wide<R>],
     ) {
         let s = self.0;
         for ((o, w), sc) in out.iter_mut().zip(w).zip(sc) {
             for i in 0..R {
-                let (u, _) = o[i].u.as_chunks_mut::<32>();
                 for j in 0..4 {
                     let (a, b) = w[i].pair(s, j);
-                    u[2 * j] = pulp::cast(a);
-                    u[2 * j + 1] = pulp::cast(b);
+                    o.u[2 * j][i] = pulp::cast(a);
+                    o.u[2 * j + 1][i] = pulp::cast(b);
                 }
                 let scales: __m128i = pulp::cast(sc[i]);
                 for c in 0..8 {
-                    o[i].s[c] = pulp::cast(w[i].scales(s, scales, c));
+                    o.s[c][i] = pulp::cast(widen_scales(s, scales, c));
                 }
             }
         }
     }
 
     #[inline(always)]
-    fn tile<const R: usize, V: SuperValues>(
+    fn tile<const R: usize, T: SuperTile<R>>(
         self,
-        w: &[[V; R]],
+        w: &[T],
         sc: &[[[i8; 16]; R]],
         mn: &[[[i16; 16]; R]],
         d: &[[f32; R]],
@@ -329,11 +328,11 @@ impl<D: Dot> SuperKernel for Avx2<D> {
                 let scales: __m128i = pulp::cast(sc[b][i]);
                 let mut dot = s.avx._mm256_setzero_si256();
                 for j in 0..4 {
-                    let (w0, w1) = w[b][i].pair(s, j);
+                    let (w0, w1) = w[b].pair(s, i, j);
                     let p0 = s.avx2._mm256_maddubs_epi16(w0, pulp::cast(xs[2 * j]));
                     let p1 = s.avx2._mm256_maddubs_epi16(w1, pulp::cast(xs[2 * j + 1]));
-                    let s0 = w[b][i].scales(s, scales, 2 * j);
-                    let s1 = w[b][i].scales(s, scales, 2 * j + 1);
+                    let s0 = w[b].scales(s, i, scales, 2 * j);
+                    let s1 = w[b].scales(s, i, scales, 2 * j + 1);
                     dot = self.1.words(s, dot, p0, s0);
                     dot = self.1.words(s, dot, p1, s1);
                 }

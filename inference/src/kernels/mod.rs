@@ -465,7 +465,7 @@ fn run_super(
     out: &mut [&mut [f32]],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some((simd, kern)) = vnni::kernel() {
+    if let Some((simd, kern)) = vnni::kernel512() {
         return simd.vectorize(SuperRows { kern, w, range, acts, out });
     }
     #[cfg(target_arch = "x86_64")]
@@ -556,7 +556,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_kernels_equal_avx2_bit_for_bit() -> candle_core::Result<()> {
-        let (Some((v4, vnni)), Some(v3)) = (vnni::kernel(), pulp::x86::V3::try_new()) else {
+        let (Some((v4, vnni)), Some(v3)) = (vnni::kernel512(), pulp::x86::V3::try_new()) else {
             eprintln!("this CPU has no AVX-512 VNNI (or no AVX2): nothing to compare");
             return Ok(());
         };
@@ -576,8 +576,7 @@ mod tests {
                         // VNNI runs signed blocks of several rows as unsigned ones.
                         let w = bl.qrows(k, 0..n);
                         let acts = &QuantActs::new(&x, k, bl.needs(m, true));
-                        let kern = vnni::kernel512().map(|k| k.1).expect("VNNI");
-                        v4.vectorize(Rows { kern, w, acts, out: &mut oa });
+                        v4.vectorize(Rows { kern: vnni, w, acts, out: &mut oa });
                         let acts = &QuantActs::new(&x, k, bl.needs(m, false));
                         v3.vectorize(Rows { kern: avx2, w, acts, out: &mut ob });
                     }

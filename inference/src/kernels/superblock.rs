@@ -75,30 +75,30 @@ pub(crate) type Nib = [u8; QK_K / 2];
 /// A super-block's values, one per byte.
 pub(crate) type Bytes = [u8; QK_K];
 
-/// A super-block made ready for many activation rows: its values one per byte, and for
-/// each 32 values the 16 i16 scales their pair sums take (`sc[2c]` for the first 8 lanes,
-/// `sc[2c + 1]` for the rest).
+/// A tile's super-block made ready for many activation rows: for each 32 values `c`, every
+/// row's values a byte each (`u[c][i]`) and the 16 i16 scales its pair sums take (`s[c][i]`:
+/// `sc[2c]` for the first 8 lanes, `sc[2c + 1]` for the rest). A chunk's rows sit side by
+/// side, so two rows' chunk is one 512-bit load.
 #[derive(Clone, Copy)]
-#[repr(C, align(32))]
-pub(crate) struct Wide {
-    pub u: Bytes,
-    pub s: [[i16; 16]; 8],
+#[repr(C, align(64))]
+pub(crate) struct Wide<const R: usize> {
+    pub u: [[[u8; 32]; R]; 8],
+    pub s: [[[i16; 16]; R]; 8],
 }
 
-impl Default for Wide {
+impl<const R: usize> Default for Wide<R> {
     fn default() -> Self {
-        Self { u: [0; QK_K], s: [[0; 16]; 8] }
+        Self { u: [[[0; 32]; R]; 8], s: [[[0; 16]; R]; 8] }
     }
 }
 
 /// Activation rows in a pass from which a tile is made [`Wide`] first.
 const WIDEN_ROWS: usize = 4;
 
-/// Values of a super-block, for the kernels.
+/// Values of a super-block, as stored.
 pub(crate) trait SuperValues: Copy {
     /// Value `l` (0..256).
     fn get(&self, l: usize) -> u8;
-
     /// Values `64·j..64·j + 32` and `64·j + 32..64·j + 64`, one per byte.
     #[cfg(target_arch = "x86_64")]
     fn pair(
@@ -106,25 +106,36 @@ pub(crate) trait SuperValues: Copy {
         s: pulp::x86::V3,
         j: usize,
     ) -> (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
+}
 
-    /// The scales of values `32·c..32·c + 32`'s pair sums as 16 i16 (see [`Wide`]), from
-    /// the super-block's 16 int8 scales `sc`.
+/// One super-block of a tile's `R` rows, for the kernels: as stored (`[V; R]`) or [`Wide`].
+pub(crate) trait SuperTile<const R: usize>: Copy {
+    /// Row `i`'s value `l` (0..256).
+    fn get(&self, i: usize, l: usize) -> u8;
+    /// Row `i`'s values `64·j..64·j + 32` and `64·j + 32..64·j + 64`, one per byte.
     #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
+    fn pair(
+        &self,
+        s: pulp::x86::V3,
+        i: usize,
+        j: usize,
+    ) -> (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
+    /// Row `i`'s scales of values `32·c..32·c + 32`'s pair sums as 16 i16 (see [`Wide`]),
+    /// from the row's 16 int8 scales `sc`.
+    #[cfg(target_arch = "x86_64")]
     fn scales(
         &self,
         s: pulp::x86::V3,
+        i: usize,
         sc: core::arch::x86_64::__m128i,
         c: usize,
-    ) -> core::arch::x86_64::__m256i {
-        super::avx2::widen_scales(s, sc, c)
-    }
+    ) -> core::arch::x86_64::__m256i;
 }
 
-impl SuperValues for Wide {
+impl<const R: usize, V: SuperValues> SuperTile<R> for [V; R] {
     #[inline(always)]
-    fn get(&self, l: usize) -> u8 {
-        self.u[l]
+    fn get(&self, i: usize, l: usize) -> u8 {
+        self[i].get(l)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -132,9 +143,40 @@ impl SuperValues for Wide {
     fn pair(
         &self,
         s: pulp::x86::V3,
+        i: usize,
         j: usize,
     ) -> (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i) {
-        self.u.pair(s, j)
+        self[i].pair(s, j)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn scales(
+        &self,
+        s: pulp::x86::V3,
+        _i: usize,
+        sc: core::arch::x86_64::__m128i,
+        c: usize,
+    ) -> core::arch::x86_64::__m256i {
+        super::avx2::widen_scales(s, sc, c)
+    }
+}
+
+impl<const R: usize> SuperTile<R> for Wide<R> {
+    #[inline(always)]
+    fn get(&self, i: usize, l: usize) -> u8 {
+        self.u[l / 32][i][l % 32]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn pair(
+        &self,
+        _s: pulp::x86::V3,
+        i: usize,
+        j: usize,
+    ) -> (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i) {
+        (pulp::cast(self.u[2 * j][i]), pulp::cast(self.u[2 * j + 1][i]))
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -142,10 +184,11 @@ impl SuperValues for Wide {
     fn scales(
         &self,
         _s: pulp::x86::V3,
+        i: usize,
         _sc: core::arch::x86_64::__m128i,
         c: usize,
     ) -> core::arch::x86_64::__m256i {
-        pulp::cast(self.s[c])
+        pulp::cast(self.s[c][i])
     }
 }
 
@@ -200,27 +243,48 @@ pub(crate) trait SuperKernel: Copy {
         self,
         w: &[[V; R]],
         sc: &[[[i8; 16]; R]],
-        out: &mut [[Wide; R]],
+        out: &mut [Wide<R>],
     ) {
         for ((o, w), sc) in out.iter_mut().zip(w).zip(sc) {
             for i in 0..R {
-                o[i].u = std::array::from_fn(|l| w[i].get(l));
-                o[i].s = std::array::from_fn(|c| {
-                    std::array::from_fn(|t| i16::from(sc[i][2 * c + t / 8]))
-                });
+                for l in 0..QK_K {
+                    o.u[l / 32][i][l % 32] = w[i].get(l);
+                }
+                for c in 0..8 {
+                    o.s[c][i] = std::array::from_fn(|t| i16::from(sc[i][2 * c + t / 8]));
+                }
             }
         }
     }
 
-    fn tile<const R: usize, V: SuperValues>(
+    fn tile<const R: usize, T: SuperTile<R>>(
         self,
-        w: &[[V; R]],
+        w: &[T],
         sc: &[[[i8; 16]; R]],
         mn: &[[[i16; 16]; R]],
         d: &[[f32; R]],
         dmin: &[[f32; R]],
         x: SuperRow<'_>,
     ) -> [f32; R];
+
+    /// [`SuperKernel::tile`] over a tile made [`Wide`], for `A` activation rows at once
+    /// (each row's sums computed as alone).
+    #[inline(always)]
+    fn tile_wide<const R: usize, const A: usize>(
+        self,
+        w: &[Wide<R>],
+        sc: &[[[i8; 16]; R]],
+        mn: &[[[i16; 16]; R]],
+        d: &[[f32; R]],
+        dmin: &[[f32; R]],
+        x: [SuperRow<'_>; A],
+    ) -> [[f32; R]; A] {
+        let mut out = [[0f32; R]; A];
+        for (o, x) in out.iter_mut().zip(x) {
+            *o = self.tile::<R, Wide<R>>(w, sc, mn, d, dmin, x);
+        }
+        out
+    }
 }
 
 /// Plain loops, vectorized by LLVM under `pulp`'s dispatch.
@@ -229,9 +293,9 @@ pub(crate) struct Portable;
 
 impl SuperKernel for Portable {
     #[inline(always)]
-    fn tile<const R: usize, V: SuperValues>(
+    fn tile<const R: usize, T: SuperTile<R>>(
         self,
-        w: &[[V; R]],
+        w: &[T],
         sc: &[[[i8; 16]; R]],
         mn: &[[[i16; 16]; R]],
         d: &[[f32; R]],
@@ -245,7 +309,7 @@ impl SuperKernel for Portable {
                 let mut dot = 0i32;
                 for (g, &s) in sc[b][i].iter().enumerate() {
                     let part: i32 = (16 * g..16 * g + 16)
-                        .map(|l| i32::from(w[b][i].get(l)) * i32::from(xq[l]))
+                        .map(|l| i32::from(w[b].get(i, l)) * i32::from(xq[l]))
                         .sum();
                     dot += part * i32::from(s);
                 }
@@ -444,7 +508,7 @@ impl SuperMatrix {
         first: usize,
         passes: std::ops::Range<usize>,
         acts: &SuperActs,
-        wide: &mut Vec<[Wide; R]>,
+        wide: &mut Vec<Wide<R>>,
         out: &mut [&mut [f32]],
     ) {
         let blocks = r * self.ks..(r + R) * self.ks;
@@ -455,16 +519,29 @@ impl SuperMatrix {
         let dmin = self.dmin[blocks].as_chunks::<R>().0;
         let many = passes.len() >= WIDEN_ROWS;
         if many {
-            wide.resize(w.len(), [Wide::default(); R]);
+            wide.resize(w.len(), Wide::default());
             kern.widen::<R, V>(w, sc, wide);
+        }
+        let (mut passes, at) = (passes, r - first..r - first + R);
+        if many {
+            // Two rows at a time while there are two.
+            while passes.len() >= 2 {
+                let a = passes.start;
+                let x = [acts.row(a), acts.row(a + 1)];
+                let [r0, r1] = kern.tile_wide::<R, 2>(wide, sc, mn, d, dmin, x);
+                out[a][at.clone()].copy_from_slice(&r0);
+                out[a + 1][at.clone()].copy_from_slice(&r1);
+                passes.start += 2;
+            }
         }
         for a in passes {
             let res = if many {
-                kern.tile::<R, Wide>(wide, sc, mn, d, dmin, acts.row(a))
+                let [res] = kern.tile_wide::<R, 1>(wide, sc, mn, d, dmin, [acts.row(a)]);
+                res
             } else {
-                kern.tile::<R, V>(w, sc, mn, d, dmin, acts.row(a))
+                kern.tile::<R, [V; R]>(w, sc, mn, d, dmin, acts.row(a))
             };
-            out[a][r - first..r - first + R].copy_from_slice(&res);
+            out[a][at.clone()].copy_from_slice(&res);
         }
     }
 }

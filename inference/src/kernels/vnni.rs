@@ -15,12 +15,14 @@
 
 use core::arch::x86_64::{
     __m256i, __m512, __m512i, _mm256_dpbusd_epi32, _mm256_dpwssd_epi32, _mm512_dpbusd_epi32,
+    _mm512_dpwssd_epi32,
 };
 use pulp::x86::V3;
 
 use super::act::{ActRow, QK};
 use super::avx2::{Avx2, Dot, WideLoad};
 use super::q8::{Block, Bytes, Q8Kernel, TILE, Unsigned};
+use super::superblock::{SuperKernel, SuperRow, SuperTile, SuperValues, Wide};
 
 pulp::simd_type! {
     /// AVX2 + FMA (pulp's `V3`) and the AVX-512 subsets VNNI's 256-bit forms need.
@@ -73,6 +75,16 @@ impl Vnni {
         #[allow(unsafe_code)]
         unsafe {
             _mm512_dpbusd_epi32(acc, u, i)
+        }
+    }
+
+    /// [`Dot::words`] on 512 bits.
+    #[inline(always)]
+    fn words512(self, acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: as in `bytes`.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm512_dpwssd_epi32(acc, a, b)
         }
     }
 }
@@ -144,7 +156,7 @@ impl Q8Kernel for Avx512 {
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R] {
-        self.ymm.tile::<R>(w, sc, x, ax)
+        Q8Kernel::tile::<R>(self.ymm, w, sc, x, ax)
     }
 
     #[inline(always)]
@@ -196,6 +208,114 @@ impl Q8Kernel for Avx512 {
         }
         self.rows::<R, 2>(t, x)
     }
+}
+
+impl SuperKernel for Avx512 {
+    #[inline(always)]
+    fn widen<const R: usize, V: SuperValues>(
+        self,
+        w: &[[V; R]],
+        sc: &[[[i8; 16]; R]],
+        out: &mut [Wide<R>],
+    ) {
+        self.ymm.widen::<R, V>(w, sc, out)
+    }
+
+    #[inline(always)]
+    fn tile<const R: usize, T: SuperTile<R>>(
+        self,
+        w: &[T],
+        sc: &[[[i8; 16]; R]],
+        mn: &[[[i16; 16]; R]],
+        d: &[[f32; R]],
+        dmin: &[[f32; R]],
+        x: SuperRow<'_>,
+    ) -> [f32; R] {
+        SuperKernel::tile::<R, T>(self.ymm, w, sc, mn, d, dmin, x)
+    }
+
+    /// Rows `2j` and `2j + 1` of each 32 values in one register (adjacent in [`Wide`]): a
+    /// byte multiply-add and a word dot per 32 values of two rows, for `A` activation rows
+    /// that share each load of the weights. Each row keeps its own 8 lanes, with the AVX2
+    /// tile's integers and its f32 operations in its order.
+    #[inline(always)]
+    fn tile_wide<const R: usize, const A: usize>(
+        self,
+        w: &[Wide<R>],
+        sc: &[[[i8; 16]; R]],
+        mn: &[[[i16; 16]; R]],
+        d: &[[f32; R]],
+        dmin: &[[f32; R]],
+        x: [SuperRow<'_>; A],
+    ) -> [[f32; R]; A] {
+        if R != TILE {
+            return self.ymm.tile_wide::<R, A>(w, sc, mn, d, dmin, x);
+        }
+        let ks = w.len();
+        let mn = &mn.as_flattened().as_chunks::<TILE>().0[..ks];
+        let d = &d.as_flattened().as_chunks::<TILE>().0[..ks];
+        let dmin = &dmin.as_flattened().as_chunks::<TILE>().0[..ks];
+        let (f, bw) = (self.s.avx512f, self.s.avx512bw);
+        let xq = x.map(|x| &x.qs[..ks]);
+        let (dx, bsums) = (x.map(|x| &x.d[..ks]), x.map(|x| &x.bsums[..ks]));
+        let pick = pick_pairs();
+        let mut acc = [[f._mm512_setzero_ps(); TILE / 2]; A];
+        for b in 0..ks {
+            let wb = &w[b];
+            let (dv, mv) = (pulp::cast(d[b]), pulp::cast(dmin[b]));
+            let (dv, mv) = (f._mm512_castps128_ps512(dv), f._mm512_castps128_ps512(mv));
+            for j in 0..TILE / 2 {
+                // Even and odd chunks summed apart, then together: integers, so in any order.
+                let zero = f._mm512_setzero_si512();
+                let (mut even, mut odd) = ([zero; A], [zero; A]);
+                for c in 0..8 {
+                    let u: __m512i = pulp::cast([wb.u[c][2 * j], wb.u[c][2 * j + 1]]);
+                    let sv: __m512i = pulp::cast([wb.s[c][2 * j], wb.s[c][2 * j + 1]]);
+                    for a in 0..A {
+                        let (xs, _) = xq[a][b].as_chunks::<32>();
+                        let xv = f._mm512_broadcast_i64x4(pulp::cast(xs[c]));
+                        let p = bw._mm512_maddubs_epi16(u, xv);
+                        if c % 2 == 0 {
+                            even[a] = self.ymm.1.words512(even[a], p, sv);
+                        } else {
+                            odd[a] = self.ymm.1.words512(odd[a], p, sv);
+                        }
+                    }
+                }
+                let mn2: __m512i = pulp::cast([mn[b][2 * j], mn[b][2 * j + 1]]);
+                let (dj, mj) =
+                    (f._mm512_permutexvar_ps(pick[j], dv), f._mm512_permutexvar_ps(pick[j], mv));
+                for a in 0..A {
+                    let dot = f._mm512_add_epi32(even[a], odd[a]);
+                    let bs = f._mm512_broadcast_i64x4(pulp::cast(bsums[a][b]));
+                    let mins = bw._mm512_madd_epi16(mn2, bs);
+                    let dxv = f._mm512_set1_ps(dx[a][b]);
+                    let (fd, fm) = (f._mm512_mul_ps(dj, dxv), f._mm512_mul_ps(mj, dxv));
+                    let (dot, mins) = (f._mm512_cvtepi32_ps(dot), f._mm512_cvtepi32_ps(mins));
+                    acc[a][j] = f._mm512_fmadd_ps(dot, fd, acc[a][j]);
+                    acc[a][j] = f._mm512_fnmadd_ps(mins, fm, acc[a][j]);
+                }
+            }
+        }
+        // A loop, not `array::map` (see `avx2::lane_sums`).
+        let mut out = [[0f32; R]; A];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            let lanes: [[f32; 8]; TILE] = pulp::cast(acc);
+            for (o, lanes) in out.iter_mut().zip(lanes) {
+                *o = lanes.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+/// `vpermps` indices that put element `2j` of a tile's four in lanes 0–7 and `2j + 1` in
+/// lanes 8–15.
+#[inline(always)]
+fn pick_pairs() -> [__m512i; TILE / 2] {
+    std::array::from_fn(|j| {
+        pulp::cast::<[i32; 16], _>(std::array::from_fn(|l| (2 * j + l / 8) as i32))
+    })
 }
 
 impl Avx512 {
@@ -256,9 +376,7 @@ impl Avx512 {
         let mut acc = [[f._mm512_setzero_ps(); TILE / 2]; A];
         let zero = f._mm512_setzero_si512();
         // Lanes 0-7 take scale 2j, lanes 8-15 scale 2j + 1.
-        let pick: [__m512i; TILE / 2] = std::array::from_fn(|j| {
-            pulp::cast::<[i32; 16], _>(std::array::from_fn(|l| (2 * j + l / 8) as i32))
-        });
+        let pick = pick_pairs();
         for b in 0..t.w.len() {
             let wv: [__m512i; TILE / 2] =
                 std::array::from_fn(|j| pulp::cast([t.w[b][2 * j], t.w[b][2 * j + 1]]));
