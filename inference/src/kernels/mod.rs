@@ -15,6 +15,8 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod blocks;
 mod dense;
 mod q8;
@@ -420,7 +422,7 @@ impl Blocks {
     ) {
         let w = self.qrows(k, range);
         #[cfg(target_arch = "x86_64")]
-        if let Some((simd, kern)) = vnni::kernel512() {
+        if let Some((simd, kern)) = avx512::kernel() {
             return simd.vectorize(Rows { kern, w, acts, out });
         }
         #[cfg(target_arch = "x86_64")]
@@ -465,7 +467,7 @@ fn run_super(
     out: &mut [&mut [f32]],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some((simd, kern)) = vnni::kernel512() {
+    if let Some((simd, kern)) = avx512::kernel() {
         return simd.vectorize(SuperRows { kern, w, range, acts, out });
     }
     #[cfg(target_arch = "x86_64")]
@@ -556,7 +558,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_kernels_equal_avx2_bit_for_bit() -> candle_core::Result<()> {
-        let (Some((v4, vnni)), Some(v3)) = (vnni::kernel512(), pulp::x86::V3::try_new()) else {
+        let (Some((v4, vnni)), Some(v3)) = (avx512::kernel(), pulp::x86::V3::try_new()) else {
             eprintln!("this CPU has no AVX-512 VNNI (or no AVX2): nothing to compare");
             return Ok(());
         };
