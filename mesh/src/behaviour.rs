@@ -24,6 +24,12 @@ const IDENTIFY_PROTOCOL: &str = "/agentfleet/mesh/1";
 /// [`crate::calls`], and only answers this protocol); one over it is dropped by libp2p.
 const MAX_CALL_STREAMS: usize = 1024;
 
+/// How long a new connection may take from the TCP connect to a muxed, authenticated
+/// connection (either side) before it is dropped and the dialer tries again: a handshake of
+/// a round trip or two between cluster nodes, so a stalled one is retried well before an
+/// asker's request timeout instead of after libp2p's default of 10 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// gossipsub frames carry the signature, key, topic and sequence number on top of our
 /// payload, so its limit is the frame limit plus this much.
 const GOSSIP_OVERHEAD: usize = 64 * 1024;
@@ -111,6 +117,7 @@ pub(crate) fn build_swarm(
         .map_err(|e| start_error(&e))?
         // u64::MAX seconds is clamped by the swarm: in effect, never.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(u64::MAX)))
+        .with_connection_timeout(CONNECT_TIMEOUT)
         .build();
     Ok(swarm)
 }

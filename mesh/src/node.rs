@@ -5,7 +5,8 @@
 //! arrive on the request-response protocol. Nothing here waits on the worker: such a call is
 //! handed over through a bounded channel with a oneshot for the answer, and the libp2p
 //! response channel waits in a map until that oneshot completes (polled alongside the
-//! swarm). A 100 ms tick drives redials, held publishes and gap timeouts.
+//! swarm). A 100 ms tick drives redials, the closing of connections whose peer never
+//! identified itself, held publishes and gap timeouts.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -51,6 +52,11 @@ const REDIAL_MAX: Duration = Duration::from_secs(3);
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
 /// After a peer connects, how long its subscriptions may take to arrive.
 const SUBSCRIPTION_GRACE: Duration = Duration::from_secs(1);
+/// How long a new connection may go without the peer identifying itself before it is
+/// closed and redialed. Identify is one round trip; a connection that has not completed it
+/// by then is stuck (an identify stream that failed is not retried for minutes), and the
+/// peer would stay connected but never ready.
+const IDENTIFY_GRACE: Duration = Duration::from_secs(3);
 /// (topic, publisher) pairs whose messages a node numbers at most (see
 /// [`MeshError::TooManyPublishers`]); with every node so bounded, so are the ordering streams
 /// a subscriber keeps.
@@ -87,6 +93,8 @@ struct PeerState {
     connections: Vec<(ConnectionId, bool)>,
     /// Set once the peer identified itself on a connection: it allows us too.
     ready_since: Option<Instant>,
+    /// Since when the peer has had a connection without identifying itself on it.
+    unidentified_since: Option<Instant>,
     /// Until then, a publish that finds no subscriber waits (the peer may still subscribe).
     settling_until: Instant,
     redial_at: Option<Instant>,
@@ -99,6 +107,7 @@ impl PeerState {
             addrs,
             connections: Vec::new(),
             ready_since: None,
+            unidentified_since: None,
             settling_until: now + CONNECT_GRACE,
             redial_at: None,
             backoff: REDIAL_FIRST,
@@ -401,11 +410,20 @@ impl Node {
         }
     }
 
-    fn on_connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
+    fn on_connected(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+        now: Instant,
+    ) {
         let local_is_smaller = self.local < peer;
         // Not allowed: the allow list closes it.
         let Some(state) = self.peers.get_mut(&peer) else { return };
         state.redial_at = None;
+        if state.ready_since.is_none() && state.unidentified_since.is_none() {
+            state.unidentified_since = Some(now);
+        }
         state.connections.push((connection, endpoint.is_dialer() == local_is_smaller));
         if state.connections.len() > 1 {
             // Both sides dialed after all (e.g. a redial crossing an incoming connection).
@@ -432,6 +450,7 @@ impl Node {
         if !state.connections.is_empty() {
             return;
         }
+        state.unidentified_since = None;
         if state.ready_since.take().is_some() {
             tracing::info!(%peer, "peer disconnected");
         }
@@ -444,9 +463,46 @@ impl Node {
         let Some(state) = self.peers.get_mut(&peer) else { return };
         if state.ready_since.is_none() && !state.connections.is_empty() {
             state.ready_since = Some(now);
+            state.unidentified_since = None;
             state.settling_until = now + SUBSCRIPTION_GRACE;
             state.backoff = REDIAL_FIRST;
             tracing::info!(%peer, "peer connected");
+        }
+    }
+
+    /// A peer that could not identify itself on a new connection would stay connected but
+    /// never ready (identify retries only every few minutes): the connection is closed, and
+    /// the side that dials redials.
+    fn on_identify_failed(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        error: &impl std::fmt::Display,
+    ) {
+        let Some(state) = self.peers.get(&peer) else { return };
+        if state.ready_since.is_some() {
+            tracing::debug!(%peer, %error, "a periodic identify failed");
+            return;
+        }
+        tracing::warn!(%peer, %error, "the peer did not identify itself on a new connection; closing it to connect again");
+        self.swarm.close_connection(connection);
+    }
+
+    /// Closes the connections of peers that have been connected for [`IDENTIFY_GRACE`]
+    /// without identifying themselves (see [`Self::on_identify_failed`]).
+    fn close_unidentified(&mut self, now: Instant) {
+        let stuck: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, s)| s.unidentified_since.is_some_and(|at| now >= at + IDENTIFY_GRACE))
+            .map(|(peer, state)| {
+                state.unidentified_since = None;
+                *peer
+            })
+            .collect();
+        for peer in stuck {
+            tracing::warn!(%peer, grace = ?IDENTIFY_GRACE, "connected but not identified in time; closing the connection to connect again");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -735,7 +791,7 @@ impl Node {
                 self.listen_addrs.write().retain(|a| *a != address);
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                self.on_connected(peer_id, connection_id, &endpoint);
+                self.on_connected(peer_id, connection_id, &endpoint, now);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
                 self.on_disconnected(peer_id, connection_id, now);
@@ -760,6 +816,11 @@ impl Node {
                 peer_id,
                 ..
             })) => self.on_identified(peer_id, now),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Error {
+                peer_id,
+                connection_id,
+                error,
+            })) => self.on_identify_failed(peer_id, connection_id, &error),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Call(event)) => self.on_call_event(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Gossip(event)) => {
                 self.on_gossip_event(event, now);
@@ -778,6 +839,7 @@ impl Node {
         for peer in due {
             self.dial(peer, now);
         }
+        self.close_unidentified(now);
 
         let held: Vec<String> = self.held.keys().cloned().collect();
         for topic in held {

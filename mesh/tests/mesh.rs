@@ -14,7 +14,7 @@ use fleet_mesh::{
 };
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, SwarmBuilder,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder, identify,
     identity::Keypair,
     noise, request_response,
     swarm::{NetworkBehaviour, SwarmEvent},
@@ -22,9 +22,11 @@ use libp2p::{
 };
 use tokio::sync::mpsc;
 
+/// The node's own debug lines go to each test's captured output, printed only when it
+/// fails: a connection that does not come up shows what each side saw.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fleet_mesh=debug"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
@@ -372,21 +374,37 @@ async fn admit_rogue<B: NetworkBehaviour>(
     }
 }
 
-fn rogue_swarm(key: Keypair) -> anyhow::Result<Swarm<request_response::Behaviour<RawCodec>>> {
+/// A rogue peer: it identifies itself like a node of the mesh (a node closes connections
+/// whose peer does not), then misbehaves through `B`.
+#[derive(NetworkBehaviour)]
+struct Rogue<B: NetworkBehaviour> {
+    identify: identify::Behaviour,
+    inner: B,
+}
+
+fn rogue_with<B: NetworkBehaviour>(key: Keypair, inner: B) -> anyhow::Result<Swarm<Rogue<B>>> {
     Ok(SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|_| {
-            request_response::Behaviour::new(
-                [(
-                    StreamProtocol::new("/agentfleet/call/1"),
-                    request_response::ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
+        .with_behaviour(|key| Rogue {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/agentfleet/mesh/1".into(),
+                key.public(),
+            )),
+            inner,
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build())
+}
+
+fn rogue_swarm(
+    key: Keypair,
+) -> anyhow::Result<Swarm<Rogue<request_response::Behaviour<RawCodec>>>> {
+    let inner = request_response::Behaviour::new(
+        [(StreamProtocol::new("/agentfleet/call/1"), request_response::ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+    );
+    rogue_with(key, inner)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +430,7 @@ async fn rogue_frames_are_dropped_and_the_node_keeps_serving() -> anyhow::Result
     lying.extend_from_slice(&[0, 0xfc, 0xff, 0xff, 0xff, 0x7f]);
     let frames = [oversized, garbage, lying];
     for frame in &frames {
-        rogue.behaviour_mut().send_request(&victim_id, frame.clone());
+        rogue.behaviour_mut().inner.send_request(&victim_id, frame.clone());
     }
     let mut failures = 0;
     while failures < frames.len() {
@@ -420,8 +438,13 @@ async fn rogue_frames_are_dropped_and_the_node_keeps_serving() -> anyhow::Result
             .await
             .context("the rogue's requests neither failed nor got answers")?;
         match event {
-            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => failures += 1,
-            SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
+            SwarmEvent::Behaviour(RogueEvent::Inner(
+                request_response::Event::OutboundFailure { .. },
+            )) => failures += 1,
+            SwarmEvent::Behaviour(RogueEvent::Inner(request_response::Event::Message {
+                message,
+                ..
+            })) => {
                 bail!("the victim answered a rogue frame: {message:?}")
             }
             _ => {}
@@ -479,13 +502,103 @@ async fn calls_reach(mesh: &Mesh, n: u64) -> anyhow::Result<()> {
 }
 
 /// A peer that speaks raw bytes on the call-stream protocol.
-fn rogue_stream_swarm(key: Keypair) -> anyhow::Result<Swarm<libp2p_stream::Behaviour>> {
+fn rogue_stream_swarm(key: Keypair) -> anyhow::Result<Swarm<Rogue<libp2p_stream::Behaviour>>> {
+    rogue_with(key, libp2p_stream::Behaviour::new())
+}
+
+/// A peer that speaks only what its test gives it: no identify.
+fn unidentified_swarm(key: Keypair) -> anyhow::Result<Swarm<libp2p_stream::Behaviour>> {
     Ok(SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
         .with_behaviour(|_| libp2p_stream::Behaviour::new())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build())
+}
+
+/// A listed peer that connects but never identifies itself, because it does not speak
+/// identify or because it takes the identify stream and never answers, is not taken as
+/// connected: its connection is closed and dialed again, where it would otherwise stay open
+/// and unready for minutes (identify retries every 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_identify_itself_is_disconnected_and_dialed_again()
+-> anyhow::Result<()> {
+    init_tracing();
+    for silent in [false, true] {
+        // The victim's id is smaller, so the victim dials (and redials) the rogue.
+        let keys = sorted_keys(2);
+        let (victim, _) =
+            Mesh::start(config(Duration::from_secs(5), Some(keys[0].clone()))).await?;
+        let (friend, _) = start(Duration::from_secs(5)).await?;
+        let mut rogue = unidentified_swarm(keys[1].clone())?;
+        if silent {
+            let mut identify_streams =
+                rogue.behaviour().new_control().accept(StreamProtocol::new("/ipfs/id/1.0.0"))?;
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Some((_, stream)) = identify_streams.next().await {
+                    held.push(stream);
+                }
+            });
+        }
+        let victim_id = admit_rogue(&mut rogue, &victim, &friend).await?;
+        let admitted = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut closed = false;
+        loop {
+            let event = tokio::time::timeout_at(deadline, rogue.select_next_some())
+                .await
+                .with_context(|| format!("silent {silent}: closed {closed}, not dialed again"))?;
+            match event {
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == victim_id => {
+                    closed = true;
+                    // Without identify the victim's identify stream fails at once, and the
+                    // victim does not wait out its 3 s grace.
+                    let after = admitted.elapsed();
+                    ensure!(silent || after < Duration::from_secs(2), "closed after {after:?}");
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == victim_id => {
+                    ensure!(closed, "silent {silent}: a second connection beside the first");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let rogue_id = rogue.local_peer_id().to_string();
+        let ready = victim.connected_peers().await;
+        ensure!(!ready.contains(&rogue_id), "silent {silent}: taken as ready");
+        victim.shutdown().await;
+        friend.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A dial whose handshake stalls (the listener takes the TCP connection and says nothing) is
+/// given up after the node's 4 s connect timeout and made again, where libp2p's default
+/// would hold it for 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_given_up_and_dialed_again() -> anyhow::Result<()> {
+    init_tracing();
+    let keys = sorted_keys(2);
+    let (victim, _) = Mesh::start(config(Duration::from_secs(5), Some(keys[0].clone()))).await?;
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = mute.local_addr()?.port();
+    victim.set_peers(vec![Peer {
+        peer_id: keys[1].public().to_peer_id().to_string(),
+        addrs: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+    }]);
+    let mut held = Vec::new();
+    let (first, _) = tokio::time::timeout(Duration::from_secs(10), mute.accept()).await??;
+    held.push(first);
+    let started = Instant::now();
+    let (second, _) = tokio::time::timeout(Duration::from_secs(15), mute.accept())
+        .await
+        .context("the stalled dial was never made again")??;
+    held.push(second);
+    let after = started.elapsed();
+    ensure!(after < Duration::from_secs(8), "dialed again only after {after:?}");
+    victim.shutdown().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,7 +611,7 @@ async fn rogue_frames_on_the_call_stream_are_dropped() -> anyhow::Result<()> {
     let (friend, _) = start(Duration::from_secs(5)).await?;
 
     let mut rogue = rogue_stream_swarm(keys[1].clone())?;
-    let control = rogue.behaviour().new_control();
+    let control = rogue.behaviour().inner.new_control();
     let victim_id = admit_rogue(&mut rogue, &victim, &friend).await?;
     tokio::spawn(async move {
         loop {
