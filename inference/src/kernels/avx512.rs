@@ -6,11 +6,17 @@
 //! four accumulator chains hide the FMA's latency. Each row keeps its own 8 lanes and its
 //! blocks in order, so every row's sum is the AVX2 tiles' sequence of operations: the same
 //! bits. Everything else is the 256-bit VNNI kernel's ([`super::vnni`]).
+//!
+//! Dense f32 weights ([`super::dense`]) pair their rows the same way on plain AVX-512F
+//! ([`Dense512`]): the same FMAs per row and lane as the AVX2 tile, so the same bits.
 
-use core::arch::x86_64::{__m512, __m512i};
+use core::arch::x86_64::{__m256d, __m512, __m512d, __m512i};
+
+use pulp::x86::{V3, V4};
 
 use super::act::{ActRow, QK};
-use super::avx2::{Avx2, WideLoad};
+use super::avx2::{Avx2, Madd, WideLoad};
+use super::dense::{Acc, DenseKernel};
 use super::q8::{Block, Bytes, Q8Kernel, TILE, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperTile, SuperValues, Wide};
 use super::vnni::{V4Vnni, Vnni};
@@ -313,5 +319,65 @@ impl Avx512 {
         let f = self.s.avx512f;
         let scale = f._mm512_mul_ps(sw, sx);
         f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(p32), scale, acc)
+    }
+}
+
+/// The dense tile on 512-bit registers, when this CPU has AVX-512F, and the token whose
+/// `vectorize` compiles it for it.
+pub(crate) fn dense() -> Option<(V4, Dense512)> {
+    let (v4, v3) = (V4::try_new()?, V3::try_new()?);
+    Some((v4, Dense512 { v4, ymm: Avx2(v3, Madd) }))
+}
+
+/// Dense f32 tiles of [`TILE`] weight rows with rows `2j` and `2j + 1` in one register
+/// against an activation piece broadcast to both halves: one FMA for two rows, each row
+/// in its own 8 lanes with the AVX2 tile's FMAs in its order. The rows are apart in
+/// memory, so each pair costs an insert per 8 values, shared by the activation rows of
+/// the call; other tiles (the odd rows at the end) take the AVX2 tile.
+#[derive(Clone, Copy)]
+pub(crate) struct Dense512 {
+    v4: V4,
+    ymm: Avx2<Madd>,
+}
+
+impl DenseKernel for Dense512 {
+    const ACTS: usize = 4;
+
+    #[inline(always)]
+    fn accumulate<const R: usize, const A: usize>(
+        self,
+        acc: [&mut Acc<R>; A],
+        w: [&[f32]; R],
+        xs: [&[f32]; A],
+    ) {
+        if R != TILE {
+            return self.ymm.accumulate::<R, A>(acc, w, xs);
+        }
+        let f = self.v4.avx512f;
+        let chunks = xs[0].len() / 8;
+        let wc: [&[[f32; 8]]; R] = w.map(|w| &w.as_chunks().0[..chunks]);
+        let xc: [&[[f32; 8]]; A] = xs.map(|x| &x.as_chunks().0[..chunks]);
+        let mut regs: [[__m512; TILE / 2]; A] = std::array::from_fn(|a| {
+            let (pairs, _) = acc[a].as_flattened().as_chunks::<16>();
+            std::array::from_fn(|j| pulp::cast(pairs[j]))
+        });
+        for c in 0..chunks {
+            let xv: [__m512; A] = std::array::from_fn(|a| {
+                let x: __m256d = pulp::cast(xc[a][c]);
+                pulp::cast::<__m512d, _>(f._mm512_broadcast_f64x4(x))
+            });
+            for j in 0..TILE / 2 {
+                let wv: __m512 = pulp::cast([wc[2 * j][c], wc[2 * j + 1][c]]);
+                for a in 0..A {
+                    regs[a][j] = f._mm512_fmadd_ps(xv[a], wv, regs[a][j]);
+                }
+            }
+        }
+        for (acc, regs) in acc.into_iter().zip(regs) {
+            let (pairs, _) = acc.as_flattened_mut().as_chunks_mut::<16>();
+            for (pair, reg) in pairs.iter_mut().zip(regs) {
+                *pair = pulp::cast(reg);
+            }
+        }
     }
 }

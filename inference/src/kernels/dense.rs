@@ -144,6 +144,10 @@ impl DenseMatrix {
 
     fn run_rows(&self, rows: std::ops::Range<usize>, x: &[f32], out: &mut [&mut [f32]]) {
         #[cfg(target_arch = "x86_64")]
+        if let Some((simd, kern)) = super::avx512::dense() {
+            return simd.vectorize(Rows { kern, w: &self.w, rows, k: self.k, x, out });
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
             let kern = super::avx2::Avx2(simd, super::avx2::Madd);
             return simd.vectorize(Rows { kern, w: &self.w, rows, k: self.k, x, out });
@@ -176,6 +180,10 @@ pub(crate) type Acc<const R: usize> = [[f32; LANES]; R];
 /// A tile kernel: adds the dots of `R` weight-row pieces with `A` activation-row pieces into
 /// their lanes.
 pub(crate) trait DenseKernel: Copy {
+    /// Activation rows per call that the kernel is best at (1, 2 or 4): each weight vector
+    /// loaded serves that many outputs.
+    const ACTS: usize = 2;
+
     /// `w[i]` and `xs[a]` are pieces of the same length (a multiple of [`LANES`]); lane `l`
     /// of `acc[a][i]` gets every `LANES`-th product in order, so an output's lanes are the
     /// same bits however its rows are tiled or its `k` is cut into pieces.
@@ -265,8 +273,8 @@ impl<K: DenseKernel> pulp::NullaryFnOnce for Rows<'_, '_, '_, K> {
 
 impl<K: DenseKernel> Rows<'_, '_, '_, K> {
     /// `R` weight rows from the share's row `r` against activation rows `acts` (at most
-    /// [`ACT_BLOCK`]), piece by piece of `k`; activation rows go two at a time, so each
-    /// weight vector loaded serves two outputs. Neither the pairing nor the pieces change an
+    /// [`ACT_BLOCK`]), piece by piece of `k`; activation rows go [`DenseKernel::ACTS`] at a
+    /// time, so each weight vector loaded serves that many outputs. Neither the pairing nor the pieces change an
     /// output's arithmetic.
     #[inline(always)]
     fn run_tile<const R: usize>(
@@ -292,7 +300,12 @@ impl<K: DenseKernel> Rows<'_, '_, '_, K> {
             let mut a = acts.start;
             while a < acts.end {
                 let i = a - acts.start;
-                if acts.end - a >= 2 {
+                if K::ACTS >= 4 && acts.end - a >= 4 {
+                    let quad = acc[i..].first_chunk_mut::<4>().expect("four rows left");
+                    let pieces = [piece(a), piece(a + 1), piece(a + 2), piece(a + 3)];
+                    self.kern.accumulate::<R, 4>(quad.each_mut(), w, pieces);
+                    a += 4;
+                } else if K::ACTS >= 2 && acts.end - a >= 2 {
                     let (lo, hi) = acc.split_at_mut(i + 1);
                     let pair = [&mut lo[i], &mut hi[0]];
                     self.kern.accumulate::<R, 2>(pair, w, [piece(a), piece(a + 1)]);
@@ -338,6 +351,35 @@ mod tests {
         }
         for (p, d) in portable.iter().zip(&dispatched) {
             assert!((p - d).abs() <= 1e-4 * p.abs().max(1.0), "{p} vs {d}");
+        }
+    }
+
+    /// The 512-bit tile gives the AVX2 tile's outputs bit for bit: full tiles and the odd
+    /// rows after them, activation rows in fours, pairs and ones, a `k` cut into pieces and
+    /// a tail past the last 8 values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_tiles_equal_avx2_bit_for_bit() {
+        use super::super::{avx2, avx512};
+        let (Some((v4, wide)), Some(v3)) = (avx512::dense(), pulp::x86::V3::try_new()) else {
+            eprintln!("this CPU has no AVX-512F (or no AVX2): nothing to compare");
+            return;
+        };
+        let narrow = avx2::Avx2(v3, avx2::Madd);
+        let (n, k) = (4 * 9 + 3, 8 * 70 + 5);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let m = DenseMatrix::new(w, n, k).expect("shape");
+        for rows in [1, 2, 3, 5, 7, ACT_BLOCK + 7] {
+            let x: Vec<f32> =
+                (0..rows * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-2).collect();
+            let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+            let mut oa: Vec<&mut [f32]> = a.chunks_exact_mut(n).collect();
+            let mut ob: Vec<&mut [f32]> = b.chunks_exact_mut(n).collect();
+            v4.vectorize(Rows { kern: wide, w: &m.w, rows: 0..n, k, x: &x, out: &mut oa });
+            v3.vectorize(Rows { kern: narrow, w: &m.w, rows: 0..n, k, x: &x, out: &mut ob });
+            for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{rows} rows, output {i}: {a} vs {b}");
+            }
         }
     }
 
