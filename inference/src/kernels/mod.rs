@@ -10,7 +10,9 @@
 //! k-quants Q2_K..Q6_K through their own kernel, [`superblock`]). Other dtypes are an
 //! [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
 //!
-//! [`DenseMatrix`] does the same for f32 weights ([`dense`]).
+//! [`DenseMatrix`] does the same for f32 weights ([`dense`]); [`PanelMatrix`] packs f32
+//! weights for hundreds of activation rows per call (an encoder's tokens) on AVX-512
+//! ([`panel`]).
 
 mod act;
 #[cfg(target_arch = "x86_64")]
@@ -19,6 +21,8 @@ mod avx2;
 mod avx512;
 mod blocks;
 mod dense;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 mod q8;
 pub mod repack;
 mod superblock;
@@ -33,6 +37,8 @@ use crate::{Error, Result};
 use act::{Needs, QK, QuantActs};
 use blocks::{Decoded, Vals};
 pub use dense::DenseMatrix;
+#[cfg(target_arch = "x86_64")]
+pub use panel::PanelMatrix;
 use q8::{Block, Fives, Nibbles, QRows, TILE, Unsigned, Values};
 use superblock::{SuperActs, SuperMatrix};
 
