@@ -127,14 +127,7 @@ impl DenseMatrix {
     /// `out = x · Wᵀ` for row-major `x` `[m, k]` and `out` `[m, n]`.
     pub fn matmul_slice(&self, x: &[f32], out: &mut [f32]) -> Result<(), String> {
         let (n, k) = (self.n, self.k);
-        if !x.len().is_multiple_of(k) || out.len() != x.len() / k * n {
-            return Err(format!(
-                "kernels: x has {} values and out {} for a [{n}, {k}] weight",
-                x.len(),
-                out.len()
-            ));
-        }
-        let m = x.len() / k;
+        let m = super::product_rows(x.len(), out.len(), n, k)?;
         if m == 0 || n == 0 {
             return Ok(());
         }

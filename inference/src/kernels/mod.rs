@@ -132,6 +132,17 @@ fn split_rows(
     });
 }
 
+/// The activation rows `m` of a product of `x` (`x_len` values) and an `[n, k]` weight into
+/// `out` (`out_len` values), or what is wrong with the lengths.
+fn product_rows(x_len: usize, out_len: usize, n: usize, k: usize) -> Result<usize, String> {
+    if !x_len.is_multiple_of(k) || out_len != x_len / k * n {
+        return Err(format!(
+            "kernels: x has {x_len} values and out {out_len} for a [{n}, {k}] weight"
+        ));
+    }
+    Ok(x_len / k)
+}
+
 /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU) through `kernel` on slices: shape `[.., n]`.
 fn matmul_tensor(
     x: &Tensor,
@@ -276,14 +287,7 @@ impl QuantMatrix {
     /// `out = x · Wᵀ` for row-major `x` `[m, k]` and `out` `[m, n]`, with `m = x.len() / k`.
     pub fn matmul_slice(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
         let (n, k) = (self.n, self.k);
-        if !x.len().is_multiple_of(k) || out.len() != x.len() / k * n {
-            candle_core::bail!(
-                "kernels: x has {} values and out {} for a [{n}, {k}] weight",
-                x.len(),
-                out.len()
-            );
-        }
-        let m = x.len() / k;
+        let m = product_rows(x.len(), out.len(), n, k).map_err(candle_core::Error::msg)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
