@@ -397,9 +397,14 @@ impl Node {
             tracing::warn!(%peer, "no address to dial the peer at; waiting for it to dial us");
             return;
         }
+        // From a port of its own, not the listening one (libp2p's default, for NAT hole
+        // punching, which a cluster does not need): a dial socket bound to the listening
+        // port failed with "address already in use" on every retry in CI, so the peer never
+        // connected.
         let opts = DialOpts::peer_id(peer)
             .addresses(state.addrs.clone())
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         match self.swarm.dial(opts) {
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}

@@ -575,7 +575,7 @@ async fn a_peer_that_does_not_identify_itself_is_disconnected_and_dialed_again()
 
 /// A dial whose handshake stalls (the listener takes the TCP connection and says nothing) is
 /// given up after the node's 4 s connect timeout and made again, where libp2p's default
-/// would hold it for 10 s.
+/// would hold it for 10 s; dials come from a port of their own, not the listening one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_is_given_up_and_dialed_again() -> anyhow::Result<()> {
     init_tracing();
@@ -588,8 +588,15 @@ async fn a_stalled_handshake_is_given_up_and_dialed_again() -> anyhow::Result<()
         addrs: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
     }]);
     let mut held = Vec::new();
-    let (first, _) = tokio::time::timeout(Duration::from_secs(10), mute.accept()).await??;
+    let (first, from) = tokio::time::timeout(Duration::from_secs(10), mute.accept()).await??;
     held.push(first);
+    // Dialed from a port of its own: one bound to the listening port could not be bound
+    // again while other sockets used it ("address already in use" on every retry).
+    let listening: Vec<String> = victim.listen_addrs();
+    ensure!(
+        !listening.iter().any(|a| a.ends_with(&format!("/tcp/{}", from.port()))),
+        "dialed from the listening port {from} ({listening:?})"
+    );
     let started = Instant::now();
     let (second, _) = tokio::time::timeout(Duration::from_secs(15), mute.accept())
         .await
