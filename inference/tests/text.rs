@@ -373,6 +373,20 @@ fn detokenizer_streams_multibyte_text_without_splitting_characters() -> TestResu
     let ids = [tok.encode("ok ")?, vec![255]].concat();
     let deltas = stream(&tok, &ids)?;
     assert_eq!(deltas[deltas.len() - 2..], ["", "\u{FFFD}"], "held until finish");
+
+    // A model stuck on invalid bytes is not held back until it ends: beyond the three
+    // tokens that could start a character, the bytes come out as U+FFFD as they arrive.
+    let ok = tok.encode("ok ")?;
+    let ids = [ok.clone(), vec![255; 12], tok.encode("é")?].concat();
+    let deltas = stream(&tok, &ids)?;
+    assert_eq!(deltas.concat(), tok.decode(&ids)?);
+    let held: Vec<&str> = deltas[ok.len()..ok.len() + 12].iter().map(|d| d.as_str()).collect();
+    assert_eq!(held[..3], ["", "", ""], "a character's first bytes are held");
+    assert!(held[3..].iter().all(|d| *d == "\u{FFFD}"), "{held:?}");
+    // And a four-byte character in single-byte tokens still comes out whole.
+    let emoji: Vec<u32> = "😀".bytes().map(u32::from).collect();
+    let deltas = stream(&tok, &[ok, emoji].concat())?;
+    assert_eq!(deltas[deltas.len() - 5..], ["", "", "", "😀", ""]);
     Ok(())
 }
 
