@@ -3,9 +3,10 @@
 //! single-stream decode, aggregate decode with 8 and 32 sequences batched, and prefill of a
 //! 512-token prompt, per model file.
 //!
-//! `cargo bench -p fleet-benches --bench engine -- [--quick] MODEL...` where each MODEL is a
-//! GGUF file or a Hugging Face folder; `scripts/bench-engine.sh` makes the files and runs
-//! this side by side with llama.cpp.
+//! `cargo bench -p fleet-benches --bench engine -- [--quick] [--single] MODEL...` where each
+//! MODEL is a GGUF file or a Hugging Face folder (`--single`: the single-stream decode alone,
+//! for profiling it); `scripts/bench-engine.sh` makes the files and runs this side by side
+//! with llama.cpp.
 
 use std::path::Path;
 use std::time::Instant;
@@ -77,6 +78,7 @@ fn measure(reps: usize, mut run: impl FnMut() -> Result<f64>) -> Result<(f64, Ve
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let single_only = args.iter().any(|a| a == "--single");
     let json_path = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     let models: Vec<&String> =
         args.iter().filter(|a| !a.starts_with("--") && Some(*a) != json_path.as_ref()).collect();
@@ -96,6 +98,11 @@ fn main() -> Result<()> {
         let row = |what: &str, (m, runs): &(f64, Vec<f64>)| {
             println!("| {name} | {what} | {m:.1} | {runs:.1?} |");
         };
+        if single_only {
+            let single = measure(reps, || decode(&model, 1, 4 * decode_tokens))?;
+            row(&format!("decode, 1 sequence, {} tokens", 4 * decode_tokens), &single);
+            continue;
+        }
         let prefill = measure(reps, || prefill(&model, 512))?;
         row("prefill, 512-token prompt", &prefill);
         let single = measure(reps, || decode(&model, 1, decode_tokens))?;

@@ -10,6 +10,7 @@ use super::StepInput;
 use super::attention::{AttendJob, attend_cpu, attention};
 use super::cache::SequenceCache;
 use super::config::{DecoderConfig, Family};
+use super::fused;
 use super::linear::{Linear, compute_dtype};
 use super::paged::{BlockTable, StepPlan};
 use super::rope::Rope;
@@ -40,6 +41,21 @@ struct Layer {
     down: Linear,
 }
 
+/// The norm gains as f32 values, for the CPU's layer loop on buffers ([`fused`]).
+#[derive(Debug)]
+struct Gains {
+    layers: Vec<LayerGains>,
+    norm: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct LayerGains {
+    attn: Vec<f32>,
+    mlp: Vec<f32>,
+    q: Option<Vec<f32>>,
+    k: Option<Vec<f32>>,
+}
+
 /// Where token embeddings are read from.
 #[derive(Debug)]
 enum Embedding {
@@ -63,6 +79,9 @@ pub struct Decoder {
     rope: Rope,
     /// Activations' dtype: f32 on the CPU, bf16 on a CUDA GPU.
     dtype: DType,
+    /// On the CPU, where every projection runs on our kernels: the norms' gains for
+    /// [`Decoder::layers_fused`].
+    gains: Option<Gains>,
     /// On a CUDA GPU, every sequence's keys and values in blocks of shared pools (made by
     /// [`Decoder::reserve_kv`], or at the first cache with [`DEFAULT_GPU_KV_BYTES`]).
     paged: OnceLock<PagedKv>,
@@ -112,15 +131,51 @@ impl Decoder {
             lm_head,
             rope,
             dtype,
+            gains: None,
             paged: OnceLock::new(),
         };
         if dtype != DType::F32 {
             decoder.cast_small_tensors()?;
         }
+        if device.is_cpu() && dtype == DType::F32 {
+            decoder.gains = decoder.gains()?;
+        }
         if device.is_cuda() {
             decoder.stack_projections()?;
         }
         Ok(decoder)
+    }
+
+    /// The norms' gains as values, when every projection runs on our CPU kernels.
+    fn gains(&self) -> Result<Option<Gains>> {
+        let on_slices = self.layers.iter().all(|l| {
+            let attention = match &l.attention {
+                Attention::Fused(qkv) => vec![qkv],
+                Attention::Separate { q, k, v } => vec![q, k, v],
+            };
+            let mlp = match &l.mlp {
+                Mlp::Fused(gate_up) => vec![gate_up],
+                Mlp::Separate { gate, up } => vec![gate, up],
+            };
+            attention.into_iter().chain(mlp).chain([&l.o, &l.down]).all(Linear::runs_on_slices)
+        });
+        if !on_slices {
+            return Ok(None);
+        }
+        let values = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerGains {
+                    attn: values(&l.attn_norm)?,
+                    mlp: values(&l.mlp_norm)?,
+                    q: l.q_norm.as_ref().map(values).transpose()?,
+                    k: l.k_norm.as_ref().map(values).transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(Gains { layers, norm: values(&self.norm)? }))
     }
 
     /// On a GPU every launch counts: Q, K and V become one matmul, and gate and up another.
@@ -274,10 +329,14 @@ impl Decoder {
             offset += input.tokens.len();
             last.push(offset as u32 - 1);
         }
-        let last = Tensor::new(last.as_slice(), device)?;
-        let hidden = match &plan {
-            Some((kv, plan)) => self.paged_layers(x, kv, plan, &tables)?.index_select(&last, 0)?,
-            None => {
+        let hidden = match (&plan, &self.gains) {
+            (Some((kv, plan)), _) => {
+                let last = Tensor::new(last.as_slice(), device)?;
+                self.paged_layers(x, kv, plan, &tables)?.index_select(&last, 0)?
+            }
+            (None, Some(gains)) => self.layers_fused(&x, inputs, &tables, gains, &last)?,
+            (None, None) => {
+                let last = Tensor::new(last.as_slice(), device)?;
                 // The paged kernels read f32 tables; candle's rotation wants the activations'.
                 let (cos, sin) = (tables.0.to_dtype(self.dtype)?, tables.1.to_dtype(self.dtype)?);
                 let x = self.layers_cpu(x, inputs, &cos, &sin)?;
@@ -334,6 +393,96 @@ impl Decoder {
             x = (x + layer.down.forward(&hidden)?)?;
         }
         Ok(x)
+    }
+
+    /// [`Self::layers_cpu`] on f32 buffers the step reuses, where every projection runs on
+    /// our kernels: per layer its matmuls, one attention and three loops ([`fused`]) instead
+    /// of some thirty candle calls, each allocating its output; the same values. Returns the
+    /// final norm of the tokens `last` (each sequence's last) `[last, hidden]`.
+    fn layers_fused(
+        &self,
+        x: &Tensor,
+        inputs: &mut [StepInput<'_>],
+        (cos, sin): &(Tensor, Tensor),
+        gains: &Gains,
+        last: &[u32],
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let eps = c.rms_norm_eps as f32;
+        let (t, hs) = x.dims2()?;
+        let (nh, kvh, hd, inter) = (c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size);
+        let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let cos: Vec<f32> = cos.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let sin: Vec<f32> = sin.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let widths = [nh * hd, kvh * hd, kvh * hd];
+        let mut normed = vec![0f32; t * hs];
+        let mut qkv = vec![0f32; t * (nh + 2 * kvh) * hd];
+        let mut out = vec![0f32; t * hs];
+        let mut gate_up = vec![0f32; t * 2 * inter];
+        let mut hidden = vec![0f32; t * inter];
+        if let Some(first) = gains.layers.first() {
+            fused::rms_norm(&x, &first.attn, eps, &mut normed);
+        }
+        for (index, (layer, g)) in self.layers.iter().zip(&gains.layers).enumerate() {
+            let parts = match &layer.attention {
+                Attention::Fused(m) => {
+                    m.forward_into(&normed, &mut qkv)?;
+                    [0, 1, 2].map(|i| fused::Part::of(&qkv, &widths, i))
+                }
+                Attention::Separate { q, k, v } => {
+                    let (qs, rest) = qkv.split_at_mut(t * widths[0]);
+                    let (ks, vs) = rest.split_at_mut(t * widths[1]);
+                    q.forward_into(&normed, qs)?;
+                    k.forward_into(&normed, ks)?;
+                    v.forward_into(&normed, vs)?;
+                    let whole = fused::Part::whole;
+                    [whole(qs, widths[0]), whole(ks, widths[1]), whole(vs, widths[2])]
+                }
+            };
+            let heads = fused::Heads {
+                heads: nh,
+                kv_heads: kvh,
+                head_dim: hd,
+                q_norm: g.q.as_deref(),
+                k_norm: g.k.as_deref(),
+                eps,
+                rope: &c.rope,
+            };
+            let [q, k, v] = heads.split(parts, t, &cos, &sin);
+            let q = Tensor::from_vec(q, (nh, t, hd), &Device::Cpu)?;
+            let k = Tensor::from_vec(k, (kvh, t, hd), &Device::Cpu)?;
+            let v = Tensor::from_vec(v, (kvh, t, hd), &Device::Cpu)?;
+            append_kv(&k, &v, inputs, index)?;
+            let Some(attn) = attend_cached(&q, inputs, index, kvh)? else {
+                candle_core::bail!("a sequence's cache is not in f32 CPU buffers")
+            };
+            layer.o.forward_into(&attn, &mut out)?;
+            fused::add_rms_norm(&mut x, &out, &g.mlp, eps, &mut normed);
+            let (gate, up) = match &layer.mlp {
+                Mlp::Fused(m) => {
+                    m.forward_into(&normed, &mut gate_up)?;
+                    let parts = [inter, inter];
+                    (fused::Part::of(&gate_up, &parts, 0), fused::Part::of(&gate_up, &parts, 1))
+                }
+                Mlp::Separate { gate, up } => {
+                    let (gs, us) = gate_up.split_at_mut(t * inter);
+                    gate.forward_into(&normed, gs)?;
+                    up.forward_into(&normed, us)?;
+                    (fused::Part::whole(gs, inter), fused::Part::whole(us, inter))
+                }
+            };
+            fused::silu_mul(gate, up, &mut hidden);
+            layer.down.forward_into(&hidden, &mut out)?;
+            match gains.layers.get(index + 1) {
+                Some(next) => fused::add_rms_norm(&mut x, &out, &next.attn, eps, &mut normed),
+                None => x.iter_mut().zip(&out).for_each(|(x, y)| *x += y),
+            }
+        }
+        let mut rows = vec![0f32; last.len() * hs];
+        for (row, &i) in rows.chunks_exact_mut(hs).zip(last) {
+            fused::rms_norm(&x[i as usize * hs..][..hs], &gains.norm, eps, row);
+        }
+        Tensor::from_vec(rows, (last.len(), hs), &Device::Cpu)
     }
 
     /// Every layer over the step's tokens `x` on a GPU, keys and values in the shared pools:
@@ -521,31 +670,10 @@ fn attend(
     layer: usize,
     kv_heads: usize,
 ) -> Result<Tensor> {
-    let mut views = Vec::with_capacity(inputs.len());
-    let mut jobs = Vec::with_capacity(inputs.len());
-    let mut offset = 0;
-    for input in inputs.iter_mut() {
-        let n = input.tokens.len();
-        let pos = input.cache.len();
-        let ki = k.narrow(1, offset, n)?.contiguous()?;
-        let vi = v.narrow(1, offset, n)?.contiguous()?;
-        views.push(input.cache.append(layer, &ki, &vi)?);
-        if let Some((keys, values)) = input.cache.buffers(layer) {
-            jobs.push(AttendJob {
-                token: offset,
-                n,
-                pos,
-                keys: keys.clone(),
-                values: values.clone(),
-            });
-        }
-        offset += n;
-    }
-    if jobs.len() == inputs.len()
-        && let Some(rows) = attend_cpu(q, &jobs, kv_heads)?
-    {
-        let width = q.dim(0)? * q.dim(2)?;
-        return Tensor::from_vec(rows, (offset, width), q.device());
+    let views = append_kv(k, v, inputs, layer)?;
+    if let Some(rows) = attend_cached(q, inputs, layer, kv_heads)? {
+        let (t, width) = (q.dim(1)?, q.dim(0)? * q.dim(2)?);
+        return Tensor::from_vec(rows, (t, width), q.device());
     }
     // Not on the CPU: matmuls over each sequence's cached views.
     let mut outputs = Vec::with_capacity(inputs.len());
@@ -558,7 +686,110 @@ fn attend(
     Tensor::cat(&outputs, 0)
 }
 
+/// Writes this step's keys and values `[kv_heads, T, hd]` of `layer` into each sequence's
+/// cache; returns views of each one's keys and values so far.
+fn append_kv(
+    k: &Tensor,
+    v: &Tensor,
+    inputs: &mut [StepInput<'_>],
+    layer: usize,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let mut views = Vec::with_capacity(inputs.len());
+    let mut offset = 0;
+    for input in inputs.iter_mut() {
+        let n = input.tokens.len();
+        let ki = k.narrow(1, offset, n)?.contiguous()?;
+        let vi = v.narrow(1, offset, n)?.contiguous()?;
+        views.push(input.cache.append(layer, &ki, &vi)?);
+        offset += n;
+    }
+    Ok(views)
+}
+
+/// Attention of the step's queries `q` `[heads, T, hd]` over the caches of `layer` (this
+/// step's keys and values written), by [`attend_cpu`]: `[T, heads * hd]` rows, or `None`
+/// where the caches are not f32 CPU buffers.
+fn attend_cached(
+    q: &Tensor,
+    inputs: &[StepInput<'_>],
+    layer: usize,
+    kv_heads: usize,
+) -> Result<Option<Vec<f32>>> {
+    let mut jobs = Vec::with_capacity(inputs.len());
+    let mut offset = 0;
+    for input in inputs {
+        let n = input.tokens.len();
+        let Some((keys, values)) = input.cache.buffers(layer) else { return Ok(None) };
+        jobs.push(AttendJob {
+            token: offset,
+            n,
+            pos: input.cache.len(),
+            keys: keys.clone(),
+            values: values.clone(),
+        });
+        offset += n;
+    }
+    attend_cpu(q, &jobs, kv_heads)
+}
+
 /// The index of the largest logit of each row.
 pub fn greedy(logits: &Tensor) -> Result<Vec<u32>> {
     logits.argmax(D::Minus1)?.to_vec1::<u32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::GgmlDType;
+
+    use super::*;
+    use crate::transformer::fixture;
+    use crate::transformer::load::{load_gguf, load_hf_dir};
+
+    /// Two sequences through a prompt step (chunks of 7 and 3 tokens) and three decode steps:
+    /// every step's logits.
+    fn run(model: &Decoder) -> Result<Vec<Vec<Vec<f32>>>> {
+        let (mut a, mut b) = (model.new_cache(16), model.new_cache(16));
+        let (mut ta, mut tb) = (vec![5u32, 9, 2, 77, 31, 8, 100], vec![3u32, 250, 42]);
+        let mut steps = Vec::new();
+        for _ in 0..4 {
+            let logits = model.step(&mut [
+                StepInput { tokens: &ta, cache: &mut a },
+                StepInput { tokens: &tb, cache: &mut b },
+            ])?;
+            let next = greedy(&logits)?;
+            (ta, tb) = (vec![next[0]], vec![next[1]]);
+            steps.push(logits.to_vec2::<f32>()?);
+        }
+        Ok(steps)
+    }
+
+    #[test]
+    fn the_fused_cpu_layers_give_the_bits_of_the_candle_ops()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("fleet-fused-{}", std::process::id()));
+        for family in [Family::Qwen2, Family::Llama, Family::Qwen3, Family::Phi3] {
+            // Dense f32 (separate projections) and Q8_0 (stacked, interleaved rotation for
+            // Llama's GGUF).
+            let cfg = fixture::tiny_config(family, false);
+            let weights = fixture::random_weights(&cfg)?;
+            fixture::write_hf(&dir, &cfg, &weights)?;
+            let dense = || load_hf_dir(&dir, &Device::Cpu, None);
+            let cfg = fixture::quantizable_config(family);
+            let weights = fixture::random_weights(&cfg)?;
+            let gguf = dir.join("model.gguf");
+            fixture::write_gguf(&gguf, &cfg, &weights, GgmlDType::Q8_0, &[])?;
+            let quantized = || load_gguf(&gguf, &Device::Cpu).map(|(m, _)| m);
+            for (format, load) in
+                [("dense", &dense as &dyn Fn() -> crate::Result<Decoder>), ("Q8_0", &quantized)]
+            {
+                let fused = load()?;
+                assert!(fused.gains.is_some(), "{family:?} {format}: not on the fused layers");
+                let mut ops = load()?;
+                ops.gains = None;
+                assert!(run(&fused)? == run(&ops)?, "{family:?} {format}: the logits differ");
+            }
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }

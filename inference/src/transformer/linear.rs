@@ -28,6 +28,8 @@ pub enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// The bias as f32 values, for [`Linear::forward_into`] (our CPU kernels' weights).
+    bias_values: Option<Vec<f32>>,
     out_features: usize,
 }
 
@@ -44,7 +46,16 @@ impl Linear {
                 (Weight::Dense(weight.to_dtype(dtype)?), bias)
             }
         };
-        Ok(Self { weight, bias, out_features })
+        Self::new(weight, bias, out_features)
+    }
+
+    fn new(weight: Weight, bias: Option<Tensor>, out_features: usize) -> Result<Self> {
+        let on_slices = matches!(weight, Weight::Rows(_) | Weight::Packed(_));
+        let bias_values = match &bias {
+            Some(b) if on_slices => Some(b.to_dtype(candle_core::DType::F32)?.to_vec1()?),
+            _ => None,
+        };
+        Ok(Self { weight, bias, bias_values, out_features })
     }
 
     /// Quantized blocks stay quantized (in our kernels' layout where they apply); F16/BF16
@@ -52,7 +63,7 @@ impl Linear {
     pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let out_features = weight.shape().dims().first().copied().unwrap_or(0);
         if let Some(rows) = DenseMatrix::from_qtensor(&weight) {
-            return Ok(Self { weight: Weight::Rows(Box::new(rows)), bias, out_features });
+            return Self::new(Weight::Rows(Box::new(rows)), bias, out_features);
         }
         // On a CUDA GPU the blocks become bf16 at load: batched decoding there is bound by
         // compute, not weight bandwidth, and cuBLAS's bf16 matmul beats candle's quantized
@@ -67,7 +78,7 @@ impl Linear {
                 crate::kernels::repack::to_q8_0(&weight).and_then(|q| QuantMatrix::from_qtensor(&q))
             });
             if let Ok(packed) = packed {
-                return Ok(Self { weight: Weight::Packed(Box::new(packed)), bias, out_features });
+                return Self::new(Weight::Packed(Box::new(packed)), bias, out_features);
             }
         }
         let weight = match QMatMul::from_qtensor(weight)? {
@@ -76,7 +87,7 @@ impl Linear {
                 return Self::dense(t.to_dtype(candle_core::DType::F32)?, bias);
             }
         };
-        Ok(Self { weight, bias, out_features })
+        Self::new(weight, bias, out_features)
     }
 
     pub fn out_features(&self) -> usize {
@@ -106,7 +117,7 @@ impl Linear {
             None
         };
         let out_features = parts.iter().map(|p| p.out_features).sum();
-        Ok(Some(Linear { weight: Weight::Dense(Tensor::cat(&weights, 0)?), bias, out_features }))
+        Linear::new(Weight::Dense(Tensor::cat(&weights, 0)?), bias, out_features).map(Some)
     }
 
     /// Bytes the weight takes in memory.
@@ -165,6 +176,29 @@ impl Linear {
                 t.dims().get(1).copied().unwrap_or(0)
             }
         }
+    }
+
+    /// Whether [`Linear::forward_into`] can run this projection (our CPU kernels' weights).
+    pub fn runs_on_slices(&self) -> bool {
+        matches!(self.weight, Weight::Rows(_) | Weight::Packed(_))
+    }
+
+    /// `out = x Wᵀ + b` for row-major f32 rows `x` `[m, in]` into `out` `[m, out]`, where
+    /// [`Linear::runs_on_slices`]: [`Linear::forward`] without tensors, the same bits.
+    pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        match &self.weight {
+            Weight::Rows(m) => m.matmul_slice(x, out).map_err(candle_core::Error::msg)?,
+            Weight::Packed(m) => m.matmul_slice(x, out)?,
+            _ => candle_core::bail!("this projection's weight is not on our CPU kernels"),
+        }
+        if let Some(b) = &self.bias_values {
+            for row in out.chunks_exact_mut(b.len()) {
+                for (y, b) in row.iter_mut().zip(b) {
+                    *y += b;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `x` `[tokens, in]` → `[tokens, out]`.

@@ -10,6 +10,7 @@
 //! - [`cache`]: a sequence's KV cache;
 //! - [`paged`]: KV memory in blocks shared by all sequences (the GPU's layout);
 //! - [`attention`]: attention over a cache (CPU loops whose results do not depend on the batch);
+//! - [`fused`]: the CPU's work between matmuls as single loops over f32 rows;
 //! - [`decoder`]: the forward pass;
 //! - [`load`]: a model from a Hugging Face folder or a GGUF file, with clear errors;
 //! - [`fixture`]: tiny random-weight models of every family written to disk in both formats.
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod decoder;
 pub mod fixture;
+pub mod fused;
 pub mod linear;
 pub mod load;
 pub mod paged;

@@ -1,0 +1,205 @@
+//! The decoder's work between its matmuls on the CPU, as single passes over f32 rows: the
+//! residual add with the next RMS norm, SiLU of the gate times the up projection, and the
+//! step's QKV rows split into heads, per-head norm'd (Qwen3) and rotated.
+//!
+//! As candle ops this was about twenty small calls a layer, each allocating its output and
+//! most of them copying (narrow, contiguous, transpose, rotate, index back). Here each is
+//! one loop into a buffer the step reuses. Every value is the expression candle's CPU op
+//! computes, in the same order, so the results are the same bits (tested against the ops
+//! they replace); each row is computed alone, so they do not depend on the batch.
+
+use super::config::RopeConfig;
+
+/// `out = x / rms(x) · w`, for each row of `w.len()` values (candle's `rms_norm`: the sum
+/// of squares in row order, then `sqrt(mean + eps)`).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (x, out) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        norm_row(x, w, eps, out);
+    }
+}
+
+fn norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum2: f32 = x.iter().map(|v| v * v).sum();
+    let m = (sum2 / w.len() as f32 + eps).sqrt();
+    for ((o, &v), &a) in out.iter_mut().zip(x).zip(w) {
+        *o = v / m * a;
+    }
+}
+
+/// `x += y`, then `out = rms_norm(x) · w`: a residual connection and the norm that reads it.
+pub fn add_rms_norm(x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+    rms_norm(x, w, eps, out);
+}
+
+/// One projection's outputs among a matmul's: `width` values `offset` into each row of
+/// `stride` (a fused QKV or gate/up matmul's parts, or a matmul's own rows).
+#[derive(Clone, Copy, Debug)]
+pub struct Part<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+    pub width: usize,
+}
+
+impl<'a> Part<'a> {
+    /// The `index`-th of `parts` projections side by side in `data`, each `width` wide.
+    pub fn of(data: &'a [f32], parts: &[usize], index: usize) -> Self {
+        let stride = parts.iter().sum();
+        let offset = parts[..index].iter().sum();
+        Self { data, stride, offset, width: parts[index] }
+    }
+
+    /// A matmul's own rows of `width`.
+    pub fn whole(data: &'a [f32], width: usize) -> Self {
+        Self { data, stride: width, offset: 0, width }
+    }
+
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride + self.offset..][..self.width]
+    }
+}
+
+/// Rows of `silu(gate) · up`, `gate.width` values each, into `out`.
+pub fn silu_mul(gate: Part<'_>, up: Part<'_>, out: &mut [f32]) {
+    for (i, out) in out.chunks_exact_mut(gate.width).enumerate() {
+        for ((o, &g), &u) in out.iter_mut().zip(gate.row(i)).zip(up.row(i)) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+/// How a step's fused QKV rows become heads.
+pub struct Heads<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Per-head norms of queries and keys (Qwen3), and their epsilon.
+    pub q_norm: Option<&'a [f32]>,
+    pub k_norm: Option<&'a [f32]>,
+    pub eps: f32,
+    pub rope: &'a RopeConfig,
+}
+
+impl Heads<'_> {
+    /// The step's `t` rows of query, key and value projections (`[T, heads · hd]`, `[T,
+    /// kv_heads · hd]`) as queries `[heads, T, hd]`, keys and values `[kv_heads, T, hd]`;
+    /// queries and keys norm'd and rotated by their token's `cos`/`sin` rows (`[T, dims /
+    /// 2]`).
+    pub fn split(
+        &self,
+        [q_in, k_in, v_in]: [Part<'_>; 3],
+        t: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> [Vec<f32>; 3] {
+        let (nh, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let half = self.rope.dims / 2;
+        let (mut q, mut k, mut v) =
+            (vec![0f32; nh * t * hd], vec![0f32; kvh * t * hd], vec![0f32; kvh * t * hd]);
+        let mut normed = vec![0f32; hd];
+        for i in 0..t {
+            let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+            let (q_row, k_row, v_row) = (q_in.row(i), k_in.row(i), v_in.row(i));
+            for h in 0..nh {
+                let out = &mut q[(h * t + i) * hd..][..hd];
+                self.rotated(&q_row[h * hd..][..hd], self.q_norm, cos, sin, &mut normed, out);
+            }
+            for h in 0..kvh {
+                let out = &mut k[(h * t + i) * hd..][..hd];
+                self.rotated(&k_row[h * hd..][..hd], self.k_norm, cos, sin, &mut normed, out);
+                v[(h * t + i) * hd..][..hd].copy_from_slice(&v_row[h * hd..][..hd]);
+            }
+        }
+        [q, k, v]
+    }
+
+    /// One head: norm'd where `norm` is given, then its first `dims` values rotated (pairs
+    /// `(i, i + dims/2)`, or `(2i, 2i + 1)` interleaved), the rest as they are.
+    fn rotated(
+        &self,
+        x: &[f32],
+        norm: Option<&[f32]>,
+        cos: &[f32],
+        sin: &[f32],
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let x = match norm {
+            Some(w) => {
+                norm_row(x, w, self.eps, scratch);
+                &*scratch
+            }
+            None => x,
+        };
+        let dims = self.rope.dims;
+        let half = dims / 2;
+        if self.rope.interleaved {
+            for i in 0..half {
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                out[2 * i] = a * cos[i] - b * sin[i];
+                out[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        } else {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                out[i] = a * cos[i] - b * sin[i];
+                out[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+        out[dims..].copy_from_slice(&x[dims..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, IndexOp, Tensor};
+
+    use super::*;
+    use crate::transformer::config::RopeScaling;
+    use crate::transformer::fixture::noise;
+    use crate::transformer::rope::Rope;
+
+    #[test]
+    fn heads_are_split_and_rotated_as_candle_does() -> candle_core::Result<()> {
+        let (t, nh, kvh, hd) = (3, 4, 2, 16);
+        let d = &Device::Cpu;
+        // Whole and partial rotation (Phi-style), pairs split in halves or interleaved.
+        for (dims, interleaved) in [(16, false), (16, true), (8, false), (8, true)] {
+            let rope =
+                RopeConfig { theta: 10_000.0, dims, interleaved, scaling: RopeScaling::None };
+            let positions = Tensor::new(&[0u32, 7, 30], d)?;
+            let (cos, sin) = Rope::new(&rope, d)?.tables(&positions)?;
+            let width = (nh + 2 * kvh) * hd;
+            let qkv = noise(t * width, 3, 1.0);
+            let heads = Heads {
+                heads: nh,
+                kv_heads: kvh,
+                head_dim: hd,
+                q_norm: None,
+                k_norm: None,
+                eps: 1e-6,
+                rope: &rope,
+            };
+            let widths = [nh * hd, kvh * hd, kvh * hd];
+            let parts = [0, 1, 2].map(|i| Part::of(&qkv, &widths, i));
+            let cos_values = cos.flatten_all()?.to_vec1::<f32>()?;
+            let sin_values = sin.flatten_all()?.to_vec1::<f32>()?;
+            let [q, k, v] = heads.split(parts, t, &cos_values, &sin_values);
+            // candle: [T, heads * hd] -> [1, heads, T, hd], rotated.
+            let all = Tensor::from_vec(qkv.clone(), (t, width), d)?;
+            let expect = |from: usize, n: usize, rotate: bool| -> candle_core::Result<Vec<f32>> {
+                let x = all.narrow(1, from * hd, n * hd)?.contiguous()?.reshape((t, n, hd))?;
+                let x = x.unsqueeze(0)?.transpose(1, 2)?.contiguous()?;
+                let x = if rotate { Rope::new(&rope, d)?.apply(&x, &cos, &sin)? } else { x };
+                x.i(0)?.flatten_all()?.to_vec1()
+            };
+            assert_eq!(q, expect(0, nh, true)?, "queries, dims {dims}, interleaved {interleaved}");
+            assert_eq!(k, expect(nh, kvh, true)?, "keys, dims {dims}, interleaved {interleaved}");
+            assert_eq!(v, expect(nh + kvh, kvh, false)?, "values");
+        }
+        Ok(())
+    }
+}
