@@ -235,9 +235,10 @@ async fn run_many_and_watch_ride_through_a_head_restart() -> Result<()> {
     for (i, outcome) in outcomes.iter().enumerate() {
         ensure!(
             outcome.output == inputs[i],
-            "task {i}: {:?} ({:?})",
+            "task {i}: {:?} ({:?}: {:?})",
             outcome.output,
-            outcome.state
+            outcome.state,
+            outcome.error
         );
     }
     // Both streams of the long task went on where they were, without a gap.

@@ -59,16 +59,7 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     worker.tasks_assigned += 1;
     task.reserved = spec.resources;
     task.worker = Some(worker_id.to_owned());
-    let _ = worker.commands.send(Command::RunTask(TaskAssignment {
-        task_id: id.clone(),
-        agent: task.agent.clone(),
-        attempt: task.attempt,
-        input: task.input.to_string(),
-        context_id: task.context_id.clone(),
-        options: task.options.clone(),
-        depth: task.depth,
-        traceparent: traced::parent_of(task),
-    }));
+    let _ = worker.commands.send(Command::RunTask(assignment(id, task)));
     traced::scheduled(task, worker_id);
     task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
     if !task.context_id.is_empty() {
@@ -80,6 +71,20 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
             .insert((task.agent.clone(), task.context_id.clone()), worker_id.to_owned());
     }
     debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
+}
+
+/// The command that runs a task's current attempt on a worker.
+pub(super) fn assignment(id: &TaskId, task: &TaskEntry) -> TaskAssignment {
+    TaskAssignment {
+        task_id: id.clone(),
+        agent: task.agent.clone(),
+        attempt: task.attempt,
+        input: task.input.to_string(),
+        context_id: task.context_id.clone(),
+        options: task.options.clone(),
+        depth: task.depth,
+        traceparent: traced::parent_of(task),
+    }
 }
 
 /// Frees what the running attempt of a task holds on its worker.

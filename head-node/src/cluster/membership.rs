@@ -22,10 +22,25 @@ impl Cluster {
         let gpus = gpus.join(", ");
         let incarnation = registration.incarnation;
         let reported: HashMap<TaskId, u32> = registration.running.iter().cloned().collect();
+        // Whether the process the head gave tasks to under this id is back (the store keeps
+        // which across a restart of the head): a task it does not report then never reached
+        // it when the head holds nothing of it from there (see `never_reached`). A new
+        // process may have lost its tasks by crashing on them: they count as lost attempts.
+        let same_process = matches!(
+            state.worker_seqs.get(&id),
+            Some(&(known, _)) if known == incarnation && incarnation != 0
+        );
         let resume_after = match state.worker_seqs.get(&id) {
-            Some(&(known, applied)) if known == incarnation && incarnation != 0 => applied,
+            Some(&(_, applied)) if same_process => applied,
             _ => {
                 remember_worker_seq(state, &id, (incarnation, 0));
+                // Stored before any task goes to it (the journal keeps order), so that a
+                // head restarted on the store knows this process got them.
+                if incarnation != 0
+                    && let Some(journal) = state.tasks.journal()
+                {
+                    journal.worker((id.clone(), (incarnation, 0)));
+                }
                 0
             }
         };
@@ -45,7 +60,7 @@ impl Cluster {
             }
             candidates.extend(old.running);
         }
-        let (mut adopted, mut retried) = (0, Vec::new());
+        let (mut adopted, mut sent_again, mut retried) = (0, 0, Vec::new());
         for task in candidates {
             let still_runs = state
                 .tasks
@@ -54,6 +69,14 @@ impl Cluster {
             if still_runs {
                 adopt(state, &task, &id);
                 adopted += 1;
+            } else if same_process
+                && !reported.contains_key(&task)
+                && never_reached(state, &task, &id)
+            {
+                // Dispatched just before the head crashed (or the connection broke), its
+                // `RunTask` went down with it: the attempt never started, so it costs none.
+                send_again(state, &task, &id);
+                sent_again += 1;
             } else if lost_attempt(state, &task, &id, "the worker rejoined without it") {
                 retried.push(task);
             }
@@ -92,7 +115,7 @@ impl Cluster {
                 }
             }
         }
-        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, resume_after, gpus, "worker joined");
+        info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, sent_again, resume_after, gpus, "worker joined");
         if on_mesh || was_on_mesh {
             announce_mesh(state);
         }
@@ -274,6 +297,39 @@ fn remember_worker_seq(state: &mut State, worker: &str, mark: (u64, u64)) {
         state.worker_seqs.remove(&any);
     }
     state.worker_seqs.insert(worker.to_owned(), mark);
+}
+
+/// Whether a task's current attempt never reached `worker_id`, whose same process rejoined
+/// without it: the head's last event of it is still its dispatch there. Had the worker got
+/// the `RunTask`, the task would be running there, or have events in the worker's outbox
+/// (kept until the head stores them, and reported at the join), or the head would hold its
+/// events. A task canceled meanwhile is left to `lost_attempt`, which ends it.
+fn never_reached(state: &State, id: &TaskId, worker_id: &str) -> bool {
+    let Some(task) = state.tasks.get(id.as_str()) else { return false };
+    let dispatched_there = task.events.last().is_some_and(|e| {
+        e.attempt == task.attempt
+            && matches!(&e.kind, EventKind::Scheduled { worker_id: w } if w == worker_id)
+    });
+    dispatched_there
+        && !task.state.is_terminal()
+        && !task.cancel_requested
+        && task.worker.as_deref() == Some(worker_id)
+        && state.agents.get(&task.agent).is_ok()
+}
+
+/// Runs a task's attempt that never reached its worker (see [`never_reached`]) there after
+/// all: its share held there again, its agent placed (this connection has placed nothing
+/// yet) and its `RunTask` sent, the same attempt under the same `Scheduled`.
+fn send_again(state: &mut State, id: &TaskId, worker_id: &str) {
+    adopt(state, id, worker_id);
+    let (Some(task), Some(worker)) =
+        (state.tasks.get(id.as_str()), state.workers.get_mut(worker_id))
+    else {
+        return;
+    };
+    let Ok(agent) = state.agents.get(&task.agent) else { return };
+    place_actor(worker, &agent.spec, agent.version, &state.tools);
+    let _ = worker.commands.send(Command::RunTask(assignment(id, task)));
 }
 
 /// Takes on a task a rejoining worker still runs: it holds its share there again.

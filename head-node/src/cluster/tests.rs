@@ -80,14 +80,17 @@ fn a_lost_workers_tasks_are_retried_first_then_failed_past_their_retries() {
 #[test]
 fn a_rejoining_worker_keeps_what_it_still_runs_and_cancels_the_rest() {
     let cluster = Cluster::new(&config(3)).expect("cluster");
-    let (_, _rx, _) = cluster.worker_joined(registration("w1", 2, 7, &[]), String::new());
-    let (t1, t2) = (task(&cluster, "one"), task(&cluster, "two"));
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 3, 7, &[]), String::new());
+    let (t1, t2, t3) = (task(&cluster, "one"), task(&cluster, "two"), task(&cluster, "three"));
+    cluster.worker_events("w1", c, vec![event(&t2, 1, EventKind::Working)]);
     let stray = TaskId::new("not-a-task");
-    // The same process again (its old stream not noticed gone): it still runs t1 only.
+    // The same process again (its old stream not noticed gone): it still runs t1 only. t2
+    // ran there and is gone; t3's `RunTask` was still queued on the old stream.
     let (_, mut rx, _) =
-        cluster.worker_joined(registration("w1", 2, 7, &[(&t1, 1), (&stray, 1)]), String::new());
+        cluster.worker_joined(registration("w1", 3, 7, &[(&t1, 1), (&stray, 1)]), String::new());
     assert_eq!(where_is(&cluster, &t1), (TaskState::Scheduled, 1, Some("w1".into())));
     assert_eq!(where_is(&cluster, &t2), (TaskState::Scheduled, 2, Some("w1".into())), "retried");
+    assert_eq!(where_is(&cluster, &t3), (TaskState::Scheduled, 1, Some("w1".into())), "sent again");
     let sent = commands(&mut rx);
     assert!(
         sent.iter().any(|c| matches!(c, Command::CancelTask { task_id, .. } if *task_id == stray)),
@@ -97,10 +100,14 @@ fn a_rejoining_worker_keeps_what_it_still_runs_and_cancels_the_rest() {
         sent.iter().any(|c| matches!(c, Command::RunTask(t) if t.task_id == t2 && t.attempt == 2)),
         "{sent:?}"
     );
+    assert!(
+        sent.iter().any(|c| matches!(c, Command::RunTask(t) if t.task_id == t3 && t.attempt == 1)),
+        "{sent:?}"
+    );
     assert!(!sent.iter().any(|c| matches!(c, Command::RunTask(t) if t.task_id == t1)), "{sent:?}");
     let state = cluster.state.lock();
-    assert_eq!(state.workers.get("w1").map(|w| w.running.len()), Some(2));
-    assert_eq!(state.agents.get("a").map(|a| a.running).ok(), Some(2));
+    assert_eq!(state.workers.get("w1").map(|w| w.running.len()), Some(3));
+    assert_eq!(state.agents.get("a").map(|a| a.running).ok(), Some(3));
 }
 
 #[test]
@@ -183,7 +190,11 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
     let first = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("first");
     let (c, _rx, _) = first.worker_joined(registration("w1", 2, 9, &[]), String::new());
     let (t1, t2, t3) = (task(&first, "one"), task(&first, "two"), task(&first, "three"));
-    first.worker_events("w1", c, vec![event(&t1, 1, EventKind::Working)]);
+    first.worker_events(
+        "w1",
+        c,
+        vec![event(&t1, 1, EventKind::Working), event(&t2, 2, EventKind::Working)],
+    );
     first.close_store(Duration::from_secs(10));
     drop(first);
 
@@ -192,12 +203,12 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
         let state = second.state.lock();
         assert_eq!(state.orphans.get("w1").map(Vec::len), Some(2), "t1 and t2 ran on w1");
         assert_eq!(state.queue, std::slice::from_ref(&t3));
-        assert_eq!(state.worker_seqs.get("w1"), Some(&(9, 1)));
+        assert_eq!(state.worker_seqs.get("w1"), Some(&(9, 2)));
     }
     assert_eq!(where_is(&second, &t1), (TaskState::Working, 1, Some("w1".into())));
     // w1 comes back still running t1 only: t1 is adopted, t2 retried, t3 placed.
     let (_, _, resume) = second.worker_joined(registration("w1", 2, 9, &[(&t1, 1)]), String::new());
-    assert_eq!(resume, 1, "the worker resumes after its stored event");
+    assert_eq!(resume, 2, "the worker resumes after its stored events");
     assert_eq!(where_is(&second, &t1), (TaskState::Working, 1, Some("w1".into())));
     assert_eq!(where_is(&second, &t2).1, 2);
     assert!(second.state.lock().orphans.is_empty());
@@ -210,6 +221,57 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
     third.retry_orphans(Instant::now() + Duration::from_secs(3600));
     assert!(third.state.lock().orphans.is_empty());
     assert_eq!(where_is(&third, &t1), (TaskState::Queued, 2, None));
+}
+
+/// A task dispatched just before the head crashed, its `RunTask` lost with the head: the
+/// worker rejoins the restarted head without it. The same process never got it, so it runs
+/// there on its first attempt (with no retries to spare, a retry would have failed it); a
+/// task that did reach its worker, or one given to a process since replaced, is a lost
+/// attempt.
+#[test]
+fn a_task_whose_run_never_reached_its_worker_before_a_restart_runs_on_its_attempt() {
+    let kept = Kept::default();
+    let config = config(0);
+    let first = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("first");
+    // Neither worker has sent an event: the head knows their processes from their joins.
+    let (_, _rx1, _) = first.worker_joined(registration("w1", 2, 9, &[]), String::new());
+    let (t1, t2) = (task(&first, "one"), task(&first, "two"));
+    let (_, _rx2, _) = first.worker_joined(registration("w2", 1, 20, &[]), String::new());
+    let t3 = task(&first, "three");
+    assert_eq!(where_is(&first, &t3).2.as_deref(), Some("w2"));
+    first.close_store(Duration::from_secs(10));
+    drop(first);
+
+    let second = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("second");
+    let (c, mut rx, _) = second.worker_joined(registration("w1", 2, 9, &[]), String::new());
+    for t in [&t1, &t2] {
+        assert_eq!(where_is(&second, t), (TaskState::Scheduled, 1, Some("w1".into())));
+        let events = second.task(t.as_str()).expect("task").events;
+        assert_eq!(events, 2, "Submitted and Scheduled only");
+    }
+    let sent = commands(&mut rx);
+    let place = sent.iter().position(|c| matches!(c, Command::PlaceActor { .. }));
+    let run = |id: &TaskId| {
+        sent.iter()
+            .position(|c| matches!(c, Command::RunTask(t) if t.task_id == *id && t.attempt == 1))
+    };
+    for t in [&t1, &t2] {
+        assert!(matches!((place, run(t)), (Some(p), Some(r)) if p < r), "{sent:?}");
+    }
+    // Its events count from the first attempt on.
+    second.worker_events("w1", c, vec![event(&t1, 1, EventKind::Working)]);
+    assert_eq!(where_is(&second, &t1).0, TaskState::Working);
+    // w2 comes back as a new process: it may have crashed on t3.
+    second.worker_joined(registration("w2", 1, 21, &[]), String::new());
+    assert_eq!(where_is(&second, &t3).0, TaskState::Failed);
+    second.close_store(Duration::from_secs(10));
+    drop(second);
+
+    // A task whose worker had it is a lost attempt, whatever the process.
+    let third = Cluster::start_with(&config, Some(Box::new(kept))).expect("third");
+    third.worker_joined(registration("w1", 2, 9, &[(&t2, 1)]), String::new());
+    assert_eq!(where_is(&third, &t1).0, TaskState::Failed, "it was working on w1");
+    assert_eq!(where_is(&third, &t2).0, TaskState::Scheduled, "w1 still runs it");
 }
 
 #[test]
