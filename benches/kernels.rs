@@ -6,6 +6,10 @@
 //!
 //! `cargo bench -p fleet-benches --bench kernels [-- --quick] [--dtype q4k]`
 //!
+//! With `--panel`: the f32 panel kernel of the encoders (`PanelMatrix`, AVX-512 only)
+//! against candle's f32 matmul on all-MiniLM-L6-v2's four linear layers for a packed
+//! batch's tokens (200 and 800); median time per call and GMAC/s.
+//!
 //! With `--attention`: the CPU attention (`attend_cpu`) instead, on SmolLM2-135M's heads
 //! (9 query heads over 3 KV heads of 64), for a decode row and prompt chunks over contexts
 //! of several lengths; median time per layer and per (row, head, position).
@@ -55,6 +59,9 @@ fn main() -> Result<()> {
     let budget = Duration::from_millis(if quick { 300 } else { 1500 });
     if args.iter().any(|a| a == "--attention") {
         return attention(budget);
+    }
+    if args.iter().any(|a| a == "--panel") {
+        return panel(budget);
     }
     let d = &Device::Cpu;
     println!("threads: {} (RAYON_NUM_THREADS to change), weights {dtype:?}", rayon_threads());
@@ -125,6 +132,48 @@ impl Ours {
             Ours::Quant(m) => m.matmul(x),
         }
     }
+}
+
+/// The panel kernel against candle's f32 matmul (with bias, as BERT's layers run) on
+/// all-MiniLM-L6-v2's shapes: QKV fused, attention output, MLP up and down.
+fn panel(budget: Duration) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use fleet_inference::kernels::PanelMatrix;
+        let d = &Device::Cpu;
+        println!("threads: {}; f32 weights [n×k] with bias", rayon_threads());
+        println!(
+            "| weight [n×k] | m | panel ms | candle ms | panel GMAC/s | candle GMAC/s | ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for (n, k) in [(1152, 384), (384, 384), (1536, 384), (384, 1536)] {
+            let w = Tensor::randn(0f32, 0.05, (n, k), d)?;
+            let b = Tensor::randn(0f32, 0.05, n, d)?;
+            let values = w.flatten_all()?.to_vec1::<f32>()?;
+            let Some(ours) = PanelMatrix::new(&values, n, k, Some(&b.to_vec1::<f32>()?)) else {
+                println!("this CPU has no AVX-512F: no panel kernel");
+                return Ok(());
+            };
+            let linear = candle_nn::Linear::new(w, Some(b));
+            for m in [200, 800] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), d)?;
+                let t_ours = time(budget, |_| ours.forward(&x))?;
+                let t_candle = time(budget, |_| linear.forward(&x))?;
+                let gmac = (m * n * k) as f64 / 1e9;
+                println!(
+                    "| {n}×{k} | {m} | {:.3} | {:.3} | {:.1} | {:.1} | {:.2}× |",
+                    t_ours * 1e3,
+                    t_candle * 1e3,
+                    gmac / t_ours,
+                    gmac / t_candle,
+                    t_candle / t_ours
+                );
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = budget;
+    Ok(())
 }
 
 /// `attend_cpu` for one sequence: `rows` new tokens after `cached` positions.

@@ -119,15 +119,14 @@ pub fn embed_packed(model: &Bert, texts: &[&[u32]]) -> std::result::Result<Vec<V
             end += 1;
         }
         let pass = &texts[start..end];
-        let hidden = model
-            .forward_packed(pass)
-            .and_then(|hidden| match hidden {
-                Some(hidden) => hidden.flatten_all()?.to_vec1::<f32>(),
-                None => candle_core::bail!("packed passes run on the CPU only"),
+        let lens: Vec<usize> = pass.iter().map(|t| t.len()).collect();
+        let pooled = model
+            .forward_packed(pass, |hidden| pooling::mean_pool_packed(hidden, h, &lens))
+            .and_then(|pooled| {
+                pooled.ok_or_else(|| candle_core::Error::msg("packed passes run on the CPU only"))
             })
             .map_err(|e| crate::error::first_line(&e))?;
-        let lens: Vec<usize> = pass.iter().map(|t| t.len()).collect();
-        vectors.extend(pooling::mean_pool_packed(&hidden, h, &lens));
+        vectors.extend(pooled);
         start = end;
     }
     Ok(vectors)

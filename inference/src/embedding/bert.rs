@@ -2,22 +2,19 @@
 //! embeddings and LayerNorm, then post-norm layers of bidirectional self-attention and a
 //! GELU MLP.
 //!
-//! Two forms of the same pass: [`Bert::forward_packed`] runs sequences of any lengths
-//! back to back as one `[tokens, H]` matrix, with attention as plain loops within each
-//! sequence, so no work goes to padding (the CPU path); [`Bert::forward`] runs a padded
-//! batch `[B, T]` with matmul attention and a mask (other devices, and the reference the
-//! packed form is tested against).
+//! Two forms of the same pass: [`Bert::forward_packed`] (in [`super::packed`]) runs
+//! sequences of any lengths back to back as one `[tokens, H]` matrix, with attention as
+//! plain loops within each sequence, so no work goes to padding (the CPU path);
+//! [`Bert::forward`] runs a padded batch `[B, T]` with matmul attention and a mask (other
+//! devices, and the reference the packed form is tested against).
 
 use std::path::Path;
 
-use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use serde::Deserialize;
 
-use rayon::prelude::*;
-
 use super::weights::Weights;
-use crate::transformer::attention::attend_one;
 
 use crate::{Error, Result};
 
@@ -60,7 +57,7 @@ mod defaults {
 
 /// The intermediate activations BERT checkpoints use.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Activation {
+pub(super) enum Activation {
     /// `gelu`: the exact (erf) form.
     Gelu,
     /// `gelu_new`, `gelu_pytorch_tanh`: the tanh approximation.
@@ -116,26 +113,41 @@ impl BertConfig {
 }
 
 #[derive(Debug)]
-struct Layer {
+pub(super) struct Layer {
     /// Query, key and value fused into one `[3H, H]` projection: one matmul instead of three.
-    qkv: Proj,
-    attn_out: Proj,
-    attn_norm: LayerNorm,
-    up: Proj,
-    down: Proj,
-    out_norm: LayerNorm,
+    pub(super) qkv: Proj,
+    pub(super) attn_out: Proj,
+    pub(super) attn_norm: Norm,
+    pub(super) up: Proj,
+    pub(super) down: Proj,
+    pub(super) out_norm: Norm,
 }
 
 /// A loaded BERT encoder.
 #[derive(Debug)]
 pub struct Bert {
-    cfg: BertConfig,
-    activation: Activation,
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    embed_norm: LayerNorm,
-    layers: Vec<Layer>,
+    pub(super) cfg: BertConfig,
+    pub(super) activation: Activation,
+    pub(super) word: Tensor,
+    pub(super) position: Tensor,
+    pub(super) token_type: Tensor,
+    pub(super) embed_norm: Norm,
+    pub(super) layers: Vec<Layer>,
+}
+
+/// A LayerNorm: candle's op for the padded pass, its values for the packed one.
+#[derive(Debug)]
+pub(super) struct Norm {
+    candle: LayerNorm,
+    pub(super) weight: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+    pub(super) eps: f32,
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.candle.forward(x)
+    }
 }
 
 /// A linear layer (with bias): on a CPU with AVX-512, f32 weights packed for the panel
@@ -143,7 +155,7 @@ pub struct Bert {
 /// ~800 tokens, whose gemm runs 256-bit FMAs), the weights then held only there; else
 /// candle's.
 #[derive(Debug)]
-enum Proj {
+pub(super) enum Proj {
     Candle(Linear),
     #[cfg(target_arch = "x86_64")]
     Panels(crate::kernels::PanelMatrix),
@@ -166,6 +178,26 @@ impl Proj {
     }
 }
 
+impl Proj {
+    /// `out = x · Wᵀ + b` on row-major slices (`x` `[m, k]`, `out` `[m, n]`).
+    pub(super) fn forward_into(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
+        match self {
+            Self::Candle(linear) => {
+                let k = linear.weight().dim(1)?;
+                let x = Tensor::from_slice(x, (x.len() / k, k), linear.weight().device())?;
+                let y = linear.forward(&x)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                if y.len() != out.len() {
+                    candle_core::bail!("a projection gave {} values for {}", y.len(), out.len());
+                }
+                out.copy_from_slice(&y);
+                Ok(())
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Panels(panels) => panels.matmul_slice(x, out).map_err(candle_core::Error::msg),
+        }
+    }
+}
+
 impl Module for Proj {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
@@ -182,12 +214,16 @@ fn linear(w: &Weights, name: &str, out: usize, inp: usize) -> Result<Proj> {
     Proj::new(weight, bias).map_err(|e| Error::model(w.path(), e))
 }
 
-fn layer_norm(w: &Weights, name: &str, size: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(
-        w.get(&format!("{name}.weight"), &[size])?,
-        w.get(&format!("{name}.bias"), &[size])?,
-        eps,
-    ))
+fn layer_norm(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Norm> {
+    let weight = w.get(&format!("{name}.weight"), &[size])?;
+    let bias = w.get(&format!("{name}.bias"), &[size])?;
+    let values = |t: &Tensor| t.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>());
+    Ok(Norm {
+        weight: values(&weight).map_err(|e| Error::model(w.path(), e))?,
+        bias: values(&bias).map_err(|e| Error::model(w.path(), e))?,
+        eps: eps as f32,
+        candle: LayerNorm::new(weight, bias, eps),
+    })
 }
 
 impl Bert {
@@ -232,42 +268,6 @@ impl Bert {
         &self.cfg
     }
 
-    /// The last hidden states of `seqs` (token ids, each at most `max_position_embeddings`
-    /// long, all segment 0) packed back to back: `[Σ len, H]`, sequence after sequence.
-    /// Every linear layer runs once over all real tokens; attention stays within each
-    /// sequence. CPU and f32 only; `None` on other devices (use [`Bert::forward`]).
-    pub fn forward_packed(&self, seqs: &[&[u32]]) -> candle_core::Result<Option<Tensor>> {
-        if !self.word.device().is_cpu() || self.word.dtype() != candle_core::DType::F32 {
-            return Ok(None);
-        }
-        let mut spans = Vec::with_capacity(seqs.len());
-        let (mut ids, mut positions) = (Vec::new(), Vec::new());
-        for seq in seqs {
-            if seq.len() > self.cfg.max_position_embeddings {
-                candle_core::bail!(
-                    "a sequence of {} tokens is longer than the model's {} positions",
-                    seq.len(),
-                    self.cfg.max_position_embeddings
-                );
-            }
-            spans.push((ids.len(), seq.len()));
-            ids.extend_from_slice(seq);
-            positions.extend(0..seq.len() as u32);
-        }
-        let n = ids.len();
-        let device = self.word.device();
-        let ids = Tensor::from_vec(ids, n, device)?;
-        let positions = Tensor::from_vec(positions, n, device)?;
-        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?
-            .broadcast_add(&self.token_type.get(0)?)?;
-        let mut x = self.embed_norm.forward(&x)?;
-        for layer in &self.layers {
-            let attn = self.attention_packed(&layer.qkv.forward(&x)?, &spans)?;
-            x = self.layer_rest(layer, &attn, &x)?;
-        }
-        Ok(Some(x))
-    }
-
     /// The rest of a layer after self-attention: output projection, residual and norm, then
     /// the MLP with its residual and norm.
     fn layer_rest(&self, layer: &Layer, attn: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -279,42 +279,6 @@ impl Bert {
             Activation::Relu => up.relu()?,
         };
         layer.out_norm.forward(&(layer.down.forward(&up)? + &x)?)
-    }
-
-    /// Bidirectional multi-head attention of packed `qkv` `[N, 3H]` (query, key, value per
-    /// row) within each `(start, len)` span; returns `[N, H]`. In parallel over rows.
-    fn attention_packed(
-        &self,
-        qkv: &Tensor,
-        spans: &[(usize, usize)],
-    ) -> candle_core::Result<Tensor> {
-        let (nh, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
-        let h = nh * hd;
-        let qkv = qkv.contiguous()?;
-        let (storage, layout) = qkv.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            candle_core::bail!("packed attention needs f32 CPU tensors");
-        };
-        let data = &data[layout.start_offset()..];
-        let n = qkv.dim(0)?;
-        // The span of each row, so rows can be spread over threads independently.
-        let row_span: Vec<(usize, usize)> =
-            spans.iter().flat_map(|&span| std::iter::repeat_n(span, span.1)).collect();
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; n * h];
-        out.par_chunks_mut(h).enumerate().for_each(|(row, out)| {
-            let (start, len) = row_span[row];
-            let q = &data[row * 3 * h..][..h];
-            let mut scores = vec![0f32; len];
-            for head in 0..nh {
-                let qh = &q[head * hd..][..hd];
-                let key = |j: usize| &data[(start + j) * 3 * h + h + head * hd..][..hd];
-                let value = |j: usize| &data[(start + j) * 3 * h + 2 * h + head * hd..][..hd];
-                attend_one(qh, key, value, scale, &mut scores, &mut out[head * hd..][..hd]);
-            }
-        });
-        drop(storage);
-        Tensor::from_vec(out, (n, h), qkv.device())
     }
 
     /// The last hidden states `[B, T, H]` of a padded batch: `ids` and `type_ids` `[B, T]`

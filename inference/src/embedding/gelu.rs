@@ -34,15 +34,19 @@ impl candle_core::CustomOp1 for GeluErf {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("fleet-gelu-erf: the input must be contiguous");
         };
-        let input = &data[start..end];
-        let mut out = vec![0f32; input.len()];
-        out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(out, input)| {
-            for (o, &x) in out.iter_mut().zip(input) {
-                *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            }
-        });
+        let mut out = data[start..end].to_vec();
+        gelu_erf_in_place(&mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
+}
+
+/// `x · Φ(x)` of every value of `xs`, in place, in chunks across rayon's threads.
+pub(super) fn gelu_erf_in_place(xs: &mut [f32]) {
+    xs.par_chunks_mut(CHUNK).for_each(|xs| {
+        for x in xs {
+            *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    });
 }
 
 /// `erf(x)` for f32: `x·P(x²)/Q(x²)` on `x` clamped to ±4 (beyond which erf is 1 within 2e-8 in

@@ -8,7 +8,8 @@
 //!
 //! - [`Embedder`]: loads a folder and embeds texts;
 //! - [`batcher`]: the CPU thread that forms packed passes across callers;
-//! - [`bert`]: the encoder's forward pass;
+//! - [`bert`]: the encoder's forward pass, padded;
+//! - `packed`: the same pass on the CPU without padding, on buffers it reuses;
 //! - [`pooling`]: mean pooling and normalisation;
 //! - `gelu`: the exact GELU, vectorised and in parallel;
 //! - [`fixture`]: finds the real all-MiniLM-L6-v2 weights for tests and benchmarks.
@@ -17,6 +18,7 @@ pub mod batcher;
 pub mod bert;
 pub mod fixture;
 mod gelu;
+mod packed;
 pub mod pooling;
 mod weights;
 
