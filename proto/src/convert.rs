@@ -1008,5 +1008,7 @@ mod tests {
     fn agent_spec_defaults_max_retries() {
         let spec = AgentSpec::from(pb::AgentSpec { name: "a".into(), ..Default::default() });
         assert_eq!(spec.max_retries, DEFAULT_MAX_RETRIES);
+        // A Rust client's default spec says the same as the wire's.
+        assert_eq!(AgentSpec::default().max_retries, DEFAULT_MAX_RETRIES);
     }
 }

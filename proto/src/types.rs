@@ -211,8 +211,9 @@ pub const SECRET_MODEL_OPTIONS: [&str; 1] = ["api_key"];
 /// Shown in place of a secret model option's value.
 pub const REDACTED: &str = "<redacted>";
 
-/// What an agent is. Validated by the head before it is accepted.
-#[derive(Clone, Default, PartialEq)]
+/// What an agent is. Validated by the head before it is accepted. Its default has
+/// [`DEFAULT_MAX_RETRIES`], as the wire format, the config file and Python do.
+#[derive(Clone, PartialEq)]
 pub struct AgentSpec {
     pub name: String,
     pub model: String,
@@ -246,6 +247,30 @@ pub struct AgentSpec {
 
 /// How long a task waits for an answer or an approval unless its agent says.
 pub const DEFAULT_INPUT_TIMEOUT_MS: u32 = 15 * 60 * 1000;
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        Self {
+            name: Default::default(),
+            model: Default::default(),
+            instructions: Default::default(),
+            description: Default::default(),
+            tools: Default::default(),
+            sampling: Default::default(),
+            resources: Default::default(),
+            max_retries: DEFAULT_MAX_RETRIES,
+            labels: Default::default(),
+            model_options: Default::default(),
+            max_concurrency: Default::default(),
+            topics: Default::default(),
+            mcp: Default::default(),
+            tool_choice: Default::default(),
+            requires_approval: Default::default(),
+            ask_user: Default::default(),
+            input_timeout_ms: Default::default(),
+        }
+    }
+}
 
 impl AgentSpec {
     /// How long a task of this agent waits for input.
