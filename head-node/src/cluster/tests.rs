@@ -183,11 +183,24 @@ impl Store for Kept {
     }
 }
 
+/// A head on `kept`'s store.
+fn start(config: &HeadConfig, kept: &Kept) -> Arc<Cluster> {
+    Cluster::start_with(config, Some(Box::new(kept.clone()))).expect("a head on the kept store")
+}
+
+/// `head` stopped (its store closed, as on a crash once written) and a new one started on
+/// the same store.
+fn restart(head: Arc<Cluster>, config: &HeadConfig, kept: &Kept) -> Arc<Cluster> {
+    head.close_store(Duration::from_secs(10));
+    drop(head);
+    start(config, kept)
+}
+
 #[test]
 fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest() {
     let kept = Kept::default();
     let config = config(2);
-    let first = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("first");
+    let first = start(&config, &kept);
     let (c, _rx, _) = first.worker_joined(registration("w1", 2, 9, &[]), String::new());
     let (t1, t2, t3) = (task(&first, "one"), task(&first, "two"), task(&first, "three"));
     first.worker_events(
@@ -195,10 +208,8 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
         c,
         vec![event(&t1, 1, EventKind::Working), event(&t2, 2, EventKind::Working)],
     );
-    first.close_store(Duration::from_secs(10));
-    drop(first);
 
-    let second = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("second");
+    let second = restart(first, &config, &kept);
     {
         let state = second.state.lock();
         assert_eq!(state.orphans.get("w1").map(Vec::len), Some(2), "t1 and t2 ran on w1");
@@ -212,11 +223,9 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
     assert_eq!(where_is(&second, &t1), (TaskState::Working, 1, Some("w1".into())));
     assert_eq!(where_is(&second, &t2).1, 2);
     assert!(second.state.lock().orphans.is_empty());
-    second.close_store(Duration::from_secs(10));
-    drop(second);
 
     // A third start whose worker never returns: its tasks are retried once the grace ends.
-    let third = Cluster::start_with(&config, Some(Box::new(kept))).expect("third");
+    let third = restart(second, &config, &kept);
     assert!(!third.state.lock().orphans.is_empty());
     third.retry_orphans(Instant::now() + Duration::from_secs(3600));
     assert!(third.state.lock().orphans.is_empty());
@@ -232,17 +241,15 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
 fn a_task_whose_run_never_reached_its_worker_before_a_restart_runs_on_its_attempt() {
     let kept = Kept::default();
     let config = config(0);
-    let first = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("first");
+    let first = start(&config, &kept);
     // Neither worker has sent an event: the head knows their processes from their joins.
     let (_, _rx1, _) = first.worker_joined(registration("w1", 2, 9, &[]), String::new());
     let (t1, t2) = (task(&first, "one"), task(&first, "two"));
     let (_, _rx2, _) = first.worker_joined(registration("w2", 1, 20, &[]), String::new());
     let t3 = task(&first, "three");
     assert_eq!(where_is(&first, &t3).2.as_deref(), Some("w2"));
-    first.close_store(Duration::from_secs(10));
-    drop(first);
 
-    let second = Cluster::start_with(&config, Some(Box::new(kept.clone()))).expect("second");
+    let second = restart(first, &config, &kept);
     let (c, mut rx, _) = second.worker_joined(registration("w1", 2, 9, &[]), String::new());
     for t in [&t1, &t2] {
         assert_eq!(where_is(&second, t), (TaskState::Scheduled, 1, Some("w1".into())));
@@ -264,11 +271,9 @@ fn a_task_whose_run_never_reached_its_worker_before_a_restart_runs_on_its_attemp
     // w2 comes back as a new process: it may have crashed on t3.
     second.worker_joined(registration("w2", 1, 21, &[]), String::new());
     assert_eq!(where_is(&second, &t3).0, TaskState::Failed);
-    second.close_store(Duration::from_secs(10));
-    drop(second);
 
     // A task whose worker had it is a lost attempt, whatever the process.
-    let third = Cluster::start_with(&config, Some(Box::new(kept))).expect("third");
+    let third = restart(second, &config, &kept);
     third.worker_joined(registration("w1", 2, 9, &[(&t2, 1)]), String::new());
     assert_eq!(where_is(&third, &t1).0, TaskState::Failed, "it was working on w1");
     assert_eq!(where_is(&third, &t2).0, TaskState::Scheduled, "w1 still runs it");
