@@ -162,3 +162,52 @@ async fn tokens_do_not_depend_on_the_batch_threads_or_load() -> Result<()> {
     }
     Ok(())
 }
+
+/// Two models decoding at once in one process, their steps on the same rayon pool (each
+/// keeps the pool's other threads awake while it runs): both finish, in bounded time, with
+/// each sequence's tokens the same as alone. A helper job of one step that ran on the
+/// thread of a step would wait for a step that cannot go on: a hang, caught by the timeout.
+/// The model is wide enough that a decode step's matmuls split across threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_decoding_at_once_give_their_solo_tokens() -> Result<()> {
+    let cfg = fleet_inference::transformer::DecoderConfig {
+        hidden_size: 512,
+        intermediate_size: 2048,
+        num_heads: 8,
+        num_kv_heads: 4,
+        ..fixture::quantizable_config(Family::Qwen2)
+    };
+    let path = std::env::temp_dir().join(format!("fleet-two-models-{}.gguf", std::process::id()));
+    fixture::write_gguf(&path, &cfg, &fixture::random_weights(&cfg)?, GgmlDType::Q8_0, &[])?;
+    let models = [load_gguf(&path, &Device::Cpu)?.0, load_gguf(&path, &Device::Cpu)?.0];
+    let (solo_model, _) = load_gguf(&path, &Device::Cpu)?;
+    std::fs::remove_file(&path)?;
+    let prompts = prompts(solo_model.config().vocab_size as u32);
+    let solo_engine = Engine::start(
+        solo_model,
+        EngineOptions { max_sequences: 1, prefill_chunk: 512, ..Default::default() },
+    )?;
+    let mut solo = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        solo.push(tokens(solo_engine.generate(request(i, p))).await?);
+    }
+    let engines =
+        models.map(|m| Engine::start(m, EngineOptions { max_sequences: 8, ..Default::default() }));
+    let [a, b] = engines;
+    let (a, b) = (a?, b?);
+    for round in 0..3 {
+        // Even prompts on one engine, odd ones on the other, all at once.
+        let runs = prompts.iter().enumerate().map(|(i, p)| {
+            let engine = if i % 2 == 0 { &a } else { &b };
+            tokens(engine.generate(request(i, p)))
+        });
+        let all = futures::future::try_join_all(runs);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(120), all)
+            .await
+            .map_err(|_| format!("round {round}: two engines did not finish in 120 s"))??;
+        for (i, (g, s)) in got.iter().zip(&solo).enumerate() {
+            assert_eq!(g, s, "round {round}: sequence {i} differs beside another model");
+        }
+    }
+    Ok(())
+}

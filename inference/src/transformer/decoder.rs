@@ -4,6 +4,8 @@
 
 use std::sync::OnceLock;
 
+use super::awake::{KEEP_AWAKE_TOKENS, KeepAwake};
+
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 
 use super::StepInput;
@@ -292,10 +294,16 @@ impl Decoder {
     /// On the CPU the step runs on a thread of rayon's pool, which then splits each matmul
     /// with the pool's other threads: called from outside the pool, every matmul (4 a
     /// layer) would hand its work to the pool and sleep until it is done, two wake-ups
-    /// each way (a fifth of a single stream's time on SmolLM2, in the scheduler).
+    /// each way (a fifth of a single stream's time on SmolLM2, in the scheduler). In a
+    /// step of short matmuls (decode) the other threads stay awake for its length
+    /// ([`KeepAwake`]).
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Tensor> {
         if self.device.is_cpu() && rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.step_here(inputs));
+            let tokens: usize = inputs.iter().map(|s| s.tokens.len()).sum();
+            return rayon::scope(|_| {
+                let _awake = (tokens <= KEEP_AWAKE_TOKENS).then(KeepAwake::start);
+                self.step_here(inputs)
+            });
         }
         self.step_here(inputs)
     }

@@ -16,6 +16,7 @@
 //! - [`fixture`]: tiny random-weight models of every family written to disk in both formats.
 
 pub mod attention;
+mod awake;
 pub mod cache;
 pub mod config;
 pub mod decoder;
