@@ -12,7 +12,7 @@ use candle_core::quantized::GgmlDType;
 use fleet_inference::engine::{Engine, EngineOptions, TokenEvent, TokenRequest};
 use fleet_inference::sampling::SamplingParams;
 use fleet_inference::transformer::load::load_gguf;
-use fleet_inference::transformer::{Family, fixture};
+use fleet_inference::transformer::{Decoder, Family, fixture};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -68,6 +68,19 @@ async fn tokens(mut events: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) ->
     Err("the engine stopped".into())
 }
 
+/// Each prompt's tokens alone: one sequence at a time, the whole prompt in one chunk.
+async fn alone(model: Decoder, prompts: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+    let engine = Engine::start(
+        model,
+        EngineOptions { max_sequences: 1, prefill_chunk: 512, ..Default::default() },
+    )?;
+    let mut solo = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        solo.push(tokens(engine.generate(request(i, p))).await?);
+    }
+    Ok(solo)
+}
+
 /// Threads that keep every core busy until dropped.
 struct Contention(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
 
@@ -108,15 +121,7 @@ async fn check(dtype: GgmlDType) -> Result<()> {
     std::fs::remove_file(&path)?;
     let prompts = prompts(solo_model.config().vocab_size as u32);
 
-    // Alone: one sequence at a time, the whole prompt in one chunk.
-    let solo_engine = Engine::start(
-        solo_model,
-        EngineOptions { max_sequences: 1, prefill_chunk: 512, ..Default::default() },
-    )?;
-    let mut solo = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        solo.push(tokens(solo_engine.generate(request(i, p))).await?);
-    }
+    let solo = alone(solo_model, &prompts).await?;
 
     // Batched: all 32 at once, prompts in chunks of 5 beside other sequences' decodes, while
     // other threads load every core.
@@ -183,14 +188,7 @@ async fn two_models_decoding_at_once_give_their_solo_tokens() -> Result<()> {
     let (solo_model, _) = load_gguf(&path, &Device::Cpu)?;
     std::fs::remove_file(&path)?;
     let prompts = prompts(solo_model.config().vocab_size as u32);
-    let solo_engine = Engine::start(
-        solo_model,
-        EngineOptions { max_sequences: 1, prefill_chunk: 512, ..Default::default() },
-    )?;
-    let mut solo = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        solo.push(tokens(solo_engine.generate(request(i, p))).await?);
-    }
+    let solo = alone(solo_model, &prompts).await?;
     let engines =
         models.map(|m| Engine::start(m, EngineOptions { max_sequences: 8, ..Default::default() }));
     let [a, b] = engines;
