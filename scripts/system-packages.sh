@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The system packages the tests need, from Debian's archive, installed when missing (so
+# `./scripts/test.sh` passes on a fresh machine with only Rust and Python 3, and CI shares
+# this one step): PostgreSQL's server programs, for the tests of the shared store and standby
+# heads (each test starts a server of its own with initdb/pg_ctl; none is used here), and
+# chromium with its driver, for the inspector's browser test. Root or sudo and apt-get are
+# needed only when something is missing; otherwise this does nothing. FLEET_PG_BIN names
+# PostgreSQL's programs elsewhere.
+set -euo pipefail
+
+packages=()
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ -z "${FLEET_PG_BIN:-}" ]; then
+    packages+=(postgresql)
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    packages+=(chromium chromium-driver)
+fi
+if [ ${#packages[@]} -eq 0 ]; then
+    exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null; then
+        echo "system-packages.sh: the tests need Debian's ${packages[*]}; run as root or install them: apt-get install ${packages[*]}" >&2
+        exit 1
+    fi
+    sudo="sudo"
+fi
+if ! command -v apt-get >/dev/null; then
+    echo "system-packages.sh: the tests need ${packages[*]} (Debian's package names) and this machine has no apt-get; install them and run again" >&2
+    exit 1
+fi
+echo "system-packages.sh: installing ${packages[*]} from Debian's archive" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
