@@ -2,10 +2,17 @@
 //! invariance on the GPU, and aggregate decode and prefill tokens/s. `benches/gpu/run.sh`
 //! runs it on the GPU machine beside PyTorch + transformers on the same model.
 //!
-//! `gpu -- [--check] [--speed] [--parts] [--json OUT] [--device cuda:0] MODEL...` (a GGUF
-//! file or a Hugging Face folder). `--parts` times the pieces of a batched prefill step
-//! (attention in tiles or a row at a time, the down projection whole, in 64-row calls or as
-//! one batched call of 64-row pieces) on the 0.5B model's shapes. Needs a build with
+//! `gpu -- [--check] [--speed] [--parts] [--blocks] [--batches 1,32] [--json OUT] [--device
+//! cuda:0] MODEL...` (a GGUF file or a Hugging Face folder). `--parts` times the pieces of a
+//! batched prefill step (attention in tiles or a row at a time, the down projection whole, in
+//! 64-row calls or as one batched call of 64-row pieces) on the 0.5B model's shapes.
+//! `--blocks` checks the GGUF-blocks matmul and row kernels of every format against their
+//! dequantized bf16 matrix bit for bit, and times them on a 7B model's shapes.
+//! `--write-random-gguf SHAPE PATH` writes a random-weight GGUF and exits: SHAPE
+//! `qwen2.5-7b-q4km` (Qwen2.5-7B's shapes, the tensor types llama.cpp's Q4_K_M gives) or
+//! `mixed-formats` (a small Qwen2 whose layers take each block format in turn). `--speed` decodes at `--batches`
+//! sequences (default 1, 32, 128, 256) and reports the GPU memory the model took
+//! (`FLEET_GPU_WEIGHTS=bf16` for weights dequantized at load). Needs a build with
 //! `--features cuda`.
 
 use std::path::Path;
@@ -16,6 +23,9 @@ use candle_core::{D, DType, Device, Tensor};
 use fleet_inference::transformer::load::{load_gguf, load_hf_dir};
 use fleet_inference::transformer::{Decoder, SequenceCache, StepInput, greedy};
 use serde_json::{Value, json};
+
+#[path = "gpu/blocks.rs"]
+mod blocks;
 
 fn load(path: &Path, device: &Device) -> Result<Decoder> {
     if path.is_dir() {
@@ -254,11 +264,35 @@ fn measure(mut run: impl FnMut() -> Result<f64>) -> Result<Value> {
     Ok(json!({"tokens_per_s": median(runs.clone()), "runs": runs}))
 }
 
-fn speed(path: &Path, device: &Device) -> Result<Value> {
+/// Free memory on GPU `index`, as the driver counts it (after the device's queue is done).
+fn gpu_free(device: &Device, index: usize) -> Result<u64> {
+    device.synchronize()?;
+    let found = fleet_inference::gpu::detect();
+    let gpu = found.gpus().get(index).context("NVML does not see this GPU")?;
+    Ok(gpu.memory_free)
+}
+
+fn speed(path: &Path, device: &Device, batches: &[usize]) -> Result<Value> {
+    let index = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+        _ => 0,
+    };
+    let free_before = gpu_free(device, index)?;
+    let started = Instant::now();
     let model = load(path, device)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let model_bytes = free_before.saturating_sub(gpu_free(device, index)?);
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{}: {:.2} GiB on the GPU for a {:.2} GiB file ({:.3}x), loaded in {load_s:.1} s",
+        path.display(),
+        model_bytes as f64 / (1u64 << 30) as f64,
+        file_bytes as f64 / (1u64 << 30) as f64,
+        model_bytes as f64 / file_bytes.max(1) as f64
+    );
     model.reserve_kv(8 << 30)?;
     let mut decode_rows = Vec::new();
-    for batch in [1, 32, 128, 256] {
+    for &batch in batches {
         let r = measure(|| decode(&model, batch, 64))?;
         println!("{} decode, {batch} sequences: {r}", path.display());
         decode_rows.push(json!({"batch": batch, "result": r}));
@@ -269,7 +303,11 @@ fn speed(path: &Path, device: &Device) -> Result<Value> {
     println!("{} prefill, 16 x 512 tokens: {prefill_many}", path.display());
     // One decode step's weight bytes read, for the bandwidth share of single-stream decode.
     Ok(json!({
+        "weights": std::env::var("FLEET_GPU_WEIGHTS").unwrap_or_else(|_| "blocks".into()),
         "weight_bytes": model.weight_bytes(),
+        "gpu_memory_for_model_bytes": model_bytes,
+        "file_bytes": file_bytes,
+        "load_s": load_s,
         "decode": decode_rows,
         "prefill_1x512": prefill_one,
         "prefill_16x512": prefill_many,
@@ -466,20 +504,35 @@ fn invariance_probe(device: &Device, k: usize, n: usize) -> Result<Value> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    if let Some(shape) = value_of("--write-random-gguf") {
+        let path = args.iter().skip_while(|a| *a != shape).nth(1).context("expected a PATH")?;
+        return blocks::write_random_gguf(shape, Path::new(path));
+    }
     let json_path = value_of("--json").cloned();
     let device_name = value_of("--device").cloned().unwrap_or_else(|| "cuda:0".into());
-    let values: Vec<&String> =
-        [value_of("--json"), value_of("--device")].into_iter().flatten().collect();
+    let batches: Vec<usize> = match value_of("--batches") {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![1, 32, 128, 256],
+    };
+    let values: Vec<&String> = [value_of("--json"), value_of("--device"), value_of("--batches")]
+        .into_iter()
+        .flatten()
+        .collect();
     let models: Vec<&String> =
         args.iter().filter(|a| !a.starts_with("--") && !values.contains(a)).collect();
+    let alone = ["--parts", "--blocks"];
     anyhow::ensure!(
-        !models.is_empty() || args.iter().any(|a| a == "--parts"),
-        "usage: gpu -- [--check] [--speed] [--parts] [--json OUT] MODEL..."
+        !models.is_empty() || args.iter().any(|a| alone.contains(&a.as_str())),
+        "usage: gpu -- [--check] [--speed] [--parts] [--blocks] [--batches 1,32] [--json OUT] \
+         MODEL... | --write-random-gguf SHAPE PATH"
     );
     let device = fleet_inference::device(&device_name)?;
     let mut results = Vec::new();
     if args.iter().any(|a| a == "--parts") {
         results.push(json!({"parts": parts(&device)?}));
+    }
+    if args.iter().any(|a| a == "--blocks") {
+        results.push(json!({"blocks": blocks::check_and_time(&device)?}));
     }
     for path in models {
         let path = Path::new(path);
@@ -488,7 +541,8 @@ fn main() -> Result<()> {
             entry["check"] = check(path, &device).with_context(|| format!("checking {path:?}"))?;
         }
         if args.iter().any(|a| a == "--speed") {
-            entry["speed"] = speed(path, &device).with_context(|| format!("timing {path:?}"))?;
+            entry["speed"] =
+                speed(path, &device, &batches).with_context(|| format!("timing {path:?}"))?;
         }
         results.push(entry);
     }

@@ -8,6 +8,7 @@ use std::process::Command;
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=src/cuda/convert.cuh");
+    println!("cargo::rerun-if-changed=src/cuda/quant.cuh");
     for name in KERNELS {
         println!("cargo::rerun-if-changed=src/cuda/{name}.cu");
     }

@@ -12,10 +12,15 @@
 //
 // Tile: a block of 4 warps computes 64 rows x 64 outputs, each warp 32 x 32 as 2 x 2
 // fragments of 16 x 16; x and W are staged 32 columns at a time in shared memory.
+//
+// W comes dense (f16/bf16 rows) or as GGUF blocks (quant.cuh): a weight loader puts 8
+// elements of a row in the tile either way, and the tensor cores see the same numbers. So
+// blocks multiply to exactly the bits of their dequantized bf16 matrix (`gpu --quant`).
 #include <mma.h>
 #include <stdint.h>
 
 #include "convert.cuh"
+#include "quant.cuh"
 
 using namespace nvcuda;
 
@@ -28,8 +33,35 @@ using namespace nvcuda;
 // chunks [z * per_block, min(chunks, (z + 1) * per_block)): per_block is 1 or all of them.
 // With one group the result goes to `out` (T); otherwise group z's f32 result goes to
 // `partial + z * m * n`.
+// Dense rows of W: 8 elements as they are.
 template <typename T>
-__device__ void gemm_xwt(T *out, float *partial, const T *x, const T *w, uint32_t m,
+struct DenseRows {
+    const T *w;
+    uint32_t k;
+    __device__ __forceinline__ uint4 load8(uint32_t row, uint32_t col) const {
+        return *(const uint4 *)(w + (uint64_t)row * k + col);
+    }
+};
+
+// Rows of GGUF blocks (format Q): 8 elements dequantized as the CPU does (quant.cuh), then
+// rounded to T.
+template <typename T, typename Q>
+struct BlockRows {
+    const uint8_t *w;
+    uint64_t row_bytes;
+    __device__ __forceinline__ uint4 load8(uint32_t row, uint32_t col) const {
+        float v[8];
+        Q::dequantize8(w + row * row_bytes, col, v);
+        uint4 packed;
+        T *e = (T *)&packed;
+#pragma unroll
+        for (int i = 0; i < 8; i++) e[i] = from_float<T>(v[i]);
+        return packed;
+    }
+};
+
+template <typename T, typename W>
+__device__ void gemm_xwt(T *out, float *partial, const T *x, W w, uint32_t m,
                          uint32_t n, uint32_t k, uint32_t per_block) {
     __shared__ __align__(32) T xs[TILE][STEP + PAD];
     __shared__ __align__(32) T ws[TILE][STEP + PAD];
@@ -52,8 +84,7 @@ __device__ void gemm_xwt(T *out, float *partial, const T *x, const T *w, uint32_
                 uint4 vx = make_uint4(0, 0, 0, 0), vw = make_uint4(0, 0, 0, 0);
                 if (row0 + r < m && k0 + kk < k_end)
                     vx = *(const uint4 *)(x + (uint64_t)(row0 + r) * k + k0 + kk);
-                if (col0 + r < n && k0 + kk < k_end)
-                    vw = *(const uint4 *)(w + (uint64_t)(col0 + r) * k + k0 + kk);
+                if (col0 + r < n && k0 + kk < k_end) vw = w.load8(col0 + r, k0 + kk);
                 *(uint4 *)&xs[r][kk] = vx;
                 *(uint4 *)&ws[r][kk] = vw;
             }
@@ -114,7 +145,7 @@ __device__ void sum_chunks(T *out, const float *partial, uint64_t mn, uint32_t g
     extern "C" __global__ void gemm_xwt_##SUFFIX(T *out, float *partial, const T *x,           \
                                                  const T *w, uint32_t m, uint32_t n,           \
                                                  uint32_t k, uint32_t per_block) {             \
-        gemm_xwt<T>(out, partial, x, w, m, n, k, per_block);                                   \
+        gemm_xwt<T>(out, partial, x, DenseRows<T>{w, k}, m, n, k, per_block);                  \
     }                                                                                          \
     extern "C" __global__ void sum_chunks_##SUFFIX(T *out, const float *partial, uint64_t mn,  \
                                                    uint32_t groups) {                          \
@@ -123,3 +154,31 @@ __device__ void sum_chunks(T *out, const float *partial, uint64_t mn, uint32_t g
 
 INSTANTIATE(__half, f16)
 INSTANTIATE(__nv_bfloat16, bf16)
+
+// x [m, k] bf16 times W as GGUF blocks, `row_bytes` per row of W: gemm_q_bf16_q4k, ...
+// And rows `ids` of such a W dequantized to bf16 (embedding lookups): rows_bf16_q4k, ...
+// Grid: one block per id; block: THREADS_ROWS threads, 8 columns each at a time.
+#define THREADS_ROWS 128
+#define BLOCKS(Q, NAME)                                                                        \
+    extern "C" __global__ void gemm_q_bf16_##NAME(                                             \
+        __nv_bfloat16 *out, float *partial, const __nv_bfloat16 *x, const uint8_t *w,          \
+        uint64_t row_bytes, uint32_t m, uint32_t n, uint32_t k, uint32_t per_block) {          \
+        gemm_xwt<__nv_bfloat16>(out, partial, x, BlockRows<__nv_bfloat16, Q>{w, row_bytes}, m, \
+                                n, k, per_block);                                              \
+    }                                                                                          \
+    extern "C" __global__ void rows_bf16_##NAME(__nv_bfloat16 *out, const uint8_t *w,          \
+                                                const uint32_t *ids, uint64_t row_bytes,       \
+                                                uint32_t k) {                                  \
+        BlockRows<__nv_bfloat16, Q> rows{w, row_bytes};                                        \
+        for (uint32_t col = threadIdx.x * 8; col < k; col += THREADS_ROWS * 8)                 \
+            *(uint4 *)(out + (uint64_t)blockIdx.x * k + col) = rows.load8(ids[blockIdx.x], col); \
+    }
+
+BLOCKS(Q4_0, q4_0)
+BLOCKS(Q4_1, q4_1)
+BLOCKS(Q5_0, q5_0)
+BLOCKS(Q5_1, q5_1)
+BLOCKS(Q8_0, q8_0)
+BLOCKS(Q4K, q4k)
+BLOCKS(Q5K, q5k)
+BLOCKS(Q6K, q6k)

@@ -4,7 +4,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchArgs, PushKernelArg};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use super::launch::{GEMM_MODULE, GEMM_PTX, grid, suffix};
@@ -48,66 +48,10 @@ impl CustomOp2 for MatmulXwt {
             (x, x_l): (&CudaStorage, &Layout),
             (w, w_l): (&CudaStorage, &Layout),
         ) -> Result<CudaStorage> {
-            let dev = x.device().clone();
-            let (m, k) = (x_l.dims()[0], x_l.dims()[1]);
-            let n = w_l.dims()[0];
-            let chunks = k.div_ceil(CHUNK);
-            let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
-            let xs = x.as_cuda_slice::<T>()?.slice(x_l.start_offset()..);
             let ws = w.as_cuda_slice::<T>()?.slice(w_l.start_offset()..);
-            // SAFETY: every element of the output is written (by the matmul when a block
-            // walks every chunk, else by the sum) before use.
-            let mut out = unsafe { dev.alloc::<T>(m * n)? };
-            let gemm = dev.get_or_load_custom_func(
-                &format!("gemm_xwt_{}", suffix(T::DTYPE)?),
-                GEMM_MODULE,
-                GEMM_PTX,
-            )?;
-            let (nu, ku) = (n as u32, k as u32);
-            if tiles >= WALK_ALL_FROM_TILES || chunks == 1 {
-                let (mu, per_block) = (m as u32, chunks as u32);
-                let mut b = gemm.builder();
-                b.arg(&out).arg(&out).arg(&xs).arg(&ws).arg(&mu).arg(&nu).arg(&ku).arg(&per_block);
-                let cfg = grid((m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1), 128);
-                // SAFETY: `matmul_xwt` checked x [m, k] and w [n, k] contiguous, k a
-                // multiple of 8 and both starts 16-byte aligned (the kernel loads 8 elements
-                // at once); loads and stores are bounded by m, n and k. With one chunk
-                // group the kernel never touches `partial`.
-                unsafe { b.launch(cfg) }.w()?;
-                return Ok(CudaStorage::wrap_cuda_slice(out, dev));
-            }
-            let sum = dev.get_or_load_custom_func(
-                &format!("sum_chunks_{}", suffix(T::DTYPE)?),
-                GEMM_MODULE,
-                GEMM_PTX,
-            )?;
-            // Row slices whose partial sums fit the budget, in whole tiles.
-            let slice = (PARTIAL_BYTES / (chunks * n * 4)).max(TILE) / TILE * TILE;
-            // SAFETY: each slice's groups * rows * n elements are written by its blocks
-            // before the sum reads them.
-            let partial = unsafe { dev.alloc::<f32>(chunks * slice.min(m) * n)? };
-            for start in (0..m).step_by(slice) {
-                let rows = slice.min(m - start);
-                let x_rows = xs.slice(start * k..);
-                let mut out_rows = out.slice_mut(start * n..);
-                let (mu, one) = (rows as u32, 1u32);
-                let mut b = gemm.builder();
-                b.arg(&mut out_rows).arg(&partial).arg(&x_rows).arg(&ws);
-                b.arg(&mu).arg(&nu).arg(&ku).arg(&one);
-                let cfg =
-                    grid((rows.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, chunks as u32), 128);
-                // SAFETY: as above, for `rows` rows from `start`; block z writes partial
-                // elements z * rows * n + i, i < rows * n, inside the allocation.
-                unsafe { b.launch(cfg) }.w()?;
-                let (mn, groups) = ((rows * n) as u64, chunks as u32);
-                let mut b = sum.builder();
-                b.arg(&mut out_rows).arg(&partial).arg(&mn).arg(&groups);
-                let cfg = grid(((rows * n).div_ceil(256) as u32, 1, 1), 256);
-                // SAFETY: thread i reads partial[z * mn + i] for z < groups and writes
-                // out_rows[i], i < rows * n.
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+            let name = format!("gemm_xwt_{}", suffix(T::DTYPE)?);
+            let (m, k, n) = (x_l.dims()[0], x_l.dims()[1], w_l.dims()[0]);
+            tiles::<T>(x, x_l, (m, k, n), &name, &WeightArg::Dense(ws))
         }
         let out = match x.dtype() {
             DType::F16 => launch::<half::f16>((x, x_l), (w, w_l))?,
@@ -115,6 +59,92 @@ impl CustomOp2 for MatmulXwt {
         };
         Ok((out, Shape::from((x_l.dims()[0], w_l.dims()[0]))))
     }
+}
+
+/// How the kernel reads W: dense rows of the activations' type, or GGUF blocks.
+pub(super) enum WeightArg<'a, T> {
+    Dense(CudaView<'a, T>),
+    Blocks { bytes: CudaView<'a, u8>, row_bytes: u64 },
+}
+
+/// W's arguments to the tile kernel: its rows, and for blocks the bytes a row takes.
+fn push_weight<'a, 'c: 'a, T>(b: &mut LaunchArgs<'a>, w: &'a WeightArg<'c, T>) {
+    match w {
+        WeightArg::Dense(ws) => {
+            b.arg(ws);
+        }
+        WeightArg::Blocks { bytes, row_bytes } => {
+            b.arg(bytes).arg(row_bytes);
+        }
+    }
+}
+
+/// `x W^T` by the tile kernel `gemm` (gemm.cu) over `x` `[m, k]` and `W` `[n, k]`: one launch
+/// where the tiles are many, else one chunk per block and `sum_chunks` to add them.
+pub(super) fn tiles<
+    T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithDType,
+>(
+    x: &CudaStorage,
+    x_l: &Layout,
+    (m, k, n): (usize, usize, usize),
+    gemm: &str,
+    w: &WeightArg<'_, T>,
+) -> Result<CudaStorage> {
+    let dev = x.device().clone();
+    let chunks = k.div_ceil(CHUNK);
+    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+    let xs = x.as_cuda_slice::<T>()?.slice(x_l.start_offset()..);
+    // SAFETY: every element of the output is written (by the matmul when a block walks
+    // every chunk, else by the sum) before use.
+    let mut out = unsafe { dev.alloc::<T>(m * n)? };
+    let gemm = dev.get_or_load_custom_func(gemm, GEMM_MODULE, GEMM_PTX)?;
+    let (nu, ku) = (n as u32, k as u32);
+    if tiles >= WALK_ALL_FROM_TILES || chunks == 1 {
+        let (mu, per_block) = (m as u32, chunks as u32);
+        let mut b = gemm.builder();
+        b.arg(&out).arg(&out).arg(&xs);
+        push_weight(&mut b, w);
+        b.arg(&mu).arg(&nu).arg(&ku).arg(&per_block);
+        let cfg = grid((m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1), 128);
+        // SAFETY: the callers checked x [m, k] and W's n rows of k contiguous, k a multiple
+        // of 8 and x's start 16-byte aligned (the kernel loads 8 elements at once); loads
+        // and stores are bounded by m, n and k. With one chunk group the kernel never
+        // touches `partial`.
+        unsafe { b.launch(cfg) }.w()?;
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    }
+    let sum = dev.get_or_load_custom_func(
+        &format!("sum_chunks_{}", suffix(T::DTYPE)?),
+        GEMM_MODULE,
+        GEMM_PTX,
+    )?;
+    // Row slices whose partial sums fit the budget, in whole tiles.
+    let slice = (PARTIAL_BYTES / (chunks * n * 4)).max(TILE) / TILE * TILE;
+    // SAFETY: each slice's groups * rows * n elements are written by its blocks before the
+    // sum reads them.
+    let partial = unsafe { dev.alloc::<f32>(chunks * slice.min(m) * n)? };
+    for start in (0..m).step_by(slice) {
+        let rows = slice.min(m - start);
+        let x_rows = xs.slice(start * k..);
+        let mut out_rows = out.slice_mut(start * n..);
+        let (mu, one) = (rows as u32, 1u32);
+        let mut b = gemm.builder();
+        b.arg(&mut out_rows).arg(&partial).arg(&x_rows);
+        push_weight(&mut b, w);
+        b.arg(&mu).arg(&nu).arg(&ku).arg(&one);
+        let cfg = grid((rows.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, chunks as u32), 128);
+        // SAFETY: as above, for `rows` rows from `start`; block z writes partial elements
+        // z * rows * n + i, i < rows * n, inside the allocation.
+        unsafe { b.launch(cfg) }.w()?;
+        let (mn, groups) = ((rows * n) as u64, chunks as u32);
+        let mut b = sum.builder();
+        b.arg(&mut out_rows).arg(&partial).arg(&mn).arg(&groups);
+        let cfg = grid(((rows * n).div_ceil(256) as u32, 1, 1), 256);
+        // SAFETY: thread i reads partial[z * mn + i] for z < groups and writes out_rows[i],
+        // i < rows * n.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
 /// Whether [`matmul_xwt`] takes `x` and `w`: f16 or bf16 alike, `in` a multiple of 8.

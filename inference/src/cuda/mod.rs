@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::transformer::paged::{BLOCK_SIZE, BlockPool, KERNEL_HEAD_DIMS, StepPlan};
@@ -125,10 +126,29 @@ pub fn matmul_xwt_supports(x: &Tensor, w: &Tensor) -> bool {
     imp::matmul_xwt_supports(x, w)
 }
 
+/// `x W^T` for bf16 `x` `[m, k]` and W `[n, k]` kept as GGUF blocks of `dtype` (u8 `[n, row
+/// bytes]` on the GPU): [`matmul_xwt`]'s order of summing over each block dequantized as the
+/// CPU does, so the same bits as [`matmul_xwt`] on W dequantized to bf16. CUDA only.
+pub fn matmul_blocks(x: &Tensor, blocks: &Tensor, dtype: GgmlDType) -> Result<Tensor> {
+    imp::matmul_blocks(x, blocks, dtype)
+}
+
+/// Rows `ids` of W kept as blocks (see [`matmul_blocks`]), dequantized to bf16 `[ids, k]`.
+/// CUDA only.
+pub fn rows_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize, ids: &[u32]) -> Result<Tensor> {
+    imp::rows_blocks(blocks, dtype, k, ids)
+}
+
+/// Whether the GPU kernels read blocks of `dtype` (false in a build without CUDA).
+pub fn blocks_supported(dtype: GgmlDType) -> bool {
+    imp::blocks_supported(dtype)
+}
+
 pub use imp::DevicePlan;
 
 #[cfg(not(feature = "cuda"))]
 mod imp {
+    use candle_core::quantized::GgmlDType;
     use candle_core::{Result, Tensor};
 
     use crate::transformer::paged::StepPlan;
@@ -174,6 +194,18 @@ mod imp {
     pub fn matmul_xwt_supports(_: &Tensor, _: &Tensor) -> bool {
         false
     }
+
+    pub fn matmul_blocks(_: &Tensor, _: &Tensor, _: GgmlDType) -> Result<Tensor> {
+        candle_core::bail!("this build has no CUDA support (build with --features cuda)")
+    }
+
+    pub fn rows_blocks(_: &Tensor, _: GgmlDType, _: usize, _: &[u32]) -> Result<Tensor> {
+        candle_core::bail!("this build has no CUDA support (build with --features cuda)")
+    }
+
+    pub fn blocks_supported(_: GgmlDType) -> bool {
+        false
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -184,6 +216,8 @@ mod gemm_ops;
 mod launch;
 #[cfg(feature = "cuda")]
 mod paged_ops;
+#[cfg(feature = "cuda")]
+mod quant_ops;
 
 #[cfg(feature = "cuda")]
 mod imp {
@@ -191,4 +225,9 @@ mod imp {
     pub use super::gemm_ops::{matmul_xwt, supports as matmul_xwt_supports};
     pub use super::launch::{DevicePlan, upload};
     pub use super::paged_ops::{attend, rope_write};
+    pub use super::quant_ops::{matmul_blocks, rows_blocks};
+
+    pub fn blocks_supported(dtype: candle_core::quantized::GgmlDType) -> bool {
+        super::quant_ops::kernel_suffix(dtype).is_some()
+    }
 }

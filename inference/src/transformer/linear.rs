@@ -1,7 +1,7 @@
 //! A projection `x W^T + b` whose weight is dense f32 or quantized in GGUF blocks.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Result, Tensor};
 
 use crate::kernels::{DenseMatrix, QuantMatrix};
 
@@ -22,6 +22,9 @@ pub enum Weight {
     Packed(Box<QuantMatrix>),
     /// Other GGUF blocks, multiplied by candle's quantized matmul.
     Quantized(QMatMul),
+    /// GGUF blocks on a CUDA GPU as the file has them (u8 `[out, row bytes]`), multiplied
+    /// and read as rows by our kernels ([`crate::cuda::matmul_blocks`]).
+    Blocks { bytes: Tensor, dtype: GgmlDType, k: usize },
 }
 
 #[derive(Debug)]
@@ -65,10 +68,13 @@ impl Linear {
         if let Some(rows) = DenseMatrix::from_qtensor(&weight) {
             return Self::new(Weight::Rows(Box::new(rows)), bias, out_features);
         }
-        // On a CUDA GPU the blocks become bf16 at load: batched decoding there is bound by
-        // compute, not weight bandwidth, and cuBLAS's bf16 matmul beats candle's quantized
-        // one at every batch size above a few sequences.
+        // On a CUDA GPU the blocks stay as they are where our kernels read them (the file's
+        // bytes on the card); otherwise, or with FLEET_GPU_WEIGHTS=bf16, they become bf16
+        // at load (cuBLAS's matmul, 3.5-4x the memory).
         if weight.device().is_cuda() {
+            if gpu_keeps_blocks(weight.dtype()) {
+                return Self::gpu_blocks(&weight, bias, &weight.device());
+            }
             let dense = weight.dequantize(&weight.device())?;
             return Self::dense(dense, bias);
         }
@@ -90,6 +96,29 @@ impl Linear {
         Self::new(weight, bias, out_features)
     }
 
+    /// GGUF blocks (on any device) kept as they are on the CUDA `device`, for our kernels:
+    /// only for a dtype [`gpu_keeps_blocks`] takes.
+    pub fn gpu_blocks(weight: &QTensor, bias: Option<Tensor>, device: &Device) -> Result<Self> {
+        let dtype = weight.dtype();
+        let (out, k) = weight.shape().dims2()?;
+        if !device.is_cuda() || !crate::cuda::blocks_supported(dtype) {
+            candle_core::bail!("{dtype:?} blocks are kept as they are only on CUDA GPUs");
+        }
+        let data = weight.data()?;
+        let row_bytes = k / dtype.block_size() * dtype.type_size();
+        if data.len() != out * row_bytes {
+            candle_core::bail!(
+                "{dtype:?} weight [{out}, {k}] holds {} bytes, expected {}",
+                data.len(),
+                out * row_bytes
+            );
+        }
+        let bytes = Tensor::from_slice(&data, (out, row_bytes), device)?;
+        let bias =
+            bias.map(|b| b.to_device(device)?.to_dtype(compute_dtype(device))).transpose()?;
+        Self::new(Weight::Blocks { bytes, dtype, k }, bias, out)
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }
@@ -98,26 +127,45 @@ impl Linear {
     /// were several, outputs side by side in `parts` order. `None` unless every part is a
     /// dense off-CPU weight (the CPU kernels batch their rows already).
     pub fn stack(parts: &[&Linear]) -> Result<Option<Linear>> {
-        let mut weights = Vec::with_capacity(parts.len());
-        for part in parts {
-            let Weight::Dense(w) = &part.weight else { return Ok(None) };
-            weights.push(w.clone());
-        }
-        let bias = if parts.iter().any(|p| p.bias.is_some()) {
-            let biases = parts
-                .iter()
-                .zip(&weights)
-                .map(|(p, w)| match &p.bias {
-                    Some(b) => Ok(b.clone()),
-                    None => Tensor::zeros(p.out_features, w.dtype(), w.device()),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(Tensor::cat(&biases, 0)?)
-        } else {
-            None
+        let Some(first) = parts.first() else { return Ok(None) };
+        let weight = match &first.weight {
+            Weight::Dense(_) => {
+                let dense = parts.iter().map(|p| match &p.weight {
+                    Weight::Dense(w) => Some(w.clone()),
+                    _ => None,
+                });
+                let Some(weights) = dense.collect::<Option<Vec<_>>>() else { return Ok(None) };
+                Weight::Dense(Tensor::cat(&weights, 0)?)
+            }
+            // Blocks of one type and row length: rows of bytes, stacked as they are.
+            &Weight::Blocks { dtype, k, .. } => {
+                let blocks = parts.iter().map(|p| match &p.weight {
+                    Weight::Blocks { bytes, dtype: d, k: pk } if *d == dtype && *pk == k => {
+                        Some(bytes.clone())
+                    }
+                    _ => None,
+                });
+                let Some(bytes) = blocks.collect::<Option<Vec<_>>>() else { return Ok(None) };
+                Weight::Blocks { bytes: Tensor::cat(&bytes, 0)?, dtype, k }
+            }
+            _ => return Ok(None),
+        };
+        let bias_dtype = parts.iter().find_map(|p| p.bias.as_ref().map(Tensor::dtype));
+        let bias = match bias_dtype {
+            Some(dtype) => {
+                let biases = parts
+                    .iter()
+                    .map(|p| match &p.bias {
+                        Some(b) => Ok(b.clone()),
+                        None => Tensor::zeros(p.out_features, dtype, parts_device(parts)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Tensor::cat(&biases, 0)?)
+            }
+            None => None,
         };
         let out_features = parts.iter().map(|p| p.out_features).sum();
-        Linear::new(Weight::Dense(Tensor::cat(&weights, 0)?), bias, out_features).map(Some)
+        Linear::new(weight, bias, out_features).map(Some)
     }
 
     /// Bytes the weight takes in memory.
@@ -130,18 +178,22 @@ impl Linear {
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
+            Weight::Blocks { bytes, .. } => bytes.elem_count(),
         }
     }
 
     /// Whether [`Linear::rows`] can read this weight's rows (an embedding table kept in its
     /// matmul form instead of a second, f32 copy).
     pub fn has_rows(&self) -> bool {
-        matches!(self.weight, Weight::Rows(_) | Weight::Packed(_))
+        matches!(self.weight, Weight::Rows(_) | Weight::Packed(_) | Weight::Blocks { .. })
     }
 
-    /// The weight's rows `ids` as f32 `[ids, in]` (embedding lookups); only where
-    /// [`Linear::has_rows`].
+    /// The weight's rows `ids` `[ids, in]` (embedding lookups): f32 on the CPU, bf16 on a
+    /// GPU (the activations' dtype there); only where [`Linear::has_rows`].
     pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Weight::Blocks { bytes, dtype, k } = &self.weight {
+            return crate::cuda::rows_blocks(bytes, *dtype, *k, ids);
+        }
         let k = match &self.weight {
             Weight::Rows(m) => m.cols(),
             Weight::Packed(m) => m.cols(),
@@ -175,6 +227,7 @@ impl Linear {
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.dims().get(1).copied().unwrap_or(0)
             }
+            Weight::Blocks { k, .. } => *k,
         }
     }
 
@@ -209,12 +262,30 @@ impl Linear {
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Packed(m) => m.matmul(x)?,
             Weight::Quantized(q) => q.forward(x)?,
+            Weight::Blocks { bytes, dtype, .. } => crate::cuda::matmul_blocks(x, bytes, *dtype)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// The device of the stacked parts' weights.
+fn parts_device<'a>(parts: &[&'a Linear]) -> &'a Device {
+    match parts.first().map(|p| &p.weight) {
+        Some(Weight::Dense(w) | Weight::Blocks { bytes: w, .. }) => w.device(),
+        _ => &Device::Cpu,
+    }
+}
+
+/// Whether GGUF blocks of `dtype` stay as they are on a CUDA GPU (our kernels read them;
+/// the default) rather than becoming bf16 at load (`FLEET_GPU_WEIGHTS=bf16`: cuBLAS's
+/// matmul, faster prefill, 3.5-4x the memory of a 4-bit file).
+pub fn gpu_keeps_blocks(dtype: GgmlDType) -> bool {
+    static BF16: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let bf16 = *BF16.get_or_init(|| std::env::var("FLEET_GPU_WEIGHTS").is_ok_and(|v| v == "bf16"));
+    !bf16 && crate::cuda::blocks_supported(dtype)
 }
 
 /// Whether GPU matmuls whose sum is longer than their output run on our kernel that sums

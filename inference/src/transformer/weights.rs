@@ -192,6 +192,25 @@ impl GgufWeights {
     fn name(part: Part, bias: bool) -> String {
         format!("{}.{}", part.gguf_name(), suffix(bias))
     }
+
+    /// On a CUDA GPU, a projection whose blocks the GPU keeps as they are: read on the CPU
+    /// and copied to the card once (candle's reader would pad them on the card, and they
+    /// would come back for our layout).
+    fn gpu_blocks(&mut self, part: Part, bias: bool) -> Result<Option<Linear>> {
+        let name = Self::name(part, false);
+        let keeps = self.device.is_cuda()
+            && self
+                .content
+                .tensor_infos
+                .get(&name)
+                .is_some_and(|info| super::linear::gpu_keeps_blocks(info.ggml_dtype));
+        if !keeps {
+            return Ok(None);
+        }
+        let w = self.content.tensor(&mut self.file, &name, &Device::Cpu)?;
+        let b = if bias { Some(self.dense(part, true)?) } else { None };
+        Linear::gpu_blocks(&w, b, &self.device).map(Some)
+    }
 }
 
 impl WeightSource for GgufWeights {
@@ -205,6 +224,9 @@ impl WeightSource for GgufWeights {
     }
 
     fn linear(&mut self, part: Part, bias: bool) -> Result<Linear> {
+        if let Some(linear) = self.gpu_blocks(part, bias)? {
+            return Ok(linear);
+        }
         let w = self.read(&Self::name(part, false))?;
         let b = if bias { Some(self.dense(part, true)?) } else { None };
         Linear::quantized(w, b)
@@ -213,6 +235,11 @@ impl WeightSource for GgufWeights {
     /// Matrices our kernels multiply are stacked: one matmul quantizes the input once and
     /// streams all of them in one pass.
     fn projections(&mut self, parts: &[Part], bias: bool) -> Result<Projections> {
+        // The GPU stacks its projections after loading (`Decoder::stack_projections`).
+        if self.device.is_cuda() {
+            let linears = parts.iter().map(|p| self.linear(*p, bias)).collect::<Result<_>>()?;
+            return Ok(Projections::Separate(linears));
+        }
         let weights: Vec<QTensor> =
             parts.iter().map(|p| self.read(&Self::name(*p, false))).collect::<Result<_>>()?;
         let biases: Vec<Option<Tensor>> = parts
