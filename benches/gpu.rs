@@ -86,6 +86,10 @@ fn chat_prompts(path: &Path) -> Result<Option<(fleet_inference::text::Tokenizer,
         return Ok(None);
     }
     let (_, metadata) = load_gguf(path, &Device::Cpu)?;
+    // Random-weight files carry no tokenizer.
+    if !metadata.contains_key("tokenizer.ggml.tokens") {
+        return Ok(None);
+    }
     let tokenizer = Tokenizer::from_gguf(&metadata)?;
     let Some(template) = tokenizer.chat_template() else { return Ok(None) };
     let questions = [

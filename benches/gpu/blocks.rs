@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::Value as Meta;
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file, gguf_file};
 use candle_core::{DType, Device, Tensor};
-use fleet_inference::cuda::{matmul_blocks, matmul_xwt, rows_blocks};
+use fleet_inference::cuda::{
+    dequantize_blocks, matmul_blocks, matmul_blocks_fused, matmul_xwt, rows_blocks,
+};
 use serde_json::{Value, json};
 
 const FORMATS: [GgmlDType; 8] = [
@@ -122,7 +124,8 @@ pub fn check_and_time(device: &Device) -> Result<Value> {
             let bytes = Tensor::from_slice(&data, (n, data.len() / n), device)?;
             let full = host(&matmul_blocks(&x_all, &bytes, dtype)?)?;
             let (mut differ_from_dense, mut differ_from_full) = (Vec::new(), Vec::new());
-            for m in [1, 2, 7, 16, 63, 64, 65, 130, 300, 1000] {
+            let mut fused_differs = Vec::new();
+            for m in [1, 2, 7, 16, 63, 64, 65, 130, 255, 256, 300, 1000] {
                 let x = x_all.narrow(0, 0, m)?;
                 let ours = host(&matmul_blocks(&x, &bytes, dtype)?)?;
                 if ours != host(&matmul_xwt(&x, &dense)?)? {
@@ -131,7 +134,11 @@ pub fn check_and_time(device: &Device) -> Result<Value> {
                 if ours[..] != full[..m * n] {
                     differ_from_full.push(m);
                 }
+                if ours != host(&matmul_blocks_fused(&x, &bytes, dtype)?)? {
+                    fused_differs.push(m);
+                }
             }
+            let dequantized_equal = host(&dequantize_blocks(&bytes, dtype, k)?)? == host(&dense)?;
             let ids = [0u32, 5, 1535, 17, 5];
             let rows = host(&rows_blocks(&bytes, dtype, k, &ids)?)?;
             let expected = host(&dense.index_select(&Tensor::new(&ids[..], device)?, 0)?)?;
@@ -140,6 +147,8 @@ pub fn check_and_time(device: &Device) -> Result<Value> {
                 "format": format!("{dtype:?}"), "weights": source,
                 "row_counts_differing_from_dequantized_bf16": differ_from_dense,
                 "row_counts_differing_from_1000_rows": differ_from_full,
+                "row_counts_where_fused_differs": fused_differs,
+                "dequantized_on_gpu_equal_cpu": dequantized_equal,
                 "rows_equal_dequantized": rows == expected,
                 "out_of_range_id_refused": out_of_range,
             });
@@ -161,15 +170,18 @@ pub fn check_and_time(device: &Device) -> Result<Value> {
         let mut ms = serde_json::Map::new();
         for m in [1, 16, 64, 256, 2048, 8192] {
             let x = Tensor::randn(0f32, 1., (m, k), device)?.to_dtype(DType::BF16)?;
-            let blocks = time(device, || Ok(matmul_blocks(&x, &bytes, dtype)?))?;
+            let fused = time(device, || Ok(matmul_blocks_fused(&x, &bytes, dtype)?))?;
+            let dequantized =
+                time(device, || Ok(matmul_xwt(&x, &dequantize_blocks(&bytes, dtype, k)?)?))?;
             let ours_bf16 = time(device, || Ok(matmul_xwt(&x, &dense)?))?;
             let cublas = time(device, || Ok(x.matmul(&dense_t)?))?;
             ms.insert(
                 format!("{m}_rows"),
                 json!({
-                    "blocks_ms": blocks * 1e3, "ours_bf16_ms": ours_bf16 * 1e3,
-                    "cublas_bf16_ms": cublas * 1e3,
-                    "blocks_weight_gb_per_s": data.len() as f64 / blocks / 1e9,
+                    "blocks_fused_ms": fused * 1e3,
+                    "blocks_dequantized_first_ms": dequantized * 1e3,
+                    "ours_bf16_ms": ours_bf16 * 1e3, "cublas_bf16_ms": cublas * 1e3,
+                    "blocks_fused_weight_gb_per_s": data.len() as f64 / fused / 1e9,
                     "bf16_weight_gb_per_s_cublas": (n * k * 2) as f64 / cublas / 1e9,
                 }),
             );

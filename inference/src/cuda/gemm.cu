@@ -131,6 +131,66 @@ __device__ void gemm_xwt(T *out, float *partial, const T *x, W w, uint32_t m,
     }
 }
 
+// Steps of at most 16 rows (decoding): the same sums, laid out for streaming W. A block's 4
+// warps share one chunk of x (16 rows); each warp takes 16 outputs and loads its whole
+// 16 x CHUNK slice of W at once (16 independent 16-byte pieces per lane, where the tile
+// kernel above loads 2 and waits, 8 times), then runs the chunk's mma steps in the same
+// order as gemm_xwt: from zero, 16 columns of k at a time, two per STEP of 32 up to the
+// chunk's end. Each output element is its own dot product in the mma, so its bits are
+// gemm_xwt's whatever rows and outputs surround it (`gpu --blocks` checks every row count
+// against a 1,000-row call). Grid: (ceil(n / 64), chunks); one chunk gives `out` (T),
+// several give chunk z's f32 result at `partial + z * m * n`, added by sum_chunks.
+#define NARROW_ROWS 16
+#define NARROW_WARPS 4
+template <typename T, typename W>
+__device__ void gemm_xwt_narrow(T *out, float *partial, const T *x, W w, uint32_t m,
+                                uint32_t n, uint32_t k) {
+    __shared__ __align__(32) T xs[NARROW_ROWS][CHUNK + PAD];
+    __shared__ __align__(32) T ws[NARROW_WARPS][16][CHUNK + PAD];
+    __shared__ __align__(32) float cs[NARROW_WARPS][16][16 + 4];
+    uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    uint32_t k0 = blockIdx.y * CHUNK, k_end = min(k, k0 + CHUNK);
+    uint32_t col0 = (blockIdx.x * NARROW_WARPS + warp) * 16;
+    for (uint32_t c = threadIdx.x; c < NARROW_ROWS * CHUNK / 8; c += blockDim.x) {
+        uint32_t r = c / (CHUNK / 8), kk = (c % (CHUNK / 8)) * 8;
+        uint4 vx = make_uint4(0, 0, 0, 0);
+        if (r < m && k0 + kk < k_end) vx = *(const uint4 *)(x + (uint64_t)r * k + k0 + kk);
+        *(uint4 *)&xs[r][kk] = vx;
+    }
+    // Lane j loads columns 8 j .. 8 j + 8 of each of the warp's 16 rows.
+#pragma unroll
+    for (uint32_t r = 0; r < 16; r++) {
+        uint32_t kk = lane * 8;
+        uint4 vw = make_uint4(0, 0, 0, 0);
+        if (col0 + r < n && k0 + kk < k_end) vw = w.load8(col0 + r, k0 + kk);
+        *(uint4 *)&ws[warp][r][kk] = vw;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> part;
+    wmma::fill_fragment(part, 0.f);
+    for (uint32_t s = 0; s < k_end - k0; s += STEP) {
+#pragma unroll
+        for (int kk = 0; kk < STEP; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+            wmma::load_matrix_sync(a, &xs[0][s + kk], CHUNK + PAD);
+            wmma::load_matrix_sync(b, &ws[warp][0][s + kk], CHUNK + PAD);
+            wmma::mma_sync(part, a, b, part);
+        }
+    }
+    wmma::store_matrix_sync(&cs[warp][0][0], part, 16 + 4, wmma::mem_row_major);
+    __syncwarp();
+    for (uint32_t e = lane; e < 16 * 16; e += 32) {
+        uint32_t r = e / 16, col = e % 16;
+        if (r >= m || col0 + col >= n) continue;
+        uint64_t at = (uint64_t)r * n + col0 + col;
+        if (gridDim.y == 1)
+            out[at] = from_float<T>(cs[warp][r][col]);
+        else
+            partial[(uint64_t)blockIdx.y * m * n + at] = cs[warp][r][col];
+    }
+}
+
 // out[i] = the groups' partial sums added in group order (one chunk per group).
 template <typename T>
 __device__ void sum_chunks(T *out, const float *partial, uint64_t mn, uint32_t groups) {
@@ -147,6 +207,11 @@ __device__ void sum_chunks(T *out, const float *partial, uint64_t mn, uint32_t g
                                                  uint32_t k, uint32_t per_block) {             \
         gemm_xwt<T>(out, partial, x, DenseRows<T>{w, k}, m, n, k, per_block);                  \
     }                                                                                          \
+    extern "C" __global__ void gemm_xwt_narrow_##SUFFIX(T *out, float *partial, const T *x,    \
+                                                        const T *w, uint32_t m, uint32_t n,    \
+                                                        uint32_t k) {                          \
+        gemm_xwt_narrow<T>(out, partial, x, DenseRows<T>{w, k}, m, n, k);                      \
+    }                                                                                          \
     extern "C" __global__ void sum_chunks_##SUFFIX(T *out, const float *partial, uint64_t mn,  \
                                                    uint32_t groups) {                          \
         sum_chunks<T>(out, partial, mn, groups);                                               \
@@ -156,8 +221,10 @@ INSTANTIATE(__half, f16)
 INSTANTIATE(__nv_bfloat16, bf16)
 
 // x [m, k] bf16 times W as GGUF blocks, `row_bytes` per row of W: gemm_q_bf16_q4k, ...
-// And rows `ids` of such a W dequantized to bf16 (embedding lookups): rows_bf16_q4k, ...
-// Grid: one block per id; block: THREADS_ROWS threads, 8 columns each at a time.
+// Rows `ids` of such a W dequantized to bf16 (embedding lookups): rows_bf16_q4k, ...; grid:
+// one block per id. All of W dequantized to bf16 (for the tile kernel on dense rows, at
+// many rows per step): dequantize_bf16_q4k, ...; grid: one block per row of W. Blocks of
+// THREADS_ROWS threads, 8 columns each at a time.
 #define THREADS_ROWS 128
 #define BLOCKS(Q, NAME)                                                                        \
     extern "C" __global__ void gemm_q_bf16_##NAME(                                             \
@@ -166,12 +233,24 @@ INSTANTIATE(__nv_bfloat16, bf16)
         gemm_xwt<__nv_bfloat16>(out, partial, x, BlockRows<__nv_bfloat16, Q>{w, row_bytes}, m, \
                                 n, k, per_block);                                              \
     }                                                                                          \
+    extern "C" __global__ void gemm_q_narrow_bf16_##NAME(                                      \
+        __nv_bfloat16 *out, float *partial, const __nv_bfloat16 *x, const uint8_t *w,          \
+        uint64_t row_bytes, uint32_t m, uint32_t n, uint32_t k) {                              \
+        gemm_xwt_narrow<__nv_bfloat16>(out, partial, x,                                        \
+                                       BlockRows<__nv_bfloat16, Q>{w, row_bytes}, m, n, k);    \
+    }                                                                                          \
     extern "C" __global__ void rows_bf16_##NAME(__nv_bfloat16 *out, const uint8_t *w,          \
                                                 const uint32_t *ids, uint64_t row_bytes,       \
                                                 uint32_t k) {                                  \
         BlockRows<__nv_bfloat16, Q> rows{w, row_bytes};                                        \
         for (uint32_t col = threadIdx.x * 8; col < k; col += THREADS_ROWS * 8)                 \
             *(uint4 *)(out + (uint64_t)blockIdx.x * k + col) = rows.load8(ids[blockIdx.x], col); \
+    }                                                                                          \
+    extern "C" __global__ void dequantize_bf16_##NAME(__nv_bfloat16 *out, const uint8_t *w,    \
+                                                      uint64_t row_bytes, uint32_t k) {        \
+        BlockRows<__nv_bfloat16, Q> rows{w, row_bytes};                                        \
+        for (uint32_t col = threadIdx.x * 8; col < k; col += THREADS_ROWS * 8)                 \
+            *(uint4 *)(out + (uint64_t)blockIdx.x * k + col) = rows.load8(blockIdx.x, col);    \
     }
 
 BLOCKS(Q4_0, q4_0)

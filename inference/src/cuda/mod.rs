@@ -133,6 +133,17 @@ pub fn matmul_blocks(x: &Tensor, blocks: &Tensor, dtype: GgmlDType) -> Result<Te
     imp::matmul_blocks(x, blocks, dtype)
 }
 
+/// [`matmul_blocks`] with the blocks dequantized inside the matmul's tiles at every size
+/// (what it does below its switch to dequantizing W first). CUDA only.
+pub fn matmul_blocks_fused(x: &Tensor, blocks: &Tensor, dtype: GgmlDType) -> Result<Tensor> {
+    imp::matmul_blocks_fused(x, blocks, dtype)
+}
+
+/// All of W kept as blocks (see [`matmul_blocks`]) dequantized to bf16 `[n, k]`. CUDA only.
+pub fn dequantize_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize) -> Result<Tensor> {
+    imp::dequantize_blocks(blocks, dtype, k)
+}
+
 /// Rows `ids` of W kept as blocks (see [`matmul_blocks`]), dequantized to bf16 `[ids, k]`.
 /// CUDA only.
 pub fn rows_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize, ids: &[u32]) -> Result<Tensor> {
@@ -203,6 +214,14 @@ mod imp {
         candle_core::bail!("this build has no CUDA support (build with --features cuda)")
     }
 
+    pub fn matmul_blocks_fused(_: &Tensor, _: &Tensor, _: GgmlDType) -> Result<Tensor> {
+        candle_core::bail!("this build has no CUDA support (build with --features cuda)")
+    }
+
+    pub fn dequantize_blocks(_: &Tensor, _: GgmlDType, _: usize) -> Result<Tensor> {
+        candle_core::bail!("this build has no CUDA support (build with --features cuda)")
+    }
+
     pub fn blocks_supported(_: GgmlDType) -> bool {
         false
     }
@@ -225,7 +244,9 @@ mod imp {
     pub use super::gemm_ops::{matmul_xwt, supports as matmul_xwt_supports};
     pub use super::launch::{DevicePlan, upload};
     pub use super::paged_ops::{attend, rope_write};
-    pub use super::quant_ops::{matmul_blocks, rows_blocks};
+    pub use super::quant_ops::{
+        dequantize_blocks, matmul_blocks, matmul_blocks_fused, rows_blocks,
+    };
 
     pub fn blocks_supported(dtype: candle_core::quantized::GgmlDType) -> bool {
         super::quant_ops::kernel_suffix(dtype).is_some()

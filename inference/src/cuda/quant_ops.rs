@@ -8,13 +8,20 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::quantized::GgmlDType;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
+};
 
-use super::gemm_ops::{WeightArg, tiles};
+use super::gemm_ops::{Kernels, WeightArg, tiles};
 use super::launch::{GEMM_MODULE, GEMM_PTX, grid};
 
-/// Threads per block of the rows kernel (THREADS_ROWS in gemm.cu).
+/// Threads per block of the rows kernels (THREADS_ROWS in gemm.cu).
 const ROWS_THREADS: u32 = 128;
+/// From this many rows of `x` on, W is dequantized to bf16 once per call and multiplied by
+/// the same tile kernel on dense rows, instead of every row tile dequantizing W's blocks
+/// again (m / 64 times). Both give the same bits (the same bf16 values enter the same
+/// sums), so the switch does not break batch invariance; only the cost differs.
+const DEQUANTIZE_FROM_ROWS: usize = 256;
 
 /// The kernels' name for a block format they read, `None` for the others.
 pub fn kernel_suffix(dtype: GgmlDType) -> Option<&'static str> {
@@ -89,16 +96,31 @@ impl CustomOp2 for MatmulBlocks {
         let (m, k, n) = (x_l.dims()[0], x_l.dims()[1], w_l.dims()[0]);
         let bytes = w.as_cuda_slice::<u8>()?.slice(w_l.start_offset()..);
         let weight = WeightArg::Blocks { bytes, row_bytes: self.row_bytes as u64 };
-        let name = format!("gemm_q_bf16_{}", self.name);
-        let out = tiles::<half::bf16>(x, x_l, (m, k, n), &name, &weight)?;
+        let names = Kernels {
+            wide: format!("gemm_q_bf16_{}", self.name),
+            narrow: format!("gemm_q_narrow_bf16_{}", self.name),
+        };
+        let out = tiles::<half::bf16>(x, x_l, (m, k, n), &names, &weight)?;
         Ok((out, Shape::from((m, n))))
     }
 }
 
 /// `x W^T` for bf16 `x` `[m, k]` and W `[n, k]` held as `dtype` blocks `[n, row bytes]`
 /// (u8): the invariant matmul's order of summing, each block dequantized as the CPU does,
-/// so the result is the bits [`super::matmul_xwt`] gives on W dequantized to bf16.
+/// so the result is the bits [`super::matmul_xwt`] gives on W dequantized to bf16. Small
+/// steps dequantize inside the tiles; from [`DEQUANTIZE_FROM_ROWS`] rows W is dequantized
+/// first.
 pub fn matmul_blocks(x: &Tensor, blocks: &Tensor, dtype: GgmlDType) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    if m >= DEQUANTIZE_FROM_ROWS {
+        let dense = dequantize_blocks(blocks, dtype, k)?;
+        return super::matmul_xwt(x, &dense);
+    }
+    matmul_blocks_fused(x, blocks, dtype)
+}
+
+/// [`matmul_blocks`] with W's blocks dequantized inside the tiles, whatever the rows.
+pub fn matmul_blocks_fused(x: &Tensor, blocks: &Tensor, dtype: GgmlDType) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let (name, row_bytes) = check_blocks(blocks, dtype, k)?;
     // The kernel loads 8 activations (16 bytes) at once: a view starting elsewhere is copied.
@@ -176,4 +198,51 @@ pub fn rows_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize, ids: &[u32]) -> 
     }
     let ids = Tensor::new(ids, blocks.device())?;
     blocks.apply_op2_no_bwd(&ids, &RowsBlocks { name, row_bytes, k })
+}
+
+struct DequantizeBlocks {
+    name: &'static str,
+    row_bytes: usize,
+    k: usize,
+}
+
+impl CustomOp1 for DequantizeBlocks {
+    fn name(&self) -> &'static str {
+        "fleet-blocks-dequantize"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("dequantizing blocks this way is for CUDA devices")
+    }
+
+    fn cuda_fwd(&self, w: &CudaStorage, w_l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = w.device().clone();
+        let n = w_l.dims()[0];
+        let bytes = w.as_cuda_slice::<u8>()?.slice(w_l.start_offset()..);
+        let func = dev.get_or_load_custom_func(
+            &format!("dequantize_bf16_{}", self.name),
+            GEMM_MODULE,
+            GEMM_PTX,
+        )?;
+        // SAFETY: every element of the output is written by the kernel before use.
+        let out = unsafe { dev.alloc::<half::bf16>(n * self.k)? };
+        let (row_bytes, k) = (self.row_bytes as u64, self.k as u32);
+        let mut b = func.builder();
+        b.arg(&out).arg(&bytes).arg(&row_bytes).arg(&k);
+        // SAFETY: `dequantize_blocks` checked the blocks' shape; block r reads row r and
+        // writes row r of the [n, k] output, k a multiple of 8 (16-byte stores into an
+        // aligned allocation).
+        unsafe { b.launch(grid((n as u32, 1, 1), ROWS_THREADS)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((n, self.k))))
+    }
+}
+
+/// All of W (`[n, k]` as `dtype` blocks, u8 `[n, row bytes]` on a CUDA device) dequantized
+/// as the CPU does and rounded to bf16: `[n, k]`.
+pub fn dequantize_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize) -> Result<Tensor> {
+    let (name, row_bytes) = check_blocks(blocks, dtype, k)?;
+    if blocks.dim(0)? == 0 {
+        return Tensor::zeros((0, k), DType::BF16, blocks.device());
+    }
+    blocks.apply_op1_no_bwd(&DequantizeBlocks { name, row_bytes, k })
 }
