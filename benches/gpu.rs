@@ -12,7 +12,7 @@
 //! `qwen2.5-7b-q4km` (Qwen2.5-7B's shapes, the tensor types llama.cpp's Q4_K_M gives) or
 //! `mixed-formats` (a small Qwen2 whose layers take each block format in turn). `--speed` decodes at `--batches`
 //! sequences (default 1, 32, 128, 256) and reports the GPU memory the model took
-//! (`FLEET_GPU_WEIGHTS=bf16` for weights dequantized at load). Needs a build with
+//! (`FLEET_GPU_WEIGHTS=blocks` or `bf16` to choose how GGUF blocks are held). Needs a build with
 //! `--features cuda`.
 
 use std::path::Path;
@@ -307,7 +307,7 @@ fn speed(path: &Path, device: &Device, batches: &[usize]) -> Result<Value> {
     println!("{} prefill, 16 x 512 tokens: {prefill_many}", path.display());
     // One decode step's weight bytes read, for the bandwidth share of single-stream decode.
     Ok(json!({
-        "weights": std::env::var("FLEET_GPU_WEIGHTS").unwrap_or_else(|_| "blocks".into()),
+        "weights": std::env::var("FLEET_GPU_WEIGHTS").unwrap_or_else(|_| "auto".into()),
         "weight_bytes": model.weight_bytes(),
         "gpu_memory_for_model_bytes": model_bytes,
         "file_bytes": file_bytes,

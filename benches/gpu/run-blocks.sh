@@ -28,9 +28,9 @@ step() {  # step NAME SECONDS COMMAND...: each step's output in OUT/NAME.log, on
 step blocks 150 "$bench" --blocks --json "$out/blocks.json"
 mixed="$models/mixed-formats.gguf"
 [[ -f "$mixed" ]] || "$bench" --write-random-gguf mixed-formats "$mixed"
-step mixed 200 "$bench" --check --speed --batches 1,32,128 --json "$out/mixed.json" "$mixed"
+step mixed 200 env FLEET_GPU_WEIGHTS=blocks "$bench" --check --speed --batches 1,32,128 --json "$out/mixed.json" "$mixed"
 big="$models/qwen2.5-7b-q4km.gguf"
 [[ -f "$big" ]] || "$bench" --write-random-gguf qwen2.5-7b-q4km "$big"
-step q4km-7b-blocks 200 "$bench" --speed --batches 1,64 --json "$out/q4km-7b-blocks.json" "$big"
+step q4km-7b-blocks 200 env FLEET_GPU_WEIGHTS=blocks "$bench" --speed --batches 1,64 --json "$out/q4km-7b-blocks.json" "$big"
 step q4km-7b-bf16 200 env FLEET_GPU_WEIGHTS=bf16 \
     "$bench" --speed --batches 1,64 --json "$out/q4km-7b-bf16.json" "$big"

@@ -68,13 +68,10 @@ impl Linear {
         if let Some(rows) = DenseMatrix::from_qtensor(&weight) {
             return Self::new(Weight::Rows(Box::new(rows)), bias, out_features);
         }
-        // On a CUDA GPU the blocks stay as they are where our kernels read them (the file's
-        // bytes on the card); otherwise, or with FLEET_GPU_WEIGHTS=bf16, they become bf16
-        // at load (cuBLAS's matmul, 3.5-4x the memory).
+        // On a CUDA GPU blocks given here become bf16 (cuBLAS's matmul, 3.5-4x the memory
+        // of a 4-bit file); the loaders keep them as blocks with `gpu_blocks` where
+        // [`GpuWeights`] says so.
         if weight.device().is_cuda() {
-            if gpu_keeps_blocks(weight.dtype()) {
-                return Self::gpu_blocks(&weight, bias, &weight.device());
-            }
             let dense = weight.dequantize(&weight.device())?;
             return Self::dense(dense, bias);
         }
@@ -97,7 +94,7 @@ impl Linear {
     }
 
     /// GGUF blocks (on any device) kept as they are on the CUDA `device`, for our kernels:
-    /// only for a dtype [`gpu_keeps_blocks`] takes.
+    /// only for a dtype [`crate::cuda::blocks_supported`] takes.
     pub fn gpu_blocks(weight: &QTensor, bias: Option<Tensor>, device: &Device) -> Result<Self> {
         let dtype = weight.dtype();
         let (out, k) = weight.shape().dims2()?;
@@ -279,13 +276,45 @@ fn parts_device<'a>(parts: &[&'a Linear]) -> &'a Device {
     }
 }
 
-/// Whether GGUF blocks of `dtype` stay as they are on a CUDA GPU (our kernels read them;
-/// the default) rather than becoming bf16 at load (`FLEET_GPU_WEIGHTS=bf16`: cuBLAS's
-/// matmul, faster prefill, 3.5-4x the memory of a 4-bit file).
-pub fn gpu_keeps_blocks(dtype: GgmlDType) -> bool {
-    static BF16: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let bf16 = *BF16.get_or_init(|| std::env::var("FLEET_GPU_WEIGHTS").is_ok_and(|v| v == "bf16"));
-    !bf16 && crate::cuda::blocks_supported(dtype)
+/// How GGUF blocks are held on a CUDA GPU (`FLEET_GPU_WEIGHTS`): as the file has them, read
+/// by our kernels (the file's bytes on the card), or dequantized to bf16 at load (cuBLAS's
+/// matmuls: 3.5-4x the memory of a 4-bit file, and on an H100 1.5-2.2x the blocks' speed,
+/// BENCHMARKS.md). `auto` (the default) takes bf16 when the model's weights in bf16 take at
+/// most half the GPU's free memory (the rest is for KV memory), else blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuWeights {
+    Auto,
+    Blocks,
+    Bf16,
+}
+
+impl GpuWeights {
+    /// `FLEET_GPU_WEIGHTS`: `auto` (or unset), `blocks` or `bf16`.
+    pub fn from_env() -> Result<Self> {
+        Self::parse(std::env::var("FLEET_GPU_WEIGHTS").as_deref().unwrap_or(""))
+    }
+
+    fn parse(value: &str) -> Result<Self> {
+        match value {
+            "" | "auto" => Ok(Self::Auto),
+            "blocks" => Ok(Self::Blocks),
+            "bf16" => Ok(Self::Bf16),
+            other => candle_core::bail!(
+                "FLEET_GPU_WEIGHTS is {other:?}; use auto, blocks (GGUF blocks kept as they are) \
+                 or bf16 (dequantized at load)"
+            ),
+        }
+    }
+
+    /// Whether blocks are kept, for a model whose quantized matrices take `bf16_bytes` in
+    /// bf16, with `free` bytes free on its GPU (`None`: unknown, and blocks are kept).
+    pub fn keeps_blocks(self, bf16_bytes: u64, free: Option<u64>) -> bool {
+        match self {
+            Self::Blocks => true,
+            Self::Bf16 => false,
+            Self::Auto => free.is_none_or(|free| bf16_bytes > free / 2),
+        }
+    }
 }
 
 /// Whether GPU matmuls whose sum is longer than their output run on our kernel that sums
@@ -307,4 +336,27 @@ fn gpu_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return crate::cuda::matmul_xwt(x, w);
     }
     x.matmul(&w.t()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GpuWeights;
+
+    #[test]
+    fn gpu_weights_parse_and_decide() {
+        let gib = 1u64 << 30;
+        assert_eq!(GpuWeights::parse("").ok(), Some(GpuWeights::Auto));
+        assert_eq!(GpuWeights::parse("blocks").ok(), Some(GpuWeights::Blocks));
+        assert_eq!(GpuWeights::parse("bf16").ok(), Some(GpuWeights::Bf16));
+        let err = GpuWeights::parse("q4").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("auto, blocks") && err.contains("\"q4\""), "{err}");
+        // A 7B model: 15 GiB in bf16. An 80 GB card takes it as bf16, a 24 GB one keeps
+        // the blocks (bf16 would leave less than half for KV memory); unknown: blocks.
+        let auto = GpuWeights::Auto;
+        assert!(!auto.keeps_blocks(15 * gib, Some(78 * gib)));
+        assert!(auto.keeps_blocks(15 * gib, Some(23 * gib)));
+        assert!(auto.keeps_blocks(15 * gib, None));
+        assert!(GpuWeights::Blocks.keeps_blocks(gib, Some(80 * gib)));
+        assert!(!GpuWeights::Bf16.keeps_blocks(80 * gib, Some(gib)));
+    }
 }

@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 
 use super::config::{DecoderConfig, RopeScaling};
 use super::decoder::Decoder;
+use super::linear::GpuWeights;
 use super::weights::{GgufWeights, SafetensorsWeights};
 use crate::{Error, Result};
 
@@ -59,14 +60,26 @@ pub fn read_gguf<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Con
     crate::error::without_panics("GGUF", || Content::read(reader))?.map_err(|e| e.to_string())
 }
 
-/// Loads a GGUF file; also returns its metadata (tokenizer, chat template).
+/// Free memory on the CUDA `device`, as NVML reports it (`None` when it cannot say).
+fn gpu_free(device: &Device) -> Option<u64> {
+    let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else { return None };
+    let found = crate::gpu::detect();
+    found.gpus().iter().find(|g| g.index as usize == gpu_id).map(|g| g.memory_free)
+}
+
+/// Loads a GGUF file; also returns its metadata (tokenizer, chat template). On a CUDA GPU
+/// its blocks stay as they are or become bf16 as [`GpuWeights`] decides.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, HashMap<String, Value>)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::model(path, e))?;
     let content = read_gguf(&mut file)
         .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
     let mut cfg = DecoderConfig::from_gguf(&content).map_err(|e| Error::model(path, e))?;
     let metadata = content.metadata.clone();
-    let mut source = GgufWeights::new(content, file, device.clone());
+    let keep_blocks = device.is_cuda() && {
+        let mode = GpuWeights::from_env().map_err(|e| Error::model(path, e))?;
+        mode.keeps_blocks(GgufWeights::bf16_bytes_of_blocks(&content), gpu_free(device))
+    };
+    let mut source = GgufWeights::new(content, file, device.clone(), keep_blocks);
     if let RopeScaling::Factors(factors) = &mut cfg.rope.scaling {
         let t = source.read("rope_freqs.weight").and_then(|q| q.dequantize(device));
         *factors = t

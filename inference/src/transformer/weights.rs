@@ -161,24 +161,42 @@ impl WeightSource for SafetensorsWeights {
         let b = if bias { Some(self.get(part, true)?) } else { None };
         match self.quantize {
             Some(dtype) if w.dim(1)?.is_multiple_of(dtype.block_size()) => {
-                Linear::quantized(QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?, b)
+                let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
+                // Quantizing for a GPU is asked for to save its memory: the blocks stay,
+                // unless FLEET_GPU_WEIGHTS=bf16.
+                let device = w.device();
+                let keep = device.is_cuda()
+                    && crate::cuda::blocks_supported(dtype)
+                    && super::linear::GpuWeights::from_env()? != super::linear::GpuWeights::Bf16;
+                if keep { Linear::gpu_blocks(&q, b, device) } else { Linear::quantized(q, b) }
             }
             _ => Linear::dense(w, b),
         }
     }
 }
 
-/// Tensors read one by one from a GGUF file; quantized ones stay quantized.
+/// Tensors read one by one from a GGUF file; quantized ones stay quantized (on a CUDA GPU
+/// where `keep_blocks`, else dequantized to bf16 there).
 #[derive(Debug)]
 pub struct GgufWeights {
     content: Content,
     file: File,
     device: Device,
+    keep_blocks: bool,
 }
 
 impl GgufWeights {
-    pub fn new(content: Content, file: File, device: Device) -> Self {
-        Self { content, file, device }
+    /// `keep_blocks`: on a CUDA GPU, whether blocks our kernels read stay as they are.
+    pub fn new(content: Content, file: File, device: Device, keep_blocks: bool) -> Self {
+        Self { content, file, device, keep_blocks }
+    }
+
+    /// Bytes the file's quantized matrices would take dequantized to bf16.
+    pub fn bf16_bytes_of_blocks(content: &Content) -> u64 {
+        let quantized = content.tensor_infos.values().filter(|info| {
+            !matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+        });
+        quantized.map(|info| info.shape.elem_count() as u64 * 2).sum()
     }
 
     pub fn content(&self) -> &Content {
@@ -198,12 +216,13 @@ impl GgufWeights {
     /// would come back for our layout).
     fn gpu_blocks(&mut self, part: Part, bias: bool) -> Result<Option<Linear>> {
         let name = Self::name(part, false);
-        let keeps = self.device.is_cuda()
+        let keeps = self.keep_blocks
+            && self.device.is_cuda()
             && self
                 .content
                 .tensor_infos
                 .get(&name)
-                .is_some_and(|info| super::linear::gpu_keeps_blocks(info.ggml_dtype));
+                .is_some_and(|info| crate::cuda::blocks_supported(info.ggml_dtype));
         if !keeps {
             return Ok(None);
         }
