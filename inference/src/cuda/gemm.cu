@@ -147,6 +147,7 @@ __device__ void gemm_xwt_narrow(T *out, float *partial, const T *x, W w, uint32_
                                 uint32_t n, uint32_t k) {
     __shared__ __align__(32) T xs[NARROW_ROWS][CHUNK + PAD];
     __shared__ __align__(32) T ws[NARROW_WARPS][16][CHUNK + PAD];
+    __shared__ __align__(32) float cs[NARROW_WARPS][16][16 + 4];
     uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     uint32_t k0 = blockIdx.y * CHUNK, k_end = min(k, k0 + CHUNK);
     uint32_t col0 = (blockIdx.x * NARROW_WARPS + warp) * 16;
@@ -177,20 +178,16 @@ __device__ void gemm_xwt_narrow(T *out, float *partial, const T *x, W w, uint32_
             wmma::mma_sync(part, a, b, part);
         }
     }
-    // The sums go out through the warp's own slice of W, which only it read (fewer bytes of
-    // shared memory a block: five blocks an SM, not four).
-    __syncwarp();
-    float *cs = (float *)&ws[warp][0][0];
-    wmma::store_matrix_sync(cs, part, 16 + 4, wmma::mem_row_major);
+    wmma::store_matrix_sync(&cs[warp][0][0], part, 16 + 4, wmma::mem_row_major);
     __syncwarp();
     for (uint32_t e = lane; e < 16 * 16; e += 32) {
         uint32_t r = e / 16, col = e % 16;
         if (r >= m || col0 + col >= n) continue;
         uint64_t at = (uint64_t)r * n + col0 + col;
         if (gridDim.y == 1)
-            out[at] = from_float<T>(cs[r * (16 + 4) + col]);
+            out[at] = from_float<T>(cs[warp][r][col]);
         else
-            partial[(uint64_t)blockIdx.y * m * n + at] = cs[r * (16 + 4) + col];
+            partial[(uint64_t)blockIdx.y * m * n + at] = cs[warp][r][col];
     }
 }
 

@@ -11,8 +11,8 @@
 //   Q4_K 144: d, dmin f16, scales[12], qs[128]
 //   Q5_K 176: d, dmin, scales[12], qh[32], qs[128]
 //   Q6_K 210: ql[128], qh[64], scales[16] (i8), d f16
-// Every block size is even, so each f16 sits on a 2-byte boundary; runs of 8 bytes are read
-// in 1, 4 or 8 loads as their address allows (`bytes8`), wider scalars a byte at a time.
+// Every block size is even, so each f16 sits on a 2-byte boundary; wider fields are read a
+// byte at a time.
 //
 // The host C++ compiler builds this file too (FLEET_HOST_REFERENCE, with stand-ins for the
 // intrinsics): inference/tests/blocks_reference.rs checks every format against candle's CPU
@@ -31,37 +31,10 @@ __device__ __forceinline__ uint32_t u32_at(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-// Eight consecutive bytes, in as few loads as their address allows (blocks are packed at odd
-// multiples of 2 bytes, so a row's fields sit at any even address).
-__device__ __forceinline__ void bytes8(const uint8_t *p, uint8_t *out) {
-    uintptr_t at = (uintptr_t)p;
-    if (at % 8 == 0) {
-        uint2 v = *(const uint2 *)p;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            out[i] = (v.x >> (8 * i)) & 0xFF;
-            out[i + 4] = (v.y >> (8 * i)) & 0xFF;
-        }
-    } else if (at % 2 == 0) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            unsigned short v = ((const unsigned short *)p)[i];
-            out[2 * i] = v & 0xFF;
-            out[2 * i + 1] = v >> 8;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++) out[i] = p[i];
-    }
-}
-
-// Values j0 .. j0 + 8 (j0 a multiple of 8) of a 32-value block whose 16 bytes `qs` hold
-// values j (low nibble) and j + 16 (high nibble).
-__device__ __forceinline__ void nibbles8(const uint8_t *qs, uint32_t j0, uint32_t *q) {
-    uint8_t b[8];
-    bytes8(qs + j0 % 16, b);
-#pragma unroll
-    for (int i = 0; i < 8; i++) q[i] = j0 < 16 ? b[i] & 0xF : b[i] >> 4;
+// Value j of a 32-value block whose 16 bytes `qs` hold values j (low nibble) and j + 16
+// (high nibble).
+__device__ __forceinline__ uint32_t nibble(const uint8_t *qs, uint32_t j) {
+    return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4;
 }
 
 // The fifth bit of value j of a Q5_0/Q5_1 block, as 0 or 16.
@@ -74,10 +47,11 @@ struct Q4_0 {
     static __device__ __forceinline__ void dequantize8(const uint8_t *row, uint32_t col, float *v) {
         const uint8_t *b = row + (col / VALUES) * BYTES;
         float d = half_at(b);
-        uint32_t q[8];
-        nibbles8(b + 2, col % VALUES, q);
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)((int)q[i] - 8), d);
+        for (int i = 0; i < 8; i++) {
+            int q = (int)nibble(b + 2, col % VALUES + i) - 8;
+            v[i] = __fmul_rn((float)q, d);
+        }
     }
 };
 
@@ -86,10 +60,11 @@ struct Q4_1 {
     static __device__ __forceinline__ void dequantize8(const uint8_t *row, uint32_t col, float *v) {
         const uint8_t *b = row + (col / VALUES) * BYTES;
         float d = half_at(b), m = half_at(b + 2);
-        uint32_t q[8];
-        nibbles8(b + 4, col % VALUES, q);
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = __fadd_rn(__fmul_rn((float)q[i], d), m);
+        for (int i = 0; i < 8; i++) {
+            uint32_t q = nibble(b + 4, col % VALUES + i);
+            v[i] = __fadd_rn(__fmul_rn((float)q, d), m);
+        }
     }
 };
 
@@ -98,12 +73,12 @@ struct Q5_0 {
     static __device__ __forceinline__ void dequantize8(const uint8_t *row, uint32_t col, float *v) {
         const uint8_t *b = row + (col / VALUES) * BYTES;
         float d = half_at(b);
-        uint32_t qh = u32_at(b + 2), q[8];
-        nibbles8(b + 6, col % VALUES, q);
+        uint32_t qh = u32_at(b + 2);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            int x = (int)(q[i] | fifth_bit(qh, col % VALUES + i)) - 16;
-            v[i] = __fmul_rn((float)x, d);
+            uint32_t j = col % VALUES + i;
+            int q = (int)(nibble(b + 6, j) | fifth_bit(qh, j)) - 16;
+            v[i] = __fmul_rn((float)q, d);
         }
     }
 };
@@ -113,12 +88,12 @@ struct Q5_1 {
     static __device__ __forceinline__ void dequantize8(const uint8_t *row, uint32_t col, float *v) {
         const uint8_t *b = row + (col / VALUES) * BYTES;
         float d = half_at(b), m = half_at(b + 2);
-        uint32_t qh = u32_at(b + 4), q[8];
-        nibbles8(b + 8, col % VALUES, q);
+        uint32_t qh = u32_at(b + 4);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            uint32_t x = q[i] | fifth_bit(qh, col % VALUES + i);
-            v[i] = __fadd_rn(__fmul_rn((float)x, d), m);
+            uint32_t j = col % VALUES + i;
+            uint32_t q = nibble(b + 8, j) | fifth_bit(qh, j);
+            v[i] = __fadd_rn(__fmul_rn((float)q, d), m);
         }
     }
 };
@@ -128,10 +103,9 @@ struct Q8_0 {
     static __device__ __forceinline__ void dequantize8(const uint8_t *row, uint32_t col, float *v) {
         const uint8_t *b = row + (col / VALUES) * BYTES;
         float d = half_at(b);
-        uint8_t q[8];
-        bytes8(b + 2 + col % VALUES, q);
+        const int8_t *qs = (const int8_t *)(b + 2) + col % VALUES;
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)(int8_t)q[i], d);
+        for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)qs[i], d);
     }
 };
 
@@ -158,8 +132,7 @@ struct Q4K {
         uint32_t sc, mn;
         scale_min_k4(sub, b + 4, &sc, &mn);
         float d = __fmul_rn(half_at(b), (float)sc), m = __fmul_rn(half_at(b + 2), (float)mn);
-        uint8_t qs[8];
-        bytes8(b + 16 + 32 * g + w % 32, qs);
+        const uint8_t *qs = b + 16 + 32 * g + w % 32;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             uint32_t q = w < 32 ? qs[i] & 0xF : qs[i] >> 4;
@@ -178,9 +151,7 @@ struct Q5K {
         uint32_t sc, mn;
         scale_min_k4(sub, b + 4, &sc, &mn);
         float d = __fmul_rn(half_at(b), (float)sc), m = __fmul_rn(half_at(b + 2), (float)mn);
-        uint8_t qh[8], qs[8];
-        bytes8(b + 16 + l, qh);
-        bytes8(b + 48 + 32 * g + l, qs);
+        const uint8_t *qh = b + 16 + l, *qs = b + 48 + 32 * g + l;
         uint32_t bit = 1u << (2 * g + (w >= 32));
 #pragma unroll
         for (int i = 0; i < 8; i++) {
@@ -199,9 +170,7 @@ struct Q6K {
     static __device__ __forceinline__ void dequantize8(const uint8_t *row, uint32_t col, float *v) {
         const uint8_t *b = row + (col / VALUES) * BYTES;
         uint32_t j = col % VALUES, h = j / 128, t = (j % 128) / 32, l = j % 32;
-        uint8_t ql[8], qh[8];
-        bytes8(b + 64 * h + l + (t % 2) * 32, ql);
-        bytes8(b + 128 + 32 * h + l, qh);
+        const uint8_t *ql = b + 64 * h + l + (t % 2) * 32, *qh = b + 128 + 32 * h + l;
         float scale = (float)((const int8_t *)(b + 192))[8 * h + l / 16 + 2 * t];
         float d = __fmul_rn(half_at(b + 208), scale);
 #pragma unroll

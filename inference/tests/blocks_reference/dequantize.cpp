@@ -5,7 +5,7 @@
 // dequantize FORMAT K IN OUT: IN holds rows of K values as FORMAT blocks; OUT gets them as
 // f32, 8 values at a time as the kernels read them, twice: from a copy of IN at an 8-byte
 // boundary, then from one 2 bytes past it (the GPU finds a row's fields at any even
-// address, and reads them in wider loads where they are aligned).
+// address).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -30,9 +30,7 @@ static inline float __half2float(half_bits h) {
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
-struct uint2 {
-    unsigned x, y;
-};
+
 
 #include "../../src/cuda/quant.cuh"
 
