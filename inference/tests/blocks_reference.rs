@@ -112,3 +112,22 @@ fn every_format_dequantizes_to_the_cpu_bits() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a GGUF's weights take on a GPU, as the worker sizes KV memory by it: the file where
+/// the blocks stay (a GPU short of memory), every tensor in bf16 where they would not.
+#[test]
+fn gpu_weight_bytes_follow_the_blocks_decision() {
+    use fleet_inference::transformer::load::gguf_gpu_weight_bytes;
+    use fleet_inference::transformer::{Family, fixture};
+    let cfg = fixture::quantizable_config(Family::Qwen2);
+    let weights = fixture::random_weights(&cfg).expect("weights");
+    let path = std::env::temp_dir().join(format!("fleet-gpu-bytes-{}.gguf", std::process::id()));
+    fixture::write_gguf(&path, &cfg, &weights, GgmlDType::Q4K, &[]).expect("a GGUF");
+    let file = std::fs::metadata(&path).expect("the file").len();
+    let params: u64 = weights.iter().map(|(_, _, t)| t.elem_count() as u64).sum();
+    // A GPU with room for the bf16 form takes it; one without keeps the file's blocks.
+    assert_eq!(gguf_gpu_weight_bytes(&path, 1 << 40), Some(2 * params));
+    assert_eq!(gguf_gpu_weight_bytes(&path, 1 << 10), Some(file));
+    assert_eq!(gguf_gpu_weight_bytes(Path::new("/nonexistent.gguf"), 1 << 40), None);
+    let _ = std::fs::remove_file(&path);
+}

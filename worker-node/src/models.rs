@@ -392,7 +392,8 @@ fn latencies(l: fleet_inference::latency::Latencies) -> fleet_proto::Latencies {
 }
 
 /// KV memory for a model loading on a CUDA GPU when its options name none: a share of the
-/// GPU's free memory once its weights (bf16 there: up to 4x a quantized file) are in.
+/// GPU's free memory once its weights are in (a GGUF's as the loader will hold them: its
+/// blocks, or bf16; a folder's taken as up to 4x its files).
 fn gpu_kv_bytes(device: &str, path: &std::path::Path) -> Option<usize> {
     let ordinal = match device.split_once(':') {
         Some(("cuda", n)) => n.parse::<u32>().ok()?,
@@ -401,12 +402,17 @@ fn gpu_kv_bytes(device: &str, path: &std::path::Path) -> Option<usize> {
     };
     let detected = fleet_inference::gpu::detect();
     let gpu = detected.gpus().iter().find(|g| g.index == ordinal)?;
-    let on_disk: u64 = if path.is_dir() {
-        std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+    let weights: u64 = if path.is_dir() {
+        let files = std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()?.metadata().ok());
+        files.map(|m| m.len()).sum::<u64>().saturating_mul(4)
     } else {
-        std::fs::metadata(path).ok()?.len()
+        use fleet_inference::transformer::load::gguf_gpu_weight_bytes;
+        match gguf_gpu_weight_bytes(path, gpu.memory_free) {
+            Some(bytes) => bytes,
+            None => std::fs::metadata(path).ok()?.len().saturating_mul(4),
+        }
     };
-    Some(fleet_inference::gpu::default_kv_bytes(gpu, on_disk.saturating_mul(4)))
+    Some(fleet_inference::gpu::default_kv_bytes(gpu, weights))
 }
 
 /// An agent's model options for a local model: engine limits (each bounded; KV memory by

@@ -60,6 +60,19 @@ pub fn read_gguf<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Con
     crate::error::without_panics("GGUF", || Content::read(reader))?.map_err(|e| e.to_string())
 }
 
+/// Bytes a GGUF file's weights take on a CUDA GPU with `free` bytes free: the file's size
+/// where its blocks stay as they are, else every tensor in bf16 (as [`load_gguf`] decides,
+/// [`GpuWeights`]). `None` for a file that is not a readable GGUF.
+pub fn gguf_gpu_weight_bytes(path: &Path, free: u64) -> Option<u64> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let content = read_gguf(&mut file).ok()?;
+    let mode = GpuWeights::from_env().ok()?;
+    if mode.keeps_blocks(GgufWeights::bf16_bytes_of_blocks(&content), Some(free)) {
+        return Some(file.metadata().ok()?.len());
+    }
+    Some(content.tensor_infos.values().map(|info| info.shape.elem_count() as u64 * 2).sum())
+}
+
 /// Free memory on the CUDA `device`, as NVML reports it (`None` when it cannot say).
 fn gpu_free(device: &Device) -> Option<u64> {
     let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else { return None };
