@@ -2,8 +2,10 @@
 # The system packages the tests need, from Debian's archive, installed when missing (so
 # `./scripts/test.sh` passes on a fresh machine with only Rust and Python 3, and CI shares
 # this one step): PostgreSQL's server programs, for the tests of the shared store and standby
-# heads (each test starts a server of its own with initdb/pg_ctl; none is used here), and
-# chromium with its driver, for the inspector's browser test. Root or sudo and apt-get are
+# heads (each test starts a server of its own with initdb/pg_ctl; none is used here),
+# chromium with its driver, for the inspector's browser test, and a C++ compiler, which
+# builds the GPU's block formats for their CPU reference test (inference/tests/
+# blocks_reference.rs). Root or sudo and apt-get are
 # needed only when something is missing; otherwise this does nothing. FLEET_PG_BIN names
 # PostgreSQL's programs elsewhere.
 set -euo pipefail
@@ -14,6 +16,9 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ -z "${FLEET_P
 fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     packages+=(chromium chromium-driver)
+fi
+if ! command -v "${CXX:-c++}" >/dev/null; then
+    packages+=(g++)
 fi
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0

@@ -8,7 +8,7 @@
 # inspector in Debian's chromium.
 . "$(dirname "$0")/env.sh"
 cd "$root"
-# Debian's postgresql, chromium and chromium-driver, when missing.
+# Debian's postgresql, chromium and chromium-driver, and g++, when missing.
 ./scripts/system-packages.sh
 python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0"
 # The model files only (~90 MB): --no-deps, because the package also requires
