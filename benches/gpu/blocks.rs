@@ -7,6 +7,8 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
+use super::time;
+
 use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::Value as Meta;
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file, gguf_file};
@@ -86,21 +88,6 @@ fn host(t: &Tensor) -> Result<Vec<u32>> {
     // Bits, so that NaNs and signed zeros compare as what they are.
     let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(values.into_iter().map(f32::to_bits).collect())
-}
-
-/// Seconds per call, the median of 5 after a warm-up, the device synchronized.
-fn time(device: &Device, mut run: impl FnMut() -> Result<Tensor>) -> Result<f64> {
-    run()?;
-    device.synchronize()?;
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        run()?;
-        device.synchronize()?;
-        runs.push(started.elapsed().as_secs_f64());
-    }
-    runs.sort_by(f64::total_cmp);
-    Ok(runs[2])
 }
 
 /// Every format: quantized weights and random blocks, multiplied at 1 to 1,000 rows against

@@ -135,13 +135,49 @@ pub fn matmul_blocks_fused(x: &Tensor, blocks: &Tensor, dtype: GgmlDType) -> Res
     x.apply_op2_no_bwd(blocks, &MatmulBlocks { dtype, name, row_bytes })
 }
 
-struct RowsBlocks {
+/// Rows of W dequantized to bf16: rows `ids` in order (the op with two inputs: blocks and
+/// ids), or all of them (one input).
+struct DequantizedRows {
     name: &'static str,
     row_bytes: usize,
     k: usize,
 }
 
-impl CustomOp2 for RowsBlocks {
+impl DequantizedRows {
+    fn launch(
+        &self,
+        w: &CudaStorage,
+        w_l: &Layout,
+        ids: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = w.device().clone();
+        let bytes = w.as_cuda_slice::<u8>()?.slice(w_l.start_offset()..);
+        let (kernel, count) = match ids {
+            Some((_, ids_l)) => ("rows_bf16", ids_l.dims()[0]),
+            None => ("dequantize_bf16", w_l.dims()[0]),
+        };
+        let ids = ids.map(|(s, l)| s.as_cuda_slice::<u32>().map(|s| s.slice(l.start_offset()..)));
+        let ids = ids.transpose()?;
+        let func =
+            dev.get_or_load_custom_func(&format!("{kernel}_{}", self.name), GEMM_MODULE, GEMM_PTX)?;
+        // SAFETY: every element of the output is written by the kernel before use.
+        let out = unsafe { dev.alloc::<half::bf16>(count * self.k)? };
+        let (row_bytes, k) = (self.row_bytes as u64, self.k as u32);
+        let mut b = func.builder();
+        b.arg(&out).arg(&bytes);
+        if let Some(ids) = &ids {
+            b.arg(ids);
+        }
+        b.arg(&row_bytes).arg(&k);
+        // SAFETY: `rows_blocks` and `dequantize_blocks` checked the blocks' shape, and every
+        // id against their rows; block i reads row ids[i] (or row i) and writes row i of the
+        // [count, k] output, k a multiple of 8 (16-byte stores into an aligned allocation).
+        unsafe { b.launch(grid((count as u32, 1, 1), ROWS_THREADS)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((count, self.k))))
+    }
+}
+
+impl CustomOp2 for DequantizedRows {
     fn name(&self) -> &'static str {
         "fleet-blocks-rows"
     }
@@ -163,25 +199,21 @@ impl CustomOp2 for RowsBlocks {
         ids: &CudaStorage,
         ids_l: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = w.device().clone();
-        let count = ids_l.dims()[0];
-        let bytes = w.as_cuda_slice::<u8>()?.slice(w_l.start_offset()..);
-        let ids = ids.as_cuda_slice::<u32>()?.slice(ids_l.start_offset()..);
-        let func = dev.get_or_load_custom_func(
-            &format!("rows_bf16_{}", self.name),
-            GEMM_MODULE,
-            GEMM_PTX,
-        )?;
-        // SAFETY: every element of the output is written by the kernel before use.
-        let out = unsafe { dev.alloc::<half::bf16>(count * self.k)? };
-        let (row_bytes, k) = (self.row_bytes as u64, self.k as u32);
-        let mut b = func.builder();
-        b.arg(&out).arg(&bytes).arg(&ids).arg(&row_bytes).arg(&k);
-        // SAFETY: `rows_blocks` checked the blocks' shape and every id against their rows;
-        // block i reads row ids[i] and writes row i of the [count, k] output, k a multiple
-        // of 8 (16-byte stores into an aligned allocation).
-        unsafe { b.launch(grid((count as u32, 1, 1), ROWS_THREADS)) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((count, self.k))))
+        self.launch(w, w_l, Some((ids, ids_l)))
+    }
+}
+
+impl CustomOp1 for DequantizedRows {
+    fn name(&self) -> &'static str {
+        "fleet-blocks-dequantize"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("dequantizing blocks this way is for CUDA devices")
+    }
+
+    fn cuda_fwd(&self, w: &CudaStorage, w_l: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.launch(w, w_l, None)
     }
 }
 
@@ -197,44 +229,7 @@ pub fn rows_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize, ids: &[u32]) -> 
         return Tensor::zeros((0, k), DType::BF16, blocks.device());
     }
     let ids = Tensor::new(ids, blocks.device())?;
-    blocks.apply_op2_no_bwd(&ids, &RowsBlocks { name, row_bytes, k })
-}
-
-struct DequantizeBlocks {
-    name: &'static str,
-    row_bytes: usize,
-    k: usize,
-}
-
-impl CustomOp1 for DequantizeBlocks {
-    fn name(&self) -> &'static str {
-        "fleet-blocks-dequantize"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("dequantizing blocks this way is for CUDA devices")
-    }
-
-    fn cuda_fwd(&self, w: &CudaStorage, w_l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = w.device().clone();
-        let n = w_l.dims()[0];
-        let bytes = w.as_cuda_slice::<u8>()?.slice(w_l.start_offset()..);
-        let func = dev.get_or_load_custom_func(
-            &format!("dequantize_bf16_{}", self.name),
-            GEMM_MODULE,
-            GEMM_PTX,
-        )?;
-        // SAFETY: every element of the output is written by the kernel before use.
-        let out = unsafe { dev.alloc::<half::bf16>(n * self.k)? };
-        let (row_bytes, k) = (self.row_bytes as u64, self.k as u32);
-        let mut b = func.builder();
-        b.arg(&out).arg(&bytes).arg(&row_bytes).arg(&k);
-        // SAFETY: `dequantize_blocks` checked the blocks' shape; block r reads row r and
-        // writes row r of the [n, k] output, k a multiple of 8 (16-byte stores into an
-        // aligned allocation).
-        unsafe { b.launch(grid((n as u32, 1, 1), ROWS_THREADS)) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((n, self.k))))
-    }
+    blocks.apply_op2_no_bwd(&ids, &DequantizedRows { name, row_bytes, k })
 }
 
 /// All of W (`[n, k]` as `dtype` blocks, u8 `[n, row bytes]` on a CUDA device) dequantized
@@ -244,5 +239,5 @@ pub fn dequantize_blocks(blocks: &Tensor, dtype: GgmlDType, k: usize) -> Result<
     if blocks.dim(0)? == 0 {
         return Tensor::zeros((0, k), DType::BF16, blocks.device());
     }
-    blocks.apply_op1_no_bwd(&DequantizeBlocks { name, row_bytes, k })
+    blocks.apply_op1_no_bwd(&DequantizedRows { name, row_bytes, k })
 }
