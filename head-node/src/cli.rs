@@ -20,9 +20,35 @@ pub struct Args {
     /// A TOML file with head settings and `[[agent]]` tables.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address for the gRPC and HTTP APIs [default: 0.0.0.0:7070].
+    /// Address for the gRPC and HTTP APIs [default: 127.0.0.1:7070]. Any other than
+    /// loopback needs --token (or --api-key) and --join-token, or
+    /// --insecure-no-credentials.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Serve a non-loopback --listen address without client credentials or a join token:
+    /// anyone who reaches it may run tasks, read every answer and join as a worker (for a
+    /// network you alone can reach).
+    #[arg(long)]
+    insecure_no_credentials: bool,
+    /// A web origin whose pages may call the head's HTTP APIs, e.g. https://app.example.com
+    /// (repeatable, or comma-separated in the variable). Pages of other origins are refused.
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        env = "FLEET_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// A host name requests to a loopback head may name besides localhost and loopback
+    /// addresses, e.g. a reverse proxy's (repeatable, or comma-separated in the variable);
+    /// other names are refused as DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        value_name = "HOST",
+        env = "FLEET_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
     /// Client token: the gRPC client API, A2A and the OpenAI API refuse callers without
     /// it (or the API key). Needs --join-token as well.
     #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
@@ -172,6 +198,11 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     if args.no_prefix_affinity {
         config.prefix_affinity = false;
     }
+    if args.insecure_no_credentials {
+        config.insecure_no_credentials = true;
+    }
+    config.allowed_origins.extend(args.allowed_origins.iter().cloned());
+    config.allowed_hosts.extend(args.allowed_hosts.iter().cloned());
     if let Some(v) = &args.webhook_ca {
         config.webhook_ca = Some(v.clone());
     }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use crate::{Error, Result};
 
 /// The address the head listens on when neither `--listen` nor the file says.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
+/// Loopback: a head reachable from the network needs credentials (see [`validate`]).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
 /// Everything the head needs to run.
 #[derive(Clone, Debug)]
@@ -65,6 +66,15 @@ pub struct HeadConfig {
     /// Whether placement prefers a worker that recently ran a task's agent or the start of
     /// its conversation (its prefix cache likely holds that prompt) over a less loaded one.
     pub prefix_affinity: bool,
+    /// Serve on a non-loopback address without a client credential or a join token
+    /// (`--insecure-no-credentials`): anyone who reaches it may run tasks and join workers.
+    pub insecure_no_credentials: bool,
+    /// Web origins (`https://app.example.com`) whose pages may call the head's HTTP APIs
+    /// (with CORS); pages of other origins are refused.
+    pub allowed_origins: Vec<String>,
+    /// Host names besides loopback ones that requests to a loopback head may name (a
+    /// reverse proxy's); others are refused as DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HeadConfig {
@@ -72,7 +82,7 @@ impl Default for HeadConfig {
         Self {
             listen: DEFAULT_LISTEN
                 .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7070))),
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7070))),
             token: None,
             api_key: None,
             join_token: None,
@@ -94,6 +104,9 @@ impl Default for HeadConfig {
             lease_ttl: Duration::from_secs(5),
             agents: Vec::new(),
             prefix_affinity: true,
+            insecure_no_credentials: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -129,6 +142,11 @@ pub struct ConfigFile {
     pub lease_ms: Option<u64>,
     /// `false`: place tasks by load alone, ignoring which workers' caches are warm.
     pub prefix_affinity: Option<bool>,
+    pub insecure_no_credentials: Option<bool>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
 }
@@ -425,6 +443,11 @@ impl ConfigFile {
         if let Some(v) = self.prefix_affinity {
             config.prefix_affinity = v;
         }
+        if let Some(v) = self.insecure_no_credentials {
+            config.insecure_no_credentials = v;
+        }
+        config.allowed_origins.extend(self.allowed_origins);
+        config.allowed_hosts.extend(self.allowed_hosts);
         if self.webhook_ca.is_some() {
             config.webhook_ca = self.webhook_ca;
         }
@@ -481,6 +504,16 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
     }
     if clients.iter().any(|c| c.is_some() && *c == &config.join_token) {
         return bad("the join token must differ from the client credentials (--token, --api-key)");
+    }
+    let credentials = clients.iter().any(|c| c.is_some()) && config.join_token.is_some();
+    if !config.listen.ip().is_loopback() && !credentials && !config.insecure_no_credentials {
+        return bad(&format!(
+            "listening on {} (not loopback) needs a client credential and a join token: \
+             anyone who reaches that address could run tasks, read every answer and join as \
+             a worker. Set --token (or --api-key) and --join-token, listen on 127.0.0.1, or \
+             pass --insecure-no-credentials to serve without them",
+            config.listen
+        ));
     }
     config.agents.iter().try_for_each(crate::agents::validate)
 }
@@ -608,5 +641,25 @@ mod tests {
         assert!(same.contains("must differ"), "{same}");
         assert!(with(None, Some("k"), Some("k")).is_err());
         assert!(with(Some("t"), None, Some("")).is_err());
+    }
+
+    #[test]
+    fn the_default_is_loopback_and_the_network_needs_credentials_or_the_flag() {
+        assert!(HeadConfig::default().listen.ip().is_loopback());
+        let on_network = |token: Option<&str>, join: Option<&str>, insecure: bool| {
+            validate(&HeadConfig {
+                listen: SocketAddr::from(([0, 0, 0, 0], 7070)),
+                token: token.map(Into::into),
+                join_token: join.map(Into::into),
+                insecure_no_credentials: insecure,
+                ..HeadConfig::default()
+            })
+            .map_err(|e| e.to_string())
+        };
+        let open = on_network(None, None, false).err().unwrap_or_default();
+        assert!(open.contains("--insecure-no-credentials"), "{open}");
+        assert!(on_network(None, Some("j"), false).is_err(), "workers' token alone");
+        assert!(on_network(Some("t"), Some("j"), false).is_ok());
+        assert!(on_network(None, None, true).is_ok());
     }
 }

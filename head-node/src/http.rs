@@ -1,6 +1,6 @@
 //! The head's HTTP routes, served on the same address as gRPC: `/healthz`, `/metrics`, the
 //! A2A front door, the OpenAI-compatible API, the MCP server (`/mcp`) and the inspector
-//! (`/ui`).
+//! (`/ui`), all behind the browser checks of `crate::browsers`.
 
 use std::sync::Arc;
 
@@ -90,9 +90,9 @@ pub fn router(
         cluster: cluster.clone(),
         clients: clients.clone(),
         max_body_bytes,
-        loopback_only: config.listen.ip().is_loopback(),
         shutdown: shutdown.clone(),
     };
+    let browsers = crate::browsers::Browsers::new(config)?;
     let inspector = crate::inspector::Inspector {
         cluster: cluster.clone(),
         clients: clients.clone(),
@@ -113,5 +113,6 @@ pub fn router(
         .merge(crate::openai::router(openai))
         .merge(crate::mcp::router(mcp))
         .merge(crate::inspector::router(inspector))
+        .layer(axum::middleware::from_fn_with_state(browsers, crate::browsers::guard))
         .layer(axum::middleware::from_fn(crate::traceparent::scope)))
 }

@@ -3,7 +3,8 @@
 //! A request's path through the crate:
 //! - [`server`] binds one listener for gRPC and HTTP (over TLS with `--tls-cert`, see
 //!   `tls`) and runs the failure detector;
-//! - [`auth`] checks the cluster token on every gRPC call;
+//! - [`auth`] checks the cluster token on every gRPC call; `browsers` refuses web pages of
+//!   other origins (and DNS-rebinding `Host` names) at every HTTP door;
 //! - [`api`] is the gRPC edge: the client API (`FleetService`) and the workers' `Join`
 //!   stream, converting wire types to domain types;
 //! - [`cluster`] is the state machine behind one lock: it owns the [`agents`] registry, the
@@ -26,6 +27,7 @@ pub mod a2a;
 pub mod agents;
 pub mod api;
 pub mod auth;
+mod browsers;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -47,26 +47,21 @@ pub struct Mcp {
     pub clients: Credentials,
     /// The largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Whether the head listens on loopback only (then `Host` must name loopback too).
-    pub loopback_only: bool,
     /// Ends the server's open streams when the head stops.
     pub shutdown: CancellationToken,
 }
 
 /// The `/mcp` route.
 pub fn router(mcp: Mcp) -> Router {
-    let mut config = StreamableHttpServerConfig::default()
+    // The `Host` check against DNS rebinding is the head's, for every door alike
+    // (`crate::browsers`, with the operator's --allowed-host names); rmcp's own would refuse
+    // those names.
+    let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_max_request_body_bytes(mcp.max_body_bytes)
-        .with_cancellation_token(mcp.shutdown.child_token());
-    // rmcp refuses a `Host` that is not loopback, against DNS rebinding (a web page whose
-    // name was re-pointed at 127.0.0.1 calling a server on the user's machine). Right for a
-    // head that listens on loopback; a head listening on the network is reached by names
-    // the head cannot know, and is for its client credentials to guard.
-    if !mcp.loopback_only {
-        config = config.disable_allowed_hosts();
-    }
+        .with_cancellation_token(mcp.shutdown.child_token())
+        .disable_allowed_hosts();
     let agents = Agents { cluster: mcp.cluster };
     let service: StreamableHttpService<Agents, NeverSessionManager> = StreamableHttpService::new(
         move || Ok(agents.clone()),
@@ -75,7 +70,25 @@ pub fn router(mcp: Mcp) -> Router {
     );
     Router::new()
         .route_service("/mcp", service)
+        .route_layer(axum::middleware::from_fn(json_posts))
         .route_layer(axum::middleware::from_fn_with_state(mcp.clients, require_credentials))
+}
+
+/// MCP's POSTs are JSON-RPC: anything else (a web page's form or text/plain post) is a 415
+/// with a JSON-RPC error saying what to send.
+async fn json_posts(request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST || crate::browsers::is_json(request.headers()) {
+        return next.run(request).await;
+    }
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": -32600,
+            "message": crate::browsers::not_json_message(request.headers()),
+        },
+    });
+    (axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response()
 }
 
 /// `Authorization: Bearer KEY` (or `X-API-Key`) when the head has client credentials.

@@ -55,8 +55,10 @@ pub(crate) fn spawn_with_store(
     shutdown: CancellationToken,
     store: Option<Box<dyn crate::store::Store>>,
 ) -> Result<HeadHandle> {
-    config::validate(&config)?;
     let address = listener.local_addr()?;
+    // What the listener is bound to decides what is exposed, whatever the settings said.
+    let config = HeadConfig { listen: address, ..config };
+    config::validate(&config)?;
     let tls = tls_acceptor(&config)?;
     let cluster = Cluster::start_with(&config, store)?;
     let (local, incoming) = local_pair();

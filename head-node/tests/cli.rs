@@ -155,3 +155,21 @@ fn an_unknown_store_or_an_unreachable_database_is_refused_saying_what_to_give() 
     assert!(stderr.contains("cannot connect") && !stderr.contains("s3cret"), "{stderr}");
     Ok(())
 }
+
+/// A head reachable from the network needs credentials, or the operator's explicit word
+/// (refused before it binds: nothing here listens beyond loopback; the accepted settings are
+/// `config::validate`'s unit test).
+#[test]
+fn a_head_on_the_network_needs_credentials_or_the_insecure_flag() -> anyhow::Result<()> {
+    for extra in [&[][..], &["--token", "t"], &["--api-key", "k"]] {
+        let output = head().args(["--listen", "0.0.0.0:0"]).args(extra).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains("--join-token"), "{stderr}");
+    }
+    let output = head().args(["--listen", "192.0.2.1:7070"]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not loopback") && stderr.contains("--insecure-no-credentials"));
+    Ok(())
+}

@@ -442,7 +442,13 @@ async fn embeddings_on_all_minilm() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_agent_calls_the_clusters_own_api() -> Result<()> {
     within(async {
-        let cluster = start().await?;
+        // The agents' base_url is the head's loopback address: the worker must allow it.
+        let cluster = ClusterSandbox::builder()
+            .workers(1)
+            .config(CONFIG)
+            .worker_arg("--allow-private-model-urls")
+            .start()
+            .await?;
         let fleet = cluster.client().await?;
         let remote = |name: &str, base_url: String| fleet_client::AgentSpec {
             name: name.into(),

@@ -83,6 +83,12 @@ pub struct Args {
     /// bring their own api_key.
     #[arg(long = "key-host", value_name = "HOST", env = "FLEET_KEY_HOSTS", value_delimiter = ',')]
     key_hosts: Vec<String>,
+    /// Let agents' remote models (`openai:` with a `base_url`) call loopback, private and
+    /// link-local addresses (a llama.cpp or vLLM server on this machine or network). Off by
+    /// default: anyone who can register an agent picks its base_url. The worker's own
+    /// OPENAI_BASE_URL and --key-host hosts are allowed either way.
+    #[arg(long, env = "FLEET_ALLOW_PRIVATE_MODEL_URLS")]
+    allow_private_model_urls: bool,
     /// A program this worker may run as an agent's MCP server (stdio), as the agent's command
     /// names it, e.g. `/opt/mcp/filesystem-server` (repeatable, or comma-separated in the
     /// variable; `*`: any program). Anyone who can register an agent picks the command and
@@ -182,6 +188,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     }
     config.mesh_listen = if args.no_mesh { Vec::new() } else { args.mesh_listen };
     config.key_hosts = args.key_hosts;
+    config.allow_private_model_urls = args.allow_private_model_urls;
     config.mcp = crate::mcp::McpPolicy {
         commands: args.allow_mcp_commands,
         url_prefixes: args.allow_mcp_urls,

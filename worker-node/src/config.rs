@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// Hosts (besides `OPENAI_BASE_URL`'s) to which this worker may send its own
     /// `OPENAI_API_KEY` when an agent's `base_url` points there (`--key-host`).
     pub key_hosts: Vec<String>,
+    /// Whether an agent's remote model (`base_url`) may be at a loopback, private or
+    /// link-local address (`--allow-private-model-urls`); the operator's own endpoints may.
+    pub allow_private_model_urls: bool,
     /// Which MCP servers agents may use here (`--allow-mcp-command`, `--allow-mcp-url`).
     pub mcp: crate::mcp::McpPolicy,
     /// Join a head in this process directly instead of over gRPC (`head` is then only a
@@ -64,6 +67,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("device", &self.device)
             .field("mesh_listen", &self.mesh_listen)
             .field("key_hosts", &self.key_hosts)
+            .field("allow_private_model_urls", &self.allow_private_model_urls)
             .field("mcp", &self.mcp)
             .field("in_process", &self.local.is_some())
             .field("event_buffer", &self.event_buffer)
@@ -95,6 +99,7 @@ impl WorkerConfig {
             device: "cpu".into(),
             mesh_listen: Vec::new(),
             key_hosts: Vec::new(),
+            allow_private_model_urls: false,
             mcp: crate::mcp::McpPolicy::default(),
             local: None,
             event_buffer: 65_536,

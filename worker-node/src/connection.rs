@@ -221,7 +221,10 @@ async fn join_mesh(
 /// worker that joins has them ready (and a model that cannot load stops it with the reason).
 async fn host(config: &WorkerConfig) -> Result<ActorHost> {
     let mut store = ModelStore::new(config.models_dir.clone(), config.device.clone())
-        .with_key_hosts(config.key_hosts.clone())
+        .with_remote_policy(crate::remote::RemotePolicy {
+            key_hosts: config.key_hosts.clone(),
+            allow_private: config.allow_private_model_urls,
+        })
         .with_keep_alive(config.model_keep_alive);
     for id in &config.preload {
         let handle = store.preload(id);

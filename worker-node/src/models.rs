@@ -106,8 +106,8 @@ const MAX_TOKENS: usize = 1 << 20;
 pub struct ModelStore {
     dir: Option<PathBuf>,
     device: String,
-    /// Where the worker's own API key may go besides its configured endpoint.
-    key_hosts: Arc<[String]>,
+    /// Which endpoints remote models may call, and which get the worker's own API key.
+    remote: Arc<crate::remote::RemotePolicy>,
     loaded: HashMap<Key, ModelHandle>,
     /// Models loaded with `--preload`: kept loaded whether used or not.
     pinned: HashSet<Key>,
@@ -141,7 +141,7 @@ impl ModelStore {
         Self {
             dir,
             device,
-            key_hosts: Arc::new([]),
+            remote: Arc::default(),
             loaded: HashMap::new(),
             pinned: HashSet::new(),
             keep_alive: DEFAULT_KEEP_ALIVE,
@@ -195,9 +195,9 @@ impl ModelStore {
         unloaded
     }
 
-    /// Allows remote models at these hosts to receive the worker's own `OPENAI_API_KEY`.
-    pub fn with_key_hosts(self, hosts: Vec<String>) -> Self {
-        Self { key_hosts: hosts.into(), ..self }
+    /// Which endpoints remote models may call, and which get the worker's own API key.
+    pub fn with_remote_policy(self, policy: crate::remote::RemotePolicy) -> Self {
+        Self { remote: Arc::new(policy), ..self }
     }
 
     /// The model `id` with `options`: loaded already, loading, or starting to load now. A
@@ -245,9 +245,9 @@ impl ModelStore {
             return ready(fleet_inference::load_builtin(id, options).map_err(Error::from));
         }
         if id.starts_with(crate::remote::PREFIX) {
-            let (id, options, hosts) = (id.to_owned(), options.clone(), self.key_hosts.clone());
+            let (id, options, policy) = (id.to_owned(), options.clone(), self.remote.clone());
             return async move {
-                crate::remote::load(&id, &options, hosts).await.map_err(LoadError::from)
+                crate::remote::load(&id, &options, policy).await.map_err(LoadError::from)
             }
             .boxed();
         }

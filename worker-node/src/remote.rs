@@ -52,17 +52,46 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The model options a remote model understands.
 const OPTIONS: [&str; 2] = ["base_url", "api_key"];
 
+/// What allows an agent's `base_url` to name a private address, said when one is refused.
+const ALLOWED_BY: &str = "the worker's --allow-private-model-urls (FLEET_ALLOW_PRIVATE_MODEL_URLS)";
+
+/// The longest part of a remote server's answer kept in an error: enough for its message,
+/// too little to read a private service's page through the task's error.
+const SAID_CHARS: usize = 200;
+
+/// Which endpoints an agent's remote model may call, and which receive the worker's own
+/// key. The operator's endpoints (`OPENAI_BASE_URL`, `--key-host` hosts) are trusted; a
+/// `base_url` that an agent names is anyone's choice who can register an agent, so it must
+/// be a public address unless the operator allows private ones.
+#[derive(Clone, Debug, Default)]
+pub struct RemotePolicy {
+    /// Hosts besides the worker's own endpoint that may receive its `OPENAI_API_KEY`.
+    pub key_hosts: Vec<String>,
+    /// Whether an agent's `base_url` may be a loopback, private or link-local address
+    /// (`--allow-private-model-urls`).
+    pub allow_private: bool,
+}
+
+impl RemotePolicy {
+    fn targets(&self) -> fleet_outbound::Policy {
+        if self.allow_private {
+            fleet_outbound::Policy::any_address(ALLOWED_BY)
+        } else {
+            fleet_outbound::Policy::public_only(ALLOWED_BY)
+        }
+    }
+}
+
 /// Loads the remote model `id` (`openai:MODEL`) for the model store, on a blocking thread:
 /// building its HTTP client (TLS roots) takes a few milliseconds. Makes no request.
-/// `key_hosts`: hosts besides the worker's own endpoint that may receive its API key.
 pub async fn load(
     id: &str,
     options: &BTreeMap<String, String>,
-    key_hosts: Arc<[String]>,
+    policy: Arc<RemotePolicy>,
 ) -> Result<Arc<dyn Model>> {
     let (model, options) = (id.to_owned(), options.clone());
     tokio::task::spawn_blocking(move || {
-        Ok(Arc::new(OpenAiModel::new(&model, &options, &key_hosts)?) as _)
+        Ok(Arc::new(OpenAiModel::new(&model, &options, &policy)?) as _)
     })
     .await
     .map_err(|e| Error::Internal(format!("loading remote model {id} panicked: {e}")))?
@@ -79,6 +108,9 @@ pub struct RemoteConfig {
     /// The worker holds a key but did not send it: `base_url` is the agent's choice and not
     /// a host the worker trusts with its key.
     key_withheld: bool,
+    /// The targets `base_url` is held to: any address for the operator's own endpoints,
+    /// else the worker's policy for agents' URLs.
+    targets: fleet_outbound::Policy,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -99,13 +131,16 @@ impl RemoteConfig {
     ///
     /// The worker's own key (`OPENAI_API_KEY`) goes only to the worker's own endpoint
     /// (`OPENAI_BASE_URL`, else OpenAI) or to `key_hosts`: anyone who can register an agent
-    /// chooses its `base_url`, and must not receive the worker's credentials there.
+    /// chooses its `base_url`, and must not receive the worker's credentials there. For
+    /// the same reason such a `base_url` must be a public address unless `policy` allows
+    /// private ones.
     pub fn resolve(
         model_id: &str,
         options: &BTreeMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
-        key_hosts: &[String],
+        policy: &RemotePolicy,
     ) -> Result<Self> {
+        let key_hosts = policy.key_hosts.as_slice();
         let invalid = |reason: String| Error::RemoteModel { model: model_id.to_owned(), reason };
         let model = model_id.strip_prefix(PREFIX).unwrap_or_default().trim();
         if model.is_empty() {
@@ -157,11 +192,21 @@ impl RemoteConfig {
                 )));
             }
         }
+        // The operator's endpoints (its own, or a host it trusts with its key) may be
+        // anywhere; an agent's URL is held to the policy, here for a literal address and at
+        // each connection for a name.
+        let targets = if trusted {
+            fleet_outbound::Policy::any_address(ALLOWED_BY)
+        } else {
+            policy.targets()
+        };
+        targets.check(&base_url).map_err(|e| invalid(format!("base_url {e}")))?;
         Ok(Self {
             model: model.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
             key_withheld,
+            targets,
         })
     }
 }
@@ -204,22 +249,27 @@ impl OpenAiModel {
     pub fn new(
         model_id: &str,
         options: &BTreeMap<String, String>,
-        key_hosts: &[String],
+        policy: &RemotePolicy,
     ) -> Result<Self> {
         let env = |var: &str| std::env::var(var).ok();
-        let config = RemoteConfig::resolve(model_id, options, env, key_hosts)?;
+        let config = RemoteConfig::resolve(model_id, options, env, policy)?;
         Self::with_config(model_id, config)
     }
 
     /// The model `model_id` at the endpoint `config`.
     pub fn with_config(model_id: &str, config: RemoteConfig) -> Result<Self> {
-        // Our own reqwest client: `Client::new` panics where `build` returns an error.
+        // Our own reqwest client: `Client::new` panics where `build` returns an error. No
+        // redirects (an API answers where it is); an agent's URL resolves to public
+        // addresses only (unless allowed), without a proxy, which would resolve it itself.
+        let builder = if config.targets.allows_private() {
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+        } else {
+            config.targets.client()
+        };
         let http =
-            reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| {
-                Error::RemoteModel {
-                    model: model_id.to_owned(),
-                    reason: format!("cannot build an HTTP client: {}", error_chain(&e)),
-                }
+            builder.connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| Error::RemoteModel {
+                model: model_id.to_owned(),
+                reason: format!("cannot build an HTTP client: {}", error_chain(&e)),
             })?;
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.clone())
@@ -668,12 +718,10 @@ fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference
     }
 }
 
-/// At most 500 characters of what a server said (a proxy's 502 may be a whole HTML page).
+/// A short, printable summary of what a server said: a proxy's 502 may be a whole HTML
+/// page, and a private service's answer must not be readable through a task's error.
 fn clipped(said: &str) -> String {
-    match said.char_indices().nth(500) {
-        Some((end, _)) => format!("{}…", &said[..end]),
-        None => said.to_owned(),
-    }
+    fleet_outbound::summary(said, SAID_CHARS)
 }
 
 /// An error and its sources, `: `-separated: reqwest's own message leaves the cause
@@ -711,7 +759,7 @@ mod tests {
         o: &[(&str, &str)],
         e: &'static [(&'static str, &'static str)],
     ) -> String {
-        RemoteConfig::resolve(id, &options(o), env(e), &[])
+        RemoteConfig::resolve(id, &options(o), env(e), &allow_private())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
@@ -724,21 +772,22 @@ mod tests {
             "openai:m",
             &options(&[("base_url", "http://opt:2/v1/"), ("api_key", "opt-key")]),
             env(vars),
-            &[],
+            &RemotePolicy::default(),
         )?;
         assert_eq!(
             (c.model.as_str(), c.base_url.as_str(), c.api_key.as_str()),
             ("m", "http://opt:2/v1", "opt-key")
         );
         // Unset and empty options fall back to the environment.
-        let c = RemoteConfig::resolve("openai:m", &options(&[("base_url", " ")]), env(vars), &[])?;
+        let c =
+            RemoteConfig::resolve("openai:m", &options(&[("base_url", " ")]), env(vars), &none())?;
         assert_eq!((c.base_url.as_str(), c.api_key.as_str()), ("http://env:1/v1", "env-key"));
         // OpenAI itself by default, with a key.
         let c = RemoteConfig::resolve(
             "openai:gpt-4o",
             &BTreeMap::new(),
             env(&[("OPENAI_API_KEY", "sk-1\n")]),
-            &[],
+            &none(),
         )?;
         assert_eq!((c.base_url.as_str(), c.api_key.as_str()), (DEFAULT_BASE_URL, "sk-1"));
         assert!(!format!("{c:?}").contains("sk-1"), "the key stays out of Debug");
@@ -751,14 +800,14 @@ mod tests {
             "openai:qwen",
             &options(&[("base_url", "http://127.0.0.1:8080/v1")]),
             env(&[]),
-            &[],
+            &allow_private(),
         )?;
         assert_eq!(local.api_key, NO_KEY);
         let local = RemoteConfig::resolve(
             "openai:qwen",
             &BTreeMap::new(),
             env(&[("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")]),
-            &[],
+            &none(),
         )?;
         assert_eq!(local.api_key, NO_KEY);
         let error = resolve_error("openai:gpt-4o", &[], &[]);
@@ -769,8 +818,9 @@ mod tests {
     #[test]
     fn the_workers_key_goes_only_to_its_own_endpoint_or_allowed_hosts() -> anyhow::Result<()> {
         let resolve = |vars: &'static [(&'static str, &'static str)], url: &str, hosts: &[&str]| {
-            let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
-            RemoteConfig::resolve("openai:m", &options(&[("base_url", url)]), env(vars), &hosts)
+            let key_hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+            let policy = RemotePolicy { key_hosts, allow_private: true };
+            RemoteConfig::resolve("openai:m", &options(&[("base_url", url)]), env(vars), &policy)
         };
         let own =
             &[("OPENAI_BASE_URL", "https://llm.internal:8443/v1"), ("OPENAI_API_KEY", "sk-own")];
@@ -795,7 +845,7 @@ mod tests {
             "openai:m",
             &options(&[("base_url", "http://elsewhere/v1"), ("api_key", "sk-agent")]),
             env(own),
-            &[],
+            &none(),
         )?;
         assert_eq!((c.api_key.as_str(), c.key_withheld), ("sk-agent", false));
         // A 401 from a server that got no key says why.
@@ -818,7 +868,34 @@ mod tests {
             base_url: base_url.into(),
             api_key: NO_KEY.into(),
             key_withheld: false,
+            targets: fleet_outbound::Policy::any_address(ALLOWED_BY),
         }
+    }
+
+    fn none() -> RemotePolicy {
+        RemotePolicy::default()
+    }
+
+    fn allow_private() -> RemotePolicy {
+        RemotePolicy { allow_private: true, ..RemotePolicy::default() }
+    }
+
+    #[test]
+    fn an_agents_private_base_url_is_refused_unless_allowed() -> anyhow::Result<()> {
+        let own = &[("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")];
+        let base = |url: &str| options(&[("base_url", url)]);
+        for url in ["http://127.1:9/v1", "http://2130706433:9/v1", "http://[::ffff:10.0.0.1]/v1"] {
+            let refused = RemoteConfig::resolve("openai:m", &base(url), env(&[]), &none());
+            let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("--allow-private-model-urls"), "{url}: {error}");
+            RemoteConfig::resolve("openai:m", &base(url), env(&[]), &allow_private())?;
+        }
+        // The operator's own endpoint, and a host it named, may be private.
+        RemoteConfig::resolve("openai:m", &BTreeMap::new(), env(own), &none())?;
+        RemoteConfig::resolve("openai:m", &base("http://127.0.0.1:8000/x/v1"), env(own), &none())?;
+        let named = RemotePolicy { key_hosts: vec!["10.0.0.5".into()], allow_private: false };
+        RemoteConfig::resolve("openai:m", &base("http://10.0.0.5/v1"), env(&[]), &named)?;
+        Ok(())
     }
 
     #[test]
@@ -1110,7 +1187,11 @@ mod tests {
             assert!(matches!(error, fleet_inference::Error::Unavailable(_)), "{status}: {error}");
         }
         let long = "x".repeat(5000);
-        assert!(api_error("openai:m", &at("u"), response(502, &long)).to_string().len() < 700);
+        let error = api_error("openai:m", &at("u"), response(502, &long)).to_string();
+        assert!(error.len() < 300, "{error}");
+        let page = "<html>\n<title>secret</title>\x1b[2J\r\nforged: log line</html>";
+        let error = api_error("openai:m", &at("u"), response(500, page)).to_string();
+        assert!(!error.contains(['\n', '\r', '\x1b']), "{error:?}");
         // An error sent as a stream event.
         let parse_error = serde_json::from_str::<serde_json::Value>("{").err();
         if let Some(e) = parse_error {
@@ -1124,7 +1205,7 @@ mod tests {
         // A port nothing listens on: bound, then released.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let base_url = format!("http://127.0.0.1:{port}/v1");
-        Ok(OpenAiModel::new("openai:m", &options(&[("base_url", &base_url)]), &[])?)
+        Ok(OpenAiModel::new("openai:m", &options(&[("base_url", &base_url)]), &allow_private())?)
     }
 
     #[test]
@@ -1141,12 +1222,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_endpoint_is_one_error_then_the_end() -> anyhow::Result<()> {
+        let allowed = Arc::new(allow_private());
         let loaded =
-            load("openai:m", &options(&[("base_url", "http://127.0.0.1:1/v1")]), Arc::new([]))
+            load("openai:m", &options(&[("base_url", "http://127.0.0.1:1/v1")]), allowed.clone())
                 .await?;
         assert_eq!(loaded.id(), "openai:m");
-        let error =
-            load("openai:", &BTreeMap::new(), Arc::new([])).await.err().map(|e| e.to_string());
+        let error = load("openai:", &BTreeMap::new(), allowed).await.err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("no model name")));
         let model = Arc::new(closed_port_model()?);
         let mut generation = model.generate(conversation())?;

@@ -70,6 +70,11 @@ pub async fn handle(
     body: Body,
 ) -> Response {
     let null = Value::Null;
+    if !crate::browsers::is_json(&headers) {
+        let e = A2aError::content_type(crate::browsers::not_json_message(&headers));
+        let body = json!({"jsonrpc": "2.0", "id": null, "error": e.to_jsonrpc()});
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(body)).into_response();
+    }
     let body = match read_body(&a2a, body).await {
         Ok(b) => b,
         Err((e, _)) => return error_reply(&null, &e),

@@ -11,8 +11,8 @@
 //! - [`errors`]: A2A error codes and their JSON-RPC and google.rpc.Status forms;
 //! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe, push
 //!   configs);
-//! - [`push`]: push-notification configs and their delivery to webhooks, with retries;
-//! - [`targets`]: which webhook addresses the head calls (public ones unless allowed).
+//! - [`push`]: push-notification configs and their delivery to webhooks, with retries, to
+//!   public addresses unless the operator allows others (`fleet_outbound`).
 
 pub mod card;
 pub mod errors;
@@ -23,7 +23,6 @@ pub mod ops;
 pub mod push;
 pub mod render;
 pub mod rest;
-mod targets;
 
 use std::sync::Arc;
 

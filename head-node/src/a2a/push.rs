@@ -3,10 +3,11 @@
 //! StreamResponse JSON (`{"statusUpdate": ...}`, then `{"task": ...}` once it ends), with the
 //! config's token in `X-A2A-Notification-Token` and its credentials in `Authorization`;
 //! failed deliveries are retried with backoff. Webhooks are `http://` or `https://` (rustls,
-//! the system's roots plus `--webhook-ca`); private targets are refused (see [`targets`]);
-//! redirects are not followed. A task's configs go when retention evicts the task.
-//!
-//! [`targets`]: super::targets
+//! the system's roots plus `--webhook-ca`). Loopback, private and link-local targets are
+//! refused unless the operator allows them (`--allow-private-webhooks`): when a config is
+//! made and again before every delivery, the address connected to, whatever the URL's
+//! spelling (`fleet_outbound`); redirects are not followed. A task's configs go when
+//! retention evicts the task.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::errors::A2aError;
-use super::{A2a, Version, ops, render, targets};
+use super::{A2a, Version, ops, render};
 use crate::cluster::Exchange;
 use crate::tasks::Delivery;
 
@@ -30,6 +31,11 @@ const MAX_CONFIGS_PER_TASK: usize = 16;
 const ATTEMPTS: u32 = 4;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest url, token, id, scheme or credentials a config may hold (each config is
+/// kept, stored and sent with every notification).
+const MAX_FIELD_BYTES: usize = 4096;
+/// What allows private webhook targets, named when one is refused.
+const ALLOWED_BY: &str = "the head's --allow-private-webhooks";
 
 /// One webhook of one task.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +83,16 @@ impl PushConfig {
             )));
         }
         let auth = raw.get("authentication");
+        let too_long = ["url", "token", "id"]
+            .into_iter()
+            .map(|name| (name, raw.get(name)))
+            .chain(["scheme", "credentials"].map(|name| (name, auth.and_then(|a| a.get(name)))))
+            .find(|(_, v)| v.and_then(Value::as_str).is_some_and(|v| v.len() > MAX_FIELD_BYTES));
+        if let Some((name, _)) = too_long {
+            return Err(A2aError::invalid_params(format!(
+                "push notification {name} is longer than {MAX_FIELD_BYTES} bytes"
+            )));
+        }
         let scheme = auth
             .and_then(|a| {
                 a.get("scheme")
@@ -120,7 +136,7 @@ pub struct WebhookPolicy {
 pub struct Webhooks {
     configs: Arc<Mutex<HashMap<String, Vec<PushConfig>>>>,
     client: reqwest::Client,
-    allow_private: bool,
+    targets: fleet_outbound::Policy,
     max_tasks: usize,
 }
 
@@ -133,15 +149,12 @@ impl std::fmt::Debug for Webhooks {
 impl Webhooks {
     /// The client for `policy`; fails on a CA file that holds no certificate.
     pub fn new(policy: &WebhookPolicy) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve names itself, around the private-address check.
-            .no_proxy()
-            .connect_timeout(POST_TIMEOUT)
-            .timeout(POST_TIMEOUT);
-        if !policy.allow_private {
-            builder = builder.dns_resolver(Arc::new(targets::PublicOnly));
-        }
+        let targets = if policy.allow_private {
+            fleet_outbound::Policy::any_address(ALLOWED_BY)
+        } else {
+            fleet_outbound::Policy::public_only(ALLOWED_BY)
+        };
+        let mut builder = targets.client().connect_timeout(POST_TIMEOUT).timeout(POST_TIMEOUT);
         if let Some(pem) = &policy.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| format!("the webhook CA file is not PEM certificates: {e}"))?;
@@ -152,25 +165,15 @@ impl Webhooks {
         }
         let client =
             builder.build().map_err(|e| format!("cannot build the webhook client: {e}"))?;
-        Ok(Self {
-            configs: Arc::default(),
-            client,
-            allow_private: policy.allow_private,
-            max_tasks: policy.max_tasks,
-        })
+        Ok(Self { configs: Arc::default(), client, targets, max_tasks: policy.max_tasks })
     }
 
-    /// Refuses a config whose URL names a private address (unless those are allowed).
+    /// Refuses a config whose URL is not http(s) or names a private address (unless those
+    /// are allowed); names are checked again each time they are resolved.
     pub fn check_target(&self, config: &PushConfig) -> Result<(), A2aError> {
-        if self.allow_private {
-            return Ok(());
-        }
-        let uri = config.url.parse::<http::Uri>().map_err(|e| {
-            A2aError::invalid_params(format!("push notification url {:?}: {e}", config.url))
-        })?;
-        match uri.host().and_then(targets::refused_host) {
-            Some(why) => Err(A2aError::invalid_params(why)),
-            None => Ok(()),
+        match self.targets.check(&config.url) {
+            Ok(_) => Ok(()),
+            Err(why) => Err(A2aError::invalid_params(format!("push notification {why}"))),
         }
     }
 
@@ -371,11 +374,11 @@ impl Webhooks {
     }
 
     async fn post(&self, config: &PushConfig, body: axum::body::Bytes) -> Result<(), String> {
-        let mut request = self
-            .client
-            .post(&config.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body);
+        // Checked again here: the client connects to a literal address without resolving it,
+        // and a config restored from the store was checked by whichever head made it.
+        let url = self.targets.check(&config.url).map_err(|e| e.to_string())?;
+        let mut request =
+            self.client.post(url).header(http::header::CONTENT_TYPE, "application/json").body(body);
         if !config.token.is_empty() {
             request = request.header("X-A2A-Notification-Token", &config.token);
         }

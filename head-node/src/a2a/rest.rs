@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -43,6 +44,17 @@ fn sse(items: impl Stream<Item = Value> + Send + 'static) -> Response {
     Sse::new(events).keep_alive(super::jsonrpc::keep_alive()).into_response()
 }
 
+/// A body not declared JSON: ContentTypeNotSupportedError with HTTP 415 (the request's own
+/// media type; a message part's unsupported type stays the binding's 400).
+fn not_json(headers: &HeaderMap) -> Option<Response> {
+    if crate::browsers::is_json(headers) {
+        return None;
+    }
+    let e = A2aError::content_type(crate::browsers::not_json_message(headers));
+    Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(e.to_status_json())).into_response())
+}
+
+/// The request's JSON object, within the size limit.
 async fn json_body(a2a: &A2a, body: Body) -> Result<Value, A2aError> {
     let bytes = super::jsonrpc::read_body(a2a, body).await.map_err(|(e, _)| e)?;
     let mut value: Value = serde_json::from_slice(&bytes)
@@ -55,7 +67,15 @@ async fn json_body(a2a: &A2a, body: Body) -> Result<Value, A2aError> {
     }
 }
 
-pub async fn send(State(a2a): State<A2a>, Path(agent): Path<String>, body: Body) -> Response {
+pub async fn send(
+    State(a2a): State<A2a>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = not_json(&headers) {
+        return refused;
+    }
     let outcome = async {
         let params = json_body(&a2a, body).await?;
         ops::send(&a2a, &agent, &params, Version::V1).await
@@ -63,7 +83,15 @@ pub async fn send(State(a2a): State<A2a>, Path(agent): Path<String>, body: Body)
     answer(outcome.await)
 }
 
-pub async fn stream(State(a2a): State<A2a>, Path(agent): Path<String>, body: Body) -> Response {
+pub async fn stream(
+    State(a2a): State<A2a>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = not_json(&headers) {
+        return refused;
+    }
     let params = match json_body(&a2a, body).await {
         Ok(p) => p,
         Err(e) => return error(e),
@@ -151,8 +179,12 @@ pub async fn extended_card(
 pub async fn push_create(
     State(a2a): State<A2a>,
     Path((agent, task)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = not_json(&headers) {
+        return refused;
+    }
     let outcome = async {
         let mut params = json_body(&a2a, body).await?;
         params["taskId"] = json!(task);

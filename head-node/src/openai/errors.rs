@@ -58,6 +58,16 @@ impl ApiError {
             .with_code("invalid_json")
     }
 
+    /// A body not declared JSON (415): web pages' form and `text/plain` posts among them.
+    pub fn not_json(headers: &axum::http::HeaderMap) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            crate::browsers::not_json_message(headers),
+        )
+        .with_code("unsupported_content_type")
+    }
+
     /// A body over the limit (413).
     pub fn too_large(limit: usize) -> Self {
         Self::new(

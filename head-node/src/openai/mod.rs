@@ -113,8 +113,8 @@ async fn require_api_key(State(api): State<OpenAi>, request: Request, next: Next
 /// instead of the error.
 const DRAIN_LIMIT_BYTES: usize = 64 << 20;
 
-/// A JSON object request body, read up to [`OpenAi::max_body_bytes`]: too large is a 413,
-/// anything but a JSON object a 400, both in OpenAI's shape.
+/// A JSON object request body, read up to [`OpenAi::max_body_bytes`]: not declared JSON is
+/// a 415, too large a 413, anything but a JSON object a 400, all in OpenAI's shape.
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
@@ -122,6 +122,9 @@ impl FromRequest<OpenAi> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, api: &OpenAi) -> Result<Self, ApiError> {
+        if !crate::browsers::is_json(request.headers()) {
+            return Err(ApiError::not_json(request.headers()));
+        }
         let declared = request
             .headers()
             .get(axum::http::header::CONTENT_LENGTH)
