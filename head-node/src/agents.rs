@@ -39,8 +39,9 @@ pub struct AgentEntry {
 pub struct AgentRegistry {
     agents: HashMap<String, AgentEntry>,
     next_version: u64,
-    /// Agents registered by clients (not the head's `model:` agents, which are bounded by
-    /// the models workers have).
+    /// Agents registered by clients, and the head's `model:` agents of remote (`openai:`)
+    /// models, whose names any client chooses. (`model:` agents of other models are bounded
+    /// by the models workers have.)
     user_agents: usize,
     max_agents: usize,
 }
@@ -62,6 +63,8 @@ impl Default for AgentRegistry {
 
 /// Agents a head holds unless `--max-agents` says otherwise.
 pub const DEFAULT_MAX_AGENTS: usize = 10_000;
+/// The longest model id: a GGUF file name or `openai:` with a remote model's name.
+pub const MAX_MODEL_ID_BYTES: usize = 256;
 /// The most instructions one agent has: 256 KiB, about 64k tokens, beyond the context of
 /// the local models served.
 pub const MAX_INSTRUCTIONS_BYTES: usize = 256 << 10;
@@ -100,10 +103,25 @@ impl AgentRegistry {
         Ok((outcome, entry))
     }
 
-    /// The agent that serves `model` directly, registered on first use.
-    pub fn model_agent(&mut self, model: &str) -> &AgentEntry {
+    /// The agent that serves `model` directly, registered on first use. A remote model's
+    /// agent counts toward `max_agents` (any client names those models), and a model id is
+    /// at most [`MAX_MODEL_ID_BYTES`].
+    pub fn model_agent(&mut self, model: &str) -> Result<&AgentEntry> {
+        if model.len() > MAX_MODEL_ID_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the model id is {} bytes: at most {MAX_MODEL_ID_BYTES}",
+                model.len()
+            )));
+        }
         let name = format!("{MODEL_AGENT_PREFIX}{model}");
         if !self.agents.contains_key(&name) {
+            let chosen_by_clients = model.starts_with(OPENAI_PREFIX);
+            if chosen_by_clients {
+                if self.user_agents >= self.max_agents {
+                    return Err(Error::TooManyAgents { limit: self.max_agents });
+                }
+                self.user_agents += 1;
+            }
             self.next_version += 1;
             let spec = AgentSpec {
                 name: name.clone(),
@@ -120,7 +138,7 @@ impl AgentRegistry {
             };
             self.agents.insert(name.clone(), entry);
         }
-        &self.agents[&name]
+        Ok(&self.agents[&name])
     }
 
     pub fn get(&self, name: &str) -> Result<&AgentEntry> {
@@ -441,9 +459,18 @@ mod tests {
         let mut agents = AgentRegistry::new(2);
         agents.register(echo("a"))?;
         agents.register(echo("b"))?;
-        agents.model_agent("some.gguf");
+        agents.model_agent("some.gguf")?;
         let refused = agents.register(echo("c")).err();
         assert!(matches!(refused, Some(Error::TooManyAgents { limit: 2 })), "{refused:?}");
+        // Remote models' agents, named by any client, count; and their names are bounded.
+        let refused = agents.model_agent("openai:gpt-4o").err();
+        assert!(matches!(refused, Some(Error::TooManyAgents { limit: 2 })), "{refused:?}");
+        let mut roomy = AgentRegistry::new(10);
+        roomy.model_agent("openai:gpt-4o")?;
+        roomy.model_agent("openai:gpt-4o")?;
+        assert_eq!(roomy.user_agents, 1);
+        let long = format!("openai:{}", "x".repeat(MAX_MODEL_ID_BYTES));
+        assert!(matches!(roomy.model_agent(&long), Err(Error::InvalidArgument(_))));
         let changed = AgentSpec { instructions: "new".into(), ..echo("b") };
         assert_eq!(agents.register(changed)?.0, Registered::Replaced);
         Ok(())

@@ -520,3 +520,48 @@ async fn an_openai_agent_calls_the_clusters_own_api() -> Result<()> {
     })
     .await
 }
+
+/// A request naming a remote model (`openai:NAME`) makes a hidden agent for it: the name is
+/// bounded, those agents count toward --max-agents, and none is listed on the public card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_model_names_cannot_grow_the_head() -> Result<()> {
+    within(async {
+        let cluster = ClusterSandbox::builder()
+            .workers(1)
+            .config(CONFIG)
+            .head_arg("--max-agents")
+            .head_arg("4")
+            .start()
+            .await?;
+        let http = reqwest::Client::new();
+        let chat = |model: String| {
+            let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+            http.post(format!("{}/v1/chat/completions", cluster.url)).json(&body).send()
+        };
+        let card = || async {
+            let url = format!("{}/.well-known/agent-card.json", cluster.url);
+            anyhow::Ok(http.get(url).send().await?.text().await?)
+        };
+        let before = card().await?.len();
+        for _ in 0..3 {
+            let response = chat(format!("openai:{}", "x".repeat(100_000))).await?;
+            let status = response.status();
+            let text = response.text().await?;
+            ensure!(status == 400 && text.contains("at most 256"), "{status} {text}");
+        }
+        // Two config agents and two remote models fill --max-agents 4; the next is a 429.
+        for i in 0..2 {
+            let response = chat(format!("openai:model-{i}")).await?;
+            ensure!(response.status() != 429, "model {i}: {}", response.text().await?);
+        }
+        let response = chat("openai:one-too-many".into()).await?;
+        let status = response.status();
+        let text = response.text().await?;
+        ensure!(status == 429 && text.contains("--max-agents"), "{status} {text}");
+        let after = card().await?;
+        ensure!(!after.contains("model:"), "a hidden agent is on the card: {after}");
+        ensure!(after.len() == before, "the card grew from {before} to {} bytes", after.len());
+        cluster.shutdown().await
+    })
+    .await
+}

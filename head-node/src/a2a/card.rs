@@ -199,10 +199,13 @@ pub async fn agent_card_v03(
     serve_card(&a2a, &agent, &headers, true)
 }
 
-/// The cluster's card: one skill per agent, each agent's own card URL in its skill tags.
+/// The cluster's card: one skill per agent, each agent's own card URL in its skill tags. The
+/// head's `model:` agents are not listed: they serve models named in OpenAI requests, and
+/// their names are the requests' choice.
 pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Response {
     let base = base_url(&a2a, &headers);
-    let agents = a2a.cluster.agents();
+    let mut agents = a2a.cluster.agents();
+    agents.retain(|a| !a.spec.name.starts_with(crate::agents::MODEL_AGENT_PREFIX));
     let skills: Vec<Value> = agents
         .iter()
         .map(|a| {

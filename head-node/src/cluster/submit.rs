@@ -76,7 +76,7 @@ impl Cluster {
         if !state.workers.iter().any(|w| w.has_model(model)) {
             return Err(Error::UnknownModel(model.to_owned()));
         }
-        Ok(state.agents.model_agent(model).spec.name.clone())
+        Ok(state.agents.model_agent(model)?.spec.name.clone())
     }
 
     fn validate(&self, task: &NewTask) -> Result<()> {

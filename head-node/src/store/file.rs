@@ -356,6 +356,36 @@ mod tests {
         Ok(())
     }
 
+    /// A new data directory is this user's only (0700), and so are its files (0600): they
+    /// hold every task's data and agents' options, keys among them. A directory made
+    /// world-readable by hand is tightened at the next start.
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_its_files_are_private() -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
+        let parent = temp_dir("modes");
+        let dir = parent.join("nested").join("data");
+        let mut store = FileStore::open(&dir, Fsync::Periodic)?;
+        store.write(&batch(1))?;
+        assert_eq!(mode(&dir), Some(0o700));
+        assert_eq!(mode(&dir.join(crate::store::StoreConfig::FILE)), Some(0o600));
+        let wal = segments(&dir);
+        assert!(!wal.is_empty(), "no log segment");
+        for name in wal {
+            assert_eq!(mode(&dir.join(&name)), Some(0o600), "{name}");
+        }
+        drop(store);
+        let open = std::fs::Permissions::from_mode(0o755);
+        let file = dir.join(crate::store::StoreConfig::FILE);
+        std::fs::set_permissions(&dir, open.clone()).ok();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).ok();
+        drop(FileStore::open(&dir, Fsync::Periodic)?);
+        assert_eq!((mode(&dir), mode(&file)), (Some(0o700), Some(0o600)));
+        let _ = std::fs::remove_dir_all(&parent);
+        Ok(())
+    }
+
     /// Writes are in the log at once and in the database after a checkpoint, which removes
     /// the segments it covered; a clean stop leaves no log.
     #[test]

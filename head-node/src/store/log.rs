@@ -209,11 +209,12 @@ fn segment_number(name: &str) -> Option<u64> {
 /// Creates segment `number` and makes its name durable in `dir`.
 fn new_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
     let path = segment_path(dir, number);
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .map_err(|e| fail(&path, format!("cannot create: {e}")))?;
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    // Records hold task data and agents' options: this user's only.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(|e| fail(&path, format!("cannot create: {e}")))?;
     // A file's name is in its directory: sync that too, or a power cut may lose the file.
     File::open(dir)
         .and_then(|d| d.sync_all())

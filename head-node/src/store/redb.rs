@@ -25,6 +25,33 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
+/// Creates `dir` (and its parents) if missing, and makes it readable by this user only
+/// (0700): the store's files hold task data and agents' credentials.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// Makes `path` readable and writable by this user only (0600).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 impl RedbStore {
     /// Opens (or creates) `dir/head.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -34,7 +61,7 @@ impl RedbStore {
             message,
             fenced: false,
         };
-        std::fs::create_dir_all(dir).map_err(|e| StoreError {
+        private_dir(dir).map_err(|e| StoreError {
             what: dir.display().to_string(),
             message: format!("cannot create the data directory: {e}"),
             fenced: false,
@@ -52,6 +79,8 @@ impl RedbStore {
                 e => format!("not a readable store ({e}): move it away or give another --data-dir"),
             })
         })?;
+        // The file holds agents' options (keys among them) and every task's data.
+        private_file(&path).map_err(|e| fail(format!("cannot make it private (0600): {e}")))?;
         let store = Self { db, path: path.clone() };
         store.check_format().map_err(fail)?;
         Ok(store)
