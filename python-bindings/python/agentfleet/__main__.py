@@ -1,6 +1,6 @@
 """Run a cluster node, or look at and drive a cluster, from the Python package:
 
-    python -m agentfleet head [fleet-head flags]      e.g. --listen 0.0.0.0:7070 --config fleet.toml
+    python -m agentfleet head [fleet-head flags]      e.g. --listen 0.0.0.0:7070 --token T --join-token J --config fleet.toml
     python -m agentfleet worker [--import MODULE ...] [fleet-worker flags]
                                                       e.g. --head http://HEAD:7070; with --import
                                                       the worker hosts the module's Python agents
