@@ -50,7 +50,17 @@ const NO_KEY: &str = "sk-no-key-required";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The model options a remote model understands.
-const OPTIONS: [&str; 2] = ["base_url", "api_key"];
+const OPTIONS: [&str; 4] = ["base_url", "api_key", "max_output_bytes", "timeout_s"];
+
+/// What one call may bring back unless the agent's `max_output_bytes` says: far beyond any
+/// model's answer, short of what would strain a worker.
+const DEFAULT_MAX_OUTPUT_BYTES: usize = 8 << 20;
+/// How long one call may take, to the end of its stream, unless the agent's `timeout_s`
+/// says.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The most either option may say: 64 MiB, an hour.
+const MAX_OUTPUT_BYTES: usize = 64 << 20;
+const MAX_TIMEOUT_S: u64 = 3600;
 
 /// What allows an agent's `base_url` to name a private address, said when one is refused.
 const ALLOWED_BY: &str = "the worker's --allow-private-model-urls (FLEET_ALLOW_PRIVATE_MODEL_URLS)";
@@ -111,6 +121,10 @@ pub struct RemoteConfig {
     /// The targets `base_url` is held to: any address for the operator's own endpoints,
     /// else the worker's policy for agents' URLs.
     targets: fleet_outbound::Policy,
+    /// The most one call's answer may hold (text, tool calls, logprobs' tokens), in bytes.
+    pub max_output_bytes: usize,
+    /// How long one call may take to the end of its answer.
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -150,7 +164,8 @@ impl RemoteConfig {
         }
         if let Some(key) = options.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
             return Err(invalid(format!(
-                "unknown model option {key:?}: a remote model takes base_url and api_key"
+                "unknown model option {key:?}: a remote model takes base_url, api_key, \
+                 max_output_bytes and timeout_s"
             )));
         }
         let set = |v: String| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
@@ -201,12 +216,27 @@ impl RemoteConfig {
             policy.targets()
         };
         targets.check(&base_url).map_err(|e| invalid(format!("base_url {e}")))?;
+        let number = |name: &str, most: u64| -> Result<Option<u64>> {
+            let Some(text) = option(name) else { return Ok(None) };
+            match text.parse::<u64>() {
+                Ok(n) if (1..=most).contains(&n) => Ok(Some(n)),
+                _ => {
+                    Err(invalid(format!("{name} {text:?} must be a whole number from 1 to {most}")))
+                }
+            }
+        };
+        let max_output_bytes = number("max_output_bytes", MAX_OUTPUT_BYTES as u64)?
+            .map_or(DEFAULT_MAX_OUTPUT_BYTES, |n| n as usize);
+        let timeout =
+            number("timeout_s", MAX_TIMEOUT_S)?.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
         Ok(Self {
             model: model.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
             key_withheld,
             targets,
+            max_output_bytes,
+            timeout,
         })
     }
 }
@@ -266,6 +296,9 @@ impl OpenAiModel {
         } else {
             config.targets.client()
         };
+        // The stream's own deadline (in `decode`) says what happened; this one, a little
+        // later, bounds the calls without a stream (embeddings) and any the stream misses.
+        let builder = builder.timeout(config.timeout + Duration::from_secs(5));
         let http =
             builder.connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| Error::RemoteModel {
                 model: model_id.to_owned(),
@@ -508,11 +541,13 @@ fn decode(
         ready: VecDeque<fleet_inference::Result<GenerationEvent>>,
         id: String,
         config: RemoteConfig,
+        deadline: tokio::time::Instant,
     }
     let state = State {
         chunks: Some(chunks),
         decoder: ChunkDecoder::default(),
         ready: VecDeque::new(),
+        deadline: tokio::time::Instant::now() + config.timeout,
         id,
         config,
     };
@@ -523,8 +558,30 @@ fn decode(
             }
             // Taken once the stream has ended or failed, so nothing follows the last item.
             let chunks = s.chunks.as_mut()?;
-            match chunks.next().await {
-                Some(Ok(chunk)) => s.ready.extend(s.decoder.push(chunk).into_iter().map(Ok)),
+            let Ok(next) = tokio::time::timeout_at(s.deadline, chunks.next()).await else {
+                s.chunks = None;
+                let message = format!(
+                    "remote model {} at {} did not finish its answer within {} s: cut off (the \
+                     agent's model option timeout_s)",
+                    s.id,
+                    s.config.base_url,
+                    s.config.timeout.as_secs()
+                );
+                s.ready.push_back(Err(fleet_inference::Error::Unavailable(message)));
+                continue;
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    s.ready.extend(s.decoder.push(chunk).into_iter().map(Ok));
+                    if s.decoder.bytes > s.config.max_output_bytes {
+                        s.chunks = None;
+                        s.ready.push_back(Err(fleet_inference::Error::Engine(format!(
+                            "remote model {} at {} sent more than {} bytes: cut off (the \
+                             agent's model option max_output_bytes)",
+                            s.id, s.config.base_url, s.config.max_output_bytes
+                        ))));
+                    }
+                }
                 Some(Err(e)) => {
                     s.chunks = None;
                     s.ready.push_back(Err(api_error(&s.id, &s.config, e)));
@@ -549,6 +606,8 @@ pub struct ChunkDecoder {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     deltas: u32,
+    /// What the answer has held so far: text, tool calls' pieces, logprobs' tokens.
+    pub bytes: usize,
 }
 
 impl ChunkDecoder {
@@ -570,6 +629,9 @@ impl ChunkDecoder {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             // Each token's logprobs come before the text holding it, as local models send them.
             for l in choice.logprobs.and_then(|l| l.content).into_iter().flatten() {
+                self.bytes += l.token.len()
+                    + l.top_logprobs.iter().map(|t| t.token.len() + 8).sum::<usize>()
+                    + 8;
                 let top = l.top_logprobs.into_iter().map(|t| (t.token, t.logprob)).collect();
                 let logprob = TokenLogprob { token: l.token, logprob: l.logprob, top };
                 events.push(GenerationEvent::Logprobs(logprob));
@@ -577,11 +639,17 @@ impl ChunkDecoder {
             // A refusal is the model's answer in OpenAI's separate field.
             for text in [choice.delta.content, choice.delta.refusal].into_iter().flatten() {
                 if !text.is_empty() {
+                    self.bytes += text.len();
                     self.deltas += 1;
                     events.push(GenerationEvent::Delta(text));
                 }
             }
             for call in choice.delta.tool_calls.iter().flatten() {
+                let function = call.function.as_ref();
+                self.bytes += 16
+                    + call.id.as_ref().map_or(0, String::len)
+                    + function.and_then(|f| f.name.as_ref()).map_or(0, String::len)
+                    + function.and_then(|f| f.arguments.as_ref()).map_or(0, String::len);
                 self.tool_calls.push(call);
             }
             if let Some(reason) = choice.finish_reason {
@@ -869,7 +937,49 @@ mod tests {
             api_key: NO_KEY.into(),
             key_withheld: false,
             targets: fleet_outbound::Policy::any_address(ALLOWED_BY),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// A runaway server: answers that never end, or never stop growing, are cut off with
+    /// an error that names the agent's option for it.
+    #[tokio::test]
+    async fn a_runaway_stream_is_cut_by_size_and_by_time() -> anyhow::Result<()> {
+        let last = |events: Vec<fleet_inference::Result<GenerationEvent>>| {
+            events.into_iter().last().and_then(Result::err).map(|e| e.to_string())
+        };
+        let endless =
+            futures::stream::repeat_with(|| Ok(delta(json!({"content": "x".repeat(1000)}), None)));
+        let config = RemoteConfig { max_output_bytes: 10_000, ..at("http://h/v1") };
+        let events: Vec<_> = decode(Box::pin(endless), "openai:m".into(), config).collect().await;
+        assert!(events.len() <= 12, "{} events before the cut", events.len());
+        let error = last(events).unwrap_or_default();
+        assert!(error.contains("more than 10000 bytes") && error.contains("max_output_bytes"));
+
+        let silent = futures::stream::pending();
+        let config = RemoteConfig { timeout: Duration::from_millis(50), ..at("http://h/v1") };
+        let events: Vec<_> = decode(Box::pin(silent), "openai:m".into(), config).collect().await;
+        let error = last(events).unwrap_or_default();
+        assert!(error.contains("timeout_s"), "{error}");
+
+        let options =
+            |pairs: &[(&str, &str)]| options(&[&[("base_url", "http://h/v1")], pairs].concat());
+        let c = RemoteConfig::resolve(
+            "openai:m",
+            &options(&[("timeout_s", "30"), ("max_output_bytes", "1000")]),
+            env(&[]),
+            &allow_private(),
+        )?;
+        assert_eq!((c.timeout, c.max_output_bytes), (Duration::from_secs(30), 1000));
+        for bad in
+            [("timeout_s", "0"), ("timeout_s", "soon"), ("max_output_bytes", "1000000000000")]
+        {
+            let refused =
+                RemoteConfig::resolve("openai:m", &options(&[bad]), env(&[]), &allow_private());
+            assert!(refused.is_err(), "{bad:?} accepted");
+        }
+        Ok(())
     }
 
     fn none() -> RemotePolicy {
