@@ -98,6 +98,7 @@ pub fn router(
         clients: clients.clone(),
         tls: config.tls_cert.is_some(),
         shutdown,
+        sessions: Default::default(),
     };
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),

@@ -10,11 +10,13 @@
 //! per tick and never a polling storm.
 //!
 //! The client credential guards it like every other door: `Authorization: Bearer` or
-//! `X-API-Key`, or the `fleet_ui` cookie `POST /ui/login` sets from the token typed into
-//! the login page (HttpOnly, SameSite=Strict, Secure over TLS). A POST must also carry
+//! `X-API-Key`, or the `fleet_ui` cookie of a session `POST /ui/login` opens when the token
+//! typed into the login page is right ([`sessions`]: a random id, 12 hours, ended by
+//! logout; HttpOnly, SameSite=Strict, Secure over TLS). A POST must also carry
 //! `X-Fleet-UI: 1`, which a form on another site cannot send.
 
 mod live;
+mod sessions;
 mod views;
 
 use std::sync::Arc;
@@ -25,16 +27,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Credentials;
 use crate::cluster::Cluster;
 
-/// The cookie the login page sets: the token, base64url (a token may hold characters a
-/// cookie may not).
+/// The cookie the login page sets: a session's id.
 const COOKIE: &str = "fleet_ui";
 /// The header every POST of the page carries (see the module docs).
 const CSRF_HEADER: &str = "x-fleet-ui";
@@ -57,18 +56,20 @@ pub struct Inspector {
     pub tls: bool,
     /// Ends the live streams when the head stops (they would hold its shutdown open).
     pub shutdown: CancellationToken,
+    /// Open logins and recent failed ones.
+    pub sessions: sessions::Sessions,
 }
 
 impl Inspector {
     /// Whether the request carries a client credential, in a header or the cookie.
     fn admits(&self, headers: &HeaderMap) -> bool {
         self.clients.accepts_http(headers)
-            || cookie(headers).is_some_and(|token| self.clients.accepts(Some(&token)))
+            || cookie(headers).is_some_and(|id| self.sessions.is_open(&id))
     }
 }
 
-/// The token in the `fleet_ui` cookie, decoded.
-fn cookie(headers: &HeaderMap) -> Option<Vec<u8>> {
+/// The session id in the `fleet_ui` cookie.
+fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -76,7 +77,16 @@ fn cookie(headers: &HeaderMap) -> Option<Vec<u8>> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, value)| URL_SAFE_NO_PAD.decode(value).ok())
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The address a request came from, where the listener tells it.
+fn peer(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref)
+    });
+    tcp.and_then(TcpConnectInfo::remote_addr).map(|a| a.ip())
 }
 
 /// The inspector's routes: the pages, their assets and `/ui/api/*`.
@@ -147,7 +157,10 @@ fn page(html: &'static str) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            // Not `no-referrer`: under it browsers send `Origin: null` with the page's own
+            // form posts (the login), which `crate::browsers` refuses as any page's would be.
+            // Same-origin requests say where they come from; others get nothing.
+            (header::REFERRER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         html,
@@ -169,20 +182,41 @@ struct LoginForm {
     token: String,
 }
 
-/// Takes the token typed into the login page: a right one becomes the cookie.
-async fn login(State(ui): State<Inspector>, Form(form): Form<LoginForm>) -> Response {
+/// Takes the token typed into the login page: a right one opens a session, whose id is the
+/// cookie. An address that sent too many wrong tokens this minute is refused (429).
+async fn login(
+    State(ui): State<Inspector>,
+    extensions: axum::http::Extensions,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let from = peer(&extensions);
+    if !ui.sessions.may_try(from) {
+        tracing::warn!(door = "inspector", peer = ?from, "refused a login: too many wrong tokens");
+        let mut refused = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong tokens from this address: try again in a minute",
+        );
+        refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return refused;
+    }
     let token = form.token.trim();
     if !ui.clients.accepts(Some(token.as_bytes())) {
-        tracing::warn!(door = "inspector", "refused a login with a wrong token");
+        ui.sessions.failed(from);
+        tracing::warn!(door = "inspector", peer = ?from, "refused a login with a wrong token");
         return Redirect::to("/ui/login?failed=1").into_response();
     }
     let secure = if ui.tls { "; Secure" } else { "" };
-    let value = URL_SAFE_NO_PAD.encode(token);
-    let cookie = format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict{secure}");
+    let (id, ttl) = (ui.sessions.open(), sessions::SESSION_TTL.as_secs());
+    let cookie =
+        format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/")).into_response()
 }
 
-async fn logout() -> Response {
+/// Ends the session (its id no longer admits anyone) and clears the cookie.
+async fn logout(State(ui): State<Inspector>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers) {
+        ui.sessions.close(&id);
+    }
     let cookie = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/login")).into_response()
 }

@@ -5,6 +5,7 @@ slow echo tasks appearing and streaming, a task canceled from its page, a tool c
 into its sub-task; the credential checks at the HTTP level. Screenshots of every page go to
 $FLEET_TEST_ARTIFACTS/inspector (default: the system temp folder)."""
 
+import base64
 import json
 import os
 import secrets
@@ -149,7 +150,17 @@ def test_without_a_credential_nothing_is_shown(fleet: Fleet) -> None:
         assert right.headers["location"] == "/ui/"
         cookie = right.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
-        http.cookies.set("fleet_ui", cookie.split(";")[0].split("=", 1)[1])
+        session = cookie.split(";")[0].split("=", 1)[1]
+        # The cookie is a session's random id with an end, never the token.
+        assert TOKEN not in session and base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=") not in session
+        assert "Max-Age=43200" in cookie, cookie
+        # Logging out ends the session: its id admits nobody after.
+        other = http.post("/ui/login", data={"token": TOKEN}).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        assert http.get("/ui/api/cluster", headers={"Cookie": f"fleet_ui={other}"}).status_code == 200
+        out = http.post("/ui/logout", headers={"Cookie": f"fleet_ui={other}"})
+        assert "Max-Age=0" in out.headers["set-cookie"]
+        assert http.get("/ui/api/cluster", headers={"Cookie": f"fleet_ui={other}"}).status_code == 401
+        http.cookies.set("fleet_ui", session)
         assert http.get("/ui/").status_code == 200
         csp = http.get("/ui/").headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp, csp
