@@ -90,7 +90,7 @@ impl Browsers {
     }
 
     /// The name and port the request was sent to (`:authority` over HTTP/2, else `Host`).
-    fn authority(request: &Request) -> Option<(String, Option<u16>)> {
+    fn authority<B>(request: &axum::http::Request<B>) -> Option<(String, Option<u16>)> {
         let text = match request.uri().authority() {
             Some(authority) => authority.as_str().to_owned(),
             None => request.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
@@ -128,34 +128,56 @@ impl Browsers {
     }
 }
 
-/// The middleware: refuses what [`Browsers`] says, answers allowed origins' preflights, and
-/// adds CORS headers to their answers.
+/// What [`Browsers::judge`] decides for a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same-origin, or not from a browser: on to the handler.
+    Pass,
+    /// Refused, saying why.
+    Refuse(String),
+    /// From an allowed origin: answered with CORS headers naming `origin` (a preflight is
+    /// answered here, without the handler).
+    Cors { origin: String, preflight: bool },
+}
+
+impl Browsers {
+    /// The checks of the module docs on one request (its method, URI and headers).
+    pub fn judge<B>(&self, request: &axum::http::Request<B>) -> Verdict {
+        let authority = Self::authority(request);
+        if self.loopback
+            && let Some((host, _)) = &authority
+            && let Some(why) = self.refused_host(host)
+        {
+            return Verdict::Refuse(why);
+        }
+        let Some(sent) = request.headers().get(header::ORIGIN) else {
+            return Verdict::Pass;
+        };
+        let text = sent.to_str().unwrap_or_default().to_owned();
+        let origin = Origin::parse(&text);
+        if origin.as_ref().is_some_and(|o| self.same_origin(o, authority.as_ref())) {
+            return Verdict::Pass;
+        }
+        if !origin.is_some_and(|o| self.allowed_origins.contains(&o)) {
+            return Verdict::Refuse(format!(
+                "requests from web pages at {text:?} are refused: the head serves pages of its \
+                 own origin and those its operator allows (--allowed-origin {text})"
+            ));
+        }
+        let preflight = request.method() == Method::OPTIONS
+            && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        Verdict::Cors { origin: text, preflight }
+    }
+}
+
+/// The middleware: refuses what [`Browsers::judge`] refuses, answers allowed origins'
+/// preflights, and adds CORS headers to their answers.
 pub async fn guard(State(browsers): State<Browsers>, request: Request, next: Next) -> Response {
-    let authority = Browsers::authority(&request);
-    if browsers.loopback
-        && let Some((host, _)) = &authority
-        && let Some(why) = browsers.refused_host(host)
-    {
-        return refuse(&request, why);
-    }
-    let Some(sent) = request.headers().get(header::ORIGIN) else {
-        return next.run(request).await;
+    let (origin, preflight) = match browsers.judge(&request) {
+        Verdict::Pass => return next.run(request).await,
+        Verdict::Refuse(why) => return refuse(&request, why),
+        Verdict::Cors { origin, preflight } => (origin, preflight),
     };
-    let text = sent.to_str().unwrap_or_default().to_owned();
-    let origin = Origin::parse(&text);
-    if origin.as_ref().is_some_and(|o| browsers.same_origin(o, authority.as_ref())) {
-        return next.run(request).await;
-    }
-    let allowed = origin.is_some_and(|o| browsers.allowed_origins.contains(&o));
-    if !allowed {
-        let why = format!(
-            "requests from web pages at {text:?} are refused: the head serves pages of its own \
-             origin and those its operator allows (--allowed-origin {text})"
-        );
-        return refuse(&request, why);
-    }
-    let preflight = request.method() == Method::OPTIONS
-        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     let mut response = if preflight {
         let mut answer = StatusCode::NO_CONTENT.into_response();
         let h = answer.headers_mut();
@@ -170,7 +192,7 @@ pub async fn guard(State(browsers): State<Browsers>, request: Request, next: Nex
         next.run(request).await
     };
     let h = response.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, sent_origin(&text));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, sent_origin(&origin));
     h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
     h.append(header::VARY, HeaderValue::from_static("Origin"));
     response

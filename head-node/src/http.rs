@@ -106,14 +106,17 @@ pub fn router(
         max_body_bytes,
         started_at: crate::openai::unix_now(),
     };
+    // `/healthz` stays outside the browser checks: probes (a load balancer's, Kubernetes')
+    // name whatever address they dial, and it tells only the worker count.
+    let health = Router::new().route("/healthz", get(healthz)).with_state(cluster);
     Ok(Router::new()
-        .route("/healthz", get(healthz))
-        .with_state(cluster)
-        .merge(Router::new().route("/metrics", get(crate::metrics::metrics)).with_state(metrics))
+        .route("/metrics", get(crate::metrics::metrics))
+        .with_state(metrics)
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai))
         .merge(crate::mcp::router(mcp))
         .merge(crate::inspector::router(inspector))
         .layer(axum::middleware::from_fn_with_state(browsers, crate::browsers::guard))
+        .merge(health)
         .layer(axum::middleware::from_fn(crate::traceparent::scope)))
 }

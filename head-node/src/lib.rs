@@ -27,7 +27,7 @@ pub mod a2a;
 pub mod agents;
 pub mod api;
 pub mod auth;
-mod browsers;
+pub mod browsers;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -66,8 +66,11 @@ def tls() -> Iterator[tuple[Path, Path, Path]]:
 
 @pytest.fixture(scope="module")
 def cluster(tls: tuple[Path, Path, Path]) -> Iterator[Cluster]:
-    # The tests' webhooks listen on 127.0.0.1, which a head refuses unless allowed.
-    c = Cluster("--allow-private-webhooks", "--webhook-ca", str(tls[0]))
+    # The tests' webhooks listen on 127.0.0.1, which a head refuses unless allowed; the
+    # card tests ask for the head by names a reverse proxy would send, which a loopback
+    # head refuses unless allowed.
+    c = Cluster("--allow-private-webhooks", "--webhook-ca", str(tls[0]),
+                "--allowed-host", "example.com", "--allowed-host", "a.example")
     yield c
     c.stop()
 
