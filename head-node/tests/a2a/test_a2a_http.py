@@ -55,8 +55,13 @@ def test_http_json_binding(cluster: Cluster) -> None:
 
 def test_every_error_code_and_the_server_keeps_serving(cluster: Cluster) -> None:
     url = f"{cluster.url}/a2a/echo"
-    garbage = httpx.post(url, content=b"{not json", headers=V1).json()
+    as_json = {**V1, "Content-Type": "application/json"}
+    garbage = httpx.post(url, content=b"{not json", headers=as_json).json()
     assert error_code(garbage) == -32700 and garbage["id"] is None
+    # A body not declared JSON (a web page's text/plain post, or none at all) is refused.
+    for headers in (V1, {**V1, "Content-Type": "text/plain"}):
+        untyped = httpx.post(url, content=b'{"jsonrpc": "2.0", "id": 1, "method": "GetTask"}', headers=headers)
+        assert untyped.status_code == 415 and error_code(untyped.json()) == -32005, untyped.text
     wrong_version = httpx.post(url, json={"jsonrpc": "1.0", "id": 1, "method": "GetTask"}, headers=V1).json()
     assert error_code(wrong_version) == -32600
     assert error_code(rpc(cluster, "NoSuchMethod", {})) == -32601
@@ -81,7 +86,7 @@ def test_every_error_code_and_the_server_keeps_serving(cluster: Cluster) -> None
     assert error_code(rpc(cluster, "SendMessage", no_id)) == -32602
     no_id_03 = {"message": {"kind": "message", "role": "user", "parts": [{"kind": "text", "text": "hi"}]}}
     assert error_code(rpc(cluster, "message/send", no_id_03, headers={})) == -32602
-    oversized = httpx.post(url, content=b"x" * (2 << 20), headers=V1, timeout=10)
+    oversized = httpx.post(url, content=b"x" * (2 << 20), headers=as_json, timeout=10)
     assert oversized.status_code == 200 and error_code(oversized.json()) == -32600
     nobody = rpc(cluster, "GetTask", {"id": "x"}, agent="nobody")["error"]
     assert nobody["code"] == -32051 and nobody["data"][0] == {
