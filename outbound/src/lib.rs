@@ -50,6 +50,12 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 impl Policy {
+    /// Any address if `allow_private` (the operator's flag, named by `allowed_by`), else
+    /// public addresses only.
+    pub fn new(allow_private: bool, allowed_by: &'static str) -> Self {
+        Self { allow_private, allowed_by }
+    }
+
     /// Public addresses only; `allowed_by` names the setting that would allow private ones.
     pub fn public_only(allowed_by: &'static str) -> Self {
         Self { allow_private: false, allowed_by }

@@ -84,11 +84,7 @@ pub struct RemotePolicy {
 
 impl RemotePolicy {
     fn targets(&self) -> fleet_outbound::Policy {
-        if self.allow_private {
-            fleet_outbound::Policy::any_address(ALLOWED_BY)
-        } else {
-            fleet_outbound::Policy::public_only(ALLOWED_BY)
-        }
+        fleet_outbound::Policy::new(self.allow_private, ALLOWED_BY)
     }
 }
 

@@ -149,11 +149,7 @@ impl std::fmt::Debug for Webhooks {
 impl Webhooks {
     /// The client for `policy`; fails on a CA file that holds no certificate.
     pub fn new(policy: &WebhookPolicy) -> Result<Self, String> {
-        let targets = if policy.allow_private {
-            fleet_outbound::Policy::any_address(ALLOWED_BY)
-        } else {
-            fleet_outbound::Policy::public_only(ALLOWED_BY)
-        };
+        let targets = fleet_outbound::Policy::new(policy.allow_private, ALLOWED_BY);
         let mut builder = targets.client().connect_timeout(POST_TIMEOUT).timeout(POST_TIMEOUT);
         if let Some(pem) = &policy.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
