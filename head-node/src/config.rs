@@ -75,6 +75,11 @@ pub struct HeadConfig {
     /// Host names besides loopback ones that requests to a loopback head may name (a
     /// reverse proxy's); others are refused as DNS rebinding.
     pub allowed_hosts: Vec<String>,
+    /// Keys of the config file's `[[principal]]`s: who holds each, in which tenant, with
+    /// which role.
+    pub principals: Vec<crate::auth::PrincipalKey>,
+    /// Each tenant's quotas (`[[tenant]]`); tenants not listed have none.
+    pub tenants: Vec<crate::quotas::TenantQuota>,
 }
 
 impl Default for HeadConfig {
@@ -107,6 +112,8 @@ impl Default for HeadConfig {
             insecure_no_credentials: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            principals: Vec::new(),
+            tenants: Vec::new(),
         }
     }
 }
@@ -149,6 +156,10 @@ pub struct ConfigFile {
     pub allowed_hosts: Vec<String>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentTable>,
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<crate::auth::PrincipalKey>,
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<crate::quotas::TenantQuota>,
 }
 
 /// What kind of store a head keeps its state in: `file`, `memory` or a `postgres://` URL.
@@ -263,6 +274,12 @@ pub struct AgentTable {
     pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub model_options: std::collections::BTreeMap<String, toml::Value>,
+    /// The tenant whose agent it is (none: shared by every tenant).
+    #[serde(default)]
+    pub tenant: String,
+    /// Listed on the public agent card.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// One MCP server of an agent.
@@ -350,6 +367,8 @@ impl From<AgentTable> for AgentSpec {
             input_timeout_ms: t.input_timeout_s.map_or(0, |s| {
                 if s > 0.0 { (s * 1000.0).ceil().min(u32::MAX as f64) as u32 } else { u32::MAX }
             }),
+            tenant: t.tenant,
+            public: t.public,
         }
     }
 }
@@ -458,6 +477,8 @@ impl ConfigFile {
             config.tls_key = self.tls_key;
         }
         config.agents.extend(self.agents.into_iter().map(AgentSpec::from));
+        config.principals.extend(self.principals);
+        config.tenants.extend(self.tenants);
     }
 }
 
@@ -495,17 +516,19 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
         return bad("the join token must not be empty");
     }
     let clients = [&config.token, &config.api_key];
-    if clients.iter().any(|c| c.is_some()) && config.join_token.is_none() {
+    let any_client = clients.iter().any(|c| c.is_some()) || !config.principals.is_empty();
+    if any_client && config.join_token.is_none() {
         return bad(
-            "client credentials (--token, --api-key) need a worker join token as well: set \
-             --join-token (FLEET_JOIN_TOKEN) on the head and its workers, so that a client's \
-             credential cannot register a worker",
+            "client credentials (--token, --api-key, [[principal]]) need a worker join token \
+             as well: set --join-token (FLEET_JOIN_TOKEN) on the head and its workers, so \
+             that a client's credential cannot register a worker",
         );
     }
+    check_principals(config)?;
     if clients.iter().any(|c| c.is_some() && *c == &config.join_token) {
         return bad("the join token must differ from the client credentials (--token, --api-key)");
     }
-    let credentials = clients.iter().any(|c| c.is_some()) && config.join_token.is_some();
+    let credentials = any_client && config.join_token.is_some();
     if !config.listen.ip().is_loopback() && !credentials && !config.insecure_no_credentials {
         return bad(&format!(
             "listening on {} (not loopback) needs a client credential and a join token: \
@@ -516,6 +539,34 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
         ));
     }
     config.agents.iter().try_for_each(crate::agents::validate)
+}
+
+/// Principals have distinct names and keys, and no key is the join token; tenants' quotas
+/// are declared once each.
+fn check_principals(config: &HeadConfig) -> Result<()> {
+    let bad = |message: String| Err(Error::InvalidConfig(message));
+    let mut names = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    let join = config.join_token.as_deref().map(|t| crate::auth::key_sha256(t.as_bytes()));
+    for key in &config.principals {
+        let name = key.principal.name();
+        if !names.insert(name) {
+            return bad(format!("two [[principal]]s are named {name:?}: names are unique"));
+        }
+        if !keys.insert(key.key_sha256) {
+            return bad(format!("principal {name:?} has the key of another: keys are unique"));
+        }
+        if join == Some(key.key_sha256) {
+            return bad(format!("principal {name:?}'s key is the join token: they must differ"));
+        }
+    }
+    let mut tenants = std::collections::HashSet::new();
+    for tenant in &config.tenants {
+        if !tenants.insert(tenant.name.as_str()) {
+            return bad(format!("two [[tenant]]s are named {:?}", tenant.name));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -53,6 +53,23 @@ pub enum Error {
          start it again to stand by"
     )]
     LostLease(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("the name {0:?} is taken: choose another")]
+    NameTaken(String),
+    #[error(
+        "tenant {tenant:?} is at its quota of {limit} {what}: retry in {retry_after_s} s, or \
+         ask the operator to raise the tenant's {setting}"
+    )]
+    Quota {
+        tenant: String,
+        what: &'static str,
+        setting: &'static str,
+        limit: u64,
+        retry_after_s: u64,
+    },
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -77,15 +94,28 @@ impl Error {
             | Self::InvalidArgument(_) => ErrorKind::InvalidRequest,
             Self::UnknownAgent(_) | Self::UnknownModel(_) => ErrorKind::UnknownAgent,
             Self::UnknownTask(_) => ErrorKind::UnknownTask,
-            Self::QueueFull { .. } | Self::TooManyAgents { .. } | Self::TooManyPublishes { .. } => {
-                ErrorKind::Busy
-            }
+            Self::QueueFull { .. }
+            | Self::TooManyAgents { .. }
+            | Self::TooManyPublishes { .. }
+            | Self::Quota { .. } => ErrorKind::Busy,
+            Self::NameTaken(_) => ErrorKind::InvalidRequest,
+            Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::Unschedulable { .. } | Self::Unsupported(_) => ErrorKind::Unsupported,
             Self::Mesh(_)
             | Self::StoreUnavailable(_)
             | Self::LostLease(_)
             | Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Store(_) | Self::Io(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Seconds after which a refused request may succeed (HTTP `Retry-After`), where known.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Self::Quota { retry_after_s, .. } => Some(*retry_after_s),
+            Self::QueueFull { .. } | Self::TooManyPublishes { .. } => Some(1),
+            _ => None,
         }
     }
 
@@ -134,13 +164,18 @@ pub fn codes(kind: ErrorKind) -> Codes {
         K::ContentTypeNotSupported =>
                              (G::InvalidArgument, H::BAD_REQUEST, -32005, "CONTENT_TYPE_NOT_SUPPORTED", "invalid_request_error", Some("unsupported_content_type")),
         K::Unauthenticated => (G::Unauthenticated, H::UNAUTHORIZED, -32053, "UNAUTHENTICATED", "invalid_request_error", Some("invalid_api_key")),
+        K::PermissionDenied => (G::PermissionDenied, H::FORBIDDEN, -32054, "PERMISSION_DENIED", "invalid_request_error", Some("permission_denied")),
     };
     Codes { grpc, http, jsonrpc, reason, openai_type, openai_code }
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let mut status = tonic::Status::new(e.code(), e.to_string());
+        if let Some(s) = e.retry_after_s() {
+            status.metadata_mut().insert("retry-after", s.into());
+        }
+        status
     }
 }
 

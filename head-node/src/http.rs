@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::a2a::push::{WebhookPolicy, Webhooks};
-use crate::auth::Credentials;
+use crate::auth::{Principal, Principals};
 use crate::cluster::Cluster;
 use crate::config::HeadConfig;
 
@@ -49,7 +49,7 @@ const BODY_SLACK_BYTES: usize = 64 << 10;
 pub fn router(
     cluster: Arc<Cluster>,
     config: &HeadConfig,
-    clients: Credentials,
+    clients: Principals,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> crate::Result<Router> {
     // Files come base64-encoded: 4 bytes of body for 3 of input.
@@ -75,6 +75,7 @@ pub fn router(
     let a2a = crate::a2a::A2a {
         cluster: cluster.clone(),
         clients: clients.clone(),
+        who: Principal::operator(),
         max_body_bytes,
         webhooks: webhooks.clone(),
         tls: config.tls_cert.is_some(),
@@ -96,6 +97,7 @@ pub fn router(
     let inspector = crate::inspector::Inspector {
         cluster: cluster.clone(),
         clients: clients.clone(),
+        who: Principal::operator(),
         tls: config.tls_cert.is_some(),
         shutdown,
         sessions: Default::default(),
@@ -103,6 +105,7 @@ pub fn router(
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),
         clients,
+        who: Principal::operator(),
         max_body_bytes,
         started_at: crate::openai::unix_now(),
     };
@@ -111,6 +114,14 @@ pub fn router(
     let health = Router::new().route("/healthz", get(healthz)).with_state(cluster);
     Ok(Router::new()
         .route("/metrics", get(crate::metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::auth::HttpAuth {
+                principals: metrics.clients.clone(),
+                door: "metrics",
+                render: crate::metrics::refusal,
+            },
+            crate::auth::http,
+        ))
         .with_state(metrics)
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai))

@@ -38,6 +38,7 @@ mod leader;
 mod mcp;
 mod metrics;
 pub mod openai;
+pub mod quotas;
 mod run;
 pub mod scheduler;
 pub mod server;

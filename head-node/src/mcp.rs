@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::MODEL_AGENT_PREFIX;
-use crate::auth::Credentials;
+use crate::auth::{Principal, Principals};
 use crate::cluster::{AgentInfo, Cluster, NewTask};
 use crate::error::codes;
 use crate::run::TaskRun;
@@ -44,7 +44,7 @@ const PAGE: usize = 100;
 /// What `/mcp` needs.
 pub struct Mcp {
     pub cluster: Arc<Cluster>,
-    pub clients: Credentials,
+    pub clients: Principals,
     /// The largest request body, in bytes.
     pub max_body_bytes: usize,
     /// Ends the server's open streams when the head stops.
@@ -71,7 +71,10 @@ pub fn router(mcp: Mcp) -> Router {
     Router::new()
         .route_service("/mcp", service)
         .route_layer(axum::middleware::from_fn(json_posts))
-        .route_layer(axum::middleware::from_fn_with_state(mcp.clients, require_credentials))
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::auth::HttpAuth { principals: mcp.clients, door: "mcp", render: refusal },
+            crate::auth::http,
+        ))
 }
 
 /// MCP's POSTs are JSON-RPC: anything else (a web page's form or text/plain post) is a 415
@@ -91,26 +94,23 @@ async fn json_posts(request: Request, next: Next) -> Response {
     (axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response()
 }
 
-/// `Authorization: Bearer KEY` (or `X-API-Key`) when the head has client credentials.
-async fn require_credentials(
-    State(clients): State<Credentials>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if clients.accepts_http(request.headers()) {
-        return next.run(request).await;
-    }
-    clients.log_refused_http("mcp", request.uri().path(), request.headers());
+/// How the auth layer refuses an MCP request: a JSON-RPC error with the table's code.
+fn refusal(e: crate::Error) -> Response {
     let body = json!({
         "jsonrpc": "2.0",
         "id": null,
-        "error": {
-            "code": codes(ErrorKind::Unauthenticated).jsonrpc,
-            "message": "missing or wrong credential: send Authorization: Bearer <token> \
-                        (the head's --token or --api-key)",
-        },
+        "error": {"code": codes(e.kind()).jsonrpc, "message": e.to_string()},
     });
-    (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+    (e.http_status(), axum::Json(body)).into_response()
+}
+
+/// The principal of the request (rmcp hands the HTTP request's parts to the handler).
+fn who(context: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Principal>().cloned())
+        .ok_or_else(|| ErrorData::internal_error("the request has no principal", None))
 }
 
 /// The MCP server of one request: the cluster's agents as tools.
@@ -132,9 +132,10 @@ impl ServerHandler for Agents {
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let agents: Vec<AgentInfo> = self.cluster.agents().into_iter().filter(listed).collect();
+        let who = who(&context)?;
+        let agents: Vec<AgentInfo> = self.cluster.agents(&who).into_iter().filter(listed).collect();
         let cursor = request.and_then(|r| r.cursor);
         Ok(page(&agents, cursor.as_deref()))
     }
@@ -145,7 +146,8 @@ impl ServerHandler for Agents {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.as_ref();
-        if !self.cluster.agent(name).is_some_and(|a| listed(&a)) {
+        let who = who(&context)?;
+        if !self.cluster.agent(&who, name).is_some_and(|a| listed(&a)) {
             return Err(ErrorData::invalid_params(
                 format!("unknown tool {name:?}: tools/list lists the cluster's agents"),
                 None,
@@ -164,7 +166,7 @@ impl ServerHandler for Agents {
             traceparent,
             ..Default::default()
         };
-        let run = TaskRun::start(&self.cluster, task).map_err(|e| {
+        let run = TaskRun::start(&self.cluster, &who, task).map_err(|e| {
             ErrorData::new(
                 rmcp::model::ErrorCode(codes(e.kind()).jsonrpc as i32),
                 e.to_string(),

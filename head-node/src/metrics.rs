@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleet_proto::{Latencies, TaskState};
 use prometheus_client::collector::Collector;
@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::auth::Credentials;
+use crate::auth::Principals;
 use crate::cluster::{AgentLoad, Cluster, ClusterStatus};
 
 /// Upper bounds (seconds) of the task latency histograms: an echo task's few milliseconds
@@ -133,21 +133,29 @@ impl TaskMetrics {
 #[derive(Clone)]
 pub struct MetricsRoute {
     pub cluster: Arc<Cluster>,
-    pub clients: Credentials,
+    pub clients: Principals,
     pub heartbeat_interval: Duration,
     pub webhooks: crate::a2a::push::Webhooks,
 }
 
 /// `GET /metrics`: the text exposition format (version 0.0.4, which every Prometheus and
 /// the Python client parse).
-pub async fn metrics(State(route): State<MetricsRoute>, headers: HeaderMap) -> Response {
-    if !route.clients.accepts_http(&headers) {
-        route.clients.log_refused_http("metrics", "/metrics", &headers);
-        return (
-            StatusCode::UNAUTHORIZED,
-            "a client credential is required: Authorization: Bearer TOKEN or X-API-Key\n",
-        )
-            .into_response();
+/// The figures are the whole cluster's (every tenant's agents and tasks): admins only.
+pub async fn metrics(
+    State(route): State<MetricsRoute>,
+    extensions: axum::http::Extensions,
+) -> Response {
+    match crate::auth::principal_of(&extensions) {
+        Ok(who) if who.is_admin() => {}
+        Ok(who) => {
+            return refusal(crate::Error::PermissionDenied(format!(
+                "/metrics shows every tenant's figures: it is for admins, and {:?} is a {}; \
+                 a tenant's own tasks and agents are in the inspector",
+                who.name(),
+                who.role().as_str()
+            )));
+        }
+        Err(e) => return refusal(e),
     }
     let figures = Figures {
         status: route.cluster.status(),
@@ -169,6 +177,11 @@ pub async fn metrics(State(route): State<MetricsRoute>, headers: HeaderMap) -> R
             .into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// How the auth layer refuses a scrape: plain text, the table's status.
+pub fn refusal(e: crate::Error) -> Response {
+    (e.http_status(), format!("{e}\n")).into_response()
 }
 
 impl TaskMetrics {

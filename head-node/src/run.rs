@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fleet_proto::{EventKind, Reply, TaskEvent, TaskId};
 
 use crate::api::streams;
+use crate::auth::Principal;
 use crate::cluster::{Cluster, NewTask};
 use crate::tasks::{Delivery, Subscription};
 
@@ -23,6 +24,8 @@ const DECLINE_TRIES: u32 = 300;
 pub struct TaskRun {
     cluster: Arc<Cluster>,
     pub task_id: TaskId,
+    /// Who submitted it: the reads, declines and cancel are theirs.
+    who: Principal,
     sub: Subscription,
     last_seq: u64,
     ended: bool,
@@ -30,10 +33,11 @@ pub struct TaskRun {
 
 impl TaskRun {
     /// Submits `task`; refusals (queue full, input too long, ...) come back as errors.
-    pub fn start(cluster: &Arc<Cluster>, task: NewTask) -> crate::Result<Self> {
+    pub fn start(cluster: &Arc<Cluster>, who: &Principal, task: NewTask) -> crate::Result<Self> {
         let (subscriber, sub) = cluster.subscriber();
-        let task_id = cluster.submit(task, Some((subscriber, None)))?;
-        Ok(Self { cluster: cluster.clone(), task_id, sub, last_seq: 0, ended: false })
+        let task_id = cluster.submit(who, task, Some((subscriber, None)))?;
+        let who = who.clone();
+        Ok(Self { cluster: cluster.clone(), who, task_id, sub, last_seq: 0, ended: false })
     }
 
     /// The task's next event; `None` after its terminal event or when its events stopped
@@ -60,7 +64,10 @@ impl TaskRun {
                 // A reader that fell behind (a slow HTTP client) was cut off: resume after
                 // the last event seen, from the task's log.
                 None if self.sub.was_cut() => {
-                    self.sub = self.cluster.watch(self.task_id.as_str(), self.last_seq + 1).ok()?;
+                    self.sub = self
+                        .cluster
+                        .watch(&self.who, self.task_id.as_str(), self.last_seq + 1)
+                        .ok()?;
                 }
                 None => return None,
             }
@@ -74,7 +81,7 @@ impl TaskRun {
     async fn decline(&self, seq: u64) {
         for _ in 0..DECLINE_TRIES {
             let reply = Reply::Reject(NOBODY_TO_ASK.into());
-            match self.cluster.reply(self.task_id.as_str(), "", reply, seq) {
+            match self.cluster.reply(&self.who, self.task_id.as_str(), "", reply, seq) {
                 Err(crate::Error::Unavailable(_)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
@@ -89,7 +96,7 @@ impl Drop for TaskRun {
     fn drop(&mut self) {
         if !self.ended {
             tracing::debug!(task_id = %self.task_id, "request gone before its task ended; canceling");
-            let _ = self.cluster.cancel(self.task_id.as_str());
+            let _ = self.cluster.cancel(&self.who, self.task_id.as_str());
         }
     }
 }

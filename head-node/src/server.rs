@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::fleet::FleetApi;
 use crate::api::worker::WorkerApi;
-use crate::auth::Credentials;
+use crate::auth::{JoinToken, Principals};
 use crate::cluster::Cluster;
 use crate::config::{self, HeadConfig};
 use crate::{Result, http};
@@ -112,15 +112,15 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let address = listener.local_addr()?;
-    let (clients, workers) = (Credentials::clients(&config), Credentials::workers(&config));
+    let (clients, workers) = (Principals::of(&config), JoinToken::of(&config));
     if !address.ip().is_loopback() {
         if !clients.required() {
             warn!(%address, "no client token: anyone who can reach this address can submit");
         }
-        if !workers.required() {
+        if config.join_token.is_none() {
             warn!(%address, "no join token: anyone who can reach this address can join as a worker");
         }
-        if tls.is_none() && (clients.required() || workers.required()) {
+        if tls.is_none() && (clients.required() || config.join_token.is_some()) {
             warn!(%address, "no TLS: tokens and task data cross the network in clear text (set --tls-cert and --tls-key)");
         }
     }

@@ -6,6 +6,10 @@
 //! `ToolReply` of its `ToolCall`. A definition outlives its hosts (an agent placed with it
 //! keeps calling it, and a call without a host is answered with an error the model reads),
 //! so a host that reconnects finds its agents as they were.
+//!
+//! A tool belongs to the tenant of the process that first hosted it (an admin's are shared
+//! by every tenant): only that tenant's hosts may host it again, and only that tenant's
+//! agents are given it and may call it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -55,6 +59,8 @@ pub struct Pending {
 
 struct ToolEntry {
     definition: FunctionTool,
+    /// Whose tool it is (empty: shared).
+    tenant: String,
     /// Changes with the definition, so that agents placed with an older one are placed again.
     generation: u64,
     hosts: Vec<u64>,
@@ -62,6 +68,8 @@ struct ToolEntry {
 
 struct HostEntry {
     commands: mpsc::UnboundedSender<HostCommand>,
+    /// The tenant it hosts for (empty: an admin's, whose tools are shared).
+    tenant: String,
     tools: Vec<String>,
     /// The host's unanswered calls by deadline.
     deadlines: BTreeSet<(Instant, u64)>,
@@ -81,8 +89,9 @@ pub struct HostedTools {
 }
 
 impl HostedTools {
-    /// A new host; it gets its calls from the receiver.
-    pub fn connect(&mut self) -> Result<(u64, mpsc::UnboundedReceiver<HostCommand>)> {
+    /// A new host of `tenant`'s tools (empty: shared ones); it gets its calls from the
+    /// receiver.
+    pub fn connect(&mut self, tenant: &str) -> Result<(u64, mpsc::UnboundedReceiver<HostCommand>)> {
         if self.hosts.len() >= MAX_HOSTS {
             return Err(Error::InvalidArgument(format!(
                 "{MAX_HOSTS} processes host tools already: close one before hosting more"
@@ -92,7 +101,12 @@ impl HostedTools {
         let (tx, rx) = mpsc::unbounded_channel();
         self.hosts.insert(
             self.next_host,
-            HostEntry { commands: tx, tools: Vec::new(), deadlines: BTreeSet::new() },
+            HostEntry {
+                commands: tx,
+                tenant: tenant.to_owned(),
+                tools: Vec::new(),
+                deadlines: BTreeSet::new(),
+            },
         );
         Ok((self.next_host, rx))
     }
@@ -105,11 +119,15 @@ impl HostedTools {
         tools: Vec<FunctionTool>,
         is_agent: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>> {
-        if !self.hosts.contains_key(&host) {
+        let Some(tenant) = self.hosts.get(&host).map(|h| h.tenant.clone()) else {
             return Err(Error::InvalidArgument("this tool host is closed".into()));
-        }
+        };
         for tool in &tools {
             check(tool)?;
+            let theirs = self.tools.get(&tool.name).is_some_and(|t| t.tenant != tenant);
+            if theirs && !tenant.is_empty() {
+                return Err(Error::NameTaken(tool.name.clone()));
+            }
             if is_agent(&tool.name) {
                 return Err(Error::InvalidArgument(format!(
                     "tool {:?}: an agent has that name; tools and agents share one namespace",
@@ -140,7 +158,12 @@ impl HostedTools {
             let generation = &mut self.generation;
             let entry = self.tools.entry(name.clone()).or_insert_with(|| {
                 *generation += 1;
-                ToolEntry { definition: tool.clone(), generation: *generation, hosts: Vec::new() }
+                ToolEntry {
+                    definition: tool.clone(),
+                    tenant: tenant.clone(),
+                    generation: *generation,
+                    hosts: Vec::new(),
+                }
             });
             if entry.definition != tool {
                 self.generation += 1;
@@ -160,9 +183,14 @@ impl HostedTools {
         Ok(names)
     }
 
-    /// Whether `name` is a hosted tool (hosted now or before).
+    /// Whether `name` is a hosted tool (hosted now or before), of any tenant.
     pub fn contains(&self, name: &str) -> bool {
         self.tools.contains_key(name)
+    }
+
+    /// Whether `name` is a hosted tool that tasks of `tenant` may call: its own or shared.
+    pub fn serves(&self, name: &str, tenant: &str) -> bool {
+        self.tools.get(name).is_some_and(|t| t.tenant.is_empty() || t.tenant == tenant)
     }
 
     /// Whether hosted tool `name` gets its calling task's files.
@@ -170,14 +198,15 @@ impl HostedTools {
         self.tools.get(name).is_some_and(|t| t.definition.takes_files)
     }
 
-    /// The hosted tools among an agent's tools, and a number that changes when any of their
-    /// definitions does.
+    /// The hosted tools among an agent's tools (those of its tenant and shared ones), and a
+    /// number that changes when any of their definitions does.
     pub fn of(&self, spec: &AgentSpec) -> (Arc<[FunctionTool]>, u64) {
         let mut generation = 0;
         let functions = spec
             .tools
             .iter()
             .filter_map(|name| self.tools.get(name))
+            .filter(|t| t.tenant.is_empty() || t.tenant == spec.tenant)
             .inspect(|t| generation = generation.max(t.generation))
             .map(|t| t.definition.clone())
             .collect();
@@ -381,7 +410,7 @@ mod tests {
     #[test]
     fn calls_go_to_a_host_and_answers_come_back_once() {
         let mut tools = HostedTools::default();
-        let (host, mut rx) = tools.connect().expect("host");
+        let (host, mut rx) = tools.connect("").expect("host");
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
         let task = TaskId::new("t1");
         tools.invoke("add", &task, "", "c1", r#"{"a":1}"#, Vec::new()).expect("sent");
@@ -400,7 +429,7 @@ mod tests {
     #[test]
     fn a_gone_host_leaves_its_definition_and_returns_its_calls() {
         let mut tools = HostedTools::default();
-        let (host, _rx) = tools.connect().expect("host");
+        let (host, _rx) = tools.connect("").expect("host");
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
         tools.invoke("add", &TaskId::new("t1"), "", "c1", "{}", Vec::new()).expect("sent");
         let lost = tools.disconnect(host);
@@ -416,7 +445,7 @@ mod tests {
     #[test]
     fn a_changed_definition_changes_the_generation() {
         let mut tools = HostedTools::default();
-        let (host, _rx) = tools.connect().expect("host");
+        let (host, _rx) = tools.connect("").expect("host");
         let spec = AgentSpec { tools: vec!["add".into()], ..Default::default() };
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
         let first = tools.of(&spec).1;
@@ -431,7 +460,7 @@ mod tests {
     #[test]
     fn bad_definitions_are_refused_with_the_reason() {
         let mut tools = HostedTools::default();
-        let (host, _rx) = tools.connect().expect("host");
+        let (host, _rx) = tools.connect("").expect("host");
         let mut bad = tool("add");
         bad.parameters = "[1]".into();
         let e = tools.register(host, vec![bad], no_agents).expect_err("not an object");
@@ -445,7 +474,7 @@ mod tests {
     #[test]
     fn an_ended_tasks_calls_are_canceled_at_their_host() {
         let mut tools = HostedTools::default();
-        let (host, mut rx) = tools.connect().expect("host");
+        let (host, mut rx) = tools.connect("").expect("host");
         tools.register(host, vec![tool("add")], no_agents).expect("registered");
         let task = TaskId::new("t1");
         tools.invoke("add", &task, "", "c1", "{}", Vec::new()).expect("sent");

@@ -258,6 +258,8 @@ impl From<pb::AgentSpec> for AgentSpec {
             requires_approval: s.requires_approval,
             ask_user: s.ask_user,
             input_timeout_ms: s.input_timeout_ms,
+            tenant: s.tenant,
+            public: s.public,
         }
     }
 }
@@ -369,6 +371,8 @@ impl From<&AgentSpec> for pb::AgentSpec {
             requires_approval: s.requires_approval.clone(),
             ask_user: s.ask_user,
             input_timeout_ms: s.input_timeout_ms,
+            tenant: s.tenant.clone(),
+            public: s.public,
         }
     }
 }
@@ -410,6 +414,7 @@ impl From<ErrorKind> for pb::ErrorKind {
             ErrorKind::NotCancelable => Self::NotCancelable,
             ErrorKind::ContentTypeNotSupported => Self::ContentTypeNotSupported,
             ErrorKind::Unauthenticated => Self::Unauthenticated,
+            ErrorKind::PermissionDenied => Self::PermissionDenied,
         }
     }
 }
@@ -428,6 +433,7 @@ impl From<pb::ErrorKind> for ErrorKind {
             pb::ErrorKind::NotCancelable => Self::NotCancelable,
             pb::ErrorKind::ContentTypeNotSupported => Self::ContentTypeNotSupported,
             pb::ErrorKind::Unauthenticated => Self::Unauthenticated,
+            pb::ErrorKind::PermissionDenied => Self::PermissionDenied,
         }
     }
 }

@@ -243,6 +243,10 @@ pub struct AgentSpec {
     pub ask_user: bool,
     /// How long a task waits for input before it fails; 0 = [`DEFAULT_INPUT_TIMEOUT_MS`].
     pub input_timeout_ms: u32,
+    /// The tenant the agent belongs to; empty: shared by every tenant.
+    pub tenant: String,
+    /// Listed on the head's public agent card.
+    pub public: bool,
 }
 
 /// How long a task waits for an answer or an approval unless its agent says.
@@ -268,6 +272,8 @@ impl Default for AgentSpec {
             requires_approval: Default::default(),
             ask_user: Default::default(),
             input_timeout_ms: Default::default(),
+            tenant: Default::default(),
+            public: Default::default(),
         }
     }
 }
@@ -416,7 +422,9 @@ impl fmt::Debug for AgentSpec {
             .field("max_concurrency", &self.max_concurrency)
             .field("topics", &self.topics)
             .field("mcp", &self.mcp)
-            .finish()
+            .field("tenant", &self.tenant)
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -519,11 +527,14 @@ pub enum ErrorKind {
     /// A message part of a type the agent cannot take.
     ContentTypeNotSupported,
     Unauthenticated,
+    /// The caller is known but its role does not allow this (a reader submitting, a user
+    /// replacing an agent of the config file).
+    PermissionDenied,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         Self::Internal,
         Self::InvalidRequest,
         Self::UnknownTask,
@@ -534,6 +545,7 @@ impl ErrorKind {
         Self::NotCancelable,
         Self::ContentTypeNotSupported,
         Self::Unauthenticated,
+        Self::PermissionDenied,
     ];
 
     /// The kind's name as clients see it (Python's `TaskFailed.kind`, the CLI, the page).
@@ -549,6 +561,7 @@ impl ErrorKind {
             Self::NotCancelable => "not_cancelable",
             Self::ContentTypeNotSupported => "content_type_not_supported",
             Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
         }
     }
 }

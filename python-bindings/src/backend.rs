@@ -59,7 +59,9 @@ impl Backend {
             Self::Local(cluster) => cluster,
         };
         let (sub, subscription) = cluster.subscriber();
-        cluster.submit(new_task(submission), Some((sub, None))).map_err(local_error)?;
+        cluster
+            .submit(&operator(), new_task(submission), Some((sub, None)))
+            .map_err(local_error)?;
         let events = futures::stream::unfold(Some(subscription), |state| async move {
             let mut sub = state?;
             loop {
@@ -104,7 +106,7 @@ impl Backend {
                     sent.fetch_add(1, Ordering::SeqCst);
                 })
                 .map(|(i, s)| (i as u64, Ok(new_task(s))));
-            cluster.submit_for(&sub, items).await;
+            cluster.submit_for(&operator(), &sub, items).await;
         });
         let updates = futures::stream::unfold(subscription, |mut sub| async move {
             let first = next_delivery(&mut sub).await?;
@@ -137,7 +139,9 @@ impl Backend {
     pub async fn cancel(&self, task_id: &str) -> Result<()> {
         match self {
             Self::Remote(client) => client.cancel(task_id).await.map(drop),
-            Self::Local(cluster) => cluster.cancel(task_id).map(drop).map_err(local_error),
+            Self::Local(cluster) => {
+                cluster.cancel(&operator(), task_id).map(drop).map_err(local_error)
+            }
         }
     }
 
@@ -150,9 +154,10 @@ impl Backend {
     ) -> Result<()> {
         match self {
             Self::Remote(client) => client.reply(task_id, "", &reply, request_seq).await.map(drop),
-            Self::Local(cluster) => {
-                cluster.reply(task_id, "", reply, request_seq).map(drop).map_err(local_error)
-            }
+            Self::Local(cluster) => cluster
+                .reply(&operator(), task_id, "", reply, request_seq)
+                .map(drop)
+                .map_err(local_error),
         }
     }
 
@@ -166,7 +171,9 @@ impl Backend {
     pub async fn register_agent(&self, spec: AgentSpec) -> Result<()> {
         match self {
             Self::Remote(client) => client.register_agent(spec).await.map(drop),
-            Self::Local(cluster) => cluster.register_agent(spec).map(drop).map_err(local_error),
+            Self::Local(cluster) => {
+                cluster.register_agent(&operator(), spec).map(drop).map_err(local_error)
+            }
         }
     }
 
@@ -177,7 +184,12 @@ impl Backend {
                 .await?
                 .iter()
                 .any(|a| a.spec.as_ref().is_some_and(|s| s.name == name)),
-            Self::Local(cluster) => cluster.agent(name).is_some(),
+            Self::Local(cluster) => cluster.agent(&operator(), name).is_some(),
         })
     }
+}
+
+/// An embedded cluster's caller: the process that started it owns it, as its operator.
+fn operator() -> fleet_head::auth::Principal {
+    fleet_head::auth::Principal::operator()
 }

@@ -531,6 +531,9 @@ impl Fleet {
             requires_approval,
             ask_user,
             input_timeout_ms,
+            // The head sets a user's agents to its tenant; an admin's are shared.
+            tenant: String::new(),
+            public: false,
         };
         runtime::block_on(
             py,

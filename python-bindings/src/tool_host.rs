@@ -55,7 +55,7 @@ impl ToolHost {
         let link = match backend {
             Backend::Local(cluster) => {
                 let (host, mut calls) = cluster
-                    .host_tools()
+                    .host_tools(&fleet_head::auth::Principal::operator())
                     .map_err(|e| errors::to_py(fleet_client::Error::Status(e.into())))?;
                 let stop = stop.clone();
                 rt.spawn(async move {

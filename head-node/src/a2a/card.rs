@@ -158,8 +158,21 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
     card
 }
 
-fn find(a2a: &A2a, agent: &str) -> Result<AgentInfo, Box<Response>> {
-    a2a.cluster.agent(agent).ok_or_else(|| {
+/// The agents a card's reader sees: with a client credential, those its principal may run
+/// (on a head without credentials, every one); without, the agents marked public.
+fn readable(a2a: &A2a, headers: &HeaderMap) -> Vec<AgentInfo> {
+    match a2a.clients.resolve_http(headers) {
+        Some(who) => a2a.cluster.agents(&who),
+        None => a2a.cluster.public_agents(),
+    }
+}
+
+fn find(a2a: &A2a, agent: &str, headers: &HeaderMap) -> Result<AgentInfo, Box<Response>> {
+    let found = match a2a.clients.resolve_http(headers) {
+        Some(who) => a2a.cluster.agent(&who, agent),
+        None => a2a.cluster.agent(&a2a.who, agent).filter(|a| a.spec.public),
+    };
+    found.ok_or_else(|| {
         let message = format!("no agent named {agent:?} on this cluster");
         let body = json!({"error": {"code": 404, "status": "NOT_FOUND", "message": message}});
         Box::new((StatusCode::NOT_FOUND, Json(body)).into_response())
@@ -168,7 +181,7 @@ fn find(a2a: &A2a, agent: &str) -> Result<AgentInfo, Box<Response>> {
 
 /// An agent's card as served: with `only_v03`, without the 1.0 interfaces.
 fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Response {
-    let info = match find(a2a, agent) {
+    let info = match find(a2a, agent, headers) {
         Ok(info) => info,
         Err(response) => return *response,
     };
@@ -204,7 +217,7 @@ pub async fn agent_card_v03(
 /// their names are the requests' choice.
 pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Response {
     let base = base_url(&a2a, &headers);
-    let mut agents = a2a.cluster.agents();
+    let mut agents = readable(&a2a, &headers);
     agents.retain(|a| !a.spec.name.starts_with(crate::agents::MODEL_AGENT_PREFIX));
     let skills: Vec<Value> = agents
         .iter()
@@ -248,7 +261,7 @@ pub fn extended_card_json(
     if !a2a.clients.required() {
         return Err(super::errors::A2aError::extended_card_not_configured());
     }
-    let info = find(a2a, agent).map_err(|_| {
+    let info = find(a2a, agent, headers).map_err(|_| {
         super::errors::A2aError::invalid_request(format!("no agent named {agent:?}"))
     })?;
     let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));

@@ -31,11 +31,13 @@ const PROTOCOL: [(i64, &str, StatusCode, &str); 8] = [
 pub struct A2aError {
     pub code: i64,
     pub message: String,
+    /// Seconds after which the request may succeed (HTTP `Retry-After`), where known.
+    pub retry_after_s: Option<u64>,
 }
 
 impl A2aError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after_s: None }
     }
 
     pub fn parse(message: impl Into<String>) -> Self {
@@ -127,6 +129,17 @@ impl A2aError {
         }
     }
 
+    /// The HTTP+JSON binding's answer: the status, google.rpc.Status JSON and, for a
+    /// refusal that passes, `Retry-After`.
+    pub fn to_response(&self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let mut response = (self.http_status(), axum::Json(self.to_status_json())).into_response();
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
+    }
+
     /// google.rpc.Status as JSON (the HTTP+JSON binding's error body).
     pub fn to_status_json(&self) -> Value {
         let status = match (self.kind(), self.protocol()) {
@@ -148,17 +161,20 @@ fn grpc_name(code: tonic::Code) -> &'static str {
         Code::FailedPrecondition => "FAILED_PRECONDITION",
         Code::Unavailable => "UNAVAILABLE",
         Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::PermissionDenied => "PERMISSION_DENIED",
         _ => "INTERNAL",
     }
 }
 
 impl From<crate::Error> for A2aError {
     fn from(e: crate::Error) -> Self {
-        match e {
+        let retry_after_s = e.retry_after_s();
+        let error = match e {
             crate::Error::UnknownTask(id) => Self::task_not_found(&id),
             crate::Error::InvalidArgument(m) => Self::invalid_params(m),
             other => Self::of(other.kind(), other.to_string()),
-        }
+        };
+        Self { retry_after_s, ..error }
     }
 }
 

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use super::errors::A2aError;
-use super::{A2a, Version, ops};
+use super::{A2a, Caller, Version, ops};
 
 /// Comment pings on quiet streams, well inside clients' read timeouts (a2a-sdk: 5 s).
 pub fn keep_alive() -> KeepAlive {
@@ -64,7 +64,7 @@ pub async fn read_body(a2a: &A2a, body: Body) -> Result<axum::body::Bytes, (A2aE
 }
 
 pub async fn handle(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path(agent): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -140,6 +140,9 @@ pub async fn handle(
             );
         }
     };
+    if let Err(e) = ops::check_tenant(&a2a, &params) {
+        return error_reply(&id, &e);
+    }
     let streaming = matches!(op, Op::Stream | Op::Subscribe);
     if !streaming && let Err(e) = ops::check_agent(&a2a, &agent) {
         return error_reply(&id, &e);

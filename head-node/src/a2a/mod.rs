@@ -27,10 +27,8 @@ pub mod rest;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post};
 
 use crate::cluster::Cluster;
@@ -40,13 +38,25 @@ use crate::cluster::Cluster;
 pub struct A2a {
     pub cluster: Arc<Cluster>,
     /// Client credentials, required as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-    pub clients: crate::auth::Credentials,
+    pub clients: crate::auth::Principals,
+    /// Who the request is from (the operator in the router's state, and for webhooks'
+    /// deliveries; a request's own principal in its handler: see [`Caller`]).
+    pub who: crate::auth::Principal,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub webhooks: push::Webhooks,
     /// Whether the head serves TLS (cards then name `https://` URLs).
     pub tls: bool,
 }
+
+impl crate::auth::ActsAs for A2a {
+    fn acting_as(&self, who: crate::auth::Principal) -> Self {
+        Self { who, ..self.clone() }
+    }
+}
+
+/// The A2A state acting as the request's principal.
+pub type Caller = crate::auth::Caller<A2a>;
 
 /// Which dialect a request speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +87,10 @@ pub fn router(a2a: A2a) -> Router {
         // `httpx.Client(base_url=".../a2a/NAME/")` posts to the trailing slash.
         .route("/a2a/{agent}/", post(jsonrpc::handle))
         .merge(rest)
-        .route_layer(middleware::from_fn_with_state(a2a.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            crate::auth::HttpAuth { principals: a2a.clients.clone(), door: "a2a", render: refusal },
+            crate::auth::http,
+        ));
     Router::new()
         .route("/.well-known/agent-card.json", get(card::cluster_card))
         .route("/a2a/{agent}/.well-known/agent-card.json", get(card::agent_card))
@@ -86,22 +99,8 @@ pub fn router(a2a: A2a) -> Router {
         .with_state(a2a)
 }
 
-async fn require_api_key(State(a2a): State<A2a>, request: Request, next: Next) -> Response {
-    if a2a.clients.accepts_http(request.headers()) {
-        return next.run(request).await;
-    }
-    a2a.clients.log_refused_http("a2a", request.uri().path(), request.headers());
-    let body = serde_json::json!({
-        "error": {
-            "code": 401,
-            "status": "UNAUTHENTICATED",
-            "message": "missing or wrong client credential: send Authorization: Bearer <the head's --token or --api-key> (or X-API-Key)",
-        }
-    });
-    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
-    response.headers_mut().insert(
-        axum::http::header::WWW_AUTHENTICATE,
-        axum::http::HeaderValue::from_static("Bearer"),
-    );
-    response
+/// How the auth layer refuses an A2A request: google.rpc.Status JSON with the table's
+/// status (before any JSON-RPC is read, for both bindings).
+fn refusal(e: crate::Error) -> Response {
+    errors::A2aError::from(e).to_response()
 }

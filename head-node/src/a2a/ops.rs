@@ -20,15 +20,32 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// The task `id` if it belongs to `agent`.
 fn task_of(a2a: &A2a, agent: &str, id: &str) -> Result<TaskInfo, A2aError> {
-    match a2a.cluster.task(id) {
+    match a2a.cluster.task(&a2a.who, id) {
         Ok(info) if info.agent == agent => Ok(info),
         _ => Err(A2aError::task_not_found(id)),
     }
 }
 
+/// The tenant a request names (A2A 1.0's `tenant`), checked: a principal may name only its
+/// own (an admin any); none named: the principal's scope as it is.
+pub fn check_tenant(a2a: &A2a, params: &Value) -> Result<Option<String>, A2aError> {
+    let Some(tenant) = params.get("tenant").and_then(Value::as_str).filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !a2a.who.sees(tenant) {
+        return Err(A2aError::from(crate::Error::PermissionDenied(format!(
+            "tenant {tenant:?} is not {:?}'s: leave tenant out, or name {:?}",
+            a2a.who.name(),
+            a2a.who.tenant()
+        ))));
+    }
+    Ok(Some(tenant.to_owned()))
+}
+
 /// Fails unless `agent` is registered.
 pub fn check_agent(a2a: &A2a, agent: &str) -> Result<(), A2aError> {
-    if a2a.cluster.agent(agent).is_some() {
+    if a2a.cluster.agent(&a2a.who, agent).is_some() {
         Ok(())
     } else {
         Err(A2aError::agent_not_found(format!(
@@ -43,12 +60,13 @@ fn earlier_turns(a2a: &A2a, info: &TaskInfo, v: Version) -> Vec<Value> {
         return Vec::new();
     }
     let filter = TaskFilter {
+        tenant: Some(info.tenant.to_string()),
         agent: Some(info.agent.clone()),
         context_id: Some(info.context_id.clone()),
         page_size: 1000,
         ..Default::default()
     };
-    let page = a2a.cluster.list_tasks(&filter);
+    let page = a2a.cluster.list_tasks(&a2a.who, &filter);
     page.tasks.iter().filter(|t| t.number < info.number).flat_map(|t| render::turn(t, v)).collect()
 }
 
@@ -126,9 +144,9 @@ async fn reply(
         a2a.webhooks.set(a2a, config)?;
     }
     let context_id = message.context_id.as_deref().unwrap_or_default();
-    let replied = a2a.cluster.reply(task_id, context_id, Reply::Text(message.text), 0)?;
+    let replied = a2a.cluster.reply(&a2a.who, task_id, context_id, Reply::Text(message.text), 0)?;
     let seq = replied.events;
-    let mut sub = a2a.cluster.watch(task_id, seq)?;
+    let mut sub = a2a.cluster.watch(&a2a.who, task_id, seq)?;
     // The answer promises the reply was taken: not before it is stored.
     if let Some(Delivery::Event(_)) = crate::api::streams::next(&mut sub).await {
         return Ok((sub, seq));
@@ -162,7 +180,7 @@ fn submit_message(
         traceparent: crate::traceparent::incoming(),
         ..Default::default()
     };
-    Ok(a2a.cluster.submit(task, subscriber.map(|s| (s, None)))?.to_string())
+    Ok(a2a.cluster.submit(&a2a.who, task, subscriber.map(|s| (s, None)))?.to_string())
 }
 
 /// The input of a model agent: the text, then each file, which must read as text (a model
@@ -214,6 +232,7 @@ async fn wait_for_end(mut sub: Subscription, deadline: Option<Duration>) {
 
 /// SendMessage / message/send: waits for the end of the task unless asked to return at once.
 pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    check_tenant(a2a, params)?;
     let config = params.get("configuration");
     let history_length = history_length(config)?;
     let return_immediately = match v {
@@ -238,7 +257,7 @@ pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<
             // The answer promises the task exists: not before it is stored.
             a2a.cluster.stored(&id).await?;
             if !return_immediately {
-                let (info, sub) = a2a.cluster.snapshot_and_watch(&id)?;
+                let (info, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, &id)?;
                 if !render::ends_stream(info.state) {
                     wait_for_end(sub, None).await;
                 }
@@ -261,18 +280,19 @@ pub async fn stream(
     params: &Value,
     v: Version,
 ) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
+    check_tenant(a2a, params)?;
     // Followed from its first event, which comes once the task is stored (the stream's
     // first item promises it exists); the stream starts with the task as it was then.
     if let Some(task_id) = incoming(params)?.task_id {
         // A reply: the task as the reply left it (working again), then the rest.
         let (sub, seq) = reply(a2a, agent, &task_id, params).await?;
-        let info = a2a.cluster.task_as_of(&task_id, seq)?;
+        let info = a2a.cluster.task_as_of(&a2a.who, &task_id, seq)?;
         return Ok(updates(a2a, info, sub, v));
     }
     let (sub, mut subscription) = a2a.cluster.subscriber();
     let id = submit(a2a, agent, params, Some(sub))?;
     let _submitted = crate::api::streams::next(&mut subscription).await;
-    let info = a2a.cluster.task_as_of(&id, 1)?;
+    let info = a2a.cluster.task_as_of(&a2a.who, &id, 1)?;
     Ok(updates(a2a, info, subscription, v))
 }
 
@@ -284,7 +304,7 @@ pub fn subscribe(
     v: Version,
 ) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
     task_of(a2a, agent, id)?;
-    let (info, sub) = a2a.cluster.snapshot_and_watch(id)?;
+    let (info, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, id)?;
     if render::ends_stream(info.state) {
         return Err(A2aError::unsupported(format!(
             "task {id:?} is already {}: get it with GetTask",
@@ -420,8 +440,8 @@ pub async fn cancel(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Resul
     if info.state.is_terminal() {
         return Err(A2aError::not_cancelable(id, render::state(info.state, Version::V03)));
     }
-    let (_, sub) = a2a.cluster.snapshot_and_watch(id)?;
-    a2a.cluster.cancel(id)?;
+    let (_, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, id)?;
+    a2a.cluster.cancel(&a2a.who, id)?;
     wait_for_end(sub, Some(CANCEL_WAIT)).await;
     let info = task_of(a2a, agent, id)?;
     Ok(render_task(a2a, &info, None, v))
@@ -430,6 +450,7 @@ pub async fn cancel(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Resul
 /// ListTasks: filters by contextId and status, pages with pageSize and pageToken.
 pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
     check_agent(a2a, agent)?;
+    let tenant = check_tenant(a2a, params)?;
     let page_size = match params.get("pageSize") {
         None | Some(Value::Null) => 50,
         Some(n) => match n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())) {
@@ -456,6 +477,7 @@ pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value,
     let include_artifacts =
         params.get("includeArtifacts").and_then(Value::as_bool).unwrap_or(false);
     let filter = TaskFilter {
+        tenant,
         agent: Some(agent.to_owned()),
         context_id: params
             .get("contextId")
@@ -467,7 +489,7 @@ pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value,
         after,
         newest_first: false,
     };
-    let page = a2a.cluster.list_tasks(&filter);
+    let page = a2a.cluster.list_tasks(&a2a.who, &filter);
     let tasks: Vec<Value> = page
         .tasks
         .iter()
@@ -504,6 +526,7 @@ fn push_task(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Strin
 
 /// Create/SetTaskPushNotificationConfig.
 pub fn push_create(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    a2a.who.may_act()?;
     let task = push_task(a2a, agent, params, v)?;
     let raw = match v {
         Version::V1 => params,
@@ -537,6 +560,7 @@ pub fn push_list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<V
 
 /// DeleteTaskPushNotificationConfig.
 pub fn push_delete(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+    a2a.who.may_act()?;
     let task = push_task(a2a, agent, params, v)?;
     let names: &[&str] = match v {
         Version::V1 => &["id"],

@@ -202,7 +202,7 @@ impl Webhooks {
         }
         for task_id in open {
             // A task that ended needs no delivery (it was made when it ended).
-            let ended = a2a.cluster.task(&task_id).is_ok_and(|t| t.state.is_terminal());
+            let ended = a2a.cluster.task(&a2a.who, &task_id).is_ok_and(|t| t.state.is_terminal());
             if !ended && let Err(e) = self.deliver(a2a, &task_id) {
                 warn!(task_id, error = %e.message, "push notifications not resumed");
             }
@@ -298,7 +298,7 @@ impl Webhooks {
     /// A question the task asks is a status change like the others (with the question as
     /// its message): delivery goes on through it to the end, however the client replies.
     fn deliver(&self, a2a: &A2a, task_id: &str) -> Result<(), A2aError> {
-        let (info, mut sub) = a2a.cluster.snapshot_and_watch(task_id)?;
+        let (info, mut sub) = a2a.cluster.snapshot_and_watch(&a2a.who, task_id)?;
         let (hooks, a2a) = (self.clone(), a2a.clone());
         tokio::spawn(async move {
             let mut info = info;
@@ -331,7 +331,7 @@ impl Webhooks {
                         .await;
                 }
             }
-            if let Ok(done) = a2a.cluster.task(info.task_id.as_str()) {
+            if let Ok(done) = a2a.cluster.task(&a2a.who, info.task_id.as_str()) {
                 let task = ops::render_task(&a2a, &done, None, Version::V1);
                 hooks.notify(done.task_id.as_str(), render::stream_task(task, Version::V1)).await;
             }

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use super::errors::A2aError;
-use super::{A2a, Version, ops};
+use super::{A2a, Caller, Version, ops};
 
 /// The binding speaks A2A 1.0 only: a request that names another version in `A2A-Version`
 /// gets VersionNotSupportedError (400) instead of being read as 1.0.
@@ -29,7 +29,7 @@ pub async fn require_v1(request: axum::extract::Request, next: axum::middleware:
 }
 
 fn error(e: A2aError) -> Response {
-    (e.http_status(), Json(e.to_status_json())).into_response()
+    e.to_response()
 }
 
 fn answer(outcome: Result<Value, A2aError>) -> Response {
@@ -68,7 +68,7 @@ async fn json_body(a2a: &A2a, body: Body) -> Result<Value, A2aError> {
 }
 
 pub async fn send(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path(agent): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -84,7 +84,7 @@ pub async fn send(
 }
 
 pub async fn stream(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path(agent): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -119,7 +119,7 @@ fn query_params(query: HashMap<String, String>) -> Value {
 }
 
 pub async fn list(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path(agent): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -128,7 +128,7 @@ pub async fn list(
 
 /// `GET /tasks/{id}` and `GET /tasks/{id}:subscribe`.
 pub async fn get_or_subscribe(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path((agent, task)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -154,7 +154,7 @@ fn subscribe(a2a: &A2a, agent: &str, id: &str) -> Response {
 
 /// `POST /tasks/{id}:cancel` and `POST /tasks/{id}:subscribe`.
 pub async fn post_action(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path((agent, task)): Path<(String, String)>,
 ) -> Response {
     match task.split_once(':') {
@@ -169,7 +169,7 @@ pub async fn post_action(
 }
 
 pub async fn extended_card(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path(agent): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
@@ -177,7 +177,7 @@ pub async fn extended_card(
 }
 
 pub async fn push_create(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path((agent, task)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -194,21 +194,21 @@ pub async fn push_create(
 }
 
 pub async fn push_list(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path((agent, task)): Path<(String, String)>,
 ) -> Response {
     answer(ops::push_list(&a2a, &agent, &json!({"taskId": task}), Version::V1))
 }
 
 pub async fn push_get(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path((agent, task, config)): Path<(String, String, String)>,
 ) -> Response {
     answer(ops::push_get(&a2a, &agent, &json!({"taskId": task, "id": config}), Version::V1))
 }
 
 pub async fn push_delete(
-    State(a2a): State<A2a>,
+    crate::auth::Caller(a2a): Caller,
     Path((agent, task, config)): Path<(String, String, String)>,
 ) -> Response {
     answer(ops::push_delete(&a2a, &agent, &json!({"taskId": task, "id": config}), Version::V1))

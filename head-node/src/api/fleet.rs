@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info_span};
 
 use super::streams::{self, EventStream};
 use super::wire::state_filter;
+use crate::auth::Principal;
 use crate::cluster::{Cluster, NewTask, TaskFilter};
 use crate::tasks::Delivery;
 
@@ -52,19 +53,20 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::AgentInfo>, Status> {
+        let who = who(&request)?;
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is missing: send the agent's spec"))?;
-        let info = self.cluster.register_agent(AgentSpec::from(spec))?;
+        let info = self.cluster.register_agent(&who, AgentSpec::from(spec))?;
         Ok(Response::new(info.into()))
     }
 
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let agents = self.cluster.agents().into_iter().map(Into::into).collect();
+        let agents = self.cluster.agents(&who(&request)?).into_iter().map(Into::into).collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 
@@ -74,14 +76,15 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
+        let who = who(&request)?;
         let (sub, subscription) = self.cluster.subscriber();
         let traceparent = crate::traceparent::from_metadata(request.metadata());
         let task = new_task(request.into_inner(), traceparent);
-        let (task_id, existing) = self.cluster.submit_keyed(task, Some((sub, None)))?;
+        let (task_id, existing) = self.cluster.submit_keyed(&who, task, Some((sub, None)))?;
         debug!(task_id = %task_id, existing, "submit stream opened");
         // Sent again under its key: the task's events from the first.
         let subscription =
-            if existing { self.cluster.watch(task_id.as_str(), 1)? } else { subscription };
+            if existing { self.cluster.watch(&who, task_id.as_str(), 1)? } else { subscription };
         Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
     }
 
@@ -91,6 +94,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<Streaming<pb::SubmitManyRequest>>,
     ) -> Result<Response<Self::SubmitManyStream>, Status> {
+        let who = who(&request)?;
+        who.may_act()?;
         let traceparent = crate::traceparent::from_metadata(request.metadata());
         let mut inbound = request.into_inner();
         let (sub, subscription) = self.cluster.subscriber();
@@ -120,7 +125,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     });
                     (item.client_ref, task)
                 });
-                if !cluster.submit_for(&sub, items).await {
+                if !cluster.submit_for(&who, &sub, items).await {
                     return;
                 }
             }
@@ -161,8 +166,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let who = who(&request)?;
         let r = request.into_inner();
-        let subscription = self.cluster.watch(&r.task_id, r.from_seq)?;
+        let subscription = self.cluster.watch(&who, &r.task_id, r.from_seq)?;
         Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
     }
 
@@ -170,10 +176,11 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::ReplyToTaskRequest>,
     ) -> Result<Response<pb::TaskInfo>, Status> {
+        let who = who(&request)?;
         let request = request.into_inner();
         let (id, context) = (request.task_id.clone(), request.context_id.clone());
         let seq = request.request_seq;
-        let info = self.cluster.reply(&id, &context, request.into(), seq)?;
+        let info = self.cluster.reply(&who, &id, &context, request.into(), seq)?;
         // The answer promises the reply was taken: not before it is stored.
         self.cluster.stored_up_to(&id, info.events).await?;
         Ok(Response::new(info.into()))
@@ -183,20 +190,23 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::TaskInfo>, Status> {
-        Ok(Response::new(self.cluster.cancel(&request.into_inner().task_id)?.into()))
+        let who = who(&request)?;
+        Ok(Response::new(self.cluster.cancel(&who, &request.into_inner().task_id)?.into()))
     }
 
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::TaskInfo>, Status> {
-        Ok(Response::new(self.cluster.task(&request.into_inner().task_id)?.into()))
+        let who = who(&request)?;
+        Ok(Response::new(self.cluster.task(&who, &request.into_inner().task_id)?.into()))
     }
 
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let who = who(&request)?;
         let r = request.into_inner();
         let after = if r.page_token.is_empty() {
             0
@@ -208,6 +218,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             })?
         };
         let filter = TaskFilter {
+            tenant: None,
             agent: (!r.agent.is_empty()).then_some(r.agent),
             context_id: None,
             state: state_filter(r.state)?,
@@ -215,7 +226,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             after,
             newest_first: r.newest_first,
         };
-        let page = self.cluster.list_tasks(&filter);
+        let page = self.cluster.list_tasks(&who, &filter);
         Ok(Response::new(pb::ListTasksResponse {
             tasks: page.tasks.into_iter().map(Into::into).collect(),
             next_page_token: page.next_after.map(|n| n.to_string()).unwrap_or_default(),
@@ -233,6 +244,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let who = who(&request)?;
         let r = request.into_inner();
         check_topic(&r.topic)?;
         let publisher = if r.publisher.is_empty() { "client".to_owned() } else { r.publisher };
@@ -247,7 +259,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 r.body.len()
             )));
         }
-        let answer = self.cluster.publish(r.topic, publisher, r.body)?;
+        let answer = self.cluster.publish(&who, r.topic, publisher, r.body)?;
         match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {
             Ok(Ok(Ok((seq, worker_id)))) => {
                 Ok(Response::new(pb::PublishResponse { seq, worker_id }))
@@ -269,9 +281,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::FollowTopicRequest>,
     ) -> Result<Response<Self::FollowTopicStream>, Status> {
+        let who = who(&request)?;
         let r = request.into_inner();
         check_topic(&r.topic)?;
-        let messages = self.cluster.follow_topic(&r.topic, &r.worker_id)?;
+        let messages = self.cluster.follow_topic(&who, &r.topic, &r.worker_id)?;
         let shutdown = self.shutdown.clone();
         let stream = futures::stream::unfold(Some(messages), |rx| async move {
             let mut rx = rx?;
@@ -300,8 +313,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<Streaming<pb::ToolHostMessage>>,
     ) -> Result<Response<Self::HostToolsStream>, Status> {
+        let who = who(&request)?;
         let inbound = request.into_inner();
-        let (host, calls) = self.cluster.host_tools()?;
+        let (host, calls) = self.cluster.host_tools(&who)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let session = serve_tool_host(host, calls, inbound, tx, self.shutdown.clone());
         tokio::spawn(session.instrument(info_span!("host_tools")));
@@ -371,6 +385,11 @@ const MAX_TOPIC_BODY: usize = 1 << 20;
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type TopicStream = Pin<Box<dyn Stream<Item = Result<pb::TopicMessage, Status>> + Send>>;
+
+/// The principal the auth layer resolved for the request.
+fn who<T>(request: &Request<T>) -> Result<Principal, Status> {
+    Ok(crate::auth::principal_of(request.extensions())?)
+}
 
 fn check_topic(topic: &str) -> Result<(), Status> {
     if crate::agents::valid_name(topic) {

@@ -14,7 +14,16 @@ impl Cluster {
             return;
         };
         let reply_to = caller.commands.clone();
-        let result = locate_in(state, &request.agent, &request.context_id);
+        // An agent of another tenant than the calling task's is not there for it.
+        let tenant = state.tasks.get(&request.caller_task).map(|t| t.tenant.clone());
+        let foreign = state.agents.get(&request.agent).is_ok_and(|a| {
+            !a.spec.tenant.is_empty() && tenant.as_deref() != Some(a.spec.tenant.as_str())
+        });
+        let result = if foreign {
+            Err(Error::UnknownAgent(request.agent.clone()).to_string())
+        } else {
+            locate_in(state, &request.agent, &request.context_id)
+        };
         match &result {
             Ok(peer) => {
                 debug!(agent = %request.agent, caller_task = %request.caller_task, worker_id = %peer.worker_id, "agent located")
@@ -31,9 +40,11 @@ impl Cluster {
     /// the mesh when empty).
     pub fn follow_topic(
         &self,
+        who: &Principal,
         topic: &str,
         worker: &str,
     ) -> Result<tokio::sync::broadcast::Receiver<Arc<TopicMessage>>> {
+        check_topic(who, topic)?;
         let mut guard = self.state.lock();
         let state = &mut *guard;
         state.topics.follow(&state.workers, topic, worker)
@@ -42,10 +53,13 @@ impl Cluster {
     /// Publishes a client's message through a worker on the mesh.
     pub fn publish(
         &self,
+        who: &Principal,
         topic: String,
         publisher: String,
         body: String,
     ) -> Result<tokio::sync::oneshot::Receiver<PublishOutcome>> {
+        who.may_act()?;
+        check_topic(who, &topic)?;
         let mut guard = self.state.lock();
         let state = &mut *guard;
         state.topics.publish(&state.workers, topic, publisher, body)
@@ -79,6 +93,19 @@ impl Cluster {
     }
 }
 
+/// Refuses a topic of another tenant than `who`'s (as if it did not exist, it has no
+/// messages for them: the error says how their own are named).
+fn check_topic(who: &Principal, topic: &str) -> Result<()> {
+    if who.may_use_topic(topic) {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "topic {topic:?} is not tenant {:?}'s: its topics are named {}.NAME",
+        who.tenant(),
+        who.tenant()
+    )))
+}
+
 /// The worker on the mesh hosting `agent` (for `context_id`), its actor placed there first
 /// if it was not.
 pub(super) fn locate_in(
@@ -90,7 +117,10 @@ pub(super) fn locate_in(
         Ok(entry) => entry.spec.clone(),
         Err(e) => return Err(e.to_string()),
     };
-    let context = context_worker(state, agent, context_id);
+    // The caller's context id, already the worker's (see `lifecycle::worker_context`).
+    let context = (!context_id.is_empty())
+        .then(|| state.context_workers.get(&(agent.to_owned(), context_id.to_owned())).cloned())
+        .flatten();
     let worker_id = scheduler::locate(&spec, &state.workers, context.as_deref())?.to_owned();
     if !context_id.is_empty() {
         state.context_workers.insert((agent.to_owned(), context_id.to_owned()), worker_id.clone());
@@ -251,6 +281,11 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
         }
     }
     if state.tools.contains(name) {
+        if !state.tools.serves(name, &task.tenant) {
+            let error = format!("tool {name} is not hosted by any process");
+            reply_to_call(state, caller, call_id, error, true);
+            return;
+        }
         let context_id = task.context_id.clone();
         let files = match &task.options {
             Some(options) if state.tools.takes_files(name) => options.files.clone(),
@@ -263,6 +298,7 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
         return;
     }
     let depth = task.depth + 1;
+    let tenant = task.tenant.clone();
     let refused = if depth > MAX_TOOL_DEPTH {
         Some(format!(
             "agent {name} not called: agents called agents {MAX_TOOL_DEPTH} deep, the most allowed"
@@ -280,7 +316,8 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
         };
         // Lent before the sub-task is placed, so that it may take the caller's slot.
         lend_slot(state, caller);
-        match submit_in(state, limits, sub, None, Some((caller.clone(), call_id.clone(), depth))) {
+        let parent = Some((caller.clone(), call_id.clone(), depth));
+        match submit_in(state, limits, sub, None, parent, tenant) {
             Ok(id) => {
                 debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
                 state.calls_relayed += 1;

@@ -39,9 +39,11 @@ pub struct ToolCalls {
 }
 
 impl Cluster {
-    /// A new process hosting tools.
-    pub fn host_tools(self: &Arc<Self>) -> Result<(ToolHost, ToolCalls)> {
-        let (host, commands) = self.state.lock().tools.connect()?;
+    /// A new process hosting tools for `who`'s tenant (an admin's are shared).
+    pub fn host_tools(self: &Arc<Self>, who: &Principal) -> Result<(ToolHost, ToolCalls)> {
+        who.may_act()?;
+        let tenant = if who.is_admin() { "" } else { who.tenant() };
+        let (host, commands) = self.state.lock().tools.connect(tenant)?;
         debug!(host, "tool host connected");
         let host = ToolHost(Arc::new(Connected { cluster: self.clone(), host }));
         Ok((host.clone(), ToolCalls { host, commands }))

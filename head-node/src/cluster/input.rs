@@ -15,6 +15,7 @@ impl Cluster {
     /// `request_seq` (when not 0) is the seq of the `InputRequired` the reply is for.
     pub fn reply(
         &self,
+        who: &Principal,
         id: &str,
         context_id: &str,
         reply: Reply,
@@ -22,7 +23,12 @@ impl Cluster {
     ) -> Result<TaskInfo> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let task = state.tasks.get_mut(id).ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
+        let task = state
+            .tasks
+            .get_mut(id)
+            .filter(|t| who.sees(&t.tenant))
+            .ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
+        who.may_act()?;
         if !context_id.is_empty() && context_id != task.context_id {
             return Err(Error::InvalidArgument(format!(
                 "task {id} belongs to context {:?}, not {context_id:?}: send the task's \

@@ -84,10 +84,9 @@ impl Cluster {
     }
 
     /// A task with its links and moments, as far as its stored events go.
-    pub fn task_detail(&self, task_id: &str) -> Result<TaskDetail> {
+    pub fn task_detail(&self, who: &Principal, task_id: &str) -> Result<TaskDetail> {
         let state = self.state.lock();
-        let task =
-            state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let task = visible(&state, who, task_id)?;
         let children = task
             .children
             .iter()
@@ -122,11 +121,11 @@ impl Cluster {
 
     /// Every agent's figures, by name, from the task index: counts without a pass over
     /// the retained tasks (the inspector asks every two seconds per open page).
-    pub fn agent_figures(&self) -> Vec<AgentFigures> {
+    pub fn agent_figures(&self, who: &Principal) -> Vec<AgentFigures> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let mut figures = Vec::with_capacity(state.agents.len());
-        for entry in state.agents.iter() {
+        for entry in state.agents.iter().filter(|a| who.sees_agent(&a.spec)) {
             let name = entry.spec.name.as_str();
             let tasks = &mut state.tasks;
             let mut count = |s: TaskState| tasks.newest_of(name, s).0;

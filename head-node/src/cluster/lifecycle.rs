@@ -20,11 +20,27 @@ pub(super) fn place_actor(
     }
 }
 
-pub(super) fn context_worker(state: &State, agent: &str, context_id: &str) -> Option<String> {
+pub(super) fn context_worker(
+    state: &State,
+    agent: &str,
+    tenant: &str,
+    context_id: &str,
+) -> Option<String> {
     if context_id.is_empty() {
         return None;
     }
-    state.context_workers.get(&(agent.to_owned(), context_id.to_owned())).cloned()
+    state.context_workers.get(&(agent.to_owned(), worker_context(tenant, context_id))).cloned()
+}
+
+/// The conversation a worker keeps for a task's context: context ids are the client's, so
+/// two tenants may pick the same one; on a shared agent they must not share a memory. The
+/// default tenant's keep theirs as they are (a context id holds no U+001F: see `validate`).
+pub(super) fn worker_context(tenant: &str, context_id: &str) -> String {
+    if tenant == crate::auth::DEFAULT_TENANT || context_id.is_empty() {
+        context_id.to_owned()
+    } else {
+        format!("{tenant}\u{1f}{context_id}")
+    }
 }
 
 /// The prompt prefixes of a task of `spec`, when the head places by them.
@@ -66,9 +82,10 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         if state.context_workers.len() >= MAX_CONTEXT_AFFINITY {
             state.context_workers.clear();
         }
-        state
-            .context_workers
-            .insert((task.agent.clone(), task.context_id.clone()), worker_id.to_owned());
+        state.context_workers.insert(
+            (task.agent.clone(), worker_context(&task.tenant, &task.context_id)),
+            worker_id.to_owned(),
+        );
     }
     debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
 }
@@ -80,7 +97,7 @@ pub(super) fn assignment(id: &TaskId, task: &TaskEntry) -> TaskAssignment {
         agent: task.agent.clone(),
         attempt: task.attempt,
         input: task.input.to_string(),
-        context_id: task.context_id.clone(),
+        context_id: worker_context(&task.tenant, &task.context_id),
         options: task.options.clone(),
         depth: task.depth,
         traceparent: traced::parent_of(task),
@@ -172,6 +189,7 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
         traced::ended(task, final_state);
         let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
         state.metrics.ended(&task.agent, final_state, Duration::from_micros(took));
+        state.quotas.generated(&task.tenant, task.usage.completion_tokens.into());
     }
     state.tools.task_ended(id);
     state.tasks.finished(id, final_state);
@@ -258,12 +276,16 @@ pub(super) fn drain_queue(state: &mut State) {
             continue;
         };
         let spec = agent.spec.clone();
-        if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
+        let tenant = task.tenant.clone();
+        if (spec.max_concurrency > 0 && agent.running >= spec.max_concurrency)
+            || !state.quotas.may_run(&tenant, &mut state.tasks)
+        {
             index += 1;
             waited += 1;
             continue;
         }
-        let context = context_worker(state, &task.agent, &task.context_id);
+        let Some(task) = state.tasks.get(id.as_str()) else { continue };
+        let context = context_worker(state, &task.agent, &task.tenant, &task.context_id);
         let affinity =
             Affinity { context_worker: context.as_deref(), prefixes: prefixes(state, &spec, task) };
         match scheduler::place(&spec, &state.workers, &affinity) {

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::agents::{AgentRegistry, Registered};
+use crate::auth::Principal;
 use crate::config::HeadConfig;
 use crate::metrics::TaskMetrics;
 use crate::scheduler::{self, Affinity, Placement, Prefixes};
@@ -110,6 +111,8 @@ struct State {
     stored_push: Vec<(TaskId, fleet_proto::pb::StoredPushConfigs)>,
     /// Counted at the transitions, read by `/metrics`.
     metrics: Arc<TaskMetrics>,
+    /// Each tenant's quotas, and its tokens this minute.
+    quotas: crate::quotas::Quotas,
 }
 
 impl State {
@@ -215,6 +218,7 @@ impl Cluster {
                 lease: None,
                 stored_push: Vec::new(),
                 metrics: metrics.clone(),
+                quotas: crate::quotas::Quotas::new(&config.tenants),
             }),
             metrics,
             limits: Limits {
@@ -240,6 +244,28 @@ impl Cluster {
     pub fn subscriber(&self) -> (Subscriber, Subscription) {
         subscriber(self.limits.subscriber_buffer)
     }
+}
+
+/// The task, if `who` sees it: another tenant's is as unknown as one that never was.
+fn visible<'a>(state: &'a State, who: &Principal, task_id: &str) -> Result<&'a TaskEntry> {
+    state
+        .tasks
+        .get(task_id)
+        .filter(|t| who.sees(&t.tenant))
+        .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+}
+
+/// [`visible`], to change the task.
+fn visible_mut<'a>(
+    state: &'a mut State,
+    who: &Principal,
+    task_id: &str,
+) -> Result<&'a mut TaskEntry> {
+    state
+        .tasks
+        .get_mut(task_id)
+        .filter(|t| who.sees(&t.tenant))
+        .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
 }
 
 /// In-process workers join the cluster directly (see `fleet_proto::local`).

@@ -4,9 +4,22 @@
 use super::*;
 
 impl Cluster {
-    pub fn register_agent(&self, spec: AgentSpec) -> Result<AgentInfo> {
+    /// Registers (or replaces) an agent as `who`: a user's agents are its tenant's, and
+    /// only admins make or replace shared ones (see [`Principal::may_register`]).
+    pub fn register_agent(&self, who: &Principal, mut spec: AgentSpec) -> Result<AgentInfo> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
+        let existing = state.agents.get(&spec.name).ok().map(|a| a.spec.clone());
+        who.may_register(&mut spec, existing.as_deref())?;
+        if !who.is_admin()
+            && let Some(topic) = spec.topics.iter().find(|t| !who.may_use_topic(t))
+        {
+            return Err(Error::PermissionDenied(format!(
+                "topic {topic:?} is not tenant {:?}'s: its topics are named {:?}",
+                who.tenant(),
+                format!("{}.NAME", who.tenant())
+            )));
+        }
         if let Some(journal) = state.tasks.journal() {
             journal.check().map_err(Error::StoreUnavailable)?;
         }
@@ -39,10 +52,11 @@ impl Cluster {
     /// event, and told `Accepted { client_ref }` first when a ref is given.
     pub fn submit(
         &self,
+        who: &Principal,
         task: NewTask,
         subscriber: Option<(Subscriber, Option<u64>)>,
     ) -> Result<TaskId> {
-        self.submit_keyed(task, subscriber).map(|(id, _)| id)
+        self.submit_keyed(who, task, subscriber).map(|(id, _)| id)
     }
 
     /// [`Cluster::submit`], and whether the task existed already: submitted before under
@@ -52,12 +66,22 @@ impl Cluster {
     /// other subscriber is dropped (the caller watches the task from its first event).
     pub fn submit_keyed(
         &self,
+        who: &Principal,
         task: NewTask,
         subscriber: Option<(Subscriber, Option<u64>)>,
     ) -> Result<(TaskId, bool)> {
+        who.may_act()?;
         self.validate(&task)?;
         let mut guard = self.state.lock();
-        if let Some(id) = submitted_before(&guard, &task)? {
+        let spec = match guard.agents.get(&task.agent) {
+            Ok(agent) if who.sees_agent(&agent.spec) => agent.spec.clone(),
+            _ => return Err(Error::UnknownAgent(task.agent)),
+        };
+        // A tenant's agent runs its tenant's tasks (an admin's too); a shared agent runs
+        // each submitter's own.
+        let tenant: Arc<str> =
+            if spec.tenant.is_empty() { who.tenant().into() } else { spec.tenant.as_str().into() };
+        if let Some(id) = submitted_before(&guard, &tenant, &task)? {
             if let Some((sub, Some(client_ref))) = subscriber {
                 sub.deliver(Delivery::Accepted { client_ref, task_id: id.clone(), existing: true });
             }
@@ -66,12 +90,15 @@ impl Cluster {
         if let Some(journal) = guard.tasks.journal() {
             journal.check().map_err(Error::StoreUnavailable)?;
         }
-        submit_in(&mut guard, &self.limits, task, subscriber, None).map(|id| (id, false))
+        let state = &mut *guard;
+        state.quotas.admit(&tenant, &mut state.tasks)?;
+        submit_in(&mut guard, &self.limits, task, subscriber, None, tenant).map(|id| (id, false))
     }
 
     /// The name of the agent that serves `model` directly (`model:<id>`), registered on
     /// first use; an error when no live worker has the model.
-    pub fn model_agent(&self, model: &str) -> Result<String> {
+    pub fn model_agent(&self, who: &Principal, model: &str) -> Result<String> {
+        who.may_act()?;
         let mut state = self.state.lock();
         if !state.workers.iter().any(|w| w.has_model(model)) {
             return Err(Error::UnknownModel(model.to_owned()));
@@ -138,6 +165,11 @@ impl Cluster {
         if task.context_id.len() > 256 {
             return Err(Error::InvalidArgument("context_id must be at most 256 bytes".into()));
         }
+        if task.context_id.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "context_id must not hold control characters".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -147,6 +179,7 @@ impl Cluster {
     /// subscriber is gone.
     pub async fn submit_for(
         &self,
+        who: &Principal,
         sub: &Subscriber,
         items: impl IntoIterator<Item = (u64, Result<NewTask>)>,
     ) -> bool {
@@ -155,7 +188,7 @@ impl Cluster {
                 return false;
             }
             let outcome =
-                task.and_then(|task| self.submit(task, Some((sub.clone(), Some(client_ref)))));
+                task.and_then(|task| self.submit(who, task, Some((sub.clone(), Some(client_ref)))));
             if let Err(error) = outcome {
                 sub.deliver(Delivery::Rejected { client_ref, error: Arc::new(error) });
             }
@@ -171,17 +204,16 @@ impl Cluster {
 
     /// Returns once the task's event `seq` is stored (or the task is no longer followed).
     pub async fn stored_up_to(&self, task_id: &str, seq: u64) -> Result<()> {
-        let mut subscription = self.watch(task_id, seq)?;
+        let mut subscription = self.watch(&Principal::operator(), task_id, seq)?;
         let _ = subscription.rx.recv().await;
         Ok(())
     }
 
     /// Follows a task from `from_seq`: the events stored so far, then the others as they
     /// are stored.
-    pub fn watch(&self, task_id: &str, from_seq: u64) -> Result<Subscription> {
+    pub fn watch(&self, who: &Principal, task_id: &str, from_seq: u64) -> Result<Subscription> {
         let mut state = self.state.lock();
-        let task =
-            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let task = visible_mut(&mut state, who, task_id)?;
         let backlog = task.stored_events_from(from_seq);
         let (sub, subscription) = subscriber(backlog.len() + self.limits.subscriber_buffer);
         for event in backlog {
@@ -194,10 +226,13 @@ impl Cluster {
 
     /// The task as it is now and its events from here on, taken together so that nothing
     /// falls between them (A2A streams start with the task, then its updates).
-    pub fn snapshot_and_watch(&self, task_id: &str) -> Result<(TaskInfo, Subscription)> {
+    pub fn snapshot_and_watch(
+        &self,
+        who: &Principal,
+        task_id: &str,
+    ) -> Result<(TaskInfo, Subscription)> {
         let mut state = self.state.lock();
-        let task =
-            state.tasks.get_mut(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let task = visible_mut(&mut state, who, task_id)?;
         let (sub, subscription) = subscriber(self.limits.subscriber_buffer);
         // The snapshot shows what subscribers were told (the stored events); the stream
         // goes on after them.
@@ -207,14 +242,11 @@ impl Cluster {
     }
 
     /// Cancels a task: a queued one at once, a running one through its worker.
-    pub fn cancel(&self, task_id: &str) -> Result<TaskInfo> {
+    pub fn cancel(&self, who: &Principal, task_id: &str) -> Result<TaskInfo> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let id = state
-            .tasks
-            .get(task_id)
-            .map(|t| t.id.clone())
-            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
+        let id = visible(state, who, task_id)?.id.clone();
+        who.may_act()?;
         cancel_in(state, &id, "canceled by the client");
         let task =
             state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
@@ -230,23 +262,26 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// its store, finds a key's task without keeping keys anywhere.
 const KEYED_TASKS: uuid::Uuid = uuid::Uuid::from_u128(0x6c0b_1f5e_3a7d_4e2b_9c41_08d2_f7a9_5e13);
 
-/// A new task's id: from its idempotency key when it has one, else random.
-fn new_task_id(key: &str) -> TaskId {
+/// A new task's id: from its idempotency key (within its tenant: two tenants' keys never
+/// meet) when it has one, else random.
+fn new_task_id(tenant: &str, key: &str) -> TaskId {
     let id = if key.is_empty() {
         uuid::Uuid::new_v4()
-    } else {
+    } else if tenant == crate::auth::DEFAULT_TENANT {
         uuid::Uuid::new_v5(&KEYED_TASKS, key.as_bytes())
+    } else {
+        uuid::Uuid::new_v5(&KEYED_TASKS, format!("{tenant}\u{1f}{key}").as_bytes())
     };
     TaskId::new(id.to_string())
 }
 
 /// The task an earlier submission with `task`'s idempotency key made, if the head retains
 /// it; an error when that task is not this one (another agent or input under the key).
-fn submitted_before(state: &State, task: &NewTask) -> Result<Option<TaskId>> {
+fn submitted_before(state: &State, tenant: &str, task: &NewTask) -> Result<Option<TaskId>> {
     if task.idempotency_key.is_empty() {
         return Ok(None);
     }
-    let id = new_task_id(&task.idempotency_key);
+    let id = new_task_id(tenant, &task.idempotency_key);
     let Some(existing) = state.tasks.get(id.as_str()) else { return Ok(None) };
     if existing.agent != task.agent || *existing.input != *task.input {
         return Err(Error::InvalidArgument(format!(
@@ -272,8 +307,12 @@ pub(super) fn submit_in(
     task: NewTask,
     subscriber: Option<(Subscriber, Option<u64>)>,
     parent: Option<(TaskId, String, u32)>,
+    tenant: Arc<str>,
 ) -> Result<TaskId> {
     let spec = state.agents.get(&task.agent)?.spec.clone();
+    if !spec.tenant.is_empty() && *spec.tenant != *tenant {
+        return Err(Error::UnknownAgent(task.agent));
+    }
     let files = task.options.as_ref().map_or(0, |o| o.files.len());
     if files > 0 && !takes_files(state, &spec) {
         return Err(Error::InvalidArgument(format!(
@@ -282,7 +321,7 @@ pub(super) fn submit_in(
             spec.name
         )));
     }
-    let context_worker = context_worker(state, &task.agent, &task.context_id);
+    let context_worker = context_worker(state, &task.agent, &tenant, &task.context_id);
     let prefixes = state
         .prefix_affinity
         .then(|| Prefixes::of(&spec, &task.input, task.options.as_deref()))
@@ -300,8 +339,9 @@ pub(super) fn submit_in(
     let lender = parent.as_ref().and_then(|(caller, _, _)| {
         calls::lender(state, &spec, caller).map(|worker| (worker, caller.clone()))
     });
-    let at_capacity =
-        spec.max_concurrency > 0 && state.agents.get(&task.agent)?.running >= spec.max_concurrency;
+    let at_capacity = (spec.max_concurrency > 0
+        && state.agents.get(&task.agent)?.running >= spec.max_concurrency)
+        || !state.quotas.may_run(&tenant, &mut state.tasks);
     let placement = placement.filter(|_| !at_capacity && lender.is_none());
     let lender = lender.filter(|_| !at_capacity);
     if placement.is_none() && lender.is_none() && state.queue.len() >= limits.max_queued_tasks {
@@ -309,10 +349,12 @@ pub(super) fn submit_in(
     }
     state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
 
-    let id = new_task_id(&task.idempotency_key);
-    let entry = state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id);
+    let id = new_task_id(&tenant, &task.idempotency_key);
+    let entry =
+        state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id, tenant);
     state.metrics.submitted(&entry.agent);
     entry.options = with_agent_format(task.options, &spec);
+    entry.bytes += entry.options.as_deref().map_or(0, crate::tasks::options_bytes);
     traced::start(entry, &spec, task.traceparent, parent.is_some());
     if let Some((parent, call_id, depth)) = parent {
         entry.parent = Some((parent, call_id));

@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex as TestMutex;
 
 use super::*;
+
+fn op() -> Principal {
+    Principal::operator()
+}
 use crate::store::{Batch, Snapshot, Store, StoreError};
 use fleet_proto::Reply;
 
@@ -37,7 +41,7 @@ fn registration(
 
 fn task(cluster: &Cluster, input: &str) -> TaskId {
     let new = NewTask { agent: "a".into(), input: input.into(), ..Default::default() };
-    cluster.submit(new, None).expect("submitted")
+    cluster.submit(&op(), new, None).expect("submitted")
 }
 
 /// (state, attempt, worker) of a task.
@@ -122,7 +126,7 @@ fn events_a_worker_sends_again_are_applied_once_and_acknowledged() {
     };
     cluster.worker_events("w1", c, batch(vec![event(&t, 1, EventKind::Working), text(2, "a")]));
     cluster.worker_events("w1", c, batch(vec![text(2, "a"), text(3, "b")]));
-    assert_eq!(cluster.task(t.as_str()).expect("task").output, "ab");
+    assert_eq!(cluster.task(&op(), t.as_str()).expect("task").output, "ab");
     let acks: Vec<u64> = commands(&mut rx)
         .into_iter()
         .filter_map(|c| match c {
@@ -253,7 +257,7 @@ fn a_task_whose_run_never_reached_its_worker_before_a_restart_runs_on_its_attemp
     let (c, mut rx, _) = second.worker_joined(registration("w1", 2, 9, &[]), String::new());
     for t in [&t1, &t2] {
         assert_eq!(where_is(&second, t), (TaskState::Scheduled, 1, Some("w1".into())));
-        let events = second.task(t.as_str()).expect("task").events;
+        let events = second.task(&op(), t.as_str()).expect("task").events;
         assert_eq!(events, 2, "Submitted and Scheduled only");
     }
     let sent = commands(&mut rx);
@@ -316,7 +320,7 @@ fn a_task_waiting_on_agents_it_called_lends_them_its_slot_one_at_a_time() {
     let (c, mut rx, _) = cluster.worker_joined(registration("w1", 1, 3, &[]), String::new());
     let submit = |agent: &str| {
         let new = NewTask { agent: agent.into(), input: "q".into(), ..Default::default() };
-        cluster.submit(new, None).expect("submitted")
+        cluster.submit(&op(), new, None).expect("submitted")
     };
     let (asker, waiting) = (submit("asker"), submit("asker"));
     assert_eq!(where_is(&cluster, &waiting).0, TaskState::Queued);
@@ -382,7 +386,7 @@ fn a_retried_caller_hears_only_the_calls_of_its_new_attempt() {
     let cluster = Cluster::new(&config).expect("cluster");
     let (c1, _rx1, _) = cluster.worker_joined(registration("w1", 1, 3, &[]), String::new());
     let new = NewTask { agent: "asker".into(), input: "q".into(), ..Default::default() };
-    let asker = cluster.submit(new, None).expect("submitted");
+    let asker = cluster.submit(&op(), new, None).expect("submitted");
     assert_eq!(where_is(&cluster, &asker).2.as_deref(), Some("w1"));
     // Agent `a` runs only on w3.
     let pool_b = Registration {
@@ -433,23 +437,24 @@ fn a_reply_goes_to_the_waiting_call_once_and_only_while_the_task_waits() {
         deadline_us: 0,
     };
     cluster.worker_events("w1", c, vec![event(&t, 0, EventKind::Working)]);
-    let early = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()), 0);
+    let early = cluster.reply(&op(), t.as_str(), "", Reply::Text("Paris".into()), 0);
     assert!(
         matches!(early, Err(Error::InvalidArgument(ref m)) if m.contains("not input-required"))
     );
     cluster.worker_events("w1", c, vec![event(&t, 0, asked("c1", ""))]);
     assert_eq!(where_is(&cluster, &t).0, TaskState::InputRequired);
-    let context = cluster.task(t.as_str()).expect("task").context_id;
-    let elsewhere = cluster.reply(t.as_str(), "other", Reply::Text("Paris".into()), 0);
+    let context = cluster.task(&op(), t.as_str()).expect("task").context_id;
+    let elsewhere = cluster.reply(&op(), t.as_str(), "other", Reply::Text("Paris".into()), 0);
     assert!(
         matches!(elsewhere, Err(Error::InvalidArgument(ref m)) if m.contains("belongs to context"))
     );
-    let approval = cluster.reply(t.as_str(), "", Reply::Approve, 0);
+    let approval = cluster.reply(&op(), t.as_str(), "", Reply::Approve, 0);
     assert!(matches!(approval, Err(Error::InvalidArgument(_))), "a question is answered in words");
     commands(&mut rx);
 
-    let info =
-        cluster.reply(t.as_str(), &context, Reply::Text("Paris".into()), 0).expect("replied");
+    let info = cluster
+        .reply(&op(), t.as_str(), &context, Reply::Text("Paris".into()), 0)
+        .expect("replied");
     assert_eq!(info.state, TaskState::Working);
     let sent = commands(&mut rx);
     assert!(
@@ -457,26 +462,26 @@ fn a_reply_goes_to_the_waiting_call_once_and_only_while_the_task_waits() {
             if call_id == "c1" && output == "Paris"),
         "{sent:?}"
     );
-    let again = cluster.reply(t.as_str(), "", Reply::Text("Paris".into()), 0);
+    let again = cluster.reply(&op(), t.as_str(), "", Reply::Text("Paris".into()), 0);
     assert!(again.is_err(), "one reply per request");
 
     // An approval: any words but a yes reject, and the words are the reason.
     cluster.worker_events("w1", c, vec![event(&t, 0, asked("c2", "delete"))]);
-    cluster.reply(t.as_str(), "", Reply::Text("no, keep it".into()), 0).expect("replied");
+    cluster.reply(&op(), t.as_str(), "", Reply::Text("no, keep it".into()), 0).expect("replied");
     let sent = commands(&mut rx);
     assert!(
         matches!(&sent[..], [Command::ToolReply { call_id, output, is_error: true, .. }]
             if call_id == "c2" && output == "no, keep it"),
         "{sent:?}"
     );
-    let info = cluster.task(t.as_str()).expect("task");
+    let info = cluster.task(&op(), t.as_str()).expect("task");
     let replies: Vec<_> = info.exchanges.iter().map(|e| (e.reply.as_deref(), e.rejected)).collect();
     assert_eq!(replies, [(Some("Paris"), false), (Some("no, keep it"), true)]);
 
     // A worker that is gone hears nothing: the reply is refused, not lost.
     cluster.worker_events("w1", c, vec![event(&t, 0, asked("c3", ""))]);
     cluster.state.lock().workers.remove("w1", c);
-    let unheard = cluster.reply(t.as_str(), "", Reply::Text("Lyon".into()), 0);
+    let unheard = cluster.reply(&op(), t.as_str(), "", Reply::Text("Lyon".into()), 0);
     assert!(matches!(unheard, Err(Error::Unavailable(_))), "{unheard:?}");
     assert_eq!(where_is(&cluster, &t).0, TaskState::InputRequired);
 }
@@ -499,16 +504,16 @@ fn a_stale_reply_is_refused_and_a_rejoining_worker_hears_the_reply_again() {
         vec![event(&t, 1, EventKind::Working), event(&t, 2, asked("a"))],
     );
     cluster.worker_events("w1", c, vec![event(&t, 3, EventKind::text("x"))]);
-    cluster.reply(t.as_str(), "", Reply::Approve, 0).expect("first request answered");
+    cluster.reply(&op(), t.as_str(), "", Reply::Approve, 0).expect("first request answered");
     cluster.worker_events("w1", c, vec![event(&t, 4, asked("b"))]);
-    let request = cluster.task(t.as_str()).expect("task").events;
+    let request = cluster.task(&op(), t.as_str()).expect("task").events;
     // A reply meant for the first request does not answer the second.
-    let stale = cluster.reply(t.as_str(), "", Reply::Approve, 5);
+    let stale = cluster.reply(&op(), t.as_str(), "", Reply::Approve, 5);
     assert!(
         matches!(stale, Err(Error::InvalidArgument(ref m)) if m.contains("waits on its request"))
     );
     commands(&mut rx);
-    cluster.reply(t.as_str(), "", Reply::Reject("no".into()), request).expect("answered");
+    cluster.reply(&op(), t.as_str(), "", Reply::Reject("no".into()), request).expect("answered");
     assert_eq!(commands(&mut rx).len(), 1);
     // The connection broke before the head noticed: the worker rejoins, still running the
     // task, and is sent the reply again.
@@ -531,16 +536,16 @@ fn a_submission_sent_again_under_its_key_gets_the_task_it_made() {
         idempotency_key: key.into(),
         ..Default::default()
     };
-    let (first, existing) = cluster.submit_keyed(keyed("q", "k1"), None).expect("first");
+    let (first, existing) = cluster.submit_keyed(&op(), keyed("q", "k1"), None).expect("first");
     assert!(!existing);
-    let (again, existing) = cluster.submit_keyed(keyed("q", "k1"), None).expect("again");
+    let (again, existing) = cluster.submit_keyed(&op(), keyed("q", "k1"), None).expect("again");
     assert_eq!((&again, existing), (&first, true), "a second task under the same key");
     assert_eq!(cluster.state.lock().tasks.len(), 1);
 
     // A multiplexed submitter is told it is the earlier task, and gets none of its events.
     let (sub, mut subscription) = crate::tasks::subscriber(16);
     let (again, existing) =
-        cluster.submit_keyed(keyed("q", "k1"), Some((sub, Some(7)))).expect("again");
+        cluster.submit_keyed(&op(), keyed("q", "k1"), Some((sub, Some(7)))).expect("again");
     assert!(existing && again == first);
     match subscription.rx.try_recv() {
         Ok(Delivery::Accepted { client_ref: 7, task_id, existing: true }) => {
@@ -551,16 +556,16 @@ fn a_submission_sent_again_under_its_key_gets_the_task_it_made() {
     assert!(subscription.rx.try_recv().is_err(), "events of the earlier task on this stream");
 
     // Other keys, or none, make other tasks; a key reused for another task is refused.
-    let (other, _) = cluster.submit_keyed(keyed("q", "k2"), None).expect("another key");
+    let (other, _) = cluster.submit_keyed(&op(), keyed("q", "k2"), None).expect("another key");
     assert_ne!(other, first);
-    let (none1, _) = cluster.submit_keyed(keyed("q", ""), None).expect("no key");
-    let (none2, _) = cluster.submit_keyed(keyed("q", ""), None).expect("no key");
+    let (none1, _) = cluster.submit_keyed(&op(), keyed("q", ""), None).expect("no key");
+    let (none2, _) = cluster.submit_keyed(&op(), keyed("q", ""), None).expect("no key");
     assert_ne!(none1, none2);
-    let refused = cluster.submit_keyed(keyed("another input", "k1"), None);
+    let refused = cluster.submit_keyed(&op(), keyed("another input", "k1"), None);
     assert!(
         matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("new key")),
         "{refused:?}"
     );
-    let long = cluster.submit_keyed(keyed("q", &"k".repeat(300)), None);
+    let long = cluster.submit_keyed(&op(), keyed("q", &"k".repeat(300)), None);
     assert!(matches!(long, Err(Error::InvalidArgument(_))), "{long:?}");
 }

@@ -43,6 +43,8 @@ pub struct TaskInfo {
     pub attempt: u32,
     pub worker_id: String,
     pub context_id: String,
+    /// The tenant whose task it is.
+    pub tenant: Arc<str>,
     pub output: String,
     /// The files and data it returned beside its text.
     pub artifacts: Vec<Arc<fleet_proto::Artifact>>,
@@ -100,6 +102,7 @@ impl From<&TaskEntry> for TaskInfo {
             attempt: t.attempt,
             worker_id: t.worker.clone().unwrap_or_default(),
             context_id: t.context_id.clone(),
+            tenant: t.tenant.clone(),
             output: t.output(),
             artifacts: t.artifacts(),
             error: t.error.clone(),
@@ -244,16 +247,28 @@ pub struct ClusterStatus {
 pub use crate::tasks::TaskFilter;
 
 impl Cluster {
-    pub fn agents(&self) -> Vec<AgentInfo> {
+    /// The agents `who` sees: its tenant's and the shared ones (all, for an admin).
+    pub fn agents(&self, who: &Principal) -> Vec<AgentInfo> {
         let state = self.state.lock();
-        let mut agents: Vec<_> = state.agents.iter().map(AgentInfo::from).collect();
+        let mut agents: Vec<_> =
+            state.agents.iter().filter(|a| who.sees_agent(&a.spec)).map(AgentInfo::from).collect();
         agents.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         agents
     }
 
-    /// One agent, if it is registered.
-    pub fn agent(&self, name: &str) -> Option<AgentInfo> {
-        self.state.lock().agents.get(name).ok().map(AgentInfo::from)
+    /// The agents anyone may see, without a credential: those marked public.
+    pub fn public_agents(&self) -> Vec<AgentInfo> {
+        let state = self.state.lock();
+        let mut agents: Vec<_> =
+            state.agents.iter().filter(|a| a.spec.public).map(AgentInfo::from).collect();
+        agents.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        agents
+    }
+
+    /// One agent, if it is registered and `who` sees it.
+    pub fn agent(&self, who: &Principal, name: &str) -> Option<AgentInfo> {
+        let state = self.state.lock();
+        state.agents.get(name).ok().filter(|a| who.sees_agent(&a.spec)).map(AgentInfo::from)
     }
 
     /// Whether agent `name` takes files of any type as they are: a Python agent, or a model
@@ -265,27 +280,27 @@ impl Cluster {
     }
 
     /// A task as its first `seq` events left it (see [`TaskInfo::as_of`]).
-    pub fn task_as_of(&self, task_id: &str, seq: u64) -> Result<TaskInfo> {
+    pub fn task_as_of(&self, who: &Principal, task_id: &str, seq: u64) -> Result<TaskInfo> {
         let state = self.state.lock();
-        state
-            .tasks
-            .get(task_id)
-            .map(|t| TaskInfo::as_of(t, seq))
-            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+        visible(&state, who, task_id).map(|t| TaskInfo::as_of(t, seq))
     }
 
-    pub fn task(&self, task_id: &str) -> Result<TaskInfo> {
+    pub fn task(&self, who: &Principal, task_id: &str) -> Result<TaskInfo> {
         let state = self.state.lock();
-        state
-            .tasks
-            .get(task_id)
-            .map(TaskInfo::from)
-            .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+        visible(&state, who, task_id).map(TaskInfo::from)
     }
 
-    /// Tasks in submission order (or newest first) matching `filter`, one page of them.
-    pub fn list_tasks(&self, filter: &TaskFilter) -> TaskPage {
+    /// Tasks in submission order (or newest first) matching `filter`, one page of them;
+    /// only `who`'s tenant's, unless an admin (who may name a tenant).
+    pub fn list_tasks(&self, who: &Principal, filter: &TaskFilter) -> TaskPage {
         let mut state = self.state.lock();
+        let scoped;
+        let filter = if who.is_admin() {
+            filter
+        } else {
+            scoped = TaskFilter { tenant: Some(who.tenant().to_owned()), ..filter.clone() };
+            &scoped
+        };
         let listed = state.tasks.list(filter);
         TaskPage {
             tasks: listed.tasks.into_iter().map(TaskInfo::from).collect(),

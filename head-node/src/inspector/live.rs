@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Inspector, Listing, listing, views};
+use crate::auth::Caller;
 use crate::tasks::Delivery;
 
 /// Events a stream's channel holds before its producer waits for the page to read.
@@ -88,33 +89,36 @@ async fn ticks(
 }
 
 /// `/ui/api/cluster/live`: the cluster view, every second.
-pub(super) async fn cluster(State(ui): State<Inspector>) -> Response {
-    let (cluster, auth) = (ui.cluster.clone(), ui.clients.required());
+pub(super) async fn cluster(Caller(ui): super::Caller) -> Response {
+    let (cluster, who, auth) = (ui.cluster.clone(), ui.who.clone(), ui.clients.required());
     stream(&ui, move |tx| {
-        ticks(tx, CLUSTER_TICK, "cluster", false, move || Some(views::cluster_json(&cluster, auth)))
+        ticks(tx, CLUSTER_TICK, "cluster", false, move || {
+            Some(views::cluster_json(&cluster, &who, auth))
+        })
     })
 }
 
 /// `/ui/api/agents/live`: the agents and their figures, when they change.
-pub(super) async fn agents(State(ui): State<Inspector>) -> Response {
-    let cluster = ui.cluster.clone();
+pub(super) async fn agents(Caller(ui): super::Caller) -> Response {
+    let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     stream(&ui, move |tx| {
-        ticks(tx, AGENTS_TICK, "agents", true, move || Some(views::agents_json(&cluster)))
+        ticks(tx, AGENTS_TICK, "agents", true, move || Some(views::agents_json(&cluster, &who)))
     })
 }
 
 /// `/ui/api/tasks/live?agent=&state=&limit=`: a page of tasks, when a task changed.
-pub(super) async fn tasks(State(ui): State<Inspector>, query: Listing) -> Response {
+pub(super) async fn tasks(Caller(ui): super::Caller, query: Listing) -> Response {
     let filter = match listing(query) {
         Ok(filter) => filter,
         Err(refused) => return refused.into_response(),
     };
-    let cluster = ui.cluster.clone();
+    let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     let mut seen = None;
     stream(&ui, move |tx| {
         ticks(tx, TASKS_TICK, "tasks", true, move || {
             let changes = cluster.task_changes();
-            (seen.replace(changes) != Some(changes)).then(|| views::tasks_json(&cluster, &filter))
+            (seen.replace(changes) != Some(changes))
+                .then(|| views::tasks_json(&cluster, &who, &filter))
         })
     })
 }
@@ -136,7 +140,7 @@ fn moves_the_view(kind: &EventKind) -> bool {
 /// browser's `Last-Event-ID`) as they are stored, with the task again after each event
 /// that moves it; `end` after the last.
 pub(super) async fn task(
-    State(ui): State<Inspector>,
+    Caller(ui): super::Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -145,16 +149,16 @@ pub(super) async fn task(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let first = match views::detail(&ui.cluster, &id) {
+    let first = match views::detail(&ui.cluster, &ui.who, &id) {
         Ok(view) => view,
         // Not found: a status, so that the browser does not reconnect.
         Err(refused) => return refused.into_response(),
     };
-    let mut subscription = match ui.cluster.watch(&id, after.saturating_add(1)) {
+    let mut subscription = match ui.cluster.watch(&ui.who, &id, after.saturating_add(1)) {
         Ok(subscription) => subscription,
         Err(e) => return super::Refused::from(e).into_response(),
     };
-    let cluster = ui.cluster.clone();
+    let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     stream(&ui, move |tx| async move {
         if !send(&tx, "task", &first).await {
             return;
@@ -169,7 +173,7 @@ pub(super) async fn task(
                 return;
             }
             if moves_the_view(&event.kind)
-                && let Ok(view) = views::detail(&cluster, &id)
+                && let Ok(view) = views::detail(&cluster, &who, &id)
                 && !send(&tx, "task", &view).await
             {
                 return;
@@ -187,8 +191,8 @@ pub(super) async fn task(
 /// `/ui/api/topics/{name}/live`: the messages on a topic from now on, through a worker on
 /// the mesh. A topic that cannot be followed (no worker on the mesh) is refused with a
 /// status, so that the browser does not retry it forever.
-pub(super) async fn topic(State(ui): State<Inspector>, Path(name): Path<String>) -> Response {
-    let mut messages = match ui.cluster.follow_topic(&name, "") {
+pub(super) async fn topic(Caller(ui): super::Caller, Path(name): Path<String>) -> Response {
+    let mut messages = match ui.cluster.follow_topic(&ui.who, &name, "") {
         Ok(messages) => messages,
         Err(e) => return super::Refused::from(e).into_response(),
     };

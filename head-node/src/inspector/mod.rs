@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Credentials;
+use crate::auth::{Principal, Principals};
 use crate::cluster::Cluster;
 
 /// The cookie the login page sets: a session's id.
@@ -51,7 +51,9 @@ const APP_CSS: &str = include_str!("assets/app.css");
 #[derive(Clone)]
 pub struct Inspector {
     pub cluster: Arc<Cluster>,
-    pub clients: Credentials,
+    pub clients: Principals,
+    /// Who the request is from (a handler's state acts as the request's principal).
+    pub who: Principal,
     /// Served over TLS: the cookie is `Secure`.
     pub tls: bool,
     /// Ends the live streams when the head stops (they would hold its shutdown open).
@@ -61,12 +63,22 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    /// Whether the request carries a client credential, in a header or the cookie.
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        self.clients.accepts_http(headers)
-            || cookie(headers).is_some_and(|id| self.sessions.is_open(&id))
+    /// Who the request is from: a client credential in a header, or the cookie's session.
+    fn principal(&self, headers: &HeaderMap) -> Option<Principal> {
+        self.clients
+            .resolve_http(headers)
+            .or_else(|| cookie(headers).and_then(|id| self.sessions.principal(&id)))
     }
 }
+
+impl crate::auth::ActsAs for Inspector {
+    fn acting_as(&self, who: Principal) -> Self {
+        Self { who, ..self.clone() }
+    }
+}
+
+/// The inspector's state acting as the request's principal.
+pub(crate) type Caller = crate::auth::Caller<Inspector>;
 
 /// The session id in the `fleet_ui` cookie.
 fn cookie(headers: &HeaderMap) -> Option<String> {
@@ -116,15 +128,21 @@ pub fn router(inspector: Inspector) -> Router {
 }
 
 /// The credential on every `/ui/api` request, and the CSRF header on its POSTs.
-async fn guard_api(State(ui): State<Inspector>, request: Request, next: Next) -> Response {
+async fn guard_api(State(ui): State<Inspector>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if !ui.admits(headers) {
-        ui.clients.log_refused_http("inspector", request.uri().path(), headers);
+    let Some(who) = ui.principal(headers) else {
+        tracing::warn!(
+            door = "inspector",
+            path = request.uri().path(),
+            "refused a request without a valid credential or session"
+        );
         return error(StatusCode::UNAUTHORIZED, "log in at /ui/login, or send a client token");
-    }
+    };
+    let headers = request.headers();
     if request.method() == axum::http::Method::POST && !headers.contains_key(CSRF_HEADER) {
         return error(StatusCode::FORBIDDEN, "the inspector's POSTs carry X-Fleet-UI: 1");
     }
+    request.extensions_mut().insert(who);
     let mut response = next.run(request).await;
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
@@ -170,7 +188,11 @@ fn page(html: &'static str) -> Response {
 
 /// The app; without a credential, the login page instead.
 async fn index(State(ui): State<Inspector>, headers: HeaderMap) -> Response {
-    if ui.admits(&headers) { page(INDEX_HTML) } else { Redirect::to("/ui/login").into_response() }
+    if ui.principal(&headers).is_some() {
+        page(INDEX_HTML)
+    } else {
+        Redirect::to("/ui/login").into_response()
+    }
 }
 
 async fn login_page(State(ui): State<Inspector>) -> Response {
@@ -200,13 +222,13 @@ async fn login(
         return refused;
     }
     let token = form.token.trim();
-    if !ui.clients.accepts(Some(token.as_bytes())) {
+    let Some(who) = ui.clients.resolve(Some(token.as_bytes())) else {
         ui.sessions.failed(from);
         tracing::warn!(door = "inspector", peer = ?from, "refused a login with a wrong token");
         return Redirect::to("/ui/login?failed=1").into_response();
-    }
+    };
     let secure = if ui.tls { "; Secure" } else { "" };
-    let (id, ttl) = (ui.sessions.open(), sessions::SESSION_TTL.as_secs());
+    let (id, ttl) = (ui.sessions.open(who), sessions::SESSION_TTL.as_secs());
     let cookie =
         format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/")).into_response()

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::auth::Principal;
+
 /// How long a login lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions open at once at most; past it the one nearest its end goes.
@@ -28,32 +30,39 @@ pub struct Sessions {
 
 #[derive(Default)]
 struct Inner {
-    /// Session id → when it ends.
-    open: HashMap<String, Instant>,
+    /// Session id → when it ends, and whose it is.
+    open: HashMap<String, (Instant, Principal)>,
     /// Address → (failures, since when they are counted).
     failures: HashMap<Option<IpAddr>, (u32, Instant)>,
 }
 
 impl Sessions {
-    /// A new session's id.
-    pub fn open(&self) -> String {
+    /// A new session of `who`; its id.
+    pub fn open(&self, who: Principal) -> String {
         let id = crate::auth::random_token();
         let now = Instant::now();
         let mut inner = self.inner.lock();
-        inner.open.retain(|_, end| *end > now);
+        inner.open.retain(|_, (end, _)| *end > now);
         if inner.open.len() >= MAX_SESSIONS
             && let Some(first) =
-                inner.open.iter().min_by_key(|(_, end)| **end).map(|(k, _)| k.clone())
+                inner.open.iter().min_by_key(|(_, (end, _))| *end).map(|(k, _)| k.clone())
         {
             inner.open.remove(&first);
         }
-        inner.open.insert(id.clone(), now + SESSION_TTL);
+        inner.open.insert(id.clone(), (now + SESSION_TTL, who));
         id
     }
 
+    /// Whose open session `id` is (none: not open).
+    pub fn principal(&self, id: &str) -> Option<Principal> {
+        let inner = self.inner.lock();
+        inner.open.get(id).filter(|(end, _)| *end > Instant::now()).map(|(_, who)| who.clone())
+    }
+
     /// Whether `id` is an open session.
+    #[cfg(test)]
     pub fn is_open(&self, id: &str) -> bool {
-        self.inner.lock().open.get(id).is_some_and(|end| *end > Instant::now())
+        self.principal(id).is_some()
     }
 
     /// Ends the session `id`.
@@ -95,7 +104,7 @@ mod tests {
     #[test]
     fn sessions_open_and_close_and_failures_are_limited_per_address() {
         let sessions = Sessions::default();
-        let id = sessions.open();
+        let id = sessions.open(Principal::operator());
         assert_eq!(id.len(), 64);
         assert!(sessions.is_open(&id) && !sessions.is_open("guess"));
         sessions.close(&id);

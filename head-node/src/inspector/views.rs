@@ -3,12 +3,13 @@
 //! routes that answer with them.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use fleet_proto::{EventKind, TaskEvent, now_us};
 use serde_json::{Value, json};
 
-use super::{Inspector, Listing, Refused, listing};
+use super::{Listing, Refused, listing};
+use crate::auth::{Caller, Principal};
 use crate::cluster::{AgentFigures, Cluster, TaskDetail, TaskFilter, TaskInfo};
 
 /// How much of a task's input a list row shows, and a task page.
@@ -29,9 +30,9 @@ fn resources(r: &fleet_proto::Resources) -> Value {
 }
 
 /// The whole cluster at a glance (`/ui/api/cluster`, and each tick of its live stream).
-pub(super) fn cluster_json(cluster: &Cluster, auth: bool) -> Value {
+pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Value {
     let status = cluster.status();
-    let submitted: u64 = cluster.agents().iter().map(|a| a.tasks_submitted).sum();
+    let submitted: u64 = cluster.agents(who).iter().map(|a| a.tasks_submitted).sum();
     let on_mesh: Vec<_> = status.workers.iter().filter(|w| w.registration.mesh.is_some()).collect();
     let workers: Vec<Value> = status
         .workers
@@ -112,8 +113,8 @@ pub(super) fn cluster_json(cluster: &Cluster, auth: bool) -> Value {
 }
 
 /// Every agent with its figures (`/ui/api/agents`).
-pub(super) fn agents_json(cluster: &Cluster) -> Value {
-    let agents: Vec<Value> = cluster.agent_figures().iter().map(agent_json).collect();
+pub(super) fn agents_json(cluster: &Cluster, who: &Principal) -> Value {
+    let agents: Vec<Value> = cluster.agent_figures(who).iter().map(agent_json).collect();
     json!({ "agents": agents })
 }
 
@@ -193,8 +194,8 @@ fn row_json(t: &TaskInfo) -> Value {
 }
 
 /// One page of tasks, newest first (`/ui/api/tasks`).
-pub(super) fn tasks_json(cluster: &Cluster, filter: &TaskFilter) -> Value {
-    let page = cluster.list_tasks(filter);
+pub(super) fn tasks_json(cluster: &Cluster, who: &Principal, filter: &TaskFilter) -> Value {
+    let page = cluster.list_tasks(who, filter);
     let rows: Vec<Value> = page.tasks.iter().map(row_json).collect();
     json!({ "total": page.total, "tasks": rows })
 }
@@ -309,31 +310,35 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
 }
 
 /// The topics the registered agents name.
-fn topics_json(cluster: &Cluster) -> Value {
-    let mut topics: Vec<String> =
-        cluster.agents().iter().flat_map(|a| a.spec.topics.iter().cloned()).collect();
+fn topics_json(cluster: &Cluster, who: &Principal) -> Value {
+    let mut topics: Vec<String> = cluster
+        .agents(who)
+        .iter()
+        .flat_map(|a| a.spec.topics.iter().cloned())
+        .filter(|t| who.may_use_topic(t))
+        .collect();
     topics.sort();
     topics.dedup();
     json!({ "topics": topics })
 }
 
-pub(super) async fn cluster(State(ui): State<Inspector>) -> Json<Value> {
-    Json(cluster_json(&ui.cluster, ui.clients.required()))
+pub(super) async fn cluster(Caller(ui): super::Caller) -> Json<Value> {
+    Json(cluster_json(&ui.cluster, &ui.who, ui.clients.required()))
 }
 
-pub(super) async fn agents(State(ui): State<Inspector>) -> Json<Value> {
-    Json(agents_json(&ui.cluster))
+pub(super) async fn agents(Caller(ui): super::Caller) -> Json<Value> {
+    Json(agents_json(&ui.cluster, &ui.who))
 }
 
-pub(super) async fn tasks(State(ui): State<Inspector>, query: Listing) -> Response {
+pub(super) async fn tasks(Caller(ui): super::Caller, query: Listing) -> Response {
     match listing(query) {
-        Ok(filter) => Json(tasks_json(&ui.cluster, &filter)).into_response(),
+        Ok(filter) => Json(tasks_json(&ui.cluster, &ui.who, &filter)).into_response(),
         Err(refused) => refused.into_response(),
     }
 }
 
-pub(super) async fn task(State(ui): State<Inspector>, Path(id): Path<String>) -> Response {
-    match ui.cluster.task_detail(&id) {
+pub(super) async fn task(Caller(ui): super::Caller, Path(id): Path<String>) -> Response {
+    match ui.cluster.task_detail(&ui.who, &id) {
         Ok(detail) => Json(task_json(&detail)).into_response(),
         Err(e) => Refused::from(e).into_response(),
     }
@@ -341,8 +346,9 @@ pub(super) async fn task(State(ui): State<Inspector>, Path(id): Path<String>) ->
 
 /// Cancels a task; answers with the task as it is then (a running one ends when its
 /// worker says so: the page sees that on the task's stream).
-pub(super) async fn cancel(State(ui): State<Inspector>, Path(id): Path<String>) -> Response {
-    let canceled = ui.cluster.cancel(&id).and_then(|_| ui.cluster.task_detail(&id));
+pub(super) async fn cancel(Caller(ui): super::Caller, Path(id): Path<String>) -> Response {
+    let who = &ui.who;
+    let canceled = ui.cluster.cancel(who, &id).and_then(|_| ui.cluster.task_detail(who, &id));
     match canceled {
         Ok(detail) => {
             tracing::info!(task_id = %id, "task canceled from the inspector");
@@ -352,13 +358,13 @@ pub(super) async fn cancel(State(ui): State<Inspector>, Path(id): Path<String>) 
     }
 }
 
-pub(super) async fn topics(State(ui): State<Inspector>) -> Json<Value> {
-    Json(topics_json(&ui.cluster))
+pub(super) async fn topics(Caller(ui): super::Caller) -> Json<Value> {
+    Json(topics_json(&ui.cluster, &ui.who))
 }
 
 /// For the live routes: a task's page data, or its error response.
-pub(super) fn detail(cluster: &Cluster, id: &str) -> Result<Value, Refused> {
-    Ok(task_json(&cluster.task_detail(id)?))
+pub(super) fn detail(cluster: &Cluster, who: &Principal, id: &str) -> Result<Value, Refused> {
+    Ok(task_json(&cluster.task_detail(who, id)?))
 }
 
 /// The most of a data artifact's JSON an event view shows.

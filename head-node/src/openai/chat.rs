@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use fleet_proto::EventKind;
@@ -23,7 +22,7 @@ use super::wire::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceLogprobs,
     ChunkChoice, CompletionUsage, Delta, ToolCallOut, finish_reason,
 };
-use super::{JsonBody, OpenAi, unix_now};
+use super::{JsonBody, unix_now};
 use crate::cluster::NewTask;
 use crate::run::TaskRun;
 
@@ -31,7 +30,7 @@ use crate::run::TaskRun;
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub async fn completions(
-    State(api): State<OpenAi>,
+    crate::auth::Caller(api): super::Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&body)?;
@@ -52,7 +51,7 @@ pub async fn completions(
             ..Default::default()
         };
         // Those started already are canceled when `runs` drops on a refusal.
-        runs.push(TaskRun::start(&api.cluster, task)?);
+        runs.push(TaskRun::start(&api.cluster, &api.who, task)?);
     }
     let head = Head {
         id: format!("chatcmpl-{}", runs[0].task_id),

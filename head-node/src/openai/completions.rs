@@ -12,7 +12,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use fleet_proto::{EventKind, TokenLogprob};
@@ -22,7 +21,7 @@ use serde_json::{Map, Value, json};
 use super::chat::{KEEP_ALIVE, ended_without_answer};
 use super::errors::ApiError;
 use super::wire::{ChatRequest, CompletionUsage, finish_reason};
-use super::{JsonBody, OpenAi, unix_now};
+use super::{JsonBody, unix_now};
 use crate::cluster::NewTask;
 use crate::run::TaskRun;
 
@@ -153,7 +152,7 @@ impl CompletionRequest {
 }
 
 pub async fn create(
-    State(api): State<OpenAi>,
+    crate::auth::Caller(api): super::Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = CompletionRequest::parse(&body)?;
@@ -183,7 +182,7 @@ pub async fn create(
                 traceparent: crate::traceparent::incoming(),
                 ..Default::default()
             };
-            runs.push(TaskRun::start(&api.cluster, task)?);
+            runs.push(TaskRun::start(&api.cluster, &api.who, task)?);
         }
     }
     let head = Arc::new(Head {

@@ -4,20 +4,19 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use base64::Engine;
 use fleet_proto::{EventKind, TaskOptions};
 
+use super::JsonBody;
 use super::errors::ApiError;
 use super::wire::{
     Embedding, EmbeddingList, EmbeddingUsage, EmbeddingsRequest, EncodingFormat, Vector,
 };
-use super::{JsonBody, OpenAi};
 use crate::cluster::NewTask;
 use crate::run::TaskRun;
 
 pub async fn create(
-    State(api): State<OpenAi>,
+    crate::auth::Caller(api): super::Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Json<EmbeddingList>, ApiError> {
     let request = EmbeddingsRequest::parse(&body)?;
@@ -32,7 +31,7 @@ pub async fn create(
         traceparent: crate::traceparent::incoming(),
         ..Default::default()
     };
-    let mut run = TaskRun::start(&api.cluster, task)?;
+    let mut run = TaskRun::start(&api.cluster, &api.who, task)?;
     tracing::debug!(task_id = %run.task_id, model = %request.model, texts, "embeddings");
     let mut vectors = None;
     while let Some(event) = run.next().await {

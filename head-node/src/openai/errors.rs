@@ -21,11 +21,13 @@ pub struct ApiError {
     /// The request field at fault, e.g. `max_tokens` or `messages[1].content`.
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds after which the request may succeed (`Retry-After`), where known.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: None }
+        Self { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
     }
 
     fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -141,6 +143,7 @@ impl ApiError {
             kind: c.openai_type,
             param: None,
             code: c.openai_code,
+            retry_after_s: None,
         }
     }
 
@@ -166,7 +169,7 @@ impl From<crate::Error> for ApiError {
             crate::Error::UnknownModel(model) | crate::Error::UnknownAgent(model) => {
                 Self::model_not_found(model)
             }
-            _ => Self::of(e.kind(), e.to_string()),
+            _ => Self { retry_after_s: e.retry_after_s(), ..Self::of(e.kind(), e.to_string()) },
         }
     }
 }
@@ -178,6 +181,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, s.into());
         }
         response
     }

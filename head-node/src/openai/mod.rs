@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{FromRequest, Request};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
 use http_body_util::BodyExt;
@@ -46,18 +46,29 @@ use errors::ApiError;
 pub struct OpenAi {
     pub cluster: Arc<Cluster>,
     /// Client credentials, required as `Authorization: Bearer KEY` (or `X-API-Key`).
-    pub clients: crate::auth::Credentials,
+    pub clients: crate::auth::Principals,
+    /// Who the request is from (a handler's state acts as the request's principal).
+    pub who: crate::auth::Principal,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Unix seconds when the head started: the `created` of every model listed.
     pub started_at: u64,
 }
 
+impl crate::auth::ActsAs for OpenAi {
+    fn acting_as(&self, who: crate::auth::Principal) -> Self {
+        Self { who, ..self.clone() }
+    }
+}
+
+/// The OpenAI state acting as the request's principal.
+pub type Caller = crate::auth::Caller<OpenAi>;
+
 impl OpenAi {
     /// The agent that serves a request's `model`: the agent of that name, else the hidden
     /// agent of the model; 404 when neither exists.
     pub fn agent_for(&self, model: &str) -> Result<String, ApiError> {
-        if self.cluster.agent(model).is_some() {
+        if self.cluster.agent(&self.who, model).is_some() {
             return Ok(model.to_owned());
         }
         // Every worker "has" every builtin: the list of real ones is the cluster's.
@@ -66,7 +77,7 @@ impl OpenAi {
         if unknown_builtin {
             return Err(ApiError::model_not_found(model));
         }
-        Ok(self.cluster.model_agent(model)?)
+        Ok(self.cluster.model_agent(&self.who, model)?)
     }
 }
 
@@ -85,7 +96,14 @@ pub fn router(api: OpenAi) -> Router {
         .route("/v1/completions", or_405(post(completions::create)))
         .route("/v1/embeddings", or_405(post(embeddings::create)))
         .route("/v1/{*rest}", any(unknown_url))
-        .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key))
+        .route_layer(middleware::from_fn_with_state(
+            crate::auth::HttpAuth {
+                principals: api.clients.clone(),
+                door: "openai",
+                render: refusal,
+            },
+            crate::auth::http,
+        ))
         .with_state(api)
 }
 
@@ -100,12 +118,9 @@ async fn unknown_url(request: Request) -> ApiError {
     ApiError::unknown_url(request.method().as_str(), request.uri().path())
 }
 
-async fn require_api_key(State(api): State<OpenAi>, request: Request, next: Next) -> Response {
-    if api.clients.accepts_http(request.headers()) {
-        return next.run(request).await;
-    }
-    api.clients.log_refused_http("openai", request.uri().path(), request.headers());
-    ApiError::unauthorized().into_response()
+/// How the auth layer refuses an OpenAI request: OpenAI's error shape.
+fn refusal(e: crate::Error) -> Response {
+    ApiError::from(e).into_response()
 }
 
 /// Bodies over the limit are still read (and dropped) up to this size before the 413 goes

@@ -3,8 +3,8 @@
 //! `model:` agents are not listed: their models are.
 
 use axum::Json;
+use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
 use serde_json::json;
 
 use super::OpenAi;
@@ -15,7 +15,7 @@ use crate::agents::MODEL_AGENT_PREFIX;
 /// Everything a request can name; an agent hides a model of the same name (requests naming
 /// it run the agent).
 fn all(api: &OpenAi) -> Vec<Model> {
-    let agents = api.cluster.agents();
+    let agents = api.cluster.agents(&api.who);
     let mut data: Vec<Model> = api
         .cluster
         .models()
@@ -51,12 +51,12 @@ fn all(api: &OpenAi) -> Vec<Model> {
     data
 }
 
-pub async fn list(State(api): State<OpenAi>) -> Json<ModelList> {
+pub async fn list(crate::auth::Caller(api): super::Caller) -> Json<ModelList> {
     Json(ModelList { object: "list", data: all(&api) })
 }
 
 pub async fn get(
-    State(api): State<OpenAi>,
+    crate::auth::Caller(api): super::Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Model>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::invalid("model", format!("bad model id: {e}")))?;

@@ -156,6 +156,8 @@ pub struct TaskRecord {
     pub agent: String,
     pub input: Arc<str>,
     pub context_id: String,
+    /// The tenant whose task it is.
+    pub tenant: Arc<str>,
     pub options: Option<Arc<TaskOptions>>,
     /// The task that called this one as a tool, and the call's id.
     pub parent: Option<(TaskId, String)>,
@@ -175,6 +177,7 @@ impl TaskRecord {
             agent: self.agent.clone(),
             input: self.input.to_string(),
             context_id: self.context_id.clone(),
+            tenant: self.tenant.to_string(),
             options: self.options.as_deref().map(pb::TaskOptions::from),
             parent_task,
             parent_call,
@@ -231,6 +234,12 @@ impl Restored {
                 agent: t.agent,
                 input: t.input.into(),
                 context_id: t.context_id,
+                // Stored before tenants: the default tenant's.
+                tenant: if t.tenant.is_empty() {
+                    crate::auth::DEFAULT_TENANT.into()
+                } else {
+                    t.tenant.into()
+                },
                 options: t.options.map(|o| Arc::new(TaskOptions::from(o))),
                 parent,
                 depth: t.depth,
@@ -349,14 +358,22 @@ mod tests {
         });
         let store = Box::new(Flaky { failing: failing.clone() });
         let cluster = Cluster::start_with(&config, Some(store)).expect("cluster");
-        cluster.submit(task("first"), None).expect("a working store takes work");
+        cluster
+            .submit(&crate::auth::Principal::operator(), task("first"), None)
+            .expect("a working store takes work");
 
         failing.store(true, Ordering::SeqCst);
         // Accepted before the store's next write fails: its events wait for the store.
-        let held = cluster.submit(task("second"), None).expect("not failed yet");
-        let mut watch = cluster.watch(held.as_str(), 1).expect("watch");
+        let held = cluster
+            .submit(&crate::auth::Principal::operator(), task("second"), None)
+            .expect("not failed yet");
+        let mut watch =
+            cluster.watch(&crate::auth::Principal::operator(), held.as_str(), 1).expect("watch");
         eventually("new work refused", || {
-            matches!(cluster.submit(task("x"), None), Err(crate::Error::StoreUnavailable(_)))
+            matches!(
+                cluster.submit(&crate::auth::Principal::operator(), task("x"), None),
+                Err(crate::Error::StoreUnavailable(_))
+            )
         });
         assert!(watch.rx.try_recv().is_err(), "an event went out that is not stored");
 
@@ -365,6 +382,8 @@ mod tests {
             "the held event delivered",
             || matches!(watch.rx.try_recv(), Ok(Delivery::Event(e)) if e.seq == 1),
         );
-        eventually("new work taken again", || cluster.submit(task("y"), None).is_ok());
+        eventually("new work taken again", || {
+            cluster.submit(&crate::auth::Principal::operator(), task("y"), None).is_ok()
+        });
     }
 }

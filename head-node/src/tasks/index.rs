@@ -1,18 +1,20 @@
 //! Which retained tasks each listing filter matches, kept up to date as tasks come, change
 //! state and go, so that a page of ListTasks (and its total) reads only what it returns
 //! instead of scanning every retained task, or every task of a conversation, under the
-//! head's lock.
+//! head's lock. Tenants are facets too: a tenant's listing and its total count only its
+//! tasks, and a context id names a conversation within one tenant.
 
 use std::collections::{BTreeSet, HashMap};
 
 use fleet_proto::TaskState;
 
-/// Task numbers (submission order) by agent, by state and by both, for all tasks and for
-/// each context's.
+/// Task numbers (submission order) by agent, by state and by both, for all tasks, for each
+/// tenant's and for each context's (by tenant, then context id).
 #[derive(Debug, Default)]
 pub struct TaskIndex {
     all: Facets,
-    by_context: HashMap<String, Facets>,
+    by_tenant: HashMap<String, Facets>,
+    by_context: HashMap<String, HashMap<String, Facets>>,
 }
 
 /// Some tasks' numbers: all of them, by state, by agent and by agent and state.
@@ -35,14 +37,17 @@ pub struct Filed<'a> {
     pub number: u64,
     pub agent: &'a str,
     pub context: &'a str,
+    pub tenant: &'a str,
     pub state: TaskState,
 }
 
 impl TaskIndex {
     pub fn add(&mut self, task: Filed<'_>) {
         self.all.add(task);
+        self.by_tenant.entry(task.tenant.to_owned()).or_default().add(task);
         if !task.context.is_empty() {
-            self.by_context.entry(task.context.to_owned()).or_default().add(task);
+            let tenant = self.by_context.entry(task.tenant.to_owned()).or_default();
+            tenant.entry(task.context.to_owned()).or_default().add(task);
         }
     }
 
@@ -52,32 +57,54 @@ impl TaskIndex {
             return;
         }
         self.all.moved(task, to);
-        if let Some(context) = self.by_context.get_mut(task.context) {
+        if let Some(tenant) = self.by_tenant.get_mut(task.tenant) {
+            tenant.moved(task, to);
+        }
+        if let Some(context) =
+            self.by_context.get_mut(task.tenant).and_then(|t| t.get_mut(task.context))
+        {
             context.moved(task, to);
         }
     }
 
     pub fn remove(&mut self, task: Filed<'_>) {
         self.all.remove(task);
-        if let Some(context) = self.by_context.get_mut(task.context) {
-            context.remove(task);
-            if context.all.is_empty() {
-                self.by_context.remove(task.context);
+        if let Some(tenant) = self.by_tenant.get_mut(task.tenant) {
+            tenant.remove(task);
+            if tenant.all.is_empty() {
+                self.by_tenant.remove(task.tenant);
+            }
+        }
+        if let Some(contexts) = self.by_context.get_mut(task.tenant) {
+            if let Some(context) = contexts.get_mut(task.context) {
+                context.remove(task);
+                if context.all.is_empty() {
+                    contexts.remove(task.context);
+                }
+            }
+            if contexts.is_empty() {
+                self.by_context.remove(task.tenant);
             }
         }
     }
 
-    /// The numbers of the tasks in `context`, of `agent`, in `state` (each: any, when none).
+    /// The numbers of the tasks of `tenant`, in `context` (of that tenant, or of the
+    /// default tenant when none is named), of `agent`, in `state` (each: any, when none).
     pub fn matching(
         &self,
+        tenant: Option<&str>,
         context: Option<&str>,
         agent: Option<&str>,
         state: Option<TaskState>,
     ) -> &BTreeSet<u64> {
         static EMPTY: BTreeSet<u64> = BTreeSet::new();
-        let facets = match context {
-            None => Some(&self.all),
-            Some(context) => self.by_context.get(context),
+        let facets = match (tenant, context) {
+            (None, None) => Some(&self.all),
+            (Some(tenant), None) => self.by_tenant.get(tenant),
+            (tenant, Some(context)) => self
+                .by_context
+                .get(tenant.unwrap_or(crate::auth::DEFAULT_TENANT))
+                .and_then(|t| t.get(context)),
         };
         facets.and_then(|f| f.matching(agent, state)).unwrap_or(&EMPTY)
     }
@@ -91,7 +118,10 @@ impl TaskIndex {
     /// Whether the index holds nothing for agents, states or contexts without tasks.
     #[cfg(test)]
     pub fn is_tidy(&self) -> bool {
-        self.all.is_tidy() && self.by_context.values().all(|c| !c.all.is_empty() && c.is_tidy())
+        let tidy = |f: &Facets| !f.all.is_empty() && f.is_tidy();
+        self.all.is_tidy()
+            && self.by_tenant.values().all(tidy)
+            && self.by_context.values().all(|t| !t.is_empty() && t.values().all(tidy))
     }
 }
 

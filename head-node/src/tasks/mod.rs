@@ -103,6 +103,8 @@ pub struct TaskEntry {
     pub agent: String,
     pub input: Arc<str>,
     pub context_id: String,
+    /// The tenant whose task it is (its submitter's; a sub-task's caller's).
+    pub tenant: Arc<str>,
     pub state: TaskState,
     /// The state the table's index files the task under (it catches up with `state` on
     /// the table's next call: see `TaskTable::settle`).
@@ -169,6 +171,23 @@ impl Follower {
         }
         self.sub.deliver(Delivery::Event(event.clone()))
     }
+}
+
+/// About how much memory a task's options hold: its history, texts to embed, client tools
+/// and files, which can be far larger than its input.
+pub fn options_bytes(o: &fleet_proto::TaskOptions) -> usize {
+    std::mem::size_of::<fleet_proto::TaskOptions>()
+        + o.history
+            .iter()
+            .map(|t| {
+                let calls =
+                    t.tool_calls.iter().map(|c| c.id.len() + c.name.len() + c.arguments.len());
+                64 + t.content.len() + t.tool_call_id.len() + calls.sum::<usize>()
+            })
+            .sum::<usize>()
+        + o.embed.iter().map(String::len).sum::<usize>()
+        + o.tools.iter().map(|t| t.to_string().len()).sum::<usize>()
+        + o.files.iter().map(fleet_proto::FilePart::size).sum::<usize>()
 }
 
 /// About how much memory an event holds: its fixed part plus its payload.
@@ -284,6 +303,7 @@ impl TaskEntry {
             agent: self.agent.clone(),
             input: self.input.clone(),
             context_id: self.context_id.clone(),
+            tenant: self.tenant.clone(),
             options: self.options.clone(),
             parent: self.parent.clone(),
             depth: self.depth,
@@ -413,6 +433,7 @@ impl TaskTable {
         agent: String,
         input: Arc<str>,
         context_id: String,
+        tenant: Arc<str>,
     ) -> &mut TaskEntry {
         self.next_number += 1;
         self.changes = self.changes.wrapping_add(1);
@@ -422,6 +443,7 @@ impl TaskTable {
             agent,
             input,
             context_id,
+            tenant,
             options: None,
             parent: None,
             depth: 0,
@@ -437,6 +459,7 @@ impl TaskTable {
             agent,
             input,
             context_id,
+            tenant,
             options,
             parent,
             depth,
@@ -445,9 +468,19 @@ impl TaskTable {
         self.settle();
         self.by_number.insert(number, id.clone());
         let state = TaskState::Queued;
-        self.index.add(Filed { number, agent: &agent, context: &context_id, state });
+        self.index.add(Filed {
+            number,
+            agent: &agent,
+            context: &context_id,
+            tenant: &tenant,
+            state,
+        });
         self.pending = Some(id.clone());
-        let bytes = std::mem::size_of::<TaskEntry>() + input.len() + agent.len() + context_id.len();
+        let bytes = std::mem::size_of::<TaskEntry>()
+            + input.len()
+            + agent.len()
+            + context_id.len()
+            + options.as_deref().map_or(0, options_bytes);
         let entry = TaskEntry {
             bytes,
             id: id.clone(),
@@ -455,6 +488,7 @@ impl TaskTable {
             agent,
             input,
             context_id,
+            tenant,
             state,
             indexed: state,
             attempt: 1,
@@ -505,6 +539,7 @@ impl TaskTable {
                 number: entry.number,
                 agent: &entry.agent,
                 context: &entry.context_id,
+                tenant: &entry.tenant,
                 state: entry.indexed,
             };
             self.index.moved(filed, entry.state);
@@ -546,6 +581,7 @@ impl TaskTable {
                     number: entry.number,
                     agent: &entry.agent,
                     context: &entry.context_id,
+                    tenant: &entry.tenant,
                     state: entry.indexed,
                 });
                 for hook in &self.on_evicted {
@@ -574,6 +610,7 @@ impl TaskTable {
             (true, after) => (Bound::Unbounded, Bound::Excluded(after)),
         };
         let set = this.index.matching(
+            filter.tenant.as_deref(),
             filter.context_id.as_deref(),
             filter.agent.as_deref(),
             filter.state,
@@ -589,6 +626,12 @@ impl TaskTable {
         Listed { tasks, next_after, total: set.len() }
     }
 
+    /// How many of `tenant`'s tasks are in one of `states`.
+    pub fn count(&mut self, tenant: &str, states: &[TaskState]) -> usize {
+        self.settle();
+        states.iter().map(|s| self.index.matching(Some(tenant), None, None, Some(*s)).len()).sum()
+    }
+
     /// How many retained tasks `agent` has in `state`, and those tasks, newest first.
     pub fn newest_of(
         &mut self,
@@ -597,7 +640,7 @@ impl TaskTable {
     ) -> (usize, impl Iterator<Item = &TaskEntry>) {
         self.settle();
         let this = &*self;
-        let numbers = this.index.matching(None, Some(agent), Some(state));
+        let numbers = this.index.matching(None, None, Some(agent), Some(state));
         let count = numbers.len();
         let tasks = numbers
             .iter()
@@ -619,6 +662,9 @@ impl TaskTable {
 /// Which tasks a listing shows, and where its page starts.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
+    /// Only this tenant's tasks (a context id names a conversation within a tenant: the
+    /// default tenant's when none is named).
+    pub tenant: Option<String>,
     pub agent: Option<String>,
     pub context_id: Option<String>,
     pub state: Option<TaskState>,
@@ -646,7 +692,7 @@ mod tests {
     fn table_with_task(max_retained: usize) -> (TaskTable, TaskId) {
         let mut table = TaskTable::new(max_retained, usize::MAX);
         let id = TaskId::new("t1");
-        table.insert(id.clone(), "a".into(), "hi".into(), String::new());
+        table.insert(id.clone(), "a".into(), "hi".into(), String::new(), "default".into());
         (table, id)
     }
 
@@ -701,6 +747,7 @@ mod tests {
                 "a".into(),
                 "x".into(),
                 if i < 3 { "c".into() } else { String::new() },
+                "default".into(),
             );
             table.finished(&id, TaskState::Completed);
         }
@@ -720,7 +767,14 @@ mod tests {
         let matching: Vec<u64> = table
             .iter_from(0)
             .filter(|t| {
+                // A context is a tenant's: the default tenant's when none is named.
+                let tenant = match (&filter.tenant, &filter.context_id) {
+                    (Some(tenant), _) => Some(tenant.as_str()),
+                    (None, Some(_)) => Some(crate::auth::DEFAULT_TENANT),
+                    (None, None) => None,
+                };
                 filter.agent.as_ref().is_none_or(|a| *a == t.agent)
+                    && tenant.is_none_or(|tenant| *tenant == *t.tenant)
                     && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
                     && filter.state.is_none_or(|s| s == t.state)
             })
@@ -741,7 +795,7 @@ mod tests {
         fn listing_from_the_index_agrees_with_a_scan(
             steps in proptest::collection::vec((0u8..6, 0usize..40, 0u8..3, 0u8..3), 1..120),
             filters in proptest::collection::vec(
-                (0u8..4, 0u8..4, 0u8..8, 1usize..5, proptest::bool::ANY), 1..12),
+                (0u8..4, 0u8..4, 0u8..8, 1usize..5, proptest::bool::ANY, 0u8..4), 1..12),
         ) {
             let mut table = TaskTable::new(12, usize::MAX);
             let mut ids: Vec<TaskId> = Vec::new();
@@ -752,7 +806,8 @@ mod tests {
                         let id = TaskId::new(format!("t{}", ids.len()));
                         let context =
                             if context == 0 { String::new() } else { format!("c{context}") };
-                        table.insert(id.clone(), format!("a{agent}"), "x".into(), context);
+                        let tenant = if ids.len() % 3 == 0 { "t0" } else { "t1" };
+                        table.insert(id.clone(), format!("a{agent}"), "x".into(), context, tenant.into());
                         ids.push(id);
                         continue;
                     }
@@ -779,8 +834,10 @@ mod tests {
                     table.finished(&id, state);
                 }
             }
-            for (agent, context, state, size, newest_first) in filters {
+            for (agent, context, state, size, newest_first, tenant) in filters {
                 let mut filter = TaskFilter {
+                    tenant: [None, Some("t0"), Some("t1"), Some("default")][tenant as usize]
+                        .map(str::to_owned),
                     agent: (agent > 0).then(|| format!("a{}", agent - 1)),
                     context_id: (context > 0).then(|| format!("c{context}")),
                     state: TaskState::ALL.get(state as usize).copied(),
@@ -819,7 +876,8 @@ mod tests {
         };
         for i in 0..20 {
             let id = TaskId::new(format!("t{i}"));
-            let task = table.insert(id.clone(), "a".into(), "x".into(), String::new());
+            let task =
+                table.insert(id.clone(), "a".into(), "x".into(), String::new(), "default".into());
             for _ in 0..10 {
                 task.push(EventKind::text("y".repeat(1000)), 0);
             }
@@ -835,8 +893,13 @@ mod tests {
         assert!(table.get("t19").is_some() && table.get("t0").is_none());
         // One task over the whole budget is still kept until the next one finishes.
         let big = TaskId::new("big");
-        let task =
-            table.insert(big.clone(), "a".into(), "x".repeat(200 << 10).into(), String::new());
+        let task = table.insert(
+            big.clone(),
+            "a".into(),
+            "x".repeat(200 << 10).into(),
+            String::new(),
+            "default".into(),
+        );
         task.push(EventKind::Working, 0);
         complete(&mut table, &big);
         assert!(table.get("big").is_some());

@@ -12,20 +12,19 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::chat::{Answer, complete};
 use super::errors::ApiError;
 use super::wire::LogprobOut;
-use super::{JsonBody, OpenAi, unix_now};
+use super::{JsonBody, unix_now};
 use crate::cluster::NewTask;
 use crate::run::TaskRun;
 use request::ResponsesRequest;
 
 pub async fn create(
-    State(api): State<OpenAi>,
+    crate::auth::Caller(api): super::Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = ResponsesRequest::parse(&body)?;
@@ -40,7 +39,7 @@ pub async fn create(
         traceparent: crate::traceparent::incoming(),
         ..Default::default()
     };
-    let run = TaskRun::start(&api.cluster, task)?;
+    let run = TaskRun::start(&api.cluster, &api.who, task)?;
     let shell = Shell {
         id: format!("resp_{}", run.task_id),
         message_id: format!("msg_{}", run.task_id),
