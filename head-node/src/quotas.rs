@@ -88,9 +88,8 @@ impl Quotas {
 
     /// A task of `tenant` generated `tokens`.
     pub fn generated(&mut self, tenant: &str, tokens: u64) {
-        if tokens == 0
-            || !self.limits.get(tenant).is_some_and(|q| q.max_tokens_per_minute.is_some())
-        {
+        let counted = self.limits.get(tenant).is_some_and(|q| q.max_tokens_per_minute.is_some());
+        if tokens == 0 || !counted {
             return;
         }
         let now = Instant::now();
@@ -99,11 +98,6 @@ impl Quotas {
             *window = (now, 0);
         }
         window.1 += tokens;
-    }
-
-    /// Whether any tenant has a running quota (the queue's drain checks only then).
-    pub fn limits_running(&self) -> bool {
-        self.limits.values().any(|q| q.max_running_tasks.is_some())
     }
 }
 

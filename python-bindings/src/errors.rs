@@ -18,6 +18,13 @@ pyo3::create_exception!(
     FleetError,
     "The cluster token is missing or wrong."
 );
+pyo3::create_exception!(
+    agentfleet,
+    PermissionDenied,
+    FleetError,
+    "The key is known, but its role does not allow this (a reader submitting, a user replacing \
+     a shared agent)."
+);
 pyo3::create_exception!(agentfleet, NotFound, FleetError, "No such agent or task.");
 pyo3::create_exception!(agentfleet, InvalidArgument, FleetError, "The request was malformed.");
 pyo3::create_exception!(agentfleet, ResourceExhausted, FleetError, "The cluster's queue is full.");
@@ -47,6 +54,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FleetError", py.get_type::<FleetError>())?;
     m.add("Unavailable", py.get_type::<Unavailable>())?;
     m.add("Unauthenticated", py.get_type::<Unauthenticated>())?;
+    m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
     m.add("NotFound", py.get_type::<NotFound>())?;
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("ResourceExhausted", py.get_type::<ResourceExhausted>())?;
@@ -64,6 +72,7 @@ pub fn to_py(e: fleet_client::Error) -> PyErr {
     let message = e.to_string();
     match e.code() {
         Code::Unauthenticated => Unauthenticated::new_err(message),
+        Code::PermissionDenied => PermissionDenied::new_err(message),
         Code::NotFound => NotFound::new_err(message),
         Code::InvalidArgument => InvalidArgument::new_err(message),
         Code::ResourceExhausted => ResourceExhausted::new_err(message),

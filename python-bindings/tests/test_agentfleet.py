@@ -12,7 +12,7 @@ import pytest
 
 import agentfleet as af
 
-from conftest import cancel_once_streaming
+from conftest import Node, cancel_once_streaming
 
 
 def test_embedded_init_starts_two_workers(fleet: af.Fleet) -> None:
@@ -191,6 +191,45 @@ def test_wrong_token_is_unauthenticated(remote_cluster: str) -> None:
         af.init(remote_cluster, token="wrong")
     with pytest.raises(af.Unauthenticated, match="client token"):
         af.init(remote_cluster, token="j0in")  # the workers' join token is not a client's
+
+
+def test_principals_keys_see_their_tenant_and_act_as_their_role(tmp_path: Path) -> None:
+    import hashlib
+
+    def principal(name: str, tenant: str, role: str) -> str:
+        digest = hashlib.sha256(f"key-{name}".encode()).hexdigest()
+        return f'[[principal]]\nname = "{name}"\ntenant = "{tenant}"\nrole = "{role}"\nkey_sha256 = "{digest}"\n'
+
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        principal("ann", "a", "user") + principal("bob", "b", "user") + principal("rita", "a", "reader")
+        + '[[agent]]\nname = "echo"\nmodel = "builtin:echo"\n'
+    )
+    head = Node("head", "--listen", "127.0.0.1:0", "--print-address", "--config", str(config), "--join-token", "j0in")
+    assert head.proc.stdout is not None
+    line = head.proc.stdout.readline()
+    assert line.startswith("listening on "), line
+    address = "http://" + line.removeprefix("listening on ").strip()
+    worker = Node("worker", "--head", address, "--join-token", "j0in")
+    try:
+        ann, bob, rita = (af.init(address, token=f"key-{n}") for n in ("ann", "bob", "rita"))
+        deadline = time.monotonic() + 30
+        while len(ann.status()["workers"]) < 1:  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, "the worker did not join"
+            time.sleep(0.05)
+        mine = ann.agent("ann-echo", model="builtin:echo")
+        assert mine.submit("ours").result(timeout=30) == "ours"
+        assert bob.agent("echo").submit("shared").result(timeout=30) == "shared"
+        with pytest.raises(af.NotFound):
+            bob.agent("ann-echo")  # another tenant's agent is not there for bob
+        with pytest.raises(af.PermissionDenied, match="shared"):
+            ann.agent("echo", model="builtin:echo", instructions="mine now")
+        with pytest.raises(af.PermissionDenied, match="reader"):
+            rita.agent("echo").submit("hi").result(timeout=30)
+        assert rita.agent("ann-echo").name == "ann-echo"  # readers see their tenant's agents
+    finally:
+        worker.stop()
+        head.stop()
 
 
 def test_an_embedded_cluster_refuses_other_processes_without_its_random_token(fleet: af.Fleet) -> None:

@@ -170,7 +170,12 @@ fn readable(a2a: &A2a, headers: &HeaderMap) -> Vec<AgentInfo> {
 fn find(a2a: &A2a, agent: &str, headers: &HeaderMap) -> Result<AgentInfo, Box<Response>> {
     let found = match a2a.clients.resolve_http(headers) {
         Some(who) => a2a.cluster.agent(&who, agent),
-        None => a2a.cluster.agent(&a2a.who, agent).filter(|a| a.spec.public),
+        // Without a key: shared agents' own cards (an A2A client reads the card before it
+        // calls, and learns from it that a key is needed) and public agents'; a tenant's
+        // other agents are not there for strangers.
+        None => {
+            a2a.cluster.agent(&a2a.who, agent).filter(|a| a.spec.public || a.spec.tenant.is_empty())
+        }
     };
     found.ok_or_else(|| {
         let message = format!("no agent named {agent:?} on this cluster");

@@ -36,9 +36,9 @@ impl Principals {
 /// What to say to a client that presented no valid key.
 pub fn unauthenticated() -> Error {
     Error::Unauthenticated(
-        "missing or wrong client credential: send Authorization: Bearer KEY (or X-API-Key: \
-         KEY; gRPC metadata authorization), KEY being the head's --token or --api-key or a \
-         key of one of its [[principal]]s"
+        "missing or wrong client token: send Authorization: Bearer KEY (or X-API-Key: KEY; \
+         the gRPC metadata authorization), KEY being the head's --token or --api-key (env \
+         FLEET_TOKEN for clients) or the key of one of its [[principal]]s"
             .into(),
     )
 }
@@ -76,7 +76,7 @@ pub async fn http(State(auth): State<HttpAuth>, mut request: Request, next: Next
                 path = request.uri().path(),
                 credential_present = headers.contains_key(axum::http::header::AUTHORIZATION)
                     || headers.contains_key("x-api-key"),
-                "refused a request without a valid client credential"
+                "refused a request without a client credential"
             );
             let mut response = (auth.render)(unauthenticated());
             response.headers_mut().insert(

@@ -806,7 +806,7 @@ mod tests {
                         let id = TaskId::new(format!("t{}", ids.len()));
                         let context =
                             if context == 0 { String::new() } else { format!("c{context}") };
-                        let tenant = if ids.len() % 3 == 0 { "t0" } else { "t1" };
+                        let tenant = if ids.len().is_multiple_of(3) { "t0" } else { "t1" };
                         table.insert(id.clone(), format!("a{agent}"), "x".into(), context, tenant.into());
                         ids.push(id);
                         continue;
