@@ -164,10 +164,10 @@ pub async fn handle(
             }
         }
         Op::ExtendedCard => reply(&id, super::card::extended_card_json(&a2a, &agent, &headers)),
-        Op::PushCreate => reply(&id, ops::push_create(&a2a, &agent, &params, v)),
+        Op::PushCreate => reply(&id, ops::push_create(&a2a, &agent, &params, v).await),
         Op::PushGet => reply(&id, ops::push_get(&a2a, &agent, &params, v)),
         Op::PushList => reply(&id, ops::push_list(&a2a, &agent, &params, v)),
-        Op::PushDelete => reply(&id, ops::push_delete(&a2a, &agent, &params, v)),
+        Op::PushDelete => reply(&id, ops::push_delete(&a2a, &agent, &params, v).await),
     }
 }
 

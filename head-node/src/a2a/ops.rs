@@ -442,6 +442,7 @@ pub async fn cancel(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Resul
     }
     let (_, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, id)?;
     a2a.cluster.cancel(&a2a.who, id)?;
+    a2a.cluster.stored_so_far().await?;
     wait_for_end(sub, Some(CANCEL_WAIT)).await;
     let info = task_of(a2a, agent, id)?;
     Ok(render_task(a2a, &info, None, v))
@@ -525,7 +526,12 @@ fn push_task(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Strin
 }
 
 /// Create/SetTaskPushNotificationConfig.
-pub fn push_create(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+pub async fn push_create(
+    a2a: &A2a,
+    agent: &str,
+    params: &Value,
+    v: Version,
+) -> Result<Value, A2aError> {
     a2a.who.may_act()?;
     let task = push_task(a2a, agent, params, v)?;
     let raw = match v {
@@ -534,7 +540,10 @@ pub fn push_create(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result
             .get("pushNotificationConfig")
             .ok_or_else(|| A2aError::invalid_params("pushNotificationConfig is missing"))?,
     };
-    Ok(a2a.webhooks.set(a2a, PushConfig::from_json(&task, raw)?)?.to_json(v))
+    let config = a2a.webhooks.set(a2a, PushConfig::from_json(&task, raw)?)?;
+    // The answer promises the config is kept: not before it is stored.
+    a2a.cluster.stored_so_far().await?;
+    Ok(config.to_json(v))
 }
 
 /// GetTaskPushNotificationConfig (0.3: the config id is optional: the first one).
@@ -559,7 +568,12 @@ pub fn push_list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<V
 }
 
 /// DeleteTaskPushNotificationConfig.
-pub fn push_delete(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value, A2aError> {
+pub async fn push_delete(
+    a2a: &A2a,
+    agent: &str,
+    params: &Value,
+    v: Version,
+) -> Result<Value, A2aError> {
     a2a.who.may_act()?;
     let task = push_task(a2a, agent, params, v)?;
     let names: &[&str] = match v {
@@ -569,6 +583,7 @@ pub fn push_delete(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result
     let id = str_param(params, names)
         .ok_or_else(|| A2aError::invalid_params("the config id is missing"))?;
     a2a.webhooks.delete(a2a, &task, id)?;
+    a2a.cluster.stored_so_far().await?;
     Ok(match v {
         Version::V1 => json!({}),
         Version::V03 => Value::Null,

@@ -188,7 +188,7 @@ pub async fn push_create(
     let outcome = async {
         let mut params = json_body(&a2a, body).await?;
         params["taskId"] = json!(task);
-        ops::push_create(&a2a, &agent, &params, Version::V1)
+        ops::push_create(&a2a, &agent, &params, Version::V1).await
     };
     answer(outcome.await)
 }
@@ -211,5 +211,6 @@ pub async fn push_delete(
     crate::auth::Caller(a2a): Caller,
     Path((agent, task, config)): Path<(String, String, String)>,
 ) -> Response {
-    answer(ops::push_delete(&a2a, &agent, &json!({"taskId": task, "id": config}), Version::V1))
+    let params = json!({"taskId": task, "id": config});
+    answer(ops::push_delete(&a2a, &agent, &params, Version::V1).await)
 }

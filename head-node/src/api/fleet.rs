@@ -59,6 +59,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is missing: send the agent's spec"))?;
         let info = self.cluster.register_agent(&who, AgentSpec::from(spec))?;
+        // The answer promises the agent is kept: not before it is stored.
+        self.cluster.stored_so_far().await?;
         Ok(Response::new(info.into()))
     }
 
@@ -191,7 +193,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::TaskInfo>, Status> {
         let who = who(&request)?;
-        Ok(Response::new(self.cluster.cancel(&who, &request.into_inner().task_id)?.into()))
+        let info = self.cluster.cancel(&who, &request.into_inner().task_id)?;
+        // A queued task's cancel is its last event: answered once that is stored.
+        self.cluster.stored_so_far().await?;
+        Ok(Response::new(info.into()))
     }
 
     async fn get_task(

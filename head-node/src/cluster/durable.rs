@@ -70,6 +70,19 @@ impl Cluster {
     }
 
     /// Stores a task's push configs (all it has now), with its task; nothing without a store.
+    /// Returns once everything the head appended to its store so far is stored (at once
+    /// without a store): a caller that answers after it promises what it did survives a
+    /// restart.
+    pub async fn stored_so_far(&self) -> Result<()> {
+        let barrier = self.state.lock().tasks.journal().map(crate::store::Journal::stored);
+        match barrier {
+            Some(stored) => stored.await.map_err(|_| {
+                Error::StoreUnavailable("the store's writer stopped before storing it".into())
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn keep_push_configs(&self, task_id: &str, configs: fleet_proto::pb::StoredPushConfigs) {
         let state = self.state.lock();
         if let (Some(journal), Some(task)) = (state.tasks.journal(), state.tasks.get(task_id)) {

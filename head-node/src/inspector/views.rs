@@ -348,7 +348,10 @@ pub(super) async fn task(Caller(ui): super::Caller, Path(id): Path<String>) -> R
 /// worker says so: the page sees that on the task's stream).
 pub(super) async fn cancel(Caller(ui): super::Caller, Path(id): Path<String>) -> Response {
     let who = &ui.who;
-    let canceled = ui.cluster.cancel(who, &id).and_then(|_| ui.cluster.task_detail(who, &id));
+    let canceled = match ui.cluster.cancel(who, &id) {
+        Ok(_) => ui.cluster.stored_so_far().await.and_then(|()| ui.cluster.task_detail(who, &id)),
+        Err(e) => Err(e),
+    };
     match canceled {
         Ok(detail) => {
             tracing::info!(task_id = %id, "task canceled from the inspector");

@@ -44,6 +44,8 @@ enum Record {
     Push(u64, Vec<u8>),
     /// Store what came before, close the store and say so.
     Close(mpsc::SyncSender<()>),
+    /// Say when what came before is stored.
+    Stored(tokio::sync::oneshot::Sender<()>),
 }
 
 struct Shared {
@@ -147,6 +149,14 @@ impl Journal {
         self.append(Record::Agent(spec));
     }
 
+    /// Resolves once everything appended before it is stored; an error when the writer
+    /// stops first (the store refuses this head, or it closed).
+    pub fn stored(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.append(Record::Stored(tx));
+        rx
+    }
+
     /// Stores what was appended so far and closes the store (a later append is lost);
     /// waits up to `timeout` for it. Blocking: call it off the runtime, where the writer
     /// may be a task.
@@ -233,7 +243,11 @@ async fn write(
             info!(store = store.describe(), "the store recovered");
         }
         shared.backlog.fetch_sub(records.len(), Ordering::Relaxed);
-        records.clear();
+        for record in records.drain(..) {
+            if let Record::Stored(done) = record {
+                let _ = done.send(());
+            }
+        }
         if !commit.tasks.is_empty() || !commit.workers.is_empty() {
             on_commit(commit);
         }
@@ -300,8 +314,8 @@ fn build(records: &[Record]) -> (Batch, Commit) {
             Record::Worker((id, mark)) => {
                 workers.insert(id.clone(), *mark);
             }
-            // Taken out before (see the writer loop).
-            Record::Close(_) => {}
+            // Taken out before, and answered after the write (see the writer loop).
+            Record::Close(_) | Record::Stored(_) => {}
         }
     }
     batch.workers = workers.into_iter().collect();
@@ -424,6 +438,33 @@ mod tests {
             assert_eq!(threads.len(), 1, "one write");
             assert_eq!(threads[0] == on_runtime, quick, "quick: {quick}");
         }
+    }
+
+    /// `stored` resolves only once what was appended before it is written: while the
+    /// store's write waits, so does the barrier (RegisterAgent, push configs and CancelTask
+    /// answer after it).
+    #[test]
+    fn a_barrier_resolves_once_what_came_before_is_stored() {
+        let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let written = Arc::new(AtomicUsize::new(0));
+        let store = Held { open: open.clone(), written: written.clone() };
+        let journal = Journal::start(Box::new(store), Box::new(|_| {})).expect("writer thread");
+        journal.removed(7);
+        let mut barrier = journal.stored();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(barrier.try_recv().is_err(), "resolved before the write");
+        assert_eq!(written.load(Ordering::Relaxed), 0);
+        {
+            let (is_open, opened) = &*open;
+            *is_open.lock().expect("lock") = true;
+            opened.notify_all();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while barrier.try_recv().is_err() {
+            assert!(std::time::Instant::now() < deadline, "the barrier never resolved");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(written.load(Ordering::Relaxed), 1, "resolved before its record was written");
     }
 
     /// A store that falls more than `MAX_BACKLOG` records behind refuses new work (the
