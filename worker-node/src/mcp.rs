@@ -4,8 +4,8 @@
 //!
 //! Anyone who can register an agent names its servers, so the worker's operator decides
 //! which may run or be reached ([`McpPolicy`]): a program only if `--allow-mcp-command`
-//! names it, a URL only if it starts with an `--allow-mcp-url` prefix. Nothing is allowed
-//! by default. The arguments are the agent's: allowing an interpreter (`python3`, `npx`)
+//! names it, a URL only if it is at or under an `--allow-mcp-url` prefix (same scheme, host
+//! and port), reached with no redirect followed. Nothing is allowed by default. The arguments are the agent's: allowing an interpreter (`python3`, `npx`)
 //! lets agents run what they like with it. A program gets only a few variables of the
 //! worker's environment ([`INHERITED_ENV`]), none of its secrets.
 //!
@@ -148,7 +148,17 @@ pub async fn connect(
                 ().serve(transport).await.map_err(|e| format!("no MCP handshake: {e}"))?
             }
             None => {
-                let transport = StreamableHttpClientTransport::from_uri(server.url.as_str());
+                // The operator allowed this URL (private ones too: a local server is
+                // common), but nothing it redirects to: the outbound policy's client
+                // follows no redirect and uses no proxy.
+                let http = fleet_outbound::Policy::any_address("--allow-mcp-url")
+                    .client()
+                    .build()
+                    .map_err(|e| format!("no HTTP client: {e}"))?;
+                let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                    server.url.as_str(),
+                );
+                let transport = StreamableHttpClientTransport::with_client(http, config);
                 ().serve(transport).await.map_err(|e| format!("no MCP handshake: {e}"))?
             }
         };
@@ -295,6 +305,41 @@ fn bounded(mut text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An allowed MCP URL that answers with a redirect (same origin, another path: what
+    /// rmcp's own client would follow) is not followed: the connection fails and the path
+    /// redirected to gets no request.
+    #[tokio::test]
+    async fn a_servers_redirect_is_not_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let elsewhere = Arc::new(AtomicUsize::new(0));
+        let hits = elsewhere.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let hits = hits.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 8192];
+                    let n = stream.read(&mut buffer).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buffer[..n]);
+                    if request.contains(" /internal") {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}/internal\r\n\
+                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        let server = McpServer { command: vec![], url: format!("http://127.0.0.1:{port}/mcp") };
+        let connected = connect(&server, "a", CancellationToken::new()).await;
+        assert!(connected.is_err(), "a redirect answered the handshake");
+        assert_eq!(elsewhere.load(Ordering::SeqCst), 0, "the redirect was followed");
+    }
 
     #[test]
     fn nothing_is_allowed_unless_the_operator_allows_it() {
