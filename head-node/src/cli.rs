@@ -69,6 +69,10 @@ pub struct Args {
     /// Tasks that may wait for capacity before submits are refused [default: 100000].
     #[arg(long)]
     max_queued_tasks: Option<usize>,
+    /// Bytes the inputs of tasks not yet finished (their histories, texts and files
+    /// included) may hold before submits are refused [default: 1073741824, 1 GiB].
+    #[arg(long)]
+    max_queued_bytes: Option<usize>,
     /// Finished tasks kept for queries and replay [default: 100000].
     #[arg(long)]
     max_retained_tasks: Option<usize>,
@@ -176,6 +180,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = args.worker_timeout_ms {
         config.worker_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = args.max_queued_bytes {
+        config.max_queued_bytes = v;
     }
     if let Some(v) = args.max_queued_tasks {
         config.max_queued_tasks = v;

@@ -34,6 +34,9 @@ pub struct HeadConfig {
     pub worker_timeout: Duration,
     /// Tasks waiting for capacity; beyond this a submit is answered `resource exhausted`.
     pub max_queued_tasks: usize,
+    /// The most bytes the inputs of unfinished tasks (with their options) hold; beyond it
+    /// a submit is answered `resource exhausted`.
+    pub max_queued_bytes: usize,
     /// Finished tasks (with their event logs) kept for GetTask/WatchTask; oldest go first.
     pub max_retained_tasks: usize,
     /// The most memory finished tasks (inputs, outputs, event logs) hold; oldest go first.
@@ -94,6 +97,7 @@ impl Default for HeadConfig {
             heartbeat_interval: Duration::from_millis(500),
             worker_timeout: Duration::from_secs(3),
             max_queued_tasks: 100_000,
+            max_queued_bytes: 1 << 30,
             max_retained_tasks: 100_000,
             max_retained_bytes: 1 << 30,
             max_input_bytes: 1 << 20,
@@ -129,6 +133,7 @@ pub struct ConfigFile {
     pub heartbeat_interval_ms: Option<u64>,
     pub worker_timeout_ms: Option<u64>,
     pub max_queued_tasks: Option<usize>,
+    pub max_queued_bytes: Option<usize>,
     pub max_retained_tasks: Option<usize>,
     pub max_retained_bytes: Option<usize>,
     pub max_input_bytes: Option<usize>,
@@ -431,6 +436,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.max_queued_tasks {
             config.max_queued_tasks = v;
+        }
+        if let Some(v) = self.max_queued_bytes {
+            config.max_queued_bytes = v;
         }
         if let Some(v) = self.max_retained_tasks {
             config.max_retained_tasks = v;

@@ -29,6 +29,11 @@ pub enum Error {
     #[error("the task queue is full ({limit} tasks waiting): retry later or add workers")]
     QueueFull { limit: usize },
     #[error(
+        "the tasks waiting or running hold {held} bytes of input, and this one's {more} would \
+         pass the head's budget of {limit} (--max-queued-bytes): retry later or add workers"
+    )]
+    QueueBytes { held: usize, more: usize, limit: usize },
+    #[error(
         "the head holds its limit of {limit} agents: reuse an agent's name (registering a \
          name again replaces its spec) or raise --max-agents"
     )]
@@ -95,6 +100,7 @@ impl Error {
             Self::UnknownAgent(_) | Self::UnknownModel(_) => ErrorKind::UnknownAgent,
             Self::UnknownTask(_) => ErrorKind::UnknownTask,
             Self::QueueFull { .. }
+            | Self::QueueBytes { .. }
             | Self::TooManyAgents { .. }
             | Self::TooManyPublishes { .. }
             | Self::Quota { .. } => ErrorKind::Busy,
@@ -114,7 +120,9 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Self::Quota { retry_after_s, .. } => Some(*retry_after_s),
-            Self::QueueFull { .. } | Self::TooManyPublishes { .. } => Some(1),
+            Self::QueueFull { .. } | Self::QueueBytes { .. } | Self::TooManyPublishes { .. } => {
+                Some(1)
+            }
             _ => None,
         }
     }

@@ -77,6 +77,7 @@ const MAX_EMBED_TEXTS: usize = 2048;
 struct Limits {
     heartbeat_interval: Duration,
     max_queued_tasks: usize,
+    max_queued_bytes: usize,
     max_input_bytes: usize,
     subscriber_buffer: usize,
 }
@@ -224,6 +225,7 @@ impl Cluster {
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,
                 max_queued_tasks: config.max_queued_tasks,
+                max_queued_bytes: config.max_queued_bytes,
                 max_input_bytes: config.max_input_bytes,
                 subscriber_buffer: config.subscriber_buffer,
             },

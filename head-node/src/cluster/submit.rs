@@ -347,6 +347,11 @@ pub(super) fn submit_in(
     if placement.is_none() && lender.is_none() && state.queue.len() >= limits.max_queued_tasks {
         return Err(Error::QueueFull { limit: limits.max_queued_tasks });
     }
+    let more = task.input.len() + task.options.as_deref().map_or(0, crate::tasks::options_bytes);
+    let held = state.tasks.unfinished_bytes();
+    if held + more > limits.max_queued_bytes {
+        return Err(Error::QueueBytes { held, more, limit: limits.max_queued_bytes });
+    }
     state.agents.get_mut(&task.agent)?.tasks_submitted += 1;
 
     let id = new_task_id(&tenant, &task.idempotency_key);
@@ -355,12 +360,14 @@ pub(super) fn submit_in(
     state.metrics.submitted(&entry.agent);
     entry.options = with_agent_format(task.options, &spec);
     entry.bytes += entry.options.as_deref().map_or(0, crate::tasks::options_bytes);
+    let held = crate::tasks::submission_bytes(entry);
     traced::start(entry, &spec, task.traceparent, parent.is_some());
     if let Some((parent, call_id, depth)) = parent {
         entry.parent = Some((parent, call_id));
         entry.depth = depth;
     }
     let caller = entry.parent.as_ref().map(|(caller, _)| caller.clone());
+    state.tasks.hold(id.as_str(), held);
     if let Some(caller) = caller.and_then(|c| state.tasks.get(c.as_str())) {
         let attempt = caller.attempt;
         if let Some(entry) = state.tasks.get_mut(id.as_str()) {

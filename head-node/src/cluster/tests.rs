@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use parking_lot::Mutex as TestMutex;
 
+use fleet_proto::Reply;
+
 use super::*;
+use crate::store::{Batch, Snapshot, Store, StoreError};
 
 fn op() -> Principal {
     Principal::operator()
 }
-use crate::store::{Batch, Snapshot, Store, StoreError};
-use fleet_proto::Reply;
 
 fn config(max_retries: u32) -> HeadConfig {
     let mut config = HeadConfig::default();
@@ -568,4 +569,28 @@ fn a_submission_sent_again_under_its_key_gets_the_task_it_made() {
     );
     let long = cluster.submit_keyed(&op(), keyed("q", &"k".repeat(300)), None);
     assert!(matches!(long, Err(Error::InvalidArgument(_))), "{long:?}");
+}
+
+/// The inputs of unfinished tasks, their histories included, are bounded in bytes: a
+/// submission past the budget is refused (429, retry), and one task finishing makes room.
+#[test]
+fn unfinished_tasks_are_bounded_in_bytes() {
+    let cluster =
+        Cluster::new(&HeadConfig { max_queued_bytes: 3000, ..config(0) }).expect("cluster");
+    let first = task(&cluster, &"x".repeat(1000));
+    let history =
+        fleet_proto::Turn { role: "user".into(), content: "h".repeat(1000), ..Default::default() };
+    let options = Arc::new(TaskOptions { history: vec![history], ..Default::default() });
+    let with_history = NewTask {
+        agent: "a".into(),
+        input: "y".into(),
+        options: Some(options),
+        ..Default::default()
+    };
+    cluster.submit(&op(), with_history.clone(), None).expect("under the budget");
+    let refused = cluster.submit(&op(), with_history.clone(), None).expect_err("over the budget");
+    assert!(matches!(refused, Error::QueueBytes { .. }), "{refused}");
+    assert_eq!(refused.retry_after_s(), Some(1));
+    cluster.cancel(&op(), first.as_str()).expect("canceled");
+    cluster.submit(&op(), with_history, None).expect("room again once a task ended");
 }

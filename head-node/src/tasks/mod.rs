@@ -139,6 +139,9 @@ pub struct TaskEntry {
     pub caller_attempt: u32,
     /// About how much memory the task holds (input, output, events), for retention.
     pub bytes: usize,
+    /// What its submission holds (input and options) while it is unfinished: counted in
+    /// the table's `unfinished_bytes` (the queue's byte budget).
+    held: usize,
     /// The task's `invoke_agent` span on the head, from submission to its end (empty while
     /// the head does not trace, and for tasks restored from a store).
     pub span: fleet_telemetry::Span,
@@ -171,6 +174,11 @@ impl Follower {
         }
         self.sub.deliver(Delivery::Event(event.clone()))
     }
+}
+
+/// What a task's submission holds: its input and options (the queue's byte budget).
+pub fn submission_bytes(task: &TaskEntry) -> usize {
+    task.input.len() + task.options.as_deref().map_or(0, options_bytes)
 }
 
 /// About how much memory a task's options hold: its history, texts to embed, client tools
@@ -351,6 +359,8 @@ pub struct TaskTable {
     /// Bumped on every change that may show (a new task, each mutable access to one: every
     /// event comes through one), so that a live view can tell cheaply whether to look again.
     changes: u64,
+    /// What the submissions of unfinished tasks hold (see [`TaskTable::hold`]).
+    unfinished_bytes: usize,
 }
 
 impl std::fmt::Debug for TaskTable {
@@ -382,6 +392,7 @@ impl TaskTable {
             counters: TaskCounters::default(),
             journal: None,
             changes: 0,
+            unfinished_bytes: 0,
         }
     }
 
@@ -417,6 +428,9 @@ impl TaskTable {
             let bytes = entry.bytes;
             self.finished.push_back(id);
             self.retained_bytes += bytes;
+        } else {
+            let held = submission_bytes(entry);
+            self.hold(id.as_str(), held);
         }
     }
 
@@ -511,6 +525,7 @@ impl TaskTable {
             children: Vec::new(),
             depth,
             caller_attempt: 0,
+            held: 0,
         };
         self.tasks.entry(id).insert_entry(entry).into_mut()
     }
@@ -552,6 +567,20 @@ impl TaskTable {
         self.changes
     }
 
+    /// Counts `bytes` (what task `id`'s submission holds) in [`TaskTable::unfinished_bytes`]
+    /// until the task finishes.
+    pub fn hold(&mut self, id: &str, bytes: usize) {
+        if let Some(task) = self.tasks.get_mut(id) {
+            self.unfinished_bytes = self.unfinished_bytes - task.held + bytes;
+            task.held = bytes;
+        }
+    }
+
+    /// What the submissions of the tasks not finished yet hold, in bytes.
+    pub fn unfinished_bytes(&self) -> usize {
+        self.unfinished_bytes
+    }
+
     /// Records that a task reached a terminal state and evicts the oldest finished tasks
     /// beyond the retention limit.
     pub fn finished(&mut self, id: &TaskId, state: TaskState) {
@@ -560,6 +589,9 @@ impl TaskTable {
             TaskState::Failed => self.counters.failed += 1,
             TaskState::Canceled => self.counters.canceled += 1,
             _ => return,
+        }
+        if let Some(task) = self.tasks.get_mut(id.as_str()) {
+            self.unfinished_bytes -= std::mem::take(&mut task.held);
         }
         self.settle();
         self.finished.push_back(id.clone());
