@@ -266,8 +266,17 @@ impl TaskEntry {
     /// events are stored.
     pub fn follow(&mut self, sub: Subscriber, from: u64) {
         if !(self.state.is_terminal() && self.durable == self.events.len() as u64) {
+            // Followers that went away are dropped here too, not only at the next event: a
+            // quiet task followed and left again and again holds only the live ones.
+            self.subscribers.retain(|f| !f.sub.is_closed());
             self.subscribers.push(Follower { sub, from, accepted: None });
         }
+    }
+
+    /// How many follow the task (for tests: closed followers must not pile up).
+    #[cfg(test)]
+    pub fn followers(&self) -> usize {
+        self.subscribers.len()
     }
 
     /// Adds the subscriber of the client submitting this task, before its first event;
@@ -726,6 +735,19 @@ mod tests {
         let id = TaskId::new("t1");
         table.insert(id.clone(), "a".into(), "hi".into(), String::new(), "default".into());
         (table, id)
+    }
+
+    #[test]
+    fn followers_that_left_are_dropped_when_others_come() {
+        let (mut table, _) = table_with_task(10);
+        let task = table.get_mut("t1").expect("task");
+        task.push(EventKind::Submitted { agent: "a".into() }, 1);
+        for _ in 0..1000 {
+            let (sub, subscription) = subscriber(8);
+            task.follow(sub, 1);
+            drop(subscription);
+        }
+        assert!(task.followers() <= 1, "{} followers kept", task.followers());
     }
 
     #[test]
