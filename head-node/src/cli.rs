@@ -98,6 +98,11 @@ pub struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", env = "FLEET_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// The key that seals agents' API keys and webhooks' credentials in the store: a file
+    /// of 64 hex digits (`openssl rand -hex 32`), the same on every head of a shared store.
+    /// A file store without one makes `secrets.key` beside `head.redb`.
+    #[arg(long, value_name = "FILE", env = "FLEET_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Where the head keeps tasks, their events and registered agents: `file` (survives
     /// restarts; `head.redb` under --data-dir), `memory` (a restarted head starts empty) or
     /// a `postgres://USER:PASSWORD@HOST:PORT/DB` URL (heads on one database: one leads, the
@@ -218,6 +223,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = &args.tls_key {
         config.tls_key = Some(v.clone());
+    }
+    if let Some(v) = &args.secrets_key_file {
+        config.secrets_key_file = Some(v.clone());
     }
     crate::config::validate(&config)?;
     // Read the certificate here too, so a bad file is a settings error (exit 2).

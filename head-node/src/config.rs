@@ -83,6 +83,9 @@ pub struct HeadConfig {
     pub principals: Vec<crate::auth::PrincipalKey>,
     /// Each tenant's quotas (`[[tenant]]`); tenants not listed have none.
     pub tenants: Vec<crate::quotas::TenantQuota>,
+    /// The key (64 hex digits in a file) that seals agents' API keys and webhooks'
+    /// credentials in the store; a file store without one makes `secrets.key`.
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HeadConfig {
@@ -118,6 +121,7 @@ impl Default for HeadConfig {
             allowed_hosts: Vec::new(),
             principals: Vec::new(),
             tenants: Vec::new(),
+            secrets_key_file: None,
         }
     }
 }
@@ -143,6 +147,7 @@ pub struct ConfigFile {
     pub webhook_ca: Option<std::path::PathBuf>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    pub secrets_key_file: Option<std::path::PathBuf>,
     /// `file` (the default: `head.redb` under `data_dir`), `memory` (keep nothing) or a
     /// `postgres://` URL (shared by a leader and its standbys).
     pub store: Option<StoreKind>,
@@ -483,6 +488,9 @@ impl ConfigFile {
         }
         if self.tls_key.is_some() {
             config.tls_key = self.tls_key;
+        }
+        if self.secrets_key_file.is_some() {
+            config.secrets_key_file = self.secrets_key_file;
         }
         config.agents.extend(self.agents.into_iter().map(AgentSpec::from));
         config.principals.extend(self.principals);

@@ -51,9 +51,11 @@ pub struct PushConfig {
 impl PushConfig {
     /// The config in either dialect: 1.0 TaskPushNotificationConfig, 0.3 PushNotificationConfig.
     pub fn to_json(&self, v: Version) -> Value {
+        // The webhook's credentials go out with each delivery, never in an answer: a client
+        // that lost them sets the config again.
         let auth = (!self.scheme.is_empty()).then(|| match v {
-            Version::V1 => json!({"scheme": self.scheme, "credentials": self.credentials}),
-            Version::V03 => json!({"schemes": [self.scheme], "credentials": self.credentials}),
+            Version::V1 => json!({"scheme": self.scheme}),
+            Version::V03 => json!({"schemes": [self.scheme]}),
         });
         let mut config = json!({"id": self.id, "url": self.url, "token": self.token});
         if let Some(auth) = auth {
@@ -238,6 +240,14 @@ impl Webhooks {
     /// Adds (or replaces, by id) a config; starts delivering for the task if it was not yet.
     pub fn set(&self, a2a: &A2a, config: PushConfig) -> Result<PushConfig, A2aError> {
         self.check_target(&config)?;
+        let secret = !config.token.is_empty() || !config.credentials.is_empty();
+        if secret && a2a.cluster.keeps_secrets_in_clear() {
+            return Err(A2aError::invalid_params(
+                "this head keeps push configs in a shared store without a secrets key, so it \
+                 takes no token or credentials: start it with --secrets-key-file (the same \
+                 file on every head)",
+            ));
+        }
         let first = {
             let mut configs = self.configs.lock();
             if configs.len() >= self.max_tasks && !configs.contains_key(&config.task_id) {

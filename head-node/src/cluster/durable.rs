@@ -83,10 +83,16 @@ impl Cluster {
         }
     }
 
+    /// Whether the head keeps what it is given in a store that does not seal secrets (a
+    /// shared store without `--secrets-key-file`): then it takes none.
+    pub fn keeps_secrets_in_clear(&self) -> bool {
+        self.state.lock().tasks.journal().is_some_and(|j| !j.seals())
+    }
+
     pub fn keep_push_configs(&self, task_id: &str, configs: fleet_proto::pb::StoredPushConfigs) {
         let state = self.state.lock();
         if let (Some(journal), Some(task)) = (state.tasks.journal(), state.tasks.get(task_id)) {
-            journal.push(task.number, prost::Message::encode_to_vec(&configs));
+            journal.push(task.number, configs);
         }
     }
 

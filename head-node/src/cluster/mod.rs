@@ -180,15 +180,17 @@ impl Cluster {
         let cluster = Arc::new(Self::new(config)?);
         if let Some(mut store) = store {
             let what = store.describe();
+            let sealer = sealer(config)?;
             let snapshot = store.load().map_err(Error::Store)?;
-            let restored = Restored::decode(snapshot, &what).map_err(Error::Store)?;
+            let restored =
+                Restored::decode(snapshot, &what, sealer.as_ref()).map_err(Error::Store)?;
             let weak = Arc::downgrade(&cluster);
             let on_commit = Box::new(move |commit: Commit| {
                 if let Some(cluster) = weak.upgrade() {
                     cluster.committed(commit);
                 }
             });
-            let journal = Journal::start(store, on_commit)?;
+            let journal = Journal::start(store, sealer, on_commit)?;
             cluster.restore(journal, restored, config)?;
         }
         Ok(cluster)
@@ -246,6 +248,18 @@ impl Cluster {
     pub fn subscriber(&self) -> (Subscriber, Subscription) {
         subscriber(self.limits.subscriber_buffer)
     }
+}
+
+/// What seals the secrets a store keeps: the operator's key (`--secrets-key-file`), else a
+/// file store's own (`secrets.key` beside `head.redb`); none for a shared store without one.
+fn sealer(config: &HeadConfig) -> Result<Option<crate::store::Sealer>> {
+    use crate::store::{Sealer, StoreConfig};
+    let sealer = match (&config.secrets_key_file, &config.store) {
+        (Some(path), _) => Some(Sealer::read(path)),
+        (None, StoreConfig::Dir(dir)) => Some(Sealer::in_dir(dir)),
+        (None, _) => None,
+    };
+    sealer.transpose().map_err(Error::InvalidConfig)
 }
 
 /// The task, if `who` sees it: another tenant's is as unknown as one that never was.

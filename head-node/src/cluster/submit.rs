@@ -22,6 +22,14 @@ impl Cluster {
         }
         if let Some(journal) = state.tasks.journal() {
             journal.check().map_err(Error::StoreUnavailable)?;
+            if spec.has_secrets() && !journal.seals() {
+                return Err(Error::InvalidAgent(
+                    "this head keeps agents in a shared store without a secrets key, so it \
+                     takes no api_key: start it with --secrets-key-file (the same file on \
+                     every head)"
+                        .into(),
+                ));
+            }
         }
         if state.tools.contains(&spec.name) {
             return Err(Error::InvalidAgent(format!(

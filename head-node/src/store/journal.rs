@@ -63,6 +63,9 @@ struct Shared {
 pub struct Journal {
     tx: UnboundedSender<Record>,
     shared: Arc<Shared>,
+    /// Seals secrets before the store sees them (none: the operator gave no key to a shared
+    /// store, which then takes no secrets: see `Cluster::register_agent`).
+    sealer: Option<super::Sealer>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -88,7 +91,11 @@ impl Journal {
     /// Starts the writer on `store` (on the current runtime if there is one); `on_commit`
     /// is called after each commit. The writer ends once every `Journal` is dropped and all
     /// is written.
-    pub fn start(store: Box<dyn Store>, on_commit: OnCommit) -> std::io::Result<Self> {
+    pub fn start(
+        store: Box<dyn Store>,
+        sealer: Option<super::Sealer>,
+        on_commit: OnCommit,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = unbounded_channel();
         let shared = Arc::new(Shared {
             group: Mutex::new(()),
@@ -104,7 +111,7 @@ impl Journal {
                 runtime.block_on(write(rx, store, on_commit, writer, Place::Thread));
             })?;
         }
-        Ok(Self { tx, shared })
+        Ok(Self { tx, shared, sealer })
     }
 
     fn append(&self, record: Record) {
@@ -139,14 +146,27 @@ impl Journal {
         self.append(Record::Worker(mark));
     }
 
-    /// The push configs of the task numbered `number` now (encoded `StoredPushConfigs`).
-    pub fn push(&self, number: u64, configs: Vec<u8>) {
-        self.append(Record::Push(number, configs));
+    /// The push configs of the task numbered `number` now (all of them), their secrets
+    /// sealed.
+    pub fn push(&self, number: u64, mut configs: fleet_proto::pb::StoredPushConfigs) {
+        if let Some(sealer) = &self.sealer {
+            sealer.seal_push(&mut configs);
+        }
+        self.append(Record::Push(number, prost::Message::encode_to_vec(&configs)));
     }
 
-    /// An agent registered or changed.
+    /// An agent registered or changed, its secrets sealed.
     pub fn agent(&self, spec: Arc<AgentSpec>) {
+        let spec = match &self.sealer {
+            Some(sealer) if spec.has_secrets() => Arc::new(sealer.seal_spec(&spec)),
+            _ => spec,
+        };
         self.append(Record::Agent(spec));
+    }
+
+    /// Whether secrets are sealed before they are stored.
+    pub fn seals(&self) -> bool {
+        self.sealer.is_some()
     }
 
     /// Resolves once everything appended before it is stored; an error when the writer
@@ -410,6 +430,7 @@ mod tests {
                 let (tx, mut commits) = tokio::sync::mpsc::unbounded_channel();
                 let journal = Journal::start(
                     Box::new(store),
+                    None,
                     Box::new(move |commit| {
                         let _ = tx.send(commit);
                     }),
@@ -448,7 +469,8 @@ mod tests {
         let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let written = Arc::new(AtomicUsize::new(0));
         let store = Held { open: open.clone(), written: written.clone() };
-        let journal = Journal::start(Box::new(store), Box::new(|_| {})).expect("writer thread");
+        let journal =
+            Journal::start(Box::new(store), None, Box::new(|_| {})).expect("writer thread");
         journal.removed(7);
         let mut barrier = journal.stored();
         std::thread::sleep(Duration::from_millis(50));
@@ -474,7 +496,8 @@ mod tests {
         let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let written = Arc::new(AtomicUsize::new(0));
         let store = Held { open: open.clone(), written: written.clone() };
-        let journal = Journal::start(Box::new(store), Box::new(|_| {})).expect("writer thread");
+        let journal =
+            Journal::start(Box::new(store), None, Box::new(|_| {})).expect("writer thread");
         for number in 0..MAX_BACKLOG as u64 {
             journal.removed(number);
         }

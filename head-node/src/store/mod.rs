@@ -22,6 +22,7 @@ mod journal;
 mod log;
 pub mod postgres;
 mod redb;
+pub mod sealed;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use prost::Message;
 
 pub use journal::{Commit, Journal};
 pub use log::Fsync;
+pub use sealed::Sealer;
 
 /// A worker's incarnation and the number of the last of its events applied.
 pub type WorkerMark = (String, (u64, u64));
@@ -210,7 +212,14 @@ pub struct Restored {
 impl Restored {
     /// Decodes a snapshot; a record that does not decode is an error naming it (a store
     /// written by something else, or damaged).
-    pub fn decode(snapshot: Snapshot, what: &str) -> Result<Self, StoreError> {
+    /// Sealed secrets are opened with `sealer` (none: the store holds none sealed).
+    pub fn decode(
+        snapshot: Snapshot,
+        what: &str,
+        sealer: Option<&Sealer>,
+    ) -> Result<Self, StoreError> {
+        let unsealed =
+            |message: String| StoreError { what: what.to_owned(), message, fenced: false };
         let corrupt = |record: String, e: &dyn std::fmt::Display| StoreError {
             what: what.to_owned(),
             message: format!("{record} does not decode ({e}): the store is damaged"),
@@ -220,7 +229,11 @@ impl Restored {
         for bytes in snapshot.agents {
             let spec = pb::AgentSpec::decode(bytes.as_slice())
                 .map_err(|e| corrupt("an agent".into(), &e))?;
-            agents.push(AgentSpec::from(spec));
+            let spec = AgentSpec::from(spec);
+            agents.push(match sealer {
+                Some(sealer) => sealer.open_spec(spec).map_err(unsealed)?,
+                None => spec,
+            });
         }
         let mut tasks = Vec::with_capacity(snapshot.tasks.len());
         for (number, bytes) in snapshot.tasks {
@@ -276,8 +289,11 @@ impl Restored {
         let mut push = Vec::with_capacity(snapshot.push.len());
         for (number, bytes) in snapshot.push {
             let Some(id) = ids.get(&number) else { continue };
-            let configs = pb::StoredPushConfigs::decode(bytes.as_slice())
+            let mut configs = pb::StoredPushConfigs::decode(bytes.as_slice())
                 .map_err(|e| corrupt(format!("the push configs of task {number}"), &e))?;
+            if let Some(sealer) = sealer {
+                sealer.open_push(&mut configs).map_err(unsealed)?;
+            }
             push.push(((*id).clone(), configs));
         }
         Ok(Self { agents, tasks, workers: snapshot.workers, push })
