@@ -3,8 +3,10 @@
 //! A request's path through the crate:
 //! - [`server`] binds one listener for gRPC and HTTP (over TLS with `--tls-cert`, see
 //!   `tls`) and runs the failure detector;
-//! - [`auth`] checks the cluster token on every gRPC call; `browsers` refuses web pages of
-//!   other origins (and DNS-rebinding `Host` names) at every HTTP door;
+//! - [`auth`] resolves who the caller is (a [`auth::Principal`]: name, tenant, role) at
+//!   every door, gRPC and HTTP, and every operation on the cluster is done as it; [`quotas`]
+//!   holds each tenant to its own; `browsers` refuses web pages of other origins (and
+//!   DNS-rebinding `Host` names) at every HTTP door;
 //! - [`api`] is the gRPC edge: the client API (`FleetService`) and the workers' `Join`
 //!   stream, converting wire types to domain types;
 //! - [`cluster`] is the state machine behind one lock: it owns the [`agents`] registry, the
@@ -15,7 +17,8 @@
 //!   in PostgreSQL shared by a leader and standbys: `leader`);
 //! - [`http`] serves `/healthz`, `metrics` (Prometheus, `/metrics`) and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), [`openai`], the OpenAI-compatible
-//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/embeddings`), `mcp`, the agents as
+//!   API (`/v1/models`, `/v1/chat/completions`, `/v1/responses`, `/v1/completions`,
+//!   `/v1/embeddings`), `mcp`, the agents as
 //!   an MCP server's tools (`/mcp`), and `inspector`, the live view of the cluster in a
 //!   browser (`/ui`); `run` follows one HTTP request's task for the OpenAI API and MCP;
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
