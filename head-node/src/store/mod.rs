@@ -3,8 +3,8 @@
 //! Tasks (what each was submitted with) and their event logs, the agents clients
 //! registered and the A2A push configs of tasks go through the [`Journal`]: records are
 //! appended under the cluster's lock without waiting, and a writer (a task on the head's
-//! runtime) stores what
-//! gathered during its last write as one batch (group commit). A task's state, attempt,
+//! runtime) stores what gathered during its last write as one batch (group commit). A
+//! task's state, attempt,
 //! worker, output and the queue are not stored: they follow from its event log, which is
 //! replayed on start ([`Restored`]).
 //!
