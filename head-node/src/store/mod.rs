@@ -4,9 +4,8 @@
 //! registered and the A2A push configs of tasks go through the [`Journal`]: records are
 //! appended under the cluster's lock without waiting, and a writer (a task on the head's
 //! runtime) stores what gathered during its last write as one batch (group commit). A
-//! task's state, attempt,
-//! worker, output and the queue are not stored: they follow from its event log, which is
-//! replayed on start ([`Restored`]).
+//! task's state, attempt, worker, output and the queue are not stored: they follow from
+//! its event log, which is replayed on start ([`Restored`]).
 //!
 //! Events reach subscribers only once stored, so a client never sees an event a restarted
 //! head does not have: a stream resumed by sequence number continues without gap or repeat.
