@@ -36,9 +36,9 @@ impl Principals {
 /// What to say to a client that presented no valid key.
 pub fn unauthenticated() -> Error {
     Error::Unauthenticated(
-        "missing or wrong client token: send Authorization: Bearer KEY (or X-API-Key: KEY; \
-         the gRPC metadata authorization), KEY being the head's --token or --api-key (env \
-         FLEET_TOKEN for clients) or the key of one of its [[principal]]s"
+        "missing or wrong client token: send the credential as Authorization: Bearer KEY \
+         (or X-API-Key: KEY; the gRPC metadata authorization), KEY being the head's --token \
+         or --api-key (env FLEET_TOKEN for clients) or the key of one of its [[principal]]s"
             .into(),
     )
 }
