@@ -118,6 +118,12 @@ impl Cluster {
         if task.agent.is_empty() {
             return Err(Error::InvalidArgument("agent is empty: name the agent to run".into()));
         }
+        if task.idempotency_key.chars().any(char::is_control) {
+            // A tenant's keys are qualified with U+001F (see `new_task_id`).
+            return Err(Error::InvalidArgument(
+                "idempotency_key must not hold control characters (a UUID is plenty)".into(),
+            ));
+        }
         if task.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "idempotency_key is {} bytes: at most {MAX_IDEMPOTENCY_KEY_BYTES} (a UUID is plenty)",
