@@ -5,10 +5,13 @@
 //! package creates.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+use crate::tls::TestCertificates;
 
 /// A running server; `url` reaches its `postgres` database as the `postgres` superuser.
 #[derive(Debug)]
@@ -22,6 +25,16 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// Creates a cluster and starts it; fails with what to install when there is none.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// As [`start`](Self::start), serving TLS with `certs`' certificate and key and
+    /// refusing every TCP connection without it (`hostnossl … reject`).
+    pub fn start_tls(certs: &TestCertificates) -> anyhow::Result<Self> {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<&TestCertificates>) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let dir = std::env::temp_dir().join(format!(
             "fleet-pg-{}-{}",
@@ -40,11 +53,15 @@ impl PostgresServer {
         let data = server.dir.join("data");
         server
             .run("initdb", &["-D", &path(&data), "-U", "postgres", "-A", "trust", "--no-sync"])?;
+        let ssl = match tls {
+            Some(certs) => server.serve_tls(&data, certs)?,
+            None => String::new(),
+        };
         // A free port now may be taken by the time the server binds it: try a few.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=50",
+                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=50{ssl}",
                 path(&server.dir)
             );
             let log = server.dir.join("server.log");
@@ -59,6 +76,31 @@ impl PostgresServer {
         }
         let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
         bail!("PostgreSQL did not start; its log:\n{log}")
+    }
+
+    /// Puts the certificate and key in the data directory (the key readable by the server's
+    /// user alone, as PostgreSQL demands) and lets TCP clients in over TLS only; returns the
+    /// server options that turn TLS on.
+    fn serve_tls(&self, data: &Path, certs: &TestCertificates) -> anyhow::Result<String> {
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::copy(&certs.cert, &cert)?;
+        std::fs::copy(&certs.key, &key)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )?;
+        if let Some(user) = self.user {
+            for file in [&cert, &key] {
+                let owned = Command::new("chown").args([user, &path(file)]).status()?;
+                if !owned.success() {
+                    bail!("cannot hand {} to the {user} user", file.display());
+                }
+            }
+        }
+        Ok(format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", path(&cert), path(&key)))
     }
 
     /// Runs one of the server's programs (as `postgres` when root).

@@ -16,8 +16,14 @@ pub struct TestCertificates {
     pub key: PathBuf,
 }
 
-/// Makes a fresh CA and a server certificate in `dir`.
+/// Makes a fresh CA and a server certificate for `localhost` and `127.0.0.1` in `dir`.
 pub fn make_certificates(dir: &Path) -> anyhow::Result<TestCertificates> {
+    make_certificates_for(dir, &["localhost", "127.0.0.1"])
+}
+
+/// Makes a fresh CA and a server certificate for `names` (DNS names or IP addresses) in
+/// `dir`; the first name is the certificate's common name.
+pub fn make_certificates_for(dir: &Path, names: &[&str]) -> anyhow::Result<TestCertificates> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name.push(DnType::CommonName, "agentfleet test CA");
@@ -26,8 +32,11 @@ pub fn make_certificates(dir: &Path) -> anyhow::Result<TestCertificates> {
     let ca = ca_params.self_signed(&ca_key)?;
 
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &ca, &ca_key)?;

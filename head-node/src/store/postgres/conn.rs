@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
+
+use super::Target;
 
 type Job = Box<dyn FnOnce(Result<(&mut Client, &mut Prepared), String>) + Send>;
 
@@ -42,12 +44,13 @@ impl Conn {
     /// the session of a transaction left idle for `idle_timeout` (a frozen head must not
     /// hold its locks). A connection that breaks is opened again for the next call.
     pub fn open(
-        config: &postgres::Config,
+        target: &Target,
         name: &str,
         statement_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<Self, String> {
-        let mut config = config.clone();
+        let mut config = target.config.clone();
+        let tls = target.tls.clone();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -68,7 +71,7 @@ impl Conn {
             .name(name.to_owned())
             .spawn(move || {
                 let mut prepared = Prepared::default();
-                let mut client = match config.connect(NoTls) {
+                let mut client = match config.connect(tls.clone()) {
                     Ok(client) => {
                         let _ = ready.send(Ok(()));
                         Some(client)
@@ -82,7 +85,7 @@ impl Conn {
                     if client.as_ref().is_none_or(Client::is_closed) {
                         client = None;
                         prepared = Prepared::default();
-                        match config.connect(NoTls) {
+                        match config.connect(tls.clone()) {
                             Ok(c) => client = Some(c),
                             Err(e) => {
                                 job(Err(format!("cannot connect again: {}", describe(&e))));
@@ -136,16 +139,31 @@ impl Conn {
 }
 
 /// An error with the server's own message where there is one (`postgres::Error`'s
-/// `Display` says only "db error").
+/// `Display` says only "db error"), else with its causes ("error performing TLS handshake:
+/// invalid peer certificate: …").
 pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        None => with_causes(e),
     }
 }
 
-/// The server a config names, without its password: `postgres://user@host:port/db`.
-pub fn display(config: &postgres::Config) -> String {
+/// An error's message followed by those of its sources.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The server a target names, without its password, and how it is secured:
+/// `postgres://user@host:port/db?sslmode=verify-full`.
+pub fn display(target: &Target) -> String {
+    let config = &target.config;
     let host = match config.get_hosts().first() {
         Some(postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -154,8 +172,9 @@ pub fn display(config: &postgres::Config) -> String {
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!(
-        "postgres://{}@{host}:{port}/{}",
+        "postgres://{}@{host}:{port}/{}?sslmode={}",
         config.get_user().unwrap_or(""),
-        config.get_dbname().unwrap_or("")
+        config.get_dbname().unwrap_or(""),
+        target.mode.as_str()
     )
 }

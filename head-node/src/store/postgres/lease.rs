@@ -28,16 +28,12 @@ pub struct Lease {
 impl Lease {
     /// Connects for the lease; `holder` is the URL this head is reached at (told to
     /// clients of standbys), `ttl` how long a lease lasts unless renewed.
-    pub fn open(
-        config: &postgres::Config,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Self, StoreError> {
-        let server = super::conn::display(config);
+    pub fn open(target: &super::Target, holder: &str, ttl: Duration) -> Result<Self, StoreError> {
+        let server = super::conn::display(target);
         let fail = |message: String| StoreError { what: server.clone(), message, fenced: false };
         // A renewal that hangs must give up before the lease ends.
         let timeout = (ttl / 2).max(Duration::from_millis(200));
-        let conn = Conn::open(config, "fleet-lease", timeout, timeout)
+        let conn = Conn::open(target, "fleet-lease", timeout, timeout)
             .map_err(|e| fail(format!("cannot connect: {e}")))?;
         ensure_schema(&conn).map_err(fail)?;
         Ok(Self { conn, holder: holder.to_owned(), ttl })

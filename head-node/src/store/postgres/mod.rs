@@ -7,6 +7,7 @@
 
 mod conn;
 pub mod lease;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -74,11 +75,14 @@ pub struct Fence {
     pub lost: CancellationToken,
 }
 
-/// Parses a `postgres://` URL; the error says what to fix.
-pub fn parse(url: &str) -> Result<postgres::Config, StoreError> {
-    url.parse().map_err(|e| StoreError {
+pub use tls::{SslMode, Target};
+
+/// Parses a `postgres://` URL, its `sslmode` and `sslrootcert` included ([`tls`]); the
+/// error says what to fix.
+pub fn parse(url: &str) -> Result<Target, StoreError> {
+    tls::target(url).map_err(|message| StoreError {
         what: "--store".into(),
-        message: format!("not a PostgreSQL URL ({e}): give postgres://USER:PASSWORD@HOST:PORT/DB"),
+        message,
         fenced: false,
     })
 }
@@ -124,23 +128,23 @@ impl PostgresStore {
     /// `wal_writer_delay`s) if the database server itself crashes, as the file store loses
     /// its last checkpoint interval on a power cut.
     pub fn open(
-        config: &postgres::Config,
+        target: &Target,
         fence: Fence,
         lease: Duration,
         fsync: Fsync,
     ) -> Result<Self, StoreError> {
-        let server = conn::display(config);
+        let server = conn::display(target);
         let fail = |message: String| StoreError { what: server.clone(), message, fenced: false };
         let idle = (lease / 2).max(Duration::from_millis(100));
-        let mut config = config.clone();
+        let mut target = target.clone();
         if fsync == Fsync::Periodic {
-            let options = match config.get_options() {
+            let options = match target.config.get_options() {
                 Some(given) => format!("{given} -c synchronous_commit=off"),
                 None => "-c synchronous_commit=off".to_owned(),
             };
-            config.options(&options);
+            target.config.options(&options);
         }
-        let conn = Conn::open(&config, "fleet-postgres", Duration::from_secs(60), idle)
+        let conn = Conn::open(&target, "fleet-postgres", Duration::from_secs(60), idle)
             .map_err(|e| fail(format!("cannot connect: {e}")))?;
         ensure_schema(&conn).map_err(fail)?;
         Ok(Self { conn, server, fence })
