@@ -31,7 +31,7 @@ pub struct TenantQuota {
 }
 
 /// The states of a task on a worker.
-const RUNNING: [TaskState; 3] =
+pub(crate) const RUNNING: [TaskState; 3] =
     [TaskState::Scheduled, TaskState::Working, TaskState::InputRequired];
 const MINUTE: Duration = Duration::from_secs(60);
 

@@ -308,10 +308,26 @@ async fn every_door_keeps_tenants_apart_and_roles_to_their_rights() -> Result<()
         ensure!(status == 404, "bob's inspector page of a's task: {status}");
         let (status, _, _) = http(&cluster, "GET", &path, Some(&key("rita")), None).await?;
         ensure!(status == 200, "rita's inspector page of her tenant's task: {status}");
-        let (status, _, _) = http(&cluster, "GET", "/metrics", Some(&key("alice")), None).await?;
-        ensure!(status == 403, "a user scraped /metrics: {status}");
-        let (status, _, _) = http(&cluster, "GET", "/metrics", Some(ADMIN), None).await?;
-        ensure!(status == 200, "the admin's scrape: {status}");
+        // A tenant's scrape shows its own series and nothing cluster-wide; the admin's all.
+        let scrape = |who: String| {
+            let cluster = &cluster;
+            async move {
+                let (status, body, _) = http(cluster, "GET", "/metrics", Some(&who), None).await?;
+                ensure!(status == 200, "{who}'s scrape: {status} {body}");
+                Ok::<_, anyhow::Error>(body.as_str().unwrap_or_default().to_owned())
+            }
+        };
+        let (alices, bobs, admins) =
+            (scrape(key("alice")).await?, scrape(key("bob")).await?, scrape(ADMIN.into()).await?);
+        let slow_of_a = "agentfleet:tasks_submitted_total{tenant=\"a\",agent=\"slow\"} ";
+        ensure!(alices.contains(slow_of_a) && admins.contains(slow_of_a), "{alices}\n{admins}");
+        ensure!(alices.contains("agentfleet:tasks_running{agent=\"slow\"} 1"), "{alices}");
+        ensure!(alices.contains("agentfleet:tasks_queued{agent=\"a-writer\"} 0"), "{alices}");
+        for theirs in ["tenant=\"a\"", "a-writer", "agentfleet:worker", "agent_lookups"] {
+            ensure!(!bobs.contains(theirs), "bob's scrape shows {theirs}: {bobs}");
+        }
+        ensure!(bobs.contains("agentfleet:tasks_running{agent=\"slow\"} 0"), "{bobs}");
+        ensure!(admins.contains("agentfleet:workers{state=\"ready\"} 1"), "{admins}");
         let (status, _, headers) = http(&cluster, "GET", "/metrics", Some("wrong"), None).await?;
         ensure!(status == 401 && headers.contains_key("www-authenticate"), "{status}");
 

@@ -84,21 +84,23 @@ def test_counters_match_what_ran(head: str) -> None:
         cancel_once_streaming(slow.submit(" ".join(["word"] * 200)))
 
         m = scrape(head)
+        # Task series carry the tenant whose tasks they count (the admin token's: the default).
         assert m.types["agentfleet:tasks_submitted"] == "counter"
-        assert m.get("agentfleet:tasks_submitted_total", agent="echo") == 5
-        assert m.get("agentfleet:tasks_submitted_total", agent="chat") == 2
-        assert m.get("agentfleet:tasks_submitted_total", agent="slow") == 1
+        assert m.get("agentfleet:tasks_submitted_total", tenant="default", agent="echo") == 5
+        assert m.get("agentfleet:tasks_submitted_total", tenant="default", agent="chat") == 2
+        assert m.get("agentfleet:tasks_submitted_total", tenant="default", agent="slow") == 1
         finished = "agentfleet:tasks_finished_total"
-        assert m.get(finished, agent="echo", state="completed") == 5
-        assert m.get(finished, agent="chat", state="completed") == 1
-        assert m.get(finished, agent="chat", state="failed") == 1
-        assert m.get(finished, agent="slow", state="canceled") == 1
+        assert m.get(finished, tenant="default", agent="echo", state="completed") == 5
+        assert m.get(finished, tenant="default", agent="chat", state="completed") == 1
+        assert m.get(finished, tenant="default", agent="chat", state="failed") == 1
+        assert m.get(finished, tenant="default", agent="slow", state="canceled") == 1
         assert m.total(finished) == 8
         # Every end observed once in the duration histogram, and each bucket series is
         # cumulative up to +Inf.
-        assert m.get("agentfleet:task_duration_seconds_count", agent="echo", state="completed") == 5
-        assert m.get("agentfleet:task_duration_seconds_bucket", agent="echo", state="completed", le="+Inf") == 5
-        assert m.get("agentfleet:task_first_event_seconds_count", agent="echo") == 5
+        assert m.get("agentfleet:task_duration_seconds_count", tenant="default", agent="echo", state="completed") == 5
+        bucket = "agentfleet:task_duration_seconds_bucket"
+        assert m.get(bucket, tenant="default", agent="echo", state="completed", le="+Inf") == 5
+        assert m.get("agentfleet:task_first_event_seconds_count", tenant="default", agent="echo") == 5
         assert m.total("agentfleet:task_duration_seconds_count") == 8
         assert m.get("agentfleet:tasks_running", agent="echo") == 0
         assert m.get("agentfleet:tasks_queued", agent="echo") == 0

@@ -188,7 +188,7 @@ pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
     if let Some(task) = state.tasks.get_mut(id.as_str()) {
         traced::ended(task, final_state);
         let took = task.finished_at_us.saturating_sub(task.submitted_at_us);
-        state.metrics.ended(&task.agent, final_state, Duration::from_micros(took));
+        state.metrics.ended(&task.tenant, &task.agent, final_state, Duration::from_micros(took));
         state.quotas.generated(&task.tenant, task.usage.completion_tokens.into());
     }
     state.tools.task_ended(id);

@@ -190,7 +190,7 @@ impl Cluster {
                 task.first_event_us = now_us();
                 traced::first_event(task);
                 let after = task.first_event_us.saturating_sub(task.submitted_at_us);
-                state.metrics.first_event(&task.agent, Duration::from_micros(after));
+                state.metrics.first_event(&task.tenant, &task.agent, Duration::from_micros(after));
             }
             match &event.kind {
                 EventKind::Submitted { .. }

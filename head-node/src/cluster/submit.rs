@@ -371,7 +371,7 @@ pub(super) fn submit_in(
     let id = new_task_id(&tenant, &task.idempotency_key);
     let entry =
         state.tasks.insert(id.clone(), task.agent, task.input.into(), task.context_id, tenant);
-    state.metrics.submitted(&entry.agent);
+    state.metrics.submitted(&entry.tenant, &entry.agent);
     entry.options = with_agent_format(task.options, &spec);
     entry.bytes += entry.options.as_deref().map_or(0, crate::tasks::options_bytes);
     let held = crate::tasks::submission_bytes(entry);

@@ -331,6 +331,29 @@ impl Cluster {
         loads
     }
 
+    /// The agents `who` sees (its tenant's and shared ones) with its tenant's tasks
+    /// waiting and running on each: a tenant's share of [`agent_loads`](Self::agent_loads).
+    pub fn tenant_agent_loads(&self, who: &Principal) -> Vec<AgentLoad> {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let (agents, tasks, tenant) = (&state.agents, &mut state.tasks, who.tenant());
+        let mut loads: Vec<AgentLoad> = agents
+            .iter()
+            .filter(|a| who.sees_agent(&a.spec))
+            .map(|a| {
+                let name = a.spec.name.as_str();
+                let mut count = |states: &[TaskState]| tasks.count_of(tenant, name, states);
+                AgentLoad {
+                    agent: a.spec.name.clone(),
+                    running: u32::try_from(count(&crate::quotas::RUNNING)).unwrap_or(u32::MAX),
+                    queued: count(&[TaskState::Queued]),
+                }
+            })
+            .collect();
+        loads.sort_by(|a, b| a.agent.cmp(&b.agent));
+        loads
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let state = self.state.lock();
         let now = Instant::now();

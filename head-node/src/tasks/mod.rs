@@ -673,6 +673,13 @@ impl TaskTable {
         states.iter().map(|s| self.index.matching(Some(tenant), None, None, Some(*s)).len()).sum()
     }
 
+    /// How many of `tenant`'s tasks of `agent` are in one of `states`.
+    pub fn count_of(&mut self, tenant: &str, agent: &str, states: &[TaskState]) -> usize {
+        self.settle();
+        let index = &self.index;
+        states.iter().map(|s| index.matching(Some(tenant), None, Some(agent), Some(*s)).len()).sum()
+    }
+
     /// How many retained tasks `agent` has in `state`, and those tasks, newest first.
     pub fn newest_of(
         &mut self,
