@@ -315,3 +315,55 @@ async fn a_submission_sent_again_after_a_restart_finds_its_task() -> Result<()> 
     .await
     .context("test ran past its time limit")?
 }
+
+/// A cancel the head acknowledged is on record: its worker froze before it could act on it,
+/// the head crashed, and the worker never came back. The restarted head cancels the task
+/// when the attempt is found lost, instead of retrying it on the worker that joined since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_acknowledged_before_a_crash_holds_after_it() -> Result<()> {
+    let mut sandbox = ClusterSandbox::builder().workers(1).start().await?;
+    let client = sandbox.client().await?;
+    let mut spec =
+        AgentSpec { name: "slow".into(), model: "builtin:echo".into(), ..Default::default() };
+    spec.max_retries = 3;
+    // 300 words at 30 ms: 9 s, longer than the test needs to see it canceled.
+    spec.model_options = [("token_delay_ms".to_owned(), "30".to_owned())].into();
+    client.register_agent(spec).await?;
+    let input = (0..300).map(|w| format!("w{w}")).collect::<Vec<_>>().join(" ");
+    let mut stream = client.submit(Submission::new("slow", &input)).await?;
+    let mut task = None;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        task = Some(event.task_id.to_string());
+        if matches!(event.kind, EventKind::TextDelta { .. }) {
+            break;
+        }
+    }
+    let task = task.context("no event")?;
+    drop(stream);
+
+    // The worker freezes: the cancel reaches it but is never acted on.
+    let frozen = sandbox.worker_names().first().cloned().context("no worker")?;
+    let pid = sandbox.worker_pid(&frozen).context("no worker pid")?;
+    let stopped = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status()?;
+    ensure!(stopped.success(), "cannot stop the worker");
+    client.cancel(&task).await?;
+
+    sandbox.kill_head().await?;
+    sandbox.kill_worker(&frozen).await?;
+    sandbox.start_head().await?;
+    sandbox.add_worker()?;
+    let client = connect_again(&sandbox).await?;
+    let mut events = Vec::new();
+    let mut stream = client.watch(&task, 1).await?;
+    while let Some(event) = tokio::time::timeout(LIMIT, stream.next()).await? {
+        events.push(event?);
+    }
+    let kinds: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();
+    ensure!(
+        !kinds.iter().any(|k| matches!(k, EventKind::Retrying { .. })),
+        "a canceled task was retried: {kinds:?}"
+    );
+    ensure!(matches!(kinds.last(), Some(EventKind::Canceled { .. })), "{kinds:?}");
+    sandbox.shutdown().await
+}

@@ -141,9 +141,9 @@ pub(super) fn cancel_in(state: &mut State, id: &TaskId, reason: &str) {
     if task.state.is_terminal() || task.cancel_requested {
         return;
     }
-    task.cancel_requested = true;
     match task.worker.clone() {
         Some(worker) => {
+            task.request_cancel();
             if let Some(w) = state.workers.get(&worker) {
                 let _ = w
                     .commands
@@ -151,6 +151,7 @@ pub(super) fn cancel_in(state: &mut State, id: &TaskId, reason: &str) {
             }
         }
         None => {
+            task.cancel_requested = true;
             state.queue.retain(|q| q != id);
             finish(state, id, EventKind::Canceled { reason: reason.to_owned() });
         }

@@ -356,6 +356,13 @@ fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
     if let Some(reply) = super::input::reply_to_resend(task) {
         let _ = worker.commands.send(reply);
     }
+    // Canceled while the head was away from it (or before a restart): asked again.
+    if task.cancel_requested {
+        let _ = worker.commands.send(Command::CancelTask {
+            task_id: id.clone(),
+            reason: "canceled while the head was away from this worker".into(),
+        });
+    }
     if waiting > 0 {
         worker.lent.insert(id.clone(), waiting as u32);
         super::calls::lend_to_a_queued_call(state, id);

@@ -308,7 +308,11 @@ fn build(records: &[Record]) -> (Batch, Commit) {
     let mut workers: HashMap<String, (u64, u64)> = HashMap::new();
     for record in records {
         match record {
-            Record::Task(task) => batch.tasks.push((task.number, task.encode())),
+            Record::Task(task) => {
+                // Written again (a cancel asked for): one row per key and write.
+                batch.tasks.retain(|(n, _)| *n != task.number);
+                batch.tasks.push((task.number, task.encode()));
+            }
             Record::Event(number, event) => {
                 let run = runs.entry(*number).or_default();
                 if run.is_empty() {
@@ -353,7 +357,29 @@ fn build(records: &[Record]) -> (Batch, Commit) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Snapshot, StoreError};
+    use crate::store::{Snapshot, StoreError, TaskRecord};
+
+    /// A task written twice in one batch (a cancel asked for just after its submission) is
+    /// one row, the later one: PostgreSQL refuses a statement that updates a row twice.
+    #[test]
+    fn a_task_written_twice_in_a_batch_is_one_row_the_later() {
+        let record = |cancel_requested| TaskRecord {
+            number: 7,
+            id: TaskId::new("t".to_owned()),
+            agent: "a".into(),
+            input: "x".into(),
+            context_id: String::new(),
+            tenant: "default".into(),
+            options: None,
+            parent: None,
+            depth: 0,
+            submitted_at_us: 1,
+            cancel_requested,
+        };
+        let records = [Record::Task(Box::new(record(false))), Record::Task(Box::new(record(true)))];
+        let (batch, _) = build(&records);
+        assert_eq!(batch.tasks, [(7, record(true).encode())]);
+    }
 
     /// A store whose writes wait until the test opens it, counting what it stored.
     struct Held {

@@ -165,6 +165,8 @@ pub struct TaskRecord {
     pub parent: Option<(TaskId, String)>,
     pub depth: u32,
     pub submitted_at_us: u64,
+    /// A cancel was asked for while it ran on a worker.
+    pub cancel_requested: bool,
 }
 
 impl TaskRecord {
@@ -185,6 +187,7 @@ impl TaskRecord {
             parent_call,
             depth: self.depth,
             submitted_at_us: self.submitted_at_us,
+            cancel_requested: self.cancel_requested,
         }
         .encode_to_vec()
     }
@@ -257,6 +260,7 @@ impl Restored {
                 parent,
                 depth: t.depth,
                 submitted_at_us: t.submitted_at_us,
+                cancel_requested: t.cancel_requested,
             };
             tasks.push(RestoredTask { record, events: Vec::new() });
         }

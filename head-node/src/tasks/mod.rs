@@ -325,6 +325,19 @@ impl TaskEntry {
             parent: self.parent.clone(),
             depth: self.depth,
             submitted_at_us: self.submitted_at_us,
+            cancel_requested: self.cancel_requested,
+        }
+    }
+
+    /// Asks for the task's end (see `cluster::lifecycle::cancel_in`), on record: a head
+    /// restarted on the store before its worker said it ended asks that worker again, and
+    /// cancels rather than retries the task if the worker is lost.
+    pub fn request_cancel(&mut self) {
+        self.cancel_requested = true;
+        if let Some(journal) = &self.journal
+            && !self.events.is_empty()
+        {
+            journal.task(self.record());
         }
     }
 
@@ -471,6 +484,7 @@ impl TaskTable {
             parent: None,
             depth: 0,
             submitted_at_us: fleet_proto::now_us(),
+            cancel_requested: false,
         };
         self.new_entry(record)
     }
@@ -487,6 +501,7 @@ impl TaskTable {
             parent,
             depth,
             submitted_at_us,
+            cancel_requested,
         } = record;
         self.settle();
         self.by_number.insert(number, id.clone());
@@ -525,7 +540,7 @@ impl TaskTable {
             span: fleet_telemetry::Span::none(),
             traceparent: String::new(),
             finished_at_us: 0,
-            cancel_requested: false,
+            cancel_requested,
             durable: 0,
             subscribers: Vec::new(),
             journal: self.journal.clone(),
