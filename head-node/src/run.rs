@@ -8,10 +8,8 @@ use std::sync::Arc;
 
 use fleet_proto::{EventKind, Reply, TaskEvent, TaskId};
 
-use crate::api::streams;
 use crate::auth::Principal;
-use crate::cluster::{Cluster, NewTask};
-use crate::tasks::{Delivery, Subscription};
+use crate::cluster::{Cluster, Follow, NewTask};
 
 /// Why the agent's questions and approvals are declined.
 const NOBODY_TO_ASK: &str = "nobody can answer: the task came through an API that takes no \
@@ -26,51 +24,30 @@ pub struct TaskRun {
     pub task_id: TaskId,
     /// Who submitted it: the reads, declines and cancel are theirs.
     who: Principal,
-    sub: Subscription,
-    last_seq: u64,
+    follow: Follow,
     ended: bool,
 }
 
 impl TaskRun {
     /// Submits `task`; refusals (queue full, input too long, ...) come back as errors.
     pub fn start(cluster: &Arc<Cluster>, who: &Principal, task: NewTask) -> crate::Result<Self> {
-        let (subscriber, sub) = cluster.subscriber();
-        let task_id = cluster.submit(who, task, Some((subscriber, None)))?;
-        let who = who.clone();
-        Ok(Self { cluster: cluster.clone(), who, task_id, sub, last_seq: 0, ended: false })
+        let follow = cluster.submit_and_follow(who, task)?;
+        let (task_id, who) = (follow.task_id().clone(), who.clone());
+        Ok(Self { cluster: cluster.clone(), who, task_id, follow, ended: false })
     }
 
     /// The task's next event; `None` after its terminal event or when its events stopped
-    /// (the head is shutting down, or the task was dropped from retention).
+    /// (the head is shutting down, or the task was dropped from retention). Its questions
+    /// are declined here, not handed out.
     pub async fn next(&mut self) -> Option<Arc<TaskEvent>> {
-        if self.ended {
-            return None;
-        }
         loop {
-            match streams::next(&mut self.sub).await {
-                Some(Delivery::Event(event)) => {
-                    if event.seq <= self.last_seq {
-                        continue;
-                    }
-                    self.last_seq = event.seq;
-                    self.ended = event.kind.is_terminal();
-                    if matches!(event.kind, EventKind::InputRequired { .. }) {
-                        self.decline(event.seq).await;
-                        continue;
-                    }
-                    return Some(event);
-                }
-                Some(_) => continue,
-                // A reader that fell behind (a slow HTTP client) was cut off: resume after
-                // the last event seen, from the task's log.
-                None if self.sub.was_cut() => {
-                    self.sub = self
-                        .cluster
-                        .watch(&self.who, self.task_id.as_str(), self.last_seq + 1)
-                        .ok()?;
-                }
-                None => return None,
+            let event = self.follow.next().await?;
+            self.ended = event.kind.is_terminal();
+            if matches!(event.kind, EventKind::InputRequired { .. }) {
+                self.decline(event.seq).await;
+                continue;
             }
+            return Some(event);
         }
     }
 }

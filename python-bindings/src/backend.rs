@@ -11,7 +11,7 @@ use fleet_client::{
 use fleet_head::Cluster;
 use fleet_head::cluster::NewTask;
 use fleet_head::tasks::{Delivery, Subscription};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 pub type Result<T> = std::result::Result<T, fleet_client::Error>;
@@ -40,7 +40,8 @@ fn new_task(s: Submission) -> NewTask {
     }
 }
 
-/// The next delivery of a local subscription, or the error that cut it off.
+/// The next delivery of a multiplexed local subscription (a `map`'s), or the error that
+/// cut it off.
 async fn next_delivery(sub: &mut Subscription) -> Option<Result<Delivery>> {
     match fleet_head::api::streams::next(sub).await {
         Some(d) => Some(Ok(d)),
@@ -58,23 +59,9 @@ impl Backend {
             Self::Remote(client) => return client.submit(submission).await,
             Self::Local(cluster) => cluster,
         };
-        let (sub, subscription) = cluster.subscriber();
-        cluster
-            .submit(&operator(), new_task(submission), Some((sub, None)))
-            .map_err(local_error)?;
-        let events = futures::stream::unfold(Some(subscription), |state| async move {
-            let mut sub = state?;
-            loop {
-                match next_delivery(&mut sub).await? {
-                    Ok(Delivery::Event(e)) => {
-                        let end = e.kind.is_terminal();
-                        return Some((Ok(TaskEvent::clone(&e)), (!end).then_some(sub)));
-                    }
-                    Ok(_) => continue,
-                    Err(e) => return Some((Err(e), None)),
-                }
-            }
-        });
+        let follow =
+            cluster.submit_and_follow(&operator(), new_task(submission)).map_err(local_error)?;
+        let events = follow.into_stream().map(|e| Ok(TaskEvent::clone(&e)));
         Ok(Box::pin(events))
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{EventKind, FilePart, Reply};
+use fleet_proto::{EventKind, FilePart, Reply, TaskId};
 use futures::Stream;
 use serde_json::{Value, json};
 
@@ -12,8 +12,8 @@ use super::errors::A2aError;
 use super::message::{incoming, is_text};
 use super::push::PushConfig;
 use super::{A2a, Version, render};
-use crate::cluster::{Exchange, NewTask, TaskFilter, TaskInfo};
-use crate::tasks::{Delivery, Subscriber, Subscription};
+use crate::cluster::{Exchange, Follow, NewTask, TaskFilter, TaskInfo};
+use crate::tasks::Subscriber;
 
 /// How long CancelTask waits for the worker to confirm before answering.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
@@ -119,7 +119,7 @@ async fn reply(
     agent: &str,
     task_id: &str,
     params: &Value,
-) -> Result<(Subscription, u64), A2aError> {
+) -> Result<(Follow, u64), A2aError> {
     check_agent(a2a, agent)?;
     let message = incoming(params)?;
     task_of(a2a, agent, task_id)?;
@@ -146,10 +146,10 @@ async fn reply(
     let context_id = message.context_id.as_deref().unwrap_or_default();
     let replied = a2a.cluster.reply(&a2a.who, task_id, context_id, Reply::Text(message.text), 0)?;
     let seq = replied.events;
-    let mut sub = a2a.cluster.watch(&a2a.who, task_id, seq)?;
+    let mut follow = a2a.cluster.follow(&a2a.who, task_id, seq)?;
     // The answer promises the reply was taken: not before it is stored.
-    if let Some(Delivery::Event(_)) = crate::api::streams::next(&mut sub).await {
-        return Ok((sub, seq));
+    if follow.next().await.is_some() {
+        return Ok((follow, seq));
     }
     Err(A2aError::from(crate::Error::Unsupported(format!(
         "task {task_id} stopped being followed before the reply was stored: get it with GetTask"
@@ -213,13 +213,11 @@ fn with_text_files(agent: &str, text: String, files: &[FilePart]) -> Result<Stri
     Ok(input)
 }
 
-/// Reads deliveries until the task reaches a state that ends an A2A exchange.
-async fn wait_for_end(mut sub: Subscription, deadline: Option<Duration>) {
+/// Follows the task until it reaches a state that ends an A2A exchange.
+async fn wait_for_end(mut follow: Follow, deadline: Option<Duration>) {
     let wait = async {
-        while let Some(delivery) = crate::api::streams::next(&mut sub).await {
-            if let Delivery::Event(e) = delivery
-                && e.kind.state_after().is_some_and(render::ends_stream)
-            {
+        while let Some(e) = follow.next().await {
+            if e.kind.state_after().is_some_and(render::ends_stream) {
                 return;
             }
         }
@@ -246,20 +244,21 @@ pub async fn send(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<
     };
     let id = match incoming(params)?.task_id {
         Some(task_id) => {
-            let (sub, _) = reply(a2a, agent, &task_id, params).await?;
+            let (follow, _) = reply(a2a, agent, &task_id, params).await?;
             if !return_immediately {
-                wait_for_end(sub, None).await;
+                wait_for_end(follow, None).await;
             }
             task_id
         }
         None => {
             let id = submit(a2a, agent, params, None)?;
-            // The answer promises the task exists: not before it is stored.
-            a2a.cluster.stored(&id).await?;
+            // The answer promises the task exists, and its push config if it came with
+            // one: not before both are stored (the config is journaled after the task).
+            a2a.cluster.stored_so_far().await?;
             if !return_immediately {
-                let (info, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, &id)?;
+                let (info, follow) = a2a.cluster.snapshot_and_follow(&a2a.who, &id)?;
                 if !render::ends_stream(info.state) {
-                    wait_for_end(sub, None).await;
+                    wait_for_end(follow, None).await;
                 }
             }
             id
@@ -285,15 +284,19 @@ pub async fn stream(
     // first item promises it exists); the stream starts with the task as it was then.
     if let Some(task_id) = incoming(params)?.task_id {
         // A reply: the task as the reply left it (working again), then the rest.
-        let (sub, seq) = reply(a2a, agent, &task_id, params).await?;
+        let (follow, seq) = reply(a2a, agent, &task_id, params).await?;
         let info = a2a.cluster.task_as_of(&a2a.who, &task_id, seq)?;
-        return Ok(updates(a2a, info, sub, v));
+        return Ok(updates(a2a, info, follow, v));
     }
-    let (sub, mut subscription) = a2a.cluster.subscriber();
+    let (sub, subscription) = a2a.cluster.subscriber();
     let id = submit(a2a, agent, params, Some(sub))?;
-    let _submitted = crate::api::streams::next(&mut subscription).await;
+    let mut follow =
+        Follow::new(a2a.cluster.clone(), a2a.who.clone(), TaskId::new(id.clone()), subscription, 0);
+    let _submitted = follow.next().await;
+    // A push config that came with the message is journaled after the task: stored too.
+    a2a.cluster.stored_so_far().await?;
     let info = a2a.cluster.task_as_of(&a2a.who, &id, 1)?;
-    Ok(updates(a2a, info, subscription, v))
+    Ok(updates(a2a, info, follow, v))
 }
 
 /// SubscribeToTask / tasks/resubscribe: the task as it is now, then its remaining updates.
@@ -304,14 +307,14 @@ pub fn subscribe(
     v: Version,
 ) -> Result<impl Stream<Item = Value> + use<>, A2aError> {
     task_of(a2a, agent, id)?;
-    let (info, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, id)?;
+    let (info, follow) = a2a.cluster.snapshot_and_follow(&a2a.who, id)?;
     if render::ends_stream(info.state) {
         return Err(A2aError::unsupported(format!(
             "task {id:?} is already {}: get it with GetTask",
             render::state(info.state, Version::V03)
         )));
     }
-    Ok(updates(a2a, info, sub, v))
+    Ok(updates(a2a, info, follow, v))
 }
 
 /// The stream of an A2A exchange: the task first, then status updates and artifact chunks,
@@ -319,21 +322,19 @@ pub fn subscribe(
 fn updates(
     a2a: &A2a,
     info: TaskInfo,
-    sub: Subscription,
+    follow: Follow,
     v: Version,
 ) -> impl Stream<Item = Value> + use<> {
     let first = render::stream_task(render_task(a2a, &info, None, v), v);
     let ended = render::ends_stream(info.state);
     let chunked = !info.output.is_empty();
-    let state = (info, sub, chunked);
+    let state = (info, follow, chunked);
     let rest = futures::stream::unfold(Some(state), move |state| async move {
-        let (mut info, mut sub, mut chunked) = state?;
+        let (mut info, mut follow, mut chunked) = state?;
         loop {
-            let Some(delivery) = crate::api::streams::next(&mut sub).await else {
-                // Cut off for falling behind, or the head stopped: end; the client may resubscribe.
-                return None;
-            };
-            let Delivery::Event(event) = delivery else { continue };
+            // None: the head is stopping or the task left retention; the client may
+            // resubscribe.
+            let event = follow.next().await?;
             info.attempt = event.attempt;
             if let Some(s) = event.kind.state_after() {
                 info.state = s;
@@ -410,7 +411,7 @@ fn updates(
                 | EventKind::ToolResult { .. }
                 | EventKind::Embeddings { .. } => continue,
             };
-            let next = (!render::ends_stream(info.state)).then_some((info, sub, chunked));
+            let next = (!render::ends_stream(info.state)).then_some((info, follow, chunked));
             return Some((futures::stream::iter(vec![item]), next));
         }
     });
@@ -440,10 +441,10 @@ pub async fn cancel(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Resul
     if info.state.is_terminal() {
         return Err(A2aError::not_cancelable(id, render::state(info.state, Version::V03)));
     }
-    let (_, sub) = a2a.cluster.snapshot_and_watch(&a2a.who, id)?;
+    let (_, follow) = a2a.cluster.snapshot_and_follow(&a2a.who, id)?;
     a2a.cluster.cancel(&a2a.who, id)?;
     a2a.cluster.stored_so_far().await?;
-    wait_for_end(sub, Some(CANCEL_WAIT)).await;
+    wait_for_end(follow, Some(CANCEL_WAIT)).await;
     let info = task_of(a2a, agent, id)?;
     Ok(render_task(a2a, &info, None, v))
 }

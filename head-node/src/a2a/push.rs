@@ -22,7 +22,6 @@ use tracing::{debug, warn};
 use super::errors::A2aError;
 use super::{A2a, Version, ops, render};
 use crate::cluster::Exchange;
-use crate::tasks::Delivery;
 
 /// Configs per task at most. (Tasks with configs are bounded by the tasks the head keeps:
 /// a task's configs go with it when retention evicts it; see [`WebhookPolicy::max_tasks`].)
@@ -308,13 +307,12 @@ impl Webhooks {
     /// A question the task asks is a status change like the others (with the question as
     /// its message): delivery goes on through it to the end, however the client replies.
     fn deliver(&self, a2a: &A2a, task_id: &str) -> Result<(), A2aError> {
-        let (info, mut sub) = a2a.cluster.snapshot_and_watch(&a2a.who, task_id)?;
+        let (info, mut follow) = a2a.cluster.snapshot_and_follow(&a2a.who, task_id)?;
         let (hooks, a2a) = (self.clone(), a2a.clone());
         tokio::spawn(async move {
             let mut info = info;
             if !info.state.is_terminal() {
-                while let Some(delivery) = crate::api::streams::next(&mut sub).await {
-                    let Delivery::Event(event) = delivery else { continue };
+                while let Some(event) = follow.next().await {
                     let Some(state) = event.kind.state_after() else { continue };
                     if matches!(event.kind, EventKind::Scheduled { .. }) {
                         continue;

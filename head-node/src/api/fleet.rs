@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info_span};
 use super::streams::{self, EventStream};
 use super::wire::state_filter;
 use crate::auth::Principal;
-use crate::cluster::{Cluster, NewTask, TaskFilter};
+use crate::cluster::{Cluster, Follow, NewTask, TaskFilter};
 use crate::tasks::Delivery;
 
 /// How many deliveries one SubmitMany response message carries at most.
@@ -85,9 +85,12 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let (task_id, existing) = self.cluster.submit_keyed(&who, task, Some((sub, None)))?;
         debug!(task_id = %task_id, existing, "submit stream opened");
         // Sent again under its key: the task's events from the first.
-        let subscription =
-            if existing { self.cluster.watch(&who, task_id.as_str(), 1)? } else { subscription };
-        Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
+        let follow = if existing {
+            self.cluster.follow(&who, task_id.as_str(), 1)?
+        } else {
+            Follow::new(self.cluster.clone(), who, task_id, subscription, 0)
+        };
+        Ok(Response::new(streams::task_events(follow, self.shutdown.clone())))
     }
 
     type SubmitManyStream = ManyStream;
@@ -170,8 +173,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let who = who(&request)?;
         let r = request.into_inner();
-        let subscription = self.cluster.watch(&who, &r.task_id, r.from_seq)?;
-        Ok(Response::new(streams::task_events(subscription, self.shutdown.clone())))
+        let follow = self.cluster.follow(&who, &r.task_id, r.from_seq)?;
+        Ok(Response::new(streams::task_events(follow, self.shutdown.clone())))
     }
 
     async fn reply_to_task(

@@ -1,4 +1,4 @@
-//! Turning subscriptions into gRPC response streams.
+//! Turning subscriptions and followed tasks into gRPC response streams.
 
 use std::pin::Pin;
 
@@ -8,11 +8,13 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::cluster::Follow;
 use crate::tasks::{Delivery, Subscription};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
-/// The status a subscriber gets when it fell too far behind.
+/// The status a multiplexed submitter (`SubmitMany`) gets when it fell too far behind (a
+/// follower of one task is caught up from the task's log instead: see `cluster::Follow`).
 pub fn cut_off() -> Status {
     Status::resource_exhausted(
         "this stream fell too far behind and was cut off: resume with WatchTask from the last seq received",
@@ -31,24 +33,15 @@ pub async fn next(sub: &mut Subscription) -> Option<Delivery> {
 }
 
 /// The events of one task until its terminal event (or the head shuts down).
-pub fn task_events(sub: Subscription, shutdown: CancellationToken) -> EventStream {
-    let stream = futures::stream::unfold(Some(sub), move |sub| {
+pub fn task_events(follow: Follow, shutdown: CancellationToken) -> EventStream {
+    let stream = futures::stream::unfold(Some(follow), move |follow| {
         let shutdown = shutdown.clone();
         async move {
-            let mut sub = sub?;
-            loop {
-                let delivery = tokio::select! {
-                    d = next(&mut sub) => d,
-                    () = shutdown.cancelled() => return Some((Err(Status::unavailable("the head is shutting down")), None)),
-                };
-                match delivery {
-                    Some(Delivery::Event(e)) => {
-                        let end = e.kind.is_terminal();
-                        return Some((Ok(pb::TaskEvent::from(&*e)), (!end).then_some(sub)));
-                    }
-                    Some(_) => continue,
-                    None if sub.was_cut() => return Some((Err(cut_off()), None)),
-                    None => return None,
+            let mut follow = follow?;
+            tokio::select! {
+                e = follow.next() => e.map(|e| (Ok(pb::TaskEvent::from(&*e)), Some(follow))),
+                () = shutdown.cancelled() => {
+                    Some((Err(Status::unavailable("the head is shutting down")), None))
                 }
             }
         }

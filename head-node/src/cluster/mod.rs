@@ -38,6 +38,7 @@ use crate::{Error, Result};
 
 mod calls;
 mod durable;
+mod follow;
 mod hosted;
 mod input;
 mod inspect;
@@ -46,6 +47,8 @@ mod membership;
 mod submit;
 mod traced;
 mod views;
+
+pub use follow::Follow;
 
 use calls::*;
 pub use hosted::{ToolCalls, ToolHost};

@@ -594,3 +594,29 @@ fn unfinished_tasks_are_bounded_in_bytes() {
     cluster.cancel(&op(), first.as_str()).expect("canceled");
     cluster.submit(&op(), with_history, None).expect("room again once a task ended");
 }
+
+/// A follower that falls behind the live stream is caught up from the task's log: every
+/// event once and in order, to the end (its bounded subscription alone was cut off).
+#[tokio::test]
+async fn a_follower_that_falls_behind_gets_every_event_once() {
+    let config = HeadConfig { subscriber_buffer: 2, ..config(0) };
+    let cluster = Arc::new(Cluster::new(&config).expect("cluster"));
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let t = task(&cluster, "x");
+    let mut follow = cluster.follow(&op(), t.as_str(), 1).expect("follow");
+    // The worker sends 22 events while the follower reads none.
+    let mut sent = vec![event(&t, 1, EventKind::Working)];
+    sent.extend((2..=21).map(|s| event(&t, s, EventKind::text("w"))));
+    sent.push(event(&t, 22, EventKind::Completed { usage: Default::default() }));
+    for e in sent {
+        cluster.worker_events("w1", c, vec![e]);
+    }
+    let mut got = Vec::new();
+    while let Some(e) = follow.next().await {
+        got.push(e);
+    }
+    let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+    // Submitted and Scheduled, then the worker's 22.
+    assert_eq!(seqs, (1..=24).collect::<Vec<u64>>());
+    assert!(matches!(got.last().map(|e| &e.kind), Some(EventKind::Completed { .. })));
+}

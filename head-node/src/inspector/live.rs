@@ -4,9 +4,9 @@
 //! page holds on the head is that channel and one last snapshot, however long it stays.
 //!
 //! Lists are looked at on a tick and sent only when they changed (the task list not even
-//! computed unless a task changed); a task's page follows its event log through the same
-//! subscription the other doors use, bounded and cut off when it falls behind (the browser
-//! then reconnects after the last event it has, `Last-Event-ID`).
+//! computed unless a task changed); a task's page follows its event log as every door
+//! does (`cluster::Follow`: a page that falls behind is caught up from the log), and a
+//! browser that reconnects resumes after the last event it has (`Last-Event-ID`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +24,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Inspector, Listing, listing, views};
 use crate::auth::Caller;
-use crate::tasks::Delivery;
 
 /// Events a stream's channel holds before its producer waits for the page to read.
 const CHANNEL: usize = 16;
@@ -154,8 +153,8 @@ pub(super) async fn task(
         // Not found: a status, so that the browser does not reconnect.
         Err(refused) => return refused.into_response(),
     };
-    let mut subscription = match ui.cluster.watch(&ui.who, &id, after.saturating_add(1)) {
-        Ok(subscription) => subscription,
+    let mut follow = match ui.cluster.follow(&ui.who, &id, after.saturating_add(1)) {
+        Ok(follow) => follow,
         Err(e) => return super::Refused::from(e).into_response(),
     };
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
@@ -163,8 +162,7 @@ pub(super) async fn task(
         if !send(&tx, "task", &first).await {
             return;
         }
-        while let Some(delivery) = subscription.rx.recv().await {
-            let Delivery::Event(event) = delivery else { continue };
+        while let Some(event) = follow.next().await {
             let frame = Event::default()
                 .event("event")
                 .id(event.seq.to_string())
@@ -179,12 +177,7 @@ pub(super) async fn task(
                 return;
             }
         }
-        if subscription.was_cut() {
-            let error = "the page fell behind the task's events; it reconnects after the last";
-            send(&tx, "error", &json!({ "error": error })).await;
-        } else {
-            send(&tx, "end", &json!({})).await;
-        }
+        send(&tx, "end", &json!({})).await;
     })
 }
 
