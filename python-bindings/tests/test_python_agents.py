@@ -512,3 +512,24 @@ def test_python_agents_go_only_to_workers_that_host_them(cluster: Cluster, waite
         cluster.wait_for_workers(fleet, 2)
         answers = waiter.map([str(go)] * 20)
         assert answers == [f"pid={hosting.proc.pid} attempt=1;done"] * 20
+
+
+def test_agent_code_sees_the_clients_context_id_and_tenants_never_share_an_instance() -> None:
+    """Outside the default tenant the worker names a conversation "TENANT\\x1fCONTEXT" (two
+    tenants may pick the same context id): the code sees the client's id and the tenant,
+    and per-context instances are kept by the whole name."""
+    from agentfleet.agents import AgentTask, _Code, _Runtime
+
+    def task(context_id: str) -> AgentTask:
+        return AgentTask("t", "Notebook", "x", context_id, 1, [], "")
+
+    ours, theirs, default = task("a\x1fchat"), task("b\x1fchat"), task("chat")
+    assert (ours.context_id, ours.tenant) == ("chat", "a")
+    assert (default.context_id, default.tenant) == ("chat", "")
+    runtime = object.__new__(_Runtime)
+    runtime._instances, runtime._contexts = {}, {}
+    code = _Code(Notebook, None, None, per_context=True)
+    first = runtime._instance(code, ours)
+    assert runtime._instance(code, task("a\x1fchat")) is first
+    assert runtime._instance(code, theirs) is not first
+    assert runtime._instance(code, default) is not first

@@ -113,7 +113,18 @@ class Artifact:
 class AgentTask:
     """One task of a Python agent, as its code sees it."""
 
-    __slots__ = ("id", "agent", "input", "context_id", "attempt", "history", "instructions", "files")
+    __slots__ = (
+        "id",
+        "agent",
+        "input",
+        "context_id",
+        "tenant",
+        "_conversation",
+        "attempt",
+        "history",
+        "instructions",
+        "files",
+    )
 
     def __init__(
         self,
@@ -130,7 +141,15 @@ class AgentTask:
         #: The agent it was sent to (one Python agent may serve several cluster agents).
         self.agent = agent
         self.input = input
-        self.context_id = context_id
+        # The worker names a conversation outside the default tenant "TENANT\x1fCONTEXT" (two
+        # tenants may pick one context id): the code sees the client's id and the tenant, and
+        # per-context instances are kept by the whole name, so tenants never share one.
+        tenant, _, client_context = context_id.rpartition("\x1f")
+        #: The conversation's id as the client gave it ("" when none).
+        self.context_id = client_context
+        #: The tenant whose task it is ("" for the default tenant).
+        self.tenant = tenant
+        self._conversation = context_id
         #: 1 for the first run; more when a lost worker's task runs again.
         self.attempt = attempt
         #: The conversation before it: ``[{"role": ..., "content": ...}, ...]``.
@@ -462,7 +481,7 @@ class _Runtime:
                 instance = self._instances[task.agent] = code.target()
             return instance
         contexts = self._contexts.setdefault(task.agent, collections.OrderedDict())
-        key = task.context_id or task.id
+        key = task._conversation or task.id
         instance = contexts.get(key)
         if instance is None or type(instance) is not code.target:
             instance = contexts[key] = code.target()
