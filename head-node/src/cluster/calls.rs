@@ -222,7 +222,7 @@ pub(super) fn lend_to_a_queued_call(state: &mut State, caller: &TaskId) {
             continue;
         }
         if let Some(worker) = lender(state, &spec, caller) {
-            state.queue.retain(|q| *q != child);
+            dequeue(state, &child);
             dispatch_borrowing(state, &child, &worker, caller);
             return;
         }

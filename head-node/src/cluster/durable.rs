@@ -46,7 +46,7 @@ impl Cluster {
             match task.worker.clone() {
                 // Its worker may still run it: it claims it when it rejoins.
                 Some(worker) => state.orphans.entry(worker).or_default().push(id),
-                None => state.queue.push_back(id),
+                None => enqueue(state, id),
             }
         }
         if !state.orphans.is_empty() {

@@ -75,6 +75,7 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     worker.tasks_assigned += 1;
     task.reserved = spec.resources;
     task.worker = Some(worker_id.to_owned());
+    state.queue.served(&task.tenant);
     let _ = worker.commands.send(Command::RunTask(assignment(id, task)));
     traced::scheduled(task, worker_id);
     task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
@@ -152,7 +153,8 @@ pub(super) fn cancel_in(state: &mut State, id: &TaskId, reason: &str) {
         }
         None => {
             task.cancel_requested = true;
-            state.queue.retain(|q| q != id);
+            let tenant = task.tenant.clone();
+            state.queue.remove(&tenant, id);
             finish(state, id, EventKind::Canceled { reason: reason.to_owned() });
         }
     }
@@ -211,7 +213,7 @@ pub(super) fn fail_over(state: &mut State, worker: WorkerEntry, reason: &str) {
     }
     // Retries go first: they were accepted before anything still queued.
     for id in retry.into_iter().rev() {
-        state.queue.push_front(id);
+        enqueue_first(state, id);
     }
     state.context_workers.retain(|_, w| *w != worker.id);
 }
@@ -256,54 +258,98 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
     false
 }
 
-/// Places queued tasks on free capacity, oldest first.
+/// Queues a task behind its tenant's others.
+pub(super) fn enqueue(state: &mut State, id: TaskId) {
+    if let Some(tenant) = state.tasks.get(id.as_str()).map(|t| t.tenant.clone()) {
+        state.queue.push_back(&tenant, id);
+    }
+}
+
+/// Queues a task before its tenant's others (a retry: it was accepted before them).
+pub(super) fn enqueue_first(state: &mut State, id: TaskId) {
+    if let Some(tenant) = state.tasks.get(id.as_str()).map(|t| t.tenant.clone()) {
+        state.queue.push_front(&tenant, id);
+    }
+}
+
+/// Takes a task out of the queue; false when it was not queued.
+pub(super) fn dequeue(state: &mut State, id: &TaskId) -> bool {
+    match state.tasks.get(id.as_str()).map(|t| t.tenant.clone()) {
+        Some(tenant) => state.queue.remove(&tenant, id),
+        None => false,
+    }
+}
+
+/// Places queued tasks while workers have room: one task per tenant a round, the tenants
+/// with the fewest tasks running first (see `queue`), until a round places nothing. A tenant at its running quota is
+/// passed over whole; in a tenant's line, tasks that must wait (their agent at its
+/// concurrency, or no room that fits) are passed over, at most [`QUEUE_SCAN_LIMIT`] a
+/// tenant, so one drain costs a bounded amount however long the lines are.
 pub(super) fn drain_queue(state: &mut State) {
-    let mut index = 0;
-    let mut waited = 0;
     if !state.leading() {
         return;
     }
-    while index < state.queue.len() && waited < QUEUE_SCAN_LIMIT {
-        if !state.workers.iter().any(WorkerEntry::has_free_slot) {
+    loop {
+        let mut placed = false;
+        // Fewest tasks running first, ties in turn: a tenant with a slot busy does not get
+        // a second while another waits with none.
+        let mut tenants = state.queue.tenants();
+        let tasks = &mut state.tasks;
+        tenants.sort_by_cached_key(|t| tasks.count(t, &crate::quotas::RUNNING));
+        for tenant in tenants {
+            if !state.workers.iter().any(WorkerEntry::has_free_slot) {
+                return;
+            }
+            if !state.quotas.may_run(&tenant, &mut state.tasks) {
+                continue;
+            }
+            placed |= place_one_of(state, &tenant);
+        }
+        if !placed {
             return;
         }
-        let id = state.queue[index].clone();
+    }
+}
+
+/// Places the first task of `tenant`'s line that can go now; false when none could.
+fn place_one_of(state: &mut State, tenant: &str) -> bool {
+    let (mut index, mut waited) = (0, 0);
+    while waited < QUEUE_SCAN_LIMIT {
+        let Some(id) = state.queue.get(tenant, index).cloned() else { return false };
         let Some(task) = state.tasks.get(id.as_str()) else {
-            state.queue.remove(index);
+            state.queue.take(tenant, index);
             continue;
         };
         let Ok(agent) = state.agents.get(&task.agent) else {
-            state.queue.remove(index);
+            state.queue.take(tenant, index);
             continue;
         };
         let spec = agent.spec.clone();
-        let tenant = task.tenant.clone();
-        if (spec.max_concurrency > 0 && agent.running >= spec.max_concurrency)
-            || !state.quotas.may_run(&tenant, &mut state.tasks)
-        {
+        if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
             index += 1;
             waited += 1;
             continue;
         }
-        let Some(task) = state.tasks.get(id.as_str()) else { continue };
         let context = context_worker(state, &task.agent, &task.tenant, &task.context_id);
         let affinity =
             Affinity { context_worker: context.as_deref(), prefixes: prefixes(state, &spec, task) };
         match scheduler::place(&spec, &state.workers, &affinity) {
             Placement::Worker(w) => {
                 let w = w.to_owned();
-                state.queue.remove(index);
+                state.queue.take(tenant, index);
                 dispatch(state, &id, &w);
+                return true;
             }
             Placement::Wait => {
                 index += 1;
                 waited += 1;
             }
             Placement::Never(reason) => {
-                state.queue.remove(index);
+                state.queue.take(tenant, index);
                 let error = format!("no worker can run agent {:?}: {reason}", spec.name);
                 finish(state, &id, EventKind::failed(ErrorKind::Unsupported, error));
             }
         }
     }
+    false
 }

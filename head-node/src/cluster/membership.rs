@@ -82,7 +82,7 @@ impl Cluster {
             }
         }
         for task in retried.into_iter().rev() {
-            state.queue.push_front(task);
+            enqueue_first(state, task);
         }
         // Dispatched just before a crash, its `Scheduled` not stored: queued again here, but
         // the worker has it. It stays there.
@@ -90,8 +90,7 @@ impl Cluster {
             let queued = state.tasks.get(task.as_str()).is_some_and(|t| {
                 t.worker.is_none() && t.state == TaskState::Queued && t.attempt == *attempt
             });
-            if queued && let Some(at) = state.queue.iter().position(|q| q == task) {
-                state.queue.remove(at);
+            if queued && dequeue(state, task) {
                 adopt(state, task, &id);
                 if let Some(t) = state.tasks.get_mut(task.as_str()) {
                     t.push(EventKind::Scheduled { worker_id: id.clone() }, now_us());
@@ -280,7 +279,7 @@ impl Cluster {
         for (worker, tasks) in std::mem::take(&mut state.orphans) {
             for task in tasks {
                 if lost_attempt(state, &task, &worker, "it did not rejoin the restarted head") {
-                    state.queue.push_back(task);
+                    enqueue(state, task);
                     retried += 1;
                 }
             }

@@ -10,7 +10,7 @@
 //! from the store, events out once stored), `inspect` (what the inspector's pages show).
 //! `tests` exercises `State` directly.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,11 +44,13 @@ mod input;
 mod inspect;
 mod lifecycle;
 mod membership;
+mod queue;
 mod submit;
 mod traced;
 mod views;
 
 pub use follow::Follow;
+use queue::TaskQueue;
 
 use calls::*;
 pub use hosted::{ToolCalls, ToolHost};
@@ -60,7 +62,8 @@ pub use views::{
     TaskPage, WorkerInfo,
 };
 
-/// How many queued tasks one drain looks at past tasks that must keep waiting.
+/// How many of a tenant's queued tasks that must keep waiting one drain passes over before
+/// it turns to the next tenant.
 const QUEUE_SCAN_LIMIT: usize = 256;
 /// How long a restarted head waits for a worker to rejoin and claim the tasks it ran:
 /// past a worker's longest reconnect backoff (5 s) plus the worker timeout.
@@ -89,7 +92,7 @@ struct State {
     agents: AgentRegistry,
     workers: WorkerRegistry,
     tasks: TaskTable,
-    queue: VecDeque<TaskId>,
+    queue: TaskQueue,
     /// (agent, context id) -> the worker that ran its last turn.
     context_workers: HashMap<(String, String), String>,
     /// Whether placement prefers workers whose prefix caches likely hold a task's prompt
@@ -211,7 +214,7 @@ impl Cluster {
                 agents,
                 workers: WorkerRegistry::default(),
                 tasks: TaskTable::new(config.max_retained_tasks, config.max_retained_bytes),
-                queue: VecDeque::new(),
+                queue: TaskQueue::default(),
                 context_workers: HashMap::new(),
                 prefix_affinity: config.prefix_affinity,
                 calls_relayed: 0,

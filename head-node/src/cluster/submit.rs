@@ -400,7 +400,7 @@ pub(super) fn submit_in(
             calls::dispatch_borrowing(state, &id, &worker, &caller);
         }
         (None, Some(worker)) if state.leading() => dispatch(state, &id, &worker),
-        _ => state.queue.push_back(id.clone()),
+        _ => enqueue(state, id.clone()),
     }
     Ok(id)
 }

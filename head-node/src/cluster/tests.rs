@@ -74,7 +74,8 @@ fn a_lost_workers_tasks_are_retried_first_then_failed_past_their_retries() {
 
     cluster.worker_lost("w1", c1, "gone");
     assert_eq!(where_is(&cluster, &t1), (TaskState::Queued, 2, None));
-    assert_eq!(cluster.state.lock().queue, [t1.clone(), t2.clone()], "the retry goes first");
+    let queued: Vec<TaskId> = cluster.state.lock().queue.iter().cloned().collect();
+    assert_eq!(queued, [t1.clone(), t2.clone()], "the retry goes first");
 
     let (c2, _rx2, _) = cluster.worker_joined(registration("w2", 1, 2, &[]), String::new());
     assert_eq!(where_is(&cluster, &t1), (TaskState::Scheduled, 2, Some("w2".into())));
@@ -218,7 +219,8 @@ fn a_restarted_head_holds_running_tasks_for_their_worker_and_requeues_the_rest()
     {
         let state = second.state.lock();
         assert_eq!(state.orphans.get("w1").map(Vec::len), Some(2), "t1 and t2 ran on w1");
-        assert_eq!(state.queue, std::slice::from_ref(&t3));
+        let queued: Vec<&TaskId> = state.queue.iter().collect();
+        assert_eq!(queued, [&t3]);
         assert_eq!(state.worker_seqs.get("w1"), Some(&(9, 2)));
     }
     assert_eq!(where_is(&second, &t1), (TaskState::Working, 1, Some("w1".into())));
@@ -619,4 +621,61 @@ async fn a_follower_that_falls_behind_gets_every_event_once() {
     // Submitted and Scheduled, then the worker's 22.
     assert_eq!(seqs, (1..=24).collect::<Vec<u64>>());
     assert!(matches!(got.last().map(|e| &e.kind), Some(EventKind::Completed { .. })));
+}
+
+fn submit_as(cluster: &Cluster, who: &Principal, input: &str) -> TaskId {
+    let new = NewTask { agent: "a".into(), input: input.into(), ..Default::default() };
+    cluster.submit(who, new, None).expect("submitted")
+}
+
+fn complete(cluster: &Cluster, connection: u64, id: &TaskId) {
+    let done = EventKind::Completed { usage: Default::default() };
+    let (_, applied) = cluster.state.lock().worker_seqs.get("w1").copied().unwrap_or_default();
+    cluster.worker_events("w1", connection, vec![event(id, applied + 1, done)]);
+}
+
+/// Tenants are served in turns: another tenant's task goes next, not after the thousand a
+/// busy tenant queued before it.
+#[test]
+fn queued_tenants_take_turns() {
+    let cluster = Cluster::new(&config(0)).expect("cluster");
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let (busy, other) = (
+        Principal::new("busy", "busy", crate::auth::Role::User),
+        Principal::new("other", "other", crate::auth::Role::User),
+    );
+    let first = submit_as(&cluster, &busy, "first");
+    let queued: Vec<TaskId> =
+        (0..1000).map(|i| submit_as(&cluster, &busy, &i.to_string())).collect();
+    let theirs = submit_as(&cluster, &other, "theirs");
+    assert_eq!(where_is(&cluster, &first).0, TaskState::Scheduled);
+    complete(&cluster, c, &first);
+    assert_eq!(where_is(&cluster, &theirs).0, TaskState::Scheduled, "the other tenant's turn");
+    assert_eq!(where_is(&cluster, &queued[0]).0, TaskState::Queued);
+    complete(&cluster, c, &theirs);
+    assert_eq!(where_is(&cluster, &queued[0]).0, TaskState::Scheduled, "in order within a tenant");
+}
+
+/// A tenant held back by its running quota is passed over whole: another tenant's task
+/// behind hundreds of its waiting ones still gets the free slot.
+#[test]
+fn a_tenant_at_its_quota_holds_up_no_one_else() {
+    let mut config = config(0);
+    config.tenants.push(crate::quotas::TenantQuota {
+        name: "q".into(),
+        max_running_tasks: Some(1),
+        ..Default::default()
+    });
+    let cluster = Cluster::new(&config).expect("cluster");
+    let (_c, _rx, _) = cluster.worker_joined(registration("w1", 2, 1, &[]), String::new());
+    let (q, b) = (
+        Principal::new("q", "q", crate::auth::Role::User),
+        Principal::new("b", "b", crate::auth::Role::User),
+    );
+    let running = submit_as(&cluster, &q, "runs");
+    let waiting: Vec<TaskId> = (0..600).map(|i| submit_as(&cluster, &q, &i.to_string())).collect();
+    let theirs = submit_as(&cluster, &b, "theirs");
+    assert_eq!(where_is(&cluster, &running).0, TaskState::Scheduled);
+    assert_eq!(where_is(&cluster, &waiting[0]).0, TaskState::Queued, "q is at its quota");
+    assert_eq!(where_is(&cluster, &theirs).0, TaskState::Scheduled, "b is not held up by q");
 }

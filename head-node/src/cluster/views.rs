@@ -313,7 +313,7 @@ impl Cluster {
     pub fn agent_loads(&self) -> Vec<AgentLoad> {
         let state = self.state.lock();
         let mut queued: HashMap<&str, usize> = HashMap::new();
-        for id in &state.queue {
+        for id in state.queue.iter() {
             if let Some(task) = state.tasks.get(id.as_str()) {
                 *queued.entry(task.agent.as_str()).or_default() += 1;
             }
