@@ -308,6 +308,15 @@ async fn every_door_keeps_tenants_apart_and_roles_to_their_rights() -> Result<()
         ensure!(status == 404, "bob's inspector page of a's task: {status}");
         let (status, _, _) = http(&cluster, "GET", &path, Some(&key("rita")), None).await?;
         ensure!(status == 200, "rita's inspector page of her tenant's task: {status}");
+        // The cluster's status: the shared workers, and a tenant's own agents and tasks.
+        let (a_status, b_status, all) =
+            (alice.status().await?, bob.status().await?, admin.status().await?);
+        ensure!(a_status.workers.len() == 1 && b_status.workers.len() == 1, "{b_status:?}");
+        ensure!(a_status.running_tasks == 1, "alice's running tasks: {a_status:?}");
+        ensure!(b_status.running_tasks == 0, "bob's running tasks: {b_status:?}");
+        ensure!(all.running_tasks >= 1 && all.agents > b_status.agents, "{all:?}");
+        ensure!(all.retained_tasks >= a_status.retained_tasks + b_status.retained_tasks);
+
         // A tenant's scrape shows its own series and nothing cluster-wide; the admin's all.
         let scrape = |who: String| {
             let cluster = &cluster;

@@ -243,9 +243,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.cluster.status().into()))
+        Ok(Response::new(self.cluster.status_for(&who(&request)?).into()))
     }
 
     async fn publish(

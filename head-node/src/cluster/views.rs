@@ -354,6 +354,26 @@ impl Cluster {
         loads
     }
 
+    /// The status as `who` may see it: all of it for an admin; for anyone else the workers
+    /// (the capacity every tenant shares) with its own tenant's agents and tasks, not other
+    /// tenants' figures or the mesh's counters.
+    pub fn status_for(&self, who: &Principal) -> ClusterStatus {
+        let mut status = self.status();
+        if who.is_admin() {
+            return status;
+        }
+        let tenant = who.tenant();
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        status.agents = state.agents.iter().filter(|a| who.sees_agent(&a.spec)).count();
+        status.queued_tasks = state.tasks.count(tenant, &[TaskState::Queued]);
+        status.running_tasks = state.tasks.count(tenant, &crate::quotas::RUNNING);
+        status.retained_tasks = state.tasks.count(tenant, &TaskState::ALL);
+        status.counters = state.metrics.ended_of(tenant);
+        (status.calls_relayed, status.agents_located) = (0, 0);
+        status
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let state = self.state.lock();
         let now = Instant::now();

@@ -31,8 +31,12 @@ fn resources(r: &fleet_proto::Resources) -> Value {
 
 /// The whole cluster at a glance (`/ui/api/cluster`, and each tick of its live stream).
 pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Value {
-    let status = cluster.status();
-    let submitted: u64 = cluster.agents(who).iter().map(|a| a.tasks_submitted).sum();
+    let status = cluster.status_for(who);
+    let submitted: u64 = if who.is_admin() {
+        cluster.agents(who).iter().map(|a| a.tasks_submitted).sum()
+    } else {
+        cluster.task_metrics().totals_of(who.tenant()).0
+    };
     let on_mesh: Vec<_> = status.workers.iter().filter(|w| w.registration.mesh.is_some()).collect();
     let workers: Vec<Value> = status
         .workers

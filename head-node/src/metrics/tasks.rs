@@ -90,6 +90,27 @@ impl TaskMetrics {
         });
     }
 
+    /// How many of `tenant`'s tasks were submitted, and how many ended in each final state,
+    /// since the head started.
+    pub(crate) fn totals_of(&self, tenant: &str) -> (u64, crate::tasks::TaskCounters) {
+        let series = self.series.lock();
+        let mut counters = crate::tasks::TaskCounters::default();
+        let mut submitted = 0;
+        for s in series.get(tenant).into_iter().flat_map(|agents| agents.values()) {
+            submitted += s.submitted.get();
+            let ended = |state: TaskState| s.ended.get(state.as_str()).map_or(0, |(n, _)| n.get());
+            counters.completed += ended(TaskState::Completed);
+            counters.failed += ended(TaskState::Failed);
+            counters.canceled += ended(TaskState::Canceled);
+        }
+        (submitted, counters)
+    }
+
+    /// How many of `tenant`'s tasks ended in each final state since the head started.
+    pub(crate) fn ended_of(&self, tenant: &str) -> crate::tasks::TaskCounters {
+        self.totals_of(tenant).1
+    }
+
     /// Events workers sent since the head started.
     pub(crate) fn worker_events_total(&self) -> u64 {
         self.worker_events.load(Ordering::Relaxed)
