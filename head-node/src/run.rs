@@ -25,7 +25,6 @@ pub struct TaskRun {
     /// Who submitted it: the reads, declines and cancel are theirs.
     who: Principal,
     follow: Follow,
-    ended: bool,
 }
 
 impl TaskRun {
@@ -33,7 +32,7 @@ impl TaskRun {
     pub fn start(cluster: &Arc<Cluster>, who: &Principal, task: NewTask) -> crate::Result<Self> {
         let follow = cluster.submit_and_follow(who, task)?;
         let (task_id, who) = (follow.task_id().clone(), who.clone());
-        Ok(Self { cluster: cluster.clone(), who, task_id, follow, ended: false })
+        Ok(Self { cluster: cluster.clone(), who, task_id, follow })
     }
 
     /// The task's next event; `None` after its terminal event or when its events stopped
@@ -42,7 +41,6 @@ impl TaskRun {
     pub async fn next(&mut self) -> Option<Arc<TaskEvent>> {
         loop {
             let event = self.follow.next().await?;
-            self.ended = event.kind.is_terminal();
             if matches!(event.kind, EventKind::InputRequired { .. }) {
                 self.decline(event.seq).await;
                 continue;
@@ -71,7 +69,7 @@ impl TaskRun {
 
 impl Drop for TaskRun {
     fn drop(&mut self) {
-        if !self.ended {
+        if !self.follow.ended() {
             tracing::debug!(task_id = %self.task_id, "request gone before its task ended; canceling");
             let _ = self.cluster.cancel(&self.who, self.task_id.as_str());
         }

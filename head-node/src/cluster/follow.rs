@@ -44,6 +44,11 @@ impl Follow {
         &self.task_id
     }
 
+    /// Whether [`next`](Self::next) gave the task's terminal event.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// The seq of the last event [`next`](Self::next) gave (0: none yet).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

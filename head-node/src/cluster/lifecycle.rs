@@ -294,8 +294,10 @@ pub(super) fn drain_queue(state: &mut State) {
         // Fewest tasks running first, ties in turn: a tenant with a slot busy does not get
         // a second while another waits with none.
         let mut tenants = state.queue.tenants();
-        let tasks = &mut state.tasks;
-        tenants.sort_by_cached_key(|t| tasks.count(t, &crate::quotas::RUNNING));
+        if tenants.len() > 1 {
+            let tasks = &mut state.tasks;
+            tenants.sort_by_cached_key(|t| tasks.count(t, &crate::quotas::RUNNING));
+        }
         for tenant in tenants {
             if !state.workers.iter().any(WorkerEntry::has_free_slot) {
                 return;

@@ -369,7 +369,7 @@ impl Cluster {
         status.queued_tasks = state.tasks.count(tenant, &[TaskState::Queued]);
         status.running_tasks = state.tasks.count(tenant, &crate::quotas::RUNNING);
         status.retained_tasks = state.tasks.count(tenant, &TaskState::ALL);
-        status.counters = state.metrics.ended_of(tenant);
+        status.counters = state.metrics.totals_of(tenant).1;
         (status.calls_relayed, status.agents_located) = (0, 0);
         status
     }

@@ -106,11 +106,6 @@ impl TaskMetrics {
         (submitted, counters)
     }
 
-    /// How many of `tenant`'s tasks ended in each final state since the head started.
-    pub(crate) fn ended_of(&self, tenant: &str) -> crate::tasks::TaskCounters {
-        self.totals_of(tenant).1
-    }
-
     /// Events workers sent since the head started.
     pub(crate) fn worker_events_total(&self) -> u64 {
         self.worker_events.load(Ordering::Relaxed)

@@ -129,10 +129,8 @@ pub fn target(url: &str) -> Result<Target, String> {
 
 fn client_config(mode: SslMode, roots: Option<&str>) -> Result<ClientConfig, String> {
     let provider = Arc::new(aws_lc_rs::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-            Arc::new(EncryptOnly(provider.clone()))
-        }
+    let chain = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let webpki = WebPkiServerVerifier::builder_with_provider(
                 Arc::new(root_store(roots)?),
@@ -140,9 +138,10 @@ fn client_config(mode: SslMode, roots: Option<&str>) -> Result<ClientConfig, Str
             )
             .build()
             .map_err(|e| format!("sslrootcert: {e}"))?;
-            if mode == SslMode::VerifyCa { Arc::new(AnyName(webpki)) } else { webpki }
+            Some((webpki, mode == SslMode::VerifyFull))
         }
     };
+    let verifier = Arc::new(Verifier { provider: provider.clone(), chain });
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -297,63 +296,21 @@ fn percent_decode(value: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `prefer` and `require` without roots: the session is encrypted and its handshake
-/// signed by the certificate's key, but who holds the certificate is not checked (libpq's
-/// meaning of these modes; an active man in the middle is not kept out).
+/// Checks the server's certificate as `sslmode` says. Without a chain to check (`prefer`,
+/// `require`) the session is encrypted and its handshake signed by the certificate's key,
+/// but who holds the certificate is not checked (libpq's meaning of these modes; an active
+/// man in the middle is not kept out). `verify-ca` checks the chain and not the name
+/// (webpki checks the chain before the name, so a name error means the chain was good);
+/// `verify-full` both. Handshake signatures are checked with the provider's algorithms
+/// either way, as webpki's own verifier does.
 #[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    /// The chain's verifier, and whether the name is checked too.
+    chain: Option<(Arc<WebPkiServerVerifier>, bool)>,
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name it is for is not checked.
-/// webpki checks the chain before the name, so a name error means the chain was good.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -362,11 +319,14 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let Some((webpki, check_name)) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
         {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -377,7 +337,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -386,11 +347,12 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
