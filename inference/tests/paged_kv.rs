@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use fleet_inference::transformer::attention::{AttendJob, attend_cpu};
+use fleet_inference::transformer::attention::{AttendJob, Scores, attend_cpu};
 use fleet_inference::transformer::paged::{
     BLOCK_SIZE, BlockPool, BlockTable, KvFull, StepPlan, attend_reference, write_reference,
 };
@@ -154,7 +154,9 @@ fn attention_over_blocks_equals_the_contiguous_cpu_attention() {
     let q = Tensor::from_vec(q, (token, heads, hd), &Device::Cpu)
         .and_then(|q| q.transpose(0, 1)?.contiguous())
         .expect("q");
-    let contiguous = attend_cpu(&q, &jobs, kv_heads).expect("attention").expect("f32 on the CPU");
+    let contiguous = attend_cpu(&q, &jobs, kv_heads, Scores::plain(hd))
+        .expect("attention")
+        .expect("f32 on the CPU");
     assert_eq!(paged.len(), token * heads * hd);
     assert_eq!(paged, contiguous);
 }

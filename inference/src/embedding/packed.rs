@@ -142,7 +142,15 @@ impl Bert {
                     let qh = &q[head * hd..][..hd];
                     let key = |j: usize| &qkv[(start + j) * 3 * h + h + head * hd..][..hd];
                     let value = |j: usize| &qkv[(start + j) * 3 * h + 2 * h + head * hd..][..hd];
-                    attend_one(qh, key, value, scale, &mut scores, &mut out[head * hd..][..hd]);
+                    attend_one(
+                        qh,
+                        key,
+                        value,
+                        scale,
+                        None,
+                        &mut scores,
+                        &mut out[head * hd..][..hd],
+                    );
                 }
             }
         });

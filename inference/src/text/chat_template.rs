@@ -38,6 +38,9 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Gemma 3's chat template as its `tokenizer_config.json` has it.
+const GEMMA: &str = include_str!("gemma_chat_template.jinja");
+
 /// Template instructions one rendering may run.
 const TEMPLATE_FUEL: u64 = 1_000_000;
 
@@ -68,6 +71,13 @@ impl ChatTemplate {
     pub fn chatml() -> Self {
         #[allow(clippy::expect_used)] // a constant, covered by the tests
         Self::new(CHATML, None, Some("<|im_end|>")).expect("the built-in ChatML template parses")
+    }
+
+    /// Gemma's own template (Gemma 2 and 3 write the same turns), for Gemma files that
+    /// carry none: a system message leads the first user turn, `assistant` is `model`.
+    pub fn gemma(bos: Option<&str>) -> Self {
+        #[allow(clippy::expect_used)] // a constant, covered by the tests
+        Self::new(GEMMA, bos, Some("<end_of_turn>")).expect("the built-in Gemma template parses")
     }
 
     /// The Jinja source this template was compiled from.

@@ -5,11 +5,13 @@
 //! - [`chat_template`]: [`ChatTemplate`], Hugging Face Jinja chat templates on minijinja;
 //! - [`detokenize`]: [`Detokenizer`], token ids to text deltas that never split a character;
 //! - [`stop`]: [`StopMatcher`], stop strings that may span deltas;
+//! - `spm`: SentencePiece (`llama`) GGUF tokenizers as llama.cpp splits text;
 //! - [`fixture`]: a tiny byte-level BPE tokenizer written to disk for tests and benchmarks.
 
 pub mod chat_template;
 pub mod detokenize;
 pub mod fixture;
+mod spm;
 pub mod stop;
 pub mod tokenizer;
 

@@ -43,6 +43,9 @@ fn byte_level_pre_tokenizer(pre: &str) -> Option<tokenizers::PreTokenizerWrapper
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_ids: Vec<u32>,
+    /// The id a raw prompt starts with, for models that want one (Gemma's `<bos>`): what
+    /// `add_bos_token` says. Chat templates write their own.
+    prompt_bos: Option<u32>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     chat_template: Option<ChatTemplate>,
@@ -53,6 +56,7 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("vocab_size", &self.vocab_size())
             .field("eos_ids", &self.eos_ids)
+            .field("prompt_bos", &self.prompt_bos)
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
             .field("chat_template", &self.chat_template.is_some())
@@ -68,7 +72,7 @@ impl Tokenizer {
         let path = dir.join("tokenizer.json");
         let expected = "Hugging Face tokenizer.json";
         let bytes = read(&path, expected)?;
-        let inner = crate::error::without_panics("tokenizer.json", || {
+        let mut inner = crate::error::without_panics("tokenizer.json", || {
             tokenizers::Tokenizer::from_bytes(&bytes)
         })
         .map_err(|e| invalid(&path, expected, e))?
@@ -99,8 +103,14 @@ impl Tokenizer {
             Some(id) => eos_ids.extend(json_id(id)),
             None => {}
         }
-        Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template)
-            .map_err(|e| invalid(&path, expected, e))
+        without_word_cache(&mut inner).map_err(|e| invalid(&path, expected, e))?;
+        let add_bos = config.and_then(|c| c.get("add_bos_token")).and_then(Json::as_bool);
+        let prompt_bos = match (add_bos, &bos_token) {
+            (Some(true), Some(bos)) => inner.token_to_id(bos),
+            _ => None,
+        };
+        let specials = Specials { eos_ids, prompt_bos, bos_token, eos_token };
+        Self::assemble(inner, specials, chat_template).map_err(|e| invalid(&path, expected, e))
     }
 
     /// Builds the tokenizer from GGUF metadata (llama.cpp's `tokenizer.ggml.*` keys, BPE
@@ -118,17 +128,36 @@ impl Tokenizer {
             tensor_infos: HashMap::new(),
             tensor_data_offset: 0,
         };
-        let mut inner = tokenizers::Tokenizer::from_gguf(&content).map_err(|e| {
-            // candle appends a backtrace when RUST_BACKTRACE is set: keep the message line.
-            Error::GgufTokenizerBuild(e.to_string().lines().next().unwrap_or_default().to_owned())
-        })?;
-        let pre = match metadata.get("tokenizer.ggml.pre") {
-            Some(Value::String(pre)) => pre.as_str(),
+        let kind = match metadata.get("tokenizer.ggml.model") {
+            Some(Value::String(kind)) => kind.as_str(),
             _ => "gpt2",
         };
-        if let Some(pre_tokenizer) = byte_level_pre_tokenizer(pre) {
-            inner.with_pre_tokenizer(Some(pre_tokenizer));
-        }
+        let inner = match kind {
+            "gpt2" => {
+                let mut inner = tokenizers::Tokenizer::from_gguf(&content).map_err(|e| {
+                    // candle appends a backtrace when RUST_BACKTRACE is set: keep the message
+                    // line.
+                    let message = e.to_string();
+                    Error::GgufTokenizerBuild(message.lines().next().unwrap_or_default().into())
+                })?;
+                let pre = match metadata.get("tokenizer.ggml.pre") {
+                    Some(Value::String(pre)) => pre.as_str(),
+                    _ => "gpt2",
+                };
+                if let Some(pre_tokenizer) = byte_level_pre_tokenizer(pre) {
+                    inner.with_pre_tokenizer(Some(pre_tokenizer));
+                }
+                without_word_cache(&mut inner).map_err(Error::GgufTokenizerBuild)?;
+                inner
+            }
+            // Built without a word cache.
+            "llama" => super::spm::from_gguf(metadata).map_err(Error::GgufTokenizerBuild)?,
+            other => {
+                return Err(Error::GgufTokenizerBuild(format!(
+                    "tokenizer model {other:?} is not supported (supported: gpt2, llama)"
+                )));
+            }
+        };
 
         let id_of = |key: &str| gguf_id(metadata, key);
         let bos_id = id_of("tokenizer.ggml.bos_token_id")?;
@@ -150,18 +179,22 @@ impl Tokenizer {
                 return Err(Error::GgufTokenizer { key: key.into(), reason });
             }
         };
-        Self::assemble(inner, eos_ids, bos_token, eos_token, chat_template)
-            .map_err(Error::GgufTokenizerBuild)
+        // llama.cpp's default: a BOS before SentencePiece prompts, none before byte-level ones.
+        let add_bos = match metadata.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            _ => kind == "llama",
+        };
+        let prompt_bos = if add_bos { bos_id } else { None };
+        let specials = Specials { eos_ids, prompt_bos, bos_token, eos_token };
+        Self::assemble(inner, specials, chat_template).map_err(Error::GgufTokenizerBuild)
     }
 
     fn assemble(
-        mut inner: tokenizers::Tokenizer,
-        mut eos_ids: Vec<u32>,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
+        inner: tokenizers::Tokenizer,
+        specials: Specials,
         chat_template: Option<ChatTemplate>,
     ) -> std::result::Result<Tokenizer, String> {
-        without_word_cache(&mut inner)?;
+        let Specials { mut eos_ids, prompt_bos, bos_token, eos_token } = specials;
         eos_ids.extend(eos_token.as_deref().and_then(|t| inner.token_to_id(t)));
         let added = inner.get_added_tokens_decoder();
         for (id, token) in &added {
@@ -171,7 +204,7 @@ impl Tokenizer {
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        Ok(Tokenizer { inner, eos_ids, bos_token, eos_token, chat_template })
+        Ok(Tokenizer { inner, eos_ids, prompt_bos, bos_token, eos_token, chat_template })
     }
 
     /// Token ids of `text`, adding no special tokens (chat templates write those).
@@ -179,6 +212,14 @@ impl Tokenizer {
         let encoding =
             self.inner.encode_fast(text, false).map_err(|e| Error::Tokenize(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of a raw prompt (a completion's, not a chat's): [`Self::encode`] after the
+    /// BOS the model wants in front, as llama.cpp does.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.prompt_bos.into_iter().collect();
+        ids.extend(self.encode(text)?);
+        Ok(ids)
     }
 
     /// The text of `ids`, special tokens included.
@@ -217,6 +258,14 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The special ids and strings beside the vocabulary.
+struct Specials {
+    eos_ids: Vec<u32>,
+    prompt_bos: Option<u32>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
 }
 
 /// Rebuilds a BPE model without its word cache. `tokenizers` 0.23 keeps the words a BPE

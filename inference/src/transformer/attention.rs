@@ -10,22 +10,59 @@
 use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
+/// How a layer turns `q·k` into the scores its softmax reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scores {
+    /// `q·k` times this (1/√head_dim for most families).
+    pub scale: f32,
+    /// A sliding-window layer's window: a query sees this many positions, its own included.
+    pub window: Option<usize>,
+    /// Scores become `cap · tanh(score / cap)` (Gemma 2).
+    pub softcap: Option<f32>,
+}
+
+impl Scores {
+    /// Scaled by 1/√head_dim, over every earlier position, uncapped.
+    pub fn plain(head_dim: usize) -> Self {
+        Self { scale: 1.0 / (head_dim as f32).sqrt(), window: None, softcap: None }
+    }
+
+    /// The first position a query at `pos` sees.
+    fn first(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+}
+
 /// Attention of `q` `[heads, n, hd]` (positions `pos..pos + n`) over `keys`/`values`
 /// `[kv_heads, len, hd]`; returns `[n, heads * hd]`. Query heads are grouped by the KV head
 /// they share, so keys and values are never copied per query head.
-pub fn attention(q: &Tensor, keys: &Tensor, values: &Tensor, pos: usize) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    pos: usize,
+    how: Scores,
+) -> Result<Tensor> {
     let (nh, n, hd) = q.dims3()?;
     let (kvh, len, _) = keys.dims3()?;
     let groups = nh / kvh;
     let q = q.contiguous()?.reshape((kvh, groups * n, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-    if n > 1 {
-        // Row (g, i) is query i (at position pos + i): it sees keys up to pos + i.
+    let mut scores = (q.matmul(&keys.t()?)? * f64::from(how.scale))?;
+    if let Some(cap) = how.softcap {
+        scores = ((scores / f64::from(cap))?.tanh()? * f64::from(cap))?;
+    }
+    if n > 1 || how.window.is_some() {
+        // Row (g, i) is query i (at position pos + i): it sees keys up to pos + i, from the
+        // start of its window.
         let mask: Vec<f32> = (0..groups * n)
             .flat_map(|r| {
                 let i = r % n;
-                (0..len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                let first = how.first(pos + i);
+                (0..len).map(
+                    move |j| {
+                        if j > pos + i || j < first { f32::NEG_INFINITY } else { 0.0 }
+                    },
+                )
             })
             .collect();
         let mask = Tensor::from_vec(mask, (groups * n, len), q.device())?;
@@ -68,7 +105,12 @@ fn cpu_f32<'a>(guard: &'a StorageRef<'_>, t: &Tensor) -> Option<&'a [f32]> {
 /// others, or one row of a prompt chunk of any size. That is what makes a sequence's
 /// tokens independent of batching and of prefill chunking (a matmul over a chunk would
 /// block its reductions by the chunk's shape).
-pub fn attend_cpu(q: &Tensor, jobs: &[AttendJob], kv_heads: usize) -> Result<Option<Vec<f32>>> {
+pub fn attend_cpu(
+    q: &Tensor,
+    jobs: &[AttendJob],
+    kv_heads: usize,
+    how: Scores,
+) -> Result<Option<Vec<f32>>> {
     let (nh, t, hd) = q.dims3()?;
     let q = q.contiguous()?;
     let q_guard = q.storage_and_layout().0;
@@ -88,25 +130,25 @@ pub fn attend_cpu(q: &Tensor, jobs: &[AttendJob], kv_heads: usize) -> Result<Opt
             candle_core::bail!("attention: {} positions in a cache of {capacity}", job.pos + job.n);
         }
         for i in 0..job.n {
-            rows.push(Row { keys, values, capacity, token: job.token + i, len: job.pos + i + 1 });
+            let (first, len) = (how.first(job.pos + i), job.pos + i + 1);
+            rows.push(Row { keys, values, capacity, token: job.token + i, first, len });
         }
     }
     if rows.len() != t {
         candle_core::bail!("attention: jobs cover {} of the step's {t} tokens", rows.len());
     }
     let groups = nh / kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; t * nh * hd];
     // One item per (row, head): a decode step of one sequence still spreads over the cores.
     out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (item, out)| {
         let (row, h) = (&rows[item / nh], item % nh);
         scores.clear();
-        scores.resize(row.len, 0.0);
-        let base = h / groups * row.capacity * hd;
+        scores.resize(row.len - row.first, 0.0);
+        let base = (h / groups * row.capacity + row.first) * hd;
         let qh = &q_data[(h * t + row.token) * hd..][..hd];
         let key = |j: usize| &row.keys[base + j * hd..][..hd];
         let value = |j: usize| &row.values[base + j * hd..][..hd];
-        attend_one(qh, key, value, scale, scores, out);
+        attend_one(qh, key, value, how.scale, how.softcap, scores, out);
     });
     Ok(Some(out))
 }
@@ -121,15 +163,17 @@ pub fn attend_cpu(q: &Tensor, jobs: &[AttendJob], kv_heads: usize) -> Result<Opt
 /// context cost a third of a prompt chunk's time. The CPU does not change while a process
 /// runs, so every call takes the same path: every score and output is the same operations
 /// in the same order whatever else is computed beside it.
+/// Scores are `scale · q·k`, soft-capped where `softcap` is given (`cap · tanh(s / cap)`).
 pub(crate) fn attend_one<'a>(
     q: &[f32],
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     scale: f32,
+    softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    pulp::Arch::new().dispatch(AttendOne { q, key, value, scale, scores, out });
+    pulp::Arch::new().dispatch(AttendOne { q, key, value, scale, softcap, scores, out });
 }
 
 /// [`attend_one`]'s arguments, run by `pulp` with the CPU's SIMD type.
@@ -138,6 +182,7 @@ struct AttendOne<'q, K, V> {
     key: K,
     value: V,
     scale: f32,
+    softcap: Option<f32>,
     scores: &'q mut [f32],
     out: &'q mut [f32],
 }
@@ -155,7 +200,7 @@ where
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let Self { q, key, value, scale, scores, out } = self;
+        let Self { q, key, value, scale, softcap, scores, out } = self;
         let (qv, qt) = S::as_simd_f32s(q);
         // A score: one chain of multiply-adds over the head, its lanes summed, the tail added.
         let finish = |acc: S::f32s, k: &[f32]| {
@@ -190,6 +235,11 @@ where
                 .fold(simd.splat_f32s(0.0), |a, (x, y)| simd.mul_add_f32s(*x, *y, a));
             *s = finish(acc, k);
             j += 1;
+        }
+        if let Some(cap) = softcap {
+            for s in scores.iter_mut() {
+                *s = cap * (*s / cap).tanh();
+            }
         }
         // The largest score (a maximum does not depend on the order it is taken in).
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -266,6 +316,8 @@ struct Row<'a> {
     values: &'a [f32],
     capacity: usize,
     token: usize,
+    /// The positions it sees: `first..len` (all of them but outside a sliding window).
+    first: usize,
     len: usize,
 }
 
@@ -300,20 +352,71 @@ mod tests {
             let mut out = vec![0f32; hd];
             let key = |j: usize| &keys[j * hd..][..hd];
             let value = |j: usize| &values[j * hd..][..hd];
-            attend_one(&q, key, value, scale, &mut scores, &mut out);
-            let s: Vec<f64> = (0..len)
-                .map(|j| {
-                    q.iter().zip(key(j)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
-                        * scale as f64
-                })
-                .collect();
-            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            for (d, o) in out.iter().enumerate() {
-                let want: f64 = (0..len).map(|j| e[j] / sum * value(j)[d] as f64).sum();
-                assert!((*o as f64 - want).abs() < 5e-7, "hd {hd} len {len} [{d}]: {o} vs {want}");
+            // Plain, and soft-capped as Gemma 2's are.
+            for cap in [None, Some(2.0f32)] {
+                attend_one(&q, key, value, scale, cap, &mut scores, &mut out);
+                let s: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let s =
+                            q.iter().zip(key(j)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                                * scale as f64;
+                        cap.map_or(s, |c| c as f64 * (s / c as f64).tanh())
+                    })
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for (d, o) in out.iter().enumerate() {
+                    let want: f64 = (0..len).map(|j| e[j] / sum * value(j)[d] as f64).sum();
+                    assert!(
+                        (*o as f64 - want).abs() < 5e-7,
+                        "hd {hd} len {len} cap {cap:?} [{d}]: {o} vs {want}"
+                    );
+                }
+                out.fill(0.0);
             }
         }
+    }
+
+    /// A window layer's rows equal the same attention over only the window's positions, and
+    /// the matmul form masks the same positions.
+    #[test]
+    fn a_window_sees_only_its_latest_positions() -> Result<()> {
+        let (nh, kvh, hd, pos, n, window) = (4, 2, 16, 9, 5, 4);
+        let d = &candle_core::Device::Cpu;
+        let q = Tensor::from_vec(noise(nh * n * hd, 1, 1.0), (nh, n, hd), d)?;
+        let keys = Tensor::from_vec(noise(kvh * (pos + n) * hd, 2, 1.0), (kvh, pos + n, hd), d)?;
+        let values = Tensor::from_vec(noise(kvh * (pos + n) * hd, 3, 1.0), (kvh, pos + n, hd), d)?;
+        let how = Scores { window: Some(window), ..Scores::plain(hd) };
+        let job = |keys: &Tensor, values: &Tensor, pos| AttendJob {
+            token: 0,
+            n: 1,
+            pos,
+            keys: keys.clone(),
+            values: values.clone(),
+        };
+        let windowed =
+            attend_cpu(&q.narrow(1, n - 1, 1)?, &[job(&keys, &values, pos + n - 1)], kvh, how)?;
+        // The last row sees positions pos + n - window .. pos + n.
+        let from = pos + n - window;
+        let (k, v) = (
+            keys.narrow(1, from, window)?.contiguous()?,
+            values.narrow(1, from, window)?.contiguous()?,
+        );
+        let alone = attend_cpu(
+            &q.narrow(1, n - 1, 1)?,
+            &[job(&k, &v, window - 1)],
+            kvh,
+            Scores::plain(hd),
+        )?;
+        assert_eq!(windowed, alone);
+        // The matmul form, every row of the chunk, against the loop.
+        let matmul = attention(&q, &keys, &values, pos, how)?.flatten_all()?.to_vec1::<f32>()?;
+        let jobs = [AttendJob { token: 0, n, pos, keys, values }];
+        let rows = attend_cpu(&q, &jobs, kvh, how)?
+            .ok_or_else(|| candle_core::Error::Msg("not f32".into()))?;
+        let worst = matmul.iter().zip(&rows).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "matmul and loop differ by {worst}");
+        Ok(())
     }
 }

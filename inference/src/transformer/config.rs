@@ -17,6 +17,12 @@ pub enum Family {
     Qwen3,
     /// Phi-3: fused QKV and gate/up projections.
     Phi3,
+    /// Gemma 2: norms after attention and MLP too, GELU, scaled embeddings, sliding-window
+    /// layers every other layer, soft-capped scores and logits.
+    Gemma2,
+    /// Gemma 3: Gemma 2's layers with Qwen3's per-head QK norm, five sliding-window layers
+    /// (rotated by their own base) to each global one, and no soft caps.
+    Gemma3,
 }
 
 impl Family {
@@ -27,11 +33,85 @@ impl Family {
             "llama" | "mistral" => Some(Self::Llama),
             "qwen3" => Some(Self::Qwen3),
             "phi3" => Some(Self::Phi3),
+            "gemma2" => Some(Self::Gemma2),
+            "gemma3" => Some(Self::Gemma3),
             _ => None,
         }
     }
 
-    pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3";
+    pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3";
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
+    }
+}
+
+/// The MLP's activation of its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · σ(x)` (SwiGLU).
+    Silu,
+    /// GELU's tanh approximation (Gemma's GeGLU).
+    GeluTanh,
+}
+
+/// Layers that attend only to the latest positions: which ones, how many positions, and the
+/// rotation they use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a query sees, its own included.
+    pub size: usize,
+    /// Layer `i` slides when `i % pattern < pattern - 1` (llama.cpp's `swa_pattern`): 2 for
+    /// Gemma 2 (every other layer), 6 for Gemma 3 (five of each six).
+    pub pattern: usize,
+    /// Their rotation (Gemma 3's window layers have base 10,000, its global ones 1,000,000).
+    pub rope: RopeConfig,
+}
+
+impl SlidingWindow {
+    pub fn slides(&self, layer: usize) -> bool {
+        self.pattern > 0 && layer % self.pattern < self.pattern - 1
+    }
+}
+
+/// How a family's layers differ from Llama's: its layer recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    /// RMSNorm of each head's queries and keys (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention's and the MLP's outputs before the residual adds (Gemma).
+    pub post_norms: bool,
+    pub activation: Activation,
+    /// The embedding rows times this (Gemma: √hidden).
+    pub embed_scale: Option<f32>,
+    /// The factor of `q·k` (1/√head_dim unless the family says otherwise).
+    pub query_scale: f32,
+    /// Scores become `cap · tanh(score / cap)` (Gemma 2: 50).
+    pub attn_softcap: Option<f32>,
+    /// Logits become `cap · tanh(logit / cap)` (Gemma 2: 30).
+    pub final_softcap: Option<f32>,
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+impl Recipe {
+    /// Llama's layers: pre-norms only, SwiGLU, every layer global.
+    pub fn plain(head_dim: usize) -> Self {
+        Self {
+            qk_norm: false,
+            post_norms: false,
+            activation: Activation::Silu,
+            embed_scale: None,
+            query_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: None,
+        }
+    }
+
+    /// Whether the GPU's paged kernels run these layers: Llama's, or Qwen3's QK norm.
+    pub fn runs_on_gpu(&self, head_dim: usize) -> bool {
+        *self == Self { qk_norm: self.qk_norm, ..Self::plain(head_dim) }
+    }
 }
 
 /// How positions are rotated into queries and keys.
@@ -58,6 +138,8 @@ pub enum RopeScaling {
     },
     /// Per-frequency divisors, as llama.cpp stores Llama 3 scaling (`rope_freqs.weight`).
     Factors(Vec<f32>),
+    /// Every frequency divided by one factor (positions stretched; Gemma 3's global layers).
+    Linear(f64),
 }
 
 /// The shapes and switches of one decoder model.
@@ -76,11 +158,17 @@ pub struct DecoderConfig {
     pub rope: RopeConfig,
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
+    pub recipe: Recipe,
 }
 
 impl DecoderConfig {
     pub fn qk_norm(&self) -> bool {
-        self.family == Family::Qwen3
+        self.recipe.qk_norm
+    }
+
+    /// The window of layer `layer`, if it is a sliding-window layer.
+    pub fn window_of(&self, layer: usize) -> Option<&SlidingWindow> {
+        self.recipe.sliding_window.as_ref().filter(|w| w.slides(layer))
     }
 
     /// Checks the shapes fit together; the error says which do not.
@@ -104,6 +192,14 @@ impl DecoderConfig {
                 self.num_heads, self.num_kv_heads
             ));
         }
+        if let Some(w) = &self.recipe.sliding_window
+            && (w.size == 0 || w.pattern == 0)
+        {
+            return Err(format!(
+                "the sliding window ({} positions, one layer in {}) must be above 0",
+                w.size, w.pattern
+            ));
+        }
         if self.rope.dims > self.head_dim || !self.rope.dims.is_multiple_of(2) {
             return Err(format!(
                 "rotary dimensions ({}) must be even and at most head_dim ({})",
@@ -125,6 +221,12 @@ impl DecoderConfig {
         let family = Family::from_name(kind).ok_or_else(|| {
             format!("model_type {kind:?} is not supported (supported: {})", Family::NAMES)
         })?;
+        if family.is_gemma() {
+            return Err(format!(
+                "{kind} models load from GGUF files (llama.cpp's convert_hf_to_gguf.py writes \
+                 one); a Hugging Face folder of this family is not supported yet"
+            ));
+        }
         let raw: HfConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1));
         let dims = match raw.partial_rotary_factor {
@@ -150,6 +252,7 @@ impl DecoderConfig {
             },
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias: raw.attention_bias.unwrap_or(family == Family::Qwen2),
+            recipe: Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -181,28 +284,118 @@ impl DecoderConfig {
         } else {
             RopeScaling::None
         };
+        let rope = RopeConfig {
+            theta: float(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
+            dims: get("rope.dimension_count").unwrap_or(head_dim),
+            interleaved: family == Family::Llama,
+            scaling,
+        };
+        let num_layers = get("block_count")?;
+        let recipe = if family.is_gemma() {
+            gemma_recipe(family, md, &arch, &rope, hidden_size, num_heads, head_dim, num_layers)?
+        } else {
+            Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) }
+        };
+        let rope = match &recipe.sliding_window {
+            // Gemma 3's global layers may stretch positions (linear scaling); its window
+            // layers never do.
+            Some(_) if family == Family::Gemma3 => {
+                RopeConfig { scaling: linear_scaling(md, &arch)?.unwrap_or(rope.scaling), ..rope }
+            }
+            _ => rope,
+        };
         let cfg = Self {
             family,
             vocab_size,
             hidden_size,
             intermediate_size: get("feed_forward_length")?,
-            num_layers: get("block_count")?,
+            num_layers,
             num_heads,
             num_kv_heads: get("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
             max_positions: get("context_length")?,
             rms_norm_eps: float(md, &format!("{arch}.attention.layer_norm_rms_epsilon"))?,
-            rope: RopeConfig {
-                theta: float(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
-                dims: get("rope.dimension_count").unwrap_or(head_dim),
-                interleaved: family == Family::Llama,
-                scaling,
-            },
+            rope,
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
+            recipe,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// Gemma's recipe from llama.cpp's keys and its defaults for what the files leave out (the
+/// window pattern, Gemma 3's window base, the 27B models' query scale).
+#[allow(clippy::too_many_arguments)]
+fn gemma_recipe(
+    family: Family,
+    md: &HashMap<String, Value>,
+    arch: &str,
+    rope: &RopeConfig,
+    hidden_size: usize,
+    num_heads: usize,
+    head_dim: usize,
+    num_layers: usize,
+) -> Result<Recipe, String> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let optional_float = |k: &str| match md.get(&key(k)) {
+        None => Ok(None),
+        Some(_) => float(md, &key(k)).map(Some),
+    };
+    let gemma3 = family == Family::Gemma3;
+    let pattern = match md.get(&key("attention.sliding_window_pattern")) {
+        Some(Value::Array(_)) | None => {
+            if gemma3 {
+                6
+            } else {
+                2
+            }
+        }
+        Some(_) => int(md, &key("attention.sliding_window_pattern"))?,
+    };
+    let window_theta = match optional_float("rope.local_freq_base")? {
+        Some(theta) => theta,
+        None if gemma3 => 10_000.0,
+        None => rope.theta,
+    };
+    let sliding_window = match md.get(&key("attention.sliding_window")) {
+        None => None,
+        Some(_) => Some(SlidingWindow {
+            size: int(md, &key("attention.sliding_window"))?,
+            pattern,
+            rope: RopeConfig { theta: window_theta, scaling: RopeScaling::None, ..rope.clone() },
+        }),
+    };
+    // llama.cpp: the 27B models (46 layers of Gemma 2, 62 of Gemma 3) scale queries by
+    // 1/√(hidden / heads), the others by 1/√head_dim.
+    let big = num_layers == if gemma3 { 62 } else { 46 };
+    let query_dim = if big { hidden_size / num_heads.max(1) } else { head_dim };
+    let cap = |k: &str| optional_float(k).map(|v| v.map(|v| v as f32));
+    Ok(Recipe {
+        qk_norm: gemma3,
+        post_norms: true,
+        activation: Activation::GeluTanh,
+        embed_scale: Some((hidden_size as f32).sqrt()),
+        query_scale: 1.0 / (query_dim as f32).sqrt(),
+        attn_softcap: cap("attn_logit_softcapping")?,
+        final_softcap: cap("final_logit_softcapping")?,
+        sliding_window,
+    })
+}
+
+/// `rope.scaling.type = linear` and its factor, as per-frequency divisors.
+fn linear_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<RopeScaling>, String> {
+    match md.get(&format!("{arch}.rope.scaling.type")) {
+        Some(Value::String(kind)) if kind == "linear" => {
+            let factor = float(md, &format!("{arch}.rope.scaling.factor"))?;
+            Ok(Some(RopeScaling::Linear(factor)))
+        }
+        Some(Value::String(kind)) if kind == "none" => Ok(None),
+        Some(Value::String(kind)) => {
+            Err(format!("rope scaling {kind:?} is not supported here (supported: linear)"))
+        }
+        _ => Ok(None),
     }
 }
 

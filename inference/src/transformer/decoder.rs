@@ -1,6 +1,8 @@
 //! One batched forward pass for every supported family: RMSNorm, grouped-query attention
 //! with rotary embeddings (optional QKV bias, per-head QK norm, fused QKV), SwiGLU MLP
-//! (optionally fused gate/up), optionally tied embeddings.
+//! (optionally fused gate/up), optionally tied embeddings; and what a family's [`Recipe`]
+//! adds: norms after attention and MLP, GELU, scaled embeddings, sliding-window layers with
+//! their own rotation, soft-capped scores and logits (Gemma).
 
 use std::sync::OnceLock;
 
@@ -9,9 +11,9 @@ use super::awake::{KEEP_AWAKE_TOKENS, KeepAwake};
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 
 use super::StepInput;
-use super::attention::{AttendJob, attend_cpu, attention};
+use super::attention::{AttendJob, Scores, attend_cpu, attention};
 use super::cache::SequenceCache;
-use super::config::{DecoderConfig, Family};
+use super::config::{Activation, DecoderConfig, Family};
 use super::fused;
 use super::linear::{Linear, compute_dtype};
 use super::paged::{BlockTable, StepPlan};
@@ -38,9 +40,11 @@ struct Layer {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     o: Linear,
+    post_attn_norm: Option<Tensor>,
     mlp_norm: Tensor,
     mlp: Mlp,
     down: Linear,
+    post_mlp_norm: Option<Tensor>,
 }
 
 /// The norm gains as f32 values, for the CPU's layer loop on buffers ([`fused`]).
@@ -56,6 +60,8 @@ struct LayerGains {
     mlp: Vec<f32>,
     q: Option<Vec<f32>>,
     k: Option<Vec<f32>>,
+    post_attn: Option<Vec<f32>>,
+    post_mlp: Option<Vec<f32>>,
 }
 
 /// Where token embeddings are read from.
@@ -79,6 +85,8 @@ pub struct Decoder {
     norm: Tensor,
     lm_head: Linear,
     rope: Rope,
+    /// The rotation of sliding-window layers, where it differs (Gemma 3).
+    window_rope: Option<Rope>,
     /// Activations' dtype: f32 on the CPU, bf16 on a CUDA GPU.
     dtype: DType,
     /// On the CPU, where every projection runs on our kernels: the norms' gains for
@@ -123,6 +131,17 @@ impl Decoder {
         }
         let norm = source.dense(Part::Norm, false)?;
         let rope = Rope::new(&cfg.rope, device)?;
+        let window_rope = match &cfg.recipe.sliding_window {
+            Some(w) if w.rope != cfg.rope => Some(Rope::new(&w.rope, device)?),
+            _ => None,
+        };
+        if device.is_cuda() && !cfg.recipe.runs_on_gpu(cfg.head_dim) {
+            candle_core::bail!(
+                "{:?} models run on the CPU only for now: the GPU's kernels have no post-norms, \
+                 GELU, sliding windows or soft caps yet",
+                cfg.family
+            );
+        }
         let dtype = compute_dtype(device);
         let mut decoder = Self {
             cfg,
@@ -132,6 +151,7 @@ impl Decoder {
             norm,
             lm_head,
             rope,
+            window_rope,
             dtype,
             gains: None,
             paged: OnceLock::new(),
@@ -174,6 +194,8 @@ impl Decoder {
                     mlp: values(&l.mlp_norm)?,
                     q: l.q_norm.as_ref().map(values).transpose()?,
                     k: l.k_norm.as_ref().map(values).transpose()?,
+                    post_attn: l.post_attn_norm.as_ref().map(values).transpose()?,
+                    post_mlp: l.post_mlp_norm.as_ref().map(values).transpose()?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -211,7 +233,8 @@ impl Decoder {
         for layer in &mut self.layers {
             cast(&mut layer.attn_norm)?;
             cast(&mut layer.mlp_norm)?;
-            for t in [&mut layer.q_norm, &mut layer.k_norm].into_iter().flatten() {
+            let optional = [&mut layer.q_norm, &mut layer.k_norm, &mut layer.post_attn_norm];
+            for t in optional.into_iter().chain([&mut layer.post_mlp_norm]).flatten() {
                 cast(t)?;
             }
         }
@@ -324,11 +347,19 @@ impl Decoder {
             );
         }
         let plan = self.plan(inputs)?;
-        let tables = self.rope.tables(&Tensor::from_vec(positions, total, device)?)?;
+        let positions = Tensor::from_vec(positions, total, device)?;
+        let tables = Tables {
+            global: self.rope.tables(&positions)?,
+            window: self.window_rope.as_ref().map(|r| r.tables(&positions)).transpose()?,
+        };
         let x = match &self.embed {
             Embedding::LmHead => self.lm_head.rows(&ids)?,
             Embedding::Rows(table) => table.rows(&ids)?,
             Embedding::Table(t) => t.index_select(&Tensor::from_vec(ids, total, device)?, 0)?,
+        };
+        let x = match self.cfg.recipe.embed_scale {
+            Some(scale) => (x * f64::from(scale))?,
+            None => x,
         };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut last = Vec::with_capacity(inputs.len());
@@ -340,21 +371,35 @@ impl Decoder {
         let hidden = match (&plan, &self.gains) {
             (Some((kv, plan)), _) => {
                 let last = Tensor::new(last.as_slice(), device)?;
-                self.paged_layers(x, kv, plan, &tables)?.index_select(&last, 0)?
+                self.paged_layers(x, kv, plan, &tables.global)?.index_select(&last, 0)?
             }
             (None, Some(gains)) => self.layers_fused(&x, inputs, &tables, gains, &last)?,
             (None, None) => {
                 let last = Tensor::new(last.as_slice(), device)?;
                 // The paged kernels read f32 tables; candle's rotation wants the activations'.
-                let (cos, sin) = (tables.0.to_dtype(self.dtype)?, tables.1.to_dtype(self.dtype)?);
-                let x = self.layers_cpu(x, inputs, &cos, &sin)?;
+                let tables = tables.to_dtype(self.dtype)?;
+                let x = self.layers_cpu(x, inputs, &tables)?;
                 candle_nn::ops::rms_norm(&x.index_select(&last, 0)?, &self.norm, eps)?
             }
         };
         for input in inputs.iter_mut() {
             input.cache.advance(input.tokens.len());
         }
-        self.lm_head.forward(&hidden)?.to_dtype(DType::F32)
+        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        match self.cfg.recipe.final_softcap {
+            Some(cap) => (logits / f64::from(cap))?.tanh()? * f64::from(cap),
+            None => Ok(logits),
+        }
+    }
+
+    /// How layer `index` forms its attention scores.
+    fn scores(&self, index: usize) -> Scores {
+        let recipe = &self.cfg.recipe;
+        Scores {
+            scale: recipe.query_scale,
+            window: self.cfg.window_of(index).map(|w| w.size),
+            softcap: recipe.attn_softcap,
+        }
     }
 
     /// Every layer over the step's tokens `x`, each sequence's cache its own buffers.
@@ -362,13 +407,17 @@ impl Decoder {
         &self,
         mut x: Tensor,
         inputs: &mut [StepInput<'_>],
-        cos: &Tensor,
-        sin: &Tensor,
+        tables: &Tables,
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
         let total = x.dim(0)?;
         let (nh, kvh, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let post = |x: Tensor, norm: &Option<Tensor>| match norm {
+            Some(w) => candle_nn::ops::rms_norm(&x, w, eps),
+            None => Ok(x),
+        };
         for (index, layer) in self.layers.iter().enumerate() {
+            let (cos, sin) = tables.of(&self.cfg, index);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             let (q, k, v) = match &layer.attention {
                 Attention::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
@@ -384,21 +433,22 @@ impl Decoder {
             let q = self.heads(&q, nh, layer.q_norm.as_ref(), cos, sin)?;
             let k = self.heads(&k, kvh, layer.k_norm.as_ref(), cos, sin)?;
             let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
-            let attn = attend(&q, &k, &v, inputs, index, kvh)?;
-            x = (x + layer.o.forward(&attn)?)?;
+            let attn = attend(&q, &k, &v, inputs, index, kvh, self.scores(index))?;
+            x = (x + post(layer.o.forward(&attn)?, &layer.post_attn_norm)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
+            let act = |g: &Tensor| match self.cfg.recipe.activation {
+                Activation::Silu => candle_nn::ops::silu(g),
+                Activation::GeluTanh => g.gelu(),
+            };
             let hidden = match &layer.mlp {
-                Mlp::Separate { gate, up } => {
-                    (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?
-                }
+                Mlp::Separate { gate, up } => (act(&gate.forward(&h)?)? * up.forward(&h)?)?,
                 Mlp::Fused(gate_up) => {
                     let gu = gate_up.forward(&h)?;
                     let inter = self.cfg.intermediate_size;
-                    (candle_nn::ops::silu(&gu.narrow(1, 0, inter)?)?
-                        * gu.narrow(1, inter, inter)?)?
+                    (act(&gu.narrow(1, 0, inter)?)? * gu.narrow(1, inter, inter)?)?
                 }
             };
-            x = (x + layer.down.forward(&hidden)?)?;
+            x = (x + post(layer.down.forward(&hidden)?, &layer.post_mlp_norm)?)?;
         }
         Ok(x)
     }
@@ -411,7 +461,7 @@ impl Decoder {
         &self,
         x: &Tensor,
         inputs: &mut [StepInput<'_>],
-        (cos, sin): &(Tensor, Tensor),
+        tables: &Tables,
         gains: &Gains,
         last: &[u32],
     ) -> Result<Tensor> {
@@ -420,18 +470,29 @@ impl Decoder {
         let (t, hs) = x.dims2()?;
         let (nh, kvh, hd, inter) = (c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size);
         let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let cos: Vec<f32> = cos.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let sin: Vec<f32> = sin.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let values =
+            |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_dtype(DType::F32)?.to_vec1() };
+        let global = (values(&tables.global.0)?, values(&tables.global.1)?);
+        let window = match &tables.window {
+            Some((cos, sin)) => Some((values(cos)?, values(sin)?)),
+            None => None,
+        };
         let widths = [nh * hd, kvh * hd, kvh * hd];
         let mut normed = vec![0f32; t * hs];
         let mut qkv = vec![0f32; t * (nh + 2 * kvh) * hd];
         let mut out = vec![0f32; t * hs];
+        // The attention's and the MLP's outputs norm'd (Gemma's post-norms).
+        let mut post = if c.recipe.post_norms { vec![0f32; t * hs] } else { Vec::new() };
         let mut gate_up = vec![0f32; t * 2 * inter];
         let mut hidden = vec![0f32; t * inter];
         if let Some(first) = gains.layers.first() {
             fused::rms_norm(&x, &first.attn, eps, &mut normed);
         }
         for (index, (layer, g)) in self.layers.iter().zip(&gains.layers).enumerate() {
+            let (cos, sin) = match (&window, c.window_of(index)) {
+                (Some(window), Some(_)) => window,
+                _ => &global,
+            };
             let parts = match &layer.attention {
                 Attention::Fused(m) => {
                     m.forward_into(&normed, &mut qkv)?;
@@ -454,18 +515,28 @@ impl Decoder {
                 q_norm: g.q.as_deref(),
                 k_norm: g.k.as_deref(),
                 eps,
-                rope: &c.rope,
+                rope: match c.window_of(index) {
+                    Some(w) => &w.rope,
+                    None => &c.rope,
+                },
             };
-            let [q, k, v] = heads.split(parts, t, &cos, &sin);
+            let [q, k, v] = heads.split(parts, t, cos, sin);
             let q = Tensor::from_vec(q, (nh, t, hd), &Device::Cpu)?;
             let k = Tensor::from_vec(k, (kvh, t, hd), &Device::Cpu)?;
             let v = Tensor::from_vec(v, (kvh, t, hd), &Device::Cpu)?;
             append_kv(&k, &v, inputs, index)?;
-            let Some(attn) = attend_cached(&q, inputs, index, kvh)? else {
+            let Some(attn) = attend_cached(&q, inputs, index, kvh, self.scores(index))? else {
                 candle_core::bail!("a sequence's cache is not in f32 CPU buffers")
             };
             layer.o.forward_into(&attn, &mut out)?;
-            fused::add_rms_norm(&mut x, &out, &g.mlp, eps, &mut normed);
+            let out_normed = |out: &[f32], norm: &Option<Vec<f32>>, post: &mut Vec<f32>| {
+                if let Some(w) = norm {
+                    fused::rms_norm(out, w, eps, post);
+                }
+            };
+            out_normed(&out, &g.post_attn, &mut post);
+            let added = if g.post_attn.is_some() { &post } else { &out };
+            fused::add_rms_norm(&mut x, added, &g.mlp, eps, &mut normed);
             let (gate, up) = match &layer.mlp {
                 Mlp::Fused(m) => {
                     m.forward_into(&normed, &mut gate_up)?;
@@ -479,11 +550,16 @@ impl Decoder {
                     (fused::Part::whole(gs, inter), fused::Part::whole(us, inter))
                 }
             };
-            fused::silu_mul(gate, up, &mut hidden);
+            match c.recipe.activation {
+                Activation::Silu => fused::silu_mul(gate, up, &mut hidden),
+                Activation::GeluTanh => fused::gelu_mul(gate, up, &mut hidden),
+            }
             layer.down.forward_into(&hidden, &mut out)?;
+            out_normed(&out, &g.post_mlp, &mut post);
+            let added = if g.post_mlp.is_some() { &post } else { &out };
             match gains.layers.get(index + 1) {
-                Some(next) => fused::add_rms_norm(&mut x, &out, &next.attn, eps, &mut normed),
-                None => x.iter_mut().zip(&out).for_each(|(x, y)| *x += y),
+                Some(next) => fused::add_rms_norm(&mut x, added, &next.attn, eps, &mut normed),
+                None => x.iter_mut().zip(added).for_each(|(x, y)| *x += y),
             }
         }
         let mut rows = vec![0f32; last.len() * hs];
@@ -641,15 +717,28 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
     };
     let attn_norm = src.dense(Part::AttnNorm(i), false)?;
     expect_dims(&attn_norm, &[h], "a norm")?;
+    let post_norm = |src: &mut dyn FnMut(Part) -> Result<Tensor>, part: Part| -> Result<_> {
+        if !cfg.recipe.post_norms {
+            return Ok(None);
+        }
+        let norm = src(part)?;
+        expect_dims(&norm, &[h], "a post-norm")?;
+        Ok(Some(norm))
+    };
+    let mut dense = |part: Part| src.dense(part, false);
+    let post_attn_norm = post_norm(&mut dense, Part::PostAttnNorm(i))?;
+    let post_mlp_norm = post_norm(&mut dense, Part::PostMlpNorm(i))?;
     Ok(Layer {
         attn_norm,
         attention,
         q_norm,
         k_norm,
         o: src.linear(Part::O(i), false)?,
+        post_attn_norm,
         mlp_norm: src.dense(Part::MlpNorm(i), false)?,
         mlp,
         down: src.linear(Part::Down(i), false)?,
+        post_mlp_norm,
     })
 }
 
@@ -677,9 +766,10 @@ fn attend(
     inputs: &mut [StepInput<'_>],
     layer: usize,
     kv_heads: usize,
+    how: Scores,
 ) -> Result<Tensor> {
     let views = append_kv(k, v, inputs, layer)?;
-    if let Some(rows) = attend_cached(q, inputs, layer, kv_heads)? {
+    if let Some(rows) = attend_cached(q, inputs, layer, kv_heads, how)? {
         let (t, width) = (q.dim(1)?, q.dim(0)? * q.dim(2)?);
         return Tensor::from_vec(rows, (t, width), q.device());
     }
@@ -688,7 +778,8 @@ fn attend(
     let mut offset = 0;
     for ((keys, values), input) in views.iter().zip(inputs.iter()) {
         let n = input.tokens.len();
-        outputs.push(attention(&q.narrow(1, offset, n)?, keys, values, input.cache.len())?);
+        let q = q.narrow(1, offset, n)?;
+        outputs.push(attention(&q, keys, values, input.cache.len(), how)?);
         offset += n;
     }
     Tensor::cat(&outputs, 0)
@@ -722,6 +813,7 @@ fn attend_cached(
     inputs: &[StepInput<'_>],
     layer: usize,
     kv_heads: usize,
+    how: Scores,
 ) -> Result<Option<Vec<f32>>> {
     let mut jobs = Vec::with_capacity(inputs.len());
     let mut offset = 0;
@@ -737,7 +829,34 @@ fn attend_cached(
         });
         offset += n;
     }
-    attend_cpu(q, &jobs, kv_heads)
+    attend_cpu(q, &jobs, kv_heads, how)
+}
+
+/// A step's rotation tables `[T, dims / 2]`: the global layers', and the sliding-window
+/// layers' where their rotation differs.
+struct Tables {
+    global: (Tensor, Tensor),
+    window: Option<(Tensor, Tensor)>,
+}
+
+impl Tables {
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let cast = |(c, s): &(Tensor, Tensor)| -> Result<_> {
+            Ok((c.to_dtype(dtype)?, s.to_dtype(dtype)?))
+        };
+        Ok(Self {
+            global: cast(&self.global)?,
+            window: self.window.as_ref().map(cast).transpose()?,
+        })
+    }
+
+    /// The cos and sin tables of layer `index`.
+    fn of(&self, cfg: &DecoderConfig, index: usize) -> (&Tensor, &Tensor) {
+        match (&self.window, cfg.window_of(index)) {
+            (Some((cos, sin)), Some(_)) => (cos, sin),
+            _ => (&self.global.0, &self.global.1),
+        }
+    }
 }
 
 /// The index of the largest logit of each row.
@@ -775,13 +894,34 @@ mod tests {
     fn the_fused_cpu_layers_give_the_bits_of_the_candle_ops()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
         let dir = std::env::temp_dir().join(format!("fleet-fused-{}", std::process::id()));
-        for family in [Family::Qwen2, Family::Llama, Family::Qwen3, Family::Phi3] {
-            // Dense f32 (separate projections) and Q8_0 (stacked, interleaved rotation for
-            // Llama's GGUF).
+        let families = [
+            Family::Qwen2,
+            Family::Llama,
+            Family::Qwen3,
+            Family::Phi3,
+            Family::Gemma2,
+            Family::Gemma3,
+        ];
+        for family in families {
+            // Dense f32 (separate projections; an F32 GGUF for Gemma, whose Hugging Face
+            // folders are not read) and Q8_0 (stacked, interleaved rotation for Llama's GGUF).
             let cfg = fixture::tiny_config(family, false);
             let weights = fixture::random_weights(&cfg)?;
-            fixture::write_hf(&dir, &cfg, &weights)?;
-            let dense = || load_hf_dir(&dir, &Device::Cpu, None);
+            let f32_gguf = dir.join("f32.gguf");
+            let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
+            if gemma {
+                std::fs::create_dir_all(&dir)?;
+                fixture::write_gguf(&f32_gguf, &cfg, &weights, GgmlDType::F32, &[])?;
+            } else {
+                fixture::write_hf(&dir, &cfg, &weights)?;
+            }
+            let dense = || {
+                if gemma {
+                    load_gguf(&f32_gguf, &Device::Cpu).map(|(m, _)| m)
+                } else {
+                    load_hf_dir(&dir, &Device::Cpu, None)
+                }
+            };
             let cfg = fixture::quantizable_config(family);
             let weights = fixture::random_weights(&cfg)?;
             let gguf = dir.join("model.gguf");

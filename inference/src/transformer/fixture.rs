@@ -10,7 +10,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::config::{DecoderConfig, Family, RopeConfig, RopeScaling};
+use super::config::{
+    Activation, DecoderConfig, Family, Recipe, RopeConfig, RopeScaling, SlidingWindow,
+};
 use super::weights::Part;
 
 /// `len` deterministic pseudo-random values in [-scale, scale) (xorshift64 from `seed`):
@@ -27,10 +29,37 @@ pub fn noise(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// A small model: 2 layers, 4 heads over 2 KV heads, hidden 64, vocab 384. Qwen3 gets an
-/// explicit head_dim that is not hidden / heads, as real Qwen3 models do.
+/// A small model: 2 layers, 4 heads over 2 KV heads, hidden 64, vocab 384. Qwen3 and Gemma
+/// get an explicit head_dim that is not hidden / heads, as their real models do; Gemma's
+/// first layer slides over a window of 6 positions, its second is global.
 pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
-    let head_dim = if family == Family::Qwen3 { 32 } else { 16 };
+    let head_dim =
+        if matches!(family, Family::Qwen3 | Family::Gemma2 | Family::Gemma3) { 32 } else { 16 };
+    let rope = RopeConfig {
+        theta: 10_000.0,
+        dims: head_dim,
+        interleaved: false,
+        scaling: RopeScaling::None,
+    };
+    let recipe = match family {
+        Family::Gemma2 | Family::Gemma3 => {
+            let gemma3 = family == Family::Gemma3;
+            Recipe {
+                qk_norm: gemma3,
+                post_norms: true,
+                activation: Activation::GeluTanh,
+                embed_scale: Some(8.0),
+                query_scale: 1.0 / (head_dim as f32).sqrt(),
+                attn_softcap: (!gemma3).then_some(50.0),
+                final_softcap: (!gemma3).then_some(30.0),
+                sliding_window: Some(SlidingWindow { size: 6, pattern: 2, rope: rope.clone() }),
+            }
+        }
+        _ => Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) },
+    };
+    // Gemma 3's global layers rotate by another base than its window layers.
+    let rope =
+        if family == Family::Gemma3 { RopeConfig { theta: 1_000_000.0, ..rope } } else { rope };
     DecoderConfig {
         family,
         vocab_size: 384,
@@ -42,25 +71,29 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         head_dim,
         max_positions: 512,
         rms_norm_eps: 1e-6,
-        rope: RopeConfig {
-            theta: 10_000.0,
-            dims: head_dim,
-            interleaved: false,
-            scaling: RopeScaling::None,
-        },
+        rope,
         tie_word_embeddings,
         qkv_bias: family == Family::Qwen2,
+        recipe,
     }
 }
 
 /// A small model whose every matrix can be stored in K-quants (inputs a multiple of 256).
 pub fn quantizable_config(family: Family) -> DecoderConfig {
+    let tiny = tiny_config(family, false);
+    let mut recipe = tiny.recipe.clone();
+    recipe.query_scale = 1.0 / 8.0;
+    recipe.embed_scale = recipe.embed_scale.map(|_| 16.0);
+    if let Some(w) = &mut recipe.sliding_window {
+        w.rope.dims = 64;
+    }
     DecoderConfig {
         hidden_size: 256,
         intermediate_size: 512,
         head_dim: 64,
-        rope: RopeConfig { dims: 64, ..tiny_config(family, false).rope },
-        ..tiny_config(family, false)
+        rope: RopeConfig { dims: 64, ..tiny.rope.clone() },
+        recipe,
+        ..tiny
     }
 }
 
@@ -86,6 +119,10 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
             s.push((Part::KNorm(i), false, vec![hd]));
         }
         s.push((Part::O(i), false, vec![h, q]));
+        if cfg.recipe.post_norms {
+            s.push((Part::PostAttnNorm(i), false, vec![h]));
+            s.push((Part::PostMlpNorm(i), false, vec![h]));
+        }
         s.push((Part::MlpNorm(i), false, vec![h]));
         if cfg.family == Family::Phi3 {
             s.push((Part::GateUp(i), false, vec![2 * inter, h]));
@@ -105,7 +142,13 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
 fn is_norm(part: Part) -> bool {
     matches!(
         part,
-        Part::AttnNorm(_) | Part::MlpNorm(_) | Part::Norm | Part::QNorm(_) | Part::KNorm(_)
+        Part::AttnNorm(_)
+            | Part::MlpNorm(_)
+            | Part::Norm
+            | Part::QNorm(_)
+            | Part::KNorm(_)
+            | Part::PostAttnNorm(_)
+            | Part::PostMlpNorm(_)
     )
 }
 
@@ -176,6 +219,8 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         Family::Llama => ("llama", "LlamaForCausalLM"),
         Family::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
         Family::Phi3 => ("phi3", "Phi3ForCausalLM"),
+        Family::Gemma2 => ("gemma2", "Gemma2ForCausalLM"),
+        Family::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
     };
     let rope_scaling = match &cfg.rope.scaling {
         RopeScaling::Llama3 {
@@ -266,6 +311,8 @@ fn write_gguf_tensors(
         Family::Llama => "llama",
         Family::Qwen3 => "qwen3",
         Family::Phi3 => "phi3",
+        Family::Gemma2 => "gemma2",
+        Family::Gemma3 => "gemma3",
     };
     let u = |v: usize| Value::U32(v as u32);
     let mut metadata: Vec<(String, Value)> = vec![
@@ -283,6 +330,25 @@ fn write_gguf_tensors(
         (format!("{arch}.rope.freq_base"), Value::F32(cfg.rope.theta as f32)),
         (format!("{arch}.rope.dimension_count"), u(cfg.rope.dims)),
     ];
+    let recipe = &cfg.recipe;
+    if let Some(w) = &recipe.sliding_window {
+        metadata.push((format!("{arch}.attention.sliding_window"), u(w.size)));
+        // Read by this crate; llama.cpp fixes the pattern per family (candle reads `_type`).
+        metadata.push((format!("{arch}.attention.sliding_window_pattern"), u(w.pattern)));
+        metadata.push((format!("{arch}.attention.sliding_window_type"), u(w.pattern)));
+        if w.rope.theta != cfg.rope.theta {
+            metadata
+                .push((format!("{arch}.rope.local_freq_base"), Value::F32(w.rope.theta as f32)));
+        }
+    }
+    for (key, cap) in [
+        ("attn_logit_softcapping", recipe.attn_softcap),
+        ("final_logit_softcapping", recipe.final_softcap),
+    ] {
+        if let Some(cap) = cap {
+            metadata.push((format!("{arch}.{key}"), Value::F32(cap)));
+        }
+    }
     metadata.extend(extra.iter().cloned());
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(weights.len());
     for (part, bias, t) in weights {

@@ -1,5 +1,5 @@
 //! The decoder's work between its matmuls on the CPU, as single passes over f32 rows: the
-//! residual add with the next RMS norm, SiLU of the gate times the up projection, and the
+//! residual add with the next RMS norm, SiLU (or GELU) of the gate times the up projection, and the
 //! step's QKV rows split into heads, per-head norm'd (Qwen3) and rotated.
 //!
 //! As candle ops this was about twenty small calls a layer, each allocating its output and
@@ -67,6 +67,18 @@ pub fn silu_mul(gate: Part<'_>, up: Part<'_>, out: &mut [f32]) {
     for (i, out) in out.chunks_exact_mut(gate.width).enumerate() {
         for ((o, &g), &u) in out.iter_mut().zip(gate.row(i)).zip(up.row(i)) {
             *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+/// Rows of `gelu(gate) · up` with GELU's tanh approximation (Gemma's GeGLU), `gate.width`
+/// values each, into `out`: candle's `gelu` expression, so the same bits.
+pub fn gelu_mul(gate: Part<'_>, up: Part<'_>, out: &mut [f32]) {
+    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    for (i, out) in out.chunks_exact_mut(gate.width).enumerate() {
+        for ((o, &g), &u) in out.iter_mut().zip(gate.row(i)).zip(up.row(i)) {
+            let gelu = 0.5 * g * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * g * (1.0 + 0.044715 * g * g)));
+            *o = gelu * u;
         }
     }
 }

@@ -2,7 +2,8 @@
 //! lengths: each sequence keeps its own KV cache and position, while the weight-heavy
 //! matmuls (QKV, output, MLP, lm head) run once for all of them as `[tokens, hidden] x W`.
 //!
-//! - [`config`]: families (Qwen2, Llama/Mistral, Qwen3, Phi-3) and shapes, from
+//! - [`config`]: families (Qwen2, Llama/Mistral, Qwen3, Phi-3, Gemma 2 and 3) as the
+//!   [`Recipe`](config::Recipe) of their layers, and shapes, from
 //!   `config.json` or GGUF metadata;
 //! - [`weights`]: safetensors and GGUF weight sources behind one naming of parts;
 //! - [`linear`]: dense or quantized projections;

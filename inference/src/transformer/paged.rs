@@ -269,6 +269,7 @@ pub fn attend_reference(
                     |j| &keys[at(j)..][..head_dim],
                     |j| &values[at(j)..][..head_dim],
                     scale,
+                    None,
                     &mut scores,
                     &mut out[(t * heads + h) * head_dim..][..head_dim],
                 );

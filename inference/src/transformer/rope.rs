@@ -47,6 +47,11 @@ pub fn frequencies(cfg: &RopeConfig) -> Result<Vec<f64>> {
                 }
             }
         }
+        RopeScaling::Linear(factor) => {
+            for f in &mut inv_freq {
+                *f /= factor;
+            }
+        }
         RopeScaling::Factors(factors) => {
             if factors.len() != inv_freq.len() {
                 candle_core::bail!(

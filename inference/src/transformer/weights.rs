@@ -23,7 +23,11 @@ pub enum Part {
     QNorm(usize),
     KNorm(usize),
     O(usize),
+    /// Gemma's norm of the attention's output, before the residual add.
+    PostAttnNorm(usize),
     MlpNorm(usize),
+    /// Gemma's norm of the MLP's output, before the residual add.
+    PostMlpNorm(usize),
     Gate(usize),
     Up(usize),
     /// Phi-3's fused gate and up projections (gate first).
@@ -48,6 +52,9 @@ impl Part {
             Part::KNorm(i) => layer(i, "self_attn.k_norm"),
             Part::O(i) => layer(i, "self_attn.o_proj"),
             Part::MlpNorm(i) => layer(i, "post_attention_layernorm"),
+            // Gemma's Hugging Face names (its folders are refused before weights are read).
+            Part::PostAttnNorm(i) => layer(i, "post_attention_norm"),
+            Part::PostMlpNorm(i) => layer(i, "post_feedforward_layernorm"),
             Part::Gate(i) => layer(i, "mlp.gate_proj"),
             Part::Up(i) => layer(i, "mlp.up_proj"),
             Part::GateUp(i) => layer(i, "mlp.gate_up_proj"),
@@ -71,6 +78,8 @@ impl Part {
             Part::KNorm(i) => layer(i, "attn_k_norm"),
             Part::O(i) => layer(i, "attn_output"),
             Part::MlpNorm(i) => layer(i, "ffn_norm"),
+            Part::PostAttnNorm(i) => layer(i, "post_attention_norm"),
+            Part::PostMlpNorm(i) => layer(i, "post_ffw_norm"),
             Part::Gate(i) => layer(i, "ffn_gate"),
             Part::Up(i) | Part::GateUp(i) => layer(i, "ffn_up"),
             Part::Down(i) => layer(i, "ffn_down"),
