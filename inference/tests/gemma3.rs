@@ -133,8 +133,8 @@ fn greedy_continuations_follow_llama_cpp_where_the_margins_allow() -> Result<()>
             }
         }
     }
-    // Most steps are clear (119 of 160): the comparison is not vacuous.
-    assert!(compared >= 100, "only {compared} steps had a clear margin");
+    // Most steps are clear: the comparison is not vacuous.
+    assert!(compared >= 150, "only {compared} steps had a clear margin");
     Ok(())
 }
 

