@@ -65,11 +65,10 @@ pub(crate) fn from_gguf(md: &HashMap<String, Value>) -> Result<tokenizers::Token
         _ => true,
     };
     let vocab = Vocab { tokens: &tokens, scores: &scores, types: &types };
+    let ids = vocab.ids();
+    let merges = vocab.merges(&ids);
     let bpe = BPE::builder()
-        .vocab_and_merges(
-            vocab.ids().into_iter().collect::<tokenizers::models::bpe::Vocab>(),
-            vocab.merges(),
-        )
+        .vocab_and_merges(ids.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
         .byte_fallback(true)
         .fuse_unk(true)
         .unk_token(vocab.unknown().to_owned())
@@ -128,8 +127,7 @@ impl Vocab<'_> {
 
     /// Every way of joining two entries into a third (bytes aside), highest score first;
     /// equal scores in id order.
-    fn merges(&self) -> Vec<(String, String)> {
-        let ids = self.ids();
+    fn merges(&self, ids: &HashMap<String, u32>) -> Vec<(String, String)> {
         let mut ranked: Vec<(f32, u32, usize, &str, &str)> = Vec::new();
         for (id, (text, kind)) in self.tokens.iter().zip(self.types).enumerate() {
             if *kind == BYTE || ids.get(text) != Some(&(id as u32)) {

@@ -117,23 +117,23 @@ impl Tokenizer {
     /// `gpt2` models) with candle's [`TokenizerFromGguf`], plus `tokenizer.chat_template` and
     /// the bos/eos/eot/eom ids. Integer values of any width are accepted.
     pub fn from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenizer> {
-        // candle wants a whole `Content`; hand it only the tokenizer keys.
-        let content = gguf_file::Content {
-            magic: gguf_file::VersionedMagic::GgufV3,
-            metadata: metadata
-                .iter()
-                .filter(|(k, _)| k.starts_with("tokenizer.ggml."))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            tensor_infos: HashMap::new(),
-            tensor_data_offset: 0,
-        };
         let kind = match metadata.get("tokenizer.ggml.model") {
             Some(Value::String(kind)) => kind.as_str(),
             _ => "gpt2",
         };
         let inner = match kind {
             "gpt2" => {
+                // candle wants a whole `Content`; hand it only the tokenizer keys.
+                let content = gguf_file::Content {
+                    magic: gguf_file::VersionedMagic::GgufV3,
+                    metadata: metadata
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("tokenizer.ggml."))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    tensor_infos: HashMap::new(),
+                    tensor_data_offset: 0,
+                };
                 let mut inner = tokenizers::Tokenizer::from_gguf(&content).map_err(|e| {
                     // candle appends a backtrace when RUST_BACKTRACE is set: keep the message
                     // line.

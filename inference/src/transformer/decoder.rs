@@ -717,17 +717,15 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
     };
     let attn_norm = src.dense(Part::AttnNorm(i), false)?;
     expect_dims(&attn_norm, &[h], "a norm")?;
-    let post_norm = |src: &mut dyn FnMut(Part) -> Result<Tensor>, part: Part| -> Result<_> {
-        if !cfg.recipe.post_norms {
-            return Ok(None);
-        }
-        let norm = src(part)?;
-        expect_dims(&norm, &[h], "a post-norm")?;
-        Ok(Some(norm))
+    let (post_attn_norm, post_mlp_norm) = if cfg.recipe.post_norms {
+        let (attn, mlp) =
+            (src.dense(Part::PostAttnNorm(i), false)?, src.dense(Part::PostMlpNorm(i), false)?);
+        expect_dims(&attn, &[h], "a post-norm")?;
+        expect_dims(&mlp, &[h], "a post-norm")?;
+        (Some(attn), Some(mlp))
+    } else {
+        (None, None)
     };
-    let mut dense = |part: Part| src.dense(part, false);
-    let post_attn_norm = post_norm(&mut dense, Part::PostAttnNorm(i))?;
-    let post_mlp_norm = post_norm(&mut dense, Part::PostMlpNorm(i))?;
     Ok(Layer {
         attn_norm,
         attention,
