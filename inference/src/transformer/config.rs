@@ -23,6 +23,12 @@ pub enum Family {
     /// Gemma 3: Gemma 2's layers with Qwen3's per-head QK norm, five sliding-window layers
     /// (rotated by their own base) to each global one, and no soft caps.
     Gemma3,
+    /// Qwen3's attention with a mixture of experts in place of the MLP (top-k weights
+    /// renormalized).
+    Qwen3Moe,
+    /// Qwen2's attention with a mixture of experts (top-k weights as the softmax gave them)
+    /// plus a shared expert behind a sigmoid gate.
+    Qwen2Moe,
 }
 
 impl Family {
@@ -35,11 +41,33 @@ impl Family {
             "phi3" => Some(Self::Phi3),
             "gemma2" => Some(Self::Gemma2),
             "gemma3" => Some(Self::Gemma3),
+            "qwen3moe" => Some(Self::Qwen3Moe),
+            "qwen2moe" => Some(Self::Qwen2Moe),
             _ => None,
         }
     }
 
-    pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3";
+    pub const NAMES: &'static str =
+        "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3, qwen3moe, qwen2moe";
+
+    /// llama.cpp's `general.architecture` for the family.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Qwen2 => "qwen2",
+            Self::Llama => "llama",
+            Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3",
+            Self::Qwen3Moe => "qwen3moe",
+            Self::Qwen2Moe => "qwen2moe",
+        }
+    }
+
+    /// Per-head RMSNorm of queries and keys.
+    fn qk_norm(self) -> bool {
+        matches!(self, Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3)
+    }
 
     fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma2 | Self::Gemma3)
@@ -68,6 +96,23 @@ pub struct SlidingWindow {
     pub rope: RopeConfig,
 }
 
+/// A mixture of experts in place of the MLP: a router picks `used` of `count` SwiGLU experts
+/// per token, whose outputs are summed with the router's weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Experts {
+    pub count: usize,
+    /// Experts each token runs (top-k).
+    pub used: usize,
+    /// Each expert's intermediate size.
+    pub ff: usize,
+    /// The top-k weights divided by their sum (Qwen3-MoE, Mixtral) or kept as the softmax
+    /// over every expert gave them (Qwen2-MoE).
+    pub renormalize: bool,
+    /// A shared expert every token runs, scaled by `σ(w · x)` (Qwen2-MoE): its
+    /// intermediate size.
+    pub shared_ff: Option<usize>,
+}
+
 impl SlidingWindow {
     pub fn slides(&self, layer: usize) -> bool {
         self.pattern > 0 && layer % self.pattern < self.pattern - 1
@@ -91,6 +136,8 @@ pub struct Recipe {
     /// Logits become `cap · tanh(logit / cap)` (Gemma 2: 30).
     pub final_softcap: Option<f32>,
     pub sliding_window: Option<SlidingWindow>,
+    /// A mixture of experts in every layer instead of one MLP.
+    pub experts: Option<Experts>,
 }
 
 impl Recipe {
@@ -105,6 +152,7 @@ impl Recipe {
             attn_softcap: None,
             final_softcap: None,
             sliding_window: None,
+            experts: None,
         }
     }
 
@@ -200,6 +248,15 @@ impl DecoderConfig {
                 w.size, w.pattern
             ));
         }
+        if let Some(e) = &self.recipe.experts
+            && (e.used == 0 || e.used > e.count || e.ff == 0 || e.shared_ff == Some(0))
+        {
+            return Err(format!(
+                "the experts ({} of {} per token, {} wide, shared {:?}) must be above 0 and \
+                 use at most every expert",
+                e.used, e.count, e.ff, e.shared_ff
+            ));
+        }
         if self.rope.dims > self.head_dim || !self.rope.dims.is_multiple_of(2) {
             return Err(format!(
                 "rotary dimensions ({}) must be even and at most head_dim ({})",
@@ -221,10 +278,17 @@ impl DecoderConfig {
         let family = Family::from_name(kind).ok_or_else(|| {
             format!("model_type {kind:?} is not supported (supported: {})", Family::NAMES)
         })?;
-        if family.is_gemma() {
+        if family.is_gemma() || matches!(family, Family::Qwen3Moe | Family::Qwen2Moe) {
             return Err(format!(
                 "{kind} models load from GGUF files (llama.cpp's convert_hf_to_gguf.py writes \
                  one); a Hugging Face folder of this family is not supported yet"
+            ));
+        }
+        if value.get("num_local_experts").is_some_and(|n| n.as_u64().unwrap_or(0) > 0) {
+            return Err(format!(
+                "this {kind} model has experts (Mixtral-style): it loads from a GGUF file \
+                 (llama.cpp's convert_hf_to_gguf.py writes one); a Hugging Face folder of it \
+                 is not supported yet"
             ));
         }
         let raw: HfConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -252,7 +316,7 @@ impl DecoderConfig {
             },
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias: raw.attention_bias.unwrap_or(family == Family::Qwen2),
-            recipe: Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) },
+            recipe: Recipe { qk_norm: family.qk_norm(), ..Recipe::plain(head_dim) },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -294,7 +358,8 @@ impl DecoderConfig {
         let recipe = if family.is_gemma() {
             gemma_recipe(family, md, &arch, &rope, hidden_size, num_heads, head_dim, num_layers)?
         } else {
-            Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) }
+            let experts = experts(family, md, &arch)?;
+            Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
         };
         let rope = match &recipe.sliding_window {
             // Gemma 3's global layers may stretch positions (linear scaling); its window
@@ -308,7 +373,11 @@ impl DecoderConfig {
             family,
             vocab_size,
             hidden_size,
-            intermediate_size: get("feed_forward_length")?,
+            // A mixture of experts may leave out the dense MLP's size (it has none).
+            intermediate_size: match (&recipe.experts, get("feed_forward_length")) {
+                (Some(e), Err(_)) => e.ff,
+                (_, size) => size?,
+            },
             num_layers,
             num_heads,
             num_kv_heads: get("attention.head_count_kv").unwrap_or(num_heads),
@@ -323,6 +392,45 @@ impl DecoderConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The mixture of experts a GGUF file's metadata describes (`expert_count` above 0), with
+/// llama.cpp's rules per family: Qwen2-MoE keeps the softmax's top-k weights and adds a
+/// shared expert; Qwen3-MoE and Mixtral-style Llama files renormalize them.
+fn experts(
+    family: Family,
+    md: &HashMap<String, Value>,
+    arch: &str,
+) -> Result<Option<Experts>, String> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let count = match md.get(&key("expert_count")) {
+        None => 0,
+        Some(_) => int(md, &key("expert_count"))?,
+    };
+    let moe = matches!(family, Family::Qwen3Moe | Family::Qwen2Moe);
+    if count == 0 {
+        if moe {
+            return Err(format!("a {arch} file needs {} above 0", key("expert_count")));
+        }
+        return Ok(None);
+    }
+    if !moe && family != Family::Llama {
+        return Err(format!("{arch} models with experts are not supported (llama's are)"));
+    }
+    let used = int(md, &key("expert_used_count"))?;
+    if used == 0 || used > count {
+        return Err(format!("{} is {used}; it must be 1 to {count}", key("expert_used_count")));
+    }
+    let ff = match md.get(&key("expert_feed_forward_length")) {
+        Some(_) => int(md, &key("expert_feed_forward_length"))?,
+        None => int(md, &key("feed_forward_length"))?,
+    };
+    let shared_ff = match family {
+        Family::Qwen2Moe => Some(int(md, &key("expert_shared_feed_forward_length"))?),
+        _ => None,
+    };
+    let renormalize = family != Family::Qwen2Moe;
+    Ok(Some(Experts { count, used, ff, renormalize, shared_ff }))
 }
 
 /// Gemma's recipe from llama.cpp's keys and its defaults for what the files leave out (the
@@ -381,6 +489,7 @@ fn gemma_recipe(
         attn_softcap: cap("attn_logit_softcapping")?,
         final_softcap: cap("final_logit_softcapping")?,
         sliding_window,
+        experts: None,
     })
 }
 

@@ -14,6 +14,7 @@ use super::StepInput;
 use super::attention::{AttendJob, Scores, attend_cpu, attention};
 use super::cache::SequenceCache;
 use super::config::{Activation, DecoderConfig, Family};
+use super::experts::MixtureOfExperts;
 use super::fused;
 use super::linear::{Linear, compute_dtype};
 use super::paged::{BlockTable, StepPlan};
@@ -33,6 +34,17 @@ enum Mlp {
     Fused(Linear),
 }
 
+/// What follows attention: one MLP, or a mixture of experts.
+#[derive(Debug)]
+enum Ffn {
+    Dense {
+        mlp: Mlp,
+        down: Linear,
+    },
+    /// Runs on the CPU only (a GPU refuses these models at load).
+    Experts(Box<MixtureOfExperts>),
+}
+
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
@@ -42,8 +54,7 @@ struct Layer {
     o: Linear,
     post_attn_norm: Option<Tensor>,
     mlp_norm: Tensor,
-    mlp: Mlp,
-    down: Linear,
+    ffn: Ffn,
     post_mlp_norm: Option<Tensor>,
 }
 
@@ -175,11 +186,13 @@ impl Decoder {
                 Attention::Fused(qkv) => vec![qkv],
                 Attention::Separate { q, k, v } => vec![q, k, v],
             };
-            let mlp = match &l.mlp {
-                Mlp::Fused(gate_up) => vec![gate_up],
-                Mlp::Separate { gate, up } => vec![gate, up],
+            // Experts run on our kernels or on candle's matmul, row slices in and out.
+            let ffn = match &l.ffn {
+                Ffn::Dense { mlp: Mlp::Fused(gate_up), down } => vec![gate_up, down],
+                Ffn::Dense { mlp: Mlp::Separate { gate, up }, down } => vec![gate, up, down],
+                Ffn::Experts(_) => vec![],
             };
-            attention.into_iter().chain(mlp).chain([&l.o, &l.down]).all(Linear::runs_on_slices)
+            attention.into_iter().chain(ffn).chain([&l.o]).all(Linear::runs_on_slices)
         });
         if !on_slices {
             return Ok(None);
@@ -210,10 +223,11 @@ impl Decoder {
             {
                 layer.attention = Attention::Fused(qkv);
             }
-            if let Mlp::Separate { gate, up } = &layer.mlp
+            if let Ffn::Dense { mlp, .. } = &mut layer.ffn
+                && let Mlp::Separate { gate, up } = mlp
                 && let Some(gate_up) = Linear::stack(&[gate, up])?
             {
-                layer.mlp = Mlp::Fused(gate_up);
+                *mlp = Mlp::Fused(gate_up);
             }
         }
         Ok(())
@@ -302,11 +316,16 @@ impl Decoder {
                 }
                 Attention::Fused(qkv) => qkv.weight_bytes(),
             };
-            let mlp = match &l.mlp {
-                Mlp::Separate { gate, up } => gate.weight_bytes() + up.weight_bytes(),
-                Mlp::Fused(gate_up) => gate_up.weight_bytes(),
+            let ffn = match &l.ffn {
+                Ffn::Dense { mlp: Mlp::Separate { gate, up }, down } => {
+                    gate.weight_bytes() + up.weight_bytes() + down.weight_bytes()
+                }
+                Ffn::Dense { mlp: Mlp::Fused(gate_up), down } => {
+                    gate_up.weight_bytes() + down.weight_bytes()
+                }
+                Ffn::Experts(moe) => moe.weight_bytes(),
             };
-            attention + mlp + l.o.weight_bytes() + l.down.weight_bytes()
+            attention + ffn + l.o.weight_bytes()
         });
         linears.sum::<usize>() + self.lm_head.weight_bytes()
     }
@@ -440,15 +459,28 @@ impl Decoder {
                 Activation::Silu => candle_nn::ops::silu(g),
                 Activation::GeluTanh => g.gelu(),
             };
-            let hidden = match &layer.mlp {
-                Mlp::Separate { gate, up } => (act(&gate.forward(&h)?)? * up.forward(&h)?)?,
-                Mlp::Fused(gate_up) => {
-                    let gu = gate_up.forward(&h)?;
-                    let inter = self.cfg.intermediate_size;
-                    (act(&gu.narrow(1, 0, inter)?)? * gu.narrow(1, inter, inter)?)?
+            let out = match &layer.ffn {
+                Ffn::Dense { mlp, down } => {
+                    let hidden = match mlp {
+                        Mlp::Separate { gate, up } => {
+                            (act(&gate.forward(&h)?)? * up.forward(&h)?)?
+                        }
+                        Mlp::Fused(gate_up) => {
+                            let gu = gate_up.forward(&h)?;
+                            let inter = self.cfg.intermediate_size;
+                            (act(&gu.narrow(1, 0, inter)?)? * gu.narrow(1, inter, inter)?)?
+                        }
+                    };
+                    down.forward(&hidden)?
+                }
+                Ffn::Experts(moe) => {
+                    let rows: Vec<f32> = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    let mut out = vec![0f32; rows.len()];
+                    moe.forward(&rows, &mut out)?;
+                    Tensor::from_vec(out, h.dims(), h.device())?.to_dtype(h.dtype())?
                 }
             };
-            x = (x + post(layer.down.forward(&hidden)?, &layer.post_mlp_norm)?)?;
+            x = (x + post(out, &layer.post_mlp_norm)?)?;
         }
         Ok(x)
     }
@@ -537,7 +569,22 @@ impl Decoder {
             out_normed(&out, &g.post_attn, &mut post);
             let added = if g.post_attn.is_some() { &post } else { &out };
             fused::add_rms_norm(&mut x, added, &g.mlp, eps, &mut normed);
-            let (gate, up) = match &layer.mlp {
+            let (mlp, down) = match &layer.ffn {
+                Ffn::Dense { mlp, down } => (mlp, down),
+                Ffn::Experts(moe) => {
+                    moe.forward(&normed, &mut out)?;
+                    out_normed(&out, &g.post_mlp, &mut post);
+                    let added = if g.post_mlp.is_some() { &post } else { &out };
+                    match gains.layers.get(index + 1) {
+                        Some(next) => {
+                            fused::add_rms_norm(&mut x, added, &next.attn, eps, &mut normed)
+                        }
+                        None => x.iter_mut().zip(added).for_each(|(x, y)| *x += y),
+                    }
+                    continue;
+                }
+            };
+            let (gate, up) = match mlp {
                 Mlp::Fused(m) => {
                     m.forward_into(&normed, &mut gate_up)?;
                     let parts = [inter, inter];
@@ -554,7 +601,7 @@ impl Decoder {
                 Activation::Silu => fused::silu_mul(gate, up, &mut hidden),
                 Activation::GeluTanh => fused::gelu_mul(gate, up, &mut hidden),
             }
-            layer.down.forward_into(&hidden, &mut out)?;
+            down.forward_into(&hidden, &mut out)?;
             out_normed(&out, &g.post_mlp, &mut post);
             let added = if g.post_mlp.is_some() { &post } else { &out };
             match gains.layers.get(index + 1) {
@@ -590,7 +637,10 @@ impl Decoder {
             let attn = kv.attend(index, &q, plan)?;
             let (mid, h_mlp) =
                 crate::cuda::add_rms_norm(&x, &layer.o.forward(&attn)?, &layer.mlp_norm, eps)?;
-            let gate_up = match &layer.mlp {
+            let Ffn::Dense { mlp, down } = &layer.ffn else {
+                candle_core::bail!("a mixture of experts runs on the CPU only")
+            };
+            let gate_up = match mlp {
                 Mlp::Fused(gate_up) => gate_up.forward(&h_mlp)?,
                 Mlp::Separate { gate, up } => {
                     Tensor::cat(&[gate.forward(&h_mlp)?, up.forward(&h_mlp)?], 1)?
@@ -599,7 +649,7 @@ impl Decoder {
             let hidden = crate::cuda::silu_mul(&gate_up)?;
             // The next layer's attention norm, or after the last layer the final norm.
             let next = self.layers.get(index + 1).map_or(&self.norm, |l| &l.attn_norm);
-            (x, h) = crate::cuda::add_rms_norm(&mid, &layer.down.forward(&hidden)?, next, eps)?;
+            (x, h) = crate::cuda::add_rms_norm(&mid, &down.forward(&hidden)?, next, eps)?;
         }
         Ok(h)
     }
@@ -695,12 +745,14 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
     } else {
         (None, None)
     };
-    let mlp = if cfg.family == Family::Phi3 {
+    let ffn = if let Some(spec) = &cfg.recipe.experts {
+        Ffn::Experts(Box::new(MixtureOfExperts::load(spec, h, src, i)?))
+    } else if cfg.family == Family::Phi3 {
         let gate_up = src.linear(Part::GateUp(i), false)?;
         expect_out(&gate_up, 2 * cfg.intermediate_size, "the fused gate/up projection")?;
-        Mlp::Fused(gate_up)
+        Ffn::Dense { mlp: Mlp::Fused(gate_up), down: src.linear(Part::Down(i), false)? }
     } else {
-        match src.projections(&[Part::Gate(i), Part::Up(i)], false)? {
+        let mlp = match src.projections(&[Part::Gate(i), Part::Up(i)], false)? {
             Projections::Fused(gate_up) => {
                 expect_out(&gate_up, 2 * cfg.intermediate_size, "the gate and up projections")?;
                 Mlp::Fused(gate_up)
@@ -713,7 +765,8 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
                 expect_out(&up, cfg.intermediate_size, "the up projection")?;
                 Mlp::Separate { gate, up }
             }
-        }
+        };
+        Ffn::Dense { mlp, down: src.linear(Part::Down(i), false)? }
     };
     let attn_norm = src.dense(Part::AttnNorm(i), false)?;
     expect_dims(&attn_norm, &[h], "a norm")?;
@@ -734,8 +787,7 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         o: src.linear(Part::O(i), false)?,
         post_attn_norm,
         mlp_norm: src.dense(Part::MlpNorm(i), false)?,
-        mlp,
-        down: src.linear(Part::Down(i), false)?,
+        ffn,
         post_mlp_norm,
     })
 }
@@ -899,6 +951,8 @@ mod tests {
             Family::Phi3,
             Family::Gemma2,
             Family::Gemma3,
+            Family::Qwen3Moe,
+            Family::Qwen2Moe,
         ];
         for family in families {
             // Dense f32 (separate projections; an F32 GGUF for Gemma, whose Hugging Face
@@ -906,7 +960,8 @@ mod tests {
             let cfg = fixture::tiny_config(family, false);
             let weights = fixture::random_weights(&cfg)?;
             let f32_gguf = dir.join("f32.gguf");
-            let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
+            // Gemma's and the mixtures of experts' Hugging Face folders are not read.
+            let gemma = cfg.recipe.experts.is_some() || !cfg.recipe.runs_on_gpu(cfg.head_dim);
             if gemma {
                 std::fs::create_dir_all(&dir)?;
                 fixture::write_gguf(&f32_gguf, &cfg, &weights, GgmlDType::F32, &[])?;

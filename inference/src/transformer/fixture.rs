@@ -8,10 +8,10 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::{
-    Activation, DecoderConfig, Family, Recipe, RopeConfig, RopeScaling, SlidingWindow,
+    Activation, DecoderConfig, Experts, Family, Recipe, RopeConfig, RopeScaling, SlidingWindow,
 };
 use super::weights::Part;
 
@@ -31,10 +31,13 @@ pub fn noise(len: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 /// A small model: 2 layers, 4 heads over 2 KV heads, hidden 64, vocab 384. Qwen3 and Gemma
 /// get an explicit head_dim that is not hidden / heads, as their real models do; Gemma's
-/// first layer slides over a window of 6 positions, its second is global.
+/// first layer slides over a window of 6 positions, its second is global. The mixtures of
+/// experts have 8 experts 48 wide, 2 per token (Qwen2-MoE: and a shared one 96 wide).
 pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
-    let head_dim =
-        if matches!(family, Family::Qwen3 | Family::Gemma2 | Family::Gemma3) { 32 } else { 16 };
+    let head_dim = match family {
+        Family::Qwen3 | Family::Qwen3Moe | Family::Gemma2 | Family::Gemma3 => 32,
+        _ => 16,
+    };
     let rope = RopeConfig {
         theta: 10_000.0,
         dims: head_dim,
@@ -53,7 +56,19 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
                 attn_softcap: (!gemma3).then_some(50.0),
                 final_softcap: (!gemma3).then_some(30.0),
                 sliding_window: Some(SlidingWindow { size: 6, pattern: 2, rope: rope.clone() }),
+                experts: None,
             }
+        }
+        Family::Qwen3Moe | Family::Qwen2Moe => {
+            let qwen3 = family == Family::Qwen3Moe;
+            let experts = Experts {
+                count: 8,
+                used: 2,
+                ff: 48,
+                renormalize: qwen3,
+                shared_ff: (!qwen3).then_some(96),
+            };
+            Recipe { qk_norm: qwen3, experts: Some(experts), ..Recipe::plain(head_dim) }
         }
         _ => Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) },
     };
@@ -73,9 +88,17 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         rms_norm_eps: 1e-6,
         rope,
         tie_word_embeddings,
-        qkv_bias: family == Family::Qwen2,
+        qkv_bias: matches!(family, Family::Qwen2 | Family::Qwen2Moe),
         recipe,
     }
+}
+
+/// Mixtral's shape of a Llama model: `cfg`'s MLP becomes `count` experts as wide, `used` per
+/// token, their weights renormalized.
+pub fn with_experts(cfg: DecoderConfig, count: usize, used: usize) -> DecoderConfig {
+    let experts =
+        Experts { count, used, ff: cfg.intermediate_size, renormalize: true, shared_ff: None };
+    DecoderConfig { recipe: Recipe { experts: Some(experts), ..cfg.recipe.clone() }, ..cfg }
 }
 
 /// A small model whose every matrix can be stored in K-quants (inputs a multiple of 256).
@@ -86,6 +109,10 @@ pub fn quantizable_config(family: Family) -> DecoderConfig {
     recipe.embed_scale = recipe.embed_scale.map(|_| 16.0);
     if let Some(w) = &mut recipe.sliding_window {
         w.rope.dims = 64;
+    }
+    if let Some(e) = &mut recipe.experts {
+        e.ff = 256;
+        e.shared_ff = e.shared_ff.map(|_| 256);
     }
     DecoderConfig {
         hidden_size: 256,
@@ -124,6 +151,19 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
             s.push((Part::PostMlpNorm(i), false, vec![h]));
         }
         s.push((Part::MlpNorm(i), false, vec![h]));
+        if let Some(e) = &cfg.recipe.experts {
+            s.push((Part::Router(i), false, vec![e.count, h]));
+            s.push((Part::ExpertGates(i), false, vec![e.count, e.ff, h]));
+            s.push((Part::ExpertUps(i), false, vec![e.count, e.ff, h]));
+            s.push((Part::ExpertDowns(i), false, vec![e.count, h, e.ff]));
+            if let Some(ff) = e.shared_ff {
+                s.push((Part::SharedRouter(i), false, vec![h]));
+                s.push((Part::SharedGate(i), false, vec![ff, h]));
+                s.push((Part::SharedUp(i), false, vec![ff, h]));
+                s.push((Part::SharedDown(i), false, vec![h, ff]));
+            }
+            continue;
+        }
         if cfg.family == Family::Phi3 {
             s.push((Part::GateUp(i), false, vec![2 * inter, h]));
         } else {
@@ -137,6 +177,11 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
         s.push((Part::LmHead, false, vec![cfg.vocab_size, h]));
     }
     s
+}
+
+/// A matrix's inputs (its last dimension; an expert's too).
+fn fan_in(shape: &[usize]) -> f32 {
+    shape.last().copied().unwrap_or(1) as f32
 }
 
 fn is_norm(part: Part) -> bool {
@@ -169,7 +214,7 @@ pub fn random_weights(cfg: &DecoderConfig) -> Result<Weights> {
             } else if part == Part::Embed {
                 Tensor::randn(0f32, 1.0, shape.as_slice(), d)?
             } else {
-                let fan_in = shape[1] as f32;
+                let fan_in = fan_in(&shape);
                 Tensor::randn(0f32, 1.0 / fan_in.sqrt(), shape.as_slice(), d)?
             };
             Ok((part, bias, t))
@@ -200,7 +245,7 @@ pub fn seeded_weights(cfg: &DecoderConfig, seed: u64) -> Result<Weights> {
             } else if part == Part::Embed {
                 draw(1.0)?
             } else {
-                draw(1.0 / (shape[1] as f32).sqrt())?
+                draw(1.0 / fan_in(&shape).sqrt())?
             };
             Ok((part, bias, t))
         })
@@ -221,6 +266,8 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         Family::Phi3 => ("phi3", "Phi3ForCausalLM"),
         Family::Gemma2 => ("gemma2", "Gemma2ForCausalLM"),
         Family::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
+        Family::Qwen3Moe => ("qwen3_moe", "Qwen3MoeForCausalLM"),
+        Family::Qwen2Moe => ("qwen2_moe", "Qwen2MoeForCausalLM"),
     };
     let rope_scaling = match &cfg.rope.scaling {
         RopeScaling::Llama3 {
@@ -306,14 +353,7 @@ fn write_gguf_tensors(
     dtype: GgmlDType,
     extra: &[(String, Value)],
 ) -> Result<()> {
-    let arch = match cfg.family {
-        Family::Qwen2 => "qwen2",
-        Family::Llama => "llama",
-        Family::Qwen3 => "qwen3",
-        Family::Phi3 => "phi3",
-        Family::Gemma2 => "gemma2",
-        Family::Gemma3 => "gemma3",
-    };
+    let arch = cfg.family.gguf_name();
     let u = |v: usize| Value::U32(v as u32);
     let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
@@ -349,6 +389,16 @@ fn write_gguf_tensors(
             metadata.push((format!("{arch}.{key}"), Value::F32(cap)));
         }
     }
+    if let Some(e) = &recipe.experts {
+        metadata.push((format!("{arch}.expert_count"), u(e.count)));
+        metadata.push((format!("{arch}.expert_used_count"), u(e.used)));
+        if cfg.family != Family::Llama {
+            metadata.push((format!("{arch}.expert_feed_forward_length"), u(e.ff)));
+        }
+        if let Some(ff) = e.shared_ff {
+            metadata.push((format!("{arch}.expert_shared_feed_forward_length"), u(ff)));
+        }
+    }
     metadata.extend(extra.iter().cloned());
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(weights.len());
     for (part, bias, t) in weights {
@@ -360,7 +410,10 @@ fn write_gguf_tensors(
                 _ => {}
             }
         }
-        let q = if t.rank() == 2 && t.dim(1)?.is_multiple_of(dtype.block_size()) {
+        // Routers stay F32, as llama.cpp's quantizer leaves them.
+        let router = matches!(part, Part::Router(_) | Part::SharedRouter(_));
+        let q = if !router && t.rank() >= 2 && t.dim(D::Minus1)?.is_multiple_of(dtype.block_size())
+        {
             QTensor::quantize(&t, dtype)?
         } else {
             QTensor::quantize(&t, GgmlDType::F32)?

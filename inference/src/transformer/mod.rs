@@ -2,11 +2,13 @@
 //! lengths: each sequence keeps its own KV cache and position, while the weight-heavy
 //! matmuls (QKV, output, MLP, lm head) run once for all of them as `[tokens, hidden] x W`.
 //!
-//! - [`config`]: families (Qwen2, Llama/Mistral, Qwen3, Phi-3, Gemma 2 and 3) as the
+//! - [`config`]: families (Qwen2, Llama/Mistral, Qwen3, Phi-3, Gemma 2 and 3, Qwen3-MoE,
+//!   Qwen2-MoE, Mixtral-style Llama) as the
 //!   [`Recipe`](config::Recipe) of their layers, and shapes, from
 //!   `config.json` or GGUF metadata;
 //! - [`weights`]: safetensors and GGUF weight sources behind one naming of parts;
 //! - [`linear`]: dense or quantized projections;
+//! - `experts`: a mixture of experts (router, top-k, experts grouped over their tokens);
 //! - [`rope`]: rotary embeddings (NeoX or interleaved pairs, Llama 3 scaling);
 //! - [`cache`]: a sequence's KV cache;
 //! - [`paged`]: KV memory in blocks shared by all sequences (the GPU's layout);
@@ -21,6 +23,7 @@ mod awake;
 pub mod cache;
 pub mod config;
 pub mod decoder;
+mod experts;
 pub mod fixture;
 pub mod fused;
 pub mod linear;

@@ -33,6 +33,17 @@ pub enum Part {
     /// Phi-3's fused gate and up projections (gate first).
     GateUp(usize),
     Down(usize),
+    /// A mixture of experts' router `[experts, hidden]`.
+    Router(usize),
+    /// Every expert's gate, up and down projections, one tensor each `[experts, out, in]`.
+    ExpertGates(usize),
+    ExpertUps(usize),
+    ExpertDowns(usize),
+    /// Qwen2-MoE's shared expert: its gate's weight vector `[hidden]`, and its projections.
+    SharedRouter(usize),
+    SharedGate(usize),
+    SharedUp(usize),
+    SharedDown(usize),
     Norm,
     LmHead,
 }
@@ -59,6 +70,16 @@ impl Part {
             Part::Up(i) => layer(i, "mlp.up_proj"),
             Part::GateUp(i) => layer(i, "mlp.gate_up_proj"),
             Part::Down(i) => layer(i, "mlp.down_proj"),
+            // Mixtures of experts load from GGUF only; these name where a Hugging Face
+            // checkpoint keeps them (its experts one tensor each).
+            Part::Router(i) => layer(i, "mlp.gate"),
+            Part::ExpertGates(i) => layer(i, "mlp.experts.gate_proj"),
+            Part::ExpertUps(i) => layer(i, "mlp.experts.up_proj"),
+            Part::ExpertDowns(i) => layer(i, "mlp.experts.down_proj"),
+            Part::SharedRouter(i) => layer(i, "mlp.shared_expert_gate"),
+            Part::SharedGate(i) => layer(i, "mlp.shared_expert.gate_proj"),
+            Part::SharedUp(i) => layer(i, "mlp.shared_expert.up_proj"),
+            Part::SharedDown(i) => layer(i, "mlp.shared_expert.down_proj"),
             Part::Norm => "model.norm".into(),
             Part::LmHead => "lm_head".into(),
         }
@@ -83,6 +104,14 @@ impl Part {
             Part::Gate(i) => layer(i, "ffn_gate"),
             Part::Up(i) | Part::GateUp(i) => layer(i, "ffn_up"),
             Part::Down(i) => layer(i, "ffn_down"),
+            Part::Router(i) => layer(i, "ffn_gate_inp"),
+            Part::ExpertGates(i) => layer(i, "ffn_gate_exps"),
+            Part::ExpertUps(i) => layer(i, "ffn_up_exps"),
+            Part::ExpertDowns(i) => layer(i, "ffn_down_exps"),
+            Part::SharedRouter(i) => layer(i, "ffn_gate_inp_shexp"),
+            Part::SharedGate(i) => layer(i, "ffn_gate_shexp"),
+            Part::SharedUp(i) => layer(i, "ffn_up_shexp"),
+            Part::SharedDown(i) => layer(i, "ffn_down_shexp"),
             Part::Norm => "output_norm".into(),
             Part::LmHead => "output".into(),
         }
@@ -109,6 +138,23 @@ pub trait WeightSource {
     fn projections(&mut self, parts: &[Part], bias: bool) -> Result<Projections> {
         let linears = parts.iter().map(|p| self.linear(*p, bias)).collect::<Result<_>>()?;
         Ok(Projections::Separate(linears))
+    }
+    /// Every expert's matrix of `part` (one of the `Expert*` parts), `count` of them
+    /// `[out, in]` each, in their file's blocks.
+    fn experts(&mut self, part: Part, count: usize) -> Result<Vec<QTensor>> {
+        let _ = count;
+        candle_core::bail!(
+            "{} is a mixture of experts' tensor; these models load from GGUF files only",
+            part.hf_name()
+        )
+    }
+
+    /// A matrix in its file's blocks (a mixture of experts' shared expert).
+    fn blocks(&mut self, part: Part) -> Result<QTensor> {
+        candle_core::bail!(
+            "{} is a mixture of experts' tensor; these models load from GGUF files only",
+            part.hf_name()
+        )
     }
 }
 
@@ -258,6 +304,58 @@ impl WeightSource for GgufWeights {
         let w = self.read(&Self::name(part, false))?;
         let b = if bias { Some(self.dense(part, true)?) } else { None };
         Linear::quantized(w, b)
+    }
+
+    fn blocks(&mut self, part: Part) -> Result<QTensor> {
+        self.content.tensor(&mut self.file, &Self::name(part, false), &Device::Cpu)
+    }
+
+    /// One tensor `[experts, out, in]` split into each expert's blocks; or, in older
+    /// Mixtral-style files, one tensor per expert (`blk.N.ffn_gate.E.weight`).
+    fn experts(&mut self, part: Part, count: usize) -> Result<Vec<QTensor>> {
+        let name = Self::name(part, false);
+        if !self.content.tensor_infos.contains_key(&name) {
+            let (Part::ExpertGates(i) | Part::ExpertUps(i) | Part::ExpertDowns(i)) = part else {
+                candle_core::bail!("the file has no tensor {name}")
+            };
+            let single = match part {
+                Part::ExpertGates(_) => Part::Gate(i),
+                Part::ExpertUps(_) => Part::Up(i),
+                _ => Part::Down(i),
+            };
+            let one = |e: usize| format!("{}.{e}.weight", single.gguf_name());
+            if !self.content.tensor_infos.contains_key(&one(0)) {
+                candle_core::bail!("the file has no tensor {name} (nor {})", one(0));
+            }
+            return (0..count)
+                .map(|e| self.content.tensor(&mut self.file, &one(e), &Device::Cpu))
+                .collect();
+        }
+        // Read on the CPU: experts run on the CPU (the GPU refuses these models at load).
+        let all = self.content.tensor(&mut self.file, &name, &Device::Cpu)?;
+        let dims = all.shape().dims().to_vec();
+        let [n, out, k] = dims[..] else {
+            candle_core::bail!("{name} has shape {dims:?}, expected [experts, out, in]")
+        };
+        if n != count {
+            candle_core::bail!("{name} holds {n} experts, expected {count}");
+        }
+        let dtype = all.dtype();
+        let data = all.data()?;
+        let each = out * k / dtype.block_size() * dtype.type_size();
+        if data.len() != n * each {
+            candle_core::bail!("{name} holds {} bytes, expected {}", data.len(), n * each);
+        }
+        data.chunks_exact(each)
+            .map(|bytes| {
+                candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    bytes,
+                    vec![out, k],
+                    &Device::Cpu,
+                )
+            })
+            .collect()
     }
 
     /// Matrices our kernels multiply are stacked: one matmul quantizes the input once and

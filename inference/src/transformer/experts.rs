@@ -1,0 +1,288 @@
+//! A mixture of experts in place of a layer's MLP (Qwen3-MoE, Qwen2-MoE, Mixtral-style
+//! Llama): a router scores every expert per token, the top `used` run, and their outputs are
+//! summed with the router's weights.
+//!
+//! Experts run grouped: the step's tokens are sorted by the experts that chose them and
+//! each expert multiplies its tokens' rows in one matmul, so its weights are read once per
+//! step however many tokens chose it (a prefill of 512 tokens over 16 experts, top-4, is 16
+//! matmuls of ~128 rows, not 2,048 of one). A token's result does not depend on the batch:
+//! the kernels give a row the same bits whatever rows come with it, and a token adds its
+//! experts' outputs in the router's order.
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::config::Experts;
+use super::fused;
+use super::linear::Linear;
+use super::weights::{Part, WeightSource};
+use crate::kernels::repack;
+
+/// A SwiGLU MLP: `down(silu(gate · x) * (up · x))`, gate and up as one matmul where their
+/// blocks stack.
+#[derive(Debug)]
+struct SwiGlu {
+    gate_up: GateUp,
+    down: Linear,
+    ff: usize,
+}
+
+#[derive(Debug)]
+enum GateUp {
+    Fused(Linear),
+    Separate { gate: Linear, up: Linear },
+}
+
+impl SwiGlu {
+    /// From the gate, up and down matrices in their file's blocks.
+    fn new(gate: QTensor, up: QTensor, down: QTensor, ff: usize, hidden: usize) -> Result<Self> {
+        let pair = [gate, up];
+        let gate_up = match repack::stack(&pair).ok().flatten() {
+            Some(stacked) => GateUp::Fused(Linear::quantized(stacked, None)?),
+            None => {
+                let [gate, up] = pair;
+                GateUp::Separate {
+                    gate: Linear::quantized(gate, None)?,
+                    up: Linear::quantized(up, None)?,
+                }
+            }
+        };
+        let down = Linear::quantized(down, None)?;
+        let (gate_up_out, gate_up_in) = match &gate_up {
+            GateUp::Fused(m) => (m.out_features(), m.in_features()),
+            GateUp::Separate { gate, up } => (gate.out_features() + up.out_features(), {
+                if gate.in_features() != up.in_features() {
+                    candle_core::bail!("an expert's gate and up projections differ in inputs")
+                }
+                gate.in_features()
+            }),
+        };
+        if (gate_up_out, gate_up_in) != (2 * ff, hidden)
+            || (down.out_features(), down.in_features()) != (hidden, ff)
+        {
+            candle_core::bail!(
+                "an expert's projections have shapes gate+up [{gate_up_out}, {gate_up_in}] and \
+                 down [{}, {}], expected [{}, {hidden}] and [{hidden}, {ff}]",
+                down.out_features(),
+                down.in_features(),
+                2 * ff
+            );
+        }
+        Ok(Self { gate_up, down, ff })
+    }
+
+    /// `rows` rows of `x` through the MLP into `out` (`rows × hidden`); `gate_up` and
+    /// `hidden` are scratch.
+    fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let ff = self.ff;
+        scratch.gate_up.resize(rows * 2 * ff, 0.0);
+        scratch.hidden.resize(rows * ff, 0.0);
+        let (gate, up) = match &self.gate_up {
+            GateUp::Fused(m) => {
+                project(m, x, rows, &mut scratch.gate_up)?;
+                let parts = [ff, ff];
+                (
+                    fused::Part::of(&scratch.gate_up, &parts, 0),
+                    fused::Part::of(&scratch.gate_up, &parts, 1),
+                )
+            }
+            GateUp::Separate { gate, up } => {
+                let (gs, us) = scratch.gate_up.split_at_mut(rows * ff);
+                project(gate, x, rows, gs)?;
+                project(up, x, rows, us)?;
+                (fused::Part::whole(gs, ff), fused::Part::whole(us, ff))
+            }
+        };
+        fused::silu_mul(gate, up, &mut scratch.hidden);
+        project(&self.down, &scratch.hidden, rows, out)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let gate_up = match &self.gate_up {
+            GateUp::Fused(m) => m.weight_bytes(),
+            GateUp::Separate { gate, up } => gate.weight_bytes() + up.weight_bytes(),
+        };
+        gate_up + self.down.weight_bytes()
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    gate_up: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+/// Qwen2-MoE's shared expert: every token runs it, scaled by `σ(w · x)`.
+#[derive(Debug)]
+struct Shared {
+    mlp: SwiGlu,
+    /// `w` as a one-row projection.
+    gate: Linear,
+}
+
+/// One layer's experts and their router.
+#[derive(Debug)]
+pub struct MixtureOfExperts {
+    router: Linear,
+    experts: Vec<SwiGlu>,
+    used: usize,
+    renormalize: bool,
+    shared: Option<Shared>,
+    hidden: usize,
+}
+
+/// The experts a token runs and their weights, in the router's order.
+type Choice = Vec<(usize, f32)>;
+
+impl MixtureOfExperts {
+    /// Layer `layer`'s router and experts (and shared expert) from `src`.
+    pub fn load(
+        spec: &Experts,
+        hidden: usize,
+        src: &mut impl WeightSource,
+        layer: usize,
+    ) -> Result<Self> {
+        let router = src.linear(Part::Router(layer), false)?;
+        if (router.out_features(), router.in_features()) != (spec.count, hidden) {
+            candle_core::bail!(
+                "the router has shape [{}, {}], expected [{}, {hidden}]",
+                router.out_features(),
+                router.in_features(),
+                spec.count
+            );
+        }
+        let gates = src.experts(Part::ExpertGates(layer), spec.count)?;
+        let ups = src.experts(Part::ExpertUps(layer), spec.count)?;
+        let downs = src.experts(Part::ExpertDowns(layer), spec.count)?;
+        let experts = gates
+            .into_iter()
+            .zip(ups)
+            .zip(downs)
+            .map(|((g, u), d)| SwiGlu::new(g, u, d, spec.ff, hidden))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = match spec.shared_ff {
+            None => None,
+            Some(ff) => {
+                let mlp = SwiGlu::new(
+                    src.blocks(Part::SharedGate(layer))?,
+                    src.blocks(Part::SharedUp(layer))?,
+                    src.blocks(Part::SharedDown(layer))?,
+                    ff,
+                    hidden,
+                )?;
+                let w = src.dense(Part::SharedRouter(layer), false)?;
+                if w.elem_count() != hidden {
+                    candle_core::bail!(
+                        "the shared expert's gate has shape {:?}, expected [{hidden}]",
+                        w.dims()
+                    );
+                }
+                let gate = Linear::dense(w.reshape((1, hidden))?.to_dtype(DType::F32)?, None)?;
+                Some(Shared { mlp, gate })
+            }
+        };
+        Ok(Self { router, experts, used: spec.used, renormalize: spec.renormalize, shared, hidden })
+    }
+
+    /// Bytes of every expert's weights, the router's and the shared expert's.
+    pub fn weight_bytes(&self) -> usize {
+        let shared =
+            self.shared.as_ref().map_or(0, |s| s.mlp.weight_bytes() + s.gate.weight_bytes());
+        self.router.weight_bytes()
+            + self.experts.iter().map(SwiGlu::weight_bytes).sum::<usize>()
+            + shared
+    }
+
+    /// The layer's output for the rows `x` (`T × hidden`, norm'd) into `out` (`T × hidden`).
+    pub fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let hs = self.hidden;
+        let t = x.len() / hs;
+        let mut logits = vec![0f32; t * self.experts.len()];
+        project(&self.router, x, t, &mut logits)?;
+        let choices: Vec<Choice> =
+            logits.chunks_exact(self.experts.len()).map(|l| self.choose(l)).collect();
+        // Each token's experts' outputs, slot by slot: `[T, used, hidden]`.
+        let mut outputs = vec![0f32; t * self.used * hs];
+        let mut scratch = Scratch::default();
+        let (mut rows, mut result) = (Vec::new(), Vec::new());
+        for (e, expert) in self.experts.iter().enumerate() {
+            let slots: Vec<(usize, usize)> = choices
+                .iter()
+                .enumerate()
+                .flat_map(|(token, c)| {
+                    c.iter().position(|(chosen, _)| *chosen == e).map(|slot| (token, slot))
+                })
+                .collect();
+            if slots.is_empty() {
+                continue;
+            }
+            rows.clear();
+            for &(token, _) in &slots {
+                rows.extend_from_slice(&x[token * hs..][..hs]);
+            }
+            result.resize(slots.len() * hs, 0.0);
+            expert.forward(&rows, slots.len(), &mut scratch, &mut result)?;
+            for (&(token, slot), y) in slots.iter().zip(result.chunks_exact(hs)) {
+                outputs[(token * self.used + slot) * hs..][..hs].copy_from_slice(y);
+            }
+        }
+        for ((out, choice), ys) in
+            out.chunks_exact_mut(hs).zip(&choices).zip(outputs.chunks_exact(self.used * hs))
+        {
+            for (slot, ((_, w), y)) in choice.iter().zip(ys.chunks_exact(hs)).enumerate() {
+                for (o, y) in out.iter_mut().zip(y) {
+                    *o = if slot == 0 { w * y } else { *o + w * y };
+                }
+            }
+        }
+        if let Some(shared) = &self.shared {
+            let mut ys = vec![0f32; t * hs];
+            shared.mlp.forward(x, t, &mut scratch, &mut ys)?;
+            let mut gates = vec![0f32; t];
+            project(&shared.gate, x, t, &mut gates)?;
+            for ((out, y), g) in out.chunks_exact_mut(hs).zip(ys.chunks_exact(hs)).zip(gates) {
+                let g = 1.0 / (1.0 + (-g).exp());
+                for (o, y) in out.iter_mut().zip(y) {
+                    *o += y * g;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `used` experts with the highest router probabilities (ties to the lower index),
+    /// with their probabilities (a softmax over every expert), renormalized to sum to 1
+    /// where the family does.
+    fn choose(&self, logits: &[f32]) -> Choice {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f64 = exps.iter().map(|&e| f64::from(e)).sum();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let mut chosen: Choice =
+            order[..self.used].iter().map(|&e| (e, (f64::from(exps[e]) / sum) as f32)).collect();
+        if self.renormalize {
+            let total: f32 = chosen.iter().map(|(_, w)| w).sum();
+            chosen.iter_mut().for_each(|(_, w)| *w /= total);
+        }
+        chosen
+    }
+}
+
+/// `rows` rows of `x` through `l` into `out`: on our kernels where the weight is on them,
+/// else through candle's matmul.
+fn project(l: &Linear, x: &[f32], rows: usize, out: &mut [f32]) -> Result<()> {
+    if l.runs_on_slices() {
+        return l.forward_into(x, out);
+    }
+    let y = l.forward(&Tensor::from_slice(x, (rows, l.in_features()), &Device::Cpu)?)?;
+    let y: Vec<f32> = y.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    out.copy_from_slice(&y);
+    Ok(())
+}
