@@ -2,7 +2,8 @@
 //! bitwise the same whether it runs alone or among 32 others, beside other sequences' prompt
 //! chunks, on one rayon thread or several, and while other threads load the CPU. Checked for
 //! every weight path: dense f32, f16 and bf16, our quantized kernels (Q8_0, Q4_0, Q4_1,
-//! Q5_0, Q5_1) and the k-quants' super-block kernel (Q4_K, Q6_K).
+//! Q5_0, Q5_1) and the k-quants' super-block kernel (Q4_K, Q6_K); and for mixtures of
+//! experts, whose experts run side by side on the pool's threads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +20,10 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 const NEW: usize = 10;
 const SEQUENCES: usize = 32;
 
-fn write_model(dtype: GgmlDType) -> Result<std::path::PathBuf> {
-    let cfg = fixture::quantizable_config(Family::Qwen2);
+fn write_model(family: Family, dtype: GgmlDType) -> Result<std::path::PathBuf> {
+    let cfg = fixture::quantizable_config(family);
     let path = std::env::temp_dir()
-        .join(format!("fleet-invariance-{dtype:?}-{}.gguf", std::process::id()));
+        .join(format!("fleet-invariance-{family:?}-{dtype:?}-{}.gguf", std::process::id()));
     fixture::write_gguf(&path, &cfg, &fixture::random_weights(&cfg)?, dtype, &[])?;
     Ok(path)
 }
@@ -113,8 +114,8 @@ impl Drop for Contention {
     }
 }
 
-async fn check(dtype: GgmlDType) -> Result<()> {
-    let path = write_model(dtype)?;
+async fn check(family: Family, dtype: GgmlDType) -> Result<()> {
+    let path = write_model(family, dtype)?;
     let (solo_model, _) = load_gguf(&path, &Device::Cpu)?;
     let (batch_model, _) = load_gguf(&path, &Device::Cpu)?;
     let (one_thread_model, _) = load_gguf(&path, &Device::Cpu)?;
@@ -135,7 +136,7 @@ async fn check(dtype: GgmlDType) -> Result<()> {
     let batched = futures::future::try_join_all(receivers.into_iter().map(tokens)).await?;
     drop(busy);
     for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
-        assert_eq!(b, s, "{dtype:?}: sequence {i} differs batched from alone");
+        assert_eq!(b, s, "{family:?} {dtype:?}: sequence {i} differs batched from alone");
     }
 
     // One rayon thread instead of several (greedy sequences).
@@ -144,7 +145,7 @@ async fn check(dtype: GgmlDType) -> Result<()> {
         let one = pool.install(|| {
             fixture::greedy_alone(&one_thread_model, p, NEW).map_err(|e| e.to_string())
         })?;
-        assert_eq!(one, solo[i], "{dtype:?}: sequence {i} differs on one thread");
+        assert_eq!(one, solo[i], "{family:?} {dtype:?}: sequence {i} differs on one thread");
     }
     Ok(())
 }
@@ -163,9 +164,15 @@ async fn tokens_do_not_depend_on_the_batch_threads_or_load() -> Result<()> {
         GgmlDType::Q4K,
         GgmlDType::Q6K,
     ] {
-        check(dtype).await?;
+        check(Family::Qwen2, dtype).await?;
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixtures_of_experts_do_not_depend_on_the_batch_threads_or_load() -> Result<()> {
+    check(Family::Qwen3Moe, GgmlDType::Q4K).await?;
+    check(Family::Qwen2Moe, GgmlDType::Q8_0).await
 }
 
 /// Two models decoding at once in one process, their steps on the same rayon pool (each

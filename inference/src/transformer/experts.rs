@@ -11,6 +11,7 @@
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 use super::config::Experts;
 use super::fused;
@@ -207,28 +208,39 @@ impl MixtureOfExperts {
         project(&self.router, x, t, &mut logits)?;
         let choices: Vec<Choice> =
             logits.chunks_exact(self.experts.len()).map(|l| self.choose(l)).collect();
+        // The tokens (and their slot) that chose each expert.
+        let mut groups: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.experts.len()];
+        for (token, choice) in choices.iter().enumerate() {
+            for (slot, (e, _)) in choice.iter().enumerate() {
+                groups[*e].push((token, slot));
+            }
+        }
+        // Experts run side by side on the pool's threads (each matmul splitting further
+        // where a thread is free): a decode step's four small experts would otherwise be
+        // eight matmuls each split two ways and joined.
+        let ran: Vec<(usize, Vec<f32>)> = groups
+            .par_iter()
+            .enumerate()
+            .filter(|(_, slots)| !slots.is_empty())
+            .map(|(e, slots)| {
+                let mut rows = Vec::with_capacity(slots.len() * hs);
+                for &(token, _) in slots {
+                    rows.extend_from_slice(&x[token * hs..][..hs]);
+                }
+                let mut result = vec![0f32; slots.len() * hs];
+                self.experts[e].forward(
+                    &rows,
+                    slots.len(),
+                    &mut Scratch::default(),
+                    &mut result,
+                )?;
+                Ok((e, result))
+            })
+            .collect::<Result<_>>()?;
         // Each token's experts' outputs, slot by slot: `[T, used, hidden]`.
         let mut outputs = vec![0f32; t * self.used * hs];
-        let mut scratch = Scratch::default();
-        let (mut rows, mut result) = (Vec::new(), Vec::new());
-        for (e, expert) in self.experts.iter().enumerate() {
-            let slots: Vec<(usize, usize)> = choices
-                .iter()
-                .enumerate()
-                .flat_map(|(token, c)| {
-                    c.iter().position(|(chosen, _)| *chosen == e).map(|slot| (token, slot))
-                })
-                .collect();
-            if slots.is_empty() {
-                continue;
-            }
-            rows.clear();
-            for &(token, _) in &slots {
-                rows.extend_from_slice(&x[token * hs..][..hs]);
-            }
-            result.resize(slots.len() * hs, 0.0);
-            expert.forward(&rows, slots.len(), &mut scratch, &mut result)?;
-            for (&(token, slot), y) in slots.iter().zip(result.chunks_exact(hs)) {
+        for (e, result) in &ran {
+            for (&(token, slot), y) in groups[*e].iter().zip(result.chunks_exact(hs)) {
                 outputs[(token * self.used + slot) * hs..][..hs].copy_from_slice(y);
             }
         }
@@ -243,7 +255,7 @@ impl MixtureOfExperts {
         }
         if let Some(shared) = &self.shared {
             let mut ys = vec![0f32; t * hs];
-            shared.mlp.forward(x, t, &mut scratch, &mut ys)?;
+            shared.mlp.forward(x, t, &mut Scratch::default(), &mut ys)?;
             let mut gates = vec![0f32; t];
             project(&shared.gate, x, t, &mut gates)?;
             for ((out, y), g) in out.chunks_exact_mut(hs).zip(ys.chunks_exact(hs)).zip(gates) {
