@@ -30,6 +30,13 @@ pub trait BatchedModel: Send + 'static {
     fn step(&self, inputs: &mut [StepInput<'_>]) -> candle_core::Result<Tensor>;
     /// KV bytes one position of one sequence takes.
     fn kv_bytes_per_token(&self) -> usize;
+    /// KV bytes a sequence of `positions` takes at most, fed in steps of at most `chunk`
+    /// tokens (less than `positions` times [`Self::kv_bytes_per_token`] where layers keep
+    /// only a window).
+    fn kv_bytes(&self, positions: usize, chunk: usize) -> usize {
+        let _ = chunk;
+        positions * self.kv_bytes_per_token()
+    }
     /// Sets aside `bytes` of KV memory up front where the model keeps one shared pool (a
     /// GPU); elsewhere nothing to do.
     fn reserve_kv(&self, _bytes: usize) -> candle_core::Result<()> {
@@ -48,6 +55,10 @@ impl BatchedModel for crate::transformer::Decoder {
 
     fn kv_bytes_per_token(&self) -> usize {
         crate::transformer::Decoder::kv_bytes_per_token(self)
+    }
+
+    fn kv_bytes(&self, positions: usize, chunk: usize) -> usize {
+        crate::transformer::Decoder::kv_bytes(self, positions, chunk)
     }
 
     fn reserve_kv(&self, bytes: usize) -> candle_core::Result<()> {
@@ -364,7 +375,8 @@ fn run(
                 waiting.pop_front();
                 continue;
             }
-            let need = (next.request.prompt.len() + next.request.max_tokens) * per_token;
+            let positions = next.request.prompt.len() + next.request.max_tokens;
+            let need = model.kv_bytes(positions, options.prefill_chunk);
             if need > options.max_kv_bytes {
                 if let Some(s) = waiting.pop_front() {
                     let _ = s.events.send(TokenEvent::Error(EngineError::invalid(format!(

@@ -25,6 +25,16 @@
 //! - [`gpu`]: which GPUs a machine has (NVML, loaded at run time);
 //! - [`installed`]: real model files that pip packages ship (SmolLM2-135M-Instruct,
 //!   all-MiniLM-L6-v2), located for tests, benchmarks and examples.
+//!
+//! Where KV memory lives:
+//! - on the CPU, each sequence's own buffers ([`transformer::cache`]): every position of a
+//!   global layer, a ring of its window plus a step's tokens for a sliding-window layer;
+//! - on a CUDA GPU, blocks of pools the decoder shares among its sequences
+//!   ([`transformer::paged`] keeps the block tables, [`cuda`] the pools and kernels);
+//! - the prompt blocks [`prefix`] keeps for later prompts that start alike (CPU only), copied
+//!   into a sequence's buffers when one does;
+//! - the [`engine`]'s admission, which reserves a sequence's most ([`transformer::Decoder::kv_bytes`])
+//!   and the prefix cache's blocks against one budget (`EngineOptions::max_kv_bytes`).
 
 pub mod builtin;
 pub mod cuda;

@@ -501,3 +501,47 @@ fn gemma_sequences_batched_at_different_steps_produce_their_solo_tokens() -> Res
     }
     Ok(())
 }
+
+/// Sliding-window memory: a long Gemma 3 conversation (prompt chunks of 5, then a decode
+/// well past the window) keeps every position only in its global layers; each window layer
+/// keeps its window plus a step's tokens. Its logits are those of a cache that keeps every
+/// position in every layer, bit for bit (the same positions are read, from a ring).
+#[test]
+fn window_layers_keep_only_their_window() -> Result<()> {
+    let cfg = DecoderConfig { num_layers: 4, ..fixture::tiny_config(Family::Gemma3, true) };
+    let window = cfg.recipe.sliding_window.as_ref().ok_or("no window")?.size;
+    let path = write_gemma("ring", &cfg, &fixture::random_weights(&cfg)?, GgmlDType::F32)?;
+    let (model, _) = load_gguf(&path, &Device::Cpu)?;
+    std::fs::remove_dir_all(path.parent().ok_or("no folder")?)?;
+    let mut ring = model.new_cache(16);
+    let mut full = SequenceCache::new(cfg.num_layers, 16);
+    let chunk = 5;
+    let per_layer = 2 * cfg.num_kv_heads * cfg.head_dim * 4;
+    let global = (0..cfg.num_layers).filter(|i| cfg.window_of(*i).is_none()).count();
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % cfg.vocab_size as u32).collect();
+    let mut feeds: Vec<Vec<u32>> = prompt.chunks(chunk).map(<[u32]>::to_vec).collect();
+    let mut step = 0;
+    while step < feeds.len() {
+        let tokens = &feeds[step];
+        let a = model.step(&mut [StepInput { tokens, cache: &mut ring }])?.to_vec2::<f32>()?;
+        let b = model.step(&mut [StepInput { tokens, cache: &mut full }])?.to_vec2::<f32>()?;
+        assert!(a == b, "step {step}: the ring's logits differ from the full cache's");
+        // The full cache's layers and the ring's global ones grow alike.
+        let (len, slots) = (ring.len(), full.bytes() / (cfg.num_layers * per_layer));
+        let window_bytes = ring.bytes() - global * slots * per_layer;
+        let windows = cfg.num_layers - global;
+        assert!(
+            window_bytes <= windows * (window + chunk - 1) * per_layer,
+            "step {step}: {len} positions; the window layers hold {window_bytes} bytes"
+        );
+        if step + 1 == feeds.len() && len < 200 {
+            feeds.push(greedy(&Tensor::new(a, &Device::Cpu)?)?);
+        }
+        step += 1;
+    }
+    assert!(ring.len() >= 200);
+    let (ring_bytes, full_bytes) = (ring.bytes(), full.bytes());
+    println!("{} positions: {ring_bytes} bytes with rings, {full_bytes} without", ring.len());
+    assert!(ring_bytes * 3 < full_bytes * 2, "{ring_bytes} bytes, {full_bytes} without rings");
+    Ok(())
+}

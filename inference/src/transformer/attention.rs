@@ -125,9 +125,15 @@ pub fn attend_cpu(
         let (Some(keys), Some(values)) = (cpu_f32(kg, &job.keys), cpu_f32(vg, &job.values)) else {
             return Ok(None);
         };
+        // A window layer's ring holds its window before the first new token and the new
+        // tokens; other layers hold every position.
         let capacity = job.keys.dim(1)?;
-        if job.pos + job.n > capacity {
-            candle_core::bail!("attention: {} positions in a cache of {capacity}", job.pos + job.n);
+        let needed = match how.window {
+            Some(w) => (job.pos + job.n).min(w + job.n - 1),
+            None => job.pos + job.n,
+        };
+        if needed > capacity {
+            candle_core::bail!("attention: {needed} positions in a cache of {capacity}");
         }
         for i in 0..job.n {
             let (first, len) = (how.first(job.pos + i), job.pos + i + 1);
@@ -144,10 +150,12 @@ pub fn attend_cpu(
         let (row, h) = (&rows[item / nh], item % nh);
         scores.clear();
         scores.resize(row.len - row.first, 0.0);
-        let base = (h / groups * row.capacity + row.first) * hd;
+        // Position p lies in slot p % capacity (p itself where the buffer holds every position).
+        let head = h / groups * row.capacity;
+        let at = |j: usize| (head + (row.first + j) % row.capacity) * hd;
         let qh = &q_data[(h * t + row.token) * hd..][..hd];
-        let key = |j: usize| &row.keys[base + j * hd..][..hd];
-        let value = |j: usize| &row.values[base + j * hd..][..hd];
+        let key = |j: usize| &row.keys[at(j)..][..hd];
+        let value = |j: usize| &row.values[at(j)..][..hd];
         attend_one(qh, key, value, how.scale, how.softcap, scores, out);
     });
     Ok(Some(out))

@@ -297,7 +297,11 @@ impl Decoder {
         match self.paged_kv(DEFAULT_GPU_KV_BYTES) {
             Ok(Some(kv)) => SequenceCache::paged(BlockTable::new(kv.pool().clone())),
             // A failed allocation shows at the first step, which needs the pools.
-            _ => SequenceCache::new(self.cfg.num_layers, capacity),
+            _ => {
+                let windows =
+                    (0..self.cfg.num_layers).map(|i| self.cfg.window_of(i).map(|w| w.size));
+                SequenceCache::with_windows(windows.collect(), capacity)
+            }
         }
     }
 
@@ -305,6 +309,23 @@ impl Decoder {
     pub fn kv_bytes_per_token(&self) -> usize {
         let c = &self.cfg;
         c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()
+    }
+
+    /// KV bytes a sequence of `positions` takes at most when fed in steps of at most
+    /// `chunk` tokens: every position in global layers, a window layer's window plus a
+    /// step's tokens (its ring, [`SequenceCache`]); on a GPU every layer every position.
+    pub fn kv_bytes(&self, positions: usize, chunk: usize) -> usize {
+        let c = &self.cfg;
+        let per_layer = 2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes();
+        if self.device.is_cuda() {
+            return positions * self.kv_bytes_per_token();
+        }
+        (0..c.num_layers)
+            .map(|i| match c.window_of(i) {
+                Some(w) => positions.min(w.size + chunk.max(1) - 1) * per_layer,
+                None => positions * per_layer,
+            })
+            .sum()
     }
 
     /// Bytes of weights read per forward step (the memory-bandwidth bound of decoding).
@@ -826,7 +847,10 @@ fn attend(
     // Not on the CPU: matmuls over each sequence's cached views.
     let mut outputs = Vec::with_capacity(inputs.len());
     let mut offset = 0;
-    for ((keys, values), input) in views.iter().zip(inputs.iter()) {
+    for (view, input) in views.iter().zip(inputs.iter()) {
+        let Some((keys, values)) = view else {
+            candle_core::bail!("a sliding-window cache whose ring has wrapped is read on the CPU")
+        };
         let n = input.tokens.len();
         let q = q.narrow(1, offset, n)?;
         outputs.push(attention(&q, keys, values, input.cache.len(), how)?);
@@ -842,7 +866,7 @@ fn append_kv(
     v: &Tensor,
     inputs: &mut [StepInput<'_>],
     layer: usize,
-) -> Result<Vec<(Tensor, Tensor)>> {
+) -> Result<Vec<Option<(Tensor, Tensor)>>> {
     let mut views = Vec::with_capacity(inputs.len());
     let mut offset = 0;
     for input in inputs.iter_mut() {
@@ -869,13 +893,13 @@ fn attend_cached(
     let mut offset = 0;
     for input in inputs {
         let n = input.tokens.len();
-        let Some((keys, values)) = input.cache.buffers(layer) else { return Ok(None) };
+        let Some(b) = input.cache.buffers(layer) else { return Ok(None) };
         jobs.push(AttendJob {
             token: offset,
             n,
             pos: input.cache.len(),
-            keys: keys.clone(),
-            values: values.clone(),
+            keys: b.keys.clone(),
+            values: b.values.clone(),
         });
         offset += n;
     }
