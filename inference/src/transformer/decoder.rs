@@ -478,7 +478,7 @@ impl Decoder {
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
             let act = |g: &Tensor| match self.cfg.recipe.activation {
                 Activation::Silu => candle_nn::ops::silu(g),
-                Activation::GeluTanh => g.gelu(),
+                Activation::GeluTanh => fused::gelu_tensor(g),
             };
             let out = match &layer.ffn {
                 Ffn::Dense { mlp, down } => {
