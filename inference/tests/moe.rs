@@ -116,7 +116,8 @@ fn teacher_forced(model: &Decoder, prompt: &[u32], tokens: &[u32]) -> Result<Vec
 
 #[test]
 fn mixtures_of_experts_give_llama_cpp_logits_and_tokens() -> Result<()> {
-    let dir = match std::env::var_os("FLEET_MOE_REFERENCE_DIR") {
+    let kept = std::env::var_os("FLEET_MOE_REFERENCE_DIR");
+    let dir = match &kept {
         // make_reference.py asks for the files where it reads them.
         Some(dir) => PathBuf::from(dir),
         None => temp_dir("reference"),
@@ -168,6 +169,9 @@ fn mixtures_of_experts_give_llama_cpp_logits_and_tokens() -> Result<()> {
         eprintln!(
             "{name}: logits within {worst} of llama.cpp's; {judged} clear greedy steps agree"
         );
+    }
+    if kept.is_none() {
+        std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
 }
