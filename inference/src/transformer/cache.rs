@@ -74,10 +74,15 @@ impl SequenceCache {
         self.layers.iter().flatten().map(|b| size(&b.keys) + size(&b.values)).sum()
     }
 
+    /// The window of `layer`, if it slides.
+    fn window(&self, layer: usize) -> Option<usize> {
+        self.windows.get(layer).copied().flatten()
+    }
+
     /// Slots `layer` needs for `n` new positions after `len`: all of them, or for a window
     /// layer its window before the first new token and the new tokens.
     fn slots_needed(&self, layer: usize, n: usize) -> usize {
-        match self.windows.get(layer).copied().flatten() {
+        match self.window(layer) {
             Some(w) => (self.len + n).min(w + n - 1),
             None => self.len + n,
         }
@@ -115,7 +120,7 @@ impl SequenceCache {
         slots: usize,
     ) -> Result<()> {
         let (heads, n, hd) = k.dims3()?;
-        let window = self.windows.get(layer).copied().flatten();
+        let window = self.window(layer);
         let len = self.len;
         let have = match &self.layers[layer] {
             Some(b) => b.keys.dim(1)?,
@@ -218,13 +223,13 @@ impl SequenceCache {
                 Tensor::cat(&parts, 1)
             };
             let (k, v) = (part(false)?, part(true)?);
-            let skip = match self.windows.get(layer).copied().flatten() {
+            let skip = match self.window(layer) {
                 Some(w) => n.saturating_sub(w - 1),
                 None => 0,
             };
             let (k, v) = (k.narrow(1, skip, n - skip)?, v.narrow(1, skip, n - skip)?);
             let at = self.len + skip;
-            let slots = match self.windows.get(layer).copied().flatten() {
+            let slots = match self.window(layer) {
                 Some(w) => (self.len + n).min(w - 1).max(n - skip).max(1),
                 None => self.len + n,
             };

@@ -590,39 +590,30 @@ impl Decoder {
             out_normed(&out, &g.post_attn, &mut post);
             let added = if g.post_attn.is_some() { &post } else { &out };
             fused::add_rms_norm(&mut x, added, &g.mlp, eps, &mut normed);
-            let (mlp, down) = match &layer.ffn {
-                Ffn::Dense { mlp, down } => (mlp, down),
-                Ffn::Experts(moe) => {
-                    moe.forward(&normed, &mut out)?;
-                    out_normed(&out, &g.post_mlp, &mut post);
-                    let added = if g.post_mlp.is_some() { &post } else { &out };
-                    match gains.layers.get(index + 1) {
-                        Some(next) => {
-                            fused::add_rms_norm(&mut x, added, &next.attn, eps, &mut normed)
+            match &layer.ffn {
+                Ffn::Experts(moe) => moe.forward(&normed, &mut out)?,
+                Ffn::Dense { mlp, down } => {
+                    let (gate, up) = match mlp {
+                        Mlp::Fused(m) => {
+                            m.forward_into(&normed, &mut gate_up)?;
+                            let parts = [inter, inter];
+                            let part = |i| fused::Part::of(&gate_up, &parts, i);
+                            (part(0), part(1))
                         }
-                        None => x.iter_mut().zip(added).for_each(|(x, y)| *x += y),
+                        Mlp::Separate { gate, up } => {
+                            let (gs, us) = gate_up.split_at_mut(t * inter);
+                            gate.forward_into(&normed, gs)?;
+                            up.forward_into(&normed, us)?;
+                            (fused::Part::whole(gs, inter), fused::Part::whole(us, inter))
+                        }
+                    };
+                    match c.recipe.activation {
+                        Activation::Silu => fused::silu_mul(gate, up, &mut hidden),
+                        Activation::GeluTanh => fused::gelu_mul(gate, up, &mut hidden),
                     }
-                    continue;
+                    down.forward_into(&hidden, &mut out)?;
                 }
-            };
-            let (gate, up) = match mlp {
-                Mlp::Fused(m) => {
-                    m.forward_into(&normed, &mut gate_up)?;
-                    let parts = [inter, inter];
-                    (fused::Part::of(&gate_up, &parts, 0), fused::Part::of(&gate_up, &parts, 1))
-                }
-                Mlp::Separate { gate, up } => {
-                    let (gs, us) = gate_up.split_at_mut(t * inter);
-                    gate.forward_into(&normed, gs)?;
-                    up.forward_into(&normed, us)?;
-                    (fused::Part::whole(gs, inter), fused::Part::whole(us, inter))
-                }
-            };
-            match c.recipe.activation {
-                Activation::Silu => fused::silu_mul(gate, up, &mut hidden),
-                Activation::GeluTanh => fused::gelu_mul(gate, up, &mut hidden),
             }
-            down.forward_into(&hidden, &mut out)?;
             out_normed(&out, &g.post_mlp, &mut post);
             let added = if g.post_mlp.is_some() { &post } else { &out };
             match gains.layers.get(index + 1) {

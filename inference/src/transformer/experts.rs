@@ -72,36 +72,26 @@ impl SwiGlu {
         Ok(Self { gate_up, down, ff })
     }
 
-    /// `rows` rows of `x` through the MLP into `out` (`rows × hidden`); `gate_up` and
-    /// `hidden` are scratch.
-    fn forward(
-        &self,
-        x: &[f32],
-        rows: usize,
-        scratch: &mut Scratch,
-        out: &mut [f32],
-    ) -> Result<()> {
+    /// `rows` rows of `x` through the MLP into `out` (`rows × hidden`).
+    fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) -> Result<()> {
         let ff = self.ff;
-        scratch.gate_up.resize(rows * 2 * ff, 0.0);
-        scratch.hidden.resize(rows * ff, 0.0);
+        let mut gate_up = vec![0f32; rows * 2 * ff];
+        let mut hidden = vec![0f32; rows * ff];
         let (gate, up) = match &self.gate_up {
             GateUp::Fused(m) => {
-                project(m, x, rows, &mut scratch.gate_up)?;
+                project(m, x, rows, &mut gate_up)?;
                 let parts = [ff, ff];
-                (
-                    fused::Part::of(&scratch.gate_up, &parts, 0),
-                    fused::Part::of(&scratch.gate_up, &parts, 1),
-                )
+                (fused::Part::of(&gate_up, &parts, 0), fused::Part::of(&gate_up, &parts, 1))
             }
             GateUp::Separate { gate, up } => {
-                let (gs, us) = scratch.gate_up.split_at_mut(rows * ff);
+                let (gs, us) = gate_up.split_at_mut(rows * ff);
                 project(gate, x, rows, gs)?;
                 project(up, x, rows, us)?;
                 (fused::Part::whole(gs, ff), fused::Part::whole(us, ff))
             }
         };
-        fused::silu_mul(gate, up, &mut scratch.hidden);
-        project(&self.down, &scratch.hidden, rows, out)
+        fused::silu_mul(gate, up, &mut hidden);
+        project(&self.down, &hidden, rows, out)
     }
 
     fn weight_bytes(&self) -> usize {
@@ -111,12 +101,6 @@ impl SwiGlu {
         };
         gate_up + self.down.weight_bytes()
     }
-}
-
-#[derive(Default)]
-struct Scratch {
-    gate_up: Vec<f32>,
-    hidden: Vec<f32>,
 }
 
 /// Qwen2-MoE's shared expert: every token runs it, scaled by `σ(w · x)`.
@@ -228,12 +212,7 @@ impl MixtureOfExperts {
                     rows.extend_from_slice(&x[token * hs..][..hs]);
                 }
                 let mut result = vec![0f32; slots.len() * hs];
-                self.experts[e].forward(
-                    &rows,
-                    slots.len(),
-                    &mut Scratch::default(),
-                    &mut result,
-                )?;
+                self.experts[e].forward(&rows, slots.len(), &mut result)?;
                 Ok((e, result))
             })
             .collect::<Result<_>>()?;
@@ -255,7 +234,7 @@ impl MixtureOfExperts {
         }
         if let Some(shared) = &self.shared {
             let mut ys = vec![0f32; t * hs];
-            shared.mlp.forward(x, t, &mut Scratch::default(), &mut ys)?;
+            shared.mlp.forward(x, t, &mut ys)?;
             let mut gates = vec![0f32; t];
             project(&shared.gate, x, t, &mut gates)?;
             for ((out, y), g) in out.chunks_exact_mut(hs).zip(ys.chunks_exact(hs)).zip(gates) {
