@@ -123,6 +123,7 @@ pub fn event(event: &TaskEvent) -> String {
         EventKind::Scheduled { worker_id } => format!("scheduled on {worker_id}"),
         EventKind::Working => "working".to_owned(),
         EventKind::TextDelta { text, .. } => format!("text {text:?}"),
+        EventKind::ReasoningDelta { text } => format!("reasoning {text:?}"),
         EventKind::ToolCall { call_id, name, arguments, .. } => {
             format!("tool call {name}({}) [{call_id}]", preview(arguments, 200))
         }

@@ -92,8 +92,28 @@ impl Vocabulary {
             guarded(|| self.factory.create_parser(format.grammar()).map_err(|e| e.to_string()))
                 .map_err(GrammarError::Invalid)?;
         let eos = self.factory.tok_env().tok_trie().eos_tokens().to_vec();
-        Ok(Constraint { matcher: Matcher::new(Ok(parser)), eos })
+        Ok(Constraint { matcher: Matcher::new(Ok(parser)), eos, thinking: None })
     }
+}
+
+/// Where a thinking model's output is relative to its reasoning: the format binds only the
+/// answer after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing generated yet: the model may open its reasoning or answer at once.
+    MayOpen,
+    /// Inside the reasoning: any token, until the closing marker.
+    Reasoning,
+    /// The answer: the format's tokens only.
+    Answer,
+}
+
+/// The reasoning markers of a thinking model (Qwen3's `<think>` and `</think>`).
+#[derive(Debug, Clone, Copy)]
+struct Thinking {
+    open: u32,
+    close: u32,
+    phase: Phase,
 }
 
 /// Which tokens may come next in one generation, and the tokens chosen so far.
@@ -101,6 +121,7 @@ impl Vocabulary {
 pub struct Constraint {
     matcher: Matcher,
     eos: Vec<u32>,
+    thinking: Option<Thinking>,
 }
 
 impl fmt::Debug for Constraint {
@@ -110,15 +131,36 @@ impl fmt::Debug for Constraint {
 }
 
 impl Constraint {
-    /// The tokens allowed next. The end-of-sequence tokens are allowed once the output is
-    /// complete (and only they once nothing can follow).
-    pub fn mask(&mut self) -> Result<Mask, String> {
+    /// The format binds the answer of a thinking model, not its reasoning: the first token
+    /// may also be `open`; from `open` to `close` any token goes (an end-of-sequence token
+    /// too: the model may stop while it thinks, as it may run out of tokens there).
+    /// `inside`: the prompt already opened the reasoning (a template that starts every
+    /// answer thinking).
+    pub fn after_reasoning(mut self, open: u32, close: u32, inside: bool) -> Self {
+        let phase = if inside { Phase::Reasoning } else { Phase::MayOpen };
+        self.thinking = Some(Thinking { open, close, phase });
+        self
+    }
+
+    /// The tokens allowed next; `None` while any token is (inside a model's reasoning).
+    /// The end-of-sequence tokens are allowed once the output is complete (and only they
+    /// once nothing can follow).
+    pub fn mask(&mut self) -> Result<Option<Mask>, String> {
+        let phase = self.thinking.map(|t| t.phase);
+        if phase == Some(Phase::Reasoning) {
+            return Ok(None);
+        }
         let matcher = &mut self.matcher;
-        let allowed = guarded(|| matcher.compute_mask_or_eos().map_err(|e| e.to_string()))?;
+        let mut allowed = guarded(|| matcher.compute_mask_or_eos().map_err(|e| e.to_string()))?;
+        if let Some(Thinking { open, phase: Phase::MayOpen, .. }) = self.thinking
+            && (open as usize) < allowed.len()
+        {
+            allowed.allow_token(open);
+        }
         if allowed.is_zero() {
             return Err("no token can continue the output in its format".into());
         }
-        Ok(Mask(allowed))
+        Ok(Some(Mask(allowed)))
     }
 
     /// Follows the chosen token; `true` once the output is complete (an end-of-sequence
@@ -126,6 +168,21 @@ impl Constraint {
     pub fn commit(&mut self, token: u32) -> Result<bool, String> {
         if self.eos.contains(&token) {
             return Ok(true);
+        }
+        if let Some(thinking) = &mut self.thinking {
+            match thinking.phase {
+                Phase::MayOpen if token == thinking.open => {
+                    thinking.phase = Phase::Reasoning;
+                    return Ok(false);
+                }
+                Phase::Reasoning => {
+                    if token == thinking.close {
+                        thinking.phase = Phase::Answer;
+                    }
+                    return Ok(false);
+                }
+                Phase::MayOpen | Phase::Answer => thinking.phase = Phase::Answer,
+            }
         }
         let matcher = &mut self.matcher;
         guarded(|| matcher.consume_token(token).map_err(|e| e.to_string()))?;

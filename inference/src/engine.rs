@@ -664,19 +664,23 @@ fn step(
     let mut computed = Vec::new();
     let logits = std::thread::scope(|scope| {
         let masking =
-            scope.spawn(move || wanted.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>());
+            // `None`: nothing masked now (inside a thinking model's reasoning).
+            scope.spawn(move || {
+                let masks = wanted.into_iter().map(|(i, c)| (i, c.mask().transpose()));
+                masks.collect::<Vec<_>>()
+            });
         let logits = model.step(&mut inputs);
         // A panic there (guarded against) must not let those sequences run unconstrained.
         computed = masking.join().unwrap_or_else(|_| {
             indices
                 .iter()
-                .map(|&i| (i, Err("computing the allowed tokens failed".into())))
+                .map(|&i| (i, Some(Err("computing the allowed tokens failed".into()))))
                 .collect()
         });
         logits
     });
     for (i, mask) in computed {
-        masks[i] = Some(mask);
+        masks[i] = mask;
     }
     (logits, masks)
 }

@@ -24,6 +24,7 @@ use crate::model::{
     TokenLogprob, Usage,
 };
 use crate::sampling::SamplingParams;
+use crate::text::reasoning::Markers;
 use crate::text::{ChatTemplate, Detokenizer, StopMatcher, Tokenizer};
 use crate::transformer::Family;
 use crate::transformer::load::{load_gguf, load_hf_dir};
@@ -302,7 +303,12 @@ impl LocalModel {
             }
             return g.tokenizer.encode_prompt(prompt);
         }
-        let text = self.template()?.render(&request.messages, &request.tools, true)?;
+        let text = self.template()?.render_with(
+            &request.messages,
+            &request.tools,
+            true,
+            request.thinking,
+        )?;
         g.tokenizer.encode(&text)
     }
 
@@ -408,7 +414,18 @@ impl Model for LocalModel {
         let room = g.context - prompt.len();
         let max_tokens = request.max_tokens.map_or(g.default_max_tokens, |m| m as usize).min(room);
         let prompt_tokens = prompt.len();
+        // A chat with a thinking model: its reasoning streams apart and is free of the
+        // answer's format. A raw prompt's continuation is text as it comes.
+        let markers = match request.prompt {
+            Some(_) => None,
+            None => Markers::of(&g.tokenizer, Some(self.template()?)),
+        };
+        let inside = markers.is_some_and(|m| m.opened_by(&prompt));
         let constraint = g.constraint(&request, self.template()?)?;
+        let constraint = match (constraint, markers) {
+            (Some(c), Some(m)) => Some(c.after_reasoning(m.open, m.close, inside)),
+            (c, _) => c,
+        };
         let events = g.engine.generate(TokenRequest {
             prompt,
             max_tokens,
@@ -422,6 +439,8 @@ impl Model for LocalModel {
             tokenizer: g.tokenizer.clone(),
             detokenizer: Detokenizer::new(),
             stop: StopMatcher::new(request.stop),
+            markers,
+            inside,
             queue: VecDeque::new(),
             prompt_tokens,
             cached_tokens: 0,
@@ -442,6 +461,9 @@ struct Stream {
     tokenizer: Arc<Tokenizer>,
     detokenizer: Detokenizer,
     stop: StopMatcher,
+    /// A thinking model's markers, and whether its output is inside its reasoning now.
+    markers: Option<Markers>,
+    inside: bool,
     queue: VecDeque<Result<GenerationEvent>>,
     prompt_tokens: usize,
     cached_tokens: usize,
@@ -470,7 +492,16 @@ impl Stream {
                 if self.tokenizer.eos_ids().contains(&token) {
                     return Ok(()); // the engine's Done follows
                 }
+                if let Some(markers) = self.markers
+                    && self.reasoning_marker(markers, token)?
+                {
+                    return Ok(());
+                }
                 let text = self.detokenizer.push(&self.tokenizer, token)?;
+                if self.inside {
+                    self.reasoning(text);
+                    return Ok(());
+                }
                 let (text, stopped) = self.stop.push(&text);
                 self.delta(text);
                 if stopped {
@@ -478,6 +509,11 @@ impl Stream {
                 }
             }
             Some(TokenEvent::Logprobs(l)) => {
+                // Logprobs are the answer's: not of the reasoning or its markers.
+                let marker = self.markers.is_some_and(|m| l.token == m.open || l.token == m.close);
+                if self.inside || marker {
+                    return Ok(());
+                }
                 let text = |t: u32| self.tokenizer.decode(&[t]);
                 let top = l.top.iter().map(|(t, p)| Ok((text(*t)?, *p))).collect::<Result<_>>()?;
                 let logprob = TokenLogprob { token: text(l.token)?, logprob: l.logprob, top };
@@ -485,7 +521,10 @@ impl Stream {
             }
             Some(TokenEvent::Done { finish, cached_tokens, .. }) => {
                 self.cached_tokens = cached_tokens;
-                let rest = self.detokenizer.finish(&self.tokenizer)?;
+                let mut rest = self.detokenizer.finish(&self.tokenizer)?;
+                if self.inside {
+                    self.reasoning(std::mem::take(&mut rest));
+                }
                 let (text, stopped) = self.stop.push(&rest);
                 self.delta(text);
                 if !stopped {
@@ -509,6 +548,35 @@ impl Stream {
             None => return Err(Error::Engine("the engine stopped mid-generation".into())),
         }
         Ok(())
+    }
+
+    /// Whether `token` opens or closes the reasoning (and is no text of either): the text
+    /// held back so far goes out on its side of the marker first.
+    fn reasoning_marker(&mut self, markers: Markers, token: u32) -> Result<bool> {
+        let switch = if self.inside { markers.close } else { markers.open };
+        if token != switch {
+            // A stray marker (a second opening, a closing without one) is no text either.
+            return Ok(token == markers.open || token == markers.close);
+        }
+        let held = self.detokenizer.finish(&self.tokenizer)?;
+        if self.inside {
+            self.reasoning(held);
+        } else {
+            let (text, stopped) = self.stop.push(&held);
+            self.delta(text);
+            if stopped {
+                self.finish(FinishReason::Stop);
+                return Ok(true);
+            }
+        }
+        self.inside = !self.inside;
+        Ok(true)
+    }
+
+    fn reasoning(&mut self, text: String) {
+        if !text.is_empty() {
+            self.queue.push_back(Ok(GenerationEvent::Reasoning(text)));
+        }
     }
 
     fn delta(&mut self, text: String) {

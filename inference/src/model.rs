@@ -91,6 +91,9 @@ pub struct GenerateRequest {
     /// The format the answer must follow (JSON schema, any JSON object, regex, Lark);
     /// only models with a tokenizer the grammar engine reads can follow one.
     pub format: Option<fleet_grammar::OutputFormat>,
+    /// Whether a thinking model reasons before it answers (chat templates'
+    /// `enable_thinking`, as Qwen3's reads it); unset, the model's own default.
+    pub thinking: Option<bool>,
 }
 
 /// Why a generation ended.
@@ -126,6 +129,9 @@ pub struct TokenLogprob {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     Delta(String),
+    /// Text of a thinking model's reasoning, apart from its answer (the `Delta`s); it comes
+    /// before the answer and is not subject to its format, tool calls or stop strings.
+    Reasoning(String),
     Logprobs(TokenLogprob),
     /// A tool call the model made in a structured form (remote OpenAI-compatible models);
     /// local models write tool calls as text in their family's format.

@@ -54,6 +54,9 @@ async fn run(model: &LocalModel, request: GenerateRequest) -> Result<(Vec<String
         match event? {
             GenerationEvent::Delta(text) => deltas.push(text),
             GenerationEvent::Logprobs(_) | GenerationEvent::ToolCall(_) => {}
+            GenerationEvent::Reasoning(text) => {
+                return Err(format!("reasoning {text:?} from a model that does not think").into());
+            }
             GenerationEvent::Done(usage) => {
                 assert!(stream.next().await.is_none(), "events after Done");
                 return Ok((deltas, usage));
@@ -147,6 +150,7 @@ async fn logprobs_come_with_every_token() -> Result<()> {
             GenerationEvent::Logprobs(l) => logprobs.push(l),
             GenerationEvent::Done(u) => usage = Some(u),
             GenerationEvent::Delta(_) | GenerationEvent::ToolCall(_) => {}
+            GenerationEvent::Reasoning(_) => return Err("reasoning from Qwen2".into()),
         }
     }
     let usage = usage.ok_or("no usage")?;

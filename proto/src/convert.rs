@@ -480,6 +480,7 @@ impl From<&EventKind> for pb::task_event::Kind {
                 text,
                 logprobs: logprobs.into_iter().map(Into::into).collect(),
             }),
+            EventKind::ReasoningDelta { text } => K::ReasoningDelta(pb::ReasoningDelta { text }),
             EventKind::ToolCall { call_id, name, arguments, traceparent } => {
                 K::ToolCall(pb::ToolCall { call_id, name, arguments, traceparent })
             }
@@ -535,6 +536,7 @@ impl From<pb::task_event::Kind> for EventKind {
                 text: e.text,
                 logprobs: e.logprobs.into_iter().map(Into::into).collect(),
             },
+            K::ReasoningDelta(e) => Self::ReasoningDelta { text: e.text },
             K::ToolCall(e) => Self::ToolCall {
                 call_id: e.call_id,
                 name: e.name,

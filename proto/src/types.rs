@@ -587,6 +587,11 @@ pub enum EventKind {
         /// The log-probabilities of the tokens `text` came from, when asked for.
         logprobs: Vec<TokenLogprob>,
     },
+    /// Text of a thinking model's reasoning, before and apart from its answer (the
+    /// `TextDelta`s): streamed to clients that show it, never part of the answer.
+    ReasoningDelta {
+        text: String,
+    },
     ToolCall {
         call_id: String,
         name: String,
@@ -708,6 +713,7 @@ impl EventKind {
             Self::Canceled { .. } => Some(TaskState::Canceled),
             Self::InputRequired { .. } => Some(TaskState::InputRequired),
             Self::TextDelta { .. }
+            | Self::ReasoningDelta { .. }
             | Self::ToolCall { .. }
             | Self::ToolResult { .. }
             | Self::Embeddings { .. }
@@ -726,6 +732,7 @@ impl EventKind {
             Self::Submitted { agent: s }
             | Self::Scheduled { worker_id: s }
             | Self::TextDelta { text: s, .. }
+            | Self::ReasoningDelta { text: s }
             | Self::Canceled { reason: s }
             | Self::Retrying { reason: s, .. } => s.len(),
             Self::ToolCall { call_id, name, arguments, .. } => {

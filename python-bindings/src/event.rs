@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 /// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
-/// tool_call, tool_result, embeddings, artifact, completed, failed, canceled,
+/// reasoning_delta (a thinking model's reasoning, before and apart from its answer), tool_call, tool_result, embeddings, artifact, completed, failed, canceled,
 /// input_required, input_received, retrying.
 /// (An embeddings event's `text` only counts its vectors: `agent.embed` returns them.)
 #[pyclass(module = "agentfleet", frozen)]
@@ -21,7 +21,7 @@ pub struct Event {
     pub attempt: u32,
     #[pyo3(get)]
     pub kind: &'static str,
-    /// The text of a text_delta; the output of a tool_result; the prompt of input_required;
+    /// The text of a text_delta or reasoning_delta; the output of a tool_result; the prompt of input_required;
     /// the reply of input_received.
     #[pyo3(get)]
     pub text: String,
@@ -61,7 +61,8 @@ pub struct Event {
 impl Event {
     fn __repr__(&self) -> String {
         let detail = match self.kind {
-            "text_delta" | "tool_result" | "input_required" | "input_received" => {
+            "text_delta" | "reasoning_delta" | "tool_result" | "input_required"
+            | "input_received" => {
                 format!(", text={:?}", self.text)
             }
             "scheduled" => format!(", worker_id={:?}", self.worker_id),
@@ -116,6 +117,10 @@ impl From<&TaskEvent> for Event {
             EventKind::TextDelta { text, .. } => {
                 event.text.clone_from(text);
                 "text_delta"
+            }
+            EventKind::ReasoningDelta { text } => {
+                event.text.clone_from(text);
+                "reasoning_delta"
             }
             EventKind::ToolCall { call_id, name, arguments, .. } => {
                 event.call_id.clone_from(call_id);

@@ -1,5 +1,6 @@
-//! One generation of a task: drive the model's stream into text-delta events, find the
-//! tool calls in it, honour cancellation. The agent loop (`agent_loop`) runs one
+//! One generation of a task: drive the model's stream into text-delta events (and a
+//! thinking model's reasoning into reasoning-delta events), find the tool calls in its
+//! answer, honour cancellation. The agent loop (`agent_loop`) runs one
 //! or more of these per task.
 
 use fleet_inference::{FinishReason, Generation, GenerationEvent, ToolCall};
@@ -31,6 +32,8 @@ pub async fn emit(sink: &EventSink, task: &TaskAssignment, kind: EventKind) {
 pub struct Turn {
     /// The text shown (tool-call markup removed).
     pub text: String,
+    /// A thinking model's reasoning before it (streamed, not part of the answer).
+    pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub usage: fleet_inference::Usage,
 }
@@ -61,6 +64,10 @@ pub async fn generate(
                     None => text,
                 };
                 show(task, sink, &mut turn, shown, &mut logprobs).await;
+            }
+            Some(Ok(GenerationEvent::Reasoning(text))) => {
+                turn.reasoning.push_str(&text);
+                emit(sink, task, EventKind::ReasoningDelta { text }).await;
             }
             Some(Ok(GenerationEvent::Logprobs(l))) => logprobs.push(logprob(l)),
             Some(Ok(GenerationEvent::ToolCall(call))) => turn.tool_calls.push(call),

@@ -328,9 +328,11 @@ fn updates(
     let first = render::stream_task(render_task(a2a, &info, None, v), v);
     let ended = render::ends_stream(info.state);
     let chunked = !info.output.is_empty();
-    let state = (info, follow, chunked);
+    // The reasoning's artifact is open (chunks sent, the closing one not yet).
+    let thinking = !info.reasoning.is_empty() && info.output.is_empty();
+    let state = (info, follow, chunked, thinking);
     let rest = futures::stream::unfold(Some(state), move |state| async move {
-        let (mut info, mut follow, mut chunked) = state?;
+        let (mut info, mut follow, mut chunked, mut thinking) = state?;
         loop {
             // None: the head is stopping or the task left retention; the client may
             // resubscribe.
@@ -339,7 +341,21 @@ fn updates(
             if let Some(s) = event.kind.state_after() {
                 info.state = s;
             }
+            // The answer begins: the reasoning's artifact closes first.
+            let answers =
+                matches!(event.kind, EventKind::TextDelta { .. } | EventKind::Completed { .. });
+            let closing = (answers && std::mem::take(&mut thinking)).then(|| {
+                let (id, ctx) = (info.task_id.as_str(), info.context_id.as_str());
+                render::reasoning_update(id, ctx, "", true, true, v)
+            });
             let item = match &event.kind {
+                EventKind::ReasoningDelta { text } => {
+                    let append = !info.reasoning.is_empty();
+                    info.reasoning.push_str(text);
+                    thinking = true;
+                    let (id, ctx) = (info.task_id.as_str(), info.context_id.as_str());
+                    render::reasoning_update(id, ctx, text, append, false, v)
+                }
                 EventKind::TextDelta { text, .. } => {
                     info.output.push_str(text);
                     let append = std::mem::replace(&mut chunked, true);
@@ -360,6 +376,8 @@ fn updates(
                 EventKind::Working => render::status_update(&info, v),
                 EventKind::Retrying { .. } => {
                     info.output.clear();
+                    info.reasoning.clear();
+                    thinking = false;
                     info.artifacts.clear();
                     info.exchanges.clear();
                     chunked = false;
@@ -391,7 +409,8 @@ fn updates(
                             v,
                         );
                         let status = render::status_update(&info, v);
-                        return Some((futures::stream::iter(vec![last, status]), None));
+                        let items = closing.into_iter().chain([last, status]).collect::<Vec<_>>();
+                        return Some((futures::stream::iter(items), None));
                     }
                     render::status_update(&info, v)
                 }
@@ -411,8 +430,10 @@ fn updates(
                 | EventKind::ToolResult { .. }
                 | EventKind::Embeddings { .. } => continue,
             };
-            let next = (!render::ends_stream(info.state)).then_some((info, follow, chunked));
-            return Some((futures::stream::iter(vec![item]), next));
+            let ends = render::ends_stream(info.state);
+            let next = (!ends).then_some((info, follow, chunked, thinking));
+            let items = closing.into_iter().chain([item]).collect::<Vec<_>>();
+            return Some((futures::stream::iter(items), next));
         }
     });
     let rest = futures::StreamExt::flatten(rest);

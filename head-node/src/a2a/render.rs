@@ -142,6 +142,32 @@ fn artifact(parts: Value) -> Value {
     json!({"artifactId": ARTIFACT_ID, "name": "output", "parts": parts})
 }
 
+/// The id of the artifact a thinking model's reasoning is, apart from its answer's.
+pub const REASONING_ARTIFACT_ID: &str = "reasoning";
+
+fn reasoning_artifact(parts: Value) -> Value {
+    json!({
+        "artifactId": REASONING_ARTIFACT_ID,
+        "name": "reasoning",
+        "description": "The model's reasoning before its answer; not part of the answer.",
+        "parts": parts,
+    })
+}
+
+/// A chunk of the reasoning's artifact (`last_chunk`: an empty one that closes it, sent
+/// when the answer begins).
+pub fn reasoning_update(
+    task_id: &str,
+    context_id: &str,
+    text: &str,
+    append: bool,
+    last_chunk: bool,
+    v: Version,
+) -> Value {
+    let artifact = reasoning_artifact(text_parts(text, v));
+    artifact_item(task_id, context_id, artifact, append, last_chunk, v)
+}
+
 /// An artifact the agent returned beside its text: one file or data part.
 pub fn returned_artifact(a: &Artifact, v: Version) -> Value {
     let part = match (&a.part, v) {
@@ -229,7 +255,10 @@ pub fn task(
             },
         },
     });
-    let mut artifacts = Vec::with_capacity(info.artifacts.len() + 1);
+    let mut artifacts = Vec::with_capacity(info.artifacts.len() + 2);
+    if !info.reasoning.is_empty() {
+        artifacts.push(reasoning_artifact(text_parts(&info.reasoning, v)));
+    }
     if !info.output.is_empty() {
         artifacts.push(artifact(answer_parts(&info.output, info.structured, v)));
     }

@@ -46,6 +46,8 @@ pub struct TaskInfo {
     /// The tenant whose task it is.
     pub tenant: Arc<str>,
     pub output: String,
+    /// A thinking model's reasoning before its answer (not part of `output`).
+    pub reasoning: String,
     /// The files and data it returned beside its text.
     pub artifacts: Vec<Arc<fleet_proto::Artifact>>,
     pub error: String,
@@ -104,6 +106,7 @@ impl From<&TaskEntry> for TaskInfo {
             context_id: t.context_id.clone(),
             tenant: t.tenant.clone(),
             output: t.output(),
+            reasoning: t.reasoning(),
             artifacts: t.artifacts(),
             error: t.error.clone(),
             events: t.events.len() as u64,
@@ -136,6 +139,7 @@ impl TaskInfo {
         };
         (info.state, info.attempt, info.events) = (TaskState::Queued, 1, seq);
         info.output.clear();
+        info.reasoning.clear();
         info.artifacts.clear();
         info.error.clear();
         info.worker_id.clear();
@@ -148,12 +152,14 @@ impl TaskInfo {
             info.attempt = e.attempt;
             match &e.kind {
                 EventKind::TextDelta { text, .. } => info.output.push_str(text),
+                EventKind::ReasoningDelta { text } => info.reasoning.push_str(text),
                 EventKind::Artifact(artifact) => info.artifacts.push(artifact.clone()),
                 EventKind::Completed { usage } => info.usage = *usage,
                 EventKind::Failed { error, .. } => info.error.clone_from(error),
                 EventKind::Scheduled { worker_id } => info.worker_id.clone_from(worker_id),
                 EventKind::Retrying { failed_attempt, .. } => {
                     info.output.clear();
+                    info.reasoning.clear();
                     info.artifacts.clear();
                     info.attempt = failed_attempt + 1;
                 }

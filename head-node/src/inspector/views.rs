@@ -252,6 +252,7 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
         EventKind::Scheduled { worker_id } => ("scheduled", json!({ "worker": worker_id })),
         EventKind::Working => ("working", json!({})),
         EventKind::TextDelta { text, .. } => ("text", json!({ "text": text })),
+        EventKind::ReasoningDelta { text } => ("reasoning", json!({ "text": text })),
         EventKind::ToolCall { call_id, name, arguments, .. } => {
             ("tool_call", json!({ "call_id": call_id, "name": name, "arguments": arguments }))
         }

@@ -151,6 +151,7 @@ pub(super) struct Answer {
 /// Waits for the whole answer of one choice.
 pub(super) async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
     let mut text = String::new();
+    let mut reasoning = String::new();
     let mut calls = Vec::new();
     let mut logprobs = Vec::new();
     while let Some(event) = run.next().await {
@@ -159,18 +160,26 @@ pub(super) async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
                 text.push_str(delta);
                 logprobs.extend_from_slice(tokens);
             }
+            EventKind::ReasoningDelta { text: delta } => reasoning.push_str(delta),
             EventKind::ToolCall { call_id, name, arguments, .. } => {
                 calls.push(ToolCallOut::new(call_id, name, arguments));
             }
             EventKind::Retrying { .. } => {
                 text.clear();
+                reasoning.clear();
                 calls.clear();
                 logprobs.clear();
             }
             EventKind::Completed { usage } => {
                 let finish = if calls.is_empty() { finish_reason(usage) } else { "tool_calls" };
                 let content = (!text.is_empty() || calls.is_empty()).then_some(text);
-                let message = AssistantMessage { role: "assistant", content, tool_calls: calls };
+                let reasoning_content = (!reasoning.is_empty()).then_some(reasoning);
+                let message = AssistantMessage {
+                    role: "assistant",
+                    content,
+                    reasoning_content,
+                    tool_calls: calls,
+                };
                 return Ok(Answer { message, finish_reason: finish, usage: *usage, logprobs });
             }
             kind @ (EventKind::Failed { .. } | EventKind::Canceled { .. }) => {
@@ -286,6 +295,11 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Out>, bool) {
                 let delta = Delta { content: Some(text.clone()), ..Default::default() };
                 let chunk = s.head.chunk_with(s.index, delta, None, logprobs);
                 return (vec![Out::Chunk(chunk)], true);
+            }
+            EventKind::ReasoningDelta { text } if !text.is_empty() => {
+                s.sent_text = true;
+                let delta = Delta { reasoning_content: Some(text.clone()), ..Default::default() };
+                return (vec![Out::Chunk(s.head.chunk(s.index, delta, None))], true);
             }
             EventKind::ToolCall { call_id, name, arguments, .. } => {
                 // Each call whole in one chunk (it is known whole when its event comes).

@@ -702,6 +702,10 @@ pub struct AssistantMessage {
     pub role: &'static str,
     /// None (`null`) when the model only called tools.
     pub content: Option<String>,
+    /// A thinking model's reasoning before its answer (the field vLLM, llama.cpp's server
+    /// and DeepSeek's API name it), absent when it did not think.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
 }
@@ -812,6 +816,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
 }

@@ -297,6 +297,17 @@ impl TaskEntry {
         text
     }
 
+    /// The reasoning of the current attempt (a thinking model's), joined.
+    pub fn reasoning(&self) -> String {
+        let mut text = String::new();
+        for e in self.current_attempt() {
+            if let EventKind::ReasoningDelta { text: delta } = &e.kind {
+                text.push_str(delta);
+            }
+        }
+        text
+    }
+
     /// The files and data the current attempt returned beside its text, in order.
     pub fn artifacts(&self) -> Vec<Arc<Artifact>> {
         let artifacts = self.current_attempt().iter().filter_map(|e| match &e.kind {

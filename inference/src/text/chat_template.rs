@@ -99,6 +99,18 @@ impl ChatTemplate {
         tools: &[serde_json::Value],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.render_with(messages, tools, add_generation_prompt, None)
+    }
+
+    /// [`render`](Self::render), telling a thinking model's template whether to reason
+    /// (`enable_thinking`; left undefined when `None`, so the template's default holds).
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+        thinking: Option<bool>,
+    ) -> Result<String> {
         let rewritten;
         let (messages, tools) = if tools.is_empty() || self.renders_tools() {
             (messages, tools)
@@ -128,6 +140,9 @@ impl ChatTemplate {
         ctx.insert("date_string", Value::from(strftime_utc(unix_now(), "%d %b %Y")));
         if !tools.is_empty() {
             ctx.insert("tools", Value::from_serialize(tools));
+        }
+        if let Some(thinking) = thinking {
+            ctx.insert("enable_thinking", Value::from(thinking));
         }
         if let Some(bos) = &self.bos {
             ctx.insert("bos_token", Value::from(bos.as_str()));

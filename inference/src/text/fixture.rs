@@ -109,9 +109,24 @@ fn token_of(bytes: &[u8], map: &[char; 256]) -> String {
     bytes.iter().map(|&b| map[b as usize]).collect()
 }
 
+/// A Qwen3-style chat template: ChatML without a default system message, earlier answers
+/// without their reasoning, and an empty reasoning written after the generation prompt when
+/// `enable_thinking` is false (as Qwen3's own template does).
+pub const QWEN3_CHAT_TEMPLATE: &str = include_str!("qwen3_chat_template.jinja");
+
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` into `dir`
 /// and returns the vocabulary size (special tokens included, at most 384).
 pub fn write_tokenizer_files(dir: &Path) -> io::Result<usize> {
+    write_files(dir, false)
+}
+
+/// [`write_tokenizer_files`] of a thinking model: `<think>` and `</think>` added as tokens
+/// of their own (not special, as Qwen3's are) and [`QWEN3_CHAT_TEMPLATE`].
+pub fn write_thinking_tokenizer_files(dir: &Path) -> io::Result<usize> {
+    write_files(dir, true)
+}
+
+fn write_files(dir: &Path, thinking: bool) -> io::Result<usize> {
     let map = byte_to_char();
     let mut vocab: Vocab = (0..=255u8).map(|b| (token_of(&[b], &map), u32::from(b))).collect();
     let mut merges = Vec::with_capacity(MERGES.len());
@@ -142,6 +157,12 @@ pub fn write_tokenizer_files(dir: &Path) -> io::Result<usize> {
     tokenizer.with_post_processor(Some(byte_level));
     let specials = SPECIAL_TOKENS.map(|t| AddedToken::from(t, true));
     tokenizer.add_special_tokens(specials).map_err(io::Error::other)?;
+    if thinking {
+        let markers = [super::reasoning::OPEN, super::reasoning::CLOSE];
+        tokenizer
+            .add_tokens(markers.map(|t| AddedToken::from(t, false)))
+            .map_err(io::Error::other)?;
+    }
     tokenizer.save(dir.join("tokenizer.json"), true).map_err(io::Error::other)?;
 
     let id = |t: &str| tokenizer.token_to_id(t);
@@ -149,7 +170,7 @@ pub fn write_tokenizer_files(dir: &Path) -> io::Result<usize> {
         "add_bos_token": false,
         "add_prefix_space": false,
         "bos_token": null,
-        "chat_template": QWEN25_CHAT_TEMPLATE,
+        "chat_template": if thinking { QWEN3_CHAT_TEMPLATE } else { QWEN25_CHAT_TEMPLATE },
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
         "model_max_length": 32768,

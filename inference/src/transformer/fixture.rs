@@ -455,3 +455,61 @@ pub fn greedy_alone(model: &super::Decoder, prompt: &[u32], n: usize) -> Result<
     }
     Ok(out)
 }
+
+/// A tiny Qwen3 with a thinking tokenizer ([`write_thinking_tokenizer_files`]) that reasons
+/// by rote: its attention and MLP outputs are zero, so the next token depends on the last
+/// one alone, and its embeddings and LM head are planted so that after the prompt's last
+/// token (`\n`, where the chat template's generation prompt ends) it writes `<think>`,
+/// `reasoning`'s tokens, `</think>`, `answer`'s tokens and `<|im_end|>`. Real weights of a
+/// real family through the real engine and tokenizer, for what random weights cannot show:
+/// reasoning and answer arriving apart. Each token of that chain must be distinct (at most
+/// the hidden size, 64, in all).
+///
+/// [`write_thinking_tokenizer_files`]: crate::text::fixture::write_thinking_tokenizer_files
+pub fn write_thinking_model(dir: &Path, reasoning: &str, answer: &str) -> crate::Result<()> {
+    use crate::text::{Tokenizer, fixture::write_thinking_tokenizer_files};
+    let fail = |e: String| crate::Error::InvalidRequest(format!("thinking fixture: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    write_thinking_tokenizer_files(dir).map_err(|e| fail(e.to_string()))?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let id = |t: &str| tokenizer.token_id(t).ok_or_else(|| fail(format!("no token {t:?}")));
+    let mut chain = vec![id("\u{010a}")?, id("<think>")?];
+    chain.extend(tokenizer.encode(reasoning)?);
+    chain.push(id("</think>")?);
+    chain.extend(tokenizer.encode(answer)?);
+    chain.push(id("<|im_end|>")?);
+
+    let cfg = tiny_config(Family::Qwen3, false);
+    let hidden = cfg.hidden_size;
+    let distinct = chain.iter().collect::<std::collections::HashSet<_>>().len() == chain.len();
+    if !distinct || chain.len() > hidden {
+        return Err(fail(format!("the chain {chain:?} repeats a token or is over {hidden}")));
+    }
+    let weights = planted_weights(&cfg, &chain).map_err(|e| fail(e.to_string()))?;
+    write_hf(dir, &cfg, &weights).map_err(|e| fail(e.to_string()))
+}
+
+/// Seeded weights with the attention and MLP outputs zeroed and `chain` planted: token
+/// chain[i] embeds as the unit vector e_i and the LM head row of chain[i + 1] is e_i, so after
+/// chain[i] (normalized: 8 e_i) the next token's logit is 8 and every other one is 0.
+fn planted_weights(cfg: &DecoderConfig, chain: &[u32]) -> Result<Weights> {
+    let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+    let mut embed = vec![0f32; vocab * hidden];
+    let mut head = vec![0f32; vocab * hidden];
+    for (i, pair) in chain.windows(2).enumerate() {
+        embed[pair[0] as usize * hidden + i] = 1.0;
+        head[pair[1] as usize * hidden + i] = 1.0;
+    }
+    let planted = |values: Vec<f32>| Tensor::from_vec(values, (vocab, hidden), &Device::Cpu);
+    let mut weights = seeded_weights(cfg, 7)?;
+    for (part, _, tensor) in &mut weights {
+        *tensor = match part {
+            Part::Embed => planted(std::mem::take(&mut embed))?,
+            Part::LmHead => planted(std::mem::take(&mut head))?,
+            Part::O(_) | Part::Down(_) => tensor.zeros_like()?,
+            Part::Norm => tensor.ones_like()?,
+            _ => continue,
+        };
+    }
+    Ok(weights)
+}

@@ -57,7 +57,7 @@ class Cancelled(FleetError): ...
 @final
 class Event:
     """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
-    tool_call, tool_result, embeddings, artifact, completed, failed, canceled, input_required,
+    reasoning_delta (a thinking model's reasoning, before and apart from its answer), tool_call, tool_result, embeddings, artifact, completed, failed, canceled, input_required,
     input_received, retrying.
     (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them. A
     tool_call's ``tool`` is the tool and ``text`` its arguments; a tool_result's ``text`` is

@@ -43,6 +43,7 @@ pub async fn create(
     let shell = Shell {
         id: format!("resp_{}", run.task_id),
         message_id: format!("msg_{}", run.task_id),
+        reasoning_id: format!("rs_{}", run.task_id),
         created_at: unix_now(),
         model: chat.model.clone(),
         echo: request.echo,
@@ -62,6 +63,8 @@ pub async fn create(
 struct Shell {
     id: String,
     message_id: String,
+    /// The id of a thinking model's reasoning item.
+    reasoning_id: String,
     created_at: u64,
     model: String,
     echo: Map<String, Value>,
@@ -100,6 +103,9 @@ impl Shell {
         let truncated = answer.usage.truncated && calls.is_empty();
         let item_status = if truncated { "incomplete" } else { "completed" };
         let mut output = Vec::new();
+        if let Some(reasoning) = &answer.message.reasoning_content {
+            output.push(self.reasoning("completed", reasoning));
+        }
         let text = answer.message.content.as_deref().unwrap_or_default();
         if !text.is_empty() || calls.is_empty() {
             output.push(self.message(item_status, text, &answer.logprobs));
@@ -122,6 +128,18 @@ impl Shell {
     fn failed(&self, code: &str, message: &str) -> Value {
         let error = json!({"code": code, "message": message});
         self.object("failed", Vec::new(), json!({"error": error}))
+    }
+
+    /// The reasoning item holding a thinking model's reasoning as its raw text (as OpenAI's
+    /// open-weight models report theirs: a `reasoning_text` part, no summary).
+    fn reasoning(&self, status: &str, text: &str) -> Value {
+        json!({
+            "type": "reasoning",
+            "id": self.reasoning_id,
+            "status": status,
+            "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}],
+        })
     }
 
     /// The assistant message item holding `text`.

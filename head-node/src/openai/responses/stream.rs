@@ -5,6 +5,8 @@
 //! done); then `response.completed`, or `response.incomplete` when max_output_tokens cut
 //! the text off. A failure is an `error` event and `response.failed`. Every event has a
 //! `sequence_number` from 0 and an `event:` line naming its type; no `[DONE]` follows.
+//! A thinking model's reasoning comes first as a `reasoning` item (added,
+//! `reasoning_text.delta`s, `reasoning_text.done`, done).
 //!
 //! As with chat, a retry (the worker was lost) before anything was sent is invisible, and
 //! one after ends the stream with an error.
@@ -30,6 +32,7 @@ pub fn events(run: TaskRun, shell: Shell) -> Response {
         started: false,
         sent: false,
         text: None,
+        reasoning: None,
         output: Vec::new(),
     };
     let events = stream::unfold(Some(state), |state| async move {
@@ -58,6 +61,8 @@ struct Streamer {
     /// Whether any text or call went out (a retry after that cannot be hidden).
     sent: bool,
     text: Option<OpenText>,
+    /// The reasoning item being streamed: its index and text so far.
+    reasoning: Option<(usize, String)>,
     /// The items done so far, in order.
     output: Vec<Value>,
 }
@@ -106,8 +111,24 @@ impl Streamer {
                     out.push(self.event("response.output_text.delta", delta));
                     return (out, true);
                 }
+                EventKind::ReasoningDelta { text } if !text.is_empty() => {
+                    self.sent = true;
+                    let index = self.open_reasoning(&mut out);
+                    if let Some((_, all)) = &mut self.reasoning {
+                        all.push_str(text);
+                    }
+                    let delta = json!({
+                        "item_id": self.shell.reasoning_id,
+                        "output_index": index,
+                        "content_index": 0,
+                        "delta": text,
+                    });
+                    out.push(self.event("response.reasoning_text.delta", delta));
+                    return (out, true);
+                }
                 EventKind::ToolCall { call_id, name, arguments, .. } => {
                     self.sent = true;
+                    self.close_reasoning(&mut out);
                     self.close_text("completed", &mut out);
                     let index = self.output.len();
                     let item_id = format!("fc_{call_id}");
@@ -138,6 +159,7 @@ impl Streamer {
                     return (self.fail(&ApiError::server(message)), false);
                 }
                 EventKind::Completed { usage: u } => {
+                    self.close_reasoning(&mut out);
                     let calls = self.output.iter().any(|i| i["type"] == "function_call");
                     let truncated = u.truncated && !calls;
                     if !calls {
@@ -167,11 +189,44 @@ impl Streamer {
         }
     }
 
-    /// Opens the message item unless it is open.
+    /// Opens the reasoning item unless it is open; its output index.
+    fn open_reasoning(&mut self, out: &mut Vec<Event>) -> usize {
+        if let Some((index, _)) = &self.reasoning {
+            return *index;
+        }
+        let index = self.output.len();
+        let mut item = self.shell.reasoning("in_progress", "");
+        item["content"] = json!([]);
+        out.push(
+            self.event("response.output_item.added", json!({"output_index": index, "item": item})),
+        );
+        self.reasoning = Some((index, String::new()));
+        index
+    }
+
+    /// Closes the reasoning item if it is open: the answer follows.
+    fn close_reasoning(&mut self, out: &mut Vec<Event>) {
+        let Some((index, text)) = self.reasoning.take() else { return };
+        let done = json!({
+            "item_id": self.shell.reasoning_id,
+            "output_index": index,
+            "content_index": 0,
+            "text": text,
+        });
+        out.push(self.event("response.reasoning_text.done", done));
+        let item = self.shell.reasoning("completed", &text);
+        out.push(
+            self.event("response.output_item.done", json!({"output_index": index, "item": item})),
+        );
+        self.output.push(item);
+    }
+
+    /// Opens the message item unless it is open (closing the reasoning before it).
     fn open_text(&mut self, out: &mut Vec<Event>) {
         if self.text.is_some() {
             return;
         }
+        self.close_reasoning(out);
         let index = self.output.len();
         let item = json!({
             "type": "message",
