@@ -324,6 +324,8 @@ pub struct SamplingTable {
     pub stop: Vec<String>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// Whether a thinking model reasons before it answers (unset: the model's default).
+    pub thinking: Option<bool>,
 }
 
 impl From<AgentTable> for AgentSpec {
@@ -354,6 +356,7 @@ impl From<AgentTable> for AgentSpec {
                 presence_penalty: t.sampling.presence_penalty,
                 frequency_penalty: t.sampling.frequency_penalty,
                 logprobs: None,
+                thinking: t.sampling.thinking,
                 // TOML values are JSON values (a datetime becomes its string).
                 format: t
                     .output_schema

@@ -75,6 +75,7 @@ impl From<pb::Sampling> for Sampling {
             presence_penalty: s.presence_penalty,
             frequency_penalty: s.frequency_penalty,
             logprobs: s.logprobs,
+            thinking: s.thinking,
             format: s.format.and_then(|f| f.kind).map(|kind| match kind {
                 pb::output_format::Kind::JsonObject(_) => OutputFormat::JsonObject,
                 pb::output_format::Kind::JsonSchema(schema) => OutputFormat::JsonSchema(schema),
@@ -96,6 +97,7 @@ impl From<Sampling> for pb::Sampling {
             presence_penalty: s.presence_penalty,
             frequency_penalty: s.frequency_penalty,
             logprobs: s.logprobs,
+            thinking: s.thinking,
             format: s.format.map(|f| pb::OutputFormat {
                 kind: Some(match f {
                     OutputFormat::JsonObject => pb::output_format::Kind::JsonObject(true),

@@ -87,6 +87,8 @@ pub struct Sampling {
     pub frequency_penalty: Option<f32>,
     /// Report each generated token's log-probability and this many alternatives.
     pub logprobs: Option<u32>,
+    /// Whether a thinking model reasons before it answers; unset, the model's default.
+    pub thinking: Option<bool>,
 }
 
 /// A format a generation is constrained to (local models follow it token by token).
@@ -119,6 +121,7 @@ impl Sampling {
             presence_penalty: overrides.presence_penalty.or(self.presence_penalty),
             frequency_penalty: overrides.frequency_penalty.or(self.frequency_penalty),
             logprobs: overrides.logprobs.or(self.logprobs),
+            thinking: overrides.thinking.or(self.thinking),
         }
     }
 }

@@ -395,7 +395,7 @@ impl Fleet {
         name, model=None, *, instructions=String::new(), tools=None, description=String::new(),
         max_retries=None, max_concurrency=0, labels=None, model_options=None,
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
-        stop=Vec::new(), presence_penalty=None, frequency_penalty=None,
+        stop=Vec::new(), presence_penalty=None, frequency_penalty=None, thinking=None,
         topics=Vec::new(), output_schema=None, mcp=Vec::new(), tool_choice=String::new(),
         requires_approval=Vec::new(), ask_user=false, input_timeout=None
     ))]
@@ -422,6 +422,7 @@ impl Fleet {
         stop: Vec<String>,
         presence_penalty: Option<f32>,
         frequency_penalty: Option<f32>,
+        thinking: Option<bool>,
         topics: Vec<String>,
         output_schema: Option<Bound<'_, PyAny>>,
         mcp: Vec<Bound<'_, PyDict>>,
@@ -518,6 +519,7 @@ impl Fleet {
                 format,
                 presence_penalty,
                 frequency_penalty,
+                thinking,
                 ..Default::default()
             },
             resources: Resources { cpus, memory_bytes: memory_mb.saturating_mul(1 << 20), gpus },

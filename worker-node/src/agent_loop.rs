@@ -186,6 +186,7 @@ async fn drive(
             tool_choice: tool_choice.clone(),
             parallel_tool_calls,
             format: format.clone(),
+            thinking: sampling.thinking,
             ..Default::default()
         };
         let mut span = spans::chat(parent, &run.spec, &sampling, raw_prompt);

@@ -85,6 +85,17 @@ async fn reasoning_arrives_apart_at_every_front_door() -> Result<()> {
         let message = &whole["choices"][0]["message"];
         ensure!(message["content"] == ANSWER && message["reasoning_content"] == REASONING, "{whole}");
 
+        // reasoning_effort "none" reaches the template: it closes an empty reasoning in the
+        // prompt, whose last token then no longer starts this model's chain: no reasoning.
+        let mut off = chat.clone();
+        off["reasoning_effort"] = json!("none");
+        let off: Value = serde_json::from_str(&post(&format!("{url}/v1/chat/completions"), off, &[]).await?)?;
+        let prompt = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap_or_default();
+        let tokenizer = fleet_inference::text::Tokenizer::from_hf_dir(&models.join(MODEL))?;
+        let empty = tokenizer.encode("<think>\n\n</think>\n\n")?.len() as u64;
+        ensure!(prompt(&off) == prompt(&whole) + empty, "{off} / {whole}");
+        ensure!(off["choices"][0]["message"].get("reasoning_content").is_none(), "{off}");
+
         // Streamed: reasoning_content deltas, then content deltas.
         let mut streamed = chat.clone();
         streamed["stream"] = json!(true);

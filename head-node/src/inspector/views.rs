@@ -166,6 +166,7 @@ fn spec_json(spec: &fleet_proto::AgentSpec) -> Value {
             "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
             "seed": s.seed, "stop": s.stop, "format": format,
             "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+            "thinking": s.thinking,
         },
         "resources": resources(&spec.resources),
         "max_retries": spec.max_retries,

@@ -245,7 +245,27 @@ fn sampling(f: &Fields<'_>) -> Result<Sampling, ApiError> {
         presence_penalty: penalty(f, "presence_penalty")?,
         frequency_penalty: penalty(f, "frequency_penalty")?,
         logprobs: logprobs(f)?,
+        thinking: reasoning_effort(f.get("reasoning_effort"), "reasoning_effort")?,
     })
+}
+
+/// OpenAI's `reasoning_effort` as whether a thinking model reasons: `none` turns its
+/// reasoning off; the other levels leave it on (the thinking families served here have no
+/// levels between). `param` names the field in errors.
+pub fn reasoning_effort(value: Option<&Value>, param: &str) -> Result<Option<bool>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "none" => Ok(Some(false)),
+        Some(Value::String(s)) if ["minimal", "low", "medium", "high"].contains(&s.as_str()) => {
+            Ok(Some(true))
+        }
+        Some(other) => Err(ApiError::invalid(
+            param,
+            format!(
+                "{param} must be \"none\", \"minimal\", \"low\", \"medium\" or \"high\", got {other}"
+            ),
+        )),
+    }
 }
 
 /// `presence_penalty` or `frequency_penalty`: -2 to 2; 0 is the same as none.
@@ -989,6 +1009,16 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_effort_turns_thinking_off_or_on() -> Result<(), ApiError> {
+        assert_eq!(chat(json!({"reasoning_effort": "none"}))?.sampling.thinking, Some(false));
+        for level in ["minimal", "low", "medium", "high"] {
+            assert_eq!(chat(json!({"reasoning_effort": level}))?.sampling.thinking, Some(true));
+        }
+        assert_eq!(chat(json!({}))?.sampling.thinking, None);
+        Ok(())
+    }
+
+    #[test]
     fn penalties_and_logprobs_become_sampling() -> Result<(), ApiError> {
         let body = |extra: Value| {
             let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
@@ -1062,6 +1092,8 @@ mod tests {
             (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
             (json!({"presence_penalty": -2.5}), "presence_penalty"),
             (json!({"frequency_penalty": 3}), "frequency_penalty"),
+            (json!({"reasoning_effort": "maximal"}), "reasoning_effort"),
+            (json!({"reasoning_effort": 1}), "reasoning_effort"),
             (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
             (json!({"model": ""}), "model"),
             (json!({"model": 5}), "model"),

@@ -284,6 +284,7 @@ class Fleet:
         stop: list[str] = ...,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        thinking: bool | None = None,
         topics: list[str] = ...,
         output_schema: _OutputSchema | None = None,
         mcp: list[dict[str, object]] = ...,

@@ -90,7 +90,9 @@ impl ResponsesRequest {
                 chat.insert("top_logprobs".into(), top.clone());
             }
         }
-        let chat = ChatRequest::parse(&Value::Object(chat)).map_err(|e| renamed(e, &origin))?;
+        let mut chat = ChatRequest::parse(&Value::Object(chat)).map_err(|e| renamed(e, &origin))?;
+        let effort = b.get("reasoning").and_then(|r| r.get("effort"));
+        chat.sampling.thinking = super::super::wire::reasoning_effort(effort, "reasoning.effort")?;
         let mut echo = Map::new();
         for name in ["instructions", "max_output_tokens", "temperature", "top_p", "user"] {
             echo.insert(name.into(), b.get(name).cloned().unwrap_or(Value::Null));
@@ -109,7 +111,8 @@ impl ResponsesRequest {
         echo.insert("store".into(), Value::Bool(false));
         echo.insert("previous_response_id".into(), Value::Null);
         echo.insert("background".into(), Value::Bool(false));
-        echo.insert("reasoning".into(), json!({"effort": null, "summary": null}));
+        let effort = effort.cloned().unwrap_or(Value::Null);
+        echo.insert("reasoning".into(), json!({"effort": effort, "summary": null}));
         Ok(Self { chat, echo, logprobs })
     }
 }
