@@ -106,7 +106,12 @@ impl Cluster {
             submitted_us: task.submitted_at_us,
             scheduled_us: first(|k| matches!(k, EventKind::Scheduled { .. })),
             first_token_us: first(|k| {
-                matches!(k, EventKind::TextDelta { .. } | EventKind::Embeddings { .. })
+                matches!(
+                    k,
+                    EventKind::TextDelta { .. }
+                        | EventKind::ReasoningDelta { .. }
+                        | EventKind::Embeddings { .. }
+                )
             }),
             finished_us: first(EventKind::is_terminal),
         };
