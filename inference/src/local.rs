@@ -166,6 +166,8 @@ fn generator(
         Family::Gemma2 | Family::Gemma3 => ChatTemplate::gemma(tokenizer.bos_token()),
         _ => ChatTemplate::chatml(),
     });
+    // Whether the model thinks is fixed by its tokenizer and template: found once here.
+    let markers = Markers::of(&tokenizer, tokenizer.chat_template().or(fallback.as_ref()));
     let engine = Engine::start(decoder, options.engine.clone())
         .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
     Ok(LocalModel {
@@ -174,6 +176,7 @@ fn generator(
             engine,
             tokenizer: Arc::new(tokenizer),
             fallback,
+            markers,
             context,
             vocab_size,
             vocabulary: OnceLock::new(),
@@ -203,6 +206,8 @@ struct Generator {
     engine: Engine,
     tokenizer: Arc<Tokenizer>,
     fallback: Option<ChatTemplate>,
+    /// A thinking model's reasoning markers.
+    markers: Option<Markers>,
     context: usize,
     default_max_tokens: usize,
     /// Rows of the logits.
@@ -416,10 +421,7 @@ impl Model for LocalModel {
         let prompt_tokens = prompt.len();
         // A chat with a thinking model: its reasoning streams apart and is free of the
         // answer's format. A raw prompt's continuation is text as it comes.
-        let markers = match request.prompt {
-            Some(_) => None,
-            None => Markers::of(&g.tokenizer, Some(self.template()?)),
-        };
+        let markers = g.markers.filter(|_| request.prompt.is_none());
         let inside = markers.is_some_and(|m| m.opened_by(&prompt));
         let constraint = g.constraint(&request, self.template()?)?;
         let constraint = match (constraint, markers) {
