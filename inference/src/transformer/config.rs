@@ -29,6 +29,14 @@ pub enum Family {
     /// Qwen2's attention with a mixture of experts (top-k weights as the softmax gave them)
     /// plus a shared expert behind a sigmoid gate.
     Qwen2Moe,
+    /// IBM Granite 3.x: Llama's layers with four multipliers (embeddings, residual branches,
+    /// attention scores, logits).
+    Granite,
+    /// OLMo 2 and OLMo 3: norms after attention and MLP only (none before), QK norm over each
+    /// token's whole query and key rows; OLMo 3 adds sliding-window layers.
+    Olmo2,
+    /// SmolLM3: Llama's layers, every fourth without rotary embeddings.
+    SmolLm3,
 }
 
 impl Family {
@@ -43,12 +51,15 @@ impl Family {
             "gemma3" => Some(Self::Gemma3),
             "qwen3moe" => Some(Self::Qwen3Moe),
             "qwen2moe" => Some(Self::Qwen2Moe),
+            "granite" => Some(Self::Granite),
+            "olmo2" => Some(Self::Olmo2),
+            "smollm3" => Some(Self::SmolLm3),
             _ => None,
         }
     }
 
-    pub const NAMES: &'static str =
-        "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3, qwen3moe, qwen2moe";
+    pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3, qwen3moe, \
+                                     qwen2moe, granite, olmo2, smollm3";
 
     /// llama.cpp's `general.architecture` for the family.
     pub fn gguf_name(self) -> &'static str {
@@ -61,12 +72,26 @@ impl Family {
             Self::Gemma3 => "gemma3",
             Self::Qwen3Moe => "qwen3moe",
             Self::Qwen2Moe => "qwen2moe",
+            Self::Granite => "granite",
+            Self::Olmo2 => "olmo2",
+            Self::SmolLm3 => "smollm3",
         }
     }
 
-    /// Per-head RMSNorm of queries and keys.
-    fn qk_norm(self) -> bool {
-        matches!(self, Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3)
+    /// RMSNorm of queries and keys, per head or over whole rows.
+    fn qk_norm(self) -> QkNorm {
+        match self {
+            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 => QkNorm::PerHead,
+            Self::Olmo2 => QkNorm::Whole,
+            _ => QkNorm::Off,
+        }
+    }
+
+    /// Whether llama.cpp's converter stores this family's Q and K rows permuted for rotating
+    /// interleaved pairs (its "normal" RoPE: Llama and the families converted as Llama),
+    /// rather than halves (NeoX style).
+    pub fn gguf_rotates_pairs(self) -> bool {
+        matches!(self, Self::Llama | Self::Granite | Self::SmolLm3)
     }
 
     fn is_gemma(self) -> bool {
@@ -119,13 +144,33 @@ impl SlidingWindow {
     }
 }
 
+/// Where queries and keys are RMS-normed before the rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    Off,
+    /// Each head alone, one gain vector of `head_dim` (Qwen3, Gemma 3).
+    PerHead,
+    /// Each token's whole query row and whole key row, gains as wide (OLMo 2).
+    Whole,
+}
+
 /// How a family's layers differ from Llama's: its layer recipe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recipe {
-    /// RMSNorm of each head's queries and keys (Qwen3, Gemma 3).
-    pub qk_norm: bool,
-    /// RMSNorm of the attention's and the MLP's outputs before the residual adds (Gemma).
+    pub qk_norm: QkNorm,
+    /// RMSNorm of the residual stream before attention and before the MLP (every family
+    /// but OLMo 2, whose norms come after).
+    pub pre_norms: bool,
+    /// RMSNorm of the attention's and the MLP's outputs before the residual adds (Gemma,
+    /// OLMo 2).
     pub post_norms: bool,
+    /// The attention's and the MLP's outputs times this before the residual adds (Granite).
+    pub residual_scale: Option<f32>,
+    /// Logits divided by this (Granite's `logit_scale`; llama.cpp multiplies by its
+    /// reciprocal, as we do).
+    pub logit_scale: Option<f32>,
+    /// Layer `i` is not rotated when `(i + 1) % n == 0` (SmolLM3: 4; 1: no layer is).
+    pub unrotated_every: Option<usize>,
     pub activation: Activation,
     /// The embedding rows times this (Gemma: √hidden).
     pub embed_scale: Option<f32>,
@@ -144,8 +189,12 @@ impl Recipe {
     /// Llama's layers: pre-norms only, SwiGLU, every layer global.
     pub fn plain(head_dim: usize) -> Self {
         Self {
-            qk_norm: false,
+            qk_norm: QkNorm::Off,
+            pre_norms: true,
             post_norms: false,
+            residual_scale: None,
+            logit_scale: None,
+            unrotated_every: None,
             activation: Activation::Silu,
             embed_scale: None,
             query_scale: 1.0 / (head_dim as f32).sqrt(),
@@ -158,7 +207,8 @@ impl Recipe {
 
     /// Whether the GPU's paged kernels run these layers: Llama's, or Qwen3's QK norm.
     pub fn runs_on_gpu(&self, head_dim: usize) -> bool {
-        *self == Self { qk_norm: self.qk_norm, ..Self::plain(head_dim) }
+        self.qk_norm != QkNorm::Whole
+            && *self == Self { qk_norm: self.qk_norm, ..Self::plain(head_dim) }
     }
 }
 
@@ -210,8 +260,13 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
-    pub fn qk_norm(&self) -> bool {
+    pub fn qk_norm(&self) -> QkNorm {
         self.recipe.qk_norm
+    }
+
+    /// Whether layer `layer` rotates its queries and keys.
+    pub fn rotates(&self, layer: usize) -> bool {
+        self.recipe.unrotated_every.is_none_or(|n| !(layer + 1).is_multiple_of(n))
     }
 
     /// The window of layer `layer`, if it is a sliding-window layer.
@@ -257,6 +312,9 @@ impl DecoderConfig {
                 e.used, e.count, e.ff, e.shared_ff
             ));
         }
+        if self.recipe.unrotated_every == Some(0) {
+            return Err("layers without rotation every 0 layers: must be above 0".into());
+        }
         if self.rope.dims > self.head_dim || !self.rope.dims.is_multiple_of(2) {
             return Err(format!(
                 "rotary dimensions ({}) must be even and at most head_dim ({})",
@@ -278,7 +336,11 @@ impl DecoderConfig {
         let family = Family::from_name(kind).ok_or_else(|| {
             format!("model_type {kind:?} is not supported (supported: {})", Family::NAMES)
         })?;
-        if family.is_gemma() || matches!(family, Family::Qwen3Moe | Family::Qwen2Moe) {
+        let gguf_only = matches!(
+            family,
+            Family::Qwen3Moe | Family::Qwen2Moe | Family::Granite | Family::Olmo2 | Family::SmolLm3
+        );
+        if family.is_gemma() || gguf_only {
             return Err(format!(
                 "{kind} models load from GGUF files (llama.cpp's convert_hf_to_gguf.py writes \
                  one); a Hugging Face folder of this family is not supported yet"
@@ -351,23 +413,40 @@ impl DecoderConfig {
         let rope = RopeConfig {
             theta: float(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
             dims: get("rope.dimension_count").unwrap_or(head_dim),
-            interleaved: family == Family::Llama,
+            interleaved: family.gguf_rotates_pairs(),
             scaling,
         };
         let num_layers = get("block_count")?;
-        let recipe = if family.is_gemma() {
-            gemma_recipe(family, md, &arch, &rope, hidden_size, num_heads, head_dim, num_layers)?
-        } else {
-            let experts = experts(family, md, &arch)?;
-            Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
-        };
-        let rope = match &recipe.sliding_window {
-            // Gemma 3's global layers may stretch positions (linear scaling); its window
-            // layers never do.
-            Some(_) if family == Family::Gemma3 => {
-                RopeConfig { scaling: linear_scaling(md, &arch)?.unwrap_or(rope.scaling), ..rope }
+        let recipe = match family {
+            Family::Gemma2 | Family::Gemma3 => gemma_recipe(
+                family,
+                md,
+                &arch,
+                &rope,
+                hidden_size,
+                num_heads,
+                head_dim,
+                num_layers,
+            )?,
+            Family::Granite => granite_recipe(md, &arch, head_dim)?,
+            Family::Olmo2 => olmo2_recipe(md, &arch, &rope, head_dim)?,
+            // llama.cpp fixes the step at 4; no file says it.
+            Family::SmolLm3 => Recipe { unrotated_every: Some(4), ..Recipe::plain(head_dim) },
+            _ => {
+                let experts = experts(family, md, &arch)?;
+                Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
             }
-            _ => rope,
+        };
+        // Linear scaling stretches the global layers' positions (window layers' rotation was
+        // set apart above, unscaled); YaRN and LongRoPE are refused by name, not ignored.
+        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
+            return Err("LongRoPE scaling (rope_factors_long/short, e.g. Phi-3.5 and Phi-4-mini) \
+                        is not supported yet"
+                .into());
+        }
+        let rope = match linear_scaling(md, &arch)? {
+            Some(linear) => RopeConfig { scaling: linear, ..rope },
+            None => rope,
         };
         let cfg = Self {
             family,
@@ -481,7 +560,7 @@ fn gemma_recipe(
     let query_dim = if big { hidden_size / num_heads.max(1) } else { head_dim };
     let cap = |k: &str| optional_float(k).map(|v| v.map(|v| v as f32));
     Ok(Recipe {
-        qk_norm: gemma3,
+        qk_norm: family.qk_norm(),
         post_norms: true,
         activation: Activation::GeluTanh,
         embed_scale: Some((hidden_size as f32).sqrt()),
@@ -489,7 +568,82 @@ fn gemma_recipe(
         attn_softcap: cap("attn_logit_softcapping")?,
         final_softcap: cap("final_logit_softcapping")?,
         sliding_window,
-        experts: None,
+        ..Recipe::plain(head_dim)
+    })
+}
+
+/// A float the metadata may leave out; llama.cpp reads an absent one, or 0, as "not set".
+fn optional_scale(md: &HashMap<String, Value>, key: &str) -> Result<Option<f32>, String> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(_) => float(md, key).map(|v| Some(v as f32).filter(|v| *v != 0.0)),
+    }
+}
+
+/// Granite's multipliers (llama.cpp's keys; `logit_scale` is required as llama.cpp requires
+/// it), and its switch for rotary embeddings (`rope.scaling.finetuned`, on unless false).
+fn granite_recipe(
+    md: &HashMap<String, Value>,
+    arch: &str,
+    head_dim: usize,
+) -> Result<Recipe, String> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let logit_scale = float(md, &key("logit_scale"))? as f32;
+    if logit_scale == 0.0 {
+        return Err(format!("{} is 0; it must be a divisor of the logits", key("logit_scale")));
+    }
+    let rotated = match md.get(&key("rope.scaling.finetuned")) {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(format!("{} is not a bool", key("rope.scaling.finetuned"))),
+        None => true,
+    };
+    let plain = Recipe::plain(head_dim);
+    Ok(Recipe {
+        embed_scale: optional_scale(md, &key("embedding_scale"))?,
+        residual_scale: optional_scale(md, &key("residual_scale"))?,
+        query_scale: optional_scale(md, &key("attention.scale"))?.unwrap_or(plain.query_scale),
+        logit_scale: Some(logit_scale),
+        unrotated_every: (!rotated).then_some(1),
+        ..plain
+    })
+}
+
+/// OLMo 2's layers: post-norms only, QK norm over whole rows; OLMo 3's sliding-window
+/// layers (three of each four unless the file says otherwise, rotated without scaling).
+fn olmo2_recipe(
+    md: &HashMap<String, Value>,
+    arch: &str,
+    rope: &RopeConfig,
+    head_dim: usize,
+) -> Result<Recipe, String> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let size = match md.get(&key("attention.sliding_window")) {
+        None => 0,
+        Some(_) => int(md, &key("attention.sliding_window"))?,
+    };
+    let sliding_window = if size == 0 {
+        None
+    } else {
+        let pattern = match md.get(&key("attention.sliding_window_pattern")) {
+            Some(Value::Array(_)) => {
+                return Err(format!(
+                    "{} as a per-layer array is not supported (a period is)",
+                    key("attention.sliding_window_pattern")
+                ));
+            }
+            Some(_) => int(md, &key("attention.sliding_window_pattern"))?,
+            None => 4,
+        };
+        let theta = float(md, &key("rope.freq_base_swa")).unwrap_or(rope.theta);
+        let rope = RopeConfig { theta, scaling: RopeScaling::None, ..rope.clone() };
+        Some(SlidingWindow { size, pattern, rope })
+    };
+    Ok(Recipe {
+        qk_norm: QkNorm::Whole,
+        pre_norms: false,
+        post_norms: true,
+        sliding_window,
+        ..Recipe::plain(head_dim)
     })
 }
 
@@ -501,9 +655,10 @@ fn linear_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<Rope
             Ok(Some(RopeScaling::Linear(factor)))
         }
         Some(Value::String(kind)) if kind == "none" => Ok(None),
-        Some(Value::String(kind)) => {
-            Err(format!("rope scaling {kind:?} is not supported here (supported: linear)"))
-        }
+        Some(Value::String(kind)) => Err(format!(
+            "rope scaling {kind:?} ({arch}.rope.scaling.type) is not supported yet (supported: \
+             none, linear)"
+        )),
         _ => Ok(None),
     }
 }

@@ -1,8 +1,11 @@
 //! One batched forward pass for every supported family: RMSNorm, grouped-query attention
-//! with rotary embeddings (optional QKV bias, per-head QK norm, fused QKV), SwiGLU MLP
-//! (optionally fused gate/up), optionally tied embeddings; and what a family's [`Recipe`]
-//! adds: norms after attention and MLP, GELU, scaled embeddings, sliding-window layers with
-//! their own rotation, soft-capped scores and logits (Gemma).
+//! with rotary embeddings (optional QKV bias, QK norm per head or over whole rows, fused
+//! QKV), SwiGLU MLP (optionally fused gate/up), optionally tied embeddings; and what a
+//! family's [`Recipe`] adds: norms after attention and MLP (with or without those before),
+//! GELU, scaled embeddings, residual branches and logits, sliding-window layers with their
+//! own rotation, layers without rotation, soft-capped scores and logits.
+//!
+//! [`Recipe`]: super::config::Recipe
 
 use std::sync::OnceLock;
 
@@ -13,7 +16,7 @@ use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use super::StepInput;
 use super::attention::{AttendJob, Scores, attend_cpu, attention};
 use super::cache::SequenceCache;
-use super::config::{Activation, DecoderConfig, Family};
+use super::config::{Activation, DecoderConfig, Family, QkNorm};
 use super::experts::MixtureOfExperts;
 use super::fused;
 use super::linear::{Linear, compute_dtype};
@@ -47,13 +50,14 @@ enum Ffn {
 
 #[derive(Debug)]
 struct Layer {
-    attn_norm: Tensor,
+    /// `None` where the family norms after attention only (OLMo 2).
+    attn_norm: Option<Tensor>,
     attention: Attention,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     o: Linear,
     post_attn_norm: Option<Tensor>,
-    mlp_norm: Tensor,
+    mlp_norm: Option<Tensor>,
     ffn: Ffn,
     post_mlp_norm: Option<Tensor>,
 }
@@ -67,8 +71,8 @@ struct Gains {
 
 #[derive(Debug)]
 struct LayerGains {
-    attn: Vec<f32>,
-    mlp: Vec<f32>,
+    attn: Option<Vec<f32>>,
+    mlp: Option<Vec<f32>>,
     q: Option<Vec<f32>>,
     k: Option<Vec<f32>>,
     post_attn: Option<Vec<f32>>,
@@ -203,8 +207,8 @@ impl Decoder {
             .iter()
             .map(|l| {
                 Ok(LayerGains {
-                    attn: values(&l.attn_norm)?,
-                    mlp: values(&l.mlp_norm)?,
+                    attn: l.attn_norm.as_ref().map(values).transpose()?,
+                    mlp: l.mlp_norm.as_ref().map(values).transpose()?,
                     q: l.q_norm.as_ref().map(values).transpose()?,
                     k: l.k_norm.as_ref().map(values).transpose()?,
                     post_attn: l.post_attn_norm.as_ref().map(values).transpose()?,
@@ -245,10 +249,9 @@ impl Decoder {
             cast(t)?;
         }
         for layer in &mut self.layers {
-            cast(&mut layer.attn_norm)?;
-            cast(&mut layer.mlp_norm)?;
-            let optional = [&mut layer.q_norm, &mut layer.k_norm, &mut layer.post_attn_norm];
-            for t in optional.into_iter().chain([&mut layer.post_mlp_norm]).flatten() {
+            let norms = [&mut layer.attn_norm, &mut layer.mlp_norm, &mut layer.q_norm];
+            let more = [&mut layer.k_norm, &mut layer.post_attn_norm, &mut layer.post_mlp_norm];
+            for t in norms.into_iter().chain(more).flatten() {
                 cast(t)?;
             }
         }
@@ -425,7 +428,10 @@ impl Decoder {
         for input in inputs.iter_mut() {
             input.cache.advance(input.tokens.len());
         }
-        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        let mut logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        if let Some(scale) = self.cfg.recipe.logit_scale {
+            logits = (logits * f64::from(1.0 / scale))?;
+        }
         match self.cfg.recipe.final_softcap {
             Some(cap) => (logits / f64::from(cap))?.tanh()? * f64::from(cap),
             None => Ok(logits),
@@ -452,13 +458,21 @@ impl Decoder {
         let eps = self.cfg.rms_norm_eps as f32;
         let total = x.dim(0)?;
         let (nh, kvh, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
-        let post = |x: Tensor, norm: &Option<Tensor>| match norm {
-            Some(w) => candle_nn::ops::rms_norm(&x, w, eps),
-            None => Ok(x),
+        let norm = |x: &Tensor, norm: &Option<Tensor>| match norm {
+            Some(w) => candle_nn::ops::rms_norm(x, w, eps),
+            None => Ok(x.clone()),
+        };
+        // A branch's output, post-normed and scaled where the family does.
+        let branch = |out: Tensor, post: &Option<Tensor>| -> Result<Tensor> {
+            let out = norm(&out, post)?;
+            match self.cfg.recipe.residual_scale {
+                Some(s) => out * f64::from(s),
+                None => Ok(out),
+            }
         };
         for (index, layer) in self.layers.iter().enumerate() {
-            let (cos, sin) = tables.of(&self.cfg, index);
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let rotation = self.cfg.rotates(index).then(|| tables.of(&self.cfg, index));
+            let h = norm(&x, &layer.attn_norm)?;
             let (q, k, v) = match &layer.attention {
                 Attention::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
                 Attention::Fused(qkv) => {
@@ -470,12 +484,12 @@ impl Decoder {
                     )
                 }
             };
-            let q = self.heads(&q, nh, layer.q_norm.as_ref(), cos, sin)?;
-            let k = self.heads(&k, kvh, layer.k_norm.as_ref(), cos, sin)?;
+            let q = self.heads(&q, nh, layer.q_norm.as_ref(), rotation)?;
+            let k = self.heads(&k, kvh, layer.k_norm.as_ref(), rotation)?;
             let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
             let attn = attend(&q, &k, &v, inputs, index, kvh, self.scores(index))?;
-            x = (x + post(layer.o.forward(&attn)?, &layer.post_attn_norm)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
+            x = (x + branch(layer.o.forward(&attn)?, &layer.post_attn_norm)?)?;
+            let h = norm(&x, &layer.mlp_norm)?;
             let act = |g: &Tensor| match self.cfg.recipe.activation {
                 Activation::Silu => candle_nn::ops::silu(g),
                 Activation::GeluTanh => fused::gelu_tensor(g),
@@ -501,7 +515,7 @@ impl Decoder {
                     Tensor::from_vec(out, h.dims(), h.device())?.to_dtype(h.dtype())?
                 }
             };
-            x = (x + post(out, &layer.post_mlp_norm)?)?;
+            x = (x + branch(out, &layer.post_mlp_norm)?)?;
         }
         Ok(x)
     }
@@ -539,7 +553,7 @@ impl Decoder {
         let mut gate_up = vec![0f32; t * 2 * inter];
         let mut hidden = vec![0f32; t * inter];
         if let Some(first) = gains.layers.first() {
-            fused::rms_norm(&x, &first.attn, eps, &mut normed);
+            fused::norm_or_copy(&x, first.attn.as_deref(), eps, &mut normed);
         }
         for (index, (layer, g)) in self.layers.iter().zip(&gains.layers).enumerate() {
             let (cos, sin) = match (&window, c.window_of(index)) {
@@ -567,10 +581,12 @@ impl Decoder {
                 head_dim: hd,
                 q_norm: g.q.as_deref(),
                 k_norm: g.k.as_deref(),
+                whole_rows: c.qk_norm() == QkNorm::Whole,
                 eps,
                 rope: match c.window_of(index) {
-                    Some(w) => &w.rope,
-                    None => &c.rope,
+                    _ if !c.rotates(index) => None,
+                    Some(w) => Some(&w.rope),
+                    None => Some(&c.rope),
                 },
             };
             let [q, k, v] = heads.split(parts, t, cos, sin);
@@ -582,14 +598,23 @@ impl Decoder {
                 candle_core::bail!("a sequence's cache is not in f32 CPU buffers")
             };
             layer.o.forward_into(&attn, &mut out)?;
-            let out_normed = |out: &[f32], norm: &Option<Vec<f32>>, post: &mut Vec<f32>| {
-                if let Some(w) = norm {
-                    fused::rms_norm(out, w, eps, post);
-                }
-            };
-            out_normed(&out, &g.post_attn, &mut post);
+            // A branch's output, post-normed and scaled where the family does.
+            let branch =
+                |out: &'_ mut Vec<f32>, norm: &Option<Vec<f32>>, post: &'_ mut Vec<f32>| {
+                    let added = match norm {
+                        Some(w) => {
+                            fused::rms_norm(out, w, eps, post);
+                            post
+                        }
+                        None => out,
+                    };
+                    if let Some(s) = c.recipe.residual_scale {
+                        added.iter_mut().for_each(|v| *v *= s);
+                    }
+                };
+            branch(&mut out, &g.post_attn, &mut post);
             let added = if g.post_attn.is_some() { &post } else { &out };
-            fused::add_rms_norm(&mut x, added, &g.mlp, eps, &mut normed);
+            fused::add_norm(&mut x, added, g.mlp.as_deref(), eps, &mut normed);
             match &layer.ffn {
                 Ffn::Experts(moe) => moe.forward(&normed, &mut out)?,
                 Ffn::Dense { mlp, down } => {
@@ -614,10 +639,12 @@ impl Decoder {
                     down.forward_into(&hidden, &mut out)?;
                 }
             }
-            out_normed(&out, &g.post_mlp, &mut post);
+            branch(&mut out, &g.post_mlp, &mut post);
             let added = if g.post_mlp.is_some() { &post } else { &out };
             match gains.layers.get(index + 1) {
-                Some(next) => fused::add_rms_norm(&mut x, added, &next.attn, eps, &mut normed),
+                Some(next) => {
+                    fused::add_norm(&mut x, added, next.attn.as_deref(), eps, &mut normed)
+                }
                 None => x.iter_mut().zip(added).for_each(|(x, y)| *x += y),
             }
         }
@@ -642,13 +669,17 @@ impl Decoder {
         let Some(first) = self.layers.first() else {
             return candle_nn::ops::rms_norm(&x, &self.norm, eps);
         };
-        let mut h = candle_nn::ops::rms_norm(&x, &first.attn_norm, eps)?;
+        let mut h = candle_nn::ops::rms_norm(&x, pre_norm(&first.attn_norm)?, eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let qkv = self.projected_qkv(layer, &h)?;
             let q = kv.rope_write(index, &qkv, (cos, sin), self.rope.rotation(), plan)?;
             let attn = kv.attend(index, &q, plan)?;
-            let (mid, h_mlp) =
-                crate::cuda::add_rms_norm(&x, &layer.o.forward(&attn)?, &layer.mlp_norm, eps)?;
+            let (mid, h_mlp) = crate::cuda::add_rms_norm(
+                &x,
+                &layer.o.forward(&attn)?,
+                pre_norm(&layer.mlp_norm)?,
+                eps,
+            )?;
             let Ffn::Dense { mlp, down } = &layer.ffn else {
                 candle_core::bail!("a mixture of experts runs on the CPU only")
             };
@@ -660,7 +691,10 @@ impl Decoder {
             };
             let hidden = crate::cuda::silu_mul(&gate_up)?;
             // The next layer's attention norm, or after the last layer the final norm.
-            let next = self.layers.get(index + 1).map_or(&self.norm, |l| &l.attn_norm);
+            let next = match self.layers.get(index + 1) {
+                Some(l) => pre_norm(&l.attn_norm)?,
+                None => &self.norm,
+            };
             (x, h) = crate::cuda::add_rms_norm(&mid, &down.forward(&hidden)?, next, eps)?;
         }
         Ok(h)
@@ -707,23 +741,31 @@ impl Decoder {
         Tensor::cat(&[&q, &k, &v], 1)?.contiguous()
     }
 
-    /// `[T, heads * head_dim]` → `[heads, T, head_dim]`, per-head norm'd (Qwen3) and rotated
-    /// by each token's own position.
+    /// `[T, heads * head_dim]` → `[heads, T, head_dim]`, norm'd per head (Qwen3) or over
+    /// whole rows (OLMo 2), and rotated by each token's own position where `rotation` (cos,
+    /// sin) is given.
     fn heads(
         &self,
         x: &Tensor,
         heads: usize,
         norm: Option<&Tensor>,
-        cos: &Tensor,
-        sin: &Tensor,
+        rotation: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let (t, hd) = (x.dim(0)?, self.cfg.head_dim);
-        let mut x = x.contiguous()?.reshape((t, heads, hd))?;
-        if let Some(w) = norm {
-            x = candle_nn::ops::rms_norm(&x, w, self.cfg.rms_norm_eps as f32)?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut x = x.contiguous()?;
+        if let Some(w) = norm.filter(|_| self.cfg.qk_norm() == QkNorm::Whole) {
+            x = candle_nn::ops::rms_norm(&x, w, eps)?;
+        }
+        let mut x = x.reshape((t, heads, hd))?;
+        if let Some(w) = norm.filter(|_| self.cfg.qk_norm() == QkNorm::PerHead) {
+            x = candle_nn::ops::rms_norm(&x, w, eps)?;
         }
         let x = x.unsqueeze(0)?.transpose(1, 2)?.contiguous()?;
-        self.rope.apply(&x, cos, sin)?.i(0)
+        match rotation {
+            Some((cos, sin)) => self.rope.apply(&x, cos, sin)?.i(0),
+            None => x.i(0),
+        }
     }
 }
 
@@ -752,10 +794,18 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
             }
         }
     };
-    let (q_norm, k_norm) = if cfg.qk_norm() {
-        (Some(src.dense(Part::QNorm(i), false)?), Some(src.dense(Part::KNorm(i), false)?))
-    } else {
-        (None, None)
+    let (q_norm, k_norm) = match cfg.qk_norm() {
+        QkNorm::Off => (None, None),
+        norm => {
+            let (q, k) = (src.dense(Part::QNorm(i), false)?, src.dense(Part::KNorm(i), false)?);
+            let (q_width, k_width) = match norm {
+                QkNorm::Whole => (q_out, kv_out),
+                _ => (hd, hd),
+            };
+            expect_dims(&q, &[q_width], "the query norm")?;
+            expect_dims(&k, &[k_width], "the key norm")?;
+            (Some(q), Some(k))
+        }
     };
     let ffn = if let Some(spec) = &cfg.recipe.experts {
         Ffn::Experts(Box::new(MixtureOfExperts::load(spec, h, src, i)?))
@@ -780,8 +830,15 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         };
         Ffn::Dense { mlp, down: src.linear(Part::Down(i), false)? }
     };
-    let attn_norm = src.dense(Part::AttnNorm(i), false)?;
-    expect_dims(&attn_norm, &[h], "a norm")?;
+    let pre_norm = |src: &mut _, part| -> Result<Option<Tensor>> {
+        if !cfg.recipe.pre_norms {
+            return Ok(None);
+        }
+        let norm = WeightSource::dense(src, part, false)?;
+        expect_dims(&norm, &[h], "a norm")?;
+        Ok(Some(norm))
+    };
+    let attn_norm = pre_norm(src, Part::AttnNorm(i))?;
     let (post_attn_norm, post_mlp_norm) = if cfg.recipe.post_norms {
         let (attn, mlp) =
             (src.dense(Part::PostAttnNorm(i), false)?, src.dense(Part::PostMlpNorm(i), false)?);
@@ -798,10 +855,16 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         k_norm,
         o: src.linear(Part::O(i), false)?,
         post_attn_norm,
-        mlp_norm: src.dense(Part::MlpNorm(i), false)?,
+        mlp_norm: pre_norm(src, Part::MlpNorm(i))?,
         ffn,
         post_mlp_norm,
     })
+}
+
+/// A layer's norm before attention or MLP, which the GPU's layers have (their recipe is
+/// Llama's: [`Recipe::runs_on_gpu`](super::config::Recipe::runs_on_gpu)).
+fn pre_norm(norm: &Option<Tensor>) -> Result<&Tensor> {
+    norm.as_ref().ok_or_else(|| candle_core::Error::Msg("the GPU's layers need pre-norms".into()))
 }
 
 fn expect_dims(t: &Tensor, dims: &[usize], what: &str) -> Result<()> {
@@ -968,6 +1031,9 @@ mod tests {
             Family::Gemma3,
             Family::Qwen3Moe,
             Family::Qwen2Moe,
+            Family::Granite,
+            Family::Olmo2,
+            Family::SmolLm3,
         ];
         for family in families {
             // Dense f32 (separate projections; an F32 GGUF for Gemma, whose Hugging Face

@@ -11,7 +11,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::{
-    Activation, DecoderConfig, Experts, Family, Recipe, RopeConfig, RopeScaling, SlidingWindow,
+    Activation, DecoderConfig, Experts, Family, QkNorm, Recipe, RopeConfig, RopeScaling,
+    SlidingWindow,
 };
 use super::weights::Part;
 
@@ -33,6 +34,8 @@ pub fn noise(len: usize, seed: u64, scale: f32) -> Vec<f32> {
 /// get an explicit head_dim that is not hidden / heads, as their real models do; Gemma's
 /// first layer slides over a window of 6 positions, its second is global. The mixtures of
 /// experts have 8 experts 48 wide, 2 per token (Qwen2-MoE: and a shared one 96 wide).
+/// Granite's four multipliers are set off 1; SmolLM3 has 4 layers, so that its last one is
+/// not rotated.
 pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
     let head_dim = match family {
         Family::Qwen3 | Family::Qwen3Moe | Family::Gemma2 | Family::Gemma3 => 32,
@@ -48,15 +51,14 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         Family::Gemma2 | Family::Gemma3 => {
             let gemma3 = family == Family::Gemma3;
             Recipe {
-                qk_norm: gemma3,
+                qk_norm: if gemma3 { QkNorm::PerHead } else { QkNorm::Off },
                 post_norms: true,
                 activation: Activation::GeluTanh,
                 embed_scale: Some(8.0),
-                query_scale: 1.0 / (head_dim as f32).sqrt(),
                 attn_softcap: (!gemma3).then_some(50.0),
                 final_softcap: (!gemma3).then_some(30.0),
                 sliding_window: Some(SlidingWindow { size: 6, pattern: 2, rope: rope.clone() }),
-                experts: None,
+                ..Recipe::plain(head_dim)
             }
         }
         Family::Qwen3Moe | Family::Qwen2Moe => {
@@ -68,9 +70,25 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
                 renormalize: qwen3,
                 shared_ff: (!qwen3).then_some(96),
             };
-            Recipe { qk_norm: qwen3, experts: Some(experts), ..Recipe::plain(head_dim) }
+            let qk_norm = if qwen3 { QkNorm::PerHead } else { QkNorm::Off };
+            Recipe { qk_norm, experts: Some(experts), ..Recipe::plain(head_dim) }
         }
-        _ => Recipe { qk_norm: family == Family::Qwen3, ..Recipe::plain(head_dim) },
+        Family::Granite => Recipe {
+            embed_scale: Some(2.0),
+            residual_scale: Some(0.5),
+            query_scale: 1.0 / head_dim as f32,
+            logit_scale: Some(0.8),
+            ..Recipe::plain(head_dim)
+        },
+        Family::Olmo2 => Recipe {
+            qk_norm: QkNorm::Whole,
+            pre_norms: false,
+            post_norms: true,
+            ..Recipe::plain(head_dim)
+        },
+        Family::SmolLm3 => Recipe { unrotated_every: Some(4), ..Recipe::plain(head_dim) },
+        Family::Qwen3 => Recipe { qk_norm: QkNorm::PerHead, ..Recipe::plain(head_dim) },
+        _ => Recipe::plain(head_dim),
     };
     // Gemma 3's global layers rotate by another base than its window layers.
     let rope =
@@ -80,7 +98,7 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         vocab_size: 384,
         hidden_size: 64,
         intermediate_size: 160,
-        num_layers: 2,
+        num_layers: if family == Family::SmolLm3 { 4 } else { 2 },
         num_heads: 4,
         num_kv_heads: 2,
         head_dim,
@@ -101,11 +119,18 @@ pub fn with_experts(cfg: DecoderConfig, count: usize, used: usize) -> DecoderCon
     DecoderConfig { recipe: Recipe { experts: Some(experts), ..cfg.recipe.clone() }, ..cfg }
 }
 
+/// OLMo 3's shape of an OLMo 2 model: `cfg`'s first layer of each `pattern` (and all but
+/// the last) slides over a window of `size` positions.
+pub fn with_window(cfg: DecoderConfig, size: usize, pattern: usize) -> DecoderConfig {
+    let window = SlidingWindow { size, pattern, rope: cfg.rope.clone() };
+    DecoderConfig { recipe: Recipe { sliding_window: Some(window), ..cfg.recipe.clone() }, ..cfg }
+}
+
 /// A small model whose every matrix can be stored in K-quants (inputs a multiple of 256).
 pub fn quantizable_config(family: Family) -> DecoderConfig {
     let tiny = tiny_config(family, false);
     let mut recipe = tiny.recipe.clone();
-    recipe.query_scale = 1.0 / 8.0;
+    recipe.query_scale = if family == Family::Granite { 1.0 / 64.0 } else { 1.0 / 8.0 };
     recipe.embed_scale = recipe.embed_scale.map(|_| 16.0);
     if let Some(w) = &mut recipe.sliding_window {
         w.rope.dims = 64;
@@ -130,7 +155,9 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
     let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
     let mut s = vec![(Part::Embed, false, vec![cfg.vocab_size, h])];
     for i in 0..cfg.num_layers {
-        s.push((Part::AttnNorm(i), false, vec![h]));
+        if cfg.recipe.pre_norms {
+            s.push((Part::AttnNorm(i), false, vec![h]));
+        }
         if cfg.family == Family::Phi3 {
             s.push((Part::Qkv(i), false, vec![q + 2 * kv, h]));
         } else {
@@ -141,16 +168,25 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
                 }
             }
         }
-        if cfg.qk_norm() {
-            s.push((Part::QNorm(i), false, vec![hd]));
-            s.push((Part::KNorm(i), false, vec![hd]));
+        match cfg.qk_norm() {
+            QkNorm::Off => {}
+            QkNorm::PerHead => {
+                s.push((Part::QNorm(i), false, vec![hd]));
+                s.push((Part::KNorm(i), false, vec![hd]));
+            }
+            QkNorm::Whole => {
+                s.push((Part::QNorm(i), false, vec![q]));
+                s.push((Part::KNorm(i), false, vec![kv]));
+            }
         }
         s.push((Part::O(i), false, vec![h, q]));
         if cfg.recipe.post_norms {
             s.push((Part::PostAttnNorm(i), false, vec![h]));
             s.push((Part::PostMlpNorm(i), false, vec![h]));
         }
-        s.push((Part::MlpNorm(i), false, vec![h]));
+        if cfg.recipe.pre_norms {
+            s.push((Part::MlpNorm(i), false, vec![h]));
+        }
         if let Some(e) = &cfg.recipe.experts {
             s.push((Part::Router(i), false, vec![e.count, h]));
             s.push((Part::ExpertGates(i), false, vec![e.count, e.ff, h]));
@@ -268,6 +304,9 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         Family::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
         Family::Qwen3Moe => ("qwen3_moe", "Qwen3MoeForCausalLM"),
         Family::Qwen2Moe => ("qwen2_moe", "Qwen2MoeForCausalLM"),
+        Family::Granite => ("granite", "GraniteForCausalLM"),
+        Family::Olmo2 => ("olmo2", "Olmo2ForCausalLM"),
+        Family::SmolLm3 => ("smollm3", "SmolLM3ForCausalLM"),
     };
     let rope_scaling = match &cfg.rope.scaling {
         RopeScaling::Llama3 {
@@ -389,6 +428,19 @@ fn write_gguf_tensors(
             metadata.push((format!("{arch}.{key}"), Value::F32(cap)));
         }
     }
+    if cfg.family == Family::Granite {
+        let scales = [
+            ("embedding_scale", recipe.embed_scale),
+            ("residual_scale", recipe.residual_scale),
+            ("attention.scale", Some(recipe.query_scale)),
+            ("logit_scale", recipe.logit_scale),
+        ];
+        for (key, scale) in scales {
+            if let Some(scale) = scale {
+                metadata.push((format!("{arch}.{key}"), Value::F32(scale)));
+            }
+        }
+    }
     if let Some(e) = &recipe.experts {
         metadata.push((format!("{arch}.expert_count"), u(e.count)));
         metadata.push((format!("{arch}.expert_used_count"), u(e.used)));
@@ -403,7 +455,7 @@ fn write_gguf_tensors(
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(weights.len());
     for (part, bias, t) in weights {
         let mut t = t.clone();
-        if cfg.family == Family::Llama {
+        if cfg.family.gguf_rotates_pairs() {
             match part {
                 Part::Q(_) => t = permute_for_interleaved_rope(&t, cfg.num_heads)?,
                 Part::K(_) => t = permute_for_interleaved_rope(&t, cfg.num_kv_heads)?,

@@ -28,12 +28,21 @@ fn norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `x += y`, then `out = rms_norm(x) · w`: a residual connection and the norm that reads it.
-pub fn add_rms_norm(x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// [`rms_norm`] where there are gains `w`, else `x` as it is (a family without the norm).
+pub fn norm_or_copy(x: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    match w {
+        Some(w) => rms_norm(x, w, eps, out),
+        None => out.copy_from_slice(x),
+    }
+}
+
+/// `x += y`, then `out = rms_norm(x) · w` ([`norm_or_copy`]): a residual connection and the
+/// norm that reads it.
+pub fn add_norm(x: &mut [f32], y: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32]) {
     for (x, y) in x.iter_mut().zip(y) {
         *x += y;
     }
-    rms_norm(x, w, eps, out);
+    norm_or_copy(x, w, eps, out);
 }
 
 /// One projection's outputs among a matmul's: `width` values `offset` into each row of
@@ -142,11 +151,14 @@ pub struct Heads<'a> {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    /// Per-head norms of queries and keys (Qwen3), and their epsilon.
+    /// Norms of queries and keys, and their epsilon: per head (Qwen3), or over each token's
+    /// whole query and key rows where `whole_rows` (OLMo 2).
     pub q_norm: Option<&'a [f32]>,
     pub k_norm: Option<&'a [f32]>,
+    pub whole_rows: bool,
     pub eps: f32,
-    pub rope: &'a RopeConfig,
+    /// The rotation; `None` for a layer without one (SmolLM3's every fourth).
+    pub rope: Option<&'a RopeConfig>,
 }
 
 impl Heads<'_> {
@@ -162,20 +174,40 @@ impl Heads<'_> {
         sin: &[f32],
     ) -> [Vec<f32>; 3] {
         let (nh, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let half = self.rope.dims / 2;
+        let half = self.rope.map_or(0, |r| r.dims / 2);
         let (mut q, mut k, mut v) =
             (vec![0f32; nh * t * hd], vec![0f32; kvh * t * hd], vec![0f32; kvh * t * hd]);
         let mut normed = vec![0f32; hd];
+        let (mut q_whole, mut k_whole) = (Vec::new(), Vec::new());
+        // Rows norm'd whole first; their heads then go unnormed.
+        let (head_q_norm, head_k_norm) =
+            if self.whole_rows { (None, None) } else { (self.q_norm, self.k_norm) };
+        let whole = |row: &'_ [f32], norm: Option<&[f32]>, buf: &'_ mut Vec<f32>| -> bool {
+            match norm.filter(|_| self.whole_rows) {
+                Some(w) => {
+                    buf.resize(row.len(), 0.0);
+                    norm_row(row, w, self.eps, buf);
+                    true
+                }
+                None => false,
+            }
+        };
         for i in 0..t {
             let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
-            let (q_row, k_row, v_row) = (q_in.row(i), k_in.row(i), v_in.row(i));
+            let (mut q_row, mut k_row, v_row) = (q_in.row(i), k_in.row(i), v_in.row(i));
+            if whole(q_row, self.q_norm, &mut q_whole) {
+                q_row = &q_whole;
+            }
+            if whole(k_row, self.k_norm, &mut k_whole) {
+                k_row = &k_whole;
+            }
             for h in 0..nh {
                 let out = &mut q[(h * t + i) * hd..][..hd];
-                self.rotated(&q_row[h * hd..][..hd], self.q_norm, cos, sin, &mut normed, out);
+                self.rotated(&q_row[h * hd..][..hd], head_q_norm, cos, sin, &mut normed, out);
             }
             for h in 0..kvh {
                 let out = &mut k[(h * t + i) * hd..][..hd];
-                self.rotated(&k_row[h * hd..][..hd], self.k_norm, cos, sin, &mut normed, out);
+                self.rotated(&k_row[h * hd..][..hd], head_k_norm, cos, sin, &mut normed, out);
                 v[(h * t + i) * hd..][..hd].copy_from_slice(&v_row[h * hd..][..hd]);
             }
         }
@@ -200,9 +232,13 @@ impl Heads<'_> {
             }
             None => x,
         };
-        let dims = self.rope.dims;
+        let Some(rope) = self.rope else {
+            out.copy_from_slice(x);
+            return;
+        };
+        let dims = rope.dims;
         let half = dims / 2;
-        if self.rope.interleaved {
+        if rope.interleaved {
             for i in 0..half {
                 let (a, b) = (x[2 * i], x[2 * i + 1]);
                 out[2 * i] = a * cos[i] - b * sin[i];
@@ -262,8 +298,9 @@ mod tests {
                 head_dim: hd,
                 q_norm: None,
                 k_norm: None,
+                whole_rows: false,
                 eps: 1e-6,
-                rope: &rope,
+                rope: Some(&rope),
             };
             let widths = [nh * hd, kvh * hd, kvh * hd];
             let parts = [0, 1, 2].map(|i| Part::of(&qkv, &widths, i));

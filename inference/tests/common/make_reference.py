@@ -1,13 +1,14 @@
-"""llama.cpp's logits on the random-weight mixture-of-experts files tests/moe.rs writes.
+"""llama.cpp's logits on the random-weight GGUF files a reference test writes (tests/moe.rs,
+tests/families.rs; tests/common/mod.rs).
 
 Run with llama-cpp-python 0.3.36 (../shared/tools/llm-anchor's lock file; scripts/bench-engine.sh
-builds that venv), never in CI:
+builds that venv), never in CI; for the test TEST:
 
-    FLEET_MOE_REFERENCE_DIR=/tmp/moe cargo test --release -p fleet-inference --test moe
-    python make_reference.py /tmp/moe > reference.json
+    FLEET_TEST_REFERENCE_DIR=/tmp/t cargo test --release -p fleet-inference --test TEST
+    python tests/common/make_reference.py /tmp/t > tests/TEST/reference.json
 
 (the first run fails its SHA-256 check when the files changed; it has written them anyway).
-For each file: its SHA-256, and for a few prompts (token ids) the logits after the prompt and
+Every *.gguf file of the folder, in name order. For each file: its SHA-256, and for a few prompts (token ids) the logits after the prompt and
 32 greedy steps, each with llama.cpp's top-two gap. The KV cache is F32, as the engine's CPU
 cache is.
 """
@@ -20,8 +21,6 @@ import sys
 import llama_cpp
 import numpy as np
 
-CASES = ["qwen3moe-f32", "qwen3moe-q4_k", "qwen2moe-f32", "qwen2moe-q8_0", "mixtral-f32",
-         "mixtral-q4_0"]
 LENGTHS = [5, 23, 61]
 STEPS = 32
 
@@ -34,8 +33,8 @@ def logits(llm: llama_cpp.Llama) -> np.ndarray:
 def main() -> None:
     root = pathlib.Path(sys.argv[1])
     reference = {}
-    for name in CASES:
-        path = root / f"{name}.gguf"
+    for path in sorted(root.glob("*.gguf")):
+        name = path.stem
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=2,
                               verbose=False, type_k=0, type_v=0)
         vocab = llm.n_vocab()

@@ -1,0 +1,71 @@
+//! The dense families that differ from Llama in details (Granite's multipliers, OLMo 2's
+//! post-norms and whole-row QK norm, OLMo 3's sliding window, SmolLM3's layers without
+//! rotation) against llama.cpp on the same random-weight GGUF files ([`common`] says how),
+//! and batched equal to alone.
+
+mod common;
+
+use candle_core::quantized::GgmlDType;
+use common::{Case, Result, Suite};
+use fleet_inference::transformer::{DecoderConfig, Family, fixture};
+
+const SUITE: Suite = Suite { name: "families", cases };
+
+fn cases(vocab: usize) -> Vec<Case> {
+    let sized = |cfg: DecoderConfig| DecoderConfig { vocab_size: vocab, ..cfg };
+    let granite = sized(fixture::quantizable_config(Family::Granite));
+    let olmo2 = sized(fixture::quantizable_config(Family::Olmo2));
+    // OLMo 3: the first layer slides over 6 positions, the second is global.
+    let olmo3 = fixture::with_window(olmo2.clone(), 6, 2);
+    let smollm3 = sized(fixture::quantizable_config(Family::SmolLm3));
+    let f32_ = |name, cfg| Case { name, cfg, dtype: GgmlDType::F32, tolerance: 1e-4 };
+    // Quantized files: 0.1, about a tenth of the logits' spread. Ours and llama.cpp's
+    // integers are the same; the float sums are not always in the same order (llama.cpp's own
+    // batched and one-by-one logits differ by up to 0.03 on these files).
+    let quantized = |name, cfg, dtype| Case { name, cfg, dtype, tolerance: 0.1 };
+    vec![
+        f32_("granite-f32", granite.clone()),
+        quantized("granite-q4_k", granite, GgmlDType::Q4K),
+        f32_("olmo2-f32", olmo2.clone()),
+        quantized("olmo2-q8_0", olmo2, GgmlDType::Q8_0),
+        f32_("olmo3-f32", olmo3.clone()),
+        quantized("olmo3-q5_k", olmo3, GgmlDType::Q5K),
+        f32_("smollm3-f32", smollm3.clone()),
+        quantized("smollm3-q4_0", smollm3, GgmlDType::Q4_0),
+    ]
+}
+
+#[test]
+fn dense_families_give_llama_cpp_logits_and_tokens() -> Result<()> {
+    SUITE.check_against_llama_cpp()
+}
+
+#[test]
+fn a_batch_of_prompts_gives_each_prompts_solo_logits() -> Result<()> {
+    SUITE.check_batch_invariance()
+}
+
+/// A rotation we do not compute (YaRN here) is refused at load by name, not ignored: ignored,
+/// every position would be rotated otherwise than the model was trained with.
+#[test]
+fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
+    use candle_core::Device;
+    use candle_core::quantized::gguf_file::Value;
+    let dir = std::env::temp_dir().join(format!("fleet-families-yarn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = fixture::tiny_config(Family::Olmo2, false);
+    let weights = fixture::seeded_weights(&cfg, 3)?;
+    let path = dir.join("yarn.gguf");
+    let yarn = [
+        ("olmo2.rope.scaling.type".to_owned(), Value::String("yarn".into())),
+        ("olmo2.rope.scaling.factor".to_owned(), Value::F32(8.0)),
+    ];
+    fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &yarn)?;
+    let e = fleet_inference::transformer::load::load_gguf(&path, &Device::Cpu)
+        .err()
+        .ok_or("a file with YaRN scaling loaded")?
+        .to_string();
+    assert!(e.contains("\"yarn\"") && e.contains("not supported"), "{e}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
