@@ -31,7 +31,10 @@ fn cases(vocab: usize) -> Vec<Case> {
         f32_("olmo3-f32", olmo3.clone()),
         quantized("olmo3-q5_k", olmo3, GgmlDType::Q5K),
         f32_("smollm3-f32", smollm3.clone()),
-        quantized("smollm3-q4_0", smollm3, GgmlDType::Q4_0),
+        quantized("smollm3-q4_0", smollm3.clone(), GgmlDType::Q4_0),
+        // BF16 matrices (the type of many unquantized uploads): llama.cpp's CPU rounds the
+        // activations to bf16 too before its dot products; ours stay f32, hence 0.05.
+        Case { name: "smollm3-bf16", cfg: smollm3, dtype: GgmlDType::BF16, tolerance: 0.05 },
     ]
 }
 
@@ -66,6 +69,36 @@ fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
         .ok_or("a file with YaRN scaling loaded")?
         .to_string();
     assert!(e.contains("\"yarn\"") && e.contains("not supported"), "{e}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A file whose tensors are of a GGML type we do not read (IQ4_NL here) is refused naming
+/// the type and what to do, not as an unreadable file.
+#[test]
+fn a_tensor_type_we_do_not_read_is_named() -> Result<()> {
+    use candle_core::Device;
+    let dir = std::env::temp_dir().join(format!("fleet-families-iq4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = fixture::tiny_config(Family::Granite, false);
+    let weights = fixture::seeded_weights(&cfg, 3)?;
+    let path = dir.join("iq4_nl.gguf");
+    fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &[])?;
+    // The tensor index: name (u64 length, bytes), dimensions (u32 count, u64 each), type
+    // (u32), offset (u64). token_embd.weight's type becomes IQ4_NL's, 20.
+    let mut bytes = std::fs::read(&path)?;
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).ok_or("no token_embd.weight")?;
+    let dims_at = at + name.len();
+    let dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into()?) as usize;
+    let type_at = dims_at + 4 + 8 * dims;
+    bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
+    std::fs::write(&path, bytes)?;
+    let e = fleet_inference::transformer::load::load_gguf(&path, &Device::Cpu)
+        .err()
+        .ok_or("a file with an IQ4_NL tensor loaded")?
+        .to_string();
+    assert!(e.contains("IQ4_NL") && e.contains("requantize"), "{e}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -55,9 +55,38 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads a GGUF header, metadata and tensor index (a panic of candle's reader on a
-/// malformed file is an error too).
+/// malformed file is an error too). A tensor type the reader does not know is named.
 pub fn read_gguf<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Content, String> {
-    crate::error::without_panics("GGUF", || Content::read(reader))?.map_err(|e| e.to_string())
+    crate::error::without_panics("GGUF", || Content::read(reader))?
+        .map_err(|e| name_unknown_type(e.to_string()))
+}
+
+/// candle's "unknown dtype for tensor N" as the GGML type's name and what is supported.
+fn name_unknown_type(message: String) -> String {
+    let Some(rest) = message.strip_prefix("unknown dtype for tensor ") else { return message };
+    // candle may append a backtrace.
+    let id = rest.split_whitespace().next().unwrap_or_default();
+    let name = match id.parse::<u32>() {
+        Ok(16) => "IQ2_XXS",
+        Ok(17) => "IQ2_XS",
+        Ok(18) => "IQ3_XXS",
+        Ok(19) => "IQ1_S",
+        Ok(20) => "IQ4_NL",
+        Ok(21) => "IQ3_S",
+        Ok(22) => "IQ2_S",
+        Ok(23) => "IQ4_XS",
+        Ok(24..=28) => "an integer or F64 type",
+        Ok(29) => "IQ1_M",
+        Ok(34) => "TQ1_0",
+        Ok(35) => "TQ2_0",
+        Ok(39) => "MXFP4",
+        _ => "an unknown type",
+    };
+    format!(
+        "its tensors use GGML type {id} ({name}), which is not supported yet (supported: F32, \
+         F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); requantize it \
+         (llama.cpp's llama-quantize) to one of those"
+    )
 }
 
 /// Bytes a GGUF file's weights take on a CUDA GPU with `free` bytes free: the file's size
