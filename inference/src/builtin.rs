@@ -147,6 +147,7 @@ impl Model for Echo {
         let usage = Usage {
             prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
             cached_tokens: 0,
+            reasoning_tokens: 0,
             completion_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
             finish_reason,
         };

@@ -447,6 +447,7 @@ impl Model for LocalModel {
             prompt_tokens,
             cached_tokens: 0,
             completion_tokens: 0,
+            reasoning_tokens: 0,
         };
         Ok(futures::stream::unfold(state, |mut s| async move {
             let next = s.next().await?;
@@ -470,6 +471,8 @@ struct Stream {
     prompt_tokens: usize,
     cached_tokens: usize,
     completion_tokens: usize,
+    /// Of those, the reasoning's and its markers'.
+    reasoning_tokens: usize,
 }
 
 impl Stream {
@@ -497,10 +500,12 @@ impl Stream {
                 if let Some(markers) = self.markers
                     && self.reasoning_marker(markers, token)?
                 {
+                    self.reasoning_tokens += 1;
                     return Ok(());
                 }
                 let text = self.detokenizer.push(&self.tokenizer, token)?;
                 if self.inside {
+                    self.reasoning_tokens += 1;
                     self.reasoning(text);
                     return Ok(());
                 }
@@ -593,6 +598,7 @@ impl Stream {
             prompt_tokens: count(self.prompt_tokens),
             cached_tokens: count(self.cached_tokens),
             completion_tokens: count(self.completion_tokens),
+            reasoning_tokens: count(self.reasoning_tokens),
             finish_reason,
         })));
         self.events = None;

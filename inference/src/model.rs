@@ -113,6 +113,9 @@ pub struct Usage {
     /// Prompt tokens read from the engine's prefix cache instead of computed.
     pub cached_tokens: u32,
     pub completion_tokens: u32,
+    /// Of the completion tokens, those a thinking model spent reasoning (its markers
+    /// included); counted in `completion_tokens` too.
+    pub reasoning_tokens: u32,
     pub finish_reason: FinishReason,
 }
 

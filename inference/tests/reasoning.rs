@@ -125,3 +125,23 @@ async fn a_raw_prompt_continues_as_text_markers_and_all() -> Result<()> {
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_the_reasoning_tokens_markers_included() -> Result<()> {
+    let (model, dir) = thinking_model("usage")?;
+    let mut stream = model.generate(chat("What is six times seven?"))?;
+    let mut usage = None;
+    while let Some(event) = stream.next().await {
+        if let GenerationEvent::Done(u) = event? {
+            usage = Some(u);
+        }
+    }
+    let usage = usage.ok_or("no Done")?;
+    let tokenizer = model.tokenizer().ok_or("no tokenizer")?;
+    // <think>, the reasoning's tokens, </think>; then "4", "2" and <|im_end|>.
+    let reasoning = 2 + tokenizer.encode(REASONING)?.len() as u32;
+    assert_eq!(usage.reasoning_tokens, reasoning, "{usage:?}");
+    assert_eq!(usage.completion_tokens, reasoning + 3, "{usage:?}");
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}

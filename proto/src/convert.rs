@@ -385,6 +385,7 @@ impl From<pb::Usage> for Usage {
             prompt_tokens: u.prompt_tokens,
             cached_tokens: u.cached_tokens,
             completion_tokens: u.completion_tokens,
+            reasoning_tokens: u.reasoning_tokens,
             truncated: u.finish_reason() == pb::FinishReason::Length,
         }
     }
@@ -398,6 +399,7 @@ impl From<Usage> for pb::Usage {
             prompt_tokens: u.prompt_tokens,
             cached_tokens: u.cached_tokens,
             completion_tokens: u.completion_tokens,
+            reasoning_tokens: u.reasoning_tokens,
             finish_reason: finish_reason.into(),
         }
     }
@@ -935,6 +937,7 @@ mod tests {
                     prompt_tokens: 3,
                     cached_tokens: 2,
                     completion_tokens: 4,
+                    reasoning_tokens: 3,
                     truncated: true,
                 },
             },

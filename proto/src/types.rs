@@ -460,6 +460,8 @@ pub struct Usage {
     /// Prompt tokens read from the engine's prefix cache instead of computed.
     pub cached_tokens: u32,
     pub completion_tokens: u32,
+    /// Of the completion tokens, those a thinking model spent reasoning.
+    pub reasoning_tokens: u32,
     /// Whether generation ended at `max_tokens` or the model's context rather than at an end
     /// token or stop string.
     pub truncated: bool,

@@ -201,6 +201,7 @@ async fn drive(
         usage.prompt_tokens += turn.usage.prompt_tokens;
         usage.cached_tokens += turn.usage.cached_tokens;
         usage.completion_tokens += turn.usage.completion_tokens;
+        usage.reasoning_tokens += turn.usage.reasoning_tokens;
         usage.truncated = runner::truncated(&turn.usage);
         output.push_str(&turn.text);
         if turn.tool_calls.is_empty() {

@@ -169,6 +169,7 @@ impl CodeContext {
                     total.prompt_tokens += usage.prompt_tokens;
                     total.cached_tokens += usage.cached_tokens;
                     total.completion_tokens += usage.completion_tokens;
+                    total.reasoning_tokens += usage.reasoning_tokens;
                     return Ok(text);
                 }
                 Some(Ok(_)) => {}

@@ -618,6 +618,10 @@ impl ChunkDecoder {
                     .and_then(|d| d.cached_tokens)
                     .unwrap_or(0),
                 completion_tokens: usage.completion_tokens,
+                reasoning_tokens: usage
+                    .completion_tokens_details
+                    .and_then(|d| d.reasoning_tokens)
+                    .unwrap_or(0),
                 finish_reason: FinishReason::Stop,
             });
         }
@@ -1171,7 +1175,8 @@ mod tests {
             chunk(
                 json!([]),
                 json!({"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
-                       "prompt_tokens_details": {"cached_tokens": 8}}),
+                       "prompt_tokens_details": {"cached_tokens": 8},
+                       "completion_tokens_details": {"reasoning_tokens": 1}}),
             ),
         ])?;
         assert_eq!(
@@ -1183,6 +1188,7 @@ mod tests {
                     prompt_tokens: 9,
                     cached_tokens: 8,
                     completion_tokens: 2,
+                    reasoning_tokens: 1,
                     finish_reason: FinishReason::Length
                 }),
             ]
@@ -1203,6 +1209,7 @@ mod tests {
                 prompt_tokens: 0,
                 cached_tokens: 0,
                 completion_tokens: 3,
+                reasoning_tokens: 0,
                 finish_reason: FinishReason::Stop
             }))
         );
@@ -1256,6 +1263,7 @@ mod tests {
                     prompt_tokens: 0,
                     cached_tokens: 0,
                     completion_tokens: 1,
+                    reasoning_tokens: 0,
                     finish_reason: FinishReason::Stop
                 }),
             ]

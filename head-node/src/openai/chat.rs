@@ -73,8 +73,13 @@ pub async fn completions(
 fn total_usage(usages: impl IntoIterator<Item = fleet_proto::Usage>) -> CompletionUsage {
     let mut total: Option<fleet_proto::Usage> = None;
     for u in usages {
-        let t = total.get_or_insert(fleet_proto::Usage { completion_tokens: 0, ..u });
+        let t = total.get_or_insert(fleet_proto::Usage {
+            completion_tokens: 0,
+            reasoning_tokens: 0,
+            ..u
+        });
         t.completion_tokens = t.completion_tokens.saturating_add(u.completion_tokens);
+        t.reasoning_tokens = t.reasoning_tokens.saturating_add(u.reasoning_tokens);
     }
     CompletionUsage::from(total.unwrap_or_default())
 }

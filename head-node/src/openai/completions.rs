@@ -418,6 +418,7 @@ fn add_usage(total: &mut fleet_proto::Usage, u: &fleet_proto::Usage, first_of_pr
         total.cached_tokens = total.cached_tokens.saturating_add(u.cached_tokens);
     }
     total.completion_tokens = total.completion_tokens.saturating_add(u.completion_tokens);
+    total.reasoning_tokens = total.reasoning_tokens.saturating_add(u.reasoning_tokens);
 }
 
 fn data(body: &Value) -> Event {

@@ -693,6 +693,13 @@ pub struct CompletionUsage {
     pub completion_tokens: u32,
     pub total_tokens: u32,
     pub prompt_tokens_details: PromptTokensDetails,
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+/// `usage.completion_tokens_details`: completion tokens a thinking model spent reasoning.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: u32,
 }
 
 /// `usage.prompt_tokens_details`: prompt tokens the engine read from its prefix cache.
@@ -708,6 +715,9 @@ impl From<fleet_proto::Usage> for CompletionUsage {
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: u.reasoning_tokens,
+            },
         }
     }
 }
@@ -1164,11 +1174,13 @@ mod tests {
             prompt_tokens: 3,
             cached_tokens: 1,
             completion_tokens: 2,
+            reasoning_tokens: 1,
             truncated: true,
         };
         let wire = CompletionUsage::from(usage);
         assert_eq!(wire.total_tokens, 5);
         assert_eq!(wire.prompt_tokens_details.cached_tokens, 1);
+        assert_eq!(wire.completion_tokens_details.reasoning_tokens, 1);
         assert_eq!(finish_reason(&usage), "length");
         assert_eq!(finish_reason(&fleet_proto::Usage::default()), "stop");
     }

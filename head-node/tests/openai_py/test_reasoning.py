@@ -59,6 +59,11 @@ def test_chat_gives_reasoning_content_apart_from_the_answer(client: openai.OpenA
     assert message.content == ANSWER, message
     assert getattr(message, "reasoning_content", None) == REASONING, message
     assert r.choices[0].finish_reason == "stop"
+    # <think>, the reasoning's tokens and </think> of the completion's tokens ("4", "2", the end).
+    assert r.usage is not None and r.usage.completion_tokens_details is not None
+    reasoning_tokens = r.usage.completion_tokens_details.reasoning_tokens
+    assert reasoning_tokens is not None and reasoning_tokens >= 3, r.usage
+    assert r.usage.completion_tokens == reasoning_tokens + 3, r.usage
 
 
 def test_streamed_deltas_carry_reasoning_then_content(client: openai.OpenAI) -> None:
@@ -94,6 +99,8 @@ def test_responses_api_gives_a_reasoning_item_before_the_message(client: openai.
     assert reasoning.type == "reasoning" and reasoning.content is not None
     assert "".join(part.text for part in reasoning.content) == REASONING
     assert r.output_text == ANSWER
+    assert r.usage is not None and r.usage.output_tokens_details.reasoning_tokens >= 3, r.usage
+    assert r.usage.output_tokens == r.usage.output_tokens_details.reasoning_tokens + 3, r.usage
 
 
 def test_responses_stream_types_the_reasoning_events(client: openai.OpenAI) -> None:
