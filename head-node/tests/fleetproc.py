@@ -120,3 +120,19 @@ def wait_until(condition, timeout: float = 30, what: str = "the condition"):  # 
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+class ThinkingFleet(Fleet):
+    """A head with `config` and one worker whose models dir holds `thinker`: a tiny Qwen3
+    planted to answer `<think>{reasoning}</think>{answer}` by rote (the Rust fixture
+    `write_thinking_model`, which `cargo test` builds as an example of fleet-inference)."""
+
+    def __init__(self, config: str, reasoning: str, answer: str) -> None:
+        self.models = tempfile.TemporaryDirectory()
+        writer = binary("examples/write_thinking_model")
+        subprocess.run([writer, str(Path(self.models.name) / "thinker"), reasoning, answer], check=True)
+        super().__init__(config, workers=[["--models-dir", self.models.name]], env=clean_env())
+
+    def stop(self) -> None:
+        super().stop()
+        self.models.cleanup()

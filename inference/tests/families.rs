@@ -5,8 +5,11 @@
 
 mod common;
 
+use candle_core::Device;
 use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::Value;
 use common::{Case, Result, Suite};
+use fleet_inference::transformer::load::load_gguf;
 use fleet_inference::transformer::{DecoderConfig, Family, fixture};
 
 const SUITE: Suite = Suite { name: "families", cases };
@@ -48,28 +51,38 @@ fn a_batch_of_prompts_gives_each_prompts_solo_logits() -> Result<()> {
     SUITE.check_batch_invariance()
 }
 
+/// The error loading a tiny `family` file with `extra` metadata gives, its bytes first
+/// changed by `patch`; an error itself if the file loads.
+fn refusal(
+    name: &str,
+    family: Family,
+    extra: &[(String, Value)],
+    patch: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+) -> Result<String> {
+    let dir = std::env::temp_dir().join(format!("fleet-families-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = fixture::tiny_config(family, false);
+    let weights = fixture::seeded_weights(&cfg, 3)?;
+    let path = dir.join(format!("{name}.gguf"));
+    fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, extra)?;
+    let mut bytes = std::fs::read(&path)?;
+    patch(&mut bytes)?;
+    std::fs::write(&path, bytes)?;
+    let loaded = load_gguf(&path, &Device::Cpu);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(loaded.err().ok_or_else(|| format!("the {name} file loaded"))?.to_string())
+}
+
 /// A rotation we do not compute (YaRN here) is refused at load by name, not ignored: ignored,
 /// every position would be rotated otherwise than the model was trained with.
 #[test]
 fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
-    use candle_core::Device;
-    use candle_core::quantized::gguf_file::Value;
-    let dir = std::env::temp_dir().join(format!("fleet-families-yarn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let cfg = fixture::tiny_config(Family::Olmo2, false);
-    let weights = fixture::seeded_weights(&cfg, 3)?;
-    let path = dir.join("yarn.gguf");
     let yarn = [
         ("olmo2.rope.scaling.type".to_owned(), Value::String("yarn".into())),
         ("olmo2.rope.scaling.factor".to_owned(), Value::F32(8.0)),
     ];
-    fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &yarn)?;
-    let e = fleet_inference::transformer::load::load_gguf(&path, &Device::Cpu)
-        .err()
-        .ok_or("a file with YaRN scaling loaded")?
-        .to_string();
+    let e = refusal("yarn", Family::Olmo2, &yarn, |_| Ok(()))?;
     assert!(e.contains("\"yarn\"") && e.contains("not supported"), "{e}");
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
@@ -77,28 +90,17 @@ fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
 /// the type and what to do, not as an unreadable file.
 #[test]
 fn a_tensor_type_we_do_not_read_is_named() -> Result<()> {
-    use candle_core::Device;
-    let dir = std::env::temp_dir().join(format!("fleet-families-iq4-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let cfg = fixture::tiny_config(Family::Granite, false);
-    let weights = fixture::seeded_weights(&cfg, 3)?;
-    let path = dir.join("iq4_nl.gguf");
-    fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &[])?;
     // The tensor index: name (u64 length, bytes), dimensions (u32 count, u64 each), type
     // (u32), offset (u64). token_embd.weight's type becomes IQ4_NL's, 20.
-    let mut bytes = std::fs::read(&path)?;
-    let name = b"token_embd.weight";
-    let at = bytes.windows(name.len()).position(|w| w == name).ok_or("no token_embd.weight")?;
-    let dims_at = at + name.len();
-    let dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into()?) as usize;
-    let type_at = dims_at + 4 + 8 * dims;
-    bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
-    std::fs::write(&path, bytes)?;
-    let e = fleet_inference::transformer::load::load_gguf(&path, &Device::Cpu)
-        .err()
-        .ok_or("a file with an IQ4_NL tensor loaded")?
-        .to_string();
+    let e = refusal("iq4_nl", Family::Granite, &[], |bytes| {
+        let name = b"token_embd.weight";
+        let at = bytes.windows(name.len()).position(|w| w == name).ok_or("no token_embd")?;
+        let dims_at = at + name.len();
+        let dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into()?) as usize;
+        let type_at = dims_at + 4 + 8 * dims;
+        bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
+        Ok(())
+    })?;
     assert!(e.contains("IQ4_NL") && e.contains("requantize"), "{e}");
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -3,14 +3,11 @@ mode: streamed as its own artifact (`reasoning`) before the answer's, and kept a
 task. The model is a tiny Qwen3 planted to answer `<think>plan</think>42` (the Rust fixture
 `write_thinking_model`, which `cargo test` builds as an example), served by a real worker."""
 
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from a2a.types.a2a_pb2 import GetTaskRequest, TaskState
-from fleetproc import Fleet, binary, clean_env
+from fleetproc import ThinkingFleet
 from test_a2a_sdk import MODES, artifact_text, client, payload, request
 
 REASONING, ANSWER = "plan", "42"
@@ -22,18 +19,11 @@ sampling = { max_tokens = 16 }
 """
 
 
-class ThinkingCluster(Fleet):
-    """A head with the `thinker` agent and one worker serving the planted model."""
+class ThinkingCluster(ThinkingFleet):
+    """A head with the `thinker` agent on the planted model."""
 
     def __init__(self) -> None:
-        self.models = tempfile.TemporaryDirectory()
-        writer = binary("examples/write_thinking_model")
-        subprocess.run([writer, str(Path(self.models.name) / "thinker"), REASONING, ANSWER], check=True)
-        super().__init__(CONFIG, workers=[["--models-dir", self.models.name]], env=clean_env())
-
-    def stop(self) -> None:
-        super().stop()
-        self.models.cleanup()
+        super().__init__(CONFIG, REASONING, ANSWER)
 
 
 @pytest.fixture(scope="module")

@@ -4,34 +4,24 @@ turning it off, and the Responses API's `reasoning` item (whole and as typed str
 The model is a tiny Qwen3 planted to answer `<think>plan</think>42` (the Rust fixture
 `write_thinking_model`, which `cargo test` builds as an example), served by a real worker."""
 
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from fleetproc import Fleet, binary, clean_env
+from fleetproc import ThinkingFleet
 
 MODEL = "thinker"
 REASONING, ANSWER = "plan", "42"
 
 
-class ThinkingCluster(Fleet):
-    """A head and one worker serving the planted thinking model from a models dir."""
+class ThinkingCluster(ThinkingFleet):
+    """The planted thinking model, asked by its name over the OpenAI API."""
 
     def __init__(self) -> None:
-        self.models = tempfile.TemporaryDirectory()
-        writer = Path(binary("examples/write_thinking_model"))
-        subprocess.run([str(writer), str(Path(self.models.name) / MODEL), REASONING, ANSWER], check=True)
-        super().__init__("", workers=[["--models-dir", self.models.name]], env=clean_env())
+        super().__init__("", REASONING, ANSWER)
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-    def stop(self) -> None:
-        super().stop()
-        self.models.cleanup()
 
 
 @pytest.fixture(scope="module")

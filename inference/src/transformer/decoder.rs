@@ -152,8 +152,9 @@ impl Decoder {
         };
         if device.is_cuda() && !cfg.recipe.runs_on_gpu(cfg.head_dim) {
             candle_core::bail!(
-                "{:?} models run on the CPU only for now: the GPU's kernels have no post-norms, \
-                 GELU, sliding windows or soft caps yet",
+                "{:?} models run on the CPU only for now: the GPU's kernels run Llama's and \
+                 Qwen3's layers only (no post-norms, GELU, sliding windows, soft caps, \
+                 multipliers or unrotated layers yet)",
                 cfg.family
             );
         }
