@@ -75,6 +75,11 @@ def smollm2_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
+def openai_client(url: str, api_key: str = "unused") -> openai.OpenAI:
+    """The official client of the head at `url`; no retries: a test wants the first answer."""
+    return openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+
+
 class Cluster(Fleet):
     """A head with `head_args` and one worker serving the two models from a models dir."""
 
@@ -88,8 +93,7 @@ class Cluster(Fleet):
         super().__init__(CONFIG, *head_args, workers=[["--models-dir", str(models)]], env=env)
 
     def client(self, api_key: str = "unused") -> openai.OpenAI:
-        # No retries: a test wants the first answer.
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+        return openai_client(self.url, api_key)
 
     def stop(self) -> None:
         super().stop()

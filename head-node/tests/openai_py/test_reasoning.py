@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from conftest import openai_client
 from fleetproc import ThinkingFleet
 
 MODEL = "thinker"
@@ -21,7 +22,7 @@ class ThinkingCluster(ThinkingFleet):
         super().__init__("", REASONING, ANSWER)
 
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        return openai_client(self.url)
 
 
 @pytest.fixture(scope="module")

@@ -526,10 +526,7 @@ fn gemma_recipe(
     num_layers: usize,
 ) -> Result<Recipe, String> {
     let key = |k: &str| format!("{arch}.{k}");
-    let optional_float = |k: &str| match md.get(&key(k)) {
-        None => Ok(None),
-        Some(_) => float(md, &key(k)).map(Some),
-    };
+    let optional_float = |k: &str| optional_float(md, &key(k));
     let gemma3 = family == Family::Gemma3;
     let pattern = match md.get(&key("attention.sliding_window_pattern")) {
         Some(Value::Array(_)) | None => {
@@ -572,12 +569,9 @@ fn gemma_recipe(
     })
 }
 
-/// A float the metadata may leave out; llama.cpp reads an absent one, or 0, as "not set".
+/// A scale the metadata may leave out; llama.cpp reads an absent one, or 0, as "not set".
 fn optional_scale(md: &HashMap<String, Value>, key: &str) -> Result<Option<f32>, String> {
-    match md.get(key) {
-        None => Ok(None),
-        Some(_) => float(md, key).map(|v| Some(v as f32).filter(|v| *v != 0.0)),
-    }
+    Ok(optional_float(md, key)?.map(|v| v as f32).filter(|v| *v != 0.0))
 }
 
 /// Granite's multipliers (llama.cpp's keys; `logit_scale` is required as llama.cpp requires
@@ -634,7 +628,7 @@ fn olmo2_recipe(
             Some(_) => int(md, &key("attention.sliding_window_pattern"))?,
             None => 4,
         };
-        let theta = float(md, &key("rope.freq_base_swa")).unwrap_or(rope.theta);
+        let theta = optional_float(md, &key("rope.freq_base_swa"))?.unwrap_or(rope.theta);
         let rope = RopeConfig { theta, scaling: RopeScaling::None, ..rope.clone() };
         Some(SlidingWindow { size, pattern, rope })
     };
@@ -678,6 +672,14 @@ fn int(md: &HashMap<String, Value>, key: &str) -> Result<usize, String> {
         _ => return Err(format!("{key} is not an integer")),
     };
     usize::try_from(n).map_err(|_| format!("{key} is out of range: {n}"))
+}
+
+/// A float the metadata may leave out (an error only if present and not a float).
+fn optional_float(md: &HashMap<String, Value>, key: &str) -> Result<Option<f64>, String> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(_) => float(md, key).map(Some),
+    }
 }
 
 fn float(md: &HashMap<String, Value>, key: &str) -> Result<f64, String> {
