@@ -375,7 +375,7 @@ fn detokenizer_streams_multibyte_text_without_splitting_characters() -> TestResu
     assert_eq!(deltas[deltas.len() - 2..], ["", "\u{FFFD}"], "held until finish");
 
     // A model stuck on invalid bytes is not held back until it ends: beyond the three
-    // tokens that could start a character, the bytes come out as U+FFFD as they arrive.
+    // U+FFFD that could be a character's first bytes, they come out as they arrive.
     let ok = tok.encode("ok ")?;
     let ids = [ok.clone(), vec![255; 12], tok.encode("é")?].concat();
     let deltas = stream(&tok, &ids)?;
@@ -387,6 +387,34 @@ fn detokenizer_streams_multibyte_text_without_splitting_characters() -> TestResu
     let emoji: Vec<u32> = "😀".bytes().map(u32::from).collect();
     let deltas = stream(&tok, &[ok, emoji].concat())?;
     assert_eq!(deltas[deltas.len() - 5..], ["", "", "", "😀", ""]);
+    Ok(())
+}
+
+#[test]
+fn detokenizer_streams_tokens_that_join_characters_in_any_order() -> TestResult {
+    // A sampled or constrained generation may spell text in tokens the tokenizer would not
+    // choose: here single bytes and the fixture's token joining the end of "世" (E4 B8 96) to
+    // the start of "界" (E7 95 8C), so that four tokens in a row end inside a character.
+    let (dir, _) = fixture_dir("joined")?;
+    let tok = Tokenizer::from_hf_dir(&dir.0)?;
+    let joined = tok.encode("世界")?.get(1).copied().ok_or("no joining token")?;
+    assert_eq!(tok.decode(&[0xE4, 0xB8, joined])?, "世\u{FFFD}");
+    let ok = tok.encode("ok ")?;
+    let world = [0xE4, 0xB8, joined, 0x95, 0x8C];
+    let ids = [ok.clone(), world.to_vec(), world.to_vec(), tok.encode("!")?].concat();
+    let deltas = stream(&tok, &ids)?;
+    assert_eq!(deltas.concat(), "ok 世界世界!");
+    let world_deltas = &deltas[ok.len()..ok.len() + world.len()];
+    assert_eq!(world_deltas, ["", "", "世", "", "界"], "each character once it is whole");
+
+    // A window that never reaches a character's end is emitted as decoded after 64 tokens;
+    // a character finished across that boundary then costs the U+FFFD already shown, and
+    // nothing after it is lost.
+    let ids = [ok.clone(), vec![0xFF; 63], vec![0xE4, 0xB8, 0x96], tok.encode("界!")?].concat();
+    let deltas = stream(&tok, &ids)?;
+    assert_eq!(deltas[ok.len() + 64], "\u{FFFD}".repeat(3), "the three held come out");
+    assert_eq!(deltas.concat(), format!("ok {}界!", "\u{FFFD}".repeat(64)));
+    assert_eq!(deltas.last().map(String::as_str), Some(""), "streamed, not held to the end");
     Ok(())
 }
 
