@@ -75,9 +75,26 @@ def smollm2_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
+# The clients made during the running test, closed when it ends (close_clients_after_each_test).
+_open_clients: list[openai.OpenAI] = []
+
+
 def openai_client(url: str, api_key: str = "unused") -> openai.OpenAI:
-    """The official client of the head at `url`; no retries: a test wants the first answer."""
-    return openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+    """The official client of the head at `url`; no retries: a test wants the first answer.
+    Closed after the test (its pooled connections with it), so that no socket is left for
+    the garbage collector, which may reach it before the client's own finalizer."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+    _open_clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_clients_after_each_test(collect_garbage_after_each_test: None) -> Iterator[None]:
+    """Closes what openai_client made, before collect_garbage_after_each_test collects (it is
+    set up first, so it tears down last)."""
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
 
 
 class Cluster(Fleet):
