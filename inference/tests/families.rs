@@ -9,6 +9,8 @@ use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 use common::{Case, Result, Suite};
+use fleet_inference::transformer::fixture::Blocks;
+use fleet_inference::transformer::gguf::Transcoded;
 use fleet_inference::transformer::load::load_gguf;
 use fleet_inference::transformer::{DecoderConfig, Family, fixture};
 
@@ -21,23 +23,27 @@ fn cases(vocab: usize) -> Vec<Case> {
     // OLMo 3: the first layer slides over 6 positions, the second is global.
     let olmo3 = fixture::with_window(olmo2.clone(), 6, 2);
     let smollm3 = sized(fixture::quantizable_config(Family::SmolLm3));
-    let f32_ = |name, cfg| Case { name, cfg, dtype: GgmlDType::F32, tolerance: 1e-4 };
+    let f32_ = |name, cfg| Case { name, cfg, dtype: GgmlDType::F32.into(), tolerance: 1e-4 };
     // Quantized files: 0.1, about a tenth of the logits' spread. Ours and llama.cpp's
     // integers are the same; the float sums are not always in the same order (llama.cpp's own
     // batched and one-by-one logits differ by up to 0.03 on these files).
-    let quantized = |name, cfg, dtype| Case { name, cfg, dtype, tolerance: 0.1 };
+    let quantized = |name, cfg, dtype: Blocks| Case { name, cfg, dtype, tolerance: 0.1 };
     vec![
         f32_("granite-f32", granite.clone()),
-        quantized("granite-q4_k", granite, GgmlDType::Q4K),
+        quantized("granite-q4_k", granite.clone(), GgmlDType::Q4K.into()),
+        // The i-quants we transcode to Q8_0 at load: IQ4_NL exactly, IQ4_XS with each 32's
+        // scale rounded to f16.
+        quantized("granite-iq4_xs", granite, Transcoded::Iq4Xs.into()),
         f32_("olmo2-f32", olmo2.clone()),
-        quantized("olmo2-q8_0", olmo2, GgmlDType::Q8_0),
+        quantized("olmo2-q8_0", olmo2, GgmlDType::Q8_0.into()),
         f32_("olmo3-f32", olmo3.clone()),
-        quantized("olmo3-q5_k", olmo3, GgmlDType::Q5K),
+        quantized("olmo3-q5_k", olmo3, GgmlDType::Q5K.into()),
         f32_("smollm3-f32", smollm3.clone()),
-        quantized("smollm3-q4_0", smollm3.clone(), GgmlDType::Q4_0),
+        quantized("smollm3-q4_0", smollm3.clone(), GgmlDType::Q4_0.into()),
+        quantized("smollm3-iq4_nl", smollm3.clone(), Transcoded::Iq4Nl.into()),
         // BF16 matrices (the type of many unquantized uploads): llama.cpp's CPU rounds the
         // activations to bf16 too before its dot products; ours stay f32, hence 0.05.
-        Case { name: "smollm3-bf16", cfg: smollm3, dtype: GgmlDType::BF16, tolerance: 0.05 },
+        Case { name: "smollm3-bf16", cfg: smollm3, dtype: GgmlDType::BF16.into(), tolerance: 0.05 },
     ]
 }
 
@@ -86,21 +92,21 @@ fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
     Ok(())
 }
 
-/// A file whose tensors are of a GGML type we do not read (IQ4_NL here) is refused naming
+/// A file whose tensors are of a GGML type we do not read (IQ2_XXS here) is refused naming
 /// the type and what to do, not as an unreadable file.
 #[test]
 fn a_tensor_type_we_do_not_read_is_named() -> Result<()> {
     // The tensor index: name (u64 length, bytes), dimensions (u32 count, u64 each), type
-    // (u32), offset (u64). token_embd.weight's type becomes IQ4_NL's, 20.
-    let e = refusal("iq4_nl", Family::Granite, &[], |bytes| {
+    // (u32), offset (u64). token_embd.weight's type becomes IQ2_XXS's, 16.
+    let e = refusal("iq2_xxs", Family::Granite, &[], |bytes| {
         let name = b"token_embd.weight";
         let at = bytes.windows(name.len()).position(|w| w == name).ok_or("no token_embd")?;
         let dims_at = at + name.len();
         let dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into()?) as usize;
         let type_at = dims_at + 4 + 8 * dims;
-        bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
+        bytes[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
         Ok(())
     })?;
-    assert!(e.contains("IQ4_NL") && e.contains("requantize"), "{e}");
+    assert!(e.contains("IQ2_XXS") && e.contains("requantize"), "{e}");
     Ok(())
 }

@@ -57,9 +57,10 @@ proptest! {
 
     #[test]
     fn gguf_files(bytes in mutated(vec![gguf_seed()])) {
-        let Ok(content) = fleet_inference::transformer::load::read_gguf(&mut Cursor::new(bytes)) else {
+        let Ok(header) = fleet_inference::transformer::load::read_gguf(&mut Cursor::new(bytes)) else {
             return Ok(());
         };
+        let content = header.content;
         let _ = DecoderConfig::from_gguf(&content);
         if let Ok(tokenizer) = Tokenizer::from_gguf(&content.metadata) {
             if let Ok(ids) = tokenizer.encode("hello world") {

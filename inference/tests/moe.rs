@@ -16,12 +16,27 @@ fn cases(vocab: usize) -> Vec<Case> {
     let qwen2 = sized(fixture::quantizable_config(Family::Qwen2Moe));
     let mixtral = sized(fixture::with_experts(fixture::quantizable_config(Family::Llama), 4, 2));
     vec![
-        Case { name: "qwen3moe-f32", cfg: qwen3.clone(), dtype: GgmlDType::F32, tolerance: 1e-4 },
-        Case { name: "qwen3moe-q4_k", cfg: qwen3, dtype: GgmlDType::Q4K, tolerance: 0.05 },
-        Case { name: "qwen2moe-f32", cfg: qwen2.clone(), dtype: GgmlDType::F32, tolerance: 1e-4 },
-        Case { name: "qwen2moe-q8_0", cfg: qwen2, dtype: GgmlDType::Q8_0, tolerance: 0.05 },
-        Case { name: "mixtral-f32", cfg: mixtral.clone(), dtype: GgmlDType::F32, tolerance: 1e-4 },
-        Case { name: "mixtral-q4_0", cfg: mixtral, dtype: GgmlDType::Q4_0, tolerance: 0.05 },
+        Case {
+            name: "qwen3moe-f32",
+            cfg: qwen3.clone(),
+            dtype: GgmlDType::F32.into(),
+            tolerance: 1e-4,
+        },
+        Case { name: "qwen3moe-q4_k", cfg: qwen3, dtype: GgmlDType::Q4K.into(), tolerance: 0.05 },
+        Case {
+            name: "qwen2moe-f32",
+            cfg: qwen2.clone(),
+            dtype: GgmlDType::F32.into(),
+            tolerance: 1e-4,
+        },
+        Case { name: "qwen2moe-q8_0", cfg: qwen2, dtype: GgmlDType::Q8_0.into(), tolerance: 0.05 },
+        Case {
+            name: "mixtral-f32",
+            cfg: mixtral.clone(),
+            dtype: GgmlDType::F32.into(),
+            tolerance: 1e-4,
+        },
+        Case { name: "mixtral-q4_0", cfg: mixtral, dtype: GgmlDType::Q4_0.into(), tolerance: 0.05 },
     ]
 }
 

@@ -1,12 +1,12 @@
 //! Tiny random-weight models of every family, written to disk as a Hugging Face folder and as
-//! GGUF files (F32, Q8_0, Q4_K) holding the same weights, so tests and benchmarks run real
-//! model code without downloading anything; and [`noise`], the same pseudo-random test data
+//! GGUF files (any type candle quantizes, or IQ4_NL/IQ4_XS) holding the same weights, so
+//! tests and benchmarks run real model code without downloading anything; and [`noise`], the same pseudo-random test data
 //! on every run.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{D, DType, Device, Result, Tensor};
 
@@ -14,6 +14,7 @@ use super::config::{
     Activation, DecoderConfig, Experts, Family, QkNorm, Recipe, RopeConfig, RopeScaling,
     SlidingWindow,
 };
+use super::gguf::{self, RawTensor, Transcoded};
 use super::weights::Part;
 
 /// `len` deterministic pseudo-random values in [-scale, scale) (xorshift64 from `seed`):
@@ -373,23 +374,70 @@ fn permute_for_interleaved_rope(t: &Tensor, heads: usize) -> Result<Tensor> {
     t.reshape((heads, 2, out / heads / 2, rest))?.transpose(1, 2)?.reshape(dims)
 }
 
-/// Writes `cfg` and `weights` as a GGUF file: matrices in `dtype` (norms and biases stay F32),
-/// llama.cpp's names and metadata keys, plus `extra` metadata (e.g. a tokenizer).
+/// The blocks a fixture's matrices are written in: a type candle quantizes, or one we
+/// transcode at load (written by [`iq4`](super::iq4)'s quantizers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    Ggml(GgmlDType),
+    Transcoded(Transcoded),
+}
+
+impl From<GgmlDType> for Blocks {
+    fn from(dtype: GgmlDType) -> Self {
+        Self::Ggml(dtype)
+    }
+}
+
+impl From<Transcoded> for Blocks {
+    fn from(kind: Transcoded) -> Self {
+        Self::Transcoded(kind)
+    }
+}
+
+impl Blocks {
+    fn block_size(self) -> usize {
+        match self {
+            Self::Ggml(dtype) => dtype.block_size(),
+            Self::Transcoded(kind) => kind.block().0,
+        }
+    }
+
+    /// `t`'s values in these blocks: the GGML type id and the bytes.
+    fn encode(self, t: &Tensor) -> Result<(u32, Vec<u8>)> {
+        match self {
+            Self::Ggml(dtype) => {
+                let q = QTensor::quantize(t, dtype)?;
+                Ok((gguf::ggml_type_id(dtype), q.data()?.into_owned()))
+            }
+            Self::Transcoded(kind) => {
+                let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let bytes = match kind {
+                    Transcoded::Iq4Nl => super::iq4::quantize_nl(&values),
+                    Transcoded::Iq4Xs => super::iq4::quantize_xs(&values),
+                };
+                Ok((kind.type_id(), bytes))
+            }
+        }
+    }
+}
+
+/// Writes `cfg` and `weights` as a GGUF file: matrices in `blocks` (norms and biases stay
+/// F32), llama.cpp's names and metadata keys, plus `extra` metadata (e.g. a tokenizer).
 pub fn write_gguf(
     path: &Path,
     cfg: &DecoderConfig,
     weights: &[(Part, bool, Tensor)],
-    dtype: GgmlDType,
+    blocks: impl Into<Blocks>,
     extra: &[(String, Value)],
 ) -> std::io::Result<()> {
-    write_gguf_tensors(path, cfg, weights, dtype, extra).map_err(std::io::Error::other)
+    write_gguf_tensors(path, cfg, weights, blocks.into(), extra).map_err(std::io::Error::other)
 }
 
 fn write_gguf_tensors(
     path: &Path,
     cfg: &DecoderConfig,
     weights: &[(Part, bool, Tensor)],
-    dtype: GgmlDType,
+    dtype: Blocks,
     extra: &[(String, Value)],
 ) -> Result<()> {
     let arch = cfg.family.gguf_name();
@@ -452,7 +500,8 @@ fn write_gguf_tensors(
         }
     }
     metadata.extend(extra.iter().cloned());
-    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(weights.len());
+    // (name, dims, GGML type id, blocks)
+    let mut tensors: Vec<(String, Vec<usize>, u32, Vec<u8>)> = Vec::with_capacity(weights.len());
     for (part, bias, t) in weights {
         let mut t = t.clone();
         if cfg.family.gguf_rotates_pairs() {
@@ -464,21 +513,33 @@ fn write_gguf_tensors(
         }
         // Routers stay F32, as llama.cpp's quantizer leaves them.
         let router = matches!(part, Part::Router(_) | Part::SharedRouter(_));
-        let q = if !router && t.rank() >= 2 && t.dim(D::Minus1)?.is_multiple_of(dtype.block_size())
-        {
-            QTensor::quantize(&t, dtype)?
-        } else {
-            QTensor::quantize(&t, GgmlDType::F32)?
-        };
-        tensors.push((name(*part, *bias, true), q));
+        let blocks =
+            if !router && t.rank() >= 2 && t.dim(D::Minus1)?.is_multiple_of(dtype.block_size()) {
+                dtype
+            } else {
+                Blocks::Ggml(GgmlDType::F32)
+            };
+        let (type_id, bytes) = blocks.encode(&t)?;
+        tensors.push((name(*part, *bias, true), t.dims().to_vec(), type_id, bytes));
     }
     if let RopeScaling::Llama3 { .. } = cfg.rope.scaling {
-        tensors.push(("rope_freqs.weight".into(), llama3_factors(cfg)?));
+        let factors = llama3_factors(cfg)?;
+        let (type_id, bytes) = (0, factors.data()?.into_owned());
+        tensors.push(("rope_freqs.weight".into(), factors.shape().dims().to_vec(), type_id, bytes));
     }
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::fs::File::create(path)?;
-    gguf_file::write(&mut file, &md, &ts)
+    let raw: Vec<RawTensor> = tensors
+        .iter()
+        .map(|(name, dims, type_id, bytes)| RawTensor {
+            name,
+            dims: dims.clone(),
+            type_id: *type_id,
+            bytes,
+        })
+        .collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    gguf::write(&mut file, &md, &raw)?;
+    Ok(std::io::Write::flush(&mut file)?)
 }
 
 /// llama.cpp's form of Llama 3 rope scaling: per-frequency divisors.

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device};
 
 use super::config::{DecoderConfig, RopeScaling};
 use super::decoder::Decoder;
+use super::gguf::Header;
 use super::linear::GpuWeights;
 use super::weights::{GgufWeights, SafetensorsWeights};
 use crate::{Error, Result};
@@ -54,50 +55,25 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::model(dir, "expected model.safetensors or model.safetensors.index.json"))
 }
 
-/// Reads a GGUF header, metadata and tensor index (a panic of candle's reader on a
-/// malformed file is an error too). A tensor type the reader does not know is named.
-pub fn read_gguf<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Content, String> {
-    crate::error::without_panics("GGUF", || Content::read(reader))?
-        .map_err(|e| name_unknown_type(e.to_string()))
+/// Reads a GGUF header, metadata and tensor index with our reader ([`Header`]); a tensor
+/// type we do not read is named.
+pub fn read_gguf<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Header, String> {
+    crate::error::without_panics("GGUF", || Header::read(reader))?
 }
 
-/// candle's "unknown dtype for tensor N" as the GGML type's name and what is supported.
-fn name_unknown_type(message: String) -> String {
-    let Some(rest) = message.strip_prefix("unknown dtype for tensor ") else { return message };
-    // candle may append a backtrace.
-    let id = rest.split_whitespace().next().unwrap_or_default();
-    let name = match id.parse::<u32>() {
-        Ok(16) => "IQ2_XXS",
-        Ok(17) => "IQ2_XS",
-        Ok(18) => "IQ3_XXS",
-        Ok(19) => "IQ1_S",
-        Ok(20) => "IQ4_NL",
-        Ok(21) => "IQ3_S",
-        Ok(22) => "IQ2_S",
-        Ok(23) => "IQ4_XS",
-        Ok(24..=28) => "an integer or F64 type",
-        Ok(29) => "IQ1_M",
-        Ok(34) => "TQ1_0",
-        Ok(35) => "TQ2_0",
-        Ok(39) => "MXFP4",
-        _ => "an unknown type",
-    };
-    format!(
-        "its tensors use GGML type {id} ({name}), which is not supported yet (supported: F32, \
-         F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); requantize it \
-         (llama.cpp's llama-quantize) to one of those"
-    )
-}
-
-/// Bytes a GGUF file's weights take on a CUDA GPU with `free` bytes free: the file's size
-/// where its blocks stay as they are, else every tensor in bf16 (as [`load_gguf`] decides,
+/// Bytes a GGUF file's weights take on a CUDA GPU with `free` bytes free: their blocks'
+/// where they stay as they are (IQ4 as Q8_0), else every tensor in bf16 (as [`load_gguf`] decides,
 /// [`GpuWeights`]). `None` for a file that is not a readable GGUF.
 pub fn gguf_gpu_weight_bytes(path: &Path, free: u64) -> Option<u64> {
     let mut file = std::fs::File::open(path).ok()?;
-    let content = read_gguf(&mut file).ok()?;
+    let content = read_gguf(&mut file).ok()?.content;
     let mode = GpuWeights::from_env().ok()?;
     if mode.keeps_blocks(GgufWeights::bf16_bytes_of_blocks(&content), Some(free)) {
-        return Some(file.metadata().ok()?.len());
+        // The blocks as held: a transcoded tensor's (listed as Q8_0) are not the file's.
+        let held = |i: &candle_core::quantized::gguf_file::TensorInfo| {
+            (i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size()) as u64
+        };
+        return Some(content.tensor_infos.values().map(held).sum());
     }
     Some(content.tensor_infos.values().map(|info| info.shape.elem_count() as u64 * 2).sum())
 }
@@ -113,15 +89,15 @@ fn gpu_free(device: &Device) -> Option<u64> {
 /// its blocks stay as they are or become bf16 as [`GpuWeights`] decides.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, HashMap<String, Value>)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::model(path, e))?;
-    let content = read_gguf(&mut file)
+    let header = read_gguf(&mut file)
         .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
-    let mut cfg = DecoderConfig::from_gguf(&content).map_err(|e| Error::model(path, e))?;
-    let metadata = content.metadata.clone();
+    let mut cfg = DecoderConfig::from_gguf(&header.content).map_err(|e| Error::model(path, e))?;
+    let metadata = header.content.metadata.clone();
     let keep_blocks = device.is_cuda() && {
         let mode = GpuWeights::from_env().map_err(|e| Error::model(path, e))?;
-        mode.keeps_blocks(GgufWeights::bf16_bytes_of_blocks(&content), gpu_free(device))
+        mode.keeps_blocks(GgufWeights::bf16_bytes_of_blocks(&header.content), gpu_free(device))
     };
-    let mut source = GgufWeights::new(content, file, device.clone(), keep_blocks);
+    let mut source = GgufWeights::new(header, file, device.clone(), keep_blocks);
     if let RopeScaling::Factors(factors) = &mut cfg.rope.scaling {
         let t = source.read("rope_freqs.weight").and_then(|q| q.dequantize(device));
         *factors = t

@@ -8,6 +8,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::gguf::Header;
 use super::linear::Linear;
 
 /// One weight of a decoder, by role.
@@ -234,7 +235,7 @@ impl WeightSource for SafetensorsWeights {
 /// where `keep_blocks`, else dequantized to bf16 there).
 #[derive(Debug)]
 pub struct GgufWeights {
-    content: Content,
+    header: Header,
     file: File,
     device: Device,
     keep_blocks: bool,
@@ -242,8 +243,8 @@ pub struct GgufWeights {
 
 impl GgufWeights {
     /// `keep_blocks`: on a CUDA GPU, whether blocks our kernels read stay as they are.
-    pub fn new(content: Content, file: File, device: Device, keep_blocks: bool) -> Self {
-        Self { content, file, device, keep_blocks }
+    pub fn new(header: Header, file: File, device: Device, keep_blocks: bool) -> Self {
+        Self { header, file, device, keep_blocks }
     }
 
     /// Bytes the file's quantized matrices would take dequantized to bf16.
@@ -255,11 +256,16 @@ impl GgufWeights {
     }
 
     pub fn content(&self) -> &Content {
-        &self.content
+        &self.header.content
     }
 
     pub fn read(&mut self, name: &str) -> Result<QTensor> {
-        self.content.tensor(&mut self.file, name, &self.device)
+        self.header.tensor(&mut self.file, name, &self.device)
+    }
+
+    /// Tensor `name` read on the CPU.
+    fn read_cpu(&mut self, name: &str) -> Result<QTensor> {
+        self.header.tensor(&mut self.file, name, &Device::Cpu)
     }
 
     fn name(part: Part, bias: bool) -> String {
@@ -274,6 +280,7 @@ impl GgufWeights {
         let keeps = self.keep_blocks
             && self.device.is_cuda()
             && self
+                .header
                 .content
                 .tensor_infos
                 .get(&name)
@@ -281,7 +288,7 @@ impl GgufWeights {
         if !keeps {
             return Ok(None);
         }
-        let w = self.content.tensor(&mut self.file, &name, &Device::Cpu)?;
+        let w = self.read_cpu(&name)?;
         let b = if bias { Some(self.dense(part, true)?) } else { None };
         Linear::gpu_blocks(&w, b, &self.device).map(Some)
     }
@@ -289,7 +296,7 @@ impl GgufWeights {
 
 impl WeightSource for GgufWeights {
     fn has(&self, part: Part, bias: bool) -> bool {
-        self.content.tensor_infos.contains_key(&Self::name(part, bias))
+        self.header.content.tensor_infos.contains_key(&Self::name(part, bias))
     }
 
     fn dense(&mut self, part: Part, bias: bool) -> Result<Tensor> {
@@ -307,14 +314,14 @@ impl WeightSource for GgufWeights {
     }
 
     fn blocks(&mut self, part: Part) -> Result<QTensor> {
-        self.content.tensor(&mut self.file, &Self::name(part, false), &Device::Cpu)
+        self.read_cpu(&Self::name(part, false))
     }
 
     /// One tensor `[experts, out, in]` split into each expert's blocks; or, in older
     /// Mixtral-style files, one tensor per expert (`blk.N.ffn_gate.E.weight`).
     fn experts(&mut self, part: Part, count: usize) -> Result<Vec<QTensor>> {
         let name = Self::name(part, false);
-        if !self.content.tensor_infos.contains_key(&name) {
+        if !self.header.content.tensor_infos.contains_key(&name) {
             let (Part::ExpertGates(i) | Part::ExpertUps(i) | Part::ExpertDowns(i)) = part else {
                 candle_core::bail!("the file has no tensor {name}")
             };
@@ -324,15 +331,13 @@ impl WeightSource for GgufWeights {
                 _ => Part::Down(i),
             };
             let one = |e: usize| format!("{}.{e}.weight", single.gguf_name());
-            if !self.content.tensor_infos.contains_key(&one(0)) {
+            if !self.header.content.tensor_infos.contains_key(&one(0)) {
                 candle_core::bail!("the file has no tensor {name} (nor {})", one(0));
             }
-            return (0..count)
-                .map(|e| self.content.tensor(&mut self.file, &one(e), &Device::Cpu))
-                .collect();
+            return (0..count).map(|e| self.read_cpu(&one(e))).collect();
         }
         // Read on the CPU: experts run on the CPU (the GPU refuses these models at load).
-        let all = self.content.tensor(&mut self.file, &name, &Device::Cpu)?;
+        let all = self.read_cpu(&name)?;
         let dims = all.shape().dims().to_vec();
         let [n, out, k] = dims[..] else {
             candle_core::bail!("{name} has shape {dims:?}, expected [experts, out, in]")

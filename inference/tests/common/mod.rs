@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use candle_core::quantized::GgmlDType;
 use fleet_inference::text::fixture::{gguf_tokenizer_metadata, write_tokenizer_files};
 use fleet_inference::transformer::load::load_gguf;
 use fleet_inference::transformer::{Decoder, DecoderConfig, StepInput, fixture};
@@ -31,7 +30,7 @@ pub const MARGIN: f32 = 0.1;
 pub struct Case {
     pub name: &'static str,
     pub cfg: DecoderConfig,
-    pub dtype: GgmlDType,
+    pub dtype: fixture::Blocks,
     pub tolerance: f32,
 }
 
