@@ -1,7 +1,7 @@
 //! Tiny random-weight models of every family, written to disk as a Hugging Face folder and as
 //! GGUF files (any type candle quantizes, or IQ4_NL/IQ4_XS) holding the same weights, so
-//! tests and benchmarks run real model code without downloading anything; and [`noise`], the same pseudo-random test data
-//! on every run.
+//! tests and benchmarks run real model code without downloading anything; and [`noise`], the
+//! same pseudo-random test data on every run.
 
 use std::collections::HashMap;
 use std::path::Path;
