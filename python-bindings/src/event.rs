@@ -51,6 +51,9 @@ pub struct Event {
     pub prompt_tokens: u32,
     #[pyo3(get)]
     pub completion_tokens: u32,
+    /// Of `completion_tokens`, a thinking model's reasoning (its markers included).
+    #[pyo3(get)]
+    pub reasoning_tokens: u32,
     #[pyo3(get)]
     pub timestamp_us: u64,
     /// The file or data of an artifact event.
@@ -68,6 +71,10 @@ impl Event {
             "scheduled" => format!(", worker_id={:?}", self.worker_id),
             "failed" | "canceled" | "retrying" => format!(", error={:?}", self.error),
             "tool_call" => format!(", tool={:?}, text={:?}", self.tool, self.text),
+            "completed" if self.reasoning_tokens > 0 => format!(
+                ", completion_tokens={}, reasoning_tokens={}",
+                self.completion_tokens, self.reasoning_tokens
+            ),
             "completed" => format!(", completion_tokens={}", self.completion_tokens),
             _ => String::new(),
         };
@@ -104,6 +111,7 @@ impl From<&TaskEvent> for Event {
             rejected: false,
             prompt_tokens: 0,
             completion_tokens: 0,
+            reasoning_tokens: 0,
             timestamp_us: e.timestamp_us,
             artifact: None,
         };
@@ -138,6 +146,7 @@ impl From<&TaskEvent> for Event {
             EventKind::Completed { usage } => {
                 event.prompt_tokens = usage.prompt_tokens;
                 event.completion_tokens = usage.completion_tokens;
+                event.reasoning_tokens = usage.reasoning_tokens;
                 "completed"
             }
             EventKind::Failed { error, worker_id, kind } => {

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import subprocess
 from collections.abc import Iterator
 
 import pydantic
@@ -17,6 +18,19 @@ import agentfleet as af
 
 MINILM = "all-MiniLM-L6-v2"
 RANDOM = "random-weights.gguf"
+# A tiny Qwen3 planted to answer `<think>{REASONING}</think>{ANSWER}` by rote (no token twice).
+THINKER = "thinker"
+REASONING, ANSWER = "plan", "42"
+
+
+def thinking_model_writer() -> str:
+    """The Rust fixture that plants THINKER: an example of fleet-inference that `cargo test`
+    builds (scripts/test.sh runs it first)."""
+    target = os.environ.get("CARGO_TARGET_DIR") or str(pathlib.Path(__file__).resolve().parents[2] / "target")
+    writer = pathlib.Path(target) / "release" / "examples" / "write_thinking_model"
+    if not writer.is_file():
+        pytest.fail(f"{writer} is missing: `cargo test --release -p fleet-inference` builds it")
+    return str(writer)
 
 
 def minilm_dir() -> pathlib.Path:
@@ -38,6 +52,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     models = tmp_path_factory.mktemp("models")
     (models / MINILM).symlink_to(minilm_dir(), target_is_directory=True)
     assert af.write_random_weight_model(models / RANDOM) == models / RANDOM
+    subprocess.run([thinking_model_writer(), str(models / THINKER), REASONING, ANSWER], check=True)
     return models
 
 
@@ -162,6 +177,21 @@ def test_an_output_schema_shapes_every_answer_even_of_random_weights(fleet: af.F
     assert set(as_dict.map([f"switch {i}" for i in range(8)], progress=False)) <= {"on", "off"}
     # The same agent looked up by name parses with the schema it is given.
     assert fleet.agent("flag", output_schema=flags).submit("x").result(timeout=60) in {"on", "off"}
+
+
+def test_a_thinking_models_reasoning_streams_apart_and_is_counted(fleet: af.Fleet) -> None:
+    thinker = fleet.agent("thinker", model=THINKER, max_tokens=64)
+    events = list(thinker.stream("what is six times seven?"))
+    kinds = [e.kind for e in events]
+    assert kinds.index("reasoning_delta") < kinds.index("text_delta"), kinds
+    assert "".join(e.text for e in events if e.kind == "reasoning_delta") == REASONING
+    assert "".join(e.text for e in events if e.kind == "text_delta") == ANSWER
+    done = events[-1]
+    assert done.kind == "completed", done
+    # <think>, the reasoning's tokens and </think>; then "4", "2" and the end.
+    assert done.reasoning_tokens >= 3 and done.completion_tokens == done.reasoning_tokens + 3, done
+    # The answer alone comes back from a submitted task.
+    assert thinker.submit("and again?").result(timeout=60) == ANSWER
 
 
 def test_a_schema_given_with_a_task_applies_to_that_task_only(chatter: af.Agent) -> None:

@@ -96,6 +96,10 @@ class Event:
     @property
     def completion_tokens(self) -> int: ...
     @property
+    def reasoning_tokens(self) -> int:
+        """Of ``completion_tokens`` (on a completed event), a thinking model's reasoning,
+        its ``<think>`` markers included; 0 for other models."""
+    @property
     def timestamp_us(self) -> int: ...
     @property
     def artifact(self) -> Artifact | None:
