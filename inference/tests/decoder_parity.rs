@@ -171,7 +171,17 @@ fn every_family_matches_the_reference_logits() -> Result<()> {
 #[test]
 fn f32_gguf_equals_the_hugging_face_folder() -> Result<()> {
     for family in FAMILIES {
-        let cfg = fixture::tiny_config(family, family == Family::Qwen2);
+        let mut cfg = fixture::tiny_config(family, family == Family::Qwen2);
+        if family == Family::Qwen3 {
+            // YaRN, as config.json's rope_scaling and as GGUF's rope.scaling keys.
+            cfg.rope.scaling = RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_positions: 64,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attn_factor: 1.0,
+            };
+        }
         let (dir, weights) = write_hf(&format!("f32-{family:?}"), &cfg)?;
         let path = dir.join("model-f32.gguf");
         fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &[])?;
@@ -181,6 +191,7 @@ fn f32_gguf_equals_the_hugging_face_folder() -> Result<()> {
         expected_cfg.rope.interleaved = family == Family::Llama;
         expected_cfg.rms_norm_eps = f64::from(cfg.rms_norm_eps as f32);
         assert_eq!(from_gguf.config(), &expected_cfg, "{family:?}: metadata read back differently");
+        assert_eq!(from_hf.config().rope.scaling, cfg.rope.scaling, "{family:?}: rope_scaling");
         let mut a = from_hf.new_cache(16);
         let mut b = from_gguf.new_cache(16);
         let mut tokens = PROMPT.to_vec();

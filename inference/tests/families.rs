@@ -1,7 +1,7 @@
 //! The dense families that differ from Llama in details (Granite's multipliers, OLMo 2's
 //! post-norms and whole-row QK norm, OLMo 3's sliding window, SmolLM3's layers without
-//! rotation) against llama.cpp on the same random-weight GGUF files ([`common`] says how),
-//! and batched equal to alone.
+//! rotation), YaRN rotation and the IQ4 types, against llama.cpp on the same random-weight
+//! GGUF files ([`common`] says how), and batched equal to alone.
 
 mod common;
 
@@ -9,6 +9,7 @@ use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 use common::{Case, Result, Suite};
+use fleet_inference::transformer::config::{RopeConfig, RopeScaling};
 use fleet_inference::transformer::fixture::Blocks;
 use fleet_inference::transformer::gguf::Transcoded;
 use fleet_inference::transformer::load::load_gguf;
@@ -23,6 +24,18 @@ fn cases(vocab: usize) -> Vec<Case> {
     // OLMo 3: the first layer slides over 6 positions, the second is global.
     let olmo3 = fixture::with_window(olmo2.clone(), 6, 2);
     let smollm3 = sized(fixture::quantizable_config(Family::SmolLm3));
+    // YaRN as Qwen3's long-context files set it: pairs 10 to 23 of 32 on the ramp, cos and sin
+    // scaled by 1 + 0.1 ln 4.
+    let qwen3 = sized(fixture::quantizable_config(Family::Qwen3));
+    let yarn = RopeScaling::Yarn {
+        factor: 4.0,
+        original_max_positions: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attn_factor: 1.0,
+    };
+    let qwen3_yarn =
+        DecoderConfig { rope: RopeConfig { scaling: yarn, ..qwen3.rope.clone() }, ..qwen3 };
     let f32_ = |name, cfg| Case { name, cfg, dtype: GgmlDType::F32.into(), tolerance: 1e-4 };
     // Quantized files: 0.1, about a tenth of the logits' spread. Ours and llama.cpp's
     // integers are the same; the float sums are not always in the same order (llama.cpp's own
@@ -43,6 +56,8 @@ fn cases(vocab: usize) -> Vec<Case> {
         quantized("smollm3-iq4_nl", smollm3.clone(), Transcoded::Iq4Nl.into()),
         // BF16 matrices (the type of many unquantized uploads): llama.cpp's CPU rounds the
         // activations to bf16 too before its dot products; ours stay f32, hence 0.05.
+        f32_("qwen3-yarn-f32", qwen3_yarn.clone()),
+        quantized("qwen3-yarn-q8_0", qwen3_yarn, GgmlDType::Q8_0.into()),
         Case { name: "smollm3-bf16", cfg: smollm3, dtype: GgmlDType::BF16.into(), tolerance: 0.05 },
     ]
 }
@@ -79,16 +94,16 @@ fn refusal(
     Ok(loaded.err().ok_or_else(|| format!("the {name} file loaded"))?.to_string())
 }
 
-/// A rotation we do not compute (YaRN here) is refused at load by name, not ignored: ignored,
-/// every position would be rotated otherwise than the model was trained with.
+/// A rotation we do not compute (LongRoPE's type here) is refused at load by name, not
+/// ignored: ignored, every position would be rotated otherwise than the model was trained with.
 #[test]
 fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
-    let yarn = [
-        ("olmo2.rope.scaling.type".to_owned(), Value::String("yarn".into())),
+    let longrope = [
+        ("olmo2.rope.scaling.type".to_owned(), Value::String("longrope".into())),
         ("olmo2.rope.scaling.factor".to_owned(), Value::F32(8.0)),
     ];
-    let e = refusal("yarn", Family::Olmo2, &yarn, |_| Ok(()))?;
-    assert!(e.contains("\"yarn\"") && e.contains("not supported"), "{e}");
+    let e = refusal("longrope", Family::Olmo2, &longrope, |_| Ok(()))?;
+    assert!(e.contains("\"longrope\"") && e.contains("not supported"), "{e}");
     Ok(())
 }
 

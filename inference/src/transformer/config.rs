@@ -238,6 +238,16 @@ pub enum RopeScaling {
     Factors(Vec<f32>),
     /// Every frequency divided by one factor (positions stretched; Gemma 3's global layers).
     Linear(f64),
+    /// YaRN (Qwen2.5/Qwen3 long-context files, gpt-oss): low frequencies divided by `factor`,
+    /// high ones kept, a ramp between (set by `beta_fast` and `beta_slow` rotations over the
+    /// original context), and cos/sin scaled by `attn_factor` × (1 + 0.1 ln `factor`).
+    Yarn {
+        factor: f64,
+        original_max_positions: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attn_factor: f64,
+    },
 }
 
 /// The shapes and switches of one decoder model.
@@ -437,15 +447,15 @@ impl DecoderConfig {
                 Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
             }
         };
-        // Linear scaling stretches the global layers' positions (window layers' rotation was
-        // set apart above, unscaled); YaRN and LongRoPE are refused by name, not ignored.
+        // Linear and YaRN scaling stretch the global layers' positions (window layers'
+        // rotation was set apart above, unscaled); LongRoPE is refused by name, not ignored.
         if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
             return Err("LongRoPE scaling (rope_factors_long/short, e.g. Phi-3.5 and Phi-4-mini) \
                         is not supported yet"
                 .into());
         }
-        let rope = match linear_scaling(md, &arch)? {
-            Some(linear) => RopeConfig { scaling: linear, ..rope },
+        let rope = match rope_scaling(md, &arch)? {
+            Some(scaling) => RopeConfig { scaling, ..rope },
             None => rope,
         };
         let cfg = Self {
@@ -641,17 +651,30 @@ fn olmo2_recipe(
     })
 }
 
-/// `rope.scaling.type = linear` and its factor, as per-frequency divisors.
-fn linear_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<RopeScaling>, String> {
-    match md.get(&format!("{arch}.rope.scaling.type")) {
+/// `rope.scaling.type` linear or yarn, with llama.cpp's keys and defaults.
+fn rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<RopeScaling>, String> {
+    let key = |name: &str| format!("{arch}.rope.scaling.{name}");
+    match md.get(&key("type")) {
         Some(Value::String(kind)) if kind == "linear" => {
-            let factor = float(md, &format!("{arch}.rope.scaling.factor"))?;
-            Ok(Some(RopeScaling::Linear(factor)))
+            Ok(Some(RopeScaling::Linear(float(md, &key("factor"))?)))
+        }
+        Some(Value::String(kind)) if kind == "yarn" => {
+            let factor = float(md, &key("factor"))?;
+            if factor < 1.0 {
+                return Err(format!("{} is {factor}: YaRN stretches, by 1 or more", key("factor")));
+            }
+            Ok(Some(RopeScaling::Yarn {
+                factor,
+                original_max_positions: int(md, &key("original_context_length"))?,
+                beta_fast: optional_float(md, &key("yarn_beta_fast"))?.unwrap_or(32.0),
+                beta_slow: optional_float(md, &key("yarn_beta_slow"))?.unwrap_or(1.0),
+                attn_factor: optional_float(md, &key("attn_factor"))?.unwrap_or(1.0),
+            }))
         }
         Some(Value::String(kind)) if kind == "none" => Ok(None),
         Some(Value::String(kind)) => Err(format!(
-            "rope scaling {kind:?} ({arch}.rope.scaling.type) is not supported yet (supported: \
-             none, linear)"
+            "rope scaling {kind:?} ({}) is not supported yet (supported: none, linear, yarn)",
+            key("type")
         )),
         _ => Ok(None),
     }
@@ -730,8 +753,15 @@ fn hf_rope_scaling(value: Option<&serde_json::Value>) -> Result<RopeScaling, Str
             high_freq_factor: number("high_freq_factor")?,
             original_max_positions: number("original_max_position_embeddings")? as usize,
         }),
+        "yarn" => Ok(RopeScaling::Yarn {
+            factor: number("factor")?,
+            original_max_positions: number("original_max_position_embeddings")? as usize,
+            beta_fast: number("beta_fast").unwrap_or(32.0),
+            beta_slow: number("beta_slow").unwrap_or(1.0),
+            attn_factor: number("attention_factor").unwrap_or(1.0),
+        }),
         other => Err(format!(
-            "rope_scaling type {other:?} is not supported (supported: default, llama3)"
+            "rope_scaling type {other:?} is not supported (supported: default, llama3, yarn)"
         )),
     }
 }

@@ -324,6 +324,16 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
                 "original_max_position_embeddings": original_max_positions,
             })
         }
+        RopeScaling::Yarn { factor, original_max_positions, beta_fast, beta_slow, attn_factor } => {
+            serde_json::json!({
+                "rope_type": "yarn",
+                "factor": factor,
+                "original_max_position_embeddings": original_max_positions,
+                "beta_fast": beta_fast,
+                "beta_slow": beta_slow,
+                "attention_factor": attn_factor,
+            })
+        }
         _ => serde_json::Value::Null,
     };
     serde_json::json!({
@@ -498,6 +508,22 @@ fn write_gguf_tensors(
         if let Some(ff) = e.shared_ff {
             metadata.push((format!("{arch}.expert_shared_feed_forward_length"), u(ff)));
         }
+    }
+    let scaling = |key: &str| format!("{arch}.rope.scaling.{key}");
+    match &cfg.rope.scaling {
+        RopeScaling::Linear(factor) => {
+            metadata.push((scaling("type"), Value::String("linear".into())));
+            metadata.push((scaling("factor"), Value::F32(*factor as f32)));
+        }
+        RopeScaling::Yarn { factor, original_max_positions, beta_fast, beta_slow, attn_factor } => {
+            metadata.push((scaling("type"), Value::String("yarn".into())));
+            metadata.push((scaling("factor"), Value::F32(*factor as f32)));
+            metadata.push((scaling("original_context_length"), u(*original_max_positions)));
+            metadata.push((scaling("yarn_beta_fast"), Value::F32(*beta_fast as f32)));
+            metadata.push((scaling("yarn_beta_slow"), Value::F32(*beta_slow as f32)));
+            metadata.push((scaling("attn_factor"), Value::F32(*attn_factor as f32)));
+        }
+        _ => {}
     }
     metadata.extend(extra.iter().cloned());
     // (name, dims, GGML type id, blocks)

@@ -11,14 +11,34 @@ pub struct Rope {
     inv_freq: Tensor,
     dims: usize,
     interleaved: bool,
+    /// What cos and sin are multiplied by (YaRN's; 1 otherwise).
+    magnitude: f64,
 }
 
 impl Rope {
     pub fn new(cfg: &RopeConfig, device: &Device) -> Result<Self> {
         let inv_freq: Vec<f32> = frequencies(cfg)?.into_iter().map(|f| f as f32).collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, cfg.dims / 2), device)?;
-        Ok(Self { inv_freq, dims: cfg.dims, interleaved: cfg.interleaved })
+        let magnitude = magnitude(cfg);
+        Ok(Self { inv_freq, dims: cfg.dims, interleaved: cfg.interleaved, magnitude })
     }
+}
+
+/// What a scaling multiplies cos and sin by: YaRN's attention temperature, which scales every
+/// query-key product by its square.
+pub fn magnitude(cfg: &RopeConfig) -> f64 {
+    match cfg.scaling {
+        RopeScaling::Yarn { factor, attn_factor, .. } => attn_factor * (1.0 + 0.1 * factor.ln()),
+        _ => 1.0,
+    }
+}
+
+/// The pair index below which YaRN keeps a frequency (it turns more than `rotations` times
+/// over the original context) and above which it divides it: llama.cpp's and Hugging Face's
+/// correction dimension, before rounding.
+fn yarn_dim(dims: usize, original: usize, rotations: f64, theta: f64) -> f64 {
+    let d = dims as f64;
+    d * (original as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
 }
 
 /// The rotation frequency of each pair of dimensions, after any scaling.
@@ -52,6 +72,18 @@ pub fn frequencies(cfg: &RopeConfig) -> Result<Vec<f64>> {
                 *f /= factor;
             }
         }
+        RopeScaling::Yarn { factor, original_max_positions, beta_fast, beta_slow, .. } => {
+            let low = yarn_dim(d, *original_max_positions, *beta_fast, cfg.theta).floor().max(0.0);
+            let high = yarn_dim(d, *original_max_positions, *beta_slow, cfg.theta)
+                .ceil()
+                .min(d as f64 - 1.0);
+            for (pair, f) in inv_freq.iter_mut().enumerate() {
+                // 1 where the frequency is kept, 0 where divided, a ramp between.
+                let ramp = (pair as f64 - low) / (high - low).max(0.001);
+                let kept = 1.0 - ramp.clamp(0.0, 1.0);
+                *f = *f / factor * (1.0 - kept) + *f * kept;
+            }
+        }
         RopeScaling::Factors(factors) => {
             if factors.len() != inv_freq.len() {
                 candle_core::bail!(
@@ -78,6 +110,9 @@ impl Rope {
     pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = positions.to_dtype(DType::F32)?.unsqueeze(1)?;
         let freqs = t.matmul(&self.inv_freq)?;
+        if self.magnitude != 1.0 {
+            return Ok(((freqs.cos()? * self.magnitude)?, (freqs.sin()? * self.magnitude)?));
+        }
         Ok((freqs.cos()?, freqs.sin()?))
     }
 
