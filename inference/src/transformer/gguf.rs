@@ -187,7 +187,12 @@ impl<R: Read + Seek> Cursor<'_, R> {
         }
         let mut b = vec![0u8; len as usize];
         self.reader.read_exact(&mut b)?;
-        String::from_utf8(b).map_err(|e| Bad(format!("a string that is not UTF-8 ({e})")))
+        // As candle reads them: some writers end strings with NULs, and some files carry
+        // strings (tokens) that are not valid UTF-8.
+        while b.last() == Some(&0) {
+            b.pop();
+        }
+        Ok(String::from_utf8_lossy(&b).into_owned())
     }
 
     fn value(&mut self, kind: u32, depth: usize) -> Result<Value, Bad> {
@@ -281,9 +286,8 @@ fn read_header<R: Read + Seek>(reader: &mut R) -> Result<Header, Bad> {
         infos.push((name, dims, kind, offset));
     }
     let position = c.reader.stream_position()?;
-    let alignment = match metadata.get("general.alignment") {
-        Some(Value::U32(a)) if *a > 0 => u64::from(*a),
-        Some(Value::U64(a)) if *a > 0 => *a,
+    let alignment = match metadata.get("general.alignment").map(Value::to_u64) {
+        Some(Ok(a)) if a > 0 => a,
         _ => DEFAULT_ALIGNMENT,
     };
     let data = position.div_ceil(alignment) * alignment;
@@ -475,5 +479,55 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
         Value::U64(x) => out.extend(x.to_le_bytes()),
         Value::I64(x) => out.extend(x.to_le_bytes()),
         Value::F64(x) => out.extend(x.to_le_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `metadata` and one IQ4_NL tensor, written by [`write`].
+    fn file(metadata: &[(&str, &Value)]) -> Vec<u8> {
+        let values: Vec<f32> = (0..64).map(|i| i as f32 / 8.0 - 4.0).collect();
+        let blocks = iq4::quantize_nl(&values);
+        let tensor = RawTensor { name: "w", dims: vec![2, 32], type_id: 20, bytes: &blocks };
+        let mut out = Vec::new();
+        write(&mut out, metadata, &[tensor]).expect("written to memory");
+        out
+    }
+
+    #[test]
+    fn strings_read_as_candle_reads_them() {
+        // Trailing NULs dropped; bytes that are not UTF-8 as U+FFFD, not an error (files with
+        // such tokens exist).
+        let name = Value::String("tiny\0\0".into());
+        let token = Value::String("abX".into());
+        let mut bytes = file(&[("general.name", &name), ("token", &token)]);
+        let at = bytes.windows(3).position(|w| w == b"abX").expect("the token");
+        bytes[at + 2] = 0xFF;
+        let header = Header::read(&mut std::io::Cursor::new(bytes)).expect("a header");
+        let md = &header.content.metadata;
+        assert_eq!(
+            md.get("general.name").and_then(|v| v.to_string().ok()).map(String::as_str),
+            Some("tiny")
+        );
+        assert_eq!(
+            md.get("token").and_then(|v| v.to_string().ok()).map(String::as_str),
+            Some("ab\u{FFFD}")
+        );
+    }
+
+    #[test]
+    fn a_transcoded_tensor_reads_as_q8_0_and_a_cut_file_is_refused() {
+        let bytes = file(&[]);
+        let header = Header::read(&mut std::io::Cursor::new(bytes.clone())).expect("a header");
+        assert_eq!(header.transcoded_types(), [Transcoded::Iq4Nl]);
+        let w =
+            header.tensor(&mut std::io::Cursor::new(bytes.clone()), "w", &Device::Cpu).expect("w");
+        assert_eq!((w.dtype(), w.shape().dims()), (GgmlDType::Q8_0, &[2, 32][..]));
+        // 36 bytes of blocks and 28 of padding: cut into the blocks.
+        let cut = bytes[..bytes.len() - 40].to_vec();
+        let e = Header::read(&mut std::io::Cursor::new(cut)).expect_err("a cut file");
+        assert!(e.contains("past the file's end"), "{e}");
     }
 }
