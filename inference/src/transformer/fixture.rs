@@ -526,8 +526,7 @@ fn write_gguf_tensors(
         _ => {}
     }
     metadata.extend(extra.iter().cloned());
-    // (name, dims, GGML type id, blocks)
-    let mut tensors: Vec<(String, Vec<usize>, u32, Vec<u8>)> = Vec::with_capacity(weights.len());
+    let mut tensors: Vec<RawTensor> = Vec::with_capacity(weights.len());
     for (part, bias, t) in weights {
         let mut t = t.clone();
         if cfg.family.gguf_rotates_pairs() {
@@ -546,25 +545,17 @@ fn write_gguf_tensors(
                 Blocks::Ggml(GgmlDType::F32)
             };
         let (type_id, bytes) = blocks.encode(&t)?;
-        tensors.push((name(*part, *bias, true), t.dims().to_vec(), type_id, bytes));
+        let name = name(*part, *bias, true);
+        tensors.push(RawTensor { name, dims: t.dims().to_vec(), type_id, bytes });
     }
     if let RopeScaling::Llama3 { .. } = cfg.rope.scaling {
         let factors = llama3_factors(cfg)?;
-        let (type_id, bytes) = (0, factors.data()?.into_owned());
-        tensors.push(("rope_freqs.weight".into(), factors.shape().dims().to_vec(), type_id, bytes));
+        let (dims, bytes) = (factors.shape().dims().to_vec(), factors.data()?.into_owned());
+        tensors.push(RawTensor { name: "rope_freqs.weight".into(), dims, type_id: 0, bytes });
     }
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let raw: Vec<RawTensor> = tensors
-        .iter()
-        .map(|(name, dims, type_id, bytes)| RawTensor {
-            name,
-            dims: dims.clone(),
-            type_id: *type_id,
-            bytes,
-        })
-        .collect();
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    gguf::write(&mut file, &md, &raw)?;
+    gguf::write(&mut file, &md, &tensors)?;
     Ok(std::io::Write::flush(&mut file)?)
 }
 

@@ -377,24 +377,12 @@ fn unsupported_type(id: u32) -> String {
 }
 
 /// One tensor to [`write`]: its blocks as stored, of GGML type `type_id`.
-pub struct RawTensor<'a> {
-    pub name: &'a str,
+pub struct RawTensor {
+    pub name: String,
     /// Slowest dimension first, as candle's shapes.
     pub dims: Vec<usize>,
     pub type_id: u32,
-    pub bytes: &'a [u8],
-}
-
-impl<'a> RawTensor<'a> {
-    /// A candle tensor's blocks (held in `data`, which it borrows).
-    pub fn of(name: &'a str, t: &QTensor, data: &'a [u8]) -> Self {
-        Self {
-            name,
-            dims: t.shape().dims().to_vec(),
-            type_id: ggml_type_id(t.dtype()),
-            bytes: data,
-        }
-    }
+    pub bytes: Vec<u8>,
 }
 
 /// Writes a GGUF (version 3) file of `metadata` and `tensors`, each aligned to 32 bytes.
@@ -416,7 +404,7 @@ pub fn write<W: Write>(
     let pad = |n: usize| n.div_ceil(DEFAULT_ALIGNMENT as usize) * DEFAULT_ALIGNMENT as usize;
     let mut offset = 0usize;
     for t in tensors {
-        put_string(&mut header, t.name);
+        put_string(&mut header, &t.name);
         header.extend((t.dims.len() as u32).to_le_bytes());
         for d in t.dims.iter().rev() {
             header.extend((*d as u64).to_le_bytes());
@@ -428,7 +416,7 @@ pub fn write<W: Write>(
     header.resize(pad(header.len()), 0);
     w.write_all(&header)?;
     for t in tensors {
-        w.write_all(t.bytes)?;
+        w.write_all(&t.bytes)?;
         w.write_all(&vec![0u8; pad(t.bytes.len()) - t.bytes.len()])?;
     }
     Ok(())
@@ -490,7 +478,7 @@ mod tests {
     fn file(metadata: &[(&str, &Value)]) -> Vec<u8> {
         let values: Vec<f32> = (0..64).map(|i| i as f32 / 8.0 - 4.0).collect();
         let blocks = iq4::quantize_nl(&values);
-        let tensor = RawTensor { name: "w", dims: vec![2, 32], type_id: 20, bytes: &blocks };
+        let tensor = RawTensor { name: "w".into(), dims: vec![2, 32], type_id: 20, bytes: blocks };
         let mut out = Vec::new();
         write(&mut out, metadata, &[tensor]).expect("written to memory");
         out
