@@ -1,6 +1,6 @@
 //! The dense families that differ from Llama in details (Granite's multipliers, OLMo 2's
 //! post-norms and whole-row QK norm, OLMo 3's sliding window, SmolLM3's layers without
-//! rotation), YaRN rotation and the IQ4 types, against llama.cpp on the same random-weight
+//! rotation), YaRN and LongRoPE rotation and the IQ4 types, against llama.cpp on the same random-weight
 //! GGUF files ([`common`] says how), and batched equal to alone.
 
 mod common;
@@ -36,6 +36,14 @@ fn cases(vocab: usize) -> Vec<Case> {
     };
     let qwen3_yarn =
         DecoderConfig { rope: RopeConfig { scaling: yarn, ..qwen3.rope.clone() }, ..qwen3 };
+    // LongRoPE as Phi-3.5's files carry it: a long and a short set of divisors, the long one
+    // where the model serves more than its original context; cos and sin scaled.
+    let phi3 = sized(fixture::quantizable_config(Family::Phi3));
+    let longrope = |long| {
+        let factors = (0..phi3.rope.dims / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+        let scaling = RopeScaling::LongRope { long, factors, attn_factor: 1.19 };
+        DecoderConfig { rope: RopeConfig { scaling, ..phi3.rope.clone() }, ..phi3.clone() }
+    };
     let f32_ = |name, cfg| Case { name, cfg, dtype: GgmlDType::F32.into(), tolerance: 1e-4 };
     // Quantized files: 0.1, about a tenth of the logits' spread. Ours and llama.cpp's
     // integers are the same; the float sums are not always in the same order (llama.cpp's own
@@ -56,6 +64,8 @@ fn cases(vocab: usize) -> Vec<Case> {
         quantized("smollm3-iq4_nl", smollm3.clone(), Transcoded::Iq4Nl.into()),
         // BF16 matrices (the type of many unquantized uploads): llama.cpp's CPU rounds the
         // activations to bf16 too before its dot products; ours stay f32, hence 0.05.
+        f32_("phi3-longrope-long-f32", longrope(true)),
+        f32_("phi3-longrope-short-f32", longrope(false)),
         f32_("qwen3-yarn-f32", qwen3_yarn.clone()),
         quantized("qwen3-yarn-q8_0", qwen3_yarn, GgmlDType::Q8_0.into()),
         Case { name: "smollm3-bf16", cfg: smollm3, dtype: GgmlDType::BF16.into(), tolerance: 0.05 },

@@ -238,6 +238,14 @@ pub enum RopeScaling {
     Factors(Vec<f32>),
     /// Every frequency divided by one factor (positions stretched; Gemma 3's global layers).
     Linear(f64),
+    /// LongRoPE (Phi-3.5, Phi-4-mini): per-frequency divisors, the file's long set where the
+    /// model serves more positions than its original context (as llama.cpp picks by its
+    /// context size), else its short set; cos and sin scaled by `attn_factor`.
+    LongRope {
+        long: bool,
+        factors: Vec<f32>,
+        attn_factor: f64,
+    },
     /// YaRN (Qwen2.5/Qwen3 long-context files, gpt-oss): low frequencies divided by `factor`,
     /// high ones kept, a ramp between (set by `beta_fast` and `beta_slow` rotations over the
     /// original context), and cos/sin scaled by `attn_factor` × (1 + 0.1 ln `factor`).
@@ -447,14 +455,26 @@ impl DecoderConfig {
                 Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
             }
         };
-        // Linear and YaRN scaling stretch the global layers' positions (window layers'
-        // rotation was set apart above, unscaled); LongRoPE is refused by name, not ignored.
-        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
-            return Err("LongRoPE scaling (rope_factors_long/short, e.g. Phi-3.5 and Phi-4-mini) \
-                        is not supported yet"
-                .into());
-        }
-        let rope = match rope_scaling(md, &arch)? {
+        // Linear, YaRN and LongRoPE scaling stretch the global layers' positions (window
+        // layers' rotation was set apart above, unscaled).
+        let max_positions = get("context_length")?;
+        let longrope = has("rope_factors_long.weight") || has("rope_factors_short.weight");
+        let scaling = if longrope {
+            if !(has("rope_factors_long.weight") && has("rope_factors_short.weight")) {
+                return Err("LongRoPE needs both rope_factors_long and rope_factors_short".into());
+            }
+            let original = int(md, &format!("{arch}.rope.scaling.original_context_length"))?;
+            let attn = optional_float(md, &format!("{arch}.rope.scaling.attn_factor"))?;
+            // The factors are filled in by the loader, which reads the tensor.
+            Some(RopeScaling::LongRope {
+                long: max_positions > original,
+                factors: Vec::new(),
+                attn_factor: attn.unwrap_or(1.0),
+            })
+        } else {
+            rope_scaling(md, &arch)?
+        };
+        let rope = match scaling {
             Some(scaling) => RopeConfig { scaling, ..rope },
             None => rope,
         };
@@ -471,7 +491,7 @@ impl DecoderConfig {
             num_heads,
             num_kv_heads: get("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
-            max_positions: get("context_length")?,
+            max_positions,
             rms_norm_eps: float(md, &format!("{arch}.attention.layer_norm_rms_epsilon"))?,
             rope,
             tie_word_embeddings: !has("output.weight"),

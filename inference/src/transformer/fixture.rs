@@ -523,6 +523,13 @@ fn write_gguf_tensors(
             metadata.push((scaling("yarn_beta_slow"), Value::F32(*beta_slow as f32)));
             metadata.push((scaling("attn_factor"), Value::F32(*attn_factor as f32)));
         }
+        RopeScaling::LongRope { long, attn_factor, .. } => {
+            // The original context llama.cpp compares its context size with (make_reference.py
+            // runs 256 positions): below for a long file, the model's own for a short one.
+            let original = if *long { 128 } else { cfg.max_positions };
+            metadata.push((scaling("original_context_length"), u(original)));
+            metadata.push((scaling("attn_factor"), Value::F32(*attn_factor as f32)));
+        }
         _ => {}
     }
     metadata.extend(extra.iter().cloned());
@@ -547,6 +554,17 @@ fn write_gguf_tensors(
         let (type_id, bytes) = blocks.encode(&t)?;
         let name = name(*part, *bias, true);
         tensors.push(RawTensor { name, dims: t.dims().to_vec(), type_id, bytes });
+    }
+    if let RopeScaling::LongRope { long, factors, .. } = &cfg.rope.scaling {
+        // The set not chosen is all ones: reading it instead would rotate as plain RoPE.
+        let ones = vec![1f32; factors.len()];
+        let (long_set, short_set) = if *long { (factors, &ones) } else { (&ones, factors) };
+        for (name, set) in
+            [("rope_factors_long.weight", long_set), ("rope_factors_short.weight", short_set)]
+        {
+            let bytes: Vec<u8> = set.iter().flat_map(|f| f.to_le_bytes()).collect();
+            tensors.push((name.into(), vec![set.len()], 0, bytes));
+        }
     }
     if let RopeScaling::Llama3 { .. } = cfg.rope.scaling {
         let factors = llama3_factors(cfg)?;

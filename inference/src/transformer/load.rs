@@ -98,8 +98,18 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, HashMap<Strin
         mode.keeps_blocks(GgufWeights::bf16_bytes_of_blocks(&header.content), gpu_free(device))
     };
     let mut source = GgufWeights::new(header, file, device.clone(), keep_blocks);
-    if let RopeScaling::Factors(factors) = &mut cfg.rope.scaling {
-        let t = source.read("rope_freqs.weight").and_then(|q| q.dequantize(device));
+    let table = match &mut cfg.rope.scaling {
+        RopeScaling::Factors(factors) => Some(("rope_freqs.weight", factors)),
+        RopeScaling::LongRope { long: true, factors, .. } => {
+            Some(("rope_factors_long.weight", factors))
+        }
+        RopeScaling::LongRope { long: false, factors, .. } => {
+            Some(("rope_factors_short.weight", factors))
+        }
+        _ => None,
+    };
+    if let Some((name, factors)) = table {
+        let t = source.read(name).and_then(|q| q.dequantize(device));
         *factors = t
             .and_then(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
             .map_err(|e| Error::model(path, e))?;

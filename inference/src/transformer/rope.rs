@@ -24,11 +24,12 @@ impl Rope {
     }
 }
 
-/// What a scaling multiplies cos and sin by: YaRN's attention temperature, which scales every
-/// query-key product by its square.
+/// What a scaling multiplies cos and sin by: YaRN's and LongRoPE's attention temperature,
+/// which scales every query-key product by its square.
 pub fn magnitude(cfg: &RopeConfig) -> f64 {
     match cfg.scaling {
         RopeScaling::Yarn { factor, attn_factor, .. } => attn_factor * (1.0 + 0.1 * factor.ln()),
+        RopeScaling::LongRope { attn_factor, .. } => attn_factor,
         _ => 1.0,
     }
 }
@@ -84,7 +85,7 @@ pub fn frequencies(cfg: &RopeConfig) -> Result<Vec<f64>> {
                 *f = *f / factor * (1.0 - kept) + *f * kept;
             }
         }
-        RopeScaling::Factors(factors) => {
+        RopeScaling::Factors(factors) | RopeScaling::LongRope { factors, .. } => {
             if factors.len() != inv_freq.len() {
                 candle_core::bail!(
                     "rope_freqs has {} factors, expected {}",
