@@ -454,7 +454,9 @@ fn write_gguf_tensors(
     let u = |v: usize| Value::U32(v as u32);
     let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
-        ("general.name".into(), Value::String(format!("tiny random {arch}"))),
+        // Not the architecture's name: llama.cpp sets token attributes by model name (a "phi3"
+        // name makes it look up Phi-3's <s>, </s> and <unk>, which the fixture tokenizer lacks).
+        ("general.name".into(), Value::String("tiny random model".into())),
         (format!("{arch}.context_length"), u(cfg.max_positions)),
         (format!("{arch}.embedding_length"), u(cfg.hidden_size)),
         (format!("{arch}.block_count"), u(cfg.num_layers)),
