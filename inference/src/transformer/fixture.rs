@@ -565,7 +565,7 @@ fn write_gguf_tensors(
             [("rope_factors_long.weight", long_set), ("rope_factors_short.weight", short_set)]
         {
             let bytes: Vec<u8> = set.iter().flat_map(|f| f.to_le_bytes()).collect();
-            tensors.push((name.into(), vec![set.len()], 0, bytes));
+            tensors.push(RawTensor { name: name.into(), dims: vec![set.len()], type_id: 0, bytes });
         }
     }
     if let RopeScaling::Llama3 { .. } = cfg.rope.scaling {
