@@ -1,4 +1,5 @@
-//! Mixtures of experts (Qwen3-MoE, Qwen2-MoE with its shared expert, Mixtral-style Llama)
+//! Mixtures of experts (Qwen3-MoE, Qwen2-MoE with its shared expert, Mixtral-style Llama,
+//! gpt-oss with its sinks, biases, windows, YaRN and MXFP4 experts)
 //! against llama.cpp on the same random-weight GGUF files ([`common`] says how), and batched
 //! equal to alone.
 
@@ -6,6 +7,7 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use common::{Case, Result, Suite};
+use fleet_inference::transformer::gguf::Transcoded;
 use fleet_inference::transformer::{DecoderConfig, Family, fixture};
 
 const SUITE: Suite = Suite { name: "moe", cases };
@@ -15,6 +17,7 @@ fn cases(vocab: usize) -> Vec<Case> {
     let qwen3 = sized(fixture::quantizable_config(Family::Qwen3Moe));
     let qwen2 = sized(fixture::quantizable_config(Family::Qwen2Moe));
     let mixtral = sized(fixture::with_experts(fixture::quantizable_config(Family::Llama), 4, 2));
+    let gpt_oss = sized(fixture::quantizable_config(Family::GptOss));
     vec![
         Case {
             name: "qwen3moe-f32",
@@ -37,6 +40,19 @@ fn cases(vocab: usize) -> Vec<Case> {
             tolerance: 1e-4,
         },
         Case { name: "mixtral-q4_0", cfg: mixtral, dtype: GgmlDType::Q4_0.into(), tolerance: 0.05 },
+        Case {
+            name: "gpt-oss-f32",
+            cfg: gpt_oss.clone(),
+            dtype: GgmlDType::F32.into(),
+            tolerance: 1e-4,
+        },
+        // Every matrix in MXFP4 (gpt-oss's files hold their experts so), transcoded to Q8_0.
+        Case {
+            name: "gpt-oss-mxfp4",
+            cfg: gpt_oss,
+            dtype: Transcoded::Mxfp4.into(),
+            tolerance: 0.05,
+        },
     ]
 }
 

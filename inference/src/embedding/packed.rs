@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::bert::{Activation, Bert, Norm};
-use crate::transformer::attention::attend_one;
+use crate::transformer::attention::{Logits, attend_one};
 
 /// Rows per rayon task of the row-wise stages (LayerNorm, attention).
 const ROWS_PER_TASK: usize = 16;
@@ -146,8 +146,7 @@ impl Bert {
                         qh,
                         key,
                         value,
-                        scale,
-                        None,
+                        Logits { scale, softcap: None, sink: None },
                         &mut scores,
                         &mut out[head * hd..][..hd],
                     );

@@ -12,19 +12,22 @@ use rayon::prelude::*;
 
 /// How a layer turns `q·k` into the scores its softmax reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scores {
+pub struct Scores<'a> {
     /// `q·k` times this (1/√head_dim for most families).
     pub scale: f32,
     /// A sliding-window layer's window: a query sees this many positions, its own included.
     pub window: Option<usize>,
     /// Scores become `cap · tanh(score / cap)` (Gemma 2).
     pub softcap: Option<f32>,
+    /// Each query head's sink logit (gpt-oss): one more term of the softmax's sum, as a
+    /// position whose value is zero.
+    pub sinks: Option<&'a [f32]>,
 }
 
-impl Scores {
+impl Scores<'_> {
     /// Scaled by 1/√head_dim, over every earlier position, uncapped.
     pub fn plain(head_dim: usize) -> Self {
-        Self { scale: 1.0 / (head_dim as f32).sqrt(), window: None, softcap: None }
+        Self { scale: 1.0 / (head_dim as f32).sqrt(), window: None, softcap: None, sinks: None }
     }
 
     /// The first position a query at `pos` sees.
@@ -41,7 +44,7 @@ pub fn attention(
     keys: &Tensor,
     values: &Tensor,
     pos: usize,
-    how: Scores,
+    how: Scores<'_>,
 ) -> Result<Tensor> {
     let (nh, n, hd) = q.dims3()?;
     let (kvh, len, _) = keys.dims3()?;
@@ -68,7 +71,18 @@ pub fn attention(
         let mask = Tensor::from_vec(mask, (groups * n, len), q.device())?;
         scores = scores.broadcast_add(&mask)?;
     }
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    let weights = match how.sinks {
+        Some(sinks) => {
+            // Row (g, i) of KV head k is query head k · groups + g: its sink as one more
+            // column, dropped after the softmax.
+            let column: Vec<f32> = (0..kvh * groups * n).map(|r| sinks[r / n]).collect();
+            let column = Tensor::from_vec(column, (kvh, groups * n, 1), q.device())?
+                .to_dtype(scores.dtype())?;
+            let all = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&scores, &column], 2)?)?;
+            all.narrow(2, 0, len)?
+        }
+        None => candle_nn::ops::softmax_last_dim(&scores)?,
+    };
     weights.matmul(values)?.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 }
 
@@ -109,7 +123,7 @@ pub fn attend_cpu(
     q: &Tensor,
     jobs: &[AttendJob],
     kv_heads: usize,
-    how: Scores,
+    how: Scores<'_>,
 ) -> Result<Option<Vec<f32>>> {
     let (nh, t, hd) = q.dims3()?;
     let q = q.contiguous()?;
@@ -144,6 +158,11 @@ pub fn attend_cpu(
         candle_core::bail!("attention: jobs cover {} of the step's {t} tokens", rows.len());
     }
     let groups = nh / kv_heads;
+    if let Some(sinks) = how.sinks
+        && sinks.len() != nh
+    {
+        candle_core::bail!("attention: {} sinks for {nh} heads", sinks.len());
+    }
     let mut out = vec![0f32; t * nh * hd];
     // One item per (row, head): a decode step of one sequence still spreads over the cores.
     out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (item, out)| {
@@ -156,7 +175,15 @@ pub fn attend_cpu(
         let qh = &q_data[(h * t + row.token) * hd..][..hd];
         let key = |j: usize| &row.keys[at(j)..][..hd];
         let value = |j: usize| &row.values[at(j)..][..hd];
-        attend_one(qh, key, value, how.scale, how.softcap, scores, out);
+        let sink = how.sinks.map(|s| s[h]);
+        attend_one(
+            qh,
+            key,
+            value,
+            Logits { scale: how.scale, softcap: how.softcap, sink },
+            scores,
+            out,
+        );
     });
     Ok(Some(out))
 }
@@ -171,17 +198,25 @@ pub fn attend_cpu(
 /// context cost a third of a prompt chunk's time. The CPU does not change while a process
 /// runs, so every call takes the same path: every score and output is the same operations
 /// in the same order whatever else is computed beside it.
-/// Scores are `scale · q·k`, soft-capped where `softcap` is given (`cap · tanh(s / cap)`).
 pub(crate) fn attend_one<'a>(
     q: &[f32],
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
-    scale: f32,
-    softcap: Option<f32>,
+    logits: Logits,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    pulp::Arch::new().dispatch(AttendOne { q, key, value, scale, softcap, scores, out });
+    let Logits { scale, softcap, sink } = logits;
+    pulp::Arch::new().dispatch(AttendOne { q, key, value, scale, softcap, sink, scores, out });
+}
+
+/// How one head's scores are formed: `scale · q·k`, soft-capped where `softcap` is given
+/// (`cap · tanh(s / cap)`), and the head's sink logit where it has one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Logits {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    pub sink: Option<f32>,
 }
 
 /// [`attend_one`]'s arguments, run by `pulp` with the CPU's SIMD type.
@@ -191,6 +226,7 @@ struct AttendOne<'q, K, V> {
     value: V,
     scale: f32,
     softcap: Option<f32>,
+    sink: Option<f32>,
     scores: &'q mut [f32],
     out: &'q mut [f32],
 }
@@ -208,7 +244,7 @@ where
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let Self { q, key, value, scale, softcap, scores, out } = self;
+        let Self { q, key, value, scale, softcap, sink, scores, out } = self;
         let (qv, qt) = S::as_simd_f32s(q);
         // A score: one chain of multiply-adds over the head, its lanes summed, the tail added.
         let finish = |acc: S::f32s, k: &[f32]| {
@@ -249,14 +285,16 @@ where
                 *s = cap * (*s / cap).tanh();
             }
         }
-        // The largest score (a maximum does not depend on the order it is taken in).
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // The largest logit, the sink's included (a maximum does not depend on the order it
+        // is taken in).
+        let max = scores.iter().copied().fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
         for s in scores.iter_mut() {
             *s = exp(*s - max);
         }
         let (sv, st) = S::as_simd_f32s(scores);
         let sum = sv.iter().fold(simd.splat_f32s(0.0), |a, s| simd.add_f32s(a, *s));
         let sum = st.iter().fold(simd.reduce_sum_f32s(sum), |a, s| a + s);
+        let sum = sum + sink.map_or(0.0, |s| exp(s - max));
         // Σ e^s·v first, divided by Σ e^s once at the end; PIECE vectors of the output at a
         // time, so they stay in registers over all positions.
         let inv = simd.splat_f32s(1.0 / sum);
@@ -360,9 +398,19 @@ mod tests {
             let mut out = vec![0f32; hd];
             let key = |j: usize| &keys[j * hd..][..hd];
             let value = |j: usize| &values[j * hd..][..hd];
-            // Plain, and soft-capped as Gemma 2's are.
-            for cap in [None, Some(2.0f32)] {
-                attend_one(&q, key, value, scale, cap, &mut scores, &mut out);
+            // Plain, soft-capped as Gemma 2's are, and with a sink as gpt-oss's (one above
+            // every score, one among them).
+            for (cap, sink) in
+                [(None, None), (Some(2.0f32), None), (None, Some(9.0f32)), (None, Some(0.3))]
+            {
+                attend_one(
+                    &q,
+                    key,
+                    value,
+                    Logits { scale, softcap: cap, sink },
+                    &mut scores,
+                    &mut out,
+                );
                 let s: Vec<f64> = (0..len)
                     .map(|j| {
                         let s =
@@ -371,14 +419,15 @@ mod tests {
                         cap.map_or(s, |c| c as f64 * (s / c as f64).tanh())
                     })
                     .collect();
-                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sink = sink.map(f64::from);
+                let max = s.iter().copied().fold(sink.unwrap_or(f64::NEG_INFINITY), f64::max);
                 let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
+                let sum: f64 = e.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
                 for (d, o) in out.iter().enumerate() {
                     let want: f64 = (0..len).map(|j| e[j] / sum * value(j)[d] as f64).sum();
                     assert!(
                         (*o as f64 - want).abs() < 5e-7,
-                        "hd {hd} len {len} cap {cap:?} [{d}]: {o} vs {want}"
+                        "hd {hd} len {len} cap {cap:?} sink {sink:?} [{d}]: {o} vs {want}"
                     );
                 }
                 out.fill(0.0);
@@ -418,13 +467,22 @@ mod tests {
             Scores::plain(hd),
         )?;
         assert_eq!(windowed, alone);
-        // The matmul form, every row of the chunk, against the loop.
-        let matmul = attention(&q, &keys, &values, pos, how)?.flatten_all()?.to_vec1::<f32>()?;
-        let jobs = [AttendJob { token: 0, n, pos, keys, values }];
-        let rows = attend_cpu(&q, &jobs, kvh, how)?
-            .ok_or_else(|| candle_core::Error::Msg("not f32".into()))?;
-        let worst = matmul.iter().zip(&rows).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "matmul and loop differ by {worst}");
+        // The matmul form, every row of the chunk, against the loop; and both with sinks
+        // (each head its own), which must change the rows.
+        let sinks = [0.5f32, -1.0, 3.0, 0.0];
+        let sunk = Scores { sinks: Some(&sinks), ..how };
+        let jobs = [AttendJob { token: 0, n, pos, keys: keys.clone(), values: values.clone() }];
+        let mut outputs = Vec::new();
+        for how in [how, sunk] {
+            let matmul =
+                attention(&q, &keys, &values, pos, how)?.flatten_all()?.to_vec1::<f32>()?;
+            let rows = attend_cpu(&q, &jobs, kvh, how)?
+                .ok_or_else(|| candle_core::Error::Msg("not f32".into()))?;
+            let worst = matmul.iter().zip(&rows).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "matmul and loop differ by {worst} (sinks {:?})", how.sinks);
+            outputs.push(rows);
+        }
+        assert_ne!(outputs[0], outputs[1], "the sinks changed nothing");
         Ok(())
     }
 }

@@ -37,6 +37,10 @@ pub enum Family {
     Olmo2,
     /// SmolLM3: Llama's layers, every fourth without rotary embeddings.
     SmolLm3,
+    /// OpenAI's gpt-oss: biased attention with a learned sink logit per head, every other
+    /// layer a sliding window, YaRN, and a mixture of biased experts with a clamped SwiGLU
+    /// (their top-k logits softmaxed).
+    GptOss,
 }
 
 impl Family {
@@ -54,12 +58,13 @@ impl Family {
             "granite" => Some(Self::Granite),
             "olmo2" => Some(Self::Olmo2),
             "smollm3" => Some(Self::SmolLm3),
+            "gpt-oss" => Some(Self::GptOss),
             _ => None,
         }
     }
 
     pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3, qwen3moe, \
-                                     qwen2moe, granite, olmo2, smollm3";
+                                     qwen2moe, granite, olmo2, smollm3, gpt-oss";
 
     /// llama.cpp's `general.architecture` for the family.
     pub fn gguf_name(self) -> &'static str {
@@ -75,6 +80,7 @@ impl Family {
             Self::Granite => "granite",
             Self::Olmo2 => "olmo2",
             Self::SmolLm3 => "smollm3",
+            Self::GptOss => "gpt-oss",
         }
     }
 
@@ -106,6 +112,9 @@ pub enum Activation {
     Silu,
     /// GELU's tanh approximation (Gemma's GeGLU).
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: `g · σ(1.702 g) · (u + 1)` with the gate `g` clamped
+    /// above at 7 and the up projection `u` to ±7 (llama.cpp's `swiglu_oai`).
+    SwiGluOai,
 }
 
 /// Layers that attend only to the latest positions: which ones, how many positions, and the
@@ -136,6 +145,8 @@ pub struct Experts {
     /// A shared expert every token runs, scaled by `σ(w · x)` (Qwen2-MoE): its
     /// intermediate size.
     pub shared_ff: Option<usize>,
+    /// The router and every expert's projections have biases (gpt-oss).
+    pub biases: bool,
 }
 
 impl SlidingWindow {
@@ -183,6 +194,11 @@ pub struct Recipe {
     pub sliding_window: Option<SlidingWindow>,
     /// A mixture of experts in every layer instead of one MLP.
     pub experts: Option<Experts>,
+    /// The attention's output projection has a bias (gpt-oss).
+    pub out_bias: bool,
+    /// Each head's softmax has one more logit, learned, that takes weight but adds no value
+    /// (gpt-oss's attention sinks): a head may attend to nothing.
+    pub attn_sinks: bool,
 }
 
 impl Recipe {
@@ -202,6 +218,8 @@ impl Recipe {
             final_softcap: None,
             sliding_window: None,
             experts: None,
+            out_bias: false,
+            attn_sinks: false,
         }
     }
 
@@ -356,7 +374,12 @@ impl DecoderConfig {
         })?;
         let gguf_only = matches!(
             family,
-            Family::Qwen3Moe | Family::Qwen2Moe | Family::Granite | Family::Olmo2 | Family::SmolLm3
+            Family::Qwen3Moe
+                | Family::Qwen2Moe
+                | Family::Granite
+                | Family::Olmo2
+                | Family::SmolLm3
+                | Family::GptOss
         );
         if family.is_gemma() || gguf_only {
             return Err(format!(
@@ -435,7 +458,7 @@ impl DecoderConfig {
             scaling,
         };
         let num_layers = get("block_count")?;
-        let recipe = match family {
+        let mut recipe = match family {
             Family::Gemma2 | Family::Gemma3 => gemma_recipe(
                 family,
                 md,
@@ -450,6 +473,20 @@ impl DecoderConfig {
             Family::Olmo2 => olmo2_recipe(md, &arch, &rope, head_dim)?,
             // llama.cpp fixes the step at 4; no file says it.
             Family::SmolLm3 => Recipe { unrotated_every: Some(4), ..Recipe::plain(head_dim) },
+            Family::GptOss => Recipe {
+                activation: Activation::SwiGluOai,
+                // llama.cpp fixes the pattern (even layers slide); the rotation is set below,
+                // once its scaling is read: gpt-oss's window layers are rotated alike.
+                sliding_window: Some(SlidingWindow {
+                    size: get("attention.sliding_window")?,
+                    pattern: 2,
+                    rope: rope.clone(),
+                }),
+                experts: experts(family, md, &arch)?,
+                out_bias: true,
+                attn_sinks: true,
+                ..Recipe::plain(head_dim)
+            },
             _ => {
                 let experts = experts(family, md, &arch)?;
                 Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
@@ -478,6 +515,11 @@ impl DecoderConfig {
             Some(scaling) => RopeConfig { scaling, ..rope },
             None => rope,
         };
+        if family == Family::GptOss
+            && let Some(w) = &mut recipe.sliding_window
+        {
+            w.rope = rope.clone();
+        }
         let cfg = Self {
             family,
             vocab_size,
@@ -516,7 +558,7 @@ fn experts(
         None => 0,
         Some(_) => int(md, &key("expert_count"))?,
     };
-    let moe = matches!(family, Family::Qwen3Moe | Family::Qwen2Moe);
+    let moe = matches!(family, Family::Qwen3Moe | Family::Qwen2Moe | Family::GptOss);
     if count == 0 {
         if moe {
             return Err(format!("a {arch} file needs {} above 0", key("expert_count")));
@@ -538,8 +580,10 @@ fn experts(
         Family::Qwen2Moe => Some(int(md, &key("expert_shared_feed_forward_length"))?),
         _ => None,
     };
+    // gpt-oss softmaxes its top-k logits: the same as renormalizing the full softmax's.
     let renormalize = family != Family::Qwen2Moe;
-    Ok(Some(Experts { count, used, ff, renormalize, shared_ff }))
+    let biases = family == Family::GptOss;
+    Ok(Some(Experts { count, used, ff, renormalize, shared_ff, biases }))
 }
 
 /// Gemma's recipe from llama.cpp's keys and its defaults for what the files leave out (the

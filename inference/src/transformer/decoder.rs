@@ -56,6 +56,8 @@ struct Layer {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     o: Linear,
+    /// Each head's sink logit (gpt-oss).
+    sinks: Option<Vec<f32>>,
     post_attn_norm: Option<Tensor>,
     mlp_norm: Option<Tensor>,
     ffn: Ffn,
@@ -440,12 +442,13 @@ impl Decoder {
     }
 
     /// How layer `index` forms its attention scores.
-    fn scores(&self, index: usize) -> Scores {
+    fn scores(&self, index: usize) -> Scores<'_> {
         let recipe = &self.cfg.recipe;
         Scores {
             scale: recipe.query_scale,
             window: self.cfg.window_of(index).map(|w| w.size),
             softcap: recipe.attn_softcap,
+            sinks: self.layers.get(index).and_then(|l| l.sinks.as_deref()),
         }
     }
 
@@ -491,20 +494,17 @@ impl Decoder {
             let attn = attend(&q, &k, &v, inputs, index, kvh, self.scores(index))?;
             x = (x + branch(layer.o.forward(&attn)?, &layer.post_attn_norm)?)?;
             let h = norm(&x, &layer.mlp_norm)?;
-            let act = |g: &Tensor| match self.cfg.recipe.activation {
-                Activation::Silu => candle_nn::ops::silu(g),
-                Activation::GeluTanh => fused::gelu_tensor(g),
-            };
+            let act = self.cfg.recipe.activation;
             let out = match &layer.ffn {
                 Ffn::Dense { mlp, down } => {
                     let hidden = match mlp {
                         Mlp::Separate { gate, up } => {
-                            (act(&gate.forward(&h)?)? * up.forward(&h)?)?
+                            glu_tensor(act, &gate.forward(&h)?, &up.forward(&h)?)?
                         }
                         Mlp::Fused(gate_up) => {
                             let gu = gate_up.forward(&h)?;
                             let inter = self.cfg.intermediate_size;
-                            (act(&gu.narrow(1, 0, inter)?)? * gu.narrow(1, inter, inter)?)?
+                            glu_tensor(act, &gu.narrow(1, 0, inter)?, &gu.narrow(1, inter, inter)?)?
                         }
                     };
                     down.forward(&hidden)?
@@ -633,10 +633,7 @@ impl Decoder {
                             (fused::Part::whole(gs, inter), fused::Part::whole(us, inter))
                         }
                     };
-                    match c.recipe.activation {
-                        Activation::Silu => fused::silu_mul(gate, up, &mut hidden),
-                        Activation::GeluTanh => fused::gelu_mul(gate, up, &mut hidden),
-                    }
+                    fused::glu(c.recipe.activation, gate, up, &mut hidden);
                     down.forward_into(&hidden, &mut out)?;
                 }
             }
@@ -809,7 +806,7 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         }
     };
     let ffn = if let Some(spec) = &cfg.recipe.experts {
-        Ffn::Experts(Box::new(MixtureOfExperts::load(spec, h, src, i)?))
+        Ffn::Experts(Box::new(MixtureOfExperts::load(spec, h, cfg.recipe.activation, src, i)?))
     } else if cfg.family == Family::Phi3 {
         let gate_up = src.linear(Part::GateUp(i), false)?;
         expect_out(&gate_up, 2 * cfg.intermediate_size, "the fused gate/up projection")?;
@@ -839,6 +836,16 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         expect_dims(&norm, &[h], "a norm")?;
         Ok(Some(norm))
     };
+    let sinks = if cfg.recipe.attn_sinks {
+        let sinks = src.dense(Part::Sinks(i), false)?;
+        expect_dims(&sinks, &[cfg.num_heads], "the attention sinks")?;
+        Some(sinks.to_dtype(DType::F32)?.to_vec1()?)
+    } else {
+        None
+    };
+    // gpt-oss's files name the norm before its MLP as Gemma's after attention.
+    let mlp_norm_part =
+        if cfg.family == Family::GptOss { Part::PostAttnNorm(i) } else { Part::MlpNorm(i) };
     let attn_norm = pre_norm(src, Part::AttnNorm(i))?;
     let (post_attn_norm, post_mlp_norm) = if cfg.recipe.post_norms {
         let (attn, mlp) =
@@ -854,9 +861,10 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         attention,
         q_norm,
         k_norm,
-        o: src.linear(Part::O(i), false)?,
+        o: src.linear(Part::O(i), cfg.recipe.out_bias)?,
+        sinks,
         post_attn_norm,
-        mlp_norm: pre_norm(src, Part::MlpNorm(i))?,
+        mlp_norm: pre_norm(src, mlp_norm_part)?,
         ffn,
         post_mlp_norm,
     })
@@ -892,7 +900,7 @@ fn attend(
     inputs: &mut [StepInput<'_>],
     layer: usize,
     kv_heads: usize,
-    how: Scores,
+    how: Scores<'_>,
 ) -> Result<Tensor> {
     let views = append_kv(k, v, inputs, layer)?;
     if let Some(rows) = attend_cached(q, inputs, layer, kv_heads, how)? {
@@ -942,7 +950,7 @@ fn attend_cached(
     inputs: &[StepInput<'_>],
     layer: usize,
     kv_heads: usize,
-    how: Scores,
+    how: Scores<'_>,
 ) -> Result<Option<Vec<f32>>> {
     let mut jobs = Vec::with_capacity(inputs.len());
     let mut offset = 0;
@@ -984,6 +992,24 @@ impl Tables {
         match (&self.window, cfg.window_of(index)) {
             (Some((cos, sin)), Some(_)) => (cos, sin),
             _ => (&self.global.0, &self.global.1),
+        }
+    }
+}
+
+/// The gated activation `act` of `gate` and `up` `[T, ff]`: the values [`fused::glu`] gives.
+fn glu_tensor(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    match act {
+        Activation::Silu => candle_nn::ops::silu(gate)? * up,
+        Activation::GeluTanh => fused::gelu_tensor(gate)? * up,
+        Activation::SwiGluOai => {
+            let (rows, ff) = gate.dims2()?;
+            let values = |t: &Tensor| -> Result<Vec<f32>> {
+                t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+            };
+            let (g, u) = (values(gate)?, values(up)?);
+            let mut out = vec![0f32; rows * ff];
+            fused::swiglu_oai_mul(fused::Part::whole(&g, ff), fused::Part::whole(&u, ff), &mut out);
+            Tensor::from_vec(out, (rows, ff), gate.device())?.to_dtype(gate.dtype())
         }
     }
 }

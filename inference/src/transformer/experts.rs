@@ -1,6 +1,6 @@
 //! A mixture of experts in place of a layer's MLP (Qwen3-MoE, Qwen2-MoE, Mixtral-style
-//! Llama): a router scores every expert per token, the top `used` run, and their outputs are
-//! summed with the router's weights.
+//! Llama, gpt-oss): a router scores every expert per token, the top `used` run, and their
+//! outputs are summed with the router's weights.
 //!
 //! Experts run grouped: the step's tokens are sorted by the experts that chose them and
 //! each expert multiplies its tokens' rows in one matmul, so its weights are read once per
@@ -13,20 +13,24 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::config::Experts;
+use super::config::{Activation, Experts};
 use super::fused;
 use super::linear::Linear;
 use super::weights::{Part, WeightSource};
 use crate::kernels::repack;
 
-/// A SwiGLU MLP: `down(silu(gate · x) * (up · x))`, gate and up as one matmul where their
-/// blocks stack.
+/// A gated MLP: `down(act(gate · x, up · x))` (SwiGLU, or gpt-oss's clamped one), gate and
+/// up as one matmul where their blocks stack.
 #[derive(Debug)]
 struct SwiGlu {
     gate_up: GateUp,
     down: Linear,
     ff: usize,
+    act: Activation,
 }
+
+/// An expert's biases of its gate, up and down projections (gpt-oss).
+type Biases = [Tensor; 3];
 
 #[derive(Debug)]
 enum GateUp {
@@ -35,20 +39,36 @@ enum GateUp {
 }
 
 impl SwiGlu {
-    /// From the gate, up and down matrices in their file's blocks.
-    fn new(gate: QTensor, up: QTensor, down: QTensor, ff: usize, hidden: usize) -> Result<Self> {
+    /// From the gate, up and down matrices in their file's blocks (and their biases).
+    fn new(
+        [gate, up, down]: [QTensor; 3],
+        biases: Option<Biases>,
+        ff: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<Self> {
+        let [gate_b, up_b, down_b] = match biases {
+            Some([g, u, d]) => [Some(g), Some(u), Some(d)],
+            None => [None, None, None],
+        };
         let pair = [gate, up];
         let gate_up = match repack::stack(&pair).ok().flatten() {
-            Some(stacked) => GateUp::Fused(Linear::quantized(stacked, None)?),
+            Some(stacked) => {
+                let bias = match (&gate_b, &up_b) {
+                    (Some(g), Some(u)) => Some(Tensor::cat(&[g, u], 0)?),
+                    _ => None,
+                };
+                GateUp::Fused(Linear::quantized(stacked, bias)?)
+            }
             None => {
                 let [gate, up] = pair;
                 GateUp::Separate {
-                    gate: Linear::quantized(gate, None)?,
-                    up: Linear::quantized(up, None)?,
+                    gate: Linear::quantized(gate, gate_b)?,
+                    up: Linear::quantized(up, up_b)?,
                 }
             }
         };
-        let down = Linear::quantized(down, None)?;
+        let down = Linear::quantized(down, down_b)?;
         let (gate_up_out, gate_up_in) = match &gate_up {
             GateUp::Fused(m) => (m.out_features(), m.in_features()),
             GateUp::Separate { gate, up } => (gate.out_features() + up.out_features(), {
@@ -69,7 +89,7 @@ impl SwiGlu {
                 2 * ff
             );
         }
-        Ok(Self { gate_up, down, ff })
+        Ok(Self { gate_up, down, ff, act })
     }
 
     /// `rows` rows of `x` through the MLP into `out` (`rows × hidden`).
@@ -90,7 +110,7 @@ impl SwiGlu {
                 (fused::Part::whole(gs, ff), fused::Part::whole(us, ff))
             }
         };
-        fused::silu_mul(gate, up, &mut hidden);
+        fused::glu(self.act, gate, up, &mut hidden);
         project(&self.down, &hidden, rows, out)
     }
 
@@ -126,14 +146,16 @@ pub struct MixtureOfExperts {
 type Choice = Vec<(usize, f32)>;
 
 impl MixtureOfExperts {
-    /// Layer `layer`'s router and experts (and shared expert) from `src`.
+    /// Layer `layer`'s router and experts (and shared expert) from `src`, the experts'
+    /// activation `act`.
     pub fn load(
         spec: &Experts,
         hidden: usize,
+        act: Activation,
         src: &mut impl WeightSource,
         layer: usize,
     ) -> Result<Self> {
-        let router = src.linear(Part::Router(layer), false)?;
+        let router = src.linear(Part::Router(layer), spec.biases)?;
         if (router.out_features(), router.in_features()) != (spec.count, hidden) {
             candle_core::bail!(
                 "the router has shape [{}, {}], expected [{}, {hidden}]",
@@ -142,24 +164,56 @@ impl MixtureOfExperts {
                 spec.count
             );
         }
-        let gates = src.experts(Part::ExpertGates(layer), spec.count)?;
-        let ups = src.experts(Part::ExpertUps(layer), spec.count)?;
-        let downs = src.experts(Part::ExpertDowns(layer), spec.count)?;
-        let experts = gates
+        let parts = [Part::ExpertGates(layer), Part::ExpertUps(layer), Part::ExpertDowns(layer)];
+        let [gates, ups, downs] = parts.map(|p| src.experts(p, spec.count));
+        // Biases `[experts, out]`, a row each.
+        let biases = if spec.biases {
+            let mut rows = Vec::with_capacity(3);
+            for (part, out) in parts.into_iter().zip([spec.ff, spec.ff, hidden]) {
+                let all = src.dense(part, true)?.to_dtype(DType::F32)?;
+                if all.dims() != [spec.count, out] {
+                    candle_core::bail!(
+                        "{} has shape {:?}, expected [{}, {out}]",
+                        part.gguf_name(),
+                        all.dims(),
+                        spec.count
+                    );
+                }
+                rows.push(all);
+            }
+            Some(rows)
+        } else {
+            None
+        };
+        let experts = gates?
             .into_iter()
-            .zip(ups)
-            .zip(downs)
-            .map(|((g, u), d)| SwiGlu::new(g, u, d, spec.ff, hidden))
+            .zip(ups?)
+            .zip(downs?)
+            .enumerate()
+            .map(|(e, ((g, u), d))| {
+                let biases = match &biases {
+                    Some(rows) => {
+                        let row = |i: usize| rows[i].get(e);
+                        Some([row(0)?, row(1)?, row(2)?])
+                    }
+                    None => None,
+                };
+                SwiGlu::new([g, u, d], biases, spec.ff, hidden, act)
+            })
             .collect::<Result<Vec<_>>>()?;
         let shared = match spec.shared_ff {
             None => None,
             Some(ff) => {
                 let mlp = SwiGlu::new(
-                    src.blocks(Part::SharedGate(layer))?,
-                    src.blocks(Part::SharedUp(layer))?,
-                    src.blocks(Part::SharedDown(layer))?,
+                    [
+                        src.blocks(Part::SharedGate(layer))?,
+                        src.blocks(Part::SharedUp(layer))?,
+                        src.blocks(Part::SharedDown(layer))?,
+                    ],
+                    None,
                     ff,
                     hidden,
+                    act,
                 )?;
                 let w = src.dense(Part::SharedRouter(layer), false)?;
                 if w.elem_count() != hidden {

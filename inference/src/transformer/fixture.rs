@@ -1,5 +1,5 @@
 //! Tiny random-weight models of every family, written to disk as a Hugging Face folder and as
-//! GGUF files (any type candle quantizes, or IQ4_NL/IQ4_XS) holding the same weights, so
+//! GGUF files (any type candle quantizes, or IQ4_NL/IQ4_XS/MXFP4) holding the same weights, so
 //! tests and benchmarks run real model code without downloading anything; and [`noise`], the
 //! same pseudo-random test data on every run.
 
@@ -36,7 +36,8 @@ pub fn noise(len: usize, seed: u64, scale: f32) -> Vec<f32> {
 /// first layer slides over a window of 6 positions, its second is global. The mixtures of
 /// experts have 8 experts 48 wide, 2 per token (Qwen2-MoE: and a shared one 96 wide).
 /// Granite's four multipliers are set off 1; SmolLM3 has 4 layers, so that its last one is
-/// not rotated.
+/// not rotated. gpt-oss has its biases, sinks, window (6 positions, first layer) and YaRN
+/// (gpt-oss's own: 32 over 4,096 positions) on every layer, and experts as Qwen3-MoE's.
 pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
     let head_dim = match family {
         Family::Qwen3 | Family::Qwen3Moe | Family::Gemma2 | Family::Gemma3 => 32,
@@ -47,6 +48,18 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         dims: head_dim,
         interleaved: false,
         scaling: RopeScaling::None,
+    };
+    let rope = if family == Family::GptOss {
+        let scaling = RopeScaling::Yarn {
+            factor: 32.0,
+            original_max_positions: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attn_factor: 1.0,
+        };
+        RopeConfig { scaling, ..rope }
+    } else {
+        rope
     };
     let recipe = match family {
         Family::Gemma2 | Family::Gemma3 => {
@@ -70,6 +83,7 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
                 ff: 48,
                 renormalize: qwen3,
                 shared_ff: (!qwen3).then_some(96),
+                biases: false,
             };
             let qk_norm = if qwen3 { QkNorm::PerHead } else { QkNorm::Off };
             Recipe { qk_norm, experts: Some(experts), ..Recipe::plain(head_dim) }
@@ -88,6 +102,21 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
             ..Recipe::plain(head_dim)
         },
         Family::SmolLm3 => Recipe { unrotated_every: Some(4), ..Recipe::plain(head_dim) },
+        Family::GptOss => Recipe {
+            activation: Activation::SwiGluOai,
+            sliding_window: Some(SlidingWindow { size: 6, pattern: 2, rope: rope.clone() }),
+            experts: Some(Experts {
+                count: 8,
+                used: 2,
+                ff: 48,
+                renormalize: true,
+                shared_ff: None,
+                biases: true,
+            }),
+            out_bias: true,
+            attn_sinks: true,
+            ..Recipe::plain(head_dim)
+        },
         Family::Qwen3 => Recipe { qk_norm: QkNorm::PerHead, ..Recipe::plain(head_dim) },
         _ => Recipe::plain(head_dim),
     };
@@ -107,7 +136,7 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         rms_norm_eps: 1e-6,
         rope,
         tie_word_embeddings,
-        qkv_bias: matches!(family, Family::Qwen2 | Family::Qwen2Moe),
+        qkv_bias: matches!(family, Family::Qwen2 | Family::Qwen2Moe | Family::GptOss),
         recipe,
     }
 }
@@ -115,8 +144,14 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
 /// Mixtral's shape of a Llama model: `cfg`'s MLP becomes `count` experts as wide, `used` per
 /// token, their weights renormalized.
 pub fn with_experts(cfg: DecoderConfig, count: usize, used: usize) -> DecoderConfig {
-    let experts =
-        Experts { count, used, ff: cfg.intermediate_size, renormalize: true, shared_ff: None };
+    let experts = Experts {
+        count,
+        used,
+        ff: cfg.intermediate_size,
+        renormalize: true,
+        shared_ff: None,
+        biases: false,
+    };
     DecoderConfig { recipe: Recipe { experts: Some(experts), ..cfg.recipe.clone() }, ..cfg }
 }
 
@@ -181,18 +216,33 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
             }
         }
         s.push((Part::O(i), false, vec![h, q]));
+        if cfg.recipe.out_bias {
+            s.push((Part::O(i), true, vec![h]));
+        }
+        if cfg.recipe.attn_sinks {
+            s.push((Part::Sinks(i), false, vec![cfg.num_heads]));
+        }
         if cfg.recipe.post_norms {
             s.push((Part::PostAttnNorm(i), false, vec![h]));
             s.push((Part::PostMlpNorm(i), false, vec![h]));
         }
         if cfg.recipe.pre_norms {
-            s.push((Part::MlpNorm(i), false, vec![h]));
+            // gpt-oss's files name it as Gemma's norm after attention.
+            let part =
+                if cfg.family == Family::GptOss { Part::PostAttnNorm(i) } else { Part::MlpNorm(i) };
+            s.push((part, false, vec![h]));
         }
         if let Some(e) = &cfg.recipe.experts {
             s.push((Part::Router(i), false, vec![e.count, h]));
             s.push((Part::ExpertGates(i), false, vec![e.count, e.ff, h]));
             s.push((Part::ExpertUps(i), false, vec![e.count, e.ff, h]));
             s.push((Part::ExpertDowns(i), false, vec![e.count, h, e.ff]));
+            if e.biases {
+                s.push((Part::Router(i), true, vec![e.count]));
+                s.push((Part::ExpertGates(i), true, vec![e.count, e.ff]));
+                s.push((Part::ExpertUps(i), true, vec![e.count, e.ff]));
+                s.push((Part::ExpertDowns(i), true, vec![e.count, h]));
+            }
             if let Some(ff) = e.shared_ff {
                 s.push((Part::SharedRouter(i), false, vec![h]));
                 s.push((Part::SharedGate(i), false, vec![ff, h]));
@@ -308,6 +358,7 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         Family::Granite => ("granite", "GraniteForCausalLM"),
         Family::Olmo2 => ("olmo2", "Olmo2ForCausalLM"),
         Family::SmolLm3 => ("smollm3", "SmolLM3ForCausalLM"),
+        Family::GptOss => ("gpt_oss", "GptOssForCausalLM"),
     };
     let rope_scaling = match &cfg.rope.scaling {
         RopeScaling::Llama3 {
@@ -424,6 +475,7 @@ impl Blocks {
                 let bytes = match kind {
                     Transcoded::Iq4Nl => super::iq4::quantize_nl(&values),
                     Transcoded::Iq4Xs => super::iq4::quantize_xs(&values),
+                    Transcoded::Mxfp4 => super::mxfp4::quantize(&values),
                 };
                 Ok((kind.type_id(), bytes))
             }
@@ -547,12 +599,16 @@ fn write_gguf_tensors(
         }
         // Routers stay F32, as llama.cpp's quantizer leaves them.
         let router = matches!(part, Part::Router(_) | Part::SharedRouter(_));
-        let blocks =
-            if !router && t.rank() >= 2 && t.dim(D::Minus1)?.is_multiple_of(dtype.block_size()) {
-                dtype
-            } else {
-                Blocks::Ggml(GgmlDType::F32)
-            };
+        // Biases too (gpt-oss's experts' are `[experts, out]`).
+        let blocks = if !router
+            && !bias
+            && t.rank() >= 2
+            && t.dim(D::Minus1)?.is_multiple_of(dtype.block_size())
+        {
+            dtype
+        } else {
+            Blocks::Ggml(GgmlDType::F32)
+        };
         let (type_id, bytes) = blocks.encode(&t)?;
         let name = name(*part, *bias, true);
         tensors.push(RawTensor { name, dims: t.dims().to_vec(), type_id, bytes });

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::config::RopeConfig;
+use super::config::{Activation, RopeConfig};
 
 /// `out = x / rms(x) · w`, for each row of `w.len()` values (candle's `rms_norm`: the sum
 /// of squares in row order, then `sqrt(mean + eps)`).
@@ -70,6 +70,31 @@ impl<'a> Part<'a> {
 
     fn row(&self, i: usize) -> &'a [f32] {
         &self.data[i * self.stride + self.offset..][..self.width]
+    }
+}
+
+/// Rows of the gated activation `act` of `gate` and `up`, `gate.width` values each, into
+/// `out`.
+pub fn glu(act: Activation, gate: Part<'_>, up: Part<'_>, out: &mut [f32]) {
+    match act {
+        Activation::Silu => silu_mul(gate, up, out),
+        Activation::GeluTanh => gelu_mul(gate, up, out),
+        Activation::SwiGluOai => swiglu_oai_mul(gate, up, out),
+    }
+}
+
+/// gpt-oss's constants (llama.cpp's and the reference implementation's).
+pub const OAI_ALPHA: f32 = 1.702;
+pub const OAI_LIMIT: f32 = 7.0;
+
+/// Rows of gpt-oss's clamped SwiGLU, `g · σ(1.702 g) · (u + 1)` with `g = min(gate, 7)` and
+/// `u = clamp(up, ±7)`, into `out` (llama.cpp's `swiglu_oai`, in its order).
+pub fn swiglu_oai_mul(gate: Part<'_>, up: Part<'_>, out: &mut [f32]) {
+    for (i, out) in out.chunks_exact_mut(gate.width).enumerate() {
+        for ((o, &g), &u) in out.iter_mut().zip(gate.row(i)).zip(up.row(i)) {
+            let (g, u) = (g.min(OAI_LIMIT), u.clamp(-OAI_LIMIT, OAI_LIMIT));
+            *o = g / (1.0 + (OAI_ALPHA * -g).exp()) * (u + 1.0);
+        }
     }
 }
 
@@ -261,6 +286,21 @@ mod tests {
 
     use super::*;
     use crate::transformer::config::RopeScaling;
+
+    /// gpt-oss's activation against its definition in f64, on values each side of both
+    /// clamps (the gate's above 7 only, the up projection's at ±7).
+    #[test]
+    fn swiglu_oai_clamps_the_gate_above_and_the_up_projection_both_ways() {
+        let gate = [-9.0f32, -7.5, -1.0, 0.0, 0.5, 6.9, 7.0, 8.0, 30.0];
+        let up = [9.0f32, -7.5, -8.0, 2.0, -0.5, 7.5, -3.0, 100.0, -100.0];
+        let mut out = [0f32; 9];
+        swiglu_oai_mul(Part::whole(&gate, 9), Part::whole(&up, 9), &mut out);
+        for ((g, u), o) in gate.iter().zip(&up).zip(out) {
+            let (g, u) = (f64::from(*g).min(7.0), f64::from(*u).clamp(-7.0, 7.0));
+            let want = g / (1.0 + (-1.702 * g).exp()) * (u + 1.0);
+            assert!((f64::from(o) - want).abs() <= 1e-5 * want.abs().max(1.0), "{o} vs {want}");
+        }
+    }
     use crate::transformer::fixture::noise;
     use crate::transformer::rope::Rope;
 

@@ -1,7 +1,7 @@
 //! Our reader of a GGUF file's header (metadata and tensor index), so that tensor types
 //! candle does not read can still load: [`Header`] holds candle's [`Content`] and, for each
-//! tensor in a type we transcode at load ([`Transcoded`]: IQ4_NL and IQ4_XS, as Q8_0 blocks,
-//! see [`iq4`](super::iq4)), where its raw blocks are. Every tensor is read through
+//! tensor in a type we transcode at load ([`Transcoded`]: IQ4_NL, IQ4_XS and MXFP4, as Q8_0
+//! blocks, see [`iq4`](super::iq4) and [`mxfp4`](super::mxfp4)), where its raw blocks are. Every tensor is read through
 //! [`Header::tensor`]; candle's `Content::tensor` would misread a transcoded one.
 //!
 //! Also [`write`], a GGUF writer of raw blocks for the test fixtures (candle's writer takes
@@ -14,7 +14,7 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMag
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file};
 use candle_core::{Device, Shape};
 
-use super::iq4;
+use super::{iq4, mxfp4};
 
 /// Limits that keep a malformed header from claiming memory it does not hold (llama.cpp's).
 const MAX_STRING: u64 = 1 << 30;
@@ -32,6 +32,9 @@ pub enum Transcoded {
     /// GGML type 23: IQ4_NL's table in super-blocks of 256 with a 6-bit scale per 32. As
     /// Q8_0: each 32's scale (the super-block's times its 6-bit one) rounded to f16.
     Iq4Xs,
+    /// GGML type 39 (gpt-oss's experts): blocks of 32, a power-of-two scale and 4-bit
+    /// E2M1 values. As Q8_0: exactly, for every scale a weight has.
+    Mxfp4,
 }
 
 impl Transcoded {
@@ -39,11 +42,12 @@ impl Transcoded {
         match self {
             Self::Iq4Nl => 20,
             Self::Iq4Xs => 23,
+            Self::Mxfp4 => 39,
         }
     }
 
     fn from_type_id(id: u32) -> Option<Self> {
-        [Self::Iq4Nl, Self::Iq4Xs].into_iter().find(|t| t.type_id() == id)
+        [Self::Iq4Nl, Self::Iq4Xs, Self::Mxfp4].into_iter().find(|t| t.type_id() == id)
     }
 
     /// Elements per block and bytes per block.
@@ -51,6 +55,7 @@ impl Transcoded {
         match self {
             Self::Iq4Nl => (iq4::NL_BLOCK, iq4::NL_BYTES),
             Self::Iq4Xs => (iq4::XS_BLOCK, iq4::XS_BYTES),
+            Self::Mxfp4 => (mxfp4::BLOCK, mxfp4::BYTES),
         }
     }
 
@@ -58,6 +63,7 @@ impl Transcoded {
         match self {
             Self::Iq4Nl => "IQ4_NL",
             Self::Iq4Xs => "IQ4_XS",
+            Self::Mxfp4 => "MXFP4",
         }
     }
 
@@ -66,6 +72,7 @@ impl Transcoded {
         match self {
             Self::Iq4Nl => Ok(iq4::nl_to_q8_0(raw)),
             Self::Iq4Xs => iq4::xs_to_q8_0(raw),
+            Self::Mxfp4 => mxfp4::to_q8_0(raw),
         }
     }
 }
@@ -366,13 +373,12 @@ fn unsupported_type(id: u32) -> String {
         29 => "IQ1_M",
         34 => "TQ1_0",
         35 => "TQ2_0",
-        39 => "MXFP4",
         _ => "an unknown type",
     };
     format!(
         "its tensors use GGML type {id} ({name}), which is not supported yet (supported: F32, \
          F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, \
-         IQ4_XS); requantize it (llama.cpp's llama-quantize) to one of those"
+         IQ4_XS, MXFP4); requantize it (llama.cpp's llama-quantize) to one of those"
     )
 }
 

@@ -15,7 +15,8 @@
 //! - [`attention`]: attention over a cache (CPU loops whose results do not depend on the batch);
 //! - [`fused`]: the CPU's work between matmuls as single loops over f32 rows;
 //! - [`decoder`]: the forward pass;
-//! - [`gguf`]: our reader of GGUF headers (types candle lacks transcoded at load, `iq4`)
+//! - [`gguf`]: our reader of GGUF headers (types candle lacks transcoded at load,
+//!   `iq4`, `mxfp4`)
 //!   and a writer of raw blocks for fixtures;
 //! - [`load`]: a model from a Hugging Face folder or a GGUF file, with clear errors;
 //! - [`fixture`]: tiny random-weight models of every family written to disk in both formats.
@@ -32,6 +33,7 @@ pub mod gguf;
 mod iq4;
 pub mod linear;
 pub mod load;
+mod mxfp4;
 pub mod paged;
 pub mod rope;
 pub mod weights;

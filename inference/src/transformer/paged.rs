@@ -268,8 +268,7 @@ pub fn attend_reference(
                     qh,
                     |j| &keys[at(j)..][..head_dim],
                     |j| &values[at(j)..][..head_dim],
-                    scale,
-                    None,
+                    super::attention::Logits { scale, softcap: None, sink: None },
                     &mut scores,
                     &mut out[(t * heads + h) * head_dim..][..head_dim],
                 );

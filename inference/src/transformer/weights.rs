@@ -24,7 +24,10 @@ pub enum Part {
     QNorm(usize),
     KNorm(usize),
     O(usize),
-    /// Gemma's norm of the attention's output, before the residual add.
+    /// gpt-oss's sink logit of each head `[heads]`.
+    Sinks(usize),
+    /// Gemma's norm of the attention's output, before the residual add; gpt-oss's files
+    /// give this name to its norm before the MLP.
     PostAttnNorm(usize),
     MlpNorm(usize),
     /// Gemma's norm of the MLP's output, before the residual add.
@@ -63,6 +66,7 @@ impl Part {
             Part::QNorm(i) => layer(i, "self_attn.q_norm"),
             Part::KNorm(i) => layer(i, "self_attn.k_norm"),
             Part::O(i) => layer(i, "self_attn.o_proj"),
+            Part::Sinks(i) => layer(i, "self_attn.sinks"),
             Part::MlpNorm(i) => layer(i, "post_attention_layernorm"),
             // Gemma's Hugging Face names (its folders are refused before weights are read).
             Part::PostAttnNorm(i) => layer(i, "post_attention_norm"),
@@ -99,6 +103,7 @@ impl Part {
             Part::QNorm(i) => layer(i, "attn_q_norm"),
             Part::KNorm(i) => layer(i, "attn_k_norm"),
             Part::O(i) => layer(i, "attn_output"),
+            Part::Sinks(i) => layer(i, "attn_sinks"),
             Part::MlpNorm(i) => layer(i, "ffn_norm"),
             Part::PostAttnNorm(i) => layer(i, "post_attention_norm"),
             Part::PostMlpNorm(i) => layer(i, "post_ffw_norm"),
