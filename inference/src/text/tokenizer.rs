@@ -25,19 +25,38 @@ const END_OF_TURN: [&str; 7] = [
 
 /// The pre-tokenizer of a byte-level BPE (`gpt2`) GGUF tokenizer whose `tokenizer.ggml.pre`
 /// candle does not know, as llama.cpp splits it: never a space added before the text (candle's
-/// default adds one, so `<|im_start|>system` became `<|im_start|>` ` system`), and digits one
-/// by one for SmolLM's `smollm`. `None` for the types candle builds right.
+/// default adds one, so `<|im_start|>system` became `<|im_start|>` ` system`), digits one
+/// by one for SmolLM's `smollm`, and o200k's split for `gpt-4o` (gpt-oss). `None` for the
+/// types candle builds right.
 fn byte_level_pre_tokenizer(pre: &str) -> Option<tokenizers::PreTokenizerWrapper> {
+    use tokenizers::SplitDelimiterBehavior;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::pre_tokenizers::digits::Digits;
     use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
     let byte_level = ByteLevel::new(false, true, true);
     match pre {
         "qwen2" | "smaug-bpe" | "lfm2" | "llama3" => None,
         "smollm" => Some(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()),
+        "gpt-4o" => {
+            let pattern = SplitPattern::Regex(O200K_SPLIT.into());
+            // The pattern is a constant that compiles (tested); an error would leave the
+            // byte-level default, which still tokenizes.
+            let split = Split::new(pattern, SplitDelimiterBehavior::Isolated, false).ok()?;
+            let byte_level = ByteLevel::new(false, true, false);
+            Some(Sequence::new(vec![split.into(), byte_level.into()]).into())
+        }
         _ => Some(byte_level.into()),
     }
 }
+
+/// o200k's pre-tokenizer split (tiktoken's, and llama.cpp's `gpt-4o`): words by case, so
+/// `CamelCase` is two pieces, with their contraction (`don't` one piece), digits in threes.
+const O200K_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
 
 /// A tokenizer with its generation metadata.
 pub struct Tokenizer {
@@ -391,5 +410,36 @@ fn gguf_id(metadata: &HashMap<String, Value>, key: &str) -> Result<Option<u32>> 
                 scalar => format!("expected a token id (a non-negative integer), found {scalar:?}"),
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    use super::*;
+
+    /// The pieces `pre` splits `text` into, as text.
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let Some(pre_tokenizer) = byte_level_pre_tokenizer(pre) else { return vec![] };
+        let mut s = PreTokenizedString::from(text);
+        pre_tokenizer.pre_tokenize(&mut s).expect("pre-tokenizes");
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(_, (start, end), _)| text[start..end].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn gpt_4o_splits_words_by_case_with_their_contractions_and_digits_in_threes() {
+        assert_eq!(
+            pieces("gpt-4o", "don't parseHTTPRequest 12345 a/b\n\n  x"),
+            ["don't", " parse", "HTTPRequest", " ", "123", "45", " a", "/b", "\n\n", " ", " x"]
+        );
+        // GPT-2's split, which the file's vocabulary was not made with.
+        assert_ne!(
+            pieces("gpt2", "don't parseHTTPRequest"),
+            pieces("gpt-4o", "don't parseHTTPRequest")
+        );
     }
 }
