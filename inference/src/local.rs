@@ -24,6 +24,7 @@ use crate::model::{
     TokenLogprob, Usage,
 };
 use crate::sampling::SamplingParams;
+use crate::text::harmony::{Channels, Harmony, Side};
 use crate::text::reasoning::Markers;
 use crate::text::{ChatTemplate, Detokenizer, StopMatcher, Tokenizer};
 use crate::transformer::Family;
@@ -167,7 +168,9 @@ fn generator(
         _ => ChatTemplate::chatml(),
     });
     // Whether the model thinks is fixed by its tokenizer and template: found once here.
-    let markers = Markers::of(&tokenizer, tokenizer.chat_template().or(fallback.as_ref()));
+    let template = tokenizer.chat_template().or(fallback.as_ref());
+    let markers = Markers::of(&tokenizer, template);
+    let harmony = Harmony::of(&tokenizer, template);
     let engine = Engine::start(decoder, options.engine.clone())
         .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
     Ok(LocalModel {
@@ -177,6 +180,7 @@ fn generator(
             tokenizer: Arc::new(tokenizer),
             fallback,
             markers,
+            harmony,
             context,
             vocab_size,
             vocabulary: OnceLock::new(),
@@ -208,6 +212,8 @@ struct Generator {
     fallback: Option<ChatTemplate>,
     /// A thinking model's reasoning markers.
     markers: Option<Markers>,
+    /// A harmony model's special tokens (gpt-oss).
+    harmony: Option<Harmony>,
     context: usize,
     default_max_tokens: usize,
     /// Rows of the logits.
@@ -422,8 +428,17 @@ impl Model for LocalModel {
         // A chat with a thinking model: its reasoning streams apart and is free of the
         // answer's format. A raw prompt's continuation is text as it comes.
         let markers = g.markers.filter(|_| request.prompt.is_none());
-        let inside = markers.is_some_and(|m| m.opened_by(&prompt));
+        let harmony = g.harmony.filter(|_| request.prompt.is_none());
+        let channels = harmony.map(|h| Channels::new(h, &prompt, &g.tokenizer));
+        let inside = markers.is_some_and(|m| m.opened_by(&prompt))
+            || channels.as_ref().is_some_and(Channels::reasoning);
         let constraint = g.constraint(&request, self.template()?)?;
+        if constraint.is_some() && harmony.is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "model {} answers in harmony (gpt-oss): output formats and tools, which bind                  its final channel only, are not supported for it yet; ask without them",
+                self.id
+            )));
+        }
         let constraint = match (constraint, markers) {
             (Some(c), Some(m)) => Some(c.after_reasoning(m.open, m.close, inside)),
             (c, _) => c,
@@ -431,6 +446,7 @@ impl Model for LocalModel {
         let events = g.engine.generate(TokenRequest {
             prompt,
             max_tokens,
+            // A harmony vocabulary's ends are among them (`<|return|>`, `<|call|>`).
             stop_tokens: g.tokenizer.eos_ids().to_vec(),
             sampling: sampling(&request)?,
             logprobs: request.logprobs.map(|n| n as usize),
@@ -442,6 +458,7 @@ impl Model for LocalModel {
             detokenizer: Detokenizer::new(),
             stop: StopMatcher::new(request.stop),
             markers,
+            channels,
             inside,
             queue: VecDeque::new(),
             prompt_tokens,
@@ -466,6 +483,8 @@ struct Stream {
     stop: StopMatcher,
     /// A thinking model's markers, and whether its output is inside its reasoning now.
     markers: Option<Markers>,
+    /// A harmony model's channels (then `inside` is whether the message is `analysis`).
+    channels: Option<Channels>,
     inside: bool,
     queue: VecDeque<Result<GenerationEvent>>,
     prompt_tokens: usize,
@@ -503,6 +522,13 @@ impl Stream {
                     self.reasoning_tokens += 1;
                     return Ok(());
                 }
+                if let Some(channels) = &mut self.channels {
+                    let side = channels.push(token, &self.tokenizer);
+                    if self.harmony_side(side)? {
+                        self.reasoning_tokens += 1;
+                        return Ok(());
+                    }
+                }
                 let text = self.detokenizer.push(&self.tokenizer, token)?;
                 if self.inside {
                     self.reasoning_tokens += 1;
@@ -517,8 +543,16 @@ impl Stream {
             }
             Some(TokenEvent::Logprobs(l)) => {
                 // Logprobs are the answer's: not of the reasoning or its markers.
-                let marker = self.markers.is_some_and(|m| l.token == m.open || l.token == m.close);
-                if self.inside || marker {
+                // A harmony generation's side is its channels' (whichever of a token's
+                // logprobs and the token itself comes first).
+                let skip = match &self.channels {
+                    Some(c) => c.hidden(l.token) || c.reasoning(),
+                    None => {
+                        self.inside
+                            || self.markers.is_some_and(|m| l.token == m.open || l.token == m.close)
+                    }
+                };
+                if skip {
                     return Ok(());
                 }
                 let text = |t: u32| self.tokenizer.decode(&[t]);
@@ -578,6 +612,30 @@ impl Stream {
         }
         self.inside = !self.inside;
         Ok(true)
+    }
+
+    /// Moves a harmony generation to `side`: the text held back so far goes out on the side
+    /// it was written on. Whether the token is no text of either (a header or a marker).
+    fn harmony_side(&mut self, side: Side) -> Result<bool> {
+        let inside = side == Side::Reasoning;
+        if side != Side::Hidden && inside == self.inside {
+            return Ok(false);
+        }
+        let held = self.detokenizer.finish(&self.tokenizer)?;
+        if self.inside {
+            self.reasoning(held);
+        } else {
+            let (text, stopped) = self.stop.push(&held);
+            self.delta(text);
+            if stopped {
+                self.finish(FinishReason::Stop);
+                return Ok(true);
+            }
+        }
+        if side != Side::Hidden {
+            self.inside = inside;
+        }
+        Ok(side == Side::Hidden)
     }
 
     fn reasoning(&mut self, text: String) {

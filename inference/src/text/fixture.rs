@@ -117,16 +117,53 @@ pub const QWEN3_CHAT_TEMPLATE: &str = include_str!("qwen3_chat_template.jinja");
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` into `dir`
 /// and returns the vocabulary size (special tokens included, at most 384).
 pub fn write_tokenizer_files(dir: &Path) -> io::Result<usize> {
-    write_files(dir, false)
+    write_files(dir, Variant::Plain)
 }
 
 /// [`write_tokenizer_files`] of a thinking model: `<think>` and `</think>` added as tokens
 /// of their own (not special, as Qwen3's are) and [`QWEN3_CHAT_TEMPLATE`].
 pub fn write_thinking_tokenizer_files(dir: &Path) -> io::Result<usize> {
-    write_files(dir, true)
+    write_files(dir, Variant::Thinking)
 }
 
-fn write_files(dir: &Path, thinking: bool) -> io::Result<usize> {
+/// [`write_tokenizer_files`] of a model that answers in harmony (gpt-oss): its special
+/// tokens added and [`HARMONY_CHAT_TEMPLATE`], `<|return|>` its end of sequence.
+pub fn write_harmony_tokenizer_files(dir: &Path) -> io::Result<usize> {
+    write_files(dir, Variant::Harmony)
+}
+
+/// A harmony chat template, ours (gpt-oss's own also writes a system message, tools and
+/// reasoning effort): each message a header and a body, earlier answers as `final`
+/// messages, and the generation prompt an open assistant header.
+pub const HARMONY_CHAT_TEMPLATE: &str = "\
+{%- for message in messages -%}\
+{%- if message.role == 'assistant' -%}\
+<|start|>assistant<|channel|>final<|message|>{{ message.content }}<|end|>\
+{%- else -%}\
+<|start|>{{ message.role }}<|message|>{{ message.content }}<|end|>\
+{%- endif -%}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}";
+
+/// Harmony's special tokens.
+const HARMONY_TOKENS: [&str; 7] = [
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|constrain|>",
+    "<|return|>",
+    "<|call|>",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    Thinking,
+    Harmony,
+}
+
+fn write_files(dir: &Path, variant: Variant) -> io::Result<usize> {
     let map = byte_to_char();
     let mut vocab: Vocab = (0..=255u8).map(|b| (token_of(&[b], &map), u32::from(b))).collect();
     let mut merges = Vec::with_capacity(MERGES.len());
@@ -157,12 +194,24 @@ fn write_files(dir: &Path, thinking: bool) -> io::Result<usize> {
     tokenizer.with_post_processor(Some(byte_level));
     let specials = SPECIAL_TOKENS.map(|t| AddedToken::from(t, true));
     tokenizer.add_special_tokens(specials).map_err(io::Error::other)?;
-    if thinking {
-        let markers = [super::reasoning::OPEN, super::reasoning::CLOSE];
-        tokenizer
-            .add_tokens(markers.map(|t| AddedToken::from(t, false)))
-            .map_err(io::Error::other)?;
+    match variant {
+        Variant::Thinking => {
+            let markers = [super::reasoning::OPEN, super::reasoning::CLOSE];
+            tokenizer
+                .add_tokens(markers.map(|t| AddedToken::from(t, false)))
+                .map_err(io::Error::other)?;
+        }
+        Variant::Harmony => {
+            let specials = HARMONY_TOKENS.map(|t| AddedToken::from(t, true));
+            tokenizer.add_special_tokens(specials).map_err(io::Error::other)?;
+        }
+        Variant::Plain => {}
     }
+    let (template, eos) = match variant {
+        Variant::Plain => (QWEN25_CHAT_TEMPLATE, "<|im_end|>"),
+        Variant::Thinking => (QWEN3_CHAT_TEMPLATE, "<|im_end|>"),
+        Variant::Harmony => (HARMONY_CHAT_TEMPLATE, "<|return|>"),
+    };
     tokenizer.save(dir.join("tokenizer.json"), true).map_err(io::Error::other)?;
 
     let id = |t: &str| tokenizer.token_to_id(t);
@@ -170,15 +219,15 @@ fn write_files(dir: &Path, thinking: bool) -> io::Result<usize> {
         "add_bos_token": false,
         "add_prefix_space": false,
         "bos_token": null,
-        "chat_template": if thinking { QWEN3_CHAT_TEMPLATE } else { QWEN25_CHAT_TEMPLATE },
-        "eos_token": "<|im_end|>",
+        "chat_template": template,
+        "eos_token": eos,
         "pad_token": "<|endoftext|>",
         "model_max_length": 32768,
         "tokenizer_class": "Qwen2Tokenizer",
     });
     let generation = json!({
         "bos_token_id": id("<|endoftext|>"),
-        "eos_token_id": [id("<|im_end|>"), id("<|endoftext|>")],
+        "eos_token_id": [id(eos), id("<|endoftext|>")],
         "pad_token_id": id("<|endoftext|>"),
     });
     for (name, value) in [("tokenizer_config.json", config), ("generation_config.json", generation)]

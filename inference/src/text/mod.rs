@@ -6,12 +6,14 @@
 //! - [`detokenize`]: [`Detokenizer`], token ids to text deltas that never split a character;
 //! - [`stop`]: [`StopMatcher`], stop strings that may span deltas;
 //! - [`reasoning`]: the [`reasoning::Markers`] a thinking model's reasoning sits between;
+//! - [`harmony`]: gpt-oss's channels, [`harmony::Channels`] sorting reasoning from answer;
 //! - `spm`: SentencePiece (`llama`) GGUF tokenizers as llama.cpp splits text;
 //! - [`fixture`]: a tiny byte-level BPE tokenizer written to disk for tests and benchmarks.
 
 pub mod chat_template;
 pub mod detokenize;
 pub mod fixture;
+pub mod harmony;
 pub mod reasoning;
 mod spm;
 pub mod stop;

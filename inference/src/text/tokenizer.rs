@@ -221,6 +221,16 @@ impl Tokenizer {
                 eos_ids.push(*id);
             }
         }
+        // A harmony vocabulary (gpt-oss) ends a message at `<|end|>` and its answer at
+        // `<|return|>` or `<|call|>`, whatever the file names its end of sequence (as
+        // llama.cpp does).
+        let harmony = [super::harmony::CHANNEL, super::harmony::RETURN, super::harmony::CALL]
+            .map(|t| inner.token_to_id(t));
+        if let [Some(_), Some(ret), Some(call)] = harmony {
+            let end = inner.token_to_id(super::harmony::END);
+            eos_ids.retain(|id| Some(*id) != end);
+            eos_ids.extend([ret, call]);
+        }
         eos_ids.sort_unstable();
         eos_ids.dedup();
         Ok(Tokenizer { inner, eos_ids, prompt_bos, bos_token, eos_token, chat_template })

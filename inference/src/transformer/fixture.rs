@@ -684,15 +684,38 @@ pub fn write_thinking_model(dir: &Path, reasoning: &str, answer: &str) -> crate:
     chain.push(id("</think>")?);
     chain.extend(tokenizer.encode(answer)?);
     chain.push(id("<|im_end|>")?);
+    write_rote_model(dir, &chain).map_err(fail)
+}
 
+/// A tiny Qwen3 with a harmony tokenizer and template
+/// ([`write_harmony_tokenizer_files`]) planted, as [`write_thinking_model`]'s, to write
+/// `output` (harmony text: headers, channels, bodies) after the generation prompt. Each
+/// token of the prompt's last and `output`'s must be distinct (a channel at most once).
+///
+/// [`write_harmony_tokenizer_files`]: crate::text::fixture::write_harmony_tokenizer_files
+pub fn write_harmony_model(dir: &Path, output: &str) -> crate::Result<()> {
+    use crate::text::{Tokenizer, fixture::write_harmony_tokenizer_files};
+    let fail = |e: String| crate::Error::InvalidRequest(format!("harmony fixture: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    write_harmony_tokenizer_files(dir).map_err(|e| fail(e.to_string()))?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let prompt_end = tokenizer.encode("<|start|>assistant")?;
+    let mut chain: Vec<u32> = prompt_end.last().copied().into_iter().collect();
+    chain.extend(tokenizer.encode(output)?);
+    write_rote_model(dir, &chain).map_err(|e| fail(e.to_string()))
+}
+
+/// Writes a tiny Qwen3 into `dir` (beside its tokenizer) that writes `chain[i + 1]` after
+/// `chain[i]`.
+fn write_rote_model(dir: &Path, chain: &[u32]) -> std::result::Result<(), String> {
     let cfg = tiny_config(Family::Qwen3, false);
     let hidden = cfg.hidden_size;
     let distinct = chain.iter().collect::<std::collections::HashSet<_>>().len() == chain.len();
     if !distinct || chain.len() > hidden {
-        return Err(fail(format!("the chain {chain:?} repeats a token or is over {hidden}")));
+        return Err(format!("the chain {chain:?} repeats a token or is over {hidden}"));
     }
-    let weights = planted_weights(&cfg, &chain).map_err(|e| fail(e.to_string()))?;
-    write_hf(dir, &cfg, &weights).map_err(|e| fail(e.to_string()))
+    let weights = planted_weights(&cfg, chain).map_err(|e| e.to_string())?;
+    write_hf(dir, &cfg, &weights).map_err(|e| e.to_string())
 }
 
 /// Seeded weights with the attention and MLP outputs zeroed and `chain` planted: token
