@@ -599,19 +599,26 @@ impl Stream {
             // A stray marker (a second opening, a closing without one) is no text either.
             return Ok(token == markers.open || token == markers.close);
         }
+        if !self.flush_held()? {
+            self.inside = !self.inside;
+        }
+        Ok(true)
+    }
+
+    /// The text the detokenizer holds back goes out on the side it was written on (before
+    /// the side changes); whether a stop string ended the generation in it.
+    fn flush_held(&mut self) -> Result<bool> {
         let held = self.detokenizer.finish(&self.tokenizer)?;
         if self.inside {
             self.reasoning(held);
-        } else {
-            let (text, stopped) = self.stop.push(&held);
-            self.delta(text);
-            if stopped {
-                self.finish(FinishReason::Stop);
-                return Ok(true);
-            }
+            return Ok(false);
         }
-        self.inside = !self.inside;
-        Ok(true)
+        let (text, stopped) = self.stop.push(&held);
+        self.delta(text);
+        if stopped {
+            self.finish(FinishReason::Stop);
+        }
+        Ok(stopped)
     }
 
     /// Moves a harmony generation to `side`: the text held back so far goes out on the side
@@ -621,16 +628,8 @@ impl Stream {
         if side != Side::Hidden && inside == self.inside {
             return Ok(false);
         }
-        let held = self.detokenizer.finish(&self.tokenizer)?;
-        if self.inside {
-            self.reasoning(held);
-        } else {
-            let (text, stopped) = self.stop.push(&held);
-            self.delta(text);
-            if stopped {
-                self.finish(FinishReason::Stop);
-                return Ok(true);
-            }
+        if self.flush_held()? {
+            return Ok(true);
         }
         if side != Side::Hidden {
             self.inside = inside;
