@@ -92,7 +92,7 @@ impl Vocabulary {
             guarded(|| self.factory.create_parser(format.grammar()).map_err(|e| e.to_string()))
                 .map_err(GrammarError::Invalid)?;
         let eos = self.factory.tok_env().tok_trie().eos_tokens().to_vec();
-        Ok(Constraint { matcher: Matcher::new(Ok(parser)), eos, thinking: None })
+        Ok(Constraint { matcher: Matcher::new(Ok(parser)), eos, before: None })
     }
 }
 
@@ -116,12 +116,32 @@ struct Thinking {
     phase: Phase,
 }
 
+/// A harmony model's (gpt-oss's) way to its answer: any token until a header names the
+/// `final` channel (`<|channel|>final<|message|>`), whose message the format binds.
+#[derive(Debug, Clone)]
+struct FinalChannel {
+    channel: u32,
+    message: u32,
+    /// The tokens of the name `final`.
+    name: Vec<u32>,
+    /// A header's tokens since its `<|channel|>`, while in one.
+    header: Option<Vec<u32>>,
+    bound: bool,
+}
+
+/// What a generation may write before the format binds it.
+#[derive(Debug, Clone)]
+enum Before {
+    Thinking(Thinking),
+    FinalChannel(FinalChannel),
+}
+
 /// Which tokens may come next in one generation, and the tokens chosen so far.
 #[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
     eos: Vec<u32>,
-    thinking: Option<Thinking>,
+    before: Option<Before>,
 }
 
 impl fmt::Debug for Constraint {
@@ -138,7 +158,23 @@ impl Constraint {
     /// answer thinking).
     pub fn after_reasoning(mut self, open: u32, close: u32, inside: bool) -> Self {
         let phase = if inside { Phase::Reasoning } else { Phase::MayOpen };
-        self.thinking = Some(Thinking { open, close, phase });
+        self.before = Some(Before::Thinking(Thinking { open, close, phase }));
+        self
+    }
+
+    /// The format binds a harmony model's `final` message only: any token goes (analysis,
+    /// headers, an end-of-sequence token) until a header `channel` `name` … `message`,
+    /// whose tokens `name` begins with (`final`, perhaps then ` <|constrain|>json`).
+    /// `bound`: the prompt already opened the final message.
+    pub fn in_final_channel(
+        mut self,
+        channel: u32,
+        message: u32,
+        name: Vec<u32>,
+        bound: bool,
+    ) -> Self {
+        let gate = FinalChannel { channel, message, name, header: None, bound };
+        self.before = Some(Before::FinalChannel(gate));
         self
     }
 
@@ -146,13 +182,17 @@ impl Constraint {
     /// The end-of-sequence tokens are allowed once the output is complete (and only they
     /// once nothing can follow).
     pub fn mask(&mut self) -> Result<Option<Mask>, String> {
-        let phase = self.thinking.map(|t| t.phase);
-        if phase == Some(Phase::Reasoning) {
+        let free = match &self.before {
+            Some(Before::Thinking(t)) => t.phase == Phase::Reasoning,
+            Some(Before::FinalChannel(gate)) => !gate.bound,
+            None => false,
+        };
+        if free {
             return Ok(None);
         }
         let matcher = &mut self.matcher;
         let mut allowed = guarded(|| matcher.compute_mask_or_eos().map_err(|e| e.to_string()))?;
-        if let Some(Thinking { open, phase: Phase::MayOpen, .. }) = self.thinking
+        if let Some(Before::Thinking(Thinking { open, phase: Phase::MayOpen, .. })) = self.before
             && (open as usize) < allowed.len()
         {
             allowed.allow_token(open);
@@ -169,7 +209,13 @@ impl Constraint {
         if self.eos.contains(&token) {
             return Ok(true);
         }
-        if let Some(thinking) = &mut self.thinking {
+        if let Some(Before::FinalChannel(gate)) = &mut self.before
+            && !gate.bound
+        {
+            gate.follow(token);
+            return Ok(false);
+        }
+        if let Some(Before::Thinking(thinking)) = &mut self.before {
             match thinking.phase {
                 Phase::MayOpen if token == thinking.open => {
                     thinking.phase = Phase::Reasoning;
@@ -187,6 +233,24 @@ impl Constraint {
         let matcher = &mut self.matcher;
         guarded(|| matcher.consume_token(token).map_err(|e| e.to_string()))?;
         Ok(self.matcher.is_stopped())
+    }
+}
+
+impl FinalChannel {
+    /// Follows a token written before the final message: headers are read for its name.
+    fn follow(&mut self, token: u32) {
+        if token == self.channel {
+            self.header = Some(Vec::new());
+        } else if token == self.message {
+            let header = self.header.take();
+            self.bound = header.is_some_and(|h| h.starts_with(&self.name));
+        } else if let Some(header) = &mut self.header {
+            // A header's name is a few tokens: past the name's length it only has to be
+            // known that it began with it.
+            if header.len() < self.name.len() {
+                header.push(token);
+            }
+        }
     }
 }
 

@@ -432,16 +432,23 @@ impl Model for LocalModel {
         let channels = harmony.map(|h| Channels::new(h, &prompt, &g.tokenizer));
         let inside = markers.is_some_and(|m| m.opened_by(&prompt))
             || channels.as_ref().is_some_and(Channels::reasoning);
-        let constraint = g.constraint(&request, self.template()?)?;
-        if constraint.is_some() && harmony.is_some() {
+        if harmony.is_some() && !request.tools.is_empty() {
             return Err(Error::InvalidRequest(format!(
-                "model {} answers in harmony (gpt-oss): output formats and tools, which bind                  its final channel only, are not supported for it yet; ask without them",
+                "model {} answers in harmony (gpt-oss), whose tool calls are not parsed yet: \
+                 ask it without tools",
                 self.id
             )));
         }
-        let constraint = match (constraint, markers) {
-            (Some(c), Some(m)) => Some(c.after_reasoning(m.open, m.close, inside)),
-            (c, _) => c,
+        let constraint = g.constraint(&request, self.template()?)?;
+        let constraint = match (constraint, markers, harmony, &channels) {
+            (Some(c), Some(m), _, _) => Some(c.after_reasoning(m.open, m.close, inside)),
+            // A harmony model's format binds its final message, after any analysis.
+            (Some(c), None, Some(h), Some(channels)) => {
+                let (channel, message) = h.header_marks();
+                let name = g.tokenizer.encode("final")?;
+                Some(c.in_final_channel(channel, message, name, channels.answering()))
+            }
+            (c, ..) => c,
         };
         let events = g.engine.generate(TokenRequest {
             prompt,

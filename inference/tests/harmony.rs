@@ -1,6 +1,6 @@
 //! A harmony model's (gpt-oss's) channels: the `analysis` message streams as reasoning, the
 //! `final` one as the answer, headers and markers as neither, and `<|end|>` does not end the
-//! generation while `<|return|>` does. The models are tiny Qwen3s planted to write a known
+//! generation while `<|return|>` does; an output format binds the final message alone. The models are tiny Qwen3s planted to write a known
 //! harmony text after the prompt (`fixture::write_harmony_model`), with a harmony tokenizer
 //! and chat template; everything between is the real engine, tokenizer and stream.
 
@@ -79,9 +79,34 @@ async fn analysis_streams_as_reasoning_and_end_does_not_stop_the_generation() ->
     let written = 3 + model_tokens(&dir, "analysis")? + model_tokens(&dir, "go")? + 2;
     assert_eq!(usage.completion_tokens as usize, written);
     assert_eq!(usage.reasoning_tokens + 1, usage.completion_tokens);
-    // An output format binds the final channel, which harmony models cannot do yet: refused.
-    let format = GenerateRequest { format: Some(OutputFormat::JsonObject), ..chat("as JSON") };
-    let refusal = model.generate(format).err().map(|e| e.to_string()).unwrap_or_default();
+    // An output format binds the final message only: the analysis is as free as before.
+    let format = OutputFormat::JsonSchema(serde_json::json!({"type": "integer"}));
+    let (reasoning, ..) =
+        run(&model, GenerateRequest { format: Some(format), ..chat("6 x 7?") }).await?;
+    assert_eq!(reasoning, "go");
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_format_binds_the_final_message_and_tools_are_refused() -> Result<()> {
+    let (model, dir) = harmony_model("format", "<|channel|>final<|message|>42<|return|>")?;
+    // An integer: the model's own answer fits, header and all.
+    let integer = OutputFormat::JsonSchema(serde_json::json!({"type": "integer"}));
+    let (_, answer, ..) =
+        run(&model, GenerateRequest { format: Some(integer), ..chat("6 x 7?") }).await?;
+    assert_eq!(answer, "42");
+    // A string: the header is free, the message bends to the format.
+    let string = OutputFormat::JsonSchema(serde_json::json!({"type": "string"}));
+    let (reasoning, answer, ..) =
+        run(&model, GenerateRequest { format: Some(string), ..chat("6 x 7?") }).await?;
+    assert_eq!(reasoning, "");
+    assert!(answer.starts_with('"'), "{answer:?}");
+    // Tools: harmony's calls are not parsed yet, so they are refused rather than lost.
+    let tool = serde_json::json!({"type": "function", "function": {
+        "name": "add", "description": "adds", "parameters": {"type": "object"}}});
+    let request = GenerateRequest { tools: vec![tool], ..chat("add 6 and 7") };
+    let refusal = model.generate(request).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refusal.contains("harmony"), "{refusal}");
     std::fs::remove_dir_all(dir)?;
     Ok(())

@@ -51,6 +51,11 @@ impl Harmony {
         })
     }
 
+    /// `<|channel|>` and `<|message|>`, between which a header names its channel.
+    pub fn header_marks(&self) -> (u32, u32) {
+        (self.channel, self.message)
+    }
+
     /// The tokens that end a harmony answer: `<|return|>`, and `<|call|>` (a tool call
     /// waits for its result).
     pub fn turn_ends(&self) -> [u32; 2] {
@@ -102,6 +107,11 @@ impl Channels {
     /// Whether the generation is in a message of the `analysis` channel.
     pub fn reasoning(&self) -> bool {
         self.state == State::Message(Side::Reasoning)
+    }
+
+    /// Whether the generation is in a message the user reads (the prompt opened `final`).
+    pub fn answering(&self) -> bool {
+        self.state == State::Message(Side::Answer)
     }
 
     /// Whether `token`, next, would be no text of either side (for its logprobs: they are
