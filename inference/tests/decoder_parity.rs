@@ -182,6 +182,12 @@ fn f32_gguf_equals_the_hugging_face_folder() -> Result<()> {
                 attn_factor: 1.0,
             };
         }
+        if family == Family::Phi3 {
+            // LongRoPE (Phi-3.5, Phi-4-mini): the long factors, as config.json's rope_scaling
+            // and as GGUF's rope_factors_long tensor.
+            let factors = (0..cfg.rope.dims / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+            cfg.rope.scaling = RopeScaling::LongRope { long: true, factors, attn_factor: 1.25 };
+        }
         let (dir, weights) = write_hf(&format!("f32-{family:?}"), &cfg)?;
         let path = dir.join("model-f32.gguf");
         fixture::write_gguf(&path, &cfg, &weights, GgmlDType::F32, &[])?;

@@ -415,7 +415,11 @@ impl DecoderConfig {
                 theta: raw.rope_theta.unwrap_or(10_000.0),
                 dims,
                 interleaved: false,
-                scaling: hf_rope_scaling(raw.rope_scaling.as_ref())?,
+                scaling: hf_rope_scaling(
+                    raw.rope_scaling.as_ref(),
+                    raw.max_position_embeddings,
+                    raw.original_max_position_embeddings,
+                )?,
             },
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias: raw.attention_bias.unwrap_or(family == Family::Qwen2),
@@ -788,6 +792,8 @@ struct HfConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     max_position_embeddings: usize,
+    /// Phi-3's LongRoPE files say their original context here (newer ones in rope_scaling).
+    original_max_position_embeddings: Option<usize>,
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
@@ -796,7 +802,13 @@ struct HfConfig {
     attention_bias: Option<bool>,
 }
 
-fn hf_rope_scaling(value: Option<&serde_json::Value>) -> Result<RopeScaling, String> {
+/// `config.json`'s `rope_scaling`, for a model of `max_positions` whose config may give its
+/// original context at the top level (`original`, Phi-3's LongRoPE files).
+fn hf_rope_scaling(
+    value: Option<&serde_json::Value>,
+    max_positions: usize,
+    original: Option<usize>,
+) -> Result<RopeScaling, String> {
     let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
     let kind = value
         .get("rope_type")
@@ -824,8 +836,83 @@ fn hf_rope_scaling(value: Option<&serde_json::Value>) -> Result<RopeScaling, Str
             beta_slow: number("beta_slow").unwrap_or(1.0),
             attn_factor: number("attention_factor").unwrap_or(1.0),
         }),
+        // Phi-3's older files call it "su".
+        "longrope" | "su" => {
+            let original = match number("original_max_position_embeddings") {
+                Ok(n) => n as usize,
+                Err(_) => original.ok_or(
+                    "rope_scaling longrope needs original_max_position_embeddings (in it or \
+                     in config.json)",
+                )?,
+            };
+            // As llama.cpp picks (and our GGUF files): by the context the model serves, not
+            // by each step's length as transformers does.
+            let long = max_positions > original;
+            let key = if long { "long_factor" } else { "short_factor" };
+            let factors = value
+                .get(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| format!("rope_scaling.{key} is missing"))?
+                .iter()
+                .map(|v| v.as_f64().map(|f| f as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| format!("rope_scaling.{key} must be numbers"))?;
+            // transformers' default (and llama.cpp's converter's): √(1 + ln s / ln original)
+            // for a context s times the original.
+            let scale = max_positions as f64 / original.max(1) as f64;
+            let default =
+                if scale <= 1.0 { 1.0 } else { (1.0 + scale.ln() / (original as f64).ln()).sqrt() };
+            let attn_factor = number("attention_factor").unwrap_or(default);
+            Ok(RopeScaling::LongRope { long, factors, attn_factor })
+        }
         other => Err(format!(
-            "rope_scaling type {other:?} is not supported (supported: default, llama3, yarn)"
+            "rope_scaling type {other:?} is not supported (supported: default, llama3, yarn, \
+             longrope)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Phi-3 `config.json` of `max` positions over an original 4,096, its `rope_scaling`
+    /// `scaling`.
+    fn phi3(max: usize, scaling: serde_json::Value) -> Result<DecoderConfig, String> {
+        let config = serde_json::json!({
+            "model_type": "phi3", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": max,
+            "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            "rope_scaling": scaling,
+        });
+        DecoderConfig::from_hf_json(&config.to_string())
+    }
+
+    #[test]
+    fn longrope_picks_its_factors_by_the_context_and_scales_as_transformers_does() {
+        let long: Vec<f32> = (0..8).map(|i| 1.0 + i as f32).collect();
+        let short = vec![1.5f32; 8];
+        let scaling = serde_json::json!({"type": "longrope", "long_factor": long,
+                                         "short_factor": short});
+        // Phi-3.5-mini's 131,072 over 4,096: the long set, √(1 + ln 32 / ln 4096).
+        let cfg = phi3(131_072, scaling.clone()).expect("a LongRoPE config");
+        let want = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt();
+        assert_eq!(
+            cfg.rope.scaling,
+            RopeScaling::LongRope { long: true, factors: long, attn_factor: want }
+        );
+        assert!((want - 1.1902).abs() < 1e-4);
+        // No more than the original context: the short set, unscaled.
+        let cfg = phi3(4096, scaling.clone()).expect("a LongRoPE config");
+        assert_eq!(
+            cfg.rope.scaling,
+            RopeScaling::LongRope { long: false, factors: short, attn_factor: 1.0 }
+        );
+        // The older name, and a set that is not numbers.
+        let mut su = scaling;
+        su["type"] = "su".into();
+        assert!(phi3(131_072, su.clone()).is_ok());
+        su["long_factor"] = serde_json::json!(["x"]);
+        assert!(phi3(131_072, su).is_err_and(|e| e.contains("long_factor")));
     }
 }

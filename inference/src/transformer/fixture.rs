@@ -385,9 +385,27 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
                 "attention_factor": attn_factor,
             })
         }
+        RopeScaling::LongRope { long, factors, attn_factor } => {
+            // The set not chosen is all ones, as in the GGUF file.
+            let ones = vec![1f32; factors.len()];
+            let (long_set, short_set) = if *long { (factors, &ones) } else { (&ones, factors) };
+            serde_json::json!({
+                "type": "longrope",
+                "long_factor": long_set,
+                "short_factor": short_set,
+                "attention_factor": attn_factor,
+            })
+        }
         _ => serde_json::Value::Null,
     };
+    // LongRoPE's original context, at the top level as Phi-3's files have it (and as the
+    // GGUF fixture writes it).
+    let original = match &cfg.rope.scaling {
+        RopeScaling::LongRope { long: true, .. } => 128,
+        _ => cfg.max_positions,
+    };
     serde_json::json!({
+        "original_max_position_embeddings": original,
         "architectures": [architecture],
         "model_type": model_type,
         "vocab_size": cfg.vocab_size,
