@@ -429,7 +429,10 @@ impl Model for LocalModel {
         // answer's format. A raw prompt's continuation is text as it comes.
         let markers = g.markers.filter(|_| request.prompt.is_none());
         let harmony = g.harmony.filter(|_| request.prompt.is_none());
-        let channels = harmony.map(|h| Channels::new(h, &prompt, &g.tokenizer));
+        // With an output format, which binds the final message, every other message
+        // (commentary's preambles too) streams as reasoning: the answer is what parses.
+        let final_only = request.format.is_some();
+        let channels = harmony.map(|h| Channels::new(h, &prompt, &g.tokenizer, final_only));
         let inside = markers.is_some_and(|m| m.opened_by(&prompt))
             || channels.as_ref().is_some_and(Channels::reasoning);
         if harmony.is_some() && !request.tools.is_empty() {
@@ -523,16 +526,21 @@ impl Stream {
                 if self.tokenizer.eos_ids().contains(&token) {
                     return Ok(()); // the engine's Done follows
                 }
+                // A marker or header is counted before it is followed: a stop string the held
+                // text completes then reports it in the usage.
                 if let Some(markers) = self.markers
-                    && self.reasoning_marker(markers, token)?
+                    && (token == markers.open || token == markers.close)
                 {
                     self.reasoning_tokens += 1;
+                    self.reasoning_marker(markers, token)?;
                     return Ok(());
                 }
                 if let Some(channels) = &mut self.channels {
                     let side = channels.push(token, &self.tokenizer);
-                    if self.harmony_side(side)? {
+                    if side == Side::Hidden {
                         self.reasoning_tokens += 1;
+                    }
+                    if self.harmony_side(side)? {
                         return Ok(());
                     }
                 }
@@ -598,18 +606,15 @@ impl Stream {
         Ok(())
     }
 
-    /// Whether `token` opens or closes the reasoning (and is no text of either): the text
-    /// held back so far goes out on its side of the marker first.
-    fn reasoning_marker(&mut self, markers: Markers, token: u32) -> Result<bool> {
+    /// Follows a marker `token` that opens or closes the reasoning (no text of either): the
+    /// text held back so far goes out on its side of the marker first.
+    fn reasoning_marker(&mut self, markers: Markers, token: u32) -> Result<()> {
         let switch = if self.inside { markers.close } else { markers.open };
-        if token != switch {
-            // A stray marker (a second opening, a closing without one) is no text either.
-            return Ok(token == markers.open || token == markers.close);
-        }
-        if !self.flush_held()? {
+        // A stray marker (a second opening, a closing without one) is no text either.
+        if token == switch && !self.flush_held()? {
             self.inside = !self.inside;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The text the detokenizer holds back goes out on the side it was written on (before

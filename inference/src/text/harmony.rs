@@ -90,13 +90,17 @@ enum State {
 pub struct Channels {
     tokens: Harmony,
     state: State,
+    /// Only the `final` channel is the answer (an output format binds it): every other
+    /// message is reasoning.
+    final_only: bool,
 }
 
 impl Channels {
     /// Following a generation that continues `prompt` (which the template ends in a header,
-    /// `<|start|>assistant`, or in a message's body).
-    pub fn new(tokens: Harmony, prompt: &[u32], tokenizer: &Tokenizer) -> Self {
-        let mut channels = Self { tokens, state: State::Header(None) };
+    /// `<|start|>assistant`, or in a message's body); `final_only`: only the `final` channel
+    /// is the answer, other channels' messages are reasoning.
+    pub fn new(tokens: Harmony, prompt: &[u32], tokenizer: &Tokenizer, final_only: bool) -> Self {
+        let mut channels = Self { tokens, state: State::Header(None), final_only };
         let from = prompt.iter().rposition(|&t| t == tokens.start).unwrap_or(prompt.len());
         for &token in &prompt[from..] {
             channels.push(token, tokenizer);
@@ -133,10 +137,16 @@ impl Channels {
                 (State::Header(Some(Vec::new())), Side::Hidden)
             }
             State::Header(name) if token == t.message => {
-                let side = match name.map(|ids| tokenizer.decode(&ids)) {
-                    Some(Ok(text)) if channel_name(&text) == "analysis" => Side::Reasoning,
-                    // Every other channel is the user's to read: `final`, and `commentary`'s
-                    // preambles and tool calls (which come as text, not parsed calls).
+                let name = match name.map(|ids| tokenizer.decode(&ids)) {
+                    Some(Ok(text)) => channel_name(&text).to_owned(),
+                    _ => String::new(),
+                };
+                let side = match name.as_str() {
+                    "analysis" => Side::Reasoning,
+                    "final" => Side::Answer,
+                    _ if self.final_only => Side::Reasoning,
+                    // Every other channel is the user's to read: `commentary`'s preambles and
+                    // tool calls (which come as text, not parsed calls).
                     _ => Side::Answer,
                 };
                 (State::Message(side), Side::Hidden)
@@ -175,9 +185,18 @@ mod tests {
 
     /// The text of each side of `output`, generated after `prompt`.
     fn sides(tokenizer: &Tokenizer, prompt: &str, output: &str) -> (String, String, usize) {
+        sides_of(tokenizer, prompt, output, false)
+    }
+
+    fn sides_of(
+        tokenizer: &Tokenizer,
+        prompt: &str,
+        output: &str,
+        final_only: bool,
+    ) -> (String, String, usize) {
         let harmony = Harmony::of(tokenizer, tokenizer.chat_template()).expect("harmony");
         let prompt = tokenizer.encode(prompt).expect("encodes");
-        let mut channels = Channels::new(harmony, &prompt, tokenizer);
+        let mut channels = Channels::new(harmony, &prompt, tokenizer, final_only);
         let (mut reasoning, mut answer, mut hidden) = (vec![], vec![], 0);
         for token in tokenizer.encode(output).expect("encodes") {
             match channels.push(token, tokenizer) {
@@ -203,6 +222,12 @@ mod tests {
         let output = "<|channel|>commentary to=functions.add <|constrain|>json<|message|>\
                       {\"a\":6}<|call|>";
         assert_eq!(sides(&tokenizer, prompt, output).1, "{\"a\":6}");
+        // Where only the final channel is the answer (an output format binds it), a
+        // preamble is reasoning.
+        let output = "<|channel|>commentary<|message|>Let me add.<|end|>\
+                      <|start|>assistant<|channel|>final<|message|>42<|return|>";
+        let (reasoning, answer, _) = sides_of(&tokenizer, prompt, output, true);
+        assert_eq!((reasoning.as_str(), answer.as_str()), ("Let me add.", "42"));
         // A prompt that opens the final message itself (no reasoning asked for).
         let opened = format!("{prompt}<|channel|>final<|message|>");
         assert_eq!(sides(&tokenizer, &opened, "Sure.").1, "Sure.");

@@ -40,11 +40,15 @@ fn byte_level_pre_tokenizer(pre: &str) -> Option<tokenizers::PreTokenizerWrapper
         "smollm" => Some(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()),
         "gpt-4o" => {
             let pattern = SplitPattern::Regex(O200K_SPLIT.into());
-            // The pattern is a constant that compiles (tested); an error would leave the
-            // byte-level default, which still tokenizes.
-            let split = Split::new(pattern, SplitDelimiterBehavior::Isolated, false).ok()?;
-            let byte_level = ByteLevel::new(false, true, false);
-            Some(Sequence::new(vec![split.into(), byte_level.into()]).into())
+            // The pattern is a constant that compiles (tested); were it not to, GPT-2's
+            // split without a space added still tokenizes.
+            match Split::new(pattern, SplitDelimiterBehavior::Isolated, false) {
+                Ok(split) => {
+                    let byte_level = ByteLevel::new(false, true, false);
+                    Some(Sequence::new(vec![split.into(), byte_level.into()]).into())
+                }
+                Err(_) => Some(byte_level.into()),
+            }
         }
         _ => Some(byte_level.into()),
     }
