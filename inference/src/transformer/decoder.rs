@@ -843,9 +843,6 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
     } else {
         None
     };
-    // gpt-oss's files name the norm before its MLP as Gemma's after attention.
-    let mlp_norm_part =
-        if cfg.family == Family::GptOss { Part::PostAttnNorm(i) } else { Part::MlpNorm(i) };
     let attn_norm = pre_norm(src, Part::AttnNorm(i))?;
     let (post_attn_norm, post_mlp_norm) = if cfg.recipe.post_norms {
         let (attn, mlp) =
@@ -864,7 +861,7 @@ fn load_layer(cfg: &DecoderConfig, src: &mut impl WeightSource, i: usize) -> Res
         o: src.linear(Part::O(i), cfg.recipe.out_bias)?,
         sinks,
         post_attn_norm,
-        mlp_norm: pre_norm(src, mlp_norm_part)?,
+        mlp_norm: pre_norm(src, Part::mlp_norm(cfg.family, i))?,
         ffn,
         post_mlp_norm,
     })

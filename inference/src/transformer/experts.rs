@@ -29,9 +29,6 @@ struct SwiGlu {
     act: Activation,
 }
 
-/// An expert's biases of its gate, up and down projections (gpt-oss).
-type Biases = [Tensor; 3];
-
 #[derive(Debug)]
 enum GateUp {
     Fused(Linear),
@@ -39,18 +36,15 @@ enum GateUp {
 }
 
 impl SwiGlu {
-    /// From the gate, up and down matrices in their file's blocks (and their biases).
+    /// From the gate, up and down matrices in their file's blocks, and their biases where
+    /// the family has them (gpt-oss).
     fn new(
         [gate, up, down]: [QTensor; 3],
-        biases: Option<Biases>,
+        [gate_b, up_b, down_b]: [Option<Tensor>; 3],
         ff: usize,
         hidden: usize,
         act: Activation,
     ) -> Result<Self> {
-        let [gate_b, up_b, down_b] = match biases {
-            Some([g, u, d]) => [Some(g), Some(u), Some(d)],
-            None => [None, None, None],
-        };
         let pair = [gate, up];
         let gate_up = match repack::stack(&pair).ok().flatten() {
             Some(stacked) => {
@@ -191,14 +185,8 @@ impl MixtureOfExperts {
             .zip(downs?)
             .enumerate()
             .map(|(e, ((g, u), d))| {
-                let biases = match &biases {
-                    Some(rows) => {
-                        let row = |i: usize| rows[i].get(e);
-                        Some([row(0)?, row(1)?, row(2)?])
-                    }
-                    None => None,
-                };
-                SwiGlu::new([g, u, d], biases, spec.ff, hidden, act)
+                let row = |i: usize| biases.as_ref().map(|rows| rows[i].get(e)).transpose();
+                SwiGlu::new([g, u, d], [row(0)?, row(1)?, row(2)?], spec.ff, hidden, act)
             })
             .collect::<Result<Vec<_>>>()?;
         let shared = match spec.shared_ff {
@@ -210,7 +198,7 @@ impl MixtureOfExperts {
                         src.blocks(Part::SharedUp(layer))?,
                         src.blocks(Part::SharedDown(layer))?,
                     ],
-                    None,
+                    [None, None, None],
                     ff,
                     hidden,
                     act,

@@ -227,10 +227,7 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
             s.push((Part::PostMlpNorm(i), false, vec![h]));
         }
         if cfg.recipe.pre_norms {
-            // gpt-oss's files name it as Gemma's norm after attention.
-            let part =
-                if cfg.family == Family::GptOss { Part::PostAttnNorm(i) } else { Part::MlpNorm(i) };
-            s.push((part, false, vec![h]));
+            s.push((Part::mlp_norm(cfg.family, i), false, vec![h]));
         }
         if let Some(e) = &cfg.recipe.experts {
             s.push((Part::Router(i), false, vec![e.count, h]));
@@ -386,9 +383,7 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
             })
         }
         RopeScaling::LongRope { long, factors, attn_factor } => {
-            // The set not chosen is all ones, as in the GGUF file.
-            let ones = vec![1f32; factors.len()];
-            let (long_set, short_set) = if *long { (factors, &ones) } else { (&ones, factors) };
+            let (long_set, short_set) = longrope_sets(*long, factors);
             serde_json::json!({
                 "type": "longrope",
                 "long_factor": long_set,
@@ -398,14 +393,9 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         }
         _ => serde_json::Value::Null,
     };
-    // LongRoPE's original context, at the top level as Phi-3's files have it (and as the
-    // GGUF fixture writes it).
-    let original = match &cfg.rope.scaling {
-        RopeScaling::LongRope { long: true, .. } => 128,
-        _ => cfg.max_positions,
-    };
     serde_json::json!({
-        "original_max_position_embeddings": original,
+        // At the top level, as Phi-3's files have it.
+        "original_max_position_embeddings": original_context(cfg),
         "architectures": [architecture],
         "model_type": model_type,
         "vocab_size": cfg.vocab_size,
@@ -427,6 +417,23 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         "hidden_act": "silu",
         "torch_dtype": "float32",
     })
+}
+
+/// LongRoPE's long and short factor sets for a file whose chosen set is `factors`: the set
+/// not chosen is all ones (reading it instead would rotate as plain RoPE).
+fn longrope_sets(long: bool, factors: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let ones = vec![1f32; factors.len()];
+    if long { (factors.to_vec(), ones) } else { (ones, factors.to_vec()) }
+}
+
+/// The original context a fixture states (LongRoPE's, which llama.cpp compares its context
+/// size with; make_reference.py runs 256 positions): below for a long file, the model's own
+/// otherwise.
+fn original_context(cfg: &DecoderConfig) -> usize {
+    match &cfg.rope.scaling {
+        RopeScaling::LongRope { long: true, .. } => 128,
+        _ => cfg.max_positions,
+    }
 }
 
 /// Writes `config.json` and `model.safetensors` for `cfg` and `weights` into `dir`.
@@ -595,11 +602,8 @@ fn write_gguf_tensors(
             metadata.push((scaling("yarn_beta_slow"), Value::F32(*beta_slow as f32)));
             metadata.push((scaling("attn_factor"), Value::F32(*attn_factor as f32)));
         }
-        RopeScaling::LongRope { long, attn_factor, .. } => {
-            // The original context llama.cpp compares its context size with (make_reference.py
-            // runs 256 positions): below for a long file, the model's own for a short one.
-            let original = if *long { 128 } else { cfg.max_positions };
-            metadata.push((scaling("original_context_length"), u(original)));
+        RopeScaling::LongRope { attn_factor, .. } => {
+            metadata.push((scaling("original_context_length"), u(original_context(cfg))));
             metadata.push((scaling("attn_factor"), Value::F32(*attn_factor as f32)));
         }
         _ => {}
@@ -632,9 +636,7 @@ fn write_gguf_tensors(
         tensors.push(RawTensor { name, dims: t.dims().to_vec(), type_id, bytes });
     }
     if let RopeScaling::LongRope { long, factors, .. } = &cfg.rope.scaling {
-        // The set not chosen is all ones: reading it instead would rotate as plain RoPE.
-        let ones = vec![1f32; factors.len()];
-        let (long_set, short_set) = if *long { (factors, &ones) } else { (&ones, factors) };
+        let (long_set, short_set) = longrope_sets(*long, factors);
         for (name, set) in
             [("rope_factors_long.weight", long_set), ("rope_factors_short.weight", short_set)]
         {

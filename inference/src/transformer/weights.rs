@@ -8,6 +8,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::config::Family;
 use super::gguf::Header;
 use super::linear::Linear;
 
@@ -53,6 +54,12 @@ pub enum Part {
 }
 
 impl Part {
+    /// Layer `i`'s norm before its MLP in `family`'s files: gpt-oss's name it as Gemma's
+    /// norm after attention.
+    pub fn mlp_norm(family: Family, i: usize) -> Self {
+        if family == Family::GptOss { Part::PostAttnNorm(i) } else { Part::MlpNorm(i) }
+    }
+
     /// The Hugging Face name, without `.weight` / `.bias`.
     pub fn hf_name(self) -> String {
         let layer = |i: usize, rest: &str| format!("model.layers.{i}.{rest}");
