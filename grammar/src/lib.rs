@@ -16,7 +16,9 @@ mod tools;
 
 pub use constraint::{Constraint, Mask, Vocabulary};
 pub use format::OutputFormat;
-pub use tools::{CALL_CLOSE, CALL_OPEN, CallStyle, ToolChoice, tool_call_format, tools_preamble};
+pub use tools::{
+    CALL_CLOSE, CALL_OPEN, CallStyle, HarmonyTokens, ToolChoice, tool_call_format, tools_preamble,
+};
 
 /// What went wrong, said so that the sender can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,9 @@
-//! Tool calls under a grammar: the calls a model may make, written in the Hermes format
-//! (`<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, what Qwen2/2.5/3 and
+//! Tool calls under a grammar: the calls a model may make, in its family's format (Hermes's
+//! `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, what Qwen2/2.5/3 and
 //! Hermes-style models are trained on and what models without a tool format are told to
-//! write), compiled into an [`OutputFormat::Lark`] grammar. Every call the model writes under
-//! it names a declared function and carries arguments valid under that function's schema.
+//! write; Llama's bare JSON; harmony's messages addressed to a function), compiled into an
+//! [`OutputFormat::Lark`] grammar. Every call the model writes under it names a declared
+//! function and carries arguments valid under that function's schema.
 
 use serde_json::{Value, json};
 
@@ -21,6 +22,26 @@ pub enum CallStyle {
     Hermes,
     /// One bare `{"name": ..., "parameters": {...}}` as the whole reply: Llama 3.x.
     BareJson,
+    /// OpenAI's harmony (gpt-oss): a reply is messages, and a call is the last one,
+    /// `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}`, after
+    /// any `analysis` (reasoning) or `commentary` (preamble) messages; an answer is a
+    /// `final` message. The grammar covers the whole reply from the assistant's header on.
+    Harmony(HarmonyTokens),
+}
+
+/// The ids of harmony's special tokens in a model's vocabulary, for [`CallStyle::Harmony`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HarmonyTokens {
+    pub start: u32,
+    pub end: u32,
+    pub message: u32,
+    pub channel: u32,
+    /// `<|constrain|>`, which names a call's content type; without it the type follows a
+    /// space.
+    pub constrain: Option<u32>,
+    /// The prompt opened an `analysis` message (its template starts every reply
+    /// reasoning): the reply begins inside it.
+    pub in_analysis: bool,
 }
 
 /// Whether and which tools the model must call (OpenAI's `tool_choice`; `none` is a
@@ -50,7 +71,7 @@ pub fn tool_call_format(
     parallel: bool,
 ) -> Result<OutputFormat, GrammarError> {
     let arguments = match style {
-        CallStyle::Hermes => "arguments",
+        CallStyle::Hermes | CallStyle::Harmony(_) => "arguments",
         CallStyle::BareJson => "parameters",
     };
     let invalid = |msg: String| Err(GrammarError::Invalid(msg));
@@ -70,6 +91,11 @@ pub fn tool_call_format(
             Some(p @ Value::Object(_)) => p.clone(),
             Some(_) => return invalid(format!("the parameters of tool {name:?} are not a schema")),
         };
+        if let CallStyle::Harmony(tokens) = style {
+            // The name is in the header; the message is the arguments alone.
+            calls.push(harmony_call(tokens, name, &parameters));
+            continue;
+        }
         // Written by hand so that `name` comes before `arguments`, as models write calls.
         calls.push(format!(
             r#"{{"type": "object", "properties": {{"name": {{"const": {}}}, "{arguments}": {}}}, "required": ["name", "{arguments}"], "additionalProperties": false}}"#,
@@ -82,6 +108,9 @@ pub fn tool_call_format(
             ToolChoice::Function(name) => format!("tool_choice names {name:?}, not a given tool"),
             _ => "tools is empty: give at least one tool, or no tool_choice".to_owned(),
         });
+    }
+    if let CallStyle::Harmony(tokens) = style {
+        return Ok(OutputFormat::Lark(harmony_reply(tokens, &calls, choice, answer)?));
     }
     let options = r#""x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}"#;
     let json = format!("%json {{{options}, \"anyOf\": [{}]}}", calls.join(", "));
@@ -98,6 +127,7 @@ pub fn tool_call_format(
             // A bare call is the whole reply: text is what does not start as JSON.
             r#"TEXT: /(?s:[^{\s].*)/"#.to_owned(),
         ),
+        CallStyle::Harmony(_) => unreachable!("returned above"),
     };
     let start = match (choice, answer) {
         (ToolChoice::Function(_), _) => "start: call",
@@ -105,23 +135,87 @@ pub fn tool_call_format(
         (ToolChoice::Auto, None) => "start: TEXT | calls",
         (ToolChoice::Auto, Some(_)) => "start: answer | calls",
     };
-    let answer = match answer {
+    let answer = answer_rule(answer, ", ", ": ")?;
+    Ok(OutputFormat::Lark(format!("{start}\n{calls}\n{call}\n{answer}\n{text}\n")))
+}
+
+/// The rule `answer` for a reply's JSON answer format (empty without one), its JSON written
+/// with these separators.
+fn answer_rule(
+    answer: Option<&OutputFormat>,
+    items: &str,
+    keys: &str,
+) -> Result<String, GrammarError> {
+    let layout =
+        json!({"whitespace_flexible": false, "item_separator": items, "key_separator": keys});
+    Ok(match answer {
         None => String::new(),
         Some(OutputFormat::JsonObject) => {
-            format!("answer: %json {{{options}, \"type\": \"object\"}}")
+            format!("answer: %json {}", json!({"x-guidance": layout, "type": "object"}))
         }
         Some(OutputFormat::JsonSchema(schema)) => {
             let mut schema = schema.clone();
             if let Value::Object(fields) = &mut schema {
-                fields.entry("x-guidance").or_insert_with(|| {
-                    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-                });
+                fields.entry("x-guidance").or_insert(layout);
             }
             format!("answer: %json {schema}")
         }
-        Some(_) => return invalid("tools go with a JSON answer format only".into()),
+        Some(_) => {
+            return Err(GrammarError::Invalid("tools go with a JSON answer format only".into()));
+        }
+    })
+}
+
+/// One harmony call of `name`: its header and its arguments, compact JSON as gpt-oss writes
+/// them.
+fn harmony_call(tokens: HarmonyTokens, name: &str, parameters: &Value) -> String {
+    let mut schema = parameters.clone();
+    if let Value::Object(fields) = &mut schema {
+        fields.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":"}),
+        );
+    }
+    let recipient = Value::from(format!("commentary to=functions.{name} "));
+    let content_type = match tokens.constrain {
+        Some(constrain) => format!(r#"<[{constrain}]> "json""#),
+        None => r#""json""#.to_owned(),
     };
-    Ok(OutputFormat::Lark(format!("{start}\n{calls}\n{call}\n{answer}\n{text}\n")))
+    format!("{recipient} {content_type} <[{}]> %json {schema}", tokens.message)
+}
+
+/// The grammar of a whole harmony reply (special tokens by id, `<[id]>`): reasoning and
+/// preambles, free text each closed by `<|end|>` and the next assistant header, then a
+/// call (one: the reply ends at `<|call|>` to wait for its result), or with `Auto` a
+/// `final` answer, free or in `answer`'s format.
+fn harmony_reply(
+    tokens: HarmonyTokens,
+    calls: &[String],
+    choice: &ToolChoice,
+    answer: Option<&OutputFormat>,
+) -> Result<String, GrammarError> {
+    let HarmonyTokens { start, end, message, channel, in_analysis, .. } = tokens;
+    let opened = if in_analysis {
+        format!(r#"FREE <[{end}]> <[{start}]> "assistant" "#)
+    } else {
+        String::new()
+    };
+    let last = match choice {
+        ToolChoice::Auto => "(final | call)",
+        ToolChoice::Required | ToolChoice::Function(_) => "call",
+    };
+    let final_body = if answer.is_some() { "answer" } else { "FREE" };
+    let answer = answer_rule(answer, ",", ":")?;
+    let calls =
+        calls.iter().map(|c| format!("<[{channel}]> {c}")).collect::<Vec<_>>().join("\n    | ");
+    Ok(format!(
+        "start: {opened}message* {last}\n\
+         message: <[{channel}]> (\"analysis\" | \"commentary\") <[{message}]> FREE <[{end}]> <[{start}]> \"assistant\"\n\
+         final: <[{channel}]> \"final\" <[{message}]> {final_body}\n\
+         call: {calls}\n\
+         {answer}\n\
+         FREE: /(?s:.*)/\n"
+    ))
 }
 
 /// What a model without a tool format of its own is told, as Qwen2.5's template tells it:
@@ -165,7 +259,23 @@ mod tests {
             (ToolChoice::Required, None),
             (ToolChoice::Function("now".into()), None),
         ] {
-            for style in [CallStyle::Hermes, CallStyle::BareJson] {
+            let harmony = |constrain, in_analysis| {
+                let tokens = HarmonyTokens {
+                    start: 1,
+                    end: 2,
+                    message: 3,
+                    channel: 4,
+                    constrain,
+                    in_analysis,
+                };
+                CallStyle::Harmony(tokens)
+            };
+            for style in [
+                CallStyle::Hermes,
+                CallStyle::BareJson,
+                harmony(Some(5), false),
+                harmony(None, true),
+            ] {
                 let format = tool_call_format(&weather(), &choice, answer, style, true);
                 let checked = format.as_ref().map_err(Clone::clone).and_then(OutputFormat::check);
                 assert_eq!(checked, Ok(()), "{choice:?} {style:?}: {format:?}");

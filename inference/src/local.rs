@@ -21,7 +21,7 @@ use crate::engine::{
 };
 use crate::model::{
     Embeddings, FinishReason, GenerateRequest, Generation, GenerationEvent, Model, ModelStats,
-    TokenLogprob, Usage,
+    TokenLogprob, ToolCall, Usage,
 };
 use crate::sampling::SamplingParams;
 use crate::text::harmony::{Channels, Harmony, Side};
@@ -243,24 +243,37 @@ impl Generator {
     /// format as the answer's), else its format. A model whose vocabulary cannot be read
     /// still serves requests that may call tools, unconstrained, as before grammars;
     /// what must be constrained fails with the reason.
+    /// `harmony`: the model answers in harmony, and the prompt's state (whose grammar
+    /// covers the whole reply when there are tools).
     fn constraint(
         &self,
         request: &GenerateRequest,
         template: &ChatTemplate,
+        harmony: Option<(Harmony, &Channels)>,
     ) -> Result<Option<Constraint>> {
         let invalid = |e: GrammarError| Error::InvalidRequest(e.to_string());
         if request.tools.is_empty() {
             let format = request.format.as_ref();
             return format.map(|f| self.constrain(f)).transpose().map_err(invalid);
         }
-        // A template that writes `<tool_call>` (or knows no tools and is told to use it)
-        // takes the Hermes style; one that renders tools its own way, Llama's bare JSON.
-        let style =
-            if template.source().contains(fleet_grammar::CALL_OPEN) || !template.renders_tools() {
-                CallStyle::Hermes
-            } else {
-                CallStyle::BareJson
-            };
+        // A harmony model calls in its own messages; a template that writes `<tool_call>`
+        // (or knows no tools and is told to use it) takes the Hermes style; one that
+        // renders tools its own way, Llama's bare JSON.
+        let style = if let Some((harmony, channels)) = harmony {
+            if channels.answering() {
+                return Err(Error::InvalidRequest(
+                    "this model's chat template opens the final answer, so it cannot call \
+                     tools: ask it without tools"
+                        .into(),
+                ));
+            }
+            CallStyle::Harmony(harmony.grammar_tokens(channels.reasoning()))
+        } else if template.source().contains(fleet_grammar::CALL_OPEN) || !template.renders_tools()
+        {
+            CallStyle::Hermes
+        } else {
+            CallStyle::BareJson
+        };
         let calls = tool_call_format(
             &request.tools,
             &request.tool_choice,
@@ -435,18 +448,13 @@ impl Model for LocalModel {
         let channels = harmony.map(|h| Channels::new(h, &prompt, &g.tokenizer, final_only));
         let inside = markers.is_some_and(|m| m.opened_by(&prompt))
             || channels.as_ref().is_some_and(Channels::reasoning);
-        if harmony.is_some() && !request.tools.is_empty() {
-            return Err(Error::InvalidRequest(format!(
-                "model {} answers in harmony (gpt-oss), whose tool calls are not parsed yet: \
-                 ask it without tools",
-                self.id
-            )));
-        }
-        let constraint = g.constraint(&request, self.template()?)?;
-        let constraint = match (constraint, markers, harmony, &channels) {
-            (Some(c), Some(m), _, _) => Some(c.after_reasoning(m.open, m.close, inside)),
-            // A harmony model's format binds its final message, after any analysis.
-            (Some(c), None, Some(h), Some(channels)) => {
+        let reply = harmony.zip(channels.as_ref());
+        let constraint = g.constraint(&request, self.template()?, reply)?;
+        let constraint = match (constraint, markers, reply) {
+            (Some(c), Some(m), _) => Some(c.after_reasoning(m.open, m.close, inside)),
+            // With tools, a harmony grammar covers the whole reply; without, the format binds
+            // the final message alone, after any analysis.
+            (Some(c), None, Some((h, channels))) if request.tools.is_empty() => {
                 let (channel, message) = h.header_marks();
                 let name = g.tokenizer.encode("final")?;
                 Some(c.in_final_channel(channel, message, name, channels.answering()))
@@ -475,6 +483,7 @@ impl Model for LocalModel {
             cached_tokens: 0,
             completion_tokens: 0,
             reasoning_tokens: 0,
+            calls: 0,
         };
         Ok(futures::stream::unfold(state, |mut s| async move {
             let next = s.next().await?;
@@ -502,6 +511,8 @@ struct Stream {
     completion_tokens: usize,
     /// Of those, the reasoning's and its markers'.
     reasoning_tokens: usize,
+    /// Tool calls made so far (harmony's; other families' are text).
+    calls: usize,
 }
 
 impl Stream {
@@ -540,7 +551,9 @@ impl Stream {
                     if side == Side::Hidden {
                         self.reasoning_tokens += 1;
                     }
-                    if self.harmony_side(side)? {
+                    let consumed = self.harmony_side(side)?;
+                    self.tool_calls(false);
+                    if consumed {
                         return Ok(());
                     }
                 }
@@ -577,6 +590,8 @@ impl Stream {
             }
             Some(TokenEvent::Done { finish, cached_tokens, .. }) => {
                 self.cached_tokens = cached_tokens;
+                // A harmony call ends the generation (`<|call|>`) and its message.
+                self.tool_calls(true);
                 let mut rest = self.detokenizer.finish(&self.tokenizer)?;
                 if self.inside {
                     self.reasoning(std::mem::take(&mut rest));
@@ -634,19 +649,33 @@ impl Stream {
     }
 
     /// Moves a harmony generation to `side`: the text held back so far goes out on the side
-    /// it was written on. Whether the token is no text of either (a header or a marker).
+    /// it was written on. Whether the token is no text of either (a header, a marker, a
+    /// call's arguments).
     fn harmony_side(&mut self, side: Side) -> Result<bool> {
+        let text = matches!(side, Side::Reasoning | Side::Answer);
         let inside = side == Side::Reasoning;
-        if side != Side::Hidden && inside == self.inside {
+        if text && inside == self.inside {
             return Ok(false);
         }
         if self.flush_held()? {
             return Ok(true);
         }
-        if side != Side::Hidden {
+        if text {
             self.inside = inside;
         }
-        Ok(side == Side::Hidden)
+        Ok(!text)
+    }
+
+    /// The harmony calls whose messages ended (with `end`, the one the generation ended
+    /// in) as events, after the text before them.
+    fn tool_calls(&mut self, end: bool) {
+        let Some(channels) = &mut self.channels else { return };
+        for call in channels.take_calls(&self.tokenizer, end) {
+            let id = format!("call_{}", self.calls);
+            self.calls += 1;
+            let call = ToolCall { id, name: call.name, arguments: call.arguments };
+            self.queue.push_back(Ok(GenerationEvent::ToolCall(call)));
+        }
     }
 
     fn reasoning(&mut self, text: String) {

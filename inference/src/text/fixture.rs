@@ -132,18 +132,40 @@ pub fn write_harmony_tokenizer_files(dir: &Path) -> io::Result<usize> {
     write_files(dir, Variant::Harmony)
 }
 
-/// A harmony chat template, ours (gpt-oss's own also writes a system message, tools and
-/// reasoning effort): each message a header and a body, earlier answers as `final`
-/// messages, and the generation prompt an open assistant header.
+/// A harmony chat template, ours (gpt-oss's own also writes a system message and reasoning
+/// effort): tools as a `functions` namespace in a developer message, each message a header
+/// and a body, earlier answers as `final` messages, earlier calls as messages to their
+/// function and their results as messages from it, and the generation prompt an open
+/// assistant header.
 pub const HARMONY_CHAT_TEMPLATE: &str = "\
+{%- if tools -%}\
+<|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {\n\
+{%- for tool in tools %}\n// {{ tool.function.description }}\n\
+type {{ tool.function.name }} = (_: {{ tool.function.parameters | tojson }}) => any;\
+{%- endfor %}\n} // namespace functions<|end|>\
+{%- endif -%}\
+{%- set last = namespace(call='') -%}\
 {%- for message in messages -%}\
-{%- if message.role == 'assistant' -%}\
+{%- if message.role == 'assistant' and message.tool_calls -%}\
+{%- for call in message.tool_calls -%}\
+<|start|>assistant<|channel|>commentary to=functions.{{ call.function.name }} \
+<|constrain|>json<|message|>{{ call.function.arguments | tojson }}<|call|>\
+{%- set last.call = call.function.name -%}\
+{%- endfor -%}\
+{%- elif message.role == 'assistant' -%}\
 <|start|>assistant<|channel|>final<|message|>{{ message.content }}<|end|>\
+{%- elif message.role == 'tool' -%}\
+<|start|>functions.{{ last.call }} to=assistant<|channel|>commentary<|message|>\
+{{ message.content }}<|end|>\
 {%- else -%}\
 <|start|>{{ message.role }}<|message|>{{ message.content }}<|end|>\
 {%- endif -%}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}";
+
+/// Words of harmony headers as one token each (as in gpt-oss's vocabulary), so that a
+/// planted model's chain through a call's header has no token twice.
+const HARMONY_WORDS: [&str; 3] = ["commentary", " to=functions.", "json"];
 
 /// Harmony's special tokens.
 const HARMONY_TOKENS: [&str; 7] = [
@@ -204,6 +226,8 @@ fn write_files(dir: &Path, variant: Variant) -> io::Result<usize> {
         Variant::Harmony => {
             let specials = HARMONY_TOKENS.map(|t| AddedToken::from(t, true));
             tokenizer.add_special_tokens(specials).map_err(io::Error::other)?;
+            let words = HARMONY_WORDS.map(|t| AddedToken::from(t, false));
+            tokenizer.add_tokens(words).map_err(io::Error::other)?;
         }
         Variant::Plain => {}
     }

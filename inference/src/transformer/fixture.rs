@@ -728,7 +728,8 @@ pub fn write_harmony_model(dir: &Path, output: &str) -> crate::Result<()> {
 /// Writes a tiny Qwen3 into `dir` (beside its tokenizer) that writes `chain[i + 1]` after
 /// `chain[i]`.
 fn write_rote_model(dir: &Path, chain: &[u32]) -> std::result::Result<(), String> {
-    let cfg = tiny_config(Family::Qwen3, false);
+    // Room for a prompt that declares tools (~600 tokens of the fixture's vocabulary).
+    let cfg = DecoderConfig { max_positions: 2048, ..tiny_config(Family::Qwen3, false) };
     let hidden = cfg.hidden_size;
     let distinct = chain.iter().collect::<std::collections::HashSet<_>>().len() == chain.len();
     if !distinct || chain.len() > hidden {
