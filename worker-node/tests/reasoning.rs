@@ -166,3 +166,88 @@ async fn reasoning_arrives_apart_at_every_front_door() -> Result<()> {
     })
     .await
 }
+
+/// A harmony model's (gpt-oss's) call to a function, through OpenAI chat and the Responses
+/// API: structured tool calls (not text), under the grammar of the tools the client gave.
+/// The model is a tiny Qwen3 planted to call `sum` with no arguments in harmony's format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harmony_models_calls_arrive_as_tool_calls_under_their_grammar() -> Result<()> {
+    within(async {
+        let root = std::env::temp_dir().join(format!("fleet-harmony-calls-{}", std::process::id()));
+        let call = "<|channel|>commentary to=functions.sum <|constrain|>json<|message|>{}<|call|>";
+        fixture::write_harmony_model(&root.join("caller"), call)?;
+        let config =
+            "[[agent]]\nname = \"caller\"\nmodel = \"caller\"\nsampling = { max_tokens = 64 }\n";
+        let cluster = ClusterSandbox::builder()
+            .workers(1)
+            .config(config)
+            .worker_arg("--models-dir")
+            .worker_arg(root.to_string_lossy())
+            .start()
+            .await?;
+        let url = &cluster.url;
+        let tools = json!([
+            {"type": "function", "function": {"name": "sum", "parameters": {"type": "object"}}},
+            {"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+                "properties": {"a": {"type": "integer", "maximum": 99}, "b": {"type": "integer", "maximum": 99}},
+                "required": ["a", "b"], "additionalProperties": false}}},
+        ]);
+        let chat = json!({"model": "caller", "tools": tools,
+            "messages": [{"role": "user", "content": "add 6 and 7"}]});
+
+        // Whole: the model's own call, as a tool call.
+        let whole: Value = serde_json::from_str(
+            &post(&format!("{url}/v1/chat/completions"), chat.clone(), &[]).await?,
+        )?;
+        let choice = &whole["choices"][0];
+        let calls = &choice["message"]["tool_calls"];
+        ensure!(
+            choice["finish_reason"] == "tool_calls" && calls.as_array().map(Vec::len) == Some(1),
+            "{whole}"
+        );
+        ensure!(calls[0]["function"] == json!({"name": "sum", "arguments": "{}"}), "{whole}");
+        ensure!(choice["message"]["content"].as_str().unwrap_or_default().is_empty(), "{whole}");
+
+        // Told to call `add`, streamed: the grammar writes its header and valid arguments.
+        let mut forced = chat.clone();
+        forced["tool_choice"] = json!({"type": "function", "function": {"name": "add"}});
+        forced["stream"] = json!(true);
+        let chunks = sse(&post(&format!("{url}/v1/chat/completions"), forced, &[]).await?)?;
+        let deltas = chunks.iter().flat_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default()
+        });
+        let (mut name, mut arguments) = (String::new(), String::new());
+        for delta in deltas {
+            name.push_str(delta["function"]["name"].as_str().unwrap_or_default());
+            arguments.push_str(delta["function"]["arguments"].as_str().unwrap_or_default());
+        }
+        let args: Value =
+            serde_json::from_str(&arguments).with_context(|| format!("{chunks:?}"))?;
+        ensure!(name == "add" && args["a"].is_i64() && args["b"].is_i64(), "{chunks:?}");
+        let last = chunks.last().map(|c| &c["choices"][0]["finish_reason"]);
+        ensure!(last == Some(&json!("tool_calls")), "{chunks:?}");
+
+        // Cut off inside its arguments (`{` of `{}`, the 11th token): a call, but no call to
+        // run, so the reason is the length.
+        let mut cut = chat.clone();
+        cut["max_tokens"] = json!(11);
+        let whole: Value = serde_json::from_str(&post(&format!("{url}/v1/chat/completions"), cut, &[]).await?)?;
+        let choice = &whole["choices"][0];
+        ensure!(choice["finish_reason"] == "length", "{whole}");
+        ensure!(choice["message"]["tool_calls"][0]["function"]["arguments"] == "{", "{whole}");
+
+        // Responses: a function_call item.
+        let input = json!({"model": "caller", "input": "add 6 and 7", "tools": [
+            {"type": "function", "name": "sum", "parameters": {"type": "object"}}]});
+        let response: Value =
+            serde_json::from_str(&post(&format!("{url}/v1/responses"), input, &[]).await?)?;
+        let item = &response["output"][0];
+        ensure!(
+            item["type"] == "function_call" && item["name"] == "sum" && item["arguments"] == "{}",
+            "{response}"
+        );
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
+    })
+    .await
+}

@@ -176,7 +176,12 @@ pub(super) async fn complete(mut run: TaskRun) -> Result<Answer, ApiError> {
                 logprobs.clear();
             }
             EventKind::Completed { usage } => {
-                let finish = if calls.is_empty() { finish_reason(usage) } else { "tool_calls" };
+                // A call cut off by max_tokens is no call to run: the reason is the length.
+                let finish = if calls.is_empty() || usage.truncated {
+                    finish_reason(usage)
+                } else {
+                    "tool_calls"
+                };
                 let content = (!text.is_empty() || calls.is_empty()).then_some(text);
                 let reasoning_content = (!reasoning.is_empty()).then_some(reasoning);
                 let message = AssistantMessage {
@@ -325,7 +330,11 @@ async fn next_chunks(s: &mut Streaming) -> (Vec<Out>, bool) {
                 return (vec![Out::Fatal(error_event(&e))], false);
             }
             EventKind::Completed { usage } => {
-                let finish = if s.calls > 0 { "tool_calls" } else { finish_reason(usage) };
+                let finish = if s.calls > 0 && !usage.truncated {
+                    "tool_calls"
+                } else {
+                    finish_reason(usage)
+                };
                 let last = s.head.chunk(s.index, Delta::default(), Some(finish));
                 return (vec![Out::Chunk(last), Out::Done(*usage)], false);
             }
