@@ -109,9 +109,6 @@ pub fn tool_call_format(
             _ => "tools is empty: give at least one tool, or no tool_choice".to_owned(),
         });
     }
-    if let CallStyle::Harmony(tokens) = style {
-        return Ok(OutputFormat::Lark(harmony_reply(tokens, &calls, choice, answer)?));
-    }
     let options = r#""x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}"#;
     let json = format!("%json {{{options}, \"anyOf\": [{}]}}", calls.join(", "));
     let (call, calls, text) = match style {
@@ -127,7 +124,9 @@ pub fn tool_call_format(
             // A bare call is the whole reply: text is what does not start as JSON.
             r#"TEXT: /(?s:[^{\s].*)/"#.to_owned(),
         ),
-        CallStyle::Harmony(_) => unreachable!("returned above"),
+        CallStyle::Harmony(tokens) => {
+            return Ok(OutputFormat::Lark(harmony_reply(tokens, &calls, choice, answer)?));
+        }
     };
     let start = match (choice, answer) {
         (ToolChoice::Function(_), _) => "start: call",
@@ -135,19 +134,15 @@ pub fn tool_call_format(
         (ToolChoice::Auto, None) => "start: TEXT | calls",
         (ToolChoice::Auto, Some(_)) => "start: answer | calls",
     };
-    let answer = answer_rule(answer, ", ", ": ")?;
+    let answer = answer_rule(answer)?;
     Ok(OutputFormat::Lark(format!("{start}\n{calls}\n{call}\n{answer}\n{text}\n")))
 }
 
-/// The rule `answer` for a reply's JSON answer format (empty without one), its JSON written
-/// with these separators.
-fn answer_rule(
-    answer: Option<&OutputFormat>,
-    items: &str,
-    keys: &str,
-) -> Result<String, GrammarError> {
+/// The rule `answer` for a reply's JSON answer format (empty without one), laid out as
+/// [`OutputFormat`] lays out JSON without tools.
+fn answer_rule(answer: Option<&OutputFormat>) -> Result<String, GrammarError> {
     let layout =
-        json!({"whitespace_flexible": false, "item_separator": items, "key_separator": keys});
+        json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "});
     Ok(match answer {
         None => String::new(),
         Some(OutputFormat::JsonObject) => {
@@ -166,14 +161,13 @@ fn answer_rule(
     })
 }
 
-/// One harmony call of `name`: its header and its arguments, compact JSON as gpt-oss writes
-/// them.
+/// One harmony call of `name`: its header and its arguments, compact JSON as harmony's
+/// calls are written (a schema's own layout wins).
 fn harmony_call(tokens: HarmonyTokens, name: &str, parameters: &Value) -> String {
     let mut schema = parameters.clone();
     if let Value::Object(fields) = &mut schema {
-        fields.insert(
-            "x-guidance".into(),
-            json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":"}),
+        fields.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":"}),
         );
     }
     let recipient = Value::from(format!("commentary to=functions.{name} "));
@@ -205,7 +199,7 @@ fn harmony_reply(
         ToolChoice::Required | ToolChoice::Function(_) => "call",
     };
     let final_body = if answer.is_some() { "answer" } else { "FREE" };
-    let answer = answer_rule(answer, ",", ":")?;
+    let answer = answer_rule(answer)?;
     let calls =
         calls.iter().map(|c| format!("<[{channel}]> {c}")).collect::<Vec<_>>().join("\n    | ");
     Ok(format!(

@@ -669,6 +669,10 @@ impl Stream {
     /// The harmony calls whose messages ended (with `end`, the one the generation ended
     /// in) as events, after the text before them.
     fn tool_calls(&mut self, end: bool) {
+        // Nothing follows a generation that a stop string ended.
+        if self.events.is_none() {
+            return;
+        }
         let Some(channels) = &mut self.channels else { return };
         for call in channels.take_calls(&self.tokenizer, end) {
             let id = format!("call_{}", self.calls);
