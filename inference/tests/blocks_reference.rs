@@ -138,3 +138,32 @@ fn gpu_weight_bytes_follow_the_blocks_decision() {
     assert!(held > file * 17 / 10, "{held} of a {file}-byte IQ4_NL file");
     let _ = std::fs::remove_file(&path);
 }
+
+/// On the CPU, IQ4_NL, IQ4_XS and MXFP4 files take about their own size in memory: the
+/// kernels hold their blocks as 4-bit codes, not as the Q8_0 the reader transcodes them to
+/// (which would take 1.9× the file).
+#[test]
+fn the_cpu_holds_table_types_at_about_their_files_size() {
+    use fleet_inference::transformer::gguf::Transcoded;
+    use fleet_inference::transformer::load::load_gguf;
+    use fleet_inference::transformer::{Family, fixture};
+    let path = std::env::temp_dir().join(format!("fleet-cpu-bytes-{}.gguf", std::process::id()));
+    for (family, kind) in [
+        (Family::Qwen2, Transcoded::Iq4Nl),
+        (Family::Granite, Transcoded::Iq4Xs),
+        (Family::GptOss, Transcoded::Mxfp4),
+    ] {
+        let cfg = fixture::quantizable_config(family);
+        let weights = fixture::random_weights(&cfg).expect("weights");
+        fixture::write_gguf(&path, &cfg, &weights, kind, &[]).expect("a GGUF");
+        let file = std::fs::metadata(&path).expect("the file").len() as usize;
+        let (decoder, _) = load_gguf(&path, &Device::Cpu).expect("the model loads");
+        let held = decoder.weight_bytes();
+        assert!(
+            held <= file * 11 / 10,
+            "{}: {held} bytes held for a {file}-byte file",
+            kind.name()
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}

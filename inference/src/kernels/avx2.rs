@@ -24,8 +24,9 @@ use core::arch::x86_64::{__m128i, __m256, __m256i};
 use pulp::x86::V3;
 
 use super::act::QK;
+use super::codes::{Codebook, Coded};
 use super::dense::{Acc, DenseKernel};
-use super::q8::{Block, Fives, Nibbles, Q8Kernel, Unsigned};
+use super::q8::{Block, Fives, Nibbles, Q8Kernel, Signed, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperTile, SuperValues, Wide};
 
 /// The tiles on AVX2 (`D` = [`Madd`]) or with VNNI's dot products.
@@ -103,6 +104,17 @@ impl WideLoad for Nibbles {
     }
 }
 
+impl<C: Codebook> WideLoad for Coded<C> {
+    #[inline(always)]
+    fn load(&self, s: V3) -> __m256i {
+        // The codes as bytes, then each byte the table's value at it (`pshufb` looks up
+        // within each 128-bit half, so both halves hold the table).
+        let table: __m128i = pulp::cast(C::VALUES);
+        let table = s.avx._mm256_set_m128i(table, table);
+        s.avx2._mm256_shuffle_epi8(table, self.0.load(s))
+    }
+}
+
 impl WideLoad for Fives {
     #[inline(always)]
     fn load(&self, s: V3) -> __m256i {
@@ -130,12 +142,26 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
 
     /// `w + 128` as unsigned bytes: flipping the top bit.
     #[inline(always)]
-    fn unsign<const R: usize>(self, w: &[[Block; R]], out: &mut [[Block; R]]) {
+    fn unsign<const R: usize, S: Signed + WideLoad>(self, w: &[[S; R]], out: &mut [[Block; R]]) {
         let s = self.0;
         let top = s.avx._mm256_set1_epi8(-128);
         for (o, w) in out.iter_mut().zip(w) {
             for (o, w) in o.iter_mut().zip(w) {
-                *o = pulp::cast(s.avx2._mm256_xor_si256(pulp::cast(*w), top));
+                *o = pulp::cast(s.avx2._mm256_xor_si256(w.load(s), top));
+            }
+        }
+    }
+
+    /// The values as the tiles load them, stored.
+    #[inline(always)]
+    fn unpack_signed<const R: usize, S: Signed + WideLoad>(
+        self,
+        w: &[[S; R]],
+        out: &mut [[Block; R]],
+    ) {
+        for (o, w) in out.iter_mut().zip(w) {
+            for (o, w) in o.iter_mut().zip(w) {
+                *o = pulp::cast(w.load(self.0));
             }
         }
     }
@@ -172,9 +198,9 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
     }
 
     #[inline(always)]
-    fn tile<const R: usize>(
+    fn tile<const R: usize, S: Signed + WideLoad>(
         self,
-        w: &[[Block; R]],
+        w: &[[S; R]],
         sc: &[[f32; R]],
         x: &[Block],
         ax: &[Block],
@@ -189,7 +215,7 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
             let xv: __m256i = pulp::cast(x[b]);
             let axv: __m256i = pulp::cast(ax[b]);
             for i in 0..R {
-                let wv: __m256i = pulp::cast(w[b][i]);
+                let wv = w[b][i].load(s);
                 // |x| · (w · sign x): the unsigned operand is the activation's, so only one
                 // sign per pair; pair sums stay below 2·127·128 < i16::MAX.
                 let p32 = self.1.bytes(s, zero, axv, s.avx2._mm256_sign_epi8(wv, xv));

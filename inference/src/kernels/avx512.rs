@@ -17,7 +17,7 @@ use pulp::x86::{V3, V4};
 use super::act::{ActRow, QK};
 use super::avx2::{Avx2, Madd, WideLoad};
 use super::dense::{Acc, DenseKernel};
-use super::q8::{Block, Bytes, Q8Kernel, TILE, Unsigned};
+use super::q8::{Block, Bytes, Q8Kernel, Signed, TILE, Unsigned};
 use super::superblock::{SuperKernel, SuperRow, SuperTile, SuperValues, Wide};
 use super::vnni::{V4Vnni, Vnni};
 
@@ -50,8 +50,17 @@ impl Q8Kernel for Avx512 {
     }
 
     #[inline(always)]
-    fn unsign<const R: usize>(self, w: &[[Block; R]], out: &mut [[Block; R]]) {
-        self.ymm.unsign::<R>(w, out)
+    fn unsign<const R: usize, S: Signed + WideLoad>(self, w: &[[S; R]], out: &mut [[Block; R]]) {
+        self.ymm.unsign::<R, S>(w, out)
+    }
+
+    #[inline(always)]
+    fn unpack_signed<const R: usize, S: Signed + WideLoad>(
+        self,
+        w: &[[S; R]],
+        out: &mut [[Block; R]],
+    ) {
+        self.ymm.unpack_signed::<R, S>(w, out)
     }
 
     #[inline(always)]
@@ -65,14 +74,14 @@ impl Q8Kernel for Avx512 {
     }
 
     #[inline(always)]
-    fn tile<const R: usize>(
+    fn tile<const R: usize, S: Signed + WideLoad>(
         self,
-        w: &[[Block; R]],
+        w: &[[S; R]],
         sc: &[[f32; R]],
         x: &[Block],
         ax: &[Block],
     ) -> [f32; R] {
-        Q8Kernel::tile::<R>(self.ymm, w, sc, x, ax)
+        Q8Kernel::tile::<R, S>(self.ymm, w, sc, x, ax)
     }
 
     #[inline(always)]

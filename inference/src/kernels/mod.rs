@@ -7,8 +7,10 @@
 //! a 4-row weight tile in L1 while the activation rows go by ([`q8`]), so the weights are
 //! read from memory once per call however many sequences are batched (up to ~256 KB of
 //! activations per pass). Supported: [`SUPPORTED`] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, and the
-//! k-quants Q2_K..Q6_K through their own kernel, [`superblock`]). Other dtypes are an
-//! [`Error::UnsupportedWeights`] so the caller keeps candle's `QMatMul`.
+//! k-quants Q2_K..Q6_K through their own kernel, [`superblock`]). Q8_0 weights whose values
+//! all come from IQ4's or MXFP4's table (those files' tensors, transcoded by the GGUF reader)
+//! are held as 4-bit codes ([`codes`]). Other dtypes are an [`Error::UnsupportedWeights`] so
+//! the caller keeps candle's `QMatMul`.
 //!
 //! [`DenseMatrix`] does the same for f32 weights ([`dense`]); [`PanelMatrix`] packs f32
 //! weights for hundreds of activation rows per call (an encoder's tokens) on AVX-512
@@ -20,6 +22,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocks;
+pub mod codes;
 mod dense;
 #[cfg(target_arch = "x86_64")]
 mod panel;
@@ -36,6 +39,7 @@ use rayon::prelude::*;
 use crate::{Error, Result};
 use act::{Needs, QK, QuantActs};
 use blocks::{Decoded, Vals};
+use codes::{Coded, Fp4, Iq4};
 pub use dense::DenseMatrix;
 #[cfg(target_arch = "x86_64")]
 pub use panel::PanelMatrix;
@@ -78,6 +82,8 @@ struct Blocks {
 #[derive(Debug)]
 enum Stored {
     Signed(Vec<Block>),
+    Iq4(Vec<Coded<Iq4>>),
+    Fp4(Vec<Coded<Fp4>>),
     Nibbles(Vec<Nibbles>),
     Fives(Vec<Fives>),
 }
@@ -356,13 +362,19 @@ impl Blocks {
                 }
             }
         }
-        let values = values.unwrap_or(Stored::Signed(Vec::new()));
+        let values = match values {
+            Some(Stored::Signed(v)) => Stored::coded(v),
+            Some(values) => values,
+            None => Stored::Signed(Vec::new()),
+        };
         Ok(Self { values, d, m, m_of_d })
     }
 
     fn bytes(&self) -> usize {
         let values = match &self.values {
             Stored::Signed(v) => v.len() * QK,
+            Stored::Iq4(v) => v.len() * QK / 2,
+            Stored::Fp4(v) => v.len() * QK / 2,
             Stored::Nibbles(v) => v.len() * QK / 2,
             Stored::Fives(v) => v.len() * (QK / 2 + 4),
         };
@@ -375,8 +387,10 @@ impl Blocks {
     /// unpacked tile.
     fn needs(&self, m: usize, any_u8: bool) -> Needs {
         match (&self.values, self.m_of_d) {
-            (Stored::Signed(_), _) if any_u8 && m >= q8::UNPACK_ROWS => Needs::Shifts(-128),
-            (Stored::Signed(_), _) => Needs::Abs,
+            (signed, _) if signed.is_signed() && any_u8 && m >= q8::UNPACK_ROWS => {
+                Needs::Shifts(-128)
+            }
+            (signed, _) if signed.is_signed() => Needs::Abs,
             (_, Some(f)) => Needs::Shifts(f),
             _ => Needs::Sums,
         }
@@ -400,11 +414,9 @@ impl Blocks {
             let d = act::f16_to_f32(self.d[i]);
             let out = &mut out[b * QK..(b + 1) * QK];
             match &self.values {
-                Stored::Signed(v) => {
-                    for (o, &q) in out.iter_mut().zip(&v[i]) {
-                        *o = f32::from(q) * d;
-                    }
-                }
+                Stored::Signed(v) => signed_row(&v[i], d, out),
+                Stored::Iq4(v) => signed_row(&v[i], d, out),
+                Stored::Fp4(v) => signed_row(&v[i], d, out),
                 Stored::Nibbles(v) => {
                     let m = self.offset(i, d);
                     for (o, q) in out.iter_mut().zip(v[i].bytes()) {
@@ -449,6 +461,8 @@ impl Blocks {
         QRows {
             values: match &self.values {
                 Stored::Signed(v) => Values::Signed(&v[blocks.clone()]),
+                Stored::Iq4(v) => Values::Iq4(&v[blocks.clone()]),
+                Stored::Fp4(v) => Values::Fp4(&v[blocks.clone()]),
                 Stored::Nibbles(v) => Values::Nibbles(&v[blocks.clone()]),
                 Stored::Fives(v) => Values::Fives(&v[blocks.clone()]),
             },
@@ -457,6 +471,31 @@ impl Blocks {
             m_of_d: self.m_of_d,
             kb,
         }
+    }
+}
+
+impl Stored {
+    /// Signed values as 4-bit codes where they all come from one table ([`codes`]), else as
+    /// they are.
+    fn coded(v: Vec<Block>) -> Self {
+        if let Some(c) = codes::encode::<Fp4>(&v) {
+            return Self::Fp4(c);
+        }
+        if let Some(c) = codes::encode::<Iq4>(&v) {
+            return Self::Iq4(c);
+        }
+        Self::Signed(v)
+    }
+
+    fn is_signed(&self) -> bool {
+        matches!(self, Self::Signed(_) | Self::Iq4(_) | Self::Fp4(_))
+    }
+}
+
+/// One block of signed values at scale `d` as f32.
+fn signed_row(q: &impl q8::Signed, d: f32, out: &mut [f32]) {
+    for (o, q) in out.iter_mut().zip(q.values()) {
+        *o = f32::from(q) * d;
     }
 }
 
@@ -609,6 +648,112 @@ mod tests {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A Q8_0 tensor `[n, k]` whose values are all from `table` (random codes, scales
+    /// around 0.01), as the GGUF reader makes of an IQ4 or MXFP4 tensor.
+    fn table_valued(
+        table: [i8; 16],
+        n: usize,
+        k: usize,
+        seed: u64,
+    ) -> candle_core::Result<QTensor> {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let mut raw = Vec::with_capacity(n * k / QK * (2 + QK));
+        for _ in 0..n * k / QK {
+            let d = half::f16::from_f32(0.005 + (next() % 1000) as f32 * 1e-5);
+            raw.extend(d.to_le_bytes());
+            raw.extend((0..QK).map(|_| table[next() % 16] as u8));
+        }
+        let storage =
+            candle_core::quantized::QStorage::from_data(raw.into(), &Device::Cpu, GgmlDType::Q8_0)?;
+        QTensor::new(storage, (n, k))
+    }
+
+    /// The same matrix with its values held as plain int8s.
+    fn as_signed(qm: &QuantMatrix) -> QuantMatrix {
+        let Weights::Blocks(b) = &qm.weights else { panic!("not blocks") };
+        let values: Vec<Block> = match &b.values {
+            Stored::Iq4(v) => v.iter().map(q8::Signed::values).collect(),
+            Stored::Fp4(v) => v.iter().map(q8::Signed::values).collect(),
+            _ => panic!("not coded"),
+        };
+        let blocks =
+            Blocks { values: Stored::Signed(values), d: b.d.clone(), m: vec![], m_of_d: None };
+        QuantMatrix { n: qm.n, k: qm.k, dtype: qm.dtype, weights: Weights::Blocks(blocks) }
+    }
+
+    /// Q8_0 weights whose values all come from IQ4's or MXFP4's table are held as 4-bit codes
+    /// (half the bytes), and every output is bit for bit what the int8 values give, one
+    /// activation row or many (looked up in registers or once per tile), on this CPU's
+    /// kernel, AVX2's and the portable one; a table-valued matrix with one other value is
+    /// held as int8s.
+    #[test]
+    fn table_valued_weights_are_held_as_codes_with_the_same_outputs() -> candle_core::Result<()> {
+        let (n, k) = (4 * 5 + 3, 768);
+        for (table, name) in [(codes::IQ4_NL, "IQ4"), (codes::MXFP4, "MXFP4")] {
+            let qt = table_valued(table, n, k, 7)?;
+            let coded = QuantMatrix::from_qtensor(&qt).map_err(candle_core::Error::wrap)?;
+            let plain = as_signed(&coded);
+            let coded_kind = match &coded.weights {
+                Weights::Blocks(Blocks { values: Stored::Iq4(_), .. }) => "IQ4",
+                Weights::Blocks(Blocks { values: Stored::Fp4(_), .. }) => "MXFP4",
+                _ => "int8",
+            };
+            assert_eq!(coded_kind, name);
+            assert_eq!(coded.bytes(), n * k / QK * (QK / 2 + 2), "{name}");
+            for m in [1, 2, 7] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)?.to_vec1()?;
+                let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+                coded.matmul_slice(&x, &mut a)?;
+                plain.matmul_slice(&x, &mut b)?;
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{name}, m = {m}, dispatched");
+                let (Weights::Blocks(cb), Weights::Blocks(pb)) = (&coded.weights, &plain.weights)
+                else {
+                    unreachable!()
+                };
+                let portable = |bl: &Blocks, out: &mut [f32]| {
+                    let mut out: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+                    let (acts, w) = (&QuantActs::new(&x, k, bl.needs(m, true)), bl.qrows(k, 0..n));
+                    pulp::Arch::new().dispatch(Rows { kern: q8::Portable, w, acts, out: &mut out })
+                };
+                portable(cb, &mut a);
+                portable(pb, &mut b);
+                assert_eq!(bits(&a), bits(&b), "{name}, m = {m}, portable");
+                #[cfg(target_arch = "x86_64")]
+                if let Some(v3) = pulp::x86::V3::try_new() {
+                    let avx2 = |bl: &Blocks, out: &mut [f32]| {
+                        let mut out: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+                        let acts = &QuantActs::new(&x, k, bl.needs(m, false));
+                        let (w, kern) = (bl.qrows(k, 0..n), avx2::Avx2(v3, avx2::Madd));
+                        v3.vectorize(Rows { kern, w, acts, out: &mut out })
+                    };
+                    avx2(cb, &mut a);
+                    avx2(pb, &mut b);
+                    assert_eq!(bits(&a), bits(&b), "{name}, m = {m}, AVX2");
+                }
+            }
+            // One value outside the table: int8s.
+            let mut raw = qt.data()?.into_owned();
+            raw[2 + 5] = 77;
+            let storage = candle_core::quantized::QStorage::from_data(
+                raw.into(),
+                &Device::Cpu,
+                GgmlDType::Q8_0,
+            )?;
+            let qm = QuantMatrix::from_qtensor(&QTensor::new(storage, (n, k))?)
+                .map_err(candle_core::Error::wrap)?;
+            assert!(matches!(
+                qm.weights,
+                Weights::Blocks(Blocks { values: Stored::Signed(_), .. })
+            ));
         }
         Ok(())
     }

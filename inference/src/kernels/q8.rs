@@ -1,8 +1,10 @@
 //! Quantized weight blocks (32 values and their scales) times quantized activations.
 //!
-//! Weight values come in three layouts, all multiplied as int8 dot products with the Q8
+//! Weight values come in these layouts, all multiplied as int8 dot products with the Q8
 //! activations:
 //! - [`Values::Signed`]: int8 values `w = d·q` (Q8_0);
+//! - [`Values::Iq4`], [`Values::Fp4`]: 4-bit codes into a table of int8 values (IQ4_NL and
+//!   IQ4_XS, MXFP4; see [`super::codes`]), multiplied as the signed values they look up;
 //! - [`Values::Nibbles`]: unsigned 4-bit values packed two per byte as in GGUF,
 //!   `w = d·q + m` (Q4_1; Q4_0 with `m = -8·d`), so they stay at the file's size;
 //! - [`Values::Fives`]: unsigned 5-bit values as in GGUF, nibbles and a word of fifth bits
@@ -35,6 +37,7 @@
 //! what else is in the step.
 
 use super::act::{ActRow, QK, QuantActs, f16_to_f32};
+use super::codes::{Coded, Fp4, Iq4};
 
 /// One block's int8 values (signed, or unsigned below 128).
 pub(crate) type Block = [i8; QK];
@@ -84,6 +87,24 @@ impl Unsigned for Fives {
     }
 }
 
+/// Signed int8 weight values of one block: as they are ([`Block`]) or looked up
+/// ([`Coded`]).
+pub(crate) trait Signed: Copy {
+    /// Whether the values are packed, so that a tile shared by many activation rows is
+    /// better looked up once ([`Q8Kernel::unpack_signed`]).
+    const PACKED: bool;
+    fn values(&self) -> Block;
+}
+
+impl Signed for Block {
+    const PACKED: bool = false;
+
+    #[inline(always)]
+    fn values(&self) -> Block {
+        *self
+    }
+}
+
 /// A tile's dot products: `R` weight rows (interleaved blocks, `kb` of them) by one
 /// activation row.
 pub(crate) trait Q8Kernel: Copy {
@@ -95,9 +116,21 @@ pub(crate) trait Q8Kernel: Copy {
 
     /// Signed values as unsigned bytes `w + 128`.
     #[inline(always)]
-    fn unsign<const R: usize>(self, w: &[[Block; R]], out: &mut [[Block; R]]) {
+    fn unsign<const R: usize, S: Signed + WideLoad>(self, w: &[[S; R]], out: &mut [[Block; R]]) {
         for (o, w) in out.iter_mut().zip(w) {
-            *o = w.map(|w| w.map(|v| (v as u8 ^ 0x80) as i8));
+            *o = w.map(|w| w.values().map(|v| (v as u8 ^ 0x80) as i8));
+        }
+    }
+
+    /// Packed signed values as one byte per value (the same bytes the tiles load).
+    #[inline(always)]
+    fn unpack_signed<const R: usize, S: Signed + WideLoad>(
+        self,
+        w: &[[S; R]],
+        out: &mut [[Block; R]],
+    ) {
+        for (o, w) in out.iter_mut().zip(w) {
+            *o = w.map(|w| w.values());
         }
     }
 
@@ -112,9 +145,9 @@ pub(crate) trait Q8Kernel: Copy {
 
     /// Signed weights: blocks `x`, their absolute values `ax`; `sc[b][i]` is the product of
     /// the two scales of block `b` for weight row `i`.
-    fn tile<const R: usize>(
+    fn tile<const R: usize, S: Signed + WideLoad>(
         self,
-        w: &[[Block; R]],
+        w: &[[S; R]],
         sc: &[[f32; R]],
         x: &[Block],
         ax: &[Block],
@@ -200,14 +233,25 @@ impl WideLoad for Block {}
 impl WideLoad for Nibbles {}
 #[cfg(not(target_arch = "x86_64"))]
 impl WideLoad for Fives {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<C> WideLoad for Coded<C> {}
 
 /// The values of some rows, starting at a multiple of [`TILE`]: full tiles of `TILE` rows
 /// interleaved by block (`[tile][block][row]`), then the last `rows % TILE` rows plain.
 #[derive(Clone, Copy)]
 pub(crate) enum Values<'a> {
     Signed(&'a [Block]),
+    Iq4(&'a [Coded<Iq4>]),
+    Fp4(&'a [Coded<Fp4>]),
     Nibbles(&'a [Nibbles]),
     Fives(&'a [Fives]),
+}
+
+impl Values<'_> {
+    /// Whether the values are signed (held as they are or looked up).
+    fn signed(self) -> bool {
+        matches!(self, Self::Signed(_) | Self::Iq4(_) | Self::Fp4(_))
+    }
 }
 
 /// Rows of quantized weights: values, f16 scales (raw bits) and, for unsigned values, f16
@@ -276,7 +320,7 @@ fn passes<K: Q8Kernel>(
     let per_pass = (ACT_BYTES_PER_PASS / (2 * acts.k)).max(1);
     let mut scratch = Scratch::new(kb);
     // Activations made for signed weights run as unsigned come with shifts, not |x|.
-    let unsigned = matches!(w.values, Values::Signed(_)) && acts.abs.is_empty();
+    let unsigned = w.values.signed() && acts.abs.is_empty();
     assert!(!unsigned || kern.any_u8(), "signed weights as unsigned need an exact u8 dot");
     let mut act_rows = Vec::with_capacity(per_pass.min(m));
     for a0 in (0..m).step_by(per_pass) {
@@ -351,75 +395,114 @@ fn run_tile<K: Q8Kernel, const R: usize>(
     out: &mut [&mut [f32]],
 ) {
     let (sw, _) = sw[t.blocks.clone()].as_chunks::<R>();
-    let TileScratch { sc, mn, unpacked } = scratch;
     if !mw.is_empty() {
         let (m, _) = mw[t.blocks.clone()].as_chunks::<R>();
-        mn.copy_from_slice(m);
+        scratch.mn.copy_from_slice(m);
     }
-    // A packed tile with many rows to go by: its bytes once, then the rows over those.
-    let many = t.acts.len() >= UNPACK_ROWS;
-    let values = match values {
-        Values::Signed(v) if t.shifted => {
-            let w = v[t.blocks.clone()].as_chunks::<R>().0;
-            unpacked.resize(w.len(), [[0; QK]; R]);
-            kern.unsign::<R>(w, unpacked);
-            None
-        }
-        Values::Nibbles(v) if many => {
-            let w = v[t.blocks.clone()].as_chunks::<R>().0;
-            unpacked.resize(w.len(), [[0; QK]; R]);
-            kern.unpack::<R, Nibbles>(w, unpacked);
-            None
-        }
-        Values::Fives(v) if many => {
-            let w = v[t.blocks.clone()].as_chunks::<R>().0;
-            unpacked.resize(w.len(), [[0; QK]; R]);
-            kern.unpack::<R, Fives>(w, unpacked);
-            None
-        }
-        values => Some(values),
-    };
-    let bytes = Bytes { w: unpacked, sw, mn, shifted: t.shifted };
+    let b = t.blocks.clone();
+    match values {
+        Values::Signed(v) => signed_tile(kern, v[b].as_chunks::<R>().0, sw, t, scratch, out),
+        Values::Iq4(v) => signed_tile(kern, v[b].as_chunks::<R>().0, sw, t, scratch, out),
+        Values::Fp4(v) => signed_tile(kern, v[b].as_chunks::<R>().0, sw, t, scratch, out),
+        Values::Nibbles(v) => unsigned_tile(kern, v[b].as_chunks::<R>().0, sw, t, scratch, out),
+        Values::Fives(v) => unsigned_tile(kern, v[b].as_chunks::<R>().0, sw, t, scratch, out),
+    }
+}
+
+/// [`run_tile`] for signed values: run as unsigned bytes `w + 128` where the activations
+/// come with shifts (see the module's notes), else with the sign trick, looked up once into
+/// bytes where they are packed and many rows go by.
+#[inline(always)]
+fn signed_tile<K: Q8Kernel, const R: usize, S: Signed + WideLoad>(
+    kern: K,
+    w: &[[S; R]],
+    sw: &[[f32; R]],
+    t: &Tile<'_>,
+    scratch: &mut TileScratch<R>,
+    out: &mut [&mut [f32]],
+) {
+    let TileScratch { sc, mn, unpacked } = scratch;
+    if t.shifted {
+        unpacked.resize(w.len(), [[0; QK]; R]);
+        kern.unsign::<R, S>(w, unpacked);
+        return bytes_rows(kern, &Bytes { w: unpacked, sw, mn, shifted: true }, t, sc, out);
+    }
+    if S::PACKED && t.acts.len() >= UNPACK_ROWS {
+        unpacked.resize(w.len(), [[0; QK]; R]);
+        kern.unpack_signed::<R, S>(w, unpacked);
+        signed_rows::<K, R, Block>(kern, unpacked, sw, t, sc, out);
+    } else {
+        signed_rows::<K, R, S>(kern, w, sw, t, sc, out);
+    }
+}
+
+/// Signed values against the pass's rows one by one, with the sign trick. (A function, not a
+/// closure: a closure's body is not inlined into pulp's `#[target_feature]` function.)
+#[inline(always)]
+fn signed_rows<K: Q8Kernel, const R: usize, S: Signed + WideLoad>(
+    kern: K,
+    w: &[[S; R]],
+    sw: &[[f32; R]],
+    t: &Tile<'_>,
+    sc: &mut [[f32; R]],
+    out: &mut [&mut [f32]],
+) {
+    for (a, row) in t.acts.iter().enumerate() {
+        kern.scales::<R>(sw, row.d, sc);
+        let res = kern.tile::<R, S>(w, sc, row.qs, row.abs);
+        out[t.first + a][t.r..t.r + R].copy_from_slice(&res);
+    }
+}
+
+/// [`run_tile`] for unsigned packed values: unpacked once into bytes when many rows go by,
+/// else in registers for each row.
+#[inline(always)]
+fn unsigned_tile<K: Q8Kernel, const R: usize, U: Unsigned + WideLoad>(
+    kern: K,
+    w: &[[U; R]],
+    sw: &[[f32; R]],
+    t: &Tile<'_>,
+    scratch: &mut TileScratch<R>,
+    out: &mut [&mut [f32]],
+) {
+    let TileScratch { sc, mn, unpacked } = scratch;
+    if t.acts.len() >= UNPACK_ROWS {
+        unpacked.resize(w.len(), [[0; QK]; R]);
+        kern.unpack::<R, U>(w, unpacked);
+        let bytes = Bytes { w: unpacked, sw, mn, shifted: t.shifted };
+        return bytes_rows(kern, &bytes, t, sc, out);
+    }
+    for (a, row) in t.acts.iter().enumerate() {
+        kern.scales::<R>(sw, row.d, sc);
+        let res = if t.shifted {
+            kern.tile_shifted::<R, U>(w, sc, row.qs, row.shifts)
+        } else {
+            kern.tile_offset::<R, U>(w, sc, mn, row.qs, row.sums)
+        };
+        out[t.first + a][t.r..t.r + R].copy_from_slice(&res);
+    }
+}
+
+/// A tile unpacked to unsigned bytes against the pass's rows, two at a time while there
+/// are two.
+#[inline(always)]
+fn bytes_rows<K: Q8Kernel, const R: usize>(
+    kern: K,
+    bytes: &Bytes<'_, R>,
+    t: &Tile<'_>,
+    sc: &mut [[f32; R]],
+    out: &mut [&mut [f32]],
+) {
     let mut rows = 0..t.acts.len();
-    if values.is_none() {
-        // Two rows at a time while there are two.
-        while rows.len() >= 2 {
-            let a = rows.start;
-            let res = kern.tile_bytes2::<R>(&bytes, [&t.acts[a], &t.acts[a + 1]], sc);
-            out[t.first + a][t.r..t.r + R].copy_from_slice(&res[0]);
-            out[t.first + a + 1][t.r..t.r + R].copy_from_slice(&res[1]);
-            rows.start += 2;
-        }
+    while rows.len() >= 2 {
+        let a = rows.start;
+        let res = kern.tile_bytes2::<R>(bytes, [&t.acts[a], &t.acts[a + 1]], sc);
+        out[t.first + a][t.r..t.r + R].copy_from_slice(&res[0]);
+        out[t.first + a + 1][t.r..t.r + R].copy_from_slice(&res[1]);
+        rows.start += 2;
     }
     for a in rows {
-        let row = &t.acts[a];
-        let res = match values {
-            None => kern.tile_bytes::<R>(&bytes, row, sc),
-            Some(values) => {
-                let (x, ax, xs, shift) = (row.qs, row.abs, row.sums, row.shifts);
-                kern.scales::<R>(sw, row.d, sc);
-                let blocks = t.blocks.clone();
-                match values {
-                    Values::Signed(v) => kern.tile::<R>(v[blocks].as_chunks::<R>().0, sc, x, ax),
-                    Values::Nibbles(v) => {
-                        let w = v[blocks].as_chunks::<R>().0;
-                        if t.shifted {
-                            kern.tile_shifted::<R, Nibbles>(w, sc, x, shift)
-                        } else {
-                            kern.tile_offset::<R, Nibbles>(w, sc, mn, x, xs)
-                        }
-                    }
-                    Values::Fives(v) => {
-                        let w = v[blocks].as_chunks::<R>().0;
-                        if t.shifted {
-                            kern.tile_shifted::<R, Fives>(w, sc, x, shift)
-                        } else {
-                            kern.tile_offset::<R, Fives>(w, sc, mn, x, xs)
-                        }
-                    }
-                }
-            }
-        };
+        let res = kern.tile_bytes::<R>(bytes, &t.acts[a], sc);
         out[t.first + a][t.r..t.r + R].copy_from_slice(&res);
     }
 }
@@ -434,9 +517,9 @@ impl Q8Kernel for Portable {
     }
 
     #[inline(always)]
-    fn tile<const R: usize>(
+    fn tile<const R: usize, S: Signed + WideLoad>(
         self,
-        w: &[[Block; R]],
+        w: &[[S; R]],
         sc: &[[f32; R]],
         x: &[Block],
         _ax: &[Block],
@@ -445,7 +528,7 @@ impl Q8Kernel for Portable {
         for ((wb, sc), xb) in w.iter().zip(sc).zip(x) {
             for i in 0..R {
                 let dot: i32 =
-                    wb[i].iter().zip(xb).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
+                    wb[i].values().iter().zip(xb).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
                 acc[i] += dot as f32 * sc[i];
             }
         }

@@ -3,9 +3,9 @@
 //! int8s, which is what Q8_0 holds. IQ4_NL's blocks (32 values, an f16 scale) carry over
 //! exactly; IQ4_XS's super-blocks of 256 give each 32 the super-block's f16 scale times a
 //! 6-bit integer, which Q8_0 stores rounded to f16 (a relative change of at most 2⁻¹¹ in a
-//! 32-value block's scale, far under the 4-bit values' own error). Q8_0 takes 8.5 bits a
-//! weight where these take 4.5 and 4.25: memory for speed of loading until kernels read the
-//! blocks as they are.
+//! 32-value block's scale, far under the 4-bit values' own error). The CPU's kernels find the
+//! table in those Q8_0 values and hold them as 4-bit codes again
+//! ([`crate::kernels::codes`]); the GPU takes them as Q8_0.
 //!
 //! Also the quantizers the test fixtures write these types with (simple nearest-value ones:
 //! llama.cpp's search for the best scale is not needed to check that we read the format).
@@ -13,7 +13,7 @@
 use half::f16;
 
 /// The table both types index (llama.cpp's `kvalues_iq4nl`).
-const VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+use crate::kernels::codes::IQ4_NL as VALUES;
 
 pub const NL_BLOCK: usize = 32;
 /// An f16 scale and 16 bytes of two indices each.

@@ -4,9 +4,10 @@
 //! Those are integers times a power of two, which Q8_0 holds exactly where the power fits
 //! f16: from 2⁻²⁴ to 2¹⁵ as the scale, up to 2¹⁸ with the integers shifted (12 · 8 < 127).
 //! A block under 2⁻²⁴ (its largest value under 2⁻²⁰, beneath any weight that matters) is
-//! rounded to Q8_0's finest scale; one over 2¹⁸ cannot be held and refuses to load. Q8_0 takes
-//! 8.5 bits a weight where MXFP4 takes 4.25: memory for speed of loading until a kernel
-//! reads the blocks as they are.
+//! rounded to Q8_0's finest scale; one over 2¹⁸ cannot be held and refuses to load. The CPU's
+//! kernels find MXFP4's table in those Q8_0 values and hold them as 4-bit codes again
+//! ([`crate::kernels::codes`]), unless a block's integers had to be shifted; the GPU takes
+//! them as Q8_0.
 //!
 //! Also the quantizer the test fixtures write MXFP4 with (gguf-py's: the exponent from the
 //! block's largest value, each value to the nearest of the table's).
@@ -14,7 +15,7 @@
 use half::f16;
 
 /// llama.cpp's `kvalues_mxfp4`: E2M1 values times two, indexed by the 4-bit code.
-const VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+use crate::kernels::codes::MXFP4 as VALUES;
 
 pub const BLOCK: usize = 32;
 /// The exponent byte and 16 bytes of two codes each.
