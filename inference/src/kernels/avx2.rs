@@ -155,6 +155,16 @@ impl WideLoad for Fives {
     }
 }
 
+/// A tile's values as the tiles load them, stored (packed values unpacked, codes looked up).
+#[inline(always)]
+fn store_loaded<const R: usize, T: WideLoad>(s: V3, w: &[[T; R]], out: &mut [[Block; R]]) {
+    for (o, w) in out.iter_mut().zip(w) {
+        for (o, w) in o.iter_mut().zip(w) {
+            *o = pulp::cast(w.load(s));
+        }
+    }
+}
+
 impl<D: Dot> Q8Kernel for Avx2<D> {
     fn any_u8(self) -> bool {
         D::ANY_U8
@@ -172,28 +182,18 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
         }
     }
 
-    /// The values as the tiles load them, stored.
     #[inline(always)]
     fn unpack_signed<const R: usize, S: Signed + WideLoad>(
         self,
         w: &[[S; R]],
         out: &mut [[Block; R]],
     ) {
-        for (o, w) in out.iter_mut().zip(w) {
-            for (o, w) in o.iter_mut().zip(w) {
-                *o = pulp::cast(w.load(self.0));
-            }
-        }
+        store_loaded(self.0, w, out)
     }
 
-    /// The bytes as the tiles load them, stored.
     #[inline(always)]
     fn unpack<const R: usize, U: Unsigned + WideLoad>(self, w: &[[U; R]], out: &mut [[Block; R]]) {
-        for (o, w) in out.iter_mut().zip(w) {
-            for (o, w) in o.iter_mut().zip(w) {
-                *o = pulp::cast(w.load(self.0));
-            }
-        }
+        store_loaded(self.0, w, out)
     }
 
     /// Two blocks of a 4-row tile per register: LLVM turned the generic loop into a chain of
