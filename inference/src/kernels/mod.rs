@@ -386,13 +386,12 @@ impl Blocks {
     /// takes any unsigned byte (`any_u8`: AVX-512 VNNI) and enough rows share each
     /// unpacked tile.
     fn needs(&self, m: usize, any_u8: bool) -> Needs {
-        match (&self.values, self.m_of_d) {
-            (signed, _) if signed.is_signed() && any_u8 && m >= q8::UNPACK_ROWS => {
-                Needs::Shifts(-128)
-            }
-            (signed, _) if signed.is_signed() => Needs::Abs,
-            (_, Some(f)) => Needs::Shifts(f),
-            _ => Needs::Sums,
+        if self.values.is_signed() {
+            return if any_u8 && m >= q8::UNPACK_ROWS { Needs::Shifts(-128) } else { Needs::Abs };
+        }
+        match self.m_of_d {
+            Some(f) => Needs::Shifts(f),
+            None => Needs::Sums,
         }
     }
 
