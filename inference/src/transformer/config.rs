@@ -1,109 +1,13 @@
-//! What a decoder-only model looks like: its family and shapes, read from a Hugging Face
-//! `config.json` or from GGUF metadata (llama.cpp's keys).
-
-use std::collections::HashMap;
+//! What a decoder-only model looks like: its family, shapes and layer recipe, read from a
+//! Hugging Face `config.json` or from GGUF metadata (llama.cpp's keys; each family's own keys
+//! are read in [`super::family`]).
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde::Deserialize;
 
-/// The model families the engine runs. They differ in a few switches of one forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// Qwen2 / Qwen2.5: biased QKV.
-    Qwen2,
-    /// Llama 2/3 and Mistral-style models.
-    Llama,
-    /// Qwen3: RMSNorm on each head's queries and keys, explicit head_dim.
-    Qwen3,
-    /// Phi-3: fused QKV and gate/up projections.
-    Phi3,
-    /// Gemma 2: norms after attention and MLP too, GELU, scaled embeddings, sliding-window
-    /// layers every other layer, soft-capped scores and logits.
-    Gemma2,
-    /// Gemma 3: Gemma 2's layers with Qwen3's per-head QK norm, five sliding-window layers
-    /// (rotated by their own base) to each global one, and no soft caps.
-    Gemma3,
-    /// Qwen3's attention with a mixture of experts in place of the MLP (top-k weights
-    /// renormalized).
-    Qwen3Moe,
-    /// Qwen2's attention with a mixture of experts (top-k weights as the softmax gave them)
-    /// plus a shared expert behind a sigmoid gate.
-    Qwen2Moe,
-    /// IBM Granite 3.x: Llama's layers with four multipliers (embeddings, residual branches,
-    /// attention scores, logits).
-    Granite,
-    /// OLMo 2 and OLMo 3: norms after attention and MLP only (none before), QK norm over each
-    /// token's whole query and key rows; OLMo 3 adds sliding-window layers.
-    Olmo2,
-    /// SmolLM3: Llama's layers, every fourth without rotary embeddings.
-    SmolLm3,
-    /// OpenAI's gpt-oss: biased attention with a learned sink logit per head, every other
-    /// layer a sliding window, YaRN, and a mixture of biased experts with a clamped SwiGLU
-    /// (their top-k logits softmaxed).
-    GptOss,
-}
-
-impl Family {
-    /// The family of a Hugging Face `model_type` or a GGUF `general.architecture`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "qwen2" => Some(Self::Qwen2),
-            "llama" | "mistral" => Some(Self::Llama),
-            "qwen3" => Some(Self::Qwen3),
-            "phi3" => Some(Self::Phi3),
-            "gemma2" => Some(Self::Gemma2),
-            "gemma3" => Some(Self::Gemma3),
-            "qwen3moe" => Some(Self::Qwen3Moe),
-            "qwen2moe" => Some(Self::Qwen2Moe),
-            "granite" => Some(Self::Granite),
-            "olmo2" => Some(Self::Olmo2),
-            "smollm3" => Some(Self::SmolLm3),
-            "gpt-oss" => Some(Self::GptOss),
-            _ => None,
-        }
-    }
-
-    pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3, qwen3moe, \
-                                     qwen2moe, granite, olmo2, smollm3, gpt-oss";
-
-    /// llama.cpp's `general.architecture` for the family.
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Self::Qwen2 => "qwen2",
-            Self::Llama => "llama",
-            Self::Qwen3 => "qwen3",
-            Self::Phi3 => "phi3",
-            Self::Gemma2 => "gemma2",
-            Self::Gemma3 => "gemma3",
-            Self::Qwen3Moe => "qwen3moe",
-            Self::Qwen2Moe => "qwen2moe",
-            Self::Granite => "granite",
-            Self::Olmo2 => "olmo2",
-            Self::SmolLm3 => "smollm3",
-            Self::GptOss => "gpt-oss",
-        }
-    }
-
-    /// RMSNorm of queries and keys, per head or over whole rows.
-    fn qk_norm(self) -> QkNorm {
-        match self {
-            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 => QkNorm::PerHead,
-            Self::Olmo2 => QkNorm::Whole,
-            _ => QkNorm::Off,
-        }
-    }
-
-    /// Whether llama.cpp's converter stores this family's Q and K rows permuted for rotating
-    /// interleaved pairs (its "normal" RoPE: Llama and the families converted as Llama),
-    /// rather than halves (NeoX style).
-    pub fn gguf_rotates_pairs(self) -> bool {
-        matches!(self, Self::Llama | Self::Granite | Self::SmolLm3)
-    }
-
-    fn is_gemma(self) -> bool {
-        matches!(self, Self::Gemma2 | Self::Gemma3)
-    }
-}
+pub use super::family::Family;
+use super::family::Shape;
+use super::metadata::Metadata;
 
 /// The MLP's activation of its gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,105 +344,40 @@ impl DecoderConfig {
         let family = Family::from_name(&arch).ok_or_else(|| {
             format!("architecture {arch:?} is not supported (supported: {})", Family::NAMES)
         })?;
-        let get = |key: &str| int(md, &format!("{arch}.{key}"));
-        let hidden_size = get("embedding_length")?;
-        let num_heads = get("attention.head_count")?;
-        let head_dim = get("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
+        let m = Metadata { md, arch: &arch };
+        let hidden_size = m.int("embedding_length")?;
+        let num_heads = m.int("attention.head_count")?;
+        let head_dim = m.int("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
         let vocab_size = match content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims().first().copied().unwrap_or(0),
             None => return Err("the file has no token_embd.weight tensor".into()),
         };
         let has = |name: &str| content.tensor_infos.contains_key(name);
-        let scaling = if has("rope_freqs.weight") {
-            // Filled in by the loader, which reads the tensor.
-            RopeScaling::Factors(Vec::new())
-        } else {
-            RopeScaling::None
-        };
+        let max_positions = m.int("context_length")?;
         let rope = RopeConfig {
-            theta: float(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
-            dims: get("rope.dimension_count").unwrap_or(head_dim),
+            theta: m.float("rope.freq_base").unwrap_or(10_000.0),
+            dims: m.int("rope.dimension_count").unwrap_or(head_dim),
             interleaved: family.gguf_rotates_pairs(),
-            scaling,
+            scaling: gguf_rope_scaling(m, &has, max_positions)?,
         };
-        let num_layers = get("block_count")?;
-        let mut recipe = match family {
-            Family::Gemma2 | Family::Gemma3 => gemma_recipe(
-                family,
-                md,
-                &arch,
-                &rope,
-                hidden_size,
-                num_heads,
-                head_dim,
-                num_layers,
-            )?,
-            Family::Granite => granite_recipe(md, &arch, head_dim)?,
-            Family::Olmo2 => olmo2_recipe(md, &arch, &rope, head_dim)?,
-            // llama.cpp fixes the step at 4; no file says it.
-            Family::SmolLm3 => Recipe { unrotated_every: Some(4), ..Recipe::plain(head_dim) },
-            Family::GptOss => Recipe {
-                activation: Activation::SwiGluOai,
-                // llama.cpp fixes the pattern (even layers slide); the rotation is set below,
-                // once its scaling is read: gpt-oss's window layers are rotated alike.
-                sliding_window: Some(SlidingWindow {
-                    size: get("attention.sliding_window")?,
-                    pattern: 2,
-                    rope: rope.clone(),
-                }),
-                experts: experts(family, md, &arch)?,
-                out_bias: true,
-                attn_sinks: true,
-                ..Recipe::plain(head_dim)
-            },
-            _ => {
-                let experts = experts(family, md, &arch)?;
-                Recipe { qk_norm: family.qk_norm(), experts, ..Recipe::plain(head_dim) }
-            }
-        };
-        // Linear, YaRN and LongRoPE scaling stretch the global layers' positions (window
-        // layers' rotation was set apart above, unscaled).
-        let max_positions = get("context_length")?;
-        let longrope = has("rope_factors_long.weight") || has("rope_factors_short.weight");
-        let scaling = if longrope {
-            if !(has("rope_factors_long.weight") && has("rope_factors_short.weight")) {
-                return Err("LongRoPE needs both rope_factors_long and rope_factors_short".into());
-            }
-            let original = int(md, &format!("{arch}.rope.scaling.original_context_length"))?;
-            let attn = optional_float(md, &format!("{arch}.rope.scaling.attn_factor"))?;
-            // The factors are filled in by the loader, which reads the tensor.
-            Some(RopeScaling::LongRope {
-                long: max_positions > original,
-                factors: Vec::new(),
-                attn_factor: attn.unwrap_or(1.0),
-            })
-        } else {
-            rope_scaling(md, &arch)?
-        };
-        let rope = match scaling {
-            Some(scaling) => RopeConfig { scaling, ..rope },
-            None => rope,
-        };
-        if family == Family::GptOss
-            && let Some(w) = &mut recipe.sliding_window
-        {
-            w.rope = rope.clone();
-        }
+        let num_layers = m.int("block_count")?;
+        let shape = Shape { hidden_size, num_heads, head_dim, num_layers, rope: &rope };
+        let recipe = family.recipe(m, &shape)?;
         let cfg = Self {
             family,
             vocab_size,
             hidden_size,
             // A mixture of experts may leave out the dense MLP's size (it has none).
-            intermediate_size: match (&recipe.experts, get("feed_forward_length")) {
+            intermediate_size: match (&recipe.experts, m.int("feed_forward_length")) {
                 (Some(e), Err(_)) => e.ff,
                 (_, size) => size?,
             },
             num_layers,
             num_heads,
-            num_kv_heads: get("attention.head_count_kv").unwrap_or(num_heads),
+            num_kv_heads: m.int("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
             max_positions,
-            rms_norm_eps: float(md, &format!("{arch}.attention.layer_norm_rms_epsilon"))?,
+            rms_norm_eps: m.float("attention.layer_norm_rms_epsilon")?,
             rope,
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
@@ -549,236 +388,54 @@ impl DecoderConfig {
     }
 }
 
-/// The mixture of experts a GGUF file's metadata describes (`expert_count` above 0), with
-/// llama.cpp's rules per family: Qwen2-MoE keeps the softmax's top-k weights and adds a
-/// shared expert; Qwen3-MoE and Mixtral-style Llama files renormalize them.
-fn experts(
-    family: Family,
-    md: &HashMap<String, Value>,
-    arch: &str,
-) -> Result<Option<Experts>, String> {
-    let key = |k: &str| format!("{arch}.{k}");
-    let count = match md.get(&key("expert_count")) {
-        None => 0,
-        Some(_) => int(md, &key("expert_count"))?,
-    };
-    let moe = matches!(family, Family::Qwen3Moe | Family::Qwen2Moe | Family::GptOss);
-    if count == 0 {
-        if moe {
-            return Err(format!("a {arch} file needs {} above 0", key("expert_count")));
+/// The global layers' frequency scaling a GGUF file describes: per-frequency factors
+/// (`rope_freqs`), LongRoPE's two sets, or `rope.scaling.type` linear or yarn. The factors
+/// are filled in by the loader, which reads the tensors.
+fn gguf_rope_scaling(
+    m: Metadata<'_>,
+    has: &dyn Fn(&str) -> bool,
+    max_positions: usize,
+) -> Result<RopeScaling, String> {
+    let longrope = has("rope_factors_long.weight") || has("rope_factors_short.weight");
+    if longrope {
+        if !(has("rope_factors_long.weight") && has("rope_factors_short.weight")) {
+            return Err("LongRoPE needs both rope_factors_long and rope_factors_short".into());
         }
-        return Ok(None);
+        let original = m.int("rope.scaling.original_context_length")?;
+        let attn = m.optional_float("rope.scaling.attn_factor")?;
+        return Ok(RopeScaling::LongRope {
+            long: max_positions > original,
+            factors: Vec::new(),
+            attn_factor: attn.unwrap_or(1.0),
+        });
     }
-    if !moe && family != Family::Llama {
-        return Err(format!("{arch} models with experts are not supported (llama's are)"));
-    }
-    let used = int(md, &key("expert_used_count"))?;
-    if used == 0 || used > count {
-        return Err(format!("{} is {used}; it must be 1 to {count}", key("expert_used_count")));
-    }
-    let ff = match md.get(&key("expert_feed_forward_length")) {
-        Some(_) => int(md, &key("expert_feed_forward_length"))?,
-        None => int(md, &key("feed_forward_length"))?,
-    };
-    let shared_ff = match family {
-        Family::Qwen2Moe => Some(int(md, &key("expert_shared_feed_forward_length"))?),
-        _ => None,
-    };
-    // gpt-oss softmaxes its top-k logits: the same as renormalizing the full softmax's.
-    let renormalize = family != Family::Qwen2Moe;
-    let biases = family == Family::GptOss;
-    Ok(Some(Experts { count, used, ff, renormalize, shared_ff, biases }))
-}
-
-/// Gemma's recipe from llama.cpp's keys and its defaults for what the files leave out (the
-/// window pattern, Gemma 3's window base, the 27B models' query scale).
-#[allow(clippy::too_many_arguments)]
-fn gemma_recipe(
-    family: Family,
-    md: &HashMap<String, Value>,
-    arch: &str,
-    rope: &RopeConfig,
-    hidden_size: usize,
-    num_heads: usize,
-    head_dim: usize,
-    num_layers: usize,
-) -> Result<Recipe, String> {
-    let key = |k: &str| format!("{arch}.{k}");
-    let optional_float = |k: &str| optional_float(md, &key(k));
-    let gemma3 = family == Family::Gemma3;
-    let pattern = match md.get(&key("attention.sliding_window_pattern")) {
-        Some(Value::Array(_)) | None => {
-            if gemma3 {
-                6
-            } else {
-                2
-            }
-        }
-        Some(_) => int(md, &key("attention.sliding_window_pattern"))?,
-    };
-    let window_theta = match optional_float("rope.local_freq_base")? {
-        Some(theta) => theta,
-        None if gemma3 => 10_000.0,
-        None => rope.theta,
-    };
-    let sliding_window = match md.get(&key("attention.sliding_window")) {
-        None => None,
-        Some(_) => Some(SlidingWindow {
-            size: int(md, &key("attention.sliding_window"))?,
-            pattern,
-            rope: RopeConfig { theta: window_theta, scaling: RopeScaling::None, ..rope.clone() },
-        }),
-    };
-    // llama.cpp: the 27B models (46 layers of Gemma 2, 62 of Gemma 3) scale queries by
-    // 1/√(hidden / heads), the others by 1/√head_dim.
-    let big = num_layers == if gemma3 { 62 } else { 46 };
-    let query_dim = if big { hidden_size / num_heads.max(1) } else { head_dim };
-    let cap = |k: &str| optional_float(k).map(|v| v.map(|v| v as f32));
-    Ok(Recipe {
-        qk_norm: family.qk_norm(),
-        post_norms: true,
-        activation: Activation::GeluTanh,
-        embed_scale: Some((hidden_size as f32).sqrt()),
-        query_scale: 1.0 / (query_dim as f32).sqrt(),
-        attn_softcap: cap("attn_logit_softcapping")?,
-        final_softcap: cap("final_logit_softcapping")?,
-        sliding_window,
-        ..Recipe::plain(head_dim)
-    })
-}
-
-/// A scale the metadata may leave out; llama.cpp reads an absent one, or 0, as "not set".
-fn optional_scale(md: &HashMap<String, Value>, key: &str) -> Result<Option<f32>, String> {
-    Ok(optional_float(md, key)?.map(|v| v as f32).filter(|v| *v != 0.0))
-}
-
-/// Granite's multipliers (llama.cpp's keys; `logit_scale` is required as llama.cpp requires
-/// it), and its switch for rotary embeddings (`rope.scaling.finetuned`, on unless false).
-fn granite_recipe(
-    md: &HashMap<String, Value>,
-    arch: &str,
-    head_dim: usize,
-) -> Result<Recipe, String> {
-    let key = |k: &str| format!("{arch}.{k}");
-    let logit_scale = float(md, &key("logit_scale"))? as f32;
-    if logit_scale == 0.0 {
-        return Err(format!("{} is 0; it must be a divisor of the logits", key("logit_scale")));
-    }
-    let rotated = match md.get(&key("rope.scaling.finetuned")) {
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(format!("{} is not a bool", key("rope.scaling.finetuned"))),
-        None => true,
-    };
-    let plain = Recipe::plain(head_dim);
-    Ok(Recipe {
-        embed_scale: optional_scale(md, &key("embedding_scale"))?,
-        residual_scale: optional_scale(md, &key("residual_scale"))?,
-        query_scale: optional_scale(md, &key("attention.scale"))?.unwrap_or(plain.query_scale),
-        logit_scale: Some(logit_scale),
-        unrotated_every: (!rotated).then_some(1),
-        ..plain
-    })
-}
-
-/// OLMo 2's layers: post-norms only, QK norm over whole rows; OLMo 3's sliding-window
-/// layers (three of each four unless the file says otherwise, rotated without scaling).
-fn olmo2_recipe(
-    md: &HashMap<String, Value>,
-    arch: &str,
-    rope: &RopeConfig,
-    head_dim: usize,
-) -> Result<Recipe, String> {
-    let key = |k: &str| format!("{arch}.{k}");
-    let size = match md.get(&key("attention.sliding_window")) {
-        None => 0,
-        Some(_) => int(md, &key("attention.sliding_window"))?,
-    };
-    let sliding_window = if size == 0 {
-        None
-    } else {
-        let pattern = match md.get(&key("attention.sliding_window_pattern")) {
-            Some(Value::Array(_)) => {
-                return Err(format!(
-                    "{} as a per-layer array is not supported (a period is)",
-                    key("attention.sliding_window_pattern")
-                ));
-            }
-            Some(_) => int(md, &key("attention.sliding_window_pattern"))?,
-            None => 4,
-        };
-        let theta = optional_float(md, &key("rope.freq_base_swa"))?.unwrap_or(rope.theta);
-        let rope = RopeConfig { theta, scaling: RopeScaling::None, ..rope.clone() };
-        Some(SlidingWindow { size, pattern, rope })
-    };
-    Ok(Recipe {
-        qk_norm: QkNorm::Whole,
-        pre_norms: false,
-        post_norms: true,
-        sliding_window,
-        ..Recipe::plain(head_dim)
-    })
-}
-
-/// `rope.scaling.type` linear or yarn, with llama.cpp's keys and defaults.
-fn rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<RopeScaling>, String> {
-    let key = |name: &str| format!("{arch}.rope.scaling.{name}");
-    match md.get(&key("type")) {
+    let key = |name: &str| format!("rope.scaling.{name}");
+    match m.get(&key("type")) {
         Some(Value::String(kind)) if kind == "linear" => {
-            Ok(Some(RopeScaling::Linear(float(md, &key("factor"))?)))
+            Ok(RopeScaling::Linear(m.float(&key("factor"))?))
         }
         Some(Value::String(kind)) if kind == "yarn" => {
-            let factor = float(md, &key("factor"))?;
+            let factor = m.float(&key("factor"))?;
             if factor < 1.0 {
-                return Err(format!("{} is {factor}: YaRN stretches, by 1 or more", key("factor")));
+                return Err(format!(
+                    "{} is {factor}: YaRN stretches, by 1 or more",
+                    m.key(&key("factor"))
+                ));
             }
-            Ok(Some(RopeScaling::Yarn {
+            Ok(RopeScaling::Yarn {
                 factor,
-                original_max_positions: int(md, &key("original_context_length"))?,
-                beta_fast: optional_float(md, &key("yarn_beta_fast"))?.unwrap_or(32.0),
-                beta_slow: optional_float(md, &key("yarn_beta_slow"))?.unwrap_or(1.0),
-                attn_factor: optional_float(md, &key("attn_factor"))?.unwrap_or(1.0),
-            }))
+                original_max_positions: m.int(&key("original_context_length"))?,
+                beta_fast: m.optional_float(&key("yarn_beta_fast"))?.unwrap_or(32.0),
+                beta_slow: m.optional_float(&key("yarn_beta_slow"))?.unwrap_or(1.0),
+                attn_factor: m.optional_float(&key("attn_factor"))?.unwrap_or(1.0),
+            })
         }
-        Some(Value::String(kind)) if kind == "none" => Ok(None),
-        Some(Value::String(kind)) => Err(format!(
+        Some(Value::String(kind)) if kind != "none" => Err(format!(
             "rope scaling {kind:?} ({}) is not supported yet (supported: none, linear, yarn)",
-            key("type")
+            m.key(&key("type"))
         )),
-        _ => Ok(None),
-    }
-}
-
-/// Any integer-typed metadata value (writers differ in which width they use).
-fn int(md: &HashMap<String, Value>, key: &str) -> Result<usize, String> {
-    let value = md.get(key).ok_or_else(|| format!("the metadata has no {key}"))?;
-    let n: i128 = match value {
-        Value::U8(v) => (*v).into(),
-        Value::I8(v) => (*v).into(),
-        Value::U16(v) => (*v).into(),
-        Value::I16(v) => (*v).into(),
-        Value::U32(v) => (*v).into(),
-        Value::I32(v) => (*v).into(),
-        Value::U64(v) => (*v).into(),
-        Value::I64(v) => (*v).into(),
-        _ => return Err(format!("{key} is not an integer")),
-    };
-    usize::try_from(n).map_err(|_| format!("{key} is out of range: {n}"))
-}
-
-/// A float the metadata may leave out (an error only if present and not a float).
-fn optional_float(md: &HashMap<String, Value>, key: &str) -> Result<Option<f64>, String> {
-    match md.get(key) {
-        None => Ok(None),
-        Some(_) => float(md, key).map(Some),
-    }
-}
-
-fn float(md: &HashMap<String, Value>, key: &str) -> Result<f64, String> {
-    match md.get(key) {
-        Some(Value::F32(v)) => Ok((*v).into()),
-        Some(Value::F64(v)) => Ok(*v),
-        Some(_) => Err(format!("{key} is not a float")),
-        None => Err(format!("the metadata has no {key}")),
+        _ if has("rope_freqs.weight") => Ok(RopeScaling::Factors(Vec::new())),
+        _ => Ok(RopeScaling::None),
     }
 }
 

@@ -2,10 +2,11 @@
 //! lengths: each sequence keeps its own KV cache and position, while the weight-heavy
 //! matmuls (QKV, output, MLP, lm head) run once for all of them as `[tokens, hidden] x W`.
 //!
-//! - [`config`]: families (Qwen2, Llama/Mistral, Qwen3, Phi-3, Gemma 2 and 3, Qwen3-MoE,
-//!   Qwen2-MoE, Mixtral-style Llama) as the
-//!   [`Recipe`](config::Recipe) of their layers, and shapes, from
-//!   `config.json` or GGUF metadata;
+//! - [`config`]: a model's shapes and the [`Recipe`](config::Recipe) of its layers, from
+//!   `config.json` or GGUF metadata ([`metadata`]: llama.cpp's keys);
+//! - `family`: the families (Qwen2, Llama/Mistral, Qwen3, Phi-3, Gemma 2 and 3, Qwen3-MoE,
+//!   Qwen2-MoE, Mixtral-style Llama, Granite, OLMo 2/3, SmolLM3, gpt-oss), each family that
+//!   differs from Llama in more than a switch in a file of its own that reads its recipe;
 //! - [`weights`]: safetensors and GGUF weight sources behind one naming of parts;
 //! - [`linear`]: dense or quantized projections;
 //! - `experts`: a mixture of experts (router, top-k, experts grouped over their tokens);
@@ -27,12 +28,14 @@ pub mod cache;
 pub mod config;
 pub mod decoder;
 mod experts;
+mod family;
 pub mod fixture;
 pub mod fused;
 pub mod gguf;
 mod iq4;
 pub mod linear;
 pub mod load;
+mod metadata;
 mod mxfp4;
 pub mod paged;
 pub mod rope;
