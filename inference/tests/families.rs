@@ -117,6 +117,19 @@ fn rope_scaling_we_do_not_compute_is_refused_by_name() -> Result<()> {
     Ok(())
 }
 
+/// A family that never has experts refuses a file that says it has some, rather than running
+/// it as a dense model whose expert tensors are never read.
+#[test]
+fn experts_in_a_family_without_them_are_refused() -> Result<()> {
+    let experts = [
+        ("gemma3.expert_count".to_owned(), Value::U32(4)),
+        ("gemma3.expert_used_count".to_owned(), Value::U32(2)),
+    ];
+    let e = refusal("gemma3-experts", Family::Gemma3, &experts, |_| Ok(()))?;
+    assert!(e.contains("gemma3 models with experts are not supported"), "{e}");
+    Ok(())
+}
+
 /// A file whose tensors are of a GGML type we do not read (IQ2_XXS here) is refused naming
 /// the type and what to do, not as an unreadable file.
 #[test]
