@@ -15,7 +15,8 @@
 //! - [`paged`]: KV memory in blocks shared by all sequences (the GPU's layout);
 //! - [`attention`]: attention over a cache (CPU loops whose results do not depend on the batch);
 //! - [`fused`]: the CPU's work between matmuls as single loops over f32 rows;
-//! - [`decoder`]: the forward pass;
+//! - [`decoder`]: loading and the batched forward step, on three paths (candle's ops, the
+//!   CPU's buffers, the GPU's pools) over one layer recipe;
 //! - [`gguf`]: our reader of GGUF headers (types candle lacks transcoded at load,
 //!   `iq4`, `mxfp4`)
 //!   and a writer of raw blocks for fixtures;
