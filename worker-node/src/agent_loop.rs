@@ -72,13 +72,12 @@ async fn drive(
     messages: Vec<ChatMessage>,
     parent: &str,
 ) -> Result<(Usage, String), EventKind> {
-    let model = tokio::select! {
-        biased;
-        () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
-        model = model => model.map_err(|e| failed(e.kind, format!(
-            "cannot load model {:?} for agent {:?}: {e}", run.spec.model, run.spec.name
-        )))?,
-    };
+    let model = until_canceled(run, model).await?.map_err(|e| {
+        failed(
+            e.kind,
+            format!("cannot load model {:?} for agent {:?}: {e}", run.spec.model, run.spec.name),
+        )
+    })?;
     if let Some(options) = &run.task.options
         && !options.embed.is_empty()
     {
@@ -97,83 +96,124 @@ async fn drive(
         Some(options) => run.spec.sampling.overridden_by(&options.sampling),
         None => run.spec.sampling.clone(),
     };
+    // A format the grammar engine cannot follow fails before the tools are awaited (an MCP
+    // server may take seconds to connect).
     let format = sampling
         .format
         .as_ref()
         .map(output_format)
         .transpose()
         .map_err(|e| failed(ErrorKind::InvalidRequest, e))?;
-    let toolbox = tokio::select! {
+    let toolbox = until_canceled(run, run.tools.get())
+        .await?
+        .map_err(|(kind, reason)| failed(kind, reason))?;
+    let plan = Plan::of(run, &toolbox, sampling, format)?;
+    rounds(run, &model, &toolbox, plan, messages, parent).await
+}
+
+/// `work`'s result, unless the task is canceled first.
+async fn until_canceled<T>(
+    run: &TaskRun,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, EventKind> {
+    tokio::select! {
         biased;
-        () = run.cancel.cancelled() => return Err(EventKind::Canceled { reason: "canceled".into() }),
-        toolbox = run.tools.get() => toolbox.map_err(|(kind, reason)| failed(kind, reason))?,
-    };
-    let mut tools = toolbox.definitions();
-    // The client's tools (OpenAI requests): their calls end the task, the client runs them.
-    let client_tools = run.task.options.as_ref().filter(|o| !o.tools.is_empty());
-    // The agent's own choice binds its first reply; later ones choose freely.
-    let mut tool_choice = match run.spec.tool_choice.as_str() {
-        "" | "auto" => ToolChoice::Auto,
-        "required" => ToolChoice::Required,
-        name => ToolChoice::Function(name.to_owned()),
-    };
-    if let ToolChoice::Function(name) = &tool_choice
-        && toolbox.get(name).is_none()
-        && !(name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user())
-        && client_tools.is_none()
-    {
-        return Err(failed(
-            ErrorKind::InvalidRequest,
-            format!(
+        () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
+        done = work => Ok(done),
+    }
+}
+
+/// How a task's rounds of generation run: what they sample, in what format, with which
+/// tools and who runs their calls.
+struct Plan {
+    sampling: fleet_proto::Sampling,
+    format: Option<OutputFormat>,
+    tools: Vec<serde_json::Value>,
+    /// The first round's choice: the agent's own binds its first reply; later ones choose
+    /// freely.
+    tool_choice: ToolChoice,
+    parallel_tool_calls: bool,
+    /// The client's tools (OpenAI requests): their calls end the task, the client runs them.
+    client_runs_calls: bool,
+    /// A raw prompt (OpenAI's legacy completions), continued as it is in one round.
+    raw_prompt: bool,
+}
+
+impl Plan {
+    /// The task's tools and how they are called, over its agent's; refuses what cannot run
+    /// together.
+    fn of(
+        run: &TaskRun,
+        toolbox: &Toolbox,
+        sampling: fleet_proto::Sampling,
+        format: Option<OutputFormat>,
+    ) -> Result<Self, EventKind> {
+        let invalid = |reason: String| failed(ErrorKind::InvalidRequest, reason);
+        let options = run.task.options.as_ref();
+        let mut tools = toolbox.definitions();
+        let client_tools = options.filter(|o| !o.tools.is_empty());
+        let mut tool_choice = match run.spec.tool_choice.as_str() {
+            "" | "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            name => ToolChoice::Function(name.to_owned()),
+        };
+        if let ToolChoice::Function(name) = &tool_choice
+            && toolbox.get(name).is_none()
+            && !(name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user())
+            && client_tools.is_none()
+        {
+            return Err(invalid(format!(
                 "agent {}'s tool_choice names {name}, which is not one of its tools ({})",
                 run.spec.name,
                 toolbox.names()
-            ),
-        ));
-    }
-    // An agent makes one call per round and sees its result before the next.
-    let mut parallel_tool_calls = false;
-    if let Some(options) = client_tools {
-        parallel_tool_calls = options.parallel_tool_calls;
-        if !tools.is_empty() {
-            return Err(failed(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "invalid request: agent {} calls tools of its own; send tools to a model, or \
-                 to an agent without tools",
-                    run.spec.name
-                ),
-            ));
+            )));
         }
-        tools.clone_from(&options.tools);
-        tool_choice = match &options.tool_choice {
-            ClientToolChoice::Auto => ToolChoice::Auto,
-            ClientToolChoice::Required => ToolChoice::Required,
-            ClientToolChoice::Function(name) => ToolChoice::Function(name.clone()),
-        };
-    }
-    // A raw prompt (OpenAI's legacy completions) is continued as it is, in one round.
-    let raw_prompt = run.task.options.as_ref().is_some_and(|o| o.raw_prompt);
-    if raw_prompt && !tools.is_empty() {
-        return Err(failed(
-            ErrorKind::InvalidRequest,
-            format!(
-                "invalid request: agent {} has tools and answers conversations: continue raw text \
-             on a model, or send chat messages",
+        // An agent makes one call per round and sees its result before the next.
+        let mut parallel_tool_calls = false;
+        if let Some(options) = client_tools {
+            parallel_tool_calls = options.parallel_tool_calls;
+            if !tools.is_empty() {
+                return Err(invalid(format!(
+                    "invalid request: agent {} calls tools of its own; send tools to a model, or \
+                     to an agent without tools",
+                    run.spec.name
+                )));
+            }
+            tools.clone_from(&options.tools);
+            tool_choice = match &options.tool_choice {
+                ClientToolChoice::Auto => ToolChoice::Auto,
+                ClientToolChoice::Required => ToolChoice::Required,
+                ClientToolChoice::Function(name) => ToolChoice::Function(name.clone()),
+            };
+        }
+        let raw_prompt = options.is_some_and(|o| o.raw_prompt);
+        if raw_prompt && !tools.is_empty() {
+            return Err(invalid(format!(
+                "invalid request: agent {} has tools and answers conversations: continue raw \
+                 text on a model, or send chat messages",
                 run.spec.name
-            ),
-        ));
+            )));
+        }
+        if tools.is_empty() {
+            tool_choice = ToolChoice::Auto;
+        }
+        Ok(Self {
+            sampling,
+            format,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            client_runs_calls: client_tools.is_some(),
+            raw_prompt,
+        })
     }
-    if tools.is_empty() {
-        tool_choice = ToolChoice::Auto;
-    }
-    let mut messages = messages;
-    let mut usage = Usage::default();
-    let mut output = String::new();
-    for round in 0..=MAX_TOOL_ROUNDS {
-        let request = GenerateRequest {
-            messages: messages.clone(),
-            prompt: raw_prompt.then(|| run.task.input.clone()),
+
+    /// The model's request for a round over `messages`.
+    fn request(&self, run: &TaskRun, messages: &[ChatMessage]) -> GenerateRequest {
+        let sampling = &self.sampling;
+        GenerateRequest {
+            messages: messages.to_vec(),
+            prompt: self.raw_prompt.then(|| run.task.input.clone()),
             max_tokens: sampling.max_tokens,
             temperature: sampling.temperature,
             top_p: sampling.top_p,
@@ -182,15 +222,32 @@ async fn drive(
             logprobs: sampling.logprobs,
             seed: sampling.seed,
             stop: sampling.stop.clone(),
-            tools: tools.clone(),
-            tool_choice: tool_choice.clone(),
-            parallel_tool_calls,
-            format: format.clone(),
+            tools: self.tools.clone(),
+            tool_choice: self.tool_choice.clone(),
+            parallel_tool_calls: self.parallel_tool_calls,
+            format: self.format.clone(),
             thinking: sampling.thinking,
             ..Default::default()
-        };
-        let mut span = spans::chat(parent, &run.spec, &sampling, raw_prompt);
-        let turn = match generate(run, &model, request, !tools.is_empty()).await {
+        }
+    }
+}
+
+/// Generates, runs the calls the model makes and feeds their results back, until it answers
+/// (or its calls go to the client), at most [`MAX_TOOL_ROUNDS`] rounds of calls.
+async fn rounds(
+    run: &TaskRun,
+    model: &Arc<dyn Model>,
+    toolbox: &Toolbox,
+    mut plan: Plan,
+    mut messages: Vec<ChatMessage>,
+    parent: &str,
+) -> Result<(Usage, String), EventKind> {
+    let mut usage = Usage::default();
+    let mut output = String::new();
+    for round in 0..=MAX_TOOL_ROUNDS {
+        let request = plan.request(run, &messages);
+        let mut span = spans::chat(parent, &run.spec, &plan.sampling, plan.raw_prompt);
+        let turn = match generate(run, model, request, !plan.tools.is_empty()).await {
             Ok(turn) => turn,
             Err(terminal) => {
                 spans::interrupted(&mut span, &terminal);
@@ -207,24 +264,14 @@ async fn drive(
         if turn.tool_calls.is_empty() {
             return Ok((usage, output));
         }
-        if client_tools.is_some() {
-            for (i, call) in turn.tool_calls.into_iter().enumerate() {
-                // Unique across the turns of a conversation, as clients keep them.
-                let call_id = format!("call_{}_{i}", run.task.task_id.as_str().replace('-', ""));
-                let event = EventKind::ToolCall {
-                    call_id,
-                    name: call.name,
-                    arguments: call.arguments,
-                    traceparent: String::new(),
-                };
-                emit(&run.sink, &run.task, event).await;
-            }
+        if plan.client_runs_calls {
+            hand_calls_to_client(run, turn.tool_calls).await;
             return Ok((usage, output));
         }
         if round == MAX_TOOL_ROUNDS {
             break;
         }
-        tool_choice = ToolChoice::Auto;
+        plan.tool_choice = ToolChoice::Auto;
         messages.push(ChatMessage {
             tool_calls: turn.tool_calls.clone(),
             ..ChatMessage::new(Role::Assistant, turn.text)
@@ -232,7 +279,7 @@ async fn drive(
         for call in turn.tool_calls {
             let mut span = spans::tool(parent, &call);
             let ToolOutcome { output, is_error } =
-                match call_tool(run, &toolbox, &call, &span.traceparent_or(parent)).await {
+                match call_tool(run, toolbox, &call, &span.traceparent_or(parent)).await {
                     Ok(outcome) => outcome,
                     Err(terminal) => {
                         spans::interrupted(&mut span, &terminal);
@@ -252,6 +299,22 @@ async fn drive(
             run.spec.name
         ),
     ))
+}
+
+/// The model's calls of the client's tools, as the task's `ToolCall` events: the client runs
+/// them and continues the conversation.
+async fn hand_calls_to_client(run: &TaskRun, calls: Vec<ToolCall>) {
+    for (i, call) in calls.into_iter().enumerate() {
+        // Unique across the turns of a conversation, as clients keep them.
+        let call_id = format!("call_{}_{i}", run.task.task_id.as_str().replace('-', ""));
+        let event = EventKind::ToolCall {
+            call_id,
+            name: call.name,
+            arguments: call.arguments,
+            traceparent: String::new(),
+        };
+        emit(&run.sink, &run.task, event).await;
+    }
 }
 
 /// One generation: the request to the model, its stream into events.
@@ -341,11 +404,7 @@ async fn call_tool(
     };
     let answer = tool.call(call, context);
     emit(&run.sink, &run.task, announce).await;
-    tokio::select! {
-        biased;
-        () = run.cancel.cancelled() => Err(EventKind::Canceled { reason: "canceled".into() }),
-        outcome = answer => Ok(outcome),
-    }
+    until_canceled(run, answer).await
 }
 
 /// Embeds the task's texts on a blocking thread (the forward pass is CPU-bound).
