@@ -232,6 +232,9 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
         let zero = s.avx._mm256_setzero_si256();
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         for b in 0..kb {
+            // Unconditional: `Block` is both Q8_0 weights as stored and, on AVX2 without
+            // VNNI, codes looked up once per tile of many rows (there, one wasted hint a
+            // block).
             prefetch(s, w, b);
             let xv: __m256i = pulp::cast(x[b]);
             let axv: __m256i = pulp::cast(ax[b]);
@@ -259,7 +262,9 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
         let (sc, x, shift) = (&sc[..kb], &x[..kb], &shift[..kb]);
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         for b in 0..kb {
-            prefetch(s, w, b);
+            if U::STORED {
+                prefetch(s, w, b);
+            }
             let xv: __m256i = pulp::cast(x[b]);
             let start: __m256i = pulp::cast(shift[b]);
             for i in 0..R {
@@ -287,7 +292,9 @@ impl<D: Dot> Q8Kernel for Avx2<D> {
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         let mut off = [0f32; R];
         for b in 0..kb {
-            prefetch(s, w, b);
+            if U::STORED {
+                prefetch(s, w, b);
+            }
             let xv: __m256i = pulp::cast(x[b]);
             for i in 0..R {
                 let wv = w[b][i].load(s);
@@ -371,7 +378,9 @@ impl<D: Dot> SuperKernel for Avx2<D> {
         // them in registers (8) and a second accumulator per row the loop spilled.
         let mut acc = [s.avx._mm256_setzero_ps(); R];
         for b in 0..ks {
-            prefetch(s, w, b);
+            if T::STORED {
+                prefetch(s, w, b);
+            }
             let (xs, _) = xq[b].as_chunks::<32>();
             let bs: __m256i = pulp::cast(bsums[b]);
             for i in 0..R {

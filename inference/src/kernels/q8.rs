@@ -60,10 +60,15 @@ pub(crate) const TILE: usize = 4;
 
 /// Unsigned weight values of one block, as 32 bytes in element order.
 pub(crate) trait Unsigned: Copy {
+    /// Whether these are weights as a matrix holds them, read from memory once per pass
+    /// (worth asking for ahead), rather than a tile's unpacked scratch, already in L1.
+    const STORED: bool;
     fn bytes(&self) -> [u8; QK];
 }
 
 impl Unsigned for Block {
+    const STORED: bool = false;
+
     #[inline(always)]
     fn bytes(&self) -> [u8; QK] {
         self.map(|v| v as u8)
@@ -71,6 +76,8 @@ impl Unsigned for Block {
 }
 
 impl Unsigned for Nibbles {
+    const STORED: bool = true;
+
     #[inline(always)]
     fn bytes(&self) -> [u8; QK] {
         std::array::from_fn(|i| if i < QK / 2 { self[i] & 0x0F } else { self[i - QK / 2] >> 4 })
@@ -78,6 +85,8 @@ impl Unsigned for Nibbles {
 }
 
 impl Unsigned for Fives {
+    const STORED: bool = true;
+
     #[inline(always)]
     fn bytes(&self) -> [u8; QK] {
         let [nibbles @ .., h0, h1, h2, h3] = *self;

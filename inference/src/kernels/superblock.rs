@@ -110,6 +110,9 @@ pub(crate) trait SuperValues: Copy {
 
 /// One super-block of a tile's `R` rows, for the kernels: as stored (`[V; R]`) or [`Wide`].
 pub(crate) trait SuperTile<const R: usize>: Copy {
+    /// Whether these are weights as a matrix holds them (worth asking for ahead), rather
+    /// than a tile's unpacked scratch ([`Wide`]), already in L1.
+    const STORED: bool;
     /// Row `i`'s value `l` (0..256).
     fn get(&self, i: usize, l: usize) -> u8;
     /// Row `i`'s values `64·j..64·j + 32` and `64·j + 32..64·j + 64`, one per byte.
@@ -133,6 +136,8 @@ pub(crate) trait SuperTile<const R: usize>: Copy {
 }
 
 impl<const R: usize, V: SuperValues> SuperTile<R> for [V; R] {
+    const STORED: bool = true;
+
     #[inline(always)]
     fn get(&self, i: usize, l: usize) -> u8 {
         self[i].get(l)
@@ -163,6 +168,8 @@ impl<const R: usize, V: SuperValues> SuperTile<R> for [V; R] {
 }
 
 impl<const R: usize> SuperTile<R> for Wide<R> {
+    const STORED: bool = false;
+
     #[inline(always)]
     fn get(&self, i: usize, l: usize) -> u8 {
         self.u[l / 32][i][l % 32]
