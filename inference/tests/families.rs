@@ -24,6 +24,8 @@ fn cases(vocab: usize) -> Vec<Case> {
     // OLMo 3: the first layer slides over 6 positions, the second is global.
     let olmo3 = fixture::with_window(olmo2.clone(), 6, 2);
     let smollm3 = sized(fixture::quantizable_config(Family::SmolLm3));
+    // LFM2: convolution, attention, convolution, attention.
+    let lfm2 = sized(fixture::quantizable_config(Family::Lfm2));
     // YaRN as Qwen3's long-context files set it: pairs 10 to 23 of 32 on the ramp, cos and sin
     // scaled by 1 + 0.1 ln 4.
     let qwen3 = sized(fixture::quantizable_config(Family::Qwen3));
@@ -69,6 +71,8 @@ fn cases(vocab: usize) -> Vec<Case> {
         f32_("qwen3-yarn-f32", qwen3_yarn.clone()),
         quantized("qwen3-yarn-q8_0", qwen3_yarn, GgmlDType::Q8_0.into()),
         Case { name: "smollm3-bf16", cfg: smollm3, dtype: GgmlDType::BF16.into(), tolerance: 0.05 },
+        f32_("lfm2-f32", lfm2.clone()),
+        quantized("lfm2-q8_0", lfm2, GgmlDType::Q8_0.into()),
     ]
 }
 

@@ -103,6 +103,17 @@ pub struct Recipe {
     /// Each head's softmax has one more logit, learned, that takes weight but adds no value
     /// (gpt-oss's attention sinks): a head may attend to nothing.
     pub attn_sinks: bool,
+    /// Layers that are a short convolution instead of attention (LFM2).
+    pub short_conv: Option<ShortConv>,
+}
+
+/// LFM2's short convolutions: which layers they are, and how many positions each mixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortConv {
+    /// Positions a token's output mixes, its own included (`shortconv.l_cache`: 3).
+    pub l_cache: usize,
+    /// Per layer, whether it is a convolution.
+    pub layers: Vec<bool>,
 }
 
 impl Recipe {
@@ -124,6 +135,7 @@ impl Recipe {
             experts: None,
             out_bias: false,
             attn_sinks: false,
+            short_conv: None,
         }
     }
 
@@ -209,6 +221,11 @@ impl DecoderConfig {
         self.recipe.unrotated_every.is_none_or(|n| !(layer + 1).is_multiple_of(n))
     }
 
+    /// Whether layer `layer` is a short convolution (LFM2), not attention.
+    pub fn convolves(&self, layer: usize) -> bool {
+        self.recipe.short_conv.as_ref().is_some_and(|c| c.layers.get(layer) == Some(&true))
+    }
+
     /// The window of layer `layer`, if it is a sliding-window layer.
     pub fn window_of(&self, layer: usize) -> Option<&SlidingWindow> {
         self.recipe.sliding_window.as_ref().filter(|w| w.slides(layer))
@@ -252,6 +269,17 @@ impl DecoderConfig {
                 e.used, e.count, e.ff, e.shared_ff
             ));
         }
+        if let Some(conv) = &self.recipe.short_conv
+            && (conv.l_cache < 2 || conv.layers.len() != self.num_layers)
+        {
+            return Err(format!(
+                "the short convolutions ({} positions, {} layers' kinds for {} layers) must mix \
+                 2 positions or more and name every layer",
+                conv.l_cache,
+                conv.layers.len(),
+                self.num_layers
+            ));
+        }
         if self.recipe.unrotated_every == Some(0) {
             return Err("layers without rotation every 0 layers: must be above 0".into());
         }
@@ -284,6 +312,7 @@ impl DecoderConfig {
                 | Family::Olmo2
                 | Family::SmolLm3
                 | Family::GptOss
+                | Family::Lfm2
         );
         if family.is_gemma() || gguf_only {
             return Err(format!(
@@ -362,7 +391,7 @@ impl DecoderConfig {
         };
         let num_layers = m.int("block_count")?;
         let shape = Shape { hidden_size, num_heads, head_dim, num_layers, rope: &rope };
-        let recipe = family.recipe(m, &shape)?;
+        let (recipe, kv_heads) = family.recipe(m, &shape)?;
         let cfg = Self {
             family,
             vocab_size,
@@ -374,7 +403,10 @@ impl DecoderConfig {
             },
             num_layers,
             num_heads,
-            num_kv_heads: m.int("attention.head_count_kv").unwrap_or(num_heads),
+            num_kv_heads: match kv_heads {
+                Some(heads) => heads,
+                None => m.int("attention.head_count_kv").unwrap_or(num_heads),
+            },
             head_dim,
             max_positions,
             rms_norm_eps: m.float("attention.layer_norm_rms_epsilon")?,

@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::{
-    Activation, DecoderConfig, Experts, Family, QkNorm, Recipe, RopeConfig, RopeScaling,
+    Activation, DecoderConfig, Experts, Family, QkNorm, Recipe, RopeConfig, RopeScaling, ShortConv,
     SlidingWindow,
 };
 use super::gguf::{self, RawTensor, Transcoded};
@@ -118,6 +118,12 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
             ..Recipe::plain(head_dim)
         },
         Family::Qwen3 => Recipe { qk_norm: QkNorm::PerHead, ..Recipe::plain(head_dim) },
+        // Convolution, attention, convolution, attention.
+        Family::Lfm2 => Recipe {
+            qk_norm: QkNorm::PerHead,
+            short_conv: Some(ShortConv { l_cache: 3, layers: vec![true, false, true, false] }),
+            ..Recipe::plain(head_dim)
+        },
         _ => Recipe::plain(head_dim),
     };
     // Gemma 3's global layers rotate by another base than its window layers.
@@ -128,7 +134,7 @@ pub fn tiny_config(family: Family, tie_word_embeddings: bool) -> DecoderConfig {
         vocab_size: 384,
         hidden_size: 64,
         intermediate_size: 160,
-        num_layers: if family == Family::SmolLm3 { 4 } else { 2 },
+        num_layers: if matches!(family, Family::SmolLm3 | Family::Lfm2) { 4 } else { 2 },
         num_heads: 4,
         num_kv_heads: 2,
         head_dim,
@@ -194,7 +200,11 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
         if cfg.recipe.pre_norms {
             s.push((Part::AttnNorm(i), false, vec![h]));
         }
-        if cfg.family == Family::Phi3 {
+        if let Some(conv) = cfg.recipe.short_conv.as_ref().filter(|_| cfg.convolves(i)) {
+            s.push((Part::ConvIn(i), false, vec![3 * h, h]));
+            s.push((Part::Conv(i), false, vec![h, conv.l_cache]));
+            s.push((Part::ConvOut(i), false, vec![h, h]));
+        } else if cfg.family == Family::Phi3 {
             s.push((Part::Qkv(i), false, vec![q + 2 * kv, h]));
         } else {
             for (part, out) in [(Part::Q(i), q), (Part::K(i), kv), (Part::V(i), kv)] {
@@ -205,6 +215,7 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
             }
         }
         match cfg.qk_norm() {
+            _ if cfg.convolves(i) => {}
             QkNorm::Off => {}
             QkNorm::PerHead => {
                 s.push((Part::QNorm(i), false, vec![hd]));
@@ -215,7 +226,9 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
                 s.push((Part::KNorm(i), false, vec![kv]));
             }
         }
-        s.push((Part::O(i), false, vec![h, q]));
+        if !cfg.convolves(i) {
+            s.push((Part::O(i), false, vec![h, q]));
+        }
         if cfg.recipe.out_bias {
             s.push((Part::O(i), true, vec![h]));
         }
@@ -256,7 +269,7 @@ fn shapes(cfg: &DecoderConfig) -> Vec<(Part, bool, Vec<usize>)> {
         }
         s.push((Part::Down(i), false, vec![h, inter]));
     }
-    s.push((Part::Norm, false, vec![h]));
+    s.push((Part::final_norm(cfg.family), false, vec![h]));
     if !cfg.tie_word_embeddings {
         s.push((Part::LmHead, false, vec![cfg.vocab_size, h]));
     }
@@ -274,6 +287,7 @@ fn is_norm(part: Part) -> bool {
         Part::AttnNorm(_)
             | Part::MlpNorm(_)
             | Part::Norm
+            | Part::EmbedNorm
             | Part::QNorm(_)
             | Part::KNorm(_)
             | Part::PostAttnNorm(_)
@@ -356,6 +370,7 @@ pub fn hf_config_json(cfg: &DecoderConfig) -> serde_json::Value {
         Family::Olmo2 => ("olmo2", "Olmo2ForCausalLM"),
         Family::SmolLm3 => ("smollm3", "SmolLM3ForCausalLM"),
         Family::GptOss => ("gpt_oss", "GptOssForCausalLM"),
+        Family::Lfm2 => ("lfm2", "Lfm2ForCausalLM"),
     };
     let rope_scaling = match &cfg.rope.scaling {
         RopeScaling::Llama3 {
@@ -539,7 +554,16 @@ fn write_gguf_tensors(
         (format!("{arch}.block_count"), u(cfg.num_layers)),
         (format!("{arch}.feed_forward_length"), u(cfg.intermediate_size)),
         (format!("{arch}.attention.head_count"), u(cfg.num_heads)),
-        (format!("{arch}.attention.head_count_kv"), u(cfg.num_kv_heads)),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            match &cfg.recipe.short_conv {
+                // Per layer, 0 for a convolution (llama.cpp's LFM2 files).
+                Some(conv) => Value::Array(
+                    conv.layers.iter().map(|c| u(if *c { 0 } else { cfg.num_kv_heads })).collect(),
+                ),
+                None => u(cfg.num_kv_heads),
+            },
+        ),
         (format!("{arch}.attention.key_length"), u(cfg.head_dim)),
         (format!("{arch}.attention.value_length"), u(cfg.head_dim)),
         (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
@@ -547,6 +571,9 @@ fn write_gguf_tensors(
         (format!("{arch}.rope.dimension_count"), u(cfg.rope.dims)),
     ];
     let recipe = &cfg.recipe;
+    if let Some(conv) = &recipe.short_conv {
+        metadata.push((format!("{arch}.shortconv.l_cache"), u(conv.l_cache)));
+    }
     if let Some(w) = &recipe.sliding_window {
         metadata.push((format!("{arch}.attention.sliding_window"), u(w.size)));
         // Read by this crate; llama.cpp fixes the pattern per family (candle reads `_type`).

@@ -48,7 +48,11 @@ impl Metadata<'_> {
 
 /// Any integer-typed metadata value (writers differ in which width they use).
 pub(crate) fn int(md: &HashMap<String, Value>, key: &str) -> Result<usize, String> {
-    let value = md.get(key).ok_or_else(|| format!("the metadata has no {key}"))?;
+    int_value(md.get(key).ok_or_else(|| format!("the metadata has no {key}"))?, key)
+}
+
+/// `value` (named `key` in errors) as an integer of any width.
+pub(crate) fn int_value(value: &Value, key: &str) -> Result<usize, String> {
     let n: i128 = match value {
         Value::U8(v) => (*v).into(),
         Value::I8(v) => (*v).into(),

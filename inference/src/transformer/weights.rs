@@ -49,7 +49,14 @@ pub enum Part {
     SharedGate(usize),
     SharedUp(usize),
     SharedDown(usize),
+    /// A short convolution's input projection (B, C and x), its kernel `[hidden, l_cache]`
+    /// and its output projection (LFM2).
+    ConvIn(usize),
+    Conv(usize),
+    ConvOut(usize),
     Norm,
+    /// LFM2's final norm, which its files name as a norm of the embeddings.
+    EmbedNorm,
     LmHead,
 }
 
@@ -58,6 +65,12 @@ impl Part {
     /// norm after attention.
     pub fn mlp_norm(family: Family, i: usize) -> Self {
         if family == Family::GptOss { Part::PostAttnNorm(i) } else { Part::MlpNorm(i) }
+    }
+
+    /// The norm after the last layer in `family`'s files: LFM2's name it as a norm of the
+    /// embeddings.
+    pub fn final_norm(family: Family) -> Self {
+        if family == Family::Lfm2 { Part::EmbedNorm } else { Part::Norm }
     }
 
     /// The Hugging Face name, without `.weight` / `.bias`.
@@ -92,7 +105,11 @@ impl Part {
             Part::SharedGate(i) => layer(i, "mlp.shared_expert.gate_proj"),
             Part::SharedUp(i) => layer(i, "mlp.shared_expert.up_proj"),
             Part::SharedDown(i) => layer(i, "mlp.shared_expert.down_proj"),
+            Part::ConvIn(i) => layer(i, "conv.in_proj"),
+            Part::Conv(i) => layer(i, "conv.conv"),
+            Part::ConvOut(i) => layer(i, "conv.out_proj"),
             Part::Norm => "model.norm".into(),
+            Part::EmbedNorm => "model.embedding_norm".into(),
             Part::LmHead => "lm_head".into(),
         }
     }
@@ -125,7 +142,11 @@ impl Part {
             Part::SharedGate(i) => layer(i, "ffn_gate_shexp"),
             Part::SharedUp(i) => layer(i, "ffn_up_shexp"),
             Part::SharedDown(i) => layer(i, "ffn_down_shexp"),
+            Part::ConvIn(i) => layer(i, "shortconv.in_proj"),
+            Part::Conv(i) => layer(i, "shortconv.conv"),
+            Part::ConvOut(i) => layer(i, "shortconv.out_proj"),
             Part::Norm => "output_norm".into(),
+            Part::EmbedNorm => "token_embd_norm".into(),
             Part::LmHead => "output".into(),
         }
     }

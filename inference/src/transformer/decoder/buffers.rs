@@ -52,6 +52,10 @@ impl Decoder {
                 _ => &global,
             };
             let parts = match &layer.attention {
+                // `gains` is `None` for these models: they take the tensors' path.
+                Attention::Conv { .. } => {
+                    candle_core::bail!("a short convolution takes candle's ops")
+                }
                 Attention::Fused(m) => {
                     m.forward_into(&normed, &mut qkv)?;
                     [0, 1, 2].map(|i| fused::Part::of(&qkv, &widths, i))

@@ -78,6 +78,9 @@ impl Decoder {
     /// (Qwen3).
     fn projected_qkv(&self, layer: &Layer, h: &Tensor) -> Result<Tensor> {
         let qkv = match &layer.attention {
+            Attention::Conv { .. } => {
+                candle_core::bail!("a short convolution runs on the CPU only")
+            }
             Attention::Fused(qkv) => qkv.forward(h)?,
             Attention::Separate { q, k, v } => {
                 Tensor::cat(&[q.forward(h)?, k.forward(h)?, v.forward(h)?], 1)?

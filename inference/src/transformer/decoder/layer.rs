@@ -10,8 +10,20 @@ use crate::transformer::weights::{Part, Projections, WeightSource};
 
 #[derive(Debug)]
 pub(super) enum Attention {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     Fused(Linear),
+    /// LFM2's short convolution in place of attention: `in_proj` gives B, C and x; the
+    /// kernel `[hidden, l_cache]` (column 0 the oldest position) mixes B·x over the last
+    /// `l_cache` positions; the layer's `o` is its output projection. CPU only.
+    Conv {
+        in_proj: Linear,
+        kernel: Vec<f32>,
+        l_cache: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -55,7 +67,15 @@ pub(super) fn load_layer(
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
     let bias = cfg.qkv_bias;
-    let attention = if cfg.family == Family::Phi3 {
+    let conv = cfg.recipe.short_conv.as_ref().filter(|_| cfg.convolves(i));
+    let attention = if let Some(conv) = conv {
+        let in_proj = src.linear(Part::ConvIn(i), false)?;
+        expect_out(&in_proj, 3 * h, "the convolution's input projection")?;
+        let kernel = src.dense(Part::Conv(i), false)?;
+        expect_dims(&kernel, &[h, conv.l_cache], "the convolution's kernel")?;
+        let kernel = kernel.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Attention::Conv { in_proj, kernel, l_cache: conv.l_cache }
+    } else if cfg.family == Family::Phi3 {
         let qkv = src.linear(Part::Qkv(i), bias)?;
         expect_out(&qkv, q_out + 2 * kv_out, "the fused QKV projection")?;
         Attention::Fused(qkv)
@@ -77,6 +97,7 @@ pub(super) fn load_layer(
         }
     };
     let (q_norm, k_norm) = match cfg.qk_norm() {
+        _ if conv.is_some() => (None, None),
         QkNorm::Off => (None, None),
         norm => {
             let (q, k) = (src.dense(Part::QNorm(i), false)?, src.dense(Part::KNorm(i), false)?);
@@ -142,7 +163,10 @@ pub(super) fn load_layer(
         attention,
         q_norm,
         k_norm,
-        o: src.linear(Part::O(i), cfg.recipe.out_bias)?,
+        o: match conv {
+            Some(_) => src.linear(Part::ConvOut(i), false)?,
+            None => src.linear(Part::O(i), cfg.recipe.out_bias)?,
+        },
         sinks,
         post_attn_norm,
         mlp_norm: pre_norm(src, Part::mlp_norm(cfg.family, i))?,

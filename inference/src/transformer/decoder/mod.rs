@@ -116,7 +116,7 @@ impl Decoder {
         for i in 0..cfg.num_layers {
             layers.push(load_layer(&cfg, source, i)?);
         }
-        let norm = source.dense(Part::Norm, false)?;
+        let norm = source.dense(Part::final_norm(cfg.family), false)?;
         let rope = Rope::new(&cfg.rope, device)?;
         let window_rope = match &cfg.recipe.sliding_window {
             Some(w) if w.rope != cfg.rope => Some(Rope::new(&w.rope, device)?),
@@ -162,6 +162,8 @@ impl Decoder {
             let attention = match &l.attention {
                 Attention::Fused(qkv) => vec![qkv],
                 Attention::Separate { q, k, v } => vec![q, k, v],
+                // The convolution runs on candle's ops only for now.
+                Attention::Conv { .. } => return false,
             };
             // Experts run on our kernels or on candle's matmul, row slices in and out.
             let ffn = match &l.ffn {
@@ -274,32 +276,49 @@ impl Decoder {
             Ok(Some(kv)) => SequenceCache::paged(BlockTable::new(kv.pool().clone())),
             // A failed allocation shows at the first step, which needs the pools.
             _ => {
-                let windows =
-                    (0..self.cfg.num_layers).map(|i| self.cfg.window_of(i).map(|w| w.size));
+                let windows = (0..self.cfg.num_layers).map(|i| self.window(i));
                 SequenceCache::with_windows(windows.collect(), capacity)
             }
         }
     }
 
+    /// Positions layer `index`'s cache keeps: a window layer's window, a convolution's
+    /// `l_cache` (its B·x rows); `None` for every position.
+    fn window(&self, index: usize) -> Option<usize> {
+        match &self.cfg.recipe.short_conv {
+            Some(conv) if self.cfg.convolves(index) => Some(conv.l_cache),
+            _ => self.cfg.window_of(index).map(|w| w.size),
+        }
+    }
+
+    /// Bytes one position takes in layer `index`'s cache: keys and values, or a
+    /// convolution's B·x row (held twice, as keys and as values, so that the cache keeps one
+    /// layout; it is `l_cache` + a step's rows).
+    fn layer_bytes_per_token(&self, index: usize) -> usize {
+        let c = &self.cfg;
+        let width = if c.convolves(index) { c.hidden_size } else { c.num_kv_heads * c.head_dim };
+        2 * width * self.dtype.size_in_bytes()
+    }
+
     /// KV bytes one position of one sequence takes.
     pub fn kv_bytes_per_token(&self) -> usize {
-        let c = &self.cfg;
-        c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()
+        (0..self.cfg.num_layers).map(|i| self.layer_bytes_per_token(i)).sum()
     }
 
     /// KV bytes a sequence of `positions` takes at most when fed in steps of at most
     /// `chunk` tokens: every position in global layers, a window layer's window plus a
     /// step's tokens (its ring, [`SequenceCache`]); on a GPU every layer every position.
     pub fn kv_bytes(&self, positions: usize, chunk: usize) -> usize {
-        let c = &self.cfg;
-        let per_layer = 2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes();
         if self.device.is_cuda() {
             return positions * self.kv_bytes_per_token();
         }
-        (0..c.num_layers)
-            .map(|i| match c.window_of(i) {
-                Some(w) => positions.min(w.size + chunk.max(1) - 1) * per_layer,
-                None => positions * per_layer,
+        (0..self.cfg.num_layers)
+            .map(|i| {
+                let held = match self.window(i) {
+                    Some(w) => positions.min(w + chunk.max(1) - 1),
+                    None => positions,
+                };
+                held * self.layer_bytes_per_token(i)
             })
             .sum()
     }
@@ -312,6 +331,9 @@ impl Decoder {
                     q.weight_bytes() + k.weight_bytes() + v.weight_bytes()
                 }
                 Attention::Fused(qkv) => qkv.weight_bytes(),
+                Attention::Conv { in_proj, kernel, .. } => {
+                    in_proj.weight_bytes() + std::mem::size_of_val(kernel.as_slice())
+                }
             };
             let ffn = match &l.ffn {
                 Ffn::Dense { mlp: Mlp::Separate { gate, up }, down } => {

@@ -36,22 +36,29 @@ impl Decoder {
         for (index, layer) in self.layers.iter().enumerate() {
             let rotation = self.cfg.rotates(index).then(|| tables.of(&self.cfg, index));
             let h = norm(&x, &layer.attn_norm)?;
-            let (q, k, v) = match &layer.attention {
-                Attention::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
-                Attention::Fused(qkv) => {
-                    let qkv = qkv.forward(&h)?;
-                    (
-                        qkv.narrow(1, 0, nh * hd)?,
-                        qkv.narrow(1, nh * hd, kvh * hd)?,
-                        qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
-                    )
-                }
+            let mixed = if let Attention::Conv { in_proj, kernel, l_cache } = &layer.attention {
+                short_conv(&in_proj.forward(&h)?, kernel, *l_cache, inputs, index)?
+            } else {
+                let (q, k, v) = match &layer.attention {
+                    Attention::Separate { q, k, v } => {
+                        (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?)
+                    }
+                    Attention::Fused(qkv) => {
+                        let qkv = qkv.forward(&h)?;
+                        (
+                            qkv.narrow(1, 0, nh * hd)?,
+                            qkv.narrow(1, nh * hd, kvh * hd)?,
+                            qkv.narrow(1, (nh + kvh) * hd, kvh * hd)?,
+                        )
+                    }
+                    Attention::Conv { .. } => candle_core::bail!("a convolution has no queries"),
+                };
+                let q = self.heads(&q, nh, layer.q_norm.as_ref(), rotation)?;
+                let k = self.heads(&k, kvh, layer.k_norm.as_ref(), rotation)?;
+                let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
+                attend(&q, &k, &v, inputs, index, kvh, self.scores(index))?
             };
-            let q = self.heads(&q, nh, layer.q_norm.as_ref(), rotation)?;
-            let k = self.heads(&k, kvh, layer.k_norm.as_ref(), rotation)?;
-            let v = v.contiguous()?.reshape((total, kvh, hd))?.transpose(0, 1)?;
-            let attn = attend(&q, &k, &v, inputs, index, kvh, self.scores(index))?;
-            x = (x + branch(layer.o.forward(&attn)?, &layer.post_attn_norm)?)?;
+            x = (x + branch(layer.o.forward(&mixed)?, &layer.post_attn_norm)?)?;
             let h = norm(&x, &layer.mlp_norm)?;
             let act = self.cfg.recipe.activation;
             let out = match &layer.ffn {
@@ -203,4 +210,48 @@ pub(super) fn glu_tensor(act: Activation, gate: &Tensor, up: &Tensor) -> Result<
             Tensor::from_vec(out, (rows, ff), gate.device())?.to_dtype(gate.dtype())
         }
     }
+}
+
+/// LFM2's short convolution over the step's tokens: `bcx` `[T, 3 hidden]` (B, C and x, in
+/// that order) becomes `C · conv(B·x)` `[T, hidden]`, where `conv` mixes each position's B·x
+/// row with the `l_cache - 1` before it through `kernel` `[hidden, l_cache]` (column 0 the
+/// oldest; zeros before the first token), as llama.cpp's `ssm_conv` sums. Each sequence's
+/// B·x rows go to its cache for `layer`, which keeps the last `l_cache` positions (a
+/// window) for the tokens after.
+fn short_conv(
+    bcx: &Tensor,
+    kernel: &[f32],
+    l_cache: usize,
+    inputs: &mut [StepInput<'_>],
+    layer: usize,
+) -> Result<Tensor> {
+    let (t, width) = bcx.dims2()?;
+    let hs = width / 3;
+    let (b, c, x) = (bcx.narrow(1, 0, hs)?, bcx.narrow(1, hs, hs)?, bcx.narrow(1, 2 * hs, hs)?);
+    let bx = (b * x)?.to_dtype(DType::F32)?;
+    let mut out = vec![0f32; t * hs];
+    let mut offset = 0;
+    for input in inputs.iter_mut() {
+        let n = input.tokens.len();
+        let rows = bx.narrow(0, offset, n)?.unsqueeze(0)?.contiguous()?;
+        input.cache.append(layer, &rows, &rows)?;
+        let Some(buffers) = input.cache.buffers(layer) else {
+            candle_core::bail!("the convolution's cache of layer {layer} is missing")
+        };
+        let ring = buffers.keys.squeeze(0)?.to_vec2::<f32>()?;
+        let start = input.cache.len();
+        for j in 0..n {
+            let row = &mut out[(offset + j) * hs..][..hs];
+            for k in 0..l_cache {
+                // Position start + j - (l_cache - 1) + k, if the sequence has it.
+                let Some(p) = (start + j + k + 1).checked_sub(l_cache) else { continue };
+                for (i, (o, v)) in row.iter_mut().zip(&ring[p % ring.len()]).enumerate() {
+                    *o += kernel[i * l_cache + k] * v;
+                }
+            }
+        }
+        offset += n;
+    }
+    let conv = Tensor::from_vec(out, (t, hs), bcx.device())?.to_dtype(bcx.dtype())?;
+    c * conv
 }

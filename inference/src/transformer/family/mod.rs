@@ -6,6 +6,7 @@ mod experts;
 mod gemma;
 mod gpt_oss;
 mod granite;
+mod lfm2;
 mod olmo2;
 
 use super::config::{QkNorm, Recipe, RopeConfig};
@@ -52,6 +53,8 @@ pub enum Family {
     Olmo2,
     /// SmolLM3: Llama's layers, every fourth without rotary embeddings.
     SmolLm3,
+    /// Liquid AI's LFM2: attention layers (per-head QK norm) among short-convolution ones.
+    Lfm2,
     /// OpenAI's gpt-oss: biased attention with a learned sink logit per head, every other
     /// layer a sliding window, YaRN, and a mixture of biased experts with a clamped SwiGLU
     /// (their top-k logits softmaxed).
@@ -74,12 +77,13 @@ impl Family {
             "olmo2" => Some(Self::Olmo2),
             "smollm3" => Some(Self::SmolLm3),
             "gpt-oss" => Some(Self::GptOss),
+            "lfm2" => Some(Self::Lfm2),
             _ => None,
         }
     }
 
     pub const NAMES: &'static str = "qwen2, llama, mistral, qwen3, phi3, gemma2, gemma3, qwen3moe, \
-                                     qwen2moe, granite, olmo2, smollm3, gpt-oss";
+                                     qwen2moe, granite, olmo2, smollm3, gpt-oss, lfm2";
 
     /// llama.cpp's `general.architecture` for the family.
     pub fn gguf_name(self) -> &'static str {
@@ -96,13 +100,14 @@ impl Family {
             Self::Olmo2 => "olmo2",
             Self::SmolLm3 => "smollm3",
             Self::GptOss => "gpt-oss",
+            Self::Lfm2 => "lfm2",
         }
     }
 
     /// RMSNorm of queries and keys, per head or over whole rows.
     pub(crate) fn qk_norm(self) -> QkNorm {
         match self {
-            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 => QkNorm::PerHead,
+            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 | Self::Lfm2 => QkNorm::PerHead,
             Self::Olmo2 => QkNorm::Whole,
             _ => QkNorm::Off,
         }
@@ -119,16 +124,27 @@ impl Family {
         matches!(self, Self::Gemma2 | Self::Gemma3)
     }
 
-    /// The family's layers as a GGUF file of it describes them. A family with no experts
-    /// refuses a file that has some.
-    pub(crate) fn recipe(self, m: Metadata<'_>, shape: &Shape<'_>) -> Result<Recipe, String> {
+    /// The family's layers as a GGUF file of it describes them, and the key-value heads
+    /// where the family gives them otherwise than as one number (LFM2). A family with no
+    /// experts refuses a file that has some.
+    pub(crate) fn recipe(
+        self,
+        m: Metadata<'_>,
+        shape: &Shape<'_>,
+    ) -> Result<(Recipe, Option<usize>), String> {
         let experts = experts::read(self, m)?;
         let plain = Recipe::plain(shape.head_dim);
+        let mut kv_heads = None;
         let mut recipe = match self {
             Self::Gemma2 | Self::Gemma3 => gemma::recipe(m, shape, self == Self::Gemma3)?,
             Self::Granite => granite::recipe(m, shape)?,
             Self::Olmo2 => olmo2::recipe(m, shape)?,
             Self::GptOss => gpt_oss::recipe(m, shape, experts)?,
+            Self::Lfm2 => {
+                let (recipe, heads) = lfm2::recipe(m, shape)?;
+                kv_heads = Some(heads);
+                recipe
+            }
             // llama.cpp fixes the step at 4; no file says it.
             Self::SmolLm3 => Recipe { unrotated_every: Some(4), ..plain },
             Self::Qwen2
@@ -139,6 +155,6 @@ impl Family {
             | Self::Qwen2Moe => Recipe { experts, ..plain },
         };
         recipe.qk_norm = self.qk_norm();
-        Ok(recipe)
+        Ok((recipe, kv_heads))
     }
 }
