@@ -34,6 +34,7 @@ pub mod browsers;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod conversations;
 pub mod error;
 pub mod http;
 mod inspector;

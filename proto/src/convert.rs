@@ -761,6 +761,7 @@ impl From<&Command> for pb::Command {
                 options: t.options.as_deref().map(Into::into),
                 depth: t.depth,
                 traceparent: t.traceparent.clone(),
+                conversation: t.conversation.iter().map(Into::into).collect(),
             }),
             Command::CancelTask { task_id, reason } => Kind::CancelTask(pb::CancelTask {
                 task_id: task_id.as_str().to_owned(),
@@ -826,6 +827,7 @@ impl TryFrom<pb::Command> for Command {
                 options: t.options.map(|o| Arc::new(o.into())),
                 depth: t.depth,
                 traceparent: t.traceparent,
+                conversation: t.conversation.into_iter().map(Into::into).collect(),
             }),
             Kind::CancelTask(c) => {
                 Command::CancelTask { task_id: TaskId::new(c.task_id), reason: c.reason }

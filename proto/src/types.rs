@@ -922,6 +922,9 @@ pub struct TaskAssignment {
     pub depth: u32,
     /// W3C `traceparent` of the span the worker's spans go under (empty: not traced).
     pub traceparent: String,
+    /// The turns of the task's conversation so far, from the head's store (empty when the
+    /// client carries the conversation in `options.history`, or it has none).
+    pub conversation: Vec<Turn>,
 }
 
 /// What the head tells a worker to do.

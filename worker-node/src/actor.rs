@@ -78,9 +78,8 @@ struct Remember {
 }
 
 impl AgentActor {
-    /// Instructions, then the conversation so far (given with the task, or remembered for
-    /// its context), then the input.
-    fn messages(&self, task: &TaskAssignment) -> Vec<ChatMessage> {
+    /// Instructions, then the conversation so far (see [`Self::history`]), then the input.
+    fn messages(&self, task: &TaskAssignment, from_head: bool) -> Vec<ChatMessage> {
         let mut messages = Vec::new();
         if !self.args.spec.instructions.is_empty() {
             messages.push(ChatMessage::new(Role::System, self.args.spec.instructions.clone()));
@@ -91,7 +90,7 @@ impl AgentActor {
                 messages.push(ChatMessage::new(Role::System, topics::prompt_text(&recent)));
             }
         }
-        messages.extend(self.history(task));
+        messages.extend(self.history(task, from_head));
         // No input: the conversation given with the task ends where the model answers (a
         // tool's result, or only a system message).
         let answers_history =
@@ -103,12 +102,15 @@ impl AgentActor {
         messages
     }
 
-    /// The conversation before the task: given with it, or remembered for its context.
-    fn history(&self, task: &TaskAssignment) -> Vec<ChatMessage> {
+    /// The conversation before the task: the client's, given with it; for a task from the
+    /// head, its context's turns the head stores and sent with it (any worker continues any
+    /// conversation); for a call over the mesh, what this actor remembers of its context.
+    fn history(&self, task: &TaskAssignment, from_head: bool) -> Vec<ChatMessage> {
         match &task.options {
             Some(options) if !options.history.is_empty() => {
                 options.history.iter().map(turn_message).collect()
             }
+            _ if from_head => task.conversation.iter().map(turn_message).collect(),
             _ => self.memory.history(&task.context_id).cloned().collect(),
         }
     }
@@ -147,15 +149,18 @@ impl Message<Run> for AgentActor {
         let actor = ctx.actor_ref().clone();
         let running = self.args.running.clone();
         let span = info_span!("task", task_id = %msg.task.task_id, agent = %self.args.spec.name, attempt = msg.task.attempt);
-        // A conversation the client carries itself is not the agent's to remember.
-        let remember = msg.task.options.as_ref().is_none_or(|o| o.history.is_empty());
+        // The head remembers the conversations of its tasks; the actor those of calls over
+        // the mesh, which the head does not see. A conversation the client carries itself
+        // is not the agent's to remember.
+        let from_head = msg.lease.is_none();
+        let remember = !from_head && msg.task.options.as_ref().is_none_or(|o| o.history.is_empty());
         let (task_id, context_id, input) =
             (msg.task.task_id.clone(), msg.task.context_id.clone(), msg.task.input.clone());
         let brain = self.args.brain.clone();
         // What the brain reads before the task moves into the run.
         let conversation = match &brain {
-            Brain::Model(_) => self.messages(&msg.task),
-            Brain::Code(_) => self.history(&msg.task),
+            Brain::Model(_) => self.messages(&msg.task, from_head),
+            Brain::Code(_) => self.history(&msg.task, from_head),
         };
         let run = TaskRun {
             spec: self.args.spec.clone(),

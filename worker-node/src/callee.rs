@@ -180,6 +180,7 @@ impl LocalCalls {
             depth: call.depth,
             // The callee's spans go under the caller's `execute_tool` span.
             traceparent: call.traceparent,
+            conversation: Vec::new(),
         };
         let (sink, mut events) = mpsc::channel(CALL_EVENTS);
         let cancel = CancellationToken::new();

@@ -561,6 +561,7 @@ mod tests {
             options: None,
             depth: 0,
             traceparent: String::new(),
+            conversation: Vec::new(),
         }
     }
 

@@ -1,4 +1,6 @@
-//! Conversation memory of one agent actor: the turns of each context id, bounded in the
+//! Conversation memory of one agent actor for the agents called over the mesh (the head
+//! stores the conversations of the tasks it hands out, `fleet_head::conversations`, and
+//! sends each task its context's turns): the turns of each context id, bounded in the
 //! number of contexts, in the turns kept per context, and in bytes: per context (the oldest
 //! turns go first, as a model's context window would drop them) and for the whole actor
 //! (the least recently started context goes first). A client that sends long turns to many

@@ -54,6 +54,7 @@ impl Cluster {
         }
         state.worker_seqs.extend(restored.workers);
         state.stored_push = restored.push;
+        state.conversations.restore(restored.conversations);
         info!(agents, tasks, unfinished = open_count, "state restored from the store");
         Ok(())
     }

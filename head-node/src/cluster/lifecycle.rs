@@ -2,6 +2,7 @@
 //! (answering a calling task), fail-over of a lost worker's tasks, and draining the queue.
 
 use super::*;
+use crate::conversations::Key;
 
 /// Sends the agent's spec to a worker that does not host this version of it yet.
 /// Places the agent's actor on the worker unless it holds this version already, with the
@@ -29,7 +30,49 @@ pub(super) fn context_worker(
     if context_id.is_empty() {
         return None;
     }
-    state.context_workers.get(&(agent.to_owned(), worker_context(tenant, context_id))).cloned()
+    let placed = state.context_workers.get(&(agent.to_owned(), worker_context(tenant, context_id)));
+    // A head started again knows only the stored worker of the last exchange.
+    placed.cloned().or_else(|| {
+        let key = Key {
+            tenant: tenant.into(),
+            agent: agent.to_owned(),
+            context_id: context_id.to_owned(),
+        };
+        state.conversations.worker(&key).map(str::to_owned)
+    })
+}
+
+/// The conversation a task continues.
+fn conversation_key(task: &TaskEntry) -> Key {
+    Key {
+        tenant: task.tenant.clone(),
+        agent: task.agent.clone(),
+        context_id: task.context_id.clone(),
+    }
+}
+
+/// Whether the head keeps the task's conversation: it has a context, and the client does
+/// not carry the conversation itself (nor sends a raw prompt, which is no conversation).
+fn keeps_conversation(task: &TaskEntry) -> bool {
+    !task.context_id.is_empty()
+        && task.options.as_ref().is_none_or(|o| o.history.is_empty() && !o.raw_prompt)
+}
+
+/// Adds a completed task's exchange to its conversation. Appended to the store before the
+/// task's `Completed` (the journal keeps order): a client that has the answer finds it in
+/// the next turn's conversation, even after a head crash.
+fn remember_exchange(state: &mut State, id: &TaskId) {
+    let Some(task) = state.tasks.get(id.as_str()) else { return };
+    if !keeps_conversation(task) {
+        return;
+    }
+    let exchange = crate::conversations::exchange(&task.input, task.current_attempt());
+    let worker = task.worker.as_deref().unwrap_or_default();
+    let changes =
+        state.conversations.add(&conversation_key(task), id.as_str(), exchange, worker, now_us());
+    if let Some(journal) = state.tasks.journal() {
+        journal.conversations(changes);
+    }
 }
 
 /// The conversation a worker keeps for a task's context: context ids are the client's, so
@@ -76,7 +119,7 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     task.reserved = spec.resources;
     task.worker = Some(worker_id.to_owned());
     state.queue.served(&task.tenant);
-    let _ = worker.commands.send(Command::RunTask(assignment(id, task)));
+    let _ = worker.commands.send(Command::RunTask(assignment(id, task, &state.conversations)));
     traced::scheduled(task, worker_id);
     task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
     if !task.context_id.is_empty() {
@@ -91,8 +134,18 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
 }
 
-/// The command that runs a task's current attempt on a worker.
-pub(super) fn assignment(id: &TaskId, task: &TaskEntry) -> TaskAssignment {
+/// The command that runs a task's current attempt on a worker, with its conversation so
+/// far.
+pub(super) fn assignment(
+    id: &TaskId,
+    task: &TaskEntry,
+    conversations: &crate::conversations::Conversations,
+) -> TaskAssignment {
+    let conversation = if keeps_conversation(task) {
+        conversations.turns(&conversation_key(task))
+    } else {
+        Vec::new()
+    };
     TaskAssignment {
         task_id: id.clone(),
         agent: task.agent.clone(),
@@ -102,6 +155,7 @@ pub(super) fn assignment(id: &TaskId, task: &TaskEntry) -> TaskAssignment {
         options: task.options.clone(),
         depth: task.depth,
         traceparent: traced::parent_of(task),
+        conversation,
     }
 }
 
@@ -129,6 +183,9 @@ pub(super) fn release(state: &mut State, id: &TaskId) {
 /// Ends a task with a terminal event.
 pub(super) fn finish(state: &mut State, id: &TaskId, kind: EventKind) {
     release(state, id);
+    if matches!(kind, EventKind::Completed { .. }) {
+        remember_exchange(state, id);
+    }
     let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
     task.push(kind, now_us());
     let final_state = task.state;

@@ -328,7 +328,7 @@ fn send_again(state: &mut State, id: &TaskId, worker_id: &str) {
     };
     let Ok(agent) = state.agents.get(&task.agent) else { return };
     place_actor(worker, &agent.spec, agent.version, &state.tools);
-    let _ = worker.commands.send(Command::RunTask(assignment(id, task)));
+    let _ = worker.commands.send(Command::RunTask(assignment(id, task, &state.conversations)));
 }
 
 /// Takes on a task a rejoining worker still runs: it holds its share there again.

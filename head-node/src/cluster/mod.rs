@@ -95,6 +95,8 @@ struct State {
     queue: TaskQueue,
     /// (agent, context id) -> the worker that ran its last turn.
     context_workers: HashMap<(String, String), String>,
+    /// The turns of each context, handed with its next task; stored.
+    conversations: crate::conversations::Conversations,
     /// Whether placement prefers workers whose prefix caches likely hold a task's prompt
     /// start ([`scheduler::Prefixes`]).
     prefix_affinity: bool,
@@ -216,6 +218,7 @@ impl Cluster {
                 tasks: TaskTable::new(config.max_retained_tasks, config.max_retained_bytes),
                 queue: TaskQueue::default(),
                 context_workers: HashMap::new(),
+                conversations: Default::default(),
                 prefix_affinity: config.prefix_affinity,
                 calls_relayed: 0,
                 agents_located: 0,

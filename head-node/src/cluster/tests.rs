@@ -8,6 +8,8 @@ use parking_lot::Mutex as TestMutex;
 use fleet_proto::Reply;
 
 use super::*;
+use crate::auth::DEFAULT_TENANT;
+use crate::conversations::Key;
 use crate::store::{Batch, Snapshot, Store, StoreError};
 
 fn op() -> Principal {
@@ -157,6 +159,7 @@ struct KeptInner {
     events: BTreeMap<(u64, u64), Vec<u8>>,
     agents: BTreeMap<String, Vec<u8>>,
     workers: BTreeMap<String, (u64, u64)>,
+    conversations: BTreeMap<String, Vec<u8>>,
 }
 
 impl Store for Kept {
@@ -168,6 +171,7 @@ impl Store for Kept {
             agents: k.agents.values().cloned().collect(),
             workers: k.workers.iter().map(|(w, m)| (w.clone(), *m)).collect(),
             push: Vec::new(),
+            conversations: k.conversations.values().cloned().collect(),
         })
     }
 
@@ -181,6 +185,12 @@ impl Store for Kept {
         }
         k.agents.extend(batch.agents.iter().cloned());
         k.workers.extend(batch.workers.iter().cloned());
+        for (key, record) in &batch.conversations {
+            match record {
+                Some(record) => k.conversations.insert(key.clone(), record.clone()),
+                None => k.conversations.remove(key),
+            };
+        }
         Ok(())
     }
 
@@ -284,6 +294,62 @@ fn a_task_whose_run_never_reached_its_worker_before_a_restart_runs_on_its_attemp
     third.worker_joined(registration("w1", 2, 9, &[(&t2, 1)]), String::new());
     assert_eq!(where_is(&third, &t1).0, TaskState::Failed, "it was working on w1");
     assert_eq!(where_is(&third, &t2).0, TaskState::Scheduled, "w1 still runs it");
+}
+
+/// A conversation's turns are the head's: each task of a context goes to its worker with
+/// the turns before it, whichever worker ran them, across a restart of the head; a task
+/// retried after its exchange was stored adds it once.
+#[test]
+fn a_context_s_turns_go_with_its_next_task_from_the_store() {
+    let kept = Kept::default();
+    let config = config(2);
+    let first = start(&config, &kept);
+    let (c1, mut rx1, _) = first.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let turn = |cluster: &Cluster, input: &str| {
+        let new = NewTask {
+            agent: "a".into(),
+            input: input.into(),
+            context_id: "ctx".into(),
+            ..Default::default()
+        };
+        cluster.submit(&op(), new, None).expect("submitted")
+    };
+    let sent_conversation = |rx: &mut CommandStream, id: &TaskId| {
+        commands(rx).into_iter().find_map(|c| match c {
+            Command::RunTask(t) if t.task_id == *id => {
+                Some(t.conversation.into_iter().map(|t| t.content).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+    };
+    let t1 = turn(&first, "one");
+    assert_eq!(sent_conversation(&mut rx1, &t1), Some(vec![]));
+    // The worker numbers its events across its tasks.
+    let answer = |id: &TaskId, seq: u64, text: &str| {
+        vec![
+            event(id, seq, EventKind::text(text)),
+            event(id, seq + 1, EventKind::Completed { usage: Default::default() }),
+        ]
+    };
+    first.worker_events("w1", c1, answer(&t1, 1, "ONE"));
+    let t2 = turn(&first, "two");
+    assert_eq!(sent_conversation(&mut rx1, &t2), Some(vec!["one".into(), "ONE".into()]));
+    first.worker_events("w1", c1, answer(&t2, 3, "TWO"));
+
+    // The head restarts; another worker takes the next turn with the whole past.
+    let second = restart(first, &config, &kept);
+    let (_, mut rx2, _) = second.worker_joined(registration("w2", 1, 2, &[]), String::new());
+    let t3 = turn(&second, "three");
+    let past: Vec<String> = ["one", "ONE", "two", "TWO"].map(String::from).into();
+    assert_eq!(sent_conversation(&mut rx2, &t3), Some(past));
+    {
+        let mut state = second.state.lock();
+        let key =
+            Key { tenant: DEFAULT_TENANT.into(), agent: "a".into(), context_id: "ctx".into() };
+        assert_eq!(state.conversations.worker(&key), Some("w1"), "the stored worker");
+        assert!(state.conversations.add(&key, t2.as_str(), vec![], "w2", 0).is_empty(), "t2 twice");
+    }
+    assert_eq!(second.state.lock().conversations.len(), 1);
 }
 
 #[test]

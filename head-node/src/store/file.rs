@@ -277,6 +277,11 @@ fn batch_size(batch: &Batch) -> usize {
         + values(&batch.push)
         + batch.workers.iter().map(|(id, _)| id.len() + 16).sum::<usize>()
         + batch.removed.len() * 8
+        + batch
+            .conversations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
 }
 
 #[cfg(test)]

@@ -19,7 +19,11 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{error, info};
 
-use super::{Batch, Store, StoreError, TaskRecord, WorkerMark, encode_agent, encode_events};
+use super::{
+    Batch, Store, StoreError, TaskRecord, WorkerMark, encode_agent, encode_conversation,
+    encode_events,
+};
+use crate::conversations;
 
 /// Records waiting beyond which new work is refused: the store is not keeping up.
 const MAX_BACKLOG: usize = 1 << 20;
@@ -42,6 +46,8 @@ enum Record {
     Worker(WorkerMark),
     /// A task's push configs, encoded (all of them).
     Push(u64, Vec<u8>),
+    /// A conversation as it is now (none: deleted), under its key; encoded by the writer.
+    Conversation(String, Option<Box<conversations::Record>>),
     /// Store what came before, close the store and say so.
     Close(mpsc::SyncSender<()>),
     /// Say when what came before is stored.
@@ -153,6 +159,13 @@ impl Journal {
             sealer.seal_push(&mut configs);
         }
         self.append(Record::Push(number, prost::Message::encode_to_vec(&configs)));
+    }
+
+    /// The changes to conversations (each as it is now, or deleted).
+    pub fn conversations(&self, changes: Vec<conversations::Change>) {
+        for (key, record) in changes {
+            self.append(Record::Conversation(key, record.map(Box::new)));
+        }
     }
 
     /// An agent registered or changed, its secrets sealed.
@@ -337,6 +350,11 @@ fn build(records: &[Record]) -> (Batch, Commit) {
             }
             Record::Worker((id, mark)) => {
                 workers.insert(id.clone(), *mark);
+            }
+            Record::Conversation(key, record) => {
+                // The last change of a conversation wins (one row per key and write).
+                batch.conversations.retain(|(k, _)| k != key);
+                batch.conversations.push((key.clone(), record.as_deref().map(encode_conversation)));
             }
             // Taken out before, and answered after the write (see the writer loop).
             Record::Close(_) | Record::Stored(_) => {}

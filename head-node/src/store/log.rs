@@ -300,6 +300,14 @@ fn encode(batch: &Batch) -> pb::LoggedBatch {
             })
             .collect(),
         push: numbered(&batch.push),
+        conversations: batch
+            .conversations
+            .iter()
+            .map(|(key, value)| pb::NamedRecord {
+                name: key.clone(),
+                value: value.clone().unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -318,5 +326,11 @@ fn decode(logged: pb::LoggedBatch) -> Batch {
             .map(|w| (w.worker_id, (w.incarnation, w.applied)))
             .collect(),
         push: numbered(logged.push),
+        // A stored conversation is never empty: it names its agent at least.
+        conversations: logged
+            .conversations
+            .into_iter()
+            .map(|r| (r.name, (!r.value.is_empty()).then_some(r.value)))
+            .collect(),
     }
 }

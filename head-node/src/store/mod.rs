@@ -1,7 +1,8 @@
 //! The head's durable state: what it must not lose when it stops or crashes.
 //!
 //! Tasks (what each was submitted with) and their event logs, the agents clients
-//! registered and the A2A push configs of tasks go through the [`Journal`]: records are
+//! registered, the A2A push configs of tasks and the conversations of contexts
+//! (`crate::conversations`) go through the [`Journal`]: records are
 //! appended under the cluster's lock without waiting, and a writer (a task on the head's
 //! runtime) stores what gathered during its last write as one batch (group commit). A
 //! task's state, attempt, worker, output and the queue are not stored: they follow from
@@ -93,6 +94,9 @@ pub struct Batch {
     pub workers: Vec<(String, (u64, u64))>,
     /// Task number -> `StoredPushConfigs` (all of the task's, replacing what was stored).
     pub push: Vec<(u64, Vec<u8>)>,
+    /// Conversation key -> `StoredConversation` (replacing what was stored); `None`: the
+    /// conversation was deleted. A key appears once per batch.
+    pub conversations: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Batch {
@@ -104,6 +108,7 @@ impl Batch {
             && self.agents.is_empty()
             && self.workers.is_empty()
             && self.push.is_empty()
+            && self.conversations.is_empty()
     }
 }
 
@@ -115,6 +120,7 @@ pub struct Snapshot {
     pub agents: Vec<Vec<u8>>,
     pub workers: Vec<(String, (u64, u64))>,
     pub push: Vec<(u64, Vec<u8>)>,
+    pub conversations: Vec<Vec<u8>>,
 }
 
 /// A place to keep records. Implementations store bytes; the encoding is the journal's.
@@ -210,6 +216,7 @@ pub struct Restored {
     pub workers: Vec<(String, (u64, u64))>,
     /// The A2A push-notification configs of retained tasks.
     pub push: Vec<(TaskId, pb::StoredPushConfigs)>,
+    pub conversations: Vec<crate::conversations::Record>,
 }
 
 impl Restored {
@@ -300,7 +307,25 @@ impl Restored {
             }
             push.push(((*id).clone(), configs));
         }
-        Ok(Self { agents, tasks, workers: snapshot.workers, push })
+        let mut conversations = Vec::with_capacity(snapshot.conversations.len());
+        for bytes in snapshot.conversations {
+            let c = pb::StoredConversation::decode(bytes.as_slice())
+                .map_err(|e| corrupt("a conversation".into(), &e))?;
+            conversations.push(crate::conversations::Record {
+                tenant: if c.tenant.is_empty() {
+                    crate::auth::DEFAULT_TENANT.into()
+                } else {
+                    c.tenant
+                },
+                agent: c.agent,
+                context_id: c.context_id,
+                turns: c.turns.into_iter().map(Into::into).collect(),
+                last_task: c.last_task,
+                updated_at_us: c.updated_at_us,
+                worker_id: c.worker_id,
+            });
+        }
+        Ok(Self { agents, tasks, workers: snapshot.workers, push, conversations })
     }
 }
 
@@ -315,6 +340,19 @@ fn encode_events(events: &[Arc<TaskEvent>]) -> Vec<u8> {
         })
         .collect();
     pb::StoredEvents { events }.encode_to_vec()
+}
+
+fn encode_conversation(c: &crate::conversations::Record) -> Vec<u8> {
+    pb::StoredConversation {
+        agent: c.agent.clone(),
+        tenant: c.tenant.clone(),
+        context_id: c.context_id.clone(),
+        turns: c.turns.iter().map(Into::into).collect(),
+        last_task: c.last_task.clone(),
+        updated_at_us: c.updated_at_us,
+        worker_id: c.worker_id.clone(),
+    }
+    .encode_to_vec()
 }
 
 fn encode_agent(spec: &AgentSpec) -> Vec<u8> {

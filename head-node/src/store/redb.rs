@@ -14,6 +14,7 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const WORKERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("workers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PUSH: TableDefinition<u64, &[u8]> = TableDefinition::new("push");
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
 
 /// The layout this head writes; a file with another refuses to load.
 const FORMAT: u64 = 1;
@@ -109,6 +110,8 @@ impl RedbStore {
             txn.open_table(AGENTS).map_err(|e| e.to_string())?;
             txn.open_table(WORKERS).map_err(|e| e.to_string())?;
             txn.open_table(PUSH).map_err(|e| e.to_string())?;
+            // Added after format 1 was: a file from before gets the table on its first open.
+            txn.open_table(CONVERSATIONS).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| cannot_write(&e))
     }
@@ -158,6 +161,11 @@ impl RedbStore {
             let (k, v) = row.map_err(|e| read(&e))?;
             snapshot.push.push((k.value(), v.value().to_vec()));
         }
+        let conversations = txn.open_table(CONVERSATIONS).map_err(|e| read(&e))?;
+        for row in conversations.iter().map_err(|e| read(&e))? {
+            let (_, v) = row.map_err(|e| read(&e))?;
+            snapshot.conversations.push(v.value().to_vec());
+        }
         Ok(snapshot)
     }
 
@@ -184,6 +192,7 @@ impl RedbStore {
             let mut push = txn.open_table(PUSH).map_err(|e| fail(&e))?;
             let mut agents = txn.open_table(AGENTS).map_err(|e| fail(&e))?;
             let mut workers = txn.open_table(WORKERS).map_err(|e| fail(&e))?;
+            let mut conversations = txn.open_table(CONVERSATIONS).map_err(|e| fail(&e))?;
             for batch in batches {
                 for (number, bytes) in &batch.tasks {
                     tasks.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
@@ -206,6 +215,13 @@ impl RedbStore {
                 }
                 for (id, mark) in &batch.workers {
                     workers.insert(id.as_str(), mark).map_err(|e| fail(&e))?;
+                }
+                for (key, value) in &batch.conversations {
+                    match value {
+                        Some(bytes) => conversations.insert(key.as_str(), bytes.as_slice()),
+                        None => conversations.remove(key.as_str()),
+                    }
+                    .map_err(|e| fail(&e))?;
                 }
             }
         }

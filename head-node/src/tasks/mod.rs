@@ -318,7 +318,7 @@ impl TaskEntry {
     }
 
     /// The events since the last retry.
-    fn current_attempt(&self) -> &[Arc<TaskEvent>] {
+    pub fn current_attempt(&self) -> &[Arc<TaskEvent>] {
         let retry = self.events.iter().rposition(|e| matches!(e.kind, EventKind::Retrying { .. }));
         &self.events[retry.map_or(0, |i| i + 1)..]
     }

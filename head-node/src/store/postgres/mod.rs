@@ -31,6 +31,7 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS fleet_workers (
         id text PRIMARY KEY, incarnation bigint NOT NULL, up_to bigint NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_push (number bigint PRIMARY KEY, configs bytea NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_conversations (key text PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_lease (
         id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL, holder text NOT NULL,
         expires_at timestamptz NOT NULL);
@@ -63,7 +64,11 @@ const WRITE: &str = "
           SET incarnation = EXCLUDED.incarnation, up_to = EXCLUDED.up_to),
     p AS (INSERT INTO fleet_push (number, configs)
           SELECT * FROM unnest($13::int8[], $14::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
-          ON CONFLICT (number) DO UPDATE SET configs = EXCLUDED.configs)
+          ON CONFLICT (number) DO UPDATE SET configs = EXCLUDED.configs),
+    c AS (INSERT INTO fleet_conversations (key, record)
+          SELECT * FROM unnest($15::text[], $16::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record),
+    dc AS (DELETE FROM fleet_conversations WHERE key = ANY($17) AND EXISTS (SELECT 1 FROM ok))
     SELECT epoch FROM fence
 ";
 
@@ -191,6 +196,9 @@ impl Store for PostgresStore {
                 {
                     snapshot.push.push((row.get::<_, i64>(0) as u64, row.get(1)));
                 }
+                for row in txn.query("SELECT record FROM fleet_conversations", &[])? {
+                    snapshot.conversations.push(row.get(0));
+                }
                 for row in txn.query("SELECT id, incarnation, up_to FROM fleet_workers", &[])? {
                     let mark = (row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64);
                     snapshot.workers.push((row.get(0), mark));
@@ -216,6 +224,17 @@ impl Store for PostgresStore {
         let marks: Vec<i64> = batch.workers.iter().map(|(_, m)| m.1 as i64).collect();
         let push_numbers: Vec<i64> = batch.push.iter().map(|(n, _)| *n as i64).collect();
         let push_configs: Vec<Vec<u8>> = batch.push.iter().map(|(_, c)| c.clone()).collect();
+        // A key is in one of the two: the journal keeps a conversation's last change.
+        let (mut kept_keys, mut kept_records, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, record) in &batch.conversations {
+            match record {
+                Some(record) => {
+                    kept_keys.push(key.clone());
+                    kept_records.push(record.clone());
+                }
+                None => deleted.push(key.clone()),
+            }
+        }
         let epoch = self.fence.epoch;
         let held = self.conn.run_prepared(WRITE, move |client, write| {
             // One prepared statement (its own transaction): one round trip and one commit
@@ -237,6 +256,9 @@ impl Store for PostgresStore {
                     &marks,
                     &push_numbers,
                     &push_configs,
+                    &kept_keys,
+                    &kept_records,
+                    &deleted,
                 ],
             )?;
             Ok(row.map(|r| r.get::<_, i64>(0)))
