@@ -41,6 +41,7 @@ pub async fn tasks(
             page_size: limit - tasks.len() as u32,
             page_token,
             newest_first: true,
+            context_id: String::new(),
         };
         let page = client.list_tasks(request).await?;
         tasks.extend(page.tasks);
@@ -51,6 +52,58 @@ pub async fn tasks(
     }
     tasks.truncate(limit as usize);
     render::tasks(&tasks, out)?;
+    Ok(0)
+}
+
+pub async fn contexts(
+    client: &Client,
+    context: &str,
+    agent: &str,
+    limit: u32,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let listed = client.list_conversations(context, agent, limit).await?;
+    render::conversations(&listed.conversations, out)?;
+    if listed.truncated {
+        writeln!(out, "(more: raise --limit, or name a --context or --agent)")?;
+    }
+    Ok(0)
+}
+
+/// A context's turns with `agent` (with each agent it has a conversation with, when empty).
+pub async fn context(
+    client: &Client,
+    context: &str,
+    agent: &str,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let agents: Vec<String> = if agent.is_empty() {
+        let listed = client.list_conversations(context, "", 1000).await?;
+        listed.conversations.into_iter().map(|c| c.agent).collect()
+    } else {
+        vec![agent.to_owned()]
+    };
+    if agents.is_empty() {
+        bail!("context {context:?}: the head keeps no conversation in it");
+    }
+    for agent in agents {
+        let conversation = client
+            .get_conversation(context, &agent)
+            .await
+            .with_context(|| format!("context {context:?} with agent {agent:?}"))?;
+        render::conversation(&conversation, out)?;
+    }
+    Ok(0)
+}
+
+pub async fn forget_context(
+    client: &Client,
+    context: &str,
+    agent: &str,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let deleted = client.delete_conversation(context, agent).await?;
+    writeln!(out, "{deleted} conversation(s) of context {context:?} deleted")?;
     Ok(0)
 }
 

@@ -9,6 +9,8 @@
 //! fleet cancel TASK
 //! fleet reply TASK "answer"             answers an input-required task (--approve, --reject)
 //! fleet submit AGENT "prompt"           submits, then streams the answer (--detach: the id)
+//! fleet contexts [--context C]          the conversations the head keeps, newest first
+//! fleet context C [--agent A]           a context's turns (--delete: forgets them)
 //! ```
 //!
 //! The head's address comes from `--head` or `FLEET_HEAD` (default `http://127.0.0.1:7070`),
@@ -97,6 +99,28 @@ pub enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// The conversations the head keeps (a context's turns with an agent), the most
+    /// recently continued first.
+    Contexts {
+        /// Only this context's conversations.
+        #[arg(long)]
+        context: Option<String>,
+        /// Only the conversations with this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A context's turns with each agent (or with --agent only), oldest first; --delete
+    /// forgets them instead: the context's next task starts a new conversation.
+    Context {
+        context: String,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        delete: bool,
+    },
 }
 
 /// Runs `fleet` with `args` (the program name first); returns the exit code: 0, 1 when the
@@ -163,6 +187,18 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Command::Submit { agent, prompt, context, detach } => {
             commands::submit(&client, agent, prompt, context, detach).await
+        }
+        Command::Contexts { context, agent, limit } => {
+            let (context, agent) = (context.unwrap_or_default(), agent.unwrap_or_default());
+            commands::contexts(&client, &context, &agent, limit, out).await
+        }
+        Command::Context { context, agent, delete } => {
+            let agent = agent.unwrap_or_default();
+            if delete {
+                commands::forget_context(&client, &context, &agent, out).await
+            } else {
+                commands::context(&client, &context, &agent, out).await
+            }
         }
     }
 }

@@ -111,6 +111,43 @@ pub fn tasks(tasks: &[TaskInfo], out: &mut impl Write) -> io::Result<()> {
     table(&["TASK", "AGENT", "STATE", "WORKER", "SUBMITTED", "TOOK", "OUTPUT"], &rows, out)
 }
 
+pub fn conversations(
+    conversations: &[pb::ConversationSummary],
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let rows: Vec<Vec<String>> = conversations
+        .iter()
+        .map(|c| {
+            let age = now.saturating_sub(Duration::from_micros(c.updated_at_us));
+            vec![
+                c.context_id.clone(),
+                c.agent.clone(),
+                c.turns.to_string(),
+                c.bytes.to_string(),
+                format!("{} ago", duration(age)),
+            ]
+        })
+        .collect();
+    table(&["CONTEXT", "AGENT", "TURNS", "BYTES", "CONTINUED"], &rows, out)
+}
+
+/// A conversation's turns, one block each: who spoke, then what was said.
+pub fn conversation(conversation: &pb::Conversation, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "# {} with {}", conversation.context_id, conversation.agent)?;
+    for turn in &conversation.turns {
+        let mut who = turn.role.clone();
+        if !turn.tool_call_id.is_empty() {
+            who = format!("{who} ({})", turn.tool_call_id);
+        }
+        writeln!(out, "{who}: {}", turn.content)?;
+        for call in &turn.tool_calls {
+            writeln!(out, "  calls {} {} ({})", call.name, call.arguments, call.call_id)?;
+        }
+    }
+    Ok(())
+}
+
 /// A task state's name as the command line takes it.
 pub fn state(state: pb::TaskState) -> &'static str {
     TaskState::try_from(state).map_or("unknown", TaskState::as_str)

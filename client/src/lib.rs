@@ -467,6 +467,59 @@ impl Client {
         .await
     }
 
+    /// The conversations the head keeps for `context_id` (every context when empty) with
+    /// `agent` (every agent when empty), the most recently continued first.
+    pub async fn list_conversations(
+        &self,
+        context_id: &str,
+        agent: &str,
+        page_size: u32,
+    ) -> Result<pb::ListConversationsResponse> {
+        let request = pb::ListConversationsRequest {
+            context_id: context_id.to_owned(),
+            agent: agent.to_owned(),
+            page_size,
+        };
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.list_conversations(request).await }
+        })
+        .await
+    }
+
+    /// The turns of `context_id`'s conversation with `agent`, oldest first.
+    pub async fn get_conversation(
+        &self,
+        context_id: &str,
+        agent: &str,
+    ) -> Result<pb::Conversation> {
+        let request = pb::GetConversationRequest {
+            context_id: context_id.to_owned(),
+            agent: agent.to_owned(),
+        };
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.get_conversation(request).await }
+        })
+        .await
+    }
+
+    /// Deletes `context_id`'s conversation with `agent` (with every agent when empty);
+    /// how many there were. Safe to send again: deleting is idempotent.
+    pub async fn delete_conversation(&self, context_id: &str, agent: &str) -> Result<u32> {
+        let request = pb::DeleteConversationRequest {
+            context_id: context_id.to_owned(),
+            agent: agent.to_owned(),
+        };
+        let response = self
+            .unary(|mut api| {
+                let request = request.clone();
+                async move { api.delete_conversation(request).await }
+            })
+            .await?;
+        Ok(response.deleted)
+    }
+
     pub async fn status(&self) -> Result<ClusterStatus> {
         self.unary(|mut api| async move { api.cluster_status(pb::ClusterStatusRequest {}).await })
             .await

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleet_client::{
     AgentSpec, Client, ClusterStatus, ManyUpdate, Submission, SubmitControl, TaskEvent, TaskStream,
+    pb,
 };
 use fleet_head::Cluster;
 use fleet_head::cluster::NewTask;
@@ -152,6 +153,54 @@ impl Backend {
         match self {
             Self::Remote(client) => client.status().await,
             Self::Local(cluster) => Ok(cluster.status().into()),
+        }
+    }
+
+    /// The conversations kept in `context_id` (every context when empty) with `agent`
+    /// (every agent when empty), the most recently continued first.
+    pub async fn list_conversations(
+        &self,
+        context_id: &str,
+        agent: &str,
+        limit: u32,
+    ) -> Result<pb::ListConversationsResponse> {
+        match self {
+            Self::Remote(client) => client.list_conversations(context_id, agent, limit).await,
+            Self::Local(cluster) => {
+                let limit = match limit {
+                    0 => 100,
+                    n => (n as usize).min(fleet_head::cluster::MAX_CONVERSATIONS_LISTED),
+                };
+                let (listed, truncated) =
+                    cluster.list_conversations(&operator(), context_id, agent, limit);
+                let conversations = listed.into_iter().map(Into::into).collect();
+                Ok(pb::ListConversationsResponse { conversations, truncated })
+            }
+        }
+    }
+
+    pub async fn get_conversation(
+        &self,
+        context_id: &str,
+        agent: &str,
+    ) -> Result<pb::Conversation> {
+        match self {
+            Self::Remote(client) => client.get_conversation(context_id, agent).await,
+            Self::Local(cluster) => cluster
+                .conversation(&operator(), context_id, agent)
+                .map(Into::into)
+                .map_err(local_error),
+        }
+    }
+
+    pub async fn delete_conversation(&self, context_id: &str, agent: &str) -> Result<u32> {
+        match self {
+            Self::Remote(client) => client.delete_conversation(context_id, agent).await,
+            Self::Local(cluster) => cluster
+                .delete_conversations(&operator(), context_id, agent)
+                .await
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .map_err(local_error),
         }
     }
 

@@ -587,6 +587,110 @@ impl Fleet {
         status_dict(py, status)
     }
 
+    /// The conversations the cluster keeps in context `context_id`: each agent's turns
+    /// (user inputs, answers, tool calls and results), oldest first, as plain Python
+    /// objects; with `agent`, that agent's only. Any worker continues them.
+    #[pyo3(signature = (context_id, agent=None))]
+    fn context<'py>(
+        &self,
+        py: Python<'py>,
+        context_id: String,
+        agent: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let client = self.client.clone();
+        let conversations = runtime::block_on(py, async move {
+            let agents = match agent {
+                Some(agent) => vec![agent],
+                None => client
+                    .list_conversations(&context_id, "", 1000)
+                    .await
+                    .map_err(errors::to_py)?
+                    .conversations
+                    .into_iter()
+                    .map(|c| c.agent)
+                    .collect(),
+            };
+            let mut conversations = Vec::with_capacity(agents.len());
+            for agent in agents {
+                let c =
+                    client.get_conversation(&context_id, &agent).await.map_err(errors::to_py)?;
+                conversations.push(c);
+            }
+            Ok::<_, PyErr>(conversations)
+        })?;
+        let d = PyDict::new(py);
+        for c in conversations {
+            let turns = PyList::empty(py);
+            for t in c.turns {
+                let td = PyDict::new(py);
+                td.set_item("role", t.role)?;
+                td.set_item("content", t.content)?;
+                if !t.tool_calls.is_empty() {
+                    let calls = PyList::empty(py);
+                    for call in t.tool_calls {
+                        let cd = PyDict::new(py);
+                        cd.set_item("id", call.call_id)?;
+                        cd.set_item("name", call.name)?;
+                        cd.set_item("arguments", call.arguments)?;
+                        calls.append(cd)?;
+                    }
+                    td.set_item("tool_calls", calls)?;
+                }
+                if !t.tool_call_id.is_empty() {
+                    td.set_item("tool_call_id", t.tool_call_id)?;
+                }
+                turns.append(td)?;
+            }
+            d.set_item(c.agent, turns)?;
+        }
+        Ok(d)
+    }
+
+    /// The conversations the cluster keeps (in `context_id`, with `agent`, when given), the
+    /// most recently continued first: dicts of `context_id`, `agent`, `turns`, `bytes` and
+    /// `updated_at` (seconds since the epoch).
+    #[pyo3(signature = (context_id=None, agent=None, limit=100))]
+    fn contexts<'py>(
+        &self,
+        py: Python<'py>,
+        context_id: Option<String>,
+        agent: Option<String>,
+        limit: u32,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let client = self.client.clone();
+        let (context_id, agent) = (context_id.unwrap_or_default(), agent.unwrap_or_default());
+        let listed = runtime::block_on(py, async move {
+            client.list_conversations(&context_id, &agent, limit).await.map_err(errors::to_py)
+        })?;
+        let out = PyList::empty(py);
+        for c in listed.conversations {
+            let d = PyDict::new(py);
+            d.set_item("context_id", c.context_id)?;
+            d.set_item("agent", c.agent)?;
+            d.set_item("turns", c.turns)?;
+            d.set_item("bytes", c.bytes)?;
+            d.set_item("updated_at", c.updated_at_us as f64 / 1e6)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets the conversations of `context_id` (with `agent` only, when given): its next
+    /// task starts anew. Returns how many there were; deleting again returns 0.
+    #[pyo3(signature = (context_id, agent=None))]
+    fn delete_context(
+        &self,
+        py: Python<'_>,
+        context_id: String,
+        agent: Option<String>,
+    ) -> PyResult<u32> {
+        let client = self.client.clone();
+        let agent = agent.unwrap_or_default();
+        runtime::block_on(py, async move {
+            client.delete_conversation(&context_id, &agent).await.map_err(errors::to_py)
+        })
+    }
+
     /// Whether this handle runs the cluster itself (started by `init()` without an address).
     #[getter]
     fn embedded(&self) -> bool {

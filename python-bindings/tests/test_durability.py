@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import agentfleet as af
 
 from conftest import Node
@@ -24,6 +26,51 @@ def test_a_restarted_embedded_cluster_has_its_tasks_and_agents_back(tmp_path: Pa
         assert status["agents"] == 1, status
         # The agent registered before the restart runs without registering it again.
         assert fleet.agent("keeper").submit("g h").result(timeout=30) == "g h"
+
+
+def prompt_tokens(task: af.Task) -> int:
+    """The prompt tokens of a task's completed event (builtin:echo: the prompt's words)."""
+    done = [e for e in task.events() if e.kind == "completed"]
+    assert len(done) == 1, done
+    return done[0].prompt_tokens
+
+
+def test_a_context_s_conversation_is_kept_read_and_deleted(tmp_path: Path) -> None:
+    """The head keeps a context's turns with each agent across a restart; ``fleet.context``
+    reads them, ``fleet.contexts`` lists them, ``fleet.delete_context`` forgets them (and
+    then the context's next task starts anew: builtin:echo counts the prompt's words)."""
+    with af.init(workers=2, data_dir=tmp_path) as fleet:
+        parrot = fleet.agent("parrot", model="builtin:echo")
+        assert parrot.submit("one two", context_id="talk").result(timeout=30) == "one two"
+        assert parrot.submit("three", context_id="talk").result(timeout=30) == "three"
+        fleet.agent("mimic", model="builtin:echo").submit("four", context_id="talk").result(timeout=30)
+        parrot.submit("elsewhere", context_id="other").result(timeout=30)
+    with af.init(workers=1, data_dir=tmp_path) as fleet:
+        talk = fleet.context("talk")
+        assert talk["parrot"] == [
+            {"role": "user", "content": "one two"},
+            {"role": "assistant", "content": "one two"},
+            {"role": "user", "content": "three"},
+            {"role": "assistant", "content": "three"},
+        ], talk
+        assert talk["mimic"] == [{"role": "user", "content": "four"}, {"role": "assistant", "content": "four"}]
+        assert fleet.context("talk", agent="mimic") == {"mimic": talk["mimic"]}
+        listed = fleet.contexts()
+        assert [(c["context_id"], c["agent"], c["turns"]) for c in listed] == [
+            ("other", "parrot", 2),
+            ("talk", "mimic", 2),
+            ("talk", "parrot", 4),
+        ], listed
+        assert [c["agent"] for c in fleet.contexts(context_id="talk", agent="parrot")] == ["parrot"]
+        # The next turn's prompt holds the six words said so far (both sides) and its own.
+        parrot = fleet.agent("parrot")
+        assert prompt_tokens(parrot.submit("five", context_id="talk")) == 7
+        assert fleet.delete_context("talk") == 2
+        assert fleet.delete_context("talk") == 0
+        assert fleet.context("talk") == {}
+        assert prompt_tokens(parrot.submit("anew", context_id="talk")) == 1
+        with pytest.raises(af.InvalidArgument):
+            fleet.delete_context("")
 
 
 def test_without_data_dir_nothing_is_kept_and_nothing_left_behind() -> None:

@@ -228,7 +228,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let filter = TaskFilter {
             tenant: None,
             agent: (!r.agent.is_empty()).then_some(r.agent),
-            context_id: None,
+            context_id: (!r.context_id.is_empty()).then_some(r.context_id),
             state: state_filter(r.state)?,
             page_size: if r.page_size == 0 { 100 } else { r.page_size as usize },
             after,
@@ -328,6 +328,44 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let session = serve_tool_host(host, calls, inbound, tx, self.shutdown.clone());
         tokio::spawn(session.instrument(info_span!("host_tools")));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let who = who(&request)?;
+        let r = request.into_inner();
+        let limit = match r.page_size {
+            0 => 100,
+            n => (n as usize).min(crate::cluster::MAX_CONVERSATIONS_LISTED),
+        };
+        let (listed, truncated) =
+            self.cluster.list_conversations(&who, &r.context_id, &r.agent, limit);
+        let conversations = listed.into_iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListConversationsResponse { conversations, truncated }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        let who = who(&request)?;
+        let r = request.into_inner();
+        let c = self.cluster.conversation(&who, &r.context_id, &r.agent)?;
+        Ok(Response::new(c.into()))
+    }
+
+    async fn delete_conversation(
+        &self,
+        request: Request<pb::DeleteConversationRequest>,
+    ) -> Result<Response<pb::DeleteConversationResponse>, Status> {
+        let who = who(&request)?;
+        let r = request.into_inner();
+        let deleted = self.cluster.delete_conversations(&who, &r.context_id, &r.agent).await?;
+        Ok(Response::new(pb::DeleteConversationResponse {
+            deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
     }
 }
 

@@ -3,6 +3,30 @@
 use fleet_proto::{TaskState, pb};
 
 use crate::cluster::{AgentInfo, ClusterStatus, TaskInfo, WorkerInfo};
+use crate::conversations::{Record, Summary};
+
+impl From<Summary> for pb::ConversationSummary {
+    fn from(s: Summary) -> Self {
+        Self {
+            agent: s.agent,
+            context_id: s.context_id,
+            turns: u32::try_from(s.turns).unwrap_or(u32::MAX),
+            bytes: s.bytes as u64,
+            updated_at_us: s.updated_at_us,
+        }
+    }
+}
+
+impl From<Record> for pb::Conversation {
+    fn from(c: Record) -> Self {
+        Self {
+            agent: c.agent,
+            context_id: c.context_id,
+            turns: c.turns.iter().map(Into::into).collect(),
+            updated_at_us: c.updated_at_us,
+        }
+    }
+}
 
 impl From<TaskInfo> for pb::TaskInfo {
     fn from(t: TaskInfo) -> Self {

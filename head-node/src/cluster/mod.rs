@@ -37,6 +37,7 @@ use crate::workers::{CommandSender, CommandStream, WorkerEntry, WorkerRegistry};
 use crate::{Error, Result};
 
 mod calls;
+mod contexts;
 mod durable;
 mod follow;
 mod hosted;
@@ -53,6 +54,7 @@ pub use follow::Follow;
 use queue::TaskQueue;
 
 use calls::*;
+pub use contexts::MAX_LISTED as MAX_CONVERSATIONS_LISTED;
 pub use hosted::{ToolCalls, ToolHost};
 pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
 use lifecycle::*;

@@ -1,0 +1,101 @@
+//! The conversations the head keeps, as its doors list, read and delete them: always the
+//! caller's tenant's (a context id is the client's: another tenant's is another
+//! conversation, and it does not show).
+
+use super::*;
+use crate::conversations::{Key, Record, Summary};
+
+/// Conversations listed at most per call.
+pub const MAX_LISTED: usize = 1_000;
+
+impl Cluster {
+    /// The caller's tenant's conversations in `context_id` (every context when empty) with
+    /// `agent` (every agent when empty), the most recently continued first; at most `limit`,
+    /// and whether there were more.
+    pub fn list_conversations(
+        &self,
+        who: &Principal,
+        context_id: &str,
+        agent: &str,
+        limit: usize,
+    ) -> (Vec<Summary>, bool) {
+        let state = self.state.lock();
+        let mut all = state.conversations.list(who.tenant(), context_id);
+        all.retain(|s| agent.is_empty() || s.agent == agent);
+        let more = all.len() > limit;
+        all.truncate(limit);
+        (all, more)
+    }
+
+    /// The conversation of `context_id` with `agent`.
+    pub fn conversation(&self, who: &Principal, context_id: &str, agent: &str) -> Result<Record> {
+        let key = key(who, context_id, agent)?;
+        let state = self.state.lock();
+        let record = state.conversations.record(&key);
+        if record.last_task.is_empty() {
+            return Err(Error::UnknownTask(format!(
+                "no conversation of context {context_id:?} with agent {agent:?}: list them with \
+                 ListConversations"
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Deletes the conversation of `context_id` with `agent` (with every agent when empty);
+    /// returns how many there were, once the deletion is stored: a head started again does
+    /// not bring them back.
+    pub async fn delete_conversations(
+        &self,
+        who: &Principal,
+        context_id: &str,
+        agent: &str,
+    ) -> Result<usize> {
+        who.may_act()?;
+        if context_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "context_id is empty: name the context whose conversations to delete".into(),
+            ));
+        }
+        let deleted = {
+            let mut guard = self.state.lock();
+            let state = &mut *guard;
+            let agents: Vec<String> = if agent.is_empty() {
+                state
+                    .conversations
+                    .list(who.tenant(), context_id)
+                    .into_iter()
+                    .map(|s| s.agent)
+                    .collect()
+            } else {
+                vec![agent.to_owned()]
+            };
+            let mut changes = Vec::new();
+            for agent in agents {
+                let key = key(who, context_id, &agent)?;
+                if state.conversations.remove(&key) {
+                    changes.push((key.stored(), None));
+                }
+            }
+            let deleted = changes.len();
+            if let Some(journal) = state.tasks.journal() {
+                journal.conversations(changes);
+            }
+            deleted
+        };
+        self.stored_so_far().await?;
+        Ok(deleted)
+    }
+}
+
+fn key(who: &Principal, context_id: &str, agent: &str) -> Result<Key> {
+    if context_id.is_empty() || agent.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a conversation is named by its context_id and its agent: give both".into(),
+        ));
+    }
+    Ok(Key {
+        tenant: who.tenant().into(),
+        agent: agent.to_owned(),
+        context_id: context_id.to_owned(),
+    })
+}
