@@ -2,13 +2,16 @@
 //! leads, one stands by. The leader dies (SIGKILL) or freezes (SIGSTOP) in the middle of
 //! 1,000 tasks: the standby takes over within the lease plus 2 s, workers and the client
 //! (given both heads) move to it, every task completes on its first attempt (nothing ran
-//! twice), and a frozen leader that wakes up stops instead of dispatching.
+//! twice), a conversation goes on with its turns from before the takeover, and a frozen
+//! leader that wakes up stops instead of dispatching.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fleet_client::{AgentSpec, EventKind, Submission, SubmitControl};
+use fleet_client::{
+    AgentSpec, Client, EventKind, Submission, SubmitControl, TaskOutcome, TaskState,
+};
 use fleet_testkit::postgres::PostgresServer;
 use fleet_testkit::{BatchLog, ClusterSandbox};
 use futures::StreamExt;
@@ -87,6 +90,15 @@ fn check(seen: &BatchLog, inputs: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// One turn of a conversation with the agent talk (builtin:echo): the words of its prompt, as builtin:echo
+/// counts them (every message's: the turns before it and its input).
+async fn turn(client: &Client, input: &str) -> Result<u32> {
+    let submission = Submission { context_id: "c1".into(), ..Submission::new("talk", input) };
+    let outcome = TaskOutcome::collect(client.submit(submission).await?).await?;
+    ensure!(outcome.state == TaskState::Completed, "turn {input:?} ended {:?}", outcome.state);
+    Ok(outcome.usage.prompt_tokens)
+}
+
 /// Polls `address`'s readiness until it serves as the leader; how long that took.
 async fn leads(address: &str, since: Instant) -> Result<Duration> {
     loop {
@@ -106,6 +118,14 @@ async fn a_standby_takes_over_when_the_leader_dies() -> Result<()> {
     let (status, body) = fleet_testkit::http_at(&standby, "GET", "/healthz", &[], b"").await?;
     ensure!(status == 503 && body.contains("standby"), "the standby answered {status} {body}");
 
+    // Three turns of a conversation: each prompt holds the turns before it (both sides).
+    let talker = sandbox.client().await?;
+    let spec =
+        AgentSpec { name: "talk".into(), model: "builtin:echo".into(), ..Default::default() };
+    talker.register_agent(spec).await?;
+    let prompts = [turn(&talker, "one").await?, turn(&talker, "two three").await?];
+    ensure!(prompts == [1, 4], "the conversation's prompts had {prompts:?} words");
+    ensure!(turn(&talker, "four").await? == 7, "turn 3 lacks turns 1 and 2");
     let seen = Arc::new(Mutex::new(BatchLog::default()));
     let inputs = submit(&sandbox, seen.clone()).await?;
     wait_until("all accepted and 200 completed", LIMIT, || {
@@ -124,6 +144,9 @@ async fn a_standby_takes_over_when_the_leader_dies() -> Result<()> {
     wait_until("every task completed", LIMIT, || seen.lock().completed >= TASKS).await?;
     ensure!(completed_before < TASKS, "every task completed before the kill: nothing tested");
     check(&seen.lock(), &inputs)?;
+    // The standby has the conversation from the store: 1 + 1 + 2 + 2 + 1 + 1 words before.
+    let after = turn(&talker, "five").await?;
+    ensure!(after == 9, "turn 4 after the takeover had {after} words in its prompt, not 9");
     eprintln!(
         "{completed_before} completed before the kill; the standby led {} ms after it",
         takeover.as_millis()

@@ -114,6 +114,8 @@ pub fn router(inspector: Inspector) -> Router {
         .route("/ui/api/tasks/{id}/live", get(live::task))
         .route("/ui/api/tasks/{id}/cancel", post(views::cancel))
         .route("/ui/api/topics", get(views::topics))
+        .route("/ui/api/conversations", get(views::conversations))
+        .route("/ui/api/conversations/{agent}/{context}", get(views::conversation))
         .route("/ui/api/topics/{name}/live", get(live::topic))
         .route_layer(axum::middleware::from_fn_with_state(inspector.clone(), guard_api));
     Router::new()

@@ -367,6 +367,62 @@ pub(super) async fn cancel(Caller(ui): super::Caller, Path(id): Path<String>) ->
     }
 }
 
+/// Conversations listed on their page at most.
+const LISTED_CONVERSATIONS: usize = 500;
+
+/// The conversations the head keeps for the caller's tenant (in `?context=`, when given),
+/// the most recently continued first.
+pub(super) async fn conversations(
+    Caller(ui): super::Caller,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let context = query.get("context").map_or("", String::as_str);
+    let (listed, truncated) =
+        ui.cluster.list_conversations(&ui.who, context, "", LISTED_CONVERSATIONS);
+    let rows: Vec<Value> = listed
+        .into_iter()
+        .map(|c| {
+            json!({
+                "context_id": c.context_id, "agent": c.agent, "turns": c.turns,
+                "bytes": c.bytes, "updated_at_us": c.updated_at_us,
+            })
+        })
+        .collect();
+    Json(json!({ "conversations": rows, "truncated": truncated }))
+}
+
+/// One conversation's turns, oldest first.
+pub(super) async fn conversation(
+    Caller(ui): super::Caller,
+    Path((agent, context)): Path<(String, String)>,
+) -> Response {
+    match ui.cluster.conversation(&ui.who, &context, &agent) {
+        Ok(c) => {
+            let turns: Vec<Value> = c
+                .turns
+                .iter()
+                .map(|t| {
+                    let calls: Vec<Value> = t
+                        .tool_calls
+                        .iter()
+                        .map(|c| json!({ "id": c.id, "name": c.name, "arguments": c.arguments }))
+                        .collect();
+                    json!({
+                        "role": t.role, "content": t.content, "tool_calls": calls,
+                        "tool_call_id": t.tool_call_id,
+                    })
+                })
+                .collect();
+            Json(json!({
+                "agent": c.agent, "context_id": c.context_id, "turns": turns,
+                "updated_at_us": c.updated_at_us, "last_task": c.last_task,
+            }))
+            .into_response()
+        }
+        Err(e) => Refused::from(e).into_response(),
+    }
+}
+
 pub(super) async fn topics(Caller(ui): super::Caller) -> Json<Value> {
     Json(topics_json(&ui.cluster, &ui.who))
 }

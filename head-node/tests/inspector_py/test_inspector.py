@@ -2,7 +2,7 @@
 chromedriver; nothing is downloaded) against a real head with a client token and two
 workers (separate processes on 127.0.0.1). Logging in, both workers on the cluster page, 20
 slow echo tasks appearing and streaming, a task canceled from its page, a tool call followed
-into its sub-task; the credential checks at the HTTP level. Screenshots of every page go to
+into its sub-task, a conversation's turns; the credential checks at the HTTP level. Screenshots of every page go to
 $FLEET_TEST_ARTIFACTS/inspector (default: the system temp folder)."""
 
 import base64
@@ -119,6 +119,13 @@ def send(fleet: Fleet, agent: str, words: str) -> str:
     sent = httpx.post(f"{fleet.url}/a2a/{agent}/message:send", json=body, headers=AUTH, timeout=30)
     assert sent.status_code == 200, sent.text
     return str(sent.json()["task"]["id"])
+
+
+def converse(fleet: Fleet, agent: str, words: str, context: str) -> None:
+    """One turn of a conversation over A2A, answered before this returns."""
+    message = {"messageId": secrets.token_hex(8), "role": "ROLE_USER", "parts": [{"text": words}], "contextId": context}
+    sent = httpx.post(f"{fleet.url}/a2a/{agent}/message:send", json={"message": message}, headers=AUTH, timeout=30)
+    assert sent.status_code == 200 and sent.json()["task"]["status"]["state"] == "TASK_STATE_COMPLETED", sent.text
 
 
 def api(fleet: Fleet, path: str) -> dict:  # type: ignore[type-arg]
@@ -247,6 +254,19 @@ def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> 
     browser.get(fleet.url + "/ui/#/agents")
     wait(browser, lambda: {r.get_attribute("data-agent") for r in browser.find_elements(By.CSS_SELECTOR, "#agents tr[data-agent]")} >= {"slow", "caller", "callee"})
     shot(browser, "agents")
+
+    # A conversation: the head's turns of a context, from the list to its page.
+    for words in ("first turn here", "second turn"):
+        converse(fleet, "callee", words, "insp-ctx")
+    browser.get(fleet.url + "/ui/#/conversations")
+    link = 'a.conversation-link[href="#/conversations/callee/insp-ctx"]'
+    wait(browser, lambda: click(browser, link))
+    wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn")) == 4)
+    said = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn pre.body")]
+    assert said == ["first turn here", "first turn here", "second turn", "second turn"], said
+    roles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn strong")]
+    assert roles == ["user", "assistant", "user", "assistant"], roles
+    shot(browser, "conversation")
 
     # Phone-sized and dark.
     browser.set_window_size(390, 844)

@@ -806,9 +806,54 @@
     return { title: `Topic ${topic}` };
   }
 
+  // --------------------------------------------------------------- conversation pages
+
+  const conversationHref = (c) => `#/conversations/${encodeURIComponent(c.agent)}/${encodeURIComponent(c.context_id)}`;
+
+  function conversationsPage() {
+    const rows = el("tbody", {}, el("tr", {}, el("td", { class: "muted", colspan: 5, text: "Loading…" })));
+    const table = el("div", { class: "scroll", tabindex: 0, role: "region", "aria-label": "Conversations" },
+      el("table", { id: "conversations" },
+        el("thead", {}, el("tr", {}, ...["Context", "Agent", "Turns", "Size", "Continued"].map((h) => el("th", { scope: "col", text: h })))),
+        rows));
+    view.append(el("h1", { tabindex: -1, text: "Conversations" }),
+      el("p", { class: "muted", text: "The turns the head keeps for each context, sent with its next task to whichever worker runs it." }),
+      table);
+    status("idle", "done");
+    request("/ui/api/conversations").then((v) => {
+      rows.replaceChildren(...v.conversations.map((c) => el("tr", {},
+        el("td", {}, el("a", { class: "conversation-link", href: conversationHref(c), text: c.context_id })),
+        el("td", { text: c.agent }), el("td", { text: count(c.turns) }), el("td", { text: bytes(c.bytes) }),
+        el("td", { text: clock(c.updated_at_us) }))));
+      if (!v.conversations.length) rows.append(el("tr", {}, el("td", { class: "muted", colspan: 5, text: "No conversation yet: tasks with a context id start one." })));
+      if (v.truncated) note(`The ${v.conversations.length} most recently continued are shown.`);
+    }).catch((e) => note(`Could not list the conversations: ${e.message}`));
+    return { title: "Conversations" };
+  }
+
+  function conversationPage(arg) {
+    const [agent, ...rest] = arg.split("/");
+    const context = rest.join("/");
+    const turns = el("ol", { id: "conversation-turns", class: "messages", "aria-label": `Turns of ${context} with ${agent}, oldest first` });
+    view.append(el("h1", { tabindex: -1 }, "Conversation ", el("code", { text: context }), " with ", el("code", { text: agent })),
+      el("p", {}, el("a", { href: "#/conversations", text: "← all conversations" })), turns);
+    status("idle", "done");
+    request(`/ui/api/conversations/${encodeURIComponent(agent)}/${encodeURIComponent(context)}`).then((c) => {
+      turns.replaceChildren(...c.turns.map((t) => el("li", { class: `turn turn-${t.role}` },
+        el("div", { class: "meta" }, el("strong", { text: t.role }), t.tool_call_id ? el("span", { class: "muted", text: ` answers ${t.tool_call_id}` }) : ""),
+        el("pre", { class: "body", text: t.content }),
+        ...t.tool_calls.map((call) => el("div", { class: "muted" }, "calls ", el("code", { text: call.name }), ` ${clip(call.arguments, 200)}`)))));
+      if (!c.turns.length) turns.append(el("li", { class: "muted", text: "No turns kept." }));
+    }).catch((e) => note(`Could not read the conversation: ${e.message}`));
+    return { title: `Conversation ${context}` };
+  }
+
   // --------------------------------------------------------------------------- router
 
-  const pages = { cluster: clusterPage, agents: agentsPage, tasks: tasksPage, task: taskPage, topics: topicsPage, topic: topicPage };
+  const pages = {
+    cluster: clusterPage, agents: agentsPage, tasks: tasksPage, task: taskPage, topics: topicsPage, topic: topicPage,
+    conversations: conversationsPage, conversation: conversationPage,
+  };
   let current = null;
 
   function parse() {
@@ -818,13 +863,13 @@
     let arg = null;
     try { arg = rest.length && rest.join("/") ? decodeURIComponent(rest.join("/")) : null; } catch { arg = rest.join("/"); }
     let name = first || "cluster";
-    if (arg !== null && (name === "tasks" || name === "topics")) name = name.slice(0, -1);
+    if (arg !== null && (name === "tasks" || name === "topics" || name === "conversations")) name = name.slice(0, -1);
     return { name: pages[name] ? name : "missing", arg, params: new URLSearchParams(query || "") };
   }
 
   function route() {
     const r = parse();
-    const section = { task: "tasks", topic: "topics" }[r.name] || r.name;
+    const section = { task: "tasks", topic: "topics", conversation: "conversations" }[r.name] || r.name;
     for (const link of document.querySelectorAll("nav a[data-nav]")) {
       if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
