@@ -1,5 +1,6 @@
 //! The `fleet` binary against a real cluster (a `fleet-head` and two `fleet-worker`
-//! processes on 127.0.0.1, with a client token): every command, run as a user would.
+//! processes on 127.0.0.1, with a client token): every command, run as a user would
+//! (conversations included: `contexts` and `context` read what the head keeps over gRPC).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -122,6 +123,28 @@ async fn every_command_against_a_live_cluster() -> Result<()> {
     ensure!(cancel.stdout.trim() == format!("{doomed} canceled"), "{:?}", cancel.stdout);
     let logs = fleet(&cluster, TOKEN, &["logs", &doomed]).await?;
     ensure!(logs.code == 1 && logs.stderr.contains("canceled"), "{}", logs.stderr);
+
+    // A conversation: two turns in a context, listed, read, deleted (once; again: none).
+    for words in ["first words", "then more"] {
+        let turn = fleet(&cluster, TOKEN, &["submit", "echo", words, "--context", "c7"]).await?;
+        ensure!(turn.code == 0, "submit --context: {}", turn.stderr);
+    }
+    let contexts = fleet(&cluster, TOKEN, &["contexts", "--context", "c7"]).await?;
+    ensure!(contexts.code == 0, "contexts: {}", contexts.stderr);
+    let lines: Vec<&str> = contexts.stdout.lines().collect();
+    ensure!(lines.len() == 2 && lines[0].starts_with("CONTEXT"), "{}", contexts.stdout);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    ensure!(row[..3] == ["c7", "echo", "4"], "{}", contexts.stdout);
+    let context = fleet(&cluster, TOKEN, &["context", "c7"]).await?;
+    ensure!(context.code == 0, "context: {}", context.stderr);
+    let said = "# c7 with echo\nuser: first words\nassistant: first words\nuser: then more\nassistant: then more\n";
+    ensure!(context.stdout == said, "{:?}", context.stdout);
+    let delete = fleet(&cluster, TOKEN, &["context", "c7", "--delete"]).await?;
+    ensure!(delete.code == 0 && delete.stdout.starts_with("1 conversation"), "{}", delete.stdout);
+    let again = fleet(&cluster, TOKEN, &["context", "c7", "--delete"]).await?;
+    ensure!(again.code == 0 && again.stdout.starts_with("0 conversation"), "{}", again.stdout);
+    let gone = fleet(&cluster, TOKEN, &["context", "c7"]).await?;
+    ensure!(gone.code == 1 && gone.stderr.contains("no conversation"), "{}", gone.stderr);
     Ok(())
 }
 
