@@ -25,12 +25,13 @@ const MAX_CONVERSATIONS: usize = 100_000;
 const MAX_TENANT_BYTES: usize = 256 << 20;
 
 /// Whose conversation: a context id is the client's, so two tenants, or two agents of one
-/// tenant, may pick the same one without sharing a past.
+/// tenant, may pick the same one without sharing a past. Ordered by tenant, then context:
+/// a context's conversations with every agent are neighbours.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub tenant: Arc<str>,
-    pub agent: String,
     pub context_id: String,
+    pub agent: String,
 }
 
 impl Key {
@@ -89,7 +90,7 @@ pub struct Summary {
 /// Every conversation the head keeps.
 #[derive(Debug, Default)]
 pub struct Conversations {
-    entries: HashMap<Key, Conversation>,
+    entries: BTreeMap<Key, Conversation>,
     /// (tenant, tick) -> key: each tenant's conversations, least recently continued first.
     order: BTreeMap<(Arc<str>, u64), Key>,
     held: HashMap<Arc<str>, Held>,
@@ -231,26 +232,51 @@ impl Conversations {
         }
     }
 
-    /// The tenant's conversations in `context_id` (every context when empty), most recently
-    /// continued first.
-    pub fn list(&self, tenant: &str, context_id: &str) -> Vec<Summary> {
+    /// The tenant's conversations in `context_id` (every context when empty) with `agent`
+    /// (every agent when empty), the most recently continued first: at most `limit`, and
+    /// whether there were more. A context's are read from its range of keys, never by
+    /// walking the tenant's.
+    pub fn list(
+        &self,
+        tenant: &str,
+        context_id: &str,
+        agent: &str,
+        limit: usize,
+    ) -> (Vec<Summary>, bool) {
         let tenant: Arc<str> = tenant.into();
-        self.order
-            .range((tenant.clone(), 0)..=(tenant, u64::MAX))
-            .rev()
-            .map(|(_, k)| k)
-            .filter(|k| context_id.is_empty() || k.context_id == context_id)
-            .filter_map(|k| {
-                let c = self.entries.get(k)?;
-                Some(Summary {
-                    agent: k.agent.clone(),
-                    context_id: k.context_id.clone(),
-                    turns: c.turns.len(),
-                    bytes: c.bytes,
-                    updated_at_us: c.updated_at_us,
-                })
+        let wanted = |k: &Key| agent.is_empty() || k.agent == agent;
+        let mut found: Vec<(&Key, &Conversation)> = if context_id.is_empty() {
+            self.order
+                .range((tenant.clone(), 0)..=(tenant, u64::MAX))
+                .rev()
+                .filter(|(_, k)| wanted(k))
+                .take(limit.saturating_add(1))
+                .filter_map(|(_, k)| Some((k, self.entries.get(k)?)))
+                .collect()
+        } else {
+            let first = Key { tenant, context_id: context_id.to_owned(), agent: String::new() };
+            let mut in_context: Vec<_> = self
+                .entries
+                .range(&first..)
+                .take_while(|(k, _)| k.tenant == first.tenant && k.context_id == context_id)
+                .filter(|(k, _)| wanted(k))
+                .collect();
+            in_context.sort_by_key(|(_, c)| std::cmp::Reverse(c.tick));
+            in_context
+        };
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let summaries = found
+            .into_iter()
+            .map(|(k, c)| Summary {
+                agent: k.agent.clone(),
+                context_id: k.context_id.clone(),
+                turns: c.turns.len(),
+                bytes: c.bytes,
+                updated_at_us: c.updated_at_us,
             })
-            .collect()
+            .collect();
+        (summaries, more)
     }
 
     /// Takes back the conversations the store holds (in any order: the oldest continued
@@ -258,7 +284,7 @@ impl Conversations {
     pub fn restore(&mut self, mut records: Vec<Record>) {
         records.sort_by_key(|r| r.updated_at_us);
         for r in records {
-            let key = Key { tenant: r.tenant.into(), agent: r.agent, context_id: r.context_id };
+            let key = Key { tenant: r.tenant.into(), context_id: r.context_id, agent: r.agent };
             self.remove(&key);
             self.add(&key, &r.last_task, r.turns, &r.worker_id, r.updated_at_us);
         }
@@ -455,7 +481,7 @@ mod tests {
         let mut again = Conversations::default();
         again.restore(vec![record.clone()]);
         assert_eq!(again.record(&c1), record);
-        assert_eq!(again.list("t", "c1").len(), 1);
+        assert_eq!(again.list("t", "c1", "", 10).0.len(), 1);
         assert!(again.remove(&c1) && again.is_empty());
     }
 }

@@ -167,10 +167,6 @@ impl Backend {
         match self {
             Self::Remote(client) => client.list_conversations(context_id, agent, limit).await,
             Self::Local(cluster) => {
-                let limit = match limit {
-                    0 => 100,
-                    n => (n as usize).min(fleet_head::cluster::MAX_CONVERSATIONS_LISTED),
-                };
                 let (listed, truncated) =
                     cluster.list_conversations(&operator(), context_id, agent, limit);
                 let conversations = listed.into_iter().map(Into::into).collect();

@@ -336,12 +336,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
         let who = who(&request)?;
         let r = request.into_inner();
-        let limit = match r.page_size {
-            0 => 100,
-            n => (n as usize).min(crate::cluster::MAX_CONVERSATIONS_LISTED),
-        };
         let (listed, truncated) =
-            self.cluster.list_conversations(&who, &r.context_id, &r.agent, limit);
+            self.cluster.list_conversations(&who, &r.context_id, &r.agent, r.page_size);
         let conversations = listed.into_iter().map(Into::into).collect();
         Ok(Response::new(pb::ListConversationsResponse { conversations, truncated }))
     }

@@ -5,26 +5,26 @@
 use super::*;
 use crate::conversations::{Key, Record, Summary};
 
-/// Conversations listed at most per call.
-pub const MAX_LISTED: usize = 1_000;
+/// Conversations listed at most per call, and when the caller names no number.
+const MAX_LISTED: usize = 1_000;
+const LISTED: usize = 100;
 
 impl Cluster {
     /// The caller's tenant's conversations in `context_id` (every context when empty) with
-    /// `agent` (every agent when empty), the most recently continued first; at most `limit`,
-    /// and whether there were more.
+    /// `agent` (every agent when empty), the most recently continued first; at most
+    /// `page_size` (0: 100; never more than 1,000), and whether there were more.
     pub fn list_conversations(
         &self,
         who: &Principal,
         context_id: &str,
         agent: &str,
-        limit: usize,
+        page_size: u32,
     ) -> (Vec<Summary>, bool) {
-        let state = self.state.lock();
-        let mut all = state.conversations.list(who.tenant(), context_id);
-        all.retain(|s| agent.is_empty() || s.agent == agent);
-        let more = all.len() > limit;
-        all.truncate(limit);
-        (all, more)
+        let limit = match page_size {
+            0 => LISTED,
+            n => (n as usize).min(MAX_LISTED),
+        };
+        self.state.lock().conversations.list(who.tenant(), context_id, agent, limit)
     }
 
     /// The conversation of `context_id` with `agent`.
@@ -60,12 +60,8 @@ impl Cluster {
             let mut guard = self.state.lock();
             let state = &mut *guard;
             let agents: Vec<String> = if agent.is_empty() {
-                state
-                    .conversations
-                    .list(who.tenant(), context_id)
-                    .into_iter()
-                    .map(|s| s.agent)
-                    .collect()
+                let (all, _) = state.conversations.list(who.tenant(), context_id, "", usize::MAX);
+                all.into_iter().map(|s| s.agent).collect()
             } else {
                 vec![agent.to_owned()]
             };

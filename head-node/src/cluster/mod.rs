@@ -54,7 +54,6 @@ pub use follow::Follow;
 use queue::TaskQueue;
 
 use calls::*;
-pub use contexts::MAX_LISTED as MAX_CONVERSATIONS_LISTED;
 pub use hosted::{ToolCalls, ToolHost};
 pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
 use lifecycle::*;

@@ -368,7 +368,7 @@ pub(super) async fn cancel(Caller(ui): super::Caller, Path(id): Path<String>) ->
 }
 
 /// Conversations listed on their page at most.
-const LISTED_CONVERSATIONS: usize = 500;
+const LISTED_CONVERSATIONS: u32 = 500;
 
 /// The conversations the head keeps for the caller's tenant (in `?context=`, when given),
 /// the most recently continued first.

@@ -21,22 +21,14 @@ pub(super) fn recipe(m: Metadata<'_>, shape: &Shape<'_>) -> Result<(Recipe, usiz
         Some(_) => vec![m.int("attention.head_count_kv")?; shape.num_layers],
         None => return Err(format!("the metadata has no {key}")),
     };
-    if per_layer.len() != shape.num_layers {
-        return Err(format!(
-            "{key} has {} entries for {} layers",
-            per_layer.len(),
-            shape.num_layers
-        ));
-    }
     let mut attention = per_layer.iter().filter(|n| **n > 0);
     let kv_heads = attention.next().copied().unwrap_or(shape.num_heads);
     if attention.any(|n| *n != kv_heads) {
         return Err(format!("{key}: attention layers with different key-value heads"));
     }
+    // `DecoderConfig::validate` checks that the convolutions mix 2 positions or more and
+    // that every layer is named.
     let l_cache = m.int("shortconv.l_cache")?;
-    if l_cache < 2 {
-        return Err(format!("{} is {l_cache}; it must be 2 or more", m.key("shortconv.l_cache")));
-    }
     let layers = per_layer.iter().map(|n| *n == 0).collect();
     let short_conv = ShortConv { l_cache, layers };
     Ok((Recipe { short_conv: Some(short_conv), ..Recipe::plain(shape.head_dim) }, kv_heads))
