@@ -169,24 +169,26 @@ const MAX_TOPICS: usize = 16;
 /// The longest a task may wait for a person.
 const MAX_INPUT_TIMEOUT_MS: u32 = 24 * 3600 * 1000;
 
-/// The tools that need approval are among the agent's, and the wait for input is bounded.
+/// The tools that need approval, or are called once, are among the agent's, and the wait
+/// for input is bounded.
 fn check_approvals(spec: &AgentSpec) -> std::result::Result<(), String> {
-    if spec.requires_approval.len() > MAX_TOOLS {
-        return Err(format!(
-            "at most {MAX_TOOLS} tools may require approval, got {}",
-            spec.requires_approval.len()
-        ));
-    }
-    for name in &spec.requires_approval {
-        let listed = spec.tools.iter().any(|t| t == name)
-            || (name == fleet_proto::PUBLISH_TOOL && !spec.topics.is_empty())
-            // An MCP server's tools are known once the worker connects to it.
-            || (valid_name(name) && !spec.mcp.is_empty());
-        if !listed {
-            return Err(format!(
-                "requires_approval names {name:?}, which is not one of its tools ({})",
-                spec.tools.join(", ")
-            ));
+    for (field, names) in
+        [("requires_approval", &spec.requires_approval), ("call_once", &spec.call_once)]
+    {
+        if names.len() > MAX_TOOLS {
+            return Err(format!("{field} names at most {MAX_TOOLS} tools, got {}", names.len()));
+        }
+        for name in names {
+            let listed = spec.tools.iter().any(|t| t == name)
+                || (name == fleet_proto::PUBLISH_TOOL && !spec.topics.is_empty())
+                // An MCP server's tools are known once the worker connects to it.
+                || (valid_name(name) && !spec.mcp.is_empty());
+            if !listed {
+                return Err(format!(
+                    "{field} names {name:?}, which is not one of its tools ({})",
+                    spec.tools.join(", ")
+                ));
+            }
         }
     }
     if spec.input_timeout_ms > MAX_INPUT_TIMEOUT_MS {

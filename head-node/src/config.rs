@@ -267,6 +267,9 @@ pub struct AgentTable {
     /// Tools whose every call waits for a person's approval.
     #[serde(default)]
     pub requires_approval: Vec<String>,
+    /// Tools a retried task never calls twice for one step (not idempotent).
+    #[serde(default)]
+    pub call_once: Vec<String>,
     /// The agent may ask the client questions (the built-in `ask_user` tool).
     #[serde(default)]
     pub ask_user: bool,
@@ -382,6 +385,7 @@ impl From<AgentTable> for AgentSpec {
             }),
             tenant: t.tenant,
             public: t.public,
+            call_once: t.call_once,
         }
     }
 }

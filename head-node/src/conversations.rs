@@ -299,56 +299,89 @@ impl Conversations {
     }
 }
 
-/// The turns a task's attempt adds to its conversation: the input, then what it said, the
-/// calls it made and their results, in order (`events` are the attempt's).
-pub fn exchange(input: &str, events: &[Arc<TaskEvent>]) -> Vec<Turn> {
-    let mut turns =
-        vec![Turn { role: "user".into(), content: input.to_owned(), ..Turn::default() }];
-    let mut text = String::new();
-    let mut calls: Vec<CallMade> = Vec::new();
-    let said = |turns: &mut Vec<Turn>, text: &mut String, calls: &mut Vec<CallMade>| {
-        if !text.is_empty() || !calls.is_empty() {
-            turns.push(Turn {
+/// What a task's model said in one attempt, turn by turn: its text, the tool calls it made
+/// and their results, folded from the attempt's events.
+#[derive(Default)]
+struct Said {
+    turns: Vec<Turn>,
+    /// Text not yet closed into an assistant turn.
+    text: String,
+    /// Calls not yet closed into an assistant turn: made, not yet answered.
+    calls: Vec<CallMade>,
+}
+
+impl Said {
+    fn of(events: &[Arc<TaskEvent>]) -> Self {
+        let mut said = Self::default();
+        for event in events {
+            match &event.kind {
+                EventKind::TextDelta { text, .. } => {
+                    if !said.calls.is_empty() {
+                        said.close();
+                    }
+                    said.text.push_str(text);
+                }
+                EventKind::ToolCall { call_id, name, arguments, .. } => said.calls.push(CallMade {
+                    id: call_id.clone(),
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                }),
+                EventKind::ToolResult { call_id, output, .. } => {
+                    said.close();
+                    said.turns.push(Turn {
+                        role: "tool".into(),
+                        content: output.clone(),
+                        tool_calls: Vec::new(),
+                        tool_call_id: call_id.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        said
+    }
+
+    /// Closes the open text and calls into an assistant turn, if there are any.
+    fn close(&mut self) {
+        if !self.text.is_empty() || !self.calls.is_empty() {
+            self.turns.push(Turn {
                 role: "assistant".into(),
-                content: std::mem::take(text),
-                tool_calls: std::mem::take(calls),
+                content: std::mem::take(&mut self.text),
+                tool_calls: std::mem::take(&mut self.calls),
                 tool_call_id: String::new(),
             });
         }
-    };
-    for event in events {
-        match &event.kind {
-            EventKind::TextDelta { text: delta, .. } => {
-                if !calls.is_empty() {
-                    said(&mut turns, &mut text, &mut calls);
-                }
-                text.push_str(delta);
-            }
-            EventKind::ToolCall { call_id, name, arguments, .. } => calls.push(CallMade {
-                id: call_id.clone(),
-                name: name.clone(),
-                arguments: arguments.clone(),
-            }),
-            EventKind::ToolResult { call_id, output, .. } => {
-                said(&mut turns, &mut text, &mut calls);
-                turns.push(Turn {
-                    role: "tool".into(),
-                    content: output.clone(),
-                    tool_calls: Vec::new(),
-                    tool_call_id: call_id.clone(),
-                });
-            }
-            _ => {}
-        }
     }
+}
+
+/// The turns a task's attempt adds to its conversation: the input, then what it said, the
+/// calls it made and their results, in order (`events` are the attempt's).
+pub fn exchange(input: &str, events: &[Arc<TaskEvent>]) -> Vec<Turn> {
+    let user = Turn { role: "user".into(), content: input.to_owned(), ..Turn::default() };
+    let said = Said::of(events);
+    let mut turns = Vec::with_capacity(said.turns.len() + 2);
+    turns.push(user);
+    turns.extend(said.turns);
     // The answer, even an empty one: the next user turn follows an assistant turn.
     turns.push(Turn {
         role: "assistant".into(),
-        content: text,
-        tool_calls: calls,
+        content: said.text,
+        tool_calls: said.calls,
         tool_call_id: String::new(),
     });
     turns
+}
+
+/// The steps one attempt of a task recorded, for a retry to go on from: its assistant turns
+/// with the calls they made, and the calls' results. A last turn's calls without results
+/// were sent when the attempt was lost; text after the last call was being generated and is
+/// dropped (the retry generates it again).
+pub fn steps(events: &[Arc<TaskEvent>]) -> Vec<Turn> {
+    let mut said = Said::of(events);
+    if !said.calls.is_empty() {
+        said.close();
+    }
+    said.turns
 }
 
 #[cfg(test)]
@@ -414,6 +447,7 @@ mod tests {
                         name: "add".into(),
                         arguments: "{\"a\":2,\"b\":3}".into(),
                         traceparent: String::new(),
+                        replayed: false,
                     },
                 ),
                 event(

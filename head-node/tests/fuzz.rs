@@ -210,6 +210,7 @@ fn worker_seeds() -> Vec<Vec<u8>> {
                 name: "search".into(),
                 arguments: "{\"input\":\"x\"}".into(),
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                replayed: false,
             }),
         ]),
         WorkerUpdate::Locate(LocateRequest {

@@ -138,6 +138,7 @@ impl From<&Turn> for pb::Turn {
                     name: c.name.clone(),
                     arguments: c.arguments.clone(),
                     traceparent: String::new(),
+                    replayed: false,
                 })
                 .collect(),
             tool_call_id: t.tool_call_id.clone(),
@@ -262,6 +263,7 @@ impl From<pb::AgentSpec> for AgentSpec {
             input_timeout_ms: s.input_timeout_ms,
             tenant: s.tenant,
             public: s.public,
+            call_once: s.call_once,
         }
     }
 }
@@ -275,6 +277,7 @@ impl From<pb::FunctionTool> for FunctionTool {
             timeout_ms: f.timeout_ms,
             requires_approval: f.requires_approval,
             takes_files: f.takes_files,
+            call_once: f.call_once,
         }
     }
 }
@@ -288,6 +291,7 @@ impl From<&FunctionTool> for pb::FunctionTool {
             timeout_ms: f.timeout_ms,
             requires_approval: f.requires_approval,
             takes_files: f.takes_files,
+            call_once: f.call_once,
         }
     }
 }
@@ -375,6 +379,7 @@ impl From<&AgentSpec> for pb::AgentSpec {
             input_timeout_ms: s.input_timeout_ms,
             tenant: s.tenant.clone(),
             public: s.public,
+            call_once: s.call_once.clone(),
         }
     }
 }
@@ -485,8 +490,8 @@ impl From<&EventKind> for pb::task_event::Kind {
                 logprobs: logprobs.into_iter().map(Into::into).collect(),
             }),
             EventKind::ReasoningDelta { text } => K::ReasoningDelta(pb::ReasoningDelta { text }),
-            EventKind::ToolCall { call_id, name, arguments, traceparent } => {
-                K::ToolCall(pb::ToolCall { call_id, name, arguments, traceparent })
+            EventKind::ToolCall { call_id, name, arguments, traceparent, replayed } => {
+                K::ToolCall(pb::ToolCall { call_id, name, arguments, traceparent, replayed })
             }
             EventKind::ToolResult { call_id, output, is_error } => {
                 K::ToolResult(pb::ToolResult { call_id, output, is_error })
@@ -546,6 +551,7 @@ impl From<pb::task_event::Kind> for EventKind {
                 name: e.name,
                 arguments: e.arguments,
                 traceparent: e.traceparent,
+                replayed: e.replayed,
             },
             K::ToolResult(e) => {
                 Self::ToolResult { call_id: e.call_id, output: e.output, is_error: e.is_error }
@@ -762,6 +768,7 @@ impl From<&Command> for pb::Command {
                 depth: t.depth,
                 traceparent: t.traceparent.clone(),
                 conversation: t.conversation.iter().map(Into::into).collect(),
+                steps: t.steps.iter().map(Into::into).collect(),
             }),
             Command::CancelTask { task_id, reason } => Kind::CancelTask(pb::CancelTask {
                 task_id: task_id.as_str().to_owned(),
@@ -828,6 +835,7 @@ impl TryFrom<pb::Command> for Command {
                 depth: t.depth,
                 traceparent: t.traceparent,
                 conversation: t.conversation.into_iter().map(Into::into).collect(),
+                steps: t.steps.into_iter().map(Into::into).collect(),
             }),
             Kind::CancelTask(c) => {
                 Command::CancelTask { task_id: TaskId::new(c.task_id), reason: c.reason }

@@ -250,6 +250,9 @@ pub struct AgentSpec {
     pub tenant: String,
     /// Listed on the head's public agent card.
     pub public: bool,
+    /// Tools a retried task never calls twice for one step: a call sent when the worker
+    /// was lost, whose result was not stored, fails the task instead of being made again.
+    pub call_once: Vec<String>,
 }
 
 /// How long a task waits for an answer or an approval unless its agent says.
@@ -277,6 +280,7 @@ impl Default for AgentSpec {
             input_timeout_ms: Default::default(),
             tenant: Default::default(),
             public: Default::default(),
+            call_once: Default::default(),
         }
     }
 }
@@ -344,6 +348,8 @@ pub struct FunctionTool {
     pub requires_approval: bool,
     /// Each call gets the files given with the calling task.
     pub takes_files: bool,
+    /// Not idempotent: a retried task never calls it twice for one step.
+    pub call_once: bool,
 }
 
 /// How long a call of a hosted function may take unless its definition says.
@@ -603,6 +609,9 @@ pub enum EventKind {
         arguments: String,
         /// W3C `traceparent` of the caller's `execute_tool` span (empty: not traced).
         traceparent: String,
+        /// A call an earlier attempt made and whose result was stored, repeated in a
+        /// retried attempt's record: not made again.
+        replayed: bool,
     },
     ToolResult {
         call_id: String,
@@ -925,6 +934,10 @@ pub struct TaskAssignment {
     /// The turns of the task's conversation so far, from the head's store (empty when the
     /// client carries the conversation in `options.history`, or it has none).
     pub conversation: Vec<Turn>,
+    /// A retried task's recorded steps (assistant turns with their calls, and the calls'
+    /// results), for the attempt to go on from; the last assistant turn may hold calls
+    /// that were sent but have no result.
+    pub steps: Vec<Turn>,
 }
 
 /// What the head tells a worker to do.

@@ -1,7 +1,12 @@
 //! The agent loop of one task: wait for the agent's model, then either embed the task's
 //! texts or generate; when the model calls tools (its agent's [`Toolbox`]), run each call,
-//! feed the results back and generate again, up to [`MAX_TOOL_ROUNDS`]. Emits Working, text deltas, tool calls and results, and exactly
-//! one terminal event; a panic anywhere fails the task instead of leaving it hanging.
+//! feed the results back and generate again, up to [`MAX_TOOL_ROUNDS`]. Emits Working, text
+//! deltas, tool calls and results, and exactly one terminal event; a panic anywhere fails
+//! the task instead of leaving it hanging.
+//!
+//! Tool steps are durable: each call's result is stored by the head before the model goes
+//! on (and a call of a tool that is called once is stored before it is made), and a retried
+//! task replays the steps its lost attempts recorded instead of making their calls again.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -233,7 +238,8 @@ impl Plan {
 }
 
 /// Generates, runs the calls the model makes and feeds their results back, until it answers
-/// (or its calls go to the client), at most [`MAX_TOOL_ROUNDS`] rounds of calls.
+/// (or its calls go to the client), at most [`MAX_TOOL_ROUNDS`] rounds of calls. A retried
+/// task first replays what its lost attempts recorded (see [`replay`]).
 async fn rounds(
     run: &TaskRun,
     model: &Arc<dyn Model>,
@@ -243,8 +249,13 @@ async fn rounds(
     parent: &str,
 ) -> Result<(Usage, String), EventKind> {
     let mut usage = Usage::default();
-    let mut output = String::new();
-    for round in 0..=MAX_TOOL_ROUNDS {
+    let mut ids = CallIds::of(&run.task);
+    let Replayed { rounds: replayed, mut output } =
+        replay(run, toolbox, &mut messages, &mut ids, parent).await?;
+    if replayed > 0 {
+        plan.tool_choice = ToolChoice::Auto;
+    }
+    for round in replayed..=MAX_TOOL_ROUNDS {
         let request = plan.request(run, &messages);
         let mut span = spans::chat(parent, &run.spec, &plan.sampling, plan.raw_prompt);
         let turn = match generate(run, model, request, !plan.tools.is_empty()).await {
@@ -272,24 +283,14 @@ async fn rounds(
             break;
         }
         plan.tool_choice = ToolChoice::Auto;
+        let calls: Vec<ToolCall> =
+            turn.tool_calls.into_iter().map(|call| ToolCall { id: ids.next(), ..call }).collect();
         messages.push(ChatMessage {
-            tool_calls: turn.tool_calls.clone(),
+            tool_calls: calls.clone(),
             ..ChatMessage::new(Role::Assistant, turn.text)
         });
-        for call in turn.tool_calls {
-            let mut span = spans::tool(parent, &call);
-            let ToolOutcome { output, is_error } =
-                match call_tool(run, toolbox, &call, &span.traceparent_or(parent)).await {
-                    Ok(outcome) => outcome,
-                    Err(terminal) => {
-                        spans::interrupted(&mut span, &terminal);
-                        return Err(terminal);
-                    }
-                };
-            spans::tool_ended(&mut span, &output, is_error);
-            messages.push(ChatMessage::tool_result(call.id.clone(), output.clone()));
-            let event = EventKind::ToolResult { call_id: call.id, output, is_error };
-            emit(&run.sink, &run.task, event).await;
+        for call in calls {
+            make_call(run, toolbox, call, &mut messages, parent).await?;
         }
     }
     Err(failed(
@@ -299,6 +300,150 @@ async fn rounds(
             run.spec.name
         ),
     ))
+}
+
+/// Names a task's tool calls: unique across its attempts, so that an answer to a lost
+/// attempt's call never reaches the retry's call of the same number.
+struct CallIds {
+    attempt: u32,
+    made: usize,
+}
+
+impl CallIds {
+    fn of(task: &TaskAssignment) -> Self {
+        Self { attempt: task.attempt, made: 0 }
+    }
+
+    fn next(&mut self) -> String {
+        self.made += 1;
+        format!("call_{}_{}", self.attempt, self.made)
+    }
+}
+
+/// Makes one call of the model's and feeds its result back: into the conversation, and
+/// into the task's record, where it is stored before the task goes on, so that a retry
+/// after a crash never makes the call again.
+async fn make_call(
+    run: &TaskRun,
+    toolbox: &Toolbox,
+    call: ToolCall,
+    messages: &mut Vec<ChatMessage>,
+    parent: &str,
+) -> Result<(), EventKind> {
+    let mut span = spans::tool(parent, &call);
+    let ToolOutcome { output, is_error } =
+        match call_tool(run, toolbox, &call, &span.traceparent_or(parent)).await {
+            Ok(outcome) => outcome,
+            Err(terminal) => {
+                spans::interrupted(&mut span, &terminal);
+                return Err(terminal);
+            }
+        };
+    spans::tool_ended(&mut span, &output, is_error);
+    messages.push(ChatMessage::tool_result(call.id.clone(), output.clone()));
+    let event = EventKind::ToolResult { call_id: call.id, output, is_error };
+    let stored = runner::emit_stored(&run.sink, &run.task, event).await;
+    // Dropped (no head keeps this task's record): nothing to wait for.
+    let _ = until_canceled(run, stored).await?;
+    Ok(())
+}
+
+/// What replaying a retried task's recorded steps gave back.
+struct Replayed {
+    /// Rounds of calls the lost attempts made.
+    rounds: usize,
+    /// The text they said.
+    output: String,
+}
+
+/// Replays a retried task's recorded steps (`task.steps`): each goes back into the
+/// conversation and into this attempt's record, its calls marked replayed (made by a lost
+/// attempt, not made again). A call that was sent but whose result was not stored is made
+/// again, under a new id, unless its tool is called once: then the task fails, naming it.
+async fn replay(
+    run: &TaskRun,
+    toolbox: &Toolbox,
+    messages: &mut Vec<ChatMessage>,
+    ids: &mut CallIds,
+    parent: &str,
+) -> Result<Replayed, EventKind> {
+    let steps = &run.task.steps;
+    let mut replayed = Replayed { rounds: 0, output: String::new() };
+    if steps.is_empty() {
+        return Ok(replayed);
+    }
+    let answered: std::collections::HashSet<&str> =
+        steps.iter().filter(|s| s.role == "tool").map(|s| s.tool_call_id.as_str()).collect();
+    let mut unanswered = Vec::new();
+    for step in steps {
+        if step.role == "tool" {
+            messages
+                .push(ChatMessage::tool_result(step.tool_call_id.clone(), step.content.clone()));
+            let event = EventKind::ToolResult {
+                call_id: step.tool_call_id.clone(),
+                output: step.content.clone(),
+                is_error: false,
+            };
+            emit(&run.sink, &run.task, event).await;
+            continue;
+        }
+        replayed.rounds += 1;
+        if !step.content.is_empty() {
+            replayed.output.push_str(&step.content);
+            let text = EventKind::TextDelta { text: step.content.clone(), logprobs: Vec::new() };
+            emit(&run.sink, &run.task, text).await;
+        }
+        let mut calls = Vec::with_capacity(step.tool_calls.len());
+        for made in &step.tool_calls {
+            let mut call = ToolCall {
+                id: made.id.clone(),
+                name: made.name.clone(),
+                arguments: made.arguments.clone(),
+            };
+            if answered.contains(made.id.as_str()) {
+                let event = EventKind::ToolCall {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                    traceparent: String::new(),
+                    replayed: true,
+                };
+                emit(&run.sink, &run.task, event).await;
+            } else {
+                if calls_once(run, toolbox, &call.name) {
+                    return Err(failed(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "tool {} was called (call {}) by an attempt of this task whose \
+                             worker was lost before the call's result was stored; {} is called \
+                             at most once, so the retry does not call it again: find out \
+                             whether the call took effect before submitting the task again",
+                            call.name, call.id, call.name
+                        ),
+                    ));
+                }
+                // Asked again under a new id: an answer to the lost call is not this one's.
+                call.id = ids.next();
+                unanswered.push(call.clone());
+            }
+            calls.push(call);
+        }
+        messages.push(ChatMessage {
+            tool_calls: calls,
+            ..ChatMessage::new(Role::Assistant, step.content.clone())
+        });
+    }
+    for call in unanswered {
+        make_call(run, toolbox, call, messages, parent).await?;
+    }
+    Ok(replayed)
+}
+
+/// Whether a tool is never called twice for one step: its agent says so (`call_once`), or
+/// the tool itself does.
+fn calls_once(run: &TaskRun, toolbox: &Toolbox, name: &str) -> bool {
+    run.spec.call_once.iter().any(|once| once == name)
+        || toolbox.get(name).is_some_and(|tool| tool.call_once())
 }
 
 /// The model's calls of the client's tools, as the task's `ToolCall` events: the client runs
@@ -312,6 +457,7 @@ async fn hand_calls_to_client(run: &TaskRun, calls: Vec<ToolCall>) {
             name: call.name,
             arguments: call.arguments,
             traceparent: String::new(),
+            replayed: false,
         };
         emit(&run.sink, &run.task, event).await;
     }
@@ -371,6 +517,7 @@ async fn call_tool(
         name: call.name.clone(),
         arguments: call.arguments.clone(),
         traceparent: traceparent.to_owned(),
+        replayed: false,
     };
     let asking = || Asking { task: &run.task, sink: &run.sink, cancel: &run.cancel };
     if let Some(human) = &toolbox.human {
@@ -403,7 +550,14 @@ async fn call_tool(
         lease: run.lease.clone(),
     };
     let answer = tool.call(call, context);
-    emit(&run.sink, &run.task, announce).await;
+    if calls_once(run, toolbox, &call.name) {
+        // On record before it is made: a retry after a crash knows it may have been, and
+        // does not make it again.
+        let stored = runner::emit_stored(&run.sink, &run.task, announce).await;
+        let _ = until_canceled(run, stored).await?;
+    } else {
+        emit(&run.sink, &run.task, announce).await;
+    }
     until_canceled(run, answer).await
 }
 

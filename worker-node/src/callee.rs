@@ -181,6 +181,7 @@ impl LocalCalls {
             // The callee's spans go under the caller's `execute_tool` span.
             traceparent: call.traceparent,
             conversation: Vec::new(),
+            steps: Vec::new(),
         };
         let (sink, mut events) = mpsc::channel(CALL_EVENTS);
         let cancel = CancellationToken::new();
@@ -195,8 +196,9 @@ impl LocalCalls {
         }
         let collect = async {
             let mut output = String::new();
-            while let Some(event) = events.recv().await {
-                match event.kind {
+            // Nobody keeps a record of a call over the mesh: `stored` waiters are dropped.
+            while let Some(out) = events.recv().await {
+                match out.event.kind {
                     EventKind::TextDelta { text, .. } => output.push_str(&text),
                     EventKind::Completed { .. } => return ToolOutcome::ok(output),
                     EventKind::Failed { error, .. } => return ToolOutcome::error(error),

@@ -252,6 +252,7 @@ impl CodeContext {
             name: call.name.clone(),
             arguments: call.arguments.clone(),
             traceparent,
+            replayed: false,
         };
         emit(&self.0.sink, &self.0.task, announce).await;
     }

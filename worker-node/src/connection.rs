@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleet_proto::local::LocalHead;
 use fleet_proto::pb::worker_service_client::WorkerServiceClient;
 use fleet_proto::{
-    Command, Heartbeat, MeshAddress, Registration, TOKEN_METADATA_KEY, TaskEvent, WorkerUpdate, pb,
+    Command, Heartbeat, MeshAddress, Registration, TOKEN_METADATA_KEY, WorkerUpdate, pb,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ use crate::config::WorkerConfig;
 use crate::host::ActorHost;
 use crate::models::ModelStore;
 use crate::outbox::{MAX_UNACKED, Outbox};
-use crate::runner::EventSink;
+use crate::runner::{EventSink, Outgoing};
 use crate::topics::TopicBoard;
 use crate::{Error, Result};
 
@@ -62,7 +62,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     registration.incarnation = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
     let mut host = host(&config).await?;
     // One sink for the worker's life: tasks outlive connections.
-    let (sink, events) = mpsc::channel::<TaskEvent>(config.event_buffer.max(1));
+    let (sink, events) = mpsc::channel::<Outgoing>(config.event_buffer.max(1));
     let outbox = Outbox::start(events, MAX_UNACKED);
     let mut updates = match join_mesh(&config, &mut host).await? {
         Some((address, updates)) => {
@@ -126,7 +126,7 @@ async fn run_in_process(
     let worker_id = registration.worker_id.clone();
     loop {
         let (connection, heartbeat_interval, mut commands) = head.join(registration.clone());
-        let (event_tx, event_rx) = mpsc::channel::<TaskEvent>(event_buffer);
+        let (event_tx, event_rx) = mpsc::channel::<Outgoing>(event_buffer);
         // Events go up from their own task: handling a command may wait for room in the
         // event buffer (a task runner emitting), and if this loop were the buffer's only
         // reader, it would wait on itself.
@@ -161,19 +161,28 @@ async fn run_in_process(
 
 /// Hands a connection's task events to the in-process head in batches, until every sender
 /// is gone (events of an old connection reach the head with its id, which it ignores).
+/// Whoever waits for an event to be stored hears once the head has taken it: head and
+/// worker are one process, so no worker crash outlives what the head took.
 async fn forward_events(
     head: Arc<dyn LocalHead>,
     worker_id: String,
     connection: u64,
-    mut events: mpsc::Receiver<TaskEvent>,
+    mut events: mpsc::Receiver<Outgoing>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut waiting = Vec::new();
     while events.recv_many(&mut batch, BATCH).await > 0 {
-        head.events(
-            &worker_id,
-            connection,
-            std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-        );
+        let events = batch
+            .drain(..)
+            .map(|Outgoing { event, stored }| {
+                waiting.extend(stored);
+                event
+            })
+            .collect();
+        head.events(&worker_id, connection, events);
+        for stored in waiting.drain(..) {
+            let _ = stored.send(());
+        }
     }
 }
 

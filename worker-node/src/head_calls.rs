@@ -69,6 +69,8 @@ pub struct HeadCall {
     /// head that cannot.
     timeout: Duration,
     calls: PendingCalls,
+    /// The function says it is not idempotent.
+    call_once: bool,
 }
 
 /// How much longer than a hosted function's timeout a call waits for the head's answer.
@@ -78,7 +80,13 @@ impl HeadCall {
     /// The agent `name`, run by the head as a sub-task.
     pub fn agent(name: &str, calls: PendingCalls) -> Self {
         let definition = tool_calls::agent_definition(name);
-        Self { name: name.to_owned(), definition, timeout: TOOL_CALL_TIMEOUT, calls }
+        Self {
+            name: name.to_owned(),
+            definition,
+            timeout: TOOL_CALL_TIMEOUT,
+            calls,
+            call_once: false,
+        }
     }
 
     /// A function a client process hosts, as the head registered it.
@@ -94,13 +102,23 @@ impl HeadCall {
             }
         });
         let timeout = function.timeout() + HEAD_MARGIN;
-        Self { name: function.name.clone(), definition, timeout, calls }
+        Self {
+            name: function.name.clone(),
+            definition,
+            timeout,
+            calls,
+            call_once: function.call_once,
+        }
     }
 }
 
 impl ToolCaller for HeadCall {
     fn definition(&self) -> serde_json::Value {
         self.definition.clone()
+    }
+
+    fn call_once(&self) -> bool {
+        self.call_once
     }
 
     fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome> {

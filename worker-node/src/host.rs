@@ -398,6 +398,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use crate::runner::Outgoing;
     use fleet_inference::builtin::Echo;
     use fleet_inference::{GenerateRequest, Generation, Model};
     use fleet_proto::TaskEvent;
@@ -562,12 +563,13 @@ mod tests {
             depth: 0,
             traceparent: String::new(),
             conversation: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
-    async fn events_of(rx: &mut mpsc::Receiver<TaskEvent>, id: &str) -> Vec<EventKind> {
+    async fn events_of(rx: &mut mpsc::Receiver<Outgoing>, id: &str) -> Vec<EventKind> {
         let mut kinds = Vec::new();
-        while let Some(e) =
+        while let Some(Outgoing { event: e, .. }) =
             tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten()
         {
             if e.task_id.as_str() == id {

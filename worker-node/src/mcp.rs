@@ -246,6 +246,16 @@ impl ToolCaller for McpTool {
         })
     }
 
+    /// As MCP's annotations say: a tool is neither read-only nor idempotent unless it says
+    /// so (`readOnlyHint`, `idempotentHint`; both default to false in the specification).
+    fn call_once(&self) -> bool {
+        let hints = self.tool.annotations.as_ref();
+        let said = |hint: fn(&rmcp::model::ToolAnnotations) -> Option<bool>| {
+            hints.and_then(hint).unwrap_or(false)
+        };
+        !said(|a| a.read_only_hint) && !said(|a| a.idempotent_hint)
+    }
+
     fn call(&self, call: &ToolCall, _context: CallContext) -> BoxFuture<'static, ToolOutcome> {
         let arguments = match serde_json::from_str::<serde_json::Value>(&call.arguments) {
             Ok(serde_json::Value::Object(arguments)) => arguments,

@@ -5,14 +5,18 @@
 //! Each event gets the worker's own running number in `seq`; the head acknowledges stored
 //! events by number (`Acked`) and says at rejoin which it has (`Welcome.resume_after`), so
 //! nothing is lost and nothing arrives twice. At most [`MAX_UNACKED`] events wait: beyond
-//! that the task runners wait too (generation pauses) until the head is back.
+//! that the task runners wait too (generation pauses) until the head is back. A runner that
+//! must not go on before its event is stored (a tool's result: a retry must not call the tool
+//! again) is told when the head acknowledges it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use fleet_proto::{TaskEvent, TaskId};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::runner::Outgoing;
 
 /// Events the head has not confirmed stored, at most.
 pub const MAX_UNACKED: usize = 65_536;
@@ -25,6 +29,8 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 pub struct Outbox {
     /// Numbered, oldest first.
     events: Mutex<VecDeque<TaskEvent>>,
+    /// Who waits for which event to be stored, by number, oldest first.
+    waiters: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
     /// The last number given.
     added: watch::Sender<u64>,
     /// The last number the head confirmed.
@@ -33,9 +39,10 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty outbox fed by `events` (the task runners' sink) until every sender is gone.
-    pub fn start(events: mpsc::Receiver<TaskEvent>, limit: usize) -> Arc<Self> {
+    pub fn start(events: mpsc::Receiver<Outgoing>, limit: usize) -> Arc<Self> {
         let outbox = Arc::new(Self {
             events: Mutex::new(VecDeque::new()),
+            waiters: Mutex::new(VecDeque::new()),
             added: watch::Sender::new(0),
             acked: watch::Sender::new(0),
         });
@@ -44,7 +51,7 @@ impl Outbox {
     }
 
     /// Numbers and keeps the runners' events while there is room.
-    async fn pump(self: Arc<Self>, mut events: mpsc::Receiver<TaskEvent>, limit: usize) {
+    async fn pump(self: Arc<Self>, mut events: mpsc::Receiver<Outgoing>, limit: usize) {
         let mut acked = self.acked.subscribe();
         let mut batch = Vec::with_capacity(1024);
         loop {
@@ -60,10 +67,13 @@ impl Outbox {
             }
             let mut kept = self.events.lock();
             let mut last = *self.added.borrow();
-            for mut event in batch.drain(..) {
+            for Outgoing { mut event, stored } in batch.drain(..) {
                 last += 1;
                 event.seq = last;
                 kept.push_back(event);
+                if let Some(stored) = stored {
+                    self.waiters.lock().push_back((last, stored));
+                }
             }
             drop(kept);
             self.added.send_replace(last);
@@ -77,6 +87,13 @@ impl Outbox {
             events.pop_front();
         }
         drop(events);
+        let mut waiters = self.waiters.lock();
+        while waiters.front().is_some_and(|(seq, _)| *seq <= up_to) {
+            if let Some((_, stored)) = waiters.pop_front() {
+                let _ = stored.send(());
+            }
+        }
+        drop(waiters);
         self.acked.send_if_modified(|acked| {
             let moved = up_to > *acked;
             *acked = (*acked).max(up_to);
@@ -139,6 +156,10 @@ mod tests {
     use super::*;
     use fleet_proto::EventKind;
 
+    fn out(event: TaskEvent) -> Outgoing {
+        Outgoing { event, stored: None }
+    }
+
     fn event(task: &str) -> TaskEvent {
         TaskEvent {
             task_id: TaskId::new(task),
@@ -155,7 +176,7 @@ mod tests {
         let outbox = Outbox::start(rx, 3);
         let mut added = outbox.watch();
         for _ in 0..3 {
-            tx.send(event("t")).await.expect("send");
+            tx.send(out(event("t"))).await.expect("send");
         }
         let first = outbox.after(0, 10, &mut added).await;
         let seqs: Vec<u64> = first.iter().map(|e| e.seq).collect();
@@ -169,7 +190,7 @@ mod tests {
         .await
         .expect("three kept");
         // Full: a fourth waits in the channel until the head confirms some.
-        tx.send(event("t")).await.expect("send");
+        tx.send(out(event("t"))).await.expect("send");
         tokio::task::yield_now().await;
         assert_eq!(outbox.len(), 3);
         assert_eq!(
@@ -191,7 +212,7 @@ mod tests {
         let sized =
             |bytes: usize| TaskEvent { kind: EventKind::text("x".repeat(bytes)), ..event("t") };
         for bytes in [MAX_BATCH_BYTES + 1, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20] {
-            tx.send(sized(bytes)).await.expect("send");
+            tx.send(out(sized(bytes))).await.expect("send");
         }
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while outbox.len() < 6 {
@@ -205,5 +226,25 @@ mod tests {
         assert_eq!(seqs(outbox.after(0, 100, &mut added).await), [1]);
         assert_eq!(seqs(outbox.after(1, 100, &mut added).await), [2, 3, 4, 5]);
         assert_eq!(seqs(outbox.after(5, 100, &mut added).await), [6]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_hears_once_its_event_is_acked() {
+        let (tx, rx) = mpsc::channel(4);
+        let outbox = Outbox::start(rx, 16);
+        tx.send(out(event("t"))).await.expect("send");
+        let (stored, mut heard) = oneshot::channel();
+        tx.send(Outgoing { event: event("t"), stored: Some(stored) }).await.expect("send");
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while outbox.len() < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("two kept");
+        outbox.ack(1);
+        assert!(heard.try_recv().is_err(), "told before its own event was stored");
+        outbox.ack(2);
+        assert_eq!(heard.try_recv(), Ok(()));
     }
 }

@@ -6,25 +6,50 @@
 use fleet_inference::{FinishReason, Generation, GenerationEvent, ToolCall};
 use fleet_proto::{ErrorKind, EventKind, TaskAssignment, TaskEvent, TokenLogprob, now_us};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::tool_calls::ToolCallParser;
 
-/// Where a task's events go: up the worker's `Join` stream.
-pub type EventSink = mpsc::Sender<TaskEvent>;
+/// An event on its way to the head, with whoever waits for the head to have stored it.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub event: TaskEvent,
+    /// Told once the head has stored the event (dropped by a sink that keeps no record: a
+    /// call over the mesh, which the head never sees).
+    pub stored: Option<oneshot::Sender<()>>,
+}
 
-/// Sends one event of `task`.
-pub async fn emit(sink: &EventSink, task: &TaskAssignment, kind: EventKind) {
-    let event = TaskEvent {
+/// Where a task's events go: up the worker's `Join` stream.
+pub type EventSink = mpsc::Sender<Outgoing>;
+
+fn event(task: &TaskAssignment, kind: EventKind) -> TaskEvent {
+    TaskEvent {
         task_id: task.task_id.clone(),
         seq: 0,
         attempt: task.attempt,
         timestamp_us: now_us(),
         kind,
-    };
+    }
+}
+
+/// Sends one event of `task`.
+pub async fn emit(sink: &EventSink, task: &TaskAssignment, kind: EventKind) {
     // A closed sink means the connection to the head is gone; the head retries the task.
-    let _ = sink.send(event).await;
+    let _ = sink.send(Outgoing { event: event(task, kind), stored: None }).await;
+}
+
+/// Sends one event of `task`; the receiver hears once the head has stored it (or is
+/// dropped when nothing will: a sink without a head, a worker stopping). While the head is
+/// away, that waits for it to come back.
+pub async fn emit_stored(
+    sink: &EventSink,
+    task: &TaskAssignment,
+    kind: EventKind,
+) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    let _ = sink.send(Outgoing { event: event(task, kind), stored: Some(tx) }).await;
+    rx
 }
 
 /// What one generation produced.

@@ -56,4 +56,10 @@ pub trait ToolCaller: Send + Sync {
     /// an answer that follows the announcement always finds its waiter. The future ends with
     /// the answer; dropping it (the task canceled) abandons the call.
     fn call(&self, call: &ToolCall, context: CallContext) -> BoxFuture<'static, ToolOutcome>;
+
+    /// Whether the tool says it is not idempotent: a retried task never calls it twice for
+    /// one step. Others are called again when a call's result was lost with its worker.
+    fn call_once(&self) -> bool {
+        false
+    }
 }

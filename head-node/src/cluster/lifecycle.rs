@@ -156,6 +156,8 @@ pub(super) fn assignment(
         depth: task.depth,
         traceparent: traced::parent_of(task),
         conversation,
+        // A retry goes on from what the lost attempts recorded, calling no tool twice.
+        steps: if task.attempt > 1 { task.recorded_steps() } else { Vec::new() },
     }
 }
 

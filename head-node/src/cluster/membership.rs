@@ -202,7 +202,8 @@ impl Cluster {
                     freed = true;
                 }
                 // Hosted tools are the head's to call for workers on the mesh too.
-                EventKind::ToolCall { call_id, name, arguments, traceparent }
+                // A replayed call was made (and answered) by an earlier attempt.
+                EventKind::ToolCall { call_id, name, arguments, traceparent, replayed: false }
                     if !calls_direct || state.tools.contains(name) =>
                 {
                     calls.push(ToolCallSeen {

@@ -398,6 +398,7 @@ fn a_task_waiting_on_agents_it_called_lends_them_its_slot_one_at_a_time() {
         name: "a".into(),
         arguments: r#"{"input": "x"}"#.into(),
         traceparent: String::new(),
+        replayed: false,
     };
     // Two calls at once.
     let events = vec![
@@ -468,6 +469,7 @@ fn a_retried_caller_hears_only_the_calls_of_its_new_attempt() {
         name: "a".into(),
         arguments: r#"{"input": "x"}"#.into(),
         traceparent: String::new(),
+        replayed: false,
     };
     cluster.worker_events(
         "w1",

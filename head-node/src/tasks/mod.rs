@@ -323,6 +323,20 @@ impl TaskEntry {
         &self.events[retry.map_or(0, |i| i + 1)..]
     }
 
+    /// The steps a retry goes on from: those of the earlier attempt that got furthest (an
+    /// attempt replays the steps it was given before adding its own, so a later attempt
+    /// lost before it replayed them all recorded fewer).
+    pub fn recorded_steps(&self) -> Vec<fleet_proto::Turn> {
+        let mut best = Vec::new();
+        for attempt in self.events.split(|e| matches!(e.kind, EventKind::Retrying { .. })) {
+            let steps = crate::conversations::steps(attempt);
+            if steps.len() >= best.len() {
+                best = steps;
+            }
+        }
+        best
+    }
+
     /// What the task was submitted with, for the store.
     fn record(&self) -> TaskRecord {
         TaskRecord {
