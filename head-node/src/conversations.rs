@@ -426,6 +426,52 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_s_steps_end_with_its_unanswered_calls_and_drop_its_unfinished_text() {
+        let event = |kind| {
+            Arc::new(TaskEvent {
+                task_id: TaskId::new("t"),
+                seq: 1,
+                attempt: 1,
+                timestamp_us: 0,
+                kind,
+            })
+        };
+        let text = |t: &str| event(EventKind::TextDelta { text: t.into(), logprobs: vec![] });
+        let call = |id: &str| {
+            event(EventKind::ToolCall {
+                call_id: id.into(),
+                name: "pay".into(),
+                arguments: "{}".into(),
+                traceparent: String::new(),
+                replayed: false,
+            })
+        };
+        let result = |id: &str| {
+            event(EventKind::ToolResult {
+                call_id: id.into(),
+                output: "ok".into(),
+                is_error: false,
+            })
+        };
+        let answered = [text("first"), call("c1"), result("c1")];
+        let steps = steps(&answered);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(
+            (steps[0].content.as_str(), steps[0].tool_calls[0].id.as_str()),
+            ("first", "c1")
+        );
+        assert_eq!(steps[1].tool_call_id, "c1");
+        // Text being written when the attempt was lost is written again by the retry.
+        let writing = [text("first"), call("c1"), result("c1"), text("then")];
+        assert_eq!(super::steps(&writing).len(), 2);
+        // A call sent without a result ends the steps: the retry decides whether to make it.
+        let in_flight = [text("first"), call("c1"), result("c1"), text("then"), call("c2")];
+        let steps = super::steps(&in_flight);
+        assert_eq!(steps.len(), 3);
+        assert_eq!((steps[2].content.as_str(), steps[2].tool_calls[0].id.as_str()), ("then", "c2"));
+    }
+
+    #[test]
     fn tool_calls_and_results_are_turns_of_their_own() {
         let event = |seq, kind| {
             Arc::new(TaskEvent {

@@ -386,6 +386,20 @@ fn resources_dict<'py>(
     Ok(d)
 }
 
+/// Tools given by name or as themselves (functions and `af.tool`s, by their names).
+fn tool_names(tools: &[Bound<'_, PyAny>]) -> PyResult<Vec<String>> {
+    tools
+        .iter()
+        .map(|t| match t.extract::<String>() {
+            Ok(name) => Ok(name),
+            Err(_) => match t.getattr("name") {
+                Ok(name) => name.extract(),
+                Err(_) => t.getattr("__name__")?.extract(),
+            },
+        })
+        .collect()
+}
+
 #[pymethods]
 impl Fleet {
     /// Registers (or updates) an agent when `model` is given; otherwise gets the agent that
@@ -397,7 +411,7 @@ impl Fleet {
         cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
         stop=Vec::new(), presence_penalty=None, frequency_penalty=None, thinking=None,
         topics=Vec::new(), output_schema=None, mcp=Vec::new(), tool_choice=String::new(),
-        requires_approval=Vec::new(), ask_user=false, input_timeout=None
+        requires_approval=Vec::new(), ask_user=false, input_timeout=None, call_once=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -430,6 +444,7 @@ impl Fleet {
         requires_approval: Vec<Bound<'_, PyAny>>,
         ask_user: bool,
         input_timeout: Option<f64>,
+        call_once: Vec<Bound<'_, PyAny>>,
     ) -> PyResult<Agent> {
         let this = slf.get();
         let (name, model, description) = match name.extract::<String>() {
@@ -467,17 +482,8 @@ impl Fleet {
             }
         };
         let mcp = mcp.iter().map(mcp_server).collect::<PyResult<Vec<_>>>()?;
-        // Names, or the tools themselves (functions and `af.tool`s by their names).
-        let requires_approval = requires_approval
-            .iter()
-            .map(|t| match t.extract::<String>() {
-                Ok(name) => Ok(name),
-                Err(_) => match t.getattr("name") {
-                    Ok(name) => name.extract(),
-                    Err(_) => t.getattr("__name__")?.extract(),
-                },
-            })
-            .collect::<PyResult<Vec<String>>>()?;
+        let requires_approval = tool_names(&requires_approval)?;
+        let call_once = tool_names(&call_once)?;
         let input_timeout_ms = match input_timeout {
             None => 0,
             Some(s) if s > 0.0 && s <= 86_400.0 => (s * 1000.0).ceil() as u32,
@@ -536,6 +542,7 @@ impl Fleet {
             // The head sets a user's agents to its tenant; an admin's are shared.
             tenant: String::new(),
             public: false,
+            call_once,
         };
         runtime::block_on(
             py,
@@ -548,8 +555,10 @@ impl Fleet {
     /// decorator (`@fleet.tool`, `@fleet.tool(timeout=5)`) or a call (`fleet.tool(fn)`).
     /// See `agentfleet.tool` for how the function becomes a tool.
     #[pyo3(signature = (
-        func=None, *, name=None, description=None, timeout=None, requires_approval=false
+        func=None, *, name=None, description=None, timeout=None, requires_approval=false,
+        idempotent=true
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn tool<'py>(
         slf: &Bound<'py, Self>,
         py: Python<'py>,
@@ -558,12 +567,14 @@ impl Fleet {
         description: Option<String>,
         timeout: Option<f64>,
         requires_approval: bool,
+        idempotent: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kwargs = PyDict::new(py);
         kwargs.set_item("name", name)?;
         kwargs.set_item("description", description)?;
         kwargs.set_item("timeout", timeout)?;
         kwargs.set_item("requires_approval", requires_approval)?;
+        kwargs.set_item("idempotent", idempotent)?;
         py.import("agentfleet.tools")?.call_method("_fleet_tool", (slf, func), Some(&kwargs))
     }
 

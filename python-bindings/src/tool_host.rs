@@ -186,25 +186,35 @@ async fn remote(
 #[pymethods]
 impl ToolHost {
     /// Registers tools given as `(name, description, parameters_json, timeout_ms,
-    /// requires_approval, takes_files)`; returns their names. Raises `InvalidArgument` with the head's
-    /// reason when it refuses them.
+    /// requires_approval, takes_files, call_once)`; returns their names. Raises
+    /// `InvalidArgument` with the head's reason when it refuses them.
+    #[allow(clippy::type_complexity)]
     fn register(
         &self,
         py: Python<'_>,
-        tools: Vec<(String, String, String, u32, bool, bool)>,
+        tools: Vec<(String, String, String, u32, bool, bool, bool)>,
     ) -> PyResult<Vec<String>> {
         let tools: Vec<FunctionTool> = tools
             .into_iter()
-            .map(|(name, description, parameters, timeout_ms, requires_approval, takes_files)| {
-                FunctionTool {
+            .map(
+                |(
                     name,
                     description,
                     parameters,
                     timeout_ms,
                     requires_approval,
                     takes_files,
-                }
-            })
+                    call_once,
+                )| FunctionTool {
+                    name,
+                    description,
+                    parameters,
+                    timeout_ms,
+                    requires_approval,
+                    takes_files,
+                    call_once,
+                },
+            )
             .collect();
         let closed = || errors::Unavailable::new_err("this tool host is closed");
         let link = match &*self.link.lock() {

@@ -205,3 +205,63 @@ def test_a_task_waiting_for_its_user_waits_through_a_head_restart(tmp_path: Path
     finally:
         worker.stop()
         head.stop()
+
+
+def written_call(tool: str, arguments: str) -> str:
+    """A tool call as a model writes one: builtin:echo repeats it, and its worker calls it."""
+    return f'calling <tool_call> {{"name":"{tool}","arguments":{arguments}}} </tool_call>'
+
+
+def test_a_tool_that_must_not_run_twice_is_not_called_again_by_a_retry(tmp_path: Path) -> None:
+    """A tool with ``idempotent=False`` (and one an agent names in ``call_once``) is in
+    flight when its worker is SIGKILLed: the retry on another worker fails, naming the tool,
+    and the tool ran once."""
+    address, start_head = restartable_head(tmp_path)
+    head = start_head()
+    workers = {
+        name: Node("worker", "--head", address, "--join-token", "j0in", "--name", name)
+        for name in ("w0", "w1", "w2")
+    }
+    try:
+        fleet = af.init(address, token="s3cret")
+        deadline = time.monotonic() + 15
+        while len(fleet.status()["workers"]) < 3:
+            assert time.monotonic() < deadline, "the workers did not join"
+            time.sleep(0.01)
+        calls: list[str] = []
+        started = threading.Semaphore(0)
+        never = threading.Event()
+
+        def in_flight(name: str) -> str:
+            calls.append(name)
+            started.release()
+            never.wait(60)
+            return "done"
+
+        @fleet.tool(idempotent=False)
+        def pay(amount: int) -> str:
+            """Pays an amount."""
+            return in_flight("pay")
+
+        @fleet.tool
+        def ship(item: str) -> str:
+            """Ships an item."""
+            return in_flight("ship")
+
+        payer = fleet.agent("payer", model="builtin:echo", tools=[pay], max_retries=2)
+        shipper = fleet.agent("shipper", model="builtin:echo", tools=[ship], call_once=[ship], max_retries=2)
+        for agent, tool, arguments in ((payer, "pay", '{"amount":5}'), (shipper, "ship", '{"item":"book"}')):
+            before = {w["id"]: w["tasks_assigned"] for w in fleet.status()["workers"]}
+            task = agent.submit(written_call(tool, arguments))
+            assert started.acquire(timeout=30), f"{tool} was never called"
+            running = [w["id"] for w in fleet.status()["workers"] if w["tasks_assigned"] > before[w["id"]]]
+            assert len(running) == 1, running
+            workers.pop(running[0]).stop()
+            with pytest.raises(af.TaskFailed, match=f"tool {tool} .* at most once"):
+                task.result(timeout=30)
+            assert calls.count(tool) == 1, calls
+        never.set()
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        head.stop()

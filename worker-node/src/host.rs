@@ -401,7 +401,6 @@ mod tests {
     use crate::runner::Outgoing;
     use fleet_inference::builtin::Echo;
     use fleet_inference::{GenerateRequest, Generation, Model};
-    use fleet_proto::TaskEvent;
     use tokio::sync::mpsc;
 
     use super::*;

@@ -149,6 +149,7 @@ async fn commands_that_emit_events_never_wait_on_their_own_loop() -> Result<()> 
                 depth: 0,
                 traceparent: String::new(),
                 conversation: Vec::new(),
+                steps: Vec::new(),
             }))
             .await?;
     }

@@ -296,6 +296,7 @@ class Fleet:
         requires_approval: list[str | Callable[..., Any]] = ...,
         ask_user: bool = False,
         input_timeout: float | None = None,
+        call_once: list[str | Callable[..., Any]] = ...,
     ) -> Agent: ...
     def tool(
         self,
@@ -305,6 +306,7 @@ class Fleet:
         description: str | None = None,
         timeout: float | None = None,
         requires_approval: bool = False,
+        idempotent: bool = True,
     ) -> Any:
         """Hosts a function as a tool of the cluster's agents in this process
         (``@fleet.tool``, ``@fleet.tool(timeout=5)`` or ``fleet.tool(fn)``)."""

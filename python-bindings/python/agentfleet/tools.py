@@ -28,6 +28,13 @@ anything else as JSON. An exception becomes an error result the model reads
 (seconds, 60 by default) ends with an error for the model; an ``async`` tool is cancelled
 then, a plain function cannot be and runs to its end unheard.
 
+Each call is a durable step of its task: its result is stored by the head before the
+agent's model goes on, and a task retried after its worker died replays the recorded calls
+instead of making them again. Only a call that was in flight when the worker died is made
+again, unless its tool says ``idempotent=False`` (it sends, pays, books): then the retry
+fails with an error naming the tool rather than risk running it twice. An agent may say the
+same of any of its tools with ``fleet.agent(..., call_once=[...])``.
+
 A parameter typed ``list[af.AgentFile]`` takes the files given with the calling task (A2A
 file parts, ``submit(files=...)``) and is not shown to the model; an agent on a model with
 such a tool takes files of any type (its model reads their names, types and sizes).
@@ -66,6 +73,7 @@ class Tool:
         description: str | None = None,
         timeout: float | None = None,
         requires_approval: bool = False,
+        idempotent: bool = True,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"a tool is made of a function, not {fn!r}")
@@ -82,6 +90,10 @@ class Tool:
         self.timeout = timeout
         #: Every call waits for a person's approval (the task is input-required until then).
         self.requires_approval = bool(requires_approval)
+        #: Calling it twice with the same arguments does no more than once: a task retried
+        #: after its worker died calls it again when the first call's result was lost. When
+        #: False, it is never called twice for one step: the retry fails instead, naming it.
+        self.idempotent = bool(idempotent)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.parameters, self._convert, self.files_parameter = _signature_schema(fn, arg_docs)
 
@@ -91,13 +103,22 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
-    def definition(self) -> tuple[str, str, str, int, bool, bool]:
+    def definition(self) -> tuple[str, str, str, int, bool, bool, bool]:
         """(name, description, parameters as JSON, timeout in ms (0: the default), whether
-        calls wait for approval, whether calls get the calling task's files)."""
+        calls wait for approval, whether calls get the calling task's files, whether it is
+        called at most once per step)."""
         timeout_ms = 0 if self.timeout is None else max(1, round(self.timeout * 1000))
         parameters = json.dumps(self.parameters)
         takes_files = self.files_parameter is not None
-        return (self.name, self.description, parameters, timeout_ms, self.requires_approval, takes_files)
+        return (
+            self.name,
+            self.description,
+            parameters,
+            timeout_ms,
+            self.requires_approval,
+            takes_files,
+            not self.idempotent,
+        )
 
     def arguments(self, arguments_json: str, files: "list[AgentFile] | None" = None) -> dict[str, Any]:
         """The call's JSON arguments as keyword arguments of the function, with the calling
@@ -119,12 +140,18 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     requires_approval: bool = False,
+    idempotent: bool = True,
 ) -> Any:
     """Makes a function a `Tool` (as ``@af.tool``, ``@af.tool(timeout=5)`` or
     ``@af.tool(requires_approval=True)``) without hosting it yet: an agent created with it in
-    ``tools=[...]`` hosts it in this process."""
+    ``tools=[...]`` hosts it in this process. ``idempotent=False`` for a tool that must not
+    run twice for one call (it sends, pays, books): see `Tool.idempotent`."""
     options: dict[str, Any] = dict(
-        name=name, description=description, timeout=timeout, requires_approval=requires_approval
+        name=name,
+        description=description,
+        timeout=timeout,
+        requires_approval=requires_approval,
+        idempotent=idempotent,
     )
     if fn is None:
         return lambda f: Tool(f, **options)
@@ -249,11 +276,17 @@ def _host(fleet: Any) -> _Host:
         return host
 
 
+#: `Fleet.tool`'s options that leave an `af.tool` as it is.
+_TOOL_DEFAULTS: dict[str, Any] = dict(
+    name=None, description=None, timeout=None, requires_approval=False, idempotent=True
+)
+
+
 def _fleet_tool(fleet: Any, fn: Any = None, **options: Any) -> Any:
     """`Fleet.tool`: makes `fn` a tool hosted by this process, or a decorator that does."""
 
     def host(f: Any) -> Tool:
-        if isinstance(f, Tool) and not any(v not in (None, False) for v in options.values()):
+        if isinstance(f, Tool) and all(options.get(k) == v for k, v in _TOOL_DEFAULTS.items()):
             t = f
         else:
             t = Tool(f, **options)
