@@ -47,6 +47,10 @@ pub struct Event {
     /// An input_received that rejected the approval (or declined the question).
     #[pyo3(get)]
     pub rejected: bool,
+    /// A tool_call an earlier attempt made and whose result was stored, repeated by the
+    /// retried attempt: not made again.
+    #[pyo3(get)]
+    pub replayed: bool,
     #[pyo3(get)]
     pub prompt_tokens: u32,
     #[pyo3(get)]
@@ -109,6 +113,7 @@ impl From<&TaskEvent> for Event {
             arguments: String::new(),
             call_id: String::new(),
             rejected: false,
+            replayed: false,
             prompt_tokens: 0,
             completion_tokens: 0,
             reasoning_tokens: 0,
@@ -130,10 +135,11 @@ impl From<&TaskEvent> for Event {
                 event.text.clone_from(text);
                 "reasoning_delta"
             }
-            EventKind::ToolCall { call_id, name, arguments, .. } => {
+            EventKind::ToolCall { call_id, name, arguments, replayed, .. } => {
                 event.call_id.clone_from(call_id);
                 event.tool.clone_from(name);
                 event.text.clone_from(arguments);
+                event.replayed = *replayed;
                 "tool_call"
             }
             EventKind::ToolResult { output, is_error, .. } => {

@@ -254,9 +254,12 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
         EventKind::Working => ("working", json!({})),
         EventKind::TextDelta { text, .. } => ("text", json!({ "text": text })),
         EventKind::ReasoningDelta { text } => ("reasoning", json!({ "text": text })),
-        EventKind::ToolCall { call_id, name, arguments, .. } => {
-            ("tool_call", json!({ "call_id": call_id, "name": name, "arguments": arguments }))
-        }
+        EventKind::ToolCall { call_id, name, arguments, replayed, .. } => (
+            "tool_call",
+            json!({
+                "call_id": call_id, "name": name, "arguments": arguments, "replayed": replayed,
+            }),
+        ),
         EventKind::ToolResult { call_id, output, is_error } => {
             ("tool_result", json!({ "call_id": call_id, "output": output, "is_error": is_error }))
         }

@@ -92,6 +92,10 @@ class Event:
     def rejected(self) -> bool:
         """An input_received that rejected the approval (or declined the question)."""
     @property
+    def replayed(self) -> bool:
+        """A tool_call an earlier attempt made and whose result was stored, repeated by the
+        retried attempt (not made again)."""
+    @property
     def prompt_tokens(self) -> int: ...
     @property
     def completion_tokens(self) -> int: ...

@@ -676,7 +676,8 @@
         case "tool_call": {
           const slot = el("span", { class: "subtask" });
           calls.set(e.call_id, { name: e.name, slot, sig: "" });
-          content = [el("strong", { text: e.name }), el("span", { class: "muted", text: ` call ${e.call_id} ` }), slot,
+          const replayed = e.replayed ? "replayed from a lost attempt, not made again " : "";
+          content = [el("strong", { text: e.name }), el("span", { class: "muted", text: ` call ${e.call_id} ${replayed}` }), slot,
             el("pre", { class: "args", tabindex: 0, text: pretty(e.arguments) })];
           break;
         }
