@@ -326,13 +326,14 @@ impl Said {
                     name: name.clone(),
                     arguments: arguments.clone(),
                 }),
-                EventKind::ToolResult { call_id, output, .. } => {
+                EventKind::ToolResult { call_id, output, is_error } => {
                     said.close();
                     said.turns.push(Turn {
                         role: "tool".into(),
                         content: output.clone(),
                         tool_calls: Vec::new(),
                         tool_call_id: call_id.clone(),
+                        is_error: *is_error,
                     });
                 }
                 _ => {}
@@ -349,6 +350,7 @@ impl Said {
                 content: std::mem::take(&mut self.text),
                 tool_calls: std::mem::take(&mut self.calls),
                 tool_call_id: String::new(),
+                is_error: false,
             });
         }
     }
@@ -368,6 +370,7 @@ pub fn exchange(input: &str, events: &[Arc<TaskEvent>]) -> Vec<Turn> {
         content: said.text,
         tool_calls: said.calls,
         tool_call_id: String::new(),
+        is_error: false,
     });
     turns
 }

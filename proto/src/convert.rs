@@ -121,6 +121,7 @@ impl From<pb::Turn> for Turn {
                 .map(|c| CallMade { id: c.call_id, name: c.name, arguments: c.arguments })
                 .collect(),
             tool_call_id: t.tool_call_id,
+            is_error: t.is_error,
         }
     }
 }
@@ -142,6 +143,7 @@ impl From<&Turn> for pb::Turn {
                 })
                 .collect(),
             tool_call_id: t.tool_call_id.clone(),
+            is_error: t.is_error,
         }
     }
 }

@@ -136,6 +136,8 @@ pub struct Turn {
     pub tool_calls: Vec<CallMade>,
     /// The call a `tool` turn answers.
     pub tool_call_id: String,
+    /// A `tool` turn whose result reports an error.
+    pub is_error: bool,
 }
 
 /// A tool call made in an earlier turn of a conversation.

@@ -496,6 +496,79 @@ def test_a_task_of_a_killed_python_worker_runs_again_on_another(cluster: Cluster
         assert kinds == [("text_delta", 1), ("retrying", 1), ("text_delta", 2), ("text_delta", 2), ("completed", 2)]
 
 
+STEPPER = '''
+"""Asks its user a name, then counts with the tool `count` five times, waiting for a file
+(the task's input) after the third."""
+import asyncio
+import os
+
+import agentfleet as af
+
+
+@af.agent
+class Stepper:
+    async def run(self, task, ctx):
+        name = await ctx.ask("Who is counting?")
+        yield f"pid={os.getpid()};{name} counts"
+        for n in range(1, 6):
+            yield " " + await ctx.call("count", n=n)
+            if n == 3:
+                while not os.path.exists(task.input):
+                    await asyncio.sleep(0.01)
+'''
+
+COUNTED: list[int] = []
+
+
+def test_a_retried_python_agent_is_answered_from_its_record_and_makes_no_call_twice(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A Python agent asks its user, then calls a tool five times; its worker is SIGKILLed
+    once the third result is stored. The retry runs the code again from the start: the
+    question and the three calls are answered from the record (the user is not asked again,
+    the tool is not called again) and only the fourth and fifth calls are made."""
+    (tmp_path / "stepper_agents.py").write_text(textwrap.dedent(STEPPER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("stepper_agents")
+    workers = [cluster.worker("--import", "stepper_agents") for _ in range(2)]
+    COUNTED.clear()
+    try:
+        with af.init(cluster.address, token="s3cret") as fleet:
+            cluster.wait_for_workers(fleet, 2)
+
+            @fleet.tool
+            def count(n: int) -> str:
+                """Counts n."""
+                COUNTED.append(n)
+                return str(n)
+
+            stepper = fleet.agent(module.Stepper, tools=[count], ask_user=True, max_retries=2)
+            go = tmp_path / "go"
+            task = stepper.submit(str(go))
+            assert task.wait_input(timeout=30) is not None
+            task.reply("Ann")
+            results, pid = 0, 0
+            for event in task.events():
+                if event.kind == "text_delta" and event.text.startswith("pid="):
+                    pid = int(event.text.split(";")[0].removeprefix("pid="))
+                if event.kind == "tool_result" and event.attempt == 1:
+                    results += 1  # the question's answer, then the counts
+                if results == 4:
+                    break
+            assert COUNTED == [1, 2, 3], COUNTED
+            victim = next(node for node in workers if node.proc.pid == pid)
+            victim.stop()  # SIGKILL, and reaped
+            go.touch()
+            assert task.result(timeout=30).split(";", 1)[1] == "Ann counts 1 2 3 4 5"
+            assert COUNTED == [1, 2, 3, 4, 5], COUNTED
+            retry = [e for e in task.events() if e.attempt == 2]
+            assert not [e for e in retry if e.kind == "input_required"], "the user was asked again"
+            calls = [(e.tool, e.replayed) for e in retry if e.kind == "tool_call"]
+            assert calls == [("ask_user", True), *[("count", True)] * 3, *[("count", False)] * 2], calls
+    finally:
+        sys.modules.pop("stepper_agents", None)
+
+
 def test_python_agents_go_only_to_workers_that_host_them(cluster: Cluster, waiter_module: ModuleType, tmp_path: Path) -> None:
     """With only a plain worker (no --import) the submit fails: no worker hosts the Python
     agent; once a worker imports it, every task goes there and none to the plain worker."""

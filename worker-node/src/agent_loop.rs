@@ -302,6 +302,20 @@ async fn rounds(
     ))
 }
 
+/// How a retry ends that would have to call a tool that is called once again: its call was
+/// sent by a lost attempt, and whether it took effect is not known.
+pub(crate) fn not_called_again(tool: &str, call_id: &str) -> EventKind {
+    failed(
+        ErrorKind::Unavailable,
+        format!(
+            "tool {tool} was called (call {call_id}) by an attempt of this task whose worker was \
+             lost before the call's result was stored; {tool} is called at most once, so the \
+             retry does not call it again: find out whether the call took effect before \
+             submitting the task again"
+        ),
+    )
+}
+
 /// Names a task's tool calls: unique across its attempts, so that an answer to a lost
 /// attempt's call never reaches the retry's call of the same number.
 struct CallIds {
@@ -382,7 +396,7 @@ async fn replay(
             let event = EventKind::ToolResult {
                 call_id: step.tool_call_id.clone(),
                 output: step.content.clone(),
-                is_error: false,
+                is_error: step.is_error,
             };
             emit(&run.sink, &run.task, event).await;
             continue;
@@ -410,17 +424,8 @@ async fn replay(
                 };
                 emit(&run.sink, &run.task, event).await;
             } else {
-                if calls_once(run, toolbox, &call.name) {
-                    return Err(failed(
-                        ErrorKind::Unavailable,
-                        format!(
-                            "tool {} was called (call {}) by an attempt of this task whose \
-                             worker was lost before the call's result was stored; {} is called \
-                             at most once, so the retry does not call it again: find out \
-                             whether the call took effect before submitting the task again",
-                            call.name, call.id, call.name
-                        ),
-                    ));
+                if toolbox.calls_once(&run.spec.call_once, &call.name) {
+                    return Err(not_called_again(&call.name, &call.id));
                 }
                 // Asked again under a new id: an answer to the lost call is not this one's.
                 call.id = ids.next();
@@ -437,13 +442,6 @@ async fn replay(
         make_call(run, toolbox, call, messages, parent).await?;
     }
     Ok(replayed)
-}
-
-/// Whether a tool is never called twice for one step: its agent says so (`call_once`), or
-/// the tool itself does.
-fn calls_once(run: &TaskRun, toolbox: &Toolbox, name: &str) -> bool {
-    run.spec.call_once.iter().any(|once| once == name)
-        || toolbox.get(name).is_some_and(|tool| tool.call_once())
 }
 
 /// The model's calls of the client's tools, as the task's `ToolCall` events: the client runs
@@ -550,7 +548,7 @@ async fn call_tool(
         lease: run.lease.clone(),
     };
     let answer = tool.call(call, context);
-    if calls_once(run, toolbox, &call.name) {
+    if toolbox.calls_once(&run.spec.call_once, &call.name) {
         // On record before it is made: a retry after a crash knows it may have been, and
         // does not make it again.
         let stored = runner::emit_stored(&run.sink, &run.task, announce).await;

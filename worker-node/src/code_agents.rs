@@ -6,13 +6,20 @@
 //! [`CodeContext`], which also lets it chat with the worker's models, call other agents and
 //! the agent's tools (each call and result shows in the task's events, as a model's would),
 //! ask its user, and publish on its topics.
+//!
+//! A retried task's code runs again from the start; its calls are answered from the lost
+//! attempts' record while they repeat it (Temporal's replay: the same tool with the same
+//! arguments, in the same order), so no finished call, question or publication is made twice.
 
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleet_inference::{ChatMessage, GenerateRequest, GenerationEvent, ToolCall};
-use fleet_proto::{AgentSpec, Artifact, ErrorKind, EventKind, TaskAssignment, Usage};
+use fleet_proto::{
+    AgentSpec, Artifact, CallMade, ErrorKind, EventKind, TaskAssignment, Turn, Usage,
+};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
@@ -23,7 +30,7 @@ use crate::agent_loop::{Finished, TaskRun};
 use crate::ask::Asking;
 use crate::gate::Lease;
 use crate::models::ModelStore;
-use crate::runner::{EventSink, emit, failed};
+use crate::runner::{self, EventSink, emit, failed};
 use crate::spans;
 use crate::tool::{CallContext, ToolCaller, ToolOutcome};
 use crate::toolbox::ToolboxSource;
@@ -94,6 +101,58 @@ struct Shared {
     usage: Mutex<Usage>,
     /// How the task ends whatever the code does (a question left unanswered too long).
     ended: Mutex<Option<EventKind>>,
+    /// The calls the lost attempts of a retried task made, not yet made again.
+    recorded: Mutex<Recorded>,
+}
+
+/// A call a lost attempt made, with its stored result (none: in flight when it was lost).
+struct RecordedCall {
+    made: CallMade,
+    result: Option<ToolOutcome>,
+}
+
+/// The calls a retried task's lost attempts made, oldest first: the code's calls are
+/// answered from them while it repeats them.
+#[derive(Default)]
+struct Recorded(VecDeque<RecordedCall>);
+
+impl Recorded {
+    fn of(steps: &[Turn]) -> Self {
+        let results: HashMap<&str, &Turn> = steps
+            .iter()
+            .filter(|s| s.role == "tool")
+            .map(|s| (s.tool_call_id.as_str(), s))
+            .collect();
+        let calls = steps.iter().filter(|s| s.role == "assistant").flat_map(|s| &s.tool_calls);
+        Self(
+            calls
+                .map(|made| RecordedCall {
+                    made: made.clone(),
+                    result: results
+                        .get(made.id.as_str())
+                        .map(|r| ToolOutcome { output: r.content.clone(), is_error: r.is_error }),
+                })
+                .collect(),
+        )
+    }
+
+    /// The recorded call that a call of `tool` with `arguments` repeats: the next one, when
+    /// it is the same tool with the same arguments. Otherwise the code took another path
+    /// than the lost attempt did, and nothing more is answered from the record.
+    fn repeated(&mut self, tool: &str, arguments: &str) -> Option<RecordedCall> {
+        let next = self.0.front()?;
+        let same_arguments = || {
+            let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+            next.made.arguments == arguments
+                || parse(&next.made.arguments).is_some_and(|a| Some(a) == parse(arguments))
+        };
+        if next.made.name == tool && same_arguments() {
+            return self.0.pop_front();
+        }
+        debug!(tool, recorded = %next.made.name, "the retried code left the recorded path");
+        self.0.clear();
+        None
+    }
 }
 
 /// The most text one `chat` answers with before it is cut (a runaway generation).
@@ -200,9 +259,33 @@ impl CodeContext {
                 return ToolOutcome::error(format!("agent {}'s tools: {reason}", self.0.spec.name));
             }
         };
+        let recorded = self.0.recorded.lock().repeated(tool, &arguments);
+        if let Some(recorded) = recorded {
+            match recorded.result {
+                Some(outcome) => return self.replay(recorded.made, outcome).await,
+                None if toolbox.calls_once(&self.0.spec.call_once, tool) => {
+                    let ended = crate::agent_loop::not_called_again(tool, &recorded.made.id);
+                    let error = match &ended {
+                        EventKind::Failed { error, .. } => error.clone(),
+                        _ => String::new(),
+                    };
+                    // The task fails with this, whatever the code does with the outcome.
+                    self.0.ended.lock().get_or_insert(ended);
+                    self.0.cancel.cancel();
+                    return ToolOutcome::error(error);
+                }
+                // In flight when the attempt was lost: made again, under a new id.
+                None => {}
+            }
+        }
         let n = self.0.next_call.fetch_add(1, Ordering::Relaxed);
         let call = ToolCall {
-            id: format!("code_{}_{n}", self.0.task.task_id.as_str().replace('-', "")),
+            // Unique across attempts: an answer to a lost attempt's call is not this one's.
+            id: format!(
+                "code_{}_{}_{n}",
+                self.0.task.task_id.as_str().replace('-', ""),
+                self.0.task.attempt
+            ),
             name: tool.to_owned(),
             arguments,
         };
@@ -234,7 +317,17 @@ impl CodeContext {
         };
         // Started before it is announced: the announcement starts calls through the head.
         let answer = caller.call(&call, context);
-        self.announce(&call, traceparent).await;
+        if toolbox.calls_once(&self.0.spec.call_once, tool) {
+            // On record before it is made: a retry knows it may have been.
+            let stored = self.announce_stored(&call, traceparent).await;
+            tokio::select! {
+                biased;
+                () = self.0.cancel.cancelled() => return ToolOutcome::error("canceled"),
+                _ = stored => {}
+            }
+        } else {
+            self.announce(&call, traceparent).await;
+        }
         let outcome = tokio::select! {
             biased;
             () = self.0.cancel.cancelled() => ToolOutcome::error("canceled"),
@@ -247,24 +340,48 @@ impl CodeContext {
 
     /// The call as the task's event, as a model's call shows.
     async fn announce(&self, call: &ToolCall, traceparent: String) {
-        let announce = EventKind::ToolCall {
-            call_id: call.id.clone(),
-            name: call.name.clone(),
-            arguments: call.arguments.clone(),
-            traceparent,
-            replayed: false,
-        };
-        emit(&self.0.sink, &self.0.task, announce).await;
+        emit(&self.0.sink, &self.0.task, announcement(call, traceparent, false)).await;
     }
 
-    /// The call's outcome as the task's event.
+    /// The call as the task's event; the receiver hears once it is stored.
+    async fn announce_stored(
+        &self,
+        call: &ToolCall,
+        traceparent: String,
+    ) -> tokio::sync::oneshot::Receiver<()> {
+        let announce = announcement(call, traceparent, false);
+        runner::emit_stored(&self.0.sink, &self.0.task, announce).await
+    }
+
+    /// The call's outcome as the task's event, stored before the code goes on (a retry
+    /// answers the call from it instead of making it again).
     async fn report(&self, call_id: String, outcome: &ToolOutcome) {
         let result = EventKind::ToolResult {
             call_id,
             output: outcome.output.clone(),
             is_error: outcome.is_error,
         };
+        let stored = runner::emit_stored(&self.0.sink, &self.0.task, result).await;
+        tokio::select! {
+            biased;
+            () = self.0.cancel.cancelled() => {}
+            _ = stored => {}
+        }
+    }
+
+    /// Answers a call the code repeats from the lost attempt's record, and puts it into
+    /// this attempt's record as replayed (not made again).
+    async fn replay(&self, made: CallMade, outcome: ToolOutcome) -> ToolOutcome {
+        let call = ToolCall { id: made.id, name: made.name, arguments: made.arguments };
+        let announce = announcement(&call, String::new(), true);
+        emit(&self.0.sink, &self.0.task, announce).await;
+        let result = EventKind::ToolResult {
+            call_id: call.id,
+            output: outcome.output.clone(),
+            is_error: outcome.is_error,
+        };
         emit(&self.0.sink, &self.0.task, result).await;
+        outcome
     }
 
     /// Asks the task's user the question in `call`'s arguments (`ask_user`, as a model
@@ -314,6 +431,17 @@ impl CodeContext {
     }
 }
 
+/// A call as the task's `ToolCall` event.
+fn announcement(call: &ToolCall, traceparent: String, replayed: bool) -> EventKind {
+    EventKind::ToolCall {
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+        traceparent,
+        replayed,
+    }
+}
+
 /// Runs one task of a code agent to its end: Working, what the code streams and calls, and
 /// exactly one terminal event; returns its output when it completed.
 pub async fn run(run: TaskRun, host: CodeHost, history: Vec<ChatMessage>) -> Option<Finished> {
@@ -346,6 +474,7 @@ pub async fn run(run: TaskRun, host: CodeHost, history: Vec<ChatMessage>) -> Opt
         output: Mutex::new(String::new()),
         usage: Mutex::new(Usage::default()),
         ended: Mutex::new(None),
+        recorded: Mutex::new(Recorded::of(&run.task.steps)),
     }));
     let running = AssertUnwindSafe(host.agents.run(task, context.clone())).catch_unwind();
     let ended = tokio::select! {

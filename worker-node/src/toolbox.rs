@@ -79,6 +79,13 @@ impl Toolbox {
         self.tools.iter().find(|(known, _)| known == name).map(|(_, tool)| tool)
     }
 
+    /// Whether `name` is never called twice for one step: its agent says so (`call_once`),
+    /// or the tool itself does.
+    pub fn calls_once(&self, agent_says: &[String], name: &str) -> bool {
+        agent_says.iter().any(|once| once == name)
+            || self.get(name).is_some_and(|tool| tool.call_once())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty() && !self.asks_user()
     }

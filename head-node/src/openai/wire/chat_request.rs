@@ -478,7 +478,7 @@ fn message(i: usize, value: &Value) -> Result<Turn, ApiError> {
             ));
         }
     };
-    Ok(Turn { role: role.to_owned(), content, tool_calls, tool_call_id })
+    Ok(Turn { role: role.to_owned(), content, tool_calls, tool_call_id, is_error: false })
 }
 
 /// A call an earlier assistant message made: `{"id", "type": "function", "function":
