@@ -108,12 +108,33 @@ impl Cluster {
         }
     }
 
-    /// A commit stored these events: they go to their subscribers.
+    /// A commit stored these events: they go to their subscribers, and the tool calls they
+    /// announce are made.
     pub(super) fn committed(&self, commit: Commit) {
-        let mut state = self.state.lock();
-        for (id, seq) in commit.tasks {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        for (id, seq) in &commit.tasks {
             if let Some(task) = state.tasks.get_mut(id.as_str()) {
-                task.stored_up_to(seq);
+                task.stored_up_to(*seq);
+            }
+        }
+        if !state.calls_to_route.is_empty() {
+            let stored = |call: &(u64, u32, ToolCallSeen)| {
+                commit.tasks.iter().any(|(id, seq)| *id == call.2.caller && call.0 <= *seq)
+            };
+            let (due, waiting) = std::mem::take(&mut state.calls_to_route)
+                .into_iter()
+                .partition::<Vec<_>, _>(stored);
+            state.calls_to_route = waiting;
+            for (_, attempt, call) in due {
+                // Only for the attempt that made it: a retry since makes its own calls.
+                let current = state
+                    .tasks
+                    .get(call.caller.as_str())
+                    .is_some_and(|t| t.attempt == attempt && !t.state.is_terminal());
+                if current {
+                    route_call(state, &self.limits, call);
+                }
             }
         }
         for (worker, (incarnation, up_to)) in commit.workers {

@@ -206,14 +206,18 @@ impl Cluster {
                 EventKind::ToolCall { call_id, name, arguments, traceparent, replayed: false }
                     if !calls_direct || state.tools.contains(name) =>
                 {
-                    calls.push(ToolCallSeen {
+                    let call = ToolCallSeen {
                         caller: event.task_id.clone(),
                         call_id: call_id.clone(),
                         name: name.clone(),
                         arguments: arguments.clone(),
                         traceparent: traceparent.clone(),
-                    });
-                    task.push(event.kind, event.timestamp_us);
+                    };
+                    let seq = task.push(event.kind, event.timestamp_us).seq;
+                    match &journal {
+                        Some(_) => state.calls_to_route.push((seq, event.attempt, call)),
+                        None => calls.push(call),
+                    }
                 }
                 _ => {
                     task.push(event.kind, event.timestamp_us);

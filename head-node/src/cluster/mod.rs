@@ -108,6 +108,11 @@ struct State {
     topics: TopicRelays,
     /// Tools client processes host, and their calls waiting for answers.
     tools: HostedTools,
+    /// Tool calls announced by workers, routed once their `ToolCall` events are stored
+    /// (with a store): a call is made only once it is on record, so a head restarted
+    /// before the record never made it, and a worker sending the event again after the
+    /// restart does not make it twice. Each with its event's number and attempt.
+    calls_to_route: Vec<(u64, u32, ToolCallSeen)>,
     /// Each worker's incarnation and the number of the last of its events applied: a
     /// rejoining worker sends the ones after it again (see the worker's outbox).
     worker_seqs: HashMap<String, (u64, u64)>,
@@ -232,6 +237,7 @@ impl Cluster {
                 stored_push: Vec::new(),
                 metrics: metrics.clone(),
                 quotas: crate::quotas::Quotas::new(&config.tenants),
+                calls_to_route: Vec::new(),
             }),
             metrics,
             limits: Limits {

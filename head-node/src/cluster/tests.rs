@@ -199,6 +199,38 @@ impl Store for Kept {
     }
 }
 
+/// `kept`'s store with a gate: while it is shut, writes wait (a slow disk).
+#[derive(Clone, Default)]
+struct Gated {
+    kept: Kept,
+    shut: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Gated {
+    fn set_shut(&self, shut: bool) {
+        let (lock, opened) = &*self.shut;
+        *lock.lock().expect("gate") = shut;
+        opened.notify_all();
+    }
+}
+
+impl Store for Gated {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.kept.load()
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let (lock, opened) = &*self.shut;
+        let shut = lock.lock().expect("gate");
+        drop(opened.wait_while(shut, |shut| *shut).expect("gate"));
+        self.kept.write(batch)
+    }
+
+    fn describe(&self) -> String {
+        "gated".into()
+    }
+}
+
 /// A head on `kept`'s store.
 fn start(config: &HeadConfig, kept: &Kept) -> Arc<Cluster> {
     Cluster::start_with(config, Some(Box::new(kept.clone()))).expect("a head on the kept store")
@@ -746,4 +778,46 @@ fn a_tenant_at_its_quota_holds_up_no_one_else() {
     assert_eq!(where_is(&cluster, &running).0, TaskState::Scheduled);
     assert_eq!(where_is(&cluster, &waiting[0]).0, TaskState::Queued, "q is at its quota");
     assert_eq!(where_is(&cluster, &theirs).0, TaskState::Scheduled, "b is not held up by q");
+}
+
+/// A call a worker announces is made once its `ToolCall` event is stored, not before: a
+/// head that crashed before the record never made it, and the worker's outbox, sending the
+/// event again to the restarted head, has it made once.
+#[test]
+fn a_call_is_made_once_its_announcement_is_stored() {
+    let mut config = config(0);
+    config.agents.push(AgentSpec {
+        name: "asker".into(),
+        model: "builtin:echo".into(),
+        tools: vec!["a".into()],
+        ..Default::default()
+    });
+    let store = Gated::default();
+    let cluster = Cluster::start_with(&config, Some(Box::new(store.clone()))).expect("head");
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 2, 3, &[]), String::new());
+    let new = NewTask { agent: "asker".into(), input: "q".into(), ..Default::default() };
+    let asker = cluster.submit(&op(), new, None).expect("submitted");
+    let children = || cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children.len();
+    store.set_shut(true);
+    let call = EventKind::ToolCall {
+        call_id: "c1".into(),
+        name: "a".into(),
+        arguments: r#"{"input": "x"}"#.into(),
+        traceparent: String::new(),
+        replayed: false,
+    };
+    cluster.worker_events(
+        "w1",
+        c,
+        vec![event(&asker, 1, EventKind::Working), event(&asker, 2, call)],
+    );
+    // Made at once, it would be a sub-task by now.
+    assert_eq!(children(), 0, "the call was made before its announcement was stored");
+    store.set_shut(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children() == 0 {
+        assert!(Instant::now() < deadline, "the call was not made once stored");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(children(), 1);
 }
