@@ -313,6 +313,9 @@ struct Said {
 impl Said {
     fn of(events: &[Arc<TaskEvent>]) -> Self {
         let mut said = Self::default();
+        // A result answers a call announced before it; one whose call was never announced
+        // (a call refused by a person before it was made) has no turn to answer.
+        let mut announced = std::collections::HashSet::new();
         for event in events {
             match &event.kind {
                 EventKind::TextDelta { text, .. } => {
@@ -321,11 +324,15 @@ impl Said {
                     }
                     said.text.push_str(text);
                 }
-                EventKind::ToolCall { call_id, name, arguments, .. } => said.calls.push(CallMade {
-                    id: call_id.clone(),
-                    name: name.clone(),
-                    arguments: arguments.clone(),
-                }),
+                EventKind::ToolCall { call_id, name, arguments, .. } => {
+                    announced.insert(call_id.as_str());
+                    said.calls.push(CallMade {
+                        id: call_id.clone(),
+                        name: name.clone(),
+                        arguments: arguments.clone(),
+                    });
+                }
+                EventKind::ToolResult { call_id, .. } if !announced.contains(call_id.as_str()) => {}
                 EventKind::ToolResult { call_id, output, is_error } => {
                     said.close();
                     said.turns.push(Turn {
@@ -472,6 +479,11 @@ mod tests {
         let steps = super::steps(&in_flight);
         assert_eq!(steps.len(), 3);
         assert_eq!((steps[2].content.as_str(), steps[2].tool_calls[0].id.as_str()), ("then", "c2"));
+        // A result of a call never announced (a person refused it) answers no turn.
+        let refused = [text("first"), result("c0"), call("c1"), result("c1")];
+        let steps = super::steps(&refused);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1].tool_call_id, "c1");
     }
 
     #[test]

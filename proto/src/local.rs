@@ -78,4 +78,11 @@ pub trait LocalHead: Send + Sync + 'static {
 
     /// The worker is leaving (or stopped); its running tasks are retried elsewhere.
     fn leave(&self, worker_id: &str, connection: u64, reason: &str);
+
+    /// Resolves once everything the head took so far is stored (at once without a store,
+    /// or when the store stopped): a worker waiting for its event to be on record waits
+    /// for this.
+    fn stored(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(futures::future::ready(()))
+    }
 }

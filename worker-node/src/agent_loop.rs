@@ -250,11 +250,18 @@ async fn rounds(
 ) -> Result<(Usage, String), EventKind> {
     let mut usage = Usage::default();
     let mut ids = CallIds::of(&run.task);
-    let Replayed { rounds: replayed, mut output } =
-        replay(run, toolbox, &mut messages, &mut ids, parent).await?;
+    // The client runs the calls of its own tools: none is recorded with a result here.
+    let Replayed { rounds: replayed, mut output } = if plan.client_runs_calls {
+        Replayed { rounds: 0, output: String::new() }
+    } else {
+        replay(run, toolbox, &mut messages, &mut ids, parent).await?
+    };
     if replayed > 0 {
         plan.tool_choice = ToolChoice::Auto;
     }
+    // A recorded turn is counted as a round; several calls of one round (a remote model's
+    // parallel calls) are turns of their own, so the retry keeps at least one round.
+    let replayed = replayed.min(MAX_TOOL_ROUNDS - 1);
     for round in replayed..=MAX_TOOL_ROUNDS {
         let request = plan.request(run, &messages);
         let mut span = spans::chat(parent, &run.spec, &plan.sampling, plan.raw_prompt);

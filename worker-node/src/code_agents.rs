@@ -7,9 +7,9 @@
 //! the agent's tools (each call and result shows in the task's events, as a model's would),
 //! ask its user, and publish on its topics.
 //!
-//! A retried task's code runs again from the start; its calls are answered from the lost
-//! attempts' record while they repeat it (Temporal's replay: the same tool with the same
-//! arguments, in the same order), so no finished call, question or publication is made twice.
+//! A retried task's code runs again from the start; a call that repeats one of the lost
+//! attempts' (the same tool with the same arguments) is answered from their record, as
+//! Temporal replays a workflow, so no finished call, question or publication is made twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -136,22 +136,24 @@ impl Recorded {
         )
     }
 
-    /// The recorded call that a call of `tool` with `arguments` repeats: the next one, when
-    /// it is the same tool with the same arguments. Otherwise the code took another path
-    /// than the lost attempt did, and nothing more is answered from the record.
+    /// The recorded call that a call of `tool` with `arguments` repeats: the oldest one not
+    /// yet repeated of the same tool with the same arguments. Calls that repeat none (the
+    /// code took another path, or a person refused the call before it was made) are made;
+    /// the record stays for the calls after them, in whatever order they come (calls
+    /// awaited together finish in any order).
     fn repeated(&mut self, tool: &str, arguments: &str) -> Option<RecordedCall> {
-        let next = self.0.front()?;
-        let same_arguments = || {
-            let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
-            next.made.arguments == arguments
-                || parse(&next.made.arguments).is_some_and(|a| Some(a) == parse(arguments))
+        let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+        let wanted = parse(arguments);
+        let same = |made: &CallMade| {
+            made.name == tool
+                && (made.arguments == arguments
+                    || (wanted.is_some() && parse(&made.arguments) == wanted))
         };
-        if next.made.name == tool && same_arguments() {
-            return self.0.pop_front();
+        let found = self.0.iter().position(|r| same(&r.made));
+        if found.is_none() && !self.0.is_empty() {
+            debug!(tool, "a call of the retried code repeats none of the record's");
         }
-        debug!(tool, recorded = %next.made.name, "the retried code left the recorded path");
-        self.0.clear();
-        None
+        self.0.remove(found?)
     }
 }
 
@@ -503,4 +505,51 @@ pub async fn run(run: TaskRun, host: CodeHost, history: Vec<ChatMessage>) -> Opt
     debug!(task_id = %run.task.task_id, "code agent's task ended");
     emit(&run.sink, &run.task, terminal).await;
     finished
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(role: &str, id: &str, name: &str, arguments: &str) -> Turn {
+        match role {
+            "tool" => Turn {
+                role: "tool".into(),
+                content: format!("result of {id}"),
+                tool_call_id: id.into(),
+                ..Turn::default()
+            },
+            _ => Turn {
+                role: "assistant".into(),
+                tool_calls: vec![CallMade {
+                    id: id.into(),
+                    name: name.into(),
+                    arguments: arguments.into(),
+                }],
+                ..Turn::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_repeated_call_is_answered_from_the_record_in_any_order_and_others_are_made() {
+        let steps = [
+            step("assistant", "c1", "count", r#"{"n": 1}"#),
+            step("tool", "c1", "", ""),
+            step("assistant", "c2", "count", r#"{"n": 2}"#),
+            step("tool", "c2", "", ""),
+            step("assistant", "c3", "pay", "{}"),
+        ];
+        let mut recorded = Recorded::of(&steps);
+        // Calls awaited together finish in another order; the same JSON written otherwise.
+        let second = recorded.repeated("count", r#"{"n":2}"#).expect("c2");
+        assert_eq!(second.result.map(|r| r.output), Some("result of c2".into()));
+        // A call the lost attempt did not make is made, and the record stays.
+        assert!(recorded.repeated("count", r#"{"n": 9}"#).is_none());
+        assert_eq!(recorded.repeated("count", r#"{"n": 1}"#).map(|r| r.made.id), Some("c1".into()));
+        assert!(recorded.repeated("count", r#"{"n": 1}"#).is_none(), "answered once");
+        // In flight when the attempt was lost: no result.
+        let in_flight = recorded.repeated("pay", "{}").expect("c3");
+        assert!(in_flight.result.is_none());
+    }
 }

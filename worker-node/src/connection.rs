@@ -161,8 +161,7 @@ async fn run_in_process(
 
 /// Hands a connection's task events to the in-process head in batches, until every sender
 /// is gone (events of an old connection reach the head with its id, which it ignores).
-/// Whoever waits for an event to be stored hears once the head has taken it: head and
-/// worker are one process, so no worker crash outlives what the head took.
+/// Whoever waits for an event to be stored hears once the head's store has it.
 async fn forward_events(
     head: Arc<dyn LocalHead>,
     worker_id: String,
@@ -180,8 +179,15 @@ async fn forward_events(
             })
             .collect();
         head.events(&worker_id, connection, events);
-        for stored in waiting.drain(..) {
-            let _ = stored.send(());
+        if !waiting.is_empty() {
+            let (stored, waiters) = (head.stored(), std::mem::take(&mut waiting));
+            // Off this loop: the next events go up while these are being stored.
+            tokio::spawn(async move {
+                stored.await;
+                for waiter in waiters {
+                    let _ = waiter.send(());
+                }
+            });
         }
     }
 }

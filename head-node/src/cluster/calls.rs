@@ -246,6 +246,7 @@ pub(super) fn take_back_slot(state: &mut State, caller: &TaskId) {
 
 /// A tool call a worker announced, for the head to run as a sub-task or send to the process
 /// hosting the tool.
+#[derive(Clone)]
 pub(super) struct ToolCallSeen {
     pub caller: TaskId,
     pub call_id: String,

@@ -52,6 +52,7 @@ impl Cluster {
         if !state.orphans.is_empty() {
             state.orphans_until = Some(Instant::now() + REJOIN_GRACE + config.worker_timeout);
         }
+        state.worker_stored.extend(restored.workers.iter().cloned());
         state.worker_seqs.extend(restored.workers);
         state.stored_push = restored.push;
         state.conversations.restore(restored.conversations);
@@ -119,25 +120,31 @@ impl Cluster {
             }
         }
         if !state.calls_to_route.is_empty() {
-            let stored = |call: &(u64, u32, ToolCallSeen)| {
-                commit.tasks.iter().any(|(id, seq)| *id == call.2.caller && call.0 <= *seq)
-            };
-            let (due, waiting) = std::mem::take(&mut state.calls_to_route)
-                .into_iter()
-                .partition::<Vec<_>, _>(stored);
-            state.calls_to_route = waiting;
-            for (_, attempt, call) in due {
-                // Only for the attempt that made it: a retry since makes its own calls.
-                let current = state
-                    .tasks
-                    .get(call.caller.as_str())
-                    .is_some_and(|t| t.attempt == attempt && !t.state.is_terminal());
-                if current {
-                    route_call(state, &self.limits, call);
+            let mut due = Vec::new();
+            let tasks = &state.tasks;
+            state.calls_to_route.retain(|(seq, attempt, call)| {
+                // Only for the attempt that made it (a retry since makes its own calls), and
+                // dropped with its task.
+                let Some(task) = tasks.get(call.caller.as_str()) else { return false };
+                if task.attempt != *attempt || task.state.is_terminal() {
+                    return false;
                 }
+                let stored = task.durable >= *seq;
+                if stored {
+                    due.push(call.clone());
+                }
+                !stored
+            });
+            for call in due {
+                route_call(state, &self.limits, call);
             }
         }
         for (worker, (incarnation, up_to)) in commit.workers {
+            super::membership::remember_mark(
+                &mut state.worker_stored,
+                &worker,
+                (incarnation, up_to),
+            );
             if let Some(w) = state.workers.get(&worker)
                 && w.registration.incarnation == incarnation
             {

@@ -31,6 +31,14 @@ impl Cluster {
             Some(&(known, _)) if known == incarnation && incarnation != 0
         );
         let resume_after = match state.worker_seqs.get(&id) {
+            // Taken is not yet stored: the worker keeps what a crash could still lose (it
+            // is acknowledged once stored; sent again, it is not applied twice).
+            Some(_) if same_process && state.tasks.journal().is_some() => {
+                match state.worker_stored.get(&id) {
+                    Some(&(known, stored)) if known == incarnation => stored,
+                    _ => 0,
+                }
+            }
             Some(&(_, applied)) if same_process => applied,
             _ => {
                 remember_worker_seq(state, &id, (incarnation, 0));
@@ -214,9 +222,12 @@ impl Cluster {
                         traceparent: traceparent.clone(),
                     };
                     let seq = task.push(event.kind, event.timestamp_us).seq;
-                    match &journal {
-                        Some(_) => state.calls_to_route.push((seq, event.attempt, call)),
-                        None => calls.push(call),
+                    // A hosted function is called once its announcement is on record. An agent
+                    // called is a sub-task, stored with the announcement in one commit.
+                    if journal.is_some() && state.tools.contains(&call.name) {
+                        state.calls_to_route.push((seq, event.attempt, call));
+                    } else {
+                        calls.push(call);
                     }
                 }
                 _ => {
@@ -296,11 +307,20 @@ impl Cluster {
 
 /// Remembers a worker's event numbers (bounded: the oldest go when it is full).
 fn remember_worker_seq(state: &mut State, worker: &str, mark: (u64, u64)) {
-    if state.worker_seqs.len() >= MAX_WORKER_SEQS && !state.worker_seqs.contains_key(worker) {
-        let Some(any) = state.worker_seqs.keys().next().cloned() else { return };
-        state.worker_seqs.remove(&any);
+    remember_mark(&mut state.worker_seqs, worker, mark);
+}
+
+/// Keeps a worker's mark in `marks`, at most [`MAX_WORKER_SEQS`] workers.
+pub(super) fn remember_mark(
+    marks: &mut HashMap<String, (u64, u64)>,
+    worker: &str,
+    mark: (u64, u64),
+) {
+    if marks.len() >= MAX_WORKER_SEQS && !marks.contains_key(worker) {
+        let Some(any) = marks.keys().next().cloned() else { return };
+        marks.remove(&any);
     }
-    state.worker_seqs.insert(worker.to_owned(), mark);
+    marks.insert(worker.to_owned(), mark);
 }
 
 /// Whether a task's current attempt never reached `worker_id`, whose same process rejoined

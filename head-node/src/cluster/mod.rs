@@ -108,14 +108,19 @@ struct State {
     topics: TopicRelays,
     /// Tools client processes host, and their calls waiting for answers.
     tools: HostedTools,
-    /// Tool calls announced by workers, routed once their `ToolCall` events are stored
-    /// (with a store): a call is made only once it is on record, so a head restarted
-    /// before the record never made it, and a worker sending the event again after the
-    /// restart does not make it twice. Each with its event's number and attempt.
+    /// Calls of hosted functions announced by workers, sent to their hosts once their
+    /// `ToolCall` events are stored (with a store): a call is made only once it is on
+    /// record, so a head restarted before the record never made it, and a worker sending
+    /// the event again after the restart does not make it twice. Each with its event's
+    /// number and attempt.
     calls_to_route: Vec<(u64, u32, ToolCallSeen)>,
     /// Each worker's incarnation and the number of the last of its events applied: a
     /// rejoining worker sends the ones after it again (see the worker's outbox).
     worker_seqs: HashMap<String, (u64, u64)>,
+    /// Each worker's incarnation and the number of the last of its events on record (with
+    /// a store): a rejoining worker keeps, and sends again, the events after it, which the
+    /// head may have taken but a crash could still lose.
+    worker_stored: HashMap<String, (u64, u64)>,
     /// Tasks that ran on a worker when the head restarted, by worker, until it rejoins
     /// (and they are adopted) or `orphans_until` passes (and they are retried).
     orphans: HashMap<String, Vec<TaskId>>,
@@ -231,6 +236,7 @@ impl Cluster {
                 topics: TopicRelays::default(),
                 tools: HostedTools::default(),
                 worker_seqs: HashMap::new(),
+                worker_stored: HashMap::new(),
                 orphans: HashMap::new(),
                 orphans_until: None,
                 lease: None,
@@ -320,6 +326,16 @@ impl LocalHead for Cluster {
 
     fn leave(&self, worker_id: &str, connection: u64, reason: &str) {
         self.worker_lost(worker_id, connection, reason);
+    }
+
+    fn stored(&self) -> futures::future::BoxFuture<'static, ()> {
+        let barrier = self.state.lock().tasks.journal().map(crate::store::Journal::stored);
+        Box::pin(async move {
+            if let Some(barrier) = barrier {
+                // An error: the store stopped, and nothing more will be stored.
+                let _ = barrier.await;
+            }
+        })
     }
 }
 

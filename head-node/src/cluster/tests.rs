@@ -780,29 +780,36 @@ fn a_tenant_at_its_quota_holds_up_no_one_else() {
     assert_eq!(where_is(&cluster, &theirs).0, TaskState::Scheduled, "b is not held up by q");
 }
 
-/// A call a worker announces is made once its `ToolCall` event is stored, not before: a
-/// head that crashed before the record never made it, and the worker's outbox, sending the
-/// event again to the restarted head, has it made once.
+/// A hosted function's call a worker announces is made once its `ToolCall` event is
+/// stored, not before: a head that crashed before the record never made it, and the
+/// worker's outbox, sending the event again to the restarted head, has it made once.
 #[test]
-fn a_call_is_made_once_its_announcement_is_stored() {
+fn a_hosted_call_is_made_once_its_announcement_is_stored() {
     let mut config = config(0);
     config.agents.push(AgentSpec {
         name: "asker".into(),
         model: "builtin:echo".into(),
-        tools: vec!["a".into()],
+        tools: vec!["lookup".into()],
         ..Default::default()
     });
     let store = Gated::default();
     let cluster = Cluster::start_with(&config, Some(Box::new(store.clone()))).expect("head");
+    let (host, _calls) = cluster.host_tools(&op()).expect("a host");
+    let lookup = fleet_proto::FunctionTool {
+        name: "lookup".into(),
+        parameters: r#"{"type":"object"}"#.into(),
+        ..Default::default()
+    };
+    host.register(vec![lookup]).expect("registered");
     let (c, _rx, _) = cluster.worker_joined(registration("w1", 2, 3, &[]), String::new());
     let new = NewTask { agent: "asker".into(), input: "q".into(), ..Default::default() };
     let asker = cluster.submit(&op(), new, None).expect("submitted");
-    let children = || cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children.len();
+    let sent = || cluster.state.lock().tools.counts().1;
     store.set_shut(true);
     let call = EventKind::ToolCall {
         call_id: "c1".into(),
-        name: "a".into(),
-        arguments: r#"{"input": "x"}"#.into(),
+        name: "lookup".into(),
+        arguments: "{}".into(),
         traceparent: String::new(),
         replayed: false,
     };
@@ -811,13 +818,41 @@ fn a_call_is_made_once_its_announcement_is_stored() {
         c,
         vec![event(&asker, 1, EventKind::Working), event(&asker, 2, call)],
     );
-    // Made at once, it would be a sub-task by now.
-    assert_eq!(children(), 0, "the call was made before its announcement was stored");
+    // Made at once, it would be waiting for its host's answer by now.
+    assert_eq!(sent(), 0, "the call was made before its announcement was stored");
     store.set_shut(false);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while children() == 0 {
+    while sent() == 0 {
         assert!(Instant::now() < deadline, "the call was not made once stored");
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(children(), 1);
+    assert_eq!(sent(), 1);
+    assert!(cluster.state.lock().calls_to_route.is_empty());
+}
+
+/// A worker that rejoins resumes after its last event on record, not the last one the head
+/// took: it keeps (and sends again) what a crash of the head could still lose.
+#[test]
+fn a_rejoining_worker_resumes_after_its_events_on_record() {
+    let store = Gated::default();
+    let cluster = Cluster::start_with(&config(0), Some(Box::new(store.clone()))).expect("head");
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 2, 9, &[]), String::new());
+    let t = task(&cluster, "one");
+    cluster.worker_events("w1", c, vec![event(&t, 1, EventKind::Working)]);
+    let stored = || cluster.state.lock().worker_stored.get("w1").copied();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored() != Some((9, 1)) {
+        assert!(Instant::now() < deadline, "event 1 was not stored: {:?}", stored());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    store.set_shut(true);
+    cluster.worker_events("w1", c, vec![event(&t, 2, EventKind::text("x"))]);
+    let (c, _rx, resume) =
+        cluster.worker_joined(registration("w1", 2, 9, &[(&t, 1)]), String::new());
+    assert_eq!(resume, 1, "event 2 was taken, not stored: the worker must keep it");
+    // Sent again, it is not applied twice.
+    cluster.worker_events("w1", c, vec![event(&t, 2, EventKind::text("x"))]);
+    store.set_shut(false);
+    let events = cluster.task(&op(), t.as_str()).expect("task").events;
+    assert_eq!(events, 4, "Submitted, Scheduled, Working and the text once");
 }

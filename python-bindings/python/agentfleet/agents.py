@@ -47,9 +47,9 @@ the process; on a running cluster, Python workers host those of the modules they
 (``python -m agentfleet worker --head URL --import mypkg.agents``), and the head places
 their tasks only there. An exception fails the task with ``"TypeName: message"``; a
 worker lost mid-task means the task runs again elsewhere, like any agent's. The code runs
-again from the start, and its calls are answered from the lost attempt's record while
-they repeat it (the same tool or agent with the same arguments, in the same order): a
-finished call, question or publication is not made twice (``task.attempt`` says which
+again from the start, and a call that repeats one of the lost attempt's (the same tool or
+agent with the same arguments) is answered from its record: a finished call, question or
+publication is not made twice (``task.attempt`` says which
 attempt runs). A call that was in flight when the worker died is made again, unless its
 tool is ``idempotent=False`` (or in the agent's ``call_once``): then the task fails.
 """
