@@ -189,6 +189,7 @@ pub fn event(event: &TaskEvent) -> String {
             format!("retrying after attempt {failed_attempt}: {reason}")
         }
         EventKind::Embeddings { vectors } => format!("{} embeddings", vectors.len()),
+        EventKind::StateSaved { state } => format!("state saved ({} bytes)", state.len()),
         EventKind::Artifact(a) => {
             let name = if a.name.is_empty() { &a.id } else { &a.name };
             match &a.part {

@@ -42,9 +42,9 @@ pub use fleet_proto::local::LocalConnector;
 pub use fleet_proto::pb;
 pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, WorkerStatus};
 pub use fleet_proto::{
-    AgentSpec, Artifact, ArtifactPart, DEFAULT_MAX_RETRIES, ErrorKind, EventKind, FilePart,
-    FunctionTool, McpServer, OutputFormat, Resources, Sampling, TaskEvent, TaskId, TaskOptions,
-    TaskState, Turn, Usage,
+    ActorState, AgentSpec, Artifact, ArtifactPart, DEFAULT_MAX_RETRIES, ErrorKind, EventKind,
+    FilePart, FunctionTool, McpServer, OutputFormat, Resources, Sampling, TaskEvent, TaskId,
+    TaskOptions, TaskState, Turn, Usage,
 };
 pub use fleet_proto::{PYTHON_PREFIX, Reply, ToolInvocation};
 pub use outcome::TaskOutcome;

@@ -325,6 +325,15 @@ pub fn validate(spec: &AgentSpec) -> Result<()> {
             spec.model
         ));
     }
+    if spec.actor_state != fleet_proto::ActorState::None
+        && !spec.model.starts_with(fleet_proto::PYTHON_PREFIX)
+    {
+        return bad(format!(
+            "agent {:?} keeps actor state, which is a Python agent's (ctx.state): give it a \
+             model python:NAME, or no state",
+            spec.name
+        ));
+    }
     if spec.model.strip_prefix(OPENAI_PREFIX).is_some_and(|m| m.trim().is_empty()) {
         return bad(format!(
             "model {:?} names no remote model: write openai:MODEL, e.g. \"openai:gpt-4o-mini\"",

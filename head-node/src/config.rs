@@ -270,6 +270,10 @@ pub struct AgentTable {
     /// Tools a retried task never calls twice for one step (not idempotent).
     #[serde(default)]
     pub call_once: Vec<String>,
+    /// A Python agent's stored state (`ctx.state`): "agent" (one per agent) or "context"
+    /// (one per conversation); unset: none.
+    #[serde(default)]
+    pub state: StateTable,
     /// The agent may ask the client questions (the built-in `ask_user` tool).
     #[serde(default)]
     pub ask_user: bool,
@@ -331,6 +335,16 @@ pub struct SamplingTable {
     pub thinking: Option<bool>,
 }
 
+/// What a Python agent's stored state belongs to, as the config file names it.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StateTable {
+    #[default]
+    None,
+    Agent,
+    Context,
+}
+
 impl From<AgentTable> for AgentSpec {
     fn from(t: AgentTable) -> Self {
         let model_options = t
@@ -386,6 +400,11 @@ impl From<AgentTable> for AgentSpec {
             tenant: t.tenant,
             public: t.public,
             call_once: t.call_once,
+            actor_state: match t.state {
+                StateTable::None => fleet_proto::ActorState::None,
+                StateTable::Agent => fleet_proto::ActorState::PerAgent,
+                StateTable::Context => fleet_proto::ActorState::PerContext,
+            },
         }
     }
 }

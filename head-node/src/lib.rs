@@ -14,7 +14,8 @@
 //!   and asks the [`scheduler`] where each task goes (and, for workers on the mesh, where
 //!   an agent to call runs); [`topics`] relays the mesh's topics to clients; [`store`]
 //!   keeps tasks, their event logs and registered agents across restarts (in a file, or
-//!   in PostgreSQL shared by a leader and standbys: `leader`);
+//!   in PostgreSQL shared by a leader and standbys: `leader`), with the [`conversations`]
+//!   of contexts and the [`actor_state`] of Python agents' actors;
 //! - [`http`] serves `/healthz`, `metrics` (Prometheus, `/metrics`) and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), [`openai`], the OpenAI-compatible
 //!   API (`/v1/models`, `/v1/chat/completions`, `/v1/responses`, `/v1/completions`,
@@ -27,6 +28,7 @@
 //! The head never runs models: it does not link candle.
 
 pub mod a2a;
+pub mod actor_state;
 pub mod agents;
 pub mod api;
 pub mod auth;

@@ -245,6 +245,11 @@ impl From<LoadedModel> for pb::LoadedModel {
 
 impl From<pb::AgentSpec> for AgentSpec {
     fn from(s: pb::AgentSpec) -> Self {
+        let actor_state = match s.actor_state() {
+            pb::ActorState::None => ActorState::None,
+            pb::ActorState::PerAgent => ActorState::PerAgent,
+            pb::ActorState::PerContext => ActorState::PerContext,
+        };
         Self {
             name: s.name,
             model: s.model,
@@ -266,6 +271,7 @@ impl From<pb::AgentSpec> for AgentSpec {
             tenant: s.tenant,
             public: s.public,
             call_once: s.call_once,
+            actor_state,
         }
     }
 }
@@ -382,6 +388,12 @@ impl From<&AgentSpec> for pb::AgentSpec {
             tenant: s.tenant.clone(),
             public: s.public,
             call_once: s.call_once.clone(),
+            actor_state: match s.actor_state {
+                ActorState::None => pb::ActorState::None,
+                ActorState::PerAgent => pb::ActorState::PerAgent,
+                ActorState::PerContext => pb::ActorState::PerContext,
+            }
+            .into(),
         }
     }
 }
@@ -532,6 +544,9 @@ impl From<&EventKind> for pb::task_event::Kind {
                     ArtifactPart::Data(json) => pb::artifact::Part::DataJson(json.clone()),
                 }),
             }),
+            EventKind::StateSaved { state } => {
+                K::StateSaved(pb::StateSaved { state: state.to_string() })
+            }
         }
     }
 }
@@ -548,6 +563,7 @@ impl From<pb::task_event::Kind> for EventKind {
                 logprobs: e.logprobs.into_iter().map(Into::into).collect(),
             },
             K::ReasoningDelta(e) => Self::ReasoningDelta { text: e.text },
+            K::StateSaved(e) => Self::StateSaved { state: e.state.into() },
             K::ToolCall(e) => Self::ToolCall {
                 call_id: e.call_id,
                 name: e.name,
@@ -771,6 +787,10 @@ impl From<&Command> for pb::Command {
                 traceparent: t.traceparent.clone(),
                 conversation: t.conversation.iter().map(Into::into).collect(),
                 steps: t.steps.iter().map(Into::into).collect(),
+                actor: t
+                    .actor
+                    .as_ref()
+                    .map(|a| pb::StoredState { state: a.state.to_string(), version: a.version }),
             }),
             Command::CancelTask { task_id, reason } => Kind::CancelTask(pb::CancelTask {
                 task_id: task_id.as_str().to_owned(),
@@ -838,6 +858,7 @@ impl TryFrom<pb::Command> for Command {
                 traceparent: t.traceparent,
                 conversation: t.conversation.into_iter().map(Into::into).collect(),
                 steps: t.steps.into_iter().map(Into::into).collect(),
+                actor: t.actor.map(|a| StoredState { state: a.state.into(), version: a.version }),
             }),
             Kind::CancelTask(c) => {
                 Command::CancelTask { task_id: TaskId::new(c.task_id), reason: c.reason }

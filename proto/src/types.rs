@@ -255,6 +255,34 @@ pub struct AgentSpec {
     /// Tools a retried task never calls twice for one step: a call sent when the worker
     /// was lost, whose result was not stored, fails the task instead of being made again.
     pub call_once: Vec<String>,
+    /// Whether the agent keeps actor state (`ctx.state`, Python agents) in the head's
+    /// store, and per what; such an agent runs one task per key at a time.
+    pub actor_state: ActorState,
+}
+
+/// What a Python agent's stored state (`ctx.state`) belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActorState {
+    /// No stored state; tasks run concurrently.
+    #[default]
+    None,
+    /// One state for the agent (per tenant): its tasks run one at a time.
+    PerAgent,
+    /// One state per conversation: a conversation's tasks run one at a time; a task
+    /// without a context starts from an empty state that is not stored.
+    PerContext,
+}
+
+/// The most bytes one actor's state (its JSON) may hold.
+pub const MAX_ACTOR_STATE_BYTES: usize = 256 << 10;
+
+/// An actor's stored state, handed with its key's next task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredState {
+    /// A JSON object (`{}` before the first save).
+    pub state: std::sync::Arc<str>,
+    /// How many saves made it (0: none yet).
+    pub version: u64,
 }
 
 /// How long a task waits for an answer or an approval unless its agent says.
@@ -283,6 +311,7 @@ impl Default for AgentSpec {
             tenant: Default::default(),
             public: Default::default(),
             call_once: Default::default(),
+            actor_state: Default::default(),
         }
     }
 }
@@ -663,6 +692,11 @@ pub enum EventKind {
     },
     /// A file or JSON data the agent returns beside its text (shared: it may be large).
     Artifact(Arc<Artifact>),
+    /// The actor state (`ctx.state`, a JSON object) the task stored for its key's next
+    /// task: before its `Completed`, and when its code saves.
+    StateSaved {
+        state: Arc<str>,
+    },
 }
 
 /// A file or JSON data an agent returns beside its text answer.
@@ -733,7 +767,8 @@ impl EventKind {
             | Self::ToolCall { .. }
             | Self::ToolResult { .. }
             | Self::Embeddings { .. }
-            | Self::Artifact(_) => None,
+            | Self::Artifact(_)
+            | Self::StateSaved { .. } => None,
         }
     }
 
@@ -764,6 +799,7 @@ impl EventKind {
                 vectors.iter().map(|v| v.len() * 4 + std::mem::size_of::<Vec<f32>>()).sum()
             }
             Self::Artifact(artifact) => artifact.size(),
+            Self::StateSaved { state } => state.len(),
             Self::Working | Self::Completed { .. } => 0,
         }
     }
@@ -940,6 +976,9 @@ pub struct TaskAssignment {
     /// results), for the attempt to go on from; the last assistant turn may hold calls
     /// that were sent but have no result.
     pub steps: Vec<Turn>,
+    /// The actor state the task starts from (agents with `actor_state`; none for the
+    /// others, and for a per-context agent's task without a context).
+    pub actor: Option<StoredState>,
 }
 
 /// What the head tells a worker to do.

@@ -47,6 +47,8 @@ enum Out {
     /// A call of the context starts: answered once the text before it is out, so the
     /// task's events keep the order in which the code did things.
     Barrier(oneshot::Sender<()>),
+    /// The actor's state as the code left it (JSON), saved before the run ends well.
+    State(String),
     Done(CodeResult),
 }
 
@@ -143,9 +145,10 @@ impl AgentHost {
     }
 
     /// The next runs and cancellations, at least one (waits): `("run", run, program, agent,
-    /// task_id, context_id, attempt, input, history, instructions, files)` with `history` a
-    /// list of `(role, content)` and `files` of `(name, media_type, data, url)`, or
-    /// `("cancel", run)`; `None` once the host is closed.
+    /// task_id, context_id, attempt, input, history, instructions, files, state)` with
+    /// `history` a list of `(role, content)`, `files` of `(name, media_type, data, url)` and
+    /// `state` the actor's stored state as JSON (None: the task keeps none), or `("cancel",
+    /// run)`; `None` once the host is closed.
     fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
         let batch = py.detach(|| {
             let mut commands = self.commands.lock();
@@ -194,6 +197,7 @@ impl AgentHost {
                             history.into_any(),
                             task.instructions.into_pyobject(py)?.into_any(),
                             files.into_any(),
+                            task.state.as_deref().into_pyobject(py)?.into_any(),
                         ],
                     )?
                 }
@@ -258,12 +262,24 @@ impl AgentHost {
         })
     }
 
-    /// Run `run` ended: well (`error` None) or failing with `error`.
-    #[pyo3(signature = (run, error=None))]
-    fn finish(&self, run: u64, error: Option<String>) {
+    /// Run `run` ended: well (`error` None, with the actor's `state` as JSON when it
+    /// changed) or failing with `error`.
+    #[pyo3(signature = (run, error=None, state=None))]
+    fn finish(&self, run: u64, error: Option<String>, state: Option<String>) {
         if let Some(running) = self.shared.runs.lock().get(&run) {
+            if let (None, Some(state)) = (&error, state) {
+                let _ = running.out.send(Out::State(state));
+            }
             let _ = running.out.send(Out::Done(error.map_or(Ok(()), Err)));
         }
+    }
+
+    /// Awaitable: stores the actor's `state` (JSON) for its key's next task; resolves once
+    /// the head has stored it.
+    fn save<'py>(&self, py: Python<'py>, run: u64, state: String) -> PyResult<Bound<'py, PyAny>> {
+        self.spawn(py, run, move |context| async move {
+            context.save_state(state, true).await.map_err(errors::InvalidArgument::new_err)
+        })
     }
 
     /// Awaitable: model `model`'s answer (text) to `messages` (`(role, content)` pairs).
@@ -440,6 +456,8 @@ impl CodeAgents for Agents {
                     Out::Barrier(reached) => {
                         let _ = reached.send(());
                     }
+                    // Saved before the run's end is reported: the head stores it first.
+                    Out::State(state) => context.save_state(state, false).await?,
                     Out::Done(result) => {
                         abandon.done = true;
                         return result;

@@ -8,7 +8,8 @@ use pyo3::types::{PyBytes, PyList};
 
 /// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
 /// reasoning_delta (a thinking model's reasoning, before and apart from its answer), tool_call, tool_result, embeddings, artifact, completed, failed, canceled,
-/// input_required, input_received, retrying.
+/// input_required, input_received, retrying, state_saved (a Python actor stored its
+/// `ctx.state`: `text` is the state's JSON).
 /// (An embeddings event's `text` only counts its vectors: `agent.embed` returns them.)
 #[pyclass(module = "agentfleet", frozen)]
 #[derive(Clone, Debug)]
@@ -185,6 +186,10 @@ impl From<&TaskEvent> for Event {
             EventKind::Retrying { reason, .. } => {
                 event.error.clone_from(reason);
                 "retrying"
+            }
+            EventKind::StateSaved { state } => {
+                event.text = state.to_string();
+                "state_saved"
             }
             EventKind::Artifact(artifact) => {
                 event.text =

@@ -447,8 +447,8 @@ impl Fleet {
         call_once: Vec<Bound<'_, PyAny>>,
     ) -> PyResult<Agent> {
         let this = slf.get();
-        let (name, model, description) = match name.extract::<String>() {
-            Ok(name) => (name, model, description),
+        let (name, model, description, actor_state) = match name.extract::<String>() {
+            Ok(name) => (name, model, description, fleet_client::ActorState::None),
             Err(_) => {
                 if model.is_some() {
                     return Err(PyValueError::new_err(
@@ -456,13 +456,18 @@ impl Fleet {
                          context (ctx.chat(model=...))",
                     ));
                 }
-                let (program, summary): (String, String) = py
+                let (program, summary, state): (String, String, String) = py
                     .import("agentfleet.agents")?
                     .call_method1("_definition", (name,))?
                     .extract()?;
                 let description = if description.is_empty() { summary } else { description };
                 let model = format!("{}{program}", fleet_client::PYTHON_PREFIX);
-                (program, Some(model), description)
+                let actor_state = match state.as_str() {
+                    "agent" => fleet_client::ActorState::PerAgent,
+                    "context" => fleet_client::ActorState::PerContext,
+                    _ => fleet_client::ActorState::None,
+                };
+                (program, Some(model), description, actor_state)
             }
         };
         // Agents' names stay; functions (and `af.tool`s) are hosted by this process first.
@@ -543,6 +548,7 @@ impl Fleet {
             tenant: String::new(),
             public: false,
             call_once,
+            actor_state,
         };
         runtime::block_on(
             py,

@@ -182,6 +182,8 @@ impl LocalCalls {
             traceparent: call.traceparent,
             conversation: Vec::new(),
             steps: Vec::new(),
+            // The head locates no agent that keeps actor state: its calls go through it.
+            actor: None,
         };
         let (sink, mut events) = mpsc::channel(CALL_EVENTS);
         let cancel = CancellationToken::new();

@@ -7,6 +7,10 @@
 //! the agent's tools (each call and result shows in the task's events, as a model's would),
 //! ask its user, and publish on its topics.
 //!
+//! An agent with `actor_state` gets its key's stored state with each task
+//! ([`CodeTask::state`]); the code saves it ([`CodeContext::save_state`]) when it asks to
+//! and, changed, when it ends well: the head keeps it for the key's next task.
+//!
 //! A retried task's code runs again from the start; a call that repeats one of the lost
 //! attempts' (the same tool with the same arguments) is answered from their record, as
 //! Temporal replays a workflow, so no finished call, question or publication is made twice.
@@ -54,6 +58,10 @@ pub struct CodeTask {
     pub instructions: String,
     /// Files given with the task (A2A file parts).
     pub files: Vec<fleet_proto::FilePart>,
+    /// The stored state of its actor (a JSON object), for an agent that keeps one; none
+    /// for others, and for a per-context agent's task without a context (its state starts
+    /// empty and is not stored).
+    pub state: Option<Arc<str>>,
 }
 
 /// How a code agent's run ended: `Err` carries what failed (the task fails with it).
@@ -418,6 +426,39 @@ impl CodeContext {
         outcome
     }
 
+    /// Stores `state` (the actor's state, a JSON object) for its key's next task: once
+    /// stored (`wait`: the call returns then), a crash after it keeps it. An error when the
+    /// task keeps no state, or the state is too big.
+    pub async fn save_state(&self, state: String, wait: bool) -> Result<(), String> {
+        if self.0.task.actor.is_none() {
+            return Err(format!(
+                "agent {} keeps no stored state for this task: register it from a Python agent \
+                 with state=True (and give the task a context_id, for per_context=True)",
+                self.0.spec.name
+            ));
+        }
+        if state.len() > fleet_proto::MAX_ACTOR_STATE_BYTES {
+            return Err(format!(
+                "the state is {} bytes as JSON, more than the {} KiB an actor keeps: keep less \
+                 in ctx.state",
+                state.len(),
+                fleet_proto::MAX_ACTOR_STATE_BYTES >> 10
+            ));
+        }
+        let saved = EventKind::StateSaved { state: state.into() };
+        if !wait {
+            emit(&self.0.sink, &self.0.task, saved).await;
+            return Ok(());
+        }
+        let stored = runner::emit_stored(&self.0.sink, &self.0.task, saved).await;
+        tokio::select! {
+            biased;
+            () = self.0.cancel.cancelled() => Err("canceled".into()),
+            done = stored => done.map_err(|_| "the head did not store the state: the task \
+                will run again elsewhere".to_owned()),
+        }
+    }
+
     /// Posts `message` on `topic`, one of the agent's topics (its `publish` tool).
     pub async fn publish(&self, topic: &str, message: &str) -> ToolOutcome {
         let arguments = serde_json::json!({ "topic": topic, "message": message }).to_string();
@@ -461,6 +502,7 @@ pub async fn run(run: TaskRun, host: CodeHost, history: Vec<ChatMessage>) -> Opt
         history,
         instructions: run.spec.instructions.clone(),
         files: run.task.options.as_ref().map(|o| o.files.clone()).unwrap_or_default(),
+        state: run.task.actor.as_ref().map(|a| a.state.clone()),
     };
     let context = CodeContext(Arc::new(Shared {
         host: host.clone(),

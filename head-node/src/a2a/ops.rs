@@ -428,6 +428,7 @@ fn updates(
                 | EventKind::Scheduled { .. }
                 | EventKind::ToolCall { .. }
                 | EventKind::ToolResult { .. }
+                | EventKind::StateSaved { .. }
                 | EventKind::Embeddings { .. } => continue,
             };
             let ends = render::ends_stream(info.state);

@@ -117,6 +117,13 @@ pub(super) fn locate_in(
         Ok(entry) => entry.spec.clone(),
         Err(e) => return Err(e.to_string()),
     };
+    if spec.actor_state != fleet_proto::ActorState::None {
+        return Err(format!(
+            "agent {agent} keeps actor state (ctx.state), whose tasks the head runs one per key \
+             at a time: it is not called over the mesh; call it from an agent on a worker \
+             without --mesh, or from a client"
+        ));
+    }
     // The caller's context id, already the worker's (see `lifecycle::worker_context`).
     let context = (!context_id.is_empty())
         .then(|| state.context_workers.get(&(agent.to_owned(), context_id.to_owned())).cloned())

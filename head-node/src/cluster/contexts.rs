@@ -41,9 +41,9 @@ impl Cluster {
         Ok(record)
     }
 
-    /// Deletes the conversation of `context_id` with `agent` (with every agent when empty);
-    /// returns how many there were, once the deletion is stored: a head started again does
-    /// not bring them back.
+    /// Deletes the conversation of `context_id` with `agent` (with every agent when empty),
+    /// and the per-context actor states of the context; returns how many conversations there
+    /// were, once the deletion is stored: a head started again does not bring them back.
     pub async fn delete_conversations(
         &self,
         who: &Principal,
@@ -73,8 +73,11 @@ impl Cluster {
                 }
             }
             let deleted = changes.len();
+            // The context's actor states go with it.
+            let states = state.actors.delete_context(who.tenant(), context_id, agent);
             if let Some(journal) = state.tasks.journal() {
                 journal.conversations(changes);
+                journal.actors(states);
             }
             deleted
         };

@@ -44,8 +44,14 @@ impl Cluster {
         for id in open {
             let Some(task) = state.tasks.get(id.as_str()) else { continue };
             match task.worker.clone() {
-                // Its worker may still run it: it claims it when it rejoins.
-                Some(worker) => state.orphans.entry(worker).or_default().push(id),
+                // Its worker may still run it: it claims it when it rejoins. Its actor's key
+                // is still its own.
+                Some(worker) => {
+                    if let Some(key) = actor_key(state, task) {
+                        state.actors.hold(key, &id);
+                    }
+                    state.orphans.entry(worker).or_default().push(id);
+                }
                 None => enqueue(state, id),
             }
         }
@@ -56,6 +62,7 @@ impl Cluster {
         state.worker_seqs.extend(restored.workers);
         state.stored_push = restored.push;
         state.conversations.restore(restored.conversations);
+        state.actors.restore(restored.actors);
         info!(agents, tasks, unfinished = open_count, "state restored from the store");
         Ok(())
     }

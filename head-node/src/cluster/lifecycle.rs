@@ -111,6 +111,11 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         worker.warm.touch(&prefixes);
     }
     place_actor(worker, &spec, agent.version, &state.tools);
+    let actor = crate::actor_state::key_of(&spec, &task.tenant, &task.context_id).map(|key| {
+        let stored = state.actors.state(&key);
+        state.actors.hold(key, id);
+        stored
+    });
     agent.running += 1;
     worker.running.insert(id.clone());
     *worker.running_per_agent.entry(spec.name.clone()).or_default() += 1;
@@ -119,7 +124,8 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     task.reserved = spec.resources;
     task.worker = Some(worker_id.to_owned());
     state.queue.served(&task.tenant);
-    let _ = worker.commands.send(Command::RunTask(assignment(id, task, &state.conversations)));
+    let _ =
+        worker.commands.send(Command::RunTask(assignment(id, task, &state.conversations, actor)));
     traced::scheduled(task, worker_id);
     task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
     if !task.context_id.is_empty() {
@@ -135,11 +141,12 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
 }
 
 /// The command that runs a task's current attempt on a worker, with its conversation so
-/// far.
+/// far and the state of its actor.
 pub(super) fn assignment(
     id: &TaskId,
     task: &TaskEntry,
     conversations: &crate::conversations::Conversations,
+    actor: Option<fleet_proto::StoredState>,
 ) -> TaskAssignment {
     let conversation = if keeps_conversation(task) {
         conversations.turns(&conversation_key(task))
@@ -158,6 +165,46 @@ pub(super) fn assignment(
         conversation,
         // A retry goes on from what the lost attempts recorded, calling no tool twice.
         steps: if task.attempt > 1 { task.recorded_steps() } else { Vec::new() },
+        actor,
+    }
+}
+
+/// The key of a task's actor, when its agent keeps state (see `crate::actor_state`).
+pub(super) fn actor_key(state: &State, task: &TaskEntry) -> Option<Key> {
+    let agent = state.agents.get(&task.agent).ok()?;
+    crate::actor_state::key_of(&agent.spec, &task.tenant, &task.context_id)
+}
+
+/// The task other than `id` that holds `key` now: placed or woken, and not ended.
+pub(super) fn actor_holder(state: &State, key: &Key, id: Option<&TaskId>) -> Option<TaskId> {
+    let holder = state.actors.holder(key)?;
+    let live = state.tasks.get(holder.as_str()).is_some_and(|t| !t.state.is_terminal());
+    (live && Some(holder) != id).then(|| holder.clone())
+}
+
+/// Whether `holder` is among the tasks that called `id` (through agent calls): `id` waiting
+/// for it would wait forever.
+fn called_by(state: &State, id: &TaskId, holder: &TaskId) -> bool {
+    let parent_of = |t: &TaskId| {
+        state.tasks.get(t.as_str()).and_then(|t| t.parent.as_ref()).map(|p| p.0.clone())
+    };
+    let mut at = parent_of(id);
+    for _ in 0..=MAX_TOOL_DEPTH {
+        match at {
+            Some(p) if &p == holder => return true,
+            Some(p) => at = parent_of(&p),
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The key task `id` held is free: the next task parked for it is woken (to the front of
+/// its tenant's line) and holds it from now on, so the key's tasks go in order.
+fn let_go_of_actor(state: &mut State, id: &TaskId) {
+    let Some(key) = state.actors.let_go(id) else { return };
+    if let Some(next) = state.queue.wake(&key.stored()) {
+        state.actors.hold(key, &next);
     }
 }
 
@@ -223,6 +270,7 @@ pub(super) fn cancel_in(state: &mut State, id: &TaskId, reason: &str) {
 /// Retires a task that reached `final_state`: a task some agent called as a tool answers
 /// it, and the tasks it called itself are no longer needed.
 pub(super) fn ended(state: &mut State, id: &TaskId, final_state: TaskState) {
+    let_go_of_actor(state, id);
     let Some(task) = state.tasks.get(id.as_str()) else { return };
     for child in task.children.clone() {
         cancel_in(state, &child, "the task that called it ended");
@@ -389,6 +437,28 @@ fn place_one_of(state: &mut State, tenant: &str) -> bool {
         if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
             index += 1;
             waited += 1;
+            continue;
+        }
+        // One task of an actor's key at a time: the others wait parked, off the line.
+        if let Some(key) = crate::actor_state::key_of(&spec, &task.tenant, &task.context_id)
+            && let Some(holder) = actor_holder(state, &key, Some(&id))
+        {
+            let task_tenant = task.tenant.clone();
+            state.queue.take(tenant, index);
+            waited += 1;
+            if called_by(state, &id, &holder) {
+                let error = format!(
+                    "agent {} keeps its state per {}, and task {holder}, which called this \
+                     one, holds that state: an actor's task cannot call its own actor (it \
+                     would wait for itself); call it with another context, or do the work in \
+                     the same task",
+                    spec.name,
+                    if key.context_id.is_empty() { "agent" } else { "conversation" },
+                );
+                finish(state, &id, EventKind::failed(ErrorKind::InvalidRequest, error));
+            } else {
+                state.queue.park(key.stored(), &task_tenant, id);
+            }
             continue;
         }
         let context = context_worker(state, &task.agent, &task.tenant, &task.context_id);

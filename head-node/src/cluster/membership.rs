@@ -209,6 +209,27 @@ impl Cluster {
                     finish(state, &event.task_id, event.kind);
                     freed = true;
                 }
+                EventKind::StateSaved { state: saved } => {
+                    let saved = saved.clone();
+                    let key = state.agents.get(&task.agent).ok().and_then(|a| {
+                        crate::actor_state::key_of(&a.spec, &task.tenant, &task.context_id)
+                    });
+                    task.push(event.kind, event.timestamp_us);
+                    // A task without a key (no context) starts from an empty state each time.
+                    let Some(key) = key else { continue };
+                    match state.actors.save(&key, event.task_id.as_str(), saved, now_us()) {
+                        Ok(change) => {
+                            if let Some(journal) = state.tasks.journal() {
+                                journal.actors(vec![change]);
+                            }
+                        }
+                        Err(refused) => {
+                            let failed = EventKind::failed(ErrorKind::InvalidRequest, refused);
+                            finish(state, &event.task_id, failed);
+                            freed = true;
+                        }
+                    }
+                }
                 // Hosted tools are the head's to call for workers on the mesh too.
                 // A replayed call was made (and answered) by an earlier attempt.
                 EventKind::ToolCall { call_id, name, arguments, traceparent, replayed: false }
@@ -353,7 +374,11 @@ fn send_again(state: &mut State, id: &TaskId, worker_id: &str) {
     };
     let Ok(agent) = state.agents.get(&task.agent) else { return };
     place_actor(worker, &agent.spec, agent.version, &state.tools);
-    let _ = worker.commands.send(Command::RunTask(assignment(id, task, &state.conversations)));
+    // The key is still this task's: it held it when it was dispatched.
+    let actor = crate::actor_state::key_of(&agent.spec, &task.tenant, &task.context_id)
+        .map(|key| state.actors.state(&key));
+    let command = Command::RunTask(assignment(id, task, &state.conversations, actor));
+    let _ = worker.commands.send(command);
 }
 
 /// Takes on a task a rejoining worker still runs: it holds its share there again.

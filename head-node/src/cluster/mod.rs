@@ -98,6 +98,9 @@ struct State {
     context_workers: HashMap<(String, String), String>,
     /// The turns of each context, handed with its next task; stored.
     conversations: crate::conversations::Conversations,
+    /// The states of actors (Python agents' `ctx.state`) and which task holds each key;
+    /// stored.
+    actors: crate::actor_state::Actors,
     /// Whether placement prefers workers whose prefix caches likely hold a task's prompt
     /// start ([`scheduler::Prefixes`]).
     prefix_affinity: bool,
@@ -230,6 +233,7 @@ impl Cluster {
                 queue: TaskQueue::default(),
                 context_workers: HashMap::new(),
                 conversations: Default::default(),
+                actors: Default::default(),
                 prefix_affinity: config.prefix_affinity,
                 calls_relayed: 0,
                 agents_located: 0,

@@ -5,6 +5,10 @@
 //! quota or by agents at their concurrency is passed over without reading its line. Within
 //! a tenant, tasks go in the order they were accepted, retries first (they were accepted
 //! before the rest).
+//!
+//! Tasks of an actor whose key another task holds (see `crate::actor_state`) wait parked
+//! beside the lines, in order per key, and go back to the front of their tenant's line one
+//! at a time as the key is let go: a swarm of one key's tasks costs the drain nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,6 +22,11 @@ pub struct TaskQueue {
     /// had one: tenants are the configuration's, few).
     served_at: HashMap<Arc<str>, u64>,
     clock: u64,
+    /// Tasks waiting for a key (`conversations::Key::stored`), in order, with their tenant.
+    parked: HashMap<String, VecDeque<(Arc<str>, TaskId)>>,
+    /// The key each parked task waits for.
+    parked_for: HashMap<TaskId, String>,
+    /// Queued tasks, in the lines and parked.
     len: usize,
 }
 
@@ -42,8 +51,44 @@ impl TaskQueue {
         self.lines.entry(tenant.clone()).or_default()
     }
 
-    /// Takes a task out wherever it is in its tenant's line; false when it was not queued.
+    /// Parks a task taken out of its tenant's line (`take`) until `key` is let go.
+    pub fn park(&mut self, key: String, tenant: &Arc<str>, id: TaskId) {
+        self.parked_for.insert(id.clone(), key.clone());
+        self.parked.entry(key).or_default().push_back((tenant.clone(), id));
+        self.len += 1;
+    }
+
+    /// Puts the first task parked for `key` at the front of its tenant's line; returns it.
+    pub fn wake(&mut self, key: &str) -> Option<TaskId> {
+        let waiting = self.parked.get_mut(key)?;
+        let (tenant, id) = waiting.pop_front()?;
+        if waiting.is_empty() {
+            self.parked.remove(key);
+        }
+        self.parked_for.remove(&id);
+        self.line(&tenant).push_front(id.clone());
+        Some(id)
+    }
+
+    /// How many tasks are parked.
+    #[cfg(test)]
+    pub fn parked(&self) -> usize {
+        self.parked_for.len()
+    }
+
+    /// Takes a task out wherever it is in its tenant's line, or parked; false when it was
+    /// not queued.
     pub fn remove(&mut self, tenant: &str, id: &TaskId) -> bool {
+        if let Some(key) = self.parked_for.remove(id) {
+            if let Some(waiting) = self.parked.get_mut(&key) {
+                waiting.retain(|(_, q)| q != id);
+                if waiting.is_empty() {
+                    self.parked.remove(&key);
+                }
+            }
+            self.len -= 1;
+            return true;
+        }
         let Some(line) = self.lines.get_mut(tenant) else { return false };
         let Some(at) = line.iter().position(|q| q == id) else { return false };
         line.remove(at);
@@ -82,9 +127,9 @@ impl TaskQueue {
         }
     }
 
-    /// Every queued task (in no particular order across tenants).
+    /// Every queued task, parked ones too (in no particular order across tenants).
     pub fn iter(&self) -> impl Iterator<Item = &TaskId> {
-        self.lines.values().flatten()
+        self.lines.values().flatten().chain(self.parked_for.keys())
     }
 
     /// A tenant whose line is empty leaves the turns.
@@ -125,5 +170,27 @@ mod tests {
         let left: Vec<&TaskId> = q.iter().collect();
         assert_eq!(left, [&id("a0"), &id("a2")]);
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn parked_tasks_wake_one_at_a_time_in_order_at_the_front() {
+        let a: Arc<str> = "a".into();
+        let mut q = TaskQueue::default();
+        for i in 0..3 {
+            q.push_back(&a, id(&format!("k{i}")));
+        }
+        q.push_back(&a, id("other"));
+        for _ in 0..3 {
+            let parked = q.take("a", 0).expect("queued");
+            q.park("key".into(), &a, parked);
+        }
+        assert_eq!((q.len(), q.parked()), (4, 3));
+        assert_eq!(q.get("a", 0), Some(&id("other")));
+        assert!(q.remove("a", &id("k1")), "a parked task canceled");
+        assert_eq!(q.wake("key"), Some(id("k0")));
+        assert_eq!(q.get("a", 0), Some(&id("k0")), "woken to the front");
+        assert_eq!(q.wake("key"), Some(id("k2")));
+        assert_eq!(q.wake("key"), None);
+        assert_eq!((q.len(), q.parked()), (3, 0));
     }
 }

@@ -353,8 +353,12 @@ pub(super) fn submit_in(
     let lender = parent.as_ref().and_then(|(caller, _, _)| {
         calls::lender(state, &spec, caller).map(|worker| (worker, caller.clone()))
     });
+    // A task of an actor whose key another task holds waits (parked by the drain).
+    let actor_held = crate::actor_state::key_of(&spec, &tenant, &task.context_id)
+        .is_some_and(|key| lifecycle::actor_holder(state, &key, None).is_some());
     let at_capacity = (spec.max_concurrency > 0
         && state.agents.get(&task.agent)?.running >= spec.max_concurrency)
+        || actor_held
         || !state.quotas.may_run(&tenant, &mut state.tasks);
     let placement = placement.filter(|_| !at_capacity && lender.is_none());
     let lender = lender.filter(|_| !at_capacity);

@@ -160,6 +160,7 @@ struct KeptInner {
     agents: BTreeMap<String, Vec<u8>>,
     workers: BTreeMap<String, (u64, u64)>,
     conversations: BTreeMap<String, Vec<u8>>,
+    actors: BTreeMap<String, Vec<u8>>,
 }
 
 impl Store for Kept {
@@ -172,6 +173,7 @@ impl Store for Kept {
             workers: k.workers.iter().map(|(w, m)| (w.clone(), *m)).collect(),
             push: Vec::new(),
             conversations: k.conversations.values().cloned().collect(),
+            actors: k.actors.values().cloned().collect(),
         })
     }
 
@@ -189,6 +191,12 @@ impl Store for Kept {
             match record {
                 Some(record) => k.conversations.insert(key.clone(), record.clone()),
                 None => k.conversations.remove(key),
+            };
+        }
+        for (key, record) in &batch.actors {
+            match record {
+                Some(record) => k.actors.insert(key.clone(), record.clone()),
+                None => k.actors.remove(key),
             };
         }
         Ok(())

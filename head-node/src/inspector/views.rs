@@ -288,6 +288,8 @@ pub(super) fn event_json(e: &TaskEvent) -> Value {
         EventKind::Retrying { reason, failed_attempt } => {
             ("retrying", json!({ "reason": reason, "failed_attempt": failed_attempt }))
         }
+        // The page says a state was saved and how big, not what it holds.
+        EventKind::StateSaved { state } => ("state_saved", json!({ "bytes": state.len() })),
         EventKind::Embeddings { vectors } => (
             "embeddings",
             json!({ "count": vectors.len(), "dims": vectors.first().map_or(0, Vec::len) }),

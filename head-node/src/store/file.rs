@@ -280,6 +280,7 @@ fn batch_size(batch: &Batch) -> usize {
         + batch
             .conversations
             .iter()
+            .chain(&batch.actors)
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum::<usize>()
 }

@@ -20,8 +20,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{error, info};
 
 use super::{
-    Batch, Store, StoreError, TaskRecord, WorkerMark, encode_agent, encode_conversation,
-    encode_events,
+    Batch, Store, StoreError, TaskRecord, WorkerMark, encode_actor, encode_agent,
+    encode_conversation, encode_events,
 };
 use crate::conversations;
 
@@ -48,6 +48,8 @@ enum Record {
     Push(u64, Vec<u8>),
     /// A conversation as it is now (none: deleted), under its key; encoded by the writer.
     Conversation(String, Option<Box<conversations::Record>>),
+    /// An actor's state as it is now (none: deleted), under its key.
+    Actor(String, Option<Box<crate::actor_state::Record>>),
     /// Store what came before, close the store and say so.
     Close(mpsc::SyncSender<()>),
     /// Say when what came before is stored.
@@ -165,6 +167,13 @@ impl Journal {
     pub fn conversations(&self, changes: Vec<conversations::Change>) {
         for (key, record) in changes {
             self.append(Record::Conversation(key, record.map(Box::new)));
+        }
+    }
+
+    /// The changes to actors' states (each as it is now, or deleted).
+    pub fn actors(&self, changes: Vec<crate::actor_state::Change>) {
+        for (key, record) in changes {
+            self.append(Record::Actor(key, record.map(Box::new)));
         }
     }
 
@@ -355,6 +364,10 @@ fn build(records: &[Record]) -> (Batch, Commit) {
                 // The last change of a conversation wins (one row per key and write).
                 batch.conversations.retain(|(k, _)| k != key);
                 batch.conversations.push((key.clone(), record.as_deref().map(encode_conversation)));
+            }
+            Record::Actor(key, record) => {
+                batch.actors.retain(|(k, _)| k != key);
+                batch.actors.push((key.clone(), record.as_deref().map(encode_actor)));
             }
             // Taken out before, and answered after the write (see the writer loop).
             Record::Close(_) | Record::Stored(_) => {}

@@ -308,6 +308,14 @@ fn encode(batch: &Batch) -> pb::LoggedBatch {
                 value: value.clone().unwrap_or_default(),
             })
             .collect(),
+        actors: batch
+            .actors
+            .iter()
+            .map(|(key, value)| pb::NamedRecord {
+                name: key.clone(),
+                value: value.clone().unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -329,6 +337,12 @@ fn decode(logged: pb::LoggedBatch) -> Batch {
         // A stored conversation is never empty: it names its agent at least.
         conversations: logged
             .conversations
+            .into_iter()
+            .map(|r| (r.name, (!r.value.is_empty()).then_some(r.value)))
+            .collect(),
+        // Nor is a stored actor state: it names its agent.
+        actors: logged
+            .actors
             .into_iter()
             .map(|r| (r.name, (!r.value.is_empty()).then_some(r.value)))
             .collect(),

@@ -97,6 +97,9 @@ pub struct Batch {
     /// Conversation key -> `StoredConversation` (replacing what was stored); `None`: the
     /// conversation was deleted. A key appears once per batch.
     pub conversations: Vec<(String, Option<Vec<u8>>)>,
+    /// Actor key -> `StoredActor` (replacing what was stored); `None`: deleted. A key
+    /// appears once per batch.
+    pub actors: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Batch {
@@ -109,6 +112,7 @@ impl Batch {
             && self.workers.is_empty()
             && self.push.is_empty()
             && self.conversations.is_empty()
+            && self.actors.is_empty()
     }
 }
 
@@ -121,6 +125,7 @@ pub struct Snapshot {
     pub workers: Vec<(String, (u64, u64))>,
     pub push: Vec<(u64, Vec<u8>)>,
     pub conversations: Vec<Vec<u8>>,
+    pub actors: Vec<Vec<u8>>,
 }
 
 /// A place to keep records. Implementations store bytes; the encoding is the journal's.
@@ -217,6 +222,7 @@ pub struct Restored {
     /// The A2A push-notification configs of retained tasks.
     pub push: Vec<(TaskId, pb::StoredPushConfigs)>,
     pub conversations: Vec<crate::conversations::Record>,
+    pub actors: Vec<crate::actor_state::Record>,
 }
 
 impl Restored {
@@ -325,7 +331,25 @@ impl Restored {
                 worker_id: c.worker_id,
             });
         }
-        Ok(Self { agents, tasks, workers: snapshot.workers, push, conversations })
+        let mut actors = Vec::with_capacity(snapshot.actors.len());
+        for bytes in snapshot.actors {
+            let a = pb::StoredActor::decode(bytes.as_slice())
+                .map_err(|e| corrupt("an actor's state".into(), &e))?;
+            actors.push(crate::actor_state::Record {
+                tenant: if a.tenant.is_empty() {
+                    crate::auth::DEFAULT_TENANT.into()
+                } else {
+                    a.tenant
+                },
+                agent: a.agent,
+                context_id: a.context_id,
+                state: a.state,
+                version: a.version,
+                updated_at_us: a.updated_at_us,
+                last_task: a.last_task,
+            });
+        }
+        Ok(Self { agents, tasks, workers: snapshot.workers, push, conversations, actors })
     }
 }
 
@@ -351,6 +375,19 @@ fn encode_conversation(c: &crate::conversations::Record) -> Vec<u8> {
         last_task: c.last_task.clone(),
         updated_at_us: c.updated_at_us,
         worker_id: c.worker_id.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn encode_actor(a: &crate::actor_state::Record) -> Vec<u8> {
+    pb::StoredActor {
+        agent: a.agent.clone(),
+        tenant: a.tenant.clone(),
+        context_id: a.context_id.clone(),
+        state: a.state.clone(),
+        version: a.version,
+        updated_at_us: a.updated_at_us,
+        last_task: a.last_task.clone(),
     }
     .encode_to_vec()
 }

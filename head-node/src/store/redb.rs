@@ -15,6 +15,7 @@ const WORKERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("workers
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PUSH: TableDefinition<u64, &[u8]> = TableDefinition::new("push");
 const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+const ACTORS: TableDefinition<&str, &[u8]> = TableDefinition::new("actors");
 
 /// The layout this head writes; a file with another refuses to load.
 const FORMAT: u64 = 1;
@@ -112,6 +113,7 @@ impl RedbStore {
             txn.open_table(PUSH).map_err(|e| e.to_string())?;
             // Added after format 1 was: a file from before gets the table on its first open.
             txn.open_table(CONVERSATIONS).map_err(|e| e.to_string())?;
+            txn.open_table(ACTORS).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| cannot_write(&e))
     }
@@ -166,6 +168,11 @@ impl RedbStore {
             let (_, v) = row.map_err(|e| read(&e))?;
             snapshot.conversations.push(v.value().to_vec());
         }
+        let actors = txn.open_table(ACTORS).map_err(|e| read(&e))?;
+        for row in actors.iter().map_err(|e| read(&e))? {
+            let (_, v) = row.map_err(|e| read(&e))?;
+            snapshot.actors.push(v.value().to_vec());
+        }
         Ok(snapshot)
     }
 
@@ -193,6 +200,7 @@ impl RedbStore {
             let mut agents = txn.open_table(AGENTS).map_err(|e| fail(&e))?;
             let mut workers = txn.open_table(WORKERS).map_err(|e| fail(&e))?;
             let mut conversations = txn.open_table(CONVERSATIONS).map_err(|e| fail(&e))?;
+            let mut actors = txn.open_table(ACTORS).map_err(|e| fail(&e))?;
             for batch in batches {
                 for (number, bytes) in &batch.tasks {
                     tasks.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
@@ -220,6 +228,13 @@ impl RedbStore {
                     match value {
                         Some(bytes) => conversations.insert(key.as_str(), bytes.as_slice()),
                         None => conversations.remove(key.as_str()),
+                    }
+                    .map_err(|e| fail(&e))?;
+                }
+                for (key, value) in &batch.actors {
+                    match value {
+                        Some(bytes) => actors.insert(key.as_str(), bytes.as_slice()),
+                        None => actors.remove(key.as_str()),
                     }
                     .map_err(|e| fail(&e))?;
                 }

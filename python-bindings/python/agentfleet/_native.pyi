@@ -58,7 +58,8 @@ class Cancelled(FleetError): ...
 class Event:
     """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
     reasoning_delta (a thinking model's reasoning, before and apart from its answer), tool_call, tool_result, embeddings, artifact, completed, failed, canceled, input_required,
-    input_received, retrying.
+    input_received, retrying, state_saved (a Python actor stored its ``ctx.state``: ``text``
+    is the state's JSON).
     (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them. A
     tool_call's ``tool`` is the tool and ``text`` its arguments; a tool_result's ``text`` is
     the answer, also in ``error`` when the tool reported an error.)"""

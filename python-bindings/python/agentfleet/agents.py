@@ -32,6 +32,24 @@ with it. Async tasks run concurrently on one event loop: an instance's state is 
 its concurrent tasks (no locks needed between awaits); a plain ``run`` runs on threads, so
 guard its state with a lock.
 
+State that outlives a worker is the cluster's to keep: with ``state=True`` the agent is a
+virtual actor (as Dapr's are). ``ctx.state`` is a dict, JSON-serializable, that the head
+stores: one per agent, or with ``per_context=True`` one per conversation. It is loaded before
+``run`` and stored when the task completes (unchanged: not stored again), or earlier with
+``await ctx.save()``; a task that fails keeps what it saved. One task per key runs at a time
+across the cluster: a second task of the same conversation waits for the first, on any
+worker. After a worker or the head dies, the key's next task runs with the last stored
+state::
+
+    @af.agent(state=True, per_context=True)
+    async def counter(task, ctx):
+        ctx.state["turns"] = ctx.state.get("turns", 0) + 1
+        return f"turn {ctx.state['turns']}"
+
+A state holds at most 256 KiB of JSON (more fails the task); a per-context agent's task
+without a ``context_id`` starts from an empty state that is not stored. Deleting a context
+(``fleet.delete_context``) deletes its states too.
+
 The context (`AgentContext`) streams nothing itself; it lets the code ask the cluster:
 ``await ctx.chat(model=..., messages=...)`` (a model of the worker, local or ``openai:``),
 ``await ctx.call(agent, text)`` (another agent, as a sub-task) or ``await ctx.call(tool,
@@ -171,14 +189,64 @@ class AgentTask:
 class AgentContext:
     """What a Python agent's task may ask of the cluster while it runs."""
 
-    __slots__ = ("_native", "_run", "task_id", "agent", "context_id")
+    __slots__ = ("_native", "_run", "task_id", "agent", "context_id", "_state", "_saved", "_keeps")
 
-    def __init__(self, native: Any, run: int, task: AgentTask) -> None:
+    def __init__(self, native: Any, run: int, task: AgentTask, keeps: bool = False, stored: "str | None" = None) -> None:
         self._native = native
         self._run = run
         self.task_id = task.id
         self.agent = task.agent
         self.context_id = task.context_id
+        #: Whether the agent keeps state (``state=True``).
+        self._keeps = keeps
+        #: The state as stored (JSON; None: the task's state is not stored), and as the code has it.
+        self._saved = stored
+        self._state: "dict[str, Any] | None" = None
+
+    @property
+    def state(self) -> "dict[str, Any]":
+        """The actor's state (``@af.agent(state=True)``): a dict of JSON values the head
+        keeps for the agent's (or, with ``per_context=True``, the conversation's) next task.
+        Stored when the task completes, or with ``await ctx.save()``."""
+        if not self._keeps:
+            raise FleetError(
+                f"agent {self.agent} keeps no state: declare it with @af.agent(state=True) "
+                "(per_context=True for one per conversation)"
+            )
+        if self._state is None:
+            import json
+
+            loaded = json.loads(self._saved) if self._saved else {}
+            self._state = loaded if isinstance(loaded, dict) else {}
+        return self._state
+
+    @state.setter
+    def state(self, value: "dict[str, Any]") -> None:
+        if not isinstance(value, dict):
+            raise TypeError(f"ctx.state is a dict, not {type(value).__name__}")
+        self.state  # the agent keeps state, or this raises
+        self._state = value
+
+    def _changed(self) -> "str | None":
+        """The state as JSON when it is stored and the code changed it since."""
+        if self._state is None or self._saved is None:
+            return None
+        import json
+
+        text = json.dumps(self._state, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        return None if text == self._saved else text
+
+    async def save(self) -> None:
+        """Stores ``ctx.state`` now; returns once the head has it (a crash after this keeps
+        it). A task without a stored state (a per-context agent's task without a
+        ``context_id``) stores nothing. Raises ``TypeError``/``ValueError`` for a state that
+        is no JSON, ``InvalidArgument`` for one over 256 KiB."""
+        self.state  # the agent keeps state, or this raises
+        text = self._changed()
+        if text is None:
+            return
+        await self._native.save(self._run, text)
+        self._saved = text
 
     async def chat(
         self,
@@ -282,7 +350,7 @@ class AgentContext:
 class _Code:
     """A Python agent: its name, description and code."""
 
-    def __init__(self, target: Any, name: "str | None", description: "str | None", per_context: bool) -> None:
+    def __init__(self, target: Any, name: "str | None", description: "str | None", per_context: bool, state: bool = False) -> None:
         self.target = target
         self.name: str = name or str(getattr(target, "__name__", ""))
         if not self.name or self.name == "<lambda>":
@@ -294,9 +362,14 @@ class _Code:
         if not callable(run):
             raise TypeError(f"a Python agent is a class with run(self, task, ctx), or a function (task, ctx): {target!r} has no run")
         self.run: Callable[..., Any] = run
-        if per_context and not self.is_class:
-            raise TypeError("per_context=True keeps one instance per conversation: it is for classes")
+        if per_context and not self.is_class and not state:
+            raise TypeError(
+                "per_context=True keeps one instance per conversation, for classes; a function "
+                "keeps one stored state per conversation with state=True"
+            )
         self.per_context = per_context
+        #: Whether ``ctx.state`` is stored by the head (a virtual actor).
+        self.state = state
 
 
 def agent(
@@ -305,14 +378,16 @@ def agent(
     name: "str | None" = None,
     description: "str | None" = None,
     per_context: bool = False,
+    state: bool = False,
 ) -> Any:
     """Makes a class or function a Python agent (``@af.agent``, ``@af.agent(name=...)``); it
     is returned as it was, marked. Defining it makes it known to this process: embedded
     workers and ``python -m agentfleet worker --import`` host it; ``fleet.agent(it)``
-    registers it with a cluster."""
+    registers it with a cluster. ``state=True`` gives it ``ctx.state``, stored by the head
+    per agent (per conversation with ``per_context=True``), one task per key at a time."""
 
     def mark(t: T) -> T:
-        code = _Code(t, name, description, per_context)
+        code = _Code(t, name, description, per_context, state)
         with _lock:
             _defined[code.name] = code
         try:
@@ -329,16 +404,18 @@ _lock = threading.Lock()
 _defined: dict[str, _Code] = {}
 
 
-def _definition(target: Any) -> tuple[str, str]:
-    """``fleet.agent(target)``: (name, description) of a Python agent, defining it first if
-    it is an unmarked class or function."""
+def _definition(target: Any) -> tuple[str, str, str]:
+    """``fleet.agent(target)``: (name, description, what its state is kept per: "", "agent"
+    or "context") of a Python agent, defining it first if it is an unmarked class or
+    function."""
     code = getattr(target, "__agentfleet_agent__", None)
     if not isinstance(code, _Code):
         if not (inspect.isclass(target) or callable(target)):
             raise TypeError(f"an agent is a name (str) or a Python agent (@af.agent), not {target!r}")
         agent(target)
         code = target.__agentfleet_agent__
-    return code.name, code.description
+    scope = ("context" if code.per_context else "agent") if code.state else ""
+    return code.name, code.description, scope
 
 
 def _names() -> list[str]:
@@ -423,7 +500,7 @@ class _Runtime:
                     self._canceled.add(command[1])
                     running.cancel()
                 continue
-            _, run, program, agent_name, task_id, context_id, attempt, input, history, instructions, files = command
+            _, run, program, agent_name, task_id, context_id, attempt, input, history, instructions, files, state = command
             task = AgentTask(
                 task_id,
                 agent_name,
@@ -434,9 +511,9 @@ class _Runtime:
                 instructions,
                 [AgentFile(*f) for f in files],
             )
-            self._runs[run] = self._loop.create_task(self._run(run, program, task))
+            self._runs[run] = self._loop.create_task(self._run(run, program, task, state))
 
-    async def _run(self, run: int, program: str, task: AgentTask) -> None:
+    async def _run(self, run: int, program: str, task: AgentTask, state: "str | None") -> None:
         native = self._native
         try:
             with _lock:
@@ -444,7 +521,7 @@ class _Runtime:
             if code is None:
                 known = ", ".join(_names()) or "none"
                 raise LookupError(f"this process defines no Python agent named {program!r} (it defines: {known})")
-            ctx = AgentContext(native, run, task)
+            ctx = AgentContext(native, run, task, code.state, state)
             if code.is_class:
                 fn: Callable[..., Any] = getattr(self._instance(code, task), "run")
             else:
@@ -463,6 +540,8 @@ class _Runtime:
                 value = await asyncio.to_thread(fn, task, ctx)
                 if value is not None:
                     native.text(run, _text(value))
+            # Stored with the task's end (before its completion), when the code changed it.
+            changed = ctx._changed()
         except asyncio.CancelledError as e:
             if run in self._canceled:
                 return  # the worker canceled it; nobody waits for an answer
@@ -476,7 +555,7 @@ class _Runtime:
         finally:
             self._runs.pop(run, None)
             self._canceled.discard(run)
-        native.finish(run, None)
+        native.finish(run, None, changed)
 
     def _instance(self, code: _Code, task: AgentTask) -> Any:
         """The agent's instance for this task: one per agent, or per conversation."""

@@ -32,6 +32,7 @@ const SCHEMA: &str = "
         id text PRIMARY KEY, incarnation bigint NOT NULL, up_to bigint NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_push (number bigint PRIMARY KEY, configs bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_conversations (key text PRIMARY KEY, record bytea NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_actors (key text PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_lease (
         id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL, holder text NOT NULL,
         expires_at timestamptz NOT NULL);
@@ -68,7 +69,11 @@ const WRITE: &str = "
     c AS (INSERT INTO fleet_conversations (key, record)
           SELECT * FROM unnest($15::text[], $16::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
           ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record),
-    dc AS (DELETE FROM fleet_conversations WHERE key = ANY($17) AND EXISTS (SELECT 1 FROM ok))
+    dc AS (DELETE FROM fleet_conversations WHERE key = ANY($17) AND EXISTS (SELECT 1 FROM ok)),
+    s AS (INSERT INTO fleet_actors (key, record)
+          SELECT * FROM unnest($18::text[], $19::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record),
+    ds AS (DELETE FROM fleet_actors WHERE key = ANY($20) AND EXISTS (SELECT 1 FROM ok))
     SELECT epoch FROM fence
 ";
 
@@ -165,6 +170,21 @@ fn columns<K: Copy, V: Clone>(rows: &[(K, V)]) -> (Vec<K>, Vec<V>) {
     rows.iter().map(|(k, v)| (*k, v.clone())).unzip()
 }
 
+/// Records by key as columns: the keys and records kept, and the keys deleted.
+fn keyed(rows: &[(String, Option<Vec<u8>>)]) -> (Vec<String>, Vec<Vec<u8>>, Vec<String>) {
+    let (mut keys, mut records, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, record) in rows {
+        match record {
+            Some(record) => {
+                keys.push(key.clone());
+                records.push(record.clone());
+            }
+            None => deleted.push(key.clone()),
+        }
+    }
+    (keys, records, deleted)
+}
+
 impl Store for PostgresStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         self.conn
@@ -199,6 +219,9 @@ impl Store for PostgresStore {
                 for row in txn.query("SELECT record FROM fleet_conversations", &[])? {
                     snapshot.conversations.push(row.get(0));
                 }
+                for row in txn.query("SELECT record FROM fleet_actors", &[])? {
+                    snapshot.actors.push(row.get(0));
+                }
                 for row in txn.query("SELECT id, incarnation, up_to FROM fleet_workers", &[])? {
                     let mark = (row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64);
                     snapshot.workers.push((row.get(0), mark));
@@ -224,17 +247,9 @@ impl Store for PostgresStore {
         let marks: Vec<i64> = batch.workers.iter().map(|(_, m)| m.1 as i64).collect();
         let push_numbers: Vec<i64> = batch.push.iter().map(|(n, _)| *n as i64).collect();
         let push_configs: Vec<Vec<u8>> = batch.push.iter().map(|(_, c)| c.clone()).collect();
-        // A key is in one of the two: the journal keeps a conversation's last change.
-        let (mut kept_keys, mut kept_records, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, record) in &batch.conversations {
-            match record {
-                Some(record) => {
-                    kept_keys.push(key.clone());
-                    kept_records.push(record.clone());
-                }
-                None => deleted.push(key.clone()),
-            }
-        }
+        // A key is in one of the two: the journal keeps a record's last change.
+        let (kept_keys, kept_records, deleted) = keyed(&batch.conversations);
+        let (actor_keys, actor_records, actors_deleted) = keyed(&batch.actors);
         let epoch = self.fence.epoch;
         let held = self.conn.run_prepared(WRITE, move |client, write| {
             // One prepared statement (its own transaction): one round trip and one commit
@@ -259,6 +274,9 @@ impl Store for PostgresStore {
                     &kept_keys,
                     &kept_records,
                     &deleted,
+                    &actor_keys,
+                    &actor_records,
+                    &actors_deleted,
                 ],
             )?;
             Ok(row.map(|r| r.get::<_, i64>(0)))
