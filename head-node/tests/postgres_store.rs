@@ -19,6 +19,8 @@ fn batch(number: u64) -> Batch {
         events: vec![((number, 1), b"events 1..".to_vec()), ((number, 3), b"events 3..".to_vec())],
         agents: vec![("echo".into(), format!("spec {number}").into_bytes())],
         workers: vec![("w1".into(), (u64::MAX - 1, number))],
+        conversations: vec![(format!("c{number}"), Some(format!("turns {number}").into_bytes()))],
+        actors: vec![(format!("a{number}"), Some(format!("state {number}").into_bytes()))],
         ..Default::default()
     }
 }
@@ -40,7 +42,11 @@ fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
         Fsync::Periodic,
     )?;
     store_a.write(&batch(1))?;
-    store_a.write(&Batch { removed: vec![1], ..batch(2) })?;
+    // The second write deletes the first's conversation and actor state.
+    let mut second_write = Batch { removed: vec![1], ..batch(2) };
+    second_write.conversations.push(("c1".into(), None));
+    second_write.actors.push(("a1".into(), None));
+    store_a.write(&second_write)?;
 
     // A holds it: B stands by and is told who leads.
     match b.try_acquire().map_err(anyhow::Error::msg)? {
@@ -79,6 +85,8 @@ fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
     ensure!(event_keys == [(2, 1), (2, 3)], "events {event_keys:?}");
     ensure!(loaded.agents == vec![b"spec 2".to_vec()], "agents {:?}", loaded.agents);
     ensure!(loaded.workers == vec![("w1".to_owned(), (u64::MAX - 1, 2))]);
+    ensure!(loaded.conversations == vec![b"turns 2".to_vec()], "{:?}", loaded.conversations);
+    ensure!(loaded.actors == vec![b"state 2".to_vec()], "actors {:?}", loaded.actors);
     store_b.write(&batch(4))?;
     b.release(second).map_err(anyhow::Error::msg)?;
     ensure!(matches!(a.try_acquire(), Ok(Acquired::Leader(e)) if e == second + 1));

@@ -34,7 +34,7 @@ const MAX_ARTIFACT_BYTES: usize = 8 << 20;
 
 /// What the worker sends Python.
 enum Command {
-    Run(u64, CodeTask),
+    Run(u64, Box<CodeTask>),
     Cancel(u64),
     /// The host closed: Python's reader stops.
     Close,
@@ -427,7 +427,7 @@ impl CodeAgents for Agents {
         let runtime = tokio::runtime::Handle::current();
         let running = Running { out, context: context.clone(), runtime, calls: Vec::new() };
         shared.runs.lock().insert(run, running);
-        let sent = shared.commands.send(Command::Run(run, task));
+        let sent = shared.commands.send(Command::Run(run, Box::new(task)));
         let abandon = Abandon { shared, run, done: false };
         async move {
             // The whole guard moves into the run (not only the field it sets).

@@ -606,3 +606,121 @@ def test_agent_code_sees_the_clients_context_id_and_tenants_never_share_an_insta
     assert runtime._instance(code, task("a\x1fchat")) is first
     assert runtime._instance(code, theirs) is not first
     assert runtime._instance(code, default) is not first
+
+
+# ---- virtual actors: ctx.state, stored by the head ---------------------------------------
+
+
+ACTORS = '''
+"""Actors keeping their state in the head's store (state=True)."""
+import asyncio
+import os
+import time
+
+import agentfleet as af
+
+
+@af.agent(state=True, per_context=True)
+class Counter:
+    """Counts each conversation's turns."""
+
+    async def run(self, task, ctx):
+        ctx.state["turns"] = ctx.state.get("turns", 0) + 1
+        return f"pid={os.getpid()} turn {ctx.state['turns']}"
+
+
+@af.agent(state=True, per_context=True)
+async def tally(task, ctx):
+    """Reads the count, waits (another activation of the key would run here), writes it back."""
+    seen = ctx.state.get("n", 0)
+    start = time.time()
+    await asyncio.sleep(0.02)
+    ctx.state["n"] = seen + 1
+    return f"{seen + 1} {start} {time.time()} {os.getpid()}"
+'''
+
+
+@pytest.fixture
+def actors_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
+    """The module `actor_agents` written to tmp_path (the workers' PYTHONPATH) and imported."""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    (tmp_path / "actor_agents.py").write_text(textwrap.dedent(ACTORS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("actor_agents")
+    sys.modules.pop("actor_agents", None)
+
+
+def test_an_actor_s_state_outlives_its_worker_and_its_head(actors_module: ModuleType, tmp_path: Path) -> None:
+    """A per-conversation actor counts its turns in ctx.state; after three turns its worker
+    and the head (a file store) are SIGKILLed. A head started again on its data and a new
+    worker go on from the stored count: turn 4, on the other process; another conversation
+    starts from 1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"http://127.0.0.1:{port}"
+    data = tmp_path / "head-data"
+
+    def start_head() -> Node:
+        head = Node("head", "--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(data))
+        assert head.proc.stdout is not None
+        line = head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        return head
+
+    def start_worker() -> Node:
+        return Node("worker", "--head", address, "--join-token", "j0in", "--import", "actor_agents")
+
+    def joined(fleet: af.Fleet) -> None:
+        deadline = time.monotonic() + 20
+        while not fleet.status()["workers"]:
+            assert time.monotonic() < deadline, "the worker did not join"
+            time.sleep(0.01)
+
+    nodes = [start_head(), start_worker()]
+    try:
+        with af.init(address, token="s3cret") as fleet:
+            joined(fleet)
+            counter = fleet.agent(actors_module.Counter)
+            answers = [counter.submit("hi", context_id="c1").result(timeout=30) for _ in range(3)]
+            first_pid = answers[0].split()[0]
+            assert answers == [f"{first_pid} turn {n}" for n in (1, 2, 3)], answers
+            saved = [e.text for e in counter.submit("hi", context_id="c0").events() if e.kind == "state_saved"]
+            assert saved == ['{"turns":1}'], saved
+        for node in nodes:
+            node.stop()  # SIGKILL, and reaped
+        nodes = [start_head(), start_worker()]
+        with af.init(address, token="s3cret") as fleet:
+            joined(fleet)
+            counter = fleet.agent(actors_module.Counter)
+            fourth = counter.submit("hi", context_id="c1").result(timeout=30)
+            assert fourth.endswith(" turn 4") and not fourth.startswith(first_pid + " "), fourth
+            assert counter.submit("hi", context_id="c2").result(timeout=30).endswith(" turn 1")
+            # Deleting the context deletes its state.
+            fleet.delete_context("c1")
+            assert counter.submit("hi", context_id="c1").result(timeout=30).endswith(" turn 1")
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_one_task_of_an_actor_runs_at_a_time_across_workers(cluster: Cluster, actors_module: ModuleType) -> None:
+    """Twenty tasks of one conversation submitted at once to an actor hosted by two worker
+    processes: they run one at a time (their recorded start and end times never overlap)
+    and each reads the count the one before stored (1 to 20, none lost); another
+    conversation's tasks run beside them."""
+    for _ in range(2):
+        cluster.worker("--import", "actor_agents")
+    with af.init(cluster.address, token="s3cret") as fleet:
+        cluster.wait_for_workers(fleet, 2)
+        tally = fleet.agent(actors_module.tally)
+        tasks = [tally.submit(str(i), context_id="k") for i in range(20)]
+        beside = [tally.submit(str(i), context_id=f"other-{i}") for i in range(5)]
+        answers = [t.result(timeout=60).split() for t in tasks]
+        assert sorted(int(a[0]) for a in answers) == list(range(1, 21)), answers
+        spans = sorted((float(a[1]), float(a[2])) for a in answers)
+        overlapping = [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+        assert not overlapping, overlapping
+        assert [t.result(timeout=30).split()[0] for t in beside] == ["1"] * 5

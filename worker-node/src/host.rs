@@ -563,6 +563,7 @@ mod tests {
             traceparent: String::new(),
             conversation: Vec::new(),
             steps: Vec::new(),
+            actor: None,
         }
     }
 

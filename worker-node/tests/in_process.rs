@@ -150,6 +150,7 @@ async fn commands_that_emit_events_never_wait_on_their_own_loop() -> Result<()> 
                 traceparent: String::new(),
                 conversation: Vec::new(),
                 steps: Vec::new(),
+                actor: None,
             }))
             .await?;
     }

@@ -864,3 +864,69 @@ fn a_rejoining_worker_resumes_after_its_events_on_record() {
     let events = cluster.task(&op(), t.as_str()).expect("task").events;
     assert_eq!(events, 4, "Submitted, Scheduled, Working and the text once");
 }
+
+/// The RunTask commands a worker was sent: (task, attempt, actor state).
+fn runs(stream: &mut CommandStream) -> Vec<(TaskId, u32, Option<String>)> {
+    commands(stream)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::RunTask(t) => {
+                Some((t.task_id, t.attempt, t.actor.map(|a| a.state.to_string())))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// One task per actor key runs at a time: the others wait parked, in order, and the next
+/// starts from the state the one before stored; a parked task canceled is skipped, and a
+/// retried holder keeps the key, running again before the key's next task.
+#[test]
+fn an_actor_s_tasks_run_one_at_a_time_in_order_from_the_stored_state() {
+    let mut config = HeadConfig::default();
+    config.agents.push(AgentSpec {
+        name: "actor".into(),
+        model: "python:Actor".into(),
+        max_retries: 1,
+        actor_state: fleet_proto::ActorState::PerContext,
+        ..Default::default()
+    });
+    let cluster = Cluster::new(&config).expect("cluster");
+    let hosting = |id: &str| Registration {
+        python_agents: vec![fleet_proto::ANY_PYTHON_AGENT.into()],
+        ..registration(id, 8, 0, &[])
+    };
+    let (c1, mut rx1, _) = cluster.worker_joined(hosting("w1"), String::new());
+    let submit = |context: &str| {
+        let new = NewTask {
+            agent: "actor".into(),
+            input: "x".into(),
+            context_id: context.into(),
+            ..Default::default()
+        };
+        cluster.submit(&op(), new, None).expect("submitted")
+    };
+    let (t1, other, t2, t3) = (submit("k"), submit("other"), submit("k"), submit("k"));
+    let empty = Some("{}".to_owned());
+    assert_eq!(runs(&mut rx1), [(t1.clone(), 1, empty.clone()), (other.clone(), 1, empty)]);
+    // A drain while t1 holds the key parks t2 and t3.
+    let done = EventKind::Completed { usage: Default::default() };
+    cluster.worker_events("w1", c1, vec![event(&other, 0, done.clone())]);
+    assert_eq!(cluster.state.lock().queue.parked(), 2);
+    assert_eq!(where_is(&cluster, &t2).0, TaskState::Queued);
+    cluster.cancel(&op(), t2.as_str()).expect("canceled");
+    assert_eq!(where_is(&cluster, &t2).0, TaskState::Canceled);
+
+    let saved = EventKind::StateSaved { state: r#"{"n":1}"#.into() };
+    cluster.worker_events("w1", c1, vec![event(&t1, 0, saved), event(&t1, 0, done)]);
+    let n1 = Some(r#"{"n":1}"#.to_owned());
+    assert_eq!(runs(&mut rx1), [(t3.clone(), 1, n1.clone())], "t2 was canceled: t3 is next");
+
+    let t4 = submit("k");
+    cluster.worker_lost("w1", c1, "gone");
+    let (_, mut rx2, _) = cluster.worker_joined(hosting("w2"), String::new());
+    let sent = runs(&mut rx2);
+    assert!(sent.contains(&(t3.clone(), 2, n1)), "the retry holds the key: {sent:?}");
+    assert!(!sent.iter().any(|(id, _, _)| *id == t4), "t4 waits for t3's retry: {sent:?}");
+    assert_eq!(where_is(&cluster, &t4).0, TaskState::Queued);
+}

@@ -302,6 +302,8 @@ mod tests {
             tasks: vec![(number, format!("task {number}").into_bytes())],
             events: vec![((number, 1), vec![number as u8; 3])],
             workers: vec![("w".into(), (1, number))],
+            // Two actors' states, each written again and again: the last write wins.
+            actors: vec![(format!("a{}", number % 2), Some(format!("state {number}").into()))],
             ..Batch::default()
         }
     }
@@ -354,6 +356,7 @@ mod tests {
         assert_eq!(numbers, [1, 2, 3], "the logged tasks were not loaded");
         assert_eq!(snapshot.events.len(), 3);
         assert_eq!(snapshot.workers, [("w".to_owned(), (1, 3))], "the last mark wins");
+        assert_eq!(snapshot.actors, [b"state 2".to_vec(), b"state 3".to_vec()]);
         // The old segment went into the database and is gone; appends go to the next.
         assert_eq!(segments(&dir), ["head-0000000000000008.wal"]);
         drop(store);
