@@ -11,7 +11,7 @@ use fleet_client::{
     TaskOptions, TaskState,
 };
 use futures::StreamExt;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -362,7 +362,9 @@ impl Agent {
     /// prompt order (or in completion order with `ordered=False`). Shows a progress bar when
     /// `progress` is true, or by default when stderr is a terminal. Raises TaskFailed if any
     /// task failed; Ctrl-C cancels the tasks still running. With `output_schema` (or the
-    /// agent's) every answer follows the schema and comes back parsed.
+    /// agent's) every answer follows the schema and comes back parsed. `context_id` is one
+    /// conversation for every task, or a list of one per prompt (a swarm of actors, each
+    /// with its own state).
     #[pyo3(signature = (prompts, *, ordered=true, progress=None, context_id=None, output_schema=None))]
     fn map(
         &self,
@@ -370,14 +372,34 @@ impl Agent {
         prompts: Vec<String>,
         ordered: bool,
         progress: Option<bool>,
-        context_id: Option<String>,
+        context_id: Option<Bound<'_, PyAny>>,
         output_schema: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let total = prompts.len();
         let schema = self.schema_of(output_schema.as_ref())?;
+        let contexts: Vec<Option<String>> = match context_id {
+            None => vec![None; total],
+            Some(one) if one.is_instance_of::<pyo3::types::PyString>() => {
+                vec![Some(one.extract()?); total]
+            }
+            Some(many) => {
+                let many: Vec<String> = many.extract().map_err(|_| {
+                    PyTypeError::new_err("context_id is a str, or a list of str (one per prompt)")
+                })?;
+                if many.len() != total {
+                    return Err(PyValueError::new_err(format!(
+                        "context_id lists {} contexts for {total} prompts: give one per prompt, \
+                         or one str for all",
+                        many.len()
+                    )));
+                }
+                many.into_iter().map(Some).collect()
+            }
+        };
         let submissions = prompts
             .into_iter()
-            .map(|p| self.submission(p, context_id.clone(), schema.as_deref(), Vec::new()))
+            .zip(contexts)
+            .map(|(p, c)| self.submission(p, c, schema.as_deref(), Vec::new()))
             .collect();
         let ended = self.run_all(py, submissions, progress)?;
         let mut results: Vec<Option<(String, String)>> = vec![None; total];

@@ -167,6 +167,35 @@ def test_a_per_context_class_keeps_one_instance_per_conversation(fleet: af.Fleet
     assert notebook.submit("alone again").result(timeout=30) == "alone again"
 
 
+@af.agent(state=True, per_context=True)
+async def turns(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Counts its conversation's turns in the stored state."""
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return f"{task.context_id}:{ctx.state['n']}"
+
+
+@af.agent
+async def stateless(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Reads a state it did not declare."""
+    return str(ctx.state)
+
+
+def test_a_swarm_of_actors_is_mapped_one_context_per_input(fleet: af.Fleet) -> None:
+    """`map` with a context per input: each conversation's tasks run one at a time from its
+    stored state, so each counts exactly its own turns; a task without a context starts
+    from an empty state each time; a list of the wrong length is refused; an agent that
+    did not declare state=True has none."""
+    agent = fleet.agent(turns)
+    a, b, c = (fresh_context(n) for n in "abc")
+    answers = agent.map(["x"] * 6, context_id=[a, b, a, c, a, b], progress=False)
+    assert sorted(answers) == sorted([f"{a}:1", f"{a}:2", f"{a}:3", f"{b}:1", f"{b}:2", f"{c}:1"]), answers
+    assert agent.map(["x", "y"], progress=False) == [":1", ":1"]
+    with pytest.raises(ValueError, match="2 contexts for 3 prompts"):
+        agent.map(["x"] * 3, context_id=[a, b])
+    with pytest.raises(af.TaskFailed, match="keeps no state: declare it with @af.agent"):
+        fleet.agent(stateless).submit("x", context_id=a).result(timeout=30)
+
+
 def test_a_class_keeps_one_instance_across_tasks(fleet: af.Fleet) -> None:
     """Without per_context one instance serves every task of the agent, whatever its
     context, on both embedded workers, concurrent tasks included."""

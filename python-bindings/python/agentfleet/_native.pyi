@@ -177,11 +177,11 @@ class Agent:
         *,
         ordered: bool = True,
         progress: bool | None = None,
-        context_id: str | None = None,
+        context_id: str | list[str] | None = None,
         output_schema: _OutputSchema | None = None,
     ) -> list[Any]:
         """One task per prompt in parallel; their texts, or parsed answers under an output
-        schema."""
+        schema. ``context_id``: one conversation for all, or a list of one per prompt."""
     def stream(
         self,
         prompt: str,
@@ -239,7 +239,8 @@ class AgentHost:
         url: str,
         json: str | None,
     ) -> bool: ...
-    def finish(self, run: int, error: str | None = None) -> None: ...
+    def finish(self, run: int, error: str | None = None, state: str | None = None) -> None: ...
+    def save(self, run: int, state: str) -> Awaitable[None]: ...
     def chat(
         self,
         run: int,
