@@ -127,6 +127,9 @@ pub(crate) fn follow(
                     f.next = event.seq + 1;
                     f.task_id.get_or_insert_with(|| event.task_id.to_string());
                     f.ended = event.kind.is_terminal();
+                    if f.ended {
+                        finish_reading(f.stream.take());
+                    }
                     return Some((Ok(event), f));
                 }
                 Some(Err(e)) => e,
@@ -145,6 +148,24 @@ pub(crate) fn follow(
             }
         }
     }))
+}
+
+/// How long a finished task's stream is read for its end before it is dropped anyway.
+const STREAM_END_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads a finished task's stream to its end (the head ends it right after the terminal
+/// event) in the background: dropped before, it would be reset, and the head's closing
+/// frames, arriving after, would count against the connection's errors (see
+/// `fleet_proto::endpoint::head_endpoint`).
+fn finish_reading(stream: Option<TaskStream>) {
+    let (Some(mut stream), Ok(runtime)) = (stream, tokio::runtime::Handle::try_current()) else {
+        return;
+    };
+    runtime.spawn(async move {
+        let _ =
+            tokio::time::timeout(STREAM_END_WAIT, async { while stream.next().await.is_some() {} })
+                .await;
+    });
 }
 
 /// What a caller of [`Client::submit_all`] can see and steer while it runs.
@@ -353,4 +374,54 @@ fn take(
         }
     }
     forward.push(update);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use fleet_proto::{EventKind, TaskEvent, TaskId};
+
+    use super::*;
+
+    /// A follower done with a task (its terminal event seen, its stream dropped) still
+    /// reads the head's stream to its end: dropped early, the stream would be reset and the
+    /// head's closing frames counted against the connection (h2 closes it past 1,024).
+    #[tokio::test]
+    async fn a_finished_task_s_stream_is_read_to_its_end() {
+        let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:9");
+        let client =
+            Client::over(vec![endpoint.connect_lazy()], 0, crate::ConnectOptions::default())
+                .expect("client");
+        let (tx, mut rx) = mpsc::channel::<TaskEvent>(4);
+        let ended = Arc::new(AtomicBool::new(false));
+        let seen = ended.clone();
+        let head: TaskStream = Box::pin(futures::stream::poll_fn(move |cx| {
+            let next = rx.poll_recv(cx);
+            if let std::task::Poll::Ready(None) = next {
+                seen.store(true, Ordering::SeqCst);
+            }
+            next.map(|e| e.map(Ok))
+        }));
+        let event = |seq, kind| TaskEvent {
+            task_id: TaskId::new("t"),
+            seq,
+            attempt: 1,
+            timestamp_us: 0,
+            kind,
+        };
+        let mut followed = follow(client, head, Some("t".into()), 1);
+        tx.send(event(1, EventKind::Working)).await.expect("sent");
+        tx.send(event(2, EventKind::Completed { usage: Default::default() })).await.expect("sent");
+        for _ in 0..2 {
+            assert!(matches!(followed.next().await, Some(Ok(_))));
+        }
+        drop(followed);
+        drop(tx); // the head ends the stream after the terminal event
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ended.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the stream was dropped before its end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
