@@ -224,6 +224,11 @@ impl Actors {
         self.holding.insert(id.clone(), key);
     }
 
+    /// The key task `id` holds.
+    pub fn holding(&self, id: &TaskId) -> Option<&Key> {
+        self.holding.get(id)
+    }
+
     /// Task `id` ended: the key it held (if it still held one), now free.
     pub fn let_go(&mut self, id: &TaskId) -> Option<Key> {
         let key = self.holding.remove(id)?;

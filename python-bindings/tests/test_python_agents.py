@@ -180,6 +180,24 @@ async def stateless(task: af.AgentTask, ctx: af.AgentContext) -> str:
     return str(ctx.state)
 
 
+@af.agent(state=True)
+async def recursive(task: af.AgentTask, ctx: af.AgentContext) -> str:
+    """Calls itself: one task per agent at a time, so the inner task could never start."""
+    if task.input == "inner":
+        return "the inner task ran"
+    try:
+        return await ctx.call("recursive", "inner")
+    except af.TaskFailed as e:
+        return str(e)
+
+
+def test_an_actor_calling_its_own_key_fails_at_once(fleet: af.Fleet) -> None:
+    """The inner task would wait for the task that holds the state, which waits for it:
+    the call fails at once, saying why, instead of hanging."""
+    answer = fleet.agent(recursive).submit("outer").result(timeout=30)
+    assert "cannot call its own actor" in answer, answer
+
+
 def test_a_swarm_of_actors_is_mapped_one_context_per_input(fleet: af.Fleet) -> None:
     """`map` with a context per input: each conversation's tasks run one at a time from its
     stored state, so each counts exactly its own turns; a task without a context starts

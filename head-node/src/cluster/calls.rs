@@ -228,6 +228,10 @@ pub(super) fn lend_to_a_queued_call(state: &mut State, caller: &TaskId) {
         if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
             continue;
         }
+        // One task per actor key: a call of an actor whose key is held waits its turn.
+        if waits_for_key(state, &child) {
+            continue;
+        }
         if let Some(worker) = lender(state, &spec, caller) {
             dequeue(state, &child);
             dispatch_borrowing(state, &child, &worker, caller);

@@ -111,11 +111,8 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         worker.warm.touch(&prefixes);
     }
     place_actor(worker, &spec, agent.version, &state.tools);
-    let actor = crate::actor_state::key_of(&spec, &task.tenant, &task.context_id).map(|key| {
-        let stored = state.actors.state(&key);
-        state.actors.hold(key, id);
-        stored
-    });
+    let key = crate::actor_state::key_of(&spec, &task.tenant, &task.context_id);
+    let actor = key.as_ref().map(|key| state.actors.state(key));
     agent.running += 1;
     worker.running.insert(id.clone());
     *worker.running_per_agent.entry(spec.name.clone()).or_default() += 1;
@@ -138,6 +135,9 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         );
     }
     debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
+    if let Some(key) = key {
+        take_key(state, key, id);
+    }
 }
 
 /// The command that runs a task's current attempt on a worker, with its conversation so
@@ -184,7 +184,7 @@ pub(super) fn actor_holder(state: &State, key: &Key, id: Option<&TaskId>) -> Opt
 
 /// Whether `holder` is among the tasks that called `id` (through agent calls): `id` waiting
 /// for it would wait forever.
-fn called_by(state: &State, id: &TaskId, holder: &TaskId) -> bool {
+pub(super) fn called_by(state: &State, id: &TaskId, holder: &TaskId) -> bool {
     let parent_of = |t: &TaskId| {
         state.tasks.get(t.as_str()).and_then(|t| t.parent.as_ref()).map(|p| p.0.clone())
     };
@@ -206,6 +206,41 @@ fn let_go_of_actor(state: &mut State, id: &TaskId) {
     if let Some(next) = state.queue.wake(&key.stored()) {
         state.actors.hold(key, &next);
     }
+}
+
+/// Task `id` holds `key` from now on (placed on a worker). A key it held before (its
+/// agent registered again, keeping state per agent now rather than per conversation) is
+/// let go, so the tasks parked for that key are not left there.
+pub(super) fn take_key(state: &mut State, key: Key, id: &TaskId) {
+    if state.actors.holding(id).is_some_and(|held| *held != key) {
+        let_go_of_actor(state, id);
+    }
+    state.actors.hold(key, id);
+}
+
+/// Whether task `id` must wait for its actor's key: another live task holds it. A task
+/// whose caller (or its caller's caller) holds it would wait for itself: it fails at once,
+/// naming the holder (then true as well: it is not to be placed).
+pub(super) fn waits_for_key(state: &mut State, id: &TaskId) -> bool {
+    let Some(task) = state.tasks.get(id.as_str()) else { return false };
+    let Some(key) = actor_key(state, task) else { return false };
+    let Some(holder) = actor_holder(state, &key, Some(id)) else { return false };
+    if called_by(state, id, &holder) {
+        let error = self_call_error(&task.agent, &key, &holder);
+        dequeue(state, id);
+        finish(state, id, EventKind::failed(ErrorKind::InvalidRequest, error));
+    }
+    true
+}
+
+/// Why a task cannot wait for the key its caller holds.
+pub(super) fn self_call_error(agent: &str, key: &Key, holder: &TaskId) -> String {
+    format!(
+        "agent {agent} keeps its state per {}, and task {holder}, which called this one, \
+         holds that state: an actor's task cannot call its own actor (it would wait for \
+         itself); call it with another context, or do the work in the same task",
+        if key.context_id.is_empty() { "agent" } else { "conversation" },
+    )
 }
 
 /// Frees what the running attempt of a task holds on its worker.
@@ -447,18 +482,12 @@ fn place_one_of(state: &mut State, tenant: &str) -> bool {
             state.queue.take(tenant, index);
             waited += 1;
             if called_by(state, &id, &holder) {
-                let error = format!(
-                    "agent {} keeps its state per {}, and task {holder}, which called this \
-                     one, holds that state: an actor's task cannot call its own actor (it \
-                     would wait for itself); call it with another context, or do the work in \
-                     the same task",
-                    spec.name,
-                    if key.context_id.is_empty() { "agent" } else { "conversation" },
-                );
+                let error = self_call_error(&spec.name, &key, &holder);
                 finish(state, &id, EventKind::failed(ErrorKind::InvalidRequest, error));
-            } else {
-                state.queue.park(key.stored(), &task_tenant, id);
+                // Its end may have woken a task of another key at the front of a line.
+                return true;
             }
+            state.queue.park(key.stored(), &task_tenant, id);
             continue;
         }
         let context = context_worker(state, &task.agent, &task.tenant, &task.context_id);
@@ -479,6 +508,9 @@ fn place_one_of(state: &mut State, tenant: &str) -> bool {
                 state.queue.take(tenant, index);
                 let error = format!("no worker can run agent {:?}: {reason}", spec.name);
                 finish(state, &id, EventKind::failed(ErrorKind::Unsupported, error));
+                // Its end may have woken the next task of its actor's key to the front of
+                // the line, before where this scan is: the drain goes round again.
+                return true;
             }
         }
     }

@@ -103,6 +103,11 @@ impl Cluster {
                 if let Some(t) = state.tasks.get_mut(task.as_str()) {
                     t.push(EventKind::Scheduled { worker_id: id.clone() }, now_us());
                 }
+                // It runs: its actor's key is its own (the others of the key wait for it).
+                if let Some(key) = state.tasks.get(task.as_str()).and_then(|t| actor_key(state, t))
+                {
+                    take_key(state, key, task);
+                }
                 adopted += 1;
             }
         }
@@ -224,6 +229,13 @@ impl Cluster {
                             }
                         }
                         Err(refused) => {
+                            // The code stops too: the key's next task may start now.
+                            if let Some(w) = state.workers.get(worker_id) {
+                                let _ = w.commands.send(Command::CancelTask {
+                                    task_id: event.task_id.clone(),
+                                    reason: refused.clone(),
+                                });
+                            }
                             let failed = EventKind::failed(ErrorKind::InvalidRequest, refused);
                             finish(state, &event.task_id, failed);
                             freed = true;

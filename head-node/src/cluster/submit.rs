@@ -262,6 +262,9 @@ impl Cluster {
         let id = visible(state, who, task_id)?.id.clone();
         who.may_act()?;
         cancel_in(state, &id, "canceled by the client");
+        // A queued task canceled may have held an actor's key: the next task of the key,
+        // woken, goes now rather than at the next event.
+        drain_queue(state);
         let task =
             state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
         Ok(TaskInfo::from(task))
@@ -353,9 +356,16 @@ pub(super) fn submit_in(
     let lender = parent.as_ref().and_then(|(caller, _, _)| {
         calls::lender(state, &spec, caller).map(|worker| (worker, caller.clone()))
     });
-    // A task of an actor whose key another task holds waits (parked by the drain).
-    let actor_held = crate::actor_state::key_of(&spec, &tenant, &task.context_id)
-        .is_some_and(|key| lifecycle::actor_holder(state, &key, None).is_some());
+    // A task of an actor whose key another task holds waits (parked by the drain); one
+    // whose caller holds it would wait for itself.
+    let held = crate::actor_state::key_of(&spec, &tenant, &task.context_id)
+        .and_then(|key| lifecycle::actor_holder(state, &key, None).map(|holder| (key, holder)));
+    if let (Some((key, holder)), Some((caller, _, _))) = (&held, &parent)
+        && (holder == caller || lifecycle::called_by(state, caller, holder))
+    {
+        return Err(Error::InvalidArgument(lifecycle::self_call_error(&spec.name, key, holder)));
+    }
+    let actor_held = held.is_some();
     let at_capacity = (spec.max_concurrency > 0
         && state.agents.get(&task.agent)?.running >= spec.max_concurrency)
         || actor_held

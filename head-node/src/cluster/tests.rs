@@ -930,3 +930,54 @@ fn an_actor_s_tasks_run_one_at_a_time_in_order_from_the_stored_state() {
     assert!(!sent.iter().any(|(id, _, _)| *id == t4), "t4 waits for t3's retry: {sent:?}");
     assert_eq!(where_is(&cluster, &t4).0, TaskState::Queued);
 }
+
+/// A task waiting on two calls lends its slot to the second once the first ended; when the
+/// second calls an actor whose key another task holds, it waits for that task all the same.
+#[test]
+fn a_lent_slot_goes_to_no_call_of_an_actor_whose_key_is_held() {
+    let mut config = config(0);
+    config.agents.push(AgentSpec {
+        name: "asker".into(),
+        model: "builtin:echo".into(),
+        tools: vec!["a".into(), "counter".into()],
+        ..Default::default()
+    });
+    config.agents.push(AgentSpec {
+        name: "counter".into(),
+        model: "python:Counter".into(),
+        actor_state: fleet_proto::ActorState::PerAgent,
+        ..Default::default()
+    });
+    let cluster = Cluster::new(&config).expect("cluster");
+    let hosting = Registration {
+        python_agents: vec![fleet_proto::ANY_PYTHON_AGENT.into()],
+        ..registration("w1", 2, 0, &[])
+    };
+    let (c, _rx, _) = cluster.worker_joined(hosting, String::new());
+    let submit = |agent: &str| {
+        let new = NewTask { agent: agent.into(), input: "q".into(), ..Default::default() };
+        cluster.submit(&op(), new, None).expect("submitted")
+    };
+    let (holder, asker) = (submit("counter"), submit("asker"));
+    let call = |id: &str, name: &str| EventKind::ToolCall {
+        call_id: id.into(),
+        name: name.into(),
+        arguments: r#"{"input": "x"}"#.into(),
+        traceparent: String::new(),
+        replayed: false,
+    };
+    cluster.worker_events(
+        "w1",
+        c,
+        vec![event(&asker, 0, call("c1", "a")), event(&asker, 0, call("c2", "counter"))],
+    );
+    let children = cluster.state.lock().tasks.get(asker.as_str()).expect("asker").children.clone();
+    let [helper, counted] = children.as_slice() else { panic!("two sub-tasks: {children:?}") };
+    assert_eq!(where_is(&cluster, helper).0, TaskState::Scheduled, "in the lent slot");
+    assert_eq!(where_is(&cluster, counted).0, TaskState::Queued);
+    let done = EventKind::Completed { usage: Default::default() };
+    cluster.worker_events("w1", c, vec![event(helper, 0, done.clone())]);
+    assert_eq!(where_is(&cluster, counted).0, TaskState::Queued, "the key is still held");
+    cluster.worker_events("w1", c, vec![event(&holder, 0, done)]);
+    assert_eq!(where_is(&cluster, counted).0, TaskState::Scheduled, "its turn");
+}

@@ -189,9 +189,11 @@ class AgentTask:
 class AgentContext:
     """What a Python agent's task may ask of the cluster while it runs."""
 
-    __slots__ = ("_native", "_run", "task_id", "agent", "context_id", "_state", "_saved", "_keeps")
+    __slots__ = ("_native", "_run", "task_id", "agent", "context_id", "_state", "_saved", "_keeps", "_unkeyed")
 
-    def __init__(self, native: Any, run: int, task: AgentTask, keeps: bool = False, stored: "str | None" = None) -> None:
+    def __init__(
+        self, native: Any, run: int, task: AgentTask, keeps: bool = False, stored: "str | None" = None, per_context: bool = False
+    ) -> None:
         self._native = native
         self._run = run
         self.task_id = task.id
@@ -202,6 +204,8 @@ class AgentContext:
         #: The state as stored (JSON; None: the task's state is not stored), and as the code has it.
         self._saved = stored
         self._state: "dict[str, Any] | None" = None
+        #: A per-context agent's task without a context: its state starts empty, unstored.
+        self._unkeyed = per_context and not task._conversation
 
     @property
     def state(self) -> "dict[str, Any]":
@@ -212,6 +216,11 @@ class AgentContext:
             raise FleetError(
                 f"agent {self.agent} keeps no state: declare it with @af.agent(state=True) "
                 "(per_context=True for one per conversation)"
+            )
+        if self._saved is None and not self._unkeyed:
+            raise FleetError(
+                f"agent {self.agent} was registered without its state: register the decorated "
+                "class or function itself (fleet.agent(TheAgent)), not its name"
             )
         if self._state is None:
             import json
@@ -233,7 +242,10 @@ class AgentContext:
             return None
         import json
 
-        text = json.dumps(self._state, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text = json.dumps(self._state, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"ctx.state holds what JSON cannot: {e}") from e
         return None if text == self._saved else text
 
     async def save(self) -> None:
@@ -521,7 +533,7 @@ class _Runtime:
             if code is None:
                 known = ", ".join(_names()) or "none"
                 raise LookupError(f"this process defines no Python agent named {program!r} (it defines: {known})")
-            ctx = AgentContext(native, run, task, code.state, state)
+            ctx = AgentContext(native, run, task, code.state, state, code.per_context)
             if code.is_class:
                 fn: Callable[..., Any] = getattr(self._instance(code, task), "run")
             else:
