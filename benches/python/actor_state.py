@@ -35,13 +35,15 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+
+# The same process handling as the Python agents' benchmark beside this one.
+from python_agents_vs_ray import head_command, spawn, stop_all
 
 MODULE = "actor_bench_agents"
 AGENTS = '''
@@ -58,43 +60,11 @@ async def actor(task, ctx):
     ctx.state["n"] = ctx.state.get("n", 0) + 1
     return task.input
 '''
-_started: list[subprocess.Popen] = []
-
-
-def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-    _started.append(proc)
-    return proc
-
-
-def stop_all() -> None:
-    for proc in _started:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for proc in _started:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    _started.clear()
-
-
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def head_command() -> list[str]:
-    for candidate in (shutil.which("fleet-head"), os.path.expanduser("~/.cache/agentfleet/target/release/fleet-head")):
-        if candidate and os.access(candidate, os.X_OK):
-            return [candidate]
-    return [sys.executable, "-m", "agentfleet", "head"]
 
 
 def main() -> None:
@@ -114,7 +84,7 @@ def main() -> None:
     agents = __import__(MODULE)
     env = dict(os.environ, RUST_LOG="warn", PYTHONPATH=folder)
     head = spawn(
-        [*head_command(), "--listen", "127.0.0.1:0", "--print-address", "--data-dir", os.path.join(folder, "head"),
+        [*head_command(None), "--listen", "127.0.0.1:0", "--print-address", "--data-dir", os.path.join(folder, "head"),
          "--token", "bench", "--join-token", "bench-join"],
         stdout=subprocess.PIPE, text=True, env=env,
     )
