@@ -525,19 +525,37 @@ impl Client {
             .await
     }
 
-    /// Publishes `body` on a topic of the workers' mesh as `publisher` (empty = "client");
-    /// returns the message's number among the publisher's and the worker that sent it.
+    /// Publishes `body` on a topic as `publisher` (empty = "client"); answered with its
+    /// offset in the topic's log once the head has stored it.
     pub async fn publish(
         &self,
         topic: &str,
         publisher: &str,
         body: &str,
     ) -> Result<pb::PublishResponse> {
+        self.publish_many(topic, publisher, vec![body.to_owned()]).await
+    }
+
+    /// Publishes `bodies` in order (at most 10,000) in one store write; the response holds
+    /// the first one's offset (the others follow it).
+    pub async fn publish_many(
+        &self,
+        topic: &str,
+        publisher: &str,
+        mut bodies: Vec<String>,
+    ) -> Result<pb::PublishResponse> {
+        if bodies.is_empty() {
+            return Err(Error::Status(tonic::Status::invalid_argument("nothing to publish")));
+        }
+        let body = bodies.remove(0);
         let request = pb::PublishRequest {
             topic: topic.to_owned(),
             publisher: publisher.to_owned(),
-            body: body.to_owned(),
+            body,
+            more_bodies: bodies,
         };
+        // Not sent twice: a publish that reached the head but whose answer was lost would
+        // be stored twice.
         self.unary_with(false, |mut api| {
             let request = request.clone();
             async move { api.publish(request).await }
@@ -545,11 +563,55 @@ impl Client {
         .await
     }
 
-    /// The messages on a topic from now on, through `worker_id`'s subscription (any worker
-    /// on the mesh when empty).
+    /// A topic's messages from `from_offset` (none: from the next one published), live; in
+    /// consumer `group` (non-empty), a share of them to acknowledge with
+    /// [`Client::ack_topic`] (a new group starts at `from_offset`, else the oldest kept).
+    pub async fn follow_log(
+        &self,
+        topic: &str,
+        from_offset: Option<u64>,
+        group: &str,
+    ) -> Result<TopicStream> {
+        let request = pb::FollowTopicRequest {
+            topic: topic.to_owned(),
+            from_offset,
+            group: group.to_owned(),
+            ..Default::default()
+        };
+        let inbound = self
+            .unary(|mut api| {
+                let request = request.clone();
+                async move { api.follow_topic(request).await }
+            })
+            .await?;
+        Ok(Box::pin(inbound.map(|m| m.map_err(Error::from))))
+    }
+
+    /// Acknowledges messages of consumer `group`; returns the group's committed offset
+    /// (every message before it acknowledged) once stored.
+    pub async fn ack_topic(&self, topic: &str, group: &str, offsets: &[u64]) -> Result<u64> {
+        let request = pb::AckTopicRequest {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            offsets: offsets.to_vec(),
+        };
+        let response = self
+            .unary(|mut api| {
+                let request = request.clone();
+                async move { api.ack_topic(request).await }
+            })
+            .await?;
+        Ok(response.committed)
+    }
+
+    /// The messages on a topic from now on, through `worker_id`'s mesh subscription (empty:
+    /// the topic's log, as [`Client::follow_log`] from now on).
     pub async fn follow_topic(&self, topic: &str, worker_id: &str) -> Result<TopicStream> {
-        let request =
-            pb::FollowTopicRequest { topic: topic.to_owned(), worker_id: worker_id.to_owned() };
+        let request = pb::FollowTopicRequest {
+            topic: topic.to_owned(),
+            worker_id: worker_id.to_owned(),
+            ..Default::default()
+        };
         let inbound = self
             .unary(|mut api| {
                 let request = request.clone();

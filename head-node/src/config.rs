@@ -86,6 +86,8 @@ pub struct HeadConfig {
     /// The key (64 hex digits in a file) that seals agents' API keys and webhooks'
     /// credentials in the store; a file store without one makes `secrets.key`.
     pub secrets_key_file: Option<std::path::PathBuf>,
+    /// What topics' logs keep (`[topics]`).
+    pub topics: crate::topics::Retention,
 }
 
 impl Default for HeadConfig {
@@ -122,6 +124,7 @@ impl Default for HeadConfig {
             principals: Vec::new(),
             tenants: Vec::new(),
             secrets_key_file: None,
+            topics: crate::topics::Retention::default(),
         }
     }
 }
@@ -170,6 +173,20 @@ pub struct ConfigFile {
     pub principals: Vec<crate::auth::PrincipalKey>,
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<crate::quotas::TenantQuota>,
+    /// What topics' logs keep.
+    pub topics: Option<TopicsTable>,
+}
+
+/// `[topics]`: what each topic's log keeps (the oldest messages go first), and the bounds
+/// over all topics.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsTable {
+    pub retain_messages: Option<usize>,
+    pub retain_bytes: Option<usize>,
+    pub retain_seconds: Option<u64>,
+    pub max_bytes: Option<usize>,
+    pub max_topics: Option<usize>,
 }
 
 /// What kind of store a head keeps its state in: `file`, `memory` or a `postgres://` URL.
@@ -521,6 +538,14 @@ impl ConfigFile {
         config.agents.extend(self.agents.into_iter().map(AgentSpec::from));
         config.principals.extend(self.principals);
         config.tenants.extend(self.tenants);
+        if let Some(t) = self.topics {
+            let r = &mut config.topics;
+            r.messages = t.retain_messages.unwrap_or(r.messages);
+            r.bytes = t.retain_bytes.unwrap_or(r.bytes);
+            r.age = t.retain_seconds.map_or(r.age, Duration::from_secs);
+            r.max_bytes = t.max_bytes.unwrap_or(r.max_bytes);
+            r.max_topics = t.max_topics.unwrap_or(r.max_topics);
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub enum Error {
     TooManyAgents { limit: usize },
     #[error("{limit} client publishes are waiting for their workers to answer: retry later")]
     TooManyPublishes { limit: usize },
+    #[error("{0}")]
+    TopicsFull(String),
     #[error("no worker can ever run agent {agent:?}: {reason}")]
     Unschedulable { agent: String, reason: String },
     #[error("mesh unavailable: {0}")]
@@ -103,6 +105,7 @@ impl Error {
             | Self::QueueBytes { .. }
             | Self::TooManyAgents { .. }
             | Self::TooManyPublishes { .. }
+            | Self::TopicsFull(_)
             | Self::Quota { .. } => ErrorKind::Busy,
             Self::NameTaken(_) => ErrorKind::InvalidRequest,
             Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
@@ -120,9 +123,10 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Self::Quota { retry_after_s, .. } => Some(*retry_after_s),
-            Self::QueueFull { .. } | Self::QueueBytes { .. } | Self::TooManyPublishes { .. } => {
-                Some(1)
-            }
+            Self::QueueFull { .. }
+            | Self::QueueBytes { .. }
+            | Self::TooManyPublishes { .. }
+            | Self::TopicsFull(_) => Some(1),
             _ => None,
         }
     }

@@ -175,7 +175,8 @@ async fn serve(
     Ok(())
 }
 
-/// Declares workers dead once they are silent for `timeout`; checks four times per timeout.
+/// Declares workers dead once they are silent for `timeout`; checks four times per timeout
+/// (and lets topics' messages past their age go).
 async fn detect_silent_workers(
     cluster: Arc<Cluster>,
     timeout: std::time::Duration,
@@ -185,7 +186,10 @@ async fn detect_silent_workers(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => cluster.sweep_silent_workers(timeout),
+            _ = tick.tick() => {
+                cluster.sweep_silent_workers(timeout);
+                cluster.sweep_topics();
+            }
             () = shutdown.cancelled() => return,
         }
     }

@@ -225,8 +225,19 @@ fn worker_seeds() -> Vec<Vec<u8>> {
             seq: 4,
             body: "b".into(),
             worker_id: "w1".into(),
+            offset: None,
+            published_at_us: 0,
         }]),
         WorkerUpdate::Published { request_id: 3, result: Ok(12) },
+        WorkerUpdate::StoreTopicMessage {
+            request: fleet_proto::PublishRequest {
+                request_id: 5,
+                topic: "news".into(),
+                publisher: "agent".into(),
+                body: "b".into(),
+            },
+            seq: 2,
+        },
     ];
     updates.into_iter().map(|u| pb::WorkerMessage::from(u).encode_to_vec()).collect()
 }

@@ -705,6 +705,15 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                     result: if p.error.is_empty() { Ok(p.seq) } else { Err((kind, p.error)) },
                 }
             }
+            Kind::StoreTopicMessage(m) => Self::StoreTopicMessage {
+                request: PublishRequest {
+                    request_id: m.request_id,
+                    topic: m.topic,
+                    publisher: m.publisher,
+                    body: m.body,
+                },
+                seq: m.seq,
+            },
         })
     }
 }
@@ -762,6 +771,15 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                     kind: pb::ErrorKind::from(kind).into(),
                 },
             }),
+            WorkerUpdate::StoreTopicMessage { request, seq } => {
+                Kind::StoreTopicMessage(pb::StoreTopicMessage {
+                    request_id: request.request_id,
+                    topic: request.topic,
+                    publisher: request.publisher,
+                    body: request.body,
+                    seq,
+                })
+            }
         };
         Self { kind: Some(kind) }
     }
@@ -831,6 +849,21 @@ impl From<&Command> for pb::Command {
                 body: p.body.clone(),
             }),
             Command::Acked { up_to } => Kind::Acked(pb::Acked { up_to: *up_to }),
+            Command::TopicMessageStored { request_id, result } => {
+                Kind::TopicMessageStored(match result {
+                    Ok(offset) => pb::TopicMessageStored {
+                        request_id: *request_id,
+                        offset: *offset,
+                        ..Default::default()
+                    },
+                    Err((kind, error)) => pb::TopicMessageStored {
+                        request_id: *request_id,
+                        offset: 0,
+                        error: error.clone(),
+                        kind: pb::ErrorKind::from(*kind).into(),
+                    },
+                })
+            }
         };
         Self { kind: Some(kind) }
     }
@@ -890,6 +923,16 @@ impl TryFrom<pb::Command> for Command {
                 body: p.body,
             }),
             Kind::Acked(a) => Command::Acked { up_to: a.up_to },
+            Kind::TopicMessageStored(t) => {
+                let kind = match t.kind() {
+                    pb::ErrorKind::Unspecified => ErrorKind::Unavailable,
+                    kind => kind.into(),
+                };
+                Command::TopicMessageStored {
+                    request_id: t.request_id,
+                    result: if t.error.is_empty() { Ok(t.offset) } else { Err((kind, t.error)) },
+                }
+            }
         })
     }
 }
@@ -902,6 +945,8 @@ impl From<pb::TopicMessage> for TopicMessage {
             seq: m.seq,
             body: m.body,
             worker_id: m.worker_id,
+            offset: m.offset,
+            published_at_us: m.published_at_us,
         }
     }
 }
@@ -914,6 +959,8 @@ impl From<TopicMessage> for pb::TopicMessage {
             seq: m.seq,
             body: m.body,
             worker_id: m.worker_id,
+            offset: m.offset,
+            published_at_us: m.published_at_us,
         }
     }
 }

@@ -79,6 +79,16 @@ pub trait LocalHead: Send + Sync + 'static {
     /// The worker is leaving (or stopped); its running tasks are retried elsewhere.
     fn leave(&self, worker_id: &str, connection: u64, reason: &str);
 
+    /// A message an agent on the worker published, for its topic's log; answered with
+    /// `Command::TopicMessageStored`.
+    fn store_topic_message(
+        &self,
+        worker_id: &str,
+        connection: u64,
+        request: crate::PublishRequest,
+        seq: u64,
+    );
+
     /// Resolves once everything the head took so far is stored (at once without a store,
     /// or when the store stopped): a worker waiting for its event to be on record waits
     /// for this.

@@ -479,6 +479,10 @@ pub struct TopicMessage {
     pub body: String,
     /// The worker whose subscription received it.
     pub worker_id: String,
+    /// Its offset in the topic's log (none: received from the mesh).
+    pub offset: Option<u64>,
+    /// When the head stored it (0: received from the mesh).
+    pub published_at_us: u64,
 }
 
 /// A client's message to publish on the mesh, handed to a worker.
@@ -954,6 +958,12 @@ pub enum WorkerUpdate {
         request_id: u64,
         result: std::result::Result<u64, (ErrorKind, String)>,
     },
+    /// A message an agent here published, for the topic's log (with its number on the
+    /// mesh, 0 if none); answered with `TopicMessageStored`.
+    StoreTopicMessage {
+        request: PublishRequest,
+        seq: u64,
+    },
 }
 
 /// A task handed to a worker.
@@ -1022,5 +1032,11 @@ pub enum Command {
     /// The head stored this worker's events up to this number (their `seq`).
     Acked {
         up_to: u64,
+    },
+    /// The answer to `StoreTopicMessage`: the message's offset in its topic's log, or why
+    /// it was not stored.
+    TopicMessageStored {
+        request_id: u64,
+        result: std::result::Result<u64, (ErrorKind, String)>,
     },
 }

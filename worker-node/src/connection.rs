@@ -28,7 +28,7 @@ use crate::{Error, Result};
 
 /// Events per message up the stream at most.
 const BATCH: usize = 1024;
-/// Lookups, topic messages and publish answers waiting to go up at most.
+/// Agents' topic messages, lookups and publish answers waiting to go up at most.
 const MESH_UPDATES: usize = 4096;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -38,11 +38,14 @@ const BACKOFF_MAX_SEVERAL: Duration = Duration::from_millis(500);
 /// Runs the worker until `shutdown`; returns an error only for problems retrying cannot fix
 /// (a rejected token, a malformed head URL).
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
+    // What goes up besides events and heartbeats: agents' topic messages, and the mesh's
+    // lookups, topic messages and publish answers.
+    let (to_head, mut updates) = mpsc::channel(MESH_UPDATES);
     if let Some(head) = config.local.clone() {
-        let host = host(&config).await?;
+        let host = host(&config, to_head).await?;
         let event_buffer = config.event_buffer.max(1);
         let registration = registration(&config).await?;
-        return run_in_process(head, registration, host, event_buffer, shutdown).await;
+        return run_in_process(head, registration, host, updates, event_buffer, shutdown).await;
     }
     // Several heads (a leader and its standbys): joined in turn until one takes the worker.
     let mut heads = Vec::new();
@@ -60,18 +63,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let mut registration = registration(&config).await?;
     // Tells the head this process apart from an earlier or later one with the same id.
     registration.incarnation = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
-    let mut host = host(&config).await?;
+    let mut host = host(&config, to_head.clone()).await?;
     // One sink for the worker's life: tasks outlive connections.
     let (sink, events) = mpsc::channel::<Outgoing>(config.event_buffer.max(1));
     let outbox = Outbox::start(events, MAX_UNACKED);
-    let mut updates = match join_mesh(&config, &mut host).await? {
-        Some((address, updates)) => {
-            registration.mesh = Some(address);
-            updates
-        }
-        // Never sends: the channel's sender is dropped at once.
-        None => mpsc::channel(1).1,
-    };
+    if let Some(address) = join_mesh(&config, &mut host, to_head).await? {
+        registration.mesh = Some(address);
+    }
     let mut backoff = BACKOFF_START;
     let (mut current, mut failed_in_round) = (0, 0);
     loop {
@@ -120,6 +118,7 @@ async fn run_in_process(
     head: Arc<dyn LocalHead>,
     registration: Registration,
     mut host: ActorHost,
+    mut updates: mpsc::Receiver<WorkerUpdate>,
     event_buffer: usize,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -147,8 +146,16 @@ async fn run_in_process(
                     }
                 }
                 _ = ticker.tick() => head.heartbeat(&worker_id, connection, heartbeat(&mut host)),
+                Some(update) = updates.recv() => match update {
+                    WorkerUpdate::StoreTopicMessage { request, seq } => {
+                        head.store_topic_message(&worker_id, connection, request, seq);
+                    }
+                    // An in-process worker has no mesh: nothing else comes this way.
+                    other => debug!(?other, "update ignored in process"),
+                },
             }
         };
+        host.head_lost();
         host.cancel_all();
         if !dropped {
             head.leave(&worker_id, connection, "the worker stopped");
@@ -204,12 +211,13 @@ fn heartbeat(host: &mut ActorHost) -> Heartbeat {
 
 /// Starts the worker's mesh (unless it has none): calls from other workers go to the host's
 /// actors, the host's agents call others and share topics through it. Returns the mesh's
-/// address for the registration and what the mesh side sends the head (agent lookups,
-/// topic messages, publish answers).
+/// address for the registration; what the mesh side sends the head (agent lookups, topic
+/// messages, publish answers) goes to `to_head`.
 async fn join_mesh(
     config: &WorkerConfig,
     host: &mut ActorHost,
-) -> Result<Option<(MeshAddress, mpsc::Receiver<WorkerUpdate>)>> {
+    to_head: mpsc::Sender<WorkerUpdate>,
+) -> Result<Option<MeshAddress>> {
     if config.mesh_listen.is_empty() {
         return Ok(None);
     }
@@ -226,15 +234,14 @@ async fn join_mesh(
     info!(peer_id = %address.peer_id, addrs = ?address.addrs, "mesh listening");
     let local = host.local_calls();
     tokio::spawn(local.clone().serve(incoming, config.slots as usize));
-    let (to_head, updates) = mpsc::channel(MESH_UPDATES);
     let caller = AgentCaller::new(mesh.clone(), local, to_head.clone());
     host.use_mesh(caller, TopicBoard::new(mesh, to_head));
-    Ok(Some((address, updates)))
+    Ok(Some(address))
 }
 
 /// The actor host with its model store; models named by `--preload` are loaded first, so a
 /// worker that joins has them ready (and a model that cannot load stops it with the reason).
-async fn host(config: &WorkerConfig) -> Result<ActorHost> {
+async fn host(config: &WorkerConfig, to_head: mpsc::Sender<WorkerUpdate>) -> Result<ActorHost> {
     let mut store = ModelStore::new(config.models_dir.clone(), config.device.clone())
         .with_remote_policy(crate::remote::RemotePolicy {
             key_hosts: config.key_hosts.clone(),
@@ -247,7 +254,7 @@ async fn host(config: &WorkerConfig) -> Result<ActorHost> {
             .await
             .map_err(|reason| Error::Preload { model: id.clone(), reason: reason.to_string() })?;
     }
-    Ok(ActorHost::new(store)
+    Ok(ActorHost::new(store, to_head)
         .with_mcp_policy(config.mcp.clone())
         .with_code_agents(config.code_agents.clone()))
 }

@@ -24,7 +24,7 @@ use crate::models::ModelStore;
 use crate::runner::{self, EventSink};
 use crate::tool::{ToolCaller, ToolOutcome};
 use crate::toolbox::{Toolbox, ToolboxSource};
-use crate::topics::{PublishTool, TopicBoard};
+use crate::topics::{PublishTool, TopicBoard, TopicStore};
 
 /// The root of the worker's supervision tree; restarts agent actors that panic.
 pub struct Supervisor;
@@ -62,6 +62,8 @@ pub struct ActorHost {
     caller: Option<Arc<AgentCaller>>,
     /// The mesh's topics on this worker; `None` without a mesh.
     board: Option<Arc<TopicBoard>>,
+    /// The head's topic logs, where agents' messages are stored.
+    topic_store: Arc<TopicStore>,
     /// Which MCP servers agents may use here.
     mcp_policy: McpPolicy,
     /// Closes each placed agent's MCP connections (kills their programs) when it goes.
@@ -75,8 +77,12 @@ impl std::fmt::Debug for ActorHost {
 }
 
 impl ActorHost {
-    /// A host whose actors load their models from `models`.
-    pub fn new(models: ModelStore) -> Self {
+    /// A host whose actors load their models from `models`; agents' topic messages go up
+    /// to the head through `to_head`.
+    pub fn new(
+        models: ModelStore,
+        to_head: tokio::sync::mpsc::Sender<fleet_proto::WorkerUpdate>,
+    ) -> Self {
         Self {
             supervisor: Supervisor::spawn(()),
             versions: HashMap::new(),
@@ -87,6 +93,7 @@ impl ActorHost {
             local_calls: LocalCalls::default(),
             caller: None,
             board: None,
+            topic_store: TopicStore::new(to_head),
             mcp_policy: McpPolicy::default(),
             mcp_sessions: HashMap::new(),
         }
@@ -136,6 +143,7 @@ impl ActorHost {
         if let Some(caller) = &self.caller {
             caller.head_lost();
         }
+        self.topic_store.head_lost();
     }
 
     pub fn actors(&self) -> usize {
@@ -201,6 +209,9 @@ impl ActorHost {
                 Some(board) => board.publish_for_head(request),
                 None => debug!(topic = %request.topic, "publish ignored: this worker has no mesh"),
             },
+            Command::TopicMessageStored { request_id, result } => {
+                self.topic_store.stored(request_id, result);
+            }
             // The connection's business (see `outbox`), not the actors'.
             Command::Acked { .. } => {}
         }
@@ -317,6 +328,7 @@ impl ActorHost {
                 agent: spec.name.clone(),
                 topics: spec.topics.clone(),
                 board: self.board.clone(),
+                store: self.topic_store.clone(),
             };
             toolbox.add(fleet_proto::PUBLISH_TOOL, Arc::new(publish));
         }
@@ -388,8 +400,9 @@ fn connect_mcp(
 }
 
 impl Default for ActorHost {
+    /// A host without models whose agents' topic messages go nowhere (tests).
     fn default() -> Self {
-        Self::new(ModelStore::default())
+        Self::new(ModelStore::default(), tokio::sync::mpsc::channel(1).0)
     }
 }
 

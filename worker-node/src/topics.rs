@@ -1,11 +1,15 @@
-//! Topics of the mesh on this worker: a shared blackboard for a swarm. Agents with
-//! `topics` read the latest messages on them in their prompt and publish with their
-//! `publish` tool; the head follows topics through a worker to show them to clients
-//! (`FollowTopic`, messages forwarded up the `Join` stream) and publishes for clients
-//! (`Publish`). One mesh subscription per topic feeds all of these.
+//! Topics on this worker: a shared blackboard for a swarm. Agents with `topics` read the
+//! latest messages on them in their prompt (from the mesh) and publish with their `publish`
+//! tool: on the mesh for the others' prompts, and to the head, which stores it in the
+//! topic's log ([`TopicStore`]) and answers with its offset. The head also follows topics
+//! through a worker to show a worker's view to clients (`FollowTopic`, messages forwarded up
+//! the `Join` stream) and publishes client messages on the mesh (`Publish`). One mesh
+//! subscription per topic feeds all of these.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use fleet_inference::ToolCall;
 use fleet_mesh::{Mesh, MeshError};
@@ -13,10 +17,84 @@ use fleet_proto::{ErrorKind, PublishRequest, TopicMessage, WorkerUpdate};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::tool::{CallContext, ToolCaller, ToolOutcome};
+
+/// How long an agent's publish waits for the head to store its message.
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type StoreAnswer = oneshot::Sender<std::result::Result<u64, (ErrorKind, String)>>;
+
+/// The head's topic logs as this worker's agents publish to them: each message goes up to
+/// the head, and the agent hears its offset once the head has stored it.
+pub struct TopicStore {
+    to_head: mpsc::Sender<WorkerUpdate>,
+    waiting: Mutex<HashMap<u64, StoreAnswer>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for TopicStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicStore").field("waiting", &self.waiting.lock().len()).finish()
+    }
+}
+
+impl TopicStore {
+    pub fn new(to_head: mpsc::Sender<WorkerUpdate>) -> Arc<Self> {
+        Arc::new(Self { to_head, waiting: Mutex::default(), next: AtomicU64::new(1) })
+    }
+
+    /// Stores `body` in `topic`'s log as `publisher` (its number on the mesh, 0 if none);
+    /// its offset, or why it is not known to be stored.
+    pub async fn store(
+        &self,
+        topic: &str,
+        publisher: &str,
+        body: String,
+        seq: u64,
+    ) -> std::result::Result<u64, String> {
+        let request_id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(request_id, tx);
+        let request = PublishRequest {
+            request_id,
+            topic: topic.to_owned(),
+            publisher: publisher.to_owned(),
+            body,
+        };
+        if self.to_head.send(WorkerUpdate::StoreTopicMessage { request, seq }).await.is_err() {
+            self.waiting.lock().remove(&request_id);
+            return Err("the worker is stopping".into());
+        }
+        match tokio::time::timeout(STORE_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer.map_err(|(_, reason)| reason),
+            Ok(Err(_)) => Err("the connection to the head was lost before it confirmed: the \
+                               message may or may not be stored"
+                .into()),
+            Err(_) => {
+                self.waiting.lock().remove(&request_id);
+                Err(format!(
+                    "the head did not confirm within {} s: the message may or may not be stored",
+                    STORE_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+
+    /// The head's answer to a message sent up.
+    pub fn stored(&self, request_id: u64, result: std::result::Result<u64, (ErrorKind, String)>) {
+        if let Some(waiter) = self.waiting.lock().remove(&request_id) {
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// The connection to the head broke: messages sent up on it get no answer.
+    pub fn head_lost(&self) {
+        self.waiting.lock().clear();
+    }
+}
 
 /// Latest messages kept per topic for prompts.
 const BOARD_DEPTH: usize = 32;
@@ -69,6 +147,8 @@ impl TopicBoard {
                     seq: m.seq,
                     body: m.body,
                     worker_id: String::new(),
+                    offset: None,
+                    published_at_us: 0,
                 };
                 {
                     let mut recent = recent.lock();
@@ -147,12 +227,14 @@ impl TopicBoard {
     }
 }
 
-/// The `publish` tool of an agent with topics: posts a message on one of them.
+/// The `publish` tool of an agent with topics: posts a message on one of them (on the
+/// mesh, when the worker is on one, and in the topic's log on the head).
 pub struct PublishTool {
     pub agent: String,
     pub topics: Vec<String>,
-    /// `None` on a worker without a mesh: every call answers so.
+    /// `None` on a worker without a mesh.
     pub board: Option<Arc<TopicBoard>>,
+    pub store: Arc<TopicStore>,
 }
 
 impl ToolCaller for PublishTool {
@@ -175,10 +257,7 @@ impl ToolCaller for PublishTool {
     }
 
     fn call(&self, call: &ToolCall, _context: CallContext) -> BoxFuture<'static, ToolOutcome> {
-        let Some(board) = self.board.clone() else {
-            let refused = ToolOutcome::error("cannot publish: this worker is not on the mesh");
-            return futures::future::ready(refused).boxed();
-        };
+        let (board, store) = (self.board.clone(), self.store.clone());
         let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_default();
         let text = |key: &str| args.get(key).and_then(|v| v.as_str()).map(str::to_owned);
         let (Some(topic), Some(message)) = (text("topic"), text("message")) else {
@@ -194,8 +273,20 @@ impl ToolCaller for PublishTool {
         }
         let agent = self.agent.clone();
         async move {
-            match board.publish(&topic, &agent, message).await {
-                Ok(seq) => ToolOutcome::ok(format!("published on {topic} as message {seq}")),
+            // The mesh first, so that the log keeps the message's number there; the mesh
+            // failing does not keep it from the log, which is what followers read.
+            let seq = match &board {
+                Some(board) => match board.publish(&topic, &agent, message.clone()).await {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        warn!(topic, error = %e, "not published on the mesh");
+                        0
+                    }
+                },
+                None => 0,
+            };
+            match store.store(&topic, &agent, message, seq).await {
+                Ok(offset) => ToolOutcome::ok(format!("published on {topic} at offset {offset}")),
                 Err(e) => ToolOutcome::error(format!("not published on {topic}: {e}")),
             }
         }

@@ -261,26 +261,26 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 "publisher must be 1 to 64 letters, digits, '-', '_' or '.'",
             ));
         }
-        if r.body.len() > MAX_TOPIC_BODY {
+        let mut bodies = r.more_bodies;
+        bodies.insert(0, r.body);
+        if let Some(big) = bodies.iter().find(|b| b.len() > MAX_TOPIC_BODY) {
             return Err(Status::invalid_argument(format!(
-                "body is {} bytes; a topic message is at most {MAX_TOPIC_BODY}",
-                r.body.len()
+                "a body is {} bytes; a topic message is at most {MAX_TOPIC_BODY}",
+                big.len()
             )));
         }
-        let answer = self.cluster.publish(&who, r.topic, publisher, r.body)?;
-        match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {
-            Ok(Ok(Ok((seq, worker_id)))) => {
-                Ok(Response::new(pb::PublishResponse { seq, worker_id }))
+        // The latest go to the mesh too, for agents reading the topic in their prompts (a
+        // prompt shows the last few; a batch's earlier ones would never be seen there).
+        let to_mesh: Vec<String> =
+            bodies.iter().skip(bodies.len().saturating_sub(MESH_RELAYED)).cloned().collect();
+        let offset = self.cluster.publish_to_log(&who, &r.topic, &publisher, bodies).await?;
+        if self.cluster.has_mesh() {
+            for body in to_mesh {
+                // Best effort: the log has it; a mesh without the topic's readers is fine.
+                let _ = self.cluster.publish(&who, r.topic.clone(), publisher.clone(), body);
             }
-            Ok(Ok(Err((kind, reason)))) => {
-                Err(Status::new(crate::error::codes(kind).grpc, format!("not published: {reason}")))
-            }
-            Ok(Err(_)) => Err(Status::unavailable("not published: the head is shutting down")),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "the worker did not confirm the publish within {} s; it may or may not have gone out",
-                PUBLISH_TIMEOUT.as_secs()
-            ))),
         }
+        Ok(Response::new(pb::PublishResponse { offset, ..Default::default() }))
     }
 
     type FollowTopicStream = TopicStream;
@@ -292,8 +292,24 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let who = who(&request)?;
         let r = request.into_inner();
         check_topic(&r.topic)?;
-        let messages = self.cluster.follow_topic(&who, &r.topic, &r.worker_id)?;
         let shutdown = self.shutdown.clone();
+        if r.worker_id.is_empty() {
+            let group = (!r.group.is_empty()).then_some(r.group);
+            let follower = self.cluster.follow_log(&who, &r.topic, r.from_offset, group).await?;
+            let stream = futures::stream::unfold(follower, |mut follower| async move {
+                let batch = follower.next().await;
+                Some((futures::stream::iter(batch.into_iter().map(|m| Ok(m.into()))), follower))
+            })
+            .flatten();
+            return Ok(Response::new(Box::pin(stream.take_until(shutdown.cancelled_owned()))));
+        }
+        if r.from_offset.is_some() || !r.group.is_empty() {
+            return Err(Status::invalid_argument(
+                "a follow through a worker (worker_id) has no offsets or groups: leave it empty \
+                 to follow the topic's log",
+            ));
+        }
+        let messages = self.cluster.follow_topic(&who, &r.topic, &r.worker_id)?;
         let stream = futures::stream::unfold(Some(messages), |rx| async move {
             let mut rx = rx?;
             match rx.recv().await {
@@ -313,6 +329,24 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             }
         });
         Ok(Response::new(Box::pin(stream.take_until(shutdown.cancelled_owned()))))
+    }
+
+    async fn ack_topic(
+        &self,
+        request: Request<pb::AckTopicRequest>,
+    ) -> Result<Response<pb::AckTopicResponse>, Status> {
+        let who = who(&request)?;
+        let r = request.into_inner();
+        check_topic(&r.topic)?;
+        if r.offsets.len() > crate::topics::log::MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} offsets in one ack; at most {}",
+                r.offsets.len(),
+                crate::topics::log::MAX_BATCH
+            )));
+        }
+        let committed = self.cluster.ack_topic(&who, &r.topic, &r.group, &r.offsets).await?;
+        Ok(Response::new(pb::AckTopicResponse { committed }))
     }
 
     type HostToolsStream = HostStream;
@@ -423,8 +457,8 @@ async fn serve_tool_host(
 
 /// The largest topic message a client may publish.
 const MAX_TOPIC_BODY: usize = 1 << 20;
-/// How long a publish waits for its worker's confirmation.
-const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The latest messages of a client's publish handed to the mesh as well.
+const MESH_RELAYED: usize = 32;
 
 type TopicStream = Pin<Box<dyn Stream<Item = Result<pb::TopicMessage, Status>> + Send>>;
 

@@ -132,6 +132,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     Ok(WorkerUpdate::Published { request_id, result }) => {
                         cluster.published(&worker_id, request_id, result)
                     }
+                    Ok(WorkerUpdate::StoreTopicMessage { request, seq }) => {
+                        cluster.store_agent_message(&worker_id, connection, request, seq)
+                    }
                     Ok(WorkerUpdate::Register(_)) => {
                         warn!("second registration on one stream ignored")
                     }

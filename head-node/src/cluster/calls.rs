@@ -65,6 +65,11 @@ impl Cluster {
         state.topics.publish(&state.workers, topic, publisher, body)
     }
 
+    /// Whether any worker is on the mesh (client messages go to it as well as the log).
+    pub fn has_mesh(&self) -> bool {
+        self.state.lock().workers.iter().any(|w| w.registration.mesh.is_some())
+    }
+
     /// Messages a worker forwarded on topics the head follows through it.
     pub fn topic_messages(
         &self,
@@ -95,7 +100,7 @@ impl Cluster {
 
 /// Refuses a topic of another tenant than `who`'s (as if it did not exist, it has no
 /// messages for them: the error says how their own are named).
-fn check_topic(who: &Principal, topic: &str) -> Result<()> {
+pub(super) fn check_topic(who: &Principal, topic: &str) -> Result<()> {
     if who.may_use_topic(topic) {
         return Ok(());
     }

@@ -23,6 +23,7 @@ impl Cluster {
         for spec in &config.agents {
             state.agents.register(spec.clone())?;
         }
+        self.topic_log.lock().restore(journal.clone(), restored.topics);
         state.tasks.store_in(journal);
         let mut open = Vec::new();
         for task in restored.tasks {

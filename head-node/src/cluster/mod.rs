@@ -47,11 +47,13 @@ mod lifecycle;
 mod membership;
 mod queue;
 mod submit;
+mod topics;
 mod traced;
 mod views;
 
 pub use follow::Follow;
 use queue::TaskQueue;
+pub use topics::Follower;
 
 use calls::*;
 pub use hosted::{ToolCalls, ToolHost};
@@ -175,6 +177,9 @@ impl LeaseDeadline {
 /// The head's cluster state, shared by every API handler.
 pub struct Cluster {
     state: Mutex<State>,
+    /// Topics' logs and consumer groups; a lock of their own, so that publishing and
+    /// following never wait for the task state's.
+    topic_log: Arc<Mutex<crate::topics::TopicLog>>,
     limits: Limits,
     /// The same as the state's, read without its lock.
     metrics: Arc<TaskMetrics>,
@@ -250,6 +255,7 @@ impl Cluster {
                 calls_to_route: Vec::new(),
             }),
             metrics,
+            topic_log: Arc::new(Mutex::new(crate::topics::TopicLog::new(config.topics.clone()))),
             limits: Limits {
                 heartbeat_interval: config.heartbeat_interval,
                 max_queued_tasks: config.max_queued_tasks,
@@ -330,6 +336,16 @@ impl LocalHead for Cluster {
 
     fn leave(&self, worker_id: &str, connection: u64, reason: &str) {
         self.worker_lost(worker_id, connection, reason);
+    }
+
+    fn store_topic_message(
+        &self,
+        worker_id: &str,
+        connection: u64,
+        request: fleet_proto::PublishRequest,
+        seq: u64,
+    ) {
+        self.store_agent_message(worker_id, connection, request, seq);
     }
 
     fn stored(&self) -> futures::future::BoxFuture<'static, ()> {

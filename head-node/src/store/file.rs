@@ -283,6 +283,9 @@ fn batch_size(batch: &Batch) -> usize {
             .chain(&batch.actors)
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum::<usize>()
+        + batch.topic_messages.iter().map(|((t, _), v)| t.len() + v.len() + 8).sum::<usize>()
+        + batch.topic_trims.iter().map(|(t, _)| t.len() + 8).sum::<usize>()
+        + batch.topic_groups.iter().map(|((t, g), _)| t.len() + g.len() + 8).sum::<usize>()
 }
 
 #[cfg(test)]

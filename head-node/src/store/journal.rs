@@ -21,7 +21,7 @@ use tracing::{error, info};
 
 use super::{
     Batch, Store, StoreError, TaskRecord, WorkerMark, encode_actor, encode_agent,
-    encode_conversation, encode_events,
+    encode_conversation, encode_events, encode_topic_message,
 };
 use crate::conversations;
 
@@ -50,6 +50,12 @@ enum Record {
     Conversation(String, Option<Box<conversations::Record>>),
     /// An actor's state as it is now (none: deleted), under its key.
     Actor(String, Option<Box<crate::actor_state::Record>>),
+    /// Messages appended to a topic.
+    TopicMessages(String, Vec<Arc<crate::topics::Message>>),
+    /// A topic's first offset kept.
+    TopicTrim(String, u64),
+    /// A consumer group of a topic and the offset it resumes at.
+    TopicGroup(String, String, u64),
     /// Store what came before, close the store and say so.
     Close(mpsc::SyncSender<()>),
     /// Say when what came before is stored.
@@ -175,6 +181,21 @@ impl Journal {
         for (key, record) in changes {
             self.append(Record::Actor(key, record.map(Box::new)));
         }
+    }
+
+    /// Messages appended to `topic`.
+    pub fn topic_messages(&self, topic: &str, messages: Vec<Arc<crate::topics::Message>>) {
+        self.append(Record::TopicMessages(topic.to_owned(), messages));
+    }
+
+    /// Retention let the messages of `topic` before `first` go.
+    pub fn topic_trim(&self, topic: &str, first: u64) {
+        self.append(Record::TopicTrim(topic.to_owned(), first));
+    }
+
+    /// Consumer group `group` of `topic` resumes at `committed`.
+    pub fn topic_group(&self, topic: &str, group: &str, committed: u64) {
+        self.append(Record::TopicGroup(topic.to_owned(), group.to_owned(), committed));
     }
 
     /// An agent registered or changed, its secrets sealed.
@@ -328,6 +349,9 @@ fn build(records: &[Record]) -> (Batch, Commit) {
     let mut order = Vec::new();
     // The latest mark of each worker.
     let mut workers: HashMap<String, (u64, u64)> = HashMap::new();
+    // Each topic's latest trim, and each group's latest offset.
+    let mut trims: HashMap<String, u64> = HashMap::new();
+    let mut groups: HashMap<(String, String), u64> = HashMap::new();
     for record in records {
         match record {
             Record::Task(task) => {
@@ -369,11 +393,28 @@ fn build(records: &[Record]) -> (Batch, Commit) {
                 batch.actors.retain(|(k, _)| k != key);
                 batch.actors.push((key.clone(), record.as_deref().map(encode_actor)));
             }
+            Record::TopicMessages(topic, messages) => {
+                for m in messages {
+                    batch.topic_messages.push(((topic.clone(), m.offset), encode_topic_message(m)));
+                }
+            }
+            Record::TopicTrim(topic, first) => {
+                trims.insert(topic.clone(), *first);
+            }
+            Record::TopicGroup(topic, group, committed) => {
+                groups.insert((topic.clone(), group.clone()), *committed);
+            }
             // Taken out before, and answered after the write (see the writer loop).
             Record::Close(_) | Record::Stored(_) => {}
         }
     }
     batch.workers = workers.into_iter().collect();
+    // A message let go in the batch that appended it is not written at all.
+    batch
+        .topic_messages
+        .retain(|((topic, offset), _)| trims.get(topic).is_none_or(|f| offset >= f));
+    batch.topic_trims = trims.into_iter().collect();
+    batch.topic_groups = groups.into_iter().collect();
     let mut commit =
         Commit { tasks: Vec::with_capacity(order.len()), workers: batch.workers.clone() };
     for number in order {

@@ -316,6 +316,33 @@ fn encode(batch: &Batch) -> pb::LoggedBatch {
                 value: value.clone().unwrap_or_default(),
             })
             .collect(),
+        topic_messages: batch
+            .topic_messages
+            .iter()
+            .map(|((topic, offset), value)| pb::TopicMessageRecord {
+                topic: topic.clone(),
+                offset: *offset,
+                value: value.clone(),
+            })
+            .collect(),
+        topic_trims: batch
+            .topic_trims
+            .iter()
+            .map(|(topic, offset)| pb::TopicMark {
+                topic: topic.clone(),
+                group: String::new(),
+                offset: *offset,
+            })
+            .collect(),
+        topic_groups: batch
+            .topic_groups
+            .iter()
+            .map(|((topic, group), offset)| pb::TopicMark {
+                topic: topic.clone(),
+                group: group.clone(),
+                offset: *offset,
+            })
+            .collect(),
     }
 }
 
@@ -345,6 +372,17 @@ fn decode(logged: pb::LoggedBatch) -> Batch {
             .actors
             .into_iter()
             .map(|r| (r.name, (!r.value.is_empty()).then_some(r.value)))
+            .collect(),
+        topic_messages: logged
+            .topic_messages
+            .into_iter()
+            .map(|r| ((r.topic, r.offset), r.value))
+            .collect(),
+        topic_trims: logged.topic_trims.into_iter().map(|m| (m.topic, m.offset)).collect(),
+        topic_groups: logged
+            .topic_groups
+            .into_iter()
+            .map(|m| ((m.topic, m.group), m.offset))
             .collect(),
     }
 }

@@ -100,6 +100,14 @@ pub struct Batch {
     /// Actor key -> `StoredActor` (replacing what was stored); `None`: deleted. A key
     /// appears once per batch.
     pub actors: Vec<(String, Option<Vec<u8>>)>,
+    /// (topic, offset) -> `StoredTopicMessage`, appended. None is below its topic's trim
+    /// in the same batch (a store applies trims after appends, or in one statement).
+    pub topic_messages: Vec<((String, u64), Vec<u8>)>,
+    /// Topic -> its first offset kept: the messages before it are let go. A topic appears
+    /// once per batch.
+    pub topic_trims: Vec<(String, u64)>,
+    /// (topic, consumer group) -> the offset it resumes at. A key appears once per batch.
+    pub topic_groups: Vec<((String, String), u64)>,
 }
 
 impl Batch {
@@ -113,6 +121,9 @@ impl Batch {
             && self.push.is_empty()
             && self.conversations.is_empty()
             && self.actors.is_empty()
+            && self.topic_messages.is_empty()
+            && self.topic_trims.is_empty()
+            && self.topic_groups.is_empty()
     }
 }
 
@@ -126,6 +137,10 @@ pub struct Snapshot {
     pub push: Vec<(u64, Vec<u8>)>,
     pub conversations: Vec<Vec<u8>>,
     pub actors: Vec<Vec<u8>>,
+    /// In (topic, offset) order.
+    pub topic_messages: Vec<((String, u64), Vec<u8>)>,
+    pub topic_trims: Vec<(String, u64)>,
+    pub topic_groups: Vec<((String, String), u64)>,
 }
 
 /// A place to keep records. Implementations store bytes; the encoding is the journal's.
@@ -223,6 +238,7 @@ pub struct Restored {
     pub push: Vec<(TaskId, pb::StoredPushConfigs)>,
     pub conversations: Vec<crate::conversations::Record>,
     pub actors: Vec<crate::actor_state::Record>,
+    pub topics: Vec<crate::topics::StoredTopic>,
 }
 
 impl Restored {
@@ -349,8 +365,57 @@ impl Restored {
                 last_task: a.last_task,
             });
         }
-        Ok(Self { agents, tasks, workers: snapshot.workers, push, conversations, actors })
+        let topics =
+            decode_topics(snapshot.topic_messages, snapshot.topic_trims, snapshot.topic_groups)
+                .map_err(|(record, e)| corrupt(record, &e))?;
+        Ok(Self { agents, tasks, workers: snapshot.workers, push, conversations, actors, topics })
     }
+}
+
+/// The topics a snapshot holds, each with its messages in offset order.
+fn decode_topics(
+    messages: Vec<((String, u64), Vec<u8>)>,
+    trims: Vec<(String, u64)>,
+    groups: Vec<((String, String), u64)>,
+) -> Result<Vec<crate::topics::StoredTopic>, (String, prost::DecodeError)> {
+    use crate::topics::{Message, StoredTopic};
+    type Topics = std::collections::BTreeMap<String, StoredTopic>;
+    fn topic(topics: &mut Topics, name: String) -> &mut StoredTopic {
+        topics.entry(name.clone()).or_insert_with(|| StoredTopic { name, ..Default::default() })
+    }
+    let mut topics = Topics::new();
+    for (name, first) in trims {
+        topic(&mut topics, name).first = first;
+    }
+    for ((name, group), committed) in groups {
+        topic(&mut topics, name).groups.push((group, committed));
+    }
+    for ((name, offset), bytes) in messages {
+        let m = pb::StoredTopicMessage::decode(bytes.as_slice())
+            .map_err(|e| (format!("message {offset} of topic {name:?}"), e))?;
+        topic(&mut topics, name).messages.push(Message {
+            offset,
+            publisher: m.publisher,
+            seq: m.seq,
+            body: m.body,
+            published_at_us: m.published_at_us,
+        });
+    }
+    let mut topics: Vec<StoredTopic> = topics.into_values().collect();
+    for t in &mut topics {
+        t.messages.sort_by_key(|m| m.offset);
+    }
+    Ok(topics)
+}
+
+fn encode_topic_message(m: &crate::topics::Message) -> Vec<u8> {
+    pb::StoredTopicMessage {
+        publisher: m.publisher.clone(),
+        body: m.body.clone(),
+        seq: m.seq,
+        published_at_us: m.published_at_us,
+    }
+    .encode_to_vec()
 }
 
 /// Encodes consecutive events of one task.

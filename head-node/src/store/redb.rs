@@ -16,6 +16,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PUSH: TableDefinition<u64, &[u8]> = TableDefinition::new("push");
 const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
 const ACTORS: TableDefinition<&str, &[u8]> = TableDefinition::new("actors");
+const TOPIC_MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("topic_messages");
+const TOPIC_TRIMS: TableDefinition<&str, u64> = TableDefinition::new("topic_trims");
+const TOPIC_GROUPS: TableDefinition<(&str, &str), u64> = TableDefinition::new("topic_groups");
 
 /// The layout this head writes; a file with another refuses to load.
 const FORMAT: u64 = 1;
@@ -173,6 +176,23 @@ impl RedbStore {
             let (_, v) = row.map_err(|e| read(&e))?;
             snapshot.actors.push(v.value().to_vec());
         }
+        let messages = txn.open_table(TOPIC_MESSAGES).map_err(|e| read(&e))?;
+        for row in messages.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            let (topic, offset) = k.value();
+            snapshot.topic_messages.push(((topic.to_owned(), offset), v.value().to_vec()));
+        }
+        let trims = txn.open_table(TOPIC_TRIMS).map_err(|e| read(&e))?;
+        for row in trims.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            snapshot.topic_trims.push((k.value().to_owned(), v.value()));
+        }
+        let groups = txn.open_table(TOPIC_GROUPS).map_err(|e| read(&e))?;
+        for row in groups.iter().map_err(|e| read(&e))? {
+            let (k, v) = row.map_err(|e| read(&e))?;
+            let (topic, group) = k.value();
+            snapshot.topic_groups.push(((topic.to_owned(), group.to_owned()), v.value()));
+        }
         Ok(snapshot)
     }
 
@@ -201,6 +221,9 @@ impl RedbStore {
             let mut workers = txn.open_table(WORKERS).map_err(|e| fail(&e))?;
             let mut conversations = txn.open_table(CONVERSATIONS).map_err(|e| fail(&e))?;
             let mut actors = txn.open_table(ACTORS).map_err(|e| fail(&e))?;
+            let mut topic_messages = txn.open_table(TOPIC_MESSAGES).map_err(|e| fail(&e))?;
+            let mut topic_trims = txn.open_table(TOPIC_TRIMS).map_err(|e| fail(&e))?;
+            let mut topic_groups = txn.open_table(TOPIC_GROUPS).map_err(|e| fail(&e))?;
             for batch in batches {
                 for (number, bytes) in &batch.tasks {
                     tasks.insert(number, bytes.as_slice()).map_err(|e| fail(&e))?;
@@ -237,6 +260,23 @@ impl RedbStore {
                         None => actors.remove(key.as_str()),
                     }
                     .map_err(|e| fail(&e))?;
+                }
+                for ((topic, offset), bytes) in &batch.topic_messages {
+                    topic_messages
+                        .insert((topic.as_str(), *offset), bytes.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                // After the appends: a trim lets go what came before it, however written.
+                for (topic, first) in &batch.topic_trims {
+                    topic_trims.insert(topic.as_str(), first).map_err(|e| fail(&e))?;
+                    topic_messages
+                        .retain_in((topic.as_str(), 0)..(topic.as_str(), *first), |_, _| false)
+                        .map_err(|e| fail(&e))?;
+                }
+                for ((topic, group), offset) in &batch.topic_groups {
+                    topic_groups
+                        .insert((topic.as_str(), group.as_str()), offset)
+                        .map_err(|e| fail(&e))?;
                 }
             }
         }

@@ -33,6 +33,13 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS fleet_push (number bigint PRIMARY KEY, configs bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_conversations (key text PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS fleet_actors (key text PRIMARY KEY, record bytea NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_topic_messages (
+        topic text NOT NULL, msg_offset bigint NOT NULL, record bytea NOT NULL,
+        PRIMARY KEY (topic, msg_offset));
+    CREATE TABLE IF NOT EXISTS fleet_topic_trims (topic text PRIMARY KEY, first bigint NOT NULL);
+    CREATE TABLE IF NOT EXISTS fleet_topic_groups (
+        topic text NOT NULL, grp text NOT NULL, committed bigint NOT NULL,
+        PRIMARY KEY (topic, grp));
     CREATE TABLE IF NOT EXISTS fleet_lease (
         id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL, holder text NOT NULL,
         expires_at timestamptz NOT NULL);
@@ -73,7 +80,20 @@ const WRITE: &str = "
     s AS (INSERT INTO fleet_actors (key, record)
           SELECT * FROM unnest($18::text[], $19::bytea[]) WHERE EXISTS (SELECT 1 FROM ok)
           ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record),
-    ds AS (DELETE FROM fleet_actors WHERE key = ANY($20) AND EXISTS (SELECT 1 FROM ok))
+    ds AS (DELETE FROM fleet_actors WHERE key = ANY($20) AND EXISTS (SELECT 1 FROM ok)),
+    tm AS (INSERT INTO fleet_topic_messages (topic, msg_offset, record)
+          SELECT * FROM unnest($21::text[], $22::int8[], $23::bytea[])
+          WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (topic, msg_offset) DO UPDATE SET record = EXCLUDED.record),
+    tt AS (INSERT INTO fleet_topic_trims (topic, first)
+          SELECT * FROM unnest($24::text[], $25::int8[]) WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (topic) DO UPDATE SET first = EXCLUDED.first),
+    dtm AS (DELETE FROM fleet_topic_messages m USING unnest($24::text[], $25::int8[]) AS d(topic, first)
+          WHERE m.topic = d.topic AND m.msg_offset < d.first AND EXISTS (SELECT 1 FROM ok)),
+    tg AS (INSERT INTO fleet_topic_groups (topic, grp, committed)
+          SELECT * FROM unnest($26::text[], $27::text[], $28::int8[])
+          WHERE EXISTS (SELECT 1 FROM ok)
+          ON CONFLICT (topic, grp) DO UPDATE SET committed = EXCLUDED.committed)
     SELECT epoch FROM fence
 ";
 
@@ -222,6 +242,21 @@ impl Store for PostgresStore {
                 for row in txn.query("SELECT record FROM fleet_actors", &[])? {
                     snapshot.actors.push(row.get(0));
                 }
+                for row in txn.query(
+                    "SELECT topic, msg_offset, record FROM fleet_topic_messages \
+                     ORDER BY topic, msg_offset",
+                    &[],
+                )? {
+                    let key = (row.get::<_, String>(0), row.get::<_, i64>(1) as u64);
+                    snapshot.topic_messages.push((key, row.get(2)));
+                }
+                for row in txn.query("SELECT topic, first FROM fleet_topic_trims", &[])? {
+                    snapshot.topic_trims.push((row.get(0), row.get::<_, i64>(1) as u64));
+                }
+                for row in txn.query("SELECT topic, grp, committed FROM fleet_topic_groups", &[])? {
+                    let key = (row.get::<_, String>(0), row.get::<_, String>(1));
+                    snapshot.topic_groups.push((key, row.get::<_, i64>(2) as u64));
+                }
                 for row in txn.query("SELECT id, incarnation, up_to FROM fleet_workers", &[])? {
                     let mark = (row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64);
                     snapshot.workers.push((row.get(0), mark));
@@ -250,6 +285,19 @@ impl Store for PostgresStore {
         // A key is in one of the two: the journal keeps a record's last change.
         let (kept_keys, kept_records, deleted) = keyed(&batch.conversations);
         let (actor_keys, actor_records, actors_deleted) = keyed(&batch.actors);
+        let message_topics: Vec<String> =
+            batch.topic_messages.iter().map(|((t, _), _)| t.clone()).collect();
+        let message_offsets: Vec<i64> =
+            batch.topic_messages.iter().map(|((_, o), _)| *o as i64).collect();
+        let message_records: Vec<Vec<u8>> =
+            batch.topic_messages.iter().map(|(_, r)| r.clone()).collect();
+        let trim_topics: Vec<String> = batch.topic_trims.iter().map(|(t, _)| t.clone()).collect();
+        let trim_firsts: Vec<i64> = batch.topic_trims.iter().map(|(_, f)| *f as i64).collect();
+        let group_topics: Vec<String> =
+            batch.topic_groups.iter().map(|((t, _), _)| t.clone()).collect();
+        let group_names: Vec<String> =
+            batch.topic_groups.iter().map(|((_, g), _)| g.clone()).collect();
+        let group_offsets: Vec<i64> = batch.topic_groups.iter().map(|(_, o)| *o as i64).collect();
         let epoch = self.fence.epoch;
         let held = self.conn.run_prepared(WRITE, move |client, write| {
             // One prepared statement (its own transaction): one round trip and one commit
@@ -277,6 +325,14 @@ impl Store for PostgresStore {
                     &actor_keys,
                     &actor_records,
                     &actors_deleted,
+                    &message_topics,
+                    &message_offsets,
+                    &message_records,
+                    &trim_topics,
+                    &trim_firsts,
+                    &group_topics,
+                    &group_names,
+                    &group_offsets,
                 ],
             )?;
             Ok(row.map(|r| r.get::<_, i64>(0)))

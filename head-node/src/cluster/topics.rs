@@ -1,0 +1,203 @@
+//! Topics' logs as clients and workers use them: publishing (answered once stored),
+//! following from an offset or in a consumer group, acknowledging. The log has a lock of
+//! its own ([`crate::topics::TopicLog`]); nothing here holds it while taking the state's.
+
+use std::sync::Arc;
+
+use fleet_proto::{Command, PublishRequest, TopicMessage};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::{Cluster, calls::check_topic};
+use crate::auth::Principal;
+use crate::topics::TopicLog;
+use crate::topics::group::MemberId;
+use crate::topics::log::Appended;
+use crate::{Error, Result};
+
+/// Messages a follower reads from the log at a time.
+const READ_BATCH: usize = 256;
+
+impl Cluster {
+    /// Publishes `bodies` on `topic` as `publisher`, for a client: the first message's
+    /// offset once all are stored.
+    pub async fn publish_to_log(
+        &self,
+        who: &Principal,
+        topic: &str,
+        publisher: &str,
+        bodies: Vec<String>,
+    ) -> Result<u64> {
+        who.may_act()?;
+        check_topic(who, topic)?;
+        let bodies = bodies.into_iter().map(|b| (b, 0)).collect();
+        let appended =
+            self.topic_log.lock().append(topic, publisher, bodies, fleet_proto::now_us())?;
+        when_stored(&self.topic_log, appended).await
+    }
+
+    /// Stores a message an agent on `worker_id` published and answers the worker with its
+    /// offset. The agent's topics were checked against its tenant when it was registered.
+    pub fn store_agent_message(
+        &self,
+        worker_id: &str,
+        connection: u64,
+        request: PublishRequest,
+        seq: u64,
+    ) {
+        let reply_to = {
+            let state = self.state.lock();
+            let worker = state.workers.get(worker_id).filter(|w| w.connection == connection);
+            match worker {
+                Some(w) => w.commands.clone(),
+                None => return,
+            }
+        };
+        let request_id = request.request_id;
+        let appended = self.topic_log.lock().append(
+            &request.topic,
+            &request.publisher,
+            vec![(request.body, seq)],
+            fleet_proto::now_us(),
+        );
+        let log = self.topic_log.clone();
+        tokio::spawn(async move {
+            let result = match appended {
+                Ok(appended) => when_stored(&log, appended).await,
+                Err(e) => Err(e),
+            };
+            let result = result.map_err(|e| (e.kind(), e.to_string()));
+            reply_to.send(Command::TopicMessageStored { request_id, result });
+        });
+    }
+
+    /// Lets topics' messages older than their retention go (at most once a second).
+    pub fn sweep_topics(&self) {
+        self.topic_log.lock().sweep(fleet_proto::now_us());
+    }
+
+    /// Follows `topic`'s log from `from` (none: the next message published), or as a member
+    /// of consumer `group` (a new group starts at `from`, else at the oldest message kept).
+    pub async fn follow_log(
+        &self,
+        who: &Principal,
+        topic: &str,
+        from: Option<u64>,
+        group: Option<String>,
+    ) -> Result<Follower> {
+        check_topic(who, topic)?;
+        let (mode, changed) = match group {
+            None => {
+                let (changed, at) = self.topic_log.lock().follow(topic, from)?;
+                (Mode::All { at }, changed)
+            }
+            Some(group) => {
+                if !crate::agents::valid_name(&group) {
+                    return Err(Error::InvalidArgument(
+                        "group must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+                    ));
+                }
+                let (member, changed, stored) = self.topic_log.lock().join(topic, &group, from)?;
+                let follower = Follower {
+                    log: self.topic_log.clone(),
+                    topic: topic.to_owned(),
+                    mode: Mode::Group { group, member },
+                    changed,
+                };
+                if let Some(stored) = stored {
+                    stored.await.map_err(|_| {
+                        Error::StoreUnavailable(
+                            "the store stopped before the group was stored".into(),
+                        )
+                    })?;
+                }
+                return Ok(follower);
+            }
+        };
+        Ok(Follower { log: self.topic_log.clone(), topic: topic.to_owned(), mode, changed })
+    }
+
+    /// Acknowledges messages of consumer `group`: the group's committed offset once stored.
+    pub async fn ack_topic(
+        &self,
+        who: &Principal,
+        topic: &str,
+        group: &str,
+        offsets: &[u64],
+    ) -> Result<u64> {
+        check_topic(who, topic)?;
+        let (committed, stored) = self.topic_log.lock().ack(topic, group, offsets)?;
+        if let Some(stored) = stored {
+            stored.await.map_err(|_| {
+                Error::StoreUnavailable("the store stopped before the ack was stored".into())
+            })?;
+        }
+        Ok(committed)
+    }
+}
+
+/// The first offset of `appended` once it is stored (and visible to followers).
+async fn when_stored(log: &Mutex<TopicLog>, appended: Appended) -> Result<u64> {
+    let Appended { topic, offsets: (first, end), stored } = appended;
+    if let Some(stored) = stored {
+        stored.await.map_err(|_| {
+            Error::StoreUnavailable("the store stopped before the message was stored".into())
+        })?;
+        log.lock().visible(&topic, end);
+    }
+    Ok(first)
+}
+
+enum Mode {
+    /// Every message, from this offset.
+    All { at: u64 },
+    /// A share of the messages, as a member of a consumer group.
+    Group { group: String, member: MemberId },
+}
+
+/// A follower of a topic's log; a group member leaves its group when dropped (its
+/// unacknowledged messages go to the others).
+pub struct Follower {
+    log: Arc<Mutex<TopicLog>>,
+    topic: String,
+    mode: Mode,
+    changed: watch::Receiver<u64>,
+}
+
+impl Follower {
+    /// The next messages, once there are some.
+    pub async fn next(&mut self) -> Vec<TopicMessage> {
+        loop {
+            // Seen before reading: a change after the read wakes the wait below.
+            self.changed.borrow_and_update();
+            let messages = {
+                let mut log = self.log.lock();
+                match &mut self.mode {
+                    Mode::All { at } => {
+                        let (messages, next) = log.read(&self.topic, *at, READ_BATCH);
+                        *at = next;
+                        messages
+                    }
+                    Mode::Group { group, member } => {
+                        log.take(&self.topic, group, *member, READ_BATCH)
+                    }
+                }
+            };
+            if !messages.is_empty() {
+                return messages.iter().map(|m| m.to_wire(&self.topic)).collect();
+            }
+            if self.changed.changed().await.is_err() {
+                // The topic's sender lives as long as the log: not before the head stops.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Mode::Group { group, member } = &self.mode {
+            self.log.lock().leave(&self.topic, group, *member);
+        }
+    }
+}
