@@ -44,7 +44,7 @@ pub use fleet_proto::pb::{ClusterStatusResponse as ClusterStatus, TaskInfo, Work
 pub use fleet_proto::{
     ActorState, AgentSpec, Artifact, ArtifactPart, DEFAULT_MAX_RETRIES, ErrorKind, EventKind,
     FilePart, FunctionTool, McpServer, OutputFormat, Resources, Sampling, TaskEvent, TaskId,
-    TaskOptions, TaskState, Turn, Usage,
+    TaskOptions, TaskState, TopicMessage, Turn, Usage,
 };
 pub use fleet_proto::{PYTHON_PREFIX, Reply, ToolInvocation};
 pub use outcome::TaskOutcome;

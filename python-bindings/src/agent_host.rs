@@ -330,7 +330,8 @@ impl AgentHost {
         })
     }
 
-    /// Awaitable: `(output, is_error)` of publishing `message` on `topic`.
+    /// Awaitable: `(output, is_error)` of publishing `message` on `topic` (the output says
+    /// the offset: "published on TOPIC at offset N").
     fn publish<'py>(
         &self,
         py: Python<'py>,

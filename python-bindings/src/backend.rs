@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 pub type Result<T> = std::result::Result<T, fleet_client::Error>;
 
+/// A topic's messages as they come, in batches.
+pub type TopicMessages =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Vec<fleet_client::TopicMessage>>> + Send>>;
+
 /// Batches of updates of a `map`: acks, rejections and events of all its tasks.
 pub type ManyUpdates = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<ManyUpdate>>> + Send>>;
 
@@ -197,6 +201,57 @@ impl Backend {
                 .await
                 .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
                 .map_err(local_error),
+        }
+    }
+
+    /// Publishes `bodies` on `topic` in order; the first one's offset once stored.
+    pub async fn publish(&self, topic: &str, publisher: &str, bodies: Vec<String>) -> Result<u64> {
+        match self {
+            Self::Remote(client) => {
+                client.publish_many(topic, publisher, bodies).await.map(|r| r.offset)
+            }
+            Self::Local(cluster) => cluster
+                .publish_to_log(&operator(), topic, publisher, bodies)
+                .await
+                .map_err(local_error),
+        }
+    }
+
+    /// A topic's messages from `from_offset` (none: the next published), or a share of them
+    /// as a member of consumer `group`.
+    pub async fn follow(
+        &self,
+        topic: &str,
+        from_offset: Option<u64>,
+        group: Option<String>,
+    ) -> Result<TopicMessages> {
+        match self {
+            Self::Remote(client) => {
+                let stream =
+                    client.follow_log(topic, from_offset, group.as_deref().unwrap_or("")).await?;
+                Ok(Box::pin(stream.map(|m| m.map(|m| vec![fleet_client::TopicMessage::from(m)]))))
+            }
+            Self::Local(cluster) => {
+                let follower = cluster
+                    .follow_log(&operator(), topic, from_offset, group)
+                    .await
+                    .map_err(local_error)?;
+                let stream = futures::stream::unfold(follower, |mut follower| async move {
+                    let batch = follower.next().await;
+                    Some((Ok(batch), follower))
+                });
+                Ok(Box::pin(stream))
+            }
+        }
+    }
+
+    /// Acknowledges messages of consumer `group`; the group's committed offset once stored.
+    pub async fn ack(&self, topic: &str, group: &str, offsets: &[u64]) -> Result<u64> {
+        match self {
+            Self::Remote(client) => client.ack_topic(topic, group, offsets).await,
+            Self::Local(cluster) => {
+                cluster.ack_topic(&operator(), topic, group, offsets).await.map_err(local_error)
+            }
         }
     }
 

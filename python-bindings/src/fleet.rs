@@ -708,6 +708,58 @@ impl Fleet {
         })
     }
 
+    /// Publishes `message` on `topic` as `publisher` (default "client"); returns its offset
+    /// in the topic's log once the head has stored it. A list of messages is published in
+    /// order in one write (at most 10,000) and returns their offsets.
+    #[pyo3(signature = (topic, message, *, publisher=None))]
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        topic: String,
+        message: &Bound<'py, PyAny>,
+        publisher: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (bodies, many) = match message.extract::<String>() {
+            Ok(one) => (vec![one], false),
+            Err(_) => match message.extract::<Vec<String>>() {
+                Ok(list) if !list.is_empty() => (list, true),
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "message must be a str or a non-empty list of str",
+                    ));
+                }
+            },
+        };
+        let count = bodies.len() as u64;
+        let client = self.client.clone();
+        let publisher = publisher.unwrap_or_default();
+        let first = runtime::block_on(py, async move {
+            client.publish(&topic, &publisher, bodies).await.map_err(errors::to_py)
+        })?;
+        if many {
+            Ok(PyList::new(py, first..first + count)?.into_any())
+        } else {
+            Ok(first.into_pyobject(py)?.into_any())
+        }
+    }
+
+    /// Follows `topic`'s log: from `from_offset` (an offset retention let go reads from
+    /// the oldest kept), else from the next message published. With `group`, this follower
+    /// is a member of that consumer group: the group's members share the messages (each to
+    /// one of them) and acknowledge them (`message.ack()`); a message not acknowledged when
+    /// its member leaves goes to another, and a group resumes where it stands (a new group
+    /// starts at `from_offset`, else at the oldest message kept).
+    #[pyo3(signature = (topic, *, from_offset=None, group=None))]
+    fn follow(
+        &self,
+        py: Python<'_>,
+        topic: String,
+        from_offset: Option<u64>,
+        group: Option<String>,
+    ) -> PyResult<crate::topic::TopicFollower> {
+        crate::topic::TopicFollower::open(py, self.client.clone(), topic, from_offset, group)
+    }
+
     /// Whether this handle runs the cluster itself (started by `init()` without an address).
     #[getter]
     fn embedded(&self) -> bool {

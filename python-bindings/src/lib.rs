@@ -30,6 +30,7 @@ mod runtime;
 mod schema;
 mod task;
 mod tool_host;
+mod topic;
 
 use pyo3::prelude::*;
 
@@ -48,6 +49,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event::Event>()?;
     m.add_class::<tool_host::ToolHost>()?;
     m.add_class::<agent_host::AgentHost>()?;
+    m.add_class::<topic::TopicFollower>()?;
+    m.add_class::<topic::TopicMessage>()?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

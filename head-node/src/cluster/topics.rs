@@ -15,12 +15,14 @@ use crate::topics::group::MemberId;
 use crate::topics::log::Appended;
 use crate::{Error, Result};
 
+/// The largest topic message.
+pub const MAX_BODY: usize = 1 << 20;
 /// Messages a follower reads from the log at a time.
 const READ_BATCH: usize = 256;
 
 impl Cluster {
-    /// Publishes `bodies` on `topic` as `publisher`, for a client: the first message's
-    /// offset once all are stored.
+    /// Publishes `bodies` on `topic` as `publisher` (empty: "client"), for a client: the
+    /// first message's offset once all are stored.
     pub async fn publish_to_log(
         &self,
         who: &Principal,
@@ -29,7 +31,24 @@ impl Cluster {
         bodies: Vec<String>,
     ) -> Result<u64> {
         who.may_act()?;
+        if !crate::agents::valid_name(topic) {
+            return Err(Error::InvalidArgument(
+                "topic must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
         check_topic(who, topic)?;
+        let publisher = if publisher.is_empty() { "client" } else { publisher };
+        if !crate::agents::valid_name(publisher) {
+            return Err(Error::InvalidArgument(
+                "publisher must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if let Some(big) = bodies.iter().find(|b| b.len() > MAX_BODY) {
+            return Err(Error::InvalidArgument(format!(
+                "a message is {} bytes; a topic message is at most {MAX_BODY}",
+                big.len()
+            )));
+        }
         let bodies = bodies.into_iter().map(|b| (b, 0)).collect();
         let appended =
             self.topic_log.lock().append(topic, publisher, bodies, fleet_proto::now_us())?;

@@ -307,6 +307,10 @@ mod tests {
             workers: vec![("w".into(), (1, number))],
             // Two actors' states, each written again and again: the last write wins.
             actors: vec![(format!("a{}", number % 2), Some(format!("state {number}").into()))],
+            // A message a batch; the third lets the first go; a group's place moves on.
+            topic_messages: vec![(("news".into(), number - 1), vec![number as u8])],
+            topic_trims: if number == 3 { vec![("news".into(), 1)] } else { Vec::new() },
+            topic_groups: vec![(("news".into(), "g".into()), number)],
             ..Batch::default()
         }
     }
@@ -360,6 +364,10 @@ mod tests {
         assert_eq!(snapshot.events.len(), 3);
         assert_eq!(snapshot.workers, [("w".to_owned(), (1, 3))], "the last mark wins");
         assert_eq!(snapshot.actors, [b"state 2".to_vec(), b"state 3".to_vec()]);
+        let offsets: Vec<u64> = snapshot.topic_messages.iter().map(|((_, o), _)| *o).collect();
+        assert_eq!(offsets, [1, 2], "the message trimmed is gone, the others kept");
+        assert_eq!(snapshot.topic_trims, [("news".to_owned(), 1)]);
+        assert_eq!(snapshot.topic_groups, [(("news".to_owned(), "g".to_owned()), 3)]);
         // The old segment went into the database and is gone; appends go to the next.
         assert_eq!(segments(&dir), ["head-0000000000000008.wal"]);
         drop(store);

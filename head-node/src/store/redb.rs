@@ -117,6 +117,9 @@ impl RedbStore {
             // Added after format 1 was: a file from before gets the table on its first open.
             txn.open_table(CONVERSATIONS).map_err(|e| e.to_string())?;
             txn.open_table(ACTORS).map_err(|e| e.to_string())?;
+            txn.open_table(TOPIC_MESSAGES).map_err(|e| e.to_string())?;
+            txn.open_table(TOPIC_TRIMS).map_err(|e| e.to_string())?;
+            txn.open_table(TOPIC_GROUPS).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| cannot_write(&e))
     }

@@ -352,11 +352,15 @@ class AgentContext:
         if not sent:
             raise Unavailable("this task has ended (canceled or failed)")
 
-    async def publish(self, topic: str, message: str) -> None:
-        """Posts ``message`` on ``topic``, one of the agent's topics (``topics=[...]``)."""
+    async def publish(self, topic: str, message: str) -> int:
+        """Posts ``message`` on ``topic``, one of the agent's topics (``topics=[...]``);
+        returns its offset in the topic's log once the head has stored it."""
         output, is_error = await self._native.publish(self._run, topic, message)
         if is_error:
             raise FleetError(str(output))
+        # "published on TOPIC at offset N" (recorded as a tool step: a retried task gets
+        # the same answer without publishing again).
+        return int(str(output).rsplit(" ", 1)[-1])
 
 
 class _Code:
