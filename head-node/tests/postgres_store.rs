@@ -21,6 +21,12 @@ fn batch(number: u64) -> Batch {
         workers: vec![("w1".into(), (u64::MAX - 1, number))],
         conversations: vec![(format!("c{number}"), Some(format!("turns {number}").into_bytes()))],
         actors: vec![(format!("a{number}"), Some(format!("state {number}").into_bytes()))],
+        // Two messages a write on one topic; the group's place moves on.
+        topic_messages: vec![
+            (("news".into(), 2 * number - 2), format!("m{}", 2 * number - 2).into_bytes()),
+            (("news".into(), 2 * number - 1), format!("m{}", 2 * number - 1).into_bytes()),
+        ],
+        topic_groups: vec![(("news".into(), "g".into()), number)],
         ..Default::default()
     }
 }
@@ -46,6 +52,10 @@ fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
     let mut second_write = Batch { removed: vec![1], ..batch(2) };
     second_write.conversations.push(("c1".into(), None));
     second_write.actors.push(("a1".into(), None));
+    // And retention lets the topic's first three messages go (m0, m1 written before, m2 in
+    // this write).
+    second_write.topic_trims.push(("news".into(), 3));
+    second_write.topic_messages.retain(|((_, offset), _)| *offset >= 3);
     store_a.write(&second_write)?;
 
     // A holds it: B stands by and is told who leads.
@@ -87,6 +97,12 @@ fn the_lease_and_the_writes_follow_one_leader_at_a_time() -> Result<()> {
     ensure!(loaded.workers == vec![("w1".to_owned(), (u64::MAX - 1, 2))]);
     ensure!(loaded.conversations == vec![b"turns 2".to_vec()], "{:?}", loaded.conversations);
     ensure!(loaded.actors == vec![b"state 2".to_vec()], "actors {:?}", loaded.actors);
+    let messages: Vec<(u64, Vec<u8>)> =
+        loaded.topic_messages.iter().map(|((_, o), m)| (*o, m.clone())).collect();
+    ensure!(messages == [(3, b"m3".to_vec())], "topic messages {messages:?}");
+    ensure!(loaded.topic_trims == [("news".to_owned(), 3)], "trims {:?}", loaded.topic_trims);
+    let groups = &loaded.topic_groups;
+    ensure!(*groups == [(("news".to_owned(), "g".to_owned()), 2)], "groups {groups:?}");
     store_b.write(&batch(4))?;
     b.release(second).map_err(anyhow::Error::msg)?;
     ensure!(matches!(a.try_acquire(), Ok(Acquired::Leader(e)) if e == second + 1));

@@ -136,6 +136,12 @@ impl Cluster {
         Ok(Follower { log: self.topic_log.clone(), topic: topic.to_owned(), mode, changed })
     }
 
+    /// The offset the next message of `topic` will get.
+    pub fn topic_end(&self, who: &Principal, topic: &str) -> Result<u64> {
+        check_topic(who, topic)?;
+        Ok(self.topic_log.lock().end(topic))
+    }
+
     /// Acknowledges messages of consumer `group`: the group's committed offset once stored.
     pub async fn ack_topic(
         &self,

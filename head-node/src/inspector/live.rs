@@ -16,10 +16,10 @@ use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use fleet_proto::{EventKind, now_us};
+use fleet_proto::EventKind;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Inspector, Listing, listing, views};
@@ -181,37 +181,38 @@ pub(super) async fn task(
     })
 }
 
-/// `/ui/api/topics/{name}/live`: the messages on a topic from now on, through a worker on
-/// the mesh. A topic that cannot be followed (no worker on the mesh) is refused with a
-/// status, so that the browser does not retry it forever.
+/// `/ui/api/topics/{name}/live`: a topic's log, its latest [`TOPIC_BACKLOG`] messages and
+/// then each one as it is stored. A topic refused (a bad name, another tenant's) is
+/// answered with a status, so that the browser does not retry it forever.
 pub(super) async fn topic(Caller(ui): super::Caller, Path(name): Path<String>) -> Response {
-    let mut messages = match ui.cluster.follow_topic(&ui.who, &name, "") {
-        Ok(messages) => messages,
+    if !crate::agents::valid_name(&name) {
+        let refused = crate::Error::InvalidArgument(
+            "a topic is 1 to 64 letters, digits, '-', '_' or '.'".into(),
+        );
+        return super::Refused::from(refused).into_response();
+    }
+    let from = match ui.cluster.topic_end(&ui.who, &name) {
+        Ok(end) => end.saturating_sub(TOPIC_BACKLOG),
+        Err(e) => return super::Refused::from(e).into_response(),
+    };
+    let mut follower = match ui.cluster.follow_log(&ui.who, &name, Some(from), None).await {
+        Ok(follower) => follower,
         Err(e) => return super::Refused::from(e).into_response(),
     };
     stream(&ui, move |tx| async move {
         loop {
-            let (name, data) = match messages.recv().await {
-                Ok(m) => (
-                    "message",
-                    json!({
-                        "topic": m.topic, "publisher": m.publisher, "seq": m.seq,
-                        "body": m.body, "worker": m.worker_id, "at_us": now_us(),
-                    }),
-                ),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let error = format!("the page fell behind: {missed} messages were skipped");
-                    ("error", json!({ "error": error }))
-                }
-                Err(broadcast::error::RecvError::Closed) => {
-                    let error = "the topic's relay ended (its worker left); reconnecting";
-                    send(&tx, "error", &json!({ "error": error })).await;
+            for m in follower.next().await {
+                let data = json!({
+                    "topic": m.topic, "publisher": m.publisher, "offset": m.offset,
+                    "body": m.body, "at_us": m.published_at_us,
+                });
+                if !send(&tx, "message", &data).await {
                     return;
                 }
-            };
-            if !send(&tx, name, &data).await {
-                return;
             }
         }
     })
 }
+
+/// Messages of a topic's log a page opening it is shown before the live ones.
+const TOPIC_BACKLOG: u64 = 50;

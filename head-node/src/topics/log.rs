@@ -315,6 +315,11 @@ impl TopicLog {
         Ok((t.changed.subscribe(), at))
     }
 
+    /// The offset the next message of `topic` will get (0 for a topic never published on).
+    pub fn end(&self, topic: &str) -> u64 {
+        self.topics.get(topic).map_or(0, |t| t.next)
+    }
+
     /// Stored messages of `topic` from `at` (moved past those retention let go), at most
     /// `max`; where to read next.
     pub fn read(&self, topic: &str, at: u64, max: usize) -> (Vec<Arc<Message>>, u64) {

@@ -128,6 +128,14 @@ def converse(fleet: Fleet, agent: str, words: str, context: str) -> None:
     assert sent.status_code == 200 and sent.json()["task"]["status"]["state"] == "TASK_STATE_COMPLETED", sent.text
 
 
+def publish(fleet: Fleet, topic: str, body: str) -> int:
+    """Publishes with the Python client (gRPC); the message's offset."""
+    import agentfleet as af
+
+    with af.init(fleet.url, token=TOKEN) as client:
+        return client.publish(topic, body)
+
+
 def api(fleet: Fleet, path: str) -> dict:  # type: ignore[type-arg]
     got = httpx.get(f"{fleet.url}/ui/api/{path}", headers=AUTH, timeout=10)
     assert got.status_code == 200, got.text
@@ -179,10 +187,20 @@ def test_without_a_credential_nothing_is_shown(fleet: Fleet) -> None:
         assert http.post(f"/ui/api/tasks/{task}/cancel", headers={"X-Fleet-UI": "1"}).json()["id"] == task
         assert http.get("/ui/api/tasks/nope").status_code == 404
         assert http.get("/ui/api/tasks?state=sleeping").status_code == 400
-        # No worker is on the mesh: a topic cannot be followed, said with a status (an
-        # EventSource would retry a stream that ends forever).
-        topic = http.get("/ui/api/topics/news/live")
-        assert topic.status_code == 503 and "mesh" in topic.json()["error"], topic.text
+        # A topic's log streams without any worker on the mesh: its latest messages, then
+        # live ones; a bad name is refused with a status (an EventSource would retry a
+        # stream that ends forever).
+        published = publish(fleet, "news", "hello log")
+        with http.stream("GET", "/ui/api/topics/news/live") as topic:
+            assert topic.status_code == 200 and topic.headers["content-type"].startswith("text/event-stream")
+            seen = ""
+            for chunk in topic.iter_text():
+                seen += chunk
+                if "hello log" in seen:
+                    break
+            assert f'"offset":{published}' in seen.replace(" ", ""), seen
+        bad = http.get("/ui/api/topics/no%20spaces/live")
+        assert bad.status_code == 400 and "topic" in bad.json()["error"], bad.text
 
 
 def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> None:

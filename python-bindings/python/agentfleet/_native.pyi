@@ -27,6 +27,8 @@ __all__ = [
     "Task",
     "TaskFailed",
     "ToolHost",
+    "TopicFollower",
+    "TopicMessage",
     "AgentHost",
     "Unauthenticated",
     "Unavailable",

@@ -796,10 +796,10 @@
         problem.textContent = "";
         messages.prepend(el("li", {},
           el("div", { class: "meta" }, el("time", { text: clock(m.at_us) }), " ", el("strong", { text: m.publisher }),
-            el("span", { class: "muted", text: ` #${m.seq} via ${m.worker}` })),
+            el("span", { class: "muted", text: ` at offset ${m.offset}` })),
           el("pre", { class: "body", text: m.body })));
         while (messages.childElementCount > MAX_MESSAGES) messages.lastElementChild.remove();
-        counter.textContent = `${plural(received, "message")} received${received > MAX_MESSAGES ? ` (the newest ${MAX_MESSAGES} shown)` : ""}`;
+        counter.textContent = `${plural(received, "message")} (the latest kept, then live)${received > MAX_MESSAGES ? `, the newest ${MAX_MESSAGES} shown` : ""}`;
       },
       // The server closes after it; EventSource tries again a few seconds later.
       error: (message) => { problem.textContent = `${clock(Date.now() * 1000)} — ${message}`; },
