@@ -10,14 +10,22 @@ the round; all on 127.0.0.1. Cases (one warm-up, then the median of --rounds rou
 
   a. client batches: this process publishes --messages messages in lists of 1,000
      (`fleet.publish(topic, [...])`, one store write per list, answered once stored)
-  b. agents: --tasks tasks of the agent below over the two workers, each publishing
-     --messages / --tasks messages one after the other (`await ctx.publish(...)`: each a
-     recorded tool step, answered once the head stored the message)
+  b. agents, one message a call: --tasks tasks of `publisher` over the two workers, each
+     publishing --messages / --tasks messages one after the other (`await ctx.publish(...)`:
+     each a recorded tool step, answered once the head stored the message)
+  c. agents, lists: 20 tasks of `batcher` over the two workers, each publishing its share
+     in lists of 1,000 (`await ctx.publish(topic, [...])`: a step and a store write a list)
 
     @af.agent(name="publisher")
     async def publisher(task, ctx):
         for i in range(int(task.input)):
             await ctx.publish("bench", f"message {i}")
+
+    @af.agent(name="batcher")
+    async def batcher(task, ctx):
+        n = int(task.input)
+        for first in range(0, n, 1000):
+            await ctx.publish("bench", [f"message {i}" for i in range(first, min(n, first + 1000))])
 
 Each round's rate is messages / (the follower holding the round's last message - the
 first publish), so it counts publishing, storing and following together; the publish rate
@@ -53,6 +61,14 @@ import agentfleet as af
 async def publisher(task, ctx):
     for i in range(int(task.input)):
         await ctx.publish("bench", f"message {i}")
+    return "done"
+
+
+@af.agent(name="batcher")
+async def batcher(task, ctx):
+    n = int(task.input)
+    for first in range(0, n, 1000):
+        await ctx.publish("bench", [f"message {i}" for i in range(first, min(n, first + 1000))])
     return "done"
 '''
 
@@ -107,6 +123,7 @@ def main() -> None:
             raise RuntimeError("the workers did not join")
         time.sleep(0.02)
     publisher = fleet.agent(agents.publisher, topics=["bench"])
+    batcher = fleet.agent(agents.batcher, topics=["bench"])
     n = args.messages
     follower = spawn([sys.executable, "-c", FOLLOWER, address, "0", str(n)], stdout=subprocess.PIPE, text=True, env=env)
     assert follower.stdout is not None
@@ -132,18 +149,22 @@ def main() -> None:
         next_offset += n
         return n / (followed(next_offset - 1) - started), n / (published - started)
 
-    def agent_tasks() -> tuple[float, float]:
+    def agent_tasks(agent, tasks: int) -> tuple[float, float]:
         nonlocal next_offset
-        per_task = n // args.tasks
+        per_task = n // tasks
         started = time.time()
-        assert publisher.map([str(per_task)] * args.tasks, progress=False) == ["done"] * args.tasks
+        assert agent.map([str(per_task)] * tasks, progress=False) == ["done"] * tasks
         published = time.time()
-        next_offset += per_task * args.tasks
-        return per_task * args.tasks / (followed(next_offset - 1) - started), per_task * args.tasks / (published - started)
+        next_offset += per_task * tasks
+        return per_task * tasks / (followed(next_offset - 1) - started), per_task * tasks / (published - started)
 
-    if n % args.tasks:
-        raise SystemExit("--messages must be a multiple of --tasks")
-    cases = {"a. client batches of 1,000": client_batches, "b. agents on 2 workers, ctx.publish": agent_tasks}
+    if n % args.tasks or n % 20:
+        raise SystemExit("--messages must be a multiple of --tasks and of 20")
+    cases = {
+        "a. client batches of 1,000": client_batches,
+        "b. agents on 2 workers, a message a ctx.publish": lambda: agent_tasks(publisher, args.tasks),
+        "c. agents on 2 workers, lists of 1,000": lambda: agent_tasks(batcher, 20),
+    }
     for case in cases.values():
         case()  # warm-up
     results: dict[str, dict] = {}

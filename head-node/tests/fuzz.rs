@@ -237,6 +237,7 @@ fn worker_seeds() -> Vec<Vec<u8>> {
                 body: "b".into(),
             },
             seq: 2,
+            more: vec!["c".into()],
         },
     ];
     updates.into_iter().map(|u| pb::WorkerMessage::from(u).encode_to_vec()).collect()

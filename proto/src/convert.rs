@@ -713,6 +713,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                     body: m.body,
                 },
                 seq: m.seq,
+                more: m.more_bodies,
             },
         })
     }
@@ -771,13 +772,14 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                     kind: pb::ErrorKind::from(kind).into(),
                 },
             }),
-            WorkerUpdate::StoreTopicMessage { request, seq } => {
+            WorkerUpdate::StoreTopicMessage { request, seq, more } => {
                 Kind::StoreTopicMessage(pb::StoreTopicMessage {
                     request_id: request.request_id,
                     topic: request.topic,
                     publisher: request.publisher,
                     body: request.body,
                     seq,
+                    more_bodies: more,
                 })
             }
         };

@@ -87,6 +87,7 @@ pub trait LocalHead: Send + Sync + 'static {
         connection: u64,
         request: crate::PublishRequest,
         seq: u64,
+        more: Vec<String>,
     );
 
     /// Resolves once everything the head took so far is stored (at once without a store,

@@ -963,6 +963,8 @@ pub enum WorkerUpdate {
     StoreTopicMessage {
         request: PublishRequest,
         seq: u64,
+        /// More messages after `request.body`, stored in this order.
+        more: Vec<String>,
     },
 }
 

@@ -330,17 +330,18 @@ impl AgentHost {
         })
     }
 
-    /// Awaitable: `(output, is_error)` of publishing `message` on `topic` (the output says
-    /// the offset: "published on TOPIC at offset N").
+    /// Awaitable: `(output, is_error)` of publishing `messages` on `topic` in one step (the
+    /// output says the offsets: "published on TOPIC at offset N", or "published K messages
+    /// on TOPIC at offsets N to M").
     fn publish<'py>(
         &self,
         py: Python<'py>,
         run: u64,
         topic: String,
-        message: String,
+        messages: Vec<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.spawn(py, run, move |context| async move {
-            let outcome = context.publish(&topic, &message).await;
+            let outcome = context.publish(&topic, &messages).await;
             Ok((outcome.output, outcome.is_error))
         })
     }

@@ -21,6 +21,9 @@ pub type Result<T> = std::result::Result<T, fleet_client::Error>;
 pub type TopicMessages =
     std::pin::Pin<Box<dyn Stream<Item = Result<Vec<fleet_client::TopicMessage>>> + Send>>;
 
+/// Topic messages handed to Python at a time at most.
+const FOLLOW_BATCH: usize = 256;
+
 /// Batches of updates of a `map`: acks, rejections and events of all its tasks.
 pub type ManyUpdates = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<ManyUpdate>>> + Send>>;
 
@@ -229,7 +232,25 @@ impl Backend {
             Self::Remote(client) => {
                 let stream =
                     client.follow_log(topic, from_offset, group.as_deref().unwrap_or("")).await?;
-                Ok(Box::pin(stream.map(|m| m.map(|m| vec![fleet_client::TopicMessage::from(m)]))))
+                // What has arrived, in one batch: Python pays a hand-off per batch, not per
+                // message.
+                let batches = stream.ready_chunks(FOLLOW_BATCH).flat_map(|chunk| {
+                    // The messages before an error first, then the error.
+                    let mut messages = Vec::with_capacity(chunk.len());
+                    let mut failed = None;
+                    for m in chunk {
+                        match m {
+                            Ok(m) => messages.push(fleet_client::TopicMessage::from(m)),
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let messages = (!messages.is_empty()).then_some(Ok(messages));
+                    futures::stream::iter(messages.into_iter().chain(failed.map(Err)))
+                });
+                Ok(Box::pin(batches))
             }
             Self::Local(cluster) => {
                 let follower = cluster

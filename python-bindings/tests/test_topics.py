@@ -180,7 +180,8 @@ def test_a_member_that_leaves_without_acknowledging_hands_its_messages_on() -> N
 @af.agent
 async def reporter(task: af.AgentTask, ctx: af.AgentContext) -> str:
     offset = await ctx.publish("news", f"report on {task.input}")
-    return str(offset)
+    more = await ctx.publish("news", ["sequel", "finale"])
+    return f"{offset} {more}"
 
 
 def test_an_agent_s_publish_is_stored_with_its_offset() -> None:
@@ -189,7 +190,12 @@ def test_an_agent_s_publish_is_stored_with_its_offset() -> None:
     with af.init(workers=1) as fleet:
         fleet.publish("news", "first")
         agent = fleet.agent(reporter, topics=["news"])
-        assert agent.submit("rain").result(timeout=30) == "1"
+        assert agent.submit("rain").result(timeout=30) == "1 [2, 3]"
         with fleet.follow("news", from_offset=0) as log:
-            got = [next(log) for _ in range(2)]
-        assert [(m.offset, m.publisher, m.body) for m in got] == [(0, "client", "first"), (1, "reporter", "report on rain")]
+            got = [next(log) for _ in range(4)]
+        assert [(m.offset, m.publisher, m.body) for m in got] == [
+            (0, "client", "first"),
+            (1, "reporter", "report on rain"),
+            (2, "reporter", "sequel"),
+            (3, "reporter", "finale"),
+        ]

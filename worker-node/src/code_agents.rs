@@ -460,8 +460,13 @@ impl CodeContext {
     }
 
     /// Posts `message` on `topic`, one of the agent's topics (its `publish` tool).
-    pub async fn publish(&self, topic: &str, message: &str) -> ToolOutcome {
-        let arguments = serde_json::json!({ "topic": topic, "message": message }).to_string();
+    /// Posts `messages` on `topic` (one tool step; several are stored in one write).
+    pub async fn publish(&self, topic: &str, messages: &[String]) -> ToolOutcome {
+        let arguments = match messages {
+            [one] => serde_json::json!({ "topic": topic, "message": one }),
+            many => serde_json::json!({ "topic": topic, "messages": many }),
+        }
+        .to_string();
         if !self.0.spec.topics.iter().any(|t| t == topic) {
             let known = self.0.spec.topics.join(", ");
             return ToolOutcome::error(format!(

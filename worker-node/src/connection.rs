@@ -147,8 +147,8 @@ async fn run_in_process(
                 }
                 _ = ticker.tick() => head.heartbeat(&worker_id, connection, heartbeat(&mut host)),
                 Some(update) = updates.recv() => match update {
-                    WorkerUpdate::StoreTopicMessage { request, seq } => {
-                        head.store_topic_message(&worker_id, connection, request, seq);
+                    WorkerUpdate::StoreTopicMessage { request, seq, more } => {
+                        head.store_topic_message(&worker_id, connection, request, seq, more);
                     }
                     // An in-process worker has no mesh: nothing else comes this way.
                     other => debug!(?other, "update ignored in process"),

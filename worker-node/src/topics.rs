@@ -46,15 +46,19 @@ impl TopicStore {
         Arc::new(Self { to_head, waiting: Mutex::default(), next: AtomicU64::new(1) })
     }
 
-    /// Stores `body` in `topic`'s log as `publisher` (its number on the mesh, 0 if none);
-    /// its offset, or why it is not known to be stored.
+    /// Stores `bodies` in order in `topic`'s log as `publisher` (the first one's number on
+    /// the mesh, 0 if none); the first one's offset, or why they are not known to be stored.
     pub async fn store(
         &self,
         topic: &str,
         publisher: &str,
-        body: String,
+        mut bodies: Vec<String>,
         seq: u64,
     ) -> std::result::Result<u64, String> {
+        if bodies.is_empty() {
+            return Err("nothing to publish".into());
+        }
+        let body = bodies.remove(0);
         let request_id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().insert(request_id, tx);
@@ -64,7 +68,8 @@ impl TopicStore {
             publisher: publisher.to_owned(),
             body,
         };
-        if self.to_head.send(WorkerUpdate::StoreTopicMessage { request, seq }).await.is_err() {
+        let update = WorkerUpdate::StoreTopicMessage { request, seq, more: bodies };
+        if self.to_head.send(update).await.is_err() {
             self.waiting.lock().remove(&request_id);
             return Err("the worker is stopping".into());
         }
@@ -259,8 +264,17 @@ impl ToolCaller for PublishTool {
     fn call(&self, call: &ToolCall, _context: CallContext) -> BoxFuture<'static, ToolOutcome> {
         let (board, store) = (self.board.clone(), self.store.clone());
         let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_default();
-        let text = |key: &str| args.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-        let (Some(topic), Some(message)) = (text("topic"), text("message")) else {
+        let topic = args.get("topic").and_then(|v| v.as_str()).map(str::to_owned);
+        // One `message`, or (from code) a list of `messages` stored in one write.
+        let messages: Option<Vec<String>> = match (args.get("message"), args.get("messages")) {
+            (Some(serde_json::Value::String(m)), None) => Some(vec![m.clone()]),
+            (None, Some(serde_json::Value::Array(list))) if !list.is_empty() => list
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>(),
+            _ => None,
+        };
+        let (Some(topic), Some(messages)) = (topic, messages) else {
             let refused = ToolOutcome::error("publish needs {\"topic\": ..., \"message\": ...}");
             return futures::future::ready(refused).boxed();
         };
@@ -273,20 +287,31 @@ impl ToolCaller for PublishTool {
         }
         let agent = self.agent.clone();
         async move {
-            // The mesh first, so that the log keeps the message's number there; the mesh
-            // failing does not keep it from the log, which is what followers read.
-            let seq = match &board {
-                Some(board) => match board.publish(&topic, &agent, message.clone()).await {
-                    Ok(seq) => seq,
-                    Err(e) => {
-                        warn!(topic, error = %e, "not published on the mesh");
-                        0
+            // The mesh first (the latest of a list only: prompts show the last few), so that
+            // the log keeps a single message's number there; the mesh failing does not keep
+            // them from the log, which is what followers read.
+            let mut seq = 0;
+            if let Some(board) = &board {
+                let latest = messages.len().saturating_sub(BOARD_DEPTH);
+                for message in &messages[latest..] {
+                    match board.publish(&topic, &agent, message.clone()).await {
+                        Ok(n) => seq = n,
+                        Err(e) => warn!(topic, error = %e, "not published on the mesh"),
                     }
-                },
-                None => 0,
-            };
-            match store.store(&topic, &agent, message, seq).await {
-                Ok(offset) => ToolOutcome::ok(format!("published on {topic} at offset {offset}")),
+                }
+                if messages.len() > 1 {
+                    seq = 0;
+                }
+            }
+            let count = messages.len() as u64;
+            match store.store(&topic, &agent, messages, seq).await {
+                Ok(offset) if count == 1 => {
+                    ToolOutcome::ok(format!("published on {topic} at offset {offset}"))
+                }
+                Ok(offset) => ToolOutcome::ok(format!(
+                    "published {count} messages on {topic} at offsets {offset} to {}",
+                    offset + count - 1
+                )),
                 Err(e) => ToolOutcome::error(format!("not published on {topic}: {e}")),
             }
         }

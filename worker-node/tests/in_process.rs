@@ -124,7 +124,15 @@ impl fleet_proto::local::LocalHead for ScriptedHead {
     fn leave(&self, _: &str, _: u64, _: &str) {}
 
     // The scripted agents publish nothing.
-    fn store_topic_message(&self, _: &str, _: u64, _: fleet_proto::PublishRequest, _: u64) {}
+    fn store_topic_message(
+        &self,
+        _: &str,
+        _: u64,
+        _: fleet_proto::PublishRequest,
+        _: u64,
+        _: Vec<String>,
+    ) {
+    }
 }
 
 /// Commands whose handling emits events (tasks of an agent the worker does not have fail at

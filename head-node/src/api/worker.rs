@@ -132,8 +132,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     Ok(WorkerUpdate::Published { request_id, result }) => {
                         cluster.published(&worker_id, request_id, result)
                     }
-                    Ok(WorkerUpdate::StoreTopicMessage { request, seq }) => {
-                        cluster.store_agent_message(&worker_id, connection, request, seq)
+                    Ok(WorkerUpdate::StoreTopicMessage { request, seq, more }) => {
+                        cluster.store_agent_message(&worker_id, connection, request, seq, more)
                     }
                     Ok(WorkerUpdate::Register(_)) => {
                         warn!("second registration on one stream ignored")

@@ -344,8 +344,9 @@ impl LocalHead for Cluster {
         connection: u64,
         request: fleet_proto::PublishRequest,
         seq: u64,
+        more: Vec<String>,
     ) {
-        self.store_agent_message(worker_id, connection, request, seq);
+        self.store_agent_message(worker_id, connection, request, seq, more);
     }
 
     fn stored(&self) -> futures::future::BoxFuture<'static, ()> {

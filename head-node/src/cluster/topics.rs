@@ -55,14 +55,16 @@ impl Cluster {
         when_stored(&self.topic_log, appended).await
     }
 
-    /// Stores a message an agent on `worker_id` published and answers the worker with its
-    /// offset. The agent's topics were checked against its tenant when it was registered.
+    /// Stores a message an agent on `worker_id` published (and `more` after it) and
+    /// answers the worker with its offset. The agent's topics were checked against its
+    /// tenant when it was registered.
     pub fn store_agent_message(
         &self,
         worker_id: &str,
         connection: u64,
         request: PublishRequest,
         seq: u64,
+        more: Vec<String>,
     ) {
         let reply_to = {
             let state = self.state.lock();
@@ -73,12 +75,19 @@ impl Cluster {
             }
         };
         let request_id = request.request_id;
-        let appended = self.topic_log.lock().append(
-            &request.topic,
-            &request.publisher,
-            vec![(request.body, seq)],
-            fleet_proto::now_us(),
-        );
+        let mut bodies = Vec::with_capacity(1 + more.len());
+        bodies.push((request.body, seq));
+        bodies.extend(more.into_iter().map(|b| (b, 0)));
+        let appended = if bodies.iter().any(|(b, _)| b.len() > MAX_BODY) {
+            Err(Error::InvalidArgument(format!("a topic message is at most {MAX_BODY} bytes")))
+        } else {
+            self.topic_log.lock().append(
+                &request.topic,
+                &request.publisher,
+                bodies,
+                fleet_proto::now_us(),
+            )
+        };
         let log = self.topic_log.clone();
         tokio::spawn(async move {
             let result = match appended {

@@ -79,7 +79,7 @@ import collections
 import inspect
 import logging
 import threading
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar, overload
 
 from agentfleet._native import AgentHost, FleetError, TaskFailed, Unavailable
 
@@ -352,15 +352,27 @@ class AgentContext:
         if not sent:
             raise Unavailable("this task has ended (canceled or failed)")
 
-    async def publish(self, topic: str, message: str) -> int:
+    @overload
+    async def publish(self, topic: str, message: str) -> int: ...
+    @overload
+    async def publish(self, topic: str, message: "list[str]") -> "list[int]": ...
+    async def publish(self, topic: str, message: "str | list[str]") -> "int | list[int]":
         """Posts ``message`` on ``topic``, one of the agent's topics (``topics=[...]``);
-        returns its offset in the topic's log once the head has stored it."""
-        output, is_error = await self._native.publish(self._run, topic, message)
+        returns its offset in the topic's log once the head has stored it. A list of
+        messages is one step, stored in one write: their offsets come back."""
+        many = not isinstance(message, str)
+        messages = list(message) if many else [message]
+        if not messages or not all(isinstance(m, str) for m in messages):
+            raise TypeError("ctx.publish takes a str or a non-empty list of str")
+        output, is_error = await self._native.publish(self._run, topic, messages)
         if is_error:
             raise FleetError(str(output))
-        # "published on TOPIC at offset N" (recorded as a tool step: a retried task gets
-        # the same answer without publishing again).
-        return int(str(output).rsplit(" ", 1)[-1])
+        # "published on TOPIC at offset N" or "... at offsets N to M" (recorded as a tool
+        # step: a retried task gets the same answer without publishing again).
+        words = str(output).split()
+        first = int(words[-1]) if len(messages) == 1 else int(words[-3])
+        offsets = list(range(first, first + len(messages)))
+        return offsets if many else offsets[0]
 
 
 class _Code:
