@@ -268,10 +268,9 @@ impl ToolCaller for PublishTool {
         // One `message`, or (from code) a list of `messages` stored in one write.
         let messages: Option<Vec<String>> = match (args.get("message"), args.get("messages")) {
             (Some(serde_json::Value::String(m)), None) => Some(vec![m.clone()]),
-            (None, Some(serde_json::Value::Array(list))) if !list.is_empty() => list
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<String>>>(),
+            (None, Some(serde_json::Value::Array(list))) if !list.is_empty() => {
+                list.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<String>>>()
+            }
             _ => None,
         };
         let (Some(topic), Some(messages)) = (topic, messages) else {
