@@ -36,14 +36,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 
 # The same process handling as the Python agents' benchmark beside this one.
-from python_agents_vs_ray import head_command, spawn, stop_all
+from python_agents_vs_ray import file_store_cluster, stop_all
 
 MODULE = "actor_bench_agents"
 AGENTS = '''
@@ -73,7 +72,6 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    import agentfleet as af
 
     atexit.register(stop_all)
     folder = tempfile.mkdtemp(prefix="fleet-actor-bench-")
@@ -83,24 +81,7 @@ def main() -> None:
     sys.path.insert(0, folder)
     agents = __import__(MODULE)
     env = dict(os.environ, RUST_LOG="warn", PYTHONPATH=folder)
-    head = spawn(
-        [*head_command(None), "--listen", "127.0.0.1:0", "--print-address", "--data-dir", os.path.join(folder, "head"),
-         "--token", "bench", "--join-token", "bench-join"],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )
-    assert head.stdout is not None
-    line = head.stdout.readline()
-    if not line.startswith("listening on "):
-        raise RuntimeError(f"the head did not start: {line!r}")
-    address = "http://" + line.removeprefix("listening on ").strip()
-    worker = spawn([sys.executable, "-m", "agentfleet", "worker", "--head", address, "--join-token", "bench-join",
-                    "--import", MODULE], env=env)
-    fleet = af.init(address, token="bench")
-    deadline = time.monotonic() + 60
-    while not fleet.status()["workers"]:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the worker did not join")
-        time.sleep(0.02)
+    fleet, head, (worker,) = file_store_cluster(folder, MODULE, 1, env)
     plain, actor = fleet.agent(agents.plain), fleet.agent(agents.actor)
     counter = iter(range(10**9))
 

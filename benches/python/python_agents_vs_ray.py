@@ -186,6 +186,35 @@ def head_command(explicit: "str | None") -> list[str]:
     return [sys.executable, "-m", "agentfleet", "head"]
 
 
+def file_store_cluster(folder: str, module: str, workers: int, env: dict):
+    """A `fleet-head` keeping its default file store under `folder` and `workers` Python
+    workers importing `module`, on 127.0.0.1, all joined: (fleet handle, head, workers)."""
+    import agentfleet as af
+
+    head = spawn(
+        [*head_command(None), "--listen", "127.0.0.1:0", "--print-address", "--data-dir", os.path.join(folder, "head"),
+         "--token", "bench", "--join-token", "bench-join"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    assert head.stdout is not None
+    line = head.stdout.readline()
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"the head did not start: {line!r}")
+    address = "http://" + line.removeprefix("listening on ").strip()
+    procs = [
+        spawn([sys.executable, "-m", "agentfleet", "worker", "--head", address, "--join-token", "bench-join",
+               "--import", module], env=env)
+        for _ in range(workers)
+    ]
+    fleet = af.init(address, token="bench")
+    deadline = time.monotonic() + 60
+    while len(fleet.status()["workers"]) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the workers did not join")
+        time.sleep(0.02)
+    return fleet, head, procs
+
+
 def start_cluster(module_dir: str, head_cmd: list[str], slots: "int | None", log: str):
     env = dict(os.environ, RUST_LOG=log, FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (module_dir, os.environ.get("PYTHONPATH")) if p)

@@ -50,7 +50,7 @@ import textwrap
 import time
 
 # The same process handling as the Python agents' benchmark beside this one.
-from python_agents_vs_ray import head_command, spawn, stop_all
+from python_agents_vs_ray import file_store_cluster, spawn, stop_all
 
 MODULE = "topic_bench_agents"
 AGENTS = '''
@@ -93,7 +93,6 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    import agentfleet as af
 
     atexit.register(stop_all)
     folder = tempfile.mkdtemp(prefix="fleet-topic-bench-")
@@ -103,25 +102,8 @@ def main() -> None:
     sys.path.insert(0, folder)
     agents = __import__(MODULE)
     env = dict(os.environ, RUST_LOG="warn", PYTHONPATH=folder)
-    head = spawn(
-        [*head_command(None), "--listen", "127.0.0.1:0", "--print-address", "--data-dir", os.path.join(folder, "head"),
-         "--token", "bench", "--join-token", "bench-join"],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )
-    assert head.stdout is not None
-    line = head.stdout.readline()
-    if not line.startswith("listening on "):
-        raise RuntimeError(f"the head did not start: {line!r}")
-    address = "http://" + line.removeprefix("listening on ").strip()
-    for _ in range(2):
-        spawn([sys.executable, "-m", "agentfleet", "worker", "--head", address, "--join-token", "bench-join",
-               "--import", MODULE], env=env)
-    fleet = af.init(address, token="bench")
-    deadline = time.monotonic() + 60
-    while len(fleet.status()["workers"]) < 2:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the workers did not join")
-        time.sleep(0.02)
+    fleet, _, _ = file_store_cluster(folder, MODULE, 2, env)
+    address = fleet.address
     publisher = fleet.agent(agents.publisher, topics=["bench"])
     batcher = fleet.agent(agents.batcher, topics=["bench"])
     n = args.messages

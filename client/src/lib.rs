@@ -572,19 +572,13 @@ impl Client {
         from_offset: Option<u64>,
         group: &str,
     ) -> Result<TopicStream> {
-        let request = pb::FollowTopicRequest {
+        self.follow(pb::FollowTopicRequest {
             topic: topic.to_owned(),
             from_offset,
             group: group.to_owned(),
             ..Default::default()
-        };
-        let inbound = self
-            .unary(|mut api| {
-                let request = request.clone();
-                async move { api.follow_topic(request).await }
-            })
-            .await?;
-        Ok(Box::pin(inbound.map(|m| m.map_err(Error::from))))
+        })
+        .await
     }
 
     /// Acknowledges messages of consumer `group`; returns the group's committed offset
@@ -607,11 +601,15 @@ impl Client {
     /// The messages on a topic from now on, through `worker_id`'s mesh subscription (empty:
     /// the topic's log, as [`Client::follow_log`] from now on).
     pub async fn follow_topic(&self, topic: &str, worker_id: &str) -> Result<TopicStream> {
-        let request = pb::FollowTopicRequest {
+        self.follow(pb::FollowTopicRequest {
             topic: topic.to_owned(),
             worker_id: worker_id.to_owned(),
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    async fn follow(&self, request: pb::FollowTopicRequest) -> Result<TopicStream> {
         let inbound = self
             .unary(|mut api| {
                 let request = request.clone();

@@ -2,11 +2,12 @@ import gc
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -82,6 +83,23 @@ class Node:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def restartable_head(data: Path) -> tuple[str, Callable[[], Node]]:
+    """The address of a head keeping its data in `data`, and what starts it (again) there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(data)]
+
+    def start_head() -> Node:
+        head = Node("head", *args)
+        assert head.proc.stdout is not None
+        line = head.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        return head
+
+    return f"http://127.0.0.1:{port}", start_head
 
 
 @pytest.fixture(scope="module")

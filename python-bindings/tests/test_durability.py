@@ -1,6 +1,5 @@
 """An embedded cluster's head keeps its tasks and agents under ``data_dir`` across restarts."""
 
-import socket
 from collections.abc import Callable
 import threading
 import time
@@ -10,7 +9,7 @@ import pytest
 
 import agentfleet as af
 
-from conftest import Node
+from conftest import Node, restartable_head
 
 
 def test_a_restarted_embedded_cluster_has_its_tasks_and_agents_back(tmp_path: Path) -> None:
@@ -96,23 +95,6 @@ def map_through(fleet: af.Fleet, disrupt: "Callable[[], None]") -> None:
     runner.join(timeout=120)
     assert not runner.is_alive(), "map did not return"
     assert result.get("out") == inputs
-
-
-def restartable_head(data: Path) -> tuple[str, Callable[[], Node]]:
-    """The address of a head keeping its data in `data`, and what starts it (again) there."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(data)]
-
-    def start_head() -> Node:
-        head = Node("head", *args)
-        assert head.proc.stdout is not None
-        line = head.proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        return head
-
-    return f"http://127.0.0.1:{port}", start_head
 
 
 def test_map_rides_through_a_head_restart(tmp_path: Path) -> None:

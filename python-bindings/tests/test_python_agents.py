@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 
 import agentfleet as af
-from conftest import Node, smollm2_gguf
+from conftest import Node, restartable_head, smollm2_gguf
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -702,20 +702,7 @@ def test_an_actor_s_state_outlives_its_worker_and_its_head(actors_module: Module
     and the head (a file store) are SIGKILLed. A head started again on its data and a new
     worker go on from the stored count: turn 4, on the other process; another conversation
     starts from 1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"http://127.0.0.1:{port}"
-    data = tmp_path / "head-data"
-
-    def start_head() -> Node:
-        head = Node("head", "--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(data))
-        assert head.proc.stdout is not None
-        line = head.proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        return head
+    address, start_head = restartable_head(tmp_path / "head-data")
 
     def start_worker() -> Node:
         return Node("worker", "--head", address, "--join-token", "j0in", "--import", "actor_agents")

@@ -3,7 +3,6 @@ a follower resumes from an offset, a consumer group shares a topic as a work que
 resumes after what it acknowledged; agents' publishes land in the same log."""
 
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ import pytest
 
 import agentfleet as af
 
-from conftest import Node
+from conftest import restartable_head
 
 MESSAGES = 10_000
 
@@ -36,12 +35,6 @@ FOLLOWER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -58,16 +51,7 @@ def test_a_group_member_killed_halfway_resumes_after_what_it_acknowledged(tmp_pa
     SIGKILLed halfway, then the head too. The head started again has every message at its
     offset; a new follower in the group gets exactly those the first had not acknowledged:
     together every message, at most the one in flight at the kill twice."""
-    port = free_port()
-    address = f"http://127.0.0.1:{port}"
-    data = tmp_path / "head-data"
-
-    def start_head() -> Node:
-        head = Node("head", "--listen", f"127.0.0.1:{port}", "--print-address", "--token", "s3cret", "--join-token", "j0in", "--data-dir", str(data))
-        assert head.proc.stdout is not None
-        line = head.proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        return head
+    address, start_head = restartable_head(tmp_path / "head-data")
 
     def follower(out: Path) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-c", FOLLOWER, address, str(out)], text=True)
