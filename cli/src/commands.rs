@@ -107,6 +107,46 @@ pub async fn forget_context(
     Ok(0)
 }
 
+pub async fn publish(
+    client: &Client,
+    topic: &str,
+    publisher: &str,
+    message: String,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let published = client.publish_many(topic, publisher, vec![message]).await?;
+    writeln!(out, "{}", published.offset)?;
+    Ok(0)
+}
+
+/// Prints a topic's messages as they come; in a group, acknowledges each once printed (and
+/// flushed: a message acknowledged is one the reader has).
+pub async fn follow_topic(
+    client: &Client,
+    topic: &str,
+    from: Option<u64>,
+    group: Option<&str>,
+    limit: Option<u64>,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let mut messages = client.follow_log(topic, from, group.unwrap_or("")).await?;
+    let mut printed = 0;
+    while limit.is_none_or(|limit| printed < limit) {
+        let Some(message) = messages.next().await else {
+            bail!("the head ended the topic's stream");
+        };
+        let m = message?;
+        let offset = m.offset.unwrap_or_default();
+        writeln!(out, "{offset} {}: {}", m.publisher, m.body)?;
+        out.flush()?;
+        if let Some(group) = group {
+            client.ack_topic(topic, group, &[offset]).await?;
+        }
+        printed += 1;
+    }
+    Ok(0)
+}
+
 pub async fn logs(client: &Client, task: &str, from: u64) -> Result<i32> {
     let stream = client.watch(task, from.max(1)).await.with_context(|| format!("task {task}"))?;
     follow(stream).await

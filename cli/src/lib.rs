@@ -11,6 +11,8 @@
 //! fleet submit AGENT "prompt"           submits, then streams the answer (--detach: the id)
 //! fleet contexts [--context C]          the conversations the head keeps, newest first
 //! fleet context C [--agent A]           a context's turns (--delete: forgets them)
+//! fleet publish TOPIC "message"         prints the message's offset once stored
+//! fleet follow TOPIC [--from N]         a topic's messages, live (--group G: a share, acked)
 //! ```
 //!
 //! The head's address comes from `--head` or `FLEET_HEAD` (default `http://127.0.0.1:7070`),
@@ -121,6 +123,30 @@ pub enum Command {
         #[arg(long)]
         delete: bool,
     },
+    /// Publishes a message on a topic; prints its offset once the head has stored it.
+    Publish {
+        topic: String,
+        message: String,
+        /// Who followers see as the publisher (default "client").
+        #[arg(long)]
+        publisher: Option<String>,
+    },
+    /// A topic's messages as the head stores them, one line each ("OFFSET PUBLISHER: BODY"),
+    /// from --from (else from the next one published), live until --limit or Ctrl-C. With
+    /// --group, this follower's share of the group's messages, each acknowledged once
+    /// printed; the group resumes after what it acknowledged.
+    Follow {
+        topic: String,
+        /// The first offset to print (one retention let go: the oldest kept).
+        #[arg(long)]
+        from: Option<u64>,
+        /// A consumer group to follow in.
+        #[arg(long)]
+        group: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 /// Runs `fleet` with `args` (the program name first); returns the exit code: 0, 1 when the
@@ -191,6 +217,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Contexts { context, agent, limit } => {
             let (context, agent) = (context.unwrap_or_default(), agent.unwrap_or_default());
             commands::contexts(&client, &context, &agent, limit, out).await
+        }
+        Command::Publish { topic, message, publisher } => {
+            commands::publish(&client, &topic, publisher.as_deref().unwrap_or(""), message, out)
+                .await
+        }
+        Command::Follow { topic, from, group, limit } => {
+            commands::follow_topic(&client, &topic, from, group.as_deref(), limit, out).await
         }
         Command::Context { context, agent, delete } => {
             let agent = agent.unwrap_or_default();

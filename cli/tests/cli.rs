@@ -13,6 +13,7 @@ const TOKEN: &str = "cli-test-token";
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// What a `fleet` run printed and how it exited.
+#[derive(Debug)]
 struct Run {
     code: i32,
     stdout: String,
@@ -145,6 +146,20 @@ async fn every_command_against_a_live_cluster() -> Result<()> {
     ensure!(again.code == 0 && again.stdout.starts_with("0 conversation"), "{}", again.stdout);
     let gone = fleet(&cluster, TOKEN, &["context", "c7"]).await?;
     ensure!(gone.code == 1 && gone.stderr.contains("no conversation"), "{}", gone.stderr);
+
+    // Topics: offsets as stored; a follower from an offset; a group resumes after what it
+    // acknowledged.
+    for (i, word) in ["alpha", "beta", "gamma"].into_iter().enumerate() {
+        let published = fleet(&cluster, TOKEN, &["publish", "news", word]).await?;
+        ensure!(published.stdout.trim() == i.to_string(), "{published:?}");
+    }
+    let all = fleet(&cluster, TOKEN, &["follow", "news", "--from", "1", "--limit", "2"]).await?;
+    ensure!(all.stdout == "1 client: beta\n2 client: gamma\n", "{all:?}");
+    let some = ["follow", "news", "--group", "g", "--limit", "2"];
+    let first = fleet(&cluster, TOKEN, &some).await?;
+    ensure!(first.stdout == "0 client: alpha\n1 client: beta\n", "{first:?}");
+    let rest = fleet(&cluster, TOKEN, &["follow", "news", "--group", "g", "--limit", "1"]).await?;
+    ensure!(rest.stdout == "2 client: gamma\n", "{rest:?}");
     Ok(())
 }
 
