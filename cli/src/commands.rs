@@ -70,6 +70,33 @@ pub async fn contexts(
     Ok(0)
 }
 
+pub async fn actors(
+    client: &Client,
+    agent: &str,
+    context: &str,
+    limit: u32,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let listed = client.list_actor_states(agent, context, limit).await?;
+    render::actor_states(&listed.actors, out)?;
+    if listed.truncated {
+        writeln!(out, "(more: raise --limit, or name an --agent or --context)")?;
+    }
+    Ok(0)
+}
+
+/// An actor's stored state: its JSON on a line.
+pub async fn actor(
+    client: &Client,
+    agent: &str,
+    context: &str,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let info = client.get_actor_state(agent, context).await?;
+    writeln!(out, "{}", info.state)?;
+    Ok(0)
+}
+
 /// A context's turns with `agent` (with each agent it has a conversation with, when empty).
 pub async fn context(
     client: &Client,

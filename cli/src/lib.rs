@@ -11,6 +11,8 @@
 //! fleet submit AGENT "prompt"           submits, then streams the answer (--detach: the id)
 //! fleet contexts [--context C]          the conversations the head keeps, newest first
 //! fleet context C [--agent A]           a context's turns (--delete: forgets them)
+//! fleet actors [--agent A]              the states Python actors keep, newest first
+//! fleet actor AGENT [--context C]       one actor's stored state (JSON)
 //! fleet publish TOPIC "message"         prints the message's offset once stored
 //! fleet follow TOPIC [--from N]         a topic's messages, live (--group G: a share, acked)
 //! ```
@@ -123,6 +125,23 @@ pub enum Command {
         #[arg(long)]
         delete: bool,
     },
+    /// The states Python actors (`@af.agent(state=True)`) keep, the most recently saved
+    /// first.
+    Actors {
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only the actors of this conversation (per-context actors).
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One actor's stored state, its JSON on one line (--context for a per-context actor).
+    Actor {
+        agent: String,
+        #[arg(long)]
+        context: Option<String>,
+    },
     /// Publishes a message on a topic; prints its offset once the head has stored it.
     Publish {
         topic: String,
@@ -217,6 +236,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Contexts { context, agent, limit } => {
             let (context, agent) = (context.unwrap_or_default(), agent.unwrap_or_default());
             commands::contexts(&client, &context, &agent, limit, out).await
+        }
+        Command::Actors { agent, context, limit } => {
+            let (agent, context) = (agent.unwrap_or_default(), context.unwrap_or_default());
+            commands::actors(&client, &agent, &context, limit, out).await
+        }
+        Command::Actor { agent, context } => {
+            commands::actor(&client, &agent, context.as_deref().unwrap_or(""), out).await
         }
         Command::Publish { topic, message, publisher } => {
             commands::publish(&client, &topic, publisher.as_deref().unwrap_or(""), message, out)

@@ -132,6 +132,26 @@ pub fn conversations(
     table(&["CONTEXT", "AGENT", "TURNS", "BYTES", "CONTINUED"], &rows, out)
 }
 
+pub fn actor_states(actors: &[pb::ActorStateInfo], out: &mut impl Write) -> io::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let rows: Vec<Vec<String>> = actors
+        .iter()
+        .map(|a| {
+            let age = now.saturating_sub(Duration::from_micros(a.updated_at_us));
+            let context = if a.context_id.is_empty() { "-" } else { &a.context_id };
+            vec![
+                a.agent.clone(),
+                context.to_owned(),
+                a.version.to_string(),
+                a.bytes.to_string(),
+                format!("{} ago", duration(age)),
+                a.last_task.clone(),
+            ]
+        })
+        .collect();
+    table(&["AGENT", "CONTEXT", "VERSION", "BYTES", "SAVED", "BY TASK"], &rows, out)
+}
+
 /// A conversation's turns, one block each: who spoke, then what was said.
 pub fn conversation(conversation: &pb::Conversation, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "# {} with {}", conversation.context_id, conversation.agent)?;

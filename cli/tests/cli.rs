@@ -181,6 +181,12 @@ async fn mistakes_get_a_clear_message_and_a_failing_exit_code() -> Result<()> {
     let bad_state = fleet(&cluster, TOKEN, &["tasks", "--state", "sleeping"]).await?;
     ensure!(bad_state.code == 2 && bad_state.stderr.contains("sleeping"), "{}", bad_state.stderr);
 
+    // No actor has saved a state: an empty table, and a read that says how states come.
+    let actors = fleet(&cluster, TOKEN, &["actors"]).await?;
+    ensure!(actors.code == 0 && actors.stdout.starts_with("AGENT"), "{actors:?}");
+    let state = fleet(&cluster, TOKEN, &["actor", "nobody", "--context", "c"]).await?;
+    ensure!(state.code == 1 && state.stderr.contains("no stored state"), "{state:?}");
+
     // No head at the address: says where it tried.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
         .args(["--head", "http://127.0.0.1:9", "status"])

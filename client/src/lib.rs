@@ -520,6 +520,42 @@ impl Client {
         Ok(response.deleted)
     }
 
+    /// The stored state of `agent`'s actor (in `context_id` for a per-context actor): the
+    /// JSON in `state`, its version, when and by which task it was saved.
+    pub async fn get_actor_state(
+        &self,
+        agent: &str,
+        context_id: &str,
+    ) -> Result<pb::ActorStateInfo> {
+        let request =
+            pb::GetActorStateRequest { agent: agent.to_owned(), context_id: context_id.to_owned() };
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.get_actor_state(request).await }
+        })
+        .await
+    }
+
+    /// The stored actor states (of `agent`, in `context_id`, when not empty), the most
+    /// recently saved first, without the states themselves.
+    pub async fn list_actor_states(
+        &self,
+        agent: &str,
+        context_id: &str,
+        limit: u32,
+    ) -> Result<pb::ListActorStatesResponse> {
+        let request = pb::ListActorStatesRequest {
+            agent: agent.to_owned(),
+            context_id: context_id.to_owned(),
+            page_size: limit,
+        };
+        self.unary(|mut api| {
+            let request = request.clone();
+            async move { api.list_actor_states(request).await }
+        })
+        .await
+    }
+
     pub async fn status(&self) -> Result<ClusterStatus> {
         self.unary(|mut api| async move { api.cluster_status(pb::ClusterStatusRequest {}).await })
             .await

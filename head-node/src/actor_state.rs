@@ -60,6 +60,18 @@ struct Held {
     bytes: usize,
 }
 
+fn record(key: &Key, e: &Entry) -> Record {
+    Record {
+        tenant: key.tenant.to_string(),
+        agent: key.agent.clone(),
+        context_id: key.context_id.clone(),
+        state: e.state.to_string(),
+        version: e.version,
+        updated_at_us: e.updated_at_us,
+        last_task: e.last_task.clone(),
+    }
+}
+
 /// The key of a task's actor: its agent's (per agent) or its conversation's (per context);
 /// none when the agent keeps no state, or a per-context agent's task has no context.
 pub fn key_of(spec: &AgentSpec, tenant: &Arc<str>, context_id: &str) -> Option<Key> {
@@ -151,19 +163,6 @@ impl Actors {
         Ok((key.stored(), self.record(key)))
     }
 
-    fn record(&self, key: &Key) -> Option<Record> {
-        let e = self.states.get(key)?;
-        Some(Record {
-            tenant: key.tenant.to_string(),
-            agent: key.agent.clone(),
-            context_id: key.context_id.clone(),
-            state: e.state.to_string(),
-            version: e.version,
-            updated_at_us: e.updated_at_us,
-            last_task: e.last_task.clone(),
-        })
-    }
-
     /// Deletes the states of `agent`'s actor (every agent's when empty) for the
     /// conversation `context_id` of `tenant` (the context is deleted); returns the changes
     /// to store.
@@ -188,6 +187,33 @@ impl Actors {
                 Some((key.stored(), None))
             })
             .collect()
+    }
+
+    /// The stored state of `key`, if it was ever saved.
+    pub fn record(&self, key: &Key) -> Option<Record> {
+        self.states.get(key).map(|e| record(key, e))
+    }
+
+    /// `tenant`'s stored states (of `agent`, in `context_id`, when not empty), the most
+    /// recently saved first, at most `limit`; whether there were more.
+    pub fn list(
+        &self,
+        tenant: &str,
+        agent: &str,
+        context_id: &str,
+        limit: usize,
+    ) -> (Vec<Record>, bool) {
+        let mut found: Vec<(&Key, &Entry)> = self
+            .states
+            .iter()
+            .filter(|(k, _)| &*k.tenant == tenant)
+            .filter(|(k, _)| agent.is_empty() || k.agent == agent)
+            .filter(|(k, _)| context_id.is_empty() || k.context_id == context_id)
+            .collect();
+        found.sort_by_key(|(k, e)| (std::cmp::Reverse(e.updated_at_us), (*k).clone()));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        (found.into_iter().map(|(k, e)| record(k, e)).collect(), more)
     }
 
     /// Takes the stored states back (a head starting, or taking over).

@@ -207,6 +207,52 @@ impl Backend {
         }
     }
 
+    pub async fn actor_state(&self, agent: &str, context_id: &str) -> Result<pb::ActorStateInfo> {
+        match self {
+            Self::Remote(client) => client.get_actor_state(agent, context_id).await,
+            Self::Local(cluster) => cluster
+                .actor_state(&operator(), agent, context_id)
+                .map(|a| pb::ActorStateInfo {
+                    bytes: a.state.len() as u64,
+                    state: a.state,
+                    agent: a.agent,
+                    context_id: a.context_id,
+                    version: a.version,
+                    updated_at_us: a.updated_at_us,
+                    last_task: a.last_task,
+                })
+                .map_err(local_error),
+        }
+    }
+
+    pub async fn list_actor_states(
+        &self,
+        agent: &str,
+        context_id: &str,
+        limit: u32,
+    ) -> Result<Vec<pb::ActorStateInfo>> {
+        match self {
+            Self::Remote(client) => {
+                Ok(client.list_actor_states(agent, context_id, limit).await?.actors)
+            }
+            Self::Local(cluster) => {
+                let (listed, _) = cluster.list_actor_states(&operator(), agent, context_id, limit);
+                Ok(listed
+                    .into_iter()
+                    .map(|a| pb::ActorStateInfo {
+                        bytes: a.state.len() as u64,
+                        agent: a.agent,
+                        context_id: a.context_id,
+                        version: a.version,
+                        updated_at_us: a.updated_at_us,
+                        last_task: a.last_task,
+                        state: String::new(),
+                    })
+                    .collect())
+            }
+        }
+    }
+
     /// Publishes `bodies` on `topic` in order; the first one's offset once stored.
     pub async fn publish(&self, topic: &str, publisher: &str, bodies: Vec<String>) -> Result<u64> {
         match self {

@@ -387,6 +387,19 @@ fn resources_dict<'py>(
 }
 
 /// Tools given by name or as themselves (functions and `af.tool`s, by their names).
+/// An agent's name: given as a string, or the object `@af.agent` marked.
+fn agent_name(agent: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(name) = agent.extract::<String>() {
+        return Ok(name);
+    }
+    match agent.getattr("__agentfleet_agent__") {
+        Ok(code) => code.getattr("name")?.extract(),
+        Err(_) => Err(PyValueError::new_err(
+            "agent: give its name or the class or function @af.agent made an agent",
+        )),
+    }
+}
+
 fn tool_names(tools: &[Bound<'_, PyAny>]) -> PyResult<Vec<String>> {
     tools
         .iter()
@@ -706,6 +719,57 @@ impl Fleet {
         runtime::block_on(py, async move {
             client.delete_conversation(&context_id, &agent).await.map_err(errors::to_py)
         })
+    }
+
+    /// The state `agent`'s actor keeps (`@af.agent(state=True)`; in conversation
+    /// `context_id` with `per_context=True`), as stored by the head: a dict. `NotFound`
+    /// before its first save. `agent` is a name or the decorated class or function.
+    #[pyo3(signature = (agent, context_id=None))]
+    fn actor_state<'py>(
+        &self,
+        py: Python<'py>,
+        agent: &Bound<'py, PyAny>,
+        context_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let agent = agent_name(agent)?;
+        let client = self.client.clone();
+        let context_id = context_id.unwrap_or_default();
+        let info = runtime::block_on(py, async move {
+            client.actor_state(&agent, &context_id).await.map_err(errors::to_py)
+        })?;
+        let json = py.import("json")?;
+        json.call_method1("loads", (info.state,))
+    }
+
+    /// The actor states the head keeps (of `agent`, in `context_id`, when given), the most
+    /// recently saved first: dicts of `agent`, `context_id`, `version`, `bytes`,
+    /// `updated_at` (seconds since the epoch) and `last_task`.
+    #[pyo3(signature = (agent=None, context_id=None, limit=100))]
+    fn actor_states<'py>(
+        &self,
+        py: Python<'py>,
+        agent: Option<&Bound<'py, PyAny>>,
+        context_id: Option<String>,
+        limit: u32,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let agent = agent.map(agent_name).transpose()?.unwrap_or_default();
+        let client = self.client.clone();
+        let context_id = context_id.unwrap_or_default();
+        let listed = runtime::block_on(py, async move {
+            client.list_actor_states(&agent, &context_id, limit).await.map_err(errors::to_py)
+        })?;
+        let out = PyList::empty(py);
+        for a in listed {
+            let d = PyDict::new(py);
+            d.set_item("agent", a.agent)?;
+            d.set_item("context_id", a.context_id)?;
+            d.set_item("version", a.version)?;
+            d.set_item("bytes", a.bytes)?;
+            d.set_item("updated_at", a.updated_at_us as f64 / 1e6)?;
+            d.set_item("last_task", a.last_task)?;
+            out.append(d)?;
+        }
+        Ok(out)
     }
 
     /// Publishes `message` on `topic` as `publisher` (default "client"); returns its offset

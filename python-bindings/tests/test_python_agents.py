@@ -732,6 +732,12 @@ def test_an_actor_s_state_outlives_its_worker_and_its_head(actors_module: Module
             fourth = counter.submit("hi", context_id="c1").result(timeout=30)
             assert fourth.endswith(" turn 4") and not fourth.startswith(first_pid + " "), fourth
             assert counter.submit("hi", context_id="c2").result(timeout=30).endswith(" turn 1")
+            # The stored states, read from outside.
+            assert fleet.actor_state(actors_module.Counter, context_id="c1") == {"turns": 4}
+            listed = fleet.actor_states("Counter")
+            assert [(a["context_id"], a["version"]) for a in listed] == [("c2", 1), ("c1", 4), ("c0", 1)], listed
+            with pytest.raises(af.NotFound, match="no stored state"):
+                fleet.actor_state("Counter", context_id="never")
             # Deleting the context deletes its state.
             fleet.delete_context("c1")
             assert counter.submit("hi", context_id="c1").result(timeout=30).endswith(" turn 1")

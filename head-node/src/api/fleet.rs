@@ -385,6 +385,41 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
         }))
     }
+
+    async fn get_actor_state(
+        &self,
+        request: Request<pb::GetActorStateRequest>,
+    ) -> Result<Response<pb::ActorStateInfo>, Status> {
+        let who = who(&request)?;
+        let r = request.into_inner();
+        let record = self.cluster.actor_state(&who, &r.agent, &r.context_id)?;
+        Ok(Response::new(actor_info(record, true)))
+    }
+
+    async fn list_actor_states(
+        &self,
+        request: Request<pb::ListActorStatesRequest>,
+    ) -> Result<Response<pb::ListActorStatesResponse>, Status> {
+        let who = who(&request)?;
+        let r = request.into_inner();
+        let (listed, truncated) =
+            self.cluster.list_actor_states(&who, &r.agent, &r.context_id, r.page_size);
+        let actors = listed.into_iter().map(|a| actor_info(a, false)).collect();
+        Ok(Response::new(pb::ListActorStatesResponse { actors, truncated }))
+    }
+}
+
+/// An actor's stored state as the API shows it (without the state itself in a listing).
+fn actor_info(a: crate::actor_state::Record, with_state: bool) -> pb::ActorStateInfo {
+    pb::ActorStateInfo {
+        bytes: a.state.len() as u64,
+        state: if with_state { a.state } else { String::new() },
+        agent: a.agent,
+        context_id: a.context_id,
+        version: a.version,
+        updated_at_us: a.updated_at_us,
+        last_task: a.last_task,
+    }
 }
 
 type HostStream = Pin<Box<dyn Stream<Item = Result<pb::ToolHostCommand, Status>> + Send>>;

@@ -98,3 +98,46 @@ fn key(who: &Principal, context_id: &str, agent: &str) -> Result<Key> {
         context_id: context_id.to_owned(),
     })
 }
+
+impl Cluster {
+    /// The stored state of `agent`'s actor (in `context_id` for a per-context actor).
+    pub fn actor_state(
+        &self,
+        who: &Principal,
+        agent: &str,
+        context_id: &str,
+    ) -> Result<crate::actor_state::Record> {
+        let key = Key {
+            tenant: who.tenant().into(),
+            context_id: context_id.to_owned(),
+            agent: agent.to_owned(),
+        };
+        self.state.lock().actors.record(&key).ok_or_else(|| {
+            let place = if context_id.is_empty() {
+                String::new()
+            } else {
+                format!(" in context {context_id:?}")
+            };
+            Error::UnknownTask(format!(
+                "no stored state of agent {agent:?}{place}: it is stored once a task of the \
+                 agent (declared with state=True) saves it; list them with ListActorStates"
+            ))
+        })
+    }
+
+    /// The stored actor states (of `agent`, in `context_id`, when not empty), the most
+    /// recently saved first; whether there were more than `page_size`.
+    pub fn list_actor_states(
+        &self,
+        who: &Principal,
+        agent: &str,
+        context_id: &str,
+        page_size: u32,
+    ) -> (Vec<crate::actor_state::Record>, bool) {
+        let limit = match page_size {
+            0 => LISTED,
+            n => (n as usize).min(MAX_LISTED),
+        };
+        self.state.lock().actors.list(who.tenant(), agent, context_id, limit)
+    }
+}

@@ -364,6 +364,12 @@ class Fleet:
         """The conversations the cluster keeps, the most recently continued first."""
     def delete_context(self, context_id: str, agent: str | None = None) -> int:
         """Forgets the context's conversations; how many there were."""
+    def actor_state(self, agent: str | object, context_id: str | None = None) -> dict[str, Any]:
+        """The state an actor keeps, as the head stored it."""
+    def actor_states(
+        self, agent: str | object | None = None, context_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The actor states the head keeps, the most recently saved first."""
     @overload
     def publish(self, topic: str, message: str, *, publisher: str | None = None) -> int:
         """Publishes on ``topic``; the message's offset once stored."""
