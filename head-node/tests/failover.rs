@@ -30,6 +30,14 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     Ok(())
 }
 
+/// The next message of a topic's stream, within 10 s.
+async fn next_message(
+    stream: &mut fleet_client::TopicStream,
+) -> Result<fleet_client::pb::TopicMessage> {
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+    Ok(next.context("no message within 10 s")?.context("the topic's stream ended")??)
+}
+
 /// A leader and a standby on `pg`, three workers given both heads.
 async fn two_heads(pg: &PostgresServer) -> Result<ClusterSandbox> {
     ClusterSandbox::builder()
@@ -126,6 +134,16 @@ async fn a_standby_takes_over_when_the_leader_dies() -> Result<()> {
     let prompts = [turn(&talker, "one").await?, turn(&talker, "two three").await?];
     ensure!(prompts == [1, 4], "the conversation's prompts had {prompts:?} words");
     ensure!(turn(&talker, "four").await? == 7, "turn 3 lacks turns 1 and 2");
+    // A topic's messages, and a group that acknowledged the first two of them.
+    let bodies: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    let first = talker.publish_many("news", "", bodies).await?.offset;
+    ensure!(first == 0, "the first message's offset is {first}");
+    let mut group = talker.follow_log("news", None, "g").await?;
+    for _ in 0..2 {
+        let m = next_message(&mut group).await?;
+        talker.ack_topic("news", "g", &[m.offset.unwrap_or(u64::MAX)]).await?;
+    }
+    drop(group);
     let seen = Arc::new(Mutex::new(BatchLog::default()));
     let inputs = submit(&sandbox, seen.clone()).await?;
     wait_until("all accepted and 200 completed", LIMIT, || {
@@ -147,6 +165,19 @@ async fn a_standby_takes_over_when_the_leader_dies() -> Result<()> {
     // The standby has the conversation from the store: 1 + 1 + 2 + 2 + 1 + 1 words before.
     let after = turn(&talker, "five").await?;
     ensure!(after == 9, "turn 4 after the takeover had {after} words in its prompt, not 9");
+    // The topic is whole at the same offsets, numbering goes on, and the group resumes
+    // after what it acknowledged.
+    ensure!(talker.publish("news", "", "m5").await?.offset == 5, "an offset was given twice");
+    let mut log = talker.follow_log("news", Some(0), "").await?;
+    let mut offsets = Vec::new();
+    while offsets.len() < 6 {
+        let m = next_message(&mut log).await?;
+        ensure!(m.body == format!("m{}", offsets.len()), "{m:?}");
+        offsets.push(m.offset);
+    }
+    let mut group = talker.follow_log("news", None, "g").await?;
+    let next = next_message(&mut group).await?;
+    ensure!(next.offset == Some(2), "the group resumed at {:?}, not 2", next.offset);
     eprintln!(
         "{completed_before} completed before the kill; the standby led {} ms after it",
         takeover.as_millis()

@@ -69,23 +69,26 @@ impl TopicStore {
             body,
         };
         let update = WorkerUpdate::StoreTopicMessage { request, seq, more: bodies };
-        if self.to_head.send(update).await.is_err() {
-            self.waiting.lock().remove(&request_id);
-            return Err("the worker is stopping".into());
-        }
-        match tokio::time::timeout(STORE_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => answer.map_err(|(_, reason)| reason),
-            Ok(Err(_)) => Err("the connection to the head was lost before it confirmed: the \
-                               message may or may not be stored"
-                .into()),
-            Err(_) => {
-                self.waiting.lock().remove(&request_id);
-                Err(format!(
-                    "the head did not confirm within {} s: the message may or may not be stored",
-                    STORE_TIMEOUT.as_secs()
-                ))
+        // Sending waits while the way up is full (the head unreachable): within the bound too.
+        let answered = tokio::time::timeout(STORE_TIMEOUT, async {
+            if self.to_head.send(update).await.is_err() {
+                return Err("the worker is stopping".to_owned());
             }
-        }
+            match rx.await {
+                Ok(answer) => answer.map_err(|(_, reason)| reason),
+                Err(_) => Err("the connection to the head was lost before it confirmed: the \
+                               message may or may not be stored"
+                    .into()),
+            }
+        })
+        .await;
+        answered.unwrap_or_else(|_| {
+            self.waiting.lock().remove(&request_id);
+            Err(format!(
+                "the head did not confirm within {} s: the message may or may not be stored",
+                STORE_TIMEOUT.as_secs()
+            ))
+        })
     }
 
     /// The head's answer to a message sent up.

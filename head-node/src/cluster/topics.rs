@@ -31,18 +31,10 @@ impl Cluster {
         bodies: Vec<String>,
     ) -> Result<u64> {
         who.may_act()?;
-        if !crate::agents::valid_name(topic) {
-            return Err(Error::InvalidArgument(
-                "topic must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
-            ));
-        }
+        check_name("topic", topic)?;
         check_topic(who, topic)?;
         let publisher = if publisher.is_empty() { "client" } else { publisher };
-        if !crate::agents::valid_name(publisher) {
-            return Err(Error::InvalidArgument(
-                "publisher must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
-            ));
-        }
+        check_name("publisher", publisher)?;
         if let Some(big) = bodies.iter().find(|b| b.len() > MAX_BODY) {
             return Err(Error::InvalidArgument(format!(
                 "a message is {} bytes; a topic message is at most {MAX_BODY}",
@@ -113,6 +105,7 @@ impl Cluster {
         from: Option<u64>,
         group: Option<String>,
     ) -> Result<Follower> {
+        check_name("topic", topic)?;
         check_topic(who, topic)?;
         let (mode, changed) = match group {
             None => {
@@ -120,11 +113,9 @@ impl Cluster {
                 (Mode::All { at }, changed)
             }
             Some(group) => {
-                if !crate::agents::valid_name(&group) {
-                    return Err(Error::InvalidArgument(
-                        "group must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
-                    ));
-                }
+                // A member takes messages from the others: a reader may only watch.
+                who.may_act()?;
+                check_name("group", &group)?;
                 let (member, changed, stored) = self.topic_log.lock().join(topic, &group, from)?;
                 let follower = Follower {
                     log: self.topic_log.clone(),
@@ -159,6 +150,8 @@ impl Cluster {
         group: &str,
         offsets: &[u64],
     ) -> Result<u64> {
+        who.may_act()?;
+        check_name("topic", topic)?;
         check_topic(who, topic)?;
         let (committed, stored) = self.topic_log.lock().ack(topic, group, offsets)?;
         if let Some(stored) = stored {
@@ -167,6 +160,17 @@ impl Cluster {
             })?;
         }
         Ok(committed)
+    }
+}
+
+/// Refuses a topic, group or publisher name the doors do not take.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if crate::agents::valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} must be 1 to 64 letters, digits, '-', '_' or '.' (not {name:?})"
+        )))
     }
 }
 

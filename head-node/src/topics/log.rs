@@ -232,7 +232,13 @@ impl TopicLog {
         }
         self.check_store()?;
         let size: usize = bodies.iter().map(|(b, _)| b.len() + publisher.len() + 32).sum();
-        if self.bytes + size > self.retention.max_bytes {
+        // What the topic's own retention lets go to make room counts as free: a full topic
+        // takes new messages however full the head is.
+        let freeing = self
+            .topics
+            .get(topic)
+            .map_or(0, |t| would_free(t, &self.retention, bodies.len(), size, now_us));
+        if (self.bytes + size).saturating_sub(freeing) > self.retention.max_bytes {
             return Err(Error::TopicsFull(format!(
                 "topics hold {} bytes and the head keeps at most {} (topics.max_bytes): \
                  retry later, or lower the topics' retention",
@@ -301,6 +307,10 @@ impl TopicLog {
             }
         }
         self.bytes -= freed_all;
+        // A topic only followed, never published on, goes with its last follower (it has
+        // no offsets to keep); one that had messages keeps its place in the numbering.
+        self.topics
+            .retain(|_, t| t.next > 0 || !t.groups.is_empty() || t.changed.receiver_count() > 0);
     }
 
     /// Starts following `topic`: what changes it, and the offset to read from (`from`,
@@ -358,7 +368,7 @@ impl TopicLog {
                      reuse a group's name"
                 )));
             }
-            let start = from.map_or(t.first, |from| from.max(t.first));
+            let start = from.map_or(t.first, |from| from.clamp(t.first, t.next));
             t.groups.insert(group.to_owned(), Group::new(start));
             if let Some(journal) = &journal {
                 journal.topic_group(topic, group, start);
@@ -410,9 +420,9 @@ impl TopicLog {
             ))
         };
         let t = self.topics.get_mut(topic).ok_or_else(unknown)?;
-        let first = t.first;
+        let (first, end) = (t.first, t.visible);
         let g = t.groups.get_mut(group).ok_or_else(unknown)?;
-        let moved = g.ack(offsets, first).map_err(Error::InvalidArgument)?;
+        let moved = g.ack(offsets, first, end).map_err(Error::InvalidArgument)?;
         let committed = g.committed();
         t.bump();
         let stored = match (&self.journal, moved) {
@@ -424,6 +434,25 @@ impl TopicLog {
         };
         Ok((committed, stored))
     }
+}
+
+/// The bytes [`trim`] would let go of `t`'s messages kept now, were `count` messages of
+/// `size` bytes added.
+fn would_free(t: &Topic, retention: &Retention, count: usize, size: usize, now_us: u64) -> usize {
+    let age_us = u64::try_from(retention.age.as_micros()).unwrap_or(u64::MAX);
+    let (mut kept, mut bytes, mut freed) = (t.messages.len() + count, t.bytes + size, 0);
+    for oldest in &t.messages {
+        let over = kept > retention.messages
+            || bytes > retention.bytes
+            || now_us.saturating_sub(oldest.published_at_us) > age_us;
+        if !over {
+            break;
+        }
+        kept -= 1;
+        bytes -= oldest.size();
+        freed += oldest.size();
+    }
+    freed
 }
 
 /// Lets `t`'s oldest messages go while it holds more than retention keeps; the new first
@@ -471,6 +500,30 @@ mod tests {
         assert_eq!(from, 2, "an offset let go reads from the oldest kept");
         let (_, live) = log.follow("t", None).expect("follow");
         assert_eq!(live, 7, "no offset: from the next message");
+    }
+
+    #[test]
+    fn a_topic_at_its_retention_takes_messages_however_full_the_head_is() {
+        let size = Message {
+            offset: 0,
+            publisher: "p".into(),
+            seq: 0,
+            body: "m0".into(),
+            published_at_us: 0,
+        }
+        .size();
+        let retention = Retention { messages: 4, max_bytes: 4 * size, ..Default::default() };
+        let mut log = TopicLog::new(retention);
+        log.append("t", "p", bodies(4), 1).expect("room");
+        assert!(log.append("u", "p", bodies(1), 1).is_err(), "the head is full");
+        assert_eq!(log.append("t", "p", bodies(1), 1).expect("t frees its oldest").offsets, (4, 5));
+        // A topic only followed goes with its follower; one published on stays.
+        let (follower, _) = log.follow("v", None).expect("follow");
+        log.sweep(2_000_000);
+        assert!(log.topics.contains_key("v"));
+        drop(follower);
+        log.sweep(4_000_000);
+        assert!(!log.topics.contains_key("v") && log.topics.contains_key("t"));
     }
 
     #[test]
