@@ -42,6 +42,21 @@ pub struct Record {
     pub last_task: String,
 }
 
+impl Record {
+    /// As the API shows it; a listing leaves the state itself out.
+    pub fn info(self, with_state: bool) -> fleet_proto::pb::ActorStateInfo {
+        fleet_proto::pb::ActorStateInfo {
+            bytes: self.state.len() as u64,
+            state: if with_state { self.state } else { String::new() },
+            agent: self.agent,
+            context_id: self.context_id,
+            version: self.version,
+            updated_at_us: self.updated_at_us,
+            last_task: self.last_task,
+        }
+    }
+}
+
 /// A change to store: the state as it is now, or `None` where it was deleted.
 pub type Change = (String, Option<Record>);
 

@@ -212,15 +212,7 @@ impl Backend {
             Self::Remote(client) => client.get_actor_state(agent, context_id).await,
             Self::Local(cluster) => cluster
                 .actor_state(&operator(), agent, context_id)
-                .map(|a| pb::ActorStateInfo {
-                    bytes: a.state.len() as u64,
-                    state: a.state,
-                    agent: a.agent,
-                    context_id: a.context_id,
-                    version: a.version,
-                    updated_at_us: a.updated_at_us,
-                    last_task: a.last_task,
-                })
+                .map(|a| a.info(true))
                 .map_err(local_error),
         }
     }
@@ -237,18 +229,7 @@ impl Backend {
             }
             Self::Local(cluster) => {
                 let (listed, _) = cluster.list_actor_states(&operator(), agent, context_id, limit);
-                Ok(listed
-                    .into_iter()
-                    .map(|a| pb::ActorStateInfo {
-                        bytes: a.state.len() as u64,
-                        agent: a.agent,
-                        context_id: a.context_id,
-                        version: a.version,
-                        updated_at_us: a.updated_at_us,
-                        last_task: a.last_task,
-                        state: String::new(),
-                    })
-                    .collect())
+                Ok(listed.into_iter().map(|a| a.info(false)).collect())
             }
         }
     }

@@ -35,6 +35,20 @@ pub struct TopicMessage {
     client: Backend,
 }
 
+impl TopicMessage {
+    fn new(m: fleet_client::TopicMessage, group: Option<String>, client: Backend) -> Self {
+        Self {
+            topic: m.topic,
+            publisher: m.publisher,
+            body: m.body,
+            offset: m.offset.unwrap_or_default(),
+            published_at: m.published_at_us as f64 / 1e6,
+            group,
+            client,
+        }
+    }
+}
+
 #[pymethods]
 impl TopicMessage {
     /// Acknowledges the message for its consumer group (it is not delivered to the group
@@ -145,15 +159,7 @@ impl TopicFollower {
     }
 
     fn message(&self, m: fleet_client::TopicMessage) -> TopicMessage {
-        TopicMessage {
-            topic: m.topic,
-            publisher: m.publisher,
-            body: m.body,
-            offset: m.offset.unwrap_or_default(),
-            published_at: m.published_at_us as f64 / 1e6,
-            group: self.group.clone(),
-            client: self.client.clone(),
-        }
+        TopicMessage::new(m, self.group.clone(), self.client.clone())
     }
 }
 
@@ -187,15 +193,7 @@ impl TopicFollower {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             loop {
                 if let Some(m) = inbox.ready.lock().pop_front() {
-                    return Ok(TopicMessage {
-                        topic: m.topic,
-                        publisher: m.publisher,
-                        body: m.body,
-                        offset: m.offset.unwrap_or_default(),
-                        published_at: m.published_at_us as f64 / 1e6,
-                        group,
-                        client,
-                    });
+                    return Ok(TopicMessage::new(m, group, client));
                 }
                 if !inbox.fill().await.map_err(errors::to_py)? {
                     return Err(PyStopAsyncIteration::new_err(()));

@@ -325,14 +325,6 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<pb::AckTopicResponse>, Status> {
         let who = who(&request)?;
         let r = request.into_inner();
-        check_topic(&r.topic)?;
-        if r.offsets.len() > crate::topics::log::MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "{} offsets in one ack; at most {}",
-                r.offsets.len(),
-                crate::topics::log::MAX_BATCH
-            )));
-        }
         let committed = self.cluster.ack_topic(&who, &r.topic, &r.group, &r.offsets).await?;
         Ok(Response::new(pb::AckTopicResponse { committed }))
     }
@@ -393,7 +385,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let who = who(&request)?;
         let r = request.into_inner();
         let record = self.cluster.actor_state(&who, &r.agent, &r.context_id)?;
-        Ok(Response::new(actor_info(record, true)))
+        Ok(Response::new(record.info(true)))
     }
 
     async fn list_actor_states(
@@ -404,21 +396,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let r = request.into_inner();
         let (listed, truncated) =
             self.cluster.list_actor_states(&who, &r.agent, &r.context_id, r.page_size);
-        let actors = listed.into_iter().map(|a| actor_info(a, false)).collect();
+        let actors = listed.into_iter().map(|a| a.info(false)).collect();
         Ok(Response::new(pb::ListActorStatesResponse { actors, truncated }))
-    }
-}
-
-/// An actor's stored state as the API shows it (without the state itself in a listing).
-fn actor_info(a: crate::actor_state::Record, with_state: bool) -> pb::ActorStateInfo {
-    pb::ActorStateInfo {
-        bytes: a.state.len() as u64,
-        state: if with_state { a.state } else { String::new() },
-        agent: a.agent,
-        context_id: a.context_id,
-        version: a.version,
-        updated_at_us: a.updated_at_us,
-        last_task: a.last_task,
     }
 }
 

@@ -12,7 +12,7 @@ use super::{Cluster, calls::check_topic};
 use crate::auth::Principal;
 use crate::topics::TopicLog;
 use crate::topics::group::MemberId;
-use crate::topics::log::Appended;
+use crate::topics::log::{Appended, MAX_BATCH};
 use crate::{Error, Result};
 
 /// The largest topic message.
@@ -153,6 +153,12 @@ impl Cluster {
         who.may_act()?;
         check_name("topic", topic)?;
         check_topic(who, topic)?;
+        if offsets.len() > MAX_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "{} offsets in one ack; at most {MAX_BATCH}",
+                offsets.len()
+            )));
+        }
         let (committed, stored) = self.topic_log.lock().ack(topic, group, offsets)?;
         if let Some(stored) = stored {
             stored.await.map_err(|_| {

@@ -401,11 +401,8 @@ fn decode_topics(
             published_at_us: m.published_at_us,
         });
     }
-    let mut topics: Vec<StoredTopic> = topics.into_values().collect();
-    for t in &mut topics {
-        t.messages.sort_by_key(|m| m.offset);
-    }
-    Ok(topics)
+    // The snapshot is in (topic, offset) order: each topic's messages come in offset order.
+    Ok(topics.into_values().collect())
 }
 
 fn encode_topic_message(m: &crate::topics::Message) -> Vec<u8> {

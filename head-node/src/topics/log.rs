@@ -43,6 +43,16 @@ impl Default for Retention {
     }
 }
 
+impl Retention {
+    /// Whether a topic holding `kept` messages of `bytes` lets its oldest one go.
+    fn lets_go(&self, kept: usize, bytes: usize, oldest: &Message, now_us: u64) -> bool {
+        let age_us = u64::try_from(self.age.as_micros()).unwrap_or(u64::MAX);
+        kept > self.messages
+            || bytes > self.bytes
+            || now_us.saturating_sub(oldest.published_at_us) > age_us
+    }
+}
+
 /// Consumer groups a topic may have.
 pub const MAX_GROUPS: usize = 100;
 /// Messages one publish may hold.
@@ -203,16 +213,13 @@ impl TopicLog {
     }
 
     fn topic(&mut self, name: &str) -> Result<&mut Topic> {
-        if !self.topics.contains_key(name) {
-            if self.topics.len() >= self.retention.max_topics {
-                return Err(Error::TopicsFull(format!(
-                    "the head keeps {} topics, its limit (topics.max_topics): use fewer topics",
-                    self.retention.max_topics
-                )));
-            }
-            self.topics.insert(name.to_owned(), Topic::new(0));
+        if !self.topics.contains_key(name) && self.topics.len() >= self.retention.max_topics {
+            return Err(Error::TopicsFull(format!(
+                "the head keeps {} topics, its limit (topics.max_topics): use fewer topics",
+                self.retention.max_topics
+            )));
         }
-        self.topics.get_mut(name).ok_or_else(|| Error::Unavailable("topic lost".into()))
+        Ok(self.topics.entry(name.to_owned()).or_insert_with(|| Topic::new(0)))
     }
 
     /// Appends `bodies` to `topic` (each with its number on the mesh, 0 if none); lets the
@@ -361,21 +368,21 @@ impl TopicLog {
         let journal = self.journal.clone();
         let t = self.topic(topic)?;
         let mut stored = None;
-        if !t.groups.contains_key(group) {
-            if t.groups.len() >= MAX_GROUPS {
-                return Err(Error::InvalidArgument(format!(
-                    "topic {topic:?} has {MAX_GROUPS} consumer groups, the most it may have: \
-                     reuse a group's name"
-                )));
-            }
-            let start = from.map_or(t.first, |from| from.clamp(t.first, t.next));
-            t.groups.insert(group.to_owned(), Group::new(start));
+        if !t.groups.contains_key(group) && t.groups.len() >= MAX_GROUPS {
+            return Err(Error::InvalidArgument(format!(
+                "topic {topic:?} has {MAX_GROUPS} consumer groups, the most it may have: reuse \
+                 a group's name"
+            )));
+        }
+        let (first, next) = (t.first, t.next);
+        let g = t.groups.entry(group.to_owned()).or_insert_with(|| {
+            let start = from.map_or(first, |from| from.clamp(first, next));
             if let Some(journal) = &journal {
                 journal.topic_group(topic, group, start);
                 stored = Some(journal.stored());
             }
-        }
-        let g = t.groups.get_mut(group).ok_or_else(|| Error::Unavailable("group lost".into()))?;
+            Group::new(start)
+        });
         g.join(member);
         Ok((member, t.changed.subscribe(), stored))
     }
@@ -439,13 +446,9 @@ impl TopicLog {
 /// The bytes [`trim`] would let go of `t`'s messages kept now, were `count` messages of
 /// `size` bytes added.
 fn would_free(t: &Topic, retention: &Retention, count: usize, size: usize, now_us: u64) -> usize {
-    let age_us = u64::try_from(retention.age.as_micros()).unwrap_or(u64::MAX);
     let (mut kept, mut bytes, mut freed) = (t.messages.len() + count, t.bytes + size, 0);
     for oldest in &t.messages {
-        let over = kept > retention.messages
-            || bytes > retention.bytes
-            || now_us.saturating_sub(oldest.published_at_us) > age_us;
-        if !over {
+        if !retention.lets_go(kept, bytes, oldest, now_us) {
             break;
         }
         kept -= 1;
@@ -458,14 +461,10 @@ fn would_free(t: &Topic, retention: &Retention, count: usize, size: usize, now_u
 /// Lets `t`'s oldest messages go while it holds more than retention keeps; the new first
 /// offset if any went, and the bytes freed.
 fn trim(t: &mut Topic, retention: &Retention, now_us: u64) -> (Option<u64>, usize) {
-    let age_us = u64::try_from(retention.age.as_micros()).unwrap_or(u64::MAX);
     let mut freed = 0;
     let before = t.first;
     while let Some(oldest) = t.messages.front() {
-        let over = t.messages.len() > retention.messages
-            || t.bytes > retention.bytes
-            || now_us.saturating_sub(oldest.published_at_us) > age_us;
-        if !over {
+        if !retention.lets_go(t.messages.len(), t.bytes, oldest, now_us) {
             break;
         }
         t.bytes -= oldest.size();
