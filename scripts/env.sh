@@ -6,8 +6,8 @@ cache="${AGENTFLEET_CACHE:-$HOME/.cache/agentfleet}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 venv="${AGENTFLEET_VENV:-$cache/venv}"
 
-# Creates the virtualenv (once) and installs the package from python-bindings/ into it, plus
-# the given extra pip packages.
+# Creates the virtualenv (once) and installs the package into it, plus the given extra pip
+# packages: from python-bindings/ (maturin builds it), or the wheel $AGENTFLEET_WHEEL names.
 python_env() {
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
@@ -18,5 +18,5 @@ python_env() {
     if [ "$#" -gt 0 ]; then
         python -m pip install --quiet "$@"
     fi
-    python -m pip install --quiet --force-reinstall --no-deps "$root/python-bindings"
+    python -m pip install --quiet --force-reinstall --no-deps "${AGENTFLEET_WHEEL:-$root/python-bindings}"
 }

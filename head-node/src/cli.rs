@@ -18,12 +18,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// A TOML file with head settings and `[[agent]]` tables.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", env = "FLEET_CONFIG")]
     config: Option<PathBuf>,
     /// Address for the gRPC and HTTP APIs [default: 127.0.0.1:7070]. Any other than
     /// loopback needs --token (or --api-key) and --join-token, or
     /// --insecure-no-credentials.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR", env = "FLEET_LISTEN")]
     listen: Option<std::net::SocketAddr>,
     /// Serve a non-loopback --listen address without client credentials or a join token:
     /// anyone who reaches it may run tasks, read every answer and join as a worker (for a
@@ -316,11 +316,7 @@ async fn run(config: HeadConfig, print_address: bool) -> anyhow::Result<()> {
         println!("listening on {}", listener.local_addr()?);
     }
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        signal.cancel();
-    });
+    tokio::spawn(stop_on_signal(shutdown.clone()));
     if let crate::store::StoreConfig::Postgres(url) = &config.store {
         let url = url.clone();
         return Ok(crate::leader::run(config, &url, listener, shutdown).await?);
@@ -328,4 +324,23 @@ async fn run(config: HeadConfig, print_address: bool) -> anyhow::Result<()> {
     let head = crate::spawn(config, listener, shutdown)?;
     head.task.await??;
     Ok(())
+}
+
+/// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, which is how systemd, Kubernetes and
+/// podman stop a process: either way the head stops cleanly.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            // Without a SIGTERM handler the default (exit) stays: wait on Ctrl-C alone.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    shutdown.cancel();
 }

@@ -221,6 +221,23 @@ impl Resolve for PublicOnly {
     }
 }
 
+/// An error and its sources, `: `-separated, each cause once: reqwest's and the TLS stack's
+/// own messages leave the cause (connection refused, a certificate, DNS, no root
+/// certificates) to their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let shown = cause.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A short, printable summary of what a remote server said, for an error message: at most
 /// `max_chars` characters, control characters (a terminal's escapes, line breaks that forge
 /// log lines) replaced by spaces, runs of white space folded.

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
     /// A stable worker id [default: <hostname>-<random>].
-    #[arg(long)]
+    #[arg(long, env = "FLEET_WORKER_NAME")]
     name: Option<String>,
     /// Cpus to offer [default: all of this machine's].
     #[arg(long)]
@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     slots: u32,
     /// A folder of models (GGUF files, Hugging Face folders) to offer.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR", env = "FLEET_MODELS_DIR")]
     models_dir: Option<PathBuf>,
     /// Load this model (a file or folder name under --models-dir) before joining, instead
     /// of on first use (repeatable).
@@ -62,7 +62,7 @@ pub struct Args {
     /// Where local models run: cpu, cuda[:N] or metal[:N] (GPUs need a build with the
     /// cuda or metal feature) [default: cuda:0 in a CUDA build on a machine with a GPU,
     /// else cpu].
-    #[arg(long)]
+    #[arg(long, env = "FLEET_DEVICE")]
     device: Option<String>,
     /// Where this worker's mesh listens, as a multiaddr (repeatable, or comma-separated in
     /// the variable); agents on other workers call its agents there directly.
@@ -237,11 +237,7 @@ where
             .map_err(|e| Error::InvalidConfig(format!("cannot start the async runtime: {e}")))?;
         runtime.block_on(async {
             let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                signal.cancel();
-            });
+            tokio::spawn(stop_on_signal(shutdown.clone()));
             crate::run(config, shutdown).await
         })
     });
@@ -275,4 +271,23 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     }
+}
+
+/// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, which is how systemd, Kubernetes and
+/// podman stop a process: either way the worker stops cleanly.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            // Without a SIGTERM handler the default (exit) stays: wait on Ctrl-C alone.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    shutdown.cancel();
 }

@@ -298,7 +298,7 @@ impl OpenAiModel {
         let http =
             builder.connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| Error::RemoteModel {
                 model: model_id.to_owned(),
-                reason: format!("cannot build an HTTP client: {}", error_chain(&e)),
+                reason: format!("cannot build an HTTP client: {}", fleet_outbound::error_chain(&e)),
             })?;
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.clone())
@@ -762,11 +762,12 @@ fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference
         // Out of reach for now (retry); a bad URL or certificate is for the operator to fix.
         OpenAIError::Reqwest(e) if e.is_connect() || e.is_timeout() => Unavailable(format!(
             "cannot reach remote model {id} at {base_url}: {}",
-            error_chain(&e)
+            fleet_outbound::error_chain(&e)
         )),
-        OpenAIError::Reqwest(e) => {
-            Engine(format!("cannot reach remote model {id} at {base_url}: {}", error_chain(&e)))
-        }
+        OpenAIError::Reqwest(e) => Engine(format!(
+            "cannot reach remote model {id} at {base_url}: {}",
+            fleet_outbound::error_chain(&e)
+        )),
         // Servers report errors met mid-stream as an `{"error": ...}` event.
         OpenAIError::JSONDeserialize(e, content) => {
             match serde_json::from_str::<WrappedError>(&content) {
@@ -790,22 +791,6 @@ fn api_error(id: &str, config: &RemoteConfig, e: OpenAIError) -> fleet_inference
 /// page, and a private service's answer must not be readable through a task's error.
 fn clipped(said: &str) -> String {
     fleet_outbound::summary(said, SAID_CHARS)
-}
-
-/// An error and its sources, `: `-separated: reqwest's own message leaves the cause
-/// (connection refused, certificate, DNS) to its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let shown = cause.to_string();
-        if !text.contains(&shown) {
-            text.push_str(": ");
-            text.push_str(&shown);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

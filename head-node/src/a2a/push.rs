@@ -160,8 +160,9 @@ impl Webhooks {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let client =
-            builder.build().map_err(|e| format!("cannot build the webhook client: {e}"))?;
+        let client = builder.build().map_err(|e| {
+            format!("cannot build the webhook client: {}", fleet_outbound::error_chain(&e))
+        })?;
         Ok(Self { configs: Arc::default(), client, targets, max_tasks: policy.max_tasks })
     }
 
@@ -394,15 +395,7 @@ impl Webhooks {
         }
         // The error's sources say why (a refused address, a certificate), not just "error
         // sending request".
-        let response = request.send().await.map_err(|e| {
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(inner) = source {
-                why = format!("{why}: {inner}");
-                source = inner.source();
-            }
-            why
-        })?;
+        let response = request.send().await.map_err(|e| fleet_outbound::error_chain(&e))?;
         if response.status().is_success() {
             Ok(())
         } else {

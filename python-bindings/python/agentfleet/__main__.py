@@ -1,4 +1,5 @@
-"""Run a cluster node, or look at and drive a cluster, from the Python package:
+"""Run a cluster node, or look at and drive a cluster, from the Python package (the same as
+the console commands `fleet-head`, `fleet-worker` and `fleet` a pip install puts on PATH):
 
     python -m agentfleet head [fleet-head flags]      e.g. --listen 0.0.0.0:7070 --token T --join-token J --config fleet.toml
     python -m agentfleet worker [--import MODULE ...] [fleet-worker flags]
@@ -9,55 +10,10 @@
                                                       tasks, logs, cancel, submit (--help)
 """
 
-import importlib
 import sys
 
-from agentfleet._native import run_cli, run_head, run_worker
-
-
-def _imports(argv: "list[str]") -> "tuple[list[str], list[str]]":
-    """The worker's flags without `--import MODULE` (repeatable; also `--import=MODULE`),
-    and the modules."""
-    rest: "list[str]" = []
-    modules: "list[str]" = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--import":
-            if i + 1 >= len(argv):
-                raise SystemExit("--import needs a module, e.g. --import mypkg.agents")
-            modules.append(argv[i + 1])
-            i += 2
-            continue
-        if arg.startswith("--import="):
-            modules.append(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-        i += 1
-    return rest, modules
-
-
-def _worker(argv: "list[str]") -> int:
-    rest, modules = _imports(argv)
-    if not modules:
-        return run_worker(rest)
-    from agentfleet import agents
-
-    # Modules are looked up from the current folder too, as `python -m` does for scripts.
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    for module in modules:
-        before = set(agents._names())
-        try:
-            importlib.import_module(module)
-        except Exception as e:
-            print(f"agentfleet worker: cannot import {module}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-        if set(agents._names()) == before:
-            print(f"agentfleet worker: {module} defines no Python agent (@agentfleet.agent)", file=sys.stderr)
-            return 2
-    host = agents._host_for_worker(agents._names())
-    return run_worker(rest, host)
+from agentfleet._cli import worker_main
+from agentfleet._native import run_cli, run_head
 
 
 def main(argv: "list[str]") -> int:
@@ -67,7 +23,7 @@ def main(argv: "list[str]") -> int:
     if argv[0] == "head":
         return run_head(argv[1:])
     if argv[0] == "worker":
-        return _worker(argv[1:])
+        return worker_main(argv[1:])
     return run_cli(argv)
 
 

@@ -144,20 +144,8 @@ impl Conn {
 pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => with_causes(e),
+        None => fleet_outbound::error_chain(e),
     }
-}
-
-/// An error's message followed by those of its sources.
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The server a target names, without its password, and how it is secured:

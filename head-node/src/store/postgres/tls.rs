@@ -120,7 +120,7 @@ pub fn target(url: &str) -> Result<Target, String> {
     let config: postgres::Config = rest.parse().map_err(|e: postgres::Error| {
         format!(
             "not a PostgreSQL URL ({}): give postgres://USER:PASSWORD@HOST:PORT/DB",
-            super::conn::with_causes(&e)
+            fleet_outbound::error_chain(&e)
         )
     })?;
     let tls = MakeRustlsConnect::new(client_config(mode, roots.as_deref())?);

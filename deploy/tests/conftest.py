@@ -1,0 +1,32 @@
+"""Shared by the deployment tests: free ports and waiting on a process's output."""
+
+import socket
+import subprocess
+import time
+from typing import Callable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    """Polls `check` until it holds; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def stop(proc: "subprocess.Popen[str]", timeout: float = 20) -> int:
+    """SIGTERM, as systemd, Kubernetes and podman stop a process; its exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{proc.args!r} did not stop within {timeout:.0f} s of SIGTERM")
