@@ -7,10 +7,13 @@
 #
 #   scripts/image.sh                  builds localhost/agentfleet:VERSION; prints that name last
 #
-# The image runs as user 10001 (never root), listens on 7070, keeps the head's store in the
-# volume /var/lib/agentfleet and reads models from the volume /models. Its health check is
-# `fleet health` (the head's /healthz on 127.0.0.1:7070; give worker containers
-# --no-healthcheck). Default command: fleet-head; run a worker with `fleet-worker`:
+# The image runs as user 10001 (never root), listens on 7070, keeps the head's store in
+# head/ of the volume /var/lib/agentfleet (a subfolder: the head makes its data folder
+# private, which it may not do to a mounted volume's root) and reads models from the
+# volume /models. Its health check is `fleet health` (the head's /healthz at $FLEET_HEAD,
+# http://127.0.0.1:7070 unless set: a TLS head sets FLEET_HEAD=https://... and
+# FLEET_TLS_CA; give worker containers --no-healthcheck). Default command: fleet-head; run
+# a worker with `fleet-worker`:
 #   podman run -d --name head -p 7070:7070 -e FLEET_TOKEN -e FLEET_JOIN_TOKEN localhost/agentfleet:0.1.0
 #   podman run -d --no-healthcheck -e FLEET_HEAD=http://HEAD:7070 -e FLEET_JOIN_TOKEN \
 #       -v ~/models:/models:ro localhost/agentfleet:0.1.0 fleet-worker
@@ -67,6 +70,8 @@ install -m 755 "$work"/bin/fleet-head "$work"/bin/fleet-worker "$work"/bin/fleet
 # The user the processes run as, and the places they write.
 printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nfleet:x:10001:10001:agentfleet:/var/lib/agentfleet:/usr/sbin/nologin\n' >"$rootfs/etc/passwd"
 printf 'root:x:0:\nfleet:x:10001:\n' >"$rootfs/etc/group"
+# glibc without this file asks DNS before /etc/hosts (podman's and Kubernetes' names).
+printf 'hosts: files dns\n' >"$rootfs/etc/nsswitch.conf"
 install -d -m 700 -o 10001 -g 10001 "$rootfs/var/lib/agentfleet"
 install -d -m 755 "$rootfs/models"
 install -d -m 1777 "$rootfs/tmp"
@@ -78,7 +83,7 @@ buildah config \
     --env PATH=/usr/local/bin \
     --env HOME=/var/lib/agentfleet \
     --env FLEET_LISTEN=0.0.0.0:7070 \
-    --env FLEET_DATA_DIR=/var/lib/agentfleet \
+    --env FLEET_DATA_DIR=/var/lib/agentfleet/head \
     --env FLEET_MODELS_DIR=/models \
     --port 7070/tcp \
     --volume /var/lib/agentfleet \

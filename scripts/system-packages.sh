@@ -35,7 +35,11 @@ fi
 # The container image: built with buildah, run with podman (runc, netavark and its DNS for
 # a network of containers).
 if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
-    packages+=(buildah podman runc netavark aardvark-dns containernetworking-plugins)
+    packages+=(buildah podman runc netavark aardvark-dns containernetworking-plugins iptables)
+fi
+# Virtualenvs (the tests', the wheel's tools, the fresh one the wheel is tested in).
+if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    packages+=(python3-venv)
 fi
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0

@@ -1,15 +1,8 @@
-"""Shared by the deployment tests: free ports and waiting on a process's output."""
+"""Shared by the deployment tests: waiting on what can be observed, stopping processes."""
 
-import socket
 import subprocess
 import time
 from typing import Callable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:

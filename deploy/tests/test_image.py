@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import wait_for
 
 TOKEN = "image-client-token"
 JOIN = "image-join-token"
@@ -59,13 +59,14 @@ def fleet_bin() -> Path:
 
 
 class Cluster:
-    def __init__(self, env: "dict[str, str]", image: str, config: Path) -> None:
+    def __init__(self, env: "dict[str, str]", image: str, config: Path, data: Path) -> None:
         self.env = env
         self.config = config
+        self.data = data
         self.image = image
         self.suffix = uuid.uuid4().hex[:8]
         self.network = f"fleet-test-{self.suffix}"
-        self.port = free_port()
+        self.port = 0
         self.head = f"head-{self.suffix}"
         self.workers = [f"worker{i}-{self.suffix}" for i in range(2)]
 
@@ -74,13 +75,20 @@ class Cluster:
         assert done.returncode == 0, done.stderr
         done = podman(
             self.env, "run", "-d", "--name", self.head, "--network", self.network,
-            "--network-alias", "head", "-p", f"127.0.0.1:{self.port}:7070",
+            "--network-alias", "head", "-p", "127.0.0.1::7070",
+            # The store on a folder of the host, owned by root with the container's group
+            # allowed to write (as Kubernetes' fsGroup leaves a volume): the head keeps its
+            # data in head/ inside, which it may make private.
+            "-v", f"{self.data}:/var/lib/agentfleet",
             "-e", f"FLEET_TOKEN={TOKEN}", "-e", f"FLEET_JOIN_TOKEN={JOIN}", "-e", "RUST_LOG=warn",
             # The agents, from a config file mounted read-only, as an operator would.
             "-v", f"{self.config}:/etc/agentfleet/fleet.toml:ro", "-e", "FLEET_CONFIG=/etc/agentfleet/fleet.toml",
             self.image,
         )
         assert done.returncode == 0, done.stderr
+        port = podman(self.env, "port", self.head, "7070/tcp")
+        assert port.returncode == 0, port.stderr
+        self.port = int(port.stdout.strip().rsplit(":", 1)[1])
         for worker in self.workers:
             done = podman(
                 self.env, "run", "-d", "--name", worker, "--network", self.network, "--no-healthcheck",
@@ -104,7 +112,10 @@ def cluster(podman_env: "dict[str, str]", image: str, tmp_path_factory: pytest.T
     config.write_text('[[agent]]\nname = "echo"\nmodel = "builtin:echo"\n')
     config.chmod(0o644)
     config.parent.chmod(0o755)
-    c = Cluster(podman_env, image, config)
+    data = tmp_path_factory.mktemp("volume")
+    os.chown(data, 0, 10001)
+    data.chmod(0o2775)
+    c = Cluster(podman_env, image, config, data)
     try:
         c.start()
         yield c
@@ -132,6 +143,7 @@ def test_image_config(podman_env: "dict[str, str]", image: str) -> None:
 
 
 def test_head_and_two_workers_in_containers_run_a_task(cluster: Cluster, fleet_bin: Path) -> None:
+    """Also: the head's store is on the host's folder, in head/ (private to the head)."""
     def joined() -> bool:
         status = fleet(fleet_bin, cluster, "status")
         return status.returncode == 0 and all(w in status.stdout for w in cluster.workers)
@@ -143,6 +155,9 @@ def test_head_and_two_workers_in_containers_run_a_task(cluster: Cluster, fleet_b
     done = fleet(fleet_bin, cluster, "submit", "echo", "hello from a container")
     assert done.returncode == 0, done.stderr + cluster.logs()
     assert "hello from a container" in done.stdout
+    store = cluster.data / "head"
+    assert (store / "head.redb").is_file(), list(cluster.data.iterdir())
+    assert store.stat().st_uid == 10001 and store.stat().st_mode & 0o777 == 0o700
 
 
 def test_health_check_passes_on_the_head(cluster: Cluster) -> None:

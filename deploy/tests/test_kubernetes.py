@@ -66,24 +66,46 @@ def test_base_one_head_with_a_volume_and_workers_that_join_it() -> None:
     assert h["command"] == ["fleet-head"] and h["image"] == "localhost/agentfleet:0.1.0"
     assert h["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert env(h)["FLEET_TOKEN"] == {"secretKeyRef": {"name": "agentfleet-tokens", "key": "client-token"}}
+    # The store in a folder of the volume, which the head may make private.
+    assert env(h)["FLEET_DATA_DIR"] == "/var/lib/agentfleet/head"
+    assert h["volumeMounts"][0] == {"mountPath": "/var/lib/agentfleet", "name": "data"}
     worker = o[("Deployment", "fleet-worker")]
     (w,) = containers(worker)
     assert env(w)["FLEET_HEAD"] == "http://fleet-head:7070"
     assert env(w)["FLEET_JOIN_TOKEN"] == {"secretKeyRef": {"name": "agentfleet-tokens", "key": "join-token"}}
-    # Nothing runs as root or may gain privileges.
-    for workload in (head, worker):
-        assert workload["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-        for c in containers(workload):
-            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert env(w)["FLEET_CPUS"] == {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}}
+    # The autoscaler owns the worker count.
+    assert "replicas" not in worker["spec"]
     assert o[("HorizontalPodAutoscaler", "fleet-worker")]["spec"]["scaleTargetRef"]["name"] == "fleet-worker"
     assert ("PodDisruptionBudget", "fleet-worker") in o
     assert o[("Namespace", "agentfleet")]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_meets_the_restricted_pod_security_standard(overlay: str) -> None:
+    """What the namespace's `restricted` label enforces, so no pod is refused at creation."""
+    for (kind, name), o in objects(overlay).items():
+        if kind not in ("StatefulSet", "Deployment"):
+            continue
+        pod = o["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in pod["containers"]:
+            security = c["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert security["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
+            assert security["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert "hostPath" not in str(pod.get("volumes", [])), name
 
 
 def test_standby_two_heads_on_postgres_and_workers_given_both() -> None:
     o = objects("overlays/standby")
     head = o[("StatefulSet", "fleet-head")]
     assert head["spec"]["replicas"] == 2 and "volumeClaimTemplates" not in head["spec"]
+    # The standby is never Ready: pods are replaced when deleted, and no budget forbids
+    # every eviction.
+    assert head["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert ("PodDisruptionBudget", "fleet-head") not in o
     (h,) = containers(head)
     assert env(h)["FLEET_STORE"] == {"secretKeyRef": {"name": "agentfleet-store", "key": "url"}}
     assert [m["name"] for m in h["volumeMounts"]] == ["store-key", "tmp"]
@@ -92,7 +114,6 @@ def test_standby_two_heads_on_postgres_and_workers_given_both() -> None:
         "http://fleet-head-0.fleet-head-pods:7070",
         "http://fleet-head-1.fleet-head-pods:7070",
     ]
-    assert ("PodDisruptionBudget", "fleet-head") in o
 
 
 def test_gpu_workers_ask_for_a_gpu() -> None:
@@ -100,6 +121,6 @@ def test_gpu_workers_ask_for_a_gpu() -> None:
     worker = o[("Deployment", "fleet-worker")]
     (w,) = containers(worker)
     assert w["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert env(w)["FLEET_DEVICE"] == "cuda:0" and "--gpus=1" in w["args"]
+    assert env(w)["FLEET_DEVICE"] == "cuda:0" and env(w)["FLEET_GPUS"] == "1"
     assert w["image"] == "localhost/agentfleet:0.1.0-cuda"
     assert worker["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import free_port, stop, wait_for
+from conftest import stop, wait_for
 
 MB = 1_000_000
 WHEEL_LIMIT = 25 * MB
@@ -41,11 +41,16 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     yield root
 
 
+RUST_TOOLS = ("cargo", "rustc", "maturin")
+
+
 def clean_env(venv: Path) -> "dict[str, str]":
     """The environment of a machine with the wheel and no Rust toolchain: the virtualenv's
-    bin/ and the system's, nothing of cargo's or of the test's own virtualenv."""
+    bin/ and the system's folders that hold no Rust tool, nothing of cargo's or of the
+    test's own virtualenv."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CARGO", "RUST", "FLEET_", "VIRTUAL_ENV", "PYTHON"))}
-    env["PATH"] = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    system = [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if not any(Path(d, t).exists() for t in RUST_TOOLS)]
+    env["PATH"] = ":".join([str(venv / "bin"), *system])
     env["RUST_LOG"] = "warn"
     env["HOME"] = str(venv)  # nothing of this machine's ~/.cargo
     return env
@@ -74,7 +79,7 @@ def test_wheel_is_manylinux_2_28_and_small(wheel: Path) -> None:
 
 def test_installed_without_rust(venv: Path) -> None:
     env = clean_env(venv)
-    for tool in ("cargo", "rustc", "maturin"):
+    for tool in RUST_TOOLS:
         assert shutil.which(tool, path=env["PATH"]) is None, f"{tool} is on the test's PATH"
     site = next((venv / "lib").glob("python3*/site-packages"))
     installed = sum(f.stat().st_size for f in (site / "agentfleet").rglob("*") if f.is_file())
@@ -91,21 +96,33 @@ def test_console_commands_print_their_version(venv: Path) -> None:
         assert done.stdout.strip() == f"{command} 0.1.0", done.stdout
 
 
+def logs(folder: Path) -> str:
+    """What the nodes wrote, for a failure's message."""
+    return "\n".join(f"--- {f.name}\n{f.read_text()}" for f in sorted(folder.glob("*.log")))
+
+
 def test_a_head_and_two_workers_from_the_commands_run_a_task(venv: Path, tmp_path: Path) -> None:
     (tmp_path / "fleet.toml").write_text('[[agent]]\nname = "echo"\nmodel = "builtin:echo"\n')
-    port = free_port()
-    address = f"http://127.0.0.1:{port}"
     env = clean_env(venv)
-    head = subprocess.Popen(
-        ["fleet-head", "--listen", f"127.0.0.1:{port}", "--token", "s3cret", "--join-token", "j0in",
-         "--config", str(tmp_path / "fleet.toml"), "--data-dir", str(tmp_path / "data")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+
+    def node(name: str, *args: str, stdout: "int | None" = None) -> "subprocess.Popen[str]":
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(args, env=env, stdout=stdout or log, stderr=log, text=True)
+        log.close()
+        return proc
+
+    head = node(
+        "head", "fleet-head", "--listen", "127.0.0.1:0", "--print-address", "--token", "s3cret",
+        "--join-token", "j0in", "--config", str(tmp_path / "fleet.toml"), "--data-dir", str(tmp_path / "data"),
+        stdout=subprocess.PIPE,
     )
+    assert head.stdout is not None
+    line = head.stdout.readline()
+    assert line.startswith("listening on "), line + logs(tmp_path)
+    address = "http://" + line.removeprefix("listening on ").strip()
     workers = [
-        subprocess.Popen(
-            ["fleet-worker", "--head", address, "--join-token", "j0in", "--name", f"w{i}", "--mesh-listen", "/ip4/127.0.0.1/tcp/0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        node(f"worker{i}", "fleet-worker", "--head", address, "--join-token", "j0in", "--name", f"w{i}",
+             "--mesh-listen", "/ip4/127.0.0.1/tcp/0")
         for i in range(2)
     ]
     try:
@@ -113,7 +130,10 @@ def test_a_head_and_two_workers_from_the_commands_run_a_task(venv: Path, tmp_pat
             status = run(venv, "fleet", "--head", address, "--token", "s3cret", "status")
             return status.returncode == 0 and "w0" in status.stdout and "w1" in status.stdout
 
-        wait_for("two workers in `fleet status`", joined)
+        try:
+            wait_for("two workers in `fleet status`", joined)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{logs(tmp_path)}") from None
         started = time.monotonic()
         done = run(venv, "fleet", "--head", address, "--token", "s3cret", "submit", "echo", "hello from the wheel")
         assert done.returncode == 0, done.stderr
@@ -125,10 +145,8 @@ def test_a_head_and_two_workers_from_the_commands_run_a_task(venv: Path, tmp_pat
     finally:
         # SIGTERM stops each cleanly (exit 0), as systemd and Kubernetes stop them.
         codes = [stop(w) for w in workers] + [stop(head)]
-        for proc in [*workers, head]:
-            assert proc.stderr is not None
-            proc.stderr.close()
-    assert codes == [0, 0, 0], codes
+        head.stdout.close()
+    assert codes == [0, 0, 0], f"{codes}\n{logs(tmp_path)}"
 
 
 def test_python_api_from_the_wheel(venv: Path) -> None:

@@ -674,6 +674,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                     .collect(),
                 gpus: r.gpus.into_iter().map(Into::into).collect(),
                 python_agents: r.python_agents,
+                protocol: r.protocol,
             }),
             Kind::Heartbeat(h) => Self::Heartbeat(Heartbeat {
                 running_tasks: h.running_tasks,
@@ -743,6 +744,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                     .collect(),
                 gpus: r.gpus.into_iter().map(Into::into).collect(),
                 python_agents: r.python_agents,
+                protocol: r.protocol,
             }),
             WorkerUpdate::Heartbeat(h) => Kind::Heartbeat(pb::Heartbeat {
                 running_tasks: h.running_tasks,

@@ -24,6 +24,14 @@ pub mod pb {
 pub use convert::WireError;
 pub use types::*;
 
+/// The worker protocol this build speaks: what a worker's `Join` stream carries and means.
+/// Bumped when a head needs a worker to understand something new; a head serves workers
+/// from [`OLDEST_WORKER_PROTOCOL`] up to this one, so heads are upgraded before workers.
+pub const WORKER_PROTOCOL: u32 = 1;
+/// The oldest worker protocol a head of this build serves: 0 is the workers released before
+/// the protocol was numbered (they send none), which speak what protocol 1 does.
+pub const OLDEST_WORKER_PROTOCOL: u32 = 0;
+
 /// The metadata key carrying the cluster token on every request.
 pub const TOKEN_METADATA_KEY: &str = "authorization";
 

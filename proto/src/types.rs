@@ -853,6 +853,8 @@ pub struct Registration {
     pub gpus: Vec<Gpu>,
     /// The Python agents it hosts ([`crate::ANY_PYTHON_AGENT`]: every one its process defines).
     pub python_agents: Vec<String>,
+    /// The worker protocol it speaks ([`crate::WORKER_PROTOCOL`]; 0 from older workers).
+    pub protocol: u32,
 }
 
 impl Registration {

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use fleet_client::{Client, ConnectOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -581,6 +581,18 @@ impl ClusterSandbox {
     pub async fn restart_head(&mut self) -> anyhow::Result<()> {
         self.kill_head().await?;
         self.start_head().await
+    }
+
+    /// Stops the head as an operator does (SIGTERM, what systemd, Kubernetes and podman
+    /// send) and waits for it to exit cleanly (code 0); [`ClusterSandbox::start_head`]
+    /// starts it again.
+    pub async fn stop_head(&mut self) -> anyhow::Result<()> {
+        let pid = self.head.id().context("the head has already exited")?;
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+        ensure!(sent.success(), "kill -TERM {pid} failed");
+        let code = self.wait_head_exit(Duration::from_secs(30)).await?;
+        ensure!(code == Some(0), "the head exited with {code:?} on SIGTERM");
+        Ok(())
     }
 
     /// Kills the head (SIGKILL); [`ClusterSandbox::start_head`] starts it again.

@@ -34,13 +34,13 @@ pub struct Args {
     #[arg(long, env = "FLEET_WORKER_NAME")]
     name: Option<String>,
     /// Cpus to offer [default: all of this machine's].
-    #[arg(long)]
+    #[arg(long, env = "FLEET_CPUS")]
     cpus: Option<f64>,
     /// Memory to offer in MiB [default: all of this machine's].
-    #[arg(long)]
+    #[arg(long, env = "FLEET_MEMORY_MB")]
     memory_mb: Option<u64>,
     /// GPUs to offer [default: the NVIDIA GPUs this machine has, found through NVML].
-    #[arg(long)]
+    #[arg(long, env = "FLEET_GPUS")]
     gpus: Option<u32>,
     /// A label KEY=VALUE that agents can require (repeatable).
     #[arg(long = "label", value_parser = parse_label)]

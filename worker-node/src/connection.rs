@@ -280,6 +280,7 @@ async fn registration(config: &WorkerConfig) -> Result<Registration> {
         running: Vec::new(),
         gpus: config.gpus.clone(),
         python_agents: config.code_agents.as_ref().map(|c| c.names()).unwrap_or_default(),
+        protocol: fleet_proto::WORKER_PROTOCOL,
     })
 }
 
@@ -327,8 +328,13 @@ async fn session(
     let mut inbound = match client.join(request).await {
         Ok(response) => response.into_inner(),
         Err(status)
-            if status.code() == tonic::Code::Unauthenticated
-                || status.code() == tonic::Code::InvalidArgument =>
+            if matches!(
+                status.code(),
+                tonic::Code::Unauthenticated
+                    | tonic::Code::InvalidArgument
+                    // A head older than this worker's protocol.
+                    | tonic::Code::FailedPrecondition
+            ) =>
         {
             return Err(Error::Rejected(status.message().to_owned()));
         }

@@ -38,6 +38,22 @@ impl WorkerApi {
 }
 
 fn validate(r: &Registration) -> Result<(), Status> {
+    use fleet_proto::{OLDEST_WORKER_PROTOCOL, WORKER_PROTOCOL};
+    if !(OLDEST_WORKER_PROTOCOL..=WORKER_PROTOCOL).contains(&r.protocol) {
+        let order = if r.protocol > WORKER_PROTOCOL {
+            "upgrade the head first (heads before workers)"
+        } else {
+            "upgrade the worker"
+        };
+        return Err(Status::failed_precondition(format!(
+            "worker {} (agentfleet {}) speaks worker protocol {}; this head (agentfleet {}) \
+             serves protocols {OLDEST_WORKER_PROTOCOL} to {WORKER_PROTOCOL}: {order}",
+            r.worker_id,
+            if r.version.is_empty() { "of unknown version" } else { &r.version },
+            r.protocol,
+            env!("CARGO_PKG_VERSION"),
+        )));
+    }
     let id_ok = !r.worker_id.is_empty()
         && r.worker_id.len() <= 128
         && r.worker_id

@@ -35,6 +35,27 @@ pub use journal::{Commit, Journal};
 pub use log::Fsync;
 pub use sealed::Sealer;
 
+/// Why a store of layout `found` is refused by a head that reads `reads` (each backend
+/// stamps its layout when it creates the store). Tables added since only ever make a
+/// layout grow, which an older head's store gets on its first open; a layout that changes
+/// gets a new number and a migration here.
+fn unknown_format(found: i64, reads: i64) -> String {
+    if found > reads {
+        format!(
+            "store format {found} was written by a newer agentfleet; this head (agentfleet {}) \
+             reads format {reads}: run a head of the newer version (downgrades are not \
+             supported)",
+            env!("CARGO_PKG_VERSION")
+        )
+    } else {
+        format!(
+            "store format {found} is older than this head (agentfleet {}) can migrate (it \
+             reads format {reads})",
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+}
+
 /// A worker's incarnation and the number of the last of its events applied.
 pub type WorkerMark = (String, (u64, u64));
 

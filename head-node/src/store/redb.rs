@@ -100,10 +100,8 @@ impl RedbStore {
             match format {
                 Some(FORMAT) => {}
                 Some(other) => {
-                    return Err(format!(
-                        "store format {other}, this head reads format {FORMAT}: use the head \
-                         version that wrote it"
-                    ));
+                    let found = i64::try_from(other).unwrap_or(i64::MAX);
+                    return Err(super::unknown_format(found, FORMAT as i64));
                 }
                 None => {
                     meta.insert("format", FORMAT).map_err(|e| e.to_string())?;

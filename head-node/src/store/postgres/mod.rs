@@ -133,10 +133,7 @@ pub fn ensure_schema(conn: &Conn) -> Result<(), String> {
         Ok(format)
     })?;
     if format != FORMAT {
-        return Err(format!(
-            "store format {format}, this head reads format {FORMAT}: use the head version that \
-             wrote it"
-        ));
+        return Err(super::unknown_format(format, FORMAT));
     }
     Ok(())
 }
