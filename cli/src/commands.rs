@@ -284,7 +284,9 @@ async fn follow(mut stream: TaskStream) -> Result<i32> {
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `fleet health`: GET `/healthz` of the head at `head` (no credentials: the route takes
-/// none), its JSON answer printed; 0 when it is 200, 1 otherwise.
+/// none), its JSON answer printed; 0 when it is 200, 1 otherwise. Given several heads
+/// (`URL,URL`: a leader and its standbys), each is asked and each answer printed; 0 when
+/// one of them serves.
 pub async fn health(
     head: &str,
     tls_ca: Option<&Path>,
@@ -306,10 +308,36 @@ pub async fn health(
         None => builder,
     };
     let client = builder.build().context("cannot make an HTTP client")?;
-    let url = format!("{}/healthz?min_workers={min_workers}", head.trim_end_matches('/'));
-    let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
-    let ready = response.status().is_success();
-    let body = response.text().await.with_context(|| format!("GET {url}"))?;
-    writeln!(out, "{}", body.trim_end())?;
-    Ok(if ready { 0 } else { 1 })
+    let heads: Vec<&str> = head.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+    let mut ready = false;
+    let mut failure = None;
+    for head in &heads {
+        let url = format!("{}/healthz?min_workers={min_workers}", head.trim_end_matches('/'));
+        let answer = async {
+            let response = client.get(&url).send().await?;
+            let ok = response.status().is_success();
+            Ok::<_, reqwest::Error>((ok, response.text().await?))
+        };
+        match answer.await {
+            Ok((ok, body)) => {
+                ready |= ok;
+                let body = body.trim_end();
+                if heads.len() == 1 {
+                    writeln!(out, "{body}")?;
+                } else {
+                    writeln!(out, "{head} {body}")?;
+                }
+            }
+            Err(e) => failure = Some(anyhow::Error::new(e).context(format!("GET {url}"))),
+        }
+    }
+    match failure {
+        // One head, unreachable: the error says where it tried.
+        Some(e) if heads.len() == 1 => Err(e),
+        Some(e) if !ready => {
+            writeln!(out, "{e:#}")?;
+            Ok(1)
+        }
+        _ => Ok(if ready { 0 } else { 1 }),
+    }
 }

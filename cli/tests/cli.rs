@@ -216,5 +216,15 @@ async fn health_answers_without_a_token() -> Result<()> {
     );
     let short = fleet(&cluster, "", &["health", "--min-workers", "2"]).await?;
     ensure!(short.code == 1 && short.stdout.contains("waiting for workers"), "{short:?}");
+    // A list of heads (a leader and its standbys): healthy when one of them serves.
+    let heads = format!("http://127.0.0.1:9,{}", cluster.url);
+    let one_of_two = fleet(&cluster, "", &["--head", &heads, "health"]).await?;
+    ensure!(
+        one_of_two.code == 0 && one_of_two.stdout.contains(r#""status":"ok""#),
+        "{one_of_two:?}"
+    );
+    let none = fleet(&cluster, "", &["--head", "http://127.0.0.1:9,http://127.0.0.1:10", "health"])
+        .await?;
+    ensure!(none.code == 1 && none.stdout.contains("127.0.0.1:10"), "{none:?}");
     Ok(())
 }

@@ -1,5 +1,6 @@
 """Shared by the deployment tests: waiting on what can be observed, stopping processes."""
 
+import signal
 import subprocess
 import time
 from typing import Callable
@@ -14,9 +15,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def stop(proc: "subprocess.Popen[str]", timeout: float = 20) -> int:
-    """SIGTERM, as systemd, Kubernetes and podman stop a process; its exit code."""
-    proc.terminate()
+def stop(proc: "subprocess.Popen[str]", timeout: float = 20, how: int = signal.SIGTERM) -> int:
+    """SIGTERM (as systemd, Kubernetes and podman stop a process) or `how`; its exit code."""
+    proc.send_signal(how)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -6,6 +6,7 @@ FLEET_WHEEL names the wheel (scripts/test.sh builds it first)."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -143,10 +144,12 @@ def test_a_head_and_two_workers_from_the_commands_run_a_task(venv: Path, tmp_pat
         refused = run(venv, "fleet", "--head", address, "status")
         assert refused.returncode != 0 and "token" in refused.stderr.lower(), refused.stderr
     finally:
-        # SIGTERM stops each cleanly (exit 0), as systemd and Kubernetes stop them.
-        codes = [stop(w) for w in workers] + [stop(head)]
+        # SIGTERM stops each worker cleanly (exit 0), as systemd and Kubernetes stop them,
+        # and Ctrl-C the head, as in a terminal: no KeyboardInterrupt from Python after.
+        codes = [stop(w) for w in workers] + [stop(head, how=signal.SIGINT)]
         head.stdout.close()
     assert codes == [0, 0, 0], f"{codes}\n{logs(tmp_path)}"
+    assert "KeyboardInterrupt" not in logs(tmp_path), logs(tmp_path)
 
 
 def test_python_api_from_the_wheel(venv: Path) -> None:

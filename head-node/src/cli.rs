@@ -316,7 +316,7 @@ async fn run(config: HeadConfig, print_address: bool) -> anyhow::Result<()> {
         println!("listening on {}", listener.local_addr()?);
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    stop_on_signal(shutdown.clone()).context("cannot handle SIGINT and SIGTERM")?;
     if let crate::store::StoreConfig::Postgres(url) = &config.store {
         let url = url.clone();
         return Ok(crate::leader::run(config, &url, listener, shutdown).await?);
@@ -327,20 +327,18 @@ async fn run(config: HeadConfig, print_address: bool) -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, which is how systemd, Kubernetes and
-/// podman stop a process: either way the head stops cleanly.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            // Without a SIGTERM handler the default (exit) stays: wait on Ctrl-C alone.
-            Err(_) => std::future::pending().await,
+/// podman stop a process: either way the head stops cleanly. The handlers are installed
+/// when this is called (not when a task first runs), so a signal during the start counts.
+fn stop_on_signal(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    shutdown.cancel();
+        shutdown.cancel();
+    });
+    Ok(())
 }

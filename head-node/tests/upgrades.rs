@@ -55,7 +55,9 @@ fn tables(data: &Path) -> Result<Vec<String>> {
 /// The messages of `topic` from offset 0, as many as `n`.
 async fn topic(client: &Client, topic: &str, n: usize) -> Result<Vec<String>> {
     let stream = client.follow_log(topic, Some(0), "").await?;
-    let messages: Vec<_> = stream.take(n).collect().await;
+    let messages: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.take(n).collect())
+        .await
+        .with_context(|| format!("fewer than {n} messages on {topic} within 10 s"))?;
     messages.into_iter().map(|m| Ok(m?.body)).collect()
 }
 
@@ -130,8 +132,10 @@ async fn a_store_from_a_newer_head_is_refused() -> Result<()> {
             txn.commit()?;
         }
         let output = tokio::process::Command::new(fleet_testkit::binary("fleet-head")?)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--store", "file", "--data-dir"])
             .arg(&data)
+            .env_remove("FLEET_CONFIG")
+            .kill_on_drop(true)
             .output()
             .await?;
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -210,4 +214,25 @@ async fn older_workers_join_and_newer_ones_are_refused() -> Result<()> {
         Ok(())
     })
     .await
+}
+
+/// The same on a shared PostgreSQL store: refused before anything is created in it.
+#[test]
+fn a_database_from_a_newer_head_is_refused_and_left_as_it_is() -> Result<()> {
+    let pg = fleet_testkit::postgres::PostgresServer::start()?;
+    let mut db = postgres::Client::connect(&pg.url, postgres::NoTls)?;
+    db.batch_execute(
+        "CREATE TABLE fleet_meta (key text PRIMARY KEY, value bigint NOT NULL);
+         INSERT INTO fleet_meta VALUES ('format', 2);",
+    )?;
+    let output = std::process::Command::new(fleet_testkit::binary("fleet-head")?)
+        .args(["--listen", "127.0.0.1:0", "--store", &pg.url])
+        .env_remove("FLEET_CONFIG")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(2), "exit {:?}: {stderr}", output.status.code());
+    ensure!(stderr.contains("store format 2 was written by a newer agentfleet"), "{stderr}");
+    let untouched: bool = db.query_one("SELECT to_regclass('fleet_tasks') IS NULL", &[])?.get(0);
+    ensure!(untouched, "the head created its tables in a newer database");
+    Ok(())
 }

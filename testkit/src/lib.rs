@@ -63,6 +63,17 @@ impl HeadLog {
 /// Workers' meshes listen on loopback only: tests never open ports beyond 127.0.0.1.
 const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
 
+/// What a worker reads from the environment besides its credentials: a sandbox's workers
+/// are what its builder says, whatever the shell running the tests exports.
+const WORKER_SETTINGS: [&str; 6] = [
+    "FLEET_WORKER_NAME",
+    "FLEET_CPUS",
+    "FLEET_MEMORY_MB",
+    "FLEET_GPUS",
+    "FLEET_DEVICE",
+    "FLEET_MODELS_DIR",
+];
+
 /// The text a task's last attempt streamed (a retried attempt's deltas stay in the log,
 /// marked by their attempt number).
 pub fn final_text(events: &[fleet_client::TaskEvent]) -> String {
@@ -306,6 +317,8 @@ async fn start_head(
         .env_remove("FLEET_TLS_KEY")
         .env_remove("FLEET_STORE")
         .env_remove("FLEET_DATA_DIR")
+        .env_remove("FLEET_CONFIG")
+        .env_remove("FLEET_LISTEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -524,6 +537,9 @@ impl ClusterSandbox {
                 self.tls_ca().map(|ca| ["--tls-ca".as_ref(), ca.as_os_str()]).into_iter().flatten(),
             )
             .kill_on_drop(true);
+        for setting in WORKER_SETTINGS {
+            worker.env_remove(setting);
+        }
         self.workers.push((name.clone(), worker.spawn().context("cannot start fleet-worker")?));
         Ok(name)
     }
@@ -544,6 +560,9 @@ impl ClusterSandbox {
             .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
             .env_remove("FLEET_TOKEN")
             .env_remove("FLEET_JOIN_TOKEN");
+        for setting in WORKER_SETTINGS {
+            worker.env_remove(setting);
+        }
         Ok(worker.kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?)
     }
 

@@ -237,7 +237,9 @@ where
             .map_err(|e| Error::InvalidConfig(format!("cannot start the async runtime: {e}")))?;
         runtime.block_on(async {
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            stop_on_signal(shutdown.clone()).map_err(|e| {
+                Error::InvalidConfig(format!("cannot handle SIGINT and SIGTERM: {e}"))
+            })?;
             crate::run(config, shutdown).await
         })
     });
@@ -274,20 +276,18 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, which is how systemd, Kubernetes and
-/// podman stop a process: either way the worker stops cleanly.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            // Without a SIGTERM handler the default (exit) stays: wait on Ctrl-C alone.
-            Err(_) => std::future::pending().await,
+/// podman stop a process: either way the worker stops cleanly. The handlers are installed
+/// when this is called (not when a task first runs), so a signal during the start counts.
+fn stop_on_signal(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    shutdown.cancel();
+        shutdown.cancel();
+    });
+    Ok(())
 }

@@ -328,15 +328,16 @@ async fn session(
     let mut inbound = match client.join(request).await {
         Ok(response) => response.into_inner(),
         Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::Unauthenticated
-                    | tonic::Code::InvalidArgument
-                    // A head older than this worker's protocol.
-                    | tonic::Code::FailedPrecondition
-            ) =>
+            if status.code() == tonic::Code::Unauthenticated
+                || status.code() == tonic::Code::InvalidArgument =>
         {
             return Err(Error::Rejected(status.message().to_owned()));
+        }
+        // A head older than this worker's protocol: another head may be upgraded already,
+        // and this one will be; the worker retries (with the backoff) and says why.
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            warn!(head = %url, "{}", status.message());
+            return Err(Error::Unreachable(format!("{url}: {}", status.message())));
         }
         Err(status) => return Err(Error::Unreachable(format!("{url}: {}", status.message()))),
     };

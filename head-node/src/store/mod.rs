@@ -39,7 +39,7 @@ pub use sealed::Sealer;
 /// stamps its layout when it creates the store). Tables added since only ever make a
 /// layout grow, which an older head's store gets on its first open; a layout that changes
 /// gets a new number and a migration here.
-fn unknown_format(found: i64, reads: i64) -> String {
+fn unknown_format(found: i128, reads: i128) -> String {
     if found > reads {
         format!(
             "store format {found} was written by a newer agentfleet; this head (agentfleet {}) \

@@ -100,8 +100,7 @@ impl RedbStore {
             match format {
                 Some(FORMAT) => {}
                 Some(other) => {
-                    let found = i64::try_from(other).unwrap_or(i64::MAX);
-                    return Err(super::unknown_format(found, FORMAT as i64));
+                    return Err(super::unknown_format(other.into(), FORMAT.into()));
                 }
                 None => {
                     meta.insert("format", FORMAT).map_err(|e| e.to_string())?;

@@ -12,8 +12,7 @@ the console commands `fleet-head`, `fleet-worker` and `fleet` a pip install puts
 
 import sys
 
-from agentfleet._cli import worker_main
-from agentfleet._native import run_cli, run_head
+from agentfleet._cli import fleet_main, head_main, worker_main
 
 
 def main(argv: "list[str]") -> int:
@@ -21,10 +20,10 @@ def main(argv: "list[str]") -> int:
         print(__doc__.strip(), file=sys.stderr)
         return 0 if argv else 2
     if argv[0] == "head":
-        return run_head(argv[1:])
+        return head_main(argv[1:])
     if argv[0] == "worker":
         return worker_main(argv[1:])
-    return run_cli(argv)
+    return fleet_main(argv)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,31 @@ module's Python agents (``@agentfleet.agent``), which the standalone binary cann
 """
 
 import importlib
+import signal
 import sys
-from typing import Optional
+import threading
+from typing import Any, Callable, Optional
 
 from agentfleet._native import run_cli, run_head, run_worker
+
+
+def _native(command: "Callable[..., int]", *args: Any) -> int:
+    """Runs a command of the extension as the binaries run: Ctrl-C goes to it (a node stops
+    cleanly and exits 0, `fleet follow` ends), not to Python, whose own handler would only
+    raise KeyboardInterrupt once the command had returned."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return command(*args)
+
+
+def head_main(argv: "list[str]") -> int:
+    """`fleet-head` with `argv` (without the program name); returns the exit code."""
+    return _native(run_head, argv)
+
+
+def fleet_main(argv: "list[str]") -> int:
+    """`fleet` with `argv` (without the program name); returns the exit code."""
+    return _native(run_cli, argv)
 
 
 def _imports(argv: "list[str]") -> "tuple[list[str], list[str]]":
@@ -40,7 +61,7 @@ def worker_main(argv: "list[str]") -> int:
     """`fleet-worker` with `argv` (without the program name); returns the exit code."""
     rest, modules = _imports(argv)
     if not modules:
-        return run_worker(rest)
+        return _native(run_worker, rest)
     from agentfleet import agents
 
     # Modules are looked up from the current folder too, as `python -m` does for scripts.
@@ -57,7 +78,7 @@ def worker_main(argv: "list[str]") -> int:
             print(f"fleet-worker: {module} defines no Python agent (@agentfleet.agent)", file=sys.stderr)
             return 2
     host = agents._host_for_worker(agents._names())
-    return run_worker(rest, host)
+    return _native(run_worker, rest, host)
 
 
 def _argv(argv: "Optional[list[str]]") -> "list[str]":
@@ -66,7 +87,7 @@ def _argv(argv: "Optional[list[str]]") -> "list[str]":
 
 def head(argv: "Optional[list[str]]" = None) -> None:
     """The `fleet-head` console command."""
-    sys.exit(run_head(_argv(argv)))
+    sys.exit(head_main(_argv(argv)))
 
 
 def worker(argv: "Optional[list[str]]" = None) -> None:
@@ -76,4 +97,4 @@ def worker(argv: "Optional[list[str]]" = None) -> None:
 
 def fleet(argv: "Optional[list[str]]" = None) -> None:
     """The `fleet` console command: status, agents, tasks, logs, cancel, submit, ..."""
-    sys.exit(run_cli(_argv(argv)))
+    sys.exit(fleet_main(_argv(argv)))

@@ -117,23 +117,32 @@ pub fn parse(url: &str) -> Result<Target, StoreError> {
     })
 }
 
-/// Creates the tables if missing and checks the layout, under a lock.
+/// Checks the layout and creates the tables if missing, under a lock. A database of
+/// another layout is left as it is: the check comes first, and its transaction is rolled
+/// back (dropped) without creating anything.
 pub fn ensure_schema(conn: &Conn) -> Result<(), String> {
     let format = conn.run(|client| {
         let mut txn = client.transaction()?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        // Two statements: one naming a table that does not exist fails to parse.
+        let made: bool = txn.query_one("SELECT to_regclass('fleet_meta') IS NOT NULL", &[])?.get(0);
+        if made {
+            let stamped =
+                txn.query_opt("SELECT value FROM fleet_meta WHERE key = 'format'", &[])?;
+            if let Some(format) = stamped.map(|row| row.get::<_, i64>(0)).filter(|f| *f != FORMAT) {
+                return Ok(format);
+            }
+        }
         txn.batch_execute(SCHEMA)?;
         txn.execute(
             "INSERT INTO fleet_meta (key, value) VALUES ('format', $1) ON CONFLICT DO NOTHING",
             &[&FORMAT],
         )?;
-        let format: i64 =
-            txn.query_one("SELECT value FROM fleet_meta WHERE key = 'format'", &[])?.get(0);
         txn.commit()?;
-        Ok(format)
+        Ok(FORMAT)
     })?;
     if format != FORMAT {
-        return Err(super::unknown_format(format, FORMAT));
+        return Err(super::unknown_format(format.into(), FORMAT.into()));
     }
     Ok(())
 }
