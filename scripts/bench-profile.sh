@@ -38,13 +38,22 @@ profile() {
 build() {
     local variant="$1" target="$cache/profile-target-$1"
     rm -rf "$target"
-    local started=$SECONDS
-    env $(profile "$variant") CARGO_TARGET_DIR="$target" \
-        cargo build --release --locked -p fleet-head -p fleet-worker -p fleet-cli --bins >&2
+    local started=$SECONDS cpu log="$out/build-$1.log"
+    : >"$log"
+    # CPU seconds (user + system of every compiler process) beside wall seconds: on a shared
+    # machine the wall time moves with the load, the CPU time much less.
+    cpu="$( { TIMEFORMAT='%U %S'; time env $(profile "$variant") CARGO_TARGET_DIR="$target" \
+        cargo build --release --locked -p fleet-head -p fleet-worker -p fleet-cli --bins \
+        >>"$log" 2>&1; } 2>&1)"
     local bins=$((SECONDS - started))
-    env $(profile "$variant") CARGO_TARGET_DIR="$target" \
-        cargo bench --locked -p fleet-benches --bench engine --bench cluster --no-run >&2
+    local bins_cpu
+    bins_cpu="$(echo "$cpu" | awk '{printf "%.0f", $1 + $2}')"
+    cpu="$( { TIMEFORMAT='%U %S'; time env $(profile "$variant") CARGO_TARGET_DIR="$target" \
+        cargo bench --locked -p fleet-benches --bench engine --bench cluster --no-run \
+        >>"$log" 2>&1; } 2>&1)"
     local total=$((SECONDS - started))
+    local total_cpu
+    total_cpu="$(echo "$cpu" | awk -v b="$bins_cpu" '{printf "%.0f", b + $1 + $2}')"
     local sizes=""
     for binary in fleet-head fleet-worker fleet; do
         cp "$target/release/$binary" "$out/$binary-$variant"
@@ -52,7 +61,7 @@ build() {
         rm -f "$out/$binary-$variant.debug"
         sizes="$sizes $binary=$(stat -c %s "$out/$binary-$variant")"
     done
-    echo "$variant build_bins_s=$bins build_with_benches_s=$total$sizes" | tee -a "$out/builds.txt"
+    echo "$variant build_bins_s=$bins build_with_benches_s=$total build_bins_cpu_s=$bins_cpu build_with_benches_cpu_s=$total_cpu$sizes" | tee -a "$out/builds.txt"
 }
 
 measure() {
