@@ -71,6 +71,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of failure this is: as the head said (its error-kind metadata), else as
+    /// the gRPC code says (a head too old to say, a connection failure).
+    pub fn kind(&self) -> ErrorKind {
+        let said = match self {
+            Self::Status(s) => s.metadata().get(fleet_proto::ERROR_KIND_METADATA),
+            _ => None,
+        };
+        if let Some(kind) = said.and_then(|v| v.to_str().ok()).and_then(ErrorKind::from_name) {
+            return kind;
+        }
+        match self.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorKind::InvalidRequest,
+            tonic::Code::NotFound => ErrorKind::UnknownAgent,
+            tonic::Code::ResourceExhausted => ErrorKind::Busy,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ErrorKind::Unavailable,
+            tonic::Code::FailedPrecondition | tonic::Code::Unimplemented => ErrorKind::Unsupported,
+            tonic::Code::Unauthenticated => ErrorKind::Unauthenticated,
+            tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Internal,
+        }
+    }
+
     /// The gRPC code behind this error (`Unavailable` for connection failures).
     pub fn code(&self) -> tonic::Code {
         match self {

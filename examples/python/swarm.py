@@ -184,7 +184,7 @@ def embedding_swarm(fleet: af.Fleet, count: int) -> None:
 
 def generation_swarm(fleet: af.Fleet, model: str, chats: int, max_tokens: int) -> None:
     agents = {
-        name: (fleet.agent(name, model=model, instructions=instructions, max_tokens=max_tokens), questions)
+        name: (fleet.agent(name, model=model, instructions=instructions, sampling=af.Sampling(max_tokens=max_tokens)), questions)
         for name, (instructions, questions) in AGENTS.items()
     }
     # Round-robin over the agents, each asking its next question: `chats` chats at once.

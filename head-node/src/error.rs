@@ -184,6 +184,10 @@ pub fn codes(kind: ErrorKind) -> Codes {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let mut status = tonic::Status::new(e.code(), e.to_string());
+        status.metadata_mut().insert(
+            fleet_proto::ERROR_KIND_METADATA,
+            tonic::metadata::MetadataValue::from_static(e.kind().as_str()),
+        );
         if let Some(s) = e.retry_after_s() {
             status.metadata_mut().insert("retry-after", s.into());
         }

@@ -549,6 +549,10 @@ impl TaskState {
     }
 }
 
+/// The gRPC metadata key under which the head says which [`ErrorKind`] a refused call is
+/// (several kinds share a gRPC code: `NotFound` is an unknown task or agent).
+pub const ERROR_KIND_METADATA: &str = "fleet-error-kind";
+
 /// What kind of failure an error or a failed task is: one kind per failure, which the head
 /// maps once (its `error` module) to a gRPC code, an HTTP status, a JSON-RPC code and an
 /// OpenAI error type, so every front door answers the same failure the same way.
@@ -594,7 +598,12 @@ impl ErrorKind {
         Self::PermissionDenied,
     ];
 
-    /// The kind's name as clients see it (Python's `TaskFailed.kind`, the CLI, the page).
+    /// The kind named `name` (as [`ErrorKind::as_str`] names it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The kind's name as clients see it (Python's `FleetError.kind`, the CLI, the page).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Internal => "internal",

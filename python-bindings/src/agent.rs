@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fleet_client::{
     ErrorKind, EventKind, FilePart, ManyUpdate, OutputFormat, Sampling, Submission, TaskId,
-    TaskOptions, TaskState,
+    TaskOptions,
 };
 use futures::StreamExt;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -32,6 +32,10 @@ pub struct Agent {
     /// Whether each task carries the schema (an agent looked up by name, whose registered
     /// spec may not have it).
     schema_per_task: bool,
+    /// What `options(...)` set for this handle's tasks: sampling over the agent's defaults
+    /// (field by field) and the conversation.
+    sampling: Sampling,
+    context_id: Option<String>,
 }
 
 impl Agent {
@@ -41,7 +45,14 @@ impl Agent {
         schema: Option<Arc<OutputSchema>>,
         schema_per_task: bool,
     ) -> Self {
-        Self { name, client, schema, schema_per_task }
+        Self {
+            name,
+            client,
+            schema,
+            schema_per_task,
+            sampling: Sampling::default(),
+            context_id: None,
+        }
     }
 
     /// The schema of a submission: the one given with it, else the agent's.
@@ -85,10 +96,10 @@ impl Agent {
             }
         };
         let mut failures = ended.iter().filter_map(|(_, e)| match e {
-            Ended::Failed(error, kind) => Some((error, *kind)),
+            Ended::Failed(id, error, kind) => Some((id, error, *kind)),
             _ => None,
         });
-        if let Some((first, kind)) = failures.next() {
+        if let Some((id, first, kind)) = failures.next() {
             let message = if total == 1 {
                 first.clone()
             } else {
@@ -97,7 +108,7 @@ impl Agent {
                     failures.count() + 1
                 )
             };
-            return Err(errors::task_failed(kind, message));
+            return Err(errors::task_failed(kind, id.as_str(), message));
         }
         Ok(ended)
     }
@@ -121,16 +132,15 @@ impl Agent {
             let vectors = match outcome {
                 Ended::Vectors(v) if v.len() == sizes[i] => v,
                 Ended::Vectors(v) => {
-                    return Err(errors::FleetError::new_err(format!(
-                        "a worker returned {} vectors for {} texts",
-                        v.len(),
-                        sizes[i]
-                    )));
+                    return Err(errors::kind(
+                        ErrorKind::Internal,
+                        format!("a worker returned {} vectors for {} texts", v.len(), sizes[i]),
+                    ));
                 }
                 // Completed with text, not vectors: the model generated instead.
                 Ended::Output(..) | Ended::Failed(..) => {
-                    return Err(errors::task_failed(
-                        ErrorKind::InvalidRequest.as_str(),
+                    return Err(errors::kind(
+                        ErrorKind::InvalidRequest,
                         format!(
                             "agent {:?} answered without embeddings: give it an embedding \
                              model (e.g. all-MiniLM-L6-v2)",
@@ -155,15 +165,16 @@ impl Agent {
         let in_spec = !self.schema_per_task
             && matches!((schema, &self.schema), (Some(a), Some(b)) if std::ptr::eq(a, &**b));
         let format = schema.filter(|_| !in_spec).map(|s| OutputFormat::JsonSchema(s.text.clone()));
-        let options = (format.is_some() || !files.is_empty()).then(|| TaskOptions {
-            sampling: Sampling { format, ..Default::default() },
+        let sampling = Sampling { format, ..self.sampling.clone() };
+        let options = (sampling != Sampling::default() || !files.is_empty()).then(|| TaskOptions {
+            sampling,
             files,
             ..Default::default()
         });
         Submission {
             agent: self.name.clone(),
             input: prompt,
-            context_id: context_id.unwrap_or_default(),
+            context_id: context_id.or_else(|| self.context_id.clone()).unwrap_or_default(),
             options,
             ..Default::default()
         }
@@ -174,8 +185,8 @@ impl Agent {
 enum Ended {
     Output(TaskId, String),
     Vectors(Vec<Vec<f32>>),
-    /// Why, and the failure's kind (`canceled` for a canceled task).
-    Failed(String, &'static str),
+    /// Which task, why, and the failure's kind (`canceled` for a canceled task).
+    Failed(TaskId, String, &'static str),
 }
 
 /// How long an interrupted `map` waits for the acknowledgements of what it already submitted.
@@ -243,7 +254,7 @@ async fn map_tasks(
             }
         };
         let Some(batch) = batch else {
-            return Err(errors::Unavailable::new_err(format!(
+            return Err(errors::unavailable(format!(
                 "the cluster closed the stream after {} of {total} tasks",
                 ended.len()
             )));
@@ -279,10 +290,12 @@ async fn map_tasks(
                             None => Ended::Output(e.task_id.clone(), std::mem::take(&mut text[i])),
                         },
                         EventKind::Failed { error, kind, .. } => Ended::Failed(
+                            e.task_id.clone(),
                             format!("task {} failed: {error}", e.task_id),
                             kind.as_str(),
                         ),
                         EventKind::Canceled { reason } => Ended::Failed(
+                            e.task_id.clone(),
                             format!("task {} was canceled: {reason}", e.task_id),
                             "canceled",
                         ),
@@ -477,6 +490,7 @@ impl Agent {
                         return vectors.ok_or_else(|| {
                             errors::task_failed(
                                 ErrorKind::InvalidRequest.as_str(),
+                                event.task_id.as_str(),
                                 format!(
                                     "task {} completed without embeddings: is the agent's \
                                      model an embedding model?",
@@ -487,18 +501,20 @@ impl Agent {
                     }
                     EventKind::Failed { error, kind, .. } => {
                         let message = format!("task {} failed: {error}", event.task_id);
-                        return Err(errors::task_failed(kind.as_str(), message));
+                        let id = event.task_id.as_str();
+                        return Err(errors::task_failed(kind.as_str(), id, message));
                     }
                     EventKind::Canceled { reason } => {
-                        return Err(errors::Cancelled::new_err(format!(
-                            "task {} was canceled: {reason}",
-                            event.task_id
-                        )));
+                        return Err(errors::task_failed(
+                            "canceled",
+                            event.task_id.as_str(),
+                            format!("task {} was canceled: {reason}", event.task_id),
+                        ));
                     }
                     _ => {}
                 }
             }
-            Err(errors::Unavailable::new_err("the task's stream ended before the task did"))
+            Err(errors::unavailable("the task's stream ended before the task did"))
         })
     }
 
@@ -516,7 +532,8 @@ impl Agent {
         Ok(EventIterator::owning(&self.submit(py, prompt, context_id, output_schema, files)?))
     }
 
-    /// Submits one task and awaits its text (parsed, under an output schema).
+    /// Submits one task; awaiting it gives the `Task` once the head has accepted it (as
+    /// `submit` returns it). `await task` (or `await task.aresult()`) then gives the answer.
     #[pyo3(signature = (prompt, context_id=None, *, output_schema=None, files=None))]
     fn asubmit<'py>(
         &self,
@@ -531,24 +548,33 @@ impl Agent {
         let submission = self.submission(prompt, context_id, schema.as_deref(), files_of(files)?);
         runtime::get()?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let outcome = fleet_client::TaskOutcome::collect(
-                client.submit(submission).await.map_err(errors::to_py)?,
-            )
-            .await
-            .map_err(errors::to_py)?;
-            match outcome.state {
-                TaskState::Completed => Python::attach(|py| {
-                    task::answer(py, outcome.task_id.as_str(), schema.as_deref(), outcome.output)
-                }),
-                TaskState::Canceled => Err(errors::Cancelled::new_err(format!(
-                    "task {} was canceled: {}",
-                    outcome.task_id, outcome.error
-                ))),
-                _ => Err(errors::task_failed(
-                    outcome.kind.as_str(),
-                    format!("task {} failed: {}", outcome.task_id, outcome.error),
-                )),
-            }
+            let stream = client.submit(submission).await.map_err(errors::to_py)?;
+            task::start(client, stream, schema).await.map_err(errors::to_py)
+        })
+    }
+
+    /// This agent with per-call settings, as Ray's `.options()`: its tasks sample with
+    /// `sampling` (an `af.Sampling`; the fields it sets override the agent's), answer in
+    /// `output_schema`, and continue conversation `context_id`, unless a call gives its
+    /// own. Settings given here add to those of the handle it is called on.
+    #[pyo3(signature = (*, sampling=None, output_schema=None, context_id=None, **renamed))]
+    fn options(
+        &self,
+        sampling: Option<Bound<'_, PyAny>>,
+        output_schema: Option<Bound<'_, PyAny>>,
+        context_id: Option<String>,
+        renamed: Option<Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Agent> {
+        crate::options::refuse_renamed("agent.options", renamed.as_ref())?;
+        let sampling = crate::options::sampling(sampling.as_ref())?;
+        let schema = self.schema_of(output_schema.as_ref())?;
+        Ok(Agent {
+            name: self.name.clone(),
+            client: self.client.clone(),
+            schema_per_task: self.schema_per_task || output_schema.is_some(),
+            schema,
+            sampling: self.sampling.overridden_by(&sampling),
+            context_id: context_id.or_else(|| self.context_id.clone()),
         })
     }
 

@@ -70,7 +70,7 @@ struct Shared {
 }
 
 /// The native side of the Python agents this process hosts (see `agentfleet.agents`).
-#[pyclass(module = "agentfleet", frozen)]
+#[pyclass(module = "agentfleet", name = "_AgentHost", frozen)]
 pub struct AgentHost {
     shared: Arc<Shared>,
     /// Held by the one reader while it waits; `None` once it has seen the host close.
@@ -99,9 +99,7 @@ impl AgentHost {
         let (context, runtime) = {
             let runs = self.shared.runs.lock();
             let Some(r) = runs.get(&run) else {
-                return Err(errors::Unavailable::new_err(
-                    "this task has ended (canceled or failed)",
-                ));
+                return Err(errors::unavailable("this task has ended (canceled or failed)"));
             };
             let _ = r.out.send(Out::Barrier(barrier));
             (r.context.clone(), r.runtime.clone())
@@ -122,8 +120,10 @@ impl AgentHost {
             let _abort = abort;
             match handle.await {
                 Ok(result) => result,
-                Err(e) if e.is_panic() => Err(errors::FleetError::new_err("the call panicked")),
-                Err(_) => Err(errors::Unavailable::new_err("the call stopped: its task ended")),
+                Err(e) if e.is_panic() => {
+                    Err(errors::kind(ErrorKind::Internal, "the call panicked"))
+                }
+                Err(_) => Err(errors::unavailable("the call stopped: its task ended")),
             }
         })
     }
@@ -233,14 +233,18 @@ impl AgentHost {
         let part = match json {
             Some(json) => {
                 serde_json::from_str::<serde_json::Value>(&json).map_err(|e| {
-                    errors::InvalidArgument::new_err(format!("an artifact's data is not JSON: {e}"))
+                    errors::kind(
+                        ErrorKind::InvalidRequest,
+                        format!("an artifact's data is not JSON: {e}"),
+                    )
                 })?;
                 ArtifactPart::Data(json)
             }
             None => {
                 let data = data.unwrap_or_default();
                 if !url.is_empty() && !data.is_empty() {
-                    return Err(errors::InvalidArgument::new_err(
+                    return Err(errors::kind(
+                        ErrorKind::InvalidRequest,
                         "an artifact's file has bytes or a URL, not both",
                     ));
                 }
@@ -249,12 +253,15 @@ impl AgentHost {
         };
         let artifact = Artifact { id: String::new(), name, description, part };
         if artifact.size() > MAX_ARTIFACT_BYTES {
-            return Err(errors::InvalidArgument::new_err(format!(
-                "an artifact holds at most {} MiB, this one {} bytes: store it elsewhere and \
+            return Err(errors::kind(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "an artifact holds at most {} MiB, this one {} bytes: store it elsewhere and \
                  return its URL (af.AgentFile(url=...))",
-                MAX_ARTIFACT_BYTES >> 20,
-                artifact.size()
-            )));
+                    MAX_ARTIFACT_BYTES >> 20,
+                    artifact.size()
+                ),
+            ));
         }
         Ok(match self.shared.runs.lock().get(&run) {
             Some(running) => running.out.send(Out::Artifact(artifact)).is_ok(),
@@ -278,7 +285,10 @@ impl AgentHost {
     /// the head has stored it.
     fn save<'py>(&self, py: Python<'py>, run: u64, state: String) -> PyResult<Bound<'py, PyAny>> {
         self.spawn(py, run, move |context| async move {
-            context.save_state(state, true).await.map_err(errors::InvalidArgument::new_err)
+            context
+                .save_state(state, true)
+                .await
+                .map_err(|e| errors::kind(ErrorKind::InvalidRequest, e))
         })
     }
 
@@ -366,23 +376,16 @@ fn role_of(name: &str) -> PyResult<Role> {
         "assistant" => Role::Assistant,
         "tool" => Role::Tool,
         other => {
-            return Err(errors::InvalidArgument::new_err(format!(
-                "a message's role is system, user, assistant or tool, not {other:?}"
-            )));
+            return Err(errors::kind(
+                ErrorKind::InvalidRequest,
+                format!("a message's role is system, user, assistant or tool, not {other:?}"),
+            ));
         }
     })
 }
 
 fn chat_error(kind: ErrorKind, message: String) -> PyErr {
-    match kind {
-        ErrorKind::InvalidRequest | ErrorKind::ContentTypeNotSupported => {
-            errors::InvalidArgument::new_err(message)
-        }
-        ErrorKind::UnknownAgent => errors::NotFound::new_err(message),
-        ErrorKind::Busy => errors::ResourceExhausted::new_err(message),
-        ErrorKind::Unavailable => errors::Unavailable::new_err(message),
-        _ => errors::FleetError::new_err(message),
-    }
+    errors::kind(kind, message)
 }
 
 /// Aborts a task when dropped.

@@ -8,6 +8,7 @@ use crate::agent_host::AgentHost;
 
 /// Runs `fleet-head` with `argv` (without the program name); returns its exit code.
 #[pyfunction]
+#[pyo3(name = "_run_head")]
 pub fn run_head(py: Python<'_>, argv: Vec<String>) -> i32 {
     let args = std::iter::once("fleet-head".to_owned()).chain(argv);
     py.detach(|| fleet_head::cli::main(args))
@@ -16,6 +17,7 @@ pub fn run_head(py: Python<'_>, argv: Vec<String>) -> i32 {
 /// Runs `fleet-worker` with `argv` (without the program name); returns its exit code. With
 /// `agents`, the worker hosts this process's Python agents (`--import`).
 #[pyfunction]
+#[pyo3(name = "_run_worker")]
 #[pyo3(signature = (argv, agents=None))]
 pub fn run_worker(py: Python<'_>, argv: Vec<String>, agents: Option<PyRef<'_, AgentHost>>) -> i32 {
     let args = std::iter::once("fleet-worker".to_owned()).chain(argv);
@@ -26,6 +28,7 @@ pub fn run_worker(py: Python<'_>, argv: Vec<String>, agents: Option<PyRef<'_, Ag
 /// Runs `fleet` (status, agents, tasks, logs, cancel, submit) with `argv` (without the
 /// program name); returns its exit code.
 #[pyfunction]
+#[pyo3(name = "_run_cli")]
 pub fn run_cli(py: Python<'_>, argv: Vec<String>) -> i32 {
     let args = std::iter::once("fleet".to_owned()).chain(argv);
     py.detach(|| fleet_cli::main(args))

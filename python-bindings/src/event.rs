@@ -1,205 +1,328 @@
-//! The `Event` class: one entry of a task's event log, as Python sees it.
+//! Events as Python sees them: the base class `Event` (what every event has) and one
+//! subclass per kind (`TextDelta`, `ToolCall`, `Failed`, ...), each with only the fields of
+//! its kind, so `isinstance` and `match` tell them apart and type checkers know the fields.
 
 use std::sync::Arc;
 
 use fleet_client::{Artifact, ArtifactPart, EventKind, FilePart, TaskEvent};
+use pyo3::exceptions::PyAttributeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
-/// One event of a task. `kind` is one of: submitted, scheduled, working, text_delta,
-/// reasoning_delta (a thinking model's reasoning, before and apart from its answer), tool_call, tool_result, embeddings, artifact, completed, failed, canceled,
-/// input_required, input_received, retrying, state_saved (a Python actor stored its
-/// `ctx.state`: `text` is the state's JSON).
-/// (An embeddings event's `text` only counts its vectors: `agent.embed` returns them.)
-#[pyclass(module = "agentfleet", frozen)]
-#[derive(Clone, Debug)]
+/// One event of a task. Each kind is a subclass (`af.TextDelta`, `af.ToolCall`, ...) with
+/// the fields of its kind; every event has these.
+#[pyclass(module = "agentfleet", frozen, subclass)]
 pub struct Event {
     #[pyo3(get)]
-    pub task_id: String,
+    task_id: String,
     #[pyo3(get)]
-    pub seq: u64,
+    seq: u64,
+    /// Which run of the task (1, then 2 after a retry, ...).
     #[pyo3(get)]
-    pub attempt: u32,
+    attempt: u32,
+    /// The kind's name (`text_delta`, `tool_call`, ...; `af.EventKind`).
     #[pyo3(get)]
-    pub kind: &'static str,
-    /// The text of a text_delta or reasoning_delta; the output of a tool_result; the prompt of input_required;
-    /// the reply of input_received.
+    kind: &'static str,
+    /// When the head logged it, in microseconds since the epoch.
     #[pyo3(get)]
-    pub text: String,
-    /// The worker of a scheduled or failed event.
-    #[pyo3(get)]
-    pub worker_id: String,
-    /// Why a task failed, was canceled or retried.
-    #[pyo3(get)]
-    pub error: String,
-    /// What kind of failure a failed event is (`busy`, `invalid_request`, `unavailable`,
-    /// `internal`, ...); empty for other events.
-    #[pyo3(get)]
-    pub error_kind: &'static str,
-    /// The tool of a tool_call, with its arguments in `text`; the tool whose call waits for
-    /// approval in input_required, with its arguments in `arguments`.
-    #[pyo3(get)]
-    pub tool: String,
-    #[pyo3(get)]
-    pub arguments: String,
-    /// The call an input_required or input_received is about.
-    #[pyo3(get)]
-    pub call_id: String,
-    /// An input_received that rejected the approval (or declined the question).
-    #[pyo3(get)]
-    pub rejected: bool,
-    /// A tool_call an earlier attempt made and whose result was stored, repeated by the
-    /// retried attempt: not made again.
-    #[pyo3(get)]
-    pub replayed: bool,
-    #[pyo3(get)]
-    pub prompt_tokens: u32,
-    #[pyo3(get)]
-    pub completion_tokens: u32,
-    /// Of `completion_tokens`, a thinking model's reasoning (its markers included).
-    #[pyo3(get)]
-    pub reasoning_tokens: u32,
-    #[pyo3(get)]
-    pub timestamp_us: u64,
-    /// The file or data of an artifact event.
-    pub artifact: Option<Arc<Artifact>>,
+    timestamp_us: u64,
 }
 
 #[pymethods]
 impl Event {
-    fn __repr__(&self) -> String {
-        let detail = match self.kind {
-            "text_delta" | "reasoning_delta" | "tool_result" | "input_required"
-            | "input_received" => {
-                format!(", text={:?}", self.text)
-            }
-            "scheduled" => format!(", worker_id={:?}", self.worker_id),
-            "failed" | "canceled" | "retrying" => format!(", error={:?}", self.error),
-            "tool_call" => format!(", tool={:?}, text={:?}", self.tool, self.text),
-            "completed" if self.reasoning_tokens > 0 => format!(
-                ", completion_tokens={}, reasoning_tokens={}",
-                self.completion_tokens, self.reasoning_tokens
-            ),
-            "completed" => format!(", completion_tokens={}", self.completion_tokens),
-            _ => String::new(),
-        };
-        format!("Event(kind={:?}, seq={}, attempt={}{detail})", self.kind, self.seq, self.attempt)
-    }
-
-    /// An artifact event's file or data (`agentfleet.Artifact`); None for other events.
+    /// Whether this event ends its task (completed, failed or canceled).
     #[getter]
-    fn artifact(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.artifact.as_deref().map(|a| artifact_object(py, a)).transpose()
-    }
-
-    /// Whether this event ends its task.
-    #[getter]
-    pub fn is_final(&self) -> bool {
+    fn is_final(&self) -> bool {
         matches!(self.kind, "completed" | "failed" | "canceled")
+    }
+
+    /// `TextDelta(text='Hello', seq=3, attempt=1)`: the kind's fields, then where it is.
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let class = slf.get_type().name()?.to_string();
+        let mut parts = Vec::new();
+        for field in fields_of(slf)? {
+            parts.push(format!("{field}={}", slf.getattr(field.as_str())?.repr()?));
+        }
+        let this = slf.get();
+        parts.push(format!("seq={}, attempt={}", this.seq, this.attempt));
+        Ok(format!("{class}({})", parts.join(", ")))
+    }
+
+    /// Only reached for a name no class of the event has: says which fields this kind has
+    /// (an old spelling such as a tool call's `text`, now `arguments`).
+    fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
+        let class = slf.get_type().name()?.to_string();
+        let fields = fields_of(slf)?;
+        let has = if fields.is_empty() {
+            "no fields of its own".to_owned()
+        } else {
+            format!("the fields {}", fields.join(", "))
+        };
+        Err(PyAttributeError::new_err(format!(
+            "{class} has no attribute '{name}': a {class} event ({} kind) has {has}, besides \
+             task_id, seq, attempt, kind, timestamp_us and is_final",
+            slf.get().kind
+        )))
     }
 }
 
-impl From<&TaskEvent> for Event {
-    fn from(e: &TaskEvent) -> Self {
-        let mut event = Event {
-            task_id: e.task_id.to_string(),
-            seq: e.seq,
-            attempt: e.attempt,
-            kind: "",
-            text: String::new(),
-            worker_id: String::new(),
-            error: String::new(),
-            error_kind: "",
-            tool: String::new(),
-            arguments: String::new(),
-            call_id: String::new(),
-            rejected: false,
-            replayed: false,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            reasoning_tokens: 0,
-            timestamp_us: e.timestamp_us,
-            artifact: None,
-        };
-        event.kind = match &e.kind {
-            EventKind::Submitted { .. } => "submitted",
-            EventKind::Scheduled { worker_id } => {
-                event.worker_id.clone_from(worker_id);
-                "scheduled"
-            }
-            EventKind::Working => "working",
-            EventKind::TextDelta { text, .. } => {
-                event.text.clone_from(text);
-                "text_delta"
-            }
-            EventKind::ReasoningDelta { text } => {
-                event.text.clone_from(text);
-                "reasoning_delta"
-            }
-            EventKind::ToolCall { call_id, name, arguments, replayed, .. } => {
-                event.call_id.clone_from(call_id);
-                event.tool.clone_from(name);
-                event.text.clone_from(arguments);
-                event.replayed = *replayed;
-                "tool_call"
-            }
-            EventKind::ToolResult { output, is_error, .. } => {
-                event.text.clone_from(output);
-                if *is_error {
-                    event.error.clone_from(output);
-                }
-                "tool_result"
-            }
-            EventKind::Completed { usage } => {
-                event.prompt_tokens = usage.prompt_tokens;
-                event.completion_tokens = usage.completion_tokens;
-                event.reasoning_tokens = usage.reasoning_tokens;
-                "completed"
-            }
-            EventKind::Failed { error, worker_id, kind } => {
-                event.error.clone_from(error);
-                event.error_kind = kind.as_str();
-                event.worker_id.clone_from(worker_id);
-                "failed"
-            }
-            EventKind::Canceled { reason } => {
-                event.error.clone_from(reason);
-                "canceled"
-            }
-            EventKind::Embeddings { vectors } => {
-                event.text = format!("{} vectors", vectors.len());
-                "embeddings"
-            }
-            EventKind::InputRequired { prompt, call_id, tool, arguments, .. } => {
-                event.text.clone_from(prompt);
-                event.call_id.clone_from(call_id);
-                event.tool.clone_from(tool);
-                event.arguments.clone_from(arguments);
-                "input_required"
-            }
-            EventKind::InputReceived { call_id, text, rejected } => {
-                event.text.clone_from(text);
-                event.call_id.clone_from(call_id);
-                event.rejected = *rejected;
-                "input_received"
-            }
-            EventKind::Retrying { reason, .. } => {
-                event.error.clone_from(reason);
-                "retrying"
-            }
-            EventKind::StateSaved { state } => {
-                event.text = state.to_string();
-                "state_saved"
-            }
-            EventKind::Artifact(artifact) => {
-                event.text =
-                    if artifact.name.is_empty() { &artifact.id } else { &artifact.name }.clone();
-                event.artifact = Some(artifact.clone());
-                "artifact"
-            }
-        };
-        event
+/// The names of the fields of an event's kind (its class's `__match_args__`).
+fn fields_of(event: &Bound<'_, Event>) -> PyResult<Vec<String>> {
+    match event.get_type().getattr("__match_args__") {
+        Ok(fields) => fields.extract(),
+        Err(_) => Ok(Vec::new()),
     }
+}
+
+/// Declares the class of one kind: its docstring, its fields (read-only, in `match` order).
+macro_rules! event_class {
+    ($(#[doc = $doc:literal])* $class:ident { $( $(#[doc = $fdoc:literal])* $field:ident : $ty:ty ),* $(,)? }) => {
+        $(#[doc = $doc])*
+        #[pyclass(module = "agentfleet", frozen, extends = Event)]
+        pub struct $class {
+            $( $(#[doc = $fdoc])* #[pyo3(get)] $field: $ty, )*
+        }
+
+        #[pymethods]
+        impl $class {
+            #[classattr]
+            fn __match_args__(py: Python<'_>) -> PyResult<Py<PyTuple>> {
+                let fields: &[&str] = &[$(stringify!($field)),*];
+                Ok(PyTuple::new(py, fields)?.unbind())
+            }
+        }
+    };
+}
+
+event_class! {
+    /// The head accepted the task (`submitted`).
+    Submitted {
+        /// The agent it was submitted to.
+        agent: String,
+    }
+}
+event_class! {
+    /// A worker took the task (`scheduled`).
+    Scheduled { worker_id: String }
+}
+event_class! {
+    /// The worker started running it (`working`).
+    Working {}
+}
+event_class! {
+    /// A piece of the answer (`text_delta`).
+    TextDelta { text: String }
+}
+event_class! {
+    /// A piece of a thinking model's reasoning, before and apart from its answer
+    /// (`reasoning_delta`).
+    ReasoningDelta { text: String }
+}
+event_class! {
+    /// The agent called a tool (`tool_call`).
+    ToolCall {
+        call_id: String,
+        tool: String,
+        /// The call's arguments, as JSON text.
+        arguments: String,
+        /// A call an earlier attempt made and whose result was stored, repeated by the retried
+        /// attempt: not made again.
+        replayed: bool,
+    }
+}
+event_class! {
+    /// A tool's answer to a call (`tool_result`).
+    ToolResult {
+        call_id: String,
+        output: String,
+        /// The tool reported an error (its message is `output`).
+        is_error: bool,
+    }
+}
+event_class! {
+    /// An embedding model's vectors (`embeddings`): `agent.embed` returns them.
+    Embeddings {
+        /// How many vectors.
+        count: usize,
+    }
+}
+event_class! {
+    /// A file or data the task returned beside its text (`artifact`).
+    ArtifactEvent {
+        name: String,
+        /// The file or data (`af.Artifact`).
+        artifact: Py<PyAny>,
+    }
+}
+event_class! {
+    /// The task completed (`completed`); its answer is the text deltas of its last attempt.
+    Completed {
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        /// Of `completion_tokens`, a thinking model's reasoning (its markers included); 0 for
+        /// other models.
+        reasoning_tokens: u32,
+    }
+}
+event_class! {
+    /// The task failed (`failed`).
+    Failed {
+        error: String,
+        /// The kind of failure (`busy`, `invalid_request`, `unavailable`, `internal`, ...):
+        /// the class `result()` raises is named for it.
+        error_kind: &'static str,
+        /// The worker it failed on, if it ran.
+        worker_id: String,
+    }
+}
+event_class! {
+    /// The task was canceled (`canceled`).
+    Canceled { reason: String }
+}
+event_class! {
+    /// The task waits for a person (`input_required`): a question, or a tool call to approve
+    /// (then `tool` and `arguments` are set). Answer with `task.reply`, `approve`, `reject`.
+    InputRequired {
+        /// The question.
+        prompt: String,
+        call_id: String,
+        tool: String,
+        arguments: String,
+    }
+}
+event_class! {
+    /// The task got its answer and goes on (`input_received`).
+    InputReceived {
+        call_id: String,
+        reply: String,
+        /// The approval was rejected (or the question declined).
+        rejected: bool,
+    }
+}
+event_class! {
+    /// The attempt failed and the task goes back to the queue (`retrying`).
+    Retrying { reason: String }
+}
+event_class! {
+    /// A Python actor stored its `ctx.state` (`state_saved`).
+    StateSaved {
+        /// The state as stored (a dict).
+        state: Py<PyAny>,
+    }
+}
+
+/// The kind's name of an event, as Python's `kind` and `af.EventKind` say it.
+pub fn kind_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Submitted { .. } => "submitted",
+        EventKind::Scheduled { .. } => "scheduled",
+        EventKind::Working => "working",
+        EventKind::TextDelta { .. } => "text_delta",
+        EventKind::ReasoningDelta { .. } => "reasoning_delta",
+        EventKind::ToolCall { .. } => "tool_call",
+        EventKind::ToolResult { .. } => "tool_result",
+        EventKind::Completed { .. } => "completed",
+        EventKind::Failed { .. } => "failed",
+        EventKind::Canceled { .. } => "canceled",
+        EventKind::Embeddings { .. } => "embeddings",
+        EventKind::InputRequired { .. } => "input_required",
+        EventKind::InputReceived { .. } => "input_received",
+        EventKind::Retrying { .. } => "retrying",
+        EventKind::StateSaved { .. } => "state_saved",
+        EventKind::Artifact(_) => "artifact",
+    }
+}
+
+/// `e` as an object of its kind's class.
+pub fn to_py(py: Python<'_>, e: &TaskEvent) -> PyResult<Py<PyAny>> {
+    let base = PyClassInitializer::from(Event {
+        task_id: e.task_id.to_string(),
+        seq: e.seq,
+        attempt: e.attempt,
+        kind: kind_name(&e.kind),
+        timestamp_us: e.timestamp_us,
+    });
+    // The event as an object of its kind's class, which extends `Event`.
+    macro_rules! of_class {
+        ($this:expr) => {
+            Ok(Bound::new(py, base.add_subclass($this))?.into_any().unbind())
+        };
+    }
+    match &e.kind {
+        EventKind::Submitted { agent } => of_class!(Submitted { agent: agent.clone() }),
+        EventKind::Scheduled { worker_id } => of_class!(Scheduled { worker_id: worker_id.clone() }),
+        EventKind::Working => of_class!(Working {}),
+        EventKind::TextDelta { text, .. } => of_class!(TextDelta { text: text.clone() }),
+        EventKind::ReasoningDelta { text } => of_class!(ReasoningDelta { text: text.clone() }),
+        EventKind::ToolCall { call_id, name, arguments, replayed, .. } => of_class!(ToolCall {
+            call_id: call_id.clone(),
+            tool: name.clone(),
+            arguments: arguments.clone(),
+            replayed: *replayed,
+        }),
+        EventKind::ToolResult { call_id, output, is_error } => of_class!(ToolResult {
+            call_id: call_id.clone(),
+            output: output.clone(),
+            is_error: *is_error,
+        }),
+        EventKind::Completed { usage } => of_class!(Completed {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+        }),
+        EventKind::Failed { error, worker_id, kind } => of_class!(Failed {
+            error: error.clone(),
+            error_kind: kind.as_str(),
+            worker_id: worker_id.clone(),
+        }),
+        EventKind::Canceled { reason } => of_class!(Canceled { reason: reason.clone() }),
+        EventKind::Embeddings { vectors } => of_class!(Embeddings { count: vectors.len() }),
+        EventKind::InputRequired { prompt, call_id, tool, arguments, .. } => {
+            of_class!(InputRequired {
+                prompt: prompt.clone(),
+                call_id: call_id.clone(),
+                tool: tool.clone(),
+                arguments: arguments.clone(),
+            })
+        }
+        EventKind::InputReceived { call_id, text, rejected } => of_class!(InputReceived {
+            call_id: call_id.clone(),
+            reply: text.clone(),
+            rejected: *rejected,
+        }),
+        EventKind::Retrying { reason, .. } => of_class!(Retrying { reason: reason.clone() }),
+        EventKind::StateSaved { state } => {
+            let state = py.import("json")?.call_method1("loads", (&**state,))?.unbind();
+            of_class!(StateSaved { state })
+        }
+        EventKind::Artifact(artifact) => {
+            let name = if artifact.name.is_empty() { &artifact.id } else { &artifact.name };
+            let artifact = artifact_object(py, artifact)?;
+            of_class!(ArtifactEvent { name: name.clone(), artifact })
+        }
+    }
+}
+
+/// Adds the event classes to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Event>()?;
+    m.add_class::<Submitted>()?;
+    m.add_class::<Scheduled>()?;
+    m.add_class::<Working>()?;
+    m.add_class::<TextDelta>()?;
+    m.add_class::<ReasoningDelta>()?;
+    m.add_class::<ToolCall>()?;
+    m.add_class::<ToolResult>()?;
+    m.add_class::<Embeddings>()?;
+    m.add_class::<ArtifactEvent>()?;
+    m.add_class::<Completed>()?;
+    m.add_class::<Failed>()?;
+    m.add_class::<Canceled>()?;
+    m.add_class::<InputRequired>()?;
+    m.add_class::<InputReceived>()?;
+    m.add_class::<Retrying>()?;
+    m.add_class::<StateSaved>()?;
+    Ok(())
 }
 
 /// `artifact` as an `agentfleet.Artifact` (its file an `agentfleet.AgentFile`, its data the
@@ -242,3 +365,6 @@ pub fn file_tuples<'py>(py: Python<'py>, files: &[FilePart]) -> PyResult<Bound<'
     }
     Ok(list)
 }
+
+/// Shared events of a task's log, as the log keeps them.
+pub type Logged = Arc<TaskEvent>;

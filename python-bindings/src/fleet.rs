@@ -6,12 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_client::{
-    AgentSpec, Client, ConnectOptions, McpServer, OutputFormat, Resources, Sampling,
-};
+use fleet_client::{AgentSpec, Client, ConnectOptions, McpServer, OutputFormat, Sampling};
 use fleet_head::Cluster;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +18,7 @@ use crate::agent::Agent;
 use crate::agent_host::AgentHost;
 use crate::backend::Backend;
 use crate::errors;
+use crate::options;
 use crate::runtime;
 use crate::schema::OutputSchema;
 use fleet_head::store::StoreConfig;
@@ -171,30 +170,45 @@ fn flush_traces() {
     }
 }
 
-/// Starts an embedded cluster (no `address`) or connects to a running one. The embedded
-/// workers serve the models in `models_dir`, load those in `preload` before `init` returns,
-/// and run them on `device`. `tls_ca` is a CA file for an `https://` address.
-#[pyfunction]
-#[pyo3(signature = (
-    address=None, *, workers=2, models_dir=None, preload=Vec::new(), device=None, token=None,
-    tls_ca=None, data_dir=None, otlp_endpoint=None, allow_mcp_commands=Vec::new(),
-    allow_mcp_urls=Vec::new()
-))]
-#[allow(clippy::too_many_arguments)] // one per keyword argument of `af.init`
-pub fn init(
-    py: Python<'_>,
-    address: Option<String>,
+/// The keyword arguments of `agentfleet.init`, which declares, defaults and documents them
+/// (`__init__.py`); here they are only read, by name, from the dict it passes.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct InitOptions {
     workers: usize,
     models_dir: Option<PathBuf>,
-    preload: Vec<String>,
+    preload: Option<Vec<String>>,
     device: Option<String>,
     token: Option<String>,
     tls_ca: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     otlp_endpoint: Option<String>,
-    allow_mcp_commands: Vec<String>,
-    allow_mcp_urls: Vec<String>,
-) -> PyResult<Fleet> {
+    allow_mcp_commands: Option<Vec<String>>,
+    allow_mcp_urls: Option<Vec<String>>,
+}
+
+/// `agentfleet.init`'s native half: starts an embedded cluster (no `address`) or connects
+/// to a running one, with the options `init` was given.
+#[pyfunction]
+#[pyo3(name = "_init")]
+pub fn init(py: Python<'_>, address: Option<String>, options: InitOptions) -> PyResult<Fleet> {
+    let InitOptions {
+        workers,
+        models_dir,
+        preload,
+        device,
+        token,
+        tls_ca,
+        data_dir,
+        otlp_endpoint,
+        allow_mcp_commands,
+        allow_mcp_urls,
+    } = options;
+    let (preload, allow_mcp_commands, allow_mcp_urls) = (
+        preload.unwrap_or_default(),
+        allow_mcp_commands.unwrap_or_default(),
+        allow_mcp_urls.unwrap_or_default(),
+    );
     let token = token.or_else(|| std::env::var("FLEET_TOKEN").ok()).filter(|t| !t.is_empty());
     if address.is_none() && workers == 0 {
         return Err(PyValueError::new_err("an embedded cluster needs at least one worker"));
@@ -285,7 +299,7 @@ pub fn init(
                 let token = options.token.clone().unwrap_or_default();
                 let (url, embedded) = start_embedded(workers, models, token, data_dir)
                     .await
-                    .map_err(errors::Unavailable::new_err)?;
+                    .map_err(errors::unavailable)?;
                 (url, Backend::Local(embedded.cluster.clone()), Some(embedded))
             }
         };
@@ -415,16 +429,16 @@ fn tool_names(tools: &[Bound<'_, PyAny>]) -> PyResult<Vec<String>> {
 
 #[pymethods]
 impl Fleet {
-    /// Registers (or updates) an agent when `model` is given; otherwise gets the agent that
-    /// is already registered under `name` (NotFound if there is none). `name` may instead be
-    /// a Python agent (`@af.agent`): registered under its name, its model `python:NAME`.
+    /// Registers (or updates) agent `name` on model `model`; `fleet.get_agent(name)` looks
+    /// one up. `name` may instead be a Python agent (`@af.agent`): registered under its
+    /// name, its model `python:NAME`. `sampling` (`af.Sampling`) and `resources`
+    /// (`af.Resources`) group the model's and the scheduler's settings.
     #[pyo3(signature = (
         name, model=None, *, instructions=String::new(), tools=None, description=String::new(),
-        max_retries=None, max_concurrency=0, labels=None, model_options=None,
-        cpus=0.0, memory_mb=0, gpus=0, temperature=None, top_p=None, max_tokens=None, seed=None,
-        stop=Vec::new(), presence_penalty=None, frequency_penalty=None, thinking=None,
-        topics=Vec::new(), output_schema=None, mcp=Vec::new(), tool_choice=String::new(),
-        requires_approval=Vec::new(), ask_user=false, input_timeout=None, call_once=Vec::new()
+        sampling=None, resources=None, max_retries=None, max_concurrency=0, labels=None,
+        model_options=None, topics=Vec::new(), output_schema=None, mcp=Vec::new(),
+        tool_choice=String::new(), requires_approval=Vec::new(), ask_user=false,
+        input_timeout=None, call_once=Vec::new(), **renamed
     ))]
     #[allow(clippy::too_many_arguments)]
     fn agent(
@@ -435,21 +449,12 @@ impl Fleet {
         instructions: String,
         tools: Option<Bound<'_, PyAny>>,
         description: String,
+        sampling: Option<Bound<'_, PyAny>>,
+        resources: Option<Bound<'_, PyAny>>,
         max_retries: Option<u32>,
         max_concurrency: u32,
         labels: Option<BTreeMap<String, String>>,
         model_options: Option<BTreeMap<String, String>>,
-        cpus: f64,
-        memory_mb: u64,
-        gpus: u32,
-        temperature: Option<f32>,
-        top_p: Option<f32>,
-        max_tokens: Option<u32>,
-        seed: Option<u64>,
-        stop: Vec<String>,
-        presence_penalty: Option<f32>,
-        frequency_penalty: Option<f32>,
-        thinking: Option<bool>,
         topics: Vec<String>,
         output_schema: Option<Bound<'_, PyAny>>,
         mcp: Vec<Bound<'_, PyDict>>,
@@ -458,10 +463,21 @@ impl Fleet {
         ask_user: bool,
         input_timeout: Option<f64>,
         call_once: Vec<Bound<'_, PyAny>>,
+        renamed: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Agent> {
+        options::refuse_renamed("fleet.agent", renamed.as_ref())?;
         let this = slf.get();
         let (name, model, description, actor_state) = match name.extract::<String>() {
-            Ok(name) => (name, model, description, fleet_client::ActorState::None),
+            Ok(name) => {
+                let Some(model) = model else {
+                    return Err(PyTypeError::new_err(format!(
+                        "fleet.agent({name:?}) registers an agent and needs its model \
+                         (fleet.agent({name:?}, \"MODEL\")); to look up an agent already \
+                         registered, use fleet.get_agent({name:?})"
+                    )));
+                };
+                (name, model, description, fleet_client::ActorState::None)
+            }
             Err(_) => {
                 if model.is_some() {
                     return Err(PyValueError::new_err(
@@ -480,9 +496,11 @@ impl Fleet {
                     "context" => fleet_client::ActorState::PerContext,
                     _ => fleet_client::ActorState::None,
                 };
-                (program, Some(model), description, actor_state)
+                (program, model, description, actor_state)
             }
         };
+        let sampling = options::sampling(sampling.as_ref())?;
+        let resources = options::resources(resources.as_ref())?;
         // Agents' names stay; functions (and `af.tool`s) are hosted by this process first.
         let tools: Vec<String> = match tools {
             None => Vec::new(),
@@ -506,47 +524,25 @@ impl Fleet {
             None => 0,
             Some(s) if s > 0.0 && s <= 86_400.0 => (s * 1000.0).ceil() as u32,
             Some(s) => {
-                return Err(errors::InvalidArgument::new_err(format!(
-                    "input_timeout is in seconds, more than 0 and at most 86400 (a day): got {s}"
-                )));
+                return Err(errors::kind(
+                    fleet_client::ErrorKind::InvalidRequest,
+                    format!(
+                        "input_timeout is in seconds, more than 0 and at most 86400 (a day): got {s}"
+                    ),
+                ));
             }
         };
         let schema = output_schema.map(|s| OutputSchema::from_py(&s)).transpose()?.map(Arc::new);
         let format = schema.as_ref().map(|s| OutputFormat::JsonSchema(s.text.clone()));
         let client = this.client.clone();
-        let Some(model) = model else {
-            let lookup = name.clone();
-            runtime::block_on(py, async move {
-                if client.has_agent(&lookup).await.map_err(errors::to_py)? {
-                    Ok(())
-                } else {
-                    Err(errors::NotFound::new_err(format!(
-                        "unknown agent {lookup:?}: pass model=... to register it"
-                    )))
-                }
-            })?;
-            // Looked up by name: the registered spec may lack the schema, so tasks carry it.
-            return Ok(Agent::new(name, this.client.clone(), schema, true));
-        };
         let spec = AgentSpec {
             name: name.clone(),
             model,
             instructions,
             description,
             tools,
-            sampling: Sampling {
-                temperature,
-                top_p,
-                max_tokens,
-                seed,
-                stop,
-                format,
-                presence_penalty,
-                frequency_penalty,
-                thinking,
-                ..Default::default()
-            },
-            resources: Resources { cpus, memory_bytes: memory_mb.saturating_mul(1 << 20), gpus },
+            sampling: Sampling { format, ..sampling },
+            resources,
             max_retries: max_retries.unwrap_or(fleet_client::DEFAULT_MAX_RETRIES),
             labels: labels.unwrap_or_default(),
             model_options: model_options.unwrap_or_default(),
@@ -568,6 +564,30 @@ impl Fleet {
             async move { client.register_agent(spec).await.map_err(errors::to_py) },
         )?;
         Ok(Agent::new(name, this.client.clone(), schema, false))
+    }
+
+    /// The agent registered as `name` (`UnknownAgentError` if there is none). `output_schema`
+    /// parses its answers (its tasks carry it: the registered agent may not have it).
+    #[pyo3(signature = (name, *, output_schema=None))]
+    fn get_agent(
+        &self,
+        py: Python<'_>,
+        name: String,
+        output_schema: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Agent> {
+        let schema = output_schema.map(|s| OutputSchema::from_py(&s)).transpose()?.map(Arc::new);
+        let (client, lookup) = (self.client.clone(), name.clone());
+        runtime::block_on(py, async move {
+            if client.has_agent(&lookup).await.map_err(errors::to_py)? {
+                Ok(())
+            } else {
+                Err(errors::kind(
+                    fleet_client::ErrorKind::UnknownAgent,
+                    format!("unknown agent {lookup:?}: register it with fleet.agent(name, model)"),
+                ))
+            }
+        })?;
+        Ok(Agent::new(name, self.client.clone(), schema, true))
     }
 
     /// Hosts a Python function as a tool of this cluster's agents, in this process: as a

@@ -1,18 +1,19 @@
 //! `agentfleet._native`: the PyO3 core of the `agentfleet` Python package.
 //!
-//! - [`fleet`]: `init()` (an embedded head + local workers, or a connection to a running
-//!   cluster) and the `Fleet` handle (agents, status, shutdown);
-//! - [`agent`]: `Agent` with `submit`, `map`, `stream`, `asubmit`, `astream`, and
-//!   `embed`, `map_embed`, `aembed` for embedding models;
-//! - [`task`]: `Task` (result, cancel, events) and the event iterators, sync and async;
-//! - [`event`]: the `Event` class handed to Python;
+//! - [`fleet`]: `init()`'s native half (an embedded head + local workers, or a connection
+//!   to a running cluster) and the `Fleet` handle (agents, status, shutdown);
+//! - [`agent`]: `Agent` with `submit`, `map`, `stream`, `asubmit`, `astream`, `options`,
+//!   and `embed`, `map_embed`, `aembed` for embedding models;
+//! - [`options`]: `af.Sampling` and `af.Resources` read into the client's types;
+//! - [`task`]: `Task` (result, cancel, events, awaitable) and the event iterators;
+//! - [`event`]: `Event` and its subclass per kind (`TextDelta`, `ToolCall`, ...);
 //! - [`tool_host`]: this process hosting Python functions as the agents' tools;
 //! - [`agent_host`]: this process hosting Python agents (`@af.agent`) for its workers;
 //! - [`errors`]: the exception hierarchy and the mapping from the client's errors;
 //! - [`backend`]: what the classes talk to: gRPC, or an embedded head directly;
 //! - [`runtime`]: the one tokio runtime and the blocking-wait helper that releases the GIL
 //!   and still notices Ctrl-C;
-//! - [`cli`]: `python -m agentfleet head|worker`;
+//! - [`cli`]: the console commands' entry points (`fleet-head`, `fleet-worker`, `fleet`);
 //! - [`random_model`]: `write_random_weight_model`, a tiny random-weight GGUF for trying
 //!   local-model agents without a download.
 //!
@@ -25,6 +26,7 @@ mod cli;
 mod errors;
 mod event;
 mod fleet;
+mod options;
 mod random_model;
 mod runtime;
 mod schema;
@@ -46,7 +48,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<task::Task>()?;
     m.add_class::<task::EventIterator>()?;
     m.add_class::<task::AsyncEventIterator>()?;
-    m.add_class::<event::Event>()?;
+    event::register(m)?;
     m.add_class::<tool_host::ToolHost>()?;
     m.add_class::<agent_host::AgentHost>()?;
     m.add_class::<topic::TopicFollower>()?;

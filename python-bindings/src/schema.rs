@@ -43,6 +43,7 @@ impl OutputSchema {
             // The agent's settings (its max_tokens) are what to change: not worth a retry.
             errors::task_failed(
                 fleet_client::ErrorKind::InvalidRequest.as_str(),
+                task_id,
                 format!(
                     "the answer of task {task_id} does not follow its output schema (was it \
                      cut off by max_tokens? raise the agent's max_tokens): {e}; the answer \

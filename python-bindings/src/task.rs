@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_client::TaskStream;
+use fleet_client::{ErrorKind, EventKind, TaskState, TaskStream};
 use futures::StreamExt;
 use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::PyStopAsyncIteration;
@@ -12,8 +12,8 @@ use pyo3::prelude::*;
 use tokio::sync::Notify;
 
 use crate::backend::Backend;
-use crate::errors::{self, Cancelled};
-use crate::event::Event;
+use crate::errors;
+use crate::event::{self, Logged};
 use crate::runtime::{self, Interrupted};
 use crate::schema::OutputSchema;
 
@@ -27,7 +27,7 @@ pub struct TaskLog {
 
 #[derive(Default)]
 struct LogState {
-    events: Vec<Event>,
+    events: Vec<Logged>,
     /// Set once the stream ended: `None` for a clean end.
     ended: Option<Option<String>>,
     /// The seq of the last `input_required` this process replied to: the log may not show
@@ -36,7 +36,7 @@ struct LogState {
 }
 
 impl TaskLog {
-    fn push(&self, event: Event) {
+    fn push(&self, event: Logged) {
         self.state.lock().events.push(event);
         self.changed.notify_all();
         self.changed_async.notify_waiters();
@@ -49,7 +49,11 @@ impl TaskLog {
     }
 
     /// The event at `index`, waiting up to `slice` for it; `Err` once no more will come.
-    fn get_blocking(&self, index: usize, slice: Duration) -> Result<Option<Event>, Option<String>> {
+    fn get_blocking(
+        &self,
+        index: usize,
+        slice: Duration,
+    ) -> Result<Option<Logged>, Option<String>> {
         let mut state = self.state.lock();
         if let Some(e) = state.events.get(index) {
             return Ok(Some(e.clone()));
@@ -65,7 +69,7 @@ impl TaskLog {
         }
     }
 
-    async fn get_async(&self, index: usize) -> Result<Event, Option<String>> {
+    async fn get_async(&self, index: usize) -> Result<Logged, Option<String>> {
         loop {
             let notified = self.changed_async.notified();
             {
@@ -81,27 +85,34 @@ impl TaskLog {
         }
     }
 
-    fn last(&self) -> Option<Event> {
+    fn last(&self) -> Option<Logged> {
         self.state.lock().events.last().cloned()
     }
 
-    /// The task's state after the events so far, as A2A names it.
-    fn state(&self) -> &'static str {
+    /// The task's state after the events so far (each event's `state_after`, as the head
+    /// moves it).
+    fn state(&self) -> TaskState {
         let state = self.state.lock();
-        let last = state.events.iter().rev().find(|e| state_after(e.kind).is_some());
+        let last = state.events.iter().rev().find_map(|e| Some((e, e.kind.state_after()?)));
         match last {
-            None => "submitted",
+            None => TaskState::Queued,
             // Replied to from here: working again, whether the log shows it yet or not.
-            Some(e) if e.kind == "input_required" && e.seq <= state.replied_to => "working",
-            Some(e) => state_after(e.kind).unwrap_or("submitted"),
+            Some((e, TaskState::InputRequired)) if e.seq <= state.replied_to => TaskState::Working,
+            Some((_, task_state)) => task_state,
         }
     }
 
     /// The `input_required` event the task waits on, if it waits.
-    fn waiting_for(&self) -> Option<Event> {
+    fn waiting_for(&self) -> Option<Logged> {
         let state = self.state.lock();
-        let last = state.events.iter().rev().find(|e| state_after(e.kind).is_some())?;
-        (last.kind == "input_required" && last.seq > state.replied_to).then(|| last.clone())
+        let last = state.events.iter().rev().find(|e| e.kind.state_after().is_some())?;
+        let waits = matches!(last.kind, EventKind::InputRequired { .. });
+        (waits && last.seq > state.replied_to).then(|| last.clone())
+    }
+
+    /// Whether the task has ended, as far as its events so far say.
+    fn ended(&self) -> bool {
+        self.last().and_then(|e| e.kind.state_after()).is_some_and(TaskState::is_terminal)
     }
 
     /// The request of seq `seq` has been replied to.
@@ -112,20 +123,6 @@ impl TaskLog {
         self.changed.notify_all();
         self.changed_async.notify_waiters();
     }
-}
-
-/// The state a task is in after an event of kind `kind` (`None`: unchanged).
-fn state_after(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "submitted" | "retrying" => "queued",
-        "scheduled" => "scheduled",
-        "working" | "input_received" => "working",
-        "input_required" => "input-required",
-        "completed" => "completed",
-        "failed" => "failed",
-        "canceled" => "canceled",
-        _ => return None,
-    })
 }
 
 /// Reads `stream` into a new log in the background; returns once the first event (which
@@ -139,11 +136,11 @@ pub async fn start(
     let first = stream.next().await.ok_or(fleet_client::Error::StreamEnded)??;
     let log = Arc::new(TaskLog::default());
     let task = Task { id: first.task_id.to_string(), log: log.clone(), client, schema };
-    log.push(Event::from(&first));
+    log.push(Arc::new(first));
     tokio::spawn(async move {
         while let Some(item) = stream.next().await {
             match item {
-                Ok(event) => log.push(Event::from(&event)),
+                Ok(event) => log.push(Arc::new(event)),
                 Err(e) => return log.end(Some(e.to_string())),
             }
         }
@@ -155,26 +152,27 @@ pub async fn start(
 /// Turns the last event of a finished task into its result.
 fn outcome(log: &TaskLog, stream_error: Option<String>) -> PyResult<String> {
     let Some(last) = log.last() else {
-        return Err(errors::FleetError::new_err("the task produced no events"));
+        return Err(errors::kind(ErrorKind::Internal, "the task produced no events"));
     };
-    match last.kind {
-        "completed" => {
+    let id = last.task_id.as_str();
+    match &last.kind {
+        EventKind::Completed { .. } => {
             let state = log.state.lock();
-            Ok(state
-                .events
-                .iter()
-                .filter(|e| e.kind == "text_delta" && e.attempt == last.attempt)
-                .map(|e| e.text.as_str())
+            let texts = state.events.iter().filter(|e| e.attempt == last.attempt);
+            Ok(texts
+                .filter_map(|e| match &e.kind {
+                    EventKind::TextDelta { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
                 .collect())
         }
-        "failed" => {
-            let message = format!("task {} failed: {}", last.task_id, last.error);
-            Err(errors::task_failed(last.error_kind, message))
+        EventKind::Failed { error, kind, .. } => {
+            Err(errors::task_failed(kind.as_str(), id, format!("task {id} failed: {error}")))
         }
-        "canceled" => {
-            Err(Cancelled::new_err(format!("task {} was canceled: {}", last.task_id, last.error)))
+        EventKind::Canceled { reason } => {
+            Err(errors::task_failed("canceled", id, format!("task {id} was canceled: {reason}")))
         }
-        _ => Err(errors::Unavailable::new_err(format!(
+        _ => Err(errors::unavailable(format!(
             "the stream of task {} ended before the task did: {}",
             last.task_id,
             stream_error.unwrap_or_else(|| "no reason given".into())
@@ -255,7 +253,8 @@ impl Task {
 
 #[pymethods]
 impl Task {
-    /// Waits for the task and returns its text; raises TaskFailed or Cancelled, or
+    /// Waits for the task and returns its text; raises the class of its failure's kind
+    /// (`af.BusyError`, `af.CanceledError`, ...), or
     /// TimeoutError after `timeout` seconds (the task keeps running).
     #[pyo3(signature = (timeout=None))]
     fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
@@ -275,7 +274,12 @@ impl Task {
             let state = self.log.state.lock();
             let attempt = state.events.last().map_or(0, |e| e.attempt);
             let artifacts = state.events.iter().filter(|e| e.attempt == attempt);
-            artifacts.filter_map(|e| e.artifact.clone()).collect()
+            artifacts
+                .filter_map(|e| match &e.kind {
+                    EventKind::Artifact(a) => Some(a.clone()),
+                    _ => None,
+                })
+                .collect()
         };
         returned.iter().map(|a| crate::event::artifact_object(py, a)).collect()
     }
@@ -287,24 +291,24 @@ impl Task {
         runtime::block_on(py, async move { client.cancel(&id).await.map_err(errors::to_py) })
     }
 
-    /// The task's state: queued, scheduled, working, input-required, completed, failed or
-    /// canceled (as its events so far say).
+    /// The task's state (`af.TaskState`): queued, scheduled, working, input-required,
+    /// completed, failed or canceled (as its events so far say).
     #[getter]
     fn state(&self) -> &'static str {
-        self.log.state()
+        self.log.state().as_str()
     }
 
-    /// The `input_required` event the task waits on (its `text` the question; `tool` and
+    /// The `af.InputRequired` event the task waits on (its `prompt` the question; `tool` and
     /// `arguments` set when a tool call waits for approval), or None when it does not wait.
     #[getter]
-    fn input_request(&self) -> Option<Event> {
-        self.log.waiting_for()
+    fn input_request(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.log.waiting_for().map(|e| event::to_py(py, &e)).transpose()
     }
 
     /// Waits until the task needs input (returns its `input_required` event) or ends
     /// (returns None); TimeoutError after `timeout` seconds.
     #[pyo3(signature = (timeout=None))]
-    fn wait_input(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
+    fn wait_input(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let log = self.log.clone();
         let waited = async move {
             loop {
@@ -319,7 +323,7 @@ impl Task {
             }
         };
         match runtime::wait(py, waited, timeout.map(Duration::from_secs_f64))? {
-            Ok(request) => Ok(request),
+            Ok(request) => request.map(|e| event::to_py(py, &e)).transpose(),
             Err(Interrupted::Signal(e)) => Err(e),
             Err(timeout) => Err(timeout.into()),
         }
@@ -345,7 +349,7 @@ impl Task {
 
     /// Whether the task has ended.
     fn done(&self) -> bool {
-        self.log.last().is_some_and(|e| e.is_final())
+        self.log.ended()
     }
 
     /// Iterates over the task's events from the first, waiting for new ones.
@@ -376,9 +380,13 @@ impl Task {
         })
     }
 
+    /// `await task` waits for the task and gives its answer, as `await task.aresult()`.
+    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.aresult(py)?.call_method0("__await__")
+    }
+
     fn __repr__(&self) -> String {
-        let state = self.log.last().map_or("submitted", |e| e.kind);
-        format!("Task(id={:?}, last_event={state:?})", self.id)
+        format!("Task(id={:?}, state={:?})", self.id, self.log.state().as_str())
     }
 }
 
@@ -403,7 +411,7 @@ impl EventIterator {
 
 impl Drop for EventIterator {
     fn drop(&mut self) {
-        let finished = self.log.last().is_some_and(|e| e.is_final());
+        let finished = self.log.ended();
         if self.owns_task
             && !finished
             && let Ok(rt) = runtime::get()
@@ -420,18 +428,18 @@ impl EventIterator {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Event>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let index = *self.next.lock();
         loop {
             let log = self.log.clone();
             match py.detach(|| log.get_blocking(index, Duration::from_millis(50))) {
                 Ok(Some(event)) => {
                     *self.next.lock() = index + 1;
-                    return Ok(Some(event));
+                    return event::to_py(py, &event).map(Some);
                 }
                 Ok(None) => {}
                 Err(None) => return Ok(None),
-                Err(Some(error)) => return Err(errors::Unavailable::new_err(error)),
+                Err(Some(error)) => return Err(errors::unavailable(error)),
             }
             if let Err(interrupt) = py.check_signals() {
                 let (client, id) = (self.client.clone(), self.task.clone());
@@ -485,10 +493,10 @@ impl AsyncEventIterator {
             match log.get_async(index).await {
                 Ok(event) => {
                     *next.lock() = index + 1;
-                    Ok(event)
+                    Python::attach(|py| event::to_py(py, &event))
                 }
                 Err(None) => Err(PyStopAsyncIteration::new_err(())),
-                Err(Some(error)) => Err(errors::Unavailable::new_err(error)),
+                Err(Some(error)) => Err(errors::unavailable(error)),
             }
         })
     }

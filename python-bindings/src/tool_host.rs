@@ -38,7 +38,7 @@ enum Control {
 }
 
 /// The native side of a process hosting tools (see `agentfleet.tools`).
-#[pyclass(module = "agentfleet", frozen)]
+#[pyclass(module = "agentfleet", name = "_ToolHost", frozen)]
 pub struct ToolHost {
     /// None once closed.
     link: Mutex<Option<Link>>,
@@ -216,7 +216,7 @@ impl ToolHost {
                 },
             )
             .collect();
-        let closed = || errors::Unavailable::new_err("this tool host is closed");
+        let closed = || errors::unavailable("this tool host is closed");
         let link = match &*self.link.lock() {
             None => return Err(closed()),
             Some(Link::Local(host)) => Link::Local(host.clone()),
@@ -227,16 +227,14 @@ impl ToolHost {
             Link::Remote(control) => {
                 let (reply, answer) = oneshot::channel();
                 if control.send(Control::Register(tools, reply)).is_err() {
-                    return Err(errors::Unavailable::new_err("this tool host is closed"));
+                    return Err(errors::unavailable("this tool host is closed"));
                 }
                 runtime::block_on(py, async move {
-                    answer
-                        .await
-                        .map_err(|_| errors::Unavailable::new_err("this tool host is closed"))
+                    answer.await.map_err(|_| errors::unavailable("this tool host is closed"))
                 })?
             }
         };
-        result.map_err(errors::InvalidArgument::new_err)
+        result.map_err(|e| errors::kind(fleet_client::ErrorKind::InvalidRequest, e))
     }
 
     /// The next call for this process: `("invoke", call, tool, arguments_json, task_id,

@@ -57,7 +57,7 @@ def cancel_once_streaming(task: af.Task) -> None:
         if event.kind == "text_delta":
             break
     task.cancel()
-    with pytest.raises(af.Cancelled):
+    with pytest.raises(af.CanceledError):
         task.result(timeout=30)
 
 

@@ -24,7 +24,7 @@ def test_a_restarted_embedded_cluster_has_its_tasks_and_agents_back(tmp_path: Pa
         assert status["retained_tasks"] == 3, status
         assert status["agents"] == 1, status
         # The agent registered before the restart runs without registering it again.
-        assert fleet.agent("keeper").submit("g h").result(timeout=30) == "g h"
+        assert fleet.get_agent("keeper").submit("g h").result(timeout=30) == "g h"
 
 
 def prompt_tokens(task: af.Task) -> int:
@@ -62,13 +62,13 @@ def test_a_context_s_conversation_is_kept_read_and_deleted(tmp_path: Path) -> No
         ], listed
         assert [c["agent"] for c in fleet.contexts(context_id="talk", agent="parrot")] == ["parrot"]
         # The next turn's prompt holds the six words said so far (both sides) and its own.
-        parrot = fleet.agent("parrot")
+        parrot = fleet.get_agent("parrot")
         assert prompt_tokens(parrot.submit("five", context_id="talk")) == 7
         assert fleet.delete_context("talk") == 2
         assert fleet.delete_context("talk") == 0
         assert fleet.context("talk") == {}
         assert prompt_tokens(parrot.submit("anew", context_id="talk")) == 1
-        with pytest.raises(af.InvalidArgument):
+        with pytest.raises(af.InvalidRequestError):
             fleet.delete_context("")
 
 
@@ -180,7 +180,7 @@ def test_a_task_waiting_for_its_user_waits_through_a_head_restart(tmp_path: Path
                 try:
                     task.reply("Lyon")
                     break
-                except af.Unavailable as e:
+                except af.UnavailableError as e:
                     assert time.monotonic() < deadline, f"the worker did not rejoin: {e}"
                     time.sleep(0.05)
             assert task.result(timeout=30) == "Lyon"
@@ -239,7 +239,7 @@ def test_a_tool_that_must_not_run_twice_is_not_called_again_by_a_retry(tmp_path:
             running = [w["id"] for w in fleet.status()["workers"] if w["tasks_assigned"] > before[w["id"]]]
             assert len(running) == 1, running
             workers.pop(running[0]).stop()
-            with pytest.raises(af.TaskFailed, match=f"tool {tool} .* at most once"):
+            with pytest.raises(af.FleetError, match=f"tool {tool} .* at most once"):
                 task.result(timeout=30)
             assert calls.count(tool) == 1, calls
         never.set()

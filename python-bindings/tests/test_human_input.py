@@ -33,11 +33,11 @@ def test_an_agent_asks_its_user_and_goes_on_with_the_answer(fleet: af.Fleet) -> 
     task = agent.submit(call("ask_user", '{"question": "Which city?"}'))
     request = task.wait_input(timeout=30)
     assert request is not None and request.kind == "input_required"
-    assert (request.text, request.tool) == ("Which city?", "")
+    assert (request.prompt, request.tool) == ("Which city?", "")
     assert task.state == "input-required"
     assert task.input_request is not None and task.input_request.call_id == request.call_id
     # Only a waiting task takes a reply, and a question takes text, not an approval.
-    with pytest.raises(af.InvalidArgument, match="asks a question, not for an approval"):
+    with pytest.raises(af.InvalidRequestError, match="asks a question, not for an approval"):
         task.approve()
     task.reply("Paris")
     assert task.result(timeout=30) == "Paris"
@@ -45,7 +45,7 @@ def test_an_agent_asks_its_user_and_goes_on_with_the_answer(fleet: af.Fleet) -> 
     assert kinds(task) == [
         "working", "tool_call", "input_required", "input_received", "tool_result", "completed",
     ]
-    with pytest.raises(af.FailedPrecondition, match="an ended task takes no more input"):
+    with pytest.raises(af.UnsupportedError, match="an ended task takes no more input"):
         task.reply("too late")
 
 
@@ -72,7 +72,7 @@ def test_a_tool_call_waits_for_approval(fleet: af.Fleet) -> None:
     request = task.wait_input(timeout=30)
     assert request is not None
     assert (request.tool, request.arguments) == ("delete_file", '{"path":"/tmp/a"}')
-    assert "janitor wants to call delete_file" in request.text
+    assert "janitor wants to call delete_file" in request.prompt
     assert deleted == []
     task.approve()
     assert task.result(timeout=30) == "deleted /tmp/a"
@@ -84,7 +84,7 @@ def test_a_tool_call_waits_for_approval(fleet: af.Fleet) -> None:
     assert task.result(timeout=30) == "the user did not approve this call: not that one"
     assert deleted == ["/tmp/a"]
     received = [e for e in task.events() if e.kind == "input_received"]
-    assert [(e.text, e.rejected) for e in received] == [("not that one", True)]
+    assert [(e.reply, e.rejected) for e in received] == [("not that one", True)]
     # A reply in words: "yes" approves.
     task = agent.submit(call("delete_file", '{"path": "/tmp/b"}'))
     assert task.wait_input(timeout=30) is not None
@@ -117,21 +117,21 @@ def kinds_so_far(task: af.Task) -> list[str]:
 def test_nobody_answering_fails_the_task_with_the_reason(fleet: af.Fleet) -> None:
     agent = fleet.agent("impatient", model="builtin:echo", ask_user=True, input_timeout=0.5)
     task = agent.submit(call("ask_user", '{"question": "Anyone?"}'))
-    with pytest.raises(af.TaskFailed, match="nobody replied within"):
+    with pytest.raises(af.FleetError, match="nobody replied within"):
         task.result(timeout=30)
     assert task.state == "failed"
 
 
 def test_bad_settings_are_refused_with_the_reason(fleet: af.Fleet) -> None:
-    with pytest.raises(af.InvalidArgument, match="requires_approval names \"nope\""):
+    with pytest.raises(af.InvalidRequestError, match="requires_approval names \"nope\""):
         fleet.agent("bad", model="builtin:echo", requires_approval=["nope"])
-    with pytest.raises(af.InvalidArgument, match="set ask_user"):
+    with pytest.raises(af.InvalidRequestError, match="set ask_user"):
         fleet.agent("bad", model="builtin:echo", tools=["ask_user"])
-    with pytest.raises(af.InvalidArgument, match="input_timeout"):
+    with pytest.raises(af.InvalidRequestError, match="input_timeout"):
         fleet.agent("bad", model="builtin:echo", ask_user=True, input_timeout=0)
     task = fleet.agent("plain", model="builtin:echo").submit("hi")
     assert task.result(timeout=30) == "hi"
-    with pytest.raises(af.FailedPrecondition):
+    with pytest.raises(af.UnsupportedError):
         task.reply("hello?")
 
 
@@ -149,10 +149,10 @@ def test_replies_through_a_remote_head(remote_cluster: str) -> None:
         agent = fleet.agent("remote-asker", model="builtin:echo", ask_user=True)
         task = agent.submit(call("ask_user", '{"question": "Which city?"}'))
         request = task.wait_input(timeout=30)
-        assert request is not None and request.text == "Which city?"
+        assert request is not None and request.prompt == "Which city?"
         task.reply("Lyon")
         assert task.result(timeout=30) == "Lyon"
-        with pytest.raises(af.FailedPrecondition):
+        with pytest.raises(af.UnsupportedError):
             task.reply("again")
 
 
@@ -165,13 +165,12 @@ def test_smollm2_asks_the_user(tmp_path: pathlib.Path) -> None:
             instructions="Ask the user which city they mean before you answer.",
             ask_user=True,
             tool_choice="ask_user",
-            temperature=0.0,
-            max_tokens=48,
+            sampling=af.Sampling(temperature=0.0, max_tokens=48),
         )
         task = agent.submit("Book me a hotel.")
         request = task.wait_input(timeout=120)
         assert request is not None and request.tool == ""
-        assert request.text.strip(), "the model asked an empty question"
+        assert request.prompt.strip(), "the model asked an empty question"
         task.reply("Paris")
         # The model may ask again: answer until it is done.
         for _ in range(8):
@@ -179,5 +178,5 @@ def test_smollm2_asks_the_user(tmp_path: pathlib.Path) -> None:
                 break
             task.reply("Paris, for two nights")
         task.result(timeout=120)
-        received = [e.text for e in task.events() if e.kind == "input_received"]
+        received = [e.reply for e in task.events() if e.kind == "input_received"]
         assert received[0] == "Paris"

@@ -70,7 +70,7 @@ def embedder(fleet: af.Fleet) -> af.Agent:
 
 @pytest.fixture
 def chatter(fleet: af.Fleet) -> af.Agent:
-    return fleet.agent("chatter", model=RANDOM, max_tokens=16, temperature=0.8, seed=7)
+    return fleet.agent("chatter", model=RANDOM, sampling=af.Sampling(max_tokens=16, temperature=0.8, seed=7))
 
 
 def dot(a: list[float], b: list[float]) -> float:
@@ -127,21 +127,24 @@ def test_random_weight_model_chats(chatter: af.Agent) -> None:
 
 
 def test_stop_strings_and_penalties_reach_the_model(fleet: af.Fleet) -> None:
-    plain = fleet.agent("plain", model=RANDOM, max_tokens=48, temperature=0.0)
+    plain = fleet.agent("plain", model=RANDOM, sampling=af.Sampling(max_tokens=48, temperature=0.0))
     free = plain.submit("Say something").result(timeout=60)
     assert isinstance(free, str) and len(free) > 4, free
     # Stop before the first occurrence of a string the free answer contains: the answer ends
     # where that string would have started.
     stop = free[2:4]
-    stopped = fleet.agent("stopped", model=RANDOM, max_tokens=48, temperature=0.0, stop=[stop])
+    stopped = fleet.agent("stopped", model=RANDOM, sampling=af.Sampling(max_tokens=48, temperature=0.0, stop=[stop]))
     assert stopped.submit("Say something").result(timeout=60) == free[: free.index(stop)]
     # Random weights repeat their few likeliest tokens; a strong frequency penalty makes
     # the greedy answer move on to others.
-    penalized = fleet.agent("penalized", model=RANDOM, max_tokens=48, temperature=0.0, frequency_penalty=2.0)
+    penalized = fleet.agent(
+        "penalized", model=RANDOM, sampling=af.Sampling(max_tokens=48, temperature=0.0, frequency_penalty=2.0)
+    )
     assert penalized.submit("Say something").result(timeout=60) != free
-    fleet.agent("ok", model=RANDOM, presence_penalty=-2.0, frequency_penalty=2.0)
-    with pytest.raises(af.InvalidArgument, match="presence_penalty"):
-        fleet.agent("too-much", model=RANDOM, presence_penalty=2.5)
+    fleet.agent("ok", model=RANDOM, sampling=af.Sampling(presence_penalty=-2.0, frequency_penalty=2.0))
+    # af.Sampling checks the range itself, before anything reaches the head.
+    with pytest.raises(ValueError, match="presence_penalty"):
+        fleet.agent("too-much", model=RANDOM, sampling=af.Sampling(presence_penalty=2.5))
 
 
 class Person(pydantic.BaseModel):
@@ -159,13 +162,14 @@ class Switch(pydantic.BaseModel):
 def test_an_output_schema_shapes_every_answer_even_of_random_weights(fleet: af.Fleet) -> None:
     # Random weights write noise; under the schema every answer is still a valid Person,
     # and comes back parsed.
-    typed = fleet.agent("person", model=RANDOM, max_tokens=64, temperature=1.0, output_schema=Person)
+    typed = fleet.agent("person", model=RANDOM, sampling=af.Sampling(max_tokens=64, temperature=1.0), output_schema=Person)
     people = typed.map([f"someone {i}" for i in range(16)], progress=False)
     assert len(people) == 16 and all(isinstance(p, Person) for p in people)
     assert isinstance(typed.submit("one more").result(timeout=60), Person)
 
     async def awaited() -> object:
-        return await typed.asubmit("and another")
+        task = await typed.asubmit("and another")
+        return await task
 
     assert isinstance(asyncio.run(awaited()), Person)
     # The raw events carry the JSON text the parsed answer came from.
@@ -173,14 +177,14 @@ def test_an_output_schema_shapes_every_answer_even_of_random_weights(fleet: af.F
     Person.model_validate_json(raw)
 
     flags = {"enum": ["on", "off"]}
-    as_dict = fleet.agent("flag", model=RANDOM, max_tokens=16, temperature=1.0, output_schema=flags)
+    as_dict = fleet.agent("flag", model=RANDOM, sampling=af.Sampling(max_tokens=16, temperature=1.0), output_schema=flags)
     assert set(as_dict.map([f"switch {i}" for i in range(8)], progress=False)) <= {"on", "off"}
     # The same agent looked up by name parses with the schema it is given.
-    assert fleet.agent("flag", output_schema=flags).submit("x").result(timeout=60) in {"on", "off"}
+    assert fleet.get_agent("flag").options(output_schema=flags).submit("x").result(timeout=60) in {"on", "off"}
 
 
 def test_a_thinking_models_reasoning_streams_apart_and_is_counted(fleet: af.Fleet) -> None:
-    thinker = fleet.agent("thinker", model=THINKER, max_tokens=64)
+    thinker = fleet.agent("thinker", model=THINKER, sampling=af.Sampling(max_tokens=64))
     events = list(thinker.stream("what is six times seven?"))
     kinds = [e.kind for e in events]
     assert kinds.index("reasoning_delta") < kinds.index("text_delta"), kinds
@@ -204,22 +208,22 @@ def test_a_schema_given_with_a_task_applies_to_that_task_only(chatter: af.Agent)
 
 
 def test_bad_output_schemas_are_refused_with_the_reason(fleet: af.Fleet, chatter: af.Agent) -> None:
-    with pytest.raises(af.InvalidArgument, match="frobnicate"):
+    with pytest.raises(af.InvalidRequestError, match="frobnicate"):
         fleet.agent("bad-schema", model=RANDOM, output_schema={"type": "frobnicate"})
     with pytest.raises(TypeError, match="output_schema"):
         fleet.agent("bad-type", model=RANDOM, output_schema="a string")  # type: ignore[arg-type]
-    with pytest.raises(af.InvalidArgument, match="frobnicate"):
+    with pytest.raises(af.InvalidRequestError, match="frobnicate"):
         chatter.submit("x", output_schema={"type": "frobnicate"})
 
 
 def test_each_model_refuses_the_other_kind_of_task_with_the_workers_reason(
     embedder: af.Agent, chatter: af.Agent
 ) -> None:
-    with pytest.raises(af.TaskFailed, match=f"model {RANDOM} generates text; it does not embed"):
+    with pytest.raises(af.FleetError, match=f"model {RANDOM} generates text; it does not embed"):
         chatter.embed(["The cat sits outside"])
-    with pytest.raises(af.TaskFailed, match="2 of 2 tasks did not complete.*does not embed"):
+    with pytest.raises(af.FleetError, match="2 of 2 tasks did not complete.*does not embed"):
         chatter.map_embed(["a", "b", "c"], batch_size=2, progress=False)
-    with pytest.raises(af.TaskFailed, match=f"model {MINILM} embeds texts and cannot chat"):
+    with pytest.raises(af.FleetError, match=f"model {MINILM} embeds texts and cannot chat"):
         embedder.submit("hello").result(timeout=30)
     assert len(embedder.embed(["still serving"])) == 1
 
@@ -241,5 +245,5 @@ def test_init_checks_its_model_settings(models_dir: pathlib.Path) -> None:
 
 def test_a_model_that_cannot_load_fails_init_with_the_reason(tmp_path: pathlib.Path) -> None:
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf file")
-    with pytest.raises(af.Unavailable, match="cannot preload model .broken.gguf.*GGUF"):
+    with pytest.raises(af.UnavailableError, match="cannot preload model .broken.gguf.*GGUF"):
         af.init(models_dir=tmp_path, preload=["broken.gguf"])

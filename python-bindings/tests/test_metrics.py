@@ -73,12 +73,12 @@ def test_counters_match_what_ran(head: str) -> None:
     try:
         echo = fleet.agent("echo", model="builtin:echo")
         slow = fleet.agent("slow", model="builtin:echo", model_options={"token_delay_ms": "50"})
-        chat = fleet.agent("chat", model=MODEL, max_tokens=12, temperature=0.0)
+        chat = fleet.agent("chat", model=MODEL, sampling=af.Sampling(max_tokens=12, temperature=0.0))
         assert echo.map([f"hello {i}" for i in range(5)]) == [f"hello {i}" for i in range(5)]
         answer = chat.submit("Say something.").result(timeout=120)
         assert isinstance(answer, str)
         # A chat model asked to embed: the worker fails the task.
-        with pytest.raises(af.TaskFailed, match="does not embed"):
+        with pytest.raises(af.FleetError, match="does not embed"):
             chat.embed(["x"])
         # Canceled while it streams.
         cancel_once_streaming(slow.submit(" ".join(["word"] * 200)))

@@ -25,8 +25,15 @@ def call(name: str, arguments: str) -> str:
     return f'<tool_call>{{"name": "{name}", "arguments": {arguments}}}</tool_call>'
 
 
-def tool_events(task: af.Task) -> list[tuple[str, str, str, str]]:
-    return [(e.kind, e.tool, e.text, e.error) for e in task.events() if e.kind in ("tool_call", "tool_result")]
+def tool_events(task: af.Task) -> list[tuple[str, str, str, bool]]:
+    """Each tool call and result: (kind, tool, the call's arguments or the result, is_error)."""
+    events: list[tuple[str, str, str, bool]] = []
+    for e in task.events():
+        if isinstance(e, af.ToolCall):
+            events.append((e.kind, e.tool, e.arguments, False))
+        elif isinstance(e, af.ToolResult):
+            events.append((e.kind, "", e.output, e.is_error))  # a result names its call only
+    return events
 
 
 def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +78,7 @@ def test_an_agent_calls_a_function_of_this_process(fleet: af.Fleet) -> None:
     calc = fleet.agent("calc", model="builtin:echo", tools=[add])
     task = calc.submit(call("add", '{"a": 20, "b": 22}'))
     assert task.result(timeout=30) == "42"
-    assert tool_events(task) == [("tool_call", "add", '{"a":20,"b":22}', ""), ("tool_result", "", "42", "")]
+    assert tool_events(task) == [("tool_call", "add", '{"a":20,"b":22}', False), ("tool_result", "", "42", False)]
     assert ran_on == [(os.getpid(), ran_on[0][1])] and ran_on[0][1].startswith("agentfleet-tool")
     # Many at once: every call answered, each with its own arguments.
     tasks = [calc.submit(call("add", f'{{"a": {i}, "b": 1000}}')) for i in range(50)]
@@ -86,12 +93,12 @@ def test_an_exception_reaches_the_model_as_an_error_result(fleet: af.Fleet) -> N
     calc = fleet.agent("divider", model="builtin:echo", tools=[divide])
     task = calc.submit(call("divide", '{"a": 1, "b": 0}'))
     assert task.result(timeout=30) == "ZeroDivisionError: float division by zero"
-    assert tool_events(task)[1][3] == "ZeroDivisionError: float division by zero"
+    assert tool_events(task)[1][2:] == ("ZeroDivisionError: float division by zero", True)
     # Arguments the function does not take are an error the model reads, too.
     task = calc.submit(call("divide", '{"a": 1, "c": 2}'))
     task.result(timeout=30)
-    error = tool_events(task)[1][3]
-    assert error.startswith("TypeError") and "'c'" in error, error
+    _, _, error, is_error = tool_events(task)[1]
+    assert is_error and error.startswith("TypeError") and "'c'" in error, error
 
 
 def test_async_tools_run_on_an_event_loop_and_time_out(fleet: af.Fleet) -> None:
@@ -114,7 +121,7 @@ def test_async_tools_run_on_an_event_loop_and_time_out(fleet: af.Fleet) -> None:
     task = agent.submit(call("lookup", '{"key": "abc", "wait": 30}'))
     assert task.result(timeout=30) == "tool lookup did not answer within 1 s"
     assert time.monotonic() - started < 10
-    assert tool_events(task)[1][3] == "tool lookup did not answer within 1 s"
+    assert tool_events(task)[1][2:] == ("tool lookup did not answer within 1 s", True)
     canceled.wait(timeout=10)
     assert canceled.is_set(), "the timed-out coroutine was not cancelled"
 
@@ -136,7 +143,7 @@ def test_a_canceled_task_cancels_its_running_tool(fleet: af.Fleet) -> None:
     task = agent.submit(call("wait_forever", "{}"))
     assert started.wait(timeout=30)
     task.cancel()
-    with pytest.raises(af.Cancelled):
+    with pytest.raises(af.CanceledError):
         task.result(timeout=30)
     assert canceled.wait(timeout=10), "the tool ran on after its task was canceled"
 
@@ -191,7 +198,8 @@ def test_type_hints_become_the_schema_and_arguments_their_types(fleet: af.Fleet)
     # A pydantic model checks its own fields: the model reads why.
     task = agent.submit(call("forecast", '{"place": {"city": "Lyon"}, "window": {"days": 30}}'))
     task.result(timeout=30)
-    assert "ValidationError" in tool_events(task)[1][3]
+    _, _, error, is_error = tool_events(task)[1]
+    assert is_error and "ValidationError" in error, error
 
 
 def test_bad_tools_are_refused_with_the_reason(fleet: af.Fleet) -> None:
@@ -200,7 +208,7 @@ def test_bad_tools_are_refused_with_the_reason(fleet: af.Fleet) -> None:
     def taken() -> str:
         return ""
 
-    with pytest.raises(af.InvalidArgument, match="an agent has that name"):
+    with pytest.raises(af.InvalidRequestError, match="an agent has that name"):
         fleet.tool(taken)
 
     @fleet.tool
@@ -208,7 +216,7 @@ def test_bad_tools_are_refused_with_the_reason(fleet: af.Fleet) -> None:
         """A tool."""
         return ""
 
-    with pytest.raises(af.InvalidArgument, match="a hosted tool is named"):
+    with pytest.raises(af.InvalidRequestError, match="a hosted tool is named"):
         fleet.agent("hosted_name", model="builtin:echo")
     with pytest.raises(TypeError, match="no JSON schema"):
 
@@ -218,7 +226,7 @@ def test_bad_tools_are_refused_with_the_reason(fleet: af.Fleet) -> None:
 
     with pytest.raises(ValueError, match="no usable name"):
         fleet.tool(lambda: "")
-    with pytest.raises(af.InvalidArgument, match="tool_choice"):
+    with pytest.raises(af.InvalidRequestError, match="tool_choice"):
         fleet.agent("chooser", model="builtin:echo", tools=[hosted_name], tool_choice="other")
 
 
@@ -240,7 +248,7 @@ def test_a_tool_on_a_remote_cluster_runs_in_the_registering_process(remote_clust
     # Once its host is gone the tool answers with an error the model reads.
     fleet.shutdown()
     other = af.init(remote_cluster, token="s3cret")
-    task = other.agent("shouter").submit(call("shout", '{"text": "hi"}'))
+    task = other.get_agent("shouter").submit(call("shout", '{"text": "hi"}'))
     assert task.result(timeout=30) == "tool shout has no process hosting it now (its host disconnected)"
     assert calls == ["hi"]
 
@@ -262,14 +270,13 @@ def test_smollm2_calls_a_python_tool(tmp_path: pathlib.Path) -> None:
             instructions="Use the get_weather tool to answer questions about the weather.",
             tools=[get_weather],
             tool_choice="required",
-            temperature=0.0,
-            max_tokens=64,
+            sampling=af.Sampling(temperature=0.0, max_tokens=64),
         )
         task = agent.submit("What is the weather in Paris?")
         task.result(timeout=120)
         events = tool_events(task)
-        assert events[0] == ("tool_call", "get_weather", '{"city":"Paris"}', "")
-        assert events[1] == ("tool_result", "", "It is sunny and 21 degrees in Paris.", "")
+        assert events[0] == ("tool_call", "get_weather", '{"city":"Paris"}', False)
+        assert events[1] == ("tool_result", "", "It is sunny and 21 degrees in Paris.", False)
         assert cities == ["Paris"]
 
 

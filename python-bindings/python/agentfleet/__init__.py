@@ -3,10 +3,18 @@
     import agentfleet as af
 
     fleet = af.init()                                   # embedded head + 2 local workers
-    echo = fleet.agent("echo", model="builtin:echo")
+    echo = fleet.agent("echo", "builtin:echo")          # registers; fleet.get_agent looks up
     print(echo.map(["hello", "world"]))                 # parallel, results in order
     for event in echo.stream("one two three"):          # events as they arrive
-        print(event.kind, event.text)
+        if isinstance(event, af.TextDelta):             # one class per kind of event
+            print(event.text)
+
+Options are grouped: ``sampling=af.Sampling(temperature=0.2, max_tokens=64)`` and
+``resources=af.Resources(num_cpus=1, memory=2 * 1024**3)`` when registering, and
+``agent.options(sampling=...)`` for a variant per call. ``task = await agent.asubmit(...)``
+gives a Task as ``submit`` does; ``await task`` its answer. A failure raises the class of
+its kind (``af.BusyError``, ``af.InvalidRequestError``, ``af.CanceledError``, ...; all
+``af.FleetError``).
 
 Local models: ``af.init(models_dir="~/models", preload=["all-MiniLM-L6-v2"])`` makes the
 embedded workers serve the GGUF files and Hugging Face folders in that folder; an agent on
@@ -16,7 +24,7 @@ GGUF for trying this without a download (its text is meaningless).
 
 Python functions as tools: ``@fleet.tool`` (or ``af.tool``, hosted once an agent lists it)
 makes a function a tool this process runs when the cluster's agents call it
-(``fleet.agent(..., tools=[add])``); see ``agentfleet.tools``.
+(``fleet.agent(name, model, tools=[add])``); see ``agentfleet.tools``.
 
 Agents written in Python: ``@af.agent`` on a class with ``run(self, task, ctx)`` or an async
 generator function ``(task, ctx)`` that yields text, then ``fleet.agent(MyAgent)``; the code
@@ -28,31 +36,53 @@ tasks. Embedded workers host them; on a running cluster, ``python -m agentfleet 
 """
 
 import os
+from typing import Any
 
 from agentfleet._native import (
     Agent,
+    ArtifactEvent,
     AsyncEventIterator,
-    Cancelled,
+    BusyError,
+    Canceled,
+    CanceledError,
+    Completed,
+    ContentTypeNotSupportedError,
+    Embeddings,
     Event,
     EventIterator,
-    FailedPrecondition,
+    Failed,
     Fleet,
     FleetError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
+    InputReceived,
+    InputRequired,
+    InternalError,
+    InvalidRequestError,
+    NotCancelableError,
+    PermissionDeniedError,
+    ReasoningDelta,
+    Retrying,
+    Scheduled,
+    StateSaved,
+    Submitted,
     Task,
-    TaskFailed,
+    TextDelta,
+    ToolCall,
+    ToolResult,
     TopicFollower,
     TopicMessage,
-    Unauthenticated,
-    Unavailable,
+    UnauthenticatedError,
+    UnavailableError,
+    UnknownAgentError,
+    UnknownTaskError,
+    UnsupportedError,
+    Working,
     __version__,
     write_random_weight_model,
 )
-from agentfleet._native import init as _init
+from agentfleet._native import _init
 from agentfleet.agents import AgentContext, AgentFile, AgentTask, Artifact, agent
+from agentfleet.kinds import ErrorKind, EventKind, TaskState
+from agentfleet.options import Resources, Sampling
 from agentfleet.tools import Tool, tool
 
 __all__ = [
@@ -61,30 +91,75 @@ __all__ = [
     "AgentFile",
     "AgentTask",
     "Artifact",
+    "ArtifactEvent",
     "AsyncEventIterator",
-    "Cancelled",
+    "BusyError",
+    "Canceled",
+    "CanceledError",
+    "Completed",
+    "ContentTypeNotSupportedError",
+    "Embeddings",
+    "ErrorKind",
     "Event",
     "EventIterator",
-    "FailedPrecondition",
+    "EventKind",
+    "Failed",
     "Fleet",
     "FleetError",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "ResourceExhausted",
+    "InputReceived",
+    "InputRequired",
+    "InternalError",
+    "InvalidRequestError",
+    "NotCancelableError",
+    "PermissionDeniedError",
+    "ReasoningDelta",
+    "Resources",
+    "Retrying",
+    "Sampling",
+    "Scheduled",
+    "StateSaved",
+    "Submitted",
     "Task",
-    "TaskFailed",
+    "TaskState",
+    "TextDelta",
     "Tool",
+    "ToolCall",
+    "ToolResult",
     "TopicFollower",
     "TopicMessage",
-    "Unauthenticated",
-    "Unavailable",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnknownAgentError",
+    "UnknownTaskError",
+    "UnsupportedError",
+    "Working",
     "__version__",
     "agent",
     "init",
     "tool",
     "write_random_weight_model",
 ]
+
+#: Names the tidy of 0.1 replaced, and what to use instead; kept one release so that old
+#: code fails saying what to write.
+_RENAMED = {
+    "TaskFailed": "the class of the failure's kind (af.BusyError, af.InvalidRequestError, "
+    "af.UnavailableError, ...; catch af.FleetError for any; its .kind names the kind)",
+    "Cancelled": "af.CanceledError",
+    "NotFound": "af.UnknownAgentError or af.UnknownTaskError",
+    "InvalidArgument": "af.InvalidRequestError",
+    "ResourceExhausted": "af.BusyError",
+    "FailedPrecondition": "af.UnsupportedError or af.NotCancelableError",
+    "Unavailable": "af.UnavailableError",
+    "Unauthenticated": "af.UnauthenticatedError",
+    "PermissionDenied": "af.PermissionDeniedError",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        raise AttributeError(f"agentfleet.{name} is gone since 0.1: use {_RENAMED[name]}")
+    raise AttributeError(f"module 'agentfleet' has no attribute {name!r}")
 
 
 def init(
@@ -136,19 +211,19 @@ def init(
             )
         address = ",".join(a.strip() for a in address)
 
-    fleet = _init(
-        address,
-        workers=workers,
-        models_dir=models_dir,
-        preload=preload or [],
-        device=device,
-        token=token,
-        tls_ca=tls_ca,
-        data_dir=data_dir,
-        otlp_endpoint=otlp_endpoint,
-        allow_mcp_commands=allow_mcp_commands or [],
-        allow_mcp_urls=allow_mcp_urls or [],
-    )
+    options = {
+        "workers": workers,
+        "models_dir": models_dir,
+        "preload": preload,
+        "device": device,
+        "token": token,
+        "tls_ca": tls_ca,
+        "data_dir": data_dir,
+        "otlp_endpoint": otlp_endpoint,
+        "allow_mcp_commands": allow_mcp_commands,
+        "allow_mcp_urls": allow_mcp_urls,
+    }
+    fleet = _init(address, options)
     if fleet.embedded:
         from agentfleet import agents
 

@@ -13,7 +13,9 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-from agentfleet._native import run_cli, run_head, run_worker
+from agentfleet._native import _run_cli as run_cli
+from agentfleet._native import _run_head as run_head
+from agentfleet._native import _run_worker as run_worker
 
 
 def _native(command: "Callable[..., int]", *args: Any) -> int:

@@ -1,11 +1,15 @@
 """Type stubs of the native core of agentfleet (checked with mypy.stubtest)."""
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import Any, TypeAlias, final, overload
+from typing import Any, ClassVar, TypeAlias, final, overload
+
+from typing_extensions import disjoint_base
 
 from agentfleet.agents import AgentFile, Artifact
+from agentfleet.kinds import ErrorKind, EventKind, TaskState
+from agentfleet.options import Resources, Sampling
 
 __version__: str
 
@@ -13,58 +17,75 @@ __version__: str
 _OutputSchema: TypeAlias = dict[str, Any] | type[Any] | bool
 __all__ = [
     "Agent",
+    "ArtifactEvent",
     "AsyncEventIterator",
-    "Cancelled",
+    "BusyError",
+    "Canceled",
+    "CanceledError",
+    "Completed",
+    "ContentTypeNotSupportedError",
+    "Embeddings",
     "Event",
     "EventIterator",
-    "FailedPrecondition",
+    "Failed",
     "Fleet",
     "FleetError",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "ResourceExhausted",
+    "InputReceived",
+    "InputRequired",
+    "InternalError",
+    "InvalidRequestError",
+    "NotCancelableError",
+    "PermissionDeniedError",
+    "ReasoningDelta",
+    "Retrying",
+    "Scheduled",
+    "StateSaved",
+    "Submitted",
     "Task",
-    "TaskFailed",
-    "ToolHost",
+    "TextDelta",
+    "ToolCall",
+    "ToolResult",
     "TopicFollower",
     "TopicMessage",
-    "AgentHost",
-    "Unauthenticated",
-    "Unavailable",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnknownAgentError",
+    "UnknownTaskError",
+    "UnsupportedError",
+    "Working",
+    "_AgentHost",
+    "_ToolHost",
     "__version__",
-    "init",
-    "run_head",
-    "run_worker",
-    "run_cli",
+    "_init",
+    "_run_cli",
+    "_run_head",
+    "_run_worker",
     "write_random_weight_model",
 ]
 
-class FleetError(Exception): ...
-class Unavailable(FleetError): ...
-class Unauthenticated(FleetError): ...
-class PermissionDenied(FleetError): ...
-class NotFound(FleetError): ...
-class InvalidArgument(FleetError): ...
-class ResourceExhausted(FleetError): ...
-class FailedPrecondition(FleetError): ...
-class TaskFailed(FleetError):
-    """A task ended in failure. ``kind`` says what kind: ``invalid_request`` (change the
-    request), ``busy`` (retry later), ``unavailable`` (a worker was lost), ``unsupported``,
-    ``internal``, or ``canceled`` for a task of a ``map`` that was canceled."""
+class FleetError(Exception):
+    """Base class of agentfleet's errors: ``kind`` names the kind of failure, ``task_id``
+    the task that failed (None when the cluster refused a call)."""
 
-    kind: str
-class Cancelled(FleetError): ...
+    kind: ErrorKind
+    task_id: str | None
 
-@final
+class InternalError(FleetError): ...
+class InvalidRequestError(FleetError): ...
+class UnknownTaskError(FleetError): ...
+class UnknownAgentError(FleetError): ...
+class BusyError(FleetError): ...
+class UnavailableError(FleetError): ...
+class UnsupportedError(FleetError): ...
+class NotCancelableError(FleetError): ...
+class ContentTypeNotSupportedError(FleetError): ...
+class UnauthenticatedError(FleetError): ...
+class PermissionDeniedError(FleetError): ...
+class CanceledError(FleetError): ...
+
+@disjoint_base
 class Event:
-    """One event of a task. ``kind`` is one of: submitted, scheduled, working, text_delta,
-    reasoning_delta (a thinking model's reasoning, before and apart from its answer), tool_call, tool_result, embeddings, artifact, completed, failed, canceled, input_required,
-    input_received, retrying, state_saved (a Python actor stored its ``ctx.state``: ``text``
-    is the state's JSON).
-    (An embeddings event's ``text`` only counts its vectors: ``agent.embed`` returns them. A
-    tool_call's ``tool`` is the tool and ``text`` its arguments; a tool_result's ``text`` is
-    the answer, also in ``error`` when the tool reported an error.)"""
+    """One event of a task; each kind is a subclass with the fields of its kind."""
 
     @property
     def task_id(self) -> str: ...
@@ -73,47 +94,135 @@ class Event:
     @property
     def attempt(self) -> int: ...
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> EventKind: ...
     @property
-    def text(self) -> str: ...
+    def timestamp_us(self) -> int: ...
+    @property
+    def is_final(self) -> bool: ...
+
+@final
+class Submitted(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def agent(self) -> str: ...
+
+@final
+class Scheduled(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
     @property
     def worker_id(self) -> str: ...
+
+@final
+class Working(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+
+@final
+class TextDelta(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
     @property
-    def error(self) -> str: ...
+    def text(self) -> str: ...
+
+@final
+class ReasoningDelta(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
     @property
-    def error_kind(self) -> str:
-        """A failed event's kind of failure (``invalid_request``, ``busy``, ``unavailable``,
-        ``internal``, ...); empty for other events."""
-    @property
-    def tool(self) -> str: ...
-    @property
-    def arguments(self) -> str:
-        """The arguments of the tool call an input_required asks to approve."""
+    def text(self) -> str: ...
+
+@final
+class ToolCall(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
     @property
     def call_id(self) -> str: ...
     @property
-    def rejected(self) -> bool:
-        """An input_received that rejected the approval (or declined the question)."""
+    def tool(self) -> str: ...
     @property
-    def replayed(self) -> bool:
-        """A tool_call an earlier attempt made and whose result was stored, repeated by the
-        retried attempt (not made again)."""
+    def arguments(self) -> str: ...
+    @property
+    def replayed(self) -> bool: ...
+
+@final
+class ToolResult(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def output(self) -> str: ...
+    @property
+    def is_error(self) -> bool: ...
+
+@final
+class Embeddings(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def count(self) -> int: ...
+
+@final
+class ArtifactEvent(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def name(self) -> str: ...
+    @property
+    def artifact(self) -> Artifact: ...
+
+@final
+class Completed(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
     @property
     def prompt_tokens(self) -> int: ...
     @property
     def completion_tokens(self) -> int: ...
     @property
-    def reasoning_tokens(self) -> int:
-        """Of ``completion_tokens`` (on a completed event), a thinking model's reasoning,
-        its ``<think>`` markers included; 0 for other models."""
+    def reasoning_tokens(self) -> int: ...
+
+@final
+class Failed(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
     @property
-    def timestamp_us(self) -> int: ...
+    def error(self) -> str: ...
     @property
-    def artifact(self) -> Artifact | None:
-        """An artifact event's file or data (its name is also in ``text``); None for other
-        events."""
+    def error_kind(self) -> ErrorKind: ...
     @property
-    def is_final(self) -> bool: ...
+    def worker_id(self) -> str: ...
+
+@final
+class Canceled(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def reason(self) -> str: ...
+
+@final
+class InputRequired(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def tool(self) -> str: ...
+    @property
+    def arguments(self) -> str: ...
+
+@final
+class InputReceived(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def reply(self) -> str: ...
+    @property
+    def rejected(self) -> bool: ...
+
+@final
+class Retrying(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def reason(self) -> str: ...
+
+@final
+class StateSaved(Event):
+    __match_args__: ClassVar[tuple[str, ...]]
+    @property
+    def state(self) -> dict[str, Any]: ...
 
 @final
 class EventIterator:
@@ -172,14 +281,14 @@ class Task:
         as ``result()`` does)."""
     def cancel(self) -> None: ...
     @property
-    def state(self) -> str:
+    def state(self) -> TaskState:
         """queued, scheduled, working, input-required, completed, failed or canceled."""
     @property
-    def input_request(self) -> Event | None:
-        """The ``input_required`` event the task waits on (``text`` the question; ``tool``
-        and ``arguments`` set when a tool call waits for approval), or None."""
-    def wait_input(self, timeout: float | None = None) -> Event | None:
-        """Waits until the task needs input (its ``input_required`` event) or ends (None)."""
+    def input_request(self) -> InputRequired | None:
+        """The event the task waits on (``prompt`` the question; ``tool`` and ``arguments``
+        set when a tool call waits for approval), or None."""
+    def wait_input(self, timeout: float | None = None) -> InputRequired | None:
+        """Waits until the task needs input (its ``InputRequired`` event) or ends (None)."""
     def reply(self, text: str) -> None:
         """Answers the question the task waits on (for an approval: "yes"/"approve"
         approves, anything else rejects)."""
@@ -191,6 +300,8 @@ class Task:
     def events(self) -> EventIterator: ...
     def aevents(self) -> AsyncEventIterator: ...
     def aresult(self) -> Awaitable[Any]: ...
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await task``: the answer, as ``await task.aresult()``."""
 
 @final
 class Agent:
@@ -234,7 +345,18 @@ class Agent:
         *,
         output_schema: _OutputSchema | None = None,
         files: list[AgentFile | os.PathLike[str]] | None = None,
-    ) -> Awaitable[Any]: ...
+    ) -> Awaitable[Task]:
+        """Submits one task; awaiting it gives the ``Task`` (``await task``: its answer)."""
+    def options(
+        self,
+        *,
+        sampling: Sampling | None = None,
+        output_schema: _OutputSchema | None = None,
+        context_id: str | None = None,
+    ) -> Agent:
+        """This agent with per-call settings (as Ray's ``.options()``): its tasks sample with
+        ``sampling`` over the agent's defaults, answer in ``output_schema`` and continue
+        ``context_id``, unless a call gives its own."""
     def astream(
         self,
         prompt: str,
@@ -261,9 +383,9 @@ class Agent:
         """``embed`` for asyncio."""
 
 @final
-class AgentHost:
+class _AgentHost:
     """The native side of the Python agents this process hosts (see ``agentfleet.agents``)."""
-    def __new__(cls, names: list[str]) -> AgentHost: ...
+    def __new__(cls, names: list[str]) -> _AgentHost: ...
     def next_batch(self) -> list[tuple[Any, ...]] | None: ...
     def text(self, run: int, text: str) -> None: ...
     def artifact(
@@ -294,7 +416,7 @@ class AgentHost:
     def close(self) -> None: ...
 
 @final
-class ToolHost:
+class _ToolHost:
     """The native side of this process hosting tools (see ``agentfleet.tools``)."""
     def register(self, tools: list[tuple[str, str, str, int]]) -> list[str]: ...
     def next(self) -> tuple[Any, ...] | None: ...
@@ -317,21 +439,12 @@ class Fleet:
         instructions: str = ...,
         tools: list[str | Callable[..., Any]] | None = None,
         description: str = ...,
+        sampling: Sampling | None = None,
+        resources: Resources | None = None,
         max_retries: int | None = None,
         max_concurrency: int = 0,
         labels: dict[str, str] | None = None,
         model_options: dict[str, str] | None = None,
-        cpus: float = 0.0,
-        memory_mb: int = 0,
-        gpus: int = 0,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        seed: int | None = None,
-        stop: list[str] = ...,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        thinking: bool | None = None,
         topics: list[str] = ...,
         output_schema: _OutputSchema | None = None,
         mcp: list[dict[str, object]] = ...,
@@ -340,7 +453,11 @@ class Fleet:
         ask_user: bool = False,
         input_timeout: float | None = None,
         call_once: list[str | Callable[..., Any]] = ...,
-    ) -> Agent: ...
+    ) -> Agent:
+        """Registers (or updates) agent ``name`` on ``model``, or a Python agent
+        (``@af.agent``) given as itself. ``fleet.get_agent(name)`` looks one up."""
+    def get_agent(self, name: str, *, output_schema: _OutputSchema | None = None) -> Agent:
+        """The agent registered as ``name`` (``UnknownAgentError`` if there is none)."""
     def tool(
         self,
         func: Callable[..., Any] | None = None,
@@ -353,8 +470,8 @@ class Fleet:
     ) -> Any:
         """Hosts a function as a tool of the cluster's agents in this process
         (``@fleet.tool``, ``@fleet.tool(timeout=5)`` or ``fleet.tool(fn)``)."""
-    def _open_tool_host(self) -> ToolHost: ...
-    def _agent_host(self) -> AgentHost | None: ...
+    def _open_tool_host(self) -> _ToolHost: ...
+    def _agent_host(self) -> _AgentHost | None: ...
     def status(self) -> dict[str, object]: ...
     def context(self, context_id: str, agent: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Each agent's turns in context ``context_id``, oldest first."""
@@ -383,23 +500,11 @@ class Fleet:
     def __enter__(self) -> Fleet: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-def init(
-    address: str | None = None,
-    *,
-    workers: int = 2,
-    models_dir: str | os.PathLike[str] | None = None,
-    preload: list[str] = ...,
-    device: str | None = None,
-    token: str | None = None,
-    tls_ca: str | os.PathLike[str] | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    otlp_endpoint: str | None = None,
-    allow_mcp_commands: list[str] = ...,
-    allow_mcp_urls: list[str] = ...,
-) -> Fleet: ...
-def run_head(argv: list[str]) -> int: ...
-def run_worker(argv: list[str], agents: AgentHost | None = None) -> int: ...
-def run_cli(argv: list[str]) -> int: ...
+def _init(address: str | None, options: dict[str, Any]) -> Fleet:
+    """``agentfleet.init``'s native half: ``options`` are init's keyword arguments."""
+def _run_head(argv: list[str]) -> int: ...
+def _run_worker(argv: list[str], agents: _AgentHost | None = None) -> int: ...
+def _run_cli(argv: list[str]) -> int: ...
 def write_random_weight_model(path: str | os.PathLike[str]) -> Path:
     """Writes a tiny chat model with RANDOM weights (Qwen2 architecture, 2 layers, Q8_0,
     a byte-level tokenizer with the Qwen2.5 chat template) as a GGUF file at ``path``

@@ -81,7 +81,7 @@ import logging
 import threading
 from typing import Any, AsyncIterator, Callable, TypeVar, overload
 
-from agentfleet._native import AgentHost, FleetError, TaskFailed, Unavailable
+from agentfleet._native import FleetError, UnavailableError, _AgentHost
 
 __all__ = ["AgentContext", "AgentFile", "AgentTask", "agent", "MAX_CONTEXTS"]
 
@@ -252,7 +252,7 @@ class AgentContext:
         """Stores ``ctx.state`` now; returns once the head has it (a crash after this keeps
         it). A task without a stored state (a per-context agent's task without a
         ``context_id``) stores nothing. Raises ``TypeError``/``ValueError`` for a state that
-        is no JSON, ``InvalidArgument`` for one over 256 KiB."""
+        is no JSON, ``InvalidRequestError`` for one over 256 KiB."""
         self.state  # the agent keeps state, or this raises
         text = self._changed()
         if text is None:
@@ -274,8 +274,8 @@ class AgentContext:
         """Model ``model``'s answer to ``messages`` (a user message as ``str``, or chat
         messages as ``{"role", "content"}`` dicts or pairs). The model is one this worker
         serves (a file of its models dir, ``builtin:...``, ``openai:...``), loaded on first
-        use. Raises ``InvalidArgument`` for a request the model refuses, ``Unavailable``
-        when it cannot be loaded."""
+        use. Raises ``InvalidRequestError`` for a request the model refuses,
+        ``UnavailableError`` when it cannot be loaded (the class of the failure's kind)."""
         pairs = _messages(messages)
         return str(
             await self._native.chat(
@@ -286,7 +286,7 @@ class AgentContext:
     async def call(self, name: str, input: "str | dict[str, Any] | None" = None, **arguments: Any) -> str:
         """Calls another agent (``ctx.call("summarizer", text)``) or one of this agent's tools
         (``ctx.call("add", a=1, b=2)``, or a dict of arguments); returns its answer. Raises
-        ``TaskFailed`` with the answer when the call failed (the agent's task failed, the tool
+        ``FleetError`` with the answer when the call failed (the agent's task failed, the tool
         raised)."""
         import json
 
@@ -302,13 +302,13 @@ class AgentContext:
             raise TypeError(f"input is a str (an agent's) or a dict (a tool's arguments), not {type(input).__name__}")
         output, is_error = await self._native.call(self._run, name, json.dumps(payload))
         if is_error:
-            raise TaskFailed(f"{name}: {output}")
+            raise FleetError(f"{name}: {output}")
         return str(output)
 
     async def ask(self, question: str) -> str:
         """Asks the task's user ``question`` and returns the reply; the agent is registered
         with ``ask_user=True``. The task is input-required until the user replies (A2A: a
-        message with the task's id; Python: ``task.reply(text)``). Raises ``TaskFailed`` when
+        message with the task's id; Python: ``task.reply(text)``). Raises ``FleetError`` when
         the user declines, nobody can reply (another agent called this one), or the agent's
         ``input_timeout`` passes (the task then fails, whatever the code does next)."""
         return await self.call("ask_user", {"question": question})
@@ -321,7 +321,7 @@ class AgentContext:
         ``bytes`` (a file of ``media_type``, default ``application/octet-stream``), ``str``
         (a text file, ``text/plain``), or any JSON value (a dict, a list, a pydantic model):
         data. At most 8 MiB each; what a task streams in all (text and artifacts) is at most
-        16 MiB. Raises ``InvalidArgument`` for content too big, ``TypeError``/``ValueError``
+        16 MiB. Raises ``InvalidRequestError`` for content too big, ``TypeError``/``ValueError``
         for content that is no JSON."""
         import json
 
@@ -350,7 +350,7 @@ class AgentContext:
             text = json.dumps(value, allow_nan=False)
             sent = self._native.artifact(self._run, name, description, "", None, "", text)
         if not sent:
-            raise Unavailable("this task has ended (canceled or failed)")
+            raise UnavailableError("this task has ended (canceled or failed)")
 
     @overload
     async def publish(self, topic: str, message: str) -> int: ...
@@ -640,7 +640,7 @@ def _host_for_worker(names: list[str]) -> Any:
     """`python -m agentfleet worker --import`: the native host of the agents `names`, served
     by this process."""
     global _worker_runtime
-    native = AgentHost(names)
+    native = _AgentHost(names)
     with _runtimes_lock:
         _worker_runtime = _Runtime(native)
     return native
