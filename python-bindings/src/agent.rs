@@ -65,7 +65,7 @@ impl Agent {
 
     /// Runs every submission in parallel (see [`map_tasks`]); returns how each ended, in
     /// completion order. Ctrl-C cancels what was started and re-raises; a failed task
-    /// raises TaskFailed naming how many failed and the first reason.
+    /// raises the first failure's class (its kind's) naming how many failed and the first reason.
     fn run_all(
         &self,
         py: Python<'_>,
@@ -373,8 +373,8 @@ impl Agent {
 
     /// Runs one task per prompt in parallel across the cluster and returns their texts, in
     /// prompt order (or in completion order with `ordered=False`). Shows a progress bar when
-    /// `progress` is true, or by default when stderr is a terminal. Raises TaskFailed if any
-    /// task failed; Ctrl-C cancels the tasks still running. With `output_schema` (or the
+    /// `progress` is true, or by default when stderr is a terminal. Raises the class of the first
+    /// failure's kind (`af.BusyError`, ...) if any task failed; Ctrl-C cancels the tasks still running. With `output_schema` (or the
     /// agent's) every answer follows the schema and comes back parsed. `context_id` is one
     /// conversation for every task, or a list of one per prompt (a swarm of actors, each
     /// with its own state).
@@ -442,8 +442,8 @@ impl Agent {
     }
 
     /// Embeds `texts` with the agent's model (an embedding model, e.g. all-MiniLM-L6-v2) as
-    /// one task and returns one L2-normalised vector per text, in order. Raises TaskFailed
-    /// with the worker's reason when the model does not embed.
+    /// one task and returns one L2-normalised vector per text, in order. Raises
+    /// `InvalidRequestError` with the worker's reason when the model does not embed.
     fn embed(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Vec<f32>>> {
         let batch = texts.len().max(1);
         self.embed_batches(py, texts, batch, Some(false))

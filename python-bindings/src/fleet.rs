@@ -742,8 +742,8 @@ impl Fleet {
     }
 
     /// The state `agent`'s actor keeps (`@af.agent(state=True)`; in conversation
-    /// `context_id` with `per_context=True`), as stored by the head: a dict. `NotFound`
-    /// before its first save. `agent` is a name or the decorated class or function.
+    /// `context_id` with `per_context=True`), as stored by the head: a dict. `UnknownTaskError`
+    /// before its first save (the head files it so). `agent` is a name or the decorated class or function.
     #[pyo3(signature = (agent, context_id=None))]
     fn actor_state<'py>(
         &self,

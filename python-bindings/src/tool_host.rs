@@ -187,7 +187,7 @@ async fn remote(
 impl ToolHost {
     /// Registers tools given as `(name, description, parameters_json, timeout_ms,
     /// requires_approval, takes_files, call_once)`; returns their names. Raises
-    /// `InvalidArgument` with the head's reason when it refuses them.
+    /// `InvalidRequestError` with the head's reason when it refuses them.
     #[allow(clippy::type_complexity)]
     fn register(
         &self,

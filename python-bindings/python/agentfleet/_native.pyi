@@ -368,7 +368,7 @@ class Agent:
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeds ``texts`` as one task on the agent's model (an embedding model such as
         all-MiniLM-L6-v2): one L2-normalised vector per text, in order. A model that does
-        not embed raises TaskFailed with the worker's reason."""
+        not embed raises InvalidRequestError with the worker's reason."""
     def map_embed(
         self,
         texts: list[str],
