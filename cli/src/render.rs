@@ -60,7 +60,12 @@ pub fn status(status: &ClusterStatus, out: &mut impl Write) -> io::Result<()> {
                 .collect();
             vec![
                 w.worker_id.clone(),
-                if w.alive { "alive" } else { "dead" }.to_owned(),
+                match (w.alive, w.draining) {
+                    (false, _) => "dead",
+                    (true, true) => "draining",
+                    (true, false) => "alive",
+                }
+                .to_owned(),
                 // Calls from other workers' agents take slots as tasks do.
                 format!("{}/{}", w.running_tasks.saturating_add(w.mesh_calls), w.slots),
                 w.actors.to_string(),

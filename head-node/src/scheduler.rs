@@ -2,7 +2,9 @@
 //! so every rule is unit-tested without a cluster.
 //!
 //! Filter: the worker has the agent's model (built-ins are everywhere), carries every label
-//! the agent asks for, has a free slot and enough free resources. Score, strongest first:
+//! the agent asks for, has a free slot and enough free resources, and is not draining (a
+//! draining worker still counts as one that could run it: its replacement is coming, so the
+//! task waits rather than fails). Score, strongest first:
 //! the worker that holds the task's conversation (`context_id`), one that ran the start of
 //! the same conversation (an OpenAI chat's earlier turns: its prefix cache holds them), the
 //! model already loaded (locality), one that recently ran the same agent (its instructions
@@ -40,11 +42,11 @@ fn could_ever_run(spec: &AgentSpec, w: &WorkerEntry) -> bool {
 /// Whether a sub-task of `spec` could run on `w` in the slot its caller lends there: all
 /// but a free slot.
 pub fn can_borrow(spec: &AgentSpec, w: &WorkerEntry) -> bool {
-    could_ever_run(spec, w) && !w.commands.is_cut() && w.free.fits(&spec.resources)
+    could_ever_run(spec, w) && !w.draining && !w.commands.is_cut() && w.free.fits(&spec.resources)
 }
 
 fn can_run_now(spec: &AgentSpec, w: &WorkerEntry) -> bool {
-    could_ever_run(spec, w) && w.has_free_slot() && w.free.fits(&spec.resources)
+    could_ever_run(spec, w) && !w.draining && w.has_free_slot() && w.free.fits(&spec.resources)
 }
 
 /// What a task shares with earlier ones, making the workers that ran those better homes.
@@ -266,6 +268,19 @@ mod tests {
 
     fn model(id: &str) -> ModelOnDisk {
         ModelOnDisk { id: id.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_draining_worker_gets_nothing_new_and_tasks_wait_for_another() {
+        let mut s = Setup::new();
+        s.worker("w1", |_| {}).worker("w2", |_| {});
+        s.run("w2", "other", 2);
+        s.registry.get_mut("w1").expect("w1").draining = true;
+        let echo = agent("builtin:echo");
+        assert_eq!(place(&echo, &s.registry, &Affinity::default()), Placement::Worker("w2"));
+        s.registry.get_mut("w2").expect("w2").draining = true;
+        // Its replacement is coming: wait, do not fail the task.
+        assert_eq!(place(&echo, &s.registry, &Affinity::default()), Placement::Wait);
     }
 
     #[tokio::test]

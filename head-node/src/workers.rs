@@ -158,6 +158,8 @@ pub struct WorkerEntry {
     pub tasks_assigned: u64,
     /// The prompt prefixes of the tasks it ran last, likely still in its prefix cache.
     pub warm: WarmPrefixes,
+    /// It said it is stopping (`Drain`): nothing new goes there; it leaves once its tasks end.
+    pub draining: bool,
 }
 
 /// The prefix keys ([`crate::scheduler::Prefixes`]) of a worker's latest tasks, most recent
@@ -209,6 +211,7 @@ impl WorkerEntry {
             running_per_agent: HashMap::new(),
             tasks_assigned: 0,
             warm: WarmPrefixes::default(),
+            draining: false,
         }
     }
 

@@ -716,6 +716,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerUpdate {
                 seq: m.seq,
                 more: m.more_bodies,
             },
+            Kind::Drain(d) => Self::Drain { reason: d.reason },
         })
     }
 }
@@ -784,6 +785,7 @@ impl From<WorkerUpdate> for pb::WorkerMessage {
                     more_bodies: more,
                 })
             }
+            WorkerUpdate::Drain { reason } => Kind::Drain(pb::Drain { reason }),
         };
         Self { kind: Some(kind) }
     }

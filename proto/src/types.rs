@@ -977,6 +977,10 @@ pub enum WorkerUpdate {
         /// More messages after `request.body`, stored in this order.
         more: Vec<String>,
     },
+    /// The worker is stopping: it takes no new work, finishes what it runs, then leaves.
+    Drain {
+        reason: String,
+    },
 }
 
 /// A task handed to a worker.

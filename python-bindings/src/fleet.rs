@@ -331,6 +331,8 @@ fn status_dict<'py>(
         wd.set_item("running_tasks", w.running_tasks)?;
         wd.set_item("tasks_assigned", w.tasks_assigned)?;
         wd.set_item("last_heartbeat_ms_ago", w.last_heartbeat_ms_ago)?;
+        // Stopping: it finishes its tasks and takes no new ones.
+        wd.set_item("draining", w.draining)?;
         let gpus = PyList::empty(py);
         for g in w.gpus {
             let gd = PyDict::new(py);

@@ -65,13 +65,14 @@ const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
 
 /// What a worker reads from the environment besides its credentials: a sandbox's workers
 /// are what its builder says, whatever the shell running the tests exports.
-const WORKER_SETTINGS: [&str; 6] = [
+const WORKER_SETTINGS: [&str; 7] = [
     "FLEET_WORKER_NAME",
     "FLEET_CPUS",
     "FLEET_MEMORY_MB",
     "FLEET_GPUS",
     "FLEET_DEVICE",
     "FLEET_MODELS_DIR",
+    "FLEET_DRAIN_TIMEOUT",
 ];
 
 /// The text a task's last attempt streamed (a retried attempt's deltas stay in the log,
@@ -593,6 +594,29 @@ impl ClusterSandbox {
         let (_, mut child) = self.workers.remove(index);
         child.kill().await?;
         Ok(())
+    }
+
+    /// Stops a worker as an operator does (SIGTERM): it drains (finishes its tasks, takes no
+    /// new ones) and exits; [`ClusterSandbox::wait_worker_exit`] waits for that.
+    pub async fn terminate_worker(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.worker_pid(name).context("no such worker, or it has exited")?;
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+        ensure!(sent.success(), "kill -TERM {pid} failed");
+        Ok(())
+    }
+
+    /// Waits for a worker to exit; its exit code (`None`: killed by a signal).
+    pub async fn wait_worker_exit(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<i32>> {
+        let index = self.workers.iter().position(|(n, _)| n == name).context("no such worker")?;
+        let status = tokio::time::timeout(timeout, self.workers[index].1.wait())
+            .await
+            .with_context(|| format!("worker {name} still running after {timeout:?}"))??;
+        self.workers.remove(index);
+        Ok(status.code())
     }
 
     /// Kills the head (SIGKILL) and starts a new one on the same address and data; workers

@@ -59,6 +59,12 @@ pub struct Args {
     /// weights, KV memory and engine thread are freed after; preloaded models stay).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     model_keep_alive: u64,
+    /// Seconds a stopping worker (SIGTERM, Ctrl-C) waits for its running tasks to end
+    /// before it cancels the rest, which the head retries elsewhere; it takes no new tasks
+    /// meanwhile. Keep it under the stop timeout of what runs it (Kubernetes'
+    /// terminationGracePeriodSeconds, systemd's TimeoutStopSec). 0 stops at once.
+    #[arg(long, value_name = "SECS", env = "FLEET_DRAIN_TIMEOUT", default_value_t = 25)]
+    drain_timeout: u64,
     /// Where local models run: cpu, cuda[:N] or metal[:N] (GPUs need a build with the
     /// cuda or metal feature) [default: cuda:0 in a CUDA build on a machine with a GPU,
     /// else cpu].
@@ -173,6 +179,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
     config.models_dir = args.models_dir;
     config.preload = args.preload;
     config.model_keep_alive = std::time::Duration::from_secs(args.model_keep_alive);
+    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
     config.device = match args.device {
         Some(device) => device,
         None => fleet_inference::gpu::default_device(&detected).to_owned(),

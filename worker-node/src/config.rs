@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub local: Option<std::sync::Arc<dyn fleet_proto::local::LocalHead>>,
     /// Task events buffered on the way to the head before task runners wait.
     pub event_buffer: usize,
+    /// How long a stopping worker (SIGTERM) waits for its tasks to end before it cancels
+    /// the rest, which the head then retries elsewhere (`--drain-timeout`).
+    pub drain_timeout: std::time::Duration,
     /// The code agents (Python agents) this process hosts: told to the head at each join.
     pub code_agents: Option<std::sync::Arc<dyn crate::code_agents::CodeAgents>>,
 }
@@ -68,6 +71,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("mesh_listen", &self.mesh_listen)
             .field("key_hosts", &self.key_hosts)
             .field("allow_private_model_urls", &self.allow_private_model_urls)
+            .field("drain_timeout", &self.drain_timeout)
             .field("mcp", &self.mcp)
             .field("in_process", &self.local.is_some())
             .field("event_buffer", &self.event_buffer)
@@ -103,6 +107,7 @@ impl WorkerConfig {
             mcp: crate::mcp::McpPolicy::default(),
             local: None,
             event_buffer: 65_536,
+            drain_timeout: std::time::Duration::from_secs(25),
             code_agents: None,
         }
     }

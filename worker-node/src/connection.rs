@@ -1,7 +1,9 @@
 //! The worker's link to the head: open the `Join` stream, register, send heartbeats and
 //! task events up, carry out commands coming down, and reconnect with backoff when the
 //! stream breaks (e.g. the head restarted). Tasks keep running while the head is away; their
-//! events wait in the [`Outbox`] and go up after the rejoin.
+//! events wait in the [`Outbox`] and go up after the rejoin. Stopping (SIGTERM) drains: the
+//! worker tells the head (`Drain`), finishes its tasks within `drain_timeout`, sends their
+//! events, and closes its stream, so the head sees it leave rather than get lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,10 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The longest pause between rounds over several heads (a standby takes over soon).
 const BACKOFF_MAX_SEVERAL: Duration = Duration::from_millis(500);
+/// How often a draining worker looks whether its tasks have ended.
+const DRAIN_CHECK: Duration = Duration::from_millis(20);
+/// How long a leaving worker waits for the head to close its side of the stream.
+const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the worker until `shutdown`; returns an error only for problems retrying cannot fix
 /// (a rejected token, a malformed head URL).
@@ -74,14 +80,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let (mut current, mut failed_in_round) = (0, 0);
     loop {
         let (url, endpoint) = &heads[current];
-        let outcome = tokio::select! {
-            r = session(endpoint, url, &config, &registration, &mut host, &mut updates, &outbox, &sink) => r,
-            () = shutdown.cancelled() => {
-                host.cancel_all();
-                info!("worker stopped");
-                return Ok(());
-            }
-        };
+        let outcome = session(
+            endpoint,
+            url,
+            &config,
+            &registration,
+            &mut host,
+            &mut updates,
+            &outbox,
+            &sink,
+            &shutdown,
+        )
+        .await;
+        if shutdown.is_cancelled() {
+            host.cancel_all();
+            info!("worker stopped");
+            return Ok(());
+        }
         // The tasks go on; the head adopts them when this worker rejoins.
         host.head_lost();
         current = (current + 1) % heads.len();
@@ -295,10 +310,15 @@ async fn session(
     updates: &mut mpsc::Receiver<WorkerUpdate>,
     outbox: &Arc<Outbox>,
     sink: &EventSink,
+    shutdown: &CancellationToken,
 ) -> Result<()> {
-    let channel = endpoint.connect().await.map_err(|e| {
-        Error::Unreachable(format!("{url}: {}", fleet_proto::endpoint::describe(&e)))
-    })?;
+    // Until joined, a stop ends the session at once: the head places nothing here yet.
+    let channel = tokio::select! {
+        c = endpoint.connect() => c.map_err(|e| {
+            Error::Unreachable(format!("{url}: {}", fleet_proto::endpoint::describe(&e)))
+        })?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
     let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20);
 
     let (heartbeat_tx, heartbeat_rx) = mpsc::channel::<Heartbeat>(4);
@@ -311,11 +331,14 @@ async fn session(
     let first = pb::WorkerMessage::from(WorkerUpdate::Register(registration.clone()));
     // Events go up from the last one the head has, which the welcome says.
     let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<u64>();
+    // Cancelled to end the stream up (after what waits in it), when the worker leaves.
+    let closing = CancellationToken::new();
     let outbound = futures::stream::once(async move { first }).chain(upward(
         heartbeat_rx,
         update_rx,
         outbox.clone(),
         resume_rx,
+        closing.clone(),
     ));
 
     let mut request = tonic::Request::new(outbound);
@@ -325,7 +348,11 @@ async fn session(
             .map_err(|_| Error::InvalidConfig("the join token must be printable ASCII".into()))?;
         request.metadata_mut().insert(TOKEN_METADATA_KEY, value);
     }
-    let mut inbound = match client.join(request).await {
+    let joined = tokio::select! {
+        joined = client.join(request) => joined,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let mut inbound = match joined {
         Ok(response) => response.into_inner(),
         Err(status)
             if status.code() == tonic::Code::Unauthenticated
@@ -341,7 +368,11 @@ async fn session(
         }
         Err(status) => return Err(Error::Unreachable(format!("{url}: {}", status.message()))),
     };
-    let heartbeat_interval = match inbound.message().await {
+    let welcome = tokio::select! {
+        welcome = inbound.message() => welcome,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let heartbeat_interval = match welcome {
         Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Welcome(w)) })) => {
             outbox.ack(w.resume_after);
             let _ = resume_tx.send(w.resume_after);
@@ -361,6 +392,8 @@ async fn session(
 
     let mut ticker = tokio::time::interval(heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once stopping: when the tasks still running are canceled.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             message = inbound.message() => match message {
@@ -377,6 +410,21 @@ async fn session(
                 Ok(None) => return Ok(()),
                 Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
             },
+            () = shutdown.cancelled(), if drain_until.is_none() => {
+                let running = host.running_list().len();
+                info!(running, drain_timeout_s = config.drain_timeout.as_secs(), "stopping: draining");
+                drain_until = Some(tokio::time::Instant::now() + config.drain_timeout);
+                let drain = WorkerUpdate::Drain { reason: "the worker is stopping".into() };
+                if update_tx.send(drain).await.is_err() {
+                    return Err(Error::Unreachable("the stream to the head closed".into()));
+                }
+            }
+            () = tokio::time::sleep(DRAIN_CHECK), if drain_until.is_some() => {
+                let ended = host.running_list().is_empty() && outbox.is_empty();
+                if ended || drain_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    break;
+                }
+            }
             _ = ticker.tick() => {
                 if heartbeat_tx.try_send(heartbeat(host)).is_err() {
                     debug!("heartbeat skipped: the previous one is still waiting to be sent");
@@ -390,6 +438,28 @@ async fn session(
             }
         }
     }
+    leave(host, closing, &mut inbound).await;
+    Ok(())
+}
+
+/// Ends a drained session: ends the stream up (after the events ready to go) and waits,
+/// briefly, for the head to close its side, so both ends see a clean close. Tasks still
+/// running (the drain timed out) are canceled only after: their cancel events never reach
+/// the head, which retries them on other workers as those of a worker that left.
+async fn leave(
+    host: &ActorHost,
+    closing: CancellationToken,
+    inbound: &mut tonic::Streaming<pb::HeadMessage>,
+) {
+    let left = host.running_list().len();
+    if left > 0 {
+        warn!(tasks = left, "drain timeout: leaving with tasks running; the head retries them");
+    }
+    closing.cancel();
+    let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout(LEAVE_GRACE, closed).await;
+    host.cancel_all();
+    info!("left the head");
 }
 
 /// What the stream up reads from.
@@ -398,6 +468,8 @@ struct Upward {
     updates: mpsc::Receiver<WorkerUpdate>,
     outbox: Arc<Outbox>,
     added: tokio::sync::watch::Receiver<u64>,
+    /// Ends the stream, after what is ready to go up.
+    closing: CancellationToken,
     /// Until the welcome: the number of the last event the head has.
     resume: Option<tokio::sync::oneshot::Receiver<u64>>,
     /// The number of the last event sent.
@@ -412,9 +484,11 @@ fn upward(
     updates: mpsc::Receiver<WorkerUpdate>,
     outbox: Arc<Outbox>,
     resume: tokio::sync::oneshot::Receiver<u64>,
+    closing: CancellationToken,
 ) -> impl futures::Stream<Item = pb::WorkerMessage> + Send {
     let added = outbox.watch();
-    let state = Upward { heartbeats, updates, outbox, added, resume: Some(resume), cursor: 0 };
+    let state =
+        Upward { heartbeats, updates, outbox, added, closing, resume: Some(resume), cursor: 0 };
     futures::stream::unfold(state, |mut up| async move {
         if let Some(resume) = up.resume.take() {
             // No welcome: the connection failed and nothing goes up.
@@ -428,6 +502,8 @@ fn upward(
                 up.cursor = events.last()?.seq;
                 WorkerUpdate::Events(events)
             }
+            // Last in line: whatever was ready went up first.
+            () = up.closing.cancelled() => return None,
         };
         Some((pb::WorkerMessage::from(message), up))
     })

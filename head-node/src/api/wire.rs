@@ -73,6 +73,7 @@ impl From<WorkerInfo> for pb::WorkerStatus {
             slots: r.slots,
             running_tasks: w.running_tasks,
             mesh_calls: w.mesh_calls,
+            draining: w.draining,
             tasks_assigned: w.tasks_assigned,
             last_heartbeat_ms_ago: w.last_heartbeat_ago.as_millis() as u64,
             loaded: w.loaded.into_iter().map(Into::into).collect(),

@@ -151,6 +151,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     Ok(WorkerUpdate::StoreTopicMessage { request, seq, more }) => {
                         cluster.store_agent_message(&worker_id, connection, request, seq, more)
                     }
+                    Ok(WorkerUpdate::Drain { reason }) => {
+                        cluster.worker_draining(&worker_id, connection, &reason)
+                    }
                     Ok(WorkerUpdate::Register(_)) => {
                         warn!("second registration on one stream ignored")
                     }

@@ -146,6 +146,18 @@ impl Cluster {
         }
     }
 
+    /// The worker is stopping: nothing new is placed there (its actors too are placed
+    /// elsewhere from now on); it leaves once its tasks have ended.
+    pub fn worker_draining(&self, worker_id: &str, connection: u64, reason: &str) {
+        let mut state = self.state.lock();
+        if let Some(w) = state.workers.get_mut(worker_id)
+            && w.connection == connection
+        {
+            info!(worker_id, reason, tasks = w.running.len(), "worker draining");
+            w.draining = true;
+        }
+    }
+
     /// Applies a batch of events a worker sent about its tasks.
     pub fn worker_events(&self, worker_id: &str, connection: u64, events: Vec<TaskEvent>) {
         let mut guard = self.state.lock();
@@ -295,7 +307,12 @@ impl Cluster {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         if let Some(entry) = state.workers.remove(worker_id, connection) {
-            warn!(worker_id, reason, tasks = entry.running.len(), "worker lost");
+            if entry.draining {
+                // Drained: it said so and waited for its tasks (any left are retried).
+                info!(worker_id, tasks = entry.running.len(), "worker left");
+            } else {
+                warn!(worker_id, reason, tasks = entry.running.len(), "worker lost");
+            }
             let on_mesh = entry.registration.mesh.is_some();
             fail_over(state, entry, reason);
             if on_mesh {

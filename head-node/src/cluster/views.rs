@@ -229,6 +229,8 @@ pub struct WorkerInfo {
     pub running_tasks: u32,
     /// Calls from the mesh it runs, as its last heartbeat said.
     pub mesh_calls: u32,
+    /// It is stopping: it finishes its tasks and takes no new ones.
+    pub draining: bool,
     pub tasks_assigned: u64,
     pub models_loaded: Vec<String>,
     /// Loaded models with their engines' figures.
@@ -392,6 +394,7 @@ impl Cluster {
                 free: w.free,
                 running_tasks: w.running.len() as u32,
                 mesh_calls: w.heartbeat.mesh_calls,
+                draining: w.draining,
                 tasks_assigned: w.tasks_assigned,
                 models_loaded: w.heartbeat.models_loaded.clone(),
                 loaded: w.heartbeat.models.clone(),
