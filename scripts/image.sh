@@ -15,7 +15,7 @@
 # FLEET_TLS_CA; give worker containers --no-healthcheck). Default command: fleet-head; run
 # a worker with `fleet-worker`:
 #   podman run -d --name head -p 7070:7070 -e FLEET_TOKEN -e FLEET_JOIN_TOKEN localhost/agentfleet:0.1.0
-#   podman run -d --no-healthcheck -e FLEET_HEAD=http://HEAD:7070 -e FLEET_JOIN_TOKEN \
+#   podman run -d --no-healthcheck --stop-timeout 30 -e FLEET_HEAD=http://HEAD:7070 -e FLEET_JOIN_TOKEN \
 #       -v ~/models:/models:ro localhost/agentfleet:0.1.0 fleet-worker
 # Needs root (or `buildah unshare`), buildah, and apt-get for the packages' files.
 . "$(dirname "$0")/env.sh"

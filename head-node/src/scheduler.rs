@@ -42,7 +42,9 @@ fn could_ever_run(spec: &AgentSpec, w: &WorkerEntry) -> bool {
 /// Whether a sub-task of `spec` could run on `w` in the slot its caller lends there: all
 /// but a free slot.
 pub fn can_borrow(spec: &AgentSpec, w: &WorkerEntry) -> bool {
-    could_ever_run(spec, w) && !w.draining && !w.commands.is_cut() && w.free.fits(&spec.resources)
+    // A draining worker's tasks may still call agents in the slots they lend: they finish
+    // sooner that way.
+    could_ever_run(spec, w) && !w.commands.is_cut() && w.free.fits(&spec.resources)
 }
 
 fn can_run_now(spec: &AgentSpec, w: &WorkerEntry) -> bool {
@@ -171,8 +173,11 @@ pub fn locate<'a>(
         let free = if w.has_free_slot() { 3.0 } else { 0.0 };
         score(spec, w, &affinity) + hosted + free
     };
-    let candidates =
-        || workers.iter().filter(|w| w.registration.mesh.is_some() && could_ever_run(spec, w));
+    let candidates = || {
+        workers
+            .iter()
+            .filter(|w| w.registration.mesh.is_some() && !w.draining && could_ever_run(spec, w))
+    };
     // The conversation's memory is on the worker that ran it: the call goes there, busy or
     // not (it waits for a turn there rather than answering without its history).
     if let Some(there) = context_worker.and_then(|id| candidates().find(|w| w.id == id)) {

@@ -565,7 +565,11 @@ impl Agent {
         context_id: Option<String>,
         renamed: Option<Bound<'_, pyo3::types::PyDict>>,
     ) -> PyResult<Agent> {
-        crate::options::refuse_renamed("agent.options", renamed.as_ref())?;
+        crate::options::refuse_renamed(
+            "agent.options",
+            crate::options::RENAMED_OPTIONS_KEYWORDS,
+            renamed.as_ref(),
+        )?;
         let sampling = crate::options::sampling(sampling.as_ref())?;
         let schema = self.schema_of(output_schema.as_ref())?;
         Ok(Agent {

@@ -467,7 +467,7 @@ impl Fleet {
         call_once: Vec<Bound<'_, PyAny>>,
         renamed: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Agent> {
-        options::refuse_renamed("fleet.agent", renamed.as_ref())?;
+        options::refuse_renamed("fleet.agent", options::RENAMED_AGENT_KEYWORDS, renamed.as_ref())?;
         let this = slf.get();
         let (name, model, description, actor_state) = match name.extract::<String>() {
             Ok(name) => {

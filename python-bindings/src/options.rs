@@ -77,7 +77,7 @@ pub fn resources(value: Option<&Bound<'_, PyAny>>) -> PyResult<Resources> {
 
 /// What each keyword argument `fleet.agent` no longer takes became (kept for one release,
 /// so old code fails saying what to write instead).
-const RENAMED_AGENT_KEYWORDS: &[(&str, &str)] = &[
+pub const RENAMED_AGENT_KEYWORDS: &[(&str, &str)] = &[
     ("temperature", "sampling=af.Sampling(temperature=...)"),
     ("top_p", "sampling=af.Sampling(top_p=...)"),
     ("max_tokens", "sampling=af.Sampling(max_tokens=...)"),
@@ -91,13 +91,34 @@ const RENAMED_AGENT_KEYWORDS: &[(&str, &str)] = &[
     ("memory_mb", "resources=af.Resources(memory=...) (in bytes: MiB * 2**20)"),
 ];
 
-/// Refuses the keyword arguments of `function` beyond its own: a renamed one with its new
-/// spelling, any other as Python refuses an unknown keyword.
-pub fn refuse_renamed(function: &str, extra: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+/// The same for `agent.options`, which sets what a task may change: resources are the
+/// agent's, given when it is registered.
+pub const RENAMED_OPTIONS_KEYWORDS: &[(&str, &str)] = &[
+    ("temperature", "sampling=af.Sampling(temperature=...)"),
+    ("top_p", "sampling=af.Sampling(top_p=...)"),
+    ("max_tokens", "sampling=af.Sampling(max_tokens=...)"),
+    ("seed", "sampling=af.Sampling(seed=...)"),
+    ("stop", "sampling=af.Sampling(stop=[...])"),
+    ("presence_penalty", "sampling=af.Sampling(presence_penalty=...)"),
+    ("frequency_penalty", "sampling=af.Sampling(frequency_penalty=...)"),
+    ("thinking", "sampling=af.Sampling(thinking=...)"),
+    ("cpus", "the agent's: fleet.agent(..., resources=af.Resources(num_cpus=...))"),
+    ("gpus", "the agent's: fleet.agent(..., resources=af.Resources(num_gpus=...))"),
+    ("memory_mb", "the agent's: fleet.agent(..., resources=af.Resources(memory=...))"),
+    ("resources", "the agent's: fleet.agent(..., resources=af.Resources(...))"),
+];
+
+/// Refuses the keyword arguments of `function` beyond its own: one of `renamed` with its
+/// new spelling, any other as Python refuses an unknown keyword.
+pub fn refuse_renamed(
+    function: &str,
+    renamed: &[(&str, &str)],
+    extra: Option<&Bound<'_, PyDict>>,
+) -> PyResult<()> {
     let Some(extra) = extra else { return Ok(()) };
     if let Some((key, _)) = extra.iter().next() {
         let key: String = key.extract()?;
-        return Err(match RENAMED_AGENT_KEYWORDS.iter().find(|(old, _)| *old == key) {
+        return Err(match renamed.iter().find(|(old, _)| *old == key) {
             Some((old, new)) => {
                 PyTypeError::new_err(format!("{function}: {old}= is now {new} (agentfleet 0.1)"))
             }

@@ -330,7 +330,8 @@ impl Task {
     }
 
     /// Answers the question the task waits on (for an approval: "yes"/"approve" approves,
-    /// anything else rejects). Raises `UnsupportedError` when the task is not input-required.
+    /// anything else rejects). Raises `InvalidRequestError` when the task runs but does not wait
+    /// for input, `UnsupportedError` when it has ended.
     fn reply(&self, py: Python<'_>, text: String) -> PyResult<()> {
         self.send_reply(py, fleet_client::Reply::Text(text))
     }

@@ -104,9 +104,19 @@ def test_renamed_keywords_fail_naming_the_new_spelling(fleet: af.Fleet) -> None:
         ("InvalidArgument", "af.InvalidRequestError"),
         ("ResourceExhausted", "af.BusyError"),
     ]:
-        with pytest.raises(AttributeError, match=rf"agentfleet.{old} is gone since 0.1: use .*{new}"):
+        said = rf"agentfleet.{old} is gone since 0.1: use .*{new}"
+        with pytest.raises(AttributeError, match=said), pytest.warns(FutureWarning, match=said):
             getattr(af, old)
+    # Python's own error for a from-import drops the message: the warning says it.
+    with pytest.raises(ImportError), pytest.warns(FutureWarning, match="use af.CanceledError"):
+        from agentfleet import Cancelled  # type: ignore[attr-defined]  # noqa: F401
     assert not hasattr(af, "AgentHost") and not hasattr(af, "run_head")
+    # Per call, sampling may change; resources are the agent's.
+    echo = fleet.agent("api-old", "builtin:echo")
+    with pytest.raises(TypeError, match=r"agent.options: max_tokens= is now sampling=af.Sampling"):
+        echo.options(max_tokens=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"cpus= is now the agent's: fleet.agent\(\.\.\., resources="):
+        echo.options(cpus=2)  # type: ignore[call-arg]
 
 
 def test_events_are_typed_per_kind(fleet: af.Fleet) -> None:

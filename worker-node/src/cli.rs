@@ -283,18 +283,26 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, which is how systemd, Kubernetes and
-/// podman stop a process: either way the worker stops cleanly. The handlers are installed
-/// when this is called (not when a task first runs), so a signal during the start counts.
+/// podman stop a process: either way the worker drains and stops cleanly. A second signal
+/// stops it at once (the head retries what it still ran). The handlers are installed when
+/// this is called (not when a task first runs), so a signal during the start counts.
 fn stop_on_signal(shutdown: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+        for stop in [true, false] {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if stop {
+                shutdown.cancel();
+            } else {
+                eprintln!("fleet-worker: stopped at once (a second signal while draining)");
+                std::process::exit(130);
+            }
         }
-        shutdown.cancel();
     });
     Ok(())
 }

@@ -312,7 +312,8 @@ async fn session(
     sink: &EventSink,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    // Until joined, a stop ends the session at once: the head places nothing here yet.
+    // Until joined, a stop ends the session at once: with no head to tell, there is no
+    // drain (tasks left from an earlier session are canceled, and run again elsewhere).
     let channel = tokio::select! {
         c = endpoint.connect() => c.map_err(|e| {
             Error::Unreachable(format!("{url}: {}", fleet_proto::endpoint::describe(&e)))
@@ -394,6 +395,12 @@ async fn session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set once stopping: when the tasks still running are canceled.
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // Made once: a sleep made in the loop would start over with every message from the
+    // head (an ack per batch of events), and a streaming task would hold off the deadline.
+    let mut drain_check = tokio::time::interval(DRAIN_CHECK);
+    // Checks in a row that found nothing left: a task leaves the running set just before
+    // its last event reaches the outbox, so "nothing left" must hold twice.
+    let mut idle_checks = 0;
     loop {
         tokio::select! {
             message = inbound.message() => match message {
@@ -419,9 +426,13 @@ async fn session(
                     return Err(Error::Unreachable("the stream to the head closed".into()));
                 }
             }
-            () = tokio::time::sleep(DRAIN_CHECK), if drain_until.is_some() => {
-                let ended = host.running_list().is_empty() && outbox.is_empty();
-                if ended || drain_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            _ = drain_check.tick(), if drain_until.is_some() => {
+                let idle = host.running_list().is_empty()
+                    && host.local_calls().calls_from_mesh() == 0
+                    && sink.capacity() == sink.max_capacity()
+                    && outbox.is_empty();
+                idle_checks = if idle { idle_checks + 1 } else { 0 };
+                if idle_checks >= 2 || drain_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
                     break;
                 }
             }

@@ -158,7 +158,13 @@ _RENAMED = {
 
 def __getattr__(name: str) -> Any:
     if name in _RENAMED:
-        raise AttributeError(f"agentfleet.{name} is gone since 0.1: use {_RENAMED[name]}")
+        message = f"agentfleet.{name} is gone since 0.1: use {_RENAMED[name]}"
+        # `from agentfleet import TaskFailed` turns this AttributeError into an ImportError
+        # of its own, without the message: the warning says it first.
+        import warnings
+
+        warnings.warn(message, FutureWarning, stacklevel=2)
+        raise AttributeError(message)
     raise AttributeError(f"module 'agentfleet' has no attribute {name!r}")
 
 
