@@ -121,9 +121,10 @@ async fn a_drain_past_its_timeout_cancels_and_the_head_retries_elsewhere() -> Re
         .await?;
     let outcome = tokio::time::timeout(LIMIT, async {
         let client = cluster.client().await?;
-        client.register_agent(slow_echo("long", 200)).await?;
-        // 40 words 200 ms apart: 8 s, far past the 1 s drain.
-        let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+        // 2,000 words 5 ms apart: 10 s, far past the 1 s drain, and a stream of events (and
+        // of the head's acks) that must not hold the drain's deadline off.
+        client.register_agent(slow_echo("long", 5)).await?;
+        let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
         let mut task = client.submit(Submission::new("long", words.join(" "))).await?;
         let (seen, stopping) = until_working(&mut task).await?;
         let other = cluster.add_worker()?;
