@@ -211,94 +211,97 @@ event_class! {
     }
 }
 
-/// The kind's name of an event, as Python's `kind` and `af.EventKind` say it.
-pub fn kind_name(kind: &EventKind) -> &'static str {
-    match kind {
-        EventKind::Submitted { .. } => "submitted",
-        EventKind::Scheduled { .. } => "scheduled",
-        EventKind::Working => "working",
-        EventKind::TextDelta { .. } => "text_delta",
-        EventKind::ReasoningDelta { .. } => "reasoning_delta",
-        EventKind::ToolCall { .. } => "tool_call",
-        EventKind::ToolResult { .. } => "tool_result",
-        EventKind::Completed { .. } => "completed",
-        EventKind::Failed { .. } => "failed",
-        EventKind::Canceled { .. } => "canceled",
-        EventKind::Embeddings { .. } => "embeddings",
-        EventKind::InputRequired { .. } => "input_required",
-        EventKind::InputReceived { .. } => "input_received",
-        EventKind::Retrying { .. } => "retrying",
-        EventKind::StateSaved { .. } => "state_saved",
-        EventKind::Artifact(_) => "artifact",
-    }
-}
-
-/// `e` as an object of its kind's class.
+/// `e` as an object of its kind's class; `kind` names the kind as `af.EventKind` does.
 pub fn to_py(py: Python<'_>, e: &TaskEvent) -> PyResult<Py<PyAny>> {
-    let base = PyClassInitializer::from(Event {
-        task_id: e.task_id.to_string(),
-        seq: e.seq,
-        attempt: e.attempt,
-        kind: kind_name(&e.kind),
-        timestamp_us: e.timestamp_us,
-    });
-    // The event as an object of its kind's class, which extends `Event`.
+    // The event as an object of class `$this`, which extends `Event`.
     macro_rules! of_class {
-        ($this:expr) => {
-            Ok(Bound::new(py, base.add_subclass($this))?.into_any().unbind())
-        };
+        ($kind:literal, $this:expr) => {{
+            let base = Event {
+                task_id: e.task_id.to_string(),
+                seq: e.seq,
+                attempt: e.attempt,
+                kind: $kind,
+                timestamp_us: e.timestamp_us,
+            };
+            let object = PyClassInitializer::from(base).add_subclass($this);
+            Ok(Bound::new(py, object)?.into_any().unbind())
+        }};
     }
     match &e.kind {
-        EventKind::Submitted { agent } => of_class!(Submitted { agent: agent.clone() }),
-        EventKind::Scheduled { worker_id } => of_class!(Scheduled { worker_id: worker_id.clone() }),
-        EventKind::Working => of_class!(Working {}),
-        EventKind::TextDelta { text, .. } => of_class!(TextDelta { text: text.clone() }),
-        EventKind::ReasoningDelta { text } => of_class!(ReasoningDelta { text: text.clone() }),
-        EventKind::ToolCall { call_id, name, arguments, replayed, .. } => of_class!(ToolCall {
-            call_id: call_id.clone(),
-            tool: name.clone(),
-            arguments: arguments.clone(),
-            replayed: *replayed,
-        }),
-        EventKind::ToolResult { call_id, output, is_error } => of_class!(ToolResult {
-            call_id: call_id.clone(),
-            output: output.clone(),
-            is_error: *is_error,
-        }),
-        EventKind::Completed { usage } => of_class!(Completed {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            reasoning_tokens: usage.reasoning_tokens,
-        }),
-        EventKind::Failed { error, worker_id, kind } => of_class!(Failed {
-            error: error.clone(),
-            error_kind: kind.as_str(),
-            worker_id: worker_id.clone(),
-        }),
-        EventKind::Canceled { reason } => of_class!(Canceled { reason: reason.clone() }),
-        EventKind::Embeddings { vectors } => of_class!(Embeddings { count: vectors.len() }),
-        EventKind::InputRequired { prompt, call_id, tool, arguments, .. } => {
-            of_class!(InputRequired {
-                prompt: prompt.clone(),
-                call_id: call_id.clone(),
-                tool: tool.clone(),
-                arguments: arguments.clone(),
-            })
+        EventKind::Submitted { agent } => {
+            of_class!("submitted", Submitted { agent: agent.clone() })
         }
-        EventKind::InputReceived { call_id, text, rejected } => of_class!(InputReceived {
-            call_id: call_id.clone(),
-            reply: text.clone(),
-            rejected: *rejected,
-        }),
-        EventKind::Retrying { reason, .. } => of_class!(Retrying { reason: reason.clone() }),
+        EventKind::Scheduled { worker_id } => {
+            of_class!("scheduled", Scheduled { worker_id: worker_id.clone() })
+        }
+        EventKind::Working => of_class!("working", Working {}),
+        EventKind::TextDelta { text, .. } => {
+            of_class!("text_delta", TextDelta { text: text.clone() })
+        }
+        EventKind::ReasoningDelta { text } => {
+            of_class!("reasoning_delta", ReasoningDelta { text: text.clone() })
+        }
+        EventKind::ToolCall { call_id, name, arguments, replayed, .. } => of_class!(
+            "tool_call",
+            ToolCall {
+                call_id: call_id.clone(),
+                tool: name.clone(),
+                arguments: arguments.clone(),
+                replayed: *replayed,
+            }
+        ),
+        EventKind::ToolResult { call_id, output, is_error } => of_class!(
+            "tool_result",
+            ToolResult { call_id: call_id.clone(), output: output.clone(), is_error: *is_error }
+        ),
+        EventKind::Completed { usage } => of_class!(
+            "completed",
+            Completed {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                reasoning_tokens: usage.reasoning_tokens,
+            }
+        ),
+        EventKind::Failed { error, worker_id, kind } => of_class!(
+            "failed",
+            Failed {
+                error: error.clone(),
+                error_kind: kind.as_str(),
+                worker_id: worker_id.clone(),
+            }
+        ),
+        EventKind::Canceled { reason } => {
+            of_class!("canceled", Canceled { reason: reason.clone() })
+        }
+        EventKind::Embeddings { vectors } => {
+            of_class!("embeddings", Embeddings { count: vectors.len() })
+        }
+        EventKind::InputRequired { prompt, call_id, tool, arguments, .. } => {
+            of_class!(
+                "input_required",
+                InputRequired {
+                    prompt: prompt.clone(),
+                    call_id: call_id.clone(),
+                    tool: tool.clone(),
+                    arguments: arguments.clone(),
+                }
+            )
+        }
+        EventKind::InputReceived { call_id, text, rejected } => of_class!(
+            "input_received",
+            InputReceived { call_id: call_id.clone(), reply: text.clone(), rejected: *rejected }
+        ),
+        EventKind::Retrying { reason, .. } => {
+            of_class!("retrying", Retrying { reason: reason.clone() })
+        }
         EventKind::StateSaved { state } => {
             let state = py.import("json")?.call_method1("loads", (&**state,))?.unbind();
-            of_class!(StateSaved { state })
+            of_class!("state_saved", StateSaved { state })
         }
         EventKind::Artifact(artifact) => {
             let name = if artifact.name.is_empty() { &artifact.id } else { &artifact.name };
             let artifact = artifact_object(py, artifact)?;
-            of_class!(ArtifactEvent { name: name.clone(), artifact })
+            of_class!("artifact", ArtifactEvent { name: name.clone(), artifact })
         }
     }
 }

@@ -75,17 +75,21 @@ pub fn resources(value: Option<&Bound<'_, PyAny>>) -> PyResult<Resources> {
     Ok(Resources { cpus: f.num_cpus, memory_bytes: f.memory, gpus: f.num_gpus })
 }
 
-/// What each keyword argument `fleet.agent` no longer takes became (kept for one release,
-/// so old code fails saying what to write instead).
+/// `fleet.agent`'s keyword arguments that are now fields of `af.Sampling` (kept for one
+/// release, so old code fails saying what to write instead).
+const SAMPLING_KEYWORDS: [&str; 8] = [
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "thinking",
+];
+
+/// The resources keywords `fleet.agent` no longer takes, and what they became.
 pub const RENAMED_AGENT_KEYWORDS: &[(&str, &str)] = &[
-    ("temperature", "sampling=af.Sampling(temperature=...)"),
-    ("top_p", "sampling=af.Sampling(top_p=...)"),
-    ("max_tokens", "sampling=af.Sampling(max_tokens=...)"),
-    ("seed", "sampling=af.Sampling(seed=...)"),
-    ("stop", "sampling=af.Sampling(stop=[...])"),
-    ("presence_penalty", "sampling=af.Sampling(presence_penalty=...)"),
-    ("frequency_penalty", "sampling=af.Sampling(frequency_penalty=...)"),
-    ("thinking", "sampling=af.Sampling(thinking=...)"),
     ("cpus", "resources=af.Resources(num_cpus=...)"),
     ("gpus", "resources=af.Resources(num_gpus=...)"),
     ("memory_mb", "resources=af.Resources(memory=...) (in bytes: MiB * 2**20)"),
@@ -94,22 +98,14 @@ pub const RENAMED_AGENT_KEYWORDS: &[(&str, &str)] = &[
 /// The same for `agent.options`, which sets what a task may change: resources are the
 /// agent's, given when it is registered.
 pub const RENAMED_OPTIONS_KEYWORDS: &[(&str, &str)] = &[
-    ("temperature", "sampling=af.Sampling(temperature=...)"),
-    ("top_p", "sampling=af.Sampling(top_p=...)"),
-    ("max_tokens", "sampling=af.Sampling(max_tokens=...)"),
-    ("seed", "sampling=af.Sampling(seed=...)"),
-    ("stop", "sampling=af.Sampling(stop=[...])"),
-    ("presence_penalty", "sampling=af.Sampling(presence_penalty=...)"),
-    ("frequency_penalty", "sampling=af.Sampling(frequency_penalty=...)"),
-    ("thinking", "sampling=af.Sampling(thinking=...)"),
     ("cpus", "the agent's: fleet.agent(..., resources=af.Resources(num_cpus=...))"),
     ("gpus", "the agent's: fleet.agent(..., resources=af.Resources(num_gpus=...))"),
     ("memory_mb", "the agent's: fleet.agent(..., resources=af.Resources(memory=...))"),
     ("resources", "the agent's: fleet.agent(..., resources=af.Resources(...))"),
 ];
 
-/// Refuses the keyword arguments of `function` beyond its own: one of `renamed` with its
-/// new spelling, any other as Python refuses an unknown keyword.
+/// Refuses the keyword arguments of `function` beyond its own: a sampling one, or one of
+/// `renamed`, with its new spelling; any other as Python refuses an unknown keyword.
 pub fn refuse_renamed(
     function: &str,
     renamed: &[(&str, &str)],
@@ -118,9 +114,15 @@ pub fn refuse_renamed(
     let Some(extra) = extra else { return Ok(()) };
     if let Some((key, _)) = extra.iter().next() {
         let key: String = key.extract()?;
-        return Err(match renamed.iter().find(|(old, _)| *old == key) {
-            Some((old, new)) => {
-                PyTypeError::new_err(format!("{function}: {old}= is now {new} (agentfleet 0.1)"))
+        let new = match renamed.iter().find(|(old, _)| *old == key) {
+            Some((_, new)) => Some((*new).to_owned()),
+            None => SAMPLING_KEYWORDS
+                .contains(&key.as_str())
+                .then(|| format!("sampling=af.Sampling({key}=...)")),
+        };
+        return Err(match new {
+            Some(new) => {
+                PyTypeError::new_err(format!("{function}: {key}= is now {new} (agentfleet 0.1)"))
             }
             None => PyTypeError::new_err(format!(
                 "{function}() got an unexpected keyword argument '{key}'"

@@ -418,7 +418,7 @@ async fn session(
                 Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
             },
             () = shutdown.cancelled(), if drain_until.is_none() => {
-                let running = host.running_list().len();
+                let running = host.running_tasks();
                 info!(running, drain_timeout_s = config.drain_timeout.as_secs(), "stopping: draining");
                 drain_until = Some(tokio::time::Instant::now() + config.drain_timeout);
                 let drain = WorkerUpdate::Drain { reason: "the worker is stopping".into() };
@@ -427,7 +427,7 @@ async fn session(
                 }
             }
             _ = drain_check.tick(), if drain_until.is_some() => {
-                let idle = host.running_list().is_empty()
+                let idle = host.running_tasks() == 0
                     && host.local_calls().calls_from_mesh() == 0
                     && sink.capacity() == sink.max_capacity()
                     && outbox.is_empty();
@@ -462,7 +462,7 @@ async fn leave(
     closing: CancellationToken,
     inbound: &mut tonic::Streaming<pb::HeadMessage>,
 ) {
-    let left = host.running_list().len();
+    let left = host.running_tasks();
     if left > 0 {
         warn!(tasks = left, "drain timeout: leaving with tasks running; the head retries them");
     }
