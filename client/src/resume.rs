@@ -259,14 +259,18 @@ async fn connection(
         let control = control.clone();
         tokio::spawn(async move {
             for chunk in items.chunks(CHUNK) {
+                // Counted before the stop is checked and the chunk sent: a caller stopping
+                // now waits for (and cancels) these tasks too, rather than reading a count
+                // that misses a chunk already on its way.
+                let high = chunk.last().map_or(0, |(r, _)| *r as usize + 1);
+                let before = control.sent.fetch_max(high, Ordering::SeqCst);
                 if control.stop.is_cancelled() {
+                    control.sent.fetch_min(before, Ordering::SeqCst);
                     return;
                 }
-                let high = chunk.last().map_or(0, |(r, _)| *r as usize + 1);
                 if sender.send(chunk.to_vec()).await.is_err() {
                     return;
                 }
-                control.sent.fetch_max(high, Ordering::SeqCst);
             }
         });
         many = Some(updates);
