@@ -6,6 +6,7 @@
 # remote models). No shell, no package manager: nothing in it but agentfleet.
 #
 #   scripts/image.sh                  builds localhost/agentfleet:VERSION; prints that name last
+#   scripts/image.sh --cuda           builds localhost/agentfleet:VERSION-cuda, for GPU workers
 #
 # The image runs as user 10001 (never root), listens on 7070, keeps the head's store in
 # head/ of the volume /var/lib/agentfleet (a subfolder: the head makes its data folder
@@ -17,14 +18,37 @@
 #   podman run -d --name head -p 7070:7070 -e FLEET_TOKEN -e FLEET_JOIN_TOKEN localhost/agentfleet:0.1.0
 #   podman run -d --no-healthcheck --stop-timeout 30 -e FLEET_HEAD=http://HEAD:7070 -e FLEET_JOIN_TOKEN \
 #       -v ~/models:/models:ro localhost/agentfleet:0.1.0 fleet-worker
+#
+# The CUDA image is the same but for its fleet-worker, built with `--features cuda` (nvcc
+# and CUDA's headers from PyPI: scripts/cuda-toolchain.sh), and CUDA's runtime libraries
+# beside it (cudart, cuBLAS, cuBLASLt, cuRAND, from the same PyPI wheels; ~700 MB, most of
+# it cuBLASLt). Its default command is fleet-worker and it has no health check. The GPU
+# driver's own library (libcuda.so.1) and NVML are not in it: they must match the host's
+# driver, and the NVIDIA Container Toolkit mounts them into the container (`podman run
+# --device nvidia.com/gpu=all` through CDI; Kubernetes' NVIDIA device plugin). Without them
+# the worker does not start. The kernels are built for the compute capability
+# CUDA_COMPUTE_CAP names (90, Hopper, unless set; 80 for Ampere and Ada as well, at the cost
+# of a second build of candle's kernels), recorded in the image's label
+# org.agentfleet.cuda-compute-cap.
+#   podman run -d --device nvidia.com/gpu=all --stop-timeout 30 -e FLEET_HEAD=http://HEAD:7070 \
+#       -e FLEET_JOIN_TOKEN -v ~/models:/models:ro localhost/agentfleet:0.1.0-cuda
 # Needs root (or `buildah unshare`), buildah, and apt-get for the packages' files.
 . "$(dirname "$0")/env.sh"
 cd "$root"
+cuda=""
+case "${1:-}" in
+    "") ;;
+    --cuda) cuda=1 ;;
+    *)
+        echo "usage: scripts/image.sh [--cuda]" >&2
+        exit 2
+        ;;
+esac
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
-name="localhost/agentfleet:$version"
+name="localhost/agentfleet:$version${cuda:+-cuda}"
 dist="${DIST_DIR:-$root/dist}"
+debug="$dist/debug${cuda:+/cuda}"
 
-cargo build --release --locked -p fleet-head -p fleet-worker -p fleet-cli --bins >&2
 # Docker's image format from the start: OCI images carry no health check.
 export BUILDAH_FORMAT=docker
 work="$(mktemp -d)"
@@ -36,19 +60,37 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/bin" "$work/debs" "$dist/debug"
+mkdir -p "$work/bin" "$work/lib" "$work/debs" "$debug"
 # apt-get downloads as its own unprivileged user (_apt), which must reach the folder.
 chmod 755 "$work"
 chmod 777 "$work/debs"
-for binary in fleet-head fleet-worker fleet; do
-    cp "$CARGO_TARGET_DIR/release/$binary" "$work/bin/"
-done
+packages=(libc6 libgcc-s1 ca-certificates)
+if [ -z "$cuda" ]; then
+    cargo build --release --locked -p fleet-head -p fleet-worker -p fleet-cli --bins >&2
+    cp "$CARGO_TARGET_DIR/release/fleet-worker" "$work/bin/"
+else
+    cargo build --release --locked -p fleet-head -p fleet-cli --bins >&2
+    # The same path as the CPU build's binary: copied at once, before anything rebuilds it.
+    (
+        eval "$("$root/scripts/cuda-toolchain.sh")"
+        cargo build --release --locked -p fleet-worker --features cuda >&2
+        cp "$CARGO_TARGET_DIR/release/fleet-worker" "$work/bin/"
+        # The runtime libraries the CUDA worker links (cuBLAS loads cuBLASLt).
+        for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+            cp "$CUDA_ROOT/lib/$lib" "$work/lib/"
+        done
+        echo "$CUDA_COMPUTE_CAP" >"$work/compute-cap"
+    )
+    # candle's kernels are C++: its runtime, too.
+    packages+=(libstdc++6)
+fi
+cp "$CARGO_TARGET_DIR/release/fleet-head" "$CARGO_TARGET_DIR/release/fleet" "$work/bin/"
 "$root/scripts/strip-debug.sh" "$work"/bin/fleet-head "$work"/bin/fleet-worker "$work"/bin/fleet
-mv "$work"/bin/*.debug "$dist/debug/"
+mv "$work"/bin/*.debug "$debug/"
 
 # The C runtime the binaries were linked against (this machine's Debian release, so the
 # image's glibc is the one they were built with) and the CA certificates.
-download() { (cd "$work/debs" && apt-get download libc6 libgcc-s1 ca-certificates >&2); }
+download() { (cd "$work/debs" && apt-get download "${packages[@]}" >&2); }
 if ! download; then
     # A fresh machine has no package lists yet.
     apt-get update -qq >&2
@@ -67,6 +109,11 @@ rm -rf "$rootfs/usr/share/doc" "$rootfs/usr/share/lintian" "$rootfs/usr/share/lo
     "$rootfs/usr/share/ca-certificates" "$rootfs/usr/sbin" "$rootfs/usr/bin" "$rootfs/sbin"
 install -d -m 755 "$rootfs/usr/local/bin"
 install -m 755 "$work"/bin/fleet-head "$work"/bin/fleet-worker "$work"/bin/fleet "$rootfs/usr/local/bin/"
+if [ -n "$cuda" ]; then
+    # Where the loader looks without a cache, and where the NVIDIA Container Toolkit puts
+    # the driver's libraries.
+    install -m 644 "$work"/lib/* "$rootfs/usr/lib/x86_64-linux-gnu/"
+fi
 # The user the processes run as, and the places they write.
 printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nfleet:x:10001:10001:agentfleet:/var/lib/agentfleet:/usr/sbin/nologin\n' >"$rootfs/etc/passwd"
 printf 'root:x:0:\nfleet:x:10001:\n' >"$rootfs/etc/group"
@@ -89,16 +136,35 @@ buildah config \
     --volume /var/lib/agentfleet \
     --volume /models \
     --stop-signal SIGTERM \
-    --healthcheck 'CMD fleet health' \
-    --healthcheck-interval 10s \
-    --healthcheck-timeout 6s \
-    --healthcheck-start-period 5s \
-    --healthcheck-retries 3 \
-    --cmd '["fleet-head"]' \
     --label org.opencontainers.image.title=agentfleet \
     --label org.opencontainers.image.version="$version" \
     --label org.opencontainers.image.licenses=Apache-2.0 \
     "$container"
+if [ -n "$cuda" ]; then
+    # The variables the NVIDIA Container Toolkit reads to mount the driver (all GPUs the
+    # runtime was given; compute and NVML).
+    buildah config \
+        --env NVIDIA_VISIBLE_DEVICES=all \
+        --env NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+        --cmd '["fleet-worker"]' \
+        --label org.agentfleet.cuda-compute-cap="$(cat "$work/compute-cap")" \
+        "$container"
+else
+    buildah config \
+        --healthcheck 'CMD fleet health' \
+        --healthcheck-interval 10s \
+        --healthcheck-timeout 6s \
+        --healthcheck-start-period 5s \
+        --healthcheck-retries 3 \
+        --cmd '["fleet-head"]' \
+        "$container"
+fi
+# The image this one replaces, untagged by the commit: removed, so rebuilds do not pile
+# up nameless images (kept if a container still uses it).
+previous="$(buildah images --quiet --noheading "$name" 2>/dev/null || true)"
 buildah commit --quiet --rm "$container" "$name" >&2
 container=""
+if [ -n "$previous" ] && [ "$previous" != "$(buildah images --quiet --noheading "$name")" ]; then
+    buildah rmi "$previous" >/dev/null 2>&1 || true
+fi
 echo "$name"

@@ -5,14 +5,10 @@ from outside, the head's health check, a non-root user, and a clean stop on SIGT
 FLEET_IMAGE names the image (scripts/test.sh builds it); FLEET_BIN_DIR the folder of the
 `fleet` binary the test drives the cluster with from the host.
 
-This machine's podman runs containers with runc and with the open-file and process limits
-the machine allows (its cgroups are in a hybrid layout crun refuses, and podman's default
-limits are above the machine's hard ones): the test says so in a containers.conf of its
-own (CONTAINERS_CONF), which changes nothing in the image."""
+podman runs with the settings conftest's `podman_env` gives it."""
 
 import json
 import os
-import resource
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,28 +16,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import wait_for
+from conftest import podman, wait_for
 
 TOKEN = "image-client-token"
 JOIN = "image-join-token"
-
-
-@pytest.fixture(scope="module")
-def podman_env(tmp_path_factory: pytest.TempPathFactory) -> "dict[str, str]":
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    nofile = 65536 if nofile == resource.RLIM_INFINITY else min(nofile, 65536)
-    nproc = 4096 if nproc == resource.RLIM_INFINITY else min(nproc, 4096)
-    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-    conf.write_text(
-        f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-        '[engine]\nruntime = "runc"\n'
-    )
-    return dict(os.environ, CONTAINERS_CONF=str(conf))
-
-
-def podman(env: "dict[str, str]", *args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(["podman", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -156,6 +156,13 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
                 tracing::info!("GPU {gpu}");
             }
         }
+        // A CUDA build without a GPU is usually a container started without the GPU
+        // (podman's --device nvidia.com/gpu=all, Kubernetes' nvidia.com/gpu limit): say so.
+        fleet_inference::gpu::Detected::None(why) if fleet_inference::gpu::CUDA_BUILD => {
+            tracing::warn!(
+                "this worker is built for CUDA GPUs but found none ({why}); its models run on the CPU"
+            )
+        }
         fleet_inference::gpu::Detected::None(why) => tracing::debug!("no GPUs: {why}"),
     }
     config.resources.gpus = args.gpus.unwrap_or(detected.gpus().len() as u32);
