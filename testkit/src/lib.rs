@@ -9,7 +9,7 @@
 //! [`SandboxBuilder::tls`] serves the head over TLS with certificates from [`tls`]; [`fuzz`]
 //! holds the inputs of the fuzz targets; [`postgres`] starts a PostgreSQL server of the
 //! test's own (for the shared store and standby heads), and [`spawn_head`] a head beside a
-//! sandbox's.
+//! sandbox's. [`simworker`] puts thousands of simulated workers on one head.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,6 +23,7 @@ use tokio::process::{Child, Command};
 
 pub mod fuzz;
 pub mod postgres;
+pub mod simworker;
 pub mod tls;
 pub use tls::TestCertificates;
 

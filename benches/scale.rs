@@ -1,0 +1,340 @@
+//! One head, thousands of workers: a real `fleet-head` process and N simulated workers
+//! (`fleet_testkit::simworker`) in this process, each with its own connection and `Join`
+//! stream, heartbeating at the head's interval and running tasks as `builtin:echo` does.
+//! For each N:
+//!
+//! - **join**: the time until the head has welcomed all N, and the head's memory per worker;
+//! - **idle**: the head's CPU (share of one core) and memory with N workers heartbeating;
+//! - **load**: `--tasks` echo tasks submitted at once (instant answers): tasks/s, the head's
+//!   CPU, and the wait for a worker (the head's own timestamps from `Submitted` to
+//!   `Scheduled`: nothing while slots are free, the wait for one when all are taken);
+//! - **round trip alone**: `--sequential` tasks one after another on the idle cluster, from
+//!   the client's submit to the task's end;
+//! - **lost workers**: 1% of the workers, running long tasks in half the slots, lost at
+//!   once, half crashed (connection closed), half silent (connection open, nothing sent):
+//!   the time until each of their tasks is scheduled again elsewhere.
+//!
+//! This machine's cores are shared by the head and the simulator, whose own CPU is printed
+//! too. `cargo build --release --bins && cargo bench -p fleet-benches --bench scale --
+//! [--workers 1000,3000,10000] [--tasks N] [--slots N] [--sequential N]`. Figures in
+//! BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use fleet_client::{AgentSpec, Client, EventKind, ManyUpdate, Submission, TaskEvent};
+use fleet_testkit::ClusterSandbox;
+use fleet_testkit::simworker::{SimFleet, SimOptions};
+use futures::StreamExt;
+
+struct Args {
+    workers: Vec<usize>,
+    tasks: usize,
+    slots: u32,
+    sequential: usize,
+}
+
+fn args() -> Result<Args> {
+    let mut args =
+        Args { workers: vec![1_000, 3_000, 10_000], tasks: 50_000, slots: 8, sequential: 200 };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--workers" => {
+                args.workers = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse().context("--workers: a list of numbers"))
+                    .collect::<Result<_>>()?
+            }
+            "--tasks" => args.tasks = value()?.parse()?,
+            "--slots" => args.slots = value()?.parse()?,
+            "--sequential" => args.sequential = value()?.parse()?,
+            // cargo bench passes --bench.
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(args)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc (Linux).
+fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let after = stat.rsplit_once(')').context("/proc stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Ok(ticks / 100.0)
+}
+
+/// The CPU two processes used over a stretch of time, as shares of one core.
+struct CpuMeter {
+    head: String,
+    start: Instant,
+    head_cpu: f64,
+    own_cpu: f64,
+}
+
+impl CpuMeter {
+    fn start(head_pid: u32) -> Result<Self> {
+        let head = head_pid.to_string();
+        Ok(Self {
+            head_cpu: cpu_seconds(&head)?,
+            own_cpu: cpu_seconds("self")?,
+            head,
+            start: Instant::now(),
+        })
+    }
+
+    /// (head, this process) as shares of one core since `start`.
+    fn shares(&self) -> Result<(f64, f64)> {
+        let wall = self.start.elapsed().as_secs_f64();
+        Ok((
+            (cpu_seconds(&self.head)? - self.head_cpu) / wall,
+            (cpu_seconds("self")? - self.own_cpu) / wall,
+        ))
+    }
+}
+
+fn rss_mib(sandbox: &ClusterSandbox) -> f64 {
+    sandbox.head_rss_bytes().unwrap_or(0) as f64 / f64::from(1 << 20)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(us: u64) -> String {
+    if us >= 10_000 { format!("{:.0} ms", us as f64 / 1000.0) } else { format!("{us} µs") }
+}
+
+/// Submits `n` echo tasks at once and follows them to the end: (wall time, the head's
+/// placement latencies in µs, the tasks' events).
+async fn run_batch(
+    client: &Client,
+    agent: &str,
+    n: usize,
+) -> Result<(Duration, Vec<u64>, HashMap<String, Vec<TaskEvent>>)> {
+    let started = Instant::now();
+    let (sender, mut updates) = client.submit_many().await?;
+    let items = (0..n).map(|i| (i as u64, Submission::new(agent, format!("task {i}"))));
+    sender.send(items).await?;
+    drop(sender);
+    let mut events: HashMap<String, Vec<TaskEvent>> = HashMap::with_capacity(n);
+    let mut ended = 0;
+    while let Some(batch) = updates.next().await {
+        for update in batch? {
+            match update {
+                ManyUpdate::Accepted { .. } => {}
+                ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),
+                ManyUpdate::Event(e) => {
+                    if matches!(e.kind, EventKind::Completed { .. } | EventKind::Failed { .. }) {
+                        ended += 1;
+                    }
+                    events.entry(e.task_id.to_string()).or_default().push(e);
+                }
+            }
+        }
+    }
+    let wall = started.elapsed();
+    ensure!(ended == n, "{ended} of {n} tasks ended");
+    Ok((wall, placement_latencies(&events), events))
+}
+
+/// From each task's first `Submitted` to its first `Scheduled`, by the head's clock.
+fn placement_latencies(events: &HashMap<String, Vec<TaskEvent>>) -> Vec<u64> {
+    let mut latencies: Vec<u64> = events
+        .values()
+        .filter_map(|log| {
+            let at =
+                |f: fn(&EventKind) -> bool| log.iter().find(|e| f(&e.kind)).map(|e| e.timestamp_us);
+            let submitted = at(|k| matches!(k, EventKind::Submitted { .. }))?;
+            let scheduled = at(|k| matches!(k, EventKind::Scheduled { .. }))?;
+            Some(scheduled.saturating_sub(submitted))
+        })
+        .collect();
+    latencies.sort_unstable();
+    latencies
+}
+
+async fn one_size(args: &Args, n: usize) -> Result<()> {
+    let sandbox = ClusterSandbox::builder()
+        .workers(0)
+        .head_arg("--max-queued-tasks")
+        .head_arg("10000000")
+        .log("warn")
+        .start()
+        .await?;
+    let head_pid = sandbox.head_pid().context("the head's pid")?;
+    let client = sandbox.client().await?;
+    let before = rss_mib(&sandbox);
+
+    let mut options = SimOptions::new(sandbox.url.clone());
+    options.join_token = Some(sandbox.join_token().to_owned());
+    options.slots = args.slots;
+    let cpu = CpuMeter::start(head_pid)?;
+    let (fleet, join_time) = SimFleet::join(options.clone(), n, Duration::from_secs(600)).await?;
+    let (join_head, join_sim) = cpu.shares()?;
+    let status = client.status().await?;
+    ensure!(status.workers.len() == n, "{} of {n} workers listed", status.workers.len());
+    let joined = rss_mib(&sandbox);
+    println!(
+        "| {n} | join | {:.2} s | head {:.0}% of a core, simulator {:.0}% | head RSS {before:.0} → {joined:.0} MiB ({:.1} KiB per worker) |",
+        join_time.as_secs_f64(),
+        join_head * 100.0,
+        join_sim * 100.0,
+        (joined - before) * 1024.0 / n as f64,
+    );
+
+    // Idle: heartbeats only.
+    let cpu = CpuMeter::start(head_pid)?;
+    let beats = fleet.counts().heartbeats;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (idle_head, idle_sim) = cpu.shares()?;
+    let beats_per_s =
+        (fleet.counts().heartbeats - beats) as f64 / cpu.start.elapsed().as_secs_f64();
+    println!(
+        "| {n} | idle | {beats_per_s:.0} heartbeats/s | head {:.1}% of a core, simulator {:.1}% | head RSS {:.0} MiB |",
+        idle_head * 100.0,
+        idle_sim * 100.0,
+        rss_mib(&sandbox),
+    );
+
+    // Load: many instant tasks at once.
+    client
+        .register_agent(AgentSpec {
+            name: "echo".into(),
+            model: "builtin:echo".into(),
+            ..Default::default()
+        })
+        .await?;
+    let cpu = CpuMeter::start(head_pid)?;
+    let (wall, latencies, _) = run_batch(&client, "echo", args.tasks).await?;
+    let (load_head, load_sim) = cpu.shares()?;
+    println!(
+        "| {n} | load: {} tasks | {:.0} tasks/s | head {:.0}% of a core, simulator {:.0}% | wait for a worker p50 {}, p99 {}; head RSS {:.0} MiB |",
+        args.tasks,
+        args.tasks as f64 / wall.as_secs_f64(),
+        load_head * 100.0,
+        load_sim * 100.0,
+        micros(percentile(&latencies, 0.5)),
+        micros(percentile(&latencies, 0.99)),
+        rss_mib(&sandbox),
+    );
+
+    // One task at a time on the idle cluster: the round trip as the client sees it.
+    let mut alone = Vec::with_capacity(args.sequential);
+    for _ in 0..args.sequential {
+        let (wall, _, _) = run_batch(&client, "echo", 1).await?;
+        alone.push(wall.as_micros() as u64);
+    }
+    alone.sort_unstable();
+    println!(
+        "| {n} | round trip alone: {} tasks in turn | p50 {} | p99 {} | |",
+        args.sequential,
+        micros(percentile(&alone, 0.5)),
+        micros(percentile(&alone, 0.99)),
+    );
+
+    fleet.shutdown().await;
+    lost_workers(&sandbox, &client, args, n).await?;
+    sandbox.shutdown().await
+}
+
+/// A fresh fleet of `n` on the same head, half the slots running a long task; 1% of the
+/// workers lost at once. The time from the loss to each of their tasks' next `Scheduled`.
+async fn lost_workers(
+    sandbox: &ClusterSandbox,
+    client: &Client,
+    args: &Args,
+    n: usize,
+) -> Result<()> {
+    let mut options = SimOptions::new(sandbox.url.clone());
+    options.join_token = Some(sandbox.join_token().to_owned());
+    options.slots = args.slots;
+    options.name_prefix = "long".into();
+    options.task_time = Duration::from_secs(10);
+    let (fleet, _) = SimFleet::join(options, n, Duration::from_secs(600)).await?;
+    client
+        .register_agent(AgentSpec {
+            name: "slow".into(),
+            model: "builtin:echo".into(),
+            max_retries: 3,
+            ..Default::default()
+        })
+        .await?;
+    // Half the slots, so the lost tasks find free ones at once.
+    let tasks = n * args.slots as usize / 2;
+    let batch = {
+        let client = client.clone();
+        tokio::spawn(async move { run_batch(&client, "slow", tasks).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while fleet.counts().tasks_started < tasks as u64 {
+        ensure!(Instant::now() < deadline, "the slots did not fill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lost = (n / 100).max(2);
+    let lost_at_us = fleet_proto_now_us();
+    for i in 0..lost {
+        if i % 2 == 0 { fleet.crash(i) } else { fleet.silence(i) }
+    }
+    let crashed: Vec<String> =
+        (0..lost).step_by(2).map(|i| fleet.worker_id(i).to_owned()).collect();
+    let silent: Vec<String> = (1..lost).step_by(2).map(|i| fleet.worker_id(i).to_owned()).collect();
+    let (_, _, events) = batch.await??;
+    let again = |ids: &[String]| -> Vec<u64> {
+        let mut times: Vec<u64> = events
+            .values()
+            .filter(|log| {
+                log.iter().any(|e| matches!(&e.kind, EventKind::Scheduled { worker_id } if ids.contains(worker_id)))
+            })
+            .filter_map(|log| {
+                log.iter()
+                    .filter(|e| e.timestamp_us > lost_at_us)
+                    .find(|e| matches!(e.kind, EventKind::Scheduled { .. }))
+                    .map(|e| e.timestamp_us - lost_at_us)
+            })
+            .collect();
+        times.sort_unstable();
+        times
+    };
+    let (c, s) = (again(&crashed), again(&silent));
+    println!(
+        "| {n} | lost: {} crashed, {} silent | crashed: {} tasks again after p50 {}, max {} | silent: {} tasks again after p50 {}, max {} | |",
+        crashed.len(),
+        silent.len(),
+        c.len(),
+        micros(percentile(&c, 0.5)),
+        micros(c.last().copied().unwrap_or(0)),
+        s.len(),
+        micros(percentile(&s, 0.5)),
+        micros(s.last().copied().unwrap_or(0)),
+    );
+    fleet.shutdown().await;
+    Ok(())
+}
+
+fn fleet_proto_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = args()?;
+    println!("| workers | phase | | | |");
+    println!("|---|---|---|---|---|");
+    for &n in &args.workers {
+        one_size(&args, n).await?;
+    }
+    Ok(())
+}
