@@ -16,7 +16,7 @@
 //!
 //! This machine's cores are shared by the head and the simulator, whose own CPU is printed
 //! too. `cargo build --release --bins && cargo bench -p fleet-benches --bench scale --
-//! [--workers 1000,3000,10000] [--tasks N] [--slots N] [--sequential N]`. Figures in
+//! [--workers 2,1000,3000,10000] [--tasks N] [--slots N] [--sequential N]`. Figures in
 //! BENCHMARKS.md.
 
 use std::collections::HashMap;
@@ -36,8 +36,10 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
+    // Two workers first: what the simulator and this machine give when the head has little
+    // to look after, to read the larger fleets' figures against.
     let mut args =
-        Args { workers: vec![1_000, 3_000, 10_000], tasks: 50_000, slots: 8, sequential: 200 };
+        Args { workers: vec![2, 1_000, 3_000, 10_000], tasks: 50_000, slots: 8, sequential: 200 };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -230,9 +232,15 @@ async fn one_size(args: &Args, n: usize) -> Result<()> {
 
     // One task at a time on the idle cluster: the round trip as the client sees it.
     let mut alone = Vec::with_capacity(args.sequential);
-    for _ in 0..args.sequential {
-        let (wall, _, _) = run_batch(&client, "echo", 1).await?;
-        alone.push(wall.as_micros() as u64);
+    for i in 0..args.sequential {
+        let started = Instant::now();
+        let mut stream = client.submit(Submission::new("echo", format!("alone {i}"))).await?;
+        let mut completed = false;
+        while let Some(event) = stream.next().await {
+            completed |= matches!(event?.kind, EventKind::Completed { .. });
+        }
+        ensure!(completed, "task {i} did not complete");
+        alone.push(started.elapsed().as_micros() as u64);
     }
     alone.sort_unstable();
     println!(
@@ -243,7 +251,10 @@ async fn one_size(args: &Args, n: usize) -> Result<()> {
     );
 
     fleet.shutdown().await;
-    lost_workers(&sandbox, &client, args, n).await?;
+    // 1% of a fleet, with the other 99% to take their tasks.
+    if n >= 100 {
+        lost_workers(&sandbox, &client, args, n).await?;
+    }
     sandbox.shutdown().await
 }
 
@@ -280,7 +291,7 @@ async fn lost_workers(
         ensure!(Instant::now() < deadline, "the slots did not fill");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lost = (n / 100).max(2);
+    let lost = n / 100;
     let lost_at_us = fleet_proto_now_us();
     for i in 0..lost {
         if i % 2 == 0 { fleet.crash(i) } else { fleet.silence(i) }

@@ -44,6 +44,7 @@ mod leader;
 mod mcp;
 mod metrics;
 pub mod openai;
+pub mod placement_index;
 pub mod quotas;
 mod run;
 pub mod scheduler;

@@ -22,14 +22,23 @@ use crate::workers::{WorkerEntry, WorkerRegistry};
 
 /// Where a task should go.
 #[derive(Debug, PartialEq)]
-pub enum Placement<'a> {
+pub enum Placement {
     /// Run it on this worker now.
-    Worker(&'a str),
+    Worker(String),
     /// Some worker could run it, but none has room now: queue it.
     Wait,
     /// No live worker could ever run it; the reason says what is missing.
     Never(String),
 }
+
+/// Fleets up to this size have every worker scored for each task.
+const SCORE_ALL_UP_TO: usize = 128;
+
+/// In a larger fleet, the workers with a free slot scored for a task, a different few each
+/// time (the best of a sample spreads load about as well as the best of all: the "power of
+/// d choices"); the workers its affinity names (its conversation's, those warm for its
+/// prefixes, those with its model loaded) are scored beside them, up to as many each.
+const SAMPLE: usize = 8;
 
 /// Whether a worker could run the agent at all, ignoring its current load.
 fn could_ever_run(spec: &AgentSpec, w: &WorkerEntry) -> bool {
@@ -123,20 +132,55 @@ fn score(spec: &AgentSpec, w: &WorkerEntry, affinity: &Affinity<'_>) -> f64 {
     locality + context + warm - load - 0.5 * same_agent
 }
 
-/// Picks a worker for one task of `spec`.
-pub fn place<'a>(
-    spec: &AgentSpec,
-    workers: &'a WorkerRegistry,
-    affinity: &Affinity<'_>,
-) -> Placement<'a> {
-    let mut best: Option<(&'a WorkerEntry, f64)> = None;
-    let mut any_could = false;
-    for w in workers.iter() {
-        if !can_run_now(spec, w) {
-            any_could = any_could || could_ever_run(spec, w);
-            continue;
+/// Picks a worker for one task of `spec`. A fleet larger than [`SCORE_ALL_UP_TO`] has only
+/// a sample scored (see [`SAMPLE`]); every worker is looked at only when none of the sample
+/// can run the task, to tell waiting from never.
+pub fn place(spec: &AgentSpec, workers: &mut WorkerRegistry, affinity: &Affinity<'_>) -> Placement {
+    if workers.len() > SCORE_ALL_UP_TO {
+        if !workers.any_free_slot() {
+            // Cheap when it is so: the first worker that could run it answers.
+            return match workers.iter().any(|w| could_ever_run(spec, w)) {
+                true => Placement::Wait,
+                false => Placement::Never(why_not(spec, workers)),
+            };
         }
-        any_could = true;
+        let sampled = candidates(spec, workers, affinity);
+        if let Some(w) = best(spec, sampled.iter().filter_map(|id| workers.get(id)), affinity) {
+            return Placement::Worker(w.id.clone());
+        }
+    }
+    place_among_all(spec, workers, affinity)
+}
+
+/// The workers scored for a task in a large fleet: a sample of those with a free slot, and
+/// those its affinity names.
+fn candidates(
+    spec: &AgentSpec,
+    workers: &mut WorkerRegistry,
+    affinity: &Affinity<'_>,
+) -> Vec<String> {
+    let mut ids = workers.free_workers(SAMPLE);
+    ids.extend(affinity.context_worker.map(str::to_owned));
+    if let Some(p) = &affinity.prefixes {
+        for key in [p.conversation, Some(p.agent)].into_iter().flatten() {
+            ids.extend(workers.warm_for(key, SAMPLE).map(str::to_owned));
+        }
+    }
+    ids.extend(workers.with_model_loaded(&spec.model, SAMPLE).map(str::to_owned));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The best scored of `workers` that can run a task of `spec` now; ties go to the one given
+/// fewer tasks.
+fn best<'a>(
+    spec: &AgentSpec,
+    workers: impl Iterator<Item = &'a WorkerEntry>,
+    affinity: &Affinity<'_>,
+) -> Option<&'a WorkerEntry> {
+    let mut best: Option<(&'a WorkerEntry, f64)> = None;
+    for w in workers.filter(|w| can_run_now(spec, w)) {
         let s = score(spec, w, affinity);
         let better = match best {
             None => true,
@@ -148,9 +192,19 @@ pub fn place<'a>(
             best = Some((w, s));
         }
     }
-    match best {
-        Some((w, _)) => Placement::Worker(&w.id),
-        None if any_could || workers.is_empty() => Placement::Wait,
+    best.map(|(w, _)| w)
+}
+
+fn place_among_all(
+    spec: &AgentSpec,
+    workers: &WorkerRegistry,
+    affinity: &Affinity<'_>,
+) -> Placement {
+    match best(spec, workers.iter(), affinity) {
+        Some(w) => Placement::Worker(w.id.clone()),
+        None if workers.is_empty() || workers.iter().any(|w| could_ever_run(spec, w)) => {
+            Placement::Wait
+        }
         None => Placement::Never(why_not(spec, workers)),
     }
 }
@@ -222,7 +276,7 @@ fn why_not(spec: &AgentSpec, workers: &WorkerRegistry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::{ModelOnDisk, Registration, Resources, TaskId, TaskOptions};
+    use fleet_proto::{Heartbeat, ModelOnDisk, Registration, Resources, TaskId, TaskOptions};
     use std::collections::BTreeMap;
     use tokio::time::Instant;
 
@@ -282,10 +336,13 @@ mod tests {
         s.run("w2", "other", 2);
         s.registry.get_mut("w1").expect("w1").draining = true;
         let echo = agent("builtin:echo");
-        assert_eq!(place(&echo, &s.registry, &Affinity::default()), Placement::Worker("w2"));
+        assert_eq!(
+            place(&echo, &mut s.registry, &Affinity::default()),
+            Placement::Worker("w2".into())
+        );
         s.registry.get_mut("w2").expect("w2").draining = true;
         // Its replacement is coming: wait, do not fail the task.
-        assert_eq!(place(&echo, &s.registry, &Affinity::default()), Placement::Wait);
+        assert_eq!(place(&echo, &mut s.registry, &Affinity::default()), Placement::Wait);
     }
 
     #[tokio::test]
@@ -294,8 +351,8 @@ mod tests {
         s.worker("w1", |_| {}).worker("w2", |_| {});
         s.run("w1", "other", 2);
         assert_eq!(
-            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
-            Placement::Worker("w2")
+            place(&agent("builtin:echo"), &mut s.registry, &Affinity::default()),
+            Placement::Worker("w2".into())
         );
     }
 
@@ -305,12 +362,12 @@ mod tests {
         s.worker("w1", |_| {}).worker("w2", |r| r.models.push(model("qwen")));
         s.run("w2", "other", 3);
         assert_eq!(
-            place(&agent("qwen"), &s.registry, &Affinity::default()),
-            Placement::Worker("w2")
+            place(&agent("qwen"), &mut s.registry, &Affinity::default()),
+            Placement::Worker("w2".into())
         );
         s.run("w2", "other", 1);
-        assert_eq!(place(&agent("qwen"), &s.registry, &Affinity::default()), Placement::Wait);
-        match place(&agent("llama"), &s.registry, &Affinity::default()) {
+        assert_eq!(place(&agent("qwen"), &mut s.registry, &Affinity::default()), Placement::Wait);
+        match place(&agent("llama"), &mut s.registry, &Affinity::default()) {
             Placement::Never(why) => assert!(why.contains("no worker has model \"llama\"")),
             other => panic!("expected Never, got {other:?}"),
         }
@@ -324,18 +381,21 @@ mod tests {
             .worker("embedded", |r| r.python_agents.push(fleet_proto::ANY_PYTHON_AGENT.into()));
         s.run("embedded", "other", 3);
         let counter = agent("python:Counter");
-        assert_eq!(place(&counter, &s.registry, &Affinity::default()), Placement::Worker("py"));
+        assert_eq!(
+            place(&counter, &mut s.registry, &Affinity::default()),
+            Placement::Worker("py".into())
+        );
         s.run("py", "other", 4);
         assert_eq!(
-            place(&counter, &s.registry, &Affinity::default()),
-            Placement::Worker("embedded")
+            place(&counter, &mut s.registry, &Affinity::default()),
+            Placement::Worker("embedded".into())
         );
         s.run("embedded", "other", 1);
-        assert_eq!(place(&counter, &s.registry, &Affinity::default()), Placement::Wait);
+        assert_eq!(place(&counter, &mut s.registry, &Affinity::default()), Placement::Wait);
 
         let mut s = Setup::new();
         s.worker("plain", |_| {}).worker("py", |r| r.python_agents.push("Counter".into()));
-        match place(&agent("python:Other"), &s.registry, &Affinity::default()) {
+        match place(&agent("python:Other"), &mut s.registry, &Affinity::default()) {
             Placement::Never(why) => {
                 assert!(why.contains("no worker hosts the Python agent \"Other\""), "{why}");
             }
@@ -349,7 +409,10 @@ mod tests {
         s.worker("w1", |r| r.models.push(model("m"))).worker("w2", |r| r.models.push(model("m")));
         s.registry.get_mut("w2").expect("w2").heartbeat.models_loaded.push("m".into());
         s.run("w2", "other", 1);
-        assert_eq!(place(&agent("m"), &s.registry, &Affinity::default()), Placement::Worker("w2"));
+        assert_eq!(
+            place(&agent("m"), &mut s.registry, &Affinity::default()),
+            Placement::Worker("w2".into())
+        );
     }
 
     #[tokio::test]
@@ -361,16 +424,19 @@ mod tests {
         });
         let mut spec = agent("builtin:echo");
         spec.resources.gpus = 1;
-        assert_eq!(place(&spec, &s.registry, &Affinity::default()), Placement::Worker("gpu"));
+        assert_eq!(
+            place(&spec, &mut s.registry, &Affinity::default()),
+            Placement::Worker("gpu".into())
+        );
         spec.resources.gpus = 0;
         spec.labels = BTreeMap::from([("zone".into(), "a".into())]);
         assert!(
-            matches!(place(&spec, &s.registry, &Affinity::default()), Placement::Never(why) if why.contains("labels"))
+            matches!(place(&spec, &mut s.registry, &Affinity::default()), Placement::Never(why) if why.contains("labels"))
         );
         spec.labels.clear();
         spec.resources.cpus = 8.0;
         assert!(
-            matches!(place(&spec, &s.registry, &Affinity::default()), Placement::Never(why) if why.contains("cpus"))
+            matches!(place(&spec, &mut s.registry, &Affinity::default()), Placement::Never(why) if why.contains("cpus"))
         );
     }
 
@@ -378,13 +444,13 @@ mod tests {
     async fn full_workers_mean_wait_and_no_workers_mean_wait() {
         let mut s = Setup::new();
         assert_eq!(
-            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            place(&agent("builtin:echo"), &mut s.registry, &Affinity::default()),
             Placement::Wait
         );
         s.worker("w1", |r| r.slots = 1);
         s.run("w1", "a", 1);
         assert_eq!(
-            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
+            place(&agent("builtin:echo"), &mut s.registry, &Affinity::default()),
             Placement::Wait
         );
     }
@@ -396,12 +462,12 @@ mod tests {
         s.run("w1", "a", 1);
         s.run("w2", "b", 1);
         assert_eq!(
-            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
-            Placement::Worker("w2")
+            place(&agent("builtin:echo"), &mut s.registry, &Affinity::default()),
+            Placement::Worker("w2".into())
         );
         assert_eq!(
-            place(&agent("builtin:echo"), &s.registry, &Affinity::context("w1")),
-            Placement::Worker("w1")
+            place(&agent("builtin:echo"), &mut s.registry, &Affinity::context("w1")),
+            Placement::Worker("w1".into())
         );
     }
 
@@ -430,14 +496,14 @@ mod tests {
         let affinity = Affinity { context_worker: None, prefixes: Some(turn_one) };
         // Nothing warm: the worker given fewer tasks.
         s.registry.get_mut("w1").expect("w1").tasks_assigned = 1;
-        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w2"));
+        assert_eq!(place(&spec, &mut s.registry, &affinity), Placement::Worker("w2".into()));
         // The agent ran on w1: its next task goes there though w1 is busier...
-        s.registry.get_mut("w1").expect("w1").warm.touch(&turn_one);
+        s.registry.touch_warm("w1", &turn_one);
         s.run("w1", "a", 1);
-        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w1"));
+        assert_eq!(place(&spec, &mut s.registry, &affinity), Placement::Worker("w1".into()));
         // ...until w1 is three quarters full.
         s.run("w1", "a", 2);
-        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w2"));
+        assert_eq!(place(&spec, &mut s.registry, &affinity), Placement::Worker("w2".into()));
         // A conversation's later turn goes where its first turn ran, even past that.
         let first = Prefixes::of(
             &spec,
@@ -454,9 +520,9 @@ mod tests {
             later.conversation,
             Prefixes::of(&spec, "?", Some(&history("Hi"))).and_then(|p| p.conversation)
         );
-        s.registry.get_mut("w1").expect("w1").warm.touch(&first);
+        s.registry.touch_warm("w1", &first);
         let affinity = Affinity { context_worker: None, prefixes: Some(later) };
-        assert_eq!(place(&spec, &s.registry, &affinity), Placement::Worker("w1"));
+        assert_eq!(place(&spec, &mut s.registry, &affinity), Placement::Worker("w1".into()));
         // Built-in models keep no prefixes.
         assert_eq!(Prefixes::of(&agent("builtin:echo"), "hi", None), None);
     }
@@ -467,8 +533,8 @@ mod tests {
         s.worker("w1", |_| {}).worker("w2", |_| {});
         s.registry.get_mut("w1").expect("w1").tasks_assigned = 5;
         assert_eq!(
-            place(&agent("builtin:echo"), &s.registry, &Affinity::default()),
-            Placement::Worker("w2")
+            place(&agent("builtin:echo"), &mut s.registry, &Affinity::default()),
+            Placement::Worker("w2".into())
         );
     }
 
@@ -509,5 +575,100 @@ mod tests {
         s.worker("off-mesh", |_| {});
         let off = locate(&agent("builtin:echo"), &s.registry, None);
         assert!(off.as_ref().is_err_and(|e| e.contains("not on the mesh")), "{off:?}");
+    }
+
+    /// A fleet past [`SCORE_ALL_UP_TO`], `n` workers `w0`..: `f` sets each one up.
+    fn large_fleet(n: usize, f: impl Fn(usize, &mut Registration)) -> Setup {
+        let mut s = Setup::new();
+        for i in 0..n {
+            s.worker(&format!("w{i}"), |r| f(i, r));
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn a_large_fleet_finds_its_one_free_slot_and_waits_or_refuses_when_it_should() {
+        let n = 1_000;
+        let mut s = large_fleet(n, |_, _| {});
+        for i in (0..n).filter(|i| *i != 617) {
+            s.run(&format!("w{i}"), "other", 4);
+        }
+        let echo = agent("builtin:echo");
+        assert_eq!(
+            place(&echo, &mut s.registry, &Affinity::default()),
+            Placement::Worker("w617".into())
+        );
+        s.run("w617", "other", 4);
+        assert_eq!(place(&echo, &mut s.registry, &Affinity::default()), Placement::Wait);
+        assert!(matches!(
+            place(&agent("nowhere"), &mut s.registry, &Affinity::default()),
+            Placement::Never(why) if why.contains("nowhere")
+        ));
+        // A task ends: the worker is found again.
+        let w = s.registry.get_mut("w3").expect("w3");
+        let task = w.running.iter().next().cloned().expect("a task");
+        w.running.remove(&task);
+        assert_eq!(
+            place(&echo, &mut s.registry, &Affinity::default()),
+            Placement::Worker("w3".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_fleet_spreads_tasks_about_as_evenly_as_scoring_every_worker() {
+        let n = 1_000;
+        let mut s = large_fleet(n, |_, _| {});
+        let echo = agent("builtin:echo");
+        for _ in 0..2 * n {
+            let Placement::Worker(w) = place(&echo, &mut s.registry, &Affinity::default()) else {
+                panic!("no placement with free slots left");
+            };
+            s.run(&w, "a", 1);
+        }
+        // Two tasks a worker on average; the best of a sample leaves none with all four.
+        let most = s.registry.iter().map(WorkerEntry::slots_taken).max();
+        assert!(most <= Some(3), "a worker got {most:?} of 2 tasks per worker on average");
+    }
+
+    #[tokio::test]
+    async fn a_large_fleet_scores_the_conversations_warm_and_loaded_workers() {
+        let n = 1_000;
+        let mut s = large_fleet(n, |i, r| {
+            if i % 100 == 7 {
+                r.models = vec![model("qwen")];
+            }
+        });
+        let qwen = agent("qwen");
+        // The conversation's worker, though nothing else favours it.
+        let placed = place(&qwen, &mut s.registry, &Affinity::context("w507"));
+        assert_eq!(placed, Placement::Worker("w507".into()));
+        // The one worker with the model loaded, among the ten that have it.
+        let connection = s.registry.get("w307").map(|w| w.connection).expect("w307");
+        let beat = Heartbeat { models_loaded: vec!["qwen".into()], ..Default::default() };
+        s.registry.heartbeat("w307", connection, beat, Instant::now());
+        assert_eq!(
+            place(&qwen, &mut s.registry, &Affinity::default()),
+            Placement::Worker("w307".into())
+        );
+        // The one worker warm for the agent's prompt, over the loaded one.
+        let prefixes = Prefixes { agent: 42, conversation: None };
+        s.registry.touch_warm("w907", &prefixes);
+        let affinity = Affinity { context_worker: None, prefixes: Some(prefixes) };
+        let beat = Heartbeat { models_loaded: vec!["qwen".into()], ..Default::default() };
+        let connection = s.registry.get("w907").map(|w| w.connection).expect("w907");
+        s.registry.heartbeat("w907", connection, beat, Instant::now());
+        assert_eq!(place(&qwen, &mut s.registry, &affinity), Placement::Worker("w907".into()));
+        // A label only one worker carries: found by looking at every worker.
+        let mut s = large_fleet(n, |i, r| {
+            if i == 123 {
+                r.labels.insert("zone".into(), "b".into());
+            }
+        });
+        let mut zoned = agent("builtin:echo");
+        zoned.labels.insert("zone".into(), "b".into());
+        assert_eq!(
+            place(&zoned, &mut s.registry, &Affinity::default()),
+            Placement::Worker("w123".into())
+        );
     }
 }

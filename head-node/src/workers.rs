@@ -1,5 +1,6 @@
 //! The worker registry: who is in the cluster, what each worker has and runs, and when each
-//! was last heard from (failure detection).
+//! was last heard from (failure detection); with the indexes placement walks instead of
+//! every worker ([`crate::placement_index`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::placement_index::PlacementIndex;
 
 /// Commands waiting for one worker at most. A worker reading its stream keeps this near
 /// empty (the scheduler sends at most `slots` tasks, a cancel each, a place per agent);
@@ -157,6 +160,8 @@ pub struct WorkerEntry {
     pub running_per_agent: HashMap<String, u32>,
     pub tasks_assigned: u64,
     /// The prompt prefixes of the tasks it ran last, likely still in its prefix cache.
+    /// Changed only through [`WorkerRegistry::touch_warm`], which keeps the index of warm
+    /// workers by prefix.
     pub warm: WarmPrefixes,
     /// It said it is stopping (`Drain`): nothing new goes there; it leaves once its tasks end.
     pub draining: bool,
@@ -171,19 +176,25 @@ pub struct WarmPrefixes(std::collections::VecDeque<u64>);
 impl WarmPrefixes {
     const MAX: usize = 64;
 
-    /// Notes a task's prefixes as run here.
-    pub fn touch(&mut self, prefixes: &crate::scheduler::Prefixes) {
+    /// Notes a task's prefixes as run here; returns the keys that made room for them.
+    fn touch(&mut self, prefixes: &crate::scheduler::Prefixes) -> Vec<u64> {
+        let mut evicted = Vec::new();
         for key in [Some(prefixes.agent), prefixes.conversation].into_iter().flatten() {
             self.0.retain(|k| *k != key);
             if self.0.len() == Self::MAX {
-                self.0.pop_front();
+                evicted.extend(self.0.pop_front());
             }
             self.0.push_back(key);
         }
+        evicted
     }
 
     pub fn contains(&self, key: u64) -> bool {
         self.0.contains(&key)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().copied()
     }
 }
 
@@ -221,6 +232,11 @@ impl WorkerEntry {
         self.slots_taken() < self.registration.slots && !self.commands.is_cut()
     }
 
+    /// Whether a new task may go here now: a free slot, and not draining.
+    pub fn takes_tasks(&self) -> bool {
+        !self.draining && self.has_free_slot()
+    }
+
     /// Slots its tasks take (sub-tasks in their caller's slot take none), and the calls
     /// from the mesh it runs (as its last heartbeat said: calls go worker to worker, the
     /// head sees only their count).
@@ -250,6 +266,7 @@ impl WorkerEntry {
 pub struct WorkerRegistry {
     workers: HashMap<String, WorkerEntry>,
     next_connection: u64,
+    index: PlacementIndex,
 }
 
 impl WorkerRegistry {
@@ -262,11 +279,23 @@ impl WorkerRegistry {
     /// Adds a worker; returns the entry it replaced (an older connection of the same id,
     /// whose command queue is closed).
     pub fn insert(&mut self, entry: WorkerEntry) -> Option<WorkerEntry> {
-        let replaced = self.workers.insert(entry.id.clone(), entry);
+        let id = entry.id.clone();
+        let replaced = self.workers.insert(id.clone(), entry);
         if let Some(old) = &replaced {
             old.commands.close();
+            self.forget(old_index_keys(old));
         }
+        if let Some(new) = self.workers.get(&id) {
+            for model in &new.heartbeat.models_loaded {
+                self.index.loaded(&id, model);
+            }
+        }
+        self.index.maybe_free(&id);
         replaced
+    }
+
+    fn forget(&mut self, (id, models, keys): (String, Vec<String>, Vec<u64>)) {
+        self.index.forget(&id, models.iter().map(String::as_str), keys);
     }
 
     /// Removes a worker if `connection` is still its current one, closing its command queue
@@ -276,6 +305,7 @@ impl WorkerRegistry {
             Some(w) if w.connection == connection => {
                 let entry = self.workers.remove(id)?;
                 entry.commands.close();
+                self.forget(old_index_keys(&entry));
                 Some(entry)
             }
             _ => None,
@@ -286,18 +316,66 @@ impl WorkerRegistry {
         self.workers.get(id)
     }
 
+    /// The worker, to change: it may have a slot free afterwards (see
+    /// [`crate::placement_index`]).
     pub fn get_mut(&mut self, id: &str) -> Option<&mut WorkerEntry> {
-        self.workers.get_mut(id)
+        let worker = self.workers.get_mut(id)?;
+        self.index.maybe_free(id);
+        Some(worker)
     }
 
     /// Records a heartbeat from the current connection of a worker.
     pub fn heartbeat(&mut self, id: &str, connection: u64, beat: Heartbeat, now: Instant) {
-        if let Some(w) = self.workers.get_mut(id)
-            && w.connection == connection
-        {
-            w.last_heartbeat = now;
-            w.heartbeat = beat;
+        let Some(w) = self.workers.get_mut(id).filter(|w| w.connection == connection) else {
+            return;
+        };
+        w.last_heartbeat = now;
+        let before = std::mem::replace(&mut w.heartbeat, beat);
+        let after = &w.heartbeat.models_loaded;
+        if before.models_loaded != *after {
+            for model in before.models_loaded.iter().filter(|m| !after.contains(m)) {
+                self.index.unloaded(id, model);
+            }
+            for model in after.iter().filter(|m| !before.models_loaded.contains(m)) {
+                self.index.loaded(id, model);
+            }
         }
+        // Its calls from the mesh may have ended.
+        self.index.maybe_free(id);
+    }
+
+    /// Notes a task's prompt prefixes as warm on a worker (and the index of them).
+    pub fn touch_warm(&mut self, id: &str, prefixes: &crate::scheduler::Prefixes) {
+        let Some(w) = self.workers.get_mut(id) else { return };
+        for key in w.warm.touch(prefixes) {
+            self.index.cooled(id, key);
+        }
+        for key in [Some(prefixes.agent), prefixes.conversation].into_iter().flatten() {
+            self.index.warmed(id, key);
+        }
+    }
+
+    /// Up to `k` workers that can take a task now (a free slot, not draining), a different
+    /// few each time.
+    pub fn free_workers(&mut self, k: usize) -> Vec<String> {
+        let workers = &self.workers;
+        self.index.free_workers(k, |id| workers.get(id).is_some_and(WorkerEntry::takes_tasks))
+    }
+
+    /// Whether any worker can take a task now.
+    pub fn any_free_slot(&mut self) -> bool {
+        let workers = &self.workers;
+        self.index.any_free(|id| workers.get(id).is_some_and(WorkerEntry::takes_tasks))
+    }
+
+    /// Up to `k` workers with `model` loaded.
+    pub fn with_model_loaded(&self, model: &str, k: usize) -> impl Iterator<Item = &str> {
+        self.index.with_model_loaded(model, k)
+    }
+
+    /// Up to `k` workers whose recent tasks had the prefix `key`.
+    pub fn warm_for(&self, key: u64, k: usize) -> impl Iterator<Item = &str> {
+        self.index.warm_for(key, k)
     }
 
     /// Marks a worker as heard from (any message counts).
@@ -330,9 +408,18 @@ impl WorkerRegistry {
         self.workers.values()
     }
 
+    /// Every worker, to change (each may have a slot free afterwards).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut WorkerEntry> {
+        for id in self.workers.keys() {
+            self.index.maybe_free(id);
+        }
         self.workers.values_mut()
     }
+}
+
+/// What the index holds of a worker: its id, its loaded models, its warm prefixes.
+fn old_index_keys(w: &WorkerEntry) -> (String, Vec<String>, Vec<u64>) {
+    (w.id.clone(), w.heartbeat.models_loaded.clone(), w.warm.keys().collect())
 }
 
 #[cfg(test)]

@@ -317,6 +317,9 @@ impl Worker {
                                 self.handle(command, &mut events);
                             }
                         }
+                        // Tasks of no duration answer at once: a timer would round them up
+                        // to its millisecond.
+                        events.extend(self.finish_due());
                         if !self.send(&up, events).await {
                             return End::Broken("the stream to the head closed".into());
                         }

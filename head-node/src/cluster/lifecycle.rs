@@ -105,11 +105,10 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         return;
     };
     let spec = agent.spec.clone();
-    if state.prefix_affinity
-        && let Some(prefixes) = Prefixes::of(&spec, &task.input, task.options.as_deref())
-    {
-        worker.warm.touch(&prefixes);
-    }
+    let warmed = state
+        .prefix_affinity
+        .then(|| Prefixes::of(&spec, &task.input, task.options.as_deref()))
+        .flatten();
     place_actor(worker, &spec, agent.version, &state.tools);
     let key = crate::actor_state::key_of(&spec, &task.tenant, &task.context_id);
     let actor = key.as_ref().map(|key| state.actors.state(key));
@@ -135,6 +134,9 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
         );
     }
     debug!(task_id = %id, worker_id, attempt = task.attempt, "task scheduled");
+    if let Some(prefixes) = warmed {
+        state.workers.touch_warm(worker_id, &prefixes);
+    }
     if let Some(key) = key {
         take_key(state, key, id);
     }
@@ -441,7 +443,7 @@ pub(super) fn drain_queue(state: &mut State) {
             tenants.sort_by_cached_key(|t| tasks.count(t, &crate::quotas::RUNNING));
         }
         for tenant in tenants {
-            if !state.workers.iter().any(WorkerEntry::has_free_slot) {
+            if !state.workers.any_free_slot() {
                 return;
             }
             if !state.quotas.may_run(&tenant, &mut state.tasks) {
@@ -493,9 +495,8 @@ fn place_one_of(state: &mut State, tenant: &str) -> bool {
         let context = context_worker(state, &task.agent, &task.tenant, &task.context_id);
         let affinity =
             Affinity { context_worker: context.as_deref(), prefixes: prefixes(state, &spec, task) };
-        match scheduler::place(&spec, &state.workers, &affinity) {
+        match scheduler::place(&spec, &mut state.workers, &affinity) {
             Placement::Worker(w) => {
-                let w = w.to_owned();
                 state.queue.take(tenant, index);
                 dispatch(state, &id, &w);
                 return true;

@@ -344,11 +344,11 @@ pub(super) fn submit_in(
         .then(|| Prefixes::of(&spec, &task.input, task.options.as_deref()))
         .flatten();
     let affinity = Affinity { context_worker: context_worker.as_deref(), prefixes };
-    let placement = match scheduler::place(&spec, &state.workers, &affinity) {
+    let placement = match scheduler::place(&spec, &mut state.workers, &affinity) {
         Placement::Never(reason) => {
             return Err(Error::Unschedulable { agent: task.agent, reason });
         }
-        Placement::Worker(w) => Some(w.to_owned()),
+        Placement::Worker(w) => Some(w),
         Placement::Wait => None,
     };
     // A sub-task runs in the slot its caller lends when it can: beside its caller, taking
