@@ -1,4 +1,4 @@
-//! The head with hundreds of simulated workers (`fleet_testkit::simworker`: one process, a
+//! The head with a thousand simulated workers (`fleet_testkit::simworker`: one process, a
 //! `Join` stream and a connection per worker, the real protocol): all join, every slot
 //! runs, and the tasks of workers lost mid-task, crashed (connection closed) or silent
 //! (connection open, nothing sent), run again elsewhere and complete.
@@ -12,7 +12,7 @@ use fleet_testkit::simworker::{SimFleet, SimOptions};
 use fleet_testkit::{ClusterSandbox, final_text, wait_until};
 use futures::StreamExt;
 
-const WORKERS: usize = 300;
+const WORKERS: usize = 1_000;
 const SLOTS: u32 = 2;
 /// Lost mid-task: the first `CRASHED` workers close their connections, the next `SILENT`
 /// fall silent with theirs open.
@@ -20,7 +20,7 @@ const CRASHED: usize = 10;
 const SILENT: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundreds_of_simulated_workers_run_every_slot_and_lost_ones_tasks_run_again() -> Result<()>
+async fn a_thousand_simulated_workers_run_every_slot_and_lost_ones_tasks_run_again() -> Result<()>
 {
     let sandbox = ClusterSandbox::builder()
         .workers(0)
