@@ -47,11 +47,6 @@ impl IdSet {
         let n = self.ids.len();
         (0..k.min(n)).map(move |i| self.ids[(start + i) % n].as_str())
     }
-
-    /// The id at position `i` (wrapping), if any.
-    fn nth(&self, i: usize) -> Option<&str> {
-        (!self.ids.is_empty()).then(|| self.ids[i % self.ids.len()].as_str())
-    }
 }
 
 /// The registry's indexes (see the module's docs).
@@ -63,8 +58,11 @@ pub struct PlacementIndex {
     loaded: HashMap<String, IdSet>,
     /// By prefix key: the workers whose recent tasks had it.
     warm: HashMap<u64, IdSet>,
-    /// Where the next walk starts: successive tasks look at different workers.
+    /// Where the next walk of the free set starts: successive tasks look at different
+    /// workers.
     cursor: usize,
+    /// Walks so far: where the affinity windows start.
+    turn: usize,
 }
 
 impl PlacementIndex {
@@ -106,44 +104,57 @@ impl PlacementIndex {
     }
 
     /// Up to `k` workers with a free slot (as `is_free` says), walking the free set from the
-    /// cursor and dropping from it the workers found without one.
+    /// cursor and dropping from it the workers found without one; the next walk starts
+    /// after this one.
     pub fn free_workers(&mut self, k: usize, is_free: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut found = Vec::with_capacity(k);
-        let mut i = self.cursor;
-        // Each step either finds a worker or removes one: bounded by the set's size.
-        let mut steps = self.free.len();
-        while found.len() < k && steps > 0 && !self.free.is_empty() {
-            steps -= 1;
-            let Some(id) = self.free.nth(i).map(str::to_owned) else { break };
-            if is_free(&id) {
-                if found.contains(&id) {
-                    break; // wrapped around
-                }
-                found.push(id);
-                i += 1;
-            } else {
-                // The last id moves into this position: look at it next, same `i`.
-                self.free.remove(&id);
-            }
-        }
-        self.cursor = i;
+        self.turn = self.turn.wrapping_add(1);
+        let (found, cursor) = self.walk(k, is_free);
+        self.cursor = cursor;
         found
     }
 
-    /// Whether any worker has a free slot (dropping those found without one on the way).
+    /// Whether any worker has a free slot (dropping those found without one on the way);
+    /// the next walk starts where it would have.
     pub fn any_free(&mut self, is_free: impl Fn(&str) -> bool) -> bool {
-        !self.free_workers(1, is_free).is_empty()
+        !self.walk(1, is_free).0.is_empty()
     }
 
-    /// Up to `k` workers with `model` loaded, from a rotating start.
+    /// Up to `k` free workers from the cursor, and where the walk stopped.
+    fn walk(&mut self, k: usize, is_free: impl Fn(&str) -> bool) -> (Vec<String>, usize) {
+        let mut found: Vec<String> = Vec::with_capacity(k);
+        // Once round the set, plus the found ones a removal may bring back into the path:
+        // a removal moves the last id into the hole, and it is looked at next.
+        let mut steps = 2 * self.free.len();
+        let mut at = self.cursor;
+        while found.len() < k && steps > 0 && !self.free.is_empty() {
+            steps -= 1;
+            // In range each step: a removal shrinks the set.
+            at %= self.free.len();
+            let id = self.free.ids[at].clone();
+            if found.contains(&id) {
+                at += 1;
+            } else if is_free(&id) {
+                found.push(id);
+                at += 1;
+            } else {
+                self.free.remove(&id);
+            }
+        }
+        let len = self.free.len().max(1);
+        (found, at % len)
+    }
+
+    /// Up to `k` workers with `model` loaded: the next `k` each walk, so that all of them
+    /// take turns.
     pub fn with_model_loaded(&self, model: &str, k: usize) -> impl Iterator<Item = &str> {
-        let start = self.cursor;
+        let start = self.turn.wrapping_mul(k);
         self.loaded.get(model).into_iter().flat_map(move |set| set.window(start, k))
     }
 
-    /// Up to `k` workers warm for prefix `key`, from a rotating start.
+    /// Up to `k` workers warm for prefix `key`, taking turns as
+    /// [`PlacementIndex::with_model_loaded`]'s do.
     pub fn warm_for(&self, key: u64, k: usize) -> impl Iterator<Item = &str> {
-        let start = self.cursor;
+        let start = self.turn.wrapping_mul(k);
         self.warm.get(&key).into_iter().flat_map(move |set| set.window(start, k))
     }
 }
@@ -198,6 +209,41 @@ mod tests {
         assert!(index.free.is_empty(), "a set of full workers should empty");
         index.maybe_free("w1");
         assert_eq!(index.free_workers(3, |_| true), ["w1"]);
+    }
+
+    #[test]
+    fn a_walk_past_the_first_lap_still_finds_every_free_worker_and_leaves_the_cursor_alone() {
+        let mut index = PlacementIndex::default();
+        for id in ["a", "b", "c"] {
+            index.maybe_free(id);
+        }
+        // Past the first lap (walks of 2, 2 and 1 round 3 workers), then a worker fills:
+        // the next walk must find both others.
+        for k in [2, 2, 1] {
+            index.free_workers(k, |_| true);
+        }
+        let mut found = index.free_workers(3, |id| id != "a");
+        found.sort();
+        assert_eq!(found, ["b", "c"]);
+        // Asking whether any is free does not move where the next sample starts.
+        let cursor = index.cursor;
+        assert!(index.any_free(|_| true));
+        assert_eq!(index.cursor, cursor);
+    }
+
+    #[test]
+    fn affinity_windows_take_turns_over_every_worker() {
+        let mut index = PlacementIndex::default();
+        for i in 0..20 {
+            index.loaded(&format!("w{i}"), "m");
+            index.maybe_free(&format!("w{i}"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            index.free_workers(8, |_| true);
+            seen.extend(index.with_model_loaded("m", 8).map(str::to_owned));
+        }
+        assert_eq!(seen.len(), 20, "some loaded workers never got a turn: {seen:?}");
     }
 
     #[test]

@@ -20,8 +20,7 @@ const CRASHED: usize = 10;
 const SILENT: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_simulated_workers_run_every_slot_and_lost_ones_tasks_run_again() -> Result<()>
-{
+async fn a_thousand_simulated_workers_run_every_slot_and_lost_ones_tasks_run_again() -> Result<()> {
     let sandbox = ClusterSandbox::builder()
         .workers(0)
         .head_arg("--worker-timeout-ms")
@@ -90,6 +89,7 @@ async fn a_thousand_simulated_workers_run_every_slot_and_lost_ones_tasks_run_aga
     // Each lost worker was running a task in every slot.
     let expected = (CRASHED + SILENT) * SLOTS as usize;
     ensure!(retried == expected, "{retried} tasks ran again, not {expected}");
+    ensure!(fleet.counts().over_slots == 0, "the head sent tasks beyond a worker's slots");
     wait_until(Duration::from_secs(30), "the lost workers gone from the status", || async {
         Ok(client.status().await?.workers.len() == WORKERS - lost.len())
     })

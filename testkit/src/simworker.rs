@@ -78,6 +78,7 @@ struct Counters {
     tasks_finished: AtomicU64,
     tasks_canceled: AtomicU64,
     heartbeats: AtomicU64,
+    over_slots: AtomicU64,
     joined_changed: Notify,
 }
 
@@ -91,6 +92,8 @@ pub struct SimCounts {
     pub tasks_finished: u64,
     pub tasks_canceled: u64,
     pub heartbeats: u64,
+    /// Tasks the head sent to a worker whose slots were all taken (a head bug if not 0).
+    pub over_slots: u64,
 }
 
 struct SimWorker {
@@ -166,6 +169,7 @@ impl SimFleet {
             tasks_finished: c.tasks_finished.load(Ordering::Relaxed),
             tasks_canceled: c.tasks_canceled.load(Ordering::Relaxed),
             heartbeats: c.heartbeats.load(Ordering::Relaxed),
+            over_slots: c.over_slots.load(Ordering::Relaxed),
         }
     }
 
@@ -181,12 +185,21 @@ impl SimFleet {
     }
 
     /// Closes every worker's stream and waits for their tasks to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         for worker in &self.workers {
             worker.mode.send_replace(Mode::Gone);
         }
-        for worker in self.workers {
+        for worker in std::mem::take(&mut self.workers) {
             let _ = worker.task.await;
+        }
+    }
+}
+
+impl Drop for SimFleet {
+    /// Without a shutdown (a failed test), the workers' connections close at once.
+    fn drop(&mut self) {
+        for worker in &self.workers {
+            worker.task.abort();
         }
     }
 }
@@ -265,7 +278,16 @@ impl Worker {
             slots: self.options.slots,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             incarnation: self.incarnation,
-            running: self.running.iter().map(|(id, attempt)| (id.clone(), *attempt)).collect(),
+            // What it runs, and what it has events of that the head may not have stored
+            // (as fleet-worker says at a rejoin).
+            running: self
+                .running
+                .iter()
+                .map(|(id, attempt)| (id.clone(), *attempt))
+                .chain(self.outbox.iter().map(|e| (e.task_id.clone(), e.attempt)))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             protocol: fleet_proto::WORKER_PROTOCOL,
             ..Default::default()
         }
@@ -344,7 +366,12 @@ impl Worker {
                         return End::Broken("the stream to the head closed".into());
                     }
                 }
-                _ = mode.changed() => {}
+                changed = mode.changed() => {
+                    if changed.is_err() {
+                        // The fleet was dropped without a shutdown.
+                        return End::Stop;
+                    }
+                }
             }
             let now = *mode.borrow_and_update();
             match now {
@@ -387,11 +414,11 @@ impl Worker {
     fn handle(&mut self, command: Command, events: &mut Vec<TaskEvent>) {
         match command {
             Command::RunTask(task) => {
-                if self.running.len() >= self.options.slots as usize
-                    || self.running.contains_key(&task.task_id)
-                {
-                    // The head places within slots; a task beyond them would be its bug.
-                    return;
+                // As fleet-worker does, a task beyond the slots runs too (the head placing
+                // it there would be its bug, which the counts then show), and a task sent
+                // again runs under its new attempt.
+                if self.running.len() >= self.options.slots as usize {
+                    self.counters.over_slots.fetch_add(1, Ordering::Relaxed);
                 }
                 self.counters.tasks_started.fetch_add(1, Ordering::Relaxed);
                 self.running.insert(task.task_id.clone(), task.attempt);
