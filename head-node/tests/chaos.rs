@@ -3,13 +3,11 @@
 //! Every task must end, completed with exactly its input echoed or failed with an error
 //! that names what happened, and no task's log may hold a gap or a repeated event.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use fleet_client::{AgentSpec, EventKind, ManyUpdate, Submission, TaskEvent};
+use anyhow::{Result, bail, ensure};
+use fleet_client::{AgentSpec, EventKind};
 use fleet_testkit::ClusterSandbox;
-use futures::StreamExt;
 
 const TASKS: usize = 2_000;
 /// The whole run, chaos included, must end within this (a hang fails the test).
@@ -19,34 +17,6 @@ fn signal(pid: u32, signal: &str) -> Result<()> {
     let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status()?;
     ensure!(status.success(), "kill {signal} {pid} failed");
     Ok(())
-}
-
-/// Every event of every task, by task index.
-async fn run_all(
-    client: fleet_client::Client,
-    inputs: Vec<String>,
-) -> Result<HashMap<usize, Vec<TaskEvent>>> {
-    let (sender, mut updates) = client.submit_many().await?;
-    let items =
-        inputs.into_iter().enumerate().map(|(i, input)| (i as u64, Submission::new("echo", input)));
-    sender.send(items).await?;
-    drop(sender);
-    let (mut index_of, mut events) = (HashMap::new(), HashMap::<usize, Vec<TaskEvent>>::new());
-    while let Some(batch) = updates.next().await {
-        for update in batch? {
-            match update {
-                ManyUpdate::Accepted { client_ref, task_id, .. } => {
-                    index_of.insert(task_id, client_ref as usize);
-                }
-                ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),
-                ManyUpdate::Event(e) => {
-                    let index = *index_of.get(&e.task_id).context("an event before its ack")?;
-                    events.entry(index).or_default().push(e);
-                }
-            }
-        }
-    }
-    Ok(events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +37,7 @@ async fn every_task_ends_once_through_kills_and_freezes() -> Result<()> {
     client.register_agent(spec).await?;
     let inputs: Vec<String> =
         (0..TASKS).map(|i| format!("task {i} a b c d e f g h i j k l")).collect();
-    let run = tokio::spawn(run_all(client.clone(), inputs.clone()));
+    let run = tokio::spawn(fleet_testkit::run_all(client.clone(), "echo", inputs.clone()));
 
     // Chaos until every task has ended: a kill and a restart, then a freeze past the
     // worker timeout and a thaw, in turns, on the workers that are running then.

@@ -3,14 +3,13 @@
 //! runs, and the tasks of workers lost mid-task, crashed (connection closed) or silent
 //! (connection open, nothing sent), run again elsewhere and complete.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use fleet_client::{AgentSpec, EventKind, ManyUpdate, Submission, TaskEvent};
+use anyhow::{Context, Result, ensure};
+use fleet_client::{AgentSpec, EventKind};
 use fleet_testkit::simworker::{SimFleet, SimOptions};
 use fleet_testkit::{ClusterSandbox, final_text, wait_until};
-use futures::StreamExt;
 
 const WORKERS: usize = 1_000;
 const SLOTS: u32 = 2;
@@ -47,7 +46,7 @@ async fn a_thousand_simulated_workers_run_every_slot_and_lost_ones_tasks_run_aga
     client.register_agent(spec).await?;
     let tasks = WORKERS * SLOTS as usize;
     let inputs: Vec<String> = (0..tasks).map(|i| format!("task {i}")).collect();
-    let run = tokio::spawn(run_all(client.clone(), inputs.clone()));
+    let run = tokio::spawn(fleet_testkit::run_all(client.clone(), "echo", inputs.clone()));
 
     // Every slot busy, then workers lost in the middle of their tasks.
     wait_until(Duration::from_secs(60), "every slot running a task", || async {
@@ -96,32 +95,4 @@ async fn a_thousand_simulated_workers_run_every_slot_and_lost_ones_tasks_run_aga
     .await?;
     fleet.shutdown().await;
     sandbox.shutdown().await
-}
-
-/// Every event of every task, by task index.
-async fn run_all(
-    client: fleet_client::Client,
-    inputs: Vec<String>,
-) -> Result<HashMap<usize, Vec<TaskEvent>>> {
-    let (sender, mut updates) = client.submit_many().await?;
-    let items =
-        inputs.into_iter().enumerate().map(|(i, input)| (i as u64, Submission::new("echo", input)));
-    sender.send(items).await?;
-    drop(sender);
-    let (mut index_of, mut events) = (HashMap::new(), HashMap::<usize, Vec<TaskEvent>>::new());
-    while let Some(batch) = updates.next().await {
-        for update in batch? {
-            match update {
-                ManyUpdate::Accepted { client_ref, task_id, .. } => {
-                    index_of.insert(task_id, client_ref as usize);
-                }
-                ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),
-                ManyUpdate::Event(e) => {
-                    let index = *index_of.get(&e.task_id).context("an event before its ack")?;
-                    events.entry(index).or_default().push(e);
-                }
-            }
-        }
-    }
-    Ok(events)
 }

@@ -90,6 +90,40 @@ pub fn final_text(events: &[fleet_client::TaskEvent]) -> String {
         .collect()
 }
 
+/// Submits one task of `agent` per input in one `SubmitMany` stream and follows them all
+/// to their ends: every event of every task, by the input's index.
+pub async fn run_all(
+    client: fleet_client::Client,
+    agent: &str,
+    inputs: Vec<String>,
+) -> anyhow::Result<std::collections::HashMap<usize, Vec<fleet_client::TaskEvent>>> {
+    use futures::StreamExt;
+    let (sender, mut updates) = client.submit_many().await?;
+    let items = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| (i as u64, fleet_client::Submission::new(agent, input)));
+    sender.send(items).await?;
+    drop(sender);
+    let mut index_of = std::collections::HashMap::new();
+    let mut events = std::collections::HashMap::<usize, Vec<fleet_client::TaskEvent>>::new();
+    while let Some(batch) = updates.next().await {
+        for update in batch? {
+            match update {
+                fleet_client::ManyUpdate::Accepted { client_ref, task_id, .. } => {
+                    index_of.insert(task_id, client_ref as usize);
+                }
+                fleet_client::ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),
+                fleet_client::ManyUpdate::Event(e) => {
+                    let index = *index_of.get(&e.task_id).context("an event before its ack")?;
+                    events.entry(index).or_default().push(e);
+                }
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// What a client saw of a batch of tasks ([`fleet_client::ManyUpdate`]s): each accepted
 /// task's index (its client ref) and events, and how many completed.
 #[derive(Debug, Default)]
