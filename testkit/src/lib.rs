@@ -10,6 +10,9 @@
 //! holds the inputs of the fuzz targets; [`postgres`] starts a PostgreSQL server of the
 //! test's own (for the shared store and standby heads), and [`spawn_head`] a head beside a
 //! sandbox's. [`simworker`] puts thousands of simulated workers on one head.
+//! [`SandboxBuilder::network`] puts the head, each worker and the test's clients on hosts
+//! of an [`network::EmulatedNetwork`] (namespaces on a wire with delay, loss and
+//! partitions) instead of 127.0.0.1.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod fuzz;
+pub mod network;
 pub mod postgres;
 pub mod simworker;
 pub mod tls;
@@ -183,6 +187,7 @@ pub struct SandboxBuilder {
     log: Option<String>,
     tls: bool,
     standbys: usize,
+    network: Option<network::Conditions>,
 }
 
 impl SandboxBuilder {
@@ -231,6 +236,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// Runs the head, each worker and the test's clients on hosts of an emulated network
+    /// under `conditions` (see [`network`]): the head on host `head`, standbys on `head-1`,
+    /// ..., each worker on a host named as the worker, clients on [`network::CLIENT`].
+    /// [`ClusterSandbox::network`] changes the conditions and makes partitions.
+    pub fn network(mut self, conditions: network::Conditions) -> Self {
+        self.network = Some(conditions);
+        self
+    }
+
     pub fn tls(mut self) -> Self {
         self.tls = true;
         self
@@ -243,7 +257,12 @@ impl SandboxBuilder {
     }
 
     /// Starts the head and the workers and waits until every worker has joined.
-    pub async fn start(self) -> anyhow::Result<ClusterSandbox> {
+    pub async fn start(mut self) -> anyhow::Result<ClusterSandbox> {
+        // A head off loopback refuses to serve without credentials (as it should): a
+        // sandbox on a network always has a client token.
+        if self.network.is_some() && self.token.is_none() {
+            self.token = Some(format!("client-{}", unique()));
+        }
         let dir =
             std::env::temp_dir().join(format!("fleet-sandbox-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
@@ -281,7 +300,21 @@ impl SandboxBuilder {
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
         let head_log = HeadLog::default();
-        let (head, address) = start_head("127.0.0.1:0", &head_args, &log, &head_log).await?;
+        let network = match self.network {
+            Some(conditions) => Some(Arc::new(network::EmulatedNetwork::new(conditions)?)),
+            None => None,
+        };
+        let place = |host: &str| -> anyhow::Result<Place> {
+            Ok(match &network {
+                Some(network) => {
+                    let address = network.add_host(host)?;
+                    Place::Host { network: network.clone(), host: host.to_owned(), address }
+                }
+                None => Place::Loopback,
+            })
+        };
+        let head_place = place("head")?;
+        let (head, address) = start_head(&head_place, "0", &head_args, &log, &head_log).await?;
         let mut standby_heads = Vec::new();
         let mut url = format!("{scheme}://{address}");
         if self.standbys > 0 {
@@ -295,9 +328,10 @@ impl SandboxBuilder {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            for _ in 0..self.standbys {
+            for i in 0..self.standbys {
+                let standby_place = place(&format!("head-{}", i + 1))?;
                 let (standby, standby_address) =
-                    start_head("127.0.0.1:0", &head_args, &log, &head_log).await?;
+                    start_head(&standby_place, "0", &head_args, &log, &head_log).await?;
                 url.push_str(&format!(",{scheme}://{standby_address}"));
                 standby_heads.push((standby, standby_address));
             }
@@ -318,6 +352,8 @@ impl SandboxBuilder {
             next_worker: 0,
             started,
             dir,
+            head_place,
+            network,
         };
         for _ in 0..self.workers {
             sandbox.add_worker()?;
@@ -333,17 +369,54 @@ pub async fn spawn_head(
     args: &[String],
     log: &str,
 ) -> anyhow::Result<(Child, String)> {
-    start_head(listen, args, log, &HeadLog::default()).await
+    let (host, port) = listen.rsplit_once(':').context("listen on host:port")?;
+    let place = match host {
+        "127.0.0.1" => Place::Loopback,
+        _ => bail!("spawn_head listens on 127.0.0.1"),
+    };
+    start_head(&place, port, args, log, &HeadLog::default()).await
+}
+
+/// Where a sandbox runs a process: on 127.0.0.1, or on a host of its emulated network.
+#[derive(Debug, Clone)]
+enum Place {
+    Loopback,
+    Host { network: Arc<network::EmulatedNetwork>, host: String, address: std::net::Ipv4Addr },
+}
+
+impl Place {
+    fn command(&self, program: PathBuf) -> anyhow::Result<Command> {
+        match self {
+            Place::Loopback => Ok(Command::new(program)),
+            Place::Host { network, host, .. } => network.command(host, program),
+        }
+    }
+
+    fn ip(&self) -> String {
+        match self {
+            Place::Loopback => "127.0.0.1".to_owned(),
+            Place::Host { address, .. } => address.to_string(),
+        }
+    }
+
+    /// Where a worker here listens for its mesh: on its own address only.
+    fn mesh_listen(&self) -> String {
+        match self {
+            Place::Loopback => LOOPBACK_MESH.to_owned(),
+            Place::Host { address, .. } => format!("/ip4/{address}/tcp/0"),
+        }
+    }
 }
 
 async fn start_head(
-    listen: &str,
+    place: &Place,
+    port: &str,
     args: &[String],
     log: &str,
     head_log: &HeadLog,
 ) -> anyhow::Result<(Child, String)> {
-    let mut head = Command::new(binary("fleet-head")?);
-    head.args(["--listen", listen, "--print-address"])
+    let mut head = place.command(binary("fleet-head")?)?;
+    head.args(["--listen", &format!("{}:{port}", place.ip()), "--print-address"])
         .args(args)
         .env("RUST_LOG", log)
         .env_remove("FLEET_TOKEN")
@@ -451,6 +524,10 @@ pub struct ClusterSandbox {
     next_worker: usize,
     started: Instant,
     dir: PathBuf,
+    /// Where the first head runs.
+    head_place: Place,
+    /// Last, so that every process has been killed before the network goes.
+    network: Option<Arc<network::EmulatedNetwork>>,
 }
 
 impl ClusterSandbox {
@@ -486,6 +563,26 @@ impl ClusterSandbox {
             bail!("ClusterSandbox::http speaks plain HTTP; this sandbox serves TLS");
         }
         http_at(&self.address, method, path, headers, body).await
+    }
+
+    /// The emulated network the sandbox runs on ([`SandboxBuilder::network`]).
+    pub fn network(&self) -> Option<&network::EmulatedNetwork> {
+        self.network.as_deref()
+    }
+
+    /// Where the sandbox runs a process named `host`: a new host of its emulated network,
+    /// or 127.0.0.1.
+    fn place(&self, host: &str) -> anyhow::Result<Place> {
+        Ok(match &self.network {
+            Some(network) => {
+                let address = match network.address(host) {
+                    Some(address) => address,
+                    None => network.add_host(host)?,
+                };
+                Place::Host { network: network.clone(), host: host.to_owned(), address }
+            }
+            None => Place::Loopback,
+        })
     }
 
     /// The addresses of the heads started after the first (standbys at first).
@@ -559,12 +656,13 @@ impl ClusterSandbox {
     pub fn add_worker(&mut self) -> anyhow::Result<String> {
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
-        let mut worker = Command::new(binary("fleet-worker")?);
+        let place = self.place(&name)?;
+        let mut worker = place.command(binary("fleet-worker")?)?;
         worker
             .args(["--head", &self.url, "--name", &name])
             .args(&self.worker_args)
             .env("RUST_LOG", &self.log)
-            .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
+            .env("FLEET_MESH_LISTEN", place.mesh_listen())
             .env_remove("FLEET_TOKEN")
             .env_remove("FLEET_JOIN_TOKEN")
             .arg("--join-token")
@@ -582,8 +680,10 @@ impl ClusterSandbox {
 
     /// Starts a worker process with extra arguments and returns it unsupervised; it joins
     /// with the sandbox's join token unless `args` give one (e.g. a wrong one).
+    /// On an emulated network it runs on a host of its own, `process-N`.
     pub fn spawn_worker_process(&self, args: &[&str]) -> anyhow::Result<Child> {
-        let mut worker = Command::new(binary("fleet-worker")?);
+        let place = self.place(&format!("process-{}", unique()))?;
+        let mut worker = place.command(binary("fleet-worker")?)?;
         worker.args(["--head", &self.url]).args(args);
         if !args.contains(&"--join-token") {
             worker.args(["--join-token", &self.join_token]);
@@ -593,7 +693,7 @@ impl ClusterSandbox {
         }
         worker
             .env("RUST_LOG", &self.log)
-            .env("FLEET_MESH_LISTEN", LOOPBACK_MESH)
+            .env("FLEET_MESH_LISTEN", place.mesh_listen())
             .env_remove("FLEET_TOKEN")
             .env_remove("FLEET_JOIN_TOKEN");
         for setting in WORKER_SETTINGS {
@@ -681,8 +781,9 @@ impl ClusterSandbox {
 
     /// Starts the head again on its address and data after [`ClusterSandbox::kill_head`].
     pub async fn start_head(&mut self) -> anyhow::Result<()> {
+        let port = self.address.rsplit_once(':').map_or("0", |(_, port)| port);
         let (head, _) =
-            start_head(&self.address, &self.head_args, &self.log, &self.head_log).await?;
+            start_head(&self.head_place, port, &self.head_args, &self.log, &self.head_log).await?;
         self.head = head;
         Ok(())
     }
