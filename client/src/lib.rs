@@ -114,6 +114,11 @@ pub struct ConnectOptions {
     /// For `https://` heads: trust only the CA certificates in this PEM file instead of the
     /// system's roots (a head with a private CA's or a self-signed certificate).
     pub tls_ca: Option<PathBuf>,
+    /// After this long without hearing from the head the client pings it, and a ping
+    /// unanswered for as long again breaks the connection: streams then resume on a new one
+    /// (see [`resume`]) instead of waiting on a connection a network fault left half open.
+    /// Busy connections never ping. `Duration::ZERO`: never.
+    pub keep_alive: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -121,6 +126,7 @@ impl Default for ConnectOptions {
         Self {
             token: std::env::var("FLEET_TOKEN").ok().filter(|t| !t.is_empty()),
             connect_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(10),
             tls_ca: std::env::var_os("FLEET_TLS_CA").filter(|p| !p.is_empty()).map(PathBuf::from),
         }
     }
@@ -739,8 +745,14 @@ impl Client {
 }
 
 fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint> {
-    Ok(fleet_proto::endpoint::head_endpoint(url, options.tls_ca.as_deref())?
-        .connect_timeout(options.connect_timeout))
+    let endpoint = fleet_proto::endpoint::head_endpoint(url, options.tls_ca.as_deref())?
+        .connect_timeout(options.connect_timeout);
+    if options.keep_alive.is_zero() {
+        return Ok(endpoint);
+    }
+    Ok(endpoint
+        .http2_keep_alive_interval(options.keep_alive)
+        .keep_alive_timeout(options.keep_alive))
 }
 
 fn event_stream(stream: tonic::Streaming<pb::TaskEvent>) -> TaskStream {

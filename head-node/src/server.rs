@@ -24,6 +24,10 @@ use crate::cluster::Cluster;
 use crate::config::{self, HeadConfig};
 use crate::{Result, http};
 
+/// How long a connection may be silent before the head pings it (and how long it waits for
+/// the answer before closing it).
+const CLIENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The largest gRPC message accepted (inputs are limited separately and more tightly).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -149,7 +153,14 @@ async fn serve(
         // connection is closed (the rapid-reset defence). h2's default of 20 closed the
         // connection of a client that canceled a burst of its own requests (a Ctrl-C during
         // a map); 1,024 still bounds the work a reset flood makes.
-        .http2_max_pending_accept_reset_streams(Some(1024));
+        .http2_max_pending_accept_reset_streams(Some(1024))
+        // A client that vanished without a word (a pulled cable, a host gone: packets
+        // dropped silently) leaves its connection half open, its streams' subscriptions
+        // open and its buffers full; TCP's own keepalive takes minutes to notice. A ping
+        // unanswered for as long again closes it. Any frame read resets the wait, so busy
+        // connections never ping.
+        .http2_keepalive_interval(Some(CLIENT_KEEP_ALIVE))
+        .http2_keepalive_timeout(Some(CLIENT_KEEP_ALIVE));
     let in_process = local.map(|local| {
         let server = server.clone().add_routes(routes.clone());
         tokio::spawn(server.serve_with_incoming_shutdown(local, shutdown.clone().cancelled_owned()))

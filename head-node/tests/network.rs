@@ -39,6 +39,21 @@ fn check_log(index: usize, events: &[TaskEvent]) -> Result<()> {
     Ok(())
 }
 
+/// A task's whole log, read again from the head.
+async fn log_of(client: &fleet_client::Client, task_id: &str) -> Result<Vec<TaskEvent>> {
+    let mut stream = client.watch(task_id, 1).await?;
+    let mut log = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        let end = event.kind.is_terminal();
+        log.push(event);
+        if end {
+            return Ok(log);
+        }
+    }
+    anyhow::bail!("task {task_id}'s log ended before the task did")
+}
+
 fn scheduled_on(events: &[TaskEvent]) -> Vec<String> {
     events
         .iter()
@@ -109,5 +124,162 @@ async fn tasks_run_and_stream_across_a_slow_lossy_network() -> Result<()> {
     let stats = network.stats();
     ensure!(stats.lost > 0, "1% loss lost nothing: {stats:?}");
     ensure!(stats.delivered > 1_000, "{stats:?}");
+    sandbox.shutdown().await
+}
+
+/// How long a worker may go unheard before the head declares it dead, in these tests.
+const WORKER_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+async fn worker_alive(client: &fleet_client::Client, name: &str) -> Result<bool> {
+    let status = client.status().await?;
+    Ok(status.workers.iter().any(|w| w.worker_id == name && w.alive))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_worker_s_tasks_finish_elsewhere_and_nothing_runs_twice_when_it_returns()
+-> Result<()> {
+    let sandbox = ClusterSandbox::builder()
+        .network(Conditions::rtt(RTT))
+        .workers(2)
+        .worker_arg("--slots")
+        .worker_arg("4")
+        .head_arg("--worker-timeout-ms")
+        .head_arg(WORKER_TIMEOUT.as_millis().to_string())
+        .head_arg("--heartbeat-interval-ms")
+        .head_arg("250")
+        .start()
+        .await?;
+    let network = sandbox.network().context("no network")?;
+    let client = sandbox.client().await?;
+    // Each task takes about 1.2 s: 40 words, 30 ms each.
+    client.register_agent(echo("echo", 30, 2)).await?;
+    let inputs: Vec<String> = (0..8).map(|i| words(i, 40)).collect();
+    let run = tokio::spawn(fleet_testkit::run_all(client.clone(), "echo", inputs.clone()));
+    wait_until(Duration::from_secs(10), "worker-0 never ran a task", || async {
+        let status = client.status().await?;
+        Ok(status.workers.iter().any(|w| w.worker_id == "worker-0" && w.running_tasks > 0))
+    })
+    .await?;
+
+    // The cable is pulled: packets to and from worker-0 vanish, its connection is left
+    // half open, and it goes on running its tasks without hearing anything.
+    network.isolate("worker-0")?;
+    let cut = Instant::now();
+    let dialed = network.dialed("worker-0")?;
+    wait_until(WORKER_TIMEOUT + Duration::from_secs(2), "worker-0 not declared dead", || async {
+        Ok(!worker_alive(&client, "worker-0").await?)
+    })
+    .await?;
+    let declared = cut.elapsed();
+    let events =
+        tokio::time::timeout(Duration::from_secs(20), run).await.context("a hang")???;
+    let finished = cut.elapsed();
+    eprintln!("declared dead after {declared:?}; every task finished {finished:?} after the cut");
+    let mut retried = 0;
+    for (index, log) in &events {
+        check_log(*index, log)?;
+        ensure!(
+            matches!(log.last().map(|e| &e.kind), Some(EventKind::Completed { .. })),
+            "task {index} ended {:?}",
+            log.last()
+        );
+        ensure!(final_text(log) == inputs[*index], "task {index}: {:?}", final_text(log));
+        let on = scheduled_on(log);
+        if on.first().map(String::as_str) == Some("worker-0") {
+            ensure!(on.last().map(String::as_str) == Some("worker-1"), "task {index}: {on:?}");
+            retried += 1;
+        }
+    }
+    ensure!(retried > 0, "no task of worker-0 was retried elsewhere");
+    // Its tasks ran again elsewhere within the worker timeout plus a task's own time.
+    ensure!(
+        finished < WORKER_TIMEOUT + Duration::from_secs(2) + Duration::from_millis(1_200),
+        "the last task finished {finished:?} after the cut"
+    );
+
+    // Worker-0 gives up on its half-open connection and dials again, long before TCP would
+    // (it hears nothing, not even an answer to its ping).
+    wait_until(Duration::from_secs(8), "worker-0 never dialed the head again", || async {
+        Ok(network.dialed("worker-0")? > dialed)
+    })
+    .await?;
+    eprintln!("worker-0 dialed again {:?} after the cut", cut.elapsed());
+
+    // Healed after 10 s: worker-0 finds the head again, and what it ran while cut off is
+    // neither reported as the task's result nor run a second time.
+    let since_cut = cut.elapsed();
+    if since_cut < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_secs(10) - since_cut).await;
+    }
+    network.heal("worker-0")?;
+    let healed = Instant::now();
+    wait_until(Duration::from_secs(5), "worker-0 did not come back", || async {
+        worker_alive(&client, "worker-0").await
+    })
+    .await?;
+    eprintln!("worker-0 back {:?} after the heal", healed.elapsed());
+    for (index, seen) in &events {
+        let log = log_of(&client, &seen[0].task_id.to_string()).await?;
+        check_log(*index, &log)?;
+        ensure!(log.len() == seen.len(), "task {index}'s log changed after its end");
+    }
+    let more: Vec<String> = (100..116).map(|i| words(i, 4)).collect();
+    let events = fleet_testkit::run_all(client.clone(), "echo", more.clone()).await?;
+    let mut on_worker_0 = 0;
+    for (index, log) in &events {
+        check_log(*index, log)?;
+        ensure!(final_text(log) == more[*index], "task {index}: {:?}", final_text(log));
+        on_worker_0 += scheduled_on(log).iter().filter(|w| *w == "worker-0").count();
+    }
+    ensure!(on_worker_0 > 0, "no task ran on worker-0 after it came back");
+    sandbox.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_mid_stream_resumes_after_its_last_event() -> Result<()> {
+    let sandbox =
+        ClusterSandbox::builder().network(Conditions::rtt(RTT)).workers(1).start().await?;
+    let network = sandbox.network().context("no network")?;
+    // The client notices a silent connection after 2 × 300 ms.
+    let options = fleet_client::ConnectOptions {
+        keep_alive: Duration::from_millis(300),
+        ..sandbox.client_options()
+    };
+    let client = fleet_client::Client::connect_with(&sandbox.url, options).await?;
+    // About 4 s of words, 25 ms each.
+    client.register_agent(echo("echo", 25, 0)).await?;
+    let input = words(0, 160);
+    let mut stream = client.submit(fleet_client::Submission::new("echo", input.clone())).await?;
+    let (seen, mut seen_rx) = tokio::sync::watch::channel(0usize);
+    let follow = tokio::spawn(async move {
+        let mut log = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            let end = event.kind.is_terminal();
+            log.push(event);
+            seen.send_replace(log.len());
+            if end {
+                return Ok::<_, anyhow::Error>(log);
+            }
+        }
+        anyhow::bail!("the stream ended before the task did: {} events", log.len())
+    });
+    seen_rx.wait_for(|n| *n >= 20).await?;
+
+    // Cut off for 2 s, long after the connection is taken for dead.
+    network.isolate(CLIENT)?;
+    let dialed = network.dialed(CLIENT)?;
+    let cut_at = *seen_rx.borrow();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    network.heal(CLIENT)?;
+    let log =
+        tokio::time::timeout(Duration::from_secs(30), follow).await.context("a hang")???;
+
+    check_log(0, &log)?;
+    ensure!(matches!(log.last().map(|e| &e.kind), Some(EventKind::Completed { .. })));
+    ensure!(final_text(&log) == input, "the text: {:?}", final_text(&log));
+    ensure!(log.len() > cut_at + 10, "only {} events, {cut_at} before the cut", log.len());
+    // The stream went on over a new connection (the old one was left half open).
+    ensure!(network.dialed(CLIENT)? > dialed, "the client never connected again");
     sandbox.shutdown().await
 }

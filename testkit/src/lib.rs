@@ -644,12 +644,16 @@ impl ClusterSandbox {
 
     /// A client with the sandbox's token (and CA).
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let options = ConnectOptions {
+        Ok(Client::connect_with(&self.url, self.client_options()).await?)
+    }
+
+    /// What [`ClusterSandbox::client`] connects with, for a client of other settings.
+    pub fn client_options(&self) -> ConnectOptions {
+        ConnectOptions {
             token: self.token.clone(),
             tls_ca: self.tls_ca().map(ToOwned::to_owned),
             ..Default::default()
-        };
-        Ok(Client::connect_with(&self.url, options).await?)
+        }
     }
 
     /// Starts one more worker named `worker-N`; returns its name.

@@ -102,6 +102,8 @@ struct Wire {
     delivered: AtomicU64,
     lost: AtomicU64,
     cut: AtomicU64,
+    /// TCP connections each host tried to open (SYNs it sent), by last octet.
+    dialed: Box<[AtomicU64]>,
 }
 
 #[derive(Debug)]
@@ -180,6 +182,7 @@ impl EmulatedNetwork {
             delivered: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             cut: AtomicU64::new(0),
+            dialed: (0..256).map(|_| AtomicU64::new(0)).collect(),
         });
         let network = Self {
             wire: wire.clone(),
@@ -255,6 +258,12 @@ impl EmulatedNetwork {
             lost: self.wire.lost.load(Ordering::Relaxed),
             cut: self.wire.cut.load(Ordering::Relaxed),
         }
+    }
+
+    /// How many TCP connections host `name` has tried to open (SYNs sent, retransmitted
+    /// ones included), whether or not they got through.
+    pub fn dialed(&self, name: &str) -> anyhow::Result<u64> {
+        Ok(self.wire.dialed[usize::from(self.octet(name)?)].load(Ordering::Relaxed))
     }
 
     fn octet(&self, name: &str) -> anyhow::Result<u8> {
@@ -357,6 +366,9 @@ impl Wire {
                 continue;
             }
             let to = packet[19];
+            if is_syn(packet) {
+                self.dialed[usize::from(from)].fetch_add(1, Ordering::Relaxed);
+            }
             let now = Instant::now();
             let due = {
                 let mut rules = self.lock_rules();
@@ -460,6 +472,12 @@ impl Drop for EmulatedNetwork {
             taken.retain(|&s| s != self.subnet);
         }
     }
+}
+
+/// Whether an IPv4 packet is a TCP SYN without ACK: a connection being opened.
+fn is_syn(packet: &[u8]) -> bool {
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    packet[9] == 6 && packet.get(header + 13).is_some_and(|flags| flags & 0x12 == 0x02)
 }
 
 /// A /24 no live network of this process has and no route of this machine covers.

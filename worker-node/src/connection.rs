@@ -38,6 +38,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MAX_SEVERAL: Duration = Duration::from_millis(500);
 /// How often a draining worker looks whether its tasks have ended.
 const DRAIN_CHECK: Duration = Duration::from_millis(20);
+/// How long a worker hears nothing from the head before it pings it; unanswered for a
+/// second more, the connection is taken for dead and the worker dials again. The head sends
+/// nothing on an idle worker's stream, so without pings a connection left half open (a
+/// partition that drops packets silently) would look alive until TCP gives up, ~15 minutes;
+/// so the worker redials within 5 s, about when the head (3 s by default) has declared it
+/// lost, and rejoins as soon as the network lets it. Busy connections never ping.
+const HEAD_SILENCE: Duration = Duration::from_secs(2);
 /// How long a leaving worker waits for the head to close its side of the stream.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
@@ -59,8 +66,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         let endpoint = fleet_proto::endpoint::head_endpoint(url, config.tls_ca.as_deref())
             .map_err(|e| Error::InvalidHead(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(HEAD_SILENCE)
+            .keep_alive_timeout(HEAD_SILENCE + Duration::from_secs(1));
         heads.push((url, endpoint));
     }
     if heads.is_empty() {
