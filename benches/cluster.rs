@@ -4,13 +4,16 @@
 //! `cargo build --release --bins && cargo bench -p fleet-benches --bench cluster`
 //! (`-- --quick` for fewer repeats; `-- --security` for what the client token and TLS cost;
 //! `-- --store` for what keeping the head's state on disk or in PostgreSQL costs, how fast it
-//! comes back, and how fast a standby takes over).
+//! comes back, and how fast a standby takes over; `-- --network` for the head, workers and
+//! client on hosts of an emulated network with 2 ms between them, beside 127.0.0.1, and how
+//! fast a cut-off worker's tasks finish elsewhere; it needs root).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission, TaskState};
 use fleet_testkit::ClusterSandbox;
+use fleet_testkit::network::Conditions;
 use fleet_testkit::postgres::PostgresServer;
 use futures::StreamExt;
 
@@ -194,6 +197,124 @@ async fn security_cost(repeats: usize, tasks: usize) -> Result<()> {
     Ok(())
 }
 
+/// The round trip between hosts of the emulated network in `--network` runs.
+const RTT: Duration = Duration::from_millis(2);
+
+/// A head and two workers (with a client token, as a head off loopback must have) on
+/// 127.0.0.1, or on hosts of an emulated network under `conditions`.
+async fn networked_cluster(conditions: Option<Conditions>) -> Result<(ClusterSandbox, Client)> {
+    let mut builder = ClusterSandbox::builder()
+        .workers(2)
+        .token("bench-token")
+        .head_arg("--max-queued-tasks")
+        .head_arg("1000000");
+    if let Some(conditions) = conditions {
+        builder = builder.network(conditions);
+    }
+    let cluster = builder.start().await?;
+    let client = cluster.client().await?;
+    client.register_agent(echo()).await?;
+    Ok((cluster, client))
+}
+
+/// The cluster on 127.0.0.1, on the emulated network with no delay (what the wire itself
+/// costs) and with 2 ms round trips, taking turns on fresh processes; then how long a
+/// worker cut off mid-task takes to be declared dead and its tasks to finish elsewhere.
+async fn network_cost(repeats: usize, tasks: usize) -> Result<()> {
+    let setups = [
+        (None, "127.0.0.1", "—".to_owned()),
+        (Some(Conditions::default()), "emulated network, no delay", "—".to_owned()),
+        (
+            Some(Conditions::rtt(RTT)),
+            "emulated network, 2 ms round trips",
+            format!("≥ 0.80× loopback; p50 ≤ {} µs", (2 * RTT).as_micros() + 200),
+        ),
+    ];
+    let (mut rates, mut p50s) = (vec![Vec::new(); setups.len()], vec![Vec::new(); setups.len()]);
+    for _ in 0..repeats {
+        for (i, (conditions, _, _)) in setups.iter().enumerate() {
+            let (sandbox, client) = networked_cluster(*conditions).await?;
+            batch_throughput(&client, 5_000).await?;
+            rates[i].push(batch_throughput(&client, tasks).await?);
+            round_trips(&client, 100).await?;
+            let times = round_trips(&client, 500).await?;
+            p50s[i].push(percentile(&times, 0.5).as_secs_f64() * 1e6);
+            sandbox.shutdown().await?;
+        }
+    }
+    let (loopback_rate, loopback_p50) = (median(rates[0].clone()), median(p50s[0].clone()));
+    for (i, (_, name, target)) in setups.iter().enumerate() {
+        let (rate, p50) = (median(rates[i].clone()), median(p50s[i].clone()));
+        println!(
+            "| {name}: batch echo tasks/s | {rate:.0} ({:.2}×) | {:.0?} | {target} |",
+            rate / loopback_rate,
+            rates[i]
+        );
+        println!(
+            "| {name}: round trip p50 | {p50:.0} µs ({:+.0} µs) | {:.0?} | {target} |",
+            p50 - loopback_p50,
+            p50s[i]
+        );
+    }
+    partition_recovery(repeats).await
+}
+
+/// A worker running eight 1-second tasks cut off (its packets dropped silently) on the
+/// 2 ms network, default heartbeat (500 ms) and worker timeout (3 s): how long until the
+/// head declares it dead, and until its tasks have finished on the other worker.
+async fn partition_recovery(repeats: usize) -> Result<()> {
+    let (mut declared, mut finished) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let (sandbox, client) = networked_cluster(Some(Conditions::rtt(RTT))).await?;
+        let network = sandbox.network().context("no network")?;
+        let mut spec = echo();
+        spec.name = "slow".into();
+        spec.max_retries = 2;
+        spec.model_options = [("token_delay_ms".to_owned(), "50".to_owned())].into();
+        client.register_agent(spec).await?;
+        let input = (0..20).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let run = tokio::spawn({
+            let client = client.clone();
+            async move { client.run_many("slow", vec![input; 16]).await }
+        });
+        let worker_busy = || async {
+            let status = client.status().await?;
+            anyhow::Ok(
+                status.workers.iter().any(|w| w.worker_id == "worker-0" && w.running_tasks > 0),
+            )
+        };
+        while !worker_busy().await? {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        network.isolate("worker-0")?;
+        let cut = Instant::now();
+        loop {
+            let status = client.status().await?;
+            if status.workers.iter().any(|w| w.worker_id == "worker-0" && !w.alive)
+                || !status.workers.iter().any(|w| w.worker_id == "worker-0")
+            {
+                break;
+            }
+            ensure!(cut.elapsed() < Duration::from_secs(30), "worker-0 never declared dead");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        declared.push(cut.elapsed().as_secs_f64() * 1000.0);
+        let outcomes = run.await??;
+        finished.push(cut.elapsed().as_secs_f64() * 1000.0);
+        ensure!(outcomes.iter().all(|o| o.state == TaskState::Completed));
+        sandbox.shutdown().await?;
+    }
+    println!(
+        "| emulated network: a worker cut off mid-task, declared dead (worker timeout 3 s) | {:.0} ms | {declared:.0?} | ≤ 3,000 ms + the sweep (750 ms) |",
+        median(declared.clone())
+    );
+    println!(
+        "| emulated network: ... and its 1-second tasks finished on the other worker | {:.0} ms | {finished:.0?} | ≤ 5,000 ms + a task |",
+        median(finished.clone())
+    );
+    Ok(())
+}
+
 /// Where a benchmarked head keeps its state.
 #[derive(Clone, Copy, PartialEq)]
 enum Kept {
@@ -332,6 +453,9 @@ async fn bench_main() -> Result<()> {
     println!("|---|---|---|---|");
     if std::env::args().any(|a| a == "--security") {
         return security_cost(repeats, if quick { 20_000 } else { 50_000 }).await;
+    }
+    if std::env::args().any(|a| a == "--network") {
+        return network_cost(repeats, if quick { 20_000 } else { 50_000 }).await;
     }
     if std::env::args().any(|a| a == "--store") {
         return store_cost(repeats, if quick { 20_000 } else { 50_000 }).await;

@@ -13,8 +13,8 @@
 //! Why TUN and not veth pairs on a bridge with `tc qdisc ... netem`: the kernels this
 //! project's CI runs on (Firecracker guests) are built without `sch_netem`, and a qdisc
 //! cannot be loaded there. Emulating the wire in user space works on any kernel with TUN
-//! and namespaces and behaves the same everywhere. Delays are kept to ~50 µs (the timer
-//! slack of a waiting thread); packets between two hosts stay in order, as on one link.
+//! and namespaces and behaves the same everywhere. Delays are kept to within tens of µs;
+//! packets between two hosts stay in order, as on one link.
 //!
 //! Needs root (CAP_NET_ADMIN) and the `ip` command; a test that cannot create namespaces
 //! fails and says why, it does not skip.
@@ -304,15 +304,18 @@ impl EmulatedNetwork {
         // Nonblocking, so that the reader's wait can be interrupted (tun-rs's advice).
         device.set_nonblocking(true)?;
         let cidr = format!("{address}/24");
+        // A TUN device queues 500 packets by default: a burst longer than that, sent while
+        // the wire's reader waits for a core, would be dropped before the wire sees it.
+        let queue = "10000";
         match &netns {
             Some(netns) => {
                 ip(["link", "set", &interface, "netns", netns])?;
                 ip(["-n", netns, "addr", "add", &cidr, "dev", &interface])?;
-                ip(["-n", netns, "link", "set", &interface, "up"])?;
+                ip(["-n", netns, "link", "set", &interface, "txqueuelen", queue, "up"])?;
             }
             None => {
                 ip(["addr", "add", &cidr, "dev", &interface])?;
-                ip(["link", "set", &interface, "up"])?;
+                ip(["link", "set", &interface, "txqueuelen", queue, "up"])?;
             }
         }
         let device = Arc::new(device);
@@ -398,6 +401,9 @@ impl Wire {
 
     /// Hands each packet to its receiver when it is due, until the wire stops.
     fn deliver(&self) {
+        // A waiting thread wakes up to 50 µs late by default (the kernel's timer slack, to
+        // batch wake-ups); a packet crosses the wire four times in a task's round trip.
+        let _ = nix::sys::prctl::set_timerslack(1_000);
         let mut queue = self.lock_queue();
         loop {
             if self.stopping.load(Ordering::Relaxed) {
