@@ -267,9 +267,13 @@ where
                 return 2;
             }
         };
-    let result = runtime(args.threads)
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(config, args.print_address)));
+    let result = runtime(args.threads).map_err(anyhow::Error::from).and_then(|rt| {
+        let result = rt.block_on(run(config, args.print_address));
+        // A store call stuck on a connection the network cut (a lease renewal, a write)
+        // would hold a plain drop of the runtime forever: the head has stopped, so go.
+        rt.shutdown_timeout(std::time::Duration::from_secs(2));
+        result
+    });
     match result {
         Ok(()) => 0,
         Err(e) => {

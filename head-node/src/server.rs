@@ -24,6 +24,10 @@ use crate::cluster::Cluster;
 use crate::config::{self, HeadConfig};
 use crate::{Result, http};
 
+/// How long a stopping head waits for its connections to close. A peer cut off by the
+/// network never answers the goodbye, and a head that lost its lease must not linger.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a connection may be silent before the head pings it (and how long it waits for
 /// the answer before closing it).
 const CLIENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(20);
@@ -170,7 +174,17 @@ async fn serve(
     info!(%address, "head listening (gRPC and HTTP {over})");
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!("inspector at {scheme}://{address}/ui/");
-    let served = serve_routes(&mut server, routes, listener, tls, stopped).await;
+    let draining = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    let served = tokio::select! {
+        served = serve_routes(&mut server, routes, listener, tls, stopped) => served,
+        () = draining => {
+            warn!("connections still open {DRAIN:?} after the stop (peers gone silent?): closing them");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     if let Some(in_process) = in_process {
         let _ = in_process.await;

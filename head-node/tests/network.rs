@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, EventKind, TaskEvent};
-use fleet_testkit::network::{CLIENT, Conditions};
+use fleet_testkit::network::{CLIENT, Conditions, EmulatedNetwork};
+use fleet_testkit::postgres::PostgresServer;
 use fleet_testkit::{ClusterSandbox, final_text, wait_until};
 use futures::StreamExt;
 
@@ -281,5 +282,100 @@ async fn a_client_cut_off_mid_stream_resumes_after_its_last_event() -> Result<()
     ensure!(log.len() > cut_at + 10, "only {} events, {cut_at} before the cut", log.len());
     // The stream went on over a new connection (the old one was left half open).
     ensure!(network.dialed(CLIENT)? > dialed, "the client never connected again");
+    sandbox.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_everyone_stops_and_its_standby_finishes_its_tasks() -> Result<()> {
+    const LEASE: Duration = Duration::from_millis(2_000);
+    let network = std::sync::Arc::new(EmulatedNetwork::new(Conditions::rtt(RTT))?);
+    let pg = PostgresServer::start_on(&network, "db")?;
+    let mut sandbox = ClusterSandbox::builder()
+        .on_network(network.clone())
+        .workers(2)
+        .worker_arg("--slots")
+        .worker_arg("16")
+        .head_arg("--store")
+        .head_arg(&pg.url)
+        .head_arg("--lease-ms")
+        .head_arg(LEASE.as_millis().to_string())
+        .standbys(1)
+        .start()
+        .await?;
+    let standby = sandbox.standby_addresses()[0].clone();
+    let client = sandbox.client().await?;
+    // No retries: a task that ran twice would fail, not hide.
+    client.register_agent(echo("echo", 5, 0)).await?;
+    let inputs: Vec<String> = (0..400).map(|i| words(i, 10)).collect();
+    let items = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| (i as u64, fleet_client::Submission::new("echo", input)))
+        .collect();
+    let control = fleet_client::SubmitControl::default();
+    let mut updates = client.submit_all(items, control.clone());
+    let submitted = tokio::spawn(async move {
+        let mut accepted = 0;
+        while accepted < 400 {
+            let batch = updates.next().await.context("the batch ended")??;
+            accepted += batch
+                .iter()
+                .filter(|u| matches!(u, fleet_client::ManyUpdate::Accepted { .. }))
+                .count();
+        }
+        anyhow::Ok(updates)
+    });
+    let updates = tokio::time::timeout(Duration::from_secs(20), submitted).await???;
+    wait_until(Duration::from_secs(20), "no worker ran a task", || async {
+        let status = client.status().await?;
+        Ok(status.workers.iter().any(|w| w.running_tasks > 0))
+    })
+    .await?;
+
+    // The leader's cable is pulled: it can reach neither the store, nor its workers, nor
+    // its clients, and nobody can tell it that it no longer leads.
+    network.isolate("head")?;
+    let cut = Instant::now();
+    wait_until(LEASE + Duration::from_secs(3), "the standby never led", || async {
+        let health = fleet_testkit::http_at(&standby, "GET", "/healthz", &[], b"").await;
+        Ok(matches!(health, Ok((200, _))))
+    })
+    .await?;
+    let takeover = cut.elapsed();
+    // Unable to renew its lease, the old leader stops dispatching at its end and exits by
+    // itself, still cut off: no two heads ever dispatch at once. (Its exit waits up to 2 s
+    // for connections to close and 2 s for store calls the partition left hanging.)
+    let code = sandbox.wait_head_exit(LEASE + Duration::from_secs(8)).await?;
+    let stopped = cut.elapsed();
+    ensure!(code == Some(1), "the cut-off leader exited with {code:?}");
+
+    // The workers move to the standby with the tasks they ran; every task completes there,
+    // once, on its first attempt.
+    let options = fleet_client::ConnectOptions { ..sandbox.client_options() };
+    let at_standby =
+        fleet_client::Client::connect_with(&format!("http://{standby}"), options).await?;
+    let request = fleet_client::pb::ListTasksRequest { page_size: 1_000, ..Default::default() };
+    wait_until(Duration::from_secs(30), "not every task completed", || async {
+        let tasks = at_standby.list_tasks(request.clone()).await?.tasks;
+        let done =
+            tasks.iter().filter(|t| t.state == fleet_client::pb::TaskState::Completed as i32);
+        Ok(done.count() == inputs.len())
+    })
+    .await?;
+    eprintln!(
+        "the standby led {takeover:?} after the cut; the old leader stopped after {stopped:?}; \
+         every task done after {:?}",
+        cut.elapsed()
+    );
+    let tasks = at_standby.list_tasks(request).await?.tasks;
+    let outputs: std::collections::HashSet<&str> =
+        tasks.iter().map(|t| t.output.as_str()).collect();
+    for task in &tasks {
+        ensure!(task.attempt == 1, "task {} ran {} times", task.task_id, task.attempt);
+    }
+    for input in &inputs {
+        ensure!(outputs.contains(input.as_str()), "no task answered {input:?}");
+    }
+    drop(updates);
     sandbox.shutdown().await
 }

@@ -187,7 +187,14 @@ pub struct SandboxBuilder {
     log: Option<String>,
     tls: bool,
     standbys: usize,
-    network: Option<network::Conditions>,
+    network: Option<NetworkChoice>,
+}
+
+/// The emulated network a sandbox runs on.
+#[derive(Debug, Clone)]
+enum NetworkChoice {
+    New(network::Conditions),
+    Existing(Arc<network::EmulatedNetwork>),
 }
 
 impl SandboxBuilder {
@@ -241,7 +248,14 @@ impl SandboxBuilder {
     /// ..., each worker on a host named as the worker, clients on [`network::CLIENT`].
     /// [`ClusterSandbox::network`] changes the conditions and makes partitions.
     pub fn network(mut self, conditions: network::Conditions) -> Self {
-        self.network = Some(conditions);
+        self.network = Some(NetworkChoice::New(conditions));
+        self
+    }
+
+    /// As [`SandboxBuilder::network`], on a network the test made (and may have put other
+    /// hosts on, e.g. a [`postgres::PostgresServer::start_on`] one).
+    pub fn on_network(mut self, network: Arc<network::EmulatedNetwork>) -> Self {
+        self.network = Some(NetworkChoice::Existing(network));
         self
     }
 
@@ -300,8 +314,11 @@ impl SandboxBuilder {
         let log = self.log.clone().unwrap_or_else(|| "warn".to_owned());
         let started = Instant::now();
         let head_log = HeadLog::default();
-        let network = match self.network {
-            Some(conditions) => Some(Arc::new(network::EmulatedNetwork::new(conditions)?)),
+        let network = match self.network.clone() {
+            Some(NetworkChoice::New(conditions)) => {
+                Some(Arc::new(network::EmulatedNetwork::new(conditions)?))
+            }
+            Some(NetworkChoice::Existing(network)) => Some(network),
             None => None,
         };
         let place = |host: &str| -> anyhow::Result<Place> {

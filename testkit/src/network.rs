@@ -212,6 +212,11 @@ impl EmulatedNetwork {
         self.lock_hosts().iter().find(|h| h.name == name).map(|h| h.address)
     }
 
+    /// The namespace of host `name` (`None` for [`CLIENT`] or no such host).
+    pub fn netns(&self, name: &str) -> Option<String> {
+        self.lock_hosts().iter().find(|h| h.name == name).and_then(|h| h.netns.clone())
+    }
+
     /// A command that runs `program` on host `name` (in its namespace).
     pub fn command(
         &self,

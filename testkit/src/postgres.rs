@@ -20,6 +20,8 @@ pub struct PostgresServer {
     dir: PathBuf,
     bin: PathBuf,
     user: Option<&'static str>,
+    /// The network namespace the server runs in (see [`PostgresServer::start_on`]).
+    netns: Option<String>,
 }
 
 impl PostgresServer {
@@ -34,7 +36,26 @@ impl PostgresServer {
         Self::start_with(Some(certs))
     }
 
+    /// As [`start`](Self::start), on host `host` of an emulated network (added when it has
+    /// none by that name), listening on its address and letting in every host of the
+    /// network.
+    pub fn start_on(network: &crate::network::EmulatedNetwork, host: &str) -> anyhow::Result<Self> {
+        let address = match network.address(host) {
+            Some(address) => address,
+            None => network.add_host(host)?,
+        };
+        let netns = network.netns(host).context("the server needs a host of its own")?;
+        Self::start_with_at(None, Some((netns, address)))
+    }
+
     fn start_with(tls: Option<&TestCertificates>) -> anyhow::Result<Self> {
+        Self::start_with_at(tls, None)
+    }
+
+    fn start_with_at(
+        tls: Option<&TestCertificates>,
+        host: Option<(String, std::net::Ipv4Addr)>,
+    ) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let dir = std::env::temp_dir().join(format!(
             "fleet-pg-{}-{}",
@@ -49,7 +70,8 @@ impl PostgresServer {
                 bail!("cannot hand {} to the {user} user", dir.display());
             }
         }
-        let mut server = Self { url: String::new(), dir, bin, user };
+        let netns = host.as_ref().map(|(netns, _)| netns.clone());
+        let mut server = Self { url: String::new(), dir, bin, user, netns };
         let data = server.dir.join("data");
         server
             .run("initdb", &["-D", &path(&data), "-U", "postgres", "-A", "trust", "--no-sync"])?;
@@ -57,11 +79,25 @@ impl PostgresServer {
             Some(certs) => server.serve_tls(&data, certs)?,
             None => String::new(),
         };
-        // A free port now may be taken by the time the server binds it: try a few.
+        let listen = match &host {
+            Some((_, address)) => {
+                let hba = data.join("pg_hba.conf");
+                let mut rules = std::fs::read_to_string(&hba)?;
+                rules.push_str("host all all 198.18.0.0/15 trust\n");
+                std::fs::write(&hba, rules)?;
+                address.to_string()
+            }
+            None => "127.0.0.1".to_owned(),
+        };
+        // A free port now may be taken by the time the server binds it: try a few. On a
+        // host of its own, PostgreSQL's port is free.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = match host {
+                Some(_) => 5432,
+                None => TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+            };
             let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=50{ssl}",
+                "-c listen_addresses={listen} -p {port} -k {} -c max_connections=50{ssl}",
                 path(&server.dir)
             );
             let log = server.dir.join("server.log");
@@ -70,7 +106,7 @@ impl PostgresServer {
                 &["-D", &path(&data), "-l", &path(&log), "-o", &options, "-w", "-t", "30", "start"],
             );
             if started.is_ok() {
-                server.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+                server.url = format!("postgres://postgres@{listen}:{port}/postgres");
                 return Ok(server);
             }
         }
@@ -103,19 +139,26 @@ impl PostgresServer {
         Ok(format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", path(&cert), path(&key)))
     }
 
-    /// Runs one of the server's programs (as `postgres` when root).
+    /// Runs one of the server's programs (as `postgres` when root, in the server's network
+    /// namespace when it has one).
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
         let program = self.bin.join(program);
-        let output = match self.user {
-            Some(user) => Command::new("runuser")
-                .args(["-u", user, "--"])
-                .arg(&program)
-                .args(args)
-                .current_dir(&self.dir)
-                .output(),
-            None => Command::new(&program).args(args).current_dir(&self.dir).output(),
+        // [ip netns exec NS] [runuser -u postgres --] PROGRAM ARGS...
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(netns) = &self.netns {
+            words.extend(["ip", "netns", "exec", netns].map(Into::into));
         }
-        .with_context(|| format!("cannot run {}", program.display()))?;
+        if let Some(user) = self.user {
+            words.extend(["runuser", "-u", user, "--"].map(Into::into));
+        }
+        words.push(program.clone().into());
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]);
+        let output = command
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))?;
         if !output.status.success() {
             bail!(
                 "{} failed: {}{}",
@@ -130,6 +173,8 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
+        // pg_ctl stops the server by its pid file, from anywhere: its namespace may be gone.
+        self.netns = None;
         let data = path(&self.dir.join("data"));
         let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);

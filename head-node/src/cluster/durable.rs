@@ -107,9 +107,18 @@ impl Cluster {
     }
 
     /// Stores what is pending and closes the store (the head is stopping), so that another
-    /// head may open it; waits up to `timeout`. Blocking.
+    /// head may open it; waits up to `timeout`. Blocking. A head past its lease does not
+    /// wait: the store refuses its writes now (another head may lead), and a head that
+    /// lost its lease to a partition would wait on a store it cannot reach.
     pub fn close_store(&self, timeout: Duration) {
-        let journal = self.state.lock().tasks.journal().cloned();
+        let (journal, leading) = {
+            let state = self.state.lock();
+            (state.tasks.journal().cloned(), state.leading())
+        };
+        if !leading {
+            warn!("past the leader lease: not waiting for the store");
+            return;
+        }
         if let Some(journal) = journal
             && !journal.close(timeout)
         {

@@ -54,6 +54,14 @@ impl Conn {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // `statement_timeout` is the server's: a server the network cut off never says it
+        // ran out. The kernel gives up on data unacknowledged for as long (and keepalive
+        // probes find a silent server), so a call fails instead of waiting for TCP's ~15
+        // minutes. A URL's own `tcp_user_timeout` wins.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(statement_timeout);
+        }
+        config.keepalives_idle(statement_timeout.min(Duration::from_secs(30)));
         let ours = format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
              -c client_min_messages=warning",
