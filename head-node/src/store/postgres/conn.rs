@@ -61,7 +61,10 @@ impl Conn {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(statement_timeout);
         }
-        config.keepalives_idle(statement_timeout.min(Duration::from_secs(30)));
+        // (Keepalive times are whole seconds: 0 is refused.)
+        config.keepalives_idle(
+            statement_timeout.clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        );
         let ours = format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
              -c client_min_messages=warning",
