@@ -5,8 +5,8 @@
 # heads (each test starts a server of its own with initdb/pg_ctl; none is used here),
 # chromium with its driver, for the inspector's browser test, a C++ compiler, which
 # builds the GPU's block formats for their CPU reference test (inference/tests/
-# blocks_reference.rs), and binutils, systemd, npm, buildah and podman for the
-# deployment's (below). Root or sudo and apt-get are
+# blocks_reference.rs), binutils, systemd, npm, buildah and podman for the
+# deployment's (below), and iproute2 for the emulated network's. Root or sudo and apt-get are
 # needed only when something is missing; otherwise this does nothing. FLEET_PG_BIN names
 # PostgreSQL's programs elsewhere.
 set -euo pipefail
@@ -36,6 +36,10 @@ fi
 # a network of containers).
 if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
     packages+=(buildah podman runc netavark aardvark-dns containernetworking-plugins iptables)
+fi
+# The emulated network's tests put hosts in network namespaces (`ip netns`, root needed).
+if ! command -v ip >/dev/null; then
+    packages+=(iproute2)
 fi
 # Virtualenvs (the tests', the wheel's tools, the fresh one the wheel is tested in).
 if ! python3 -c 'import ensurepip' 2>/dev/null; then
