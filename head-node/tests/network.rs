@@ -304,8 +304,9 @@ async fn a_leader_cut_off_from_everyone_stops_and_its_standby_finishes_its_tasks
         .await?;
     let standby = sandbox.standby_addresses()[0].clone();
     let client = sandbox.client().await?;
-    // No retries: a task that ran twice would fail, not hide.
-    client.register_agent(echo("echo", 5, 0)).await?;
+    // No retries: a task that ran twice would fail, not hide. 200 ms each, 32 slots: about
+    // 2.5 s of work, most of it still queued or running when the cable is pulled.
+    client.register_agent(echo("echo", 20, 0)).await?;
     let inputs: Vec<String> = (0..400).map(|i| words(i, 10)).collect();
     let items = inputs
         .iter()
