@@ -40,6 +40,18 @@ fn check_log(index: usize, events: &[TaskEvent]) -> Result<()> {
     Ok(())
 }
 
+/// [`check_log`], and the task completed with its input echoed by its last attempt.
+fn check_completed(index: usize, log: &[TaskEvent], input: &str) -> Result<()> {
+    check_log(index, log)?;
+    ensure!(
+        matches!(log.last().map(|e| &e.kind), Some(EventKind::Completed { .. })),
+        "task {index} ended {:?}",
+        log.last()
+    );
+    ensure!(final_text(log) == input, "task {index}: {:?}", final_text(log));
+    Ok(())
+}
+
 /// A task's whole log, read again from the head.
 async fn log_of(client: &fleet_client::Client, task_id: &str) -> Result<Vec<TaskEvent>> {
     let mut stream = client.watch(task_id, 1).await?;
@@ -92,13 +104,7 @@ async fn tasks_run_and_stream_across_a_slow_lossy_network() -> Result<()> {
     ensure!(events.len() == inputs.len(), "{} of {} tasks seen", events.len(), inputs.len());
     let mut workers = std::collections::HashSet::new();
     for (index, log) in &events {
-        check_log(*index, log)?;
-        ensure!(
-            matches!(log.last().map(|e| &e.kind), Some(EventKind::Completed { .. })),
-            "task {index} ended {:?}",
-            log.last()
-        );
-        ensure!(final_text(log) == inputs[*index], "task {index}: {:?}", final_text(log));
+        check_completed(*index, log, &inputs[*index])?;
         workers.extend(scheduled_on(log));
     }
     ensure!(workers.len() == 2, "tasks ran on {workers:?}, not on both workers");
@@ -178,13 +184,7 @@ async fn a_cut_off_worker_s_tasks_finish_elsewhere_and_nothing_runs_twice_when_i
     eprintln!("declared dead after {declared:?}; every task finished {finished:?} after the cut");
     let mut retried = 0;
     for (index, log) in &events {
-        check_log(*index, log)?;
-        ensure!(
-            matches!(log.last().map(|e| &e.kind), Some(EventKind::Completed { .. })),
-            "task {index} ended {:?}",
-            log.last()
-        );
-        ensure!(final_text(log) == inputs[*index], "task {index}: {:?}", final_text(log));
+        check_completed(*index, log, &inputs[*index])?;
         let on = scheduled_on(log);
         if on.first().map(String::as_str) == Some("worker-0") {
             ensure!(on.last().map(String::as_str) == Some("worker-1"), "task {index}: {on:?}");
@@ -276,9 +276,7 @@ async fn a_client_cut_off_mid_stream_resumes_after_its_last_event() -> Result<()
     let log =
         tokio::time::timeout(Duration::from_secs(30), follow).await.context("a hang")???;
 
-    check_log(0, &log)?;
-    ensure!(matches!(log.last().map(|e| &e.kind), Some(EventKind::Completed { .. })));
-    ensure!(final_text(&log) == input, "the text: {:?}", final_text(&log));
+    check_completed(0, &log, &input)?;
     ensure!(log.len() > cut_at + 10, "only {} events, {cut_at} before the cut", log.len());
     // The stream went on over a new connection (the old one was left half open).
     ensure!(network.dialed(CLIENT)? > dialed, "the client never connected again");

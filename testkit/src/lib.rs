@@ -321,16 +321,7 @@ impl SandboxBuilder {
             Some(NetworkChoice::Existing(network)) => Some(network),
             None => None,
         };
-        let place = |host: &str| -> anyhow::Result<Place> {
-            Ok(match &network {
-                Some(network) => {
-                    let address = network.add_host(host)?;
-                    Place::Host { network: network.clone(), host: host.to_owned(), address }
-                }
-                None => Place::Loopback,
-            })
-        };
-        let head_place = place("head")?;
+        let head_place = Place::on(network.as_ref(), "head")?;
         let (head, address) = start_head(&head_place, "0", &head_args, &log, &head_log).await?;
         let mut standby_heads = Vec::new();
         let mut url = format!("{scheme}://{address}");
@@ -346,7 +337,7 @@ impl SandboxBuilder {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             for i in 0..self.standbys {
-                let standby_place = place(&format!("head-{}", i + 1))?;
+                let standby_place = Place::on(network.as_ref(), &format!("head-{}", i + 1))?;
                 let (standby, standby_address) =
                     start_head(&standby_place, "0", &head_args, &log, &head_log).await?;
                 url.push_str(&format!(",{scheme}://{standby_address}"));
@@ -402,6 +393,17 @@ enum Place {
 }
 
 impl Place {
+    /// Host `host` of `network` (added when new), or 127.0.0.1 without a network.
+    fn on(network: Option<&Arc<network::EmulatedNetwork>>, host: &str) -> anyhow::Result<Self> {
+        Ok(match network {
+            Some(network) => {
+                let address = network.host(host)?;
+                Place::Host { network: network.clone(), host: host.to_owned(), address }
+            }
+            None => Place::Loopback,
+        })
+    }
+
     fn command(&self, program: PathBuf) -> anyhow::Result<Command> {
         match self {
             Place::Loopback => Ok(Command::new(program)),
@@ -590,16 +592,7 @@ impl ClusterSandbox {
     /// Where the sandbox runs a process named `host`: a new host of its emulated network,
     /// or 127.0.0.1.
     fn place(&self, host: &str) -> anyhow::Result<Place> {
-        Ok(match &self.network {
-            Some(network) => {
-                let address = match network.address(host) {
-                    Some(address) => address,
-                    None => network.add_host(host)?,
-                };
-                Place::Host { network: network.clone(), host: host.to_owned(), address }
-            }
-            None => Place::Loopback,
-        })
+        Place::on(self.network.as_ref(), host)
     }
 
     /// The addresses of the heads started after the first (standbys at first).

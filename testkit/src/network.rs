@@ -207,6 +207,14 @@ impl EmulatedNetwork {
         self.attach(name, Some(netns))
     }
 
+    /// Host `name`'s address, the host added first when the network has none by that name.
+    pub fn host(&self, name: &str) -> anyhow::Result<Ipv4Addr> {
+        match self.address(name) {
+            Some(address) => Ok(address),
+            None => self.add_host(name),
+        }
+    }
+
     /// A host's address.
     pub fn address(&self, name: &str) -> Option<Ipv4Addr> {
         self.lock_hosts().iter().find(|h| h.name == name).map(|h| h.address)

@@ -40,10 +40,7 @@ impl PostgresServer {
     /// none by that name), listening on its address and letting in every host of the
     /// network.
     pub fn start_on(network: &crate::network::EmulatedNetwork, host: &str) -> anyhow::Result<Self> {
-        let address = match network.address(host) {
-            Some(address) => address,
-            None => network.add_host(host)?,
-        };
+        let address = network.host(host)?;
         let netns = network.netns(host).context("the server needs a host of its own")?;
         Self::start_with_at(None, Some((netns, address)))
     }
