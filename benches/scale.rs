@@ -14,10 +14,15 @@
 //!   once, half crashed (connection closed), half silent (connection open, nothing sent):
 //!   the time until each of their tasks is scheduled again elsewhere.
 //!
+//! With `--queued N`, instead: a deep queue. N echo tasks are submitted over one stream to a
+//! head with the file store and no worker, as fast as it takes them (the submit rate, and the
+//! head's memory per queued task); then `--drain-workers` simulated workers join and drain
+//! it (tasks/s; every task run once; tasks started in the order they were submitted).
+//!
 //! This machine's cores are shared by the head and the simulator, whose own CPU is printed
 //! too. `cargo build --release --bins && cargo bench -p fleet-benches --bench scale --
-//! [--workers 2,1000,3000,10000] [--tasks N] [--slots N] [--sequential N]`. Figures in
-//! BENCHMARKS.md.
+//! [--workers 2,1000,3000,10000] [--tasks N] [--slots N] [--sequential N]
+//! [--queued N [--drain-workers N]]`. Figures in BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,13 +38,21 @@ struct Args {
     tasks: usize,
     slots: u32,
     sequential: usize,
+    queued: usize,
+    drain_workers: usize,
 }
 
 fn args() -> Result<Args> {
     // Two workers first: what the simulator and this machine give when the head has little
     // to look after, to read the larger fleets' figures against.
-    let mut args =
-        Args { workers: vec![2, 1_000, 3_000, 10_000], tasks: 50_000, slots: 8, sequential: 200 };
+    let mut args = Args {
+        workers: vec![2, 1_000, 3_000, 10_000],
+        tasks: 50_000,
+        slots: 8,
+        sequential: 200,
+        queued: 0,
+        drain_workers: 100,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -53,6 +66,8 @@ fn args() -> Result<Args> {
             "--tasks" => args.tasks = value()?.parse()?,
             "--slots" => args.slots = value()?.parse()?,
             "--sequential" => args.sequential = value()?.parse()?,
+            "--queued" => args.queued = value()?.parse()?,
+            "--drain-workers" => args.drain_workers = value()?.parse()?,
             // cargo bench passes --bench.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -339,9 +354,128 @@ fn fleet_proto_now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// `n` echo tasks queued with no worker to run them, then drained by `--drain-workers`.
+async fn deep_queue(args: &Args, n: usize) -> Result<()> {
+    const CHUNK: usize = 1_024;
+    let sandbox = ClusterSandbox::builder()
+        .workers(0)
+        .head_arg("--max-queued-tasks")
+        .head_arg(n.to_string())
+        .log("warn")
+        .start()
+        .await?;
+    let head_pid = sandbox.head_pid().context("the head's pid")?;
+    let client = sandbox.client().await?;
+    client
+        .register_agent(AgentSpec {
+            name: "echo".into(),
+            model: "builtin:echo".into(),
+            ..Default::default()
+        })
+        .await?;
+    let before = rss_mib(&sandbox);
+
+    // Submitted as fast as the head acknowledges: the stream's own flow control paces it.
+    let cpu = CpuMeter::start(head_pid)?;
+    let started = Instant::now();
+    let (sender, mut updates) = client.submit_many().await?;
+    let feeder = tokio::spawn(async move {
+        for start in (0..n).step_by(CHUNK) {
+            let refs = start..(start + CHUNK).min(n);
+            let items = refs.map(|i| (i as u64, Submission::new("echo", format!("task {i}"))));
+            sender.send(items).await?;
+        }
+        anyhow::Ok(sender)
+    });
+    let mut index_of: HashMap<String, u32> = HashMap::with_capacity(n);
+    let mut scheduled_us = vec![0u64; n];
+    let mut ended = vec![0u8; n];
+    let mut take = |update: ManyUpdate, index_of: &mut HashMap<String, u32>| -> Result<()> {
+        match update {
+            ManyUpdate::Accepted { client_ref, task_id, .. } => {
+                index_of.insert(task_id.to_string(), client_ref as u32);
+            }
+            ManyUpdate::Rejected { message, .. } => bail!("rejected: {message}"),
+            ManyUpdate::Event(e) => {
+                let i = *index_of.get(e.task_id.as_str()).context("an event before its ack")?;
+                match e.kind {
+                    EventKind::Scheduled { .. } if scheduled_us[i as usize] == 0 => {
+                        scheduled_us[i as usize] = e.timestamp_us;
+                    }
+                    EventKind::Completed { .. } | EventKind::Failed { .. } => {
+                        ended[i as usize] += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    };
+    while index_of.len() < n {
+        for update in updates.next().await.context("the stream ended")?? {
+            take(update, &mut index_of)?;
+        }
+    }
+    let accepted = started.elapsed();
+    let (submit_head, _) = cpu.shares()?;
+    let sender = feeder.await??;
+    let queued = rss_mib(&sandbox);
+    let status = client.status().await?;
+    println!(
+        "| {n} queued | submit | {:.0} tasks/s ({:.1} s) | head {:.0}% of a core | head RSS {before:.0} → {queued:.0} MiB ({:.0} bytes per queued task); {} queued |",
+        n as f64 / accepted.as_secs_f64(),
+        accepted.as_secs_f64(),
+        submit_head * 100.0,
+        (queued - before) * f64::from(1 << 20) / n as f64,
+        status.queued_tasks,
+    );
+
+    // The drain: simulated workers join and take the queue.
+    let mut options = SimOptions::new(sandbox.url.clone());
+    options.join_token = Some(sandbox.join_token().to_owned());
+    options.slots = args.slots;
+    let cpu = CpuMeter::start(head_pid)?;
+    let started = Instant::now();
+    let (fleet, _) = SimFleet::join(options, args.drain_workers, Duration::from_secs(600)).await?;
+    let mut done = 0;
+    while done < n {
+        for update in updates.next().await.context("the stream ended")?? {
+            let last = matches!(
+                &update,
+                ManyUpdate::Event(e) if matches!(e.kind, EventKind::Completed { .. } | EventKind::Failed { .. })
+            );
+            take(update, &mut index_of)?;
+            done += usize::from(last);
+        }
+    }
+    let drained = started.elapsed();
+    let (drain_head, drain_sim) = cpu.shares()?;
+    drop(sender);
+    ensure!(ended.iter().all(|&e| e == 1), "a task did not end exactly once");
+    // Started in the order submitted: each task's Scheduled no earlier than the one before.
+    let out_of_order = scheduled_us.windows(2).filter(|w| w[1] < w[0]).count();
+    println!(
+        "| {n} queued | drain: {} workers × {} slots | {:.0} tasks/s ({:.1} s) | head {:.0}% of a core, simulator {:.0}% | every task once; {out_of_order} started before the task submitted ahead of it; head RSS {:.0} MiB |",
+        args.drain_workers,
+        args.slots,
+        n as f64 / drained.as_secs_f64(),
+        drained.as_secs_f64(),
+        drain_head * 100.0,
+        drain_sim * 100.0,
+        rss_mib(&sandbox),
+    );
+    fleet.shutdown().await;
+    sandbox.shutdown().await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
+    if args.queued > 0 {
+        println!("| tasks | phase | rate | CPU | |");
+        println!("|---|---|---|---|---|");
+        return deep_queue(&args, args.queued).await;
+    }
     println!("| workers | phase | | | |");
     println!("|---|---|---|---|---|");
     for &n in &args.workers {

@@ -217,7 +217,7 @@ pub enum ManyUpdate {
 /// The sending half of a [`Client::submit_many`] stream. Drop it (or call
 /// [`ManySender::finish`]) once everything is submitted; the updates end when every
 /// accepted task has ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ManySender {
     tx: mpsc::Sender<pb::SubmitManyRequest>,
 }
@@ -229,7 +229,20 @@ impl ManySender {
             .into_iter()
             .map(|(client_ref, s)| pb::SubmitItem { client_ref, request: Some(s.into()) })
             .collect();
-        self.tx.send(pb::SubmitManyRequest { items }).await.map_err(|_| Error::StreamEnded)
+        let request = pb::SubmitManyRequest { items, ..Default::default() };
+        self.tx.send(request).await.map_err(|_| Error::StreamEnded)
+    }
+
+    /// Follows tasks on this stream too, each from its seq (1: from the start): their
+    /// events come with the submitted tasks'. A task the head cannot follow (unknown, not
+    /// the caller's, no longer retained) ends the updates with its error.
+    pub async fn watch(&self, tasks: impl IntoIterator<Item = (String, u64)>) -> Result<()> {
+        let watches = tasks
+            .into_iter()
+            .map(|(task_id, from_seq)| pb::WatchTaskRequest { task_id, from_seq })
+            .collect();
+        let request = pb::SubmitManyRequest { watches, ..Default::default() };
+        self.tx.send(request).await.map_err(|_| Error::StreamEnded)
     }
 
     pub fn finish(self) {}
@@ -690,6 +703,14 @@ impl Client {
         let inbound = self.api().submit_many(ReceiverStream::new(rx)).await?.into_inner();
         let updates = inbound.map(|message| {
             let message = message?;
+            if let Some(refused) = message.refused_watches.first() {
+                let code = tonic::Code::from_i32(refused.error_code);
+                let message = format!(
+                    "task {} cannot be followed: {}",
+                    refused.task_id, refused.error_message
+                );
+                return Err(Error::Status(tonic::Status::new(code, message)));
+            }
             let mut updates = Vec::with_capacity(message.acks.len() + message.events.len());
             for ack in message.acks {
                 updates.push(if ack.task_id.is_empty() {

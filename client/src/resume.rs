@@ -1,7 +1,7 @@
 //! Riding through a head restart or a broken connection. A task's stream resumes with
 //! `WatchTask` from the event after the last one seen; a batch of submissions reconnects,
-//! follows its accepted tasks from their last events and submits again those the head never
-//! acknowledged. Events are never repeated (they carry gapless seqs). A client given several
+//! follows its accepted tasks from their last events (on the new submission stream, all of
+//! them) and submits again those the head never acknowledged. Events are never repeated (they carry gapless seqs). A client given several
 //! heads moves on to the next when one is unreachable or a standby. A client gives up when
 //! no head serves it for [`RESUME_LIMIT`].
 
@@ -157,7 +157,7 @@ const STREAM_END_WAIT: Duration = Duration::from_secs(5);
 /// event) in the background: dropped before, it would be reset, and the head's closing
 /// frames, arriving after, would count against the connection's errors (see
 /// `fleet_proto::endpoint::head_endpoint`).
-fn finish_reading(stream: Option<TaskStream>) {
+fn finish_reading<S: futures::Stream + Send + Unpin + 'static>(stream: Option<S>) {
     let (Some(mut stream), Ok(runtime)) = (stream, tokio::runtime::Handle::try_current()) else {
         return;
     };
@@ -238,8 +238,10 @@ async fn drive(
     }
 }
 
-/// One connection's worth: submit what is pending, watch what is unfinished, forward the
-/// updates; returns when all is done or the connection fails.
+/// One connection's worth, over one multiplexed stream: follow what is unfinished from
+/// its next event, submit what is pending, forward the updates; returns when all is done or
+/// the stream fails. Following all tasks on the one stream (rather than a `WatchTask` call
+/// each) keeps a resumed batch of any size to one stream and one failure.
 async fn connection(
     client: &Client,
     pending: &mut BTreeMap<u64, Submission>,
@@ -248,81 +250,65 @@ async fn connection(
     out: &mpsc::Sender<Result<Vec<ManyUpdate>>>,
     retry: &mut Retry,
 ) -> Result<()> {
-    let mut watches = futures::stream::SelectAll::new();
-    for (id, task) in tasks.iter().filter(|(_, t)| !t.done) {
-        watches.push(watch(client, id.clone(), task.next));
-    }
-    let mut many: Option<ManyUpdates> = None;
-    if !pending.is_empty() && !control.stop.is_cancelled() {
-        let (sender, updates) = client.submit_many().await?;
-        let items: Vec<(u64, Submission)> = pending.iter().map(|(r, s)| (*r, s.clone())).collect();
-        let control = control.clone();
-        tokio::spawn(async move {
-            for chunk in items.chunks(CHUNK) {
-                // Counted before the stop is checked and the chunk sent: a caller stopping
-                // now waits for (and cancels) these tasks too, rather than reading a count
-                // that misses a chunk already on its way.
-                let high = chunk.last().map_or(0, |(r, _)| *r as usize + 1);
-                let before = control.sent.fetch_max(high, Ordering::SeqCst);
-                if control.stop.is_cancelled() {
-                    control.sent.fetch_min(before, Ordering::SeqCst);
-                    return;
-                }
-                if sender.send(chunk.to_vec()).await.is_err() {
-                    return;
-                }
+    let (sender, mut many) = client.submit_many().await?;
+    let watches: Vec<(String, u64)> =
+        tasks.iter().filter(|(_, t)| !t.done).map(|(id, t)| (id.clone(), t.next)).collect();
+    let items: Vec<(u64, Submission)> = if control.stop.is_cancelled() {
+        Vec::new()
+    } else {
+        pending.iter().map(|(r, s)| (*r, s.clone())).collect()
+    };
+    let feeder = sender.clone();
+    let feeding = control.clone();
+    tokio::spawn(async move {
+        for chunk in watches.chunks(CHUNK) {
+            if feeder.watch(chunk.to_vec()).await.is_err() {
+                return;
             }
-        });
-        many = Some(updates);
-    }
+        }
+        for chunk in items.chunks(CHUNK) {
+            // Counted before the stop is checked and the chunk sent: a caller stopping
+            // now waits for (and cancels) these tasks too, rather than reading a count
+            // that misses a chunk already on its way.
+            let high = chunk.last().map_or(0, |(r, _)| *r as usize + 1);
+            let before = feeding.sent.fetch_max(high, Ordering::SeqCst);
+            if feeding.stop.is_cancelled() {
+                feeding.sent.fetch_min(before, Ordering::SeqCst);
+                return;
+            }
+            if feeder.send(chunk.to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
     loop {
         let unfinished = tasks.values().any(|t| !t.done);
         if !unfinished && (pending.is_empty() || control.stop.is_cancelled()) {
+            // Half-closed: the head ends the stream, read to its end rather than reset.
+            drop(sender);
+            finish_reading(Some(many));
             return Ok(());
         }
+        // The sender is held until then, so the head does not end the stream early.
+        let batch = match many.next().await {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => return Err(e),
+            None => return Err(Error::StreamEnded),
+        };
+        let refused = batch
+            .iter()
+            .any(|u| matches!(u, ManyUpdate::Rejected { code: tonic::Code::Unavailable, .. }));
         let mut forward = Vec::new();
-        tokio::select! {
-            batch = async { many.as_mut()?.next().await }, if many.is_some() => match batch {
-                Some(Ok(batch)) => {
-                    let refused = batch.iter().any(|u| {
-                        matches!(u, ManyUpdate::Rejected { code: tonic::Code::Unavailable, .. })
-                    });
-                    for update in batch {
-                        // Submitted before under its key: its events come from a watch.
-                        if let ManyUpdate::Accepted { client_ref, task_id, existing: true } = &update
-                            && pending.contains_key(client_ref)
-                        {
-                            watches.push(watch(client, task_id.to_string(), 1));
-                        }
-                        take(update, pending, tasks, &mut forward);
-                    }
-                    if refused {
-                        if !forward.is_empty() && out.send(Ok(forward)).await.is_err() {
-                            return Ok(());
-                        }
-                        return Err(Error::Status(tonic::Status::unavailable(
-                            "the head refused new work for now",
-                        )));
-                    }
-                }
-                Some(Err(e)) => return Err(e),
-                // Ends once all its tasks ended and nothing more is submitted on it.
-                None => {
-                    many = None;
-                    if !pending.is_empty() && !control.stop.is_cancelled() {
-                        return Err(Error::StreamEnded);
-                    }
-                }
-            },
-            event = watches.next(), if !watches.is_empty() => match event {
-                Some(Ok(event)) => take(ManyUpdate::Event(event), pending, tasks, &mut forward),
-                Some(Err(e)) => return Err(e),
-                None => {}
-            },
-            else => {
-                // Nothing left to read while tasks are unfinished: their streams ended early.
-                return Err(Error::StreamEnded);
+        for update in batch {
+            // Submitted before under its key: its events come after a watch from the start.
+            // Sent aside: the head may be waiting for this reader before it reads more.
+            if let ManyUpdate::Accepted { client_ref, task_id, existing: true } = &update
+                && pending.contains_key(client_ref)
+            {
+                let (sender, task_id) = (sender.clone(), task_id.to_string());
+                tokio::spawn(async move { sender.watch([(task_id, 1)]).await });
             }
+            take(update, pending, tasks, &mut forward);
         }
         if !forward.is_empty() {
             retry.succeeded();
@@ -330,20 +316,12 @@ async fn connection(
                 return Ok(()); // The caller went away.
             }
         }
+        if refused {
+            return Err(Error::Status(tonic::Status::unavailable(
+                "the head refused new work for now",
+            )));
+        }
     }
-}
-
-/// A task's events from `next` on, over one `WatchTask` call (its failure as the stream's
-/// one item).
-fn watch(client: &Client, id: String, next: u64) -> TaskStream {
-    let client = client.clone();
-    let events = futures::stream::once(async move { client.watch_once(&id, next).await })
-        .map(|opened| match opened {
-            Ok(stream) => stream,
-            Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as TaskStream,
-        })
-        .flatten();
-    Box::pin(events)
 }
 
 /// Takes one update into the batch's state; passes on what the caller has not seen.

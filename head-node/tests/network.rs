@@ -302,6 +302,14 @@ async fn a_leader_cut_off_from_everyone_stops_and_its_standby_finishes_its_tasks
         .await?;
     let standby = sandbox.standby_addresses()[0].clone();
     let client = sandbox.client().await?;
+    // The batch's own client knows both heads and notices a silent one within a second.
+    let options = fleet_client::ConnectOptions {
+        keep_alive: Duration::from_millis(500),
+        ..sandbox.client_options()
+    };
+    let batch_client =
+        fleet_client::Client::connect_with(&format!("{},http://{standby}", sandbox.url), options)
+            .await?;
     // No retries: a task that ran twice would fail, not hide. 200 ms each, 32 slots: about
     // 2.5 s of work, most of it still queued or running when the cable is pulled.
     client.register_agent(echo("echo", 20, 0)).await?;
@@ -312,19 +320,17 @@ async fn a_leader_cut_off_from_everyone_stops_and_its_standby_finishes_its_tasks
         .map(|(i, input)| (i as u64, fleet_client::Submission::new("echo", input)))
         .collect();
     let control = fleet_client::SubmitControl::default();
-    let mut updates = client.submit_all(items, control.clone());
-    let submitted = tokio::spawn(async move {
-        let mut accepted = 0;
-        while accepted < 400 {
-            let batch = updates.next().await.context("the batch ended")??;
-            accepted += batch
-                .iter()
-                .filter(|u| matches!(u, fleet_client::ManyUpdate::Accepted { .. }))
-                .count();
+    let mut updates = batch_client.submit_all(items, control.clone());
+    let mut log = fleet_testkit::BatchLog::default();
+    let submitted = async {
+        while log.index_of.len() < inputs.len() {
+            for update in updates.next().await.context("the batch ended")?? {
+                log.take(update)?;
+            }
         }
-        anyhow::Ok(updates)
-    });
-    let updates = tokio::time::timeout(Duration::from_secs(20), submitted).await???;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), submitted).await??;
     wait_until(Duration::from_secs(20), "no worker ran a task", || async {
         let status = client.status().await?;
         Ok(status.workers.iter().any(|w| w.running_tasks > 0))
@@ -366,6 +372,24 @@ async fn a_leader_cut_off_from_everyone_stops_and_its_standby_finishes_its_tasks
          every task done after {:?}",
         cut.elapsed()
     );
+    // The batch's client followed every task to its end across the takeover, each task's
+    // events once and in order.
+    let followed = async {
+        while log.completed < inputs.len() {
+            for update in updates.next().await.context("the batch ended")?? {
+                log.take(update)?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), followed).await.with_context(|| {
+        format!("the batch's client saw {} of {} tasks complete", log.completed, inputs.len())
+    })??;
+    for (task_id, index) in &log.index_of {
+        let events = log.events.get(task_id).map(Vec::as_slice).unwrap_or_default();
+        check_completed(*index, events, &inputs[*index])?;
+    }
+    eprintln!("the batch's client saw every task complete after {:?}", cut.elapsed());
     let tasks = at_standby.list_tasks(request).await?.tasks;
     let outputs: std::collections::HashSet<&str> =
         tasks.iter().map(|t| t.output.as_str()).collect();
@@ -375,6 +399,5 @@ async fn a_leader_cut_off_from_everyone_stops_and_its_standby_finishes_its_tasks
     for input in &inputs {
         ensure!(outputs.contains(input.as_str()), "no task answered {input:?}");
     }
-    drop(updates);
     sandbox.shutdown().await
 }

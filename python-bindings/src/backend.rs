@@ -107,7 +107,7 @@ impl Backend {
             let first = next_delivery(&mut sub).await?;
             let mut batch = Vec::new();
             let mut push = |d: Delivery| {
-                batch.push(match d {
+                let update = match d {
                     Delivery::Accepted { client_ref, task_id, existing } => {
                         ManyUpdate::Accepted { client_ref, task_id, existing }
                     }
@@ -117,7 +117,10 @@ impl Backend {
                         message: error.to_string(),
                     },
                     Delivery::Event(e) => ManyUpdate::Event(TaskEvent::clone(&e)),
-                })
+                    // This stream asks to follow no task (only a resumed remote batch does).
+                    Delivery::WatchRefused { .. } => return,
+                };
+                batch.push(update);
             };
             match first {
                 Ok(d) => push(d),

@@ -115,8 +115,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     m = inbound.message() => m,
                     () = shutdown.cancelled() => return,
                 };
-                let items = match message {
-                    Ok(Some(m)) => m.items,
+                let (items, watches) = match message {
+                    Ok(Some(m)) => (m.items, m.watches),
                     Ok(None) => return,
                     Err(status) => {
                         debug!(%status, "submit_many inbound ended with an error");
@@ -131,6 +131,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     (item.client_ref, task)
                 });
                 if !cluster.submit_for(&who, &sub, items).await {
+                    return;
+                }
+                let watches = watches.into_iter().map(|w| (w.task_id, w.from_seq));
+                if !cluster.watch_for(&who, &sub, watches).await {
                     return;
                 }
             }
@@ -492,5 +496,12 @@ fn add_delivery(response: &mut pb::SubmitManyResponse, delivery: Delivery) {
             ..Default::default()
         }),
         Delivery::Event(e) => response.events.push(pb::TaskEvent::from(&*e)),
+        Delivery::WatchRefused { task_id, error } => {
+            response.refused_watches.push(pb::WatchRefusal {
+                task_id,
+                error_code: error.code() as i32,
+                error_message: error.to_string(),
+            });
+        }
     }
 }

@@ -72,7 +72,11 @@ impl Follow {
                     return Some(event);
                 }
                 // Acknowledgements of a multiplexed submitter: not this reader's.
-                Some(Delivery::Accepted { .. } | Delivery::Rejected { .. }) => continue,
+                Some(
+                    Delivery::Accepted { .. }
+                    | Delivery::Rejected { .. }
+                    | Delivery::WatchRefused { .. },
+                ) => continue,
                 None if self.sub.was_cut() => {
                     self.sub = self
                         .cluster

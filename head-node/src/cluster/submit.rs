@@ -210,6 +210,44 @@ impl Cluster {
         true
     }
 
+    /// Follows tasks for a multiplexed subscriber, each from its `from_seq`: the events
+    /// stored so far, then the others as they are stored, on `sub` as a submitted task's
+    /// are; a task that cannot be followed comes back as `WatchRefused`. Waits while the
+    /// buffer lacks room for a task's backlog (as [`submit_for`](Self::submit_for) does).
+    /// False once the subscriber is gone.
+    pub async fn watch_for(
+        &self,
+        who: &Principal,
+        sub: &Subscriber,
+        watches: impl IntoIterator<Item = (String, u64)>,
+    ) -> bool {
+        for (task_id, from_seq) in watches {
+            // Counted first, delivered under the lock after the wait: events stored
+            // between the two only make the wait shorter than it might be.
+            let backlog = {
+                let mut state = self.state.lock();
+                visible_mut(&mut state, who, &task_id)
+                    .map_or(0, |task| task.stored_events_from(from_seq).len())
+            };
+            if !sub.wait_for_room(backlog + 64).await {
+                return false;
+            }
+            let mut state = self.state.lock();
+            match visible_mut(&mut state, who, &task_id) {
+                Ok(task) => {
+                    for event in task.stored_events_from(from_seq) {
+                        sub.deliver(Delivery::Event(event.clone()));
+                    }
+                    task.follow(sub.clone(), from_seq.max(task.durable + 1));
+                }
+                Err(error) => {
+                    sub.deliver(Delivery::WatchRefused { task_id, error: Arc::new(error) });
+                }
+            }
+        }
+        true
+    }
+
     /// Waits until a task's submission is stored (at once without a store): a caller that
     /// answers with the task id promises it survives a restart.
     pub async fn stored(&self, task_id: &str) -> Result<()> {

@@ -743,6 +743,49 @@ async fn a_follower_that_falls_behind_gets_every_event_once() {
     assert!(matches!(got.last().map(|e| &e.kind), Some(EventKind::Completed { .. })));
 }
 
+/// A multiplexed stream follows tasks it did not submit, each from the seq it names: the
+/// events stored so far, then the others as they come; a task it cannot see is refused on
+/// the stream rather than by ending it; and once the tasks end they let the stream go.
+#[tokio::test]
+async fn a_multiplexed_stream_follows_tasks_from_the_seqs_it_names() {
+    let cluster = Arc::new(Cluster::new(&config(0)).expect("cluster"));
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 2, 1, &[]), String::new());
+    let (t1, t2) = (task(&cluster, "x"), task(&cluster, "y"));
+    cluster.worker_events("w1", c, vec![event(&t1, 1, EventKind::Working)]);
+    // Room for all: the head waits for room for each task's backlog and more.
+    let (sub, mut subscription) = crate::tasks::subscriber(1_024);
+    let watches = [(t1.to_string(), 2), ("no-such-task".to_owned(), 1), (t2.to_string(), 1)];
+    assert!(cluster.watch_for(&op(), &sub, watches).await);
+    drop(sub);
+    complete(&cluster, c, &t1);
+    complete(&cluster, c, &t2);
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut refused = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), subscription.rx.recv()).await;
+        let delivery = match next {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(_) => panic!("the stream did not end: {seen:?} {refused:?}"),
+        };
+        match delivery {
+            Delivery::Event(e) => seen.push((e.task_id.to_string(), e.seq)),
+            Delivery::WatchRefused { task_id, error } => {
+                assert!(matches!(*error, Error::UnknownTask(_)), "{error:?}");
+                refused.push(task_id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let of = |id: &TaskId| -> Vec<u64> {
+        seen.iter().filter(|(t, _)| t == id.as_str()).map(|(_, s)| *s).collect()
+    };
+    // Submitted, Scheduled, Working, Completed: t1 from its second.
+    assert_eq!(of(&t1), [2, 3, 4]);
+    assert_eq!(of(&t2), [1, 2, 3]);
+    assert_eq!(refused, ["no-such-task"]);
+}
+
 fn submit_as(cluster: &Cluster, who: &Principal, input: &str) -> TaskId {
     let new = NewTask { agent: "a".into(), input: input.into(), ..Default::default() };
     cluster.submit(who, new, None).expect("submitted")

@@ -33,6 +33,11 @@ pub enum Delivery {
         client_ref: u64,
         error: Arc<crate::Error>,
     },
+    /// A task a multiplexed stream asked to follow cannot be followed.
+    WatchRefused {
+        task_id: String,
+        error: Arc<crate::Error>,
+    },
 }
 
 /// One subscriber stream, possibly following many tasks. Bounded: a subscriber that falls
