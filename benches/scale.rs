@@ -116,6 +116,19 @@ impl CpuMeter {
     }
 }
 
+/// The simulated workers' settings for `sandbox`'s head, with `--slots` each.
+fn sim_options(sandbox: &ClusterSandbox, args: &Args) -> SimOptions {
+    let mut options = SimOptions::new(sandbox.url.clone());
+    options.join_token = Some(sandbox.join_token().to_owned());
+    options.slots = args.slots;
+    options
+}
+
+/// An agent answering as `builtin:echo` does.
+fn echo_agent(name: &str) -> AgentSpec {
+    AgentSpec { name: name.into(), model: "builtin:echo".into(), ..Default::default() }
+}
+
 fn rss_mib(sandbox: &ClusterSandbox) -> f64 {
     sandbox.head_rss_bytes().unwrap_or(0) as f64 / f64::from(1 << 20)
 }
@@ -192,9 +205,7 @@ async fn one_size(args: &Args, n: usize) -> Result<()> {
     let client = sandbox.client().await?;
     let before = rss_mib(&sandbox);
 
-    let mut options = SimOptions::new(sandbox.url.clone());
-    options.join_token = Some(sandbox.join_token().to_owned());
-    options.slots = args.slots;
+    let options = sim_options(&sandbox, args);
     let cpu = CpuMeter::start(head_pid)?;
     let (fleet, join_time) = SimFleet::join(options.clone(), n, Duration::from_secs(600)).await?;
     let (join_head, join_sim) = cpu.shares()?;
@@ -224,13 +235,7 @@ async fn one_size(args: &Args, n: usize) -> Result<()> {
     );
 
     // Load: many instant tasks at once.
-    client
-        .register_agent(AgentSpec {
-            name: "echo".into(),
-            model: "builtin:echo".into(),
-            ..Default::default()
-        })
-        .await?;
+    client.register_agent(echo_agent("echo")).await?;
     let cpu = CpuMeter::start(head_pid)?;
     let (wall, latencies, _) = run_batch(&client, "echo", args.tasks).await?;
     let (load_head, load_sim) = cpu.shares()?;
@@ -281,20 +286,11 @@ async fn lost_workers(
     args: &Args,
     n: usize,
 ) -> Result<()> {
-    let mut options = SimOptions::new(sandbox.url.clone());
-    options.join_token = Some(sandbox.join_token().to_owned());
-    options.slots = args.slots;
+    let mut options = sim_options(sandbox, args);
     options.name_prefix = "long".into();
     options.task_time = Duration::from_secs(10);
     let (fleet, _) = SimFleet::join(options, n, Duration::from_secs(600)).await?;
-    client
-        .register_agent(AgentSpec {
-            name: "slow".into(),
-            model: "builtin:echo".into(),
-            max_retries: 3,
-            ..Default::default()
-        })
-        .await?;
+    client.register_agent(AgentSpec { max_retries: 3, ..echo_agent("slow") }).await?;
     // Half the slots, so the lost tasks find free ones at once.
     let tasks = n * args.slots as usize / 2;
     let batch = {
@@ -366,13 +362,7 @@ async fn deep_queue(args: &Args, n: usize) -> Result<()> {
         .await?;
     let head_pid = sandbox.head_pid().context("the head's pid")?;
     let client = sandbox.client().await?;
-    client
-        .register_agent(AgentSpec {
-            name: "echo".into(),
-            model: "builtin:echo".into(),
-            ..Default::default()
-        })
-        .await?;
+    client.register_agent(echo_agent("echo")).await?;
     let before = rss_mib(&sandbox);
 
     // Submitted as fast as the head acknowledges: the stream's own flow control paces it.
@@ -431,9 +421,7 @@ async fn deep_queue(args: &Args, n: usize) -> Result<()> {
     );
 
     // The drain: simulated workers join and take the queue.
-    let mut options = SimOptions::new(sandbox.url.clone());
-    options.join_token = Some(sandbox.join_token().to_owned());
-    options.slots = args.slots;
+    let options = sim_options(&sandbox, args);
     let cpu = CpuMeter::start(head_pid)?;
     let started = Instant::now();
     let (fleet, _) = SimFleet::join(options, args.drain_workers, Duration::from_secs(600)).await?;

@@ -1,9 +1,9 @@
 //! Riding through a head restart or a broken connection. A task's stream resumes with
 //! `WatchTask` from the event after the last one seen; a batch of submissions reconnects,
 //! follows its accepted tasks from their last events (on the new submission stream, all of
-//! them) and submits again those the head never acknowledged. Events are never repeated (they carry gapless seqs). A client given several
-//! heads moves on to the next when one is unreachable or a standby. A client gives up when
-//! no head serves it for [`RESUME_LIMIT`].
+//! them) and submits again those the head never acknowledged. Events are never repeated
+//! (they carry gapless seqs). A client given several heads moves on to the next when one is
+//! unreachable or a standby. A client gives up when no head serves it for [`RESUME_LIMIT`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

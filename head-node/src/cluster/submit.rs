@@ -224,22 +224,14 @@ impl Cluster {
         for (task_id, from_seq) in watches {
             // Counted first, delivered under the lock after the wait: events stored
             // between the two only make the wait shorter than it might be.
-            let backlog = {
-                let mut state = self.state.lock();
-                visible_mut(&mut state, who, &task_id)
-                    .map_or(0, |task| task.stored_events_from(from_seq).len())
-            };
+            let backlog = visible(&self.state.lock(), who, &task_id)
+                .map_or(0, |task| task.stored_events_from(from_seq).len());
             if !sub.wait_for_room(backlog + 64).await {
                 return false;
             }
             let mut state = self.state.lock();
             match visible_mut(&mut state, who, &task_id) {
-                Ok(task) => {
-                    for event in task.stored_events_from(from_seq) {
-                        sub.deliver(Delivery::Event(event.clone()));
-                    }
-                    task.follow(sub.clone(), from_seq.max(task.durable + 1));
-                }
+                Ok(task) => follow_from(task, sub.clone(), from_seq),
                 Err(error) => {
                     sub.deliver(Delivery::WatchRefused { task_id, error: Arc::new(error) });
                 }
@@ -266,13 +258,9 @@ impl Cluster {
     pub fn watch(&self, who: &Principal, task_id: &str, from_seq: u64) -> Result<Subscription> {
         let mut state = self.state.lock();
         let task = visible_mut(&mut state, who, task_id)?;
-        let backlog = task.stored_events_from(from_seq);
-        let (sub, subscription) = subscriber(backlog.len() + self.limits.subscriber_buffer);
-        for event in backlog {
-            sub.deliver(Delivery::Event(event.clone()));
-        }
-        let next = from_seq.max(task.durable + 1);
-        task.follow(sub, next);
+        let backlog = task.stored_events_from(from_seq).len();
+        let (sub, subscription) = subscriber(backlog + self.limits.subscriber_buffer);
+        follow_from(task, sub, from_seq);
         Ok(subscription)
     }
 
@@ -307,6 +295,14 @@ impl Cluster {
             state.tasks.get(task_id).ok_or_else(|| Error::UnknownTask(task_id.to_owned()))?;
         Ok(TaskInfo::from(task))
     }
+}
+
+/// Gives `sub` the task's stored events from `from_seq` on, then follows it for the rest.
+fn follow_from(task: &mut TaskEntry, sub: Subscriber, from_seq: u64) {
+    for event in task.stored_events_from(from_seq) {
+        sub.deliver(Delivery::Event(event.clone()));
+    }
+    task.follow(sub, from_seq.max(task.durable + 1));
 }
 
 /// The longest idempotency key a client may give.
