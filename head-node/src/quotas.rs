@@ -133,7 +133,8 @@ mod tests {
         quotas.admit("b", &mut tasks).expect("b has no quota");
         assert!(quotas.may_run("a", &mut tasks));
         if let Some(t) = tasks.get_mut("t0") {
-            t.push(EventKind::Scheduled { worker_id: "w".into() }, 1);
+            t.push(EventKind::Submitted { agent: "x".into() }, 1).expect("first");
+            t.push(EventKind::Scheduled { worker_id: "w".into() }, 1).expect("queued");
         }
         assert!(!quotas.may_run("a", &mut tasks), "one of a's runs");
         quotas.admit("a", &mut tasks).expect("one waits now");

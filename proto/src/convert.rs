@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::pb;
+use crate::task_state::TaskState;
 use crate::types::*;
 
 /// A wire message that does not form a valid domain value.

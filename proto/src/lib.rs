@@ -4,6 +4,7 @@
 //!   no system `protoc`).
 //! - [`types`]: domain types (agents, tasks, events, worker reports) used by the head, the
 //!   worker and the client.
+//! - [`task_state`]: the task state machine: states, and which event may happen in which.
 //! - [`convert`]: the one place where wire types become domain types and back.
 //! - [`local`]: the same protocol over in-memory pipes for clusters embedded in one process.
 //! - [`endpoint`]: reaching a head over the network, in clear or over TLS.
@@ -13,6 +14,7 @@
 pub mod convert;
 pub mod endpoint;
 pub mod local;
+pub mod task_state;
 pub mod types;
 
 /// Generated protobuf and gRPC code (package `fleet.v1`).
@@ -22,6 +24,7 @@ pub mod pb {
 }
 
 pub use convert::WireError;
+pub use task_state::{IllegalTransition, TaskState};
 pub use types::*;
 
 /// The worker protocol this build speaks: what a worker's `Join` stream carries and means.

@@ -508,47 +508,6 @@ pub struct Usage {
     pub truncated: bool,
 }
 
-/// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TaskState {
-    Queued,
-    Scheduled,
-    Working,
-    Completed,
-    Failed,
-    Canceled,
-    InputRequired,
-}
-
-impl TaskState {
-    /// Every state, in the order a task goes through them.
-    pub const ALL: [TaskState; 7] = [
-        Self::Queued,
-        Self::Scheduled,
-        Self::Working,
-        Self::InputRequired,
-        Self::Completed,
-        Self::Failed,
-        Self::Canceled,
-    ];
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Scheduled => "scheduled",
-            Self::Working => "working",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Canceled => "canceled",
-            Self::InputRequired => "input-required",
-        }
-    }
-}
-
 /// The gRPC metadata key under which the head says which [`ErrorKind`] a refused call is
 /// (several kinds share a gRPC code: `NotFound` is an unknown task or agent).
 pub const ERROR_KIND_METADATA: &str = "fleet-error-kind";
@@ -763,30 +722,6 @@ impl EventKind {
     /// Text without logprobs.
     pub fn text(text: impl Into<String>) -> Self {
         Self::TextDelta { text: text.into(), logprobs: Vec::new() }
-    }
-
-    /// The state a task is in after this event.
-    pub fn state_after(&self) -> Option<TaskState> {
-        match self {
-            Self::Submitted { .. } | Self::Retrying { .. } => Some(TaskState::Queued),
-            Self::Scheduled { .. } => Some(TaskState::Scheduled),
-            Self::Working | Self::InputReceived { .. } => Some(TaskState::Working),
-            Self::Completed { .. } => Some(TaskState::Completed),
-            Self::Failed { .. } => Some(TaskState::Failed),
-            Self::Canceled { .. } => Some(TaskState::Canceled),
-            Self::InputRequired { .. } => Some(TaskState::InputRequired),
-            Self::TextDelta { .. }
-            | Self::ReasoningDelta { .. }
-            | Self::ToolCall { .. }
-            | Self::ToolResult { .. }
-            | Self::Embeddings { .. }
-            | Self::Artifact(_)
-            | Self::StateSaved { .. } => None,
-        }
-    }
-
-    pub fn is_terminal(&self) -> bool {
-        self.state_after().is_some_and(TaskState::is_terminal)
     }
 
     /// About how many bytes the event carries beyond its fixed part: its texts, vectors or

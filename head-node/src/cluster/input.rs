@@ -84,7 +84,8 @@ impl Cluster {
             )));
         }
         let task = state.tasks.get_mut(id).ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
-        task.push(EventKind::InputReceived { call_id, text, rejected }, fleet_proto::now_us());
+        let received = EventKind::InputReceived { call_id, text, rejected };
+        task.push_own(received, fleet_proto::now_us());
         Ok(TaskInfo::from(&*task))
     }
 }

@@ -101,6 +101,11 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     else {
         return;
     };
+    let scheduled = EventKind::Scheduled { worker_id: worker_id.to_owned() };
+    if let Err(refused) = task.state.after(&scheduled) {
+        error!(task_id = %id, worker_id, %refused, "dispatch of a task that is not queued");
+        return;
+    }
     let Ok(agent) = state.agents.get_mut(&task.agent) else {
         return;
     };
@@ -123,7 +128,7 @@ pub(super) fn dispatch(state: &mut State, id: &TaskId, worker_id: &str) {
     let _ =
         worker.commands.send(Command::RunTask(assignment(id, task, &state.conversations, actor)));
     traced::scheduled(task, worker_id);
-    task.push(EventKind::Scheduled { worker_id: worker_id.to_owned() }, now_us());
+    task.push_own(scheduled, now_us());
     if !task.context_id.is_empty() {
         if state.context_workers.len() >= MAX_CONTEXT_AFFINITY {
             state.context_workers.clear();
@@ -268,12 +273,18 @@ pub(super) fn release(state: &mut State, id: &TaskId) {
 
 /// Ends a task with a terminal event.
 pub(super) fn finish(state: &mut State, id: &TaskId, kind: EventKind) {
+    // A task ends once: a second end would answer its caller twice.
+    let Some(task) = state.tasks.get(id.as_str()) else { return };
+    if let Err(refused) = task.state.after(&kind) {
+        debug!(task_id = %id, %refused, "task already ended");
+        return;
+    }
     release(state, id);
     if matches!(kind, EventKind::Completed { .. }) {
         remember_exchange(state, id);
     }
     let Some(task) = state.tasks.get_mut(id.as_str()) else { return };
-    task.push(kind, now_us());
+    task.push_own(kind, now_us());
     let final_state = task.state;
     debug!(task_id = %id, state = final_state.as_str(), "task finished");
     ended(state, id, final_state);
@@ -366,16 +377,21 @@ pub(super) fn fail_over(state: &mut State, worker: WorkerEntry, reason: &str) {
 /// its agent allows, canceled if that was asked, failed otherwise.
 pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason: &str) -> bool {
     let Some(task) = state.tasks.get_mut(id.as_str()) else { return false };
+    // Only an attempt on a worker can be lost.
+    if !task.state.is_on_worker() {
+        debug!(task_id = %id, worker, state = task.state.as_str(), "no attempt to lose");
+        return false;
+    }
     let max_retries = state.agents.get(&task.agent).map(|a| a.spec.max_retries).unwrap_or(0);
     let failed_attempt = task.attempt;
     traced::worker_lost(task, worker, reason);
     if task.cancel_requested {
-        task.push(
+        task.push_own(
             EventKind::Canceled { reason: format!("canceled; worker {worker} lost: {reason}") },
             now_us(),
         );
     } else if failed_attempt <= max_retries {
-        task.push(
+        task.push_own(
             EventKind::Retrying {
                 reason: format!("worker {worker} lost: {reason}"),
                 failed_attempt,
@@ -395,7 +411,7 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
             max_retries + 1
         );
         let kind = ErrorKind::Unavailable;
-        task.push(EventKind::Failed { error, worker_id: worker.to_owned(), kind }, now_us());
+        task.push_own(EventKind::Failed { error, worker_id: worker.to_owned(), kind }, now_us());
     }
     let final_state = task.state;
     ended(state, id, final_state);

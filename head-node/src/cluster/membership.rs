@@ -101,7 +101,7 @@ impl Cluster {
             if queued && dequeue(state, task) {
                 adopt(state, task, &id);
                 if let Some(t) = state.tasks.get_mut(task.as_str()) {
-                    t.push(EventKind::Scheduled { worker_id: id.clone() }, now_us());
+                    t.push_own(EventKind::Scheduled { worker_id: id.clone() }, now_us());
                 }
                 // It runs: its actor's key is its own (the others of the key wait for it).
                 if let Some(key) = state.tasks.get(task.as_str()).and_then(|t| actor_key(state, t))
@@ -206,8 +206,24 @@ impl Cluster {
             };
             let current =
                 task.worker.as_deref() == Some(worker_id) && task.attempt == event.attempt;
-            if !current || task.state.is_terminal() {
+            if !current {
                 debug!(task_id = %event.task_id, worker_id, attempt = event.attempt, "stale event dropped");
+                continue;
+            }
+            // The head's own transitions (a reply to a question comes from a client).
+            if matches!(
+                event.kind,
+                EventKind::Submitted { .. }
+                    | EventKind::Scheduled { .. }
+                    | EventKind::Retrying { .. }
+                    | EventKind::InputReceived { .. }
+            ) {
+                warn!(task_id = %event.task_id, worker_id, "worker sent a head-only event; dropped");
+                continue;
+            }
+            // Late (the task ended meanwhile: canceled, timed out) or out of order.
+            if let Err(refused) = task.state.after(&event.kind) {
+                debug!(task_id = %event.task_id, worker_id, %refused, "event refused");
                 continue;
             }
             if task.first_event_us == 0 {
@@ -217,11 +233,6 @@ impl Cluster {
                 state.metrics.first_event(&task.tenant, &task.agent, Duration::from_micros(after));
             }
             match &event.kind {
-                EventKind::Submitted { .. }
-                | EventKind::Scheduled { .. }
-                | EventKind::Retrying { .. } => {
-                    warn!(task_id = %event.task_id, worker_id, "worker sent a head-only event; dropped");
-                }
                 kind if kind.is_terminal() => {
                     finish(state, &event.task_id, event.kind);
                     freed = true;
@@ -231,7 +242,7 @@ impl Cluster {
                     let key = state.agents.get(&task.agent).ok().and_then(|a| {
                         crate::actor_state::key_of(&a.spec, &task.tenant, &task.context_id)
                     });
-                    task.push(event.kind, event.timestamp_us);
+                    task.push_own(event.kind, event.timestamp_us);
                     // A task without a key (no context) starts from an empty state each time.
                     let Some(key) = key else { continue };
                     match state.actors.save(&key, event.task_id.as_str(), saved, now_us()) {
@@ -266,7 +277,8 @@ impl Cluster {
                         arguments: arguments.clone(),
                         traceparent: traceparent.clone(),
                     };
-                    let seq = task.push(event.kind, event.timestamp_us).seq;
+                    let Some(pushed) = task.push_own(event.kind, event.timestamp_us) else { continue };
+                    let seq = pushed.seq;
                     // A hosted function is called once its announcement is on record. An agent
                     // called is a sub-task, stored with the announcement in one commit.
                     if journal.is_some() && state.tools.contains(&call.name) {
@@ -276,7 +288,7 @@ impl Cluster {
                     }
                 }
                 _ => {
-                    task.push(event.kind, event.timestamp_us);
+                    task.push_own(event.kind, event.timestamp_us);
                 }
             }
         }

@@ -22,7 +22,7 @@ use fleet_proto::{
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::agents::{AgentRegistry, Registered};
 use crate::auth::Principal;

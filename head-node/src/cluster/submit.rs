@@ -441,7 +441,7 @@ pub(super) fn submit_in(
         // `Accepted` goes with the first event, once the task is stored.
         entry.follow_submitted(sub, client_ref);
     }
-    entry.push(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
+    entry.push_own(EventKind::Submitted { agent: entry.agent.clone() }, now_us());
     debug!(task_id = %id, agent = %entry.agent, "task submitted");
     match (lender, placement) {
         (Some((worker, caller)), _) if state.leading() => {

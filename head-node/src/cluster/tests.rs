@@ -86,6 +86,29 @@ fn a_lost_workers_tasks_are_retried_first_then_failed_past_their_retries() {
 }
 
 #[test]
+fn a_workers_events_the_task_cannot_take_are_refused() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c, _rx, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let t = task(&cluster, "one");
+    let events = |cluster: &Cluster| cluster.state.lock().tasks.get(t.as_str()).map(|t| t.events.len());
+    // A head-only event, and a reply to a question nobody asked.
+    let reply = EventKind::InputReceived { call_id: "c".into(), text: "y".into(), rejected: false };
+    cluster.worker_events("w1", c, vec![event(&t, 0, reply)]);
+    cluster.worker_events("w1", c, vec![event(&t, 0, EventKind::Working)]);
+    assert_eq!((where_is(&cluster, &t).0, events(&cluster)), (TaskState::Working, Some(3)));
+    let done = EventKind::Completed { usage: Default::default() };
+    cluster.worker_events("w1", c, vec![event(&t, 0, done.clone())]);
+    // Late: text after the end, and the end again (it would answer a caller twice).
+    cluster.worker_events("w1", c, vec![event(&t, 0, EventKind::text("late")), event(&t, 0, done)]);
+    let failed = EventKind::failed(ErrorKind::Internal, "after the end");
+    cluster.worker_events("w1", c, vec![event(&t, 0, failed)]);
+    assert_eq!((where_is(&cluster, &t).0, events(&cluster)), (TaskState::Completed, Some(4)));
+    // It ended once: counted once.
+    let (_, ended) = cluster.state.lock().metrics.totals_of("default");
+    assert_eq!((ended.completed, ended.failed), (1, 0));
+}
+
+#[test]
 fn a_rejoining_worker_keeps_what_it_still_runs_and_cancels_the_rest() {
     let cluster = Cluster::new(&config(3)).expect("cluster");
     let (c, _rx, _) = cluster.worker_joined(registration("w1", 3, 7, &[]), String::new());

@@ -10,7 +10,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fleet_proto::{Artifact, EventKind, Resources, TaskEvent, TaskId, TaskState, Usage};
+use fleet_proto::{
+    Artifact, EventKind, IllegalTransition, Resources, TaskEvent, TaskId, TaskState, Usage,
+};
 use tokio::sync::mpsc;
 
 use crate::store::{Journal, RestoredTask, TaskRecord};
@@ -210,8 +212,17 @@ fn event_bytes(kind: &EventKind) -> usize {
 
 impl TaskEntry {
     /// Appends an event: assigns its seq, updates the state, and tells the subscribers
-    /// (once it is stored, when there is a store).
-    pub fn push(&mut self, kind: EventKind, timestamp_us: u64) -> Arc<TaskEvent> {
+    /// (once it is stored, when there is a store). An event the task's state cannot take
+    /// (the state machine's table, [`TaskState::after`]) is refused and logs nothing.
+    pub fn push(
+        &mut self,
+        kind: EventKind,
+        timestamp_us: u64,
+    ) -> Result<Arc<TaskEvent>, IllegalTransition> {
+        match self.events.is_empty() {
+            true => TaskState::first(&kind)?,
+            false => self.state.after(&kind)?,
+        };
         let event = Arc::new(TaskEvent {
             task_id: self.id.clone(),
             seq: self.events.len() as u64 + 1,
@@ -230,7 +241,20 @@ impl TaskEntry {
             }
             None => self.stored_up_to(event.seq),
         }
-        event
+        Ok(event)
+    }
+
+    /// Appends an event of the head's own making ([`push`](Self::push)), which the caller
+    /// made sure the task's state takes: a refusal is a bug of the head, logged as an error,
+    /// and the event is dropped rather than logged out of order.
+    pub fn push_own(&mut self, kind: EventKind, timestamp_us: u64) -> Option<Arc<TaskEvent>> {
+        match self.push(kind, timestamp_us) {
+            Ok(event) => Some(event),
+            Err(refused) => {
+                tracing::error!(task_id = %self.id, %refused, "the head made an event its task cannot take");
+                None
+            }
+        }
     }
 
     /// Takes an event into the log and the task's state (new or replayed from the store).
@@ -798,7 +822,7 @@ mod tests {
     fn followers_that_left_are_dropped_when_others_come() {
         let (mut table, _) = table_with_task(10);
         let task = table.get_mut("t1").expect("task");
-        task.push(EventKind::Submitted { agent: "a".into() }, 1);
+        task.push(EventKind::Submitted { agent: "a".into() }, 1).expect("first");
         for _ in 0..1000 {
             let (sub, subscription) = subscriber(8);
             task.follow(sub, 1);
@@ -811,20 +835,43 @@ mod tests {
     fn events_get_gapless_seqs_and_drive_the_state() {
         let (mut table, id) = table_with_task(10);
         let task = table.get_mut("t1").expect("task");
-        task.push(EventKind::Submitted { agent: "a".into() }, 1);
-        task.push(EventKind::Working, 2);
-        task.push(EventKind::text("hi"), 3);
-        let last = task.push(EventKind::Completed { usage: Usage::default() }, 4);
-        assert_eq!(last.seq, 4);
-        assert_eq!(task.state, TaskState::Completed);
-        assert_eq!(task.output(), "hi");
-        assert_eq!(task.stored_events_from(3).len(), 2);
+        let mut push = |kind, at| task.push(kind, at).expect("a legal event");
+        push(EventKind::Submitted { agent: "a".into() }, 1);
+        push(EventKind::Scheduled { worker_id: "w".into() }, 2);
+        push(EventKind::Working, 3);
+        push(EventKind::text("hi"), 4);
         // A retried attempt's text starts over.
-        task.push(EventKind::Retrying { reason: "lost".into(), failed_attempt: 1 }, 5);
-        task.push(EventKind::text("again"), 6);
+        push(EventKind::Retrying { reason: "lost".into(), failed_attempt: 1 }, 5);
+        push(EventKind::Scheduled { worker_id: "w2".into() }, 6);
+        push(EventKind::text("again"), 7);
+        let last = push(EventKind::Completed { usage: Usage::default() }, 8);
+        assert_eq!(last.seq, 8);
+        assert_eq!(task.state, TaskState::Completed);
         assert_eq!(task.output(), "again");
+        assert_eq!(task.stored_events_from(7).len(), 2);
         assert!(task.stored_events_from(9).is_empty());
         assert_eq!(id.as_str(), "t1");
+    }
+
+    #[test]
+    fn an_event_the_state_cannot_take_is_refused_and_not_logged() {
+        let (mut table, _) = table_with_task(10);
+        let task = table.get_mut("t1").expect("task");
+        let refused = task.push(EventKind::Working, 1).expect_err("not submitted yet");
+        assert_eq!(refused.from, None);
+        task.push(EventKind::Submitted { agent: "a".into() }, 1).expect("first");
+        // Not on a worker yet: no text, no completion.
+        task.push(EventKind::text("early"), 2).expect_err("queued");
+        task.push(EventKind::Completed { usage: Usage::default() }, 2).expect_err("queued");
+        task.push(EventKind::Canceled { reason: "no".into() }, 2).expect("cancel a queued task");
+        // Ended: nothing more, not even a second end.
+        task.push(EventKind::text("late"), 3).expect_err("canceled");
+        task.push(EventKind::failed(fleet_proto::ErrorKind::Internal, "x"), 3).expect_err("ended");
+        assert_eq!(task.events.len(), 2);
+        assert_eq!(task.state, TaskState::Canceled);
+        // What the head makes itself is refused the same way (and logged as its bug).
+        assert!(task.push_own(EventKind::Working, 3).is_none());
+        assert_eq!(task.events.len(), 2);
     }
 
     #[test]
@@ -833,8 +880,10 @@ mod tests {
         let (sub, mut subscription) = subscriber(2);
         let task = table.get_mut("t1").expect("task");
         task.follow(sub, 1);
-        for _ in 0..4 {
-            task.push(EventKind::text("x"), 0);
+        task.push(EventKind::Submitted { agent: "a".into() }, 0).expect("first");
+        task.push(EventKind::Scheduled { worker_id: "w".into() }, 0).expect("placed");
+        for _ in 0..2 {
+            task.push(EventKind::text("x"), 0).expect("on a worker");
         }
         assert!(task.subscribers.is_empty());
         assert!(subscription.was_cut());
@@ -918,7 +967,8 @@ mod tests {
                         let context =
                             if context == 0 { String::new() } else { format!("c{context}") };
                         let tenant = if ids.len().is_multiple_of(3) { "t0" } else { "t1" };
-                        table.insert(id.clone(), format!("a{agent}"), "x".into(), context, tenant.into());
+                        let task = table.insert(id.clone(), format!("a{agent}"), "x".into(), context, tenant.into());
+                        task.push(EventKind::Submitted { agent: task.agent.clone() }, 0).expect("first");
                         ids.push(id);
                         continue;
                     }
@@ -939,9 +989,9 @@ mod tests {
                 if task.state.is_terminal() {
                     continue;
                 }
-                let state = kind.state_after();
-                task.push(kind, 0);
-                if let Some(state) = state.filter(|s| s.is_terminal()) {
+                // Events the task's state cannot take are refused (the table in fleet_proto).
+                let Ok(event) = task.push(kind, 0) else { continue };
+                if let Some(state) = event.kind.state_after().filter(|s| s.is_terminal()) {
                     table.finished(&id, state);
                 }
             }
@@ -981,7 +1031,7 @@ mod tests {
         let mut table = TaskTable::new(1000, 100 << 10);
         let complete = |table: &mut TaskTable, id: &TaskId| {
             if let Some(task) = table.get_mut(id.as_str()) {
-                task.push(EventKind::Completed { usage: Usage::default() }, 0);
+                task.push(EventKind::Completed { usage: Usage::default() }, 0).expect("running");
             }
             table.finished(id, TaskState::Completed);
         };
@@ -989,8 +1039,10 @@ mod tests {
             let id = TaskId::new(format!("t{i}"));
             let task =
                 table.insert(id.clone(), "a".into(), "x".into(), String::new(), "default".into());
+            task.push(EventKind::Submitted { agent: "a".into() }, 0).expect("first");
+            task.push(EventKind::Scheduled { worker_id: "w".into() }, 0).expect("placed");
             for _ in 0..10 {
-                task.push(EventKind::text("y".repeat(1000)), 0);
+                task.push(EventKind::text("y".repeat(1000)), 0).expect("on a worker");
             }
             complete(&mut table, &id);
         }
@@ -1011,7 +1063,8 @@ mod tests {
             String::new(),
             "default".into(),
         );
-        task.push(EventKind::Working, 0);
+        task.push(EventKind::Submitted { agent: "a".into() }, 0).expect("first");
+        task.push(EventKind::Scheduled { worker_id: "w".into() }, 0).expect("placed");
         complete(&mut table, &big);
         assert!(table.get("big").is_some());
         assert_eq!(table.len(), 1);
