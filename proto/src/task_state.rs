@@ -127,7 +127,9 @@ pub struct IllegalTransition {
 impl fmt::Display for IllegalTransition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.from {
-            Some(state) => write!(f, "a {} task cannot take a {} event", state.as_str(), self.event),
+            Some(state) => {
+                write!(f, "a {} task cannot take a {} event", state.as_str(), self.event)
+            }
             None => write!(f, "a task's first event must be submitted, not {}", self.event),
         }
     }
@@ -215,7 +217,11 @@ mod tests {
                 arguments: String::new(),
                 deadline_us: 0,
             },
-            EventKind::InputReceived { call_id: "c/input".into(), text: "y".into(), rejected: false },
+            EventKind::InputReceived {
+                call_id: "c/input".into(),
+                text: "y".into(),
+                rejected: false,
+            },
             EventKind::Retrying { reason: "lost".into(), failed_attempt: 1 },
             EventKind::Embeddings { vectors: Vec::new() },
             EventKind::Artifact(std::sync::Arc::new(crate::Artifact {

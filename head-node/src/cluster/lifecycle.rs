@@ -1,46 +1,22 @@
-//! A task's transitions on `State`: dispatch to a worker, release, finish, cancel, end
-//! (answering a calling task), fail-over of a lost worker's tasks, and draining the queue.
+//! A task's transitions on `State`, each with what it does beside logging its event:
+//! dispatch to a worker (its share reserved, its actor's key taken), finish and cancel,
+//! end (answering a calling task, letting go of its key), lose an attempt (retry, cancel or
+//! fail), fail-over of a lost worker's tasks, and adopt on a worker's rejoin. Which event
+//! may happen in which state is `fleet_proto::task_state`'s table; `TaskEntry::push`
+//! refuses the rest. Where a queued task goes is `placement`'s.
 
-use super::*;
+use std::time::Duration;
+
+use fleet_proto::{Command, ErrorKind, EventKind, TaskAssignment, TaskId, TaskState, now_us};
+use tracing::{debug, error, info};
+
+use super::calls::reply_to_call;
+use super::placement::{dequeue, enqueue_first, place_actor};
+use super::{MAX_CONTEXT_AFFINITY, MAX_TOOL_DEPTH, State, traced};
 use crate::conversations::Key;
-
-/// Sends the agent's spec to a worker that does not host this version of it yet.
-/// Places the agent's actor on the worker unless it holds this version already, with the
-/// definitions of its hosted tools as they are now (a changed definition places it again).
-pub(super) fn place_actor(
-    worker: &mut WorkerEntry,
-    spec: &Arc<AgentSpec>,
-    version: u64,
-    tools: &HostedTools,
-) {
-    let (functions, generation) = tools.of(spec);
-    if worker.placed.get(&spec.name) != Some(&(version, generation)) {
-        worker.placed.insert(spec.name.clone(), (version, generation));
-        let _ =
-            worker.commands.send(Command::PlaceActor { spec: spec.clone(), version, functions });
-    }
-}
-
-pub(super) fn context_worker(
-    state: &State,
-    agent: &str,
-    tenant: &str,
-    context_id: &str,
-) -> Option<String> {
-    if context_id.is_empty() {
-        return None;
-    }
-    let placed = state.context_workers.get(&(agent.to_owned(), worker_context(tenant, context_id)));
-    // A head started again knows only the stored worker of the last exchange.
-    placed.cloned().or_else(|| {
-        let key = Key {
-            tenant: tenant.into(),
-            agent: agent.to_owned(),
-            context_id: context_id.to_owned(),
-        };
-        state.conversations.worker(&key).map(str::to_owned)
-    })
-}
+use crate::scheduler::Prefixes;
+use crate::tasks::TaskEntry;
+use crate::workers::WorkerEntry;
 
 /// The conversation a task continues.
 fn conversation_key(task: &TaskEntry) -> Key {
@@ -84,14 +60,6 @@ pub(super) fn worker_context(tenant: &str, context_id: &str) -> String {
     } else {
         format!("{tenant}\u{1f}{context_id}")
     }
-}
-
-/// The prompt prefixes of a task of `spec`, when the head places by them.
-pub(super) fn prefixes(state: &State, spec: &AgentSpec, task: &TaskEntry) -> Option<Prefixes> {
-    if !state.prefix_affinity {
-        return None;
-    }
-    Prefixes::of(spec, &task.input, task.options.as_deref())
 }
 
 /// Puts a task on a worker: reserves its share, logs `Scheduled`, sends the commands.
@@ -418,118 +386,76 @@ pub(super) fn lost_attempt(state: &mut State, id: &TaskId, worker: &str, reason:
     false
 }
 
-/// Queues a task behind its tenant's others.
-pub(super) fn enqueue(state: &mut State, id: TaskId) {
-    if let Some(tenant) = state.tasks.get(id.as_str()).map(|t| t.tenant.clone()) {
-        state.queue.push_back(&tenant, id);
-    }
+/// Whether a task's current attempt never reached `worker_id`, whose same process rejoined
+/// without it: the head's last event of it is still its dispatch there. Had the worker got
+/// the `RunTask`, the task would be running there, or have events in the worker's outbox
+/// (kept until the head stores them, and reported at the join), or the head would hold its
+/// events. A task canceled meanwhile is left to `lost_attempt`, which ends it.
+pub(super) fn never_reached(state: &State, id: &TaskId, worker_id: &str) -> bool {
+    let Some(task) = state.tasks.get(id.as_str()) else { return false };
+    let dispatched_there = task.events.last().is_some_and(|e| {
+        e.attempt == task.attempt
+            && matches!(&e.kind, EventKind::Scheduled { worker_id: w } if w == worker_id)
+    });
+    dispatched_there
+        && !task.state.is_terminal()
+        && !task.cancel_requested
+        && task.worker.as_deref() == Some(worker_id)
+        && state.agents.get(&task.agent).is_ok()
 }
 
-/// Queues a task before its tenant's others (a retry: it was accepted before them).
-pub(super) fn enqueue_first(state: &mut State, id: TaskId) {
-    if let Some(tenant) = state.tasks.get(id.as_str()).map(|t| t.tenant.clone()) {
-        state.queue.push_front(&tenant, id);
-    }
-}
-
-/// Takes a task out of the queue; false when it was not queued.
-pub(super) fn dequeue(state: &mut State, id: &TaskId) -> bool {
-    match state.tasks.get(id.as_str()).map(|t| t.tenant.clone()) {
-        Some(tenant) => state.queue.remove(&tenant, id),
-        None => false,
-    }
-}
-
-/// Places queued tasks while workers have room: one task per tenant a round, the tenants
-/// with the fewest tasks running first (see `queue`), until a round places nothing. A tenant at its running quota is
-/// passed over whole; in a tenant's line, tasks that must wait (their agent at its
-/// concurrency, or no room that fits) are passed over, at most [`QUEUE_SCAN_LIMIT`] a
-/// tenant, so one drain costs a bounded amount however long the lines are.
-pub(super) fn drain_queue(state: &mut State) {
-    if !state.leading() {
+/// Runs a task's attempt that never reached its worker (see [`never_reached`]) there after
+/// all: its share held there again, its agent placed (this connection has placed nothing
+/// yet) and its `RunTask` sent, the same attempt under the same `Scheduled`.
+pub(super) fn send_again(state: &mut State, id: &TaskId, worker_id: &str) {
+    adopt(state, id, worker_id);
+    let (Some(task), Some(worker)) =
+        (state.tasks.get(id.as_str()), state.workers.get_mut(worker_id))
+    else {
         return;
-    }
-    loop {
-        let mut placed = false;
-        // Fewest tasks running first, ties in turn: a tenant with a slot busy does not get
-        // a second while another waits with none.
-        let mut tenants = state.queue.tenants();
-        if tenants.len() > 1 {
-            let tasks = &mut state.tasks;
-            tenants.sort_by_cached_key(|t| tasks.count(t, &crate::quotas::RUNNING));
-        }
-        for tenant in tenants {
-            if !state.workers.any_free_slot() {
-                return;
-            }
-            if !state.quotas.may_run(&tenant, &mut state.tasks) {
-                continue;
-            }
-            placed |= place_one_of(state, &tenant);
-        }
-        if !placed {
-            return;
-        }
-    }
+    };
+    let Ok(agent) = state.agents.get(&task.agent) else { return };
+    place_actor(worker, &agent.spec, agent.version, &state.tools);
+    // The key is still this task's: it held it when it was dispatched.
+    let actor = crate::actor_state::key_of(&agent.spec, &task.tenant, &task.context_id)
+        .map(|key| state.actors.state(&key));
+    let command = Command::RunTask(assignment(id, task, &state.conversations, actor));
+    let _ = worker.commands.send(command);
 }
 
-/// Places the first task of `tenant`'s line that can go now; false when none could.
-fn place_one_of(state: &mut State, tenant: &str) -> bool {
-    let (mut index, mut waited) = (0, 0);
-    while waited < QUEUE_SCAN_LIMIT {
-        let Some(id) = state.queue.get(tenant, index).cloned() else { return false };
-        let Some(task) = state.tasks.get(id.as_str()) else {
-            state.queue.take(tenant, index);
-            continue;
-        };
-        let Ok(agent) = state.agents.get(&task.agent) else {
-            state.queue.take(tenant, index);
-            continue;
-        };
-        let spec = agent.spec.clone();
-        if spec.max_concurrency > 0 && agent.running >= spec.max_concurrency {
-            index += 1;
-            waited += 1;
-            continue;
-        }
-        // One task of an actor's key at a time: the others wait parked, off the line.
-        if let Some(key) = crate::actor_state::key_of(&spec, &task.tenant, &task.context_id)
-            && let Some(holder) = actor_holder(state, &key, Some(&id))
-        {
-            let task_tenant = task.tenant.clone();
-            state.queue.take(tenant, index);
-            waited += 1;
-            if called_by(state, &id, &holder) {
-                let error = self_call_error(&spec.name, &key, &holder);
-                finish(state, &id, EventKind::failed(ErrorKind::InvalidRequest, error));
-                // Its end may have woken a task of another key at the front of a line.
-                return true;
-            }
-            state.queue.park(key.stored(), &task_tenant, id);
-            continue;
-        }
-        let context = context_worker(state, &task.agent, &task.tenant, &task.context_id);
-        let affinity =
-            Affinity { context_worker: context.as_deref(), prefixes: prefixes(state, &spec, task) };
-        match scheduler::place(&spec, &mut state.workers, &affinity) {
-            Placement::Worker(w) => {
-                state.queue.take(tenant, index);
-                dispatch(state, &id, &w);
-                return true;
-            }
-            Placement::Wait => {
-                index += 1;
-                waited += 1;
-            }
-            Placement::Never(reason) => {
-                state.queue.take(tenant, index);
-                let error = format!("no worker can run agent {:?}: {reason}", spec.name);
-                finish(state, &id, EventKind::failed(ErrorKind::Unsupported, error));
-                // Its end may have woken the next task of its actor's key to the front of
-                // the line, before where this scan is: the drain goes round again.
-                return true;
-            }
-        }
+/// Takes on a task a rejoining worker still runs: it holds its share there again.
+pub(super) fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
+    // Calls it still waits on: it lends its slot again (the lending was the old
+    // connection's).
+    let waiting = state.tasks.get(id.as_str()).map_or(0, |t| {
+        let open =
+            |c: &&TaskId| state.tasks.get(c.as_str()).is_some_and(|c| !c.state.is_terminal());
+        t.children.iter().filter(open).count()
+    });
+    let (Some(task), Some(worker)) =
+        (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
+    else {
+        return;
+    };
+    let Ok(agent) = state.agents.get_mut(&task.agent) else { return };
+    agent.running += 1;
+    worker.running.insert(id.clone());
+    *worker.running_per_agent.entry(task.agent.clone()).or_default() += 1;
+    worker.free.sub(&agent.spec.resources);
+    task.reserved = agent.spec.resources;
+    task.worker = Some(worker_id.to_owned());
+    if let Some(reply) = super::input::reply_to_resend(task) {
+        let _ = worker.commands.send(reply);
     }
-    false
+    // Canceled while the head was away from it (or before a restart): asked again.
+    if task.cancel_requested {
+        let _ = worker.commands.send(Command::CancelTask {
+            task_id: id.clone(),
+            reason: "canceled while the head was away from this worker".into(),
+        });
+    }
+    if waiting > 0 {
+        worker.lent.insert(id.clone(), waiting as u32);
+        super::calls::lend_to_a_queued_call(state, id);
+    }
 }

@@ -142,7 +142,7 @@ impl Cluster {
         state.workers.heartbeat(worker_id, connection, beat, Instant::now());
         // Calls from the mesh that ended gave their slots back: queued tasks may go there.
         if calls_before.is_some_and(|before| calls_now < before) {
-            lifecycle::drain_queue(&mut state);
+            placement::drain_queue(&mut state);
         }
     }
 
@@ -277,7 +277,9 @@ impl Cluster {
                         arguments: arguments.clone(),
                         traceparent: traceparent.clone(),
                     };
-                    let Some(pushed) = task.push_own(event.kind, event.timestamp_us) else { continue };
+                    let Some(pushed) = task.push_own(event.kind, event.timestamp_us) else {
+                        continue;
+                    };
                     let seq = pushed.seq;
                     // A hosted function is called once its announcement is on record. An agent
                     // called is a sub-task, stored with the announcement in one commit.
@@ -383,78 +385,4 @@ pub(super) fn remember_mark(
         marks.remove(&any);
     }
     marks.insert(worker.to_owned(), mark);
-}
-
-/// Whether a task's current attempt never reached `worker_id`, whose same process rejoined
-/// without it: the head's last event of it is still its dispatch there. Had the worker got
-/// the `RunTask`, the task would be running there, or have events in the worker's outbox
-/// (kept until the head stores them, and reported at the join), or the head would hold its
-/// events. A task canceled meanwhile is left to `lost_attempt`, which ends it.
-fn never_reached(state: &State, id: &TaskId, worker_id: &str) -> bool {
-    let Some(task) = state.tasks.get(id.as_str()) else { return false };
-    let dispatched_there = task.events.last().is_some_and(|e| {
-        e.attempt == task.attempt
-            && matches!(&e.kind, EventKind::Scheduled { worker_id: w } if w == worker_id)
-    });
-    dispatched_there
-        && !task.state.is_terminal()
-        && !task.cancel_requested
-        && task.worker.as_deref() == Some(worker_id)
-        && state.agents.get(&task.agent).is_ok()
-}
-
-/// Runs a task's attempt that never reached its worker (see [`never_reached`]) there after
-/// all: its share held there again, its agent placed (this connection has placed nothing
-/// yet) and its `RunTask` sent, the same attempt under the same `Scheduled`.
-fn send_again(state: &mut State, id: &TaskId, worker_id: &str) {
-    adopt(state, id, worker_id);
-    let (Some(task), Some(worker)) =
-        (state.tasks.get(id.as_str()), state.workers.get_mut(worker_id))
-    else {
-        return;
-    };
-    let Ok(agent) = state.agents.get(&task.agent) else { return };
-    place_actor(worker, &agent.spec, agent.version, &state.tools);
-    // The key is still this task's: it held it when it was dispatched.
-    let actor = crate::actor_state::key_of(&agent.spec, &task.tenant, &task.context_id)
-        .map(|key| state.actors.state(&key));
-    let command = Command::RunTask(assignment(id, task, &state.conversations, actor));
-    let _ = worker.commands.send(command);
-}
-
-/// Takes on a task a rejoining worker still runs: it holds its share there again.
-fn adopt(state: &mut State, id: &TaskId, worker_id: &str) {
-    // Calls it still waits on: it lends its slot again (the lending was the old
-    // connection's).
-    let waiting = state.tasks.get(id.as_str()).map_or(0, |t| {
-        let open =
-            |c: &&TaskId| state.tasks.get(c.as_str()).is_some_and(|c| !c.state.is_terminal());
-        t.children.iter().filter(open).count()
-    });
-    let (Some(task), Some(worker)) =
-        (state.tasks.get_mut(id.as_str()), state.workers.get_mut(worker_id))
-    else {
-        return;
-    };
-    let Ok(agent) = state.agents.get_mut(&task.agent) else { return };
-    agent.running += 1;
-    worker.running.insert(id.clone());
-    *worker.running_per_agent.entry(task.agent.clone()).or_default() += 1;
-    worker.free.sub(&agent.spec.resources);
-    task.reserved = agent.spec.resources;
-    task.worker = Some(worker_id.to_owned());
-    if let Some(reply) = super::input::reply_to_resend(task) {
-        let _ = worker.commands.send(reply);
-    }
-    // Canceled while the head was away from it (or before a restart): asked again.
-    if task.cancel_requested {
-        let _ = worker.commands.send(Command::CancelTask {
-            task_id: id.clone(),
-            reason: "canceled while the head was away from this worker".into(),
-        });
-    }
-    if waiting > 0 {
-        worker.lent.insert(id.clone(), waiting as u32);
-        super::calls::lend_to_a_queued_call(state, id);
-    }
 }

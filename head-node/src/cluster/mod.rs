@@ -17,12 +17,12 @@ use std::time::Duration;
 use fleet_proto::local::LocalHead;
 use fleet_proto::{
     AgentSpec, Command, ErrorKind, EventKind, Heartbeat, LoadedModel, LocateRequest, MeshPeer,
-    Registration, TaskAssignment, TaskEvent, TaskId, TaskOptions, TaskState, TopicMessage, now_us,
+    Registration, TaskEvent, TaskId, TaskOptions, TaskState, TopicMessage, now_us,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agents::{AgentRegistry, Registered};
 use crate::auth::Principal;
@@ -45,6 +45,7 @@ mod input;
 mod inspect;
 mod lifecycle;
 mod membership;
+mod placement;
 mod queue;
 mod submit;
 mod topics;
@@ -56,18 +57,21 @@ use queue::TaskQueue;
 pub use topics::Follower;
 
 use calls::*;
+// The transitions and the placement, for the modules of `Cluster`'s methods.
 pub use hosted::{ToolCalls, ToolHost};
 pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
-use lifecycle::*;
+use lifecycle::{
+    actor_key, adopt, cancel_in, dispatch, fail_over, finish, lost_attempt, never_reached,
+    send_again, take_key, waits_for_key,
+};
+use placement::{context_worker, dequeue, drain_queue, enqueue, enqueue_first, place_actor};
+
 use submit::*;
 pub use views::{
     AgentInfo, AgentLoad, ClusterStatus, Exchange, ModelInfo, NewTask, TaskFilter, TaskInfo,
     TaskPage, WorkerInfo,
 };
 
-/// How many of a tenant's queued tasks that must keep waiting one drain passes over before
-/// it turns to the next tenant.
-const QUEUE_SCAN_LIMIT: usize = 256;
 /// How long a restarted head waits for a worker to rejoin and claim the tasks it ran:
 /// past a worker's longest reconnect backoff (5 s) plus the worker timeout.
 const REJOIN_GRACE: Duration = Duration::from_secs(6);

@@ -90,7 +90,8 @@ fn a_workers_events_the_task_cannot_take_are_refused() {
     let cluster = Cluster::new(&config(1)).expect("cluster");
     let (c, _rx, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
     let t = task(&cluster, "one");
-    let events = |cluster: &Cluster| cluster.state.lock().tasks.get(t.as_str()).map(|t| t.events.len());
+    let events =
+        |cluster: &Cluster| cluster.state.lock().tasks.get(t.as_str()).map(|t| t.events.len());
     // A head-only event, and a reply to a question nobody asked.
     let reply = EventKind::InputReceived { call_id: "c".into(), text: "y".into(), rejected: false };
     cluster.worker_events("w1", c, vec![event(&t, 0, reply)]);
@@ -106,6 +107,31 @@ fn a_workers_events_the_task_cannot_take_are_refused() {
     // It ended once: counted once.
     let (_, ended) = cluster.state.lock().metrics.totals_of("default");
     assert_eq!((ended.completed, ended.failed), (1, 0));
+}
+
+#[test]
+fn a_queued_task_cancels_at_once_and_a_running_one_on_its_worker() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c, mut rx, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let (running, queued) = (task(&cluster, "one"), task(&cluster, "two"));
+    cluster.cancel(&op(), queued.as_str()).expect("canceled");
+    assert_eq!(where_is(&cluster, &queued).0, TaskState::Canceled);
+    assert!(cluster.state.lock().queue.iter().next().is_none(), "off the queue");
+    // Asked of its worker: the task goes on until the worker says it stopped.
+    cluster.cancel(&op(), running.as_str()).expect("asked");
+    assert_eq!(where_is(&cluster, &running).0, TaskState::Scheduled);
+    let sent = commands(&mut rx);
+    let asked =
+        |c: &Command| matches!(c, Command::CancelTask { task_id, .. } if *task_id == running);
+    assert!(sent.iter().any(asked), "{sent:?}");
+    let stopped = EventKind::Canceled { reason: "stopped".into() };
+    cluster.worker_events("w1", c, vec![event(&running, 0, stopped)]);
+    assert_eq!(where_is(&cluster, &running).0, TaskState::Canceled);
+    // Over: a cancel again changes nothing.
+    cluster.cancel(&op(), running.as_str()).expect("no-op");
+    assert!(commands(&mut rx).iter().all(|c| !asked(c)));
+    let (_, ended) = cluster.state.lock().metrics.totals_of("default");
+    assert_eq!(ended.canceled, 2);
 }
 
 #[test]
