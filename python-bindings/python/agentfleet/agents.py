@@ -85,8 +85,10 @@ from agentfleet._native import FleetError, UnavailableError, _AgentHost
 
 __all__ = ["AgentContext", "AgentFile", "AgentTask", "agent", "MAX_CONTEXTS"]
 
-#: The most per-conversation instances one agent keeps in one process.
-MAX_CONTEXTS = 10_000
+#: The most per-conversation instances one agent keeps in one process: as many as the head
+#: keeps actors' states for a tenant, so one worker can hold every actor of a tenant
+#: (what an idle instance costs: benches/python/actors_at_scale.py, BENCHMARKS.md).
+MAX_CONTEXTS = 100_000
 
 _log = logging.getLogger("agentfleet.agents")
 
