@@ -73,9 +73,10 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    atexit.register(stop_all)
     folder = tempfile.mkdtemp(prefix="fleet-actor-bench-")
+    # atexit runs last-registered first: the processes stop before their folder goes.
     atexit.register(shutil.rmtree, folder, True)
+    atexit.register(stop_all)
     with open(os.path.join(folder, MODULE + ".py"), "w") as f:
         f.write(textwrap.dedent(AGENTS))
     sys.path.insert(0, folder)
