@@ -31,18 +31,13 @@ per task beside it (from /proc). Every process started is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import statistics
-import sys
-import tempfile
-import textwrap
 import time
 
 # The same process handling as the Python agents' benchmark beside this one.
-from python_agents_vs_ray import file_store_cluster, stop_all
+from python_agents_vs_ray import agents_cluster
 
 MODULE = "actor_bench_agents"
 AGENTS = '''
@@ -73,16 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    folder = tempfile.mkdtemp(prefix="fleet-actor-bench-")
-    # atexit runs last-registered first: the processes stop before their folder goes.
-    atexit.register(shutil.rmtree, folder, True)
-    atexit.register(stop_all)
-    with open(os.path.join(folder, MODULE + ".py"), "w") as f:
-        f.write(textwrap.dedent(AGENTS))
-    sys.path.insert(0, folder)
-    agents = __import__(MODULE)
-    env = dict(os.environ, RUST_LOG="warn", PYTHONPATH=folder)
-    fleet, head, (worker,) = file_store_cluster(folder, MODULE, 1, env)
+    agents, fleet, head, (worker,) = agents_cluster("fleet-actor-bench-", MODULE, AGENTS, 1)
     plain, actor = fleet.agent(agents.plain), fleet.agent(agents.actor)
     counter = iter(range(10**9))
 

@@ -186,6 +186,24 @@ def head_command(explicit: "str | None") -> list[str]:
     return [sys.executable, "-m", "agentfleet", "head"]
 
 
+def agents_cluster(prefix: str, module: str, source: str, workers: int):
+    """The agents in `source` written to `module` in a temporary folder and imported, and a
+    file-store cluster of `workers` Python workers importing them: (the imported module,
+    fleet handle, head, workers). Everything started is stopped at exit, then the folder
+    removed (atexit runs the last registered first)."""
+    import textwrap
+
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, True)
+    atexit.register(stop_all)
+    with open(os.path.join(folder, module + ".py"), "w") as f:
+        f.write(textwrap.dedent(source))
+    sys.path.insert(0, folder)
+    agents = __import__(module)
+    env = dict(os.environ, RUST_LOG="warn", PYTHONPATH=folder)
+    return (agents, *file_store_cluster(folder, module, workers, env))
+
+
 def file_store_cluster(folder: str, module: str, workers: int, env: dict):
     """A `fleet-head` keeping its default file store under `folder` and `workers` Python
     workers importing `module`, on 127.0.0.1, all joined: (fleet handle, head, workers)."""

@@ -38,19 +38,15 @@ stopped at the end.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import textwrap
 import time
 
 # The same process handling as the Python agents' benchmark beside this one.
-from python_agents_vs_ray import file_store_cluster, spawn, stop_all
+from python_agents_vs_ray import agents_cluster, spawn
 
 MODULE = "topic_bench_agents"
 AGENTS = '''
@@ -94,16 +90,8 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    folder = tempfile.mkdtemp(prefix="fleet-topic-bench-")
-    # atexit runs last-registered first: the processes stop before their folder goes.
-    atexit.register(shutil.rmtree, folder, True)
-    atexit.register(stop_all)
-    with open(os.path.join(folder, MODULE + ".py"), "w") as f:
-        f.write(textwrap.dedent(AGENTS))
-    sys.path.insert(0, folder)
-    agents = __import__(MODULE)
-    env = dict(os.environ, RUST_LOG="warn", PYTHONPATH=folder)
-    fleet, _, _ = file_store_cluster(folder, MODULE, 2, env)
+    agents, fleet, _, _ = agents_cluster("fleet-topic-bench-", MODULE, AGENTS, 2)
+    env = dict(os.environ, RUST_LOG="warn")
     address = fleet.address
     publisher = fleet.agent(agents.publisher, topics=["bench"])
     batcher = fleet.agent(agents.batcher, topics=["bench"])
