@@ -1,10 +1,11 @@
 //! The libp2p stack of a mesh node: TCP + noise + yamux, and one behaviour made of an allow
-//! list, identify, request-response for asks and gossipsub for topics.
+//! list, a bound on connections, identify, request-response for asks and gossipsub for
+//! topics.
 
 use std::{sync::Arc, time::Duration};
 
 use libp2p::{
-    Swarm, SwarmBuilder, allow_block_list, gossipsub, identify, identity, noise,
+    Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub, identify, identity, noise,
     request_response::{self, ProtocolSupport},
     swarm::NetworkBehaviour,
     tcp, yamux,
@@ -34,11 +35,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 /// payload, so its limit is the frame limit plus this much.
 const GOSSIP_OVERHEAD: usize = 64 * 1024;
 
+/// How often gossipsub maintains its mesh (grafts, prunes, gossip about recent messages):
+/// a node whose neighbours just connected forwards topic messages once grafted, so sooner
+/// than libp2p's default of a second. One topic (the carrier) keeps each beat cheap.
+const GOSSIP_HEARTBEAT: Duration = Duration::from_millis(300);
+
 /// The behaviour of a mesh node. The allow list comes first: any behaviour denying a
 /// connection closes it, and it is the one that does.
 #[derive(NetworkBehaviour)]
 pub(crate) struct MeshBehaviour {
     pub(crate) allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    /// The hard bound: twice `max_peers` connections (the node closes unused ones well
+    /// before), two per peer (a pair's crossing dials, until one closes).
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) call: request_response::Behaviour<MeshCodec>,
     pub(crate) gossip: gossipsub::Behaviour,
@@ -50,6 +59,7 @@ pub(crate) struct MeshBehaviour {
 pub(crate) struct StackSettings {
     pub(crate) request_timeout: Duration,
     pub(crate) max_frame_bytes: usize,
+    pub(crate) max_peers: usize,
 }
 
 fn behaviour(
@@ -70,17 +80,19 @@ fn behaviour(
             .with_max_concurrent_streams(MAX_CALL_STREAMS),
     );
 
-    // Every node is connected to every other and publishes straight to all subscribers
-    // (flood_publish), so the mesh only adds a forwarding path; small numbers suit a cluster
-    // of a handful of workers. They must satisfy
+    // A node publishes straight to every connected peer (flood_publish: its overlay
+    // neighbours, a handful in a small cluster, all of them), and each forwards to its
+    // gossipsub mesh of 4 to 8 of its own, so a message crosses the overlay in a few hops
+    // with each node sending it a bounded number of times. They must satisfy
     // mesh_outbound_min <= mesh_n_low <= mesh_n <= mesh_n_high and 2 * mesh_outbound_min <= mesh_n.
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .flood_publish(true)
-        .mesh_n(4)
-        .mesh_n_low(2)
+        .heartbeat_interval(GOSSIP_HEARTBEAT)
+        .mesh_n(6)
+        .mesh_n_low(4)
         .mesh_n_high(8)
-        .mesh_outbound_min(1)
+        .mesh_outbound_min(2)
         .max_transmit_size(settings.max_frame_bytes + GOSSIP_OVERHEAD)
         .build()?;
     let gossip = gossipsub::Behaviour::new(
@@ -88,8 +100,12 @@ fn behaviour(
         gossip_config,
     )?;
 
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(u32::try_from(2 * settings.max_peers).ok())
+        .with_max_established_per_peer(Some(2));
     Ok(MeshBehaviour {
         allow: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(limits),
         identify,
         call,
         gossip,
@@ -97,8 +113,8 @@ fn behaviour(
     })
 }
 
-/// Builds the swarm. Connections never idle out: an allowed peer stays connected until it
-/// is removed from the allow list or goes away.
+/// Builds the swarm. Connections never idle out on libp2p's own timer (a call stream would
+/// keep them alive anyway): the node closes those nobody uses itself (see `crate::node`).
 pub(crate) fn build_swarm(
     key: identity::Keypair,
     settings: &StackSettings,

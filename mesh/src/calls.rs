@@ -29,6 +29,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::activity::Activity;
 use crate::counters::{self, Counters};
 use crate::{IncomingCall, MeshError, MeshRequest, MeshResponse, Result, codec};
 
@@ -80,6 +81,8 @@ pub(crate) struct Calls {
     opening: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     incoming: mpsc::Sender<IncomingCall>,
     counters: Arc<Counters>,
+    /// What each peer's connection is used for (the node closes the idle ones).
+    activity: Arc<Activity>,
     max_frame: usize,
     timeout: Duration,
 }
@@ -89,6 +92,7 @@ impl Calls {
         control: libp2p_stream::Control,
         incoming: mpsc::Sender<IncomingCall>,
         counters: Arc<Counters>,
+        activity: Arc<Activity>,
         max_frame: usize,
         timeout: Duration,
     ) -> Result<Arc<Self>> {
@@ -103,6 +107,7 @@ impl Calls {
             opening: Mutex::default(),
             incoming,
             counters,
+            activity,
             max_frame,
             timeout,
         });
@@ -137,6 +142,9 @@ impl Calls {
             return Err(MeshError::UnknownPeer(peer.to_string()));
         }
         let timeout = self.timeout;
+        // The peer's connection (made for this ask if there was none) stays open while the
+        // ask waits.
+        let _in_use = self.activity.ask(peer);
         let asked = async {
             let link = self.link(peer, connected).await?;
             let id = link.next_id.fetch_add(1, Ordering::Relaxed);
@@ -182,8 +190,8 @@ impl Calls {
         if let Some(link) = self.links.lock().get(&peer) {
             return Ok(link.clone());
         }
-        // The node connects to allowed peers itself (one connection per pair); opening a
-        // stream before that would dial a second one.
+        // `connected` has the node connect (it knows whether a connection is being made
+        // already); opening a stream before that would dial a second one.
         let opened = async {
             if !connected.await {
                 return Err(MeshError::PeerGone(peer.to_string()));
@@ -296,6 +304,7 @@ impl Calls {
             };
             let answer = match answer {
                 Answer::Now(response) => {
+                    drop(self.activity.answer(peer));
                     // Written without waiting: with the write queue full the asker is not
                     // reading, and times out instead.
                     if let Some(frame) = answer_frame(id, response, self.max_frame) {
@@ -313,8 +322,9 @@ impl Calls {
             let (frames, max_frame) = (frames.clone(), self.max_frame);
             let timeout = self.timeout + ANSWER_GRACE;
             let open = open.clone();
+            let in_use = self.activity.answer(peer);
             tokio::spawn(async move {
-                let _slot = slot;
+                let (_slot, _in_use) = (slot, in_use);
                 let answered = tokio::select! {
                     answered = tokio::time::timeout(timeout, answer) => answered,
                     // The asker gave up: dropping `answer` cancels the worker's run; nobody

@@ -21,6 +21,8 @@ pub struct MeshCounters {
     pub messages_dropped: u64,
     /// Sequence numbers given up on after a gap did not fill in time.
     pub gaps_skipped: u64,
+    /// Connections this node closed because nobody used them (idle, or over its bound).
+    pub connections_closed: u64,
 }
 
 /// The live atomics behind [`MeshCounters`].
@@ -34,6 +36,7 @@ pub(crate) struct Counters {
     pub(crate) frames_rejected: AtomicU64,
     pub(crate) messages_dropped: AtomicU64,
     pub(crate) gaps_skipped: AtomicU64,
+    pub(crate) connections_closed: AtomicU64,
 }
 
 /// Adds `n` to a counter. Relaxed: the counters are statistics, nothing synchronises on them.
@@ -53,6 +56,7 @@ impl Counters {
             frames_rejected: get(&self.frames_rejected),
             messages_dropped: get(&self.messages_dropped),
             gaps_skipped: get(&self.gaps_skipped),
+            connections_closed: get(&self.connections_closed),
         }
     }
 }

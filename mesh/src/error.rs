@@ -36,10 +36,10 @@ pub enum MeshError {
     #[error("wire format error: {0}")]
     Codec(String),
 
-    /// Published locally, but no other node subscribes to the topic, so nothing went over the
-    /// mesh. Local subscribers did get the message.
+    /// Published locally, but the node had no connected peer to pass it on to, so nothing
+    /// went over the mesh. Local subscribers did get the message.
     #[error(
-        "message {seq} on topic {topic} was delivered locally only: no other node subscribes to the topic (or their subscriptions had not arrived within the grace period)"
+        "message {seq} on topic {topic} was delivered locally only: the node is connected to no other node of the mesh (or none had connected within the grace period)"
     )]
     NoSubscribers {
         /// The topic published on.

@@ -17,6 +17,7 @@
 //!
 //! This crate depends on none of the other agentfleet crates; the worker converts at its edge.
 
+mod activity;
 pub mod codec;
 mod counters;
 mod error;
@@ -28,6 +29,7 @@ mod messages;
 mod behaviour;
 mod calls;
 mod node;
+mod overlay;
 mod reorder;
 
 pub use counters::MeshCounters;

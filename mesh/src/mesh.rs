@@ -9,12 +9,13 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::activity::Activity;
 use crate::calls::Calls;
 use crate::{
     AgentCall, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
     codec::MAX_FRAME_CEILING,
     counters::{Counters, MeshCounters},
-    node::{COMMAND_QUEUE, Command, Node, WantedPeers},
+    node::{COMMAND_QUEUE, Command, Node, NodeShared, WantedPeers},
 };
 
 /// How a mesh node is set up. Start from `MeshConfig::default()` and change what you need.
@@ -37,6 +38,13 @@ pub struct MeshConfig {
     /// How long a missing topic message is waited for before the ones after it are
     /// delivered anyway. Default 2 s.
     pub gap_timeout: Duration,
+    /// Connections the node keeps: its overlay links (about 2·log₂ of the peers) and the
+    /// ones its asks and calls use. Past it, the least recently used idle ones close within
+    /// a second or so; a node never holds more than twice it (further connections are
+    /// refused until some close). At least 4; default 64.
+    pub max_peers: usize,
+    /// How long a connection made for asks stays open unused. Default 60 s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for MeshConfig {
@@ -49,6 +57,8 @@ impl Default for MeshConfig {
             incoming_capacity: 1024,
             subscription_capacity: 4096,
             gap_timeout: Duration::from_secs(2),
+            max_peers: 64,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -64,6 +74,8 @@ impl std::fmt::Debug for MeshConfig {
             .field("incoming_capacity", &self.incoming_capacity)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("gap_timeout", &self.gap_timeout)
+            .field("max_peers", &self.max_peers)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -85,6 +97,12 @@ impl MeshConfig {
         }
         if self.incoming_capacity == 0 || self.subscription_capacity == 0 {
             return fail("incoming_capacity and subscription_capacity must be at least 1".into());
+        }
+        if self.max_peers < 4 {
+            return fail(format!("max_peers is {}; it must be at least 4", self.max_peers));
+        }
+        if self.idle_timeout.is_zero() {
+            return fail("idle_timeout is zero".into());
         }
         Ok(())
     }
@@ -179,20 +197,21 @@ impl Mesh {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let wanted_peers = WantedPeers::default();
         let (incoming, incoming_rx) = mpsc::channel(config.incoming_capacity);
+        let activity = Arc::new(Activity::default());
 
-        let mut node = Node::new(
-            keypair,
-            &config,
-            counters.clone(),
-            listen_addrs.clone(),
-            command_rx,
-            wanted_peers.clone(),
-            incoming.clone(),
-        )?;
+        let shared = NodeShared {
+            counters: counters.clone(),
+            listen_addrs: listen_addrs.clone(),
+            wanted_peers: wanted_peers.clone(),
+            incoming: incoming.clone(),
+            activity: activity.clone(),
+        };
+        let mut node = Node::new(keypair, &config, shared, command_rx)?;
         let calls = Calls::new(
             node.stream_control(),
             incoming,
             counters.clone(),
+            activity,
             config.max_frame_bytes,
             config.request_timeout,
         )?;
@@ -223,9 +242,12 @@ impl Mesh {
         Ok((Mesh { shared: Arc::new(shared) }, incoming_rx))
     }
 
-    /// Waits until the node is connected to `peer` (false if the node stopped first); the
-    /// caller bounds the wait.
+    /// Connects to `peer` unless connected already, and waits until it is (false if the
+    /// node stopped first); the caller bounds the wait.
     async fn connected(&self, peer: PeerId) -> bool {
+        if self.send(Command::Connect { peer }).await.is_err() {
+            return false;
+        }
         let peer = peer.to_string();
         loop {
             let (reply, answer) = oneshot::channel();
@@ -252,10 +274,11 @@ impl Mesh {
     }
 
     /// Makes the allow list exactly `peers` (this node itself is left out). New peers are
-    /// allowed and connected to (by the side with the smaller peer id, so each pair has one
-    /// connection); removed ones are disconnected and refused, and asks waiting on them fail
-    /// with [`MeshError::PeerGone`]. Entries with an invalid peer id or address are logged
-    /// and left out.
+    /// allowed; the node connects to those that are its overlay neighbours (see
+    /// [`crate::overlay`]; the side with the smaller peer id dials, so each pair has one
+    /// connection) and to the others only when it asks them. Removed ones are disconnected
+    /// and refused, and asks waiting on them fail with [`MeshError::PeerGone`]. Entries with
+    /// an invalid peer id or address are logged and left out.
     pub fn set_peers(&self, peers: Vec<Peer>) {
         let mut parsed = Vec::with_capacity(peers.len());
         for peer in peers {
@@ -274,9 +297,10 @@ impl Mesh {
         let _ = self.shared.commands.try_send(Command::PeersChanged);
     }
 
-    /// Asks a peer and waits for its answer. A peer that is allowed but not connected yet is
-    /// waited for, up to the request timeout; the answer is then waited for up to the request
-    /// timeout too.
+    /// Asks a peer and waits for its answer. A peer that is allowed but not connected is
+    /// connected to, up to the request timeout; the answer is then waited for up to the
+    /// request timeout too. The connection stays open while asks use it, and closes once
+    /// unused for the idle timeout.
     pub async fn ask(&self, peer_id: &str, request: MeshRequest) -> Result<MeshResponse> {
         let peer =
             PeerId::from_str(peer_id).map_err(|_| MeshError::UnknownPeer(peer_id.to_string()))?;
@@ -286,11 +310,13 @@ impl Mesh {
     }
 
     /// Publishes `body` on `topic` as `publisher` and returns its sequence number (per topic
-    /// and publisher on this node, from 1). Subscribers on this node always get it. If no
-    /// other node subscribes to the topic the result is [`MeshError::NoSubscribers`] (with
-    /// the seq); while peers are still connecting, the message is held for up to two seconds
-    /// for their subscriptions to arrive. Other gossipsub failures are
-    /// [`MeshError::Publish`]. Messages from one publisher go out in publishing order.
+    /// and publisher on this node, from 1). Subscribers on this node always get it; the
+    /// message goes to every node of the mesh by gossip, and each hands it to its own
+    /// subscribers of the topic. If the node has no connected peer to pass it on to, the
+    /// result is [`MeshError::NoSubscribers`] (with the seq); while overlay neighbours are
+    /// still connecting, the message is held for up to two seconds for them. Other gossipsub
+    /// failures are [`MeshError::Publish`]. Messages from one publisher go out in publishing
+    /// order.
     pub async fn publish(&self, topic: &str, publisher: &str, body: String) -> Result<u64> {
         let (reply, result) = oneshot::channel();
         self.send(Command::Publish {
@@ -317,15 +343,6 @@ impl Mesh {
     pub async fn connected_peers(&self) -> Vec<String> {
         let (reply, peers) = oneshot::channel();
         if self.send(Command::ConnectedPeers { reply }).await.is_err() {
-            return Vec::new();
-        }
-        peers.await.unwrap_or_default()
-    }
-
-    /// Connected peers whose subscription to `topic` this node has seen.
-    pub async fn topic_peers(&self, topic: &str) -> Vec<String> {
-        let (reply, peers) = oneshot::channel();
-        if self.send(Command::TopicPeers { topic: topic.to_string(), reply }).await.is_err() {
             return Vec::new();
         }
         peers.await.unwrap_or_default()

@@ -6,10 +6,21 @@
 //! handed over through a bounded channel with a oneshot for the answer, and the libp2p
 //! response channel waits in a map until that oneshot completes (polled alongside the
 //! swarm). A 100 ms tick drives redials, the closing of connections whose peer never
-//! identified itself, held publishes and gap timeouts.
+//! identified itself or that nobody uses, held publishes and gap timeouts.
+//!
+//! Connections: a node stays connected to its few overlay neighbours ([`crate::overlay`]),
+//! which carry the topics, and connects to any other listed peer when an ask needs it. A
+//! connection no ask or call has used for the idle timeout is closed, and so are the
+//! least recently used ones, sooner, when the node holds more than its bound.
+//!
+//! Topics: every node subscribes to one gossipsub topic, the carrier, and every topic
+//! message travels on it with its topic inside, so a message reaches every node through the
+//! overlay, each node forwarding it to a bounded number of neighbours (gossipsub's mesh), and
+//! each node hands it to its own subscribers of the topic. Gossip per topic would need each
+//! topic's subscribers to be neighbours; the carrier needs only the overlay to be connected.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -37,10 +48,12 @@ use tokio::sync::{
 
 use crate::{
     IncomingCall, MeshConfig, MeshError, MeshRequest, MeshResponse, Result, TopicMessage,
+    activity::Activity,
     behaviour::{MeshBehaviour, MeshBehaviourEvent, StackSettings, build_swarm},
     codec,
     counters::{self, Counters},
     messages::GossipFrame,
+    overlay,
     reorder::Reorder,
 };
 
@@ -66,6 +79,11 @@ const PUBLISH_HOLD: Duration = Duration::from_secs(2);
 /// After the listeners report their first address, how long to wait for the rest of a
 /// wildcard listener's burst (one address per interface).
 const LISTEN_SETTLE: Duration = Duration::from_millis(50);
+/// The gossipsub topic every node subscribes to and every topic message travels on.
+const CARRIER: &str = "/agentfleet/topics/1";
+/// How long a connection must have gone unused before it is closed to keep the node under
+/// its bound (sooner than the idle timeout).
+const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// What the handle asks the swarm task to do.
 /// The allow list a node is asked to take: only the latest matters, so it waits in one slot
@@ -78,16 +96,36 @@ pub(crate) const COMMAND_QUEUE: usize = 1024;
 
 pub(crate) enum Command {
     PeersChanged,
-    Publish { topic: String, publisher: String, body: String, reply: oneshot::Sender<Result<u64>> },
-    Subscribe { topic: String, sender: mpsc::Sender<TopicMessage> },
-    ConnectedPeers { reply: oneshot::Sender<Vec<String>> },
-    TopicPeers { topic: String, reply: oneshot::Sender<Vec<String>> },
-    Shutdown { done: oneshot::Sender<()> },
+    /// An ask waits for this peer: connect to it if not connected.
+    Connect {
+        peer: PeerId,
+    },
+    Publish {
+        topic: String,
+        publisher: String,
+        body: String,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Subscribe {
+        topic: String,
+        sender: mpsc::Sender<TopicMessage>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// An allowed peer.
 struct PeerState {
     addrs: Vec<Multiaddr>,
+    /// An overlay neighbour: kept connected (dialed by the smaller peer id), never closed
+    /// as idle.
+    overlay: bool,
+    /// Since when it has had a connection.
+    connected_at: Option<Instant>,
     /// Open connections, each with whether it is the one both sides prefer (dialed by the
     /// smaller peer id).
     connections: Vec<(ConnectionId, bool)>,
@@ -95,8 +133,11 @@ struct PeerState {
     ready_since: Option<Instant>,
     /// Since when the peer has had a connection without identifying itself on it.
     unidentified_since: Option<Instant>,
-    /// Until then, a publish that finds no subscriber waits (the peer may still subscribe).
+    /// Until then (or until it takes the carrier), this node's publishes wait for an overlay
+    /// neighbour: published before it takes the carrier, a message would skip it.
     settling_until: Instant,
+    /// Its subscription to the carrier has arrived: published messages go to it.
+    on_carrier: bool,
     redial_at: Option<Instant>,
     backoff: Duration,
 }
@@ -105,13 +146,22 @@ impl PeerState {
     fn new(addrs: Vec<Multiaddr>, now: Instant) -> Self {
         Self {
             addrs,
+            overlay: false,
+            connected_at: None,
             connections: Vec::new(),
             ready_since: None,
             unidentified_since: None,
             settling_until: now + CONNECT_GRACE,
+            on_carrier: false,
             redial_at: None,
             backoff: REDIAL_FIRST,
         }
+    }
+
+    /// Whether this node (re)connects to the peer: an overlay neighbour whose link it dials,
+    /// or a peer an ask of this node waits for.
+    fn dials(&self, local_is_smaller: bool, asking: bool) -> bool {
+        (self.overlay && local_is_smaller) || asking
     }
 
     fn schedule_redial(&mut self, now: Instant) {
@@ -159,6 +209,15 @@ struct InboundCall {
     _abandon: oneshot::Sender<()>,
 }
 
+/// What the node shares with the handle and the call streams.
+pub(crate) struct NodeShared {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+    pub(crate) wanted_peers: WantedPeers,
+    pub(crate) incoming: mpsc::Sender<IncomingCall>,
+    pub(crate) activity: Arc<Activity>,
+}
+
 pub(crate) struct Node {
     swarm: Swarm<MeshBehaviour>,
     local: PeerId,
@@ -172,6 +231,12 @@ pub(crate) struct Node {
     wanted_peers: WantedPeers,
     incoming: mpsc::Sender<IncomingCall>,
     peers: HashMap<PeerId, PeerState>,
+    /// What each peer's connection is used for.
+    activity: Arc<Activity>,
+    /// Connections the node keeps before closing idle ones early.
+    max_peers: usize,
+    idle_timeout: Duration,
+    carrier: IdentTopic,
     /// Incoming calls handed to the worker, by local id.
     inbound: HashMap<u64, InboundCall>,
     next_inbound: u64,
@@ -191,17 +256,22 @@ impl Node {
     pub(crate) fn new(
         keypair: identity::Keypair,
         config: &MeshConfig,
-        counters: Arc<Counters>,
-        listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+        shared: NodeShared,
         commands: mpsc::Receiver<Command>,
-        wanted_peers: WantedPeers,
-        incoming: mpsc::Sender<IncomingCall>,
     ) -> Result<Self> {
+        let NodeShared { counters, listen_addrs, wanted_peers, incoming, activity } = shared;
         let settings = StackSettings {
             request_timeout: config.request_timeout,
             max_frame_bytes: config.max_frame_bytes,
+            max_peers: config.max_peers,
         };
-        let swarm = build_swarm(keypair, &settings, counters.clone())?;
+        let mut swarm = build_swarm(keypair, &settings, counters.clone())?;
+        let carrier = IdentTopic::new(CARRIER);
+        swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(&carrier)
+            .map_err(|e| MeshError::Start(format!("cannot subscribe to the topic carrier: {e}")))?;
         let local = *swarm.local_peer_id();
         let epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -219,6 +289,10 @@ impl Node {
             wanted_peers,
             incoming,
             peers: HashMap::new(),
+            activity,
+            max_peers: config.max_peers,
+            idle_timeout: config.idle_timeout,
+            carrier,
             inbound: HashMap::new(),
             next_inbound: 0,
             replies: FuturesUnordered::new(),
@@ -315,6 +389,11 @@ impl Node {
         }
         match command {
             Command::PeersChanged => {}
+            Command::Connect { peer } => {
+                if self.peers.get(&peer).is_some_and(|state| state.connections.is_empty()) {
+                    self.dial(peer, now);
+                }
+            }
             Command::Publish { topic, publisher, body, reply } => {
                 self.publish(topic, publisher, body, reply, now);
             }
@@ -327,18 +406,6 @@ impl Node {
                     .map(|(peer, _)| peer.to_string())
                     .collect();
                 let _ = reply.send(ready);
-            }
-            Command::TopicPeers { topic, reply } => {
-                let hash = IdentTopic::new(topic).hash();
-                let peers = self
-                    .swarm
-                    .behaviour()
-                    .gossip
-                    .all_peers()
-                    .filter(|(_, topics)| topics.contains(&&hash))
-                    .map(|(peer, _)| peer.to_string())
-                    .collect();
-                let _ = reply.send(peers);
             }
             // Handled by the loop, which has to end.
             Command::Shutdown { done } => {
@@ -357,28 +424,35 @@ impl Node {
         for peer in removed {
             self.remove_peer(peer);
         }
+        let neighbours = overlay::neighbours(
+            self.local,
+            wanted.keys().copied(),
+            overlay::distances(self.max_peers),
+        );
+        let mut to_dial = Vec::new();
         for (peer, addrs) in wanted {
-            match self.peers.get_mut(&peer) {
-                Some(state) => {
-                    if state.addrs != addrs {
-                        state.addrs = addrs;
-                        if state.connections.is_empty() && self.local < peer {
-                            state.redial_at = Some(now);
-                        }
-                    }
-                }
-                None => {
-                    self.swarm.behaviour_mut().allow.allow_peer(peer);
-                    self.peers.insert(peer, PeerState::new(addrs, now));
-                    // One connection per pair: only the smaller peer id dials. Two would let
-                    // gossip messages overtake each other.
-                    if self.local < peer {
-                        self.dial(peer, now);
-                    }
-                }
+            let is_new = !self.peers.contains_key(&peer);
+            if is_new {
+                self.swarm.behaviour_mut().allow.allow_peer(peer);
+            }
+            let state =
+                self.peers.entry(peer).or_insert_with(|| PeerState::new(addrs.clone(), now));
+            let moved = state.addrs != addrs;
+            state.addrs = addrs;
+            state.overlay = neighbours.contains(&peer);
+            // One connection per pair: only the smaller peer id dials an overlay link (asks
+            // dial whoever asks; a crossing pair of dials keeps the one both ends prefer).
+            if state.connections.is_empty()
+                && (moved || state.redial_at.is_none())
+                && state.dials(self.local < peer, self.activity.is_asking(&peer))
+            {
+                to_dial.push(peer);
             }
         }
-        tracing::info!(peers = self.peers.len(), "peer list set");
+        for peer in to_dial {
+            self.dial(peer, now);
+        }
+        tracing::info!(peers = self.peers.len(), neighbours = neighbours.len(), "peer list set");
     }
 
     fn remove_peer(&mut self, peer: PeerId) {
@@ -426,6 +500,7 @@ impl Node {
         // Not allowed: the allow list closes it.
         let Some(state) = self.peers.get_mut(&peer) else { return };
         state.redial_at = None;
+        state.connected_at.get_or_insert(now);
         if state.ready_since.is_none() && state.unidentified_since.is_none() {
             state.unidentified_since = Some(now);
         }
@@ -450,17 +525,22 @@ impl Node {
 
     fn on_disconnected(&mut self, peer: PeerId, connection: ConnectionId, now: Instant) {
         let local_is_smaller = self.local < peer;
+        let asking = self.activity.is_asking(&peer);
         let Some(state) = self.peers.get_mut(&peer) else { return };
         state.connections.retain(|(id, _)| *id != connection);
         if !state.connections.is_empty() {
             return;
         }
         state.unidentified_since = None;
+        state.connected_at = None;
+        state.on_carrier = false;
         if state.ready_since.take().is_some() {
-            tracing::info!(%peer, "peer disconnected");
+            tracing::debug!(%peer, "peer disconnected");
         }
-        if local_is_smaller {
+        if state.dials(local_is_smaller, asking) {
             state.schedule_redial(now);
+        } else {
+            self.activity.forget(&peer);
         }
     }
 
@@ -508,6 +588,44 @@ impl Node {
         for peer in stuck {
             tracing::warn!(%peer, grace = ?IDENTIFY_GRACE, "connected but not identified in time; closing the connection to connect again");
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Closes the connections nobody uses: an overlay link is always kept, and so is a
+    /// connection with an ask waiting on it or a call being answered; the others close once
+    /// idle for the idle timeout, or, while the node holds more than `max_peers`, the least
+    /// recently used ones that have been idle for a moment.
+    fn close_unused(&mut self, now: Instant) {
+        let answering: HashSet<PeerId> = self.inbound.values().map(|call| call.peer).collect();
+        let mut connected = 0;
+        let mut idle = Vec::new();
+        let mut evictable = Vec::new();
+        for (peer, state) in &self.peers {
+            let Some(connected_at) = state.connected_at else { continue };
+            connected += 1;
+            if state.overlay || answering.contains(peer) {
+                continue;
+            }
+            if self.activity.idle_for(peer, connected_at, now, self.idle_timeout) {
+                idle.push(*peer);
+            } else if let Some(last) = self.activity.last_use(peer, connected_at)
+                && now >= last + EVICT_AFTER
+            {
+                evictable.push((last, *peer));
+            }
+        }
+        let over = (connected - idle.len()).saturating_sub(self.max_peers);
+        evictable.sort_unstable();
+        let evicted = evictable.into_iter().take(over).map(|(_, peer)| peer);
+        let closing: Vec<PeerId> = idle.into_iter().chain(evicted).collect();
+        for peer in closing {
+            tracing::debug!(%peer, "closing an unused connection");
+            counters::add(&self.counters.connections_closed, 1);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            // Not counted again while it closes.
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.connected_at = None;
+            }
         }
     }
 
@@ -595,18 +713,9 @@ impl Node {
 
     // ---- topics ----
 
+    /// Subscribes locally: the node takes every topic's messages (on the carrier) already.
     fn subscribe(&mut self, topic: String, sender: mpsc::Sender<TopicMessage>) {
-        if let Some(senders) = self.subscribers.get_mut(&topic) {
-            senders.push(sender);
-            return;
-        }
-        match self.swarm.behaviour_mut().gossip.subscribe(&IdentTopic::new(topic.clone())) {
-            // Dropping the sender closes the receiver: the subscriber sees the failure.
-            Err(error) => tracing::warn!(%topic, ?error, "cannot subscribe to topic"),
-            Ok(_) => {
-                self.subscribers.insert(topic, vec![sender]);
-            }
-        }
+        self.subscribers.entry(topic).or_default().push(sender);
     }
 
     fn publish(
@@ -663,16 +772,19 @@ impl Node {
         held: HeldPublish,
         now: Instant,
     ) -> Option<HeldPublish> {
-        let gossip_topic = IdentTopic::new(topic);
-        let result = self.swarm.behaviour_mut().gossip.publish(gossip_topic, held.bytes.clone());
+        // A neighbour that is connecting would miss the message (flood publishing sends it
+        // to the peers on the carrier now; forwarding to it waits for gossipsub's mesh).
+        let settling =
+            self.peers.values().any(|p| p.overlay && !p.on_carrier && now < p.settling_until);
+        if settling && now < held.deadline {
+            return Some(held);
+        }
+        let carrier = self.carrier.clone();
+        let result = self.swarm.behaviour_mut().gossip.publish(carrier, held.bytes.clone());
         let seq = held.seq;
         let outcome = match result {
             Ok(_) => Ok(seq),
             Err(PublishError::NoPeersSubscribedToTopic) => {
-                let settling = self.peers.values().any(|p| now < p.settling_until);
-                if settling && now < held.deadline {
-                    return Some(held);
-                }
                 Err(MeshError::NoSubscribers { topic: topic.to_string(), seq })
             }
             Err(PublishError::MessageTooLarge) => Err(MeshError::Codec(format!(
@@ -709,16 +821,16 @@ impl Node {
             tracing::debug!(node = %source, "dropping a topic message from a node not in the peer list");
             return;
         }
-        let topic = message.topic.as_str();
-        if !self.subscribers.contains_key(topic) {
+        if message.topic != self.carrier.hash() {
+            tracing::debug!(node = %source, topic = %message.topic, "dropping a gossip message off the carrier");
             return;
         }
         let mut frame: GossipFrame = match codec::decode(&message.data, self.max_frame) {
             Ok(frame) => frame,
-            Err(error) => return self.reject_gossip(source, topic, &error.to_string()),
+            Err(error) => return self.reject_gossip(source, &error.to_string()),
         };
-        if frame.message.topic != topic {
-            return self.reject_gossip(source, topic, "the message names another topic");
+        if !self.subscribers.contains_key(&frame.message.topic) {
+            return;
         }
         frame.message.node = source.to_string();
         counters::add(&self.counters.messages_received, 1);
@@ -730,9 +842,9 @@ impl Node {
         }
     }
 
-    fn reject_gossip(&self, source: PeerId, topic: &str, reason: &str) {
+    fn reject_gossip(&self, source: PeerId, reason: &str) {
         counters::add(&self.counters.frames_rejected, 1);
-        tracing::warn!(node = %source, %topic, %reason, "dropping a malformed topic message");
+        tracing::warn!(node = %source, %reason, "dropping a malformed topic message");
     }
 
     /// Hands a message to this node's subscribers of its topic.
@@ -755,7 +867,6 @@ impl Node {
 
     fn unsubscribe(&mut self, topic: &str) {
         self.subscribers.remove(topic);
-        self.swarm.behaviour_mut().gossip.unsubscribe(&IdentTopic::new(topic));
         self.reorder.forget_topic(topic);
     }
 
@@ -764,10 +875,24 @@ impl Node {
             gossipsub::Event::Message { message, .. } => self.on_gossip_message(message, now),
             gossipsub::Event::Subscribed { peer_id, topic, .. } => {
                 tracing::debug!(peer = %peer_id, %topic, "peer subscribed");
-                self.flush_held(topic.as_str(), now);
+                if topic == self.carrier.hash()
+                    && let Some(state) = self.peers.get_mut(&peer_id)
+                {
+                    state.on_carrier = true;
+                }
+                // A peer that takes topic messages: held ones can go.
+                let held: Vec<String> = self.held.keys().cloned().collect();
+                for topic in held {
+                    self.flush_held(&topic, now);
+                }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
                 tracing::debug!(peer = %peer_id, %topic, "peer unsubscribed");
+                if topic == self.carrier.hash()
+                    && let Some(state) = self.peers.get_mut(&peer_id)
+                {
+                    state.on_carrier = false;
+                }
             }
             gossipsub::Event::GossipsubNotSupported { peer_id } => {
                 tracing::warn!(peer = %peer_id, "peer does not speak gossipsub; it gets no topic messages");
@@ -802,12 +927,14 @@ impl Node {
                 self.on_disconnected(peer_id, connection_id, now);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                let local_is_smaller = self.local < peer;
-                if let Some(state) = self.peers.get_mut(&peer) {
+                let (local_is_smaller, asking) =
+                    (self.local < peer, self.activity.is_asking(&peer));
+                if let Some(state) = self.peers.get_mut(&peer)
+                    && state.connections.is_empty()
+                    && state.dials(local_is_smaller, asking)
+                {
                     tracing::debug!(%peer, %error, "dialing peer failed; retrying");
-                    if state.connections.is_empty() && local_is_smaller {
-                        state.schedule_redial(now);
-                    }
+                    state.schedule_redial(now);
                 }
             }
             SwarmEvent::IncomingConnectionError { peer_id, error, send_back_addr, .. } => {
@@ -835,16 +962,24 @@ impl Node {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.connections.is_empty() && s.redial_at.is_some_and(|at| at <= now))
-            .map(|(peer, _)| *peer)
-            .collect();
+        let mut due = Vec::new();
+        for (peer, state) in &mut self.peers {
+            if !state.connections.is_empty() || state.redial_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            if state.dials(self.local < *peer, self.activity.is_asking(peer)) {
+                due.push(*peer);
+            } else {
+                // Nobody needs it any more (the ask gave up, or it left the overlay).
+                state.redial_at = None;
+                state.backoff = REDIAL_FIRST;
+            }
+        }
         for peer in due {
             self.dial(peer, now);
         }
         self.close_unidentified(now);
+        self.close_unused(now);
 
         let held: Vec<String> = self.held.keys().cloned().collect();
         for topic in held {

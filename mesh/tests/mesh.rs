@@ -12,6 +12,7 @@ use fleet_mesh::{
     AgentCall, IncomingCall, Mesh, MeshConfig, MeshError, MeshRequest, MeshResponse, Peer,
     TopicMessage,
 };
+use fleet_testkit::wait_until;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
     PeerId, StreamProtocol, Swarm, SwarmBuilder, identify,
@@ -181,20 +182,7 @@ async fn every_subscriber_gets_every_message_in_order() -> anyhow::Result<()> {
         futures::future::join_all(meshes.iter().map(|m| m.subscribe("news"))).await;
     let mut other = b.subscribe("other").await;
     connect_all(&[&a, &b, &c]);
-    for mesh in &meshes {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while mesh.topic_peers("news").await.len() < 2 {
-            ensure!(Instant::now() < deadline, "subscriptions did not propagate");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    for mesh in [&a, &c] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while mesh.topic_peers("other").await.is_empty() {
-            ensure!(Instant::now() < deadline, "subscriptions did not propagate");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    // Nothing more to wait for: a publish holds its messages until the peers connect.
 
     let mut publishers = Vec::new();
     for (mesh, name) in [(a.clone(), "alpha"), (c.clone(), "beta")] {
@@ -891,5 +879,100 @@ async fn a_caller_that_goes_away_cancels_its_open_calls() -> anyhow::Result<()> 
     ensure!(gone == ["open 0", "open 1", "open 2"], "{gone:?}");
     ensure!(stopped_at.elapsed() < Duration::from_secs(10), "{:?}", stopped_at.elapsed());
     b.shutdown().await;
+    Ok(())
+}
+
+/// A hundred nodes that all list each other connect only to their overlay neighbours (at
+/// most 2 per distance, 3 distances for a bound of 12), yet a message published at one
+/// reaches every subscriber, in order, by gossip across the overlay; asks connect to any
+/// node on demand; a node that asked thirty others is back under its bound within a second or
+/// two (least recently used first) and back to its neighbours once its asks' connections
+/// have been idle for the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_nodes_keep_few_connections_and_still_reach_each_other() -> anyhow::Result<()> {
+    init_tracing();
+    const NODES: usize = 100;
+    const MAX_PEERS: usize = 12;
+    let idle_timeout = Duration::from_secs(3);
+    let mut meshes = Vec::with_capacity(NODES);
+    for _ in 0..NODES {
+        let config = MeshConfig {
+            max_peers: MAX_PEERS,
+            idle_timeout,
+            ..config(Duration::from_secs(20), None)
+        };
+        let (mesh, calls) = Mesh::start(config).await?;
+        echo(calls);
+        meshes.push(mesh);
+    }
+    let mut news = Vec::with_capacity(NODES);
+    for mesh in &meshes {
+        news.push(mesh.subscribe("news").await);
+    }
+    let refs: Vec<&Mesh> = meshes.iter().collect();
+    connect_all(&refs);
+    // Each node's overlay: 3 distances (MAX_PEERS / 4), so at most 6 neighbours.
+    for mesh in &meshes {
+        wait_until(Duration::from_secs(30), "a node never connected to its neighbours", || async {
+            Ok(mesh.connected_peers().await.len() >= 6)
+        })
+        .await?;
+    }
+    for mesh in &meshes {
+        let connected = mesh.connected_peers().await.len();
+        ensure!(
+            connected <= 6,
+            "{} is connected to {connected} peers, not its 6 neighbours",
+            mesh.peer_id()
+        );
+    }
+
+    // Node 0 publishes; all hundred get every message in order, most of them several hops away.
+    let publisher = &meshes[0];
+    for i in 1..=20u64 {
+        publisher.publish("news", "zero", format!("news {i}")).await?;
+    }
+    for (n, rx) in news.iter_mut().enumerate() {
+        let got =
+            collect(rx, 20, Duration::from_secs(20)).await.with_context(|| format!("node {n}"))?;
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        ensure!(seqs == (1..=20).collect::<Vec<_>>(), "node {n} got {seqs:?}");
+    }
+
+    // Every node asks one far away (not a neighbour for most), on a connection made for it.
+    let asks = meshes.iter().enumerate().map(|(n, mesh)| {
+        let (mesh, target) = (mesh.clone(), meshes[(n + NODES / 2 + 1) % NODES].peer_id());
+        async move { mesh.ask(&target, call("echo", &format!("from {n}"))).await }
+    });
+    for (n, answer) in futures::future::join_all(asks).await.into_iter().enumerate() {
+        let expected = MeshResponse::Reply { output: format!("from {n}"), is_error: false };
+        ensure!(answer.as_ref().ok() == Some(&expected), "node {n}'s ask got {answer:?}");
+    }
+
+    // One node asks thirty others in turn: each ask is answered, and the node sheds the
+    // connections it no longer uses to stay under its bound.
+    let busy = &meshes[1];
+    for target in meshes.iter().skip(10).take(30) {
+        let answer = busy.ask(&target.peer_id(), MeshRequest::Ping).await?;
+        ensure!(answer == MeshResponse::Pong, "{answer:?}");
+        ensure!(busy.connected_peers().await.len() <= 2 * MAX_PEERS, "over the hard bound");
+    }
+    wait_until(Duration::from_secs(5), "the node did not come back under its bound", || async {
+        Ok(busy.connected_peers().await.len() <= MAX_PEERS)
+    })
+    .await?;
+    ensure!(busy.counters().connections_closed > 0, "nothing was closed");
+    // Once idle, only the overlay is left, everywhere.
+    for mesh in &meshes {
+        wait_until(
+            idle_timeout + Duration::from_secs(10),
+            "idle connections stayed open",
+            || async { Ok(mesh.connected_peers().await.len() <= 6) },
+        )
+        .await?;
+    }
+    for mesh in meshes {
+        mesh.shutdown().await;
+    }
     Ok(())
 }

@@ -830,9 +830,18 @@ impl From<&Command> for pb::Command {
                     is_error: *is_error,
                 })
             }
-            Command::MeshPeers(peers) => Kind::MeshPeers(pb::MeshPeers {
+            Command::MeshPeers(MeshPeers::All(peers)) => Kind::MeshPeers(pb::MeshPeers {
                 peers: peers.iter().cloned().map(Into::into).collect(),
+                changes: false,
+                left: Vec::new(),
             }),
+            Command::MeshPeers(MeshPeers::Changes { joined, left }) => {
+                Kind::MeshPeers(pb::MeshPeers {
+                    peers: joined.iter().cloned().map(Into::into).collect(),
+                    changes: true,
+                    left: left.clone(),
+                })
+            }
             Command::Located { request_id, result } => Kind::Located(match result {
                 Ok(peer) => pb::Located {
                     request_id: *request_id,
@@ -910,7 +919,14 @@ impl TryFrom<pb::Command> for Command {
                 output: r.output,
                 is_error: r.is_error,
             },
-            Kind::MeshPeers(m) => Command::MeshPeers(m.peers.into_iter().map(Into::into).collect()),
+            Kind::MeshPeers(m) => {
+                let peers = m.peers.into_iter().map(Into::into).collect();
+                Command::MeshPeers(if m.changes {
+                    MeshPeers::Changes { joined: peers, left: m.left }
+                } else {
+                    MeshPeers::All(peers)
+                })
+            }
             Kind::Located(l) => Command::Located {
                 request_id: l.request_id,
                 result: if l.error.is_empty() {

@@ -824,6 +824,16 @@ pub struct MeshAddress {
     pub addrs: Vec<String>,
 }
 
+/// The workers on the mesh, as the head tells a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeshPeers {
+    /// Every worker on the mesh (this one included).
+    All(Vec<MeshPeer>),
+    /// What changed since the last list: workers that joined (or whose address changed),
+    /// and the ids of those that left.
+    Changes { joined: Vec<MeshPeer>, left: Vec<String> },
+}
+
 /// A worker on the mesh, as the head lists them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MeshPeer {
@@ -967,8 +977,8 @@ pub enum Command {
         output: String,
         is_error: bool,
     },
-    /// Every worker on the mesh (this one included); the only peers to accept and call.
-    MeshPeers(Vec<MeshPeer>),
+    /// Who is on the mesh: the only peers to accept and call.
+    MeshPeers(MeshPeers),
     /// The answer to a `Locate`: the worker hosting the agent, or why there is none.
     Located {
         request_id: u64,

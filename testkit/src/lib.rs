@@ -28,6 +28,7 @@ pub mod fuzz;
 pub mod network;
 pub mod postgres;
 pub mod simworker;
+pub mod sockets;
 pub mod tls;
 pub use tls::TestCertificates;
 
@@ -70,8 +71,9 @@ const LOOPBACK_MESH: &str = "/ip4/127.0.0.1/tcp/0";
 
 /// What a worker reads from the environment besides its credentials: a sandbox's workers
 /// are what its builder says, whatever the shell running the tests exports.
-const WORKER_SETTINGS: [&str; 7] = [
+const WORKER_SETTINGS: [&str; 8] = [
     "FLEET_WORKER_NAME",
+    "FLEET_MESH_MAX_PEERS",
     "FLEET_CPUS",
     "FLEET_MEMORY_MB",
     "FLEET_GPUS",
@@ -668,6 +670,12 @@ impl ClusterSandbox {
 
     /// Starts one more worker named `worker-N`; returns its name.
     pub fn add_worker(&mut self) -> anyhow::Result<String> {
+        self.add_worker_with(&[])
+    }
+
+    /// Starts one more worker, supervised as [`Self::add_worker`]'s, with `args` after the
+    /// sandbox's own worker arguments (e.g. labels of its own).
+    pub fn add_worker_with(&mut self, args: &[&str]) -> anyhow::Result<String> {
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
         let place = self.place(&name)?;
@@ -675,6 +683,7 @@ impl ClusterSandbox {
         worker
             .args(["--head", &self.url, "--name", &name])
             .args(&self.worker_args)
+            .args(args)
             .env("RUST_LOG", &self.log)
             .env("FLEET_MESH_LISTEN", place.mesh_listen())
             .env_remove("FLEET_TOKEN")

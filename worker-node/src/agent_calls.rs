@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fleet_inference::ToolCall;
 use fleet_mesh::{AgentCall, Mesh, MeshError, MeshRequest, MeshResponse, Peer};
-use fleet_proto::{LocateRequest, MeshPeer, WorkerUpdate};
+use fleet_proto::{LocateRequest, MeshPeer, MeshPeers, WorkerUpdate};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -46,6 +46,8 @@ pub struct AgentCaller {
     mesh: Mesh,
     local: LocalCalls,
     locations: Mutex<HashMap<Callee, Location>>,
+    /// The workers on the mesh by worker id, as the head's lists and changes leave them.
+    members: Mutex<HashMap<String, MeshPeer>>,
     /// One lookup at a time per callee: the callers of one wait for its answer.
     locating: Mutex<HashMap<Callee, Arc<tokio::sync::Mutex<()>>>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<Result<MeshPeer, String>>>>,
@@ -66,6 +68,7 @@ impl AgentCaller {
             mesh,
             local,
             locations: Mutex::default(),
+            members: Mutex::default(),
             locating: Mutex::default(),
             lookups: Mutex::default(),
             next_lookup: AtomicU64::new(1),
@@ -221,18 +224,35 @@ impl AgentCaller {
         }
     }
 
-    /// The head's list of the workers on the mesh: the only peers accepted and called.
-    /// Cached locations on workers that left are dropped.
-    pub fn set_peers(&self, peers: Vec<MeshPeer>) {
+    /// The head's list of the workers on the mesh, or what changed in it: the only peers
+    /// accepted and called. Cached locations on workers that left are dropped.
+    pub fn mesh_peers(&self, update: MeshPeers) {
         let own = self.mesh.peer_id();
-        self.locations
-            .lock()
-            .retain(|_, location| peers.iter().any(|p| p.address.peer_id == location.peer_id));
-        let peers = peers
-            .into_iter()
-            .filter(|p| p.address.peer_id != own)
-            .map(|p| Peer { peer_id: p.address.peer_id, addrs: p.address.addrs })
-            .collect();
+        let peers: Vec<Peer> = {
+            let mut members = self.members.lock();
+            match update {
+                MeshPeers::All(peers) => {
+                    *members = peers.into_iter().map(|p| (p.worker_id.clone(), p)).collect();
+                }
+                MeshPeers::Changes { joined, left } => {
+                    for id in &left {
+                        members.remove(id);
+                    }
+                    members.extend(joined.into_iter().map(|p| (p.worker_id.clone(), p)));
+                }
+            }
+            let on_mesh: std::collections::HashSet<&str> =
+                members.values().map(|p| p.address.peer_id.as_str()).collect();
+            self.locations.lock().retain(|_, location| on_mesh.contains(location.peer_id.as_str()));
+            members
+                .values()
+                .filter(|p| p.address.peer_id != own)
+                .map(|p| Peer {
+                    peer_id: p.address.peer_id.clone(),
+                    addrs: p.address.addrs.clone(),
+                })
+                .collect()
+        };
         self.mesh.set_peers(peers);
     }
 

@@ -83,6 +83,12 @@ pub struct Args {
     /// No mesh (it wins over --mesh-listen): agents call agents through the head.
     #[arg(long)]
     no_mesh: bool,
+    /// Connections this worker's mesh keeps at most: its overlay links to a few other
+    /// workers (about 2·log₂ of the workers, for topics) and those its agents' calls use,
+    /// made when a call needs one. Past it, the least recently used idle ones close; it
+    /// never holds more than twice it. At least 4.
+    #[arg(long, value_name = "N", env = "FLEET_MESH_MAX_PEERS", default_value_t = 64)]
+    mesh_max_peers: usize,
     /// A host to which this worker may send its own OPENAI_API_KEY when an agent's
     /// base_url points there (repeatable, or comma-separated in the variable). Without it
     /// the key goes only to OPENAI_BASE_URL (or OpenAI); agents pointing elsewhere must
@@ -201,6 +207,7 @@ pub fn config(args: Args) -> Result<WorkerConfig, Error> {
         })?;
     }
     config.mesh_listen = if args.no_mesh { Vec::new() } else { args.mesh_listen };
+    config.mesh_max_peers = args.mesh_max_peers;
     config.key_hosts = args.key_hosts;
     config.allow_private_model_urls = args.allow_private_model_urls;
     config.mcp = crate::mcp::McpPolicy {

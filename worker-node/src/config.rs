@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     /// Multiaddrs the worker's mesh listens on (agents on other workers call its agents
     /// there); empty = no mesh: agent calls go through the head.
     pub mesh_listen: Vec<String>,
+    /// Connections the mesh keeps at most (overlay links and those its calls use); unused
+    /// ones past it close (`--mesh-max-peers`).
+    pub mesh_max_peers: usize,
     /// Hosts (besides `OPENAI_BASE_URL`'s) to which this worker may send its own
     /// `OPENAI_API_KEY` when an agent's `base_url` points there (`--key-host`).
     pub key_hosts: Vec<String>,
@@ -69,6 +72,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("model_keep_alive", &self.model_keep_alive)
             .field("device", &self.device)
             .field("mesh_listen", &self.mesh_listen)
+            .field("mesh_max_peers", &self.mesh_max_peers)
             .field("key_hosts", &self.key_hosts)
             .field("allow_private_model_urls", &self.allow_private_model_urls)
             .field("drain_timeout", &self.drain_timeout)
@@ -102,6 +106,7 @@ impl WorkerConfig {
             model_keep_alive: crate::models::DEFAULT_KEEP_ALIVE,
             device: "cpu".into(),
             mesh_listen: Vec::new(),
+            mesh_max_peers: 64,
             key_hosts: Vec::new(),
             allow_private_model_urls: false,
             mcp: crate::mcp::McpPolicy::default(),

@@ -247,6 +247,7 @@ async fn join_mesh(
         listen: config.mesh_listen.clone(),
         // A call is answered when the callee's generation ends, which can take minutes.
         request_timeout: crate::tool::TOOL_CALL_TIMEOUT,
+        max_peers: config.mesh_max_peers,
         ..Default::default()
     };
     let (mesh, incoming) = fleet_mesh::Mesh::start(settings)

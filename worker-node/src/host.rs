@@ -193,7 +193,7 @@ impl ActorHost {
                 }
             }
             Command::MeshPeers(peers) => match &self.caller {
-                Some(caller) => caller.set_peers(peers),
+                Some(caller) => caller.mesh_peers(peers),
                 None => debug!("mesh peers ignored: this worker has no mesh"),
             },
             Command::Located { request_id, result } => {

@@ -1,6 +1,8 @@
 //! Agents calling agents and topics: relayed tool calls for workers off the mesh, agent
 //! lookups for workers on it, mesh peer lists, and topics relayed to clients.
 
+use fleet_proto::{MESH_CHANGES_PROTOCOL, MeshPeers};
+
 use super::*;
 
 impl Cluster {
@@ -146,20 +148,46 @@ pub(super) fn locate_in(
     Ok(MeshPeer { worker_id, address })
 }
 
-/// Tells every worker on the mesh who is on it (itself included), after a join or a leave.
-pub(super) fn announce_mesh(state: &State) {
-    let peers: Vec<MeshPeer> = state
-        .workers
-        .iter()
-        .filter_map(|w| {
-            let address = w.registration.mesh.clone()?;
-            Some(MeshPeer { worker_id: w.id.clone(), address })
-        })
-        .collect();
-    debug!(peers = peers.len(), "mesh peers announced");
+/// Tells the workers on the mesh that `worker_id` joined it (or, when it is no longer on
+/// the mesh, left): the worker itself gets the whole list, the others what changed. That is
+/// one small message per worker for each join or leave; the whole list to each, as before
+/// protocol 2 (and still for older workers), made a thousand workers' joins a billion
+/// entries, all built under the cluster's lock.
+pub(super) fn announce_mesh(state: &State, worker_id: &str) {
+    let joined = state.workers.get(worker_id).and_then(|w| {
+        let address = w.registration.mesh.clone()?;
+        Some(MeshPeer { worker_id: w.id.clone(), address })
+    });
+    let mut everyone: Option<Vec<MeshPeer>> = None;
+    let mut all = || {
+        everyone
+            .get_or_insert_with(|| {
+                state
+                    .workers
+                    .iter()
+                    .filter_map(|w| {
+                        let address = w.registration.mesh.clone()?;
+                        Some(MeshPeer { worker_id: w.id.clone(), address })
+                    })
+                    .collect()
+            })
+            .clone()
+    };
+    let changes = match &joined {
+        Some(peer) => MeshPeers::Changes { joined: vec![peer.clone()], left: Vec::new() },
+        None => MeshPeers::Changes { joined: Vec::new(), left: vec![worker_id.to_owned()] },
+    };
+    let mut told = 0usize;
     for w in state.workers.iter().filter(|w| w.registration.mesh.is_some()) {
-        let _ = w.commands.send(Command::MeshPeers(peers.clone()));
+        let peers = if w.id == worker_id || w.registration.protocol < MESH_CHANGES_PROTOCOL {
+            MeshPeers::All(all())
+        } else {
+            changes.clone()
+        };
+        let _ = w.commands.send(Command::MeshPeers(peers));
+        told += 1;
     }
+    debug!(worker_id, joined = joined.is_some(), told, "mesh change announced");
 }
 
 /// Sends the result of a tool call to the worker running the calling task (if it still is).

@@ -129,7 +129,7 @@ impl Cluster {
         }
         info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, sent_again, resume_after, gpus, "worker joined");
         if on_mesh || was_on_mesh {
-            announce_mesh(state);
+            announce_mesh(state, &id);
         }
         drain_queue(state);
         (connection, rx, resume_after)
@@ -330,7 +330,7 @@ impl Cluster {
             let on_mesh = entry.registration.mesh.is_some();
             fail_over(state, entry, reason);
             if on_mesh {
-                announce_mesh(state);
+                announce_mesh(state, worker_id);
                 state.topics.worker_lost(&state.workers, worker_id);
             }
             drain_queue(state);

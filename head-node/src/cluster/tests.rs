@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use parking_lot::Mutex as TestMutex;
 
-use fleet_proto::Reply;
+use fleet_proto::{MESH_CHANGES_PROTOCOL, MeshAddress, MeshPeers, Reply};
 
 use super::*;
 use crate::auth::DEFAULT_TENANT;
@@ -1126,4 +1126,71 @@ fn topics_and_their_groups_survive_a_restart_at_the_same_offsets() {
         let first_again = group.next().await.first().and_then(|m| m.offset);
         assert_eq!(first_again, Some(5), "the group resumes after 2, 3 and 4, acknowledged");
     });
+}
+
+/// The mesh peer lists a worker received.
+fn mesh_lists(stream: &mut CommandStream) -> Vec<MeshPeers> {
+    commands(stream)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::MeshPeers(peers) => Some(peers),
+            _ => None,
+        })
+        .collect()
+}
+
+fn on_mesh(id: &str, protocol: u32) -> Registration {
+    Registration {
+        mesh: Some(MeshAddress { peer_id: format!("peer-{id}"), addrs: vec![] }),
+        protocol,
+        ..registration(id, 1, 1, &[])
+    }
+}
+
+/// A worker joining the mesh gets the whole list; the workers already on it get only the
+/// change (one entry, not the whole list again: a thousand joins would otherwise send a
+/// million entries to each), except a worker of a protocol before changes, which gets the
+/// whole list as before. A leave is a change too.
+#[test]
+fn mesh_workers_get_the_whole_list_once_and_then_only_changes() {
+    let cluster = Cluster::new(&config(0)).expect("cluster");
+    let (_, mut old, _) = cluster.worker_joined(on_mesh("old", 1), String::new());
+    let (_, mut w1, _) = cluster.worker_joined(on_mesh("w1", MESH_CHANGES_PROTOCOL), String::new());
+    let ids = |peers: &[MeshPeer]| peers.iter().map(|p| p.worker_id.clone()).collect::<Vec<_>>();
+    let whole = |lists: Vec<MeshPeers>| match lists.as_slice() {
+        [MeshPeers::All(peers)] => {
+            let mut peers = ids(peers);
+            peers.sort();
+            peers
+        }
+        other => panic!("expected the whole list, got {other:?}"),
+    };
+    assert_eq!(whole(mesh_lists(&mut w1)), ["old", "w1"]);
+    let _ = mesh_lists(&mut old);
+
+    let (c2, mut w2, _) =
+        cluster.worker_joined(on_mesh("w2", MESH_CHANGES_PROTOCOL), String::new());
+    assert_eq!(whole(mesh_lists(&mut w2)), ["old", "w1", "w2"]);
+    match mesh_lists(&mut w1).as_slice() {
+        [MeshPeers::Changes { joined, left }] => {
+            assert_eq!(ids(joined), ["w2"]);
+            assert!(left.is_empty());
+        }
+        other => panic!("w1 got {other:?}"),
+    }
+    assert_eq!(whole(mesh_lists(&mut old)), ["old", "w1", "w2"]);
+
+    // A worker off the mesh is nobody's business on it.
+    let (_, mut off, _) = cluster.worker_joined(registration("off", 1, 1, &[]), String::new());
+    assert!(mesh_lists(&mut off).is_empty() && mesh_lists(&mut w1).is_empty());
+
+    cluster.worker_lost("w2", c2, "gone");
+    match mesh_lists(&mut w1).as_slice() {
+        [MeshPeers::Changes { joined, left }] => {
+            assert!(joined.is_empty());
+            assert_eq!(left, &["w2".to_owned()]);
+        }
+        other => panic!("w1 got {other:?}"),
+    }
+    assert_eq!(whole(mesh_lists(&mut old)), ["old", "w1"]);
 }

@@ -79,18 +79,14 @@ pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Va
             })
         })
         .collect();
-    // The head introduces every worker on the mesh to every other (see `announce_mesh`).
+    // Every worker on the mesh may call every other (see `announce_mesh`): a count, not the
+    // list (a thousand workers would make a million names).
+    let peers = on_mesh.len().saturating_sub(1);
     let mesh: Vec<Value> = on_mesh
         .iter()
         .map(|w| {
-            let id = &w.registration.worker_id;
-            let sees: Vec<&str> = on_mesh
-                .iter()
-                .map(|o| o.registration.worker_id.as_str())
-                .filter(|o| o != id)
-                .collect();
             let peer_id = w.registration.mesh.as_ref().map(|m| m.peer_id.as_str());
-            json!({ "worker": id, "peer_id": peer_id, "sees": sees })
+            json!({ "worker": w.registration.worker_id, "peer_id": peer_id, "peers": peers })
         })
         .collect();
     let c = &status.counters;

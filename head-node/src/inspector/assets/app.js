@@ -387,7 +387,7 @@
         rebuild(mesh, c.mesh, () => (c.mesh.length
           ? c.mesh.map((m) => el("li", {}, el("strong", { text: m.worker }), " ",
             el("code", { class: "muted", title: m.peer_id || "", text: clip(m.peer_id || "", 12) }),
-            m.sees.length ? ` sees ${m.sees.join(", ")}` : " sees no other worker"))
+            m.peers ? ` may call ${count(m.peers)} other worker${m.peers === 1 ? "" : "s"}` : " is alone on the mesh"))
           : el("li", { class: "muted", text: "No worker is on the mesh (calls between agents go through the head)." })));
       },
     }, "/ui/api/cluster");
