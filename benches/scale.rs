@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, ManyUpdate, Submission, TaskEvent};
 use fleet_testkit::ClusterSandbox;
+use fleet_testkit::procfs::cpu_seconds;
 use fleet_testkit::simworker::{SimFleet, SimOptions};
 use futures::StreamExt;
 
@@ -76,31 +77,19 @@ fn args() -> Result<Args> {
     Ok(args)
 }
 
-/// CPU seconds (user + system) a process has used, from /proc (Linux).
-fn cpu_seconds(pid: &str) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let after = stat.rsplit_once(')').context("/proc stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Ok(ticks / 100.0)
-}
-
 /// The CPU two processes used over a stretch of time, as shares of one core.
 struct CpuMeter {
-    head: String,
+    head: u32,
     start: Instant,
     head_cpu: f64,
     own_cpu: f64,
 }
 
 impl CpuMeter {
-    fn start(head_pid: u32) -> Result<Self> {
-        let head = head_pid.to_string();
+    fn start(head: u32) -> Result<Self> {
         Ok(Self {
-            head_cpu: cpu_seconds(&head)?,
-            own_cpu: cpu_seconds("self")?,
+            head_cpu: cpu_seconds(head)?,
+            own_cpu: cpu_seconds(std::process::id())?,
             head,
             start: Instant::now(),
         })
@@ -110,8 +99,8 @@ impl CpuMeter {
     fn shares(&self) -> Result<(f64, f64)> {
         let wall = self.start.elapsed().as_secs_f64();
         Ok((
-            (cpu_seconds(&self.head)? - self.head_cpu) / wall,
-            (cpu_seconds("self")? - self.own_cpu) / wall,
+            (cpu_seconds(self.head)? - self.head_cpu) / wall,
+            (cpu_seconds(std::process::id())? - self.own_cpu) / wall,
         ))
     }
 }

@@ -3,7 +3,7 @@
 //! The swarm lives in one spawned task ([`crate::node`]); every method here sends it a
 //! command, so a `Mesh` is cheap to clone and never blocks on the network.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use parking_lot::RwLock;
@@ -38,7 +38,7 @@ pub struct MeshConfig {
     /// How long a missing topic message is waited for before the ones after it are
     /// delivered anyway. Default 2 s.
     pub gap_timeout: Duration,
-    /// Connections the node keeps: its overlay links (about 2·log₂ of the peers) and the
+    /// Connections the node keeps: its overlay links (about 2·ln of the peers) and the
     /// ones its asks and calls use. Past it, the least recently used idle ones close within
     /// a second or so; a node never holds more than twice it (further connections are
     /// refused until some close). At least 4; default 64.
@@ -170,6 +170,8 @@ struct Shared {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     wanted_peers: WantedPeers,
+    /// The allow list as the last `set_peers` or `change_peers` left it, parsed.
+    members: parking_lot::Mutex<HashMap<PeerId, Vec<Multiaddr>>>,
     counters: Arc<Counters>,
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
     subscription_capacity: usize,
@@ -234,6 +236,7 @@ impl Mesh {
             peer_id,
             commands,
             wanted_peers,
+            members: parking_lot::Mutex::default(),
             counters,
             listen_addrs,
             subscription_capacity: config.subscription_capacity,
@@ -280,19 +283,33 @@ impl Mesh {
     /// and refused, and asks waiting on them fail with [`MeshError::PeerGone`]. Entries with
     /// an invalid peer id or address are logged and left out.
     pub fn set_peers(&self, peers: Vec<Peer>) {
-        let mut parsed = Vec::with_capacity(peers.len());
-        for peer in peers {
-            let Ok(peer_id) = PeerId::from_str(&peer.peer_id) else {
-                tracing::warn!(peer = %peer.peer_id, "ignoring a peer whose id is not a libp2p peer id");
-                continue;
-            };
-            let addrs = peer.addrs.iter().filter_map(|a| parse_peer_addr(a, &peer_id)).collect();
-            parsed.push((peer_id, addrs));
+        let mut members = self.shared.members.lock();
+        *members = peers.into_iter().filter_map(parse_peer).collect();
+        self.take_members(&members);
+    }
+
+    /// Changes the allow list: `joined` added (or their addresses replaced), `left` (peer
+    /// ids) removed, as [`Self::set_peers`] would with the whole new list. Only the change is
+    /// parsed: the head sends a list once and then changes, and a thousand workers' joins
+    /// would otherwise parse the list a million times.
+    pub fn change_peers(&self, joined: Vec<Peer>, left: &[String]) {
+        let mut members = self.shared.members.lock();
+        for peer in left {
+            if let Ok(peer) = PeerId::from_str(peer) {
+                members.remove(&peer);
+            }
         }
-        let allowed =
-            parsed.iter().map(|(p, _)| *p).filter(|p| *p != self.shared.peer_id).collect();
+        members.extend(joined.into_iter().filter_map(parse_peer));
+        self.take_members(&members);
+    }
+
+    /// Hands the node (and the call streams) the allow list.
+    fn take_members(&self, members: &HashMap<PeerId, Vec<Multiaddr>>) {
+        let own = self.shared.peer_id;
+        let allowed = members.keys().copied().filter(|p| *p != own).collect();
         self.shared.calls.set_allowed(allowed);
-        *self.shared.wanted_peers.lock() = Some(parsed);
+        let list = members.iter().map(|(peer, addrs)| (*peer, addrs.clone())).collect();
+        *self.shared.wanted_peers.lock() = Some(list);
         // A full queue is fine: the node takes the new list before its next command.
         let _ = self.shared.commands.try_send(Command::PeersChanged);
     }
@@ -348,6 +365,16 @@ impl Mesh {
         peers.await.unwrap_or_default()
     }
 
+    /// The node's overlay neighbours: the peers it stays connected to, which carry topic
+    /// messages (see [`Self::set_peers`]).
+    pub async fn neighbours(&self) -> Vec<String> {
+        let (reply, peers) = oneshot::channel();
+        if self.send(Command::Neighbours { reply }).await.is_err() {
+            return Vec::new();
+        }
+        peers.await.unwrap_or_default()
+    }
+
     /// What went through this node so far.
     pub fn counters(&self) -> MeshCounters {
         self.shared.counters.snapshot()
@@ -366,6 +393,16 @@ impl Mesh {
     async fn send(&self, command: Command) -> Result<()> {
         self.shared.commands.send(command).await.map_err(|_| MeshError::Stopped)
     }
+}
+
+/// A listed peer's id and addresses, parsed; None (logged) when its id is not a peer id.
+fn parse_peer(peer: Peer) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let Ok(peer_id) = PeerId::from_str(&peer.peer_id) else {
+        tracing::warn!(peer = %peer.peer_id, "ignoring a peer whose id is not a libp2p peer id");
+        return None;
+    };
+    let addrs = peer.addrs.iter().filter_map(|a| parse_peer_addr(a, &peer_id)).collect();
+    Some((peer_id, addrs))
 }
 
 /// Parses one of a peer's addresses, dropping a `/p2p/<id>` suffix that names it.

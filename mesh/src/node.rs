@@ -113,6 +113,9 @@ pub(crate) enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<String>>,
     },
+    Neighbours {
+        reply: oneshot::Sender<Vec<String>>,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -407,6 +410,15 @@ impl Node {
                     .collect();
                 let _ = reply.send(ready);
             }
+            Command::Neighbours { reply } => {
+                let neighbours = self
+                    .peers
+                    .iter()
+                    .filter(|(_, state)| state.overlay)
+                    .map(|(peer, _)| peer.to_string())
+                    .collect();
+                let _ = reply.send(neighbours);
+            }
             // Handled by the loop, which has to end.
             Command::Shutdown { done } => {
                 let _ = done.send(());
@@ -424,11 +436,8 @@ impl Node {
         for peer in removed {
             self.remove_peer(peer);
         }
-        let neighbours = overlay::neighbours(
-            self.local,
-            wanted.keys().copied(),
-            overlay::distances(self.max_peers),
-        );
+        let neighbours =
+            overlay::neighbours(self.local, wanted.keys().copied(), overlay::cap(self.max_peers));
         let mut to_dial = Vec::new();
         for (peer, addrs) in wanted {
             let is_new = !self.peers.contains_key(&peer);

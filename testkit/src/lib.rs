@@ -27,8 +27,8 @@ use tokio::process::{Child, Command};
 pub mod fuzz;
 pub mod network;
 pub mod postgres;
+pub mod procfs;
 pub mod simworker;
-pub mod sockets;
 pub mod tls;
 pub use tls::TestCertificates;
 

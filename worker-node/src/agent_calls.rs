@@ -228,32 +228,46 @@ impl AgentCaller {
     /// accepted and called. Cached locations on workers that left are dropped.
     pub fn mesh_peers(&self, update: MeshPeers) {
         let own = self.mesh.peer_id();
-        let peers: Vec<Peer> = {
-            let mut members = self.members.lock();
-            match update {
-                MeshPeers::All(peers) => {
-                    *members = peers.into_iter().map(|p| (p.worker_id.clone(), p)).collect();
-                }
-                MeshPeers::Changes { joined, left } => {
-                    for id in &left {
-                        members.remove(id);
-                    }
-                    members.extend(joined.into_iter().map(|p| (p.worker_id.clone(), p)));
-                }
-            }
-            let on_mesh: std::collections::HashSet<&str> =
-                members.values().map(|p| p.address.peer_id.as_str()).collect();
-            self.locations.lock().retain(|_, location| on_mesh.contains(location.peer_id.as_str()));
-            members
-                .values()
-                .filter(|p| p.address.peer_id != own)
-                .map(|p| Peer {
-                    peer_id: p.address.peer_id.clone(),
-                    addrs: p.address.addrs.clone(),
-                })
-                .collect()
+        let peer = |p: &MeshPeer| Peer {
+            peer_id: p.address.peer_id.clone(),
+            addrs: p.address.addrs.clone(),
         };
-        self.mesh.set_peers(peers);
+        let mut members = self.members.lock();
+        match update {
+            MeshPeers::All(peers) => {
+                *members = peers.into_iter().map(|p| (p.worker_id.clone(), p)).collect();
+                let on_mesh: std::collections::HashSet<&str> =
+                    members.values().map(|p| p.address.peer_id.as_str()).collect();
+                self.locations
+                    .lock()
+                    .retain(|_, location| on_mesh.contains(location.peer_id.as_str()));
+                let others = members.values().filter(|p| p.address.peer_id != own);
+                self.mesh.set_peers(others.map(peer).collect());
+            }
+            MeshPeers::Changes { joined, left } => {
+                // Peer ids no longer on the mesh: the workers that left, and the old ids of
+                // those that came back as a new process.
+                let mut gone: Vec<String> = left
+                    .iter()
+                    .filter_map(|id| members.remove(id))
+                    .map(|p| p.address.peer_id)
+                    .collect();
+                let mut added = Vec::with_capacity(joined.len());
+                for p in joined {
+                    if p.address.peer_id != own {
+                        added.push(peer(&p));
+                    }
+                    let new_id = p.address.peer_id.clone();
+                    if let Some(old) = members.insert(p.worker_id.clone(), p)
+                        && old.address.peer_id != new_id
+                    {
+                        gone.push(old.address.peer_id);
+                    }
+                }
+                self.locations.lock().retain(|_, location| !gone.contains(&location.peer_id));
+                self.mesh.change_peers(added, &gone);
+            }
+        }
     }
 
     /// The connection to the head is gone: lookups in flight will not be answered.

@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long)]
     no_mesh: bool,
     /// Connections this worker's mesh keeps at most: its overlay links to a few other
-    /// workers (about 2·log₂ of the workers, for topics) and those its agents' calls use,
+    /// workers (about 2·ln of the workers, for topics) and those its agents' calls use,
     /// made when a call needs one. Past it, the least recently used idle ones close; it
     /// never holds more than twice it. At least 4.
     #[arg(long, value_name = "N", env = "FLEET_MESH_MAX_PEERS", default_value_t = 64)]

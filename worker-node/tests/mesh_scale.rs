@@ -1,6 +1,6 @@
 //! Two hundred worker processes on one mesh (on 127.0.0.1): every worker's agent calls
 //! agents on other workers straight over the mesh, while each worker holds few connections.
-//! All-to-all, each would hold 199; here each keeps its overlay links (about 2·log₂ 200)
+//! All-to-all, each would hold 199; here each keeps its overlay links (about 2·ln 200 + 2)
 //! and the connections its calls use, under `--mesh-max-peers`, counted by the kernel.
 //! A binary of its own: two hundred processes starting would starve the timing of other
 //! tests running beside it.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission};
-use fleet_testkit::{ClusterSandbox, sockets::established_connections, wait_until};
+use fleet_testkit::{ClusterSandbox, procfs::established_connections, wait_until};
 use futures::StreamExt;
 
 const WORKERS: usize = 200;

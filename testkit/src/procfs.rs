@@ -1,6 +1,6 @@
-//! A process's open TCP connections, read from `/proc`: what a test checks when a bound on
-//! connections is the behaviour under test, counted by the kernel rather than by the
-//! process's own bookkeeping.
+//! What `/proc` says about a process: its open TCP connections (what a test checks when a
+//! bound on connections is the behaviour under test, counted by the kernel rather than by
+//! the process's own bookkeeping) and the CPU time it has used (Linux).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -44,6 +44,20 @@ pub fn established_connections(pid: u32) -> anyhow::Result<Vec<Connection>> {
         }
     }
     Ok(connections)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on: utime and
+    // stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').context("/proc stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("a short /proc stat")?.parse::<f64>()?)
+    };
+    // USER_HZ is 100 on every Linux this runs on.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// An address as `/proc/net/tcp{,6}` writes it: the IP as 32-bit words in the host's byte
