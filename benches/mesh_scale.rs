@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission};
 use fleet_testkit::ClusterSandbox;
-use fleet_testkit::procfs::{cpu_seconds, established_connections};
+use fleet_testkit::procfs::cpu_seconds;
 use futures::StreamExt;
 
 struct Args {
@@ -58,14 +58,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// (most, mean) mesh connections of a worker: its established TCP connections less those
 /// to the head.
 fn mesh_connections(cluster: &ClusterSandbox) -> Result<(usize, f64)> {
-    let head: std::net::SocketAddr = cluster.address.parse()?;
-    let mut counts = Vec::new();
-    for name in cluster.worker_names() {
-        let pid = cluster.worker_pid(&name).with_context(|| format!("{name} is not running"))?;
-        counts.push(established_connections(pid)?.iter().filter(|c| c.remote != head).count());
-    }
-    let most = counts.iter().copied().max().unwrap_or(0);
-    Ok((most, counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64))
+    let counts = cluster.worker_mesh_connections()?;
+    let most = counts.first().map_or(0, |(n, _)| *n);
+    let total: usize = counts.iter().map(|(n, _)| n).sum();
+    Ok((most, total as f64 / counts.len().max(1) as f64))
 }
 
 /// CPU seconds of the head and of all the workers together.

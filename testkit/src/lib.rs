@@ -820,6 +820,21 @@ impl ClusterSandbox {
         self.workers.iter().map(|(n, _)| n.clone()).collect()
     }
 
+    /// Each supervised worker's established TCP connections other than those to the head
+    /// (its mesh connections, on a sandbox whose workers talk to nothing else), most first,
+    /// with its name; counted by the kernel (`/proc`).
+    pub fn worker_mesh_connections(&self) -> anyhow::Result<Vec<(usize, String)>> {
+        let head: std::net::SocketAddr = self.address.parse()?;
+        let mut counts = Vec::with_capacity(self.workers.len());
+        for name in self.worker_names() {
+            let pid = self.worker_pid(&name).with_context(|| format!("{name} is not running"))?;
+            let connections = procfs::established_connections(pid)?;
+            counts.push((connections.iter().filter(|c| c.remote != head).count(), name));
+        }
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(counts)
+    }
+
     /// The head process's resident memory in bytes (Linux).
     pub fn head_rss_bytes(&self) -> Option<u64> {
         proc_status_bytes(self.head.id()?, "VmRSS:")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, Submission};
-use fleet_testkit::{ClusterSandbox, procfs::established_connections, wait_until};
+use fleet_testkit::{ClusterSandbox, wait_until};
 use futures::StreamExt;
 
 const WORKERS: usize = 200;
@@ -44,20 +44,6 @@ async fn call_through(client: &Client, caller: usize, callee: usize) -> Result<S
     let output = result.with_context(|| format!("a{caller} made no call"))?;
     ensure!(output == question, "a{caller} got {output:?} from a{callee}");
     Ok(output)
-}
-
-/// Each worker's mesh connections (its established TCP connections, less those to the
-/// head), most first.
-fn mesh_connections(cluster: &ClusterSandbox) -> Result<Vec<(usize, String)>> {
-    let head: std::net::SocketAddr = cluster.address.parse()?;
-    let mut counts = Vec::with_capacity(WORKERS);
-    for name in cluster.worker_names() {
-        let pid = cluster.worker_pid(&name).with_context(|| format!("{name} is not running"))?;
-        let connections = established_connections(pid)?;
-        counts.push((connections.iter().filter(|c| c.remote != head).count(), name));
-    }
-    counts.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(counts)
 }
 
 /// Every caller calls its callee at once; all answer within a minute.
@@ -112,7 +98,7 @@ async fn two_hundred_workers_call_each_other_over_a_bounded_mesh() -> Result<()>
         let started = Instant::now();
         round(&client, half).await?;
         eprintln!("{WORKERS} calls half the ring away answered in {:?}", started.elapsed());
-        let busiest = mesh_connections(&cluster)?;
+        let busiest = cluster.worker_mesh_connections()?;
         ensure!(busiest[0].0 <= 2 * MAX_PEERS, "over the hard bound: {:?}", &busiest[..3]);
         let started = Instant::now();
         round(&client, spread).await?;
@@ -134,7 +120,7 @@ async fn two_hundred_workers_call_each_other_over_a_bounded_mesh() -> Result<()>
         // its last calls, not one per worker.
         let mut last = Vec::new();
         wait_until(Duration::from_secs(30), "a worker stayed over its bound", || {
-            last = mesh_connections(&cluster).unwrap_or_default();
+            last = cluster.worker_mesh_connections().unwrap_or_default();
             let over = last.first().is_none_or(|(n, _)| *n > MAX_PEERS);
             async move { Ok(!over) }
         })
