@@ -1,5 +1,5 @@
 //! The head's HTTP routes, served on the same address as gRPC: `/healthz`, `/metrics`, the
-//! A2A front door, the OpenAI-compatible API, the MCP server (`/mcp`) and the inspector
+//! A2A front door, the OpenAI-compatible API, the AG-UI door (`/agui/{agent}`), the MCP server (`/mcp`) and the inspector
 //! (`/ui`), all behind the browser checks of `crate::browsers`.
 
 use std::sync::Arc;
@@ -102,6 +102,12 @@ pub fn router(
         shutdown,
         sessions: Default::default(),
     };
+    let agui = crate::agui::Agui {
+        cluster: cluster.clone(),
+        clients: clients.clone(),
+        who: Principal::operator(),
+        max_body_bytes,
+    };
     let openai = crate::openai::OpenAi {
         cluster: cluster.clone(),
         clients,
@@ -125,6 +131,7 @@ pub fn router(
         .with_state(metrics)
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai))
+        .merge(crate::agui::router(agui))
         .merge(crate::mcp::router(mcp))
         .merge(crate::inspector::router(inspector))
         .layer(axum::middleware::from_fn_with_state(browsers, crate::browsers::guard))

@@ -1,8 +1,10 @@
-//! One HTTP request's task on the cluster (the OpenAI API's and MCP's): submitted with a
-//! subscriber attached before its first event, followed to its terminal event, and canceled
-//! if the request goes away first (the HTTP client disconnected: axum drops the handler's
-//! future or the response stream). These doors have no way to ask their client for input:
-//! a question or an approval the agent asks for is declined at once (the model reads why).
+//! One HTTP request's task on the cluster (the OpenAI API's, MCP's and AG-UI's): submitted
+//! with a subscriber attached before its first event, followed to its terminal event, and
+//! canceled if the request goes away first (the HTTP client disconnected: axum drops the
+//! handler's future or the response stream). The OpenAI API and MCP have no way to ask their
+//! client for input: a question or an approval the agent asks for is declined at once (the
+//! model reads why). AG-UI has ([`TaskRun::asking`]): its response ends on the question and
+//! the task is [kept](TaskRun::keep) waiting for the client's next request.
 
 use std::sync::Arc;
 
@@ -25,6 +27,10 @@ pub struct TaskRun {
     /// Who submitted it: the reads, declines and cancel are theirs.
     who: Principal,
     follow: Follow,
+    /// Hand `InputRequired` out instead of declining it.
+    asks: bool,
+    /// Leave the task running when this run drops (it waits for a reply).
+    kept: bool,
 }
 
 impl TaskRun {
@@ -32,7 +38,33 @@ impl TaskRun {
     pub fn start(cluster: &Arc<Cluster>, who: &Principal, task: NewTask) -> crate::Result<Self> {
         let follow = cluster.submit_and_follow(who, task)?;
         let (task_id, who) = (follow.task_id().clone(), who.clone());
-        Ok(Self { cluster: cluster.clone(), who, task_id, follow })
+        Ok(Self { cluster: cluster.clone(), who, task_id, follow, asks: false, kept: false })
+    }
+
+    /// Follows task `task_id`, already submitted, from its event `from_seq` on; canceled
+    /// like a started one if the request goes away first.
+    pub fn resume(
+        cluster: &Arc<Cluster>,
+        who: &Principal,
+        task_id: &str,
+        from_seq: u64,
+    ) -> crate::Result<Self> {
+        let follow = cluster.follow(who, task_id, from_seq)?;
+        let (task_id, who) = (follow.task_id().clone(), who.clone());
+        Ok(Self { cluster: cluster.clone(), who, task_id, follow, asks: false, kept: false })
+    }
+
+    /// Hands the task's questions and approvals (`InputRequired`) out rather than declining
+    /// them: the door asks its client.
+    pub fn asking(mut self) -> Self {
+        self.asks = true;
+        self
+    }
+
+    /// Lets the task go on after this run drops: it waits on a question its client will
+    /// answer in a later request (and fails at the question's deadline if none comes).
+    pub fn keep(mut self) {
+        self.kept = true;
     }
 
     /// The task's next event; `None` after its terminal event or when its events stopped
@@ -41,7 +73,7 @@ impl TaskRun {
     pub async fn next(&mut self) -> Option<Arc<TaskEvent>> {
         loop {
             let event = self.follow.next().await?;
-            if matches!(event.kind, EventKind::InputRequired { .. }) {
+            if !self.asks && matches!(event.kind, EventKind::InputRequired { .. }) {
                 self.decline(event.seq).await;
                 continue;
             }
@@ -69,7 +101,7 @@ impl TaskRun {
 
 impl Drop for TaskRun {
     fn drop(&mut self) {
-        if !self.follow.ended() {
+        if !self.follow.ended() && !self.kept {
             tracing::debug!(task_id = %self.task_id, "request gone before its task ended; canceling");
             let _ = self.cluster.cancel(&self.who, self.task_id.as_str());
         }

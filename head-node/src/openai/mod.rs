@@ -128,15 +128,28 @@ fn refusal(e: crate::Error) -> Response {
 /// instead of the error.
 const DRAIN_LIMIT_BYTES: usize = 64 << 20;
 
-/// A JSON object request body, read up to [`OpenAi::max_body_bytes`]: not declared JSON is
-/// a 415, too large a 413, anything but a JSON object a 400, all in OpenAI's shape.
+/// A door's state that bounds its request bodies.
+pub trait BodyLimit {
+    /// The largest request body accepted, in bytes.
+    fn max_body_bytes(&self) -> usize;
+}
+
+impl BodyLimit for OpenAi {
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+/// A JSON object request body, read up to the door's [`BodyLimit`]: not declared JSON is
+/// a 415, too large a 413, anything but a JSON object a 400, all in OpenAI's shape (which
+/// the AG-UI door answers in too, its protocol defining no error body of its own).
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
-impl FromRequest<OpenAi> for JsonBody {
+impl<S: BodyLimit + Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, api: &OpenAi) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, api: &S) -> Result<Self, ApiError> {
         if !crate::browsers::is_json(request.headers()) {
             return Err(ApiError::not_json(request.headers()));
         }
@@ -145,7 +158,7 @@ impl FromRequest<OpenAi> for JsonBody {
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let bytes = read_body(request.into_body(), declared, api.max_body_bytes).await?;
+        let bytes = read_body(request.into_body(), declared, api.max_body_bytes()).await?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::malformed(format!("the body is not valid JSON ({e}): send a JSON object"))
         })?;

@@ -1,0 +1,347 @@
+//! A task's events as AG-UI events: text and reasoning as messages opened, streamed and
+//! closed; every tool call as `TOOL_CALL_START`/`ARGS`/`END` (those the agent's own tools
+//! answer followed by `TOOL_CALL_RESULT`, the frontend tools' left pending for the client);
+//! the actor state the task saves as `STATE_SNAPSHOT`; artifacts as `CUSTOM`; and the end:
+//! `RUN_FINISHED` (success with its pending calls and usage, an interrupt where the task
+//! waits on its user, cancelled) or `RUN_ERROR`.
+
+use fleet_proto::{ArtifactPart, EventKind, TaskEvent};
+use serde_json::{Value, json};
+
+use super::input::InterruptId;
+
+/// The name of the `CUSTOM` event an artifact comes as.
+pub const ARTIFACT_EVENT: &str = "agentfleet.artifact";
+
+/// How a run's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The task ended (or failed, or its events stopped).
+    Done,
+    /// The task waits on its user: it goes on when a later run answers the interrupt.
+    Interrupted,
+}
+
+/// Translates one run's share of a task's events.
+pub struct Translator {
+    thread_id: String,
+    run_id: String,
+    task_id: String,
+    /// The open text message's id.
+    text: Option<String>,
+    /// The open reasoning message's id.
+    reasoning: Option<String>,
+    /// The assistant message this turn's tool calls belong to.
+    turn: Option<String>,
+    /// Tool calls started and not answered in this run, in order.
+    pending: Vec<String>,
+    /// Whether the client was shown any of the answer (a retry after that ends the run).
+    shown: bool,
+}
+
+impl Translator {
+    pub fn new(thread_id: &str, run_id: &str, task_id: &str) -> Self {
+        Self {
+            thread_id: thread_id.to_owned(),
+            run_id: run_id.to_owned(),
+            task_id: task_id.to_owned(),
+            text: None,
+            reasoning: None,
+            turn: None,
+            pending: Vec::new(),
+            shown: false,
+        }
+    }
+
+    /// `RUN_STARTED`.
+    pub fn started(&self, parent_run_id: Option<&str>) -> Value {
+        let mut event = json!({
+            "type": "RUN_STARTED",
+            "threadId": self.thread_id,
+            "runId": self.run_id,
+            "protocolVersion": super::PROTOCOL_VERSION,
+        });
+        if let Some(parent) = parent_run_id {
+            event["parentRunId"] = json!(parent);
+        }
+        event
+    }
+
+    /// `RUN_ERROR` (after closing what is open).
+    pub fn error(&mut self, message: &str, code: &str) -> Vec<Value> {
+        let mut out = self.close();
+        out.push(json!({"type": "RUN_ERROR", "message": message, "code": code}));
+        out
+    }
+
+    /// The AG-UI events of `event`, and whether the run ends with it.
+    pub fn translate(&mut self, event: &TaskEvent) -> (Vec<Value>, Option<Ending>) {
+        // Ids of what opens at this event: unique in the task, so in every run of it.
+        let id = format!("{}-{}", self.task_id, event.seq);
+        let mut out = Vec::new();
+        match &event.kind {
+            EventKind::TextDelta { text, .. } if !text.is_empty() => {
+                self.close_reasoning(&mut out);
+                let message = match &self.text {
+                    Some(message) => message.clone(),
+                    None => {
+                        out.push(json!({"type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant"}));
+                        self.text = Some(id.clone());
+                        self.turn = Some(id.clone());
+                        id
+                    }
+                };
+                out.push(
+                    json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": text}),
+                );
+                self.shown = true;
+            }
+            EventKind::ReasoningDelta { text } if !text.is_empty() => {
+                self.close_text(&mut out);
+                let message = match &self.reasoning {
+                    Some(message) => message.clone(),
+                    None => {
+                        out.push(json!({"type": "REASONING_START", "messageId": id}));
+                        out.push(json!({"type": "REASONING_MESSAGE_START", "messageId": id, "role": "reasoning"}));
+                        self.reasoning = Some(id.clone());
+                        id
+                    }
+                };
+                out.push(json!({"type": "REASONING_MESSAGE_CONTENT", "messageId": message, "delta": text}));
+                self.shown = true;
+            }
+            EventKind::ToolCall { call_id, name, arguments, .. } => {
+                out.extend(self.close());
+                let parent = self.turn.get_or_insert(id).clone();
+                out.push(json!({"type": "TOOL_CALL_START", "toolCallId": call_id, "toolCallName": name, "parentMessageId": parent}));
+                if !arguments.is_empty() {
+                    out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": call_id, "delta": arguments}));
+                }
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": call_id}));
+                self.pending.push(call_id.clone());
+                self.shown = true;
+            }
+            EventKind::ToolResult { call_id, output, .. } => {
+                out.extend(self.close());
+                out.push(json!({"type": "TOOL_CALL_RESULT", "messageId": id, "toolCallId": call_id, "content": output, "role": "tool"}));
+                self.pending.retain(|c| c != call_id);
+                // What the agent says next is a new assistant message.
+                self.turn = None;
+            }
+            EventKind::StateSaved { state } => {
+                let snapshot = serde_json::from_str::<Value>(state).unwrap_or(Value::Null);
+                out.push(json!({"type": "STATE_SNAPSHOT", "snapshot": snapshot}));
+            }
+            EventKind::Artifact(artifact) => {
+                let mut value = json!({"id": artifact.id, "name": artifact.name, "description": artifact.description});
+                match &artifact.part {
+                    ArtifactPart::Data(data) => {
+                        value["data"] = serde_json::from_str(data).unwrap_or(Value::Null);
+                    }
+                    ArtifactPart::File(file) => {
+                        use base64::Engine;
+                        value["file"] = json!({"name": file.name, "mediaType": file.media_type});
+                        if file.url.is_empty() {
+                            value["file"]["data"] =
+                                json!(base64::engine::general_purpose::STANDARD.encode(&file.data));
+                        } else {
+                            value["file"]["url"] = json!(file.url);
+                        }
+                    }
+                }
+                out.push(json!({"type": "CUSTOM", "name": ARTIFACT_EVENT, "value": value}));
+            }
+            EventKind::InputRequired { prompt, call_id, tool, deadline_us, .. } => {
+                out.extend(self.close());
+                let interrupt_id = InterruptId { task_id: self.task_id.clone(), seq: event.seq };
+                let mut interrupt = json!({
+                    "id": interrupt_id.to_wire(),
+                    "message": prompt,
+                    "expiresAt": crate::a2a::render::timestamp(*deadline_us),
+                });
+                if tool.is_empty() {
+                    interrupt["reason"] = json!("question");
+                    interrupt["responseSchema"] = json!({"type": "string"});
+                } else {
+                    interrupt["reason"] = json!("tool_approval");
+                    let call = call_id.strip_suffix("/input").unwrap_or(call_id);
+                    interrupt["toolCallId"] = json!(call);
+                    interrupt["responseSchema"] = json!({
+                        "type": "object",
+                        "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string"}},
+                        "required": ["approved"],
+                    });
+                }
+                out.push(
+                    self.finished(json!({"type": "interrupt", "interrupts": [interrupt]}), None),
+                );
+                return (out, Some(Ending::Interrupted));
+            }
+            EventKind::Retrying { reason, .. } if self.shown => {
+                let message = format!(
+                    "the task's worker was lost after part of the answer was sent ({reason}): \
+                     run again"
+                );
+                return (self.error(&message, "unavailable"), Some(Ending::Done));
+            }
+            EventKind::Completed { usage } => {
+                out.extend(self.close());
+                let mut outcome = json!({"type": "success"});
+                if !self.pending.is_empty() {
+                    outcome["pendingToolCallIds"] = json!(self.pending);
+                }
+                let usage = json!([{
+                    "inputTokens": usage.prompt_tokens,
+                    "cachedInputTokens": usage.cached_tokens,
+                    "outputTokens": usage.completion_tokens,
+                    "reasoningTokens": usage.reasoning_tokens,
+                    "totalTokens": u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
+                }]);
+                out.push(self.finished(outcome, Some(usage)));
+                return (out, Some(Ending::Done));
+            }
+            EventKind::Failed { error, kind, .. } => {
+                return (self.error(error, kind.as_str()), Some(Ending::Done));
+            }
+            EventKind::Canceled { .. } => {
+                out.extend(self.close());
+                out.push(self.finished(json!({"type": "cancelled"}), None));
+                return (out, Some(Ending::Done));
+            }
+            _ => {}
+        }
+        (out, None)
+    }
+
+    fn finished(&self, outcome: Value, usage: Option<Value>) -> Value {
+        let mut event = json!({
+            "type": "RUN_FINISHED",
+            "threadId": self.thread_id,
+            "runId": self.run_id,
+            "outcome": outcome,
+        });
+        if let Some(usage) = usage {
+            event["usage"] = usage;
+        }
+        event
+    }
+
+    /// Closes the open text or reasoning message.
+    fn close(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        self.close_text(&mut out);
+        self.close_reasoning(&mut out);
+        out
+    }
+
+    fn close_text(&mut self, out: &mut Vec<Value>) {
+        if let Some(message) = self.text.take() {
+            out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": message}));
+        }
+    }
+
+    fn close_reasoning(&mut self, out: &mut Vec<Value>) {
+        if let Some(message) = self.reasoning.take() {
+            out.push(json!({"type": "REASONING_MESSAGE_END", "messageId": message}));
+            out.push(json!({"type": "REASONING_END", "messageId": message}));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::Usage;
+
+    fn event(seq: u64, kind: EventKind) -> TaskEvent {
+        TaskEvent { task_id: fleet_proto::TaskId::new("t"), seq, attempt: 1, timestamp_us: 0, kind }
+    }
+
+    fn types(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["type"].as_str().unwrap_or_default()).collect()
+    }
+
+    fn delta(text: &str) -> EventKind {
+        EventKind::TextDelta { text: text.into(), logprobs: Vec::new() }
+    }
+
+    #[test]
+    fn reasoning_text_and_a_frontend_call_end_in_a_success_with_it_pending() {
+        let mut t = Translator::new("th", "r", "t");
+        let mut all = Vec::new();
+        let kinds = [
+            EventKind::ReasoningDelta { text: "hmm".into() },
+            delta("Let me"),
+            delta(" look."),
+            EventKind::ToolCall {
+                call_id: "c1".into(),
+                name: "weather".into(),
+                arguments: "{}".into(),
+                traceparent: String::new(),
+                replayed: false,
+            },
+            EventKind::Completed {
+                usage: Usage { prompt_tokens: 5, completion_tokens: 7, ..Default::default() },
+            },
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let (out, end) = t.translate(&event(i as u64 + 3, kind));
+            all.extend(out);
+            assert_eq!(end.is_some(), i == 4);
+        }
+        assert_eq!(
+            types(&all),
+            [
+                "REASONING_START",
+                "REASONING_MESSAGE_START",
+                "REASONING_MESSAGE_CONTENT",
+                "REASONING_MESSAGE_END",
+                "REASONING_END",
+                "TEXT_MESSAGE_START",
+                "TEXT_MESSAGE_CONTENT",
+                "TEXT_MESSAGE_CONTENT",
+                "TEXT_MESSAGE_END",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS",
+                "TOOL_CALL_END",
+                "RUN_FINISHED",
+            ]
+        );
+        // The call hangs on the text's message; ids are unique in the task.
+        assert_eq!(all[5]["messageId"], "t-4");
+        assert_eq!(all[9]["parentMessageId"], "t-4");
+        let finished = &all[12];
+        assert_eq!(finished["outcome"]["pendingToolCallIds"], json!(["c1"]));
+        assert_eq!(finished["usage"][0]["totalTokens"], 12);
+    }
+
+    #[test]
+    fn an_approval_ends_the_run_on_an_interrupt() {
+        let mut t = Translator::new("th", "r", "task-1");
+        let ask = EventKind::InputRequired {
+            prompt: "May I?".into(),
+            call_id: "c7/input".into(),
+            tool: "helper".into(),
+            arguments: "{}".into(),
+            deadline_us: 0,
+        };
+        let (out, end) = t.translate(&event(9, ask));
+        assert_eq!(end, Some(Ending::Interrupted));
+        let interrupt = &out[0]["outcome"]["interrupts"][0];
+        assert_eq!(interrupt["id"], "task-1@9");
+        assert_eq!(interrupt["toolCallId"], "c7");
+        assert_eq!(interrupt["reason"], "tool_approval");
+    }
+
+    #[test]
+    fn a_retry_after_text_was_shown_ends_the_run_with_an_error() {
+        let mut t = Translator::new("th", "r", "t");
+        let retry = || EventKind::Retrying { reason: "worker lost".into(), failed_attempt: 1 };
+        // Before anything was shown it is invisible.
+        assert_eq!(t.translate(&event(2, retry())), (Vec::new(), None));
+        t.translate(&event(3, delta("hi")));
+        let (out, end) = t.translate(&event(4, retry()));
+        assert_eq!(types(&out), ["TEXT_MESSAGE_END", "RUN_ERROR"]);
+        assert_eq!(end, Some(Ending::Done));
+    }
+}

@@ -1,0 +1,174 @@
+//! The AG-UI door: `POST /agui/{agent}` takes a `RunAgentInput` and answers with the run's
+//! AG-UI events over server-sent events, so a CopilotKit or `@ag-ui/client` frontend talks
+//! to any agent of the cluster with nothing but the URL.
+//!
+//! A thin adapter from AG-UI to the cluster's one task API ([`TaskRun`]):
+//! - a run is one task: the client's messages its conversation (AG-UI clients send the whole
+//!   thread every run, so the head keeps no copy of it), the client's tools its frontend
+//!   tools ([`input`]);
+//! - the task's events become AG-UI's ([`events`]). A call of a frontend tool ends the run
+//!   with the call pending; the client runs it and sends its result in the next run;
+//! - a question or an approval the agent asks for ends the run with an interrupt whose id
+//!   names the task and the request; the task waits (until its input deadline), and the
+//!   run whose `resume` answers the interrupt replies to it and streams the rest of the
+//!   same task;
+//! - a client that goes away mid-run cancels the task, as on every other door.
+//!
+//! Refusals before the stream starts (a malformed input, an unknown agent, no credential)
+//! are HTTP errors with a JSON body of the OpenAI door's shape (AG-UI defines none); once
+//! the stream has started, failures are `RUN_ERROR`.
+
+pub mod events;
+pub mod input;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Request};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
+use futures::{StreamExt, stream};
+use serde_json::Value;
+
+use crate::auth::{Principal, Principals};
+use crate::cluster::{Cluster, NewTask};
+use crate::openai::errors::ApiError;
+use crate::openai::{BodyLimit, JsonBody};
+use crate::run::TaskRun;
+use events::{Ending, Translator};
+use input::RunInput;
+
+/// The AG-UI protocol version this door speaks (`RUN_STARTED.protocolVersion`).
+pub const PROTOCOL_VERSION: &str = "1.0";
+
+/// Comment lines on a quiet stream (a model loading, a slow tool), so proxies keep it open.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Shared by the AG-UI handlers.
+#[derive(Clone, Debug)]
+pub struct Agui {
+    pub cluster: Arc<Cluster>,
+    /// Client credentials, required as `Authorization: Bearer KEY` (or `X-API-Key`).
+    pub clients: Principals,
+    /// Who the request is from (a handler's state acts as the request's principal).
+    pub who: Principal,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl crate::auth::ActsAs for Agui {
+    fn acting_as(&self, who: Principal) -> Self {
+        Self { who, ..self.clone() }
+    }
+}
+
+impl BodyLimit for Agui {
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+/// The route, behind the API key when one is set.
+pub fn router(agui: Agui) -> Router {
+    Router::new()
+        .route("/agui/{agent}", or_405(post(run)))
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::auth::HttpAuth {
+                principals: agui.clients.clone(),
+                door: "agui",
+                render: |e| ApiError::from(e).into_response(),
+            },
+            crate::auth::http,
+        ))
+        .with_state(agui)
+}
+
+fn or_405(route: MethodRouter<Agui>) -> MethodRouter<Agui> {
+    route.fallback(|request: Request| async move {
+        ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
+    })
+}
+
+/// `POST /agui/{agent}`: a new run of `agent`, or the continuation of an interrupted one.
+async fn run(
+    crate::auth::Caller(door): crate::auth::Caller<Agui>,
+    Path(agent): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let input = RunInput::parse(&body)?;
+    let run = match &input.resume {
+        Some(resume) => {
+            let id = &resume.interrupt;
+            let task = door.cluster.task(&door.who, &id.task_id)?;
+            if task.agent != agent {
+                return Err(ApiError::invalid(
+                    "resume[0].interruptId",
+                    format!(
+                        "interrupt {} is agent {:?}'s, not {agent:?}: resume it at /agui/{}",
+                        id.to_wire(),
+                        task.agent,
+                        task.agent
+                    ),
+                ));
+            }
+            door.cluster.reply(&door.who, &id.task_id, "", resume.reply.clone(), id.seq)?;
+            TaskRun::resume(&door.cluster, &door.who, &id.task_id, id.seq + 1)?
+        }
+        None => {
+            if door.cluster.agent(&door.who, &agent).is_none() {
+                return Err(crate::Error::UnknownAgent(agent).into());
+            }
+            let options = fleet_proto::TaskOptions {
+                history: input.history.clone(),
+                tools: input.tools.clone(),
+                ..Default::default()
+            };
+            let task = NewTask {
+                agent,
+                input: input.input.clone(),
+                options: Some(Arc::new(options)),
+                traceparent: crate::traceparent::incoming(),
+                ..Default::default()
+            };
+            TaskRun::start(&door.cluster, &door.who, task)?
+        }
+    };
+    tracing::debug!(task_id = %run.task_id, thread_id = %input.thread_id, run_id = %input.run_id, "AG-UI run");
+    Ok(stream_run(run.asking(), &input))
+}
+
+/// The run's events: `RUN_STARTED`, the task's events translated, the run's end.
+fn stream_run(run: TaskRun, input: &RunInput) -> Response {
+    let translator = Translator::new(&input.thread_id, &input.run_id, run.task_id.as_str());
+    let started = translator.started(input.parent_run_id.as_deref());
+    let rest = stream::unfold(Some((run, translator)), |state| async move {
+        let (mut run, mut translator) = state?;
+        loop {
+            let Some(event) = run.next().await else {
+                let message = "the task's events stopped before it ended (the head is \
+                               shutting down, or the task left retention): run again";
+                return Some((translator.error(message, "unavailable"), None));
+            };
+            let (out, ending) = translator.translate(&event);
+            match ending {
+                None if out.is_empty() => continue,
+                None => return Some((out, Some((run, translator)))),
+                Some(Ending::Interrupted) => {
+                    run.keep();
+                    return Some((out, None));
+                }
+                Some(Ending::Done) => return Some((out, None)),
+            }
+        }
+    })
+    .flat_map(stream::iter);
+    let events =
+        stream::once(async move { started }).chain(rest).map(|e| Ok::<_, Infallible>(data(&e)));
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+fn data(event: &Value) -> Event {
+    Event::default().data(event.to_string())
+}
