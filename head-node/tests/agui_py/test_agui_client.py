@@ -1,0 +1,107 @@
+"""The AG-UI door with the official client, `@ag-ui/client`'s HttpAgent in Node (client.cjs):
+which validates every event against AG-UI's schemas and ordering rules and assembles the
+agent's messages. Echo agents and SmolLM2: a streamed answer, a frontend tool called and
+answered, a question and an approval as interrupts resumed by the next run, a cancelled
+interrupt, a failure, and a client that aborts (its task is canceled)."""
+
+import json
+
+import httpx
+from conftest import Cluster
+from fleetproc import wait_until
+
+CALL_HELPER = '<tool_call>{"name": "helper", "arguments": {"input": "hello"}}</tool_call>'
+ASK = '<tool_call>{"name": "ask_user", "arguments": {"question": "Which city?"}}</tool_call>'
+
+
+def task_of(message_id: str) -> str:
+    """The task an AG-UI message id was made by (`TASK-SEQ`)."""
+    return message_id.rsplit("-", 1)[0]
+
+
+def test_an_answer_streams_as_one_assistant_message(cluster: Cluster) -> None:
+    seen = cluster.node("text", "echo", "hello there agui")
+    first = seen["first"]
+    assert first["types"] == ["RUN_STARTED", "TEXT_MESSAGE_START", *["TEXT_MESSAGE_CONTENT"] * 3, "TEXT_MESSAGE_END", "RUN_FINISHED"], first
+    assert first["finished"] == [{"outcome": "success", "pendingToolCallIds": []}]
+    assert first["usage"][0]["outputTokens"] == 3 and first["usage"][0]["totalTokens"] == 6
+    assert [(m["role"], m["content"]) for m in seen["messages"]] == [("user", "hello there agui"), ("assistant", "hello there agui")]
+
+
+def test_smollm2_answers_through_the_official_client(cluster: Cluster) -> None:
+    seen = cluster.node("text", "smol", "What is the capital of France?")
+    first = seen["first"]
+    assert first["types"][0] == "RUN_STARTED" and first["types"][-1] == "RUN_FINISHED", first
+    assert first["types"].count("TEXT_MESSAGE_CONTENT") > 1, "the answer streams token by token"
+    assert "Paris" in first["text"], first["text"]
+    assert seen["messages"][-1] == {"id": seen["messages"][-1]["id"], "role": "assistant", "content": first["text"]}
+
+
+def test_a_frontend_tool_call_is_left_to_the_client_and_its_result_answered(cluster: Cluster) -> None:
+    seen = cluster.node("frontend_tool", "echo")
+    first, second = seen["first"], seen["second"]
+    assert first["types"] == ["RUN_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "RUN_FINISHED"], first
+    [pending] = first["finished"][0]["pendingToolCallIds"]
+    call = seen["messages"][1]["toolCalls"][0]
+    assert call["id"] == pending and call["function"]["name"] == "weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    # The client's result, sent in the next run, is what the agent answers.
+    assert second["text"] == "sunny, 21 degrees" and second["finished"][0]["outcome"] == "success", second
+    assert [m["role"] for m in seen["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_an_approval_is_an_interrupt_and_approving_runs_the_tool(cluster: Cluster) -> None:
+    seen = cluster.node("interrupt", "guarded", CALL_HELPER, "", json.dumps({"approved": True}))
+    first, second = seen["first"], seen["second"]
+    [finished] = first["finished"]
+    assert finished["outcome"] == "interrupt", first
+    [interrupt] = finished["interrupts"]
+    assert interrupt["reason"] == "tool_approval" and interrupt["toolCallId"]
+    assert "helper" in interrupt["message"] and interrupt["expiresAt"].endswith("Z")
+    assert interrupt["responseSchema"]["required"] == ["approved"]
+    # The resumed run is the same task going on: the tool ran, its result answered.
+    assert "TOOL_CALL_RESULT" in second["types"] and second["result"] == "hello", second
+    assert second["text"] == "hello" and second["finished"][0]["outcome"] == "success"
+    assert seen["pendingAfter"] == []
+    assert task_of(seen["messages"][-1]["id"]) == interrupt["id"].split("@")[0]
+
+
+def test_a_refused_approval_reaches_the_agent_as_the_reason(cluster: Cluster) -> None:
+    seen = cluster.node("interrupt", "guarded", CALL_HELPER, "", json.dumps({"approved": False, "reason": "not today"}))
+    second = seen["second"]
+    assert "not today" in second["result"], second
+    assert second["finished"][0]["outcome"] == "success"
+
+
+def test_a_question_is_an_interrupt_answered_by_the_next_run(cluster: Cluster) -> None:
+    seen = cluster.node("interrupt", "asker", ASK, "", json.dumps("Paris"))
+    first, second = seen["first"], seen["second"]
+    [interrupt] = first["finished"][0]["interrupts"]
+    assert (interrupt["reason"], interrupt["message"]) == ("question", "Which city?"), interrupt
+    assert second["text"] == "Paris", second
+
+
+def test_a_cancelled_interrupt_declines_the_question(cluster: Cluster) -> None:
+    seen = cluster.node("interrupt", "asker", ASK, "", "null")
+    assert "declined" in seen["second"]["result"], seen["second"]
+
+
+def test_a_failed_task_is_a_run_error(cluster: Cluster) -> None:
+    first = cluster.node("text", "broken", "hi")["first"]
+    assert first["types"] == ["RUN_STARTED", "RUN_ERROR"], first
+    [error] = first["errors"]
+    assert error["code"] == "invalid_request" and "token_delay_ms" in error["message"], error
+
+
+def test_a_client_that_aborts_cancels_its_task(cluster: Cluster) -> None:
+    words = " ".join(f"w{i}" for i in range(100))  # 10 s at 100 ms a word
+    seen = cluster.node("abort", "slow", words)
+    assert seen["first"]["aborted"] and seen["first"]["text"] == "w0", seen["first"]
+    task = task_of(seen["messages"][-1]["id"])
+
+    def state() -> str:
+        r = httpx.get(f"{cluster.url}/a2a/slow/tasks/{task}", headers={"A2A-Version": "1.0"})
+        assert r.status_code == 200, r.text
+        return str(r.json()["status"]["state"])
+
+    assert wait_until(lambda: "CANCEL" in state().upper(), timeout=5, what="the task canceled")
