@@ -138,8 +138,9 @@ struct Plan {
     /// freely.
     tool_choice: ToolChoice,
     parallel_tool_calls: bool,
-    /// The client's tools (OpenAI requests): their calls end the task, the client runs them.
-    client_runs_calls: bool,
+    /// The names of the client's tools (OpenAI and AG-UI requests): their calls end the
+    /// task, the client runs them. The agent's own tools beside them run here.
+    client_tools: Vec<String>,
     /// A raw prompt (OpenAI's legacy completions), continued as it is in one round.
     raw_prompt: bool,
 }
@@ -175,16 +176,25 @@ impl Plan {
         }
         // An agent makes one call per round and sees its result before the next.
         let mut parallel_tool_calls = false;
+        let mut client_names = Vec::new();
         if let Some(options) = client_tools {
             parallel_tool_calls = options.parallel_tool_calls;
-            if !tools.is_empty() {
-                return Err(invalid(format!(
-                    "invalid request: agent {} calls tools of its own; send tools to a model, or \
-                     to an agent without tools",
-                    run.spec.name
-                )));
+            // The client's tools join the agent's own; a name both have would be ambiguous.
+            let own = toolbox.names();
+            for tool in &options.tools {
+                let name = tool.pointer("/function/name").and_then(|n| n.as_str()).unwrap_or("");
+                let taken = toolbox.get(name).is_some()
+                    || (name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user());
+                if taken {
+                    return Err(invalid(format!(
+                        "invalid request: agent {} has a tool of its own named {name} ({own}); \
+                         name the client's tool differently",
+                        run.spec.name
+                    )));
+                }
+                client_names.push(name.to_owned());
             }
-            tools.clone_from(&options.tools);
+            tools.extend(options.tools.iter().cloned());
             tool_choice = match &options.tool_choice {
                 ClientToolChoice::Auto => ToolChoice::Auto,
                 ClientToolChoice::Required => ToolChoice::Required,
@@ -208,7 +218,7 @@ impl Plan {
             tools,
             tool_choice,
             parallel_tool_calls,
-            client_runs_calls: client_tools.is_some(),
+            client_tools: client_names,
             raw_prompt,
         })
     }
@@ -250,12 +260,11 @@ async fn rounds(
 ) -> Result<(Usage, String), EventKind> {
     let mut usage = Usage::default();
     let mut ids = CallIds::of(&run.task);
-    // The client runs the calls of its own tools: none is recorded with a result here.
-    let Replayed { rounds: replayed, mut output } = if plan.client_runs_calls {
-        Replayed { rounds: 0, output: String::new() }
-    } else {
-        replay(run, toolbox, &mut messages, &mut ids, parent).await?
-    };
+    let Replayed { rounds: replayed, mut output, handed } =
+        replay(run, toolbox, &plan.client_tools, &mut messages, &mut ids, parent).await?;
+    if handed {
+        return Ok((usage, output));
+    }
     if replayed > 0 {
         plan.tool_choice = ToolChoice::Auto;
     }
@@ -282,22 +291,27 @@ async fn rounds(
         if turn.tool_calls.is_empty() {
             return Ok((usage, output));
         }
-        if plan.client_runs_calls {
-            hand_calls_to_client(run, turn.tool_calls).await;
-            return Ok((usage, output));
-        }
-        if round == MAX_TOOL_ROUNDS {
+        // The client's calls end the task once the agent's own calls of the turn are made.
+        let (to_client, own): (Vec<ToolCall>, Vec<ToolCall>) =
+            turn.tool_calls.into_iter().partition(|call| plan.client_tools.contains(&call.name));
+        if to_client.is_empty() && round == MAX_TOOL_ROUNDS {
             break;
         }
         plan.tool_choice = ToolChoice::Auto;
         let calls: Vec<ToolCall> =
-            turn.tool_calls.into_iter().map(|call| ToolCall { id: ids.next(), ..call }).collect();
-        messages.push(ChatMessage {
-            tool_calls: calls.clone(),
-            ..ChatMessage::new(Role::Assistant, turn.text)
-        });
+            own.into_iter().map(|call| ToolCall { id: ids.next(), ..call }).collect();
+        if !calls.is_empty() {
+            messages.push(ChatMessage {
+                tool_calls: calls.clone(),
+                ..ChatMessage::new(Role::Assistant, turn.text)
+            });
+        }
         for call in calls {
             make_call(run, toolbox, call, &mut messages, parent).await?;
+        }
+        if !to_client.is_empty() {
+            hand_calls_to_client(run, to_client).await;
+            return Ok((usage, output));
         }
     }
     Err(failed(
@@ -375,6 +389,8 @@ struct Replayed {
     rounds: usize,
     /// The text they said.
     output: String,
+    /// A lost attempt's calls of the client's tools were handed out again: the task ends.
+    handed: bool,
 }
 
 /// Replays a retried task's recorded steps (`task.steps`): each goes back into the
@@ -384,18 +400,20 @@ struct Replayed {
 async fn replay(
     run: &TaskRun,
     toolbox: &Toolbox,
+    client_tools: &[String],
     messages: &mut Vec<ChatMessage>,
     ids: &mut CallIds,
     parent: &str,
 ) -> Result<Replayed, EventKind> {
     let steps = &run.task.steps;
-    let mut replayed = Replayed { rounds: 0, output: String::new() };
+    let mut replayed = Replayed { rounds: 0, output: String::new(), handed: false };
     if steps.is_empty() {
         return Ok(replayed);
     }
     let answered: std::collections::HashSet<&str> =
         steps.iter().filter(|s| s.role == "tool").map(|s| s.tool_call_id.as_str()).collect();
     let mut unanswered = Vec::new();
+    let mut to_client = Vec::new();
     for step in steps {
         if step.role == "tool" {
             messages
@@ -430,6 +448,9 @@ async fn replay(
                     replayed: true,
                 };
                 emit(&run.sink, &run.task, event).await;
+            } else if client_tools.contains(&call.name) {
+                // The client's to run: handed out again, as the lost attempt did.
+                to_client.push(call.clone());
             } else {
                 if toolbox.calls_once(&run.spec.call_once, &call.name) {
                     return Err(not_called_again(&call.name, &call.id));
@@ -447,6 +468,10 @@ async fn replay(
     }
     for call in unanswered {
         make_call(run, toolbox, call, messages, parent).await?;
+    }
+    if !to_client.is_empty() {
+        hand_calls_to_client(run, to_client).await;
+        replayed.handed = true;
     }
     Ok(replayed)
 }

@@ -67,6 +67,14 @@ const scenarios = {
     return { first, second, messages: agent.messages };
   },
 
+  // An agent with tools of its own, offered a frontend tool too: `ARGS[0]` calls one of
+  // them; the agent's own runs on the cluster, the frontend one is left to the client.
+  async mixed_tools() {
+    const agent = agentWith(args[0]);
+    const first = await run(agent, { tools: [WEATHER] });
+    return { first, messages: agent.messages };
+  },
+
   // The agent asks (a question, or an approval of its tool call): the run ends on an
   // interrupt, and the run that resumes it with `payload` goes on.
   async interrupt() {

@@ -40,6 +40,12 @@ model = "builtin:echo"
 tools = ["helper"]
 requires_approval = ["helper"]
 
+# Tools of its own beside the frontend tools a client declares.
+[[agent]]
+name = "toolful"
+model = "builtin:echo"
+tools = ["helper"]
+
 [[agent]]
 name = "slow"
 model = "builtin:echo"

@@ -1,7 +1,7 @@
 """The AG-UI door with the official client, `@ag-ui/client`'s HttpAgent in Node (client.cjs):
 which validates every event against AG-UI's schemas and ordering rules and assembles the
 agent's messages. Echo agents and SmolLM2: a streamed answer, a frontend tool called and
-answered, a question and an approval as interrupts resumed by the next run, a cancelled
+answered (also beside the agent's own tools), a question and an approval as interrupts resumed by the next run, a cancelled
 interrupt, a failure, and a client that aborts (its task is canceled)."""
 
 import json
@@ -48,6 +48,16 @@ def test_a_frontend_tool_call_is_left_to_the_client_and_its_result_answered(clus
     # The client's result, sent in the next run, is what the agent answers.
     assert second["text"] == "sunny, 21 degrees" and second["finished"][0]["outcome"] == "success", second
     assert [m["role"] for m in seen["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_an_agent_with_tools_of_its_own_takes_frontend_tools_too(cluster: Cluster) -> None:
+    own = cluster.node("mixed_tools", "toolful", CALL_HELPER)["first"]
+    assert own["types"][1:5] == ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"], own
+    assert own["result"] == "hello" and own["text"] == "hello"
+    assert own["finished"] == [{"outcome": "success", "pendingToolCallIds": []}]
+    frontend = cluster.node("mixed_tools", "toolful", '<tool_call>{"name": "weather", "arguments": {"city": "Lima"}}</tool_call>')["first"]
+    assert frontend["types"] == ["RUN_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "RUN_FINISHED"], frontend
+    assert len(frontend["finished"][0]["pendingToolCallIds"]) == 1
 
 
 def test_an_approval_is_an_interrupt_and_approving_runs_the_tool(cluster: Cluster) -> None:
