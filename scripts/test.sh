@@ -4,8 +4,8 @@
 # (unit and multi-process cluster tests), then the Python package's tests (warnings as
 # errors, a per-test timeout, and mypy.stubtest of the stubs), then the A2A tests with the
 # official a2a-sdk client, the OpenAI API tests with the official openai client, the MCP
-# server's tests with the official MCP SDK, the AG-UI door with the official @ag-ui/client
-# (Node) and ag-ui-protocol, the traces test with an OTLP receiver, and the
+# server's tests with the official MCP SDK, AG-UI and the AI SDK's chat stream with their
+# own clients in Node (and ag-ui-protocol), the traces test with an OTLP receiver, and the
 # inspector in Debian's chromium, and last what deploys it: the wheel in a fresh virtualenv
 # without Rust, the systemd units and the Kubernetes manifests.
 . "$(dirname "$0")/env.sh"
@@ -44,14 +44,15 @@ export FLEET_IMAGE
 (cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The head's MCP server (/mcp) with the official MCP Python SDK as the client.
 (cd head-node/tests/mcp_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
-# The AG-UI door (/agui/{agent}) with the official client, @ag-ui/client in Debian's Node
-# (from npm, cached), and with the ag-ui-protocol package's event models.
-agui_dir="$cache/agui-node"
-if [ ! -d "$agui_dir/node_modules/@ag-ui/client" ]; then
-    mkdir -p "$agui_dir"
-    (cd "$agui_dir" && npm install --silent --no-audit --no-fund --no-save @ag-ui/client@1.0.0)
+# The doors of web frontends with their own clients in Debian's Node (from npm, cached):
+# AG-UI (/agui/{agent}) with @ag-ui/client, also read with ag-ui-protocol's event models, and
+# the Vercel AI SDK's UI message stream (/ai-sdk/{agent}) with the ai package's transport.
+webui_dir="$cache/webui-node"
+if [ ! -d "$webui_dir/node_modules/@ag-ui/client" ] || [ ! -d "$webui_dir/node_modules/ai" ]; then
+    mkdir -p "$webui_dir"
+    (cd "$webui_dir" && npm install --silent --no-audit --no-fund --no-save @ag-ui/client@1.0.0 ai@7.0.173)
 fi
-(cd head-node/tests/agui_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" AGUI_NODE_MODULES="$agui_dir/node_modules" python -m pytest -p no:cacheprovider)
+(cd head-node/tests/webui_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" WEBUI_NODE_MODULES="$webui_dir/node_modules" python -m pytest -p no:cacheprovider)
 # OpenTelemetry traces from a head and two mesh workers into an OTLP receiver of the test's.
 (cd head-node/tests/traces_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The inspector (/ui) in a real browser: Debian's chromium and chromium-driver (installed by

@@ -1,5 +1,5 @@
 //! The head's HTTP routes, served on the same address as gRPC: `/healthz`, `/metrics`, the
-//! A2A front door, the OpenAI-compatible API, the AG-UI door (`/agui/{agent}`), the MCP server (`/mcp`) and the inspector
+//! A2A front door, the OpenAI-compatible API, the AG-UI door (`/agui/{agent}`), the AI SDK's (`/ai-sdk/{agent}`), the MCP server (`/mcp`) and the inspector
 //! (`/ui`), all behind the browser checks of `crate::browsers`.
 
 use std::sync::Arc;
@@ -131,6 +131,7 @@ pub fn router(
         .with_state(metrics)
         .merge(crate::a2a::router(a2a))
         .merge(crate::openai::router(openai))
+        .merge(crate::aisdk::router(agui.clone()))
         .merge(crate::agui::router(agui))
         .merge(crate::mcp::router(mcp))
         .merge(crate::inspector::router(inspector))

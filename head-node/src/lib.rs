@@ -19,9 +19,10 @@
 //! - [`http`] serves `/healthz`, `metrics` (Prometheus, `/metrics`) and mounts [`a2a`], the A2A front door (JSON-RPC and
 //!   HTTP+JSON bindings, agent cards, SSE streams), [`openai`], the OpenAI-compatible
 //!   API (`/v1/models`, `/v1/chat/completions`, `/v1/responses`, `/v1/completions`,
-//!   `/v1/embeddings`), [`agui`], the AG-UI door (`/agui/{agent}`), `mcp`, the agents as
+//!   `/v1/embeddings`), [`agui`], the AG-UI door (`/agui/{agent}`), [`aisdk`], the
+//!   Vercel AI SDK's UI message stream (`/ai-sdk/{agent}`), `mcp`, the agents as
 //!   an MCP server's tools (`/mcp`), and `inspector`, the live view of the cluster in a
-//!   browser (`/ui`); `run` follows one HTTP request's task for the OpenAI API, AG-UI and MCP;
+//!   browser (`/ui`); `run` follows one HTTP request's task for the OpenAI API, AG-UI, the AI SDK and MCP;
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
 //!   command line (also run by `python -m agentfleet head`).
 //!
@@ -31,6 +32,7 @@ pub mod a2a;
 pub mod actor_state;
 pub mod agents;
 pub mod agui;
+pub mod aisdk;
 pub mod api;
 pub mod auth;
 pub mod browsers;

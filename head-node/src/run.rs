@@ -15,7 +15,8 @@ use crate::cluster::{Cluster, Follow, NewTask};
 
 /// Why the agent's questions and approvals are declined.
 const NOBODY_TO_ASK: &str = "nobody can answer: the task came through an API that takes no \
-     replies (OpenAI or MCP); go on without it, or use A2A or the Python or gRPC clients";
+     replies (OpenAI, the AI SDK's chat or MCP); go on without it, or use A2A, AG-UI or the \
+     Python or gRPC clients";
 
 /// How often a decline is tried while the task's worker is away (100 ms apart).
 const DECLINE_TRIES: u32 = 300;
@@ -106,4 +107,51 @@ impl Drop for TaskRun {
             let _ = self.cluster.cancel(&self.who, self.task_id.as_str());
         }
     }
+}
+
+/// How a door's stream of a task ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The task ended (or failed, or its events stopped).
+    Done,
+    /// The task waits on its user: it goes on when a later request answers (the run is
+    /// [kept](TaskRun::keep)).
+    Interrupted,
+}
+
+/// A door's protocol: what each of a task's events becomes on its stream.
+pub trait Translate: Send + 'static {
+    /// The door's events for `event`, and whether the stream ends with it.
+    fn translate(&mut self, event: &TaskEvent) -> (Vec<serde_json::Value>, Option<Ending>);
+    /// The last events when the task's events stopped before its end (the head is shutting
+    /// down, or the task left retention).
+    fn stopped(&mut self) -> Vec<serde_json::Value>;
+}
+
+/// The door's events of `run`, translated by `door`, to the stream's end: the one loop the
+/// SSE doors (AG-UI, the AI SDK) follow a task with.
+pub fn translated(
+    run: TaskRun,
+    door: impl Translate,
+) -> impl futures::Stream<Item = serde_json::Value> + Send + 'static {
+    use futures::StreamExt;
+    futures::stream::unfold(Some((run, door)), |state| async move {
+        let (mut run, mut door) = state?;
+        loop {
+            let Some(event) = run.next().await else {
+                return Some((door.stopped(), None));
+            };
+            let (out, ending) = door.translate(&event);
+            match ending {
+                None if out.is_empty() => continue,
+                None => return Some((out, Some((run, door)))),
+                Some(Ending::Interrupted) => {
+                    run.keep();
+                    return Some((out, None));
+                }
+                Some(Ending::Done) => return Some((out, None)),
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
 }

@@ -29,6 +29,20 @@ use serde_json::{Value, json};
 
 /// Field names of the A2A and OpenAI requests, in both spellings where A2A has two.
 const KEYS: &[&str] = &[
+    // AG-UI's and the AI SDK's.
+    "threadId",
+    "runId",
+    "messages",
+    "tools",
+    "toolCalls",
+    "toolCallId",
+    "toolName",
+    "resume",
+    "interruptId",
+    "payload",
+    "output",
+    "dynamic-tool",
+    "output-available",
     "jsonrpc",
     "id",
     "method",
@@ -310,6 +324,27 @@ fn openai_seeds() -> Vec<Value> {
     ]
 }
 
+/// AG-UI `RunAgentInput`s and AI SDK chats, to mutate.
+fn web_ui_seeds() -> Vec<Value> {
+    vec![
+        json!({"threadId": "t", "runId": "r", "state": {}, "context": [{"description": "d", "value": "v"}],
+            "messages": [{"id": "1", "role": "developer", "content": "be brief"},
+                {"id": "2", "role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"id": "3", "role": "assistant", "toolCalls": [{"id": "c", "type": "function",
+                    "function": {"name": "f", "arguments": "{}"}}]},
+                {"id": "4", "role": "tool", "toolCallId": "c", "content": "1"}],
+            "tools": [{"name": "f", "description": "d", "parameters": {"type": "object"}}],
+            "forwardedProps": {}}),
+        json!({"threadId": "t", "runId": "r", "messages": [],
+            "resume": [{"interruptId": "task@3", "status": "resolved", "payload": {"approved": true}}]}),
+        json!({"id": "chat", "trigger": "submit-message", "tools": [{"name": "f", "description": "d"}],
+            "messages": [{"id": "1", "role": "user", "parts": [{"type": "text", "text": "hi"}]},
+                {"id": "2", "role": "assistant", "parts": [{"type": "step-start"},
+                    {"type": "dynamic-tool", "toolName": "f", "toolCallId": "c",
+                     "state": "output-available", "input": {}, "output": "1"}]}]}),
+    ]
+}
+
 fn request() -> impl Strategy<Value = Request> {
     let body = |seeds: Vec<Value>| {
         prop_oneof![
@@ -331,6 +366,10 @@ fn request() -> impl Strategy<Value = Request> {
             body(rest.clone())
         ),
         (Just("/a2a/echo/tasks/t1:cancel"), body(rest)),
+        (
+            prop_oneof![Just("/agui/echo"), Just("/ai-sdk/echo"), Just("/agui/nobody")],
+            body(web_ui_seeds())
+        ),
         (
             prop_oneof![
                 Just("/v1/chat/completions"),
@@ -378,11 +417,9 @@ fn http_front_doors() -> anyhow::Result<()> {
                 Err(TestCaseError::fail(format!("{} answered {status}", r.path)))
             }
             Ok((status, body)) => {
-                let outcome = if body.contains("\"result\"") || body.contains("\"choices\"") {
-                    "done"
-                } else {
-                    "refused"
-                };
+                let done = ["\"result\"", "\"choices\"", "RUN_FINISHED", "\"finish\""];
+                let outcome =
+                    if done.iter().any(|d| body.contains(d)) { "done" } else { "refused" };
                 *answers
                     .borrow_mut()
                     .entry(format!("{} {status} {outcome}", r.path))

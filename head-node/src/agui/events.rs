@@ -9,18 +9,10 @@ use fleet_proto::{ArtifactPart, EventKind, TaskEvent};
 use serde_json::{Value, json};
 
 use super::input::InterruptId;
+use crate::run::{Ending, Translate};
 
 /// The name of the `CUSTOM` event an artifact comes as.
 pub const ARTIFACT_EVENT: &str = "agentfleet.artifact";
-
-/// How a run's stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// The task ended (or failed, or its events stopped).
-    Done,
-    /// The task waits on its user: it goes on when a later run answers the interrupt.
-    Interrupted,
-}
 
 /// Translates one run's share of a task's events.
 pub struct Translator {
@@ -73,9 +65,11 @@ impl Translator {
         out.push(json!({"type": "RUN_ERROR", "message": message, "code": code}));
         out
     }
+}
 
+impl Translate for Translator {
     /// The AG-UI events of `event`, and whether the run ends with it.
-    pub fn translate(&mut self, event: &TaskEvent) -> (Vec<Value>, Option<Ending>) {
+    fn translate(&mut self, event: &TaskEvent) -> (Vec<Value>, Option<Ending>) {
         // Ids of what opens at this event: unique in the task, so in every run of it.
         let id = format!("{}-{}", self.task_id, event.seq);
         let mut out = Vec::new();
@@ -213,6 +207,14 @@ impl Translator {
         (out, None)
     }
 
+    fn stopped(&mut self) -> Vec<Value> {
+        let message = "the task's events stopped before it ended (the head is shutting down, or \
+                       the task left retention): run again";
+        self.error(message, "unavailable")
+    }
+}
+
+impl Translator {
     fn finished(&self, outcome: Value, usage: Option<Value>) -> Value {
         let mut event = json!({
             "type": "RUN_FINISHED",
@@ -251,6 +253,7 @@ impl Translator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::Ending;
     use fleet_proto::Usage;
 
     fn event(seq: u64, kind: EventKind) -> TaskEvent {

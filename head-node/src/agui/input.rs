@@ -274,7 +274,7 @@ fn tool_calls(at: &str, value: Option<&Value>) -> Result<Vec<CallMade>, ApiError
 }
 
 /// The frontend tools in OpenAI's form (`{"type": "function", "function": {...}}`).
-fn tools(value: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+pub(crate) fn tools(value: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     let items = match value {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -400,10 +400,10 @@ mod tests {
     }
 
     #[test]
-    fn the_last_user_message_is_the_input_and_the_rest_history() {
+    fn the_last_user_message_is_the_input_and_the_rest_history() -> Result<(), ApiError> {
         let mut body = base();
         body["context"] = json!([{"description": "page", "value": "/cart"}]);
-        let run = RunInput::parse(&body).unwrap();
+        let run = RunInput::parse(&body)?;
         assert_eq!(run.input, "hi");
         assert_eq!(run.history.len(), 2);
         assert_eq!(run.history[0].content, "Context from the application:\n- page: /cart");
@@ -411,10 +411,11 @@ mod tests {
             (run.history[1].role.as_str(), run.history[1].content.as_str()),
             ("system", "Be brief.")
         );
+        Ok(())
     }
 
     #[test]
-    fn a_frontend_tools_result_is_answered_as_history() {
+    fn a_frontend_tools_result_is_answered_as_history() -> Result<(), ApiError> {
         let body = json!({"threadId": "t", "runId": "r", "messages": [
             {"id": "1", "role": "user", "content": [{"type": "text", "text": "weather?"}]},
             {"id": "2", "role": "assistant", "toolCalls": [
@@ -422,18 +423,20 @@ mod tests {
             {"id": "3", "role": "tool", "toolCallId": "c1", "content": "", "error": "offline"},
             {"id": "4", "role": "activity", "activityType": "x", "content": {}},
         ], "tools": [{"name": "weather", "description": "the weather"}]});
-        let run = RunInput::parse(&body).unwrap();
+        let run = RunInput::parse(&body)?;
         assert_eq!(run.input, "");
         assert_eq!(run.history.len(), 3);
         assert_eq!(run.history[1].tool_calls[0].name, "weather");
         assert!(run.history[2].is_error);
         assert_eq!(run.history[2].content, "offline");
         assert_eq!(run.tools[0]["function"]["parameters"]["type"], "object");
+        Ok(())
     }
 
     #[test]
     fn rejections_name_the_field() {
-        let param = |body: Value| RunInput::parse(&body).unwrap_err().param.unwrap_or_default();
+        let param =
+            |body: Value| RunInput::parse(&body).err().and_then(|e| e.param).unwrap_or_default();
         let mut body = base();
         body["threadId"] = json!("");
         assert_eq!(param(body), "threadId");
@@ -460,9 +463,10 @@ mod tests {
             let mut body = base();
             body["resume"] =
                 json!([{"interruptId": "task-9@12", "status": status, "payload": payload}]);
-            let resume = RunInput::parse(&body).unwrap().resume.unwrap();
-            assert_eq!(resume.interrupt, InterruptId { task_id: "task-9".into(), seq: 12 });
-            resume.reply
+            let resume = RunInput::parse(&body).ok().and_then(|run| run.resume);
+            let interrupt = InterruptId { task_id: "task-9".into(), seq: 12 };
+            assert_eq!(resume.as_ref().map(|r| &r.interrupt), Some(&interrupt));
+            resume.map_or(Reply::Text("no resume".into()), |r| r.reply)
         };
         assert_eq!(reply("resolved", json!(true)), Reply::Approve);
         assert_eq!(

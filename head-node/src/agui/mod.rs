@@ -37,7 +37,7 @@ use crate::cluster::{Cluster, NewTask};
 use crate::openai::errors::ApiError;
 use crate::openai::{BodyLimit, JsonBody};
 use crate::run::TaskRun;
-use events::{Ending, Translator};
+use events::Translator;
 use input::RunInput;
 
 /// The AG-UI protocol version this door speaks (`RUN_STARTED.protocolVersion`).
@@ -143,29 +143,9 @@ async fn run(
 fn stream_run(run: TaskRun, input: &RunInput) -> Response {
     let translator = Translator::new(&input.thread_id, &input.run_id, run.task_id.as_str());
     let started = translator.started(input.parent_run_id.as_deref());
-    let rest = stream::unfold(Some((run, translator)), |state| async move {
-        let (mut run, mut translator) = state?;
-        loop {
-            let Some(event) = run.next().await else {
-                let message = "the task's events stopped before it ended (the head is \
-                               shutting down, or the task left retention): run again";
-                return Some((translator.error(message, "unavailable"), None));
-            };
-            let (out, ending) = translator.translate(&event);
-            match ending {
-                None if out.is_empty() => continue,
-                None => return Some((out, Some((run, translator)))),
-                Some(Ending::Interrupted) => {
-                    run.keep();
-                    return Some((out, None));
-                }
-                Some(Ending::Done) => return Some((out, None)),
-            }
-        }
-    })
-    .flat_map(stream::iter);
-    let events =
-        stream::once(async move { started }).chain(rest).map(|e| Ok::<_, Infallible>(data(&e)));
+    let events = stream::once(async move { started })
+        .chain(crate::run::translated(run, translator))
+        .map(|e| Ok::<_, Infallible>(data(&e)));
     Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
 }
 

@@ -1,12 +1,14 @@
-//! The AG-UI door (`/agui/{agent}`) against the OpenAI SSE door on one head with echo
-//! agents on two workers, in the same run:
+//! The doors of web frontends, AG-UI (`/agui/{agent}`) and the AI SDK's chat stream
+//! (`/ai-sdk/{agent}`), against the OpenAI SSE door on one head with echo agents on two
+//! workers, in the same run:
 //! - time to the first token of a streamed answer, sequential requests, AG-UI's
-//!   `TEXT_MESSAGE_CONTENT` against `/v1/chat/completions`' first content chunk (rounds
-//!   interleaved, medians per round);
+//!   `TEXT_MESSAGE_CONTENT` and the AI SDK's first `text-delta` against
+//!   `/v1/chat/completions`' first content chunk (the three interleaved request by request,
+//!   medians per round);
 //! - N concurrent AG-UI runs (one HTTP/1.1 connection each): all finish, time to the first
 //!   event, and the head's memory.
 //!
-//! `cargo build --release --bins && cargo bench -p fleet-benches --bench agui [-- --streams 1000]`
+//! `cargo build --release --bins && cargo bench -p fleet-benches --bench ui_doors [-- --streams 1000]`
 
 use std::time::{Duration, Instant};
 
@@ -93,12 +95,14 @@ async fn main() -> Result<()> {
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(streams).build_http();
     let agui = format!("{}/agui/echo", cluster.url);
     let openai = format!("{}/v1/chat/completions", cluster.url);
+    let aisdk = format!("{}/ai-sdk/echo", cluster.url);
     let text = format!("{FIRST_WORD} beta gamma delta");
 
     // First token, sequential, the two doors interleaved request by request.
-    let (mut agui_rounds, mut openai_rounds) = (Vec::new(), Vec::new());
+    let (mut agui_rounds, mut openai_rounds, mut aisdk_rounds) =
+        (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let (mut a, mut o) = (Vec::new(), Vec::new());
+        let (mut a, mut o, mut s) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..REQUESTS_PER_ROUND {
             let body = agui_input(round * REQUESTS_PER_ROUND + i, &text);
             let (_, first_token, all) = stream(&http, &agui, &body, FIRST_WORD).await?;
@@ -109,13 +113,21 @@ async fn main() -> Result<()> {
             let (_, first_token, all) = stream(&http, &openai, &body, FIRST_WORD).await?;
             ensure!(all.contains("[DONE]"), "an OpenAI stream did not finish: {all}");
             o.push(first_token);
+            let body = json!({"id": format!("chat-{i}"), "trigger": "submit-message",
+                              "messages": [{"id": "u1", "role": "user",
+                                            "parts": [{"type": "text", "text": text}]}]});
+            let (_, first_token, all) = stream(&http, &aisdk, &body, FIRST_WORD).await?;
+            ensure!(all.contains("\"finish\""), "an AI SDK stream did not finish: {all}");
+            s.push(first_token);
         }
         agui_rounds.push(median(a));
         openai_rounds.push(median(o));
+        aisdk_rounds.push(median(s));
     }
     let us = |d: &Duration| d.as_secs_f64() * 1e6;
     let rounds = |v: &[Duration]| v.iter().map(|d| format!("{:.0}", us(d))).collect::<Vec<_>>();
     let (agui_p50, openai_p50) = (median(agui_rounds.clone()), median(openai_rounds.clone()));
+    let aisdk_p50 = median(aisdk_rounds.clone());
 
     // N concurrent runs.
     let idle = cluster.head_rss_bytes().unwrap_or(0);
@@ -151,7 +163,13 @@ async fn main() -> Result<()> {
         us(&openai_p50),
         rounds(&openai_rounds)
     );
+    println!(
+        "| first token, AI SDK (`text-delta`), p50 | {:.0} µs | {:?} |",
+        us(&aisdk_p50),
+        rounds(&aisdk_rounds)
+    );
     println!("| AG-UI − OpenAI | {:+.0} µs | – |", us(&agui_p50) - us(&openai_p50));
+    println!("| AI SDK − OpenAI | {:+.0} µs | – |", us(&aisdk_p50) - us(&openai_p50));
     println!(
         "| concurrent AG-UI runs finished | {streams} of {streams} in {:.2} s | – |",
         total.as_secs_f64()

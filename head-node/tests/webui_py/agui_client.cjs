@@ -1,5 +1,5 @@
 // The official AG-UI client (@ag-ui/client's HttpAgent) against a head's /agui/{agent}:
-// `node client.cjs SCENARIO URL [ARGS...]` runs one scenario and prints, as its last line,
+// `node agui_client.cjs SCENARIO URL [ARGS...]` runs one scenario and prints, as its last line,
 // the JSON of what the client saw: the event types in order, the runs' outcomes, and the
 // agent's messages as the client assembled them. The client checks every event against
 // AG-UI's schemas and its ordering rules, and fails the run on the first violation.

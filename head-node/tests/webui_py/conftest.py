@@ -1,7 +1,8 @@
 """A real fleet-head and fleet-worker (separate processes, from ../fleetproc.py) serving
-echo agents and SmolLM2-135M-Instruct, whose agents the AG-UI tests run through
-`/agui/{agent}`: with the official `@ag-ui/client` in Node (client.cjs) and with the
-`ag-ui-protocol` package's event models in Python."""
+echo agents and SmolLM2-135M-Instruct, for the doors web frontends use: AG-UI
+(`/agui/{agent}`), with the official `@ag-ui/client` in Node (agui_client.cjs) and the
+`ag-ui-protocol` package's event models in Python; and the Vercel AI SDK's UI message stream
+(`/ai-sdk/{agent}`), with the `ai` package's own client side in Node (aisdk_chat.cjs)."""
 
 import json
 import os
@@ -64,15 +65,26 @@ instructions = "You are a helpful assistant. Answer in one short sentence."
 sampling = { max_tokens = 40, temperature = 0.0 }
 """
 
-CLIENT_SCRIPT = Path(__file__).with_name("client.cjs")
+HERE = Path(__file__).parent
 
 
 def node_modules() -> Path:
-    """$AGUI_NODE_MODULES: a node_modules with @ag-ui/client (scripts/test.sh installs it
-    from npm into the cache)."""
-    path = Path(os.environ.get("AGUI_NODE_MODULES") or Path.home() / ".cache/agentfleet/agui-node/node_modules")
-    assert (path / "@ag-ui" / "client").is_dir(), f"{path}: npm install @ag-ui/client@1.0.0 there (scripts/test.sh does)"
+    """$WEBUI_NODE_MODULES: a node_modules with @ag-ui/client and ai (scripts/test.sh
+    installs them from npm into the cache)."""
+    path = Path(os.environ.get("WEBUI_NODE_MODULES") or Path.home() / ".cache/agentfleet/webui-node/node_modules")
+    for package in ("@ag-ui/client", "ai"):
+        assert (path / package).is_dir(), f"{path}: npm install @ag-ui/client@1.0.0 ai@7.0.173 there (scripts/test.sh does)"
     return path
+
+
+def node(script: str, *args: str, timeout: float = 60) -> Any:
+    """Runs the Node `script` beside this file; its last stdout line is the JSON it saw."""
+    binary = shutil.which("node") or shutil.which("nodejs")
+    assert binary, "Node is missing: apt-get install nodejs npm (scripts/system-packages.sh does)"
+    env = {**os.environ, "NODE_PATH": str(node_modules()), "NODE_ENV": "test"}
+    done = subprocess.run([binary, str(HERE / script), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, f"{script} {args[:1]} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class Cluster(Fleet):
@@ -84,15 +96,13 @@ class Cluster(Fleet):
         super().__init__(CONFIG, *head_args, workers=[["--models-dir", self.models.name]], env=clean_env())
 
     def node(self, scenario: str, agent: str, *args: str, timeout: float = 60) -> Any:
-        """Runs client.cjs's `scenario` against `agent` with the official client; its last
-        stdout line is the JSON the scenario saw."""
-        node = shutil.which("node") or shutil.which("nodejs")
-        assert node, "Node is missing: apt-get install nodejs npm (scripts/system-packages.sh does)"
-        env = {**os.environ, "NODE_PATH": str(node_modules()), "NODE_ENV": "test"}
-        url = f"{self.url}/agui/{agent}"
-        done = subprocess.run([node, str(CLIENT_SCRIPT), scenario, url, *args], capture_output=True, text=True, timeout=timeout, env=env)
-        assert done.returncode == 0, f"client.cjs {scenario} failed:\n{done.stdout}\n{done.stderr}"
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        """Runs agui_client.cjs's `scenario` against `agent` with the official AG-UI client."""
+        return node("agui_client.cjs", scenario, f"{self.url}/agui/{agent}", *args, timeout=timeout)
+
+    def chat(self, agent: str, messages: list[dict[str, Any]], api_key: str = "", tools: "list[dict[str, Any]] | None" = None) -> Any:
+        """Sends `messages` (UI messages) to `agent` with the AI SDK's transport; what it read."""
+        extra = [json.dumps(tools)] if tools is not None else []
+        return node("aisdk_chat.cjs", f"{self.url}/ai-sdk/{agent}", json.dumps(messages), api_key, *extra)
 
     def stop(self) -> None:
         super().stop()

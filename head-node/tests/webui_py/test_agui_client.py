@@ -1,4 +1,4 @@
-"""The AG-UI door with the official client, `@ag-ui/client`'s HttpAgent in Node (client.cjs):
+"""The AG-UI door with the official client, `@ag-ui/client`'s HttpAgent in Node (agui_client.cjs):
 which validates every event against AG-UI's schemas and ordering rules and assembles the
 agent's messages. Echo agents and SmolLM2: a streamed answer, a frontend tool called and
 answered (also beside the agent's own tools), a question and an approval as interrupts resumed by the next run, a cancelled

@@ -1,0 +1,101 @@
+//! The Vercel AI SDK door: `POST /ai-sdk/{agent}` takes what `useChat`'s default transport
+//! sends and answers with the AI SDK's UI message stream (SSE, `x-vercel-ai-ui-message-stream:
+//! v1`), so a React app on the AI SDK talks to any agent of the cluster by pointing its
+//! transport's `api` at this URL.
+//!
+//! A thin adapter to the cluster's one task API ([`TaskRun`], followed by
+//! [`crate::run::translated`] as the AG-UI door is): the request's UI messages become the
+//! task's conversation ([`input`]), the task's events the stream's chunks ([`events`]).
+//! The client sends the whole chat every time, so the head keeps no copy of it. A client
+//! that goes away cancels the task. Questions and approvals are declined, as on the OpenAI
+//! door (the stream has no way to ask); use AG-UI or A2A for humans in the loop.
+//! `GET /ai-sdk/{agent}/{chat}/stream` (the transport's resume) answers 204: no stream is
+//! kept to resume.
+
+pub mod events;
+pub mod input;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Request};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use futures::{StreamExt, stream};
+
+use crate::agui::Agui;
+use crate::cluster::NewTask;
+use crate::openai::JsonBody;
+use crate::openai::errors::ApiError;
+use crate::run::TaskRun;
+use events::Translator;
+use input::ChatInput;
+
+/// Comment lines on a quiet stream, so proxies keep it open.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The routes (sharing the AG-UI door's state: the same cluster, keys and body limit),
+/// behind the API key when one is set.
+pub fn router(door: Agui) -> Router {
+    Router::new()
+        .route("/ai-sdk/{agent}", or_405(post(chat)))
+        .route("/ai-sdk/{agent}/{chat}/stream", or_405(get(no_stream_to_resume)))
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::auth::HttpAuth {
+                principals: door.clients.clone(),
+                door: "ai-sdk",
+                render: |e| ApiError::from(e).into_response(),
+            },
+            crate::auth::http,
+        ))
+        .with_state(door)
+}
+
+fn or_405(route: MethodRouter<Agui>) -> MethodRouter<Agui> {
+    route.fallback(|request: Request| async move {
+        ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
+    })
+}
+
+async fn no_stream_to_resume() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /ai-sdk/{agent}`: one answer of `agent` to the chat.
+async fn chat(
+    crate::auth::Caller(door): crate::auth::Caller<Agui>,
+    Path(agent): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let chat = ChatInput::parse(&body)?;
+    if door.cluster.agent(&door.who, &agent).is_none() {
+        return Err(crate::Error::UnknownAgent(agent).into());
+    }
+    let options = fleet_proto::TaskOptions {
+        history: chat.history.clone(),
+        tools: chat.tools.clone(),
+        ..Default::default()
+    };
+    let task = NewTask {
+        agent,
+        input: chat.input.clone(),
+        options: Some(Arc::new(options)),
+        traceparent: crate::traceparent::incoming(),
+        ..Default::default()
+    };
+    let run = TaskRun::start(&door.cluster, &door.who, task)?;
+    tracing::debug!(task_id = %run.task_id, chat_id = %chat.chat_id, "AI SDK chat");
+    let translator = Translator::new(run.task_id.as_str());
+    let started = translator.started(chat.continues);
+    let chunks = stream::iter(started)
+        .chain(crate::run::translated(run, translator))
+        .map(|chunk| Event::default().data(chunk.to_string()))
+        .chain(stream::once(async { Event::default().data("[DONE]") }))
+        .map(Ok::<_, Infallible>);
+    let sse = Sse::new(chunks).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    Ok(([("x-vercel-ai-ui-message-stream", "v1"), ("x-accel-buffering", "no")], sse)
+        .into_response())
+}
