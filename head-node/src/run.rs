@@ -69,17 +69,16 @@ impl TaskRun {
     }
 
     /// The task's next event; `None` after its terminal event or when its events stopped
-    /// (the head is shutting down, or the task was dropped from retention). Its questions
-    /// are declined here, not handed out.
+    /// (the head is shutting down, or the task was dropped from retention). Unless the run
+    /// is [`asking`](Self::asking), its questions are declined here before they are handed
+    /// out.
     pub async fn next(&mut self) -> Option<Arc<TaskEvent>> {
-        loop {
-            let event = self.follow.next().await?;
-            if !self.asks && matches!(event.kind, EventKind::InputRequired { .. }) {
-                self.decline(event.seq).await;
-                continue;
-            }
-            return Some(event);
+        let event = self.follow.next().await?;
+        if !self.asks && matches!(event.kind, EventKind::InputRequired { .. }) {
+            // Declined, and still handed out: a door may show the call it was about.
+            self.decline(event.seq).await;
         }
+        Some(event)
     }
 }
 

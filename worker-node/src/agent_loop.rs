@@ -194,8 +194,11 @@ impl Plan {
                 }
                 client_names.push(name.to_owned());
             }
+            // The agent's own choice stands unless the client makes one.
+            let mixed = !tools.is_empty();
             tools.extend(options.tools.iter().cloned());
             tool_choice = match &options.tool_choice {
+                ClientToolChoice::Auto if mixed => tool_choice,
                 ClientToolChoice::Auto => ToolChoice::Auto,
                 ClientToolChoice::Required => ToolChoice::Required,
                 ClientToolChoice::Function(name) => ToolChoice::Function(name.clone()),
@@ -292,8 +295,16 @@ async fn rounds(
             return Ok((usage, output));
         }
         // The client's calls end the task once the agent's own calls of the turn are made.
-        let (to_client, own): (Vec<ToolCall>, Vec<ToolCall>) =
-            turn.tool_calls.into_iter().partition(|call| plan.client_tools.contains(&call.name));
+        // With the client's tools offered, any call not of the agent's own is the client's
+        // (a name the model made up included, as when the client's tools were all it had).
+        let own_tool = |name: &str| {
+            toolbox.get(name).is_some()
+                || (name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user())
+        };
+        let (to_client, own): (Vec<ToolCall>, Vec<ToolCall>) = turn
+            .tool_calls
+            .into_iter()
+            .partition(|call| !plan.client_tools.is_empty() && !own_tool(&call.name));
         if to_client.is_empty() && round == MAX_TOOL_ROUNDS {
             break;
         }

@@ -29,6 +29,11 @@ pub struct Translator {
     pending: Vec<String>,
     /// Whether the client was shown any of the answer (a retry after that ends the run).
     shown: bool,
+    /// Calls announced (`TOOL_CALL_START`) in this run or, for the one an approval waited
+    /// on, the run before: each is announced once.
+    announced: std::collections::HashSet<String>,
+    /// The seq of the interrupt a resumed run continues from.
+    resumed_at: Option<u64>,
 }
 
 impl Translator {
@@ -42,7 +47,45 @@ impl Translator {
             turn: None,
             pending: Vec::new(),
             shown: false,
+            announced: Default::default(),
+            resumed_at: None,
         }
+    }
+
+    /// The translator of a run that resumes from the interrupt at `seq`: it is shown that
+    /// interrupt's event again and announces nothing for it, and what came before was shown
+    /// (a retry ends the run rather than stream it twice).
+    pub fn resumed(thread_id: &str, run_id: &str, task_id: &str, seq: u64) -> Self {
+        Self { resumed_at: Some(seq), shown: true, ..Self::new(thread_id, run_id, task_id) }
+    }
+
+    /// A call's id on the wire: unique in the thread (a worker numbers its own calls per
+    /// task, and a client matches calls by id across the whole thread).
+    fn call_id(&self, call_id: &str) -> String {
+        format!("{}:{call_id}", self.task_id)
+    }
+
+    /// `TOOL_CALL_START`/`ARGS`/`END` of a call, unless it was announced already.
+    fn announce(
+        &mut self,
+        out: &mut Vec<Value>,
+        call_id: &str,
+        name: &str,
+        arguments: &str,
+        id: String,
+    ) {
+        if !self.announced.insert(call_id.to_owned()) {
+            return;
+        }
+        let parent = self.turn.get_or_insert(id).clone();
+        let wire = self.call_id(call_id);
+        out.push(json!({"type": "TOOL_CALL_START", "toolCallId": wire, "toolCallName": name, "parentMessageId": parent}));
+        if !arguments.is_empty() {
+            out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": wire, "delta": arguments}));
+        }
+        out.push(json!({"type": "TOOL_CALL_END", "toolCallId": wire}));
+        self.pending.push(wire);
+        self.shown = true;
     }
 
     /// `RUN_STARTED`.
@@ -106,19 +149,13 @@ impl Translate for Translator {
             }
             EventKind::ToolCall { call_id, name, arguments, .. } => {
                 out.extend(self.close());
-                let parent = self.turn.get_or_insert(id).clone();
-                out.push(json!({"type": "TOOL_CALL_START", "toolCallId": call_id, "toolCallName": name, "parentMessageId": parent}));
-                if !arguments.is_empty() {
-                    out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": call_id, "delta": arguments}));
-                }
-                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": call_id}));
-                self.pending.push(call_id.clone());
-                self.shown = true;
+                self.announce(&mut out, call_id, name, arguments, id);
             }
             EventKind::ToolResult { call_id, output, .. } => {
                 out.extend(self.close());
-                out.push(json!({"type": "TOOL_CALL_RESULT", "messageId": id, "toolCallId": call_id, "content": output, "role": "tool"}));
-                self.pending.retain(|c| c != call_id);
+                let wire = self.call_id(call_id);
+                out.push(json!({"type": "TOOL_CALL_RESULT", "messageId": id, "toolCallId": wire, "content": output, "role": "tool"}));
+                self.pending.retain(|c| *c != wire);
                 // What the agent says next is a new assistant message.
                 self.turn = None;
             }
@@ -145,8 +182,17 @@ impl Translate for Translator {
                 }
                 out.push(json!({"type": "CUSTOM", "name": ARTIFACT_EVENT, "value": value}));
             }
-            EventKind::InputRequired { prompt, call_id, tool, deadline_us, .. } => {
+            EventKind::InputRequired { prompt, call_id, tool, arguments, deadline_us } => {
+                // The call an approval waits on, announced before it is asked about.
+                let call = call_id.strip_suffix("/input").unwrap_or(call_id);
+                if self.resumed_at == Some(event.seq) {
+                    self.announced.insert(call.to_owned());
+                    return (out, None);
+                }
                 out.extend(self.close());
+                if !tool.is_empty() {
+                    self.announce(&mut out, call, tool, arguments, id);
+                }
                 let interrupt_id = InterruptId { task_id: self.task_id.clone(), seq: event.seq };
                 let mut interrupt = json!({
                     "id": interrupt_id.to_wire(),
@@ -158,8 +204,7 @@ impl Translate for Translator {
                     interrupt["responseSchema"] = json!({"type": "string"});
                 } else {
                     interrupt["reason"] = json!("tool_approval");
-                    let call = call_id.strip_suffix("/input").unwrap_or(call_id);
-                    interrupt["toolCallId"] = json!(call);
+                    interrupt["toolCallId"] = json!(self.call_id(call));
                     interrupt["responseSchema"] = json!({
                         "type": "object",
                         "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string"}},
@@ -314,7 +359,7 @@ mod tests {
         assert_eq!(all[5]["messageId"], "t-4");
         assert_eq!(all[9]["parentMessageId"], "t-4");
         let finished = &all[12];
-        assert_eq!(finished["outcome"]["pendingToolCallIds"], json!(["c1"]));
+        assert_eq!(finished["outcome"]["pendingToolCallIds"], json!(["t:c1"]));
         assert_eq!(finished["usage"][0]["totalTokens"], 12);
     }
 
@@ -328,11 +373,27 @@ mod tests {
             arguments: "{}".into(),
             deadline_us: 0,
         };
-        let (out, end) = t.translate(&event(9, ask));
+        let (out, end) = t.translate(&event(9, ask.clone()));
         assert_eq!(end, Some(Ending::Interrupted));
-        let interrupt = &out[0]["outcome"]["interrupts"][0];
+        assert_eq!(
+            types(&out),
+            ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "RUN_FINISHED"]
+        );
+        let interrupt = &out[3]["outcome"]["interrupts"][0];
         assert_eq!(interrupt["id"], "task-1@9");
-        assert_eq!(interrupt["toolCallId"], "c7");
+        assert_eq!(interrupt["toolCallId"], "task-1:c7");
+        assert_eq!(out[0]["toolCallId"], "task-1:c7");
+        // The resumed run sees the interrupt again and the call once approved: neither shows.
+        let mut resumed = Translator::resumed("th", "r2", "task-1", 9);
+        assert_eq!(resumed.translate(&event(9, ask)), (Vec::new(), None));
+        let call = EventKind::ToolCall {
+            call_id: "c7".into(),
+            name: "helper".into(),
+            arguments: "{}".into(),
+            traceparent: String::new(),
+            replayed: false,
+        };
+        assert_eq!(resumed.translate(&event(11, call)), (Vec::new(), None));
         assert_eq!(interrupt["reason"], "tool_approval");
     }
 

@@ -135,7 +135,8 @@ fn context(value: Option<&Value>) -> Result<Vec<Turn>, ApiError> {
     Ok(if text.is_empty() { Vec::new() } else { vec![turn("system", text)] })
 }
 
-fn turn(role: &str, content: String) -> Turn {
+/// A turn of `role` saying `content`.
+pub(crate) fn turn(role: &str, content: String) -> Turn {
     Turn {
         role: role.to_owned(),
         content,

@@ -113,8 +113,17 @@ async fn run(
                     ),
                 ));
             }
-            door.cluster.reply(&door.who, &id.task_id, "", resume.reply.clone(), id.seq)?;
-            TaskRun::resume(&door.cluster, &door.who, &id.task_id, id.seq + 1)?
+            // Followed before the reply, so nothing the reply sets off is missed; from the
+            // interrupt itself, which the translator takes as the run's start.
+            let run = TaskRun::resume(&door.cluster, &door.who, &id.task_id, id.seq)?;
+            if let Err(e) =
+                door.cluster.reply(&door.who, &id.task_id, "", resume.reply.clone(), id.seq)
+            {
+                // The task is not this request's to cancel: it still waits, or has ended.
+                run.keep();
+                return Err(e.into());
+            }
+            run
         }
         None => {
             if door.cluster.agent(&door.who, &agent).is_none() {
@@ -136,12 +145,17 @@ async fn run(
         }
     };
     tracing::debug!(task_id = %run.task_id, thread_id = %input.thread_id, run_id = %input.run_id, "AG-UI run");
-    Ok(stream_run(run.asking(), &input))
+    let resumed_at = input.resume.as_ref().map(|r| r.interrupt.seq);
+    Ok(stream_run(run.asking(), &input, resumed_at))
 }
 
 /// The run's events: `RUN_STARTED`, the task's events translated, the run's end.
-fn stream_run(run: TaskRun, input: &RunInput) -> Response {
-    let translator = Translator::new(&input.thread_id, &input.run_id, run.task_id.as_str());
+fn stream_run(run: TaskRun, input: &RunInput, resumed_at: Option<u64>) -> Response {
+    let task_id = run.task_id.as_str();
+    let translator = match resumed_at {
+        Some(seq) => Translator::resumed(&input.thread_id, &input.run_id, task_id, seq),
+        None => Translator::new(&input.thread_id, &input.run_id, task_id),
+    };
     let started = translator.started(input.parent_run_id.as_deref());
     let events = stream::once(async move { started })
         .chain(crate::run::translated(run, translator))

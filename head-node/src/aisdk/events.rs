@@ -21,11 +21,18 @@ pub struct Translator {
     pending: Vec<String>,
     /// Whether the client was shown any of the answer (a retry after that ends it).
     shown: bool,
+    /// The names of the client's tools: the agent's other calls are run by the cluster
+    /// (`providerExecuted`), so the client does not run them.
+    client_tools: Vec<String>,
+    /// Calls announced: each once (an approval announces its call before it is asked).
+    announced: std::collections::HashSet<String>,
 }
 
 impl Translator {
-    pub fn new(task_id: &str) -> Self {
+    pub fn new(task_id: &str, client_tools: Vec<String>) -> Self {
         Self {
+            client_tools,
+            announced: Default::default(),
             task_id: task_id.to_owned(),
             text: None,
             reasoning: None,
@@ -58,6 +65,33 @@ impl Translator {
             out.push(json!({"type": "finish-step"}));
             out.push(json!({"type": "start-step"}));
         }
+    }
+
+    /// A call's id on the wire: unique in the chat (a worker numbers its own calls per task,
+    /// and a continued message holds the calls of several tasks).
+    fn call_id(&self, call_id: &str) -> String {
+        format!("{}:{call_id}", self.task_id)
+    }
+
+    /// The chunks of a call's input, unless it was announced already.
+    fn announce(&mut self, out: &mut Vec<Value>, call_id: &str, name: &str, arguments: &str) {
+        if !self.announced.insert(call_id.to_owned()) {
+            return;
+        }
+        self.step(out);
+        out.extend(self.close());
+        let wire = self.call_id(call_id);
+        let input: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
+        let ours = !self.client_tools.iter().any(|t| t == name);
+        out.push(json!({"type": "tool-input-start", "toolCallId": wire, "toolName": name, "dynamic": true, "providerExecuted": ours}));
+        out.push(
+            json!({"type": "tool-input-delta", "toolCallId": wire, "inputTextDelta": arguments}),
+        );
+        out.push(json!({"type": "tool-input-available", "toolCallId": wire, "toolName": name, "input": input, "dynamic": true, "providerExecuted": ours}));
+        if !ours {
+            self.pending.push(wire);
+        }
+        self.shown = true;
     }
 
     fn close(&mut self) -> Vec<Value> {
@@ -102,26 +136,27 @@ impl Translate for Translator {
                 self.shown = true;
             }
             EventKind::ToolCall { call_id, name, arguments, .. } => {
-                self.step(&mut out);
-                out.extend(self.close());
-                let input: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
-                out.push(json!({"type": "tool-input-start", "toolCallId": call_id, "toolName": name, "dynamic": true}));
-                out.push(json!({"type": "tool-input-delta", "toolCallId": call_id, "inputTextDelta": arguments}));
-                out.push(json!({"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": input, "dynamic": true}));
-                self.pending.push(call_id.clone());
-                self.shown = true;
+                self.announce(&mut out, call_id, name, arguments);
+            }
+            // Declined (this stream cannot ask): an approval's call is shown, its refusal
+            // comes as the call's error.
+            EventKind::InputRequired { call_id, tool, arguments, .. } if !tool.is_empty() => {
+                let call = call_id.strip_suffix("/input").unwrap_or(call_id);
+                self.announce(&mut out, call, tool, arguments);
             }
             EventKind::ToolResult { call_id, output, is_error } => {
                 out.extend(self.close());
+                let wire = self.call_id(call_id);
+                let call_id = &wire;
                 if *is_error {
-                    out.push(json!({"type": "tool-output-error", "toolCallId": call_id, "errorText": output, "dynamic": true}));
+                    out.push(json!({"type": "tool-output-error", "toolCallId": call_id, "errorText": output, "dynamic": true, "providerExecuted": true}));
                 } else {
                     // JSON output as JSON, anything else as its text.
                     let output = serde_json::from_str::<Value>(output)
                         .ok()
                         .filter(|v| v.is_object() || v.is_array())
                         .unwrap_or_else(|| Value::String(output.clone()));
-                    out.push(json!({"type": "tool-output-available", "toolCallId": call_id, "output": output, "dynamic": true}));
+                    out.push(json!({"type": "tool-output-available", "toolCallId": call_id, "output": output, "dynamic": true, "providerExecuted": true}));
                 }
                 self.pending.retain(|c| c != call_id);
                 self.step_ended = true;
@@ -204,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_tool_step_then_text_then_finish() {
-        let mut t = Translator::new("t");
+        let mut t = Translator::new("t", Vec::new());
         let mut all = t.started(false);
         let kinds = [
             EventKind::ToolCall {

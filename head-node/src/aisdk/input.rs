@@ -7,6 +7,7 @@
 use fleet_proto::{CallMade, Turn};
 use serde_json::Value;
 
+use crate::agui::input::turn;
 use crate::openai::errors::ApiError;
 
 /// A validated chat request.
@@ -59,16 +60,6 @@ impl ChatInput {
         };
         let tools = super::super::agui::input::tools(body.get("tools"))?;
         Ok(Self { chat_id, history, input, tools, continues })
-    }
-}
-
-fn turn(role: &str, content: String) -> Turn {
-    Turn {
-        role: role.to_owned(),
-        content,
-        tool_calls: Vec::new(),
-        tool_call_id: String::new(),
-        is_error: false,
     }
 }
 

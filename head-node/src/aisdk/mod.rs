@@ -88,7 +88,12 @@ async fn chat(
     };
     let run = TaskRun::start(&door.cluster, &door.who, task)?;
     tracing::debug!(task_id = %run.task_id, chat_id = %chat.chat_id, "AI SDK chat");
-    let translator = Translator::new(run.task_id.as_str());
+    let client_tools = chat
+        .tools
+        .iter()
+        .filter_map(|t| t.pointer("/function/name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect();
+    let translator = Translator::new(run.task_id.as_str(), client_tools);
     let started = translator.started(chat.continues);
     let chunks = stream::iter(started)
         .chain(crate::run::translated(run, translator))

@@ -34,7 +34,7 @@ pub async fn completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&body)?;
-    let agent = api.agent_for(&request.model)?;
+    let agent = api.agent_with_tools(&request.model, &request.tools)?;
     let options = request.task_options();
     // One task per choice (`n`); with a seed, choice i samples with seed + i, so that the
     // choices differ the way OpenAI's do while each stays reproducible.

@@ -65,6 +65,28 @@ impl crate::auth::ActsAs for OpenAi {
 pub type Caller = crate::auth::Caller<OpenAi>;
 
 impl OpenAi {
+    /// The agent for a request that sends `tools`: one with tools of its own (other agents,
+    /// MCP servers, its questions) takes none here, since this API shows every call the
+    /// agent makes as one for the client to run. AG-UI and the AI SDK's chat, which show
+    /// the agent's own calls apart, take both.
+    pub fn agent_with_tools(&self, model: &str, tools: &[Value]) -> Result<String, ApiError> {
+        let agent = self.agent_for(model)?;
+        let own = self
+            .cluster
+            .agent(&self.who, &agent)
+            .is_some_and(|a| !a.spec.tools.is_empty() || !a.spec.mcp.is_empty() || a.spec.ask_user);
+        if own && !tools.is_empty() {
+            return Err(ApiError::invalid(
+                "tools",
+                format!(
+                    "agent {agent} calls tools of its own; send tools to a model, or to an agent \
+                     without tools (or use the AG-UI door, /agui/{agent}, which runs both)"
+                ),
+            ));
+        }
+        Ok(agent)
+    }
+
     /// The agent that serves a request's `model`: the agent of that name, else the hidden
     /// agent of the model; 404 when neither exists.
     pub fn agent_for(&self, model: &str) -> Result<String, ApiError> {

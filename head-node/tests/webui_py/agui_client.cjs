@@ -75,6 +75,16 @@ const scenarios = {
     return { first, messages: agent.messages };
   },
 
+  // Two runs in one thread, each the agent calling its own tool: the client keeps them
+  // apart (it matches calls by id across the thread).
+  async two_runs() {
+    const agent = agentWith(args[0]);
+    const first = await run(agent, {});
+    agent.addMessage({ id: "u2", role: "user", content: args[0] });
+    const second = await run(agent, {});
+    return { first, second, messages: agent.messages };
+  },
+
   // The agent asks (a question, or an approval of its tool call): the run ends on an
   // interrupt, and the run that resumes it with `payload` goes on.
   async interrupt() {

@@ -60,17 +60,30 @@ def test_an_agent_with_tools_of_its_own_takes_frontend_tools_too(cluster: Cluste
     assert len(frontend["finished"][0]["pendingToolCallIds"]) == 1
 
 
+def test_the_agents_own_calls_in_two_runs_stay_apart(cluster: Cluster) -> None:
+    seen = cluster.node("two_runs", "toolful", CALL_HELPER)
+    calls = [call for m in seen["messages"] for call in m.get("toolCalls", [])]
+    assert len(calls) == 2 and calls[0]["id"] != calls[1]["id"], calls
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"input": "hello"}] * 2
+    results = [m for m in seen["messages"] if m["role"] == "tool"]
+    assert [r["toolCallId"] for r in results] == [c["id"] for c in calls]
+
+
 def test_an_approval_is_an_interrupt_and_approving_runs_the_tool(cluster: Cluster) -> None:
     seen = cluster.node("interrupt", "guarded", CALL_HELPER, "", json.dumps({"approved": True}))
     first, second = seen["first"], seen["second"]
     [finished] = first["finished"]
     assert finished["outcome"] == "interrupt", first
+    # The call waiting for approval is shown before the question about it.
+    assert first["types"] == ["RUN_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "RUN_FINISHED"], first
     [interrupt] = finished["interrupts"]
     assert interrupt["reason"] == "tool_approval" and interrupt["toolCallId"]
     assert "helper" in interrupt["message"] and interrupt["expiresAt"].endswith("Z")
     assert interrupt["responseSchema"]["required"] == ["approved"]
     # The resumed run is the same task going on: the tool ran, its result answered.
     assert "TOOL_CALL_RESULT" in second["types"] and second["result"] == "hello", second
+    assert "TOOL_CALL_START" not in second["types"], "the call was announced once, in the first run"
+    assert interrupt["toolCallId"] == seen["messages"][1]["toolCalls"][0]["id"]
     assert second["text"] == "hello" and second["finished"][0]["outcome"] == "success"
     assert seen["pendingAfter"] == []
     assert task_of(seen["messages"][-1]["id"]) == interrupt["id"].split("@")[0]

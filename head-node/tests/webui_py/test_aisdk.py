@@ -62,6 +62,21 @@ def test_a_client_tool_is_left_to_the_client_and_its_output_answered(cluster: Cl
     assert [p["text"] for p in again["message"]["parts"] if p["type"] == "text"] == ["sunny"], again
 
 
+def test_an_approval_is_declined_and_shown_on_its_call(cluster: Cluster) -> None:
+    seen = cluster.chat("guarded", [user(CALL_HELPER.replace('"hi"', '"hello"'))])
+    [tool] = [p for p in seen["message"]["parts"] if p["type"] == "dynamic-tool"]
+    assert (tool["toolName"], tool["state"]) == ("helper", "output-error"), tool
+    assert "nobody can answer" in tool["errorText"], tool
+    assert seen["chunks"][-1]["type"] == "finish", seen["chunks"][-1]
+
+
+def test_the_openai_door_refuses_client_tools_for_an_agent_with_its_own(cluster: Cluster) -> None:
+    body = {"model": "toolful", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "weather"}}]}
+    refused = httpx.post(f"{cluster.url}/v1/chat/completions", json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools", refused.text
+    assert "/agui/toolful" in refused.json()["error"]["message"]
+
+
 def test_a_failed_task_is_an_error_chunk(cluster: Cluster) -> None:
     seen = cluster.chat("broken", [user("hi")])
     assert types(seen) == ["start", "start-step", "error"], seen

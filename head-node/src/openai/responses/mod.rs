@@ -29,7 +29,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let request = ResponsesRequest::parse(&body)?;
     let chat = &request.chat;
-    let agent = api.agent_for(&chat.model)?;
+    let agent = api.agent_with_tools(&chat.model, &chat.tools)?;
     let options = chat.task_options();
     let task = NewTask {
         agent,
