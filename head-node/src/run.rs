@@ -37,9 +37,7 @@ pub struct TaskRun {
 impl TaskRun {
     /// Submits `task`; refusals (queue full, input too long, ...) come back as errors.
     pub fn start(cluster: &Arc<Cluster>, who: &Principal, task: NewTask) -> crate::Result<Self> {
-        let follow = cluster.submit_and_follow(who, task)?;
-        let (task_id, who) = (follow.task_id().clone(), who.clone());
-        Ok(Self { cluster: cluster.clone(), who, task_id, follow, asks: false, kept: false })
+        Ok(Self::following(cluster, who, cluster.submit_and_follow(who, task)?))
     }
 
     /// Follows task `task_id`, already submitted, from its event `from_seq` on; canceled
@@ -50,9 +48,12 @@ impl TaskRun {
         task_id: &str,
         from_seq: u64,
     ) -> crate::Result<Self> {
-        let follow = cluster.follow(who, task_id, from_seq)?;
+        Ok(Self::following(cluster, who, cluster.follow(who, task_id, from_seq)?))
+    }
+
+    fn following(cluster: &Arc<Cluster>, who: &Principal, follow: Follow) -> Self {
         let (task_id, who) = (follow.task_id().clone(), who.clone());
-        Ok(Self { cluster: cluster.clone(), who, task_id, follow, asks: false, kept: false })
+        Self { cluster: cluster.clone(), who, task_id, follow, asks: false, kept: false }
     }
 
     /// Hands the task's questions and approvals (`InputRequired`) out rather than declining

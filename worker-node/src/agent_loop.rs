@@ -164,8 +164,7 @@ impl Plan {
             name => ToolChoice::Function(name.to_owned()),
         };
         if let ToolChoice::Function(name) = &tool_choice
-            && toolbox.get(name).is_none()
-            && !(name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user())
+            && !toolbox.offers(name)
             && client_tools.is_none()
         {
             return Err(invalid(format!(
@@ -183,9 +182,7 @@ impl Plan {
             let own = toolbox.names();
             for tool in &options.tools {
                 let name = tool.pointer("/function/name").and_then(|n| n.as_str()).unwrap_or("");
-                let taken = toolbox.get(name).is_some()
-                    || (name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user());
-                if taken {
+                if toolbox.offers(name) {
                     return Err(invalid(format!(
                         "invalid request: agent {} has a tool of its own named {name} ({own}); \
                          name the client's tool differently",
@@ -297,14 +294,10 @@ async fn rounds(
         // The client's calls end the task once the agent's own calls of the turn are made.
         // With the client's tools offered, any call not of the agent's own is the client's
         // (a name the model made up included, as when the client's tools were all it had).
-        let own_tool = |name: &str| {
-            toolbox.get(name).is_some()
-                || (name == fleet_proto::ASK_USER_TOOL && toolbox.asks_user())
-        };
         let (to_client, own): (Vec<ToolCall>, Vec<ToolCall>) = turn
             .tool_calls
             .into_iter()
-            .partition(|call| !plan.client_tools.is_empty() && !own_tool(&call.name));
+            .partition(|call| !plan.client_tools.is_empty() && !toolbox.offers(&call.name));
         if to_client.is_empty() && round == MAX_TOOL_ROUNDS {
             break;
         }

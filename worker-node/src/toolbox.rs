@@ -90,6 +90,12 @@ impl Toolbox {
         self.tools.is_empty() && !self.asks_user()
     }
 
+    /// Whether the agent offers the model a tool named `name`: one of its own, or its
+    /// `ask_user`.
+    pub fn offers(&self, name: &str) -> bool {
+        self.get(name).is_some() || (name == fleet_proto::ASK_USER_TOOL && self.asks_user())
+    }
+
     /// Whether the agent has the built-in `ask_user` tool (which the agent loop answers).
     pub fn asks_user(&self) -> bool {
         self.human.as_ref().is_some_and(HumanInput::asks_user)

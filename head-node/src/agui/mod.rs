@@ -25,26 +25,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Request};
+use axum::extract::Path;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, post};
-use futures::{StreamExt, stream};
+use axum::routing::post;
+use futures::{Stream, StreamExt, stream};
 use serde_json::Value;
 
 use crate::auth::{Principal, Principals};
 use crate::cluster::{Cluster, NewTask};
 use crate::openai::errors::ApiError;
-use crate::openai::{BodyLimit, JsonBody};
+use crate::openai::{BodyLimit, JsonBody, or_405};
 use crate::run::TaskRun;
 use events::Translator;
 use input::RunInput;
 
 /// The AG-UI protocol version this door speaks (`RUN_STARTED.protocolVersion`).
 pub const PROTOCOL_VERSION: &str = "1.0";
-
-/// Comment lines on a quiet stream (a model loading, a slow tool), so proxies keep it open.
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shared by the AG-UI handlers.
 #[derive(Clone, Debug)]
@@ -70,25 +67,59 @@ impl BodyLimit for Agui {
     }
 }
 
-/// The route, behind the API key when one is set.
-pub fn router(agui: Agui) -> Router {
-    Router::new()
-        .route("/agui/{agent}", or_405(post(run)))
-        .route_layer(axum::middleware::from_fn_with_state(
-            crate::auth::HttpAuth {
-                principals: agui.clients.clone(),
-                door: "agui",
-                render: |e| ApiError::from(e).into_response(),
-            },
-            crate::auth::http,
-        ))
-        .with_state(agui)
+impl Agui {
+    /// `routes` behind the API key when one is set, refused in the OpenAI door's shape.
+    pub(crate) fn behind_auth(self, routes: Router<Self>, door: &'static str) -> Router {
+        let auth = crate::auth::HttpAuth {
+            principals: self.clients.clone(),
+            door,
+            render: crate::openai::refusal,
+        };
+        routes
+            .route_layer(axum::middleware::from_fn_with_state(auth, crate::auth::http))
+            .with_state(self)
+    }
+
+    /// Starts a task of `agent` (404 when there is none) on a conversation a web client
+    /// sent whole: `history`, the last message `input`, and the client's `tools`.
+    pub(crate) fn start(
+        &self,
+        agent: String,
+        input: String,
+        history: Vec<fleet_proto::Turn>,
+        tools: Vec<Value>,
+    ) -> Result<TaskRun, ApiError> {
+        if self.cluster.agent(&self.who, &agent).is_none() {
+            return Err(crate::Error::UnknownAgent(agent).into());
+        }
+        let options = fleet_proto::TaskOptions { history, tools, ..Default::default() };
+        let task = NewTask {
+            agent,
+            input,
+            options: Some(Arc::new(options)),
+            traceparent: crate::traceparent::incoming(),
+            ..Default::default()
+        };
+        Ok(TaskRun::start(&self.cluster, &self.who, task)?)
+    }
 }
 
-fn or_405(route: MethodRouter<Agui>) -> MethodRouter<Agui> {
-    route.fallback(|request: Request| async move {
-        ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
-    })
+/// A stream of SSE events with comment lines while it is quiet (a model loading, a slow
+/// tool), so proxies keep it open.
+pub(crate) fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
+    let events = events.map(Ok::<_, Infallible>);
+    let keep_alive = KeepAlive::new().interval(crate::openai::chat::KEEP_ALIVE);
+    Sse::new(events).keep_alive(keep_alive).into_response()
+}
+
+/// One SSE event of JSON `data`.
+pub(crate) fn data(event: &Value) -> Event {
+    Event::default().data(event.to_string())
+}
+
+/// The route, behind the API key when one is set.
+pub fn router(agui: Agui) -> Router {
+    agui.behind_auth(Router::new().route("/agui/{agent}", or_405(post(run))), "agui")
 }
 
 /// `POST /agui/{agent}`: a new run of `agent`, or the continuation of an interrupted one.
@@ -126,22 +157,7 @@ async fn run(
             run
         }
         None => {
-            if door.cluster.agent(&door.who, &agent).is_none() {
-                return Err(crate::Error::UnknownAgent(agent).into());
-            }
-            let options = fleet_proto::TaskOptions {
-                history: input.history.clone(),
-                tools: input.tools.clone(),
-                ..Default::default()
-            };
-            let task = NewTask {
-                agent,
-                input: input.input.clone(),
-                options: Some(Arc::new(options)),
-                traceparent: crate::traceparent::incoming(),
-                ..Default::default()
-            };
-            TaskRun::start(&door.cluster, &door.who, task)?
+            door.start(agent, input.input.clone(), input.history.clone(), input.tools.clone())?
         }
     };
     tracing::debug!(task_id = %run.task_id, thread_id = %input.thread_id, run_id = %input.run_id, "AG-UI run");
@@ -159,10 +175,6 @@ fn stream_run(run: TaskRun, input: &RunInput, resumed_at: Option<u64>) -> Respon
     let started = translator.started(input.parent_run_id.as_deref());
     let events = stream::once(async move { started })
         .chain(crate::run::translated(run, translator))
-        .map(|e| Ok::<_, Infallible>(data(&e)));
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
-}
-
-fn data(event: &Value) -> Event {
-    Event::default().data(event.to_string())
+        .map(|e| data(&e));
+    sse(events)
 }

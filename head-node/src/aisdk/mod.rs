@@ -15,49 +15,27 @@
 pub mod events;
 pub mod input;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
 use axum::Router;
-use axum::extract::{Path, Request};
+use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use futures::{StreamExt, stream};
 
-use crate::agui::Agui;
-use crate::cluster::NewTask;
-use crate::openai::JsonBody;
+use crate::agui::{Agui, data, sse};
 use crate::openai::errors::ApiError;
-use crate::run::TaskRun;
+use crate::openai::{JsonBody, or_405};
 use events::Translator;
 use input::ChatInput;
-
-/// Comment lines on a quiet stream, so proxies keep it open.
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The routes (sharing the AG-UI door's state: the same cluster, keys and body limit),
 /// behind the API key when one is set.
 pub fn router(door: Agui) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/ai-sdk/{agent}", or_405(post(chat)))
-        .route("/ai-sdk/{agent}/{chat}/stream", or_405(get(no_stream_to_resume)))
-        .route_layer(axum::middleware::from_fn_with_state(
-            crate::auth::HttpAuth {
-                principals: door.clients.clone(),
-                door: "ai-sdk",
-                render: |e| ApiError::from(e).into_response(),
-            },
-            crate::auth::http,
-        ))
-        .with_state(door)
-}
-
-fn or_405(route: MethodRouter<Agui>) -> MethodRouter<Agui> {
-    route.fallback(|request: Request| async move {
-        ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
-    })
+        .route("/ai-sdk/{agent}/{chat}/stream", or_405(get(no_stream_to_resume)));
+    door.behind_auth(routes, "ai-sdk")
 }
 
 async fn no_stream_to_resume() -> StatusCode {
@@ -71,22 +49,7 @@ async fn chat(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let chat = ChatInput::parse(&body)?;
-    if door.cluster.agent(&door.who, &agent).is_none() {
-        return Err(crate::Error::UnknownAgent(agent).into());
-    }
-    let options = fleet_proto::TaskOptions {
-        history: chat.history.clone(),
-        tools: chat.tools.clone(),
-        ..Default::default()
-    };
-    let task = NewTask {
-        agent,
-        input: chat.input.clone(),
-        options: Some(Arc::new(options)),
-        traceparent: crate::traceparent::incoming(),
-        ..Default::default()
-    };
-    let run = TaskRun::start(&door.cluster, &door.who, task)?;
+    let run = door.start(agent, chat.input.clone(), chat.history.clone(), chat.tools.clone())?;
     tracing::debug!(task_id = %run.task_id, chat_id = %chat.chat_id, "AI SDK chat");
     let client_tools = chat
         .tools
@@ -97,10 +60,8 @@ async fn chat(
     let started = translator.started(chat.continues);
     let chunks = stream::iter(started)
         .chain(crate::run::translated(run, translator))
-        .map(|chunk| Event::default().data(chunk.to_string()))
-        .chain(stream::once(async { Event::default().data("[DONE]") }))
-        .map(Ok::<_, Infallible>);
-    let sse = Sse::new(chunks).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
-    Ok(([("x-vercel-ai-ui-message-stream", "v1"), ("x-accel-buffering", "no")], sse)
-        .into_response())
+        .map(|chunk| data(&chunk))
+        .chain(stream::once(async { Event::default().data("[DONE]") }));
+    let headers = [("x-vercel-ai-ui-message-stream", "v1"), ("x-accel-buffering", "no")];
+    Ok((headers, sse(chunks)).into_response())
 }

@@ -27,7 +27,7 @@ use crate::cluster::NewTask;
 use crate::run::TaskRun;
 
 /// Comment lines on a quiet stream (a model loading), so proxies keep the connection open.
-pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub async fn completions(
     crate::auth::Caller(api): super::Caller,

@@ -71,11 +71,14 @@ impl OpenAi {
     /// the agent's own calls apart, take both.
     pub fn agent_with_tools(&self, model: &str, tools: &[Value]) -> Result<String, ApiError> {
         let agent = self.agent_for(model)?;
+        if tools.is_empty() {
+            return Ok(agent);
+        }
         let own = self
             .cluster
             .agent(&self.who, &agent)
             .is_some_and(|a| !a.spec.tools.is_empty() || !a.spec.mcp.is_empty() || a.spec.ask_user);
-        if own && !tools.is_empty() {
+        if own {
             return Err(ApiError::invalid(
                 "tools",
                 format!(
@@ -129,8 +132,9 @@ pub fn router(api: OpenAi) -> Router {
         .with_state(api)
 }
 
-/// `route`, answering the methods it does not take with a 405 in OpenAI's shape.
-fn or_405(route: MethodRouter<OpenAi>) -> MethodRouter<OpenAi> {
+/// `route`, answering the methods it does not take with a 405 in OpenAI's shape (also the
+/// AG-UI and AI SDK doors').
+pub(crate) fn or_405<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>) -> MethodRouter<S> {
     route.fallback(|request: Request| async move {
         ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
     })
@@ -140,8 +144,9 @@ async fn unknown_url(request: Request) -> ApiError {
     ApiError::unknown_url(request.method().as_str(), request.uri().path())
 }
 
-/// How the auth layer refuses an OpenAI request: OpenAI's error shape.
-fn refusal(e: crate::Error) -> Response {
+/// How the auth layer refuses an OpenAI request: OpenAI's error shape (also the AG-UI and
+/// AI SDK doors').
+pub(crate) fn refusal(e: crate::Error) -> Response {
     ApiError::from(e).into_response()
 }
 
