@@ -1,10 +1,11 @@
 //! The doors of web frontends, AG-UI (`/agui/{agent}`) and the AI SDK's chat stream
-//! (`/ai-sdk/{agent}`), against the OpenAI SSE door on one head with echo agents on two
-//! workers, in the same run:
+//! (`/ai-sdk/{agent}`), and of editors, ACP (`fleet acp AGENT` on stdio), against the OpenAI
+//! SSE door on one head with echo agents on two workers, in the same run:
 //! - time to the first token of a streamed answer, sequential requests, AG-UI's
-//!   `TEXT_MESSAGE_CONTENT` and the AI SDK's first `text-delta` against
-//!   `/v1/chat/completions`' first content chunk (the three interleaved request by request,
-//!   medians per round);
+//!   `TEXT_MESSAGE_CONTENT`, the AI SDK's first `text-delta` and ACP's first
+//!   `agent_message_chunk` (a `fleet acp` process, as an editor starts it, its pipes
+//!   included) against `/v1/chat/completions`' first content chunk (the four interleaved
+//!   request by request, medians per round);
 //! - N concurrent AG-UI runs (one HTTP/1.1 connection each): all finish, time to the first
 //!   event, and the head's memory.
 //!
@@ -20,6 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout};
 
 type Http = Client<HttpConnector, Full<bytes::Bytes>>;
 
@@ -65,6 +68,80 @@ async fn stream(
     Ok((first.context("no event")?, marked.context(format!("no {marker}: {text}"))?, text))
 }
 
+/// A `fleet acp` process, as an editor holds one.
+struct Acp {
+    child: tokio::process::Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next_id: u64,
+}
+
+impl Acp {
+    async fn start(head: &str, agent: &str) -> Result<Self> {
+        let mut child = tokio::process::Command::new(fleet_testkit::binary("fleet")?)
+            .args(["acp", agent, "--head", head])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let mut acp = Self { child, stdin, lines, next_id: 0 };
+        acp.call("initialize", json!({"protocolVersion": 1}), |_| false).await?;
+        Ok(acp)
+    }
+
+    /// Sends a request and reads to its answer; the time to the first message `marked` says
+    /// is the one waited for.
+    async fn call(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+        marked: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<(serde_json::Value, Option<Duration>)> {
+        self.next_id += 1;
+        let request =
+            json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        let sent = Instant::now();
+        self.stdin.write_all(format!("{request}\n").as_bytes()).await?;
+        let mut mark = None;
+        loop {
+            let line = self.lines.next_line().await?.context("fleet acp exited")?;
+            let message: serde_json::Value = serde_json::from_str(&line)?;
+            if mark.is_none() && marked(&message) {
+                mark = Some(sent.elapsed());
+            }
+            if message["id"] == self.next_id {
+                ensure!(message.get("error").is_none(), "{method}: {message}");
+                return Ok((message, mark));
+            }
+        }
+    }
+
+    /// A prompt in a new session (as the other doors', with no conversation before it); the
+    /// time to its first token.
+    async fn prompt(&mut self, text: &str) -> Result<Duration> {
+        let (answer, _) =
+            self.call("session/new", json!({"cwd": "/", "mcpServers": []}), |_| false).await?;
+        let session = answer["result"]["sessionId"].clone();
+        let params = json!({"sessionId": session, "prompt": [{"type": "text", "text": text}]});
+        let first = |m: &serde_json::Value| {
+            m["params"]["update"]["content"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(FIRST_WORD))
+        };
+        let (answer, mark) = self.call("session/prompt", params, first).await?;
+        ensure!(answer["result"]["stopReason"] == "end_turn", "an ACP turn did not end: {answer}");
+        mark.context("no first token")
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        drop(self.stdin);
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
 fn agui_input(i: usize, text: &str) -> serde_json::Value {
     json!({
         "threadId": format!("thread-{i}"), "runId": format!("run-{i}"),
@@ -98,11 +175,12 @@ async fn main() -> Result<()> {
     let aisdk = format!("{}/ai-sdk/echo", cluster.url);
     let text = format!("{FIRST_WORD} beta gamma delta");
 
-    // First token, sequential, the two doors interleaved request by request.
-    let (mut agui_rounds, mut openai_rounds, mut aisdk_rounds) =
-        (Vec::new(), Vec::new(), Vec::new());
+    // First token, sequential, the doors interleaved request by request.
+    let mut acp = Acp::start(&cluster.url, "echo").await?;
+    let (mut agui_rounds, mut openai_rounds, mut aisdk_rounds, mut acp_rounds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let (mut a, mut o, mut s) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut a, mut o, mut s, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..REQUESTS_PER_ROUND {
             let body = agui_input(round * REQUESTS_PER_ROUND + i, &text);
             let (_, first_token, all) = stream(&http, &agui, &body, FIRST_WORD).await?;
@@ -119,15 +197,18 @@ async fn main() -> Result<()> {
             let (_, first_token, all) = stream(&http, &aisdk, &body, FIRST_WORD).await?;
             ensure!(all.contains("\"finish\""), "an AI SDK stream did not finish: {all}");
             s.push(first_token);
+            e.push(acp.prompt(&text).await?);
         }
         agui_rounds.push(median(a));
         openai_rounds.push(median(o));
         aisdk_rounds.push(median(s));
+        acp_rounds.push(median(e));
     }
+    acp.stop().await?;
     let us = |d: &Duration| d.as_secs_f64() * 1e6;
     let rounds = |v: &[Duration]| v.iter().map(|d| format!("{:.0}", us(d))).collect::<Vec<_>>();
     let (agui_p50, openai_p50) = (median(agui_rounds.clone()), median(openai_rounds.clone()));
-    let aisdk_p50 = median(aisdk_rounds.clone());
+    let (aisdk_p50, acp_p50) = (median(aisdk_rounds.clone()), median(acp_rounds.clone()));
 
     // N concurrent runs.
     let idle = cluster.head_rss_bytes().unwrap_or(0);
@@ -168,8 +249,14 @@ async fn main() -> Result<()> {
         us(&aisdk_p50),
         rounds(&aisdk_rounds)
     );
+    println!(
+        "| first token, ACP (`agent_message_chunk`, `fleet acp` on pipes), p50 | {:.0} µs | {:?} |",
+        us(&acp_p50),
+        rounds(&acp_rounds)
+    );
     println!("| AG-UI − OpenAI | {:+.0} µs | – |", us(&agui_p50) - us(&openai_p50));
     println!("| AI SDK − OpenAI | {:+.0} µs | – |", us(&aisdk_p50) - us(&openai_p50));
+    println!("| ACP − OpenAI | {:+.0} µs | – |", us(&acp_p50) - us(&openai_p50));
     println!(
         "| concurrent AG-UI runs finished | {streams} of {streams} in {:.2} s | – |",
         total.as_secs_f64()

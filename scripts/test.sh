@@ -44,13 +44,16 @@ export FLEET_IMAGE
 (cd head-node/tests/openai_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
 # The head's MCP server (/mcp) with the official MCP Python SDK as the client.
 (cd head-node/tests/mcp_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" python -m pytest -p no:cacheprovider)
-# The doors of web frontends with their own clients in Debian's Node (from npm, cached):
-# AG-UI (/agui/{agent}) with @ag-ui/client, also read with ag-ui-protocol's event models, and
-# the Vercel AI SDK's UI message stream (/ai-sdk/{agent}) with the ai package's transport.
+# The doors of web frontends and editors with their own clients in Debian's Node (from npm,
+# cached): AG-UI (/agui/{agent}) with @ag-ui/client, also read with ag-ui-protocol's event
+# models; the Vercel AI SDK's UI message stream (/ai-sdk/{agent}) with the ai package's
+# transport; the Agent Client Protocol (`fleet acp`) with @agentclientprotocol/sdk.
 webui_dir="$cache/webui-node"
-if [ ! -d "$webui_dir/node_modules/@ag-ui/client" ] || [ ! -d "$webui_dir/node_modules/ai" ]; then
+if [ ! -d "$webui_dir/node_modules/@ag-ui/client" ] || [ ! -d "$webui_dir/node_modules/ai" ] \
+    || [ ! -d "$webui_dir/node_modules/@agentclientprotocol/sdk" ]; then
     mkdir -p "$webui_dir"
-    (cd "$webui_dir" && npm install --silent --no-audit --no-fund --no-save @ag-ui/client@1.0.0 ai@7.0.173)
+    (cd "$webui_dir" && npm install --silent --no-audit --no-fund --no-save @ag-ui/client@1.0.0 ai@7.0.173 \
+        @agentclientprotocol/sdk@2.4.0)
 fi
 (cd head-node/tests/webui_py && FLEET_BIN_DIR="$CARGO_TARGET_DIR/release" WEBUI_NODE_MODULES="$webui_dir/node_modules" python -m pytest -p no:cacheprovider)
 # OpenTelemetry traces from a head and two mesh workers into an OTLP receiver of the test's.

@@ -16,14 +16,17 @@
 //! fleet publish TOPIC "message"         prints the message's offset once stored
 //! fleet follow TOPIC [--from N]         a topic's messages, live (--group G: a share, acked)
 //! fleet health [--min-workers N]        the head's /healthz: exit 0 when it serves (no token)
+//! fleet acp AGENT                       the agent as an ACP agent on stdio, for an editor
 //! ```
 //!
 //! The head's address comes from `--head` or `FLEET_HEAD` (default `http://127.0.0.1:7070`),
 //! its client token from `--token` or `FLEET_TOKEN`, a private CA from `--tls-ca`.
 //!
 //! - [`commands`]: each command against the cluster's client API;
-//! - [`render`]: tables and event lines as the terminal shows them.
+//! - [`render`]: tables and event lines as the terminal shows them;
+//! - [`acp`]: `fleet acp`, the Agent Client Protocol on stdio.
 
+pub mod acp;
 pub mod commands;
 pub mod render;
 
@@ -175,6 +178,10 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         min_workers: usize,
     },
+    /// Serves the agent to an editor (Zed, ...) as an Agent Client Protocol agent on
+    /// stdin/stdout until stdin ends: sessions are the head's conversations, a prompt is a
+    /// task whose events stream as session updates. Messages about it go to stderr.
+    Acp { agent: String },
 }
 
 /// Runs `fleet` with `args` (the program name first); returns the exit code: 0, 1 when the
@@ -224,6 +231,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let options =
         ConnectOptions { token: args.token, tls_ca: args.tls_ca, ..ConnectOptions::default() };
     let client = Client::connect_with(&args.head, options).await?;
+    if let Command::Acp { agent } = args.command {
+        acp::serve(client, agent, tokio::io::stdin(), tokio::io::stdout()).await?;
+        return Ok(0);
+    }
     let out = &mut std::io::stdout().lock();
     match args.command {
         Command::Status => commands::status(&client, out).await,
@@ -265,6 +276,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             commands::follow_topic(&client, &topic, from, group.as_deref(), limit, out).await
         }
         Command::Health { .. } => unreachable!("answered above, without a client"),
+        Command::Acp { .. } => unreachable!("served above"),
         Command::Context { context, agent, delete } => {
             let agent = agent.unwrap_or_default();
             if delete {

@@ -72,8 +72,8 @@ def node_modules() -> Path:
     """$WEBUI_NODE_MODULES: a node_modules with @ag-ui/client and ai (scripts/test.sh
     installs them from npm into the cache)."""
     path = Path(os.environ.get("WEBUI_NODE_MODULES") or Path.home() / ".cache/agentfleet/webui-node/node_modules")
-    for package in ("@ag-ui/client", "ai"):
-        assert (path / package).is_dir(), f"{path}: npm install @ag-ui/client@1.0.0 ai@7.0.173 there (scripts/test.sh does)"
+    for package in ("@ag-ui/client", "ai", "@agentclientprotocol/sdk"):
+        assert (path / package).is_dir(), f"{path}: npm install @ag-ui/client@1.0.0 ai@7.0.173 @agentclientprotocol/sdk@2.4.0 there (scripts/test.sh does)"
     return path
 
 
@@ -112,5 +112,13 @@ class Cluster(Fleet):
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     c = Cluster()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Iterator[Cluster]:
+    """A head that wants the client key `k3y` at every door."""
+    c = Cluster("--api-key", "k3y")
     yield c
     c.stop()

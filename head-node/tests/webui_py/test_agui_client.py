@@ -58,6 +58,10 @@ def test_an_agent_with_tools_of_its_own_takes_frontend_tools_too(cluster: Cluste
     frontend = cluster.node("mixed_tools", "toolful", '<tool_call>{"name": "weather", "arguments": {"city": "Lima"}}</tool_call>')["first"]
     assert frontend["types"] == ["RUN_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "RUN_FINISHED"], frontend
     assert len(frontend["finished"][0]["pendingToolCallIds"]) == 1
+    # A name neither side offers is the client's to answer, as when its tools were all.
+    made_up = cluster.node("mixed_tools", "toolful", '<tool_call>{"name": "nowhere", "arguments": {}}</tool_call>')["first"]
+    assert made_up["types"] == ["RUN_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "RUN_FINISHED"], made_up
+    assert len(made_up["finished"][0]["pendingToolCallIds"]) == 1
 
 
 def test_the_agents_own_calls_in_two_runs_stay_apart(cluster: Cluster) -> None:

@@ -5,7 +5,6 @@ server survives."""
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -120,13 +119,6 @@ def test_http_refusals(cluster: Cluster) -> None:
     interrupt_id = asked[-1].outcome.interrupts[0].id
     wrong = httpx.post(f"{cluster.url}/agui/echo", json=run_input("", messages=[], resume=[{"interruptId": interrupt_id, "status": "cancelled"}]))
     assert wrong.status_code == 400 and "/agui/asker" in wrong.json()["error"]["message"], wrong.text
-
-
-@pytest.fixture(scope="module")
-def keyed() -> Iterator[Cluster]:
-    c = Cluster("--api-key", "k3y")
-    yield c
-    c.stop()
 
 
 def test_a_keyed_head_wants_the_key(keyed: Cluster) -> None:
