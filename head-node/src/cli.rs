@@ -98,6 +98,11 @@ pub struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", env = "FLEET_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Sign agent cards with this private key (PKCS#8 PEM: EC P-256 for ES256, or Ed25519),
+    /// so A2A clients can check a card is the operator's; the public key is served at
+    /// /.well-known/jwks.json.
+    #[arg(long, value_name = "FILE", env = "FLEET_CARD_SIGNING_KEY")]
+    card_signing_key: Option<PathBuf>,
     /// The key that seals agents' API keys and webhooks' credentials in the store: a file
     /// of 64 hex digits (`openssl rand -hex 32`), the same on every head of a shared store.
     /// A file store without one makes `secrets.key` beside `head.redb`.
@@ -223,6 +228,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = &args.tls_key {
         config.tls_key = Some(v.clone());
+    }
+    if let Some(v) = &args.card_signing_key {
+        config.card_signing_key = Some(v.clone());
     }
     if let Some(v) = &args.secrets_key_file {
         config.secrets_key_file = Some(v.clone());

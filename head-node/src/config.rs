@@ -56,6 +56,9 @@ pub struct HeadConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// The private key (PKCS#8 PEM, EC P-256 or Ed25519) that signs agent cards (A2A 1.0
+    /// signatures); its public key is served at `/.well-known/jwks.json`.
+    pub card_signing_key: Option<std::path::PathBuf>,
     /// Where tasks, their events and registered agents are kept across restarts.
     pub store: crate::store::StoreConfig,
     /// When the file store syncs its log to the disk.
@@ -112,6 +115,7 @@ impl Default for HeadConfig {
             webhook_ca: None,
             tls_cert: None,
             tls_key: None,
+            card_signing_key: None,
             store: crate::store::StoreConfig::Memory,
             fsync: crate::store::Fsync::Periodic,
             advertise: None,
@@ -150,6 +154,7 @@ pub struct ConfigFile {
     pub webhook_ca: Option<std::path::PathBuf>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    pub card_signing_key: Option<std::path::PathBuf>,
     pub secrets_key_file: Option<std::path::PathBuf>,
     /// `file` (the default: `head.redb` under `data_dir`), `memory` (keep nothing) or a
     /// `postgres://` URL (shared by a leader and its standbys).
@@ -532,6 +537,9 @@ impl ConfigFile {
         if self.tls_key.is_some() {
             config.tls_key = self.tls_key;
         }
+        if self.card_signing_key.is_some() {
+            config.card_signing_key = self.card_signing_key;
+        }
         if self.secrets_key_file.is_some() {
             config.secrets_key_file = self.secrets_key_file;
         }
@@ -573,6 +581,9 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
         ));
     }
     crate::tls::files(&config.tls_cert, &config.tls_key)?;
+    if let Some(path) = &config.card_signing_key {
+        crate::a2a::signing::CardSigner::load(path).map_err(Error::InvalidConfig)?;
+    }
     if config.token.as_deref().is_some_and(str::is_empty) {
         return bad("the client token must not be empty");
     }

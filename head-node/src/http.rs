@@ -72,6 +72,12 @@ pub fn router(
     // A task's push configs go with the task when retention evicts it.
     let forget = webhooks.clone();
     cluster.on_task_evicted(Box::new(move |task_id| forget.forget(task_id)));
+    let signer = match &config.card_signing_key {
+        Some(path) => Some(Arc::new(
+            crate::a2a::signing::CardSigner::load(path).map_err(crate::Error::InvalidConfig)?,
+        )),
+        None => None,
+    };
     let a2a = crate::a2a::A2a {
         cluster: cluster.clone(),
         clients: clients.clone(),
@@ -79,6 +85,7 @@ pub fn router(
         max_body_bytes,
         webhooks: webhooks.clone(),
         tls: config.tls_cert.is_some(),
+        signer,
     };
     webhooks.restore(&a2a);
     let metrics = crate::metrics::MetricsRoute {

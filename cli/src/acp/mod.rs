@@ -40,6 +40,10 @@ pub const PROTOCOL_VERSION: u64 = 1;
 /// How long turns still running when the editor goes get to cancel their tasks.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// Sessions open in one process at most (each is small; an editor closes those it is done
+/// with).
+pub const MAX_OPEN_SESSIONS: usize = 10_000;
+
 /// Serves ACP on `input` and `output` for `agent` until `input` ends; turns still running
 /// then are cancelled (no one is left to read them).
 pub async fn serve(
@@ -242,7 +246,9 @@ impl Server {
             )));
         }
         let id = format!("acp-{}", uuid::Uuid::new_v4().simple());
-        self.sessions().insert(id.clone(), Session::new(&cwd));
+        let mut sessions = self.sessions();
+        room_for_one(&sessions, &id)?;
+        sessions.insert(id.clone(), Session::new(&cwd));
         Ok(json!({"sessionId": id}))
     }
 
@@ -277,6 +283,7 @@ impl Server {
                 .await;
         }
         let mut sessions = self.sessions();
+        room_for_one(&sessions, &id)?;
         let session = sessions.entry(id).or_insert_with(|| Session::new(&cwd));
         session.cwd = cwd;
         if session.turn.is_none() {
@@ -403,6 +410,16 @@ impl Server {
             }
         }
     }
+}
+
+/// Refuses to open a session past [`MAX_OPEN_SESSIONS`] (one open already is no new one).
+fn room_for_one(sessions: &HashMap<String, Session>, id: &str) -> Result<(), RpcError> {
+    if sessions.len() >= MAX_OPEN_SESSIONS && !sessions.contains_key(id) {
+        return Err(RpcError::invalid_request(format!(
+            "{MAX_OPEN_SESSIONS} sessions are open in this process: session/close some first"
+        )));
+    }
+    Ok(())
 }
 
 /// A required string parameter.

@@ -76,7 +76,7 @@ fn skill(agent: &AgentInfo) -> Value {
 /// The fields only A2A 0.3 readers know. A 1.0 card must not carry them (the 1.0 schema
 /// refuses unknown fields), so they are served only to readers without `A2A-Version: 1.x`,
 /// which the spec says to treat as 0.3.
-const V03_ONLY: &[&str] = &[
+pub(crate) const V03_ONLY: &[&str] = &[
     "url",
     "preferredTransport",
     "protocolVersion",
@@ -192,9 +192,11 @@ fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Re
     };
     let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));
     if only_v03 && let Some(obj) = card.as_object_mut() {
+        // Not signed: a signature covers the 1.0 card, which this one is not.
         obj.remove("supportedInterfaces");
     } else {
         card = for_reader(card, headers);
+        sign(a2a, &mut card, headers);
     }
     card_response(&card, headers)
 }
@@ -252,7 +254,33 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Respons
         "protocolVersion": "0.3.0",
     });
     security(&a2a, &mut card);
-    card_response(&for_reader(card, &headers), &headers)
+    let mut card = for_reader(card, &headers);
+    sign(&a2a, &mut card, &headers);
+    card_response(&card, &headers)
+}
+
+/// Adds the operator's signature to a card (its 1.0 fields; a 0.3 reader's card carries
+/// more, which 1.0 clients drop before they check). A card that cannot be signed goes out
+/// unsigned, and the log says why.
+fn sign(a2a: &A2a, card: &mut Value, headers: &HeaderMap) {
+    let Some(signer) = &a2a.signer else { return };
+    let jku = format!("{}/.well-known/jwks.json", base_url(a2a, headers));
+    match signer.sign(card, &jku) {
+        Ok(signature) => card["signatures"] = json!([signature]),
+        Err(e) => tracing::warn!(error = %e, "an agent card went out unsigned"),
+    }
+}
+
+/// `/.well-known/jwks.json`: the public key that signs cards (404 when cards are not signed).
+pub async fn jwks(State(a2a): State<A2a>) -> Response {
+    match &a2a.signer {
+        Some(signer) => Json(signer.jwks()).into_response(),
+        None => {
+            let message = "this head does not sign agent cards (fleet-head --card-signing-key)";
+            let body = json!({"error": {"code": 404, "status": "NOT_FOUND", "message": message}});
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+    }
 }
 
 /// The extended card, for clients that presented the API key: the public card plus what the
@@ -278,5 +306,7 @@ pub fn extended_card_json(
         spec.max_retries,
         spec.instructions.chars().take(500).collect::<String>()
     ));
-    Ok(for_reader(card, headers))
+    let mut card = for_reader(card, headers);
+    sign(a2a, &mut card, headers);
+    Ok(card)
 }

@@ -12,7 +12,9 @@
 //! - [`ops`]: the operations both bindings share (send, get, list, cancel, subscribe, push
 //!   configs);
 //! - [`push`]: push-notification configs and their delivery to webhooks, with retries, to
-//!   public addresses unless the operator allows others (`fleet_outbound`).
+//!   public addresses unless the operator allows others (`fleet_outbound`);
+//! - [`signing`]: cards signed with the operator's key (JWS over the canonical card), and
+//!   its public key at `/.well-known/jwks.json`.
 
 pub mod card;
 pub mod errors;
@@ -23,6 +25,7 @@ pub mod ops;
 pub mod push;
 pub mod render;
 pub mod rest;
+pub mod signing;
 
 use std::sync::Arc;
 
@@ -47,6 +50,8 @@ pub struct A2a {
     pub webhooks: push::Webhooks,
     /// Whether the head serves TLS (cards then name `https://` URLs).
     pub tls: bool,
+    /// Signs cards, when the operator gave a key.
+    pub signer: Option<Arc<signing::CardSigner>>,
 }
 
 impl crate::auth::ActsAs for A2a {
@@ -93,6 +98,7 @@ pub fn router(a2a: A2a) -> Router {
         ));
     Router::new()
         .route("/.well-known/agent-card.json", get(card::cluster_card))
+        .route("/.well-known/jwks.json", get(card::jwks))
         .route("/a2a/{agent}/.well-known/agent-card.json", get(card::agent_card))
         .route("/a2a/{agent}/v0.3/.well-known/agent-card.json", get(card::agent_card_v03))
         .merge(protected)

@@ -605,7 +605,7 @@ pub async fn push_delete(
     };
     let id = str_param(params, names)
         .ok_or_else(|| A2aError::invalid_params("the config id is missing"))?;
-    a2a.webhooks.delete(a2a, &task, id)?;
+    a2a.webhooks.delete(a2a, &task, id);
     a2a.cluster.stored_so_far().await?;
     Ok(match v {
         Version::V1 => json!({}),

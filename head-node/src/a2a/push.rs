@@ -286,22 +286,20 @@ impl Webhooks {
         self.configs.lock().get(task_id).cloned().unwrap_or_default()
     }
 
-    pub fn delete(&self, a2a: &A2a, task_id: &str, id: &str) -> Result<(), A2aError> {
-        {
+    /// Deletes a config; one that is not there is deleted already (A2A 1.0: deleting is
+    /// idempotent, so a client may send it again).
+    pub fn delete(&self, a2a: &A2a, task_id: &str, id: &str) {
+        let removed = {
             let mut configs = self.configs.lock();
-            let list = configs.get_mut(task_id).ok_or_else(|| {
-                A2aError::invalid_params(format!("task {task_id:?} has no push configs"))
-            })?;
-            let before = list.len();
-            list.retain(|c| c.id != id);
-            if list.len() == before {
-                return Err(A2aError::invalid_params(format!(
-                    "task {task_id:?} has no push config {id:?}"
-                )));
-            }
+            configs.get_mut(task_id).is_some_and(|list| {
+                let before = list.len();
+                list.retain(|c| c.id != id);
+                list.len() < before
+            })
+        };
+        if removed {
+            self.keep(a2a, task_id);
         }
-        self.keep(a2a, task_id);
-        Ok(())
     }
 
     /// Follows the task and notifies its webhooks of every status change, then of the end.

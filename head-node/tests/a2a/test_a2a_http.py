@@ -318,6 +318,9 @@ def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) ->
     assert got["result"]["pushNotificationConfig"]["token"] == "t"
     assert len(rpc(cluster, "tasks/pushNotificationConfig/list", {"id": task}, headers={})["result"]) == 2
     rpc(cluster, "DeleteTaskPushNotificationConfig", {"taskId": task, "id": "c1"})
+    # Deleting is idempotent: again, or a config that never was, is no error.
+    assert rpc(cluster, "DeleteTaskPushNotificationConfig", {"taskId": task, "id": "c1"})["result"] == {}
+    assert rpc(cluster, "DeleteTaskPushNotificationConfig", {"taskId": task, "id": "never"})["result"] == {}
     rpc(cluster, "tasks/pushNotificationConfig/delete", {"id": task, "pushNotificationConfigId": "c2"}, headers={})
     assert rpc(cluster, "ListTaskPushNotificationConfigs", {"taskId": task})["result"]["configs"] == []
     assert error_code(rpc(cluster, "GetTaskPushNotificationConfig", {"taskId": task, "id": "c1"})) == -32602
@@ -328,6 +331,7 @@ def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) ->
     assert [c["id"] for c in httpx.get(base).json()["configs"]] == ["r1"]
     assert httpx.get(base + "/r1").json()["url"] == hook
     assert httpx.delete(base + "/r1").status_code == 200
+    assert httpx.delete(base + "/r1").status_code == 200, "deleting is idempotent"
     assert httpx.get(base + "/r1").status_code == 400
 
 
