@@ -34,6 +34,8 @@ pub struct Translator {
     announced: std::collections::HashSet<String>,
     /// The seq of the interrupt a resumed run continues from.
     resumed_at: Option<u64>,
+    /// Whether the task took an answer in this run.
+    answered: bool,
 }
 
 impl Translator {
@@ -49,6 +51,7 @@ impl Translator {
             shown: false,
             announced: Default::default(),
             resumed_at: None,
+            answered: false,
         }
     }
 
@@ -239,6 +242,21 @@ impl Translate for Translator {
                 out.push(self.finished(outcome, Some(usage)));
                 return (out, Some(Ending::Done));
             }
+            EventKind::InputReceived { .. } => self.answered = true,
+            // A resumed interrupt that ended unanswered (its deadline passed): the run
+            // finishes cancelled, which is what lets the client drop the interrupt (a
+            // `RUN_ERROR` would leave its thread stuck on it); why is in a custom event.
+            EventKind::Failed { error, kind, .. }
+                if self.resumed_at.is_some() && !self.answered =>
+            {
+                out.extend(self.close());
+                let value = json!({"message": error, "code": kind.as_str()});
+                out.push(
+                    json!({"type": "CUSTOM", "name": "agentfleet.interruptEnded", "value": value}),
+                );
+                out.push(self.finished(json!({"type": "cancelled"}), None));
+                return (out, Some(Ending::Done));
+            }
             EventKind::Failed { error, kind, .. } => {
                 return (self.error(error, kind.as_str()), Some(Ending::Done));
             }
@@ -395,6 +413,29 @@ mod tests {
         };
         assert_eq!(resumed.translate(&event(11, call)), (Vec::new(), None));
         assert_eq!(interrupt["reason"], "tool_approval");
+    }
+
+    #[test]
+    fn an_interrupt_that_ended_unanswered_finishes_its_resumed_run_cancelled() {
+        let failed = || EventKind::Failed {
+            error: "no input before the deadline".into(),
+            worker_id: String::new(),
+            kind: fleet_proto::ErrorKind::InvalidRequest,
+        };
+        let mut t = Translator::resumed("th", "r", "t", 4);
+        let (out, end) = t.translate(&event(5, failed()));
+        assert_eq!(types(&out), ["CUSTOM", "RUN_FINISHED"]);
+        assert_eq!(out[1]["outcome"], json!({"type": "cancelled"}));
+        assert_eq!(end, Some(Ending::Done));
+        // Answered, then failed: the failure is the run's error.
+        let mut t = Translator::resumed("th", "r", "t", 4);
+        let answer = EventKind::InputReceived {
+            call_id: "c/input".into(),
+            text: "x".into(),
+            rejected: false,
+        };
+        t.translate(&event(5, answer));
+        assert_eq!(types(&t.translate(&event(6, failed())).0), ["RUN_ERROR"]);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct RunInput {
 pub struct Resume {
     pub interrupt: InterruptId,
     pub reply: Reply,
+    /// The client cancelled the interrupt (`status: "cancelled"`) rather than answer it.
+    pub cancelled: bool,
 }
 
 /// An interrupt's id: the task that waits and the seq of its `InputRequired`, so that a
@@ -349,7 +351,8 @@ fn resume(value: Option<&Value>) -> Result<Option<Resume>, ApiError> {
                 )
             },
         )?;
-    let reply = match entry.get("status").and_then(Value::as_str) {
+    let status = entry.get("status").and_then(Value::as_str);
+    let reply = match status {
         Some("cancelled") => Reply::Reject("the user cancelled the request".into()),
         Some("resolved") => answer(entry.get("payload"))?,
         _ => {
@@ -359,7 +362,7 @@ fn resume(value: Option<&Value>) -> Result<Option<Resume>, ApiError> {
             ));
         }
     };
-    Ok(Some(Resume { interrupt, reply }))
+    Ok(Some(Resume { interrupt, reply, cancelled: status == Some("cancelled") }))
 }
 
 /// A resolved interrupt's payload as our reply: `true`/`false` or `{"approved": bool,

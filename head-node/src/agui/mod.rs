@@ -150,9 +150,20 @@ async fn run(
             if let Err(e) =
                 door.cluster.reply(&door.who, &id.task_id, "", resume.reply.clone(), id.seq)
             {
-                // The task is not this request's to cancel: it still waits, or has ended.
-                run.keep();
-                return Err(e.into());
+                // Cancelling an interrupt that no longer waits (its deadline passed, the task
+                // was cancelled, or a retry asks again under a new seq): the run shows what
+                // became of the task, which is how the client lets the interrupt go (the
+                // official client refuses to answer an expired one, and a refusal here would
+                // leave its thread stuck on it). An answer that is refused is the request's
+                // error, saying why: a second answer is not taken for the first.
+                let waits_here = door.cluster.task(&door.who, &id.task_id).is_ok_and(|t| {
+                    t.state == fleet_proto::TaskState::InputRequired && t.events == id.seq
+                });
+                if !resume.cancelled || waits_here {
+                    // Not this request's to cancel: it still waits, or has ended.
+                    run.keep();
+                    return Err(e.into());
+                }
             }
             run
         }

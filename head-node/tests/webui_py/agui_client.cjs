@@ -98,6 +98,30 @@ const scenarios = {
     return { first, second, pendingAfter: agent.pendingInterrupts, messages: agent.messages };
   },
 
+  // The agent asks, nobody answers before the question's deadline; the client then cancels
+  // the interrupt (it refuses to answer one past its expiresAt) and runs again: it must not
+  // be stuck on an interrupt that is gone.
+  async expired() {
+    const agent = agentWith(args[0]);
+    const first = await run(agent, {});
+    const interrupts = agent.pendingInterrupts;
+    // Past the deadline the head fails the task: wait until its state (A2A's view of it)
+    // says so.
+    const task = interrupts[0].id.split("@")[0];
+    const status = url.replace("/agui/", "/a2a/") + `/tasks/${task}`;
+    for (;;) {
+      const got = await (await fetch(status, { headers: { "A2A-Version": "1.0" } })).json();
+      if (got.status && got.status.state === "TASK_STATE_FAILED") break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const resume = interrupts.map((i) => ({ interruptId: i.id, status: "cancelled" }));
+    const second = await run(agent, { resume });
+    const stuck = agent.pendingInterrupts.map((i) => i.id);
+    agent.addMessage({ id: "u2", role: "user", content: "hello again" });
+    const third = await run(agent, {});
+    return { first, second, stuck, third };
+  },
+
   // The client aborts mid-stream (a user's stop button).
   async abort() {
     const agent = agentWith(args[0]);

@@ -31,6 +31,13 @@ name = "asker"
 model = "builtin:echo"
 ask_user = true
 
+# Its questions wait one second.
+[[agent]]
+name = "hasty"
+model = "builtin:echo"
+ask_user = true
+input_timeout_s = 1
+
 [[agent]]
 name = "helper"
 model = "builtin:echo"

@@ -132,3 +132,15 @@ def test_a_client_that_aborts_cancels_its_task(cluster: Cluster) -> None:
         return str(r.json()["status"]["state"])
 
     assert wait_until(lambda: "CANCEL" in state().upper(), timeout=5, what="the task canceled")
+
+
+def test_an_expired_interrupt_cancelled_ends_the_run_and_the_thread_goes_on(cluster: Cluster) -> None:
+    seen = cluster.node("expired", "hasty", ASK)
+    assert seen["first"]["finished"][0]["outcome"] == "interrupt", seen["first"]
+    # The task failed at the question's deadline; resuming shows that and lets it go.
+    second = seen["second"]
+    assert "thrown" not in second, second
+    assert second["types"] == ["RUN_STARTED", "CUSTOM", "RUN_FINISHED"], second
+    assert second["finished"] == [{"outcome": "cancelled"}], second
+    assert seen["stuck"] == [], "the client holds no interrupt that is gone"
+    assert seen["third"]["text"] == "hello again", seen["third"]
