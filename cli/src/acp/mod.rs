@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fleet_client::{Client, TaskState, pb};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -310,7 +311,6 @@ impl Server {
         // The task's last event is the question it waits on.
         let mut events =
             self.client.watch(&task.task_id, task.events.max(1)).await.map_err(head_error)?;
-        use futures::StreamExt;
         match events.next().await {
             Some(Ok(e)) => match e.kind {
                 fleet_client::EventKind::InputRequired { prompt, tool, .. } if tool.is_empty() => {

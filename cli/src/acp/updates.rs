@@ -40,29 +40,23 @@ impl Translator {
                     "rawOutput": output,
                 })]
             }
-            // A refused approval: its call ends here (the agent hears the reason).
-            EventKind::InputReceived { call_id, text, rejected: true } => {
-                match call_id.strip_suffix("/input") {
-                    Some(call) if self.announced.contains(call) => {
-                        let reason = format!("rejected: {text}");
-                        vec![json!({
+            // An approval's answer: a refused call ends here (the agent hears the reason),
+            // an allowed one runs.
+            EventKind::InputReceived { call_id, text, rejected } => {
+                match call_id.strip_suffix("/input").filter(|c| self.announced.contains(*c)) {
+                    Some(call) => {
+                        let mut update = json!({
                             "sessionUpdate": "tool_call_update",
                             "toolCallId": call_id_on_wire(&task, call),
-                            "status": "failed",
-                            "content": [{"type": "content", "content": {"type": "text", "text": reason}}],
-                        })]
+                            "status": if *rejected { "failed" } else { "in_progress" },
+                        });
+                        if *rejected {
+                            let reason = format!("rejected: {text}");
+                            update["content"] = json!([{"type": "content", "content": {"type": "text", "text": reason}}]);
+                        }
+                        vec![update]
                     }
-                    _ => Vec::new(),
-                }
-            }
-            EventKind::InputReceived { call_id, rejected: false, .. } => {
-                match call_id.strip_suffix("/input") {
-                    Some(call) if self.announced.contains(call) => vec![json!({
-                        "sessionUpdate": "tool_call_update",
-                        "toolCallId": call_id_on_wire(&task, call),
-                        "status": "in_progress",
-                    })],
-                    _ => Vec::new(),
+                    None => Vec::new(),
                 }
             }
             EventKind::Artifact(artifact) => {

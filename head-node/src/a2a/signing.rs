@@ -67,10 +67,10 @@ impl CardSigner {
         let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
         let (key, alg, members) =
             if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
-                // An uncompressed point: 0x04, x, y.
-                let point = pair.public_key().as_ref().to_vec();
+                // An uncompressed P-256 point: 0x04, then x and y of 32 bytes each.
+                let point = pair.public_key().as_ref();
                 let (x, y) =
-                    point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
+                    (point.get(1..33).unwrap_or_default(), point.get(33..).unwrap_or_default());
                 let members = json!({"crv": "P-256", "kty": "EC", "x": b64(x), "y": b64(y)});
                 (Key::Es256(pair), "ES256", members)
             } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
