@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use fleet_testkit::network::{Conditions, EmulatedNetwork};
 
+/// One test at a time: the wire's delay is emulated by a forwarder in user space, and a
+/// second network's traffic on this 2-core machine adds its own delay to the round trips
+/// measured (a p50 434 µs over the wire's once, with both tests running).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A TCP echo server on `host`'s address, port 7000 (a Python one-liner: any program runs
 /// on a host).
 async fn echo_server(network: &EmulatedNetwork, host: &str) -> Result<tokio::process::Child> {
@@ -48,6 +53,7 @@ fn ping_pong(address: std::net::Ipv4Addr, n: usize) -> Result<Vec<Duration>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_trip_takes_what_the_wire_is_set_to() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let rtt = Duration::from_millis(2);
     let network = EmulatedNetwork::new(Conditions::rtt(rtt))?;
     let address = network.add_host("server")?;
@@ -56,7 +62,9 @@ async fn a_round_trip_takes_what_the_wire_is_set_to() -> Result<()> {
     let (p50, p99) = (times[times.len() / 2], times[times.len() * 99 / 100]);
     eprintln!("ping-pong over a {rtt:?} wire: p50 {p50:?}, p99 {p99:?}, min {:?}", times[0]);
     ensure!(times[0] >= rtt, "a round trip took {:?}, under {rtt:?}", times[0]);
-    ensure!(p50 <= rtt + Duration::from_micros(400), "p50 {p50:?} on a {rtt:?} wire");
+    // Not much more: the forwarder's own scheduling on a busy 2-core machine has put the
+    // median 400-430 µs over (1 run in 20, alone); a wire doubled or not applied is far out.
+    ensure!(p50 <= rtt * 13 / 10, "p50 {p50:?} on a {rtt:?} wire");
 
     // No delay: what forwarding in user space costs.
     network.set_conditions(Conditions::default());
@@ -67,6 +75,7 @@ async fn a_round_trip_takes_what_the_wire_is_set_to() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_host_is_unreachable_until_healed_and_losses_are_lost() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let network = EmulatedNetwork::new(Conditions::default())?;
     let address = network.add_host("server")?;
     let _server = echo_server(&network, "server").await?;
