@@ -88,6 +88,7 @@ pub fn router(
         signer,
     };
     webhooks.restore(&a2a);
+    let a2a_grpc = a2a.clone();
     let metrics = crate::metrics::MetricsRoute {
         cluster: cluster.clone(),
         clients: clients.clone(),
@@ -143,6 +144,8 @@ pub fn router(
         .merge(crate::mcp::router(mcp))
         .merge(crate::inspector::router(inspector))
         .layer(axum::middleware::from_fn_with_state(browsers, crate::browsers::guard))
+        // Browsers cannot speak gRPC (no trailers), so its door is outside their checks.
+        .merge(crate::a2a::grpc::router(a2a_grpc))
         .merge(health)
         .layer(axum::middleware::from_fn(crate::traceparent::scope)))
 }

@@ -1,7 +1,8 @@
 //! The agentfleet wire format and the domain types the rest of the workspace works with.
 //!
 //! - [`pb`]: tonic/prost code generated from `proto/fleet/v1/*.proto` by `build.rs` (protox,
-//!   no system `protoc`).
+//!   no system `protoc`); [`a2a`] and [`google_rpc`]: A2A 1.0's gRPC binding, generated
+//!   from `proto/a2a/v1/a2a.proto` the same way.
 //! - [`types`]: domain types (agents, tasks, events, worker reports) used by the head, the
 //!   worker and the client.
 //! - [`task_state`]: the task state machine: states, and which event may happen in which.
@@ -21,6 +22,24 @@ pub mod types;
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod pb {
     tonic::include_proto!("fleet.v1");
+}
+
+/// A2A 1.0's gRPC binding (package `lf.a2a.v1`): its messages and the server of
+/// `A2AService`, generated from `proto/a2a/v1/a2a.proto`.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod a2a {
+    tonic::include_proto!("lf.a2a.v1");
+
+    /// The encoded `FileDescriptorSet` of `a2a.proto` and its imports, for mapping its
+    /// messages to JSON by reflection.
+    pub const DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/a2a_descriptor_set.bin"));
+}
+
+/// google.rpc's `Status` and `ErrorInfo`: the error details gRPC clients of A2A read.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod google_rpc {
+    tonic::include_proto!("google.rpc");
 }
 
 pub use convert::WireError;

@@ -127,9 +127,11 @@ fn output_modes(spec: &fleet_proto::AgentSpec) -> Value {
     }
 }
 
-/// The card of one agent, reachable under `url`.
-pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
+/// The card of one agent of the head at `base` (`scheme://host:port`): the JSON bindings
+/// under `/a2a/{agent}`, the gRPC binding at `base` with the agent as its tenant.
+pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, base: &str) -> Value {
     let spec = &agent.spec;
+    let url = &format!("{base}/a2a/{}", spec.name);
     let description = if spec.description.is_empty() {
         format!("agentfleet agent {} ({})", spec.name, spec.model)
     } else {
@@ -142,6 +144,7 @@ pub fn agent_card_json(a2a: &A2a, agent: &AgentInfo, url: &str) -> Value {
         "supportedInterfaces": [
             {"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
             {"url": url, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
+            {"url": base, "protocolBinding": "GRPC", "tenant": spec.name, "protocolVersion": "1.0"},
         ],
         "provider": {"organization": "agentfleet", "url": "https://github.com/agentfleet"},
         "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": a2a.clients.required()},
@@ -190,7 +193,7 @@ fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Re
         Ok(info) => info,
         Err(response) => return *response,
     };
-    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));
+    let mut card = agent_card_json(a2a, &info, &base_url(a2a, headers));
     if only_v03 && let Some(obj) = card.as_object_mut() {
         // Not signed: a signature covers the 1.0 card, which this one is not.
         obj.remove("supportedInterfaces");
@@ -236,15 +239,21 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Respons
             s
         })
         .collect();
-    let url = agents
-        .first()
-        .map(|a| format!("{base}/a2a/{}", a.spec.name))
-        .unwrap_or_else(|| format!("{base}/a2a"));
+    let first = agents.first().map(|a| a.spec.name.clone());
+    let url = match &first {
+        Some(name) => format!("{base}/a2a/{name}"),
+        None => format!("{base}/a2a"),
+    };
+    let mut interfaces =
+        vec![json!({"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"})];
+    if let Some(name) = &first {
+        interfaces.push(json!({"url": base, "protocolBinding": "GRPC", "tenant": name, "protocolVersion": "1.0"}));
+    }
     let mut card = json!({
         "name": "agentfleet",
         "description": "an agentfleet cluster: each skill is an agent, reachable at /a2a/{agent}",
         "version": env!("CARGO_PKG_VERSION"),
-        "supportedInterfaces": [{"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
+        "supportedInterfaces": interfaces,
         "capabilities": {"streaming": true, "pushNotifications": true, "extendedAgentCard": false},
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain"],
@@ -297,7 +306,7 @@ pub fn extended_card_json(
     let info = find(a2a, agent, headers).map_err(|_| {
         super::errors::A2aError::invalid_request(format!("no agent named {agent:?}"))
     })?;
-    let mut card = agent_card_json(a2a, &info, &format!("{}/a2a/{agent}", base_url(a2a, headers)));
+    let mut card = agent_card_json(a2a, &info, &base_url(a2a, headers));
     let spec = &info.spec;
     card["skills"][0]["description"] = json!(format!(
         "{}; model {}; max_retries {}; instructions: {}",

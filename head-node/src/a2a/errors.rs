@@ -106,13 +106,13 @@ impl A2aError {
         }
     }
 
+    /// ErrorInfo's `domain`: A2A's for its own errors, ours for the codes we added.
+    fn domain(&self) -> &'static str {
+        if self.code <= -32050 && self.code > -32100 { "agentfleet" } else { "a2a-protocol.org" }
+    }
+
     fn error_info(&self) -> Value {
-        let domain = if self.code <= -32050 && self.code > -32100 {
-            "agentfleet"
-        } else {
-            "a2a-protocol.org"
-        };
-        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.reason(), "domain": domain})
+        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.reason(), "domain": self.domain()})
     }
 
     /// The `error` member of a JSON-RPC response.
@@ -140,14 +140,62 @@ impl A2aError {
         response
     }
 
+    /// The gRPC code of the gRPC binding (and, by its name, of google.rpc.Status JSON).
+    fn grpc_code(&self) -> tonic::Code {
+        match (self.kind(), self.protocol()) {
+            (Some(c), _) => c.grpc,
+            (None, Some(p)) => grpc_code(p.3),
+            (None, None) => tonic::Code::Internal,
+        }
+    }
+
+    /// The gRPC binding's answer: the code, the message, and google.rpc.Status with the
+    /// ErrorInfo in `grpc-status-details-bin`, which the SDKs' clients read the error from.
+    pub fn to_grpc_status(&self) -> tonic::Status {
+        use fleet_proto::google_rpc::{ErrorInfo, Status};
+        use prost::Message as _;
+        let (domain, reason) = (self.domain(), self.reason());
+        let info = ErrorInfo {
+            reason: reason.to_owned(),
+            domain: domain.to_owned(),
+            ..Default::default()
+        };
+        let details = Status {
+            code: self.grpc_code() as i32,
+            message: self.message.clone(),
+            details: vec![prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.ErrorInfo".to_owned(),
+                value: info.encode_to_vec(),
+            }],
+        };
+        let mut status = tonic::Status::with_details(
+            self.grpc_code(),
+            &self.message,
+            details.encode_to_vec().into(),
+        );
+        if let Some(s) = self.retry_after_s
+            && let Ok(value) = s.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
+        }
+        status
+    }
+
     /// google.rpc.Status as JSON (the HTTP+JSON binding's error body).
     pub fn to_status_json(&self) -> Value {
-        let status = match (self.kind(), self.protocol()) {
-            (Some(c), _) => grpc_name(c.grpc),
-            (None, Some(p)) => p.3,
-            (None, None) => "INTERNAL",
-        };
+        let status = grpc_name(self.grpc_code());
         json!({"error": {"code": self.http_status().as_u16(), "status": status, "message": self.message, "details": [self.error_info()]}})
+    }
+}
+
+/// The gRPC code google.rpc.Code's `name` stands for (the protocol table's names).
+fn grpc_code(name: &str) -> tonic::Code {
+    use tonic::Code;
+    match name {
+        "INVALID_ARGUMENT" => Code::InvalidArgument,
+        "NOT_FOUND" => Code::NotFound,
+        "FAILED_PRECONDITION" => Code::FailedPrecondition,
+        _ => Code::Internal,
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`jsonrpc`]: the JSON-RPC binding at `/a2a/{agent}`, 1.0 methods and their 0.3
 //!   counterparts on the same endpoint (no `A2A-Version` header means 0.3);
 //! - [`rest`]: the HTTP+JSON binding under `/a2a/{agent}/...`;
+//! - [`grpc`]: the gRPC binding, `lf.a2a.v1.A2AService` on the head's port (the agent is
+//!   the request's `tenant`);
 //! - [`render`]: cluster tasks and events as A2A JSON, in either version's dialect;
 //! - [`message`]: reading the client's messages;
 //! - [`names`]: the `.proto` field names accepted beside the camelCase ones;
@@ -18,6 +20,7 @@
 
 pub mod card;
 pub mod errors;
+pub mod grpc;
 pub mod jsonrpc;
 pub mod message;
 mod names;

@@ -6,8 +6,10 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+from a2a.client import ClientConfig, ClientFactory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fleetproc import Fleet, clean_env, collect_garbage_after_each_test  # noqa: E402,F401
@@ -25,6 +27,30 @@ model_options = { token_delay_ms = 40 }
 """
 
 
+def grpc_channel(url: str, ca: "Path | None" = None):  # type: ignore[no-untyped-def]
+    """A gRPC channel to the host and port of a card's GRPC interface URL (grpcio takes
+    `host:port`, the card names `scheme://host:port`); over TLS trusting `ca` when given."""
+    import grpc
+
+    target = urlparse(url).netloc
+    if ca is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca.read_bytes()))
+
+
+async def sdk_client(base_url: str, agent: str, mode: str, streaming: bool = True, **config: object):  # type: ignore[no-untyped-def]
+    """The official SDK's client of `agent`, built from its card as users build it: `mode`
+    "1.0" or "0.3" over JSON-RPC, or "grpc" (A2A 1.0's gRPC binding, the card's GRPC
+    interface with its tenant)."""
+    if mode == "grpc":
+        config.setdefault("grpc_channel_factory", grpc_channel)
+        factory = ClientFactory(ClientConfig(streaming=streaming, supported_protocol_bindings=["GRPC"], **config))  # type: ignore[arg-type]
+        return await factory.create_from_url(f"{base_url}/a2a/{agent}")
+    factory = ClientFactory(ClientConfig(streaming=streaming, supported_protocol_bindings=["JSONRPC"], **config))  # type: ignore[arg-type]
+    suffix = "" if mode == "1.0" else "/v0.3"
+    return await factory.create_from_url(f"{base_url}/a2a/{agent}{suffix}")
+
+
 class Cluster(Fleet):
     def __init__(self, *head_args: str, tls: "tuple[Path, Path, Path] | None" = None) -> None:
         """A head with `head_args` and one worker; with `tls` (CA, certificate, key) the head
@@ -39,6 +65,7 @@ class Cluster(Fleet):
         env = clean_env(FLEET_MESH_LISTEN="/ip4/127.0.0.1/tcp/0")  # the workers' mesh on loopback only
         scheme = "https" if tls is not None else "http"
         super().__init__(CONFIG, *head_args, workers=[worker_args], env=env, scheme=scheme, verify=verify)
+        self.tls_ca = tls[0] if tls is not None else None
 
 
 def make_tls(folder: Path) -> tuple[Path, Path, Path]:

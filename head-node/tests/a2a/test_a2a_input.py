@@ -1,6 +1,6 @@
 """Humans in the loop over A2A: an agent's question (`ask_user`) and a tool call's approval
 make the task input-required; the client's message with the task's id continues it. The
-official a2a-sdk client in 1.0 and 0.3 mode, and raw JSON-RPC for the errors."""
+official a2a-sdk client in 1.0 and 0.3 mode and over gRPC, and raw JSON-RPC for the errors."""
 
 import asyncio
 import json
@@ -10,12 +10,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import GetTaskRequest, Message, Part, Role, SendMessageRequest, Task, TaskState
+from conftest import sdk_client
 from fleetproc import Fleet, clean_env
 from test_a2a_http import Webhook, await_final_task
 
 MODES = ["1.0", "0.3"]
+# The SDK's clients: JSON-RPC in either dialect, and the gRPC binding.
+SDK_MODES = [*MODES, "grpc"]
 
 # `builtin:echo` repeats its input; a `<tool_call>` in it is a call of that tool, and after
 # the tool's result its next reply is that result (so an `ask_user` task answers the reply).
@@ -66,9 +68,7 @@ def fleet() -> Iterator[Fleet]:
 
 
 async def client(fleet: Fleet, agent: str, mode: str, streaming: bool = True):  # type: ignore[no-untyped-def]
-    factory = ClientFactory(ClientConfig(streaming=streaming, supported_protocol_bindings=["JSONRPC"]))
-    suffix = "" if mode == "1.0" else "/v0.3"
-    return await factory.create_from_url(f"{fleet.url}/a2a/{agent}{suffix}")
+    return await sdk_client(fleet.url, agent, mode, streaming)
 
 
 def request(text: str, task_id: str = "", context_id: str = "") -> SendMessageRequest:
@@ -153,7 +153,7 @@ def is_question(status, text: str) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SDK_MODES)
 async def test_a_question_ends_the_stream_and_a_reply_streams_the_rest(fleet: Fleet, mode: str) -> None:
     c = await client(fleet, "asker", mode)
     async with c:
@@ -199,7 +199,7 @@ def approval_prompt(text: str) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SDK_MODES)
 async def test_a_blocking_send_returns_at_an_approval_and_approve_runs_the_tool(fleet: Fleet, mode: str) -> None:
     c = await client(fleet, "guarded", mode, streaming=False)
     async with c:
@@ -218,7 +218,7 @@ async def test_a_blocking_send_returns_at_an_approval_and_approve_runs_the_tool(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SDK_MODES)
 async def test_a_refused_approval_reaches_the_model_as_the_reason(fleet: Fleet, mode: str) -> None:
     c = await client(fleet, "guarded", mode)
     async with c:
@@ -237,7 +237,7 @@ async def test_a_refused_approval_reaches_the_model_as_the_reason(fleet: Fleet, 
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SDK_MODES)
 async def test_a_question_nobody_answers_fails_the_task_after_the_input_timeout(fleet: Fleet, mode: str) -> None:
     c = await client(fleet, "impatient", mode, streaming=False)
     async with c:

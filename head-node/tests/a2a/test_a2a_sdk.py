@@ -15,9 +15,10 @@ from a2a.types.a2a_pb2 import (
     SubscribeToTaskRequest,
     TaskState,
 )
-from conftest import Cluster
+from conftest import Cluster, grpc_channel, sdk_client
 
-MODES = ["1.0", "0.3"]
+# The JSON-RPC binding in either dialect, and A2A 1.0's gRPC binding: the same scenarios.
+MODES = ["1.0", "0.3", "grpc"]
 
 
 def card_url(cluster: Cluster, agent: str, mode: str) -> str:
@@ -26,8 +27,7 @@ def card_url(cluster: Cluster, agent: str, mode: str) -> str:
 
 
 async def client(cluster: Cluster, agent: str, mode: str, streaming: bool = True):  # type: ignore[no-untyped-def]
-    factory = ClientFactory(ClientConfig(streaming=streaming, supported_protocol_bindings=["JSONRPC"]))
-    return await factory.create_from_url(card_url(cluster, agent, mode))
+    return await sdk_client(cluster.url, agent, mode, streaming)
 
 
 def request(text: str, context_id: str = "") -> SendMessageRequest:
@@ -51,7 +51,9 @@ def test_cards_describe_every_agent(cluster: Cluster) -> None:
     assert {s["id"] for s in card["skills"]} == {"echo", "slow"}
     agent = httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json").json()
     bindings = {i["protocolBinding"] for i in agent["supportedInterfaces"]}
-    assert bindings == {"JSONRPC", "HTTP+JSON"} and agent["capabilities"]["streaming"] is True
+    assert bindings == {"JSONRPC", "HTTP+JSON", "GRPC"} and agent["capabilities"]["streaming"] is True
+    grpc = next(i for i in agent["supportedInterfaces"] if i["protocolBinding"] == "GRPC")
+    assert grpc == {"url": cluster.url, "protocolBinding": "GRPC", "tenant": "echo", "protocolVersion": "1.0"}
     assert agent["skills"][0]["description"] == "repeats what you say"
     assert agent["url"].endswith("/a2a/echo") and agent["protocolVersion"].startswith("0.3")
     assert httpx.get(cluster.url + "/a2a/nobody/.well-known/agent-card.json").status_code == 404
@@ -177,7 +179,7 @@ async def test_a_second_turn_on_the_same_context_sees_the_first(cluster: Cluster
 async def test_the_sdk_over_tls(tls_cluster: Cluster) -> None:
     # Cards name https:// URLs, so the SDK posts where the head listens.
     card = httpx.get(tls_cluster.url + "/a2a/echo/.well-known/agent-card.json", verify=tls_cluster.verify).json()
-    assert {i["url"] for i in card["supportedInterfaces"]} == {tls_cluster.url + "/a2a/echo"}, card
+    assert {i["url"] for i in card["supportedInterfaces"]} == {tls_cluster.url + "/a2a/echo", tls_cluster.url}, card
     # The SDK's own httpx client, trusting the test CA: HTTP/1.1 over TLS on the head's port.
     async with httpx.AsyncClient(verify=tls_cluster.verify) as http:
         factory = ClientFactory(ClientConfig(streaming=True, supported_protocol_bindings=["JSONRPC"], httpx_client=http))
@@ -188,6 +190,15 @@ async def test_the_sdk_over_tls(tls_cluster: Cluster) -> None:
             if response.WhichOneof("payload") == "artifact_update":
                 text += artifact_text(response.artifact_update)
         assert text == "over tls"
+    # gRPC over TLS on the same port, trusting the same CA (the card read as before).
+    ca = tls_cluster.tls_ca
+    async with httpx.AsyncClient(verify=tls_cluster.verify) as http:
+        sdk = await sdk_client(tls_cluster.url, "echo", "grpc", httpx_client=http,
+                               grpc_channel_factory=lambda url: grpc_channel(url, ca))
+        async with sdk:
+            events = [payload(e) async for e in sdk.send_message(request("grpc over tls"))]
+    text = "".join(artifact_text(e.artifact_update) for e in events if e.WhichOneof("payload") == "artifact_update")
+    assert text == "grpc over tls" and events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
     # Without the CA the certificate is refused.
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(tls_cluster.url + "/.well-known/agent-card.json")
