@@ -25,6 +25,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("a2a_descriptor_set.bin"), prost::Message::encode_to_vec(&a2a_set))?;
-    tonic_prost_build::configure().build_client(false).compile_fds(a2a_set)?;
+    tonic_prost_build::configure().compile_fds(a2a_set)?;
     Ok(())
 }

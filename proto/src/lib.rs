@@ -24,8 +24,8 @@ pub mod pb {
     tonic::include_proto!("fleet.v1");
 }
 
-/// A2A 1.0's gRPC binding (package `lf.a2a.v1`): its messages and the server of
-/// `A2AService`, generated from `proto/a2a/v1/a2a.proto`.
+/// A2A 1.0's gRPC binding (package `lf.a2a.v1`): its messages, and the server and client
+/// of `A2AService` (the head serves it; benchmarks call it), from `proto/a2a/v1/a2a.proto`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod a2a {
     tonic::include_proto!("lf.a2a.v1");
