@@ -28,6 +28,9 @@ pub struct AgentEntry {
     pub spec: Arc<AgentSpec>,
     /// Grows each time the spec changes; workers re-place actors of an older version.
     pub version: u64,
+    /// When this head last took a new spec for it (registered, replaced, or restored at
+    /// start): its card's `Last-Modified`.
+    pub changed_at: std::time::SystemTime,
     pub tasks_submitted: u64,
     /// Tasks of this agent placed on a worker and not yet finished.
     pub running: u32,
@@ -89,11 +92,17 @@ impl AgentRegistry {
             Some(entry) => {
                 entry.spec = Arc::new(spec);
                 entry.version = version;
+                entry.changed_at = std::time::SystemTime::now();
                 Registered::Replaced
             }
             None => {
-                let entry =
-                    AgentEntry { spec: Arc::new(spec), version, tasks_submitted: 0, running: 0 };
+                let entry = AgentEntry {
+                    spec: Arc::new(spec),
+                    version,
+                    changed_at: std::time::SystemTime::now(),
+                    tasks_submitted: 0,
+                    running: 0,
+                };
                 self.agents.insert(name.clone(), entry);
                 self.user_agents += 1;
                 Registered::New
@@ -133,6 +142,7 @@ impl AgentRegistry {
             let entry = AgentEntry {
                 spec: Arc::new(spec),
                 version: self.next_version,
+                changed_at: std::time::SystemTime::now(),
                 tasks_submitted: 0,
                 running: 0,
             };

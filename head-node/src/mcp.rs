@@ -352,6 +352,7 @@ mod tests {
                     ..Default::default()
                 }),
                 version: 1,
+                changed_at: std::time::SystemTime::UNIX_EPOCH,
                 tasks_submitted: 0,
             })
             .collect()

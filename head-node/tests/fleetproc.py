@@ -80,6 +80,7 @@ class Fleet:
         self.env = env if env is not None else clean_env()
         self.verify = verify
         self.head_command = [binary("fleet-head"), "--print-address", "--config", str(path), *head_args]
+        self.started_at = time.time()  # before the head: what it registers comes after
         self.head = self._start_head("127.0.0.1:0")
         assert self.head.stdout is not None
         line = self.head.stdout.readline()

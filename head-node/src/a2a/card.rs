@@ -17,7 +17,14 @@ const CARD_MAX_AGE_S: u32 = 60;
 /// A card as JSON with an ETag (a hash of the body) and caching headers; 304 without a
 /// body when the client's `If-None-Match` names the current ETag. Cards name the host the
 /// client used and fit its A2A version, hence `Vary: Host, X-Forwarded-Proto, A2A-Version`.
-fn card_response(card: &Value, headers: &HeaderMap) -> Response {
+/// `Last-Modified` is when the newest agent on the card was last registered or changed
+/// (or restored at the head's start). It is informational: `If-Modified-Since` alone gets
+/// the card, since what a card shows also changes with the reader's host and version.
+fn card_response(
+    card: &Value,
+    headers: &HeaderMap,
+    modified: Option<std::time::SystemTime>,
+) -> Response {
     use axum::http::{HeaderValue, header};
     use std::hash::{DefaultHasher, Hash, Hasher};
     let body = card.to_string();
@@ -46,6 +53,11 @@ fn card_response(card: &Value, headers: &HeaderMap) -> Response {
         headers.insert(header::CACHE_CONTROL, cache);
     }
     headers.insert(header::VARY, HeaderValue::from_static("Host, X-Forwarded-Proto, A2A-Version"));
+    if let Some(modified) = modified
+        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+    {
+        headers.insert(header::LAST_MODIFIED, date);
+    }
     response
 }
 
@@ -201,7 +213,7 @@ fn serve_card(a2a: &A2a, agent: &str, headers: &HeaderMap, only_v03: bool) -> Re
         card = for_reader(card, headers);
         sign(a2a, &mut card, headers);
     }
-    card_response(&card, headers)
+    card_response(&card, headers, Some(info.changed_at))
 }
 
 pub async fn agent_card(
@@ -265,7 +277,7 @@ pub async fn cluster_card(State(a2a): State<A2a>, headers: HeaderMap) -> Respons
     security(&a2a, &mut card);
     let mut card = for_reader(card, &headers);
     sign(&a2a, &mut card, &headers);
-    card_response(&card, &headers)
+    card_response(&card, &headers, agents.iter().map(|a| a.changed_at).max())
 }
 
 /// Adds the operator's signature to a card (its 1.0 fields; a 0.3 reader's card carries

@@ -177,7 +177,12 @@ impl From<&crate::agents::AgentEntry> for AgentInfo {
     fn from(e: &crate::agents::AgentEntry) -> Self {
         // Views leave the cluster (ListAgents, cards, /v1/models): no secrets in them.
         let spec = if e.spec.has_secrets() { Arc::new(e.spec.redacted()) } else { e.spec.clone() };
-        Self { spec, version: e.version, tasks_submitted: e.tasks_submitted }
+        Self {
+            spec,
+            version: e.version,
+            changed_at: e.changed_at,
+            tasks_submitted: e.tasks_submitted,
+        }
     }
 }
 
@@ -196,6 +201,8 @@ pub struct TaskPage {
 pub struct AgentInfo {
     pub spec: Arc<AgentSpec>,
     pub version: u64,
+    /// When the head last took a new spec for it.
+    pub changed_at: std::time::SystemTime,
     pub tasks_submitted: u64,
 }
 

@@ -1,5 +1,6 @@
 """HTTP-level tests: the HTTP+JSON binding and every A2A error code, and the server keeps serving."""
 
+import email.utils
 import json
 import ssl
 import threading
@@ -336,15 +337,22 @@ def test_push_config_methods_in_both_dialects_and_over_rest(cluster: Cluster) ->
 
 
 def test_cards_carry_an_etag_and_answer_304_when_unchanged(cluster: Cluster) -> None:
-    for path in ("/a2a/echo/.well-known/agent-card.json", "/.well-known/agent-card.json"):
+    modified = {}
+    for path in ("/a2a/echo/.well-known/agent-card.json", "/a2a/slow/.well-known/agent-card.json", "/.well-known/agent-card.json"):
         first = httpx.get(cluster.url + path)
         assert first.status_code == 200 and first.json()["name"]
         etag = first.headers["etag"]
         assert etag.startswith('"') and "max-age=" in first.headers["cache-control"]
+        # Last-Modified: when the agent was registered (after the head started, not later than now).
+        modified[path] = email.utils.parsedate_to_datetime(first.headers["last-modified"])
+        assert cluster.started_at - 1 <= modified[path].timestamp() <= time.time() + 1, (path, first.headers)
         again = httpx.get(cluster.url + path, headers={"If-None-Match": etag})
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
         other = httpx.get(cluster.url + path, headers={"If-None-Match": '"0000"'})
         assert other.status_code == 200 and other.json() == first.json()
+    # The cluster's card changed when its newest agent did.
+    agents = [modified[p] for p in modified if p.startswith("/a2a/")]
+    assert modified["/.well-known/agent-card.json"] == max(agents)
     # The card names the host the client used, so another host is another card.
     elsewhere = httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json", headers={"Host": "example.com:7070"})
     assert elsewhere.headers["etag"] != httpx.get(cluster.url + "/a2a/echo/.well-known/agent-card.json").headers["etag"]
