@@ -1,47 +1,27 @@
-//! A2A's gRPC messages to and from their proto3 JSON form, by reflection over the
-//! descriptor set `fleet_proto::a2a` was generated from.
+//! A2A's gRPC messages to and from their proto3 JSON form, with the serde code pbjson
+//! generated for `fleet_proto::a2a`.
 //!
 //! The JSON-RPC binding's params and results are exactly the proto3 JSON of the gRPC
 //! binding's messages (the specification defines them so), so the gRPC door reuses
-//! [`super::super::ops`] unchanged: message → bytes → dynamic message → JSON, and back.
+//! [`super::super::ops`] unchanged: message → JSON → operation → JSON → message.
 
-use std::sync::LazyLock;
-
-use prost::Message;
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::a2a::errors::A2aError;
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(fleet_proto::a2a::DESCRIPTOR_SET)
-        .expect("the descriptor set built with fleet-proto decodes")
-});
-
-/// `lf.a2a.v1.NAME`'s descriptor.
-fn descriptor(name: &str) -> Result<MessageDescriptor, A2aError> {
-    POOL.get_message_by_name(&format!("lf.a2a.v1.{name}"))
-        .ok_or_else(|| A2aError::internal(format!("no message lf.a2a.v1.{name} in a2a.proto")))
-}
-
 /// `message` (of type `lf.a2a.v1.NAME`) as proto3 JSON: camelCase names, enums by name,
 /// fields at their defaults left out.
-pub fn to_json<M: Message>(message: &M, name: &str) -> Result<Value, A2aError> {
-    let dynamic = DynamicMessage::decode(descriptor(name)?, message.encode_to_vec().as_slice())
-        .map_err(|e| A2aError::internal(format!("re-reading {name}: {e}")))?;
-    serde_json::to_value(&dynamic).map_err(|e| A2aError::internal(format!("{name} as JSON: {e}")))
+pub fn to_json<M: Serialize>(message: &M, name: &str) -> Result<Value, A2aError> {
+    serde_json::to_value(message).map_err(|e| A2aError::internal(format!("{name} as JSON: {e}")))
 }
 
 /// proto3 JSON as `lf.a2a.v1.NAME`. Fields the message does not have are dropped (the
 /// cards carry A2A 0.3's beside 1.0's); anything else out of shape is the head's bug.
-pub fn from_json<M: Message + Default>(json: &Value, name: &str) -> Result<M, A2aError> {
-    let options = DeserializeOptions::new().deny_unknown_fields(false);
-    let dynamic = DynamicMessage::deserialize_with_options(descriptor(name)?, json, &options)
-        .map_err(|e| {
-            A2aError::internal(format!("the head's {name} does not fit a2a.proto: {e}"))
-        })?;
-    M::decode(dynamic.encode_to_vec().as_slice())
-        .map_err(|e| A2aError::internal(format!("re-reading {name}: {e}")))
+pub fn from_json<M: DeserializeOwned>(json: &Value, name: &str) -> Result<M, A2aError> {
+    M::deserialize(json)
+        .map_err(|e| A2aError::internal(format!("the head's {name} does not fit a2a.proto: {e}")))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! - The agent is the request's `tenant`, as each agent card's `GRPC` interface says
 //!   (the JSON bindings name it in the path instead).
 //! - Every call is the JSON-RPC binding's operation ([`super::ops`]), its request and
-//!   answer mapped to and from proto3 JSON by [`json`]: one implementation of A2A's
-//!   semantics for all three bindings.
+//!   answer mapped to and from proto3 JSON by [`json`] (pbjson's generated serde code):
+//!   one implementation of A2A's semantics for all three bindings.
 //! - Errors are gRPC statuses with google.rpc.Status and its ErrorInfo in
 //!   `grpc-status-details-bin`, the reasons the JSON bindings give.
 //! - The client's credential is the `authorization: Bearer KEY` (or `x-api-key: KEY`)
@@ -26,7 +26,6 @@ use fleet_proto::a2a::{
     SubscribeToTaskRequest, Task, TaskPushNotificationConfig,
 };
 use futures::{Stream, StreamExt};
-use prost::Message;
 use serde_json::Value;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request as GrpcRequest, Response, Status};
@@ -120,7 +119,11 @@ struct Call {
 }
 
 impl Grpc {
-    fn call<M: Message>(&self, request: GrpcRequest<M>, name: &str) -> Result<Call, Status> {
+    fn call<M: serde::Serialize>(
+        &self,
+        request: GrpcRequest<M>,
+        name: &str,
+    ) -> Result<Call, Status> {
         let who = request.extensions().get::<Principal>().cloned();
         // Behind the interceptor there is always one: without, refuse rather than trust.
         let who = who.ok_or_else(|| A2aError::internal("no principal").to_grpc_status())?;
@@ -150,7 +153,7 @@ impl Grpc {
 }
 
 /// The operation's answer as the gRPC message `name`.
-fn answer<M: Message + Default>(
+fn answer<M: serde::de::DeserializeOwned>(
     result: Result<Value, A2aError>,
     name: &str,
 ) -> Result<Response<M>, Status> {
