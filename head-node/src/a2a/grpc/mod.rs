@@ -150,6 +150,18 @@ impl Grpc {
         };
         Ok(Call { a2a: self.a2a.acting_as(who), agent, params, headers })
     }
+
+    /// [`Self::call`], for an agent that must be registered (as the JSON-RPC binding
+    /// checks; streams and listing check it themselves).
+    fn call_agent<M: serde::Serialize>(
+        &self,
+        request: GrpcRequest<M>,
+        name: &str,
+    ) -> Result<Call, Status> {
+        let c = self.call(request, name)?;
+        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        Ok(c)
+    }
 }
 
 /// The operation's answer as the gRPC message `name`.
@@ -176,8 +188,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let c = self.call(request, "SendMessageRequest")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "SendMessageRequest")?;
         answer(ops::send(&c.a2a, &c.agent, &c.params, Version::V1).await, "SendMessageResponse")
     }
 
@@ -196,8 +207,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<GetTaskRequest>,
     ) -> Result<Response<Task>, Status> {
-        let c = self.call(request, "GetTaskRequest")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "GetTaskRequest")?;
         answer(ops::get(&c.a2a, &c.agent, &c.params, Version::V1), "Task")
     }
 
@@ -213,8 +223,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<CancelTaskRequest>,
     ) -> Result<Response<Task>, Status> {
-        let c = self.call(request, "CancelTaskRequest")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "CancelTaskRequest")?;
         answer(ops::cancel(&c.a2a, &c.agent, &c.params, Version::V1).await, "Task")
     }
 
@@ -234,8 +243,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<TaskPushNotificationConfig>,
     ) -> Result<Response<TaskPushNotificationConfig>, Status> {
-        let c = self.call(request, "TaskPushNotificationConfig")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "TaskPushNotificationConfig")?;
         let created = ops::push_create(&c.a2a, &c.agent, &c.params, Version::V1).await;
         answer(created, "TaskPushNotificationConfig")
     }
@@ -244,8 +252,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<GetTaskPushNotificationConfigRequest>,
     ) -> Result<Response<TaskPushNotificationConfig>, Status> {
-        let c = self.call(request, "GetTaskPushNotificationConfigRequest")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "GetTaskPushNotificationConfigRequest")?;
         answer(
             ops::push_get(&c.a2a, &c.agent, &c.params, Version::V1),
             "TaskPushNotificationConfig",
@@ -256,8 +263,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<ListTaskPushNotificationConfigsRequest>,
     ) -> Result<Response<ListTaskPushNotificationConfigsResponse>, Status> {
-        let c = self.call(request, "ListTaskPushNotificationConfigsRequest")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "ListTaskPushNotificationConfigsRequest")?;
         let listed = ops::push_list(&c.a2a, &c.agent, &c.params, Version::V1);
         answer(listed, "ListTaskPushNotificationConfigsResponse")
     }
@@ -274,8 +280,7 @@ impl A2aService for Grpc {
         &self,
         request: GrpcRequest<DeleteTaskPushNotificationConfigRequest>,
     ) -> Result<Response<()>, Status> {
-        let c = self.call(request, "DeleteTaskPushNotificationConfigRequest")?;
-        ops::check_agent(&c.a2a, &c.agent).map_err(|e| e.to_grpc_status())?;
+        let c = self.call_agent(request, "DeleteTaskPushNotificationConfigRequest")?;
         ops::push_delete(&c.a2a, &c.agent, &c.params, Version::V1)
             .await
             .map(|_| Response::new(()))
