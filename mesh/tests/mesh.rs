@@ -941,7 +941,7 @@ async fn a_hundred_nodes_keep_few_connections_and_still_reach_each_other() -> an
     // of 20, the first 8 lost). Probes on another topic (the same carrier) until every
     // node has one say the overlay forwards.
     let publisher = &meshes[0];
-    let mut reached = vec![false; NODES];
+    let mut reached = [false; NODES];
     let deadline = Instant::now() + Duration::from_secs(30);
     while reached.contains(&false) {
         let missing = reached.iter().filter(|r| !**r).count();
