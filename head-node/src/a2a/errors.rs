@@ -10,20 +10,26 @@
 use axum::http::StatusCode;
 use fleet_proto::ErrorKind;
 use serde_json::{Value, json};
+use tonic::Code;
 
 use crate::error::{Codes, codes};
 
 /// The A2A protocol's own errors, which are not failures of the cluster:
-/// (JSON-RPC code, ErrorInfo reason, HTTP status, google.rpc code name).
-const PROTOCOL: [(i64, &str, StatusCode, &str); 8] = [
-    (-32700, "PARSE_ERROR", StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-    (-32600, "INVALID_REQUEST", StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-    (-32601, "METHOD_NOT_FOUND", StatusCode::NOT_FOUND, "NOT_FOUND"),
-    (-32003, "PUSH_NOTIFICATION_NOT_SUPPORTED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
-    (-32006, "INVALID_AGENT_RESPONSE", StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
-    (-32007, "EXTENDED_AGENT_CARD_NOT_CONFIGURED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
-    (-32008, "EXTENSION_SUPPORT_REQUIRED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
-    (-32009, "VERSION_NOT_SUPPORTED", StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+/// (JSON-RPC code, ErrorInfo reason, HTTP status, gRPC code).
+const PROTOCOL: [(i64, &str, StatusCode, Code); 8] = [
+    (-32700, "PARSE_ERROR", StatusCode::BAD_REQUEST, Code::InvalidArgument),
+    (-32600, "INVALID_REQUEST", StatusCode::BAD_REQUEST, Code::InvalidArgument),
+    (-32601, "METHOD_NOT_FOUND", StatusCode::NOT_FOUND, Code::NotFound),
+    (-32003, "PUSH_NOTIFICATION_NOT_SUPPORTED", StatusCode::BAD_REQUEST, Code::FailedPrecondition),
+    (-32006, "INVALID_AGENT_RESPONSE", StatusCode::INTERNAL_SERVER_ERROR, Code::Internal),
+    (
+        -32007,
+        "EXTENDED_AGENT_CARD_NOT_CONFIGURED",
+        StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition,
+    ),
+    (-32008, "EXTENSION_SUPPORT_REQUIRED", StatusCode::BAD_REQUEST, Code::FailedPrecondition),
+    (-32009, "VERSION_NOT_SUPPORTED", StatusCode::BAD_REQUEST, Code::FailedPrecondition),
 ];
 
 /// An error to answer an A2A request with.
@@ -93,7 +99,7 @@ impl A2aError {
     }
 
     /// The protocol's own error this is, if it is one.
-    fn protocol(&self) -> Option<(i64, &'static str, StatusCode, &'static str)> {
+    fn protocol(&self) -> Option<(i64, &'static str, StatusCode, Code)> {
         PROTOCOL.into_iter().find(|p| p.0 == self.code)
     }
 
@@ -141,11 +147,11 @@ impl A2aError {
     }
 
     /// The gRPC code of the gRPC binding (and, by its name, of google.rpc.Status JSON).
-    fn grpc_code(&self) -> tonic::Code {
+    fn grpc_code(&self) -> Code {
         match (self.kind(), self.protocol()) {
             (Some(c), _) => c.grpc,
-            (None, Some(p)) => grpc_code(p.3),
-            (None, None) => tonic::Code::Internal,
+            (None, Some(p)) => p.3,
+            (None, None) => Code::Internal,
         }
     }
 
@@ -188,20 +194,8 @@ impl A2aError {
     }
 }
 
-/// The gRPC code google.rpc.Code's `name` stands for (the protocol table's names).
-fn grpc_code(name: &str) -> tonic::Code {
-    use tonic::Code;
-    match name {
-        "INVALID_ARGUMENT" => Code::InvalidArgument,
-        "NOT_FOUND" => Code::NotFound,
-        "FAILED_PRECONDITION" => Code::FailedPrecondition,
-        _ => Code::Internal,
-    }
-}
-
 /// google.rpc.Code's name for a gRPC code.
-fn grpc_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
+fn grpc_name(code: Code) -> &'static str {
     match code {
         Code::InvalidArgument => "INVALID_ARGUMENT",
         Code::NotFound => "NOT_FOUND",
