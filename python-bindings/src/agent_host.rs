@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use fleet_client::{Artifact, ArtifactPart, ErrorKind, FilePart};
-use fleet_inference::{ChatMessage, GenerateRequest, Role};
+use fleet_inference::{ChatMessage, GenerateRequest, Role, ToolCall};
 use fleet_worker::code_agents::{CodeAgents, CodeContext, CodeResult, CodeTask};
+use fleet_worker::tool::ToolOutcome;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -49,6 +50,10 @@ enum Out {
     Barrier(oneshot::Sender<()>),
     /// The actor's state as the code left it (JSON), saved before the run ends well.
     State(String),
+    /// A tool the code runs itself starts (a framework's tool: `ctx.tool_started`).
+    LocalCall(ToolCall),
+    /// ... and ends (`ctx.tool_ended`): the call's id and outcome.
+    LocalResult(String, ToolOutcome),
     Done(CodeResult),
 }
 
@@ -356,6 +361,56 @@ impl AgentHost {
         })
     }
 
+    /// Awaitable: `(status, body, chunks)` answering `body`, a `POST /v1/chat/completions`
+    /// request, from this worker's models (see [`crate::model_api`]); `chunks` (a stream's
+    /// events) is set when the request streams and started well.
+    fn openai_chat<'py>(
+        &self,
+        py: Python<'py>,
+        run: u64,
+        body: Vec<u8>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.spawn(py, run, move |context| async move {
+            Ok(crate::model_api::chat_completions(context, body).await)
+        })
+    }
+
+    /// A tool the code runs itself starts (`name`, JSON `arguments`): the task's events
+    /// show the call; returns its id, for [`AgentHost::tool_ended`].
+    fn tool_started(&self, run: u64, name: String, arguments: String) -> PyResult<String> {
+        if arguments.len() > MAX_ARTIFACT_BYTES {
+            return Err(too_big("a call's arguments", arguments.len()));
+        }
+        let runs = self.shared.runs.lock();
+        let Some(running) = runs.get(&run) else {
+            return Err(errors::unavailable("this task has ended (canceled or failed)"));
+        };
+        let id = running.context.local_call_id();
+        let call = ToolCall { id: id.clone(), name, arguments };
+        let _ = running.out.send(Out::LocalCall(call));
+        Ok(id)
+    }
+
+    /// The tool the code ran itself (`call_id`, from `tool_started`) answered `output`;
+    /// false once the run has ended.
+    #[pyo3(signature = (run, call_id, output, is_error=false))]
+    fn tool_ended(
+        &self,
+        run: u64,
+        call_id: String,
+        output: String,
+        is_error: bool,
+    ) -> PyResult<bool> {
+        if output.len() > MAX_ARTIFACT_BYTES {
+            return Err(too_big("a call's output", output.len()));
+        }
+        let outcome = ToolOutcome { output, is_error };
+        Ok(match self.shared.runs.lock().get(&run) {
+            Some(running) => running.out.send(Out::LocalResult(call_id, outcome)).is_ok(),
+            None => false,
+        })
+    }
+
     /// Stops hosting: `next_batch` returns `None`; runs still open fail.
     fn close(&self) {
         let _ = self.shared.commands.send(Command::Close);
@@ -461,6 +516,20 @@ impl CodeAgents for Agents {
                     Out::Barrier(reached) => {
                         let _ = reached.send(());
                     }
+                    Out::LocalCall(call) => {
+                        streamed += call.arguments.len();
+                        if streamed > MAX_ANSWER_BYTES {
+                            return Err(too_much());
+                        }
+                        context.local_call_started(call).await;
+                    }
+                    Out::LocalResult(call_id, outcome) => {
+                        streamed += outcome.output.len();
+                        if streamed > MAX_ANSWER_BYTES {
+                            return Err(too_much());
+                        }
+                        context.local_call_ended(call_id, outcome).await;
+                    }
                     // Saved before the run's end is reported: the head stores it first.
                     Out::State(state) => context.save_state(state, false).await?,
                     Out::Done(result) => {
@@ -474,6 +543,14 @@ impl CodeAgents for Agents {
         }
         .boxed()
     }
+}
+
+/// Refuses `what` of `size` bytes, over what one event carries.
+fn too_big(what: &str, size: usize) -> PyErr {
+    errors::kind(
+        ErrorKind::InvalidRequest,
+        format!("{what} holds at most {} MiB, this one {size} bytes", MAX_ARTIFACT_BYTES >> 20),
+    )
 }
 
 /// Why a task that streamed too much fails.

@@ -26,6 +26,7 @@ mod cli;
 mod errors;
 mod event;
 mod fleet;
+mod model_api;
 mod options;
 mod random_model;
 mod runtime;
@@ -51,6 +52,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event::register(m)?;
     m.add_class::<tool_host::ToolHost>()?;
     m.add_class::<agent_host::AgentHost>()?;
+    m.add_class::<model_api::Chunks>()?;
     m.add_class::<topic::TopicFollower>()?;
     m.add_class::<topic::TopicMessage>()?;
     errors::register(m)?;

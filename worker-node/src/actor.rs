@@ -117,7 +117,7 @@ impl AgentActor {
 }
 
 /// An earlier turn given with a task as the model's message, with its tool calls.
-fn turn_message(t: &fleet_proto::Turn) -> ChatMessage {
+pub(crate) fn turn_message(t: &fleet_proto::Turn) -> ChatMessage {
     ChatMessage {
         tool_calls: t
             .tool_calls

@@ -526,7 +526,7 @@ pub async fn start_generation(
 }
 
 /// The engine's form of a task's output format.
-fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, String> {
+pub(crate) fn output_format(format: &fleet_proto::OutputFormat) -> Result<OutputFormat, String> {
     Ok(match format {
         fleet_proto::OutputFormat::JsonObject => OutputFormat::JsonObject,
         fleet_proto::OutputFormat::JsonSchema(schema) => {

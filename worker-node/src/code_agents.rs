@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fleet_inference::{ChatMessage, GenerateRequest, GenerationEvent, ToolCall};
+use fleet_inference::{ChatMessage, GenerateRequest, Generation, GenerationEvent, ToolCall};
 use fleet_proto::{
     AgentSpec, Artifact, CallMade, ErrorKind, EventKind, TaskAssignment, Turn, Usage,
 };
@@ -37,6 +37,7 @@ use crate::models::ModelStore;
 use crate::runner::{self, EventSink, emit, failed};
 use crate::spans;
 use crate::tool::{CallContext, ToolCaller, ToolOutcome};
+use crate::tool_calls::ToolCallParser;
 use crate::toolbox::ToolboxSource;
 
 /// The worker's models, shared by its actors and the code agents that chat with them.
@@ -198,8 +199,20 @@ impl CodeContext {
     pub async fn chat(
         &self,
         model: &str,
-        mut request: GenerateRequest,
+        request: GenerateRequest,
     ) -> Result<String, (ErrorKind, String)> {
+        let generation = self.start_generation(model, request).await?;
+        Ok(self.drain(generation, false, |_| {}).await?.text)
+    }
+
+    /// Starts model `model` of this worker on `request` (tools and output formats
+    /// included, as OpenAI's API takes them: `af.openai_client()`); a request the model
+    /// cannot follow fails here, before any output. Drain it with [`CodeContext::drain`].
+    pub async fn start_generation(
+        &self,
+        model: &str,
+        mut request: GenerateRequest,
+    ) -> Result<Generation, (ErrorKind, String)> {
         if model.starts_with(fleet_proto::PYTHON_PREFIX) {
             let error = format!("{model} is an agent, not a model: call it with ctx.call");
             return Err((ErrorKind::InvalidRequest, error));
@@ -217,14 +230,27 @@ impl CodeContext {
             return Err((ErrorKind::InvalidRequest, error));
         }
         request.max_tokens = Some(request.max_tokens.unwrap_or(MAX_CHAT_TOKENS));
-        let generation = crate::agent_loop::start_generation(&model_ref, request)
+        crate::agent_loop::start_generation(&model_ref, request)
             .await
             .map_err(|_| {
                 (ErrorKind::Internal, "the model panicked while reading the prompt".into())
             })?
-            .map_err(|e| (crate::error::model_error_kind(&e), e.to_string()))?;
-        let mut generation = generation;
-        let mut text = String::new();
+            .map_err(|e| (crate::error::model_error_kind(&e), e.to_string()))
+    }
+
+    /// Runs `generation` to its end, handing each piece to `on_piece` as it comes; with
+    /// `find_tool_calls` the calls a local model writes as text are taken out of its text
+    /// (they come whole, once the text before them is out). Its tokens count in the task's
+    /// usage. Stops, as failed, when the task is canceled.
+    pub async fn drain(
+        &self,
+        mut generation: Generation,
+        find_tool_calls: bool,
+        mut on_piece: impl FnMut(Piece),
+    ) -> Result<Generated, (ErrorKind, String)> {
+        let mut parser = find_tool_calls.then(ToolCallParser::default);
+        let mut made = Generated::default();
+        let mut calls = Vec::new();
         loop {
             let next = tokio::select! {
                 biased;
@@ -232,16 +258,46 @@ impl CodeContext {
                 next = generation.next() => next,
             };
             match next {
-                Some(Ok(GenerationEvent::Delta(delta))) => text.push_str(&delta),
+                Some(Ok(GenerationEvent::Delta(delta))) => {
+                    let shown = match &mut parser {
+                        Some(p) => p.push(&delta),
+                        None => delta,
+                    };
+                    if !shown.is_empty() {
+                        made.text.push_str(&shown);
+                        on_piece(Piece::Text(shown));
+                    }
+                }
+                Some(Ok(GenerationEvent::Reasoning(delta))) => {
+                    made.reasoning.push_str(&delta);
+                    on_piece(Piece::Reasoning(delta));
+                }
+                Some(Ok(GenerationEvent::ToolCall(call))) => calls.push(call),
+                Some(Ok(GenerationEvent::Logprobs(_))) => {}
                 Some(Ok(GenerationEvent::Done(usage))) => {
+                    if let Some(parser) = parser {
+                        let (rest, found) = parser.finish();
+                        if !rest.is_empty() {
+                            made.text.push_str(&rest);
+                            on_piece(Piece::Text(rest));
+                        }
+                        calls.extend(found);
+                    }
+                    for mut call in calls {
+                        // The parser numbers a reply's calls from 0: unique in the task
+                        // instead, as a conversation's call ids must be.
+                        call.id = self.next_call_id("call");
+                        on_piece(Piece::ToolCall(call.clone()));
+                        made.tool_calls.push(call);
+                    }
                     let mut total = self.0.usage.lock();
                     total.prompt_tokens += usage.prompt_tokens;
                     total.cached_tokens += usage.cached_tokens;
                     total.completion_tokens += usage.completion_tokens;
                     total.reasoning_tokens += usage.reasoning_tokens;
-                    return Ok(text);
+                    made.usage = usage;
+                    return Ok(made);
                 }
-                Some(Ok(_)) => {}
                 Some(Err(e)) => return Err((crate::error::model_error_kind(&e), e.to_string())),
                 None => {
                     return Err((
@@ -251,6 +307,34 @@ impl CodeContext {
                 }
             }
         }
+    }
+
+    /// A call id unique across the task's attempts (an answer to a lost attempt's call is
+    /// not this one's).
+    fn next_call_id(&self, prefix: &str) -> String {
+        let n = self.0.next_call.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{prefix}_{}_{}_{n}",
+            self.0.task.task_id.as_str().replace('-', ""),
+            self.0.task.attempt
+        )
+    }
+
+    /// A tool the code runs itself (a framework's tool, in the agent's process) starts: the
+    /// call (its id from [`CodeContext::local_call_id`]) shows in the task's events as a
+    /// model's does. Not replayed on a retry: the code runs it again.
+    pub async fn local_call_started(&self, call: ToolCall) {
+        self.announce(&call, self.0.traceparent.clone()).await;
+    }
+
+    /// The id for a call the code runs itself ([`CodeContext::local_call_started`]).
+    pub fn local_call_id(&self) -> String {
+        self.next_call_id("local")
+    }
+
+    /// The result of a tool the code ran itself, as the task's event.
+    pub async fn local_call_ended(&self, call_id: String, outcome: ToolOutcome) {
+        self.report(call_id, &outcome).await;
     }
 
     /// Calls `tool` with JSON `arguments`: one of the agent's tools (a Python tool, an MCP
@@ -288,17 +372,7 @@ impl CodeContext {
                 None => {}
             }
         }
-        let n = self.0.next_call.fetch_add(1, Ordering::Relaxed);
-        let call = ToolCall {
-            // Unique across attempts: an answer to a lost attempt's call is not this one's.
-            id: format!(
-                "code_{}_{}_{n}",
-                self.0.task.task_id.as_str().replace('-', ""),
-                self.0.task.attempt
-            ),
-            name: tool.to_owned(),
-            arguments,
-        };
+        let call = ToolCall { id: self.next_call_id("code"), name: tool.to_owned(), arguments };
         if tool == fleet_proto::ASK_USER_TOOL {
             return self.ask_user(toolbox.human.as_ref(), call).await;
         }
@@ -477,6 +551,67 @@ impl CodeContext {
         }
         self.call(fleet_proto::PUBLISH_TOOL, arguments).await
     }
+}
+
+/// The model's request for a chat completion in OpenAI's terms as the head reads them
+/// (`options` of a `/v1/chat/completions` body, `input` its last user message): the
+/// conversation with its tool calls and results, sampling, output format and the client's
+/// tools. Errs, saying why, for an output format the engine cannot follow.
+pub fn completion_request(
+    options: &fleet_proto::TaskOptions,
+    input: &str,
+) -> Result<GenerateRequest, String> {
+    let mut messages: Vec<ChatMessage> =
+        options.history.iter().map(crate::actor::turn_message).collect();
+    if !input.is_empty() {
+        messages.push(ChatMessage::new(fleet_inference::Role::User, input));
+    }
+    let sampling = &options.sampling;
+    let format = sampling.format.as_ref().map(crate::agent_loop::output_format).transpose()?;
+    let tool_choice = match &options.tool_choice {
+        _ if options.tools.is_empty() => fleet_inference::ToolChoice::Auto,
+        fleet_proto::ClientToolChoice::Auto => fleet_inference::ToolChoice::Auto,
+        fleet_proto::ClientToolChoice::Required => fleet_inference::ToolChoice::Required,
+        fleet_proto::ClientToolChoice::Function(name) => {
+            fleet_inference::ToolChoice::Function(name.clone())
+        }
+    };
+    Ok(GenerateRequest {
+        messages,
+        max_tokens: sampling.max_tokens,
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        presence_penalty: sampling.presence_penalty,
+        frequency_penalty: sampling.frequency_penalty,
+        seed: sampling.seed,
+        stop: sampling.stop.clone(),
+        tools: options.tools.clone(),
+        tool_choice,
+        parallel_tool_calls: options.parallel_tool_calls,
+        format,
+        thinking: sampling.thinking,
+        ..Default::default()
+    })
+}
+
+/// A piece of a generation the code streams ([`CodeContext::drain`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Piece {
+    Text(String),
+    /// A thinking model's reasoning, before its answer.
+    Reasoning(String),
+    /// A call the model made, whole, after the text before it.
+    ToolCall(ToolCall),
+}
+
+/// What one generation of the code's made.
+#[derive(Clone, Debug, Default)]
+pub struct Generated {
+    /// The answer's text (tool-call markup taken out).
+    pub text: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub usage: fleet_inference::Usage,
 }
 
 /// A call as the task's `ToolCall` event.

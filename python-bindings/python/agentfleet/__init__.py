@@ -26,6 +26,11 @@ Python functions as tools: ``@fleet.tool`` (or ``af.tool``, hosted once an agent
 makes a function a tool this process runs when the cluster's agents call it
 (``fleet.agent(name, model, tools=[add])``); see ``agentfleet.tools``.
 
+Agents written with pydantic-ai, LangGraph or the OpenAI Agents SDK run as Python agents:
+``fleet.agent(af.from_pydantic_ai(agent, model=...))``, ``af.from_langgraph(graph)``,
+``af.from_openai_agents(agent)``; their model calls go to the workers' models through
+``af.openai_client()``. See ``agentfleet.adapters``.
+
 Agents written in Python: ``@af.agent`` on a class with ``run(self, task, ctx)`` or an async
 generator function ``(task, ctx)`` that yields text, then ``fleet.agent(MyAgent)``; the code
 may chat with the workers' models, call other agents and tools, and keep state between
@@ -84,6 +89,8 @@ from agentfleet.agents import AgentContext, AgentFile, AgentTask, Artifact, agen
 from agentfleet.kinds import ErrorKind, EventKind, TaskState
 from agentfleet.options import Resources, Sampling
 from agentfleet.tools import Tool, tool
+from agentfleet.adapters import from_langgraph, from_openai_agents, from_pydantic_ai
+from agentfleet.adapters._openai import openai_client
 
 __all__ = [
     "Agent",
@@ -135,7 +142,11 @@ __all__ = [
     "Working",
     "__version__",
     "agent",
+    "from_langgraph",
+    "from_openai_agents",
+    "from_pydantic_ai",
     "init",
+    "openai_client",
     "tool",
     "write_random_weight_model",
 ]
@@ -236,3 +247,4 @@ def init(
         agents._serve(fleet)
         atexit.register(fleet.shutdown)
     return fleet
+

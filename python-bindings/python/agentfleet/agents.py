@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import inspect
 import logging
 import threading
@@ -91,6 +92,10 @@ __all__ = ["AgentContext", "AgentFile", "AgentTask", "agent", "MAX_CONTEXTS"]
 MAX_CONTEXTS = 100_000
 
 _log = logging.getLogger("agentfleet.agents")
+
+#: The context of the task whose code runs (an asyncio task's copy of the context, and the
+#: threads it starts, see it): how ``af.openai_client()`` finds the task it answers for.
+current: "contextvars.ContextVar[AgentContext]" = contextvars.ContextVar("agentfleet_task")
 
 T = TypeVar("T")
 
@@ -354,6 +359,24 @@ class AgentContext:
         if not sent:
             raise UnavailableError("this task has ended (canceled or failed)")
 
+    def tool_started(self, name: str, arguments: "str | dict[str, Any]") -> str:
+        """Shows that the code runs tool ``name`` itself (a framework's tool, in this
+        process) with ``arguments`` (JSON text, or a dict): the task's events get the call,
+        as for a model's call. Returns the call's id for ``tool_ended``. Unlike ``call``, a
+        retried task's code runs such a tool again (the cluster does not run it)."""
+        import json
+
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        return str(self._native.tool_started(self._run, name, text))
+
+    def tool_ended(self, call_id: str, output: Any, is_error: bool = False) -> None:
+        """The tool started with ``tool_started`` answered ``output`` (text; anything else as
+        JSON), an error with ``is_error``: the task's events get the result."""
+        import json
+
+        text = output if isinstance(output, str) else json.dumps(output, default=str)
+        self._native.tool_ended(self._run, call_id, text, is_error)
+
     @overload
     async def publish(self, topic: str, message: str) -> int: ...
     @overload
@@ -552,6 +575,7 @@ class _Runtime:
                 known = ", ".join(_names()) or "none"
                 raise LookupError(f"this process defines no Python agent named {program!r} (it defines: {known})")
             ctx = AgentContext(native, run, task, code.state, state, code.per_context)
+            current.set(ctx)  # this run's own asyncio task: no reset needed
             if code.is_class:
                 fn: Callable[..., Any] = getattr(self._instance(code, task), "run")
             else:
