@@ -64,7 +64,7 @@ async fn answer(context: CodeContext, body: &[u8]) -> Result<Answer, ApiError> {
         let head = Arc::new(head);
         let role =
             Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
-        let _ = tx.send(head.chunk(role, None, None));
+        let _ = tx.send(head.chunk(role, None));
         let mut calls = 0;
         let pieces = tx.clone();
         let sending = head.clone();
@@ -83,7 +83,7 @@ async fn answer(context: CodeContext, body: &[u8]) -> Result<Answer, ApiError> {
                     Delta { tool_calls: vec![out], ..Default::default() }
                 }
             };
-            let _ = pieces.send(sending.chunk(delta, None, None));
+            let _ = pieces.send(sending.chunk(delta, None));
         });
         // The reader gone (the client closed the stream): the generation stops with it.
         let made = tokio::select! {
@@ -93,7 +93,7 @@ async fn answer(context: CodeContext, body: &[u8]) -> Result<Answer, ApiError> {
         match made {
             Ok(made) => {
                 let finish = finish_reason(&made);
-                let _ = tx.send(head.chunk(Delta::default(), Some(finish), None));
+                let _ = tx.send(head.chunk(Delta::default(), Some(finish)));
                 if include_usage {
                     let _ = tx.send(head.chunk_usage(usage(&made)));
                 }
@@ -142,14 +142,9 @@ impl Head {
     }
 
     /// One server-sent event of a `chat.completion.chunk`.
-    fn chunk(
-        &self,
-        delta: Delta,
-        finish: Option<&'static str>,
-        usage: Option<CompletionUsage>,
-    ) -> Vec<u8> {
+    fn chunk(&self, delta: Delta, finish: Option<&'static str>) -> Vec<u8> {
         let choices = vec![ChunkChoice { index: 0, delta, finish_reason: finish, logprobs: None }];
-        self.event(choices, usage)
+        self.event(choices, None)
     }
 
     /// The last chunk of a stream that asked for the usage (`stream_options.include_usage`).
@@ -158,14 +153,7 @@ impl Head {
     }
 
     fn event(&self, choices: Vec<ChunkChoice>, usage: Option<CompletionUsage>) -> Vec<u8> {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices,
-            usage,
-        };
+        let chunk = ChatCompletionChunk::new(&self.id, self.created, &self.model, choices, usage);
         let json = serde_json::to_string(&chunk).unwrap_or_else(|_| "{}".to_owned());
         format!("data: {json}\n\n").into_bytes()
     }
@@ -201,10 +189,17 @@ pub struct Chunks {
 
 #[pymethods]
 impl Chunks {
+    /// The events ready now, at least one (waits), as one piece of the byte stream; None at
+    /// the end. Ready events come together: each await is a hop between two runtimes.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let rx = self.rx.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(rx.lock().await.recv().await.map(Cow::<'static, [u8]>::Owned))
+            let mut rx = rx.lock().await;
+            let Some(mut bytes) = rx.recv().await else { return Ok(None) };
+            while let Ok(more) = rx.try_recv() {
+                bytes.extend_from_slice(&more);
+            }
+            Ok(Some(Cow::<'static, [u8]>::Owned(bytes)))
         })
     }
 

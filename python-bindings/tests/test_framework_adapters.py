@@ -173,6 +173,49 @@ def test_a_frameworks_pause_waits_for_the_client(fleet: af.Fleet, framework: str
     assert [r.output for r in results] == [f"booked a trip to {booked[0]}"]
 
 
+@pytest.fixture
+def model_requests(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The bodies of the in-process model calls made while the test runs (the embedded
+    workers' Python agents run in this process)."""
+    import httpx
+
+    from agentfleet.adapters import _openai
+
+    seen: list[dict[str, Any]] = []
+    bound = _openai.http_client
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(json.loads(request.content))
+
+    def recording() -> httpx.AsyncClient:
+        client = bound()
+        client.event_hooks["request"].append(record)
+        return client
+
+    monkeypatch.setattr(_openai, "http_client", recording)
+    return seen
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_the_conversation_is_the_clusters(
+    fleet: af.Fleet, framework: str, model_requests: list[dict[str, Any]]
+) -> None:
+    """A second turn of a context: the framework's model reads the first turn (the head's
+    record of the conversation) before the new message."""
+    agent = fleet.agent(FRAMEWORKS[framework](get_weather, approval=False, name=f"chat-{framework}"))
+    context = f"trip-{framework}"
+    first = agent.submit("My name is Ada and I live in Oslo.", context_id=context).result(timeout=120)
+    model_requests.clear()
+    agent.submit("What is the weather where I live?", context_id=context).result(timeout=120)
+    assert model_requests, "the framework made no model call"
+    said = [(m["role"], m.get("content")) for m in model_requests[0]["messages"] if m["role"] != "system"]
+    assert said[:3] == [
+        ("user", "My name is Ada and I live in Oslo."),
+        ("assistant", first),
+        ("user", "What is the weather where I live?"),
+    ], said
+
+
 def test_a_refused_approval_never_runs_the_tool(fleet: af.Fleet) -> None:
     agent = fleet.agent(pydantic_ai_agent(book_trip, approval=True, name="booking-refused"), ask_user=True)
     booked.clear()

@@ -112,15 +112,7 @@ impl Head {
     }
 
     fn event(&self, choices: Vec<ChunkChoice>, usage: Option<CompletionUsage>) -> Event {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices,
-            usage,
-        };
-        data(&chunk)
+        data(&ChatCompletionChunk::new(&self.id, self.created, &self.model, choices, usage))
     }
 }
 

@@ -189,6 +189,20 @@ pub struct ChatCompletionChunk<'a> {
     pub usage: Option<CompletionUsage>,
 }
 
+impl<'a> ChatCompletionChunk<'a> {
+    /// A chunk of completion `id`, with the choices' deltas (none in the last chunk, which
+    /// carries the usage when asked).
+    pub fn new(
+        id: &'a str,
+        created: u64,
+        model: &'a str,
+        choices: Vec<ChunkChoice>,
+        usage: Option<CompletionUsage>,
+    ) -> Self {
+        Self { id, object: "chat.completion.chunk", created, model, choices, usage }
+    }
+}
+
 /// One vector, as floats or base64.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]

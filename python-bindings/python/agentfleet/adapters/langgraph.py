@@ -20,7 +20,7 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
-from agentfleet.adapters import _openai
+from agentfleet.adapters import _conversation, _openai
 from agentfleet.agents import AgentContext, AgentTask, agent
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, convert_to_messages
@@ -181,7 +181,7 @@ def _answer(output: Any) -> "str | None":
 
 
 def _messages_input(task: AgentTask) -> dict[str, Any]:
-    return {"messages": convert_to_messages([*task.history, {"role": "user", "content": task.input}])}
+    return {"messages": convert_to_messages([*_conversation.turns(task), {"role": "user", "content": task.input}])}
 
 
 def _question(value: Any) -> str:

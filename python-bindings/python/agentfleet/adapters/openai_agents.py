@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any, AsyncIterator
 
-from agentfleet.adapters import _openai
+from agentfleet.adapters import _conversation, _openai
 from agentfleet.agents import AgentContext, AgentTask, agent as python_agent
 
 from agents import Agent, OpenAIChatCompletionsModel, RunConfig, Runner
@@ -60,7 +60,7 @@ def from_openai_agents(
         )
         started: dict[str, str] = {}  # the SDK's call id -> the task's
         refused: set[str] = set()
-        run_input: Any = [*task.history, {"role": "user", "content": task.input}]
+        run_input: Any = [*_conversation.turns(task), {"role": "user", "content": task.input}]
         while True:
             result = Runner.run_streamed(agent, run_input, run_config=config)
             try:

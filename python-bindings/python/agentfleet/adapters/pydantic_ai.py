@@ -42,7 +42,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from agentfleet.adapters import _openai
+from agentfleet.adapters import _conversation, _openai
 from agentfleet.agents import AgentContext, AgentTask, agent as _python_agent
 
 __all__ = ["from_pydantic_ai"]
@@ -73,7 +73,7 @@ def from_pydantic_ai(
         try:
             async with agent.run_stream_events(
                 task.input,
-                message_history=_history(task.history),
+                message_history=_history(_conversation.turns(task)),
                 model=cluster_model,
                 instructions=task.instructions or None,
                 # With a message history, pydantic-ai leaves the agent's system_prompt out unless
