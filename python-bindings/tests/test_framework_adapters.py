@@ -177,17 +177,17 @@ def test_a_frameworks_pause_waits_for_the_client(fleet: af.Fleet, framework: str
 def model_requests(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The bodies of the in-process model calls made while the test runs (the embedded
     workers' Python agents run in this process)."""
-    import httpx
+    import httpx2
 
     from agentfleet.adapters import _openai
 
     seen: list[dict[str, Any]] = []
     bound = _openai.http_client
 
-    async def record(request: httpx.Request) -> None:
+    async def record(request: httpx2.Request) -> None:
         seen.append(json.loads(request.content))
 
-    def recording() -> httpx.AsyncClient:
+    def recording() -> httpx2.AsyncClient:
         client = bound()
         client.event_hooks["request"].append(record)
         return client

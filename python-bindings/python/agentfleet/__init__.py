@@ -89,8 +89,7 @@ from agentfleet.agents import AgentContext, AgentFile, AgentTask, Artifact, agen
 from agentfleet.kinds import ErrorKind, EventKind, TaskState
 from agentfleet.options import Resources, Sampling
 from agentfleet.tools import Tool, tool
-from agentfleet.adapters import from_langgraph, from_openai_agents, from_pydantic_ai
-from agentfleet.adapters._openai import openai_client
+from agentfleet.adapters import from_langgraph, from_openai_agents, from_pydantic_ai, openai_client
 
 __all__ = [
     "Agent",

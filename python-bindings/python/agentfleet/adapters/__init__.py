@@ -31,7 +31,20 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["from_langgraph", "from_openai_agents", "from_pydantic_ai"]
+__all__ = ["from_langgraph", "from_openai_agents", "from_pydantic_ai", "openai_client"]
+
+
+def openai_client() -> Any:
+    """An ``openai.AsyncOpenAI`` whose chat completions (``await
+    client.chat.completions.create(model=..., messages=..., tools=..., stream=...)``) the
+    worker running the current task answers from its models, inside this process: usable in
+    any Python agent's task; outside one, a request gets a 400 saying so. See
+    ``agentfleet.adapters._openai``. Needs ``openai``."""
+    try:
+        from agentfleet.adapters import _openai
+    except ImportError as e:
+        raise ImportError(f"af.openai_client() needs the openai package: pip install openai ({e})") from e
+    return _openai.openai_client()
 
 
 def from_pydantic_ai(

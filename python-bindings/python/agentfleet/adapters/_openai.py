@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-import httpx
+import httpx2
+import openai
 
 from agentfleet import agents
 
@@ -24,10 +25,10 @@ BASE_URL = "http://agentfleet.worker/v1"
 API_KEY = "agentfleet-in-process"
 
 
-class _Transport(httpx.AsyncBaseTransport):
+class _Transport(httpx2.AsyncBaseTransport):
     """Answers OpenAI's chat completions API from the current task's worker."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         ctx = agents.current.get(None)
         if ctx is None:
             return _error(
@@ -44,11 +45,11 @@ class _Transport(httpx.AsyncBaseTransport):
         body = await request.aread()
         status, answer, chunks = await ctx._native.openai_chat(ctx._run, body)
         if chunks is None:
-            return httpx.Response(status, headers={"content-type": "application/json"}, content=answer)
-        return httpx.Response(status, headers={"content-type": "text/event-stream"}, stream=_Events(chunks))
+            return httpx2.Response(status, headers={"content-type": "application/json"}, content=answer)
+        return httpx2.Response(status, headers={"content-type": "text/event-stream"}, stream=_Events(chunks))
 
 
-class _Events(httpx.AsyncByteStream):
+class _Events(httpx2.AsyncByteStream):
     """A streamed completion's server-sent events, as the native host makes them."""
 
     def __init__(self, chunks: Any) -> None:
@@ -63,27 +64,21 @@ class _Events(httpx.AsyncByteStream):
         self._chunks.close()
 
 
-def _error(status: int, message: str) -> httpx.Response:
+def _error(status: int, message: str) -> httpx2.Response:
     body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-    return httpx.Response(status, headers={"content-type": "application/json"}, content=json.dumps(body).encode())
+    return httpx2.Response(status, headers={"content-type": "application/json"}, content=json.dumps(body).encode())
 
 
-def http_client() -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` that answers OpenAI's chat completions API from the current
-    task's worker: for OpenAI-compatible clients that take one (LangChain's ``ChatOpenAI``
-    as ``http_async_client``), with ``BASE_URL``."""
-    return httpx.AsyncClient(transport=_Transport(), base_url=BASE_URL, timeout=None)
+def http_client() -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` (the HTTP client openai 3 is built on) that answers
+    OpenAI's chat completions API from the current task's worker: for OpenAI-compatible
+    clients that take one (LangChain's ``ChatOpenAI`` as ``http_async_client``), with
+    ``BASE_URL``."""
+    return httpx2.AsyncClient(transport=_Transport(), base_url=BASE_URL, timeout=None)
 
 
-def openai_client() -> Any:
+def openai_client() -> openai.AsyncOpenAI:
     """An ``openai.AsyncOpenAI`` whose chat completions the current task's worker answers
-    (``model``: a model id of the worker). Usable in any Python agent's task:
-    ``await af.openai_client().chat.completions.create(model=..., messages=..., tools=...)``."""
-    try:
-        import openai
-    except ImportError as e:
-        raise ImportError("af.openai_client() needs the openai package: pip install openai") from e
+    (``model``: a model id of the worker)."""
     # No retries: a refusal is the request's, and a busy model answers 429 after a wait.
-    # An httpx client, as LangChain's is: openai 3 takes them beside its own httpx2 ones.
-    client = http_client()
-    return openai.AsyncOpenAI(base_url=BASE_URL, api_key=API_KEY, http_client=client, max_retries=0)  # type: ignore[arg-type]
+    return openai.AsyncOpenAI(base_url=BASE_URL, api_key=API_KEY, http_client=http_client(), max_retries=0)
