@@ -1,7 +1,8 @@
 """What an open inspector page costs (issue 17): a head holding 10,000 finished tasks and
 100 streaming ones, a worker, and Debian's chromium (Selenium, the system chromedriver).
 
-Reports, per page (cluster, the task list, a streaming task's page): the load time (from
+Reports, per page (cluster, the task list, a streaming task's page, the timeline of the
+last 5 minutes and of every retained task, the live charts): the load time (from
 navigation to the page showing its data, median of --loads) and the head's CPU with the page
 open minus without it (from /proc, over --seconds each, alternating, median of --rounds), in
 % of one core.
@@ -91,6 +92,9 @@ def main() -> None:
             "cluster": ("/ui/#/cluster", "#workers tr[data-worker]"),
             "tasks": ("/ui/#/tasks", "#tasks tr[data-task]"),
             "task (streaming)": (f"/ui/#/tasks/{streaming[0]}", '#events li[data-kind="text"]'),
+            "timeline (5 min)": ("/ui/#/timeline?window=300", "#timeline rect.bar, #timeline rect.cell"),
+            "timeline (all)": ("/ui/#/timeline?window=0", "#timeline rect.bar, #timeline rect.cell"),
+            "charts": ("/ui/#/charts", '#chart-levels polyline[data-series="running"]'),
         }
         blank = fleet.url + "/healthz"
         print(f"{'page':<18} {'load ms (median)':>17} {'head CPU open %':>16} {'closed %':>9} {'page %':>7}")

@@ -35,6 +35,9 @@ impl Cluster {
             }
         }
         state.agents_located += 1;
+        if let (Some(tenant), Some(caller)) = (tenant, state.tasks.get(&request.caller_task)) {
+            state.call_counts.count(&tenant, &caller.agent, &request.agent, false);
+        }
         let _ = reply_to.send(Command::Located { request_id: request.request_id, result });
     }
 
@@ -343,7 +346,7 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
         return;
     }
     let depth = task.depth + 1;
-    let tenant = task.tenant.clone();
+    let (tenant, caller_agent) = (task.tenant.clone(), task.agent.clone());
     let refused = if depth > MAX_TOOL_DEPTH {
         Some(format!(
             "agent {name} not called: agents called agents {MAX_TOOL_DEPTH} deep, the most allowed"
@@ -362,10 +365,11 @@ pub(super) fn route_call(state: &mut State, limits: &Limits, call: ToolCallSeen)
         // Lent before the sub-task is placed, so that it may take the caller's slot.
         lend_slot(state, caller);
         let parent = Some((caller.clone(), call_id.clone(), depth));
-        match submit_in(state, limits, sub, None, parent, tenant) {
+        match submit_in(state, limits, sub, None, parent, tenant.clone()) {
             Ok(id) => {
                 debug!(task_id = %id, caller = %caller, agent = name, "agent called as a tool");
                 state.calls_relayed += 1;
+                state.call_counts.count(&tenant, &caller_agent, name, true);
                 if let Some(caller) = state.tasks.get_mut(caller.as_str()) {
                     caller.children.push(id);
                 }

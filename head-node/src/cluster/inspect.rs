@@ -77,7 +77,87 @@ pub struct AgentFigures {
     pub latency: Option<Percentiles>,
 }
 
+/// Tasks that ended in the last moments, and the cluster's counts now: a live chart's
+/// point.
+#[derive(Debug, Clone, Default)]
+pub struct Recent {
+    /// Since the head started: tasks that began running, and that ended.
+    pub started: u64,
+    pub ended: crate::tasks::TaskCounters,
+    pub queued: usize,
+    pub running: usize,
+    /// Submission to completion, of the tasks completed within the window.
+    pub latency: Option<Percentiles>,
+    /// Submission to the first token (text, reasoning or embeddings), of the same tasks.
+    pub first_token: Option<Percentiles>,
+}
+
+/// Tasks a [`Recent`] reads at most (the newest to end): a bounded look under the lock at
+/// any rate of tasks.
+const RECENT_TASKS: usize = 5_000;
+/// Events of a task read looking for its first token.
+const FIRST_TOKEN_EVENTS: usize = 256;
+
+/// When `task`'s first token came (0: none among its first events).
+fn first_token_us(task: &TaskEntry) -> u64 {
+    let events = task.stored_events_from(1);
+    events
+        .iter()
+        .take(FIRST_TOKEN_EVENTS)
+        .find(|e| {
+            matches!(
+                e.kind,
+                EventKind::TextDelta { .. }
+                    | EventKind::ReasoningDelta { .. }
+                    | EventKind::Embeddings { .. }
+            )
+        })
+        .map_or(0, |e| e.timestamp_us)
+}
+
 impl Cluster {
+    /// The counts a live chart plots, and the percentiles of the tasks `who` sees that
+    /// completed since `since_us`.
+    pub fn recent(&self, who: &Principal, since_us: u64) -> Recent {
+        let tenant = (!who.is_admin()).then(|| who.tenant());
+        let started = self.metrics.started(tenant);
+        let mut guard = self.state.lock();
+        let (ended, queued, running) = match tenant {
+            Some(tenant) => (
+                self.metrics.totals_of(tenant).1,
+                guard.tasks.count(tenant, &[TaskState::Queued]),
+                guard.tasks.count(tenant, &crate::quotas::RUNNING),
+            ),
+            None => (
+                guard.tasks.counters,
+                guard.queue.len(),
+                guard.workers.iter().map(|w| w.running.len()).sum(),
+            ),
+        };
+        let (mut latency, mut first_token) = (Vec::new(), Vec::new());
+        let completed = guard
+            .tasks
+            .finished_newest_first()
+            .take(RECENT_TASKS)
+            .take_while(|t| t.finished_at_us >= since_us)
+            .filter(|t| t.state == TaskState::Completed && who.sees(&t.tenant));
+        for task in completed {
+            latency.push(task.finished_at_us.saturating_sub(task.submitted_at_us));
+            if let Some(after) = first_token_us(task).checked_sub(task.submitted_at_us) {
+                first_token.push(after);
+            }
+        }
+        drop(guard);
+        Recent {
+            started,
+            ended,
+            queued,
+            running,
+            latency: Percentiles::of(latency),
+            first_token: Percentiles::of(first_token),
+        }
+    }
+
     /// A number that moves whenever a task may have changed.
     pub fn task_changes(&self) -> u64 {
         self.state.lock().tasks.changes()

@@ -36,6 +36,7 @@ use crate::topics::{PublishOutcome, TopicRelays};
 use crate::workers::{CommandSender, CommandStream, WorkerEntry, WorkerRegistry};
 use crate::{Error, Result};
 
+mod call_graph;
 mod calls;
 mod contexts;
 mod durable;
@@ -48,6 +49,7 @@ mod membership;
 mod placement;
 mod queue;
 mod submit;
+mod timeline;
 mod topics;
 mod traced;
 mod views;
@@ -58,13 +60,15 @@ pub use topics::Follower;
 
 use calls::*;
 // The transitions and the placement, for the modules of `Cluster`'s methods.
+pub use call_graph::{CallCount, CallGraph, Callee, GraphCall, GraphTask, MAX_GRAPH_TASKS};
 pub use hosted::{ToolCalls, ToolHost};
-pub use inspect::{AgentFigures, Moments, Percentiles, SubTask, TaskDetail};
+pub use inspect::{AgentFigures, Moments, Percentiles, Recent, SubTask, TaskDetail};
 use lifecycle::{
     actor_key, adopt, cancel_in, dispatch, fail_over, finish, lost_attempt, never_reached,
     send_again, take_key, waits_for_key,
 };
 use placement::{context_worker, dequeue, drain_queue, enqueue, enqueue_first, place_actor};
+pub use timeline::{AttemptEnd, Bar, Density, Timeline, TimelineQuery, TimelineRow, TimelineRows};
 
 use submit::*;
 pub use views::{
@@ -114,6 +118,8 @@ struct State {
     calls_relayed: u64,
     /// Lookups answered for callers on the mesh.
     agents_located: u64,
+    /// Which agents called which, for the inspector.
+    call_counts: call_graph::CallCounts,
     topics: TopicRelays,
     /// Tools client processes host, and their calls waiting for answers.
     tools: HostedTools,
@@ -246,6 +252,7 @@ impl Cluster {
                 prefix_affinity: config.prefix_affinity,
                 calls_relayed: 0,
                 agents_located: 0,
+                call_counts: Default::default(),
                 topics: TopicRelays::default(),
                 tools: HostedTools::default(),
                 worker_seqs: HashMap::new(),

@@ -1194,3 +1194,66 @@ fn mesh_workers_get_the_whole_list_once_and_then_only_changes() {
     }
     assert_eq!(whole(mesh_lists(&mut old)), ["old", "w1"]);
 }
+
+/// The timeline: an attempt per bar on its worker's row, a lost attempt marked retried and
+/// followed by its retry; past the bars a page can draw, a density per row; another
+/// tenant's tasks are not there. The call graph of a task without calls is the task alone.
+#[test]
+fn the_timeline_draws_attempts_their_retries_and_a_density_past_its_bars() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    let (c1, _rx1, _) = cluster.worker_joined(registration("w1", 1, 1, &[]), String::new());
+    let t = task(&cluster, "one");
+    cluster.worker_lost("w1", c1, "gone");
+    let (c2, _rx2, _) = cluster.worker_joined(registration("w2", 2, 2, &[]), String::new());
+    let running = task(&cluster, "two");
+    let done = EventKind::Completed { usage: Default::default() };
+    let at = now_us();
+    let ended = TaskEvent { task_id: t.clone(), seq: 1, attempt: 2, timestamp_us: at, kind: done };
+    cluster.worker_events("w2", c2, vec![ended]);
+    assert_eq!(where_is(&cluster, &t).0, TaskState::Completed);
+
+    let query = |max_bars: usize, rows: TimelineRows| TimelineQuery {
+        since_us: at - 60_000_000,
+        until_us: at + 1_000_000,
+        rows,
+        agent: None,
+        max_bars,
+        max_rows: 10,
+    };
+    let timeline = cluster.timeline(&op(), &query(100, TimelineRows::Workers));
+    let mut bars: Vec<_> = timeline
+        .bars
+        .iter()
+        .map(|b| (b.task_id.clone(), b.worker.as_str(), b.attempt, b.end))
+        .collect();
+    // Bars come in the order they started: two may start in the same microsecond.
+    bars.sort_by_key(|b| (b.0 != t, b.2));
+    assert_eq!(
+        bars,
+        [
+            (t.clone(), "w1", 1, AttemptEnd::Retried),
+            (t.clone(), "w2", 2, AttemptEnd::Ended(TaskState::Completed)),
+            (running.clone(), "w2", 1, AttemptEnd::Running(TaskState::Scheduled)),
+        ]
+    );
+    let end_of = |id: &TaskId, attempt: u32| {
+        timeline.bars.iter().find(|b| b.task_id == *id && b.attempt == attempt).map(|b| b.end_us)
+    };
+    let finished = cluster.state.lock().tasks.get(t.as_str()).map(|t| t.finished_at_us);
+    assert_eq!((end_of(&t, 2), end_of(&running, 1)), (finished, Some(0)));
+    let rows: Vec<_> = timeline.rows.iter().map(|r| (r.key.as_str(), r.attempts)).collect();
+    assert_eq!((rows, timeline.attempts, timeline.dense), (vec![("w1", 1), ("w2", 2)], 3, false));
+
+    let dense = cluster.timeline(&op(), &query(2, TimelineRows::Agents));
+    assert!(dense.dense && dense.bars.is_empty());
+    let density = dense.rows[0].density.as_ref().expect("a density");
+    assert_eq!((dense.rows[0].key.as_str(), density.failed.iter().sum::<u32>()), ("a", 1));
+    // The running task runs to the window's end: the last slice counts it.
+    assert!(density.ran[Timeline::BUCKETS - 1] >= 1 && density.ran.len() == Timeline::BUCKETS);
+
+    let stranger = Principal::new("s", "elsewhere", crate::auth::Role::User);
+    assert!(cluster.timeline(&stranger, &query(100, TimelineRows::Workers)).rows.is_empty());
+    let graph = cluster.call_graph(&op(), t.as_str()).expect("graph");
+    assert_eq!((graph.root, graph.tasks.len(), graph.calls.len()), (t.clone(), 1, 0));
+    assert!(cluster.call_graph(&stranger, t.as_str()).is_err());
+}

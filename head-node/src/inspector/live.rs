@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Inspector, Listing, listing, views};
+use super::{Inspector, Listing, listing, pictures, views};
 use crate::auth::Caller;
 
 /// Events a stream's channel holds before its producer waits for the page to read.
@@ -32,6 +32,10 @@ const CLUSTER_TICK: Duration = Duration::from_secs(1);
 /// How often the agents and task lists are looked at.
 const AGENTS_TICK: Duration = Duration::from_secs(2);
 const TASKS_TICK: Duration = Duration::from_millis(500);
+/// How often the timeline is looked at (drawn again only when a task changed), at most.
+const TIMELINE_TICK: Duration = Duration::from_secs(1);
+/// An open timeline waits this many times as long as its last look took.
+const TIMELINE_SHARE: u32 = 20;
 /// A comment on quiet streams, so that proxies keep them open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -94,6 +98,54 @@ pub(super) async fn cluster(Caller(ui): super::Caller) -> Response {
         ticks(tx, CLUSTER_TICK, "cluster", false, move || {
             Some(views::cluster_json(&cluster, &who, auth))
         })
+    })
+}
+
+/// `/ui/api/charts/live`: a point of the live charts, every second.
+pub(super) async fn charts(Caller(ui): super::Caller) -> Response {
+    let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
+    stream(&ui, move |tx| {
+        ticks(tx, CLUSTER_TICK, "point", false, move || Some(pictures::chart_point(&cluster, &who)))
+    })
+}
+
+/// `/ui/api/timeline/live?window_s=&by=&agent=`: the timeline, again each tick a task
+/// changed (the page moves the running bars' ends and the window with its own clock in
+/// between).
+pub(super) async fn timeline(
+    Caller(ui): super::Caller,
+    query: pictures::TimelineListing,
+) -> Response {
+    let params = match query {
+        Ok(axum::extract::Query(params)) => params,
+        Err(e) => {
+            return super::Refused(axum::http::StatusCode::BAD_REQUEST, e.body_text())
+                .into_response();
+        }
+    };
+    if let Err(refused) = params.query() {
+        return refused.into_response();
+    }
+    let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
+    stream(&ui, move |tx| async move {
+        let mut seen = None;
+        loop {
+            let changes = cluster.task_changes();
+            let mut pause = TIMELINE_TICK;
+            if seen.replace(changes) != Some(changes)
+                && let Ok(query) = params.query()
+            {
+                let took = std::time::Instant::now();
+                let timeline = pictures::timeline_json(&cluster.timeline(&who, &query));
+                // A window of a busy head's 100,000 tasks takes milliseconds to look at:
+                // the page waits long enough that it costs the head at most 1/20 of a core.
+                pause = pause.max(took.elapsed() * TIMELINE_SHARE);
+                if !send(&tx, "timeline", &timeline).await {
+                    return;
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
     })
 }
 

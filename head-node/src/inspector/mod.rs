@@ -16,6 +16,7 @@
 //! `X-Fleet-UI: 1`, which a form on another site cannot send.
 
 mod live;
+mod pictures;
 mod sessions;
 mod views;
 
@@ -113,6 +114,11 @@ pub fn router(inspector: Inspector) -> Router {
         .route("/ui/api/tasks/{id}", get(views::task))
         .route("/ui/api/tasks/{id}/live", get(live::task))
         .route("/ui/api/tasks/{id}/cancel", post(views::cancel))
+        .route("/ui/api/tasks/{id}/graph", get(pictures::graph))
+        .route("/ui/api/timeline", get(pictures::timeline))
+        .route("/ui/api/timeline/live", get(live::timeline))
+        .route("/ui/api/charts", get(pictures::chart))
+        .route("/ui/api/charts/live", get(live::charts))
         .route("/ui/api/topics", get(views::topics))
         .route("/ui/api/conversations", get(views::conversations))
         .route("/ui/api/conversations/{agent}/{context}", get(views::conversation))

@@ -114,7 +114,20 @@ pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Va
 
 /// Every agent with its figures (`/ui/api/agents`).
 pub(super) fn agents_json(cluster: &Cluster, who: &Principal) -> Value {
-    let agents: Vec<Value> = cluster.agent_figures(who).iter().map(agent_json).collect();
+    let agents: Vec<Value> = cluster
+        .agent_figures(who)
+        .iter()
+        .map(|a| {
+            let mut view = agent_json(a);
+            let callers: Vec<Value> = cluster
+                .callers_of(who, &a.info.spec.name)
+                .into_iter()
+                .map(|(from, n)| json!({ "agent": from, "relayed": n.relayed, "located": n.located }))
+                .collect();
+            view["callers"] = json!(callers);
+            view
+        })
+        .collect();
     json!({ "agents": agents })
 }
 

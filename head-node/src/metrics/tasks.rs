@@ -41,6 +41,8 @@ struct EndLabels {
 #[derive(Clone, Debug, Default)]
 struct Series {
     submitted: Counter,
+    /// Tasks that had a first event from a worker: started running.
+    started: Counter,
     /// Once a task of theirs had a first event.
     first_event: Option<Histogram>,
     /// By final state, once one ended in it.
@@ -76,6 +78,7 @@ impl TaskMetrics {
     /// A task's first event from a worker arrived `after` its submission.
     pub(crate) fn first_event(&self, tenant: &Arc<str>, agent: &str, after: Duration) {
         self.with(tenant, agent, |s| {
+            s.started.inc();
             s.first_event.get_or_insert_with(histogram).observe(after.as_secs_f64());
         });
     }
@@ -104,6 +107,19 @@ impl TaskMetrics {
             counters.canceled += ended(TaskState::Canceled);
         }
         (submitted, counters)
+    }
+
+    /// How many tasks had a first event from a worker since the head started: `tenant`'s,
+    /// or every tenant's.
+    pub(crate) fn started(&self, tenant: Option<&str>) -> u64 {
+        let series = self.series.lock();
+        let of = |agents: &BTreeMap<String, Series>| -> u64 {
+            agents.values().map(|s| s.started.get()).sum()
+        };
+        match tenant {
+            Some(tenant) => series.get(tenant).map_or(0, of),
+            None => series.values().map(of).sum(),
+        }
     }
 
     /// Events workers sent since the head started.

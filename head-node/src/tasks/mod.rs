@@ -628,7 +628,7 @@ impl TaskTable {
     /// Files the task last handed out mutably under the state it is in now. A state only
     /// changes through a `&mut TaskEntry`, and the table hands out one at a time, so
     /// settling that one before each use of the index keeps the whole index true.
-    fn settle(&mut self) {
+    pub fn settle(&mut self) {
         if let Some(id) = self.pending.take()
             && let Some(entry) = self.tasks.get_mut(&id)
             && entry.state != entry.indexed
@@ -770,6 +770,22 @@ impl TaskTable {
             .filter_map(|n| this.by_number.get(n))
             .filter_map(|id| this.get(id.as_str()));
         (count, tasks)
+    }
+
+    /// The finished tasks retained, the last to finish first.
+    pub fn finished_newest_first(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.finished.iter().rev().filter_map(|id| self.get(id.as_str()))
+    }
+
+    /// The tasks not finished yet: the queued ones, then those on a worker (each in
+    /// submission order). Settle the table first: the task it last handed out mutably may
+    /// still be filed under its former state.
+    pub fn unfinished(&self) -> impl Iterator<Item = &TaskEntry> {
+        [TaskState::Queued, TaskState::Scheduled, TaskState::Working, TaskState::InputRequired]
+            .into_iter()
+            .flat_map(|s| self.index.matching(None, None, None, Some(s)).iter())
+            .filter_map(|n| self.by_number.get(n))
+            .filter_map(|id| self.get(id.as_str()))
     }
 
     pub fn len(&self) -> usize {

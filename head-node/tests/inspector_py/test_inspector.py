@@ -2,12 +2,14 @@
 chromedriver; nothing is downloaded) against a real head with a client token and two
 workers (separate processes on 127.0.0.1). Logging in, both workers on the cluster page, 20
 slow echo tasks appearing and streaming, a task canceled from its page, a tool call followed
-into its sub-task, a conversation's turns; the credential checks at the HTTP level. Screenshots of every page go to
+into its sub-task, a conversation's turns; the timeline, a call graph and the live charts of
+a run with sub-tasks on both workers; the credential checks at the HTTP level. Screenshots of every page go to
 $FLEET_TEST_ARTIFACTS/inspector (default: the system temp folder)."""
 
 import base64
 import json
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from fleetproc import Fleet, clean_env, wait_until
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -38,6 +41,19 @@ tools = ["callee"]
 name = "callee"
 model = "builtin:echo"
 model_options = { token_delay_ms = 20 }
+
+[[agent]]
+name = "planner"
+model = "builtin:echo"
+tools = ["researcher"]
+labels = { host = "one" }
+model_options = { token_delay_ms = 20 }
+
+[[agent]]
+name = "researcher"
+model = "builtin:echo"
+labels = { host = "two" }
+model_options = { token_delay_ms = 100 }
 """
 
 TOKEN = secrets.token_hex(16)
@@ -49,7 +65,7 @@ SHOTS = Path(os.environ.get("FLEET_TEST_ARTIFACTS") or tempfile.gettempdir()) / 
 def fleet() -> Iterator[Fleet]:
     # Off the mesh, a tool call is a sub-task the head runs, which the page can follow (on
     # the mesh the callee runs beside its caller without a task on the head).
-    f = Fleet(CONFIG, "--token", TOKEN, workers=[["--name", "one", "--no-mesh"], ["--name", "two", "--no-mesh"]], env=clean_env())
+    f = Fleet(CONFIG, "--token", TOKEN, workers=[["--name", "one", "--no-mesh", "--label", "host=one"], ["--name", "two", "--no-mesh", "--label", "host=two"]], env=clean_env())
     yield f
     f.stop()
 
@@ -302,6 +318,118 @@ def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> 
     # Every slow task ends (none canceled but the one).
     states = wait_until(lambda: (s := [api(fleet, f"tasks/{t}")["state"] for t in tasks]) and all(x in ("completed", "canceled") for x in s) and s, timeout=60, what="the slow tasks to end")
     assert states.count("canceled") == 1
+
+
+def log_in(fleet: Fleet, browser: webdriver.Chrome) -> None:
+    """Logs the browser in through the page, unless its session is still open."""
+    browser.get(fleet.url + "/ui/")
+    wait(browser, lambda: browser.current_url.endswith(("/ui/login", "/ui/#/cluster", "/ui/")))
+    if browser.current_url.endswith("/ui/login"):
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#workers"))
+
+
+def written_call(agent: str, words: str) -> str:
+    return f'<tool_call>{{"name": "{agent}", "arguments": {{"input": "{words}"}}}}</tool_call>'
+
+
+def read(browser: webdriver.Chrome, css: str, *names: str) -> "list[list[str]]":
+    """The attributes `names` of every element matching `css`, read at one moment (the
+    pictures are drawn anew as the cluster moves: elements found one by one may be gone)."""
+    script = "return [...document.querySelectorAll(arguments[0])].map((e) => arguments[1].map((n) => e.getAttribute(n) || ''))"
+    return browser.execute_script(script, css, list(names))  # type: ignore[no-any-return]
+
+
+def found(browser: webdriver.Chrome, css: str, name: str) -> "set[str]":
+    """`name` of every element matching `css`."""
+    return {row[0] for row in read(browser, css, name)}
+
+
+def box(browser: webdriver.Chrome, css: str) -> "dict[str, float] | None":
+    """Where the first element matching `css` is on the page, in CSS pixels (None: nowhere)."""
+    script = "const e = document.querySelector(arguments[0]); if (!e) return null; const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}"
+    return browser.execute_script(script, css)  # type: ignore[no-any-return]
+
+
+def test_the_pictures_of_a_run_with_sub_tasks_on_two_workers(fleet: Fleet, browser: webdriver.Chrome) -> None:
+    """The timeline, the call graph and the live charts, drawn from a planner on worker one
+    that calls a researcher twice, on worker two (the agents require each worker's label)."""
+    log_in(fleet, browser)
+    planner = send(fleet, "planner", f"plan {written_call('researcher', 'finding one')} {written_call('researcher', 'finding two')}")
+    wait_until(lambda: api(fleet, f"tasks/{planner}")["state"] == "completed", timeout=60, what="the planner to end")
+    graph = api(fleet, f"tasks/{planner}/graph")
+    calls = [c for c in graph["calls"] if c["from"] == planner]
+    children = {c["task"] for c in calls}
+    assert len(calls) == 2 and all(c["kind"] == "task" and c["name"] == "researcher" and c["result_us"] >= c["at_us"] > 0 for c in calls), graph
+    assert {t["id"]: t["worker"] for t in graph["tasks"]} == {planner: "one", **{c: "two" for c in children}}, graph
+    # A sub-task's graph is its family's, from the planner down.
+    assert api(fleet, f"tasks/{sorted(children)[0]}/graph")["root"] == planner
+
+    # The timeline: each task a bar on its worker's row; a click opens the task.
+    browser.get(fleet.url + "/ui/#/timeline?window=300&by=worker")
+    wait(browser, lambda: found(browser, "#timeline rect.bar", "data-task") >= {planner, *children})
+    bars = {task: (worker, state) for task, worker, state in read(browser, "#timeline rect.bar", "data-task", "data-worker", "data-state")}
+    assert bars[planner] == ("one", "completed") and all(bars[c] == ("two", "completed") for c in children), bars
+    assert found(browser, "#timeline g.row", "data-row") >= {"one", "two"}
+    shot(browser, "timeline")
+    # Dragging across the chart from just before the planner's bar to the chart's end zooms
+    # in: its bar widens.
+    bar, chart = box(browser, f'#timeline rect.bar[data-task="{planner}"]'), box(browser, ".timeline-wrap")
+    assert bar and chart
+    start, end = bar["x"] - 40, chart["x"] + chart["width"] - 4  # page pixels
+    # From the chart's frame (it stays while the chart within is drawn anew).
+    drag = ActionChains(browser).move_to_element_with_offset(browser.find_element(By.CSS_SELECTOR, ".timeline-wrap"), int(start - chart["x"] - chart["width"] / 2), 0)
+    drag.click_and_hold().move_by_offset(int(end - start), 0).release().perform()
+    narrow = bar["width"]
+    wait(browser, lambda: (b := box(browser, f'#timeline rect.bar[data-task="{planner}"]')) and b["width"] > max(10 * narrow, 50))
+    assert not browser.find_element(By.ID, "timeline-follow").is_selected() and browser.find_element(By.ID, "timeline-zoom-reset").is_displayed()
+    shot(browser, "timeline-zoomed")
+    Select(browser.find_element(By.ID, "timeline-by")).select_by_value("agent")
+    wait(browser, lambda: found(browser, "#timeline g.row", "data-row") >= {"planner", "researcher"} and "by=agent" in browser.current_url)
+    shot(browser, "timeline-by-agent")
+    wait(browser, lambda: click(browser, f'#timeline rect.bar[data-task="{planner}"]'))
+    wait(browser, lambda: browser.current_url.endswith(f"#/tasks/{planner}"))
+
+    # The call graph on the task's page: the planner, both sub-tasks, an edge to each.
+    wait(browser, lambda: found(browser, "#graph g.graph-task", "data-task") == {planner, *children})
+    edges = {tuple(edge) for edge in read(browser, "#graph path.edge[data-to]", "data-from", "data-to", "data-result")}
+    assert edges == {(planner, c, "ok") for c in children}, edges
+    assert found(browser, "#graph g.graph-task.current", "data-task") == {planner}
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "call-graph"))
+    shot(browser, "call-graph")
+    # A sub-task's page draws the same family, marking the sub-task.
+    child = sorted(children)[0]
+    wait(browser, lambda: click(browser, f'#graph g.graph-task[data-task="{child}"]'))
+    wait(browser, lambda: found(browser, "#graph g.graph-task.current", "data-task") == {child})
+    assert found(browser, "#graph g.graph-task", "data-task") == {planner, *children}
+
+    # Per agent: who calls it, and how often.
+    researcher = next(a for a in api(fleet, "agents")["agents"] if a["name"] == "researcher")
+    assert researcher["callers"] == [{"agent": "planner", "relayed": 2, "located": 0}], researcher
+    browser.get(fleet.url + "/ui/#/agents")
+    wait(browser, lambda: "planner ×2" in text(browser, '#agents tr[data-agent="researcher"] td.callers'))
+    shot(browser, "agents-callers")
+
+    # The live charts: tasks ending while the page is open move the rates and percentiles.
+    browser.get(fleet.url + "/ui/#/charts")
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, '#chart-levels polyline[data-series="queued"]'))
+    for n in range(6):
+        send(fleet, "callee", f"charted {n}")
+    ended = '#chart-tasks + .chart-legend li[data-series="ended"] strong'
+    wait(browser, lambda: text(browser, ended) not in ("", "—", "0.0/s"))
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, '#chart-latency polyline[data-series="p50"]') and browser.find_elements(By.CSS_SELECTOR, '#chart-ttft polyline[data-series="p99"]'))
+    # (Over every task that completed in the last 10 s: the slow ones of the test before too.)
+    assert re.fullmatch(r"[0-9.]+ (ms|s)", text(browser, '#chart-latency + .chart-legend li[data-series="p50"] strong'))
+    shot(browser, "charts")
+
+    # Bad questions get statuses that say what to fix.
+    with httpx.Client(base_url=fleet.url, headers=AUTH, timeout=10) as http:
+        for path, word in (("timeline?by=planet", "worker or agent"), ("timeline?window_s=999999", "at most"), ("timeline/live?by=x", "worker or agent")):
+            bad = http.get(f"/ui/api/{path}")
+            assert bad.status_code == 400 and word in bad.json()["error"], (path, bad.text)
+        assert http.get("/ui/api/tasks/nope/graph").status_code == 404
+    assert console_errors(browser) == []
 
 
 def test_a_task_page_stream_resumes_after_the_last_event(fleet: Fleet) -> None:

@@ -26,11 +26,44 @@
   }
 
   const SVG_NS = "http://www.w3.org/2000/svg";
-  function svgEl(tag, attrs = {}) {
+  function svgEl(tag, attrs = {}, ...children) {
     const node = document.createElementNS(SVG_NS, tag);
     for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    node.append(...children);
     return node;
   }
+
+  /** `node` with a tooltip (an SVG <title>, which screen readers read too). */
+  function titled(node, text) {
+    const title = svgEl("title");
+    title.textContent = text;
+    node.append(title);
+    return node;
+  }
+
+  /** SVG text, set as text (never markup). */
+  function svgText(attrs, text) {
+    const node = svgEl("text", attrs);
+    node.textContent = text;
+    return node;
+  }
+
+  /** A time on an axis: "12:03:04", or "+1.2 s" from `origin` when given. */
+  const tick = (us, origin) => (origin ? `+${duration((us - origin) / 1000)}` : clock(us));
+
+  /** Axis ticks for `span` µs: about `n` round steps. */
+  function ticks(from, to, n) {
+    const steps = [1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 15e6, 3e7, 6e7, 12e7, 3e8, 6e8, 9e8, 18e8, 36e8, 72e8, 216e8, 864e8];
+    const step = steps.find((s) => (to - from) / s <= n) || steps[steps.length - 1];
+    const out = [];
+    for (let t = Math.ceil(from / step) * step; t <= to; t += step) out.push(t);
+    return out;
+  }
+
+  // The head's clock against this page's: running bars end at the head's "now".
+  let clockSkewUs = 0;
+  const headNow = () => Date.now() * 1000 + clockSkewUs;
+  const heard = (nowUs) => { if (nowUs) clockSkewUs = nowUs - Date.now() * 1000; };
 
   const TERMINAL = new Set(["completed", "failed", "canceled"]);
   const STATES = ["queued", "scheduled", "working", "input-required", "completed", "failed", "canceled"];
@@ -440,6 +473,10 @@
         return [el("div", { text: `${duration(l.p50)} / ${duration(l.p90)} / ${duration(l.p99)}` }),
           el("div", { class: "muted", text: `over ${plural(l.count, "task")}` })];
       } },
+      { title: "Called by", cls: "callers", sig: (a) => a.callers, render: (a) => (a.callers.length
+        ? a.callers.map((c) => el("div", { "data-caller": c.agent, title: `${count(c.relayed)} calls run by the head, ${count(c.located)} lookups over the mesh` },
+          el("span", { text: c.agent }), el("span", { class: "muted", text: ` ×${count(c.relayed + c.located)}` })))
+        : ["—"]) },
       { title: "Actors on", show: (a) => a.actors.join(", ") || "—" },
       { title: "Running on", show: (a) => a.workers.join(", ") || "—" },
     ], "No agent is registered.");
@@ -538,11 +575,13 @@
     const usage = el("p", { id: "task-usage", class: "muted" });
     const tree = el("ul", { id: "subtasks", class: "tree" });
     const events = el("ol", { id: "events", class: "events" });
+    const graph = callGraph(id);
     view.append(heading, head.dl, el("div", { class: "actions" }, cancel), alert,
       el("h2", { text: "Timings" }), timings,
       el("details", { class: "input" }, inputSummary, input),
       el("h2", { text: "Output" }), output, error, usage,
       el("h2", { text: "Sub-task tree" }), tree,
+      el("h2", { text: "Call graph" }), graph.node,
       el("h2", { text: "Events" }), events);
 
     let task = null; // the last TaskView
@@ -599,6 +638,7 @@
       const u = v.usage;
       usage.textContent = u.prompt_tokens || u.completion_tokens
         ? `Usage: ${count(u.prompt_tokens)} prompt tokens (${count(u.cached_tokens)} cached), ${count(u.completion_tokens)} completion tokens` : "";
+      graph.refresh();
       const t = v.timings;
       timings.replaceChildren(timing("queued", t.submitted_us), timing("scheduled", t.scheduled_us),
         timing("first token", t.first_token_us), timing("done", t.finished_us));
@@ -745,6 +785,7 @@
       end() {
         reconcile();
         flush();
+        graph.refresh(true);
         stop(); // else EventSource would reconnect
         status("ended", "done");
       },
@@ -758,6 +799,441 @@
       },
     }, `/ui/api/tasks/${encodeURIComponent(id)}`);
     return { title: `Task ${short(id)}` };
+  }
+
+  // ------------------------------------------------------------------------ call graph
+
+  /**
+   * The call graph of task `id`'s family, from the task a client submitted: a row per task
+   * (its bar from submission to end) and per call that is not a task on the head (a tool,
+   * or an agent reached over the mesh), in call order under their caller; an edge from the
+   * moment of each call to what it called, labelled with the call's name, time and result.
+   * `refresh()` asks the head again, at most once a second.
+   */
+  function callGraph(id) {
+    const node = el("div", { id: "call-graph", class: "graph-wrap" }, el("p", { class: "muted", text: "Loading…" }));
+    let last = null;
+    let asked = 0;
+    let again = 0;
+    let busy = false;
+
+    async function load() {
+      busy = true;
+      asked = Date.now();
+      try {
+        const g = await request(`/ui/api/tasks/${encodeURIComponent(id)}/graph`);
+        heard(g.now_us);
+        const sig = JSON.stringify([g.tasks, g.calls]);
+        if (sig !== last) {
+          last = sig;
+          draw(g);
+        }
+      } catch (e) {
+        node.replaceChildren(el("p", { class: "muted", text: `No call graph: ${e.message}` }));
+      } finally {
+        busy = false;
+      }
+    }
+
+    function refresh(now = false) {
+      if (!document.body.contains(node) && asked) return;
+      const wait = now ? 0 : Math.max(0, 1000 - (Date.now() - asked));
+      clearTimeout(again);
+      again = setTimeout(() => { if (busy) refresh(now); else load(); }, wait);
+    }
+
+    function draw(g) {
+      const tasks = new Map(g.tasks.map((t) => [t.id, t]));
+      const callsOf = new Map();
+      for (const c of g.calls) {
+        if (!callsOf.has(c.from)) callsOf.set(c.from, []);
+        callsOf.get(c.from).push(c);
+      }
+      // Rows in call order, depth first: a task, then what each of its calls reached.
+      const rows = [];
+      const placed = new Set();
+      const walk = (t, depth) => {
+        placed.add(t.id);
+        rows.push({ kind: "task", t, depth });
+        for (const c of callsOf.get(t.id) || []) {
+          const child = c.task && tasks.get(c.task);
+          if (child && !placed.has(child.id)) {
+            rows.push({ kind: "edge", c, depth: depth + 1, child });
+            walk(child, depth + 1);
+          } else rows.push({ kind: "call", c, depth: depth + 1 });
+        }
+      };
+      const root = tasks.get(g.root);
+      if (!root) return;
+      walk(root, 0);
+      const now = headNow();
+      const from = root.submitted_us;
+      const ends = [...g.tasks.map((t) => t.finished_us || now), ...g.calls.map((c) => c.result_us || now)];
+      const to = Math.max(from + 1000, ...ends);
+      const width = Math.max(480, node.clientWidth || 900);
+      const left = 260;
+      const rowH = 22;
+      const top = 22;
+      const taskRows = rows.filter((r) => r.kind !== "edge");
+      const height = top + taskRows.length * rowH + 4;
+      const x = (us) => left + ((Math.min(Math.max(us, from), to) - from) / (to - from)) * (width - left - 70);
+      const svg = svgEl("svg", { id: "graph", class: "graph", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+        "aria-label": `Call graph: ${plural(g.tasks.length, "task")} and ${plural(g.calls.length, "call")}, from task ${short(g.root)}` });
+      for (const at of ticks(from, to, Math.max(2, Math.floor((width - left) / 120)))) {
+        svg.append(svgEl("line", { class: "grid", x1: x(at), x2: x(at), y1: top - 4, y2: height }),
+          svgText({ class: "axis", x: x(at), y: 12, "text-anchor": "middle" }, tick(at, from)));
+      }
+      const yOf = new Map(); // task id -> its row's top
+      let i = 0;
+      const edges = [];
+      for (const r of rows) {
+        if (r.kind === "edge") { edges.push(r); continue; }
+        const y = top + i * rowH;
+        i += 1;
+        const indent = 4 + r.depth * 14;
+        if (r.kind === "task") {
+          const t = r.t;
+          yOf.set(t.id, y);
+          const end = t.finished_us || now;
+          const row = svgEl("g", { class: `graph-task${t.id === id ? " current" : ""}`, "data-task": t.id, "data-agent": t.agent, "data-state": t.state, tabindex: 0, role: "link" },
+            svgEl("rect", { class: "band", x: 0, y, width, height: rowH }),
+            svgText({ class: "row-label", x: indent, y: y + 15 }, `${clip(t.agent, 22)} · ${short(t.id)}`),
+            titled(svgEl("rect", { class: `bar state-${t.state}`, x: x(t.submitted_us), y: y + 4, width: Math.max(2, x(end) - x(t.submitted_us)), height: rowH - 8, rx: 2 }),
+              `${t.agent} task ${t.id}: ${t.state}${t.worker ? ` on ${t.worker}` : ""}, ${since(t.submitted_us, end)}${t.attempt > 1 ? `, attempt ${t.attempt}` : ""}`),
+            svgText({ class: "bar-label", x: Math.min(width - 66, x(end) + 4), y: y + 15 }, since(t.submitted_us, end)));
+          const go = () => { if (t.id !== id) location.hash = taskHref(t.id); };
+          row.addEventListener("click", go);
+          row.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
+          svg.append(row);
+        } else {
+          const c = r.c;
+          const end = c.result_us || now;
+          const what = c.kind === "mesh" ? "agent over the mesh" : c.kind === "task" ? "agent" : "tool";
+          const result = c.result_us ? (c.is_error ? "error" : "ok") : "waiting";
+          svg.append(svgEl("g", { class: `graph-call call-${c.kind}`, "data-call": c.call_id, "data-from": c.from, "data-kind": c.kind, "data-result": result },
+            svgText({ class: "row-label muted", x: indent, y: y + 15 }, `→ ${clip(c.name, 24)} (${what})`),
+            titled(svgEl("rect", { class: `call-bar result-${result}`, x: x(c.at_us), y: y + 8, width: Math.max(2, x(end) - x(c.at_us)), height: rowH - 16 }),
+              `${c.name} (${what}) called by ${short(c.from)}: ${result}, ${since(c.at_us, end)}${c.replayed ? ", replayed" : ""}`),
+            svgText({ class: "bar-label", x: Math.min(width - 66, x(end) + 4), y: y + 15 }, `${since(c.at_us, end)} ${result}`)));
+          const fromY = yOf.get(c.from);
+          if (fromY !== undefined) {
+            svg.append(svgEl("path", { class: `edge result-${result}`, "data-from": c.from, "data-call": c.call_id, d: `M${x(c.at_us)},${fromY + rowH - 4} V${y + rowH / 2} H${x(c.at_us) + 4}` }));
+          }
+        }
+      }
+      // Edges to sub-tasks: from the call's moment on the caller's row to the sub-task's bar.
+      for (const r of edges) {
+        const c = r.c;
+        const [fromY, toY] = [yOf.get(c.from), yOf.get(r.child.id)];
+        if (fromY === undefined || toY === undefined) continue;
+        const result = c.result_us ? (c.is_error ? "error" : "ok") : "waiting";
+        svg.append(titled(svgEl("path", { class: `edge result-${result}`, "data-from": c.from, "data-to": r.child.id, "data-call": c.call_id, "data-result": result,
+          d: `M${x(c.at_us)},${fromY + rowH - 4} V${toY + rowH / 2} H${x(r.child.submitted_us)}` }),
+        `${c.name}: called at +${duration((c.at_us - from) / 1000)}, ${c.result_us ? `answered after ${since(c.at_us, c.result_us)} (${result})` : "no answer yet"}`));
+      }
+      const parts = [svg];
+      if (g.truncated) parts.push(el("p", { class: "warn", text: `Cut at ${count(g.max_tasks)} tasks (or a task's first calls): the rest is on the tasks' own pages.` }));
+      node.replaceChildren(...parts);
+    }
+
+    return { node, refresh };
+  }
+
+  // -------------------------------------------------------------------- timeline page
+
+  const WINDOWS = [[60, "last minute"], [300, "last 5 minutes"], [900, "last 15 minutes"], [3600, "last hour"], [0, "everything retained"]];
+
+  function timelinePage(_, params) {
+    const windowSelect = el("select", { id: "timeline-window", name: "window" }, WINDOWS.map(([s, label]) => el("option", { value: s, text: label })));
+    const bySelect = el("select", { id: "timeline-by", name: "by" }, el("option", { value: "worker", text: "worker" }), el("option", { value: "agent", text: "agent" }));
+    const follow_ = el("input", { id: "timeline-follow", type: "checkbox", checked: true });
+    const zoomIn = el("button", { type: "button", id: "timeline-zoom-in", text: "Zoom in" });
+    const zoomOut = el("button", { type: "button", id: "timeline-zoom-out", text: "Zoom out" });
+    const zoomReset = el("button", { type: "button", id: "timeline-zoom-reset", text: "Whole window", hidden: true });
+    const form = el("form", { class: "filters", "aria-label": "Timeline" },
+      el("span", { class: "field" }, el("label", { for: "timeline-window", text: "Window" }), windowSelect),
+      el("span", { class: "field" }, el("label", { for: "timeline-by", text: "Rows by" }), bySelect),
+      el("span", { class: "field" }, follow_, el("label", { for: "timeline-follow", text: "Follow now" })),
+      el("span", { class: "field zoom" }, zoomIn, zoomOut, zoomReset));
+    form.addEventListener("submit", (e) => e.preventDefault());
+    const summary = el("p", { id: "timeline-summary", class: "muted", role: "status", text: "Loading…" });
+    const plot = el("div", { class: "timeline-wrap" });
+    const legend = el("p", { class: "legend" }, ["scheduled", "working", "input-required", "completed", "failed", "canceled", "retried"].map((s) =>
+      el("span", { class: "legend-item" }, el("span", { class: `swatch state-${s}` }), ` ${s} `)),
+      el("span", { class: "legend-item" }, el("span", { class: "swatch queued-lead" }), " queued "));
+    view.append(el("h1", { tabindex: -1, text: "Timeline" }),
+      el("p", { class: "muted", text: "Each bar is a task's attempt on a worker, from when it was scheduled to its end; the thin line before it is the time it waited in the queue, a dashed line links an attempt to its retry. Click a bar to open its task; drag across the chart (or use the buttons) to zoom in." }),
+      form, legend, summary, plot);
+
+    let last = null;
+    let timer = null;
+    let zoom = null; // [from, to] in µs while zoomed in: the view stops following now
+    let shown = null; // the [from, to] drawn last
+    const zoomTo = (range) => {
+      zoom = range;
+      if (zoom) follow_.checked = false;
+      zoomReset.hidden = !zoom;
+      draw();
+    };
+    zoomIn.addEventListener("click", () => {
+      if (!shown) return;
+      const [a, b] = shown;
+      const mid = (a + b) / 2;
+      const half = Math.max(5e4, (b - a) / 4);
+      zoomTo([mid - half, mid + half]);
+    });
+    zoomOut.addEventListener("click", () => {
+      if (!shown || !last) return;
+      const [a, b] = shown;
+      const mid = (a + b) / 2;
+      const [lo, hi] = [mid - (b - a), mid + (b - a)];
+      zoomTo(lo <= last.since_us && hi >= last.until_us ? null : [lo, hi]);
+    });
+    zoomReset.addEventListener("click", () => { follow_.checked = true; zoomTo(null); });
+    const choose = (p) => {
+      windowSelect.value = p.get("window") ?? "60";
+      if (windowSelect.selectedIndex < 0) windowSelect.value = "60";
+      bySelect.value = p.get("by") === "agent" ? "agent" : "worker";
+    };
+    choose(params);
+    const open = () => {
+      last = null;
+      plot.replaceChildren();
+      summary.textContent = "Loading…";
+      const q = `window_s=${windowSelect.value}&by=${bySelect.value}`;
+      follow(`/ui/api/timeline/live?${q}`, { timeline(t) { heard(t.now_us); last = t; draw(); } }, `/ui/api/timeline?${q}`);
+    };
+    form.addEventListener("change", (e) => {
+      if (e.target === follow_) { if (follow_.checked) zoomTo(null); else draw(); return; }
+      location.hash = `#/timeline?window=${windowSelect.value}&by=${bySelect.value}`;
+    });
+    // Running bars grow and the window slides between the head's snapshots.
+    // (Not while the reader points at or tabbed into the chart: a bar drawn anew loses its
+    // tooltip and focus.)
+    timer = setInterval(() => {
+      if (!document.body.contains(plot)) clearInterval(timer);
+      else if (follow_.checked && !plot.matches(":hover, :focus-within")) draw();
+    }, 1000);
+
+    // Dragging across the chart zooms into the stretch dragged over (the chart is not drawn
+    // again meanwhile).
+    let geometry = null; // the scale drawn last
+    let dragFrom = null;
+    const atX = (e) => e.clientX - plot.firstChild.getBoundingClientRect().left;
+    const band = (a, b) => {
+      const rect = plot.querySelector(".zoom-band");
+      if (!rect) return;
+      rect.setAttribute("x", a);
+      rect.setAttribute("width", Math.max(0, b - a));
+      rect.setAttribute("visibility", b > a ? "visible" : "hidden");
+    };
+    plot.addEventListener("mousedown", (e) => {
+      if (!geometry || !plot.firstChild || atX(e) < geometry.left) return;
+      dragFrom = atX(e);
+      e.preventDefault();
+    });
+    plot.addEventListener("mousemove", (e) => {
+      if (dragFrom !== null) band(Math.min(dragFrom, atX(e)), Math.max(dragFrom, atX(e)));
+    });
+    const endDrag = (e) => {
+      if (dragFrom === null) return;
+      const [a, b] = [Math.min(dragFrom, atX(e)), Math.max(dragFrom, atX(e))];
+      dragFrom = null;
+      band(0, 0);
+      const { from, to, left, width } = geometry;
+      const usAt = (px) => from + ((Math.min(Math.max(px, left), width - 8) - left) / (width - left - 8)) * (to - from);
+      if (b - a >= 6) zoomTo([usAt(a), usAt(b)]);
+    };
+    plot.addEventListener("mouseup", endDrag);
+    plot.addEventListener("mouseleave", endDrag);
+
+    function draw() {
+      const t = last;
+      if (!t || !document.body.contains(plot) || dragFrom !== null) return;
+      const windowUs = Number(windowSelect.value) * 1e6;
+      const now = follow_.checked ? Math.max(headNow(), t.until_us) : t.until_us;
+      let to = now;
+      let from = windowUs ? to - windowUs : Math.min(t.since_us, to - 1e6);
+      if (zoom) [from, to] = zoom;
+      shown = [from, to];
+      const rows = t.rows;
+      const of = rows.length < t.rows_total ? ` (the ${rows.length} busiest of ${count(t.rows_total)})` : "";
+      summary.textContent = rows.length
+        ? `${plural(t.attempts, "attempt")} on ${plural(rows.length, bySelect.value)}${of}${t.dense ? ", drawn as a density: too many to draw one by one" : ""}.`
+        : "No task ran in this window.";
+      const width = Math.max(480, plot.clientWidth || 900);
+      const left = 150;
+      const top = 22;
+      const rowH = 20;
+      const height = top + rows.length * rowH + 4;
+      const x = (us) => left + ((Math.min(Math.max(us, from), to) - from) / (to - from)) * (width - left - 8);
+      const svg = svgEl("svg", { id: "timeline", class: "timeline", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+        "aria-label": `Timeline of ${plural(t.attempts, "attempt")} by ${bySelect.value}, from ${clock(from)} to ${clock(to)}` });
+      for (const at of ticks(from, to, Math.max(2, Math.floor((width - left) / 110)))) {
+        svg.append(svgEl("line", { class: "grid", x1: x(at), x2: x(at), y1: top - 4, y2: height }),
+          svgText({ class: "axis", x: x(at), y: 12, "text-anchor": "middle" }, clock(at)));
+      }
+      const rowOf = new Map(rows.map((r, i) => [r.key, i]));
+      rows.forEach((r, i) => {
+        const y = top + i * rowH;
+        svg.append(svgEl("g", { class: "row", "data-row": r.key },
+          titled(svgEl("rect", { class: i % 2 ? "band odd" : "band", x: 0, y, width, height: rowH }),
+            `${r.key}: ${plural(r.attempts, "attempt")}, busy ${duration(r.busy_us / 1000)}`),
+          svgText({ class: "row-label", x: 4, y: y + 14 }, clip(r.key, 20))));
+        if (t.dense) {
+          const max = Math.max(1, ...r.ran);
+          const span = t.until_us - t.since_us;
+          const cellW = Math.max(1, (span / t.buckets / (to - from)) * (width - left - 8));
+          r.ran.forEach((n, b) => {
+            if (!n) return;
+            const at = t.since_us + (b * span) / t.buckets;
+            svg.append(titled(svgEl("rect", { class: r.failed[b] ? "cell has-failed" : "cell", x: x(at), y: y + 3, width: cellW, height: rowH - 6,
+              "data-row": r.key, "fill-opacity": (0.15 + (0.85 * n) / max).toFixed(2) }),
+            `${r.key} at ${clock(at)}: ${plural(n, "attempt")} ran${r.failed[b] ? `, ${count(r.failed[b])} failed` : ""}`));
+          });
+        }
+      });
+      if (!t.dense) {
+        const ends = new Map(); // task -> the end of its previous attempt drawn
+        for (const b of t.bars) {
+          const i = rowOf.get(bySelect.value === "agent" ? b.agent : b.worker);
+          if (i === undefined) continue;
+          const y = top + i * rowH;
+          const end = b.end_us || now;
+          if (end < from || b.start_us > to) continue;
+          const g = svgEl("g", { class: "bar-group" });
+          if (b.attempt <= 1 && b.submitted_us < b.start_us && b.start_us > from) {
+            g.append(svgEl("line", { class: "queued-lead", x1: x(b.submitted_us), x2: x(b.start_us), y1: y + rowH / 2, y2: y + rowH / 2 }));
+          }
+          const bar = svgEl("rect", { class: `bar state-${b.state}`, x: x(b.start_us), y: y + 3, width: Math.max(2, x(end) - x(b.start_us)), height: rowH - 6, rx: 2,
+            "data-task": b.task, "data-attempt": b.attempt, "data-state": b.state, "data-worker": b.worker, "data-agent": b.agent, tabindex: 0, role: "link" });
+          titled(bar, `${b.agent} task ${short(b.task)}, attempt ${b.attempt} on ${b.worker}: ${b.state}, ${since(b.start_us, end)}${b.parent ? ` (called by ${short(b.parent)})` : ""}`);
+          const go = () => { location.hash = taskHref(b.task); };
+          bar.addEventListener("click", go);
+          bar.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); go(); } });
+          g.append(bar);
+          const previous = ends.get(b.task);
+          if (previous) {
+            g.append(svgEl("path", { class: "retry-link", "data-task": b.task, d: `M${x(previous.at)},${previous.y + rowH / 2} L${x(b.start_us)},${y + rowH / 2}` }));
+          }
+          ends.set(b.task, { at: end, y });
+          svg.append(g);
+        }
+      }
+      svg.append(svgEl("rect", { class: "zoom-band", x: 0, y: top - 4, width: 0, height: height - top + 4, visibility: "hidden" }));
+      geometry = { from, to, left, width };
+      plot.replaceChildren(svg);
+    }
+
+    open();
+    return { title: "Timeline", update(p) { choose(p); zoom = null; zoomReset.hidden = true; open(); } };
+  }
+
+  // ----------------------------------------------------------------------- charts page
+
+  // The last chart points, kept across visits (bounded): the charts' history.
+  const points = [];
+
+  /** A chart of several lines (one per series), with a legend of their latest values. */
+  function multiChart(id, caption, format) {
+    const W = 320;
+    const H = 120;
+    const svg = svgEl("svg", { id, class: "multi", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", focusable: "false" });
+    const legend = el("ul", { class: "chart-legend" });
+    const scale = el("span", { class: "scale muted" });
+    const figure = el("figure", { class: "chart wide" }, el("figcaption", {}, caption, scale), svg, legend);
+    return {
+      figure,
+      /** `series`: [[name, values (null: no value)]], oldest first, newest at the right. */
+      draw(series) {
+        const all = series.flatMap(([, v]) => v).filter((v) => v !== null && Number.isFinite(v));
+        const max = Math.max(1e-9, ...all);
+        const step = W / (HISTORY - 1);
+        svg.replaceChildren(svgEl("line", { class: "base", x1: 0, y1: H - 1, x2: W, y2: H - 1 }));
+        const words = [];
+        legend.replaceChildren();
+        series.forEach(([name, values], i) => {
+          const x0 = (HISTORY - values.length) * step;
+          const parts = [];
+          let run = [];
+          values.forEach((v, j) => {
+            if (v === null || !Number.isFinite(v)) { if (run.length) parts.push(run); run = []; return; }
+            run.push(`${(x0 + j * step).toFixed(1)},${(H - 2 - (v / max) * (H - 8)).toFixed(1)}`);
+          });
+          if (run.length) parts.push(run);
+          for (const p of parts) svg.append(svgEl("polyline", { class: `line series-${i % 8}`, "data-series": name, points: p.join(" ") }));
+          const latest = [...values].reverse().find((v) => v !== null && Number.isFinite(v));
+          const shown = latest === undefined ? "—" : format(latest);
+          words.push(`${name} ${shown}`);
+          legend.append(el("li", { "data-series": name }, el("span", { class: `swatch series-${i % 8}` }), ` ${name} `, el("strong", { text: shown })));
+        });
+        scale.textContent = all.length ? ` · top ${format(max)}` : "";
+        svg.setAttribute("aria-label", `${caption}, now: ${words.join("; ") || "no data"}; top of the scale ${format(max)}.`);
+      },
+    };
+  }
+
+  function chartsPage() {
+    const charts = {
+      tasks: multiChart("chart-tasks", "Tasks per second, started and ended", (v) => `${v.toFixed(1)}/s`),
+      levels: multiChart("chart-levels", "Tasks queued and running", (v) => count(Math.round(v))),
+      generated: multiChart("chart-generated", "Tokens generated per second, by model", (v) => `${v.toFixed(0)}/s`),
+      prompt: multiChart("chart-prompt", "Prompt tokens per second, by model", (v) => `${v.toFixed(0)}/s`),
+      workers: multiChart("chart-worker-tokens", "Tokens generated per second, by worker (the busiest)", (v) => `${v.toFixed(0)}/s`),
+      ttft: multiChart("chart-ttft", "Time to first token (tasks completed in the last 10 s)", (v) => duration(v)),
+      latency: multiChart("chart-latency", "Task latency, submitted to completed (last 10 s)", (v) => duration(v)),
+      kv: multiChart("chart-kv", "KV cache memory used, by worker", (v) => bytes(v)),
+      prefix: multiChart("chart-prefix", "Prefix-cache hits, by worker (share of lookups)", (v) => `${Math.round(v * 100)}%`),
+    };
+    const note_ = el("p", { class: "muted", id: "charts-note", text: "A point a second; the page keeps the last two minutes." });
+    view.append(el("h1", { tabindex: -1, text: "Charts" }), note_,
+      el("section", { class: "charts grid", "aria-label": "Charts" }, Object.values(charts).map((c) => c.figure)));
+    if (points.length && Date.now() - points[points.length - 1].seen > 10e3) points.length = 0;
+
+    /** Per-second rates of a counter `get(point)` (null where it went back: a restart). */
+    const rate = (get) => points.slice(1).map((p, i) => {
+      const [a, b] = [get(points[i]), get(p)];
+      const dt = (p.now_us - points[i].now_us) / 1e6;
+      return a === undefined || b === undefined || dt <= 0 || b < a ? null : (b - a) / dt;
+    });
+    const level = (get) => points.slice(1).map((p) => { const v = get(p); return v === undefined ? null : v; });
+    const names = (list) => [...new Set(points.flatMap(list))].sort();
+    const worker = (p, id) => p.workers.find((w) => w.id === id);
+
+    function drawAll() {
+      charts.tasks.draw([["started", rate((p) => p.started)], ["ended", rate((p) => p.ended)], ["failed", rate((p) => p.failed)]]);
+      charts.levels.draw([["queued", level((p) => p.queued)], ["running", level((p) => p.running)]]);
+      const models = names((p) => p.models.map((m) => m.id));
+      const model = (p, id) => p.models.find((m) => m.id === id);
+      charts.generated.draw(models.map((id) => [id, rate((p) => model(p, id)?.generated_tokens)]));
+      charts.prompt.draw(models.map((id) => [id, rate((p) => model(p, id)?.prompt_tokens)]));
+      const latest = points.length ? points[points.length - 1].workers.map((w) => w.id) : [];
+      charts.workers.draw(latest.map((id) => [id, rate((p) => worker(p, id)?.generated_tokens)]));
+      const pct = (key, q) => level((p) => (p[key] ? p[key][q] : undefined));
+      charts.ttft.draw([["p50", pct("first_token_ms", "p50")], ["p90", pct("first_token_ms", "p90")], ["p99", pct("first_token_ms", "p99")]]);
+      charts.latency.draw([["p50", pct("latency_ms", "p50")], ["p90", pct("latency_ms", "p90")], ["p99", pct("latency_ms", "p99")]]);
+      charts.kv.draw(latest.map((id) => [id, level((p) => worker(p, id)?.kv_bytes)]));
+      charts.prefix.draw(latest.map((id) => [id, points.slice(1).map((p, i) => {
+        const [a, b] = [worker(points[i], id), worker(p, id)];
+        if (!a || !b) return null;
+        const lookups = b.prefix_hits + b.prefix_misses - a.prefix_hits - a.prefix_misses;
+        return lookups > 0 ? (b.prefix_hits - a.prefix_hits) / lookups : null;
+      })]));
+      const last = points[points.length - 1];
+      if (last && last.workers_total > last.workers.length) {
+        note_.textContent = `A point a second; the page keeps the last two minutes. Per-worker charts show the ${last.workers.length} busiest of ${count(last.workers_total)} workers; the model charts count them all.`;
+      }
+    }
+    drawAll();
+    follow("/ui/api/charts/live", {
+      point(p) {
+        heard(p.now_us);
+        points.push({ ...p, seen: Date.now() });
+        while (points.length > HISTORY + 1) points.shift();
+        drawAll();
+      },
+    }, "/ui/api/charts");
+    return { title: "Charts" };
   }
 
   // ---------------------------------------------------------------------- topics pages
@@ -853,6 +1329,7 @@
 
   const pages = {
     cluster: clusterPage, agents: agentsPage, tasks: tasksPage, task: taskPage, topics: topicsPage, topic: topicPage,
+    timeline: timelinePage, charts: chartsPage,
     conversations: conversationsPage, conversation: conversationPage,
   };
   let current = null;

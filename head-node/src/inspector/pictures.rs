@@ -1,0 +1,256 @@
+//! The inspector's pictures: the timeline of task attempts by worker or agent, a task's
+//! call graph, and the live charts' points, as JSON (drawn as SVG by `assets/app.js`).
+//!
+//! Each is bounded on the head: the timeline answers at most [`MAX_BARS`] bars on
+//! [`MAX_ROWS`] rows and a density past that; a graph [`cluster::MAX_GRAPH_TASKS`] tasks;
+//! a chart's point is one small object a second, whatever the cluster's size (the workers
+//! it names are the [`CHART_WORKERS`] busiest).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fleet_proto::now_us;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Refused;
+use crate::auth::{Caller, Principal};
+use crate::cluster::{
+    self, CallGraph, Callee, Cluster, Percentiles, Timeline, TimelineQuery, TimelineRows,
+};
+
+/// Bars a timeline answers at most; past it, a density.
+const MAX_BARS: usize = 2_000;
+/// Rows a timeline answers at most (the busiest in its window).
+const MAX_ROWS: usize = 200;
+/// The longest window a timeline covers: a day.
+const MAX_WINDOW_S: u64 = 86_400;
+/// Workers a chart's point names (the others are summed).
+pub(super) const CHART_WORKERS: usize = 8;
+/// The window of a chart point's percentiles.
+const PERCENTILE_WINDOW: Duration = Duration::from_secs(10);
+
+/// `?window_s=&by=&agent=` of the timeline.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TimelineParams {
+    /// Seconds back from now; 0 or absent: everything the head retains.
+    #[serde(default)]
+    window_s: u64,
+    /// `worker` (default) or `agent`.
+    #[serde(default)]
+    by: String,
+    #[serde(default)]
+    agent: String,
+}
+
+impl TimelineParams {
+    pub(super) fn query(&self) -> Result<TimelineQuery, Refused> {
+        let rows = match self.by.as_str() {
+            "" | "worker" => TimelineRows::Workers,
+            "agent" => TimelineRows::Agents,
+            other => {
+                let message = format!("by is worker or agent, not {other:?}");
+                return Err(Refused(StatusCode::BAD_REQUEST, message));
+            }
+        };
+        if self.window_s > MAX_WINDOW_S {
+            let message = format!("window_s is at most {MAX_WINDOW_S} (a day), or 0 for all");
+            return Err(Refused(StatusCode::BAD_REQUEST, message));
+        }
+        let until_us = now_us();
+        Ok(TimelineQuery {
+            since_us: match self.window_s {
+                0 => 0,
+                s => until_us.saturating_sub(s * 1_000_000),
+            },
+            until_us,
+            rows,
+            agent: (!self.agent.is_empty()).then(|| self.agent.clone()),
+            max_bars: MAX_BARS,
+            max_rows: MAX_ROWS,
+        })
+    }
+}
+
+/// The query of a timeline route, or its 400.
+pub(super) type TimelineListing =
+    Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>;
+
+pub(super) fn timeline_query(query: TimelineListing) -> Result<TimelineQuery, Refused> {
+    let Query(params) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
+    params.query()
+}
+
+/// A timeline as the page draws it. An "everything retained" window starts at the oldest
+/// attempt in it.
+pub(super) fn timeline_json(t: &Timeline) -> Value {
+    let since = match t.since_us {
+        0 => t.bars.iter().map(|b| b.start_us).min().unwrap_or(t.until_us),
+        since => since,
+    };
+    let rows: Vec<Value> = t
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = json!({ "key": r.key, "attempts": r.attempts, "busy_us": r.busy_us });
+            if let Some(d) = &r.density {
+                row["ran"] = json!(d.ran);
+                row["failed"] = json!(d.failed);
+            }
+            row
+        })
+        .collect();
+    let bars: Vec<Value> = t
+        .bars
+        .iter()
+        .map(|b| {
+            json!({
+                "task": b.task_id.as_str(), "agent": b.agent, "worker": b.worker,
+                "attempt": b.attempt, "submitted_us": b.submitted_us, "start_us": b.start_us,
+                "end_us": b.end_us, "state": b.end.as_str(),
+                "parent": b.parent.as_ref().map(|p| p.as_str()),
+            })
+        })
+        .collect();
+    json!({
+        "now_us": now_us(),
+        "since_us": since,
+        "until_us": t.until_us,
+        "rows": rows,
+        "rows_total": t.rows_total,
+        "attempts": t.attempts,
+        "dense": t.dense,
+        "buckets": Timeline::BUCKETS,
+        "bars": bars,
+    })
+}
+
+pub(super) async fn timeline(Caller(ui): super::Caller, query: TimelineListing) -> Response {
+    match timeline_query(query) {
+        Ok(query) => Json(timeline_json(&ui.cluster.timeline(&ui.who, &query))).into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// A call graph as the page draws it.
+pub(super) fn graph_json(g: &CallGraph) -> Value {
+    let tasks: Vec<Value> = g
+        .tasks
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.task_id.as_str(), "agent": t.agent, "state": t.state.as_str(),
+                "worker": t.worker, "attempt": t.attempt, "submitted_us": t.submitted_us,
+                "finished_us": t.finished_us, "depth": t.depth,
+            })
+        })
+        .collect();
+    let calls: Vec<Value> = g
+        .calls
+        .iter()
+        .map(|c| {
+            let (kind, task) = match &c.callee {
+                Callee::Task(id) => ("task", Some(id.as_str())),
+                Callee::Agent => ("mesh", None),
+                Callee::Tool => ("tool", None),
+            };
+            json!({
+                "from": c.caller.as_str(), "call_id": c.call_id, "name": c.name, "kind": kind,
+                "task": task, "at_us": c.at_us, "result_us": c.result_us,
+                "is_error": c.is_error, "replayed": c.replayed,
+            })
+        })
+        .collect();
+    json!({
+        "now_us": now_us(), "root": g.root.as_str(), "tasks": tasks, "calls": calls,
+        "truncated": g.truncated, "max_tasks": cluster::MAX_GRAPH_TASKS,
+    })
+}
+
+pub(super) async fn graph(Caller(ui): super::Caller, Path(id): Path<String>) -> Response {
+    match ui.cluster.call_graph(&ui.who, &id) {
+        Ok(graph) => Json(graph_json(&graph)).into_response(),
+        Err(e) => Refused::from(e).into_response(),
+    }
+}
+
+fn percentiles(p: Option<Percentiles>) -> Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    p.map_or(
+        Value::Null,
+        |p| json!({ "count": p.count, "p50": ms(p.p50), "p90": ms(p.p90), "p99": ms(p.p99) }),
+    )
+}
+
+/// One point of the live charts: counters the page turns into rates (tasks started and
+/// ended, tokens generated and read per model and per worker), levels (queue, running, KV
+/// memory, prefix-cache hits) and the latest percentiles.
+pub(super) fn chart_point(cluster: &Cluster, who: &Principal) -> Value {
+    let since = now_us().saturating_sub(PERCENTILE_WINDOW.as_micros() as u64);
+    let recent = cluster.recent(who, since);
+    let status = cluster.status_for(who);
+    let mut models: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut workers: Vec<Value> = Vec::new();
+    let mut busiest: Vec<(f64, usize)> = Vec::new();
+    for (i, w) in status.workers.iter().enumerate() {
+        for m in &w.loaded {
+            let sum = models.entry(&m.id).or_default();
+            sum.0 += m.generated_tokens;
+            sum.1 += m.prompt_tokens;
+        }
+        let rate: f64 = w.loaded.iter().map(|m| m.tokens_per_s).sum();
+        busiest.push((rate + f64::from(w.running_tasks) * 1e-3, i));
+    }
+    // The busiest by tokens per second, then by tasks running; ties by name (the list is
+    // sorted), so that a quiet cluster names the same workers every second.
+    busiest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let named: std::collections::HashSet<usize> =
+        busiest.iter().take(CHART_WORKERS).map(|(_, i)| *i).collect();
+    for (i, w) in status.workers.iter().enumerate() {
+        if !named.contains(&i) {
+            continue;
+        }
+        let generated: u64 = w.loaded.iter().map(|m| m.generated_tokens).sum();
+        let prompt: u64 = w.loaded.iter().map(|m| m.prompt_tokens).sum();
+        let hits: u64 = w.loaded.iter().map(|m| m.prefix_hits).sum();
+        let misses: u64 = w.loaded.iter().map(|m| m.prefix_misses).sum();
+        workers.push(json!({
+            "id": w.registration.worker_id,
+            "generated_tokens": generated,
+            "prompt_tokens": prompt,
+            "kv_bytes": w.loaded.iter().map(|m| m.kv_bytes).sum::<u64>(),
+            "kv_capacity_bytes": w.loaded.iter().map(|m| m.kv_capacity_bytes).sum::<u64>(),
+            "prefix_hits": hits,
+            "prefix_misses": misses,
+            "running": w.running_tasks,
+        }));
+    }
+    let models: Vec<Value> = models
+        .into_iter()
+        .map(|(id, (generated, prompt))| {
+            json!({ "id": id, "generated_tokens": generated, "prompt_tokens": prompt })
+        })
+        .collect();
+    json!({
+        "now_us": now_us(),
+        "started": recent.started,
+        "ended": recent.ended.completed + recent.ended.failed + recent.ended.canceled,
+        "failed": recent.ended.failed,
+        "queued": recent.queued,
+        "running": recent.running,
+        "latency_ms": percentiles(recent.latency),
+        "first_token_ms": percentiles(recent.first_token),
+        "percentile_window_s": PERCENTILE_WINDOW.as_secs(),
+        "models": models,
+        "workers": workers,
+        "workers_total": status.workers.len(),
+    })
+}
+
+pub(super) async fn chart(Caller(ui): super::Caller) -> Json<Value> {
+    Json(chart_point(&ui.cluster, &ui.who))
+}
