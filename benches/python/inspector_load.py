@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--pages", default="", help="only these pages (comma-separated names)")
     args = parser.parse_args()
 
     fleet = Fleet(CONFIG, env=clean_env())
@@ -96,6 +97,8 @@ def main() -> None:
             "timeline (all)": ("/ui/#/timeline?window=0", "#timeline rect.bar, #timeline rect.cell"),
             "charts": ("/ui/#/charts", '#chart-levels polyline[data-series="running"]'),
         }
+        if args.pages:
+            pages = {name: page for name, page in pages.items() if name in args.pages.split(",")}
         blank = fleet.url + "/healthz"
         print(f"{'page':<18} {'load ms (median)':>17} {'head CPU open %':>16} {'closed %':>9} {'page %':>7}")
         for name, (path, ready) in pages.items():

@@ -1196,7 +1196,7 @@
       const dt = (p.now_us - points[i].now_us) / 1e6;
       return a === undefined || b === undefined || dt <= 0 || b < a ? null : (b - a) / dt;
     });
-    const level = (get) => points.slice(1).map((p) => { const v = get(p); return v === undefined ? null : v; });
+    const level = (get) => points.map((p) => { const v = get(p); return v === undefined ? null : v; });
     const names = (list) => [...new Set(points.flatMap(list))].sort();
     const worker = (p, id) => p.workers.find((w) => w.id === id);
 
