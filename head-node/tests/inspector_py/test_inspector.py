@@ -429,6 +429,24 @@ def test_the_pictures_of_a_run_with_sub_tasks_on_two_workers(fleet: Fleet, brows
             bad = http.get(f"/ui/api/{path}")
             assert bad.status_code == 400 and word in bad.json()["error"], (path, bad.text)
         assert http.get("/ui/api/tasks/nope/graph").status_code == 404
+
+    # Phone-sized and dark.
+    browser.set_window_size(390, 844)
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    try:
+        browser.get(fleet.url + "/ui/#/timeline?window=60&by=agent")
+        wait(browser, lambda: found(browser, "#timeline g.row", "data-row"))
+        shot(browser, "timeline-phone-dark")
+        browser.get(fleet.url + "/ui/#/charts")
+        wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, '#chart-levels polyline[data-series="running"]'))
+        shot(browser, "charts-phone-dark")
+        browser.get(f"{fleet.url}/ui/#/tasks/{planner}")
+        wait(browser, lambda: found(browser, "#graph g.graph-task", "data-task") == {planner, *children})
+        browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "call-graph"))
+        shot(browser, "call-graph-phone-dark")
+    finally:
+        browser.set_window_size(1280, 800)
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
     assert console_errors(browser) == []
 
 
