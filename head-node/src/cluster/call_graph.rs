@@ -96,18 +96,22 @@ impl CallCounts {
         }
     }
 
-    /// The agents that called `callee` as `who` sees them, with their counts summed over
-    /// tenants.
-    pub fn callers_of(&self, who: &Principal, callee: &str) -> Vec<(String, CallCount)> {
-        let mut callers: BTreeMap<&str, CallCount> = BTreeMap::new();
+    /// Every agent's callers as `who` sees them (by callee, then caller), with their counts
+    /// summed over tenants.
+    pub fn callers(&self, who: &Principal) -> BTreeMap<String, Vec<(String, CallCount)>> {
+        let mut sums: BTreeMap<(&str, &str), CallCount> = BTreeMap::new();
         for ((tenant, to, from), count) in &self.0 {
-            if to == callee && who.sees(tenant) {
-                let sum = callers.entry(from).or_default();
+            if who.sees(tenant) {
+                let sum = sums.entry((to, from)).or_default();
                 sum.relayed += count.relayed;
                 sum.located += count.located;
             }
         }
-        callers.into_iter().map(|(from, count)| (from.to_owned(), count)).collect()
+        let mut callers: BTreeMap<String, Vec<(String, CallCount)>> = BTreeMap::new();
+        for ((to, from), count) in sums {
+            callers.entry(to.to_owned()).or_default().push((from.to_owned(), count));
+        }
+        callers
     }
 }
 
@@ -181,16 +185,20 @@ impl Cluster {
                 graph.truncated = true;
                 break;
             }
-            let first_worker =
-                task.stored_events_from(1).iter().rev().find_map(|e| match &e.kind {
-                    EventKind::Scheduled { worker_id } => Some(worker_id.clone()),
-                    _ => None,
-                });
             graph.tasks.push(GraphTask {
                 task_id: task.id.clone(),
                 agent: task.agent.clone(),
                 state: task.state,
-                worker: task.worker.clone().or(first_worker).unwrap_or_default(),
+                // A finished task's worker is its last `Scheduled` event's.
+                worker: task.worker.clone().unwrap_or_else(|| {
+                    let mut events = task.stored_events_from(1).iter().rev();
+                    events
+                        .find_map(|e| match &e.kind {
+                            EventKind::Scheduled { worker_id } => Some(worker_id.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default()
+                }),
                 attempt: task.attempt,
                 submitted_us: task.submitted_at_us,
                 finished_us: task.finished_at_us,
@@ -211,9 +219,9 @@ impl Cluster {
         Ok(graph)
     }
 
-    /// The agents that called `agent` as a tool since the head started, and how often.
-    pub fn callers_of(&self, who: &Principal, agent: &str) -> Vec<(String, CallCount)> {
-        self.state.lock().call_counts.callers_of(who, agent)
+    /// The agents that called each agent as a tool since the head started, and how often.
+    pub fn callers(&self, who: &Principal) -> BTreeMap<String, Vec<(String, CallCount)>> {
+        self.state.lock().call_counts.callers(who)
     }
 }
 
@@ -231,14 +239,14 @@ mod tests {
         counts.count(&a, "writer", "search", true);
         let tenant_a = Principal::new("u", "a", crate::auth::Role::User);
         assert_eq!(
-            counts.callers_of(&tenant_a, "search"),
+            counts.callers(&tenant_a)["search"],
             [
                 ("planner".to_owned(), CallCount { relayed: 1, located: 1 }),
                 ("writer".to_owned(), CallCount { relayed: 1, located: 0 }),
             ]
         );
         let admin = Principal::new("root", "a", crate::auth::Role::Admin);
-        assert_eq!(counts.callers_of(&admin, "search")[0].1, CallCount { relayed: 2, located: 1 });
-        assert!(counts.callers_of(&admin, "planner").is_empty());
+        assert_eq!(counts.callers(&admin)["search"][0].1, CallCount { relayed: 2, located: 1 });
+        assert!(!counts.callers(&admin).contains_key("planner"));
     }
 }

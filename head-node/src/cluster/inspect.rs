@@ -98,21 +98,20 @@ const RECENT_TASKS: usize = 5_000;
 /// Events of a task read looking for its first token.
 const FIRST_TOKEN_EVENTS: usize = 256;
 
+/// Whether an event is a token of the answer: its first is a task's first-token moment.
+fn is_token(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::TextDelta { .. }
+            | EventKind::ReasoningDelta { .. }
+            | EventKind::Embeddings { .. }
+    )
+}
+
 /// When `task`'s first token came (0: none among its first events).
 fn first_token_us(task: &TaskEntry) -> u64 {
     let events = task.stored_events_from(1);
-    events
-        .iter()
-        .take(FIRST_TOKEN_EVENTS)
-        .find(|e| {
-            matches!(
-                e.kind,
-                EventKind::TextDelta { .. }
-                    | EventKind::ReasoningDelta { .. }
-                    | EventKind::Embeddings { .. }
-            )
-        })
-        .map_or(0, |e| e.timestamp_us)
+    events.iter().take(FIRST_TOKEN_EVENTS).find(|e| is_token(&e.kind)).map_or(0, |e| e.timestamp_us)
 }
 
 impl Cluster {
@@ -185,14 +184,7 @@ impl Cluster {
         let moments = Moments {
             submitted_us: task.submitted_at_us,
             scheduled_us: first(|k| matches!(k, EventKind::Scheduled { .. })),
-            first_token_us: first(|k| {
-                matches!(
-                    k,
-                    EventKind::TextDelta { .. }
-                        | EventKind::ReasoningDelta { .. }
-                        | EventKind::Embeddings { .. }
-                )
-            }),
+            first_token_us: first(is_token),
             finished_us: first(EventKind::is_terminal),
         };
         Ok(TaskDetail {

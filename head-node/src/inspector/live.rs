@@ -116,16 +116,10 @@ pub(super) async fn timeline(
     Caller(ui): super::Caller,
     query: pictures::TimelineListing,
 ) -> Response {
-    let params = match query {
-        Ok(axum::extract::Query(params)) => params,
-        Err(e) => {
-            return super::Refused(axum::http::StatusCode::BAD_REQUEST, e.body_text())
-                .into_response();
-        }
+    let params = match pictures::timeline_params(query) {
+        Ok(params) => params,
+        Err(refused) => return refused.into_response(),
     };
-    if let Err(refused) = params.query() {
-        return refused.into_response();
-    }
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     stream(&ui, move |tx| async move {
         let mut seen = None;

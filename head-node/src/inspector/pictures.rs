@@ -80,9 +80,11 @@ impl TimelineParams {
 pub(super) type TimelineListing =
     Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>;
 
-pub(super) fn timeline_query(query: TimelineListing) -> Result<TimelineQuery, Refused> {
+/// The parameters of a timeline route, checked (each look computes its own "now").
+pub(super) fn timeline_params(query: TimelineListing) -> Result<TimelineParams, Refused> {
     let Query(params) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
-    params.query()
+    params.query()?;
+    Ok(params)
 }
 
 /// A timeline as the page draws it. An "everything retained" window starts at the oldest
@@ -130,7 +132,7 @@ pub(super) fn timeline_json(t: &Timeline) -> Value {
 }
 
 pub(super) async fn timeline(Caller(ui): super::Caller, query: TimelineListing) -> Response {
-    match timeline_query(query) {
+    match timeline_params(query).and_then(|params| params.query()) {
         Ok(query) => Json(timeline_json(&ui.cluster.timeline(&ui.who, &query))).into_response(),
         Err(refused) => refused.into_response(),
     }

@@ -114,13 +114,15 @@ pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Va
 
 /// Every agent with its figures (`/ui/api/agents`).
 pub(super) fn agents_json(cluster: &Cluster, who: &Principal) -> Value {
+    let mut callers = cluster.callers(who);
     let agents: Vec<Value> = cluster
         .agent_figures(who)
         .iter()
         .map(|a| {
             let mut view = agent_json(a);
-            let callers: Vec<Value> = cluster
-                .callers_of(who, &a.info.spec.name)
+            let callers: Vec<Value> = callers
+                .remove(&a.info.spec.name)
+                .unwrap_or_default()
                 .into_iter()
                 .map(|(from, n)| json!({ "agent": from, "relayed": n.relayed, "located": n.located }))
                 .collect();

@@ -781,8 +781,9 @@ impl TaskTable {
     /// submission order). Settle the table first: the task it last handed out mutably may
     /// still be filed under its former state.
     pub fn unfinished(&self) -> impl Iterator<Item = &TaskEntry> {
-        [TaskState::Queued, TaskState::Scheduled, TaskState::Working, TaskState::InputRequired]
+        TaskState::ALL
             .into_iter()
+            .filter(|s| !s.is_terminal())
             .flat_map(|s| self.index.matching(None, None, None, Some(s)).iter())
             .filter_map(|n| self.by_number.get(n))
             .filter_map(|id| self.get(id.as_str()))
