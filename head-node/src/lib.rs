@@ -22,7 +22,7 @@
 //!   `/v1/embeddings`), [`agui`], the AG-UI door (`/agui/{agent}`), [`aisdk`], the
 //!   Vercel AI SDK's UI message stream (`/ai-sdk/{agent}`), `mcp`, the agents as
 //!   an MCP server's tools (`/mcp`), and `inspector`, the live view of the cluster in a
-//!   browser (`/ui`); `run` follows one HTTP request's task for the OpenAI API, AG-UI, the AI SDK and MCP;
+//!   browser (`/ui`, its search boxes read by [`search`]); `run` follows one HTTP request's task for the OpenAI API, AG-UI, the AI SDK and MCP;
 //! - [`config`] reads the TOML file (`[[agent]]` tables); [`cli`] is the `fleet-head`
 //!   command line (also run by `python -m agentfleet head`).
 //!
@@ -51,6 +51,7 @@ pub mod placement_index;
 pub mod quotas;
 mod run;
 pub mod scheduler;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod tasks;

@@ -44,6 +44,10 @@ pub struct SimOptions {
     /// Connections being opened at once (a burst of thousands of dials only measures the
     /// kernel's accept queue).
     pub joins_in_flight: usize,
+    /// Hosts the workers are spread over, as racks of machines would be (0: every worker on
+    /// host `simulated`, without labels): worker N is on host `host-(N % hosts)`, labelled
+    /// `rack=r(N % hosts % 10)`.
+    pub hosts: usize,
 }
 
 impl SimOptions {
@@ -55,6 +59,7 @@ impl SimOptions {
             task_time: Duration::ZERO,
             name_prefix: "sim".into(),
             joins_in_flight: 64,
+            hosts: 0,
         }
     }
 }
@@ -215,6 +220,8 @@ enum End {
 /// One simulated worker: what outlives its connections.
 struct Worker {
     id: String,
+    /// Its place in the fleet (its host's, with [`SimOptions::hosts`]).
+    index: usize,
     options: Arc<SimOptions>,
     counters: Arc<Counters>,
     incarnation: u64,
@@ -235,6 +242,7 @@ impl Worker {
         let incarnation = fleet_proto::now_us().wrapping_mul(31).wrapping_add(index as u64) | 1;
         Self {
             id,
+            index,
             options,
             counters,
             incarnation,
@@ -267,9 +275,18 @@ impl Worker {
     }
 
     fn registration(&self) -> Registration {
+        let (hostname, labels) = match self.options.hosts {
+            0 => ("simulated".to_owned(), Default::default()),
+            hosts => {
+                let host = self.index % hosts;
+                let rack = [("rack".to_owned(), format!("r{}", host % 10))];
+                (format!("host-{host}"), rack.into_iter().collect())
+            }
+        };
         Registration {
             worker_id: self.id.clone(),
-            hostname: "simulated".into(),
+            hostname,
+            labels,
             resources: Resources {
                 cpus: f64::from(self.options.slots),
                 memory_bytes: 1 << 30,

@@ -512,6 +512,7 @@ pub fn list(a2a: &A2a, agent: &str, params: &Value, v: Version) -> Result<Value,
         page_size,
         after,
         newest_first: false,
+        ..Default::default()
     };
     let page = a2a.cluster.list_tasks(&a2a.who, &filter);
     let tasks: Vec<Value> = page

@@ -237,6 +237,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             page_size: if r.page_size == 0 { 100 } else { r.page_size as usize },
             after,
             newest_first: r.newest_first,
+            ..Default::default()
         };
         let page = self.cluster.list_tasks(&who, &filter);
         Ok(Response::new(pb::ListTasksResponse {

@@ -48,6 +48,7 @@ mod lifecycle;
 mod membership;
 mod placement;
 mod queue;
+mod roster;
 mod submit;
 mod timeline;
 mod topics;
@@ -68,6 +69,7 @@ use lifecycle::{
     send_again, take_key, waits_for_key,
 };
 use placement::{context_worker, dequeue, drain_queue, enqueue, enqueue_first, place_actor};
+pub use roster::{Roster, WorkerGroup, WorkerGroups, WorkerOrder, WorkerQuery};
 pub use timeline::{AttemptEnd, Bar, Density, Timeline, TimelineQuery, TimelineRow, TimelineRows};
 
 use submit::*;

@@ -1257,3 +1257,91 @@ fn the_timeline_draws_attempts_their_retries_and_a_density_past_its_bars() {
     assert_eq!((graph.root, graph.tasks.len(), graph.calls.len()), (t.clone(), 1, 0));
     assert!(cluster.call_graph(&stranger, t.as_str()).is_err());
 }
+
+/// The inspector's workers at scale: a search's words all match (a label exactly, a host, a
+/// model, or a part of anything), the summary groups every match by host, label or model
+/// (a model's group sums that model's figures only), the page is cut from the sorted
+/// matches, and the busiest come first when asked.
+#[test]
+fn the_roster_searches_groups_sorts_and_pages_the_workers() {
+    let cluster = Cluster::new(&config(1)).expect("cluster");
+    for i in 1..=12u32 {
+        let mut r = registration(&format!("w{i}"), 2, u64::from(i), &[]);
+        r.hostname = format!("rack{}.example", i % 3);
+        r.labels.insert("zone".into(), if i <= 8 { "a".into() } else { "b".into() });
+        if i == 5 {
+            r.labels.insert("gpu".into(), "H100".into());
+        }
+        let (connection, _rx, _) = cluster.worker_joined(r, String::new());
+        let model = |id: &str, tokens_per_s: f64| fleet_proto::LoadedModel {
+            id: id.into(),
+            tokens_per_s,
+            generated_tokens: 100,
+            ..Default::default()
+        };
+        let models = match i {
+            3 => vec![model("small", 50.0)],
+            7 => vec![model("small", 10.0), model("large", 90.0)],
+            _ => Vec::new(),
+        };
+        let beat = Heartbeat {
+            models_loaded: models.iter().map(|m| m.id.clone()).collect(),
+            models,
+            ..Default::default()
+        };
+        cluster.heartbeat(&format!("w{i}"), connection, beat);
+    }
+    let ask = |search: &str, groups: WorkerGroups, order: WorkerOrder, offset: usize| {
+        cluster.roster(&WorkerQuery {
+            search: crate::search::Words::parse(search).expect("search"),
+            groups,
+            order,
+            offset,
+            limit: 5,
+            max_groups: 10,
+        })
+    };
+    let ids = |r: &Roster| -> Vec<String> {
+        r.workers.iter().map(|w| w.registration.worker_id.clone()).collect()
+    };
+
+    let all = ask("", WorkerGroups::Host, WorkerOrder::Name, 0);
+    assert_eq!((all.total, all.matching), (12, 12));
+    assert_eq!(ids(&all), ["w1", "w2", "w3", "w4", "w5"]);
+    let next = ask("", WorkerGroups::Host, WorkerOrder::Name, 10);
+    assert_eq!(ids(&next), ["w11", "w12"]);
+    let hosts: Vec<_> = all
+        .groups
+        .iter()
+        .map(|g| (g.key.as_str(), g.search.as_str(), g.workers, g.slots))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("rack0.example", "host:rack0.example", 4, 8),
+            ("rack1.example", "host:rack1.example", 4, 8),
+            ("rack2.example", "host:rack2.example", 4, 8),
+        ]
+    );
+
+    // Words: a label exactly, a host, a part of a host, and all of them at once.
+    assert_eq!(ask("zone=b", WorkerGroups::Host, WorkerOrder::Name, 0).matching, 4);
+    assert_eq!(ask("zone=B", WorkerGroups::Host, WorkerOrder::Name, 0).matching, 0);
+    assert_eq!(ask("host:RACK1.example", WorkerGroups::Host, WorkerOrder::Name, 0).matching, 4);
+    let both = ask("RACK2 zone=a", WorkerGroups::Label, WorkerOrder::Name, 0);
+    assert_eq!(ids(&both), ["w2", "w5", "w8"]);
+    let labels: Vec<_> = both.groups.iter().map(|g| (g.key.as_str(), g.workers)).collect();
+    assert_eq!(labels, [("zone=a", 3), ("gpu=H100", 1)]);
+    assert_eq!(ids(&ask("h100", WorkerGroups::Host, WorkerOrder::Name, 0)), ["w5"]);
+    assert_eq!(ids(&ask("model:large", WorkerGroups::Host, WorkerOrder::Name, 0)), ["w7"]);
+    assert_eq!(ids(&ask("SMALL", WorkerGroups::Host, WorkerOrder::Name, 0)), ["w3", "w7"]);
+
+    // By model: each model's own figures; the workers without one in a group of their own.
+    let models = ask("", WorkerGroups::Model, WorkerOrder::Busiest, 0);
+    let figures: Vec<_> =
+        models.groups.iter().map(|g| (g.key.as_str(), g.workers, g.tokens_per_s)).collect();
+    assert_eq!(figures, [("", 10, 0.0), ("small", 2, 60.0), ("large", 1, 90.0)]);
+    assert_eq!(models.groups[0].search, "");
+    // The busiest: w7 (100 tokens/s) and w3 (50), then the quiet ones by name.
+    assert_eq!(ids(&models), ["w7", "w3", "w1", "w2", "w4"]);
+}

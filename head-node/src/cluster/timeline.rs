@@ -296,7 +296,7 @@ impl Cluster {
 }
 
 /// Names with numbers in them in the order people count: `w2` before `w10`.
-fn natural(a: &str, b: &str) -> std::cmp::Ordering {
+pub(super) fn natural(a: &str, b: &str) -> std::cmp::Ordering {
     fn split(s: &str) -> (&str, Option<u128>) {
         let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
         let (stem, number) = s.split_at(s.len() - digits);

@@ -246,6 +246,23 @@ pub struct WorkerInfo {
     pub last_heartbeat_ago: Duration,
 }
 
+/// A worker as the views show it.
+pub(super) fn worker_info(w: &WorkerEntry, now: Instant) -> WorkerInfo {
+    WorkerInfo {
+        registration: w.registration.clone(),
+        address: w.address.clone(),
+        free: w.free,
+        running_tasks: w.running.len() as u32,
+        mesh_calls: w.heartbeat.mesh_calls,
+        draining: w.draining,
+        tasks_assigned: w.tasks_assigned,
+        models_loaded: w.heartbeat.models_loaded.clone(),
+        loaded: w.heartbeat.models.clone(),
+        actors: w.heartbeat.actors,
+        last_heartbeat_ago: now.saturating_duration_since(w.last_heartbeat),
+    }
+}
+
 /// The whole cluster at a glance.
 #[derive(Debug, Clone)]
 pub struct ClusterStatus {
@@ -374,9 +391,14 @@ impl Cluster {
     /// tenants' figures or the mesh's counters.
     pub fn status_for(&self, who: &Principal) -> ClusterStatus {
         let mut status = self.status();
-        if who.is_admin() {
-            return status;
+        if !who.is_admin() {
+            self.scope_to(who, &mut status);
         }
+        status
+    }
+
+    /// `status`'s figures for a non-admin: its tenant's agents and tasks only.
+    fn scope_to(&self, who: &Principal, status: &mut ClusterStatus) {
         let tenant = who.tenant();
         let mut state = self.state.lock();
         let state = &mut *state;
@@ -386,29 +408,12 @@ impl Cluster {
         status.retained_tasks = state.tasks.count(tenant, &TaskState::ALL);
         status.counters = state.metrics.totals_of(tenant).1;
         (status.calls_relayed, status.agents_located) = (0, 0);
-        status
     }
 
     pub fn status(&self) -> ClusterStatus {
         let state = self.state.lock();
         let now = Instant::now();
-        let mut workers: Vec<_> = state
-            .workers
-            .iter()
-            .map(|w| WorkerInfo {
-                registration: w.registration.clone(),
-                address: w.address.clone(),
-                free: w.free,
-                running_tasks: w.running.len() as u32,
-                mesh_calls: w.heartbeat.mesh_calls,
-                draining: w.draining,
-                tasks_assigned: w.tasks_assigned,
-                models_loaded: w.heartbeat.models_loaded.clone(),
-                loaded: w.heartbeat.models.clone(),
-                actors: w.heartbeat.actors,
-                last_heartbeat_ago: now.saturating_duration_since(w.last_heartbeat),
-            })
-            .collect();
+        let mut workers: Vec<_> = state.workers.iter().map(|w| worker_info(w, now)).collect();
         workers.sort_by(|a, b| a.registration.worker_id.cmp(&b.registration.worker_id));
         ClusterStatus {
             running_tasks: workers.iter().map(|w| w.running_tasks as usize).sum(),
@@ -420,6 +425,28 @@ impl Cluster {
             calls_relayed: state.calls_relayed,
             agents_located: state.agents_located,
         }
+    }
+
+    /// [`Cluster::status_for`] without copying a worker: its `workers` is empty (a page of
+    /// them is [`Cluster::roster`]'s), its other figures the same.
+    pub fn totals_for(&self, who: &Principal) -> ClusterStatus {
+        let mut totals = {
+            let state = self.state.lock();
+            ClusterStatus {
+                workers: Vec::new(),
+                running_tasks: state.workers.iter().map(|w| w.running.len()).sum(),
+                agents: state.agents.len(),
+                queued_tasks: state.queue.len(),
+                retained_tasks: state.tasks.len(),
+                counters: state.tasks.counters,
+                calls_relayed: state.calls_relayed,
+                agents_located: state.agents_located,
+            }
+        };
+        if !who.is_admin() {
+            self.scope_to(who, &mut totals);
+        }
+        totals
     }
 
     /// The models live workers have on disk, plus the built-in ones.

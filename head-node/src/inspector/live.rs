@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Inspector, Listing, listing, pictures, views};
+use super::{Inspector, Listing, Workers, listing, pictures, views, workers};
 use crate::auth::Caller;
 
 /// Events a stream's channel holds before its producer waits for the page to read.
@@ -34,8 +34,10 @@ const AGENTS_TICK: Duration = Duration::from_secs(2);
 const TASKS_TICK: Duration = Duration::from_millis(500);
 /// How often the timeline is looked at (drawn again only when a task changed), at most.
 const TIMELINE_TICK: Duration = Duration::from_secs(1);
-/// An open timeline waits this many times as long as its last look took.
-const TIMELINE_SHARE: u32 = 20;
+/// A stream waits at least this many times as long as its last look took: a look at a
+/// large cluster (a thousand workers, 100,000 tasks) slows the page, not the head, which
+/// spends at most 1/20 of a core on each open page.
+const SHARE: u32 = 20;
 /// A comment on quiet streams, so that proxies keep them open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -66,8 +68,8 @@ where
     Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
 }
 
-/// Sends `look()`'s snapshot as `name` every `period`, when it has one that differs from
-/// the last sent (`changes_only`) or always.
+/// Sends `look()`'s snapshot as `name` every `period` (or [`SHARE`] times as long as the
+/// look took), when it has one that differs from the last sent (`changes_only`) or always.
 async fn ticks(
     tx: Events,
     period: Duration,
@@ -75,28 +77,32 @@ async fn ticks(
     changes_only: bool,
     mut look: impl FnMut() -> Option<Value>,
 ) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last: Option<Value> = None;
     loop {
-        tick.tick().await;
-        let Some(now) = look() else { continue };
-        if changes_only && last.as_ref() == Some(&now) {
-            continue;
+        let took = std::time::Instant::now();
+        let seen = look();
+        let pause = period.max(took.elapsed() * SHARE);
+        if let Some(now) = seen.filter(|now| !changes_only || last.as_ref() != Some(now)) {
+            if !send(&tx, name, &now).await {
+                return;
+            }
+            last = changes_only.then_some(now);
         }
-        if !send(&tx, name, &now).await {
-            return;
-        }
-        last = changes_only.then_some(now);
+        tokio::time::sleep(pause).await;
     }
 }
 
-/// `/ui/api/cluster/live`: the cluster view, every second.
-pub(super) async fn cluster(Caller(ui): super::Caller) -> Response {
+/// `/ui/api/cluster/live?q=&group=&sort=&offset=&limit=`: the cluster view with a page of
+/// workers, every second.
+pub(super) async fn cluster(Caller(ui): super::Caller, query: Workers) -> Response {
+    let query = match workers(query) {
+        Ok(query) => query,
+        Err(refused) => return refused.into_response(),
+    };
     let (cluster, who, auth) = (ui.cluster.clone(), ui.who.clone(), ui.clients.required());
     stream(&ui, move |tx| {
         ticks(tx, CLUSTER_TICK, "cluster", false, move || {
-            Some(views::cluster_json(&cluster, &who, auth))
+            Some(views::cluster_json(&cluster, &who, auth, &query))
         })
     })
 }
@@ -121,25 +127,14 @@ pub(super) async fn timeline(
         Err(refused) => return refused.into_response(),
     };
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
-    stream(&ui, move |tx| async move {
-        let mut seen = None;
-        loop {
+    let mut seen = None;
+    stream(&ui, move |tx| {
+        ticks(tx, TIMELINE_TICK, "timeline", false, move || {
             let changes = cluster.task_changes();
-            let mut pause = TIMELINE_TICK;
-            if seen.replace(changes) != Some(changes)
-                && let Ok(query) = params.query()
-            {
-                let took = std::time::Instant::now();
-                let timeline = pictures::timeline_json(&cluster.timeline(&who, &query));
-                // A window of a busy head's 100,000 tasks takes milliseconds to look at:
-                // the page waits long enough that it costs the head at most 1/20 of a core.
-                pause = pause.max(took.elapsed() * TIMELINE_SHARE);
-                if !send(&tx, "timeline", &timeline).await {
-                    return;
-                }
-            }
-            tokio::time::sleep(pause).await;
-        }
+            let query = params.query().ok()?;
+            (seen.replace(changes) != Some(changes))
+                .then(|| pictures::timeline_json(&cluster.timeline(&who, &query)))
+        })
     })
 }
 
@@ -151,7 +146,8 @@ pub(super) async fn agents(Caller(ui): super::Caller) -> Response {
     })
 }
 
-/// `/ui/api/tasks/live?agent=&state=&limit=`: a page of tasks, when a task changed.
+/// `/ui/api/tasks/live?agent=&state=&worker=&q=&after=&limit=`: a page of tasks, when a
+/// task changed.
 pub(super) async fn tasks(Caller(ui): super::Caller, query: Listing) -> Response {
     let filter = match listing(query) {
         Ok(filter) => filter,

@@ -271,13 +271,21 @@ async fn asset(Path(file): Path<String>) -> Response {
         .into_response()
 }
 
-/// `?agent=&state=&limit=` of the task lists.
+/// `?agent=&state=&worker=&q=&after=&limit=` of the task lists: `q` is a search
+/// ([`crate::tasks::TaskEntry::matches`]), `after` the number of the last task of the page
+/// before (the `next_after` of its answer).
 #[derive(Debug, Default, Deserialize)]
 struct TaskQuery {
     #[serde(default)]
     agent: String,
     #[serde(default)]
     state: String,
+    #[serde(default)]
+    worker: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    after: u64,
     limit: Option<usize>,
 }
 
@@ -295,10 +303,15 @@ impl TaskQuery {
                 )?,
             ),
         };
+        let search = crate::search::Words::parse(&self.q)
+            .map_err(|e| Refused(StatusCode::BAD_REQUEST, e))?;
         Ok(crate::cluster::TaskFilter {
             agent: (!self.agent.is_empty()).then(|| self.agent.clone()),
             state,
+            worker: (!self.worker.is_empty()).then(|| self.worker.clone()),
+            search,
             page_size: self.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST),
+            after: self.after,
             newest_first: true,
             ..Default::default()
         })
@@ -311,4 +324,64 @@ type Listing = Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection
 fn listing(query: Listing) -> Result<crate::cluster::TaskFilter, Refused> {
     let Query(query) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
     query.filter()
+}
+
+/// `?q=&group=&sort=&offset=&limit=` of the cluster view's workers: `q` a search
+/// (`cluster::roster`), `group` `host`, `label` or `model`, `sort` `name`, `busiest` or
+/// `silent`.
+#[derive(Debug, Default, Deserialize)]
+struct WorkerListing {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Workers a page lists when it asks for no number; the most it may ask for; the most
+/// groups of its summary.
+const DEFAULT_WORKERS: usize = 100;
+const MAX_WORKERS: usize = 500;
+const MAX_GROUPS: usize = 100;
+
+impl WorkerListing {
+    fn query(&self) -> Result<crate::cluster::WorkerQuery, Refused> {
+        use crate::cluster::{WorkerGroups, WorkerOrder};
+        let bad = |what: &str, value: &str, choices: &str| {
+            Refused(StatusCode::BAD_REQUEST, format!("no {what} {value:?}: one of {choices}"))
+        };
+        let groups = match self.group.as_str() {
+            "" | "host" => WorkerGroups::Host,
+            "label" => WorkerGroups::Label,
+            "model" => WorkerGroups::Model,
+            other => return Err(bad("group", other, "host, label, model")),
+        };
+        let order = match self.sort.as_str() {
+            "" | "name" => WorkerOrder::Name,
+            "busiest" => WorkerOrder::Busiest,
+            "silent" => WorkerOrder::Silent,
+            other => return Err(bad("sort", other, "name, busiest, silent")),
+        };
+        Ok(crate::cluster::WorkerQuery {
+            search: crate::search::Words::parse(&self.q)
+                .map_err(|e| Refused(StatusCode::BAD_REQUEST, e))?,
+            groups,
+            order,
+            offset: self.offset,
+            limit: self.limit.unwrap_or(DEFAULT_WORKERS).clamp(1, MAX_WORKERS),
+            max_groups: MAX_GROUPS,
+        })
+    }
+}
+
+/// The query of the cluster view, or its 400.
+type Workers = Result<Query<WorkerListing>, axum::extract::rejection::QueryRejection>;
+
+fn workers(query: Workers) -> Result<crate::cluster::WorkerQuery, Refused> {
+    let Query(query) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
+    query.query()
 }

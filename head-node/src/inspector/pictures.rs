@@ -6,7 +6,6 @@
 //! a chart's point is one small object a second, whatever the cluster's size (the workers
 //! it names are the [`CHART_WORKERS`] busiest).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -21,6 +20,7 @@ use super::Refused;
 use crate::auth::{Caller, Principal};
 use crate::cluster::{
     self, CallGraph, Callee, Cluster, Percentiles, Timeline, TimelineQuery, TimelineRows,
+    WorkerGroup, WorkerGroups, WorkerOrder, WorkerQuery,
 };
 
 /// Bars a timeline answers at most; past it, a density.
@@ -194,47 +194,47 @@ fn percentiles(p: Option<Percentiles>) -> Value {
 pub(super) fn chart_point(cluster: &Cluster, who: &Principal) -> Value {
     let since = now_us().saturating_sub(PERCENTILE_WINDOW.as_micros() as u64);
     let recent = cluster.recent(who, since);
-    let status = cluster.status_for(who);
-    let mut models: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let mut workers: Vec<Value> = Vec::new();
-    let mut busiest: Vec<(f64, usize)> = Vec::new();
-    for (i, w) in status.workers.iter().enumerate() {
-        for m in &w.loaded {
-            let sum = models.entry(&m.id).or_default();
-            sum.0 += m.generated_tokens;
-            sum.1 += m.prompt_tokens;
-        }
-        let rate: f64 = w.loaded.iter().map(|m| m.tokens_per_s).sum();
-        busiest.push((rate + f64::from(w.running_tasks) * 1e-3, i));
-    }
-    // The busiest by tokens per second, then by tasks running; ties by name (the list is
-    // sorted), so that a quiet cluster names the same workers every second.
-    busiest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let named: std::collections::HashSet<usize> =
-        busiest.iter().take(CHART_WORKERS).map(|(_, i)| *i).collect();
-    for (i, w) in status.workers.iter().enumerate() {
-        if !named.contains(&i) {
-            continue;
-        }
-        let generated: u64 = w.loaded.iter().map(|m| m.generated_tokens).sum();
-        let prompt: u64 = w.loaded.iter().map(|m| m.prompt_tokens).sum();
-        let hits: u64 = w.loaded.iter().map(|m| m.prefix_hits).sum();
-        let misses: u64 = w.loaded.iter().map(|m| m.prefix_misses).sum();
-        workers.push(json!({
-            "id": w.registration.worker_id,
-            "generated_tokens": generated,
-            "prompt_tokens": prompt,
-            "kv_bytes": w.loaded.iter().map(|m| m.kv_bytes).sum::<u64>(),
-            "kv_capacity_bytes": w.loaded.iter().map(|m| m.kv_capacity_bytes).sum::<u64>(),
-            "prefix_hits": hits,
-            "prefix_misses": misses,
-            "running": w.running_tasks,
-        }));
-    }
+    // The busiest workers, and every model's figures summed over its workers: a pass over
+    // the registry under the lock that copies only the workers named.
+    let roster = cluster.roster(&WorkerQuery {
+        groups: WorkerGroups::Model,
+        order: WorkerOrder::Busiest,
+        limit: CHART_WORKERS,
+        max_groups: usize::MAX,
+        ..Default::default()
+    });
+    let workers: Vec<Value> = roster
+        .workers
+        .iter()
+        .map(|w| {
+            let sum = |figure: fn(&fleet_proto::LoadedModel) -> u64| -> u64 {
+                w.loaded.iter().map(figure).sum()
+            };
+            json!({
+                "id": w.registration.worker_id,
+                "generated_tokens": sum(|m| m.generated_tokens),
+                "prompt_tokens": sum(|m| m.prompt_tokens),
+                "kv_bytes": sum(|m| m.kv_bytes),
+                "kv_capacity_bytes": sum(|m| m.kv_capacity_bytes),
+                "prefix_hits": sum(|m| m.prefix_hits),
+                "prefix_misses": sum(|m| m.prefix_misses),
+                "running": w.running_tasks,
+            })
+        })
+        .collect();
+    // Models with figures: a built-in one has no engine, and so nothing to plot.
+    let mut models: Vec<&WorkerGroup> = roster
+        .groups
+        .iter()
+        .filter(|g| {
+            !g.key.is_empty() && g.generated_tokens + g.prompt_tokens + g.kv_capacity_bytes > 0
+        })
+        .collect();
+    models.sort_by(|a, b| a.key.cmp(&b.key));
     let models: Vec<Value> = models
         .into_iter()
-        .map(|(id, (generated, prompt))| {
-            json!({ "id": id, "generated_tokens": generated, "prompt_tokens": prompt })
+        .map(|g| {
+            json!({ "id": g.key, "generated_tokens": g.generated_tokens, "prompt_tokens": g.prompt_tokens })
         })
         .collect();
     json!({
@@ -249,7 +249,7 @@ pub(super) fn chart_point(cluster: &Cluster, who: &Principal) -> Value {
         "percentile_window_s": PERCENTILE_WINDOW.as_secs(),
         "models": models,
         "workers": workers,
-        "workers_total": status.workers.len(),
+        "workers_total": roster.total,
     })
 }
 

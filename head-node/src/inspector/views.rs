@@ -8,9 +8,11 @@ use axum::response::{IntoResponse, Response};
 use fleet_proto::{EventKind, TaskEvent, now_us};
 use serde_json::{Value, json};
 
-use super::{Listing, Refused, listing};
+use super::{Listing, Refused, Workers, listing, workers};
 use crate::auth::{Caller, Principal};
-use crate::cluster::{AgentFigures, Cluster, TaskDetail, TaskFilter, TaskInfo};
+use crate::cluster::{
+    AgentFigures, Cluster, TaskDetail, TaskFilter, TaskInfo, WorkerGroup, WorkerInfo, WorkerQuery,
+};
 
 /// How much of a task's input a list row shows, and a task page.
 const ROW_INPUT_CHARS: usize = 200;
@@ -29,72 +31,79 @@ fn resources(r: &fleet_proto::Resources) -> Value {
     json!({ "cpus": r.cpus, "memory_bytes": r.memory_bytes, "gpus": r.gpus })
 }
 
-/// The whole cluster at a glance (`/ui/api/cluster`, and each tick of its live stream).
-pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Value {
-    let status = cluster.status_for(who);
+/// A worker as a row of the cluster page.
+fn worker_json(w: &WorkerInfo) -> Value {
+    let r = &w.registration;
+    let models: Vec<Value> = w
+        .loaded
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id, "kv_bytes": m.kv_bytes, "kv_capacity_bytes": m.kv_capacity_bytes,
+                "active_sequences": m.active_sequences, "waiting_sequences": m.waiting_sequences,
+                "tokens_per_s": m.tokens_per_s, "generated_tokens": m.generated_tokens,
+                "prompt_tokens": m.prompt_tokens, "cached_tokens": m.cached_tokens,
+                "prefix_hits": m.prefix_hits, "prefix_misses": m.prefix_misses,
+            })
+        })
+        .collect();
+    json!({
+        "id": r.worker_id,
+        "hostname": r.hostname,
+        "address": w.address,
+        "version": r.version,
+        "labels": r.labels,
+        "resources": resources(&r.resources),
+        "free": resources(&w.free),
+        "slots": r.slots,
+        "running_tasks": w.running_tasks,
+        "mesh_calls": w.mesh_calls,
+        "tasks_assigned": w.tasks_assigned,
+        "actors": w.actors,
+        "draining": w.draining,
+        "heartbeat_ago_ms": w.last_heartbeat_ago.as_millis() as u64,
+        "mesh": r.mesh.as_ref().map(|m| json!({ "peer_id": m.peer_id, "addrs": m.addrs })),
+        "gpus": r.gpus.iter().map(|g| json!({
+            "index": g.index, "name": g.name, "memory_bytes": g.memory_bytes,
+        })).collect::<Vec<_>>(),
+        "models_on_disk": r.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        "models": models,
+    })
+}
+
+/// A group of the workers' summary.
+fn group_json(g: &WorkerGroup) -> Value {
+    json!({
+        "key": g.key, "search": g.search, "workers": g.workers, "slots": g.slots,
+        "running": g.running, "cpus": g.cpus, "free_cpus": g.free_cpus,
+        "memory_bytes": g.memory_bytes, "free_memory_bytes": g.free_memory_bytes,
+        "gpus": g.gpus, "tokens_per_s": g.tokens_per_s, "kv_bytes": g.kv_bytes,
+        "kv_capacity_bytes": g.kv_capacity_bytes, "silent": g.silent,
+        "draining": g.draining, "on_mesh": g.on_mesh,
+    })
+}
+
+/// The whole cluster at a glance (`/ui/api/cluster`, and each tick of its live stream): the
+/// totals, and the page of workers `query` asks for with the summary of all it matches.
+pub(super) fn cluster_json(
+    cluster: &Cluster,
+    who: &Principal,
+    auth: bool,
+    query: &WorkerQuery,
+) -> Value {
+    let status = cluster.totals_for(who);
+    let roster = cluster.roster(query);
     let submitted: u64 = if who.is_admin() {
         cluster.agents(who).iter().map(|a| a.tasks_submitted).sum()
     } else {
         cluster.task_metrics().totals_of(who.tenant()).0
     };
-    let on_mesh: Vec<_> = status.workers.iter().filter(|w| w.registration.mesh.is_some()).collect();
-    let workers: Vec<Value> = status
-        .workers
-        .iter()
-        .map(|w| {
-            let r = &w.registration;
-            let models: Vec<Value> = w
-                .loaded
-                .iter()
-                .map(|m| {
-                    json!({
-                        "id": m.id, "kv_bytes": m.kv_bytes, "kv_capacity_bytes": m.kv_capacity_bytes,
-                        "active_sequences": m.active_sequences, "waiting_sequences": m.waiting_sequences,
-                        "tokens_per_s": m.tokens_per_s, "generated_tokens": m.generated_tokens,
-                        "prompt_tokens": m.prompt_tokens, "cached_tokens": m.cached_tokens,
-                        "prefix_hits": m.prefix_hits, "prefix_misses": m.prefix_misses,
-                    })
-                })
-                .collect();
-            json!({
-                "id": r.worker_id,
-                "hostname": r.hostname,
-                "address": w.address,
-                "version": r.version,
-                "labels": r.labels,
-                "resources": resources(&r.resources),
-                "free": resources(&w.free),
-                "slots": r.slots,
-                "running_tasks": w.running_tasks,
-                "mesh_calls": w.mesh_calls,
-                "tasks_assigned": w.tasks_assigned,
-                "actors": w.actors,
-                "heartbeat_ago_ms": w.last_heartbeat_ago.as_millis() as u64,
-                "mesh": r.mesh.as_ref().map(|m| json!({ "peer_id": m.peer_id, "addrs": m.addrs })),
-                "gpus": r.gpus.iter().map(|g| json!({
-                    "index": g.index, "name": g.name, "memory_bytes": g.memory_bytes,
-                })).collect::<Vec<_>>(),
-                "models_on_disk": r.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-                "models": models,
-            })
-        })
-        .collect();
-    // Every worker on the mesh may call every other (see `announce_mesh`): a count, not the
-    // list (a thousand workers would make a million names).
-    let peers = on_mesh.len().saturating_sub(1);
-    let mesh: Vec<Value> = on_mesh
-        .iter()
-        .map(|w| {
-            let peer_id = w.registration.mesh.as_ref().map(|m| m.peer_id.as_str());
-            json!({ "worker": w.registration.worker_id, "peer_id": peer_id, "peers": peers })
-        })
-        .collect();
     let c = &status.counters;
     json!({
         "now_us": now_us(),
         "head": { "version": env!("CARGO_PKG_VERSION"), "auth": auth },
         "totals": {
-            "workers": status.workers.len(),
+            "workers": roster.total,
             "agents": status.agents,
             "queued_tasks": status.queued_tasks,
             "running_tasks": status.running_tasks,
@@ -107,8 +116,15 @@ pub(super) fn cluster_json(cluster: &Cluster, who: &Principal, auth: bool) -> Va
             "agents_located": status.agents_located,
             "events": cluster.task_metrics().worker_events_total(),
         },
-        "workers": workers,
-        "mesh": mesh,
+        "workers": roster.workers.iter().map(worker_json).collect::<Vec<_>>(),
+        "workers_matching": roster.matching,
+        "offset": query.offset,
+        "limit": query.limit,
+        "groups": roster.groups.iter().map(group_json).collect::<Vec<_>>(),
+        "groups_total": roster.groups_total,
+        // Every worker on the mesh may call every other (see `announce_mesh`): a count, not
+        // a list (a thousand workers would make a million pairs).
+        "mesh": { "workers": roster.on_mesh },
     })
 }
 
@@ -213,7 +229,7 @@ fn row_json(t: &TaskInfo) -> Value {
 pub(super) fn tasks_json(cluster: &Cluster, who: &Principal, filter: &TaskFilter) -> Value {
     let page = cluster.list_tasks(who, filter);
     let rows: Vec<Value> = page.tasks.iter().map(row_json).collect();
-    json!({ "total": page.total, "tasks": rows })
+    json!({ "total": page.total, "tasks": rows, "next_after": page.next_after })
 }
 
 /// A task for its page.
@@ -344,8 +360,13 @@ fn topics_json(cluster: &Cluster, who: &Principal) -> Value {
     json!({ "topics": topics })
 }
 
-pub(super) async fn cluster(Caller(ui): super::Caller) -> Json<Value> {
-    Json(cluster_json(&ui.cluster, &ui.who, ui.clients.required()))
+pub(super) async fn cluster(Caller(ui): super::Caller, query: Workers) -> Response {
+    match workers(query) {
+        Ok(query) => {
+            Json(cluster_json(&ui.cluster, &ui.who, ui.clients.required(), &query)).into_response()
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 pub(super) async fn agents(Caller(ui): super::Caller) -> Json<Value> {

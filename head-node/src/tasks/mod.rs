@@ -15,6 +15,7 @@ use fleet_proto::{
 };
 use tokio::sync::mpsc;
 
+use crate::search::contains;
 use crate::store::{Journal, RestoredTask, TaskRecord};
 use index::{Filed, TaskIndex};
 
@@ -211,6 +212,31 @@ fn event_bytes(kind: &EventKind) -> usize {
 }
 
 impl TaskEntry {
+    /// The most of a task's input a search looks at: a search passes over every retained
+    /// task, and inputs may be megabytes.
+    pub const SEARCHED_INPUT_BYTES: usize = 4096;
+
+    /// Whether one search word matches this task: `#N` (or `N`) its number, else a part of
+    /// its id, agent, worker, context, caller's id or the start of its input (ASCII case
+    /// ignored).
+    pub fn matches(&self, word: &str) -> bool {
+        let number = word.strip_prefix('#').unwrap_or(word);
+        if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+            if number.parse::<u64>().is_ok_and(|n| n == self.number) {
+                return true;
+            }
+            if word.starts_with('#') {
+                return false;
+            }
+        }
+        let input = &self.input.as_bytes()[..self.input.len().min(Self::SEARCHED_INPUT_BYTES)];
+        let parent = self.parent.as_ref().map_or("", |(id, _)| id.as_str());
+        let fields = [self.id.as_str(), &self.agent, &self.context_id, parent];
+        fields.iter().any(|f| contains(f, word))
+            || self.worker.as_deref().is_some_and(|w| contains(w, word))
+            || contains(input, word)
+    }
+
     /// Appends an event: assigns its seq, updates the state, and tells the subscribers
     /// (once it is stored, when there is a store). An event the task's state cannot take
     /// (the state machine's table, [`TaskState::after`]) is refused and logs nothing.
@@ -730,15 +756,28 @@ impl TaskTable {
             filter.agent.as_deref(),
             filter.state,
         );
+        // A worker and a search are not indexed: they are looked for in every task the
+        // index gives (once to count them, then for the page until it is full).
+        let narrowed = filter.worker.is_some() || !filter.search.is_empty();
+        let wanted = |t: &&TaskEntry| {
+            filter.worker.as_deref().is_none_or(|w| t.worker.as_deref() == Some(w))
+                && filter.search.all(|word| t.matches(word))
+        };
+        let total = if narrowed {
+            set.iter().filter_map(|n| entry(*n)).filter(wanted).count()
+        } else {
+            set.len()
+        };
         let numbers = set.range(range).copied();
         let numbers: Box<dyn Iterator<Item = u64>> =
             if filter.newest_first { Box::new(numbers.rev()) } else { Box::new(numbers) };
-        let mut tasks: Vec<&TaskEntry> = numbers.filter_map(entry).take(size + 1).collect();
+        let mut tasks: Vec<&TaskEntry> =
+            numbers.filter_map(entry).filter(wanted).take(size + 1).collect();
         let next_after = (tasks.len() > size).then(|| {
             tasks.truncate(size);
             tasks.last().map_or(0, |t| t.number)
         });
-        Listed { tasks, next_after, total: set.len() }
+        Listed { tasks, next_after, total }
     }
 
     /// How many of `tenant`'s tasks are in one of `states`.
@@ -807,6 +846,10 @@ pub struct TaskFilter {
     pub agent: Option<String>,
     pub context_id: Option<String>,
     pub state: Option<TaskState>,
+    /// Only the tasks whose latest attempt ran (or runs) on this worker.
+    pub worker: Option<String>,
+    /// Only the tasks every word of this search matches ([`TaskEntry::matches`]).
+    pub search: crate::search::Words,
     pub page_size: usize,
     /// The task number to continue after, in the listing's order (0: from its start).
     pub after: u64,
@@ -954,6 +997,8 @@ mod tests {
                     && tenant.is_none_or(|tenant| *tenant == *t.tenant)
                     && filter.context_id.as_ref().is_none_or(|c| *c == t.context_id)
                     && filter.state.is_none_or(|s| s == t.state)
+                    && filter.worker.as_ref().is_none_or(|w| t.worker.as_ref() == Some(w))
+                    && filter.search.all(|word| t.matches(word))
             })
             .map(|t| t.number)
             .collect();
@@ -972,7 +1017,7 @@ mod tests {
         fn listing_from_the_index_agrees_with_a_scan(
             steps in proptest::collection::vec((0u8..6, 0usize..40, 0u8..3, 0u8..3), 1..120),
             filters in proptest::collection::vec(
-                (0u8..4, 0u8..4, 0u8..8, 1usize..5, proptest::bool::ANY, 0u8..4), 1..12),
+                (0u8..4, 0u8..4, 0u8..8, 1usize..5, proptest::bool::ANY, 0u8..4, 0u8..4), 1..12),
         ) {
             let mut table = TaskTable::new(12, usize::MAX);
             let mut ids: Vec<TaskId> = Vec::new();
@@ -989,7 +1034,7 @@ mod tests {
                         ids.push(id);
                         continue;
                     }
-                    (1, Some(id)) => (id, EventKind::Scheduled { worker_id: "w".into() }),
+                    (1, Some(id)) => (id, EventKind::Scheduled { worker_id: format!("w{}", pick % 3) }),
                     (2, Some(id)) => (id, EventKind::Working),
                     (3, Some(id)) => (id, EventKind::InputRequired {
                         prompt: String::new(),
@@ -1012,13 +1057,22 @@ mod tests {
                     table.finished(&id, state);
                 }
             }
-            for (agent, context, state, size, newest_first, tenant) in filters {
+            for (agent, context, state, size, newest_first, tenant, narrow) in filters {
+                // Neither indexed: a worker, and searches for a number and a part of an id.
+                let (worker, search) = match narrow {
+                    1 => (Some("w1".to_owned()), ""),
+                    2 => (None, "#3"),
+                    3 => (None, "T1"),
+                    _ => (None, ""),
+                };
                 let mut filter = TaskFilter {
                     tenant: [None, Some("t0"), Some("t1"), Some("default")][tenant as usize]
                         .map(str::to_owned),
                     agent: (agent > 0).then(|| format!("a{}", agent - 1)),
                     context_id: (context > 0).then(|| format!("c{context}")),
                     state: TaskState::ALL.get(state as usize).copied(),
+                    worker,
+                    search: crate::search::Words::parse(search).expect("a search"),
                     page_size: size,
                     after: 0,
                     newest_first,

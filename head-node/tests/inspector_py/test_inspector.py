@@ -3,7 +3,8 @@ chromedriver; nothing is downloaded) against a real head with a client token and
 workers (separate processes on 127.0.0.1). Logging in, both workers on the cluster page, 20
 slow echo tasks appearing and streaming, a task canceled from its page, a tool call followed
 into its sub-task, a conversation's turns; the timeline, a call graph and the live charts of
-a run with sub-tasks on both workers; the credential checks at the HTTP level. Screenshots of every page go to
+a run with sub-tasks on both workers; workers and tasks searched, grouped and paged on the
+head; the credential checks at the HTTP level. Screenshots of every page go to
 $FLEET_TEST_ARTIFACTS/inspector (default: the system temp folder)."""
 
 import base64
@@ -474,3 +475,67 @@ def test_a_task_page_stream_resumes_after_the_last_event(fleet: Fleet) -> None:
     assert "".join(e["text"] for e in events if e["kind"] == "text").split() == "one two three four five".split()
     rest = [data for name, data in stream("3") if name == "event"]
     assert [e["seq"] for e in rest] == list(range(4, len(events) + 1))
+
+
+def test_workers_and_tasks_are_found_and_paged_on_the_head(fleet: Fleet, browser: webdriver.Chrome) -> None:
+    # The head answers a page of what was asked for, with the count of all that match: a
+    # search, a group, a sort, an offset; bad questions get a 400 that says what to ask.
+    found = api(fleet, "cluster?q=host=two")
+    assert [w["id"] for w in found["workers"]] == ["two"] and found["workers_matching"] == 1, found
+    assert found["totals"]["workers"] == 2
+    by_label = {g["key"]: g for g in api(fleet, "cluster?group=label")["groups"]}
+    assert by_label["host=one"]["workers"] == 1 and by_label["host=one"]["search"] == "host=one", by_label
+    paged = [api(fleet, f"cluster?limit=1&offset={n}")["workers"] for n in (0, 1, 2)]
+    assert [[w["id"] for w in page] for page in paged] == [["one"], ["two"], []], paged
+    for bad, says in (("cluster?group=rack", "one of host, label, model"), ("cluster?sort=age", "one of name"), ("tasks?q=" + "+w" * 9, "at most 8 words")):
+        refused = httpx.get(f"{fleet.url}/ui/api/{bad}", headers=AUTH, timeout=10)
+        assert refused.status_code == 400 and says in refused.json()["error"], (bad, refused.text)
+
+    # 60 tasks to page through, one of them with a word to search for.
+    needle = f"needle{secrets.token_hex(3)}"
+    sent = [send(fleet, "callee", f"page me {n}" + (f" {needle}" if n == 7 else "")) for n in range(60)]
+    wait_until(lambda: api(fleet, "tasks?agent=callee&state=completed&limit=1")["total"] >= 60, timeout=60)
+    first = api(fleet, "tasks?agent=callee&limit=50")
+    second = api(fleet, f"tasks?agent=callee&limit=50&after={first['next_after']}")
+    ids = [t["id"] for t in first["tasks"] + second["tasks"]]
+    assert len(ids) == len(set(ids)) and set(sent) <= set(ids), "pages overlap or miss tasks"
+    assert [t["id"] for t in api(fleet, f"tasks?q={needle.upper()}")["tasks"]] == [sent[7]]
+    on_one = api(fleet, "tasks?worker=one&limit=500")
+    assert on_one["tasks"] and {t["worker"] for t in on_one["tasks"]} == {"one"}, on_one["tasks"][:3]
+
+    # The cluster page: grouped by label, a group's button lists its workers.
+    browser.get(fleet.url + "/ui/#/cluster")
+    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]"))
+    Select(browser.find_element(By.ID, "worker-group")).select_by_value("label")
+    wait(browser, lambda: {r.get_attribute("data-group") for r in browser.find_elements(By.CSS_SELECTOR, "#worker-groups tr[data-group]")} >= {"host=one", "host=two"})
+    wait(browser, lambda: click(browser, '#worker-groups tr[data-group="host=two"] button'))
+    wait(browser, lambda: {r.get_attribute("data-worker") for r in browser.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]")} == {"two"})
+    assert browser.find_element(By.ID, "worker-search").get_attribute("value") == "host=two"
+    assert "of 1 matching, of 2" in text(browser, "#workers-shown"), text(browser, "#workers-shown")
+    assert "group=label" in browser.current_url and "q=host%3Dtwo" in browser.current_url
+    shot(browser, "cluster-found")
+    # Typing a search lists what it matches, once typing pauses.
+    search = browser.find_element(By.ID, "worker-search")
+    search.clear()
+    search.send_keys("ONE")
+    expected = {w["id"] for w in api(fleet, "cluster?q=ONE")["workers"]}
+    assert "one" in expected, expected
+    wait(browser, lambda: {r.get_attribute("data-worker") for r in browser.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]")} == expected)
+
+    # The tasks page: 50 per page, older and back; a search finds the one task.
+    browser.get(fleet.url + "/ui/#/tasks?agent=callee&limit=50")
+    shown = lambda: [r.get_attribute("data-task") for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tr[data-task]")]  # noqa: E731
+    wait(browser, lambda: shown() == [t["id"] for t in api(fleet, "tasks?agent=callee&limit=50")["tasks"]])
+    newest = shown()
+    wait(browser, lambda: click(browser, "#tasks-older:not([disabled])"))
+    wait(browser, lambda: shown() and not set(shown()) & set(newest))
+    assert "after=" in browser.current_url
+    shot(browser, "tasks-older")
+    wait(browser, lambda: click(browser, "#tasks-newer:not([disabled])"))
+    wait(browser, lambda: shown() == newest)
+    box = browser.find_element(By.ID, "filter-search")
+    box.send_keys(needle)
+    wait(browser, lambda: shown() == [sent[7]])
+    assert text(browser, "#tasks-total").startswith("1 task"), text(browser, "#tasks-total")
+    shot(browser, "tasks-found")
+    assert not console_errors(browser), console_errors(browser)

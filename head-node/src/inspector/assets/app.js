@@ -10,12 +10,14 @@
 
   const $ = (selector, root = document) => root.querySelector(selector);
 
-  /** An element: `attrs` are attributes (`text` sets its text); children are nodes or text. */
+  /** An element: `attrs` are attributes (`text` sets its text, a function `onEVENT` listens);
+   * children are nodes or text. */
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(attrs)) {
       if (value === null || value === undefined || value === false) continue;
       if (name === "text") node.textContent = value;
+      else if (typeof value === "function" && name.startsWith("on")) node.addEventListener(name.slice(2), value);
       else node.setAttribute(name, value === true ? "" : String(value));
     }
     for (const child of children.flat(Infinity)) {
@@ -350,7 +352,26 @@
   // The last cluster snapshots' figures, kept across visits (bounded): the charts.
   const history = [];
 
-  function clusterPage() {
+  /** Sets the page's query in the URL without a new history entry (typing in a search box)
+   * and follows it. */
+  function replaceQuery(page, q) {
+    history.replaceState(null, "", `#/${page}${q.toString() ? `?${q}` : ""}`);
+    route();
+  }
+
+  /** Calls `run` once typing in `input` has paused. */
+  function onTyped(input, run) {
+    let timer = null;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(run, 300);
+    });
+  }
+
+  const GROUPS = { host: "Host", label: "Label", model: "Model" };
+  const SORTS = { name: "Name", busiest: "Busiest", silent: "Longest silent" };
+
+  function clusterPage(_, params) {
     const totals = facts("totals", [
       ["workers", "Workers"], ["agents", "Agents"], ["queued", "Queued"], ["running", "Running"],
       ["submitted", "Submitted"], ["completed", "Completed"], ["failed", "Failed"], ["canceled", "Canceled"],
@@ -359,17 +380,66 @@
     ]);
     const throughput = chart("chart-throughput", "Throughput (tasks ended per second)", "tasks/s", 1);
     const queue = chart("chart-queue", "Queue depth (queued tasks)", "queued", 0);
+
+    // The workers: searched, grouped, sorted and paged on the head (a thousand rows would
+    // be a wall, and a megabyte a second).
+    const search = el("input", { id: "worker-search", type: "search", name: "q", autocomplete: "off", spellcheck: "false",
+      placeholder: "host:NAME  key=value  model:ID  or any part", "aria-describedby": "worker-search-help" });
+    const groupSelect = el("select", { id: "worker-group", name: "group" }, Object.entries(GROUPS).map(([v, t]) => el("option", { value: v, text: t })));
+    const sortSelect = el("select", { id: "worker-sort", name: "sort" }, Object.entries(SORTS).map(([v, t]) => el("option", { value: v, text: t })));
+    const form = el("form", { class: "filters", role: "search", "aria-label": "Find workers" },
+      el("span", { class: "field" }, el("label", { for: "worker-search", text: "Search" }), search),
+      el("span", { class: "field" }, el("label", { for: "worker-group", text: "Group by" }), groupSelect),
+      el("span", { class: "field" }, el("label", { for: "worker-sort", text: "Sort by" }), sortSelect));
+    const help = el("p", { id: "worker-search-help", class: "muted", text: "Every word must match: key=value a label, host:NAME a host, model:ID a model loaded or on disk, anything else a part of a worker's id, host, address, labels or models." });
+    let query = new URLSearchParams();
+    const chosen = () => {
+      const q = new URLSearchParams();
+      if (search.value.trim()) q.set("q", search.value.trim());
+      if (groupSelect.value !== "host") q.set("group", groupSelect.value);
+      if (sortSelect.value !== "name") q.set("sort", sortSelect.value);
+      return q;
+    };
+    form.addEventListener("submit", (e) => { e.preventDefault(); replaceQuery("cluster", chosen()); });
+    form.addEventListener("change", (e) => { if (e.target !== search) location.hash = `#/cluster?${chosen()}`; });
+    onTyped(search, () => replaceQuery("cluster", chosen()));
+    const lookFor = (word) => {
+      search.value = word;
+      location.hash = `#/cluster?${chosen()}`;
+    };
+
+    const groupName = (g) => g.key || { host: "(no host name)", label: "(no label)", model: "(no model loaded)" }[groupSelect.value];
+    const groups = liveTable("worker-groups", "Workers by group", "group", [
+      { title: "Group", head: true, sig: (g) => [g.key, g.search, groupSelect.value], render: (g) => [g.search
+        ? el("button", { type: "button", class: "link", title: `List the workers of ${g.key} (search ${g.search})`, text: g.key, onclick: () => lookFor(g.search) })
+        : el("span", { class: "muted", text: groupName(g) })] },
+      { title: "Workers", cls: "num", sig: (g) => [g.workers, g.silent, g.draining], render: (g) => [
+        el("div", { text: count(g.workers) }),
+        g.silent ? el("div", { class: "warn", text: `${count(g.silent)} silent` }) : null,
+        g.draining ? el("div", { class: "muted", text: `${count(g.draining)} draining` }) : null] },
+      { title: "Slots used", cls: "num", show: (g) => `${count(g.running)} / ${count(g.slots)}` },
+      { title: "CPUs free", cls: "num", show: (g) => `${+g.free_cpus.toFixed(1)} / ${+g.cpus.toFixed(1)}` },
+      { title: "Memory free", cls: "num", show: (g) => bytePair(g.free_memory_bytes, g.memory_bytes) },
+      { title: "GPUs", cls: "num", show: (g) => count(g.gpus) },
+      { title: "Tokens/s", cls: "num", show: (g) => g.tokens_per_s.toFixed(1) },
+      { title: "KV cache", cls: "num", show: (g) => (g.kv_capacity_bytes ? bytePair(g.kv_bytes, g.kv_capacity_bytes) : "—") },
+      { title: "On the mesh", cls: "num", show: (g) => count(g.on_mesh) },
+    ], "No worker matches.");
+    const groupsNote = el("p", { id: "worker-groups-note", class: "muted" });
+
     const workers = liveTable("workers", "Workers", "worker", [
-      { title: "Worker", head: true, sig: (w) => [w.id, w.hostname, w.address, w.version, w.gpus], render: (w) => [
-        el("div", { text: w.id }),
+      { title: "Worker", head: true, sig: (w) => [w.id, w.hostname, w.address, w.version, w.gpus, w.draining, w.mesh && w.mesh.peer_id], render: (w) => [
+        el("div", { text: w.id }, w.draining ? el("span", { class: "chip", text: "draining" }) : null),
         // A long host name may break after its dots, not in the middle of a word.
         el("div", { class: "muted" }, w.hostname.split(".").map((part, i) => [i ? "." : "", i ? el("wbr") : "", part])),
         el("div", { class: "muted", text: `${w.address} · v${w.version}` }),
+        w.mesh ? el("div", { class: "muted", title: w.mesh.peer_id, text: `mesh ${clip(w.mesh.peer_id, 12)}` }) : null,
         w.gpus.map((g) => el("div", { class: "muted", text: `GPU ${g.index}: ${g.name} · ${bytes(g.memory_bytes)}` }))] },
       { title: "Labels", sig: (w) => w.labels,
-        render: (w) => Object.entries(w.labels).map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` })) },
-      { title: "Slots used", cls: "num", sig: (w) => [w.running_tasks, w.slots, w.tasks_assigned],
-        render: (w) => [el("div", { text: `${w.running_tasks} / ${w.slots}` }), el("div", { class: "muted", text: `${count(w.tasks_assigned)} assigned` })] },
+        render: (w) => Object.entries(w.labels).map(([k, v]) => el("button", { type: "button", class: "chip", title: `List the workers labelled ${k}=${v}`, text: `${k}=${v}`, onclick: () => lookFor(`${k}=${v}`) })) },
+      { title: "Slots used", cls: "num", sig: (w) => [w.id, w.running_tasks, w.slots, w.tasks_assigned],
+        render: (w) => [el("div", { text: `${w.running_tasks} / ${w.slots}` }),
+          el("a", { class: "muted", href: `#/tasks?worker=${encodeURIComponent(w.id)}`, title: `The tasks of ${w.id}`, text: `${count(w.tasks_assigned)} assigned` })] },
       { title: "CPUs free", cls: "num", show: (w) => `${+w.free.cpus.toFixed(2)} / ${+w.resources.cpus.toFixed(2)}` },
       { title: "Memory free", cls: "num", show: (w) => bytePair(w.free.memory_bytes, w.resources.memory_bytes) },
       { title: "Models (KV cache)", cls: "models", sig: (w) => [w.models.map((m) => [m.id, m.kv_bytes, m.kv_capacity_bytes]), w.models_on_disk],
@@ -382,49 +452,82 @@
         render: (w) => perModel(w, (m) => percent(m.prefix_hits, m.prefix_hits + m.prefix_misses)) },
       { title: "Heartbeat", cls: "num", sig: (w) => Math.round(w.heartbeat_ago_ms / 100),
         render: (w) => [el("span", { class: w.heartbeat_ago_ms > 5000 ? "warn" : null, text: `${duration(w.heartbeat_ago_ms)} ago` })] },
-    ], "No worker has joined.");
-    const mesh = el("ul", { id: "mesh", class: "mesh" });
+    ], "No worker matches.");
+    const previous = el("button", { type: "button", id: "workers-previous", text: "← Previous", disabled: true });
+    const next = el("button", { type: "button", id: "workers-next", text: "Next →", disabled: true });
+    const shown = el("span", { id: "workers-shown", role: "status", "aria-live": "polite" });
+    const pager = el("nav", { class: "pager", "aria-label": "Pages of workers" }, previous, shown, next);
+    let page = { offset: 0, limit: 100, matching: 0 };
+    const turn = (offset) => {
+      const q = new URLSearchParams(query);
+      if (offset > 0) q.set("offset", offset); else q.delete("offset");
+      location.hash = `#/cluster?${q}`;
+    };
+    previous.addEventListener("click", () => turn(Math.max(0, page.offset - page.limit)));
+    next.addEventListener("click", () => turn(page.offset + page.limit));
+    const mesh = el("p", { id: "mesh" });
+
     view.append(el("h1", { tabindex: -1, text: "Cluster" }), totals.dl,
       el("section", { class: "charts", "aria-label": "Charts" }, throughput.figure, queue.figure),
-      el("h2", { text: "Workers" }), workers.wrap,
+      el("h2", { text: "Workers" }), form, help,
+      el("h3", { id: "worker-groups-title", text: "By host" }), groups.wrap, groupsNote,
+      el("h3", { text: "Each worker" }), pager, workers.wrap,
       el("h2", { text: "Mesh" }), mesh);
 
     // A gap (the page was elsewhere) would make the charts lie about the time in between.
     if (history.length && Date.now() - history[history.length - 1].seen > 10e3) history.length = 0;
 
-    follow("/ui/api/cluster/live", {
-      cluster(c) {
-        const t = c.totals;
-        history.push({ at: c.now_us, seen: Date.now(), ended: t.completed + t.failed + t.canceled, queued: t.queued_tasks });
-        while (history.length > HISTORY) history.shift();
-        const rates = [];
-        for (let i = 1; i < history.length; i++) {
-          const dt = (history[i].at - history[i - 1].at) / 1e6;
-          rates.push(dt > 0 ? Math.max(0, history[i].ended - history[i - 1].ended) / dt : 0);
-        }
-        throughput.draw(rates);
-        queue.draw(history.map((h) => h.queued));
+    function show(c) {
+      const t = c.totals;
+      history.push({ at: c.now_us, seen: Date.now(), ended: t.completed + t.failed + t.canceled, queued: t.queued_tasks });
+      while (history.length > HISTORY) history.shift();
+      const rates = [];
+      for (let i = 1; i < history.length; i++) {
+        const dt = (history[i].at - history[i - 1].at) / 1e6;
+        rates.push(dt > 0 ? Math.max(0, history[i].ended - history[i - 1].ended) / dt : 0);
+      }
+      throughput.draw(rates);
+      queue.draw(history.map((h) => h.queued));
 
-        const set = totals.set;
-        set("workers", count(t.workers)); set("agents", count(t.agents));
-        set("queued", count(t.queued_tasks)); set("running", count(t.running_tasks));
-        set("submitted", count(t.submitted)); set("completed", count(t.completed));
-        set("failed", count(t.failed)); set("canceled", count(t.canceled));
-        set("retained", count(t.retained_tasks)); set("events", count(t.events));
-        set("relayed", count(t.calls_relayed)); set("located", count(t.agents_located));
-        set("head", `v${c.head.version}${c.head.auth ? "" : " · no token"}`);
-        // Without a credential on the head there is nothing to log out of.
-        $(".logout").hidden = !c.head.auth;
+      const set = totals.set;
+      set("workers", count(t.workers)); set("agents", count(t.agents));
+      set("queued", count(t.queued_tasks)); set("running", count(t.running_tasks));
+      set("submitted", count(t.submitted)); set("completed", count(t.completed));
+      set("failed", count(t.failed)); set("canceled", count(t.canceled));
+      set("retained", count(t.retained_tasks)); set("events", count(t.events));
+      set("relayed", count(t.calls_relayed)); set("located", count(t.agents_located));
+      set("head", `v${c.head.version}${c.head.auth ? "" : " · no token"}`);
+      // Without a credential on the head there is nothing to log out of.
+      $(".logout").hidden = !c.head.auth;
 
-        workers.sync(c.workers, (w) => w.id);
-        rebuild(mesh, c.mesh, () => (c.mesh.length
-          ? c.mesh.map((m) => el("li", {}, el("strong", { text: m.worker }), " ",
-            el("code", { class: "muted", title: m.peer_id || "", text: clip(m.peer_id || "", 12) }),
-            m.peers ? ` may call ${count(m.peers)} other worker${m.peers === 1 ? "" : "s"}` : " is alone on the mesh"))
-          : el("li", { class: "muted", text: "No worker is on the mesh (calls between agents go through the head)." })));
-      },
-    }, "/ui/api/cluster");
-    return { title: "Cluster" };
+      groups.sync(c.groups, (g) => g.key);
+      groupsNote.textContent = c.groups_total > c.groups.length ? `The ${count(c.groups.length)} largest of ${count(c.groups_total)} groups.` : "";
+      page = { offset: c.offset, limit: c.limit, matching: c.workers_matching };
+      workers.sync(c.workers, (w) => w.id);
+      const from = c.workers.length ? c.offset + 1 : 0;
+      const all = c.workers_matching === t.workers ? "" : ` matching, of ${count(t.workers)}`;
+      shown.textContent = `Workers ${count(from)}–${count(c.offset + c.workers.length)} of ${count(c.workers_matching)}${all}`;
+      previous.disabled = c.offset === 0;
+      next.disabled = c.offset + c.workers.length >= c.workers_matching;
+      const n = c.mesh.workers;
+      mesh.textContent = n === 0 ? "No worker is on the mesh (calls between agents go through the head)."
+        : n === 1 ? "One worker is on the mesh, alone."
+          : `${count(n)} workers are on the mesh: each may call the ${count(n - 1)} others.`;
+    }
+
+    function update(p) {
+      search.value = document.activeElement === search ? search.value : (p.get("q") || "");
+      groupSelect.value = GROUPS[p.get("group")] ? p.get("group") : "host";
+      sortSelect.value = SORTS[p.get("sort")] ? p.get("sort") : "name";
+      $("#worker-groups-title").textContent = `By ${GROUPS[groupSelect.value].toLowerCase()}`;
+      query = chosen();
+      const q = new URLSearchParams(query);
+      const offset = Math.max(0, parseInt(p.get("offset"), 10) || 0);
+      if (offset) q.set("offset", offset);
+      follow(`/ui/api/cluster/live?${q}`, { cluster: show }, `/ui/api/cluster?${q}`);
+    }
+    update(params);
+    return { title: "Cluster", update };
   }
 
   /** One line per loaded model of a worker (the model cells line up row by row). */
@@ -493,20 +596,56 @@
     const agentSelect = el("select", { id: "filter-agent", name: "agent" }, el("option", { value: "", text: "All agents" }));
     const stateSelect = el("select", { id: "filter-state", name: "state" }, el("option", { value: "", text: "Any state" }),
       STATES.map((s) => el("option", { value: s, text: s })));
+    const workerInput = el("input", { id: "filter-worker", type: "search", name: "worker", autocomplete: "off", spellcheck: "false", placeholder: "any", size: 12 });
+    const searchInput = el("input", { id: "filter-search", type: "search", name: "q", autocomplete: "off", spellcheck: "false",
+      placeholder: "#number, an id, a part of the input…", title: "Every word must match: #N a task's number, anything else a part of its id, agent, worker, context, caller or the start of its input" });
     const limitSelect = el("select", { id: "filter-limit", name: "limit" }, [50, 100, 500].map((n) => el("option", { value: n, text: n })));
     const form = el("form", { class: "filters", role: "search", "aria-label": "Filter tasks" },
+      el("span", { class: "field" }, el("label", { for: "filter-search", text: "Search" }), searchInput),
       el("span", { class: "field" }, el("label", { for: "filter-agent", text: "Agent" }), agentSelect),
       el("span", { class: "field" }, el("label", { for: "filter-state", text: "State" }), stateSelect),
+      el("span", { class: "field" }, el("label", { for: "filter-worker", text: "Worker" }), workerInput),
       el("span", { class: "field" }, el("label", { for: "filter-limit", text: "Show" }), limitSelect));
-    form.addEventListener("submit", (e) => e.preventDefault());
-    form.addEventListener("change", () => {
+    const chosen = () => {
       const q = new URLSearchParams();
+      if (searchInput.value.trim()) q.set("q", searchInput.value.trim());
       if (agentSelect.value) q.set("agent", agentSelect.value);
       if (stateSelect.value) q.set("state", stateSelect.value);
+      if (workerInput.value.trim()) q.set("worker", workerInput.value.trim());
       if (limitSelect.value !== "100") q.set("limit", limitSelect.value);
-      location.hash = `#/tasks${q.toString() ? `?${q}` : ""}`; // the router calls update()
+      return q;
+    };
+    // Pages older than the newest: `after` is the number of the last task of the page
+    // before; the pages walked through are kept, for "Newer".
+    let cursors = [];
+    let after = 0;
+    const go = (q, push) => {
+      const hash = `#/tasks${q.toString() ? `?${q}` : ""}`;
+      if (push) location.hash = hash; // the router calls update()
+      else replaceQuery("tasks", q);
+    };
+    form.addEventListener("submit", (e) => { e.preventDefault(); cursors = []; go(chosen(), false); });
+    form.addEventListener("change", (e) => {
+      if (e.target === searchInput || e.target === workerInput) return;
+      cursors = [];
+      go(chosen(), true);
     });
+    onTyped(searchInput, () => { cursors = []; go(chosen(), false); });
+    onTyped(workerInput, () => { cursors = []; go(chosen(), false); });
     const total = el("p", { id: "tasks-total", class: "muted", role: "status", "aria-live": "polite" });
+    const newest = el("button", { type: "button", id: "tasks-newest", text: "↑ Newest", disabled: true });
+    const newer = el("button", { type: "button", id: "tasks-newer", text: "← Newer", disabled: true });
+    const older = el("button", { type: "button", id: "tasks-older", text: "Older →", disabled: true });
+    const pager = el("nav", { class: "pager", "aria-label": "Pages of tasks" }, newest, newer, older);
+    let nextAfter = null;
+    const turn = (to) => {
+      const q = chosen();
+      if (to) q.set("after", to);
+      go(q, true);
+    };
+    newest.addEventListener("click", () => { cursors = []; turn(0); });
+    newer.addEventListener("click", () => turn(cursors.pop() || 0));
+    older.addEventListener("click", () => { if (nextAfter) { cursors.push(after); turn(nextAfter); } });
     const tasks = liveTable("tasks", "Tasks, newest first", "task", [
       { title: "Task", head: true, sig: (t) => [t.id, t.number], render: (t) => [
         el("a", { class: "task-link", href: taskHref(t.id), "aria-label": `Task ${t.number} (${t.id})` },
@@ -521,13 +660,13 @@
       { title: "Input", cls: "input", sig: (t) => t.input, render: (t) => [el("span", { title: t.input, text: t.input })] },
       { title: "Called by", sig: (t) => t.parent, render: (t) => [t.parent ? el("a", { class: "task-link", href: taskHref(t.parent), text: short(t.parent) }) : "—"] },
     ], "No task matches these filters.");
-    view.append(el("h1", { tabindex: -1, text: "Tasks" }), form, total, tasks.wrap);
+    view.append(el("h1", { tabindex: -1, text: "Tasks" }), form, total, pager, tasks.wrap);
 
     // The agent filter offers the registered agents (asked once per visit of the page).
     request("/ui/api/agents").then((v) => {
-      const chosen = agentSelect.value;
-      for (const a of v.agents) if (a.name !== chosen) agentSelect.append(el("option", { value: a.name, text: a.name }));
-      agentSelect.value = chosen;
+      const picked = agentSelect.value;
+      for (const a of v.agents) if (a.name !== picked) agentSelect.append(el("option", { value: a.name, text: a.name }));
+      agentSelect.value = picked;
     }).catch((e) => note(`Could not list the agents: ${e.message}`));
 
     function update(p) {
@@ -536,15 +675,28 @@
       agentSelect.value = agent;
       stateSelect.value = STATES.includes(p.get("state")) ? p.get("state") : "";
       limitSelect.value = ["50", "500"].includes(p.get("limit")) ? p.get("limit") : "100";
+      // What the reader is typing stays as typed.
+      if (document.activeElement !== searchInput) searchInput.value = p.get("q") || "";
+      if (document.activeElement !== workerInput) workerInput.value = p.get("worker") || "";
+      after = Math.max(0, parseInt(p.get("after"), 10) || 0);
+      if (!after) cursors = [];
       tasks.clear();
       total.textContent = "";
-      const q = new URLSearchParams({ agent, state: stateSelect.value, limit: limitSelect.value });
+      const q = new URLSearchParams({ agent, state: stateSelect.value, limit: limitSelect.value,
+        q: p.get("q") || "", worker: p.get("worker") || "" });
+      if (after) q.set("after", after);
       follow(`/ui/api/tasks/live?${q}`, {
         tasks(v) {
-          const shown = v.tasks.length < v.total ? ` (the newest ${count(v.tasks.length)} shown)` : "";
+          const first = after ? "" : "the newest ";
+          const shown = v.tasks.length < v.total ? ` (${first}${count(v.tasks.length)} shown${after ? ", older than the first page" : ""})` : "";
           total.textContent = `${plural(v.total, "task")}${shown}`;
+          nextAfter = v.next_after;
+          older.disabled = !nextAfter;
+          newer.disabled = !after;
+          newest.disabled = !after;
           tasks.sync(v.tasks, (t) => t.id);
         },
+        error(message) { total.textContent = message; tasks.clear(message); },
       }, `/ui/api/tasks?${q}&limit=1`);
     }
     update(params);
