@@ -22,7 +22,12 @@
 //! This machine's cores are shared by the head and the simulator, whose own CPU is printed
 //! too. `cargo build --release --bins && cargo bench -p fleet-benches --bench scale --
 //! [--workers 2,1000,3000,10000] [--tasks N] [--slots N] [--sequential N]
-//! [--queued N [--drain-workers N]]`. Figures in BENCHMARKS.md.
+//! [--queued N [--drain-workers N]] [--inspector ROUNDS]`. Figures in BENCHMARKS.md.
+//!
+//! With `--inspector ROUNDS`, instead: what an open inspector costs a busy head. On the first
+//! `--workers` size, `--tasks` echo tasks at once, ROUNDS times with every inspector page's
+//! live stream open (cluster, agents, tasks, the timeline of the last minute, the charts)
+//! and ROUNDS times without, alternating: the median tasks/s of each and their ratio.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,6 +46,7 @@ struct Args {
     sequential: usize,
     queued: usize,
     drain_workers: usize,
+    inspector: usize,
 }
 
 fn args() -> Result<Args> {
@@ -53,6 +59,7 @@ fn args() -> Result<Args> {
         sequential: 200,
         queued: 0,
         drain_workers: 100,
+        inspector: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,6 +76,7 @@ fn args() -> Result<Args> {
             "--sequential" => args.sequential = value()?.parse()?,
             "--queued" => args.queued = value()?.parse()?,
             "--drain-workers" => args.drain_workers = value()?.parse()?,
+            "--inspector" => args.inspector = value()?.parse()?,
             // cargo bench passes --bench.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -448,6 +456,11 @@ async fn deep_queue(args: &Args, n: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
+    if args.inspector > 0 {
+        println!("| workers | inspector | tasks/s (median) | rounds | |");
+        println!("|---|---|---|---|---|");
+        return inspector_cost(&args).await;
+    }
     if args.queued > 0 {
         println!("| tasks | phase | rate | CPU | |");
         println!("|---|---|---|---|---|");
@@ -458,5 +471,60 @@ async fn main() -> Result<()> {
     for &n in &args.workers {
         one_size(&args, n).await?;
     }
+    Ok(())
+}
+
+/// `--inspector`: tasks/s with every inspector page's live stream open and without.
+async fn inspector_cost(args: &Args) -> Result<()> {
+    let n = args.workers.iter().copied().find(|&n| n > 2).unwrap_or(1_000);
+    let sandbox = ClusterSandbox::builder()
+        .workers(0)
+        .head_arg("--max-queued-tasks")
+        .head_arg("10000000")
+        .log("warn")
+        .start()
+        .await?;
+    let client = sandbox.client().await?;
+    let (_fleet, _) =
+        SimFleet::join(sim_options(&sandbox, args), n, Duration::from_secs(600)).await?;
+    client.register_agent(echo_agent("echo")).await?;
+    // Warm up: the head's tables at their working size.
+    run_batch(&client, "echo", args.tasks).await?;
+    let pages = [
+        "/ui/api/cluster/live",
+        "/ui/api/agents/live",
+        "/ui/api/tasks/live",
+        "/ui/api/timeline/live?window_s=60",
+        "/ui/api/charts/live",
+    ];
+    let (mut open, mut closed) = (Vec::new(), Vec::new());
+    for _ in 0..args.inspector {
+        let (wall, _, _) = run_batch(&client, "echo", args.tasks).await?;
+        closed.push(args.tasks as f64 / wall.as_secs_f64());
+        let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let streams: Vec<_> = pages
+            .iter()
+            .map(|p| fleet_testkit::read_event_stream(&sandbox.address, p, events.clone()))
+            .collect();
+        let (wall, _, _) = run_batch(&client, "echo", args.tasks).await?;
+        open.push(args.tasks as f64 / wall.as_secs_f64());
+        for stream in streams {
+            stream.abort();
+        }
+        let seen = events.load(std::sync::atomic::Ordering::Relaxed);
+        ensure!(seen >= pages.len(), "the pages' streams sent {seen} events");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (open_rate, closed_rate) = (median(&mut open), median(&mut closed));
+    let rounds = args.inspector;
+    println!("| {n} | closed | {closed_rate:.0} | {rounds} × {} tasks | |", args.tasks);
+    println!(
+        "| {n} | every page open | {open_rate:.0} | {rounds} × {} tasks | {:.1}% of the throughput |",
+        args.tasks,
+        100.0 * open_rate / closed_rate,
+    );
     Ok(())
 }

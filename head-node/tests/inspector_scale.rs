@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use fleet_client::{AgentSpec, Client, EventKind, ManyUpdate, Submission};
-use fleet_testkit::ClusterSandbox;
 use fleet_testkit::procfs::cpu_seconds;
 use fleet_testkit::simworker::{SimFleet, SimOptions};
+use fleet_testkit::{ClusterSandbox, read_event_stream};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WORKERS: usize = 1_000;
 const HOSTS: usize = 100;
@@ -52,30 +51,6 @@ async fn run_tasks(client: &Client, n: usize, tag: &str) -> Result<()> {
     Ok(())
 }
 
-/// A stream of the inspector's, read (and dropped) as the browser would until aborted;
-/// counts its events into `events`.
-fn open_stream(
-    address: String,
-    path: &str,
-    events: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<Result<()>> {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
-    tokio::spawn(async move {
-        let mut stream = tokio::net::TcpStream::connect(&address).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut buffer = vec![0u8; 1 << 16];
-        loop {
-            let n = stream.read(&mut buffer).await?;
-            if n == 0 {
-                bail!("the stream ended");
-            }
-            let seen = buffer[..n].windows(6).filter(|w| w == b"event:").count();
-            events.fetch_add(seen, Ordering::Relaxed);
-        }
-    })
-}
-
 /// The head's CPU over [`WINDOW`], in % of a core.
 async fn head_cpu(pid: u32) -> Result<f64> {
     let (start, at) = (cpu_seconds(pid)?, Instant::now());
@@ -95,7 +70,6 @@ async fn the_inspector_answers_within_a_second_and_an_open_page_costs_under_5_pe
         .await?;
     let client = sandbox.client().await?;
     let pid = sandbox.head_pid().context("the head's pid")?;
-    let address = sandbox.url.trim_start_matches("http://").to_owned();
     let mut options = SimOptions::new(sandbox.url.clone());
     options.join_token = Some(sandbox.join_token().to_owned());
     options.hosts = HOSTS;
@@ -175,8 +149,10 @@ async fn the_inspector_answers_within_a_second_and_an_open_page_costs_under_5_pe
     for (page, streams) in pages {
         let without = head_cpu(pid).await?;
         let events = Arc::new(AtomicUsize::new(0));
-        let open: Vec<_> =
-            streams.iter().map(|s| open_stream(address.clone(), s, events.clone())).collect();
+        let open: Vec<_> = streams
+            .iter()
+            .map(|s| read_event_stream(&sandbox.address, s, events.clone()))
+            .collect();
         let with = head_cpu(pid).await?;
         for stream in &open {
             stream.abort();

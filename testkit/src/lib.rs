@@ -648,6 +648,32 @@ pub async fn http_at(
     }
 }
 
+/// Reads a server-sent event stream at `address` (`host:port`) as a browser would, until
+/// the task is aborted, counting its events into `events`; an error if the stream ends.
+pub fn read_event_stream(
+    address: &str,
+    path: &str,
+    events: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
+    let address = address.to_owned();
+    tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(&address).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 {
+                bail!("the stream ended");
+            }
+            let seen = buffer[..n].windows(6).filter(|w| w == b"event:").count();
+            events.fetch_add(seen, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+}
+
 impl ClusterSandbox {
     /// The CA file clients need for this sandbox (TLS only).
     pub fn tls_ca(&self) -> Option<&std::path::Path> {

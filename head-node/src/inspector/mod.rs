@@ -271,7 +271,7 @@ async fn asset(Path(file): Path<String>) -> Response {
         .into_response()
 }
 
-/// `?agent=&state=&worker=&q=&after=&limit=` of the task lists: `q` is a search
+/// `?agent=&state=&worker=&context=&q=&after=&limit=` of the task lists: `q` is a search
 /// ([`crate::tasks::TaskEntry::matches`]), `after` the number of the last task of the page
 /// before (the `next_after` of its answer).
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +282,9 @@ struct TaskQuery {
     state: String,
     #[serde(default)]
     worker: String,
+    /// A conversation's context id (within the caller's tenant).
+    #[serde(default)]
+    context: String,
     #[serde(default)]
     q: String,
     #[serde(default)]
@@ -309,6 +312,7 @@ impl TaskQuery {
             agent: (!self.agent.is_empty()).then(|| self.agent.clone()),
             state,
             worker: (!self.worker.is_empty()).then(|| self.worker.clone()),
+            context_id: (!self.context.is_empty()).then(|| self.context.clone()),
             search,
             page_size: self.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST),
             after: self.after,

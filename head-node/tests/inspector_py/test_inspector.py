@@ -299,6 +299,11 @@ def test_the_inspector_in_a_browser(fleet: Fleet, browser: webdriver.Chrome) -> 
     wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn")) == 4)
     said = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn pre.body")]
     assert said == ["first turn here", "first turn here", "second turn", "second turn"], said
+    # Each user turn links the task that made it.
+    made = [a.get_attribute("data-task") for a in browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn-user a.turn-task")]
+    assert len(made) == 2 and all(api(fleet, f"tasks/{t}")["context_id"] == "insp-ctx" for t in made), made
+    assert [api(fleet, f"tasks/{t}")["input"] for t in made] == ["first turn here", "second turn"]
+    assert text(browser, "#conversation-tasks").startswith("2 tasks made these turns"), text(browser, "#conversation-tasks")
     roles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#conversation-turns li.turn strong")]
     assert roles == ["user", "assistant", "user", "assistant"], roles
     shot(browser, "conversation")

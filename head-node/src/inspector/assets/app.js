@@ -1467,12 +1467,35 @@
     view.append(el("h1", { tabindex: -1 }, "Conversation ", el("code", { text: context }), " with ", el("code", { text: agent })),
       el("p", {}, el("a", { href: "#/conversations", text: "← all conversations" })), turns);
     status("idle", "done");
-    request(`/ui/api/conversations/${encodeURIComponent(agent)}/${encodeURIComponent(context)}`).then((c) => {
+    const made = el("p", { id: "conversation-tasks", class: "muted" });
+    view.insertBefore(made, turns);
+    // The turns and the tasks that made them: each task's input opens the next user turn
+    // that starts with it (a task row carries the first 200 characters of its input).
+    const q = new URLSearchParams({ agent, context, limit: 500 });
+    Promise.all([
+      request(`/ui/api/conversations/${encodeURIComponent(agent)}/${encodeURIComponent(context)}`),
+      request(`/ui/api/tasks?${q}`).catch(() => ({ tasks: [], total: 0 })),
+    ]).then(([c, listed]) => {
+      const tasks = listed.tasks.slice().reverse(); // oldest first, as the turns
+      let next = 0;
+      const from = (t) => {
+        if (t.role !== "user") return null;
+        const i = tasks.findIndex((task, k) => k >= next && t.content.startsWith(task.input));
+        if (i < 0) return null;
+        next = i + 1;
+        const task = tasks[i];
+        return el("a", { class: "task-link turn-task", href: taskHref(task.id), "data-task": task.id, text: ` from task #${task.number}` });
+      };
       turns.replaceChildren(...c.turns.map((t) => el("li", { class: `turn turn-${t.role}` },
-        el("div", { class: "meta" }, el("strong", { text: t.role }), t.tool_call_id ? el("span", { class: "muted", text: ` answers ${t.tool_call_id}` }) : ""),
+        el("div", { class: "meta" }, el("strong", { text: t.role }), t.tool_call_id ? el("span", { class: "muted", text: ` answers ${t.tool_call_id}` }) : "", from(t)),
         el("pre", { class: "body", text: t.content }),
         ...t.tool_calls.map((call) => el("div", { class: "muted" }, "calls ", el("code", { text: call.name }), ` ${clip(call.arguments, 200)}`)))));
       if (!c.turns.length) turns.append(el("li", { class: "muted", text: "No turns kept." }));
+      const last = tasks[tasks.length - 1];
+      made.replaceChildren(...(listed.total
+        ? [`${plural(listed.total, "task")} made these turns${listed.total > tasks.length ? ` (the newest ${count(tasks.length)} linked)` : ""}; the last: `,
+          el("a", { class: "task-link", href: taskHref(last.id), text: `#${last.number}` }), "."]
+        : ["The head retains none of the tasks that made these turns."]));
     }).catch((e) => note(`Could not read the conversation: ${e.message}`));
     return { title: `Conversation ${context}` };
   }
