@@ -192,8 +192,12 @@ pub struct TaskPage {
     pub tasks: Vec<TaskInfo>,
     /// The task number to continue after, when there are more.
     pub next_after: Option<u64>,
-    /// Tasks matching the filter, on every page.
+    /// Tasks matching the filter, on every page (with a worker or a search, among those a
+    /// page looks at: see `complete`).
     pub total: usize,
+    /// False when a listing by worker or search stopped looking before the oldest task:
+    /// `total` is then a lower bound, and `next_after` continues the search.
+    pub complete: bool,
 }
 
 /// A registered agent, for listing.
@@ -338,6 +342,7 @@ impl Cluster {
             tasks: listed.tasks.into_iter().map(TaskInfo::from).collect(),
             next_after: listed.next_after,
             total: listed.total,
+            complete: listed.complete,
         }
     }
 

@@ -229,7 +229,10 @@ fn row_json(t: &TaskInfo) -> Value {
 pub(super) fn tasks_json(cluster: &Cluster, who: &Principal, filter: &TaskFilter) -> Value {
     let page = cluster.list_tasks(who, filter);
     let rows: Vec<Value> = page.tasks.iter().map(row_json).collect();
-    json!({ "total": page.total, "tasks": rows, "next_after": page.next_after })
+    json!({
+        "total": page.total, "complete": page.complete, "tasks": rows,
+        "next_after": page.next_after, "searched_at_most": crate::tasks::TaskTable::SEARCH_SCAN,
+    })
 }
 
 /// A task for its page.

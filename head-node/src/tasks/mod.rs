@@ -739,6 +739,9 @@ impl TaskTable {
 
     /// One page of the tasks `filter` matches, in submission order (or newest first),
     /// with how many match in all. Reads the page's tasks only, however many are retained.
+    /// The most tasks one listing by worker or search looks at (see [`TaskTable::list`]).
+    pub const SEARCH_SCAN: usize = 20_000;
+
     pub fn list(&mut self, filter: &TaskFilter) -> Listed<'_> {
         self.settle();
         let this = &*self;
@@ -756,28 +759,51 @@ impl TaskTable {
             filter.agent.as_deref(),
             filter.state,
         );
-        // A worker and a search are not indexed: they are looked for in every task the
-        // index gives (once to count them, then for the page until it is full).
-        let narrowed = filter.worker.is_some() || !filter.search.is_empty();
-        let wanted = |t: &&TaskEntry| {
-            filter.worker.as_deref().is_none_or(|w| t.worker.as_deref() == Some(w))
-                && filter.search.all(|word| t.matches(word))
-        };
-        let total = if narrowed {
-            set.iter().filter_map(|n| entry(*n)).filter(wanted).count()
-        } else {
-            set.len()
-        };
         let numbers = set.range(range).copied();
         let numbers: Box<dyn Iterator<Item = u64>> =
             if filter.newest_first { Box::new(numbers.rev()) } else { Box::new(numbers) };
-        let mut tasks: Vec<&TaskEntry> =
-            numbers.filter_map(entry).filter(wanted).take(size + 1).collect();
-        let next_after = (tasks.len() > size).then(|| {
+        if filter.worker.is_none() && filter.search.is_empty() {
+            let mut tasks: Vec<&TaskEntry> = numbers.filter_map(entry).take(size + 1).collect();
+            let next_after = (tasks.len() > size).then(|| {
+                tasks.truncate(size);
+                tasks.last().map_or(0, |t| t.number)
+            });
+            return Listed { tasks, next_after, total: set.len(), complete: true };
+        }
+        // A worker and a search are not indexed: they are looked for in the tasks the index
+        // gives, at most `SEARCH_SCAN` of them a page (under the cluster's lock: a look at
+        // 100,000 tasks would stop the head for a quarter of a second). The total counts
+        // the matches among those; a page that stopped short continues after the last task
+        // it looked at.
+        let wanted = |t: &TaskEntry| {
+            filter.worker.as_deref().is_none_or(|w| t.worker.as_deref() == Some(w))
+                && filter.search.all(|word| t.matches(word))
+        };
+        let (mut tasks, mut total, mut scanned, mut last) = (Vec::new(), 0, 0, None);
+        let mut numbers = numbers.peekable();
+        while let Some(number) = numbers.next() {
+            scanned += 1;
+            last = Some(number);
+            if let Some(t) = entry(number).filter(|t| wanted(t)) {
+                total += 1;
+                if tasks.len() <= size {
+                    tasks.push(t);
+                }
+            }
+            if scanned == Self::SEARCH_SCAN {
+                break;
+            }
+        }
+        let complete = numbers.peek().is_none();
+        let next_after = if tasks.len() > size {
             tasks.truncate(size);
-            tasks.last().map_or(0, |t| t.number)
-        });
-        Listed { tasks, next_after, total }
+            tasks.last().map(|t| t.number)
+        } else if complete {
+            None
+        } else {
+            last
+        };
+        Listed { tasks, next_after, total, complete }
     }
 
     /// How many of `tenant`'s tasks are in one of `states`.
@@ -863,8 +889,11 @@ pub struct Listed<'a> {
     pub tasks: Vec<&'a TaskEntry>,
     /// The task number to continue after, when there are more.
     pub next_after: Option<u64>,
-    /// Tasks matching the filter, on every page.
+    /// Tasks matching the filter, on every page; with a worker or a search, those from the
+    /// page's start among the tasks looked at ([`TaskTable::SEARCH_SCAN`] at most).
     pub total: usize,
+    /// Every task the filter's index gives past the cursor was looked at.
+    pub complete: bool,
 }
 
 #[cfg(test)]
@@ -1079,9 +1108,13 @@ mod tests {
                 };
                 let (expected, expected_total) = listed_by_scan(&table, &filter);
                 let mut paged = Vec::new();
+                let narrowed = filter.worker.is_some() || !filter.search.is_empty();
                 loop {
                     let page = table.list(&filter);
-                    proptest::prop_assert_eq!(page.total, expected_total);
+                    // By worker or search, the matches from the page's start on.
+                    let total = if narrowed { expected_total - paged.len() } else { expected_total };
+                    proptest::prop_assert_eq!(page.total, total);
+                    proptest::prop_assert!(page.complete);
                     proptest::prop_assert!(page.tasks.len() <= size);
                     paged.extend(page.tasks.iter().map(|t| t.number));
                     match page.next_after {
@@ -1095,6 +1128,45 @@ mod tests {
             table.settle();
             proptest::prop_assert_eq!(table.index.filed(), table.len());
         }
+    }
+
+    /// A search looks at `SEARCH_SCAN` tasks a page at most, says so, and its next page
+    /// goes on where it stopped.
+    #[test]
+    fn a_search_stops_after_a_bounded_look_and_its_next_page_goes_on() {
+        let n = TaskTable::SEARCH_SCAN + 10;
+        let mut table = TaskTable::new(n, usize::MAX);
+        for i in 0..n {
+            let input = if i == 3 || i == n - 1 { "the needle" } else { "hay" };
+            table.insert(
+                TaskId::new(format!("t{i}")),
+                "a".into(),
+                input.into(),
+                String::new(),
+                "t".into(),
+            );
+        }
+        let mut filter = TaskFilter {
+            search: crate::search::Words::parse("NEEDLE").expect("words"),
+            page_size: 5,
+            newest_first: true,
+            ..Default::default()
+        };
+        let first = table.list(&filter);
+        let found: Vec<&str> = first.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            (found, first.total, first.complete),
+            (vec![format!("t{}", n - 1).as_str()], 1, false)
+        );
+        // It stopped after the newest SEARCH_SCAN, numbered from 1: the next page goes on.
+        assert_eq!(first.next_after, Some(11));
+        filter.after = 11;
+        let second = table.list(&filter);
+        let found: Vec<&str> = second.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            (found, second.total, second.complete, second.next_after),
+            (vec!["t3"], 1, true, None)
+        );
     }
 
     #[test]

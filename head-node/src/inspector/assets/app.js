@@ -689,7 +689,9 @@
         tasks(v) {
           const first = after ? "" : "the newest ";
           const shown = v.tasks.length < v.total ? ` (${first}${count(v.tasks.length)} shown${after ? ", older than the first page" : ""})` : "";
-          total.textContent = `${plural(v.total, "task")}${shown}`;
+          // A search looks at so many tasks a page: past them, "Older" searches on.
+          const partial = v.complete ? "" : `; ${count(v.searched_at_most)} tasks searched, "Older" searches on`;
+          total.textContent = `${v.complete ? "" : "at least "}${plural(v.total, "task")}${shown}${partial}`;
           nextAfter = v.next_after;
           older.disabled = !nextAfter;
           newer.disabled = !after;
