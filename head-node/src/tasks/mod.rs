@@ -781,7 +781,7 @@ impl TaskTable {
         };
         let (mut tasks, mut total, mut scanned, mut last) = (Vec::new(), 0, 0, None);
         let mut numbers = numbers.peekable();
-        while let Some(number) = numbers.next() {
+        for number in numbers.by_ref() {
             scanned += 1;
             last = Some(number);
             if let Some(t) = entry(number).filter(|t| wanted(t)) {
