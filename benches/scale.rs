@@ -113,6 +113,17 @@ impl CpuMeter {
     }
 }
 
+/// A head with room for any queue, and no worker yet.
+async fn head_without_workers() -> Result<ClusterSandbox> {
+    ClusterSandbox::builder()
+        .workers(0)
+        .head_arg("--max-queued-tasks")
+        .head_arg("10000000")
+        .log("warn")
+        .start()
+        .await
+}
+
 /// The simulated workers' settings for `sandbox`'s head, with `--slots` each.
 fn sim_options(sandbox: &ClusterSandbox, args: &Args) -> SimOptions {
     let mut options = SimOptions::new(sandbox.url.clone());
@@ -191,13 +202,7 @@ fn placement_latencies(events: &HashMap<String, Vec<TaskEvent>>) -> Vec<u64> {
 }
 
 async fn one_size(args: &Args, n: usize) -> Result<()> {
-    let sandbox = ClusterSandbox::builder()
-        .workers(0)
-        .head_arg("--max-queued-tasks")
-        .head_arg("10000000")
-        .log("warn")
-        .start()
-        .await?;
+    let sandbox = head_without_workers().await?;
     let head_pid = sandbox.head_pid().context("the head's pid")?;
     let client = sandbox.client().await?;
     let before = rss_mib(&sandbox);
@@ -477,13 +482,7 @@ async fn main() -> Result<()> {
 /// `--inspector`: tasks/s with every inspector page's live stream open and without.
 async fn inspector_cost(args: &Args) -> Result<()> {
     let n = args.workers.iter().copied().find(|&n| n > 2).unwrap_or(1_000);
-    let sandbox = ClusterSandbox::builder()
-        .workers(0)
-        .head_arg("--max-queued-tasks")
-        .head_arg("10000000")
-        .log("warn")
-        .start()
-        .await?;
+    let sandbox = head_without_workers().await?;
     let client = sandbox.client().await?;
     let (_fleet, _) =
         SimFleet::join(sim_options(&sandbox, args), n, Duration::from_secs(600)).await?;

@@ -250,6 +250,20 @@ pub struct WorkerInfo {
     pub last_heartbeat_ago: Duration,
 }
 
+/// The cluster's figures, with `workers` as its list of them.
+fn status_of(state: &State, workers: Vec<WorkerInfo>) -> ClusterStatus {
+    ClusterStatus {
+        running_tasks: state.workers.iter().map(|w| w.running.len()).sum(),
+        workers,
+        agents: state.agents.len(),
+        queued_tasks: state.queue.len(),
+        retained_tasks: state.tasks.len(),
+        counters: state.tasks.counters,
+        calls_relayed: state.calls_relayed,
+        agents_located: state.agents_located,
+    }
+}
+
 /// A worker as the views show it.
 pub(super) fn worker_info(w: &WorkerEntry, now: Instant) -> WorkerInfo {
     WorkerInfo {
@@ -420,34 +434,13 @@ impl Cluster {
         let now = Instant::now();
         let mut workers: Vec<_> = state.workers.iter().map(|w| worker_info(w, now)).collect();
         workers.sort_by(|a, b| a.registration.worker_id.cmp(&b.registration.worker_id));
-        ClusterStatus {
-            running_tasks: workers.iter().map(|w| w.running_tasks as usize).sum(),
-            workers,
-            agents: state.agents.len(),
-            queued_tasks: state.queue.len(),
-            retained_tasks: state.tasks.len(),
-            counters: state.tasks.counters,
-            calls_relayed: state.calls_relayed,
-            agents_located: state.agents_located,
-        }
+        status_of(&state, workers)
     }
 
     /// [`Cluster::status_for`] without copying a worker: its `workers` is empty (a page of
     /// them is [`Cluster::roster`]'s), its other figures the same.
     pub fn totals_for(&self, who: &Principal) -> ClusterStatus {
-        let mut totals = {
-            let state = self.state.lock();
-            ClusterStatus {
-                workers: Vec::new(),
-                running_tasks: state.workers.iter().map(|w| w.running.len()).sum(),
-                agents: state.agents.len(),
-                queued_tasks: state.queue.len(),
-                retained_tasks: state.tasks.len(),
-                counters: state.tasks.counters,
-                calls_relayed: state.calls_relayed,
-                agents_located: state.agents_located,
-            }
-        };
+        let mut totals = status_of(&self.state.lock(), Vec::new());
         if !who.is_admin() {
             self.scope_to(who, &mut totals);
         }
