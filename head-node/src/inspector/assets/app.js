@@ -349,13 +349,14 @@
 
   // --------------------------------------------------------------------- cluster page
 
-  // The last cluster snapshots' figures, kept across visits (bounded): the charts.
-  const history = [];
+  // The last cluster snapshots' figures, kept across visits (bounded): the charts. (Not
+  // `history`, which would hide window.history.)
+  const clusterPoints = [];
 
   /** Sets the page's query in the URL without a new history entry (typing in a search box)
    * and follows it. */
   function replaceQuery(page, q) {
-    history.replaceState(null, "", `#/${page}${q.toString() ? `?${q}` : ""}`);
+    window.history.replaceState(null, "", `#/${page}${q.toString() ? `?${q}` : ""}`);
     route();
   }
 
@@ -475,19 +476,19 @@
       el("h2", { text: "Mesh" }), mesh);
 
     // A gap (the page was elsewhere) would make the charts lie about the time in between.
-    if (history.length && Date.now() - history[history.length - 1].seen > 10e3) history.length = 0;
+    if (clusterPoints.length && Date.now() - clusterPoints[clusterPoints.length - 1].seen > 10e3) clusterPoints.length = 0;
 
     function show(c) {
       const t = c.totals;
-      history.push({ at: c.now_us, seen: Date.now(), ended: t.completed + t.failed + t.canceled, queued: t.queued_tasks });
-      while (history.length > HISTORY) history.shift();
+      clusterPoints.push({ at: c.now_us, seen: Date.now(), ended: t.completed + t.failed + t.canceled, queued: t.queued_tasks });
+      while (clusterPoints.length > HISTORY) clusterPoints.shift();
       const rates = [];
-      for (let i = 1; i < history.length; i++) {
-        const dt = (history[i].at - history[i - 1].at) / 1e6;
-        rates.push(dt > 0 ? Math.max(0, history[i].ended - history[i - 1].ended) / dt : 0);
+      for (let i = 1; i < clusterPoints.length; i++) {
+        const dt = (clusterPoints[i].at - clusterPoints[i - 1].at) / 1e6;
+        rates.push(dt > 0 ? Math.max(0, clusterPoints[i].ended - clusterPoints[i - 1].ended) / dt : 0);
       }
       throughput.draw(rates);
-      queue.draw(history.map((h) => h.queued));
+      queue.draw(clusterPoints.map((h) => h.queued));
 
       const set = totals.set;
       set("workers", count(t.workers)); set("agents", count(t.agents));
