@@ -162,6 +162,7 @@ impl Cluster {
         let mut listed: Vec<&WorkerEntry> = Vec::new();
         let mut groups: HashMap<GroupKey<'_>, WorkerGroup> = HashMap::new();
         let mut on_mesh = 0;
+        let by_model = query.groups == WorkerGroups::Model;
         for w in state.workers.iter() {
             on_mesh += usize::from(w.registration.mesh.is_some());
             if !query.search.all(|word| matches(w, word)) {
@@ -187,7 +188,6 @@ impl Cluster {
             if keys.is_empty() {
                 keys.push(None);
             }
-            let by_model = query.groups == WorkerGroups::Model;
             for key in keys {
                 let model = key.filter(|_| by_model).map(|(id, _)| id);
                 groups.entry(key).or_default().add(w, silent, model);

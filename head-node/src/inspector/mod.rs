@@ -306,8 +306,7 @@ impl TaskQuery {
                 )?,
             ),
         };
-        let search = crate::search::Words::parse(&self.q)
-            .map_err(|e| Refused(StatusCode::BAD_REQUEST, e))?;
+        let search = words(&self.q)?;
         Ok(crate::cluster::TaskFilter {
             agent: (!self.agent.is_empty()).then(|| self.agent.clone()),
             state,
@@ -322,12 +321,24 @@ impl TaskQuery {
     }
 }
 
-/// The query of a list route, or its 400.
-type Listing = Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>;
+/// A route's query as axum parsed it (or why it could not).
+pub(super) type Asked<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// The query, or its 400 with what to fix.
+pub(super) fn asked<T>(query: Asked<T>) -> Result<T, Refused> {
+    query.map(|Query(q)| q).map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// A search's words, or its 400.
+fn words(text: &str) -> Result<crate::search::Words, Refused> {
+    crate::search::Words::parse(text).map_err(|e| Refused(StatusCode::BAD_REQUEST, e))
+}
+
+/// The query of a list route.
+type Listing = Asked<TaskQuery>;
 
 fn listing(query: Listing) -> Result<crate::cluster::TaskFilter, Refused> {
-    let Query(query) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
-    query.filter()
+    asked(query)?.filter()
 }
 
 /// `?q=&group=&sort=&offset=&limit=` of the cluster view's workers: `q` a search
@@ -371,8 +382,7 @@ impl WorkerListing {
             other => return Err(bad("sort", other, "name, busiest, silent")),
         };
         Ok(crate::cluster::WorkerQuery {
-            search: crate::search::Words::parse(&self.q)
-                .map_err(|e| Refused(StatusCode::BAD_REQUEST, e))?,
+            search: words(&self.q)?,
             groups,
             order,
             offset: self.offset,
@@ -382,10 +392,9 @@ impl WorkerListing {
     }
 }
 
-/// The query of the cluster view, or its 400.
-type Workers = Result<Query<WorkerListing>, axum::extract::rejection::QueryRejection>;
+/// The query of the cluster view.
+type Workers = Asked<WorkerListing>;
 
 fn workers(query: Workers) -> Result<crate::cluster::WorkerQuery, Refused> {
-    let Query(query) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
-    query.query()
+    asked(query)?.query()
 }

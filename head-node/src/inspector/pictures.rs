@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleet_proto::now_us;
@@ -77,12 +77,11 @@ impl TimelineParams {
 }
 
 /// The query of a timeline route, or its 400.
-pub(super) type TimelineListing =
-    Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>;
+pub(super) type TimelineListing = super::Asked<TimelineParams>;
 
 /// The parameters of a timeline route, checked (each look computes its own "now").
 pub(super) fn timeline_params(query: TimelineListing) -> Result<TimelineParams, Refused> {
-    let Query(params) = query.map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let params = super::asked(query)?;
     params.query()?;
     Ok(params)
 }

@@ -458,7 +458,7 @@
     const next = el("button", { type: "button", id: "workers-next", text: "Next →", disabled: true });
     const shown = el("span", { id: "workers-shown", role: "status", "aria-live": "polite" });
     const pager = el("nav", { class: "pager", "aria-label": "Pages of workers" }, previous, shown, next);
-    let page = { offset: 0, limit: 100, matching: 0 };
+    let page = { offset: 0, limit: 100 };
     const turn = (offset) => {
       const q = new URLSearchParams(query);
       if (offset > 0) q.set("offset", offset); else q.delete("offset");
@@ -503,7 +503,7 @@
 
       groups.sync(c.groups, (g) => g.key);
       groupsNote.textContent = c.groups_total > c.groups.length ? `The ${count(c.groups.length)} largest of ${count(c.groups_total)} groups.` : "";
-      page = { offset: c.offset, limit: c.limit, matching: c.workers_matching };
+      page = { offset: c.offset, limit: c.limit };
       workers.sync(c.workers, (w) => w.id);
       const from = c.workers.length ? c.offset + 1 : 0;
       const all = c.workers_matching === t.workers ? "" : ` matching, of ${count(t.workers)}`;
