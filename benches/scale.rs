@@ -47,7 +47,17 @@ struct Args {
     queued: usize,
     drain_workers: usize,
     inspector: usize,
+    pages: Vec<String>,
 }
+
+/// The inspector's pages, by their live streams.
+const PAGES: [&str; 5] = [
+    "/ui/api/cluster/live",
+    "/ui/api/agents/live",
+    "/ui/api/tasks/live",
+    "/ui/api/timeline/live?window_s=60",
+    "/ui/api/charts/live",
+];
 
 fn args() -> Result<Args> {
     // Two workers first: what the simulator and this machine give when the head has little
@@ -60,6 +70,7 @@ fn args() -> Result<Args> {
         queued: 0,
         drain_workers: 100,
         inspector: 0,
+        pages: PAGES.iter().map(|p| p.to_string()).collect(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,6 +88,16 @@ fn args() -> Result<Args> {
             "--queued" => args.queued = value()?.parse()?,
             "--drain-workers" => args.drain_workers = value()?.parse()?,
             "--inspector" => args.inspector = value()?.parse()?,
+            "--pages" => {
+                args.pages = value()?.split(',').map(|p| p.trim().to_owned()).collect();
+                for page in &args.pages {
+                    ensure!(
+                        PAGES.contains(&page.as_str()),
+                        "--pages: {page} is not one of {}",
+                        PAGES.join(", ")
+                    );
+                }
+            }
             // cargo bench passes --bench.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -462,8 +483,8 @@ async fn deep_queue(args: &Args, n: usize) -> Result<()> {
 async fn main() -> Result<()> {
     let args = args()?;
     if args.inspector > 0 {
-        println!("| workers | inspector | tasks/s (median) | rounds | |");
-        println!("|---|---|---|---|---|");
+        println!("| workers | inspector | tasks/s (median) | head CPU (median) | rounds | |");
+        println!("|---|---|---|---|---|---|");
         return inspector_cost(&args).await;
     }
     if args.queued > 0 {
@@ -489,24 +510,24 @@ async fn inspector_cost(args: &Args) -> Result<()> {
     client.register_agent(echo_agent("echo")).await?;
     // Warm up: the head's tables at their working size.
     run_batch(&client, "echo", args.tasks).await?;
-    let pages = [
-        "/ui/api/cluster/live",
-        "/ui/api/agents/live",
-        "/ui/api/tasks/live",
-        "/ui/api/timeline/live?window_s=60",
-        "/ui/api/charts/live",
-    ];
+    let pages = &args.pages;
+    let pid = sandbox.head_pid().context("the head's pid")?;
     let (mut open, mut closed) = (Vec::new(), Vec::new());
+    let (mut open_cpu, mut closed_cpu) = (Vec::new(), Vec::new());
     for _ in 0..args.inspector {
+        let meter = CpuMeter::start(pid)?;
         let (wall, _, _) = run_batch(&client, "echo", args.tasks).await?;
         closed.push(args.tasks as f64 / wall.as_secs_f64());
+        closed_cpu.push(meter.shares()?.0);
         let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let streams: Vec<_> = pages
             .iter()
             .map(|p| fleet_testkit::read_event_stream(&sandbox.address, p, events.clone()))
             .collect();
+        let meter = CpuMeter::start(pid)?;
         let (wall, _, _) = run_batch(&client, "echo", args.tasks).await?;
         open.push(args.tasks as f64 / wall.as_secs_f64());
+        open_cpu.push(meter.shares()?.0);
         for stream in streams {
             stream.abort();
         }
@@ -518,10 +539,17 @@ async fn inspector_cost(args: &Args) -> Result<()> {
         v[v.len() / 2]
     };
     let (open_rate, closed_rate) = (median(&mut open), median(&mut closed));
+    let (open_cpu, closed_cpu) = (median(&mut open_cpu), median(&mut closed_cpu));
     let rounds = args.inspector;
-    println!("| {n} | closed | {closed_rate:.0} | {rounds} × {} tasks | |", args.tasks);
+    let shown = if pages.len() == PAGES.len() { "every page".to_owned() } else { pages.join(" ") };
     println!(
-        "| {n} | every page open | {open_rate:.0} | {rounds} × {} tasks | {:.1}% of the throughput |",
+        "| {n} | closed | {closed_rate:.0} | {:.0}% | {rounds} × {} tasks | |",
+        100.0 * closed_cpu,
+        args.tasks
+    );
+    println!(
+        "| {n} | {shown} open | {open_rate:.0} | {:.0}% | {rounds} × {} tasks | {:.1}% of the throughput |",
+        100.0 * open_cpu,
         args.tasks,
         100.0 * open_rate / closed_rate,
     );

@@ -109,6 +109,7 @@ pub fn router(
         tls: config.tls_cert.is_some(),
         shutdown,
         sessions: Default::default(),
+        looks: Default::default(),
     };
     let agui = crate::agui::Agui {
         cluster: cluster.clone(),

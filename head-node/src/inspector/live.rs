@@ -7,10 +7,15 @@
 //! computed unless a task changed); a task's page follows its event log as every door
 //! does (`cluster::Follow`: a page that falls behind is caught up from the log), and a
 //! browser that reconnects resumes after the last event it has (`Last-Event-ID`).
+//!
+//! What the looks cost the head is bounded twice: each stream waits [`SHARE`] times as long
+//! as its last look took, and all streams together spend at most 1/[`ALL_SHARE`] of a core
+//! ([`Looks`]): a hundred open tabs slow each other's pages down, not the head.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::Path;
 use axum::http::HeaderMap;
@@ -40,6 +45,14 @@ const TIMELINE_TICK: Duration = Duration::from_secs(1);
 /// others too: measured, a timeline of 100,000 tasks open at 1/20 cost the head 6.7% of a
 /// core, at 1/40 2-4%).
 const SHARE: u32 = 60;
+/// All open pages' looks together take at most 1/ALL_SHARE of a core (4%), however many
+/// pages are open. Measured with every page's stream open on a head at its limit of one
+/// core (1,000 workers, 5,000 echo tasks/s): each by its own SHARE alone, they cost 17% of
+/// its throughput; within this budget, 3-3.5% (BENCHMARKS.md).
+const ALL_SHARE: u32 = 25;
+/// Looks the budget lets through at once after a quiet spell: a page opened on an idle
+/// head is drawn at once.
+const ALL_BURST: Duration = Duration::from_secs(2);
 /// A comment on quiet streams, so that proxies keep them open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -48,6 +61,37 @@ type Events = mpsc::Sender<Event>;
 
 async fn send(tx: &Events, name: &str, data: &Value) -> bool {
     tx.send(Event::default().event(name).data(data.to_string())).await.is_ok()
+}
+
+/// The time every open page's looks may take, shared: a look waits until the looks before
+/// it are paid for, each paid for by [`ALL_SHARE`] times what it took (the generic cell
+/// rate algorithm, in time: `paid_until` runs ahead of now by what is owed).
+#[derive(Clone, Default)]
+pub struct Looks(Arc<parking_lot::Mutex<Option<Instant>>>);
+
+impl Looks {
+    /// Waits until a look may start.
+    async fn turn(&self) {
+        loop {
+            let paid_until = *self.0.lock();
+            match paid_until {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.into()).await
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Charges a look that took `took`.
+    fn charge(&self, took: Duration) {
+        let now = Instant::now();
+        // Credit from a quiet spell is kept up to ALL_BURST's worth of wall time.
+        let floor = now.checked_sub(ALL_BURST).unwrap_or(now);
+        let mut paid_until = self.0.lock();
+        let from = paid_until.map_or(floor, |until| until.max(floor));
+        *paid_until = Some(from + took * ALL_SHARE);
+    }
 }
 
 /// The response of a stream whose events `produce` writes.
@@ -71,26 +115,30 @@ where
 }
 
 /// Sends `look()`'s snapshot as `name` every `period` (or [`SHARE`] times as long as the
-/// look took), when it has one that differs from the last sent (`changes_only`) or always.
+/// look took, and when `looks` lets it), when it has one that differs from the last sent
+/// (`changes_only`) or always. A look's time counts its snapshot's JSON text too.
 async fn ticks(
     tx: Events,
+    looks: Looks,
     period: Duration,
     name: &'static str,
     changes_only: bool,
     mut look: impl FnMut() -> Option<Value>,
 ) {
-    let mut last: Option<Value> = None;
+    let mut last: Option<String> = None;
     loop {
-        let took = std::time::Instant::now();
-        let seen = look();
-        let pause = period.max(took.elapsed() * SHARE);
+        looks.turn().await;
+        let started = Instant::now();
+        let seen = look().map(|now| now.to_string());
+        let took = started.elapsed();
+        looks.charge(took);
         if let Some(now) = seen.filter(|now| !changes_only || last.as_ref() != Some(now)) {
-            if !send(&tx, name, &now).await {
+            if tx.send(Event::default().event(name).data(now.as_str())).await.is_err() {
                 return;
             }
             last = changes_only.then_some(now);
         }
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(period.max(took * SHARE)).await;
     }
 }
 
@@ -102,8 +150,9 @@ pub(super) async fn cluster(Caller(ui): super::Caller, query: Workers) -> Respon
         Err(refused) => return refused.into_response(),
     };
     let (cluster, who, auth) = (ui.cluster.clone(), ui.who.clone(), ui.clients.required());
+    let looks = ui.looks.clone();
     stream(&ui, move |tx| {
-        ticks(tx, CLUSTER_TICK, "cluster", false, move || {
+        ticks(tx, looks, CLUSTER_TICK, "cluster", false, move || {
             Some(views::cluster_json(&cluster, &who, auth, &query))
         })
     })
@@ -112,8 +161,11 @@ pub(super) async fn cluster(Caller(ui): super::Caller, query: Workers) -> Respon
 /// `/ui/api/charts/live`: a point of the live charts, every second.
 pub(super) async fn charts(Caller(ui): super::Caller) -> Response {
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
+    let looks = ui.looks.clone();
     stream(&ui, move |tx| {
-        ticks(tx, CLUSTER_TICK, "point", false, move || Some(pictures::chart_point(&cluster, &who)))
+        ticks(tx, looks, CLUSTER_TICK, "point", false, move || {
+            Some(pictures::chart_point(&cluster, &who))
+        })
     })
 }
 
@@ -130,8 +182,9 @@ pub(super) async fn timeline(
     };
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     let mut seen = None;
+    let looks = ui.looks.clone();
     stream(&ui, move |tx| {
-        ticks(tx, TIMELINE_TICK, "timeline", false, move || {
+        ticks(tx, looks, TIMELINE_TICK, "timeline", false, move || {
             let changes = cluster.task_changes();
             let query = params.query().ok()?;
             (seen.replace(changes) != Some(changes))
@@ -143,8 +196,11 @@ pub(super) async fn timeline(
 /// `/ui/api/agents/live`: the agents and their figures, when they change.
 pub(super) async fn agents(Caller(ui): super::Caller) -> Response {
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
+    let looks = ui.looks.clone();
     stream(&ui, move |tx| {
-        ticks(tx, AGENTS_TICK, "agents", true, move || Some(views::agents_json(&cluster, &who)))
+        ticks(tx, looks, AGENTS_TICK, "agents", true, move || {
+            Some(views::agents_json(&cluster, &who))
+        })
     })
 }
 
@@ -157,8 +213,9 @@ pub(super) async fn tasks(Caller(ui): super::Caller, query: Listing) -> Response
     };
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     let mut seen = None;
+    let looks = ui.looks.clone();
     stream(&ui, move |tx| {
-        ticks(tx, TASKS_TICK, "tasks", true, move || {
+        ticks(tx, looks, TASKS_TICK, "tasks", true, move || {
             let changes = cluster.task_changes();
             (seen.replace(changes) != Some(changes))
                 .then(|| views::tasks_json(&cluster, &who, &filter))
@@ -260,3 +317,33 @@ pub(super) async fn topic(Caller(ui): super::Caller, Path(name): Path<String>) -
 
 /// Messages of a topic's log a page opening it is shown before the live ones.
 const TOPIC_BACKLOG: u64 = 50;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pages_looks_together_take_at_most_their_share_of_the_head() {
+        let looks = Looks::default();
+        // A quiet head lets a burst of looks through at once...
+        let started = Instant::now();
+        for _ in 0..3 {
+            looks.turn().await;
+            looks.charge(Duration::from_millis(20));
+        }
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        // ...and then every page waits for all of them: 60 ms of looks and 100 ms more are
+        // paid for by 25 times as long, less the 2 s of credit (4 s - 2 s from the start).
+        looks.turn().await;
+        looks.charge(Duration::from_millis(100));
+        looks.turn().await;
+        let expected = Duration::from_millis(160) * ALL_SHARE - ALL_BURST;
+        assert!(started.elapsed() >= expected, "waited {:?}", started.elapsed());
+        // Another stream's turn is the same.
+        let other = looks.clone();
+        let asked = Instant::now();
+        looks.charge(Duration::from_millis(10));
+        other.turn().await;
+        assert!(asked.elapsed() >= Duration::from_millis(240), "{:?}", asked.elapsed());
+    }
+}

@@ -61,6 +61,8 @@ pub struct Inspector {
     pub shutdown: CancellationToken,
     /// Open logins and recent failed ones.
     pub sessions: sessions::Sessions,
+    /// What the open pages' looks may still take of the head's time, all pages together.
+    pub looks: live::Looks,
 }
 
 impl Inspector {
