@@ -22,7 +22,8 @@
 //! This machine's cores are shared by the head and the simulator, whose own CPU is printed
 //! too. `cargo build --release --bins && cargo bench -p fleet-benches --bench scale --
 //! [--workers 2,1000,3000,10000] [--tasks N] [--slots N] [--sequential N]
-//! [--queued N [--drain-workers N]] [--inspector ROUNDS [--pages LIST]]`. Figures in BENCHMARKS.md.
+//! [--queued N [--drain-workers N]] [--inspector ROUNDS [--pages LIST]]`. Figures in
+//! BENCHMARKS.md.
 //!
 //! With `--inspector ROUNDS`, instead: what an open inspector costs a busy head. On the first
 //! `--workers` size, `--tasks` echo tasks at once, ROUNDS times with every inspector page's
