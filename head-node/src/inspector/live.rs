@@ -114,6 +114,19 @@ where
     Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
 }
 
+/// The response of a stream of `look()`'s snapshots (see [`ticks`]), under the pages'
+/// shared budget.
+fn ticking(
+    ui: &Inspector,
+    period: Duration,
+    name: &'static str,
+    changes_only: bool,
+    look: impl FnMut() -> Option<Value> + Send + 'static,
+) -> Response {
+    let looks = ui.looks.clone();
+    stream(ui, move |tx| ticks(tx, looks, period, name, changes_only, look))
+}
+
 /// Sends `look()`'s snapshot as `name` every `period` (or [`SHARE`] times as long as the
 /// look took, and when `looks` lets it), when it has one that differs from the last sent
 /// (`changes_only`) or always. A look's time counts its snapshot's JSON text too.
@@ -150,23 +163,15 @@ pub(super) async fn cluster(Caller(ui): super::Caller, query: Workers) -> Respon
         Err(refused) => return refused.into_response(),
     };
     let (cluster, who, auth) = (ui.cluster.clone(), ui.who.clone(), ui.clients.required());
-    let looks = ui.looks.clone();
-    stream(&ui, move |tx| {
-        ticks(tx, looks, CLUSTER_TICK, "cluster", false, move || {
-            Some(views::cluster_json(&cluster, &who, auth, &query))
-        })
+    ticking(&ui, CLUSTER_TICK, "cluster", false, move || {
+        Some(views::cluster_json(&cluster, &who, auth, &query))
     })
 }
 
 /// `/ui/api/charts/live`: a point of the live charts, every second.
 pub(super) async fn charts(Caller(ui): super::Caller) -> Response {
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
-    let looks = ui.looks.clone();
-    stream(&ui, move |tx| {
-        ticks(tx, looks, CLUSTER_TICK, "point", false, move || {
-            Some(pictures::chart_point(&cluster, &who))
-        })
-    })
+    ticking(&ui, CLUSTER_TICK, "point", false, move || Some(pictures::chart_point(&cluster, &who)))
 }
 
 /// `/ui/api/timeline/live?window_s=&by=&agent=`: the timeline, again each tick a task
@@ -182,26 +187,18 @@ pub(super) async fn timeline(
     };
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     let mut seen = None;
-    let looks = ui.looks.clone();
-    stream(&ui, move |tx| {
-        ticks(tx, looks, TIMELINE_TICK, "timeline", false, move || {
-            let changes = cluster.task_changes();
-            let query = params.query().ok()?;
-            (seen.replace(changes) != Some(changes))
-                .then(|| pictures::timeline_json(&cluster.timeline(&who, &query)))
-        })
+    ticking(&ui, TIMELINE_TICK, "timeline", false, move || {
+        let changes = cluster.task_changes();
+        let query = params.query().ok()?;
+        (seen.replace(changes) != Some(changes))
+            .then(|| pictures::timeline_json(&cluster.timeline(&who, &query)))
     })
 }
 
 /// `/ui/api/agents/live`: the agents and their figures, when they change.
 pub(super) async fn agents(Caller(ui): super::Caller) -> Response {
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
-    let looks = ui.looks.clone();
-    stream(&ui, move |tx| {
-        ticks(tx, looks, AGENTS_TICK, "agents", true, move || {
-            Some(views::agents_json(&cluster, &who))
-        })
-    })
+    ticking(&ui, AGENTS_TICK, "agents", true, move || Some(views::agents_json(&cluster, &who)))
 }
 
 /// `/ui/api/tasks/live?agent=&state=&worker=&q=&after=&limit=`: a page of tasks, when a
@@ -213,13 +210,9 @@ pub(super) async fn tasks(Caller(ui): super::Caller, query: Listing) -> Response
     };
     let (cluster, who) = (ui.cluster.clone(), ui.who.clone());
     let mut seen = None;
-    let looks = ui.looks.clone();
-    stream(&ui, move |tx| {
-        ticks(tx, looks, TASKS_TICK, "tasks", true, move || {
-            let changes = cluster.task_changes();
-            (seen.replace(changes) != Some(changes))
-                .then(|| views::tasks_json(&cluster, &who, &filter))
-        })
+    ticking(&ui, TASKS_TICK, "tasks", true, move || {
+        let changes = cluster.task_changes();
+        (seen.replace(changes) != Some(changes)).then(|| views::tasks_json(&cluster, &who, &filter))
     })
 }
 
