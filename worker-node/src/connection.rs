@@ -38,15 +38,32 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MAX_SEVERAL: Duration = Duration::from_millis(500);
 /// How often a draining worker looks whether its tasks have ended.
 const DRAIN_CHECK: Duration = Duration::from_millis(20);
-/// How long a worker hears nothing from the head before it pings it; unanswered for a
-/// second more, the connection is taken for dead and the worker dials again. The head sends
-/// nothing on an idle worker's stream, so without pings a connection left half open (a
-/// partition that drops packets silently) would look alive until TCP gives up, ~15 minutes;
-/// so the worker redials within 5 s, about when the head (3 s by default) has declared it
-/// lost, and rejoins as soon as the network lets it. Busy connections never ping.
+/// How long a worker hears nothing from the head before it pings it; unanswered for as
+/// long again and a second more, the connection is taken for dead and the worker dials
+/// again. The head sends nothing on an idle worker's stream, so without pings a connection
+/// left half open (a partition that drops packets silently) would look alive until TCP
+/// gives up, ~15 minutes; so the worker redials within 5 s, about when the head (3 s by
+/// default) has declared it lost, and rejoins as soon as the network lets it. Busy
+/// connections never ping.
 const HEAD_SILENCE: Duration = Duration::from_secs(2);
 /// How long a leaving worker waits for the head to close its side of the stream.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
+
+/// A status from the head's connection with its causes: a transport failure's message alone
+/// is "http2 error", which says nothing of why (a keepalive ping unanswered, a reset).
+fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(cause) => {
+            let cause = fleet_proto::endpoint::describe(cause);
+            if cause.starts_with(status.message()) {
+                cause
+            } else {
+                format!("{}: {cause}", status.message())
+            }
+        }
+        None => status.message().to_owned(),
+    }
+}
 
 /// Runs the worker until `shutdown`; returns an error only for problems retrying cannot fix
 /// (a rejected token, a malformed head URL).
@@ -178,12 +195,17 @@ async fn run_in_process(
             }
         };
         host.head_lost();
-        host.cancel_all();
         if !dropped {
+            // Leave first, then cancel: the running tasks' cancel events, sent up by
+            // `forward_events` on another thread, must not reach the head while this worker
+            // is still joined, or it would take them for the tasks' ends (canceled) instead
+            // of retrying them on another worker, as it does for a worker that left.
             head.leave(&worker_id, connection, "the worker stopped");
+            host.cancel_all();
             info!("worker stopped");
             return Ok(());
         }
+        host.cancel_all();
         warn!("the head dropped this worker; rejoining");
     }
 }
@@ -375,7 +397,7 @@ async fn session(
             warn!(head = %url, "{}", status.message());
             return Err(Error::Unreachable(format!("{url}: {}", status.message())));
         }
-        Err(status) => return Err(Error::Unreachable(format!("{url}: {}", status.message()))),
+        Err(status) => return Err(Error::Unreachable(format!("{url}: {}", status_text(&status)))),
     };
     let welcome = tokio::select! {
         welcome = inbound.message() => welcome,
@@ -395,7 +417,7 @@ async fn session(
         Err(status) if status.code() == tonic::Code::Unauthenticated => {
             return Err(Error::Rejected(status.message().to_owned()));
         }
-        Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
+        Err(status) => return Err(Error::Unreachable(status_text(&status))),
     };
     info!(head = %url, worker_id = %registration.worker_id, waiting = outbox.len(), "joined the head");
 
@@ -423,7 +445,7 @@ async fn session(
                 }
                 Ok(Some(_)) => debug!("unexpected message from the head ignored"),
                 Ok(None) => return Ok(()),
-                Err(status) => return Err(Error::Unreachable(status.message().to_owned())),
+                Err(status) => return Err(Error::Unreachable(status_text(&status))),
             },
             () = shutdown.cancelled(), if drain_until.is_none() => {
                 let running = host.running_tasks();

@@ -54,7 +54,17 @@ async fn in_process_workers_run_tasks_and_hand_them_over_when_one_stops() -> Res
     }
     stops[0].cancel();
     let outcomes = tokio::time::timeout(Duration::from_secs(30), runner).await???;
-    ensure!(outcomes.iter().all(|o| o.state == TaskState::Completed && o.output == input));
+    for o in &outcomes {
+        ensure!(
+            o.state == TaskState::Completed && o.output == input,
+            "task {} ended {:?} on attempt {} with {:?} (error {:?})",
+            o.task_id,
+            o.state,
+            o.attempt,
+            o.output,
+            o.error
+        );
+    }
     ensure!(outcomes.iter().any(|o| o.attempt == 2), "no task was handed over");
     ensure!(head.cluster.worker_count() == 1);
     shutdown.cancel();
