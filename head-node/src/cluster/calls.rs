@@ -151,6 +151,28 @@ pub(super) fn locate_in(
     Ok(MeshPeer { worker_id, address })
 }
 
+/// The mesh's members: the workers on it, and those lost within their grace (see
+/// [`super::mesh_grace`]).
+fn mesh_members(state: &State) -> Vec<MeshPeer> {
+    let connected = state.workers.iter().filter_map(|w| {
+        let address = w.registration.mesh.clone()?;
+        Some(MeshPeer { worker_id: w.id.clone(), address })
+    });
+    let kept = state
+        .mesh_grace
+        .iter()
+        .filter(|(id, _)| state.workers.get(id).is_none())
+        .map(|(id, address)| MeshPeer { worker_id: id.to_owned(), address: address.clone() });
+    connected.chain(kept).collect()
+}
+
+/// Sends `worker_id` the mesh's whole list (it rejoined, and the others have it already).
+pub(super) fn send_mesh_list(state: &State, worker_id: &str) {
+    if let Some(w) = state.workers.get(worker_id) {
+        let _ = w.commands.send(Command::MeshPeers(MeshPeers::All(mesh_members(state))));
+    }
+}
+
 /// Tells the workers on the mesh that `worker_id` joined it (or, when it is no longer on
 /// the mesh, left): the worker itself gets the whole list, the others what changed. That is
 /// one small message per worker for each join or leave; the whole list to each, as before
@@ -162,20 +184,7 @@ pub(super) fn announce_mesh(state: &State, worker_id: &str) {
         Some(MeshPeer { worker_id: w.id.clone(), address })
     });
     let mut everyone: Option<Vec<MeshPeer>> = None;
-    let mut all = || {
-        everyone
-            .get_or_insert_with(|| {
-                state
-                    .workers
-                    .iter()
-                    .filter_map(|w| {
-                        let address = w.registration.mesh.clone()?;
-                        Some(MeshPeer { worker_id: w.id.clone(), address })
-                    })
-                    .collect()
-            })
-            .clone()
-    };
+    let mut all = || everyone.get_or_insert_with(|| mesh_members(state)).clone();
     let changes = match &joined {
         Some(peer) => MeshPeers::Changes { joined: vec![peer.clone()], left: Vec::new() },
         None => MeshPeers::Changes { joined: Vec::new(), left: vec![worker_id.to_owned()] },

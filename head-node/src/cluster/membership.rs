@@ -128,7 +128,13 @@ impl Cluster {
             }
         }
         info!(worker_id = %id, connection, workers = state.workers.len(), on_mesh, adopted, sent_again, resume_after, gpus, "worker joined");
-        if on_mesh || was_on_mesh {
+        // Back within its grace at the same address, the others never saw it go: only it
+        // needs the list.
+        let kept = state.mesh_grace.take(&id);
+        let address = state.workers.get(&id).and_then(|w| w.registration.mesh.as_ref());
+        if kept.is_some() && kept.as_ref() == address {
+            send_mesh_list(state, &id);
+        } else if on_mesh || was_on_mesh || kept.is_some() {
             announce_mesh(state, &id);
         }
         drain_queue(state);
@@ -315,35 +321,66 @@ impl Cluster {
         }
     }
 
-    /// A worker is gone (its stream ended or it stopped heartbeating): retry or fail its
-    /// tasks. Ignored if `connection` is no longer the worker's current one.
+    /// A worker's stream ended: retry or fail its tasks. Ignored if `connection` is no
+    /// longer the worker's current one. On the mesh, it stays on the others' peer lists for
+    /// the worker timeout unless it left (see [`mesh_grace`]).
     pub fn worker_lost(&self, worker_id: &str, connection: u64, reason: &str) {
+        self.remove_worker(worker_id, connection, reason, false);
+    }
+
+    /// Removes a worker; `silent`: it was silent for the whole worker timeout already, so it
+    /// leaves the mesh at once.
+    pub(super) fn remove_worker(
+        &self,
+        worker_id: &str,
+        connection: u64,
+        reason: &str,
+        silent: bool,
+    ) {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         if let Some(entry) = state.workers.remove(worker_id, connection) {
-            if entry.draining {
+            let left = entry.draining;
+            if left {
                 // Drained: it said so and waited for its tasks (any left are retried).
                 info!(worker_id, tasks = entry.running.len(), "worker left");
             } else {
                 warn!(worker_id, reason, tasks = entry.running.len(), "worker lost");
             }
-            let on_mesh = entry.registration.mesh.is_some();
+            let on_mesh = entry.registration.mesh.clone();
             fail_over(state, entry, reason);
-            if on_mesh {
-                announce_mesh(state, worker_id);
+            if let Some(address) = on_mesh {
+                if left || silent {
+                    announce_mesh(state, worker_id);
+                } else {
+                    state.mesh_grace.keep(worker_id, address, Instant::now());
+                }
                 state.topics.worker_lost(&state.workers, worker_id);
             }
             drain_queue(state);
         }
     }
 
-    /// Declares dead every worker silent for longer than `timeout`.
+    /// Declares dead every worker silent for longer than `timeout`, and tells the mesh of
+    /// those whose stream broke `timeout` ago and who did not come back.
     pub fn sweep_silent_workers(&self, timeout: Duration) {
-        self.retry_orphans(Instant::now());
-        let expired = self.state.lock().workers.expired(Instant::now(), timeout);
+        let now = Instant::now();
+        self.retry_orphans(now);
+        let expired = self.state.lock().workers.expired(now, timeout);
         for (id, connection) in expired {
             let reason = format!("no heartbeat for {} ms", timeout.as_millis());
-            self.worker_lost(&id, connection, &reason);
+            self.remove_worker(&id, connection, &reason, true);
+        }
+        self.end_mesh_grace(now, timeout);
+    }
+
+    /// Announces gone the mesh workers lost `timeout` before `now` that did not rejoin.
+    pub(super) fn end_mesh_grace(&self, now: Instant, timeout: Duration) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        for id in state.mesh_grace.expired(now, timeout) {
+            info!(worker_id = %id, "lost mesh worker did not come back: gone from the mesh");
+            announce_mesh(state, &id);
         }
     }
 

@@ -46,6 +46,7 @@ mod input;
 mod inspect;
 mod lifecycle;
 mod membership;
+mod mesh_grace;
 mod placement;
 mod queue;
 mod roster;
@@ -123,6 +124,9 @@ struct State {
     /// Which agents called which, for the inspector.
     call_counts: call_graph::CallCounts,
     topics: TopicRelays,
+    /// Mesh workers whose stream broke, still on the mesh's peer lists for the worker
+    /// timeout (they may be back in a moment).
+    mesh_grace: mesh_grace::MeshGrace,
     /// Tools client processes host, and their calls waiting for answers.
     tools: HostedTools,
     /// Calls of hosted functions announced by workers, sent to their hosts once their
@@ -266,6 +270,7 @@ impl Cluster {
                 metrics: metrics.clone(),
                 quotas: crate::quotas::Quotas::new(&config.tenants),
                 calls_to_route: Vec::new(),
+                mesh_grace: Default::default(),
             }),
             metrics,
             topic_log: Arc::new(Mutex::new(crate::topics::TopicLog::new(config.topics.clone()))),

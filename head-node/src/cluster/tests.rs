@@ -1157,20 +1157,12 @@ fn mesh_workers_get_the_whole_list_once_and_then_only_changes() {
     let (_, mut old, _) = cluster.worker_joined(on_mesh("old", 1), String::new());
     let (_, mut w1, _) = cluster.worker_joined(on_mesh("w1", MESH_CHANGES_PROTOCOL), String::new());
     let ids = |peers: &[MeshPeer]| peers.iter().map(|p| p.worker_id.clone()).collect::<Vec<_>>();
-    let whole = |lists: Vec<MeshPeers>| match lists.as_slice() {
-        [MeshPeers::All(peers)] => {
-            let mut peers = ids(peers);
-            peers.sort();
-            peers
-        }
-        other => panic!("expected the whole list, got {other:?}"),
-    };
-    assert_eq!(whole(mesh_lists(&mut w1)), ["old", "w1"]);
+    assert_eq!(whole_list(mesh_lists(&mut w1)), ["old", "w1"]);
     let _ = mesh_lists(&mut old);
 
     let (c2, mut w2, _) =
         cluster.worker_joined(on_mesh("w2", MESH_CHANGES_PROTOCOL), String::new());
-    assert_eq!(whole(mesh_lists(&mut w2)), ["old", "w1", "w2"]);
+    assert_eq!(whole_list(mesh_lists(&mut w2)), ["old", "w1", "w2"]);
     match mesh_lists(&mut w1).as_slice() {
         [MeshPeers::Changes { joined, left }] => {
             assert_eq!(ids(joined), ["w2"]);
@@ -1178,21 +1170,88 @@ fn mesh_workers_get_the_whole_list_once_and_then_only_changes() {
         }
         other => panic!("w1 got {other:?}"),
     }
-    assert_eq!(whole(mesh_lists(&mut old)), ["old", "w1", "w2"]);
+    assert_eq!(whole_list(mesh_lists(&mut old)), ["old", "w1", "w2"]);
 
     // A worker off the mesh is nobody's business on it.
     let (_, mut off, _) = cluster.worker_joined(registration("off", 1, 1, &[]), String::new());
     assert!(mesh_lists(&mut off).is_empty() && mesh_lists(&mut w1).is_empty());
 
     cluster.worker_lost("w2", c2, "gone");
-    match mesh_lists(&mut w1).as_slice() {
-        [MeshPeers::Changes { joined, left }] => {
-            assert!(joined.is_empty());
-            assert_eq!(left, &["w2".to_owned()]);
+    cluster.end_mesh_grace(Instant::now() + Duration::from_secs(60), Duration::from_secs(3));
+    assert_eq!(left_of(mesh_lists(&mut w1)), ["w2"]);
+    assert_eq!(whole_list(mesh_lists(&mut old)), ["old", "w1"]);
+}
+
+/// The worker ids of the one whole list received, sorted.
+fn whole_list(lists: Vec<MeshPeers>) -> Vec<String> {
+    match lists.as_slice() {
+        [MeshPeers::All(peers)] => {
+            let mut ids: Vec<String> = peers.iter().map(|p| p.worker_id.clone()).collect();
+            ids.sort();
+            ids
         }
-        other => panic!("w1 got {other:?}"),
+        other => panic!("expected the whole list, got {other:?}"),
     }
-    assert_eq!(whole(mesh_lists(&mut old)), ["old", "w1"]);
+}
+
+/// The workers gone in the one change received.
+fn left_of(lists: Vec<MeshPeers>) -> Vec<String> {
+    match lists.as_slice() {
+        [MeshPeers::Changes { joined, left }] if joined.is_empty() => left.clone(),
+        other => panic!("expected one leave, got {other:?}"),
+    }
+}
+
+/// A mesh worker whose stream broke stays on the others' peer lists for the worker
+/// timeout: back at the same address within it, only it hears of the mesh (the others'
+/// connections to it were never dropped, so none is dialed again); not back, it is
+/// announced gone once the timeout passes. A worker that drained, or was silent for the
+/// whole timeout, leaves at once.
+#[test]
+fn a_lost_mesh_worker_keeps_its_place_for_the_worker_timeout() {
+    let cluster = Cluster::new(&config(0)).expect("cluster");
+    let p = MESH_CHANGES_PROTOCOL;
+    let timeout = Duration::from_secs(3);
+    let (_, mut w1, _) = cluster.worker_joined(on_mesh("w1", p), String::new());
+    let (c2, mut w2, _) = cluster.worker_joined(on_mesh("w2", p), String::new());
+    let _ = (mesh_lists(&mut w1), mesh_lists(&mut w2));
+
+    cluster.worker_lost("w2", c2, "the stream broke");
+    assert!(mesh_lists(&mut w1).is_empty(), "w1 was told at once");
+    // A worker joining meanwhile finds w2 on the mesh.
+    let (c3, mut w3, _) = cluster.worker_joined(on_mesh("w3", p), String::new());
+    assert_eq!(whole_list(mesh_lists(&mut w3)), ["w1", "w2", "w3"]);
+    let _ = mesh_lists(&mut w1);
+    let (c2, mut w2, _) = cluster.worker_joined(on_mesh("w2", p), String::new());
+    assert_eq!(whole_list(mesh_lists(&mut w2)), ["w1", "w2", "w3"]);
+    assert!(mesh_lists(&mut w1).is_empty() && mesh_lists(&mut w3).is_empty(), "others told");
+
+    // Lost again and not back: gone once the timeout has passed, not before.
+    let lost = Instant::now();
+    cluster.worker_lost("w2", c2, "the stream broke");
+    cluster.end_mesh_grace(lost + timeout - Duration::from_millis(100), timeout);
+    assert!(mesh_lists(&mut w1).is_empty(), "w1 told before the timeout");
+    cluster.end_mesh_grace(lost + timeout + Duration::from_millis(100), timeout);
+    assert_eq!(left_of(mesh_lists(&mut w1)), ["w2"]);
+    assert_eq!(left_of(mesh_lists(&mut w3)), ["w2"]);
+
+    // Back as a new process (another peer id) after it: everyone hears.
+    let mut again = on_mesh("w2", p);
+    again.mesh = Some(MeshAddress { peer_id: "peer-w2-new".into(), addrs: vec![] });
+    let (c2, mut w2, _) = cluster.worker_joined(again, String::new());
+    assert_eq!(whole_list(mesh_lists(&mut w2)), ["w1", "w2", "w3"]);
+    assert!(
+        matches!(mesh_lists(&mut w1).as_slice(), [MeshPeers::Changes { joined, .. }] if joined.len() == 1)
+    );
+    let _ = mesh_lists(&mut w3);
+
+    // Drained, or silent past the timeout: gone at once.
+    cluster.worker_draining("w3", c3, "stopping");
+    cluster.worker_lost("w3", c3, "the stream ended");
+    assert_eq!(left_of(mesh_lists(&mut w1)), ["w3"]);
+    let _ = mesh_lists(&mut w2);
+    cluster.remove_worker("w2", c2, "no heartbeat", true);
+    assert_eq!(left_of(mesh_lists(&mut w1)), ["w2"]);
 }
 
 /// The timeline: an attempt per bar on its worker's row, a lost attempt marked retried and
