@@ -245,7 +245,9 @@ async fn one_size(args: &Args, n: usize) -> Result<()> {
         (joined - before) * 1024.0 / n as f64,
     );
 
-    // Idle: heartbeats only.
+    // Idle: heartbeats only, once every worker has heard the interval for the whole fleet
+    // (with its next beat, at most a second away at the head's defaults).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu = CpuMeter::start(head_pid)?;
     let beats = fleet.counts().heartbeats;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -253,7 +255,8 @@ async fn one_size(args: &Args, n: usize) -> Result<()> {
     let beats_per_s =
         (fleet.counts().heartbeats - beats) as f64 / cpu.start.elapsed().as_secs_f64();
     println!(
-        "| {n} | idle | {beats_per_s:.0} heartbeats/s | head {:.1}% of a core, simulator {:.1}% | head RSS {:.0} MiB |",
+        "| {n} | idle | {beats_per_s:.0} heartbeats/s ({} intervals told after welcomes) | head {:.1}% of a core, simulator {:.1}% | head RSS {:.0} MiB |",
+        fleet.counts().intervals_told,
         idle_head * 100.0,
         idle_sim * 100.0,
         rss_mib(&sandbox),

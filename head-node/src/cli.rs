@@ -63,6 +63,10 @@ pub struct Args {
     /// How often workers send heartbeats, in milliseconds [default: 500].
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
+    /// The most heartbeats a second all workers together send; a larger cluster is told a
+    /// longer interval, up to a third of the worker timeout [default: 10000].
+    #[arg(long)]
+    max_heartbeats_per_second: Option<u32>,
     /// A worker silent this long is declared dead, in milliseconds [default: 3000].
     #[arg(long)]
     worker_timeout_ms: Option<u64>,
@@ -187,6 +191,9 @@ fn build_config(args: &Args) -> anyhow::Result<HeadConfig> {
     }
     if let Some(v) = args.heartbeat_interval_ms {
         config.heartbeat_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = args.max_heartbeats_per_second {
+        config.max_heartbeats_per_second = v;
     }
     if let Some(v) = args.worker_timeout_ms {
         config.worker_timeout = Duration::from_millis(v);

@@ -28,8 +28,13 @@ pub struct HeadConfig {
     /// The token workers join with; never accepted from clients. Required whenever client
     /// credentials are: otherwise anyone could register a worker and receive task inputs.
     pub join_token: Option<String>,
-    /// How often workers send heartbeats.
+    /// How often workers send heartbeats: the shortest interval; a large cluster is told a
+    /// longer one (see `max_heartbeats_per_second`).
     pub heartbeat_interval: Duration,
+    /// The most heartbeats a second all workers together send: past
+    /// `heartbeat_interval × this` workers the interval grows with the cluster, up to a
+    /// third of `worker_timeout` (see `cluster::heartbeats`).
+    pub max_heartbeats_per_second: u32,
     /// A worker silent for this long is declared dead.
     pub worker_timeout: Duration,
     /// Tasks waiting for capacity; beyond this a submit is answered `resource exhausted`.
@@ -103,6 +108,7 @@ impl Default for HeadConfig {
             api_key: None,
             join_token: None,
             heartbeat_interval: Duration::from_millis(500),
+            max_heartbeats_per_second: 10_000,
             worker_timeout: Duration::from_secs(3),
             max_queued_tasks: 100_000,
             max_queued_bytes: 1 << 30,
@@ -142,6 +148,7 @@ pub struct ConfigFile {
     pub api_key: Option<String>,
     pub join_token: Option<String>,
     pub heartbeat_interval_ms: Option<u64>,
+    pub max_heartbeats_per_second: Option<u32>,
     pub worker_timeout_ms: Option<u64>,
     pub max_queued_tasks: Option<usize>,
     pub max_queued_bytes: Option<usize>,
@@ -484,6 +491,9 @@ impl ConfigFile {
         if let Some(v) = self.heartbeat_interval_ms {
             config.heartbeat_interval = ms(v);
         }
+        if let Some(v) = self.max_heartbeats_per_second {
+            config.max_heartbeats_per_second = v;
+        }
         if let Some(v) = self.worker_timeout_ms {
             config.worker_timeout = ms(v);
         }
@@ -562,6 +572,9 @@ pub fn validate(config: &HeadConfig) -> Result<()> {
     let bad = |message: &str| Err(Error::InvalidConfig(message.to_owned()));
     if config.heartbeat_interval.is_zero() {
         return bad("heartbeat interval must be above zero");
+    }
+    if config.max_heartbeats_per_second == 0 {
+        return bad("max heartbeats per second must be above zero");
     }
     if config.worker_timeout <= config.heartbeat_interval {
         return bad("worker timeout must be longer than the heartbeat interval");

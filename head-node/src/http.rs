@@ -92,7 +92,6 @@ pub fn router(
     let metrics = crate::metrics::MetricsRoute {
         cluster: cluster.clone(),
         clients: clients.clone(),
-        heartbeat_interval: config.heartbeat_interval,
         webhooks: webhooks.clone(),
     };
     let mcp = crate::mcp::Mcp {

@@ -134,12 +134,8 @@ async fn serve(
     }
     let fleet = FleetServiceServer::new(FleetApi::new(cluster.clone(), shutdown.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let worker_api = WorkerServiceServer::new(WorkerApi::new(
-        cluster.clone(),
-        config.heartbeat_interval,
-        shutdown.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let worker_api = WorkerServiceServer::new(WorkerApi::new(cluster.clone(), shutdown.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let fleet = InterceptedService::new(fleet, clients.clone());
     let worker_api = InterceptedService::new(worker_api, workers);
     let routes = Routes::from(http::router(cluster.clone(), &config, clients, shutdown.clone())?)

@@ -165,6 +165,8 @@ pub struct WorkerEntry {
     pub warm: WarmPrefixes,
     /// It said it is stopping (`Drain`): nothing new goes there; it leaves once its tasks end.
     pub draining: bool,
+    /// The heartbeat interval it was last told.
+    pub heartbeat_every: Duration,
 }
 
 /// The prefix keys ([`crate::scheduler::Prefixes`]) of a worker's latest tasks, most recent
@@ -223,6 +225,7 @@ impl WorkerEntry {
             tasks_assigned: 0,
             warm: WarmPrefixes::default(),
             draining: false,
+            heartbeat_every: Duration::ZERO,
         }
     }
 

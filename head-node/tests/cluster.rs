@@ -279,6 +279,41 @@ async fn a_silent_worker_is_declared_dead_within_the_timeout() -> Result<()> {
     .await
 }
 
+/// A cluster larger than the heartbeat rate allows is told a longer interval: two real
+/// workers at 2 beats a second in all beat every second (a third of the 3 s timeout), not
+/// every 200 ms, the first of them told so after its welcome; neither is taken for dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_past_the_heartbeat_rate_is_told_a_longer_interval() -> Result<()> {
+    within(async {
+        let cluster = ClusterSandbox::builder()
+            .workers(2)
+            .head_arg("--heartbeat-interval-ms")
+            .head_arg("200")
+            .head_arg("--max-heartbeats-per-second")
+            .head_arg("2")
+            .start()
+            .await?;
+        let client = cluster.client().await?;
+        // Each worker's longest silence seen over 4 s of looking every 50 ms.
+        let mut longest: HashMap<String, u64> = HashMap::new();
+        let looked = Instant::now();
+        while looked.elapsed() < Duration::from_secs(4) {
+            let workers = client.status().await?.workers;
+            ensure!(workers.len() == 2, "a worker was lost: {workers:?}");
+            for w in workers {
+                let seen = longest.entry(w.worker_id.clone()).or_default();
+                *seen = (*seen).max(w.last_heartbeat_ms_ago);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (id, ms) in &longest {
+            ensure!((700..=1_600).contains(ms), "{id} was silent for at most {ms} ms");
+        }
+        cluster.shutdown().await
+    })
+    .await
+}
+
 /// Every door with client auth on: the gRPC client API, A2A and the OpenAI API take the
 /// client token and the API key alike and refuse anything else; the join token is not a
 /// client credential, and a client credential does not let a worker join.

@@ -865,6 +865,9 @@ impl From<&Command> for pb::Command {
                 body: p.body.clone(),
             }),
             Command::Acked { up_to } => Kind::Acked(pb::Acked { up_to: *up_to }),
+            Command::HeartbeatEvery(every) => Kind::HeartbeatEvery(pb::HeartbeatEvery {
+                interval_ms: u32::try_from(every.as_millis()).unwrap_or(u32::MAX),
+            }),
             Command::TopicMessageStored { request_id, result } => {
                 Kind::TopicMessageStored(match result {
                     Ok(offset) => pb::TopicMessageStored {
@@ -946,6 +949,10 @@ impl TryFrom<pb::Command> for Command {
                 body: p.body,
             }),
             Kind::Acked(a) => Command::Acked { up_to: a.up_to },
+            // Floored as the welcome's interval is: a zero would spin the worker's timer.
+            Kind::HeartbeatEvery(h) => Command::HeartbeatEvery(std::time::Duration::from_millis(
+                u64::from(h.interval_ms.max(10)),
+            )),
             Kind::TopicMessageStored(t) => {
                 let kind = match t.kind() {
                     pb::ErrorKind::Unspecified => ErrorKind::Unavailable,

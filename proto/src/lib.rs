@@ -49,9 +49,12 @@ pub use types::*;
 /// Bumped when a head needs a worker to understand something new; a head serves workers
 /// from [`OLDEST_WORKER_PROTOCOL`] up to this one, so heads are upgraded before workers.
 /// - 2: mesh peer lists come as changes after the first ([`MeshPeers::Changes`]).
-pub const WORKER_PROTOCOL: u32 = 2;
+/// - 3: the heartbeat interval may change after the welcome ([`Command::HeartbeatEvery`]).
+pub const WORKER_PROTOCOL: u32 = 3;
 /// The first worker protocol that takes mesh peer lists as changes.
 pub const MESH_CHANGES_PROTOCOL: u32 = 2;
+/// The first worker protocol that takes a new heartbeat interval after its welcome.
+pub const HEARTBEAT_EVERY_PROTOCOL: u32 = 3;
 /// The oldest worker protocol a head of this build serves: 0 is the workers released before
 /// the protocol was numbered (they send none), which speak what protocol 1 does.
 pub const OLDEST_WORKER_PROTOCOL: u32 = 0;

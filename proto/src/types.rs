@@ -995,6 +995,8 @@ pub enum Command {
     Acked {
         up_to: u64,
     },
+    /// Heartbeat at this interval from now on ([`crate::HEARTBEAT_EVERY_PROTOCOL`]).
+    HeartbeatEvery(std::time::Duration),
     /// The answer to `StoreTopicMessage`: the message's offset in its topic's log, or why
     /// it was not stored.
     TopicMessageStored {

@@ -3,7 +3,7 @@
 //! One process opens a `Join` stream per simulated worker (each on its own connection, as
 //! separate machines would) and speaks the worker protocol as `fleet-worker` does:
 //! - it registers;
-//! - it heartbeats at the interval the head's welcome names;
+//! - it heartbeats at the interval the head's welcome names, and at any it is told later;
 //! - it runs each task it is given as `builtin:echo` does, after a set time, and within
 //!   its slots;
 //! - it numbers its events and keeps them until the head acknowledges them;
@@ -83,6 +83,7 @@ struct Counters {
     tasks_finished: AtomicU64,
     tasks_canceled: AtomicU64,
     heartbeats: AtomicU64,
+    intervals_told: AtomicU64,
     over_slots: AtomicU64,
     joined_changed: Notify,
 }
@@ -97,6 +98,8 @@ pub struct SimCounts {
     pub tasks_finished: u64,
     pub tasks_canceled: u64,
     pub heartbeats: u64,
+    /// New heartbeat intervals the head told workers after their welcomes.
+    pub intervals_told: u64,
     /// Tasks the head sent to a worker whose slots were all taken (a head bug if not 0).
     pub over_slots: u64,
 }
@@ -174,6 +177,7 @@ impl SimFleet {
             tasks_finished: c.tasks_finished.load(Ordering::Relaxed),
             tasks_canceled: c.tasks_canceled.load(Ordering::Relaxed),
             heartbeats: c.heartbeats.load(Ordering::Relaxed),
+            intervals_told: c.intervals_told.load(Ordering::Relaxed),
             over_slots: c.over_slots.load(Ordering::Relaxed),
         }
     }
@@ -343,8 +347,7 @@ impl Worker {
                 return End::Broken("the stream to the head closed".into());
             }
         }
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = heartbeat_ticker(interval);
         loop {
             let next_due = self.due.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
@@ -352,8 +355,13 @@ impl Worker {
                     Ok(Some(pb::HeadMessage { kind: Some(pb::head_message::Kind::Commands(batch)) })) => {
                         let mut events = Vec::new();
                         for command in batch.commands {
-                            if let Ok(command) = Command::try_from(command) {
-                                self.handle(command, &mut events);
+                            match Command::try_from(command) {
+                                Ok(Command::HeartbeatEvery(every)) => {
+                                    self.counters.intervals_told.fetch_add(1, Ordering::Relaxed);
+                                    ticker = heartbeat_ticker(every);
+                                }
+                                Ok(command) => self.handle(command, &mut events),
+                                Err(_) => {}
                             }
                         }
                         // Tasks of no duration answer at once: a timer would round them up
@@ -518,4 +526,11 @@ fn log_rejoin(id: &str, why: &str) {
     if std::env::var_os("FLEET_SIM_LOG").is_some() {
         eprintln!("simulated worker {id}: {why}; rejoining");
     }
+}
+
+/// Heartbeats every `every`, the first a whole interval from now, as `fleet-worker` does.
+fn heartbeat_ticker(every: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
 }

@@ -49,6 +49,15 @@ const HEAD_SILENCE: Duration = Duration::from_secs(2);
 /// How long a leaving worker waits for the head to close its side of the stream.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
+/// Heartbeats every `every`, the first a whole interval from now (the head has just heard
+/// from this worker: its welcome follows a registration, a new interval a heartbeat); late
+/// ones are not made up in a burst.
+fn heartbeat_ticker(every: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
 /// A status from the head's connection with its causes: a transport failure's message alone
 /// is "http2 error", which says nothing of why (a keepalive ping unanswered, a reset).
 fn status_text(status: &tonic::Status) -> String {
@@ -169,8 +178,7 @@ async fn run_in_process(
         // event buffer (a task runner emitting), and if this loop were the buffer's only
         // reader, it would wait on itself.
         tokio::spawn(forward_events(head.clone(), worker_id.clone(), connection, event_rx));
-        let mut ticker = tokio::time::interval(heartbeat_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = heartbeat_ticker(heartbeat_interval);
         let mut batch = Vec::with_capacity(BATCH);
         let dropped = loop {
             tokio::select! {
@@ -181,7 +189,10 @@ async fn run_in_process(
                         break true;
                     }
                     for command in batch.drain(..) {
-                        host.handle(command, &event_tx).await;
+                        match command {
+                            Command::HeartbeatEvery(every) => ticker = heartbeat_ticker(every),
+                            command => host.handle(command, &event_tx).await,
+                        }
                     }
                 }
                 _ = ticker.tick() => head.heartbeat(&worker_id, connection, heartbeat(&mut host)),
@@ -421,8 +432,7 @@ async fn session(
     };
     info!(head = %url, worker_id = %registration.worker_id, waiting = outbox.len(), "joined the head");
 
-    let mut ticker = tokio::time::interval(heartbeat_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = heartbeat_ticker(heartbeat_interval);
     // Set once stopping: when the tasks still running are canceled.
     let mut drain_until: Option<tokio::time::Instant> = None;
     // Made once: a sleep made in the loop would start over with every message from the
@@ -438,6 +448,10 @@ async fn session(
                     for command in batch.commands {
                         match Command::try_from(command) {
                             Ok(Command::Acked { up_to }) => outbox.ack(up_to),
+                            Ok(Command::HeartbeatEvery(every)) => {
+                                debug!(every_ms = every.as_millis(), "heartbeat interval changed");
+                                ticker = heartbeat_ticker(every);
+                            }
                             Ok(command) => host.handle(command, sink).await,
                             Err(e) => warn!(error = %e, "malformed command dropped"),
                         }

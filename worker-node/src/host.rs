@@ -213,7 +213,7 @@ impl ActorHost {
                 self.topic_store.stored(request_id, result);
             }
             // The connection's business (see `outbox`), not the actors'.
-            Command::Acked { .. } => {}
+            Command::Acked { .. } | Command::HeartbeatEvery(_) => {}
         }
     }
 

@@ -23,17 +23,12 @@ const BATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub struct WorkerApi {
     cluster: Arc<Cluster>,
-    heartbeat_interval: Duration,
     shutdown: CancellationToken,
 }
 
 impl WorkerApi {
-    pub fn new(
-        cluster: Arc<Cluster>,
-        heartbeat_interval: Duration,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self { cluster, heartbeat_interval, shutdown }
+    pub fn new(cluster: Arc<Cluster>, shutdown: CancellationToken) -> Self {
+        Self { cluster, shutdown }
     }
 }
 
@@ -113,6 +108,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let worker_id = registration.worker_id.clone();
         let (connection, commands, resume_after) =
             self.cluster.worker_joined(registration, address);
+        let heartbeat_interval = self.cluster.heartbeat_interval_of(&worker_id);
 
         let span = info_span!("worker", worker_id = %worker_id, connection);
         let cluster = self.cluster.clone();
@@ -169,7 +165,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let welcome = pb::HeadMessage {
             kind: Some(pb::head_message::Kind::Welcome(pb::Welcome {
                 worker_id: String::new(),
-                heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+                heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis())
+                    .unwrap_or(u32::MAX),
                 resume_after,
             })),
         };

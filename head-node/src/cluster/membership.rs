@@ -52,7 +52,19 @@ impl Cluster {
                 0
             }
         };
-        let entry = WorkerEntry::new(registration, connection, address, tx, Instant::now());
+        let mut entry = WorkerEntry::new(registration, connection, address, tx, Instant::now());
+        let workers = state.workers.len() + usize::from(state.workers.get(&id).is_none());
+        entry.heartbeat_every = self.limits.heartbeats.interval(workers);
+        let saturated = self.limits.heartbeats.saturated(workers);
+        if saturated && !state.heartbeats_saturated {
+            warn!(
+                workers,
+                every_ms = entry.heartbeat_every.as_millis(),
+                "more workers than --max-heartbeats-per-second allows at a third of the worker \
+                 timeout: raise --worker-timeout-ms (or the rate) to keep heartbeats under it"
+            );
+        }
+        state.heartbeats_saturated = saturated;
         let replaced = state.workers.insert(entry);
         let was_on_mesh = replaced.as_ref().is_some_and(|w| w.registration.mesh.is_some());
         // The tasks the head has on this worker: of its previous connection (not noticed
@@ -146,10 +158,35 @@ impl Cluster {
         let calls_before = state.workers.get(worker_id).map(|w| w.heartbeat.mesh_calls);
         let calls_now = beat.mesh_calls;
         state.workers.heartbeat(worker_id, connection, beat, Instant::now());
+        // The cluster grew or shrank since it was last told its interval.
+        let workers = state.workers.len();
+        let retell = state.workers.get(worker_id).and_then(|w| {
+            let current = w.connection == connection
+                && w.registration.protocol >= fleet_proto::HEARTBEAT_EVERY_PROTOCOL;
+            current.then(|| self.limits.heartbeats.retell(w.heartbeat_every, workers)).flatten()
+        });
+        if let Some(every) = retell
+            && let Some(w) = state.workers.get_mut(worker_id)
+        {
+            w.heartbeat_every = every;
+            let _ = w.commands.send(Command::HeartbeatEvery(every));
+        }
         // Calls from the mesh that ended gave their slots back: queued tasks may go there.
         if calls_before.is_some_and(|before| calls_now < before) {
             placement::drain_queue(&mut state);
         }
+    }
+
+    /// The heartbeat interval `worker_id` was told (the configured one if it is unknown).
+    pub fn heartbeat_interval_of(&self, worker_id: &str) -> Duration {
+        let state = self.state.lock();
+        let told = state.workers.get(worker_id).map(|w| w.heartbeat_every);
+        told.unwrap_or_else(|| self.limits.heartbeats.interval(0))
+    }
+
+    /// The heartbeat interval for the cluster as it is now: what a worker joining is told.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.limits.heartbeats.interval(self.state.lock().workers.len())
     }
 
     /// The worker is stopping: nothing new is placed there (its actors too are placed

@@ -41,6 +41,7 @@ mod calls;
 mod contexts;
 mod durable;
 mod follow;
+mod heartbeats;
 mod hosted;
 mod input;
 mod inspect;
@@ -95,7 +96,7 @@ const MAX_EMBED_TEXTS: usize = 2048;
 /// The limits the state machine enforces.
 #[derive(Debug, Clone)]
 struct Limits {
-    heartbeat_interval: Duration,
+    heartbeats: heartbeats::HeartbeatPace,
     max_queued_tasks: usize,
     max_queued_bytes: usize,
     max_input_bytes: usize,
@@ -127,6 +128,9 @@ struct State {
     /// Mesh workers whose stream broke, still on the mesh's peer lists for the worker
     /// timeout (they may be back in a moment).
     mesh_grace: mesh_grace::MeshGrace,
+    /// The workers outnumber what the heartbeat rate allows at the longest interval (said
+    /// once in the log, until they no longer do).
+    heartbeats_saturated: bool,
     /// Tools client processes host, and their calls waiting for answers.
     tools: HostedTools,
     /// Calls of hosted functions announced by workers, sent to their hosts once their
@@ -271,11 +275,16 @@ impl Cluster {
                 quotas: crate::quotas::Quotas::new(&config.tenants),
                 calls_to_route: Vec::new(),
                 mesh_grace: Default::default(),
+                heartbeats_saturated: false,
             }),
             metrics,
             topic_log: Arc::new(Mutex::new(crate::topics::TopicLog::new(config.topics.clone()))),
             limits: Limits {
-                heartbeat_interval: config.heartbeat_interval,
+                heartbeats: heartbeats::HeartbeatPace::new(
+                    config.heartbeat_interval,
+                    config.max_heartbeats_per_second,
+                    config.worker_timeout,
+                ),
                 max_queued_tasks: config.max_queued_tasks,
                 max_queued_bytes: config.max_queued_bytes,
                 max_input_bytes: config.max_input_bytes,
@@ -339,9 +348,10 @@ impl LocalHead for Cluster {
     fn join(&self, registration: Registration) -> (u64, Duration, mpsc::Receiver<Command>) {
         // Cut off, its channel closes after what was queued: the worker sees its commands
         // end and joins again.
+        let id = registration.worker_id.clone();
         let (connection, commands, _) = self.worker_joined(registration, "in-process".to_owned());
         let rx = commands.into_receiver().unwrap_or_else(|| mpsc::channel(1).1);
-        (connection, self.limits.heartbeat_interval, rx)
+        (connection, self.heartbeat_interval_of(&id), rx)
     }
 
     fn heartbeat(&self, worker_id: &str, connection: u64, beat: Heartbeat) {

@@ -1404,3 +1404,48 @@ fn the_roster_searches_groups_sorts_and_pages_the_workers() {
     // The busiest: w7 (100 tokens/s) and w3 (50), then the quiet ones by name.
     assert_eq!(ids(&models), ["w7", "w3", "w1", "w2", "w4"]);
 }
+
+/// Workers hear a longer heartbeat interval with their next beat once the cluster outgrows
+/// the rate, and a shorter one once it has shrunk; a worker of an older protocol, which
+/// would not understand, keeps the one its welcome named.
+#[test]
+fn the_heartbeat_interval_follows_the_cluster_size() {
+    let mut config = config(0);
+    // 4 beats a second in all: 1 worker 500 ms (the floor), 3 workers 800 ms.
+    config.max_heartbeats_per_second = 4;
+    let cluster = Cluster::new(&config).expect("cluster");
+    let joined = |id: &str, protocol: u32| {
+        let registration = Registration { protocol, ..registration(id, 1, 1, &[]) };
+        cluster.worker_joined(registration, String::new())
+    };
+    let told = |stream: &mut CommandStream| {
+        let every = commands(stream).into_iter().filter_map(|c| match c {
+            Command::HeartbeatEvery(every) => Some(every.as_millis()),
+            _ => None,
+        });
+        every.collect::<Vec<_>>()
+    };
+    let beat = |id: &str, connection| cluster.heartbeat(id, connection, Heartbeat::default());
+
+    let (c1, mut w1, _) = joined("w1", fleet_proto::WORKER_PROTOCOL);
+    let (c2, mut old, _) = joined("old", fleet_proto::HEARTBEAT_EVERY_PROTOCOL - 1);
+    assert_eq!(cluster.heartbeat_interval_of("w1"), Duration::from_millis(500));
+    let (c3, _w3, _) = joined("w3", fleet_proto::WORKER_PROTOCOL);
+    assert_eq!(cluster.heartbeat_interval_of("w3"), Duration::from_millis(800));
+    assert_eq!(cluster.heartbeat_interval(), Duration::from_millis(800));
+
+    beat("w1", c1);
+    beat("old", c2);
+    assert_eq!(told(&mut w1), [800]);
+    assert!(told(&mut old).is_empty(), "protocol 2 knows no new interval");
+    beat("w1", c1);
+    assert!(told(&mut w1).is_empty(), "told once");
+
+    // A third smaller (the unit tests of `heartbeats` show a smaller change told nothing).
+    cluster.worker_lost("w3", c3, "gone");
+    beat("w1", c1);
+    assert_eq!(told(&mut w1), [500]);
+    cluster.worker_lost("old", c2, "gone");
+    beat("w1", c1);
+    assert!(told(&mut w1).is_empty());
+}

@@ -15,7 +15,6 @@ mod figures;
 mod tasks;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -26,12 +25,11 @@ pub use self::tasks::TaskMetrics;
 use crate::auth::Principals;
 use crate::cluster::Cluster;
 
-/// What `/metrics` needs: the cluster, who may read, and when a worker counts as silent.
+/// What `/metrics` needs: the cluster and who may read.
 #[derive(Clone)]
 pub struct MetricsRoute {
     pub cluster: Arc<Cluster>,
     pub clients: Principals,
-    pub heartbeat_interval: Duration,
     pub webhooks: crate::a2a::push::Webhooks,
 }
 
@@ -52,7 +50,9 @@ pub async fn metrics(
         scrape.register_collector(Box::new(figures::Figures {
             status: cluster.status(),
             agents: cluster.agent_loads(),
-            silent_after: route.heartbeat_interval * 2,
+            // Two of the intervals workers are told now (a worker told a longer one before
+            // the cluster shrank hears the shorter one with its next beat).
+            silent_after: cluster.heartbeat_interval() * 2,
             push_config_tasks: route.webhooks.tasks(),
         }));
     } else {
