@@ -6,7 +6,9 @@
 //! `-- --store` for what keeping the head's state on disk or in PostgreSQL costs, how fast it
 //! comes back, and how fast a standby takes over; `-- --network` for the head, workers and
 //! client on hosts of an emulated network with 2 ms between them, beside 127.0.0.1, and how
-//! fast a cut-off worker's tasks finish elsewhere; it needs root).
+//! fast a cut-off worker's tasks finish elsewhere; it needs root; `-- --latency` for the
+//! round trip and the first text delta alone, also with the workers pinned to a core of
+//! their own).
 
 use std::time::{Duration, Instant};
 
@@ -446,6 +448,74 @@ async fn failover_time(repeats: usize) -> Result<()> {
     Ok(())
 }
 
+/// Only the control plane's latency, on one cluster: the sequential round trip, and the
+/// first text delta of streams of 1, 10 and 1,000 words (a long stream's first delta must
+/// not wait for the rest). Twice: as the OS places the four processes on this machine's
+/// cores, then with the workers on a core of their own and the head and client on another
+/// (as if the workers had a machine of their own: a busy worker no longer holds up the
+/// head or the client).
+async fn latency(repeats: usize) -> Result<()> {
+    let (sandbox, client) = cluster().await?;
+    batch_throughput(&client, 5_000).await?; // warm-up
+    round_trips(&client, 500).await?;
+    for pinned in [false, true] {
+        let setup = if pinned {
+            pin(&sandbox)?;
+            "workers on a core of their own"
+        } else {
+            "as placed by the OS"
+        };
+        let mut p50s = Vec::new();
+        for _ in 0..repeats {
+            p50s.push(percentile(&round_trips(&client, 2_000).await?, 0.5).as_secs_f64() * 1e6);
+        }
+        println!(
+            "| {setup}: sequential round trip p50 | {:.0} µs | {p50s:.0?} | ≤ 150 µs |",
+            median(p50s.clone())
+        );
+        for words in [1, 10, 1000] {
+            let input = (0..words).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+            streaming(&client, &input, words).await?; // warm-up
+            let (mut first_deltas, mut rates) = (Vec::new(), Vec::new());
+            for _ in 0..repeats * 4 {
+                let (_, first_delta, rate) = streaming(&client, &input, words).await?;
+                first_deltas.push(first_delta.as_secs_f64() * 1e6);
+                rates.push(rate);
+            }
+            println!(
+                "| {setup}: stream of {words} words: first text delta | {:.0} µs | {first_deltas:.0?} | ≤ 500 µs |",
+                median(first_deltas.clone())
+            );
+            if words == 1000 {
+                println!(
+                    "| {setup}: stream of {words} words: rate | {:.0} events/s | {rates:.0?} | – |",
+                    median(rates.clone())
+                );
+            }
+        }
+    }
+    sandbox.shutdown().await
+}
+
+/// The workers to cpu 1, the head and this process (the client) to cpu 0.
+fn pin(sandbox: &ClusterSandbox) -> Result<()> {
+    let taskset = |cpu: &str, pid: u32| -> Result<()> {
+        let status = std::process::Command::new("taskset")
+            .args(["-apc", cpu, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("taskset (util-linux)")?;
+        ensure!(status.success(), "taskset -apc {cpu} {pid}: {status}");
+        Ok(())
+    };
+    ensure!(std::thread::available_parallelism()?.get() >= 2, "pinning needs two cpus");
+    for name in sandbox.worker_names() {
+        taskset("1", sandbox.worker_pid(&name).context("a worker's pid")?)?;
+    }
+    taskset("0", sandbox.head_pid().context("the head's pid")?)?;
+    taskset("0", std::process::id())
+}
+
 async fn bench_main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let repeats = if quick { 3 } else { 5 };
@@ -459,6 +529,9 @@ async fn bench_main() -> Result<()> {
     }
     if std::env::args().any(|a| a == "--store") {
         return store_cost(repeats, if quick { 20_000 } else { 50_000 }).await;
+    }
+    if std::env::args().any(|a| a == "--latency") {
+        return latency(repeats).await;
     }
 
     // Ready time: processes started until both workers have joined.
