@@ -117,6 +117,11 @@ impl Calls {
 
     /// The allow list changed: links to peers no longer on it are dropped (their asks fail
     /// when the connection closes, or at once here).
+    /// Whether `peer` is on the list of peers this node may call.
+    pub(crate) fn allows(&self, peer: &PeerId) -> bool {
+        self.allowed.read().contains(peer)
+    }
+
     pub(crate) fn set_allowed(&self, peers: HashSet<PeerId>) {
         let gone: Vec<Arc<Link>> = {
             let mut links = self.links.lock();
@@ -194,6 +199,11 @@ impl Calls {
         // already); opening a stream before that would dial a second one.
         let opened = async {
             if !connected.await {
+                // Dropped from the list while this waited (a worker that died, kept listed
+                // for the head's grace): the caller asks the head where the agent is now.
+                if !self.allows(&peer) {
+                    return Err(MeshError::UnknownPeer(peer.to_string()));
+                }
                 return Err(MeshError::PeerGone(peer.to_string()));
             }
             let mut pause = Duration::from_millis(50);

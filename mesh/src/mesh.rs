@@ -246,13 +246,18 @@ impl Mesh {
     }
 
     /// Connects to `peer` unless connected already, and waits until it is (false if the
-    /// node stopped first); the caller bounds the wait.
+    /// node stopped first, or the peer was taken off the list); the caller bounds the wait.
     async fn connected(&self, peer: PeerId) -> bool {
         if self.send(Command::Connect { peer }).await.is_err() {
             return false;
         }
+        let listed = peer;
         let peer = peer.to_string();
         loop {
+            // A peer taken off the list will not be connected: stop waiting for it.
+            if !self.shared.calls.allows(&listed) {
+                return false;
+            }
             let (reply, answer) = oneshot::channel();
             if self.send(Command::ConnectedPeers { reply }).await.is_err() {
                 return false;
