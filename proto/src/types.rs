@@ -953,6 +953,26 @@ pub struct TaskAssignment {
     pub actor: Option<StoredState>,
 }
 
+impl TaskAssignment {
+    /// The first attempt of `task_id` on `agent` with `input`, and nothing else: no context,
+    /// options, conversation, steps or actor state, not traced, not a tool call.
+    pub fn new(task_id: TaskId, agent: impl Into<String>, input: impl Into<String>) -> Self {
+        TaskAssignment {
+            task_id,
+            agent: agent.into(),
+            attempt: 1,
+            input: input.into(),
+            context_id: String::new(),
+            options: None,
+            depth: 0,
+            traceparent: String::new(),
+            conversation: Vec::new(),
+            steps: Vec::new(),
+            actor: None,
+        }
+    }
+}
+
 /// What the head tells a worker to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {

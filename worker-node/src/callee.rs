@@ -170,20 +170,17 @@ impl LocalCalls {
             let slot = lease.take(slots, deadline, Some(self.from_mesh.clone())).await;
             slot.map_err(|s| shut(s, "its worker's slots"))?;
         }
+        // No actor state: the head locates no agent that keeps one, its calls go through it.
         let task = TaskAssignment {
-            task_id: TaskId::new(format!("call-{}", uuid::Uuid::new_v4())),
-            agent: call.agent.clone(),
-            attempt: 1,
-            input: call.input,
             context_id: call.context_id,
-            options: None,
             depth: call.depth,
             // The callee's spans go under the caller's `execute_tool` span.
             traceparent: call.traceparent,
-            conversation: Vec::new(),
-            steps: Vec::new(),
-            // The head locates no agent that keeps actor state: its calls go through it.
-            actor: None,
+            ..TaskAssignment::new(
+                TaskId::new(format!("call-{}", uuid::Uuid::new_v4())),
+                call.agent.clone(),
+                call.input,
+            )
         };
         let (sink, mut events) = mpsc::channel(CALL_EVENTS);
         let cancel = CancellationToken::new();

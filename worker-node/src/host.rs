@@ -565,19 +565,7 @@ mod tests {
     }
 
     fn task(id: &str) -> TaskAssignment {
-        TaskAssignment {
-            task_id: TaskId::new(id),
-            agent: "a".into(),
-            attempt: 1,
-            input: "still here".into(),
-            context_id: String::new(),
-            options: None,
-            depth: 0,
-            traceparent: String::new(),
-            conversation: Vec::new(),
-            steps: Vec::new(),
-            actor: None,
-        }
+        TaskAssignment::new(TaskId::new(id), "a", "still here")
     }
 
     async fn events_of(rx: &mut mpsc::Receiver<Outgoing>, id: &str) -> Vec<EventKind> {

@@ -167,19 +167,7 @@ mod tests {
     use super::*;
 
     fn task() -> TaskAssignment {
-        TaskAssignment {
-            task_id: TaskId::new("t"),
-            agent: "a".into(),
-            attempt: 1,
-            input: String::new(),
-            context_id: String::new(),
-            options: None,
-            depth: 0,
-            traceparent: String::new(),
-            conversation: Vec::new(),
-            steps: Vec::new(),
-            actor: None,
-        }
+        TaskAssignment::new(TaskId::new("t"), "a", "")
     }
 
     /// A generation that is always ready gives way while it emits: on the worker's one

@@ -160,19 +160,11 @@ async fn commands_that_emit_events_never_wait_on_their_own_loop() -> Result<()> 
     };
     for i in 0..4 {
         commands
-            .send(fleet_proto::Command::RunTask(fleet_proto::TaskAssignment {
-                task_id: fleet_proto::TaskId::new(format!("t{i}")),
-                agent: "nobody".into(),
-                attempt: 1,
-                input: String::new(),
-                context_id: String::new(),
-                options: None,
-                depth: 0,
-                traceparent: String::new(),
-                conversation: Vec::new(),
-                steps: Vec::new(),
-                actor: None,
-            }))
+            .send(fleet_proto::Command::RunTask(fleet_proto::TaskAssignment::new(
+                fleet_proto::TaskId::new(format!("t{i}")),
+                "nobody",
+                "",
+            )))
             .await?;
     }
     let shutdown = CancellationToken::new();
