@@ -759,7 +759,7 @@ impl TaskTable {
             filter.agent.as_deref(),
             filter.state,
         );
-        let numbers = set.range(range).copied();
+        let numbers = set.range(range);
         let numbers: Box<dyn Iterator<Item = u64>> =
             if filter.newest_first { Box::new(numbers.rev()) } else { Box::new(numbers) };
         if filter.worker.is_none() && filter.search.is_empty() {
@@ -832,7 +832,7 @@ impl TaskTable {
         let tasks = numbers
             .iter()
             .rev()
-            .filter_map(|n| this.by_number.get(n))
+            .filter_map(|n| this.by_number.get(&n))
             .filter_map(|id| this.get(id.as_str()));
         (count, tasks)
     }
@@ -850,7 +850,7 @@ impl TaskTable {
             .into_iter()
             .filter(|s| !s.is_terminal())
             .flat_map(|s| self.index.matching(None, None, None, Some(s)).iter())
-            .filter_map(|n| self.by_number.get(n))
+            .filter_map(|n| self.by_number.get(&n))
             .filter_map(|id| self.get(id.as_str()))
     }
 
